@@ -1,0 +1,110 @@
+//! Kafka error codes, by Kafka's own names. A newtype rather than an exhaustive enum, because a
+//! peer may send a code this build does not know and that must still round-trip.
+
+use std::fmt;
+
+/// A Kafka protocol error code (`0` is success).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub i16);
+
+macro_rules! codes {
+    ($( $name:ident = $code:expr, $retriable:expr; )*) => {
+        impl ErrorCode {
+            $( pub const $name: ErrorCode = ErrorCode($code); )*
+
+            /// Kafka's name for the code, e.g. `NOT_LEADER_OR_FOLLOWER`.
+            pub fn name(self) -> &'static str {
+                match self.0 {
+                    $( $code => stringify!($name), )*
+                    _ => "UNKNOWN_ERROR_CODE",
+                }
+            }
+
+            /// Whether Kafka marks the error as retriable.
+            pub fn is_retriable(self) -> bool {
+                match self.0 {
+                    $( $code => $retriable, )*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    UNKNOWN_SERVER_ERROR = -1, false;
+    NONE = 0, false;
+    OFFSET_OUT_OF_RANGE = 1, false;
+    CORRUPT_MESSAGE = 2, true;
+    UNKNOWN_TOPIC_OR_PARTITION = 3, true;
+    INVALID_FETCH_SIZE = 4, false;
+    LEADER_NOT_AVAILABLE = 5, true;
+    NOT_LEADER_OR_FOLLOWER = 6, true;
+    REQUEST_TIMED_OUT = 7, true;
+    BROKER_NOT_AVAILABLE = 8, false;
+    REPLICA_NOT_AVAILABLE = 9, true;
+    MESSAGE_TOO_LARGE = 10, false;
+    NETWORK_EXCEPTION = 13, true;
+    COORDINATOR_LOAD_IN_PROGRESS = 14, true;
+    COORDINATOR_NOT_AVAILABLE = 15, true;
+    NOT_COORDINATOR = 16, true;
+    INVALID_TOPIC_EXCEPTION = 17, false;
+    RECORD_LIST_TOO_LARGE = 18, false;
+    NOT_ENOUGH_REPLICAS = 19, true;
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20, true;
+    INVALID_REQUIRED_ACKS = 21, false;
+    ILLEGAL_GENERATION = 22, false;
+    INVALID_TIMESTAMP = 32, false;
+    UNSUPPORTED_VERSION = 35, false;
+    TOPIC_ALREADY_EXISTS = 36, false;
+    INVALID_PARTITIONS = 37, false;
+    INVALID_REPLICATION_FACTOR = 38, false;
+    INVALID_REPLICA_ASSIGNMENT = 39, false;
+    INVALID_CONFIG = 40, false;
+    NOT_CONTROLLER = 41, true;
+    INVALID_REQUEST = 42, false;
+    UNSUPPORTED_FOR_MESSAGE_FORMAT = 43, false;
+    POLICY_VIOLATION = 44, false;
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 45, false;
+    DUPLICATE_SEQUENCE_NUMBER = 46, false;
+    INVALID_PRODUCER_EPOCH = 47, false;
+    INVALID_TXN_STATE = 48, false;
+    INVALID_PRODUCER_ID_MAPPING = 49, false;
+    INVALID_TRANSACTION_TIMEOUT = 50, false;
+    KAFKA_STORAGE_ERROR = 56, true;
+    UNKNOWN_PRODUCER_ID = 59, false;
+    FETCH_SESSION_ID_NOT_FOUND = 70, true;
+    INVALID_FETCH_SESSION_EPOCH = 71, true;
+    TOPIC_DELETION_DISABLED = 73, false;
+    FENCED_LEADER_EPOCH = 74, true;
+    UNKNOWN_LEADER_EPOCH = 75, true;
+    UNSUPPORTED_COMPRESSION_TYPE = 76, false;
+    INVALID_RECORD = 87, false;
+    PRODUCER_FENCED = 90, false;
+    UNKNOWN_TOPIC_ID = 100, true;
+    INCONSISTENT_TOPIC_ID = 103, true;
+}
+
+impl ErrorCode {
+    pub fn is_ok(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<i16> for ErrorCode {
+    fn from(code: i16) -> Self {
+        ErrorCode(code)
+    }
+}
