@@ -1,1 +1,21 @@
-//! placeholder
+//! Spate's Kafka-compatible broker.
+//!
+//! Entry points: [`server::Server`] (bind, serve, shut down) and [`config::BrokerConfig`].
+//! Inside: [`api`] maps each Kafka request to [`broker::Broker`], which owns topics of
+//! [`partition::Partition`]s, each a [`log::Log`] plus idempotent-producer state; the
+//! [`flusher`] thread turns appends into durable, acknowledged writes (group commit).
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod flusher;
+pub mod log;
+pub mod partition;
+pub mod producer_state;
+pub mod server;
+pub mod topic_config;
+
+pub use config::{BrokerConfig, FlushMode};
+pub use error::BrokerError;
+pub use server::Server;

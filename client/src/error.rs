@@ -59,15 +59,63 @@ pub enum Error {
     UnknownPartition { topic: String, partition: i32 },
     #[error("encoding {what} failed: {reason}")]
     Encode { what: &'static str, reason: String },
+    #[error("connection to {peer} was lost: {reason}")]
+    ConnectionLost { peer: String, reason: String },
+    #[error("{peer} supports {api} v{broker_min}..=v{broker_max}, this client v{client_min}..=v{client_max}")]
+    UnsupportedApi {
+        peer: String,
+        api: &'static str,
+        client_min: i16,
+        client_max: i16,
+        broker_min: i16,
+        broker_max: i16,
+    },
+    #[error("{peer} does not support {api}")]
+    ApiNotSupported { peer: String, api: &'static str },
+    #[error("no leader is known for {topic}-{partition}")]
+    LeaderNotAvailable { topic: String, partition: i32 },
+    #[error("topic {topic} does not exist")]
+    UnknownTopic { topic: String },
+    #[error("delivery to {topic}-{partition} failed: {source}")]
+    Delivery { topic: String, partition: i32, source: std::sync::Arc<Error> },
+    #[error("batch for {topic}-{partition} expired after {waited_ms} ms (delivery.timeout.ms)")]
+    DeliveryTimeout { topic: String, partition: i32, waited_ms: u64 },
+    #[error("buffer.memory stayed full for {waited_ms} ms (max.block.ms)")]
+    BufferFull { waited_ms: u64 },
+    #[error("no offset is stored for {topic}-{partition} and auto.offset.reset is none")]
+    NoOffsetForPartition { topic: String, partition: i32 },
+    #[error("{topic}-{partition} is not assigned to this consumer")]
+    NotAssigned { topic: String, partition: i32 },
 }
 
 impl Error {
     /// Whether retrying the same request later may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Io { .. } | Error::ConnectionClosed { .. } | Error::Timeout { .. } => true,
+            Error::Io { .. }
+            | Error::ConnectionClosed { .. }
+            | Error::ConnectionLost { .. }
+            | Error::Timeout { .. }
+            | Error::LeaderNotAvailable { .. } => true,
+            Error::Delivery { source, .. } => source.is_retriable(),
             Error::Broker { code, .. } => code.is_retriable(),
             _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// A broker error code with what it answered.
+    pub(crate) fn broker(code: ErrorCode, context: impl Into<String>) -> Self {
+        Error::Broker { code, context: context.into() }
+    }
+
+    /// The Kafka error code behind this error, if a broker sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Broker { code, .. } => Some(*code),
+            Error::Delivery { source, .. } => source.code(),
+            _ => None,
         }
     }
 }

@@ -1,0 +1,190 @@
+//! Topic administration and producer ids: CreateTopics (19), DeleteTopics (20),
+//! CreatePartitions (37) and InitProducerId (22).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spate_client::protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use spate_client::protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use spate_client::protocol::messages::delete_topics_response::DeletableTopicResult;
+use spate_client::protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse, ProducerId, TopicName,
+};
+use spate_client::protocol::{str_bytes, ErrorCode};
+use spate_client::ProtocolError;
+use uuid::Uuid;
+
+use super::{decode, Reply, RequestContext};
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::topic_config::{TopicConfigs, TOPIC_CONFIGS};
+
+const CONFIG_SOURCE_TOPIC: i8 = 1;
+const CONFIG_SOURCE_DEFAULT: i8 = 5;
+
+fn effective_configs(broker: &Broker, configs: &TopicConfigs) -> Vec<CreatableTopicConfigs> {
+    TOPIC_CONFIGS
+        .iter()
+        .filter_map(|def| {
+            let (value, is_override) = configs.get(def.name, &broker.config)?;
+            Some(
+                CreatableTopicConfigs::default()
+                    .with_name(str_bytes(def.name))
+                    .with_value(Some(str_bytes(value)))
+                    .with_config_source(if is_override { CONFIG_SOURCE_TOPIC } else { CONFIG_SOURCE_DEFAULT }),
+            )
+        })
+        .collect()
+}
+
+pub(super) fn create_topics(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: CreateTopicsRequest = decode("CreateTopics request", ctx, body)?;
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> =
+        request.topics.iter().map(|t| t.name.to_string()).filter(|n| !seen.insert(n.clone())).collect();
+    let mut results = Vec::with_capacity(request.topics.len());
+    for t in &request.topics {
+        let name = t.name.to_string();
+        let mut result = CreatableTopicResult::default()
+            .with_name(t.name.clone())
+            .with_num_partitions(-1)
+            .with_replication_factor(-1);
+        let outcome = if duplicates.contains(&name) {
+            Err((ErrorCode::INVALID_REQUEST, format!("topic {name} appears more than once in the request")))
+        } else {
+            let configs: BTreeMap<String, String> = t
+                .configs
+                .iter()
+                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .collect();
+            let (partitions, replication_factor) = if t.assignments.is_empty() {
+                (t.num_partitions, t.replication_factor)
+            } else {
+                let node = broker.config.node_id;
+                if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
+                    result.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
+                    result.error_message = Some(str_bytes(format!("replicas may only be placed on broker {node}")));
+                    results.push(result);
+                    continue;
+                }
+                (t.assignments.len() as i32, 1)
+            };
+            let created = if request.validate_only {
+                broker
+                    .check_new_topic(&name, partitions, replication_factor, &configs)
+                    .map(|p| (Uuid::nil(), p, TopicConfigs { overrides: configs }))
+            } else {
+                broker
+                    .create_topic(&name, partitions, replication_factor, configs)
+                    .map(|topic| (topic.id, topic.partitions.len() as i32, topic.configs.clone()))
+            };
+            created.map_err(|e: BrokerError| (e.code(), e.to_string()))
+        };
+        match outcome {
+            Ok((id, partitions, configs)) => {
+                result.topic_id = id;
+                result.num_partitions = partitions;
+                result.replication_factor = 1;
+                if ctx.version >= 5 {
+                    result.configs = Some(effective_configs(broker, &configs));
+                }
+            }
+            Err((code, message)) => {
+                result.error_code = code.0;
+                result.error_message = Some(str_bytes(message));
+            }
+        }
+        results.push(result);
+    }
+    Ok(Reply::Now(ctx.respond(&CreateTopicsResponse::default().with_topics(results))))
+}
+
+pub(super) fn delete_topics(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: DeleteTopicsRequest = decode("DeleteTopics request", ctx, body)?;
+    // v6 names topics by name or id in `topics`; older versions list names in `topic_names`.
+    let mut targets: Vec<(Option<String>, Uuid)> =
+        request.topic_names.iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect();
+    targets.extend(request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id)));
+    let responses = targets
+        .into_iter()
+        .map(|(name, id)| {
+            let name = name.or_else(|| broker.topic_by_id(id).map(|t| t.name.clone()));
+            let mut r = DeletableTopicResult::default()
+                .with_name(name.clone().map(|n| TopicName(str_bytes(n))))
+                .with_topic_id(id);
+            match name {
+                None => r.error_code = ErrorCode::UNKNOWN_TOPIC_ID.0,
+                Some(n) => match broker.delete_topic(&n) {
+                    Ok(deleted_id) => r.topic_id = deleted_id,
+                    Err(err) => {
+                        r.error_code = err.code().0;
+                        r.error_message = Some(str_bytes(err.to_string()));
+                    }
+                },
+            }
+            r
+        })
+        .collect();
+    Ok(Reply::Now(ctx.respond(&DeleteTopicsResponse::default().with_responses(responses))))
+}
+
+pub(super) fn create_partitions(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: CreatePartitionsRequest = decode("CreatePartitions request", ctx, body)?;
+    let results = request
+        .topics
+        .iter()
+        .map(|t| {
+            let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            let node = broker.config.node_id;
+            let bad_assignment = t
+                .assignments
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node));
+            if bad_assignment {
+                r.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
+                r.error_message = Some(str_bytes(format!("replicas may only be placed on broker {node}")));
+            } else if let Err(err) = broker.create_partitions(t.name.as_str(), t.count, request.validate_only) {
+                r.error_code = err.code().0;
+                r.error_message = Some(str_bytes(err.to_string()));
+            }
+            r
+        })
+        .collect();
+    Ok(Reply::Now(ctx.respond(&CreatePartitionsResponse::default().with_results(results))))
+}
+
+pub(super) fn init_producer_id(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: InitProducerIdRequest = decode("InitProducerId request", ctx, body)?;
+    let mut response = InitProducerIdResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    if request.transactional_id.is_some() {
+        // Transactions arrive in a later issue; refuse clearly rather than pretend.
+        response.error_code = ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED.0;
+    } else {
+        match broker.allocate_producer_id() {
+            Ok(id) => {
+                response.producer_id = ProducerId(id);
+                response.producer_epoch = 0;
+            }
+            Err(err) => response.error_code = err.code().0,
+        }
+    }
+    Ok(Reply::Now(ctx.respond(&response)))
+}

@@ -1,0 +1,143 @@
+//! Request handlers, one module per API key, and the table of versions this broker speaks.
+//!
+//! `handle` turns one request frame into a [`Reply`]. Work that must happen in request order
+//! (appends) is done before it returns; waiting (fsync for `acks=all`, long-poll fetches) is a
+//! future the connection awaits in order, so one connection can have many requests in flight.
+
+mod admin;
+mod api_versions;
+mod configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use spate_client::protocol::{self, ApiKey, Codec, ErrorCode};
+use tracing::debug;
+
+use crate::broker::Broker;
+
+/// Versions advertised in ApiVersions. Nothing is listed that is not implemented.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+];
+
+pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+}
+
+/// What the connection does with a request.
+pub enum Reply {
+    /// A complete response frame.
+    Now(Bytes),
+    /// A response that is ready later (fsync, long poll); still written in request order.
+    Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// No response (produce with `acks=0`).
+    Nothing,
+    /// A protocol violation: log it and close the connection, as Kafka does.
+    Close(String),
+}
+
+/// Everything a handler needs about the request it serves.
+pub(crate) struct RequestContext {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+}
+
+impl RequestContext {
+    pub fn respond<M: Codec>(&self, response: &M) -> Bytes {
+        encode(self.api_key, self.version, self.correlation_id, response)
+    }
+}
+
+fn encode<M: Codec>(api_key: ApiKey, version: i16, correlation_id: i32, response: &M) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    match protocol::encode_response(api_key, version, correlation_id, response, &mut out) {
+        Ok(()) => out.freeze(),
+        Err(err) => {
+            // Our own response failed to encode (a field out of range for the version): a bug,
+            // but one that must not take the broker down. The client sees a closed connection.
+            tracing::error!(?api_key, version, error = %err, "encoding a response failed");
+            Bytes::new()
+        }
+    }
+}
+
+/// Decodes and serves one request frame.
+pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Reply {
+    let pre = match protocol::peek_request_preamble(&frame) {
+        Ok(pre) => pre,
+        Err(err) => return Reply::Close(err.to_string()),
+    };
+    let Ok(api_key) = ApiKey::try_from(pre.api_key) else {
+        return Reply::Close(format!("unknown api key {}", pre.api_key));
+    };
+    let Some((min, max)) = supported_range(api_key) else {
+        return Reply::Close(format!("api {api_key:?} is not supported"));
+    };
+    if pre.api_version < min || pre.api_version > max {
+        if api_key == ApiKey::ApiVersions {
+            // KIP-511: answer a too-new ApiVersions with v0 and our ranges so the client can
+            // retry with a version we speak.
+            return Reply::Now(api_versions::unsupported_version(pre.correlation_id));
+        }
+        return Reply::Close(format!("{api_key:?} v{} is outside the supported {min}..={max}", pre.api_version));
+    }
+    let header = match protocol::decode_request_header(&mut frame) {
+        Ok((_, header)) => header,
+        Err(err) => return Reply::Close(err.to_string()),
+    };
+    let ctx = RequestContext { api_key, version: pre.api_version, correlation_id: header.correlation_id };
+    debug!(?api_key, version = ctx.version, correlation_id = ctx.correlation_id, "request");
+    let result = match api_key {
+        ApiKey::ApiVersions => api_versions::handle(&ctx, &mut frame),
+        ApiKey::Metadata => metadata::handle(broker, &ctx, &mut frame),
+        ApiKey::Produce => produce::handle(broker, &ctx, &mut frame),
+        ApiKey::Fetch => fetch::handle(broker, &ctx, &mut frame),
+        ApiKey::ListOffsets => list_offsets::handle(broker, &ctx, &mut frame),
+        ApiKey::CreateTopics => admin::create_topics(broker, &ctx, &mut frame),
+        ApiKey::DeleteTopics => admin::delete_topics(broker, &ctx, &mut frame),
+        ApiKey::CreatePartitions => admin::create_partitions(broker, &ctx, &mut frame),
+        ApiKey::InitProducerId => admin::init_producer_id(broker, &ctx, &mut frame),
+        ApiKey::DescribeConfigs => configs::describe(broker, &ctx, &mut frame),
+        ApiKey::IncrementalAlterConfigs => configs::incremental_alter(broker, &ctx, &mut frame),
+        _ => return Reply::Close(format!("api {api_key:?} is not supported")),
+    };
+    match result {
+        Ok(reply) => reply,
+        Err(err) => Reply::Close(err.to_string()),
+    }
+}
+
+/// Decodes a request body; a failure closes the connection.
+pub(crate) fn decode<M: Codec>(
+    what: &'static str,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<M, spate_client::ProtocolError> {
+    protocol::decode_body(what, body, ctx.version)
+}
+
+pub(crate) fn error_message(code: ErrorCode, err: &dyn std::fmt::Display) -> Option<protocol::StrBytes> {
+    if code.is_ok() {
+        None
+    } else {
+        Some(protocol::str_bytes(err.to_string()))
+    }
+}

@@ -1,0 +1,96 @@
+//! Group commit. Appends mark their partition dirty; one dedicated thread fsyncs every dirty
+//! partition, then publishes the new durable offsets. While it syncs, new appends gather, so one
+//! fsync covers every batch that arrived during the previous one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::{error, warn};
+
+use crate::partition::Partition;
+
+#[derive(Default)]
+struct Queue {
+    dirty: HashMap<usize, Arc<Partition>>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+pub struct Flusher {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Flusher {
+    pub fn start() -> Flusher {
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("spate-flusher".into())
+            .spawn(move || run(&worker))
+            .expect("spawning the flusher thread at startup");
+        Flusher { shared, thread: Mutex::new(Some(thread)) }
+    }
+
+    /// Asks for `partition` to be fsynced soon.
+    pub fn mark_dirty(&self, partition: &Arc<Partition>) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Arc::as_ptr(partition) as usize;
+        if q.dirty.insert(key, partition.clone()).is_none() && q.dirty.len() == 1 {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Flushes what is pending and stops the thread.
+    pub fn shutdown(&self) {
+        {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.shutdown = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let batch: Vec<Arc<Partition>> = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            while q.dirty.is_empty() && !q.shutdown {
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.dirty.is_empty() && q.shutdown {
+                return;
+            }
+            q.dirty.drain().map(|(_, p)| p).collect()
+        };
+        let mut failed = Vec::new();
+        for partition in batch {
+            if let Err(err) = partition.flush() {
+                error!(partition = %partition.tp, error = %err, "fsync failed; acks=all produces wait until it succeeds");
+                failed.push(partition);
+            }
+        }
+        if !failed.is_empty() {
+            // A failing disk must not spin a core; retry after a pause. Waiting producers time
+            // out with REQUEST_TIMED_OUT, and nothing is acknowledged that is not durable.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            for p in failed {
+                q.dirty.insert(Arc::as_ptr(&p) as usize, p);
+            }
+            if q.shutdown {
+                warn!("shutting down with partitions that could not be fsynced");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,788 @@
+//! Idempotent producer state of one partition, as Kafka's `ProducerStateManager` keeps it:
+//! per producer id the current `producer_epoch` and the sequence ranges and offsets of its last
+//! [`BATCHES_RETAINED_PER_PRODUCER`] batches, so that a retried batch is answered with the
+//! offsets it got the first time instead of being appended twice (KIP-98).
+//!
+//! Sans-IO: callers pass batch headers and `now_ms` and get decisions back. The produce path
+//! calls [`ProducerStateManager::check`] before appending and [`ProducerStateManager::record`]
+//! after the log assigned offsets; log recovery calls [`ProducerStateManager::rebuild`] with the
+//! headers it reads back. [`ProducerIdManager`] hands out producer ids for `InitProducerId`.
+//!
+//! One deliberate match with current Kafka (since KIP-360) rather than older brokers: a producer
+//! id this partition has no state for (never seen, expired, evicted or removed by retention) may
+//! start at any sequence, so `UNKNOWN_PRODUCER_ID` is never returned from here.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use spate_client::protocol::record::BatchHeader;
+use spate_client::protocol::ErrorCode;
+
+/// Batches remembered per producer for duplicate detection. Kafka's producers keep at most five
+/// requests in flight per partition (`max.in.flight.requests.per.connection` <= 5 with
+/// idempotence), so a retry is always of one of the last five batches.
+pub const BATCHES_RETAINED_PER_PRODUCER: usize = 5;
+
+/// Kafka's default `producer.id.expiration.ms` (one day).
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
+
+/// Producer ids reserved per persisted block by [`ProducerIdManager`] (Kafka's controller also
+/// hands out blocks of 1000).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// What to do with a batch that passed [`ProducerStateManager::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Append it.
+    Append,
+    /// It is a retry of a batch already in the log: do not append, answer success with the
+    /// original `base_offset` (Kafka answers `NONE`, not `DUPLICATE_SEQUENCE_NUMBER`).
+    Duplicate { base_offset: i64, last_offset: i64 },
+}
+
+/// Why a batch of an idempotent producer is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProducerStateError {
+    #[error(
+        "producer {producer_id} epoch {producer_epoch} sent sequence {base_sequence}, \
+         which does not follow its last sequence {last_sequence}"
+    )]
+    OutOfOrderSequence { producer_id: i64, producer_epoch: i16, base_sequence: i32, last_sequence: i32 },
+    #[error(
+        "producer {producer_id} moved from epoch {current_epoch} to {producer_epoch} \
+         with sequence {base_sequence}; a new epoch must start at sequence 0"
+    )]
+    NewEpochNotAtSequenceZero { producer_id: i64, producer_epoch: i16, current_epoch: i16, base_sequence: i32 },
+    #[error("producer {producer_id} epoch {producer_epoch} is older than its current epoch {current_epoch}")]
+    InvalidProducerEpoch { producer_id: i64, producer_epoch: i16, current_epoch: i16 },
+    #[error(
+        "batch of producer {producer_id} has epoch {producer_epoch} and base sequence {base_sequence}; \
+         an idempotent batch needs both to be non-negative"
+    )]
+    InvalidBatch { producer_id: i64, producer_epoch: i16, base_sequence: i32 },
+    #[error("producer ids are exhausted after {next_producer_id}")]
+    ProducerIdsExhausted { next_producer_id: i64 },
+}
+
+/// The Kafka error code a client receives for each refusal (the one mapping of this module).
+pub fn error_code(err: &ProducerStateError) -> ErrorCode {
+    match err {
+        ProducerStateError::OutOfOrderSequence { .. } | ProducerStateError::NewEpochNotAtSequenceZero { .. } => {
+            ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
+        }
+        // Since Kafka 2.7 a produce with a stale epoch gets INVALID_PRODUCER_EPOCH (retriable for
+        // the client's transaction manager) rather than the fatal PRODUCER_FENCED.
+        ProducerStateError::InvalidProducerEpoch { .. } => ErrorCode::INVALID_PRODUCER_EPOCH,
+        ProducerStateError::InvalidBatch { .. } => ErrorCode::INVALID_RECORD,
+        ProducerStateError::ProducerIdsExhausted { .. } => ErrorCode::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// Sequence range and offsets of one appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchMetadata {
+    first_sequence: i32,
+    last_sequence: i32,
+    base_offset: i64,
+    last_offset: i64,
+}
+
+#[derive(Debug)]
+struct ProducerStateEntry {
+    producer_epoch: i16,
+    /// Oldest first; never empty, at most [`BATCHES_RETAINED_PER_PRODUCER`].
+    batches: VecDeque<BatchMetadata>,
+    last_used_ms: i64,
+    /// This entry's key in [`ProducerStateManager::lru`].
+    lru_key: u64,
+}
+
+/// Idempotent producer state of one partition.
+#[derive(Debug)]
+pub struct ProducerStateManager {
+    producer_id_expiration_ms: i64,
+    max_producers: usize,
+    producers: HashMap<i64, ProducerStateEntry>,
+    /// Producer ids by the order of their last `record`, least recently used first.
+    lru: BTreeMap<u64, i64>,
+    next_lru_key: u64,
+}
+
+impl ProducerStateManager {
+    /// `producer_id_expiration_ms` is Kafka's `producer.id.expiration.ms`; `max_producers`
+    /// bounds the memory one partition spends on producer state (at least 1).
+    pub fn new(producer_id_expiration_ms: i64, max_producers: usize) -> Self {
+        assert!(max_producers >= 1, "max_producers must be at least 1 (validated config)");
+        ProducerStateManager {
+            producer_id_expiration_ms,
+            max_producers,
+            producers: HashMap::new(),
+            lru: BTreeMap::new(),
+            next_lru_key: 0,
+        }
+    }
+
+    /// Producers with state.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// The current epoch of a producer this partition has state for.
+    pub fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        self.producers.get(&producer_id).map(|e| e.producer_epoch)
+    }
+
+    /// Decides what to do with one batch before it is appended. Batches without a producer id
+    /// are always appended. Several batches of one producer in one request must be checked and
+    /// recorded one at a time, because each moves the expected sequence.
+    pub fn check(&self, batch: &BatchHeader) -> Result<SequenceCheck, ProducerStateError> {
+        if !batch.has_producer_id() {
+            return Ok(SequenceCheck::Append);
+        }
+        let producer_id = batch.producer_id;
+        if batch.producer_epoch < 0 || batch.base_sequence < 0 {
+            return Err(ProducerStateError::InvalidBatch {
+                producer_id,
+                producer_epoch: batch.producer_epoch,
+                base_sequence: batch.base_sequence,
+            });
+        }
+        let Some(entry) = self.producers.get(&producer_id) else {
+            // No state: a new producer, or one whose state expired or was removed with the
+            // segments that held it. Kafka (KIP-360) accepts any sequence here.
+            return Ok(SequenceCheck::Append);
+        };
+        let current_epoch = entry.producer_epoch;
+        if batch.producer_epoch < current_epoch {
+            return Err(ProducerStateError::InvalidProducerEpoch {
+                producer_id,
+                producer_epoch: batch.producer_epoch,
+                current_epoch,
+            });
+        }
+        if batch.producer_epoch > current_epoch {
+            if batch.base_sequence != 0 {
+                return Err(ProducerStateError::NewEpochNotAtSequenceZero {
+                    producer_id,
+                    producer_epoch: batch.producer_epoch,
+                    current_epoch,
+                    base_sequence: batch.base_sequence,
+                });
+            }
+            return Ok(SequenceCheck::Append);
+        }
+        let last_sequence = batch.last_sequence();
+        if let Some(dup) =
+            entry.batches.iter().find(|b| b.first_sequence == batch.base_sequence && b.last_sequence == last_sequence)
+        {
+            return Ok(SequenceCheck::Duplicate { base_offset: dup.base_offset, last_offset: dup.last_offset });
+        }
+        let last = entry.batches.back().map_or(-1, |b| b.last_sequence);
+        if in_sequence(last, batch.base_sequence) {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(ProducerStateError::OutOfOrderSequence {
+                producer_id,
+                producer_epoch: batch.producer_epoch,
+                base_sequence: batch.base_sequence,
+                last_sequence: last,
+            })
+        }
+    }
+
+    /// Records a batch the log appended at `base_offset`. Does not validate: callers run
+    /// [`check`](Self::check) first (or replay the log, which was checked when written).
+    pub fn record(&mut self, batch: &BatchHeader, base_offset: i64, now_ms: i64) {
+        if !batch.has_producer_id() {
+            return;
+        }
+        let metadata = BatchMetadata {
+            first_sequence: batch.base_sequence,
+            last_sequence: batch.last_sequence(),
+            base_offset,
+            last_offset: base_offset + batch.last_offset_delta as i64,
+        };
+        let lru_key = self.next_lru_key;
+        self.next_lru_key += 1;
+        match self.producers.get_mut(&batch.producer_id) {
+            Some(entry) => {
+                if entry.producer_epoch != batch.producer_epoch {
+                    // Sequences restart with each epoch, so older batches can no longer match.
+                    entry.batches.clear();
+                    entry.producer_epoch = batch.producer_epoch;
+                }
+                if entry.batches.len() == BATCHES_RETAINED_PER_PRODUCER {
+                    entry.batches.pop_front();
+                }
+                entry.batches.push_back(metadata);
+                entry.last_used_ms = now_ms;
+                self.lru.remove(&entry.lru_key);
+                entry.lru_key = lru_key;
+            }
+            None => {
+                if self.producers.len() >= self.max_producers {
+                    self.evict_least_recently_used();
+                }
+                self.producers.insert(
+                    batch.producer_id,
+                    ProducerStateEntry {
+                        producer_epoch: batch.producer_epoch,
+                        batches: VecDeque::from([metadata]),
+                        last_used_ms: now_ms,
+                        lru_key,
+                    },
+                );
+            }
+        }
+        self.lru.insert(lru_key, batch.producer_id);
+    }
+
+    /// Replays batch headers read back from the log (oldest first), on top of the current
+    /// state. Every producer found counts as used at `now_ms`: the batches' own timestamps come
+    /// from client clocks, and keeping a producer too long only costs memory, which
+    /// `max_producers` bounds, while dropping it early would let a retry append twice.
+    pub fn rebuild(&mut self, headers: impl IntoIterator<Item = BatchHeader>, now_ms: i64) {
+        for header in headers {
+            self.record(&header, header.base_offset, now_ms);
+        }
+    }
+
+    /// Drops producers idle for `producer.id.expiration.ms` or longer.
+    pub fn expire(&mut self, now_ms: i64) {
+        let expiration_ms = self.producer_id_expiration_ms;
+        let lru = &mut self.lru;
+        self.producers.retain(|_, entry| {
+            let keep = now_ms.saturating_sub(entry.last_used_ms) < expiration_ms;
+            if !keep {
+                lru.remove(&entry.lru_key);
+            }
+            keep
+        });
+    }
+
+    /// Drops producers whose last batch lies entirely below the new `log_start_offset`
+    /// (retention or DeleteRecords removed it), as Kafka does when the log start moves.
+    pub fn truncate_head(&mut self, log_start_offset: i64) {
+        let lru = &mut self.lru;
+        self.producers.retain(|_, entry| {
+            let keep = entry.batches.back().is_some_and(|b| b.last_offset >= log_start_offset);
+            if !keep {
+                lru.remove(&entry.lru_key);
+            }
+            keep
+        });
+    }
+
+    /// Forgets every producer (before a rebuild after the log was truncated at its tail).
+    pub fn clear(&mut self) {
+        self.producers.clear();
+        self.lru.clear();
+    }
+
+    fn evict_least_recently_used(&mut self) {
+        if let Some((_, producer_id)) = self.lru.pop_first() {
+            self.producers.remove(&producer_id);
+        }
+    }
+}
+
+/// Whether `next` directly follows `last`; sequences wrap from `i32::MAX` to 0.
+fn in_sequence(last: i32, next: i32) -> bool {
+    next as i64 == last as i64 + 1 || (next == 0 && last == i32::MAX)
+}
+
+/// A decision of [`ProducerIdManager::next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Hand this producer id to the client.
+    Allocated { producer_id: i64 },
+    /// The current block is used up. Store `block_end` durably (replacing the stored value),
+    /// then call [`ProducerIdManager::block_persisted`] and [`ProducerIdManager::next`] again.
+    /// If storing fails, hand out nothing; the next call asks again.
+    PersistBlockEnd { block_end: i64 },
+}
+
+/// Hands out producer ids for `InitProducerId` (idempotent producers, no transactional id) in
+/// increasing order, never reusing one across restarts: ids are reserved in blocks, and the end
+/// of the reserved block is persisted before any id of it is handed out, so after a restart
+/// allocation resumes at the stored end (skipping what remained of the last block).
+#[derive(Debug)]
+pub struct ProducerIdManager {
+    next_producer_id: i64,
+    /// Ids below this are covered by the stored block end.
+    persisted_block_end: i64,
+    block_size: i64,
+}
+
+impl ProducerIdManager {
+    /// `persisted_block_end` is the value last stored (0 if none ever was).
+    pub fn new(persisted_block_end: i64, block_size: i64) -> Self {
+        assert!(block_size > 0, "producer id block size must be positive");
+        let start = persisted_block_end.max(0);
+        ProducerIdManager { next_producer_id: start, persisted_block_end: start, block_size }
+    }
+
+    pub fn next(&mut self) -> Result<Allocation, ProducerStateError> {
+        if self.next_producer_id < self.persisted_block_end {
+            let producer_id = self.next_producer_id;
+            self.next_producer_id += 1;
+            return Ok(Allocation::Allocated { producer_id });
+        }
+        match self.next_producer_id.checked_add(self.block_size) {
+            Some(block_end) => Ok(Allocation::PersistBlockEnd { block_end }),
+            None => Err(ProducerStateError::ProducerIdsExhausted { next_producer_id: self.next_producer_id }),
+        }
+    }
+
+    /// Confirms that `block_end` (from [`Allocation::PersistBlockEnd`]) is durably stored.
+    pub fn block_persisted(&mut self, block_end: i64) {
+        self.persisted_block_end = self.persisted_block_end.max(block_end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use spate_client::protocol::record::{NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE};
+
+    const EXPIRATION_MS: i64 = 60_000;
+
+    fn batch(producer_id: i64, producer_epoch: i16, base_sequence: i32, records_count: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            partition_leader_epoch: -1,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records_count - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            records_count,
+        }
+    }
+
+    /// Checks, then records at `*log_end_offset` like the produce path; returns the base offset.
+    fn append(m: &mut ProducerStateManager, b: &BatchHeader, log_end_offset: &mut i64, now_ms: i64) -> i64 {
+        assert_eq!(m.check(b), Ok(SequenceCheck::Append), "{b:?}");
+        let base_offset = *log_end_offset;
+        m.record(b, base_offset, now_ms);
+        *log_end_offset += b.records_count as i64;
+        base_offset
+    }
+
+    fn manager() -> ProducerStateManager {
+        ProducerStateManager::new(EXPIRATION_MS, 100)
+    }
+
+    #[test]
+    fn batches_without_producer_id_are_appended_and_not_tracked() {
+        let mut m = manager();
+        let b = batch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE, 3);
+        assert_eq!(m.check(&b), Ok(SequenceCheck::Append));
+        m.record(&b, 0, 0);
+        assert!(m.is_empty());
+        assert_eq!(m.check(&b), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn first_batch_of_an_unknown_producer_is_appended_at_any_sequence() {
+        let mut m = manager();
+        assert_eq!(m.check(&batch(1, 0, 0, 1)), Ok(SequenceCheck::Append));
+        // KIP-360: state may have been expired or deleted with old segments.
+        assert_eq!(m.check(&batch(1, 0, 42, 1)), Ok(SequenceCheck::Append));
+        m.record(&batch(1, 3, 42, 2), 10, 0);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.producer_epoch(1), Some(3));
+        assert_eq!(m.check(&batch(1, 3, 44, 1)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn in_order_batches_are_appended() {
+        let mut m = manager();
+        let mut leo = 0;
+        let mut seq = 0;
+        for count in [1, 5, 2, 10, 1, 1, 7] {
+            append(&mut m, &batch(7, 0, seq, count), &mut leo, 0);
+            seq += count;
+        }
+        assert_eq!(leo, 27);
+    }
+
+    #[test]
+    fn duplicate_of_each_of_the_last_five_batches_returns_its_original_offsets() {
+        let mut m = manager();
+        let mut leo = 100;
+        let mut sent = Vec::new();
+        let mut seq = 0;
+        for count in [2, 3, 1, 4, 2, 5, 3] {
+            let b = batch(7, 1, seq, count);
+            let base = append(&mut m, &b, &mut leo, 0);
+            sent.push((b, base));
+            seq += count;
+        }
+        for (b, base) in &sent[2..] {
+            assert_eq!(
+                m.check(b),
+                Ok(SequenceCheck::Duplicate { base_offset: *base, last_offset: base + b.records_count as i64 - 1 })
+            );
+        }
+        // Older than the last five: no longer known, and not next in line.
+        for (b, _) in &sent[..2] {
+            assert!(matches!(m.check(b), Err(ProducerStateError::OutOfOrderSequence { .. })), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_but_different_range_is_not_a_duplicate() {
+        let mut m = manager();
+        let mut leo = 0;
+        append(&mut m, &batch(7, 0, 0, 4), &mut leo, 0);
+        assert_eq!(
+            m.check(&batch(7, 0, 0, 3)),
+            Err(ProducerStateError::OutOfOrderSequence {
+                producer_id: 7,
+                producer_epoch: 0,
+                base_sequence: 0,
+                last_sequence: 3
+            })
+        );
+    }
+
+    #[test]
+    fn gap_is_out_of_order() {
+        let mut m = manager();
+        let mut leo = 0;
+        append(&mut m, &batch(7, 0, 0, 2), &mut leo, 0);
+        let err = m.check(&batch(7, 0, 3, 1)).unwrap_err();
+        assert_eq!(
+            err,
+            ProducerStateError::OutOfOrderSequence {
+                producer_id: 7,
+                producer_epoch: 0,
+                base_sequence: 3,
+                last_sequence: 1
+            }
+        );
+        assert_eq!(error_code(&err), ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER);
+    }
+
+    #[test]
+    fn older_epoch_is_fenced_even_for_a_retry() {
+        let mut m = manager();
+        let mut leo = 0;
+        let old = batch(7, 2, 0, 1);
+        append(&mut m, &old, &mut leo, 0);
+        append(&mut m, &batch(7, 3, 0, 1), &mut leo, 0);
+        let err = m.check(&old).unwrap_err();
+        assert_eq!(
+            err,
+            ProducerStateError::InvalidProducerEpoch { producer_id: 7, producer_epoch: 2, current_epoch: 3 }
+        );
+        assert_eq!(error_code(&err), ErrorCode::INVALID_PRODUCER_EPOCH);
+        assert!(matches!(m.check(&batch(7, 1, 1, 1)), Err(ProducerStateError::InvalidProducerEpoch { .. })));
+    }
+
+    #[test]
+    fn epoch_bump_must_start_at_sequence_zero() {
+        let mut m = manager();
+        let mut leo = 0;
+        let first = batch(7, 0, 0, 3);
+        append(&mut m, &first, &mut leo, 0);
+        let err = m.check(&batch(7, 1, 3, 1)).unwrap_err();
+        assert_eq!(
+            err,
+            ProducerStateError::NewEpochNotAtSequenceZero {
+                producer_id: 7,
+                producer_epoch: 1,
+                current_epoch: 0,
+                base_sequence: 3
+            }
+        );
+        assert_eq!(error_code(&err), ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        let bumped = batch(7, 1, 0, 3);
+        assert_eq!(m.check(&bumped), Ok(SequenceCheck::Append));
+        m.record(&bumped, leo, 0);
+        assert_eq!(m.producer_epoch(7), Some(1));
+        // The old epoch's batch had the same sequence range; it is now fenced, and the new
+        // epoch's batch is the one a retry maps to.
+        assert!(matches!(m.check(&first), Err(ProducerStateError::InvalidProducerEpoch { .. })));
+        assert_eq!(m.check(&bumped), Ok(SequenceCheck::Duplicate { base_offset: 3, last_offset: 5 }));
+        assert_eq!(m.check(&batch(7, 1, 3, 1)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        let mut m = manager();
+        let mut leo = 0;
+        append(&mut m, &batch(7, 0, i32::MAX, 1), &mut leo, 0);
+        assert!(in_sequence(i32::MAX, 0));
+        assert!(m.check(&batch(7, 0, i32::MAX, 2)).is_err());
+        assert_eq!(m.check(&batch(7, 0, 0, 1)), Ok(SequenceCheck::Append));
+        // A batch straddling the wrap: sequences MAX-1, MAX, 0, 1 after a reset.
+        let mut m = manager();
+        let mut leo = 0;
+        append(&mut m, &batch(7, 0, i32::MAX - 5, 4), &mut leo, 0);
+        let straddling = batch(7, 0, i32::MAX - 1, 4);
+        assert_eq!(straddling.last_sequence(), 1);
+        let base = append(&mut m, &straddling, &mut leo, 0);
+        assert_eq!(m.check(&straddling), Ok(SequenceCheck::Duplicate { base_offset: base, last_offset: base + 3 }));
+        append(&mut m, &batch(7, 0, 2, 1), &mut leo, 0);
+        assert!(matches!(m.check(&batch(7, 0, 4, 1)), Err(ProducerStateError::OutOfOrderSequence { .. })));
+    }
+
+    #[test]
+    fn negative_epoch_or_sequence_with_a_producer_id_is_an_invalid_record() {
+        let m = manager();
+        for b in [batch(7, 0, -1, 1), batch(7, -1, 0, 1), batch(7, -5, -5, 1)] {
+            let err = m.check(&b).unwrap_err();
+            assert!(matches!(err, ProducerStateError::InvalidBatch { producer_id: 7, .. }));
+            assert_eq!(error_code(&err), ErrorCode::INVALID_RECORD);
+        }
+    }
+
+    #[test]
+    fn rebuild_restores_duplicate_detection() {
+        // (producer id, epoch, base sequence, records) in log order, with a non-idempotent batch.
+        let batches =
+            [(1, 0, 0, 2), (2, 4, 0, 3), (-1, -1, -1, 1), (1, 0, 2, 1), (1, 1, 0, 2), (2, 4, 3, 1), (1, 1, 2, 3)];
+        let mut m = manager();
+        let mut leo = 0;
+        let mut log = Vec::new();
+        for (producer_id, epoch, sequence, count) in batches {
+            let mut b = batch(producer_id, epoch, sequence, count);
+            b.base_offset = append(&mut m, &b, &mut leo, 0);
+            log.push(b);
+        }
+        let mut rebuilt = manager();
+        rebuilt.rebuild(log.iter().copied(), 1_000);
+        assert_eq!(rebuilt.len(), 2);
+        assert_eq!(rebuilt.producer_epoch(1), Some(1));
+        assert_eq!(rebuilt.producer_epoch(2), Some(4));
+        for b in &log {
+            assert_eq!(rebuilt.check(b), m.check(b), "{b:?}");
+        }
+        let last = log[6];
+        assert_eq!(last.base_offset, 10);
+        assert_eq!(rebuilt.check(&last), Ok(SequenceCheck::Duplicate { base_offset: 10, last_offset: 12 }));
+        assert_eq!(rebuilt.check(&log[5]), Ok(SequenceCheck::Duplicate { base_offset: 9, last_offset: 9 }));
+        assert!(matches!(rebuilt.check(&log[0]), Err(ProducerStateError::InvalidProducerEpoch { .. })));
+        assert_eq!(rebuilt.check(&batch(1, 1, 5, 1)), Ok(SequenceCheck::Append));
+        assert_eq!(rebuilt.check(&batch(2, 4, 4, 1)), Ok(SequenceCheck::Append));
+        assert!(rebuilt.check(&batch(2, 4, 5, 1)).is_err());
+    }
+
+    #[test]
+    fn rebuild_keeps_only_the_last_five_batches() {
+        let mut m = manager();
+        let log: Vec<_> =
+            (0..8).map(|i| BatchHeader { base_offset: i as i64 * 10, ..batch(3, 0, i * 10, 10) }).collect();
+        m.rebuild(log.iter().copied(), 0);
+        for b in &log[3..] {
+            assert!(matches!(m.check(b), Ok(SequenceCheck::Duplicate { .. })));
+        }
+        for b in &log[..3] {
+            assert!(m.check(b).is_err());
+        }
+    }
+
+    #[test]
+    fn idle_producers_expire_at_the_expiration_time() {
+        let mut m = manager();
+        let mut leo = 0;
+        append(&mut m, &batch(1, 0, 0, 1), &mut leo, 1_000);
+        append(&mut m, &batch(2, 0, 0, 1), &mut leo, 5_000);
+        m.expire(1_000 + EXPIRATION_MS - 1);
+        assert_eq!(m.len(), 2);
+        m.expire(1_000 + EXPIRATION_MS);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.producer_epoch(1), None);
+        // Expired: its retry is no longer recognised, and any sequence is accepted (KIP-360).
+        assert_eq!(m.check(&batch(1, 0, 0, 1)), Ok(SequenceCheck::Append));
+        assert_eq!(m.check(&batch(1, 0, 17, 1)), Ok(SequenceCheck::Append));
+        // Using a producer refreshes it.
+        append(&mut m, &batch(2, 0, 1, 1), &mut leo, 60_000);
+        m.expire(5_000 + EXPIRATION_MS);
+        assert_eq!(m.len(), 1);
+        m.expire(i64::MAX);
+        assert!(m.is_empty());
+        // Clock far in the past does not overflow or expire.
+        append(&mut m, &batch(4, 0, 0, 1), &mut leo, i64::MAX);
+        m.expire(i64::MIN);
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn full_manager_evicts_the_least_recently_used_producer() {
+        let mut m = ProducerStateManager::new(EXPIRATION_MS, 2);
+        let mut leo = 0;
+        append(&mut m, &batch(1, 0, 0, 1), &mut leo, 0);
+        append(&mut m, &batch(2, 0, 0, 1), &mut leo, 0);
+        append(&mut m, &batch(1, 0, 1, 1), &mut leo, 0);
+        append(&mut m, &batch(3, 0, 0, 1), &mut leo, 0);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.producer_epoch(2), None);
+        assert_eq!(m.producer_epoch(1), Some(0));
+        assert_eq!(m.producer_epoch(3), Some(0));
+        append(&mut m, &batch(4, 0, 0, 1), &mut leo, 0);
+        assert_eq!(m.producer_epoch(1), None);
+        assert_eq!(m.lru.len(), m.producers.len());
+    }
+
+    #[test]
+    fn truncate_head_drops_producers_below_the_log_start() {
+        let mut m = manager();
+        let mut leo = 0;
+        append(&mut m, &batch(1, 0, 0, 5), &mut leo, 0);
+        append(&mut m, &batch(2, 0, 0, 5), &mut leo, 0);
+        m.truncate_head(5);
+        assert_eq!(m.producer_epoch(1), None);
+        assert_eq!(m.producer_epoch(2), Some(0));
+        m.truncate_head(9);
+        assert_eq!(m.len(), 1);
+        m.truncate_head(10);
+        assert!(m.is_empty());
+        assert!(m.lru.is_empty());
+    }
+
+    #[test]
+    fn producer_ids_are_persisted_before_they_are_handed_out() {
+        let mut ids = ProducerIdManager::new(0, 3);
+        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 3 }));
+        // Storing failed: nothing is handed out, it asks again.
+        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 3 }));
+        ids.block_persisted(3);
+        let got: Vec<_> = (0..3).map(|_| ids.next().unwrap()).collect();
+        assert_eq!(
+            got,
+            [0, 1, 2].map(|producer_id| Allocation::Allocated { producer_id }).to_vec(),
+            "ids are handed out in order"
+        );
+        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 6 }));
+        // A stale confirmation never shrinks the reserved range.
+        ids.block_persisted(2);
+        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 6 }));
+        ids.block_persisted(6);
+        assert_eq!(ids.next(), Ok(Allocation::Allocated { producer_id: 3 }));
+
+        // Restart: resumes after everything that may have been handed out.
+        let mut restarted = ProducerIdManager::new(6, PRODUCER_ID_BLOCK_SIZE);
+        assert_eq!(restarted.next(), Ok(Allocation::PersistBlockEnd { block_end: 1006 }));
+        restarted.block_persisted(1006);
+        assert_eq!(restarted.next(), Ok(Allocation::Allocated { producer_id: 6 }));
+
+        let mut corrupt = ProducerIdManager::new(-40, 10);
+        assert_eq!(corrupt.next(), Ok(Allocation::PersistBlockEnd { block_end: 10 }));
+
+        let mut exhausted = ProducerIdManager::new(i64::MAX - 1, 10);
+        let err = exhausted.next().unwrap_err();
+        assert_eq!(err, ProducerStateError::ProducerIdsExhausted { next_producer_id: i64::MAX - 1 });
+        assert_eq!(error_code(&err), ErrorCode::UNKNOWN_SERVER_ERROR);
+    }
+
+    /// One step of a simulated idempotent producer.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Send a new batch of this many records from producer `usize`.
+        Send(usize, i32),
+        /// Retry the batch sent this many batches ago (0 = the last) by producer `usize`.
+        Retry(usize, usize),
+        /// Bump producer `usize`'s epoch (as after InitProducerId with a known id).
+        BumpEpoch(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0..3usize, 1..20i32).prop_map(|(p, n)| Step::Send(p, n)),
+            4 => (0..3usize, 0..8usize).prop_map(|(p, back)| Step::Retry(p, back)),
+            1 => (0..3usize).prop_map(Step::BumpEpoch),
+        ]
+    }
+
+    proptest! {
+        /// Retries of any of a producer's last five batches in its current epoch map to the
+        /// offsets the first send got; nothing is ever appended twice; a rebuild from the
+        /// appended headers gives the same answers.
+        #[test]
+        fn retries_map_to_their_original_offsets(
+            steps in proptest::collection::vec(step(), 1..120),
+            start_sequence in prop_oneof![Just(0), Just(i32::MAX - 30), 0..1000i32],
+        ) {
+            let mut m = ProducerStateManager::new(EXPIRATION_MS, 10);
+            let mut log_end_offset = 0i64;
+            let mut log = Vec::new();
+            // Per producer: epoch, next sequence, (batch, base offset) sent in this epoch.
+            let mut producers: Vec<(i16, i32, Vec<(BatchHeader, i64)>)> =
+                (0..3).map(|_| (0, start_sequence, Vec::new())).collect();
+            for (now_ms, step) in steps.into_iter().enumerate() {
+                let now_ms = now_ms as i64;
+                match step {
+                    Step::Send(p, count) => {
+                        let (epoch, next_sequence, sent) = &mut producers[p];
+                        let mut b = batch(100 + p as i64, *epoch, *next_sequence, count);
+                        prop_assert_eq!(m.check(&b), Ok(SequenceCheck::Append));
+                        b.base_offset = log_end_offset;
+                        m.record(&b, log_end_offset, now_ms);
+                        log_end_offset += count as i64;
+                        *next_sequence = b.last_sequence().wrapping_add(1) & i32::MAX;
+                        sent.push((b, b.base_offset));
+                        log.push(b);
+                    }
+                    Step::Retry(p, back) => {
+                        let (_, _, sent) = &producers[p];
+                        if back >= sent.len() {
+                            continue;
+                        }
+                        let (b, base_offset) = sent[sent.len() - 1 - back];
+                        let got = m.check(&b);
+                        if back < BATCHES_RETAINED_PER_PRODUCER {
+                            prop_assert_eq!(got, Ok(SequenceCheck::Duplicate {
+                                base_offset,
+                                last_offset: base_offset + b.records_count as i64 - 1,
+                            }));
+                        } else {
+                            prop_assert!(
+                                matches!(got, Err(ProducerStateError::OutOfOrderSequence { .. })),
+                                "an old retry must be refused, got {:?}", got
+                            );
+                        }
+                    }
+                    Step::BumpEpoch(p) => {
+                        let (epoch, next_sequence, sent) = &mut producers[p];
+                        let stale = sent.last().map(|(b, _)| *b);
+                        *epoch += 1;
+                        *next_sequence = 0;
+                        sent.clear();
+                        if let Some(stale) = stale {
+                            // A retry from the fenced epoch is refused once the new epoch wrote.
+                            let mut first = batch(100 + p as i64, *epoch, 0, 1);
+                            prop_assert_eq!(m.check(&first), Ok(SequenceCheck::Append));
+                            first.base_offset = log_end_offset;
+                            m.record(&first, log_end_offset, now_ms);
+                            log_end_offset += 1;
+                            *next_sequence = 1;
+                            sent.push((first, first.base_offset));
+                            log.push(first);
+                            prop_assert!(
+                                matches!(m.check(&stale), Err(ProducerStateError::InvalidProducerEpoch { .. })),
+                                "stale epoch accepted"
+                            );
+                        }
+                    }
+                }
+            }
+            let mut rebuilt = ProducerStateManager::new(EXPIRATION_MS, 10);
+            rebuilt.rebuild(log.iter().copied(), 0);
+            for b in &log {
+                prop_assert_eq!(rebuilt.check(b), m.check(b));
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The network shell: the accept loop and one task per connection. This is the only module
+//! that owns sockets. Requests are read and handled in order; responses are written in request
+//! order by a writer task, so a connection pipelines up to `queued.max.requests` requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use spate_client::protocol::frame::decode_frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::api::{self, Reply};
+use crate::broker::Broker;
+use crate::config::{BrokerConfig, FlushMode};
+use crate::error::{BrokerError, Result};
+
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Responses gathered into one write when several are ready at once.
+const WRITE_COALESCE_BYTES: usize = 256 * 1024;
+
+/// A broker whose storage is open and whose listener is bound.
+pub struct Server {
+    pub broker: Arc<Broker>,
+    listener: TcpListener,
+}
+
+impl Server {
+    pub async fn start(config: BrokerConfig) -> Result<Server> {
+        let config = config.validate()?;
+        let listen = config.listen;
+        let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+            .await
+            .map_err(|e| BrokerError::io("broker startup", std::io::Error::other(e)))??;
+        let listener = TcpListener::bind(listen).await.map_err(|e| BrokerError::io(listen.to_string(), e))?;
+        Ok(Server { broker, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.broker.config.listen)
+    }
+
+    /// Serves until `shutdown` resolves, then flushes and closes every partition.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Server { broker, listener } = self;
+        info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = broker.config.node_id, "listening");
+        let background = spawn_background_tasks(&broker);
+        let permits = Arc::new(Semaphore::new(broker.config.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(err) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %err, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        warn!(%peer, max = broker.config.max_connections, "connection refused: max.connections reached");
+                        continue;
+                    };
+                    let broker = broker.clone();
+                    tokio::spawn(async move {
+                        serve_connection(broker, stream, peer).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        info!("shutting down");
+        for task in background {
+            task.abort();
+        }
+        tokio::task::spawn_blocking(move || broker.shutdown()).await.ok();
+        Ok(())
+    }
+}
+
+fn spawn_background_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let b = broker.clone();
+    let every = Duration::from_millis(broker.config.log_retention_check_interval_ms);
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let b = b.clone();
+            let _ = tokio::task::spawn_blocking(move || b.housekeeping()).await;
+        }
+    }));
+    if broker.config.log_flush_mode == FlushMode::PageCache && broker.config.log_flush_interval_ms > 0 {
+        let b = broker.clone();
+        let every = Duration::from_millis(broker.config.log_flush_interval_ms);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                for topic in b.all_topics() {
+                    for p in topic.partitions.iter().filter(|p| p.has_unflushed()) {
+                        b.mark_dirty(p);
+                    }
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Reply>(broker.config.queued_max_requests);
+    let write_task = tokio::spawn(async move {
+        let mut out = BytesMut::new();
+        while let Some(reply) = rx.recv().await {
+            let mut next = Some(reply);
+            // Coalesce responses that are already complete into one write.
+            while let Some(reply) = next.take() {
+                let bytes: Bytes = match reply {
+                    Reply::Now(b) => b,
+                    Reply::Later(fut) => fut.await,
+                    Reply::Nothing | Reply::Close(_) => continue,
+                };
+                if bytes.is_empty() {
+                    return; // a response failed to encode; already logged
+                }
+                out.extend_from_slice(&bytes);
+                if out.len() < WRITE_COALESCE_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    });
+    let max_frame = broker.config.socket_request_max_bytes as usize;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    'read: loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_BUFFER_BYTES);
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) => {
+                debug!(%peer, error = %err, "read failed");
+                break;
+            }
+        }
+        loop {
+            let frame = match decode_frame(&mut buf, max_frame) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    warn!(%peer, error = %err, "closing connection: bad frame");
+                    break 'read;
+                }
+            };
+            match api::handle(&broker, frame) {
+                Reply::Nothing => {}
+                Reply::Close(reason) => {
+                    warn!(%peer, reason, "closing connection: bad request");
+                    break 'read;
+                }
+                reply => {
+                    if tx.send(reply).await.is_err() {
+                        break 'read;
+                    }
+                }
+            }
+        }
+    }
+    drop(tx);
+    // Let responses already accepted be written before the socket closes.
+    let _ = write_task.await;
+}

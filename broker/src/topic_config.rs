@@ -1,0 +1,232 @@
+//! Topic-level configs: the catalogue of keys a topic accepts (Kafka's names), how each falls
+//! back to a broker default, validation, and the [`LogConfig`] derived from them.
+
+use std::collections::BTreeMap;
+
+use crate::config::BrokerConfig;
+use crate::log::LogConfig;
+
+/// The type Kafka reports for a config in DescribeConfigs v3+.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Long = 5,
+    List = 7,
+}
+
+enum Rule {
+    Long { min: i64, max: i64 },
+    Bool,
+    OneOf(&'static [&'static str]),
+}
+
+/// One topic config key.
+pub struct TopicConfigDef {
+    pub name: &'static str,
+    /// The broker config whose value is this key's default, as Kafka's synonyms report it.
+    pub broker_synonym: Option<&'static str>,
+    pub doc: &'static str,
+    rule: Rule,
+    default: fn(&BrokerConfig) -> String,
+}
+
+impl TopicConfigDef {
+    pub fn config_type(&self) -> ConfigType {
+        match self.rule {
+            Rule::Long { max, .. } if max <= i32::MAX as i64 => ConfigType::Int,
+            Rule::Long { .. } => ConfigType::Long,
+            Rule::Bool => ConfigType::Boolean,
+            Rule::OneOf(_) if self.name == "cleanup.policy" => ConfigType::List,
+            Rule::OneOf(_) => ConfigType::String,
+        }
+    }
+
+    pub fn default_value(&self, broker: &BrokerConfig) -> String {
+        (self.default)(broker)
+    }
+
+    fn validate(&self, value: &str) -> Result<(), String> {
+        match &self.rule {
+            Rule::Long { min, max } => match value.trim().parse::<i64>() {
+                Ok(v) if (*min..=*max).contains(&v) => Ok(()),
+                Ok(v) => Err(format!("{v} is outside {min}..={max}")),
+                Err(_) => Err(format!("'{value}' is not a number")),
+            },
+            Rule::Bool => match value {
+                "true" | "false" => Ok(()),
+                _ => Err(format!("'{value}' is not true or false")),
+            },
+            Rule::OneOf(allowed) => {
+                if allowed.contains(&value) {
+                    Ok(())
+                } else {
+                    Err(format!("'{value}' is not supported (supported: {})", allowed.join(", ")))
+                }
+            }
+        }
+    }
+}
+
+const I32_MAX: i64 = i32::MAX as i64;
+
+/// Every topic config Spate understands. Values outside these rules are refused with
+/// INVALID_CONFIG rather than accepted and ignored: `cleanup.policy=compact` arrives with the
+/// compaction issue, and broker-side recompression (`compression.type` other than `producer`)
+/// and `LogAppendTime` are not implemented.
+pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
+    TopicConfigDef {
+        name: "cleanup.policy",
+        broker_synonym: Some("log.cleanup.policy"),
+        doc: "Retention policy for old segments: delete them (compaction is not implemented yet).",
+        rule: Rule::OneOf(&["delete"]),
+        default: |_| "delete".into(),
+    },
+    TopicConfigDef {
+        name: "compression.type",
+        broker_synonym: Some("compression.type"),
+        doc: "Batches are stored as the producer compressed them.",
+        rule: Rule::OneOf(&["producer"]),
+        default: |_| "producer".into(),
+    },
+    TopicConfigDef {
+        name: "index.interval.bytes",
+        broker_synonym: Some("log.index.interval.bytes"),
+        doc: "Bytes between entries of the sparse offset index.",
+        rule: Rule::Long { min: 0, max: I32_MAX },
+        default: |b| b.log_index_interval_bytes.to_string(),
+    },
+    TopicConfigDef {
+        name: "max.message.bytes",
+        broker_synonym: Some("message.max.bytes"),
+        doc: "Largest record batch (after compression) the topic accepts.",
+        rule: Rule::Long { min: 64, max: I32_MAX },
+        default: |b| b.message_max_bytes.to_string(),
+    },
+    TopicConfigDef {
+        name: "message.timestamp.type",
+        broker_synonym: Some("log.message.timestamp.type"),
+        doc: "Record timestamps are the producer's create time.",
+        rule: Rule::OneOf(&["CreateTime"]),
+        default: |_| "CreateTime".into(),
+    },
+    TopicConfigDef {
+        name: "min.insync.replicas",
+        broker_synonym: Some("min.insync.replicas"),
+        doc: "Replicas that must have a batch before acks=all succeeds.",
+        rule: Rule::Long { min: 1, max: I32_MAX },
+        default: |_| "1".into(),
+    },
+    TopicConfigDef {
+        name: "retention.bytes",
+        broker_synonym: Some("log.retention.bytes"),
+        doc: "Per-partition size above which the oldest segments are deleted (-1: unlimited).",
+        rule: Rule::Long { min: -1, max: i64::MAX },
+        default: |b| b.log_retention_bytes.to_string(),
+    },
+    TopicConfigDef {
+        name: "retention.ms",
+        broker_synonym: Some("log.retention.ms"),
+        doc: "Age after which a closed segment is deleted (-1: forever).",
+        rule: Rule::Long { min: -1, max: i64::MAX },
+        default: |b| b.log_retention_ms.to_string(),
+    },
+    TopicConfigDef {
+        name: "segment.bytes",
+        broker_synonym: Some("log.segment.bytes"),
+        doc: "Size at which the active segment is rolled.",
+        rule: Rule::Long { min: 1024, max: I32_MAX },
+        default: |b| b.log_segment_bytes.to_string(),
+    },
+    TopicConfigDef {
+        name: "segment.ms",
+        broker_synonym: Some("log.roll.ms"),
+        doc: "Age at which the active segment is rolled.",
+        rule: Rule::Long { min: 1, max: i64::MAX },
+        default: |b| b.log_roll_ms.to_string(),
+    },
+    TopicConfigDef {
+        name: "unclean.leader.election.enable",
+        broker_synonym: Some("unclean.leader.election.enable"),
+        doc: "Whether an out-of-sync replica may become leader (data loss).",
+        rule: Rule::Bool,
+        default: |_| "false".into(),
+    },
+];
+
+pub fn definition(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Checks one `key=value` override; the error says what is wrong.
+pub fn validate_override(name: &str, value: &str) -> Result<(), String> {
+    match definition(name) {
+        Some(def) => def.validate(value),
+        None => Err(format!("unknown topic config '{name}'")),
+    }
+}
+
+/// A topic's overrides of the broker defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicConfigs {
+    pub overrides: BTreeMap<String, String>,
+}
+
+impl TopicConfigs {
+    /// The effective value of `name`, with whether it is a topic override.
+    pub fn get(&self, name: &str, broker: &BrokerConfig) -> Option<(String, bool)> {
+        if let Some(v) = self.overrides.get(name) {
+            return Some((v.clone(), true));
+        }
+        definition(name).map(|d| (d.default_value(broker), false))
+    }
+
+    fn long(&self, name: &str, broker: &BrokerConfig) -> i64 {
+        // Values were validated on the way in, so a parse failure is our own bug; fall back to
+        // the broker default rather than take the partition down.
+        self.get(name, broker)
+            .and_then(|(v, _)| v.trim().parse().ok())
+            .or_else(|| definition(name).and_then(|d| d.default_value(broker).parse().ok()))
+            .unwrap_or(0)
+    }
+
+    pub fn log_config(&self, broker: &BrokerConfig) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.long("segment.bytes", broker) as u64,
+            segment_ms: self.long("segment.ms", broker),
+            retention_ms: self.long("retention.ms", broker),
+            retention_bytes: self.long("retention.bytes", broker),
+            index_interval_bytes: self.long("index.interval.bytes", broker) as u32,
+        }
+    }
+
+    pub fn max_message_bytes(&self, broker: &BrokerConfig) -> usize {
+        self.long("max.message.bytes", broker) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_win_over_broker_defaults() {
+        let broker = BrokerConfig::default();
+        let mut cfg = TopicConfigs::default();
+        assert_eq!(cfg.get("retention.ms", &broker).unwrap(), (broker.log_retention_ms.to_string(), false));
+        cfg.overrides.insert("retention.ms".into(), "1000".into());
+        assert_eq!(cfg.log_config(&broker).retention_ms, 1000);
+        assert_eq!(cfg.log_config(&broker).segment_bytes, broker.log_segment_bytes);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(validate_override("segment.bytes", "12").is_err());
+        assert!(validate_override("segment.bytes", "abc").is_err());
+        assert!(validate_override("cleanup.policy", "compact").is_err());
+        assert!(validate_override("no.such.config", "1").is_err());
+        assert!(validate_override("retention.ms", "-1").is_ok());
+        assert!(validate_override("unclean.leader.election.enable", "false").is_ok());
+    }
+}

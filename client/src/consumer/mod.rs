@@ -1,0 +1,732 @@
+//! The consumer, with manual partition assignment: [`Consumer::assign`], `seek*`, `position`
+//! and [`Consumer::poll`].
+//!
+//! Fetches are pipelined: as soon as a partition's fetched records have been handed to the
+//! caller, the next Fetch for it is sent (one request per leader broker, many partitions each),
+//! so the broker works while the caller processes. A group membership layer (a later issue)
+//! sits on top: it decides the assignment, seeds positions from committed offsets with
+//! [`Consumer::seek`], and reads [`Consumer::position`] to commit.
+
+mod fetcher;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::admin::{list_offsets, OffsetSpec};
+use crate::connection::ConnectionConfig;
+use crate::error::{Error, Result};
+use crate::metadata::{Cluster, ClusterConfig, TopicPartition};
+use crate::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use crate::protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use crate::protocol::record::RecordHeader;
+use crate::protocol::{str_bytes, ApiKey, ErrorCode};
+
+/// What to do when a partition has no valid position (`auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    Earliest,
+    #[default]
+    Latest,
+    /// Fail `poll` with [`Error::NoOffsetForPartition`].
+    None,
+}
+
+impl FromStr for AutoOffsetReset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "earliest" => Ok(AutoOffsetReset::Earliest),
+            "latest" => Ok(AutoOffsetReset::Latest),
+            "none" => Ok(AutoOffsetReset::None),
+            other => Err(format!("unknown auto.offset.reset '{other}' (expected earliest, latest or none)")),
+        }
+    }
+}
+
+/// `isolation.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    #[default]
+    ReadUncommitted,
+    /// Reads only up to the last stable offset. Records of aborted transactions are not yet
+    /// filtered out (transactions come in a later issue).
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    fn wire(self) -> i8 {
+        match self {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        }
+    }
+}
+
+impl FromStr for IsolationLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+            "read_committed" => Ok(IsolationLevel::ReadCommitted),
+            other => Err(format!("unknown isolation.level '{other}' (expected read_uncommitted or read_committed)")),
+        }
+    }
+}
+
+/// Consumer settings, by the Java client's names.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub bootstrap_servers: Vec<String>,
+    pub client_id: String,
+    /// The broker answers a fetch once this many bytes are available... Default 1.
+    pub fetch_min_bytes: i32,
+    /// ...or this much time has passed. Default 500.
+    pub fetch_max_wait_ms: u64,
+    /// Upper bound on one fetch response. Default 50 MiB.
+    pub fetch_max_bytes: i32,
+    /// Upper bound per partition in one fetch. Default 1 MiB.
+    pub max_partition_fetch_bytes: i32,
+    pub auto_offset_reset: AutoOffsetReset,
+    pub isolation_level: IsolationLevel,
+    /// Most records one `poll` returns. Default 500.
+    pub max_poll_records: usize,
+    pub request_timeout_ms: u64,
+    /// Verify each batch's CRC32C. Default true.
+    pub check_crcs: bool,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            bootstrap_servers: vec!["127.0.0.1:9092".into()],
+            client_id: "spate-consumer".into(),
+            fetch_min_bytes: 1,
+            fetch_max_wait_ms: 500,
+            fetch_max_bytes: 50 * 1024 * 1024,
+            max_partition_fetch_bytes: 1024 * 1024,
+            auto_offset_reset: AutoOffsetReset::Latest,
+            isolation_level: IsolationLevel::ReadUncommitted,
+            max_poll_records: 500,
+            request_timeout_ms: 30_000,
+            check_crcs: true,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.bootstrap_servers.is_empty() {
+            return bad("bootstrap.servers is empty".into());
+        }
+        if self.fetch_min_bytes < 0 || self.fetch_max_bytes <= 0 || self.max_partition_fetch_bytes <= 0 {
+            return bad("fetch.min.bytes, fetch.max.bytes and max.partition.fetch.bytes must be positive".into());
+        }
+        if self.max_poll_records == 0 {
+            return bad("max.poll.records must be at least 1".into());
+        }
+        if self.fetch_max_wait_ms > i32::MAX as u64 {
+            return bad(format!("fetch.max.wait.ms {} is out of range", self.fetch_max_wait_ms));
+        }
+        if self.request_timeout_ms <= self.fetch_max_wait_ms {
+            return bad("request.timeout.ms must exceed fetch.max.wait.ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// A record as `poll` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    /// Shared by all records of a partition.
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<RecordHeader>,
+}
+
+/// One assigned partition.
+struct PartitionState {
+    topic: Arc<str>,
+    /// The next offset `poll` hands out; `None` until reset.
+    position: Option<i64>,
+    /// How to find the position when it is `None`: an explicit `seek_to_*`, else
+    /// `auto.offset.reset`.
+    reset: Option<OffsetSpec>,
+    /// The next offset to fetch (the position plus what is buffered).
+    fetch_offset: i64,
+    /// Bumped by every seek so a fetch sent before it is ignored when it lands.
+    seek_epoch: u64,
+    in_flight: bool,
+    paused: bool,
+    buffered: VecDeque<ConsumerRecord>,
+    high_watermark: i64,
+    log_start_offset: i64,
+}
+
+impl PartitionState {
+    fn new(topic: Arc<str>) -> Self {
+        PartitionState {
+            topic,
+            position: None,
+            reset: None,
+            fetch_offset: -1,
+            seek_epoch: 0,
+            in_flight: false,
+            paused: false,
+            buffered: VecDeque::new(),
+            high_watermark: -1,
+            log_start_offset: -1,
+        }
+    }
+
+    fn seek(&mut self, offset: i64) {
+        self.position = Some(offset);
+        self.reset = None;
+        self.fetch_offset = offset;
+        self.seek_epoch += 1;
+        self.buffered.clear();
+    }
+
+    fn reset_to(&mut self, spec: Option<OffsetSpec>) {
+        self.position = None;
+        self.reset = spec;
+        self.seek_epoch += 1;
+        self.buffered.clear();
+    }
+}
+
+/// What one fetch request came back with.
+struct FetchOutcome {
+    broker: i32,
+    /// The partitions asked for, with the fetch offset and seek epoch at the time.
+    asked: Vec<(TopicPartition, i64, u64)>,
+    result: Result<FetchResponse>,
+}
+
+struct State {
+    assignment: BTreeMap<TopicPartition, PartitionState>,
+    outcomes: mpsc::UnboundedReceiver<FetchOutcome>,
+    /// Where the next `poll` starts handing out records, so partitions take turns.
+    next_partition: usize,
+    /// An error to report from the next `poll` (e.g. an out-of-range offset with reset none).
+    pending_error: Option<Error>,
+}
+
+/// A Kafka consumer with manual assignment. Methods take `&self`; calls are serialised
+/// internally.
+pub struct Consumer {
+    cluster: Cluster,
+    config: ConsumerConfig,
+    outcomes_tx: mpsc::UnboundedSender<FetchOutcome>,
+    state: tokio::sync::Mutex<State>,
+}
+
+/// Decompressed bytes allowed per batch: a batch holds at most one partition fetch's worth of
+/// compressed data, which inflates by a bounded ratio in practice.
+const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 * 1024 * 1024;
+
+impl Consumer {
+    pub async fn new(config: ConsumerConfig) -> Result<Consumer> {
+        config.validate()?;
+        let mut cluster_config = ClusterConfig::new(config.bootstrap_servers.clone());
+        cluster_config.connection = ConnectionConfig {
+            client_id: Some(config.client_id.clone()),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            // A fetch response holds at most fetch.max.bytes of records plus headers.
+            max_response_bytes: config.fetch_max_bytes as usize + 1024 * 1024,
+            ..ConnectionConfig::default()
+        };
+        let cluster = Cluster::connect(cluster_config).await?;
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        Ok(Consumer {
+            cluster,
+            config,
+            outcomes_tx,
+            state: tokio::sync::Mutex::new(State {
+                assignment: BTreeMap::new(),
+                outcomes,
+                next_partition: 0,
+                pending_error: None,
+            }),
+        })
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Where `auto.offset.reset` puts a partition without a position (`None` for `none`).
+    fn auto_reset(&self) -> Option<OffsetSpec> {
+        match self.config.auto_offset_reset {
+            AutoOffsetReset::Earliest => Some(OffsetSpec::Earliest),
+            AutoOffsetReset::Latest => Some(OffsetSpec::Latest),
+            AutoOffsetReset::None => None,
+        }
+    }
+
+    /// Replaces the assignment. Partitions kept keep their position; new ones start from
+    /// `auto.offset.reset` unless sought.
+    pub async fn assign(&self, partitions: Vec<TopicPartition>) -> Result<()> {
+        for tp in &partitions {
+            let topic = self.cluster.topic(&tp.topic).await?;
+            if topic.partition(tp.partition).is_none() {
+                return Err(Error::UnknownPartition { topic: tp.topic.clone(), partition: tp.partition });
+            }
+        }
+        let mut state = self.state.lock().await;
+        let mut old = std::mem::take(&mut state.assignment);
+        for tp in partitions {
+            let ps = old.remove(&tp).unwrap_or_else(|| PartitionState::new(Arc::from(tp.topic.as_str())));
+            state.assignment.insert(tp, ps);
+        }
+        Ok(())
+    }
+
+    /// The assigned partitions, sorted.
+    pub async fn assignment(&self) -> Vec<TopicPartition> {
+        self.state.lock().await.assignment.keys().cloned().collect()
+    }
+
+    /// Sets the next offset `poll` returns for a partition.
+    pub async fn seek(&self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        let mut state = self.state.lock().await;
+        assigned(&mut state, tp)?.seek(offset);
+        Ok(())
+    }
+
+    /// Moves partitions (all assigned ones when empty) to their log start offset, resolved on
+    /// the next `poll` or `position`.
+    pub async fn seek_to_beginning(&self, partitions: &[TopicPartition]) -> Result<()> {
+        self.reset_partitions(partitions, OffsetSpec::Earliest).await
+    }
+
+    /// Moves partitions (all assigned ones when empty) to their end, resolved lazily.
+    pub async fn seek_to_end(&self, partitions: &[TopicPartition]) -> Result<()> {
+        self.reset_partitions(partitions, OffsetSpec::Latest).await
+    }
+
+    async fn reset_partitions(&self, partitions: &[TopicPartition], spec: OffsetSpec) -> Result<()> {
+        let mut state = self.state.lock().await;
+        if partitions.is_empty() {
+            state.assignment.values_mut().for_each(|ps| ps.reset_to(Some(spec)));
+            return Ok(());
+        }
+        for tp in partitions {
+            assigned(&mut state, tp)?.reset_to(Some(spec));
+        }
+        Ok(())
+    }
+
+    /// Seeks to the earliest offset whose timestamp is at least `timestamp_ms` (the end when
+    /// there is none) and returns it.
+    pub async fn seek_to_timestamp(&self, tp: &TopicPartition, timestamp_ms: i64) -> Result<i64> {
+        let mut state = self.state.lock().await;
+        assigned(&mut state, tp)?;
+        let isolation = self.config.isolation_level.wire();
+        let found = list_offsets(&self.cluster, &[(tp.clone(), timestamp_ms)], isolation).await?;
+        let mut offset = found.get(tp).map_or(-1, |info| info.offset);
+        if offset < 0 {
+            let end =
+                list_offsets(&self.cluster, &[(tp.clone(), OffsetSpec::Latest.wire_timestamp())], isolation).await?;
+            offset = end.get(tp).map_or(0, |info| info.offset);
+        }
+        assigned(&mut state, tp)?.seek(offset);
+        Ok(offset)
+    }
+
+    /// The next offset `poll` will return for a partition, resolving a pending reset first.
+    pub async fn position(&self, tp: &TopicPartition) -> Result<i64> {
+        let mut state = self.state.lock().await;
+        assigned(&mut state, tp)?;
+        self.resolve_positions(&mut state).await?;
+        Ok(assigned(&mut state, tp)?.position.expect("resolved above"))
+    }
+
+    /// Stops fetching partitions until `resume` (for flow control and rebalances).
+    pub async fn pause(&self, partitions: &[TopicPartition]) -> Result<()> {
+        let mut state = self.state.lock().await;
+        for tp in partitions {
+            assigned(&mut state, tp)?.paused = true;
+        }
+        Ok(())
+    }
+
+    pub async fn resume(&self, partitions: &[TopicPartition]) -> Result<()> {
+        let mut state = self.state.lock().await;
+        for tp in partitions {
+            assigned(&mut state, tp)?.paused = false;
+        }
+        Ok(())
+    }
+
+    /// The high watermark seen in the last fetch of a partition, if any (for lag).
+    pub async fn high_watermark(&self, tp: &TopicPartition) -> Option<i64> {
+        let state = self.state.lock().await;
+        state.assignment.get(tp).map(|ps| ps.high_watermark).filter(|hw| *hw >= 0)
+    }
+
+    /// Returns the records available now, or waits up to `timeout` for some. An empty vector
+    /// means none arrived in time.
+    pub async fn poll(&self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut state = self.state.lock().await;
+        loop {
+            while let Ok(outcome) = state.outcomes.try_recv() {
+                self.handle_outcome(&mut state, outcome);
+            }
+            if let Some(e) = state.pending_error.take() {
+                return Err(e);
+            }
+            self.resolve_positions(&mut state).await?;
+            let records = take_buffered(&mut state, self.config.max_poll_records);
+            // Send the next fetches before handing records out: pipelining.
+            self.send_fetches(&mut state).await;
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            tokio::select! {
+                outcome = state.outcomes.recv() => {
+                    if let Some(outcome) = outcome {
+                        self.handle_outcome(&mut state, outcome);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Looks up the position of every partition that needs a reset, per `auto.offset.reset` or
+    /// an explicit `seek_to_beginning`/`seek_to_end`.
+    async fn resolve_positions(&self, state: &mut State) -> Result<()> {
+        let mut wanted = Vec::new();
+        for (tp, ps) in &state.assignment {
+            if ps.position.is_some() {
+                continue;
+            }
+            match ps.reset.or_else(|| self.auto_reset()) {
+                Some(spec) => wanted.push((tp.clone(), spec.wire_timestamp())),
+                None => return Err(Error::NoOffsetForPartition { topic: tp.topic.clone(), partition: tp.partition }),
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let found = list_offsets(&self.cluster, &wanted, self.config.isolation_level.wire()).await?;
+        for (tp, info) in found {
+            if let Some(ps) = state.assignment.get_mut(&tp) {
+                if ps.position.is_none() {
+                    debug!(%tp, offset = info.offset, "reset position");
+                    ps.seek(info.offset.max(0));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one Fetch per leader for the partitions that have a position, nothing buffered and
+    /// nothing in flight.
+    async fn send_fetches(&self, state: &mut State) {
+        let metadata = self.cluster.metadata();
+        let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+        let mut refresh = false;
+        for (tp, ps) in &state.assignment {
+            if ps.position.is_none() || ps.in_flight || ps.paused || !ps.buffered.is_empty() {
+                continue;
+            }
+            match metadata.leader(&tp.topic, tp.partition) {
+                Some(leader) => by_leader.entry(leader).or_default().push(tp.clone()),
+                None => refresh = true,
+            }
+        }
+        if refresh {
+            if let Err(e) = self.cluster.refresh().await {
+                debug!(error = %e, "consumer metadata refresh failed");
+            }
+        }
+        for (broker, tps) in by_leader {
+            let conn = match self.cluster.broker(broker).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(broker, error = %e, "cannot reach partition leader");
+                    let _ = self.cluster.refresh().await;
+                    continue;
+                }
+            };
+            let mut asked = Vec::with_capacity(tps.len());
+            let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+            for tp in &tps {
+                let ps = state.assignment.get_mut(tp).expect("collected from the assignment");
+                ps.in_flight = true;
+                asked.push((tp.clone(), ps.fetch_offset, ps.seek_epoch));
+                topics.entry(tp.topic.as_str()).or_default().push(
+                    FetchPartition::default()
+                        .with_partition(tp.partition)
+                        .with_fetch_offset(ps.fetch_offset)
+                        .with_partition_max_bytes(self.config.max_partition_fetch_bytes),
+                );
+            }
+            let request = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(self.config.fetch_max_wait_ms as i32)
+                .with_min_bytes(self.config.fetch_min_bytes)
+                .with_max_bytes(self.config.fetch_max_bytes)
+                .with_isolation_level(self.config.isolation_level.wire())
+                // No fetch session: every fetch is a full one.
+                .with_session_id(0)
+                .with_session_epoch(-1)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(name, partitions)| {
+                            FetchTopic::default().with_topic(TopicName(str_bytes(name))).with_partitions(partitions)
+                        })
+                        .collect(),
+                );
+            let tx = self.outcomes_tx.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    let version = conn.version(ApiKey::Fetch)?;
+                    conn.send::<_, FetchResponse>(ApiKey::Fetch, version, &request).await
+                }
+                .await;
+                let _ = tx.send(FetchOutcome { broker, asked, result });
+            });
+        }
+    }
+
+    fn handle_outcome(&self, state: &mut State, outcome: FetchOutcome) {
+        for (tp, _, _) in &outcome.asked {
+            if let Some(ps) = state.assignment.get_mut(tp) {
+                ps.in_flight = false;
+            }
+        }
+        let response = match outcome.result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(broker = outcome.broker, error = %e, "fetch failed");
+                self.spawn_refresh();
+                return;
+            }
+        };
+        let top = ErrorCode(response.error_code);
+        if !top.is_ok() {
+            warn!(broker = outcome.broker, error = %top, "fetch failed");
+            return;
+        }
+        let asked: HashMap<(&str, i32), (i64, u64)> = outcome
+            .asked
+            .iter()
+            .map(|(tp, offset, epoch)| ((tp.topic.as_str(), tp.partition), (*offset, *epoch)))
+            .collect();
+        let mut refresh = false;
+        for topic in &response.responses {
+            for p in &topic.partitions {
+                let key = (topic.topic.0.as_str(), p.partition_index);
+                let Some(&(fetch_offset, epoch)) = asked.get(&key) else { continue };
+                let tp = TopicPartition::new(key.0, key.1);
+                let Some(ps) = state.assignment.get_mut(&tp) else { continue };
+                if ps.seek_epoch != epoch || ps.fetch_offset != fetch_offset {
+                    continue; // sought (or reassigned) since this fetch was sent
+                }
+                let code = ErrorCode(p.error_code);
+                match code {
+                    ErrorCode::NONE => {
+                        ps.high_watermark = p.high_watermark;
+                        ps.log_start_offset = p.log_start_offset;
+                        let Some(records) = &p.records else { continue };
+                        match fetcher::decode_fetched(
+                            &ps.topic,
+                            tp.partition,
+                            records,
+                            fetch_offset,
+                            self.config.check_crcs,
+                            MAX_DECOMPRESSED_BATCH_BYTES,
+                            &mut ps.buffered,
+                        ) {
+                            Ok(decoded) => ps.fetch_offset = decoded.next_fetch_offset,
+                            Err(source) => {
+                                state.pending_error = Some(Error::Protocol {
+                                    peer: format!("broker {} ({tp} at offset {fetch_offset})", outcome.broker),
+                                    source,
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    ErrorCode::OFFSET_OUT_OF_RANGE => match self.config.auto_offset_reset {
+                        AutoOffsetReset::None => {
+                            state.pending_error =
+                                Some(Error::NoOffsetForPartition { topic: tp.topic.clone(), partition: tp.partition });
+                        }
+                        AutoOffsetReset::Earliest | AutoOffsetReset::Latest => {
+                            debug!(%tp, fetch_offset, "offset out of range, resetting");
+                            ps.reset_to(None);
+                        }
+                    },
+                    code if code.is_retriable() => {
+                        debug!(%tp, error = %code, "fetch partition error, refreshing metadata");
+                        refresh = true;
+                    }
+                    code => {
+                        state.pending_error = Some(Error::broker(code, format!("fetch of {tp}")));
+                    }
+                }
+            }
+        }
+        if refresh {
+            self.spawn_refresh();
+        }
+    }
+
+    fn spawn_refresh(&self) {
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cluster.refresh().await {
+                debug!(error = %e, "consumer metadata refresh failed");
+            }
+        });
+    }
+}
+
+fn assigned<'a>(state: &'a mut State, tp: &TopicPartition) -> Result<&'a mut PartitionState> {
+    state.assignment.get_mut(tp).ok_or_else(|| Error::NotAssigned { topic: tp.topic.clone(), partition: tp.partition })
+}
+
+/// Hands out up to `max` buffered records, starting at a rotating partition so none starves,
+/// and advances positions past them.
+fn take_buffered(state: &mut State, max: usize) -> Vec<ConsumerRecord> {
+    let mut out = Vec::new();
+    let n = state.assignment.len();
+    if n == 0 {
+        return out;
+    }
+    let start = state.next_partition % n;
+    let mut partitions: Vec<&mut PartitionState> = state.assignment.values_mut().collect();
+    let mut next = start;
+    for i in (start..n).chain(0..start) {
+        let ps = &mut partitions[i];
+        if out.len() < max && !ps.buffered.is_empty() {
+            let take = ps.buffered.len().min(max - out.len());
+            out.extend(ps.buffered.drain(..take));
+            ps.position = out.last().map(|r| r.offset + 1);
+            next = i + 1;
+        }
+        if ps.buffered.is_empty() && ps.position.is_some() {
+            // Everything fetched was handed out: the position is where fetching continues
+            // (past control batches and compacted gaps too).
+            ps.position = Some(ps.fetch_offset);
+        }
+    }
+    state.next_partition = next;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::{Producer, ProducerConfig, ProducerRecord};
+    use crate::test_broker::TestBroker;
+
+    async fn produce(addr: &str, topic: &str, count: usize) {
+        let producer = Producer::new(ProducerConfig {
+            bootstrap_servers: vec![addr.to_string()],
+            batch_size: 512,
+            ..ProducerConfig::default()
+        })
+        .await
+        .unwrap();
+        for i in 0..count {
+            let record = ProducerRecord::new(format!("v{i}")).with_key(format!("k{i}"));
+            producer.send(topic, record).await.unwrap();
+        }
+        producer.close().await.unwrap();
+    }
+
+    fn config(addr: &str, reset: AutoOffsetReset) -> ConsumerConfig {
+        ConsumerConfig {
+            bootstrap_servers: vec![addr.to_string()],
+            auto_offset_reset: reset,
+            fetch_max_wait_ms: 50,
+            max_partition_fetch_bytes: 1024,
+            max_poll_records: 64,
+            ..ConsumerConfig::default()
+        }
+    }
+
+    fn all(topic: &str, n: i32) -> Vec<TopicPartition> {
+        (0..n).map(|p| TopicPartition::new(topic, p)).collect()
+    }
+
+    #[tokio::test]
+    async fn consumes_everything_in_order_per_partition() {
+        let broker = TestBroker::start(&[("t", 3)]).await;
+        produce(&broker.addr, "t", 500).await;
+        let consumer = Consumer::new(config(&broker.addr, AutoOffsetReset::Earliest)).await.unwrap();
+        consumer.assign(all("t", 3)).await.unwrap();
+        let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        let mut total = 0;
+        while total < 500 {
+            let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+            assert!(!records.is_empty(), "stalled after {total} records");
+            assert!(records.len() <= 64);
+            for r in records {
+                let i: usize = std::str::from_utf8(r.key.as_ref().unwrap()).unwrap()[1..].parse().unwrap();
+                assert_eq!(r.value.as_deref(), Some(format!("v{i}").as_bytes()));
+                assert_eq!(&*r.topic, "t");
+                seen.entry(r.partition).or_default().push(r.offset);
+                total += 1;
+            }
+        }
+        assert_eq!(total, 500);
+        for (p, offsets) in &seen {
+            let end = broker.state.lock().unwrap().topics["t"][*p as usize].log_end_offset;
+            assert_eq!(*offsets, (0..end).collect::<Vec<_>>(), "partition {p}");
+            assert_eq!(consumer.position(&TopicPartition::new("t", *p)).await.unwrap(), end);
+        }
+        assert!(consumer.poll(Duration::from_millis(100)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn seeks_and_resets() {
+        let broker = TestBroker::start(&[("t", 1)]).await;
+        produce(&broker.addr, "t", 20).await;
+        let tp = TopicPartition::new("t", 0);
+
+        let consumer = Consumer::new(config(&broker.addr, AutoOffsetReset::None)).await.unwrap();
+        consumer.assign(vec![tp.clone()]).await.unwrap();
+        assert!(matches!(consumer.poll(Duration::from_millis(10)).await, Err(Error::NoOffsetForPartition { .. })));
+        consumer.seek(&tp, 15).await.unwrap();
+        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(records.first().map(|r| r.offset), Some(15), "records before the seek offset are skipped");
+        consumer.seek_to_beginning(&[]).await.unwrap();
+        assert_eq!(consumer.position(&tp).await.unwrap(), 0);
+        consumer.seek_to_end(&[tp.clone()]).await.unwrap();
+        assert_eq!(consumer.position(&tp).await.unwrap(), 20);
+        assert!(matches!(
+            consumer.seek(&TopicPartition::new("t", 1), 0).await,
+            Err(Error::NotAssigned { partition: 1, .. })
+        ));
+
+        // Out of range: reset per auto.offset.reset=earliest.
+        let consumer = Consumer::new(config(&broker.addr, AutoOffsetReset::Earliest)).await.unwrap();
+        consumer.assign(vec![tp.clone()]).await.unwrap();
+        consumer.seek(&tp, 1000).await.unwrap();
+        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(records.first().map(|r| r.offset), Some(0));
+    }
+}

@@ -1,0 +1,707 @@
+//! The record accumulator: one queue of batches per partition, appended to under a short
+//! per-partition mutex, drained by the sender when a batch is full or its linger has expired.
+//!
+//! Sans-IO: every decision takes `now_ms` from the caller (a monotonic millisecond clock), and
+//! draining returns batches grouped by leader instead of sending anything. Idempotence lives
+//! here too: sequence numbers are assigned when a batch is first drained and kept across
+//! retries, and at most `max_in_flight_per_partition` batches of a partition are unanswered.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, ProtocolError};
+use crate::protocol::compression::Compression;
+use crate::protocol::record::{field, BatchBuilder, Record, NO_SEQUENCE};
+
+/// What the accumulator needs to know of the producer's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct AccumulatorConfig {
+    pub batch_size: usize,
+    pub linger_ms: i64,
+    pub compression: Compression,
+    pub max_in_flight_per_partition: usize,
+    pub retry_backoff_ms: i64,
+    pub idempotent: bool,
+}
+
+/// The outcome of a batch, shared by all its records' delivery futures.
+pub(crate) struct BatchCompletion {
+    pub id: u64,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    state: Mutex<CompletionState>,
+}
+
+#[derive(Default)]
+struct CompletionState {
+    /// The base offset (-1 when acks=0), or why the batch failed.
+    result: Option<Result<i64, Arc<Error>>>,
+    wakers: Vec<Waker>,
+}
+
+impl BatchCompletion {
+    fn new(id: u64, topic: Arc<str>, partition: i32) -> Self {
+        BatchCompletion { id, topic, partition, state: Mutex::new(CompletionState::default()) }
+    }
+
+    /// Records the outcome; the first one wins.
+    pub fn complete(&self, result: Result<i64, Arc<Error>>) {
+        let wakers = {
+            let mut state = self.state.lock().expect("completion lock");
+            if state.result.is_some() {
+                return;
+            }
+            state.result = Some(result);
+            std::mem::take(&mut state.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    pub fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<i64, Arc<Error>>> {
+        let mut state = self.state.lock().expect("completion lock");
+        match &state.result {
+            Some(r) => Poll::Ready(r.clone()),
+            None => {
+                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Waits for a batch's outcome (used by `flush`).
+pub(crate) struct CompletionWait(pub Arc<BatchCompletion>);
+
+impl std::future::Future for CompletionWait {
+    type Output = Result<i64, Arc<Error>>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_result(cx)
+    }
+}
+
+/// A batch still taking records.
+struct OpenBatch {
+    builder: BatchBuilder,
+    completion: Arc<BatchCompletion>,
+    created_ms: i64,
+    reserved_bytes: usize,
+}
+
+/// A closed batch: queued, in flight, or waiting to be retried.
+pub(crate) struct ProducerBatch {
+    pub completion: Arc<BatchCompletion>,
+    builder: Option<BatchBuilder>,
+    /// The wire form, built once (with its sequence) and reused by retries.
+    pub encoded: Option<Bytes>,
+    pub record_count: i32,
+    pub created_ms: i64,
+    /// Buffer memory to give back when the batch completes.
+    pub reserved_bytes: usize,
+    pub base_sequence: i32,
+    pub attempts: u32,
+    retry_at_ms: i64,
+}
+
+impl ProducerBatch {
+    fn from_open(open: OpenBatch) -> Self {
+        ProducerBatch {
+            record_count: open.builder.len() as i32,
+            completion: open.completion,
+            builder: Some(open.builder),
+            encoded: None,
+            created_ms: open.created_ms,
+            reserved_bytes: open.reserved_bytes,
+            base_sequence: NO_SEQUENCE,
+            attempts: 0,
+            retry_at_ms: 0,
+        }
+    }
+
+    pub fn topic(&self) -> &Arc<str> {
+        &self.completion.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.completion.partition
+    }
+
+    /// Encodes (and compresses) the batch if that has not happened yet. CPU-heavy for
+    /// compressed batches: the sender runs it off the async workers.
+    pub fn encode(&mut self, producer_id: i64, producer_epoch: i16) -> Result<&Bytes, ProtocolError> {
+        if self.encoded.is_none() {
+            let builder = self.builder.take().expect("a batch is either built or encoded");
+            self.encoded = Some(builder.finish(producer_id, producer_epoch, self.base_sequence, false)?);
+        }
+        Ok(self.encoded.as_ref().expect("just encoded"))
+    }
+
+    /// Size on the wire, for request size accounting (before encoding: uncompressed size).
+    fn size_bytes(&self) -> usize {
+        match (&self.encoded, &self.builder) {
+            (Some(b), _) => b.len(),
+            (None, Some(builder)) => builder.size_bytes(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Gives an already encoded batch a new base sequence (after a sequence rewind). The CRC
+    /// covers the sequence, so it is recomputed.
+    fn restamp_sequence(&mut self, base_sequence: i32) {
+        self.base_sequence = base_sequence;
+        if let Some(encoded) = &self.encoded {
+            let mut bytes = BytesMut::from(&encoded[..]);
+            bytes[field::BASE_SEQUENCE..field::BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+            let crc = crc32c::crc32c(&bytes[field::ATTRIBUTES..]);
+            bytes[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+            self.encoded = Some(bytes.freeze());
+        }
+    }
+}
+
+/// The batches of one partition.
+#[derive(Default)]
+pub(crate) struct PartitionQueue {
+    open: Option<OpenBatch>,
+    /// Closed batches in send order; retried batches go back to the front, in sequence order.
+    queued: VecDeque<ProducerBatch>,
+    in_flight: usize,
+    next_sequence: i32,
+    /// A batch failed retriably: send one at a time until the retries are through, so the
+    /// broker sees sequences in order again.
+    retrying: bool,
+    /// A batch failed for good: once nothing is in flight, sequences restart from here (what
+    /// the broker still expects) and queued batches are re-stamped.
+    rewind_to: Option<i32>,
+}
+
+impl PartitionQueue {
+    fn is_idle(&self) -> bool {
+        self.open.is_none() && self.queued.is_empty() && self.in_flight == 0
+    }
+
+    /// Once nothing is in flight: applies a pending sequence rewind to the queued batches that
+    /// already had sequences, and leaves retry mode when no retried batch is left.
+    fn settle(&mut self) {
+        if self.in_flight > 0 {
+            return;
+        }
+        if let Some(rewind) = self.rewind_to.take() {
+            let mut sequence = rewind;
+            for b in self.queued.iter_mut().filter(|b| b.base_sequence != NO_SEQUENCE) {
+                b.restamp_sequence(sequence);
+                sequence = next_sequence(sequence, b.record_count);
+            }
+            self.next_sequence = sequence;
+        }
+        if self.queued.iter().all(|b| b.attempts == 0) {
+            self.retrying = false;
+        }
+    }
+}
+
+/// Per-topic state: the partition queues and the sticky partition for unkeyed records.
+pub(crate) struct TopicQueues {
+    pub name: Arc<str>,
+    pub partitions: Vec<Arc<Mutex<PartitionQueue>>>,
+    /// The current sticky partition, -1 before the first unkeyed record.
+    pub sticky: AtomicI32,
+}
+
+impl TopicQueues {
+    pub fn num_partitions(&self) -> i32 {
+        self.partitions.len() as i32
+    }
+}
+
+/// What `append` did.
+pub(crate) enum AppendOutcome {
+    Appended {
+        completion: Arc<BatchCompletion>,
+        relative_offset: i32,
+        /// A new batch was opened (the sender must start its linger timer).
+        new_batch: bool,
+        /// A batch became ready to send.
+        batch_full: bool,
+    },
+    /// The record needs a new batch and the caller asked to be told first (sticky
+    /// partitioning switches partitions at that point); nothing was appended.
+    NeedsNewBatch { batch_full: bool },
+}
+
+/// Batches drained for sending, by leader.
+#[derive(Default)]
+pub(crate) struct Drained {
+    pub by_broker: BTreeMap<i32, Vec<ProducerBatch>>,
+    /// The earliest time something becomes ready by itself (linger or retry backoff).
+    pub next_ready_ms: Option<i64>,
+    /// Some ready batch's partition has no known leader: refresh metadata.
+    pub unknown_leader: bool,
+}
+
+/// How a request's batch ended, as far as the accumulator cares.
+pub(crate) enum BatchResult {
+    Done,
+    Retry,
+    Failed,
+}
+
+pub(crate) struct Accumulator {
+    config: AccumulatorConfig,
+    topics: RwLock<HashMap<Arc<str>, Arc<TopicQueues>>>,
+    next_batch_id: AtomicU64,
+    /// Every batch not yet completed, for `flush`.
+    incomplete: Mutex<HashMap<u64, Arc<BatchCompletion>>>,
+}
+
+impl Accumulator {
+    pub fn new(config: AccumulatorConfig) -> Self {
+        Accumulator {
+            config,
+            topics: RwLock::new(HashMap::new()),
+            next_batch_id: AtomicU64::new(0),
+            incomplete: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<TopicQueues>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    /// Registers a topic, or grows it when the cluster added partitions.
+    pub fn ensure_topic(&self, name: &str, num_partitions: i32) -> Arc<TopicQueues> {
+        let num_partitions = num_partitions.max(1) as usize;
+        if let Some(t) = self.topic(name) {
+            if t.partitions.len() >= num_partitions {
+                return t;
+            }
+        }
+        let mut topics = self.topics.write().expect("topics lock");
+        let existing = topics.get(name).cloned();
+        if let Some(t) = &existing {
+            if t.partitions.len() >= num_partitions {
+                return t.clone();
+            }
+        }
+        let mut partitions = existing.as_ref().map(|t| t.partitions.clone()).unwrap_or_default();
+        while partitions.len() < num_partitions {
+            partitions.push(Arc::new(Mutex::new(PartitionQueue::default())));
+        }
+        let sticky = existing.as_ref().map(|t| t.sticky.load(Ordering::Relaxed)).unwrap_or(-1);
+        let name: Arc<str> = Arc::from(name);
+        let queues = Arc::new(TopicQueues { name: name.clone(), partitions, sticky: AtomicI32::new(sticky) });
+        topics.insert(name, queues.clone());
+        queues
+    }
+
+    /// Appends a record to a partition's open batch, opening one if needed. `reserved_bytes` is
+    /// the buffer memory the caller reserved for it.
+    pub fn append(
+        &self,
+        topic: &TopicQueues,
+        partition: i32,
+        record: &Record,
+        reserved_bytes: usize,
+        now_ms: i64,
+        abort_on_new_batch: bool,
+    ) -> AppendOutcome {
+        let queue = &topic.partitions[partition as usize];
+        let mut q = queue.lock().expect("partition lock");
+        let mut batch_full = false;
+        if let Some(open) = &q.open {
+            if open.builder.size_bytes() + reserved_bytes > self.config.batch_size {
+                // Does not fit: the open batch is done.
+                let open = q.open.take().expect("checked");
+                q.queued.push_back(ProducerBatch::from_open(open));
+                batch_full = true;
+            }
+        }
+        let new_batch = q.open.is_none();
+        if new_batch {
+            if abort_on_new_batch {
+                return AppendOutcome::NeedsNewBatch { batch_full };
+            }
+            let id = self.next_batch_id.fetch_add(1, Ordering::Relaxed);
+            let completion = Arc::new(BatchCompletion::new(id, topic.name.clone(), partition));
+            self.incomplete.lock().expect("incomplete lock").insert(id, completion.clone());
+            q.open = Some(OpenBatch {
+                builder: BatchBuilder::with_capacity(self.config.compression, self.config.batch_size.min(1 << 20)),
+                completion,
+                created_ms: now_ms,
+                reserved_bytes: 0,
+            });
+        }
+        let open = q.open.as_mut().expect("opened above");
+        let relative_offset = open.builder.len() as i32;
+        open.builder.push(record);
+        open.reserved_bytes += reserved_bytes;
+        let completion = open.completion.clone();
+        if open.builder.size_bytes() >= self.config.batch_size {
+            let open = q.open.take().expect("checked");
+            q.queued.push_back(ProducerBatch::from_open(open));
+            batch_full = true;
+        }
+        AppendOutcome::Appended { completion, relative_offset, new_batch, batch_full }
+    }
+
+    /// Takes the batches that may be sent now. `force` (flush or close) ignores linger;
+    /// `leader_of` maps a partition to its leader; `max_request_bytes` bounds the batches
+    /// grouped for one broker; `broker_busy` says a broker has no request slot left.
+    pub fn drain(
+        &self,
+        now_ms: i64,
+        force: bool,
+        leader_of: &dyn Fn(&str, i32) -> Option<i32>,
+        broker_busy: &dyn Fn(i32) -> bool,
+        max_request_bytes: usize,
+    ) -> Drained {
+        let mut drained = Drained::default();
+        let mut request_bytes: HashMap<i32, usize> = HashMap::new();
+        let topics: Vec<Arc<TopicQueues>> = self.topics.read().expect("topics lock").values().cloned().collect();
+        let wake_at = |t: i64, d: &mut Drained| {
+            d.next_ready_ms = Some(d.next_ready_ms.map_or(t, |n| n.min(t)));
+        };
+        for topic in &topics {
+            for (index, queue) in topic.partitions.iter().enumerate() {
+                let partition = index as i32;
+                let mut q = queue.lock().expect("partition lock");
+                if q.is_idle() {
+                    continue;
+                }
+                if let Some(open) = &q.open {
+                    let ready_ms = open.created_ms + self.config.linger_ms;
+                    if force || now_ms >= ready_ms {
+                        let open = q.open.take().expect("checked");
+                        q.queued.push_back(ProducerBatch::from_open(open));
+                    } else {
+                        wake_at(ready_ms, &mut drained);
+                    }
+                }
+                let Some(front) = q.queued.front() else { continue };
+                if front.retry_at_ms > now_ms {
+                    wake_at(front.retry_at_ms, &mut drained);
+                    continue;
+                }
+                // One batch per partition per request, as the Java client does.
+                let limit = if q.retrying { 1 } else { self.config.max_in_flight_per_partition };
+                if q.in_flight >= limit || q.rewind_to.is_some() {
+                    continue;
+                }
+                let Some(leader) = leader_of(&topic.name, partition) else {
+                    drained.unknown_leader = true;
+                    continue;
+                };
+                if broker_busy(leader) {
+                    continue;
+                }
+                let used = request_bytes.entry(leader).or_default();
+                let size = front.size_bytes();
+                if *used > 0 && *used + size > max_request_bytes {
+                    continue;
+                }
+                *used += size;
+                let mut batch = q.queued.pop_front().expect("checked");
+                if self.config.idempotent && batch.base_sequence == NO_SEQUENCE {
+                    batch.base_sequence = q.next_sequence;
+                    q.next_sequence = next_sequence(q.next_sequence, batch.record_count);
+                }
+                q.in_flight += 1;
+                drained.by_broker.entry(leader).or_default().push(batch);
+            }
+        }
+        drained
+    }
+
+    /// Hands a batch back after its request ended. Completed batches give their memory back
+    /// through the returned byte count; retried ones are queued again.
+    pub fn finish(&self, mut batch: ProducerBatch, result: BatchResult, now_ms: i64) -> usize {
+        let Some(topic) = self.topic(batch.topic()) else { return batch.reserved_bytes };
+        let queue = &topic.partitions[batch.partition() as usize];
+        let mut q = queue.lock().expect("partition lock");
+        q.in_flight -= 1;
+        let released = match result {
+            BatchResult::Done => {
+                self.forget(&batch);
+                batch.reserved_bytes
+            }
+            BatchResult::Failed => {
+                if self.config.idempotent && batch.base_sequence != NO_SEQUENCE {
+                    let at = batch.base_sequence;
+                    q.rewind_to = Some(q.rewind_to.map_or(at, |r| r.min(at)));
+                }
+                self.forget(&batch);
+                batch.reserved_bytes
+            }
+            BatchResult::Retry => {
+                batch.attempts += 1;
+                batch.retry_at_ms = now_ms + self.config.retry_backoff_ms;
+                q.retrying = true;
+                // Keep retried batches ahead of new ones and in sequence order among themselves.
+                let at = q
+                    .queued
+                    .iter()
+                    .position(|b| b.base_sequence == NO_SEQUENCE || b.base_sequence > batch.base_sequence)
+                    .unwrap_or(q.queued.len());
+                q.queued.insert(at, batch);
+                0
+            }
+        };
+        q.settle();
+        released
+    }
+
+    fn forget(&self, batch: &ProducerBatch) {
+        self.incomplete.lock().expect("incomplete lock").remove(&batch.completion.id);
+    }
+
+    /// Every batch not completed yet (open, queued or in flight).
+    pub fn incomplete(&self) -> Vec<Arc<BatchCompletion>> {
+        self.incomplete.lock().expect("incomplete lock").values().cloned().collect()
+    }
+
+    /// Whether nothing is open, queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.incomplete.lock().expect("incomplete lock").is_empty()
+    }
+
+    /// Fails batches that waited in a queue past `delivery_timeout_ms` (for example because
+    /// their partition has no leader); returns the memory to give back.
+    pub fn expire(&self, now_ms: i64, delivery_timeout_ms: i64) -> usize {
+        let topics: Vec<Arc<TopicQueues>> = self.topics.read().expect("topics lock").values().cloned().collect();
+        let mut released = 0;
+        for topic in topics {
+            for (index, queue) in topic.partitions.iter().enumerate() {
+                let mut q = queue.lock().expect("partition lock");
+                while let Some(front) = q.queued.front() {
+                    let waited_ms = now_ms - front.created_ms;
+                    if waited_ms < delivery_timeout_ms {
+                        break;
+                    }
+                    let batch = q.queued.pop_front().expect("checked");
+                    if self.config.idempotent && batch.base_sequence != NO_SEQUENCE {
+                        let at = batch.base_sequence;
+                        q.rewind_to = Some(q.rewind_to.map_or(at, |r| r.min(at)));
+                    }
+                    batch.completion.complete(Err(Arc::new(Error::DeliveryTimeout {
+                        topic: topic.name.to_string(),
+                        partition: index as i32,
+                        waited_ms: waited_ms as u64,
+                    })));
+                    self.forget(&batch);
+                    released += batch.reserved_bytes;
+                }
+                q.settle();
+            }
+        }
+        released
+    }
+}
+
+/// Sequence numbers wrap to 0 after `i32::MAX`, as Kafka's do.
+fn next_sequence(sequence: i32, record_count: i32) -> i32 {
+    ((sequence as i64 + record_count as i64) % (i32::MAX as i64 + 1)) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn config(batch_size: usize, linger_ms: i64) -> AccumulatorConfig {
+        AccumulatorConfig {
+            batch_size,
+            linger_ms,
+            compression: Compression::None,
+            max_in_flight_per_partition: 5,
+            retry_backoff_ms: 100,
+            idempotent: true,
+        }
+    }
+
+    fn record(n: usize) -> Record {
+        Record { key: None, value: Some(Bytes::from(vec![b'x'; n])), headers: Vec::new(), timestamp_ms: 1 }
+    }
+
+    fn leader(_: &str, _: i32) -> Option<i32> {
+        Some(1)
+    }
+
+    fn not_busy(_: i32) -> bool {
+        false
+    }
+
+    fn append(acc: &Accumulator, t: &TopicQueues, p: i32, now: i64) -> (i32, bool, bool) {
+        match acc.append(t, p, &record(100), 110, now, false) {
+            AppendOutcome::Appended { relative_offset, new_batch, batch_full, .. } => {
+                (relative_offset, new_batch, batch_full)
+            }
+            AppendOutcome::NeedsNewBatch { .. } => panic!("asked not to abort"),
+        }
+    }
+
+    #[test]
+    fn batches_close_when_full_and_drain_without_waiting_for_linger() {
+        let acc = Accumulator::new(config(61 + 3 * 110, 1000));
+        let t = acc.ensure_topic("t", 2);
+        assert_eq!(append(&acc, &t, 0, 0), (0, true, false));
+        assert_eq!(append(&acc, &t, 0, 0), (1, false, false));
+        assert_eq!(append(&acc, &t, 0, 0), (2, false, false));
+        // The fourth record does not fit: a new batch at relative offset 0.
+        let (offset, new_batch, _) = append(&acc, &t, 0, 0);
+        assert_eq!((offset, new_batch), (0, true));
+
+        let drained = acc.drain(10, false, &leader, &not_busy, 1 << 20);
+        let batches = &drained.by_broker[&1];
+        assert_eq!(batches.len(), 1, "only the full batch is ready before linger");
+        assert_eq!(batches[0].record_count, 3);
+        assert_eq!(batches[0].base_sequence, 0);
+        assert_eq!(drained.next_ready_ms, Some(1000), "the open batch lingers until 0 + 1000");
+    }
+
+    #[test]
+    fn linger_expiry_and_force_make_open_batches_ready() {
+        let acc = Accumulator::new(config(16384, 5));
+        let t = acc.ensure_topic("t", 2);
+        append(&acc, &t, 0, 100);
+        append(&acc, &t, 1, 103);
+        let d = acc.drain(104, false, &leader, &not_busy, 1 << 20);
+        assert!(d.by_broker.is_empty());
+        assert_eq!(d.next_ready_ms, Some(105));
+        let d = acc.drain(105, false, &leader, &not_busy, 1 << 20);
+        assert_eq!(d.by_broker[&1].len(), 1);
+        assert_eq!(d.by_broker[&1][0].partition(), 0);
+        assert_eq!(d.next_ready_ms, Some(108));
+        let d = acc.drain(105, true, &leader, &not_busy, 1 << 20);
+        assert_eq!(d.by_broker[&1][0].partition(), 1, "flush ignores linger");
+    }
+
+    #[test]
+    fn abort_on_new_batch_appends_nothing() {
+        let acc = Accumulator::new(config(16384, 5));
+        let t = acc.ensure_topic("t", 1);
+        assert!(matches!(
+            acc.append(&t, 0, &record(1), 10, 0, true),
+            AppendOutcome::NeedsNewBatch { batch_full: false }
+        ));
+        assert!(acc.is_empty());
+        append(&acc, &t, 0, 0);
+        assert!(matches!(acc.append(&t, 0, &record(1), 10, 0, true), AppendOutcome::Appended { new_batch: false, .. }));
+    }
+
+    #[test]
+    fn unknown_leader_and_busy_brokers_hold_batches_back() {
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        append(&acc, &t, 0, 0);
+        let d = acc.drain(1, false, &|_, _| None, &not_busy, 1 << 20);
+        assert!(d.by_broker.is_empty() && d.unknown_leader);
+        let d = acc.drain(1, false, &leader, &|_| true, 1 << 20);
+        assert!(d.by_broker.is_empty() && !d.unknown_leader);
+        let d = acc.drain(1, false, &leader, &not_busy, 1 << 20);
+        assert_eq!(d.by_broker[&1].len(), 1);
+    }
+
+    #[test]
+    fn in_flight_per_partition_is_bounded_and_sequences_are_contiguous() {
+        let mut c = config(100, 0);
+        c.max_in_flight_per_partition = 2;
+        let acc = Accumulator::new(c);
+        let t = acc.ensure_topic("t", 1);
+        for _ in 0..4 {
+            append(&acc, &t, 0, 0);
+        }
+        let first = acc.drain(1, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap();
+        let second = acc.drain(1, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap();
+        assert!(acc.drain(1, false, &leader, &not_busy, 1 << 20).by_broker.is_empty(), "two in flight");
+        assert_eq!((first[0].base_sequence, second[0].base_sequence), (0, 1));
+        acc.finish(first.into_iter().next().unwrap(), BatchResult::Done, 2);
+        let third = acc.drain(3, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap();
+        assert_eq!(third[0].base_sequence, 2);
+    }
+
+    #[test]
+    fn retried_batches_keep_their_sequence_and_go_first_after_backoff() {
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        for _ in 0..3 {
+            append(&acc, &t, 0, 0);
+        }
+        let mut batches = Vec::new();
+        for _ in 0..3 {
+            batches.extend(acc.drain(0, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap());
+        }
+        assert_eq!(batches.iter().map(|b| b.base_sequence).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let mut it = batches.into_iter();
+        let (b0, b1, b2) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        // The second fails retriably, the third (out of order behind it) too, then the first succeeds.
+        assert_eq!(acc.finish(b2, BatchResult::Retry, 10), 0);
+        acc.finish(b1, BatchResult::Retry, 10);
+        acc.finish(b0, BatchResult::Done, 10);
+        append(&acc, &t, 0, 10);
+        assert!(acc.drain(50, false, &leader, &not_busy, 1 << 20).by_broker.is_empty(), "backoff");
+        let d = acc.drain(110, true, &leader, &not_busy, 1 << 20);
+        let retry = &d.by_broker[&1];
+        assert_eq!((retry[0].base_sequence, retry[0].attempts), (1, 1));
+        // While retrying, one batch at a time.
+        assert!(acc.drain(110, true, &leader, &not_busy, 1 << 20).by_broker.is_empty());
+    }
+
+    #[test]
+    fn failed_batch_rewinds_sequences_of_later_batches() {
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        for _ in 0..2 {
+            append(&acc, &t, 0, 0);
+        }
+        let mut b0 = acc.drain(0, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap().remove(0);
+        let mut b1 = acc.drain(0, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap().remove(0);
+        b0.encode(7, 0).unwrap();
+        b1.encode(7, 0).unwrap();
+        acc.finish(b1, BatchResult::Retry, 0);
+        acc.finish(b0, BatchResult::Failed, 0);
+        let mut d = acc.drain(1000, false, &leader, &not_busy, 1 << 20);
+        let b1 = d.by_broker.remove(&1).unwrap().remove(0);
+        assert_eq!(b1.base_sequence, 0, "the broker never accepted sequence 0");
+        let bytes = b1.encoded.clone().unwrap();
+        let header = crate::protocol::record::validate_batch(&bytes, 0).unwrap();
+        assert_eq!((header.base_sequence, header.producer_id), (0, 7));
+    }
+
+    #[test]
+    fn request_size_bounds_grouping_per_broker() {
+        let acc = Accumulator::new(config(61 + 110, 0));
+        let t = acc.ensure_topic("t", 3);
+        for p in 0..3 {
+            append(&acc, &t, p, 0);
+        }
+        let d = acc.drain(0, false, &leader, &not_busy, 2 * (61 + 110));
+        assert_eq!(d.by_broker[&1].len(), 2);
+        let d = acc.drain(0, false, &leader, &not_busy, 2 * (61 + 110));
+        assert_eq!(d.by_broker[&1].len(), 1);
+    }
+
+    #[test]
+    fn completion_wakes_waiters_and_incomplete_tracks_batches() {
+        let acc = Accumulator::new(config(16384, 0));
+        let t = acc.ensure_topic("t", 1);
+        let completion = match acc.append(&t, 0, &record(1), 10, 0, false) {
+            AppendOutcome::Appended { completion, .. } => completion,
+            AppendOutcome::NeedsNewBatch { .. } => unreachable!(),
+        };
+        assert_eq!(acc.incomplete().len(), 1);
+        let batch = acc.drain(0, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap().remove(0);
+        batch.completion.complete(Ok(42));
+        assert_eq!(acc.finish(batch, BatchResult::Done, 0), 10);
+        assert!(acc.is_empty());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(matches!(completion.poll_result(&mut cx), Poll::Ready(Ok(42))));
+    }
+}

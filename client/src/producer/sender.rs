@@ -1,0 +1,329 @@
+//! The sender task: drains ready batches from the accumulator into one Produce request per
+//! broker (many partitions each), keeps up to `max.in.flight.requests.per.connection` requests
+//! per broker in flight, and settles each batch from the response: done, retried with its
+//! sequence kept, or failed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::accumulator::{Accumulator, BatchResult, ProducerBatch};
+use crate::error::{Error, Result};
+use crate::metadata::Cluster;
+use crate::protocol::compression::Compression;
+use crate::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use crate::protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use crate::protocol::{ApiKey, ErrorCode, StrBytes};
+
+/// The sender's part of the producer configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct SenderConfig {
+    pub acks: i16,
+    pub request_timeout_ms: i32,
+    pub retries: u32,
+    pub retry_backoff_ms: i64,
+    pub delivery_timeout_ms: i64,
+    pub max_in_flight_requests_per_connection: usize,
+    pub max_request_size: usize,
+    pub compression: Compression,
+}
+
+/// State shared by the producer handles and the sender task.
+pub(crate) struct SenderShared {
+    pub acc: Accumulator,
+    pub cluster: Cluster,
+    pub memory: Arc<Semaphore>,
+    pub wakeup: Notify,
+    pub closing: AtomicBool,
+    pub flushing: AtomicUsize,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub config: SenderConfig,
+    clock_base: Instant,
+    refreshing: AtomicBool,
+    last_refresh_ms: AtomicI64,
+}
+
+impl SenderShared {
+    pub fn new(
+        acc: Accumulator,
+        cluster: Cluster,
+        memory: Arc<Semaphore>,
+        producer_id: i64,
+        producer_epoch: i16,
+        config: SenderConfig,
+    ) -> Self {
+        SenderShared {
+            acc,
+            cluster,
+            memory,
+            wakeup: Notify::new(),
+            closing: AtomicBool::new(false),
+            flushing: AtomicUsize::new(0),
+            producer_id,
+            producer_epoch,
+            config,
+            clock_base: Instant::now(),
+            refreshing: AtomicBool::new(false),
+            last_refresh_ms: AtomicI64::new(i64::MIN / 2),
+        }
+    }
+
+    /// Milliseconds on a monotonic clock (tokio's, so tests can pause it).
+    pub fn now_ms(&self) -> i64 {
+        self.clock_base.elapsed().as_millis() as i64
+    }
+
+    pub fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.memory.add_permits(bytes);
+        }
+    }
+
+    /// Starts a metadata refresh in the background unless one ran within the retry backoff.
+    fn refresh_metadata(self: &Arc<Self>, now_ms: i64) {
+        if now_ms - self.last_refresh_ms.load(Ordering::Relaxed) < self.config.retry_backoff_ms {
+            return;
+        }
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_refresh_ms.store(now_ms, Ordering::Relaxed);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            match shared.cluster.refresh().await {
+                Ok(metadata) => {
+                    // Partitions added since a topic was first used become usable.
+                    for (name, topic) in &metadata.topics {
+                        if let Some(queues) = shared.acc.topic(name) {
+                            if (queues.num_partitions() as usize) < topic.partitions.len() {
+                                shared.acc.ensure_topic(name, topic.partitions.len() as i32);
+                            }
+                        }
+                    }
+                }
+                Err(e) => debug!(error = %e, "producer metadata refresh failed"),
+            }
+            shared.refreshing.store(false, Ordering::Release);
+            shared.wakeup.notify_one();
+        });
+    }
+}
+
+/// What one Produce request came back with.
+struct RequestOutcome {
+    broker: i32,
+    batches: Vec<ProducerBatch>,
+    /// `None` for acks=0.
+    result: Result<Option<ProduceResponse>>,
+}
+
+/// Runs until the producer is closed and every batch has completed.
+pub(crate) async fn run(shared: Arc<SenderShared>) {
+    let mut in_flight: JoinSet<RequestOutcome> = JoinSet::new();
+    let mut per_broker: HashMap<i32, usize> = HashMap::new();
+    loop {
+        let now_ms = shared.now_ms();
+        let closing = shared.closing.load(Ordering::Acquire);
+        let force = closing || shared.flushing.load(Ordering::Acquire) > 0;
+        let expired = shared.acc.expire(now_ms, shared.config.delivery_timeout_ms);
+        shared.release(expired);
+
+        let metadata = shared.cluster.metadata();
+        let max_in_flight = shared.config.max_in_flight_requests_per_connection;
+        let drained = shared.acc.drain(
+            now_ms,
+            force,
+            &|topic, partition| metadata.leader(topic, partition),
+            &|broker| per_broker.get(&broker).copied().unwrap_or(0) >= max_in_flight,
+            shared.config.max_request_size,
+        );
+        let mut next_ms = drained.next_ready_ms;
+        if drained.unknown_leader {
+            shared.refresh_metadata(now_ms);
+            let retry_ms = now_ms + shared.config.retry_backoff_ms;
+            next_ms = Some(next_ms.map_or(retry_ms, |n| n.min(retry_ms)));
+        }
+        for (broker, batches) in drained.by_broker {
+            *per_broker.entry(broker).or_default() += 1;
+            in_flight.spawn(send_produce(shared.clone(), broker, batches));
+        }
+        if closing && in_flight.is_empty() && shared.acc.is_empty() {
+            break;
+        }
+
+        let sleep = next_ms.map(|ms| shared.clock_base + std::time::Duration::from_millis(ms.max(0) as u64));
+        tokio::select! {
+            _ = shared.wakeup.notified() => {}
+            _ = tokio::time::sleep_until(sleep.unwrap_or_else(Instant::now)), if sleep.is_some() => {}
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                match joined {
+                    Ok(outcome) => {
+                        if let Some(n) = per_broker.get_mut(&outcome.broker) {
+                            *n = n.saturating_sub(1);
+                        }
+                        settle(&shared, outcome);
+                    }
+                    Err(e) => {
+                        // The batches of a panicked request task are lost with it; their
+                        // futures never resolve. Our bug, so log loudly.
+                        warn!(error = %e, "produce request task failed");
+                    }
+                }
+            }
+        }
+    }
+    debug!("producer sender stopped");
+}
+
+/// Encodes the batches and sends one Produce request to `broker`.
+async fn send_produce(shared: Arc<SenderShared>, broker: i32, mut batches: Vec<ProducerBatch>) -> RequestOutcome {
+    let result = async {
+        let conn = shared.cluster.broker(broker).await?;
+        let version = conn.version(ApiKey::Produce)?;
+        let (pid, epoch) = (shared.producer_id, shared.producer_epoch);
+        let encode = move |mut batches: Vec<ProducerBatch>| {
+            let mut result = Ok(());
+            for b in &mut batches {
+                if let Err(e) = b.encode(pid, epoch) {
+                    result = Err(Error::Encode { what: "record batch", reason: e.to_string() });
+                    break;
+                }
+            }
+            (batches, result)
+        };
+        let encoded = if shared.config.compression == Compression::None {
+            encode(std::mem::take(&mut batches))
+        } else {
+            // Compression is CPU work: keep it off the async workers.
+            let taken = std::mem::take(&mut batches);
+            tokio::task::spawn_blocking(move || encode(taken)).await.expect("batch encoding does not panic")
+        };
+        batches = encoded.0;
+        encoded.1?;
+
+        let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
+        for b in &batches {
+            topics
+                .entry(b.topic())
+                .or_default()
+                .push(PartitionProduceData::default().with_index(b.partition()).with_records(b.encoded.clone()));
+        }
+        let request = ProduceRequest::default()
+            .with_acks(shared.config.acks)
+            .with_timeout_ms(shared.config.request_timeout_ms)
+            .with_topic_data(
+                topics
+                    .into_iter()
+                    .map(|(name, partitions)| {
+                        TopicProduceData::default()
+                            .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                            .with_partition_data(partitions)
+                    })
+                    .collect(),
+            );
+        if shared.config.acks == 0 {
+            conn.send_no_response(ApiKey::Produce, version, &request).await?;
+            Ok(None)
+        } else {
+            Ok(Some(conn.send::<_, ProduceResponse>(ApiKey::Produce, version, &request).await?))
+        }
+    }
+    .await;
+    RequestOutcome { broker, batches, result }
+}
+
+/// Errors after which the leader may have moved.
+fn needs_metadata_refresh(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NOT_LEADER_OR_FOLLOWER
+            | ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+            | ErrorCode::LEADER_NOT_AVAILABLE
+            | ErrorCode::FENCED_LEADER_EPOCH
+            | ErrorCode::UNKNOWN_LEADER_EPOCH
+            | ErrorCode::KAFKA_STORAGE_ERROR
+    )
+}
+
+/// Settles every batch of a finished request.
+fn settle(shared: &Arc<SenderShared>, outcome: RequestOutcome) {
+    let now_ms = shared.now_ms();
+    let can_retry = |b: &ProducerBatch| {
+        b.attempts < shared.config.retries && now_ms - b.created_ms < shared.config.delivery_timeout_ms
+    };
+    let mut refresh = false;
+    let mut released = 0;
+    match outcome.result {
+        Ok(None) => {
+            for b in outcome.batches {
+                b.completion.complete(Ok(-1));
+                released += shared.acc.finish(b, BatchResult::Done, now_ms);
+            }
+        }
+        Err(e) => {
+            refresh |= e.is_retriable();
+            let retriable = e.is_retriable();
+            if retriable {
+                debug!(broker = outcome.broker, error = %e, "produce request failed, retrying");
+            } else {
+                warn!(broker = outcome.broker, error = %e, "produce request failed");
+            }
+            let error = Arc::new(e);
+            for b in outcome.batches {
+                let result = if retriable && can_retry(&b) {
+                    BatchResult::Retry
+                } else {
+                    b.completion.complete(Err(error.clone()));
+                    BatchResult::Failed
+                };
+                released += shared.acc.finish(b, result, now_ms);
+            }
+        }
+        Ok(Some(response)) => {
+            let mut answers: HashMap<(&str, i32), (ErrorCode, i64, Option<String>)> = HashMap::new();
+            for t in &response.responses {
+                for p in &t.partition_responses {
+                    let message = p.error_message.as_ref().map(|m| m.to_string());
+                    answers.insert((t.name.0.as_str(), p.index), (ErrorCode(p.error_code), p.base_offset, message));
+                }
+            }
+            for b in outcome.batches {
+                let (code, base_offset, message) = answers
+                    .get(&(b.topic().as_ref(), b.partition()))
+                    .cloned()
+                    .unwrap_or((ErrorCode::UNKNOWN_SERVER_ERROR, -1, Some("partition missing from response".into())));
+                let result = if code.is_ok() || code == ErrorCode::DUPLICATE_SEQUENCE_NUMBER {
+                    b.completion.complete(Ok(base_offset));
+                    BatchResult::Done
+                } else {
+                    refresh |= needs_metadata_refresh(code);
+                    // Behind a batch that is being retried, the broker rejects the next
+                    // sequences as out of order: those are retried too, in order.
+                    let retriable = code.is_retriable() || code == ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER;
+                    if retriable && can_retry(&b) {
+                        debug!(topic = %b.topic(), partition = b.partition(), error = %code, "retrying batch");
+                        BatchResult::Retry
+                    } else {
+                        let context = match message {
+                            Some(m) => format!("produce to {}-{}: {m}", b.topic(), b.partition()),
+                            None => format!("produce to {}-{}", b.topic(), b.partition()),
+                        };
+                        b.completion.complete(Err(Arc::new(Error::broker(code, context))));
+                        BatchResult::Failed
+                    }
+                };
+                released += shared.acc.finish(b, result, now_ms);
+            }
+        }
+    }
+    shared.release(released);
+    if refresh {
+        shared.refresh_metadata(now_ms);
+    }
+}

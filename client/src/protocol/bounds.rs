@@ -1,0 +1,893 @@
+//! A bounds pass over request bodies, run before the generated decoders.
+//!
+//! The `kafka-protocol` decoders reserve `Vec::with_capacity(count)` with the element count a
+//! peer sent, before reading a single element. A 4-byte Metadata v1 body holding a topic count
+//! of `0x7fffffff` asks for ~150 GB, the allocation fails, and Rust aborts the process: one
+//! tiny request kills the broker. The crate cannot be told to bound that, so this module walks
+//! the body first, following the same schemas, and refuses any array whose count times the
+//! smallest possible encoded element exceeds the bytes left after it. Once a body passes, every
+//! reservation the decoder makes is at most `bytes left / smallest element * size_of::<T>()`,
+//! i.e. proportional to the frame size, which [`super::frame::decode_frame`] already bounds.
+//!
+//! The schemas below mirror the decoders of `kafka-protocol` 0.18.0 (the exact workspace pin)
+//! for the request types the broker decodes, in every version that crate supports. Tests encode
+//! populated requests of every version and assert the walk ends exactly where the encoding
+//! does; the `request_decoder` fuzz target checks the same on arbitrary input. Supporting a
+//! new request type means adding its schema here.
+
+use super::ApiKey;
+use crate::error::ProtocolError;
+
+/// The `what` of the [`ProtocolError::Malformed`] this pass returns when an array count cannot
+/// fit in the bytes that follow it (as opposed to a body that is merely truncated or invalid).
+pub const ARRAY_TOO_LONG: &str = "request array";
+
+const ANY: i16 = i16::MAX;
+
+/// The shape of one field on the wire. Whether strings, bytes and arrays use the compact
+/// (varint) encoding follows from the message's flexible versions.
+#[derive(Clone, Copy)]
+enum Ty {
+    /// Integers, booleans, UUIDs: a fixed number of bytes.
+    Fixed(usize),
+    /// `int16` length (or compact `uvarint` length + 1); `-1` / `0` is null.
+    String,
+    /// `int32` length (or compact `uvarint` length + 1); `-1` / `0` is null.
+    Bytes,
+    /// `int32` count (or compact `uvarint` count + 1); `-1` / `0` is null.
+    Array(&'static Ty),
+    Struct(&'static Struct),
+}
+
+/// A field present in versions `min..=max`.
+struct Field {
+    min: i16,
+    max: i16,
+    ty: Ty,
+}
+
+/// A tagged field the generated decoder parses itself (in versions `min..=max`; it refuses the
+/// tag in other versions). Other tags are skipped by their size.
+struct Tagged {
+    tag: u32,
+    min: i16,
+    max: i16,
+    ty: Ty,
+}
+
+struct Struct {
+    fields: &'static [Field],
+    tagged: &'static [Tagged],
+}
+
+struct Message {
+    name: &'static str,
+    min_version: i16,
+    max_version: i16,
+    flexible_from: i16,
+    body: Struct,
+}
+
+const fn f(min: i16, max: i16, ty: Ty) -> Field {
+    Field { min, max, ty }
+}
+
+const INT8: Ty = Ty::Fixed(1);
+const BOOL: Ty = Ty::Fixed(1);
+const INT16: Ty = Ty::Fixed(2);
+const INT32: Ty = Ty::Fixed(4);
+const INT64: Ty = Ty::Fixed(8);
+const UUID: Ty = Ty::Fixed(16);
+
+static API_VERSIONS: Message = Message {
+    name: "ApiVersions",
+    min_version: 0,
+    max_version: 4,
+    flexible_from: 3,
+    // client_software_name, client_software_version
+    body: Struct { fields: &[f(3, ANY, Ty::String), f(3, ANY, Ty::String)], tagged: &[] },
+};
+
+// topic_id, name
+static METADATA_TOPIC: Struct = Struct { fields: &[f(10, ANY, UUID), f(0, ANY, Ty::String)], tagged: &[] };
+static METADATA: Message = Message {
+    name: "Metadata",
+    min_version: 0,
+    max_version: 13,
+    flexible_from: 9,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::Struct(&METADATA_TOPIC))), // topics
+            f(4, ANY, BOOL),                                    // allow_auto_topic_creation
+            f(8, 10, BOOL),                                     // include_cluster_authorized_operations
+            f(8, ANY, BOOL),                                    // include_topic_authorized_operations
+        ],
+        tagged: &[],
+    },
+};
+
+// index, records
+static PRODUCE_PARTITION: Struct = Struct { fields: &[f(0, ANY, INT32), f(0, ANY, Ty::Bytes)], tagged: &[] };
+static PRODUCE_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, 12, Ty::String),                                  // name
+        f(13, ANY, UUID),                                      // topic_id
+        f(0, ANY, Ty::Array(&Ty::Struct(&PRODUCE_PARTITION))), // partition_data
+    ],
+    tagged: &[],
+};
+static PRODUCE: Message = Message {
+    name: "Produce",
+    min_version: 3,
+    max_version: 13,
+    flexible_from: 9,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                             // transactional_id
+            f(0, ANY, INT16),                                  // acks
+            f(0, ANY, INT32),                                  // timeout_ms
+            f(0, ANY, Ty::Array(&Ty::Struct(&PRODUCE_TOPIC))), // topic_data
+        ],
+        tagged: &[],
+    },
+};
+
+static FETCH_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32),  // partition
+        f(9, ANY, INT32),  // current_leader_epoch
+        f(0, ANY, INT64),  // fetch_offset
+        f(12, ANY, INT32), // last_fetched_epoch
+        f(5, ANY, INT64),  // log_start_offset
+        f(0, ANY, INT32),  // partition_max_bytes
+    ],
+    tagged: &[
+        Tagged { tag: 0, min: 17, max: ANY, ty: UUID },  // replica_directory_id
+        Tagged { tag: 1, min: 18, max: ANY, ty: INT64 }, // high_watermark
+    ],
+};
+static FETCH_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, 12, Ty::String),                                // topic
+        f(13, ANY, UUID),                                    // topic_id
+        f(0, ANY, Ty::Array(&Ty::Struct(&FETCH_PARTITION))), // partitions
+    ],
+    tagged: &[],
+};
+static FORGOTTEN_TOPIC: Struct = Struct {
+    fields: &[
+        f(7, 12, Ty::String),          // topic
+        f(13, ANY, UUID),              // topic_id
+        f(7, ANY, Ty::Array(&INT32)), // partitions
+    ],
+    tagged: &[],
+};
+// replica_id, replica_epoch
+static REPLICA_STATE: Struct = Struct { fields: &[f(15, ANY, INT32), f(15, ANY, INT64)], tagged: &[] };
+static FETCH: Message = Message {
+    name: "Fetch",
+    min_version: 4,
+    max_version: 18,
+    flexible_from: 12,
+    body: Struct {
+        fields: &[
+            f(0, 14, INT32),                                     // replica_id
+            f(0, ANY, INT32),                                    // max_wait_ms
+            f(0, ANY, INT32),                                    // min_bytes
+            f(3, ANY, INT32),                                    // max_bytes
+            f(4, ANY, INT8),                                     // isolation_level
+            f(7, ANY, INT32),                                    // session_id
+            f(7, ANY, INT32),                                    // session_epoch
+            f(0, ANY, Ty::Array(&Ty::Struct(&FETCH_TOPIC))),     // topics
+            f(7, ANY, Ty::Array(&Ty::Struct(&FORGOTTEN_TOPIC))), // forgotten_topics_data
+            f(11, ANY, Ty::String),                              // rack_id
+        ],
+        tagged: &[
+            // The decoder reads cluster_id in every flexible version.
+            Tagged { tag: 0, min: 12, max: ANY, ty: Ty::String },
+            Tagged { tag: 1, min: 15, max: ANY, ty: Ty::Struct(&REPLICA_STATE) },
+        ],
+    },
+};
+
+static LIST_OFFSETS_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32), // partition_index
+        f(4, ANY, INT32), // current_leader_epoch
+        f(0, ANY, INT64), // timestamp
+    ],
+    tagged: &[],
+};
+static LIST_OFFSETS_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                      // name
+        f(0, ANY, Ty::Array(&Ty::Struct(&LIST_OFFSETS_PARTITION))), // partitions
+    ],
+    tagged: &[],
+};
+static LIST_OFFSETS: Message = Message {
+    name: "ListOffsets",
+    min_version: 1,
+    max_version: 10,
+    flexible_from: 6,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),                                       // replica_id
+            f(2, ANY, INT8),                                        // isolation_level
+            f(0, ANY, Ty::Array(&Ty::Struct(&LIST_OFFSETS_TOPIC))), // topics
+            f(10, ANY, INT32),                                      // timeout_ms
+        ],
+        tagged: &[],
+    },
+};
+
+// partition_index, broker_ids
+static CREATABLE_ASSIGNMENT: Struct = Struct { fields: &[f(0, ANY, INT32), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+// name, value
+static CREATABLE_CONFIG: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::String)], tagged: &[] };
+static CREATABLE_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                    // name
+        f(0, ANY, INT32),                                         // num_partitions
+        f(0, ANY, INT16),                                         // replication_factor
+        f(0, ANY, Ty::Array(&Ty::Struct(&CREATABLE_ASSIGNMENT))), // assignments
+        f(0, ANY, Ty::Array(&Ty::Struct(&CREATABLE_CONFIG))),     // configs
+    ],
+    tagged: &[],
+};
+static CREATE_TOPICS: Message = Message {
+    name: "CreateTopics",
+    min_version: 2,
+    max_version: 7,
+    flexible_from: 5,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::Struct(&CREATABLE_TOPIC))), // topics
+            f(0, ANY, INT32),                                    // timeout_ms
+            f(0, ANY, BOOL),                                     // validate_only
+        ],
+        tagged: &[],
+    },
+};
+
+// name, topic_id
+static DELETE_TOPIC_STATE: Struct = Struct { fields: &[f(6, ANY, Ty::String), f(6, ANY, UUID)], tagged: &[] };
+static DELETE_TOPICS: Message = Message {
+    name: "DeleteTopics",
+    min_version: 1,
+    max_version: 6,
+    flexible_from: 4,
+    body: Struct {
+        fields: &[
+            f(6, ANY, Ty::Array(&Ty::Struct(&DELETE_TOPIC_STATE))), // topics
+            f(0, 5, Ty::Array(&Ty::String)),                        // topic_names
+            f(0, ANY, INT32),                                       // timeout_ms
+        ],
+        tagged: &[],
+    },
+};
+
+// broker_ids
+static CREATE_PARTITIONS_ASSIGNMENT: Struct = Struct { fields: &[f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+static CREATE_PARTITIONS_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                            // name
+        f(0, ANY, INT32),                                                 // count
+        f(0, ANY, Ty::Array(&Ty::Struct(&CREATE_PARTITIONS_ASSIGNMENT))), // assignments
+    ],
+    tagged: &[],
+};
+static CREATE_PARTITIONS: Message = Message {
+    name: "CreatePartitions",
+    min_version: 0,
+    max_version: 3,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::Struct(&CREATE_PARTITIONS_TOPIC))), // topics
+            f(0, ANY, INT32),                                            // timeout_ms
+            f(0, ANY, BOOL),                                             // validate_only
+        ],
+        tagged: &[],
+    },
+};
+
+static DESCRIBE_CONFIGS_RESOURCE: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT8),                   // resource_type
+        f(0, ANY, Ty::String),             // resource_name
+        f(0, ANY, Ty::Array(&Ty::String)), // configuration_keys
+    ],
+    tagged: &[],
+};
+static DESCRIBE_CONFIGS: Message = Message {
+    name: "DescribeConfigs",
+    min_version: 1,
+    max_version: 4,
+    flexible_from: 4,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::Struct(&DESCRIBE_CONFIGS_RESOURCE))), // resources
+            f(0, ANY, BOOL),                                               // include_synonyms
+            f(3, ANY, BOOL),                                               // include_documentation
+        ],
+        tagged: &[],
+    },
+};
+
+// name, config_operation, value
+static ALTERABLE_CONFIG: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, INT8), f(0, ANY, Ty::String)], tagged: &[] };
+static ALTER_CONFIGS_RESOURCE: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT8),                                      // resource_type
+        f(0, ANY, Ty::String),                                // resource_name
+        f(0, ANY, Ty::Array(&Ty::Struct(&ALTERABLE_CONFIG))), // configs
+    ],
+    tagged: &[],
+};
+static INCREMENTAL_ALTER_CONFIGS: Message = Message {
+    name: "IncrementalAlterConfigs",
+    min_version: 0,
+    max_version: 1,
+    flexible_from: 1,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::Struct(&ALTER_CONFIGS_RESOURCE))), // resources
+            f(0, ANY, BOOL),                                            // validate_only
+        ],
+        tagged: &[],
+    },
+};
+
+static INIT_PRODUCER_ID: Message = Message {
+    name: "InitProducerId",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String), // transactional_id
+            f(0, ANY, INT32),      // transaction_timeout_ms
+            f(3, ANY, INT64),      // producer_id
+            f(3, ANY, INT16),      // producer_epoch
+        ],
+        tagged: &[],
+    },
+};
+
+fn schema(api_key: ApiKey) -> Option<&'static Message> {
+    Some(match api_key {
+        ApiKey::ApiVersions => &API_VERSIONS,
+        ApiKey::Metadata => &METADATA,
+        ApiKey::Produce => &PRODUCE,
+        ApiKey::Fetch => &FETCH,
+        ApiKey::ListOffsets => &LIST_OFFSETS,
+        ApiKey::CreateTopics => &CREATE_TOPICS,
+        ApiKey::DeleteTopics => &DELETE_TOPICS,
+        ApiKey::CreatePartitions => &CREATE_PARTITIONS,
+        ApiKey::DescribeConfigs => &DESCRIBE_CONFIGS,
+        ApiKey::IncrementalAlterConfigs => &INCREMENTAL_ALTER_CONFIGS,
+        ApiKey::InitProducerId => &INIT_PRODUCER_ID,
+        _ => return None,
+    })
+}
+
+/// Walks a request body of `api_key` / `api_version` (the bytes after the request header) and
+/// refuses it if any array count could not fit in the bytes that follow it. Returns the number
+/// of bytes the body takes. Run it before [`super::decode_body`] on every request from a peer;
+/// it allocates nothing and takes time linear in `body.len()`.
+///
+/// Errors: [`ProtocolError::Malformed`] with `what` [`ARRAY_TOO_LONG`] for an impossible count,
+/// with another `what` for a body the decoder would refuse anyway (truncated, negative
+/// lengths); [`ProtocolError::UnsupportedVersion`] for an API or version without a schema.
+pub fn check_array_bounds(api_key: ApiKey, api_version: i16, body: &[u8]) -> Result<usize, ProtocolError> {
+    let Some(message) = schema(api_key) else {
+        return Err(ProtocolError::malformed(
+            "request body",
+            format!("no bounds schema for api key {}", api_key as i16),
+        ));
+    };
+    if api_version < message.min_version || api_version > message.max_version {
+        return Err(ProtocolError::UnsupportedVersion { api: message.name, version: api_version });
+    }
+    let mut walker = Walker { body, position: 0, version: api_version, flexible: api_version >= message.flexible_from };
+    walker.walk_struct(&message.body)?;
+    Ok(walker.position)
+}
+
+struct Walker<'a> {
+    body: &'a [u8],
+    position: usize,
+    version: i16,
+    flexible: bool,
+}
+
+impl Walker<'_> {
+    fn remaining(&self) -> usize {
+        self.body.len() - self.position
+    }
+
+    fn truncated(&self, needed: usize) -> ProtocolError {
+        ProtocolError::malformed(
+            "request body",
+            format!("needs {needed} bytes at byte {} but {} are left", self.position, self.remaining()),
+        )
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), ProtocolError> {
+        if n > self.remaining() {
+            return Err(self.truncated(n));
+        }
+        self.position += n;
+        Ok(())
+    }
+
+    fn int16(&mut self) -> Result<i16, ProtocolError> {
+        let at = self.position;
+        self.skip(2)?;
+        Ok(i16::from_be_bytes([self.body[at], self.body[at + 1]]))
+    }
+
+    fn int32(&mut self) -> Result<i32, ProtocolError> {
+        let at = self.position;
+        self.skip(4)?;
+        let b = &self.body[at..at + 4];
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The generated decoder's unsigned varint: at most five bytes, high bits past 32 dropped.
+    fn uvarint(&mut self) -> Result<u32, ProtocolError> {
+        let mut value = 0u32;
+        for i in 0..5 {
+            let Some(&b) = self.body.get(self.position) else {
+                return Err(self.truncated(1));
+            };
+            self.position += 1;
+            value |= ((b & 0x7f) as u32) << (i * 7);
+            if b < 0x80 {
+                break;
+            }
+        }
+        Ok(value)
+    }
+
+    /// A length or count, `None` for null. Classic encodings (`int16` for strings, `int32`
+    /// otherwise) use -1 for null and refuse other negatives; compact ones are an unsigned
+    /// varint of the value plus one, 0 being null.
+    fn length(&mut self, classic_int16: bool, what: &str) -> Result<Option<usize>, ProtocolError> {
+        if self.flexible {
+            return Ok(self.uvarint()?.checked_sub(1).map(|n| n as usize));
+        }
+        let n = if classic_int16 { i32::from(self.int16()?) } else { self.int32()? };
+        match n {
+            -1 => Ok(None),
+            n if n >= 0 => Ok(Some(n as usize)),
+            n => Err(ProtocolError::malformed("request body", format!("{what} length {n} is negative"))),
+        }
+    }
+
+    fn walk(&mut self, ty: &Ty) -> Result<(), ProtocolError> {
+        match ty {
+            Ty::Fixed(n) => self.skip(*n),
+            Ty::String => {
+                let len = self.length(true, "string")?;
+                self.skip(len.unwrap_or(0))
+            }
+            Ty::Bytes => {
+                let len = self.length(false, "bytes")?;
+                self.skip(len.unwrap_or(0))
+            }
+            Ty::Array(element) => {
+                let at = self.position;
+                let Some(count) = self.length(false, "array")? else {
+                    return Ok(());
+                };
+                // Every element takes at least this many bytes, so a larger count cannot be
+                // real, and the decoder would reserve room for it before finding out.
+                let min_element_bytes = self.min_bytes(element).max(1);
+                if count > self.remaining() / min_element_bytes {
+                    return Err(ProtocolError::malformed(
+                        ARRAY_TOO_LONG,
+                        format!(
+                            "{count} elements of at least {min_element_bytes} bytes at byte {at} \
+                             cannot fit in the {} bytes left",
+                            self.remaining()
+                        ),
+                    ));
+                }
+                for _ in 0..count {
+                    self.walk(element)?;
+                }
+                Ok(())
+            }
+            Ty::Struct(s) => self.walk_struct(s),
+        }
+    }
+
+    fn walk_struct(&mut self, s: &Struct) -> Result<(), ProtocolError> {
+        for field in s.fields.iter().filter(|f| (f.min..=f.max).contains(&self.version)) {
+            self.walk(&field.ty)?;
+        }
+        if !self.flexible {
+            return Ok(());
+        }
+        let tagged_fields = self.uvarint()?;
+        for _ in 0..tagged_fields {
+            let tag = self.uvarint()?;
+            let size = self.uvarint()? as usize;
+            match s.tagged.iter().find(|t| t.tag == tag) {
+                // The generated decoder parses known tags in place, ignoring `size`; do the same
+                // to stay at the same position as it.
+                Some(t) if (t.min..=t.max).contains(&self.version) => self.walk(&t.ty)?,
+                Some(_) => {
+                    return Err(ProtocolError::malformed(
+                        "request body",
+                        format!("tag {tag} is not valid in version {}", self.version),
+                    ))
+                }
+                None => self.skip(size)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The fewest bytes a value of `ty` takes in this version.
+    fn min_bytes(&self, ty: &Ty) -> usize {
+        match ty {
+            Ty::Fixed(n) => *n,
+            Ty::String if self.flexible => 1,
+            Ty::String => 2,
+            Ty::Bytes | Ty::Array(_) if self.flexible => 1,
+            Ty::Bytes | Ty::Array(_) => 4,
+            Ty::Struct(s) => {
+                let fields: usize = s
+                    .fields
+                    .iter()
+                    .filter(|f| (f.min..=f.max).contains(&self.version))
+                    .map(|f| self.min_bytes(&f.ty))
+                    .sum();
+                fields + usize::from(self.flexible)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::*;
+    use crate::protocol::{decode_body, str_bytes, Codec};
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::protocol::Encodable;
+    use proptest::prelude::*;
+
+    fn topic(name: &str) -> TopicName {
+        TopicName(str_bytes(name))
+    }
+
+    fn tags(version: i16, flexible_from: i16) -> std::collections::BTreeMap<i32, Bytes> {
+        if version >= flexible_from {
+            [(90, Bytes::from_static(b"unknown tag")), (7, Bytes::new())].into()
+        } else {
+            Default::default()
+        }
+    }
+
+    /// Encodes `m` at `version`; asserts the walk accepts it and ends exactly at its end, and
+    /// that the generated decoder reads the same number of bytes.
+    fn assert_walks_exactly<M: Codec>(api_key: ApiKey, version: i16, m: &M) {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf, version).unwrap_or_else(|e| panic!("{api_key:?} v{version} does not encode: {e}"));
+        let body = buf.freeze();
+        let walked = check_array_bounds(api_key, version, &body)
+            .unwrap_or_else(|e| panic!("{api_key:?} v{version} refused: {e}"));
+        assert_eq!(walked, body.len(), "{api_key:?} v{version}");
+        // Trailing bytes are not part of the body.
+        let mut longer = body.to_vec();
+        longer.extend_from_slice(&[0xff; 9]);
+        assert_eq!(check_array_bounds(api_key, version, &longer).unwrap(), body.len());
+        let mut rest = body.clone();
+        decode_body::<M>("request", &mut rest, version).unwrap();
+        assert!(rest.is_empty(), "{api_key:?} v{version}: decoder left {} bytes", rest.len());
+        // Every strict prefix is refused, never accepted as a shorter body.
+        for cut in 0..body.len() {
+            assert!(check_array_bounds(api_key, version, &body[..cut]).is_err(), "{api_key:?} v{version} cut {cut}");
+        }
+    }
+
+    #[test]
+    fn populated_requests_of_every_version_walk_exactly() {
+        for v in 0..=4 {
+            let m = ApiVersionsRequest::default()
+                .with_client_software_name(str_bytes(if v >= 3 { "spate" } else { "" }))
+                .with_client_software_version(str_bytes(if v >= 3 { "0.1.0" } else { "" }))
+                .with_unknown_tagged_fields(tags(v, 3));
+            assert_walks_exactly(ApiKey::ApiVersions, v, &m);
+        }
+        for v in 0..=13 {
+            let topics = (0..3)
+                .map(|i| {
+                    MetadataRequestTopic::default()
+                        .with_name((i != 1 || v < 10).then(|| topic(&format!("topic-{i}"))))
+                        .with_unknown_tagged_fields(tags(v, 9))
+                })
+                .collect();
+            let m = MetadataRequest::default()
+                .with_topics(Some(topics))
+                .with_allow_auto_topic_creation(v < 4)
+                .with_unknown_tagged_fields(tags(v, 9));
+            assert_walks_exactly(ApiKey::Metadata, v, &m);
+            if v >= 1 {
+                assert_walks_exactly(ApiKey::Metadata, v, &MetadataRequest::default().with_topics(None));
+            }
+        }
+        for v in 3..=13 {
+            let partitions = (0..2)
+                .map(|i| {
+                    PartitionProduceData::default()
+                        .with_index(i)
+                        .with_records(Some(Bytes::from(vec![i as u8; 70])))
+                        .with_unknown_tagged_fields(tags(v, 9))
+                })
+                .collect::<Vec<_>>();
+            let t = TopicProduceData::default().with_partition_data(partitions).with_unknown_tagged_fields(tags(v, 9));
+            let t = if v <= 12 { t.with_name(topic("orders")) } else { t.with_topic_id(uuid::Uuid::from_u128(7)) };
+            let m = ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 9));
+            assert_walks_exactly(ApiKey::Produce, v, &m);
+        }
+        for v in 4..=18 {
+            let partitions = (0..3)
+                .map(|i| {
+                    let p = FetchPartition::default()
+                        .with_partition(i)
+                        .with_fetch_offset(100)
+                        .with_partition_max_bytes(1 << 20)
+                        .with_unknown_tagged_fields(tags(v, 12));
+                    let p = if v >= 17 { p.with_replica_directory_id(uuid::Uuid::from_u128(3)) } else { p };
+                    if v >= 18 {
+                        p.with_high_watermark(5)
+                    } else {
+                        p
+                    }
+                })
+                .collect::<Vec<_>>();
+            let t = FetchTopic::default().with_partitions(partitions).with_unknown_tagged_fields(tags(v, 12));
+            let t = if v <= 12 { t.with_topic(topic("orders")) } else { t.with_topic_id(uuid::Uuid::from_u128(9)) };
+            let mut m = FetchRequest::default()
+                .with_max_wait_ms(500)
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 12));
+            if v >= 7 {
+                let f = ForgottenTopic::default().with_partitions(vec![1, 2, 3]).with_unknown_tagged_fields(tags(v, 12));
+                let f = if v <= 12 { f.with_topic(topic("old")) } else { f.with_topic_id(uuid::Uuid::from_u128(1)) };
+                m = m.with_forgotten_topics_data(vec![f]);
+            }
+            if v >= 11 {
+                m = m.with_rack_id(str_bytes("rack-a"));
+            }
+            if v >= 12 {
+                m = m.with_cluster_id(Some(str_bytes("cluster")));
+            }
+            if v >= 15 {
+                m = m.with_replica_id(BrokerId(-1)).with_replica_state(
+                    ReplicaState::default().with_replica_id(BrokerId(2)).with_replica_epoch(4),
+                );
+            }
+            assert_walks_exactly(ApiKey::Fetch, v, &m);
+        }
+        for v in 1..=10 {
+            let partitions = (0..2)
+                .map(|i| {
+                    ListOffsetsPartition::default()
+                        .with_partition_index(i)
+                        .with_timestamp(-1)
+                        .with_unknown_tagged_fields(tags(v, 6))
+                })
+                .collect::<Vec<_>>();
+            let t = ListOffsetsTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(partitions)
+                .with_unknown_tagged_fields(tags(v, 6));
+            let m = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 6));
+            assert_walks_exactly(ApiKey::ListOffsets, v, &m);
+        }
+        for v in 2..=7 {
+            let a = CreatableReplicaAssignment::default()
+                .with_partition_index(0)
+                .with_broker_ids(vec![BrokerId(1), BrokerId(2)])
+                .with_unknown_tagged_fields(tags(v, 5));
+            let c = CreatableTopicConfig::default()
+                .with_name(str_bytes("retention.ms"))
+                .with_value(Some(str_bytes("1000")))
+                .with_unknown_tagged_fields(tags(v, 5));
+            let t = CreatableTopic::default()
+                .with_name(topic("orders"))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1)
+                .with_assignments(vec![a.clone(), a])
+                .with_configs(vec![c.clone(), c.with_value(None)])
+                .with_unknown_tagged_fields(tags(v, 5));
+            let m = CreateTopicsRequest::default().with_topics(vec![t.clone(), t]).with_unknown_tagged_fields(tags(v, 5));
+            assert_walks_exactly(ApiKey::CreateTopics, v, &m);
+        }
+        for v in 1..=6 {
+            let m = if v >= 6 {
+                let s = DeleteTopicState::default()
+                    .with_name(Some(topic("orders")))
+                    .with_topic_id(uuid::Uuid::from_u128(5))
+                    .with_unknown_tagged_fields(tags(v, 4));
+                DeleteTopicsRequest::default().with_topics(vec![s.clone(), s.with_name(None)])
+            } else {
+                DeleteTopicsRequest::default().with_topic_names(vec![topic("a"), topic("bb")])
+            };
+            assert_walks_exactly(ApiKey::DeleteTopics, v, &m.with_timeout_ms(1).with_unknown_tagged_fields(tags(v, 4)));
+        }
+        for v in 0..=3 {
+            let a = CreatePartitionsAssignment::default()
+                .with_broker_ids(vec![BrokerId(1)])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let t = CreatePartitionsTopic::default()
+                .with_name(topic("orders"))
+                .with_count(4)
+                .with_assignments(Some(vec![a.clone(), a]))
+                .with_unknown_tagged_fields(tags(v, 2));
+            let m = CreatePartitionsRequest::default()
+                .with_topics(vec![t.clone(), t.with_assignments(None)])
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::CreatePartitions, v, &m);
+        }
+        for v in 1..=4 {
+            let r = DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(str_bytes("orders"))
+                .with_configuration_keys(Some(vec![str_bytes("retention.ms"), str_bytes("segment.bytes")]))
+                .with_unknown_tagged_fields(tags(v, 4));
+            let m = DescribeConfigsRequest::default()
+                .with_resources(vec![r.clone(), r.with_configuration_keys(None)])
+                .with_unknown_tagged_fields(tags(v, 4));
+            assert_walks_exactly(ApiKey::DescribeConfigs, v, &m);
+        }
+        for v in 0..=1 {
+            let c = AlterableConfig::default()
+                .with_name(str_bytes("retention.ms"))
+                .with_value(Some(str_bytes("5")))
+                .with_unknown_tagged_fields(tags(v, 1));
+            let r = AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(str_bytes("orders"))
+                .with_configs(vec![c.clone(), c.with_value(None)])
+                .with_unknown_tagged_fields(tags(v, 1));
+            let m = IncrementalAlterConfigsRequest::default()
+                .with_resources(vec![r.clone(), r])
+                .with_unknown_tagged_fields(tags(v, 1));
+            assert_walks_exactly(ApiKey::IncrementalAlterConfigs, v, &m);
+        }
+        for v in 0..=5 {
+            let m = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(-1)
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::InitProducerId, v, &m);
+            assert_walks_exactly(ApiKey::InitProducerId, v, &m.with_transactional_id(Some(TransactionalId(str_bytes("t")))));
+        }
+    }
+
+    fn body(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn too_long(result: Result<usize, ProtocolError>) -> bool {
+        matches!(result, Err(ProtocolError::Malformed { what: ARRAY_TOO_LONG, .. }))
+    }
+
+    #[test]
+    fn refuses_counts_that_cannot_fit_before_the_decoder_reserves_them() {
+        // Metadata v1: topics count 0x7fffffff and nothing else (the decoder would reserve
+        // ~150 GB and abort).
+        assert!(too_long(check_array_bounds(ApiKey::Metadata, 1, &[0x7f, 0xff, 0xff, 0xff])));
+        // Produce v3: null transactional id, acks, timeout, topic count.
+        let produce = body(&[&[0xff, 0xff, 0, 1, 0, 0, 0, 0], &i32::MAX.to_be_bytes()]);
+        assert!(too_long(check_array_bounds(ApiKey::Produce, 3, &produce)));
+        // CreateTopics v5 (flexible): compact count 0xffffffff - 1.
+        assert!(too_long(check_array_bounds(ApiKey::CreateTopics, 5, &[0xff, 0xff, 0xff, 0xff, 0x0f])));
+        // Nested: one valid Produce v3 topic whose partition count is huge.
+        let nested = body(&[&[0xff, 0xff, 0, 1, 0, 0, 0, 0], &1i32.to_be_bytes(), &[0, 1, b't'], &[0x7f, 0, 0, 0]]);
+        assert!(too_long(check_array_bounds(ApiKey::Produce, 3, &nested)));
+        // An int32 array inside a struct array (CreatePartitions v0 broker_ids).
+        let cp = body(&[&1i32.to_be_bytes(), &[0, 1, b't'], &3i32.to_be_bytes(), &1i32.to_be_bytes(), &[0x10, 0, 0, 0]]);
+        assert!(too_long(check_array_bounds(ApiKey::CreatePartitions, 0, &cp)));
+    }
+
+    #[test]
+    fn count_bound_uses_the_smallest_element() {
+        // ForgottenTopic partitions (Fetch v7): int32 elements, so 3 elements need 12 bytes.
+        let fetch_v7 = |count: i32, tail: usize| {
+            let mut b = BytesMut::new();
+            b.put_bytes(0, 25); // replica_id .. session_epoch
+            b.put_i32(0); // topics
+            b.put_i32(1); // forgotten_topics_data
+            b.put_slice(&[0, 1, b't']);
+            b.put_i32(count);
+            b.put_bytes(0, tail);
+            b.to_vec()
+        };
+        assert_eq!(check_array_bounds(ApiKey::Fetch, 7, &fetch_v7(3, 12)).unwrap(), 52);
+        assert!(too_long(check_array_bounds(ApiKey::Fetch, 7, &fetch_v7(3, 11))));
+        // Metadata v1 topics: each is at least a 2-byte string length.
+        assert_eq!(check_array_bounds(ApiKey::Metadata, 1, &[0, 0, 0, 2, 0, 0, 0, 0]).unwrap(), 8);
+        assert!(too_long(check_array_bounds(ApiKey::Metadata, 1, &[0, 0, 0, 2, 0, 0, 0])));
+    }
+
+    #[test]
+    fn known_tags_are_parsed_in_place_and_unknown_ones_skipped() {
+        // Fetch v12, everything empty, then tagged fields: tag 0 (cluster_id) whose declared
+        // size is wrong - the decoder reads the string regardless - and an unknown tag.
+        let mut b = BytesMut::new();
+        b.put_bytes(0, 25); // replica_id .. session_epoch
+        b.put_u8(1); // topics: compact, empty
+        b.put_u8(1); // forgotten_topics_data: empty
+        b.put_u8(1); // rack_id: ""
+        b.put_u8(2); // two tagged fields
+        b.put_slice(&[0, 0, 4, b'a', b'b', b'c']); // tag 0, size 0, compact string "abc"
+        b.put_slice(&[5, 2, 0xaa, 0xbb]); // tag 5, size 2
+        let body = b.freeze();
+        assert_eq!(check_array_bounds(ApiKey::Fetch, 12, &body).unwrap(), body.len());
+        let mut rest = body.clone();
+        let decoded: FetchRequest = decode_body("fetch", &mut rest, 12).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(decoded.cluster_id.as_deref(), Some("abc"));
+        // Tag 1 (replica_state) does not exist before v15; the decoder refuses it too.
+        let mut bad = body[..28].to_vec();
+        bad.extend_from_slice(&[1, 1, 12]);
+        bad.extend_from_slice(&[0; 12]);
+        assert!(check_array_bounds(ApiKey::Fetch, 12, &bad).is_err());
+        assert!(decode_body::<FetchRequest>("fetch", &mut Bytes::from(bad), 12).is_err());
+    }
+
+    #[test]
+    fn unknown_apis_and_versions_are_refused() {
+        assert!(matches!(
+            check_array_bounds(ApiKey::Metadata, 14, &[]),
+            Err(ProtocolError::UnsupportedVersion { api: "Metadata", version: 14 })
+        ));
+        assert!(matches!(check_array_bounds(ApiKey::Produce, 2, &[]), Err(ProtocolError::UnsupportedVersion { .. })));
+        assert!(check_array_bounds(ApiKey::Heartbeat, 0, &[]).is_err());
+    }
+
+    fn api_and_version() -> impl Strategy<Value = (ApiKey, i16)> {
+        prop_oneof![
+            (0..=4i16).prop_map(|v| (ApiKey::ApiVersions, v)),
+            (0..=13i16).prop_map(|v| (ApiKey::Metadata, v)),
+            (3..=13i16).prop_map(|v| (ApiKey::Produce, v)),
+            (4..=18i16).prop_map(|v| (ApiKey::Fetch, v)),
+            (1..=10i16).prop_map(|v| (ApiKey::ListOffsets, v)),
+            (2..=7i16).prop_map(|v| (ApiKey::CreateTopics, v)),
+            (1..=6i16).prop_map(|v| (ApiKey::DeleteTopics, v)),
+            (0..=3i16).prop_map(|v| (ApiKey::CreatePartitions, v)),
+            (1..=4i16).prop_map(|v| (ApiKey::DescribeConfigs, v)),
+            (0..=1i16).prop_map(|v| (ApiKey::IncrementalAlterConfigs, v)),
+            (0..=5i16).prop_map(|v| (ApiKey::InitProducerId, v)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic_and_stay_in_bounds(
+            (api_key, version) in api_and_version(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            if let Ok(walked) = check_array_bounds(api_key, version, &bytes) {
+                prop_assert!(walked <= bytes.len());
+            }
+        }
+    }
+}
