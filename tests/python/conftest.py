@@ -116,7 +116,7 @@ class Broker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "broker.log"
         self.extra_args = list(extra_args)
-        self.env = {**os.environ, "RUST_BACKTRACE": "1", **env}
+        self.env = {**os.environ, "RUST_BACKTRACE": "1", "NO_COLOR": "1", **env}
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.starts = 0

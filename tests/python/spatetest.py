@@ -29,7 +29,9 @@ def admin(bootstrap: str) -> AdminClient:
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict | None = None) -> None:
-    futures = admin(bootstrap).create_topics(
+    # Keep the client referenced until the future resolves: a collected AdminClient cancels it.
+    client = admin(bootstrap)
+    futures = client.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
         operation_timeout=10,
         request_timeout=15,

@@ -175,11 +175,14 @@ def test_torn_tail_is_truncated_on_restart(broker, tail):
 
 
 def retention_interval_option(binary: str) -> tuple[list[str], dict[str, str]] | None:
-    """How to make the broker check retention often: a flag or an environment variable, whichever
-    `spate broker --help` documents (None when neither)."""
+    """How to make the broker check retention often (`log.retention.check.interval.ms`): a dedicated
+    flag, the generic `--set KEY=VALUE`, or an environment variable, whichever `spate broker --help`
+    documents (None when none)."""
     help_text = subprocess.run([binary, "broker", "--help"], capture_output=True, text=True, timeout=30).stdout
     if "--log-retention-check-interval-ms" in help_text:
         return ["--log-retention-check-interval-ms", "200"], {}
+    if "--set" in help_text:
+        return ["--set", "log.retention.check.interval.ms=200"], {}
     if "SPATE_LOG_RETENTION_CHECK_INTERVAL_MS" in help_text:
         return [], {"SPATE_LOG_RETENTION_CHECK_INTERVAL_MS": "200"}
     return None
@@ -192,8 +195,9 @@ def test_retention_deletes_old_segments_and_advances_log_start(broker_factory):
     option = retention_interval_option(spate_binary())
     if option is None:
         pytest.skip(
-            "spate broker --help documents neither --log-retention-check-interval-ms nor "
-            "SPATE_LOG_RETENTION_CHECK_INTERVAL_MS, so retention would only run every 5 minutes"
+            "spate broker --help documents no way to set log.retention.check.interval.ms "
+            "(--log-retention-check-interval-ms, --set or SPATE_LOG_RETENTION_CHECK_INTERVAL_MS), "
+            "so retention would only run every 5 minutes"
         )
     broker = broker_factory(extra_args=option[0], env=option[1])
     topic = unique_topic("retention")

@@ -69,7 +69,7 @@ impl OffsetIndex {
     /// Parses a persisted index; `None` unless it is whole entries, strictly increasing in
     /// both fields, with every position below `segment_bytes`.
     pub fn decode(bytes: &[u8], segment_bytes: u64) -> Option<Self> {
-        if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+        if !bytes.chunks_exact(OFFSET_ENTRY_BYTES).remainder().is_empty() {
             return None;
         }
         let mut entries: Vec<OffsetEntry> = Vec::with_capacity(bytes.len() / OFFSET_ENTRY_BYTES);
@@ -132,7 +132,7 @@ impl TimeIndex {
     /// Parses a persisted index; `None` unless it is whole entries with strictly increasing
     /// timestamps, non-decreasing offsets, and offsets below `relative_end`.
     pub fn decode(bytes: &[u8], relative_end: u64) -> Option<Self> {
-        if bytes.len() % TIME_ENTRY_BYTES != 0 {
+        if !bytes.chunks_exact(TIME_ENTRY_BYTES).remainder().is_empty() {
             return None;
         }
         let mut entries: Vec<TimeEntry> = Vec::with_capacity(bytes.len() / TIME_ENTRY_BYTES);

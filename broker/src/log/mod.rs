@@ -30,7 +30,7 @@ use spate_client::protocol::record::{self, BatchHeader, BATCH_HEADER_BYTES, BATC
 
 pub use checkpoint::write_file_atomically;
 use checkpoint::{io_error, sync_dir, Checkpoint};
-use segment::{Cut, Segment, MAX_SEGMENT_OFFSETS};
+use segment::{Cut, Segment, SyncFile, MAX_SEGMENT_OFFSETS};
 
 /// Decompressing one batch for a timestamp lookup never produces more than this.
 const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
@@ -146,7 +146,7 @@ impl ReadSlice {
 /// The files holding data not yet known durable, from [`Log::flush_target`].
 #[derive(Debug, Clone)]
 pub struct FlushTarget {
-    files: Vec<(Arc<Path>, Arc<File>)>,
+    files: Vec<SyncFile>,
     dir: Option<PathBuf>,
     end_offset: i64,
 }
@@ -180,7 +180,7 @@ impl FlushTarget {
 struct PendingIndexSync {
     base_offset: i64,
     next_offset: i64,
-    files: [(Arc<Path>, Arc<File>); 2],
+    files: [SyncFile; 2],
 }
 
 pub struct Log {
@@ -210,7 +210,12 @@ impl Log {
     /// the module docs. On return every batch in the log is on disk, so the recovery point
     /// is the log end offset.
     pub fn open(dir: PathBuf, config: LogConfig, now_ms: i64) -> Result<Log, LogError> {
-        fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let persisted = Checkpoint::read(&dir)?;
         let checkpointed_recovery_point = persisted.map_or(i64::MIN, |c| c.recovery_point);
         let bases = list_segments(&dir)?;
@@ -270,10 +275,17 @@ impl Log {
             segments.remove(0).delete_files()?;
             dir_changed = true;
         }
-        // Persisted indexes of the active segment go stale with the next append.
-        if let Some(active) = segments.last() {
-            dir_changed |= active.remove_index_files()?;
+        // Closed segments that were scanned get fresh index files, made durable before the
+        // checkpoint below declares them trusted (their old files may be torn or stale).
+        let closed = segments.len() - 1;
+        for segment in segments[..closed].iter_mut().filter(|s| !s.indexes_from_disk) {
+            for (path, file) in segment.write_indexes()? {
+                file.sync_data().map_err(|e| io_error(&path, e))?;
+            }
+            dir_changed = true;
         }
+        // Persisted indexes of the active segment go stale with the next append.
+        dir_changed |= segments[closed].remove_index_files()?;
         // Make what recovery accepted durable, so the recovery point can be the log end.
         for segment in &segments {
             if segment.next_offset > checkpointed_recovery_point

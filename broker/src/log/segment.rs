@@ -79,6 +79,9 @@ fn read_header(file: &File, path: &Path, position: u64, size: u64) -> Result<Res
     Ok(check_structure(&header, remaining).map(|()| header))
 }
 
+/// A file to fsync later, with its path for error messages.
+pub(crate) type SyncFile = (Arc<Path>, Arc<File>);
+
 /// Where recovery cut a segment, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cut {
@@ -107,6 +110,8 @@ pub(crate) struct Segment {
     /// When the segment was last appended to (or opened); retention falls back to it for
     /// segments whose batches carry no timestamps.
     pub last_modified_ms: i64,
+    /// The indexes were loaded from their files rather than rebuilt by a scan.
+    pub indexes_from_disk: bool,
 }
 
 impl Segment {
@@ -124,6 +129,7 @@ impl Segment {
             offset_of_max_timestamp: base_offset,
             rolling_base_ms: now_ms,
             last_modified_ms: now_ms,
+            indexes_from_disk: false,
         }
     }
 
@@ -219,6 +225,7 @@ impl Segment {
         self.bytes_since_index_entry = size - tail_start;
         self.size_bytes = size;
         self.next_offset = next_offset;
+        self.indexes_from_disk = true;
         Ok(true)
     }
 
@@ -375,12 +382,12 @@ impl Segment {
     /// Writes both indexes to their files (without fsync: see `Log::flush_target`), first
     /// recording the segment's largest timestamp so the time index's last entry carries it.
     /// Returns the written files so the caller can fsync them later.
-    pub fn write_indexes(&mut self) -> Result<[(Arc<Path>, Arc<File>); 2], LogError> {
+    pub fn write_indexes(&mut self) -> Result<[SyncFile; 2], LogError> {
         if self.max_timestamp != i64::MIN {
             let relative_max = (self.offset_of_max_timestamp - self.base_offset) as u32;
             self.time_index.push_if_newer(self.max_timestamp, relative_max);
         }
-        let write = |path: PathBuf, bytes: Vec<u8>| -> Result<(Arc<Path>, Arc<File>), LogError> {
+        let write = |path: PathBuf, bytes: Vec<u8>| -> Result<SyncFile, LogError> {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create(true)

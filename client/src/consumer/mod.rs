@@ -715,7 +715,7 @@ mod tests {
         assert_eq!(records.first().map(|r| r.offset), Some(15), "records before the seek offset are skipped");
         consumer.seek_to_beginning(&[]).await.unwrap();
         assert_eq!(consumer.position(&tp).await.unwrap(), 0);
-        consumer.seek_to_end(&[tp.clone()]).await.unwrap();
+        consumer.seek_to_end(std::slice::from_ref(&tp)).await.unwrap();
         assert_eq!(consumer.position(&tp).await.unwrap(), 20);
         assert!(matches!(
             consumer.seek(&TopicPartition::new("t", 1), 0).await,

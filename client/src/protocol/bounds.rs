@@ -506,7 +506,8 @@ impl Walker<'_> {
     }
 
     fn walk_struct(&mut self, s: &Struct) -> Result<(), ProtocolError> {
-        for field in s.fields.iter().filter(|f| (f.min..=f.max).contains(&self.version)) {
+        let version = self.version;
+        for field in s.fields.iter().filter(|f| (f.min..=f.max).contains(&version)) {
             self.walk(&field.ty)?;
         }
         if !self.flexible {
@@ -556,10 +557,20 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::messages::create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic};
+    use crate::protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+    };
+    use crate::protocol::messages::delete_topics_request::DeleteTopicState;
+    use crate::protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use crate::protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic, ReplicaState};
+    use crate::protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use crate::protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use crate::protocol::messages::metadata_request::MetadataRequestTopic;
+    use crate::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use crate::protocol::messages::*;
     use crate::protocol::{decode_body, str_bytes, Codec};
     use bytes::{BufMut, Bytes, BytesMut};
-    use kafka_protocol::protocol::Encodable;
     use proptest::prelude::*;
 
     fn topic(name: &str) -> TopicName {

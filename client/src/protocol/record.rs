@@ -460,8 +460,10 @@ pub fn decode_records(
     }
     out.reserve(header.records_count as usize);
     let mut rest: &[u8] = &body;
-    let slice_of = |rest: &[u8], len: usize| {
-        let start = body.len() - rest.len();
+    // `rec` is always a sub-slice of `body`; its distance from the start of `body` locates the
+    // field so it can be handed out as a zero-copy `Bytes`.
+    let slice_of = |rec: &[u8], len: usize| {
+        let start = rec.as_ptr() as usize - body.as_ptr() as usize;
         body.slice(start..start + len)
     };
     for _ in 0..header.records_count {

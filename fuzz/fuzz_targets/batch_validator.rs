@@ -1,0 +1,6 @@
+//! Record batches as the broker validates them on produce and as consumers decode fetched data.
+#![no_main]
+
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::batch_validator(data));

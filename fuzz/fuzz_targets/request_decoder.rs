@@ -1,0 +1,7 @@
+//! A request frame (without its size prefix) as the broker handles it: header, bounds pass,
+//! body of the request type for the api key, and record batch validation for Produce.
+#![no_main]
+
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::request_decoder(data));
