@@ -277,7 +277,11 @@ impl Admin {
             new_totals
                 .iter()
                 .map(|(name, count)| {
-                    CreatePartitionsTopic::default().with_name(TopicName(str_bytes(*name))).with_count(*count)
+                    CreatePartitionsTopic::default()
+                        .with_name(TopicName(str_bytes(*name)))
+                        .with_count(*count)
+                        // The generated default is an empty (explicit) assignment.
+                        .with_assignments(None)
                 })
                 .collect(),
         );
@@ -399,9 +403,10 @@ impl Admin {
                     .with_name(str_bytes(name.as_str()))
                     .with_config_operation(0)
                     .with_value(Some(str_bytes(value.as_str()))),
-                AlterConfigOp::Delete { name } => {
-                    AlterableConfig::default().with_name(str_bytes(name.as_str())).with_config_operation(1)
-                }
+                AlterConfigOp::Delete { name } => AlterableConfig::default()
+                    .with_name(str_bytes(name.as_str()))
+                    .with_config_operation(1)
+                    .with_value(None),
             })
             .collect();
         let request = IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()

@@ -306,6 +306,13 @@ impl Connection {
 
     /// Sends one request and returns its raw response frame (header included).
     async fn request_frame<Req: Codec>(&self, api_key: ApiKey, version: i16, request: &Req) -> Result<Bytes> {
+        self.enqueue(api_key, version, request).await?.frame().await
+    }
+
+    /// Queues a request for the socket and returns a handle to its response. Requests queued
+    /// one after another by one task reach the broker in that order, which idempotent produce
+    /// relies on; waiting for the responses can then happen anywhere.
+    pub async fn enqueue<Req: Codec>(&self, api_key: ApiKey, version: i16, request: &Req) -> Result<PendingResponse> {
         let correlation_id = self.shared.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         let frame = self.encode(api_key, version, correlation_id, request)?;
         let (tx, rx) = oneshot::channel();
@@ -316,24 +323,51 @@ impl Connection {
             }
             pending.waiting.insert(correlation_id, tx);
         }
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
         if self.shared.outgoing.send(frame).await.is_err() {
             self.forget(correlation_id);
             return Err(Error::ConnectionClosed { peer: self.peer().to_string() });
         }
-        let timeout = self.shared.config.request_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::ConnectionClosed { peer: self.peer().to_string() }),
-            Err(_) => {
-                // A late response finds no waiter and is dropped by the reader.
-                self.forget(correlation_id);
-                Err(Error::Timeout { peer: self.peer().to_string(), timeout_ms: timeout.as_millis() as u64 })
-            }
-        }
+        Ok(PendingResponse { conn: self.clone(), api_key, version, correlation_id, deadline, rx })
     }
 
     fn forget(&self, correlation_id: i32) {
         self.shared.pending.lock().expect("pending lock").waiting.remove(&correlation_id);
+    }
+}
+
+/// A request on the wire, waiting for its response (at most `request_timeout` from when it was
+/// queued).
+pub struct PendingResponse {
+    conn: Connection,
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    deadline: tokio::time::Instant,
+    rx: oneshot::Receiver<Result<Bytes>>,
+}
+
+impl PendingResponse {
+    /// Waits for the response and decodes it as the version it was sent with.
+    pub async fn response<Resp: Codec>(self) -> Result<Resp> {
+        let (api_key, version, conn) = (self.api_key, self.version, self.conn.clone());
+        let mut frame = self.frame().await?;
+        let (_, response) = protocol::decode_response(api_key, version, &mut frame)
+            .map_err(|source| Error::Protocol { peer: conn.peer().to_string(), source })?;
+        Ok(response)
+    }
+
+    async fn frame(self) -> Result<Bytes> {
+        match tokio::time::timeout_at(self.deadline, self.rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::ConnectionClosed { peer: self.conn.peer().to_string() }),
+            Err(_) => {
+                // A late response finds no waiter and is dropped by the reader.
+                self.conn.forget(self.correlation_id);
+                let timeout_ms = self.conn.shared.config.request_timeout.as_millis() as u64;
+                Err(Error::Timeout { peer: self.conn.peer().to_string(), timeout_ms })
+            }
+        }
     }
 }
 

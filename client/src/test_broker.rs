@@ -37,6 +37,8 @@ pub(crate) struct BrokerState {
     /// Produce requests still to answer with NOT_LEADER_OR_FOLLOWER for every partition.
     pub fail_produce_requests: usize,
     pub produce_requests: usize,
+    /// Batches answered OUT_OF_ORDER_SEQUENCE_NUMBER.
+    pub out_of_order: usize,
 }
 
 pub(crate) struct TestBroker {
@@ -153,6 +155,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<BrokerState>>, port: i32)
                     state.fail_produce_requests -= 1;
                 }
                 let mut responses = Vec::new();
+                let mut state_out_of_order = 0;
                 for t in req.topic_data {
                     let mut partition_responses = Vec::new();
                     for p in t.partition_data {
@@ -168,6 +171,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<BrokerState>>, port: i32)
                             r.error_code = if h.base_sequence < expected {
                                 ErrorCode::DUPLICATE_SEQUENCE_NUMBER.0
                             } else {
+                                state_out_of_order += 1;
                                 ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER.0
                             };
                         } else {
@@ -186,6 +190,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<BrokerState>>, port: i32)
                         TopicProduceResponse::default().with_name(t.name).with_partition_responses(partition_responses),
                     );
                 }
+                state.out_of_order += state_out_of_order;
                 drop(state);
                 if req.acks == 0 {
                     continue;

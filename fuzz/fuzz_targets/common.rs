@@ -30,9 +30,7 @@ pub fn request_decoder(data: &[u8]) {
         Ok(len) => Some(len),
         // Refused before decoding, as the broker does: decoding now would reserve what the
         // impossible count asks for, which is exactly what the pass exists to prevent.
-        Err(ProtocolError::Malformed { what: ARRAY_TOO_LONG, .. } | ProtocolError::UnsupportedVersion { .. }) => {
-            return
-        }
+        Err(ProtocolError::Malformed { what: ARRAY_TOO_LONG, .. } | ProtocolError::UnsupportedVersion { .. }) => return,
         // Truncated or invalid: the generated decoder must refuse it as well.
         Err(_) => None,
     };
@@ -90,7 +88,9 @@ pub fn batch_validator(data: &[u8]) {
             decode(&batch);
         }
     }
+    // As the consumer's fetcher does: offsets from the header decide which batches to skip.
     for (position, header) in BatchIter::new(data) {
+        let _ = header.last_offset();
         decode(&bytes.slice(position..position + header.total_bytes()));
     }
     // `decode_records` is public: it must refuse, not panic on, bytes no one walked first.

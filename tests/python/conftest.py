@@ -120,6 +120,10 @@ class Broker:
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        # Set when we stopped or killed it on purpose; teardown treats any other exit as a crash.
+        self.stopped_on_purpose = False
+        # Set when SIGTERM did not end it within STOP_TIMEOUT_S.
+        self.ignored_sigterm = False
 
     @property
     def bootstrap(self) -> str:
@@ -157,6 +161,7 @@ class Broker:
 
     def _start_once(self, port: int) -> tuple[bool, str]:
         self.starts += 1
+        self.stopped_on_purpose = False
         cmd = broker_command(self.binary, self.data_dir, port, self.extra_args)
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start #{self.starts}: {' '.join(cmd)}\n".encode())
@@ -186,10 +191,12 @@ class Broker:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            self.stopped_on_purpose = True
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                self.ignored_sigterm = True
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
         return self.proc.returncode
@@ -202,6 +209,7 @@ class Broker:
         """Kills the broker with SIGKILL: no chance to flush or close anything."""
         assert self.proc is not None
         if self.proc.poll() is None:
+            self.stopped_on_purpose = True
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=STOP_TIMEOUT_S)
 
@@ -226,8 +234,16 @@ def broker_factory(tmp_path, request):
         return broker.start()
 
     yield make
-    for broker in made:
+    problems = []
+    for i, broker in enumerate(made):
+        if broker.proc is not None and broker.proc.poll() is not None and not broker.stopped_on_purpose:
+            problems.append(f"broker {i} exited on its own with status {broker.proc.returncode} during the test")
         broker.stop()
+        if broker.ignored_sigterm:
+            problems.append(f"broker {i} ignored SIGTERM for {STOP_TIMEOUT_S}s and was killed")
+    if problems:
+        logs = "\n".join(f"--- broker {i} log ---\n{b.log_text()[-10000:]}" for i, b in enumerate(made))
+        pytest.fail("; ".join(problems) + "\n" + logs)
 
 
 @pytest.fixture

@@ -122,8 +122,9 @@ def test_api_versions_v0_and_v3_answer(broker):
         assert versions[API_VERSIONS] == (0, 3)
         assert versions[PRODUCE] == (3, 9)
 
-        # v3: header v2 with compact client software name and version in the body.
-        body = b"\x05spate" + b"\x060.1.0" + b"\x00"
+        # v3: header v2; the body holds compact strings (varint length + 1) client_software_name and
+        # client_software_version, then an empty tagged-field section.
+        body = b"\x06spate" + b"\x060.1.0" + b"\x00"
         s.sendall(request_v2(API_VERSIONS, 3, 8, body))
         payload = recv_frame(s)
         # Response header v0 (ApiVersions responses never use the flexible header) then error_code.
@@ -132,7 +133,7 @@ def test_api_versions_v0_and_v3_answer(broker):
 
 def test_api_versions_unsupported_version_gets_kip511_answer(broker):
     with connect(broker) as s:
-        body = b"\x05spate" + b"\x060.1.0" + b"\x00"
+        body = b"\x06spate" + b"\x060.1.0" + b"\x00"
         s.sendall(request_v2(API_VERSIONS, 99, 1234, body))
         payload = recv_frame(s)
         assert payload is not None, "broker closed the connection instead of answering ApiVersions v99"

@@ -227,20 +227,31 @@ def test_list_offsets_and_offsets_for_times(broker):
     result = client.list_offsets({tp0: OffsetSpec.max_timestamp()})[tp0].result(timeout=20)
     assert (result.offset, result.timestamp) == (19, base_ms + 19_000)
 
-    consumer = Consumer(client_config(broker.bootstrap, **{"group.id": DUMMY_GROUP, "enable.auto.commit": False}))
+    consumer = Consumer(
+        client_config(
+            broker.bootstrap,
+            **{"group.id": DUMMY_GROUP, "enable.auto.commit": False, "enable.partition.eof": True},
+        )
+    )
     try:
         found = consumer.offsets_for_times([TopicPartition(topic, 0, base_ms + 7000)], timeout=10)
         assert [(t.partition, t.offset) for t in found] == [(0, 7)]
         assert consumer.get_watermark_offsets(tp0, timeout=10, cached=False) == (0, 20)
         assert consumer.get_watermark_offsets(tp1, timeout=10, cached=False) == (0, 0)
 
-        # Reading from OFFSET_END sees only what arrives after the end was resolved.
+        # Reading from OFFSET_END sees only what arrives after the end was resolved, which the
+        # partition-EOF event (at offset 20) tells.
         consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
-        deadline = time.monotonic() + 10
-        while consumer.position([tp0])[0].offset != 20 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        eof_at = None
+        while eof_at is None and time.monotonic() < deadline:
             msg = consumer.poll(0.2)
-            assert msg is None or msg.error() is not None, f"unexpected record at offset {msg.offset()}"
-        assert consumer.position([tp0])[0].offset == 20
+            if msg is None:
+                continue
+            assert msg.error() is not None, f"unexpected record at offset {msg.offset()}"
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                eof_at = msg.offset()
+        assert eof_at == 20
         producer.produce(topic, value=b"late", partition=0)
         assert producer.flush(30) == 0
         deadline = time.monotonic() + 20

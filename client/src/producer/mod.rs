@@ -390,7 +390,11 @@ impl Producer {
         match memory.try_acquire_many(permits) {
             Ok(p) => p.forget(),
             Err(_) => {
+                let shared = &self.inner.shared;
+                shared.memory_waiters.fetch_add(1, Ordering::AcqRel);
+                shared.wakeup.notify_one();
                 let wait = tokio::time::timeout(self.inner.max_block, memory.acquire_many(permits)).await;
+                shared.memory_waiters.fetch_sub(1, Ordering::AcqRel);
                 match wait {
                     Ok(Ok(p)) => p.forget(),
                     Ok(Err(_)) => return Err(Error::ProducerClosed),
@@ -440,7 +444,10 @@ async fn init_producer_id(cluster: &Cluster) -> Result<(i64, i16)> {
     let mut attempt = 0;
     loop {
         let conn = cluster.any_broker().await?;
-        let request = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+        let request = InitProducerIdRequest::default()
+            // The generated default is an empty transactional id, which asks for a transaction.
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000);
         let (_, response): (i16, InitProducerIdResponse) = conn.call(ApiKey::InitProducerId, &request).await?;
         let code = ErrorCode(response.error_code);
         if code.is_ok() {
@@ -527,6 +534,21 @@ mod tests {
         let state = broker.state.lock().unwrap();
         assert!(state.produce_requests > 3);
         assert_eq!(state.topics["t"][0].log_end_offset, 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_requests_reach_the_broker_in_sequence_order() {
+        let broker = TestBroker::start(&[("t", 2)]).await;
+        let mut c = config(&broker.addr);
+        c.batch_size = 200;
+        let producer = Producer::new(c).await.unwrap();
+        for i in 0..3000 {
+            producer.send("t", ProducerRecord::new(format!("value-{i:06}")).with_partition(i % 2)).await.unwrap();
+        }
+        producer.flush().await.unwrap();
+        let state = broker.state.lock().unwrap();
+        assert_eq!(state.out_of_order, 0, "requests were reordered on the way to the broker");
+        assert_eq!(state.topics["t"][0].log_end_offset + state.topics["t"][1].log_end_offset, 3000);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -41,6 +41,10 @@ pub(crate) struct SenderShared {
     pub wakeup: Notify,
     pub closing: AtomicBool,
     pub flushing: AtomicUsize,
+    /// `send` calls waiting for buffer memory. While there are any, open batches are sent
+    /// without lingering (as Kafka's accumulator does when its pool is exhausted): memory comes
+    /// back only when batches complete, so lingering would only slow everything down.
+    pub memory_waiters: AtomicUsize,
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub config: SenderConfig,
@@ -65,6 +69,7 @@ impl SenderShared {
             wakeup: Notify::new(),
             closing: AtomicBool::new(false),
             flushing: AtomicUsize::new(0),
+            memory_waiters: AtomicUsize::new(0),
             producer_id,
             producer_epoch,
             config,
@@ -127,10 +132,14 @@ struct RequestOutcome {
 pub(crate) async fn run(shared: Arc<SenderShared>) {
     let mut in_flight: JoinSet<RequestOutcome> = JoinSet::new();
     let mut per_broker: HashMap<i32, usize> = HashMap::new();
+    // Each broker's requests go on the wire in drain order (sequence numbers must arrive in
+    // order): a request task waits for the previous one's turn to end before it queues.
+    let mut turns: HashMap<i32, oneshot::Receiver<()>> = HashMap::new();
     loop {
         let now_ms = shared.now_ms();
         let closing = shared.closing.load(Ordering::Acquire);
-        let force = closing || shared.flushing.load(Ordering::Acquire) > 0;
+        let force =
+            closing || shared.flushing.load(Ordering::Acquire) > 0 || shared.memory_waiters.load(Ordering::Acquire) > 0;
         let expired = shared.acc.expire(now_ms, shared.config.delivery_timeout_ms);
         shared.release(expired);
 
@@ -151,7 +160,9 @@ pub(crate) async fn run(shared: Arc<SenderShared>) {
         }
         for (broker, batches) in drained.by_broker {
             *per_broker.entry(broker).or_default() += 1;
-            in_flight.spawn(send_produce(shared.clone(), broker, batches));
+            let (turn_done, turn) = oneshot::channel();
+            let previous = turns.insert(broker, turn);
+            in_flight.spawn(send_produce(shared.clone(), broker, batches, previous, turn_done));
         }
         if closing && in_flight.is_empty() && shared.acc.is_empty() {
             break;
@@ -181,11 +192,16 @@ pub(crate) async fn run(shared: Arc<SenderShared>) {
     debug!("producer sender stopped");
 }
 
-/// Encodes the batches and sends one Produce request to `broker`.
-async fn send_produce(shared: Arc<SenderShared>, broker: i32, mut batches: Vec<ProducerBatch>) -> RequestOutcome {
+/// Encodes the batches and sends one Produce request to `broker`, once the request drained
+/// before it (`previous`) is on the wire; dropping `turn_done` lets the next one go.
+async fn send_produce(
+    shared: Arc<SenderShared>,
+    broker: i32,
+    mut batches: Vec<ProducerBatch>,
+    previous: Option<oneshot::Receiver<()>>,
+    turn_done: oneshot::Sender<()>,
+) -> RequestOutcome {
     let result = async {
-        let conn = shared.cluster.broker(broker).await?;
-        let version = conn.version(ApiKey::Produce)?;
         let (pid, epoch) = (shared.producer_id, shared.producer_epoch);
         let encode = move |mut batches: Vec<ProducerBatch>| {
             let mut result = Ok(());
@@ -201,11 +217,18 @@ async fn send_produce(shared: Arc<SenderShared>, broker: i32, mut batches: Vec<P
             encode(std::mem::take(&mut batches))
         } else {
             // Compression is CPU work: keep it off the async workers.
+            // Requests to one broker still go out in order: see `previous`.
             let taken = std::mem::take(&mut batches);
             tokio::task::spawn_blocking(move || encode(taken)).await.expect("batch encoding does not panic")
         };
         batches = encoded.0;
         encoded.1?;
+        if let Some(previous) = previous {
+            // An error only means the previous request gave up before sending: our turn anyway.
+            let _ = previous.await;
+        }
+        let conn = shared.cluster.broker(broker).await?;
+        let version = conn.version(ApiKey::Produce)?;
 
         let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
         for b in &batches {
@@ -229,9 +252,12 @@ async fn send_produce(shared: Arc<SenderShared>, broker: i32, mut batches: Vec<P
             );
         if shared.config.acks == 0 {
             conn.send_no_response(ApiKey::Produce, version, &request).await?;
+            drop(turn_done);
             Ok(None)
         } else {
-            Ok(Some(conn.send::<_, ProduceResponse>(ApiKey::Produce, version, &request).await?))
+            let pending = conn.enqueue(ApiKey::Produce, version, &request).await?;
+            drop(turn_done);
+            Ok(Some(pending.response::<ProduceResponse>().await?))
         }
     }
     .await;
