@@ -203,7 +203,8 @@ impl ProducerStateManager {
             first_sequence: batch.base_sequence,
             last_sequence: batch.last_sequence(),
             base_offset,
-            last_offset: base_offset + batch.last_offset_delta as i64,
+            // Saturating: a corrupt header replayed from the log must not overflow.
+            last_offset: base_offset.saturating_add(batch.last_offset_delta as i64),
         };
         let lru_key = self.next_lru_key;
         self.next_lru_key += 1;
@@ -325,6 +326,11 @@ impl ProducerIdManager {
         ProducerIdManager { next_producer_id: start, persisted_block_end: start, block_size }
     }
 
+    /// The next producer id, or the block end to persist first.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "returns a decision that may require I/O before an id exists; not an Iterator"
+    )]
     pub fn next(&mut self) -> Result<Allocation, ProducerStateError> {
         if self.next_producer_id < self.persisted_block_end {
             let producer_id = self.next_producer_id;
@@ -698,6 +704,14 @@ mod tests {
         BumpEpoch(usize),
     }
 
+    /// A simulated producer: its epoch, next sequence, and batches sent in this epoch with the
+    /// base offset each got.
+    struct SimProducer {
+        epoch: i16,
+        next_sequence: i32,
+        sent: Vec<(BatchHeader, i64)>,
+    }
+
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             6 => (0..3usize, 1..20i32).prop_map(|(p, n)| Step::Send(p, n)),
@@ -718,14 +732,14 @@ mod tests {
             let mut m = ProducerStateManager::new(EXPIRATION_MS, 10);
             let mut log_end_offset = 0i64;
             let mut log = Vec::new();
-            // Per producer: epoch, next sequence, (batch, base offset) sent in this epoch.
-            let mut producers: Vec<(i16, i32, Vec<(BatchHeader, i64)>)> =
-                (0..3).map(|_| (0, start_sequence, Vec::new())).collect();
+            let mut producers: Vec<SimProducer> = (0..3)
+                .map(|_| SimProducer { epoch: 0, next_sequence: start_sequence, sent: Vec::new() })
+                .collect();
             for (now_ms, step) in steps.into_iter().enumerate() {
                 let now_ms = now_ms as i64;
                 match step {
                     Step::Send(p, count) => {
-                        let (epoch, next_sequence, sent) = &mut producers[p];
+                        let SimProducer { epoch, next_sequence, sent } = &mut producers[p];
                         let mut b = batch(100 + p as i64, *epoch, *next_sequence, count);
                         prop_assert_eq!(m.check(&b), Ok(SequenceCheck::Append));
                         b.base_offset = log_end_offset;
@@ -736,7 +750,7 @@ mod tests {
                         log.push(b);
                     }
                     Step::Retry(p, back) => {
-                        let (_, _, sent) = &producers[p];
+                        let sent = &producers[p].sent;
                         if back >= sent.len() {
                             continue;
                         }
@@ -755,7 +769,7 @@ mod tests {
                         }
                     }
                     Step::BumpEpoch(p) => {
-                        let (epoch, next_sequence, sent) = &mut producers[p];
+                        let SimProducer { epoch, next_sequence, sent } = &mut producers[p];
                         let stale = sent.last().map(|(b, _)| *b);
                         *epoch += 1;
                         *next_sequence = 0;

@@ -1,7 +1,14 @@
 //! The `spate` command: `spate broker` runs a broker; the other subcommands mirror the Kafka
 //! scripts (`kafka-topics.sh`, `kafka-console-producer.sh`, …) on top of `spate-client`.
 
+mod bench;
 mod broker;
+mod common;
+mod consume;
+mod produce;
+mod topics;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,19 +24,42 @@ struct Cli {
 enum Command {
     /// Run a broker (single node, embedded defaults: 127.0.0.1:9092, ./spate-data).
     Broker(broker::BrokerArgs),
+    /// List, create, describe, alter and delete topics (like kafka-topics.sh).
+    Topics(topics::TopicsArgs),
+    /// Send lines from stdin or a file as records (like kafka-console-producer.sh).
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic (like kafka-console-consumer.sh).
+    Consume(consume::ConsumeArgs),
+    /// Measure produce or consume throughput and latency against a broker.
+    Bench(bench::BenchArgs),
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`.
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match cli.command {
+    // The client tools keep stderr for their own messages unless something goes wrong.
+    init_logging(if matches!(cli.command, Command::Broker(_)) { "info" } else { "warn" });
+    let result: Result<()> = match cli.command {
         Command::Broker(args) => broker::run(args).await,
+        Command::Topics(args) => topics::run(args).await,
+        Command::Produce(args) => produce::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes on one line, without the backtrace that anyhow's Debug
+            // adds under RUST_BACKTRACE: this is a message for the user, not a crash.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

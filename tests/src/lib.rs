@@ -51,7 +51,10 @@ impl TestBroker {
     fn spawn(&mut self) -> Result<()> {
         let bin = spate_bin();
         if !bin.exists() {
-            bail!("spate binary not found at {} (build it with cargo build -p spate-cli, or set SPATE_BIN)", bin.display());
+            bail!(
+                "spate binary not found at {} (build it with cargo build -p spate-cli, or set SPATE_BIN)",
+                bin.display()
+            );
         }
         for _attempt in 0..5 {
             let port = if self.addr.port() == 0 { free_port()? } else { self.addr.port() };
@@ -141,4 +144,40 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Reads `count` records from the beginning of every partition of `topic`, failing if they do
+/// not arrive within `timeout` or if more than `count` are there.
+pub async fn consume_from_beginning(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<spate_client::ConsumerRecord>> {
+    use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig, TopicPartition};
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: vec![bootstrap.to_string()],
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        fetch_max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    })
+    .await?;
+    let metadata = consumer.cluster().topic(topic).await?;
+    let partitions = metadata.partitions.iter().map(|p| TopicPartition::new(topic, p.partition)).collect();
+    consumer.assign(partitions).await?;
+    consumer.seek_to_beginning(&[]).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        if tokio::time::Instant::now() > deadline {
+            bail!("only {} of {count} records of {topic} arrived within {timeout:?}", records.len());
+        }
+        records.extend(consumer.poll(Duration::from_millis(200)).await?);
+    }
+    // Anything beyond `count` would be a duplicate: give it a moment to show up.
+    let extra = consumer.poll(Duration::from_millis(300)).await?;
+    if records.len() > count || !extra.is_empty() {
+        bail!("{topic} holds more than the {count} records expected ({} extra)", records.len() + extra.len() - count);
+    }
+    Ok(records)
 }

@@ -131,7 +131,7 @@ pub(crate) fn decode<M: Codec>(
     ctx: &RequestContext,
     body: &mut Bytes,
 ) -> Result<M, spate_client::ProtocolError> {
-    protocol::decode_body(what, body, ctx.version)
+    protocol::decode_request_body(what, ctx.api_key, body, ctx.version)
 }
 
 pub(crate) fn error_message(code: ErrorCode, err: &dyn std::fmt::Display) -> Option<protocol::StrBytes> {

@@ -156,8 +156,8 @@ static FETCH_TOPIC: Struct = Struct {
 };
 static FORGOTTEN_TOPIC: Struct = Struct {
     fields: &[
-        f(7, 12, Ty::String),          // topic
-        f(13, ANY, UUID),              // topic_id
+        f(7, 12, Ty::String),         // topic
+        f(13, ANY, UUID),             // topic_id
         f(7, ANY, Ty::Array(&INT32)), // partitions
     ],
     tagged: &[],
@@ -675,7 +675,8 @@ mod tests {
                 .with_topics(vec![t.clone(), t])
                 .with_unknown_tagged_fields(tags(v, 12));
             if v >= 7 {
-                let f = ForgottenTopic::default().with_partitions(vec![1, 2, 3]).with_unknown_tagged_fields(tags(v, 12));
+                let f =
+                    ForgottenTopic::default().with_partitions(vec![1, 2, 3]).with_unknown_tagged_fields(tags(v, 12));
                 let f = if v <= 12 { f.with_topic(topic("old")) } else { f.with_topic_id(uuid::Uuid::from_u128(1)) };
                 m = m.with_forgotten_topics_data(vec![f]);
             }
@@ -686,9 +687,9 @@ mod tests {
                 m = m.with_cluster_id(Some(str_bytes("cluster")));
             }
             if v >= 15 {
-                m = m.with_replica_id(BrokerId(-1)).with_replica_state(
-                    ReplicaState::default().with_replica_id(BrokerId(2)).with_replica_epoch(4),
-                );
+                m = m
+                    .with_replica_id(BrokerId(-1))
+                    .with_replica_state(ReplicaState::default().with_replica_id(BrokerId(2)).with_replica_epoch(4));
             }
             assert_walks_exactly(ApiKey::Fetch, v, &m);
         }
@@ -727,7 +728,8 @@ mod tests {
                 .with_assignments(vec![a.clone(), a])
                 .with_configs(vec![c.clone(), c.with_value(None)])
                 .with_unknown_tagged_fields(tags(v, 5));
-            let m = CreateTopicsRequest::default().with_topics(vec![t.clone(), t]).with_unknown_tagged_fields(tags(v, 5));
+            let m =
+                CreateTopicsRequest::default().with_topics(vec![t.clone(), t]).with_unknown_tagged_fields(tags(v, 5));
             assert_walks_exactly(ApiKey::CreateTopics, v, &m);
         }
         for v in 1..=6 {
@@ -788,7 +790,11 @@ mod tests {
                 .with_transaction_timeout_ms(-1)
                 .with_unknown_tagged_fields(tags(v, 2));
             assert_walks_exactly(ApiKey::InitProducerId, v, &m);
-            assert_walks_exactly(ApiKey::InitProducerId, v, &m.with_transactional_id(Some(TransactionalId(str_bytes("t")))));
+            assert_walks_exactly(
+                ApiKey::InitProducerId,
+                v,
+                &m.with_transactional_id(Some(TransactionalId(str_bytes("t")))),
+            );
         }
     }
 
@@ -814,7 +820,8 @@ mod tests {
         let nested = body(&[&[0xff, 0xff, 0, 1, 0, 0, 0, 0], &1i32.to_be_bytes(), &[0, 1, b't'], &[0x7f, 0, 0, 0]]);
         assert!(too_long(check_array_bounds(ApiKey::Produce, 3, &nested)));
         // An int32 array inside a struct array (CreatePartitions v0 broker_ids).
-        let cp = body(&[&1i32.to_be_bytes(), &[0, 1, b't'], &3i32.to_be_bytes(), &1i32.to_be_bytes(), &[0x10, 0, 0, 0]]);
+        let cp =
+            body(&[&1i32.to_be_bytes(), &[0, 1, b't'], &3i32.to_be_bytes(), &1i32.to_be_bytes(), &[0x10, 0, 0, 0]]);
         assert!(too_long(check_array_bounds(ApiKey::CreatePartitions, 0, &cp)));
     }
 

@@ -7,6 +7,7 @@
 //! generated structs so the pin and any work-arounds live here, and the codec functions below
 //! are the only way bytes become structs.
 
+pub mod bounds;
 pub mod compression;
 mod error_code;
 pub mod frame;
@@ -61,7 +62,21 @@ pub fn decode_request_header(frame: &mut Bytes) -> Result<(ApiKey, RequestHeader
     Ok((api_key, header))
 }
 
-/// Decodes a message body of the given version.
+/// Decodes a request body received from a peer. The generated decoders reserve memory for
+/// array counts before reading elements, so the body is first walked by [`bounds`], which
+/// refuses counts that cannot fit in the bytes that follow; only then is it decoded.
+pub fn decode_request_body<M: Codec>(
+    what: &'static str,
+    api_key: ApiKey,
+    body: &mut Bytes,
+    version: i16,
+) -> Result<M, ProtocolError> {
+    bounds::check_array_bounds(api_key, version, body)?;
+    decode_body(what, body, version)
+}
+
+/// Decodes a message body of the given version (for bodies whose array counts are trusted or
+/// already checked; peer requests go through [`decode_request_body`]).
 pub fn decode_body<M: Codec>(what: &'static str, body: &mut Bytes, version: i16) -> Result<M, ProtocolError> {
     M::decode(body, version).map_err(|e| ProtocolError::malformed(what, e))
 }

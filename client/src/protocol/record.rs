@@ -97,7 +97,7 @@ impl BatchHeader {
     }
 
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + self.last_offset_delta as i64
+        self.base_offset.saturating_add(self.last_offset_delta as i64)
     }
 
     pub fn compression(&self) -> Result<Compression, ProtocolError> {
@@ -445,6 +445,12 @@ pub fn decode_records(
             reason: format!("magic {} is not supported", header.magic),
         });
     }
+    if header.batch_length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD) as i32 {
+        return Err(ProtocolError::CorruptBatch {
+            position: 0,
+            reason: format!("batch length {} is shorter than a header", header.batch_length),
+        });
+    }
     let total = header.total_bytes().min(batch.len());
     let body: Bytes = match header.compression()? {
         Compression::None => batch.slice(BATCH_HEADER_BYTES..total),
@@ -508,7 +514,9 @@ pub fn decode_records(
             headers.push(RecordHeader { key, value });
         }
         out.push(ConsumedRecord {
-            offset: header.base_offset + offset_delta as i64,
+            offset: header.base_offset.checked_add(offset_delta as i64).ok_or_else(|| {
+                ProtocolError::malformed("record", format!("offset delta {offset_delta} overflows the base offset"))
+            })?,
             timestamp_ms: header.base_timestamp.saturating_add(timestamp_delta),
             key,
             value,

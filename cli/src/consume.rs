@@ -1,0 +1,260 @@
+//! `spate consume`: print records of a topic, like `kafka-console-consumer.sh`, with manual
+//! assignment (all partitions of the topic, or one with `--partition`). Output is flushed after
+//! every polled batch, so a pipe sees records as they arrive.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, TopicPartition};
+
+use crate::common::{base64_encode, BootstrapArgs};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// The value alone, one per line (`null` for a null value).
+    Value,
+    /// Key, --key-separator, value (`null` for a null key or value).
+    Kv,
+    /// One JSON object per line: topic, partition, offset, timestamp (ms since the epoch), key,
+    /// value and headers (an array of {"key", "value"}). A key or value that is valid UTF-8 is a
+    /// JSON string; other bytes are written as {"base64": "<standard base64>"}; null stays null.
+    Json,
+}
+
+/// Where to start a single partition (`--offset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOffset {
+    Earliest,
+    Latest,
+    At(i64),
+}
+
+fn parse_start_offset(raw: &str) -> Result<StartOffset, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "earliest" | "beginning" => Ok(StartOffset::Earliest),
+        "latest" | "end" => Ok(StartOffset::Latest),
+        n => match n.parse::<i64>() {
+            Ok(offset) if offset >= 0 => Ok(StartOffset::At(offset)),
+            _ => Err(format!("--offset must be earliest, latest or a non-negative number, not '{raw}'")),
+        },
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Non-UTF-8 keys and values: --format value and kv write the raw bytes; \
+--format json writes them as {\"base64\": \"...\"} objects.")]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
+    /// Topic to read.
+    #[arg(long)]
+    pub topic: String,
+    /// Start at the earliest offset of every partition (default: at the end, only new records).
+    #[arg(long = "from-beginning", conflicts_with = "offset")]
+    pub from_beginning: bool,
+    /// Read only this partition (default: all partitions of the topic).
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// Where to start in --partition: earliest, latest or an offset.
+    #[arg(long, requires = "partition", value_parser = parse_start_offset)]
+    pub offset: Option<StartOffset>,
+    /// Exit after this many records.
+    #[arg(long = "max-messages")]
+    pub max_messages: Option<u64>,
+    /// Exit after this long without a record (default: wait forever).
+    #[arg(long = "timeout-ms")]
+    pub timeout_ms: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "value")]
+    pub format: OutputFormat,
+    /// Separator between key and value for --format kv.
+    #[arg(long = "key-separator", default_value = "\t")]
+    pub key_separator: String,
+}
+
+/// Writes one record in the chosen format, newline included.
+fn write_record(out: &mut impl Write, record: &ConsumerRecord, args: &ConsumeArgs) -> std::io::Result<()> {
+    match args.format {
+        OutputFormat::Value => {
+            out.write_all(record.value.as_deref().unwrap_or(b"null"))?;
+        }
+        OutputFormat::Kv => {
+            out.write_all(record.key.as_deref().unwrap_or(b"null"))?;
+            out.write_all(args.key_separator.as_bytes())?;
+            out.write_all(record.value.as_deref().unwrap_or(b"null"))?;
+        }
+        OutputFormat::Json => {
+            serde_json::to_writer(&mut *out, &record_json(record))?;
+        }
+    }
+    out.write_all(b"\n")
+}
+
+fn bytes_json(bytes: Option<&Bytes>) -> Value {
+    match bytes {
+        None => Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => Value::String(s.to_string()),
+            Err(_) => json!({ "base64": base64_encode(b) }),
+        },
+    }
+}
+
+fn record_json(record: &ConsumerRecord) -> Value {
+    json!({
+        "topic": &*record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp_ms,
+        "key": bytes_json(record.key.as_ref()),
+        "value": bytes_json(record.value.as_ref()),
+        "headers": record
+            .headers
+            .iter()
+            .map(|h| json!({ "key": h.key, "value": bytes_json(h.value.as_ref()) }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+pub async fn run(args: ConsumeArgs) -> Result<()> {
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: args.bootstrap.servers()?,
+        client_id: "spate-console-consumer".into(),
+        auto_offset_reset: if args.from_beginning { AutoOffsetReset::Earliest } else { AutoOffsetReset::Latest },
+        max_poll_records: 4096,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .context("starting the consumer")?;
+    let partitions: Vec<TopicPartition> = match args.partition {
+        Some(p) => vec![TopicPartition::new(args.topic.clone(), p)],
+        None => {
+            let topic = consumer.cluster().topic(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
+            topic.partitions.iter().map(|p| TopicPartition::new(args.topic.clone(), p.partition)).collect()
+        }
+    };
+    if partitions.is_empty() {
+        bail!("topic {} has no partitions", args.topic);
+    }
+    consumer.assign(partitions.clone()).await?;
+    match (args.offset, args.from_beginning) {
+        (Some(StartOffset::At(offset)), _) => consumer.seek(&partitions[0], offset).await?,
+        (Some(StartOffset::Earliest), _) | (None, true) => consumer.seek_to_beginning(&[]).await?,
+        (Some(StartOffset::Latest), _) | (None, false) => consumer.seek_to_end(&[]).await?,
+    }
+
+    let timeout = args.timeout_ms.map(Duration::from_millis);
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+    let mut count = 0u64;
+    let mut last_record_at = Instant::now();
+    let done = |count: u64| args.max_messages.is_some_and(|max| count >= max);
+    while !done(count) {
+        let wait = match timeout {
+            Some(t) => match t.checked_sub(last_record_at.elapsed()) {
+                Some(left) if !left.is_zero() => left.min(Duration::from_secs(1)),
+                _ => break,
+            },
+            None => Duration::from_secs(1),
+        };
+        let records = consumer.poll(wait).await?;
+        if records.is_empty() {
+            continue;
+        }
+        last_record_at = Instant::now();
+        let mut written = Ok(());
+        for record in &records {
+            if done(count) {
+                break;
+            }
+            written = write_record(&mut out, record, &args);
+            if written.is_err() {
+                break;
+            }
+            count += 1;
+        }
+        match written.and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // The reader went away (`| head`): stop quietly, as a Unix filter does.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
+    }
+    eprintln!("Processed a total of {count} messages");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use spate_client::RecordHeader;
+    use std::sync::Arc;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConsumeArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<ConsumeArgs, clap::Error> {
+        let mut argv = vec!["consume", "--topic", "t"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|c| c.args)
+    }
+
+    fn record() -> ConsumerRecord {
+        ConsumerRecord {
+            topic: Arc::from("t"),
+            partition: 2,
+            offset: 41,
+            timestamp_ms: 1_700_000_000_000,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(&[0xff, 0x00])),
+            headers: vec![RecordHeader { key: "h".into(), value: None }],
+        }
+    }
+
+    fn render(record: &ConsumerRecord, args: &ConsumeArgs) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_record(&mut out, record, args).unwrap();
+        out
+    }
+
+    #[test]
+    fn formats_render_key_value_and_json() {
+        let mut r = record();
+        r.value = Some(Bytes::from_static(b"v"));
+        assert_eq!(render(&r, &args(&[]).unwrap()), b"v\n");
+        assert_eq!(render(&r, &args(&["--format", "kv"]).unwrap()), b"k\tv\n");
+        assert_eq!(render(&r, &args(&["--format", "kv", "--key-separator", "="]).unwrap()), b"k=v\n");
+        r.key = None;
+        assert_eq!(render(&r, &args(&["--format", "kv"]).unwrap()), b"null\tv\n");
+    }
+
+    #[test]
+    fn json_shows_binary_as_base64_and_parses_back() {
+        let line = render(&record(), &args(&["--format", "json"]).unwrap());
+        assert_eq!(line.last(), Some(&b'\n'));
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["topic"], "t");
+        assert_eq!(v["partition"], 2);
+        assert_eq!(v["offset"], 41);
+        assert_eq!(v["timestamp"], 1_700_000_000_000i64);
+        assert_eq!(v["key"], "k");
+        assert_eq!(v["value"], json!({ "base64": "/wA=" }));
+        assert_eq!(v["headers"], json!([{ "key": "h", "value": null }]));
+    }
+
+    #[test]
+    fn offsets_need_a_partition_and_exclude_from_beginning() {
+        assert!(args(&["--offset", "5"]).is_err());
+        assert!(args(&["--partition", "0", "--offset", "5", "--from-beginning"]).is_err());
+        assert_eq!(args(&["--partition", "0", "--offset", "5"]).unwrap().offset, Some(StartOffset::At(5)));
+        assert_eq!(args(&["--partition", "0", "--offset", "earliest"]).unwrap().offset, Some(StartOffset::Earliest));
+        assert_eq!(args(&["--partition", "0", "--offset", "latest"]).unwrap().offset, Some(StartOffset::Latest));
+        assert!(args(&["--partition", "0", "--offset", "-3"]).is_err());
+    }
+}

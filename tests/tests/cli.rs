@@ -1,0 +1,210 @@
+//! The `spate` command against a real broker: `topics`, `produce` and `consume` as a user runs
+//! them.
+
+use std::process::{Command, Output, Stdio};
+
+use spate_e2e::{spate_bin, TestBroker};
+
+fn spate(broker: &TestBroker, args: &[&str]) -> Output {
+    let output = Command::new(spate_bin())
+        .args(args)
+        .arg("--bootstrap-server")
+        .arg(broker.bootstrap())
+        .stdin(Stdio::null())
+        .output()
+        .expect("spate runs");
+    output
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn spate_ok(broker: &TestBroker, args: &[&str]) -> String {
+    let output = spate(broker, args);
+    assert!(
+        output.status.success(),
+        "spate {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+#[test]
+fn topics_create_list_describe_alter_delete() {
+    let broker = TestBroker::start(&[]).unwrap();
+    let out = spate_ok(
+        &broker,
+        &["topics", "--create", "--topic", "events", "--partitions", "3", "--config", "retention.ms=3600000"],
+    );
+    assert!(out.contains("Created topic events"), "{out}");
+
+    let again = spate(&broker, &["topics", "--create", "--topic", "events", "--partitions", "3"]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("TOPIC_ALREADY_EXISTS"), "the broker's error is shown: {stderr}");
+    spate_ok(&broker, &["topics", "--create", "--topic", "events", "--if-not-exists"]);
+
+    assert_eq!(spate_ok(&broker, &["topics", "--list"]).lines().collect::<Vec<_>>(), vec!["events"]);
+
+    let described = spate_ok(&broker, &["topics", "--describe", "--topic", "events"]);
+    let lines: Vec<&str> = described.lines().collect();
+    assert_eq!(lines.len(), 4, "{described}");
+    assert!(lines[0].starts_with("Topic: events\tTopicId: "), "{described}");
+    assert!(lines[0].contains("PartitionCount: 3\tReplicationFactor: 1\tConfigs: retention.ms=3600000"), "{described}");
+    for (p, line) in lines[1..].iter().enumerate() {
+        assert!(line.contains(&format!("Partition: {p}\tLeader: ")), "{described}");
+        assert!(line.contains("Replicas: ") && line.contains("Isr: "), "{described}");
+    }
+
+    spate_ok(
+        &broker,
+        &[
+            "topics",
+            "--alter",
+            "--topic",
+            "events",
+            "--partitions",
+            "4",
+            "--config",
+            "segment.bytes=1048576",
+            "--delete-config",
+            "retention.ms",
+        ],
+    );
+    let described = spate_ok(&broker, &["topics", "--describe"]);
+    assert!(
+        described.contains("PartitionCount: 4\tReplicationFactor: 1\tConfigs: segment.bytes=1048576\n"),
+        "{described}"
+    );
+    assert_eq!(described.lines().count(), 5, "{described}");
+
+    let shrink = spate(&broker, &["topics", "--alter", "--topic", "events", "--partitions", "2"]);
+    assert!(!shrink.status.success());
+    assert!(String::from_utf8_lossy(&shrink.stderr).contains("INVALID_PARTITIONS"));
+
+    assert!(spate_ok(&broker, &["topics", "--delete", "--topic", "events"]).contains("Deleted topic events"));
+    assert_eq!(spate_ok(&broker, &["topics", "--list"]), "");
+    let gone = spate(&broker, &["topics", "--delete", "--topic", "events"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("UNKNOWN_TOPIC_OR_PARTITION"));
+
+    // Exactly one action; --create needs a topic.
+    assert!(!spate(&broker, &["topics", "--list", "--describe"]).status.success());
+    assert!(!spate(&broker, &["topics", "--create"]).status.success());
+}
+
+#[test]
+fn produce_a_file_then_consume_it_back() {
+    let broker = TestBroker::start(&[]).unwrap();
+    spate_ok(&broker, &["topics", "--create", "--topic", "lines", "--partitions", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    let lines: Vec<String> = (0..2000).map(|i| format!("key-{}:value {i} with: colons", i % 37)).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+
+    let produced = spate(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "lines",
+            "--file",
+            input.to_str().unwrap(),
+            "--key-separator",
+            ":",
+            "--header",
+            "source=e2e",
+            "--compression",
+            "lz4",
+        ],
+    );
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    assert!(String::from_utf8_lossy(&produced.stderr).contains("2000 records sent"));
+
+    let out = spate_ok(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "lines",
+            "--from-beginning",
+            "--max-messages",
+            "2000",
+            "--format",
+            "kv",
+            "--key-separator",
+            ":",
+        ],
+    );
+    let mut got: Vec<&str> = out.lines().collect();
+    let mut want: Vec<&str> = lines.iter().map(String::as_str).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+
+    let out = spate_ok(
+        &broker,
+        &["consume", "--topic", "lines", "--from-beginning", "--max-messages", "2000", "--format", "json"],
+    );
+    let mut per_partition_offsets: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["topic"], "lines");
+        let key = v["key"].as_str().unwrap();
+        let value = v["value"].as_str().unwrap();
+        assert!(lines.contains(&format!("{key}:{value}")), "{line}");
+        assert_eq!(v["headers"], serde_json::json!([{ "key": "source", "value": "e2e" }]));
+        assert!(v["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
+        per_partition_offsets.entry(v["partition"].as_i64().unwrap()).or_default().push(v["offset"].as_i64().unwrap());
+    }
+    assert_eq!(per_partition_offsets.values().map(Vec::len).sum::<usize>(), 2000);
+    for (p, offsets) in per_partition_offsets {
+        assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>(), "partition {p} in offset order");
+    }
+
+    // One partition from an offset, stopping when idle.
+    let out = spate_ok(
+        &broker,
+        &["consume", "--topic", "lines", "--partition", "1", "--offset", "5", "--timeout-ms", "1500"],
+    );
+    let all_of_p1 = spate_ok(
+        &broker,
+        &["consume", "--topic", "lines", "--partition", "1", "--offset", "earliest", "--timeout-ms", "1500"],
+    );
+    assert!(all_of_p1.lines().count() > 5);
+    assert_eq!(out.lines().collect::<Vec<_>>(), all_of_p1.lines().skip(5).collect::<Vec<_>>());
+
+    // From the end: nothing old shows up before the timeout.
+    assert_eq!(spate_ok(&broker, &["consume", "--topic", "lines", "--timeout-ms", "1000"]), "");
+}
+
+#[test]
+fn produce_reads_stdin_and_reports_failures() {
+    let broker = TestBroker::start(&[]).unwrap();
+    spate_ok(&broker, &["topics", "--create", "--topic", "stdin", "--partitions", "1"]);
+    let mut child = Command::new(spate_bin())
+        .args(["produce", "--topic", "stdin", "--acks", "1", "--bootstrap-server", &broker.bootstrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"one\r\ntwo\n\nthree").unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = spate_ok(&broker, &["consume", "--topic", "stdin", "--from-beginning", "--max-messages", "4"]);
+    assert_eq!(out, "one\ntwo\n\nthree\n");
+
+    // A line without the key separator is an error with its line number.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.txt");
+    std::fs::write(&input, "a:1\nno separator\n").unwrap();
+    let bad =
+        spate(&broker, &["produce", "--topic", "stdin", "--file", input.to_str().unwrap(), "--key-separator", ":"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
