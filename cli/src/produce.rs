@@ -172,7 +172,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("sending line {line_number} to {}", args.topic))?;
             deliveries.push(future).await;
-            if line_number % 1024 == 0 {
+            if line_number.is_multiple_of(1024) {
                 bar.set_position(bytes_read);
             }
         }
