@@ -31,6 +31,9 @@ impl std::fmt::Display for TopicPartition {
     }
 }
 
+/// How far back from the log end producer state is rebuilt at start (in offsets).
+const PRODUCER_STATE_REBUILD_OFFSETS: i64 = 1_000_000;
+
 struct PartitionState {
     log: Log,
     producers: ProducerStateManager,
@@ -83,8 +86,11 @@ impl Partition {
         let mut producers =
             ProducerStateManager::new(broker.producer_id_expiration_ms, broker.max_producers_per_partition);
         // Idempotence must survive restarts: a producer retrying a batch whose acknowledgement
-        // was lost in the crash must get DUPLICATE, not a second copy.
-        producers.rebuild(log.batch_headers_from(log.log_start_offset())?, now_ms);
+        // was lost in the crash must get DUPLICATE, not a second copy. Retries follow the
+        // original within seconds, so the newest offsets hold every batch a retry can match;
+        // scanning only them keeps start-up time independent of the log's size.
+        let rebuild_from = log.log_start_offset().max(log.log_end_offset() - PRODUCER_STATE_REBUILD_OFFSETS);
+        producers.rebuild(log.batch_headers_from(rebuild_from)?, now_ms);
         let log_end = log.log_end_offset();
         // Recovery verified everything up to the log end, and it is on disk now.
         let durable = log_end;

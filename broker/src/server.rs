@@ -20,8 +20,8 @@ use crate::config::{BrokerConfig, FlushMode};
 use crate::error::{BrokerError, Result};
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// Responses gathered into one write when several are ready at once.
-const WRITE_COALESCE_BYTES: usize = 256 * 1024;
+/// Responses smaller than this are gathered into one write when several are ready at once.
+const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 
 /// A broker whose storage is open and whose listener is bound.
 pub struct Server {
@@ -121,10 +121,11 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(broker.config.queued_max_requests);
     let write_task = tokio::spawn(async move {
-        let mut out = BytesMut::new();
+        // Small responses that are ready together go out in one write; a large one (a fetch
+        // carrying record batches) is written from its own buffer, never copied again.
+        let mut small = BytesMut::new();
         while let Some(reply) = rx.recv().await {
             let mut next = Some(reply);
-            // Coalesce responses that are already complete into one write.
             while let Some(reply) = next.take() {
                 let bytes: Bytes = match reply {
                     Reply::Now(b) => b,
@@ -132,17 +133,28 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                     Reply::Nothing | Reply::Close(_) => continue,
                 };
                 if bytes.is_empty() {
-                    return; // a response failed to encode; already logged
+                    return; // a response failed to encode (already logged): close the connection
                 }
-                out.extend_from_slice(&bytes);
-                if out.len() < WRITE_COALESCE_BYTES {
+                if bytes.len() >= WRITE_COALESCE_BYTES {
+                    if (!small.is_empty() && writer.write_all(&small).await.is_err())
+                        || writer.write_all(&bytes).await.is_err()
+                    {
+                        return;
+                    }
+                    small.clear();
+                } else {
+                    small.extend_from_slice(&bytes);
+                }
+                if small.len() < WRITE_COALESCE_BYTES {
                     next = rx.try_recv().ok();
                 }
             }
-            if writer.write_all(&out).await.is_err() {
-                return;
+            if !small.is_empty() {
+                if writer.write_all(&small).await.is_err() {
+                    return;
+                }
+                small.clear();
             }
-            out.clear();
         }
     });
     let max_frame = broker.config.socket_request_max_bytes as usize;

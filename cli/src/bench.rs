@@ -30,7 +30,7 @@ use spate_client::{
     ProducerRecord, TopicPartition,
 };
 
-use crate::common::{mb_per_sec, parse_acks, peak_rss_bytes, per_sec, progress_bar, BootstrapArgs};
+use crate::common::{mb_per_sec, parse_acks, peak_rss_bytes, per_sec, print_out, progress_bar, BootstrapArgs};
 
 /// Delivery futures one producer task holds before it waits for the oldest.
 const PENDING_WINDOW: usize = 262_144;
@@ -329,8 +329,8 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_rss(own: u64, broker: Option<u64>) {
     match broker {
-        Some(b) => println!("peak RSS: bench {:.1} MiB, broker {:.1} MiB", mib(own), mib(b)),
-        None => println!("peak RSS: bench {:.1} MiB", mib(own)),
+        Some(b) => print_out(&format!("peak RSS: bench {:.1} MiB, broker {:.1} MiB\n", mib(own), mib(b))),
+        None => print_out(&format!("peak RSS: bench {:.1} MiB\n", mib(own))),
     }
 }
 
@@ -414,9 +414,9 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         peak_rss_bytes: peak_rss_bytes(None)?,
         broker_peak_rss_bytes: broker_rss(args.broker_pid),
     };
-    println!(
+    print_out(&format!(
         "{} records sent in {:.2} s: {:.1} records/s, {:.2} MB/s; latency (per record, send to ack) \
-         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
         figures.records,
         elapsed.as_secs_f64(),
         figures.msgs_per_sec,
@@ -424,7 +424,7 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         figures.latency_ms_p50,
         figures.latency_ms_p99,
         figures.latency_ms_max
-    );
+    ));
     print_rss(figures.peak_rss_bytes, figures.broker_peak_rss_bytes);
     write_json(&args.json, &figures)?;
     if failed > 0 {
@@ -563,15 +563,15 @@ async fn consume(args: BenchConsumeArgs) -> Result<()> {
         peak_rss_bytes: peak_rss_bytes(None)?,
         broker_peak_rss_bytes: broker_rss(args.broker_pid),
     };
-    println!(
-        "{} records ({:.1} MB) read by {} consumer(s) in {:.2} s: {:.1} records/s, {:.2} MB/s",
+    print_out(&format!(
+        "{} records ({:.1} MB) read by {} consumer(s) in {:.2} s: {:.1} records/s, {:.2} MB/s\n",
         records,
         mib(bytes),
         consumers,
         elapsed.as_secs_f64(),
         figures.msgs_per_sec,
         figures.mb_per_sec
-    );
+    ));
     print_rss(figures.peak_rss_bytes, figures.broker_peak_rss_bytes);
     write_json(&args.json, &figures)
 }

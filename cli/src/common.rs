@@ -27,6 +27,14 @@ impl BootstrapArgs {
     }
 }
 
+/// Writes a report to stdout, ignoring a closed pipe (`spate bench ... | head -1`) instead of
+/// panicking as `print!` does.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// `acks` as the Kafka tools spell it: `0`, `1`, `all` or `-1`.
 pub fn parse_acks(raw: &str) -> Result<i16, String> {
     match raw.trim().to_ascii_lowercase().as_str() {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource, NewTopic};
 use spate_client::Admin;
 
-use crate::common::{parse_key_value, BootstrapArgs};
+use crate::common::{parse_key_value, print_out, BootstrapArgs};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("action").required(true).multiple(false)
@@ -130,7 +130,7 @@ pub async fn run(args: TopicsArgs) -> Result<()> {
             writeln!(out, "Updated configs of topic {name}.")?;
         }
     }
-    print!("{out}");
+    print_out(&out);
     Ok(())
 }
 

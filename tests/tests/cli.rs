@@ -208,3 +208,49 @@ fn produce_reads_stdin_and_reports_failures() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn bench_produce_then_consume_writes_figures() {
+    let broker = TestBroker::start(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let produce_json = dir.path().join("produce.json");
+    let out = spate_ok(
+        &broker,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "b",
+            "--records",
+            "5000",
+            "--record-size",
+            "50",
+            "--partitions",
+            "3",
+            "--producers",
+            "2",
+            "--acks",
+            "1",
+            "--json",
+            produce_json.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("5000 records sent"), "{out}");
+    let figures: serde_json::Value = serde_json::from_slice(&std::fs::read(&produce_json).unwrap()).unwrap();
+    assert_eq!(figures["records"], 5000);
+    assert_eq!(figures["failed"], 0);
+    assert!(figures["msgs_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(figures["latency_ms_max"].as_f64().unwrap() >= figures["latency_ms_p50"].as_f64().unwrap());
+    assert!(figures["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(spate_ok(&broker, &["topics", "--describe", "--topic", "b"]).contains("PartitionCount: 3"));
+
+    let consume_json = dir.path().join("consume.json");
+    let out = spate_ok(
+        &broker,
+        &["bench", "consume", "--topic", "b", "--consumers", "2", "--json", consume_json.to_str().unwrap()],
+    );
+    assert!(out.contains("5000 records"), "{out}");
+    let figures: serde_json::Value = serde_json::from_slice(&std::fs::read(&consume_json).unwrap()).unwrap();
+    assert_eq!(figures["records"], 5000);
+    assert_eq!(figures["bytes"], 5000 * 50);
+}
