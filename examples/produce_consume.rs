@@ -2,7 +2,7 @@
 //! end to end.
 //!
 //! ```text
-//! cargo run -p spate-client --example produce_consume -- --bootstrap-server 127.0.0.1:9092 \
+//! cargo run -p spate-examples --example produce_consume -- --bootstrap-server 127.0.0.1:9092 \
 //!     [--topic demo] [--count 100000] [--partitions 3]
 //! ```
 
