@@ -19,7 +19,9 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::flusher::Flusher;
+use crate::group::GroupCoordinator;
 use crate::log::write_file_atomically;
+use crate::log_cleaner::LogCleaner;
 use crate::partition::{Partition, TopicPartition};
 use crate::producer_state::{Allocation, ProducerIdManager};
 use crate::topic_config::{self, TopicConfigs};
@@ -61,10 +63,14 @@ pub struct Broker {
     /// Serialises topic create/delete/alter and metadata file writes.
     admin: Mutex<()>,
     pub(crate) flusher: Flusher,
+    /// Compacts logs whose `cleanup.policy` includes `compact`.
+    cleaner: LogCleaner,
     producer_ids: Mutex<ProducerIdManager>,
     /// The producer-id block end last written to the metadata file.
     producer_id_block_end: AtomicI64,
     metadata_path: PathBuf,
+    /// Consumer groups and committed offsets (`__consumer_offsets`).
+    pub groups: GroupCoordinator,
 }
 
 const METADATA_FILE: &str = "topics.json";
@@ -156,10 +162,13 @@ impl Broker {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             flusher: Flusher::start(),
+            cleaner: LogCleaner::default(),
             metadata_path,
+            groups: GroupCoordinator::new(&config),
             config,
         };
         broker.write_metadata_file(&meta)?;
+        broker.groups.load(&broker, now)?;
         info!(
             cluster_id = %broker.cluster_id,
             topics = meta.topics.len(),
@@ -167,7 +176,9 @@ impl Broker {
             data_dir = %data_dir.display(),
             "broker storage opened"
         );
-        Ok(Arc::new(broker))
+        let broker = Arc::new(broker);
+        broker.cleaner.start(&broker);
+        Ok(broker)
     }
 
     fn write_metadata_file(&self, meta: &MetadataFile) -> Result<()> {
@@ -439,6 +450,7 @@ impl Broker {
 
     /// Clean shutdown: flush everything and write checkpoints.
     pub fn shutdown(&self) {
+        self.cleaner.shutdown();
         self.flusher.shutdown();
         for topic in self.all_topics() {
             for p in &topic.partitions {

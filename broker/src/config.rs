@@ -106,6 +106,64 @@ pub struct BrokerConfig {
     /// file descriptors or memory.
     #[serde(rename = "max.partitions")]
     pub max_partitions: usize,
+    /// `log.cleaner.enable`: run the log cleaner, which compacts topics whose `cleanup.policy`
+    /// includes `compact` (`__consumer_offsets` among them).
+    #[serde(rename = "log.cleaner.enable")]
+    pub log_cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`: how long the cleaner sleeps between rounds over the logs.
+    #[serde(rename = "log.cleaner.backoff.ms")]
+    pub log_cleaner_backoff_ms: u64,
+    /// `log.cleaner.dedupe.buffer.size`: memory for the cleaner's key → offset map; a log with
+    /// more distinct keys in its dirty part than fit is cleaned over several passes.
+    #[serde(rename = "log.cleaner.dedupe.buffer.size")]
+    pub log_cleaner_dedupe_buffer_size: u64,
+    /// `log.cleaner.delete.retention.ms`: default `delete.retention.ms` of topics.
+    #[serde(rename = "log.cleaner.delete.retention.ms")]
+    pub log_cleaner_delete_retention_ms: i64,
+    /// `log.cleaner.min.cleanable.ratio`: default `min.cleanable.dirty.ratio` of topics.
+    #[serde(rename = "log.cleaner.min.cleanable.ratio")]
+    pub log_cleaner_min_cleanable_ratio: f64,
+    /// `log.cleaner.min.compaction.lag.ms`: default `min.compaction.lag.ms` of topics.
+    #[serde(rename = "log.cleaner.min.compaction.lag.ms")]
+    pub log_cleaner_min_compaction_lag_ms: i64,
+    /// `log.cleaner.max.compaction.lag.ms`: default `max.compaction.lag.ms` of topics.
+    #[serde(rename = "log.cleaner.max.compaction.lag.ms")]
+    pub log_cleaner_max_compaction_lag_ms: i64,
+    /// `offsets.topic.num.partitions`: partitions of the internal `__consumer_offsets` topic,
+    /// created on first use. A group's coordinator partition is `abs(hash(group.id)) % this`.
+    #[serde(rename = "offsets.topic.num.partitions")]
+    pub offsets_topic_num_partitions: i32,
+    /// `offsets.retention.minutes`: committed offsets of a group with no members are dropped
+    /// this long after the group became empty (or, for a group that never had members, after
+    /// the commit).
+    #[serde(rename = "offsets.retention.minutes")]
+    pub offsets_retention_minutes: i64,
+    /// `offset.metadata.max.bytes`: largest metadata string a commit may carry.
+    #[serde(rename = "offset.metadata.max.bytes")]
+    pub offset_metadata_max_bytes: usize,
+    /// `group.min.session.timeout.ms`: smallest session timeout a member may ask for.
+    #[serde(rename = "group.min.session.timeout.ms")]
+    pub group_min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`: largest session timeout a member may ask for.
+    #[serde(rename = "group.max.session.timeout.ms")]
+    pub group_max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits
+    /// for more members to join (extended by each new member, up to the rebalance timeout).
+    /// Kafka's default of 3000 is kept; tests and single-consumer setups set it to 0.
+    #[serde(rename = "group.initial.rebalance.delay.ms")]
+    pub group_initial_rebalance_delay_ms: i32,
+    /// `group.max.size`: members one group may have (Kafka's default is unlimited; a bound keeps
+    /// a peer from growing coordinator memory without limit).
+    #[serde(rename = "group.max.size")]
+    pub group_max_size: usize,
+    /// `group.max.count` (Spate): groups this coordinator holds; joins and commits that would
+    /// create more are refused.
+    #[serde(rename = "group.max.count")]
+    pub group_max_count: usize,
+    /// `group.member.metadata.max.bytes` (Spate): largest protocol metadata (summed over its
+    /// protocols) a member may join with, and largest assignment a leader may hand one member.
+    #[serde(rename = "group.member.metadata.max.bytes")]
+    pub group_member_metadata_max_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -134,6 +192,22 @@ impl Default for BrokerConfig {
             producer_id_expiration_ms: 86_400_000,
             max_producers_per_partition: 10_000,
             max_partitions: 10_000,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
+            log_cleaner_delete_retention_ms: 86_400_000,
+            log_cleaner_min_cleanable_ratio: 0.5,
+            log_cleaner_min_compaction_lag_ms: 0,
+            log_cleaner_max_compaction_lag_ms: i64::MAX,
+            offsets_topic_num_partitions: 50,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offset_metadata_max_bytes: 4096,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_max_size: 1_000,
+            group_max_count: 10_000,
+            group_member_metadata_max_bytes: 1 << 20,
         }
     }
 }
@@ -181,8 +255,60 @@ impl BrokerConfig {
         if self.queued_max_requests == 0 || self.max_connections == 0 || self.max_partitions == 0 {
             return bad("queued.max.requests / max.connections / max.partitions", "must be positive".into());
         }
+        if self.log_cleaner_backoff_ms == 0 {
+            return bad("log.cleaner.backoff.ms", "must be positive".into());
+        }
+        if self.log_cleaner_dedupe_buffer_size < 1024 || self.log_cleaner_dedupe_buffer_size > 1 << 40 {
+            return bad(
+                "log.cleaner.dedupe.buffer.size",
+                format!("{} must be between 1024 and 2^40", self.log_cleaner_dedupe_buffer_size),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.log_cleaner_min_cleanable_ratio) {
+            return bad(
+                "log.cleaner.min.cleanable.ratio",
+                format!("{} must be between 0 and 1", self.log_cleaner_min_cleanable_ratio),
+            );
+        }
+        if self.log_cleaner_delete_retention_ms < 0
+            || self.log_cleaner_min_compaction_lag_ms < 0
+            || self.log_cleaner_max_compaction_lag_ms < 1
+        {
+            return bad(
+                "log.cleaner.delete.retention.ms / log.cleaner.min.compaction.lag.ms / log.cleaner.max.compaction.lag.ms",
+                "must not be negative (the maximum lag: positive)".into(),
+            );
+        }
         if self.max_producers_per_partition == 0 {
             return bad("max.producers.per.partition", "must be positive".into());
+        }
+        if !(1..=1000).contains(&self.offsets_topic_num_partitions) {
+            return bad(
+                "offsets.topic.num.partitions",
+                format!("{} must be between 1 and 1000", self.offsets_topic_num_partitions),
+            );
+        }
+        if self.offsets_retention_minutes < 1 {
+            return bad("offsets.retention.minutes", format!("{} must be positive", self.offsets_retention_minutes));
+        }
+        if self.group_min_session_timeout_ms < 1 || self.group_max_session_timeout_ms < self.group_min_session_timeout_ms
+        {
+            return bad(
+                "group.min.session.timeout.ms / group.max.session.timeout.ms",
+                format!(
+                    "{}..={} must be a positive range",
+                    self.group_min_session_timeout_ms, self.group_max_session_timeout_ms
+                ),
+            );
+        }
+        if self.group_initial_rebalance_delay_ms < 0 {
+            return bad(
+                "group.initial.rebalance.delay.ms",
+                format!("{} must not be negative", self.group_initial_rebalance_delay_ms),
+            );
+        }
+        if self.group_max_size == 0 || self.group_max_count == 0 || self.group_member_metadata_max_bytes == 0 {
+            return bad("group.max.size / group.max.count / group.member.metadata.max.bytes", "must be positive".into());
         }
         if let Some(adv) = &self.advertised_listener {
             if adv.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {

@@ -6,7 +6,7 @@
 //! fsync (the flusher syncs cloned file handles outside the lock).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, FlushMode};
 use crate::error::{BrokerError, Result};
-use crate::log::{Log, LogConfig};
+use crate::log::{cleaner, CleanStats, Log, LogConfig, OffsetMap};
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
 
 /// Kafka's name for a topic and partition pair.
@@ -241,6 +241,21 @@ impl Partition {
         state.producers.expire(now_ms);
         self.log_start_offset.store(state.log.log_start_offset(), Ordering::Release);
         Ok(())
+    }
+
+    /// Compacts the log when its `cleanup.policy` includes `compact` and it is due (see
+    /// `log::cleaner`). The partition lock is taken only to plan and to swap each cleaned
+    /// group of segments in; reading, filtering, writing and fsyncing happen without it.
+    /// `cancel` stops the pass early (shutdown).
+    pub fn clean(&self, map: &mut OffsetMap, now_ms: i64, cancel: &AtomicBool) -> Result<Option<CleanStats>> {
+        let high_watermark = self.high_watermark();
+        let Some(plan) = self.lock().log.plan_cleaning(now_ms, high_watermark) else {
+            return Ok(None);
+        };
+        let (stats, checkpoint) =
+            cleaner::clean(&plan, map, now_ms, cancel, |cleaned| self.lock().log.swap_cleaned(cleaned))?;
+        self.lock().log.cleaning_done(checkpoint);
+        Ok(Some(stats))
     }
 
     pub fn size_bytes(&self) -> u64 {

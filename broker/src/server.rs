@@ -22,6 +22,9 @@ use crate::error::{BrokerError, Result};
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Responses smaller than this are gathered into one write when several are ready at once.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+/// How often the group coordinator's timers run: the resolution of session timeouts and
+/// rebalance deadlines (Kafka's own timers are no finer in practice).
+const GROUP_TICK: Duration = Duration::from_millis(100);
 
 /// A broker whose storage is open and whose listener is bound.
 pub struct Server {
@@ -96,6 +99,17 @@ fn spawn_background_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<(
             tick.tick().await;
             let b = b.clone();
             let _ = tokio::task::spawn_blocking(move || b.housekeeping()).await;
+        }
+    }));
+    // Group coordinator timers: session expiry, rebalance and initial-delay deadlines.
+    let b = broker.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GROUP_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let b = b.clone();
+            let _ = tokio::task::spawn_blocking(move || b.groups.tick(&b, crate::broker::now_ms())).await;
         }
     }));
     if broker.config.log_flush_mode == FlushMode::PageCache && broker.config.log_flush_interval_ms > 0 {
@@ -180,7 +194,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                     break 'read;
                 }
             };
-            match api::handle(&broker, frame) {
+            match api::handle_from(&broker, frame, Some(peer)) {
                 Reply::Nothing => {}
                 Reply::Close(reason) => {
                     warn!(%peer, reason, "closing connection: bad request");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::BrokerConfig;
-use crate::log::LogConfig;
+use crate::log::{CleanupPolicy, CompactionConfig, LogConfig};
 
 /// The type Kafka reports for a config in DescribeConfigs v3+.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,12 +13,16 @@ pub enum ConfigType {
     String = 2,
     Int = 3,
     Long = 5,
+    Double = 6,
     List = 7,
 }
 
 enum Rule {
     Long { min: i64, max: i64 },
+    Double { min: f64, max: f64 },
     Bool,
+    /// `cleanup.policy`: Kafka's list of `delete` and `compact`.
+    Policy,
     OneOf(&'static [&'static str]),
 }
 
@@ -37,8 +41,9 @@ impl TopicConfigDef {
         match self.rule {
             Rule::Long { max, .. } if max <= i32::MAX as i64 => ConfigType::Int,
             Rule::Long { .. } => ConfigType::Long,
+            Rule::Double { .. } => ConfigType::Double,
             Rule::Bool => ConfigType::Boolean,
-            Rule::OneOf(_) if self.name == "cleanup.policy" => ConfigType::List,
+            Rule::Policy => ConfigType::List,
             Rule::OneOf(_) => ConfigType::String,
         }
     }
@@ -53,6 +58,15 @@ impl TopicConfigDef {
                 Ok(v) if (*min..=*max).contains(&v) => Ok(()),
                 Ok(v) => Err(format!("{v} is outside {min}..={max}")),
                 Err(_) => Err(format!("'{value}' is not a number")),
+            },
+            Rule::Double { min, max } => match value.trim().parse::<f64>() {
+                Ok(v) if (*min..=*max).contains(&v) => Ok(()),
+                Ok(v) => Err(format!("{v} is outside {min}..={max}")),
+                Err(_) => Err(format!("'{value}' is not a number")),
+            },
+            Rule::Policy => match CleanupPolicy::parse(value) {
+                Some(_) => Ok(()),
+                None => Err(format!("'{value}' is not delete, compact or compact,delete")),
             },
             Rule::Bool => match value {
                 "true" | "false" => Ok(()),
@@ -72,15 +86,15 @@ impl TopicConfigDef {
 const I32_MAX: i64 = i32::MAX as i64;
 
 /// Every topic config Spate understands. Values outside these rules are refused with
-/// INVALID_CONFIG rather than accepted and ignored: `cleanup.policy=compact` arrives with the
-/// compaction issue, and broker-side recompression (`compression.type` other than `producer`)
-/// and `LogAppendTime` are not implemented.
+/// INVALID_CONFIG rather than accepted and ignored: broker-side recompression
+/// (`compression.type` other than `producer`) and `LogAppendTime` are not implemented.
 pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
     TopicConfigDef {
         name: "cleanup.policy",
         broker_synonym: Some("log.cleanup.policy"),
-        doc: "Retention policy for old segments: delete them (compaction is not implemented yet).",
-        rule: Rule::OneOf(&["delete"]),
+        doc: "What happens to old segments: delete (retention.ms / retention.bytes), compact (keep the \
+              latest record per key), or both (compact,delete).",
+        rule: Rule::Policy,
         default: |_| "delete".into(),
     },
     TopicConfigDef {
@@ -89,6 +103,13 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         doc: "Batches are stored as the producer compressed them.",
         rule: Rule::OneOf(&["producer"]),
         default: |_| "producer".into(),
+    },
+    TopicConfigDef {
+        name: "delete.retention.ms",
+        broker_synonym: Some("log.cleaner.delete.retention.ms"),
+        doc: "How long a tombstone stays in a compacted topic after the cleaning that first kept it.",
+        rule: Rule::Long { min: 0, max: i64::MAX },
+        default: |b| b.log_cleaner_delete_retention_ms.to_string(),
     },
     TopicConfigDef {
         name: "index.interval.bytes",
@@ -105,11 +126,32 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         default: |b| b.message_max_bytes.to_string(),
     },
     TopicConfigDef {
+        name: "max.compaction.lag.ms",
+        broker_synonym: Some("log.cleaner.max.compaction.lag.ms"),
+        doc: "Age after which an uncompacted segment is cleaned whatever the dirty ratio.",
+        rule: Rule::Long { min: 1, max: i64::MAX },
+        default: |b| b.log_cleaner_max_compaction_lag_ms.to_string(),
+    },
+    TopicConfigDef {
         name: "message.timestamp.type",
         broker_synonym: Some("log.message.timestamp.type"),
         doc: "Record timestamps are the producer's create time.",
         rule: Rule::OneOf(&["CreateTime"]),
         default: |_| "CreateTime".into(),
+    },
+    TopicConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        broker_synonym: Some("log.cleaner.min.cleanable.ratio"),
+        doc: "Share of uncompacted bytes at which a compacted topic's partition is cleaned.",
+        rule: Rule::Double { min: 0.0, max: 1.0 },
+        default: |b| b.log_cleaner_min_cleanable_ratio.to_string(),
+    },
+    TopicConfigDef {
+        name: "min.compaction.lag.ms",
+        broker_synonym: Some("log.cleaner.min.compaction.lag.ms"),
+        doc: "Records younger than this (by their segment's newest timestamp) are not compacted.",
+        rule: Rule::Long { min: 0, max: i64::MAX },
+        default: |b| b.log_cleaner_min_compaction_lag_ms.to_string(),
     },
     TopicConfigDef {
         name: "min.insync.replicas",
@@ -191,6 +233,17 @@ impl TopicConfigs {
             .unwrap_or(0)
     }
 
+    fn double(&self, name: &str, broker: &BrokerConfig) -> f64 {
+        self.get(name, broker)
+            .and_then(|(v, _)| v.trim().parse().ok())
+            .or_else(|| definition(name).and_then(|d| d.default_value(broker).parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn cleanup_policy(&self, broker: &BrokerConfig) -> CleanupPolicy {
+        self.get("cleanup.policy", broker).and_then(|(v, _)| CleanupPolicy::parse(&v)).unwrap_or(CleanupPolicy::DELETE)
+    }
+
     pub fn log_config(&self, broker: &BrokerConfig) -> LogConfig {
         LogConfig {
             segment_bytes: self.long("segment.bytes", broker) as u64,
@@ -198,6 +251,13 @@ impl TopicConfigs {
             retention_ms: self.long("retention.ms", broker),
             retention_bytes: self.long("retention.bytes", broker),
             index_interval_bytes: self.long("index.interval.bytes", broker) as u32,
+            cleanup_policy: self.cleanup_policy(broker),
+            compaction: CompactionConfig {
+                delete_retention_ms: self.long("delete.retention.ms", broker),
+                min_cleanable_dirty_ratio: self.double("min.cleanable.dirty.ratio", broker),
+                min_compaction_lag_ms: self.long("min.compaction.lag.ms", broker),
+                max_compaction_lag_ms: self.long("max.compaction.lag.ms", broker),
+            },
         }
     }
 
@@ -221,10 +281,48 @@ mod tests {
     }
 
     #[test]
+    fn compaction_configs_reach_the_log_config() {
+        let broker = BrokerConfig::default();
+        let mut cfg = TopicConfigs::default();
+        let defaults = cfg.log_config(&broker);
+        assert_eq!(defaults.cleanup_policy, CleanupPolicy::DELETE);
+        assert_eq!(defaults.compaction, CompactionConfig::default());
+        for (k, v) in [
+            ("cleanup.policy", "compact,delete"),
+            ("delete.retention.ms", "5"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("min.compaction.lag.ms", "7"),
+            ("max.compaction.lag.ms", "9"),
+        ] {
+            cfg.overrides.insert(k.into(), v.into());
+        }
+        let log = cfg.log_config(&broker);
+        assert_eq!(log.cleanup_policy, CleanupPolicy { delete: true, compact: true });
+        assert_eq!(
+            log.compaction,
+            CompactionConfig {
+                delete_retention_ms: 5,
+                min_cleanable_dirty_ratio: 0.25,
+                min_compaction_lag_ms: 7,
+                max_compaction_lag_ms: 9
+            }
+        );
+    }
+
+    #[test]
     fn invalid_values_are_refused() {
         assert!(validate_override("segment.bytes", "12").is_err());
         assert!(validate_override("segment.bytes", "abc").is_err());
-        assert!(validate_override("cleanup.policy", "compact").is_err());
+        for ok in ["compact", "delete", "compact,delete", "delete,compact", "delete, compact"] {
+            assert!(validate_override("cleanup.policy", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "compact,compact", "shred", "compact;delete"] {
+            assert!(validate_override("cleanup.policy", bad).is_err(), "{bad}");
+        }
+        assert!(validate_override("min.cleanable.dirty.ratio", "0.01").is_ok());
+        assert!(validate_override("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate_override("delete.retention.ms", "-1").is_err());
+        assert!(validate_override("max.compaction.lag.ms", "0").is_err());
         assert!(validate_override("no.such.config", "1").is_err());
         assert!(validate_override("retention.ms", "-1").is_ok());
         assert!(validate_override("unclean.leader.election.enable", "false").is_ok());

@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod common;
 mod consume;
+mod groups;
 mod produce;
 mod topics;
 
@@ -30,6 +31,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic (like kafka-console-consumer.sh).
     Consume(consume::ConsumeArgs),
+    /// List, describe and delete consumer groups; reset or delete their committed offsets (like
+    /// kafka-consumer-groups.sh).
+    Groups(groups::GroupsArgs),
     /// Measure produce or consume throughput and latency against a broker.
     Bench(bench::BenchArgs),
 }
@@ -51,6 +55,7 @@ async fn main() -> ExitCode {
         Command::Topics(args) => topics::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Groups(args) => groups::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

@@ -1,15 +1,18 @@
-//! Cluster administration: topics, partitions, configs and offsets. Requests that change the
-//! cluster go to the controller; describing topics reads the metadata cache's source, a
-//! Metadata request.
+//! Cluster administration: topics, partitions, configs, offsets and consumer groups. Requests
+//! that change the cluster go to the controller; describing topics reads the metadata cache's
+//! source, a Metadata request; group requests go to the group's coordinator, found with
+//! FindCoordinator (and found again when the coordinator moves).
 //!
 //! Per-item failures (one topic of several already exists) come back per item, not as one
 //! error, as in the Java `Admin` client.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::time::Duration;
 
-use crate::connection::ConnectionConfig;
-use crate::error::{Error, Result};
+use crate::connection::{Connection, ConnectionConfig};
+pub use crate::consumer::OffsetAndMetadata;
+use crate::error::{Error, ProtocolError, Result};
 use crate::metadata::{Cluster, ClusterConfig, PartitionMetadata, TopicPartition};
 use crate::protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use crate::protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -17,10 +20,18 @@ use crate::protocol::messages::delete_topics_request::DeleteTopicState;
 use crate::protocol::messages::describe_configs_request::DescribeConfigsResource;
 use crate::protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use crate::protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use crate::protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use crate::protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+use crate::protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
 use crate::protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
     TopicName,
 };
 use crate::protocol::{str_bytes, ApiKey, ErrorCode};
@@ -162,6 +173,97 @@ pub struct ListOffsetsResultInfo {
     pub offset: i64,
     pub timestamp_ms: i64,
     pub leader_epoch: Option<i32>,
+}
+
+/// A consumer group's state, by Kafka's names (`ConsumerGroupState`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupState {
+    /// No members; committed offsets may remain.
+    Empty,
+    Stable,
+    PreparingRebalance,
+    CompletingRebalance,
+    /// Being removed: no members and no offsets left.
+    Dead,
+    /// A state this client does not know, as the broker spelled it.
+    Unknown(String),
+}
+
+impl GroupState {
+    pub fn parse(raw: &str) -> GroupState {
+        match raw {
+            "Empty" => GroupState::Empty,
+            "Stable" => GroupState::Stable,
+            "PreparingRebalance" => GroupState::PreparingRebalance,
+            "CompletingRebalance" => GroupState::CompletingRebalance,
+            "Dead" => GroupState::Dead,
+            other => GroupState::Unknown(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::Stable => "Stable",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Dead => "Dead",
+            GroupState::Unknown(raw) => raw,
+        }
+    }
+
+    /// Whether the group has (or is gathering) members. Kafka lets offsets be reset from
+    /// outside the group only when it is not: a member would overwrite them with its next
+    /// commit.
+    pub fn is_active(&self) -> bool {
+        !matches!(self, GroupState::Empty | GroupState::Dead)
+    }
+}
+
+impl std::fmt::Display for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A group as `list_groups` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    /// `consumer` for consumer groups; empty for groups that only commit offsets.
+    pub protocol_type: String,
+    /// `None` when the broker's ListGroups version predates states (v4).
+    pub state: Option<GroupState>,
+    /// The broker that coordinates the group.
+    pub coordinator: i32,
+}
+
+/// A group as `describe_groups` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: GroupState,
+    pub protocol_type: String,
+    /// The protocol the group agreed on: for consumer groups, the assignor (`range`,
+    /// `roundrobin`, `cooperative-sticky`, ...). Empty unless the group is stable.
+    pub protocol: String,
+    pub members: Vec<MemberDescription>,
+    /// The broker that coordinates the group.
+    pub coordinator: i32,
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    /// `group.instance.id` of a static member (KIP-345).
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    /// The member's address as the coordinator saw it, e.g. `/127.0.0.1`.
+    pub client_host: String,
+    /// The partitions the leader assigned it, decoded from the consumer protocol's
+    /// `ConsumerProtocolAssignment` (empty for other protocol types, or while rebalancing).
+    pub assignment: Vec<TopicPartition>,
 }
 
 /// The admin client. Cheap to clone.
@@ -432,6 +534,536 @@ impl Admin {
             partitions.iter().map(|(tp, spec)| (tp.clone(), spec.wire_timestamp())).collect();
         Ok(list_offsets(&self.cluster, &wanted, 0).await?.into_iter().collect())
     }
+
+    /// Consumer groups of every broker, sorted by id. `states` narrows the answer (empty: all
+    /// states); brokers too old to filter (ListGroups < v4) are filtered here.
+    pub async fn list_groups(&self, states: &[GroupState]) -> Result<Vec<GroupListing>> {
+        let metadata = self.cluster.refresh().await?;
+        let mut out = Vec::new();
+        // Each broker lists only the groups it coordinates, as in Kafka.
+        for &node_id in metadata.brokers.keys() {
+            let conn = self.cluster.broker(node_id).await?;
+            let version = conn.version(ApiKey::ListGroups)?;
+            let mut request = ListGroupsRequest::default();
+            if version >= 4 {
+                request.states_filter = states.iter().map(|s| str_bytes(s.as_str())).collect();
+            }
+            let response: ListGroupsResponse = conn.send(ApiKey::ListGroups, version, &request).await?;
+            item_result(response.error_code, None, || format!("listing groups of broker {node_id}"))?;
+            for g in response.groups {
+                let state = (version >= 4).then(|| GroupState::parse(&g.group_state));
+                if !states.is_empty() && state.as_ref().is_some_and(|s| !states.contains(s)) {
+                    continue;
+                }
+                out.push(GroupListing {
+                    group_id: g.group_id.0.to_string(),
+                    protocol_type: g.protocol_type.to_string(),
+                    state,
+                    coordinator: node_id,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(out)
+    }
+
+    /// State, protocol and members (with their assignments) of groups; each group's outcome
+    /// apart. A group that does not exist is described as `Dead` with no members, as Kafka does.
+    pub async fn describe_groups(&self, group_ids: &[&str]) -> Result<BTreeMap<String, Result<GroupDescription>>> {
+        self.by_coordinator(group_ids, |conn, node_id, groups| async move {
+            let version = conn.version(ApiKey::DescribeGroups)?;
+            let request = DescribeGroupsRequest::default()
+                .with_groups(groups.iter().map(|g| GroupId(str_bytes(g.as_str()))).collect());
+            let response: DescribeGroupsResponse = conn.send(ApiKey::DescribeGroups, version, &request).await?;
+            Ok(response
+                .groups
+                .into_iter()
+                .map(|g| {
+                    let group_id = g.group_id.0.to_string();
+                    let result = item_result(g.error_code, g.error_message.map(|m| m.to_string()), || {
+                        format!("describing group {group_id}")
+                    })
+                    .map(|()| {
+                        let is_consumer = g.protocol_type.as_str() == CONSUMER_PROTOCOL_TYPE;
+                        GroupDescription {
+                            group_id: group_id.clone(),
+                            state: GroupState::parse(&g.group_state),
+                            protocol_type: g.protocol_type.to_string(),
+                            protocol: g.protocol_data.to_string(),
+                            members: g
+                                .members
+                                .into_iter()
+                                .map(|m| {
+                                    let assignment = if is_consumer {
+                                        decode_member_assignment(&m.member_assignment).unwrap_or_else(|e| {
+                                            tracing::warn!(
+                                                group = %group_id, member = %m.member_id, error = %e,
+                                                "member assignment is not a consumer protocol assignment"
+                                            );
+                                            Vec::new()
+                                        })
+                                    } else {
+                                        Vec::new()
+                                    };
+                                    MemberDescription {
+                                        member_id: m.member_id.to_string(),
+                                        group_instance_id: m.group_instance_id.map(|i| i.to_string()),
+                                        client_id: m.client_id.to_string(),
+                                        client_host: m.client_host.to_string(),
+                                        assignment,
+                                    }
+                                })
+                                .collect(),
+                            coordinator: node_id,
+                        }
+                    });
+                    (group_id, result)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Describes one group; an error if it could not be described.
+    pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
+        self.describe_groups(&[group_id])
+            .await?
+            .remove(group_id)
+            .unwrap_or_else(|| Err(missing("DescribeGroups", group_id)))
+    }
+
+    /// Deletes groups with their committed offsets; each group's outcome apart (a group with
+    /// members is refused with NON_EMPTY_GROUP, an unknown one with GROUP_ID_NOT_FOUND).
+    pub async fn delete_groups(&self, group_ids: &[&str]) -> Result<BTreeMap<String, Result<()>>> {
+        self.by_coordinator(group_ids, |conn, _, groups| async move {
+            let version = conn.version(ApiKey::DeleteGroups)?;
+            let request = DeleteGroupsRequest::default()
+                .with_groups_names(groups.iter().map(|g| GroupId(str_bytes(g.as_str()))).collect());
+            let response: DeleteGroupsResponse = conn.send(ApiKey::DeleteGroups, version, &request).await?;
+            Ok(response
+                .results
+                .into_iter()
+                .map(|r| {
+                    let group_id = r.group_id.0.to_string();
+                    let result = item_result(r.error_code, None, || format!("deleting group {group_id}"));
+                    (group_id, result)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The group's committed offsets (OffsetFetch): of the given partitions, or of every
+    /// partition it has committed when `None`. Partitions without a committed offset are left out.
+    pub async fn list_group_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<BTreeMap<TopicPartition, OffsetAndMetadata>> {
+        let by_topic = partitions.map(by_topic);
+        self.on_coordinator(group_id, |conn| {
+            let by_topic = by_topic.clone();
+            async move {
+                let version = conn.version(ApiKey::OffsetFetch)?;
+                let mut request = OffsetFetchRequest::default();
+                // v8 batches groups; before it, one group per request and the fields at the top.
+                if version >= 8 {
+                    request.groups = vec![OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(str_bytes(group_id)))
+                        .with_topics(by_topic.map(|topics| {
+                            topics
+                                .into_iter()
+                                .map(|(topic, ps)| {
+                                    OffsetFetchRequestTopics::default()
+                                        .with_name(TopicName(str_bytes(topic)))
+                                        .with_partition_indexes(ps)
+                                })
+                                .collect()
+                        }))];
+                } else {
+                    request.group_id = GroupId(str_bytes(group_id));
+                    let topics = by_topic.map(|topics| {
+                        topics
+                            .into_iter()
+                            .map(|(topic, ps)| {
+                                OffsetFetchRequestTopic::default()
+                                    .with_name(TopicName(str_bytes(topic)))
+                                    .with_partition_indexes(ps)
+                            })
+                            .collect()
+                    });
+                    if topics.is_none() && version < 2 {
+                        return Err(Error::UnsupportedApi {
+                            peer: conn.peer().to_string(),
+                            api: "OffsetFetch of all partitions",
+                            client_min: 2,
+                            client_max: 8,
+                            broker_min: version,
+                            broker_max: version,
+                        });
+                    }
+                    request.topics = topics;
+                }
+                let response: OffsetFetchResponse = conn.send(ApiKey::OffsetFetch, version, &request).await?;
+                let context = || format!("fetching offsets of group {group_id}");
+                let mut committed: Vec<(String, i32, i64, i32, Option<String>, i16)> = Vec::new();
+                if version >= 8 {
+                    let group = response
+                        .groups
+                        .into_iter()
+                        .find(|g| g.group_id.0.as_str() == group_id)
+                        .ok_or_else(|| missing("OffsetFetch", group_id))?;
+                    item_result(group.error_code, None, context)?;
+                    for t in group.topics {
+                        for p in t.partitions {
+                            committed.push((
+                                t.name.0.to_string(),
+                                p.partition_index,
+                                p.committed_offset,
+                                p.committed_leader_epoch,
+                                p.metadata.map(|m| m.to_string()),
+                                p.error_code,
+                            ));
+                        }
+                    }
+                } else {
+                    item_result(response.error_code, None, context)?;
+                    for t in response.topics {
+                        for p in t.partitions {
+                            committed.push((
+                                t.name.0.to_string(),
+                                p.partition_index,
+                                p.committed_offset,
+                                p.committed_leader_epoch,
+                                p.metadata.map(|m| m.to_string()),
+                                p.error_code,
+                            ));
+                        }
+                    }
+                }
+                let mut out = BTreeMap::new();
+                for (topic, partition, offset, leader_epoch, metadata, error_code) in committed {
+                    let tp = TopicPartition::new(topic, partition);
+                    item_result(error_code, None, || format!("fetching the offset of group {group_id} for {tp}"))?;
+                    if offset < 0 {
+                        continue;
+                    }
+                    let leader_epoch = (leader_epoch >= 0).then_some(leader_epoch);
+                    out.insert(tp, OffsetAndMetadata { offset, leader_epoch, metadata });
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
+    /// Commits offsets for a group from outside it (OffsetCommit with generation -1 and no
+    /// member id). Kafka accepts that only while the group has no members; an active group
+    /// answers UNKNOWN_MEMBER_ID for every partition. Each partition's outcome apart.
+    pub async fn alter_group_offsets(
+        &self,
+        group_id: &str,
+        offsets: &BTreeMap<TopicPartition, OffsetAndMetadata>,
+    ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
+        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (tp, o) in offsets {
+            by_topic.entry(tp.topic.as_str()).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(tp.partition)
+                    .with_committed_offset(o.offset)
+                    .with_committed_leader_epoch(o.leader_epoch.unwrap_or(-1))
+                    .with_committed_metadata(Some(str_bytes(o.metadata.clone().unwrap_or_default()))),
+            );
+        }
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(str_bytes(group_id)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(str_bytes(""))
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(topic, ps)| {
+                        OffsetCommitRequestTopic::default().with_name(TopicName(str_bytes(topic))).with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        self.on_coordinator(group_id, |conn| {
+            let request = request.clone();
+            async move {
+                let version = conn.version(ApiKey::OffsetCommit)?;
+                let response: OffsetCommitResponse = conn.send(ApiKey::OffsetCommit, version, &request).await?;
+                let mut out = BTreeMap::new();
+                for t in response.topics {
+                    for p in t.partitions {
+                        let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
+                        let code = ErrorCode(p.error_code);
+                        if coordinator_moved(code) {
+                            // The whole request went to the wrong broker: find it again.
+                            return Err(Error::broker(code, format!("committing offsets of group {group_id}")));
+                        }
+                        let result = item_result(p.error_code, None, || {
+                            format!("committing the offset of group {group_id} for {tp}")
+                        });
+                        out.insert(tp, result);
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
+    /// Deletes a group's committed offsets for partitions (OffsetDelete). Refused per partition
+    /// (GROUP_SUBSCRIBED_TO_TOPIC) for topics the group's members are subscribed to.
+    pub async fn delete_group_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
+        let request = OffsetDeleteRequest::default().with_group_id(GroupId(str_bytes(group_id))).with_topics(
+            by_topic(partitions)
+                .into_iter()
+                .map(|(topic, ps)| {
+                    OffsetDeleteRequestTopic::default().with_name(TopicName(str_bytes(topic))).with_partitions(
+                        ps.into_iter()
+                            .map(|p| OffsetDeleteRequestPartition::default().with_partition_index(p))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        );
+        self.on_coordinator(group_id, |conn| {
+            let request = request.clone();
+            async move {
+                let version = conn.version(ApiKey::OffsetDelete)?;
+                let response: OffsetDeleteResponse = conn.send(ApiKey::OffsetDelete, version, &request).await?;
+                item_result(response.error_code, None, || format!("deleting offsets of group {group_id}"))?;
+                let mut out = BTreeMap::new();
+                for t in response.topics {
+                    for p in t.partitions {
+                        let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
+                        let result = item_result(p.error_code, None, || {
+                            format!("deleting the offset of group {group_id} for {tp}")
+                        });
+                        out.insert(tp, result);
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
+    /// The coordinators of groups (FindCoordinator: one batched v4 request when the broker
+    /// speaks it, else one v0–3 request per group), retried while coordinators are loading or
+    /// not yet elected.
+    pub async fn find_coordinators(&self, group_ids: &[&str]) -> Result<BTreeMap<String, Result<Coordinator>>> {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<String> =
+            group_ids.iter().map(|g| g.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
+        loop {
+            let conn = self.cluster.any_broker().await?;
+            let version = conn.version(ApiKey::FindCoordinator)?;
+            let mut answers: Vec<(String, i16, Option<String>, Coordinator)> = Vec::new();
+            if version >= 4 {
+                let request = FindCoordinatorRequest::default()
+                    .with_key_type(GROUP_KEY_TYPE)
+                    .with_coordinator_keys(todo.iter().map(|g| str_bytes(g.as_str())).collect());
+                let response: FindCoordinatorResponse = conn.send(ApiKey::FindCoordinator, version, &request).await?;
+                for c in response.coordinators {
+                    let coordinator = Coordinator { node_id: c.node_id.0, host: c.host.to_string(), port: c.port };
+                    answers.push((
+                        c.key.to_string(),
+                        c.error_code,
+                        c.error_message.map(|m| m.to_string()),
+                        coordinator,
+                    ));
+                }
+            } else {
+                for group in &todo {
+                    let request = FindCoordinatorRequest::default()
+                        .with_key(str_bytes(group.as_str()))
+                        .with_key_type(if version >= 1 { GROUP_KEY_TYPE } else { 0 });
+                    let r: FindCoordinatorResponse = conn.send(ApiKey::FindCoordinator, version, &request).await?;
+                    let coordinator = Coordinator { node_id: r.node_id.0, host: r.host.to_string(), port: r.port };
+                    answers.push((group.clone(), r.error_code, r.error_message.map(|m| m.to_string()), coordinator));
+                }
+            }
+            let mut retry = Vec::new();
+            for (group, code, message, coordinator) in answers {
+                if !todo.contains(&group) {
+                    continue;
+                }
+                let code = ErrorCode(code);
+                if code.is_retriable() && tokio::time::Instant::now() < deadline {
+                    retry.push(group);
+                    continue;
+                }
+                let result = item_result(code.0, message, || format!("finding the coordinator of group {group}"))
+                    .map(|()| coordinator);
+                out.insert(group, result);
+            }
+            for group in todo.drain(..) {
+                if !out.contains_key(&group) && !retry.contains(&group) {
+                    out.insert(group.clone(), Err(missing("FindCoordinator", &group)));
+                }
+            }
+            if retry.is_empty() {
+                return Ok(out);
+            }
+            tokio::time::sleep(COORDINATOR_BACKOFF).await;
+            todo = retry;
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(0) as u64)
+    }
+
+    /// A connection to a coordinator: pooled when the broker is in the metadata (refreshed once
+    /// if it is not), else a connection of its own to the address FindCoordinator gave.
+    async fn coordinator_connection(&self, coordinator: &Coordinator) -> Result<Connection> {
+        if !self.cluster.metadata().brokers.contains_key(&coordinator.node_id) {
+            self.cluster.refresh().await?;
+        }
+        if self.cluster.metadata().brokers.contains_key(&coordinator.node_id) {
+            return self.cluster.broker(coordinator.node_id).await;
+        }
+        Connection::connect(&coordinator.addr(), &self.cluster.config().connection).await
+    }
+
+    /// Runs `op` against the group's coordinator, finding it again (until the request timeout)
+    /// while `op` fails with an error that says the coordinator moved or is still loading.
+    async fn on_coordinator<T, F, Fut>(&self, group_id: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        loop {
+            let coordinator = self
+                .find_coordinators(&[group_id])
+                .await?
+                .remove(group_id)
+                .unwrap_or_else(|| Err(missing("FindCoordinator", group_id)))?;
+            let conn = self.coordinator_connection(&coordinator).await?;
+            match op(conn).await {
+                Err(e) if e.code().is_some_and(coordinator_moved) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(group = group_id, error = %e, "group coordinator moved; finding it again");
+                    tokio::time::sleep(COORDINATOR_BACKOFF).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Sends one request per coordinator for the groups it coordinates (`op` answers each
+    /// group), and sends groups whose answer says the coordinator moved around again.
+    async fn by_coordinator<T, F, Fut>(&self, group_ids: &[&str], op: F) -> Result<BTreeMap<String, Result<T>>>
+    where
+        F: Fn(Connection, i32, Vec<String>) -> Fut,
+        Fut: Future<Output = Result<Vec<(String, Result<T>)>>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<&str> = group_ids.to_vec();
+        loop {
+            let mut by_node: BTreeMap<i32, (Coordinator, Vec<String>)> = BTreeMap::new();
+            for (group, coordinator) in self.find_coordinators(&todo).await? {
+                match coordinator {
+                    Ok(c) => by_node.entry(c.node_id).or_insert_with(|| (c, Vec::new())).1.push(group),
+                    Err(e) => {
+                        out.insert(group, Err(e));
+                    }
+                }
+            }
+            let mut retry: Vec<String> = Vec::new();
+            for (node_id, (coordinator, groups)) in by_node {
+                let conn = self.coordinator_connection(&coordinator).await?;
+                let asked: BTreeSet<String> = groups.iter().cloned().collect();
+                let answers = op(conn, node_id, groups).await?;
+                let mut answered = BTreeSet::new();
+                for (group, result) in answers {
+                    if !asked.contains(&group) {
+                        continue;
+                    }
+                    answered.insert(group.clone());
+                    match result {
+                        Err(e) if e.code().is_some_and(coordinator_moved) && tokio::time::Instant::now() < deadline => {
+                            retry.push(group)
+                        }
+                        result => {
+                            out.insert(group, result);
+                        }
+                    }
+                }
+                for group in asked.difference(&answered) {
+                    out.insert(group.clone(), Err(missing("group response", group)));
+                }
+            }
+            if retry.is_empty() {
+                return Ok(out);
+            }
+            tokio::time::sleep(COORDINATOR_BACKOFF).await;
+            // `todo` borrows from `group_ids`, which outlives the loop.
+            todo = group_ids.iter().copied().filter(|g| retry.iter().any(|r| r == g)).collect();
+        }
+    }
+}
+
+/// `protocol_type` of consumer groups (as opposed to Connect workers' `connect`).
+pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
+/// FindCoordinator's `key_type` for consumer groups (1 is transactional ids).
+const GROUP_KEY_TYPE: i8 = 0;
+const COORDINATOR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A group's coordinator as FindCoordinator names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordinator {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+impl Coordinator {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Codes that mean "ask FindCoordinator again and retry".
+fn coordinator_moved(code: ErrorCode) -> bool {
+    code == ErrorCode::NOT_COORDINATOR
+        || code == ErrorCode::COORDINATOR_NOT_AVAILABLE
+        || code == ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
+}
+
+fn missing(what: &'static str, item: &str) -> Error {
+    Error::Protocol { peer: "coordinator".into(), source: ProtocolError::malformed(what, format!("{item} missing")) }
+}
+
+/// Partitions grouped by topic, partitions in order.
+fn by_topic(partitions: &[TopicPartition]) -> BTreeMap<String, Vec<i32>> {
+    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for tp in partitions {
+        out.entry(tp.topic.clone()).or_default().push(tp.partition);
+    }
+    for ps in out.values_mut() {
+        ps.sort_unstable();
+        ps.dedup();
+    }
+    out
+}
+
+/// A member's assignment as DescribeGroups relays it: the consumer protocol's
+/// `ConsumerProtocolAssignment`, written by the group's leader (any client), decoded with the
+/// group consumer's bounded decoder; partitions sorted.
+fn decode_member_assignment(blob: &[u8]) -> Result<Vec<TopicPartition>, ProtocolError> {
+    let mut partitions = crate::consumer::assignor::decode_assignment(blob)?.partitions;
+    partitions.sort();
+    partitions.dedup();
+    Ok(partitions)
 }
 
 /// Turns a per-item error code and message into a result.
@@ -538,6 +1170,47 @@ mod tests {
         let err = item_result(36, Some("exists".into()), || "creating topic t".into()).unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::TOPIC_ALREADY_EXISTS));
         assert!(err.to_string().contains("creating topic t: exists"), "{err}");
+    }
+
+    #[test]
+    fn member_assignments_decode_sorted_and_bounded() {
+        use crate::consumer::assignor::{encode_assignment, Assignment};
+        let blob = encode_assignment(&Assignment {
+            partitions: vec![TopicPartition::new("b", 1), TopicPartition::new("a", 2), TopicPartition::new("b", 0)],
+            user_data: None,
+        });
+        assert_eq!(
+            decode_member_assignment(&blob).unwrap(),
+            vec![TopicPartition::new("a", 2), TopicPartition::new("b", 0), TopicPartition::new("b", 1)]
+        );
+        assert_eq!(decode_member_assignment(&[]).unwrap(), vec![], "a member between rebalances");
+        // Version 0, then a topic count of i32::MAX with nothing after it.
+        assert!(decode_member_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn group_states_parse_kafka_names() {
+        for s in ["Empty", "Stable", "PreparingRebalance", "CompletingRebalance", "Dead", "Assigning"] {
+            assert_eq!(GroupState::parse(s).to_string(), s);
+        }
+        assert!(!GroupState::Empty.is_active());
+        assert!(!GroupState::Dead.is_active());
+        assert!(GroupState::Stable.is_active());
+        assert!(GroupState::PreparingRebalance.is_active());
+        assert_eq!(GroupState::parse("Assigning"), GroupState::Unknown("Assigning".into()));
+    }
+
+    #[test]
+    fn partitions_group_by_topic_in_order() {
+        let grouped = by_topic(&[
+            TopicPartition::new("b", 2),
+            TopicPartition::new("a", 1),
+            TopicPartition::new("b", 0),
+            TopicPartition::new("b", 2),
+        ]);
+        assert_eq!(grouped, BTreeMap::from([("a".to_string(), vec![1]), ("b".to_string(), vec![0, 2])]));
+        assert!(coordinator_moved(ErrorCode::NOT_COORDINATOR));
+        assert!(!coordinator_moved(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
     }
 
     #[test]

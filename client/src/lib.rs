@@ -15,7 +15,10 @@ pub mod protocol;
 mod test_broker;
 
 pub use admin::Admin;
-pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel};
+pub use consumer::{
+    Assignor, AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, ListenerFuture,
+    OffsetAndMetadata, RebalanceListener, RebalanceProtocol,
+};
 pub use error::{Error, ProtocolError, Result};
 pub use metadata::{Cluster, TopicPartition};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

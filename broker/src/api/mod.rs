@@ -8,11 +8,13 @@ mod admin;
 mod api_versions;
 mod configs;
 mod fetch;
+mod group;
 mod list_offsets;
 mod metadata;
 mod produce;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -35,6 +37,17 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -80,7 +93,12 @@ fn encode<M: Codec>(api_key: ApiKey, version: i16, correlation_id: i32, response
 }
 
 /// Decodes and serves one request frame.
-pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Reply {
+pub fn handle(broker: &Arc<Broker>, frame: Bytes) -> Reply {
+    handle_from(broker, frame, None)
+}
+
+/// [`handle`] for a request from `peer` (reported as a group member's `client_host`).
+pub fn handle_from(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) -> Reply {
     let pre = match protocol::peek_request_preamble(&frame) {
         Ok(pre) => pre,
         Err(err) => return Reply::Close(err.to_string()),
@@ -117,6 +135,22 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Reply {
         ApiKey::InitProducerId => admin::init_producer_id(broker, &ctx, &mut frame),
         ApiKey::DescribeConfigs => configs::describe(broker, &ctx, &mut frame),
         ApiKey::IncrementalAlterConfigs => configs::incremental_alter(broker, &ctx, &mut frame),
+        ApiKey::FindCoordinator => group::find_coordinator(broker, &ctx, &mut frame),
+        ApiKey::JoinGroup => {
+            let client_id = header.client_id.as_deref().unwrap_or("");
+            // Kafka reports the host as Java's InetAddress.toString: "/1.2.3.4".
+            let client_host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
+            group::join_group(broker, &ctx, &mut frame, client_id, client_host)
+        }
+        ApiKey::SyncGroup => group::sync_group(broker, &ctx, &mut frame),
+        ApiKey::Heartbeat => group::heartbeat(broker, &ctx, &mut frame),
+        ApiKey::LeaveGroup => group::leave_group(broker, &ctx, &mut frame),
+        ApiKey::OffsetCommit => group::offset_commit(broker, &ctx, &mut frame),
+        ApiKey::OffsetFetch => group::offset_fetch(broker, &ctx, &mut frame),
+        ApiKey::OffsetDelete => group::offset_delete(broker, &ctx, &mut frame),
+        ApiKey::DescribeGroups => group::describe_groups(broker, &ctx, &mut frame),
+        ApiKey::ListGroups => group::list_groups(broker, &ctx, &mut frame),
+        ApiKey::DeleteGroups => group::delete_groups(broker, &ctx, &mut frame),
         _ => return Reply::Close(format!("api {api_key:?} is not supported")),
     };
     match result {

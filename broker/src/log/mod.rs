@@ -12,8 +12,14 @@
 //! Files in a partition directory: `{base}.log`, `{base}.index` and `{base}.timeindex` (the
 //! indexes are persisted when a segment is rolled and at clean shutdown, and only trusted for
 //! segments below the recovery point), and `checkpoint` (recovery point and log start offset,
-//! replaced atomically).
+//! replaced atomically). Log compaction ([`cleaner`]) adds `cleaner-checkpoint` and, while it
+//! swaps segments, `*.cleaned` and `*.swap` files that [`Log::open`] finishes or removes.
+//!
+//! Compaction keeps offsets but drops records and whole batches, so batches may leave offset
+//! gaps and hold fewer records than `last_offset_delta + 1`; a closed segment covers offsets up
+//! to the next segment's base even when its last batch ends earlier.
 
+pub mod cleaner;
 mod checkpoint;
 mod index;
 mod segment;
@@ -29,6 +35,7 @@ use bytes::Bytes;
 use spate_client::protocol::record::{self, BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 
 pub use checkpoint::write_file_atomically;
+pub use cleaner::{CleanStats, CleanerCheckpoint, CleanedSegment, CleaningPlan, OffsetMap};
 use checkpoint::{io_error, sync_dir, Checkpoint};
 use segment::{Cut, Segment, SyncFile, MAX_SEGMENT_OFFSETS};
 
@@ -38,8 +45,63 @@ const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
 /// once took one huge produce request does not keep its memory forever.
 const APPEND_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
-/// Per-topic log settings, by their Kafka topic config names.
+/// `cleanup.policy`: what happens to old segments. Kafka accepts `delete`, `compact` and both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Time and size retention (`retention.ms`, `retention.bytes`) delete old segments.
+    pub delete: bool,
+    /// The cleaner keeps only the latest record per key.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy { delete: true, compact: false };
+    pub const COMPACT: CleanupPolicy = CleanupPolicy { delete: false, compact: true };
+
+    /// Parses Kafka's list syntax: `delete`, `compact`, `compact,delete` or `delete,compact`.
+    pub fn parse(value: &str) -> Option<CleanupPolicy> {
+        let mut policy = CleanupPolicy { delete: false, compact: false };
+        for item in value.split(',').map(str::trim) {
+            match item {
+                "delete" if !policy.delete => policy.delete = true,
+                "compact" if !policy.compact => policy.compact = true,
+                _ => return None,
+            }
+        }
+        Some(policy)
+    }
+}
+
+/// Per-topic compaction settings (used when `cleanup.policy` includes `compact`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionConfig {
+    /// `delete.retention.ms`: how long a tombstone survives after the cleaning pass that first
+    /// kept it (KIP-534's delete horizon), so consumers reading behind see the delete.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: a log is cleaned once the bytes after its last cleaned
+    /// offset make up at least this share of its cleanable bytes.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a segment whose newest record is younger than this is not
+    /// cleaned yet.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a log whose oldest uncleaned segment is older than this is
+    /// cleaned whatever its dirty ratio (`i64::MAX`: never forced).
+    pub max_compaction_lag_ms: i64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            delete_retention_ms: 86_400_000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+        }
+    }
+}
+
+/// Per-topic log settings, by their Kafka topic config names.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: a segment is rolled before an append would take it past this size.
     pub segment_bytes: u64,
@@ -53,6 +115,9 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// `index.interval.bytes`: bytes of batches between two offset-index entries.
     pub index_interval_bytes: u32,
+    /// `cleanup.policy`: retention applies only with `delete`, the cleaner only with `compact`.
+    pub cleanup_policy: CleanupPolicy,
+    pub compaction: CompactionConfig,
 }
 
 impl Default for LogConfig {
@@ -64,6 +129,8 @@ impl Default for LogConfig {
             retention_ms: 7 * DAY_MS,
             retention_bytes: -1,
             index_interval_bytes: 4096,
+            cleanup_policy: CleanupPolicy::DELETE,
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -86,6 +153,8 @@ pub enum LogError {
     Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("append to the log in {} rejected: {reason}", dir.display())]
     InvalidAppend { dir: PathBuf, reason: String },
+    #[error("cleaning the log in {} was cancelled", dir.display())]
+    CleaningCancelled { dir: PathBuf },
 }
 
 /// What [`Log::append`] assigned.
@@ -203,6 +272,8 @@ pub struct Log {
     /// The active segment's indexes were persisted by `close_in_place`; they must go before
     /// it changes again.
     active_indexes_on_disk: bool,
+    /// Where the cleaner stopped: see [`cleaner`].
+    cleaner: CleanerCheckpoint,
 }
 
 impl Log {
@@ -218,24 +289,35 @@ impl Log {
         }
         let persisted = Checkpoint::read(&dir)?;
         let checkpointed_recovery_point = persisted.map_or(i64::MIN, |c| c.recovery_point);
-        let bases = list_segments(&dir)?;
-        let mut dir_changed = false;
+        let (bases, mut dir_changed) = list_segments(&dir)?;
+        let cleaner = CleanerCheckpoint::read(&dir)?.unwrap_or_default();
+        // Offset gaps are compaction's below this, lost data anywhere else.
+        let gaps_below = cleaner.compacted_below;
 
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
         let mut cut: Option<(i64, Cut)> = None;
         let mut dropped: &[i64] = &[];
         for (i, &base) in bases.iter().enumerate() {
-            if let Some(prev) = segments.last() {
-                if prev.next_offset != base {
+            if let Some(prev) = segments.last_mut() {
+                // A compacted segment may end before the next one starts; it covers the gap.
+                if prev.next_offset > base || (prev.next_offset < base && base > gaps_below) {
                     let reason = format!("next segment starts at {base} instead of {}", prev.next_offset);
                     cut = Some((prev.base_offset, Cut { position: prev.size_bytes, bytes_removed: 0, reason }));
                     dropped = &bases[i..];
                     break;
                 }
+                prev.next_offset = base;
             }
             let next_base = bases.get(i + 1).copied();
-            let (segment, segment_cut) =
-                Segment::open(&dir, base, next_base, checkpointed_recovery_point, config.index_interval_bytes, now_ms)?;
+            let (segment, segment_cut) = Segment::open(
+                &dir,
+                base,
+                next_base,
+                checkpointed_recovery_point,
+                gaps_below,
+                config.index_interval_bytes,
+                now_ms,
+            )?;
             segments.push(segment);
             if let Some(c) = segment_cut {
                 cut = Some((base, c));
@@ -309,6 +391,7 @@ impl Log {
             pending_index_syncs: Vec::new(),
             dir_dirty_at: None,
             active_indexes_on_disk: false,
+            cleaner,
         };
         if log.persisted != Some(log.checkpoint()) {
             log.write_checkpoint()?;
@@ -488,17 +571,45 @@ impl Log {
     /// The caller does the actual read with [`ReadSlice::read`], outside its lock.
     pub fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<ReadSlice, LogError> {
         self.check_range(offset)?;
-        let segment = &self.segments[self.segment_index(offset)];
-        let mut slice =
-            ReadSlice { file: Arc::clone(&segment.file), path: Arc::clone(&segment.path), position: 0, len: 0 };
+        let index = self.segment_index(offset);
+        let segment = &self.segments[index];
+        let empty = ReadSlice { file: Arc::clone(&segment.file), path: Arc::clone(&segment.path), position: 0, len: 0 };
         if offset >= upper_bound.min(self.log_end_offset()) {
-            return Ok(slice);
+            return Ok(empty);
         }
-        let (start, first) = segment.find_batch(offset)?;
-        let end = segment.read_end(start, &first, max_bytes, upper_bound)?;
-        slice.position = start;
-        slice.len = (end - start) as usize;
-        Ok(slice)
+        // An offset in a gap that compaction left reads from the next batch, which may lie in
+        // a later segment.
+        let mut from = offset;
+        for segment in &self.segments[index..] {
+            if let Some((start, first)) = segment.find_batch(from)? {
+                if first.base_offset >= upper_bound {
+                    return Ok(empty);
+                }
+                let end = segment.read_end(start, &first, max_bytes, upper_bound)?;
+                return Ok(ReadSlice {
+                    file: Arc::clone(&segment.file),
+                    path: Arc::clone(&segment.path),
+                    position: start,
+                    len: (end - start) as usize,
+                });
+            }
+            from = segment.next_offset;
+        }
+        Ok(empty)
+    }
+
+    /// The first batch at or after `offset` (which must be in range), as the index of its
+    /// segment, its position and header; `None` when no batch follows.
+    fn find_batch_from(&self, offset: i64) -> Result<Option<(usize, u64, BatchHeader)>, LogError> {
+        let index = self.segment_index(offset);
+        let mut from = offset;
+        for (i, segment) in self.segments.iter().enumerate().skip(index) {
+            if let Some((position, header)) = segment.find_batch(from)? {
+                return Ok(Some((i, position, header)));
+            }
+            from = segment.next_offset;
+        }
+        Ok(None)
     }
 
     fn check_range(&self, offset: i64) -> Result<(), LogError> {
@@ -598,7 +709,7 @@ impl Log {
         let Some(segment) = best else {
             return Ok(None);
         };
-        let (position, header) = segment.find_batch(segment.offset_of_max_timestamp)?;
+        let (position, header) = segment.batch_holding(segment.offset_of_max_timestamp)?;
         let found = self.first_record_at_or_after(segment, position, &header, segment.max_timestamp)?;
         Ok(Some(found.unwrap_or((header.base_offset, header.max_timestamp))))
     }
@@ -631,11 +742,19 @@ impl Log {
     /// offset is kept), and closed ones while the log exceeds `retention.bytes`. The new log
     /// start offset is checkpointed before any file is removed.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+        if !self.config.cleanup_policy.delete {
+            return Ok(RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() });
+        }
         let mut remaining_bytes = self.size_bytes();
         let mut count = 0;
         let last = self.segments.len() - 1;
         for (i, segment) in self.segments.iter().enumerate() {
             if segment.is_empty() {
+                // Compaction can leave empty closed segments: they go with the next one that
+                // is deleted, and hold nothing back.
+                if i < last {
+                    continue;
+                }
                 break;
             }
             let by_time = self.config.retention_ms >= 0
@@ -647,7 +766,7 @@ impl Log {
                 break;
             }
             remaining_bytes -= segment.size_bytes;
-            count += 1;
+            count = i + 1;
         }
         if count == 0 {
             return Ok(RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() });
@@ -683,9 +802,13 @@ impl Log {
         if offset < self.log_start_offset {
             return self.truncate_fully(offset.max(0));
         }
+        // The batch holding `offset`, or the first one after it when `offset` is in a gap that
+        // compaction left (then nothing below `offset` goes).
         let index = self.segment_index(offset);
-        let (position, header) = self.segments[index].find_batch(offset)?;
-        let new_end = header.base_offset;
+        let (position, new_end) = match self.segments[index].find_batch(offset)? {
+            Some((position, header)) => (position, header.base_offset.min(offset)),
+            None => (self.segments[index].size_bytes, offset),
+        };
         // Lower the persisted recovery point first: after a crash, bytes written here later
         // must be checked, not trusted.
         self.recovery_point = self.recovery_point.min(new_end);
@@ -699,7 +822,9 @@ impl Log {
         let active = self.active_mut();
         if active.next_offset > new_end {
             active.truncate(position, interval)?;
+            active.next_offset = active.next_offset.max(new_end);
         }
+        self.cleaner.first_dirty_offset = self.cleaner.first_dirty_offset.min(new_end);
         self.active().remove_index_files()?;
         self.active_indexes_on_disk = false;
         self.pending_index_syncs.retain(|p| p.next_offset < new_end);
@@ -718,6 +843,7 @@ impl Log {
         self.active_indexes_on_disk = false;
         self.log_start_offset = offset;
         self.recovery_point = offset;
+        self.cleaner.first_dirty_offset = offset;
         sync_dir(&self.dir)?;
         self.write_checkpoint()
     }
@@ -731,8 +857,9 @@ impl Log {
         if offset == self.log_end_offset() {
             return Ok(headers);
         }
-        let index = self.segment_index(offset);
-        let (start, _) = self.segments[index].find_batch(offset)?;
+        let Some((index, start, _)) = self.find_batch_from(offset)? else {
+            return Ok(headers);
+        };
         self.segments[index].headers_from(start, &mut headers)?;
         for segment in &self.segments[index + 1..] {
             segment.headers_from(0, &mut headers)?;
@@ -770,32 +897,55 @@ impl Log {
     }
 }
 
-/// Base offsets of the segment files in `dir`, sorted. Removes leftovers of interrupted work:
-/// `*.tmp` files and index files without a segment.
-fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
+/// Base offsets of the segment files in `dir`, sorted, and whether the directory changed.
+/// Removes leftovers of interrupted work: `*.tmp` and `*.cleaned` files and index files without
+/// a segment; and finishes segment swaps the cleaner committed (see [`cleaner`]): a
+/// `{base}.{next_base}.swap` file replaces every segment with a base in `[base, next_base)`.
+fn list_segments(dir: &Path) -> Result<(Vec<i64>, bool), LogError> {
     let mut bases = Vec::new();
     let mut index_files = Vec::new();
+    let mut swaps = Vec::new();
+    let mut changed = false;
     for entry in fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
         let entry = entry.map_err(|e| io_error(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             continue;
         };
-        if name.ends_with(".tmp") {
+        if name.ends_with(".tmp") || name.ends_with(cleaner::CLEANED_SUFFIX) {
             fs::remove_file(entry.path()).map_err(|e| io_error(&entry.path(), e))?;
+            changed = true;
         } else if let Some(base) = name.strip_suffix(".log").and_then(segment::parse_base_offset) {
             bases.push(base);
         } else if let Some(base) =
             name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex")).and_then(segment::parse_base_offset)
         {
             index_files.push((base, entry.path()));
+        } else if let Some(range) = cleaner::parse_swap_name(name) {
+            swaps.push((range, entry.path()));
         }
+    }
+    swaps.sort_unstable_by_key(|(range, _)| *range);
+    for ((base, next_base), path) in swaps {
+        // The swap was committed (renamed from `.cleaned` after an fsync): finish it.
+        for &old in bases.iter().filter(|&&b| b >= base && b < next_base) {
+            segment::remove_segment_files(&segment::log_path(dir, old))?;
+        }
+        bases.retain(|&b| b < base || b >= next_base);
+        index_files.retain(|(b, _)| *b < base || *b >= next_base);
+        sync_dir(dir)?;
+        let target = segment::log_path(dir, base);
+        fs::rename(&path, &target).map_err(|e| io_error(&target, e))?;
+        tracing::info!(dir = %dir.display(), base, next_base, "finished a compacted segment swap after a restart");
+        bases.push(base);
+        changed = true;
     }
     bases.sort_unstable();
     for (base, path) in index_files {
         if bases.binary_search(&base).is_err() {
             fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            changed = true;
         }
     }
-    Ok(bases)
+    Ok((bases, changed))
 }

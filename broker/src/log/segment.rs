@@ -7,14 +7,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use spate_client::protocol::record::{field, validate_batch, BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
+use spate_client::protocol::record::{
+    check_stored_counts, field, validate_stored_batch, BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD,
+};
 
 use super::checkpoint::io_error;
 use super::index::{OffsetIndex, TimeIndex, TIME_ENTRY_BYTES};
 use super::LogError;
 
 /// Recovery reads unverified data in chunks of this size.
-const READ_CHUNK_BYTES: usize = 1 << 20;
+pub(crate) const READ_CHUNK_BYTES: usize = 1 << 20;
 /// Batches up to this size are checked in one buffer with `validate_batch`; larger ones are
 /// checked in chunks, so a corrupt length field never makes recovery allocate more than this.
 const MAX_BUFFERED_BATCH_BYTES: usize = 8 << 20;
@@ -30,12 +32,19 @@ pub(crate) fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
     dir.join(format!("{base_offset:020}.log"))
 }
 
-fn index_path(log_path: &Path) -> PathBuf {
+pub(crate) fn index_path(log_path: &Path) -> PathBuf {
     log_path.with_extension("index")
 }
 
-fn time_index_path(log_path: &Path) -> PathBuf {
+pub(crate) fn time_index_path(log_path: &Path) -> PathBuf {
     log_path.with_extension("timeindex")
+}
+
+/// `path` with `suffix` appended to its file name (`x.log` → `x.log.cleaned`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Parses the base offset out of a segment file stem (20 decimal digits).
@@ -65,7 +74,7 @@ fn check_structure(header: &BatchHeader, remaining: u64) -> Result<(), String> {
 
 /// Reads and structurally checks the header at `position` of a file of `size` bytes. The outer
 /// error is I/O; the inner one says why the bytes are not a batch.
-fn read_header(file: &File, path: &Path, position: u64, size: u64) -> Result<Result<BatchHeader, String>, LogError> {
+pub(crate) fn read_header(file: &File, path: &Path, position: u64, size: u64) -> Result<Result<BatchHeader, String>, LogError> {
     let remaining = size.saturating_sub(position);
     if remaining < BATCH_HEADER_BYTES as u64 {
         return Ok(Err(format!("{remaining} bytes are too few for a batch header")));
@@ -92,7 +101,9 @@ pub(crate) struct Cut {
 
 pub(crate) struct Segment {
     pub base_offset: i64,
-    /// One past the last offset in the segment (the base offset when empty).
+    /// One past the last offset the segment covers: for the active segment the log end offset
+    /// (the base offset when empty); for a closed one the next segment's base offset, which
+    /// after compaction may lie past the segment's last batch.
     pub next_offset: i64,
     pub size_bytes: u64,
     pub file: Arc<File>,
@@ -115,7 +126,7 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    fn empty(path: PathBuf, file: File, base_offset: i64, now_ms: i64) -> Segment {
+    pub fn empty(path: PathBuf, file: File, base_offset: i64, now_ms: i64) -> Segment {
         Segment {
             base_offset,
             next_offset: base_offset,
@@ -146,12 +157,17 @@ impl Segment {
     /// ending at or below it) is trusted: its persisted indexes are used when they check out.
     /// Otherwise, or when they do not, the file is scanned from the start: batches below the
     /// recovery point by their headers, the rest fully (CRC included). The file is truncated
-    /// at the first batch that fails; the returned [`Cut`] says where and why.
+    /// at the first batch that fails; the returned [`Cut`] says where and why. Batches may
+    /// hold fewer records than their offset span, and those starting below `gaps_below` (where
+    /// compaction may have dropped whole batches) may leave an offset gap before them; all
+    /// must stay below `next_base`. `next_offset` is left at the end of the last batch; the
+    /// caller extends it to `next_base`.
     pub fn open(
         dir: &Path,
         base_offset: i64,
         next_base: Option<i64>,
         recovery_point: i64,
+        gaps_below: i64,
         index_interval_bytes: u32,
         now_ms: i64,
     ) -> Result<(Segment, Option<Cut>), LogError> {
@@ -162,17 +178,25 @@ impl Segment {
         if size > MAX_SEGMENT_BYTES {
             return Err(segment.corrupt(MAX_SEGMENT_BYTES, format!("segment of {size} bytes exceeds 4 GiB")));
         }
-        if next_base.is_none_or(|n| n <= recovery_point) && segment.load_indexes(size, next_base, recovery_point)? {
+        if next_base.is_none_or(|n| n <= recovery_point)
+            && segment.load_indexes(size, next_base, recovery_point, gaps_below)?
+        {
             return Ok((segment, None));
         }
-        let cut = segment.scan(size, recovery_point, index_interval_bytes)?;
+        let cut = segment.scan(size, next_base, recovery_point, gaps_below, index_interval_bytes)?;
         Ok((segment, cut))
     }
 
     /// Loads the persisted indexes of a trusted segment and checks them against the file:
     /// well-formed, inside the file, and the batches after the last offset-index entry chain
     /// up to exactly the end of the file at the expected offset. Returns whether it worked.
-    fn load_indexes(&mut self, size: u64, next_base: Option<i64>, recovery_point: i64) -> Result<bool, LogError> {
+    fn load_indexes(
+        &mut self,
+        size: u64,
+        next_base: Option<i64>,
+        recovery_point: i64,
+        gaps_below: i64,
+    ) -> Result<bool, LogError> {
         // Each batch adds at most one entry to each index.
         let max_index_bytes = (size / BATCH_HEADER_BYTES as u64 + 1) * TIME_ENTRY_BYTES as u64;
         let Some(offset_bytes) = read_index_file(&index_path(&self.path), max_index_bytes)? else {
@@ -192,13 +216,13 @@ impl Segment {
             let Ok(header) = read_header(&self.file, &self.path, position, size)? else {
                 return Ok(false);
             };
-            if header.base_offset != next_offset {
+            if header.base_offset < next_offset || (header.base_offset > next_offset && header.base_offset >= gaps_below) {
                 return Ok(false);
             }
             next_offset = header.last_offset() + 1;
             position += header.total_bytes() as u64;
         }
-        if next_base.is_some_and(|n| n != next_offset)
+        if next_base.is_some_and(|n| n < next_offset)
             || next_offset > recovery_point
             || next_offset - self.base_offset > MAX_SEGMENT_OFFSETS + 1
         {
@@ -230,7 +254,14 @@ impl Segment {
     }
 
     /// Scans the whole file, rebuilding the indexes; see [`Segment::open`].
-    fn scan(&mut self, size: u64, recovery_point: i64, index_interval_bytes: u32) -> Result<Option<Cut>, LogError> {
+    fn scan(
+        &mut self,
+        size: u64,
+        next_base: Option<i64>,
+        recovery_point: i64,
+        gaps_below: i64,
+        index_interval_bytes: u32,
+    ) -> Result<Option<Cut>, LogError> {
         let file = Arc::clone(&self.file);
         let path = Arc::clone(&self.path);
         let mut scanner = Scanner { file: &file, path: &path, size, buf: Vec::new(), start: 0 };
@@ -252,10 +283,19 @@ impl Segment {
             if let Err(reason) = check_structure(&header, remaining) {
                 break Some(reason);
             }
-            if header.base_offset != self.next_offset {
+            // Compaction leaves gaps between batches (below `gaps_below`), never overlaps.
+            if header.base_offset < self.next_offset
+                || (header.base_offset > self.next_offset && header.base_offset >= gaps_below)
+            {
                 break Some(format!(
-                    "batch has base offset {} where {} was expected",
+                    "batch has base offset {} where at least {} was expected",
                     header.base_offset, self.next_offset
+                ));
+            }
+            if next_base.is_some_and(|n| header.last_offset() >= n) {
+                break Some(format!(
+                    "last offset {} reaches the next segment's base offset",
+                    header.last_offset()
                 ));
             }
             if header.last_offset() - self.base_offset > MAX_SEGMENT_OFFSETS {
@@ -327,19 +367,25 @@ impl Segment {
         read_header(&self.file, &self.path, position, self.size_bytes)?.map_err(|reason| self.corrupt(position, reason))
     }
 
-    /// The position and header of the batch holding `offset`, which must lie in
-    /// `[base_offset, next_offset)`: the nearest offset-index entry, then a short walk.
-    pub fn find_batch(&self, offset: i64) -> Result<(u64, BatchHeader), LogError> {
+    /// The position and header of the batch holding `offset`, or of the first batch after it
+    /// when `offset` falls in a gap that compaction left: the nearest offset-index entry, then
+    /// a short walk. `None` when no batch of the segment ends at or after `offset`.
+    pub fn find_batch(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
         let relative = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
         let mut position = self.offset_index.floor(relative).map_or(0, |e| e.position as u64);
         while position < self.size_bytes {
             let header = self.header_at(position)?;
             if header.last_offset() >= offset {
-                return Ok((position, header));
+                return Ok(Some((position, header)));
             }
             position += header.total_bytes() as u64;
         }
-        Err(self.corrupt(position, format!("offset {offset} is not in the segment")))
+        Ok(None)
+    }
+
+    /// [`Segment::find_batch`] for an offset that a batch must cover (one taken from an index).
+    pub fn batch_holding(&self, offset: i64) -> Result<(u64, BatchHeader), LogError> {
+        self.find_batch(offset)?.ok_or_else(|| self.corrupt(self.size_bytes, format!("offset {offset} is not in the segment")))
     }
 
     /// Where a read that starts with the batch `first` at `start` ends: whole batches up to
@@ -374,7 +420,7 @@ impl Segment {
     /// older than `timestamp`.
     pub fn search_start(&self, timestamp: i64) -> Result<u64, LogError> {
         match self.time_index.last_before(timestamp) {
-            Some(entry) => Ok(self.find_batch(self.base_offset + entry.relative_offset as i64)?.0),
+            Some(entry) => Ok(self.batch_holding(self.base_offset + entry.relative_offset as i64)?.0),
             None => Ok(0),
         }
     }
@@ -383,6 +429,12 @@ impl Segment {
     /// recording the segment's largest timestamp so the time index's last entry carries it.
     /// Returns the written files so the caller can fsync them later.
     pub fn write_indexes(&mut self) -> Result<[SyncFile; 2], LogError> {
+        self.write_indexes_with_suffix("")
+    }
+
+    /// [`Segment::write_indexes`] to the index paths with `suffix` appended (compaction writes
+    /// `.cleaned` files and renames them when it swaps the segment in).
+    pub fn write_indexes_with_suffix(&mut self, suffix: &str) -> Result<[SyncFile; 2], LogError> {
         if self.max_timestamp != i64::MIN {
             let relative_max = (self.offset_of_max_timestamp - self.base_offset) as u32;
             self.time_index.push_if_newer(self.max_timestamp, relative_max);
@@ -397,8 +449,8 @@ impl Segment {
             io::Write::write_all(&mut file, &bytes).map_err(|e| io_error(&path, e))?;
             Ok((path.into(), Arc::new(file)))
         };
-        let offsets = write(index_path(&self.path), self.offset_index.encode())?;
-        let times = write(time_index_path(&self.path), self.time_index.encode())?;
+        let offsets = write(with_suffix(&index_path(&self.path), suffix), self.offset_index.encode())?;
+        let times = write(with_suffix(&time_index_path(&self.path), suffix), self.time_index.encode())?;
         Ok([offsets, times])
     }
 
@@ -475,19 +527,19 @@ fn read_index_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, LogEr
 }
 
 /// Sequential reads of one file through a reused buffer.
-struct Scanner<'a> {
-    file: &'a File,
-    path: &'a Path,
-    size: u64,
-    buf: Vec<u8>,
+pub(crate) struct Scanner<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub size: u64,
+    pub buf: Vec<u8>,
     /// File position of `buf[0]`.
-    start: u64,
+    pub start: u64,
 }
 
 impl Scanner<'_> {
     /// `len` bytes at `position` (the caller checked they are in the file), reading at least
     /// `readahead` bytes when the buffer does not hold them.
-    fn bytes(&mut self, position: u64, len: usize, readahead: usize) -> Result<&[u8], LogError> {
+    pub fn bytes(&mut self, position: u64, len: usize, readahead: usize) -> Result<&[u8], LogError> {
         let end = position + len as u64;
         if position < self.start || end > self.start + self.buf.len() as u64 {
             let want = (readahead.max(len) as u64).min(self.size.saturating_sub(position)).max(len as u64);
@@ -510,16 +562,13 @@ fn verify_batch(
     let total = header.total_bytes();
     if total <= MAX_BUFFERED_BATCH_BYTES {
         let bytes = scanner.bytes(position, total, READ_CHUNK_BYTES)?;
-        return Ok(validate_batch(bytes, position as usize).map(|_| ()).map_err(|e| e.to_string()));
+        return Ok(validate_stored_batch(bytes, position as usize).map(|_| ()).map_err(|e| e.to_string()));
     }
     if let Err(e) = header.compression() {
         return Ok(Err(e.to_string()));
     }
-    if header.records_count <= 0 || header.last_offset_delta != header.records_count - 1 {
-        return Ok(Err(format!(
-            "record count {} does not match last offset delta {}",
-            header.records_count, header.last_offset_delta
-        )));
+    if let Err(reason) = check_stored_counts(header) {
+        return Ok(Err(reason));
     }
     let body = (total - BATCH_HEADER_BYTES) as u64;
     if header.attributes & 0x07 == 0 && header.records_count as u64 > body / MIN_RECORD_BYTES {

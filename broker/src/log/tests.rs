@@ -16,6 +16,7 @@ fn config() -> LogConfig {
         retention_ms: -1,
         retention_bytes: -1,
         index_interval_bytes: 256,
+        ..LogConfig::default()
     }
 }
 

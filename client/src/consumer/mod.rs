@@ -1,13 +1,31 @@
-//! The consumer, with manual partition assignment: [`Consumer::assign`], `seek*`, `position`
-//! and [`Consumer::poll`].
+//! The consumer: manual assignment ([`Consumer::assign`]) or group membership
+//! ([`Consumer::subscribe`], [`Consumer::subscribe_pattern`]), `seek*`, `position`,
+//! committed offsets ([`Consumer::commit_sync`], [`Consumer::commit_async`],
+//! `enable.auto.commit`) and [`Consumer::poll`].
 //!
 //! Fetches are pipelined: as soon as a partition's fetched records have been handed to the
 //! caller, the next Fetch for it is sent (one request per leader broker, many partitions each),
-//! so the broker works while the caller processes. A group membership layer (a later issue)
-//! sits on top: it decides the assignment, seeds positions from committed offsets with
-//! [`Consumer::seek`], and reads [`Consumer::position`] to commit.
+//! so the broker works while the caller processes. Group membership sits on top: `poll` joins
+//! and rejoins the group (running the [`RebalanceListener`] on the caller's task), the group's
+//! assignment replaces the partitions fetched, and positions of newly assigned partitions start
+//! at the group's committed offsets, else at `auto.offset.reset`. Heartbeats go out from a
+//! background task.
+//!
+//! Delivery semantics follow from when offsets are committed relative to processing:
+//! committing before processing is at-most-once, after is at-least-once (the default with
+//! auto-commit, which commits what earlier polls returned), and exactly-once needs the output
+//! to be idempotent or transactional; `examples/` has one program for each.
 
+pub mod assignor;
+mod coordinator;
 mod fetcher;
+mod group;
+mod offsets;
+mod subscription;
+
+pub use assignor::{Assignor, RebalanceProtocol};
+pub use offsets::OffsetAndMetadata;
+pub use subscription::{ListenerFuture, RebalanceListener};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::str::FromStr;
@@ -99,6 +117,35 @@ pub struct ConsumerConfig {
     pub request_timeout_ms: u64,
     /// Verify each batch's CRC32C. Default true.
     pub check_crcs: bool,
+    /// The consumer group (`group.id`); needed by `subscribe*` and to commit offsets.
+    pub group_id: Option<String>,
+    /// `group.instance.id`: makes this a static member (KIP-345), which keeps its partitions
+    /// across restarts within the session timeout and does not leave the group on close.
+    pub group_instance_id: Option<String>,
+    /// The coordinator removes a member not heard from for this long. Default 45000.
+    pub session_timeout_ms: u64,
+    /// How often heartbeats go out; well under the session timeout. Default 3000.
+    pub heartbeat_interval_ms: u64,
+    /// A member that does not `poll` for this long leaves the group (and is the longest a
+    /// rebalance waits for members to rejoin). Default 300000.
+    pub max_poll_interval_ms: u64,
+    /// Assignors in preference order. Default `[range, cooperative-sticky]` (the Java
+    /// client's): the group uses the first one every member supports, and rebalancing is
+    /// cooperative only when every assignor listed supports it.
+    pub partition_assignment_strategy: Vec<Assignor>,
+    /// Commit the positions of what `poll` returned, every `auto_commit_interval_ms`, before a
+    /// rebalance and on close. Default true.
+    pub enable_auto_commit: bool,
+    /// Default 5000.
+    pub auto_commit_interval_ms: u64,
+    /// Wait between retries of group and offset requests. Default 100.
+    pub retry_backoff_ms: u64,
+    /// How long a blocking call such as `commit_sync` or `committed` keeps retrying. Default
+    /// 60000.
+    pub default_api_timeout_ms: u64,
+    /// How often subscribed topics are checked for new matches (pattern subscriptions) and
+    /// partition count changes. Default 300000.
+    pub metadata_max_age_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -115,6 +162,17 @@ impl Default for ConsumerConfig {
             max_poll_records: 500,
             request_timeout_ms: 30_000,
             check_crcs: true,
+            group_id: None,
+            group_instance_id: None,
+            session_timeout_ms: 45_000,
+            heartbeat_interval_ms: 3_000,
+            max_poll_interval_ms: 300_000,
+            partition_assignment_strategy: vec![Assignor::Range, Assignor::CooperativeSticky],
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5_000,
+            retry_backoff_ms: 100,
+            default_api_timeout_ms: 60_000,
+            metadata_max_age_ms: 300_000,
         }
     }
 }
@@ -136,6 +194,32 @@ impl ConsumerConfig {
         }
         if self.request_timeout_ms <= self.fetch_max_wait_ms {
             return bad("request.timeout.ms must exceed fetch.max.wait.ms".into());
+        }
+        if self.group_id.as_deref() == Some("") {
+            return bad("group.id must not be empty".into());
+        }
+        if self.group_instance_id.is_some() && self.group_id.is_none() {
+            return bad("group.instance.id needs a group.id".into());
+        }
+        if self.group_instance_id.as_deref() == Some("") {
+            return bad("group.instance.id must not be empty".into());
+        }
+        for (name, value) in [
+            ("session.timeout.ms", self.session_timeout_ms),
+            ("max.poll.interval.ms", self.max_poll_interval_ms),
+        ] {
+            if value == 0 || value > i32::MAX as u64 {
+                return bad(format!("{name} {value} is out of range"));
+            }
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms {
+            return bad("heartbeat.interval.ms must be positive and below session.timeout.ms".into());
+        }
+        if self.partition_assignment_strategy.is_empty() {
+            return bad("partition.assignment.strategy is empty".into());
+        }
+        if self.auto_commit_interval_ms == 0 {
+            return bad("auto.commit.interval.ms must be positive".into());
         }
         Ok(())
     }
@@ -172,6 +256,9 @@ struct PartitionState {
     buffered: VecDeque<ConsumerRecord>,
     high_watermark: i64,
     log_start_offset: i64,
+    /// Whether the group's committed offset was looked up (once per assignment; after that a
+    /// missing position means `auto.offset.reset`).
+    committed_checked: bool,
 }
 
 impl PartitionState {
@@ -187,6 +274,7 @@ impl PartitionState {
             buffered: VecDeque::new(),
             high_watermark: -1,
             log_start_offset: -1,
+            committed_checked: false,
         }
     }
 
@@ -223,13 +311,23 @@ struct State {
     pending_error: Option<Error>,
 }
 
-/// A Kafka consumer with manual assignment. Methods take `&self`; calls are serialised
-/// internally.
+/// A Kafka consumer, with manual assignment or as a group member. Methods take `&self`; calls
+/// are serialised internally.
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
     outcomes_tx: mpsc::UnboundedSender<FetchOutcome>,
     state: tokio::sync::Mutex<State>,
+    /// Group membership and offsets, when `group.id` is set.
+    group: Option<subscription::GroupContext>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(group) = &self.group {
+            group.stop_tasks();
+        }
+    }
 }
 
 /// Decompressed bytes allowed per batch: a batch holds at most one partition fetch's worth of
@@ -249,6 +347,7 @@ impl Consumer {
         };
         let cluster = Cluster::connect(cluster_config).await?;
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let group = subscription::GroupContext::new(&cluster, &config);
         Ok(Consumer {
             cluster,
             config,
@@ -259,6 +358,7 @@ impl Consumer {
                 next_partition: 0,
                 pending_error: None,
             }),
+            group,
         })
     }
 
@@ -279,22 +379,28 @@ impl Consumer {
         }
     }
 
-    /// Replaces the assignment. Partitions kept keep their position; new ones start from
-    /// `auto.offset.reset` unless sought.
+    /// Replaces the assignment (manual assignment; not with `subscribe*`). Partitions kept
+    /// keep their position; new ones start from the group's committed offset when `group.id`
+    /// is set, else from `auto.offset.reset`, unless sought.
     pub async fn assign(&self, partitions: Vec<TopicPartition>) -> Result<()> {
+        self.check_manual_assignment(!partitions.is_empty())?;
         for tp in &partitions {
             let topic = self.cluster.topic(&tp.topic).await?;
             if topic.partition(tp.partition).is_none() {
                 return Err(Error::UnknownPartition { topic: tp.topic.clone(), partition: tp.partition });
             }
         }
+        self.replace_assignment(partitions).await;
+        Ok(())
+    }
+
+    async fn replace_assignment(&self, partitions: impl IntoIterator<Item = TopicPartition>) {
         let mut state = self.state.lock().await;
         let mut old = std::mem::take(&mut state.assignment);
         for tp in partitions {
             let ps = old.remove(&tp).unwrap_or_else(|| PartitionState::new(Arc::from(tp.topic.as_str())));
             state.assignment.insert(tp, ps);
         }
-        Ok(())
     }
 
     /// The assigned partitions, sorted.
@@ -374,18 +480,55 @@ impl Consumer {
         Ok(())
     }
 
+    /// The paused partitions, sorted.
+    pub async fn paused(&self) -> Vec<TopicPartition> {
+        let state = self.state.lock().await;
+        state.assignment.iter().filter(|(_, ps)| ps.paused).map(|(tp, _)| tp.clone()).collect()
+    }
+
     /// The high watermark seen in the last fetch of a partition, if any (for lag).
     pub async fn high_watermark(&self, tp: &TopicPartition) -> Option<i64> {
         let state = self.state.lock().await;
         state.assignment.get(tp).map(|ps| ps.high_watermark).filter(|hw| *hw >= 0)
     }
 
+    /// How far the position trails the high watermark of the last fetch (Kafka's
+    /// `currentLag`): `None` until both are known. No I/O.
+    pub async fn lag(&self, tp: &TopicPartition) -> Result<Option<i64>> {
+        let mut state = self.state.lock().await;
+        let ps = assigned(&mut state, tp)?;
+        Ok(match ps.position {
+            Some(position) if ps.high_watermark >= 0 => Some((ps.high_watermark - position).max(0)),
+            _ => None,
+        })
+    }
+
     /// Returns the records available now, or waits up to `timeout` for some. An empty vector
     /// means none arrived in time.
+    ///
+    /// In a group, `poll` is also where the group is joined and rejoined and where the
+    /// rebalance listener runs; a rebalance can make one call take longer than `timeout`.
     pub async fn poll(&self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.poll_group().await?;
+            match self.poll_fetched(deadline).await? {
+                Some(records) => return Ok(records),
+                // The group needs a rejoin: do it, then go on fetching.
+                None if tokio::time::Instant::now() < deadline => continue,
+                None => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Fetches until records arrive (`Some`, empty at the deadline), or the group needs a
+    /// rejoin (`None`).
+    async fn poll_fetched(&self, deadline: tokio::time::Instant) -> Result<Option<Vec<ConsumerRecord>>> {
         let mut state = self.state.lock().await;
         loop {
+            if self.group_needs_rejoin() {
+                return Ok(None);
+            }
             while let Ok(outcome) = state.outcomes.try_recv() {
                 self.handle_outcome(&mut state, outcome);
             }
@@ -397,7 +540,7 @@ impl Consumer {
             // Send the next fetches before handing records out: pipelining.
             self.send_fetches(&mut state).await;
             if !records.is_empty() {
-                return Ok(records);
+                return Ok(Some(records));
             }
             tokio::select! {
                 outcome = state.outcomes.recv() => {
@@ -405,7 +548,8 @@ impl Consumer {
                         self.handle_outcome(&mut state, outcome);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = self.rejoin_requested() => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => return Ok(Some(Vec::new())),
             }
         }
     }
@@ -413,6 +557,7 @@ impl Consumer {
     /// Looks up the position of every partition that needs a reset, per `auto.offset.reset` or
     /// an explicit `seek_to_beginning`/`seek_to_end`.
     async fn resolve_positions(&self, state: &mut State) -> Result<()> {
+        self.seek_to_committed(state).await?;
         let mut wanted = Vec::new();
         for (tp, ps) in &state.assignment {
             if ps.position.is_some() {

@@ -356,6 +356,222 @@ static INIT_PRODUCER_ID: Message = Message {
     },
 };
 
+// Consumer-group coordinator requests.
+
+static FIND_COORDINATOR: Message = Message {
+    name: "FindCoordinator",
+    min_version: 0,
+    max_version: 6,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, 3, Ty::String),               // key
+            f(1, ANY, INT8),                   // key_type
+            f(4, ANY, Ty::Array(&Ty::String)), // coordinator_keys
+        ],
+        tagged: &[],
+    },
+};
+
+// name, metadata
+static JOIN_GROUP_PROTOCOL: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Bytes)], tagged: &[] };
+static JOIN_GROUP: Message = Message {
+    name: "JoinGroup",
+    min_version: 0,
+    max_version: 9,
+    flexible_from: 6,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                                   // group_id
+            f(0, ANY, INT32),                                        // session_timeout_ms
+            f(1, ANY, INT32),                                        // rebalance_timeout_ms
+            f(0, ANY, Ty::String),                                   // member_id
+            f(5, ANY, Ty::String),                                   // group_instance_id
+            f(0, ANY, Ty::String),                                   // protocol_type
+            f(0, ANY, Ty::Array(&Ty::Struct(&JOIN_GROUP_PROTOCOL))), // protocols
+            f(8, ANY, Ty::String),                                   // reason
+        ],
+        tagged: &[],
+    },
+};
+
+// member_id, assignment
+static SYNC_GROUP_ASSIGNMENT: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Bytes)], tagged: &[] };
+static SYNC_GROUP: Message = Message {
+    name: "SyncGroup",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 4,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                                     // group_id
+            f(0, ANY, INT32),                                          // generation_id
+            f(0, ANY, Ty::String),                                     // member_id
+            f(3, ANY, Ty::String),                                     // group_instance_id
+            f(5, ANY, Ty::String),                                     // protocol_type
+            f(5, ANY, Ty::String),                                     // protocol_name
+            f(0, ANY, Ty::Array(&Ty::Struct(&SYNC_GROUP_ASSIGNMENT))), // assignments
+        ],
+        tagged: &[],
+    },
+};
+
+static HEARTBEAT: Message = Message {
+    name: "Heartbeat",
+    min_version: 0,
+    max_version: 4,
+    flexible_from: 4,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String), // group_id
+            f(0, ANY, INT32),      // generation_id
+            f(0, ANY, Ty::String), // member_id
+            f(3, ANY, Ty::String), // group_instance_id
+        ],
+        tagged: &[],
+    },
+};
+
+// member_id, group_instance_id, reason
+static LEAVE_GROUP_MEMBER: Struct =
+    Struct { fields: &[f(3, ANY, Ty::String), f(3, ANY, Ty::String), f(5, ANY, Ty::String)], tagged: &[] };
+static LEAVE_GROUP: Message = Message {
+    name: "LeaveGroup",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 4,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                                  // group_id
+            f(0, 2, Ty::String),                                    // member_id
+            f(3, ANY, Ty::Array(&Ty::Struct(&LEAVE_GROUP_MEMBER))), // members
+        ],
+        tagged: &[],
+    },
+};
+
+static OFFSET_COMMIT_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32),      // partition_index
+        f(0, ANY, INT64),      // committed_offset
+        f(6, ANY, INT32),      // committed_leader_epoch
+        f(0, ANY, Ty::String), // committed_metadata
+    ],
+    tagged: &[],
+};
+static OFFSET_COMMIT_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                       // name
+        f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_COMMIT_PARTITION))), // partitions
+    ],
+    tagged: &[],
+};
+static OFFSET_COMMIT: Message = Message {
+    name: "OffsetCommit",
+    min_version: 2,
+    max_version: 9,
+    flexible_from: 8,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                                   // group_id
+            f(0, ANY, INT32),                                        // generation_id_or_member_epoch
+            f(0, ANY, Ty::String),                                   // member_id
+            f(7, ANY, Ty::String),                                   // group_instance_id
+            f(0, 4, INT64),                                          // retention_time_ms
+            f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_COMMIT_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+
+// name, partition_indexes
+static OFFSET_FETCH_TOPIC: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+static OFFSET_FETCH_GROUP: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                  // group_id
+        f(9, ANY, Ty::String),                                  // member_id
+        f(9, ANY, INT32),                                       // member_epoch
+        f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_FETCH_TOPIC))), // topics
+    ],
+    tagged: &[],
+};
+static OFFSET_FETCH: Message = Message {
+    name: "OffsetFetch",
+    min_version: 1,
+    max_version: 9,
+    flexible_from: 6,
+    body: Struct {
+        fields: &[
+            f(0, 7, Ty::String),                                    // group_id
+            f(0, 7, Ty::Array(&Ty::Struct(&OFFSET_FETCH_TOPIC))),   // topics
+            f(8, ANY, Ty::Array(&Ty::Struct(&OFFSET_FETCH_GROUP))), // groups
+            f(7, ANY, BOOL),                                        // require_stable
+        ],
+        tagged: &[],
+    },
+};
+
+static DESCRIBE_GROUPS: Message = Message {
+    name: "DescribeGroups",
+    min_version: 0,
+    max_version: 6,
+    flexible_from: 5,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::String)), // groups
+            f(3, ANY, BOOL),                   // include_authorized_operations
+        ],
+        tagged: &[],
+    },
+};
+
+static LIST_GROUPS: Message = Message {
+    name: "ListGroups",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(4, ANY, Ty::Array(&Ty::String)), // states_filter
+            f(5, ANY, Ty::Array(&Ty::String)), // types_filter
+        ],
+        tagged: &[],
+    },
+};
+
+static DELETE_GROUPS: Message = Message {
+    name: "DeleteGroups",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 2,
+    // groups_names
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::String))], tagged: &[] },
+};
+
+// partition_index
+static OFFSET_DELETE_PARTITION: Struct = Struct { fields: &[f(0, ANY, INT32)], tagged: &[] };
+static OFFSET_DELETE_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                       // name
+        f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_DELETE_PARTITION))), // partitions
+    ],
+    tagged: &[],
+};
+static OFFSET_DELETE: Message = Message {
+    name: "OffsetDelete",
+    min_version: 0,
+    max_version: 0,
+    // No flexible version exists.
+    flexible_from: ANY,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                                   // group_id
+            f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_DELETE_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -369,6 +585,17 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::DescribeConfigs => &DESCRIBE_CONFIGS,
         ApiKey::IncrementalAlterConfigs => &INCREMENTAL_ALTER_CONFIGS,
         ApiKey::InitProducerId => &INIT_PRODUCER_ID,
+        ApiKey::FindCoordinator => &FIND_COORDINATOR,
+        ApiKey::JoinGroup => &JOIN_GROUP,
+        ApiKey::SyncGroup => &SYNC_GROUP,
+        ApiKey::Heartbeat => &HEARTBEAT,
+        ApiKey::LeaveGroup => &LEAVE_GROUP,
+        ApiKey::OffsetCommit => &OFFSET_COMMIT,
+        ApiKey::OffsetFetch => &OFFSET_FETCH,
+        ApiKey::DescribeGroups => &DESCRIBE_GROUPS,
+        ApiKey::ListGroups => &LIST_GROUPS,
+        ApiKey::DeleteGroups => &DELETE_GROUPS,
+        ApiKey::OffsetDelete => &OFFSET_DELETE,
         _ => return None,
     })
 }
@@ -798,6 +1025,158 @@ mod tests {
         }
     }
 
+    #[test]
+    fn group_requests_of_every_version_walk_exactly() {
+        use crate::protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        use crate::protocol::messages::leave_group_request::MemberIdentity;
+        use crate::protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+        use crate::protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+        use crate::protocol::messages::offset_fetch_request::{
+            OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+        };
+        use crate::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+        let group = || GroupId(str_bytes("orders-app"));
+        for v in 0..=6 {
+            let m = FindCoordinatorRequest::default().with_unknown_tagged_fields(tags(v, 3));
+            let m = if v >= 1 { m.with_key_type(0) } else { m };
+            let m = if v <= 3 {
+                m.with_key(str_bytes("orders-app"))
+            } else {
+                m.with_coordinator_keys(vec![str_bytes("a"), str_bytes("orders-app")])
+            };
+            assert_walks_exactly(ApiKey::FindCoordinator, v, &m);
+        }
+        for v in 0..=9 {
+            let p = JoinGroupRequestProtocol::default()
+                .with_name(str_bytes("range"))
+                .with_metadata(Bytes::from_static(b"subscription"))
+                .with_unknown_tagged_fields(tags(v, 6));
+            let m = JoinGroupRequest::default()
+                .with_group_id(group())
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(if v >= 1 { 30_000 } else { -1 })
+                .with_member_id(str_bytes("m-1"))
+                .with_group_instance_id((v >= 5).then(|| str_bytes("instance-1")))
+                .with_protocol_type(str_bytes("consumer"))
+                .with_protocols(vec![p.clone(), p.with_name(str_bytes("roundrobin"))])
+                .with_reason((v >= 8).then(|| str_bytes("rejoin")))
+                .with_unknown_tagged_fields(tags(v, 6));
+            assert_walks_exactly(ApiKey::JoinGroup, v, &m);
+        }
+        for v in 0..=5 {
+            let a = SyncGroupRequestAssignment::default()
+                .with_member_id(str_bytes("m-1"))
+                .with_assignment(Bytes::from_static(b"assignment"))
+                .with_unknown_tagged_fields(tags(v, 4));
+            let m = SyncGroupRequest::default()
+                .with_group_id(group())
+                .with_generation_id(3)
+                .with_member_id(str_bytes("m-1"))
+                .with_group_instance_id((v >= 3).then(|| str_bytes("instance-1")))
+                .with_protocol_type((v >= 5).then(|| str_bytes("consumer")))
+                .with_protocol_name((v >= 5).then(|| str_bytes("range")))
+                .with_assignments(vec![a.clone(), a])
+                .with_unknown_tagged_fields(tags(v, 4));
+            assert_walks_exactly(ApiKey::SyncGroup, v, &m);
+        }
+        for v in 0..=4 {
+            let m = HeartbeatRequest::default()
+                .with_group_id(group())
+                .with_generation_id(3)
+                .with_member_id(str_bytes("m-1"))
+                .with_group_instance_id((v >= 3).then(|| str_bytes("instance-1")))
+                .with_unknown_tagged_fields(tags(v, 4));
+            assert_walks_exactly(ApiKey::Heartbeat, v, &m);
+        }
+        for v in 0..=5 {
+            let m = LeaveGroupRequest::default().with_group_id(group()).with_unknown_tagged_fields(tags(v, 4));
+            let m = if v <= 2 {
+                m.with_member_id(str_bytes("m-1"))
+            } else {
+                let member = MemberIdentity::default()
+                    .with_member_id(str_bytes("m-1"))
+                    .with_group_instance_id(Some(str_bytes("instance-1")))
+                    .with_reason((v >= 5).then(|| str_bytes("shutdown")))
+                    .with_unknown_tagged_fields(tags(v, 4));
+                m.with_members(vec![member.clone(), member.with_group_instance_id(None)])
+            };
+            assert_walks_exactly(ApiKey::LeaveGroup, v, &m);
+        }
+        for v in 2..=9 {
+            let p = OffsetCommitRequestPartition::default()
+                .with_partition_index(1)
+                .with_committed_offset(42)
+                .with_committed_leader_epoch(if v >= 6 { 3 } else { -1 })
+                .with_committed_metadata(Some(str_bytes("meta")))
+                .with_unknown_tagged_fields(tags(v, 8));
+            let t = OffsetCommitRequestTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p.with_committed_metadata(None)])
+                .with_unknown_tagged_fields(tags(v, 8));
+            let m = OffsetCommitRequest::default()
+                .with_group_id(group())
+                .with_generation_id_or_member_epoch(3)
+                .with_member_id(str_bytes("m-1"))
+                .with_group_instance_id((v >= 7).then(|| str_bytes("instance-1")))
+                .with_retention_time_ms(-1)
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 8));
+            assert_walks_exactly(ApiKey::OffsetCommit, v, &m);
+        }
+        for v in 1..=9 {
+            let m = OffsetFetchRequest::default().with_require_stable(v >= 7).with_unknown_tagged_fields(tags(v, 6));
+            let m = if v <= 7 {
+                let t = OffsetFetchRequestTopic::default()
+                    .with_name(topic("orders"))
+                    .with_partition_indexes(vec![0, 1, 2])
+                    .with_unknown_tagged_fields(tags(v, 6));
+                let with_topics = m.clone().with_group_id(group()).with_topics(Some(vec![t.clone(), t]));
+                assert_walks_exactly(ApiKey::OffsetFetch, v, &with_topics);
+                if v >= 2 {
+                    assert_walks_exactly(ApiKey::OffsetFetch, v, &m.clone().with_group_id(group()).with_topics(None));
+                }
+                continue;
+            } else {
+                let t = OffsetFetchRequestTopics::default()
+                    .with_name(topic("orders"))
+                    .with_partition_indexes(vec![0, 1, 2])
+                    .with_unknown_tagged_fields(tags(v, 6));
+                let g = OffsetFetchRequestGroup::default()
+                    .with_group_id(group())
+                    .with_member_id((v >= 9).then(|| str_bytes("m-1")))
+                    .with_member_epoch(if v >= 9 { 5 } else { -1 })
+                    .with_topics(Some(vec![t.clone(), t]))
+                    .with_unknown_tagged_fields(tags(v, 6));
+                m.with_groups(vec![g.clone(), g.with_topics(None)])
+            };
+            assert_walks_exactly(ApiKey::OffsetFetch, v, &m);
+        }
+        for v in 0..=6 {
+            let m = DescribeGroupsRequest::default()
+                .with_groups(vec![group(), GroupId(str_bytes(""))])
+                .with_include_authorized_operations(v >= 3)
+                .with_unknown_tagged_fields(tags(v, 5));
+            assert_walks_exactly(ApiKey::DescribeGroups, v, &m);
+        }
+        for v in 0..=5 {
+            let m = ListGroupsRequest::default()
+                .with_states_filter(if v >= 4 { vec![str_bytes("Stable"), str_bytes("Empty")] } else { vec![] })
+                .with_types_filter(if v >= 5 { vec![str_bytes("classic")] } else { vec![] })
+                .with_unknown_tagged_fields(tags(v, 3));
+            assert_walks_exactly(ApiKey::ListGroups, v, &m);
+        }
+        for v in 0..=2 {
+            let m = DeleteGroupsRequest::default()
+                .with_groups_names(vec![group(), GroupId(str_bytes("other"))])
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::DeleteGroups, v, &m);
+        }
+        let p = OffsetDeleteRequestPartition::default().with_partition_index(4);
+        let t = OffsetDeleteRequestTopic::default().with_name(topic("orders")).with_partitions(vec![p.clone(), p]);
+        let m = OffsetDeleteRequest::default().with_group_id(group()).with_topics(vec![t.clone(), t]);
+        assert_walks_exactly(ApiKey::OffsetDelete, 0, &m);
+    }
+
     fn body(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
     }
@@ -878,7 +1257,7 @@ mod tests {
             Err(ProtocolError::UnsupportedVersion { api: "Metadata", version: 14 })
         ));
         assert!(matches!(check_array_bounds(ApiKey::Produce, 2, &[]), Err(ProtocolError::UnsupportedVersion { .. })));
-        assert!(check_array_bounds(ApiKey::Heartbeat, 0, &[]).is_err());
+        assert!(check_array_bounds(ApiKey::DescribeAcls, 0, &[]).is_err());
     }
 
     fn api_and_version() -> impl Strategy<Value = (ApiKey, i16)> {
@@ -894,6 +1273,17 @@ mod tests {
             (1..=4i16).prop_map(|v| (ApiKey::DescribeConfigs, v)),
             (0..=1i16).prop_map(|v| (ApiKey::IncrementalAlterConfigs, v)),
             (0..=5i16).prop_map(|v| (ApiKey::InitProducerId, v)),
+            (0..=6i16).prop_map(|v| (ApiKey::FindCoordinator, v)),
+            (0..=9i16).prop_map(|v| (ApiKey::JoinGroup, v)),
+            (0..=5i16).prop_map(|v| (ApiKey::SyncGroup, v)),
+            (0..=4i16).prop_map(|v| (ApiKey::Heartbeat, v)),
+            (0..=5i16).prop_map(|v| (ApiKey::LeaveGroup, v)),
+            (2..=9i16).prop_map(|v| (ApiKey::OffsetCommit, v)),
+            (1..=9i16).prop_map(|v| (ApiKey::OffsetFetch, v)),
+            (0..=6i16).prop_map(|v| (ApiKey::DescribeGroups, v)),
+            (0..=5i16).prop_map(|v| (ApiKey::ListGroups, v)),
+            (0..=2i16).prop_map(|v| (ApiKey::DeleteGroups, v)),
+            (0..=0i16).prop_map(|v| (ApiKey::OffsetDelete, v)),
         ]
     }
 

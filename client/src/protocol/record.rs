@@ -39,6 +39,9 @@ const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
+/// KIP-534: `base_timestamp` holds the delete horizon of the batch's tombstones (set by log
+/// compaction the first time it keeps them).
+pub const ATTR_DELETE_HORIZON: i16 = 0x40;
 
 /// No producer id / epoch / sequence (a non-idempotent batch).
 pub const NO_PRODUCER_ID: i64 = -1;
@@ -121,6 +124,12 @@ impl BatchHeader {
         self.producer_id >= 0
     }
 
+    /// KIP-534: when log compaction may drop the batch's tombstones (ms since the epoch), if a
+    /// cleaning pass has set it.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & ATTR_DELETE_HORIZON != 0).then_some(self.base_timestamp)
+    }
+
     /// The sequence number of the last record, wrapping as Kafka's does.
     pub fn last_sequence(&self) -> i32 {
         if self.base_sequence < 0 {
@@ -135,6 +144,46 @@ impl BatchHeader {
 /// header length, magic, CRC32C over attributes..end, codec, and a record count consistent with
 /// both `last_offset_delta` and the number of bytes present.
 pub fn validate_batch(bytes: &[u8], position: usize) -> Result<BatchHeader, ProtocolError> {
+    validate_with(bytes, position, |header| {
+        if header.records_count <= 0 {
+            return Err(format!("record count {} must be positive", header.records_count));
+        }
+        if header.last_offset_delta != header.records_count - 1 {
+            return Err(format!(
+                "last offset delta {} does not match record count {}",
+                header.last_offset_delta, header.records_count
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// Validates a batch as the broker stored it: like [`validate_batch`], except that log
+/// compaction may have removed records, so the record count may be anything from 0 to
+/// `last_offset_delta + 1` (offsets of the kept records never change).
+pub fn validate_stored_batch(bytes: &[u8], position: usize) -> Result<BatchHeader, ProtocolError> {
+    validate_with(bytes, position, check_stored_counts)
+}
+
+/// The record count and offset delta of a stored (possibly compacted) batch: `0 <=
+/// records_count <= last_offset_delta + 1`.
+pub fn check_stored_counts(header: &BatchHeader) -> Result<(), String> {
+    if header.last_offset_delta < 0 || header.records_count < 0 || header.records_count > header.last_offset_delta + 1
+    {
+        return Err(format!(
+            "record count {} does not fit last offset delta {}",
+            header.records_count, header.last_offset_delta
+        ));
+    }
+    Ok(())
+}
+
+/// The checks both validators share, with `counts` judging the record count.
+fn validate_with(
+    bytes: &[u8],
+    position: usize,
+    counts: impl Fn(&BatchHeader) -> Result<(), String>,
+) -> Result<BatchHeader, ProtocolError> {
     let corrupt = |reason: String| ProtocolError::CorruptBatch { position, reason };
     let header =
         BatchHeader::parse(bytes).map_err(|_| corrupt(format!("{} bytes left, header needs 61", bytes.len())))?;
@@ -157,20 +206,67 @@ pub fn validate_batch(bytes: &[u8], position: usize) -> Result<BatchHeader, Prot
         return Err(ProtocolError::CrcMismatch { position, expected: header.crc, actual });
     }
     header.compression().map_err(|e| corrupt(e.to_string()))?;
-    if header.records_count <= 0 {
-        return Err(corrupt(format!("record count {} must be positive", header.records_count)));
-    }
-    if header.last_offset_delta != header.records_count - 1 {
-        return Err(corrupt(format!(
-            "last offset delta {} does not match record count {}",
-            header.last_offset_delta, header.records_count
-        )));
-    }
+    counts(&header).map_err(corrupt)?;
     let body = total - BATCH_HEADER_BYTES;
     if header.compression().ok() == Some(Compression::None) && header.records_count as usize > body / MIN_RECORD_BYTES {
         return Err(corrupt(format!("{} records cannot fit in {} bytes", header.records_count, body)));
     }
     Ok(header)
+}
+
+/// Re-encodes some of a stored batch's records (log compaction): the new batch keeps `header`'s
+/// base offset, `last_offset_delta`, partition leader epoch, `max_timestamp` and producer id,
+/// epoch and base sequence, so offsets and idempotent-producer state stay valid; it takes
+/// `attributes` (the codec among them) and `base_timestamp` as given (with
+/// [`ATTR_DELETE_HORIZON`] the base timestamp is the delete horizon). Each record keeps its
+/// offset and timestamp, written as deltas from the header's base offset and `base_timestamp`.
+/// `records` must be in offset order within `[base_offset, base_offset + last_offset_delta]`.
+pub fn rebuild_batch(
+    header: &BatchHeader,
+    records: &[ConsumedRecord],
+    attributes: i16,
+    base_timestamp: i64,
+) -> Result<Bytes, ProtocolError> {
+    let codec = Compression::from_attributes(attributes & ATTR_COMPRESSION_MASK)?;
+    let mut body = Vec::new();
+    for r in records {
+        let offset_delta = r.offset - header.base_offset;
+        if !(0..=header.last_offset_delta as i64).contains(&offset_delta) {
+            return Err(ProtocolError::malformed(
+                "record",
+                format!("offset {} is outside the batch at {}", r.offset, header.base_offset),
+            ));
+        }
+        let record =
+            Record { key: r.key.clone(), value: r.value.clone(), headers: r.headers.clone(), timestamp_ms: r.timestamp_ms };
+        put_record(&mut body, &record, offset_delta as i32, r.timestamp_ms.wrapping_sub(base_timestamp));
+    }
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
+    out.put_i64(header.base_offset);
+    out.put_i32(0); // batch_length, patched below
+    out.put_i32(header.partition_leader_epoch);
+    out.put_i8(2);
+    out.put_u32(0); // crc, patched below
+    out.put_i16(attributes);
+    out.put_i32(header.last_offset_delta);
+    out.put_i64(base_timestamp);
+    out.put_i64(header.max_timestamp);
+    out.put_i64(header.producer_id);
+    out.put_i16(header.producer_epoch);
+    out.put_i32(header.base_sequence);
+    out.put_i32(records.len() as i32);
+    if codec == Compression::None {
+        out.put_slice(&body);
+    } else {
+        let mut compressed = Vec::with_capacity(body.len() / 2);
+        compression::compress(codec, &body, &mut compressed)?;
+        out.put_slice(&compressed);
+    }
+    let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
+    out[field::BATCH_LENGTH..field::BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[field::ATTRIBUTES..]);
+    out[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(out.freeze())
 }
 
 /// Validates every batch in a produce request's `records` field; the batches must cover the
@@ -319,6 +415,30 @@ fn record_body_len(record: &Record, offset_delta: i32, timestamp_delta: i64) -> 
     len
 }
 
+/// Appends one encoded record (length prefix included) to `buf`.
+fn put_record(buf: &mut Vec<u8>, record: &Record, offset_delta: i32, timestamp_delta: i64) {
+    let body = record_body_len(record, offset_delta, timestamp_delta);
+    put_varint(buf, body as i32);
+    buf.put_i8(0);
+    put_varlong(buf, timestamp_delta);
+    put_varint(buf, offset_delta);
+    let put_opt = |buf: &mut Vec<u8>, b: &Option<Bytes>| match b {
+        Some(b) => {
+            put_varint(buf, b.len() as i32);
+            buf.put_slice(b);
+        }
+        None => put_varint(buf, -1),
+    };
+    put_opt(buf, &record.key);
+    put_opt(buf, &record.value);
+    put_varint(buf, record.headers.len() as i32);
+    for h in &record.headers {
+        put_varint(buf, h.key.len() as i32);
+        buf.put_slice(h.key.as_bytes());
+        put_opt(buf, &h.value);
+    }
+}
+
 /// Upper bound of the bytes one record adds to a batch, for the producer's size accounting.
 pub fn record_size_estimate(record: &Record) -> usize {
     let body = record_body_len(record, i32::MAX, i64::MAX);
@@ -365,28 +485,7 @@ impl BatchBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(record.timestamp_ms);
         let timestamp_delta = record.timestamp_ms - self.base_timestamp;
-        let offset_delta = self.count;
-        let body = record_body_len(record, offset_delta, timestamp_delta);
-        let buf = &mut self.records;
-        put_varint(buf, body as i32);
-        buf.put_i8(0);
-        put_varlong(buf, timestamp_delta);
-        put_varint(buf, offset_delta);
-        let put_opt = |buf: &mut Vec<u8>, b: &Option<Bytes>| match b {
-            Some(b) => {
-                put_varint(buf, b.len() as i32);
-                buf.put_slice(b);
-            }
-            None => put_varint(buf, -1),
-        };
-        put_opt(buf, &record.key);
-        put_opt(buf, &record.value);
-        put_varint(buf, record.headers.len() as i32);
-        for h in &record.headers {
-            put_varint(buf, h.key.len() as i32);
-            buf.put_slice(h.key.as_bytes());
-            put_opt(buf, &h.value);
-        }
+        put_record(&mut self.records, record, self.count, timestamp_delta);
         self.count += 1;
     }
 
@@ -600,6 +699,68 @@ mod tests {
             prop_assert_eq!(get_varlong(&mut slice).unwrap(), v);
             prop_assert!(slice.is_empty());
         }
+    }
+
+    proptest! {
+        #[test]
+        fn rebuilt_batches_keep_offsets_timestamps_and_producer_fields(
+            records in proptest::collection::vec(record_strategy(), 1..30),
+            keep in proptest::collection::vec(any::<bool>(), 30),
+            codec in prop_oneof![Just(Compression::None), Just(Compression::Gzip), Just(Compression::Lz4), Just(Compression::Zstd)],
+            horizon in proptest::option::of(0i64..4_000_000_000_000),
+        ) {
+            let mut builder = BatchBuilder::new(codec);
+            for r in &records { builder.push(r); }
+            let mut stored = builder.finish(9, 2, 40, false).unwrap().to_vec();
+            set_base_offset(&mut stored, 1000);
+            set_partition_leader_epoch(&mut stored, 4);
+            let stored = Bytes::from(stored);
+            let mut decoded = Vec::new();
+            let header = decode_records(&stored, 1 << 24, &mut decoded).unwrap();
+            let kept: Vec<ConsumedRecord> =
+                decoded.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r.clone()).collect();
+            let (attributes, base_timestamp) = match horizon {
+                Some(h) => (header.attributes | ATTR_DELETE_HORIZON, h),
+                None => (header.attributes, header.base_timestamp),
+            };
+            let rebuilt = rebuild_batch(&header, &kept, attributes, base_timestamp).unwrap();
+            let new_header = validate_stored_batch(&rebuilt, 0).unwrap();
+            prop_assert_eq!(new_header.total_bytes(), rebuilt.len());
+            prop_assert_eq!(new_header.compression().unwrap(), codec);
+            prop_assert_eq!(new_header.delete_horizon_ms(), horizon);
+            prop_assert_eq!(
+                (new_header.base_offset, new_header.last_offset_delta, new_header.partition_leader_epoch),
+                (header.base_offset, header.last_offset_delta, header.partition_leader_epoch)
+            );
+            prop_assert_eq!(
+                (new_header.producer_id, new_header.producer_epoch, new_header.base_sequence, new_header.max_timestamp),
+                (header.producer_id, header.producer_epoch, header.base_sequence, header.max_timestamp)
+            );
+            prop_assert_eq!(new_header.records_count as usize, kept.len());
+            if kept.len() < records.len() {
+                prop_assert!(validate_batch(&rebuilt, 0).is_err(), "a produce request may not carry gaps");
+            }
+            let mut again = Vec::new();
+            decode_records(&rebuilt, 1 << 24, &mut again).unwrap();
+            prop_assert_eq!(again, kept);
+        }
+    }
+
+    #[test]
+    fn stored_batches_may_hold_fewer_records_than_their_offset_span() {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(&Record { key: Some(Bytes::from_static(b"k")), ..Default::default() });
+        let mut batch = builder.finish(-1, -1, -1, false).unwrap().to_vec();
+        batch[field::LAST_OFFSET_DELTA..field::LAST_OFFSET_DELTA + 4].copy_from_slice(&5i32.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[field::ATTRIBUTES..]);
+        batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate_batch(&batch, 0).is_err());
+        assert_eq!(validate_stored_batch(&batch, 0).unwrap().records_count, 1);
+        // More records than offsets is corrupt either way.
+        batch[field::LAST_OFFSET_DELTA..field::LAST_OFFSET_DELTA + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        let crc = crc32c::crc32c(&batch[field::ATTRIBUTES..]);
+        batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate_stored_batch(&batch, 0).is_err());
     }
 
     #[test]
