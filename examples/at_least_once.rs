@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig};
-use spate_examples::{poll_until_idle, prepare_topic, process, GroupArgs};
+use spate_examples::{poll_until_idle, prepare_topic, process, GroupArgs, SESSION_TIMEOUT_MS};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,6 +28,8 @@ async fn main() -> anyhow::Result<()> {
         enable_auto_commit: false,
         auto_offset_reset: AutoOffsetReset::Earliest,
         max_poll_records: 100,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        partition_assignment_strategy: args.strategy.clone(),
         ..ConsumerConfig::default()
     })
     .await?;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig};
-use spate_examples::{poll_until_idle, prepare_topic, process, GroupArgs};
+use spate_examples::{poll_until_idle, prepare_topic, process, GroupArgs, SESSION_TIMEOUT_MS};
 
 /// Results by (partition, offset) of the input record: writing the same key twice is a no-op.
 struct IdempotentSink {
@@ -72,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
         enable_auto_commit: false,
         auto_offset_reset: AutoOffsetReset::Earliest,
         max_poll_records: 100,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        partition_assignment_strategy: args.strategy.clone(),
         ..ConsumerConfig::default()
     })
     .await?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use spate_client::admin::{AdminConfig, NewTopic};
 use spate_client::protocol::ErrorCode;
-use spate_client::{Admin, Consumer, ConsumerRecord, Producer, ProducerConfig, ProducerRecord};
+use spate_client::{Admin, Assignor, Consumer, ConsumerConfig, ConsumerRecord, Producer, ProducerConfig, ProducerRecord};
 
 /// Command-line arguments of the delivery-semantics examples.
 #[derive(Debug, Clone)]
@@ -30,11 +30,13 @@ pub struct GroupArgs {
     pub idle_ms: u64,
     /// Where the idempotent sink keeps its output.
     pub output: String,
+    /// `partition.assignment.strategy`, comma-separated (e.g. `cooperative-sticky`).
+    pub strategy: Vec<Assignor>,
 }
 
 impl GroupArgs {
     /// Parses `--bootstrap-server`, `--topic`, `--group`, `--produce`, `--crash-after`,
-    /// `--idle-ms` and `--output`.
+    /// `--idle-ms`, `--output` and `--strategy`.
     pub fn parse(example: &str) -> anyhow::Result<GroupArgs> {
         let mut parsed = GroupArgs {
             bootstrap_server: "127.0.0.1:9092".into(),
@@ -44,6 +46,7 @@ impl GroupArgs {
             crash_after: None,
             idle_ms: 3_000,
             output: format!("{example}-output.tsv"),
+            strategy: ConsumerConfig::default().partition_assignment_strategy,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -56,6 +59,9 @@ impl GroupArgs {
                 "--crash-after" => parsed.crash_after = Some(value()?.parse()?),
                 "--idle-ms" => parsed.idle_ms = value()?.parse()?,
                 "--output" => parsed.output = value()?,
+                "--strategy" => {
+                    parsed.strategy = value()?.split(',').map(str::parse).collect::<Result<_, String>>().map_err(anyhow::Error::msg)?
+                }
                 other => bail!("unknown argument {other}"),
             }
         }
@@ -83,11 +89,30 @@ pub async fn prepare_topic(args: &GroupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls until `idle` passes without records; `None` then.
+/// Polls until caught up: `None` once a poll of up to `idle` brings nothing while every
+/// assigned partition has been read to its end (lag 0). While the group is still forming (a
+/// restarted member may wait for the session of its crashed predecessor to expire) it keeps
+/// polling.
 pub async fn poll_until_idle(consumer: &Consumer, idle: Duration) -> anyhow::Result<Option<Vec<ConsumerRecord>>> {
-    let records = consumer.poll(idle).await?;
-    Ok((!records.is_empty()).then_some(records))
+    loop {
+        let records = consumer.poll(idle).await?;
+        if !records.is_empty() {
+            return Ok(Some(records));
+        }
+        let assignment = consumer.assignment().await;
+        let mut caught_up = !assignment.is_empty();
+        for tp in &assignment {
+            caught_up &= consumer.lag(tp).await? == Some(0);
+        }
+        if caught_up {
+            return Ok(None);
+        }
+    }
 }
+
+/// Short enough that a restarted example does not wait long for its crashed predecessor to
+/// be dropped from the group (Kafka's default is 45 s).
+pub const SESSION_TIMEOUT_MS: u64 = 10_000;
 
 /// The "work" of the examples: what a record turns into.
 pub fn process(record: &ConsumerRecord) -> String {

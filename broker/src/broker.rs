@@ -310,6 +310,13 @@ impl Broker {
         if !self.config.delete_topic_enable {
             return Err(BrokerError::TopicDeletionDisabled);
         }
+        if name == crate::group::OFFSETS_TOPIC {
+            // Deleting it would drop every group's committed offsets.
+            return Err(BrokerError::InvalidTopic {
+                topic: name.to_string(),
+                reason: "internal topics cannot be deleted".into(),
+            });
+        }
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let mut topics = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
         let topic = topics.remove(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;

@@ -291,7 +291,8 @@ impl BrokerConfig {
         if self.offsets_retention_minutes < 1 {
             return bad("offsets.retention.minutes", format!("{} must be positive", self.offsets_retention_minutes));
         }
-        if self.group_min_session_timeout_ms < 1 || self.group_max_session_timeout_ms < self.group_min_session_timeout_ms
+        if self.group_min_session_timeout_ms < 1
+            || self.group_max_session_timeout_ms < self.group_min_session_timeout_ms
         {
             return bad(
                 "group.min.session.timeout.ms / group.max.session.timeout.ms",
@@ -308,7 +309,10 @@ impl BrokerConfig {
             );
         }
         if self.group_max_size == 0 || self.group_max_count == 0 || self.group_member_metadata_max_bytes == 0 {
-            return bad("group.max.size / group.max.count / group.member.metadata.max.bytes", "must be positive".into());
+            return bad(
+                "group.max.size / group.max.count / group.member.metadata.max.bytes",
+                "must be positive".into(),
+            );
         }
         if let Some(adv) = &self.advertised_listener {
             if adv.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {

@@ -3,7 +3,8 @@
 //! Entry points: [`server::Server`] (bind, serve, shut down) and [`config::BrokerConfig`].
 //! Inside: [`api`] maps each Kafka request to [`broker::Broker`], which owns topics of
 //! [`partition::Partition`]s, each a [`log::Log`] plus idempotent-producer state; the
-//! [`flusher`] thread turns appends into durable, acknowledged writes (group commit).
+//! [`flusher`] thread turns appends into durable, acknowledged writes (group commit); the
+//! [`group`] coordinator serves consumer groups and keeps their offsets in `__consumer_offsets`.
 
 pub mod api;
 pub mod broker;

@@ -18,8 +18,14 @@ pub enum ConfigType {
 }
 
 enum Rule {
-    Long { min: i64, max: i64 },
-    Double { min: f64, max: f64 },
+    Long {
+        min: i64,
+        max: i64,
+    },
+    Double {
+        min: f64,
+        max: f64,
+    },
     Bool,
     /// `cleanup.policy`: Kafka's list of `delete` and `compact`.
     Policy,

@@ -249,7 +249,11 @@ pub(super) fn heartbeat(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut B
     Ok(Reply::Now(ctx.respond(&HeartbeatResponse::default().with_error_code(code.0))))
 }
 
-pub(super) fn leave_group(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
+pub(super) fn leave_group(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
     let request: LeaveGroupRequest = decode("LeaveGroup request", ctx, body)?;
     let leaving: Vec<LeavingMember> = if ctx.version >= 3 {
         request
@@ -341,9 +345,12 @@ pub(super) fn offset_commit(
     }))
 }
 
+/// One topic's partitions and their committed offsets (`None`: nothing committed).
+type TopicOffsets = (String, Vec<(i32, Option<OffsetValue>)>);
+
 /// Committed offsets grouped by topic, in first-seen order.
-fn by_topic(offsets: Vec<(String, i32, Option<OffsetValue>)>) -> Vec<(String, Vec<(i32, Option<OffsetValue>)>)> {
-    let mut out: Vec<(String, Vec<(i32, Option<OffsetValue>)>)> = Vec::new();
+fn by_topic(offsets: Vec<(String, i32, Option<OffsetValue>)>) -> Vec<TopicOffsets> {
+    let mut out: Vec<TopicOffsets> = Vec::new();
     for (topic, partition, value) in offsets {
         match out.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, ps)) => ps.push((partition, value)),
@@ -360,7 +367,11 @@ fn offset_fields(value: Option<OffsetValue>, version: i16) -> (i64, i32, Option<
     }
 }
 
-pub(super) fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
+pub(super) fn offset_fetch(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
     let request: OffsetFetchRequest = decode("OffsetFetch request", ctx, body)?;
     let v = ctx.version;
     if v >= 8 {
@@ -369,9 +380,7 @@ pub(super) fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, body: &mu
             .iter()
             .map(|g| {
                 let wanted: Option<Vec<(String, i32)>> = g.topics.as_ref().map(|ts| {
-                    ts.iter()
-                        .flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p)))
-                        .collect()
+                    ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect()
                 });
                 let offsets = broker.groups.fetch_offsets(&g.group_id, wanted.as_deref());
                 let topics = by_topic(offsets)
@@ -396,9 +405,10 @@ pub(super) fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, body: &mu
             .collect();
         return Ok(Reply::Now(ctx.respond(&OffsetFetchResponse::default().with_groups(groups))));
     }
-    let wanted: Option<Vec<(String, i32)>> = request.topics.as_ref().map(|ts| {
-        ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect()
-    });
+    let wanted: Option<Vec<(String, i32)>> = request
+        .topics
+        .as_ref()
+        .map(|ts| ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect());
     let offsets = broker.groups.fetch_offsets(&request.group_id, wanted.as_deref());
     let topics = by_topic(offsets)
         .into_iter()
@@ -479,7 +489,11 @@ pub(super) fn describe_groups(
                 .map(|m| {
                     DescribedGroupMember::default()
                         .with_member_id(str_bytes(m.member_id))
-                        .with_group_instance_id(if ctx.version >= 4 { m.group_instance_id.map(str_bytes) } else { None })
+                        .with_group_instance_id(if ctx.version >= 4 {
+                            m.group_instance_id.map(str_bytes)
+                        } else {
+                            None
+                        })
                         .with_client_id(str_bytes(m.client_id))
                         .with_client_host(str_bytes(m.client_host))
                         .with_member_metadata(m.metadata)
@@ -498,7 +512,11 @@ pub(super) fn describe_groups(
     Ok(Reply::Now(ctx.respond(&DescribeGroupsResponse::default().with_groups(groups))))
 }
 
-pub(super) fn list_groups(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
+pub(super) fn list_groups(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
     let request: ListGroupsRequest = decode("ListGroups request", ctx, body)?;
     let states: Vec<String> = request.states_filter.iter().map(|s| s.to_string()).collect();
     let groups = broker

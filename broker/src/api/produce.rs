@@ -60,6 +60,15 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 ));
                 continue;
             }
+            if topic_name == crate::group::OFFSETS_TOPIC {
+                // Only the group coordinator writes it, in its own record format.
+                partition_responses.push(partition_error(
+                    data.index,
+                    ErrorCode::INVALID_TOPIC_EXCEPTION,
+                    Some("clients cannot produce to the internal topic __consumer_offsets".into()),
+                ));
+                continue;
+            }
             let Some(partition) = broker.partition(&topic_name, data.index) else {
                 partition_responses.push(partition_error(data.index, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, None));
                 continue;

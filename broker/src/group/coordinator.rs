@@ -185,7 +185,11 @@ impl GroupCoordinator {
             })?;
             let max = partition.max_message_bytes();
             if batch.len() > max {
-                return Err(BrokerError::MessageTooLarge { topic: OFFSETS_TOPIC.into(), size: batch.len(), max: max as u32 });
+                return Err(BrokerError::MessageTooLarge {
+                    topic: OFFSETS_TOPIC.into(),
+                    size: batch.len(),
+                    max: max as u32,
+                });
             }
             let headers = validate_batches(&batch).map_err(|e| BrokerError::CorruptMessage {
                 topic: OFFSETS_TOPIC.into(),
@@ -307,6 +311,7 @@ impl GroupCoordinator {
     }
 
     /// OffsetCommit: one error per partition (in request order) and the appends to wait for.
+    #[expect(clippy::too_many_arguments, reason = "one argument per OffsetCommit field")]
     pub fn commit(
         &self,
         broker: &Broker,
@@ -386,7 +391,12 @@ impl GroupCoordinator {
     }
 
     /// DeleteGroups: one error per group, and the tombstone appends to wait for.
-    pub fn delete_groups(&self, broker: &Broker, group_ids: &[String], now_ms: i64) -> (Vec<ErrorCode>, Vec<DurableWait>) {
+    pub fn delete_groups(
+        &self,
+        broker: &Broker,
+        group_ids: &[String],
+        now_ms: i64,
+    ) -> (Vec<ErrorCode>, Vec<DurableWait>) {
         let mut inner = self.lock();
         let mut errors = Vec::with_capacity(group_ids.len());
         let mut records = Vec::new();

@@ -850,11 +850,7 @@ impl GroupState {
                 .iter()
                 .map(|(t, p)| (t.clone(), *p, offsets.and_then(|o| o.get(&(t.clone(), *p))).cloned()))
                 .collect(),
-            None => offsets
-                .into_iter()
-                .flatten()
-                .map(|((t, p), v)| (t.clone(), *p, Some(v.clone())))
-                .collect(),
+            None => offsets.into_iter().flatten().map(|((t, p), v)| (t.clone(), *p, Some(v.clone()))).collect(),
         }
     }
 
@@ -1324,7 +1320,8 @@ fn complete_join(group: &mut Group, now: i64, fx: &mut Effects) {
         return;
     }
     if !group.members.is_empty() {
-        let leader_joined = group.leader_id.as_deref().and_then(|l| group.member(l)).is_some_and(|m| m.join_waiter.is_some());
+        let leader_joined =
+            group.leader_id.as_deref().and_then(|l| group.member(l)).is_some_and(|m| m.join_waiter.is_some());
         if !leader_joined {
             match group.members.iter().find(|m| m.join_waiter.is_some()) {
                 Some(m) => group.leader_id = Some(m.member_id.clone()),

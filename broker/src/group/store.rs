@@ -103,12 +103,9 @@ impl StoreRecord {
     /// Decodes a record read back from the topic.
     pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<StoreRecord, StoreError> {
         Ok(match decode_key(key)? {
-            RecordKey::Offset { group, topic, partition } => StoreRecord::Offset {
-                group,
-                topic,
-                partition,
-                value: value.map(decode_offset_value).transpose()?,
-            },
+            RecordKey::Offset { group, topic, partition } => {
+                StoreRecord::Offset { group, topic, partition, value: value.map(decode_offset_value).transpose()? }
+            }
             RecordKey::Group { group } => {
                 StoreRecord::Group { group, value: value.map(decode_group_value).transpose()? }
             }
@@ -206,7 +203,9 @@ pub fn encode_group_value(v: &GroupValue) -> Bytes {
 pub fn group_value_size(v: &GroupValue) -> usize {
     v.members
         .iter()
-        .map(|m| 32 + m.member_id.len() + m.client_id.len() + m.client_host.len() + m.subscription.len() + m.assignment.len())
+        .map(|m| {
+            32 + m.member_id.len() + m.client_id.len() + m.client_host.len() + m.subscription.len() + m.assignment.len()
+        })
         .sum::<usize>()
         + v.protocol_type.len()
         + 64
@@ -397,7 +396,12 @@ mod tests {
     }
 
     fn record() -> impl Strategy<Value = StoreRecord> {
-        let offset = (string(), string(), 0..1000i32, proptest::option::of((any::<i64>(), any::<i32>(), string(), any::<i64>())))
+        let offset = (
+            string(),
+            string(),
+            0..1000i32,
+            proptest::option::of((any::<i64>(), any::<i32>(), string(), any::<i64>())),
+        )
             .prop_map(|(group, topic, partition, v)| StoreRecord::Offset {
                 group,
                 topic,
@@ -410,7 +414,16 @@ mod tests {
                     expire_timestamp_ms: None,
                 }),
             });
-        let member = (string(), proptest::option::of(string()), string(), string(), any::<i32>(), any::<i32>(), proptest::collection::vec(any::<u8>(), 0..40), proptest::collection::vec(any::<u8>(), 0..40))
+        let member = (
+            string(),
+            proptest::option::of(string()),
+            string(),
+            string(),
+            any::<i32>(),
+            any::<i32>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
             .prop_map(|(member_id, group_instance_id, client_id, client_host, r, s, sub, asg)| MemberValue {
                 member_id,
                 group_instance_id,
@@ -421,7 +434,17 @@ mod tests {
                 subscription: Bytes::from(sub),
                 assignment: Bytes::from(asg),
             });
-        let group = (string(), proptest::option::of((string(), any::<i32>(), proptest::option::of(string()), proptest::option::of(string()), any::<i64>(), proptest::collection::vec(member, 0..4))))
+        let group = (
+            string(),
+            proptest::option::of((
+                string(),
+                any::<i32>(),
+                proptest::option::of(string()),
+                proptest::option::of(string()),
+                any::<i64>(),
+                proptest::collection::vec(member, 0..4),
+            )),
+        )
             .prop_map(|(group, v)| StoreRecord::Group {
                 group,
                 value: v.map(|(protocol_type, generation_id, protocol_name, leader, ts, members)| GroupValue {

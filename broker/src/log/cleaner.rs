@@ -49,9 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use spate_client::protocol::record::{
-    self, BatchHeader, ConsumedRecord, ATTR_DELETE_HORIZON, BATCH_HEADER_BYTES,
-};
+use spate_client::protocol::record::{self, BatchHeader, ConsumedRecord, ATTR_DELETE_HORIZON, BATCH_HEADER_BYTES};
 
 use super::checkpoint::{io_error, sync_dir, write_file_atomically};
 use super::segment::{self, Scanner, Segment, MAX_SEGMENT_OFFSETS, READ_CHUNK_BYTES};
@@ -116,7 +114,8 @@ impl CleanerCheckpoint {
         if lines.next()? != CHECKPOINT_VERSION_LINE {
             return None;
         }
-        let mut field = |name: &str| -> Option<i64> { lines.next()?.strip_prefix(name)?.strip_prefix(' ')?.parse().ok() };
+        let mut field =
+            |name: &str| -> Option<i64> { lines.next()?.strip_prefix(name)?.strip_prefix(' ')?.parse().ok() };
         let first_dirty_offset = field("first_dirty_offset").filter(|v| *v >= 0)?;
         let horizon = field("next_delete_horizon_ms")?;
         let compacted_below = field("compacted_below").filter(|v| *v >= 0)?;
@@ -195,11 +194,7 @@ impl OffsetMap {
         // The largest power of two at or below `fit`.
         let buckets = 1usize << (usize::BITS - 1 - fit.leading_zeros());
         let max_entries = if buckets >= 8 { buckets / 8 * 7 } else { buckets.saturating_sub(1).max(1) };
-        OffsetMap {
-            entries: HashMap::default(),
-            max_entries,
-            seeds: (RandomState::new(), RandomState::new()),
-        }
+        OffsetMap { entries: HashMap::default(), max_entries, seeds: (RandomState::new(), RandomState::new()) }
     }
 
     /// How many distinct keys one pass can deduplicate.
@@ -316,12 +311,12 @@ impl Log {
         }
         let compaction = &self.config.compaction;
         let last = self.segments.len() - 1;
-        let uncleanable = self
-            .segments
+        // The active segment is never cleaned, nor anything from the first segment that
+        // reaches past the high watermark or is younger than the lag.
+        let uncleanable = self.segments[..last]
             .iter()
             .position(|s| {
-                std::ptr::eq(s, &self.segments[last])
-                    || s.next_offset > high_watermark
+                s.next_offset > high_watermark
                     || (compaction.min_compaction_lag_ms > 0
                         && !s.is_empty()
                         && now_ms.saturating_sub(s.retention_timestamp()) < compaction.min_compaction_lag_ms)
@@ -419,10 +414,9 @@ impl Log {
         sync_dir(&self.dir)?;
         let path = segment::log_path(&self.dir, base);
         fs::rename(&swap, &path).map_err(|e| io_error(&path, e))?;
-        for (from, to) in [
-            (cleaned_index, segment::index_path(&path)),
-            (cleaned_time_index, segment::time_index_path(&path)),
-        ] {
+        for (from, to) in
+            [(cleaned_index, segment::index_path(&path)), (cleaned_time_index, segment::time_index_path(&path))]
+        {
             fs::rename(&from, &to).map_err(|e| io_error(&to, e))?;
         }
         let next_base = cleaned.next_base;
@@ -442,7 +436,12 @@ impl Log {
 
     /// One whole cleaning pass while holding the log (tests and tools; the broker runs the
     /// steps itself so that it holds the partition lock only to plan and swap).
-    pub fn clean(&mut self, map: &mut OffsetMap, now_ms: i64, high_watermark: i64) -> Result<Option<CleanStats>, LogError> {
+    pub fn clean(
+        &mut self,
+        map: &mut OffsetMap,
+        now_ms: i64,
+        high_watermark: i64,
+    ) -> Result<Option<CleanStats>, LogError> {
         let Some(plan) = self.plan_cleaning(now_ms, high_watermark) else {
             return Ok(None);
         };
@@ -596,8 +595,17 @@ pub fn clean(
     let mut all_swapped = true;
     for group in groups {
         let next_base = plan.segments[group.end].base_offset;
-        let cleaned =
-            clean_group(plan, &plan.segments[group.clone()], next_base, map, map_end, now_ms, cancel, &mut stats, &mut next_delete_horizon_ms)?;
+        let cleaned = clean_group(
+            plan,
+            &plan.segments[group.clone()],
+            next_base,
+            map,
+            map_end,
+            now_ms,
+            cancel,
+            &mut stats,
+            &mut next_delete_horizon_ms,
+        )?;
         if let Some(cleaned) = cleaned {
             let replaced = cleaned.replaced.len();
             if swap(cleaned)? {

@@ -19,8 +19,8 @@
 //! gaps and hold fewer records than `last_offset_delta + 1`; a closed segment covers offsets up
 //! to the next segment's base even when its last batch ends earlier.
 
-pub mod cleaner;
 mod checkpoint;
+pub mod cleaner;
 mod index;
 mod segment;
 #[cfg(test)]
@@ -35,8 +35,8 @@ use bytes::Bytes;
 use spate_client::protocol::record::{self, BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 
 pub use checkpoint::write_file_atomically;
-pub use cleaner::{CleanStats, CleanerCheckpoint, CleanedSegment, CleaningPlan, OffsetMap};
 use checkpoint::{io_error, sync_dir, Checkpoint};
+pub use cleaner::{CleanStats, CleanedSegment, CleanerCheckpoint, CleaningPlan, OffsetMap};
 use segment::{Cut, Segment, SyncFile, MAX_SEGMENT_OFFSETS};
 
 /// Decompressing one batch for a timestamp lookup never produces more than this.

@@ -17,7 +17,7 @@ use super::LogError;
 
 /// Recovery reads unverified data in chunks of this size.
 pub(crate) const READ_CHUNK_BYTES: usize = 1 << 20;
-/// Batches up to this size are checked in one buffer with `validate_batch`; larger ones are
+/// Batches up to this size are checked in one buffer with `validate_stored_batch`; larger ones are
 /// checked in chunks, so a corrupt length field never makes recovery allocate more than this.
 const MAX_BUFFERED_BATCH_BYTES: usize = 8 << 20;
 /// Index positions are `u32`, so a segment never grows past this.
@@ -74,7 +74,12 @@ fn check_structure(header: &BatchHeader, remaining: u64) -> Result<(), String> {
 
 /// Reads and structurally checks the header at `position` of a file of `size` bytes. The outer
 /// error is I/O; the inner one says why the bytes are not a batch.
-pub(crate) fn read_header(file: &File, path: &Path, position: u64, size: u64) -> Result<Result<BatchHeader, String>, LogError> {
+pub(crate) fn read_header(
+    file: &File,
+    path: &Path,
+    position: u64,
+    size: u64,
+) -> Result<Result<BatchHeader, String>, LogError> {
     let remaining = size.saturating_sub(position);
     if remaining < BATCH_HEADER_BYTES as u64 {
         return Ok(Err(format!("{remaining} bytes are too few for a batch header")));
@@ -216,7 +221,9 @@ impl Segment {
             let Ok(header) = read_header(&self.file, &self.path, position, size)? else {
                 return Ok(false);
             };
-            if header.base_offset < next_offset || (header.base_offset > next_offset && header.base_offset >= gaps_below) {
+            if header.base_offset < next_offset
+                || (header.base_offset > next_offset && header.base_offset >= gaps_below)
+            {
                 return Ok(false);
             }
             next_offset = header.last_offset() + 1;
@@ -293,10 +300,7 @@ impl Segment {
                 ));
             }
             if next_base.is_some_and(|n| header.last_offset() >= n) {
-                break Some(format!(
-                    "last offset {} reaches the next segment's base offset",
-                    header.last_offset()
-                ));
+                break Some(format!("last offset {} reaches the next segment's base offset", header.last_offset()));
             }
             if header.last_offset() - self.base_offset > MAX_SEGMENT_OFFSETS {
                 break Some(format!("last offset {} is too far from the segment base", header.last_offset()));
@@ -385,7 +389,8 @@ impl Segment {
 
     /// [`Segment::find_batch`] for an offset that a batch must cover (one taken from an index).
     pub fn batch_holding(&self, offset: i64) -> Result<(u64, BatchHeader), LogError> {
-        self.find_batch(offset)?.ok_or_else(|| self.corrupt(self.size_bytes, format!("offset {offset} is not in the segment")))
+        self.find_batch(offset)?
+            .ok_or_else(|| self.corrupt(self.size_bytes, format!("offset {offset} is not in the segment")))
     }
 
     /// Where a read that starts with the batch `first` at `start` ends: whole batches up to
@@ -552,7 +557,7 @@ impl Scanner<'_> {
     }
 }
 
-/// Full check of the batch at `position`: `validate_batch` when it fits the buffer, the same
+/// Full check of the batch at `position`: `validate_stored_batch` when it fits the buffer, the same
 /// checks in chunks otherwise. The outer error is I/O; the inner one says what is wrong.
 fn verify_batch(
     scanner: &mut Scanner<'_>,

@@ -485,7 +485,8 @@ static OFFSET_COMMIT: Message = Message {
 };
 
 // name, partition_indexes
-static OFFSET_FETCH_TOPIC: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+static OFFSET_FETCH_TOPIC: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
 static OFFSET_FETCH_GROUP: Struct = Struct {
     fields: &[
         f(0, ANY, Ty::String),                                  // group_id
@@ -1029,8 +1030,12 @@ mod tests {
     fn group_requests_of_every_version_walk_exactly() {
         use crate::protocol::messages::join_group_request::JoinGroupRequestProtocol;
         use crate::protocol::messages::leave_group_request::MemberIdentity;
-        use crate::protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
-        use crate::protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+        use crate::protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use crate::protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
         use crate::protocol::messages::offset_fetch_request::{
             OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
         };

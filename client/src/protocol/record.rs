@@ -168,8 +168,7 @@ pub fn validate_stored_batch(bytes: &[u8], position: usize) -> Result<BatchHeade
 /// The record count and offset delta of a stored (possibly compacted) batch: `0 <=
 /// records_count <= last_offset_delta + 1`.
 pub fn check_stored_counts(header: &BatchHeader) -> Result<(), String> {
-    if header.last_offset_delta < 0 || header.records_count < 0 || header.records_count > header.last_offset_delta + 1
-    {
+    if header.last_offset_delta < 0 || header.records_count < 0 || header.records_count > header.last_offset_delta + 1 {
         return Err(format!(
             "record count {} does not fit last offset delta {}",
             header.records_count, header.last_offset_delta
@@ -237,8 +236,12 @@ pub fn rebuild_batch(
                 format!("offset {} is outside the batch at {}", r.offset, header.base_offset),
             ));
         }
-        let record =
-            Record { key: r.key.clone(), value: r.value.clone(), headers: r.headers.clone(), timestamp_ms: r.timestamp_ms };
+        let record = Record {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.clone(),
+            timestamp_ms: r.timestamp_ms,
+        };
         put_record(&mut body, &record, offset_delta as i32, r.timestamp_ms.wrapping_sub(base_timestamp));
     }
     let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());

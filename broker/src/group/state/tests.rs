@@ -45,7 +45,12 @@ impl<'a> Join<'a> {
 
 impl Harness {
     fn new(initial_delay_ms: i32) -> Harness {
-        Harness { state: GroupState::new(config(initial_delay_ms)), next_waiter: 1, completions: vec![], records: vec![] }
+        Harness {
+            state: GroupState::new(config(initial_delay_ms)),
+            next_waiter: 1,
+            completions: vec![],
+            records: vec![],
+        }
     }
 
     fn absorb(&mut self, fx: Effects) {
@@ -74,7 +79,13 @@ impl Harness {
         (waiter, answer)
     }
 
-    fn sync(&mut self, member: &str, generation: i32, assignments: &[(&str, &str)], now: i64) -> (WaiterId, Answer<SyncResult>) {
+    fn sync(
+        &mut self,
+        member: &str,
+        generation: i32,
+        assignments: &[(&str, &str)],
+        now: i64,
+    ) -> (WaiterId, Answer<SyncResult>) {
         let waiter = self.next_waiter;
         self.next_waiter += 1;
         let assignments =
@@ -260,17 +271,19 @@ fn followers_that_never_sync_are_removed_after_the_rebalance_timeout() {
     let (wa, _) = h.join(Join::new("a", ""), 1);
     assert_eq!(h.joined(wa).unwrap().generation_id, 2);
     assert_eq!(h.joined(wb).unwrap().generation_id, 2);
+    let (ws, _) = h.sync("a", 2, &[("a", "x")], 2);
+    assert!(h.synced(ws).is_some());
     // Both keep heartbeating, but b never sends SyncGroup.
     for t in (1000..REBALANCE_MS as i64).step_by(1000) {
         assert_eq!(h.state.heartbeat(G, 2, "a", None, t), ErrorCode::NONE);
         assert_eq!(h.state.heartbeat(G, 2, "b", None, t), ErrorCode::NONE);
         h.tick(t);
     }
-    assert_eq!(h.phase(), GroupPhase::CompletingRebalance);
+    assert_eq!(h.phase(), GroupPhase::Stable);
     h.tick(1 + REBALANCE_MS as i64);
-    assert_eq!(h.phase(), GroupPhase::PreparingRebalance, "the silent members were removed");
+    assert_eq!(h.phase(), GroupPhase::PreparingRebalance, "b was removed");
     assert_eq!(h.state.heartbeat(G, 2, "b", None, 2 + REBALANCE_MS as i64), ErrorCode::UNKNOWN_MEMBER_ID);
-    assert_eq!(h.state.heartbeat(G, 2, "a", None, 2 + REBALANCE_MS as i64), ErrorCode::UNKNOWN_MEMBER_ID);
+    assert_eq!(h.state.heartbeat(G, 2, "a", None, 2 + REBALANCE_MS as i64), ErrorCode::REBALANCE_IN_PROGRESS);
 }
 
 #[test]
@@ -297,7 +310,13 @@ fn stale_generation_and_unknown_member_commits_are_refused() {
 fn commits_apply_and_fetch_returns_them() {
     let mut h = Harness::new(0);
     h.state.validate_commit("solo", -1, "", None, 1).unwrap();
-    let v = OffsetValue { offset: 7, leader_epoch: -1, metadata: "m".into(), commit_timestamp_ms: 1, expire_timestamp_ms: None };
+    let v = OffsetValue {
+        offset: 7,
+        leader_epoch: -1,
+        metadata: "m".into(),
+        commit_timestamp_ms: 1,
+        expire_timestamp_ms: None,
+    };
     h.state.apply_commit(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v.clone())] });
     assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(v.clone()))]);
     assert_eq!(
@@ -416,7 +435,10 @@ fn group_max_size_is_enforced() {
 
 #[test]
 fn oversized_assignments_are_refused_not_stored() {
-    let mut h = Harness { state: GroupState::new(GroupConfig { member_metadata_max_bytes: 16, ..config(0) }), ..Harness::new(0) };
+    let mut h = Harness {
+        state: GroupState::new(GroupConfig { member_metadata_max_bytes: 16, ..config(0) }),
+        ..Harness::new(0)
+    };
     let (wa, _) = h.join(Join { protocols: &[], ..Join::new("", "a") }, 0);
     // An empty protocol list is inconsistent; join properly with a small one.
     let _ = wa;
@@ -448,12 +470,20 @@ fn delete_group_only_when_empty() {
         offsets: vec![(
             "t".into(),
             0,
-            OffsetValue { offset: 1, leader_epoch: -1, metadata: String::new(), commit_timestamp_ms: 0, expire_timestamp_ms: None },
+            OffsetValue {
+                offset: 1,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: 0,
+                expire_timestamp_ms: None,
+            },
         )],
     });
     let tombstones = h.state.delete_group(G).unwrap();
     assert_eq!(tombstones.len(), 2);
-    assert!(tombstones.iter().all(|r| matches!(r, StoreRecord::Offset { value: None, .. } | StoreRecord::Group { value: None, .. })));
+    assert!(tombstones
+        .iter()
+        .all(|r| matches!(r, StoreRecord::Offset { value: None, .. } | StoreRecord::Group { value: None, .. })));
     assert!(h.state.phase(G).is_none());
 }
 
@@ -471,7 +501,13 @@ fn offset_delete_refuses_subscribed_topics() {
 #[test]
 fn loading_restores_offsets_and_an_empty_group_at_its_generation() {
     let mut h = Harness::new(0);
-    let offset = |o| OffsetValue { offset: o, leader_epoch: -1, metadata: String::new(), commit_timestamp_ms: 0, expire_timestamp_ms: None };
+    let offset = |o| OffsetValue {
+        offset: o,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp_ms: 0,
+        expire_timestamp_ms: None,
+    };
     let records = [
         StoreRecord::Offset { group: G.into(), topic: "t".into(), partition: 0, value: Some(offset(5)) },
         StoreRecord::Offset { group: G.into(), topic: "t".into(), partition: 0, value: Some(offset(9)) },
@@ -506,9 +542,18 @@ fn loading_restores_offsets_and_an_empty_group_at_its_generation() {
 #[test]
 fn offsets_of_an_empty_group_expire_after_retention() {
     let retention = 60 * 60 * 1000;
-    let mut h = Harness { state: GroupState::new(GroupConfig { offsets_retention_ms: retention, ..config(0) }), ..Harness::new(0) };
+    let mut h = Harness {
+        state: GroupState::new(GroupConfig { offsets_retention_ms: retention, ..config(0) }),
+        ..Harness::new(0)
+    };
     h.state.validate_commit("solo", -1, "", None, 0).unwrap();
-    let v = OffsetValue { offset: 1, leader_epoch: -1, metadata: String::new(), commit_timestamp_ms: 0, expire_timestamp_ms: None };
+    let v = OffsetValue {
+        offset: 1,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp_ms: 0,
+        expire_timestamp_ms: None,
+    };
     h.state.apply_commit(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v)] });
     h.tick(retention - 1);
     assert_eq!(h.state.fetch_offsets("solo", None).len(), 1);
