@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use spate_client::admin::{AdminConfig, NewTopic};
 use spate_client::protocol::ErrorCode;
-use spate_client::{Admin, Assignor, Consumer, ConsumerConfig, ConsumerRecord, Producer, ProducerConfig, ProducerRecord};
+use spate_client::{
+    Admin, Assignor, Consumer, ConsumerConfig, ConsumerRecord, Producer, ProducerConfig, ProducerRecord,
+};
 
 /// Command-line arguments of the delivery-semantics examples.
 #[derive(Debug, Clone)]
@@ -60,7 +62,11 @@ impl GroupArgs {
                 "--idle-ms" => parsed.idle_ms = value()?.parse()?,
                 "--output" => parsed.output = value()?,
                 "--strategy" => {
-                    parsed.strategy = value()?.split(',').map(str::parse).collect::<Result<_, String>>().map_err(anyhow::Error::msg)?
+                    parsed.strategy = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, String>>()
+                        .map_err(anyhow::Error::msg)?
                 }
                 other => bail!("unknown argument {other}"),
             }
@@ -79,7 +85,8 @@ pub async fn prepare_topic(args: &GroupArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     if args.produce > 0 {
-        let producer = Producer::new(ProducerConfig { bootstrap_servers: servers, ..ProducerConfig::default() }).await?;
+        let producer =
+            Producer::new(ProducerConfig { bootstrap_servers: servers, ..ProducerConfig::default() }).await?;
         for i in 0..args.produce {
             producer.send(&args.topic, ProducerRecord::new(format!("record-{i}")).with_key(format!("k{i}"))).await?;
         }

@@ -10,7 +10,7 @@
 //! (microseconds at these rates) as long as batches complete in roughly the order they were
 //! filled, which they do per partition.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -53,6 +53,9 @@ pub enum BenchCommand {
     Produce(BenchProduceArgs),
     /// Read a topic from the beginning as fast as the consumer allows.
     Consume(BenchConsumeArgs),
+    /// Consumer groups: throughput with 1 and --members members, and the time to resume
+    /// consuming when a member joins or leaves.
+    Group(BenchGroupArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -164,6 +167,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.command {
         BenchCommand::Produce(a) => produce(a).await,
         BenchCommand::Consume(a) => consume(a).await,
+        BenchCommand::Group(a) => group(a).await,
     }
 }
 
@@ -576,9 +580,453 @@ async fn consume(args: BenchConsumeArgs) -> Result<()> {
     write_json(&args.json, &figures)
 }
 
+#[derive(clap::Args, Debug)]
+pub struct BenchGroupArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
+    /// Topic to read from the beginning (fill it first with `spate bench produce`).
+    #[arg(long, default_value = "spate-bench")]
+    pub topic: String,
+    /// Group size for the second throughput run (the first has 1 member) and for the
+    /// rebalance runs, which add and remove one more member.
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Join/leave rounds for the rebalance figures (each round measures one join and one leave).
+    #[arg(long, default_value_t = 5)]
+    pub rebalances: usize,
+    /// `heartbeat.interval.ms` of the members: existing members learn of a rebalance from their
+    /// next heartbeat, so this bounds the time-to-resume from below (Kafka's default 3000).
+    #[arg(long = "heartbeat-interval-ms", default_value_t = 3000)]
+    pub heartbeat_interval_ms: u64,
+    /// Records per second per partition the rebalance runs produce, so every partition has
+    /// new records to resume on.
+    #[arg(long = "trickle-per-partition", default_value_t = 50)]
+    pub trickle_per_partition: u64,
+    /// Give up after this long without progress.
+    #[arg(long = "timeout-ms", default_value_t = 60_000)]
+    pub timeout_ms: u64,
+    /// Write the figures to this file as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct GroupThroughput {
+    members: usize,
+    records: u64,
+    /// From the first member's `subscribe` until the first record (joining, the first
+    /// rebalance and the first fetch; includes the broker's `group.initial.rebalance.delay.ms`).
+    join_ms: f64,
+    /// From the first record until every partition was read to its end.
+    consume_ms: f64,
+    /// Records over `consume_ms` (the steady rate, joining excluded).
+    msgs_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RebalanceFigures {
+    samples: usize,
+    ms_p50: f64,
+    ms_p99: f64,
+    ms_max: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct GroupFigures {
+    topic: String,
+    partitions: usize,
+    throughput: Vec<GroupThroughput>,
+    /// A member joins a group of `members`: from its `subscribe` until every partition has
+    /// delivered a record to a member that was assigned it by the rebalance.
+    rebalance_join: RebalanceFigures,
+    /// A member of `members + 1` closes (LeaveGroup): from its `close` until every partition
+    /// has delivered a record under the new assignment.
+    rebalance_leave: RebalanceFigures,
+    time_to_resume_measured: &'static str,
+    peak_rss_bytes: u64,
+}
+
+/// What the group's members report to the bench.
+struct GroupShared {
+    start: Instant,
+    /// Per partition, the next offset to reach (the throughput runs' end offsets).
+    targets: HashMap<i32, i64>,
+    /// Per partition, the next offset some member has read up to.
+    reached: std::sync::Mutex<HashMap<i32, i64>>,
+    first_record_ns: AtomicU64,
+    finished_ns: AtomicU64,
+    records: AtomicU64,
+    /// The rebalance being timed: when it started, and per partition the first delivery by a
+    /// member assigned after it.
+    resume: std::sync::Mutex<Option<(Instant, HashMap<i32, Instant>)>>,
+}
+
+impl GroupShared {
+    fn new(targets: HashMap<i32, i64>) -> Arc<Self> {
+        Arc::new(GroupShared {
+            start: Instant::now(),
+            targets,
+            reached: std::sync::Mutex::new(HashMap::new()),
+            first_record_ns: AtomicU64::new(0),
+            finished_ns: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            resume: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.finished_ns.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Records when this member was last given an assignment (every rebalance ends with one, even
+/// when the partitions stay the same).
+struct AssignedAt(std::sync::Mutex<Option<Instant>>);
+
+impl spate_client::consumer::RebalanceListener for AssignedAt {
+    fn on_partitions_assigned<'a>(
+        &'a self,
+        _consumer: &'a Consumer,
+        _partitions: &'a [TopicPartition],
+    ) -> spate_client::consumer::ListenerFuture<'a> {
+        *self.0.lock().expect("assigned lock") = Some(Instant::now());
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// One member: polls until `stop`, reporting progress and resumed partitions, then closes
+/// (commit and LeaveGroup).
+async fn group_member(
+    consumer: Consumer,
+    topic: String,
+    shared: Arc<GroupShared>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let assigned = Arc::new(AssignedAt(std::sync::Mutex::new(None)));
+    consumer.subscribe_with_listener(&[topic.as_str()], assigned.clone()).await?;
+    while !stop.load(Ordering::Relaxed) {
+        let records = consumer.poll(Duration::from_millis(100)).await?;
+        if records.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        let _ = shared.first_record_ns.compare_exchange(
+            0,
+            shared.start.elapsed().as_nanos() as u64,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        shared.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for r in &records {
+            last.insert(r.partition, r.offset + 1);
+        }
+        if !shared.targets.is_empty() {
+            let mut reached = shared.reached.lock().expect("reached lock");
+            for (p, next) in &last {
+                let e = reached.entry(*p).or_insert(0);
+                *e = (*e).max(*next);
+            }
+            let done = shared.targets.iter().all(|(p, target)| reached.get(p).is_some_and(|r| r >= target));
+            if done && !shared.is_finished() {
+                shared.finished_ns.store(shared.start.elapsed().as_nanos() as u64, Ordering::Release);
+            }
+        }
+        let assigned_at = *assigned.0.lock().expect("assigned lock");
+        if let Some((event, resumed)) = shared.resume.lock().expect("resume lock").as_mut() {
+            if assigned_at.is_some_and(|a| a >= *event) {
+                for p in last.keys() {
+                    resumed.entry(*p).or_insert(now);
+                }
+            }
+        }
+    }
+    consumer.close().await?;
+    Ok(())
+}
+
+struct Member {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Member {
+    async fn finish(self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.context("group member panicked")?
+    }
+}
+
+async fn start_member(
+    args: &BenchGroupArgs,
+    group_id: &str,
+    index: usize,
+    shared: &Arc<GroupShared>,
+) -> Result<Member> {
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: args.bootstrap.servers()?,
+        client_id: format!("spate-bench-group-{index}"),
+        group_id: Some(group_id.to_string()),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        max_poll_records: 100_000,
+        max_partition_fetch_bytes: 4 * 1024 * 1024,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .context("starting a group member")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(group_member(consumer, args.topic.clone(), shared.clone(), stop.clone()));
+    Ok(Member { stop, task })
+}
+
+/// A fresh group id per run, so runs never resume each other's offsets.
+fn bench_group_id(what: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("spate-bench-{what}-{}-{nanos}", std::process::id())
+}
+
+/// Waits for `done`, failing after `timeout`, or early when a member task has ended in error.
+async fn wait_for(what: &str, timeout: Duration, members: &[Member], done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within {} ms", timeout.as_millis());
+        }
+        if members.iter().any(|m| m.task.is_finished()) {
+            bail!("a group member stopped while waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn group_throughput(
+    args: &BenchGroupArgs,
+    members: usize,
+    targets: &HashMap<i32, i64>,
+) -> Result<GroupThroughput> {
+    let shared = GroupShared::new(targets.clone());
+    let group_id = bench_group_id("throughput");
+    let mut running = Vec::new();
+    for i in 0..members {
+        running.push(start_member(args, &group_id, i, &shared).await?);
+    }
+    let waited =
+        wait_for("reading the topic", Duration::from_millis(args.timeout_ms), &running, || shared.is_finished()).await;
+    let mut stopped = Ok(());
+    for m in running {
+        let r = m.finish().await;
+        if stopped.is_ok() {
+            stopped = r;
+        }
+    }
+    waited?;
+    stopped?;
+    let first = Duration::from_nanos(shared.first_record_ns.load(Ordering::Acquire));
+    let finished = Duration::from_nanos(shared.finished_ns.load(Ordering::Acquire));
+    let records = targets.values().map(|&t| t.max(0) as u64).sum();
+    let consume = finished.saturating_sub(first);
+    Ok(GroupThroughput {
+        members,
+        records,
+        join_ms: first.as_secs_f64() * 1000.0,
+        consume_ms: consume.as_secs_f64() * 1000.0,
+        msgs_per_sec: per_sec(records, consume),
+    })
+}
+
+/// Starts timing a rebalance, and waits until every partition resumed under it.
+async fn time_to_resume(
+    shared: &GroupShared,
+    partitions: usize,
+    timeout: Duration,
+    members: &[Member],
+    event: Instant,
+) -> Result<Duration> {
+    let waited = wait_for("resuming every partition after a rebalance", timeout, members, || {
+        shared.resume.lock().expect("resume lock").as_ref().is_some_and(|(_, r)| r.len() >= partitions)
+    })
+    .await;
+    if let Err(e) = waited {
+        let resumed: Vec<i32> = shared
+            .resume
+            .lock()
+            .expect("resume lock")
+            .as_ref()
+            .map(|(_, r)| {
+                let mut ps: Vec<i32> = r.keys().copied().collect();
+                ps.sort_unstable();
+                ps
+            })
+            .unwrap_or_default();
+        return Err(e.context(format!("partitions resumed: {resumed:?} of {partitions}")));
+    }
+    let resumed = shared.resume.lock().expect("resume lock").take().expect("set before waiting");
+    Ok(resumed.1.values().max().map_or(Duration::ZERO, |last| last.duration_since(event)))
+}
+
+fn rebalance_figures(samples_ms: &mut [f64]) -> RebalanceFigures {
+    samples_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if samples_ms.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * samples_ms.len() as f64).ceil() as usize).clamp(1, samples_ms.len());
+        samples_ms[rank - 1]
+    };
+    RebalanceFigures { samples: samples_ms.len(), ms_p50: at(0.5), ms_p99: at(0.99), ms_max: at(1.0) }
+}
+
+/// Produces `per_partition_per_sec` records to every partition until `stop`.
+async fn trickle(
+    args: &BenchGroupArgs,
+    partitions: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let producer = Producer::new(ProducerConfig {
+        bootstrap_servers: args.bootstrap.servers()?,
+        client_id: "spate-bench-trickle".into(),
+        acks: 1,
+        linger_ms: 0,
+        ..ProducerConfig::default()
+    })
+    .await
+    .context("starting the trickle producer")?;
+    let topic = args.topic.clone();
+    let every = Duration::from_secs_f64(1.0 / args.trickle_per_partition.max(1) as f64);
+    let value = payload(100, 3);
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            for p in 0..partitions as i32 {
+                if let Err(e) = producer.send(&topic, ProducerRecord::new(value.clone()).with_partition(p)).await {
+                    tracing::warn!(error = %e, "trickle producer failed");
+                }
+            }
+        }
+        let _ = producer.close().await;
+    }))
+}
+
+async fn group(args: BenchGroupArgs) -> Result<()> {
+    if args.members == 0 {
+        bail!("--members must be at least 1");
+    }
+    let admin = Admin::new(AdminConfig { bootstrap_servers: args.bootstrap.servers()?, ..AdminConfig::default() })
+        .await
+        .context("connecting to the cluster")?;
+    let described =
+        admin.describe_topics(&[args.topic.as_str()]).await.with_context(|| format!("topic {}", args.topic))?;
+    let partitions: Vec<TopicPartition> = described
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| TopicPartition::new(t.name.clone(), p.partition)))
+        .collect();
+    let spec = |s: OffsetSpec| partitions.iter().map(|tp| (tp.clone(), s)).collect::<Vec<_>>();
+    let earliest = admin.list_offsets(&spec(OffsetSpec::Earliest)).await?;
+    let latest = admin.list_offsets(&spec(OffsetSpec::Latest)).await?;
+    // Partitions holding records, each to be read to its current end.
+    let targets: HashMap<i32, i64> = latest
+        .iter()
+        .filter(|(tp, l)| l.offset > earliest.get(*tp).map_or(0, |e| e.offset))
+        .map(|(tp, l)| (tp.partition, l.offset))
+        .collect();
+    if targets.is_empty() {
+        bail!("topic {} is empty; produce to it first (spate bench produce)", args.topic);
+    }
+
+    let mut throughput = Vec::new();
+    let mut sizes = vec![1, args.members];
+    sizes.dedup();
+    for members in sizes {
+        let t = group_throughput(&args, members, &targets).await?;
+        print_out(&format!(
+            "group of {}: {} records in {:.2} s after joining ({:.0} ms): {:.1} records/s\n",
+            t.members,
+            t.records,
+            t.consume_ms / 1000.0,
+            t.join_ms,
+            t.msgs_per_sec
+        ));
+        throughput.push(t);
+    }
+
+    // Rebalances: a steady group with records arriving on every partition; one member joins,
+    // then leaves, `rebalances` times.
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let stop_trickle = Arc::new(AtomicBool::new(false));
+    let trickler = trickle(&args, partitions.len(), stop_trickle.clone()).await?;
+    let shared = GroupShared::new(HashMap::new());
+    let group_id = bench_group_id("rebalance");
+    let mut members = Vec::new();
+    for i in 0..args.members {
+        members.push(start_member(&args, &group_id, i, &shared).await?);
+    }
+    // Steady first: every partition delivering under the group's initial assignment.
+    *shared.resume.lock().expect("resume lock") = Some((shared.start, HashMap::new()));
+    let outcome = async {
+        time_to_resume(&shared, partitions.len(), timeout, &members, shared.start).await?;
+        let (mut join_ms, mut leave_ms) = (Vec::new(), Vec::new());
+        for round in 0..args.rebalances {
+            let event = Instant::now();
+            *shared.resume.lock().expect("resume lock") = Some((event, HashMap::new()));
+            members.push(start_member(&args, &group_id, args.members + round, &shared).await?);
+            join_ms
+                .push(time_to_resume(&shared, partitions.len(), timeout, &members, event).await?.as_secs_f64() * 1e3);
+
+            let leaving = members.pop().expect("the member that joined");
+            let event = Instant::now();
+            *shared.resume.lock().expect("resume lock") = Some((event, HashMap::new()));
+            leaving.finish().await?;
+            leave_ms
+                .push(time_to_resume(&shared, partitions.len(), timeout, &members, event).await?.as_secs_f64() * 1e3);
+        }
+        Ok::<_, anyhow::Error>((join_ms, leave_ms))
+    }
+    .await;
+    for m in members {
+        let _ = m.finish().await;
+    }
+    stop_trickle.store(true, Ordering::Relaxed);
+    let _ = trickler.await;
+    let (mut join_ms, mut leave_ms) = outcome?;
+
+    let figures = GroupFigures {
+        topic: args.topic.clone(),
+        partitions: partitions.len(),
+        throughput,
+        rebalance_join: rebalance_figures(&mut join_ms),
+        rebalance_leave: rebalance_figures(&mut leave_ms),
+        time_to_resume_measured: "from the join (subscribe) or leave (close) until every partition delivered a \
+                                  record to a member assigned it by the rebalance",
+        peak_rss_bytes: peak_rss_bytes(None)?,
+    };
+    for (what, f) in [("joins", &figures.rebalance_join), ("leaves", &figures.rebalance_leave)] {
+        print_out(&format!(
+            "rebalance when a member {} a group of {}: time-to-resume p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)\n",
+            what.trim_end_matches('s'),
+            args.members + usize::from(what == "leaves"),
+            f.ms_p50,
+            f.ms_p99,
+            f.ms_max,
+            f.samples
+        ));
+    }
+    write_json(&args.json, &figures)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebalance_percentiles_use_nearest_rank() {
+        let f = rebalance_figures(&mut [30.0, 10.0, 20.0, 40.0]);
+        assert_eq!((f.samples, f.ms_p50, f.ms_p99, f.ms_max), (4, 20.0, 40.0, 40.0));
+        let f = rebalance_figures(&mut []);
+        assert_eq!((f.samples, f.ms_p50), (0, 0.0));
+    }
 
     #[test]
     fn shares_split_evenly_and_sum_to_the_total() {

@@ -1,8 +1,13 @@
 //! `spate consume`: print records of a topic, like `kafka-console-consumer.sh`, with manual
-//! assignment (all partitions of the topic, or one with `--partition`). Output is flushed after
-//! every polled batch, so a pipe sees records as they arrive.
+//! assignment (all partitions of the topic, or one with `--partition`), or as a member of a
+//! consumer group with `--group` (the group assigns the partitions; positions are committed
+//! every `auto.commit.interval.ms` and on exit). Output is flushed after every polled batch, so
+//! a pipe sees records as they arrive.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -53,8 +58,13 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub topic: String,
     /// Start at the earliest offset of every partition (default: at the end, only new records).
+    /// With --group: where partitions without a committed offset start (`auto.offset.reset`).
     #[arg(long = "from-beginning", conflicts_with = "offset")]
     pub from_beginning: bool,
+    /// Consume as a member of this consumer group (`group.id`): the group shares the topic's
+    /// partitions among its members and resumes from its committed offsets.
+    #[arg(long, conflicts_with = "partition")]
+    pub group: Option<String>,
     /// Read only this partition (default: all partitions of the topic).
     #[arg(long)]
     pub partition: Option<i32>,
@@ -125,25 +135,40 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
         client_id: "spate-console-consumer".into(),
         auto_offset_reset: if args.from_beginning { AutoOffsetReset::Earliest } else { AutoOffsetReset::Latest },
         max_poll_records: 4096,
+        group_id: args.group.clone(),
         ..ConsumerConfig::default()
     })
     .await
     .context("starting the consumer")?;
-    let partitions: Vec<TopicPartition> = match args.partition {
-        Some(p) => vec![TopicPartition::new(args.topic.clone(), p)],
-        None => {
-            let topic = consumer.cluster().topic(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
-            topic.partitions.iter().map(|p| TopicPartition::new(args.topic.clone(), p.partition)).collect()
-        }
-    };
-    if partitions.is_empty() {
+    let topic = consumer.cluster().topic(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
+    if topic.partitions.is_empty() {
         bail!("topic {} has no partitions", args.topic);
     }
-    consumer.assign(partitions.clone()).await?;
-    match (args.offset, args.from_beginning) {
-        (Some(StartOffset::At(offset)), _) => consumer.seek(&partitions[0], offset).await?,
-        (Some(StartOffset::Earliest), _) | (None, true) => consumer.seek_to_beginning(&[]).await?,
-        (Some(StartOffset::Latest), _) | (None, false) => consumer.seek_to_end(&[]).await?,
+    if let Some(group) = &args.group {
+        consumer.subscribe(&[args.topic.as_str()]).await.with_context(|| format!("joining group {group}"))?;
+    } else {
+        let partitions: Vec<TopicPartition> = match args.partition {
+            Some(p) => vec![TopicPartition::new(args.topic.clone(), p)],
+            None => topic.partitions.iter().map(|p| TopicPartition::new(args.topic.clone(), p.partition)).collect(),
+        };
+        consumer.assign(partitions.clone()).await?;
+        match (args.offset, args.from_beginning) {
+            (Some(StartOffset::At(offset)), _) => consumer.seek(&partitions[0], offset).await?,
+            (Some(StartOffset::Earliest), _) | (None, true) => consumer.seek_to_beginning(&[]).await?,
+            (Some(StartOffset::Latest), _) | (None, false) => consumer.seek_to_end(&[]).await?,
+        }
+    }
+
+    // Ctrl-C ends the loop between polls (not inside one, whose records would then be neither
+    // printed nor re-read), so the group commits exactly what was printed.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, Ordering::Relaxed);
+            }
+        });
     }
 
     let timeout = args.timeout_ms.map(Duration::from_millis);
@@ -151,7 +176,8 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     let mut count = 0u64;
     let mut last_record_at = Instant::now();
     let done = |count: u64| args.max_messages.is_some_and(|max| count >= max);
-    while !done(count) {
+    let mut result = Ok(());
+    while !done(count) && !interrupted.load(Ordering::Relaxed) {
         let wait = match timeout {
             Some(t) => match t.checked_sub(last_record_at.elapsed()) {
                 Some(left) if !left.is_zero() => left.min(Duration::from_secs(1)),
@@ -159,12 +185,19 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
             },
             None => Duration::from_secs(1),
         };
-        let records = consumer.poll(wait).await?;
+        let records = match consumer.poll(wait).await {
+            Ok(records) => records,
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
+        };
         if records.is_empty() {
             continue;
         }
         last_record_at = Instant::now();
         let mut written = Ok(());
+        let mut printed = 0;
         for record in &records {
             if done(count) {
                 break;
@@ -174,16 +207,42 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
                 break;
             }
             count += 1;
+            printed += 1;
+        }
+        if printed < records.len() && args.group.is_some() {
+            // --max-messages cut the batch: move back to the first record not printed, so the
+            // commit on close covers only what was printed.
+            for (tp, offset) in first_offsets(&records[printed..]) {
+                consumer.seek(&tp, offset).await?;
+            }
         }
         match written.and_then(|()| out.flush()) {
             Ok(()) => {}
             // The reader went away (`| head`): stop quietly, as a Unix filter does.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-            Err(e) => return Err(e).context("writing to stdout"),
+            Err(e) => {
+                result = Err(anyhow::Error::new(e).context("writing to stdout"));
+                break;
+            }
         }
     }
+    if let Some(group) = &args.group {
+        // Commits the positions (what was printed) and leaves the group, so its partitions go
+        // to the other members at once rather than after the session timeout.
+        let closed = consumer.close().await.with_context(|| format!("committing offsets of group {group}"));
+        result = result.and(closed);
+    }
     eprintln!("Processed a total of {count} messages");
-    Ok(())
+    result
+}
+
+/// The first offset of each partition among `records`.
+fn first_offsets(records: &[ConsumerRecord]) -> BTreeMap<TopicPartition, i64> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        out.entry(TopicPartition::new(&*r.topic, r.partition)).or_insert(r.offset);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -246,6 +305,22 @@ mod tests {
         assert_eq!(v["key"], "k");
         assert_eq!(v["value"], json!({ "base64": "/wA=" }));
         assert_eq!(v["headers"], json!([{ "key": "h", "value": null }]));
+    }
+
+    #[test]
+    fn groups_exclude_manual_partitions() {
+        assert_eq!(args(&["--group", "g"]).unwrap().group.as_deref(), Some("g"));
+        assert!(args(&["--group", "g", "--partition", "0"]).is_err());
+        assert!(args(&["--group", "g", "--from-beginning"]).is_ok());
+        let mut second = record();
+        second.partition = 1;
+        second.offset = 7;
+        let mut later = record();
+        later.offset = 42;
+        assert_eq!(
+            first_offsets(&[record(), second, later]),
+            BTreeMap::from([(TopicPartition::new("t", 1), 7), (TopicPartition::new("t", 2), 41)])
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ import time
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from spatetest import DUMMY_GROUP, client_config, create_topic, unique_topic, watermarks
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+from spatetest import DUMMY_GROUP, admin, client_config, create_topic, unique_topic, watermarks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,10 +101,8 @@ def compacted_view(records: dict[int, tuple[str, str | None]], keep_tombstones: 
     return sorted(kept)
 
 
-def read_log(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[int, list[tuple[int, str, str | None]]]:
-    """Reads partition 0 from its start to its end; returns (the end offset the read stopped at, the
-    records as (offset, key, value))."""
-    consumer = Consumer(
+def log_reader(bootstrap: str) -> Consumer:
+    return Consumer(
         client_config(
             bootstrap,
             **{
@@ -113,6 +113,14 @@ def read_log(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[int, 
             },
         )
     )
+
+
+def read_log(bootstrap: str, topic: str, consumer: Consumer | None = None, timeout_s: float = 30.0):
+    """Reads partition 0 from its start to its end (with `consumer`, or a consumer of its own); returns
+    (the end offset the read stopped at, the records as (offset, key, value))."""
+    own = consumer is None
+    if own:
+        consumer = log_reader(bootstrap)
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         records = []
@@ -129,7 +137,10 @@ def read_log(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[int, 
             records.append((msg.offset(), msg.key().decode(), value))
         raise AssertionError(f"did not reach the end of {topic} within {timeout_s}s ({len(records)} records read)")
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
+        else:
+            consumer.unassign()
 
 
 def check_consistent(end: int, records, produced: dict[int, tuple[str, str | None]]) -> None:
@@ -149,6 +160,17 @@ def check_consistent(end: int, records, produced: dict[int, tuple[str, str | Non
             assert off in present, f"{key}: its latest value at offset {off} is missing (end {end})"
 
 
+def set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)],
+    )
+    # Keep the client referenced until the future resolves: a collected AdminClient cancels it.
+    client = admin(bootstrap)
+    client.incremental_alter_configs([resource])[resource].result(timeout=20)
+
+
 def segment_bytes_on_disk(broker, topic: str) -> int:
     return sum(f.stat().st_size for f in (broker.data_dir / f"{topic}-0").glob("*.log"))
 
@@ -165,13 +187,16 @@ class Reader(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self):
+        consumer = log_reader(self.bootstrap)
         try:
-            while not self.stop_event.is_set() and len(self.passes) < 400:
-                end, records = read_log(self.bootstrap, self.topic)
+            while not self.stop_event.is_set() and len(self.passes) < 2000:
+                end, records = read_log(self.bootstrap, self.topic, consumer)
                 self.passes.append((time.time(), end, records))
-                time.sleep(0.05)
+                time.sleep(0.01)
         except BaseException as e:  # reported by the test thread
             self.error = e
+        finally:
+            consumer.close()
 
     def stop(self):
         self.stop_event.set()
@@ -199,7 +224,9 @@ def wait_for_log(bootstrap: str, topic: str, wants: list, timeout_s: float, what
 def test_compaction_keeps_latest_per_key_drops_tombstones_and_reads_stay_consistent(cleaner_broker):
     broker = cleaner_broker
     topic = unique_topic("compact")
-    create_topic(broker.bootstrap, topic, partitions=1, config=COMPACTED)
+    # The cleaner is held off (records younger than an hour are not compacted) until the whole history
+    # is written, so that the log's size and segments before cleaning are known.
+    create_topic(broker.bootstrap, topic, partitions=1, config={**COMPACTED, "min.compaction.lag.ms": "3600000"})
     log = Log(broker.bootstrap, topic)
 
     # Five rounds of values for every key, then tombstones for some keys, then records with keys of their
@@ -217,6 +244,11 @@ def test_compaction_keeps_latest_per_key_drops_tombstones_and_reads_stay_consist
     reader = Reader(broker.bootstrap, topic)
     reader.start()
     try:
+        deadline = time.monotonic() + 30
+        while not reader.passes and reader.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reader.passes and len(reader.passes[0][2]) == 135, "the reader saw no uncleaned log first"
+        set_topic_config(broker.bootstrap, topic, "min.compaction.lag.ms", "0")
         # First cleaning: one record per key remains, each at its original offset, tombstones included
         # (unless the cleaner came so late that delete.retention.ms had already passed).
         wait_for_log(
@@ -229,10 +261,10 @@ def test_compaction_keeps_latest_per_key_drops_tombstones_and_reads_stay_consist
         assert watermarks(broker.bootstrap, topic, 0) == (0, 135), "compaction must not move the log start or end"
         assert segment_bytes_on_disk(broker, topic) < bytes_before, "the segments on disk did not shrink"
 
-        # Once delete.retention.ms has passed (with a margin for the records written just after the
-        # tombstones, which share their segment), more updates make the log dirty again, and the next
-        # cleaning drops the tombstones too.
-        time.sleep(max(0.0, tombstones_written_at + DELETE_RETENTION_MS / 1000 + 1.5 - time.time()))
+        # Once delete.retention.ms has passed since that cleaning (Kafka counts it from the cleaning
+        # that first kept the tombstones), more updates make the log dirty again, and the next cleaning
+        # drops the tombstones too.
+        time.sleep(DELETE_RETENTION_MS / 1000 + 0.5)
         log.produce((key, f"{key}=v5") for key in UPDATED_LATER)
         log.produce((f"filler-b{i:02d}", f"b{i}" + "." * 40) for i in range(30))
         produced = log.snapshot()

@@ -410,10 +410,10 @@ def test_group_exactly_once_when_stable_at_least_once_across_join_and_kill(group
         assert not m.log().failed_commits, m.log().failed_commits
 
     # Phase 2: a fourth member joins while records keep coming; the group settles as 2,2,1,1. The fourth
-    # member commits only every 150 records and processes slowly, so that it has read records it has
+    # member commits only every 30 records and processes slowly, so that it has read records it has
     # not committed when it is killed below.
     produced |= produce_numbered(bootstrap, topic, partitions, 50, "two-before")
-    d = members("d", bootstrap, topic, group, commit_every=150, batch=20, pause_per_batch_s=0.05)
+    d = members("d", bootstrap, topic, group, commit_every=30, batch=20, pause_per_batch_s=0.05)
     assignment = wait_stable([a, b, c, d], partitions, [1, 1, 2, 2])
     produced |= produce_numbered(bootstrap, topic, partitions, 50, "two-after")
     wait_until(
@@ -759,8 +759,12 @@ def test_mixed_group_of_spate_cli_and_librdkafka_shares_partitions(group_broker,
         assert described.partition_assignor == "range"
         spate_member = next(m for m in described.members if m.client_id != "rdkafka")
         spate_partitions = sorted(tp.partition for tp in spate_member.assignment.topic_partitions)
-        wait_stable([rdkafka], partitions, [2])
-        rdkafka_partitions = rdkafka.log().assignment
+        rdkafka_partitions = wait_until(
+            lambda: (a := rdkafka.log().assignment) is not None and len(a) == 2 and a,
+            30,
+            "the librdkafka member to hold two partitions",
+            describe=state,
+        )
         assert sorted(spate_partitions + rdkafka_partitions) == list(range(partitions))
 
         produced = produce_numbered(bootstrap, topic, partitions, 100, "m")

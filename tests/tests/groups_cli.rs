@@ -325,3 +325,69 @@ fn active_groups_are_described_with_members_and_refuse_resets() {
     let err = spate_err(&broker, &["groups", "--delete", "--group", group]);
     assert!(err.contains("NON_EMPTY_GROUP"), "{err}");
 }
+
+#[test]
+fn console_consumers_in_a_group_resume_from_commits_and_show_in_describe() {
+    let rt = runtime();
+    let broker = TestBroker::start(BROKER_ARGS).unwrap();
+    rt.block_on(topic_with_records(&broker, "clicks", 3, 10));
+    let group = "dashboard";
+
+    // --max-messages cuts a polled batch: only what was printed is committed.
+    let first = spate_ok(
+        &broker,
+        &["consume", "--topic", "clicks", "--group", group, "--from-beginning", "--max-messages", "12"],
+    );
+    assert_eq!(first.lines().count(), 12, "{first}");
+    let after_first = committed(&rt, &broker, group);
+    assert_eq!(after_first.values().sum::<i64>(), 12, "{after_first:?}");
+
+    // A long-running member shows in describe; Ctrl-C commits what it printed and leaves.
+    let mut child = Command::new(spate_bin())
+        .args(["consume", "--topic", "clicks", "--group", group, "--bootstrap-server", &broker.bootstrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let described = loop {
+        let out = spate_ok(&broker, &["groups", "--describe", "--group", group]);
+        if out.contains("Stable") && out.contains("spate-console-consumer") && !out.contains("no active members") {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "the console consumer never joined:\n{out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let owned: Vec<Vec<&str>> = rows(&described, group).into_iter().filter(|r| r.get(1) == Some(&"clicks")).collect();
+    assert_eq!(owned.len(), 3, "{described}");
+    assert!(owned.iter().all(|r| r[8] == "spate-console-consumer" && r[6] != "-"), "{described}");
+    // Wait for the 18 records not read before, then interrupt it (most likely before its first
+    // auto-commit, 5 s in, so the offsets checked below are the commit on exit).
+    let stdout = child.stdout.take().unwrap();
+    let (read_18, got_18) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut read = 0;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.is_err() {
+                break;
+            }
+            read += 1;
+            if read == 18 {
+                let _ = read_18.send(());
+            }
+        }
+        read
+    });
+    got_18.recv_timeout(std::time::Duration::from_secs(30)).expect("18 records within 30 s");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(reader.join().unwrap(), 18, "the 18 records not read before, once each");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Processed a total of 18 messages"));
+    assert_eq!(committed(&rt, &broker, group), offsets(&[("clicks", 0, 10), ("clicks", 1, 10), ("clicks", 2, 10)]));
+    let described = spate_ok(&broker, &["groups", "--describe", "--group", group, "--state"]);
+    assert!(described.contains("Empty"), "it left the group on exit: {described}");
+}

@@ -44,7 +44,7 @@ pub const ASSIGNMENT_VERSION: i16 = 3;
 pub const NO_GENERATION: i32 = -1;
 
 /// What a member asks for: the decoded `ConsumerProtocolSubscription`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub topics: Vec<String>,
     pub user_data: Option<Bytes>,
@@ -53,6 +53,18 @@ pub struct Subscription {
     /// The generation in which it got them (v2+), [`NO_GENERATION`] when unknown.
     pub generation_id: i32,
     pub rack_id: Option<String>,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Subscription {
+            topics: Vec::new(),
+            user_data: None,
+            owned_partitions: Vec::new(),
+            generation_id: NO_GENERATION,
+            rack_id: None,
+        }
+    }
 }
 
 /// What a member is given: the decoded `ConsumerProtocolAssignment`.
@@ -154,7 +166,9 @@ impl FromStr for Assignor {
             "cooperative-sticky" | "org.apache.kafka.clients.consumer.CooperativeStickyAssignor" => {
                 Ok(Assignor::CooperativeSticky)
             }
-            other => Err(format!("unknown partition.assignment.strategy '{other}' (expected range, roundrobin or cooperative-sticky)")),
+            other => Err(format!(
+                "unknown partition.assignment.strategy '{other}' (expected range, roundrobin or cooperative-sticky)"
+            )),
         }
     }
 }
@@ -163,8 +177,8 @@ impl FromStr for Assignor {
 /// support (the Java client's rule, so `[range, cooperative-sticky]` stays eager until `range`
 /// is removed, which is Kafka's documented upgrade path to cooperative rebalancing).
 pub fn rebalance_protocol(assignors: &[Assignor]) -> RebalanceProtocol {
-    let cooperative =
-        !assignors.is_empty() && assignors.iter().all(|a| a.supported_protocols().contains(&RebalanceProtocol::Cooperative));
+    let cooperative = !assignors.is_empty()
+        && assignors.iter().all(|a| a.supported_protocols().contains(&RebalanceProtocol::Cooperative));
     if cooperative {
         RebalanceProtocol::Cooperative
     } else {
@@ -294,15 +308,16 @@ fn sticky(
     if sorted.is_empty() {
         return BTreeMap::new();
     }
-    let eligible = |member: &str, tp: &TopicPartition| {
-        members.iter().any(|m| m.member_id == member && subscribes(m, &tp.topic))
-    };
+    let eligible =
+        |member: &str, tp: &TopicPartition| members.iter().any(|m| m.member_id == member && subscribes(m, &tp.topic));
     let all: Vec<TopicPartition> = partitions_per_topic
         .iter()
         .filter(|(t, _)| members.iter().any(|m| subscribes(m, t)))
         .flat_map(|(t, &n)| (0..n.max(0)).map(move |p| TopicPartition::new(t.clone(), p)))
         .collect();
-    let exists = |tp: &TopicPartition| partitions_per_topic.get(&tp.topic).is_some_and(|&n| tp.partition >= 0 && tp.partition < n);
+    let exists = |tp: &TopicPartition| {
+        partitions_per_topic.get(&tp.topic).is_some_and(|&n| tp.partition >= 0 && tp.partition < n)
+    };
 
     // The valid previous owner of each partition: the claimant of the highest generation; two
     // claimants of the same generation cancel out (the Java assignor's rule).
@@ -387,13 +402,8 @@ fn sticky(
                     break;
                 }
                 // Prefer a partition the giver did not own before, to stay sticky.
-                let was_owned = |tp: &TopicPartition| {
-                    owner.get(tp).is_some_and(|o| o.is_some_and(|(_, m)| m == *from))
-                };
-                let candidate = out[*from]
-                    .iter()
-                    .filter(|tp| eligible(to, tp))
-                    .min_by_key(|tp| was_owned(tp));
+                let was_owned = |tp: &TopicPartition| owner.get(tp).is_some_and(|o| o.is_some_and(|(_, m)| m == *from));
+                let candidate = out[*from].iter().filter(|tp| eligible(to, tp)).min_by_key(|tp| was_owned(tp));
                 if let Some(tp) = candidate {
                     moved = Some((from.to_string(), to.to_string(), tp.clone()));
                     break 'search;
@@ -443,9 +453,7 @@ pub fn encode_subscription(s: &Subscription) -> Bytes {
         )
         .with_generation_id(s.generation_id)
         .with_rack_id(s.rack_id.as_deref().map(str_bytes));
-    encode_versioned(SUBSCRIPTION_VERSION, |buf| {
-        message.encode(buf, SUBSCRIPTION_VERSION).map_err(|e| e.to_string())
-    })
+    encode_versioned(SUBSCRIPTION_VERSION, |buf| message.encode(buf, SUBSCRIPTION_VERSION).map_err(|e| e.to_string()))
 }
 
 /// Encodes an assignment as SyncGroup's per-member blob.
@@ -462,9 +470,7 @@ pub fn encode_assignment(a: &Assignment) -> Bytes {
                 .collect(),
         )
         .with_user_data(a.user_data.clone());
-    encode_versioned(ASSIGNMENT_VERSION, |buf| {
-        message.encode(buf, ASSIGNMENT_VERSION).map_err(|e| e.to_string())
-    })
+    encode_versioned(ASSIGNMENT_VERSION, |buf| message.encode(buf, ASSIGNMENT_VERSION).map_err(|e| e.to_string()))
 }
 
 /// Reads the version prefix; versions above ours decode as ours (later versions only append).
@@ -630,7 +636,6 @@ mod tests {
             group_instance_id: None,
             subscription: Subscription {
                 topics: topics.iter().map(|t| t.to_string()).collect(),
-                generation_id: NO_GENERATION,
                 ..Subscription::default()
             },
         }
@@ -728,9 +733,10 @@ mod tests {
         assert_eq!(got["A"], tps(&[("t", 0)]));
         assert_eq!(got["B"], tps(&[("t", 1)]));
         // Generation also comes from cooperative-sticky's user data (subscription v0/v1).
-        let mut s = Subscription::default();
-        s.generation_id = NO_GENERATION;
-        s.user_data = Assignor::CooperativeSticky.subscription_user_data(7);
+        let s = Subscription {
+            user_data: Assignor::CooperativeSticky.subscription_user_data(7),
+            ..Subscription::default()
+        };
         assert_eq!(member_generation(&s), 7);
     }
 
@@ -760,7 +766,8 @@ mod tests {
         assert_eq!(s.topics, vec!["t".to_string()]);
         assert_eq!(s.generation_id, NO_GENERATION);
         // A future v9 with a trailing field decodes as v3.
-        let mut future = encode_subscription(&Subscription { topics: vec!["x".into()], ..Subscription::default() }).to_vec();
+        let mut future =
+            encode_subscription(&Subscription { topics: vec!["x".into()], ..Subscription::default() }).to_vec();
         future[..2].copy_from_slice(&9i16.to_be_bytes());
         future.extend_from_slice(&[1, 2, 3]);
         assert_eq!(decode_subscription(&future).unwrap().topics, vec!["x".to_string()]);

@@ -195,7 +195,10 @@ impl Coordinator {
         };
         let Ok(version) = conn.version(ApiKey::LeaveGroup) else { return };
         let Some(request) = self.lock().leave_request(version, reason) else { return };
-        let sent = tokio::time::timeout(self.request_timeout, conn.send::<_, LeaveGroupResponse>(ApiKey::LeaveGroup, version, &request));
+        let sent = tokio::time::timeout(
+            self.request_timeout,
+            conn.send::<_, LeaveGroupResponse>(ApiKey::LeaveGroup, version, &request),
+        );
         match sent.await {
             Ok(Ok(r)) if ErrorCode(r.error_code).is_ok() => info!(group = %self.group_id, reason, "left the group"),
             Ok(Ok(r)) => debug!(group = %self.group_id, error = %ErrorCode(r.error_code), "leave group failed"),
@@ -260,7 +263,10 @@ impl Coordinator {
         let response = tokio::time::timeout(self.request_timeout, send)
             .await
             .map_err(|_| {
-                let e = Error::Timeout { peer: conn.peer().to_string(), timeout_ms: self.request_timeout.as_millis() as u64 };
+                let e = Error::Timeout {
+                    peer: conn.peer().to_string(),
+                    timeout_ms: self.request_timeout.as_millis() as u64,
+                };
                 (e, CommitFailure::CoordinatorLost)
             })?
             .map_err(classify)?;

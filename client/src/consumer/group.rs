@@ -17,11 +17,11 @@ use bytes::Bytes;
 
 use crate::protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use crate::protocol::messages::leave_group_request::MemberIdentity;
+use crate::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use crate::protocol::messages::{
     GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
     SyncGroupResponse,
 };
-use crate::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use crate::protocol::{str_bytes, ErrorCode};
 
 use super::assignor::{CONSUMER_PROTOCOL_TYPE, NO_GENERATION};
@@ -223,7 +223,9 @@ impl Membership {
             .with_protocols(
                 protocols
                     .into_iter()
-                    .map(|(name, metadata)| JoinGroupRequestProtocol::default().with_name(str_bytes(name)).with_metadata(metadata))
+                    .map(|(name, metadata)| {
+                        JoinGroupRequestProtocol::default().with_name(str_bytes(name)).with_metadata(metadata)
+                    })
                     .collect(),
             )
             .with_reason(if version >= 8 { reason.map(str_bytes) } else { None })
@@ -310,7 +312,9 @@ impl Membership {
                 assignments
                     .into_iter()
                     .map(|(member_id, assignment)| {
-                        SyncGroupRequestAssignment::default().with_member_id(str_bytes(member_id)).with_assignment(assignment)
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(str_bytes(member_id))
+                            .with_assignment(assignment)
                     })
                     .collect(),
             )
@@ -383,7 +387,8 @@ impl Membership {
     /// Whether no heartbeat has succeeded within the session timeout: the coordinator is
     /// presumed gone (the Java client then marks it unknown and looks it up again).
     pub fn session_expired(&self, now_ms: i64) -> bool {
-        self.state == MemberState::Stable && now_ms - self.last_heartbeat_ok_ms > i64::from(self.config.session_timeout_ms)
+        self.state == MemberState::Stable
+            && now_ms - self.last_heartbeat_ok_ms > i64::from(self.config.session_timeout_ms)
     }
 
     /// Builds a heartbeat when one is due.
@@ -498,7 +503,9 @@ mod tests {
             .with_protocol_type(Some(str_bytes("consumer")))
             .with_protocol_name(Some(str_bytes("range")))
             .with_members(if member == leader {
-                vec![JoinGroupResponseMember::default().with_member_id(str_bytes(member)).with_metadata(Bytes::from_static(b"m"))]
+                vec![JoinGroupResponseMember::default()
+                    .with_member_id(str_bytes(member))
+                    .with_metadata(Bytes::from_static(b"m"))]
             } else {
                 Vec::new()
             })
@@ -511,7 +518,10 @@ mod tests {
     /// Brings a member to Stable at `generation` as `member`.
     fn stable(m: &mut Membership, member: &str, generation: i32, now_ms: i64) {
         m.join_request(7, protocols());
-        assert!(matches!(m.on_join_response(&joined(member, "leader", generation)), JoinOutcome::Joined { leader: false, .. }));
+        assert!(matches!(
+            m.on_join_response(&joined(member, "leader", generation)),
+            JoinOutcome::Joined { leader: false, .. }
+        ));
         let sync = SyncGroupResponse::default().with_assignment(Bytes::from_static(b"a"));
         assert_eq!(m.on_sync_response(&sync, now_ms), SyncOutcome::Assigned(Bytes::from_static(b"a")));
     }
@@ -543,7 +553,9 @@ mod tests {
         assert_eq!((sync.generation_id, sync.member_id.as_str()), (1, "m-1"));
         assert_eq!(sync.protocol_name.as_ref().map(|p| p.as_str()), Some("range"));
         assert_eq!(sync.assignments.len(), 1);
-        let resp = SyncGroupResponse::default().with_protocol_name(Some(str_bytes("range"))).with_assignment(Bytes::from_static(b"a"));
+        let resp = SyncGroupResponse::default()
+            .with_protocol_name(Some(str_bytes("range")))
+            .with_assignment(Bytes::from_static(b"a"));
         assert!(matches!(m.on_sync_response(&resp, 5), SyncOutcome::Assigned(_)));
         assert_eq!(m.state(), MemberState::Stable);
         assert!(!m.needs_join());

@@ -204,10 +204,9 @@ impl ConsumerConfig {
         if self.group_instance_id.as_deref() == Some("") {
             return bad("group.instance.id must not be empty".into());
         }
-        for (name, value) in [
-            ("session.timeout.ms", self.session_timeout_ms),
-            ("max.poll.interval.ms", self.max_poll_interval_ms),
-        ] {
+        for (name, value) in
+            [("session.timeout.ms", self.session_timeout_ms), ("max.poll.interval.ms", self.max_poll_interval_ms)]
+        {
             if value == 0 || value > i32::MAX as u64 {
                 return bad(format!("{name} {value} is out of range"));
             }

@@ -15,7 +15,6 @@ use crate::protocol::messages::{
 };
 use crate::protocol::{str_bytes, ErrorCode};
 
-
 /// A committed offset: the next offset to consume, with the leader epoch of the record before
 /// it when known and free-form metadata (Kafka's `OffsetAndMetadata`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +86,9 @@ pub(crate) fn commit_request(
 pub(crate) enum CommitFailure {
     /// The member is no longer in this generation (the group rebalanced without it or it was
     /// fenced): the commit cannot succeed; rejoin.
-    Fenced { reset_member_id: bool },
+    Fenced {
+        reset_member_id: bool,
+    },
     /// A rebalance is in progress: rejoin, then the partitions may be elsewhere.
     Rebalancing,
     /// Find the coordinator again and retry.
@@ -112,7 +113,9 @@ pub(crate) fn commit_result(group_id: &str, response: &OffsetCommitResponse) -> 
     let Some((code, tp)) = worst else { return Ok(()) };
     let failure = match code {
         ErrorCode::UNKNOWN_MEMBER_ID => CommitFailure::Fenced { reset_member_id: true },
-        ErrorCode::ILLEGAL_GENERATION | ErrorCode::FENCED_INSTANCE_ID => CommitFailure::Fenced { reset_member_id: false },
+        ErrorCode::ILLEGAL_GENERATION | ErrorCode::FENCED_INSTANCE_ID => {
+            CommitFailure::Fenced { reset_member_id: false }
+        }
         ErrorCode::REBALANCE_IN_PROGRESS => CommitFailure::Rebalancing,
         ErrorCode::COORDINATOR_NOT_AVAILABLE | ErrorCode::NOT_COORDINATOR => CommitFailure::CoordinatorLost,
         ErrorCode::COORDINATOR_LOAD_IN_PROGRESS | ErrorCode::REQUEST_TIMED_OUT => CommitFailure::Retriable,
@@ -186,14 +189,25 @@ pub(crate) fn fetch_result(
         Ok(())
     };
     if version >= 8 {
-        let group = response.groups.iter().find(|g| g.group_id.0.as_str() == group_id).ok_or(ErrorCode::UNKNOWN_SERVER_ERROR)?;
+        let group = response
+            .groups
+            .iter()
+            .find(|g| g.group_id.0.as_str() == group_id)
+            .ok_or(ErrorCode::UNKNOWN_SERVER_ERROR)?;
         if !ErrorCode(group.error_code).is_ok() {
             return Err(ErrorCode(group.error_code));
         }
         for t in &group.topics {
             for p in &t.partitions {
                 let metadata = p.metadata.as_ref().map(|m| m.to_string());
-                add(t.name.0.as_str(), p.partition_index, p.committed_offset, p.committed_leader_epoch, metadata, p.error_code)?;
+                add(
+                    t.name.0.as_str(),
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    metadata,
+                    p.error_code,
+                )?;
             }
         }
     } else {
@@ -203,7 +217,14 @@ pub(crate) fn fetch_result(
         for t in &response.topics {
             for p in &t.partitions {
                 let metadata = p.metadata.as_ref().map(|m| m.to_string());
-                add(t.name.0.as_str(), p.partition_index, p.committed_offset, p.committed_leader_epoch, metadata, p.error_code)?;
+                add(
+                    t.name.0.as_str(),
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    metadata,
+                    p.error_code,
+                )?;
             }
         }
     }
@@ -215,8 +236,8 @@ mod tests {
     use super::*;
     use crate::protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
     use crate::protocol::messages::offset_fetch_response::{
-        OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-        OffsetFetchResponseTopics,
+        OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+        OffsetFetchResponseTopic, OffsetFetchResponseTopics,
     };
     use crate::protocol::{decode_body, encode_request, ApiKey};
     use bytes::BytesMut;
@@ -262,10 +283,22 @@ mod tests {
         assert_eq!(failure, CommitFailure::Fenced { reset_member_id: false });
         assert_eq!(err.code(), Some(ErrorCode::ILLEGAL_GENERATION));
         assert!(err.to_string().contains("t-1"), "{err}");
-        assert_eq!(commit_result("g", &resp(ErrorCode::UNKNOWN_MEMBER_ID)).unwrap_err().1, CommitFailure::Fenced { reset_member_id: true });
-        assert_eq!(commit_result("g", &resp(ErrorCode::REBALANCE_IN_PROGRESS)).unwrap_err().1, CommitFailure::Rebalancing);
-        assert_eq!(commit_result("g", &resp(ErrorCode::NOT_COORDINATOR)).unwrap_err().1, CommitFailure::CoordinatorLost);
-        assert_eq!(commit_result("g", &resp(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)).unwrap_err().1, CommitFailure::Fatal);
+        assert_eq!(
+            commit_result("g", &resp(ErrorCode::UNKNOWN_MEMBER_ID)).unwrap_err().1,
+            CommitFailure::Fenced { reset_member_id: true }
+        );
+        assert_eq!(
+            commit_result("g", &resp(ErrorCode::REBALANCE_IN_PROGRESS)).unwrap_err().1,
+            CommitFailure::Rebalancing
+        );
+        assert_eq!(
+            commit_result("g", &resp(ErrorCode::NOT_COORDINATOR)).unwrap_err().1,
+            CommitFailure::CoordinatorLost
+        );
+        assert_eq!(
+            commit_result("g", &resp(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)).unwrap_err().1,
+            CommitFailure::Fatal
+        );
     }
 
     #[test]
@@ -298,21 +331,27 @@ mod tests {
         let v7 = OffsetFetchResponse::default().with_topics(vec![OffsetFetchResponseTopic::default()
             .with_name(TopicName(str_bytes("t")))
             .with_partitions(vec![
-                OffsetFetchResponsePartition::default().with_partition_index(0).with_committed_offset(42).with_committed_leader_epoch(3),
+                OffsetFetchResponsePartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(42)
+                    .with_committed_leader_epoch(3),
                 OffsetFetchResponsePartition::default().with_partition_index(1).with_committed_offset(-1),
             ])]);
         let got = fetch_result(7, "g", &v7).unwrap();
-        assert_eq!(got[&TopicPartition::new("t", 0)], Some(OffsetAndMetadata { offset: 42, leader_epoch: Some(3), metadata: None }));
+        assert_eq!(
+            got[&TopicPartition::new("t", 0)],
+            Some(OffsetAndMetadata { offset: 42, leader_epoch: Some(3), metadata: None })
+        );
         assert_eq!(got[&TopicPartition::new("t", 1)], None);
 
         let v8 = OffsetFetchResponse::default().with_groups(vec![OffsetFetchResponseGroup::default()
             .with_group_id(GroupId(str_bytes("g")))
-            .with_topics(vec![OffsetFetchResponseTopics::default().with_name(TopicName(str_bytes("t"))).with_partitions(
-                vec![OffsetFetchResponsePartitions::default()
+            .with_topics(vec![OffsetFetchResponseTopics::default()
+                .with_name(TopicName(str_bytes("t")))
+                .with_partitions(vec![OffsetFetchResponsePartitions::default()
                     .with_partition_index(2)
                     .with_committed_offset(7)
-                    .with_metadata(Some(str_bytes("meta")))],
-            )])]);
+                    .with_metadata(Some(str_bytes("meta")))])])]);
         let got = fetch_result(8, "g", &v8).unwrap();
         assert_eq!(got[&TopicPartition::new("t", 2)].as_ref().unwrap().metadata.as_deref(), Some("meta"));
 

@@ -39,7 +39,11 @@ pub trait RebalanceListener: Send + Sync {
     /// Partitions are about to go to another member: the last chance to commit their
     /// positions. Eager rebalancing revokes everything before each rebalance; cooperative
     /// rebalancing only what moves, after the rebalance.
-    fn on_partitions_revoked<'a>(&'a self, consumer: &'a Consumer, partitions: &'a [TopicPartition]) -> ListenerFuture<'a> {
+    fn on_partitions_revoked<'a>(
+        &'a self,
+        consumer: &'a Consumer,
+        partitions: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
         let _ = (consumer, partitions);
         Box::pin(std::future::ready(()))
     }
@@ -47,7 +51,11 @@ pub trait RebalanceListener: Send + Sync {
     /// Partitions newly assigned (all of the assignment after an eager rebalance, only the
     /// additions after a cooperative one; called after every rebalance, possibly empty).
     /// Positions start at the committed offsets unless sought here.
-    fn on_partitions_assigned<'a>(&'a self, consumer: &'a Consumer, partitions: &'a [TopicPartition]) -> ListenerFuture<'a> {
+    fn on_partitions_assigned<'a>(
+        &'a self,
+        consumer: &'a Consumer,
+        partitions: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
         let _ = (consumer, partitions);
         Box::pin(std::future::ready(()))
     }
@@ -55,7 +63,11 @@ pub trait RebalanceListener: Send + Sync {
     /// Partitions already owned by another member (this one was fenced out of the group, e.g.
     /// after missing its session timeout): committing them would fail. Defaults to
     /// `on_partitions_revoked`.
-    fn on_partitions_lost<'a>(&'a self, consumer: &'a Consumer, partitions: &'a [TopicPartition]) -> ListenerFuture<'a> {
+    fn on_partitions_lost<'a>(
+        &'a self,
+        consumer: &'a Consumer,
+        partitions: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
         self.on_partitions_revoked(consumer, partitions)
     }
 }
@@ -67,7 +79,10 @@ enum Subscribed {
     /// `assign`ed partitions.
     Manual,
     Topics(BTreeSet<String>),
-    Pattern { pattern: Regex, matched: BTreeSet<String> },
+    Pattern {
+        pattern: Regex,
+        matched: BTreeSet<String>,
+    },
 }
 
 impl Subscribed {
@@ -234,7 +249,11 @@ impl Consumer {
     }
 
     /// [`Consumer::subscribe_pattern`] with a listener.
-    pub async fn subscribe_pattern_with_listener(&self, pattern: &str, listener: Arc<dyn RebalanceListener>) -> Result<()> {
+    pub async fn subscribe_pattern_with_listener(
+        &self,
+        pattern: &str,
+        listener: Arc<dyn RebalanceListener>,
+    ) -> Result<()> {
         self.subscribe_pattern_inner(pattern, Some(listener)).await
     }
 
@@ -248,7 +267,12 @@ impl Consumer {
 
     async fn matching_topics(&self, regex: &Regex) -> Result<BTreeSet<String>> {
         let metadata = self.cluster.refresh_all_topics().await?;
-        Ok(metadata.topics.values().filter(|t| !t.is_internal && regex.is_match(&t.name)).map(|t| t.name.clone()).collect())
+        Ok(metadata
+            .topics
+            .values()
+            .filter(|t| !t.is_internal && regex.is_match(&t.name))
+            .map(|t| t.name.clone())
+            .collect())
     }
 
     fn set_subscription(&self, new: Subscribed, listener: Option<Arc<dyn RebalanceListener>>) -> Result<()> {
@@ -295,7 +319,8 @@ impl Consumer {
             return Ok(());
         };
         let subscribed = g.subscribed();
-        let result = if subscribed.topics().is_some() { self.leave_group(g, "the consumer unsubscribed").await } else { Ok(()) };
+        let result =
+            if subscribed.topics().is_some() { self.leave_group(g, "the consumer unsubscribed").await } else { Ok(()) };
         *g.subscription.lock().expect("subscription lock") = Subscribed::Nothing;
         self.replace_assignment(Vec::new()).await;
         result
@@ -366,7 +391,11 @@ impl Consumer {
 
     /// Sends a commit (as [`Consumer::commit_sync`]) without waiting; `callback` gets the
     /// offsets and the result, on a background task. Commits reach the broker in call order.
-    pub async fn commit_async<F>(&self, offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>, callback: F) -> Result<()>
+    pub async fn commit_async<F>(
+        &self,
+        offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>,
+        callback: F,
+    ) -> Result<()>
     where
         F: FnOnce(&BTreeMap<TopicPartition, OffsetAndMetadata>, Result<()>) + Send + 'static,
     {
@@ -381,7 +410,10 @@ impl Consumer {
     }
 
     /// The group's committed offsets of `partitions` (`None` where it has none).
-    pub async fn committed(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, Option<OffsetAndMetadata>>> {
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, Option<OffsetAndMetadata>>> {
         self.group_or_err("committed")?.coordinator.fetch_committed(partitions).await
     }
 
@@ -412,9 +444,7 @@ impl Consumer {
 
     /// Whether `poll` must stop fetching and rejoin the group.
     pub(super) fn group_needs_rejoin(&self) -> bool {
-        self.group
-            .as_ref()
-            .is_some_and(|g| g.subscribed().topics().is_some() && g.coordinator.lock().needs_join())
+        self.group.as_ref().is_some_and(|g| g.subscribed().topics().is_some() && g.coordinator.lock().needs_join())
     }
 
     /// Resolves when the heartbeat task asks for a rejoin (never without a group).
@@ -474,9 +504,10 @@ impl Consumer {
         if g.coordinator.lock().is_leader() && !rebalance.leader_partition_counts.is_empty() {
             let topics: Vec<&str> = rebalance.leader_partition_counts.keys().map(String::as_str).collect();
             if let Ok(metadata) = self.cluster.refresh_topics(&topics).await {
-                let changed = rebalance.leader_partition_counts.iter().any(|(t, n)| {
-                    metadata.topics.get(t).map(|m| m.partitions.len() as i32) != Some(*n)
-                });
+                let changed = rebalance
+                    .leader_partition_counts
+                    .iter()
+                    .any(|(t, n)| metadata.topics.get(t).map(|m| m.partitions.len() as i32) != Some(*n));
                 if changed {
                     g.coordinator.lock().request_rejoin("partition count of a subscribed topic changed");
                 }
@@ -563,7 +594,10 @@ impl Consumer {
                         Ok(a) => a,
                         Err(source) => {
                             g.coordinator.lock().request_rejoin("undecodable assignment");
-                            return Err(Error::Protocol { peer: format!("group {} leader", g.coordinator.group_id), source });
+                            return Err(Error::Protocol {
+                                peer: format!("group {} leader", g.coordinator.group_id),
+                                source,
+                            });
                         }
                     };
                     self.complete_rebalance(g, assignment.partitions).await;
@@ -674,7 +708,8 @@ impl Consumer {
             partitions = counts.values().sum::<i32>(),
             "computed the group's assignment as leader"
         );
-        rebalance.leader_partition_counts = topic_list.iter().map(|t| (t.to_string(), counts.get(*t).copied().unwrap_or(0))).collect();
+        rebalance.leader_partition_counts =
+            topic_list.iter().map(|t| (t.to_string(), counts.get(*t).copied().unwrap_or(0))).collect();
         Ok(assignment
             .into_iter()
             .map(|(member, partitions)| {
