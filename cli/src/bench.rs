@@ -706,6 +706,7 @@ async fn group_member(
     consumer.subscribe_with_listener(&[topic.as_str()], assigned.clone()).await?;
     while !stop.load(Ordering::Relaxed) {
         let records = consumer.poll(Duration::from_millis(100)).await?;
+        tracing::trace!(client_id = consumer.config().client_id, records = records.len(), "bench member polled");
         if records.is_empty() {
             continue;
         }

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,9 +277,10 @@ class Member:
 
 
 @pytest.fixture
-def members(tmp_path, request):
-    """Returns `start(name, bootstrap, topic, group, **opts) -> Member`; kills every member at teardown
-    and attaches their logs to a failing test's report."""
+def members(tmp_path):
+    """Returns `start(name, bootstrap, topic, group, **opts) -> Member`; kills every member still
+    running at teardown. Their logs stay in the test's tmp_path as member-NAME.log / .stderr, and
+    failing waits print what each member's log says."""
     started: list[Member] = []
 
     def start(name, bootstrap, topic, group, **opts) -> Member:
@@ -290,7 +291,6 @@ def members(tmp_path, request):
     yield start
     for member in started:
         member.ensure_dead()
-    request.node._spate_members = started
 
 
 def describe_members(members_) -> str:
@@ -869,18 +869,18 @@ def test_committed_offsets_survive_broker_restart(group_broker, how):
 # --- spate groups: describe and reset-offsets --------------------------------------------------------
 
 
-def describe_rows(stdout: bytes) -> list[dict[str, str]]:
-    """Rows of `spate groups --describe`'s partition table, keyed by its upper-case column names (as
-    kafka-consumer-groups.sh prints: GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...)."""
-    lines = [line for line in stdout.decode().splitlines() if line.strip()]
+def describe_rows(stdout: bytes, key: str = "LAG") -> list[dict[str, str]]:
+    """Rows of the partition table `spate groups` prints, keyed by its upper-case column names, as
+    kafka-consumer-groups.sh prints them (GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ... for
+    --describe, GROUP TOPIC PARTITION NEW-OFFSET for --reset-offsets); the table is the one whose header
+    has PARTITION and `key`."""
     rows = []
     header = None
-    for line in lines:
+    for line in stdout.decode().splitlines():
         cells = line.split()
-        if "PARTITION" in cells and "LAG" in cells:
+        if "PARTITION" in cells and key in cells:
             header = cells
-            continue
-        if header is not None and len(cells) >= len(header) - 3 and cells[header.index("PARTITION")].isdigit():
+        elif header is not None and len(cells) == len(header) and cells[header.index("PARTITION")].isdigit():
             rows.append(dict(zip(header, cells)))
     return rows
 
@@ -894,8 +894,11 @@ def test_cli_groups_describe_shows_lag_and_reset_offsets_rereads(group_broker):
     create_topic(bootstrap, topic, partitions=partitions)
     produced = produce_numbered(bootstrap, topic, partitions, 10, "d")
 
-    # Commits 10, 4 and 0 of the 10 records in each partition, as a group member would.
-    consumer = Consumer(client_config(bootstrap, **{"group.id": group, **MEMBER_CONFIG}))
+    bs = ["--bootstrap-server", bootstrap]
+    reset = ["groups", *bs, "--reset-offsets", "--group", group, "--topic", topic, "--to-earliest"]
+
+    # A member commits 10, 4 and 0 of the 10 records in each partition.
+    consumer = Consumer(client_config(bootstrap, **{"group.id": group, "client.id": "lagging-member", **MEMBER_CONFIG}))
     try:
         consumer.subscribe([topic])
         deadline = time.monotonic() + 30
@@ -906,27 +909,29 @@ def test_cli_groups_describe_shows_lag_and_reset_offsets_rereads(group_broker):
             offsets=[TopicPartition(topic, 0, 10), TopicPartition(topic, 1, 4), TopicPartition(topic, 2, 0)],
             asynchronous=False,
         )
+
+        assert group in spate_cli(["groups", *bs, "--list"]).stdout.decode().split()
+        rows = describe_rows(spate_cli(["groups", *bs, "--describe", "--group", group]).stdout)
+        mine = [r for r in rows if r["TOPIC"] == topic]
+        table = {int(r["PARTITION"]): (r["CURRENT-OFFSET"], r["LOG-END-OFFSET"], r["LAG"]) for r in mine}
+        assert table == {0: ("10", "10", "0"), 1: ("4", "10", "6"), 2: ("0", "10", "10")}, rows
+        assert {r["CLIENT-ID"] for r in mine} == {"lagging-member"}, rows
+
+        # Offsets of a group with members cannot be reset from outside (its next commit would undo it).
+        refused = spate_cli([*reset, "--execute"], check=False)
+        assert refused.returncode != 0, refused.stdout.decode()
+        assert committed_offsets(bootstrap, group, topic, partitions) == {0: 10, 1: 4, 2: 0}
     finally:
         consumer.close()
-    bs = ["--bootstrap-server", bootstrap]
 
-    listed = spate_cli(["groups", *bs, "--list"]).stdout.decode().split()
-    assert group in listed
-
-    rows = describe_rows(spate_cli(["groups", *bs, "--describe", "--group", group]).stdout)
-    table = {
-        int(r["PARTITION"]): (r["CURRENT-OFFSET"], r["LOG-END-OFFSET"], r["LAG"]) for r in rows if r.get("TOPIC") == topic
-    }
-    assert table == {0: ("10", "10", "0"), 1: ("4", "10", "6"), 2: ("0", "10", "10")}, rows
-
-    # A dry run shows the new offsets and changes nothing.
-    reset = ["groups", *bs, "--reset-offsets", "--group", group, "--topic", topic, "--to-earliest"]
-    spate_cli([*reset, "--dry-run"])
+    # Once the group is empty: a dry run shows the plan and changes nothing, --execute commits it.
+    plan = describe_rows(spate_cli([*reset, "--dry-run"]).stdout, key="NEW-OFFSET")
+    assert {int(r["PARTITION"]): r["NEW-OFFSET"] for r in plan} == {0: "0", 1: "0", 2: "0"}, plan
     assert committed_offsets(bootstrap, group, topic, partitions) == {0: 10, 1: 4, 2: 0}
     spate_cli([*reset, "--execute"])
     assert committed_offsets(bootstrap, group, topic, partitions) == {0: 0, 1: 0, 2: 0}
     rows = describe_rows(spate_cli(["groups", *bs, "--describe", "--group", group]).stdout)
-    assert {int(r["PARTITION"]): r["LAG"] for r in rows if r.get("TOPIC") == topic} == {0: "10", 1: "10", 2: "10"}
+    assert {int(r["PARTITION"]): r["LAG"] for r in rows if r["TOPIC"] == topic} == {0: "10", 1: "10", 2: "10"}
 
     # A consumer of the group now re-reads everything from offset 0.
     consume = ["consume", *bs, "--topic", topic, "--group", group, "--format", "json"]
