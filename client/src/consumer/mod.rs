@@ -27,7 +27,7 @@ pub use assignor::{Assignor, RebalanceProtocol};
 pub use offsets::OffsetAndMetadata;
 pub use subscription::{ListenerFuture, RebalanceListener};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -587,18 +587,23 @@ impl Consumer {
     async fn send_fetches(&self, state: &mut State) {
         let metadata = self.cluster.metadata();
         let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
-        let mut refresh = false;
+        let mut unknown_leader: BTreeSet<&str> = BTreeSet::new();
         for (tp, ps) in &state.assignment {
             if ps.position.is_none() || ps.in_flight || ps.paused || !ps.buffered.is_empty() {
                 continue;
             }
             match metadata.leader(&tp.topic, tp.partition) {
                 Some(leader) => by_leader.entry(leader).or_default().push(tp.clone()),
-                None => refresh = true,
+                None => {
+                    unknown_leader.insert(tp.topic.as_str());
+                }
             }
         }
-        if refresh {
-            if let Err(e) = self.cluster.refresh().await {
+        if !unknown_leader.is_empty() {
+            // Name the topics: a group member that is not the leader may never have looked
+            // them up, and a plain refresh only covers topics already known.
+            let topics: Vec<&str> = unknown_leader.into_iter().collect();
+            if let Err(e) = self.cluster.refresh_topics(&topics).await {
                 debug!(error = %e, "consumer metadata refresh failed");
             }
         }
