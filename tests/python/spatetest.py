@@ -1,5 +1,5 @@
 """Helpers shared by the end-to-end tests: topic admin, producing and consuming with confluent-kafka
-using assigned partitions (consumer groups are not implemented), and running kcat."""
+using assigned partitions (group tests live in test_groups.py), and running kcat."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-# A dummy group id: librdkafka's Consumer insists on one, but we only ever use assign(), never
-# subscribe() or commits, so no group API should be needed.
+# A dummy group id: librdkafka's Consumer insists on one, but these helpers only use assign(),
+# never subscribe() or commits, so no group membership is involved.
 DUMMY_GROUP = "spate-e2e-assign-only"
 
 

@@ -1,7 +1,7 @@
 """confluent-kafka (librdkafka 2.x) against a spate broker: the idempotent producer in every codec with
 exactly-once, in-order delivery per partition; AdminClient topics and configs; offset lookups.
 
-Consumer groups are not implemented yet, so every consumer here uses assign(), never subscribe()."""
+Every consumer here uses assign(); consumer groups are tested in test_groups.py."""
 
 from __future__ import annotations
 
