@@ -1,4 +1,4 @@
-//! `spate bench produce|consume`: load a broker with the Spate client and report throughput,
+//! `spate bench produce|consume|group|e2e`: load a broker with the Spate client and report throughput,
 //! latency and memory, in the spirit of `kafka-producer-perf-test.sh` and
 //! `kafka-consumer-perf-test.sh`.
 //!
@@ -9,6 +9,8 @@
 //! [`CHECK_EVERY`] sends, so an acknowledgement is observed within a few dozen sends of arriving
 //! (microseconds at these rates) as long as batches complete in roughly the order they were
 //! filled, which they do per partition.
+
+mod e2e;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -56,6 +58,9 @@ pub enum BenchCommand {
     /// Consumer groups: throughput with 1 and --members members, and the time to resume
     /// consuming when a member joins or leaves.
     Group(BenchGroupArgs),
+    /// End-to-end latency at a fixed rate: a paced producer and a consumer in one process,
+    /// latency measured from each record's scheduled send instant.
+    E2e(e2e::BenchE2eArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -168,6 +173,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Produce(a) => produce(a).await,
         BenchCommand::Consume(a) => consume(a).await,
         BenchCommand::Group(a) => group(a).await,
+        BenchCommand::E2e(a) => e2e::run(a).await,
     }
 }
 
