@@ -218,11 +218,11 @@ impl Partition {
         *self.durable_offset.borrow() < self.log_end_offset.load(Ordering::Acquire)
     }
 
-    /// Reads whole batches from `offset`, stopping below the high watermark. The file read
-    /// happens outside the partition lock.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
-        let hw = self.high_watermark();
-        let slice = self.lock().log.read(offset, max_bytes, hw)?;
+    /// Reads whole batches from `offset`, stopping below `high_watermark` — the value the caller
+    /// reports alongside the data, so a response never carries records past the high watermark
+    /// it states. The file read happens outside the partition lock.
+    pub fn read(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<Bytes> {
+        let slice = self.lock().log.read(offset, max_bytes, high_watermark)?;
         Ok(slice.read()?)
     }
 

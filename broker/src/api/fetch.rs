@@ -53,7 +53,7 @@ fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes:
                 data.log_start_offset = offsets.log_start_offset;
                 let budget = w.partition_max_bytes.min(max_bytes.saturating_sub(total));
                 if budget > 0 || total == 0 {
-                    match p.read(w.fetch_offset, budget.max(1)) {
+                    match p.read(w.fetch_offset, budget.max(1), offsets.high_watermark) {
                         Ok(bytes) => {
                             total += bytes.len();
                             data.records = Some(bytes);

@@ -472,7 +472,7 @@ fn replay_partition(p: &Partition, state: &mut GroupState, now_ms: i64) -> Resul
     let end = p.high_watermark();
     let mut loaded = 0;
     while offset < end {
-        let bytes = p.read(offset, LOAD_READ_BYTES)?;
+        let bytes = p.read(offset, LOAD_READ_BYTES, end)?;
         let mut next = offset;
         for (position, header) in BatchIter::new(&bytes) {
             next = header.last_offset() + 1;
