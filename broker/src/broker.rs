@@ -310,7 +310,7 @@ impl Broker {
         if !self.config.delete_topic_enable {
             return Err(BrokerError::TopicDeletionDisabled);
         }
-        if name == crate::group::OFFSETS_TOPIC {
+        if crate::group::is_internal_topic(name) {
             // Deleting it would drop every group's committed offsets.
             return Err(BrokerError::InvalidTopic {
                 topic: name.to_string(),

@@ -194,7 +194,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                     break 'read;
                 }
             };
-            match api::handle_from(&broker, frame, Some(peer)) {
+            match api::handle(&broker, frame, Some(peer)) {
                 Reply::Nothing => {}
                 Reply::Close(reason) => {
                     warn!(%peer, reason, "closing connection: bad request");

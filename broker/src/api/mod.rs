@@ -92,13 +92,9 @@ fn encode<M: Codec>(api_key: ApiKey, version: i16, correlation_id: i32, response
     }
 }
 
-/// Decodes and serves one request frame.
-pub fn handle(broker: &Arc<Broker>, frame: Bytes) -> Reply {
-    handle_from(broker, frame, None)
-}
-
-/// [`handle`] for a request from `peer` (reported as a group member's `client_host`).
-pub fn handle_from(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) -> Reply {
+/// Decodes and serves one request frame from `peer` (reported as a group member's
+/// `client_host`).
+pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) -> Reply {
     let pre = match protocol::peek_request_preamble(&frame) {
         Ok(pre) => pre,
         Err(err) => return Reply::Close(err.to_string()),

@@ -60,7 +60,7 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 ));
                 continue;
             }
-            if topic_name == crate::group::OFFSETS_TOPIC {
+            if crate::group::is_internal_topic(&topic_name) {
                 // Only the group coordinator writes it, in its own record format.
                 partition_responses.push(partition_error(
                     data.index,

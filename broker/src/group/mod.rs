@@ -15,6 +15,12 @@ pub use coordinator::GroupCoordinator;
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Whether `topic` is internal to the broker: listed as `is_internal` in Metadata, written only
+/// by the broker itself, never deleted by clients.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC
+}
+
 /// Java's `String.hashCode`: over UTF-16 code units, wrapping.
 pub fn java_string_hash(s: &str) -> i32 {
     s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
