@@ -34,7 +34,7 @@ enum Command {
     /// List, describe and delete consumer groups; reset or delete their committed offsets (like
     /// kafka-consumer-groups.sh).
     Groups(groups::GroupsArgs),
-    /// Measure produce or consume throughput and latency against a broker.
+    /// Measure produce, consume and group throughput, rebalance time and end-to-end latency.
     Bench(bench::BenchArgs),
 }
 
