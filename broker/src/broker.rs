@@ -105,6 +105,7 @@ impl Broker {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
         let metadata_path = data_dir.join(METADATA_FILE);
+        let existed = metadata_path.exists();
         let meta = match std::fs::read(&metadata_path) {
             Ok(bytes) => serde_json::from_slice::<MetadataFile>(&bytes).map_err(|e| BrokerError::CorruptMetadata {
                 path: metadata_path.display().to_string(),
@@ -167,7 +168,10 @@ impl Broker {
             groups: GroupCoordinator::new(&config),
             config,
         };
-        broker.write_metadata_file(&meta)?;
+        if !existed {
+            // First start: persist the new cluster id before serving anyone.
+            broker.write_metadata_file(&meta)?;
+        }
         broker.groups.load(&broker, now)?;
         info!(
             cluster_id = %broker.cluster_id,
