@@ -2,28 +2,33 @@
 //! the producer-id allocator. API handlers work through this type; the network layer owns it in
 //! an `Arc`.
 //!
-//! Topic metadata (`topics.json` in the data dir) is the source of truth: a topic exists once its
-//! entry is written (atomically), and partition directories not named there are removed at start,
-//! which finishes any create or delete a crash interrupted.
+//! The metadata quorum (`controller`) is the source of truth: topics, their partitions'
+//! replicas, leaders and ISRs live in its replicated log, and this broker follows the image it
+//! applies: [`Broker::reconcile`] opens the replicas assigned here, deletes what the image
+//! dropped and hands roles to the replica manager. Create/delete/alter go through the
+//! controller and take effect here when the resulting image does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use spate_client::protocol::ErrorCode;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::controller::{
+    Controller, ControllerConfig, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage,
+};
 use crate::error::{BrokerError, Result};
 use crate::flusher::Flusher;
 use crate::group::GroupCoordinator;
 use crate::log::write_file_atomically;
 use crate::log_cleaner::LogCleaner;
 use crate::partition::{Partition, TopicPartition};
-use crate::producer_state::{Allocation, ProducerIdManager};
+use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topic_config::{self, TopicConfigs};
 
 /// Milliseconds since the Unix epoch, read at the edge and passed into the sans-IO parts.
@@ -35,46 +40,45 @@ pub struct Topic {
     pub name: String,
     pub id: Uuid,
     pub configs: TopicConfigs,
-    pub partitions: Vec<Arc<Partition>>,
+    /// This broker's replicas, indexed by partition number; `None` where it holds none.
+    pub partitions: Vec<Option<Arc<Partition>>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct TopicRecord {
-    name: String,
-    id: Uuid,
-    partitions: i32,
-    configs: BTreeMap<String, String>,
-}
+impl Topic {
+    /// Partitions of the topic in the cluster.
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.len() as i32
+    }
 
-#[derive(Serialize, Deserialize, Default)]
-struct MetadataFile {
-    cluster_id: String,
-    node_id: i32,
-    topics: Vec<TopicRecord>,
-    /// The first producer id not yet handed out (ids are allocated in blocks persisted here).
-    #[serde(default)]
-    next_producer_id_block: i64,
+    /// The replicas this broker holds.
+    pub fn local_partitions(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.partitions.iter().flatten()
+    }
 }
 
 pub struct Broker {
     pub config: BrokerConfig,
     pub cluster_id: String,
+    /// Every topic of the cluster, with this broker's replicas opened. Rebuilt from the metadata
+    /// image by [`Broker::reconcile`].
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serialises topic create/delete/alter and metadata file writes.
-    admin: Mutex<()>,
-    pub(crate) flusher: Flusher,
+    /// Serialises reconciliation with the metadata image.
+    reconciling: Mutex<()>,
+    pub(crate) flusher: Arc<Flusher>,
     /// Compacts logs whose `cleanup.policy` includes `compact`.
     cleaner: LogCleaner,
-    producer_ids: Mutex<ProducerIdManager>,
-    /// The producer-id block end last written to the metadata file.
-    producer_id_block_end: AtomicI64,
-    metadata_path: PathBuf,
+    /// The metadata quorum (this node is one of its voters).
+    pub controller: Arc<Controller>,
+    /// Leader and follower roles of the local replicas, and the follower fetchers.
+    pub replicas: Arc<ReplicaManager>,
+    /// Unused producer ids of the block this broker holds: `next..end`.
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
+    /// New for every process start (the controller tells restarts apart by it).
+    pub incarnation_id: Uuid,
     /// Consumer groups and committed offsets (`__consumer_offsets`).
     pub groups: GroupCoordinator,
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
-
-const METADATA_FILE: &str = "topics.json";
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// Kafka's topic-name rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<()> {
@@ -98,123 +102,293 @@ fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{partition}"))
 }
 
+/// The file in a partition directory naming the topic id it belongs to (Kafka's
+/// `partition.metadata`), so a directory left by a deleted topic is never mistaken for a
+/// replica of a new topic with the same name.
+const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// Where the metadata quorum keeps its log, inside `log.dirs`.
+pub const METADATA_DIR: &str = "__cluster_metadata";
+/// How long one controller request may take before the Kafka request that caused it fails.
+const CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn controller_error(refusal: ControllerRefusal) -> BrokerError {
+    BrokerError::Controller { code: ErrorCode(refusal.code), message: refusal.message }
+}
+
 impl Broker {
-    /// Opens the data directory: loads topic metadata, recovers every partition log and removes
-    /// partition directories that belong to no topic.
-    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
+    /// Starts this node's controller, waits for the quorum, registers with it, and opens every
+    /// local replica the metadata names. Returns once the broker can serve.
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
-        let metadata_path = data_dir.join(METADATA_FILE);
-        let existed = metadata_path.exists();
-        let meta = match std::fs::read(&metadata_path) {
-            Ok(bytes) => serde_json::from_slice::<MetadataFile>(&bytes).map_err(|e| BrokerError::CorruptMetadata {
-                path: metadata_path.display().to_string(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataFile {
-                cluster_id: Uuid::new_v4().simple().to_string()[..22].to_string(),
-                node_id: config.node_id,
-                ..Default::default()
-            },
-            Err(e) => return Err(BrokerError::io(&metadata_path, e)),
-        };
-        if meta.node_id != config.node_id {
-            return Err(BrokerError::InvalidConfig {
-                key: "node.id".into(),
-                reason: format!(
-                    "data dir {} belongs to node {}, not {}",
-                    data_dir.display(),
-                    meta.node_id,
-                    config.node_id
-                ),
-            });
-        }
-        let now = now_ms();
-        let mut topics = HashMap::new();
-        let mut partition_count = 0usize;
-        for record in &meta.topics {
-            let configs = TopicConfigs { overrides: record.configs.clone() };
-            let mut partitions = Vec::with_capacity(record.partitions as usize);
-            for p in 0..record.partitions {
-                let dir = partition_dir(&data_dir, &record.name, p);
-                let tp = TopicPartition { topic: record.name.clone(), partition: p };
-                partitions.push(Arc::new(Partition::open(
-                    dir,
-                    tp,
-                    configs.log_config(&config),
-                    configs.max_message_bytes(&config),
-                    &config,
-                    now,
-                )?));
+        let voters = config.quorum_voters()?;
+        let controller_listen = config.controller_listener.or_else(|| voters.get(&config.node_id).copied());
+        let controller = Controller::start(ControllerConfig {
+            node_id: config.node_id,
+            voters,
+            listen: controller_listen,
+            metadata_dir: data_dir.join(METADATA_DIR),
+            broker_session_timeout_ms: config.broker_session_timeout_ms,
+            auto_leader_rebalance_enable: config.auto_leader_rebalance_enable,
+            leader_imbalance_check_interval_ms: config.leader_imbalance_check_interval_seconds.saturating_mul(1000),
+            unclean_leader_election_enable: config.unclean_leader_election_enable,
+            default_replication_factor: config.default_replication_factor,
+            metadata_snapshot_max_records: 10_000,
+        })
+        .await?;
+        let mut images = controller.subscribe();
+        let mut waited = 0u64;
+        while images.borrow_and_update().cluster_id.is_empty() {
+            if tokio::time::timeout(Duration::from_secs(5), images.changed()).await.is_err() {
+                waited += 5;
+                warn!(waited_s = waited, "waiting for the metadata quorum to elect a leader");
             }
-            partition_count += partitions.len();
-            topics.insert(
-                record.name.clone(),
-                Arc::new(Topic { name: record.name.clone(), id: record.id, configs, partitions }),
-            );
         }
-        remove_orphan_dirs(&data_dir, &topics)?;
-        let broker = Broker {
-            cluster_id: meta.cluster_id.clone(),
-            // Allocation resumes at the persisted block end, so no id used before a crash is
-            // handed out again.
-            producer_ids: Mutex::new(ProducerIdManager::new(meta.next_producer_id_block, PRODUCER_ID_BLOCK)),
-            producer_id_block_end: AtomicI64::new(meta.next_producer_id_block),
-            topics: RwLock::new(topics),
-            admin: Mutex::new(()),
-            flusher: Flusher::start(),
-            cleaner: LogCleaner::default(),
-            metadata_path,
-            groups: GroupCoordinator::new(&config),
-            config,
+        let cluster_id = controller.image().cluster_id.clone();
+        let incarnation_id = Uuid::new_v4();
+        let (host, port) = config.advertised();
+        let register = ControllerRequest::RegisterBroker {
+            broker_id: config.node_id,
+            host,
+            port,
+            incarnation_id,
         };
-        if !existed {
-            // First start: persist the new cluster id before serving anyone.
-            broker.write_metadata_file(&meta)?;
+        loop {
+            match controller.submit(register.clone(), CONTROLLER_REQUEST_TIMEOUT).await {
+                Ok(_) => break,
+                Err(refusal) => {
+                    warn!(error = %refusal, "registering with the controller failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
-        broker.groups.load(&broker, now)?;
+        let (alter_tx, alter_rx) = mpsc::unbounded_channel();
+        let flusher = Arc::new(Flusher::start());
+        let replica_config = ReplicaConfig {
+            node_id: config.node_id,
+            replica_lag_time_max_ms: config.replica_lag_time_max_ms,
+            replica_fetch_wait_max_ms: config.replica_fetch_wait_max_ms,
+            replica_fetch_max_bytes: config.replica_fetch_max_bytes,
+            replica_fetch_backoff_ms: config.replica_fetch_backoff_ms,
+            flush_mode: config.log_flush_mode,
+        };
+        let dirty = flusher.clone();
+        let replicas = ReplicaManager::new(replica_config, alter_tx, Arc::new(move |p| dirty.mark_dirty(p)));
+        let broker = Arc::new(Broker {
+            cluster_id: cluster_id.clone(),
+            topics: RwLock::new(HashMap::new()),
+            reconciling: Mutex::new(()),
+            flusher,
+            cleaner: LogCleaner::default(),
+            controller: controller.clone(),
+            replicas,
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
+            incarnation_id,
+            groups: GroupCoordinator::new(&config),
+            background: Mutex::new(Vec::new()),
+            config,
+        });
+        {
+            // The registration above is in this node's image, so the image is at least as new
+            // as anything that happened before this process started: directories of topics it
+            // does not name were deleted while we were down.
+            let b = broker.clone();
+            tokio::task::spawn_blocking(move || {
+                let image = b.controller.image();
+                b.reconcile(&image)?;
+                b.remove_orphan_dirs(&image)
+            })
+            .await
+            .map_err(|e| BrokerError::io("broker startup", std::io::Error::other(e)))??;
+        }
+        broker.spawn_metadata_tasks(images, alter_rx);
         info!(
-            cluster_id = %broker.cluster_id,
-            topics = meta.topics.len(),
-            partitions = partition_count,
+            cluster_id = %cluster_id,
+            node_id = broker.config.node_id,
+            topics = broker.topics.read().unwrap_or_else(|e| e.into_inner()).len(),
             data_dir = %data_dir.display(),
             "broker storage opened"
         );
-        let broker = Arc::new(broker);
         broker.cleaner.start(&broker);
         Ok(broker)
     }
 
-    fn write_metadata_file(&self, meta: &MetadataFile) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(meta).map_err(|e| BrokerError::CorruptMetadata {
-            path: self.metadata_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        write_file_atomically(&self.metadata_path, &bytes)?;
+    /// Background work that follows the metadata: reconcile on every new image, heartbeat to
+    /// the controller, and forward the replica manager's ISR changes.
+    fn spawn_metadata_tasks(
+        self: &Arc<Self>,
+        mut images: watch::Receiver<Arc<MetadataImage>>,
+        mut alter_rx: mpsc::UnboundedReceiver<ControllerRequest>,
+    ) {
+        let mut tasks = Vec::new();
+        let weak = Arc::downgrade(self);
+        tasks.push(tokio::spawn(async move {
+            while images.changed().await.is_ok() {
+                let image = images.borrow_and_update().clone();
+                let Some(b) = weak.upgrade() else { return };
+                let result = tokio::task::spawn_blocking(move || b.reconcile(&image)).await;
+                if let Ok(Err(err)) = result {
+                    warn!(error = %err, "applying metadata failed; retrying with the next change");
+                }
+            }
+        }));
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_millis(self.config.broker_heartbeat_interval_ms);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(b) = weak.upgrade() else { return };
+                let request =
+                    ControllerRequest::BrokerHeartbeat { broker_id: b.config.node_id, incarnation_id: b.incarnation_id };
+                let controller = b.controller.clone();
+                drop(b);
+                if let Err(refusal) = controller.submit(request, every * 4).await {
+                    debug!(error = %refusal, "heartbeat to the controller failed");
+                }
+            }
+        }));
+        let weak = Arc::downgrade(self);
+        tasks.push(tokio::spawn(async move {
+            while let Some(request) = alter_rx.recv().await {
+                let Some(b) = weak.upgrade() else { return };
+                let controller = b.controller.clone();
+                drop(b);
+                // One at a time: the replica manager keeps at most one change per partition in
+                // flight, and answers arrive as new images.
+                if let Err(refusal) = controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await {
+                    debug!(error = %refusal, "ISR change refused");
+                }
+            }
+        }));
+        *self.background.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+    }
+
+    /// Makes the local state match `image`: opens replicas assigned to this broker, removes
+    /// deleted topics, applies config changes, hands leader/follower roles to the replica
+    /// manager and moves group coordination with `__consumer_offsets` leadership.
+    pub fn reconcile(&self, image: &MetadataImage) -> Result<()> {
+        let _serial = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
+        let me = self.config.node_id;
+        let current = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut next = HashMap::with_capacity(image.topics.len());
+        let now = now_ms();
+        let mut first_error = None;
+        for t in image.topics.values() {
+            let existing = current.get(&t.name).filter(|e| e.id == t.id);
+            let configs = TopicConfigs { overrides: t.configs.clone() };
+            let configs_changed = existing.is_some_and(|e| e.configs != configs);
+            let mut partitions = Vec::with_capacity(t.partitions.len());
+            for (index, p) in t.partitions.iter().enumerate() {
+                let index = index as i32;
+                let old = existing.and_then(|e| e.partitions.get(index as usize).cloned().flatten());
+                if !p.replicas.contains(&me) {
+                    partitions.push(None);
+                    continue;
+                }
+                if let Some(old) = old {
+                    if configs_changed {
+                        old.set_log_config(configs.log_config(&self.config));
+                        old.set_max_message_bytes(configs.max_message_bytes(&self.config));
+                    }
+                    partitions.push(Some(old));
+                    continue;
+                }
+                match self.open_partition(&t.name, t.id, index, &configs, now) {
+                    Ok(opened) => partitions.push(Some(opened)),
+                    Err(err) => {
+                        warn!(topic = %t.name, partition = index, error = %err, "opening replica failed");
+                        partitions.push(None);
+                        first_error.get_or_insert(err);
+                    }
+                }
+            }
+            next.insert(t.name.clone(), Arc::new(Topic { name: t.name.clone(), id: t.id, configs, partitions }));
+        }
+        let removed: Vec<Arc<Topic>> =
+            current.values().filter(|old| next.get(&old.name).is_none_or(|n| n.id != old.id)).cloned().collect();
+        // Roles first, then publish: a replica just opened must not take a client's append as
+        // the epoch-0 leader it is from `open` until the replica manager says otherwise.
+        let lookup = |topic: &str, partition: i32| {
+            next.get(topic).and_then(|t: &Arc<Topic>| t.partitions.get(usize::try_from(partition).ok()?).cloned().flatten())
+        };
+        self.replicas.apply(image, &lookup);
+        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
+        for topic in removed {
+            for p in topic.local_partitions() {
+                if let Err(err) = p.delete_files() {
+                    warn!(partition = %p.tp, error = %err, "could not remove partition directory");
+                }
+            }
+            info!(topic = %topic.name, "topic deleted");
+        }
+        self.groups.on_metadata(self, image, now);
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    fn open_partition(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        partition: i32,
+        configs: &TopicConfigs,
+        now_ms: i64,
+    ) -> Result<Arc<Partition>> {
+        if self.local_partition_count() >= self.config.max_partitions {
+            return Err(BrokerError::TooManyPartitions { max: self.config.max_partitions });
+        }
+        let dir = partition_dir(&self.config.data_dir, topic, partition);
+        let id_file = dir.join(PARTITION_METADATA_FILE);
+        let expected = format!("version: 0\ntopic_id: {}\n", topic_id.simple());
+        match std::fs::read_to_string(&id_file) {
+            Ok(found) if found == expected => {}
+            Ok(_) => {
+                // A replica of a deleted topic that had the same name: nothing in it is ours.
+                warn!(dir = %dir.display(), "removing a replica directory of an older topic with this name");
+                std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
+            }
+            Err(_) => {}
+        }
+        let tp = TopicPartition { topic: topic.to_string(), partition };
+        let opened = Arc::new(Partition::open(
+            dir.clone(),
+            tp,
+            configs.log_config(&self.config),
+            configs.max_message_bytes(&self.config),
+            &self.config,
+            now_ms,
+        )?);
+        if !id_file.exists() {
+            write_file_atomically(&id_file, expected.as_bytes())?;
+        }
+        Ok(opened)
+    }
+
+    /// Removes partition directories of topics the (caught-up) image does not name, which
+    /// finishes deletions that happened while this broker was down or crashed mid-way.
+    fn remove_orphan_dirs(&self, image: &MetadataImage) -> Result<()> {
+        let data_dir = &self.config.data_dir;
+        let me = self.config.node_id;
+        let entries = std::fs::read_dir(data_dir).map_err(|e| BrokerError::io(data_dir, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some((topic, partition)) = name.rsplit_once('-') else { continue };
+            let Ok(partition) = partition.parse::<i32>() else { continue };
+            let known = image.partition(topic, partition).is_some_and(|p| p.replicas.contains(&me));
+            if !known {
+                warn!(dir = %path.display(), "removing a partition directory this broker no longer hosts");
+                std::fs::remove_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
+            }
+        }
         Ok(())
-    }
-
-    fn persist(&self, topics: &HashMap<String, Arc<Topic>>, next_producer_id_block: i64) -> Result<()> {
-        let mut records: Vec<TopicRecord> = topics
-            .values()
-            .map(|t| TopicRecord {
-                name: t.name.clone(),
-                id: t.id,
-                partitions: t.partitions.len() as i32,
-                configs: t.configs.overrides.clone(),
-            })
-            .collect();
-        records.sort_by(|a, b| a.name.cmp(&b.name));
-        self.write_metadata_file(&MetadataFile {
-            cluster_id: self.cluster_id.clone(),
-            node_id: self.config.node_id,
-            topics: records,
-            next_producer_id_block,
-        })
-    }
-
-    fn next_block(&self) -> i64 {
-        self.producer_id_block_end.load(Ordering::Acquire)
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -225,9 +399,10 @@ impl Broker {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).values().find(|t| t.id == id).cloned()
     }
 
+    /// This broker's replica of `topic`-`partition`, if it holds one.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         let topic = self.topic(topic)?;
-        usize::try_from(partition).ok().and_then(|p| topic.partitions.get(p).cloned())
+        usize::try_from(partition).ok().and_then(|p| topic.partitions.get(p).cloned().flatten())
     }
 
     pub fn all_topics(&self) -> Vec<Arc<Topic>> {
@@ -236,8 +411,13 @@ impl Broker {
         all
     }
 
-    fn partition_count(&self) -> usize {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().map(|t| t.partitions.len()).sum()
+    fn local_partition_count(&self) -> usize {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().map(|t| t.local_partitions().count()).sum()
+    }
+
+    /// The cluster metadata as this broker last applied it.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.controller.image()
     }
 
     /// Validates a CreateTopics entry without creating anything (`validate_only`).
@@ -249,7 +429,7 @@ impl Broker {
         configs: &BTreeMap<String, String>,
     ) -> Result<i32> {
         validate_topic_name(name)?;
-        if self.topic(name).is_some() {
+        if self.image().topics.contains_key(name) {
             return Err(BrokerError::TopicExists { topic: name.to_string() });
         }
         let partitions = if partitions == -1 { self.config.num_partitions } else { partitions };
@@ -260,11 +440,10 @@ impl Broker {
                 reason: "must be between 1 and 10000".into(),
             });
         }
-        if replication_factor != -1 && replication_factor != 1 {
-            return Err(BrokerError::InvalidReplicationFactor { factor: replication_factor as i32, brokers: 1 });
-        }
-        if self.partition_count() + partitions as usize > self.config.max_partitions {
-            return Err(BrokerError::TooManyPartitions { max: self.config.max_partitions });
+        let factor = if replication_factor == -1 { self.config.default_replication_factor } else { replication_factor };
+        let brokers = self.image().live_brokers().count();
+        if factor < 1 || factor as usize > brokers {
+            return Err(BrokerError::InvalidReplicationFactor { factor: factor as i32, brokers });
         }
         for (k, v) in configs {
             topic_config::validate_override(k, v)
@@ -273,44 +452,42 @@ impl Broker {
         Ok(partitions)
     }
 
-    pub fn create_topic(
-        &self,
+    /// Applies the image the controller's answer produced, so this broker's own replicas of a
+    /// change it asked for exist before the client hears back.
+    fn catch_up(&self) -> Result<()> {
+        let image = self.controller.image();
+        self.reconcile(&image)
+    }
+
+    pub async fn create_topic(
+        self: &Arc<Self>,
         name: &str,
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let partitions = self.check_new_topic(name, partitions, replication_factor, &configs)?;
-        let configs = TopicConfigs { overrides: configs };
-        let now = now_ms();
-        let mut created = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let dir = partition_dir(&self.config.data_dir, name, p);
-            // A directory left by a crash mid-create holds nothing acknowledged: start clean.
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
-            }
-            let tp = TopicPartition { topic: name.to_string(), partition: p };
-            created.push(Arc::new(Partition::open(
-                dir,
-                tp,
-                configs.log_config(&self.config),
-                configs.max_message_bytes(&self.config),
-                &self.config,
-                now,
-            )?));
-        }
-        let topic = Arc::new(Topic { name: name.to_string(), id: Uuid::new_v4(), configs, partitions: created });
-        let mut topics = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
-        topics.insert(name.to_string(), topic.clone());
-        self.persist(&topics, self.next_block())?;
-        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = topics;
+        let request = ControllerRequest::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+            validate_only: false,
+        };
+        self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        self.catch_up_async().await?;
         info!(topic = name, partitions, "topic created");
-        Ok(topic)
+        self.topic(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })
     }
 
-    pub fn delete_topic(&self, name: &str) -> Result<Uuid> {
+    async fn catch_up_async(self: &Arc<Self>) -> Result<()> {
+        let b = self.clone();
+        tokio::task::spawn_blocking(move || b.catch_up())
+            .await
+            .map_err(|e| BrokerError::io("metadata", std::io::Error::other(e)))?
+    }
+
+    pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<Uuid> {
         if !self.config.delete_topic_enable {
             return Err(BrokerError::TopicDeletionDisabled);
         }
@@ -321,26 +498,23 @@ impl Broker {
                 reason: "internal topics cannot be deleted".into(),
             });
         }
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let mut topics = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let topic = topics.remove(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
-        self.persist(&topics, self.next_block())?;
-        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = topics;
-        for p in &topic.partitions {
-            if let Err(err) = p.delete_files() {
-                // The metadata no longer names it, so the next start removes it.
-                warn!(partition = %p.tp, error = %err, "could not remove partition directory");
-            }
-        }
-        info!(topic = name, "topic deleted");
-        Ok(topic.id)
+        let id = self.image().topics.get(name).map(|t| t.id).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
+        self.controller
+            .submit(ControllerRequest::DeleteTopic { name: name.to_string() }, CONTROLLER_REQUEST_TIMEOUT)
+            .await
+            .map_err(controller_error)?;
+        self.catch_up_async().await?;
+        Ok(id)
     }
 
     /// CreatePartitions: grows `name` to `total` partitions.
-    pub fn create_partitions(&self, name: &str, total: i32, validate_only: bool) -> Result<()> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
-        let current = topic.partitions.len() as i32;
+    pub async fn create_partitions(self: &Arc<Self>, name: &str, total: i32, validate_only: bool) -> Result<()> {
+        let current = self
+            .image()
+            .topics
+            .get(name)
+            .map(|t| t.partitions.len() as i32)
+            .ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
         if total <= current || total > 10_000 {
             return Err(BrokerError::InvalidPartitions {
                 topic: name.to_string(),
@@ -348,55 +522,31 @@ impl Broker {
                 reason: format!("must be more than the current {current} and at most 10000"),
             });
         }
-        if self.partition_count() + (total - current) as usize > self.config.max_partitions {
-            return Err(BrokerError::TooManyPartitions { max: self.config.max_partitions });
+        let request = ControllerRequest::CreatePartitions { name: name.to_string(), total, validate_only };
+        self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        if !validate_only {
+            self.catch_up_async().await?;
+            info!(topic = name, partitions = total, "partitions added");
         }
-        if validate_only {
-            return Ok(());
-        }
-        let now = now_ms();
-        let mut partitions = topic.partitions.clone();
-        for p in current..total {
-            let dir = partition_dir(&self.config.data_dir, name, p);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
-            }
-            let tp = TopicPartition { topic: name.to_string(), partition: p };
-            partitions.push(Arc::new(Partition::open(
-                dir,
-                tp,
-                topic.configs.log_config(&self.config),
-                topic.configs.max_message_bytes(&self.config),
-                &self.config,
-                now,
-            )?));
-        }
-        let updated =
-            Arc::new(Topic { name: topic.name.clone(), id: topic.id, configs: topic.configs.clone(), partitions });
-        let mut topics = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
-        topics.insert(name.to_string(), updated);
-        self.persist(&topics, self.next_block())?;
-        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = topics;
-        info!(topic = name, partitions = total, "partitions added");
         Ok(())
     }
 
     /// IncrementalAlterConfigs for a topic: `None` deletes an override.
-    pub fn alter_topic_configs(
-        &self,
+    pub async fn alter_topic_configs(
+        self: &Arc<Self>,
         name: &str,
         changes: &[(String, Option<String>)],
         validate_only: bool,
     ) -> Result<()> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
+        let image = self.image();
+        let topic = image.topics.get(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
         let mut configs = topic.configs.clone();
         for (key, value) in changes {
             match value {
                 Some(v) => {
                     topic_config::validate_override(key, v)
                         .map_err(|reason| BrokerError::InvalidConfig { key: key.clone(), reason })?;
-                    configs.overrides.insert(key.clone(), v.clone());
+                    configs.insert(key.clone(), v.clone());
                 }
                 None => {
                     if topic_config::definition(key).is_none() {
@@ -405,42 +555,38 @@ impl Broker {
                             reason: format!("unknown topic config '{key}'"),
                         });
                     }
-                    configs.overrides.remove(key);
+                    configs.remove(key);
                 }
             }
         }
         if validate_only {
             return Ok(());
         }
-        for p in &topic.partitions {
-            p.set_log_config(configs.log_config(&self.config));
-            p.set_max_message_bytes(configs.max_message_bytes(&self.config));
-        }
-        let updated =
-            Arc::new(Topic { name: topic.name.clone(), id: topic.id, configs, partitions: topic.partitions.clone() });
-        let mut topics = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
-        topics.insert(name.to_string(), updated);
-        self.persist(&topics, self.next_block())?;
-        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = topics;
-        Ok(())
+        let request = ControllerRequest::AlterTopicConfigs { name: name.to_string(), configs };
+        self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        self.catch_up_async().await
     }
 
-    /// A fresh producer id for InitProducerId (idempotent producers, no transactional id).
-    pub fn allocate_producer_id(&self) -> Result<i64> {
-        let mut ids = self.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            match ids.next()? {
-                Allocation::Allocated { producer_id } => return Ok(producer_id),
-                Allocation::PersistBlockEnd { block_end } => {
-                    // Lock order: producer_ids, then admin (admin paths never take producer_ids).
-                    let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-                    let topics = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
-                    self.persist(&topics, block_end)?;
-                    self.producer_id_block_end.store(block_end, Ordering::Release);
-                    ids.block_persisted(block_end);
+    /// A fresh producer id for InitProducerId (idempotent producers, no transactional id),
+    /// from a block the controller hands this broker (ids are never reused cluster-wide).
+    pub async fn allocate_producer_id(&self) -> Result<i64> {
+        let mut ids = self.producer_ids.lock().await;
+        if ids.0 >= ids.1 {
+            let request =
+                ControllerRequest::AllocateProducerIds { broker_id: self.config.node_id, count: PRODUCER_ID_BLOCK };
+            match self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)? {
+                ControllerReply::ProducerIds { first_id, count } => *ids = (first_id, first_id + count),
+                other => {
+                    return Err(BrokerError::Controller {
+                        code: ErrorCode::UNKNOWN_SERVER_ERROR,
+                        message: format!("unexpected answer to a producer id request: {other:?}"),
+                    })
                 }
             }
         }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
     }
 
     pub fn mark_dirty(&self, partition: &Arc<Partition>) {
@@ -451,7 +597,7 @@ impl Broker {
     pub fn housekeeping(&self) {
         let now = now_ms();
         for topic in self.all_topics() {
-            for p in &topic.partitions {
+            for p in topic.local_partitions() {
                 if let Err(err) = p.housekeeping(now) {
                     warn!(partition = %p.tp, error = %err, "retention failed");
                 }
@@ -459,12 +605,16 @@ impl Broker {
         }
     }
 
-    /// Clean shutdown: flush everything and write checkpoints.
+    /// Clean shutdown: stop following the metadata, flush everything and write checkpoints.
     pub fn shutdown(&self) {
+        for task in self.background.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+        self.replicas.shutdown();
         self.cleaner.shutdown();
         self.flusher.shutdown();
         for topic in self.all_topics() {
-            for p in &topic.partitions {
+            for p in topic.local_partitions() {
                 if let Err(err) = p.close() {
                     warn!(partition = %p.tp, error = %err, "clean close failed; recovery will run at next start");
                 }
@@ -473,24 +623,8 @@ impl Broker {
     }
 }
 
-fn remove_orphan_dirs(data_dir: &Path, topics: &HashMap<String, Arc<Topic>>) -> Result<()> {
-    let entries = std::fs::read_dir(data_dir).map_err(|e| BrokerError::io(data_dir, e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Some((topic, partition)) = name.rsplit_once('-') else { continue };
-        let Ok(partition) = partition.parse::<usize>() else { continue };
-        let known = topics.get(topic).is_some_and(|t| partition < t.partitions.len());
-        if !known {
-            warn!(dir = %path.display(), "removing partition directory of a topic that no longer exists");
-            std::fs::remove_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
-        }
-    }
-    Ok(())
-}
+/// Producer ids the broker takes from the controller at a time (Kafka's block size).
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 #[cfg(test)]
 mod tests {

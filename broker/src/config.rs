@@ -164,6 +164,57 @@ pub struct BrokerConfig {
     /// protocols) a member may join with, and largest assignment a leader may hand one member.
     #[serde(rename = "group.member.metadata.max.bytes")]
     pub group_member_metadata_max_bytes: usize,
+    /// `controller.quorum.voters`: the metadata quorum as `id@host:port,...` (the controller
+    /// RPC addresses of every voter, this node among them). Empty (the default): a single-node
+    /// cluster whose quorum is this node alone, with no controller listener.
+    #[serde(rename = "controller.quorum.voters")]
+    pub controller_quorum_voters: String,
+    /// `controller.listener` (Spate): where this node's controller RPC binds; defaults to its own
+    /// address in `controller.quorum.voters`.
+    #[serde(rename = "controller.listener")]
+    pub controller_listener: Option<SocketAddr>,
+    /// `default.replication.factor`: replicas of auto-created topics and of CreateTopics with -1.
+    #[serde(rename = "default.replication.factor")]
+    pub default_replication_factor: i16,
+    /// `min.insync.replicas`: default of the topic config; an `acks=all` produce needs at least
+    /// this many in-sync replicas (NOT_ENOUGH_REPLICAS otherwise).
+    #[serde(rename = "min.insync.replicas")]
+    pub min_insync_replicas: i32,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with the leader's log end for
+    /// this long leaves the ISR.
+    #[serde(rename = "replica.lag.time.max.ms")]
+    pub replica_lag_time_max_ms: i64,
+    /// `replica.fetch.wait.max.ms`: how long a follower's fetch parks at the leader.
+    #[serde(rename = "replica.fetch.wait.max.ms")]
+    pub replica_fetch_wait_max_ms: i32,
+    /// `replica.fetch.max.bytes`: bytes a follower asks for per partition and fetch.
+    #[serde(rename = "replica.fetch.max.bytes")]
+    pub replica_fetch_max_bytes: i32,
+    /// `replica.fetch.backoff.ms`: pause after a failed follower fetch.
+    #[serde(rename = "replica.fetch.backoff.ms")]
+    pub replica_fetch_backoff_ms: u64,
+    /// `broker.heartbeat.interval.ms`: how often a broker tells the controller it is alive.
+    #[serde(rename = "broker.heartbeat.interval.ms")]
+    pub broker_heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced: it loses
+    /// leadership and leaves every ISR.
+    #[serde(rename = "broker.session.timeout.ms")]
+    pub broker_session_timeout_ms: u64,
+    /// `unclean.leader.election.enable`: let a replica outside the ISR lead when no ISR member is
+    /// alive (loses acknowledged data; off by default, as in Kafka).
+    #[serde(rename = "unclean.leader.election.enable")]
+    pub unclean_leader_election_enable: bool,
+    /// `auto.leader.rebalance.enable`: move leadership back to the preferred (first) replica once
+    /// it is in sync again.
+    #[serde(rename = "auto.leader.rebalance.enable")]
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds`: how often preferred leaders are restored.
+    #[serde(rename = "leader.imbalance.check.interval.seconds")]
+    pub leader_imbalance_check_interval_seconds: u64,
+    /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` (lowered to the
+    /// number of live brokers when the cluster is smaller, so a single node works).
+    #[serde(rename = "offsets.topic.replication.factor")]
+    pub offsets_topic_replication_factor: i16,
 }
 
 impl Default for BrokerConfig {
@@ -208,6 +259,20 @@ impl Default for BrokerConfig {
             group_max_size: 1_000,
             group_max_count: 10_000,
             group_member_metadata_max_bytes: 1 << 20,
+            controller_quorum_voters: String::new(),
+            controller_listener: None,
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_backoff_ms: 200,
+            broker_heartbeat_interval_ms: 500,
+            broker_session_timeout_ms: 6_000,
+            unclean_leader_election_enable: false,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 30,
+            offsets_topic_replication_factor: 3,
         }
     }
 }
@@ -314,12 +379,77 @@ impl BrokerConfig {
                 "must be positive".into(),
             );
         }
+        let voters = self.quorum_voters()?;
+        if !voters.is_empty() && !voters.contains_key(&self.node_id) && self.controller_listener.is_none() {
+            return bad(
+                "controller.quorum.voters",
+                format!("node {} is not a voter; every node is a controller in combined mode", self.node_id),
+            );
+        }
+        if !(1..=16).contains(&self.default_replication_factor) && self.default_replication_factor != -1 {
+            return bad(
+                "default.replication.factor",
+                format!("{} must be between 1 and 16", self.default_replication_factor),
+            );
+        }
+        if !(1..=16).contains(&self.offsets_topic_replication_factor) {
+            return bad(
+                "offsets.topic.replication.factor",
+                format!("{} must be between 1 and 16", self.offsets_topic_replication_factor),
+            );
+        }
+        if self.min_insync_replicas < 1 {
+            return bad("min.insync.replicas", format!("{} must be positive", self.min_insync_replicas));
+        }
+        if self.replica_lag_time_max_ms < 1
+            || self.replica_fetch_wait_max_ms < 0
+            || self.replica_fetch_max_bytes < 1024
+            || self.broker_heartbeat_interval_ms == 0
+            || self.leader_imbalance_check_interval_seconds == 0
+        {
+            return bad(
+                "replica.lag.time.max.ms / replica.fetch.wait.max.ms / replica.fetch.max.bytes / \
+                 broker.heartbeat.interval.ms / leader.imbalance.check.interval.seconds",
+                "must be positive (replica.fetch.max.bytes at least 1024)".into(),
+            );
+        }
+        if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
+            return bad(
+                "broker.session.timeout.ms",
+                format!(
+                    "{} must be longer than broker.heartbeat.interval.ms {}",
+                    self.broker_session_timeout_ms, self.broker_heartbeat_interval_ms
+                ),
+            );
+        }
         if let Some(adv) = &self.advertised_listener {
             if adv.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return bad("advertised.listeners", format!("'{adv}' is not host:port"));
             }
         }
         Ok(self)
+    }
+
+    /// `controller.quorum.voters` parsed: voter id → controller RPC address. Empty for a
+    /// single-node cluster.
+    pub fn quorum_voters(&self) -> Result<std::collections::BTreeMap<i32, SocketAddr>, BrokerError> {
+        let mut voters = std::collections::BTreeMap::new();
+        for entry in self.controller_quorum_voters.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |reason: &str| BrokerError::InvalidConfig {
+                key: "controller.quorum.voters".into(),
+                reason: format!("'{entry}' {reason} (expected id@host:port)"),
+            };
+            let (id, addr) = entry.split_once('@').ok_or_else(|| bad("has no '@'"))?;
+            let id: i32 = id.parse().map_err(|_| bad("has no numeric node id"))?;
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| bad("has no resolvable address"))?;
+            if voters.insert(id, addr).is_some() {
+                return Err(bad("repeats a node id"));
+            }
+        }
+        Ok(voters)
     }
 
     /// Host and port clients are told to use.
@@ -349,6 +479,26 @@ mod tests {
         assert_eq!(cfg.node_id, 3);
         assert_eq!(cfg.log_flush_mode, FlushMode::PageCache);
         assert!(toml::from_str::<BrokerConfig>("\"no.such.key\" = 1\n").is_err());
+    }
+
+    #[test]
+    fn quorum_voters_parse_and_refuse_garbage() {
+        let cfg = BrokerConfig {
+            node_id: 2,
+            controller_quorum_voters: "1@127.0.0.1:19091, 2@127.0.0.1:19092,3@127.0.0.1:19093".into(),
+            ..Default::default()
+        };
+        let voters = cfg.quorum_voters().unwrap();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[&2], SocketAddr::from(([127, 0, 0, 1], 19092)));
+        cfg.validate().unwrap();
+        for bad in ["1@", "x@127.0.0.1:1", "127.0.0.1:1", "1@127.0.0.1:1,1@127.0.0.1:2"] {
+            let cfg = BrokerConfig { controller_quorum_voters: bad.into(), ..Default::default() };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("controller.quorum.voters"), "{bad}: {err}");
+        }
+        let not_voter = BrokerConfig { node_id: 9, controller_quorum_voters: "1@127.0.0.1:1".into(), ..Default::default() };
+        assert!(not_voter.validate().is_err());
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub enum BrokerError {
     Io { path: String, source: std::io::Error },
     #[error("metadata file {path} is corrupt: {reason}")]
     CorruptMetadata { path: String, reason: String },
+    /// The metadata quorum refused or could not run a request; `code` is what the client sees.
+    #[error("controller: {message}")]
+    Controller { code: ErrorCode, message: String },
+    #[error("this broker is not the leader of {topic}-{partition}")]
+    NotLeaderOrFollower { topic: String, partition: i32 },
+    #[error("leader epoch {request_epoch} for {topic}-{partition} is older than the current {current_epoch}")]
+    FencedLeaderEpoch { topic: String, partition: i32, request_epoch: i32, current_epoch: i32 },
+    #[error("leader epoch {request_epoch} for {topic}-{partition} is newer than the current {current_epoch}")]
+    UnknownLeaderEpoch { topic: String, partition: i32, request_epoch: i32, current_epoch: i32 },
 }
 
 impl BrokerError {
@@ -67,6 +76,10 @@ impl BrokerError {
                 ErrorCode::KAFKA_STORAGE_ERROR
             }
             BrokerError::ProducerState(e) => crate::producer_state::error_code(e),
+            BrokerError::Controller { code, .. } => *code,
+            BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            BrokerError::FencedLeaderEpoch { .. } => ErrorCode::FENCED_LEADER_EPOCH,
+            BrokerError::UnknownLeaderEpoch { .. } => ErrorCode::UNKNOWN_LEADER_EPOCH,
         }
     }
 }

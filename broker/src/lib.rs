@@ -9,6 +9,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod flusher;
 pub mod group;
@@ -16,6 +17,7 @@ pub mod log;
 pub mod log_cleaner;
 pub mod partition;
 pub mod producer_state;
+pub mod replica;
 pub mod server;
 pub mod topic_config;
 

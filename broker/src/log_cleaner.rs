@@ -74,7 +74,7 @@ fn run(broker: &Weak<Broker>, shared: &Shared, backoff: Duration, buffer_bytes: 
             return;
         };
         for topic in broker.all_topics() {
-            for partition in &topic.partitions {
+            for partition in topic.local_partitions() {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }

@@ -1,22 +1,35 @@
-//! One partition replica on this broker: its log, idempotent-producer state, high watermark and
-//! the watches that wake long-polling fetches and `acks=all` produces.
+//! One partition replica on this broker: its log, idempotent-producer state, leader-epoch
+//! cache, replication role (leader or follower), high watermark and the watches that wake
+//! long-polling fetches and `acks=all` produces.
+//!
+//! A partition opened by [`Partition::open`] is the leader of epoch 0 with an ISR of this
+//! broker alone (the single-node broker). The replica manager turns it into a follower or a
+//! leader of a later epoch from the metadata image ([`Partition::make_leader`],
+//! [`Partition::make_follower`]). As leader, the high watermark is the minimum over the ISR of
+//! the leader's own offset (durable offset in fsync mode, log end offset in page-cache mode)
+//! and each follower's last fetch offset; as follower, it is the leader's, capped at the local
+//! log end offset.
 //!
 //! Locking: one `std::sync::Mutex` per partition guards the log and producer state; it is held
 //! only for in-memory work and the single `write` of an append, never across an `.await` or an
 //! fsync (the flusher syncs cloned file handles outside the lock).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use spate_client::protocol::record::BatchHeader;
-use tokio::sync::watch;
+use spate_client::protocol::record::{validate_stored_batch, BatchHeader, BATCH_HEADER_BYTES};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{BrokerConfig, FlushMode};
+use crate::controller::types::{ControllerRequest, PartitionImage};
 use crate::error::{BrokerError, Result};
+use crate::log::epoch_cache::LeaderEpochCache;
 use crate::log::{cleaner, CleanStats, Log, LogConfig, OffsetMap};
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
+use crate::replica::isr::{self, FollowerState};
 
 /// Kafka's name for a topic and partition pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,10 +47,48 @@ impl std::fmt::Display for TopicPartition {
 /// How far back from the log end producer state is rebuilt at start (in offsets).
 const PRODUCER_STATE_REBUILD_OFFSETS: i64 = 1_000_000;
 
+/// An AlterPartition this leader sent and the controller has not answered (by publishing a
+/// new image) yet. One at a time per partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingIsr {
+    new_isr: Vec<i32>,
+    /// The partition epoch the proposal was based on; an image with another one settles it.
+    partition_epoch: i32,
+    sent_at_ms: i64,
+}
+
+struct LeaderState {
+    /// The log end offset when this leader's epoch began.
+    epoch_start_offset: i64,
+    followers: BTreeMap<i32, FollowerState>,
+    pending_isr: Option<PendingIsr>,
+    /// Where ISR changes are proposed; `None` for the single-node broker (no controller).
+    alter_tx: Option<mpsc::UnboundedSender<ControllerRequest>>,
+}
+
+enum Role {
+    Leader(LeaderState),
+    /// Following `leader_id` (-1: the partition has no leader now).
+    Follower {
+        leader_id: i32,
+    },
+}
+
 struct PartitionState {
     log: Log,
     producers: ProducerStateManager,
+    epochs: LeaderEpochCache,
+    role: Role,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+    partition_epoch: i32,
+    /// Bumped by every truncation: a flush target taken before one must not be marked flushed
+    /// after it (the offsets it covered may hold different, unsynced batches now).
+    truncations: u64,
 }
+
+/// How long an AlterPartition may go unanswered before the leader proposes again.
+const ALTER_PARTITION_RETRY_MS: i64 = 5_000;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +112,14 @@ pub struct Partition {
     pub tp: TopicPartition,
     dir: PathBuf,
     flush_mode: FlushMode,
-    leader_epoch: i32,
+    /// This broker's `node.id`.
+    local_id: i32,
+    /// Mirrors of the role in `state`, for lock-free checks.
+    is_leader: AtomicBool,
+    leader_epoch: AtomicI32,
     state: Mutex<PartitionState>,
+    /// Wakes replica fetches (which read up to the log end, not the high watermark).
+    log_end_watch: watch::Sender<i64>,
     /// Consumers read below this. In `fsync` mode it is the durable end offset; in
     /// `page-cache` mode, the log end offset.
     high_watermark: watch::Sender<i64>,
@@ -83,6 +140,9 @@ impl Partition {
         now_ms: i64,
     ) -> Result<Partition> {
         let log = Log::open(dir.clone(), log_config, now_ms)?;
+        let mut epochs = LeaderEpochCache::open(&dir)?;
+        // Recovery may have cut the log below epochs the cache recorded.
+        epochs.truncate_from_end(log.log_end_offset())?;
         let mut producers =
             ProducerStateManager::new(broker.producer_id_expiration_ms, broker.max_producers_per_partition);
         // Idempotence must survive restarts: a producer retrying a batch whose acknowledgement
@@ -94,17 +154,35 @@ impl Partition {
         let log_end = log.log_end_offset();
         // Recovery verified everything up to the log end, and it is on disk now.
         let durable = log_end;
+        let local_id = broker.node_id;
         let partition = Partition {
             tp,
             dir,
             flush_mode: broker.log_flush_mode,
-            leader_epoch: 0,
+            local_id,
+            is_leader: AtomicBool::new(true),
+            leader_epoch: AtomicI32::new(0),
+            log_end_watch: watch::Sender::new(log_end),
             high_watermark: watch::Sender::new(log_end),
             durable_offset: watch::Sender::new(durable),
             log_start_offset: AtomicI64::new(log.log_start_offset()),
             log_end_offset: AtomicI64::new(log_end),
             max_message_bytes: AtomicUsize::new(max_message_bytes),
-            state: Mutex::new(PartitionState { log, producers }),
+            state: Mutex::new(PartitionState {
+                log,
+                producers,
+                epochs,
+                role: Role::Leader(LeaderState {
+                    epoch_start_offset: 0,
+                    followers: BTreeMap::new(),
+                    pending_isr: None,
+                    alter_tx: None,
+                }),
+                replicas: vec![local_id],
+                isr: vec![local_id],
+                partition_epoch: 0,
+                truncations: 0,
+            }),
         };
         Ok(partition)
     }
@@ -131,10 +209,14 @@ impl Partition {
         self.lock().log.set_config(config);
     }
 
-    /// Appends validated batches as the leader. Returns the assigned offsets, or the original
-    /// ones for a duplicate from an idempotent producer.
+    /// Appends validated batches as the leader, stamped with its leader epoch. Returns the
+    /// assigned offsets, or the original ones for a duplicate from an idempotent producer.
+    /// A replica that is not the leader refuses with NOT_LEADER_OR_FOLLOWER.
     pub fn append(&self, records: &Bytes, batches: &[BatchHeader], now_ms: i64) -> Result<AppendOutcome> {
         let mut state = self.lock();
+        if !matches!(state.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
         if batches.iter().any(|b| b.has_producer_id()) {
             if batches.len() != 1 {
                 return Err(BrokerError::InvalidRecord {
@@ -152,7 +234,12 @@ impl Partition {
                 });
             }
         }
-        let info = state.log.append(records, batches, self.leader_epoch, now_ms)?;
+        let leader_epoch = self.leader_epoch.load(Ordering::Acquire);
+        if state.epochs.latest_epoch().is_none_or(|latest| latest < leader_epoch) {
+            let start = state.log.log_end_offset();
+            state.epochs.assign(leader_epoch, start)?;
+        }
+        let info = state.log.append(records, batches, leader_epoch, now_ms)?;
         let mut base = info.base_offset;
         for batch in batches {
             if batch.has_producer_id() {
@@ -162,9 +249,8 @@ impl Partition {
         }
         let log_end = state.log.log_end_offset();
         self.log_end_offset.store(log_end, Ordering::Release);
-        if self.flush_mode == FlushMode::PageCache {
-            self.high_watermark.send_replace(log_end);
-        }
+        self.log_end_watch.send_replace(log_end);
+        self.maybe_advance_high_watermark(&state);
         Ok(AppendOutcome {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
@@ -175,23 +261,69 @@ impl Partition {
 
     /// Fsyncs whatever is unflushed; called by the flusher thread only.
     pub(crate) fn flush(&self) -> Result<()> {
-        let target = self.lock().log.flush_target();
+        let (target, truncations) = {
+            let state = self.lock();
+            (state.log.flush_target(), state.truncations)
+        };
         let end = target.end_offset();
         target.sync()?;
-        self.lock().log.mark_flushed(end);
+        let state = &mut *self.lock();
+        if state.truncations != truncations {
+            // A follower truncation raced the sync: what it covered may be gone, and what is
+            // there now was appended (and marked dirty) after it; the next flush covers it.
+            return Ok(());
+        }
+        state.log.mark_flushed(end);
         self.durable_offset.send_if_modified(|v| {
             let advanced = end > *v;
             *v = (*v).max(end);
             advanced
         });
-        if self.flush_mode == FlushMode::Fsync {
-            self.high_watermark.send_if_modified(|v| {
-                let advanced = end > *v;
-                *v = (*v).max(end);
-                advanced
-            });
-        }
+        self.maybe_advance_high_watermark(state);
         Ok(())
+    }
+
+    fn not_leader(&self) -> BrokerError {
+        BrokerError::NotLeaderOrFollower { topic: self.tp.topic.clone(), partition: self.tp.partition }
+    }
+
+    /// This broker's own offset for the high watermark: what it has durably in fsync mode,
+    /// what it has at all in page-cache mode.
+    fn leader_offset(&self, state: &PartitionState) -> i64 {
+        match self.flush_mode {
+            FlushMode::Fsync => (*self.durable_offset.borrow()).min(state.log.log_end_offset()),
+            FlushMode::PageCache => state.log.log_end_offset(),
+        }
+    }
+
+    /// The ISR the high watermark waits for: the current one plus any replica a pending
+    /// expansion adds (Kafka's "maximal ISR": waiting for more replicas is always safe; a
+    /// shrink counts only once the image shows it).
+    fn maximal_isr(state: &PartitionState) -> Vec<i32> {
+        let mut isr = state.isr.clone();
+        if let Role::Leader(LeaderState { pending_isr: Some(pending), .. }) = &state.role {
+            for id in &pending.new_isr {
+                if !isr.contains(id) {
+                    isr.push(*id);
+                }
+            }
+        }
+        isr
+    }
+
+    /// Recomputes a leader's high watermark; returns whether it advanced.
+    fn maybe_advance_high_watermark(&self, state: &PartitionState) -> bool {
+        let Role::Leader(leader) = &state.role else {
+            return false;
+        };
+        let isr = Self::maximal_isr(state);
+        let current = *self.high_watermark.borrow();
+        let candidate = isr::high_watermark(current, self.leader_offset(state), self.local_id, &isr, &leader.followers);
+        self.high_watermark.send_if_modified(|v| {
+            let advanced = candidate > *v;
+            *v = (*v).max(candidate);
+            advanced
+        })
     }
 
     pub fn offsets(&self) -> Offsets {
@@ -212,6 +344,392 @@ impl Partition {
 
     pub fn subscribe_durable(&self) -> watch::Receiver<i64> {
         self.durable_offset.subscribe()
+    }
+
+    /// Wakes on every change of the log end offset (replica fetches long-poll on it).
+    pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end_watch.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn isr(&self) -> Vec<i32> {
+        self.lock().isr.clone()
+    }
+
+    pub fn replicas(&self) -> Vec<i32> {
+        self.lock().replicas.clone()
+    }
+
+    pub fn partition_epoch(&self) -> i32 {
+        self.lock().partition_epoch
+    }
+
+    /// The leader this replica follows (itself when leader; -1 when none is known).
+    pub fn leader_id(&self) -> i32 {
+        match self.lock().role {
+            Role::Leader(_) => self.local_id,
+            Role::Follower { leader_id } => leader_id,
+        }
+    }
+
+    /// The leader epoch of the latest batch or leadership this log knows of, if any.
+    pub fn latest_cached_epoch(&self) -> Option<i32> {
+        self.lock().epochs.latest_epoch()
+    }
+
+    /// Kafka's `endOffsetForEpoch` over this log's leader-epoch cache (see
+    /// [`LeaderEpochCache::end_offset_for_epoch`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let state = self.lock();
+        state.epochs.end_offset_for_epoch(epoch, state.log.log_end_offset())
+    }
+
+    /// Checks a request's `current_leader_epoch` (-1: unchecked) against this replica, which
+    /// must be the leader: older is FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH (this
+    /// broker has not seen the image that made it yet).
+    pub fn check_leader(&self, current_leader_epoch: i32) -> Result<()> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        self.check_epoch(current_leader_epoch)
+    }
+
+    fn check_epoch(&self, current_leader_epoch: i32) -> Result<()> {
+        let current_epoch = self.leader_epoch();
+        let (topic, partition) = (self.tp.topic.clone(), self.tp.partition);
+        if current_leader_epoch < 0 || current_leader_epoch == current_epoch {
+            Ok(())
+        } else if current_leader_epoch < current_epoch {
+            Err(BrokerError::FencedLeaderEpoch { topic, partition, request_epoch: current_leader_epoch, current_epoch })
+        } else {
+            Err(BrokerError::UnknownLeaderEpoch {
+                topic,
+                partition,
+                request_epoch: current_leader_epoch,
+                current_epoch,
+            })
+        }
+    }
+
+    /// OffsetForLeaderEpoch on the leader: the end offset of `leader_epoch` in this log.
+    pub fn offset_for_leader_epoch(&self, current_leader_epoch: i32, leader_epoch: i32) -> Result<(i32, i64)> {
+        self.check_leader(current_leader_epoch)?;
+        Ok(self.end_offset_for_epoch(leader_epoch))
+    }
+
+    /// Reads for a follower: whole batches from `offset` up to the log end offset.
+    pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        self.read(offset, max_bytes, i64::MAX)
+    }
+
+    /// Becomes (or stays) the leader described by `image`. A new leader epoch starts at the
+    /// log end offset (recorded in the leader-epoch cache) with fresh follower state; the same
+    /// epoch only takes the new replicas/ISR/partition epoch. ISR changes are proposed through
+    /// `alter_tx`. Returns whether a new leader epoch began.
+    pub fn make_leader(
+        &self,
+        image: &PartitionImage,
+        alter_tx: Option<mpsc::UnboundedSender<ControllerRequest>>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let state = &mut *self.lock();
+        let same_epoch = matches!(state.role, Role::Leader(_)) && self.leader_epoch() == image.leader_epoch;
+        if !same_epoch {
+            let start = state.log.log_end_offset();
+            state.epochs.assign(image.leader_epoch, start)?;
+            let followers = image
+                .replicas
+                .iter()
+                .filter(|&&id| id != self.local_id)
+                .map(|&id| (id, FollowerState::new(image.isr.contains(&id), now_ms)))
+                .collect();
+            state.role = Role::Leader(LeaderState {
+                epoch_start_offset: start,
+                followers,
+                pending_isr: None,
+                alter_tx: alter_tx.clone(),
+            });
+            self.leader_epoch.store(image.leader_epoch, Ordering::Release);
+            self.is_leader.store(true, Ordering::Release);
+        }
+        if let Role::Leader(leader) = &mut state.role {
+            for &id in image.replicas.iter().filter(|&&id| id != self.local_id) {
+                leader.followers.entry(id).or_insert_with(|| FollowerState::new(image.isr.contains(&id), now_ms));
+            }
+            leader.followers.retain(|id, _| image.replicas.contains(id));
+            if leader.pending_isr.as_ref().is_some_and(|p| p.partition_epoch != image.partition_epoch) {
+                leader.pending_isr = None;
+            }
+            if alter_tx.is_some() {
+                leader.alter_tx = alter_tx;
+            }
+        }
+        state.replicas = image.replicas.clone();
+        state.isr = image.isr.clone();
+        state.partition_epoch = image.partition_epoch;
+        self.maybe_advance_high_watermark(state);
+        Ok(!same_epoch)
+    }
+
+    /// Becomes (or stays) a follower of `image.leader` in `image.leader_epoch`. Returns whether
+    /// the leader or its epoch changed, i.e. whether the fetcher must find the divergence
+    /// point (OffsetForLeaderEpoch) before fetching again.
+    pub fn make_follower(&self, image: &PartitionImage) -> bool {
+        let state = &mut *self.lock();
+        let changed = match state.role {
+            Role::Leader(_) => true,
+            Role::Follower { leader_id } => leader_id != image.leader || self.leader_epoch() != image.leader_epoch,
+        };
+        state.role = Role::Follower { leader_id: image.leader };
+        state.replicas = image.replicas.clone();
+        state.isr = image.isr.clone();
+        state.partition_epoch = image.partition_epoch;
+        self.leader_epoch.store(image.leader_epoch, Ordering::Release);
+        self.is_leader.store(false, Ordering::Release);
+        changed
+    }
+
+    /// A leader's bookkeeping of a follower's fetch (Fetch with `replica_id` >= 0): its log
+    /// end offset is `fetch_offset`. May advance the high watermark (waking `acks=all`
+    /// produces) and propose adding the follower to the ISR. Ignored on a non-leader or for a
+    /// broker that is not a replica.
+    pub fn record_follower_fetch(&self, replica_id: i32, fetch_offset: i64, now_ms: i64) {
+        let state = &mut *self.lock();
+        let log_end = state.log.log_end_offset();
+        let Role::Leader(leader) = &mut state.role else {
+            return;
+        };
+        let Some(follower) = leader.followers.get_mut(&replica_id) else {
+            return;
+        };
+        if fetch_offset > log_end {
+            // Past our log end: a divergent follower; its fetch fails out of range.
+            return;
+        }
+        follower.record_fetch(fetch_offset, log_end, now_ms);
+        self.maybe_advance_high_watermark(state);
+        let high_watermark = self.high_watermark();
+        if let Some(request) = self.expansion_proposal(state, replica_id, high_watermark, now_ms) {
+            self.propose(state, request, now_ms);
+        }
+    }
+
+    fn expansion_proposal(
+        &self,
+        state: &PartitionState,
+        replica_id: i32,
+        high_watermark: i64,
+        now_ms: i64,
+    ) -> Option<Vec<i32>> {
+        let Role::Leader(leader) = &state.role else {
+            return None;
+        };
+        if state.isr.contains(&replica_id) || !Self::proposal_allowed(leader, now_ms) {
+            return None;
+        }
+        let follower = leader.followers.get(&replica_id)?;
+        if !isr::can_join_isr(follower, high_watermark, leader.epoch_start_offset) {
+            return None;
+        }
+        let mut new_isr = state.isr.clone();
+        new_isr.push(replica_id);
+        Some(new_isr)
+    }
+
+    fn proposal_allowed(leader: &LeaderState, now_ms: i64) -> bool {
+        leader.alter_tx.is_some()
+            && leader
+                .pending_isr
+                .as_ref()
+                .is_none_or(|p| now_ms.saturating_sub(p.sent_at_ms) > ALTER_PARTITION_RETRY_MS)
+    }
+
+    fn propose(&self, state: &mut PartitionState, new_isr: Vec<i32>, now_ms: i64) {
+        let partition_epoch = state.partition_epoch;
+        let leader_epoch = self.leader_epoch();
+        let Role::Leader(leader) = &mut state.role else {
+            return;
+        };
+        let Some(tx) = &leader.alter_tx else {
+            return;
+        };
+        tracing::info!(partition = %self.tp, isr = ?state.isr, ?new_isr, "proposing an ISR change");
+        let request = ControllerRequest::AlterPartition {
+            broker_id: self.local_id,
+            topic: self.tp.topic.clone(),
+            partition: self.tp.partition,
+            leader_epoch,
+            partition_epoch,
+            new_isr: new_isr.clone(),
+        };
+        if tx.send(request).is_ok() {
+            leader.pending_isr = Some(PendingIsr { new_isr, partition_epoch, sent_at_ms: now_ms });
+        }
+        // A pending expansion widens the ISR the high watermark waits for; never narrows it.
+        self.maybe_advance_high_watermark(state);
+    }
+
+    /// Periodic ISR check on a leader (the replica manager's tick): proposes dropping followers
+    /// that lagged longer than `replica_lag_time_max_ms`, and retries an unanswered proposal.
+    /// Returns whether a proposal went out.
+    pub fn maybe_shrink_isr(&self, now_ms: i64, replica_lag_time_max_ms: i64) -> bool {
+        let state = &mut *self.lock();
+        let log_end = state.log.log_end_offset();
+        let Role::Leader(leader) = &state.role else {
+            return false;
+        };
+        if !Self::proposal_allowed(leader, now_ms) {
+            return false;
+        }
+        let out = isr::out_of_sync_replicas(
+            &state.isr,
+            self.local_id,
+            &leader.followers,
+            log_end,
+            now_ms,
+            replica_lag_time_max_ms,
+        );
+        if out.is_empty() {
+            // A timed-out expansion is proposed again by the follower's next fetch.
+            return false;
+        }
+        let new_isr: Vec<i32> = state.isr.iter().copied().filter(|id| !out.contains(id)).collect();
+        tracing::warn!(partition = %self.tp, lagging = ?out, "followers fell out of sync");
+        self.propose(state, new_isr, now_ms);
+        true
+    }
+
+    /// Appends batches fetched from the leader, keeping their offsets and partition leader
+    /// epochs (learned into the leader-epoch cache). `records` is a fetch response's records
+    /// field: every whole batch is CRC-checked, a trailing partial batch is ignored. Refused
+    /// unless this replica follows in `leader_epoch`. Returns `None` when there was no whole
+    /// batch.
+    pub fn append_as_follower(&self, records: &Bytes, leader_epoch: i32, now_ms: i64) -> Result<Option<AppendOutcome>> {
+        let (headers, whole_bytes) = self.validate_fetched(records)?;
+        if headers.is_empty() {
+            return Ok(None);
+        }
+        let state = &mut *self.lock();
+        if !matches!(state.role, Role::Follower { .. }) {
+            return Err(self.not_leader());
+        }
+        self.check_epoch(leader_epoch)?;
+        let info = state.log.append_as_follower(&records[..whole_bytes], &headers, now_ms)?;
+        for header in &headers {
+            if state.epochs.latest_epoch().is_none_or(|latest| header.partition_leader_epoch > latest) {
+                state.epochs.assign(header.partition_leader_epoch, header.base_offset)?;
+            }
+            if header.has_producer_id() {
+                state.producers.record(header, header.base_offset, now_ms);
+            }
+        }
+        let log_end = state.log.log_end_offset();
+        self.log_end_offset.store(log_end, Ordering::Release);
+        self.log_end_watch.send_replace(log_end);
+        Ok(Some(AppendOutcome {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_start_offset: state.log.log_start_offset(),
+            duplicate: false,
+        }))
+    }
+
+    /// Headers of the whole batches at the start of `records` and the bytes they take.
+    fn validate_fetched(&self, records: &[u8]) -> Result<(Vec<BatchHeader>, usize)> {
+        let corrupt = |e: spate_client::ProtocolError| BrokerError::CorruptMessage {
+            topic: self.tp.topic.clone(),
+            partition: self.tp.partition,
+            reason: format!("fetched from the leader: {e}"),
+        };
+        let mut headers = Vec::new();
+        let mut position = 0;
+        while records.len() - position >= BATCH_HEADER_BYTES {
+            let rest = &records[position..];
+            let header = BatchHeader::parse(rest).map_err(corrupt)?;
+            if header.batch_length >= 0 && header.total_bytes() > rest.len() {
+                break; // partial batch at the end of a size-limited response
+            }
+            let header = validate_stored_batch(rest, position).map_err(corrupt)?;
+            position += header.total_bytes();
+            headers.push(header);
+        }
+        Ok((headers, position))
+    }
+
+    /// A follower takes the leader's high watermark, capped at its own log end offset.
+    pub fn update_follower_high_watermark(&self, leader_high_watermark: i64) {
+        let log_end = self.log_end_offset.load(Ordering::Acquire);
+        let value = leader_high_watermark.min(log_end);
+        self.high_watermark.send_if_modified(|v| {
+            let changed = *v != value;
+            *v = value;
+            changed
+        });
+    }
+
+    /// Truncates a follower's log to `offset` (KIP-101/279: the suffix diverging from the
+    /// leader), with its leader-epoch cache; producer state is rebuilt from what remains, so
+    /// idempotent dedup forgets truncated batches; the high watermark and durable offset are
+    /// lowered to the new log end. Leaders never truncate.
+    pub fn truncate_to(&self, offset: i64, now_ms: i64) -> Result<()> {
+        let state = &mut *self.lock();
+        if matches!(state.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        if offset >= state.log.log_end_offset() {
+            return Ok(());
+        }
+        tracing::info!(partition = %self.tp, from = state.log.log_end_offset(), to = offset, "truncating follower log");
+        state.log.truncate_to(offset)?;
+        self.after_truncation(state, now_ms)
+    }
+
+    /// Empties a follower's log and restarts it at `offset` (the leader's log start moved past
+    /// the follower's fetch offset).
+    pub fn truncate_fully(&self, offset: i64, now_ms: i64) -> Result<()> {
+        let state = &mut *self.lock();
+        if matches!(state.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        tracing::info!(partition = %self.tp, to = offset, "follower restarts its log at the leader's log start");
+        state.log.truncate_fully(offset)?;
+        state.epochs.clear()?;
+        self.after_truncation(state, now_ms)
+    }
+
+    fn after_truncation(&self, state: &mut PartitionState, now_ms: i64) -> Result<()> {
+        state.truncations += 1;
+        let log_end = state.log.log_end_offset();
+        let log_start = state.log.log_start_offset();
+        state.epochs.truncate_from_end(log_end)?;
+        state.producers.clear();
+        let rebuild_from = log_start.max(log_end - PRODUCER_STATE_REBUILD_OFFSETS);
+        let headers = state.log.batch_headers_from(rebuild_from)?;
+        state.producers.rebuild(headers, now_ms);
+        self.log_start_offset.store(log_start, Ordering::Release);
+        self.log_end_offset.store(log_end, Ordering::Release);
+        self.log_end_watch.send_replace(log_end);
+        for watch in [&self.durable_offset, &self.high_watermark] {
+            watch.send_if_modified(|v| {
+                let lowered = *v > log_end;
+                *v = (*v).min(log_end);
+                lowered
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether an idempotent producer's batch is already in the log (test and debug aid).
+    #[cfg(test)]
+    pub(crate) fn is_duplicate(&self, batch: &BatchHeader) -> bool {
+        matches!(self.lock().producers.check(batch), Ok(SequenceCheck::Duplicate { .. }))
     }
 
     pub fn has_unflushed(&self) -> bool {
@@ -239,7 +757,9 @@ impl Partition {
         let mut state = self.lock();
         state.log.enforce_retention(now_ms)?;
         state.producers.expire(now_ms);
-        self.log_start_offset.store(state.log.log_start_offset(), Ordering::Release);
+        let log_start = state.log.log_start_offset();
+        state.epochs.truncate_from_start(log_start)?;
+        self.log_start_offset.store(log_start, Ordering::Release);
         Ok(())
     }
 

@@ -36,10 +36,9 @@ impl Server {
     pub async fn start(config: BrokerConfig) -> Result<Server> {
         let config = config.validate()?;
         let listen = config.listen;
-        let broker = tokio::task::spawn_blocking(move || Broker::open(config))
-            .await
-            .map_err(|e| BrokerError::io("broker startup", std::io::Error::other(e)))??;
+        // Bind first so a port clash fails fast, before the quorum is waited for.
         let listener = TcpListener::bind(listen).await.map_err(|e| BrokerError::io(listen.to_string(), e))?;
+        let broker = Broker::open(config).await?;
         Ok(Server { broker, listener })
     }
 
@@ -83,7 +82,9 @@ impl Server {
         for task in background {
             task.abort();
         }
+        let controller = broker.controller.clone();
         tokio::task::spawn_blocking(move || broker.shutdown()).await.ok();
+        controller.shutdown().await;
         Ok(())
     }
 }
@@ -120,7 +121,7 @@ fn spawn_background_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<(
             loop {
                 tick.tick().await;
                 for topic in b.all_topics() {
-                    for p in topic.partitions.iter().filter(|p| p.has_unflushed()) {
+                    for p in topic.local_partitions().filter(|p| p.has_unflushed()) {
                         b.mark_dirty(p);
                     }
                 }

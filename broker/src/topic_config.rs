@@ -162,9 +162,9 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
     TopicConfigDef {
         name: "min.insync.replicas",
         broker_synonym: Some("min.insync.replicas"),
-        doc: "Replicas that must have a batch before acks=all succeeds.",
+        doc: "In-sync replicas that must have a batch before acks=all succeeds (NOT_ENOUGH_REPLICAS below it).",
         rule: Rule::Long { min: 1, max: I32_MAX },
-        default: |_| "1".into(),
+        default: |b| b.min_insync_replicas.to_string(),
     },
     TopicConfigDef {
         name: "retention.bytes",
@@ -265,6 +265,10 @@ impl TopicConfigs {
                 max_compaction_lag_ms: self.long("max.compaction.lag.ms", broker),
             },
         }
+    }
+
+    pub fn min_insync_replicas(&self, broker: &BrokerConfig) -> usize {
+        self.long("min.insync.replicas", broker).max(1) as usize
     }
 
     pub fn max_message_bytes(&self, broker: &BrokerConfig) -> usize {

@@ -1,4 +1,5 @@
-//! `spate broker`: runs a single-node broker. Configuration is layered: built-in defaults, then
+//! `spate broker`: runs a broker (with its controller). Without `--controller-quorum` it is a
+//! single-node cluster with no configuration at all. Configuration is layered: built-in defaults, then
 //! an optional TOML file (`--config`), then `SPATE_*` environment variables, then flags. Keys are
 //! Kafka's names (`log.segment.bytes`); the env form is `SPATE_LOG_SEGMENT_BYTES`.
 
@@ -24,6 +25,14 @@ pub struct BrokerArgs {
     /// This broker's id (`node.id`). Default 1.
     #[arg(long)]
     pub node_id: Option<i32>,
+    /// The metadata quorum, `id@host:port,...` (`controller.quorum.voters`): every node's
+    /// controller address. Give the same list to each of the cluster's brokers.
+    #[arg(long)]
+    pub controller_quorum: Option<String>,
+    /// Where this node's controller listens (`controller.listener`). Default: its own entry in
+    /// `--controller-quorum`.
+    #[arg(long)]
+    pub controller_listen: Option<String>,
     /// Any broker config as key=value (repeatable), e.g. `--set log.flush.mode=page-cache`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
@@ -83,6 +92,12 @@ pub fn load_config(args: &BrokerArgs, env: impl Iterator<Item = (String, String)
     if let Some(v) = args.node_id {
         set("node.id", v.to_string())?;
     }
+    if let Some(v) = &args.controller_quorum {
+        set("controller.quorum.voters", v.clone())?;
+    }
+    if let Some(v) = &args.controller_listen {
+        set("controller.listener", v.clone())?;
+    }
     let config: BrokerConfig = toml::Value::Table(table).try_into().context("invalid broker configuration")?;
     Ok(config.validate()?)
 }
@@ -127,6 +142,8 @@ mod tests {
             advertised_listener: None,
             data_dir: None,
             node_id: None,
+            controller_quorum: None,
+            controller_listen: None,
             overrides: vec![],
         }
     }
@@ -148,6 +165,18 @@ mod tests {
         assert_eq!(cfg.num_partitions, 4);
         assert_eq!(cfg.log_retention_ms, 2000);
         assert_eq!(cfg.node_id, 7);
+    }
+
+    #[test]
+    fn cluster_flags_set_the_quorum() {
+        let mut a = args();
+        a.node_id = Some(2);
+        a.controller_quorum = Some("1@127.0.0.1:19091,2@127.0.0.1:19092".into());
+        a.overrides = vec!["min.insync.replicas=2".into(), "broker.session.timeout.ms=2000".into()];
+        let cfg = load_config(&a, std::iter::empty()).unwrap();
+        assert_eq!(cfg.quorum_voters().unwrap().len(), 2);
+        assert_eq!(cfg.min_insync_replicas, 2);
+        assert_eq!(cfg.broker_session_timeout_ms, 2000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod bench;
 mod broker;
+mod cluster;
 mod common;
 mod consume;
 mod groups;
@@ -27,6 +28,9 @@ enum Command {
     Broker(broker::BrokerArgs),
     /// List, create, describe, alter and delete topics (like kafka-topics.sh).
     Topics(topics::TopicsArgs),
+    /// Cluster health: `spate cluster status` lists brokers, the controller, and under-replicated
+    /// and offline partitions.
+    Cluster(cluster::ClusterArgs),
     /// Send lines from stdin or a file as records (like kafka-console-producer.sh).
     Produce(produce::ProduceArgs),
     /// Print records of a topic (like kafka-console-consumer.sh).
@@ -49,10 +53,13 @@ fn init_logging(default_level: &str) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The client tools keep stderr for their own messages unless something goes wrong.
-    init_logging(if matches!(cli.command, Command::Broker(_)) { "info" } else { "warn" });
+    // openraft logs every failed RPC to a down voter at error level; our controller reports
+    // unreachable peers itself, rate-limited.
+    init_logging(if matches!(cli.command, Command::Broker(_)) { "info,openraft=off" } else { "warn,openraft=off" });
     let result: Result<()> = match cli.command {
         Command::Broker(args) => broker::run(args).await,
         Command::Topics(args) => topics::run(args).await,
+        Command::Cluster(args) => cluster::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Groups(args) => groups::run(args).await,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
 use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource, NewTopic};
+use spate_client::protocol::ErrorCode;
 use spate_client::Admin;
 
 use crate::common::{parse_key_value, print_out, BootstrapArgs};
@@ -36,6 +37,10 @@ pub struct TopicsArgs {
     /// The topic to act on.
     #[arg(long)]
     pub topic: Option<String>,
+    /// The topic to act on, as a positional argument (`spate topics --create orders
+    /// --partitions 3 --replication-factor 3`); the same as --topic.
+    #[arg(value_name = "TOPIC", conflicts_with = "topic")]
+    pub topic_arg: Option<String>,
     /// Partition count (create: default the broker's `num.partitions`; alter: the new total).
     #[arg(long)]
     pub partitions: Option<i32>,
@@ -54,15 +59,64 @@ pub struct TopicsArgs {
     /// With --create: succeed quietly when the topic already exists.
     #[arg(long)]
     pub if_not_exists: bool,
+    /// With --describe: only partitions with fewer in-sync replicas than replicas.
+    #[arg(long)]
+    pub under_replicated_partitions: bool,
+    /// With --describe: only partitions without a leader.
+    #[arg(long)]
+    pub unavailable_partitions: bool,
 }
 
 impl TopicsArgs {
+    /// Combinations clap cannot express.
+    fn validate(&self) -> Result<()> {
+        if (self.under_replicated_partitions || self.unavailable_partitions) && !self.describe {
+            bail!("--under-replicated-partitions and --unavailable-partitions go with --describe");
+        }
+        Ok(())
+    }
+
+    fn topic_name(&self) -> Option<&str> {
+        self.topic.as_deref().or(self.topic_arg.as_deref())
+    }
+
     fn topic(&self, action: &str) -> Result<&str> {
-        self.topic.as_deref().with_context(|| format!("--{action} needs --topic"))
+        self.topic_name().with_context(|| format!("--{action} needs --topic"))
+    }
+
+    /// Which partitions --describe prints.
+    fn partition_filter(&self) -> PartitionFilter {
+        if self.under_replicated_partitions || self.unavailable_partitions {
+            PartitionFilter {
+                under_replicated: self.under_replicated_partitions,
+                unavailable: self.unavailable_partitions,
+            }
+        } else {
+            PartitionFilter::ALL
+        }
+    }
+}
+
+/// Kafka's --under-replicated-partitions / --unavailable-partitions: with either, only the
+/// partitions matching one of them are shown (and topics without such partitions not at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartitionFilter {
+    under_replicated: bool,
+    unavailable: bool,
+}
+
+impl PartitionFilter {
+    const ALL: PartitionFilter = PartitionFilter { under_replicated: false, unavailable: false };
+
+    fn shows(&self, p: &spate_client::metadata::PartitionMetadata) -> bool {
+        *self == PartitionFilter::ALL
+            || (self.under_replicated && p.is_under_replicated())
+            || (self.unavailable && p.is_offline())
     }
 }
 
 pub async fn run(args: TopicsArgs) -> Result<()> {
+    args.validate()?;
     let admin = Admin::new(AdminConfig {
         bootstrap_servers: args.bootstrap.servers()?,
         client_id: "spate-topics".into(),
@@ -83,14 +137,20 @@ pub async fn run(args: TopicsArgs) -> Result<()> {
         }
         match admin.create_topic(topic).await {
             Ok(()) => writeln!(out, "Created topic {name}.")?,
-            Err(e)
-                if args.if_not_exists && e.code() == Some(spate_client::protocol::ErrorCode::TOPIC_ALREADY_EXISTS) => {}
+            Err(e) if args.if_not_exists && e.code() == Some(ErrorCode::TOPIC_ALREADY_EXISTS) => {}
             Err(e) => return Err(e.into()),
         }
     } else if args.describe {
-        let names: Vec<&str> = args.topic.as_deref().into_iter().collect();
+        let names: Vec<&str> = args.topic_name().into_iter().collect();
         let mut topics = admin.describe_topics(&names).await?;
         topics.retain(|t| args.include_internal || !t.is_internal || !names.is_empty());
+        let filter = args.partition_filter();
+        if filter != PartitionFilter::ALL {
+            for t in &mut topics {
+                t.partitions.retain(|p| filter.shows(p));
+            }
+            topics.retain(|t| !t.partitions.is_empty());
+        }
         let resources: Vec<ConfigResource> = topics.iter().map(|t| ConfigResource::Topic(t.name.clone())).collect();
         let mut configs = admin.describe_configs(&resources, &[]).await?;
         for topic in &topics {
@@ -99,7 +159,12 @@ pub async fn run(args: TopicsArgs) -> Result<()> {
                 Some(Err(e)) => return Err(e).with_context(|| format!("describing configs of {}", topic.name)),
                 None => Vec::new(),
             };
-            describe_topic(&mut out, topic, &entries)?;
+            if filter == PartitionFilter::ALL {
+                describe_topic(&mut out, topic, &entries)?;
+            } else {
+                // As kafka-topics.sh: only the partition lines when filtering.
+                describe_partitions(&mut out, topic)?;
+            }
         }
     } else if args.delete {
         let name = args.topic("delete")?;
@@ -158,21 +223,25 @@ fn describe_topic(
         replication_factor,
         configs
     )?;
+    describe_partitions(out, topic)
+}
+
+/// One line per partition: Partition, Leader ("none" without one), Replicas, Isr and Offline
+/// (replicas on brokers that are down or whose log directory failed), then an error if any.
+fn describe_partitions(out: &mut String, topic: &spate_client::admin::TopicDescription) -> std::fmt::Result {
     let join = |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     for p in &topic.partitions {
         write!(
             out,
-            "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+            "\tTopic: {}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tOffline: {}",
             topic.name,
             p.partition,
             if p.leader < 0 { "none".to_string() } else { p.leader.to_string() },
             join(&p.replicas),
-            join(&p.isr)
+            join(&p.isr),
+            join(&p.offline_replicas)
         )?;
-        if !p.offline_replicas.is_empty() {
-            write!(out, "\tOffline: {}", join(&p.offline_replicas))?;
-        }
-        if !p.error.is_ok() {
+        if !p.error.is_ok() && p.error != ErrorCode::LEADER_NOT_AVAILABLE {
             write!(out, "\tError: {}", p.error)?;
         }
         writeln!(out)?;
@@ -230,6 +299,68 @@ mod tests {
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[0].starts_with("Topic: t\tTopicId: "), "{out}");
         assert!(lines[0].ends_with("PartitionCount: 2\tReplicationFactor: 1\tConfigs: retention.ms=1000"), "{out}");
-        assert_eq!(lines[2], "\tTopic: t\tPartition: 1\tLeader: 1\tReplicas: 1\tIsr: 1");
+        assert_eq!(lines[2], "\tTopic: t\tPartition: 1\tLeader: 1\tReplicas: 1\tIsr: 1\tOffline: ");
+    }
+
+    fn replicated(p: i32, leader: i32, isr: &[i32], offline: &[i32]) -> PartitionMetadata {
+        PartitionMetadata {
+            partition: p,
+            leader,
+            leader_epoch: 2,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            offline_replicas: offline.to_vec(),
+            error: if leader < 0 { ErrorCode::LEADER_NOT_AVAILABLE } else { ErrorCode::NONE },
+        }
+    }
+
+    #[test]
+    fn describe_shows_replicas_isr_and_offline_and_filters_unhealthy_partitions() {
+        let topic = TopicDescription {
+            name: "r".into(),
+            topic_id: Default::default(),
+            is_internal: false,
+            partitions: vec![
+                replicated(0, 1, &[1, 2, 3], &[]),
+                replicated(1, 2, &[2, 1], &[3]),
+                replicated(2, -1, &[], &[1, 2, 3]),
+            ],
+        };
+        let mut out = String::new();
+        describe_topic(&mut out, &topic, &[]).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains("ReplicationFactor: 3"), "{out}");
+        assert_eq!(lines[2], "\tTopic: r\tPartition: 1\tLeader: 2\tReplicas: 1,2,3\tIsr: 2,1\tOffline: 3");
+        assert_eq!(lines[3], "\tTopic: r\tPartition: 2\tLeader: none\tReplicas: 1,2,3\tIsr: \tOffline: 1,2,3");
+
+        let under = PartitionFilter { under_replicated: true, unavailable: false };
+        let shown: Vec<i32> = topic.partitions.iter().filter(|p| under.shows(p)).map(|p| p.partition).collect();
+        assert_eq!(shown, vec![1, 2]);
+        let unavailable = PartitionFilter { under_replicated: false, unavailable: true };
+        let shown: Vec<i32> = topic.partitions.iter().filter(|p| unavailable.shows(p)).map(|p| p.partition).collect();
+        assert_eq!(shown, vec![2]);
+        assert!(topic.partitions.iter().all(|p| PartitionFilter::ALL.shows(p)));
+    }
+
+    #[test]
+    fn parses_create_with_replication_factor_and_positional_topic() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TopicsArgs,
+        }
+        let parse =
+            |argv: &[&str]| Cli::try_parse_from(std::iter::once("topics").chain(argv.iter().copied())).map(|c| c.args);
+        let a = parse(&["--create", "orders", "--partitions", "6", "--replication-factor", "3"]).unwrap();
+        assert_eq!((a.topic("create").unwrap(), a.partitions, a.replication_factor), ("orders", Some(6), Some(3)));
+        let a = parse(&["--create", "--topic", "orders"]).unwrap();
+        assert_eq!((a.topic("create").unwrap(), a.replication_factor), ("orders", None));
+        assert!(parse(&["--create", "--topic", "a", "b"]).is_err(), "--topic and a positional topic conflict");
+        let a = parse(&["--describe", "--under-replicated-partitions"]).unwrap();
+        assert_eq!(a.topic_name(), None);
+        assert_eq!(a.partition_filter(), PartitionFilter { under_replicated: true, unavailable: false });
+        assert!(parse(&["--list", "--unavailable-partitions"]).unwrap().validate().is_err(), "filters need --describe");
+        assert!(a.validate().is_ok());
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::connection::{Connection, ConnectionConfig};
 pub use crate::consumer::OffsetAndMetadata;
 use crate::error::{Error, ProtocolError, Result};
-use crate::metadata::{Cluster, ClusterConfig, PartitionMetadata, TopicPartition};
+use crate::metadata::{BrokerMetadata, Cluster, ClusterConfig, PartitionMetadata, TopicPartition};
 use crate::protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use crate::protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use crate::protocol::messages::delete_topics_request::DeleteTopicState;
@@ -34,7 +34,7 @@ use crate::protocol::messages::{
     OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
     TopicName,
 };
-use crate::protocol::{str_bytes, ApiKey, ErrorCode};
+use crate::protocol::{str_bytes, ApiKey, Codec, ErrorCode};
 
 /// Admin client settings.
 #[derive(Debug, Clone)]
@@ -82,6 +82,21 @@ pub struct TopicDescription {
     pub topic_id: uuid::Uuid,
     pub is_internal: bool,
     pub partitions: Vec<PartitionMetadata>,
+}
+
+/// Resends of an admin request whose connection was lost.
+const CONTROLLER_ATTEMPTS: u32 = 2;
+
+/// The cluster as a Metadata request describes it (what Kafka's `Admin.describeCluster`
+/// returns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDescription {
+    pub cluster_id: Option<String>,
+    /// The broker that admin requests go to; in a KRaft cluster Kafka names a live broker here
+    /// (the active controller is not a broker). -1 when none is known.
+    pub controller_id: i32,
+    /// Live (registered, unfenced) brokers, by node id.
+    pub brokers: Vec<BrokerMetadata>,
 }
 
 /// What a config request is about.
@@ -273,8 +288,6 @@ pub struct Admin {
     timeout_ms: i32,
 }
 
-const ADMIN_ATTEMPTS: u32 = 3;
-
 impl Admin {
     pub async fn new(config: AdminConfig) -> Result<Admin> {
         let mut cluster_config = ClusterConfig::new(config.bootstrap_servers);
@@ -319,8 +332,7 @@ impl Admin {
                 })
                 .collect(),
         );
-        let (_, response): (i16, CreateTopicsResponse) =
-            self.cluster.controller().await?.call(ApiKey::CreateTopics, &request).await?;
+        let (_, response): (i16, CreateTopicsResponse) = self.call_controller(ApiKey::CreateTopics, &request).await?;
         let results = response
             .topics
             .into_iter()
@@ -388,7 +400,7 @@ impl Admin {
                 .collect(),
         );
         let (_, response): (i16, CreatePartitionsResponse) =
-            self.cluster.controller().await?.call(ApiKey::CreatePartitions, &request).await?;
+            self.call_controller(ApiKey::CreatePartitions, &request).await?;
         Ok(response
             .results
             .into_iter()
@@ -409,6 +421,40 @@ impl Admin {
             metadata.topics.values().filter(|t| include_internal || !t.is_internal).map(|t| t.name.clone()).collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Sends a request to the controller (any broker when it is unreachable). When the
+    /// connection is lost before an answer came (the broker went down), the request goes once
+    /// more to another broker after a metadata refresh; a timeout is not retried, since the
+    /// first request may have taken effect.
+    async fn call_controller<Req: Codec, Resp: Codec>(&self, api_key: ApiKey, request: &Req) -> Result<(i16, Resp)> {
+        let mut attempt = 0;
+        loop {
+            let conn = self.cluster.controller().await?;
+            match conn.call(api_key, request).await {
+                Err(e @ (Error::ConnectionLost { .. } | Error::ConnectionClosed { .. } | Error::Io { .. }))
+                    if attempt < CONTROLLER_ATTEMPTS =>
+                {
+                    tracing::debug!(peer = conn.peer(), error = %e, "admin request failed, trying another broker");
+                    attempt += 1;
+                    self.cluster.report_failure(&conn);
+                    let _ = self.cluster.refresh().await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Brokers, controller id and cluster id, from a fresh Metadata request.
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
+        // Asking for no topic at all is not expressible before Metadata v1's empty list, which
+        // every version this client speaks has; `refresh_topics(&[])` sends that.
+        let metadata = self.cluster.refresh_topics(&[]).await?;
+        Ok(ClusterDescription {
+            cluster_id: metadata.cluster_id.clone(),
+            controller_id: metadata.controller_id,
+            brokers: metadata.brokers.values().cloned().collect(),
+        })
     }
 
     /// Partitions, leaders, replicas and ISR of the named topics (all topics when empty).
@@ -1086,78 +1132,129 @@ pub(crate) async fn list_offsets(
     partitions: &[(TopicPartition, i64)],
     isolation_level: i8,
 ) -> Result<HashMap<TopicPartition, ListOffsetsResultInfo>> {
+    let deadline = tokio::time::Instant::now() + cluster.config().connection.request_timeout;
+    list_offsets_until(cluster, partitions, isolation_level, deadline).await
+}
+
+/// Wait between ListOffsets rounds while leadership moves.
+const LIST_OFFSETS_BACKOFF: Duration = Duration::from_millis(100);
+
+/// ListOffsets to each partition's leader. Partitions whose leader is unknown, unreachable or
+/// has moved (a retriable error code) are looked up again after a metadata refresh until
+/// `deadline`; at least one round is always made.
+pub(crate) async fn list_offsets_until(
+    cluster: &Cluster,
+    partitions: &[(TopicPartition, i64)],
+    isolation_level: i8,
+    deadline: tokio::time::Instant,
+) -> Result<HashMap<TopicPartition, ListOffsetsResultInfo>> {
     let mut out = HashMap::new();
     let mut todo: Vec<(TopicPartition, i64)> = partitions.to_vec();
-    for attempt in 0..ADMIN_ATTEMPTS {
+    loop {
         let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        let mut retry = Vec::new();
+        let mut last_error = None;
         for (tp, ts) in todo.drain(..) {
             let topic = cluster.topic(&tp.topic).await?;
             let p = topic
                 .partition(tp.partition)
                 .ok_or_else(|| Error::UnknownPartition { topic: tp.topic.clone(), partition: tp.partition })?;
             if p.leader < 0 {
-                return Err(Error::LeaderNotAvailable { topic: tp.topic.clone(), partition: tp.partition });
+                last_error = Some(Error::LeaderNotAvailable { topic: tp.topic.clone(), partition: tp.partition });
+                retry.push((tp, ts));
+                continue;
             }
             by_leader.entry(p.leader).or_default().push((tp, ts));
         }
-        let mut retry = Vec::new();
-        let mut last_error = None;
         for (leader, wanted) in by_leader {
-            let conn = cluster.broker(leader).await?;
-            let version = conn.version(ApiKey::ListOffsets)?;
-            let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
-            for (tp, ts) in &wanted {
-                topics
-                    .entry(tp.topic.as_str())
-                    .or_default()
-                    .push(ListOffsetsPartition::default().with_partition_index(tp.partition).with_timestamp(*ts));
-            }
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_isolation_level(if version >= 2 { isolation_level } else { 0 })
-                .with_topics(
-                    topics
-                        .into_iter()
-                        .map(|(name, ps)| {
-                            ListOffsetsTopic::default().with_name(TopicName(str_bytes(name))).with_partitions(ps)
-                        })
-                        .collect(),
-                );
-            let response: ListOffsetsResponse = conn.send(ApiKey::ListOffsets, version, &request).await?;
-            let mut answered = HashMap::new();
-            for t in response.topics {
-                for p in t.partitions {
-                    answered.insert((t.name.0.to_string(), p.partition_index), p);
+            match list_offsets_at(cluster, leader, &wanted, isolation_level).await {
+                Ok(answers) => {
+                    for ((tp, ts), answer) in wanted.into_iter().zip(answers) {
+                        match answer {
+                            Ok(info) => {
+                                out.insert(tp, info);
+                            }
+                            Err(e) if e.is_retriable() => {
+                                last_error = Some(e);
+                                retry.push((tp, ts));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
-            }
-            for (tp, ts) in wanted {
-                let Some(p) = answered.remove(&(tp.topic.clone(), tp.partition)) else {
-                    last_error = Some(Error::broker(ErrorCode::UNKNOWN_SERVER_ERROR, format!("list offsets of {tp}")));
-                    retry.push((tp, ts));
-                    continue;
-                };
-                let code = ErrorCode(p.error_code);
-                if code.is_ok() {
-                    let leader_epoch = (p.leader_epoch >= 0).then_some(p.leader_epoch);
-                    out.insert(tp, ListOffsetsResultInfo { offset: p.offset, timestamp_ms: p.timestamp, leader_epoch });
-                } else if code.is_retriable() && attempt + 1 < ADMIN_ATTEMPTS {
-                    retry.push((tp, ts));
-                } else {
-                    return Err(Error::broker(code, format!("list offsets of {tp}")));
+                Err(e) if e.is_retriable() => {
+                    last_error = Some(e);
+                    retry.extend(wanted);
                 }
+                Err(e) => return Err(e),
             }
         }
         if retry.is_empty() {
             return Ok(out);
         }
-        if let Some(e) = last_error {
-            tracing::debug!(error = %e, "retrying list offsets");
+        let error = last_error.unwrap_or_else(|| Error::broker(ErrorCode::LEADER_NOT_AVAILABLE, "list offsets"));
+        if tokio::time::Instant::now() + LIST_OFFSETS_BACKOFF >= deadline {
+            return Err(error);
         }
-        cluster.refresh().await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tracing::debug!(error = %error, partitions = retry.len(), "retrying list offsets");
+        tokio::time::sleep(LIST_OFFSETS_BACKOFF).await;
+        let topics: BTreeSet<&str> = retry.iter().map(|(tp, _)| tp.topic.as_str()).collect();
+        if let Err(e) = cluster.refresh_topics(&topics.into_iter().collect::<Vec<_>>()).await {
+            tracing::debug!(error = %e, "metadata refresh for list offsets failed");
+        }
         todo = retry;
     }
-    Err(Error::broker(ErrorCode::LEADER_NOT_AVAILABLE, "list offsets: leadership kept moving"))
+}
+
+/// One ListOffsets request to `leader`; one answer per wanted partition, in order.
+async fn list_offsets_at(
+    cluster: &Cluster,
+    leader: i32,
+    wanted: &[(TopicPartition, i64)],
+    isolation_level: i8,
+) -> Result<Vec<Result<ListOffsetsResultInfo>>> {
+    let conn = cluster.broker(leader).await?;
+    let version = conn.version(ApiKey::ListOffsets)?;
+    let metadata = cluster.metadata();
+    let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
+    for (tp, ts) in wanted {
+        topics.entry(tp.topic.as_str()).or_default().push(
+            ListOffsetsPartition::default()
+                .with_partition_index(tp.partition)
+                .with_timestamp(*ts)
+                .with_current_leader_epoch(metadata.leader_epoch(&tp.topic, tp.partition)),
+        );
+    }
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(if version >= 2 { isolation_level } else { 0 })
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(name, ps)| ListOffsetsTopic::default().with_name(TopicName(str_bytes(name))).with_partitions(ps))
+                .collect(),
+        );
+    let response: ListOffsetsResponse = conn.send(ApiKey::ListOffsets, version, &request).await?;
+    let mut answered = HashMap::new();
+    for t in response.topics {
+        for p in t.partitions {
+            answered.insert((t.name.0.to_string(), p.partition_index), p);
+        }
+    }
+    Ok(wanted
+        .iter()
+        .map(|(tp, _)| {
+            let Some(p) = answered.remove(&(tp.topic.clone(), tp.partition)) else {
+                return Err(Error::broker(ErrorCode::UNKNOWN_SERVER_ERROR, format!("list offsets of {tp}: no answer")));
+            };
+            let code = ErrorCode(p.error_code);
+            if !code.is_ok() {
+                return Err(Error::broker(code, format!("list offsets of {tp}")));
+            }
+            let leader_epoch = (p.leader_epoch >= 0).then_some(p.leader_epoch);
+            Ok(ListOffsetsResultInfo { offset: p.offset, timestamp_ms: p.timestamp, leader_epoch })
+        })
+        .collect())
 }
 
 #[cfg(test)]

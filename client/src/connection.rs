@@ -380,10 +380,15 @@ impl PendingResponse {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::ConnectionClosed { peer: self.conn.peer().to_string() }),
             Err(_) => {
-                // A late response finds no waiter and is dropped by the reader.
+                // As the Java client does, a request that timed out closes its connection: the
+                // broker may be paused or cut off, and every other request on the connection
+                // would wait out its own timeout too. Their callers see the connection lost
+                // now and retry elsewhere; the next use of this broker reconnects.
                 self.conn.forget(self.correlation_id);
                 let timeout_ms = self.conn.shared.config.request_timeout.as_millis() as u64;
-                Err(Error::Timeout { peer: self.conn.peer().to_string(), timeout_ms })
+                let peer = self.conn.peer().to_string();
+                close(&self.conn.shared.pending, &peer, format!("a request timed out after {timeout_ms} ms"));
+                Err(Error::Timeout { peer, timeout_ms })
             }
         }
     }
@@ -612,6 +617,10 @@ mod tests {
         let err = conn.send::<_, MetadataResponse>(ApiKey::Metadata, 9, &MetadataRequest::default()).await.unwrap_err();
         assert!(matches!(err, Error::Timeout { timeout_ms: 50, .. }));
         assert!(conn.shared.pending.lock().unwrap().waiting.is_empty());
+        // The connection is given up so the pool reconnects (or fails over) next time.
+        assert!(conn.is_closed());
+        let again = conn.send::<_, MetadataResponse>(ApiKey::Metadata, 9, &MetadataRequest::default()).await;
+        assert!(matches!(again, Err(Error::ConnectionLost { .. })));
         drop(done_tx);
     }
 }

@@ -72,6 +72,8 @@ pub enum Error {
     },
     #[error("{peer} does not support {api}")]
     ApiNotSupported { peer: String, api: &'static str },
+    #[error("broker {node_id} is not in the cluster metadata")]
+    UnknownBroker { node_id: i32 },
     #[error("no leader is known for {topic}-{partition}")]
     LeaderNotAvailable { topic: String, partition: i32 },
     #[error("topic {topic} does not exist")]
@@ -96,6 +98,8 @@ impl Error {
             | Error::ConnectionClosed { .. }
             | Error::ConnectionLost { .. }
             | Error::Timeout { .. }
+            | Error::NoBootstrap { .. }
+            | Error::UnknownBroker { .. }
             | Error::LeaderNotAvailable { .. } => true,
             Error::Delivery { source, .. } => source.is_retriable(),
             Error::Broker { code, .. } => code.is_retriable(),

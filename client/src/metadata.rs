@@ -5,6 +5,11 @@
 //! new snapshot and swaps it in. Concurrent refreshes coalesce: a caller that waited while
 //! another refresh ran takes that one's result. Callers refresh after NOT_LEADER_OR_FOLLOWER,
 //! UNKNOWN_TOPIC_OR_PARTITION or a connection error.
+//!
+//! In a replicated cluster brokers learn metadata from the controller at slightly different
+//! times, so a refresh may reach a broker that is behind. As in the Java client, a partition's
+//! cached entry is only replaced by one with the same or a newer leader epoch, and a refresh
+//! that cannot reach one broker tries every other known broker, then the bootstrap servers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -77,6 +82,19 @@ pub struct TopicMetadata {
     pub error: ErrorCode,
 }
 
+impl PartitionMetadata {
+    /// No leader: the partition can be neither written nor read (Kafka's "offline" or
+    /// "unavailable" partition).
+    pub fn is_offline(&self) -> bool {
+        self.leader < 0
+    }
+
+    /// Fewer in-sync replicas than replicas.
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
 impl TopicMetadata {
     pub fn partition(&self, partition: i32) -> Option<&PartitionMetadata> {
         self.partitions.get(usize::try_from(partition).ok()?).filter(|p| p.partition == partition)
@@ -97,6 +115,12 @@ impl ClusterMetadata {
     pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
         let leader = self.topics.get(topic)?.partition(partition)?.leader;
         (leader >= 0).then_some(leader)
+    }
+
+    /// The leader epoch of a partition as last seen, -1 when unknown (what Fetch's
+    /// `current_leader_epoch` takes to mean "do not check").
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.topics.get(topic).and_then(|t| t.partition(partition)).map_or(-1, |p| p.leader_epoch)
     }
 }
 
@@ -129,9 +153,12 @@ struct ClusterInner {
     refresh_lock: tokio::sync::Mutex<()>,
     /// Topics this client has asked about; a refresh re-fetches them.
     interesting: std::sync::Mutex<BTreeSet<String>>,
-    brokers: tokio::sync::Mutex<HashMap<i32, Connection>>,
+    /// One slot per broker id. The outer lock is held only to find the slot; connecting holds
+    /// the slot's own lock, so a broker that is slow to answer (down, or paused) delays only
+    /// the callers that want that broker.
+    brokers: std::sync::Mutex<HashMap<i32, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
     /// The connection metadata requests go over, to any broker.
-    any: tokio::sync::Mutex<Option<Connection>>,
+    any: std::sync::Mutex<Option<Connection>>,
 }
 
 /// The metadata cache and connection pool. Cheap to clone.
@@ -157,8 +184,8 @@ impl Cluster {
                 generation: AtomicU64::new(0),
                 refresh_lock: tokio::sync::Mutex::new(()),
                 interesting: std::sync::Mutex::new(BTreeSet::new()),
-                brokers: tokio::sync::Mutex::new(HashMap::new()),
-                any: tokio::sync::Mutex::new(None),
+                brokers: std::sync::Mutex::new(HashMap::new()),
+                any: std::sync::Mutex::new(None),
             }),
         };
         cluster.refresh().await?;
@@ -232,23 +259,33 @@ impl Cluster {
         Err(Error::broker(last, format!("metadata of topic {name}")))
     }
 
-    /// The pooled connection to a broker, (re)connecting when needed.
+    /// The pooled connection to a broker, (re)connecting when needed. A broker missing from
+    /// the metadata (fenced, or not yet known) is [`Error::UnknownBroker`], which is retriable:
+    /// refresh and look the leader up again.
     pub async fn broker(&self, node_id: i32) -> Result<Connection> {
-        let mut brokers = self.inner.brokers.lock().await;
-        if let Some(conn) = brokers.get(&node_id) {
+        let slot = self.inner.brokers.lock().expect("brokers lock").entry(node_id).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
             if !conn.is_closed() {
                 return Ok(conn.clone());
             }
         }
         let addr = match self.metadata().brokers.get(&node_id) {
             Some(b) => b.addr(),
-            None => {
-                return Err(Error::Config(format!("broker {node_id} is not in the cluster metadata")));
-            }
+            None => return Err(Error::UnknownBroker { node_id }),
         };
         let conn = Connection::connect(&addr, &self.inner.config.connection).await?;
-        brokers.insert(node_id, conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Forgets `conn` as the connection for metadata and coordinator lookups after a request
+    /// over it failed, so the next lookup goes to another broker.
+    pub fn report_failure(&self, conn: &Connection) {
+        let mut any = self.inner.any.lock().expect("any lock");
+        if any.as_ref().is_some_and(|c| c.peer() == conn.peer()) {
+            *any = None;
+        }
     }
 
     /// The leader of a partition and a connection to it.
@@ -277,31 +314,46 @@ impl Cluster {
     /// Some live broker connection: the last one used for metadata, else a known broker, else a
     /// bootstrap server.
     pub async fn any_broker(&self) -> Result<Connection> {
-        let mut any = self.inner.any.lock().await;
-        if let Some(conn) = any.as_ref() {
-            if !conn.is_closed() {
-                return Ok(conn.clone());
+        self.any_broker_avoiding(&BTreeSet::new()).await
+    }
+
+    /// Like [`Cluster::any_broker`], skipping brokers (by `host:port`) that just failed.
+    async fn any_broker_avoiding(&self, avoid: &BTreeSet<String>) -> Result<Connection> {
+        let cached = self.inner.any.lock().expect("any lock").clone();
+        if let Some(conn) = cached {
+            if !conn.is_closed() && !avoid.contains(conn.peer()) {
+                return Ok(conn);
             }
         }
         let mut failures = Vec::new();
-        let known: Vec<i32> = self.metadata().brokers.keys().copied().collect();
-        for node_id in known {
-            match self.broker(node_id).await {
+        let metadata = self.metadata();
+        for (node_id, broker) in &metadata.brokers {
+            if avoid.contains(&broker.addr()) {
+                continue;
+            }
+            match self.broker(*node_id).await {
                 Ok(conn) => {
-                    *any = Some(conn.clone());
+                    *self.inner.any.lock().expect("any lock") = Some(conn.clone());
                     return Ok(conn);
                 }
                 Err(e) => failures.push(format!("broker {node_id}: {e}")),
             }
         }
+        let known: BTreeSet<String> = metadata.brokers.values().map(BrokerMetadata::addr).collect();
         for addr in &self.inner.config.bootstrap_servers {
+            if avoid.contains(addr) || known.contains(addr) {
+                continue;
+            }
             match Connection::connect(addr, &self.inner.config.connection).await {
                 Ok(conn) => {
-                    *any = Some(conn.clone());
+                    *self.inner.any.lock().expect("any lock") = Some(conn.clone());
                     return Ok(conn);
                 }
                 Err(e) => failures.push(format!("{addr}: {e}")),
             }
+        }
+        if failures.is_empty() {
+            failures.push("every broker failed a request just now".to_string());
         }
         Err(Error::NoBootstrap { servers: self.inner.config.bootstrap_servers.join(","), reason: failures.join("; ") })
     }
@@ -309,7 +361,6 @@ impl Cluster {
     /// Sends one Metadata request (`None` = all topics) and merges the answer into the cache.
     /// Callers hold `refresh_lock`.
     async fn fetch(&self, topics: Option<Vec<String>>) -> Result<Arc<ClusterMetadata>> {
-        let conn = self.any_broker().await?;
         let request = MetadataRequest::default()
             .with_topics(topics.as_ref().map(|names| {
                 names
@@ -318,13 +369,18 @@ impl Cluster {
                     .collect()
             }))
             .with_allow_auto_topic_creation(self.inner.config.allow_auto_topic_creation);
-        let response: MetadataResponse = match conn.call(ApiKey::Metadata, &request).await {
-            Ok((_, r)) => r,
-            Err(e) => {
-                warn!(peer = conn.peer(), error = %e, "metadata request failed");
-                // Try another broker next time.
-                self.inner.any.lock().await.take();
-                return Err(e);
+        // Each broker that fails is skipped for the rest of this refresh; `any_broker_avoiding`
+        // ends the loop with an error once none is left.
+        let mut failed = BTreeSet::new();
+        let response: MetadataResponse = loop {
+            let conn = self.any_broker_avoiding(&failed).await?;
+            match conn.call(ApiKey::Metadata, &request).await {
+                Ok((_, r)) => break r,
+                Err(e) => {
+                    warn!(peer = conn.peer(), error = %e, "metadata request failed, trying another broker");
+                    self.report_failure(&conn);
+                    failed.insert(conn.peer().to_string());
+                }
             }
         };
         let merged = Arc::new(merge(&self.metadata(), response, topics.is_none()));
@@ -359,6 +415,13 @@ fn merge(previous: &ClusterMetadata, response: MetadataResponse, all_topics: boo
             topics.remove(&name);
             continue;
         }
+        // The cached topic, when this answer is about the same incarnation of it (a deleted
+        // and re-created topic starts its epochs again).
+        let cached = previous
+            .topics
+            .get(&name)
+            .filter(|c| c.topic_id == t.topic_id && !t.topic_id.is_nil() && t.error_code == 0)
+            .cloned();
         let mut partitions: Vec<PartitionMetadata> = t
             .partitions
             .into_iter()
@@ -370,6 +433,14 @@ fn merge(previous: &ClusterMetadata, response: MetadataResponse, all_topics: boo
                 isr: p.isr_nodes.into_iter().map(|b| b.0).collect(),
                 offline_replicas: p.offline_replicas.into_iter().map(|b| b.0).collect(),
                 error: ErrorCode(p.error_code),
+            })
+            .map(|fresh| match cached.as_ref().and_then(|c| c.partition(fresh.partition)) {
+                Some(known) if is_stale(known, &fresh) => {
+                    debug!(topic = %name, partition = fresh.partition, known = known.leader_epoch,
+                        answered = fresh.leader_epoch, "ignoring metadata with an older leader epoch");
+                    known.clone()
+                }
+                _ => fresh,
             })
             .collect();
         partitions.sort_by_key(|p| p.partition);
@@ -383,6 +454,12 @@ fn merge(previous: &ClusterMetadata, response: MetadataResponse, all_topics: boo
         brokers,
         topics,
     }
+}
+
+/// Whether `fresh` comes from a broker that has not yet seen the leader epoch the cache
+/// already holds (Java's `Metadata.updateLatestMetadata` rule).
+fn is_stale(known: &PartitionMetadata, fresh: &PartitionMetadata) -> bool {
+    known.leader_epoch >= 0 && fresh.leader_epoch >= 0 && fresh.leader_epoch < known.leader_epoch
 }
 
 #[cfg(test)]
@@ -438,6 +515,93 @@ mod tests {
         let all = MetadataResponse::default().with_topics(vec![topic("c", ErrorCode::NONE, &[1])]);
         let m = merge(&m, all, true);
         assert_eq!(m.topics.keys().collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    fn partition(
+        index: i32,
+        leader: i32,
+        leader_epoch: i32,
+        replicas: &[i32],
+        isr: &[i32],
+    ) -> MetadataResponsePartition {
+        MetadataResponsePartition::default()
+            .with_partition_index(index)
+            .with_leader_id(BrokerId(leader))
+            .with_leader_epoch(leader_epoch)
+            .with_replica_nodes(replicas.iter().map(|b| BrokerId(*b)).collect())
+            .with_isr_nodes(isr.iter().map(|b| BrokerId(*b)).collect())
+    }
+
+    fn with_id(id: uuid::Uuid, partitions: Vec<MetadataResponsePartition>) -> MetadataResponse {
+        MetadataResponse::default().with_topics(vec![MetadataResponseTopic::default()
+            .with_name(Some(TopicName(str_bytes("t"))))
+            .with_topic_id(id)
+            .with_partitions(partitions)])
+    }
+
+    #[test]
+    fn an_answer_from_a_lagging_broker_does_not_move_a_leader_back() {
+        let id = uuid::Uuid::from_u128(7);
+        let m = merge(
+            &ClusterMetadata::default(),
+            with_id(id, vec![partition(0, 2, 5, &[1, 2, 3], &[2, 3]), partition(1, 1, 3, &[1, 2, 3], &[1, 2, 3])]),
+            false,
+        );
+        assert_eq!((m.leader("t", 0), m.leader_epoch("t", 0)), (Some(2), 5));
+        // A broker that has not applied epoch 5 yet still names 1 as leader of partition 0; its
+        // answer for partition 1 (same epoch, ISR shrunk) is taken.
+        let m = merge(
+            &m,
+            with_id(id, vec![partition(0, 1, 4, &[1, 2, 3], &[1, 2, 3]), partition(1, 1, 3, &[1, 2, 3], &[1, 2])]),
+            false,
+        );
+        assert_eq!((m.leader("t", 0), m.leader_epoch("t", 0)), (Some(2), 5));
+        assert_eq!(m.topics["t"].partitions[1].isr, vec![1, 2]);
+        // A newer epoch replaces it, including "no leader".
+        let m = merge(&m, with_id(id, vec![partition(0, -1, 6, &[1, 2, 3], &[])]), false);
+        assert_eq!((m.leader("t", 0), m.leader_epoch("t", 0)), (None, 6));
+        assert!(m.topics["t"].partitions[0].is_offline());
+        // A re-created topic (new id) starts its epochs again.
+        let m = merge(&m, with_id(uuid::Uuid::from_u128(8), vec![partition(0, 3, 0, &[3], &[3])]), false);
+        assert_eq!((m.leader("t", 0), m.leader_epoch("t", 0)), (Some(3), 0));
+        assert_eq!(m.leader_epoch("t", 9), -1);
+    }
+
+    #[test]
+    fn partition_health() {
+        let m = merge(
+            &ClusterMetadata::default(),
+            with_id(
+                uuid::Uuid::from_u128(1),
+                vec![partition(0, 1, 0, &[1, 2, 3], &[1, 2]), partition(1, 2, 0, &[1, 2], &[2, 1])],
+            ),
+            false,
+        );
+        let t = &m.topics["t"];
+        assert!(t.partitions[0].is_under_replicated() && !t.partitions[0].is_offline());
+        assert!(!t.partitions[1].is_under_replicated());
+    }
+
+    #[tokio::test]
+    async fn refresh_fails_over_to_another_bootstrap_server_when_a_broker_dies() {
+        let first = crate::test_broker::TestBroker::start(&[("t", 1)]).await;
+        let second = crate::test_broker::TestBroker::start(&[("t", 2)]).await;
+        // A closed port first: bootstrap goes on to the next server.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let cluster =
+            Cluster::connect(ClusterConfig::new(vec![dead, first.addr.clone(), second.addr.clone()])).await.unwrap();
+        assert_eq!(cluster.topic("t").await.unwrap().partitions.len(), 1);
+        drop(first);
+        // The broker this client knew is gone: the refresh reaches the other server.
+        let metadata = cluster.refresh().await.unwrap();
+        assert_eq!(metadata.topics["t"].partitions.len(), 2);
+        assert_eq!(metadata.brokers[&0].addr(), second.addr);
+        drop(second);
+        let err = cluster.refresh().await.unwrap_err();
+        assert!(matches!(err, Error::NoBootstrap { .. }) && err.is_retriable(), "{err}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from spatecluster import Cluster
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # How long a broker may take to accept connections after it is started (a debug build that recovers
@@ -251,6 +253,49 @@ def broker(broker_factory) -> Broker:
     return broker_factory()
 
 
+@pytest.fixture
+def cluster_factory(tmp_path, request):
+    """Returns `make(size=3, settings=None, node_settings=None, extra_args=(), env=None, proxied=False,
+    start=True) -> Cluster` (spatecluster.py): `size` brokers with ids 1..size forming one controller
+    quorum, started and ready unless start=False. Every cluster is stopped at teardown (paused brokers
+    resumed first) and its brokers' logs are attached to the report of a failing test."""
+    binary = spate_binary()
+    made: list[Cluster] = []
+    request.node._spate_clusters = made
+
+    def make(size=3, settings=None, node_settings=None, extra_args=(), env=None, proxied=False, start=True):
+        cluster = Cluster(
+            binary,
+            tmp_path / f"cluster{len(made)}",
+            size=size,
+            settings=settings,
+            node_settings=node_settings,
+            extra_args=list(extra_args),
+            env=dict(env or {}),
+            proxied=proxied,
+        )
+        made.append(cluster)
+        return cluster.start() if start else cluster
+
+    yield make
+    problems = []
+    for c in made:
+        problems += c.close()
+    if problems:
+        pytest.fail("; ".join(problems) + "\n" + "\n".join(c.logs(10000) for c in made))
+
+
+@pytest.fixture
+def cluster(cluster_factory) -> Cluster:
+    """Three brokers with spatecluster.FAST_SETTINGS, ready."""
+    return cluster_factory()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cluster: starts a multi-broker spate cluster")
+    config.addinivalue_line("markers", "slow: takes more than about 20 s (deselect with -m 'not slow')")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -262,3 +307,9 @@ def pytest_runtest_makereport(item, call):
                 text = "... (earlier lines cut)\n" + text[-20000:]
             state = "alive" if broker.alive() else f"exited with {broker.proc.returncode if broker.proc else None}"
             report.sections.append((f"spate broker {i} log ({state}, {broker.log_path})", text))
+        for c, cluster in enumerate(getattr(item, "_spate_clusters", [])):
+            for node in cluster.nodes.values():
+                state = "paused" if node.paused else ("alive" if node.alive() else "down")
+                report.sections.append(
+                    (f"cluster {c} broker {node.node_id} log ({state}, {node.log_path})", node.log_tail(20000))
+                )

@@ -45,6 +45,10 @@ pub(super) fn create_topics(
     body: &mut Bytes,
 ) -> Result<Reply, ProtocolError> {
     let request: CreateTopicsRequest = decode("CreateTopics request", ctx, body)?;
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+    let broker = &broker;
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> =
         request.topics.iter().map(|t| t.name.to_string()).filter(|n| !seen.insert(n.clone())).collect();
@@ -69,28 +73,32 @@ pub(super) fn create_topics(
                 let node = broker.config.node_id;
                 if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
                     result.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
-                    result.error_message = Some(str_bytes(format!("replicas may only be placed on broker {node}")));
+                    result.error_message = Some(str_bytes(
+                        "manual replica assignment is not supported; give num_partitions and replication_factor",
+                    ));
                     results.push(result);
                     continue;
                 }
                 (t.assignments.len() as i32, 1)
             };
+            let factor = if replication_factor == -1 { broker.config.default_replication_factor } else { replication_factor };
             let created = if request.validate_only {
                 broker
                     .check_new_topic(&name, partitions, replication_factor, &configs)
-                    .map(|p| (Uuid::nil(), p, TopicConfigs { overrides: configs }))
+                    .map(|p| (Uuid::nil(), p, factor, TopicConfigs { overrides: configs }))
             } else {
                 broker
                     .create_topic(&name, partitions, replication_factor, configs)
-                    .map(|topic| (topic.id, topic.partitions.len() as i32, topic.configs.clone()))
+                    .await
+                    .map(|topic| (topic.id, topic.partition_count(), factor, topic.configs.clone()))
             };
             created.map_err(|e: BrokerError| (e.code(), e.to_string()))
         };
         match outcome {
-            Ok((id, partitions, configs)) => {
+            Ok((id, partitions, factor, configs)) => {
                 result.topic_id = id;
                 result.num_partitions = partitions;
-                result.replication_factor = 1;
+                result.replication_factor = factor;
                 if ctx.version >= 5 {
                     result.configs = Some(effective_configs(broker, &configs));
                 }
@@ -102,7 +110,8 @@ pub(super) fn create_topics(
         }
         results.push(result);
     }
-    Ok(Reply::Now(ctx.respond(&CreateTopicsResponse::default().with_topics(results))))
+    ctx.respond(&CreateTopicsResponse::default().with_topics(results))
+    })))
 }
 
 pub(super) fn delete_topics(
@@ -115,16 +124,18 @@ pub(super) fn delete_topics(
     let mut targets: Vec<(Option<String>, Uuid)> =
         request.topic_names.iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect();
     targets.extend(request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id)));
-    let responses = targets
-        .into_iter()
-        .map(|(name, id)| {
-            let name = name.or_else(|| broker.topic_by_id(id).map(|t| t.name.clone()));
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        let mut responses = Vec::with_capacity(targets.len());
+        for (name, id) in targets {
+            let name = name.or_else(|| broker.image().topic_by_id(id).map(|t| t.name.clone()));
             let mut r = DeletableTopicResult::default()
                 .with_name(name.clone().map(|n| TopicName(str_bytes(n))))
                 .with_topic_id(id);
             match name {
                 None => r.error_code = ErrorCode::UNKNOWN_TOPIC_ID.0,
-                Some(n) => match broker.delete_topic(&n) {
+                Some(n) => match broker.delete_topic(&n).await {
                     Ok(deleted_id) => r.topic_id = deleted_id,
                     Err(err) => {
                         r.error_code = err.code().0;
@@ -132,10 +143,10 @@ pub(super) fn delete_topics(
                     }
                 },
             }
-            r
-        })
-        .collect();
-    Ok(Reply::Now(ctx.respond(&DeleteTopicsResponse::default().with_responses(responses))))
+            responses.push(r);
+        }
+        ctx.respond(&DeleteTopicsResponse::default().with_responses(responses))
+    })))
 }
 
 pub(super) fn create_partitions(
@@ -144,10 +155,11 @@ pub(super) fn create_partitions(
     body: &mut Bytes,
 ) -> Result<Reply, ProtocolError> {
     let request: CreatePartitionsRequest = decode("CreatePartitions request", ctx, body)?;
-    let results = request
-        .topics
-        .iter()
-        .map(|t| {
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        let mut results = Vec::with_capacity(request.topics.len());
+        for t in &request.topics {
             let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
             let node = broker.config.node_id;
             let bad_assignment = t
@@ -156,15 +168,15 @@ pub(super) fn create_partitions(
                 .is_some_and(|a| a.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node));
             if bad_assignment {
                 r.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
-                r.error_message = Some(str_bytes(format!("replicas may only be placed on broker {node}")));
-            } else if let Err(err) = broker.create_partitions(t.name.as_str(), t.count, request.validate_only) {
+                r.error_message = Some(str_bytes("manual replica assignment is not supported; the controller places replicas"));
+            } else if let Err(err) = broker.create_partitions(t.name.as_str(), t.count, request.validate_only).await {
                 r.error_code = err.code().0;
                 r.error_message = Some(str_bytes(err.to_string()));
             }
-            r
-        })
-        .collect();
-    Ok(Reply::Now(ctx.respond(&CreatePartitionsResponse::default().with_results(results))))
+            results.push(r);
+        }
+        ctx.respond(&CreatePartitionsResponse::default().with_results(results))
+    })))
 }
 
 pub(super) fn init_producer_id(
@@ -177,14 +189,19 @@ pub(super) fn init_producer_id(
     if request.transactional_id.is_some() {
         // Transactions arrive in a later issue; refuse clearly rather than pretend.
         response.error_code = ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED.0;
-    } else {
-        match broker.allocate_producer_id() {
+        return Ok(Reply::Now(ctx.respond(&response)));
+    }
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        match broker.allocate_producer_id().await {
             Ok(id) => {
                 response.producer_id = ProducerId(id);
                 response.producer_epoch = 0;
             }
+            // The controller is unreachable: the client retries.
             Err(err) => response.error_code = err.code().0,
         }
-    }
-    Ok(Reply::Now(ctx.respond(&response)))
+        ctx.respond(&response)
+    })))
 }

@@ -147,10 +147,11 @@ pub(super) fn incremental_alter(
     body: &mut Bytes,
 ) -> Result<Reply, ProtocolError> {
     let request: IncrementalAlterConfigsRequest = decode("IncrementalAlterConfigs request", ctx, body)?;
-    let responses = request
-        .resources
-        .iter()
-        .map(|res| {
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        let mut responses = Vec::with_capacity(request.resources.len());
+        for res in &request.resources {
             let r = AlterConfigsResourceResponse::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
@@ -177,6 +178,7 @@ pub(super) fn incremental_alter(
                         Some(msg) => Err((ErrorCode::INVALID_CONFIG, msg)),
                         None => broker
                             .alter_topic_configs(res.resource_name.as_str(), &changes, request.validate_only)
+                            .await
                             .map_err(|e| (e.code(), e.to_string())),
                     }
                 }
@@ -186,11 +188,11 @@ pub(super) fn incremental_alter(
                 )),
                 other => Err((ErrorCode::INVALID_REQUEST, format!("resource type {other} is not supported"))),
             };
-            match outcome {
+            responses.push(match outcome {
                 Ok(()) => r,
                 Err((code, msg)) => r.with_error_code(code.0).with_error_message(Some(str_bytes(msg))),
-            }
-        })
-        .collect();
-    Ok(Reply::Now(ctx.respond(&IncrementalAlterConfigsResponse::default().with_responses(responses))))
+            });
+        }
+        ctx.respond(&IncrementalAlterConfigsResponse::default().with_responses(responses))
+    })))
 }

@@ -1,8 +1,15 @@
-//! Fetch (key 1): raw batches from the log below the high watermark, with long polling on
-//! `max_wait_ms`/`min_bytes` and the `max_bytes`/`partition_max_bytes` limits (KIP-74: the first
-//! batch is returned whole even if larger). Fetch sessions (KIP-227) are declined by answering
-//! session id 0, which the protocol allows; every fetch is then a full fetch.
+//! Fetch (key 1): raw batches from the log, with long polling on `max_wait_ms`/`min_bytes` and
+//! the `max_bytes`/`partition_max_bytes` limits (KIP-74: the first batch is returned whole even
+//! if larger). Fetch sessions (KIP-227) are declined by answering session id 0, which the
+//! protocol allows; every fetch is then a full fetch.
+//!
+//! Consumers (`replica_id` -1) read below the high watermark; followers (`replica_id` >= 0)
+//! read up to the log end offset, and their fetch offset tells the leader how far they have
+//! replicated (which can advance the high watermark). Only the leader serves either: another
+//! replica answers NOT_LEADER_OR_FOLLOWER, and a `current_leader_epoch` older than the
+//! partition's is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +22,7 @@ use spate_client::ProtocolError;
 use tokio::sync::watch;
 
 use super::{decode, Reply, RequestContext};
-use crate::broker::Broker;
+use crate::broker::{now_ms, Broker};
 use crate::partition::Partition;
 
 /// Upper bound on how long a fetch may park, whatever the client asks.
@@ -29,9 +36,11 @@ struct Wanted {
     fetch_offset: i64,
     partition_max_bytes: usize,
     partition: Option<Arc<Partition>>,
+    /// Refused before reading (not the leader, epoch mismatch).
+    error: Option<ErrorCode>,
 }
 
-fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes: usize) -> usize {
+fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes: usize, replica: bool) -> usize {
     let mut total = 0usize;
     for t in topics.iter_mut() {
         t.partitions.clear();
@@ -44,16 +53,22 @@ fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes:
             .with_log_start_offset(-1)
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(Bytes::new()));
-        match &w.partition {
-            None => data.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
-            Some(p) => {
+        match (&w.partition, w.error) {
+            (_, Some(code)) => data.error_code = code.0,
+            (None, None) => data.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
+            (Some(p), None) => {
                 let offsets = p.offsets();
                 data.high_watermark = offsets.high_watermark;
                 data.last_stable_offset = offsets.high_watermark;
                 data.log_start_offset = offsets.log_start_offset;
                 let budget = w.partition_max_bytes.min(max_bytes.saturating_sub(total));
                 if budget > 0 || total == 0 {
-                    match p.read(w.fetch_offset, budget.max(1), offsets.high_watermark) {
+                    let read = if replica {
+                        p.read_for_replica(w.fetch_offset, budget.max(1))
+                    } else {
+                        p.read(w.fetch_offset, budget.max(1), offsets.high_watermark)
+                    };
+                    match read {
                         Ok(bytes) => {
                             total += bytes.len();
                             data.records = Some(bytes);
@@ -70,6 +85,20 @@ fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes:
 
 pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
     let request: FetchRequest = decode("Fetch request", ctx, body)?;
+    let fetch_max_bytes = broker.config.fetch_max_bytes as usize;
+    let response = serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms())?;
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move { ctx.respond(&response.await) })))
+}
+
+/// The fetch itself, apart from the wire: `lookup` finds local partitions, `now_ms` stamps the
+/// follower fetch it records. Returns the future that long-polls and answers.
+pub(crate) fn serve(
+    request: FetchRequest,
+    lookup: &dyn Fn(&str, i32) -> Option<Arc<Partition>>,
+    fetch_max_bytes: usize,
+    now_ms: i64,
+) -> Result<impl Future<Output = FetchResponse> + Send + 'static, ProtocolError> {
     let partition_count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     if partition_count > MAX_PARTITIONS_PER_FETCH {
         return Err(ProtocolError::Malformed {
@@ -77,33 +106,49 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
             reason: format!("{partition_count} partitions exceed the limit of {MAX_PARTITIONS_PER_FETCH}"),
         });
     }
+    let replica_id = request.replica_id.0;
+    let replica = replica_id >= 0;
     let mut topics = Vec::with_capacity(request.topics.len());
     let mut wanted = Vec::with_capacity(partition_count);
     for (ti, t) in request.topics.iter().enumerate() {
         topics.push(FetchableTopicResponse::default().with_topic(t.topic.clone()).with_topic_id(t.topic_id));
         for p in &t.partitions {
+            let partition = lookup(t.topic.as_str(), p.partition);
+            let error =
+                partition.as_ref().and_then(|part| part.check_leader(p.current_leader_epoch).err()).map(|e| e.code());
+            if let (Some(part), None) = (&partition, error) {
+                if replica {
+                    part.record_follower_fetch(replica_id, p.fetch_offset, now_ms);
+                }
+            }
             wanted.push(Wanted {
                 topic: ti,
                 partition_index: p.partition,
                 fetch_offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes.max(0) as usize,
-                partition: broker.partition(t.topic.as_str(), p.partition),
+                partition,
+                error,
             });
         }
     }
-    let max_bytes = (request.max_bytes.max(0) as usize).min(broker.config.fetch_max_bytes as usize);
+    let max_bytes = (request.max_bytes.max(0) as usize).min(fetch_max_bytes);
     let min_bytes = request.min_bytes.max(0) as usize;
     let max_wait = Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_LIMIT) as u64);
-    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
-    Ok(Reply::Later(Box::pin(async move {
+    Ok(async move {
         let deadline = tokio::time::Instant::now() + max_wait;
-        let mut watches: Vec<watch::Receiver<i64>> =
-            wanted.iter().filter_map(|w| w.partition.as_ref().map(|p| p.subscribe_high_watermark())).collect();
+        // Consumers wait for the high watermark to move; followers for the log end (new data
+        // they must copy before the high watermark can move at all).
+        let mut watches: Vec<watch::Receiver<i64>> = wanted
+            .iter()
+            .filter_map(|w| {
+                w.partition.as_ref().map(|p| if replica { p.subscribe_log_end() } else { p.subscribe_high_watermark() })
+            })
+            .collect();
         loop {
             for w in watches.iter_mut() {
                 w.mark_unchanged();
             }
-            let total = read_all(&wanted, &mut topics, max_bytes);
+            let total = read_all(&wanted, &mut topics, max_bytes, replica);
             let has_error = topics.iter().flat_map(|t| &t.partitions).any(|p| p.error_code != 0);
             if total >= min_bytes.max(1) || has_error || watches.is_empty() || tokio::time::Instant::now() >= deadline {
                 break;
@@ -118,7 +163,83 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 watches.clear();
             }
         }
-        let response = FetchResponse::default().with_session_id(0).with_responses(topics);
-        ctx.respond(&response)
-    })))
+        FetchResponse::default().with_session_id(0).with_responses(topics)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use spate_client::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use spate_client::protocol::messages::TopicName;
+    use spate_client::protocol::str_bytes;
+
+    use super::*;
+    use crate::replica::test_support::*;
+
+    fn request(replica_id: i32, current_leader_epoch: i32, fetch_offset: i64, max_wait_ms: i32) -> FetchRequest {
+        let p = FetchPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(current_leader_epoch)
+            .with_fetch_offset(fetch_offset)
+            .with_partition_max_bytes(1 << 20);
+        FetchRequest::default()
+            .with_replica_id(BrokerId(replica_id))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default().with_topic(TopicName(str_bytes(TOPIC))).with_partitions(vec![p])])
+    }
+
+    async fn fetch(partition: &Arc<Partition>, request: FetchRequest) -> PartitionData {
+        let lookup = |_: &str, _: i32| Some(partition.clone());
+        let mut response = serve(request, &lookup, 1 << 20, 0).unwrap().await;
+        response.responses.remove(0).partitions.remove(0)
+    }
+
+    #[tokio::test]
+    async fn replicas_read_to_the_log_end_and_consumers_to_the_high_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = open(dir.path(), 1);
+        leader.make_leader(&image(&[1, 2], &[1, 2], 1, 2, 1), None, 0).unwrap();
+        produce(&leader, &["a"], None);
+        assert_eq!(leader.high_watermark(), 0);
+
+        let consumer = fetch(&leader, request(-1, 2, 0, 0)).await;
+        assert_eq!(consumer.error_code, 0);
+        assert!(consumer.records.unwrap().is_empty(), "nothing is committed yet");
+        let replica = fetch(&leader, request(2, 2, 0, 0)).await;
+        assert_eq!((replica.error_code, replica.high_watermark), (0, 0));
+        assert!(!replica.records.unwrap().is_empty(), "followers read uncommitted data");
+        // The follower's next fetch offset is what it has: the high watermark moves.
+        let replica = fetch(&leader, request(2, 2, 1, 0)).await;
+        assert_eq!(replica.high_watermark, 1);
+        assert!(!fetch(&leader, request(-1, -1, 0, 0)).await.records.unwrap().is_empty());
+
+        // A replica fetch parked at the log end wakes for new data (not a moved high
+        // watermark, which cannot move without it).
+        let parked = tokio::spawn({
+            let leader = leader.clone();
+            async move { fetch(&leader, request(2, 2, 1, 30_000)).await }
+        });
+        tokio::task::yield_now().await;
+        produce(&leader, &["b"], None);
+        let woken = parked.await.unwrap();
+        assert_eq!(woken.error_code, 0);
+        assert!(!woken.records.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_the_leader_of_the_current_epoch_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path(), 1);
+        p.make_leader(&image(&[1, 2], &[1, 2], 1, 5, 1), None, 0).unwrap();
+        assert_eq!(fetch(&p, request(-1, 4, 0, 0)).await.error_code, ErrorCode::FENCED_LEADER_EPOCH.0);
+        assert_eq!(fetch(&p, request(2, 6, 0, 0)).await.error_code, ErrorCode::UNKNOWN_LEADER_EPOCH.0);
+        assert_eq!(fetch(&p, request(2, 5, 0, 0)).await.error_code, 0);
+        p.make_follower(&image(&[1, 2], &[1, 2], 2, 6, 2));
+        for replica_id in [-1, 2] {
+            let data = fetch(&p, request(replica_id, -1, 0, 0)).await;
+            assert_eq!(data.error_code, ErrorCode::NOT_LEADER_OR_FOLLOWER.0);
+        }
+    }
 }

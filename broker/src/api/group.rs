@@ -38,6 +38,7 @@ use uuid::Uuid;
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::group::coordinator::{CommitPartition, DurableWait, Wait};
+use crate::group::OFFSETS_TOPIC;
 use crate::group::state::{JoinRequest, JoinResult, LeavingMember, SyncResult};
 use crate::group::store::OffsetValue;
 
@@ -90,47 +91,65 @@ pub(super) fn find_coordinator(
 ) -> Result<Reply, ProtocolError> {
     let request: FindCoordinatorRequest = decode("FindCoordinator request", ctx, body)?;
     let keys: Vec<StrBytes> = if ctx.version >= 4 { request.coordinator_keys } else { vec![request.key] };
-    let (host, port) = broker.config.advertised();
-    let lookup = |key: &StrBytes| -> Coordinator {
-        let error = match request.key_type {
-            KEY_TYPE_GROUP => match broker.groups.ensure_offsets_topic(broker) {
-                // Single node: this broker leads every partition of __consumer_offsets.
-                Ok(_) => None,
-                Err(err) => Some((ErrorCode::COORDINATOR_NOT_AVAILABLE, err.to_string())),
-            },
-            KEY_TYPE_TRANSACTION => {
-                Some((ErrorCode::COORDINATOR_NOT_AVAILABLE, "transactions are not supported yet".to_string()))
-            }
-            other => Some((ErrorCode::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
+    let key_type = request.key_type;
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        let created = match key_type {
+            KEY_TYPE_GROUP => broker.groups.ensure_offsets_topic(&broker).await.map_err(|e| e.to_string()),
+            _ => Ok(()),
         };
-        match error {
-            None => Coordinator::default()
-                .with_key(key.clone())
-                .with_node_id(BrokerId(broker.config.node_id))
-                .with_host(str_bytes(host.clone()))
-                .with_port(port)
-                .with_error_message(None),
-            Some((code, message)) => Coordinator::default()
-                .with_key(key.clone())
-                .with_node_id(BrokerId(-1))
-                .with_host(str_bytes(""))
-                .with_port(-1)
-                .with_error_code(code.0)
-                .with_error_message(Some(str_bytes(message))),
-        }
-    };
-    let response = if ctx.version >= 4 {
-        FindCoordinatorResponse::default().with_error_message(None).with_coordinators(keys.iter().map(lookup).collect())
-    } else {
-        let c = lookup(&keys[0]);
-        FindCoordinatorResponse::default()
-            .with_error_code(c.error_code)
-            .with_error_message(if ctx.version >= 1 { c.error_message } else { None })
-            .with_node_id(c.node_id)
-            .with_host(c.host)
-            .with_port(c.port)
-    };
-    Ok(Reply::Now(ctx.respond(&response)))
+        let image = broker.image();
+        let lookup = |key: &StrBytes| -> Coordinator {
+            let found = match key_type {
+                KEY_TYPE_GROUP => match &created {
+                    Ok(()) => {
+                        let partition = broker.groups.partition_of(&broker, key);
+                        let leader = image.partition(OFFSETS_TOPIC, partition).map(|p| p.leader).unwrap_or(-1);
+                        match image.brokers.get(&leader).filter(|b| !b.fenced) {
+                            Some(b) => Ok((leader, b.host.clone(), b.port)),
+                            None => Err((
+                                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                                format!("{OFFSETS_TOPIC}-{partition} has no leader"),
+                            )),
+                        }
+                    }
+                    Err(message) => Err((ErrorCode::COORDINATOR_NOT_AVAILABLE, message.clone())),
+                },
+                KEY_TYPE_TRANSACTION => {
+                    Err((ErrorCode::COORDINATOR_NOT_AVAILABLE, "transactions are not supported yet".to_string()))
+                }
+                other => Err((ErrorCode::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
+            };
+            match found {
+                Ok((node_id, host, port)) => Coordinator::default()
+                    .with_key(key.clone())
+                    .with_node_id(BrokerId(node_id))
+                    .with_host(str_bytes(host))
+                    .with_port(port)
+                    .with_error_message(None),
+                Err((code, message)) => Coordinator::default()
+                    .with_key(key.clone())
+                    .with_node_id(BrokerId(-1))
+                    .with_host(str_bytes(""))
+                    .with_port(-1)
+                    .with_error_code(code.0)
+                    .with_error_message(Some(str_bytes(message))),
+            }
+        };
+        let response = if ctx.version >= 4 {
+            FindCoordinatorResponse::default().with_error_message(None).with_coordinators(keys.iter().map(lookup).collect())
+        } else {
+            let c = lookup(&keys[0]);
+            FindCoordinatorResponse::default()
+                .with_error_code(c.error_code)
+                .with_error_message(if ctx.version >= 1 { c.error_message } else { None })
+                .with_node_id(c.node_id)
+                .with_host(c.host)
+                .with_port(c.port)
+        };
+        ctx.respond(&response)
+    })))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +401,9 @@ pub(super) fn offset_fetch(
                 let wanted: Option<Vec<(String, i32)>> = g.topics.as_ref().map(|ts| {
                     ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect()
                 });
+                if let Err(code) = broker.groups.check_coordinator(&g.group_id) {
+                    return OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone()).with_error_code(code.0);
+                }
                 let offsets = broker.groups.fetch_offsets(&g.group_id, wanted.as_deref());
                 let topics = by_topic(offsets)
                     .into_iter()
@@ -409,6 +431,27 @@ pub(super) fn offset_fetch(
         .topics
         .as_ref()
         .map(|ts| ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect());
+    if let Err(code) = broker.groups.check_coordinator(&request.group_id) {
+        // v2+ has a top-level error; v1 clients see it per partition.
+        let mut response = OffsetFetchResponse::default();
+        if v >= 2 {
+            response.error_code = code.0;
+        } else {
+            response.topics = wanted
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, p)| {
+                    OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(t))).with_partitions(vec![
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_error_code(code.0),
+                    ])
+                })
+                .collect();
+        }
+        return Ok(Reply::Now(ctx.respond(&response)));
+    }
     let offsets = broker.groups.fetch_offsets(&request.group_id, wanted.as_deref());
     let topics = by_topic(offsets)
         .into_iter()
@@ -482,6 +525,12 @@ pub(super) fn describe_groups(
         .groups
         .iter()
         .map(|group_id| {
+            if let Err(code) = broker.groups.check_coordinator(group_id) {
+                return DescribedGroup::default()
+                    .with_group_id(group_id.clone())
+                    .with_error_code(code.0)
+                    .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+            }
             let d = broker.groups.describe(group_id);
             let members = d
                 .members

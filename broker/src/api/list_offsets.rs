@@ -8,7 +8,7 @@ use spate_client::protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use spate_client::protocol::ErrorCode;
 use spate_client::ProtocolError;
 
-use super::{decode, Reply, RequestContext};
+use super::{decode, leader_partition, Reply, RequestContext};
 use crate::broker::Broker;
 use crate::partition::Partition;
 
@@ -42,16 +42,14 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 .iter()
                 .map(|p| {
                     let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                    let found = match broker.partition(t.name.as_str(), p.partition_index) {
-                        None => Err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),
-                        Some(part) => lookup(&part, p.timestamp),
-                    };
+                    let found = leader_partition(broker, t.name.as_str(), p.partition_index)
+                        .and_then(|part| lookup(&part, p.timestamp).map(|(o, ts)| (o, ts, part.leader_epoch())));
                     match found {
                         // leader_epoch exists from v4 on; older versions must leave it unset.
-                        Ok((offset, ts)) if ctx.version >= 4 => {
-                            r.with_offset(offset).with_timestamp(ts).with_leader_epoch(0)
+                        Ok((offset, ts, epoch)) if ctx.version >= 4 => {
+                            r.with_offset(offset).with_timestamp(ts).with_leader_epoch(epoch)
                         }
-                        Ok((offset, ts)) => r.with_offset(offset).with_timestamp(ts),
+                        Ok((offset, ts, _)) => r.with_offset(offset).with_timestamp(ts),
                         Err(code) => r.with_error_code(code.0).with_offset(-1).with_timestamp(-1),
                     }
                 })

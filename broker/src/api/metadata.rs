@@ -1,4 +1,5 @@
-//! Metadata (key 3): brokers, topics, partitions, leaders; auto-creates topics when allowed.
+//! Metadata (key 3): brokers, topics, partitions with their leaders, replicas and ISRs as the
+//! metadata quorum last told this broker; auto-creates topics when allowed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,21 +15,31 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::{decode, Reply, RequestContext};
-use crate::broker::{validate_topic_name, Broker, Topic};
+use crate::broker::{validate_topic_name, Broker};
+use crate::controller::{MetadataImage, TopicImage};
 
 /// Kafka's "authorized operations were not requested" marker.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub(super) fn topic_response(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
-    let partitions = (0..topic.partitions.len() as i32)
-        .map(|p| {
+fn topic_response(image: &MetadataImage, topic: &TopicImage) -> MetadataResponseTopic {
+    let ids = |nodes: &[i32]| nodes.iter().map(|&n| BrokerId(n)).collect::<Vec<_>>();
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            // Replicas on fenced brokers are offline; a partition whose ISR is all offline has
+            // no leader until one of them returns.
+            let offline: Vec<i32> =
+                p.replicas.iter().copied().filter(|r| image.brokers.get(r).is_none_or(|b| b.fenced)).collect();
             MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_error_code(if p.has_leader() { 0 } else { ErrorCode::LEADER_NOT_AVAILABLE.0 })
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(p.leader))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr))
+                .with_offline_replicas(ids(&offline))
         })
         .collect();
     MetadataResponseTopic::default()
@@ -47,24 +58,18 @@ fn error_topic(name: Option<String>, id: Uuid, code: ErrorCode) -> MetadataRespo
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
 
-/// Looks a topic up, creating it when auto-creation is on and the client allows it.
-pub(super) fn topic_or_create(broker: &Broker, name: &str, allow_auto_create: bool) -> Result<Arc<Topic>, ErrorCode> {
-    if let Some(t) = broker.topic(name) {
-        return Ok(t);
-    }
+/// Creates `name` when auto-creation is on and the client allows it.
+async fn auto_create(broker: &Arc<Broker>, name: &str) -> Result<(), ErrorCode> {
     if validate_topic_name(name).is_err() {
         return Err(ErrorCode::INVALID_TOPIC_EXCEPTION);
     }
-    if !(allow_auto_create && broker.config.auto_create_topics_enable) {
-        return Err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
-    }
-    match broker.create_topic(name, -1, -1, BTreeMap::new()) {
-        Ok(t) => {
+    match broker.create_topic(name, -1, -1, BTreeMap::new()).await {
+        Ok(_) => {
             info!(topic = name, "auto-created topic");
-            Ok(t)
+            Ok(())
         }
         // Another request created it meanwhile.
-        Err(_) if broker.topic(name).is_some() => broker.topic(name).ok_or(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),
+        Err(_) if broker.image().topics.contains_key(name) => Ok(()),
         Err(err) => Err(err.code()),
     }
 }
@@ -72,32 +77,73 @@ pub(super) fn topic_or_create(broker: &Broker, name: &str, allow_auto_create: bo
 pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
     let request: MetadataRequest = decode("Metadata request", ctx, body)?;
     // v1..v3 have no allow_auto_topic_creation field; Kafka treats them as allowing it.
-    let allow_auto_create = ctx.version < 4 || request.allow_auto_topic_creation;
-    let topics = match request.topics {
-        None => broker.all_topics().iter().map(|t| topic_response(broker, t)).collect(),
+    let allow_auto_create =
+        (ctx.version < 4 || request.allow_auto_topic_creation) && broker.config.auto_create_topics_enable;
+    let image = broker.image();
+    let missing: Vec<String> = request
+        .topics
+        .iter()
+        .flatten()
+        .filter_map(|t| t.name.as_ref())
+        .filter(|n| !image.topics.contains_key(n.as_str()))
+        .map(|n| n.to_string())
+        .collect();
+    if missing.is_empty() || !allow_auto_create {
+        return Ok(Reply::Now(respond(broker, ctx, &request, &image, &BTreeMap::new())));
+    }
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        let mut failed = BTreeMap::new();
+        for name in missing {
+            if let Err(code) = auto_create(&broker, &name).await {
+                failed.insert(name, code);
+            }
+        }
+        let image = broker.image();
+        respond(&broker, &ctx, &request, &image, &failed)
+    })))
+}
+
+fn respond(
+    broker: &Broker,
+    ctx: &RequestContext,
+    request: &MetadataRequest,
+    image: &MetadataImage,
+    failed: &BTreeMap<String, ErrorCode>,
+) -> Bytes {
+    let topics = match &request.topics {
+        None => image.topics.values().map(|t| topic_response(image, t)).collect(),
         Some(requested) => requested
             .iter()
             .map(|t| match &t.name {
-                Some(name) => match topic_or_create(broker, name.as_str(), allow_auto_create) {
-                    Ok(topic) => topic_response(broker, &topic),
-                    Err(code) => error_topic(Some(name.to_string()), Uuid::nil(), code),
+                Some(name) => match image.topics.get(name.as_str()) {
+                    Some(topic) => topic_response(image, topic),
+                    None => {
+                        let code = failed.get(name.as_str()).copied().unwrap_or(if validate_topic_name(name).is_err() {
+                            ErrorCode::INVALID_TOPIC_EXCEPTION
+                        } else {
+                            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                        });
+                        error_topic(Some(name.to_string()), Uuid::nil(), code)
+                    }
                 },
-                None => match broker.topic_by_id(t.topic_id) {
-                    Some(topic) => topic_response(broker, &topic),
+                None => match image.topic_by_id(t.topic_id) {
+                    Some(topic) => topic_response(image, topic),
                     None => error_topic(None, t.topic_id, ErrorCode::UNKNOWN_TOPIC_ID),
                 },
             })
             .collect(),
     };
-    let (host, port) = broker.config.advertised();
+    let brokers = image
+        .live_brokers()
+        .map(|b| MetadataResponseBroker::default().with_node_id(BrokerId(b.id)).with_host(str_bytes(b.host.clone())).with_port(b.port))
+        .collect();
     let response = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.config.node_id))
-            .with_host(str_bytes(host))
-            .with_port(port)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_controller_id(BrokerId(broker.controller.leader_id().unwrap_or(-1)))
         .with_topics(topics)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
-    Ok(Reply::Now(ctx.respond(&response)))
+    ctx.respond(&response)
 }

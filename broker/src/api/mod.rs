@@ -11,6 +11,7 @@ mod fetch;
 mod group;
 mod list_offsets;
 mod metadata;
+mod offset_for_leader_epoch;
 mod produce;
 
 use std::future::Future;
@@ -48,6 +49,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // kafka-protocol 0.18 has no v0/v1 layouts; followers and clients use v2+.
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -89,6 +92,21 @@ fn encode<M: Codec>(api_key: ApiKey, version: i16, correlation_id: i32, response
             tracing::error!(?api_key, version, error = %err, "encoding a response failed");
             Bytes::new()
         }
+    }
+}
+
+/// This broker's replica of a partition when it is the leader; otherwise the code a client
+/// acts on: NOT_LEADER_OR_FOLLOWER (refresh metadata, go to the leader) when the partition
+/// exists, UNKNOWN_TOPIC_OR_PARTITION when it does not.
+pub(crate) fn leader_partition(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+) -> Result<Arc<crate::partition::Partition>, ErrorCode> {
+    match broker.partition(topic, partition) {
+        Some(p) if p.is_leader() => Ok(p),
+        _ if broker.image().partition(topic, partition).is_some() => Err(ErrorCode::NOT_LEADER_OR_FOLLOWER),
+        _ => Err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),
     }
 }
 
@@ -144,6 +162,7 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::OffsetCommit => group::offset_commit(broker, &ctx, &mut frame),
         ApiKey::OffsetFetch => group::offset_fetch(broker, &ctx, &mut frame),
         ApiKey::OffsetDelete => group::offset_delete(broker, &ctx, &mut frame),
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &ctx, &mut frame),
         ApiKey::DescribeGroups => group::describe_groups(broker, &ctx, &mut frame),
         ApiKey::ListGroups => group::list_groups(broker, &ctx, &mut frame),
         ApiKey::DeleteGroups => group::delete_groups(broker, &ctx, &mut frame),

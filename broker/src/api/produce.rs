@@ -13,19 +13,24 @@ use spate_client::ProtocolError;
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::{decode, error_message, Reply, RequestContext};
+use super::{decode, error_message, leader_partition, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::config::FlushMode;
 use crate::error::BrokerError;
+use crate::partition::Partition;
 
 const DEFAULT_ACK_TIMEOUT_MS: i32 = 30_000;
 
-/// A partition response waiting for its batch to become durable.
+/// A partition response waiting for the high watermark to pass its batch: every in-sync
+/// replica has it (and, in fsync mode, the leader has fsynced it).
 struct Pending {
     topic_index: usize,
     partition_index: usize,
-    durable: watch::Receiver<i64>,
+    partition: Arc<Partition>,
+    high_watermark: watch::Receiver<i64>,
     needed: i64,
+    leader_epoch: i32,
+    min_insync: usize,
 }
 
 fn partition_error(index: i32, code: ErrorCode, message: Option<String>) -> PartitionProduceResponse {
@@ -69,10 +74,26 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 ));
                 continue;
             }
-            let Some(partition) = broker.partition(&topic_name, data.index) else {
-                partition_responses.push(partition_error(data.index, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, None));
-                continue;
+            let partition = match leader_partition(broker, &topic_name, data.index) {
+                Ok(p) => p,
+                Err(code) => {
+                    partition_responses.push(partition_error(data.index, code, None));
+                    continue;
+                }
             };
+            let min_insync = broker
+                .topic(&topic_name)
+                .map(|t| t.configs.min_insync_replicas(&broker.config))
+                .unwrap_or(broker.config.min_insync_replicas as usize);
+            if acks == -1 && partition.isr().len() < min_insync {
+                // Kafka checks before appending, so nothing is written that cannot be acknowledged.
+                partition_responses.push(partition_error(
+                    data.index,
+                    ErrorCode::NOT_ENOUGH_REPLICAS,
+                    Some(format!("{} in-sync replicas, min.insync.replicas is {min_insync}", partition.isr().len())),
+                ));
+                continue;
+            }
             let records = data.records.clone().unwrap_or_default();
             let result = validate_batches(&records)
                 .map_err(|e| BrokerError::CorruptMessage {
@@ -102,14 +123,17 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 Ok(outcome) => {
                     if broker.config.log_flush_mode == FlushMode::Fsync {
                         broker.mark_dirty(&partition);
-                        if acks == -1 {
-                            pending.push(Pending {
-                                topic_index: ti,
-                                partition_index: pi,
-                                durable: partition.subscribe_durable(),
-                                needed: outcome.last_offset + 1,
-                            });
-                        }
+                    }
+                    if acks == -1 && partition.high_watermark() <= outcome.last_offset {
+                        pending.push(Pending {
+                            topic_index: ti,
+                            partition_index: pi,
+                            high_watermark: partition.subscribe_high_watermark(),
+                            needed: outcome.last_offset + 1,
+                            leader_epoch: partition.leader_epoch(),
+                            partition: partition.clone(),
+                            min_insync,
+                        });
                     }
                     partition_responses.push(
                         PartitionProduceResponse::default()
@@ -146,16 +170,70 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     Ok(Reply::Later(Box::pin(async move {
         let mut response = response;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms as u64);
-        for mut p in pending {
-            let needed = p.needed;
-            let waited = tokio::time::timeout_at(deadline, p.durable.wait_for(|&v| v >= needed)).await;
-            if !matches!(waited, Ok(Ok(_))) {
+        for p in pending {
+            let outcome = wait_replicated(p.partition.clone(), p.high_watermark, p.needed, p.leader_epoch, deadline).await;
+            let failure = match outcome {
+                Replicated::Yes => None,
+                Replicated::LeaderChanged => Some((
+                    ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                    "leadership changed before the in-sync replicas had the batch".to_string(),
+                )),
+                Replicated::TimedOut if p.partition.isr().len() < p.min_insync => Some((
+                    ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                    format!(
+                        "appended, but the ISR shrank to {} below min.insync.replicas {}",
+                        p.partition.isr().len(),
+                        p.min_insync
+                    ),
+                )),
+                Replicated::TimedOut => Some((
+                    ErrorCode::REQUEST_TIMED_OUT,
+                    "timed out waiting for the in-sync replicas (and fsync)".to_string(),
+                )),
+            };
+            if let Some((code, message)) = failure {
                 let r = &mut response.responses[p.topic_index].partition_responses[p.partition_index];
-                r.error_code = ErrorCode::REQUEST_TIMED_OUT.0;
+                r.error_code = code.0;
                 r.base_offset = -1;
-                r.error_message = Some(spate_client::protocol::str_bytes("timed out waiting for fsync"));
+                r.error_message = Some(spate_client::protocol::str_bytes(message));
             }
         }
         ctx.respond(&response)
     })))
+}
+
+enum Replicated {
+    Yes,
+    LeaderChanged,
+    TimedOut,
+}
+
+/// How often a waiting `acks=all` produce checks that its leader is still the leader (Kafka's
+/// delayed produce does the same on every ISR change).
+const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
+
+/// Waits until the high watermark reaches `needed`, the partition stops being leader in
+/// `leader_epoch`, or `deadline`.
+async fn wait_replicated(
+    partition: Arc<Partition>,
+    mut high_watermark: watch::Receiver<i64>,
+    needed: i64,
+    leader_epoch: i32,
+    deadline: tokio::time::Instant,
+) -> Replicated {
+    loop {
+        if *high_watermark.borrow_and_update() >= needed {
+            return Replicated::Yes;
+        }
+        if !partition.is_leader() || partition.leader_epoch() != leader_epoch {
+            return Replicated::LeaderChanged;
+        }
+        let wake = (tokio::time::Instant::now() + LEADERSHIP_CHECK).min(deadline);
+        match tokio::time::timeout_at(wake, high_watermark.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Replicated::LeaderChanged,
+            Err(_) if tokio::time::Instant::now() >= deadline => return Replicated::TimedOut,
+            Err(_) => {}
+        }
+    }
 }

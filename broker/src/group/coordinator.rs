@@ -7,7 +7,7 @@
 //! memory only after their append succeeded; the OffsetCommit response additionally waits until
 //! the append is durable (like `acks=all`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -23,11 +23,11 @@ use super::state::{
 };
 use super::store::{OffsetValue, StoreRecord};
 use super::{partition_for, OFFSETS_TOPIC};
-use crate::broker::{Broker, Topic};
+use crate::broker::Broker;
+use crate::controller::MetadataImage;
 use crate::config::{BrokerConfig, FlushMode};
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
-use crate::topic_config;
 
 /// Kafka's `offsets.topic.segment.bytes` default.
 const OFFSETS_SEGMENT_BYTES: &str = "104857600";
@@ -59,6 +59,11 @@ pub struct CommitPartition {
 
 struct Inner {
     state: GroupState,
+    /// `__consumer_offsets` partitions this broker leads and has loaded: it coordinates exactly
+    /// the groups that hash to them.
+    owned: BTreeSet<i32>,
+    /// Partition count of `__consumer_offsets` (0 until it exists).
+    offsets_partitions: i32,
     joins: HashMap<WaiterId, oneshot::Sender<JoinResult>>,
     syncs: HashMap<WaiterId, oneshot::Sender<SyncResult>>,
 }
@@ -84,6 +89,7 @@ pub fn group_config(config: &BrokerConfig) -> GroupConfig {
 fn storage_error_code(err: &BrokerError) -> ErrorCode {
     match err {
         BrokerError::MessageTooLarge { .. } => ErrorCode::INVALID_COMMIT_OFFSET_SIZE,
+        BrokerError::Controller { code, .. } if *code == ErrorCode::NOT_COORDINATOR => ErrorCode::NOT_COORDINATOR,
         _ => ErrorCode::COORDINATOR_NOT_AVAILABLE,
     }
 }
@@ -93,6 +99,8 @@ impl GroupCoordinator {
         GroupCoordinator {
             inner: Mutex::new(Inner {
                 state: GroupState::new(group_config(config)),
+                owned: BTreeSet::new(),
+                offsets_partitions: 0,
                 joins: HashMap::new(),
                 syncs: HashMap::new(),
             }),
@@ -109,55 +117,76 @@ impl GroupCoordinator {
     /// The `__consumer_offsets` partition that holds `group_id`.
     pub fn partition_of(&self, broker: &Broker, group_id: &str) -> i32 {
         let count = broker
-            .topic(OFFSETS_TOPIC)
+            .image()
+            .topics
+            .get(OFFSETS_TOPIC)
             .map(|t| t.partitions.len() as i32)
             .unwrap_or(broker.config.offsets_topic_num_partitions);
         partition_for(group_id, count)
     }
 
-    /// Creates `__consumer_offsets` if it does not exist yet.
-    pub fn ensure_offsets_topic(&self, broker: &Broker) -> Result<Arc<Topic>> {
-        if let Some(t) = broker.topic(OFFSETS_TOPIC) {
-            return Ok(t);
-        }
-        let mut configs = BTreeMap::new();
-        // Compaction keeps the latest record per key; until the broker supports it, nothing
-        // may be deleted at all (the topic is upgraded to compact at the next start).
-        if topic_config::validate_override("cleanup.policy", "compact").is_ok() {
-            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    /// NOT_COORDINATOR unless this broker leads (and has loaded) the group's partition.
+    pub fn check_coordinator(&self, group_id: &str) -> std::result::Result<(), ErrorCode> {
+        let inner = self.lock();
+        if inner.offsets_partitions > 0 && inner.owned.contains(&partition_for(group_id, inner.offsets_partitions)) {
+            Ok(())
         } else {
-            configs.insert("retention.ms".to_string(), "-1".to_string());
-        }
-        configs.insert("segment.bytes".to_string(), OFFSETS_SEGMENT_BYTES.to_string());
-        match broker.create_topic(OFFSETS_TOPIC, broker.config.offsets_topic_num_partitions, -1, configs) {
-            Ok(t) => {
-                info!(partitions = t.partitions.len(), "created {OFFSETS_TOPIC}");
-                Ok(t)
-            }
-            Err(err) => broker.topic(OFFSETS_TOPIC).ok_or(err),
+            Err(ErrorCode::NOT_COORDINATOR)
         }
     }
 
-    /// Replays `__consumer_offsets` (at broker start, before clients connect).
-    pub fn load(&self, broker: &Broker, now_ms: i64) -> Result<()> {
-        let Some(topic) = broker.topic(OFFSETS_TOPIC) else { return Ok(()) };
-        let compact_ok = topic_config::validate_override("cleanup.policy", "compact").is_ok();
-        if compact_ok && topic.configs.overrides.get("cleanup.policy").map(String::as_str) != Some("compact") {
-            // Created before compaction existed: switch it over now.
-            broker.alter_topic_configs(
-                OFFSETS_TOPIC,
-                &[("cleanup.policy".to_string(), Some("compact".to_string())), ("retention.ms".to_string(), None)],
-                false,
-            )?;
-            info!("{OFFSETS_TOPIC} switched to cleanup.policy=compact");
+    /// Creates `__consumer_offsets` through the controller if it does not exist yet.
+    pub async fn ensure_offsets_topic(&self, broker: &Arc<Broker>) -> Result<()> {
+        if broker.image().topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
         }
+        let mut configs = BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), OFFSETS_SEGMENT_BYTES.to_string());
+        // Kafka refuses to create it on a cluster smaller than the factor; lowering the factor
+        // instead keeps a single node (and a cluster still starting) working.
+        let live = broker.image().live_brokers().count().max(1);
+        let factor = (broker.config.offsets_topic_replication_factor as usize).min(live) as i16;
+        match broker.create_topic(OFFSETS_TOPIC, broker.config.offsets_topic_num_partitions, factor, configs).await {
+            Ok(t) => {
+                info!(partitions = t.partition_count(), replication_factor = factor, "created {OFFSETS_TOPIC}");
+                Ok(())
+            }
+            Err(_) if broker.image().topics.contains_key(OFFSETS_TOPIC) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Follows `__consumer_offsets` leadership in a new metadata image: loads the groups of
+    /// partitions this broker now leads (replaying them to the log end, which the ISR will
+    /// hold) and forgets those of partitions it no longer leads.
+    pub fn on_metadata(&self, broker: &Broker, image: &MetadataImage, now_ms: i64) {
+        let me = broker.config.node_id;
+        let Some(topic) = image.topics.get(OFFSETS_TOPIC) else { return };
+        let count = topic.partitions.len() as i32;
         let mut inner = self.lock();
-        let mut loaded = 0usize;
-        for p in &topic.partitions {
-            loaded += replay_partition(p, &mut inner.state, now_ms)?;
+        inner.offsets_partitions = count;
+        for (index, p) in topic.partitions.iter().enumerate() {
+            let index = index as i32;
+            let leads = p.leader == me;
+            let owned = inner.owned.contains(&index);
+            if leads && !owned {
+                let Some(partition) = broker.partition(OFFSETS_TOPIC, index) else { continue };
+                match replay_partition(&partition, &mut inner.state, now_ms) {
+                    Ok(loaded) => {
+                        inner.owned.insert(index);
+                        if loaded > 0 {
+                            info!(partition = index, records = loaded, "loaded groups of {OFFSETS_TOPIC}");
+                        }
+                    }
+                    Err(err) => warn!(partition = index, error = %err, "loading groups failed"),
+                }
+            } else if !leads && owned {
+                inner.owned.remove(&index);
+                let gone = inner.state.unload_groups(|group| partition_for(group, count) == index);
+                info!(partition = index, groups = gone, "{OFFSETS_TOPIC} leadership moved; groups unloaded");
+            }
         }
-        info!(records = loaded, groups = inner.state.group_count(), "loaded {OFFSETS_TOPIC}");
-        Ok(())
     }
 
     /// Appends `records`, one batch per `__consumer_offsets` partition.
@@ -165,8 +194,11 @@ impl GroupCoordinator {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let topic = self.ensure_offsets_topic(broker)?;
-        let count = topic.partitions.len() as i32;
+        let topic = broker.topic(OFFSETS_TOPIC).ok_or_else(|| BrokerError::Controller {
+            code: ErrorCode::COORDINATOR_NOT_AVAILABLE,
+            message: format!("{OFFSETS_TOPIC} does not exist yet"),
+        })?;
+        let count = topic.partition_count();
         let mut by_partition: BTreeMap<i32, BatchBuilder> = BTreeMap::new();
         for record in records {
             let (key, value) = record.encode();
@@ -177,7 +209,17 @@ impl GroupCoordinator {
         }
         let mut waits = Vec::new();
         for (index, builder) in by_partition {
-            let partition = &topic.partitions[index as usize];
+            let partition = topic
+                .partitions
+                .get(index as usize)
+                .cloned()
+                .flatten()
+                .filter(|p| p.is_leader())
+                .ok_or_else(|| BrokerError::Controller {
+                    code: ErrorCode::NOT_COORDINATOR,
+                    message: format!("this broker does not lead {OFFSETS_TOPIC}-{index}"),
+                })?;
+            let partition = &partition;
             let batch = builder.finish(-1, -1, -1, false).map_err(|e| BrokerError::InvalidRecord {
                 topic: OFFSETS_TOPIC.into(),
                 partition: index,
@@ -199,8 +241,10 @@ impl GroupCoordinator {
             let outcome = partition.append(&batch, &headers, now_ms)?;
             if broker.config.log_flush_mode == FlushMode::Fsync {
                 broker.mark_dirty(partition);
-                waits.push(DurableWait { durable: partition.subscribe_durable(), needed: outcome.last_offset + 1 });
             }
+            // Like acks=all: answered once the whole ISR has it (and, in fsync mode, the leader
+            // has fsynced it), i.e. once the high watermark passes it.
+            waits.push(DurableWait { durable: partition.subscribe_high_watermark(), needed: outcome.last_offset + 1 });
         }
         Ok(waits)
     }
@@ -232,6 +276,9 @@ impl GroupCoordinator {
     }
 
     pub fn join(&self, broker: &Broker, req: JoinRequest, now_ms: i64) -> Wait<JoinResult> {
+        if let Err(code) = self.check_coordinator(&req.group_id) {
+            return Wait::Now(JoinResult::error(&req.member_id, code));
+        }
         let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
@@ -260,6 +307,9 @@ impl GroupCoordinator {
         assignments: Vec<(String, bytes::Bytes)>,
         now_ms: i64,
     ) -> Wait<SyncResult> {
+        if let Err(code) = self.check_coordinator(group_id) {
+            return Wait::Now(SyncResult::error(code));
+        }
         let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
@@ -294,6 +344,9 @@ impl GroupCoordinator {
         group_instance_id: Option<&str>,
         now_ms: i64,
     ) -> ErrorCode {
+        if let Err(code) = self.check_coordinator(group_id) {
+            return code;
+        }
         self.lock().state.heartbeat(group_id, generation_id, member_id, group_instance_id, now_ms)
     }
 
@@ -304,6 +357,7 @@ impl GroupCoordinator {
         leaving: &[LeavingMember],
         now_ms: i64,
     ) -> std::result::Result<Vec<ErrorCode>, ErrorCode> {
+        self.check_coordinator(group_id)?;
         let mut inner = self.lock();
         let (result, effects) = inner.state.leave(group_id, leaving, now_ms);
         self.finish(broker, &mut inner, effects, now_ms);
@@ -322,6 +376,9 @@ impl GroupCoordinator {
         partitions: Vec<CommitPartition>,
         now_ms: i64,
     ) -> (Vec<ErrorCode>, Vec<DurableWait>) {
+        if let Err(code) = self.check_coordinator(group_id) {
+            return (partitions.iter().map(|_| code).collect(), Vec::new());
+        }
         let mut inner = self.lock();
         if let Err(code) = inner.state.validate_commit(group_id, generation_id, member_id, group_instance_id, now_ms) {
             return (partitions.iter().map(|_| code).collect(), Vec::new());
@@ -331,7 +388,7 @@ impl GroupCoordinator {
         let mut plan = CommitPlan { group_id: group_id.to_string(), offsets: Vec::new() };
         for p in partitions {
             let metadata = p.metadata.unwrap_or_default();
-            let code = if broker.partition(&p.topic, p.partition).is_none() {
+            let code = if broker.image().partition(&p.topic, p.partition).is_none() {
                 ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
             } else if metadata.len() > max_metadata {
                 ErrorCode::OFFSET_METADATA_TOO_LARGE
@@ -401,6 +458,12 @@ impl GroupCoordinator {
         let mut errors = Vec::with_capacity(group_ids.len());
         let mut records = Vec::new();
         for group_id in group_ids {
+            let owned = inner.offsets_partitions > 0
+                && inner.owned.contains(&partition_for(group_id, inner.offsets_partitions));
+            if !owned {
+                errors.push(ErrorCode::NOT_COORDINATOR);
+                continue;
+            }
             match inner.state.delete_group(group_id) {
                 Ok(tombstones) => {
                     records.extend(tombstones);
@@ -429,6 +492,9 @@ impl GroupCoordinator {
         partitions: &[(String, i32)],
         now_ms: i64,
     ) -> (std::result::Result<Vec<ErrorCode>, ErrorCode>, Vec<DurableWait>) {
+        if let Err(code) = self.check_coordinator(group_id) {
+            return (Err(code), Vec::new());
+        }
         let mut inner = self.lock();
         match inner.state.delete_offsets(group_id, partitions) {
             Err(code) => (Err(code), Vec::new()),
@@ -468,8 +534,11 @@ fn shrink_oversized_group_records(records: &mut [StoreRecord], max_bytes: usize)
 
 /// Replays one partition into `state`; returns the records read.
 fn replay_partition(p: &Partition, state: &mut GroupState, now_ms: i64) -> Result<usize> {
-    let mut offset = p.offsets().log_start_offset;
-    let end = p.high_watermark();
+    let offsets = p.offsets();
+    let mut offset = offsets.log_start_offset;
+    // To the log end: a new leader's whole log becomes committed as its followers copy it, and
+    // commits acknowledged under the old leader may lie above this replica's high watermark.
+    let end = offsets.log_end_offset;
     let mut loaded = 0;
     while offset < end {
         let bytes = p.read(offset, LOAD_READ_BYTES, end)?;

@@ -526,6 +526,14 @@ impl GroupState {
         self.groups.len()
     }
 
+    /// Forgets every group `unload` selects (their `__consumer_offsets` partition moved to
+    /// another coordinator); returns how many went.
+    pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|id, _| !unload(id));
+        before - self.groups.len()
+    }
+
     pub fn phase(&self, group_id: &str) -> Option<GroupPhase> {
         self.groups.get(group_id).map(|g| g.phase)
     }

@@ -146,7 +146,7 @@ impl CleanerCheckpoint {
         Ok(checkpoint)
     }
 
-    fn write(&self, dir: &Path) -> Result<(), LogError> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), LogError> {
         write_file_atomically(&dir.join(CHECKPOINT_FILE), &self.encode())
     }
 }

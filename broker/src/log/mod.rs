@@ -21,6 +21,7 @@
 
 mod checkpoint;
 pub mod cleaner;
+pub mod epoch_cache;
 mod index;
 mod segment;
 #[cfg(test)]
@@ -486,36 +487,131 @@ impl Log {
             return Err(self.invalid_append(format!("{total_bytes} bytes exceed what one segment can index")));
         }
         let last_offset = base_offset + record_count - 1;
+        let info =
+            AppendInfo { base_offset, last_offset, max_timestamp, offset_of_max_timestamp, size_bytes: total_bytes };
+        self.write_batches(records, batches, Some(leader_epoch), info, now_ms)?;
+        Ok(info)
+    }
 
+    /// Appends batches a follower fetched from its leader, keeping their offsets and partition
+    /// leader epochs. The caller has validated them (CRC included) and `batches` are their
+    /// headers, covering `records` exactly. The first batch must start at or after the log end
+    /// offset and each one after the previous; the offset gaps a compacted leader log has are
+    /// allowed and recorded (in the cleaner checkpoint's `compacted_below`) before the write,
+    /// so that recovery tells them from lost data.
+    pub fn append_as_follower(
+        &mut self,
+        records: &[u8],
+        batches: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let log_end_offset = self.log_end_offset();
+        let mut expected = log_end_offset;
+        let mut total_bytes = 0usize;
+        let mut max_timestamp = i64::MIN;
+        let mut offset_of_max_timestamp = log_end_offset;
+        let mut gaps_below = None;
+        for batch in batches {
+            if batch.last_offset_delta < 0
+                || (batch.batch_length as i64) < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD) as i64
+            {
+                return Err(self.invalid_append(format!(
+                    "fetched batch header with length {} and last offset delta {} was not validated",
+                    batch.batch_length, batch.last_offset_delta
+                )));
+            }
+            if batch.base_offset < expected {
+                return Err(self.invalid_append(format!(
+                    "fetched batch at offset {} overlaps the log, which continues at {expected}",
+                    batch.base_offset
+                )));
+            }
+            if batch.base_offset > expected {
+                gaps_below = Some(batch.base_offset + 1);
+            }
+            if batch.max_timestamp > max_timestamp {
+                max_timestamp = batch.max_timestamp;
+                offset_of_max_timestamp = batch.base_offset;
+            }
+            expected = batch.last_offset().saturating_add(1);
+            total_bytes += batch.total_bytes();
+        }
+        if batches.is_empty() || total_bytes != records.len() {
+            return Err(self.invalid_append(format!(
+                "{} fetched batch headers cover {total_bytes} bytes, not the {} given",
+                batches.len(),
+                records.len()
+            )));
+        }
+        if total_bytes > i32::MAX as usize {
+            return Err(self.invalid_append(format!("{total_bytes} bytes exceed what one segment can index")));
+        }
+        let last_offset = expected - 1;
+        if last_offset - log_end_offset > MAX_SEGMENT_OFFSETS {
+            return Err(self.invalid_append(format!(
+                "fetched batches end at {last_offset}, too far past the log end {log_end_offset} for one segment"
+            )));
+        }
+        if let Some(below) = gaps_below.filter(|&b| b > self.cleaner.compacted_below) {
+            let checkpoint = CleanerCheckpoint { compacted_below: below, ..self.cleaner };
+            checkpoint.write(&self.dir)?;
+            self.cleaner = checkpoint;
+        }
+        let info = AppendInfo {
+            base_offset: batches[0].base_offset,
+            last_offset,
+            max_timestamp,
+            offset_of_max_timestamp,
+            size_bytes: total_bytes,
+        };
+        self.write_batches(records, batches, None, info, now_ms)?;
+        Ok(info)
+    }
+
+    /// Writes batches whose offsets `info` describes, rolling first when due. With
+    /// `stamp_epoch`, offsets are assigned consecutively from `info.base_offset` and the epoch
+    /// is stamped (leader appends); without, the bytes are written as they are.
+    fn write_batches(
+        &mut self,
+        records: &[u8],
+        batches: &[BatchHeader],
+        stamp_epoch: Option<i32>,
+        info: AppendInfo,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        let AppendInfo { base_offset, last_offset, size_bytes, .. } = info;
         let active = self.active();
         let roll = !active.is_empty()
-            && (active.size_bytes + total_bytes as u64 > self.config.effective_segment_bytes()
+            && (active.size_bytes + size_bytes as u64 > self.config.effective_segment_bytes()
                 || now_ms.saturating_sub(active.rolling_base_ms) > self.config.segment_ms
                 || last_offset - active.base_offset > MAX_SEGMENT_OFFSETS);
         if roll {
             self.roll(now_ms)?;
         } else if self.active_indexes_on_disk {
             self.active().remove_index_files()?;
-            self.dir_dirty_at = Some(base_offset);
+            self.dir_dirty_at = Some(self.log_end_offset());
         }
         self.active_indexes_on_disk = false;
 
-        let buf = &mut self.append_buf;
-        buf.clear();
-        buf.extend_from_slice(records);
-        let mut at = 0;
-        let mut offset = base_offset;
-        for batch in batches {
-            record::set_base_offset(&mut buf[at..], offset);
-            record::set_partition_leader_epoch(&mut buf[at..], leader_epoch);
-            at += batch.total_bytes();
-            offset += batch.last_offset_delta as i64 + 1;
+        if let Some(leader_epoch) = stamp_epoch {
+            let buf = &mut self.append_buf;
+            buf.clear();
+            buf.extend_from_slice(records);
+            let mut at = 0;
+            let mut offset = base_offset;
+            for batch in batches {
+                record::set_base_offset(&mut buf[at..], offset);
+                record::set_partition_leader_epoch(&mut buf[at..], leader_epoch);
+                at += batch.total_bytes();
+                offset += batch.last_offset_delta as i64 + 1;
+            }
         }
+        let bytes: &[u8] = if stamp_epoch.is_some() { &self.append_buf } else { records };
 
         let interval = self.config.index_interval_bytes;
         let active = self.segments.last_mut().expect("a log always has an active segment");
         let position = active.size_bytes;
-        if let Err(e) = active.file.write_all_at(&self.append_buf, position) {
+        if let Err(e) = active.file.write_all_at(bytes, position) {
             // Leave no partial batch behind for the next append to follow.
             let _ = active.file.set_len(position);
             return Err(io_error(&active.path, e));
@@ -526,7 +622,12 @@ impl Log {
         let mut at = position;
         let mut offset = base_offset;
         for batch in batches {
-            let assigned = BatchHeader { base_offset: offset, partition_leader_epoch: leader_epoch, ..*batch };
+            let assigned = match stamp_epoch {
+                Some(leader_epoch) => {
+                    BatchHeader { base_offset: offset, partition_leader_epoch: leader_epoch, ..*batch }
+                }
+                None => *batch,
+            };
             active.index_batch(at, &assigned, interval);
             at += batch.total_bytes() as u64;
             offset += batch.last_offset_delta as i64 + 1;
@@ -536,7 +637,7 @@ impl Log {
         if self.append_buf.capacity() > APPEND_BUFFER_KEEP_BYTES {
             self.append_buf = Vec::new();
         }
-        Ok(AppendInfo { base_offset, last_offset, max_timestamp, offset_of_max_timestamp, size_bytes: total_bytes })
+        Ok(())
     }
 
     fn invalid_append(&self, reason: String) -> LogError {
@@ -834,7 +935,9 @@ impl Log {
         Ok(())
     }
 
-    fn truncate_fully(&mut self, offset: i64) -> Result<(), LogError> {
+    /// Empties the log and restarts it at `offset`, which may lie beyond the log end (a
+    /// follower whose leader's log start moved past everything it has).
+    pub fn truncate_fully(&mut self, offset: i64) -> Result<(), LogError> {
         for segment in self.segments.drain(..) {
             segment.delete_files()?;
         }

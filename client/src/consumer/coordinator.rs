@@ -134,7 +134,14 @@ impl Coordinator {
         } else {
             FindCoordinatorRequest::default().with_key(str_bytes(self.group_id.as_str()))
         };
-        let response: FindCoordinatorResponse = any.send(ApiKey::FindCoordinator, version, &request).await?;
+        let response: FindCoordinatorResponse = match any.send(ApiKey::FindCoordinator, version, &request).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Ask another broker next time: this one may be down.
+                self.cluster.report_failure(&any);
+                return Err(e);
+            }
+        };
         let (code, host, port, node_id) = if version >= 4 {
             let c = response.coordinators.first().ok_or_else(|| Error::Protocol {
                 peer: any.peer().to_string(),

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::admin::{list_offsets, OffsetSpec};
+use crate::admin::{list_offsets, list_offsets_until, OffsetSpec};
 use crate::connection::ConnectionConfig;
 use crate::error::{Error, Result};
 use crate::metadata::{Cluster, ClusterConfig, TopicPartition};
@@ -251,6 +251,9 @@ struct PartitionState {
     /// Bumped by every seek so a fetch sent before it is ignored when it lands.
     seek_epoch: u64,
     in_flight: bool,
+    /// After a failed fetch (leader moved, broker unreachable) the partition is not fetched
+    /// again before this, giving the metadata refresh time to land (`retry.backoff.ms`).
+    retry_at: Option<tokio::time::Instant>,
     paused: bool,
     buffered: VecDeque<ConsumerRecord>,
     high_watermark: i64,
@@ -269,6 +272,7 @@ impl PartitionState {
             fetch_offset: -1,
             seek_epoch: 0,
             in_flight: false,
+            retry_at: None,
             paused: false,
             buffered: VecDeque::new(),
             high_watermark: -1,
@@ -458,7 +462,8 @@ impl Consumer {
     pub async fn position(&self, tp: &TopicPartition) -> Result<i64> {
         let mut state = self.state.lock().await;
         assigned(&mut state, tp)?;
-        self.resolve_positions(&mut state).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.default_api_timeout_ms);
+        self.resolve_positions(&mut state, deadline).await?;
         Ok(assigned(&mut state, tp)?.position.expect("resolved above"))
     }
 
@@ -534,13 +539,21 @@ impl Consumer {
             if let Some(e) = state.pending_error.take() {
                 return Err(e);
             }
-            self.resolve_positions(&mut state).await?;
+            match self.resolve_positions(&mut state, deadline).await {
+                Ok(()) => {}
+                // A leader moving or a broker down: the partitions without a position wait, the
+                // others are fetched, and a later poll tries again.
+                Err(e) if e.is_retriable() => debug!(error = %e, "resetting positions failed, retrying later"),
+                Err(e) => return Err(e),
+            }
             let records = take_buffered(&mut state, self.config.max_poll_records);
             // Send the next fetches before handing records out: pipelining.
             self.send_fetches(&mut state).await;
             if !records.is_empty() {
                 return Ok(Some(records));
             }
+            // Partitions backing off after an error are fetched again once their backoff ends.
+            let retry_at = state.assignment.values().filter_map(|ps| ps.retry_at).min();
             tokio::select! {
                 outcome = state.outcomes.recv() => {
                     if let Some(outcome) = outcome {
@@ -548,14 +561,15 @@ impl Consumer {
                     }
                 }
                 _ = self.rejoin_requested() => return Ok(None),
+                _ = tokio::time::sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some_and(|at| at < deadline) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(Some(Vec::new())),
             }
         }
     }
 
     /// Looks up the position of every partition that needs a reset, per `auto.offset.reset` or
-    /// an explicit `seek_to_beginning`/`seek_to_end`.
-    async fn resolve_positions(&self, state: &mut State) -> Result<()> {
+    /// an explicit `seek_to_beginning`/`seek_to_end`, retrying leader moves until `deadline`.
+    async fn resolve_positions(&self, state: &mut State, deadline: tokio::time::Instant) -> Result<()> {
         self.seek_to_committed(state).await?;
         let mut wanted = Vec::new();
         for (tp, ps) in &state.assignment {
@@ -570,7 +584,7 @@ impl Consumer {
         if wanted.is_empty() {
             return Ok(());
         }
-        let found = list_offsets(&self.cluster, &wanted, self.config.isolation_level.wire()).await?;
+        let found = list_offsets_until(&self.cluster, &wanted, self.config.isolation_level.wire(), deadline).await?;
         for (tp, info) in found {
             if let Some(ps) = state.assignment.get_mut(&tp) {
                 if ps.position.is_none() {
@@ -586,9 +600,14 @@ impl Consumer {
     /// nothing in flight.
     async fn send_fetches(&self, state: &mut State) {
         let metadata = self.cluster.metadata();
+        let now = tokio::time::Instant::now();
         let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
         let mut unknown_leader: BTreeSet<&str> = BTreeSet::new();
-        for (tp, ps) in &state.assignment {
+        for (tp, ps) in state.assignment.iter_mut() {
+            if ps.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            ps.retry_at = None;
             if ps.position.is_none() || ps.in_flight || ps.paused || !ps.buffered.is_empty() {
                 continue;
             }
@@ -608,14 +627,6 @@ impl Consumer {
             }
         }
         for (broker, tps) in by_leader {
-            let conn = match self.cluster.broker(broker).await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(broker, error = %e, "cannot reach partition leader");
-                    let _ = self.cluster.refresh().await;
-                    continue;
-                }
-            };
             let mut asked = Vec::with_capacity(tps.len());
             let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
             for tp in &tps {
@@ -625,6 +636,9 @@ impl Consumer {
                 topics.entry(tp.topic.as_str()).or_default().push(
                     FetchPartition::default()
                         .with_partition(tp.partition)
+                        // Lets the broker tell a stale view of the leader (FENCED_LEADER_EPOCH)
+                        // from its own (UNKNOWN_LEADER_EPOCH); -1 when unknown skips the check.
+                        .with_current_leader_epoch(metadata.leader_epoch(&tp.topic, tp.partition))
                         .with_fetch_offset(ps.fetch_offset)
                         .with_partition_max_bytes(self.config.max_partition_fetch_bytes),
                 );
@@ -647,8 +661,12 @@ impl Consumer {
                         .collect(),
                 );
             let tx = self.outcomes_tx.clone();
+            let cluster = self.cluster.clone();
+            // Connecting happens in the task: a leader that is down or paused must not hold up
+            // poll or the fetches to other brokers.
             tokio::spawn(async move {
                 let result = async {
+                    let conn = cluster.broker(broker).await?;
                     let version = conn.version(ApiKey::Fetch)?;
                     conn.send::<_, FetchResponse>(ApiKey::Fetch, version, &request).await
                 }
@@ -667,7 +685,12 @@ impl Consumer {
         let response = match outcome.result {
             Ok(r) => r,
             Err(e) => {
-                warn!(broker = outcome.broker, error = %e, "fetch failed");
+                if e.is_retriable() {
+                    debug!(broker = outcome.broker, error = %e, "fetch failed, refreshing metadata");
+                } else {
+                    warn!(broker = outcome.broker, error = %e, "fetch failed");
+                }
+                self.back_off(state, outcome.asked.iter().map(|(tp, _, _)| tp));
                 self.spawn_refresh();
                 return;
             }
@@ -675,6 +698,7 @@ impl Consumer {
         let top = ErrorCode(response.error_code);
         if !top.is_ok() {
             warn!(broker = outcome.broker, error = %top, "fetch failed");
+            self.back_off(state, outcome.asked.iter().map(|(tp, _, _)| tp));
             return;
         }
         let asked: HashMap<(&str, i32), (i64, u64)> = outcome
@@ -683,6 +707,7 @@ impl Consumer {
             .map(|(tp, offset, epoch)| ((tp.topic.as_str(), tp.partition), (*offset, *epoch)))
             .collect();
         let mut refresh = false;
+        let mut failed = Vec::new();
         for topic in &response.responses {
             for p in &topic.partitions {
                 let key = (topic.topic.0.as_str(), p.partition_index);
@@ -728,8 +753,11 @@ impl Consumer {
                         }
                     },
                     code if code.is_retriable() => {
+                        // NOT_LEADER_OR_FOLLOWER, FENCED_/UNKNOWN_LEADER_EPOCH, ...: fetch the
+                        // same offset again, from whoever leads after the refresh.
                         debug!(%tp, error = %code, "fetch partition error, refreshing metadata");
                         refresh = true;
+                        failed.push(tp);
                     }
                     code => {
                         state.pending_error = Some(Error::broker(code, format!("fetch of {tp}")));
@@ -737,8 +765,19 @@ impl Consumer {
                 }
             }
         }
+        self.back_off(state, failed.iter());
         if refresh {
             self.spawn_refresh();
+        }
+    }
+
+    /// Holds partitions back from fetching for `retry.backoff.ms`.
+    fn back_off<'a>(&self, state: &mut State, partitions: impl Iterator<Item = &'a TopicPartition>) {
+        let at = tokio::time::Instant::now() + Duration::from_millis(self.config.retry_backoff_ms);
+        for tp in partitions {
+            if let Some(ps) = state.assignment.get_mut(tp) {
+                ps.retry_at = Some(at);
+            }
         }
     }
 

@@ -255,8 +255,12 @@ impl Producer {
         };
         cluster_config.allow_auto_topic_creation = true;
         let cluster = Cluster::connect(cluster_config).await?;
-        let (producer_id, producer_epoch) =
-            if idempotent { init_producer_id(&cluster).await? } else { (NO_PRODUCER_ID, NO_PRODUCER_EPOCH) };
+        let (producer_id, producer_epoch) = if idempotent {
+            let max_block = Duration::from_millis(config.max_block_ms);
+            init_producer_id(&cluster, max_block, Duration::from_millis(config.retry_backoff_ms)).await?
+        } else {
+            (NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+        };
         debug!(producer_id, producer_epoch, idempotent, "producer started");
 
         let acc = Accumulator::new(AccumulatorConfig {
@@ -440,25 +444,41 @@ fn wall_clock_ms() -> i64 {
 
 /// Asks any broker for a producer id (no transactional id: idempotence only), retrying while
 /// the broker is still loading its producer id state.
-async fn init_producer_id(cluster: &Cluster) -> Result<(i64, i16)> {
-    let mut attempt = 0;
+/// Asks any broker for a producer id, retrying retriable failures (a broker going down, no
+/// controller reachable yet) until `max_block`.
+async fn init_producer_id(cluster: &Cluster, max_block: Duration, retry_backoff: Duration) -> Result<(i64, i16)> {
+    let deadline = tokio::time::Instant::now() + max_block;
     loop {
-        let conn = cluster.any_broker().await?;
-        let request = InitProducerIdRequest::default()
-            // The generated default is an empty transactional id, which asks for a transaction.
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000);
-        let (_, response): (i16, InitProducerIdResponse) = conn.call(ApiKey::InitProducerId, &request).await?;
-        let code = ErrorCode(response.error_code);
-        if code.is_ok() {
-            return Ok((response.producer_id.0, response.producer_epoch));
+        let error = match init_producer_id_once(cluster).await {
+            Ok(ids) => return Ok(ids),
+            Err(e) => e,
+        };
+        if !error.is_retriable() || tokio::time::Instant::now() + retry_backoff >= deadline {
+            return Err(error);
         }
-        attempt += 1;
-        if !code.is_retriable() || attempt >= 10 {
-            return Err(Error::broker(code, "InitProducerId"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        debug!(error = %error, "InitProducerId failed, retrying");
+        tokio::time::sleep(retry_backoff).await;
     }
+}
+
+async fn init_producer_id_once(cluster: &Cluster) -> Result<(i64, i16)> {
+    let conn = cluster.any_broker().await?;
+    let request = InitProducerIdRequest::default()
+        // The generated default is an empty transactional id, which asks for a transaction.
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    let response: InitProducerIdResponse = match conn.call(ApiKey::InitProducerId, &request).await {
+        Ok((_, r)) => r,
+        Err(e) => {
+            cluster.report_failure(&conn);
+            return Err(e);
+        }
+    };
+    let code = ErrorCode(response.error_code);
+    if !code.is_ok() {
+        return Err(Error::broker(code, "InitProducerId"));
+    }
+    Ok((response.producer_id.0, response.producer_epoch))
 }
 
 #[cfg(test)]

@@ -264,6 +264,36 @@ async fn send_produce(
     RequestOutcome { broker, batches, result }
 }
 
+/// What to do with a batch the broker answered for with `code` (before the retry budget,
+/// `retries` and `delivery.timeout.ms`, is applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Written. A duplicate sequence means an earlier attempt of this batch was written (the
+    /// broker dedups a retry after a lost response or a leader change).
+    Done,
+    /// Send again with the same producer id, epoch and sequence; refresh metadata first when
+    /// the leader may have moved.
+    Retry {
+        refresh_metadata: bool,
+    },
+    Fail,
+}
+
+fn disposition(code: ErrorCode) -> Disposition {
+    if code.is_ok() || code == ErrorCode::DUPLICATE_SEQUENCE_NUMBER {
+        return Disposition::Done;
+    }
+    // Behind a batch that is being retried, the broker rejects the next sequences as out of
+    // order: those are retried too, in order. Everything else retriable covers leadership
+    // moves (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, FENCED_/UNKNOWN_LEADER_EPOCH), a
+    // shrunken ISR (NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND), REQUEST_TIMED_OUT
+    // and a failed disk (KAFKA_STORAGE_ERROR).
+    if code.is_retriable() || code == ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER {
+        return Disposition::Retry { refresh_metadata: needs_metadata_refresh(code) };
+    }
+    Disposition::Fail
+}
+
 /// Errors after which the leader may have moved.
 fn needs_metadata_refresh(code: ErrorCode) -> bool {
     matches!(
@@ -324,14 +354,17 @@ fn settle(shared: &Arc<SenderShared>, outcome: RequestOutcome) {
                     .get(&(b.topic().as_ref(), b.partition()))
                     .cloned()
                     .unwrap_or((ErrorCode::UNKNOWN_SERVER_ERROR, -1, Some("partition missing from response".into())));
-                let result = if code.is_ok() || code == ErrorCode::DUPLICATE_SEQUENCE_NUMBER {
+                let result = if disposition(code) == Disposition::Done {
                     b.completion.complete(Ok(base_offset));
                     BatchResult::Done
                 } else {
-                    refresh |= needs_metadata_refresh(code);
-                    // Behind a batch that is being retried, the broker rejects the next
-                    // sequences as out of order: those are retried too, in order.
-                    let retriable = code.is_retriable() || code == ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER;
+                    let retriable = match disposition(code) {
+                        Disposition::Retry { refresh_metadata } => {
+                            refresh |= refresh_metadata;
+                            true
+                        }
+                        _ => false,
+                    };
                     if retriable && can_retry(&b) {
                         debug!(topic = %b.topic(), partition = b.partition(), error = %code, "retrying batch");
                         BatchResult::Retry
@@ -351,5 +384,51 @@ fn settle(shared: &Arc<SenderShared>, outcome: RequestOutcome) {
     shared.release(released);
     if refresh {
         shared.refresh_metadata(now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leadership_and_isr_errors_are_retried_and_leader_moves_refresh_metadata() {
+        let retry = |refresh_metadata| Disposition::Retry { refresh_metadata };
+        for code in [
+            ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            ErrorCode::LEADER_NOT_AVAILABLE,
+            ErrorCode::FENCED_LEADER_EPOCH,
+            ErrorCode::UNKNOWN_LEADER_EPOCH,
+            ErrorCode::KAFKA_STORAGE_ERROR,
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        ] {
+            assert_eq!(disposition(code), retry(true), "{code}");
+        }
+        for code in [
+            ErrorCode::NOT_ENOUGH_REPLICAS,
+            ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+            ErrorCode::REQUEST_TIMED_OUT,
+            ErrorCode::NETWORK_EXCEPTION,
+            ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ] {
+            assert_eq!(disposition(code), retry(false), "{code}");
+        }
+        assert_eq!(disposition(ErrorCode::NONE), Disposition::Done);
+        assert_eq!(disposition(ErrorCode::DUPLICATE_SEQUENCE_NUMBER), Disposition::Done);
+        for code in [ErrorCode::MESSAGE_TOO_LARGE, ErrorCode::INVALID_PRODUCER_EPOCH, ErrorCode::INVALID_RECORD] {
+            assert_eq!(disposition(code), Disposition::Fail, "{code}");
+        }
+    }
+
+    #[test]
+    fn lost_connections_and_unknown_brokers_are_retriable() {
+        for e in [
+            Error::ConnectionLost { peer: "b".into(), reason: "closed by the peer".into() },
+            Error::Timeout { peer: "b".into(), timeout_ms: 1 },
+            Error::UnknownBroker { node_id: 2 },
+            Error::Io { peer: "b".into(), source: std::io::ErrorKind::ConnectionRefused.into() },
+        ] {
+            assert!(e.is_retriable(), "{e}");
+        }
     }
 }

@@ -573,6 +573,30 @@ static OFFSET_DELETE: Message = Message {
     },
 };
 
+// partition, current_leader_epoch, leader_epoch
+static OFFSET_FOR_LEADER_PARTITION: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT32), f(0, ANY, INT32)], tagged: &[] };
+static OFFSET_FOR_LEADER_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                            // topic
+        f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_FOR_LEADER_PARTITION))), // partitions
+    ],
+    tagged: &[],
+};
+static OFFSET_FOR_LEADER_EPOCH: Message = Message {
+    name: "OffsetForLeaderEpoch",
+    min_version: 2,
+    max_version: 4,
+    flexible_from: 4,
+    body: Struct {
+        fields: &[
+            f(3, ANY, INT32),                                            // replica_id
+            f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_FOR_LEADER_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -597,6 +621,7 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::ListGroups => &LIST_GROUPS,
         ApiKey::DeleteGroups => &DELETE_GROUPS,
         ApiKey::OffsetDelete => &OFFSET_DELETE,
+        ApiKey::OffsetForLeaderEpoch => &OFFSET_FOR_LEADER_EPOCH,
         _ => return None,
     })
 }
@@ -1182,6 +1207,36 @@ mod tests {
         assert_walks_exactly(ApiKey::OffsetDelete, 0, &m);
     }
 
+    #[test]
+    fn offset_for_leader_epoch_requests_of_every_version_walk_exactly() {
+        use crate::protocol::messages::offset_for_leader_epoch_request::{
+            OffsetForLeaderPartition, OffsetForLeaderTopic,
+        };
+        for v in 2..=4 {
+            let p = OffsetForLeaderPartition::default()
+                .with_partition(3)
+                .with_current_leader_epoch(7)
+                .with_leader_epoch(5)
+                .with_unknown_tagged_fields(tags(v, 4));
+            let t = OffsetForLeaderTopic::default()
+                .with_topic(topic("orders"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(v, 4));
+            let m = OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(if v >= 3 { 2 } else { -1 }))
+                .with_topics(vec![t.clone(), OffsetForLeaderTopic::default().with_topic(topic("")), t])
+                .with_unknown_tagged_fields(tags(v, 4));
+            assert_walks_exactly(ApiKey::OffsetForLeaderEpoch, v, &m);
+        }
+        // Two partitions of 12 bytes each cannot fit in 12 bytes (v2: topic "a", count 2).
+        let body = [&[0u8, 0, 0, 1, 0, 1, b'a', 0, 0, 0, 2][..], &[0; 12]].concat();
+        assert!(too_long(check_array_bounds(ApiKey::OffsetForLeaderEpoch, 2, &body)));
+        assert!(matches!(
+            check_array_bounds(ApiKey::OffsetForLeaderEpoch, 1, &[]),
+            Err(ProtocolError::UnsupportedVersion { .. })
+        ));
+    }
+
     fn body(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
     }
@@ -1289,6 +1344,7 @@ mod tests {
             (0..=5i16).prop_map(|v| (ApiKey::ListGroups, v)),
             (0..=2i16).prop_map(|v| (ApiKey::DeleteGroups, v)),
             (0..=0i16).prop_map(|v| (ApiKey::OffsetDelete, v)),
+            (2..=4i16).prop_map(|v| (ApiKey::OffsetForLeaderEpoch, v)),
         ]
     }
 

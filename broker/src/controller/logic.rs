@@ -1,0 +1,735 @@
+//! The controller's decisions, sans-IO: given the current image and a request, which records to
+//! write and what to answer. Only the quorum leader runs these; followers apply the records.
+//! Anything random (topic ids) comes in as a parameter so the functions stay pure and testable.
+
+use spate_client::protocol::ErrorCode;
+use uuid::Uuid;
+
+use super::records::{apply_record, MetadataRecord};
+use super::types::{
+    BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage, PartitionImage,
+    TopicImage, NO_LEADER,
+};
+
+/// Kafka's INVALID_UPDATE_VERSION: an AlterPartition named a stale `partition_epoch`.
+pub const INVALID_UPDATE_VERSION: ErrorCode = ErrorCode(95);
+/// Kafka's INELIGIBLE_REPLICA: an AlterPartition tried to add a fenced broker to the ISR.
+pub const INELIGIBLE_REPLICA: ErrorCode = ErrorCode(107);
+/// Kafka's STALE_BROKER_EPOCH: a heartbeat from an incarnation that is not the registered one.
+pub const STALE_BROKER_EPOCH: ErrorCode = ErrorCode(77);
+/// Kafka's BROKER_ID_NOT_REGISTERED: a heartbeat from a broker that never registered.
+pub const BROKER_ID_NOT_REGISTERED: ErrorCode = ErrorCode(102);
+
+/// Upper bound on partitions per topic, so one request cannot make the image (and every node's
+/// memory) explode.
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+/// Upper bound on one producer-id block.
+pub const MAX_PRODUCER_ID_BLOCK: i64 = 1_000_000;
+
+/// Topic config key that allows electing an out-of-sync replica (data loss) over no leader.
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+
+/// Cluster-wide settings the decisions depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicSettings {
+    pub default_replication_factor: i16,
+    pub unclean_leader_election_enable: bool,
+}
+
+/// Records to write and the reply to send once they are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub records: Vec<MetadataRecord>,
+    pub reply: ControllerReply,
+}
+
+pub fn refusal(code: ErrorCode, message: impl Into<String>) -> ControllerRefusal {
+    ControllerRefusal { code: code.0, message: message.into() }
+}
+
+/// Records plus a scratch image they have been applied to, so that later steps of one decision
+/// see the effect of earlier ones.
+struct Changes {
+    image: MetadataImage,
+    records: Vec<MetadataRecord>,
+}
+
+impl Changes {
+    fn new(image: &MetadataImage) -> Self {
+        Changes { image: image.clone(), records: Vec::new() }
+    }
+
+    fn push(&mut self, record: MetadataRecord) {
+        apply_record(&mut self.image, &record);
+        self.records.push(record);
+    }
+
+    fn change_partition(&mut self, topic: &str, partition: i32, state: PartitionImage) {
+        self.push(MetadataRecord::ChangePartition { topic: topic.to_string(), partition, state });
+    }
+}
+
+/// Decides what `request` does to `image`. `fresh_id` is used as the id of a created topic.
+pub fn decide(
+    image: &MetadataImage,
+    request: &ControllerRequest,
+    settings: &LogicSettings,
+    fresh_id: Uuid,
+) -> Result<Decision, ControllerRefusal> {
+    match request {
+        ControllerRequest::RegisterBroker { broker_id, host, port, incarnation_id } => {
+            let registration = BrokerRegistration {
+                id: *broker_id,
+                host: host.clone(),
+                port: *port,
+                incarnation_id: *incarnation_id,
+                fenced: false,
+            };
+            let mut changes = Changes::new(image);
+            if image.brokers.get(broker_id) != Some(&registration) {
+                changes.push(MetadataRecord::RegisterBroker { registration });
+            }
+            elect_for_unfenced(&mut changes, *broker_id, settings);
+            Ok(Decision { records: changes.records, reply: ControllerReply::Done })
+        }
+        ControllerRequest::BrokerHeartbeat { broker_id, incarnation_id } => {
+            let Some(registered) = image.brokers.get(broker_id) else {
+                return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));
+            };
+            if registered.incarnation_id != *incarnation_id {
+                return Err(refusal(
+                    STALE_BROKER_EPOCH,
+                    format!(
+                        "broker {broker_id} heartbeat from incarnation {incarnation_id}, registered is {}",
+                        registered.incarnation_id
+                    ),
+                ));
+            }
+            let records = if registered.fenced { unfence(image, *broker_id, settings) } else { Vec::new() };
+            Ok(Decision { records, reply: ControllerReply::Heartbeat { fenced: false } })
+        }
+        ControllerRequest::CreateTopic { name, partitions, replication_factor, configs, validate_only } => {
+            if image.topics.contains_key(name) {
+                return Err(refusal(ErrorCode::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists")));
+            }
+            check_partition_count(name, *partitions)?;
+            let rf = if *replication_factor == -1 { settings.default_replication_factor } else { *replication_factor };
+            let assignment = place_replicas(image, name, 0, *partitions, rf)?;
+            let topic = TopicImage {
+                name: name.clone(),
+                id: fresh_id,
+                configs: configs.clone(),
+                partitions: assignment.into_iter().map(new_partition).collect(),
+            };
+            let records = if *validate_only { Vec::new() } else { vec![MetadataRecord::CreateTopic { topic }] };
+            Ok(Decision { records, reply: ControllerReply::TopicCreated { id: fresh_id } })
+        }
+        ControllerRequest::DeleteTopic { name } => {
+            known_topic(image, name)?;
+            Ok(Decision {
+                records: vec![MetadataRecord::DeleteTopic { name: name.clone() }],
+                reply: ControllerReply::Done,
+            })
+        }
+        ControllerRequest::CreatePartitions { name, total, validate_only } => {
+            let topic = known_topic(image, name)?;
+            let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+            if *total <= current {
+                return Err(refusal(
+                    ErrorCode::INVALID_PARTITIONS,
+                    format!("topic {name} has {current} partitions; cannot grow to {total}"),
+                ));
+            }
+            check_partition_count(name, *total)?;
+            let rf = topic.partitions.first().map_or(1, |p| i16::try_from(p.replicas.len()).unwrap_or(i16::MAX));
+            let assignment = place_replicas(image, name, current, *total - current, rf)?;
+            let records = if *validate_only {
+                Vec::new()
+            } else {
+                vec![MetadataRecord::CreatePartitions {
+                    name: name.clone(),
+                    partitions: assignment.into_iter().map(new_partition).collect(),
+                }]
+            };
+            Ok(Decision { records, reply: ControllerReply::Done })
+        }
+        ControllerRequest::AlterTopicConfigs { name, configs } => {
+            known_topic(image, name)?;
+            Ok(Decision {
+                records: vec![MetadataRecord::AlterTopicConfigs { name: name.clone(), configs: configs.clone() }],
+                reply: ControllerReply::Done,
+            })
+        }
+        ControllerRequest::AlterPartition { broker_id, topic, partition, leader_epoch, partition_epoch, new_isr } => {
+            alter_partition(image, *broker_id, topic, *partition, *leader_epoch, *partition_epoch, new_isr)
+        }
+        ControllerRequest::AllocateProducerIds { broker_id, count } => {
+            if *count <= 0 || *count > MAX_PRODUCER_ID_BLOCK {
+                return Err(refusal(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("producer id block of {count} is outside 1..={MAX_PRODUCER_ID_BLOCK}"),
+                ));
+            }
+            let first_id = image.next_producer_id;
+            if first_id.checked_add(*count).is_none() {
+                return Err(refusal(ErrorCode::UNKNOWN_SERVER_ERROR, "producer ids exhausted"));
+            }
+            Ok(Decision {
+                records: vec![MetadataRecord::AllocateProducerIds { broker_id: *broker_id, first_id, count: *count }],
+                reply: ControllerReply::ProducerIds { first_id, count: *count },
+            })
+        }
+    }
+}
+
+fn known_topic<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a TopicImage, ControllerRefusal> {
+    image
+        .topics
+        .get(name)
+        .ok_or_else(|| refusal(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name} does not exist")))
+}
+
+fn check_partition_count(name: &str, count: i32) -> Result<(), ControllerRefusal> {
+    if count <= 0 || count > MAX_PARTITIONS_PER_TOPIC {
+        return Err(refusal(
+            ErrorCode::INVALID_PARTITIONS,
+            format!("partition count {count} for {name} is outside 1..={MAX_PARTITIONS_PER_TOPIC}"),
+        ));
+    }
+    Ok(())
+}
+
+fn new_partition(replicas: Vec<i32>) -> PartitionImage {
+    PartitionImage { isr: replicas.clone(), leader: replicas[0], replicas, leader_epoch: 0, partition_epoch: 0 }
+}
+
+/// Replica lists for partitions `first .. first + count` of `topic`: consecutive unfenced brokers
+/// (by id), starting at an index rotated per topic (a stable hash of its name) and per partition,
+/// so that leaders (`replicas[0]`) spread over the brokers.
+fn place_replicas(
+    image: &MetadataImage,
+    topic: &str,
+    first: i32,
+    count: i32,
+    replication_factor: i16,
+) -> Result<Vec<Vec<i32>>, ControllerRefusal> {
+    let live: Vec<i32> = image.live_brokers().map(|b| b.id).collect();
+    let rf = usize::try_from(replication_factor).unwrap_or(0);
+    if rf == 0 || rf > live.len() {
+        return Err(refusal(
+            ErrorCode::INVALID_REPLICATION_FACTOR,
+            format!("replication factor {replication_factor} is invalid: {} broker(s) are live", live.len()),
+        ));
+    }
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let start = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let n = live.len() as u64;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for p in first..first + count {
+        let base = start.wrapping_add(u64::try_from(p).unwrap_or(0)) % n;
+        out.push((0..rf as u64).map(|j| live[usize::try_from((base + j) % n).unwrap_or(0)]).collect());
+    }
+    Ok(out)
+}
+
+fn unclean_allowed(image: &MetadataImage, topic: &str, settings: &LogicSettings) -> bool {
+    image
+        .topics
+        .get(topic)
+        .and_then(|t| t.configs.get(UNCLEAN_LEADER_ELECTION_ENABLE))
+        .map_or(settings.unclean_leader_election_enable, |v| v.eq_ignore_ascii_case("true"))
+}
+
+fn is_live(image: &MetadataImage, broker: i32) -> bool {
+    image.brokers.get(&broker).is_some_and(|b| !b.fenced)
+}
+
+fn all_partitions(image: &MetadataImage) -> Vec<(String, i32, PartitionImage)> {
+    let mut out = Vec::new();
+    for (name, topic) in &image.topics {
+        for (i, p) in topic.partitions.iter().enumerate() {
+            out.push((name.clone(), i32::try_from(i).unwrap_or(i32::MAX), p.clone()));
+        }
+    }
+    out
+}
+
+/// Fences `broker_id`: it leaves every ISR it is in (unless it is the last member, which keeps
+/// it, leaderless) and partitions it led elect the first unfenced replica of the new ISR.
+pub fn fence(image: &MetadataImage, broker_id: i32, settings: &LogicSettings) -> Vec<MetadataRecord> {
+    if !is_live(image, broker_id) {
+        return Vec::new();
+    }
+    let mut changes = Changes::new(image);
+    changes.push(MetadataRecord::FenceBroker { broker_id });
+    for (topic, index, p) in all_partitions(&changes.image) {
+        if !p.isr.contains(&broker_id) && p.leader != broker_id {
+            continue;
+        }
+        let mut next = p.clone();
+        if p.isr.len() > 1 {
+            next.isr.retain(|&r| r != broker_id);
+        }
+        if p.leader == broker_id || !is_live(&changes.image, next.leader) {
+            next.leader = next.isr.iter().copied().find(|&r| is_live(&changes.image, r)).unwrap_or(NO_LEADER);
+        }
+        if next.leader == NO_LEADER && unclean_allowed(&changes.image, &topic, settings) {
+            if let Some(r) = next.replicas.iter().copied().find(|&r| is_live(&changes.image, r)) {
+                next.leader = r;
+                next.isr = vec![r];
+            }
+        }
+        if next.leader != p.leader {
+            next.leader_epoch += 1;
+        }
+        if next != p {
+            next.partition_epoch += 1;
+            changes.change_partition(&topic, index, next);
+        }
+    }
+    changes.records
+}
+
+/// Unfences `broker_id` (a heartbeat from a fenced broker) and gives it the partitions it can lead.
+pub fn unfence(image: &MetadataImage, broker_id: i32, settings: &LogicSettings) -> Vec<MetadataRecord> {
+    let mut changes = Changes::new(image);
+    if image.brokers.get(&broker_id).is_some_and(|b| b.fenced) {
+        changes.push(MetadataRecord::UnfenceBroker { broker_id });
+    }
+    elect_for_unfenced(&mut changes, broker_id, settings);
+    changes.records
+}
+
+/// Leaderless partitions whose ISR holds the (now unfenced) broker get it as leader; with unclean
+/// election allowed, leaderless partitions it merely replicates do too, with ISR reset to it.
+fn elect_for_unfenced(changes: &mut Changes, broker_id: i32, settings: &LogicSettings) {
+    if !is_live(&changes.image, broker_id) {
+        return;
+    }
+    for (topic, index, p) in all_partitions(&changes.image) {
+        if p.has_leader() || !p.replicas.contains(&broker_id) {
+            continue;
+        }
+        let mut next = p.clone();
+        if p.isr.contains(&broker_id) {
+            next.leader = broker_id;
+        } else if unclean_allowed(&changes.image, &topic, settings) {
+            next.leader = broker_id;
+            next.isr = vec![broker_id];
+        } else {
+            continue;
+        }
+        next.leader_epoch += 1;
+        next.partition_epoch += 1;
+        changes.change_partition(&topic, index, next);
+    }
+}
+
+/// Preferred-leader election: where `replicas[0]` is in the ISR, unfenced and not the leader, it
+/// becomes the leader.
+pub fn preferred_leader_moves(image: &MetadataImage) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for (topic, index, p) in all_partitions(image) {
+        let Some(&preferred) = p.replicas.first() else { continue };
+        if p.leader != preferred && p.isr.contains(&preferred) && is_live(image, preferred) {
+            let next = PartitionImage {
+                leader: preferred,
+                leader_epoch: p.leader_epoch + 1,
+                partition_epoch: p.partition_epoch + 1,
+                ..p
+            };
+            records.push(MetadataRecord::ChangePartition { topic, partition: index, state: next });
+        }
+    }
+    records
+}
+
+fn alter_partition(
+    image: &MetadataImage,
+    broker_id: i32,
+    topic: &str,
+    partition: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    new_isr: &[i32],
+) -> Result<Decision, ControllerRefusal> {
+    let Some(current) = image.partition(topic, partition) else {
+        return Err(refusal(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, format!("{topic}-{partition} does not exist")));
+    };
+    if current.leader != broker_id {
+        return Err(refusal(
+            ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            format!("broker {broker_id} is not the leader of {topic}-{partition} (leader is {})", current.leader),
+        ));
+    }
+    if leader_epoch != current.leader_epoch {
+        return Err(refusal(
+            ErrorCode::FENCED_LEADER_EPOCH,
+            format!("leader epoch {leader_epoch} of {topic}-{partition} is not the current {}", current.leader_epoch),
+        ));
+    }
+    if partition_epoch != current.partition_epoch {
+        return Err(refusal(
+            INVALID_UPDATE_VERSION,
+            format!(
+                "partition epoch {partition_epoch} of {topic}-{partition} is not the current {}",
+                current.partition_epoch
+            ),
+        ));
+    }
+    let mut dedup = new_isr.to_vec();
+    dedup.sort_unstable();
+    dedup.dedup();
+    if !new_isr.contains(&broker_id)
+        || dedup.len() != new_isr.len()
+        || new_isr.iter().any(|r| !current.replicas.contains(r))
+    {
+        return Err(refusal(
+            ErrorCode::INVALID_REQUEST,
+            format!(
+                "isr {new_isr:?} for {topic}-{partition} must hold the leader and distinct replicas of {:?}",
+                current.replicas
+            ),
+        ));
+    }
+    if let Some(bad) = new_isr.iter().find(|r| !current.isr.contains(r) && !is_live(image, **r)) {
+        return Err(refusal(
+            INELIGIBLE_REPLICA,
+            format!("broker {bad} is fenced and cannot join the isr of {topic}-{partition}"),
+        ));
+    }
+    if new_isr == current.isr.as_slice() {
+        return Ok(Decision { records: Vec::new(), reply: ControllerReply::Partition { state: current.clone() } });
+    }
+    let state =
+        PartitionImage { isr: new_isr.to_vec(), partition_epoch: current.partition_epoch + 1, ..current.clone() };
+    Ok(Decision {
+        records: vec![MetadataRecord::ChangePartition { topic: topic.to_string(), partition, state: state.clone() }],
+        reply: ControllerReply::Partition { state },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn settings() -> LogicSettings {
+        LogicSettings { default_replication_factor: 1, unclean_leader_election_enable: false }
+    }
+
+    fn register(image: &mut MetadataImage, id: i32) {
+        let req = ControllerRequest::RegisterBroker {
+            broker_id: id,
+            host: "127.0.0.1".into(),
+            port: 9000 + id,
+            incarnation_id: Uuid::from_u128(id as u128),
+        };
+        run(image, &req).unwrap();
+    }
+
+    fn run(image: &mut MetadataImage, req: &ControllerRequest) -> Result<ControllerReply, ControllerRefusal> {
+        let d = decide(image, req, &settings(), Uuid::from_u128(99))?;
+        apply_all(image, &d.records);
+        Ok(d.reply)
+    }
+
+    fn fence_now(image: &mut MetadataImage, broker_id: i32, settings: &LogicSettings) {
+        let records = fence(image, broker_id, settings);
+        apply_all(image, &records);
+    }
+
+    fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
+        for r in records {
+            apply_record(image, r);
+        }
+    }
+
+    fn create(name: &str, partitions: i32, rf: i16) -> ControllerRequest {
+        ControllerRequest::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: rf,
+            configs: BTreeMap::new(),
+            validate_only: false,
+        }
+    }
+
+    fn cluster(n: i32) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for id in 1..=n {
+            register(&mut image, id);
+        }
+        image
+    }
+
+    #[test]
+    fn placement_spreads_leaders_and_sets_isr_to_replicas() {
+        let mut image = cluster(3);
+        assert_eq!(
+            run(&mut image, &create("a", 6, 3)).unwrap(),
+            ControllerReply::TopicCreated { id: Uuid::from_u128(99) }
+        );
+        let t = &image.topics["a"];
+        let mut leaders = [0; 4];
+        for p in &t.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            let mut sorted = p.replicas.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![1, 2, 3]);
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader, p.replicas[0]);
+            leaders[p.leader as usize] += 1;
+        }
+        assert_eq!(&leaders[1..], &[2, 2, 2]);
+        // The start index depends on the topic: not every topic's partition 0 lands on broker 1.
+        for name in ["b", "c", "d", "e", "f", "g"] {
+            run(&mut image, &create(name, 1, 1)).unwrap();
+        }
+        let firsts: std::collections::BTreeSet<i32> = image.topics.values().map(|t| t.partitions[0].leader).collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
+    }
+
+    #[test]
+    fn placement_skips_fenced_brokers() {
+        let mut image = cluster(3);
+        fence_now(&mut image, 2, &settings());
+        run(&mut image, &create("a", 4, 2)).unwrap();
+        assert!(image.topics["a"].partitions.iter().all(|p| !p.replicas.contains(&2)));
+        assert_eq!(run(&mut image, &create("b", 1, 3)).unwrap_err().code, 38);
+    }
+
+    #[test]
+    fn create_refusals_and_validate_only() {
+        let mut image = cluster(2);
+        assert_eq!(run(&mut image, &create("a", 1, 3)).unwrap_err().code, 38);
+        assert_eq!(run(&mut image, &create("a", 0, 1)).unwrap_err().code, 37);
+        let validate = ControllerRequest::CreateTopic {
+            name: "a".into(),
+            partitions: 1,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+            validate_only: true,
+        };
+        let d = decide(&image, &validate, &settings(), Uuid::from_u128(1)).unwrap();
+        assert!(d.records.is_empty());
+        run(&mut image, &create("a", 1, -1)).unwrap();
+        assert_eq!(image.topics["a"].partitions[0].replicas.len(), 1);
+        assert_eq!(run(&mut image, &create("a", 1, 1)).unwrap_err().code, 36);
+        let unknown = ControllerRequest::DeleteTopic { name: "zz".into() };
+        assert_eq!(run(&mut image, &unknown).unwrap_err().code, 3);
+        let grow = ControllerRequest::CreatePartitions { name: "zz".into(), total: 3, validate_only: false };
+        assert_eq!(run(&mut image, &grow).unwrap_err().code, 3);
+        let alter = ControllerRequest::AlterTopicConfigs { name: "zz".into(), configs: BTreeMap::new() };
+        assert_eq!(run(&mut image, &alter).unwrap_err().code, 3);
+    }
+
+    #[test]
+    fn create_partitions_appends_with_same_replication_factor() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 2, 2)).unwrap();
+        let shrink = ControllerRequest::CreatePartitions { name: "a".into(), total: 2, validate_only: false };
+        assert_eq!(run(&mut image, &shrink).unwrap_err().code, 37);
+        let grow = ControllerRequest::CreatePartitions { name: "a".into(), total: 5, validate_only: false };
+        run(&mut image, &grow).unwrap();
+        let t = &image.topics["a"];
+        assert_eq!(t.partitions.len(), 5);
+        assert!(t.partitions.iter().all(|p| p.replicas.len() == 2 && p.isr == p.replicas));
+        run(&mut image, &ControllerRequest::DeleteTopic { name: "a".into() }).unwrap();
+        assert!(image.topics.is_empty());
+    }
+
+    #[test]
+    fn fencing_shrinks_isr_and_elects_next_unfenced() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 3, 3)).unwrap();
+        let before = image.topics["a"].partitions.clone();
+        fence_now(&mut image, 1, &settings());
+        assert!(image.brokers[&1].fenced);
+        for (old, new) in before.iter().zip(&image.topics["a"].partitions) {
+            assert!(!new.isr.contains(&1));
+            assert_eq!(new.partition_epoch, old.partition_epoch + 1);
+            if old.leader == 1 {
+                let expected = old.isr.iter().copied().find(|&r| r != 1).unwrap();
+                assert_eq!(new.leader, expected);
+                assert_eq!(new.leader_epoch, old.leader_epoch + 1);
+            } else {
+                assert_eq!(new.leader, old.leader);
+                assert_eq!(new.leader_epoch, old.leader_epoch);
+            }
+        }
+        // Fencing a fenced broker is a no-op.
+        assert!(fence(&image, 1, &settings()).is_empty());
+    }
+
+    #[test]
+    fn last_isr_member_stays_leaderless_then_leads_again_on_unfence() {
+        let mut image = cluster(2);
+        run(&mut image, &create("a", 1, 2)).unwrap();
+        let leader = image.topics["a"].partitions[0].leader;
+        let other = if leader == 1 { 2 } else { 1 };
+        fence_now(&mut image, other, &settings());
+        fence_now(&mut image, leader, &settings());
+        let p = image.partition("a", 0).unwrap().clone();
+        assert_eq!(p.isr, vec![leader]);
+        assert_eq!(p.leader, NO_LEADER);
+        assert_eq!(p.leader_epoch, 1);
+        // The out-of-sync replica coming back does not lead (clean election only).
+        let hb =
+            |id: i32| ControllerRequest::BrokerHeartbeat { broker_id: id, incarnation_id: Uuid::from_u128(id as u128) };
+        assert_eq!(run(&mut image, &hb(other)).unwrap(), ControllerReply::Heartbeat { fenced: false });
+        assert_eq!(image.partition("a", 0).unwrap().leader, NO_LEADER);
+        run(&mut image, &hb(leader)).unwrap();
+        let q = image.partition("a", 0).unwrap();
+        assert_eq!(q.leader, leader);
+        assert_eq!(q.leader_epoch, 2);
+        assert_eq!(q.partition_epoch, p.partition_epoch + 1);
+    }
+
+    #[test]
+    fn unclean_election_picks_a_live_replica() {
+        let mut image = cluster(2);
+        run(&mut image, &create("a", 1, 2)).unwrap();
+        let leader = image.topics["a"].partitions[0].leader;
+        let other = if leader == 1 { 2 } else { 1 };
+        // ISR shrinks to the leader alone, then the leader is fenced.
+        let p = image.partition("a", 0).unwrap().clone();
+        let alter = ControllerRequest::AlterPartition {
+            broker_id: leader,
+            topic: "a".into(),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: vec![leader],
+        };
+        run(&mut image, &alter).unwrap();
+        let unclean = LogicSettings { unclean_leader_election_enable: true, ..settings() };
+        fence_now(&mut image, leader, &unclean);
+        let q = image.partition("a", 0).unwrap();
+        assert_eq!((q.leader, q.isr.clone()), (other, vec![other]));
+        // The topic override wins over the cluster default.
+        let mut image = cluster(2);
+        let mut configs = BTreeMap::new();
+        configs.insert(UNCLEAN_LEADER_ELECTION_ENABLE.to_string(), "true".to_string());
+        let req = ControllerRequest::CreateTopic {
+            name: "b".into(),
+            partitions: 1,
+            replication_factor: 2,
+            configs,
+            validate_only: false,
+        };
+        run(&mut image, &req).unwrap();
+        let p = image.partition("b", 0).unwrap().clone();
+        let shrink = ControllerRequest::AlterPartition {
+            broker_id: p.leader,
+            topic: "b".into(),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: vec![p.leader],
+        };
+        run(&mut image, &shrink).unwrap();
+        fence_now(&mut image, p.leader, &settings());
+        assert_ne!(image.partition("b", 0).unwrap().leader, NO_LEADER);
+    }
+
+    #[test]
+    fn alter_partition_validation() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 1, 3)).unwrap();
+        let p = image.partition("a", 0).unwrap().clone();
+        let follower = p.replicas[1];
+        let req = |broker_id: i32, le: i32, pe: i32, isr: Vec<i32>| ControllerRequest::AlterPartition {
+            broker_id,
+            topic: "a".into(),
+            partition: 0,
+            leader_epoch: le,
+            partition_epoch: pe,
+            new_isr: isr,
+        };
+        let shrunk = vec![p.leader, p.replicas[2]];
+        assert_eq!(run(&mut image, &req(follower, 0, 0, shrunk.clone())).unwrap_err().code, 6);
+        assert_eq!(run(&mut image, &req(p.leader, 1, 0, shrunk.clone())).unwrap_err().code, 74);
+        assert_eq!(run(&mut image, &req(p.leader, 0, 5, shrunk.clone())).unwrap_err().code, 95);
+        assert_eq!(run(&mut image, &req(p.leader, 0, 0, vec![follower])).unwrap_err().code, 42);
+        assert_eq!(run(&mut image, &req(p.leader, 0, 0, vec![p.leader, 77])).unwrap_err().code, 42);
+        let reply = run(&mut image, &req(p.leader, 0, 0, shrunk.clone())).unwrap();
+        let q = image.partition("a", 0).unwrap().clone();
+        assert_eq!(reply, ControllerReply::Partition { state: q.clone() });
+        assert_eq!((q.isr.clone(), q.leader_epoch, q.partition_epoch), (shrunk, 0, 1));
+        // Re-adding a fenced broker is refused; an unfenced one is accepted.
+        fence_now(&mut image, follower, &settings());
+        let q = image.partition("a", 0).unwrap().clone();
+        let full = p.replicas.clone();
+        let err = run(&mut image, &req(p.leader, q.leader_epoch, q.partition_epoch, full.clone())).unwrap_err();
+        assert_eq!(err.code, 107);
+        let hb = ControllerRequest::BrokerHeartbeat {
+            broker_id: follower,
+            incarnation_id: Uuid::from_u128(follower as u128),
+        };
+        run(&mut image, &hb).unwrap();
+        run(&mut image, &req(p.leader, q.leader_epoch, q.partition_epoch, full.clone())).unwrap();
+        assert_eq!(image.partition("a", 0).unwrap().isr, full);
+    }
+
+    #[test]
+    fn preferred_leader_returns_when_in_sync() {
+        let mut image = cluster(2);
+        run(&mut image, &create("a", 1, 2)).unwrap();
+        let p = image.partition("a", 0).unwrap().clone();
+        let preferred = p.replicas[0];
+        fence_now(&mut image, preferred, &settings());
+        assert!(preferred_leader_moves(&image).is_empty(), "fenced preferred leader must not move back");
+        let hb = ControllerRequest::BrokerHeartbeat {
+            broker_id: preferred,
+            incarnation_id: Uuid::from_u128(preferred as u128),
+        };
+        run(&mut image, &hb).unwrap();
+        assert!(preferred_leader_moves(&image).is_empty(), "preferred leader not in the isr yet");
+        let q = image.partition("a", 0).unwrap().clone();
+        let expand = ControllerRequest::AlterPartition {
+            broker_id: q.leader,
+            topic: "a".into(),
+            partition: 0,
+            leader_epoch: q.leader_epoch,
+            partition_epoch: q.partition_epoch,
+            new_isr: vec![q.leader, preferred],
+        };
+        run(&mut image, &expand).unwrap();
+        let moves = preferred_leader_moves(&image);
+        assert_eq!(moves.len(), 1);
+        apply_all(&mut image, &moves);
+        let r = image.partition("a", 0).unwrap();
+        assert_eq!(r.leader, preferred);
+        assert_eq!(r.leader_epoch, q.leader_epoch + 1);
+        assert!(preferred_leader_moves(&image).is_empty());
+    }
+
+    #[test]
+    fn heartbeat_refusals() {
+        let mut image = cluster(1);
+        let unknown = ControllerRequest::BrokerHeartbeat { broker_id: 5, incarnation_id: Uuid::nil() };
+        assert_eq!(run(&mut image, &unknown).unwrap_err().code, 102);
+        let stale = ControllerRequest::BrokerHeartbeat { broker_id: 1, incarnation_id: Uuid::nil() };
+        assert_eq!(run(&mut image, &stale).unwrap_err().code, 77);
+        // Re-registering the same incarnation writes nothing.
+        let again = ControllerRequest::RegisterBroker {
+            broker_id: 1,
+            host: "127.0.0.1".into(),
+            port: 9001,
+            incarnation_id: Uuid::from_u128(1),
+        };
+        assert!(decide(&image, &again, &settings(), Uuid::nil()).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn producer_id_blocks_are_monotone() {
+        let mut image = cluster(1);
+        let req = |count| ControllerRequest::AllocateProducerIds { broker_id: 1, count };
+        assert_eq!(run(&mut image, &req(10)).unwrap(), ControllerReply::ProducerIds { first_id: 0, count: 10 });
+        assert_eq!(run(&mut image, &req(5)).unwrap(), ControllerReply::ProducerIds { first_id: 10, count: 5 });
+        assert_eq!(run(&mut image, &req(0)).unwrap_err().code, 42);
+        assert_eq!(image.next_producer_id, 15);
+    }
+}

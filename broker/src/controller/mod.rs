@@ -1,0 +1,591 @@
+//! The metadata quorum: a Raft group (openraft) of controller nodes that agrees on the cluster's
+//! [`MetadataImage`] — brokers, topics, partition leaders and ISRs, producer-id blocks.
+//!
+//! Entry point: [`Controller::start`]. Brokers call [`Controller::submit`] with a
+//! [`ControllerRequest`]; the quorum leader turns it into [`MetadataRecord`]s
+//! ([`logic`] decides, sans-IO), commits them, and every node applies them
+//! ([`records::apply_record`]) and publishes the new image on a watch channel.
+//!
+//! Inside: `storage` (durable log, vote and snapshot in `<metadata_dir>`), `network` (tonic RPC
+//! between controllers, including forwarding a request to the leader). openraft and tonic types
+//! do not leave this module.
+
+pub mod logic;
+mod network;
+pub mod records;
+mod storage;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use spate_client::protocol::ErrorCode;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::BrokerError;
+use logic::{refusal, Decision, LogicSettings};
+use network::{Method, RpcClient, RpcHandler, WarnLimiter};
+pub use records::MetadataRecord;
+use storage::{Command, LogStore, NodeId, StateMachineStore, TypeConfig};
+pub use types::{
+    BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage, PartitionImage,
+    TopicImage, NO_LEADER,
+};
+
+/// Raft timing: quick failover, but not so aggressive that a busy 2-core machine running several
+/// nodes triggers spurious elections.
+const HEARTBEAT_INTERVAL_MS: u64 = 100;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
+/// Pause between attempts while no leader is known or the leader is unreachable.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// How long shutdown waits for the RPC server and liveness task to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest time a forwarded request may run on the leader, whatever the sender asks.
+const MAX_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub node_id: i32,
+    /// `controller.quorum.voters`: id -> controller RPC address. Empty: single node, a quorum of
+    /// this node alone, no RPC listener at all (zero-config single-node broker).
+    pub voters: BTreeMap<i32, SocketAddr>,
+    /// Where this node's controller RPC (tonic) listens; None when voters is empty (with voters,
+    /// None means this node's own voter address).
+    pub listen: Option<SocketAddr>,
+    /// `<log.dirs>/__cluster_metadata`.
+    pub metadata_dir: PathBuf,
+    /// Fence brokers not heard from for this long.
+    pub broker_session_timeout_ms: u64,
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_ms: u64,
+    pub unclean_leader_election_enable: bool,
+    pub default_replication_factor: i16,
+    /// Snapshot the state machine after this many applied log entries.
+    pub metadata_snapshot_max_records: u64,
+}
+
+/// What the leader remembers about broker liveness (memory only; a new leader starts afresh).
+#[derive(Default)]
+struct Liveness {
+    /// The term in which this node last saw itself leader; a new term resets the clocks below.
+    leader_term: Option<u64>,
+    last_heard: HashMap<i32, Instant>,
+    last_rebalance: Option<Instant>,
+}
+
+enum ProposeError {
+    Refused(ControllerRefusal),
+    NotLeader(Option<i32>),
+    Unavailable(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct ForwardRequest {
+    request: ControllerRequest,
+    timeout_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum ForwardResponse {
+    Done { reply: ControllerReply, index: u64 },
+    Refused(ControllerRefusal),
+    NotLeader { leader: Option<i32> },
+    Unavailable { reason: String },
+}
+
+struct Inner {
+    node_id: i32,
+    config: ControllerConfig,
+    settings: LogicSettings,
+    raft: Raft<TypeConfig>,
+    image_rx: watch::Receiver<Arc<MetadataImage>>,
+    /// Serialises decisions on the leader, so each is made on the image that includes all earlier
+    /// ones (two CreateTopic for one name cannot both pass validation).
+    propose_lock: tokio::sync::Mutex<()>,
+    liveness: Mutex<Liveness>,
+    peers: BTreeMap<i32, RpcClient>,
+    forward_warn: WarnLimiter,
+}
+
+/// One node of the metadata quorum. Share it in an `Arc`; call [`Controller::shutdown`] to stop.
+pub struct Controller {
+    inner: Arc<Inner>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn node_id_u64(id: i32) -> NodeId {
+    u64::try_from(id).unwrap_or(0)
+}
+
+fn invalid(reason: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidConfig { key: "controller.quorum.voters".into(), reason: reason.into() }
+}
+
+/// 16 random bytes in unpadded URL-safe base64: 22 characters, like Kafka's cluster ids.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = Uuid::new_v4().into_bytes();
+    let mut out = String::with_capacity(22);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]));
+        }
+    }
+    out
+}
+
+impl Controller {
+    /// Opens the metadata dir and joins (or, on first start, forms) the quorum.
+    pub async fn start(config: ControllerConfig) -> Result<Arc<Controller>, BrokerError> {
+        let listener = if config.voters.is_empty() {
+            None
+        } else {
+            let addr = config
+                .listen
+                .or_else(|| config.voters.get(&config.node_id).copied())
+                .ok_or_else(|| invalid(format!("node {} is not a voter", config.node_id)))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| BrokerError::io(format!("controller listener {addr}"), e))?;
+            Some(listener)
+        };
+        Self::start_with_listener(config, listener).await
+    }
+
+    /// [`Controller::start`] with an already bound RPC listener (tests bind port 0 first).
+    pub(crate) async fn start_with_listener(
+        config: ControllerConfig,
+        listener: Option<tokio::net::TcpListener>,
+    ) -> Result<Arc<Controller>, BrokerError> {
+        if config.node_id < 0 {
+            return Err(invalid(format!("node id {} must not be negative", config.node_id)));
+        }
+        if !config.voters.is_empty() && !config.voters.contains_key(&config.node_id) {
+            return Err(invalid(format!("node {} is not among the voters", config.node_id)));
+        }
+        if let Some(id) = config.voters.keys().find(|id| **id < 0) {
+            return Err(invalid(format!("voter id {id} must not be negative")));
+        }
+        let dir = &config.metadata_dir.clone();
+        let log_store = LogStore::open(dir).map_err(|e| BrokerError::io(dir, e))?;
+        let (state_machine, image_rx) = StateMachineStore::open(dir).map_err(|e| BrokerError::io(dir, e))?;
+        let snapshot_every = config.metadata_snapshot_max_records.max(1);
+        let raft_config = openraft::Config {
+            cluster_name: "spate-metadata".into(),
+            heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            install_snapshot_timeout: 2_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+            // Keep some log behind the snapshot so a briefly lagging voter catches up from the log.
+            max_in_snapshot_log_to_keep: snapshot_every.min(1_000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| invalid(format!("raft config: {e}")))?;
+        let node_id = node_id_u64(config.node_id);
+        let raft = Raft::new(node_id, Arc::new(raft_config), network::NetworkFactory, log_store, state_machine)
+            .await
+            .map_err(|e| BrokerError::io(dir, std::io::Error::other(format!("cannot start raft: {e}"))))?;
+
+        let peers = config
+            .voters
+            .iter()
+            .filter(|(id, _)| **id != config.node_id)
+            .map(|(id, addr)| (*id, RpcClient::new(*addr)))
+            .collect();
+        let settings = LogicSettings {
+            default_replication_factor: config.default_replication_factor,
+            unclean_leader_election_enable: config.unclean_leader_election_enable,
+        };
+        let inner = Arc::new(Inner {
+            node_id: config.node_id,
+            config,
+            settings,
+            raft,
+            image_rx,
+            propose_lock: tokio::sync::Mutex::new(()),
+            liveness: Mutex::new(Liveness::default()),
+            peers,
+            forward_warn: WarnLimiter::default(),
+        });
+        let (shutdown_tx, _) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(listener) = listener {
+            let mut stop = shutdown_tx.subscribe();
+            let handler: Arc<dyn RpcHandler> = inner.clone();
+            tasks.push(tokio::spawn(network::serve(listener, handler, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+        }
+
+        let initialized = inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| BrokerError::io(dir, std::io::Error::other(e.to_string())))?;
+        if !initialized {
+            let members: BTreeMap<NodeId, BasicNode> = if inner.config.voters.is_empty() {
+                BTreeMap::from([(node_id, BasicNode::default())])
+            } else {
+                inner.config.voters.iter().map(|(id, addr)| (node_id_u64(*id), BasicNode::new(addr))).collect()
+            };
+            // Every voter initializes with the same membership on its first start: openraft makes
+            // that safe, and a node that already learnt the membership answers NotAllowed.
+            match inner.raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => {
+                    let _ = inner.raft.shutdown().await;
+                    return Err(invalid(format!("cannot initialize the quorum: {e}")));
+                }
+            }
+        }
+
+        let mut stop = shutdown_tx.subscribe();
+        let ticker = inner.clone();
+        tasks.push(tokio::spawn(async move {
+            let period = Duration::from_millis((ticker.config.broker_session_timeout_ms / 4).clamp(50, 500));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => ticker.tick().await,
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+                }
+            }
+        }));
+        Ok(Arc::new(Controller { inner, shutdown_tx, tasks: Mutex::new(tasks) }))
+    }
+
+    /// Latest applied image (cheap: Arc clone).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.inner.image_rx.borrow().clone()
+    }
+
+    /// Wakes on every applied change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.inner.image_rx.clone()
+    }
+
+    /// Current Raft leader (controller) id, if known.
+    pub fn leader_id(&self) -> Option<i32> {
+        self.inner.leader_id()
+    }
+
+    pub fn voters(&self) -> Vec<i32> {
+        if self.inner.config.voters.is_empty() {
+            vec![self.inner.node_id]
+        } else {
+            self.inner.config.voters.keys().copied().collect()
+        }
+    }
+
+    /// Runs a request on the quorum leader (locally, or forwarded over tonic), retrying across
+    /// leader changes until `timeout`. Returns once the resulting records are committed AND
+    /// applied to this node's image (so the caller's next image() reflects it).
+    pub async fn submit(
+        &self,
+        request: ControllerRequest,
+        timeout: Duration,
+    ) -> Result<ControllerReply, ControllerRefusal> {
+        let deadline = Instant::now() + timeout;
+        let mut last_problem = String::from("no attempt finished");
+        loop {
+            if *self.shutdown_tx.borrow() {
+                return Err(refusal(ErrorCode::NOT_CONTROLLER, "controller is shutting down"));
+            }
+            if Instant::now() >= deadline {
+                return Err(refusal(
+                    ErrorCode::REQUEST_TIMED_OUT,
+                    format!("controller request timed out after {timeout:?}: {last_problem}"),
+                ));
+            }
+            let outcome = match self.inner.handle_request(&request, deadline).await {
+                Err(ProposeError::NotLeader(Some(leader))) if leader != self.inner.node_id => {
+                    self.inner.forward(leader, &request, deadline).await
+                }
+                other => other,
+            };
+            match outcome {
+                Ok((reply, index)) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(reply);
+                }
+                Err(ProposeError::Refused(r)) => return Err(r),
+                Err(ProposeError::NotLeader(leader)) => {
+                    last_problem = format!("leader is {leader:?}");
+                }
+                Err(ProposeError::Unavailable(reason)) => last_problem = reason,
+            }
+            tokio::time::sleep_until((Instant::now() + RETRY_BACKOFF).min(deadline)).await;
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ControllerRefusal> {
+        let mut rx = self.subscribe();
+        let applied = async { rx.wait_for(|image| image.applied_index >= index).await.map(|_| ()) };
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(refusal(ErrorCode::NOT_CONTROLLER, "controller stopped")),
+            Err(_) => Err(refusal(
+                ErrorCode::REQUEST_TIMED_OUT,
+                format!("committed at index {index} but not yet applied on node {}", self.inner.node_id),
+            )),
+        }
+    }
+
+    /// Stops serving RPCs, the liveness task and Raft. Idempotent.
+    pub async fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::debug!(error = %e, "raft shutdown");
+        }
+        for mut task in tasks {
+            // The RPC server drains open connections; do not let a stuck peer hold us forever.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn leader_id(&self) -> Option<i32> {
+        self.raft.metrics().borrow().current_leader.and_then(|id| i32::try_from(id).ok())
+    }
+
+    fn liveness(&self) -> MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn image(&self) -> Arc<MetadataImage> {
+        self.image_rx.borrow().clone()
+    }
+
+    /// Decides and commits on this node, which must be the leader. Returns the reply and the log
+    /// index the caller must see applied.
+    async fn propose<F>(&self, deadline: Instant, decide: F) -> Result<(ControllerReply, u64), ProposeError>
+    where
+        F: FnOnce(&MetadataImage) -> Result<Decision, ControllerRefusal>,
+    {
+        let is_leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.state == ServerState::Leader
+        };
+        if !is_leader {
+            return Err(ProposeError::NotLeader(self.leader_id()));
+        }
+        let timed_out = || ProposeError::Unavailable("timed out waiting for the quorum".into());
+        let _guard = tokio::time::timeout_at(deadline, self.propose_lock.lock()).await.map_err(|_| timed_out())?;
+        // Wait until every entry committed before this call is applied, so the decision is made
+        // on the latest image (a new leader may not have applied its predecessor's last entries).
+        match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(ProposeError::NotLeader(f.leader_id.and_then(|id| i32::try_from(id).ok())))
+            }
+            Ok(Err(e)) => return Err(ProposeError::Unavailable(e.to_string())),
+            Ok(Ok(_)) => {}
+        }
+        let image = self.image();
+        let decision = decide(&image).map_err(ProposeError::Refused)?;
+        if decision.records.is_empty() {
+            return Ok((decision.reply, image.applied_index));
+        }
+        match tokio::time::timeout_at(deadline, self.raft.client_write(Command { records: decision.records })).await {
+            Err(_) => Err(timed_out()),
+            Ok(Ok(response)) => Ok((decision.reply, response.log_id.index)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader(f.leader_id.and_then(|id| i32::try_from(id).ok())))
+            }
+            Ok(Err(e)) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Runs a broker's request on this node (the leader).
+    async fn handle_request(
+        &self,
+        request: &ControllerRequest,
+        deadline: Instant,
+    ) -> Result<(ControllerReply, u64), ProposeError> {
+        self.propose(deadline, |image| {
+            let decision = logic::decide(image, request, &self.settings, Uuid::new_v4())?;
+            if let ControllerRequest::RegisterBroker { broker_id, .. }
+            | ControllerRequest::BrokerHeartbeat { broker_id, .. } = request
+            {
+                self.liveness().last_heard.insert(*broker_id, Instant::now());
+            }
+            Ok(decision)
+        })
+        .await
+    }
+
+    /// Sends a request to the leader `leader` over RPC.
+    async fn forward(
+        &self,
+        leader: i32,
+        request: &ControllerRequest,
+        deadline: Instant,
+    ) -> Result<(ControllerReply, u64), ProposeError> {
+        let Some(client) = self.peers.get(&leader) else {
+            return Err(ProposeError::Unavailable(format!("leader {leader} is not a known voter")));
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let body = ForwardRequest {
+            request: request.clone(),
+            timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+        };
+        let data = network::encode(&body).map_err(|s| ProposeError::Unavailable(s.message().to_string()))?;
+        let reply = match client.call(Method::Forward, data, remaining).await {
+            Ok(reply) => reply,
+            Err(status) => {
+                if self.forward_warn.allow() {
+                    tracing::warn!(leader, error = %status.message(), "cannot forward controller request");
+                }
+                return Err(ProposeError::Unavailable(format!("forward to {leader}: {}", status.message())));
+            }
+        };
+        match network::decode::<ForwardResponse>(&reply) {
+            Ok(ForwardResponse::Done { reply, index }) => Ok((reply, index)),
+            Ok(ForwardResponse::Refused(r)) => Err(ProposeError::Refused(r)),
+            // The leader moved on; ask again (this node's metrics will name the new one).
+            Ok(ForwardResponse::NotLeader { leader }) => Err(ProposeError::NotLeader(leader)),
+            Ok(ForwardResponse::Unavailable { reason }) => Err(ProposeError::Unavailable(reason)),
+            Err(status) => Err(ProposeError::Unavailable(status.message().to_string())),
+        }
+    }
+
+    /// Leader-only housekeeping: cluster id, fencing silent brokers, preferred leaders.
+    async fn tick(&self) {
+        let (is_leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        let now = Instant::now();
+        {
+            let mut l = self.liveness();
+            if !is_leader {
+                l.leader_term = None;
+                return;
+            }
+            if l.leader_term != Some(term) {
+                // A new leader has heard from nobody yet: give everyone a full session.
+                l.leader_term = Some(term);
+                l.last_heard.clear();
+                l.last_rebalance = Some(now);
+            }
+        }
+        let deadline = now + Duration::from_secs(5);
+        let image = self.image();
+        if image.cluster_id.is_empty() {
+            let cluster_id = new_cluster_id();
+            let result = self
+                .propose(deadline, |image| {
+                    let records = if image.cluster_id.is_empty() {
+                        vec![MetadataRecord::SetClusterId { cluster_id: cluster_id.clone() }]
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Decision { records, reply: ControllerReply::Done })
+                })
+                .await;
+            if result.is_ok() {
+                tracing::info!(%cluster_id, "cluster id set");
+            }
+        }
+
+        let session = Duration::from_millis(self.config.broker_session_timeout_ms);
+        let silent: Vec<i32> = {
+            let mut l = self.liveness();
+            image
+                .live_brokers()
+                .filter(|b| now.duration_since(*l.last_heard.entry(b.id).or_insert(now)) > session)
+                .map(|b| b.id)
+                .collect()
+        };
+        for broker_id in silent {
+            tracing::info!(
+                broker_id,
+                session_timeout_ms = self.config.broker_session_timeout_ms,
+                "fencing silent broker"
+            );
+            let settings = &self.settings;
+            let result = self
+                .propose(deadline, |image| {
+                    Ok(Decision { records: logic::fence(image, broker_id, settings), reply: ControllerReply::Done })
+                })
+                .await;
+            if let Err(ProposeError::Unavailable(reason)) = result {
+                tracing::debug!(broker_id, %reason, "fencing did not commit");
+            }
+        }
+
+        if self.config.auto_leader_rebalance_enable {
+            let interval = Duration::from_millis(self.config.leader_imbalance_check_interval_ms);
+            let due = {
+                let mut l = self.liveness();
+                let due = l.last_rebalance.is_none_or(|t| now.duration_since(t) >= interval);
+                if due {
+                    l.last_rebalance = Some(now);
+                }
+                due
+            };
+            if due {
+                let _ = self
+                    .propose(deadline, |image| {
+                        Ok(Decision { records: logic::preferred_leader_moves(image), reply: ControllerReply::Done })
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+impl RpcHandler for Inner {
+    fn handle(self: Arc<Self>, method: Method, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, tonic::Status>> {
+        Box::pin(async move {
+            match method {
+                Method::AppendEntries => {
+                    let result = self.raft.append_entries(network::decode(&data)?).await;
+                    network::encode(&result)
+                }
+                Method::Vote => {
+                    let result = self.raft.vote(network::decode(&data)?).await;
+                    network::encode(&result)
+                }
+                Method::InstallSnapshot => {
+                    let result = self.raft.install_snapshot(network::decode(&data)?).await;
+                    network::encode(&result)
+                }
+                Method::Forward => {
+                    let request: ForwardRequest = network::decode(&data)?;
+                    let timeout = Duration::from_millis(request.timeout_ms).min(MAX_FORWARD_TIMEOUT);
+                    let response = match self.handle_request(&request.request, Instant::now() + timeout).await {
+                        Ok((reply, index)) => ForwardResponse::Done { reply, index },
+                        Err(ProposeError::Refused(r)) => ForwardResponse::Refused(r),
+                        Err(ProposeError::NotLeader(leader)) => ForwardResponse::NotLeader { leader },
+                        Err(ProposeError::Unavailable(reason)) => ForwardResponse::Unavailable { reason },
+                    };
+                    network::encode(&response)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
