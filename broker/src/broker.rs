@@ -147,12 +147,7 @@ impl Broker {
         let cluster_id = controller.image().cluster_id.clone();
         let incarnation_id = Uuid::new_v4();
         let (host, port) = config.advertised();
-        let register = ControllerRequest::RegisterBroker {
-            broker_id: config.node_id,
-            host,
-            port,
-            incarnation_id,
-        };
+        let register = ControllerRequest::RegisterBroker { broker_id: config.node_id, host, port, incarnation_id };
         loop {
             match controller.submit(register.clone(), CONTROLLER_REQUEST_TIMEOUT).await {
                 Ok(_) => break,
@@ -240,8 +235,10 @@ impl Broker {
             loop {
                 tick.tick().await;
                 let Some(b) = weak.upgrade() else { return };
-                let request =
-                    ControllerRequest::BrokerHeartbeat { broker_id: b.config.node_id, incarnation_id: b.incarnation_id };
+                let request = ControllerRequest::BrokerHeartbeat {
+                    broker_id: b.config.node_id,
+                    incarnation_id: b.incarnation_id,
+                };
                 let controller = b.controller.clone();
                 drop(b);
                 if let Err(refusal) = controller.submit(request, every * 4).await {
@@ -311,7 +308,8 @@ impl Broker {
         // Roles first, then publish: a replica just opened must not take a client's append as
         // the epoch-0 leader it is from `open` until the replica manager says otherwise.
         let lookup = |topic: &str, partition: i32| {
-            next.get(topic).and_then(|t: &Arc<Topic>| t.partitions.get(usize::try_from(partition).ok()?).cloned().flatten())
+            next.get(topic)
+                .and_then(|t: &Arc<Topic>| t.partitions.get(usize::try_from(partition).ok()?).cloned().flatten())
         };
         self.replicas.apply(image, &lookup);
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
@@ -498,7 +496,12 @@ impl Broker {
                 reason: "internal topics cannot be deleted".into(),
             });
         }
-        let id = self.image().topics.get(name).map(|t| t.id).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
+        let id = self
+            .image()
+            .topics
+            .get(name)
+            .map(|t| t.id)
+            .ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
         self.controller
             .submit(ControllerRequest::DeleteTopic { name: name.to_string() }, CONTROLLER_REQUEST_TIMEOUT)
             .await

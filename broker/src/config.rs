@@ -497,7 +497,8 @@ mod tests {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains("controller.quorum.voters"), "{bad}: {err}");
         }
-        let not_voter = BrokerConfig { node_id: 9, controller_quorum_voters: "1@127.0.0.1:1".into(), ..Default::default() };
+        let not_voter =
+            BrokerConfig { node_id: 9, controller_quorum_voters: "1@127.0.0.1:1".into(), ..Default::default() };
         assert!(not_voter.validate().is_err());
     }
 

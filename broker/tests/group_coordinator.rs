@@ -32,7 +32,7 @@ async fn start(dir: &Path, topic: Option<&str>) -> Running {
     };
     let server = Server::start(config).await.unwrap();
     if let Some(topic) = topic {
-        server.broker.create_topic(topic, 2, -1, BTreeMap::new()).unwrap();
+        server.broker.create_topic(topic, 2, -1, BTreeMap::new()).await.unwrap();
     }
     let addr = server.local_addr().to_string();
     let (stop, stopped) = oneshot::channel::<()>();

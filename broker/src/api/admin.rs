@@ -48,69 +48,74 @@ pub(super) fn create_topics(
     let broker = broker.clone();
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
     Ok(Reply::Later(Box::pin(async move {
-    let broker = &broker;
-    let mut seen = HashSet::new();
-    let duplicates: HashSet<String> =
-        request.topics.iter().map(|t| t.name.to_string()).filter(|n| !seen.insert(n.clone())).collect();
-    let mut results = Vec::with_capacity(request.topics.len());
-    for t in &request.topics {
-        let name = t.name.to_string();
-        let mut result = CreatableTopicResult::default()
-            .with_name(t.name.clone())
-            .with_num_partitions(-1)
-            .with_replication_factor(-1);
-        let outcome = if duplicates.contains(&name) {
-            Err((ErrorCode::INVALID_REQUEST, format!("topic {name} appears more than once in the request")))
-        } else {
-            let configs: BTreeMap<String, String> = t
-                .configs
-                .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
-                .collect();
-            let (partitions, replication_factor) = if t.assignments.is_empty() {
-                (t.num_partitions, t.replication_factor)
+        let broker = &broker;
+        let mut seen = HashSet::new();
+        let duplicates: HashSet<String> =
+            request.topics.iter().map(|t| t.name.to_string()).filter(|n| !seen.insert(n.clone())).collect();
+        let mut results = Vec::with_capacity(request.topics.len());
+        for t in &request.topics {
+            let name = t.name.to_string();
+            let mut result = CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_num_partitions(-1)
+                .with_replication_factor(-1);
+            let outcome = if duplicates.contains(&name) {
+                Err((ErrorCode::INVALID_REQUEST, format!("topic {name} appears more than once in the request")))
             } else {
-                let node = broker.config.node_id;
-                if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
-                    result.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
-                    result.error_message = Some(str_bytes(
-                        "manual replica assignment is not supported; give num_partitions and replication_factor",
-                    ));
-                    results.push(result);
-                    continue;
+                let configs: BTreeMap<String, String> = t
+                    .configs
+                    .iter()
+                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                    .collect();
+                let (partitions, replication_factor) = if t.assignments.is_empty() {
+                    (t.num_partitions, t.replication_factor)
+                } else {
+                    let node = broker.config.node_id;
+                    if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
+                    {
+                        result.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
+                        result.error_message = Some(str_bytes(
+                            "manual replica assignment is not supported; give num_partitions and replication_factor",
+                        ));
+                        results.push(result);
+                        continue;
+                    }
+                    (t.assignments.len() as i32, 1)
+                };
+                let factor = if replication_factor == -1 {
+                    broker.config.default_replication_factor
+                } else {
+                    replication_factor
+                };
+                let created = if request.validate_only {
+                    broker
+                        .check_new_topic(&name, partitions, replication_factor, &configs)
+                        .map(|p| (Uuid::nil(), p, factor, TopicConfigs { overrides: configs }))
+                } else {
+                    broker
+                        .create_topic(&name, partitions, replication_factor, configs)
+                        .await
+                        .map(|topic| (topic.id, topic.partition_count(), factor, topic.configs.clone()))
+                };
+                created.map_err(|e: BrokerError| (e.code(), e.to_string()))
+            };
+            match outcome {
+                Ok((id, partitions, factor, configs)) => {
+                    result.topic_id = id;
+                    result.num_partitions = partitions;
+                    result.replication_factor = factor;
+                    if ctx.version >= 5 {
+                        result.configs = Some(effective_configs(broker, &configs));
+                    }
                 }
-                (t.assignments.len() as i32, 1)
-            };
-            let factor = if replication_factor == -1 { broker.config.default_replication_factor } else { replication_factor };
-            let created = if request.validate_only {
-                broker
-                    .check_new_topic(&name, partitions, replication_factor, &configs)
-                    .map(|p| (Uuid::nil(), p, factor, TopicConfigs { overrides: configs }))
-            } else {
-                broker
-                    .create_topic(&name, partitions, replication_factor, configs)
-                    .await
-                    .map(|topic| (topic.id, topic.partition_count(), factor, topic.configs.clone()))
-            };
-            created.map_err(|e: BrokerError| (e.code(), e.to_string()))
-        };
-        match outcome {
-            Ok((id, partitions, factor, configs)) => {
-                result.topic_id = id;
-                result.num_partitions = partitions;
-                result.replication_factor = factor;
-                if ctx.version >= 5 {
-                    result.configs = Some(effective_configs(broker, &configs));
+                Err((code, message)) => {
+                    result.error_code = code.0;
+                    result.error_message = Some(str_bytes(message));
                 }
             }
-            Err((code, message)) => {
-                result.error_code = code.0;
-                result.error_message = Some(str_bytes(message));
-            }
+            results.push(result);
         }
-        results.push(result);
-    }
-    ctx.respond(&CreateTopicsResponse::default().with_topics(results))
+        ctx.respond(&CreateTopicsResponse::default().with_topics(results))
     })))
 }
 
@@ -168,7 +173,8 @@ pub(super) fn create_partitions(
                 .is_some_and(|a| a.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node));
             if bad_assignment {
                 r.error_code = ErrorCode::INVALID_REPLICA_ASSIGNMENT.0;
-                r.error_message = Some(str_bytes("manual replica assignment is not supported; the controller places replicas"));
+                r.error_message =
+                    Some(str_bytes("manual replica assignment is not supported; the controller places replicas"));
             } else if let Err(err) = broker.create_partitions(t.name.as_str(), t.count, request.validate_only).await {
                 r.error_code = err.code().0;
                 r.error_message = Some(str_bytes(err.to_string()));

@@ -38,9 +38,9 @@ use uuid::Uuid;
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::group::coordinator::{CommitPartition, DurableWait, Wait};
-use crate::group::OFFSETS_TOPIC;
 use crate::group::state::{JoinRequest, JoinResult, LeavingMember, SyncResult};
 use crate::group::store::OffsetValue;
+use crate::group::OFFSETS_TOPIC;
 
 /// How long an OffsetCommit waits for its append to become durable.
 const COMMIT_DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,7 +138,9 @@ pub(super) fn find_coordinator(
             }
         };
         let response = if ctx.version >= 4 {
-            FindCoordinatorResponse::default().with_error_message(None).with_coordinators(keys.iter().map(lookup).collect())
+            FindCoordinatorResponse::default()
+                .with_error_message(None)
+                .with_coordinators(keys.iter().map(lookup).collect())
         } else {
             let c = lookup(&keys[0]);
             FindCoordinatorResponse::default()
@@ -402,7 +404,9 @@ pub(super) fn offset_fetch(
                     ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect()
                 });
                 if let Err(code) = broker.groups.check_coordinator(&g.group_id) {
-                    return OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone()).with_error_code(code.0);
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_error_code(code.0);
                 }
                 let offsets = broker.groups.fetch_offsets(&g.group_id, wanted.as_deref());
                 let topics = by_topic(offsets)

@@ -120,11 +120,12 @@ fn respond(
                 Some(name) => match image.topics.get(name.as_str()) {
                     Some(topic) => topic_response(image, topic),
                     None => {
-                        let code = failed.get(name.as_str()).copied().unwrap_or(if validate_topic_name(name).is_err() {
-                            ErrorCode::INVALID_TOPIC_EXCEPTION
-                        } else {
-                            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
-                        });
+                        let code =
+                            failed.get(name.as_str()).copied().unwrap_or(if validate_topic_name(name).is_err() {
+                                ErrorCode::INVALID_TOPIC_EXCEPTION
+                            } else {
+                                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                            });
                         error_topic(Some(name.to_string()), Uuid::nil(), code)
                     }
                 },
@@ -137,7 +138,12 @@ fn respond(
     };
     let brokers = image
         .live_brokers()
-        .map(|b| MetadataResponseBroker::default().with_node_id(BrokerId(b.id)).with_host(str_bytes(b.host.clone())).with_port(b.port))
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(b.port)
+        })
         .collect();
     let response = MetadataResponse::default()
         .with_brokers(brokers)

@@ -171,7 +171,8 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
         let mut response = response;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms as u64);
         for p in pending {
-            let outcome = wait_replicated(p.partition.clone(), p.high_watermark, p.needed, p.leader_epoch, deadline).await;
+            let outcome =
+                wait_replicated(p.partition.clone(), p.high_watermark, p.needed, p.leader_epoch, deadline).await;
             let failure = match outcome {
                 Replicated::Yes => None,
                 Replicated::LeaderChanged => Some((

@@ -86,7 +86,18 @@ pub fn decide(
                 fenced: false,
             };
             let mut changes = Changes::new(image);
-            if image.brokers.get(broker_id) != Some(&registration) {
+            if image.brokers.get(broker_id).is_some_and(|old| old.incarnation_id != *incarnation_id) {
+                // A restart the controller had not noticed yet (quicker than the session
+                // timeout). The new process lost its in-memory high watermarks and follower
+                // positions, so it must not keep leading in the old epoch: fence the old
+                // incarnation first — leadership moves to another ISR member and it leaves the
+                // ISRs it shares — exactly as if its session had expired. Where it is the only
+                // ISR member it gets leadership back below, in a new epoch.
+                for record in fence(image, *broker_id, settings) {
+                    changes.push(record);
+                }
+            }
+            if changes.image.brokers.get(broker_id) != Some(&registration) {
                 changes.push(MetadataRecord::RegisterBroker { registration });
             }
             elect_for_unfenced(&mut changes, *broker_id, settings);
@@ -721,6 +732,27 @@ mod tests {
             incarnation_id: Uuid::from_u128(1),
         };
         assert!(decide(&image, &again, &settings(), Uuid::nil()).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_broker_loses_leadership_and_shared_isr_places() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 1, 3)).unwrap();
+        let before = image.partition("a", 0).unwrap().clone();
+        let leader = before.leader;
+        let restart = ControllerRequest::RegisterBroker {
+            broker_id: leader,
+            host: "127.0.0.1".into(),
+            port: 9000 + leader,
+            incarnation_id: Uuid::from_u128(1000),
+        };
+        run(&mut image, &restart).unwrap();
+        let after = image.partition("a", 0).unwrap();
+        assert_ne!(after.leader, leader);
+        assert!(after.leader_epoch > before.leader_epoch);
+        assert!(!after.isr.contains(&leader), "{after:?}");
+        assert!(!image.brokers[&leader].fenced);
+        assert_eq!(image.brokers[&leader].incarnation_id, Uuid::from_u128(1000));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use super::state::{
 use super::store::{OffsetValue, StoreRecord};
 use super::{partition_for, OFFSETS_TOPIC};
 use crate::broker::Broker;
-use crate::controller::MetadataImage;
 use crate::config::{BrokerConfig, FlushMode};
+use crate::controller::MetadataImage;
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
 
@@ -209,15 +209,12 @@ impl GroupCoordinator {
         }
         let mut waits = Vec::new();
         for (index, builder) in by_partition {
-            let partition = topic
-                .partitions
-                .get(index as usize)
-                .cloned()
-                .flatten()
-                .filter(|p| p.is_leader())
-                .ok_or_else(|| BrokerError::Controller {
-                    code: ErrorCode::NOT_COORDINATOR,
-                    message: format!("this broker does not lead {OFFSETS_TOPIC}-{index}"),
+            let partition =
+                topic.partitions.get(index as usize).cloned().flatten().filter(|p| p.is_leader()).ok_or_else(|| {
+                    BrokerError::Controller {
+                        code: ErrorCode::NOT_COORDINATOR,
+                        message: format!("this broker does not lead {OFFSETS_TOPIC}-{index}"),
+                    }
                 })?;
             let partition = &partition;
             let batch = builder.finish(-1, -1, -1, false).map_err(|e| BrokerError::InvalidRecord {

@@ -329,6 +329,17 @@ pub async fn run(
         max_response_bytes: REPLICA_FETCH_RESPONSE_MAX_BYTES as usize + (64 << 20),
     };
     let mut connection: Option<Connection> = None;
+    // A dead leader is retried every backoff until the metadata moves leadership; one warning
+    // per period is enough to say so.
+    let mut last_warning: Option<std::time::Instant> = None;
+    let mut should_warn = move || {
+        let now = std::time::Instant::now();
+        let due = last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if due {
+            last_warning = Some(now);
+        }
+        due
+    };
     loop {
         if *shutdown.borrow() {
             return;
@@ -341,7 +352,9 @@ pub async fn run(
                     c
                 }
                 Err(err) => {
-                    warn!(leader = leader_id, %address, error = %err, "replica fetcher cannot reach the leader");
+                    if should_warn() {
+                        warn!(leader = leader_id, %address, error = %err, "replica fetcher cannot reach the leader");
+                    }
                     connection = None;
                     sleep_or_shutdown(backoff, &mut shutdown).await;
                     continue;
@@ -442,7 +455,9 @@ pub async fn run(
                 }
             }
             Err(err) => {
-                warn!(leader = leader_id, error = %err, "replica fetch failed");
+                if should_warn() {
+                    warn!(leader = leader_id, error = %err, "replica fetch failed");
+                }
                 connection = None;
                 sleep_or_shutdown(backoff, &mut shutdown).await;
             }

@@ -578,7 +578,7 @@ static OFFSET_FOR_LEADER_PARTITION: Struct =
     Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT32), f(0, ANY, INT32)], tagged: &[] };
 static OFFSET_FOR_LEADER_TOPIC: Struct = Struct {
     fields: &[
-        f(0, ANY, Ty::String),                                            // topic
+        f(0, ANY, Ty::String),                                           // topic
         f(0, ANY, Ty::Array(&Ty::Struct(&OFFSET_FOR_LEADER_PARTITION))), // partitions
     ],
     tagged: &[],
