@@ -197,9 +197,10 @@ impl Controller {
         .validate()
         .map_err(|e| invalid(format!("raft config: {e}")))?;
         let node_id = node_id_u64(config.node_id);
-        let raft = Raft::new(node_id, Arc::new(raft_config), network::NetworkFactory, log_store, state_machine)
-            .await
-            .map_err(|e| BrokerError::io(dir, std::io::Error::other(format!("cannot start raft: {e}"))))?;
+        let raft =
+            Raft::new(node_id, Arc::new(raft_config), network::NetworkFactory::default(), log_store, state_machine)
+                .await
+                .map_err(|e| BrokerError::io(dir, std::io::Error::other(format!("cannot start raft: {e}"))))?;
 
         let peers = config
             .voters

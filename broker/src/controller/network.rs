@@ -208,7 +208,13 @@ pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
 }
 
 /// openraft's view of the network: one [`PeerNetwork`] per replication target.
-pub struct NetworkFactory;
+/// Makes peer clients; one warning limiter per peer outlives the clients openraft recreates
+/// (it makes a new one per replication stream and election), so a down voter is reported once
+/// per interval, not once per retry.
+#[derive(Default)]
+pub struct NetworkFactory {
+    limiters: std::collections::HashMap<NodeId, Arc<WarnLimiter>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
@@ -218,14 +224,15 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         if client.is_none() {
             tracing::warn!(target, addr = %node.addr, "controller voter has an unparsable address");
         }
-        PeerNetwork { target, client, warn: WarnLimiter::default() }
+        let warn = self.limiters.entry(target).or_default().clone();
+        PeerNetwork { target, client, warn }
     }
 }
 
 pub struct PeerNetwork {
     target: NodeId,
     client: Option<RpcClient>,
-    warn: WarnLimiter,
+    warn: Arc<WarnLimiter>,
 }
 
 impl PeerNetwork {
