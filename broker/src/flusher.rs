@@ -60,6 +60,44 @@ impl Flusher {
     }
 }
 
+/// Upper bound on fsyncs in flight at once.
+const FLUSH_PARALLELISM: usize = 8;
+
+/// Fsyncs every partition of one round; returns those that failed. Several dirty partitions
+/// are synced concurrently: each fdatasync mostly waits for the device, and one after another
+/// they would add up (six partitions, six device round trips) in every acks=all latency.
+fn flush_all(batch: Vec<Arc<Partition>>) -> Vec<Arc<Partition>> {
+    let flush_one = |partition: &Arc<Partition>| match partition.flush() {
+        Ok(()) => true,
+        Err(err) => {
+            error!(partition = %partition.tp, error = %err, "fsync failed; acks=all produces wait until it succeeds");
+            false
+        }
+    };
+    if batch.len() == 1 {
+        return batch.into_iter().filter(|p| !flush_one(p)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = Mutex::new(Vec::new());
+    let worker = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(partition) = batch.get(i) else { break };
+        if !flush_one(partition) {
+            failed.lock().unwrap_or_else(|e| e.into_inner()).push(partition.clone());
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..batch.len().min(FLUSH_PARALLELISM) {
+            // Out of threads: this thread's own share below still syncs everything.
+            if std::thread::Builder::new().name("spate-fsync".into()).spawn_scoped(scope, worker).is_err() {
+                break;
+            }
+        }
+        worker();
+    });
+    failed.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(shared: &Shared) {
     loop {
         let batch: Vec<Arc<Partition>> = {
@@ -72,13 +110,7 @@ fn run(shared: &Shared) {
             }
             q.dirty.drain().map(|(_, p)| p).collect()
         };
-        let mut failed = Vec::new();
-        for partition in batch {
-            if let Err(err) = partition.flush() {
-                error!(partition = %partition.tp, error = %err, "fsync failed; acks=all produces wait until it succeeds");
-                failed.push(partition);
-            }
-        }
+        let failed = flush_all(batch);
         if !failed.is_empty() {
             // A failing disk must not spin a core; retry after a pause. Waiting producers time
             // out with REQUEST_TIMED_OUT, and nothing is acknowledged that is not durable.
