@@ -50,7 +50,8 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Server { broker, listener } = self;
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = broker.config.node_id, "listening");
-        let background = spawn_background_tasks(&broker);
+        let mut background = spawn_background_tasks(&broker);
+        background.extend(watch_file_size_limit());
         let permits = Arc::new(Semaphore::new(broker.config.max_connections));
         tokio::pin!(shutdown);
         loop {
@@ -87,6 +88,19 @@ impl Server {
         controller.shutdown().await;
         Ok(())
     }
+}
+
+/// A write past the process's file-size limit (`ulimit -f`, RLIMIT_FSIZE) raises SIGXFSZ, whose
+/// default action kills the process. Handling it turns that into what a full disk gives: the
+/// write fails (EFBIG), the append is refused with KAFKA_STORAGE_ERROR and the broker keeps
+/// serving everything else.
+fn watch_file_size_limit() -> Option<tokio::task::JoinHandle<()>> {
+    let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ)).ok()?;
+    Some(tokio::spawn(async move {
+        while signals.recv().await.is_some() {
+            warn!("a write exceeded the file size limit (SIGXFSZ); the append fails, the broker keeps serving");
+        }
+    }))
 }
 
 fn spawn_background_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {

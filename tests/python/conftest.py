@@ -118,6 +118,8 @@ class Broker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "broker.log"
         self.extra_args = list(extra_args)
+        # A command the broker runs under, e.g. ["prlimit", "--fsize=N", "--"]; [] for none.
+        self.wrapper: list[str] = []
         self.env = {**os.environ, "RUST_BACKTRACE": "1", "NO_COLOR": "1", **env}
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -164,7 +166,7 @@ class Broker:
     def _start_once(self, port: int) -> tuple[bool, str]:
         self.starts += 1
         self.stopped_on_purpose = False
-        cmd = broker_command(self.binary, self.data_dir, port, self.extra_args)
+        cmd = self.wrapper + broker_command(self.binary, self.data_dir, port, self.extra_args)
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start #{self.starts}: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -230,8 +232,9 @@ def broker_factory(tmp_path, request):
     made: list[Broker] = []
     request.node._spate_brokers = made
 
-    def make(extra_args=(), env=None) -> Broker:
+    def make(extra_args=(), env=None, wrapper=()) -> Broker:
         broker = Broker(binary, tmp_path / f"broker{len(made)}", list(extra_args), dict(env or {}))
+        broker.wrapper = list(wrapper)
         made.append(broker)
         return broker.start()
 

@@ -648,3 +648,151 @@ def test_kcat_lists_brokers_and_survives_failover(cluster):
     out = kcat(["-b", cluster.bootstrap, "-C", "-t", topic, "-p", "0", "-o", "beginning", "-e", "-q"], timeout_s=60)
     lines = out.stdout.splitlines()
     assert sorted(lines) == sorted(first + second), f"kcat read {len(lines)} lines: {lines[:5]}..."
+
+
+# --- live consumers across leader changes ------------------------------------------------------------------
+
+# Consumer-side errors that only say a broker went away for a while; librdkafka retries them itself.
+TRANSIENT_CONSUMER_ERRORS = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_PARTITION_EOF"}
+
+
+class LiveConfluentConsumer:
+    """A confluent-kafka consumer in a thread reading assigned partitions from the beginning while the
+    test changes their leaders; records every message (partition, offset, value) in read order, every
+    error code, and librdkafka's debug lines that mention leader-epoch offset validation."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
+        import logging
+
+        self.records: list[tuple[int, int, bytes]] = []
+        self.errors: list[str] = []
+        self.client_errors: list[str] = []
+        self.validation_lines: list[str] = []
+        outer = self
+
+        class _Capture(logging.Handler):
+            def emit(self, record):
+                line = record.getMessage()
+                if "OffsetForLeaderEpoch" in line or "validat" in line.lower():
+                    outer.validation_lines.append(line)
+
+        self.logger = logging.getLogger(f"live-consumer-{topic}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(_Capture())
+        self.consumer = Consumer(
+            client_config(
+                bootstrap,
+                **{
+                    "group.id": "spate-e2e-assign-only",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "enable.partition.eof": False,
+                    "fetch.wait.max.ms": 100,
+                    "topic.metadata.refresh.interval.ms": 1000,
+                    "debug": "fetch,topic",
+                    "logger": self.logger,
+                    "error_cb": lambda err: self.client_errors.append(err.name()),
+                },
+            )
+        )
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="live-consumer", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            for msg in self.consumer.consume(num_messages=1000, timeout=0.2):
+                if msg.error():
+                    self.errors.append(msg.error().name())
+                else:
+                    self.records.append((msg.partition(), msg.offset(), msg.value()))
+
+    def start(self) -> "LiveConfluentConsumer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.consumer.close()
+
+
+def test_consumers_follow_leader_changes(cluster_factory):
+    """A confluent-kafka consumer reads two RF=3 partitions continuously while an idempotent acks=all
+    producer writes ~3000 unique values and the leader of partition 0 is killed -9, restarted, and (the
+    preferred-leader check runs every 2 s) given leadership back: two leader-epoch bumps seen mid-fetch,
+    each followed by librdkafka's OffsetForLeaderEpoch validation (KIP-320). The live stream must hold
+    every acknowledged value exactly once at its acknowledged offset, each partition's offsets must run
+    0, 1, 2, ... without a gap or a step back, and the consumer must see only transient errors."""
+    from spatecluster import FAST_SETTINGS
+
+    cluster = cluster_factory(settings={**FAST_SETTINGS, "leader.imbalance.check.interval.seconds": "2"})
+    partitions = 2
+    topic = unique_topic("follow")
+    cluster.create_topic(topic, partitions, 3, TOPIC_CONFIG)
+    cluster.wait_full_isr(topic, partitions)
+    before = cluster.partition_view(topic, 0)
+    preferred = before.replicas[0]
+
+    consumer = LiveConfluentConsumer(cluster.bootstrap, topic, partitions).start()
+    producer = ContinuousProducer(cluster.bootstrap, topic, partitions, rate_per_s=150).start()
+    events = []
+    try:
+        wait_until(lambda: len(consumer.records) >= 300, 30, "the live consumer to read 300 records")
+        victim = cluster.wait_leader(topic, 0)
+        read_at_kill = len(consumer.records)
+        cluster.kill(victim)
+        events.append(f"killed broker {victim} (leader of {topic}/0, epoch {before.leader_epoch}) at {read_at_kill} read")
+        successor = cluster.wait_leader(topic, 0, timeout_s=20, exclude=[victim])
+        events.append(f"broker {successor} leads {topic}/0 (epoch {cluster.partition_view(topic, 0).leader_epoch})")
+        acked = producer.acked_count()
+        wait_until(lambda: producer.acked_count() >= acked + 300, 30, "300 acknowledgements under the new leader")
+        cluster.restart(victim)
+        cluster.wait_full_isr(topic, partitions, 30)
+        events.append(f"broker {victim} back in the ISR at {len(consumer.records)} read")
+        if victim == preferred:
+            wait_until(
+                lambda: cluster.leader_of(topic, 0) == preferred,
+                20,
+                f"preferred replica {preferred} to lead {topic}/0 again",
+                describe=lambda: cluster.describe([topic]),
+            )
+            events.append(
+                f"leadership back on {preferred} (epoch {cluster.partition_view(topic, 0).leader_epoch})"
+            )
+        wait_until(lambda: producer.acked_count() >= 3000, 40, "3000 acknowledgements")
+    finally:
+        left = producer.stop()
+    context = "; ".join(events)
+    assert left == 0, f"{left} deliveries without an outcome ({context})"
+    acked_values = {v for _, _, v in producer.acked}
+    try:
+        wait_until(
+            lambda: acked_values <= {v for _, _, v in consumer.records},
+            30,
+            "the live consumer to read every acknowledged value",
+            describe=lambda: f"read {len(consumer.records)} of {len(acked_values)} acknowledged; {context}",
+        )
+        # A little longer, so that a duplicate delivered late would be seen.
+        time.sleep(1.0)
+    finally:
+        consumer.stop()
+
+    records = list(consumer.records)
+    anomalies = check_history(producer.acked, records, producer.sent)
+    counts = f"sent {len(producer.sent)}, acknowledged {len(producer.acked)}, read {len(records)}"
+    assert not any(anomalies.values()), f"{summarize(anomalies)}\n{counts}\n{context}"
+    for p in range(partitions):
+        offsets = [o for q, o, _ in records if q == p]
+        gaps = [(a, b) for a, b in zip(offsets, offsets[1:]) if b != a + 1]
+        assert offsets[:1] == [0] and not gaps, f"partition {p} offsets start {offsets[:1]}, gaps {gaps[:5]} ({context})"
+    assert read_at_kill < len(records), "the consumer read nothing after the leader was killed"
+    unexpected = sorted(set(consumer.errors) - TRANSIENT_CONSUMER_ERRORS)
+    assert not unexpected, f"consumer errors {unexpected} (all: {consumer.errors[:10]}; {context})"
+    assert not producer.client_errors and not producer.failed, (
+        f"producer errors {producer.client_errors[:3]}, failed {producer.failed[:3]} ({context})"
+    )
+    print(f"{counts}; {context}; consumer error_cb {sorted(set(consumer.client_errors))}")
+    print("librdkafka validation lines:\n" + "\n".join(consumer.validation_lines[:20]))
