@@ -393,12 +393,15 @@ impl Partition {
 
     /// Checks a request's `current_leader_epoch` (-1: unchecked) against this replica, which
     /// must be the leader: older is FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH (this
-    /// broker has not seen the image that made it yet).
+    /// broker has not seen the image that made it yet). The epoch is checked first, as Kafka
+    /// does: a client that learned of a leadership change before this broker applied it gets
+    /// UNKNOWN_LEADER_EPOCH (wait and retry here), not NOT_LEADER_OR_FOLLOWER (go elsewhere).
     pub fn check_leader(&self, current_leader_epoch: i32) -> Result<()> {
+        self.check_epoch(current_leader_epoch)?;
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        self.check_epoch(current_leader_epoch)
+        Ok(())
     }
 
     fn check_epoch(&self, current_leader_epoch: i32) -> Result<()> {

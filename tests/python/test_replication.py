@@ -656,30 +656,51 @@ def test_kcat_lists_brokers_and_survives_failover(cluster):
 TRANSIENT_CONSUMER_ERRORS = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_PARTITION_EOF"}
 
 
-class LiveConfluentConsumer:
-    """A confluent-kafka consumer in a thread reading assigned partitions from the beginning while the
-    test changes their leaders; records every message (partition, offset, value) in read order, every
-    error code, and librdkafka's debug lines that mention leader-epoch offset validation."""
+class _ValidationCapture:
+    """A logging handler that keeps the client's log lines about leader-epoch offset validation, so
+    that a test can show the validation path (OffsetForLeaderEpoch) really ran."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
+    def __init__(self, name: str, words: tuple[str, ...]):
         import logging
 
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        outer = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                line = record.getMessage()
+                if any(w in line for w in words):
+                    outer.lines.append(line)
+                # Lost and refused connections are what a killed broker looks like (kafka-python logs
+                # them at ERROR and reconnects); any other ERROR line counts.
+                transport = record.name.startswith("kafka.net") or "KafkaConnectionError" in line
+                if record.levelno >= logging.ERROR and not transport:
+                    outer.errors.append(line)
+
+        self.handler = _Handler()
+        self.logger = logging.getLogger(name)
+        self.previous_level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self.handler)
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.previous_level)
+
+
+class LiveConfluentConsumer:
+    """A confluent-kafka consumer in a thread reading assigned partitions from the beginning while the
+    test changes their leaders: every message (partition, offset, value) in read order, every
+    msg.error() code (`errors`), error_cb codes (`client_errors`) and librdkafka's debug lines about
+    offset validation (`validation_lines`)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
         self.records: list[tuple[int, int, bytes]] = []
         self.errors: list[str] = []
         self.client_errors: list[str] = []
-        self.validation_lines: list[str] = []
-        outer = self
-
-        class _Capture(logging.Handler):
-            def emit(self, record):
-                line = record.getMessage()
-                if "OffsetForLeaderEpoch" in line or "validat" in line.lower():
-                    outer.validation_lines.append(line)
-
-        self.logger = logging.getLogger(f"live-consumer-{topic}")
-        self.logger.propagate = False
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.addHandler(_Capture())
+        self.capture = _ValidationCapture(f"live-confluent-{topic}", ("OffsetForLeaderEpoch", "validation"))
+        self.capture.logger.propagate = False
         self.consumer = Consumer(
             client_config(
                 bootstrap,
@@ -692,14 +713,21 @@ class LiveConfluentConsumer:
                     "fetch.wait.max.ms": 100,
                     "topic.metadata.refresh.interval.ms": 1000,
                     "debug": "fetch,topic",
-                    "logger": self.logger,
+                    "logger": self.capture.logger,
                     "error_cb": lambda err: self.client_errors.append(err.name()),
                 },
             )
         )
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="live-consumer", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="live-confluent-consumer", daemon=True)
+
+    @property
+    def validation_lines(self) -> list[str]:
+        return self.capture.lines
+
+    def validations_succeeded(self) -> int:
+        return sum("validation succeeded" in line for line in self.capture.lines)
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -709,7 +737,7 @@ class LiveConfluentConsumer:
                 else:
                     self.records.append((msg.partition(), msg.offset(), msg.value()))
 
-    def start(self) -> "LiveConfluentConsumer":
+    def start(self):
         self.thread.start()
         return self
 
@@ -717,15 +745,81 @@ class LiveConfluentConsumer:
         self.stopping.set()
         self.thread.join(timeout=10)
         self.consumer.close()
+        self.capture.close()
 
 
-def test_consumers_follow_leader_changes(cluster_factory):
-    """A confluent-kafka consumer reads two RF=3 partitions continuously while an idempotent acks=all
-    producer writes ~3000 unique values and the leader of partition 0 is killed -9, restarted, and (the
-    preferred-leader check runs every 2 s) given leadership back: two leader-epoch bumps seen mid-fetch,
-    each followed by librdkafka's OffsetForLeaderEpoch validation (KIP-320). The live stream must hold
-    every acknowledged value exactly once at its acknowledged offset, each partition's offsets must run
-    0, 1, 2, ... without a gap or a step back, and the consumer must see only transient errors."""
+class LiveKafkaPythonConsumer:
+    """The same with kafka-python's KafkaConsumer (3.x validates positions with OffsetForLeaderEpoch
+    after a leader-epoch change, KIP-320): exceptions raised by poll() and ERROR log lines of the
+    client are its `errors`."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaTopicPartition
+
+        self.records: list[tuple[int, int, bytes]] = []
+        self.errors: list[str] = []
+        self.client_errors: list[str] = []
+        self.capture = _ValidationCapture("kafka", ("OffsetForLeaderEpoch", "Validating offsets", "truncat"))
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            metadata_max_age_ms=1000,
+            request_timeout_ms=10000,
+            reconnect_backoff_max_ms=1000,
+        )
+        tps = [KafkaTopicPartition(topic, p) for p in range(partitions)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="live-kafka-python-consumer", daemon=True)
+
+    @property
+    def validation_lines(self) -> list[str]:
+        return self.capture.lines
+
+    def validations_succeeded(self) -> int:
+        return sum(
+            "Received response" in line and "OffsetForLeaderEpochResponse" in line and "error_code=0" in line
+            for line in self.capture.lines
+        )
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                batches = self.consumer.poll(timeout_ms=200, max_records=1000)
+            except Exception as e:  # every exception poll() raises counts as an error the test sees
+                self.errors.append(f"{type(e).__name__}: {e}")
+                time.sleep(0.1)
+                continue
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    self.records.append((tp.partition, m.offset, m.value))
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.consumer.close()
+        self.capture.close()
+        self.errors += [f"logged: {line}" for line in self.capture.errors]
+
+
+def follow_leader_changes(cluster_factory, make_consumer) -> None:
+    """The scenario of the test_*_follow_leader_changes tests: a consumer made by
+    `make_consumer(bootstrap, topic, partitions)` reads two RF=3 partitions continuously while an
+    idempotent acks=all producer writes ~3000 unique values, the leader of partition 0 is killed -9
+    and restarted, and (the preferred-leader check runs every 2 s) leadership returns to it: two
+    leader-epoch bumps seen while fetching, each followed by the client's OffsetForLeaderEpoch
+    validation. The live stream must hold every acknowledged value exactly once at its acknowledged
+    offset, each partition's offsets must run 0, 1, 2, ... without a gap or a step back, and the
+    consumer must see only transient errors."""
     from spatecluster import FAST_SETTINGS
 
     cluster = cluster_factory(settings={**FAST_SETTINGS, "leader.imbalance.check.interval.seconds": "2"})
@@ -736,7 +830,7 @@ def test_consumers_follow_leader_changes(cluster_factory):
     before = cluster.partition_view(topic, 0)
     preferred = before.replicas[0]
 
-    consumer = LiveConfluentConsumer(cluster.bootstrap, topic, partitions).start()
+    consumer = make_consumer(cluster.bootstrap, topic, partitions).start()
     producer = ContinuousProducer(cluster.bootstrap, topic, partitions, rate_per_s=150).start()
     events = []
     try:
@@ -744,7 +838,9 @@ def test_consumers_follow_leader_changes(cluster_factory):
         victim = cluster.wait_leader(topic, 0)
         read_at_kill = len(consumer.records)
         cluster.kill(victim)
-        events.append(f"killed broker {victim} (leader of {topic}/0, epoch {before.leader_epoch}) at {read_at_kill} read")
+        events.append(
+            f"killed broker {victim} (leader of {topic}/0, epoch {before.leader_epoch}) at {read_at_kill} read"
+        )
         successor = cluster.wait_leader(topic, 0, timeout_s=20, exclude=[victim])
         events.append(f"broker {successor} leads {topic}/0 (epoch {cluster.partition_view(topic, 0).leader_epoch})")
         acked = producer.acked_count()
@@ -759,10 +855,11 @@ def test_consumers_follow_leader_changes(cluster_factory):
                 f"preferred replica {preferred} to lead {topic}/0 again",
                 describe=lambda: cluster.describe([topic]),
             )
-            events.append(
-                f"leadership back on {preferred} (epoch {cluster.partition_view(topic, 0).leader_epoch})"
-            )
+            events.append(f"leadership back on {preferred} (epoch {cluster.partition_view(topic, 0).leader_epoch})")
         wait_until(lambda: producer.acked_count() >= 3000, 40, "3000 acknowledgements")
+    except BaseException:
+        consumer.stop()
+        raise
     finally:
         left = producer.stop()
     context = "; ".join(events)
@@ -775,7 +872,7 @@ def test_consumers_follow_leader_changes(cluster_factory):
             "the live consumer to read every acknowledged value",
             describe=lambda: f"read {len(consumer.records)} of {len(acked_values)} acknowledged; {context}",
         )
-        # A little longer, so that a duplicate delivered late would be seen.
+        # A little longer, so that a duplicate delivered late is seen.
         time.sleep(1.0)
     finally:
         consumer.stop()
@@ -787,12 +884,29 @@ def test_consumers_follow_leader_changes(cluster_factory):
     for p in range(partitions):
         offsets = [o for q, o, _ in records if q == p]
         gaps = [(a, b) for a, b in zip(offsets, offsets[1:]) if b != a + 1]
-        assert offsets[:1] == [0] and not gaps, f"partition {p} offsets start {offsets[:1]}, gaps {gaps[:5]} ({context})"
-    assert read_at_kill < len(records), "the consumer read nothing after the leader was killed"
+        assert offsets[:1] == [0] and not gaps, (
+            f"partition {p} offsets start {offsets[:1]}, gaps {gaps[:5]} ({context})"
+        )
+    assert read_at_kill < len(records), f"the consumer read nothing after the leader was killed ({context})"
     unexpected = sorted(set(consumer.errors) - TRANSIENT_CONSUMER_ERRORS)
     assert not unexpected, f"consumer errors {unexpected} (all: {consumer.errors[:10]}; {context})"
     assert not producer.client_errors and not producer.failed, (
         f"producer errors {producer.client_errors[:3]}, failed {producer.failed[:3]} ({context})"
     )
-    print(f"{counts}; {context}; consumer error_cb {sorted(set(consumer.client_errors))}")
-    print("librdkafka validation lines:\n" + "\n".join(consumer.validation_lines[:20]))
+    # The point of the test: the client did validate its position with OffsetForLeaderEpoch after a
+    # leader-epoch bump, and the broker's answer let it go on.
+    assert consumer.validations_succeeded() >= 1, (
+        f"no successful offset validation seen ({context}); lines: {consumer.validation_lines[:10]}"
+    )
+    print(f"{counts}; {context}; client error callbacks {sorted(set(consumer.client_errors))}")
+    print("offset validation log lines:\n" + "\n".join(consumer.validation_lines[:30]))
+
+
+def test_consumers_follow_leader_changes(cluster_factory):
+    """confluent-kafka (librdkafka) consumer; see follow_leader_changes."""
+    follow_leader_changes(cluster_factory, LiveConfluentConsumer)
+
+
+def test_kafka_python_consumer_follows_leader_changes(cluster_factory):
+    """kafka-python KafkaConsumer; see follow_leader_changes."""
+    follow_leader_changes(cluster_factory, LiveKafkaPythonConsumer)

@@ -122,16 +122,8 @@ impl TestBroker {
     /// SIGTERM and wait (a clean shutdown), then SIGKILL if it lingers.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            signal(c.id(), "TERM");
+            reap(&mut c, Instant::now() + Duration::from_secs(10));
         }
     }
 
@@ -205,6 +197,18 @@ fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
 }
 
+/// Waits for a signalled process until `deadline`, then SIGKILLs it.
+fn reap(c: &mut Child, deadline: Instant) {
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 /// One broker of a [`TestCluster`].
 pub struct ClusterNode {
     pub node_id: i32,
@@ -254,14 +258,7 @@ impl ClusterNode {
     /// Waits for a SIGTERM'd broker until `deadline`, then SIGKILLs it.
     fn reap(&mut self, deadline: Instant) {
         if let Some(mut c) = self.child.take() {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            reap(&mut c, deadline);
         }
     }
 }

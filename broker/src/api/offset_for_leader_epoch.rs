@@ -141,6 +141,8 @@ mod tests {
         assert_eq!(answer_for(4, 1).0, ErrorCode::UNKNOWN_LEADER_EPOCH);
         leader.make_follower(&image(&[1, 2], &[1, 2], 2, 4, 3));
         assert_eq!(answer_for(4, 1).0, ErrorCode::NOT_LEADER_OR_FOLLOWER);
+        // A client ahead of this broker's metadata is told to retry here, not to go elsewhere.
+        assert_eq!(answer_for(5, 1).0, ErrorCode::UNKNOWN_LEADER_EPOCH);
     }
 
     /// One fetcher round for `follower` against `leader`, through the real request builders,
