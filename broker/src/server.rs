@@ -2,7 +2,8 @@
 //! that owns sockets. Requests are read and handled in order; responses are written in request
 //! order by a writer task, so a connection pipelines up to `queued.max.requests` requests.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::task::Poll;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,7 +159,21 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             while let Some(reply) = next.take() {
                 let bytes: Bytes = match reply {
                     Reply::Now(b) => b,
-                    Reply::Later(fut) => fut.await,
+                    Reply::Later(mut fut) => match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                        Poll::Ready(b) => b,
+                        Poll::Pending => {
+                            // Not ready (an acks=all produce, a long poll): send what is gathered
+                            // first, or each earlier response would wait for this later one — a
+                            // pipelining producer's every ack one fsync round late.
+                            if !small.is_empty() {
+                                if writer.write_all(&small).await.is_err() {
+                                    return;
+                                }
+                                small.clear();
+                            }
+                            fut.await
+                        }
+                    },
                     Reply::Nothing | Reply::Close(_) => continue,
                 };
                 if bytes.is_empty() {
