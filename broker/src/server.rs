@@ -3,9 +3,9 @@
 //! order by a writer task, so a connection pipelines up to `queued.max.requests` requests.
 
 use std::future::{poll_fn, Future};
-use std::task::Poll;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
