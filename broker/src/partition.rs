@@ -758,7 +758,7 @@ impl Partition {
     /// Retention and producer-state expiry, run periodically.
     pub fn housekeeping(&self, now_ms: i64) -> Result<()> {
         let mut state = self.lock();
-        state.log.enforce_retention(now_ms)?;
+        state.log.enforce_retention(now_ms, self.high_watermark())?;
         state.producers.expire(now_ms);
         let log_start = state.log.log_start_offset();
         state.epochs.truncate_from_start(log_start)?;

@@ -386,7 +386,7 @@ fn a_swap_that_no_longer_matches_the_log_is_dropped() {
     .unwrap();
     // Retention deletes everything closed meanwhile.
     f.log.config.retention_ms = 0;
-    f.log.enforce_retention(f.now_ms + 1_000_000).unwrap();
+    f.log.enforce_retention(f.now_ms + 1_000_000, i64::MAX).unwrap();
     for c in cleaned {
         assert!(!f.log.swap_cleaned(c).unwrap());
     }
@@ -402,7 +402,7 @@ fn retention_applies_only_with_the_delete_policy() {
         let mut f = Fixture::new(config);
         f.append(&[("a", Some("1"))]);
         f.append(&[("b", Some("1"))]);
-        let outcome = f.log.enforce_retention(f.now_ms + 1_000).unwrap();
+        let outcome = f.log.enforce_retention(f.now_ms + 1_000, i64::MAX).unwrap();
         assert_eq!(outcome.deleted_segments > 0, deletes, "{policy:?}");
     }
 }

@@ -841,15 +841,22 @@ impl Log {
     /// Deletes whole segments from the oldest: those whose newest timestamp is older than
     /// `retention.ms` (rolling first if that includes the active segment, so the log end
     /// offset is kept), and closed ones while the log exceeds `retention.bytes`. The new log
-    /// start offset is checkpointed before any file is removed.
-    pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+    /// start offset is checkpointed before any file is removed. Only segments wholly below
+    /// `high_watermark` go: data the in-sync replicas may not have yet is never deleted, and the
+    /// log start offset never passes the high watermark (Kafka's rule).
+    pub fn enforce_retention(&mut self, now_ms: i64, high_watermark: i64) -> Result<RetentionOutcome, LogError> {
         if !self.config.cleanup_policy.delete {
             return Ok(RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() });
         }
         let mut remaining_bytes = self.size_bytes();
         let mut count = 0;
         let last = self.segments.len() - 1;
+        let log_end = self.log_end_offset();
         for (i, segment) in self.segments.iter().enumerate() {
+            let segment_end = self.segments.get(i + 1).map_or(log_end, |next| next.base_offset);
+            if segment_end > high_watermark {
+                break;
+            }
             if segment.is_empty() {
                 // Compaction can leave empty closed segments: they go with the next one that
                 // is deleted, and hold nothing back.

@@ -469,14 +469,14 @@ fn retention_by_time_deletes_old_segments_and_survives_reopen() {
     let old_end = log.log_end_offset();
     fill(&mut log, 10, 2, 40, 5000); // new records, in later segments
     let segments = log.segment_count();
-    let outcome = log.enforce_retention(5500).unwrap();
+    let outcome = log.enforce_retention(5500, i64::MAX).unwrap();
     assert!(outcome.deleted_segments > 0 && outcome.deleted_segments < segments);
     assert!(outcome.log_start_offset <= old_end && outcome.log_start_offset > 0);
     assert_eq!(log.log_start_offset(), outcome.log_start_offset);
     assert!(matches!(log.read(0, 100, 40), Err(LogError::OffsetOutOfRange { .. })));
     assert_every_offset_reads_back(&log);
     // Nothing more to delete.
-    assert_eq!(log.enforce_retention(5500).unwrap().deleted_segments, 0);
+    assert_eq!(log.enforce_retention(5500, i64::MAX).unwrap().deleted_segments, 0);
     let start = log.log_start_offset();
     drop(log);
     let log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
@@ -490,7 +490,7 @@ fn retention_of_everything_keeps_the_log_end_offset() {
     let cfg = LogConfig { segment_bytes: 500, retention_ms: 1000, ..config() };
     let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
     fill(&mut log, 10, 2, 40, 0);
-    let outcome = log.enforce_retention(10_000).unwrap();
+    let outcome = log.enforce_retention(10_000, i64::MAX).unwrap();
     assert_eq!(outcome.log_start_offset, 20);
     assert_eq!((log.log_start_offset(), log.log_end_offset(), log.size_bytes()), (20, 20, 0));
     assert!(log.read(20, 100, 20).unwrap().is_empty());
@@ -505,6 +505,21 @@ fn retention_of_everything_keeps_the_log_end_offset() {
 }
 
 #[test]
+fn retention_never_deletes_past_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_bytes: 500, retention_ms: 1000, ..config() };
+    let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
+    fill(&mut log, 10, 2, 40, 0); // 20 offsets, every segment expired at 10 s
+                                  // Followers have only the first 5 offsets: segments reaching past them stay.
+    let outcome = log.enforce_retention(10_000, 5).unwrap();
+    assert!(outcome.log_start_offset <= 5, "{outcome:?}");
+    assert!(log.read(5, 100, 20).is_ok());
+    // Once the high watermark covers everything, everything expired may go.
+    let outcome = log.enforce_retention(10_000, 20).unwrap();
+    assert_eq!(outcome.log_start_offset, 20);
+}
+
+#[test]
 fn retention_by_bytes_keeps_the_newest_segments() {
     let dir = tempfile::tempdir().unwrap();
     let one = batch(0, 1, 100, 0).len() as u64;
@@ -512,7 +527,7 @@ fn retention_by_bytes_keeps_the_newest_segments() {
     let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
     fill(&mut log, 11, 1, 100, 0); // six segments: five full, one with one batch
     assert_eq!(log.segment_count(), 6);
-    let outcome = log.enforce_retention(0).unwrap();
+    let outcome = log.enforce_retention(0, i64::MAX).unwrap();
     assert_eq!(outcome.deleted_segments, 3);
     assert_eq!(outcome.deleted_bytes, one * 6);
     assert_eq!(log.size_bytes(), one * 5);
@@ -624,7 +639,7 @@ fn truncate_below_the_log_start_restarts_the_log() {
     let cfg = LogConfig { segment_bytes: 500, retention_ms: 10, ..config() };
     let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
     fill(&mut log, 10, 2, 40, 0);
-    log.enforce_retention(100).unwrap();
+    log.enforce_retention(100, i64::MAX).unwrap();
     assert_eq!(log.log_start_offset(), 20);
     log.truncate_to(7).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (7, 7));
@@ -640,7 +655,7 @@ fn read_slices_stay_readable_after_retention_deletes_their_segment() {
     let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
     fill(&mut log, 6, 2, 40, 0);
     let slice = log.read(0, 1000, 12).unwrap();
-    log.enforce_retention(1000).unwrap();
+    log.enforce_retention(1000, i64::MAX).unwrap();
     assert_eq!(log.log_start_offset(), 12);
     assert_eq!(decode(&slice.read().unwrap())[0].offset, 0);
 }
