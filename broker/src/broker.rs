@@ -28,6 +28,7 @@ use crate::group::GroupCoordinator;
 use crate::log::write_file_atomically;
 use crate::log_cleaner::LogCleaner;
 use crate::partition::{Partition, TopicPartition};
+use crate::producer_state::PRODUCER_ID_BLOCK_SIZE;
 use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topic_config::{self, TopicConfigs};
 
@@ -393,10 +394,6 @@ impl Broker {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
-    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().find(|t| t.id == id).cloned()
-    }
-
     /// This broker's replica of `topic`-`partition`, if it holds one.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         let topic = self.topic(topic)?;
@@ -450,13 +447,6 @@ impl Broker {
         Ok(partitions)
     }
 
-    /// Applies the image the controller's answer produced, so this broker's own replicas of a
-    /// change it asked for exist before the client hears back.
-    fn catch_up(&self) -> Result<()> {
-        let image = self.controller.image();
-        self.reconcile(&image)
-    }
-
     pub async fn create_topic(
         self: &Arc<Self>,
         name: &str,
@@ -473,14 +463,16 @@ impl Broker {
             validate_only: false,
         };
         self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
-        self.catch_up_async().await?;
+        self.catch_up().await?;
         info!(topic = name, partitions, "topic created");
         self.topic(name).ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })
     }
 
-    async fn catch_up_async(self: &Arc<Self>) -> Result<()> {
+    /// Applies the image the controller's answer produced, so this broker's own replicas of a
+    /// change it asked for exist before the client hears back.
+    async fn catch_up(self: &Arc<Self>) -> Result<()> {
         let b = self.clone();
-        tokio::task::spawn_blocking(move || b.catch_up())
+        tokio::task::spawn_blocking(move || b.reconcile(&b.controller.image()))
             .await
             .map_err(|e| BrokerError::io("metadata", std::io::Error::other(e)))?
     }
@@ -506,7 +498,7 @@ impl Broker {
             .submit(ControllerRequest::DeleteTopic { name: name.to_string() }, CONTROLLER_REQUEST_TIMEOUT)
             .await
             .map_err(controller_error)?;
-        self.catch_up_async().await?;
+        self.catch_up().await?;
         Ok(id)
     }
 
@@ -528,7 +520,7 @@ impl Broker {
         let request = ControllerRequest::CreatePartitions { name: name.to_string(), total, validate_only };
         self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
         if !validate_only {
-            self.catch_up_async().await?;
+            self.catch_up().await?;
             info!(topic = name, partitions = total, "partitions added");
         }
         Ok(())
@@ -567,7 +559,7 @@ impl Broker {
         }
         let request = ControllerRequest::AlterTopicConfigs { name: name.to_string(), configs };
         self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
-        self.catch_up_async().await
+        self.catch_up().await
     }
 
     /// A fresh producer id for InitProducerId (idempotent producers, no transactional id),
@@ -575,8 +567,10 @@ impl Broker {
     pub async fn allocate_producer_id(&self) -> Result<i64> {
         let mut ids = self.producer_ids.lock().await;
         if ids.0 >= ids.1 {
-            let request =
-                ControllerRequest::AllocateProducerIds { broker_id: self.config.node_id, count: PRODUCER_ID_BLOCK };
+            let request = ControllerRequest::AllocateProducerIds {
+                broker_id: self.config.node_id,
+                count: PRODUCER_ID_BLOCK_SIZE,
+            };
             match self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)? {
                 ControllerReply::ProducerIds { first_id, count } => *ids = (first_id, first_id + count),
                 other => {
@@ -625,9 +619,6 @@ impl Broker {
         }
     }
 }
-
-/// Producer ids the broker takes from the controller at a time (Kafka's block size).
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 #[cfg(test)]
 mod tests {

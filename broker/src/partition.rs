@@ -342,10 +342,6 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
-    pub fn subscribe_durable(&self) -> watch::Receiver<i64> {
-        self.durable_offset.subscribe()
-    }
-
     /// Wakes on every change of the log end offset (replica fetches long-poll on it).
     pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
         self.log_end_watch.subscribe()

@@ -6,7 +6,7 @@
 //! Sans-IO: callers pass batch headers and `now_ms` and get decisions back. The produce path
 //! calls [`ProducerStateManager::check`] before appending and [`ProducerStateManager::record`]
 //! after the log assigned offsets; log recovery calls [`ProducerStateManager::rebuild`] with the
-//! headers it reads back. [`ProducerIdManager`] hands out producer ids for `InitProducerId`.
+//! headers it reads back. Producer ids themselves come in blocks from the controller.
 //!
 //! One deliberate match with current Kafka (since KIP-360) rather than older brokers: a producer
 //! id this partition has no state for (never seen, expired, evicted or removed by retention) may
@@ -25,8 +25,7 @@ pub const BATCHES_RETAINED_PER_PRODUCER: usize = 5;
 /// Kafka's default `producer.id.expiration.ms` (one day).
 pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
 
-/// Producer ids reserved per persisted block by [`ProducerIdManager`] (Kafka's controller also
-/// hands out blocks of 1000).
+/// Producer ids a broker takes from the controller at a time (Kafka's block size).
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
 /// What to do with a batch that passed [`ProducerStateManager::check`].
@@ -59,8 +58,6 @@ pub enum ProducerStateError {
          an idempotent batch needs both to be non-negative"
     )]
     InvalidBatch { producer_id: i64, producer_epoch: i16, base_sequence: i32 },
-    #[error("producer ids are exhausted after {next_producer_id}")]
-    ProducerIdsExhausted { next_producer_id: i64 },
 }
 
 /// The Kafka error code a client receives for each refusal (the one mapping of this module).
@@ -73,7 +70,6 @@ pub fn error_code(err: &ProducerStateError) -> ErrorCode {
         // the client's transaction manager) rather than the fatal PRODUCER_FENCED.
         ProducerStateError::InvalidProducerEpoch { .. } => ErrorCode::INVALID_PRODUCER_EPOCH,
         ProducerStateError::InvalidBatch { .. } => ErrorCode::INVALID_RECORD,
-        ProducerStateError::ProducerIdsExhausted { .. } => ErrorCode::UNKNOWN_SERVER_ERROR,
     }
 }
 
@@ -293,60 +289,6 @@ impl ProducerStateManager {
 /// Whether `next` directly follows `last`; sequences wrap from `i32::MAX` to 0.
 fn in_sequence(last: i32, next: i32) -> bool {
     next as i64 == last as i64 + 1 || (next == 0 && last == i32::MAX)
-}
-
-/// A decision of [`ProducerIdManager::next`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allocation {
-    /// Hand this producer id to the client.
-    Allocated { producer_id: i64 },
-    /// The current block is used up. Store `block_end` durably (replacing the stored value),
-    /// then call [`ProducerIdManager::block_persisted`] and [`ProducerIdManager::next`] again.
-    /// If storing fails, hand out nothing; the next call asks again.
-    PersistBlockEnd { block_end: i64 },
-}
-
-/// Hands out producer ids for `InitProducerId` (idempotent producers, no transactional id) in
-/// increasing order, never reusing one across restarts: ids are reserved in blocks, and the end
-/// of the reserved block is persisted before any id of it is handed out, so after a restart
-/// allocation resumes at the stored end (skipping what remained of the last block).
-#[derive(Debug)]
-pub struct ProducerIdManager {
-    next_producer_id: i64,
-    /// Ids below this are covered by the stored block end.
-    persisted_block_end: i64,
-    block_size: i64,
-}
-
-impl ProducerIdManager {
-    /// `persisted_block_end` is the value last stored (0 if none ever was).
-    pub fn new(persisted_block_end: i64, block_size: i64) -> Self {
-        assert!(block_size > 0, "producer id block size must be positive");
-        let start = persisted_block_end.max(0);
-        ProducerIdManager { next_producer_id: start, persisted_block_end: start, block_size }
-    }
-
-    /// The next producer id, or the block end to persist first.
-    #[expect(
-        clippy::should_implement_trait,
-        reason = "returns a decision that may require I/O before an id exists; not an Iterator"
-    )]
-    pub fn next(&mut self) -> Result<Allocation, ProducerStateError> {
-        if self.next_producer_id < self.persisted_block_end {
-            let producer_id = self.next_producer_id;
-            self.next_producer_id += 1;
-            return Ok(Allocation::Allocated { producer_id });
-        }
-        match self.next_producer_id.checked_add(self.block_size) {
-            Some(block_end) => Ok(Allocation::PersistBlockEnd { block_end }),
-            None => Err(ProducerStateError::ProducerIdsExhausted { next_producer_id: self.next_producer_id }),
-        }
-    }
-
-    /// Confirms that `block_end` (from [`Allocation::PersistBlockEnd`]) is durably stored.
-    pub fn block_persisted(&mut self, block_end: i64) {
-        self.persisted_block_end = self.persisted_block_end.max(block_end);
-    }
 }
 
 #[cfg(test)]
@@ -656,41 +598,6 @@ mod tests {
         m.truncate_head(10);
         assert!(m.is_empty());
         assert!(m.lru.is_empty());
-    }
-
-    #[test]
-    fn producer_ids_are_persisted_before_they_are_handed_out() {
-        let mut ids = ProducerIdManager::new(0, 3);
-        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 3 }));
-        // Storing failed: nothing is handed out, it asks again.
-        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 3 }));
-        ids.block_persisted(3);
-        let got: Vec<_> = (0..3).map(|_| ids.next().unwrap()).collect();
-        assert_eq!(
-            got,
-            [0, 1, 2].map(|producer_id| Allocation::Allocated { producer_id }).to_vec(),
-            "ids are handed out in order"
-        );
-        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 6 }));
-        // A stale confirmation never shrinks the reserved range.
-        ids.block_persisted(2);
-        assert_eq!(ids.next(), Ok(Allocation::PersistBlockEnd { block_end: 6 }));
-        ids.block_persisted(6);
-        assert_eq!(ids.next(), Ok(Allocation::Allocated { producer_id: 3 }));
-
-        // Restart: resumes after everything that may have been handed out.
-        let mut restarted = ProducerIdManager::new(6, PRODUCER_ID_BLOCK_SIZE);
-        assert_eq!(restarted.next(), Ok(Allocation::PersistBlockEnd { block_end: 1006 }));
-        restarted.block_persisted(1006);
-        assert_eq!(restarted.next(), Ok(Allocation::Allocated { producer_id: 6 }));
-
-        let mut corrupt = ProducerIdManager::new(-40, 10);
-        assert_eq!(corrupt.next(), Ok(Allocation::PersistBlockEnd { block_end: 10 }));
-
-        let mut exhausted = ProducerIdManager::new(i64::MAX - 1, 10);
-        let err = exhausted.next().unwrap_err();
-        assert_eq!(err, ProducerStateError::ProducerIdsExhausted { next_producer_id: i64::MAX - 1 });
-        assert_eq!(error_code(&err), ErrorCode::UNKNOWN_SERVER_ERROR);
     }
 
     /// One step of a simulated idempotent producer.
