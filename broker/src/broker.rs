@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::controller::logic::MAX_PARTITIONS_PER_TOPIC;
 use crate::controller::{
     Controller, ControllerConfig, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage,
 };
@@ -428,11 +429,11 @@ impl Broker {
             return Err(BrokerError::TopicExists { topic: name.to_string() });
         }
         let partitions = if partitions == -1 { self.config.num_partitions } else { partitions };
-        if !(1..=10_000).contains(&partitions) {
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
             return Err(BrokerError::InvalidPartitions {
                 topic: name.to_string(),
                 count: partitions,
-                reason: "must be between 1 and 10000".into(),
+                reason: format!("must be between 1 and {MAX_PARTITIONS_PER_TOPIC}"),
             });
         }
         let factor = if replication_factor == -1 { self.config.default_replication_factor } else { replication_factor };
@@ -510,11 +511,11 @@ impl Broker {
             .get(name)
             .map(|t| t.partitions.len() as i32)
             .ok_or_else(|| BrokerError::UnknownTopic { topic: name.to_string() })?;
-        if total <= current || total > 10_000 {
+        if total <= current || total > MAX_PARTITIONS_PER_TOPIC {
             return Err(BrokerError::InvalidPartitions {
                 topic: name.to_string(),
                 count: total,
-                reason: format!("must be more than the current {current} and at most 10000"),
+                reason: format!("must be more than the current {current} and at most {MAX_PARTITIONS_PER_TOPIC}"),
             });
         }
         let request = ControllerRequest::CreatePartitions { name: name.to_string(), total, validate_only };

@@ -97,7 +97,10 @@ impl PartitionMetadata {
 
 impl TopicMetadata {
     pub fn partition(&self, partition: i32) -> Option<&PartitionMetadata> {
-        self.partitions.get(usize::try_from(partition).ok()?).filter(|p| p.partition == partition)
+        // Sorted and deduplicated by `merge`, so a broker answer with gaps or repeats cannot hide
+        // the partitions after them.
+        let i = self.partitions.binary_search_by_key(&partition, |p| p.partition).ok()?;
+        self.partitions.get(i)
     }
 }
 
@@ -444,6 +447,7 @@ fn merge(previous: &ClusterMetadata, response: MetadataResponse, all_topics: boo
             })
             .collect();
         partitions.sort_by_key(|p| p.partition);
+        partitions.dedup_by_key(|p| p.partition);
         let topic =
             TopicMetadata { name: name.clone(), topic_id: t.topic_id, is_internal: t.is_internal, partitions, error };
         topics.insert(name, Arc::new(topic));

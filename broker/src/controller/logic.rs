@@ -2,6 +2,8 @@
 //! write and what to answer. Only the quorum leader runs these; followers apply the records.
 //! Anything random (topic ids) comes in as a parameter so the functions stay pure and testable.
 
+use std::collections::BTreeMap;
+
 use spate_client::protocol::ErrorCode;
 use uuid::Uuid;
 
@@ -22,7 +24,7 @@ pub const BROKER_ID_NOT_REGISTERED: ErrorCode = ErrorCode(102);
 
 /// Upper bound on partitions per topic, so one request cannot make the image (and every node's
 /// memory) explode.
-pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 /// Upper bound on one producer-id block.
 pub const MAX_PRODUCER_ID_BLOCK: i64 = 1_000_000;
 
@@ -120,6 +122,7 @@ pub fn decide(
             Ok(Decision { records, reply: ControllerReply::Heartbeat { fenced: false } })
         }
         ControllerRequest::CreateTopic { name, partitions, replication_factor, configs, validate_only } => {
+            check_topic(name, configs)?;
             if image.topics.contains_key(name) {
                 return Err(refusal(ErrorCode::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists")));
             }
@@ -166,6 +169,7 @@ pub fn decide(
         }
         ControllerRequest::AlterTopicConfigs { name, configs } => {
             known_topic(image, name)?;
+            check_topic(name, configs)?;
             Ok(Decision {
                 records: vec![MetadataRecord::AlterTopicConfigs { name: name.clone(), configs: configs.clone() }],
                 reply: ControllerReply::Done,
@@ -198,6 +202,18 @@ fn known_topic<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a TopicImag
         .topics
         .get(name)
         .ok_or_else(|| refusal(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name} does not exist")))
+}
+
+/// The checks every node's broker also makes before it asks, repeated here because a request
+/// can arrive over the controller RPC from anywhere: the name becomes a directory name on every
+/// broker, and the configs become log settings.
+fn check_topic(name: &str, configs: &BTreeMap<String, String>) -> Result<(), ControllerRefusal> {
+    crate::broker::validate_topic_name(name).map_err(|e| refusal(e.code(), e.to_string()))?;
+    for (key, value) in configs {
+        crate::topic_config::validate_override(key, value)
+            .map_err(|reason| refusal(ErrorCode::INVALID_CONFIG, format!("invalid config {key}: {reason}")))?;
+    }
+    Ok(())
 }
 
 fn check_partition_count(name: &str, count: i32) -> Result<(), ControllerRefusal> {
@@ -753,6 +769,20 @@ mod tests {
         assert!(!after.isr.contains(&leader), "{after:?}");
         assert!(!image.brokers[&leader].fenced);
         assert_eq!(image.brokers[&leader].incarnation_id, Uuid::from_u128(1000));
+    }
+
+    #[test]
+    fn forwarded_topics_get_the_brokers_checks() {
+        let mut image = cluster(1);
+        let mut bad_name = create("../outside", 1, 1);
+        assert_eq!(run(&mut image, &bad_name).unwrap_err().code, ErrorCode::INVALID_TOPIC_EXCEPTION.0);
+        if let ControllerRequest::CreateTopic { name, configs, .. } = &mut bad_name {
+            *name = "fine".into();
+            configs.insert("retention.ms".into(), "soon".into());
+        }
+        assert_eq!(run(&mut image, &bad_name).unwrap_err().code, ErrorCode::INVALID_CONFIG.0);
+        assert_eq!(run(&mut image, &create("big", MAX_PARTITIONS_PER_TOPIC + 1, 1)).unwrap_err().code, 37);
+        assert!(image.topics.is_empty());
     }
 
     #[test]

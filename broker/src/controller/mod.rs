@@ -53,6 +53,13 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest time a forwarded request may run on the leader, whatever the sender asks.
 const MAX_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest log entry one decision may write (a 10,000-partition topic is about 1 MiB). With at
+/// most `MAX_PAYLOAD_ENTRIES` per AppendEntries, a replication RPC stays below
+/// `network::MAX_RPC_BYTES`, so no entry can wedge a follower's catch-up or the leader's storage.
+const MAX_COMMAND_BYTES: usize = 4 << 20;
+const MAX_PAYLOAD_ENTRIES: u64 = 3;
+/// Snapshot chunk bytes per InstallSnapshot (JSON carries bytes as numbers, up to 4× larger).
+const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -192,6 +199,8 @@ impl Controller {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
             // Keep some log behind the snapshot so a briefly lagging voter catches up from the log.
             max_in_snapshot_log_to_keep: snapshot_every.min(1_000),
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         }
         .validate()
@@ -406,7 +415,15 @@ impl Inner {
         if decision.records.is_empty() {
             return Ok((decision.reply, image.applied_index));
         }
-        match tokio::time::timeout_at(deadline, self.raft.client_write(Command { records: decision.records })).await {
+        let command = Command { records: decision.records };
+        let size = serde_json::to_vec(&command).map_or(usize::MAX, |b| b.len());
+        if size > MAX_COMMAND_BYTES {
+            return Err(ProposeError::Refused(refusal(
+                ErrorCode::INVALID_REQUEST,
+                format!("the metadata change is {size} bytes, over the {MAX_COMMAND_BYTES}-byte limit of one entry"),
+            )));
+        }
+        match tokio::time::timeout_at(deadline, self.raft.client_write(command)).await {
             Err(_) => Err(timed_out()),
             Ok(Ok(response)) => Ok((decision.reply, response.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {

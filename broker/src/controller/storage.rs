@@ -71,16 +71,9 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
-/// Writes `bytes` to `dir/name` atomically and durably.
+/// Writes `bytes` to `dir/name` atomically and durably (the log's own checkpoint writer).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    crate::log::write_file_atomically(&dir.join(name), bytes).map_err(|e| other(e.to_string()))
 }
 
 /// Reads a small JSON file; `None` when absent.
@@ -129,7 +122,7 @@ fn decode_frames(bytes: &[u8]) -> (Vec<(Entry<TypeConfig>, u64)>, u64) {
         }
         let Ok(entry) = serde_json::from_slice::<Entry<TypeConfig>>(payload) else { break };
         // Indexes must be consecutive; anything else is not a log we wrote.
-        if out.last().is_some_and(|(prev, _)| prev.log_id.index + 1 != entry.log_id.index) {
+        if out.last().is_some_and(|(prev, _)| prev.log_id.index.checked_add(1) != Some(entry.log_id.index)) {
             break;
         }
         out.push((entry, pos as u64));

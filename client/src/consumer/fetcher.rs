@@ -56,7 +56,7 @@ pub(crate) fn decode_fetched(
         if header.last_offset() < fetch_offset {
             continue;
         }
-        next_fetch_offset = next_fetch_offset.max(header.last_offset() + 1);
+        next_fetch_offset = next_fetch_offset.max(header.last_offset().saturating_add(1));
         if header.is_control() {
             continue;
         }

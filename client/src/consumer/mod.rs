@@ -811,7 +811,7 @@ fn take_buffered(state: &mut State, max: usize) -> Vec<ConsumerRecord> {
         if out.len() < max && !ps.buffered.is_empty() {
             let take = ps.buffered.len().min(max - out.len());
             out.extend(ps.buffered.drain(..take));
-            ps.position = out.last().map(|r| r.offset + 1);
+            ps.position = out.last().map(|r| r.offset.saturating_add(1));
             next = i + 1;
         }
         if ps.buffered.is_empty() && ps.position.is_some() {

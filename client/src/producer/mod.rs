@@ -212,7 +212,7 @@ impl Future for DeliveryFuture {
         self.completion.poll_result(cx).map(|result| match result {
             Ok(base_offset) => Ok(RecordMetadata {
                 partition,
-                offset: if base_offset < 0 { -1 } else { base_offset + self.relative_offset as i64 },
+                offset: if base_offset < 0 { -1 } else { base_offset.saturating_add(self.relative_offset as i64) },
             }),
             Err(source) => Err(Error::Delivery { topic: self.completion.topic.to_string(), partition, source }),
         })
