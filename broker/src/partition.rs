@@ -359,8 +359,9 @@ impl Partition {
         self.lock().isr.clone()
     }
 
-    pub fn replicas(&self) -> Vec<i32> {
-        self.lock().replicas.clone()
+    /// Size of the ISR, without copying it (the acks=all checks).
+    pub fn isr_len(&self) -> usize {
+        self.lock().isr.len()
     }
 
     pub fn partition_epoch(&self) -> i32 {
@@ -402,10 +403,12 @@ impl Partition {
 
     fn check_epoch(&self, current_leader_epoch: i32) -> Result<()> {
         let current_epoch = self.leader_epoch();
-        let (topic, partition) = (self.tp.topic.clone(), self.tp.partition);
         if current_leader_epoch < 0 || current_leader_epoch == current_epoch {
-            Ok(())
-        } else if current_leader_epoch < current_epoch {
+            return Ok(());
+        }
+        // Names are cloned only for a refusal: this check runs for every partition of every fetch.
+        let (topic, partition) = (self.tp.topic.clone(), self.tp.partition);
+        if current_leader_epoch < current_epoch {
             Err(BrokerError::FencedLeaderEpoch { topic, partition, request_epoch: current_leader_epoch, current_epoch })
         } else {
             Err(BrokerError::UnknownLeaderEpoch {
@@ -497,20 +500,20 @@ impl Partition {
 
     /// A leader's bookkeeping of a follower's fetch (Fetch with `replica_id` >= 0): its log
     /// end offset is `fetch_offset`. May advance the high watermark (waking `acks=all`
-    /// produces) and propose adding the follower to the ISR. Ignored on a non-leader or for a
-    /// broker that is not a replica.
-    pub fn record_follower_fetch(&self, replica_id: i32, fetch_offset: i64, now_ms: i64) {
+    /// produces) and propose adding the follower to the ISR. Returns false on a non-leader or
+    /// for a broker that is not a follower replica of it (Kafka refuses that fetch).
+    pub fn record_follower_fetch(&self, replica_id: i32, fetch_offset: i64, now_ms: i64) -> bool {
         let state = &mut *self.lock();
         let log_end = state.log.log_end_offset();
         let Role::Leader(leader) = &mut state.role else {
-            return;
+            return false;
         };
         let Some(follower) = leader.followers.get_mut(&replica_id) else {
-            return;
+            return false;
         };
         if fetch_offset > log_end {
             // Past our log end: a divergent follower; its fetch fails out of range.
-            return;
+            return true;
         }
         follower.record_fetch(fetch_offset, log_end, now_ms);
         self.maybe_advance_high_watermark(state);
@@ -518,6 +521,7 @@ impl Partition {
         if let Some(request) = self.expansion_proposal(state, replica_id, high_watermark, now_ms) {
             self.propose(state, request, now_ms);
         }
+        true
     }
 
     fn expansion_proposal(
@@ -662,10 +666,13 @@ impl Partition {
         Ok((headers, position))
     }
 
-    /// A follower takes the leader's high watermark, capped at its own log end offset.
+    /// A follower takes the leader's high watermark, kept within its own log (Kafka's
+    /// `updateHighWatermark`: a leader's answer cannot move it below the log start or past the
+    /// log end).
     pub fn update_follower_high_watermark(&self, leader_high_watermark: i64) {
         let log_end = self.log_end_offset.load(Ordering::Acquire);
-        let value = leader_high_watermark.min(log_end);
+        let log_start = self.log_start_offset.load(Ordering::Acquire);
+        let value = leader_high_watermark.min(log_end).max(log_start);
         self.high_watermark.send_if_modified(|v| {
             let changed = *v != value;
             *v = value;
@@ -678,6 +685,7 @@ impl Partition {
     /// idempotent dedup forgets truncated batches; the high watermark and durable offset are
     /// lowered to the new log end. Leaders never truncate.
     pub fn truncate_to(&self, offset: i64, now_ms: i64) -> Result<()> {
+        self.check_truncation_offset(offset)?;
         let state = &mut *self.lock();
         if matches!(state.role, Role::Leader(_)) {
             return Err(self.not_leader());
@@ -693,6 +701,7 @@ impl Partition {
     /// Empties a follower's log and restarts it at `offset` (the leader's log start moved past
     /// the follower's fetch offset).
     pub fn truncate_fully(&self, offset: i64, now_ms: i64) -> Result<()> {
+        self.check_truncation_offset(offset)?;
         let state = &mut *self.lock();
         if matches!(state.role, Role::Leader(_)) {
             return Err(self.not_leader());
@@ -701,6 +710,19 @@ impl Partition {
         state.log.truncate_fully(offset)?;
         state.epochs.clear()?;
         self.after_truncation(state, now_ms)
+    }
+
+    /// Truncation offsets come from the leader's answers; a negative one is not an offset and
+    /// must not empty the log.
+    fn check_truncation_offset(&self, offset: i64) -> Result<()> {
+        if offset < 0 {
+            return Err(BrokerError::InvalidRecord {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                reason: format!("the leader named offset {offset} to truncate to"),
+            });
+        }
+        Ok(())
     }
 
     fn after_truncation(&self, state: &mut PartitionState, now_ms: i64) -> Result<()> {
@@ -717,9 +739,10 @@ impl Partition {
         self.log_end_watch.send_replace(log_end);
         for watch in [&self.durable_offset, &self.high_watermark] {
             watch.send_if_modified(|v| {
-                let lowered = *v > log_end;
-                *v = (*v).min(log_end);
-                lowered
+                let clamped = (*v).min(log_end).max(log_start);
+                let changed = clamped != *v;
+                *v = clamped;
+                changed
             });
         }
         Ok(())

@@ -114,11 +114,13 @@ pub(crate) fn serve(
         topics.push(FetchableTopicResponse::default().with_topic(t.topic.clone()).with_topic_id(t.topic_id));
         for p in &t.partitions {
             let partition = lookup(t.topic.as_str(), p.partition);
-            let error =
+            let mut error =
                 partition.as_ref().and_then(|part| part.check_leader(p.current_leader_epoch).err()).map(|e| e.code());
             if let (Some(part), None) = (&partition, error) {
-                if replica {
-                    part.record_follower_fetch(replica_id, p.fetch_offset, now_ms);
+                // Only a follower replica reads past the high watermark; anyone else claiming a
+                // replica id is refused, as Kafka does.
+                if replica && !part.record_follower_fetch(replica_id, p.fetch_offset, now_ms) {
+                    error = Some(ErrorCode::NOT_LEADER_OR_FOLLOWER);
                 }
             }
             wanted.push(Wanted {

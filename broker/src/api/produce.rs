@@ -81,16 +81,22 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                     continue;
                 }
             };
-            let min_insync = broker
-                .topic(&topic_name)
-                .map(|t| t.configs.min_insync_replicas(&broker.config))
-                .unwrap_or(broker.config.min_insync_replicas as usize);
-            if acks == -1 && partition.isr().len() < min_insync {
+            // Only acks=all looks at min.insync.replicas; acks=0/1 skip the config lookup.
+            let min_insync = if acks == -1 {
+                broker
+                    .topic(&topic_name)
+                    .map(|t| t.configs.min_insync_replicas(&broker.config))
+                    .unwrap_or(broker.config.min_insync_replicas as usize)
+            } else {
+                0
+            };
+            let isr_len = if acks == -1 { partition.isr_len() } else { 0 };
+            if isr_len < min_insync {
                 // Kafka checks before appending, so nothing is written that cannot be acknowledged.
                 partition_responses.push(partition_error(
                     data.index,
                     ErrorCode::NOT_ENOUGH_REPLICAS,
-                    Some(format!("{} in-sync replicas, min.insync.replicas is {min_insync}", partition.isr().len())),
+                    Some(format!("{isr_len} in-sync replicas, min.insync.replicas is {min_insync}")),
                 ));
                 continue;
             }
@@ -179,11 +185,11 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                     ErrorCode::NOT_LEADER_OR_FOLLOWER,
                     "leadership changed before the in-sync replicas had the batch".to_string(),
                 )),
-                Replicated::TimedOut if p.partition.isr().len() < p.min_insync => Some((
+                Replicated::TimedOut if p.partition.isr_len() < p.min_insync => Some((
                     ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
                     format!(
                         "appended, but the ISR shrank to {} below min.insync.replicas {}",
-                        p.partition.isr().len(),
+                        p.partition.isr_len(),
                         p.min_insync
                     ),
                 )),

@@ -69,11 +69,6 @@ impl LeaderEpochCache {
         self.entries.last().map(|e| e.epoch)
     }
 
-    /// Start offset of `epoch`, if the cache holds it.
-    pub fn start_offset_of(&self, epoch: i32) -> Option<i64> {
-        self.entries.iter().find(|e| e.epoch == epoch).map(|e| e.start_offset)
-    }
-
     /// Records that `epoch` starts at `start_offset` (Kafka's `assign`). Entries it conflicts
     /// with (an epoch at or above it, or a start offset at or after it) are dropped first, so
     /// the cache stays strictly increasing. Returns whether the cache changed (and was

@@ -527,7 +527,7 @@ impl Log {
                 )));
             }
             if batch.base_offset > expected {
-                gaps_below = Some(batch.base_offset + 1);
+                gaps_below = Some(batch.base_offset.saturating_add(1));
             }
             if batch.max_timestamp > max_timestamp {
                 max_timestamp = batch.max_timestamp;
