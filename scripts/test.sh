@@ -3,8 +3,9 @@
 # (nextest), clippy, and the Python end-to-end tests that drive real Kafka clients (kcat,
 # confluent-kafka, kafka-python) against a real `spate broker` process on loopback.
 #
-# It installs what it needs on a fresh machine (Debian's kcat, a Python venv at .venv) and fails loudly
-# when it cannot. Usage:
+# It installs what it needs on a fresh machine (Debian's kcat and util-linux's prlimit, a Python venv at
+# .venv) and fails loudly when it cannot. A skipped Python test is a failure: tests never skip because a
+# tool is missing; this script installs the tool instead. Usage:
 #
 #   ./scripts/test.sh                 everything (what CI runs)
 #   ./scripts/test.sh setup           only install kcat and the venv
@@ -91,28 +92,35 @@ skip_phase() {
 
 # --- setup -------------------------------------------------------------------------------------------
 
-ensure_kcat() {
-    if command -v kcat >/dev/null 2>&1; then
-        echo "kcat present: $(command -v kcat) ($(kcat -V 2>&1 | grep -m1 -i version || true))"
+# ensure_debian_tool COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is not on PATH.
+ensure_debian_tool() {
+    local cmd="$1" pkg="$2"
+    if command -v "$cmd" >/dev/null 2>&1; then
+        echo "$cmd present: $(command -v "$cmd")"
         return 0
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "kcat is missing and we are not root and there is no sudo: install Debian's kcat package by hand"
+        command -v sudo >/dev/null 2>&1 || die "$cmd is missing and we are not root and there is no sudo: install Debian's $pkg package by hand"
         sudo=(sudo -n)
     fi
-    echo "kcat missing: installing Debian's kcat package"
+    echo "$cmd missing: installing Debian's $pkg package"
     local log="$WORK/apt.log"
     if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -q >"$log" 2>&1; then
         tail -n 30 "$log" >&2
-        die "apt-get update failed (see above); cannot install kcat"
+        die "apt-get update failed (see above); cannot install $pkg"
     fi
-    if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends kcat >>"$log" 2>&1; then
+    if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$pkg" >>"$log" 2>&1; then
         tail -n 30 "$log" >&2
-        die "apt-get install kcat failed (see above)"
+        die "apt-get install $pkg failed (see above)"
     fi
-    command -v kcat >/dev/null 2>&1 || die "kcat was installed but is not on PATH"
-    echo "installed $(kcat -V 2>&1 | grep -m1 -i version || true)"
+    command -v "$cmd" >/dev/null 2>&1 || die "$pkg was installed but $cmd is not on PATH"
+    echo "installed $pkg"
+}
+
+ensure_kcat() {
+    ensure_debian_tool kcat kcat
+    echo "kcat: $(kcat -V 2>&1 | grep -m1 -i version || true)"
 }
 
 requirements_hash() {
@@ -146,6 +154,8 @@ ensure_venv() {
 
 setup() {
     ensure_kcat
+    # The full-disk test runs the broker under `prlimit --fsize`.
+    ensure_debian_tool prlimit util-linux
     ensure_venv
 }
 
@@ -201,7 +211,7 @@ spate_bin() {
 }
 
 python_tests() {
-    local bin xml="$WORK/pytest.xml" rc=0
+    local bin xml="$WORK/pytest.xml" rc=0 p=0 f=0 s=0
     bin="$(spate_bin)"
     [ -x "$bin" ] || die "the spate binary was not built at $bin"
     echo "SPATE_BIN=$bin"
@@ -225,6 +235,11 @@ EOF
         TESTS_SKIPPED=$((TESTS_SKIPPED + s))
     fi
     # pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
+    if [ "$rc" -eq 0 ] && [ "${s:-0}" -gt 0 ]; then
+        echo "test.sh: FAILED: ${s} Python test(s) skipped (reasons above, in pytest's short summary);" \
+            "a test must not skip because something is missing: install it in setup() instead" >&2
+        rc=1
+    fi
     return "$rc"
 }
 

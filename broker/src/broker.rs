@@ -28,7 +28,8 @@ use crate::flusher::Flusher;
 use crate::group::GroupCoordinator;
 use crate::log::write_file_atomically;
 use crate::log_cleaner::LogCleaner;
-use crate::partition::{Partition, TopicPartition};
+use crate::log_dir::LogDir;
+use crate::partition::{Partition, TopicPartition, DELETED_DIR_SUFFIX};
 use crate::producer_state::PRODUCER_ID_BLOCK_SIZE;
 use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topic_config::{self, TopicConfigs};
@@ -67,6 +68,8 @@ pub struct Broker {
     /// Serialises reconciliation with the metadata image.
     reconciling: Mutex<()>,
     pub(crate) flusher: Arc<Flusher>,
+    /// `log.dirs`, offline after a failed fsync (see `log_dir`).
+    pub(crate) log_dir: Arc<LogDir>,
     /// Compacts logs whose `cleanup.policy` includes `compact`.
     cleaner: LogCleaner,
     /// The metadata quorum (this node is one of its voters).
@@ -176,6 +179,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             reconciling: Mutex::new(()),
             flusher,
+            log_dir: Arc::new(LogDir::new(&data_dir)),
             cleaner: LogCleaner::default(),
             controller: controller.clone(),
             replicas,
@@ -237,6 +241,11 @@ impl Broker {
             loop {
                 tick.tick().await;
                 let Some(b) = weak.upgrade() else { return };
+                if b.log_dir.is_offline() {
+                    // Its only log directory failed: let the controller fence this broker, which
+                    // moves leadership and ISR membership to the other replicas.
+                    continue;
+                }
                 let request = ControllerRequest::BrokerHeartbeat {
                     broker_id: b.config.node_id,
                     incarnation_id: b.incarnation_id,
@@ -274,6 +283,23 @@ impl Broker {
         let mut next = HashMap::with_capacity(image.topics.len());
         let now = now_ms();
         let mut first_error = None;
+        // Deleted topics (a name gone, or now naming another topic id) go first: each replica's
+        // directory is renamed away before a topic recreated with the same name opens
+        // `<topic>-<partition>` below, so removing the old files can never touch the new ones
+        // even when the deletion and the re-creation arrive in one image.
+        let removed: Vec<Arc<Topic>> = current
+            .values()
+            .filter(|old| image.topics.get(&old.name).is_none_or(|n| n.id != old.id))
+            .cloned()
+            .collect();
+        for topic in &removed {
+            for p in topic.local_partitions() {
+                if let Err(err) = p.delete(topic.id) {
+                    warn!(partition = %p.tp, error = %err, "could not remove partition directory");
+                }
+            }
+            info!(topic = %topic.name, "topic deleted");
+        }
         for t in image.topics.values() {
             let existing = current.get(&t.name).filter(|e| e.id == t.id);
             let configs = TopicConfigs { overrides: t.configs.clone() };
@@ -305,8 +331,6 @@ impl Broker {
             }
             next.insert(t.name.clone(), Arc::new(Topic { name: t.name.clone(), id: t.id, configs, partitions }));
         }
-        let removed: Vec<Arc<Topic>> =
-            current.values().filter(|old| next.get(&old.name).is_none_or(|n| n.id != old.id)).cloned().collect();
         // Roles first, then publish: a replica just opened must not take a client's append as
         // the epoch-0 leader it is from `open` until the replica manager says otherwise.
         let lookup = |topic: &str, partition: i32| {
@@ -315,14 +339,6 @@ impl Broker {
         };
         self.replicas.apply(image, &lookup);
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
-        for topic in removed {
-            for p in topic.local_partitions() {
-                if let Err(err) = p.delete_files() {
-                    warn!(partition = %p.tp, error = %err, "could not remove partition directory");
-                }
-            }
-            info!(topic = %topic.name, "topic deleted");
-        }
         self.groups.on_metadata(self, image, now);
         match first_error {
             Some(err) => Err(err),
@@ -360,6 +376,7 @@ impl Broker {
             configs.log_config(&self.config),
             configs.max_message_bytes(&self.config),
             &self.config,
+            self.log_dir.clone(),
             now_ms,
         )?);
         if !id_file.exists() {
@@ -380,6 +397,11 @@ impl Broker {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(DELETED_DIR_SUFFIX) {
+                // A deletion that crashed between its rename and its removal.
+                std::fs::remove_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
+                continue;
+            }
             let Some((topic, partition)) = name.rsplit_once('-') else { continue };
             let Ok(partition) = partition.parse::<i32>() else { continue };
             let known = image.partition(topic, partition).is_some_and(|p| p.replicas.contains(&me));

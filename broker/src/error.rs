@@ -42,6 +42,11 @@ pub enum BrokerError {
     /// The metadata quorum refused or could not run a request; `code` is what the client sees.
     #[error("controller: {message}")]
     Controller { code: ErrorCode, message: String },
+    /// The broker's storage failed (an fsync), not the request: see `log_dir`.
+    #[error(
+        "log directory {dir} is offline after an i/o failure on this broker; it recovers when the broker restarts"
+    )]
+    LogDirOffline { dir: String },
     #[error("this broker is not the leader of {topic}-{partition}")]
     NotLeaderOrFollower { topic: String, partition: i32 },
     #[error("leader epoch {request_epoch} for {topic}-{partition} is older than the current {current_epoch}")]
@@ -72,9 +77,10 @@ impl BrokerError {
             BrokerError::InvalidRecord { .. } => ErrorCode::INVALID_RECORD,
             BrokerError::TooManyPartitions { .. } => ErrorCode::POLICY_VIOLATION,
             BrokerError::Log(LogError::OffsetOutOfRange { .. }) => ErrorCode::OFFSET_OUT_OF_RANGE,
-            BrokerError::Log(_) | BrokerError::Io { .. } | BrokerError::CorruptMetadata { .. } => {
-                ErrorCode::KAFKA_STORAGE_ERROR
-            }
+            BrokerError::Log(_)
+            | BrokerError::Io { .. }
+            | BrokerError::CorruptMetadata { .. }
+            | BrokerError::LogDirOffline { .. } => ErrorCode::KAFKA_STORAGE_ERROR,
             BrokerError::ProducerState(e) => crate::producer_state::error_code(e),
             BrokerError::Controller { code, .. } => *code,
             BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NOT_LEADER_OR_FOLLOWER,

@@ -1,13 +1,16 @@
 //! Group commit. Appends mark their partition dirty; one dedicated thread fsyncs every dirty
 //! partition, then publishes the new durable offsets. While it syncs, new appends gather, so one
 //! fsync covers every batch that arrived during the previous one.
+//!
+//! A failed fsync is never retried: [`Partition::flush`] takes the log directory offline (see
+//! `log_dir`), because a later fsync that succeeds proves nothing about pages the kernel may
+//! have dropped. The partitions' waiting `acks=all` produces get KAFKA_STORAGE_ERROR.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::partition::Partition;
 
@@ -63,28 +66,25 @@ impl Flusher {
 /// Upper bound on fsyncs in flight at once.
 const FLUSH_PARALLELISM: usize = 8;
 
-/// Fsyncs every partition of one round; returns those that failed. Several dirty partitions
-/// are synced concurrently: each fdatasync mostly waits for the device, and one after another
-/// they would add up (six partitions, six device round trips) in every acks=all latency.
-fn flush_all(batch: Vec<Arc<Partition>>) -> Vec<Arc<Partition>> {
-    let flush_one = |partition: &Arc<Partition>| match partition.flush() {
-        Ok(()) => true,
-        Err(err) => {
-            error!(partition = %partition.tp, error = %err, "fsync failed; acks=all produces wait until it succeeds");
-            false
+/// Fsyncs every partition of one round. Several dirty partitions are synced concurrently:
+/// each fdatasync mostly waits for the device, and one after another they would add up (six
+/// partitions, six device round trips) in every acks=all latency.
+fn flush_all(batch: Vec<Arc<Partition>>) {
+    let flush_one = |partition: &Arc<Partition>| {
+        if let Err(err) = partition.flush() {
+            // The log directory is offline now (logged loudly once by `LogDir`).
+            warn!(partition = %partition.tp, error = %err, "not flushed");
         }
     };
     if batch.len() == 1 {
-        return batch.into_iter().filter(|p| !flush_one(p)).collect();
+        flush_one(&batch[0]);
+        return;
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = Mutex::new(Vec::new());
     let worker = || loop {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(partition) = batch.get(i) else { break };
-        if !flush_one(partition) {
-            failed.lock().unwrap_or_else(|e| e.into_inner()).push(partition.clone());
-        }
+        flush_one(partition);
     };
     std::thread::scope(|scope| {
         for _ in 1..batch.len().min(FLUSH_PARALLELISM) {
@@ -95,7 +95,6 @@ fn flush_all(batch: Vec<Arc<Partition>>) -> Vec<Arc<Partition>> {
         }
         worker();
     });
-    failed.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 fn run(shared: &Shared) {
@@ -110,19 +109,6 @@ fn run(shared: &Shared) {
             }
             q.dirty.drain().map(|(_, p)| p).collect()
         };
-        let failed = flush_all(batch);
-        if !failed.is_empty() {
-            // A failing disk must not spin a core; retry after a pause. Waiting producers time
-            // out with REQUEST_TIMED_OUT, and nothing is acknowledged that is not durable.
-            std::thread::sleep(Duration::from_millis(100));
-            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            for p in failed {
-                q.dirty.insert(Arc::as_ptr(&p) as usize, p);
-            }
-            if q.shutdown {
-                warn!("shutting down with partitions that could not be fsynced");
-                return;
-            }
-        }
+        flush_all(batch);
     }
 }

@@ -15,6 +15,7 @@ pub mod flusher;
 pub mod group;
 pub mod log;
 pub mod log_cleaner;
+pub mod log_dir;
 pub mod partition;
 pub mod producer_state;
 pub mod replica;

@@ -22,12 +22,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use spate_client::protocol::record::{validate_stored_batch, BatchHeader, BATCH_HEADER_BYTES};
 use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
 
 use crate::config::{BrokerConfig, FlushMode};
 use crate::controller::types::{ControllerRequest, PartitionImage};
 use crate::error::{BrokerError, Result};
 use crate::log::epoch_cache::LeaderEpochCache;
-use crate::log::{cleaner, CleanStats, Log, LogConfig, OffsetMap};
+use crate::log::{cleaner, CleanStats, Log, LogConfig, LogError, OffsetMap};
+use crate::log_dir::LogDir;
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
 use crate::replica::isr::{self, FollowerState};
 
@@ -128,6 +130,13 @@ pub struct Partition {
     log_start_offset: AtomicI64,
     log_end_offset: AtomicI64,
     max_message_bytes: AtomicUsize,
+    /// Test hook: the next fsync fails (see [`Partition::inject_fsync_failure`]).
+    fsync_fault: AtomicBool,
+    /// The directory holding this replica; offline after an fsync failure (`log_dir`).
+    log_dir: Arc<LogDir>,
+    /// Set (under the state lock) when the topic was deleted and the directory renamed away:
+    /// nothing may touch `dir` any more, which may already belong to a recreated topic.
+    deleted: AtomicBool,
 }
 
 impl Partition {
@@ -137,8 +146,10 @@ impl Partition {
         log_config: LogConfig,
         max_message_bytes: usize,
         broker: &BrokerConfig,
+        log_dir: Arc<LogDir>,
         now_ms: i64,
     ) -> Result<Partition> {
+        log_dir.check_online()?;
         let log = Log::open(dir.clone(), log_config, now_ms)?;
         let mut epochs = LeaderEpochCache::open(&dir)?;
         // Recovery may have cut the log below epochs the cache recorded.
@@ -168,6 +179,9 @@ impl Partition {
             log_start_offset: AtomicI64::new(log.log_start_offset()),
             log_end_offset: AtomicI64::new(log_end),
             max_message_bytes: AtomicUsize::new(max_message_bytes),
+            fsync_fault: AtomicBool::new(false),
+            log_dir,
+            deleted: AtomicBool::new(false),
             state: Mutex::new(PartitionState {
                 log,
                 producers,
@@ -214,6 +228,7 @@ impl Partition {
     /// A replica that is not the leader refuses with NOT_LEADER_OR_FOLLOWER.
     pub fn append(&self, records: &Bytes, batches: &[BatchHeader], now_ms: i64) -> Result<AppendOutcome> {
         let mut state = self.lock();
+        self.check_usable()?;
         if !matches!(state.role, Role::Leader(_)) {
             return Err(self.not_leader());
         }
@@ -260,14 +275,31 @@ impl Partition {
     }
 
     /// Fsyncs whatever is unflushed; called by the flusher thread only.
+    /// A failed fsync takes the log directory offline (see `log_dir`): it is never retried.
     pub(crate) fn flush(&self) -> Result<()> {
         let (target, truncations) = {
             let state = self.lock();
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            self.log_dir.check_online()?;
             (state.log.flush_target(), state.truncations)
         };
         let end = target.end_offset();
-        target.sync()?;
+        let synced = if self.fsync_fault.swap(false, Ordering::AcqRel) {
+            Err(BrokerError::io(&self.dir, std::io::Error::other("injected fsync failure")))
+        } else {
+            target.sync().map_err(BrokerError::from)
+        };
+        if let Err(err) = synced {
+            self.log_dir.mark_offline(&format_args!("fsync of {} failed: {err}", self.tp));
+            return Err(err);
+        }
         let state = &mut *self.lock();
+        if self.log_dir.is_offline() {
+            // Another partition's fsync failed meanwhile: nothing more is acknowledged.
+            return Err(self.log_dir.offline_error());
+        }
         if state.truncations != truncations {
             // A follower truncation raced the sync: what it covered may be gone, and what is
             // there now was appended (and marked dirty) after it; the next flush covers it.
@@ -281,6 +313,26 @@ impl Partition {
         });
         self.maybe_advance_high_watermark(state);
         Ok(())
+    }
+
+    /// Fault injection for tests: the next fsync of this partition fails as a failing disk's
+    /// would (no root or special file system needed).
+    #[doc(hidden)]
+    pub fn inject_fsync_failure(&self) {
+        self.fsync_fault.store(true, Ordering::Release);
+    }
+
+    /// Refuses work on a replica whose log directory is offline, or whose topic was deleted.
+    fn check_usable(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(BrokerError::UnknownPartition { topic: self.tp.topic.clone(), partition: self.tp.partition });
+        }
+        self.log_dir.check_online()
+    }
+
+    /// Whether the replica's log directory went offline (its requests get KAFKA_STORAGE_ERROR).
+    pub fn is_log_dir_offline(&self) -> bool {
+        self.log_dir.is_offline()
     }
 
     fn not_leader(&self) -> BrokerError {
@@ -316,6 +368,10 @@ impl Partition {
         let Role::Leader(leader) = &state.role else {
             return false;
         };
+        if self.log_dir.is_offline() {
+            // Followers may still report offsets, but this leader acknowledges nothing more.
+            return false;
+        }
         let isr = Self::maximal_isr(state);
         let current = *self.high_watermark.borrow();
         let candidate = isr::high_watermark(current, self.leader_offset(state), self.local_id, &isr, &leader.followers);
@@ -364,6 +420,13 @@ impl Partition {
         self.lock().isr.len()
     }
 
+    /// Size of the ISR the high watermark waits for (the ISR plus a pending expansion), which
+    /// is what an `acks=all` produce counts once the high watermark passes it (Kafka's
+    /// `checkEnoughReplicasReachOffset`).
+    pub fn maximal_isr_len(&self) -> usize {
+        Self::maximal_isr(&self.lock()).len()
+    }
+
     pub fn partition_epoch(&self) -> i32 {
         self.lock().partition_epoch
     }
@@ -394,6 +457,7 @@ impl Partition {
     /// does: a client that learned of a leadership change before this broker applied it gets
     /// UNKNOWN_LEADER_EPOCH (wait and retry here), not NOT_LEADER_OR_FOLLOWER (go elsewhere).
     pub fn check_leader(&self, current_leader_epoch: i32) -> Result<()> {
+        self.check_usable()?;
         self.check_epoch(current_leader_epoch)?;
         if !self.is_leader() {
             return Err(self.not_leader());
@@ -428,6 +492,7 @@ impl Partition {
 
     /// Reads for a follower: whole batches from `offset` up to the log end offset.
     pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        self.check_usable()?;
         self.read(offset, max_bytes, i64::MAX)
     }
 
@@ -620,6 +685,7 @@ impl Partition {
             return Ok(None);
         }
         let state = &mut *self.lock();
+        self.check_usable()?;
         if !matches!(state.role, Role::Follower { .. }) {
             return Err(self.not_leader());
         }
@@ -687,6 +753,7 @@ impl Partition {
     pub fn truncate_to(&self, offset: i64, now_ms: i64) -> Result<()> {
         self.check_truncation_offset(offset)?;
         let state = &mut *self.lock();
+        self.check_usable()?;
         if matches!(state.role, Role::Leader(_)) {
             return Err(self.not_leader());
         }
@@ -703,6 +770,7 @@ impl Partition {
     pub fn truncate_fully(&self, offset: i64, now_ms: i64) -> Result<()> {
         self.check_truncation_offset(offset)?;
         let state = &mut *self.lock();
+        self.check_usable()?;
         if matches!(state.role, Role::Leader(_)) {
             return Err(self.not_leader());
         }
@@ -762,21 +830,27 @@ impl Partition {
     /// reports alongside the data, so a response never carries records past the high watermark
     /// it states. The file read happens outside the partition lock.
     pub fn read(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<Bytes> {
+        self.check_usable()?;
         let slice = self.lock().log.read(offset, max_bytes, high_watermark)?;
         Ok(slice.read()?)
     }
 
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        self.check_usable()?;
         Ok(self.lock().log.offset_for_timestamp(timestamp_ms)?)
     }
 
     pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        self.check_usable()?;
         Ok(self.lock().log.max_timestamp_offset()?)
     }
 
     /// Retention and producer-state expiry, run periodically.
     pub fn housekeeping(&self, now_ms: i64) -> Result<()> {
         let mut state = self.lock();
+        if self.check_usable().is_err() {
+            return Ok(());
+        }
         state.log.enforce_retention(now_ms, self.high_watermark())?;
         state.producers.expire(now_ms);
         let log_start = state.log.log_start_offset();
@@ -791,11 +865,23 @@ impl Partition {
     /// `cancel` stops the pass early (shutdown).
     pub fn clean(&self, map: &mut OffsetMap, now_ms: i64, cancel: &AtomicBool) -> Result<Option<CleanStats>> {
         let high_watermark = self.high_watermark();
-        let Some(plan) = self.lock().log.plan_cleaning(now_ms, high_watermark) else {
+        let Some(plan) = ({
+            let state = self.lock();
+            if self.check_usable().is_err() {
+                return Ok(None);
+            }
+            state.log.plan_cleaning(now_ms, high_watermark)
+        }) else {
             return Ok(None);
         };
-        let (stats, checkpoint) =
-            cleaner::clean(&plan, map, now_ms, cancel, |cleaned| self.lock().log.swap_cleaned(cleaned))?;
+        let (stats, checkpoint) = cleaner::clean(&plan, map, now_ms, cancel, |cleaned| {
+            let mut state = self.lock();
+            if self.check_usable().is_err() {
+                // Deleted or offline meanwhile: the `.cleaned` files are discarded at the next open.
+                return Err(LogError::CleaningCancelled { dir: self.dir.clone() });
+            }
+            state.log.swap_cleaned(cleaned)
+        })?;
         self.lock().log.cleaning_done(checkpoint);
         Ok(Some(stats))
     }
@@ -804,17 +890,46 @@ impl Partition {
         self.lock().log.size_bytes()
     }
 
-    /// Consumes the partition for topic deletion; `Arc`s still held by in-flight requests keep
-    /// only a closed handle to files that are about to be removed.
-    pub fn delete_files(&self) -> Result<()> {
-        std::fs::remove_dir_all(&self.dir).map_err(|e| BrokerError::io(&self.dir, e))
+    /// Deletes the replica of topic `topic_id` (Kafka's way): under the state lock, so no append,
+    /// truncation, flush bookkeeping or segment swap is half done, the replica is marked deleted
+    /// and its directory renamed to `<topic>-<partition>.<topic id>-delete`; then the renamed
+    /// directory is removed. From the rename on, nothing of this replica touches `<topic>-<partition>`,
+    /// which a topic recreated with the same name may already own; `Arc`s still held by in-flight
+    /// requests get UNKNOWN_TOPIC_OR_PARTITION.
+    pub fn delete(&self, topic_id: Uuid) -> Result<()> {
+        let renamed = {
+            let _state = self.lock();
+            if self.deleted.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            let renamed = deleted_dir_name(&self.dir, topic_id);
+            std::fs::rename(&self.dir, &renamed).map_err(|e| BrokerError::io(&self.dir, e))?;
+            renamed
+        };
+        std::fs::remove_dir_all(&renamed).map_err(|e| BrokerError::io(&renamed, e))
     }
 
-    /// Flushes and writes indexes and checkpoints for a clean shutdown.
+    /// Flushes and writes indexes and checkpoints for a clean shutdown. Nothing is written for
+    /// an offline directory (the next start must recover from what is on disk) or a deleted
+    /// replica.
     pub fn close(&self) -> Result<()> {
-        self.lock().log.close_in_place()?;
+        let mut state = self.lock();
+        if self.check_usable().is_err() {
+            return Ok(());
+        }
+        state.log.close_in_place()?;
         Ok(())
     }
 }
 
 pub type PartitionRef = Arc<Partition>;
+
+/// Suffix of a deleted replica's directory until it is removed (Kafka's `-delete`).
+pub const DELETED_DIR_SUFFIX: &str = "-delete";
+
+/// `<topic>-<partition>.<topic id>-delete` beside `dir`: unique per topic id, and never a valid
+/// partition directory name (those end in the partition number).
+fn deleted_dir_name(dir: &std::path::Path, topic_id: Uuid) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{name}.{}{DELETED_DIR_SUFFIX}", topic_id.simple()))
+}

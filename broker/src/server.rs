@@ -174,7 +174,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                             fut.await
                         }
                     },
-                    Reply::Nothing | Reply::Close(_) => continue,
+                    Reply::Nothing | Reply::Close(_) | Reply::Blocking(_) => continue,
                 };
                 if bytes.is_empty() {
                     return; // a response failed to encode (already logged): close the connection
@@ -224,7 +224,15 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                     break 'read;
                 }
             };
-            match api::handle(&broker, frame, Some(peer)) {
+            let mut reply = api::handle(&broker, frame, Some(peer));
+            if let Reply::Blocking(work) = reply {
+                // Awaited before the next frame is handled, so appends stay in request order.
+                reply = match tokio::task::spawn_blocking(work).await {
+                    Ok(reply) => reply,
+                    Err(err) => Reply::Close(format!("request handler failed: {err}")),
+                };
+            }
+            match reply {
                 Reply::Nothing => {}
                 Reply::Close(reason) => {
                     warn!(%peer, reason, "closing connection: bad request");

@@ -818,12 +818,14 @@ class FaultNet:
     /proc): `cut(n)` closes every broker-to-broker connection from or to broker n and refuses new ones,
     while connections from clients (this test process, kcat) always pass. `heal(n)` lets traffic flow
     again. With `blackhole=True` a cut holds connections open and drops their bytes instead (what a real
-    partition looks like: timeouts rather than resets)."""
+    partition looks like: timeouts rather than resets). `cut_link(a, b)` cuts only the Kafka-port traffic
+    between brokers a and b (replication), leaving the controller quorum and every other pair whole."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
         self.proxies: dict[tuple[int, str], _Proxy] = {}
         self.isolated: set[int] = set()
+        self.cut_links: set[frozenset[int]] = set()
         self.blackhole = False
         self.lock = threading.Lock()
 
@@ -861,9 +863,13 @@ class FaultNet:
                 return i
         return None
 
-    def blocked(self, source: int | None, dest: int) -> bool:
+    def blocked(self, source: int | None, dest: int, kind: str) -> bool:
         with self.lock:
-            return source is not None and source != dest and bool({source, dest} & self.isolated)
+            if source is None or source == dest:
+                return False
+            return bool({source, dest} & self.isolated) or (
+                kind == "kafka" and frozenset((source, dest)) in self.cut_links
+            )
 
     def cut(self, node_id: int, blackhole: bool = False) -> None:
         with self.lock:
@@ -875,6 +881,18 @@ class FaultNet:
     def heal(self, node_id: int) -> None:
         with self.lock:
             self.isolated.discard(node_id)
+
+    def cut_link(self, a: int, b: int) -> None:
+        """Closes the Kafka-port connections between brokers a and b (either direction) and refuses new
+        ones; the controller links and every other pair keep working."""
+        with self.lock:
+            self.cut_links.add(frozenset((a, b)))
+        for p in list(self.proxies.values()):
+            p.enforce()
+
+    def heal_link(self, a: int, b: int) -> None:
+        with self.lock:
+            self.cut_links.discard(frozenset((a, b)))
 
 
 class _Proxy:
@@ -899,7 +917,7 @@ class _Proxy:
             except OSError:
                 return
             source = self.net.owner_of(client_port, self.port)
-            if self.net.blocked(source, self.node_id) and not self.net.blackhole:
+            if self.net.blocked(source, self.node_id, self.kind) and not self.net.blackhole:
                 client.close()
                 continue
             try:
@@ -919,7 +937,7 @@ class _Proxy:
         with self.lock:
             links = list(self.links)
         for link in links:
-            if self.net.blocked(link.source, self.node_id) and not self.net.blackhole:
+            if self.net.blocked(link.source, self.node_id, self.kind) and not self.net.blackhole:
                 link.close()
 
     def close(self) -> None:
@@ -954,7 +972,7 @@ class _Link:
                 data = src.recv(65536)
                 if not data:
                     break
-                if self.proxy.net.blocked(self.source, self.proxy.node_id):
+                if self.proxy.net.blocked(self.source, self.proxy.node_id, self.proxy.kind):
                     # Blackholed (a reset cut closes the link instead): the bytes vanish.
                     continue
                 dst.sendall(data)

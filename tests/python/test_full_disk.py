@@ -7,7 +7,6 @@ fails with ENOSPC (the broker handles SIGXFSZ so the limit does not kill it)."""
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 from confluent_kafka import Producer
@@ -41,7 +40,6 @@ def produce_outcomes(bootstrap: str, topic: str, count: int) -> tuple[list, list
     return delivered, failed
 
 
-@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux prlimit")
 def test_full_disk_refuses_writes_and_loses_nothing(broker_factory):
     broker = broker_factory(wrapper=["prlimit", f"--fsize={FILE_LIMIT_BYTES}", "--"])
     full = unique_topic("full")

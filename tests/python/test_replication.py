@@ -22,7 +22,14 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from spatecluster import ProtocolError, produce_request, wait_until
+from spatecluster import (
+    NONE,
+    NOT_ENOUGH_REPLICAS,
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    ProtocolError,
+    produce_request,
+    wait_until,
+)
 from spatetest import client_config, kcat, produce, unique_topic
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -613,6 +620,40 @@ def test_isolated_leader_acknowledges_no_acks_all_write(cluster_factory):
     assert len(consumed) == len(values), "a value was read twice"
     ghosts = sorted(v for v in values if v.startswith(b"isolated-"))
     assert not ghosts, f"writes only the isolated leader had survived its truncation: {ghosts[:5]}"
+
+
+def test_acks_all_refused_when_the_isr_shrinks_below_min_insync_while_waiting(cluster_factory):
+    """Kafka's delayed produce: when the high watermark passes an acks=all batch only because the ISR
+    shrank below min.insync.replicas meanwhile, the answer is NOT_ENOUGH_REPLICAS_AFTER_APPEND, not
+    success. One follower is cut from the leader's Kafka port only (the controller quorum stays whole,
+    so the leader's ISR shrink is committed), with min.insync.replicas=3 on an RF=3 topic."""
+    cluster = cluster_factory(proxied=True)
+    topic = unique_topic("minisr")
+    cluster.create_topic(topic, 1, 3, {"min.insync.replicas": "3"})
+    cluster.wait_full_isr(topic, 1)
+    view = cluster.partition_view(topic, 0)
+    leader = view.leader
+    follower = next(i for i in view.replicas if i != leader)
+    leader_port = cluster.node(leader).kafka_port
+    error, _ = produce_request(leader_port, topic, 0, [b"full-isr"], acks=-1, timeout_ms=10000)
+    assert error == NONE, f"with the full ISR the produce failed with {error}"
+
+    cluster.net.cut_link(leader, follower)
+    # The follower stops fetching; after replica.lag.time.max.ms the leader shrinks the ISR to two,
+    # which lets the high watermark pass this batch.
+    error, _ = produce_request(leader_port, topic, 0, [b"below-min-isr"], acks=-1, timeout_ms=30000)
+    assert error == NOT_ENOUGH_REPLICAS_AFTER_APPEND, (
+        f"acks=all answered {error} after the ISR shrank below min.insync.replicas=3 "
+        f"(ISR now {cluster.isr_of(topic, 0)})"
+    )
+    cluster.wait_isr(topic, 0, 2, timeout_s=20)
+    error, _ = produce_request(leader_port, topic, 0, [b"refused"], acks=-1, timeout_ms=10000)
+    assert error == NOT_ENOUGH_REPLICAS, f"with an ISR of two and min.insync.replicas=3 the produce got {error}"
+
+    cluster.net.heal_link(leader, follower)
+    cluster.wait_isr(topic, 0, 3, timeout_s=30, includes=[follower])
+    error, _ = produce_request(leader_port, topic, 0, [b"healed"], acks=-1, timeout_ms=10000)
+    assert error == NONE, f"after healing the produce failed with {error}"
 
 
 def test_kcat_lists_brokers_and_survives_failover(cluster):

@@ -1,8 +1,10 @@
 //! Request handlers, one module per API key, and the table of versions this broker speaks.
 //!
 //! `handle` turns one request frame into a [`Reply`]. Work that must happen in request order
-//! (appends) is done before it returns; waiting (fsync for `acks=all`, long-poll fetches) is a
-//! future the connection awaits in order, so one connection can have many requests in flight.
+//! (appends) is done before the connection handles its next request: blocking file work as a
+//! [`Reply::Blocking`] closure the connection runs on tokio's blocking pool and awaits; waiting
+//! (fsync for `acks=all`, long-poll fetches) is a future the connection awaits in order, so one
+//! connection can have many requests in flight.
 
 mod admin;
 mod api_versions;
@@ -65,6 +67,10 @@ pub enum Reply {
     Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
     /// No response (produce with `acks=0`).
     Nothing,
+    /// Blocking work (file appends) that must run before the connection's next request, in
+    /// request order, but not on an async worker: the connection runs it on tokio's blocking
+    /// pool, awaits it, and treats the `Reply` it returns like any other.
+    Blocking(Box<dyn FnOnce() -> Reply + Send>),
     /// A protocol violation: log it and close the connection, as Kafka does.
     Close(String),
 }
@@ -104,6 +110,7 @@ pub(crate) fn leader_partition(
     partition: i32,
 ) -> Result<Arc<crate::partition::Partition>, ErrorCode> {
     match broker.partition(topic, partition) {
+        Some(p) if p.is_log_dir_offline() => Err(ErrorCode::KAFKA_STORAGE_ERROR),
         Some(p) if p.is_leader() => Ok(p),
         _ if broker.image().partition(topic, partition).is_some() => Err(ErrorCode::NOT_LEADER_OR_FOLLOWER),
         _ => Err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),

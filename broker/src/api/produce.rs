@@ -1,12 +1,15 @@
 //! Produce (key 0). Batches are validated by header and CRC only, appended as raw bytes, and,
 //! with `acks=all` in `fsync` mode, answered once the flusher reports them durable.
+//!
+//! The appends are file writes: they run on tokio's blocking pool ([`Reply::Blocking`]), not on an
+//! async worker, so a slow disk stalls the producing connection, never every connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use spate_client::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use spate_client::protocol::messages::{ProduceRequest, ProduceResponse};
+use spate_client::protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use spate_client::protocol::record::validate_batches;
 use spate_client::protocol::ErrorCode;
 use spate_client::ProtocolError;
@@ -45,6 +48,14 @@ fn partition_error(index: i32, code: ErrorCode, message: Option<String>) -> Part
 
 pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
     let request: ProduceRequest = decode("Produce request", ctx, body)?;
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request))))
+}
+
+/// Validates and appends every partition's batches (blocking file I/O), then answers now or,
+/// for `acks=all`, once the high watermark passes them.
+fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest) -> Reply {
     let acks = request.acks;
     let now = now_ms();
     let mut pending = Vec::new();
@@ -160,27 +171,43 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
         }
         responses.push(
             TopicProduceResponse::default()
-                .with_name(topic_data.name.clone())
+                // A copy, not a slice of the request frame: a response waiting for acks=all
+                // must not keep the whole request (its record batches) in memory.
+                .with_name(TopicName(spate_client::protocol::str_bytes(topic_name)))
                 .with_partition_responses(partition_responses),
         );
     }
     if acks == 0 {
-        return Ok(Reply::Nothing);
+        return Reply::Nothing;
     }
     let response = ProduceResponse::default().with_responses(responses);
     if pending.is_empty() {
-        return Ok(Reply::Now(ctx.respond(&response)));
+        return Reply::Now(ctx.respond(&response));
     }
     let timeout_ms = if request.timeout_ms > 0 { request.timeout_ms } else { DEFAULT_ACK_TIMEOUT_MS };
-    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
-    Ok(Reply::Later(Box::pin(async move {
+    Reply::Later(Box::pin(async move {
         let mut response = response;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms as u64);
         for p in pending {
             let outcome =
                 wait_replicated(p.partition.clone(), p.high_watermark, p.needed, p.leader_epoch, deadline).await;
             let failure = match outcome {
+                // Kafka's delayed produce checks the ISR when the high watermark passes: a
+                // high watermark that advanced because the ISR shrank below min.insync.replicas
+                // proves fewer copies than the producer asked for.
+                Replicated::Yes if p.partition.maximal_isr_len() < p.min_insync => Some((
+                    ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                    format!(
+                        "appended, but the ISR shrank to {} below min.insync.replicas {} before it was replicated",
+                        p.partition.maximal_isr_len(),
+                        p.min_insync
+                    ),
+                )),
                 Replicated::Yes => None,
+                Replicated::LogDirOffline => Some((
+                    ErrorCode::KAFKA_STORAGE_ERROR,
+                    "the log directory went offline (an fsync failed) before the batch was durable".to_string(),
+                )),
                 Replicated::LeaderChanged => Some((
                     ErrorCode::NOT_LEADER_OR_FOLLOWER,
                     "leadership changed before the in-sync replicas had the batch".to_string(),
@@ -206,11 +233,12 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
             }
         }
         ctx.respond(&response)
-    })))
+    }))
 }
 
 enum Replicated {
     Yes,
+    LogDirOffline,
     LeaderChanged,
     TimedOut,
 }
@@ -229,11 +257,17 @@ async fn wait_replicated(
     deadline: tokio::time::Instant,
 ) -> Replicated {
     loop {
-        if *high_watermark.borrow_and_update() >= needed {
-            return Replicated::Yes;
-        }
+        let reached = *high_watermark.borrow_and_update() >= needed;
+        // Leadership is checked after the high watermark is read: once this replica follows,
+        // its high watermark comes from the new leader and may pass `needed` over other data.
         if !partition.is_leader() || partition.leader_epoch() != leader_epoch {
             return Replicated::LeaderChanged;
+        }
+        if reached {
+            return Replicated::Yes;
+        }
+        if partition.is_log_dir_offline() {
+            return Replicated::LogDirOffline;
         }
         let wake = (tokio::time::Instant::now() + LEADERSHIP_CHECK).min(deadline);
         match tokio::time::timeout_at(wake, high_watermark.changed()).await {

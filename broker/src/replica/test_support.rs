@@ -18,7 +18,18 @@ pub const TOPIC: &str = "orders";
 pub fn open(dir: &Path, node_id: i32) -> Arc<Partition> {
     let broker = BrokerConfig { node_id, log_flush_mode: FlushMode::PageCache, ..BrokerConfig::default() };
     let tp = TopicPartition { topic: TOPIC.into(), partition: 0 };
-    Arc::new(Partition::open(dir.join("orders-0"), tp, LogConfig::default(), 1 << 20, &broker, 0).unwrap())
+    Arc::new(
+        Partition::open(
+            dir.join("orders-0"),
+            tp,
+            LogConfig::default(),
+            1 << 20,
+            &broker,
+            Arc::new(crate::log_dir::LogDir::new(dir)),
+            0,
+        )
+        .unwrap(),
+    )
 }
 
 /// One batch with a record per value; `producer` = (id, epoch, base sequence) for an
