@@ -19,7 +19,7 @@ use spate_client::protocol::messages::metadata_request::MetadataRequestTopic;
 use spate_client::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use spate_client::protocol::messages::*;
 use spate_client::protocol::record::{set_base_offset, BatchBuilder, Record, RecordHeader};
-use spate_client::protocol::{encode_request, str_bytes, ApiKey, Codec};
+use spate_client::protocol::{encode_request, encode_response, str_bytes, ApiKey, Codec};
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
@@ -48,6 +48,11 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
 #[test]
 fn request_decoder_corpus_replays_without_panics() {
     assert!(replay("request_decoder", common::request_decoder) >= 20);
+}
+
+#[test]
+fn response_decoder_corpus_replays_without_panics() {
+    assert!(replay("response_decoder", common::response_decoder) >= 20);
 }
 
 #[test]
@@ -208,6 +213,208 @@ fn request_seeds() -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
+/// A response-decoder input: the api key and version the request was sent with, then the
+/// response frame without its size prefix.
+fn response_input<M: Codec>(api_key: ApiKey, version: i16, response: &M) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_response(api_key, version, 7, response, &mut out).unwrap();
+    raw_response_input(api_key, version, &out[4..])
+}
+
+fn raw_response_input(api_key: ApiKey, version: i16, frame: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_i16(api_key as i16);
+    out.put_i16(version);
+    out.put_slice(frame);
+    out.to_vec()
+}
+
+/// Valid responses at the lowest and highest version the client speaks.
+fn response_seeds() -> Vec<(String, Vec<u8>)> {
+    use spate_client::protocol::messages::api_versions_response::ApiVersion;
+    use spate_client::protocol::messages::create_topics_response::CreatableTopicResult;
+    use spate_client::protocol::messages::delete_topics_response::DeletableTopicResult;
+    use spate_client::protocol::messages::describe_configs_response::{
+        DescribeConfigsResourceResult, DescribeConfigsResult,
+    };
+    use spate_client::protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+    use spate_client::protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use spate_client::protocol::messages::find_coordinator_response::Coordinator;
+    use spate_client::protocol::messages::join_group_response::JoinGroupResponseMember;
+    use spate_client::protocol::messages::list_groups_response::ListedGroup;
+    use spate_client::protocol::messages::list_offsets_response::{
+        ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+    };
+    use spate_client::protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use spate_client::protocol::messages::offset_commit_response::{
+        OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+    };
+    use spate_client::protocol::messages::offset_fetch_response::{
+        OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+        OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+    };
+    use spate_client::protocol::messages::offset_for_leader_epoch_response::{
+        EpochEndOffset, OffsetForLeaderTopicResult,
+    };
+    use spate_client::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+
+    let mut seeds = Vec::new();
+    let mut add = |name: String, bytes: Vec<u8>| seeds.push((name, bytes));
+    for v in [0, 3] {
+        let keys = vec![
+            ApiVersion::default().with_api_key(18).with_min_version(0).with_max_version(3),
+            ApiVersion::default().with_api_key(3).with_min_version(0).with_max_version(12),
+        ];
+        let r = ApiVersionsResponse::default().with_api_keys(keys);
+        add(format!("api_versions-v{v}"), response_input(ApiKey::ApiVersions, v, &r));
+    }
+    // KIP-511: a broker that does not know the version asked for answers in the v0 layout.
+    let fallback = ApiVersionsResponse::default()
+        .with_error_code(35)
+        .with_api_keys(vec![ApiVersion::default().with_api_key(18).with_max_version(2)]);
+    add("api_versions-unsupported-v0".into(), response_input(ApiKey::ApiVersions, 0, &fallback));
+    for v in [1, 12] {
+        let broker = MetadataResponseBroker::default()
+            .with_node_id(BrokerId(1))
+            .with_host(str_bytes("localhost"))
+            .with_port(9092);
+        let partition = MetadataResponsePartition::default()
+            .with_leader_id(BrokerId(1))
+            .with_replica_nodes(vec![BrokerId(1), BrokerId(2)])
+            .with_isr_nodes(vec![BrokerId(1)]);
+        let t = MetadataResponseTopic::default().with_name(Some(topic("orders"))).with_partitions(vec![partition]);
+        let r =
+            MetadataResponse::default().with_brokers(vec![broker]).with_controller_id(BrokerId(1)).with_topics(vec![t]);
+        add(format!("metadata-v{v}"), response_input(ApiKey::Metadata, v, &r));
+    }
+    for v in [3, 9] {
+        let p = PartitionProduceResponse::default().with_index(0).with_base_offset(42);
+        let t = TopicProduceResponse::default().with_name(topic("orders")).with_partition_responses(vec![p]);
+        add(
+            format!("produce-v{v}"),
+            response_input(ApiKey::Produce, v, &ProduceResponse::default().with_responses(vec![t])),
+        );
+    }
+    for v in [4, 12] {
+        let p = PartitionData::default()
+            .with_high_watermark(3)
+            .with_last_stable_offset(3)
+            .with_records(Some(batch(Compression::None, -1)));
+        let t = FetchableTopicResponse::default().with_topic(topic("orders")).with_partitions(vec![p]);
+        add(format!("fetch-v{v}"), response_input(ApiKey::Fetch, v, &FetchResponse::default().with_responses(vec![t])));
+    }
+    for v in [1, 7] {
+        let p = ListOffsetsPartitionResponse::default().with_timestamp(-1).with_offset(42);
+        let t = ListOffsetsTopicResponse::default().with_name(topic("orders")).with_partitions(vec![p]);
+        let r = ListOffsetsResponse::default().with_topics(vec![t]);
+        add(format!("list_offsets-v{v}"), response_input(ApiKey::ListOffsets, v, &r));
+    }
+    for v in [2, 7] {
+        let t = CreatableTopicResult::default().with_name(topic("orders")).with_error_message(Some(str_bytes("ok")));
+        let r = CreateTopicsResponse::default().with_topics(vec![t]);
+        add(format!("create_topics-v{v}"), response_input(ApiKey::CreateTopics, v, &r));
+    }
+    for v in [1, 6] {
+        let t = DeletableTopicResult::default().with_name(Some(topic("orders")));
+        let r = DeleteTopicsResponse::default().with_responses(vec![t]);
+        add(format!("delete_topics-v{v}"), response_input(ApiKey::DeleteTopics, v, &r));
+    }
+    for v in [1, 4] {
+        let c = DescribeConfigsResourceResult::default()
+            .with_name(str_bytes("retention.ms"))
+            .with_value(Some(str_bytes("1000")));
+        let result = DescribeConfigsResult::default()
+            .with_resource_type(2)
+            .with_resource_name(str_bytes("orders"))
+            .with_configs(vec![c]);
+        let r = DescribeConfigsResponse::default().with_results(vec![result]);
+        add(format!("describe_configs-v{v}"), response_input(ApiKey::DescribeConfigs, v, &r));
+    }
+    for v in [0, 4] {
+        let r = InitProducerIdResponse::default().with_producer_id(ProducerId(42));
+        add(format!("init_producer_id-v{v}"), response_input(ApiKey::InitProducerId, v, &r));
+    }
+    for v in [0, 4] {
+        let r = FindCoordinatorResponse::default();
+        let r = if v >= 4 {
+            let c = Coordinator::default()
+                .with_key(str_bytes("orders-app"))
+                .with_node_id(BrokerId(1))
+                .with_host(str_bytes("localhost"))
+                .with_port(9092);
+            r.with_coordinators(vec![c])
+        } else {
+            r.with_node_id(BrokerId(1)).with_host(str_bytes("localhost")).with_port(9092)
+        };
+        add(format!("find_coordinator-v{v}"), response_input(ApiKey::FindCoordinator, v, &r));
+    }
+    for v in [0, 7] {
+        let member = JoinGroupResponseMember::default()
+            .with_member_id(str_bytes("m-1"))
+            .with_metadata(Bytes::from_static(b"subscription"));
+        let r = JoinGroupResponse::default()
+            .with_generation_id(1)
+            .with_protocol_name(Some(str_bytes("range")))
+            .with_leader(str_bytes("m-1"))
+            .with_member_id(str_bytes("m-1"))
+            .with_members(vec![member]);
+        add(format!("join_group-v{v}"), response_input(ApiKey::JoinGroup, v, &r));
+    }
+    for v in [0, 5] {
+        let r = SyncGroupResponse::default().with_assignment(Bytes::from_static(b"assignment"));
+        add(format!("sync_group-v{v}"), response_input(ApiKey::SyncGroup, v, &r));
+    }
+    for v in [2, 8] {
+        let p = OffsetCommitResponsePartition::default().with_partition_index(0);
+        let t = OffsetCommitResponseTopic::default().with_name(topic("orders")).with_partitions(vec![p]);
+        let r = OffsetCommitResponse::default().with_topics(vec![t]);
+        add(format!("offset_commit-v{v}"), response_input(ApiKey::OffsetCommit, v, &r));
+    }
+    for v in [1, 8] {
+        let r = if v <= 7 {
+            let p =
+                OffsetFetchResponsePartition::default().with_committed_offset(42).with_metadata(Some(str_bytes("")));
+            let t = OffsetFetchResponseTopic::default().with_name(topic("orders")).with_partitions(vec![p]);
+            OffsetFetchResponse::default().with_topics(vec![t])
+        } else {
+            let p = OffsetFetchResponsePartitions::default().with_committed_offset(42);
+            let t = OffsetFetchResponseTopics::default().with_name(topic("orders")).with_partitions(vec![p]);
+            let g = OffsetFetchResponseGroup::default()
+                .with_group_id(GroupId(str_bytes("orders-app")))
+                .with_topics(vec![t]);
+            OffsetFetchResponse::default().with_groups(vec![g])
+        };
+        add(format!("offset_fetch-v{v}"), response_input(ApiKey::OffsetFetch, v, &r));
+    }
+    for v in [0, 5] {
+        let member = DescribedGroupMember::default()
+            .with_member_id(str_bytes("m-1"))
+            .with_member_assignment(Bytes::from_static(b"assignment"));
+        let g = DescribedGroup::default()
+            .with_group_id(GroupId(str_bytes("orders-app")))
+            .with_group_state(str_bytes("Stable"))
+            .with_members(vec![member]);
+        let r = DescribeGroupsResponse::default().with_groups(vec![g]);
+        add(format!("describe_groups-v{v}"), response_input(ApiKey::DescribeGroups, v, &r));
+    }
+    for v in [0, 4] {
+        let g = ListedGroup::default()
+            .with_group_id(GroupId(str_bytes("orders-app")))
+            .with_protocol_type(str_bytes("consumer"));
+        let r = ListGroupsResponse::default().with_groups(vec![g]);
+        add(format!("list_groups-v{v}"), response_input(ApiKey::ListGroups, v, &r));
+    }
+    for v in [2, 4] {
+        let p = EpochEndOffset::default().with_partition(0).with_leader_epoch(1).with_end_offset(42);
+        let t = OffsetForLeaderTopicResult::default().with_topic(topic("orders")).with_partitions(vec![p]);
+        let r = OffsetForLeaderEpochResponse::default().with_topics(vec![t]);
+        add(format!("offset_for_leader_epoch-v{v}"), response_input(ApiKey::OffsetForLeaderEpoch, v, &r));
+    }
+    seeds
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
@@ -216,8 +423,9 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 #[ignore = "rewrites the seed files under fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
     let requests = corpus_dir("request_decoder");
+    let responses = corpus_dir("response_decoder");
     let batches = corpus_dir("batch_validator");
-    for dir in [&requests, &batches] {
+    for dir in [&requests, &responses, &batches] {
         std::fs::create_dir_all(dir).unwrap();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -252,6 +460,39 @@ fn write_seed_corpus() {
         ),
     ] {
         write(&requests, &format!("repro-{name}"), &raw_frame(api_key, version, &body));
+    }
+    for (name, bytes) in response_seeds() {
+        write(&responses, &format!("seed-{name}"), &bytes);
+        // Cut inside the header and inside the body.
+        write(&responses, &format!("trunc-{name}-header"), &bytes[..bytes.len().min(6)]);
+        write(&responses, &format!("trunc-{name}-body"), &bytes[..bytes.len() - bytes.len().min(20) / 2 - 1]);
+    }
+    // Counts no response could hold, which the client and the replica fetcher once reserved up
+    // front. Frames: correlation id, then (flexible headers) an empty tagged-field section.
+    let mut fetch_v12 = vec![0, 0, 0, 7, 0];
+    fetch_v12.extend_from_slice(&[0; 10]); // throttle_time_ms, error_code, session_id
+    fetch_v12.extend_from_slice(&[2, 2, b't', 0xff, 0xff, 0xff, 0xff, 0x07]);
+    let mut fetch_v16 = vec![0, 0, 0, 7, 0];
+    fetch_v16.extend_from_slice(&[0; 10]);
+    fetch_v16.extend_from_slice(&[1, 1, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x07]); // tag 0: node_endpoints
+    for (name, api_key, version, frame) in [
+        ("metadata-v1-brokers-count-0x7fffffff", ApiKey::Metadata, 1, vec![0, 0, 0, 7, 0x7f, 0xff, 0xff, 0xff]),
+        (
+            "api_versions-v0-api-keys-count-0x7fffffff",
+            ApiKey::ApiVersions,
+            0,
+            vec![0, 0, 0, 7, 0, 35, 0x7f, 0xff, 0xff, 0xff],
+        ),
+        ("fetch-v12-partitions-count-0x7ffffffe", ApiKey::Fetch, 12, fetch_v12),
+        ("fetch-v16-node-endpoints-count-0x7ffffffe", ApiKey::Fetch, 16, fetch_v16),
+        (
+            "offset_for_leader_epoch-v2-partitions-count-0x7f000000",
+            ApiKey::OffsetForLeaderEpoch,
+            2,
+            vec![0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, b't', 0x7f, 0, 0, 0],
+        ),
+    ] {
+        write(&responses, &format!("repro-{name}"), &raw_response_input(api_key, version, &frame));
     }
     let mut two = batch(Compression::None, 42).to_vec();
     two.extend_from_slice(&batch(Compression::Lz4, 42));

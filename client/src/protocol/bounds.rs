@@ -1,26 +1,34 @@
-//! A bounds pass over request bodies, run before the generated decoders.
+//! A bounds pass over request and response bodies, run before the generated decoders.
 //!
 //! The `kafka-protocol` decoders reserve `Vec::with_capacity(count)` with the element count a
 //! peer sent, before reading a single element. A 4-byte Metadata v1 body holding a topic count
 //! of `0x7fffffff` asks for ~150 GB, the allocation fails, and Rust aborts the process: one
-//! tiny request kills the broker. The crate cannot be told to bound that, so this module walks
-//! the body first, following the same schemas, and refuses any array whose count times the
-//! smallest possible encoded element exceeds the bytes left after it. Once a body passes, every
-//! reservation the decoder makes is at most `bytes left / smallest element * size_of::<T>()`,
-//! i.e. proportional to the frame size, which [`super::frame::decode_frame`] already bounds.
+//! tiny request kills the broker, and one tiny response kills a client or a broker's replica
+//! fetcher. The crate cannot be told to bound that, so this module walks the body first,
+//! following the same schemas, and refuses any array whose count times the smallest possible
+//! encoded element exceeds the bytes left after it. Once a body passes, every reservation the
+//! decoder makes is at most `bytes left / smallest element * size_of::<T>()`, i.e.
+//! proportional to the frame size, which [`super::frame::decode_frame`] already bounds.
 //!
 //! The schemas below mirror the decoders of `kafka-protocol` 0.18.0 (the exact workspace pin)
-//! for the request types the broker decodes, in every version that crate supports. Tests encode
-//! populated requests of every version and assert the walk ends exactly where the encoding
-//! does; the `request_decoder` fuzz target checks the same on arbitrary input. Supporting a
-//! new request type means adding its schema here.
+//! for the request types the broker decodes, and `responses.rs` those of the responses the
+//! client and the broker's replica fetcher decode, in every version that crate supports. Tests
+//! encode populated messages of every version and assert the walk ends exactly where the
+//! encoding does; the `request_decoder` and `response_decoder` fuzz targets check the same on
+//! arbitrary input. Supporting a new API means adding its request and response schemas here.
+
+mod responses;
 
 use super::ApiKey;
 use crate::error::ProtocolError;
 
-/// The `what` of the [`ProtocolError::Malformed`] this pass returns when an array count cannot
-/// fit in the bytes that follow it (as opposed to a body that is merely truncated or invalid).
+/// The `what` of the [`ProtocolError::Malformed`] this pass returns when an array count in a
+/// request cannot fit in the bytes that follow it (as opposed to a body that is merely
+/// truncated or invalid).
 pub const ARRAY_TOO_LONG: &str = "request array";
+
+/// As [`ARRAY_TOO_LONG`], for a response: the broker that sent it is at fault.
+pub const RESPONSE_ARRAY_TOO_LONG: &str = "response array";
 
 const ANY: i16 = i16::MAX;
 
@@ -635,21 +643,62 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
 /// with another `what` for a body the decoder would refuse anyway (truncated, negative
 /// lengths); [`ProtocolError::UnsupportedVersion`] for an API or version without a schema.
 pub fn check_array_bounds(api_key: ApiKey, api_version: i16, body: &[u8]) -> Result<usize, ProtocolError> {
-    let Some(message) = schema(api_key) else {
-        return Err(ProtocolError::malformed(
-            "request body",
-            format!("no bounds schema for api key {}", api_key as i16),
-        ));
+    walk_message(Side::Request, schema(api_key), api_key, api_version, body)
+}
+
+/// [`check_array_bounds`] for a response body (the bytes after the response header), as the
+/// client and the replica fetcher receive it; [`super::decode_response`] runs it. `api_version`
+/// is the version the body is decoded as (for ApiVersions, v0 when the broker answered
+/// UNSUPPORTED_VERSION). An impossible count is refused with [`RESPONSE_ARRAY_TOO_LONG`].
+pub fn check_response_array_bounds(api_key: ApiKey, api_version: i16, body: &[u8]) -> Result<usize, ProtocolError> {
+    walk_message(Side::Response, responses::schema(api_key), api_key, api_version, body)
+}
+
+/// Which way a body travels, for the errors: a bad request is the client's fault, a bad
+/// response the broker's.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    fn body(self) -> &'static str {
+        match self {
+            Side::Request => "request body",
+            Side::Response => "response body",
+        }
+    }
+
+    fn array_too_long(self) -> &'static str {
+        match self {
+            Side::Request => ARRAY_TOO_LONG,
+            Side::Response => RESPONSE_ARRAY_TOO_LONG,
+        }
+    }
+}
+
+fn walk_message(
+    side: Side,
+    message: Option<&Message>,
+    api_key: ApiKey,
+    api_version: i16,
+    body: &[u8],
+) -> Result<usize, ProtocolError> {
+    let Some(message) = message else {
+        return Err(ProtocolError::malformed(side.body(), format!("no bounds schema for api key {}", api_key as i16)));
     };
     if api_version < message.min_version || api_version > message.max_version {
         return Err(ProtocolError::UnsupportedVersion { api: message.name, version: api_version });
     }
-    let mut walker = Walker { body, position: 0, version: api_version, flexible: api_version >= message.flexible_from };
+    let mut walker =
+        Walker { side, body, position: 0, version: api_version, flexible: api_version >= message.flexible_from };
     walker.walk_struct(&message.body)?;
     Ok(walker.position)
 }
 
 struct Walker<'a> {
+    side: Side,
     body: &'a [u8],
     position: usize,
     version: i16,
@@ -663,7 +712,7 @@ impl Walker<'_> {
 
     fn truncated(&self, needed: usize) -> ProtocolError {
         ProtocolError::malformed(
-            "request body",
+            self.side.body(),
             format!("needs {needed} bytes at byte {} but {} are left", self.position, self.remaining()),
         )
     }
@@ -716,7 +765,7 @@ impl Walker<'_> {
         match n {
             -1 => Ok(None),
             n if n >= 0 => Ok(Some(n as usize)),
-            n => Err(ProtocolError::malformed("request body", format!("{what} length {n} is negative"))),
+            n => Err(ProtocolError::malformed(self.side.body(), format!("{what} length {n} is negative"))),
         }
     }
 
@@ -741,7 +790,7 @@ impl Walker<'_> {
                 let min_element_bytes = self.min_bytes(element).max(1);
                 if count > self.remaining() / min_element_bytes {
                     return Err(ProtocolError::malformed(
-                        ARRAY_TOO_LONG,
+                        self.side.array_too_long(),
                         format!(
                             "{count} elements of at least {min_element_bytes} bytes at byte {at} \
                              cannot fit in the {} bytes left",
@@ -776,7 +825,7 @@ impl Walker<'_> {
                 Some(t) if (t.min..=t.max).contains(&self.version) => self.walk(&t.ty)?,
                 Some(_) => {
                     return Err(ProtocolError::malformed(
-                        "request body",
+                        self.side.body(),
                         format!("tag {tag} is not valid in version {}", self.version),
                     ))
                 }

@@ -131,13 +131,26 @@ fn encode_frame<E>(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut) -> Resul
     Ok(())
 }
 
-/// Decodes a response frame: its header (correlation id) and body.
+/// Decodes a response frame: its header (correlation id) and body. As for requests, the body
+/// is first walked by [`bounds`] (its response schemas), so a broker's impossible array count
+/// is an error here rather than a reservation that aborts the client or the replica fetcher.
+/// `version` is the version the body is decoded as.
 pub fn decode_response<M: Codec>(api_key: ApiKey, version: i16, frame: &mut Bytes) -> Result<(i32, M), ProtocolError> {
+    let correlation_id = decode_response_header(api_key, version, frame)?;
+    bounds::check_response_array_bounds(api_key, version, frame)?;
+    let body = M::decode(frame, version).map_err(|e| ProtocolError::malformed("response", e))?;
+    Ok((correlation_id, body))
+}
+
+/// Decodes a response header, leaving `frame` at the start of the body; returns the
+/// correlation id. The header version follows from the body's (v0 for every ApiVersions
+/// response, including the v0 body a broker sends when it does not know the version asked for);
+/// flexible headers' tagged fields are read by their sizes, which cannot exceed the frame.
+pub fn decode_response_header(api_key: ApiKey, version: i16, frame: &mut Bytes) -> Result<i32, ProtocolError> {
     let header_version = api_key.response_header_version(version);
     let header =
         ResponseHeader::decode(frame, header_version).map_err(|e| ProtocolError::malformed("response header", e))?;
-    let body = M::decode(frame, version).map_err(|e| ProtocolError::malformed("response", e))?;
-    Ok((header.correlation_id, body))
+    Ok(header.correlation_id)
 }
 
 /// Reads only the correlation id of a response frame (the first field of every header version).
