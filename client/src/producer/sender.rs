@@ -55,12 +55,7 @@ pub(crate) struct SenderShared {
 }
 
 impl SenderShared {
-    pub fn new(
-        acc: Accumulator,
-        cluster: Cluster,
-        memory: Arc<Semaphore>,
-        config: SenderConfig,
-    ) -> Self {
+    pub fn new(acc: Accumulator, cluster: Cluster, memory: Arc<Semaphore>, config: SenderConfig) -> Self {
         SenderShared {
             acc,
             cluster,
