@@ -197,6 +197,11 @@ pub(super) fn init_producer_id(
         response.error_code = ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED.0;
         return Ok(Reply::Now(ctx.respond(&response)));
     }
+    // Without a transactional id, Kafka ignores the request's producer_id/producer_epoch (v3+) and
+    // hands out a new id at epoch 0: the broker bumps epochs only for transactional producers
+    // (KIP-360); an idempotent producer bumps its own epoch, which a partition accepts at
+    // sequence 0 (see producer_state). librdkafka's idempotent producer sends its current id here
+    // and starts over with the new one.
     let broker = broker.clone();
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
     Ok(Reply::Later(Box::pin(async move {

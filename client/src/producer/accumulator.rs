@@ -5,6 +5,14 @@
 //! draining returns batches grouped by leader instead of sending anything. Idempotence lives
 //! here too: sequence numbers are assigned when a batch is first drained and kept across
 //! retries, and at most `max_in_flight_per_partition` batches of a partition are unanswered.
+//!
+//! When a batch with a sequence fails for good (KIP-360), the broker may or may not have written
+//! it (a lost response, a timeout), so no later batch may reuse its sequence: the partition stops
+//! taking new sequences until nothing of it is in flight, and then, unless a later batch's
+//! acknowledgement showed that the broker has everything sent, it moves to the next producer
+//! epoch and starts again at sequence 0, which the broker accepts whatever it holds. Only the
+//! batches that failed are failed; those the broker refused as out of order behind them are sent
+//! again in the new epoch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -15,7 +23,20 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, ProtocolError};
 use crate::protocol::compression::Compression;
-use crate::protocol::record::{field, BatchBuilder, Record, NO_SEQUENCE};
+use crate::protocol::record::{field, BatchBuilder, Record, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE};
+
+/// A producer id and epoch, as Kafka's `ProducerIdAndEpoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerIdAndEpoch {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+impl ProducerIdAndEpoch {
+    /// Not idempotent: batches carry no producer id.
+    pub const NONE: ProducerIdAndEpoch =
+        ProducerIdAndEpoch { producer_id: NO_PRODUCER_ID, producer_epoch: NO_PRODUCER_EPOCH };
+}
 
 /// What the accumulator needs to know of the producer's configuration.
 #[derive(Debug, Clone)]
@@ -26,6 +47,8 @@ pub(crate) struct AccumulatorConfig {
     pub max_in_flight_per_partition: usize,
     pub retry_backoff_ms: i64,
     pub idempotent: bool,
+    /// From InitProducerId ([`ProducerIdAndEpoch::NONE`] when not idempotent).
+    pub producer: ProducerIdAndEpoch,
 }
 
 /// The outcome of a batch, shared by all its records' delivery futures.
@@ -105,7 +128,12 @@ pub(crate) struct ProducerBatch {
     pub created_ms: i64,
     /// Buffer memory to give back when the batch completes.
     pub reserved_bytes: usize,
+    /// The producer id and epoch of its sequence (those of its partition when it was drained).
+    pub producer: ProducerIdAndEpoch,
+    /// On the wire: `sequence` wrapped at `i32::MAX`, or `NO_SEQUENCE`.
     pub base_sequence: i32,
+    /// Records of its partition's epoch sequenced before it (so not wrapped), once drained.
+    sequence: Option<i64>,
     pub attempts: u32,
     retry_at_ms: i64,
 }
@@ -119,7 +147,9 @@ impl ProducerBatch {
             encoded: None,
             created_ms: open.created_ms,
             reserved_bytes: open.reserved_bytes,
+            producer: ProducerIdAndEpoch::NONE,
             base_sequence: NO_SEQUENCE,
+            sequence: None,
             attempts: 0,
             retry_at_ms: 0,
         }
@@ -133,11 +163,13 @@ impl ProducerBatch {
         self.completion.partition
     }
 
-    /// Encodes (and compresses) the batch if that has not happened yet. CPU-heavy for
-    /// compressed batches: the sender runs it off the async workers.
-    pub fn encode(&mut self, producer_id: i64, producer_epoch: i16) -> Result<&Bytes, ProtocolError> {
+    /// Encodes (and compresses) the batch if that has not happened yet, with its producer id,
+    /// epoch and sequence. CPU-heavy for compressed batches: the sender runs it off the async
+    /// workers.
+    pub fn encode(&mut self) -> Result<&Bytes, ProtocolError> {
         if self.encoded.is_none() {
             let builder = self.builder.take().expect("a batch is either built or encoded");
+            let ProducerIdAndEpoch { producer_id, producer_epoch } = self.producer;
             self.encoded = Some(builder.finish(producer_id, producer_epoch, self.base_sequence, false)?);
         }
         Ok(self.encoded.as_ref().expect("just encoded"))
@@ -152,56 +184,151 @@ impl ProducerBatch {
         }
     }
 
-    /// Gives an already encoded batch a new base sequence (after a sequence rewind). The CRC
-    /// covers the sequence, so it is recomputed.
-    fn restamp_sequence(&mut self, base_sequence: i32) {
+    /// Gives the batch its producer id, epoch and sequence. A batch encoded for an earlier epoch
+    /// (sent, refused as out of order, and now sent again in the next one) is rewritten; the CRC
+    /// covers these fields, so it is recomputed.
+    fn assign_sequence(&mut self, producer: ProducerIdAndEpoch, sequence: i64) {
+        let base_sequence = wrap_sequence(sequence);
+        let unchanged = self.producer == producer && self.base_sequence == base_sequence;
+        self.producer = producer;
+        self.sequence = Some(sequence);
         self.base_sequence = base_sequence;
-        if let Some(encoded) = &self.encoded {
+        if let (Some(encoded), false) = (&self.encoded, unchanged) {
             let mut bytes = BytesMut::from(&encoded[..]);
+            bytes[field::PRODUCER_ID..field::PRODUCER_ID + 8].copy_from_slice(&producer.producer_id.to_be_bytes());
+            bytes[field::PRODUCER_EPOCH..field::PRODUCER_EPOCH + 2]
+                .copy_from_slice(&producer.producer_epoch.to_be_bytes());
             bytes[field::BASE_SEQUENCE..field::BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
             let crc = crc32c::crc32c(&bytes[field::ATTRIBUTES..]);
             bytes[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
             self.encoded = Some(bytes.freeze());
         }
     }
+
+    /// Takes the sequence back from a batch the broker never wrote, so that it is sequenced
+    /// again (in the partition's next epoch) when it is next drained.
+    fn clear_sequence(&mut self) {
+        self.sequence = None;
+        self.base_sequence = NO_SEQUENCE;
+    }
+
+    /// The sequence after its last record (not wrapped).
+    fn sequence_end(&self) -> Option<i64> {
+        self.sequence.map(|s| s + self.record_count as i64)
+    }
 }
 
-/// The batches of one partition.
-#[derive(Default)]
+/// The batches of one partition, and its idempotence state.
 pub(crate) struct PartitionQueue {
     open: Option<OpenBatch>,
-    /// Closed batches in send order; retried batches go back to the front, in sequence order.
+    /// Closed batches in creation (batch id) order, which is also sequence order: those waiting
+    /// to be retried with their sequence first, then those without one.
     queued: VecDeque<ProducerBatch>,
     in_flight: usize,
-    next_sequence: i32,
     /// A batch failed retriably: send one at a time until the retries are through, so the
     /// broker sees sequences in order again.
     retrying: bool,
-    /// A batch failed for good: once nothing is in flight, sequences restart from here (what
-    /// the broker still expects) and queued batches are re-stamped.
-    rewind_to: Option<i32>,
+    /// The producer id and epoch this partition's sequences belong to. Each partition moves to
+    /// a new epoch on its own: the broker keeps producer state per partition, and a partition
+    /// that lost nothing has no reason to restart its sequences.
+    producer: ProducerIdAndEpoch,
+    /// Records sequenced in this epoch: the next sequence, before wrapping.
+    sequenced: i64,
+    /// The broker acknowledged every sequence below this one (in this epoch).
+    acknowledged: i64,
+    /// A batch with a sequence failed for good, and the broker may hold it: no new sequences
+    /// until the batches sent around it are resolved (see [`PartitionQueue::resolve`]).
+    unresolved: bool,
+    /// The broker refused this sequence as out of order while unresolved, so it holds nothing
+    /// from here on: batches at or after it lose their sequences and go again in the next epoch.
+    refused_from: Option<i64>,
+}
+
+/// What [`PartitionQueue::resolve`] decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolution {
+    /// Sequences go on (or restart in a new epoch).
+    Resolved,
+    /// The epoch cannot go higher: a new producer id is needed first.
+    NeedsProducerId,
 }
 
 impl PartitionQueue {
+    fn new(producer: ProducerIdAndEpoch) -> Self {
+        PartitionQueue {
+            open: None,
+            queued: VecDeque::new(),
+            in_flight: 0,
+            retrying: false,
+            producer,
+            sequenced: 0,
+            acknowledged: 0,
+            unresolved: false,
+            refused_from: None,
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.open.is_none() && self.queued.is_empty() && self.in_flight == 0
     }
 
-    /// Once nothing is in flight: applies a pending sequence rewind to the queued batches that
-    /// already had sequences, and leaves retry mode when no retried batch is left.
-    fn settle(&mut self) {
-        if self.in_flight > 0 {
-            return;
-        }
-        if let Some(rewind) = self.rewind_to.take() {
-            let mut sequence = rewind;
-            for b in self.queued.iter_mut().filter(|b| b.base_sequence != NO_SEQUENCE) {
-                b.restamp_sequence(sequence);
-                sequence = next_sequence(sequence, b.record_count);
+    /// Queues a batch back in creation order (after a retriable failure, or refused).
+    fn requeue(&mut self, batch: ProducerBatch) {
+        let at = self.queued.iter().position(|b| b.completion.id > batch.completion.id).unwrap_or(self.queued.len());
+        self.queued.insert(at, batch);
+    }
+
+    /// A batch with a sequence failed for good.
+    fn mark_unresolved(&mut self) {
+        self.unresolved = true;
+    }
+
+    /// The broker refused `batch` as out of order while this partition was unresolved: it holds
+    /// nothing from the batch's sequence on (it appends in sequence order), so that batch and
+    /// every later one lose their sequences and are sent again in the next epoch.
+    fn refuse_from(&mut self, sequence: i64) {
+        let from = self.refused_from.map_or(sequence, |r| r.min(sequence));
+        self.refused_from = Some(from);
+        for b in self.queued.iter_mut() {
+            if b.sequence.is_some_and(|s| s >= from) {
+                b.clear_sequence();
             }
-            self.next_sequence = sequence;
         }
-        if self.queued.iter().all(|b| b.attempts == 0) {
+    }
+
+    /// Whether every batch this partition sequenced has come back: none in flight, none
+    /// waiting to be retried with its sequence.
+    fn sequences_settled(&self) -> bool {
+        self.in_flight == 0 && self.queued.front().is_none_or(|b| b.sequence.is_none())
+    }
+
+    /// Once the partition is unresolved and every sequenced batch has come back: if the broker
+    /// acknowledged everything sequenced (a batch after the failed one was written, so the failed
+    /// one was too), sequences go on; otherwise what the broker holds is unknown, and the
+    /// partition moves to the next epoch at sequence 0 (KIP-360), or to `latest`, a newer
+    /// producer id, when the epoch is exhausted.
+    fn resolve(&mut self, latest: ProducerIdAndEpoch) -> Resolution {
+        debug_assert!(self.sequences_settled());
+        if self.acknowledged < self.sequenced {
+            let next = if self.producer.producer_epoch < i16::MAX {
+                ProducerIdAndEpoch { producer_epoch: self.producer.producer_epoch + 1, ..self.producer }
+            } else if latest.producer_id != self.producer.producer_id {
+                latest
+            } else {
+                return Resolution::NeedsProducerId;
+            };
+            self.producer = next;
+            self.sequenced = 0;
+            self.acknowledged = 0;
+        }
+        self.unresolved = false;
+        self.refused_from = None;
+        Resolution::Resolved
+    }
+
+    /// Leaves retry mode once nothing is in flight and no retried batch is left.
+    fn settle(&mut self) {
+        if self.in_flight == 0 && self.queued.iter().all(|b| b.attempts == 0) {
             self.retrying = false;
         }
     }
@@ -244,17 +371,30 @@ pub(crate) struct Drained {
     pub next_ready_ms: Option<i64>,
     /// Some ready batch's partition has no known leader: refresh metadata.
     pub unknown_leader: bool,
+    /// A partition exhausted its producer epoch: get a new producer id (InitProducerId) and
+    /// hand it to [`Accumulator::set_producer_id`].
+    pub producer_id_needed: bool,
 }
 
 /// How a request's batch ended, as far as the accumulator cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BatchResult {
     Done,
+    /// Failed retriably: send again with the same sequence.
     Retry,
+    /// The broker refused its sequence as out of order (OUT_OF_ORDER_SEQUENCE_NUMBER), so it did
+    /// not write it: retried with the same sequence (it is behind a batch being retried), or,
+    /// when the partition is unresolved, sent again in the next epoch.
+    OutOfOrder,
+    /// Failed for good; the caller completed it with the error.
     Failed,
 }
 
 pub(crate) struct Accumulator {
     config: AccumulatorConfig,
+    /// The newest producer id and epoch from InitProducerId: where new partitions start, and
+    /// where one whose epoch is exhausted goes next.
+    latest_producer: Mutex<ProducerIdAndEpoch>,
     topics: RwLock<HashMap<Arc<str>, Arc<TopicQueues>>>,
     next_batch_id: AtomicU64,
     /// Every batch not yet completed, for `flush`.
@@ -264,11 +404,21 @@ pub(crate) struct Accumulator {
 impl Accumulator {
     pub fn new(config: AccumulatorConfig) -> Self {
         Accumulator {
+            latest_producer: Mutex::new(config.producer),
             config,
             topics: RwLock::new(HashMap::new()),
             next_batch_id: AtomicU64::new(0),
             incomplete: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A new producer id (from InitProducerId after a partition exhausted its epoch).
+    pub fn set_producer_id(&self, producer: ProducerIdAndEpoch) {
+        *self.latest_producer.lock().expect("producer lock") = producer;
+    }
+
+    fn latest_producer(&self) -> ProducerIdAndEpoch {
+        *self.latest_producer.lock().expect("producer lock")
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<TopicQueues>> {
@@ -291,8 +441,9 @@ impl Accumulator {
             }
         }
         let mut partitions = existing.as_ref().map(|t| t.partitions.clone()).unwrap_or_default();
+        let producer = self.latest_producer();
         while partitions.len() < num_partitions {
-            partitions.push(Arc::new(Mutex::new(PartitionQueue::default())));
+            partitions.push(Arc::new(Mutex::new(PartitionQueue::new(producer))));
         }
         let sticky = existing.as_ref().map(|t| t.sticky.load(Ordering::Relaxed)).unwrap_or(-1);
         let name: Arc<str> = Arc::from(name);
@@ -365,6 +516,7 @@ impl Accumulator {
         let mut drained = Drained::default();
         let mut request_bytes: HashMap<i32, usize> = HashMap::new();
         let topics: Vec<Arc<TopicQueues>> = self.topics.read().expect("topics lock").values().cloned().collect();
+        let latest_producer = self.latest_producer();
         let wake_at = |t: i64, d: &mut Drained| {
             d.next_ready_ms = Some(d.next_ready_ms.map_or(t, |n| n.min(t)));
         };
@@ -384,6 +536,13 @@ impl Accumulator {
                         wake_at(ready_ms, &mut drained);
                     }
                 }
+                if self.config.idempotent
+                    && q.unresolved
+                    && q.sequences_settled()
+                    && q.resolve(latest_producer) == Resolution::NeedsProducerId
+                {
+                    drained.producer_id_needed = true;
+                }
                 let Some(front) = q.queued.front() else { continue };
                 if front.retry_at_ms > now_ms {
                     wake_at(front.retry_at_ms, &mut drained);
@@ -391,7 +550,12 @@ impl Accumulator {
                 }
                 // One batch per partition per request, as the Java client does.
                 let limit = if q.retrying { 1 } else { self.config.max_in_flight_per_partition };
-                if q.in_flight >= limit || q.rewind_to.is_some() {
+                if q.in_flight >= limit {
+                    continue;
+                }
+                // An unresolved partition sends only the batches that already have sequences:
+                // their answers tell what the broker holds.
+                if self.config.idempotent && front.sequence.is_none() && q.unresolved {
                     continue;
                 }
                 let Some(leader) = leader_of(&topic.name, partition) else {
@@ -408,9 +572,9 @@ impl Accumulator {
                 }
                 *used += size;
                 let mut batch = q.queued.pop_front().expect("checked");
-                if self.config.idempotent && batch.base_sequence == NO_SEQUENCE {
-                    batch.base_sequence = q.next_sequence;
-                    q.next_sequence = next_sequence(q.next_sequence, batch.record_count);
+                if self.config.idempotent && batch.sequence.is_none() {
+                    batch.assign_sequence(q.producer, q.sequenced);
+                    q.sequenced += batch.record_count as i64;
                 }
                 q.in_flight += 1;
                 drained.by_broker.entry(leader).or_default().push(batch);
@@ -426,30 +590,36 @@ impl Accumulator {
         let queue = &topic.partitions[batch.partition() as usize];
         let mut q = queue.lock().expect("partition lock");
         q.in_flight -= 1;
+        // Sequences of an epoch the partition has left mean nothing to it any more.
+        let current = batch.sequence.is_some() && batch.producer == q.producer;
         let released = match result {
             BatchResult::Done => {
-                self.forget(&batch);
-                batch.reserved_bytes
-            }
-            BatchResult::Failed => {
-                if self.config.idempotent && batch.base_sequence != NO_SEQUENCE {
-                    let at = batch.base_sequence;
-                    q.rewind_to = Some(q.rewind_to.map_or(at, |r| r.min(at)));
+                if let (Some(end), true) = (batch.sequence_end(), current) {
+                    q.acknowledged = q.acknowledged.max(end);
                 }
                 self.forget(&batch);
                 batch.reserved_bytes
             }
-            BatchResult::Retry => {
+            BatchResult::Failed => {
+                if current {
+                    q.mark_unresolved();
+                }
+                self.forget(&batch);
+                batch.reserved_bytes
+            }
+            BatchResult::Retry | BatchResult::OutOfOrder => {
                 batch.attempts += 1;
                 batch.retry_at_ms = now_ms + self.config.retry_backoff_ms;
                 q.retrying = true;
-                // Keep retried batches ahead of new ones and in sequence order among themselves.
-                let at = q
-                    .queued
-                    .iter()
-                    .position(|b| b.base_sequence == NO_SEQUENCE || b.base_sequence > batch.base_sequence)
-                    .unwrap_or(q.queued.len());
-                q.queued.insert(at, batch);
+                if let (Some(sequence), true) = (batch.sequence, current) {
+                    if result == BatchResult::OutOfOrder && q.unresolved {
+                        q.refuse_from(sequence);
+                    }
+                    if q.refused_from.is_some_and(|from| sequence >= from) {
+                        batch.clear_sequence();
+                    }
+                }
+                q.requeue(batch);
                 0
             }
         };
@@ -485,9 +655,9 @@ impl Accumulator {
                         break;
                     }
                     let batch = q.queued.pop_front().expect("checked");
-                    if self.config.idempotent && batch.base_sequence != NO_SEQUENCE {
-                        let at = batch.base_sequence;
-                        q.rewind_to = Some(q.rewind_to.map_or(at, |r| r.min(at)));
+                    if batch.sequence.is_some() {
+                        // It was sent: the broker may hold it.
+                        q.mark_unresolved();
                     }
                     batch.completion.complete(Err(Arc::new(Error::DeliveryTimeout {
                         topic: topic.name.to_string(),
@@ -505,8 +675,8 @@ impl Accumulator {
 }
 
 /// Sequence numbers wrap to 0 after `i32::MAX`, as Kafka's do.
-fn next_sequence(sequence: i32, record_count: i32) -> i32 {
-    ((sequence as i64 + record_count as i64) % (i32::MAX as i64 + 1)) as i32
+fn wrap_sequence(sequence: i64) -> i32 {
+    (sequence % (i32::MAX as i64 + 1)) as i32
 }
 
 #[cfg(test)]
@@ -522,8 +692,11 @@ mod tests {
             max_in_flight_per_partition: 5,
             retry_backoff_ms: 100,
             idempotent: true,
+            producer: PRODUCER,
         }
     }
+
+    const PRODUCER: ProducerIdAndEpoch = ProducerIdAndEpoch { producer_id: 7, producer_epoch: 0 };
 
     fn record(n: usize) -> Record {
         Record { key: None, value: Some(Bytes::from(vec![b'x'; n])), headers: Vec::new(), timestamp_ms: 1 }
@@ -653,25 +826,159 @@ mod tests {
         assert!(acc.drain(110, true, &leader, &not_busy, 1 << 20).by_broker.is_empty());
     }
 
+    /// Drains the next batch of partition 0 (one per call), if any.
+    fn next(acc: &Accumulator, now: i64) -> Option<ProducerBatch> {
+        acc.drain(now, true, &leader, &not_busy, 1 << 20).by_broker.remove(&1).map(|mut v| v.remove(0))
+    }
+
+    fn header(b: &ProducerBatch) -> crate::protocol::record::BatchHeader {
+        crate::protocol::record::validate_batch(b.encoded.as_ref().expect("encoded"), 0).unwrap()
+    }
+
     #[test]
-    fn failed_batch_rewinds_sequences_of_later_batches() {
+    fn batch_failed_for_good_moves_the_partition_to_the_next_epoch() {
+        // The brief's case: a batch times out past delivery.timeout.ms after the broker wrote it.
+        // Reusing its sequence would make the broker answer the next, different, batch as a
+        // duplicate of it.
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        append(&acc, &t, 0, 0);
+        let mut b0 = next(&acc, 0).unwrap();
+        b0.encode().unwrap();
+        assert_eq!((header(&b0).producer_epoch, header(&b0).base_sequence), (0, 0));
+        acc.finish(b0, BatchResult::Failed, 0);
+        append(&acc, &t, 0, 1);
+        let mut b1 = next(&acc, 1).unwrap();
+        assert_eq!((b1.producer, b1.base_sequence), (ProducerIdAndEpoch { producer_epoch: 1, ..PRODUCER }, 0));
+        b1.encode().unwrap();
+        assert_eq!((header(&b1).producer_id, header(&b1).producer_epoch, header(&b1).base_sequence), (7, 1, 0));
+        acc.finish(b1, BatchResult::Done, 1);
+        append(&acc, &t, 0, 2);
+        let b2 = next(&acc, 2).unwrap();
+        assert_eq!((b2.producer.producer_epoch, b2.base_sequence), (1, 1), "sequences go on in the new epoch");
+    }
+
+    #[test]
+    fn no_new_sequences_until_batches_in_flight_around_a_failure_are_back() {
         let acc = Accumulator::new(config(100, 0));
         let t = acc.ensure_topic("t", 1);
         for _ in 0..2 {
             append(&acc, &t, 0, 0);
         }
-        let mut b0 = acc.drain(0, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap().remove(0);
-        let mut b1 = acc.drain(0, false, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap().remove(0);
-        b0.encode(7, 0).unwrap();
-        b1.encode(7, 0).unwrap();
+        let b0 = next(&acc, 0).unwrap();
+        let b1 = next(&acc, 0).unwrap();
+        append(&acc, &t, 0, 0);
+        acc.finish(b0, BatchResult::Failed, 0);
+        assert!(next(&acc, 0).is_none(), "the batch after the failed one is still in flight");
+        // It was written, so the failed one was too: sequences simply go on.
+        acc.finish(b1, BatchResult::Done, 0);
+        let b2 = next(&acc, 0).unwrap();
+        assert_eq!((b2.producer, b2.base_sequence), (PRODUCER, 2));
+    }
+
+    #[test]
+    fn batches_refused_behind_a_failed_one_are_sent_again_in_the_next_epoch() {
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        for _ in 0..3 {
+            append(&acc, &t, 0, 0);
+        }
+        let mut sent: Vec<ProducerBatch> = (0..3).map(|_| next(&acc, 0).unwrap()).collect();
+        for b in &mut sent {
+            b.encode().unwrap();
+        }
+        let ids: Vec<u64> = sent.iter().map(|b| b.completion.id).collect();
+        append(&acc, &t, 0, 0);
+        let mut it = sent.into_iter();
+        let (b0, b1, b2) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        // The first fails for good (definitely or not); the broker refuses the second as out of
+        // order, so it holds neither; the third only timed out, so it keeps its sequence.
+        acc.finish(b0, BatchResult::Failed, 0);
+        acc.finish(b2, BatchResult::Retry, 0);
+        acc.finish(b1, BatchResult::OutOfOrder, 0);
+        // Both come back in order, in epoch 1 from sequence 0, then the new batch.
+        let r1 = next(&acc, 1000).unwrap();
+        assert_eq!((r1.completion.id, r1.producer.producer_epoch, r1.base_sequence), (ids[1], 1, 0));
+        assert_eq!((header(&r1).producer_epoch, header(&r1).base_sequence), (1, 0), "re-encoded");
+        assert!(next(&acc, 1000).is_none(), "retried batches go one at a time");
+        acc.finish(r1, BatchResult::Done, 1000);
+        let r2 = next(&acc, 1000).unwrap();
+        assert_eq!((r2.completion.id, r2.producer.producer_epoch, r2.base_sequence), (ids[2], 1, 1));
+        assert_eq!((header(&r2).producer_epoch, header(&r2).base_sequence), (1, 1));
+        acc.finish(r2, BatchResult::Done, 1000);
+        let b3 = next(&acc, 1000).unwrap();
+        assert_eq!((b3.producer.producer_epoch, b3.base_sequence), (1, 2));
+    }
+
+    #[test]
+    fn retried_batch_behind_a_failure_decides_whether_the_epoch_moves() {
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        for _ in 0..2 {
+            append(&acc, &t, 0, 0);
+        }
+        let b0 = next(&acc, 0).unwrap();
+        let b1 = next(&acc, 0).unwrap();
         acc.finish(b1, BatchResult::Retry, 0);
         acc.finish(b0, BatchResult::Failed, 0);
-        let mut d = acc.drain(1000, false, &leader, &not_busy, 1 << 20);
-        let b1 = d.by_broker.remove(&1).unwrap().remove(0);
-        assert_eq!(b1.base_sequence, 0, "the broker never accepted sequence 0");
-        let bytes = b1.encoded.clone().unwrap();
-        let header = crate::protocol::record::validate_batch(&bytes, 0).unwrap();
-        assert_eq!((header.base_sequence, header.producer_id), (0, 7));
+        append(&acc, &t, 0, 0);
+        // The retry goes first, with its old sequence, and the broker's answer resolves it.
+        let r1 = next(&acc, 1000).unwrap();
+        assert_eq!((r1.producer, r1.base_sequence), (PRODUCER, 1));
+        assert!(next(&acc, 1000).is_none());
+        acc.finish(r1, BatchResult::Retry, 1000);
+        let r1 = next(&acc, 2000).unwrap();
+        acc.finish(r1, BatchResult::OutOfOrder, 2000);
+        let r1 = next(&acc, 3000).unwrap();
+        assert_eq!((r1.producer.producer_epoch, r1.base_sequence), (1, 0));
+    }
+
+    #[test]
+    fn expired_batch_that_was_sent_moves_the_epoch_but_one_never_sent_does_not() {
+        let acc = Accumulator::new(config(100, 0));
+        let t = acc.ensure_topic("t", 1);
+        append(&acc, &t, 0, 0);
+        let b0 = next(&acc, 0).unwrap();
+        acc.finish(b0, BatchResult::Retry, 0);
+        assert_eq!(acc.expire(500, 500), 110);
+        append(&acc, &t, 0, 500);
+        let b1 = next(&acc, 500).unwrap();
+        assert_eq!((b1.producer.producer_epoch, b1.base_sequence), (1, 0));
+        acc.finish(b1, BatchResult::Done, 500);
+        // Never drained: it has no sequence, and nothing changes.
+        append(&acc, &t, 0, 1000);
+        let _ = acc.drain(1000, false, &|_, _| None, &not_busy, 1 << 20);
+        assert_eq!(acc.expire(1500, 500), 110);
+        append(&acc, &t, 0, 1500);
+        let b2 = next(&acc, 1500).unwrap();
+        assert_eq!((b2.producer.producer_epoch, b2.base_sequence), (1, 1));
+    }
+
+    #[test]
+    fn exhausted_epoch_waits_for_a_new_producer_id() {
+        let mut c = config(100, 0);
+        let last_epoch = ProducerIdAndEpoch { producer_id: 7, producer_epoch: i16::MAX };
+        c.producer = last_epoch;
+        let acc = Accumulator::new(c);
+        let t = acc.ensure_topic("t", 1);
+        append(&acc, &t, 0, 0);
+        let b0 = next(&acc, 0).unwrap();
+        assert_eq!(b0.producer, last_epoch);
+        acc.finish(b0, BatchResult::Failed, 0);
+        append(&acc, &t, 0, 0);
+        let d = acc.drain(0, true, &leader, &not_busy, 1 << 20);
+        assert!(d.producer_id_needed && d.by_broker.is_empty());
+        let fresh = ProducerIdAndEpoch { producer_id: 8, producer_epoch: 0 };
+        acc.set_producer_id(fresh);
+        let b1 = next(&acc, 0).unwrap();
+        assert_eq!((b1.producer, b1.base_sequence), (fresh, 0));
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max_on_the_wire() {
+        assert_eq!(wrap_sequence(i32::MAX as i64), i32::MAX);
+        assert_eq!(wrap_sequence(i32::MAX as i64 + 1), 0);
+        assert_eq!(wrap_sequence(i32::MAX as i64 + 5), 4);
     }
 
     #[test]

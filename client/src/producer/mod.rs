@@ -25,7 +25,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use self::accumulator::{Accumulator, AccumulatorConfig, AppendOutcome, BatchCompletion, CompletionWait, TopicQueues};
+use self::accumulator::{
+    Accumulator, AccumulatorConfig, AppendOutcome, BatchCompletion, CompletionWait, ProducerIdAndEpoch, TopicQueues,
+};
 use self::sender::{SenderConfig, SenderShared};
 use crate::connection::ConnectionConfig;
 use crate::error::{Error, Result};
@@ -270,6 +272,7 @@ impl Producer {
             max_in_flight_per_partition: config.max_in_flight_requests_per_connection,
             retry_backoff_ms: config.retry_backoff_ms as i64,
             idempotent,
+            producer: ProducerIdAndEpoch { producer_id, producer_epoch },
         });
         let sender_config = SenderConfig {
             acks: config.acks,
@@ -282,7 +285,7 @@ impl Producer {
             compression: config.compression,
         };
         let memory = Arc::new(Semaphore::new(config.buffer_memory));
-        let shared = Arc::new(SenderShared::new(acc, cluster, memory, producer_id, producer_epoch, sender_config));
+        let shared = Arc::new(SenderShared::new(acc, cluster, memory, sender_config));
         let sender = tokio::spawn(sender::run(shared.clone()));
         Ok(Producer {
             inner: Arc::new(ProducerInner {
@@ -442,8 +445,6 @@ fn wall_clock_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Asks any broker for a producer id (no transactional id: idempotence only), retrying while
-/// the broker is still loading its producer id state.
 /// Asks any broker for a producer id, retrying retriable failures (a broker going down, no
 /// controller reachable yet) until `max_block`.
 async fn init_producer_id(cluster: &Cluster, max_block: Duration, retry_backoff: Duration) -> Result<(i64, i16)> {
@@ -461,6 +462,9 @@ async fn init_producer_id(cluster: &Cluster, max_block: Duration, retry_backoff:
     }
 }
 
+/// One InitProducerId without a transactional id: the broker answers with a new producer id at
+/// epoch 0 (Kafka does not bump an idempotent producer's epoch on the broker; the producer bumps
+/// it itself, see the accumulator).
 async fn init_producer_id_once(cluster: &Cluster) -> Result<(i64, i16)> {
     let conn = cluster.any_broker().await?;
     let request = InitProducerIdRequest::default()

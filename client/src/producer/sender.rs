@@ -1,7 +1,8 @@
 //! The sender task: drains ready batches from the accumulator into one Produce request per
 //! broker (many partitions each), keeps up to `max.in.flight.requests.per.connection` requests
 //! per broker in flight, and settles each batch from the response: done, retried with its
-//! sequence kept, or failed.
+//! sequence kept, or failed. It also fetches a new producer id when a partition has used up its
+//! producer epochs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -12,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::accumulator::{Accumulator, BatchResult, ProducerBatch};
+use super::accumulator::{Accumulator, BatchResult, ProducerBatch, ProducerIdAndEpoch};
 use crate::error::{Error, Result};
 use crate::metadata::Cluster;
 use crate::protocol::compression::Compression;
@@ -45,23 +46,16 @@ pub(crate) struct SenderShared {
     /// without lingering (as Kafka's accumulator does when its pool is exhausted): memory comes
     /// back only when batches complete, so lingering would only slow everything down.
     pub memory_waiters: AtomicUsize,
-    pub producer_id: i64,
-    pub producer_epoch: i16,
     pub config: SenderConfig,
     clock_base: Instant,
     refreshing: AtomicBool,
     last_refresh_ms: AtomicI64,
+    fetching_producer_id: AtomicBool,
+    last_producer_id_fetch_ms: AtomicI64,
 }
 
 impl SenderShared {
-    pub fn new(
-        acc: Accumulator,
-        cluster: Cluster,
-        memory: Arc<Semaphore>,
-        producer_id: i64,
-        producer_epoch: i16,
-        config: SenderConfig,
-    ) -> Self {
+    pub fn new(acc: Accumulator, cluster: Cluster, memory: Arc<Semaphore>, config: SenderConfig) -> Self {
         SenderShared {
             acc,
             cluster,
@@ -70,12 +64,12 @@ impl SenderShared {
             closing: AtomicBool::new(false),
             flushing: AtomicUsize::new(0),
             memory_waiters: AtomicUsize::new(0),
-            producer_id,
-            producer_epoch,
             config,
             clock_base: Instant::now(),
             refreshing: AtomicBool::new(false),
             last_refresh_ms: AtomicI64::new(i64::MIN / 2),
+            fetching_producer_id: AtomicBool::new(false),
+            last_producer_id_fetch_ms: AtomicI64::new(i64::MIN / 2),
         }
     }
 
@@ -120,6 +114,32 @@ impl SenderShared {
     }
 }
 
+impl SenderShared {
+    /// Starts fetching a new producer id in the background (a partition used up its producer
+    /// epochs, as the Java client does at `Short.MAX_VALUE`), at most once per retry backoff.
+    fn fetch_producer_id(self: &Arc<Self>, now_ms: i64) {
+        if now_ms - self.last_producer_id_fetch_ms.load(Ordering::Relaxed) < self.config.retry_backoff_ms {
+            return;
+        }
+        if self.fetching_producer_id.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_producer_id_fetch_ms.store(now_ms, Ordering::Relaxed);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            match super::init_producer_id_once(&shared.cluster).await {
+                Ok((producer_id, producer_epoch)) => {
+                    debug!(producer_id, producer_epoch, "new producer id after an exhausted epoch");
+                    shared.acc.set_producer_id(ProducerIdAndEpoch { producer_id, producer_epoch });
+                }
+                Err(e) => debug!(error = %e, "InitProducerId failed, retrying"),
+            }
+            shared.fetching_producer_id.store(false, Ordering::Release);
+            shared.wakeup.notify_one();
+        });
+    }
+}
+
 /// What one Produce request came back with.
 struct RequestOutcome {
     broker: i32,
@@ -153,6 +173,11 @@ pub(crate) async fn run(shared: Arc<SenderShared>) {
             shared.config.max_request_size,
         );
         let mut next_ms = drained.next_ready_ms;
+        if drained.producer_id_needed {
+            shared.fetch_producer_id(now_ms);
+            let retry_ms = now_ms + shared.config.retry_backoff_ms;
+            next_ms = Some(next_ms.map_or(retry_ms, |n| n.min(retry_ms)));
+        }
         if drained.unknown_leader {
             shared.refresh_metadata(now_ms);
             let retry_ms = now_ms + shared.config.retry_backoff_ms;
@@ -202,11 +227,10 @@ async fn send_produce(
     turn_done: oneshot::Sender<()>,
 ) -> RequestOutcome {
     let result = async {
-        let (pid, epoch) = (shared.producer_id, shared.producer_epoch);
         let encode = move |mut batches: Vec<ProducerBatch>| {
             let mut result = Ok(());
             for b in &mut batches {
-                if let Err(e) = b.encode(pid, epoch) {
+                if let Err(e) = b.encode() {
                     result = Err(Error::Encode { what: "record batch", reason: e.to_string() });
                     break;
                 }
@@ -276,6 +300,10 @@ enum Disposition {
     Retry {
         refresh_metadata: bool,
     },
+    /// Not written: the sequence does not follow the broker's last one. Behind a batch being
+    /// retried that is expected (retried too, in order); after a batch failed for good, the
+    /// accumulator sends it again in the partition's next epoch.
+    OutOfOrder,
     Fail,
 }
 
@@ -283,12 +311,13 @@ fn disposition(code: ErrorCode) -> Disposition {
     if code.is_ok() || code == ErrorCode::DUPLICATE_SEQUENCE_NUMBER {
         return Disposition::Done;
     }
-    // Behind a batch that is being retried, the broker rejects the next sequences as out of
-    // order: those are retried too, in order. Everything else retriable covers leadership
-    // moves (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, FENCED_/UNKNOWN_LEADER_EPOCH), a
-    // shrunken ISR (NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND), REQUEST_TIMED_OUT
-    // and a failed disk (KAFKA_STORAGE_ERROR).
-    if code.is_retriable() || code == ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER {
+    if code == ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER {
+        return Disposition::OutOfOrder;
+    }
+    // Retriable: leadership moves (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE,
+    // FENCED_/UNKNOWN_LEADER_EPOCH), a shrunken ISR (NOT_ENOUGH_REPLICAS,
+    // NOT_ENOUGH_REPLICAS_AFTER_APPEND), REQUEST_TIMED_OUT and a failed disk (KAFKA_STORAGE_ERROR).
+    if code.is_retriable() {
         return Disposition::Retry { refresh_metadata: needs_metadata_refresh(code) };
     }
     Disposition::Fail
@@ -358,16 +387,17 @@ fn settle(shared: &Arc<SenderShared>, outcome: RequestOutcome) {
                     b.completion.complete(Ok(base_offset));
                     BatchResult::Done
                 } else {
-                    let retriable = match disposition(code) {
+                    let retry = match disposition(code) {
                         Disposition::Retry { refresh_metadata } => {
                             refresh |= refresh_metadata;
-                            true
+                            Some(BatchResult::Retry)
                         }
-                        _ => false,
+                        Disposition::OutOfOrder => Some(BatchResult::OutOfOrder),
+                        Disposition::Done | Disposition::Fail => None,
                     };
-                    if retriable && can_retry(&b) {
+                    if let (Some(retry), true) = (retry, can_retry(&b)) {
                         debug!(topic = %b.topic(), partition = b.partition(), error = %code, "retrying batch");
-                        BatchResult::Retry
+                        retry
                     } else {
                         let context = match message {
                             Some(m) => format!("produce to {}-{}: {m}", b.topic(), b.partition()),
@@ -409,10 +439,10 @@ mod tests {
             ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
             ErrorCode::REQUEST_TIMED_OUT,
             ErrorCode::NETWORK_EXCEPTION,
-            ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ] {
             assert_eq!(disposition(code), retry(false), "{code}");
         }
+        assert_eq!(disposition(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER), Disposition::OutOfOrder);
         assert_eq!(disposition(ErrorCode::NONE), Disposition::Done);
         assert_eq!(disposition(ErrorCode::DUPLICATE_SEQUENCE_NUMBER), Disposition::Done);
         for code in [ErrorCode::MESSAGE_TOO_LARGE, ErrorCode::INVALID_PRODUCER_EPOCH, ErrorCode::INVALID_RECORD] {
