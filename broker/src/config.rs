@@ -527,7 +527,8 @@ mod tests {
     #[test]
     fn request_memory_pool_is_unbounded_or_fits_the_largest_request() {
         BrokerConfig { queued_max_request_bytes: -1, ..Default::default() }.validate().unwrap();
-        let exact = BrokerConfig { socket_request_max_bytes: 2 << 20, queued_max_request_bytes: 2 << 20, ..Default::default() };
+        let exact =
+            BrokerConfig { socket_request_max_bytes: 2 << 20, queued_max_request_bytes: 2 << 20, ..Default::default() };
         exact.validate().unwrap();
         for bytes in [0, -2, (100 << 20) - 1] {
             let cfg = BrokerConfig { queued_max_request_bytes: bytes, ..Default::default() };

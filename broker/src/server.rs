@@ -201,12 +201,7 @@ impl RequestMemoryPool {
     }
 }
 
-async fn serve_connection(
-    broker: Arc<Broker>,
-    request_memory: RequestMemoryPool,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
+async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(broker.config.queued_max_requests);
