@@ -92,6 +92,17 @@ pub struct BrokerConfig {
     /// stops reading from it (back-pressure).
     #[serde(rename = "queued.max.requests")]
     pub queued_max_requests: usize,
+    /// `queued.max.request.bytes`: memory for requests being read or handled, summed over all
+    /// connections. A connection takes a frame's size from this pool as soon as the size prefix
+    /// has arrived, before any room is reserved for the frame, and returns it once the request
+    /// has been handled; while the pool is used up the broker stops reading from connections
+    /// that want more (it does not fail them), so many slow clients that each announce a large
+    /// request cannot exhaust memory. -1 is unbounded (Kafka's default). Spate's default, 256
+    /// MiB, holds two requests of the default `socket.request.max.bytes` (100 MiB) or hundreds
+    /// of ordinary produce requests at once, about 1% of a small (24 GiB) machine. Must be at
+    /// least `socket.request.max.bytes`, so that every allowed request fits.
+    #[serde(rename = "queued.max.request.bytes")]
+    pub queued_max_request_bytes: i64,
     /// `fetch.max.bytes`: upper bound on one fetch response, whatever the client asks for.
     #[serde(rename = "fetch.max.bytes")]
     pub fetch_max_bytes: u32,
@@ -239,6 +250,7 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 104_857_600,
             max_connections: 10_000,
             queued_max_requests: 64,
+            queued_max_request_bytes: 256 << 20,
             fetch_max_bytes: 57_671_680,
             producer_id_expiration_ms: 86_400_000,
             max_producers_per_partition: 10_000,
@@ -319,6 +331,16 @@ impl BrokerConfig {
         }
         if self.queued_max_requests == 0 || self.max_connections == 0 || self.max_partitions == 0 {
             return bad("queued.max.requests / max.connections / max.partitions", "must be positive".into());
+        }
+        if self.queued_max_request_bytes != -1 && self.queued_max_request_bytes < self.socket_request_max_bytes as i64 {
+            return bad(
+                "queued.max.request.bytes",
+                format!(
+                    "{} must be -1 (unbounded) or at least socket.request.max.bytes {}, or the largest allowed \
+                     request could never be read",
+                    self.queued_max_request_bytes, self.socket_request_max_bytes
+                ),
+            );
         }
         if self.log_cleaner_backoff_ms == 0 {
             return bad("log.cleaner.backoff.ms", "must be positive".into());
@@ -500,6 +522,19 @@ mod tests {
         let not_voter =
             BrokerConfig { node_id: 9, controller_quorum_voters: "1@127.0.0.1:1".into(), ..Default::default() };
         assert!(not_voter.validate().is_err());
+    }
+
+    #[test]
+    fn request_memory_pool_is_unbounded_or_fits_the_largest_request() {
+        BrokerConfig { queued_max_request_bytes: -1, ..Default::default() }.validate().unwrap();
+        let exact =
+            BrokerConfig { socket_request_max_bytes: 2 << 20, queued_max_request_bytes: 2 << 20, ..Default::default() };
+        exact.validate().unwrap();
+        for bytes in [0, -2, (100 << 20) - 1] {
+            let cfg = BrokerConfig { queued_max_request_bytes: bytes, ..Default::default() };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("queued.max.request.bytes"), "{bytes}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The network shell: the accept loop and one task per connection. This is the only module
 //! that owns sockets. Requests are read and handled in order; responses are written in request
 //! order by a writer task, so a connection pipelines up to `queued.max.requests` requests.
+//! Request memory is budgeted across all connections by `queued.max.request.bytes`.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -9,10 +10,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use spate_client::protocol::frame::decode_frame;
+use spate_client::protocol::frame::{decode_frame, peek_frame_size};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::api::{self, Reply};
@@ -54,6 +55,7 @@ impl Server {
         let mut background = spawn_background_tasks(&broker);
         background.extend(watch_file_size_limit());
         let permits = Arc::new(Semaphore::new(broker.config.max_connections));
+        let request_memory = RequestMemoryPool::new(broker.config.queued_max_request_bytes);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -73,8 +75,9 @@ impl Server {
                         continue;
                     };
                     let broker = broker.clone();
+                    let request_memory = request_memory.clone();
                     tokio::spawn(async move {
-                        serve_connection(broker, stream, peer).await;
+                        serve_connection(broker, request_memory, stream, peer).await;
                         drop(permit);
                     });
                 }
@@ -146,7 +149,59 @@ fn spawn_background_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<(
     tasks
 }
 
-async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// `queued.max.request.bytes`: memory for requests, shared by every connection (Kafka's
+/// `MemoryPool`). A connection takes a frame's size from it before reserving room for the frame
+/// and gives it back once the request has been handled; while it is used up, connections that
+/// need more stop being read.
+#[derive(Clone)]
+struct RequestMemoryPool {
+    /// `None`: unbounded (`-1`).
+    free_bytes: Option<Arc<Semaphore>>,
+    capacity_bytes: usize,
+}
+
+/// Bytes of a [`RequestMemoryPool`], held until dropped.
+struct RequestMemory {
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl RequestMemoryPool {
+    fn new(queued_max_request_bytes: i64) -> RequestMemoryPool {
+        match usize::try_from(queued_max_request_bytes) {
+            Ok(bytes) => {
+                let capacity_bytes = bytes.min(Semaphore::MAX_PERMITS);
+                RequestMemoryPool { free_bytes: Some(Arc::new(Semaphore::new(capacity_bytes))), capacity_bytes }
+            }
+            Err(_) => RequestMemoryPool { free_bytes: None, capacity_bytes: usize::MAX },
+        }
+    }
+
+    /// Waits until `bytes` are free, then holds them. `None` for a request larger than the
+    /// whole pool, which could never be read (`validate()` keeps the pool at least
+    /// `socket.request.max.bytes`, so only a broken invariant gets here).
+    async fn reserve(&self, bytes: usize) -> Option<RequestMemory> {
+        if bytes > self.capacity_bytes {
+            return None;
+        }
+        let Some(free) = &self.free_bytes else {
+            return Some(RequestMemory { _bytes: None });
+        };
+        if bytes == 0 {
+            return Some(RequestMemory { _bytes: None });
+        }
+        let n = u32::try_from(bytes).ok()?;
+        if let Ok(permit) = free.clone().try_acquire_many_owned(n) {
+            return Some(RequestMemory { _bytes: Some(permit) });
+        }
+        debug!(bytes, free = free.available_permits(), "queued.max.request.bytes used up: not reading until it frees");
+        // The semaphore is never closed; waiters are served in order, so a large request is not
+        // starved by a stream of small ones.
+        let permit = free.clone().acquire_many_owned(n).await.ok()?;
+        Some(RequestMemory { _bytes: Some(permit) })
+    }
+}
+
+async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(broker.config.queued_max_requests);
@@ -203,6 +258,9 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     });
     let max_frame = broker.config.socket_request_max_bytes as usize;
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    // The pool's share for the frame at the front of `buf`, taken once its size is known and
+    // before room is reserved for it.
+    let mut frame_memory: Option<RequestMemory> = None;
     'read: loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(READ_BUFFER_BYTES);
@@ -216,6 +274,23 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             }
         }
         loop {
+            let size = match peek_frame_size(&buf, max_frame) {
+                Ok(Some(size)) => size,
+                Ok(None) => break,
+                Err(err) => {
+                    warn!(%peer, error = %err, "closing connection: bad frame");
+                    break 'read;
+                }
+            };
+            if frame_memory.is_none() {
+                // While the pool is used up this connection is not read: back-pressure, as
+                // Kafka mutes channels when its memory pool is exhausted.
+                let Some(memory) = request_memory.reserve(size).await else {
+                    warn!(%peer, size, "closing connection: request larger than queued.max.request.bytes");
+                    break 'read;
+                };
+                frame_memory = Some(memory);
+            }
             let frame = match decode_frame(&mut buf, max_frame) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -232,6 +307,10 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                     Err(err) => Reply::Close(format!("request handler failed: {err}")),
                 };
             }
+            // Handled: the request's share goes back to the pool, as Kafka's request handler
+            // releases its buffer. Holding it until a pending reply is written would let
+            // produces waiting for replication keep the followers' fetches from being read.
+            frame_memory = None;
             match reply {
                 Reply::Nothing => {}
                 Reply::Close(reason) => {
@@ -247,6 +326,59 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         }
     }
     drop(tx);
+    drop(frame_memory);
     // Let responses already accepted be written before the socket closes.
     let _ = write_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `fut` once: `Some` if it completed without waiting.
+    async fn now<F: Future>(fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn request_memory_is_bounded_by_the_pool_and_released_on_drop() {
+        let pool = RequestMemoryPool::new(100);
+        let first = now(pool.reserve(60)).await.expect("free").expect("fits");
+        let second = now(pool.reserve(40)).await.expect("free").expect("fits");
+        assert!(now(pool.reserve(1)).await.is_none(), "the pool is used up");
+
+        // A waiter gets its bytes once enough are released, not before.
+        let mut waiting = std::pin::pin!(pool.reserve(50));
+        assert!(now(waiting.as_mut()).await.is_none());
+        drop(second);
+        assert!(now(waiting.as_mut()).await.is_none(), "40 of 50 bytes free");
+        drop(first);
+        let third = now(waiting.as_mut()).await.expect("released").expect("fits");
+        assert!(now(pool.reserve(51)).await.is_none());
+        let fourth = now(pool.reserve(50)).await.expect("free").expect("fits");
+        drop((third, fourth));
+        let whole = now(pool.reserve(100)).await.expect("free").expect("fits");
+        drop(whole);
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_the_pool_is_refused_not_awaited() {
+        let pool = RequestMemoryPool::new(100);
+        assert!(now(pool.reserve(101)).await.expect("answers at once").is_none());
+        let _held = now(pool.reserve(100)).await.unwrap().unwrap();
+        assert!(now(pool.reserve(101)).await.expect("answers at once").is_none());
+    }
+
+    #[tokio::test]
+    async fn minus_one_is_unbounded() {
+        let pool = RequestMemoryPool::new(-1);
+        let held: Vec<_> = (0..4).map(|_| now(pool.reserve(i32::MAX as usize))).collect();
+        for reserve in held {
+            assert!(reserve.await.expect("never waits").is_some());
+        }
+    }
 }

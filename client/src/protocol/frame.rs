@@ -9,15 +9,14 @@ use crate::error::ProtocolError;
 /// Bytes taken by the size prefix.
 pub const SIZE_PREFIX_BYTES: usize = 4;
 
-/// Splits one complete frame off the front of `buf`, without its size prefix.
-///
-/// Returns `Ok(None)` while the frame is incomplete; on return it has reserved room for the rest
-/// of a frame whose size is known and allowed, so callers can read straight into `buf`.
-pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Bytes>, ProtocolError> {
-    if buf.len() < SIZE_PREFIX_BYTES {
+/// The size of the frame at the front of `buf` (without its prefix), checked against the limit;
+/// `Ok(None)` until the whole prefix is there. Reserves nothing: a server that budgets request
+/// memory across connections takes the budget for this size before calling [`decode_frame`].
+pub fn peek_frame_size(buf: &[u8], max_frame_bytes: usize) -> Result<Option<usize>, ProtocolError> {
+    let Some(prefix) = buf.first_chunk::<SIZE_PREFIX_BYTES>() else {
         return Ok(None);
-    }
-    let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    };
+    let size = i32::from_be_bytes(*prefix);
     if size < 0 {
         return Err(ProtocolError::NegativeFrameSize { size });
     }
@@ -25,6 +24,17 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
     if size > max_frame_bytes {
         return Err(ProtocolError::FrameTooLarge { size, max: max_frame_bytes });
     }
+    Ok(Some(size))
+}
+
+/// Splits one complete frame off the front of `buf`, without its size prefix.
+///
+/// Returns `Ok(None)` while the frame is incomplete; on return it has reserved room for the rest
+/// of a frame whose size is known and allowed, so callers can read straight into `buf`.
+pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Bytes>, ProtocolError> {
+    let Some(size) = peek_frame_size(buf, max_frame_bytes)? else {
+        return Ok(None);
+    };
     let total = SIZE_PREFIX_BYTES + size;
     if buf.len() < total {
         buf.reserve(total - buf.len());
@@ -62,5 +72,17 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_i32(-5);
         assert!(matches!(decode_frame(&mut buf, 1 << 20), Err(ProtocolError::NegativeFrameSize { .. })));
+    }
+
+    #[test]
+    fn peeking_a_size_reserves_nothing() {
+        let mut buf = BytesMut::new();
+        buf.put_u8(0);
+        assert_eq!(peek_frame_size(&buf, 1 << 20).unwrap(), None);
+        buf.put_slice(&[0x10, 0, 0]);
+        let capacity = buf.capacity();
+        assert_eq!(peek_frame_size(&buf, 1 << 20).unwrap(), Some(1 << 20));
+        assert_eq!(buf.capacity(), capacity);
+        assert!(matches!(peek_frame_size(&buf, (1 << 20) - 1), Err(ProtocolError::FrameTooLarge { .. })));
     }
 }
