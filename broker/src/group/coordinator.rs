@@ -217,6 +217,31 @@ fn ownership(me: i32, image_leader: Option<(i32, i32)>, owned: Option<Owned>) ->
     }
 }
 
+/// What a new image asks of the coordinator, given each `__consumer_offsets` partition's
+/// `(leader, leader_epoch)` in it: the partitions whose groups to unload (no longer led here,
+/// or led in another epoch) and those to load, with the epoch to load them in. A new epoch means
+/// a reload even when this broker led the partition before and leads it again (lead→follow→lead
+/// arriving as one image): its log may have been truncated in between.
+fn leadership_changes(me: i32, leaders: &[(i32, i32)], owned: &BTreeMap<i32, Owned>) -> (Vec<i32>, Vec<(i32, i32)>) {
+    let mut unload = Vec::new();
+    let mut load = Vec::new();
+    for (index, &(leader, leader_epoch)) in leaders.iter().enumerate() {
+        let index = index as i32;
+        let current = owned.get(&index);
+        let leads = leader == me;
+        if leads && current.is_some_and(|o| o.leader_epoch == leader_epoch) {
+            continue;
+        }
+        if current.is_some() {
+            unload.push(index);
+        }
+        if leads {
+            load.push((index, leader_epoch));
+        }
+    }
+    (unload, load)
+}
+
 /// Waits until `wait`'s record is durable: appended, and the high watermark past it while this
 /// broker still leads the partition in the epoch it was appended in. A follower's high
 /// watermark comes from another leader and says nothing about a record this one appended (it
@@ -430,26 +455,19 @@ impl GroupCoordinator {
         let mut completions = Vec::new();
         let mut inner = self.lock();
         let config = inner.state.config().clone();
-        for (index, p) in topic.partitions.iter().enumerate() {
-            let index = index as i32;
-            let leads = p.leader == me;
-            let current = inner.owned.get(&index).copied();
-            if leads && current.is_some_and(|o| o.leader_epoch == p.leader_epoch) {
-                continue;
-            }
-            if current.is_some() {
-                inner.owned.remove(&index);
-                let (gone, fx) = inner.state.unload_groups(|group| partition_for(group, count) == index);
-                completions.extend(fx.completions);
-                info!(partition = index, groups = gone, "{OFFSETS_TOPIC} leadership changed; groups unloaded");
-            }
-            if !leads {
-                continue;
-            }
+        let leaders: Vec<(i32, i32)> = topic.partitions.iter().map(|p| (p.leader, p.leader_epoch)).collect();
+        let (unload, load) = leadership_changes(me, &leaders, &inner.owned);
+        for index in unload {
+            inner.owned.remove(&index);
+            let (gone, fx) = inner.state.unload_groups(|group| partition_for(group, count) == index);
+            completions.extend(fx.completions);
+            info!(partition = index, groups = gone, "{OFFSETS_TOPIC} leadership changed; groups unloaded");
+        }
+        for (index, leader_epoch) in load {
             match broker.partition(OFFSETS_TOPIC, index) {
                 Some(partition) => {
-                    inner.owned.insert(index, Owned { leader_epoch: p.leader_epoch, loaded: false });
-                    loads.push(LoadJob { index, leader_epoch: p.leader_epoch, partition, config: config.clone() });
+                    inner.owned.insert(index, Owned { leader_epoch, loaded: false });
+                    loads.push(LoadJob { index, leader_epoch, partition, config: config.clone() });
                 }
                 None => {
                     warn!(partition = index, "this broker leads {OFFSETS_TOPIC}-{index} but holds no replica of it")
@@ -462,8 +480,11 @@ impl GroupCoordinator {
         for job in loads {
             let shared = self.shared.clone();
             let name = format!("group-load-{}", job.index);
+            let index = job.index;
             if let Err(err) = std::thread::Builder::new().name(name).spawn(move || load_groups(&shared, job)) {
-                warn!(error = %err, "could not start a group loader thread");
+                // Not owned, so the next image tries again.
+                warn!(partition = index, error = %err, "could not start a group loader thread");
+                self.lock().owned.remove(&index);
             }
         }
     }
@@ -964,6 +985,21 @@ mod tests {
         p.make_leader(&image(&[1, 2], &[1, 2], 1, 3, 3), None, 0).unwrap();
         let wait = durable_wait(&p, last, 1);
         assert_eq!(wait_durable(wait, soon()).await, Err(ErrorCode::NOT_COORDINATOR));
+    }
+
+    #[test]
+    fn a_new_leader_epoch_reloads_the_partitions_groups() {
+        let owned: BTreeMap<i32, Owned> = [
+            (0, Owned { leader_epoch: 4, loaded: true }),
+            (1, Owned { leader_epoch: 2, loaded: true }),
+            (2, Owned { leader_epoch: 7, loaded: false }),
+        ]
+        .into();
+        // 0: led here again in a later epoch (lead→follow→lead in one image); 1: unchanged;
+        // 2: moved to broker 2; 3: newly led here.
+        let leaders = [(1, 6), (1, 2), (2, 8), (1, 1)];
+        assert_eq!(leadership_changes(1, &leaders, &owned), (vec![0, 2], vec![(0, 6), (3, 1)]));
+        assert_eq!(leadership_changes(1, &[(1, 4), (1, 2), (1, 7)], &owned), (vec![], vec![]));
     }
 
     #[test]
