@@ -414,12 +414,6 @@ impl GroupCoordinator {
         ownership(broker.config.node_id, leader, inner.owned.get(&index).copied())
     }
 
-    /// NOT_COORDINATOR unless the newest image names this broker as the group's coordinator;
-    /// COORDINATOR_LOAD_IN_PROGRESS until its groups are loaded in that leader epoch.
-    pub fn check_coordinator(&self, broker: &Broker, group_id: &str) -> std::result::Result<(), ErrorCode> {
-        self.owns(broker, &self.lock(), group_id)
-    }
-
     /// Creates `__consumer_offsets` through the controller if it does not exist yet.
     pub async fn ensure_offsets_topic(&self, broker: &Arc<Broker>) -> Result<()> {
         if broker.image().topics.contains_key(OFFSETS_TOPIC) {
