@@ -337,6 +337,8 @@ fn load_groups(shared: &Shared, job: LoadJob) {
                 let mut inner = shared.lock();
                 let current = job.partition.is_leader() && job.partition.leader_epoch() == job.leader_epoch;
                 if inner.owned.get(&job.index) != Some(&expected) || !current {
+                    // The next image unloads or reloads it.
+                    info!(partition = job.index, "leadership moved while its groups loaded; discarding the load");
                     return;
                 }
                 let groups = loaded.group_count();
