@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use spate_broker::broker::Broker;
 use spate_broker::{BrokerConfig, Server};
 use spate_client::connection::{Connection, ConnectionConfig};
 use spate_client::protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -18,6 +22,7 @@ use tokio::sync::oneshot;
 
 struct Running {
     addr: String,
+    broker: Arc<Broker>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -35,6 +40,7 @@ async fn start(dir: &Path, topic: Option<&str>) -> Running {
         server.broker.create_topic(topic, 2, -1, BTreeMap::new()).await.unwrap();
     }
     let addr = server.local_addr().to_string();
+    let broker = server.broker.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -44,10 +50,19 @@ async fn start(dir: &Path, topic: Option<&str>) -> Running {
             .await
             .unwrap();
     });
-    Running { addr, stop, task }
+    Running { addr, broker, stop, task }
 }
 
 impl Running {
+    /// Waits until the groups of every `__consumer_offsets` partition this broker leads are
+    /// loaded (they load on a thread of their own; requests meanwhile get
+    /// COORDINATOR_LOAD_IN_PROGRESS).
+    async fn groups_loaded(&self) {
+        while self.broker.groups.is_loading() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap();
@@ -167,6 +182,7 @@ async fn group_lifecycle_over_the_wire_and_offsets_survive_a_restart() {
     let found: FindCoordinatorResponse =
         a.send(ApiKey::FindCoordinator, 3, &FindCoordinatorRequest::default().with_key(str_bytes("g"))).await.unwrap();
     assert_eq!((found.error_code, found.node_id.0), (0, 1));
+    broker.groups_loaded().await;
 
     // KIP-394: the first join gets an id, the second one joins.
     let first = join(&a, "").await;
@@ -256,6 +272,7 @@ async fn group_lifecycle_over_the_wire_and_offsets_survive_a_restart() {
     drop((a, b));
     broker.stop().await;
     let broker = start(dir.path(), None).await;
+    broker.groups_loaded().await;
     let c = connect(&broker.addr).await;
     assert_eq!(committed(&c, "g").await, vec![("t".to_string(), 1, 42, "meta".to_string())]);
     assert_eq!(committed(&c, "solo").await.len(), 1);
@@ -291,6 +308,7 @@ async fn group_lifecycle_over_the_wire_and_offsets_survive_a_restart() {
 
     // The tombstones hold across another restart.
     let broker = start(dir.path(), None).await;
+    broker.groups_loaded().await;
     let c = connect(&broker.addr).await;
     assert!(committed(&c, "g").await.is_empty());
     assert_eq!(committed(&c, "solo").await.len(), 1);
@@ -315,6 +333,7 @@ async fn every_supported_version_answers() {
         let r: FindCoordinatorResponse = c.send(ApiKey::FindCoordinator, v, &request).await.unwrap();
         assert_eq!(r.error_code, 0, "v{v}");
     }
+    broker.groups_loaded().await;
     for v in 0..=7i16 {
         let base = join_request("").with_group_id(group(v)).with_rebalance_timeout_ms(if v >= 1 { 10_000 } else { -1 });
         // An unknown member of an unknown group: the error path.
@@ -404,5 +423,82 @@ async fn every_supported_version_answers() {
         assert_eq!(d.results[0].error_code, 0, "delete v{v}");
     }
     drop(c);
+    broker.stop().await;
+}
+
+/// While a `__consumer_offsets` partition's groups load (held here by the load hook), its group
+/// requests are answered COORDINATOR_LOAD_IN_PROGRESS, FindCoordinator still names this broker
+/// (never a coordinator that then denies it), and other connections are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_requests_answer_load_in_progress_while_the_partition_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), Some("t")).await;
+    let released = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let (r, h) = (released.clone(), held.clone());
+    broker.broker.groups.set_load_hook(Some(Arc::new(move |_partition| {
+        h.fetch_add(1, Ordering::SeqCst);
+        while !r.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })));
+    let a = connect(&broker.addr).await;
+    let other = connect(&broker.addr).await;
+
+    // Creates __consumer_offsets; its three partitions start loading and are held.
+    let found: FindCoordinatorResponse =
+        a.send(ApiKey::FindCoordinator, 3, &FindCoordinatorRequest::default().with_key(str_bytes("g"))).await.unwrap();
+    assert_eq!((found.error_code, found.node_id.0), (0, 1));
+    while held.load(Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(broker.broker.groups.is_loading());
+
+    let loading = ErrorCode::COORDINATOR_LOAD_IN_PROGRESS;
+    assert_eq!(ErrorCode(join(&a, "").await.error_code), loading);
+    assert_eq!(heartbeat(&a, "m", 1).await, loading);
+    assert_eq!(commit(&a, "solo", -1, "", "t", 5).await, loading);
+    let request = OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+        .with_group_id(GroupId(str_bytes("solo")))
+        .with_topics(None)]);
+    let response: OffsetFetchResponse = a.send(ApiKey::OffsetFetch, 8, &request).await.unwrap();
+    assert_eq!(ErrorCode(response.groups[0].error_code), loading);
+    let response: OffsetFetchResponse = a
+        .send(ApiKey::OffsetFetch, 7, &OffsetFetchRequest::default().with_group_id(GroupId(str_bytes("solo"))))
+        .await
+        .unwrap();
+    assert_eq!(ErrorCode(response.error_code), loading);
+    let described: DescribeGroupsResponse = a
+        .send(ApiKey::DescribeGroups, 5, &DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes("g"))]))
+        .await
+        .unwrap();
+    assert_eq!(ErrorCode(described.groups[0].error_code), loading);
+    // FindCoordinator agrees: it names this broker, which answers "loading", never "not me".
+    let found: FindCoordinatorResponse = other
+        .send(ApiKey::FindCoordinator, 3, &FindCoordinatorRequest::default().with_key(str_bytes("g")))
+        .await
+        .unwrap();
+    assert_eq!((found.error_code, found.node_id.0), (0, 1));
+
+    // Another connection is served while the load is held.
+    let metadata: MetadataResponse = other
+        .send(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                spate_client::protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(str_bytes("t")))),
+            ])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(metadata.topics[0].partitions.len(), 2);
+
+    released.store(true, Ordering::SeqCst);
+    broker.groups_loaded().await;
+    assert_eq!(commit(&a, "solo", -1, "", "t", 5).await, ErrorCode::NONE);
+    // Answered once durable, and visible from then on.
+    assert_eq!(committed(&a, "solo").await, vec![("t".to_string(), 1, 5, "meta".to_string())]);
+    drop((a, other));
     broker.stop().await;
 }

@@ -5,7 +5,6 @@
 //! rebalance are [`Reply::Later`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use spate_client::protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -37,13 +36,11 @@ use uuid::Uuid;
 
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
-use crate::group::coordinator::{CommitPartition, DurableWait, Wait};
+use crate::group::coordinator::{wait_all_durable, CommitPartition, DurableWait, Wait};
 use crate::group::state::{JoinRequest, JoinResult, LeavingMember, SyncResult};
 use crate::group::store::OffsetValue;
 use crate::group::OFFSETS_TOPIC;
 
-/// How long an OffsetCommit waits for its append to become durable.
-const COMMIT_DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Kafka's "authorized operations were not requested" marker.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 /// FindCoordinator key types.
@@ -54,12 +51,13 @@ fn owned_ctx(ctx: &RequestContext) -> RequestContext {
     RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id }
 }
 
-/// Answers now, or once every append is durable (a timeout turns `on_timeout` on).
+/// Answers now, or once every append is durable (see [`wait_all_durable`]); a failure (timeout,
+/// leadership lost) is handed to `on_failure`.
 fn after_durable<M: Codec + Send + 'static>(
     ctx: &RequestContext,
     waits: Vec<DurableWait>,
     response: M,
-    on_timeout: impl FnOnce(&mut M) + Send + 'static,
+    on_failure: impl FnOnce(&mut M, ErrorCode) + Send + 'static,
 ) -> Reply {
     if waits.is_empty() {
         return Reply::Now(ctx.respond(&response));
@@ -67,15 +65,8 @@ fn after_durable<M: Codec + Send + 'static>(
     let ctx = owned_ctx(ctx);
     Reply::Later(Box::pin(async move {
         let mut response = response;
-        let deadline = tokio::time::Instant::now() + COMMIT_DURABLE_TIMEOUT;
-        let mut timed_out = false;
-        for mut w in waits {
-            let needed = w.needed;
-            let waited = tokio::time::timeout_at(deadline, w.durable.wait_for(|&v| v >= needed)).await;
-            timed_out |= !matches!(waited, Ok(Ok(_)));
-        }
-        if timed_out {
-            on_timeout(&mut response);
+        if let Err(code) = wait_all_durable(waits).await {
+            on_failure(&mut response, code);
         }
         ctx.respond(&response)
     }))
@@ -261,6 +252,7 @@ pub(super) fn sync_group(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut 
 pub(super) fn heartbeat(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
     let request: HeartbeatRequest = decode("Heartbeat request", ctx, body)?;
     let code = broker.groups.heartbeat(
+        broker,
         &request.group_id,
         request.generation_id,
         &request.member_id,
@@ -330,7 +322,7 @@ pub(super) fn offset_commit(
             });
         }
     }
-    let (errors, waits) = broker.groups.commit(
+    let (errors, pending) = broker.groups.commit(
         broker,
         &group_id,
         request.generation_id_or_member_epoch,
@@ -356,14 +348,22 @@ pub(super) fn offset_commit(
             )
         })
         .collect();
-    let response = OffsetCommitResponse::default().with_topics(topics);
-    Ok(after_durable(ctx, waits, response, |r| {
-        for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-            if p.error_code == 0 {
-                p.error_code = ErrorCode::REQUEST_TIMED_OUT.0;
+    let mut response = OffsetCommitResponse::default().with_topics(topics);
+    let Some(pending) = pending else {
+        return Ok(Reply::Now(ctx.respond(&response)));
+    };
+    let ctx = owned_ctx(ctx);
+    Ok(Reply::Later(Box::pin(async move {
+        let code = pending.outcome().await;
+        if !code.is_ok() {
+            for p in response.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                if p.error_code == 0 {
+                    p.error_code = code.0;
+                }
             }
         }
-    }))
+        ctx.respond(&response)
+    })))
 }
 
 /// One topic's partitions and their committed offsets (`None`: nothing committed).
@@ -388,6 +388,8 @@ fn offset_fields(value: Option<OffsetValue>, version: i16) -> (i64, i32, Option<
     }
 }
 
+type Wanted = Option<Vec<(String, i32)>>;
+
 pub(super) fn offset_fetch(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
@@ -395,20 +397,30 @@ pub(super) fn offset_fetch(
 ) -> Result<Reply, ProtocolError> {
     let request: OffsetFetchRequest = decode("OffsetFetch request", ctx, body)?;
     let v = ctx.version;
+    let broker = broker.clone();
+    let ctx = owned_ctx(ctx);
+    // Later: a group's commits still in flight are waited for (see `GroupCoordinator::fetch_offsets`).
     if v >= 8 {
-        let groups = request
+        let groups: Vec<(GroupId, Wanted)> = request
             .groups
-            .iter()
+            .into_iter()
             .map(|g| {
-                let wanted: Option<Vec<(String, i32)>> = g.topics.as_ref().map(|ts| {
+                let wanted: Wanted = g.topics.as_ref().map(|ts| {
                     ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect()
                 });
-                if let Err(code) = broker.groups.check_coordinator(&g.group_id) {
-                    return OffsetFetchResponseGroup::default()
-                        .with_group_id(g.group_id.clone())
-                        .with_error_code(code.0);
-                }
-                let offsets = broker.groups.fetch_offsets(&g.group_id, wanted.as_deref());
+                (g.group_id, wanted)
+            })
+            .collect();
+        return Ok(Reply::Later(Box::pin(async move {
+            let mut out = Vec::with_capacity(groups.len());
+            for (group_id, wanted) in groups {
+                let offsets = match broker.groups.fetch_offsets(&broker, &group_id, wanted.as_deref()).await {
+                    Ok(offsets) => offsets,
+                    Err(code) => {
+                        out.push(OffsetFetchResponseGroup::default().with_group_id(group_id).with_error_code(code.0));
+                        continue;
+                    }
+                };
                 let topics = by_topic(offsets)
                     .into_iter()
                     .map(|(topic, ps)| {
@@ -426,55 +438,60 @@ pub(super) fn offset_fetch(
                         )
                     })
                     .collect();
-                OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone()).with_topics(topics)
-            })
-            .collect();
-        return Ok(Reply::Now(ctx.respond(&OffsetFetchResponse::default().with_groups(groups))));
+                out.push(OffsetFetchResponseGroup::default().with_group_id(group_id).with_topics(topics));
+            }
+            ctx.respond(&OffsetFetchResponse::default().with_groups(out))
+        })));
     }
-    let wanted: Option<Vec<(String, i32)>> = request
+    let wanted: Wanted = request
         .topics
         .as_ref()
         .map(|ts| ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect());
-    if let Err(code) = broker.groups.check_coordinator(&request.group_id) {
-        // v2+ has a top-level error; v1 clients see it per partition.
-        let mut response = OffsetFetchResponse::default();
-        if v >= 2 {
-            response.error_code = code.0;
-        } else {
-            response.topics = wanted
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(t, p)| {
-                    OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(t))).with_partitions(vec![
-                        OffsetFetchResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_committed_offset(-1)
-                            .with_error_code(code.0),
-                    ])
-                })
-                .collect();
-        }
-        return Ok(Reply::Now(ctx.respond(&response)));
-    }
-    let offsets = broker.groups.fetch_offsets(&request.group_id, wanted.as_deref());
-    let topics = by_topic(offsets)
-        .into_iter()
-        .map(|(topic, ps)| {
-            OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(topic))).with_partitions(
-                ps.into_iter()
-                    .map(|(p, value)| {
-                        let (offset, epoch, metadata) = offset_fields(value, v);
-                        OffsetFetchResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_committed_offset(offset)
-                            .with_committed_leader_epoch(epoch)
-                            .with_metadata(metadata)
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    Ok(Reply::Now(ctx.respond(&OffsetFetchResponse::default().with_topics(topics))))
+    let group_id = request.group_id;
+    Ok(Reply::Later(Box::pin(async move {
+        let offsets = match broker.groups.fetch_offsets(&broker, &group_id, wanted.as_deref()).await {
+            Ok(offsets) => offsets,
+            Err(code) => {
+                // v2+ has a top-level error; v1 clients see it per partition.
+                let mut response = OffsetFetchResponse::default();
+                if v >= 2 {
+                    response.error_code = code.0;
+                } else {
+                    response.topics = wanted
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(t, p)| {
+                            OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(t))).with_partitions(
+                                vec![OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(code.0)],
+                            )
+                        })
+                        .collect();
+                }
+                return ctx.respond(&response);
+            }
+        };
+        let topics = by_topic(offsets)
+            .into_iter()
+            .map(|(topic, ps)| {
+                OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(topic))).with_partitions(
+                    ps.into_iter()
+                        .map(|(p, value)| {
+                            let (offset, epoch, metadata) = offset_fields(value, v);
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(epoch)
+                                .with_metadata(metadata)
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        ctx.respond(&OffsetFetchResponse::default().with_topics(topics))
+    })))
 }
 
 pub(super) fn offset_delete(
@@ -513,7 +530,7 @@ pub(super) fn offset_delete(
             )
         }
     };
-    Ok(after_durable(ctx, waits, response, |r| r.error_code = ErrorCode::REQUEST_TIMED_OUT.0))
+    Ok(after_durable(ctx, waits, response, |r, code| r.error_code = code.0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,13 +546,15 @@ pub(super) fn describe_groups(
         .groups
         .iter()
         .map(|group_id| {
-            if let Err(code) = broker.groups.check_coordinator(group_id) {
-                return DescribedGroup::default()
-                    .with_group_id(group_id.clone())
-                    .with_error_code(code.0)
-                    .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
-            }
-            let d = broker.groups.describe(group_id);
+            let d = match broker.groups.describe(broker, group_id) {
+                Ok(d) => d,
+                Err(code) => {
+                    return DescribedGroup::default()
+                        .with_group_id(group_id.clone())
+                        .with_error_code(code.0)
+                        .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+                }
+            };
             let members = d
                 .members
                 .into_iter()
@@ -601,9 +620,9 @@ pub(super) fn delete_groups(
         .map(|(g, e)| DeletableGroupResult::default().with_group_id(g.clone()).with_error_code(e.0))
         .collect();
     let response = DeleteGroupsResponse::default().with_results(results);
-    Ok(after_durable(ctx, waits, response, |r| {
+    Ok(after_durable(ctx, waits, response, |r, code| {
         for g in r.results.iter_mut().filter(|g| g.error_code == 0) {
-            g.error_code = ErrorCode::REQUEST_TIMED_OUT.0;
+            g.error_code = code.0;
         }
     }))
 }

@@ -1,32 +1,41 @@
 //! The async shell around [`GroupState`]: it owns the state machine behind one lock, hands
 //! parked JoinGroup/SyncGroup requests a oneshot channel, appends the state machine's records
-//! to `__consumer_offsets` (creating the topic on first need), and replays that topic at start.
+//! to `__consumer_offsets` (creating the topic on first need), and loads a partition's groups
+//! when this broker becomes its leader.
 //!
-//! Order: records are appended while the lock is held, so the log holds them in the order the
-//! state machine produced them and a replay rebuilds the same state. Offsets are applied in
-//! memory only after their append succeeded; the OffsetCommit response additionally waits until
-//! the append is durable (like `acks=all`).
+//! Order: records are queued for the appender thread while the lock is held, so the log holds
+//! them in the order the state machine produced them and a replay rebuilds the same state.
+//! Blocking work never runs on the async workers: appends go to one appender thread, and each
+//! partition's groups are replayed on a loader thread without the lock (requests for those
+//! groups get COORDINATOR_LOAD_IN_PROGRESS meanwhile, as Kafka's do).
+//!
+//! Offsets: an OffsetCommit is staged when appended, answered once the high watermark passes
+//! its record while this broker still leads the partition in the same leader epoch, and only
+//! then shown to OffsetFetch (Kafka's pending offset commits).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
+use bytes::Bytes;
 use spate_client::protocol::compression::Compression;
-use spate_client::protocol::record::{decode_records, validate_batches, BatchBuilder, BatchIter, Record};
+use spate_client::protocol::record::{decode_records, validate_batches, BatchBuilder, BatchHeader, BatchIter, Record};
 use spate_client::protocol::ErrorCode;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use super::state::{
     Answer, CommitPlan, Completion, Effects, GroupConfig, GroupDescription, GroupState, JoinRequest, JoinResult,
-    LeavingMember, SyncResult, WaiterId,
+    LeavingMember, StagedCommit, SyncResult, WaiterId,
 };
 use super::store::{OffsetValue, StoreRecord};
 use super::{partition_for, OFFSETS_TOPIC};
-use crate::broker::Broker;
+use crate::broker::{now_ms, Broker};
 use crate::config::{BrokerConfig, FlushMode};
 use crate::controller::MetadataImage;
 use crate::error::{BrokerError, Result};
+use crate::flusher::Flusher;
 use crate::partition::Partition;
 
 /// Kafka's `offsets.topic.segment.bytes` default.
@@ -35,6 +44,13 @@ const OFFSETS_SEGMENT_BYTES: &str = "104857600";
 const LOAD_READ_BYTES: usize = 1 << 20;
 /// Bound on a decompressed batch during replay (our own batches are never compressed).
 const LOAD_MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
+/// Pause before replaying a partition again after a read failed.
+const LOAD_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a write waits to become durable before its request is answered REQUEST_TIMED_OUT.
+pub const COMMIT_DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a waiting write checks that this broker still leads its partition in the epoch it
+/// appended in (besides every high-watermark change).
+const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
 /// A JoinGroup or SyncGroup answer: now, or once the rebalance gets there.
 pub enum Wait<T> {
@@ -42,10 +58,14 @@ pub enum Wait<T> {
     Later(oneshot::Receiver<T>),
 }
 
-/// An append that must be durable before its request is answered.
+/// A queued `__consumer_offsets` append whose request is answered once it is durable.
 pub struct DurableWait {
-    pub durable: watch::Receiver<i64>,
-    pub needed: i64,
+    /// The appender's answer: the last offset of the batch, or why it was not appended.
+    appended: oneshot::Receiver<Result<i64>>,
+    partition: Arc<Partition>,
+    /// The leader epoch the append was queued in; a record is durable only if the high
+    /// watermark passes it while this broker still leads in this epoch.
+    leader_epoch: i32,
 }
 
 /// One partition of an OffsetCommit.
@@ -57,20 +77,98 @@ pub struct CommitPartition {
     pub metadata: Option<String>,
 }
 
+/// Test hook run on the loader thread before a partition's groups are replayed.
+pub type LoadHook = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// A `__consumer_offsets` partition this broker leads, by the leader epoch it leads it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owned {
+    leader_epoch: i32,
+    /// Its groups are replayed; until then their requests get COORDINATOR_LOAD_IN_PROGRESS.
+    loaded: bool,
+}
+
 struct Inner {
     state: GroupState,
-    /// `__consumer_offsets` partitions this broker leads and has loaded: it coordinates exactly
-    /// the groups that hash to them.
-    owned: BTreeSet<i32>,
-    /// Partition count of `__consumer_offsets` (0 until it exists).
-    offsets_partitions: i32,
+    /// `__consumer_offsets` partitions this broker leads: it coordinates exactly the groups that
+    /// hash to those loaded in the epoch the newest metadata image names.
+    owned: BTreeMap<i32, Owned>,
     joins: HashMap<WaiterId, oneshot::Sender<JoinResult>>,
     syncs: HashMap<WaiterId, oneshot::Sender<SyncResult>>,
 }
 
-pub struct GroupCoordinator {
+impl Inner {
+    /// Answers parked JoinGroup/SyncGroup requests.
+    fn complete(&mut self, completions: Vec<Completion>) {
+        for completion in completions {
+            match completion {
+                Completion::Join(w, result) => {
+                    if let Some(tx) = self.joins.remove(&w) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Completion::Sync(w, result) => {
+                    if let Some(tx) = self.syncs.remove(&w) {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the coordinator shares with its loader threads and commit tasks.
+struct Shared {
     inner: Mutex<Inner>,
+    /// Bumped when a staged commit resolves or groups are unloaded: wakes OffsetFetch requests
+    /// waiting for a group's commits in flight.
+    resolved: watch::Sender<u64>,
+    load_hook: Mutex<Option<LoadHook>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state machine never panics on peer input; if our own bug did, the state it left is
+        // still a valid group state, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_fetches(&self) {
+        self.resolved.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+pub struct GroupCoordinator {
+    shared: Arc<Shared>,
     next_waiter: AtomicU64,
+    /// The appender thread's queue, started with the first append.
+    appender: OnceLock<Mutex<mpsc::Sender<AppendJob>>>,
+}
+
+/// An OffsetCommit whose record is queued: resolves to the request's answer once durable.
+pub struct PendingCommit {
+    answer: oneshot::Receiver<std::result::Result<(), ErrorCode>>,
+}
+
+impl PendingCommit {
+    /// NONE once durable; otherwise the error for every partition that was accepted.
+    pub async fn outcome(self) -> ErrorCode {
+        match self.answer.await {
+            Ok(Ok(())) => ErrorCode::NONE,
+            Ok(Err(code)) => code,
+            Err(_) => ErrorCode::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+}
+
+/// One append for the appender thread.
+struct AppendJob {
+    partition: Arc<Partition>,
+    leader_epoch: i32,
+    batch: Bytes,
+    headers: Vec<BatchHeader>,
+    now_ms: i64,
+    done: Option<oneshot::Sender<Result<i64>>>,
 }
 
 pub fn group_config(config: &BrokerConfig) -> GroupConfig {
@@ -90,28 +188,206 @@ fn storage_error_code(err: &BrokerError) -> ErrorCode {
     match err {
         BrokerError::MessageTooLarge { .. } => ErrorCode::INVALID_COMMIT_OFFSET_SIZE,
         BrokerError::Controller { code, .. } if *code == ErrorCode::NOT_COORDINATOR => ErrorCode::NOT_COORDINATOR,
+        // The replica stopped leading between the queueing and the append.
+        BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NOT_COORDINATOR,
         _ => ErrorCode::COORDINATOR_NOT_AVAILABLE,
+    }
+}
+
+fn not_coordinator(index: i32) -> BrokerError {
+    BrokerError::Controller {
+        code: ErrorCode::NOT_COORDINATOR,
+        message: format!("this broker does not lead {OFFSETS_TOPIC}-{index} in the epoch its groups were loaded in"),
+    }
+}
+
+/// Whether this broker coordinates a group whose partition the newest image has led by
+/// `image_leader` (`(leader, leader_epoch)`, `None` without `__consumer_offsets`) and which it
+/// holds as `owned`. The image decides who coordinates, so FindCoordinator (which answers from
+/// the same image) never names this broker for a group it then refuses with NOT_COORDINATOR:
+/// until its groups are loaded in that epoch the answer is COORDINATOR_LOAD_IN_PROGRESS, which
+/// clients retry.
+fn ownership(me: i32, image_leader: Option<(i32, i32)>, owned: Option<Owned>) -> std::result::Result<(), ErrorCode> {
+    match image_leader {
+        Some((leader, epoch)) if leader == me => match owned {
+            Some(o) if o.loaded && o.leader_epoch == epoch => Ok(()),
+            _ => Err(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS),
+        },
+        _ => Err(ErrorCode::NOT_COORDINATOR),
+    }
+}
+
+/// What a new image asks of the coordinator, given each `__consumer_offsets` partition's
+/// `(leader, leader_epoch)` in it: the partitions whose groups to unload (no longer led here,
+/// or led in another epoch) and those to load, with the epoch to load them in. A new epoch means
+/// a reload even when this broker led the partition before and leads it again (lead→follow→lead
+/// arriving as one image): its log may have been truncated in between.
+fn leadership_changes(me: i32, leaders: &[(i32, i32)], owned: &BTreeMap<i32, Owned>) -> (Vec<i32>, Vec<(i32, i32)>) {
+    let mut unload = Vec::new();
+    let mut load = Vec::new();
+    for (index, &(leader, leader_epoch)) in leaders.iter().enumerate() {
+        let index = index as i32;
+        let current = owned.get(&index);
+        let leads = leader == me;
+        if leads && current.is_some_and(|o| o.leader_epoch == leader_epoch) {
+            continue;
+        }
+        if current.is_some() {
+            unload.push(index);
+        }
+        if leads {
+            load.push((index, leader_epoch));
+        }
+    }
+    (unload, load)
+}
+
+/// Waits until `wait`'s record is durable: appended, and the high watermark past it while this
+/// broker still leads the partition in the epoch it was appended in. A follower's high
+/// watermark comes from another leader and says nothing about a record this one appended (it
+/// may be truncated away), so leadership is checked after every high-watermark read.
+pub async fn wait_durable(wait: DurableWait, deadline: tokio::time::Instant) -> std::result::Result<(), ErrorCode> {
+    let last_offset = match tokio::time::timeout_at(deadline, wait.appended).await {
+        Err(_) => return Err(ErrorCode::REQUEST_TIMED_OUT),
+        Ok(Err(_)) => return Err(ErrorCode::COORDINATOR_NOT_AVAILABLE),
+        Ok(Ok(Err(err))) => return Err(storage_error_code(&err)),
+        Ok(Ok(Ok(last))) => last,
+    };
+    let needed = last_offset + 1;
+    let partition = wait.partition;
+    let mut high_watermark = partition.subscribe_high_watermark();
+    loop {
+        let reached = *high_watermark.borrow_and_update() >= needed;
+        if !partition.is_leader() || partition.leader_epoch() != wait.leader_epoch {
+            return Err(ErrorCode::NOT_COORDINATOR);
+        }
+        if reached {
+            return Ok(());
+        }
+        let wake = (tokio::time::Instant::now() + LEADERSHIP_CHECK).min(deadline);
+        match tokio::time::timeout_at(wake, high_watermark.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ErrorCode::NOT_COORDINATOR),
+            Err(_) if tokio::time::Instant::now() >= deadline => return Err(ErrorCode::REQUEST_TIMED_OUT),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Waits for every append of one request; the first failure is the answer.
+pub async fn wait_all_durable(waits: Vec<DurableWait>) -> std::result::Result<(), ErrorCode> {
+    let deadline = tokio::time::Instant::now() + COMMIT_DURABLE_TIMEOUT;
+    let mut result = Ok(());
+    for w in waits {
+        let r = wait_durable(w, deadline).await;
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// The appender thread: appends queued batches in order. File writes (and segment rolls) never
+/// run on an async worker; in `fsync` mode the flusher then makes them durable.
+fn run_appender(jobs: mpsc::Receiver<AppendJob>, flusher: Arc<Flusher>, flush_mode: FlushMode) {
+    for job in jobs {
+        let p = &job.partition;
+        let result = if !p.is_leader() || p.leader_epoch() != job.leader_epoch {
+            Err(not_coordinator(p.tp.partition))
+        } else {
+            p.append(&job.batch, &job.headers, job.now_ms).map(|outcome| outcome.last_offset)
+        };
+        if result.is_ok() && flush_mode == FlushMode::Fsync {
+            flusher.mark_dirty(p);
+        }
+        if let Some(done) = job.done {
+            let _ = done.send(result);
+        } else if let Err(err) = result {
+            // Group metadata is rebuilt by members rejoining; a lost record costs a rebalance
+            // after a restart, never a wrong answer now.
+            warn!(partition = %p.tp, error = %err, "appending group metadata to {OFFSETS_TOPIC} failed");
+        }
+    }
+}
+
+/// A partition's groups to replay on the loader thread.
+struct LoadJob {
+    index: i32,
+    leader_epoch: i32,
+    partition: Arc<Partition>,
+    config: GroupConfig,
+}
+
+/// Replays one partition's groups without holding the coordinator's lock, then hands them over
+/// if this broker still leads the partition in the same epoch. Retries after a failed read for
+/// as long as that holds.
+fn load_groups(shared: &Shared, job: LoadJob) {
+    let expected = Owned { leader_epoch: job.leader_epoch, loaded: false };
+    loop {
+        if shared.lock().owned.get(&job.index) != Some(&expected) {
+            return; // superseded by a newer image
+        }
+        let hook = shared.load_hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(job.index);
+        }
+        let mut loaded = GroupState::new(job.config.clone());
+        match replay_partition(&job.partition, &mut loaded, now_ms()) {
+            Ok(records) => {
+                let mut inner = shared.lock();
+                let current = job.partition.is_leader() && job.partition.leader_epoch() == job.leader_epoch;
+                if inner.owned.get(&job.index) != Some(&expected) || !current {
+                    // The next image unloads or reloads it.
+                    info!(partition = job.index, "leadership moved while its groups loaded; discarding the load");
+                    return;
+                }
+                let groups = loaded.group_count();
+                inner.state.adopt(loaded);
+                inner.owned.insert(job.index, Owned { leader_epoch: job.leader_epoch, loaded: true });
+                info!(
+                    partition = job.index,
+                    leader_epoch = job.leader_epoch,
+                    records,
+                    groups,
+                    "loaded groups of {OFFSETS_TOPIC}"
+                );
+                return;
+            }
+            Err(err) => {
+                warn!(partition = job.index, error = %err, "loading groups failed; retrying");
+                std::thread::sleep(LOAD_RETRY_BACKOFF);
+            }
+        }
     }
 }
 
 impl GroupCoordinator {
     pub fn new(config: &BrokerConfig) -> GroupCoordinator {
         GroupCoordinator {
-            inner: Mutex::new(Inner {
-                state: GroupState::new(group_config(config)),
-                owned: BTreeSet::new(),
-                offsets_partitions: 0,
-                joins: HashMap::new(),
-                syncs: HashMap::new(),
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    state: GroupState::new(group_config(config)),
+                    owned: BTreeMap::new(),
+                    joins: HashMap::new(),
+                    syncs: HashMap::new(),
+                }),
+                resolved: watch::Sender::new(0),
+                load_hook: Mutex::new(None),
             }),
             next_waiter: AtomicU64::new(1),
+            appender: OnceLock::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The state machine never panics on peer input; if our own bug did, the state it left is
-        // still a valid group state, so keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
+    }
+
+    /// Runs `hook` on the loader thread before each partition's groups are replayed (tests use
+    /// it to hold a load in progress).
+    #[doc(hidden)]
+    pub fn set_load_hook(&self, hook: Option<LoadHook>) {
+        *self.shared.load_hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
     /// The `__consumer_offsets` partition that holds `group_id`.
@@ -125,14 +401,19 @@ impl GroupCoordinator {
         partition_for(group_id, count)
     }
 
-    /// NOT_COORDINATOR unless this broker leads (and has loaded) the group's partition.
-    pub fn check_coordinator(&self, group_id: &str) -> std::result::Result<(), ErrorCode> {
-        let inner = self.lock();
-        if inner.offsets_partitions > 0 && inner.owned.contains(&partition_for(group_id, inner.offsets_partitions)) {
-            Ok(())
-        } else {
-            Err(ErrorCode::NOT_COORDINATOR)
-        }
+    /// Whether this broker coordinates `group_id` now (see [`ownership`]); `inner` is held so
+    /// the answer stays true for the caller's state change.
+    fn owns(&self, broker: &Broker, inner: &Inner, group_id: &str) -> std::result::Result<(), ErrorCode> {
+        let image = broker.image();
+        let (leader, index) = match image.topics.get(OFFSETS_TOPIC) {
+            Some(topic) if !topic.partitions.is_empty() => {
+                let index = partition_for(group_id, topic.partitions.len() as i32);
+                let p = &topic.partitions[index as usize];
+                (Some((p.leader, p.leader_epoch)), index)
+            }
+            _ => (None, 0),
+        };
+        ownership(broker.config.node_id, leader, inner.owned.get(&index).copied())
     }
 
     /// Creates `__consumer_offsets` through the controller if it does not exist yet.
@@ -157,40 +438,64 @@ impl GroupCoordinator {
         }
     }
 
-    /// Follows `__consumer_offsets` leadership in a new metadata image: loads the groups of
-    /// partitions this broker now leads (replaying them to the log end, which the ISR will
-    /// hold) and forgets those of partitions it no longer leads.
-    pub fn on_metadata(&self, broker: &Broker, image: &MetadataImage, now_ms: i64) {
+    /// Follows `__consumer_offsets` leadership in a new metadata image (called by reconcile,
+    /// after the replicas took their roles). A partition this broker now leads, or leads in a
+    /// new leader epoch (a lead→follow→lead change can arrive as one image, and the log may have
+    /// been truncated meanwhile), has its groups unloaded and replayed again on a loader thread;
+    /// one it no longer leads has its groups unloaded. Nothing here blocks on file I/O.
+    pub fn on_metadata(&self, broker: &Broker, image: &MetadataImage, _now_ms: i64) {
         let me = broker.config.node_id;
         let Some(topic) = image.topics.get(OFFSETS_TOPIC) else { return };
         let count = topic.partitions.len() as i32;
+        let mut loads = Vec::new();
+        let mut completions = Vec::new();
         let mut inner = self.lock();
-        inner.offsets_partitions = count;
-        for (index, p) in topic.partitions.iter().enumerate() {
-            let index = index as i32;
-            let leads = p.leader == me;
-            let owned = inner.owned.contains(&index);
-            if leads && !owned {
-                let Some(partition) = broker.partition(OFFSETS_TOPIC, index) else { continue };
-                match replay_partition(&partition, &mut inner.state, now_ms) {
-                    Ok(loaded) => {
-                        inner.owned.insert(index);
-                        if loaded > 0 {
-                            info!(partition = index, records = loaded, "loaded groups of {OFFSETS_TOPIC}");
-                        }
-                    }
-                    Err(err) => warn!(partition = index, error = %err, "loading groups failed"),
+        let config = inner.state.config().clone();
+        let leaders: Vec<(i32, i32)> = topic.partitions.iter().map(|p| (p.leader, p.leader_epoch)).collect();
+        let (unload, load) = leadership_changes(me, &leaders, &inner.owned);
+        for index in unload {
+            inner.owned.remove(&index);
+            let (gone, fx) = inner.state.unload_groups(|group| partition_for(group, count) == index);
+            completions.extend(fx.completions);
+            info!(partition = index, groups = gone, "{OFFSETS_TOPIC} leadership changed; groups unloaded");
+        }
+        for (index, leader_epoch) in load {
+            match broker.partition(OFFSETS_TOPIC, index) {
+                Some(partition) => {
+                    inner.owned.insert(index, Owned { leader_epoch, loaded: false });
+                    loads.push(LoadJob { index, leader_epoch, partition, config: config.clone() });
                 }
-            } else if !leads && owned {
-                inner.owned.remove(&index);
-                let gone = inner.state.unload_groups(|group| partition_for(group, count) == index);
-                info!(partition = index, groups = gone, "{OFFSETS_TOPIC} leadership moved; groups unloaded");
+                None => {
+                    warn!(partition = index, "this broker leads {OFFSETS_TOPIC}-{index} but holds no replica of it")
+                }
+            }
+        }
+        inner.complete(completions);
+        drop(inner);
+        self.shared.wake_fetches();
+        for job in loads {
+            let shared = self.shared.clone();
+            let name = format!("group-load-{}", job.index);
+            let index = job.index;
+            if let Err(err) = std::thread::Builder::new().name(name).spawn(move || load_groups(&shared, job)) {
+                // Not owned, so the next image tries again.
+                warn!(partition = index, error = %err, "could not start a group loader thread");
+                self.lock().owned.remove(&index);
             }
         }
     }
 
-    /// Appends `records`, one batch per `__consumer_offsets` partition.
-    fn append(&self, broker: &Broker, records: &[StoreRecord], now_ms: i64) -> Result<Vec<DurableWait>> {
+    /// Queues `records` for the appender thread, one batch per `__consumer_offsets` partition,
+    /// each only if its groups are loaded and the replica still leads in that epoch. Called with
+    /// `inner` held, so the log order is the state machine's order.
+    fn append(
+        &self,
+        broker: &Broker,
+        inner: &Inner,
+        records: &[StoreRecord],
+        now_ms: i64,
+        wait: bool,
+    ) -> Result<Vec<DurableWait>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -207,16 +512,17 @@ impl GroupCoordinator {
                 .or_insert_with(|| BatchBuilder::new(Compression::None))
                 .push(&Record { key: Some(key), value, headers: Vec::new(), timestamp_ms: now_ms });
         }
-        let mut waits = Vec::new();
+        let mut jobs = Vec::new();
         for (index, builder) in by_partition {
-            let partition =
-                topic.partitions.get(index as usize).cloned().flatten().filter(|p| p.is_leader()).ok_or_else(|| {
-                    BrokerError::Controller {
-                        code: ErrorCode::NOT_COORDINATOR,
-                        message: format!("this broker does not lead {OFFSETS_TOPIC}-{index}"),
-                    }
-                })?;
-            let partition = &partition;
+            let owned = inner.owned.get(&index).copied().filter(|o| o.loaded);
+            let partition = topic
+                .partitions
+                .get(index as usize)
+                .cloned()
+                .flatten()
+                .filter(|p| owned.is_some_and(|o| p.is_leader() && p.leader_epoch() == o.leader_epoch))
+                .ok_or_else(|| not_coordinator(index))?;
+            let leader_epoch = owned.map_or(-1, |o| o.leader_epoch);
             let batch = builder.finish(-1, -1, -1, false).map_err(|e| BrokerError::InvalidRecord {
                 topic: OFFSETS_TOPIC.into(),
                 partition: index,
@@ -235,50 +541,64 @@ impl GroupCoordinator {
                 partition: index,
                 reason: e.to_string(),
             })?;
-            let outcome = partition.append(&batch, &headers, now_ms)?;
-            if broker.config.log_flush_mode == FlushMode::Fsync {
-                broker.mark_dirty(partition);
+            jobs.push((partition, leader_epoch, batch, headers));
+        }
+        let appender = self.appender.get_or_init(|| {
+            let (tx, rx) = mpsc::channel();
+            let flusher = broker.flusher.clone();
+            let mode = broker.config.log_flush_mode;
+            if let Err(err) =
+                std::thread::Builder::new().name("group-append".into()).spawn(move || run_appender(rx, flusher, mode))
+            {
+                warn!(error = %err, "could not start the group appender thread");
+            }
+            Mutex::new(tx)
+        });
+        let appender = appender.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waits = Vec::new();
+        for (partition, leader_epoch, batch, headers) in jobs {
+            let (done, appended) = oneshot::channel();
+            let job = AppendJob {
+                partition: partition.clone(),
+                leader_epoch,
+                batch,
+                headers,
+                now_ms,
+                done: wait.then_some(done),
+            };
+            if appender.send(job).is_err() {
+                return Err(BrokerError::Controller {
+                    code: ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                    message: "the group appender thread is gone".into(),
+                });
             }
             // Like acks=all: answered once the whole ISR has it (and, in fsync mode, the leader
             // has fsynced it), i.e. once the high watermark passes it.
-            waits.push(DurableWait { durable: partition.subscribe_high_watermark(), needed: outcome.last_offset + 1 });
+            waits.push(DurableWait { appended, partition, leader_epoch });
         }
-        Ok(waits)
+        Ok(if wait { waits } else { Vec::new() })
     }
 
-    /// Appends best-effort records (group metadata, tombstones) and answers parked requests.
+    /// Queues best-effort records (group metadata, tombstones) and answers parked requests.
     fn finish(&self, broker: &Broker, inner: &mut Inner, mut effects: Effects, now_ms: i64) {
         if !effects.records.is_empty() {
             shrink_oversized_group_records(&mut effects.records, broker.config.message_max_bytes as usize);
-            if let Err(err) = self.append(broker, &effects.records, now_ms) {
+            if let Err(err) = self.append(broker, inner, &effects.records, now_ms, false) {
                 // Group metadata is rebuilt by members rejoining; a lost record costs a rebalance
                 // after a restart, never a wrong answer now.
                 warn!(error = %err, "appending group metadata to {OFFSETS_TOPIC} failed");
             }
         }
-        for completion in effects.completions {
-            match completion {
-                Completion::Join(w, result) => {
-                    if let Some(tx) = inner.joins.remove(&w) {
-                        let _ = tx.send(result);
-                    }
-                }
-                Completion::Sync(w, result) => {
-                    if let Some(tx) = inner.syncs.remove(&w) {
-                        let _ = tx.send(result);
-                    }
-                }
-            }
-        }
+        inner.complete(effects.completions);
     }
 
     pub fn join(&self, broker: &Broker, req: JoinRequest, now_ms: i64) -> Wait<JoinResult> {
-        if let Err(code) = self.check_coordinator(&req.group_id) {
+        let mut inner = self.lock();
+        if let Err(code) = self.owns(broker, &inner, &req.group_id) {
             return Wait::Now(JoinResult::error(&req.member_id, code));
         }
         let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let mut inner = self.lock();
         inner.joins.insert(waiter, tx);
         let (answer, effects) = inner.state.join(req, waiter, now_ms);
         self.finish(broker, &mut inner, effects, now_ms);
@@ -304,12 +624,12 @@ impl GroupCoordinator {
         assignments: Vec<(String, bytes::Bytes)>,
         now_ms: i64,
     ) -> Wait<SyncResult> {
-        if let Err(code) = self.check_coordinator(group_id) {
+        let mut inner = self.lock();
+        if let Err(code) = self.owns(broker, &inner, group_id) {
             return Wait::Now(SyncResult::error(code));
         }
         let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let mut inner = self.lock();
         inner.syncs.insert(waiter, tx);
         let (answer, effects) = inner.state.sync(
             group_id,
@@ -335,16 +655,18 @@ impl GroupCoordinator {
 
     pub fn heartbeat(
         &self,
+        broker: &Broker,
         group_id: &str,
         generation_id: i32,
         member_id: &str,
         group_instance_id: Option<&str>,
         now_ms: i64,
     ) -> ErrorCode {
-        if let Err(code) = self.check_coordinator(group_id) {
+        let mut inner = self.lock();
+        if let Err(code) = self.owns(broker, &inner, group_id) {
             return code;
         }
-        self.lock().state.heartbeat(group_id, generation_id, member_id, group_instance_id, now_ms)
+        inner.state.heartbeat(group_id, generation_id, member_id, group_instance_id, now_ms)
     }
 
     pub fn leave(
@@ -354,14 +676,15 @@ impl GroupCoordinator {
         leaving: &[LeavingMember],
         now_ms: i64,
     ) -> std::result::Result<Vec<ErrorCode>, ErrorCode> {
-        self.check_coordinator(group_id)?;
         let mut inner = self.lock();
+        self.owns(broker, &inner, group_id)?;
         let (result, effects) = inner.state.leave(group_id, leaving, now_ms);
         self.finish(broker, &mut inner, effects, now_ms);
         result
     }
 
-    /// OffsetCommit: one error per partition (in request order) and the appends to wait for.
+    /// OffsetCommit: one error per partition (in request order), and the commit to wait for when
+    /// any was accepted. Accepted offsets are staged: shown to OffsetFetch only once durable.
     #[expect(clippy::too_many_arguments, reason = "one argument per OffsetCommit field")]
     pub fn commit(
         &self,
@@ -372,20 +695,21 @@ impl GroupCoordinator {
         group_instance_id: Option<&str>,
         partitions: Vec<CommitPartition>,
         now_ms: i64,
-    ) -> (Vec<ErrorCode>, Vec<DurableWait>) {
-        if let Err(code) = self.check_coordinator(group_id) {
-            return (partitions.iter().map(|_| code).collect(), Vec::new());
-        }
+    ) -> (Vec<ErrorCode>, Option<PendingCommit>) {
         let mut inner = self.lock();
+        if let Err(code) = self.owns(broker, &inner, group_id) {
+            return (partitions.iter().map(|_| code).collect(), None);
+        }
         if let Err(code) = inner.state.validate_commit(group_id, generation_id, member_id, group_instance_id, now_ms) {
-            return (partitions.iter().map(|_| code).collect(), Vec::new());
+            return (partitions.iter().map(|_| code).collect(), None);
         }
         let max_metadata = inner.state.config().offset_metadata_max_bytes;
         let mut errors = Vec::with_capacity(partitions.len());
         let mut plan = CommitPlan { group_id: group_id.to_string(), offsets: Vec::new() };
+        let image = broker.image();
         for p in partitions {
             let metadata = p.metadata.unwrap_or_default();
-            let code = if broker.image().partition(&p.topic, p.partition).is_none() {
+            let code = if image.partition(&p.topic, p.partition).is_none() {
                 ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
             } else if metadata.len() > max_metadata {
                 ErrorCode::OFFSET_METADATA_TOO_LARGE
@@ -405,6 +729,9 @@ impl GroupCoordinator {
             };
             errors.push(code);
         }
+        if plan.offsets.is_empty() {
+            return (errors, None);
+        }
         let records: Vec<StoreRecord> = plan
             .offsets
             .iter()
@@ -415,33 +742,73 @@ impl GroupCoordinator {
                 value: Some(value.clone()),
             })
             .collect();
-        match self.append(broker, &records, now_ms) {
+        match self.append(broker, &inner, &records, now_ms, true) {
             Ok(waits) => {
-                inner.state.apply_commit(plan);
-                (errors, waits)
+                let staged = inner.state.stage_commit(plan);
+                (errors, Some(self.resolve_when_durable(staged, waits)))
             }
             Err(err) => {
                 warn!(group = group_id, error = %err, "offset commit append failed");
                 let code = storage_error_code(&err);
-                (errors.into_iter().map(|e| if e.is_ok() { code } else { e }).collect(), Vec::new())
+                (errors.into_iter().map(|e| if e.is_ok() { code } else { e }).collect(), None)
             }
         }
     }
 
-    pub fn fetch_offsets(
+    /// Resolves a staged commit on its own task (so it resolves even if the committing
+    /// connection goes away): shown once durable, dropped otherwise.
+    fn resolve_when_durable(&self, staged: StagedCommit, waits: Vec<DurableWait>) -> PendingCommit {
+        let (tx, answer) = oneshot::channel();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let result = wait_all_durable(waits).await;
+            shared.lock().state.complete_commit(staged, result.is_ok());
+            shared.wake_fetches();
+            let _ = tx.send(result);
+        });
+        PendingCommit { answer }
+    }
+
+    /// OffsetFetch for one group. Commits of the asked partitions still in flight are waited
+    /// for (bounded by their own timeout): Kafka serves a connection's requests one at a time,
+    /// so a client's OffsetFetch sent right after its OffsetCommit sees that commit.
+    pub async fn fetch_offsets(
         &self,
+        broker: &Broker,
         group_id: &str,
         partitions: Option<&[(String, i32)]>,
-    ) -> Vec<(String, i32, Option<OffsetValue>)> {
-        self.lock().state.fetch_offsets(group_id, partitions)
+    ) -> std::result::Result<Vec<(String, i32, Option<OffsetValue>)>, ErrorCode> {
+        let deadline = tokio::time::Instant::now() + COMMIT_DURABLE_TIMEOUT;
+        let mut resolved = self.shared.resolved.subscribe();
+        loop {
+            {
+                let inner = self.lock();
+                self.owns(broker, &inner, group_id)?;
+                if !inner.state.has_pending_offsets(group_id, partitions) || tokio::time::Instant::now() >= deadline {
+                    return Ok(inner.state.fetch_offsets(group_id, partitions));
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, resolved.changed()).await;
+        }
     }
 
-    pub fn describe(&self, group_id: &str) -> GroupDescription {
-        self.lock().state.describe(group_id)
+    pub fn describe(&self, broker: &Broker, group_id: &str) -> std::result::Result<GroupDescription, ErrorCode> {
+        let inner = self.lock();
+        self.owns(broker, &inner, group_id)?;
+        Ok(inner.state.describe(group_id))
     }
 
+    /// ListGroups: the groups this broker coordinates and has loaded. (Kafka answers
+    /// COORDINATOR_LOAD_IN_PROGRESS while any partition loads; spate's admin client does not
+    /// retry that yet, so a listing during a load shows the groups loaded so far.)
     pub fn list(&self, states: &[String]) -> Vec<(String, String, &'static str)> {
         self.lock().state.list(states)
+    }
+
+    /// Whether any `__consumer_offsets` partition this broker leads is still loading.
+    #[doc(hidden)]
+    pub fn is_loading(&self) -> bool {
+        self.lock().owned.values().any(|o| !o.loaded)
     }
 
     /// DeleteGroups: one error per group, and the tombstone appends to wait for.
@@ -455,10 +822,8 @@ impl GroupCoordinator {
         let mut errors = Vec::with_capacity(group_ids.len());
         let mut records = Vec::new();
         for group_id in group_ids {
-            let owned = inner.offsets_partitions > 0
-                && inner.owned.contains(&partition_for(group_id, inner.offsets_partitions));
-            if !owned {
-                errors.push(ErrorCode::NOT_COORDINATOR);
+            if let Err(code) = self.owns(broker, &inner, group_id) {
+                errors.push(code);
                 continue;
             }
             match inner.state.delete_group(group_id) {
@@ -469,7 +834,7 @@ impl GroupCoordinator {
                 Err(code) => errors.push(code),
             }
         }
-        match self.append(broker, &records, now_ms) {
+        match self.append(broker, &inner, &records, now_ms, true) {
             Ok(waits) => (errors, waits),
             Err(err) => {
                 // The groups are gone from memory; without their tombstones they would come back
@@ -489,13 +854,13 @@ impl GroupCoordinator {
         partitions: &[(String, i32)],
         now_ms: i64,
     ) -> (std::result::Result<Vec<ErrorCode>, ErrorCode>, Vec<DurableWait>) {
-        if let Err(code) = self.check_coordinator(group_id) {
+        let mut inner = self.lock();
+        if let Err(code) = self.owns(broker, &inner, group_id) {
             return (Err(code), Vec::new());
         }
-        let mut inner = self.lock();
         match inner.state.delete_offsets(group_id, partitions) {
             Err(code) => (Err(code), Vec::new()),
-            Ok((errors, records)) => match self.append(broker, &records, now_ms) {
+            Ok((errors, records)) => match self.append(broker, &inner, &records, now_ms, true) {
                 Ok(waits) => (Ok(errors), waits),
                 Err(err) => {
                     warn!(group = group_id, error = %err, "appending offset tombstones failed");
@@ -569,4 +934,81 @@ fn replay_partition(p: &Partition, state: &mut GroupState, now_ms: i64) -> Resul
         offset = next;
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::test_support::{image, open, produce};
+
+    fn durable_wait(partition: &Arc<Partition>, last_offset: i64, leader_epoch: i32) -> DurableWait {
+        let (tx, appended) = oneshot::channel();
+        tx.send(Ok(last_offset)).unwrap();
+        DurableWait { appended, partition: partition.clone(), leader_epoch }
+    }
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(10)
+    }
+
+    #[tokio::test]
+    async fn a_write_is_durable_once_the_isr_has_it_under_the_same_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path(), 1);
+        p.make_leader(&image(&[1, 2], &[1, 2], 1, 1, 1), None, 0).unwrap();
+        let last = produce(&p, &["commit"], None).last_offset;
+        let waiting = tokio::spawn(wait_durable(durable_wait(&p, last, 1), soon()));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the follower does not have it yet");
+        p.record_follower_fetch(2, last + 1, 0);
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_follower_high_watermark_never_makes_a_write_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path(), 1);
+        p.make_leader(&image(&[1, 2], &[1, 2], 1, 1, 1), None, 0).unwrap();
+        let last = produce(&p, &["commit"], None).last_offset;
+        let waiting = tokio::spawn(wait_durable(durable_wait(&p, last, 1), soon()));
+        tokio::task::yield_now().await;
+        // Broker 2 takes over in epoch 2; its high watermark covers our offset, but the record
+        // there may be another one (ours truncated away).
+        p.make_follower(&image(&[1, 2], &[1, 2], 2, 2, 2));
+        p.update_follower_high_watermark(last + 1);
+        assert_eq!(waiting.await.unwrap(), Err(ErrorCode::NOT_COORDINATOR));
+        // Leading again in a later epoch does not revive a wait from the old one either.
+        p.make_leader(&image(&[1, 2], &[1, 2], 1, 3, 3), None, 0).unwrap();
+        let wait = durable_wait(&p, last, 1);
+        assert_eq!(wait_durable(wait, soon()).await, Err(ErrorCode::NOT_COORDINATOR));
+    }
+
+    #[test]
+    fn a_new_leader_epoch_reloads_the_partitions_groups() {
+        let owned: BTreeMap<i32, Owned> = [
+            (0, Owned { leader_epoch: 4, loaded: true }),
+            (1, Owned { leader_epoch: 2, loaded: true }),
+            (2, Owned { leader_epoch: 7, loaded: false }),
+        ]
+        .into();
+        // 0: led here again in a later epoch (lead→follow→lead in one image); 1: unchanged;
+        // 2: moved to broker 2; 3: newly led here.
+        let leaders = [(1, 6), (1, 2), (2, 8), (1, 1)];
+        assert_eq!(leadership_changes(1, &leaders, &owned), (vec![0, 2], vec![(0, 6), (3, 1)]));
+        assert_eq!(leadership_changes(1, &[(1, 4), (1, 2), (1, 7)], &owned), (vec![], vec![]));
+    }
+
+    #[test]
+    fn the_newest_image_decides_who_coordinates() {
+        let loaded = |leader_epoch| Some(Owned { leader_epoch, loaded: true });
+        let loading = |leader_epoch| Some(Owned { leader_epoch, loaded: false });
+        assert_eq!(ownership(1, Some((1, 4)), loaded(4)), Ok(()));
+        // Named by the image but not loaded yet (or reconcile has not run): clients retry.
+        assert_eq!(ownership(1, Some((1, 4)), loading(4)), Err(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS));
+        assert_eq!(ownership(1, Some((1, 4)), None), Err(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS));
+        // Loaded in an older epoch (lead, follow, lead again in one image): reload first.
+        assert_eq!(ownership(1, Some((1, 6)), loaded(4)), Err(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS));
+        assert_eq!(ownership(1, Some((2, 5)), loaded(4)), Err(ErrorCode::NOT_COORDINATOR));
+        assert_eq!(ownership(1, None, None), Err(ErrorCode::NOT_COORDINATOR));
+    }
 }

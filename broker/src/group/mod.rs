@@ -4,7 +4,8 @@
 //! - [`state`]: the sans-IO state machine (joins, syncs, heartbeats, leaves, offsets, timers).
 //! - [`store`]: the `__consumer_offsets` record formats (Kafka's own).
 //! - [`coordinator`]: the shell that owns the state machine, parks JoinGroup/SyncGroup
-//!   responses, appends records and replays the topic at start.
+//!   responses, appends records and loads a partition's groups when this broker becomes its
+//!   leader.
 
 pub mod coordinator;
 pub mod state;

@@ -198,6 +198,15 @@ pub struct CommitPlan {
     pub offsets: Vec<(String, i32, OffsetValue)>,
 }
 
+/// An offset commit whose record is appended but not yet durable: invisible to OffsetFetch until
+/// [`GroupState::complete_commit`] (Kafka's `pendingOffsetCommits`).
+#[derive(Debug, Clone)]
+pub struct StagedCommit {
+    /// Orders staged commits: a later one for the same partition wins.
+    seq: u64,
+    plan: CommitPlan,
+}
+
 #[derive(Debug, Clone)]
 struct Member {
     member_id: String,
@@ -262,10 +271,15 @@ struct Group {
     pending_sync: HashSet<String>,
     state_timestamp_ms: i64,
     offsets: BTreeMap<(String, i32), OffsetValue>,
+    /// Partitions with a commit appended but not yet durable: the sequence of the latest one.
+    pending_offsets: HashMap<(String, i32), u64>,
+    /// The commit sequence when this group was created: commits staged before it belong to an
+    /// earlier group of the same name.
+    created_seq: u64,
 }
 
 impl Group {
-    fn new(group_id: &str, now_ms: i64) -> Group {
+    fn new(group_id: &str, now_ms: i64, created_seq: u64) -> Group {
         Group {
             group_id: group_id.to_string(),
             phase: GroupPhase::Empty,
@@ -283,6 +297,8 @@ impl Group {
             pending_sync: HashSet::new(),
             state_timestamp_ms: now_ms,
             offsets: BTreeMap::new(),
+            pending_offsets: HashMap::new(),
+            created_seq,
         }
     }
 
@@ -511,11 +527,12 @@ pub struct GroupState {
     config: GroupConfig,
     groups: HashMap<String, Group>,
     last_offset_expiry_ms: i64,
+    next_commit_seq: u64,
 }
 
 impl GroupState {
     pub fn new(config: GroupConfig) -> GroupState {
-        GroupState { config, groups: HashMap::new(), last_offset_expiry_ms: 0 }
+        GroupState { config, groups: HashMap::new(), last_offset_expiry_ms: 0, next_commit_seq: 0 }
     }
 
     pub fn config(&self) -> &GroupConfig {
@@ -527,11 +544,38 @@ impl GroupState {
     }
 
     /// Forgets every group `unload` selects (their `__consumer_offsets` partition moved to
-    /// another coordinator); returns how many went.
-    pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> usize {
+    /// another coordinator, or is being reloaded in a new leader epoch); returns how many went.
+    /// Their parked JoinGroup/SyncGroup requests are answered NOT_COORDINATOR, as Kafka's
+    /// `onGroupUnloaded` does, so the members find the new coordinator at once.
+    pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> (usize, Effects) {
+        let mut fx = Effects::default();
         let before = self.groups.len();
-        self.groups.retain(|id, _| !unload(id));
-        before - self.groups.len()
+        self.groups.retain(|id, group| {
+            if !unload(id) {
+                return true;
+            }
+            for m in &group.members {
+                if let Some(w) = m.join_waiter {
+                    fx.completions
+                        .push(Completion::Join(w, JoinResult::error(&m.member_id, ErrorCode::NOT_COORDINATOR)));
+                }
+                if let Some(w) = m.sync_waiter {
+                    fx.completions.push(Completion::Sync(w, SyncResult::error(ErrorCode::NOT_COORDINATOR)));
+                }
+            }
+            false
+        });
+        (before - self.groups.len(), fx)
+    }
+
+    /// Takes over the groups replayed into `loaded` (a partition's groups, loaded apart from
+    /// this state so the replay holds no lock).
+    pub fn adopt(&mut self, loaded: GroupState) {
+        let seq = self.next_commit_seq;
+        self.groups.extend(loaded.groups.into_iter().map(|(id, mut group)| {
+            group.created_seq = seq;
+            (id, group)
+        }));
     }
 
     pub fn phase(&self, group_id: &str) -> Option<GroupPhase> {
@@ -578,7 +622,7 @@ impl GroupState {
             if !self.can_create_group() {
                 return fail(ErrorCode::GROUP_MAX_SIZE_REACHED);
             }
-            self.groups.insert(req.group_id.clone(), Group::new(&req.group_id, now));
+            self.groups.insert(req.group_id.clone(), Group::new(&req.group_id, now, self.next_commit_seq));
         }
         let config = self.config.clone();
         let group = self.groups.get_mut(&req.group_id).expect("group exists: inserted above");
@@ -810,7 +854,7 @@ impl GroupState {
             if !self.can_create_group() {
                 return Err(ErrorCode::GROUP_MAX_SIZE_REACHED);
             }
-            self.groups.insert(group_id.to_string(), Group::new(group_id, now_ms));
+            self.groups.insert(group_id.to_string(), Group::new(group_id, now_ms, self.next_commit_seq));
         }
         let group = self.groups.get_mut(group_id).expect("group exists: inserted above");
         if group.phase == GroupPhase::Dead {
@@ -837,12 +881,46 @@ impl GroupState {
         }
     }
 
-    /// Applies committed offsets once their records are appended.
-    pub fn apply_commit(&mut self, plan: CommitPlan) {
+    /// Records a commit whose record was appended; OffsetFetch does not show it until
+    /// [`GroupState::complete_commit`] says it is durable.
+    pub fn stage_commit(&mut self, plan: CommitPlan) -> StagedCommit {
+        self.next_commit_seq += 1;
+        let seq = self.next_commit_seq;
         if let Some(group) = self.groups.get_mut(&plan.group_id) {
-            for (topic, partition, value) in plan.offsets {
-                group.offsets.insert((topic, partition), value);
+            for (topic, partition, _) in &plan.offsets {
+                group.pending_offsets.insert((topic.clone(), *partition), seq);
             }
+        }
+        StagedCommit { seq, plan }
+    }
+
+    /// Ends a staged commit: once `durable`, its offsets become visible, unless a deletion or
+    /// unload dropped them meanwhile, or a later commit of the same partition already resolved
+    /// (Kafka's `onOffsetCommitAppend` / `failPendingOffsetWrite`).
+    pub fn complete_commit(&mut self, staged: StagedCommit, durable: bool) {
+        let Some(group) = self.groups.get_mut(&staged.plan.group_id) else { return };
+        for (topic, partition, value) in staged.plan.offsets {
+            let key = (topic, partition);
+            let Some(&pending) = group.pending_offsets.get(&key) else { continue };
+            if staged.seq <= group.created_seq {
+                // Staged for an earlier group of this name, deleted since.
+                continue;
+            }
+            if pending == staged.seq {
+                group.pending_offsets.remove(&key);
+            }
+            if durable {
+                group.offsets.insert(key, value);
+            }
+        }
+    }
+
+    /// Whether `group_id` has commits not yet durable among `partitions` (all when `None`).
+    pub fn has_pending_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> bool {
+        let Some(group) = self.groups.get(group_id) else { return false };
+        match partitions {
+            None => !group.pending_offsets.is_empty(),
+            Some(ps) => ps.iter().any(|(t, p)| group.pending_offsets.contains_key(&(t.clone(), *p))),
         }
     }
 
@@ -885,7 +963,9 @@ impl GroupState {
                 errors.push(ErrorCode::GROUP_SUBSCRIBED_TO_TOPIC);
                 continue;
             }
-            if group.offsets.remove(&(topic.clone(), *partition)).is_some() {
+            // A commit still in flight is dropped too: it must not bring the offset back.
+            let pending = group.pending_offsets.remove(&(topic.clone(), *partition)).is_some();
+            if group.offsets.remove(&(topic.clone(), *partition)).is_some() || pending {
                 records.push(StoreRecord::Offset {
                     group: group_id.to_string(),
                     topic: topic.clone(),
@@ -1017,10 +1097,11 @@ impl GroupState {
     /// Replays one `__consumer_offsets` record at start. Groups come back Empty with their
     /// generation and offsets; members rejoin (their heartbeats get UNKNOWN_MEMBER_ID).
     pub fn load(&mut self, record: StoreRecord, now_ms: i64) {
+        let seq = self.next_commit_seq;
         match record {
             StoreRecord::Offset { group, topic, partition, value } => match value {
                 Some(v) => {
-                    let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms));
+                    let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms, seq));
                     g.offsets.insert((topic, partition), v);
                 }
                 None => {
@@ -1034,7 +1115,7 @@ impl GroupState {
             },
             StoreRecord::Group { group, value } => match value {
                 Some(v) => {
-                    let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms));
+                    let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms, seq));
                     g.generation_id = v.generation_id;
                     g.protocol_type = (!v.protocol_type.is_empty()).then_some(v.protocol_type);
                     g.state_timestamp_ms = now_ms;

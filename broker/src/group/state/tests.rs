@@ -53,6 +53,12 @@ impl Harness {
         }
     }
 
+    /// Stages a commit and reports it durable at once.
+    fn commit_durable(&mut self, plan: CommitPlan) {
+        let staged = self.state.stage_commit(plan);
+        self.state.complete_commit(staged, true);
+    }
+
     fn absorb(&mut self, fx: Effects) {
         self.completions.extend(fx.completions);
         self.records.extend(fx.records);
@@ -317,7 +323,7 @@ fn commits_apply_and_fetch_returns_them() {
         commit_timestamp_ms: 1,
         expire_timestamp_ms: None,
     };
-    h.state.apply_commit(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v.clone())] });
+    h.commit_durable(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v.clone())] });
     assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(v.clone()))]);
     assert_eq!(
         h.state.fetch_offsets("solo", Some(&[("t".into(), 0), ("t".into(), 1)])),
@@ -465,7 +471,7 @@ fn delete_group_only_when_empty() {
     assert_eq!(result.unwrap(), vec![ErrorCode::NONE, ErrorCode::NONE, ErrorCode::UNKNOWN_MEMBER_ID]);
     assert_eq!(h.phase(), GroupPhase::Empty);
     assert_eq!(h.state.generation(G), Some(3));
-    h.state.apply_commit(CommitPlan {
+    h.commit_durable(CommitPlan {
         group_id: G.into(),
         offsets: vec![(
             "t".into(),
@@ -554,11 +560,96 @@ fn offsets_of_an_empty_group_expire_after_retention() {
         commit_timestamp_ms: 0,
         expire_timestamp_ms: None,
     };
-    h.state.apply_commit(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v)] });
+    h.commit_durable(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v)] });
     h.tick(retention - 1);
     assert_eq!(h.state.fetch_offsets("solo", None).len(), 1);
     h.tick(retention + OFFSET_EXPIRY_INTERVAL_MS);
     assert!(h.state.fetch_offsets("solo", None).is_empty());
     assert!(h.state.phase("solo").is_none());
     assert!(h.records.iter().any(|r| matches!(r, StoreRecord::Offset { value: None, .. })));
+}
+
+fn offset_value(offset: i64) -> OffsetValue {
+    OffsetValue { offset, leader_epoch: -1, metadata: String::new(), commit_timestamp_ms: 0, expire_timestamp_ms: None }
+}
+
+fn plan(group: &str, partition: i32, offset: i64) -> CommitPlan {
+    CommitPlan { group_id: group.into(), offsets: vec![("t".into(), partition, offset_value(offset))] }
+}
+
+#[test]
+fn a_commit_is_visible_only_once_durable() {
+    let mut h = Harness::new(0);
+    h.state.validate_commit("solo", -1, "", None, 1).unwrap();
+    h.commit_durable(plan("solo", 0, 3));
+    let staged = h.state.stage_commit(plan("solo", 0, 7));
+    // Appended, not yet below the high watermark: OffsetFetch still sees the durable value.
+    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(3)))]);
+    assert!(h.state.has_pending_offsets("solo", None));
+    assert!(h.state.has_pending_offsets("solo", Some(&[("t".into(), 0)])));
+    assert!(!h.state.has_pending_offsets("solo", Some(&[("t".into(), 1)])));
+    h.state.complete_commit(staged, true);
+    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(7)))]);
+    assert!(!h.state.has_pending_offsets("solo", None));
+}
+
+#[test]
+fn a_commit_that_never_became_durable_is_never_shown() {
+    let mut h = Harness::new(0);
+    h.state.validate_commit("solo", -1, "", None, 1).unwrap();
+    h.commit_durable(plan("solo", 0, 3));
+    let staged = h.state.stage_commit(plan("solo", 0, 7));
+    // Leadership moved (or the wait timed out): the record may be truncated away.
+    h.state.complete_commit(staged, false);
+    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(3)))]);
+    assert!(!h.state.has_pending_offsets("solo", None));
+}
+
+#[test]
+fn the_later_of_two_staged_commits_wins_whatever_order_they_resolve_in() {
+    let mut h = Harness::new(0);
+    h.state.validate_commit("solo", -1, "", None, 1).unwrap();
+    let first = h.state.stage_commit(plan("solo", 0, 5));
+    let second = h.state.stage_commit(plan("solo", 0, 6));
+    h.state.complete_commit(second, true);
+    h.state.complete_commit(first, true);
+    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(6)))]);
+}
+
+#[test]
+fn a_deleted_offset_or_group_is_not_brought_back_by_a_commit_in_flight() {
+    let mut h = Harness::new(0);
+    h.state.validate_commit("solo", -1, "", None, 1).unwrap();
+    let staged = h.state.stage_commit(plan("solo", 0, 5));
+    let (errors, _) = h.state.delete_offsets("solo", &[("t".into(), 0)]).unwrap();
+    assert_eq!(errors, vec![ErrorCode::NONE]);
+    h.state.complete_commit(staged, true);
+    assert!(h.state.fetch_offsets("solo", None).is_empty());
+
+    // Deleted and recreated under the same name: the old group's commit stays gone.
+    let staged = h.state.stage_commit(plan("solo", 0, 8));
+    h.state.delete_group("solo").unwrap();
+    h.state.validate_commit("solo", -1, "", None, 2).unwrap();
+    let fresh = h.state.stage_commit(plan("solo", 0, 9));
+    h.state.complete_commit(staged, true);
+    assert!(h.state.fetch_offsets("solo", None).is_empty());
+    h.state.complete_commit(fresh, true);
+    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(9)))]);
+}
+
+#[test]
+fn unloading_answers_parked_requests_not_coordinator() {
+    let mut h = Harness::new(0);
+    let (w, _) = h.join(Join::new("", "a"), 10);
+    let a = h.joined(w).unwrap().member_id;
+    let (wb, _) = h.join(Join::new("", "b"), 11);
+    assert!(h.joined(wb).is_none(), "b waits for a to rejoin");
+    let (gone, fx) = h.state.unload_groups(|g| g == G);
+    assert_eq!(gone, 1);
+    assert!(fx
+        .completions
+        .iter()
+        .any(|c| matches!(c, Completion::Join(id, r) if *id == wb && r.error == ErrorCode::NOT_COORDINATOR)));
+    assert!(h.state.phase(G).is_none());
+    assert!(!a.is_empty());
 }
