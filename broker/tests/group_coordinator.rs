@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use bytes::Bytes;
-use spate_broker::broker::Broker;
-use spate_broker::{BrokerConfig, Server};
+use spate_broker::BrokerConfig;
 use spate_client::connection::{Connection, ConnectionConfig};
 use spate_client::protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use spate_client::protocol::messages::leave_group_request::MemberIdentity;
@@ -18,54 +19,28 @@ use spate_client::protocol::messages::offset_fetch_request::OffsetFetchRequestGr
 use spate_client::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use spate_client::protocol::messages::*;
 use spate_client::protocol::{str_bytes, ApiKey, ErrorCode};
-use tokio::sync::oneshot;
 
-struct Running {
-    addr: String,
-    broker: Arc<Broker>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
+use common::Running;
 
+/// A broker with fast group formation and three `__consumer_offsets` partitions, and a
+/// two-partition topic when `topic` is given.
 async fn start(dir: &Path, topic: Option<&str>) -> Running {
-    let config = BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        group_initial_rebalance_delay_ms: 0,
-        offsets_topic_num_partitions: 3,
-        ..Default::default()
-    };
-    let server = Server::start(config).await.unwrap();
-    if let Some(topic) = topic {
-        server.broker.create_topic(topic, 2, -1, BTreeMap::new()).await.unwrap();
-    }
-    let addr = server.local_addr().to_string();
-    let broker = server.broker.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .serve(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running { addr, broker, stop, task }
+    let config =
+        BrokerConfig { group_initial_rebalance_delay_ms: 0, offsets_topic_num_partitions: 3, ..common::config(dir) };
+    let topic = topic.map(str::to_string);
+    common::start_with(config, |broker| async move {
+        if let Some(topic) = topic {
+            broker.create_topic(&topic, 2, -1, BTreeMap::new()).await.unwrap();
+        }
+    })
+    .await
 }
 
-impl Running {
-    /// Waits until the groups of every `__consumer_offsets` partition this broker leads are
-    /// loaded (they load on a thread of their own; requests meanwhile get
-    /// COORDINATOR_LOAD_IN_PROGRESS).
-    async fn groups_loaded(&self) {
-        while self.broker.groups.is_loading() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
+/// Waits until the groups of every `__consumer_offsets` partition the broker leads are loaded
+/// (they load on a thread of their own; requests meanwhile get COORDINATOR_LOAD_IN_PROGRESS).
+async fn groups_loaded(running: &Running) {
+    while running.broker.groups.is_loading() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -182,7 +157,7 @@ async fn group_lifecycle_over_the_wire_and_offsets_survive_a_restart() {
     let found: FindCoordinatorResponse =
         a.send(ApiKey::FindCoordinator, 3, &FindCoordinatorRequest::default().with_key(str_bytes("g"))).await.unwrap();
     assert_eq!((found.error_code, found.node_id.0), (0, 1));
-    broker.groups_loaded().await;
+    groups_loaded(&broker).await;
 
     // KIP-394: the first join gets an id, the second one joins.
     let first = join(&a, "").await;
@@ -272,7 +247,7 @@ async fn group_lifecycle_over_the_wire_and_offsets_survive_a_restart() {
     drop((a, b));
     broker.stop().await;
     let broker = start(dir.path(), None).await;
-    broker.groups_loaded().await;
+    groups_loaded(&broker).await;
     let c = connect(&broker.addr).await;
     assert_eq!(committed(&c, "g").await, vec![("t".to_string(), 1, 42, "meta".to_string())]);
     assert_eq!(committed(&c, "solo").await.len(), 1);
@@ -308,7 +283,7 @@ async fn group_lifecycle_over_the_wire_and_offsets_survive_a_restart() {
 
     // The tombstones hold across another restart.
     let broker = start(dir.path(), None).await;
-    broker.groups_loaded().await;
+    groups_loaded(&broker).await;
     let c = connect(&broker.addr).await;
     assert!(committed(&c, "g").await.is_empty());
     assert_eq!(committed(&c, "solo").await.len(), 1);
@@ -333,7 +308,7 @@ async fn every_supported_version_answers() {
         let r: FindCoordinatorResponse = c.send(ApiKey::FindCoordinator, v, &request).await.unwrap();
         assert_eq!(r.error_code, 0, "v{v}");
     }
-    broker.groups_loaded().await;
+    groups_loaded(&broker).await;
     for v in 0..=7i16 {
         let base = join_request("").with_group_id(group(v)).with_rebalance_timeout_ms(if v >= 1 { 10_000 } else { -1 });
         // An unknown member of an unknown group: the error path.
@@ -495,7 +470,7 @@ async fn group_requests_answer_load_in_progress_while_the_partition_loads() {
     assert_eq!(metadata.topics[0].partitions.len(), 2);
 
     released.store(true, Ordering::SeqCst);
-    broker.groups_loaded().await;
+    groups_loaded(&broker).await;
     assert_eq!(commit(&a, "solo", -1, "", "t", 5).await, ErrorCode::NONE);
     // Answered once durable, and visible from then on.
     assert_eq!(committed(&a, "solo").await, vec![("t".to_string(), 1, 5, "meta".to_string())]);

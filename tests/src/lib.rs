@@ -139,6 +139,33 @@ impl Drop for TestBroker {
     }
 }
 
+/// Creates `topic` (one partition), produces `count` records over new connections and reads
+/// them back in order: the broker still serves (after bad input, stalled clients, ...).
+pub async fn assert_serves(broker: &TestBroker, topic: &str, count: usize) {
+    use spate_client::admin::{AdminConfig, NewTopic};
+    use spate_client::{Admin, Producer, ProducerConfig, ProducerRecord};
+    let admin = Admin::new(AdminConfig { bootstrap_servers: vec![broker.bootstrap()], ..AdminConfig::default() })
+        .await
+        .unwrap();
+    admin.create_topic(NewTopic::new(topic, 1, 1)).await.unwrap();
+    let producer =
+        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
+            .await
+            .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..count {
+        acks.push(producer.send(topic, ProducerRecord::new(format!("{topic}-{i}"))).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let records = consume_from_beginning(&broker.bootstrap(), topic, count, Duration::from_secs(20)).await.unwrap();
+    let values: Vec<String> =
+        records.iter().map(|r| String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap()).collect();
+    assert_eq!(values, (0..count).map(|i| format!("{topic}-{i}")).collect::<Vec<_>>());
+}
+
 /// Reads `count` records from the beginning of every partition of `topic`, failing if they do
 /// not arrive within `timeout` or if more than `count` are there.
 pub async fn consume_from_beginning(

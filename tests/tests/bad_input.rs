@@ -5,9 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use spate_client::admin::{AdminConfig, NewTopic};
-use spate_client::{Admin, Producer, ProducerConfig, ProducerRecord};
-use spate_e2e::{consume_from_beginning, TestBroker};
+use spate_e2e::{assert_serves, TestBroker};
 
 fn connect(broker: &TestBroker) -> TcpStream {
     let stream = TcpStream::connect(broker.addr).unwrap();
@@ -29,30 +27,6 @@ fn expect_closed(mut stream: TcpStream, what: &str) {
             Err(e) => panic!("{what}: the broker kept the connection open ({e})"),
         }
     }
-}
-
-/// A produce and a consume over new connections.
-async fn still_serves(broker: &TestBroker, topic: &str) {
-    let admin = Admin::new(AdminConfig { bootstrap_servers: vec![broker.bootstrap()], ..AdminConfig::default() })
-        .await
-        .unwrap();
-    admin.create_topic(NewTopic::new(topic, 1, 1)).await.unwrap();
-    let producer =
-        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
-            .await
-            .unwrap();
-    let mut futures = Vec::new();
-    for i in 0..100 {
-        futures.push(producer.send(topic, ProducerRecord::new(format!("after-{i}"))).await.unwrap());
-    }
-    for f in futures {
-        f.await.unwrap();
-    }
-    producer.close().await.unwrap();
-    let records = consume_from_beginning(&broker.bootstrap(), topic, 100, Duration::from_secs(20)).await.unwrap();
-    let values: Vec<String> =
-        records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
-    assert_eq!(values, (0..100).map(|i| format!("after-{i}")).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,6 +93,6 @@ async fn garbage_oversized_and_truncated_frames_leave_the_broker_serving() {
     });
 
     assert!(broker.is_alive(), "broker died:\n{}", broker.log());
-    still_serves(&broker, "after-garbage").await;
+    assert_serves(&broker, "after-garbage", 100).await;
     assert!(broker.is_alive(), "broker died:\n{}", broker.log());
 }

@@ -8,9 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use spate_client::admin::{AdminConfig, NewTopic};
-use spate_client::{Admin, Producer, ProducerConfig, ProducerRecord};
-use spate_e2e::{consume_from_beginning, TestBroker};
+use spate_e2e::{assert_serves, TestBroker};
 
 const MIB: usize = 1 << 20;
 /// The request memory pool of the broker under test, and its largest request.
@@ -58,27 +56,6 @@ fn stalled_client(broker: &TestBroker) -> TcpStream {
     stream
 }
 
-async fn produce_and_consume(broker: &TestBroker, topic: &str) {
-    let admin = Admin::new(AdminConfig { bootstrap_servers: vec![broker.bootstrap()], ..AdminConfig::default() })
-        .await
-        .unwrap();
-    admin.create_topic(NewTopic::new(topic, 1, 1)).await.unwrap();
-    let producer =
-        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
-            .await
-            .unwrap();
-    let mut acks = Vec::new();
-    for i in 0..50 {
-        acks.push(producer.send(topic, ProducerRecord::new(format!("{topic}-{i}"))).await.unwrap());
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
-    producer.close().await.unwrap();
-    let records = consume_from_beginning(&broker.bootstrap(), topic, 50, Duration::from_secs(20)).await.unwrap();
-    assert_eq!(records.len(), 50);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_large_requests_hold_at_most_the_pool_and_release_it() {
     let pool = POOL_BYTES.to_string();
@@ -90,7 +67,7 @@ async fn stalled_large_requests_hold_at_most_the_pool_and_release_it() {
     ])
     .unwrap();
     // Warm up (topic creation, a producer, a consumer) so the baseline includes what serving costs.
-    produce_and_consume(&broker, "before").await;
+    assert_serves(&broker, "before", 50).await;
     let pid = broker_pid(&broker);
     let baseline = rss_bytes(pid);
 
@@ -119,5 +96,5 @@ async fn stalled_large_requests_hold_at_most_the_pool_and_release_it() {
 
     // The stalled clients go away: their memory is released and nothing stays blocked behind it.
     drop(stalled);
-    produce_and_consume(&broker, "after").await;
+    assert_serves(&broker, "after", 50).await;
 }
