@@ -1,0 +1,55 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Errors of spate-streams. Each message says whose fault it is: the bytes of a record on a
+/// topic (the producer's), or the application's configuration (the caller's).
+#[derive(Debug, Error)]
+pub enum StreamsError {
+    /// A record's key or value does not decode with the configured serde: the producer of the
+    /// topic wrote something else.
+    #[error("cannot deserialize {what}: {reason} (the producer wrote bytes this serde does not read)")]
+    Deserialize {
+        /// What was being read, e.g. "i64" or "time-windowed key".
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A window or join definition is invalid: the application's configuration is wrong.
+    #[error("invalid {what}: {reason} (fix the application's window definition)")]
+    InvalidWindow {
+        /// Which definition, e.g. "TimeWindows".
+        what: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A window store handed back a window that the window logic can never create: state was
+    /// corrupted, or a caller passed windows of another definition (our bug, not the data's).
+    #[error("inconsistent window store: {reason} (a bug in the caller or a corrupt state store)")]
+    InconsistentWindowStore {
+        /// What was found.
+        reason: String,
+    },
+
+    /// A value could not be serialized (JSON for a type whose `Serialize` fails, e.g. a map with
+    /// non-string keys): the application's type does not fit the serde.
+    #[error("cannot serialize {what}: {reason} (the application's type does not fit this serde)")]
+    Serialize {
+        /// What was being written.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+impl StreamsError {
+    pub(crate) fn deserialize(what: &'static str, reason: impl Into<String>) -> Self {
+        Self::Deserialize { what, reason: reason.into() }
+    }
+
+    pub(crate) fn invalid_window(what: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidWindow { what, reason: reason.into() }
+    }
+}

@@ -1,0 +1,56 @@
+//! Sans-IO window logic with Kafka Streams' semantics: functions of a record's timestamp and
+//! the task's stream time that return decisions (which windows a record updates, which it is
+//! too late for, which sessions merge, which join results to emit). No stores and no I/O: the
+//! runtime reads and writes its stores around these calls.
+//!
+//! Timestamps are Kafka's: milliseconds since the epoch as `i64`. Records with negative
+//! timestamps are refused before they get here (Kafka's timestamp extractors), so the functions
+//! assume `timestamp_ms >= 0`.
+
+mod join;
+mod session;
+mod sliding;
+mod stream_time;
+mod time;
+
+pub use join::{JoinKind, JoinOutput, JoinSide, JoinWindows, StreamStreamJoin};
+pub use session::{SessionMerge, SessionWindows};
+pub use sliding::{SlidingUpdate, SlidingWindowAggregate, SlidingWindows};
+pub use stream_time::{LateDecision, StreamTime};
+pub use time::{TimeWindowAssignment, TimeWindows};
+
+/// A fixed-size window: `[start_ms, end_ms)`, start inclusive, end exclusive (Kafka's
+/// `TimeWindow`). Sliding windows use the same type, but both of their ends are inclusive
+/// (as in Kafka, whose sliding windows are `TimeWindow`s `[t - diff, t]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimeWindow {
+    /// First millisecond in the window.
+    pub start_ms: i64,
+    /// First millisecond after the window (hopping and tumbling windows).
+    pub end_ms: i64,
+}
+
+/// A session: `[start_ms, end_ms]`, both inclusive; the timestamps of its first and last
+/// records (Kafka's `SessionWindow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionWindow {
+    /// Timestamp of the session's earliest record.
+    pub start_ms: i64,
+    /// Timestamp of the session's latest record.
+    pub end_ms: i64,
+}
+
+/// A key and the window it was aggregated in (Kafka's `Windowed<K>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Windowed<K, W> {
+    /// The grouping key.
+    pub key: K,
+    /// The window.
+    pub window: W,
+}
+
+fn duration_ms(what: &'static str, name: &str, duration: std::time::Duration) -> Result<i64, crate::StreamsError> {
+    i64::try_from(duration.as_millis()).map_err(|_| {
+        crate::StreamsError::invalid_window(what, format!("{name} {duration:?} does not fit in i64 milliseconds"))
+    })
+}
