@@ -25,14 +25,6 @@ pub enum StreamsError {
         reason: String,
     },
 
-    /// A window store handed back a window that the window logic can never create: state was
-    /// corrupted, or a caller passed windows of another definition (our bug, not the data's).
-    #[error("inconsistent window store: {reason} (a bug in the caller or a corrupt state store)")]
-    InconsistentWindowStore {
-        /// What was found.
-        reason: String,
-    },
-
     /// A value could not be serialized (JSON for a type whose `Serialize` fails, e.g. a map with
     /// non-string keys): the application's type does not fit the serde.
     #[error("cannot serialize {what}: {reason} (the application's type does not fit this serde)")]

@@ -90,8 +90,6 @@ impl SlidingWindows {
     /// One record at `timestamp_ms` with the key's stored windows `existing` (those starting
     /// in [`Self::fetch_range_ms`]; others are ignored). Advances `stream_time` first, as Kafka
     /// does. `initializer` makes an empty aggregate, `aggregator` adds the record to one.
-    ///
-    /// Fails only when `existing` holds a window these windows cannot have created.
     pub fn aggregate<A: Clone>(
         &self,
         timestamp_ms: i64,
@@ -99,7 +97,7 @@ impl SlidingWindows {
         stream_time: &mut StreamTime,
         initializer: impl Fn() -> A,
         aggregator: impl FnMut(&A) -> A,
-    ) -> Result<SlidingUpdate<A>, StreamsError> {
+    ) -> SlidingUpdate<A> {
         let now = stream_time.observe(timestamp_ms);
         let close_time_ms = now - self.grace_ms;
         let diff = self.time_difference_ms;
@@ -112,18 +110,18 @@ impl SlidingWindows {
         };
         if timestamp_ms + diff < close_time_ms {
             run.update.decision = LateDecision::DropLate { window_end_ms: timestamp_ms + diff, close_time_ms };
-            return Ok(run.update);
+            return run.update;
         }
         let (from_ms, to_ms) = self.fetch_range_ms(timestamp_ms);
         let mut windows: Vec<&SlidingWindowAggregate<A>> =
             existing.iter().filter(|w| w.window.start_ms >= from_ms && w.window.start_ms <= to_ms).collect();
         windows.sort_by_key(|w| w.window.start_ms);
         if timestamp_ms < diff {
-            self.process_early(&mut run, &windows, initializer)?;
+            self.process_early(&mut run, &windows, initializer);
         } else {
-            self.process_in_order(&mut run, &windows, initializer)?;
+            self.process_in_order(&mut run, &windows, initializer);
         }
-        Ok(run.update)
+        run.update
     }
 
     fn process_in_order<A: Clone, F: FnMut(&A) -> A>(
@@ -131,7 +129,7 @@ impl SlidingWindows {
         run: &mut Run<A, F>,
         windows: &[&SlidingWindowAggregate<A>],
         initializer: impl Fn() -> A,
-    ) -> Result<(), StreamsError> {
+    ) {
         let ts = run.timestamp_ms;
         let diff = self.time_difference_ms;
         let mut starts = Vec::with_capacity(windows.len());
@@ -158,10 +156,9 @@ impl SlidingWindows {
             } else if start_ms <= ts {
                 right_aggregate = Some((&stored.aggregate, stored.max_timestamp_ms));
                 run.update_window(stored.window, &stored.aggregate, stored.max_timestamp_ms);
-            } else if start_ms == ts + 1 {
-                right_exists = true;
             } else {
-                return Err(unexpected(start_ms, ts));
+                // `start == ts + 1`, the last start the fetch range allows.
+                right_exists = true;
             }
         }
 
@@ -186,7 +183,6 @@ impl SlidingWindows {
                 run.create_right_window(aggregate, max_ms);
             }
         }
-        Ok(())
     }
 
     /// Records before `diff`: their left windows would start below zero, so they share the
@@ -196,7 +192,7 @@ impl SlidingWindows {
         run: &mut Run<A, F>,
         windows: &[&SlidingWindowAggregate<A>],
         initializer: impl Fn() -> A,
-    ) -> Result<(), StreamsError> {
+    ) {
         let ts = run.timestamp_ms;
         let diff = self.time_difference_ms;
         let mut starts = Vec::with_capacity(windows.len());
@@ -216,10 +212,9 @@ impl SlidingWindows {
             } else if start_ms <= ts {
                 right_aggregate = Some((&stored.aggregate, stored.max_timestamp_ms));
                 run.update_window(stored.window, &stored.aggregate, stored.max_timestamp_ms);
-            } else if start_ms == ts + 1 {
-                right_exists = true;
             } else {
-                return Err(unexpected(start_ms, ts));
+                // `start == ts + 1`, the last start the fetch range allows.
+                right_exists = true;
             }
         }
         // Without a right window of an earlier record, the combined window holds only records
@@ -246,13 +241,6 @@ impl SlidingWindows {
             None => run.update_window(TimeWindow { start_ms: 0, end_ms: diff }, &initializer(), ts),
             Some(stored) => run.update_window(stored.window, &stored.aggregate, stored.max_timestamp_ms),
         }
-        Ok(())
-    }
-}
-
-fn unexpected(start_ms: i64, timestamp_ms: i64) -> StreamsError {
-    StreamsError::InconsistentWindowStore {
-        reason: format!("sliding window starting at {start_ms} ms cannot exist beside a record at {timestamp_ms} ms"),
     }
 }
 
@@ -284,5 +272,147 @@ impl<A: Clone, F: FnMut(&A) -> A> Run<A, F> {
         let start_ms = self.timestamp_ms + 1;
         let window = TimeWindow { start_ms, end_ms: start_ms + self.diff };
         self.update.puts.push(SlidingWindowAggregate { window, aggregate: aggregate.clone(), max_timestamp_ms });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One key's window store: start -> window, applying puts in order.
+    type Store = BTreeMap<i64, SlidingWindowAggregate<u64>>;
+
+    fn count(windows: &SlidingWindows, store: &mut Store, time: &mut StreamTime, ts: i64) -> SlidingUpdate<u64> {
+        let existing: Vec<_> = store.values().cloned().collect();
+        let update = windows.aggregate(ts, &existing, time, || 0, |count| count + 1);
+        for put in &update.puts {
+            store.insert(put.window.start_ms, put.clone());
+        }
+        update
+    }
+
+    fn summary(store: &Store) -> Vec<(i64, i64, u64, i64)> {
+        store.values().map(|w| (w.window.start_ms, w.window.end_ms, w.aggregate, w.max_timestamp_ms)).collect()
+    }
+
+    fn sliding(diff_ms: u64, grace_ms: u64) -> SlidingWindows {
+        SlidingWindows::of_time_difference_and_grace(Duration::from_millis(diff_ms), Duration::from_millis(grace_ms))
+            .unwrap()
+    }
+
+    #[test]
+    fn records_create_left_and_right_windows() {
+        let windows = sliding(10, 100);
+        let (mut store, mut time) = (Store::new(), StreamTime::new());
+        count(&windows, &mut store, &mut time, 10);
+        assert_eq!(summary(&store), [(0, 10, 1, 10)]);
+        count(&windows, &mut store, &mut time, 15);
+        // 15's left window holds 10 and 15; 10's right window [11, 21] now has 15.
+        assert_eq!(summary(&store), [(0, 10, 1, 10), (5, 15, 2, 15), (11, 21, 1, 15)]);
+        // Out of order: 12 joins [5, 15] and [11, 21], gets [2, 12] = {10, 12} and a right
+        // window [13, 23] = {15}.
+        count(&windows, &mut store, &mut time, 12);
+        assert_eq!(summary(&store), [(0, 10, 1, 10), (2, 12, 2, 12), (5, 15, 3, 15), (11, 21, 2, 15), (13, 23, 1, 15)]);
+    }
+
+    #[test]
+    fn early_records_share_the_window_from_zero() {
+        let windows = sliding(10, 100);
+        let (mut store, mut time) = (Store::new(), StreamTime::new());
+        count(&windows, &mut store, &mut time, 3);
+        count(&windows, &mut store, &mut time, 7);
+        assert_eq!(summary(&store), [(0, 10, 2, 7), (4, 14, 1, 7)]);
+        count(&windows, &mut store, &mut time, 5);
+        assert_eq!(summary(&store), [(0, 10, 3, 7), (4, 14, 2, 7), (6, 16, 1, 7)]);
+    }
+
+    #[test]
+    fn late_records_are_dropped_past_their_window_end_plus_grace() {
+        let windows = sliding(10, 5);
+        let (mut store, mut time) = (Store::new(), StreamTime::new());
+        count(&windows, &mut store, &mut time, 40);
+        // Close time 35: 25 + 10 = 35 is still accepted, 24 + 10 is not.
+        assert_eq!(count(&windows, &mut store, &mut time, 25).decision, LateDecision::Accept);
+        let dropped = count(&windows, &mut store, &mut time, 24);
+        assert_eq!(dropped.decision, LateDecision::DropLate { window_end_ms: 34, close_time_ms: 35 });
+        assert!(dropped.puts.is_empty());
+        assert!(windows.is_closed(TimeWindow { start_ms: 24, end_ms: 34 }, 40));
+        assert!(!windows.is_closed(TimeWindow { start_ms: 25, end_ms: 35 }, 40));
+    }
+
+    /// The windows sliding windows define over `records`, each with its count and newest
+    /// timestamp, computed from the definition.
+    fn brute_force(records: &[i64], diff: i64) -> BTreeMap<i64, (u64, i64)> {
+        let mut starts = Vec::new();
+        for &r in records {
+            starts.push(if r < diff { 0 } else { r - diff });
+            if records.iter().any(|&later| later > r && later <= r + 1 + diff) {
+                starts.push(r + 1);
+            }
+        }
+        starts
+            .into_iter()
+            .map(|start| {
+                let inside: Vec<i64> = records.iter().copied().filter(|&r| r >= start && r <= start + diff).collect();
+                (start, (inside.len() as u64, inside.iter().copied().max().unwrap_or(i64::MIN)))
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Without late drops, the store after any arrival order equals the definition.
+        #[test]
+        fn windows_match_the_definition_in_any_order(
+            diff in 1i64..15,
+            records in proptest::collection::vec(0i64..60, 1..25),
+        ) {
+            let windows = sliding(diff as u64, 1_000);
+            let (mut store, mut time) = (Store::new(), StreamTime::new());
+            for &ts in &records {
+                prop_assert_eq!(count(&windows, &mut store, &mut time, ts).decision, LateDecision::Accept);
+            }
+            let got: BTreeMap<i64, (u64, i64)> =
+                store.values().map(|w| (w.window.start_ms, (w.aggregate, w.max_timestamp_ms))).collect();
+            prop_assert_eq!(got, brute_force(&records, diff));
+        }
+
+        /// With grace, a record is dropped exactly when `t + diff < stream_time - grace`; every
+        /// stored window is one the definition has, and never counts a record it should not.
+        /// It may count fewer: as in Kafka, windows are built from windows that were still
+        /// open, so an accepted record whose own left window had closed is missing from
+        /// windows created later (diff 3, grace 2, records 76, 72, 74: `[71, 74]` counts only
+        /// 74, since 72's `[69, 72]` was never stored), and such windows may be missing
+        /// altogether (records 76, 72, 71 never create `[72, 75]`).
+        #[test]
+        fn open_windows_count_the_accepted_records(
+            diff in 1i64..15,
+            grace in 0i64..10,
+            records in proptest::collection::vec(0i64..80, 1..30),
+        ) {
+            let windows = sliding(diff as u64, grace as u64);
+            let (mut store, mut time) = (Store::new(), StreamTime::new());
+            let mut accepted = Vec::new();
+            let mut max_seen = -1;
+            for &ts in &records {
+                max_seen = max_seen.max(ts);
+                let late = ts + diff < max_seen - grace;
+                let update = count(&windows, &mut store, &mut time, ts);
+                prop_assert_eq!(update.decision == LateDecision::Accept, !late);
+                if !late {
+                    accepted.push(ts);
+                }
+            }
+            let want = brute_force(&accepted, diff);
+            for window in store.values() {
+                let Some(&(count, max_ms)) = want.get(&window.window.start_ms) else {
+                    return Err(TestCaseError::fail(format!("window {:?} does not exist", window.window)));
+                };
+                prop_assert!(window.aggregate >= 1 && window.aggregate <= count, "{:?} counts {}, at most {}", window.window, window.aggregate, count);
+                prop_assert!(window.max_timestamp_ms <= max_ms);
+            }
+        }
     }
 }
