@@ -414,3 +414,264 @@ impl<K: Ord + Clone, L: Clone, R: Clone> StreamStreamJoin<K, L, R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    type Join = StreamStreamJoin<u8, &'static str, &'static str>;
+    type Out = Vec<JoinOutput<u8, &'static str, &'static str>>;
+
+    fn windows(difference_ms: u64, grace_ms: u64) -> JoinWindows {
+        JoinWindows::of_time_difference_and_grace(Duration::from_millis(difference_ms), Duration::from_millis(grace_ms))
+            .unwrap()
+    }
+
+    fn left(join: &mut Join, key: u8, value: &'static str, ts: i64) -> Out {
+        let mut out = Vec::new();
+        join.process_left(key, value, ts, 0, &mut out);
+        out
+    }
+
+    fn right(join: &mut Join, key: u8, value: &'static str, ts: i64) -> Out {
+        let mut out = Vec::new();
+        join.process_right(key, value, ts, 0, &mut out);
+        out
+    }
+
+    fn joined(
+        key: u8,
+        left: &'static str,
+        right: &'static str,
+        timestamp_ms: i64,
+    ) -> JoinOutput<u8, &'static str, &'static str> {
+        JoinOutput::Joined { key, left, right, timestamp_ms }
+    }
+
+    #[test]
+    fn inner_join_matches_within_before_and_after() {
+        let mut join = Join::with_emit_interval(windows(10, 0).before_ms(2).unwrap(), JoinKind::Inner, 0);
+        assert_eq!(left(&mut join, 1, "a", 20), []);
+        // Right records join left ones within [t_right - after, t_right + before] = [t - 10, t + 2].
+        assert_eq!(right(&mut join, 1, "A", 22), [joined(1, "a", "A", 22)]);
+        assert_eq!(right(&mut join, 2, "B", 22), []);
+        assert_eq!(left(&mut join, 1, "b", 24), [joined(1, "b", "A", 24)]);
+        assert_eq!(right(&mut join, 1, "C", 30), [joined(1, "a", "C", 30), joined(1, "b", "C", 30)]);
+        // Out of order: 17 joins right records in [15, 27].
+        assert_eq!(left(&mut join, 1, "c", 17), [joined(1, "c", "A", 22)]);
+    }
+
+    #[test]
+    fn left_join_waits_for_window_close_before_emitting_null() {
+        let mut join = Join::with_emit_interval(windows(10, 5), JoinKind::Left, 0);
+        assert_eq!(left(&mut join, 1, "a", 0), []);
+        assert_eq!(join.pending_unmatched(), 1);
+        // A later match removes it from the unmatched store: no spurious null result.
+        assert_eq!(right(&mut join, 1, "A", 8), [joined(1, "a", "A", 8)]);
+        assert_eq!(join.pending_unmatched(), 0);
+
+        assert_eq!(left(&mut join, 2, "b", 9), []);
+        // Stream time 24 = 9 + 10 + 5: still open.
+        assert_eq!(right(&mut join, 3, "X", 24), []);
+        // 25 > 24: closed, emitted with the left record's timestamp.
+        assert_eq!(right(&mut join, 3, "Y", 25), [JoinOutput::LeftOnly { key: 2, left: "b", timestamp_ms: 9 }]);
+        assert_eq!(join.pending_unmatched(), 0);
+    }
+
+    #[test]
+    fn unmatched_out_of_order_record_past_its_window_is_emitted_at_once() {
+        let mut join = Join::with_emit_interval(windows(10, 5), JoinKind::Left, 0);
+        left(&mut join, 9, "z", 30);
+        // 15 + 10 < 30: Kafka emits at once, without waiting for grace.
+        assert_eq!(left(&mut join, 1, "a", 15), [JoinOutput::LeftOnly { key: 1, left: "a", timestamp_ms: 15 }]);
+        // 20 + 10 = 30 is not < 30: it waits.
+        assert_eq!(left(&mut join, 1, "b", 20), []);
+        assert_eq!(join.pending_unmatched(), 2);
+    }
+
+    #[test]
+    fn sweep_runs_only_on_in_order_records() {
+        // before 20, after 10: "a" at 0 closes once stream time passes 10.
+        let mut join = Join::with_emit_interval(windows(10, 0).before_ms(20).unwrap(), JoinKind::Left, 0);
+        assert_eq!(left(&mut join, 1, "a", 0), []);
+        // In order, but the right side's skip check uses its own after (20): 0 + 20 >= 15.
+        assert_eq!(right(&mut join, 3, "X", 15), []);
+        // Out of order (12 < 15): no sweep, though "a" has closed.
+        assert_eq!(left(&mut join, 5, "c", 12), []);
+        assert_eq!(left(&mut join, 6, "d", 16), [JoinOutput::LeftOnly { key: 1, left: "a", timestamp_ms: 0 }]);
+    }
+
+    #[test]
+    fn sweep_is_throttled_by_wall_clock() {
+        let mut join = Join::with_emit_interval(windows(10, 0), JoinKind::Left, 1000);
+        let mut out = Vec::new();
+        // The first in-order record sweeps the (empty) store at wall clock 0; the next sweep
+        // may run at 1000.
+        join.process_left(1, "a", 0, 0, &mut out);
+        join.process_left(2, "b", 11, 0, &mut out);
+        join.process_left(3, "c", 30, 999, &mut out);
+        assert_eq!(out, []);
+        join.process_left(4, "d", 31, 1000, &mut out);
+        assert_eq!(
+            out,
+            [
+                JoinOutput::LeftOnly { key: 1, left: "a", timestamp_ms: 0 },
+                JoinOutput::LeftOnly { key: 2, left: "b", timestamp_ms: 11 }
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_join_closes_right_records_with_before() {
+        // before 2, after 10: a right record at t closes once t + 2 + grace < stream time.
+        let mut join = Join::with_emit_interval(windows(10, 0).before_ms(2).unwrap(), JoinKind::Outer, 0);
+        assert_eq!(right(&mut join, 1, "A", 0), []);
+        // Closed at stream time 5, but a left record's sweep is skipped while the oldest
+        // waiting record + the left side's after (10) + grace >= stream time, as in Kafka.
+        assert_eq!(left(&mut join, 2, "a", 5), []);
+        // A right record checks with its own "after" (the windows' before, 2) and sweeps.
+        assert_eq!(right(&mut join, 3, "B", 6), [JoinOutput::RightOnly { key: 1, right: "A", timestamp_ms: 0 }]);
+        assert_eq!(join.pending_unmatched(), 2);
+    }
+
+    #[test]
+    fn outer_join_orders_null_results_by_time_then_right_before_left() {
+        let mut join = Join::with_emit_interval(windows(5, 0), JoinKind::Outer, 0);
+        left(&mut join, 2, "a", 1);
+        right(&mut join, 1, "A", 1);
+        right(&mut join, 3, "B", 0);
+        let out = left(&mut join, 9, "z", 100);
+        assert_eq!(
+            out,
+            [
+                JoinOutput::RightOnly { key: 3, right: "B", timestamp_ms: 0 },
+                JoinOutput::RightOnly { key: 1, right: "A", timestamp_ms: 1 },
+                JoinOutput::LeftOnly { key: 2, left: "a", timestamp_ms: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn records_older_than_size_plus_grace_are_gone_from_the_window_store() {
+        // Size 20, grace 0: the right store keeps records above its max timestamp - 20.
+        let mut join = Join::with_emit_interval(windows(10, 0), JoinKind::Inner, 0);
+        right(&mut join, 1, "A", 5);
+        right(&mut join, 2, "B", 25);
+        // 12 would join 5 (|12 - 5| <= 10), but 5 <= 25 - 20 has expired.
+        assert_eq!(left(&mut join, 1, "a", 12), []);
+        assert_eq!(join.buffered(), 2);
+        // With grace 10 the retention is 30 and it joins.
+        let mut join = Join::with_emit_interval(windows(10, 10), JoinKind::Inner, 0);
+        right(&mut join, 1, "A", 5);
+        right(&mut join, 2, "B", 25);
+        assert_eq!(left(&mut join, 1, "a", 12), [joined(1, "a", "A", 12)]);
+    }
+
+    #[test]
+    fn invalid_join_windows_are_refused() {
+        assert!(windows(10, 0).before_ms(-11).is_err());
+        assert!(windows(10, 0).before_ms(-10).is_ok());
+        assert_eq!(windows(10, 3).before_ms(-4).unwrap().size_ms(), 6);
+        assert_eq!(windows(10, 3).retention_ms(), 23);
+    }
+
+    /// Which join a record belongs to in the models below.
+    #[derive(Debug, Clone)]
+    struct Input {
+        is_left: bool,
+        key: u8,
+        ts: i64,
+    }
+
+    fn inputs(max_ts: i64) -> impl Strategy<Value = Vec<Input>> {
+        proptest::collection::vec((any::<bool>(), 0u8..3, 0..max_ts), 1..40)
+            .prop_map(|v| v.into_iter().map(|(is_left, key, ts)| Input { is_left, key, ts }).collect())
+    }
+
+    type Pair = (usize, usize, i64);
+
+    /// Every (left index, right index, output timestamp) the window definition joins.
+    fn brute_force_pairs(records: &[Input], before: i64, after: i64) -> BTreeSet<Pair> {
+        let mut pairs = BTreeSet::new();
+        for (i, l) in records.iter().enumerate().filter(|(_, r)| r.is_left) {
+            for (j, r) in records.iter().enumerate().filter(|(_, r)| !r.is_left) {
+                if l.key == r.key && r.ts >= l.ts - before && r.ts <= l.ts + after {
+                    pairs.insert((i, j, l.ts.max(r.ts)));
+                }
+            }
+        }
+        pairs
+    }
+
+    fn run(join: &mut StreamStreamJoin<u8, usize, usize>, records: &[Input]) -> Vec<JoinOutput<u8, usize, usize>> {
+        let mut out = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            if record.is_left {
+                join.process_left(record.key, index, record.ts, 0, &mut out);
+            } else {
+                join.process_right(record.key, index, record.ts, 0, &mut out);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// In any order, with grace covering the disorder, the inner join finds exactly the
+        /// pairs the window definition gives.
+        #[test]
+        fn inner_join_equals_brute_force(records in inputs(50), before in 0i64..8, after in 0i64..8) {
+            let windows = windows(0, 1_000).after_ms(after).unwrap().before_ms(before).unwrap();
+            let mut join = StreamStreamJoin::with_emit_interval(windows, JoinKind::Inner, 0);
+            let got: BTreeSet<Pair> = run(&mut join, &records)
+                .into_iter()
+                .map(|out| match out {
+                    JoinOutput::Joined { left, right, timestamp_ms, .. } => Ok((left, right, timestamp_ms)),
+                    other => Err(TestCaseError::fail(format!("inner join emitted {other:?}"))),
+                })
+                .collect::<Result<_, _>>()?;
+            prop_assert_eq!(got, brute_force_pairs(&records, before, after));
+        }
+
+        /// In timestamp order, a left join emits every pair once and every left record
+        /// without a pair exactly once, null-padded, and only after its window closed: never
+        /// a spurious null for a record that later joins.
+        #[test]
+        fn left_join_has_no_spurious_nulls(
+            mut records in inputs(60),
+            before in 0i64..8,
+            after in 0i64..8,
+            grace in 1i64..5,
+        ) {
+            records.sort_by_key(|r| r.ts);
+            let windows = windows(0, grace as u64).after_ms(after).unwrap().before_ms(before).unwrap();
+            let mut join = StreamStreamJoin::with_emit_interval(windows, JoinKind::Left, 0);
+            let mut out = run(&mut join, &records);
+            // A late record on a fresh key moves stream time past every window.
+            join.process_left(u8::MAX, usize::MAX, 1_000, 0, &mut out);
+            let pairs = brute_force_pairs(&records, before, after);
+            let mut got_pairs = BTreeSet::new();
+            let mut nulls = Vec::new();
+            for output in out {
+                match output {
+                    JoinOutput::Joined { left, right, timestamp_ms, .. } => {
+                        prop_assert!(got_pairs.insert((left, right, timestamp_ms)), "pair emitted twice");
+                    }
+                    JoinOutput::LeftOnly { left, timestamp_ms, .. } => {
+                        prop_assert_eq!(timestamp_ms, records[left].ts);
+                        nulls.push(left);
+                    }
+                    JoinOutput::RightOnly { .. } => prop_assert!(false, "left join emitted a right-only result"),
+                }
+            }
+            prop_assert_eq!(got_pairs, pairs.clone());
+            let matched: BTreeSet<usize> = pairs.iter().map(|(l, _, _)| *l).collect();
+            let want_nulls: Vec<usize> = (0..records.len()).filter(|i| records[*i].is_left && !matched.contains(i)).collect();
+            nulls.sort_unstable();
+            prop_assert_eq!(nulls, want_nulls);
+            prop_assert_eq!(join.pending_unmatched(), 1, "only the flushing record still waits");
+        }
+    }
+}
