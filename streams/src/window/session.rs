@@ -118,7 +118,10 @@ pub struct SessionMerge {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use proptest::prelude::*;
 
     fn s(start_ms: i64, end_ms: i64) -> SessionWindow {
         SessionWindow { start_ms, end_ms }
@@ -183,5 +186,66 @@ mod tests {
     #[test]
     fn zero_gap_is_refused() {
         assert!(SessionWindows::of_inactivity_gap_with_no_grace(Duration::ZERO).is_err());
+    }
+
+    /// Sessions of sorted timestamps: runs whose neighbours are at most `gap` apart.
+    fn clusters(mut timestamps: Vec<i64>, gap: i64) -> Vec<(SessionWindow, u64)> {
+        timestamps.sort_unstable();
+        let mut sessions: Vec<(SessionWindow, u64)> = Vec::new();
+        for ts in timestamps {
+            match sessions.last_mut() {
+                Some((window, count)) if ts - window.end_ms <= gap => {
+                    window.end_ms = ts;
+                    *count += 1;
+                }
+                _ => sessions.push((s(ts, ts), 1)),
+            }
+        }
+        sessions
+    }
+
+    proptest! {
+        /// A session count per key kept by applying `merge` to a store equals sessions
+        /// recomputed from scratch over the accepted records, and a record is dropped exactly
+        /// when the session it would join ends before `stream_time - gap - grace`.
+        #[test]
+        fn session_count_equals_brute_force(
+            gap_ms in 1i64..10,
+            grace_ms in 0i64..10,
+            records in proptest::collection::vec((0u8..2, 0i64..100), 1..60),
+        ) {
+            let sessions = windows(gap_ms as u64, grace_ms as u64);
+            let mut time = StreamTime::new();
+            let mut store: BTreeMap<u8, Vec<(SessionWindow, u64)>> = BTreeMap::new();
+            let mut accepted: BTreeMap<u8, Vec<i64>> = BTreeMap::new();
+            let mut max_seen = -1;
+            for &(key, ts) in &records {
+                max_seen = max_seen.max(ts);
+                let mut with_record = accepted.get(&key).cloned().unwrap_or_default();
+                with_record.push(ts);
+                let (own, _) = clusters(with_record, gap_ms)
+                    .into_iter()
+                    .find(|(window, _)| window.start_ms <= ts && ts <= window.end_ms)
+                    .unwrap();
+                let want_accept = own.end_ms >= max_seen - grace_ms - gap_ms;
+
+                let stored = store.entry(key).or_default();
+                let existing: Vec<SessionWindow> = stored.iter().map(|(window, _)| *window).collect();
+                let merge = sessions.merge(ts, &existing, &mut time);
+                prop_assert_eq!(merge.decision == LateDecision::Accept, want_accept);
+                if want_accept {
+                    prop_assert_eq!(merge.window, own);
+                    let merged_count: u64 =
+                        stored.iter().filter(|(window, _)| merge.merged.contains(window)).map(|(_, count)| count).sum();
+                    stored.retain(|(window, _)| !merge.removed.contains(window) && *window != merge.window);
+                    stored.push((merge.window, merged_count + 1));
+                    stored.sort_unstable();
+                    accepted.entry(key).or_default().push(ts);
+                }
+            }
+            for (key, timestamps) in accepted {
+                prop_assert_eq!(&store[&key], &clusters(timestamps, gap_ms));
+            }
+        }
     }
 }

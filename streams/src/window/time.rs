@@ -120,7 +120,10 @@ pub struct TimeWindowAssignment {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use proptest::prelude::*;
 
     fn ms(ms: u64) -> Duration {
         Duration::from_millis(ms)
@@ -204,5 +207,53 @@ mod tests {
         let last = windows.windows_for(i64::MAX).collect::<Vec<_>>();
         let start_ms = i64::MAX / 10 * 10;
         assert_eq!(last, [w(start_ms, i64::MAX)]);
+    }
+
+    proptest! {
+        /// A windowed count per key through `assign` (stream time, grace, late drops) equals a
+        /// brute-force count: every window start that is a multiple of the advance and
+        /// contains the record, counted iff stream time at arrival (including the record) is
+        /// below `end + grace`.
+        #[test]
+        fn windowed_count_equals_brute_force(
+            size_ms in 1i64..20,
+            advance_pick in 0i64..20,
+            grace_ms in 0i64..15,
+            records in proptest::collection::vec((0u8..3, 0i64..100), 1..60),
+        ) {
+            let advance_ms = advance_pick % size_ms + 1;
+            let windows = TimeWindows::of_size_with_grace(ms(size_ms as u64), ms(grace_ms as u64))
+                .unwrap()
+                .advance_by(ms(advance_ms as u64))
+                .unwrap();
+            let mut time = StreamTime::new();
+            let mut counts: BTreeMap<(u8, i64), u64> = BTreeMap::new();
+            let mut dropped = 0usize;
+            for &(key, ts) in &records {
+                let assignment = windows.assign(ts, &mut time);
+                for window in assignment.update {
+                    prop_assert_eq!(window.end_ms - window.start_ms, size_ms);
+                    *counts.entry((key, window.start_ms)).or_default() += 1;
+                }
+                dropped += assignment.expired.len();
+            }
+
+            let mut want: BTreeMap<(u8, i64), u64> = BTreeMap::new();
+            let mut want_dropped = 0usize;
+            let mut max_seen = -1;
+            for &(key, ts) in &records {
+                max_seen = max_seen.max(ts);
+                for start in (0..=ts).filter(|start| start % advance_ms == 0 && ts < start + size_ms) {
+                    if max_seen < start + size_ms + grace_ms {
+                        *want.entry((key, start)).or_default() += 1;
+                    } else {
+                        want_dropped += 1;
+                    }
+                }
+            }
+            prop_assert_eq!(counts, want);
+            prop_assert_eq!(dropped, want_dropped);
+            prop_assert_eq!(time.ms(), max_seen);
+        }
     }
 }
