@@ -177,7 +177,7 @@ fn read_i64(bytes: &[u8]) -> i64 {
 
 /// Keys of a time-windowed aggregation as Kafka's `TimeWindowedSerializer` writes them: the
 /// inner key's bytes, then the window start as 8 big-endian bytes. The end is not written; on
-/// reading it is `start + window_size_ms`, capped at `i64::MAX` (Kafka's
+/// reading it is `start + window_size_ms`, or `i64::MAX` where that is negative (Kafka's
 /// `WindowKeySchema.timeWindowForSize`), so the reader must know the window size, as
 /// `TimeWindowedDeserializer` must.
 #[derive(Debug, Clone)]
@@ -203,8 +203,19 @@ impl<K, S: Serde<K>> Serde<Windowed<K, TimeWindow>> for TimeWindowedSerde<S> {
     fn deserialize(&self, bytes: &[u8]) -> Result<Windowed<K, TimeWindow>, StreamsError> {
         let (key, suffix) = split_suffix("time-windowed key", bytes, TIMESTAMP_BYTES)?;
         let start_ms = read_i64(suffix);
-        let end_ms = start_ms.checked_add(self.window_size_ms).unwrap_or(i64::MAX);
+        let end_ms = time_window_end_ms(start_ms, self.window_size_ms);
         Ok(Windowed { key: self.inner.deserialize(key)?, window: TimeWindow { start_ms, end_ms } })
+    }
+}
+
+/// Kafka's `WindowKeySchema.timeWindowForSize`: `start + size`, and `i64::MAX` when that is
+/// negative (it overflowed, or the start was bogus).
+fn time_window_end_ms(start_ms: i64, window_size_ms: i64) -> i64 {
+    let end_ms = start_ms.wrapping_add(window_size_ms);
+    if end_ms < 0 {
+        i64::MAX
+    } else {
+        end_ms
     }
 }
 
@@ -336,7 +347,7 @@ mod tests {
             prop_assert_eq!(bytes.len(), b.len() + 16);
             prop_assert_eq!(session.deserialize(&bytes).unwrap(), key);
             let time = TimeWindowedSerde::new(StringSerde, 1000);
-            let key = Windowed { key: s, window: TimeWindow { start_ms: start, end_ms: start.checked_add(1000).unwrap_or(i64::MAX) } };
+            let key = Windowed { key: s, window: TimeWindow { start_ms: start, end_ms: time_window_end_ms(start, 1000) } };
             prop_assert_eq!(time.deserialize(&time.serialize(&key).unwrap()).unwrap(), key);
         }
     }

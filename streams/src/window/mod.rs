@@ -13,7 +13,7 @@ mod sliding;
 mod stream_time;
 mod time;
 
-pub use join::{JoinKind, JoinOutput, JoinSide, JoinWindows, StreamStreamJoin};
+pub use join::{JoinKind, JoinOutput, JoinSide, JoinWindows, StreamStreamJoin, DEFAULT_OUTER_JOIN_EMIT_INTERVAL_MS};
 pub use session::{SessionMerge, SessionWindows};
 pub use sliding::{SlidingUpdate, SlidingWindowAggregate, SlidingWindows};
 pub use stream_time::{LateDecision, StreamTime};
