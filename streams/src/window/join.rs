@@ -116,12 +116,35 @@ pub enum JoinSide {
 /// One join result, with Kafka's output timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutput<K, L, R> {
-    /// A matched pair; the timestamp is the larger of the two.
-    Joined { key: K, left: L, right: R, timestamp_ms: i64 },
-    /// A left record that matched nothing (left and outer joins), at its own timestamp.
-    LeftOnly { key: K, left: L, timestamp_ms: i64 },
-    /// A right record that matched nothing (outer joins), at its own timestamp.
-    RightOnly { key: K, right: R, timestamp_ms: i64 },
+    /// A matched pair.
+    Joined {
+        /// The common key.
+        key: K,
+        /// The left record's value.
+        left: L,
+        /// The right record's value.
+        right: R,
+        /// The larger of the two records' timestamps.
+        timestamp_ms: i64,
+    },
+    /// A left record that matched nothing (left and outer joins).
+    LeftOnly {
+        /// Its key.
+        key: K,
+        /// Its value.
+        left: L,
+        /// Its own timestamp.
+        timestamp_ms: i64,
+    },
+    /// A right record that matched nothing (outer joins).
+    RightOnly {
+        /// Its key.
+        key: K,
+        /// Its value.
+        right: R,
+        /// Its own timestamp.
+        timestamp_ms: i64,
+    },
 }
 
 /// One side's join window store: records by key and timestamp, visible while their timestamp
@@ -201,11 +224,13 @@ enum Unmatched<L, R> {
 /// `t + after + grace` (right records: `t + before + grace`), and is emitted then only if no
 /// record joined it meanwhile. As in Kafka, the store is swept only when an in-order record
 /// arrives (`t == stream time`), at most once per `emit_interval_ms` of wall-clock time
-/// (`now_ms`), and an unmatched record whose window already ended (`t + after < stream time`)
-/// is emitted at once without waiting for grace.
+/// (`now_ms`), and an unmatched record whose window already ended (`t + after < stream time`
+/// for a left record, `t + before` for a right one) is emitted at once without waiting for
+/// grace.
 ///
-/// Records with a null key or value never reach this type: Kafka drops them before joining
-/// (an outer join forwards a null-key record at once); the runtime does that.
+/// Records with a null key or value never reach this type: Kafka drops them before joining,
+/// except that a null-key record of a side whose unmatched records are emitted (left in a
+/// left join, both in an outer join) is emitted null-padded at once; the runtime does that.
 #[derive(Debug)]
 pub struct StreamStreamJoin<K, L, R> {
     windows: JoinWindows,

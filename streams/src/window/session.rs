@@ -59,19 +59,30 @@ impl SessionWindows {
         stream_time_ms.saturating_sub(self.grace_ms).saturating_sub(self.inactivity_gap_ms)
     }
 
-    /// Whether `session` is closed at `stream_time_ms`: no record can extend it any more.
+    /// Whether `session` is final at `stream_time_ms` (`end < stream_time - grace - gap`): the
+    /// sessions Kafka's emit-on-window-close emits. A later record can still merge into it
+    /// only if the store still returns it, which Kafka's store stops doing once its end is
+    /// [`Self::retention_ms`] behind the store's newest session end.
     pub fn is_closed(&self, session: SessionWindow, stream_time_ms: i64) -> bool {
         session.end_ms < self.close_time_ms(stream_time_ms)
     }
 
-    /// One record of a key at `timestamp_ms`, given that key's stored sessions `existing` (what
-    /// the store returns for [`Self::search_range_ms`]; sessions outside that range are
-    /// ignored). Advances `stream_time` first, as Kafka does.
+    /// Kafka's default session-store retention, `gap + grace`: a stored session whose end is
+    /// at or below `newest stored end - retention` is no longer returned by the store.
+    pub fn retention_ms(&self) -> i64 {
+        self.inactivity_gap_ms.saturating_add(self.grace_ms)
+    }
+
+    /// One record of a key at `timestamp_ms`, given that key's stored sessions `existing`: what
+    /// the session store returns for [`Self::search_range_ms`], which excludes sessions past
+    /// its retention (see [`Self::retention_ms`]); sessions outside the range are ignored here.
+    /// Advances `stream_time` first, as Kafka does.
     ///
-    /// The returned [`SessionMerge::window`] spans the record and every overlapping session;
-    /// the caller merges the removed sessions' aggregates (Kafka's `Merger`, in store order)
-    /// into a fresh one, applies the record, stores the result under the new window, and
-    /// deletes (and forwards a tombstone for) each removed session.
+    /// The returned [`SessionMerge::window`] spans the record and every overlapping session.
+    /// Unless the record is dropped, the caller merges the aggregates of
+    /// [`SessionMerge::merged`] (Kafka's `Merger`, in store order) into a fresh one, applies
+    /// the record, deletes (and forwards a tombstone for) each of [`SessionMerge::removed`],
+    /// and stores the result under the new window.
     pub fn merge(&self, timestamp_ms: i64, existing: &[SessionWindow], stream_time: &mut StreamTime) -> SessionMerge {
         let now = stream_time.observe(timestamp_ms);
         let (earliest_end_ms, latest_start_ms) = self.search_range_ms(timestamp_ms);

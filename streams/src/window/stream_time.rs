@@ -5,6 +5,9 @@ const NO_TIMESTAMP: i64 = -1;
 
 /// A processor's stream time: the maximum timestamp observed so far (Kafka's
 /// `observedStreamTime`). It never goes backwards; out-of-order records do not move it.
+///
+/// Kafka keeps one per windowed processor in each task (a stream-stream join shares one
+/// between its two sides), starting at `-1`; it is not restored after a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamTime {
     max_ms: i64,
