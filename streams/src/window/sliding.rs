@@ -81,6 +81,13 @@ impl SlidingWindows {
         }
     }
 
+    /// Kafka's default window-store retention for sliding windows, `2 * diff + grace`: enough
+    /// to keep every window [`Self::aggregate`] may need (the store stops returning windows
+    /// starting at or below its newest start minus this).
+    pub fn retention_ms(&self) -> i64 {
+        2 * self.time_difference_ms + self.grace_ms
+    }
+
     /// Whether `window` is closed at `stream_time_ms` (`end + grace < stream_time`): its
     /// result is final.
     pub fn is_closed(&self, window: TimeWindow, stream_time_ms: i64) -> bool {
@@ -119,12 +126,12 @@ impl SlidingWindows {
         if timestamp_ms < diff {
             self.process_early(&mut run, &windows, initializer);
         } else {
-            self.process_in_order(&mut run, &windows, initializer);
+            self.process_reverse(&mut run, &windows, initializer);
         }
         run.update
     }
 
-    fn process_in_order<A: Clone, F: FnMut(&A) -> A>(
+    fn process_reverse<A: Clone, F: FnMut(&A) -> A>(
         &self,
         run: &mut Run<A, F>,
         windows: &[&SlidingWindowAggregate<A>],
@@ -138,27 +145,36 @@ impl SlidingWindows {
         let mut left_exists = false;
         let mut right_exists = false;
         let mut previous_ms: Option<i64> = None;
-        for stored in windows {
+        // Newest window first, as Kafka's built-in stores can (`processReverse`; the forward
+        // variant is only for stores without backward iteration).
+        for stored in windows.iter().rev() {
             let start_ms = stored.window.start_ms;
             starts.push(start_ms);
             let end_ms = start_ms + diff;
-            if end_ms < ts {
-                // The newest window ending before the record holds exactly the records of the
-                // latest timestamp before it.
-                left_aggregate = Some(&stored.aggregate);
-                previous_ms = Some(stored.max_timestamp_ms);
-            } else if end_ms == ts {
-                left_exists = true;
-                if stored.max_timestamp_ms < ts {
-                    previous_ms = Some(stored.max_timestamp_ms);
+            if start_ms == ts + 1 {
+                right_exists = true;
+            } else if end_ms > ts {
+                // The newest window holding the record: its records after the record are what
+                // the record's right window holds.
+                if right_aggregate.is_none() {
+                    right_aggregate = Some((&stored.aggregate, stored.max_timestamp_ms));
                 }
                 run.update_window(stored.window, &stored.aggregate, stored.max_timestamp_ms);
-            } else if start_ms <= ts {
-                right_aggregate = Some((&stored.aggregate, stored.max_timestamp_ms));
+            } else if end_ms == ts {
+                left_exists = true;
                 run.update_window(stored.window, &stored.aggregate, stored.max_timestamp_ms);
+                if stored.max_timestamp_ms < ts {
+                    previous_ms = Some(stored.max_timestamp_ms);
+                } else {
+                    // A record at this timestamp came before: every window exists already.
+                    return;
+                }
             } else {
-                // `start == ts + 1`, the last start the fetch range allows.
-                right_exists = true;
+                // The newest window ending before the record holds the records of the latest
+                // timestamp before it.
+                left_aggregate = Some(&stored.aggregate);
+                previous_ms = Some(stored.max_timestamp_ms);
+                break;
             }
         }
 
@@ -343,6 +359,28 @@ mod tests {
         assert!(!windows.is_closed(TimeWindow { start_ms: 25, end_ms: 35 }, 40));
     }
 
+    /// Kafka's sliding-window algorithm assumes every record's left window and (when not
+    /// empty) right window are stored. A record accepted for some windows whose own left
+    /// window had already closed breaks that, and Kafka's source then both undercounts and
+    /// overcounts; we keep its behaviour. Traced through `KStreamSlidingWindowAggregate`
+    /// (`processReverse`): diff 13, grace 6.
+    #[test]
+    fn closed_left_windows_make_kafka_miscount() {
+        let windows = sliding(13, 6);
+        let (mut store, mut time) = (Store::new(), StreamTime::new());
+        for ts in [50, 68, 51, 54] {
+            assert_eq!(count(&windows, &mut store, &mut time, ts).decision, LateDecision::Accept);
+        }
+        // 51's left window [38, 51] closed (51 < 68 - 6), so 51 is only in [51, 64].
+        assert_eq!(summary(&store), [(37, 50, 1, 50), (51, 64, 2, 54), (55, 68, 1, 68)]);
+        // A second 51 copies [51, 64] = {51, 54} into its right window [52, 65], which by
+        // definition holds only 54.
+        let update = count(&windows, &mut store, &mut time, 51);
+        assert_eq!(update.expired, [TimeWindow { start_ms: 38, end_ms: 51 }]);
+        assert_eq!(summary(&store), [(37, 50, 1, 50), (51, 64, 3, 54), (52, 65, 2, 54), (55, 68, 1, 68)]);
+        assert_eq!(brute_force(&[50, 68, 51, 54, 51], 13)[&52], (1, 54));
+    }
+
     /// The windows sliding windows define over `records`, each with its count and newest
     /// timestamp, computed from the definition.
     fn brute_force(records: &[i64], diff: i64) -> BTreeMap<i64, (u64, i64)> {
@@ -379,15 +417,12 @@ mod tests {
             prop_assert_eq!(got, brute_force(&records, diff));
         }
 
-        /// With grace, a record is dropped exactly when `t + diff < stream_time - grace`; every
-        /// stored window is one the definition has, and never counts a record it should not.
-        /// It may count fewer: as in Kafka, windows are built from windows that were still
-        /// open, so an accepted record whose own left window had closed is missing from
-        /// windows created later (diff 3, grace 2, records 76, 72, 74: `[71, 74]` counts only
-        /// 74, since 72's `[69, 72]` was never stored), and such windows may be missing
-        /// altogether (records 76, 72, 71 never create `[72, 75]`).
+        /// With grace, a record is dropped exactly when `t + diff < stream_time - grace`, and
+        /// every stored window is one the definition has. Counts are not compared: once
+        /// windows close, Kafka's algorithm builds new windows from neighbours that no longer
+        /// satisfy its invariants (see `closed_left_windows_make_kafka_miscount`).
         #[test]
-        fn open_windows_count_the_accepted_records(
+        fn late_drops_are_exact_and_stored_windows_exist_by_definition(
             diff in 1i64..15,
             grace in 0i64..10,
             records in proptest::collection::vec(0i64..80, 1..30),
@@ -407,11 +442,8 @@ mod tests {
             }
             let want = brute_force(&accepted, diff);
             for window in store.values() {
-                let Some(&(count, max_ms)) = want.get(&window.window.start_ms) else {
-                    return Err(TestCaseError::fail(format!("window {:?} does not exist", window.window)));
-                };
-                prop_assert!(window.aggregate >= 1 && window.aggregate <= count, "{:?} counts {}, at most {}", window.window, window.aggregate, count);
-                prop_assert!(window.max_timestamp_ms <= max_ms);
+                prop_assert!(want.contains_key(&window.window.start_ms), "window {:?} does not exist", window.window);
+                prop_assert!(window.aggregate >= 1);
             }
         }
     }
