@@ -643,6 +643,45 @@ mod tests {
         out
     }
 
+    fn unmatched_exactly_once(
+        mut records: Vec<Input>,
+        before: i64,
+        after: i64,
+        grace: i64,
+        kind: JoinKind,
+    ) -> Result<(), TestCaseError> {
+        records.sort_by_key(|r| r.ts);
+        let windows = windows(0, grace as u64).after_ms(after).unwrap().before_ms(before).unwrap();
+        let mut join = StreamStreamJoin::with_emit_interval(windows, kind, 0);
+        let mut out = run(&mut join, &records);
+        // A record far ahead, on a key of its own, moves stream time past every window.
+        join.process_left(u8::MAX, usize::MAX, 1_000, 0, &mut out);
+        let pairs = brute_force_pairs(&records, before, after);
+        let mut got_pairs = BTreeSet::new();
+        let mut nulls = Vec::new();
+        for output in out {
+            match output {
+                JoinOutput::Joined { left, right, timestamp_ms, .. } => {
+                    prop_assert!(got_pairs.insert((left, right, timestamp_ms)), "pair emitted twice");
+                }
+                JoinOutput::LeftOnly { left: index, timestamp_ms, .. }
+                | JoinOutput::RightOnly { right: index, timestamp_ms, .. } => {
+                    prop_assert_eq!(timestamp_ms, records[index].ts);
+                    nulls.push(index);
+                }
+            }
+        }
+        prop_assert_eq!(&got_pairs, &pairs);
+        let matched: BTreeSet<usize> = pairs.iter().flat_map(|(l, r, _)| [*l, *r]).collect();
+        let want_nulls: Vec<usize> = (0..records.len())
+            .filter(|i| !matched.contains(i) && (records[*i].is_left || kind == JoinKind::Outer))
+            .collect();
+        nulls.sort_unstable();
+        prop_assert_eq!(nulls, want_nulls);
+        prop_assert_eq!(join.pending_unmatched(), 1, "only the record far ahead still waits");
+        Ok(())
+    }
+
     proptest! {
         /// In any order, with grace covering the disorder, the inner join finds exactly the
         /// pairs the window definition gives.
@@ -661,42 +700,27 @@ mod tests {
         }
 
         /// In timestamp order, a left join emits every pair once and every left record
-        /// without a pair exactly once, null-padded, and only after its window closed: never
-        /// a spurious null for a record that later joins.
+        /// without a pair exactly once, null-padded, once its window closed: never a spurious
+        /// null for a record that joins later.
         #[test]
         fn left_join_has_no_spurious_nulls(
-            mut records in inputs(60),
+            records in inputs(60),
             before in 0i64..8,
             after in 0i64..8,
             grace in 1i64..5,
         ) {
-            records.sort_by_key(|r| r.ts);
-            let windows = windows(0, grace as u64).after_ms(after).unwrap().before_ms(before).unwrap();
-            let mut join = StreamStreamJoin::with_emit_interval(windows, JoinKind::Left, 0);
-            let mut out = run(&mut join, &records);
-            // A late record on a fresh key moves stream time past every window.
-            join.process_left(u8::MAX, usize::MAX, 1_000, 0, &mut out);
-            let pairs = brute_force_pairs(&records, before, after);
-            let mut got_pairs = BTreeSet::new();
-            let mut nulls = Vec::new();
-            for output in out {
-                match output {
-                    JoinOutput::Joined { left, right, timestamp_ms, .. } => {
-                        prop_assert!(got_pairs.insert((left, right, timestamp_ms)), "pair emitted twice");
-                    }
-                    JoinOutput::LeftOnly { left, timestamp_ms, .. } => {
-                        prop_assert_eq!(timestamp_ms, records[left].ts);
-                        nulls.push(left);
-                    }
-                    JoinOutput::RightOnly { .. } => prop_assert!(false, "left join emitted a right-only result"),
-                }
-            }
-            prop_assert_eq!(got_pairs, pairs.clone());
-            let matched: BTreeSet<usize> = pairs.iter().map(|(l, _, _)| *l).collect();
-            let want_nulls: Vec<usize> = (0..records.len()).filter(|i| records[*i].is_left && !matched.contains(i)).collect();
-            nulls.sort_unstable();
-            prop_assert_eq!(nulls, want_nulls);
-            prop_assert_eq!(join.pending_unmatched(), 1, "only the flushing record still waits");
+            unmatched_exactly_once(records, before, after, grace, JoinKind::Left)?;
+        }
+
+        /// The same for an outer join, on both sides.
+        #[test]
+        fn outer_join_has_no_spurious_nulls(
+            records in inputs(60),
+            before in 0i64..8,
+            after in 0i64..8,
+            grace in 1i64..5,
+        ) {
+            unmatched_exactly_once(records, before, after, grace, JoinKind::Outer)?;
         }
     }
 }
