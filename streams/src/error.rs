@@ -25,6 +25,17 @@ pub enum StreamsError {
         reason: String,
     },
 
+    /// A record's timestamp is outside what the window logic can place (negative, or so close
+    /// to `i64::MAX` that its windows would overflow): the producer's, or the timestamp
+    /// extractor's, bad timestamp.
+    #[error("record timestamp {timestamp_ms} ms is out of range for {what} (the producer or the timestamp extractor gave it)")]
+    InvalidTimestamp {
+        /// The timestamp.
+        timestamp_ms: i64,
+        /// Which logic refused it.
+        what: &'static str,
+    },
+
     /// A value could not be serialized (JSON for a type whose `Serialize` fails, e.g. a map with
     /// non-string keys): the application's type does not fit the serde.
     #[error("cannot serialize {what}: {reason} (the application's type does not fit this serde)")]

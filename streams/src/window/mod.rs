@@ -1,11 +1,11 @@
 //! Sans-IO window logic with Kafka Streams' semantics: functions of a record's timestamp and
-//! the task's stream time that return decisions (which windows a record updates, which it is
+//! the processor's stream time that return decisions (which windows a record updates, which it is
 //! too late for, which sessions merge, which join results to emit). No stores and no I/O: the
 //! runtime reads and writes its stores around these calls.
 //!
 //! Timestamps are Kafka's: milliseconds since the epoch as `i64`. Records with negative
-//! timestamps are refused before they get here (Kafka's timestamp extractors), so the functions
-//! assume `timestamp_ms >= 0`.
+//! timestamps are refused before they get here (Kafka's timestamp extractors); the functions
+//! do not panic on them, but only sliding windows refuse them with an error.
 
 mod join;
 mod session;

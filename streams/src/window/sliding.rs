@@ -75,9 +75,9 @@ impl SlidingWindows {
     /// pass every stored window of the key starting in it to [`Self::aggregate`].
     pub fn fetch_range_ms(&self, timestamp_ms: i64) -> (i64, i64) {
         if timestamp_ms < self.time_difference_ms {
-            (0, timestamp_ms + 1)
+            (0, timestamp_ms.saturating_add(1))
         } else {
-            ((timestamp_ms - 2 * self.time_difference_ms).max(0), timestamp_ms + 1)
+            ((timestamp_ms - 2 * self.time_difference_ms).max(0), timestamp_ms.saturating_add(1))
         }
     }
 
@@ -91,12 +91,14 @@ impl SlidingWindows {
     /// Whether `window` is closed at `stream_time_ms` (`end + grace < stream_time`): its
     /// result is final.
     pub fn is_closed(&self, window: TimeWindow, stream_time_ms: i64) -> bool {
-        window.end_ms < stream_time_ms - self.grace_ms
+        window.end_ms < stream_time_ms.saturating_sub(self.grace_ms)
     }
 
     /// One record at `timestamp_ms` with the key's stored windows `existing` (those starting
     /// in [`Self::fetch_range_ms`]; others are ignored). Advances `stream_time` first, as Kafka
     /// does. `initializer` makes an empty aggregate, `aggregator` adds the record to one.
+    ///
+    /// Fails for a timestamp below zero or within `2 * diff + 2` of `i64::MAX`.
     pub fn aggregate<A: Clone>(
         &self,
         timestamp_ms: i64,
@@ -104,10 +106,14 @@ impl SlidingWindows {
         stream_time: &mut StreamTime,
         initializer: impl Fn() -> A,
         aggregator: impl FnMut(&A) -> A,
-    ) -> SlidingUpdate<A> {
+    ) -> Result<SlidingUpdate<A>, StreamsError> {
+        // Kafka throws for negative timestamps here; near `i64::MAX` its arithmetic wraps.
+        let diff = self.time_difference_ms;
+        if timestamp_ms < 0 || timestamp_ms > i64::MAX - 2 * diff - 2 {
+            return Err(StreamsError::InvalidTimestamp { timestamp_ms, what: "SlidingWindows" });
+        }
         let now = stream_time.observe(timestamp_ms);
         let close_time_ms = now - self.grace_ms;
-        let diff = self.time_difference_ms;
         let mut run = Run {
             diff,
             timestamp_ms,
@@ -117,7 +123,7 @@ impl SlidingWindows {
         };
         if timestamp_ms + diff < close_time_ms {
             run.update.decision = LateDecision::DropLate { window_end_ms: timestamp_ms + diff, close_time_ms };
-            return run.update;
+            return Ok(run.update);
         }
         let (from_ms, to_ms) = self.fetch_range_ms(timestamp_ms);
         let mut windows: Vec<&SlidingWindowAggregate<A>> =
@@ -128,7 +134,7 @@ impl SlidingWindows {
         } else {
             self.process_reverse(&mut run, &windows, initializer);
         }
-        run.update
+        Ok(run.update)
     }
 
     fn process_reverse<A: Clone, F: FnMut(&A) -> A>(
@@ -303,7 +309,7 @@ mod tests {
 
     fn count(windows: &SlidingWindows, store: &mut Store, time: &mut StreamTime, ts: i64) -> SlidingUpdate<u64> {
         let existing: Vec<_> = store.values().cloned().collect();
-        let update = windows.aggregate(ts, &existing, time, || 0, |count| count + 1);
+        let update = windows.aggregate(ts, &existing, time, || 0, |count| count + 1).unwrap();
         for put in &update.puts {
             store.insert(put.window.start_ms, put.clone());
         }
@@ -357,6 +363,18 @@ mod tests {
         assert!(dropped.puts.is_empty());
         assert!(windows.is_closed(TimeWindow { start_ms: 24, end_ms: 34 }, 40));
         assert!(!windows.is_closed(TimeWindow { start_ms: 25, end_ms: 35 }, 40));
+    }
+
+    #[test]
+    fn timestamps_it_cannot_place_are_refused() {
+        let windows = sliding(10, 0);
+        let mut time = StreamTime::new();
+        for ts in [-1, i64::MAX - 21] {
+            let err = windows.aggregate(ts, &[], &mut time, || 0u64, |c| c + 1).unwrap_err();
+            assert!(matches!(err, StreamsError::InvalidTimestamp { timestamp_ms, .. } if timestamp_ms == ts));
+        }
+        assert_eq!(time, StreamTime::new());
+        assert!(windows.aggregate(i64::MAX - 22, &[], &mut time, || 0u64, |c| c + 1).is_ok());
     }
 
     /// Kafka's sliding-window algorithm assumes every record's left window and (when not
