@@ -54,3 +54,44 @@ fn duration_ms(what: &'static str, name: &str, duration: std::time::Duration) ->
         crate::StreamsError::invalid_window(what, format!("{name} {duration:?} does not fit in i64 milliseconds"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Record timestamps come from producers: no value makes the window logic panic.
+        #[test]
+        fn any_timestamp_is_handled_without_panicking(
+            timestamps in proptest::collection::vec(prop_oneof![any::<i64>(), Just(i64::MAX), Just(i64::MIN), -5i64..5], 1..20),
+            size_ms in 1u64..1_000,
+        ) {
+            let size = Duration::from_millis(size_ms);
+            let time_windows = TimeWindows::of_size_with_grace(size, size).unwrap();
+            let sessions = SessionWindows::of_inactivity_gap_and_grace(size, size).unwrap();
+            let sliding = SlidingWindows::of_time_difference_and_grace(size, size).unwrap();
+            let mut join = StreamStreamJoin::with_emit_interval(
+                JoinWindows::of_time_difference_and_grace(size, size).unwrap(),
+                JoinKind::Outer,
+                0,
+            );
+            let (mut t1, mut t2, mut t3) = (StreamTime::new(), StreamTime::new(), StreamTime::new());
+            let mut out = Vec::new();
+            for (i, &ts) in timestamps.iter().enumerate() {
+                let assignment = time_windows.assign(ts, &mut t1);
+                prop_assert!(assignment.update.iter().chain(&assignment.expired).all(|w| w.start_ms <= ts && ts < w.end_ms || w.end_ms == i64::MAX));
+                let merge = sessions.merge(ts, &[SessionWindow { start_ms: ts.saturating_sub(1), end_ms: ts }], &mut t2);
+                prop_assert!(merge.window.start_ms <= ts && ts <= merge.window.end_ms);
+                let _ = sliding.aggregate(ts, &[], &mut t3, || 0u64, |c| c + 1);
+                if i % 2 == 0 {
+                    join.process_left(0u8, i, ts, 0, &mut out);
+                } else {
+                    join.process_right(0u8, i, ts, 0, &mut out);
+                }
+            }
+        }
+    }
+}
