@@ -39,12 +39,12 @@ impl JoinWindows {
     }
 
     /// The same windows with `before_ms` changed (`JoinWindows.before`).
-    pub fn before_ms(self, before_ms: i64) -> Result<Self, StreamsError> {
+    pub fn with_before_ms(self, before_ms: i64) -> Result<Self, StreamsError> {
         Self::new(before_ms, self.after_ms, self.grace_ms)
     }
 
     /// The same windows with `after_ms` changed (`JoinWindows.after`).
-    pub fn after_ms(self, after_ms: i64) -> Result<Self, StreamsError> {
+    pub fn with_after_ms(self, after_ms: i64) -> Result<Self, StreamsError> {
         Self::new(self.before_ms, after_ms, self.grace_ms)
     }
 
@@ -65,12 +65,12 @@ impl JoinWindows {
     }
 
     /// How far before a left record a right record may be, in milliseconds.
-    pub fn before(&self) -> i64 {
+    pub fn before_ms(&self) -> i64 {
         self.before_ms
     }
 
     /// How far after a left record a right record may be, in milliseconds.
-    pub fn after(&self) -> i64 {
+    pub fn after_ms(&self) -> i64 {
         self.after_ms
     }
 
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn inner_join_matches_within_before_and_after() {
-        let mut join = Join::with_emit_interval(windows(10, 0).before_ms(2).unwrap(), JoinKind::Inner, 0);
+        let mut join = Join::with_emit_interval(windows(10, 0).with_before_ms(2).unwrap(), JoinKind::Inner, 0);
         assert_eq!(left(&mut join, 1, "a", 20), []);
         // Right records join left ones within [t_right - after, t_right + before] = [t - 10, t + 2].
         assert_eq!(right(&mut join, 1, "A", 22), [joined(1, "a", "A", 22)]);
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn sweep_runs_only_on_in_order_records() {
         // before 20, after 10: "a" at 0 closes once stream time passes 10.
-        let mut join = Join::with_emit_interval(windows(10, 0).before_ms(20).unwrap(), JoinKind::Left, 0);
+        let mut join = Join::with_emit_interval(windows(10, 0).with_before_ms(20).unwrap(), JoinKind::Left, 0);
         assert_eq!(left(&mut join, 1, "a", 0), []);
         // In order, but the right side's skip check uses its own after (20): 0 + 20 >= 15.
         assert_eq!(right(&mut join, 3, "X", 15), []);
@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn outer_join_closes_right_records_with_before() {
         // before 2, after 10: a right record at t closes once t + 2 + grace < stream time.
-        let mut join = Join::with_emit_interval(windows(10, 0).before_ms(2).unwrap(), JoinKind::Outer, 0);
+        let mut join = Join::with_emit_interval(windows(10, 0).with_before_ms(2).unwrap(), JoinKind::Outer, 0);
         assert_eq!(right(&mut join, 1, "A", 0), []);
         // Closed at stream time 5, but a left record's sweep is skipped while the oldest
         // waiting record + the left side's after (10) + grace >= stream time, as in Kafka.
@@ -597,9 +597,9 @@ mod tests {
 
     #[test]
     fn invalid_join_windows_are_refused() {
-        assert!(windows(10, 0).before_ms(-11).is_err());
-        assert!(windows(10, 0).before_ms(-10).is_ok());
-        assert_eq!(windows(10, 3).before_ms(-4).unwrap().size_ms(), 6);
+        assert!(windows(10, 0).with_before_ms(-11).is_err());
+        assert!(windows(10, 0).with_before_ms(-10).is_ok());
+        assert_eq!(windows(10, 3).with_before_ms(-4).unwrap().size_ms(), 6);
         assert_eq!(windows(10, 3).retention_ms(), 23);
     }
 
@@ -651,7 +651,7 @@ mod tests {
         kind: JoinKind,
     ) -> Result<(), TestCaseError> {
         records.sort_by_key(|r| r.ts);
-        let windows = windows(0, grace as u64).after_ms(after).unwrap().before_ms(before).unwrap();
+        let windows = windows(0, grace as u64).with_after_ms(after).unwrap().with_before_ms(before).unwrap();
         let mut join = StreamStreamJoin::with_emit_interval(windows, kind, 0);
         let mut out = run(&mut join, &records);
         // A record far ahead, on a key of its own, moves stream time past every window.
@@ -687,7 +687,7 @@ mod tests {
         /// pairs the window definition gives.
         #[test]
         fn inner_join_equals_brute_force(records in inputs(50), before in 0i64..8, after in 0i64..8) {
-            let windows = windows(0, 1_000).after_ms(after).unwrap().before_ms(before).unwrap();
+            let windows = windows(0, 1_000).with_after_ms(after).unwrap().with_before_ms(before).unwrap();
             let mut join = StreamStreamJoin::with_emit_interval(windows, JoinKind::Inner, 0);
             let got: BTreeSet<Pair> = run(&mut join, &records)
                 .into_iter()
