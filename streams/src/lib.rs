@@ -1,0 +1,21 @@
+//! spate-streams: the start of Kafka Streams for Rust. What exists so far is the sans-IO core
+//! that the DSL and runtime will call; there is no `StreamsBuilder`, no runtime and no state
+//! store yet.
+//!
+//! Entry points:
+//! - [`serdes`]: the [`Serde`](serdes::Serde) trait and Kafka's byte layouts: bytes, UTF-8
+//!   strings, big-endian `i32`/`i64`/`f64`, JSON, and the time- and session-windowed key
+//!   serdes ([`TimeWindowedSerde`](serdes::TimeWindowedSerde),
+//!   [`SessionWindowedSerde`](serdes::SessionWindowedSerde)).
+//! - [`window`]: window logic as functions of `(record timestamp, stream time)`:
+//!   [`TimeWindows`](window::TimeWindows) (tumbling, hopping),
+//!   [`SlidingWindows`](window::SlidingWindows), [`SessionWindows`](window::SessionWindows),
+//!   [`JoinWindows`](window::JoinWindows) with the stream-stream join state
+//!   [`StreamStreamJoin`](window::StreamStreamJoin), and [`StreamTime`](window::StreamTime).
+//! - [`StreamsError`]: the crate's one error type.
+
+mod error;
+pub mod serdes;
+pub mod window;
+
+pub use error::StreamsError;
