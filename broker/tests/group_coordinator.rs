@@ -448,6 +448,16 @@ async fn group_requests_answer_load_in_progress_while_the_partition_loads() {
         .await
         .unwrap();
     assert_eq!(ErrorCode(described.groups[0].error_code), loading);
+    let listed: ListGroupsResponse = a.send(ApiKey::ListGroups, 4, &ListGroupsRequest::default()).await.unwrap();
+    assert_eq!(ErrorCode(listed.error_code), loading);
+    // The admin client asks again until the broker has loaded.
+    let admin = spate_client::Admin::new(spate_client::admin::AdminConfig {
+        bootstrap_servers: vec![broker.addr.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let listing = tokio::spawn(async move { admin.list_groups(&[]).await });
     // FindCoordinator agrees: it names this broker, which answers "loading", never "not me".
     let found: FindCoordinatorResponse = other
         .send(ApiKey::FindCoordinator, 3, &FindCoordinatorRequest::default().with_key(str_bytes("g")))
@@ -469,8 +479,13 @@ async fn group_requests_answer_load_in_progress_while_the_partition_loads() {
         .unwrap();
     assert_eq!(metadata.topics[0].partitions.len(), 2);
 
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if listing.is_finished() {
+        panic!("the admin client took a partial list from a loading broker: {:?}", listing.await.unwrap());
+    }
     released.store(true, Ordering::SeqCst);
     groups_loaded(&broker).await;
+    listing.await.unwrap().expect("list_groups once the groups are loaded");
     assert_eq!(commit(&a, "solo", -1, "", "t", 5).await, ErrorCode::NONE);
     // Answered once durable, and visible from then on.
     assert_eq!(committed(&a, "solo").await, vec![("t".to_string(), 1, 5, "meta".to_string())]);

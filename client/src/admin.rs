@@ -36,6 +36,9 @@ use crate::protocol::messages::{
 };
 use crate::protocol::{str_bytes, ApiKey, Codec, ErrorCode};
 
+/// How long `list_groups` waits before asking a broker that is loading groups again.
+const LOAD_IN_PROGRESS_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Admin client settings.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -594,7 +597,19 @@ impl Admin {
             if version >= 4 {
                 request.states_filter = states.iter().map(|s| str_bytes(s.as_str())).collect();
             }
-            let response: ListGroupsResponse = conn.send(ApiKey::ListGroups, version, &request).await?;
+            // A broker still loading a `__consumer_offsets` partition answers
+            // COORDINATOR_LOAD_IN_PROGRESS with a partial list (as Kafka's does): ask again until
+            // it has loaded, within the request timeout.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms.max(0) as u64);
+            let response = loop {
+                let response: ListGroupsResponse = conn.send(ApiKey::ListGroups, version, &request).await?;
+                if ErrorCode(response.error_code) != ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break response;
+                }
+                tokio::time::sleep(LOAD_IN_PROGRESS_BACKOFF).await;
+            };
             item_result(response.error_code, None, || format!("listing groups of broker {node_id}"))?;
             for g in response.groups {
                 let state = (version >= 4).then(|| GroupState::parse(&g.group_state));

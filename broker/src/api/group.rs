@@ -602,7 +602,9 @@ pub(super) fn list_groups(
                 .with_group_state(str_bytes(if ctx.version >= 4 { state } else { "" }))
         })
         .collect();
-    Ok(Reply::Now(ctx.respond(&ListGroupsResponse::default().with_groups(groups))))
+    // Kafka lists what it has and says it is still loading, so clients ask again.
+    let error_code = if broker.groups.is_loading() { ErrorCode::COORDINATOR_LOAD_IN_PROGRESS.0 } else { 0 };
+    Ok(Reply::Now(ctx.respond(&ListGroupsResponse::default().with_error_code(error_code).with_groups(groups))))
 }
 
 pub(super) fn delete_groups(

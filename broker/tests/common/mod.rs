@@ -26,9 +26,16 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A single-node broker's config storing in `dir`, listening on a free loopback port.
+/// A single-node broker's config storing in `dir`, listening on a free loopback port chosen
+/// now, so the address it advertises in Metadata is the one it listens on (clients that follow
+/// metadata, like the admin client, can reach it).
 pub fn config(dir: &Path) -> BrokerConfig {
-    BrokerConfig { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.to_path_buf(), ..Default::default() }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    BrokerConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    }
 }
 
 /// Starts a broker; `prepare` runs (e.g. creating topics) before it serves.
