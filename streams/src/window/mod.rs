@@ -49,7 +49,11 @@ pub struct Windowed<K, W> {
     pub window: W,
 }
 
-fn duration_ms(what: &'static str, name: &str, duration: std::time::Duration) -> Result<i64, crate::StreamsError> {
+pub(crate) fn duration_ms(
+    what: &'static str,
+    name: &str,
+    duration: std::time::Duration,
+) -> Result<i64, crate::StreamsError> {
     i64::try_from(duration.as_millis()).map_err(|_| {
         crate::StreamsError::invalid_window(what, format!("{name} {duration:?} does not fit in i64 milliseconds"))
     })
