@@ -577,7 +577,8 @@ mod tests {
         /// A windowed count through `TimeWindows::assign` and `until_window_closes` with an
         /// unbounded buffer emits exactly one record per (key, window), equal to the
         /// brute-force final count of the records the window logic accepts, with the
-        /// timestamp of the last of them, in non-decreasing window-end order.
+        /// timestamp of the last of them, in non-decreasing window-end order, at the record
+        /// that closes the window and not later.
         #[test]
         fn until_window_closes_emits_exactly_the_final_counts(
             size_ms in 1i64..20,
@@ -603,7 +604,18 @@ mod tests {
                     *count += 1;
                     let windowed = key_serde.serialize(&Windowed { key: key.clone(), window }).unwrap();
                     let value = I64Serde.serialize(count).unwrap();
+                    let emitted_before = out.len();
                     buffer.process(windowed, Some(value), ts, Some(window.end_ms), &mut out).unwrap();
+                    // Emitted exactly when closed: what went out is closed, what stays is open.
+                    let now = buffer.stream_time_ms();
+                    for record in &out[emitted_before..] {
+                        let emitted: Windowed<String, TimeWindow> = key_serde.deserialize(&record.key).unwrap();
+                        prop_assert!(windows.is_closed(emitted.window, now));
+                    }
+                    if let Some(end_ms) = buffer.min_buffer_time_ms() {
+                        let oldest = TimeWindow { start_ms: end_ms - size_ms, end_ms };
+                        prop_assert!(!windows.is_closed(oldest, now));
+                    }
                 }
             }
             buffer.advance(i64::MAX, &mut out);
