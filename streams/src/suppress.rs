@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::window::{duration_ms, StreamTime};
+use crate::window::StreamTime;
 use crate::StreamsError;
 
 /// The node name in errors when the application gave none (Kafka's generated names start so;
@@ -164,8 +164,10 @@ impl Suppressed {
     /// time (`Suppressed.untilTimeLimit`); later updates do not restart the timer. Any buffer
     /// config is allowed. A zero wait disables suppression (every update is emitted at once).
     pub fn until_time_limit(time_to_wait: Duration, buffer_config: BufferConfig) -> Result<Self, StreamsError> {
-        let time_to_wait_ms = duration_ms("Suppressed", "time to wait", time_to_wait)
-            .map_err(|err| StreamsError::InvalidSuppression { reason: err.to_string() })?;
+        let time_to_wait_ms =
+            i64::try_from(time_to_wait.as_millis()).map_err(|_| StreamsError::InvalidSuppression {
+                reason: format!("time to wait {time_to_wait:?} does not fit in i64 milliseconds"),
+            })?;
         Ok(Self { mode: Mode::UntilTimeLimit { time_to_wait_ms }, buffer_config, name: None })
     }
 
@@ -545,7 +547,8 @@ mod tests {
         assert!(Suppressed::until_window_closes(strict).is_ok());
         assert!(Suppressed::until_window_closes(BufferConfig::max_bytes(1).with_no_bound()).is_ok());
         assert!(Suppressed::until_time_limit(ms(1), BufferConfig::max_records(10)).is_ok());
-        assert!(Suppressed::until_time_limit(Duration::MAX, BufferConfig::unbounded()).is_err());
+        let err = Suppressed::until_time_limit(Duration::MAX, BufferConfig::unbounded()).unwrap_err();
+        assert!(err.to_string().starts_with("invalid suppression: time to wait"));
 
         let final_results = Suppressed::until_window_closes(BufferConfig::unbounded()).unwrap();
         assert!(SuppressBuffer::new(final_results.clone(), None).is_err());

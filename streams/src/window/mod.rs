@@ -49,11 +49,7 @@ pub struct Windowed<K, W> {
     pub window: W,
 }
 
-pub(crate) fn duration_ms(
-    what: &'static str,
-    name: &str,
-    duration: std::time::Duration,
-) -> Result<i64, crate::StreamsError> {
+fn duration_ms(what: &'static str, name: &str, duration: std::time::Duration) -> Result<i64, crate::StreamsError> {
     i64::try_from(duration.as_millis()).map_err(|_| {
         crate::StreamsError::invalid_window(what, format!("{name} {duration:?} does not fit in i64 milliseconds"))
     })
