@@ -36,6 +36,34 @@ pub enum StreamsError {
         what: &'static str,
     },
 
+    /// A suppression is defined wrongly (e.g. `until_window_closes` with an emit-early buffer):
+    /// the application's configuration is wrong.
+    #[error("invalid suppression: {reason} (fix the application's suppress definition)")]
+    InvalidSuppression {
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A `shut_down_when_full` suppression buffer exceeded its limits (Kafka's "buffer exceeded
+    /// its max capacity"): the application's buffer config is too small for its traffic.
+    #[error(
+        "suppression {name} buffer exceeded its max capacity: {records}/{max_records} records and \
+         {bytes}/{max_bytes} bytes (the application's buffer config is too small: raise its limits \
+         or use emit_early_when_full)"
+    )]
+    SuppressionBufferFull {
+        /// The suppression node's name.
+        name: String,
+        /// Keys buffered.
+        records: u64,
+        /// The configured key limit.
+        max_records: u64,
+        /// Bytes buffered.
+        bytes: u64,
+        /// The configured byte limit.
+        max_bytes: u64,
+    },
+
     /// A value could not be serialized (JSON for a type whose `Serialize` fails, e.g. a map with
     /// non-string keys): the application's type does not fit the serde.
     #[error("cannot serialize {what}: {reason} (the application's type does not fit this serde)")]

@@ -12,10 +12,16 @@
 //!   [`SlidingWindows`](window::SlidingWindows), [`SessionWindows`](window::SessionWindows),
 //!   [`JoinWindows`](window::JoinWindows) with the stream-stream join state
 //!   [`StreamStreamJoin`](window::StreamStreamJoin), and [`StreamTime`](window::StreamTime).
+//! - [`suppress`]: the `suppress` operator's buffer (KIP-328):
+//!   [`Suppressed::until_window_closes`](suppress::Suppressed::until_window_closes) (emit-final
+//!   windowed results) and [`Suppressed::until_time_limit`](suppress::Suppressed::until_time_limit)
+//!   with a [`BufferConfig`](suppress::BufferConfig), run by
+//!   [`SuppressBuffer`](suppress::SuppressBuffer).
 //! - [`StreamsError`]: the crate's one error type.
 
 mod error;
 pub mod serdes;
+pub mod suppress;
 pub mod window;
 
 pub use error::StreamsError;
