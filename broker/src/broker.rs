@@ -339,7 +339,7 @@ impl Broker {
         };
         self.replicas.apply(image, &lookup);
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
-        self.groups.on_metadata(self, image, now);
+        self.groups.on_metadata(self, image);
         match first_error {
             Some(err) => Err(err),
             None => Ok(()),

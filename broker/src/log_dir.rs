@@ -10,7 +10,7 @@
 //! it and moves leadership to the other in-sync replicas. A restart recovers the directory by
 //! re-reading the logs from disk (recovery validates everything past the last checkpoint).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::error;
@@ -28,19 +28,14 @@ impl LogDir {
         LogDir { path: path.into(), offline: AtomicBool::new(false) }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn is_offline(&self) -> bool {
         self.offline.load(Ordering::Acquire)
     }
 
-    /// Takes the directory offline (once; later calls only return `false`). `cause` is the
-    /// failed operation and its error.
-    pub fn mark_offline(&self, cause: &dyn std::fmt::Display) -> bool {
-        let first = !self.offline.swap(true, Ordering::AcqRel);
-        if first {
+    /// Takes the directory offline; the first call logs it. `cause` is the failed operation and
+    /// its error.
+    pub fn mark_offline(&self, cause: &dyn std::fmt::Display) {
+        if !self.offline.swap(true, Ordering::AcqRel) {
             error!(
                 log_dir = %self.path.display(),
                 cause = %cause,
@@ -50,7 +45,6 @@ impl LogDir {
                  the broker: the logs are recovered from what is on disk."
             );
         }
-        first
     }
 
     /// The error every request for a partition in an offline directory gets.

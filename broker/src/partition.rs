@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use spate_client::protocol::record::{validate_stored_batch, BatchHeader, BATCH_HEADER_BYTES};
@@ -91,6 +92,18 @@ struct PartitionState {
 
 /// How long an AlterPartition may go unanswered before the leader proposes again.
 const ALTER_PARTITION_RETRY_MS: i64 = 5_000;
+
+/// How an `acks=all`-style wait for the high watermark ended ([`Partition::wait_replicated`]).
+pub enum Replicated {
+    Yes,
+    LogDirOffline,
+    LeaderChanged,
+    TimedOut,
+}
+
+/// How often a replication wait checks that its leader is still the leader (Kafka's delayed
+/// produce does the same on every ISR change).
+const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,6 +433,40 @@ impl Partition {
         self.lock().isr.len()
     }
 
+    /// Waits until the high watermark (`high_watermark`, subscribed before the append so no
+    /// advance is missed) reaches `needed`, this replica stops leading in `leader_epoch`, its log
+    /// directory goes offline, or `deadline`. Used by `acks=all` produces and the group
+    /// coordinator's commits alike.
+    pub async fn wait_replicated(
+        &self,
+        mut high_watermark: watch::Receiver<i64>,
+        needed: i64,
+        leader_epoch: i32,
+        deadline: tokio::time::Instant,
+    ) -> Replicated {
+        loop {
+            let reached = *high_watermark.borrow_and_update() >= needed;
+            // Leadership is checked after the high watermark is read: once this replica follows,
+            // its high watermark comes from the new leader and may pass `needed` over other data.
+            if !self.is_leader() || self.leader_epoch() != leader_epoch {
+                return Replicated::LeaderChanged;
+            }
+            if reached {
+                return Replicated::Yes;
+            }
+            if self.is_log_dir_offline() {
+                return Replicated::LogDirOffline;
+            }
+            let wake = (tokio::time::Instant::now() + LEADERSHIP_CHECK).min(deadline);
+            match tokio::time::timeout_at(wake, high_watermark.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Replicated::LeaderChanged,
+                Err(_) if tokio::time::Instant::now() >= deadline => return Replicated::TimedOut,
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Size of the ISR the high watermark waits for (the ISR plus a pending expansion), which
     /// is what an `acks=all` produce counts once the high watermark passes it (Kafka's
     /// `checkEnoughReplicasReachOffset`).
@@ -492,7 +539,6 @@ impl Partition {
 
     /// Reads for a follower: whole batches from `offset` up to the log end offset.
     pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
-        self.check_usable()?;
         self.read(offset, max_bytes, i64::MAX)
     }
 

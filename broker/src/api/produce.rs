@@ -20,7 +20,7 @@ use super::{decode, error_message, leader_partition, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::config::FlushMode;
 use crate::error::BrokerError;
-use crate::partition::Partition;
+use crate::partition::{Partition, Replicated};
 
 const DEFAULT_ACK_TIMEOUT_MS: i32 = 30_000;
 
@@ -189,21 +189,24 @@ fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest
         let mut response = response;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms as u64);
         for p in pending {
-            let outcome =
-                wait_replicated(p.partition.clone(), p.high_watermark, p.needed, p.leader_epoch, deadline).await;
+            let outcome = p.partition.wait_replicated(p.high_watermark, p.needed, p.leader_epoch, deadline).await;
             let failure = match outcome {
                 // Kafka's delayed produce checks the ISR when the high watermark passes: a
                 // high watermark that advanced because the ISR shrank below min.insync.replicas
                 // proves fewer copies than the producer asked for.
-                Replicated::Yes if p.partition.maximal_isr_len() < p.min_insync => Some((
-                    ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
-                    format!(
-                        "appended, but the ISR shrank to {} below min.insync.replicas {} before it was replicated",
-                        p.partition.maximal_isr_len(),
-                        p.min_insync
-                    ),
-                )),
-                Replicated::Yes => None,
+                Replicated::Yes => {
+                    let isr_len = p.partition.maximal_isr_len();
+                    (isr_len < p.min_insync).then(|| {
+                        (
+                            ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                            format!(
+                                "appended, but the ISR shrank to {isr_len} below min.insync.replicas {} before it was \
+                                 replicated",
+                                p.min_insync
+                            ),
+                        )
+                    })
+                }
                 Replicated::LogDirOffline => Some((
                     ErrorCode::KAFKA_STORAGE_ERROR,
                     "the log directory went offline (an fsync failed) before the batch was durable".to_string(),
@@ -234,47 +237,4 @@ fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest
         }
         ctx.respond(&response)
     }))
-}
-
-enum Replicated {
-    Yes,
-    LogDirOffline,
-    LeaderChanged,
-    TimedOut,
-}
-
-/// How often a waiting `acks=all` produce checks that its leader is still the leader (Kafka's
-/// delayed produce does the same on every ISR change).
-const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
-
-/// Waits until the high watermark reaches `needed`, the partition stops being leader in
-/// `leader_epoch`, or `deadline`.
-async fn wait_replicated(
-    partition: Arc<Partition>,
-    mut high_watermark: watch::Receiver<i64>,
-    needed: i64,
-    leader_epoch: i32,
-    deadline: tokio::time::Instant,
-) -> Replicated {
-    loop {
-        let reached = *high_watermark.borrow_and_update() >= needed;
-        // Leadership is checked after the high watermark is read: once this replica follows,
-        // its high watermark comes from the new leader and may pass `needed` over other data.
-        if !partition.is_leader() || partition.leader_epoch() != leader_epoch {
-            return Replicated::LeaderChanged;
-        }
-        if reached {
-            return Replicated::Yes;
-        }
-        if partition.is_log_dir_offline() {
-            return Replicated::LogDirOffline;
-        }
-        let wake = (tokio::time::Instant::now() + LEADERSHIP_CHECK).min(deadline);
-        match tokio::time::timeout_at(wake, high_watermark.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Replicated::LeaderChanged,
-            Err(_) if tokio::time::Instant::now() >= deadline => return Replicated::TimedOut,
-            Err(_) => {}
-        }
-    }
 }

@@ -36,7 +36,7 @@ use crate::config::{BrokerConfig, FlushMode};
 use crate::controller::MetadataImage;
 use crate::error::{BrokerError, Result};
 use crate::flusher::Flusher;
-use crate::partition::Partition;
+use crate::partition::{Partition, Replicated};
 
 /// Kafka's `offsets.topic.segment.bytes` default.
 const OFFSETS_SEGMENT_BYTES: &str = "104857600";
@@ -48,9 +48,6 @@ const LOAD_MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
 const LOAD_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a write waits to become durable before its request is answered REQUEST_TIMED_OUT.
 pub const COMMIT_DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a waiting write checks that this broker still leads its partition in the epoch it
-/// appended in (besides every high-watermark change).
-const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
 /// A JoinGroup or SyncGroup answer: now, or once the rebalance gets there.
 pub enum Wait<T> {
@@ -142,7 +139,7 @@ pub struct GroupCoordinator {
     shared: Arc<Shared>,
     next_waiter: AtomicU64,
     /// The appender thread's queue, started with the first append.
-    appender: OnceLock<Mutex<mpsc::Sender<AppendJob>>>,
+    appender: OnceLock<mpsc::Sender<AppendJob>>,
 }
 
 /// An OffsetCommit whose record is queued: resolves to the request's answer once durable.
@@ -253,24 +250,12 @@ pub async fn wait_durable(wait: DurableWait, deadline: tokio::time::Instant) -> 
         Ok(Ok(Err(err))) => return Err(storage_error_code(&err)),
         Ok(Ok(Ok(last))) => last,
     };
-    let needed = last_offset + 1;
-    let partition = wait.partition;
-    let mut high_watermark = partition.subscribe_high_watermark();
-    loop {
-        let reached = *high_watermark.borrow_and_update() >= needed;
-        if !partition.is_leader() || partition.leader_epoch() != wait.leader_epoch {
-            return Err(ErrorCode::NOT_COORDINATOR);
-        }
-        if reached {
-            return Ok(());
-        }
-        let wake = (tokio::time::Instant::now() + LEADERSHIP_CHECK).min(deadline);
-        match tokio::time::timeout_at(wake, high_watermark.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ErrorCode::NOT_COORDINATOR),
-            Err(_) if tokio::time::Instant::now() >= deadline => return Err(ErrorCode::REQUEST_TIMED_OUT),
-            Err(_) => {}
-        }
+    let high_watermark = wait.partition.subscribe_high_watermark();
+    match wait.partition.wait_replicated(high_watermark, last_offset + 1, wait.leader_epoch, deadline).await {
+        Replicated::Yes => Ok(()),
+        // Kafka answers a commit that hit a storage error NOT_COORDINATOR too: find the new one.
+        Replicated::LeaderChanged | Replicated::LogDirOffline => Err(ErrorCode::NOT_COORDINATOR),
+        Replicated::TimedOut => Err(ErrorCode::REQUEST_TIMED_OUT),
     }
 }
 
@@ -443,7 +428,7 @@ impl GroupCoordinator {
     /// new leader epoch (a lead→follow→lead change can arrive as one image, and the log may have
     /// been truncated meanwhile), has its groups unloaded and replayed again on a loader thread;
     /// one it no longer leads has its groups unloaded. Nothing here blocks on file I/O.
-    pub fn on_metadata(&self, broker: &Broker, image: &MetadataImage, _now_ms: i64) {
+    pub fn on_metadata(&self, broker: &Broker, image: &MetadataImage) {
         let me = broker.config.node_id;
         let Some(topic) = image.topics.get(OFFSETS_TOPIC) else { return };
         let count = topic.partitions.len() as i32;
@@ -514,15 +499,15 @@ impl GroupCoordinator {
         }
         let mut jobs = Vec::new();
         for (index, builder) in by_partition {
-            let owned = inner.owned.get(&index).copied().filter(|o| o.loaded);
+            let leader_epoch =
+                inner.owned.get(&index).filter(|o| o.loaded).ok_or_else(|| not_coordinator(index))?.leader_epoch;
             let partition = topic
                 .partitions
                 .get(index as usize)
                 .cloned()
                 .flatten()
-                .filter(|p| owned.is_some_and(|o| p.is_leader() && p.leader_epoch() == o.leader_epoch))
+                .filter(|p| p.is_leader() && p.leader_epoch() == leader_epoch)
                 .ok_or_else(|| not_coordinator(index))?;
-            let leader_epoch = owned.map_or(-1, |o| o.leader_epoch);
             let batch = builder.finish(-1, -1, -1, false).map_err(|e| BrokerError::InvalidRecord {
                 topic: OFFSETS_TOPIC.into(),
                 partition: index,
@@ -552,20 +537,17 @@ impl GroupCoordinator {
             {
                 warn!(error = %err, "could not start the group appender thread");
             }
-            Mutex::new(tx)
+            tx
         });
-        let appender = appender.lock().unwrap_or_else(|e| e.into_inner());
         let mut waits = Vec::new();
         for (partition, leader_epoch, batch, headers) in jobs {
-            let (done, appended) = oneshot::channel();
-            let job = AppendJob {
-                partition: partition.clone(),
-                leader_epoch,
-                batch,
-                headers,
-                now_ms,
-                done: wait.then_some(done),
+            let (done, appended) = if wait {
+                let (done, appended) = oneshot::channel();
+                (Some(done), Some(appended))
+            } else {
+                (None, None)
             };
+            let job = AppendJob { partition: partition.clone(), leader_epoch, batch, headers, now_ms, done };
             if appender.send(job).is_err() {
                 return Err(BrokerError::Controller {
                     code: ErrorCode::COORDINATOR_NOT_AVAILABLE,
@@ -574,9 +556,11 @@ impl GroupCoordinator {
             }
             // Like acks=all: answered once the whole ISR has it (and, in fsync mode, the leader
             // has fsynced it), i.e. once the high watermark passes it.
-            waits.push(DurableWait { appended, partition, leader_epoch });
+            if let Some(appended) = appended {
+                waits.push(DurableWait { appended, partition, leader_epoch });
+            }
         }
-        Ok(if wait { waits } else { Vec::new() })
+        Ok(waits)
     }
 
     /// Queues best-effort records (group metadata, tombstones) and answers parked requests.
@@ -798,15 +782,13 @@ impl GroupCoordinator {
         Ok(inner.state.describe(group_id))
     }
 
-    /// ListGroups: the groups this broker coordinates and has loaded. (Kafka answers
-    /// COORDINATOR_LOAD_IN_PROGRESS while any partition loads; spate's admin client does not
-    /// retry that yet, so a listing during a load shows the groups loaded so far.)
+    /// ListGroups: the groups this broker coordinates and has loaded (while a partition loads,
+    /// the API answers COORDINATOR_LOAD_IN_PROGRESS with these, as Kafka does).
     pub fn list(&self, states: &[String]) -> Vec<(String, String, &'static str)> {
         self.lock().state.list(states)
     }
 
     /// Whether any `__consumer_offsets` partition this broker leads is still loading.
-    #[doc(hidden)]
     pub fn is_loading(&self) -> bool {
         self.lock().owned.values().any(|o| !o.loaded)
     }
