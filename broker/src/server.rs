@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use spate_client::protocol::frame::{decode_frame, peek_frame_size};
+use spate_client::protocol::frame::{peek_frame_size, split_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -262,6 +262,13 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
     // before room is reserved for it.
     let mut frame_memory: Option<RequestMemory> = None;
     'read: loop {
+        if frame_memory.is_none() && buf.capacity() > 2 * READ_BUFFER_BYTES {
+            // Between frames, drop the room a large one needed: `reserve` would otherwise
+            // reclaim that allocation and keep it with this connection, outside the pool.
+            let rest = buf.split();
+            buf = BytesMut::with_capacity(READ_BUFFER_BYTES.max(rest.len()));
+            buf.extend_from_slice(&rest);
+        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(READ_BUFFER_BYTES);
         }
@@ -291,14 +298,7 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
                 };
                 frame_memory = Some(memory);
             }
-            let frame = match decode_frame(&mut buf, max_frame) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    warn!(%peer, error = %err, "closing connection: bad frame");
-                    break 'read;
-                }
-            };
+            let Some(frame) = split_frame(&mut buf, size) else { break };
             let mut reply = api::handle(&broker, frame, Some(peer));
             if let Reply::Blocking(work) = reply {
                 // Awaited before the next frame is handled, so appends stay in request order.

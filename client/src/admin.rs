@@ -600,7 +600,7 @@ impl Admin {
             // A broker still loading a `__consumer_offsets` partition answers
             // COORDINATOR_LOAD_IN_PROGRESS with a partial list (as Kafka's does): ask again until
             // it has loaded, within the request timeout.
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms.max(0) as u64);
+            let deadline = tokio::time::Instant::now() + self.timeout();
             let response = loop {
                 let response: ListGroupsResponse = conn.send(ApiKey::ListGroups, version, &request).await?;
                 if ErrorCode(response.error_code) != ErrorCode::COORDINATOR_LOAD_IN_PROGRESS

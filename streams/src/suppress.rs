@@ -236,7 +236,8 @@ pub struct SuppressBuffer {
 impl SuppressBuffer {
     /// The buffer of `suppressed`. For `until_window_closes`, `window_grace_ms` is the grace of
     /// the windowed aggregation it follows (Kafka's DSL reads it from the windows, e.g.
-    /// [`TimeWindows::grace_ms`](crate::window::TimeWindows::grace_ms)) and is required;
+    /// [`TimeWindows::grace_ms`](crate::window::TimeWindows::grace_ms); after session windows it
+    /// is grace + inactivity gap, as their close time is) and is required;
     /// `until_time_limit` does not use it.
     pub fn new(suppressed: Suppressed, window_grace_ms: Option<i64>) -> Result<Self, StreamsError> {
         let wait_ms = match suppressed.mode {
@@ -339,7 +340,13 @@ impl SuppressBuffer {
         let key_len = key.len();
         // Non-resetting: a later update of a buffered key takes the place of the earlier one,
         // keeping its buffer time.
-        let time_ms = *self.index.entry(key.clone()).or_insert(buffer_time_ms);
+        let time_ms = match self.index.get(&key) {
+            Some(&time_ms) => time_ms,
+            None => {
+                self.index.insert(key.clone(), buffer_time_ms);
+                buffer_time_ms
+            }
+        };
         self.size_bytes += entry_size_bytes(key_len, &entry.value);
         if let Some(replaced) = self.sorted.insert((time_ms, key), entry) {
             self.size_bytes -= entry_size_bytes(key_len, &replaced.value);

@@ -188,17 +188,16 @@ impl ProducerBatch {
     /// (sent, refused as out of order, and now sent again in the next one) is rewritten; the CRC
     /// covers these fields, so it is recomputed.
     fn assign_sequence(&mut self, producer: ProducerIdAndEpoch, sequence: i64) {
-        let base_sequence = wrap_sequence(sequence);
-        let unchanged = self.producer == producer && self.base_sequence == base_sequence;
+        // Only batches without a sequence get one, so an encoded batch always needs rewriting.
         self.producer = producer;
         self.sequence = Some(sequence);
-        self.base_sequence = base_sequence;
-        if let (Some(encoded), false) = (&self.encoded, unchanged) {
+        self.base_sequence = wrap_sequence(sequence);
+        if let Some(encoded) = &self.encoded {
             let mut bytes = BytesMut::from(&encoded[..]);
             bytes[field::PRODUCER_ID..field::PRODUCER_ID + 8].copy_from_slice(&producer.producer_id.to_be_bytes());
             bytes[field::PRODUCER_EPOCH..field::PRODUCER_EPOCH + 2]
                 .copy_from_slice(&producer.producer_epoch.to_be_bytes());
-            bytes[field::BASE_SEQUENCE..field::BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+            bytes[field::BASE_SEQUENCE..field::BASE_SEQUENCE + 4].copy_from_slice(&self.base_sequence.to_be_bytes());
             let crc = crc32c::crc32c(&bytes[field::ATTRIBUTES..]);
             bytes[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
             self.encoded = Some(bytes.freeze());

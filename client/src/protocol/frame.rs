@@ -35,13 +35,19 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
     let Some(size) = peek_frame_size(buf, max_frame_bytes)? else {
         return Ok(None);
     };
+    Ok(split_frame(buf, size))
+}
+
+/// Splits off the frame of `size` body bytes (checked by [`peek_frame_size`]) at the front of
+/// `buf`, or reserves room for the rest of it and returns `None` while it is incomplete.
+pub fn split_frame(buf: &mut BytesMut, size: usize) -> Option<Bytes> {
     let total = SIZE_PREFIX_BYTES + size;
     if buf.len() < total {
         buf.reserve(total - buf.len());
-        return Ok(None);
+        return None;
     }
     buf.advance(SIZE_PREFIX_BYTES);
-    Ok(Some(buf.split_to(size).freeze()))
+    Some(buf.split_to(size).freeze())
 }
 
 #[cfg(test)]

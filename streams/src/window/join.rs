@@ -107,9 +107,9 @@ pub enum JoinKind {
 /// `<timestamp><is-left byte><key>` keys (which decides the order of null-padded results).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum JoinSide {
-    /// The stream `join` was called on.
+    /// The other stream (the argument of `join`).
     Right,
-    /// The other stream.
+    /// The stream `join` was called on.
     Left,
 }
 

@@ -1,7 +1,8 @@
 //! Sans-IO window logic with Kafka Streams' semantics: functions of a record's timestamp and
 //! the processor's stream time that return decisions (which windows a record updates, which it is
-//! too late for, which sessions merge, which join results to emit). No stores and no I/O: the
-//! runtime reads and writes its stores around these calls.
+//! too late for, which sessions merge, which join results to emit). No I/O: the runtime reads
+//! and writes its stores around these calls, except that [`StreamStreamJoin`] keeps its two
+//! window stores and its outer-join store in memory itself.
 //!
 //! Timestamps are Kafka's: milliseconds since the epoch as `i64`. Records with negative
 //! timestamps are refused before they get here (Kafka's timestamp extractors); the functions

@@ -74,11 +74,7 @@ impl SlidingWindows {
     /// The window-start range (inclusive) of the store fetch for a record at `timestamp_ms`:
     /// pass every stored window of the key starting in it to [`Self::aggregate`].
     pub fn fetch_range_ms(&self, timestamp_ms: i64) -> (i64, i64) {
-        if timestamp_ms < self.time_difference_ms {
-            (0, timestamp_ms.saturating_add(1))
-        } else {
-            ((timestamp_ms - 2 * self.time_difference_ms).max(0), timestamp_ms.saturating_add(1))
-        }
+        (timestamp_ms.saturating_sub(2 * self.time_difference_ms).max(0), timestamp_ms.saturating_add(1))
     }
 
     /// Kafka's default window-store retention for sliding windows, `2 * diff + grace`: enough
