@@ -4,6 +4,7 @@
 //! to [`crate::group::GroupCoordinator`]; JoinGroup and SyncGroup answers that wait for the
 //! rebalance are [`Reply::Later`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,7 +37,7 @@ use uuid::Uuid;
 
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
-use crate::group::coordinator::{wait_all_durable, CommitPartition, DurableWait, Wait};
+use crate::group::coordinator::{wait_all_durable, CommitPartition, DurableWait, PendingCommit, Wait};
 use crate::group::state::{JoinRequest, JoinResult, LeavingMember, SyncResult};
 use crate::group::store::OffsetValue;
 use crate::group::OFFSETS_TOPIC;
@@ -51,25 +52,30 @@ fn owned_ctx(ctx: &RequestContext) -> RequestContext {
     RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id }
 }
 
-/// Answers now, or once every append is durable (see [`wait_all_durable`]); a failure (timeout,
-/// leadership lost) is handed to `on_failure`.
+/// Answers now when there is nothing to wait for, or once `durable` resolves; a failure
+/// (timeout, leadership lost) is handed to `on_failure`.
 fn after_durable<M: Codec + Send + 'static>(
     ctx: &RequestContext,
-    waits: Vec<DurableWait>,
+    durable: Option<impl Future<Output = Result<(), ErrorCode>> + Send + 'static>,
     response: M,
     on_failure: impl FnOnce(&mut M, ErrorCode) + Send + 'static,
 ) -> Reply {
-    if waits.is_empty() {
+    let Some(durable) = durable else {
         return Reply::Now(ctx.respond(&response));
-    }
+    };
     let ctx = owned_ctx(ctx);
     Reply::Later(Box::pin(async move {
         let mut response = response;
-        if let Err(code) = wait_all_durable(waits).await {
+        if let Err(code) = durable.await {
             on_failure(&mut response, code);
         }
         ctx.respond(&response)
     }))
+}
+
+/// Every append of `waits` durable (see [`wait_all_durable`]); `None` when there are none.
+fn all_durable(waits: Vec<DurableWait>) -> Option<impl Future<Output = Result<(), ErrorCode>> + Send + 'static> {
+    (!waits.is_empty()).then(|| wait_all_durable(waits))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,22 +354,12 @@ pub(super) fn offset_commit(
             )
         })
         .collect();
-    let mut response = OffsetCommitResponse::default().with_topics(topics);
-    let Some(pending) = pending else {
-        return Ok(Reply::Now(ctx.respond(&response)));
-    };
-    let ctx = owned_ctx(ctx);
-    Ok(Reply::Later(Box::pin(async move {
-        let code = pending.outcome().await;
-        if !code.is_ok() {
-            for p in response.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-                if p.error_code == 0 {
-                    p.error_code = code.0;
-                }
-            }
+    let response = OffsetCommitResponse::default().with_topics(topics);
+    Ok(after_durable(ctx, pending.map(PendingCommit::outcome), response, |r, code| {
+        for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()).filter(|p| p.error_code == 0) {
+            p.error_code = code.0;
         }
-        ctx.respond(&response)
-    })))
+    }))
 }
 
 /// One topic's partitions and their committed offsets (`None`: nothing committed).
@@ -530,7 +526,7 @@ pub(super) fn offset_delete(
             )
         }
     };
-    Ok(after_durable(ctx, waits, response, |r, code| r.error_code = code.0))
+    Ok(after_durable(ctx, all_durable(waits), response, |r, code| r.error_code = code.0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,7 +618,7 @@ pub(super) fn delete_groups(
         .map(|(g, e)| DeletableGroupResult::default().with_group_id(g.clone()).with_error_code(e.0))
         .collect();
     let response = DeleteGroupsResponse::default().with_results(results);
-    Ok(after_durable(ctx, waits, response, |r, code| {
+    Ok(after_durable(ctx, all_durable(waits), response, |r, code| {
         for g in r.results.iter_mut().filter(|g| g.error_code == 0) {
             g.error_code = code.0;
         }

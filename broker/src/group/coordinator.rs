@@ -148,13 +148,9 @@ pub struct PendingCommit {
 }
 
 impl PendingCommit {
-    /// NONE once durable; otherwise the error for every partition that was accepted.
-    pub async fn outcome(self) -> ErrorCode {
-        match self.answer.await {
-            Ok(Ok(())) => ErrorCode::NONE,
-            Ok(Err(code)) => code,
-            Err(_) => ErrorCode::COORDINATOR_NOT_AVAILABLE,
-        }
+    /// `Ok` once durable; otherwise the error for every partition that was accepted.
+    pub async fn outcome(self) -> std::result::Result<(), ErrorCode> {
+        self.answer.await.unwrap_or(Err(ErrorCode::COORDINATOR_NOT_AVAILABLE))
     }
 }
 
@@ -390,14 +386,9 @@ impl GroupCoordinator {
     /// the answer stays true for the caller's state change.
     fn owns(&self, broker: &Broker, inner: &Inner, group_id: &str) -> std::result::Result<(), ErrorCode> {
         let image = broker.image();
-        let (leader, index) = match image.topics.get(OFFSETS_TOPIC) {
-            Some(topic) if !topic.partitions.is_empty() => {
-                let index = partition_for(group_id, topic.partitions.len() as i32);
-                let p = &topic.partitions[index as usize];
-                (Some((p.leader, p.leader_epoch)), index)
-            }
-            _ => (None, 0),
-        };
+        let count = image.topics.get(OFFSETS_TOPIC).map_or(0, |t| t.partitions.len() as i32);
+        let index = partition_for(group_id, count);
+        let leader = image.partition(OFFSETS_TOPIC, index).map(|p| (p.leader, p.leader_epoch));
         ownership(broker.config.node_id, leader, inner.owned.get(&index).copied())
     }
 

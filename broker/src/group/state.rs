@@ -899,13 +899,13 @@ impl GroupState {
     /// (Kafka's `onOffsetCommitAppend` / `failPendingOffsetWrite`).
     pub fn complete_commit(&mut self, staged: StagedCommit, durable: bool) {
         let Some(group) = self.groups.get_mut(&staged.plan.group_id) else { return };
+        if staged.seq <= group.created_seq {
+            // Staged for an earlier group of this name, deleted since.
+            return;
+        }
         for (topic, partition, value) in staged.plan.offsets {
             let key = (topic, partition);
             let Some(&pending) = group.pending_offsets.get(&key) else { continue };
-            if staged.seq <= group.created_seq {
-                // Staged for an earlier group of this name, deleted since.
-                continue;
-            }
             if pending == staged.seq {
                 group.pending_offsets.remove(&key);
             }
