@@ -828,6 +828,21 @@ mod tests {
     use std::collections::BTreeMap;
     use std::fmt::Debug;
 
+    /// A new API or version in the client's table without a response schema would be refused
+    /// at run time ("no bounds schema"): catch it here instead.
+    #[test]
+    fn every_version_the_client_sends_has_a_response_schema() {
+        for &(api_key, min, max) in crate::connection::CLIENT_API_VERSIONS {
+            let schema = schema(api_key).unwrap_or_else(|| panic!("no response schema for {api_key:?}"));
+            assert!(
+                schema.min_version <= min && max <= schema.max_version,
+                "{api_key:?} v{min}..=v{max} is outside its response schema's v{}..=v{}",
+                schema.min_version,
+                schema.max_version
+            );
+        }
+    }
+
     /// Every API with a response schema (the ones the client and the replica fetcher call).
     const APIS: &[ApiKey] = &[
         ApiKey::ApiVersions,
