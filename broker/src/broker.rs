@@ -65,8 +65,8 @@ pub struct Broker {
     /// Every topic of the cluster, with this broker's replicas opened. Rebuilt from the metadata
     /// image by [`Broker::reconcile`].
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serialises reconciliation with the metadata image.
-    reconciling: Mutex<()>,
+    /// Serialises reconciliation; holds the `applied_index` of the newest image reconciled.
+    reconciling: Mutex<u64>,
     pub(crate) flusher: Arc<Flusher>,
     /// `log.dirs`, offline after a failed fsync (see `log_dir`).
     pub(crate) log_dir: Arc<LogDir>,
@@ -177,7 +177,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             cluster_id: cluster_id.clone(),
             topics: RwLock::new(HashMap::new()),
-            reconciling: Mutex::new(()),
+            reconciling: Mutex::new(0),
             flusher,
             log_dir: Arc::new(LogDir::new(&data_dir)),
             cleaner: LogCleaner::default(),
@@ -277,7 +277,14 @@ impl Broker {
     /// deleted topics, applies config changes, hands leader/follower roles to the replica
     /// manager and moves group coordination with `__consumer_offsets` leadership.
     pub fn reconcile(&self, image: &MetadataImage) -> Result<()> {
-        let _serial = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
+        let mut newest_applied = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
+        if image.applied_index < *newest_applied {
+            // An older image than one already reconciled (the image watcher took it before a
+            // request's catch-up applied a newer one): applying it would undo newer changes,
+            // such as a topic config just altered.
+            return Ok(());
+        }
+        *newest_applied = image.applied_index;
         let me = self.config.node_id;
         let current = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut next = HashMap::with_capacity(image.topics.len());
