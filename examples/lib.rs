@@ -11,6 +11,9 @@
 
 use std::time::Duration;
 
+#[path = "streams_apps.rs"]
+pub mod streams_apps;
+
 use anyhow::{bail, Context};
 use spate_client::admin::{AdminConfig, NewTopic};
 use spate_client::protocol::ErrorCode;

@@ -73,6 +73,51 @@ pub enum StreamsError {
         /// Why it failed.
         reason: String,
     },
+
+    /// The topology built with the DSL is inconsistent (a store used but not declared, a join
+    /// of an unmaterialized table, …): the application's code is wrong.
+    #[error("invalid topology: {0} (fix the application's topology)")]
+    Topology(String),
+
+    /// A configuration value is missing or out of range: the application's configuration.
+    #[error("invalid streams config: {0}")]
+    Config(String),
+
+    /// A record could not be read and `default.deserialization.exception.handler` is
+    /// `LogAndFail`: the producer of the topic wrote bytes the application's serde does not read.
+    #[error(
+        "record {topic}-{partition}@{offset} does not deserialize: {reason} (the topic's producer wrote it; \
+         set default.deserialization.exception.handler to LogAndContinue or a dead-letter topic to skip such records)"
+    )]
+    BadInput { topic: String, partition: i32, offset: i64, reason: String },
+
+    /// A record's extracted timestamp is negative under the `Fail` invalid-timestamp policy.
+    #[error(
+        "record {topic}-{partition}@{offset} has invalid timestamp {timestamp_ms} ms (the producer or the \
+         application's timestamp extractor gave it; choose InvalidTimestampPolicy::Skip to skip such records)"
+    )]
+    InvalidRecordTimestamp { topic: String, partition: i32, offset: i64, timestamp_ms: i64 },
+
+    /// Two topics that must be co-partitioned (read by one join or one task) have different
+    /// partition counts: the topics were created that way.
+    #[error(
+        "topics {topics:?} must have the same number of partitions to be joined or read by one task, \
+         but have {counts:?} (recreate or repartition them so the counts match)"
+    )]
+    NotCopartitioned { topics: Vec<String>, counts: Vec<i32> },
+
+    /// A Kafka client operation failed (broker unreachable, topic missing, …).
+    #[error("kafka client: {0}")]
+    Client(#[from] spate_client::Error),
+
+    /// The local state directory or a store failed: the machine's disk or the state
+    /// directory's contents, not the records.
+    #[error("state store {store}: {op} failed: {reason} (check the state directory and its disk)")]
+    Store { store: String, op: &'static str, reason: String },
+
+    /// The application is not running (or already closed) for this call.
+    #[error("kafka streams is {0}")]
+    State(String),
 }
 
 impl StreamsError {

@@ -23,6 +23,65 @@ pub trait Serde<T> {
         self.serialize_into(value, &mut out)?;
         Ok(out)
     }
+
+    /// Decodes a key or value that may be Kafka's null. By default null reads as empty bytes
+    /// (so a null key of a string serde is `""`); [`NullableSerde`] reads it as `None`.
+    fn deserialize_nullable(&self, bytes: Option<&[u8]>) -> Result<T, StreamsError> {
+        self.deserialize(bytes.unwrap_or_default())
+    }
+
+    /// Encodes a key or value; `None` writes Kafka's null (a tombstone, for a value). By default
+    /// every value has bytes.
+    fn serialize_nullable(&self, value: &T) -> Result<Option<Vec<u8>>, StreamsError> {
+        self.serialize(value).map(Some)
+    }
+}
+
+impl<T, S: Serde<T> + ?Sized + Send + Sync> Serde<T> for std::sync::Arc<S> {
+    fn serialize_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), StreamsError> {
+        (**self).serialize_into(value, out)
+    }
+
+    fn deserialize(&self, bytes: &[u8]) -> Result<T, StreamsError> {
+        (**self).deserialize(bytes)
+    }
+
+    fn deserialize_nullable(&self, bytes: Option<&[u8]>) -> Result<T, StreamsError> {
+        (**self).deserialize_nullable(bytes)
+    }
+
+    fn serialize_nullable(&self, value: &T) -> Result<Option<Vec<u8>>, StreamsError> {
+        (**self).serialize_nullable(value)
+    }
+}
+
+/// A shareable serde, as the DSL keeps them.
+pub type SerdeRef<T> = std::sync::Arc<dyn Serde<T> + Send + Sync>;
+
+/// `Option<T>` over a serde of `T`: Kafka's null is `None` both ways (a null key, a tombstone
+/// value), so that a stream can carry and write deletions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullableSerde<S>(pub S);
+
+impl<T, S: Serde<T>> Serde<Option<T>> for NullableSerde<S> {
+    fn serialize_into(&self, value: &Option<T>, out: &mut Vec<u8>) -> Result<(), StreamsError> {
+        match value {
+            Some(v) => self.0.serialize_into(v, out),
+            None => Ok(()),
+        }
+    }
+
+    fn deserialize(&self, bytes: &[u8]) -> Result<Option<T>, StreamsError> {
+        self.0.deserialize(bytes).map(Some)
+    }
+
+    fn deserialize_nullable(&self, bytes: Option<&[u8]>) -> Result<Option<T>, StreamsError> {
+        bytes.map(|b| self.0.deserialize(b)).transpose()
+    }
+
+    fn serialize_nullable(&self, value: &Option<T>) -> Result<Option<Vec<u8>>, StreamsError> {
+        value.as_ref().map(|v| self.0.serialize(v)).transpose()
+    }
 }
 
 /// Raw bytes, unchanged (`Serdes.ByteArray()`).

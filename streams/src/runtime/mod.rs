@@ -1,0 +1,751 @@
+//! The runtime (Kafka's `KafkaStreams`): stream threads that are members of the
+//! `application.id` consumer group, each running the tasks (sub-topology × partition) the
+//! group assigns it, with restore from changelogs and at-least-once commits.
+//!
+//! Each stream thread is an OS thread with its own single-threaded tokio runtime, consumer
+//! (group member), restore consumer and producer. Records move in poll-sized batches: the
+//! thread routes a batch to its tasks, each task runs its records through its processor graph
+//! synchronously, and the outputs are handed to the producer in one go.
+//!
+//! Commit (every `commit.interval.ms`, before a rebalance revokes tasks, and at close):
+//! forward held-back updates → write store buffers and their changelog records → flush the
+//! producer and check every delivery → commit the input offsets → flush stores and write each
+//! task's checkpoint (the changelog offsets its store contains). The order makes a crash at any
+//! point lose nothing: input is re-read from the last committed offsets, and stores are rebuilt
+//! from their changelogs from the checkpoint on.
+
+mod task;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spate_client::admin::{AdminConfig, NewTopic};
+use spate_client::consumer::{Assignor, AutoOffsetReset, ListenerFuture, OffsetAndMetadata, RebalanceListener};
+use spate_client::{
+    Admin, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, TopicPartition,
+};
+use tracing::{info, warn};
+
+use crate::config::StreamsConfig;
+use crate::processor::OutKind;
+use crate::query::{ReadOnlyKeyValueStore, ReadOnlyWindowStore, StoreRegistry};
+use crate::serdes::Serde;
+use crate::state::directory::StateDirectory;
+use crate::store::{lock, StoreType};
+use crate::topology::{TopicName, Topology};
+use crate::{StreamsError, TaskId};
+use task::{Task, TaskDir};
+
+/// Where the application is (Kafka's `KafkaStreams.State`, simplified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamsState {
+    Created,
+    Running,
+    /// Stopped by an error; the message says which.
+    Error(String),
+    NotRunning,
+}
+
+/// Counters of the whole instance, summed over threads and tasks.
+#[derive(Debug, Default)]
+pub struct StreamsMetrics {
+    /// Input records run through the topology (`process-total`).
+    pub records_processed: AtomicU64,
+    /// Records dropped as too late for their window (`dropped-records-total`, late).
+    pub dropped_late: AtomicU64,
+    /// Records skipped: undecodable under log-and-continue, invalid timestamps, null keys.
+    pub dropped_other: AtomicU64,
+    /// Commits done (`commit-total`).
+    pub commits: AtomicU64,
+    /// Total time spent committing, in microseconds (`commit-latency` ∑).
+    pub commit_micros: AtomicU64,
+    /// Changelog records applied during restores (`restore-total`).
+    pub records_restored: AtomicU64,
+    /// Records written to output and changelog topics.
+    pub records_produced: AtomicU64,
+}
+
+impl StreamsMetrics {
+    fn publish(&self) {
+        // Also through the `metrics` facade would go here; the counters are the source.
+    }
+}
+
+struct Shared {
+    config: StreamsConfig,
+    topology: Topology,
+    stop: AtomicBool,
+    state: Mutex<StreamsState>,
+    stores: Arc<StoreRegistry>,
+    metrics: StreamsMetrics,
+    state_dir: StateDirectory,
+}
+
+/// A running streams application (Kafka's `KafkaStreams`).
+pub struct KafkaStreams {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl KafkaStreams {
+    /// Checks the configuration; nothing starts until [`Self::start`].
+    pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
+        config.validate()?;
+        let state_dir = StateDirectory::new(&config.state_dir, &config.application_id)?;
+        Ok(KafkaStreams {
+            shared: Arc::new(Shared {
+                config,
+                topology,
+                stop: AtomicBool::new(false),
+                state: Mutex::new(StreamsState::Created),
+                stores: Arc::new(Mutex::new(BTreeMap::new())),
+                metrics: StreamsMetrics::default(),
+                state_dir,
+            }),
+            threads: Vec::new(),
+        })
+    }
+
+    /// Starts `num.stream.threads` stream threads. Internal topics are created (and source
+    /// topics checked) by each thread before it joins the group; a failure there puts the
+    /// application in the error state.
+    pub fn start(&mut self) -> Result<(), StreamsError> {
+        {
+            let mut state = lock(&self.shared.state);
+            if *state != StreamsState::Created {
+                return Err(StreamsError::State(format!("{state:?}; start() may be called once")));
+            }
+            *state = StreamsState::Running;
+        }
+        for index in 0..self.shared.config.num_stream_threads {
+            let shared = self.shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-StreamThread-{}", shared.config.client_id, index + 1))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(r) => r,
+                        Err(e) => return fail(&shared, StreamsError::State(format!("cannot start a runtime: {e}"))),
+                    };
+                    if let Err(e) = runtime.block_on(run_thread(shared.clone(), index)) {
+                        fail(&shared, e);
+                    }
+                })
+                .map_err(|e| StreamsError::State(format!("cannot spawn a stream thread: {e}")))?;
+            self.threads.push(handle);
+        }
+        Ok(())
+    }
+
+    /// The application's state.
+    pub fn state(&self) -> StreamsState {
+        lock(&self.shared.state).clone()
+    }
+
+    /// Counters summed over the instance's threads.
+    pub fn metrics(&self) -> &StreamsMetrics {
+        &self.shared.metrics
+    }
+
+    /// Commits, closes every task (writing checkpoints), leaves the group and waits for the
+    /// threads. Returns the error that stopped the application, if one did.
+    pub fn close(&mut self) -> Result<(), StreamsError> {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let mut state = lock(&self.shared.state);
+        match &*state {
+            StreamsState::Error(e) => Err(StreamsError::State(format!("stopped by an error: {e}"))),
+            _ => {
+                *state = StreamsState::NotRunning;
+                Ok(())
+            }
+        }
+    }
+
+    /// Read-only queries of key-value store `name` over this instance's tasks.
+    pub fn store<K, V>(
+        &self,
+        name: &str,
+        key: impl Serde<K> + Send + Sync + 'static,
+        value: impl Serde<V> + Send + Sync + 'static,
+    ) -> ReadOnlyKeyValueStore<K, V> {
+        ReadOnlyKeyValueStore {
+            registry: self.shared.stores.clone(),
+            name: name.to_string(),
+            key: Arc::new(key),
+            value: Arc::new(value),
+        }
+    }
+
+    /// Read-only queries of window store `name` over this instance's tasks.
+    pub fn window_store<K, V>(
+        &self,
+        name: &str,
+        key: impl Serde<K> + Send + Sync + 'static,
+        value: impl Serde<V> + Send + Sync + 'static,
+    ) -> ReadOnlyWindowStore<K, V> {
+        ReadOnlyWindowStore {
+            registry: self.shared.stores.clone(),
+            name: name.to_string(),
+            key: Arc::new(key),
+            value: Arc::new(value),
+        }
+    }
+}
+
+impl Drop for KafkaStreams {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.close();
+        }
+    }
+}
+
+fn fail(shared: &Shared, err: StreamsError) {
+    tracing::error!(error = %err, "stream thread stopped");
+    let mut state = lock(&shared.state);
+    if !matches!(*state, StreamsState::Error(_)) {
+        *state = StreamsState::Error(err.to_string());
+    }
+    shared.stop.store(true, Ordering::Release);
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Partition counts of every topic the application reads or creates.
+type PartitionCounts = HashMap<String, i32>;
+
+/// Checks source topics, co-partitioning, and creates repartition and changelog topics.
+async fn prepare_topics(shared: &Shared, admin: &Admin) -> Result<PartitionCounts, StreamsError> {
+    let app = &shared.config.application_id;
+    let topology = &shared.topology;
+    let user: BTreeSet<String> = topology
+        .subtopologies
+        .iter()
+        .flat_map(|st| st.source_topics.iter())
+        .filter_map(|t| match t {
+            TopicName::User(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<&str> = user.iter().map(String::as_str).collect();
+    let mut counts: PartitionCounts = HashMap::new();
+    if !names.is_empty() {
+        let described = admin.describe_topics(&names).await.map_err(|e| {
+            StreamsError::Config(format!("cannot describe source topics {names:?}: {e} (create them before starting)"))
+        })?;
+        for d in described {
+            counts.insert(d.name.clone(), d.partitions.len() as i32);
+        }
+        for t in &user {
+            if !counts.contains_key(t) || counts[t] == 0 {
+                return Err(StreamsError::Config(format!(
+                    "source topic '{t}' does not exist: create it before starting the application"
+                )));
+            }
+        }
+    }
+    // Sub-topologies in order: a repartition topic gets the count of the sub-topology writing
+    // it, which reads topics resolved earlier.
+    let mut new_topics = Vec::new();
+    let mut pending: Vec<&crate::topology::SubTopology> = topology.subtopologies.iter().collect();
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for st in pending {
+            let sources: Vec<String> = st.source_topics.iter().map(|t| t.resolve(app)).collect();
+            if sources.iter().any(|t| !counts.contains_key(t)) {
+                rest.push(st);
+                continue;
+            }
+            let source_counts: Vec<i32> = sources.iter().map(|t| counts[t]).collect();
+            if source_counts.iter().any(|c| *c != source_counts[0]) {
+                return Err(StreamsError::NotCopartitioned { topics: sources, counts: source_counts });
+            }
+            let n = source_counts[0];
+            for t in &st.sink_topics {
+                if let TopicName::Repartition(_) = t {
+                    let name = t.resolve(app);
+                    counts.insert(name.clone(), n);
+                    new_topics.push(
+                        NewTopic::new(name, n, shared.config.replication_factor)
+                            .with_config("cleanup.policy", "delete"),
+                    );
+                }
+            }
+            for store in &st.stores {
+                let spec = &topology.stores[store];
+                if !spec.logging {
+                    continue;
+                }
+                let name = format!("{app}-{store}-changelog");
+                let topic = NewTopic::new(name.clone(), n, shared.config.replication_factor);
+                let topic = match spec.store_type {
+                    StoreType::KeyValue => topic.with_config("cleanup.policy", "compact"),
+                    // Kafka's window changelogs: compacted, and deleted a day after the
+                    // store's retention.
+                    StoreType::Window { retention_ms, .. } | StoreType::Session { retention_ms } => topic
+                        .with_config("cleanup.policy", "compact,delete")
+                        .with_config("retention.ms", retention_ms.saturating_add(86_400_000).to_string()),
+                };
+                counts.insert(name, n);
+                new_topics.push(topic);
+            }
+        }
+        if rest.len() == before {
+            return Err(StreamsError::Topology("repartition topics form a cycle".into()));
+        }
+        pending = rest;
+    }
+    if !new_topics.is_empty() {
+        for (name, result) in admin.create_topics(&new_topics).await? {
+            match result {
+                Ok(()) => info!(topic = %name, "created internal topic"),
+                Err(e)
+                    if e.to_string().contains("TOPIC_ALREADY_EXISTS")
+                        || e.to_string().contains("TopicAlreadyExists") => {}
+                Err(e) => {
+                    // It may exist with another partition count: check before giving up.
+                    let described = admin.describe_topics(&[name.as_str()]).await?;
+                    match described.first() {
+                        Some(d) if d.partitions.len() as i32 == counts[&name] => {}
+                        Some(d) => {
+                            return Err(StreamsError::Config(format!(
+                                "internal topic {name} exists with {} partitions, expected {} (delete it, or reset the application)",
+                                d.partitions.len(),
+                                counts[&name]
+                            )))
+                        }
+                        None => return Err(StreamsError::Config(format!("cannot create internal topic {name}: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+    Ok(counts)
+}
+
+struct Pending {
+    future: DeliveryFuture,
+    topic: Arc<str>,
+    task: TaskId,
+    kind: OutKind,
+}
+
+/// A stream thread's tasks and in-flight writes. Shared with its rebalance listener, which
+/// commits and closes tasks inside `poll`.
+struct ThreadState {
+    shared: Arc<Shared>,
+    producer: Producer,
+    tasks: BTreeMap<TaskId, Task>,
+    pending: VecDeque<Pending>,
+    /// Partitions assigned by the last rebalance, for which tasks are still to be created.
+    newly_assigned: Vec<TopicPartition>,
+    last_commit: Instant,
+}
+
+impl ThreadState {
+    fn task_of(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        let st = self.shared.topology.subtopology_of(topic, &self.shared.config.application_id)?;
+        Some(TaskId { subtopology: st.id, partition })
+    }
+
+    /// Creates (and restores) the tasks of newly assigned partitions.
+    async fn create_tasks(&mut self, restore: &Consumer) -> Result<(), StreamsError> {
+        let assigned = std::mem::take(&mut self.newly_assigned);
+        let mut ids = BTreeSet::new();
+        for tp in &assigned {
+            if let Some(id) = self.task_of(&tp.topic, tp.partition) {
+                if !self.tasks.contains_key(&id) {
+                    ids.insert(id);
+                }
+            }
+        }
+        let app = self.shared.config.application_id.clone();
+        let cache_per_task = self.shared.config.statestore_cache_max_bytes
+            / (self.shared.config.num_stream_threads.max(1) * ids.len().max(1));
+        for id in ids {
+            let st = self.shared.topology.subtopologies[id.subtopology as usize].clone();
+            let inputs: Vec<String> = st.source_topics.iter().map(|t| t.resolve(&app)).collect();
+            let dir = self.task_dir(id, !st.stores.is_empty()).await?;
+            let late = self.shared.topology.late_records_topic.as_deref().map(Arc::from);
+            let mut task = Task::open(
+                &self.shared.topology,
+                &st,
+                id,
+                &app,
+                dir,
+                &inputs,
+                cache_per_task,
+                &self.shared.config.deserialization_handler,
+                late,
+            )?;
+            self.restore(&mut task, restore).await?;
+            {
+                let mut registry = lock(&self.shared.stores);
+                for (name, store) in &task.stores {
+                    registry.entry(name.clone()).or_default().insert(id, store.clone());
+                }
+            }
+            info!(task = %id, "task running");
+            self.tasks.insert(id, task);
+        }
+        Ok(())
+    }
+
+    /// Locks the task's directory (waiting for another thread or instance to let go of it),
+    /// wiping it when it has no checkpoint: then its stores may hold writes that no
+    /// changelog offset vouches for.
+    async fn task_dir(&self, id: TaskId, stateful: bool) -> Result<TaskDir, StreamsError> {
+        let name = id.to_string();
+        let sd = &self.shared.state_dir;
+        if !stateful {
+            return Ok(TaskDir { path: sd.task_dir(&name)?, lock: None });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let lock = loop {
+            match sd.lock_task(&name) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(task = %id, error = %e, "task directory locked; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let path = sd.task_dir(&name)?;
+        if !path.join(".checkpoint").exists() {
+            sd.wipe_task(&name)?;
+        }
+        let path = sd.task_dir(&name)?;
+        Ok(TaskDir { path, lock: Some(lock) })
+    }
+
+    /// Replays each logged store's changelog from the checkpoint to its end.
+    async fn restore(&self, task: &mut Task, restore: &Consumer) -> Result<(), StreamsError> {
+        let names: Vec<String> = task.changelogs.keys().cloned().collect();
+        for name in names {
+            let (changelog, from) = task.changelogs[&name].clone();
+            let tp = TopicPartition::new(changelog.topic.to_string(), changelog.partition);
+            restore.assign(vec![tp.clone()]).await?;
+            restore.seek_to_end(std::slice::from_ref(&tp)).await?;
+            let end = restore.position(&tp).await?;
+            if from >= end {
+                if from > end {
+                    warn!(task = %task.id, store = %name, checkpoint = from, end,
+                        "checkpoint is past the changelog's end (topic recreated?); keeping local state");
+                }
+                task.changelogs.get_mut(&name).expect("listed").1 = end;
+                continue;
+            }
+            info!(task = %task.id, store = %name, from, end, "restoring from changelog");
+            restore.seek(&tp, from).await?;
+            let store = task.stores[&name].clone();
+            let mut position = from;
+            let started = Instant::now();
+            while position < end {
+                let records = restore.poll(Duration::from_millis(500)).await?;
+                let mut batch = Vec::with_capacity(records.len());
+                for r in records {
+                    if r.offset >= end {
+                        break;
+                    }
+                    position = r.offset + 1;
+                    batch.push((r.key, r.value));
+                }
+                store.restore(&batch)?;
+                self.shared.metrics.records_restored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if batch.is_empty() {
+                    // Compaction can leave the last offsets empty: the position tells.
+                    position = position.max(restore.position(&tp).await?);
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    info!(task = %task.id, store = %name, position, end, "restoring");
+                }
+            }
+            task.changelogs.get_mut(&name).expect("listed").1 = end;
+            info!(task = %task.id, store = %name, records = end - from, "restored");
+        }
+        restore.assign(Vec::new()).await?;
+        Ok(())
+    }
+
+    /// Hands every task's outputs to the producer.
+    async fn send_outputs(&mut self) -> Result<(), StreamsError> {
+        for (id, task) in &mut self.tasks {
+            let m = &self.shared.metrics;
+            m.dropped_late.fetch_add(std::mem::take(&mut task.ctx.counters.dropped_late), Ordering::Relaxed);
+            m.dropped_other.fetch_add(std::mem::take(&mut task.ctx.counters.dropped_other), Ordering::Relaxed);
+            m.records_produced.fetch_add(task.ctx.out.len() as u64, Ordering::Relaxed);
+            for out in task.ctx.out.drain(..) {
+                let record = ProducerRecord {
+                    partition: out.partition,
+                    key: out.key,
+                    value: out.value,
+                    headers: Vec::new(),
+                    timestamp_ms: Some(out.timestamp_ms),
+                };
+                let future = self.producer.send(&out.topic, record).await?;
+                self.pending.push_back(Pending { future, topic: out.topic, task: *id, kind: out.kind });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the outcomes of completed deliveries (all of them when `wait`).
+    async fn check_deliveries(&mut self, wait: bool) -> Result<(), StreamsError> {
+        use futures_util::FutureExt;
+        while let Some(front) = self.pending.front_mut() {
+            let outcome = if wait {
+                (&mut front.future).await
+            } else {
+                match (&mut front.future).now_or_never() {
+                    Some(outcome) => outcome,
+                    None => break,
+                }
+            };
+            let p = self.pending.pop_front().expect("front exists");
+            let metadata = outcome.map_err(|e| {
+                StreamsError::State(format!(
+                    "error sending to topic {}: {e} (production failed; the application stops as Kafka's default production handler does)",
+                    p.topic
+                ))
+            })?;
+            if p.kind == OutKind::Changelog {
+                if let Some(task) = self.tasks.get_mut(&p.task) {
+                    task.changelog_acked(&p.topic, metadata.partition, metadata.offset);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A full commit of every task (see the module docs for the order).
+    async fn commit(&mut self, consumer: &Consumer) -> Result<(), StreamsError> {
+        let started = Instant::now();
+        for task in self.tasks.values_mut() {
+            task.prepare_commit()?;
+        }
+        self.send_outputs().await?;
+        self.producer.flush().await?;
+        self.check_deliveries(true).await?;
+        let mut offsets = BTreeMap::new();
+        for task in self.tasks.values() {
+            for (topic, partition, offset) in task.committable() {
+                offsets.insert(TopicPartition::new(topic, partition), OffsetAndMetadata::new(offset));
+            }
+        }
+        if !offsets.is_empty() {
+            if let Err(e) = consumer.commit_sync(Some(offsets)).await {
+                // The group moved on (a rebalance): these records will be processed again by
+                // whoever owns them now, as at-least-once allows.
+                warn!(error = %e, "offset commit failed; records since the last commit will be reprocessed");
+            }
+        }
+        for task in self.tasks.values_mut() {
+            task.write_checkpoint()?;
+        }
+        self.last_commit = Instant::now();
+        let m = &self.shared.metrics;
+        m.commits.fetch_add(1, Ordering::Relaxed);
+        m.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        m.publish();
+        Ok(())
+    }
+
+    /// Closes tasks (after a commit): releases their stores and directories.
+    fn close_tasks(&mut self, which: impl Fn(&TaskId) -> bool) {
+        let ids: Vec<TaskId> = self.tasks.keys().copied().filter(|id| which(id)).collect();
+        let mut registry = lock(&self.shared.stores);
+        for id in ids {
+            if let Some(task) = self.tasks.remove(&id) {
+                for name in task.stores.keys() {
+                    if let Some(m) = registry.get_mut(name) {
+                        m.remove(&id);
+                        if m.is_empty() {
+                            registry.remove(name);
+                        }
+                    }
+                }
+                info!(task = %id, "task closed");
+            }
+        }
+    }
+}
+
+/// Commits and closes tasks when the group takes partitions away.
+struct Listener {
+    state: Arc<tokio::sync::Mutex<ThreadState>>,
+}
+
+impl RebalanceListener for Listener {
+    fn on_partitions_revoked<'a>(
+        &'a self,
+        consumer: &'a Consumer,
+        partitions: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
+        Box::pin(async move {
+            let mut st = self.state.lock().await;
+            if let Err(e) = st.commit(consumer).await {
+                warn!(error = %e, "commit before a rebalance failed");
+            }
+            let revoked: BTreeSet<TaskId> =
+                partitions.iter().filter_map(|tp| st.task_of(&tp.topic, tp.partition)).collect();
+            st.close_tasks(|id| revoked.contains(id));
+        })
+    }
+
+    fn on_partitions_assigned<'a>(
+        &'a self,
+        _consumer: &'a Consumer,
+        partitions: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
+        Box::pin(async move {
+            self.state.lock().await.newly_assigned.extend(partitions.iter().cloned());
+        })
+    }
+
+    fn on_partitions_lost<'a>(
+        &'a self,
+        _consumer: &'a Consumer,
+        partitions: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
+        Box::pin(async move {
+            let mut st = self.state.lock().await;
+            // Another member owns them now: nothing of theirs may be committed. Their writes
+            // since the last commit are dropped; the new owner reprocesses from the committed
+            // offsets (at-least-once).
+            let lost: BTreeSet<TaskId> =
+                partitions.iter().filter_map(|tp| st.task_of(&tp.topic, tp.partition)).collect();
+            st.pending.retain(|p| !lost.contains(&p.task));
+            st.close_tasks(|id| lost.contains(id));
+        })
+    }
+}
+
+async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsError> {
+    let config = &shared.config;
+    let admin =
+        Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
+            .await?;
+    prepare_topics(&shared, &admin).await?;
+    let thread_name = format!("{}-StreamThread-{}", config.client_id, index + 1);
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        client_id: format!("{thread_name}-consumer"),
+        group_id: Some(config.application_id.clone()),
+        group_instance_id: config.group_instance_id.as_ref().map(|g| format!("{g}-{}", index + 1)),
+        enable_auto_commit: false,
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        // Range assigns partition p of equally partitioned topics to one member: every task's
+        // input partitions land together (co-partitioning is checked at start).
+        partition_assignment_strategy: vec![Assignor::Range],
+        max_poll_records: config.max_poll_records,
+        session_timeout_ms: config.session_timeout_ms,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        ..ConsumerConfig::default()
+    })
+    .await?;
+    let restore = Consumer::new(ConsumerConfig {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        client_id: format!("{thread_name}-restore-consumer"),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        enable_auto_commit: false,
+        max_poll_records: 10_000,
+        ..ConsumerConfig::default()
+    })
+    .await?;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        client_id: format!("{thread_name}-producer"),
+        acks: -1,
+        enable_idempotence: true,
+        linger_ms: config.linger_ms,
+        batch_size: 256 * 1024,
+        ..ProducerConfig::default()
+    })
+    .await?;
+    let state = Arc::new(tokio::sync::Mutex::new(ThreadState {
+        shared: shared.clone(),
+        producer: producer.clone(),
+        tasks: BTreeMap::new(),
+        pending: VecDeque::new(),
+        newly_assigned: Vec::new(),
+        last_commit: Instant::now(),
+    }));
+    let topics = shared.topology.source_topics(&config.application_id);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe_with_listener(&topic_refs, Arc::new(Listener { state: state.clone() })).await?;
+    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    let poll = Duration::from_millis(config.poll_ms);
+    let result = async {
+        while !shared.stop.load(Ordering::Acquire) {
+            let records = consumer.poll(poll).await?;
+            let mut st = state.lock().await;
+            st.create_tasks(&restore).await?;
+            let now_ms = wall_clock_ms();
+            // Route by (topic, partition), keeping each partition's order.
+            let mut by_partition: BTreeMap<(Arc<str>, i32), Vec<spate_client::ConsumerRecord>> = BTreeMap::new();
+            for r in records {
+                by_partition.entry((r.topic.clone(), r.partition)).or_default().push(r);
+            }
+            for ((topic, partition), records) in by_partition {
+                match st.task_of(&topic, partition) {
+                    Some(id) => match st.tasks.get_mut(&id) {
+                        Some(task) => task.add_records(&topic, records),
+                        None => {
+                            warn!(%topic, partition, "records of a partition without a task; they will be refetched")
+                        }
+                    },
+                    None => warn!(%topic, partition, "records of a topic the topology does not read"),
+                }
+            }
+            let mut processed = 0;
+            for task in st.tasks.values_mut() {
+                let before = task.records_processed;
+                if task.has_buffered() {
+                    task.process_buffered(now_ms)?;
+                }
+                task.punctuate_wall_clock(now_ms)?;
+                processed += task.records_processed - before;
+            }
+            shared.metrics.records_processed.fetch_add(processed, Ordering::Relaxed);
+            st.send_outputs().await?;
+            st.check_deliveries(false).await?;
+            if st.last_commit.elapsed() >= commit_interval {
+                st.commit(&consumer).await?;
+            }
+        }
+        Ok::<(), StreamsError>(())
+    }
+    .await;
+    // Close: commit what was processed (unless processing failed), then leave the group.
+    let closing = async {
+        let mut st = state.lock().await;
+        if result.is_ok() {
+            st.commit(&consumer).await?;
+        }
+        st.close_tasks(|_| true);
+        Ok::<(), StreamsError>(())
+    }
+    .await;
+    let _ = consumer.close().await;
+    let _ = restore.close().await;
+    let _ = producer.close().await;
+    result.and(closing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_print_as_kafka_does() {
+        assert_eq!(TaskId { subtopology: 1, partition: 3 }.to_string(), "1_3");
+    }
+}
