@@ -159,3 +159,236 @@ async fn wordcount_counts_words_and_survives_a_wiped_state_dir() {
     assert!(streams.metrics().records_restored.load(std::sync::atomic::Ordering::Relaxed) > 0);
     streams.close().unwrap();
 }
+
+fn json(r: &ConsumerRecord) -> serde_json::Value {
+    serde_json::from_slice(r.value.as_ref().expect("value")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pageview_counts_emit_one_final_count_per_window_and_drop_late_records() {
+    let broker = broker();
+    // One input partition: records reach the re-keyed windows in the order produced (with two,
+    // the interleaving of the partitions decides what is late). Stream time is per task, as
+    // in Kafka: one partition of the repartition topic means one clock for every page.
+    create(&broker, &[("pageviews", 1), ("pageview-counts", 1)]).await;
+    let view = |user: &str, page: &str| format!(r#"{{"user":"{user}","page":"{page}"}}"#);
+    let (a1, a2, b1) = (view("alice", "/a"), view("bob", "/a"), view("carol", "/b"));
+    // Windows of 10 s, grace 2 s. Window [0,10s): /a twice (one out of order within grace),
+    // /b once; window [10s,20s): /a once. The record at 25 s closes both windows; the /b
+    // view at 5 s arrives after that and is dropped as late.
+    produce(
+        &broker,
+        "pageviews",
+        &[
+            (Some("alice"), Some(&a1), 1_000),
+            (Some("carol"), Some(&b1), 9_000),
+            (Some("alice"), Some(&a1), 11_000),
+            (Some("bob"), Some(&a2), 8_000),
+            (Some("alice"), Some(&a1), 25_000),
+            (Some("carol"), Some(&b1), 5_000),
+        ],
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let topology =
+        streams_apps::pageview_counts("pageviews", "pageview-counts", Duration::from_secs(10), Duration::from_secs(2))
+            .unwrap();
+    let mut streams = start(topology, config(&broker, "pv", state.path()));
+    let records = read_until(&broker, "pageview-counts", Duration::from_secs(30), |r| r.len() >= 3).await;
+    let mut got: Vec<(String, i64, i64, i64)> = records
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            (
+                v["page"].as_str().unwrap().to_string(),
+                v["window_start"].as_i64().unwrap(),
+                v["window_end"].as_i64().unwrap(),
+                v["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![("/a".into(), 0, 10_000, 2), ("/a".into(), 10_000, 20_000, 1), ("/b".into(), 0, 10_000, 1)]);
+    // The late record is counted; nothing else is emitted (the 20 s windows stay open).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while streams.metrics().dropped_late.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "late record not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    streams.close().unwrap();
+    let all = read_until(&broker, "pageview-counts", Duration::from_secs(5), |r| r.len() >= 3).await;
+    assert_eq!(all.len(), 3, "one final record per (page, window)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_join_payments_within_the_window_and_unpaid_orders_come_out_when_it_closes() {
+    let broker = broker();
+    // One partition each, so the record at 30 minutes advances the stream time of every order
+    // (stream time is per task, as in Kafka).
+    create(&broker, &[("orders", 1), ("payments", 1), ("paid-orders", 1), ("unpaid-orders", 1)]).await;
+    let min = 60_000;
+    produce(
+        &broker,
+        "orders",
+        &[
+            (Some("o1"), Some(r#"{"item":"book"}"#), 0),
+            (Some("o2"), Some(r#"{"item":"pen"}"#), min),
+            (Some("o3"), Some(r#"{"item":"cup"}"#), 2 * min),
+        ],
+    )
+    .await;
+    produce(
+        &broker,
+        "payments",
+        &[
+            (Some("o1"), Some(r#"{"amount":10}"#), 3 * min),
+            // Too late for o2 (6 minutes after it).
+            (Some("o2"), Some(r#"{"amount":2}"#), 7 * min),
+            // Moves stream time far ahead: every window closes.
+            (Some("zz"), Some(r#"{"amount":0}"#), 30 * min),
+        ],
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let topology =
+        streams_apps::orders_payments("orders", "payments", "paid-orders", "unpaid-orders", Duration::from_secs(300))
+            .unwrap();
+    let mut streams = start(topology, config(&broker, "op", state.path()));
+    let paid = read_until(&broker, "paid-orders", Duration::from_secs(30), |r| !r.is_empty()).await;
+    assert_eq!(paid.len(), 1);
+    assert_eq!(paid[0].key.as_deref(), Some(&b"o1"[..]));
+    assert_eq!(json(&paid[0])["payment"]["amount"], 10);
+    let unpaid = read_until(&broker, "unpaid-orders", Duration::from_secs(30), |r| r.len() >= 2).await;
+    let mut keys: Vec<String> =
+        unpaid.iter().map(|r| String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, vec!["o2", "o3"]);
+    streams.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_are_enriched_from_the_users_table() {
+    let broker = broker();
+    create(&broker, &[("clicks", 2), ("users", 2), ("enriched-clicks", 1)]).await;
+    produce(
+        &broker,
+        "users",
+        &[(Some("alice"), Some(r#"{"country":"fr"}"#), 1), (Some("bob"), Some(r#"{"country":"de"}"#), 1)],
+    )
+    .await;
+    produce(
+        &broker,
+        "clicks",
+        &[(Some("alice"), Some(r#"{"page":"/a"}"#), 10), (Some("zed"), Some(r#"{"page":"/z"}"#), 11)],
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut streams = start(
+        streams_apps::enrich_clicks("clicks", "users", "enriched-clicks").unwrap(),
+        config(&broker, "ec", state.path()),
+    );
+    let out = read_until(&broker, "enriched-clicks", Duration::from_secs(30), |r| r.len() >= 2).await;
+    let by_key: BTreeMap<String, serde_json::Value> =
+        out.iter().map(|r| (String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap(), json(r))).collect();
+    assert_eq!(by_key["alice"]["user"]["country"], "fr");
+    assert!(by_key["zed"]["user"].is_null());
+    // A table update is seen by later clicks.
+    produce(&broker, "users", &[(Some("alice"), Some(r#"{"country":"es"}"#), 20)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    produce(&broker, "clicks", &[(Some("alice"), Some(r#"{"page":"/b"}"#), 30)]).await;
+    let out = read_until(&broker, "enriched-clicks", Duration::from_secs(30), |r| r.len() >= 3).await;
+    assert_eq!(json(&out[2])["user"]["country"], "es");
+    streams.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_merge_and_retract() {
+    let broker = broker();
+    create(&broker, &[("activity", 1), ("sessions-out", 1)]).await;
+    let s = 1_000;
+    // Gap 30 s: alice at 0 s and 50 s are two sessions until 25 s bridges them into one.
+    produce(
+        &broker,
+        "activity",
+        &[
+            (Some("alice"), Some("click"), 0),
+            (Some("alice"), Some("click"), 50 * s),
+            (Some("alice"), Some("click"), 25 * s),
+            (Some("bob"), Some("click"), 45 * s),
+        ],
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut streams = start(
+        streams_apps::session_activity("activity", "sessions-out", Duration::from_secs(30)).unwrap(),
+        config(&broker, "sa", state.path()).set("statestore.cache.max.bytes", "0").unwrap(),
+    );
+    let final_sessions = |records: &[ConsumerRecord]| {
+        // Replay: a tombstone retracts the user's latest session unless a newer record follows.
+        let mut sessions: BTreeMap<(String, i64, i64), i64> = BTreeMap::new();
+        let mut last: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for r in records {
+            let user = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
+            match &r.value {
+                Some(_) => {
+                    let v = json(r);
+                    let w = (v["session_start"].as_i64().unwrap(), v["session_end"].as_i64().unwrap());
+                    sessions.insert((user.clone(), w.0, w.1), v["events"].as_i64().unwrap());
+                    last.insert(user, w);
+                }
+                None => {
+                    let _ = last.get(&user);
+                }
+            }
+        }
+        sessions
+    };
+    let records = read_until(&broker, "sessions-out", Duration::from_secs(30), |r| {
+        final_sessions(r).contains_key(&("alice".to_string(), 0, 50 * s))
+    })
+    .await;
+    let sessions = final_sessions(&records);
+    assert_eq!(sessions[&("alice".to_string(), 0, 50 * s)], 3);
+    assert_eq!(sessions[&("bob".to_string(), 45 * s, 45 * s)], 1);
+    let tombstones = records.iter().filter(|r| r.value.is_none()).count();
+    assert_eq!(tombstones, 2, "the two sessions bridged by the 25 s click are retracted");
+    streams.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_of_topics_with_different_partition_counts_fails_at_start() {
+    let broker = broker();
+    create(&broker, &[("orders", 2), ("payments", 3)]).await;
+    let state = tempfile::tempdir().unwrap();
+    let topology =
+        streams_apps::orders_payments("orders", "payments", "paid", "unpaid", Duration::from_secs(300)).unwrap();
+    let mut streams = start(topology, config(&broker, "copart", state.path()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        if let StreamsState::Error(e) = streams.state() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the application did not fail");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(message.contains("same number of partitions") && message.contains("orders"), "{message}");
+    assert!(streams.close().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_source_topic_fails_at_start_with_its_name() {
+    let broker = broker();
+    let state = tempfile::tempdir().unwrap();
+    let mut streams =
+        start(streams_apps::wordcount("no-such-input", "out").unwrap(), config(&broker, "missing", state.path()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        if let StreamsState::Error(e) = streams.state() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the application did not fail");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(message.contains("no-such-input"), "{message}");
+    assert!(streams.close().is_err());
+}

@@ -132,8 +132,19 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
         let build = Arc::new(move |tb: &mut TaskBuild<'_>| {
             let ds = Downstream::<K, VR>::new(take::<K, VR>(tb, id)?);
             let state = Arc::new(Mutex::new((StreamStreamJoin::<K, V, V2>::new(windows, kind), ds, Vec::new())));
-            let (ls, rs) = (state.clone(), state);
-            let (lj, rj) = (joiner.clone(), joiner.clone());
+            let (ls, rs, ps) = (state.clone(), state.clone(), state);
+            let (lj, rj, pj) = (joiner.clone(), joiner.clone(), joiner.clone());
+            tb.punctuators.push(crate::processor::Punctuator {
+                kind: crate::processor::PunctuationType::WallClockTime,
+                interval_ms: crate::window::DEFAULT_OUTER_JOIN_EMIT_INTERVAL_MS,
+                next_ms: None,
+                fire: Box::new(move |ctx: &mut TaskContext, now_ms| {
+                    let mut g = lock(&ps);
+                    let (join, ds, out) = &mut *g;
+                    join.punctuate(now_ms, out);
+                    emit(ctx, ds, out, &*pj)
+                }),
+            });
             tb.push_child::<K, V>(
                 left,
                 Box::new(move |ctx: &mut TaskContext, r: Record<K, V>| {

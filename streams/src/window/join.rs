@@ -387,6 +387,17 @@ impl<K: Ord + Clone, L: Clone, R: Clone> StreamStreamJoin<K, L, R> {
     }
 
     /// Kafka's `emitNonJoinedOuterRecords`, with `join_after_ms` of the processing side.
+    /// Emits unmatched records whose windows have closed, as an in-order record would (and
+    /// subject to the same emit interval). Kafka sweeps only when records arrive; the runtime
+    /// also calls this on wall-clock punctuation so that the last unmatched records come out
+    /// when traffic stops.
+    pub fn punctuate(&mut self, now_ms: i64, out: &mut Vec<JoinOutput<K, L, R>>) {
+        if self.has_outer_store() && self.stream_time_ms != NO_TIMESTAMP {
+            let look_back_ms = self.windows.after_ms.min(self.windows.before_ms);
+            self.emit_closed_unmatched(look_back_ms, now_ms, out);
+        }
+    }
+
     fn emit_closed_unmatched(&mut self, join_after_ms: i64, now_ms: i64, out: &mut Vec<JoinOutput<K, L, R>>) {
         let grace_ms = self.windows.grace_ms;
         // Java's long arithmetic wraps; with `min_time == Long.MAX_VALUE` (nothing recorded
