@@ -77,6 +77,8 @@ struct Shared {
     config: StreamsConfig,
     topology: Topology,
     stop: AtomicBool,
+    /// Set by [`KafkaStreams::crash`]: threads stop without committing or leaving the group.
+    crash: AtomicBool,
     state: Mutex<StreamsState>,
     stores: Arc<StoreRegistry>,
     metrics: StreamsMetrics,
@@ -99,6 +101,7 @@ impl KafkaStreams {
                 config,
                 topology,
                 stop: AtomicBool::new(false),
+                crash: AtomicBool::new(false),
                 state: Mutex::new(StreamsState::Created),
                 stores: Arc::new(Mutex::new(BTreeMap::new())),
                 metrics: StreamsMetrics::default(),
@@ -163,6 +166,19 @@ impl KafkaStreams {
                 Ok(())
             }
         }
+    }
+
+    /// Stops the threads as a crash would (for tests of failover): nothing is committed or
+    /// flushed, the group is not left (the coordinator notices after `session.timeout.ms`),
+    /// and writes since the last commit are lost with the process's memory.
+    #[doc(hidden)]
+    pub fn crash(&mut self) {
+        self.shared.crash.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        *lock(&self.shared.state) = StreamsState::NotRunning;
     }
 
     /// Read-only queries of key-value store `name` over this instance's tasks.
@@ -724,6 +740,12 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         Ok::<(), StreamsError>(())
     }
     .await;
+    if shared.crash.load(Ordering::Acquire) {
+        // Dropping the runtime with this thread stops heartbeats without a LeaveGroup.
+        std::mem::forget(consumer);
+        std::mem::forget(restore);
+        return Ok(());
+    }
     // Close: commit what was processed (unless processing failed), then leave the group.
     let closing = async {
         let mut st = state.lock().await;
