@@ -17,10 +17,16 @@
 //!   windowed results) and [`Suppressed::until_time_limit`](suppress::Suppressed::until_time_limit)
 //!   with a [`BufferConfig`](suppress::BufferConfig), run by
 //!   [`SuppressBuffer`](suppress::SuppressBuffer).
+//! - [`state`]: state stores of bytes: key-value, window and session stores, persistent (redb, one
+//!   file per store under `state.dir/<application.id>/<task>/<store>`) or in memory, opened with
+//!   [`state::open_key_value`], [`state::open_window`], [`state::open_session`]; the per-task
+//!   [`Checkpoint`](state::checkpoint::Checkpoint) file and the
+//!   [`StateDirectory`](state::directory::StateDirectory) with its task locks.
 //! - [`StreamsError`]: the crate's one error type.
 
 mod error;
 pub mod serdes;
+pub mod state;
 pub mod suppress;
 pub mod window;
 
