@@ -178,3 +178,6 @@ pub fn open_session(
 pub fn default_segment_interval_ms(retention_ms: i64) -> i64 {
     (retention_ms / 2).max(60_000)
 }
+
+#[cfg(test)]
+mod tests;
