@@ -462,3 +462,56 @@ impl SessionBytesStore for SessionStore {
         self.core.expired_puts_skipped.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::backend::MemoryBackend;
+    use super::*;
+
+    fn tables(store: &WindowStore) -> Vec<String> {
+        let mut t = store.core.backend.table_names().unwrap();
+        t.sort();
+        t
+    }
+
+    /// Whole segments go once stream time is a retention past their last millisecond.
+    #[test]
+    fn expired_segments_are_dropped_whole() {
+        let core = Segments::open("w", Box::new(MemoryBackend::new()), 100, 50).unwrap();
+        let store = WindowStore { core };
+        let put = |t: i64| store.write_batch(&[(b"k".to_vec(), t, Some(vec![1]))]).unwrap();
+        put(0); // segment 0: [0, 49]
+        put(60); // segment 1: [50, 99]
+        assert_eq!(tables(&store), ["meta", "segment.0", "segment.1"]);
+        put(149); // min live 49: segment 0 still has a live millisecond
+        assert_eq!(tables(&store), ["meta", "segment.0", "segment.1", "segment.2"]);
+        put(150); // min live 50: segment 0 is expired
+        assert_eq!(tables(&store), ["meta", "segment.1", "segment.2", "segment.3"]);
+        assert_eq!(store.fetch(b"k", 0).unwrap(), None);
+        assert_eq!(store.fetch(b"k", 60).unwrap(), Some(vec![1]));
+        // A put far in the future expires everything else at once.
+        put(1_000_000);
+        assert_eq!(tables(&store), ["meta", "segment.20000"]);
+        // A put into an expired segment creates nothing.
+        put(5);
+        assert_eq!(tables(&store), ["meta", "segment.20000"]);
+        assert_eq!(store.expired_puts_skipped(), 1);
+    }
+
+    #[test]
+    fn negative_times_have_their_own_segments() {
+        let core = Segments::open("w", Box::new(MemoryBackend::new()), 1_000, 50).unwrap();
+        let store = WindowStore { core };
+        store.write_batch(&[(b"k".to_vec(), -1, Some(vec![1])), (b"k".to_vec(), -50, Some(vec![2]))]).unwrap();
+        store.write_batch(&[(b"k".to_vec(), -51, Some(vec![3]))]).unwrap();
+        assert_eq!(tables(&store), ["meta", "segment.-1", "segment.-2"]);
+        let mut got = Vec::new();
+        store
+            .fetch_range(b"k", i64::MIN, i64::MAX, &mut |t, v| {
+                got.push((t, v[0]));
+                true
+            })
+            .unwrap();
+        assert_eq!(got, [(-51, 3), (-50, 2), (-1, 1)]);
+    }
+}
