@@ -50,9 +50,11 @@ fn empty_range(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
     }
 }
 
+type MemoryTables = HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// `StoreKind::InMemory`: tables are `BTreeMap`s behind one lock; nothing survives the process.
 pub(crate) struct MemoryBackend {
-    tables: RwLock<HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: RwLock<MemoryTables>,
 }
 
 impl MemoryBackend {
@@ -132,6 +134,8 @@ pub const PERSISTENT_CACHE_BYTES: usize = 16 << 20;
 pub(crate) const PERSISTENT_FILE_NAME: &str = "store.redb";
 
 type BytesTable<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+type WriteTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 
 /// `StoreKind::Persistent`: one redb database file per store, no background threads.
 ///
@@ -167,11 +171,7 @@ impl RedbBackend {
     }
 
     /// The table, or `None` where it was never written.
-    fn read_table(
-        &self,
-        table: &str,
-        op: &'static str,
-    ) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, StreamsError> {
+    fn read_table(&self, table: &str, op: &'static str) -> Result<Option<ReadTable>, StreamsError> {
         let err = self.err(op);
         let txn = self.db.begin_read().map_err(|e| err(&e))?;
         match txn.open_table(BytesTable::new(table)) {
@@ -217,7 +217,7 @@ impl Backend for RedbBackend {
         {
             // Writes come grouped by table (one segment after another), so one open table at a
             // time; redb allows only one open handle per table in a transaction.
-            let mut open: Option<(&str, redb::Table<'_, &'static [u8], &'static [u8]>)> = None;
+            let mut open: Option<(&str, WriteTable<'_>)> = None;
             for w in writes {
                 let table = match &mut open {
                     Some((name, table)) if *name == w.table => table,

@@ -25,6 +25,16 @@ use crate::StreamsError;
 
 pub use backend::PERSISTENT_CACHE_BYTES;
 
+/// One entry of a window store's write batch: (key, window_start_ms, value or `None` to delete).
+pub type WindowWrite = (Vec<u8>, i64, Option<Vec<u8>>);
+
+/// One entry of a session store's write batch: (key, session, value or `None` to remove).
+pub type SessionWrite = (Vec<u8>, SessionWindow, Option<Vec<u8>>);
+
+/// What [`WindowBytesStore::fetch_all`] calls per entry with (key, window_start_ms, value); it
+/// returns false to stop.
+pub type WindowEntryVisitor<'a> = dyn FnMut(&[u8], i64, &[u8]) -> bool + 'a;
+
 /// Where a store keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -73,7 +83,7 @@ pub trait WindowBytesStore: Send + Sync {
     /// Puts (Some) or deletes (None); advances the store's observed stream time to
     /// max(window_start_ms) and drops expired segments. Puts of expired entries are ignored and
     /// counted in [`expired_puts_skipped`](Self::expired_puts_skipped).
-    fn write_batch(&self, batch: &[(Vec<u8>, i64, Option<Vec<u8>>)]) -> Result<(), StreamsError>;
+    fn write_batch(&self, batch: &[WindowWrite]) -> Result<(), StreamsError>;
     /// The value of `key` in the window starting at `window_start_ms`.
     fn fetch(&self, key: &[u8], window_start_ms: i64) -> Result<Option<Vec<u8>>, StreamsError>;
     /// Entries of `key` with time_from_ms <= window_start_ms <= time_to_ms, ascending start.
@@ -91,7 +101,7 @@ pub trait WindowBytesStore: Send + Sync {
         &self,
         time_from_ms: i64,
         time_to_ms: i64,
-        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
+        visit: &mut WindowEntryVisitor<'_>,
     ) -> Result<(), StreamsError>;
     /// Makes everything written so far survive a process crash.
     fn flush(&self) -> Result<(), StreamsError>;
@@ -112,7 +122,7 @@ pub trait SessionBytesStore: Send + Sync {
     /// How long sessions are kept after stream time passes their end (inactivity gap + grace).
     fn retention_ms(&self) -> i64;
     /// Puts (Some) or removes (None) sessions; expiry by session end time as for window stores.
-    fn write_batch(&self, batch: &[(Vec<u8>, SessionWindow, Option<Vec<u8>>)]) -> Result<(), StreamsError>;
+    fn write_batch(&self, batch: &[SessionWrite]) -> Result<(), StreamsError>;
     /// Sessions of `key` with end >= earliest_end_ms and start <= latest_start_ms (Kafka's
     /// findSessions), ascending end (then ascending start).
     fn find_sessions(

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use super::backend::{Backend, Write};
-use super::{SessionBytesStore, WindowBytesStore};
+use super::{SessionBytesStore, SessionWrite, WindowBytesStore, WindowEntryVisitor, WindowWrite};
 use crate::window::SessionWindow;
 use crate::StreamsError;
 
@@ -26,6 +26,12 @@ const SEGMENT_TABLE_PREFIX: &str = "segment.";
 const TIME_BYTES: usize = 8;
 /// Entries `fetch_all` reads from a segment at a time: bounds its memory per segment.
 const FETCH_ALL_CHUNK: usize = 512;
+
+/// (segmenting time, encoded key, value or `None` to delete).
+type SegmentedWrite<'a> = (i64, Vec<u8>, Option<&'a [u8]>);
+
+/// What `scan_prefix` calls with (time, the key's bytes after the time, value).
+type ScanVisitor<'a> = dyn FnMut(i64, &[u8], &[u8]) -> bool + 'a;
 
 pub(crate) fn encode_time(time_ms: i64) -> [u8; TIME_BYTES] {
     let mut b = time_ms.to_be_bytes();
@@ -156,13 +162,15 @@ impl Segments {
 
     /// Applies `(time, encoded key, value)` entries in order, skipping expired ones, and drops the
     /// segments that are expired afterwards, in one commit.
-    fn write(&self, entries: &[(i64, Vec<u8>, Option<&[u8]>)]) -> Result<(), StreamsError> {
+    fn write(&self, entries: &[SegmentedWrite<'_>]) -> Result<(), StreamsError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = self.state.read().unwrap_or_else(PoisonError::into_inner).clone();
         let old_stream_time_ms = state.stream_time_ms;
-        let mut kept: Vec<(i64, &[u8], Option<&[u8]>)> = Vec::with_capacity(entries.len());
+        // (segment id, entry)
+        let mut kept: Vec<(i64, &SegmentedWrite<'_>)> = Vec::with_capacity(entries.len());
         let mut skipped = 0u64;
-        for (time_ms, key, value) in entries {
+        for entry in entries {
+            let (time_ms, _, value) = entry;
             // Stream time advances before the entry is judged, as Kafka's put does.
             let stream_time_ms = state.stream_time_ms.map_or(*time_ms, |t| t.max(*time_ms));
             state.stream_time_ms = Some(stream_time_ms);
@@ -170,20 +178,20 @@ impl Segments {
                 skipped += u64::from(value.is_some());
                 continue;
             }
-            kept.push((self.segment_id(*time_ms), key, *value));
+            kept.push((self.segment_id(*time_ms), entry));
         }
         let min_live_ms = self.min_live(state.stream_time_ms).unwrap_or(i64::MIN);
         let expired = |id: i64| self.segment_bounds(id).1 < min_live_ms;
         // Entries whose whole segment expires by the end of the batch are never seen again.
-        kept.retain(|(id, _, _)| !expired(*id));
+        kept.retain(|(id, _)| !expired(*id));
         // Stable: one key's entries keep their order. Grouping by segment opens each table once.
-        kept.sort_by_key(|(id, _, _)| *id);
-        let names: BTreeMap<i64, String> = kept.iter().map(|(id, _, _)| (*id, segment_table(*id))).collect();
+        kept.sort_by_key(|(id, _)| *id);
+        let names: BTreeMap<i64, String> = kept.iter().map(|(id, _)| (*id, segment_table(*id))).collect();
         let dropped: Vec<i64> = state.live.iter().copied().filter(|id| expired(*id)).collect();
         let dropped_names: Vec<String> = dropped.iter().map(|id| segment_table(*id)).collect();
         let stream_time_bytes = state.stream_time_ms.map(encode_time);
         let mut writes: Vec<Write<'_>> =
-            kept.iter().map(|(id, key, value)| Write { table: &names[id], key, value: *value }).collect();
+            kept.iter().map(|(id, (_, key, value))| Write { table: &names[id], key, value: *value }).collect();
         if state.stream_time_ms != old_stream_time_ms {
             if let Some(b) = &stream_time_bytes {
                 writes.push(Write { table: META_TABLE, key: STREAM_TIME_KEY, value: Some(b) });
@@ -228,7 +236,7 @@ impl Segments {
         from_ms: i64,
         to_ms: i64,
         rest_len: usize,
-        visit: &mut dyn FnMut(i64, &[u8], &[u8]) -> bool,
+        visit: &mut ScanVisitor<'_>,
     ) -> Result<(), StreamsError> {
         let Some((from_ms, segments)) = self.view(from_ms, to_ms) else { return Ok(()) };
         let mut error = None;
@@ -320,7 +328,7 @@ impl WindowBytesStore for WindowStore {
         self.core.retention_ms
     }
 
-    fn write_batch(&self, batch: &[(Vec<u8>, i64, Option<Vec<u8>>)]) -> Result<(), StreamsError> {
+    fn write_batch(&self, batch: &[WindowWrite]) -> Result<(), StreamsError> {
         let entries: Vec<_> = batch.iter().map(|(k, t, v)| (*t, window_key(k, *t), v.as_deref())).collect();
         self.core.write(&entries)
     }
@@ -345,7 +353,7 @@ impl WindowBytesStore for WindowStore {
         &self,
         time_from_ms: i64,
         time_to_ms: i64,
-        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
+        visit: &mut WindowEntryVisitor<'_>,
     ) -> Result<(), StreamsError> {
         let Some((from_ms, segments)) = self.core.view(time_from_ms, time_to_ms) else { return Ok(()) };
         let in_range = |k: &[u8]| {
@@ -416,7 +424,7 @@ impl SessionBytesStore for SessionStore {
         self.core.retention_ms
     }
 
-    fn write_batch(&self, batch: &[(Vec<u8>, SessionWindow, Option<Vec<u8>>)]) -> Result<(), StreamsError> {
+    fn write_batch(&self, batch: &[SessionWrite]) -> Result<(), StreamsError> {
         let entries: Vec<_> = batch.iter().map(|(k, w, v)| (w.end_ms, session_key(k, *w), v.as_deref())).collect();
         self.core.write(&entries)
     }

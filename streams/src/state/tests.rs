@@ -131,7 +131,7 @@ impl WindowModel {
         self.stream_time_ms.map_or(i64::MIN, |t| t.saturating_sub(RETENTION_MS))
     }
 
-    fn apply(&mut self, batch: &[(Vec<u8>, i64, Option<Vec<u8>>)]) {
+    fn apply(&mut self, batch: &[WindowWrite]) {
         for (k, t, v) in batch {
             self.stream_time_ms = Some(self.stream_time_ms.map_or(*t, |s| s.max(*t)));
             if *t < self.min_live() {
@@ -149,7 +149,7 @@ impl WindowModel {
 
 #[derive(Debug, Clone)]
 enum WindowOp {
-    Write(Vec<(Vec<u8>, i64, Option<Vec<u8>>)>),
+    Write(Vec<WindowWrite>),
     Fetch(Vec<u8>, i64),
     FetchRange(Vec<u8>, i64, i64, usize),
     FetchAll(i64, i64, usize),
@@ -243,7 +243,7 @@ impl SessionModel {
         self.stream_time_ms.map_or(i64::MIN, |t| t.saturating_sub(RETENTION_MS))
     }
 
-    fn apply(&mut self, batch: &[(Vec<u8>, SessionWindow, Option<Vec<u8>>)]) {
+    fn apply(&mut self, batch: &[SessionWrite]) {
         for (k, w, v) in batch {
             self.stream_time_ms = Some(self.stream_time_ms.map_or(w.end_ms, |s| s.max(w.end_ms)));
             if w.end_ms < self.min_live() {
@@ -262,7 +262,7 @@ impl SessionModel {
 
 #[derive(Debug, Clone)]
 enum SessionOp {
-    Write(Vec<(Vec<u8>, SessionWindow, Option<Vec<u8>>)>),
+    Write(Vec<SessionWrite>),
     Find(Vec<u8>, i64, i64, usize),
     FetchSession(Vec<u8>, SessionWindow),
     Reopen,
