@@ -47,6 +47,10 @@ pub enum StoreKind {
 
 /// A key-value store of bytes. Send + Sync: interactive queries read it from other threads while
 /// the owning stream thread writes it. Visitors must not call back into the same store.
+///
+/// Durability (all three store traits): a `write_batch` is atomic and visible at once, but only
+/// [`flush`](Self::flush) makes it survive a crash; a persistent store that crashed reopens as of
+/// its last flush (later batches are gone whole). So flush, then write the checkpoint.
 pub trait KeyValueBytesStore: Send + Sync {
     /// The store's name.
     fn name(&self) -> &str;

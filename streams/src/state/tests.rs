@@ -502,3 +502,39 @@ fn readers_on_other_threads_see_whole_batches() {
         reader.join().unwrap();
     }
 }
+
+const CRASH_DIR_ENV: &str = "SPATE_STATE_CRASH_TEST_DIR";
+
+/// The child half of `a_crash_leaves_the_last_flushed_state`: writes, flushes, writes more
+/// without flushing, and aborts (no destructors, no clean close).
+#[test]
+#[ignore = "run by a_crash_leaves_the_last_flushed_state in a child process"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else { return };
+    let kv = open_key_value(StoreKind::Persistent, "kv", Path::new(&dir)).unwrap();
+    kv.write_batch(&[(b"a".to_vec(), Some(b"1".to_vec()))]).unwrap();
+    kv.flush().unwrap();
+    kv.write_batch(&[(b"b".to_vec(), Some(b"2".to_vec())), (b"c".to_vec(), Some(b"3".to_vec()))]).unwrap();
+    std::process::abort();
+}
+
+/// A process crash leaves a store that opens, holds everything flushed, and holds each later
+/// batch whole or not at all: what the checkpoint written after a flush relies on.
+#[test]
+fn a_crash_leaves_the_last_flushed_state() {
+    let root = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "state::tests::crash_child", "--ignored", "--test-threads=1"])
+        .env(CRASH_DIR_ENV, root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child should have aborted");
+    let kv = open_key_value(StoreKind::Persistent, "kv", root.path()).unwrap();
+    assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get(b"b").unwrap().is_some(), kv.get(b"c").unwrap().is_some());
+    kv.write_batch(&[(b"d".to_vec(), Some(b"4".to_vec()))]).unwrap();
+    kv.flush().unwrap();
+    assert_eq!(kv.get(b"d").unwrap(), Some(b"4".to_vec()));
+}
