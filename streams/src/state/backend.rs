@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle};
@@ -146,6 +147,9 @@ type WriteTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 pub(crate) struct RedbBackend {
     name: String,
     db: redb::Database,
+    /// A batch was committed since the last flush. An idle store's flush then costs nothing,
+    /// which matters with hundreds of stores flushed at every commit.
+    dirty: AtomicBool,
 }
 
 impl RedbBackend {
@@ -163,7 +167,7 @@ impl RedbBackend {
             };
             StreamsError::store(name, "open", reason)
         })?;
-        Ok(Self { name: name.to_owned(), db })
+        Ok(Self { name: name.to_owned(), db, dirty: AtomicBool::new(false) })
     }
 
     fn err(&self, op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StreamsError + '_ {
@@ -237,7 +241,9 @@ impl Backend for RedbBackend {
             txn.delete_table(BytesTable::new(t)).map_err(|e| err(&e))?;
         }
         // A failed commit drops the transaction, which aborts it: nothing of the batch is applied.
-        txn.commit().map_err(|e| err(&e))
+        txn.commit().map_err(|e| err(&e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn table_names(&self) -> Result<Vec<String>, StreamsError> {
@@ -253,9 +259,17 @@ impl Backend for RedbBackend {
     }
 
     fn flush(&self) -> Result<(), StreamsError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         let err = self.err("flush");
-        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
-        txn.set_durability(redb::Durability::Immediate).map_err(|e| err(&e))?;
-        txn.commit().map_err(|e| err(&e))
+        let result = self.db.begin_write().map_err(|e| err(&e)).and_then(|mut txn| {
+            txn.set_durability(redb::Durability::Immediate).map_err(|e| err(&e))?;
+            txn.commit().map_err(|e| err(&e))
+        });
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        result
     }
 }
