@@ -68,6 +68,14 @@ impl StateDirectory {
         Ok(dir)
     }
 
+    /// A store's directory, `state.dir/<application.id>/<task>/<store>` (not created: opening
+    /// a persistent store creates it).
+    pub fn store_dir(&self, task_id: &str, store_name: &str) -> Result<PathBuf, StreamsError> {
+        check_component(&self.app_dir, "task id", task_id)?;
+        check_component(&self.app_dir, "store name", store_name)?;
+        Ok(self.app_dir.join(task_id).join(store_name))
+    }
+
     /// Locks the task's directory (creating it), or [`StreamsError::TaskDirectoryLocked`] where
     /// another instance (or another lock in this process) holds it.
     pub fn lock_task(&self, task_id: &str) -> Result<TaskDirLock, StreamsError> {
@@ -154,7 +162,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let sd = StateDirectory::new(root.path(), "app").unwrap();
         let lock = sd.lock_task("1_0").unwrap();
-        let store_dir = sd.task_dir("1_0").unwrap().join("counts");
+        let store_dir = sd.store_dir("1_0", "counts").unwrap();
+        assert_eq!(store_dir, root.path().join("app").join("1_0").join("counts"));
         std::fs::create_dir_all(&store_dir).unwrap();
         std::fs::write(store_dir.join("f"), b"x").unwrap();
         std::fs::write(lock.dir().join(".checkpoint"), b"0\n0\n").unwrap();
@@ -178,6 +187,7 @@ mod tests {
             assert!(sd.task_dir(bad).is_err(), "{bad}");
             assert!(sd.lock_task(bad).is_err(), "{bad}");
             assert!(sd.wipe_task(bad).is_err(), "{bad}");
+            assert!(sd.store_dir("0_0", bad).is_err(), "{bad}");
         }
     }
 }

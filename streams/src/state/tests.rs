@@ -366,6 +366,7 @@ fn persistent_stores_survive_reopen() {
     kv.flush().unwrap();
     drop(kv);
     let kv = open_key_value(StoreKind::Persistent, "counts", &kv_dir).unwrap();
+    assert_eq!(kv.name(), "counts");
     assert_eq!(kv.get(b"a").unwrap(), None);
     assert_eq!(kv.get(b"b").unwrap(), Some(b"2".to_vec()));
     assert_eq!(kv.approximate_num_entries().unwrap(), 1);
@@ -375,6 +376,7 @@ fn persistent_stores_survive_reopen() {
     win.write_batch(&[(b"k".to_vec(), 10_000, Some(b"v".to_vec()))]).unwrap();
     drop(win);
     let win = open_window(StoreKind::Persistent, "windows", &win_dir, 1_000, 500).unwrap();
+    assert_eq!((win.name(), win.retention_ms()), ("windows", 1_000));
     assert_eq!(win.observed_stream_time_ms(), Some(10_000));
     assert_eq!(win.fetch(b"k", 10_000).unwrap(), Some(b"v".to_vec()));
     // Stream time came back too: an old put is still refused.
@@ -457,6 +459,7 @@ fn extreme_timestamps_never_panic() {
         win.fetch_all(i64::MAX, i64::MIN, &mut |_, _, _| panic!("empty range")).unwrap();
 
         let sess = open_session(kind, "s", &root.path().join("s"), 0).unwrap();
+        assert_eq!((sess.name(), sess.retention_ms()), ("s", 0));
         sess.write_batch(&[(b"k".to_vec(), session(i64::MIN, i64::MAX), Some(b"v".to_vec()))]).unwrap();
         assert_eq!(sess.fetch_session(b"k", session(i64::MIN, i64::MAX)).unwrap(), Some(b"v".to_vec()));
         let mut n = 0;
