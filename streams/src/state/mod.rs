@@ -154,7 +154,7 @@ fn backend(kind: StoreKind, name: &str, dir: &Path) -> Result<Box<dyn backend::B
 }
 
 /// Opens a key-value store. `dir` is the store's own directory
-/// (state.dir/<application.id>/<task>/<store>), created if missing; unused for in-memory stores.
+/// (`state.dir/<application.id>/<task>/<store>`), created if missing; unused for in-memory stores.
 /// A persistent store already open (in this process or another) is an error.
 pub fn open_key_value(kind: StoreKind, name: &str, dir: &Path) -> Result<Arc<dyn KeyValueBytesStore>, StreamsError> {
     Ok(Arc::new(key_value::KeyValueStore::new(name, backend(kind, name, dir)?)))
