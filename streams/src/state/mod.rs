@@ -2,8 +2,9 @@
 //! store in `state.dir/<application.id>/<task>/<store>`) or in memory (`BTreeMap`s). The runtime
 //! puts the record cache, the changelog and typed serdes on top; this layer only stores bytes.
 //!
-//! - [`open_key_value`], [`open_window`], [`open_session`] open a store of a [`StoreKind`] and
-//!   return it as a [`KeyValueBytesStore`], [`WindowBytesStore`] or [`SessionBytesStore`].
+//! - [`open_key_value`], [`open_window`] (and [`open_window_with_duplicates`] for stream-stream
+//!   joins), [`open_session`] open a store of a [`StoreKind`] and return it as a
+//!   [`KeyValueBytesStore`], [`WindowBytesStore`] or [`SessionBytesStore`].
 //! - [`checkpoint`]: the per-task checkpoint file (changelog offsets the local state reflects).
 //! - [`directory`]: [`StateDirectory`](directory::StateDirectory), the task directories and their
 //!   locks.
@@ -170,7 +171,24 @@ pub fn open_window(
     segment_interval_ms: i64,
 ) -> Result<Arc<dyn WindowBytesStore>, StreamsError> {
     segmented::validate(name, retention_ms, segment_interval_ms)?;
-    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms)?;
+    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms, false)?;
+    Ok(Arc::new(segmented::WindowStore { core }))
+}
+
+/// Opens a window store that retains duplicates (Kafka's `retainDuplicates`, which the
+/// stream-stream join's window stores use): every put is a new entry, even for a (key, start)
+/// already present, and a put of `None` is ignored (it does not delete, nor advance stream time).
+/// `fetch_range` and `fetch_all` return a (key, start)'s duplicates in the order they were put;
+/// `fetch` returns the first. Otherwise as [`open_window`].
+pub fn open_window_with_duplicates(
+    kind: StoreKind,
+    name: &str,
+    dir: &Path,
+    retention_ms: i64,
+    segment_interval_ms: i64,
+) -> Result<Arc<dyn WindowBytesStore>, StreamsError> {
+    segmented::validate(name, retention_ms, segment_interval_ms)?;
+    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms, true)?;
     Ok(Arc::new(segmented::WindowStore { core }))
 }
 
@@ -184,7 +202,7 @@ pub fn open_session(
 ) -> Result<Arc<dyn SessionBytesStore>, StreamsError> {
     let segment_interval_ms = default_segment_interval_ms(retention_ms);
     segmented::validate(name, retention_ms, segment_interval_ms)?;
-    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms)?;
+    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms, false)?;
     Ok(Arc::new(segmented::SessionStore { core }))
 }
 

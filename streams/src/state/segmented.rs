@@ -3,6 +3,7 @@
 //!
 //! Layout of a segment table's keys, chosen so that byte order is (key, time) order:
 //! - window: `escape(key) ‖ time(window_start_ms)`
+//! - window retaining duplicates: `escape(key) ‖ time(window_start_ms) ‖ sequence (u64 BE)`
 //! - session: `escape(key) ‖ time(end_ms) ‖ time(start_ms)`
 //!
 //! `escape` doubles as a terminator: each `0x00` in the key becomes `0x00 0xFF` and the key ends
@@ -22,6 +23,10 @@ use crate::StreamsError;
 
 const META_TABLE: &str = "meta";
 const STREAM_TIME_KEY: &[u8] = b"observed_stream_time_ms";
+/// The next duplicate sequence number, persisted with each batch so that a reopened store never
+/// reuses one (Kafka's in-memory `seqnum` restarts at 0 and can overwrite a restored duplicate).
+const SEQUENCE_KEY: &[u8] = b"next_sequence";
+const SEQUENCE_BYTES: usize = 8;
 const SEGMENT_TABLE_PREFIX: &str = "segment.";
 const TIME_BYTES: usize = 8;
 /// Entries `fetch_all` reads from a segment at a time: bounds its memory per segment.
@@ -109,6 +114,8 @@ pub(crate) struct Segments {
     writer: Mutex<()>,
     state: RwLock<SegmentsState>,
     expired_puts_skipped: AtomicU64,
+    /// `Some(next sequence number)` for a window store that retains duplicates.
+    sequence: Option<AtomicU64>,
 }
 
 impl Segments {
@@ -117,6 +124,7 @@ impl Segments {
         backend: Box<dyn Backend>,
         retention_ms: i64,
         segment_interval_ms: i64,
+        retain_duplicates: bool,
     ) -> Result<Self, StreamsError> {
         let corrupt = |what: String| StreamsError::store(name, "open", format!("corrupt store: {what}"));
         let mut live = BTreeSet::new();
@@ -129,6 +137,17 @@ impl Segments {
             Some(b) => Some(decode_time(&b).ok_or_else(|| corrupt(format!("stream time of {} bytes", b.len())))?),
             None => None,
         };
+        let sequence = if retain_duplicates {
+            let next = match backend.get(META_TABLE, SEQUENCE_KEY)? {
+                Some(b) => u64::from_be_bytes(
+                    b.as_slice().try_into().map_err(|_| corrupt(format!("sequence of {} bytes", b.len())))?,
+                ),
+                None => 0,
+            };
+            Some(AtomicU64::new(next))
+        } else {
+            None
+        };
         Ok(Self {
             name: name.to_owned(),
             backend,
@@ -137,6 +156,7 @@ impl Segments {
             writer: Mutex::new(()),
             state: RwLock::new(SegmentsState { stream_time_ms, live }),
             expired_puts_skipped: AtomicU64::new(0),
+            sequence,
         })
     }
 
@@ -196,6 +216,11 @@ impl Segments {
             if let Some(b) = &stream_time_bytes {
                 writes.push(Write { table: META_TABLE, key: STREAM_TIME_KEY, value: Some(b) });
             }
+        }
+        // The caller drew this batch's numbers before calling; the counter is past all of them.
+        let sequence_bytes = self.sequence.as_ref().map(|s| s.load(Ordering::Relaxed).to_be_bytes());
+        if let Some(b) = &sequence_bytes {
+            writes.push(Write { table: META_TABLE, key: SEQUENCE_KEY, value: Some(b) });
         }
         let drop_refs: Vec<&str> = dropped_names.iter().map(String::as_str).collect();
         self.backend.commit(&writes, &drop_refs)?;
@@ -308,8 +333,21 @@ impl Cursor {
     }
 }
 
+/// A window store; with `core.sequence` set it retains duplicates (Kafka's `retainDuplicates`,
+/// for stream-stream joins): every put is a new entry, deletes are ignored.
 pub(crate) struct WindowStore {
     pub(crate) core: Segments,
+}
+
+impl WindowStore {
+    /// Bytes after the window start in an encoded key.
+    fn rest_len(&self) -> usize {
+        if self.core.sequence.is_some() {
+            SEQUENCE_BYTES
+        } else {
+            0
+        }
+    }
 }
 
 fn window_key(key: &[u8], window_start_ms: i64) -> Vec<u8> {
@@ -329,12 +367,33 @@ impl WindowBytesStore for WindowStore {
     }
 
     fn write_batch(&self, batch: &[WindowWrite]) -> Result<(), StreamsError> {
-        let entries: Vec<_> = batch.iter().map(|(k, t, v)| (*t, window_key(k, *t), v.as_deref())).collect();
+        let entries: Vec<_> = match &self.core.sequence {
+            None => batch.iter().map(|(k, t, v)| (*t, window_key(k, *t), v.as_deref())).collect(),
+            // Kafka's RocksDBWindowStore skips a null put entirely when it retains duplicates.
+            Some(sequence) => batch
+                .iter()
+                .filter_map(|(k, t, v)| {
+                    let v = v.as_deref()?;
+                    let mut key = window_key(k, *t);
+                    key.extend_from_slice(&sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+                    Some((*t, key, Some(v)))
+                })
+                .collect(),
+        };
         self.core.write(&entries)
     }
 
     fn fetch(&self, key: &[u8], window_start_ms: i64) -> Result<Option<Vec<u8>>, StreamsError> {
-        self.core.get(window_start_ms, &window_key(key, window_start_ms))
+        if self.core.sequence.is_none() {
+            return self.core.get(window_start_ms, &window_key(key, window_start_ms));
+        }
+        // With duplicates: the first one put.
+        let mut first = None;
+        self.fetch_range(key, window_start_ms, window_start_ms, &mut |_, v| {
+            first = Some(v.to_vec());
+            false
+        })?;
+        Ok(first)
     }
 
     fn fetch_range(
@@ -346,7 +405,8 @@ impl WindowBytesStore for WindowStore {
     ) -> Result<(), StreamsError> {
         let mut prefix = Vec::with_capacity(key.len() + 2);
         escape_key(key, &mut prefix);
-        self.core.scan_prefix("fetch_range", &prefix, time_from_ms, time_to_ms, 0, &mut |t, _, v| visit(t, v))
+        let rest_len = self.rest_len();
+        self.core.scan_prefix("fetch_range", &prefix, time_from_ms, time_to_ms, rest_len, &mut |t, _, v| visit(t, v))
     }
 
     fn fetch_all(
@@ -356,9 +416,11 @@ impl WindowBytesStore for WindowStore {
         visit: &mut WindowEntryVisitor<'_>,
     ) -> Result<(), StreamsError> {
         let Some((from_ms, segments)) = self.core.view(time_from_ms, time_to_ms) else { return Ok(()) };
+        let rest_len = self.rest_len();
         let in_range = |k: &[u8]| {
-            k.len() >= TIME_BYTES
-                && decode_time(&k[k.len() - TIME_BYTES..]).is_some_and(|t| from_ms <= t && t <= time_to_ms)
+            k.len() >= TIME_BYTES + rest_len
+                && decode_time(&k[k.len() - TIME_BYTES - rest_len..k.len() - rest_len])
+                    .is_some_and(|t| from_ms <= t && t <= time_to_ms)
         };
         let mut cursors: Vec<Cursor> = segments
             .iter()
@@ -367,7 +429,8 @@ impl WindowBytesStore for WindowStore {
         for c in &mut cursors {
             c.fill(self.core.backend.as_ref(), &in_range)?;
         }
-        // A k-way merge by encoded key, which is (key, start) order; k is the few live segments.
+        // A k-way merge by encoded key, which is (key, start[, sequence]) order; k is the few live
+        // segments.
         loop {
             let Some(next) = cursors
                 .iter()
@@ -379,7 +442,9 @@ impl WindowBytesStore for WindowStore {
                 return Ok(());
             };
             let Some((k, v)) = cursors[next].buf.pop_front() else { return Ok(()) };
-            let decoded = unescape_key(&k).and_then(|(key, rest)| decode_time(rest).map(|t| (key, t)));
+            let decoded = unescape_key(&k)
+                .filter(|(_, rest)| rest.len() == TIME_BYTES + rest_len)
+                .and_then(|(key, rest)| decode_time(&rest[..TIME_BYTES]).map(|t| (key, t)));
             let Some((key, t)) = decoded else {
                 return Err(StreamsError::store(&self.core.name, "fetch_all", "corrupt store: bad entry key"));
             };
@@ -485,7 +550,7 @@ mod tests {
     /// Whole segments go once stream time is a retention past their last millisecond.
     #[test]
     fn expired_segments_are_dropped_whole() {
-        let core = Segments::open("w", Box::new(MemoryBackend::new()), 100, 50).unwrap();
+        let core = Segments::open("w", Box::new(MemoryBackend::new()), 100, 50, false).unwrap();
         let store = WindowStore { core };
         let put = |t: i64| store.write_batch(&[(b"k".to_vec(), t, Some(vec![1]))]).unwrap();
         put(0); // segment 0: [0, 49]
@@ -508,7 +573,7 @@ mod tests {
 
     #[test]
     fn negative_times_have_their_own_segments() {
-        let core = Segments::open("w", Box::new(MemoryBackend::new()), 1_000, 50).unwrap();
+        let core = Segments::open("w", Box::new(MemoryBackend::new()), 1_000, 50, false).unwrap();
         let store = WindowStore { core };
         store.write_batch(&[(b"k".to_vec(), -1, Some(vec![1])), (b"k".to_vec(), -50, Some(vec![2]))]).unwrap();
         store.write_batch(&[(b"k".to_vec(), -51, Some(vec![3]))]).unwrap();

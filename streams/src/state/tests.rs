@@ -227,6 +227,95 @@ fn run_window(kind: StoreKind, dir: &Path, ops: &[WindowOp]) -> Result<(), TestC
     Ok(())
 }
 
+/// The model of a window store that retains duplicates: every put appends; `None` is ignored.
+#[derive(Default)]
+struct DuplicatesModel {
+    entries: BTreeMap<(Vec<u8>, i64), Vec<Vec<u8>>>,
+    stream_time_ms: Option<i64>,
+}
+
+impl DuplicatesModel {
+    fn apply(&mut self, batch: &[WindowWrite]) {
+        for (k, t, v) in batch {
+            let Some(v) = v else { continue };
+            self.stream_time_ms = Some(self.stream_time_ms.map_or(*t, |s| s.max(*t)));
+            if *t < self.min_live() {
+                continue;
+            }
+            self.entries.entry((k.clone(), *t)).or_default().push(v.clone());
+        }
+        let min = self.min_live();
+        self.entries.retain(|(_, t), _| *t >= min);
+    }
+
+    fn min_live(&self) -> i64 {
+        self.stream_time_ms.map_or(i64::MIN, |t| t.saturating_sub(RETENTION_MS))
+    }
+
+    fn flat(&self) -> impl Iterator<Item = (&Vec<u8>, i64, &Vec<u8>)> {
+        self.entries.iter().flat_map(|((k, t), vs)| vs.iter().map(move |v| (k, *t, v)))
+    }
+}
+
+fn run_window_duplicates(kind: StoreKind, dir: &Path, ops: &[WindowOp]) -> Result<(), TestCaseError> {
+    let open = || open_window_with_duplicates(kind, "join", dir, RETENTION_MS, SEGMENT_MS).unwrap();
+    let mut store = open();
+    let mut model = DuplicatesModel::default();
+    for op in ops {
+        match op {
+            WindowOp::Write(batch) => {
+                store.write_batch(batch).unwrap();
+                model.apply(batch);
+                prop_assert_eq!(store.observed_stream_time_ms(), model.stream_time_ms);
+            }
+            WindowOp::Fetch(k, t) => {
+                let want = model.entries.get(&(k.clone(), *t)).and_then(|vs| vs.first().cloned());
+                prop_assert_eq!(store.fetch(k, *t).unwrap(), want);
+            }
+            WindowOp::FetchRange(k, from, to, limit) => {
+                let mut got = Vec::new();
+                store
+                    .fetch_range(k, *from, *to, &mut |t, v| {
+                        got.push((t, v.to_vec()));
+                        got.len() < *limit
+                    })
+                    .unwrap();
+                let want: Vec<_> = model
+                    .flat()
+                    .filter(|(mk, t, _)| *mk == k && from <= t && t <= to)
+                    .take(*limit)
+                    .map(|(_, t, v)| (t, v.clone()))
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+            WindowOp::FetchAll(from, to, limit) => {
+                let mut got = Vec::new();
+                store
+                    .fetch_all(*from, *to, &mut |k, t, v| {
+                        got.push((k.to_vec(), t, v.to_vec()));
+                        got.len() < *limit
+                    })
+                    .unwrap();
+                let want: Vec<_> = model
+                    .flat()
+                    .filter(|(_, t, _)| from <= t && t <= to)
+                    .take(*limit)
+                    .map(|(k, t, v)| (k.clone(), t, v.clone()))
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+            WindowOp::Reopen => {
+                store.flush().unwrap();
+                if kind == StoreKind::Persistent {
+                    drop(store);
+                    store = open();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn session(start_ms: i64, end_ms: i64) -> SessionWindow {
     SessionWindow { start_ms, end_ms }
 }
@@ -344,6 +433,14 @@ proptest! {
         for kind in KINDS {
             let dir = tempfile::tempdir().unwrap();
             run_window(kind, &dir.path().join("win"), &ops)?;
+        }
+    }
+
+    #[test]
+    fn window_stores_with_duplicates_match_a_model(ops in proptest::collection::vec(window_op(), 0..40)) {
+        for kind in KINDS {
+            let dir = tempfile::tempdir().unwrap();
+            run_window_duplicates(kind, &dir.path().join("join"), &ops)?;
         }
     }
 
