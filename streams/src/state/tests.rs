@@ -638,3 +638,25 @@ fn a_crash_leaves_the_last_flushed_state() {
     kv.flush().unwrap();
     assert_eq!(kv.get(b"d").unwrap(), Some(b"4".to_vec()));
 }
+
+/// Duplicates put after a reopen add to those before it, never overwrite them.
+#[test]
+fn duplicates_survive_reopen() {
+    let root = tempfile::tempdir().unwrap();
+    let open = || open_window_with_duplicates(StoreKind::Persistent, "join", root.path(), 1_000, 500).unwrap();
+    let store = open();
+    store.write_batch(&[(b"k".to_vec(), 10, Some(b"a".to_vec())), (b"k".to_vec(), 10, Some(b"b".to_vec()))]).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = open();
+    store.write_batch(&[(b"k".to_vec(), 10, Some(b"c".to_vec())), (b"k".to_vec(), 10, None)]).unwrap();
+    let mut got = Vec::new();
+    store
+        .fetch_range(b"k", 0, 20, &mut |t, v| {
+            got.push((t, v.to_vec()));
+            true
+        })
+        .unwrap();
+    assert_eq!(got, [(10, b"a".to_vec()), (10, b"b".to_vec()), (10, b"c".to_vec())]);
+    assert_eq!(store.fetch(b"k", 10).unwrap(), Some(b"a".to_vec()));
+}
