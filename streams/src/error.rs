@@ -3,7 +3,8 @@
 use thiserror::Error;
 
 /// Errors of spate-streams. Each message says whose fault it is: the bytes of a record on a
-/// topic (the producer's), or the application's configuration (the caller's).
+/// topic (the producer's), the application's configuration (the caller's), or the local state
+/// directory (the machine's disk, never the records: state is rebuilt from changelog topics).
 #[derive(Debug, Error)]
 pub enum StreamsError {
     /// A record's key or value does not decode with the configured serde: the producer of the
@@ -110,14 +111,73 @@ pub enum StreamsError {
     #[error("kafka client: {0}")]
     Client(#[from] spate_client::Error),
 
-    /// The local state directory or a store failed: the machine's disk or the state
-    /// directory's contents, not the records.
-    #[error("state store {store}: {op} failed: {reason} (check the state directory and its disk)")]
-    Store { store: String, op: &'static str, reason: String },
-
     /// The application is not running (or already closed) for this call.
     #[error("kafka streams is {0}")]
     State(String),
+
+    /// A state store operation failed on the local state directory (I/O error, full disk, a
+    /// corrupt store file, or the store already open): the machine's disk or the instance's
+    /// setup, not the records. The store can be rebuilt from its changelog topic by deleting its
+    /// task directory.
+    #[error(
+        "state store {store}: {op} failed: {reason} (the local state directory or its disk, not the \
+         records; the store is rebuilt from its changelog if its task directory is deleted)"
+    )]
+    Store {
+        /// The store's name.
+        store: String,
+        /// What was being done, e.g. "open", "get", "write_batch".
+        op: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A store is defined wrongly (e.g. a negative retention): the application's configuration
+    /// is wrong.
+    #[error("invalid state store {store}: {reason} (fix the application's store definition)")]
+    InvalidStore {
+        /// The store's name.
+        store: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// The state directory (`state.dir`) or a file in it could not be read or written: the
+    /// machine's disk or permissions.
+    #[error("state directory {path}: {op} failed: {reason} (the local state directory or its disk)")]
+    StateDirectory {
+        /// The file or directory.
+        path: String,
+        /// What was being done, e.g. "create", "lock", "write checkpoint".
+        op: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A task's state directory is locked by another instance sharing the same `state.dir`
+    /// (or another `StateDirectory` in this process): two instances must not share one.
+    #[error(
+        "state directory {path} of task {task_id} is locked by another instance (two Kafka Streams \
+         instances share one state.dir: give each its own state.dir)"
+    )]
+    TaskDirectoryLocked {
+        /// The task id, e.g. "0_1".
+        task_id: String,
+        /// The task's directory.
+        path: String,
+    },
+
+    /// A checkpoint file does not parse: local state is damaged, not the records.
+    #[error(
+        "checkpoint file {path} is corrupt: {reason} (local state is damaged: delete the task \
+         directory and it is restored from the changelog topics)"
+    )]
+    CorruptCheckpoint {
+        /// The checkpoint file.
+        path: String,
+        /// What is wrong in it.
+        reason: String,
+    },
 }
 
 impl StreamsError {
@@ -127,5 +187,13 @@ impl StreamsError {
 
     pub(crate) fn invalid_window(what: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidWindow { what, reason: reason.into() }
+    }
+
+    pub(crate) fn store(store: &str, op: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self::Store { store: store.to_owned(), op, reason: reason.to_string() }
+    }
+
+    pub(crate) fn state_directory(path: &std::path::Path, op: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self::StateDirectory { path: path.display().to_string(), op, reason: reason.to_string() }
     }
 }

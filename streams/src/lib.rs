@@ -14,9 +14,18 @@
 //! - [`serdes`]: the [`Serde`](serdes::Serde) trait and Kafka's byte layouts.
 //! - [`window`]: the sans-IO window logic the operators call ([`TimeWindows`](window::TimeWindows),
 //!   [`SlidingWindows`](window::SlidingWindows), [`SessionWindows`](window::SessionWindows),
-//!   [`JoinWindows`](window::JoinWindows)).
-//! - [`suppress`]: the `suppress` operator's buffer (KIP-328).
-//! - [`state`]: the bytes-level key-value, window and session stores.
+//!   [`JoinWindows`](window::JoinWindows) with the stream-stream join state
+//!   [`StreamStreamJoin`](window::StreamStreamJoin), and [`StreamTime`](window::StreamTime).
+//! - [`suppress`]: the `suppress` operator's buffer (KIP-328):
+//!   [`Suppressed::until_window_closes`](suppress::Suppressed::until_window_closes) (emit-final
+//!   windowed results) and [`Suppressed::until_time_limit`](suppress::Suppressed::until_time_limit)
+//!   with a [`BufferConfig`](suppress::BufferConfig), run by
+//!   [`SuppressBuffer`](suppress::SuppressBuffer).
+//! - [`state`]: state stores of bytes: key-value, window and session stores, persistent (redb, one
+//!   file per store under `state.dir/<application.id>/<task>/<store>`) or in memory, opened with
+//!   [`state::open_key_value`], [`state::open_window`], [`state::open_session`]; the per-task
+//!   [`Checkpoint`](state::checkpoint::Checkpoint) file and the
+//!   [`StateDirectory`](state::directory::StateDirectory) with its task locks.
 //! - [`StreamsError`]: the crate's one error type.
 
 mod config;

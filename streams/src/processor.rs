@@ -240,13 +240,15 @@ pub trait Processor<K, V, KOut, VOut>: Send {
     }
 }
 
+pub(crate) type PunctuateFn = Box<dyn FnMut(&mut TaskContext, i64) -> Result<(), StreamsError> + Send>;
+
 /// A scheduled punctuation of one processor in one task.
 pub(crate) struct Punctuator {
     pub kind: PunctuationType,
     pub interval_ms: i64,
     /// Next time it fires; set at the first check.
     pub next_ms: Option<i64>,
-    pub fire: Box<dyn FnMut(&mut TaskContext, i64) -> Result<(), StreamsError> + Send>,
+    pub fire: PunctuateFn,
 }
 
 impl Punctuator {

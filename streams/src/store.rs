@@ -23,6 +23,18 @@ use crate::StreamsError;
 /// entries still fill the buffer.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
+/// A buffered write: the value (None: delete) and the record timestamp it came with.
+type Dirty = (Option<Vec<u8>>, i64);
+
+/// Key-value entries in key order.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// Window entries: key, window start, value.
+pub(crate) type WindowEntries = Vec<(Vec<u8>, i64, Vec<u8>)>;
+/// Sessions of one key with their values.
+pub(crate) type SessionEntries = Vec<(SessionWindow, Vec<u8>)>;
+/// Changelog records being restored: key and value bytes.
+pub(crate) type ChangelogRecords = [(Option<Bytes>, Option<Bytes>)];
+
 /// What kind of store a name refers to, and its retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StoreType {
@@ -129,12 +141,7 @@ impl LoggedKv {
 
     /// Entries from..to in key order, buffered writes included (interactive queries and
     /// processors' range scans).
-    pub fn range(
-        &self,
-        from: Option<&[u8]>,
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StreamsError> {
+    pub fn range(&self, from: Option<&[u8]>, to: Option<&[u8]>, limit: usize) -> Result<Entries, StreamsError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         let in_range = |k: &[u8]| from.is_none_or(|f| k >= f) && to.is_none_or(|t| k < t);
         self.store.range(from, to, &mut |k, v| {
@@ -150,7 +157,7 @@ impl LoggedKv {
     }
 
     /// Applies changelog records during restore (straight to the store, not the buffer).
-    pub fn restore(&self, records: &[(Option<Bytes>, Option<Bytes>)]) -> Result<(), StreamsError> {
+    pub fn restore(&self, records: &ChangelogRecords) -> Result<(), StreamsError> {
         let batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
             .iter()
             .filter_map(|(k, v)| k.as_ref().map(|k| (k.to_vec(), v.as_ref().map(|v| v.to_vec()))))
@@ -165,7 +172,7 @@ const SESSION_SUFFIX_BYTES: usize = 16;
 /// A window store with its write buffer.
 pub(crate) struct LoggedWindow {
     pub store: Arc<dyn WindowBytesStore>,
-    dirty: BTreeMap<(Vec<u8>, i64), (Option<Vec<u8>>, i64)>,
+    dirty: BTreeMap<(Vec<u8>, i64), Dirty>,
     dirty_bytes: usize,
     max_dirty_bytes: usize,
     changelog: Option<Changelog>,
@@ -240,7 +247,7 @@ impl LoggedWindow {
 
     /// Every key's windows starting in [from, to], buffered writes included, ordered by
     /// (start, key).
-    pub fn fetch_all(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>, StreamsError> {
+    pub fn fetch_all(&self, from_ms: i64, to_ms: i64) -> Result<WindowEntries, StreamsError> {
         let mut merged: BTreeMap<(i64, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
         self.store.fetch_all(from_ms, to_ms, &mut |k, start, v| {
             merged.insert((start, k.to_vec()), Some(v.to_vec()));
@@ -254,7 +261,7 @@ impl LoggedWindow {
         Ok(merged.into_iter().filter_map(|((s, k), v)| v.map(|v| (k, s, v))).collect())
     }
 
-    pub fn restore(&self, records: &[(Option<Bytes>, Option<Bytes>)]) -> Result<(), StreamsError> {
+    pub fn restore(&self, records: &ChangelogRecords) -> Result<(), StreamsError> {
         let mut batch = Vec::with_capacity(records.len());
         for (k, v) in records {
             let Some(k) = k else { continue };
@@ -272,7 +279,7 @@ impl LoggedWindow {
 /// A session store with its write buffer.
 pub(crate) struct LoggedSession {
     pub store: Arc<dyn SessionBytesStore>,
-    dirty: BTreeMap<(Vec<u8>, i64, i64), (Option<Vec<u8>>, i64)>,
+    dirty: BTreeMap<(Vec<u8>, i64, i64), Dirty>,
     dirty_bytes: usize,
     max_dirty_bytes: usize,
     changelog: Option<Changelog>,
@@ -290,7 +297,7 @@ impl LoggedSession {
         key: &[u8],
         earliest_end_ms: i64,
         latest_start_ms: i64,
-    ) -> Result<Vec<(SessionWindow, Vec<u8>)>, StreamsError> {
+    ) -> Result<SessionEntries, StreamsError> {
         let mut merged: BTreeMap<(i64, i64), Option<Vec<u8>>> = BTreeMap::new();
         self.store.find_sessions(key, earliest_end_ms, latest_start_ms, &mut |w, v| {
             merged.insert((w.end_ms, w.start_ms), Some(v.to_vec()));
@@ -352,7 +359,7 @@ impl LoggedSession {
         Ok(())
     }
 
-    pub fn restore(&self, records: &[(Option<Bytes>, Option<Bytes>)]) -> Result<(), StreamsError> {
+    pub fn restore(&self, records: &ChangelogRecords) -> Result<(), StreamsError> {
         let mut batch = Vec::with_capacity(records.len());
         for (k, v) in records {
             let Some(k) = k else { continue };
@@ -394,7 +401,7 @@ impl TaskStore {
         }
     }
 
-    pub fn restore(&self, records: &[(Option<Bytes>, Option<Bytes>)]) -> Result<(), StreamsError> {
+    pub fn restore(&self, records: &ChangelogRecords) -> Result<(), StreamsError> {
         match self {
             TaskStore::Kv(s) => lock(s).restore(records),
             TaskStore::Window(s) => lock(s).restore(records),

@@ -1,9 +1,10 @@
 //! Grouped and windowed aggregations: `count`, `reduce`, `aggregate` over a key, over time
 //! windows (tumbling, hopping) and over sessions.
 //!
-//! Results are KTables (`Record<K, Change<A>>`). With a record cache (`statestore.cache.max.bytes`
-//! > 0) updates of one key are held back and only the latest is forwarded at commit or when the
-//! cache is full, as Kafka's caching stores do; with 0 every update is forwarded.
+//! Results are KTables (`Record<K, Change<A>>`). With a record cache (a positive
+//! `statestore.cache.max.bytes`) updates of one key are held back and only the latest is
+//! forwarded at commit or when the cache is full, as Kafka's caching stores do; with 0 every
+//! update is forwarded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ impl<K: Clone, V: Clone> PendingForward<K, V> {
 
     /// Records an update; forwards it at once when caching is off. Forwards everything held
     /// when the cache is full.
+    #[expect(clippy::too_many_arguments, reason = "the update's parts and where it goes")]
     pub(crate) fn push(
         &mut self,
         ctx: &mut TaskContext,

@@ -179,11 +179,14 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
     }
 }
 
+/// Combines the two sides of a join (either may be missing); None: no output.
+type Joiner<V, V2, VR> = dyn Fn(Option<&V>, Option<&V2>) -> Option<VR> + Send + Sync;
+
 fn emit<K: Data, V, V2, VR: Data>(
     ctx: &mut TaskContext,
     ds: &mut Downstream<K, VR>,
     out: &mut Vec<JoinOutput<K, V, V2>>,
-    joiner: &(dyn Fn(Option<&V>, Option<&V2>) -> Option<VR> + Send + Sync),
+    joiner: &Joiner<V, V2, VR>,
 ) -> Result<(), StreamsError> {
     for o in out.drain(..) {
         let (key, joined, ts) = match o {

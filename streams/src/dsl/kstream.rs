@@ -335,10 +335,12 @@ impl ProcessorInit<'_, '_> {
     }
 }
 
+type Predicate<K, V> = Arc<dyn Fn(&K, &V) -> bool + Send + Sync>;
+
 /// The branches of a [`KStream::split`].
 pub struct BranchedKStream<K, V> {
     stream: KStream<K, V>,
-    predicates: Vec<Arc<dyn Fn(&K, &V) -> bool + Send + Sync>>,
+    predicates: Vec<Predicate<K, V>>,
     branches: BTreeMap<String, KStream<K, V>>,
 }
 
@@ -346,7 +348,7 @@ impl<K: Data, V: Data> BranchedKStream<K, V> {
     /// Records matching `predicate` (and no earlier branch) go to the branch `name`.
     pub fn branch(mut self, name: &str, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
         let earlier = self.predicates.clone();
-        let predicate: Arc<dyn Fn(&K, &V) -> bool + Send + Sync> = Arc::new(predicate);
+        let predicate: Predicate<K, V> = Arc::new(predicate);
         self.predicates.push(predicate.clone());
         let branch = self.stream.filter(move |k, v| !earlier.iter().any(|p| p(k, v)) && predicate(k, v));
         self.branches.insert(name.to_string(), branch);

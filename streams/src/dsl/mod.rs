@@ -24,6 +24,9 @@ use crate::StreamsError;
 pub trait Data: Clone + Send + 'static {}
 impl<T: Clone + Send + 'static> Data for T {}
 
+/// A custom timestamp extractor: (key, value, record timestamp) → event time in ms.
+pub type ExtractFn<K, V> = Arc<dyn Fn(&K, &V, i64) -> i64 + Send + Sync>;
+
 /// Where a record's event time comes from (Kafka's `TimestampExtractor`).
 pub enum TimestampExtractor<K, V> {
     /// The record's own timestamp (Kafka's default, `FailOnInvalidTimestamp`).
@@ -31,7 +34,7 @@ pub enum TimestampExtractor<K, V> {
     /// Processing time (`WallclockTimestampExtractor`).
     WallClock,
     /// Computed from the record, e.g. a field of the value; gets the record's timestamp too.
-    Custom(Arc<dyn Fn(&K, &V, i64) -> i64 + Send + Sync>),
+    Custom(ExtractFn<K, V>),
 }
 
 impl<K, V> Clone for TimestampExtractor<K, V> {

@@ -1,38 +1,97 @@
-//! PLACEHOLDER (lead's stub until the `stores` branch lands): the bytes-level store traits and
-//! in-memory stores.
+//! State stores: key-value, window and session stores of bytes, persistent (redb, one file per
+//! store in `state.dir/<application.id>/<task>/<store>`) or in memory (`BTreeMap`s). The runtime
+//! puts the record cache, the changelog and typed serdes on top; this layer only stores bytes.
+//!
+//! - [`open_key_value`], [`open_window`] (and [`open_window_with_duplicates`] for stream-stream
+//!   joins), [`open_session`] open a store of a [`StoreKind`] and return it as a
+//!   [`KeyValueBytesStore`], [`WindowBytesStore`] or [`SessionBytesStore`].
+//! - [`checkpoint`]: the per-task checkpoint file (changelog offsets the local state reflects).
+//! - [`directory`]: [`StateDirectory`](directory::StateDirectory), the task directories and their
+//!   locks.
+//!
+//! Window and session stores divide time into segments (a table each) and drop whole segments
+//! once stream time has passed them by the retention, as Kafka's segmented stores do.
 
-use std::collections::BTreeMap;
+mod backend;
+pub mod checkpoint;
+pub mod directory;
+mod key_value;
+mod segmented;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::window::SessionWindow;
 use crate::StreamsError;
 
+pub use backend::PERSISTENT_CACHE_BYTES;
+
+/// One entry of a window store's write batch: (key, window_start_ms, value or `None` to delete).
+pub type WindowWrite = (Vec<u8>, i64, Option<Vec<u8>>);
+
+/// One entry of a session store's write batch: (key, session, value or `None` to remove).
+pub type SessionWrite = (Vec<u8>, SessionWindow, Option<Vec<u8>>);
+
+/// What [`WindowBytesStore::fetch_all`] calls per entry with (key, window_start_ms, value); it
+/// returns false to stop.
+pub type WindowEntryVisitor<'a> = dyn FnMut(&[u8], i64, &[u8]) -> bool + 'a;
+
+/// Where a store keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
+    /// On local disk under the store's directory; survives restarts (Kafka's default,
+    /// `Stores.persistentKeyValueStore`).
     Persistent,
+    /// In memory only; rebuilt from the changelog after a restart (`Stores.inMemoryKeyValueStore`).
     InMemory,
 }
 
+/// A key-value store of bytes. Send + Sync: interactive queries read it from other threads while
+/// the owning stream thread writes it. Visitors must not call back into the same store.
+///
+/// Durability (all three store traits): a `write_batch` is atomic and visible at once, but only
+/// [`flush`](Self::flush) makes it survive a crash; a persistent store that crashed reopens as of
+/// its last flush (later batches are gone whole). So flush, then write the checkpoint.
 pub trait KeyValueBytesStore: Send + Sync {
+    /// The store's name.
     fn name(&self) -> &str;
+    /// The value of `key`, if any.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StreamsError>;
+    /// Applies all puts (Some) and deletes (None) atomically, in order.
     fn write_batch(&self, batch: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StreamsError>;
+    /// Visits entries with from <= key < to (None = unbounded) in key order until `visit` returns false.
     fn range(
         &self,
         from: Option<&[u8]>,
         to: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StreamsError>;
+    /// The number of entries (exact for both kinds today).
     fn approximate_num_entries(&self) -> Result<u64, StreamsError>;
+    /// Makes everything written so far survive a process crash (called before the checkpoint is written).
     fn flush(&self) -> Result<(), StreamsError>;
 }
 
+/// Windowed store: entries keyed by (key, window_start_ms). Retention = window size + grace; time
+/// is divided into segments of `segment_interval_ms` (Kafka: max(retention/2, 60_000)).
+///
+/// Expiry: the store's observed stream time is the largest `window_start_ms` ever written (puts
+/// and deletes). An entry with `window_start_ms < observed stream time - retention_ms` is expired:
+/// a put of it is ignored, reads do not return it, and a segment whose every start is expired is
+/// dropped. (A window is closed one millisecond earlier, at `start == stream time - retention`; the
+/// aggregator drops those records before they reach the store.)
 pub trait WindowBytesStore: Send + Sync {
+    /// The store's name.
     fn name(&self) -> &str;
+    /// How long windows are kept after stream time passes their start (window size + grace).
     fn retention_ms(&self) -> i64;
-    fn write_batch(&self, batch: &[(Vec<u8>, i64, Option<Vec<u8>>)]) -> Result<(), StreamsError>;
+    /// Puts (Some) or deletes (None); advances the store's observed stream time to
+    /// max(window_start_ms) and drops expired segments. Puts of expired entries are ignored and
+    /// counted in [`expired_puts_skipped`](Self::expired_puts_skipped).
+    fn write_batch(&self, batch: &[WindowWrite]) -> Result<(), StreamsError>;
+    /// The value of `key` in the window starting at `window_start_ms`.
     fn fetch(&self, key: &[u8], window_start_ms: i64) -> Result<Option<Vec<u8>>, StreamsError>;
+    /// Entries of `key` with time_from_ms <= window_start_ms <= time_to_ms, ascending start.
     fn fetch_range(
         &self,
         key: &[u8],
@@ -40,19 +99,37 @@ pub trait WindowBytesStore: Send + Sync {
         time_to_ms: i64,
         visit: &mut dyn FnMut(i64, &[u8]) -> bool,
     ) -> Result<(), StreamsError>;
+    /// All keys' entries with start in [time_from_ms, time_to_ms], ordered by (key, start): key
+    /// bytes ascending, then start ascending. Not one snapshot: it reads the store in chunks, so
+    /// it may see some of a concurrent write.
     fn fetch_all(
         &self,
         time_from_ms: i64,
         time_to_ms: i64,
-        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
+        visit: &mut WindowEntryVisitor<'_>,
     ) -> Result<(), StreamsError>;
+    /// Makes everything written so far survive a process crash.
     fn flush(&self) -> Result<(), StreamsError>;
+    /// The observed stream time (largest window start written), `None` before the first write.
+    fn observed_stream_time_ms(&self) -> Option<i64>;
+    /// Puts ignored because they were already expired, since the store was opened (Kafka's
+    /// `dropped-records` sensor counts these).
+    fn expired_puts_skipped(&self) -> u64;
 }
 
+/// Session store: entries keyed by (key, session end_ms, session start_ms) like Kafka's session
+/// store. Expiry as for [`WindowBytesStore`], by session end: observed stream time is the largest
+/// end written; a session with `end_ms < observed stream time - retention_ms` is expired (exactly
+/// when Kafka's session aggregation drops a late record's session, with retention = gap + grace).
 pub trait SessionBytesStore: Send + Sync {
+    /// The store's name.
     fn name(&self) -> &str;
+    /// How long sessions are kept after stream time passes their end (inactivity gap + grace).
     fn retention_ms(&self) -> i64;
-    fn write_batch(&self, batch: &[(Vec<u8>, SessionWindow, Option<Vec<u8>>)]) -> Result<(), StreamsError>;
+    /// Puts (Some) or removes (None) sessions; expiry by session end time as for window stores.
+    fn write_batch(&self, batch: &[SessionWrite]) -> Result<(), StreamsError>;
+    /// Sessions of `key` with end >= earliest_end_ms and start <= latest_start_ms (Kafka's
+    /// findSessions), ascending end (then ascending start).
     fn find_sessions(
         &self,
         key: &[u8],
@@ -60,256 +137,79 @@ pub trait SessionBytesStore: Send + Sync {
         latest_start_ms: i64,
         visit: &mut dyn FnMut(SessionWindow, &[u8]) -> bool,
     ) -> Result<(), StreamsError>;
+    /// The value of exactly this session of `key`.
     fn fetch_session(&self, key: &[u8], window: SessionWindow) -> Result<Option<Vec<u8>>, StreamsError>;
+    /// Makes everything written so far survive a process crash.
     fn flush(&self) -> Result<(), StreamsError>;
+    /// The observed stream time (largest session end written), `None` before the first write.
+    fn observed_stream_time_ms(&self) -> Option<i64>;
+    /// Puts ignored because they were already expired, since the store was opened.
+    fn expired_puts_skipped(&self) -> u64;
 }
 
-struct MemKv {
-    name: String,
-    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+fn backend(kind: StoreKind, name: &str, dir: &Path) -> Result<Box<dyn backend::Backend>, StreamsError> {
+    Ok(match kind {
+        StoreKind::Persistent => Box::new(backend::RedbBackend::open(name, dir)?),
+        StoreKind::InMemory => Box::new(backend::MemoryBackend::new()),
+    })
 }
 
-impl KeyValueBytesStore for MemKv {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StreamsError> {
-        Ok(self.map.lock().unwrap().get(key).cloned())
-    }
-    fn write_batch(&self, batch: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StreamsError> {
-        let mut m = self.map.lock().unwrap();
-        for (k, v) in batch {
-            match v {
-                Some(v) => {
-                    m.insert(k.clone(), v.clone());
-                }
-                None => {
-                    m.remove(k);
-                }
-            }
-        }
-        Ok(())
-    }
-    fn range(
-        &self,
-        from: Option<&[u8]>,
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StreamsError> {
-        let m = self.map.lock().unwrap();
-        for (k, v) in m.iter() {
-            if from.is_some_and(|f| k.as_slice() < f) {
-                continue;
-            }
-            if to.is_some_and(|t| k.as_slice() >= t) {
-                break;
-            }
-            if !visit(k, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-    fn approximate_num_entries(&self) -> Result<u64, StreamsError> {
-        Ok(self.map.lock().unwrap().len() as u64)
-    }
-    fn flush(&self) -> Result<(), StreamsError> {
-        Ok(())
-    }
+/// Opens a key-value store. `dir` is the store's own directory
+/// (`state.dir/<application.id>/<task>/<store>`), created if missing; unused for in-memory stores.
+/// A persistent store already open (in this process or another) is an error.
+pub fn open_key_value(kind: StoreKind, name: &str, dir: &Path) -> Result<Arc<dyn KeyValueBytesStore>, StreamsError> {
+    Ok(Arc::new(key_value::KeyValueStore::new(name, backend(kind, name, dir)?)))
 }
 
-struct MemWindow {
-    name: String,
-    retention_ms: i64,
-    map: Mutex<(i64, BTreeMap<(i64, Vec<u8>), Vec<u8>>)>,
-}
-
-impl WindowBytesStore for MemWindow {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn retention_ms(&self) -> i64 {
-        self.retention_ms
-    }
-    fn write_batch(&self, batch: &[(Vec<u8>, i64, Option<Vec<u8>>)]) -> Result<(), StreamsError> {
-        let mut g = self.map.lock().unwrap();
-        for (k, t, v) in batch {
-            g.0 = g.0.max(*t);
-            match v {
-                Some(v) => {
-                    g.1.insert((*t, k.clone()), v.clone());
-                }
-                None => {
-                    g.1.remove(&(*t, k.clone()));
-                }
-            }
-        }
-        let cut = g.0.saturating_sub(self.retention_ms);
-        g.1.retain(|(t, _), _| *t > cut);
-        Ok(())
-    }
-    fn fetch(&self, key: &[u8], window_start_ms: i64) -> Result<Option<Vec<u8>>, StreamsError> {
-        Ok(self.map.lock().unwrap().1.get(&(window_start_ms, key.to_vec())).cloned())
-    }
-    fn fetch_range(
-        &self,
-        key: &[u8],
-        time_from_ms: i64,
-        time_to_ms: i64,
-        visit: &mut dyn FnMut(i64, &[u8]) -> bool,
-    ) -> Result<(), StreamsError> {
-        let g = self.map.lock().unwrap();
-        for ((t, k), v) in g.1.range((time_from_ms, Vec::new())..) {
-            if *t > time_to_ms {
-                break;
-            }
-            if k.as_slice() == key && !visit(*t, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-    fn fetch_all(
-        &self,
-        time_from_ms: i64,
-        time_to_ms: i64,
-        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
-    ) -> Result<(), StreamsError> {
-        let g = self.map.lock().unwrap();
-        for ((t, k), v) in g.1.range((time_from_ms, Vec::new())..) {
-            if *t > time_to_ms {
-                break;
-            }
-            if !visit(k, *t, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-    fn flush(&self) -> Result<(), StreamsError> {
-        Ok(())
-    }
-}
-
-struct MemSession {
-    name: String,
-    retention_ms: i64,
-    map: Mutex<BTreeMap<(Vec<u8>, i64, i64), Vec<u8>>>,
-}
-
-impl SessionBytesStore for MemSession {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn retention_ms(&self) -> i64 {
-        self.retention_ms
-    }
-    fn write_batch(&self, batch: &[(Vec<u8>, SessionWindow, Option<Vec<u8>>)]) -> Result<(), StreamsError> {
-        let mut m = self.map.lock().unwrap();
-        for (k, w, v) in batch {
-            match v {
-                Some(v) => {
-                    m.insert((k.clone(), w.end_ms, w.start_ms), v.clone());
-                }
-                None => {
-                    m.remove(&(k.clone(), w.end_ms, w.start_ms));
-                }
-            }
-        }
-        Ok(())
-    }
-    fn find_sessions(
-        &self,
-        key: &[u8],
-        earliest_end_ms: i64,
-        latest_start_ms: i64,
-        visit: &mut dyn FnMut(SessionWindow, &[u8]) -> bool,
-    ) -> Result<(), StreamsError> {
-        let m = self.map.lock().unwrap();
-        for ((k, e, s), v) in m.range((key.to_vec(), earliest_end_ms, i64::MIN)..) {
-            if k.as_slice() != key {
-                break;
-            }
-            if *s <= latest_start_ms && !visit(SessionWindow { start_ms: *s, end_ms: *e }, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-    fn fetch_session(&self, key: &[u8], w: SessionWindow) -> Result<Option<Vec<u8>>, StreamsError> {
-        Ok(self.map.lock().unwrap().get(&(key.to_vec(), w.end_ms, w.start_ms)).cloned())
-    }
-    fn flush(&self) -> Result<(), StreamsError> {
-        Ok(())
-    }
-}
-
-pub fn open_key_value(_kind: StoreKind, name: &str, _dir: &Path) -> Result<Arc<dyn KeyValueBytesStore>, StreamsError> {
-    Ok(Arc::new(MemKv { name: name.into(), map: Mutex::default() }))
-}
-
+/// Opens a window store keeping windows `retention_ms` (window size + grace) in segments of
+/// `segment_interval_ms` (see [`default_segment_interval_ms`]). `dir` as for [`open_key_value`].
 pub fn open_window(
-    _kind: StoreKind,
+    kind: StoreKind,
     name: &str,
-    _dir: &Path,
+    dir: &Path,
     retention_ms: i64,
-    _segment_interval_ms: i64,
+    segment_interval_ms: i64,
 ) -> Result<Arc<dyn WindowBytesStore>, StreamsError> {
-    Ok(Arc::new(MemWindow { name: name.into(), retention_ms, map: Mutex::new((i64::MIN, BTreeMap::new())) }))
+    segmented::validate(name, retention_ms, segment_interval_ms)?;
+    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms, false)?;
+    Ok(Arc::new(segmented::WindowStore { core }))
 }
 
-pub fn open_session(
-    _kind: StoreKind,
+/// Opens a window store that retains duplicates (Kafka's `retainDuplicates`, which the
+/// stream-stream join's window stores use): every put is a new entry, even for a (key, start)
+/// already present, and a put of `None` is ignored (it does not delete, nor advance stream time).
+/// `fetch_range` and `fetch_all` return a (key, start)'s duplicates in the order they were put;
+/// `fetch` returns the first. Otherwise as [`open_window`].
+pub fn open_window_with_duplicates(
+    kind: StoreKind,
     name: &str,
-    _dir: &Path,
+    dir: &Path,
+    retention_ms: i64,
+    segment_interval_ms: i64,
+) -> Result<Arc<dyn WindowBytesStore>, StreamsError> {
+    segmented::validate(name, retention_ms, segment_interval_ms)?;
+    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms, true)?;
+    Ok(Arc::new(segmented::WindowStore { core }))
+}
+
+/// Opens a session store keeping sessions `retention_ms` (inactivity gap + grace) after their
+/// end, in segments of [`default_segment_interval_ms`]. `dir` as for [`open_key_value`].
+pub fn open_session(
+    kind: StoreKind,
+    name: &str,
+    dir: &Path,
     retention_ms: i64,
 ) -> Result<Arc<dyn SessionBytesStore>, StreamsError> {
-    Ok(Arc::new(MemSession { name: name.into(), retention_ms, map: Mutex::default() }))
+    let segment_interval_ms = default_segment_interval_ms(retention_ms);
+    segmented::validate(name, retention_ms, segment_interval_ms)?;
+    let core = segmented::Segments::open(name, backend(kind, name, dir)?, retention_ms, segment_interval_ms, false)?;
+    Ok(Arc::new(segmented::SessionStore { core }))
 }
 
-pub mod checkpoint {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
-    use crate::StreamsError;
-
-    #[derive(Debug, Clone, Default, PartialEq, Eq)]
-    pub struct Checkpoint {
-        pub offsets: BTreeMap<(String, i32), i64>,
-    }
-
-    pub fn read(_path: &Path) -> Result<Option<Checkpoint>, StreamsError> {
-        Ok(None)
-    }
-
-    pub fn write(_path: &Path, _checkpoint: &Checkpoint) -> Result<(), StreamsError> {
-        Ok(())
-    }
+/// Kafka's segment interval for a retention: `max(retention / 2, 60_000)` ms.
+pub fn default_segment_interval_ms(retention_ms: i64) -> i64 {
+    (retention_ms / 2).max(60_000)
 }
 
-pub mod directory {
-    use std::path::{Path, PathBuf};
-
-    use crate::StreamsError;
-
-    pub struct StateDirectory {
-        root: PathBuf,
-    }
-
-    pub struct TaskDirLock;
-
-    impl StateDirectory {
-        pub fn new(state_dir: &Path, application_id: &str) -> Result<Self, StreamsError> {
-            Ok(StateDirectory { root: state_dir.join(application_id) })
-        }
-        pub fn task_dir(&self, task_id: &str) -> Result<PathBuf, StreamsError> {
-            Ok(self.root.join(task_id))
-        }
-        pub fn lock_task(&self, _task_id: &str) -> Result<TaskDirLock, StreamsError> {
-            Ok(TaskDirLock)
-        }
-        pub fn wipe_task(&self, _task_id: &str) -> Result<(), StreamsError> {
-            Ok(())
-        }
-    }
-}
+#[cfg(test)]
+mod tests;
