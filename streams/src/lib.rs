@@ -11,6 +11,7 @@
 //! - [`KafkaStreams`] with a [`StreamsConfig`] (Kafka's keys): stream threads, tasks per
 //!   partition, state stores restored from changelog topics, at-least-once commits,
 //!   interactive queries ([`KafkaStreams::store`], [`KafkaStreams::window_store`]).
+//! - [`TopologyTestDriver`]: runs a topology in-process without a broker, for tests.
 //! - [`serdes`]: the [`Serde`](serdes::Serde) trait and Kafka's byte layouts.
 //! - [`window`]: the sans-IO window logic the operators call ([`TimeWindows`](window::TimeWindows),
 //!   [`SlidingWindows`](window::SlidingWindows), [`SessionWindows`](window::SessionWindows),
@@ -38,6 +39,7 @@ pub mod serdes;
 pub mod state;
 mod store;
 pub mod suppress;
+pub mod test_driver;
 mod topology;
 pub mod window;
 
@@ -52,6 +54,7 @@ pub use error::StreamsError;
 pub use processor::{Change, Processor, ProcessorContext, PunctuationType, Record, TaskContext};
 pub use query::{KeyValueStore, ReadOnlyKeyValueStore, ReadOnlyWindowStore};
 pub use runtime::{KafkaStreams, StreamsMetrics, StreamsState};
+pub use test_driver::TopologyTestDriver;
 pub use topology::{DeserializationHandler, Topology};
 
 /// A task: sub-topology × partition (Kafka's `TaskId`, printed `<subtopology>_<partition>`).

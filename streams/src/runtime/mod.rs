@@ -36,7 +36,7 @@ use crate::state::directory::StateDirectory;
 use crate::store::{lock, StoreType};
 use crate::topology::{TopicName, Topology};
 use crate::{StreamsError, TaskId};
-use task::{Task, TaskDir};
+pub(crate) use task::{Task, TaskDir};
 
 /// Where the application is (Kafka's `KafkaStreams.State`, simplified).
 #[derive(Debug, Clone, PartialEq, Eq)]
