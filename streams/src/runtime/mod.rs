@@ -67,12 +67,6 @@ pub struct StreamsMetrics {
     pub records_produced: AtomicU64,
 }
 
-impl StreamsMetrics {
-    fn publish(&self) {
-        // Also through the `metrics` facade would go here; the counters are the source.
-    }
-}
-
 struct Shared {
     config: StreamsConfig,
     topology: Topology,
@@ -476,6 +470,9 @@ impl ThreadState {
                 }
                 store.restore(&batch)?;
                 self.shared.metrics.records_restored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics::counter!("spate_streams_restore_total", "application_id" => self.shared.config.application_id.clone(),
+                    "task_id" => task.id.to_string(), "store" => name.clone())
+                .increment(batch.len() as u64);
                 if batch.is_empty() {
                     // Compaction can leave the last offsets empty: the position tells.
                     position = position.max(restore.position(&tp).await?);
@@ -495,8 +492,11 @@ impl ThreadState {
     async fn send_outputs(&mut self) -> Result<(), StreamsError> {
         for (id, task) in &mut self.tasks {
             let m = &self.shared.metrics;
-            m.dropped_late.fetch_add(std::mem::take(&mut task.ctx.counters.dropped_late), Ordering::Relaxed);
-            m.dropped_other.fetch_add(std::mem::take(&mut task.ctx.counters.dropped_other), Ordering::Relaxed);
+            let late = std::mem::take(&mut task.ctx.counters.dropped_late);
+            let other = std::mem::take(&mut task.ctx.counters.dropped_other);
+            m.dropped_late.fetch_add(late, Ordering::Relaxed);
+            m.dropped_other.fetch_add(other, Ordering::Relaxed);
+            task.metrics.dropped_records_total.increment(late + other);
             m.records_produced.fetch_add(task.ctx.out.len() as u64, Ordering::Relaxed);
             for out in task.ctx.out.drain(..) {
                 let record = ProducerRecord {
@@ -570,7 +570,8 @@ impl ThreadState {
         let m = &self.shared.metrics;
         m.commits.fetch_add(1, Ordering::Relaxed);
         m.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        m.publish();
+        metrics::histogram!("spate_streams_commit_latency_seconds", "application_id" => self.shared.config.application_id.clone())
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -729,6 +730,15 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
                 }
                 task.punctuate_wall_clock(now_ms)?;
                 processed += task.records_processed - before;
+                task.metrics.process_total.increment(task.records_processed - before);
+            }
+            // Lag per input partition, from the last fetch (no I/O).
+            for task in st.tasks.values() {
+                for (topic, partition, gauge) in &task.metrics.lag {
+                    if let Ok(Some(lag)) = consumer.lag(&TopicPartition::new(topic.clone(), *partition)).await {
+                        gauge.set(lag as f64);
+                    }
+                }
             }
             shared.metrics.records_processed.fetch_add(processed, Ordering::Relaxed);
             st.send_outputs().await?;

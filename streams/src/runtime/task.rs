@@ -39,6 +39,41 @@ pub(crate) struct Task {
     dir: PathBuf,
     _lock: Option<TaskDirLock>,
     pub records_processed: u64,
+    pub metrics: TaskMetrics,
+}
+
+/// The task's metrics through the `metrics` facade (labels `application_id`, `task_id`), as
+/// Kafka's task-level metrics.
+pub(crate) struct TaskMetrics {
+    /// `spate_streams_process_total`: records processed.
+    pub process_total: metrics::Counter,
+    /// `spate_streams_dropped_records_total`: late or unusable records.
+    pub dropped_records_total: metrics::Counter,
+    /// `spate_streams_records_lag{topic, partition}`: consumer lag of each input partition.
+    pub lag: Vec<(String, i32, metrics::Gauge)>,
+}
+
+impl TaskMetrics {
+    fn new(application_id: &str, id: TaskId, inputs: &[String]) -> Self {
+        let labels = [("application_id", application_id.to_string()), ("task_id", id.to_string())];
+        TaskMetrics {
+            process_total: metrics::counter!("spate_streams_process_total", &labels),
+            dropped_records_total: metrics::counter!("spate_streams_dropped_records_total", &labels),
+            lag: inputs
+                .iter()
+                .map(|t| {
+                    let labels = [
+                        ("application_id", application_id.to_string()),
+                        ("task_id", id.to_string()),
+                        ("topic", t.clone()),
+                        ("partition", id.partition.to_string()),
+                    ];
+                    let g = metrics::gauge!("spate_streams_records_lag", &labels);
+                    (t.clone(), id.partition, g)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `state.dir/<application.id>/<task>` and its lock.
@@ -128,6 +163,7 @@ impl Task {
             dir: dir.path,
             _lock: dir.lock,
             records_processed: 0,
+            metrics: TaskMetrics::new(application_id, id, input_topics),
         })
     }
 

@@ -1,0 +1,152 @@
+//! DSL operators and error handling through the test driver (no broker).
+
+use std::time::Duration;
+
+use spate_streams::serdes::{I64Serde, NullableSerde, StringSerde};
+use spate_streams::window::TimeWindows;
+use spate_streams::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, TopologyTestDriver};
+
+fn config(dir: &std::path::Path) -> StreamsConfig {
+    StreamsConfig::new("dsl", "127.0.0.1:1").set("state.dir", dir.to_str().unwrap()).unwrap()
+}
+
+fn strings(records: Vec<spate_streams::test_driver::TestRecord>) -> Vec<(String, String)> {
+    records
+        .into_iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.unwrap_or_default().to_vec()).unwrap(),
+                String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn stateless_operators_filter_map_flat_map_branch_merge() {
+    let b = StreamsBuilder::new();
+    let s = b.stream(&["in"], Consumed::with(StringSerde, StringSerde));
+    let branches = s
+        .filter_not(|_, v| v.is_empty())
+        .flat_map_values(|v: String| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .map_values(|w| w.to_uppercase())
+        .split()
+        .branch("short", |_, v| v.len() <= 2)
+        .default_branch("long");
+    branches["short"].map(|k, v| (v, k)).to("short", Produced::with(StringSerde, StringSerde));
+    branches["long"]
+        .merge(&branches["short"])
+        .select_key(|_, v| v.clone())
+        .to("all", Produced::with(StringSerde, StringSerde));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    d.pipe("in", &StringSerde, &StringSerde, &"k".to_string(), &"ab cde".to_string(), 1).unwrap();
+    d.pipe("in", &StringSerde, &StringSerde, &"k".to_string(), &String::new(), 2).unwrap();
+    assert_eq!(strings(d.read_output("short")), vec![("AB".into(), "k".into())]);
+    assert_eq!(strings(d.read_output("all")), vec![("AB".into(), "AB".into()), ("CDE".into(), "CDE".into())]);
+}
+
+fn counting(builder: &StreamsBuilder) {
+    builder
+        .stream(&["in"], Consumed::with(StringSerde, I64Serde))
+        .group_by_key(Grouped::with(StringSerde, I64Serde))
+        .windowed_by(TimeWindows::of_size_with_grace(Duration::from_secs(10), Duration::ZERO).unwrap())
+        .reduce(|a, b| a + b, Materialized::named("sums"))
+        .unwrap()
+        .to_stream()
+        .map(|wk, v| (wk.key, v))
+        .to("out", Produced::with(StringSerde, I64Serde));
+}
+
+#[test]
+fn late_records_go_to_the_late_records_topic_with_their_bytes() {
+    let b = StreamsBuilder::new();
+    counting(&b);
+    b.late_records_topic("late");
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    d.pipe("in", &StringSerde, &I64Serde, &"a".to_string(), &1, 15_000).unwrap();
+    d.pipe("in", &StringSerde, &I64Serde, &"a".to_string(), &2, 5_000).unwrap();
+    assert_eq!(d.dropped_late(), 1);
+    let late = d.read_output("late");
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].key.as_deref(), Some(&b"a"[..]));
+    assert_eq!(late[0].timestamp_ms, 5_000);
+}
+
+fn bad_input(handler: (&str, &str)) -> Result<(TopologyTestDriver, tempfile::TempDir), spate_streams::StreamsError> {
+    let b = StreamsBuilder::new();
+    b.stream(&["in"], Consumed::with(StringSerde, I64Serde)).to("out", Produced::with(StringSerde, I64Serde));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path()).set(handler.0, handler.1)?;
+    let d = TopologyTestDriver::new(b.build()?, &config)?;
+    Ok((d, dir))
+}
+
+#[test]
+fn undecodable_records_fail_or_are_skipped_or_go_to_the_dead_letter_topic() {
+    let good = 7i64.to_be_bytes();
+    let (mut fail, _dir1) = bad_input(("default.deserialization.exception.handler", "LogAndFail")).unwrap();
+    let err = fail.pipe_input("in", Some(b"k"), Some(b"not eight bytes"), 1).unwrap_err();
+    assert!(err.to_string().contains("in-0@0") && err.to_string().contains("LogAndContinue"), "{err}");
+
+    let (mut cont, _dir2) = bad_input((
+        "default.deserialization.exception.handler",
+        "org.apache.kafka.streams.errors.LogAndContinueExceptionHandler",
+    ))
+    .unwrap();
+    cont.pipe_input("in", Some(b"k"), Some(b"bad"), 1).unwrap();
+    cont.pipe_input("in", Some(b"k"), Some(&good), 2).unwrap();
+    assert_eq!(cont.read_output("out").len(), 1);
+
+    let (mut dlq, _dir3) = bad_input(("errors.deadletterqueue.topic.name", "dlq")).unwrap();
+    dlq.pipe_input("in", Some(b"k"), Some(b"bad"), 1).unwrap();
+    dlq.pipe_input("in", Some(b"k"), Some(&good), 2).unwrap();
+    let dead = dlq.read_output("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_deref(), Some(&b"bad"[..]));
+    assert_eq!(dlq.read_output("out").len(), 1);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let c = StreamsConfig::new("x", "127.0.0.1:1");
+    let e = c.clone().set("processing.guarantee", "exactly_once_v2").unwrap_err().to_string();
+    assert!(e.contains("transactions"), "{e}");
+    let e = c.clone().set("no.such.key", "1").unwrap_err().to_string();
+    assert!(e.contains("no.such.key"), "{e}");
+    let e = c.clone().set("num.stream.threads", "many").unwrap_err().to_string();
+    assert!(e.contains("num.stream.threads"), "{e}");
+    assert!(StreamsConfig::new("bad/id", "h:1").validate().is_err());
+}
+
+#[test]
+fn tables_filter_and_join_and_tombstones_propagate() {
+    let b = StreamsBuilder::new();
+    let users = b.table("users", Consumed::with(StringSerde, StringSerde), Materialized::named("users")).unwrap();
+    let orders = b
+        .stream(&["orders"], Consumed::with(StringSerde, I64Serde))
+        .group_by_key(Grouped::with(StringSerde, I64Serde))
+        .reduce(|a, b| a + b, Materialized::named("totals"))
+        .unwrap();
+    users
+        .join(&orders, |name: &String, total: &i64| format!("{name}:{total}"))
+        .unwrap()
+        .to_change_stream()
+        .to("joined", Produced::with(StringSerde, NullableSerde(StringSerde)));
+    users
+        .filter(|_, name| name.starts_with('a'))
+        .to_change_stream()
+        .to("a-users", Produced::with(StringSerde, NullableSerde(StringSerde)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    d.pipe_input("users", Some(b"u1"), Some(b"alice"), 1).unwrap();
+    d.pipe("orders", &StringSerde, &I64Serde, &"u1".to_string(), &5, 2).unwrap();
+    d.pipe("orders", &StringSerde, &I64Serde, &"u1".to_string(), &7, 3).unwrap();
+    d.pipe_input("users", Some(b"u1"), None, 4).unwrap();
+    let joined: Vec<Option<String>> =
+        d.read_output("joined").into_iter().map(|r| r.value.map(|v| String::from_utf8(v.to_vec()).unwrap())).collect();
+    assert_eq!(joined, vec![Some("alice:5".into()), Some("alice:12".into()), None]);
+    let a_users: Vec<Option<bytes::Bytes>> = d.read_output("a-users").into_iter().map(|r| r.value).collect();
+    assert_eq!(a_users, vec![Some(bytes::Bytes::from_static(b"alice")), None]);
+}
