@@ -46,9 +46,9 @@ pub mod window;
 pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use dsl::ProcessorInit;
 pub use dsl::{
-    BranchedKStream, Consumed, Data, EmitStrategy, Grouped, InvalidTimestampPolicy, KGroupedStream, KStream, KTable,
-    Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamsBuilder, TimeWindowedKStream,
-    TimestampExtractor,
+    BranchedKStream, Consumed, Data, EmitStrategy, GlobalKTable, Grouped, InvalidTimestampPolicy, KGroupedStream,
+    KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamsBuilder,
+    TimeWindowedKStream, TimestampExtractor,
 };
 pub use error::StreamsError;
 pub use processor::{Change, Processor, ProcessorContext, PunctuationType, Record, TaskContext};

@@ -12,10 +12,11 @@ use spate_client::ConsumerRecord;
 
 use crate::processor::OutRecord;
 use crate::query::{ReadOnlyKeyValueStore, ReadOnlyWindowStore, StoreRegistry};
-use crate::runtime::{Task, TaskDir};
+use crate::runtime::{open_globals, Task, TaskDir, GLOBAL_TASK as GLOBAL_TASK_ID};
 use crate::serdes::Serde;
 use crate::state::directory::StateDirectory;
 use crate::store::lock;
+use crate::topology::GlobalStore;
 use crate::{StreamsConfig, StreamsError, TaskId, Topology};
 
 /// Most repartition hops one piped record may cause, so a topology that feeds itself cannot
@@ -39,6 +40,9 @@ pub struct TopologyTestDriver {
     outputs: HashMap<String, VecDeque<TestRecord>>,
     wall_clock_ms: i64,
     registry: Arc<StoreRegistry>,
+    /// Global tables' stores by topic.
+    globals_by_topic: HashMap<String, GlobalStore>,
+    _global_lock: Option<crate::state::directory::TaskDirLock>,
 }
 
 impl TopologyTestDriver {
@@ -49,6 +53,16 @@ impl TopologyTestDriver {
         let state_dir = StateDirectory::new(&config.state_dir, &config.application_id)?;
         let mut tasks = BTreeMap::new();
         let registry: Arc<StoreRegistry> = Arc::default();
+        let (globals, global_lock) = open_globals(&topology, &state_dir)?;
+        let mut globals_by_topic = HashMap::new();
+        for g in &topology.globals {
+            let store = globals[&g.store].clone();
+            lock(&registry)
+                .entry(g.store.clone())
+                .or_default()
+                .insert(GLOBAL_TASK_ID, crate::store::TaskStore::Kv(store.clone()));
+            globals_by_topic.insert(g.topic.clone(), store);
+        }
         for st in &topology.subtopologies {
             let id = TaskId { subtopology: st.id, partition: 0 };
             let name = id.to_string();
@@ -66,6 +80,7 @@ impl TopologyTestDriver {
                 &inputs,
                 config.statestore_cache_max_bytes,
                 &config.deserialization_handler,
+                &globals,
                 late,
             )?;
             let mut r = lock_registry(&registry);
@@ -83,6 +98,8 @@ impl TopologyTestDriver {
             outputs: HashMap::new(),
             wall_clock_ms: 0,
             registry,
+            globals_by_topic,
+            _global_lock: global_lock,
         })
     }
 
@@ -182,6 +199,9 @@ impl TopologyTestDriver {
         value: Option<Bytes>,
         timestamp_ms: i64,
     ) -> Result<(), StreamsError> {
+        if let Some(store) = self.globals_by_topic.get(topic) {
+            return lock(store).restore(&[(key, value)]);
+        }
         let Some(st) = self.topology.subtopology_of(topic, &self.application_id) else {
             return Err(StreamsError::Topology(format!("no sub-topology reads topic '{topic}'")));
         };

@@ -62,6 +62,15 @@ pub(crate) struct TopologyBuilder {
     pub stores: BTreeMap<String, StoreSpec>,
     counter: usize,
     pub late_records_topic: Option<String>,
+    pub globals: Vec<GlobalDef>,
+}
+
+/// A global table: every instance reads all partitions of `topic` into the store `store`.
+#[derive(Debug, Clone)]
+pub(crate) struct GlobalDef {
+    pub topic: String,
+    pub store: String,
+    pub in_memory: bool,
 }
 
 impl TopologyBuilder {
@@ -85,6 +94,10 @@ impl TopologyBuilder {
         Ok(())
     }
 }
+
+/// A global table's store: the latest value bytes per key bytes of its topic, shared by every
+/// task of the instance and written by the global thread.
+pub(crate) type GlobalStore = Arc<Mutex<crate::store::LoggedKv>>;
 
 /// A processing node with one typed input and one typed output.
 ///
@@ -137,11 +150,29 @@ pub struct Topology {
     pub(crate) stores: BTreeMap<String, StoreSpec>,
     pub(crate) subtopologies: Vec<SubTopology>,
     pub(crate) late_records_topic: Option<String>,
+    pub(crate) globals: Vec<GlobalDef>,
 }
 
 impl Topology {
     pub(crate) fn new(builder: TopologyBuilder) -> Result<Self, StreamsError> {
         let n = builder.nodes.len();
+        for g in &builder.globals {
+            if builder.stores.contains_key(&g.store)
+                || builder.globals.iter().filter(|o| o.store == g.store).count() > 1
+            {
+                return Err(StreamsError::Topology(format!("store name '{}' is used twice", g.store)));
+            }
+            if builder
+                .nodes
+                .iter()
+                .any(|node| node.source_topics.iter().any(|t| *t == TopicName::User(g.topic.clone())))
+            {
+                return Err(StreamsError::Topology(format!(
+                    "topic '{}' is read both as a global table and as a stream or table",
+                    g.topic
+                )));
+            }
+        }
         if n == 0 {
             return Err(StreamsError::Topology("the topology is empty: add a stream or table".into()));
         }
@@ -227,6 +258,7 @@ impl Topology {
             stores: builder.stores,
             subtopologies,
             late_records_topic: builder.late_records_topic,
+            globals: builder.globals,
         })
     }
 
@@ -288,6 +320,8 @@ pub(crate) struct TaskBuild<'a> {
     pub application_id: &'a str,
     pub stores: &'a HashMap<String, TaskStore>,
     pub deserialization_handler: &'a DeserializationHandler,
+    /// The instance's global stores, by name.
+    pub globals: &'a HashMap<String, GlobalStore>,
     /// Record-cache bytes for each caching operator and store of the task.
     pub cache_max_bytes: usize,
     children: HashMap<NodeId, Vec<Box<dyn Any + Send>>>,
@@ -302,6 +336,7 @@ impl<'a> TaskBuild<'a> {
         application_id: &'a str,
         stores: &'a HashMap<String, TaskStore>,
         deserialization_handler: &'a DeserializationHandler,
+        globals: &'a HashMap<String, GlobalStore>,
         cache_max_bytes: usize,
     ) -> Self {
         TaskBuild {
@@ -309,6 +344,7 @@ impl<'a> TaskBuild<'a> {
             application_id,
             stores,
             deserialization_handler,
+            globals,
             cache_max_bytes,
             children: HashMap::new(),
             sources: Vec::new(),
@@ -343,6 +379,13 @@ impl<'a> TaskBuild<'a> {
             Some(TaskStore::Kv(s)) => Ok(s.clone()),
             _ => Err(StreamsError::Topology(format!("store '{name}' is not a key-value store of this task"))),
         }
+    }
+
+    pub fn global_store(&self, name: &str) -> Result<GlobalStore, StreamsError> {
+        self.globals
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StreamsError::Topology(format!("global store '{name}' is not open in this instance")))
     }
 
     pub fn window_store(&self, name: &str) -> Result<Arc<Mutex<crate::store::LoggedWindow>>, StreamsError> {

@@ -150,3 +150,30 @@ fn tables_filter_and_join_and_tombstones_propagate() {
     let a_users: Vec<Option<bytes::Bytes>> = d.read_output("a-users").into_iter().map(|r| r.value).collect();
     assert_eq!(a_users, vec![Some(bytes::Bytes::from_static(b"alice")), None]);
 }
+
+#[test]
+fn streams_join_a_global_table_by_a_key_taken_from_the_value() {
+    let b = StreamsBuilder::new();
+    let products =
+        b.global_table("products", Consumed::with(StringSerde, StringSerde), Materialized::named("products"));
+    b.stream(&["orders"], Consumed::with(StringSerde, StringSerde))
+        .left_join_global(
+            &products,
+            |_, product_id: &String| product_id.clone(),
+            |pid: &String, name: Option<&String>| format!("{pid}={}", name.map(String::as_str).unwrap_or("?")),
+        )
+        .to("out", Produced::with(StringSerde, StringSerde));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    d.pipe_input("products", Some(b"p1"), Some(b"lamp"), 1).unwrap();
+    d.pipe_input("orders", Some(b"o1"), Some(b"p1"), 2).unwrap();
+    d.pipe_input("orders", Some(b"o2"), Some(b"p2"), 3).unwrap();
+    d.pipe_input("products", Some(b"p1"), None, 4).unwrap();
+    d.pipe_input("orders", Some(b"o3"), Some(b"p1"), 5).unwrap();
+    assert_eq!(
+        strings(d.read_output("out")),
+        vec![("o1".into(), "p1=lamp".into()), ("o2".into(), "p2=?".into()), ("o3".into(), "p1=?".into())]
+    );
+    let q = d.store("products", StringSerde, StringSerde);
+    assert_eq!(q.get(&"p1".to_string()).unwrap(), None);
+}

@@ -462,3 +462,38 @@ async fn instances_share_tasks_and_take_over_a_crashed_ones_state() {
     b.close().unwrap();
     c.close().unwrap();
 }
+
+/// A global table is read whole by each instance before processing starts (so the first order
+/// already sees the product written before start), then followed; the stream needs no
+/// co-partitioning with it (3 partitions against 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_tables_bootstrap_before_processing_and_follow_updates() {
+    use spate_streams::serdes::StringSerde;
+    use spate_streams::{Consumed, Materialized, Produced, StreamsBuilder};
+    let broker = broker();
+    create(&broker, &[("products", 3), ("gorders", 1), ("gout", 1)]).await;
+    produce(&broker, "products", &[(Some("p1"), Some("lamp"), 1), (Some("p2"), Some("desk"), 1)]).await;
+    produce(&broker, "gorders", &[(Some("o1"), Some("p1"), 10), (Some("o2"), Some("p2"), 11)]).await;
+    let b = StreamsBuilder::new();
+    let products =
+        b.global_table("products", Consumed::with(StringSerde, StringSerde), Materialized::named("products"));
+    b.stream(&["gorders"], Consumed::with(StringSerde, StringSerde))
+        .join_global(&products, |_, pid: &String| pid.clone(), |_, name: &String| name.clone())
+        .to("gout", Produced::with(StringSerde, StringSerde));
+    let state = tempfile::tempdir().unwrap();
+    let mut streams = start(b.build().unwrap(), config(&broker, "glob", state.path()));
+    let value = |r: &ConsumerRecord| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap();
+    let out = read_until(&broker, "gout", Duration::from_secs(30), |r| r.len() >= 2).await;
+    assert_eq!(out.iter().map(value).collect::<Vec<_>>(), vec!["lamp", "desk"]);
+    produce(&broker, "products", &[(Some("p1"), Some("lantern"), 20)]).await;
+    let store = streams.store("products", StringSerde, StringSerde);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.get(&"p1".to_string()).unwrap().as_deref() != Some("lantern") {
+        assert!(Instant::now() < deadline, "the global store did not follow the update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    produce(&broker, "gorders", &[(Some("o3"), Some("p1"), 30)]).await;
+    let out = read_until(&broker, "gout", Duration::from_secs(30), |r| r.len() >= 3).await;
+    assert_eq!(value(&out[2]), "lantern");
+    streams.close().unwrap();
+}

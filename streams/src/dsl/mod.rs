@@ -3,6 +3,7 @@
 //! ([`Consumed`], [`Produced`], [`Grouped`], [`Materialized`]).
 
 mod aggregate;
+mod global;
 mod join;
 mod kstream;
 mod ktable;
@@ -10,6 +11,7 @@ mod ktable;
 use std::sync::{Arc, Mutex};
 
 pub use aggregate::{EmitStrategy, KGroupedStream, SessionWindowedKStream, TimeWindowedKStream};
+pub use global::GlobalKTable;
 pub use kstream::{BranchedKStream, KStream, ProcessorInit};
 pub use ktable::KTable;
 

@@ -33,7 +33,9 @@ use crate::processor::OutKind;
 use crate::query::{ReadOnlyKeyValueStore, ReadOnlyWindowStore, StoreRegistry};
 use crate::serdes::Serde;
 use crate::state::directory::StateDirectory;
-use crate::store::{lock, StoreType};
+use crate::state::StoreKind;
+use crate::store::{lock, StoreType, TaskStore};
+use crate::topology::GlobalStore;
 use crate::topology::{TopicName, Topology};
 use crate::{StreamsError, TaskId};
 pub(crate) use task::{Task, TaskDir};
@@ -77,7 +79,18 @@ struct Shared {
     stores: Arc<StoreRegistry>,
     metrics: StreamsMetrics,
     state_dir: StateDirectory,
+    /// Global tables' stores, by store name.
+    globals: HashMap<String, GlobalStore>,
+    /// Set once the global thread has read every global topic to its end (at once when there
+    /// are none); stream threads wait for it before joining the group.
+    globals_ready: AtomicBool,
+    /// Holds the global stores' directory for the life of the instance.
+    _global_lock: Option<crate::state::directory::TaskDirLock>,
 }
+
+/// The task id under which global stores appear in the interactive-query registry.
+pub(crate) const GLOBAL_TASK: TaskId = TaskId { subtopology: u32::MAX, partition: 0 };
+const GLOBAL_DIR: &str = "global";
 
 /// A running streams application (Kafka's `KafkaStreams`).
 pub struct KafkaStreams {
@@ -90,6 +103,12 @@ impl KafkaStreams {
     pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
         config.validate()?;
         let state_dir = StateDirectory::new(&config.state_dir, &config.application_id)?;
+        let (globals, global_lock) = open_globals(&topology, &state_dir)?;
+        let stores: Arc<StoreRegistry> = Arc::new(Mutex::new(BTreeMap::new()));
+        for (name, store) in &globals {
+            lock(&stores).entry(name.clone()).or_default().insert(GLOBAL_TASK, TaskStore::Kv(store.clone()));
+        }
+        let globals_ready = AtomicBool::new(topology.globals.is_empty());
         Ok(KafkaStreams {
             shared: Arc::new(Shared {
                 config,
@@ -97,9 +116,12 @@ impl KafkaStreams {
                 stop: AtomicBool::new(false),
                 crash: AtomicBool::new(false),
                 state: Mutex::new(StreamsState::Created),
-                stores: Arc::new(Mutex::new(BTreeMap::new())),
+                stores,
                 metrics: StreamsMetrics::default(),
                 state_dir,
+                globals,
+                globals_ready,
+                _global_lock: global_lock,
             }),
             threads: Vec::new(),
         })
@@ -115,6 +137,22 @@ impl KafkaStreams {
                 return Err(StreamsError::State(format!("{state:?}; start() may be called once")));
             }
             *state = StreamsState::Running;
+        }
+        if !self.shared.topology.globals.is_empty() {
+            let shared = self.shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-GlobalStreamThread", shared.config.client_id))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(r) => r,
+                        Err(e) => return fail(&shared, StreamsError::State(format!("cannot start a runtime: {e}"))),
+                    };
+                    if let Err(e) = runtime.block_on(run_global(shared.clone())) {
+                        fail(&shared, e);
+                    }
+                })
+                .map_err(|e| StreamsError::State(format!("cannot spawn the global thread: {e}")))?;
+            self.threads.push(handle);
         }
         for index in 0..self.shared.config.num_stream_threads {
             let shared = self.shared.clone();
@@ -393,6 +431,7 @@ impl ThreadState {
                 &inputs,
                 cache_per_task,
                 &self.shared.config.deserialization_handler,
+                &self.shared.globals,
                 late,
             )?;
             self.restore(&mut task, restore).await?;
@@ -645,8 +684,124 @@ impl RebalanceListener for Listener {
     }
 }
 
+/// Opens the global stores in `state.dir/<application.id>/global`, wiped first unless a
+/// checkpoint says how far they got.
+pub(crate) fn open_globals(
+    topology: &Topology,
+    state_dir: &StateDirectory,
+) -> Result<(HashMap<String, GlobalStore>, Option<crate::state::directory::TaskDirLock>), StreamsError> {
+    let mut globals = HashMap::new();
+    if topology.globals.is_empty() {
+        return Ok((globals, None));
+    }
+    let lock = state_dir.lock_task(GLOBAL_DIR)?;
+    let dir = state_dir.task_dir(GLOBAL_DIR)?;
+    if !dir.join(".checkpoint").exists() {
+        state_dir.wipe_task(GLOBAL_DIR)?;
+    }
+    for g in &topology.globals {
+        let kind = if g.in_memory { StoreKind::InMemory } else { StoreKind::Persistent };
+        let store = crate::state::open_key_value(kind, &g.store, &dir.join(&g.store))?;
+        globals.insert(g.store.clone(), Arc::new(Mutex::new(crate::store::LoggedKv::new(store, None, 0))));
+    }
+    Ok((globals, Some(lock)))
+}
+
+/// The global thread (Kafka's `GlobalStreamThread`): reads every partition of the global
+/// topics into their stores, to the end first (then the stream threads start), and follows
+/// them afterwards; checkpoints every `commit.interval.ms`.
+async fn run_global(shared: Arc<Shared>) -> Result<(), StreamsError> {
+    let config = &shared.config;
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        client_id: format!("{}-GlobalStreamThread-consumer", config.client_id),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        enable_auto_commit: false,
+        max_poll_records: 10_000,
+        ..ConsumerConfig::default()
+    })
+    .await?;
+    let dir = shared.state_dir.task_dir(GLOBAL_DIR)?;
+    let checkpoint_path = dir.join(".checkpoint");
+    let mut checkpoint = crate::state::checkpoint::read(&checkpoint_path)?.unwrap_or_default();
+    let mut store_of: HashMap<String, GlobalStore> = HashMap::new();
+    let mut partitions = Vec::new();
+    for g in &shared.topology.globals {
+        let metadata = consumer.cluster().topic(&g.topic).await.map_err(|e| {
+            StreamsError::Config(format!(
+                "global table topic '{}' cannot be read: {e} (create it before starting)",
+                g.topic
+            ))
+        })?;
+        if metadata.partitions.is_empty() {
+            return Err(StreamsError::Config(format!(
+                "global table topic '{}' does not exist: create it before starting",
+                g.topic
+            )));
+        }
+        for p in &metadata.partitions {
+            partitions.push(TopicPartition::new(g.topic.clone(), p.partition));
+        }
+        store_of.insert(g.topic.clone(), shared.globals[&g.store].clone());
+    }
+    consumer.assign(partitions.clone()).await?;
+    consumer.seek_to_end(&partitions).await?;
+    let mut ends = HashMap::new();
+    for tp in &partitions {
+        ends.insert(tp.clone(), consumer.position(tp).await?);
+    }
+    for tp in &partitions {
+        let from = checkpoint.offsets.get(&(tp.topic.clone(), tp.partition)).copied().unwrap_or(0);
+        consumer.seek(tp, from).await?;
+    }
+    let mut last_checkpoint = Instant::now();
+    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    while !shared.stop.load(Ordering::Acquire) {
+        let records = consumer.poll(Duration::from_millis(config.poll_ms)).await?;
+        let mut by_topic: HashMap<Arc<str>, Vec<(Option<bytes::Bytes>, Option<bytes::Bytes>)>> = HashMap::new();
+        for r in records {
+            checkpoint.offsets.insert((r.topic.to_string(), r.partition), r.offset + 1);
+            by_topic.entry(r.topic.clone()).or_default().push((r.key, r.value));
+        }
+        for (topic, batch) in by_topic {
+            if let Some(store) = store_of.get(&*topic) {
+                lock(store).restore(&batch)?;
+            }
+        }
+        if !shared.globals_ready.load(Ordering::Acquire) {
+            let mut caught_up = true;
+            for tp in &partitions {
+                caught_up &= consumer.position(tp).await? >= ends[tp];
+            }
+            if caught_up {
+                info!("global tables bootstrapped");
+                shared.globals_ready.store(true, Ordering::Release);
+            }
+        }
+        if last_checkpoint.elapsed() >= commit_interval {
+            for store in store_of.values() {
+                lock(store).store.flush()?;
+            }
+            crate::state::checkpoint::write(&checkpoint_path, &checkpoint)?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    for store in store_of.values() {
+        lock(store).store.flush()?;
+    }
+    crate::state::checkpoint::write(&checkpoint_path, &checkpoint)?;
+    let _ = consumer.close().await;
+    Ok(())
+}
+
 async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsError> {
     let config = &shared.config;
+    while !shared.globals_ready.load(Ordering::Acquire) {
+        if shared.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let admin =
         Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
             .await?;

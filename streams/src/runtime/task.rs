@@ -94,6 +94,7 @@ impl Task {
         input_topics: &[String],
         cache_max_bytes: usize,
         deserialization_handler: &crate::topology::DeserializationHandler,
+        globals: &HashMap<String, crate::topology::GlobalStore>,
         late_records_topic: Option<Arc<str>>,
     ) -> Result<Task, StreamsError> {
         let checkpoint = checkpoint::read(&dir.path.join(CHECKPOINT_FILE))?;
@@ -139,7 +140,7 @@ impl Task {
             stores.insert(name.clone(), store);
         }
         let store_map: HashMap<String, TaskStore> = stores.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut tb = TaskBuild::new(id, application_id, &store_map, deserialization_handler, per_store_cache);
+        let mut tb = TaskBuild::new(id, application_id, &store_map, deserialization_handler, globals, per_store_cache);
         build_task(topology, st, &mut tb)?;
         let TaskBuild { sources, punctuators, flushers, .. } = tb;
         let inputs = input_topics
