@@ -33,7 +33,9 @@ pub(crate) type WindowEntries = Vec<(Vec<u8>, i64, Vec<u8>)>;
 /// Sessions of one key with their values.
 pub(crate) type SessionEntries = Vec<(SessionWindow, Vec<u8>)>;
 /// Changelog records being restored: key and value bytes.
-pub(crate) type ChangelogRecords = [(Option<Bytes>, Option<Bytes>)];
+pub(crate) type ChangelogRecords = [RawKeyValue];
+/// A record's key and value bytes (None: null).
+pub(crate) type RawKeyValue = (Option<Bytes>, Option<Bytes>);
 
 /// What kind of store a name refers to, and its retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

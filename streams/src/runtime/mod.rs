@@ -758,7 +758,7 @@ async fn run_global(shared: Arc<Shared>) -> Result<(), StreamsError> {
     let commit_interval = Duration::from_millis(config.commit_interval_ms);
     while !shared.stop.load(Ordering::Acquire) {
         let records = consumer.poll(Duration::from_millis(config.poll_ms)).await?;
-        let mut by_topic: HashMap<Arc<str>, Vec<(Option<bytes::Bytes>, Option<bytes::Bytes>)>> = HashMap::new();
+        let mut by_topic: HashMap<Arc<str>, Vec<crate::store::RawKeyValue>> = HashMap::new();
         for r in records {
             checkpoint.offsets.insert((r.topic.to_string(), r.partition), r.offset + 1);
             by_topic.entry(r.topic.clone()).or_default().push((r.key, r.value));
