@@ -47,7 +47,7 @@ pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use dsl::ProcessorInit;
 pub use dsl::{
     BranchedKStream, Consumed, Data, EmitStrategy, GlobalKTable, Grouped, InvalidTimestampPolicy, KGroupedStream,
-    KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamsBuilder,
+    KGroupedTable, KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamsBuilder,
     TimeWindowedKStream, TimestampExtractor,
 };
 pub use error::StreamsError;

@@ -177,3 +177,34 @@ fn streams_join_a_global_table_by_a_key_taken_from_the_value() {
     let q = d.store("products", StringSerde, StringSerde);
     assert_eq!(q.get(&"p1".to_string()).unwrap(), None);
 }
+
+#[test]
+fn a_regrouped_table_adds_new_rows_and_subtracts_old_ones() {
+    let b = StreamsBuilder::new();
+    let users = b.table("users", Consumed::with(StringSerde, StringSerde), Materialized::named("users")).unwrap();
+    users
+        .group_by(|_, region: &String| (region.clone(), 1i64), Grouped::with(StringSerde, I64Serde))
+        .count(Materialized::named("per-region"))
+        .unwrap()
+        .to_stream()
+        .to("counts", Produced::with(StringSerde, I64Serde));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    d.pipe_input("users", Some(b"u1"), Some(b"eu"), 1).unwrap();
+    d.pipe_input("users", Some(b"u2"), Some(b"eu"), 2).unwrap();
+    d.pipe_input("users", Some(b"u1"), Some(b"us"), 3).unwrap();
+    d.pipe_input("users", Some(b"u2"), None, 4).unwrap();
+    let q = d.store("per-region", StringSerde, I64Serde);
+    assert_eq!(q.all().unwrap(), vec![("eu".to_string(), 0), ("us".to_string(), 1)]);
+    let last: std::collections::BTreeMap<String, i64> = d
+        .read_output("counts")
+        .into_iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
+                i64::from_be_bytes(r.value.unwrap()[..].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(last, [("eu".to_string(), 0), ("us".to_string(), 1)].into_iter().collect());
+}

@@ -142,43 +142,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         f: impl Fn(&K, V, Option<A>) -> A + Send + Sync + 'static,
         materialized: Materialized<A>,
     ) -> Result<KTable<K, A>, StreamsError> {
-        let value_serde = materialized.value.clone().ok_or_else(|| {
-            StreamsError::Topology("aggregate needs the aggregate's serde: Materialized::with_value_serde".into())
-        })?;
-        let builder = self.stream.builder.clone();
-        let mut b = builder.lock();
-        let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
-        b.add_store(StoreSpec {
-            name: store.clone(),
-            store_type: StoreType::KeyValue,
-            logging: materialized.logging,
-            in_memory: materialized.in_memory,
-        })?;
-        let name = b.name("KSTREAM-AGGREGATE");
-        let (key_serde, vs) = (self.key.clone(), value_serde.clone());
-        let f = Arc::new(f);
-        let build_store = store.clone();
-        let node = processor_node(&mut b, name, vec![self.stream.node], vec![store.clone()], move |tb, ds| {
-            let kv = tb.kv_store(&build_store)?;
-            let state: Held<K, A> = Arc::new(Mutex::new((PendingForward::new(tb.cache_max_bytes), ds)));
-            push_flusher(tb, &state);
-            let (key_serde, vs, f) = (key_serde.clone(), vs.clone(), f.clone());
-            Ok(Box::new(move |ctx: &mut TaskContext, r: Record<K, V>| {
-                let key_bytes = key_serde.serialize(&r.key)?;
-                let mut s = lock(&kv);
-                let old = s.get(&key_bytes)?.map(|b| vs.deserialize(&b)).transpose()?;
-                let new = f(&r.key, r.value, old.clone());
-                let new_bytes = vs.serialize(&new)?;
-                let size = new_bytes.len();
-                s.put(&mut ctx.out, key_bytes.clone(), Some(new_bytes), r.timestamp_ms)?;
-                drop(s);
-                let mut g = lock(&state);
-                let (pending, ds) = &mut *g;
-                pending.push(ctx, ds, &key_bytes, r.key, Change { new: Some(new), old }, r.timestamp_ms, size)
-            }) as ProcessFn<K, V>)
-        });
-        drop(b);
-        Ok(KTable::new(builder, node, Some(store), self.key.clone(), value_serde))
+        aggregate_node(&self.stream, self.key.clone(), materialized, move |k, v, agg| Some(f(k, v, agg)))
     }
 
     /// Aggregates per key and time window (tumbling or hopping).
@@ -197,6 +161,56 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
             windows,
         }
     }
+}
+
+/// A keyed (non-windowed) aggregation node over `stream`: `f(key, value, aggregate)` gives
+/// the new aggregate, or None to delete the key. Results are a materialized KTable.
+pub(crate) fn aggregate_node<K: Data, V: Data, A: Data>(
+    stream: &KStream<K, V>,
+    key_serde: SerdeRef<K>,
+    materialized: Materialized<A>,
+    f: impl Fn(&K, V, Option<A>) -> Option<A> + Send + Sync + 'static,
+) -> Result<KTable<K, A>, StreamsError> {
+    let value_serde = materialized.value.clone().ok_or_else(|| {
+        StreamsError::Topology("aggregate needs the aggregate's serde: Materialized::with_value_serde".into())
+    })?;
+    let builder = stream.builder.clone();
+    let mut b = builder.lock();
+    let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
+    b.add_store(StoreSpec {
+        name: store.clone(),
+        store_type: StoreType::KeyValue,
+        logging: materialized.logging,
+        in_memory: materialized.in_memory,
+    })?;
+    let name = b.name("KSTREAM-AGGREGATE");
+    let (ks, vs) = (key_serde.clone(), value_serde.clone());
+    let f = Arc::new(f);
+    let build_store = store.clone();
+    let node = processor_node(&mut b, name, vec![stream.node], vec![store.clone()], move |tb, ds| {
+        let kv = tb.kv_store(&build_store)?;
+        let state: Held<K, A> = Arc::new(Mutex::new((PendingForward::new(tb.cache_max_bytes), ds)));
+        push_flusher(tb, &state);
+        let (ks, vs, f) = (ks.clone(), vs.clone(), f.clone());
+        Ok(Box::new(move |ctx: &mut TaskContext, r: Record<K, V>| {
+            let key_bytes = ks.serialize(&r.key)?;
+            let mut s = lock(&kv);
+            let old = s.get(&key_bytes)?.map(|b| vs.deserialize(&b)).transpose()?;
+            let new = f(&r.key, r.value, old.clone());
+            if new.is_none() && old.is_none() {
+                return Ok(());
+            }
+            let new_bytes = new.as_ref().map(|n| vs.serialize(n)).transpose()?;
+            let size = new_bytes.as_ref().map_or(0, Vec::len);
+            s.put(&mut ctx.out, key_bytes.clone(), new_bytes, r.timestamp_ms)?;
+            drop(s);
+            let mut g = lock(&state);
+            let (pending, ds) = &mut *g;
+            pending.push(ctx, ds, &key_bytes, r.key, Change { new, old }, r.timestamp_ms, size)
+        }) as ProcessFn<K, V>)
+    });
+    drop(b);
+    Ok(KTable::new(builder, node, Some(store), key_serde, value_serde))
 }
 
 fn push_flusher<K: Data, V: Data>(tb: &mut TaskBuild<'_>, state: &Held<K, V>) {

@@ -4,6 +4,7 @@
 
 mod aggregate;
 mod global;
+mod grouped_table;
 mod join;
 mod kstream;
 mod ktable;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 pub use aggregate::{EmitStrategy, KGroupedStream, SessionWindowedKStream, TimeWindowedKStream};
 pub use global::GlobalKTable;
+pub use grouped_table::KGroupedTable;
 pub use kstream::{BranchedKStream, KStream, ProcessorInit};
 pub use ktable::KTable;
 
