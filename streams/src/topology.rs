@@ -63,6 +63,9 @@ pub(crate) struct TopologyBuilder {
     counter: usize,
     pub late_records_topic: Option<String>,
     pub globals: Vec<GlobalDef>,
+    /// Repartition topics whose partition count is that of the sub-topology of a node other
+    /// than their writer's (a foreign-key join's subscription and response topics).
+    pub copartition: Vec<(String, NodeId)>,
 }
 
 /// A global table: every instance reads all partitions of `topic` into the store `store`.
@@ -151,6 +154,8 @@ pub struct Topology {
     pub(crate) subtopologies: Vec<SubTopology>,
     pub(crate) late_records_topic: Option<String>,
     pub(crate) globals: Vec<GlobalDef>,
+    /// Repartition topic name → the sub-topology whose partition count it takes.
+    pub(crate) repartition_count_from: HashMap<String, u32>,
 }
 
 impl Topology {
@@ -253,7 +258,13 @@ impl Topology {
                 }
             }
         }
+        let mut repartition_count_from = HashMap::new();
+        for (topic, node) in &builder.copartition {
+            let st = subtopologies.iter().find(|st| st.nodes.contains(node)).expect("every node is in a sub-topology");
+            repartition_count_from.insert(topic.clone(), st.id);
+        }
         Ok(Topology {
+            repartition_count_from,
             nodes: builder.nodes,
             stores: builder.stores,
             subtopologies,

@@ -208,3 +208,41 @@ fn a_regrouped_table_adds_new_rows_and_subtracts_old_ones() {
         .collect();
     assert_eq!(last, [("eu".to_string(), 0), ("us".to_string(), 1)].into_iter().collect());
 }
+
+#[test]
+fn a_foreign_key_join_follows_both_tables() {
+    let b = StreamsBuilder::new();
+    let orders = b.table("orders", Consumed::with(StringSerde, StringSerde), Materialized::named("orders")).unwrap();
+    let products =
+        b.table("products", Consumed::with(StringSerde, StringSerde), Materialized::named("products")).unwrap();
+    orders
+        .join_foreign_key(
+            &products,
+            |order: &String| order.split(':').next().unwrap_or_default().to_string(),
+            |order: &String, product: &String| format!("{product} x{}", order.split(':').nth(1).unwrap_or("?")),
+        )
+        .unwrap()
+        .to_change_stream()
+        .to("out", Produced::with(StringSerde, NullableSerde(StringSerde)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    let mut results = Vec::new();
+    let mut step = |d: &mut TopologyTestDriver, topic: &str, key: &[u8], value: Option<&[u8]>, ts: i64| {
+        d.pipe_input(topic, Some(key), value, ts).unwrap();
+        for r in d.read_output("out") {
+            results.push((
+                String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
+                r.value.map(|v| String::from_utf8(v.to_vec()).unwrap()),
+            ));
+        }
+    };
+    step(&mut d, "products", b"p1", Some(b"lamp"), 1);
+    step(&mut d, "orders", b"o1", Some(b"p1:2"), 2);
+    step(&mut d, "products", b"p1", Some(b"lantern"), 3);
+    step(&mut d, "orders", b"o1", Some(b"p2:2"), 4);
+    step(&mut d, "products", b"p2", Some(b"desk"), 5);
+    step(&mut d, "orders", b"o1", None, 6);
+    step(&mut d, "products", b"p2", Some(b"table"), 7);
+    let o1 = |v: Option<&str>| ("o1".to_string(), v.map(str::to_string));
+    assert_eq!(results, vec![o1(Some("lamp x2")), o1(Some("lantern x2")), o1(None), o1(Some("desk x2")), o1(None)]);
+}

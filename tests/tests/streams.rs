@@ -497,3 +497,56 @@ async fn global_tables_bootstrap_before_processing_and_follow_updates() {
     assert_eq!(value(&out[2]), "lantern");
     streams.close().unwrap();
 }
+
+/// A foreign-key join of tables with different partition counts (3 orders, 2 products): the
+/// subscription topic takes the products' count and the response topic the orders'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_join_works_across_partition_counts() {
+    use spate_streams::serdes::{NullableSerde, StringSerde};
+    use spate_streams::{Consumed, Materialized, Produced, StreamsBuilder};
+    let broker = broker();
+    create(&broker, &[("fk-orders", 3), ("fk-products", 2), ("fk-out", 1)]).await;
+    produce(&broker, "fk-products", &[(Some("p1"), Some("lamp"), 1), (Some("p2"), Some("desk"), 1)]).await;
+    produce(
+        &broker,
+        "fk-orders",
+        &[(Some("o1"), Some("p1"), 2), (Some("o2"), Some("p2"), 2), (Some("o3"), Some("p9"), 2)],
+    )
+    .await;
+    let b = StreamsBuilder::new();
+    let orders = b.table("fk-orders", Consumed::with(StringSerde, StringSerde), Materialized::named("orders")).unwrap();
+    let products =
+        b.table("fk-products", Consumed::with(StringSerde, StringSerde), Materialized::named("products")).unwrap();
+    orders
+        .left_join_foreign_key(
+            &products,
+            |pid: &String| pid.clone(),
+            |pid: &String, name: Option<&String>| format!("{pid}={}", name.map(String::as_str).unwrap_or("?")),
+        )
+        .unwrap()
+        .to_change_stream()
+        .to("fk-out", Produced::with(StringSerde, NullableSerde(StringSerde)));
+    let state = tempfile::tempdir().unwrap();
+    let mut streams = start(b.build().unwrap(), config(&broker, "fk", state.path()));
+    let latest = |records: &[ConsumerRecord]| -> BTreeMap<String, Option<String>> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap(),
+                    r.value.as_ref().map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                )
+            })
+            .collect()
+    };
+    let expected: BTreeMap<String, Option<String>> = [("o1", "p1=lamp"), ("o2", "p2=desk"), ("o3", "p9=?")]
+        .into_iter()
+        .map(|(k, v)| (k.into(), Some(v.into())))
+        .collect();
+    read_until(&broker, "fk-out", Duration::from_secs(30), |r| latest(r) == expected).await;
+    produce(&broker, "fk-products", &[(Some("p9"), Some("chair"), 3)]).await;
+    let mut expected = expected;
+    expected.insert("o3".into(), Some("p9=chair".into()));
+    read_until(&broker, "fk-out", Duration::from_secs(30), |r| latest(r) == expected).await;
+    streams.close().unwrap();
+}

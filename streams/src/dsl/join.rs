@@ -320,7 +320,7 @@ impl<K: Data, V: Data> KTable<K, V> {
 
 /// A table's value serde where none is known (a join result that is not materialized): using
 /// it is a topology error, reported as such.
-struct NoSerde;
+pub(crate) struct NoSerde;
 
 impl<T> crate::serdes::Serde<T> for NoSerde {
     fn serialize_into(&self, _value: &T, _out: &mut Vec<u8>) -> Result<(), StreamsError> {

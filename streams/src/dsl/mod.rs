@@ -3,6 +3,7 @@
 //! ([`Consumed`], [`Produced`], [`Grouped`], [`Materialized`]).
 
 mod aggregate;
+mod fk_join;
 mod global;
 mod grouped_table;
 mod join;

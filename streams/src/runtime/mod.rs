@@ -304,6 +304,22 @@ async fn prepare_topics(shared: &Shared, admin: &Admin) -> Result<PartitionCount
     let mut pending: Vec<&crate::topology::SubTopology> = topology.subtopologies.iter().collect();
     while !pending.is_empty() {
         let before = pending.len();
+        // Topics that take another sub-topology's count, once any of its sources is known.
+        let mut resolved_override = false;
+        for (name, st_id) in &topology.repartition_count_from {
+            let topic = TopicName::Repartition(name.clone()).resolve(app);
+            if counts.contains_key(&topic) {
+                continue;
+            }
+            let st = &topology.subtopologies[*st_id as usize];
+            if let Some(n) = st.source_topics.iter().find_map(|t| counts.get(&t.resolve(app)).copied()) {
+                counts.insert(topic.clone(), n);
+                new_topics.push(
+                    NewTopic::new(topic, n, shared.config.replication_factor).with_config("cleanup.policy", "delete"),
+                );
+                resolved_override = true;
+            }
+        }
         let mut rest = Vec::new();
         for st in pending {
             let sources: Vec<String> = st.source_topics.iter().map(|t| t.resolve(app)).collect();
@@ -317,7 +333,10 @@ async fn prepare_topics(shared: &Shared, admin: &Admin) -> Result<PartitionCount
             }
             let n = source_counts[0];
             for t in &st.sink_topics {
-                if let TopicName::Repartition(_) = t {
+                if let TopicName::Repartition(r) = t {
+                    if topology.repartition_count_from.contains_key(r) {
+                        continue;
+                    }
                     let name = t.resolve(app);
                     counts.insert(name.clone(), n);
                     new_topics.push(
@@ -345,7 +364,7 @@ async fn prepare_topics(shared: &Shared, admin: &Admin) -> Result<PartitionCount
                 new_topics.push(topic);
             }
         }
-        if rest.len() == before {
+        if rest.len() == before && !resolved_override {
             return Err(StreamsError::Topology("repartition topics form a cycle".into()));
         }
         pending = rest;
