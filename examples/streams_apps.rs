@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spate_streams::serdes::{I64Serde, JsonSerde, StringSerde};
 use spate_streams::window::{JoinWindows, SessionWindows, TimeWindows};
-use spate_streams::{Consumed, EmitStrategy, Grouped, Materialized, Produced, StreamsBuilder, StreamsError, Topology};
+use spate_streams::{
+    Consumed, EmitStrategy, Grouped, Materialized, Produced, StreamJoined, StreamsBuilder, StreamsError, Topology,
+};
 
 /// Kafka's WordCountDemo: lines from `input`, lower-cased and split on non-word characters,
 /// counted per word into the store `counts`; every count update goes to `output` as key =
@@ -93,6 +95,8 @@ pub fn orders_payments(
         &payments,
         |order: &Json, payment: Option<&Json>| serde_json::json!({"order": order, "payment": payment}),
         JoinWindows::of_time_difference_with_no_grace(window)?,
+        StreamJoined::with(StringSerde, JsonSerde::<Json>::new(), JsonSerde::<Json>::new())
+            .with_store_name("orders-payments-join"),
     )?;
     let branches = joined.split().branch("paid", |_, v: &Json| !v["payment"].is_null()).default_branch("unpaid");
     branches["paid"].to(paid, Produced::with(StringSerde, JsonSerde::<Json>::new()));

@@ -47,8 +47,8 @@ pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use dsl::ProcessorInit;
 pub use dsl::{
     BranchedKStream, Consumed, Data, EmitStrategy, GlobalKTable, Grouped, InvalidTimestampPolicy, KGroupedStream,
-    KGroupedTable, KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamsBuilder,
-    TimeWindowedKStream, TimestampExtractor,
+    KGroupedTable, KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamJoined,
+    StreamsBuilder, TimeWindowedKStream, TimestampExtractor,
 };
 pub use error::StreamsError;
 pub use processor::{Change, Processor, ProcessorContext, PunctuationType, Record, TaskContext};

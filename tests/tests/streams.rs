@@ -550,3 +550,37 @@ async fn a_foreign_key_join_works_across_partition_counts() {
     read_until(&broker, "fk-out", Duration::from_secs(30), |r| latest(r) == expected).await;
     streams.close().unwrap();
 }
+
+/// The windowed join keeps its buffered records in a store with a changelog: an order seen
+/// before a restart (with a fresh state dir, so from the changelog) is joined with its
+/// payment after it, and is not reported unpaid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_join_remembers_records_across_a_restart() {
+    let broker = broker();
+    create(&broker, &[("orders", 1), ("payments", 1), ("paid-orders", 1), ("unpaid-orders", 1)]).await;
+    let min = 60_000;
+    produce(&broker, "orders", &[(Some("o4"), Some(r#"{"item":"lamp"}"#), min)]).await;
+    let topology = || {
+        streams_apps::orders_payments("orders", "payments", "paid-orders", "unpaid-orders", Duration::from_secs(300))
+            .unwrap()
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut streams = start(topology(), config(&broker, "op-restart", state.path()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while streams.metrics().records_processed.load(std::sync::atomic::Ordering::Relaxed) < 1 {
+        assert!(Instant::now() < deadline, "the order was not processed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    streams.close().unwrap();
+    drop(state);
+    let state = tempfile::tempdir().unwrap();
+    produce(&broker, "payments", &[(Some("o4"), Some(r#"{"amount":3}"#), 2 * min), (Some("zz"), Some("{}"), 30 * min)])
+        .await;
+    let mut streams = start(topology(), config(&broker, "op-restart", state.path()));
+    let paid = read_until(&broker, "paid-orders", Duration::from_secs(30), |r| !r.is_empty()).await;
+    assert_eq!(paid[0].key.as_deref(), Some(&b"o4"[..]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let unpaid = read_until(&broker, "unpaid-orders", Duration::from_secs(1), |_| true).await;
+    assert!(unpaid.is_empty(), "o4 was paid: {unpaid:?}");
+    streams.close().unwrap();
+}

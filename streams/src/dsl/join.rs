@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use super::{take, Data, KStream, KTable};
 use crate::processor::{Change, Downstream, ProcessFn, Record, TaskContext};
-use crate::store::lock;
+use crate::serdes::{Serde, SerdeRef};
+use crate::store::{lock, StoreSpec, StoreType};
 use crate::topology::{processor_node, NodeDef, TaskBuild};
 use crate::window::{JoinKind, JoinOutput, JoinWindows, StreamStreamJoin};
 use crate::StreamsError;
@@ -86,8 +87,9 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
         other: &KStream<K, V2>,
         joiner: impl Fn(&V, &V2) -> VR + Send + Sync + 'static,
         windows: JoinWindows,
+        serdes: StreamJoined<K, V, V2>,
     ) -> Result<KStream<K, VR>, StreamsError> {
-        self.join_windowed(other, JoinKind::Inner, windows, move |l, r| match (l, r) {
+        self.join_windowed(other, JoinKind::Inner, windows, serdes, move |l, r| match (l, r) {
             (Some(l), Some(r)) => Some(joiner(l, r)),
             _ => None,
         })
@@ -100,8 +102,9 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
         other: &KStream<K, V2>,
         joiner: impl Fn(&V, Option<&V2>) -> VR + Send + Sync + 'static,
         windows: JoinWindows,
+        serdes: StreamJoined<K, V, V2>,
     ) -> Result<KStream<K, VR>, StreamsError> {
-        self.join_windowed(other, JoinKind::Left, windows, move |l, r| l.map(|l| joiner(l, r)))
+        self.join_windowed(other, JoinKind::Left, windows, serdes, move |l, r| l.map(|l| joiner(l, r)))
     }
 
     /// As [`Self::join`], and unmatched records of either side once their window closed
@@ -111,8 +114,9 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
         other: &KStream<K, V2>,
         joiner: impl Fn(Option<&V>, Option<&V2>) -> VR + Send + Sync + 'static,
         windows: JoinWindows,
+        serdes: StreamJoined<K, V, V2>,
     ) -> Result<KStream<K, VR>, StreamsError> {
-        self.join_windowed(other, JoinKind::Outer, windows, move |l, r| Some(joiner(l, r)))
+        self.join_windowed(other, JoinKind::Outer, windows, serdes, move |l, r| Some(joiner(l, r)))
     }
 
     fn join_windowed<V2: Data, VR: Data>(
@@ -120,6 +124,7 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
         other: &KStream<K, V2>,
         kind: JoinKind,
         windows: JoinWindows,
+        serdes: StreamJoined<K, V, V2>,
         joiner: impl Fn(Option<&V>, Option<&V2>) -> Option<VR> + Send + Sync + 'static,
     ) -> Result<KStream<K, VR>, StreamsError> {
         keyed_for_join(self)?;
@@ -127,11 +132,36 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
         let joiner = Arc::new(joiner);
         let mut b = self.builder.lock();
         let name = b.name("KSTREAM-JOIN-WINDOWED");
+        let store = serdes.store_name.clone().unwrap_or_else(|| format!("{name}-store"));
+        let retention_ms = windows.retention_ms();
+        b.add_store(StoreSpec {
+            name: store.clone(),
+            store_type: StoreType::Window {
+                retention_ms,
+                segment_interval_ms: crate::state::default_segment_interval_ms(retention_ms),
+            },
+            logging: serdes.logging,
+            in_memory: false,
+        })?;
         let id = b.nodes.len();
         let (left, right) = (self.node, other.node);
+        let build_store = store.clone();
         let build = Arc::new(move |tb: &mut TaskBuild<'_>| {
             let ds = Downstream::<K, VR>::new(take::<K, VR>(tb, id)?);
-            let state = Arc::new(Mutex::new((StreamStreamJoin::<K, V, V2>::new(windows, kind), ds, Vec::new())));
+            let buffer = JoinBuffer {
+                store: tb.window_store(&build_store)?,
+                key: serdes.key.clone(),
+                left: serdes.value.clone(),
+                right: serdes.other.clone(),
+                seq: 0,
+                replayed: false,
+            };
+            let state = Arc::new(Mutex::new(JoinState {
+                join: StreamStreamJoin::<K, V, V2>::new(windows, kind),
+                ds,
+                out: Vec::new(),
+                buffer,
+            }));
             let (ls, rs, ps) = (state.clone(), state.clone(), state);
             let (lj, rj, pj) = (joiner.clone(), joiner.clone(), joiner.clone());
             tb.punctuators.push(crate::processor::Punctuator {
@@ -140,27 +170,32 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
                 next_ms: None,
                 fire: Box::new(move |ctx: &mut TaskContext, now_ms| {
                     let mut g = lock(&ps);
-                    let (join, ds, out) = &mut *g;
-                    join.punctuate(now_ms, out);
-                    emit(ctx, ds, out, &*pj)
+                    let s = &mut *g;
+                    s.buffer.replay(&mut s.join)?;
+                    s.join.punctuate(now_ms, &mut s.out);
+                    emit(ctx, &mut s.ds, &mut s.out, &*pj)
                 }),
             });
             tb.push_child::<K, V>(
                 left,
                 Box::new(move |ctx: &mut TaskContext, r: Record<K, V>| {
                     let mut g = lock(&ls);
-                    let (join, ds, out) = &mut *g;
-                    join.process_left(r.key, r.value, r.timestamp_ms, ctx.wall_clock_ms, out);
-                    emit(ctx, ds, out, &*lj)
+                    let s = &mut *g;
+                    s.buffer.replay(&mut s.join)?;
+                    s.buffer.store_left(ctx, &r)?;
+                    s.join.process_left(r.key, r.value, r.timestamp_ms, ctx.wall_clock_ms, &mut s.out);
+                    emit(ctx, &mut s.ds, &mut s.out, &*lj)
                 }),
             );
             tb.push_child::<K, V2>(
                 right,
                 Box::new(move |ctx: &mut TaskContext, r: Record<K, V2>| {
                     let mut g = lock(&rs);
-                    let (join, ds, out) = &mut *g;
-                    join.process_right(r.key, r.value, r.timestamp_ms, ctx.wall_clock_ms, out);
-                    emit(ctx, ds, out, &*rj)
+                    let s = &mut *g;
+                    s.buffer.replay(&mut s.join)?;
+                    s.buffer.store_right(ctx, &r)?;
+                    s.join.process_right(r.key, r.value, r.timestamp_ms, ctx.wall_clock_ms, &mut s.out);
+                    emit(ctx, &mut s.ds, &mut s.out, &*rj)
                 }),
             );
             Ok(())
@@ -170,12 +205,129 @@ impl<K: Data + Ord, V: Data> KStream<K, V> {
             parents: vec![left, right],
             source_topics: Vec::new(),
             sink_topic: None,
-            stores: Vec::new(),
+            stores: vec![store],
             joins: true,
             build,
         });
         drop(b);
         Ok(KStream::new(self.builder.clone(), id, false))
+    }
+}
+
+/// Serdes of a windowed stream-stream join's two sides, and its store (Kafka's
+/// `StreamJoined`). The join keeps both sides' records of the last `before + after + grace`
+/// in a window store with a changelog, so a restarted or moved task joins records it saw
+/// before.
+pub struct StreamJoined<K, V, V2> {
+    pub(crate) key: SerdeRef<K>,
+    pub(crate) value: SerdeRef<V>,
+    pub(crate) other: SerdeRef<V2>,
+    pub(crate) store_name: Option<String>,
+    pub(crate) logging: bool,
+}
+
+impl<K, V, V2> StreamJoined<K, V, V2> {
+    pub fn with(
+        key: impl Serde<K> + Send + Sync + 'static,
+        value: impl Serde<V> + Send + Sync + 'static,
+        other: impl Serde<V2> + Send + Sync + 'static,
+    ) -> Self {
+        StreamJoined {
+            key: Arc::new(key),
+            value: Arc::new(value),
+            other: Arc::new(other),
+            store_name: None,
+            logging: true,
+        }
+    }
+
+    /// Names the join's store (`<application.id>-<name>-changelog` is its changelog).
+    pub fn with_store_name(mut self, name: impl Into<String>) -> Self {
+        self.store_name = Some(name.into());
+        self
+    }
+
+    /// No changelog: a restarted task forgets the records it had buffered.
+    pub fn with_logging_disabled(mut self) -> Self {
+        self.logging = false;
+        self
+    }
+}
+
+struct JoinState<K, V, V2, VR> {
+    join: StreamStreamJoin<K, V, V2>,
+    ds: Downstream<K, VR>,
+    out: Vec<JoinOutput<K, V, V2>>,
+    buffer: JoinBuffer<K, V, V2>,
+}
+
+/// Where a windowed join's inputs are kept: a window store of `side (1 byte: 0 left, 1
+/// right) ‖ sequence (8 bytes BE) ‖ key` at the record's timestamp. The in-memory join state
+/// is rebuilt from it when the task starts (after the store is restored from its changelog):
+/// stored records are replayed in timestamp order without emitting anything, so matches and
+/// null-padded results already emitted before are not emitted again.
+struct JoinBuffer<K, V, V2> {
+    store: Arc<Mutex<crate::store::LoggedWindow>>,
+    key: SerdeRef<K>,
+    left: SerdeRef<V>,
+    right: SerdeRef<V2>,
+    seq: u64,
+    replayed: bool,
+}
+
+impl<K: Data + Ord, V: Data, V2: Data> JoinBuffer<K, V, V2> {
+    fn stored_key(&mut self, side: u8, key: &K) -> Result<Vec<u8>, StreamsError> {
+        let mut k = vec![side];
+        k.extend_from_slice(&self.seq.to_be_bytes());
+        self.seq += 1;
+        self.key.serialize_into(key, &mut k)?;
+        Ok(k)
+    }
+
+    fn store_left(&mut self, ctx: &mut TaskContext, r: &Record<K, V>) -> Result<(), StreamsError> {
+        let key = self.stored_key(0, &r.key)?;
+        let value = self.left.serialize(&r.value)?;
+        lock(&self.store).put(&mut ctx.out, key, r.timestamp_ms, Some(value), r.timestamp_ms)
+    }
+
+    fn store_right(&mut self, ctx: &mut TaskContext, r: &Record<K, V2>) -> Result<(), StreamsError> {
+        let key = self.stored_key(1, &r.key)?;
+        let value = self.right.serialize(&r.value)?;
+        lock(&self.store).put(&mut ctx.out, key, r.timestamp_ms, Some(value), r.timestamp_ms)
+    }
+
+    /// Rebuilds the join from the store, once per task.
+    fn replay(&mut self, join: &mut StreamStreamJoin<K, V, V2>) -> Result<(), StreamsError> {
+        if self.replayed {
+            return Ok(());
+        }
+        self.replayed = true;
+        let entries = lock(&self.store).fetch_all(i64::MIN, i64::MAX)?;
+        let mut discard = Vec::new();
+        let mut records = Vec::with_capacity(entries.len());
+        for (stored, ts, value) in entries {
+            if stored.len() < 9 {
+                return Err(StreamsError::deserialize("join store key", "shorter than side and sequence"));
+            }
+            let seq = u64::from_be_bytes(stored[1..9].try_into().expect("8 bytes"));
+            self.seq = self.seq.max(seq + 1);
+            records.push((ts, seq, stored, value));
+        }
+        // In arrival order within a timestamp, as first processed.
+        records.sort_by_key(|(ts, seq, _, _)| (*ts, *seq));
+        for (ts, _, stored, value) in records {
+            let key = self.key.deserialize(&stored[9..])?;
+            // A clock that lets every sweep run, so records whose windows closed are
+            // dropped here rather than emitted again.
+            if stored[0] == 0 {
+                join.process_left(key, self.left.deserialize(&value)?, ts, i64::MAX, &mut discard);
+            } else {
+                join.process_right(key, self.right.deserialize(&value)?, ts, i64::MAX, &mut discard);
+            }
+            join.reset_emit_timer();
+            discard.clear();
+        }
+        Ok(())
     }
 }
 

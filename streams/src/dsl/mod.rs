@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 pub use aggregate::{EmitStrategy, KGroupedStream, SessionWindowedKStream, TimeWindowedKStream};
 pub use global::GlobalKTable;
 pub use grouped_table::KGroupedTable;
+pub use join::StreamJoined;
 pub use kstream::{BranchedKStream, KStream, ProcessorInit};
 pub use ktable::KTable;
 

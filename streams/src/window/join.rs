@@ -387,6 +387,12 @@ impl<K: Ord + Clone, L: Clone, R: Clone> StreamStreamJoin<K, L, R> {
     }
 
     /// Kafka's `emitNonJoinedOuterRecords`, with `join_after_ms` of the processing side.
+    /// Lets the next sweep run whatever the wall clock says (after a replay of stored records,
+    /// which sweeps with a clock of its own).
+    pub fn reset_emit_timer(&mut self) {
+        self.next_time_to_emit_ms = 0;
+    }
+
     /// Emits unmatched records whose windows have closed, as an in-order record would (and
     /// subject to the same emit interval). Kafka sweeps only when records arrive; the runtime
     /// also calls this on wall-clock punctuation so that the last unmatched records come out
