@@ -246,3 +246,19 @@ fn a_foreign_key_join_follows_both_tables() {
     let o1 = |v: Option<&str>| ("o1".to_string(), v.map(str::to_string));
     assert_eq!(results, vec![o1(Some("lamp x2")), o1(Some("lantern x2")), o1(None), o1(Some("desk x2")), o1(None)]);
 }
+
+#[test]
+fn repartition_topics_are_named_after_the_store_or_the_grouping() {
+    let b = StreamsBuilder::new();
+    b.stream(&["in"], Consumed::with(StringSerde, StringSerde))
+        .group_by(|_, v| v.clone(), Grouped::with(StringSerde, StringSerde))
+        .count(Materialized::named("counts"))
+        .unwrap();
+    b.stream(&["in2"], Consumed::with(StringSerde, StringSerde))
+        .group_by(|_, v| v.clone(), Grouped::with(StringSerde, StringSerde).with_name("by-value"))
+        .count(Materialized::named("counts2"))
+        .unwrap();
+    let description = b.build().unwrap().to_string();
+    assert!(description.contains("Repartition(\"counts\")"), "{description}");
+    assert!(description.contains("Repartition(\"by-value\")"), "{description}");
+}

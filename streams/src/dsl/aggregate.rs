@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Data, KStream, KTable, Materialized};
+use super::{Data, Grouped, KStream, KTable, Materialized};
 use crate::processor::{Change, Downstream, ProcessFn, Record, TaskContext};
 use crate::serdes::{I64Serde, SerdeRef, SessionWindowedSerde, TimeWindowedSerde};
 use crate::store::{lock, StoreSpec, StoreType};
@@ -94,11 +94,28 @@ pub struct KGroupedStream<K, V> {
     pub(crate) stream: KStream<K, V>,
     pub(crate) key: SerdeRef<K>,
     pub(crate) value: SerdeRef<V>,
+    /// `Grouped`'s name for the repartition topic, if one is needed.
+    pub(crate) name: Option<String>,
 }
 
 impl<K: Data, V: Data> KGroupedStream<K, V> {
-    pub(crate) fn new(stream: KStream<K, V>, key: SerdeRef<K>, value: SerdeRef<V>) -> Self {
-        KGroupedStream { stream, key, value }
+    pub(crate) fn new(stream: KStream<K, V>, key: SerdeRef<K>, value: SerdeRef<V>, name: Option<String>) -> Self {
+        KGroupedStream { stream, key, value, name }
+    }
+
+    /// The aggregation's input: the grouped stream, repartitioned by key first if the key was
+    /// changed upstream. As in Kafka, the repartition topic is named after `Grouped`'s name,
+    /// else the store's (`<application.id>-<store>-repartition`).
+    pub(crate) fn input(&self, store: Option<&String>) -> KStream<K, V> {
+        if !self.stream.repartition_required {
+            return self.stream.clone();
+        }
+        let name = self
+            .name
+            .clone()
+            .or_else(|| store.cloned())
+            .unwrap_or_else(|| self.stream.builder.lock().name("KSTREAM-AGGREGATE-STATE-STORE"));
+        self.stream.repartition_through(name, Grouped { key: self.key.clone(), value: self.value.clone(), name: None })
     }
 
     /// Records per key.
@@ -142,13 +159,14 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         f: impl Fn(&K, V, Option<A>) -> A + Send + Sync + 'static,
         materialized: Materialized<A>,
     ) -> Result<KTable<K, A>, StreamsError> {
-        aggregate_node(&self.stream, self.key.clone(), materialized, move |k, v, agg| Some(f(k, v, agg)))
+        let input = self.input(materialized.name.as_ref());
+        aggregate_node(&input, self.key.clone(), materialized, move |k, v, agg| Some(f(k, v, agg)))
     }
 
     /// Aggregates per key and time window (tumbling or hopping).
     pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
         TimeWindowedKStream {
-            grouped: KGroupedStream::new(self.stream.clone(), self.key.clone(), self.value.clone()),
+            grouped: KGroupedStream::new(self.stream.clone(), self.key.clone(), self.value.clone(), self.name.clone()),
             windows,
             emit: EmitStrategy::OnWindowUpdate,
         }
@@ -157,7 +175,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     /// Aggregates per key and session (activity separated by gaps of inactivity).
     pub fn windowed_by_session(&self, windows: SessionWindows) -> SessionWindowedKStream<K, V> {
         SessionWindowedKStream {
-            grouped: KGroupedStream::new(self.stream.clone(), self.key.clone(), self.value.clone()),
+            grouped: KGroupedStream::new(self.stream.clone(), self.key.clone(), self.value.clone(), self.name.clone()),
             windows,
         }
     }
@@ -288,7 +306,8 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         })?;
         let windows = self.windows;
         let retention_ms = windows.size_ms().saturating_add(windows.grace_ms());
-        let builder = self.grouped.stream.builder.clone();
+        let input = self.grouped.input(materialized.name.as_ref());
+        let builder = input.builder.clone();
         let mut b = builder.lock();
         let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
         b.add_store(StoreSpec {
@@ -313,7 +332,7 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         let f = Arc::new(f);
         let emit = self.emit;
         let build_store = store.clone();
-        let node = processor_node(&mut b, name, vec![self.grouped.stream.node], stores, move |tb, ds| {
+        let node = processor_node(&mut b, name, vec![input.node], stores, move |tb, ds| {
             let ws = tb.window_store(&build_store)?;
             let emit_kv = if emit == EmitStrategy::OnWindowClose { Some(tb.kv_store(&emit_store)?) } else { None };
             let state: Held<Windowed<K, TimeWindow>, A> =
@@ -472,7 +491,8 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
             )
         })?;
         let windows = self.windows;
-        let builder = self.grouped.stream.builder.clone();
+        let input = self.grouped.input(materialized.name.as_ref());
+        let builder = input.builder.clone();
         let mut b = builder.lock();
         let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
         b.add_store(StoreSpec {
@@ -485,7 +505,7 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
         let (key_serde, vs) = (self.grouped.key.clone(), value_serde.clone());
         let (initializer, aggregator, merger) = (Arc::new(initializer), Arc::new(aggregator), Arc::new(merger));
         let build_store = store.clone();
-        let node = processor_node(&mut b, name, vec![self.grouped.stream.node], vec![store], move |tb, ds| {
+        let node = processor_node(&mut b, name, vec![input.node], vec![store], move |tb, ds| {
             let ss = tb.session_store(&build_store)?;
             let state: Held<Windowed<K, SessionWindow>, A> =
                 Arc::new(Mutex::new((PendingForward::new(tb.cache_max_bytes), ds)));

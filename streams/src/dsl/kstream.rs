@@ -237,17 +237,7 @@ impl<K: Data, V: Data> KStream<K, V> {
 
     /// Groups by the current key (repartitioning first if the key was changed upstream).
     pub fn group_by_key(&self, grouped: Grouped<K, V>) -> KGroupedStream<K, V> {
-        let stream = if self.repartition_required {
-            let name =
-                grouped.name.clone().unwrap_or_else(|| self.builder.lock().name("KSTREAM-AGGREGATE-STATE-STORE"));
-            self.repartition_through(
-                name,
-                Grouped { key: grouped.key.clone(), value: grouped.value.clone(), name: None },
-            )
-        } else {
-            self.clone()
-        };
-        KGroupedStream::new(stream, grouped.key, grouped.value)
+        KGroupedStream::new(self.clone(), grouped.key, grouped.value, grouped.name)
     }
 
     /// Groups by a new key; always repartitions (Kafka's `groupBy`).
