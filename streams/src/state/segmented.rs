@@ -223,6 +223,11 @@ impl Segments {
             writes.push(Write { table: META_TABLE, key: SEQUENCE_KEY, value: Some(b) });
         }
         let drop_refs: Vec<&str> = dropped_names.iter().map(String::as_str).collect();
+        if kept.is_empty() && drop_refs.is_empty() && state.stream_time_ms == old_stream_time_ms {
+            // Nothing changes: no commit, and the next flush has nothing to fsync.
+            self.expired_puts_skipped.fetch_add(skipped, Ordering::Relaxed);
+            return Ok(());
+        }
         self.backend.commit(&writes, &drop_refs)?;
         state.live.extend(names.keys());
         for id in &dropped {
