@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use super::backend::{Backend, Write};
-use super::{SessionBytesStore, SessionWrite, WindowBytesStore, WindowEntryVisitor, WindowWrite};
+use super::{SessionBytesStore, SessionWrite, WindowBytesStore, WindowWrite};
 use crate::window::SessionWindow;
 use crate::StreamsError;
 
@@ -418,7 +418,7 @@ impl WindowBytesStore for WindowStore {
         &self,
         time_from_ms: i64,
         time_to_ms: i64,
-        visit: &mut WindowEntryVisitor<'_>,
+        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
     ) -> Result<(), StreamsError> {
         let Some((from_ms, segments)) = self.core.view(time_from_ms, time_to_ms) else { return Ok(()) };
         let rest_len = self.rest_len();
