@@ -5,7 +5,8 @@
 //! 5,000 (one per record-cache flush), a durable `flush` every 20 batches (as before a
 //! checkpoint); then 200k point gets that hit, 200k that miss, and 10k ordered scans of 100
 //! entries. Window: 1M puts of 10k keys over 10 minutes of window starts (retention 5 min,
-//! segments of 1 min, so segments are dropped as it goes), then 20k `fetch_range` of one key over
+//! segments of 1 min, so segments are dropped as it goes; a flush every 20 batches), then 20k
+//! `fetch_range` of one key over
 //! 2 minutes. Prints throughputs, the store's size on disk, the process's peak RSS and its thread
 //! count.
 //!
@@ -161,6 +162,9 @@ fn window(kind: StoreKind, dir: &Path) -> Result<(), Box<dyn Error>> {
             batch.push((key(rng.next() % WINDOW_KEYS), t - t.rem_euclid(1_000), Some(value(&mut rng))));
         }
         store.write_batch(&batch)?;
+        if (b + 1).is_multiple_of(FLUSH_EVERY_BATCHES) {
+            store.flush()?;
+        }
     }
     store.flush()?;
     let puts = per_s(UPDATES, start);

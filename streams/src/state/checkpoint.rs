@@ -149,6 +149,9 @@ mod tests {
     }
 
     proptest! {
+        // Each case fsyncs twice; a few dozen cases cover the format.
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
         #[test]
         fn round_trip(entries in proptest::collection::btree_map(("[a-zA-Z0-9._-]{1,20}", any::<i32>()), any::<i64>(), 0..20)) {
             let dir = tempfile::tempdir().unwrap();

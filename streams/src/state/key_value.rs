@@ -29,6 +29,9 @@ impl KeyValueBytesStore for KeyValueStore {
     }
 
     fn write_batch(&self, batch: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StreamsError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let writes: Vec<Write<'_>> =
             batch.iter().map(|(k, v)| Write { table: TABLE, key: k, value: v.as_deref() }).collect();
         self.backend.commit(&writes, &[])

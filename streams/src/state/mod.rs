@@ -32,10 +32,6 @@ pub type WindowWrite = (Vec<u8>, i64, Option<Vec<u8>>);
 /// One entry of a session store's write batch: (key, session, value or `None` to remove).
 pub type SessionWrite = (Vec<u8>, SessionWindow, Option<Vec<u8>>);
 
-/// What [`WindowBytesStore::fetch_all`] calls per entry with (key, window_start_ms, value); it
-/// returns false to stop.
-pub type WindowEntryVisitor<'a> = dyn FnMut(&[u8], i64, &[u8]) -> bool + 'a;
-
 /// Where a store keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -102,19 +98,28 @@ pub trait WindowBytesStore: Send + Sync {
     /// All keys' entries with start in [time_from_ms, time_to_ms], ordered by (key, start): key
     /// bytes ascending, then start ascending. Not one snapshot: it reads the store in chunks, so
     /// it may see some of a concurrent write.
+    #[expect(
+        clippy::type_complexity,
+        reason = "the visitor's plain `dyn FnMut` keeps implementations' signatures simple to write"
+    )]
     fn fetch_all(
         &self,
         time_from_ms: i64,
         time_to_ms: i64,
-        visit: &mut WindowEntryVisitor<'_>,
+        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
     ) -> Result<(), StreamsError>;
     /// Makes everything written so far survive a process crash.
     fn flush(&self) -> Result<(), StreamsError>;
     /// The observed stream time (largest window start written), `None` before the first write.
-    fn observed_stream_time_ms(&self) -> Option<i64>;
+    /// (Provided so that wrappers need not; a wrapper should forward it.)
+    fn observed_stream_time_ms(&self) -> Option<i64> {
+        None
+    }
     /// Puts ignored because they were already expired, since the store was opened (Kafka's
-    /// `dropped-records` sensor counts these).
-    fn expired_puts_skipped(&self) -> u64;
+    /// `dropped-records` sensor counts these). (Provided; a wrapper should forward it.)
+    fn expired_puts_skipped(&self) -> u64 {
+        0
+    }
 }
 
 /// Session store: entries keyed by (key, session end_ms, session start_ms) like Kafka's session
@@ -142,9 +147,15 @@ pub trait SessionBytesStore: Send + Sync {
     /// Makes everything written so far survive a process crash.
     fn flush(&self) -> Result<(), StreamsError>;
     /// The observed stream time (largest session end written), `None` before the first write.
-    fn observed_stream_time_ms(&self) -> Option<i64>;
-    /// Puts ignored because they were already expired, since the store was opened.
-    fn expired_puts_skipped(&self) -> u64;
+    /// (Provided; a wrapper should forward it.)
+    fn observed_stream_time_ms(&self) -> Option<i64> {
+        None
+    }
+    /// Puts ignored because they were already expired, since the store was opened. (Provided; a
+    /// wrapper should forward it.)
+    fn expired_puts_skipped(&self) -> u64 {
+        0
+    }
 }
 
 fn backend(kind: StoreKind, name: &str, dir: &Path) -> Result<Box<dyn backend::Backend>, StreamsError> {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use super::backend::{Backend, Write};
-use super::{SessionBytesStore, SessionWrite, WindowBytesStore, WindowEntryVisitor, WindowWrite};
+use super::{SessionBytesStore, SessionWrite, WindowBytesStore, WindowWrite};
 use crate::window::SessionWindow;
 use crate::StreamsError;
 
@@ -223,6 +223,11 @@ impl Segments {
             writes.push(Write { table: META_TABLE, key: SEQUENCE_KEY, value: Some(b) });
         }
         let drop_refs: Vec<&str> = dropped_names.iter().map(String::as_str).collect();
+        if kept.is_empty() && drop_refs.is_empty() && state.stream_time_ms == old_stream_time_ms {
+            // Nothing changes: no commit, and the next flush has nothing to fsync.
+            self.expired_puts_skipped.fetch_add(skipped, Ordering::Relaxed);
+            return Ok(());
+        }
         self.backend.commit(&writes, &drop_refs)?;
         state.live.extend(names.keys());
         for id in &dropped {
@@ -413,7 +418,7 @@ impl WindowBytesStore for WindowStore {
         &self,
         time_from_ms: i64,
         time_to_ms: i64,
-        visit: &mut WindowEntryVisitor<'_>,
+        visit: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
     ) -> Result<(), StreamsError> {
         let Some((from_ms, segments)) = self.core.view(time_from_ms, time_to_ms) else { return Ok(()) };
         let rest_len = self.rest_len();
