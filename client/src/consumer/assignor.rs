@@ -83,6 +83,24 @@ pub struct GroupMember {
     pub subscription: Subscription,
 }
 
+/// An application's own assignor (Kafka's `ConsumerPartitionAssignor`), e.g. Kafka Streams'
+/// task assignor: it names its protocol, adds `user_data` to this member's subscription, and,
+/// on the leader, assigns partitions knowing every member's subscription. Eager rebalancing.
+pub trait PartitionAssignor: Send + Sync + fmt::Debug {
+    /// The protocol name sent in JoinGroup; every member of the group must offer it.
+    fn name(&self) -> &str;
+
+    /// This member's `user_data` for the next JoinGroup (called at each join).
+    fn subscription_user_data(&self) -> Option<Bytes>;
+
+    /// The leader's assignment, as [`Assignor::assign`].
+    fn assign(
+        &self,
+        partitions_per_topic: &BTreeMap<String, i32>,
+        members: &[GroupMember],
+    ) -> BTreeMap<String, Vec<TopicPartition>>;
+}
+
 /// How members hand partitions over during a rebalance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RebalanceProtocol {

@@ -23,7 +23,7 @@ mod group;
 mod offsets;
 mod subscription;
 
-pub use assignor::{Assignor, RebalanceProtocol};
+pub use assignor::{Assignor, GroupMember, PartitionAssignor, RebalanceProtocol, Subscription};
 pub use offsets::OffsetAndMetadata;
 pub use subscription::{ListenerFuture, RebalanceListener};
 
@@ -133,6 +133,9 @@ pub struct ConsumerConfig {
     /// client's): the group uses the first one every member supports, and rebalancing is
     /// cooperative only when every assignor listed supports it.
     pub partition_assignment_strategy: Vec<Assignor>,
+    /// An application assignor offered before the built-in ones (and, when set, the only one
+    /// used: every member of such a group runs the same application). Eager rebalancing.
+    pub custom_assignor: Option<Arc<dyn assignor::PartitionAssignor>>,
     /// Commit the positions of what `poll` returned, every `auto_commit_interval_ms`, before a
     /// rebalance and on close. Default true.
     pub enable_auto_commit: bool,
@@ -168,6 +171,7 @@ impl Default for ConsumerConfig {
             heartbeat_interval_ms: 3_000,
             max_poll_interval_ms: 300_000,
             partition_assignment_strategy: vec![Assignor::Range, Assignor::CooperativeSticky],
+            custom_assignor: None,
             enable_auto_commit: true,
             auto_commit_interval_ms: 5_000,
             retry_backoff_ms: 100,

@@ -125,6 +125,7 @@ pub(crate) struct GroupContext {
     commits: mpsc::UnboundedSender<CommitJob>,
     commit_worker: AbortHandle,
     assignors: Vec<Assignor>,
+    custom_assignor: Option<Arc<dyn assignor::PartitionAssignor>>,
     protocol: RebalanceProtocol,
     subscription: Mutex<Subscribed>,
     listener: Mutex<Option<Arc<dyn RebalanceListener>>>,
@@ -183,8 +184,13 @@ impl GroupContext {
             heartbeat,
             commits,
             commit_worker,
-            protocol: assignor::rebalance_protocol(&assignors),
+            protocol: if config.custom_assignor.is_some() {
+                RebalanceProtocol::Eager
+            } else {
+                assignor::rebalance_protocol(&assignors)
+            },
             assignors,
+            custom_assignor: config.custom_assignor.clone(),
             subscription: Mutex::new(Subscribed::Nothing),
             listener: Mutex::new(None),
             rebalance: tokio::sync::Mutex::new(RebalanceState::default()),
@@ -648,6 +654,16 @@ impl Consumer {
         let topics: Vec<String> = g.subscribed().topics().map(|t| t.iter().cloned().collect()).unwrap_or_default();
         let owned = self.assignment().await;
         let generation_id = g.coordinator.lock().commit_generation().map_or(NO_GENERATION, |(gen, _)| gen);
+        if let Some(custom) = &g.custom_assignor {
+            let subscription = Subscription {
+                topics,
+                user_data: custom.subscription_user_data(),
+                owned_partitions: owned,
+                generation_id,
+                rack_id: None,
+            };
+            return vec![(custom.name().to_string(), assignor::encode_subscription(&subscription))];
+        }
         g.assignors
             .iter()
             .map(|a| {
@@ -672,7 +688,11 @@ impl Consumer {
         protocol: &str,
         members: &[JoinedMember],
     ) -> Result<Vec<(String, bytes::Bytes)>> {
-        let assignor = Assignor::from_str(protocol).map_err(Error::Config)?;
+        let custom = g.custom_assignor.as_ref().filter(|c| c.name() == protocol);
+        let builtin = match custom {
+            Some(_) => None,
+            None => Some(Assignor::from_str(protocol).map_err(Error::Config)?),
+        };
         let mut group_members = Vec::with_capacity(members.len());
         for m in members {
             let subscription = match assignor::decode_subscription(&m.metadata) {
@@ -700,10 +720,14 @@ impl Consumer {
                 (m.error.is_ok() && !m.partitions.is_empty()).then(|| (t.to_string(), m.partitions.len() as i32))
             })
             .collect();
-        let assignment = assignor.assign(&counts, &group_members);
+        let (assignment, assignor_name) = match (custom, builtin) {
+            (Some(c), _) => (c.assign(&counts, &group_members), c.name().to_string()),
+            (None, Some(a)) => (a.assign(&counts, &group_members), a.name().to_string()),
+            (None, None) => return Err(Error::Config(format!("no assignor for protocol {protocol}"))),
+        };
         info!(
             group = %g.coordinator.group_id,
-            %assignor,
+            assignor = %assignor_name,
             members = group_members.len(),
             partitions = counts.values().sum::<i32>(),
             "computed the group's assignment as leader"

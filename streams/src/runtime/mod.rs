@@ -14,6 +14,7 @@
 //! point lose nothing: input is re-read from the last committed offsets, and stores are rebuilt
 //! from their changelogs from the checkpoint on.
 
+mod assignor;
 mod task;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -413,6 +414,8 @@ struct ThreadState {
     pending: VecDeque<Pending>,
     /// Partitions assigned by the last rebalance, for which tasks are still to be created.
     newly_assigned: Vec<TopicPartition>,
+    /// Told which tasks run here, for the next rebalance's stickiness.
+    assignor: Arc<assignor::StreamsAssignor>,
     last_commit: Instant,
 }
 
@@ -463,6 +466,7 @@ impl ThreadState {
             info!(task = %id, "task running");
             self.tasks.insert(id, task);
         }
+        self.assignor.set_active(self.tasks.keys().copied());
         Ok(())
     }
 
@@ -650,6 +654,7 @@ impl ThreadState {
                 info!(task = %id, "task closed");
             }
         }
+        self.assignor.set_active(self.tasks.keys().copied());
     }
 }
 
@@ -826,6 +831,15 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
             .await?;
     prepare_topics(&shared, &admin).await?;
     let thread_name = format!("{}-StreamThread-{}", config.client_id, index + 1);
+    let task_assignor = Arc::new(assignor::StreamsAssignor::new(
+        shared
+            .topology
+            .subtopologies
+            .iter()
+            .map(|st| (st.id, st.source_topics.iter().map(|t| t.resolve(&config.application_id)).collect()))
+            .collect(),
+        shared.state_dir.application_dir().to_path_buf(),
+    ));
     let consumer = Consumer::new(ConsumerConfig {
         bootstrap_servers: config.bootstrap_servers.clone(),
         client_id: format!("{thread_name}-consumer"),
@@ -833,9 +847,10 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         group_instance_id: config.group_instance_id.as_ref().map(|g| format!("{g}-{}", index + 1)),
         enable_auto_commit: false,
         auto_offset_reset: AutoOffsetReset::Earliest,
-        // Range assigns partition p of equally partitioned topics to one member: every task's
-        // input partitions land together (co-partitioning is checked at start).
+        // Whole tasks (partition p of every input of a sub-topology) go to one member, sticky
+        // to where they ran and where their state is.
         partition_assignment_strategy: vec![Assignor::Range],
+        custom_assignor: Some(task_assignor.clone()),
         max_poll_records: config.max_poll_records,
         session_timeout_ms: config.session_timeout_ms,
         heartbeat_interval_ms: config.heartbeat_interval_ms,
@@ -867,6 +882,7 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         tasks: BTreeMap::new(),
         pending: VecDeque::new(),
         newly_assigned: Vec::new(),
+        assignor: task_assignor,
         last_commit: Instant::now(),
     }));
     let topics = shared.topology.source_topics(&config.application_id);
