@@ -519,7 +519,7 @@ impl ThreadState {
             restore.seek(&tp, from).await?;
             let store = task.stores[&name].clone();
             let mut position = from;
-            let started = Instant::now();
+            let mut last_log = Instant::now();
             while position < end {
                 let records = restore.poll(Duration::from_millis(500)).await?;
                 let mut batch = Vec::with_capacity(records.len());
@@ -539,8 +539,9 @@ impl ThreadState {
                     // Compaction can leave the last offsets empty: the position tells.
                     position = position.max(restore.position(&tp).await?);
                 }
-                if started.elapsed() > Duration::from_secs(10) {
+                if last_log.elapsed() > Duration::from_secs(10) {
                     info!(task = %task.id, store = %name, position, end, "restoring");
+                    last_log = Instant::now();
                 }
             }
             task.changelogs.get_mut(&name).expect("listed").1 = end;
