@@ -266,6 +266,9 @@ fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// How long a restore may read nothing before it is reported as stuck.
+const RESTORE_STALL: Duration = Duration::from_secs(120);
+
 /// Partition counts of every topic the application reads or creates.
 type PartitionCounts = HashMap<String, i32>;
 
@@ -520,6 +523,7 @@ impl ThreadState {
             let store = task.stores[&name].clone();
             let mut position = from;
             let mut last_log = Instant::now();
+            let mut last_progress = Instant::now();
             while position < end {
                 let records = restore.poll(Duration::from_millis(500)).await?;
                 let mut batch = Vec::with_capacity(records.len());
@@ -537,7 +541,18 @@ impl ThreadState {
                 .increment(batch.len() as u64);
                 if batch.is_empty() {
                     // Compaction can leave the last offsets empty: the position tells.
-                    position = position.max(restore.position(&tp).await?);
+                    let fetched = restore.position(&tp).await?;
+                    if fetched > position {
+                        position = fetched;
+                        last_progress = Instant::now();
+                    } else if last_progress.elapsed() > RESTORE_STALL {
+                        return Err(StreamsError::State(format!(
+                            "restoring store {name} of task {} stalled at offset {position} of {} (end {end}): is the changelog readable?",
+                            task.id, changelog.topic
+                        )));
+                    }
+                } else {
+                    last_progress = Instant::now();
                 }
                 if last_log.elapsed() > Duration::from_secs(10) {
                     info!(task = %task.id, store = %name, position, end, "restoring");
