@@ -60,6 +60,15 @@ pub struct ReadOnlyKeyValueStore<K, V> {
 }
 
 impl<K, V> ReadOnlyKeyValueStore<K, V> {
+    pub(crate) fn new(
+        registry: Arc<StoreRegistry>,
+        name: &str,
+        key: impl crate::serdes::Serde<K> + Send + Sync + 'static,
+        value: impl crate::serdes::Serde<V> + Send + Sync + 'static,
+    ) -> Self {
+        ReadOnlyKeyValueStore { registry, name: name.to_string(), key: Arc::new(key), value: Arc::new(value) }
+    }
+
     fn stores(&self) -> Result<Vec<Arc<Mutex<LoggedKv>>>, StreamsError> {
         let registry = lock(&self.registry);
         let Some(tasks) = registry.get(&self.name) else {
@@ -131,6 +140,15 @@ pub struct ReadOnlyWindowStore<K, V> {
 }
 
 impl<K, V> ReadOnlyWindowStore<K, V> {
+    pub(crate) fn new(
+        registry: Arc<StoreRegistry>,
+        name: &str,
+        key: impl crate::serdes::Serde<K> + Send + Sync + 'static,
+        value: impl crate::serdes::Serde<V> + Send + Sync + 'static,
+    ) -> Self {
+        ReadOnlyWindowStore { registry, name: name.to_string(), key: Arc::new(key), value: Arc::new(value) }
+    }
+
     /// Windows of `key` that start in `[time_from_ms, time_to_ms]`, by start.
     pub fn fetch(&self, key: &K, time_from_ms: i64, time_to_ms: i64) -> Result<Vec<(i64, V)>, StreamsError> {
         let key = self.key.serialize(key)?;

@@ -9,7 +9,7 @@
 //! (8 bytes BE)`. A deleted entry is a tombstone (null value), so the compacted changelog forgets
 //! it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -80,22 +80,48 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A store's buffered writes, deduplicated per key, with their approximate size.
+struct WriteBuffer<Key> {
+    dirty: BTreeMap<Key, Dirty>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl<Key: Ord> WriteBuffer<Key> {
+    fn new(max_bytes: usize) -> Self {
+        WriteBuffer { dirty: BTreeMap::new(), bytes: 0, max_bytes }
+    }
+
+    /// Buffers a write of a key of `key_len` bytes; true when the buffer is over its size.
+    fn insert(&mut self, key: Key, key_len: usize, value: Option<Vec<u8>>, timestamp_ms: i64) -> bool {
+        let size = |v: &Option<Vec<u8>>| key_len + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
+        self.bytes += size(&value);
+        if let Some((old, _)) = self.dirty.insert(key, (value, timestamp_ms)) {
+            self.bytes -= size(&old);
+        }
+        self.bytes > self.max_bytes
+    }
+
+    fn take(&mut self) -> BTreeMap<Key, Dirty> {
+        self.bytes = 0;
+        std::mem::take(&mut self.dirty)
+    }
+}
+
 /// A key-value store with its write buffer.
 pub(crate) struct LoggedKv {
     pub store: Arc<dyn KeyValueBytesStore>,
-    dirty: HashMap<Vec<u8>, (Option<Vec<u8>>, i64)>,
-    dirty_bytes: usize,
-    max_dirty_bytes: usize,
+    buffer: WriteBuffer<Vec<u8>>,
     changelog: Option<Changelog>,
 }
 
 impl LoggedKv {
     pub fn new(store: Arc<dyn KeyValueBytesStore>, changelog: Option<Changelog>, max_dirty_bytes: usize) -> Self {
-        LoggedKv { store, dirty: HashMap::new(), dirty_bytes: 0, max_dirty_bytes, changelog }
+        LoggedKv { store, buffer: WriteBuffer::new(max_dirty_bytes), changelog }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StreamsError> {
-        if let Some((value, _)) = self.dirty.get(key) {
+        if let Some((value, _)) = self.buffer.dirty.get(key) {
             return Ok(value.clone());
         }
         self.store.get(key)
@@ -109,12 +135,8 @@ impl LoggedKv {
         value: Option<Vec<u8>>,
         timestamp_ms: i64,
     ) -> Result<(), StreamsError> {
-        let added = key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
-        if let Some((old, _)) = self.dirty.insert(key.clone(), (value, timestamp_ms)) {
-            self.dirty_bytes -= key.len() + old.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
-        }
-        self.dirty_bytes += added;
-        if self.dirty_bytes > self.max_dirty_bytes {
+        let key_len = key.len();
+        if self.buffer.insert(key, key_len, value, timestamp_ms) {
             self.flush(out)?;
         }
         Ok(())
@@ -122,16 +144,16 @@ impl LoggedKv {
 
     /// Writes the buffer to the store in one batch and its entries to the changelog.
     pub fn flush(&mut self, out: &mut Vec<OutRecord>) -> Result<(), StreamsError> {
-        if self.dirty.is_empty() {
+        if self.buffer.dirty.is_empty() {
             return Ok(());
         }
-        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(self.dirty.len());
-        let mut stamps = Vec::with_capacity(self.dirty.len());
-        for (key, (value, ts)) in self.dirty.drain() {
+        let dirty = self.buffer.take();
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(dirty.len());
+        let mut stamps = Vec::with_capacity(dirty.len());
+        for (key, (value, ts)) in dirty {
             batch.push((key, value));
             stamps.push(ts);
         }
-        self.dirty_bytes = 0;
         self.store.write_batch(&batch)?;
         if let Some(changelog) = &self.changelog {
             for ((key, value), ts) in batch.into_iter().zip(stamps) {
@@ -148,9 +170,9 @@ impl LoggedKv {
         let in_range = |k: &[u8]| from.is_none_or(|f| k >= f) && to.is_none_or(|t| k < t);
         self.store.range(from, to, &mut |k, v| {
             merged.insert(k.to_vec(), Some(v.to_vec()));
-            merged.len() < limit.saturating_add(self.dirty.len())
+            merged.len() < limit.saturating_add(self.buffer.dirty.len())
         })?;
-        for (k, (v, _)) in &self.dirty {
+        for (k, (v, _)) in &self.buffer.dirty {
             if in_range(k) {
                 merged.insert(k.clone(), v.clone());
             }
@@ -174,19 +196,17 @@ const SESSION_SUFFIX_BYTES: usize = 16;
 /// A window store with its write buffer.
 pub(crate) struct LoggedWindow {
     pub store: Arc<dyn WindowBytesStore>,
-    dirty: BTreeMap<(Vec<u8>, i64), Dirty>,
-    dirty_bytes: usize,
-    max_dirty_bytes: usize,
+    buffer: WriteBuffer<(Vec<u8>, i64)>,
     changelog: Option<Changelog>,
 }
 
 impl LoggedWindow {
     pub fn new(store: Arc<dyn WindowBytesStore>, changelog: Option<Changelog>, max_dirty_bytes: usize) -> Self {
-        LoggedWindow { store, dirty: BTreeMap::new(), dirty_bytes: 0, max_dirty_bytes, changelog }
+        LoggedWindow { store, buffer: WriteBuffer::new(max_dirty_bytes), changelog }
     }
 
     pub fn fetch(&self, key: &[u8], start_ms: i64) -> Result<Option<Vec<u8>>, StreamsError> {
-        if let Some((value, _)) = self.dirty.get(&(key.to_vec(), start_ms)) {
+        if let Some((value, _)) = self.buffer.dirty.get(&(key.to_vec(), start_ms)) {
             return Ok(value.clone());
         }
         self.store.fetch(key, start_ms)
@@ -200,23 +220,18 @@ impl LoggedWindow {
         value: Option<Vec<u8>>,
         timestamp_ms: i64,
     ) -> Result<(), StreamsError> {
-        let added = key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
-        if let Some((old, _)) = self.dirty.insert((key.clone(), start_ms), (value, timestamp_ms)) {
-            self.dirty_bytes -= key.len() + old.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
-        }
-        self.dirty_bytes += added;
-        if self.dirty_bytes > self.max_dirty_bytes {
+        let key_len = key.len();
+        if self.buffer.insert((key, start_ms), key_len, value, timestamp_ms) {
             self.flush(out)?;
         }
         Ok(())
     }
 
     pub fn flush(&mut self, out: &mut Vec<OutRecord>) -> Result<(), StreamsError> {
-        if self.dirty.is_empty() {
+        if self.buffer.dirty.is_empty() {
             return Ok(());
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        self.dirty_bytes = 0;
+        let dirty = self.buffer.take();
         let mut batch = Vec::with_capacity(dirty.len());
         let mut stamps = Vec::with_capacity(dirty.len());
         for ((key, start), (value, ts)) in dirty {
@@ -241,7 +256,7 @@ impl LoggedWindow {
             merged.insert(start, Some(v.to_vec()));
             true
         })?;
-        for ((_, start), (v, _)) in self.dirty.range((key.to_vec(), from_ms)..=(key.to_vec(), to_ms)) {
+        for ((_, start), (v, _)) in self.buffer.dirty.range((key.to_vec(), from_ms)..=(key.to_vec(), to_ms)) {
             merged.insert(*start, v.clone());
         }
         Ok(merged.into_iter().filter_map(|(s, v)| v.map(|v| (s, v))).collect())
@@ -255,7 +270,7 @@ impl LoggedWindow {
             merged.insert((start, k.to_vec()), Some(v.to_vec()));
             true
         })?;
-        for ((k, start), (v, _)) in &self.dirty {
+        for ((k, start), (v, _)) in &self.buffer.dirty {
             if (from_ms..=to_ms).contains(start) {
                 merged.insert((*start, k.clone()), v.clone());
             }
@@ -281,15 +296,13 @@ impl LoggedWindow {
 /// A session store with its write buffer.
 pub(crate) struct LoggedSession {
     pub store: Arc<dyn SessionBytesStore>,
-    dirty: BTreeMap<(Vec<u8>, i64, i64), Dirty>,
-    dirty_bytes: usize,
-    max_dirty_bytes: usize,
+    buffer: WriteBuffer<(Vec<u8>, i64, i64)>,
     changelog: Option<Changelog>,
 }
 
 impl LoggedSession {
     pub fn new(store: Arc<dyn SessionBytesStore>, changelog: Option<Changelog>, max_dirty_bytes: usize) -> Self {
-        LoggedSession { store, dirty: BTreeMap::new(), dirty_bytes: 0, max_dirty_bytes, changelog }
+        LoggedSession { store, buffer: WriteBuffer::new(max_dirty_bytes), changelog }
     }
 
     /// Sessions of `key` with end >= earliest_end and start <= latest_start, buffered writes
@@ -306,7 +319,7 @@ impl LoggedSession {
             true
         })?;
         for ((_, end, start), (v, _)) in
-            self.dirty.range((key.to_vec(), earliest_end_ms, i64::MIN)..=(key.to_vec(), i64::MAX, i64::MAX))
+            self.buffer.dirty.range((key.to_vec(), earliest_end_ms, i64::MIN)..=(key.to_vec(), i64::MAX, i64::MAX))
         {
             if *start <= latest_start_ms {
                 merged.insert((*end, *start), v.clone());
@@ -326,24 +339,18 @@ impl LoggedSession {
         value: Option<Vec<u8>>,
         timestamp_ms: i64,
     ) -> Result<(), StreamsError> {
-        let added = key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
-        if let Some((old, _)) = self.dirty.insert((key.clone(), window.end_ms, window.start_ms), (value, timestamp_ms))
-        {
-            self.dirty_bytes -= key.len() + old.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
-        }
-        self.dirty_bytes += added;
-        if self.dirty_bytes > self.max_dirty_bytes {
+        let key_len = key.len();
+        if self.buffer.insert((key, window.end_ms, window.start_ms), key_len, value, timestamp_ms) {
             self.flush(out)?;
         }
         Ok(())
     }
 
     pub fn flush(&mut self, out: &mut Vec<OutRecord>) -> Result<(), StreamsError> {
-        if self.dirty.is_empty() {
+        if self.buffer.dirty.is_empty() {
             return Ok(());
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        self.dirty_bytes = 0;
+        let dirty = self.buffer.take();
         let mut batch = Vec::with_capacity(dirty.len());
         let mut stamps = Vec::with_capacity(dirty.len());
         for ((key, end_ms, start_ms), (value, ts)) in dirty {

@@ -164,12 +164,7 @@ impl TopologyTestDriver {
         key: impl Serde<K> + Send + Sync + 'static,
         value: impl Serde<V> + Send + Sync + 'static,
     ) -> ReadOnlyKeyValueStore<K, V> {
-        ReadOnlyKeyValueStore {
-            registry: self.registry.clone(),
-            name: name.to_string(),
-            key: Arc::new(key),
-            value: Arc::new(value),
-        }
+        ReadOnlyKeyValueStore::new(self.registry.clone(), name, key, value)
     }
 
     /// Queries a window store (as [`crate::KafkaStreams::window_store`]).
@@ -179,12 +174,7 @@ impl TopologyTestDriver {
         key: impl Serde<K> + Send + Sync + 'static,
         value: impl Serde<V> + Send + Sync + 'static,
     ) -> ReadOnlyWindowStore<K, V> {
-        ReadOnlyWindowStore {
-            registry: self.registry.clone(),
-            name: name.to_string(),
-            key: Arc::new(key),
-            value: Arc::new(value),
-        }
+        ReadOnlyWindowStore::new(self.registry.clone(), name, key, value)
     }
 
     /// Records dropped as late so far.

@@ -221,12 +221,7 @@ impl KafkaStreams {
         key: impl Serde<K> + Send + Sync + 'static,
         value: impl Serde<V> + Send + Sync + 'static,
     ) -> ReadOnlyKeyValueStore<K, V> {
-        ReadOnlyKeyValueStore {
-            registry: self.shared.stores.clone(),
-            name: name.to_string(),
-            key: Arc::new(key),
-            value: Arc::new(value),
-        }
+        ReadOnlyKeyValueStore::new(self.shared.stores.clone(), name, key, value)
     }
 
     /// Read-only queries of window store `name` over this instance's tasks.
@@ -236,12 +231,7 @@ impl KafkaStreams {
         key: impl Serde<K> + Send + Sync + 'static,
         value: impl Serde<V> + Send + Sync + 'static,
     ) -> ReadOnlyWindowStore<K, V> {
-        ReadOnlyWindowStore {
-            registry: self.shared.stores.clone(),
-            name: name.to_string(),
-            key: Arc::new(key),
-            value: Arc::new(value),
-        }
+        ReadOnlyWindowStore::new(self.shared.stores.clone(), name, key, value)
     }
 }
 
