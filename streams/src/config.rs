@@ -41,6 +41,10 @@ pub struct StreamsConfig {
     /// `default.deserialization.exception.handler`: `LogAndFail` (default), `LogAndContinue`,
     /// or a dead-letter topic via `errors.deadletterqueue.topic.name`.
     pub deserialization_handler: DeserializationHandler,
+    /// `default.production.exception.handler`: `LogAndFail` (default: an output record the
+    /// broker refuses for good stops the application) or `LogAndContinue` (it is logged,
+    /// counted and skipped). Changelog writes always fail the application.
+    pub production_handler_continue: bool,
     /// `replication.factor` of internal topics. Default -1 (the broker's default).
     pub replication_factor: i16,
     /// `poll.ms`: how long a thread blocks waiting for records. Default 100.
@@ -75,6 +79,7 @@ impl StreamsConfig {
             state_dir: std::env::temp_dir().join("kafka-streams"),
             statestore_cache_max_bytes: 10 * 1024 * 1024,
             deserialization_handler: DeserializationHandler::LogAndFail,
+            production_handler_continue: false,
             replication_factor: -1,
             poll_ms: 100,
             max_poll_records: 1000,
@@ -122,6 +127,17 @@ impl StreamsConfig {
                     other => {
                         return Err(StreamsError::Config(format!(
                             "{key} must be LogAndFail or LogAndContinue (or set errors.deadletterqueue.topic.name), not '{other}'"
+                        )))
+                    }
+                }
+            }
+            "default.production.exception.handler" | "production.exception.handler" => {
+                self.production_handler_continue = match value.rsplit('.').next().unwrap_or(value) {
+                    "DefaultProductionExceptionHandler" | "LogAndFail" => false,
+                    "LogAndContinue" | "AlwaysContinueProductionExceptionHandler" => true,
+                    other => {
+                        return Err(StreamsError::Config(format!(
+                            "{key} must be LogAndFail or LogAndContinue, not '{other}'"
                         )))
                     }
                 }

@@ -262,3 +262,50 @@ fn repartition_topics_are_named_after_the_store_or_the_grouping() {
     assert!(description.contains("Repartition(\"counts\")"), "{description}");
     assert!(description.contains("Repartition(\"by-value\")"), "{description}");
 }
+
+fn windowed_join(kind: &str) -> TopologyTestDriver {
+    use spate_streams::window::JoinWindows;
+    use spate_streams::StreamJoined;
+    let b = StreamsBuilder::new();
+    let left = b.stream(&["left"], Consumed::with(StringSerde, StringSerde));
+    let right = b.stream(&["right"], Consumed::with(StringSerde, StringSerde));
+    let windows = JoinWindows::of_time_difference_and_grace(Duration::from_secs(10), Duration::from_secs(2)).unwrap();
+    let serdes = || StreamJoined::with(StringSerde, StringSerde, StringSerde);
+    let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "-".into());
+    let joined = match kind {
+        "inner" => left.join(&right, |l: &String, r: &String| format!("{l}+{r}"), windows, serdes()).unwrap(),
+        "outer" => left
+            .outer_join(
+                &right,
+                move |l: Option<&String>, r: Option<&String>| format!("{}+{}", show(l), show(r)),
+                windows,
+                serdes(),
+            )
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    joined.to("out", Produced::with(StringSerde, StringSerde));
+    let dir = tempfile::tempdir().unwrap().keep();
+    TopologyTestDriver::new(b.build().unwrap(), &config(&dir)).unwrap()
+}
+
+#[test]
+fn windowed_inner_and_outer_joins() {
+    for kind in ["inner", "outer"] {
+        let mut d = windowed_join(kind);
+        d.pipe_input("left", Some(b"k"), Some(b"L1"), 1_000).unwrap();
+        d.pipe_input("right", Some(b"k"), Some(b"R1"), 5_000).unwrap(); // within 10 s: joins
+        d.pipe_input("right", Some(b"j"), Some(b"R2"), 6_000).unwrap(); // no left: outer pads later
+        d.pipe_input("left", Some(b"k"), Some(b"L2"), 20_000).unwrap(); // 15 s after R1: no match
+                                                                        // Moves stream time past every window + grace; the outer join's sweep emits the
+                                                                        // unmatched records (wall clock advanced past the emit interval).
+        d.advance_wall_clock_ms(2_000).unwrap();
+        d.pipe_input("left", Some(b"z"), Some(b"Z"), 60_000).unwrap();
+        let out = strings(d.read_output("out"));
+        let expected: Vec<(String, String)> = match kind {
+            "inner" => vec![("k".into(), "L1+R1".into())],
+            _ => vec![("k".into(), "L1+R1".into()), ("j".into(), "-+R2".into()), ("k".into(), "L2+-".into())],
+        };
+        assert_eq!(out, expected, "{kind}");
+    }
+}

@@ -584,3 +584,70 @@ async fn a_windowed_join_remembers_records_across_a_restart() {
     assert!(unpaid.is_empty(), "o4 was paid: {unpaid:?}");
     streams.close().unwrap();
 }
+
+/// An output record the broker refuses (too large) stops the application by default, and is
+/// skipped under `default.production.exception.handler=LogAndContinue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_output_records_fail_or_are_skipped_by_the_production_handler() {
+    use spate_streams::serdes::StringSerde;
+    use spate_streams::{Consumed, Produced, StreamsBuilder};
+    let broker =
+        TestBroker::start(&["--set", "group.initial.rebalance.delay.ms=0", "--set", "message.max.bytes=2000"]).unwrap();
+    create(&broker, &[("pin", 1), ("pout", 1)]).await;
+    produce(
+        &broker,
+        "pin",
+        &[(Some("a"), Some("small"), 1), (Some("b"), Some("big"), 2), (Some("c"), Some("small"), 3)],
+    )
+    .await;
+    let topology = || {
+        let b = StreamsBuilder::new();
+        b.stream(&["pin"], Consumed::with(StringSerde, StringSerde))
+            .map_values(|v: String| if v == "big" { "x".repeat(5_000) } else { v })
+            .to("pout", Produced::with(StringSerde, StringSerde));
+        b.build().unwrap()
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut failing = start(topology(), config(&broker, "prod-fail", state.path()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let message = loop {
+        if let StreamsState::Error(e) = failing.state() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the refused record did not stop the application");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(message.contains("pout") && message.contains("LogAndContinue"), "{message}");
+    assert!(failing.close().is_err());
+    // The Spate producer does not split a refused batch (Kafka's does), so records batched
+    // with the refused one would be refused too: give each its own batch.
+    create(&broker, &[("pin2", 1)]).await;
+    let topology2 = || {
+        let b = StreamsBuilder::new();
+        b.stream(&["pin2"], Consumed::with(StringSerde, StringSerde))
+            .map_values(|v: String| if v == "big" { "x".repeat(5_000) } else { v })
+            .to("pout", Produced::with(StringSerde, StringSerde));
+        b.build().unwrap()
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut skipping = start(
+        topology2(),
+        config(&broker, "prod-continue", state.path())
+            .set("default.production.exception.handler", "LogAndContinue")
+            .unwrap(),
+    );
+    let has = |key: &'static [u8]| move |r: &[ConsumerRecord]| r.iter().any(|r| r.key.as_deref() == Some(key));
+    produce(&broker, "pin2", &[(Some("a"), Some("small"), 1)]).await;
+    read_until(&broker, "pout", Duration::from_secs(30), has(b"a")).await;
+    produce(&broker, "pin2", &[(Some("b"), Some("big"), 2)]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while skipping.metrics().dropped_other.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the refused record was not skipped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    produce(&broker, "pin2", &[(Some("c"), Some("small"), 3)]).await;
+    let out = read_until(&broker, "pout", Duration::from_secs(30), has(b"c")).await;
+    assert!(out.iter().all(|r| r.value.as_ref().unwrap().len() < 100));
+    assert_eq!(skipping.state(), StreamsState::Running);
+    skipping.close().unwrap();
+}

@@ -594,12 +594,25 @@ impl ThreadState {
                 }
             };
             let p = self.pending.pop_front().expect("front exists");
-            let metadata = outcome.map_err(|e| {
-                StreamsError::State(format!(
-                    "error sending to topic {}: {e} (production failed; the application stops as Kafka's default production handler does)",
-                    p.topic
-                ))
-            })?;
+            let metadata = match outcome {
+                Ok(m) => m,
+                // An output record the broker refused for good, under LogAndContinue: skipped.
+                // Changelog writes always stop the application: a store would silently diverge
+                // from its changelog.
+                Err(e) if p.kind == OutKind::Sink && self.shared.config.production_handler_continue => {
+                    warn!(topic = %p.topic, error = %e,
+                        "dropping an output record the broker refused (default.production.exception.handler=LogAndContinue)");
+                    self.shared.metrics.dropped_other.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(StreamsError::State(format!(
+                        "error sending to topic {}: {e} (production failed; the application stops, as with Kafka's default \
+                         production handler; default.production.exception.handler=LogAndContinue skips output records instead)",
+                        p.topic
+                    )))
+                }
+            };
             if p.kind == OutKind::Changelog {
                 if let Some(task) = self.tasks.get_mut(&p.task) {
                     task.changelog_acked(&p.topic, metadata.partition, metadata.offset);
