@@ -47,7 +47,7 @@ pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use dsl::ProcessorInit;
 pub use dsl::{
     BranchedKStream, Consumed, Data, EmitStrategy, Grouped, InvalidTimestampPolicy, KGroupedStream, KStream, KTable,
-    Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamsBuilder, TimeWindowedKStream,
+    Materialized, Produced, Repartitioned, SessionWindowedKStream, SlidingWindowedKStream, StreamsBuilder, TimeWindowedKStream,
     TimestampExtractor,
 };
 pub use error::StreamsError;

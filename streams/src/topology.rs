@@ -62,6 +62,8 @@ pub(crate) struct TopologyBuilder {
     pub stores: BTreeMap<String, StoreSpec>,
     counter: usize,
     pub late_records_topic: Option<String>,
+    /// Windowed aggregation nodes and how their windows close, for `suppress` downstream.
+    pub window_closes: HashMap<NodeId, crate::dsl::suppress::WindowClose>,
 }
 
 impl TopologyBuilder {

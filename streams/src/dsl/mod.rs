@@ -6,12 +6,15 @@ mod aggregate;
 mod join;
 mod kstream;
 mod ktable;
+mod sliding;
+pub(crate) mod suppress;
 
 use std::sync::{Arc, Mutex};
 
 pub use aggregate::{EmitStrategy, KGroupedStream, SessionWindowedKStream, TimeWindowedKStream};
 pub use kstream::{BranchedKStream, KStream, ProcessorInit};
 pub use ktable::KTable;
+pub use sliding::SlidingWindowedKStream;
 
 use crate::processor::{shared, Downstream, ProcessFn, Record, TaskContext};
 use crate::serdes::{Serde, SerdeRef};
