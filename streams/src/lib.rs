@@ -6,7 +6,8 @@
 //! - [`StreamsBuilder`] → [`KStream`] / [`KTable`]: stateless operators, `group_by` →
 //!   [`KGroupedStream`] (`count`, `reduce`, `aggregate`), `windowed_by` time windows
 //!   ([`TimeWindowedKStream`], with [`EmitStrategy::OnWindowClose`] for final results) and
-//!   sessions ([`SessionWindowedKStream`]), stream-table, table-table and windowed
+//!   sessions ([`SessionWindowedKStream`]), `windowed_by_sliding` sliding windows
+//!   ([`SlidingWindowedKStream`]), [`KTable::suppress`] for final results, stream-table, table-table and windowed
 //!   stream-stream joins, and the Processor API ([`KStream::process`], [`Processor`]).
 //! - [`KafkaStreams`] with a [`StreamsConfig`] (Kafka's keys): stream threads, tasks per
 //!   partition, state stores restored from changelog topics, at-least-once commits,
@@ -47,8 +48,8 @@ pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use dsl::ProcessorInit;
 pub use dsl::{
     BranchedKStream, Consumed, Data, EmitStrategy, Grouped, InvalidTimestampPolicy, KGroupedStream, KStream, KTable,
-    Materialized, Produced, Repartitioned, SessionWindowedKStream, SlidingWindowedKStream, StreamsBuilder, TimeWindowedKStream,
-    TimestampExtractor,
+    Materialized, Produced, Repartitioned, SessionWindowedKStream, SlidingWindowedKStream, StreamsBuilder,
+    TimeWindowedKStream, TimestampExtractor,
 };
 pub use error::StreamsError;
 pub use processor::{Change, Processor, ProcessorContext, PunctuationType, Record, TaskContext};

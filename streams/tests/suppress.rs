@@ -28,7 +28,8 @@ fn ms(ms: i64) -> Duration {
 /// operator), suppressed until their windows close.
 fn final_counts(advance_ms: i64) -> spate_streams::Topology {
     let builder = StreamsBuilder::new();
-    let windows = TimeWindows::of_size_with_grace(ms(SIZE_MS), ms(GRACE_MS)).unwrap().advance_by(ms(advance_ms)).unwrap();
+    let windows =
+        TimeWindows::of_size_with_grace(ms(SIZE_MS), ms(GRACE_MS)).unwrap().advance_by(ms(advance_ms)).unwrap();
     builder
         .stream(&["in"], Consumed::with(StringSerde, StringSerde))
         .group_by_key(Grouped::with(StringSerde, StringSerde))

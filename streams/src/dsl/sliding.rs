@@ -295,3 +295,21 @@ fn emit_closed<K: Data, A: Data>(
     *emitted_through_ms = Some(closed_through);
     lock(emit_kv).put(&mut ctx.out, EMIT_TIME_KEY.to_vec(), Some(closed_through.to_be_bytes().to_vec()), stream_time_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_carry_the_newest_timestamp_before_the_aggregate() {
+        let vs: SerdeRef<i64> = Arc::new(I64Serde);
+        let bytes = encode(&vs, &7, 42).unwrap();
+        assert_eq!(bytes.len(), 16);
+        assert_eq!(&bytes[..8], &42i64.to_be_bytes());
+        assert_eq!(decode(&vs, &bytes).unwrap(), (7, 42));
+        // A value too short for its timestamp (e.g. a store written by another operator) is
+        // an error, not a panic.
+        let err = decode(&vs, &[0; 7]).unwrap_err();
+        assert!(err.to_string().contains("sliding-window aggregate"), "{err}");
+    }
+}
