@@ -7,8 +7,9 @@
 //!   [`KGroupedStream`] (`count`, `reduce`, `aggregate`), `windowed_by` time windows
 //!   ([`TimeWindowedKStream`], with [`EmitStrategy::OnWindowClose`] for final results) and
 //!   sessions ([`SessionWindowedKStream`]), `windowed_by_sliding` sliding windows
-//!   ([`SlidingWindowedKStream`]), [`KTable::suppress`] for final results, stream-table, table-table and windowed
-//!   stream-stream joins, and the Processor API ([`KStream::process`], [`Processor`]).
+//!   ([`SlidingWindowedKStream`]), [`KTable::suppress`] for final results, stream-table,
+//!   table-table and windowed stream-stream joins, and the Processor API
+//!   ([`KStream::process`], [`Processor`]).
 //! - [`KafkaStreams`] with a [`StreamsConfig`] (Kafka's keys): stream threads, tasks per
 //!   partition, state stores restored from changelog topics, at-least-once commits,
 //!   interactive queries ([`KafkaStreams::store`], [`KafkaStreams::window_store`]).
