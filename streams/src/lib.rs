@@ -6,8 +6,10 @@
 //! - [`StreamsBuilder`] → [`KStream`] / [`KTable`]: stateless operators, `group_by` →
 //!   [`KGroupedStream`] (`count`, `reduce`, `aggregate`), `windowed_by` time windows
 //!   ([`TimeWindowedKStream`], with [`EmitStrategy::OnWindowClose`] for final results) and
-//!   sessions ([`SessionWindowedKStream`]), stream-table, table-table and windowed
-//!   stream-stream joins, and the Processor API ([`KStream::process`], [`Processor`]).
+//!   sessions ([`SessionWindowedKStream`]), `windowed_by_sliding` sliding windows
+//!   ([`SlidingWindowedKStream`]), [`KTable::suppress`] for final results, stream-table,
+//!   table-table and windowed stream-stream joins, and the Processor API
+//!   ([`KStream::process`], [`Processor`]).
 //! - [`KafkaStreams`] with a [`StreamsConfig`] (Kafka's keys): stream threads, tasks per
 //!   partition, state stores restored from changelog topics, at-least-once commits,
 //!   interactive queries ([`KafkaStreams::store`], [`KafkaStreams::window_store`]).
@@ -47,8 +49,8 @@ pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use dsl::ProcessorInit;
 pub use dsl::{
     BranchedKStream, Consumed, Data, EmitStrategy, GlobalKTable, Grouped, InvalidTimestampPolicy, KGroupedStream,
-    KGroupedTable, KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream, StreamJoined,
-    StreamsBuilder, TimeWindowedKStream, TimestampExtractor,
+    KGroupedTable, KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream,
+    SlidingWindowedKStream, StreamJoined, StreamsBuilder, TimeWindowedKStream, TimestampExtractor,
 };
 pub use error::StreamsError;
 pub use processor::{Change, Processor, ProcessorContext, PunctuationType, Record, TaskContext};

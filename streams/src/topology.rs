@@ -66,6 +66,8 @@ pub(crate) struct TopologyBuilder {
     /// Repartition topics whose partition count is that of the sub-topology of a node other
     /// than their writer's (a foreign-key join's subscription and response topics).
     pub copartition: Vec<(String, NodeId)>,
+    /// Windowed aggregation nodes and how their windows close, for `suppress` downstream.
+    pub window_closes: HashMap<NodeId, crate::dsl::suppress::WindowClose>,
 }
 
 /// A global table: every instance reads all partitions of `topic` into the store `store`.

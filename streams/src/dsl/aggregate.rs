@@ -87,7 +87,7 @@ impl<K: Clone, V: Clone> PendingForward<K, V> {
 
 /// Shares an operator's held-back updates and children between its processing function and
 /// its flush hook.
-type Held<K, V> = Arc<Mutex<(PendingForward<K, V>, Downstream<K, Change<V>>)>>;
+pub(crate) type Held<K, V> = Arc<Mutex<(PendingForward<K, V>, Downstream<K, Change<V>>)>>;
 
 /// A stream grouped by key (Kafka's `KGroupedStream`).
 pub struct KGroupedStream<K, V> {
@@ -231,7 +231,7 @@ pub(crate) fn aggregate_node<K: Data, V: Data, A: Data>(
     Ok(KTable::new(builder, node, Some(store), key_serde, value_serde))
 }
 
-fn push_flusher<K: Data, V: Data>(tb: &mut TaskBuild<'_>, state: &Held<K, V>) {
+pub(crate) fn push_flusher<K: Data, V: Data>(tb: &mut TaskBuild<'_>, state: &Held<K, V>) {
     let state = state.clone();
     tb.flushers.push(Box::new(move |ctx: &mut TaskContext| {
         let mut g = lock(&state);
@@ -385,6 +385,9 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
                 }
                 Ok(())
             }) as ProcessFn<K, V>)
+        });
+        super::suppress::register_window_close::<Windowed<K, TimeWindow>>(&mut b, node, windows.grace_ms(), |k| {
+            k.window.end_ms
         });
         drop(b);
         let windowed_key: SerdeRef<Windowed<K, TimeWindow>> =
@@ -556,6 +559,11 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
                 let key = Windowed { key: r.key, window: merge.window };
                 pending.push(ctx, ds, &wk, key, Change { new: Some(agg), old }, r.timestamp_ms, size)
             }) as ProcessFn<K, V>)
+        });
+        // Session ends are inclusive: a session closes when `end + gap + grace < stream time`.
+        let wait_ms = windows.inactivity_gap_ms().saturating_add(windows.grace_ms());
+        super::suppress::register_window_close::<Windowed<K, SessionWindow>>(&mut b, node, wait_ms, |k| {
+            k.window.end_ms.saturating_add(1)
         });
         drop(b);
         let windowed_key: SerdeRef<Windowed<K, SessionWindow>> =

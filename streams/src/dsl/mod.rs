@@ -9,6 +9,8 @@ mod grouped_table;
 mod join;
 mod kstream;
 mod ktable;
+mod sliding;
+pub(crate) mod suppress;
 
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +20,7 @@ pub use grouped_table::KGroupedTable;
 pub use join::StreamJoined;
 pub use kstream::{BranchedKStream, KStream, ProcessorInit};
 pub use ktable::KTable;
+pub use sliding::SlidingWindowedKStream;
 
 use crate::processor::{shared, Downstream, ProcessFn, Record, TaskContext};
 use crate::serdes::{Serde, SerdeRef};
