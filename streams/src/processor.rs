@@ -219,7 +219,7 @@ pub enum PunctuationType {
 }
 
 /// A low-level processor (Kafka's Processor API), given to [`KStream::process`]. Stores it
-/// declared are opened for it in [`ProcessorInit`].
+/// declared are opened for it in [`ProcessorInit`](crate::ProcessorInit).
 ///
 /// [`KStream::process`]: crate::KStream::process
 pub trait Processor<K, V, KOut, VOut>: Send {
@@ -227,7 +227,8 @@ pub trait Processor<K, V, KOut, VOut>: Send {
     fn process(&mut self, ctx: &mut ProcessorContext<'_, KOut, VOut>, record: Record<K, V>)
         -> Result<(), StreamsError>;
 
-    /// Called for each punctuation scheduled in [`ProcessorInit::schedule`], with the time
+    /// Called for each punctuation scheduled in
+    /// [`ProcessorInit::schedule`](crate::ProcessorInit::schedule), with the time
     /// (stream time or wall-clock time, by type) that triggered it.
     fn punctuate(
         &mut self,

@@ -98,7 +98,7 @@ impl<K, V> ReadOnlyKeyValueStore<K, V> {
     }
 
     /// Entries with `from <= key < to` by key bytes (None: unbounded), at most
-    /// [`MAX_QUERY_ENTRIES`].
+    /// `MAX_QUERY_ENTRIES` (1,000,000).
     pub fn range(&self, from: Option<&K>, to: Option<&K>) -> Result<Vec<(K, V)>, StreamsError> {
         let from = from.map(|k| self.key.serialize(k)).transpose()?;
         let to = to.map(|k| self.key.serialize(k)).transpose()?;
@@ -115,7 +115,7 @@ impl<K, V> ReadOnlyKeyValueStore<K, V> {
             .collect()
     }
 
-    /// Every entry (at most [`MAX_QUERY_ENTRIES`]).
+    /// Every entry (at most `MAX_QUERY_ENTRIES` (1,000,000)).
     pub fn all(&self) -> Result<Vec<(K, V)>, StreamsError> {
         self.range(None, None)
     }

@@ -71,7 +71,7 @@ impl TopologyTestDriver {
             let dir = TaskDir { path: state_dir.task_dir(&name)?, lock };
             let inputs: Vec<String> = st.source_topics.iter().map(|t| t.resolve(&config.application_id)).collect();
             let late = topology.late_records_topic.as_deref().map(Arc::from);
-            let task = Task::open(
+            let mut task = Task::open(
                 &topology,
                 st,
                 id,
@@ -88,6 +88,9 @@ impl TopologyTestDriver {
                 r.entry(store.clone()).or_default().insert(id, handle.clone());
             }
             drop(r);
+            // Wall-clock punctuations count from the driver's start (time 0), as Kafka's
+            // count from when they are scheduled.
+            task.punctuate_wall_clock(0)?;
             tasks.insert(st.id, task);
         }
         Ok(TopologyTestDriver {

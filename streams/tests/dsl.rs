@@ -309,3 +309,59 @@ fn windowed_inner_and_outer_joins() {
         assert_eq!(out, expected, "{kind}");
     }
 }
+
+/// The Processor API: a processor with its own store (first sighting of each key passes) and
+/// a wall-clock punctuation that reports how many keys it has seen.
+#[test]
+fn processors_use_their_stores_and_punctuate() {
+    use spate_streams::{Processor, ProcessorContext, PunctuationType, Record};
+    struct Dedup {
+        seen: spate_streams::KeyValueStore<String, i64>,
+        distinct: i64,
+    }
+    impl Processor<String, String, String, String> for Dedup {
+        fn process(
+            &mut self,
+            ctx: &mut ProcessorContext<'_, String, String>,
+            r: Record<String, String>,
+        ) -> Result<(), spate_streams::StreamsError> {
+            if self.seen.get(&r.key)?.is_none() {
+                self.seen.put(ctx, &r.key, Some(&r.timestamp_ms))?;
+                self.distinct += 1;
+                ctx.forward(r)?;
+            }
+            Ok(())
+        }
+        fn punctuate(
+            &mut self,
+            ctx: &mut ProcessorContext<'_, String, String>,
+            _: PunctuationType,
+            now_ms: i64,
+        ) -> Result<(), spate_streams::StreamsError> {
+            ctx.forward(Record::new("distinct".into(), self.distinct.to_string(), now_ms))
+        }
+    }
+    let b = StreamsBuilder::new();
+    b.add_key_value_store("seen", true, false).unwrap();
+    b.stream(&["in"], Consumed::with(StringSerde, StringSerde))
+        .process(
+            |init| {
+                init.schedule(1_000, PunctuationType::WallClockTime)?;
+                Ok(Dedup { seen: init.key_value_store("seen", StringSerde, I64Serde)?, distinct: 0 })
+            },
+            &["seen"],
+        )
+        .to("out", Produced::with(StringSerde, StringSerde));
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = TopologyTestDriver::new(b.build().unwrap(), &config(dir.path())).unwrap();
+    for (k, ts) in [("a", 1), ("b", 2), ("a", 3)] {
+        d.pipe_input("in", Some(k.as_bytes()), Some(b"v"), ts).unwrap();
+    }
+    d.advance_wall_clock_ms(500).unwrap();
+    d.advance_wall_clock_ms(600).unwrap();
+    assert_eq!(
+        strings(d.read_output("out")),
+        vec![("a".into(), "v".into()), ("b".into(), "v".into()), ("distinct".into(), "2".into())]
+    );
+    assert_eq!(d.store("seen", StringSerde, I64Serde).get(&"a".to_string()).unwrap(), Some(1));
+}

@@ -223,6 +223,13 @@ impl StreamsBuilder {
         Ok(KTable::new(self.clone(), source, Some(store), key_serde, value_serde))
     }
 
+    /// Declares a key-value store for processors added with [`KStream::process`] (Kafka's
+    /// `addStateStore`); list its name in `process`'s stores to use it. With `logging` it has
+    /// a changelog topic and is restored like the DSL's stores.
+    pub fn add_key_value_store(&self, name: &str, logging: bool, in_memory: bool) -> Result<(), StreamsError> {
+        self.lock().add_store(StoreSpec { name: name.to_string(), store_type: StoreType::KeyValue, logging, in_memory })
+    }
+
     /// Sends records that were dropped as late (beyond their window's grace) to `topic`,
     /// with their original key and value bytes, besides counting them (beyond Kafka Streams,
     /// which only counts them).
