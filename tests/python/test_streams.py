@@ -91,6 +91,8 @@ class StreamsProcess:
         self.cmd = [example_binary(name), *args]
         # Set when we stopped or killed it on purpose; teardown treats any other exit as a failure.
         self.stopped_on_purpose = False
+        # Set when SIGTERM did not end it within STOP_TIMEOUT_S.
+        self.ignored_sigterm = False
         env = {**os.environ, "RUST_BACKTRACE": "1", "NO_COLOR": "1"}
         with open(log_path, "ab") as log:
             log.write(f"=== {' '.join(self.cmd)}\n".encode())
@@ -123,6 +125,7 @@ class StreamsProcess:
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                self.ignored_sigterm = True
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
         return self.proc.returncode
@@ -135,8 +138,9 @@ def streams_broker(broker_factory):
 
 @pytest.fixture
 def run_example(tmp_path, request):
-    """Returns `start(name, bootstrap, state_dir, *extra_args) -> StreamsProcess`. Every process is
-    killed at teardown; one that exited by itself fails the test; logs go with a failure's report."""
+    """Returns `start(name, bootstrap, state_dir, *extra_args) -> StreamsProcess`. At teardown every
+    process still running is stopped with SIGTERM and must exit 0 within STOP_TIMEOUT_S; one that
+    exited by itself fails the test. conftest.py attaches their logs to a failing test's report."""
     started: list[StreamsProcess] = []
     # conftest.py's report hook attaches these processes' logs to the report of a failing test.
     request.node._spate_streams = started
@@ -154,8 +158,12 @@ def run_example(tmp_path, request):
         if not p.alive() and not p.stopped_on_purpose:
             problems.append(f"{p.name} #{i} exited by itself with status {p.proc.returncode}")
         if p.alive():
-            p.proc.kill()
-            p.proc.wait(timeout=STOP_TIMEOUT_S)
+            # A graceful stop, as Ctrl-C: the example commits, leaves the group and exits 0.
+            code = p.stop()
+            if p.ignored_sigterm:
+                problems.append(f"{p.name} #{i} ignored SIGTERM for {STOP_TIMEOUT_S}s and was killed")
+            elif code != 0:
+                problems.append(f"{p.name} #{i} exited with status {code} on SIGTERM")
     if problems:
         pytest.fail("; ".join(problems))
 
@@ -403,7 +411,6 @@ TOTAL_LINES = 20_000
 BATCH = 500
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_kill_9_mid_run_loses_nothing(streams_broker, run_example, counts_reader, tmp_path):
     bootstrap = streams_broker.bootstrap
@@ -474,7 +481,6 @@ def test_kill_9_mid_run_loses_nothing(streams_broker, run_example, counts_reader
         f"{len(counts_before_restart)} words had output before the restart; {reader.records} output records in all"
     )
     assert duplicates <= bound, f"{duplicates} duplicate counts, more than the {bound} records left uncommitted"
-    app.stop()
 
 
 # --- 4. instances share the work and survive kill -9 -------------------------------------------------
@@ -484,7 +490,6 @@ SHARED_WORDS = 60
 PER_WORD_PER_ROUND = 20
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_instances_share_and_survive_kill_9(streams_broker, run_example, counts_reader, tmp_path):
     bootstrap = streams_broker.bootstrap
@@ -547,6 +552,4 @@ def test_instances_share_and_survive_kill_9(streams_broker, run_example, counts_
     while time.monotonic() < end:
         reader.poll(0.2)
     assert all(v == 3 * PER_WORD_PER_ROUND for v in reader.latest.values()), reader.latest
-    for p in (b, c):
-        assert p.alive()
-        p.stop()
+    assert b.alive() and c.alive()
