@@ -10,7 +10,7 @@
 #   ./scripts/test.sh                 everything (what CI runs)
 #   ./scripts/test.sh setup           only install kcat and the venv
 #   ./scripts/test.sh rust            fmt check, build, nextest, clippy
-#   ./scripts/test.sh python [ARGS]   build the binary, then pytest tests/python with extra ARGS (e.g. -k kcat)
+#   ./scripts/test.sh python [ARGS]   build the binaries, then pytest tests/python with extra ARGS (e.g. -k kcat)
 #
 # Environment: CARGO_TARGET_DIR is honoured; when unset and /work/spate-target exists, that directory is
 # used so incremental builds survive fresh clones. SPATE_SKIP_LINT=1 skips fmt and clippy.
@@ -163,7 +163,9 @@ setup() {
 
 fmt_check() { cargo fmt --all -- --check; }
 
-build_bins() { cargo build "${CARGO_LOCKED[@]}" --workspace --bins; }
+# The example programs too: the Python tests run the spate-streams examples (test_streams.py finds
+# them in the examples/ directory beside the spate binary, or in $SPATE_EXAMPLES_DIR).
+build_bins() { cargo build "${CARGO_LOCKED[@]}" --workspace --bins --examples; }
 
 # Runs the Rust tests and adds their counts to the totals.
 rust_tests() {
@@ -263,7 +265,7 @@ fi
 
 BUILT=0
 if [ "$MODE" = all ] || [ "$MODE" = rust ] || [ "$MODE" = python ]; then
-    if run_phase "cargo build --workspace --bins" build_bins; then BUILT=1; fi
+    if run_phase "cargo build --workspace --bins --examples" build_bins; then BUILT=1; fi
 fi
 
 if [ "$MODE" = all ] || [ "$MODE" = rust ]; then

@@ -316,3 +316,9 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append(
                     (f"cluster {c} broker {node.node_id} log ({state}, {node.log_path})", node.log_tail(20000))
                 )
+        # Streams example processes (test_streams.py).
+        for i, proc in enumerate(getattr(item, "_spate_streams", [])):
+            text = proc.log_text()
+            if len(text) > 20000:
+                text = "... (earlier lines cut)\n" + text[-20000:]
+            report.sections.append((f"streams example {proc.name} #{i} log ({proc.log_path})", text))
