@@ -301,6 +301,8 @@ fn windowed_inner_and_outer_joins() {
                                                                         // unmatched records (wall clock advanced past the emit interval).
         d.advance_wall_clock_ms(2_000).unwrap();
         d.pipe_input("left", Some(b"z"), Some(b"Z"), 60_000).unwrap();
+        // The sweep runs at most once per emit interval of wall-clock time: let one pass.
+        d.advance_wall_clock_ms(2_000).unwrap();
         let out = strings(d.read_output("out"));
         let expected: Vec<(String, String)> = match kind {
             "inner" => vec![("k".into(), "L1+R1".into())],

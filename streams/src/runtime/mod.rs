@@ -85,6 +85,8 @@ struct Shared {
     /// Set once the global thread has read every global topic to its end (at once when there
     /// are none); stream threads wait for it before joining the group.
     globals_ready: AtomicBool,
+    /// This instance's id in client ids (Kafka's `processId`).
+    process_id: String,
     /// Holds the global stores' directory for the life of the instance.
     _global_lock: Option<crate::state::directory::TaskDirLock>,
 }
@@ -122,6 +124,7 @@ impl KafkaStreams {
                 state_dir,
                 globals,
                 globals_ready,
+                process_id: uuid::Uuid::new_v4().to_string(),
                 _global_lock: global_lock,
             }),
             threads: Vec::new(),
@@ -849,7 +852,9 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
             .await?;
     prepare_topics(&shared, &admin).await?;
-    let thread_name = format!("{}-StreamThread-{}", config.client_id, index + 1);
+    // Kafka Streams' client ids: `<client.id>-<process id>-StreamThread-<n>-consumer`, so that
+    // tools tell instances apart.
+    let thread_name = format!("{}-{}-StreamThread-{}", config.client_id, shared.process_id, index + 1);
     let task_assignor = Arc::new(assignor::StreamsAssignor::new(
         shared
             .topology
