@@ -651,3 +651,43 @@ async fn refused_output_records_fail_or_are_skipped_by_the_production_handler() 
     assert_eq!(skipping.state(), StreamsState::Running);
     skipping.close().unwrap();
 }
+
+/// A sub-topology that reads a repartition topic it writes itself (a stream joined with a
+/// table built from a re-keyed branch of the same stream): the topic takes the count of the
+/// stream's topic instead of being refused as a cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_topology_may_read_a_repartition_topic_it_writes() {
+    use spate_streams::serdes::StringSerde;
+    use spate_streams::{Consumed, Grouped, Materialized, Produced, StreamsBuilder};
+    let broker = broker();
+    create(&broker, &[("cyc-in", 2), ("cyc-out", 1)]).await;
+    // "name=<user>=<name>" records (any key) build a table of names by user; "visit" records
+    // keyed by user join it. Both come from one topic.
+    produce(&broker, "cyc-in", &[(Some("x"), Some("name=u1=ann"), 1)]).await;
+    let b = StreamsBuilder::new();
+    let input = b.stream(&["cyc-in"], Consumed::with(StringSerde, StringSerde));
+    let names = input
+        .filter(|_, v| v.starts_with("name="))
+        .map(|_, v: String| {
+            let parts: Vec<&str> = v.splitn(3, '=').collect();
+            (parts[1].to_string(), parts[2].to_string())
+        })
+        .group_by_key(Grouped::with(StringSerde, StringSerde))
+        .reduce(|_, newer| newer, Materialized::named("names"))
+        .unwrap();
+    input
+        .filter(|_, v| v == "visit")
+        .join_table(&names, |_, name: &String| format!("hello {name}"))
+        .unwrap()
+        .to("cyc-out", Produced::with(StringSerde, StringSerde));
+    let topology = b.build().unwrap();
+    assert_eq!(topology.to_string().matches("Sub-topology").count(), 1, "{topology}");
+    let state = tempfile::tempdir().unwrap();
+    let mut streams = start(topology, config(&broker, "cyc", state.path()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    produce(&broker, "cyc-in", &[(Some("u1"), Some("visit"), 2)]).await;
+    let out = read_until(&broker, "cyc-out", Duration::from_secs(30), |r| !r.is_empty()).await;
+    assert_eq!(out[0].value.as_deref(), Some(&b"hello ann"[..]));
+    assert_eq!(streams.state(), StreamsState::Running);
+    streams.close().unwrap();
+}

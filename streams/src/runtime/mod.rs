@@ -320,6 +320,18 @@ async fn prepare_topics(shared: &Shared, admin: &Admin) -> Result<PartitionCount
         let mut rest = Vec::new();
         for st in pending {
             let sources: Vec<String> = st.source_topics.iter().map(|t| t.resolve(app)).collect();
+            // A sub-topology may read a repartition topic it writes itself (a re-keyed branch
+            // of a stream joined back with the stream): that topic takes the count of its
+            // other inputs.
+            let own: BTreeSet<String> = st.sink_topics.iter().map(|t| t.resolve(app)).collect();
+            let known = sources.iter().find_map(|t| counts.get(t).copied());
+            if let Some(n) = known {
+                let missing: Vec<String> =
+                    sources.iter().filter(|t| !counts.contains_key(*t) && own.contains(*t)).cloned().collect();
+                for t in missing {
+                    counts.insert(t, n);
+                }
+            }
             if sources.iter().any(|t| !counts.contains_key(t)) {
                 rest.push(st);
                 continue;
