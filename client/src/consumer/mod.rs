@@ -316,6 +316,10 @@ struct State {
     next_partition: usize,
     /// An error to report from the next `poll` (e.g. an out-of-range offset with reset none).
     pending_error: Option<Error>,
+    /// Brokers with a Fetch in flight. One at a time per broker, as the Java client: a broker
+    /// answers a connection's requests in order, so a second fetch would wait behind the
+    /// first's long poll.
+    fetching: BTreeSet<i32>,
 }
 
 /// A Kafka consumer, with manual assignment or as a group member. Methods take `&self`; calls
@@ -364,6 +368,7 @@ impl Consumer {
                 outcomes,
                 next_partition: 0,
                 pending_error: None,
+                fetching: BTreeSet::new(),
             }),
             group,
         })
@@ -607,7 +612,15 @@ impl Consumer {
         let now = tokio::time::Instant::now();
         let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
         let mut unknown_leader: BTreeSet<&str> = BTreeSet::new();
+        // Brokers leading a partition whose records are still buffered: their next fetch must
+        // not long-poll, or the buffered partition could not be fetched again until it ends.
+        let mut draining: BTreeSet<i32> = BTreeSet::new();
         for (tp, ps) in state.assignment.iter_mut() {
+            if !ps.buffered.is_empty() {
+                if let Some(leader) = metadata.leader(&tp.topic, tp.partition) {
+                    draining.insert(leader);
+                }
+            }
             if ps.retry_at.is_some_and(|at| at > now) {
                 continue;
             }
@@ -631,6 +644,10 @@ impl Consumer {
             }
         }
         for (broker, tps) in by_leader {
+            if !state.fetching.insert(broker) {
+                continue;
+            }
+            let max_wait_ms = if draining.contains(&broker) { 0 } else { self.config.fetch_max_wait_ms as i32 };
             let mut asked = Vec::with_capacity(tps.len());
             let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
             for tp in &tps {
@@ -649,7 +666,7 @@ impl Consumer {
             }
             let request = FetchRequest::default()
                 .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(self.config.fetch_max_wait_ms as i32)
+                .with_max_wait_ms(max_wait_ms)
                 .with_min_bytes(self.config.fetch_min_bytes)
                 .with_max_bytes(self.config.fetch_max_bytes)
                 .with_isolation_level(self.config.isolation_level.wire())
@@ -681,6 +698,7 @@ impl Consumer {
     }
 
     fn handle_outcome(&self, state: &mut State, outcome: FetchOutcome) {
+        state.fetching.remove(&outcome.broker);
         for (tp, _, _) in &outcome.asked {
             if let Some(ps) = state.assignment.get_mut(tp) {
                 ps.in_flight = false;
