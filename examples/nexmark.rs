@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p spate-examples --example nexmark -- --bootstrap-server 127.0.0.1:9092 \
-//!     --query q0|q1|q2|q3|q5|q7|q8 [--events 2000000] [--partitions 2] [--event-rate 10000] \
+//!     --query q0|q0raw|q1|q2|q3|q5|q7|q8 [--events 2000000] [--partitions 2] [--event-rate 10000] \
 //!     [--rate R] [--skip-generate] [--threads 1] [--grace-ms 2000] [--broker-pid PID] \
 //!     [--set streams.key=value ...]
 //! ```
@@ -24,7 +24,8 @@
 //!   of the window to the result being readable, which includes the grace period.
 //!
 //! Queries (Nexmark's, as in the Beam and RisingWave suites):
-//! - q0: every event passed through (decoded and re-encoded).
+//! - q0: every event passed through (decoded and re-encoded); q0raw: the bytes passed through
+//!   undecoded, to tell the runtime's cost from JSON's.
 //! - q1: bids with the price converted to euros (`price * 0.908`).
 //! - q2: bids of auctions with `auction % 123 == 0` (auction, price).
 //! - q3: auctions of category 10 joined with their seller when the seller lives in OR, ID or
@@ -52,7 +53,7 @@ use spate_client::{
     Admin, AutoOffsetReset, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
     TopicPartition,
 };
-use spate_streams::serdes::{I64Serde, JsonSerde};
+use spate_streams::serdes::{BytesSerde, I64Serde, JsonSerde};
 use spate_streams::window::{JoinWindows, TimeWindows};
 use spate_streams::{
     Consumed, EmitStrategy, Grouped, KStream, KafkaStreams, Materialized, Produced, Repartitioned, StreamsBuilder,
@@ -435,6 +436,8 @@ impl Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Query {
     Q0,
+    /// q0 without decoding: the record's bytes passed through (the runtime's own cost).
+    Q0Raw,
     Q1,
     Q2,
     Q3,
@@ -447,19 +450,21 @@ impl Query {
     fn parse(s: &str) -> anyhow::Result<Query> {
         Ok(match s {
             "q0" => Query::Q0,
+            "q0raw" => Query::Q0Raw,
             "q1" => Query::Q1,
             "q2" => Query::Q2,
             "q3" => Query::Q3,
             "q5" => Query::Q5,
             "q7" => Query::Q7,
             "q8" => Query::Q8,
-            other => bail!("unknown query '{other}': expected q0, q1, q2, q3, q5, q7 or q8"),
+            other => bail!("unknown query '{other}': expected q0, q0raw, q1, q2, q3, q5, q7 or q8"),
         })
     }
 
     fn name(self) -> &'static str {
         match self {
             Query::Q0 => "q0",
+            Query::Q0Raw => "q0raw",
             Query::Q1 => "q1",
             Query::Q2 => "q2",
             Query::Q3 => "q3",
@@ -496,11 +501,18 @@ fn auctions(events: &KStream<i64, Event>) -> KStream<i64, Auction> {
 fn topology(query: Query, output: &str, grace: Duration) -> anyhow::Result<(Topology, Progress)> {
     let builder = StreamsBuilder::new();
     let mut progress = Progress::default();
+    if query == Query::Q0Raw {
+        counting(&builder.stream(&[EVENTS_TOPIC], Consumed::with(BytesSerde, BytesSerde)), &progress.source)
+            .to(output, Produced::with(BytesSerde, BytesSerde));
+        return Ok((builder.build()?, progress));
+    }
     let events = counting(
         &builder.stream(&[EVENTS_TOPIC], Consumed::with(I64Serde, JsonSerde::<Event>::new())),
         &progress.source,
     );
     match query {
+        // Built above, without the decoding source.
+        Query::Q0Raw => {}
         Query::Q0 => events.to(output, Produced::with(I64Serde, JsonSerde::<Event>::new())),
         Query::Q1 => bids(&events)
             .map_values(|b| Q1Out {
@@ -1078,7 +1090,7 @@ mod tests {
 
     #[test]
     fn every_query_builds() {
-        for q in [Query::Q0, Query::Q1, Query::Q2, Query::Q3, Query::Q5, Query::Q7, Query::Q8] {
+        for q in [Query::Q0, Query::Q0Raw, Query::Q1, Query::Q2, Query::Q3, Query::Q5, Query::Q7, Query::Q8] {
             topology(q, "out", Duration::from_secs(2)).unwrap_or_else(|e| panic!("{q:?}: {e}"));
         }
     }
