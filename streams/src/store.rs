@@ -9,7 +9,7 @@
 //! (8 bytes BE)`. A deleted entry is a tombstone (null value), so the compacted changelog forgets
 //! it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -193,20 +193,68 @@ impl LoggedKv {
 const WINDOW_SUFFIX_BYTES: usize = 12;
 const SESSION_SUFFIX_BYTES: usize = 16;
 
+/// A window store's buffered writes: by key, then window start, so that a lookup hashes the
+/// key bytes once and allocates nothing (windowed aggregations look up every record's windows).
+struct WindowBuffer {
+    dirty: HashMap<Vec<u8>, BTreeMap<i64, Dirty>>,
+    entries: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl WindowBuffer {
+    fn get(&self, key: &[u8], start_ms: i64) -> Option<&Dirty> {
+        self.dirty.get(key)?.get(&start_ms)
+    }
+
+    /// Buffers a write; true when the buffer is over its size.
+    fn insert(&mut self, key: &[u8], start_ms: i64, value: Option<Vec<u8>>, timestamp_ms: i64) -> bool {
+        let key_len = key.len();
+        let size = |v: &Option<Vec<u8>>| key_len + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
+        self.bytes += size(&value);
+        // The key is copied only the first time it is buffered.
+        let windows = match self.dirty.get_mut(key) {
+            Some(windows) => windows,
+            None => self.dirty.entry(key.to_vec()).or_default(),
+        };
+        match windows.insert(start_ms, (value, timestamp_ms)) {
+            Some((old, _)) => self.bytes -= size(&old),
+            None => self.entries += 1,
+        }
+        self.bytes > self.max_bytes
+    }
+
+    fn take(&mut self) -> Vec<(Vec<u8>, i64, Dirty)> {
+        let mut out = Vec::with_capacity(self.entries);
+        for (key, windows) in std::mem::take(&mut self.dirty) {
+            for (start, dirty) in windows {
+                out.push((key.clone(), start, dirty));
+            }
+        }
+        self.entries = 0;
+        self.bytes = 0;
+        out
+    }
+}
+
 /// A window store with its write buffer.
 pub(crate) struct LoggedWindow {
     pub store: Arc<dyn WindowBytesStore>,
-    buffer: WriteBuffer<(Vec<u8>, i64)>,
+    buffer: WindowBuffer,
     changelog: Option<Changelog>,
 }
 
 impl LoggedWindow {
     pub fn new(store: Arc<dyn WindowBytesStore>, changelog: Option<Changelog>, max_dirty_bytes: usize) -> Self {
-        LoggedWindow { store, buffer: WriteBuffer::new(max_dirty_bytes), changelog }
+        LoggedWindow {
+            store,
+            buffer: WindowBuffer { dirty: HashMap::new(), entries: 0, bytes: 0, max_bytes: max_dirty_bytes },
+            changelog,
+        }
     }
 
     pub fn fetch(&self, key: &[u8], start_ms: i64) -> Result<Option<Vec<u8>>, StreamsError> {
-        if let Some((value, _)) = self.buffer.dirty.get(&(key.to_vec(), start_ms)) {
+        if let Some((value, _)) = self.buffer.get(key, start_ms) {
             return Ok(value.clone());
         }
         self.store.fetch(key, start_ms)
@@ -220,8 +268,19 @@ impl LoggedWindow {
         value: Option<Vec<u8>>,
         timestamp_ms: i64,
     ) -> Result<(), StreamsError> {
-        let key_len = key.len();
-        if self.buffer.insert((key, start_ms), key_len, value, timestamp_ms) {
+        self.put_ref(out, &key, start_ms, value, timestamp_ms)
+    }
+
+    /// As `put`, copying the key only if it is not buffered yet.
+    pub fn put_ref(
+        &mut self,
+        out: &mut Vec<OutRecord>,
+        key: &[u8],
+        start_ms: i64,
+        value: Option<Vec<u8>>,
+        timestamp_ms: i64,
+    ) -> Result<(), StreamsError> {
+        if self.buffer.insert(key, start_ms, value, timestamp_ms) {
             self.flush(out)?;
         }
         Ok(())
@@ -234,7 +293,7 @@ impl LoggedWindow {
         let dirty = self.buffer.take();
         let mut batch = Vec::with_capacity(dirty.len());
         let mut stamps = Vec::with_capacity(dirty.len());
-        for ((key, start), (value, ts)) in dirty {
+        for (key, start, (value, ts)) in dirty {
             batch.push((key, start, value));
             stamps.push(ts);
         }
@@ -251,13 +310,18 @@ impl LoggedWindow {
 
     /// Windows of `key` starting in [from, to], buffered writes included, ascending start.
     pub fn fetch_range(&self, key: &[u8], from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Vec<u8>)>, StreamsError> {
+        if from_ms > to_ms {
+            return Ok(Vec::new());
+        }
         let mut merged: BTreeMap<i64, Option<Vec<u8>>> = BTreeMap::new();
         self.store.fetch_range(key, from_ms, to_ms, &mut |start, v| {
             merged.insert(start, Some(v.to_vec()));
             true
         })?;
-        for ((_, start), (v, _)) in self.buffer.dirty.range((key.to_vec(), from_ms)..=(key.to_vec(), to_ms)) {
-            merged.insert(*start, v.clone());
+        if let Some(windows) = self.buffer.dirty.get(key) {
+            for (start, (v, _)) in windows.range(from_ms..=to_ms) {
+                merged.insert(*start, v.clone());
+            }
         }
         Ok(merged.into_iter().filter_map(|(s, v)| v.map(|v| (s, v))).collect())
     }
@@ -265,13 +329,16 @@ impl LoggedWindow {
     /// Every key's windows starting in [from, to], buffered writes included, ordered by
     /// (start, key).
     pub fn fetch_all(&self, from_ms: i64, to_ms: i64) -> Result<WindowEntries, StreamsError> {
+        if from_ms > to_ms {
+            return Ok(Vec::new());
+        }
         let mut merged: BTreeMap<(i64, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
         self.store.fetch_all(from_ms, to_ms, &mut |k, start, v| {
             merged.insert((start, k.to_vec()), Some(v.to_vec()));
             true
         })?;
-        for ((k, start), (v, _)) in &self.buffer.dirty {
-            if (from_ms..=to_ms).contains(start) {
+        for (k, windows) in &self.buffer.dirty {
+            for (start, (v, _)) in windows.range(from_ms..=to_ms) {
                 merged.insert((*start, k.clone()), v.clone());
             }
         }

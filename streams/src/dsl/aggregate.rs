@@ -359,7 +359,7 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
                         let new = f(&r.key, r.value.clone(), old.clone());
                         let new_bytes = vs.serialize(&new)?;
                         let size = new_bytes.len();
-                        s.put(&mut ctx.out, key_bytes.clone(), window.start_ms, Some(new_bytes), r.timestamp_ms)?;
+                        s.put_ref(&mut ctx.out, &key_bytes, window.start_ms, Some(new_bytes), r.timestamp_ms)?;
                         if emit == EmitStrategy::OnWindowUpdate {
                             let mut g = lock(&state);
                             let (pending, ds) = &mut *g;
