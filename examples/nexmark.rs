@@ -534,8 +534,8 @@ fn topology(query: Query, output: &str, grace: Duration) -> anyhow::Result<(Topo
         Query::Q3 => {
             // The table of sellers of interest, keyed by person id (as the input is). The
             // persons go through a repartition topic of their own although their key does not
-            // change: a join in the sub-topology that reads `nexmark-events` and writes the
-            // auctions' repartition topic is refused as a cycle by spate-streams.
+            // change: written when spate-streams refused a sub-topology reading a repartition
+            // topic it writes itself (it no longer does); kept so the figures stay comparable.
             let sellers = persons(&events).filter(|_, p| matches!(p.state.as_str(), "OR" | "ID" | "CA"));
             let sellers = progress
                 .repartition(
@@ -625,8 +625,7 @@ fn topology(query: Query, output: &str, grace: Duration) -> anyhow::Result<(Topo
                 &by_seller,
                 Repartitioned::with(I64Serde, JsonSerde::<Auction>::new()).with_name("q8-auctions-by-seller"),
             );
-            // Persons through a repartition topic of their own, as in q3 (a join next to the
-            // `nexmark-events` source would make a cycle).
+            // Persons through a repartition topic of their own, as in q3 (see there).
             let persons = progress.repartition(
                 &persons(&events),
                 Repartitioned::with(I64Serde, JsonSerde::<Person>::new()).with_name("q8-persons-by-id"),
