@@ -1134,7 +1134,8 @@ mod tests {
 
     #[test]
     fn every_query_builds() {
-        for q in [Query::Q0, Query::Q0Raw, Query::Q1, Query::Q2, Query::Q3, Query::Q4, Query::Q5, Query::Q7, Query::Q8] {
+        for q in [Query::Q0, Query::Q0Raw, Query::Q1, Query::Q2, Query::Q3, Query::Q4, Query::Q5, Query::Q7, Query::Q8]
+        {
             topology(q, "out", Duration::from_secs(2)).unwrap_or_else(|e| panic!("{q:?}: {e}"));
         }
     }
