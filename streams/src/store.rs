@@ -73,6 +73,26 @@ fn changelog_record(changelog: &Changelog, key: Vec<u8>, value: Option<Vec<u8>>,
     }
 }
 
+/// Writes `batch` to the store in one go, then (for a logged store) each entry to the
+/// changelog: `to_changelog` gives its changelog key and value, `stamps` its timestamp.
+fn write_and_log<E>(
+    changelog: Option<&Changelog>,
+    out: &mut Vec<OutRecord>,
+    batch: Vec<E>,
+    stamps: Vec<i64>,
+    write: impl FnOnce(&[E]) -> Result<(), StreamsError>,
+    to_changelog: impl Fn(E) -> (Vec<u8>, Option<Vec<u8>>),
+) -> Result<(), StreamsError> {
+    write(&batch)?;
+    if let Some(changelog) = changelog {
+        for (entry, ts) in batch.into_iter().zip(stamps) {
+            let (key, value) = to_changelog(entry);
+            out.push(changelog_record(changelog, key, value, ts));
+        }
+    }
+    Ok(())
+}
+
 /// Locks a store of this task. Stores are shared only between the owning thread and readers of
 /// interactive queries, neither of which panics while holding the lock; a poisoned lock still
 /// holds consistent data because every method leaves the buffer whole before it can fail.
@@ -154,13 +174,7 @@ impl LoggedKv {
             batch.push((key, value));
             stamps.push(ts);
         }
-        self.store.write_batch(&batch)?;
-        if let Some(changelog) = &self.changelog {
-            for ((key, value), ts) in batch.into_iter().zip(stamps) {
-                out.push(changelog_record(changelog, key, value, ts));
-            }
-        }
-        Ok(())
+        write_and_log(self.changelog.as_ref(), out, batch, stamps, |b| self.store.write_batch(b), |e| e)
     }
 
     /// Entries from..to in key order, buffered writes included (interactive queries and
@@ -297,15 +311,18 @@ impl LoggedWindow {
             batch.push((key, start, value));
             stamps.push(ts);
         }
-        self.store.write_batch(&batch)?;
-        if let Some(changelog) = &self.changelog {
-            for ((mut key, start, value), ts) in batch.into_iter().zip(stamps) {
+        write_and_log(
+            self.changelog.as_ref(),
+            out,
+            batch,
+            stamps,
+            |b| self.store.write_batch(b),
+            |(mut key, start, value)| {
                 key.extend_from_slice(&start.to_be_bytes());
                 key.extend_from_slice(&0u32.to_be_bytes());
-                out.push(changelog_record(changelog, key, value, ts));
-            }
-        }
-        Ok(())
+                (key, value)
+            },
+        )
     }
 
     /// Windows of `key` starting in [from, to], buffered writes included, ascending start.
@@ -424,15 +441,18 @@ impl LoggedSession {
             batch.push((key, SessionWindow { start_ms, end_ms }, value));
             stamps.push(ts);
         }
-        self.store.write_batch(&batch)?;
-        if let Some(changelog) = &self.changelog {
-            for ((mut key, w, value), ts) in batch.into_iter().zip(stamps) {
+        write_and_log(
+            self.changelog.as_ref(),
+            out,
+            batch,
+            stamps,
+            |b| self.store.write_batch(b),
+            |(mut key, w, value)| {
                 key.extend_from_slice(&w.end_ms.to_be_bytes());
                 key.extend_from_slice(&w.start_ms.to_be_bytes());
-                out.push(changelog_record(changelog, key, value, ts));
-            }
-        }
-        Ok(())
+                (key, value)
+            },
+        )
     }
 
     pub fn restore(&self, records: &ChangelogRecords) -> Result<(), StreamsError> {

@@ -12,14 +12,50 @@ use std::sync::{Arc, Mutex};
 use super::{Data, Grouped, KStream, KTable, Materialized};
 use crate::processor::{Change, Downstream, ProcessFn, Record, TaskContext};
 use crate::serdes::{I64Serde, SerdeRef, SessionWindowedSerde, TimeWindowedSerde};
+use crate::state::default_segment_interval_ms;
 use crate::store::{lock, StoreSpec, StoreType};
-use crate::topology::{processor_node, TaskBuild};
+use crate::topology::{processor_node, TaskBuild, TopologyBuilder};
 use crate::window::{LateDecision, SessionWindow, SessionWindows, StreamTime, TimeWindow, TimeWindows, Windowed};
 use crate::StreamsError;
 
-/// Kafka's default segment interval: max(retention / 2, 60 s).
-fn segment_interval_ms(retention_ms: i64) -> i64 {
-    (retention_ms / 2).max(60_000)
+/// `reducer(aggregate, value)` as an aggregator: the first value is the first aggregate.
+pub(crate) fn reducing<K, V>(
+    reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
+) -> impl Fn(&K, V, Option<V>) -> V + Send + Sync + 'static {
+    move |_, v, agg| match agg {
+        None => v,
+        Some(a) => reducer(a, v),
+    }
+}
+
+/// Declares a windowed aggregation's window store (named after `materialized`, or generated)
+/// and, for emit-on-window-close, its `<store>-emit-time` store; returns the window store's
+/// name, the emit-time store's name and every store the node uses.
+pub(crate) fn add_window_stores<A>(
+    b: &mut TopologyBuilder,
+    materialized: &Materialized<A>,
+    retention_ms: i64,
+    emit: EmitStrategy,
+) -> Result<(String, String, Vec<String>), StreamsError> {
+    let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
+    b.add_store(StoreSpec {
+        name: store.clone(),
+        store_type: StoreType::Window { retention_ms, segment_interval_ms: default_segment_interval_ms(retention_ms) },
+        logging: materialized.logging,
+        in_memory: materialized.in_memory,
+    })?;
+    let mut stores = vec![store.clone()];
+    let emit_store = format!("{store}-emit-time");
+    if emit == EmitStrategy::OnWindowClose {
+        b.add_store(StoreSpec {
+            name: emit_store.clone(),
+            store_type: StoreType::KeyValue,
+            logging: materialized.logging,
+            in_memory: materialized.in_memory,
+        })?;
+        stores.push(emit_store.clone());
+    }
+    Ok((store, emit_store, stores))
 }
 
 /// Updates held back per key until the next flush (the forwarding half of Kafka's record
@@ -120,8 +156,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
 
     /// Records per key.
     pub fn count(&self, materialized: Materialized<i64>) -> Result<KTable<K, i64>, StreamsError> {
-        let materialized =
-            Materialized { value: Some(materialized.value.unwrap_or_else(|| Arc::new(I64Serde))), ..materialized };
+        let materialized = materialized.or_value_serde(Arc::new(I64Serde));
         self.aggregate(|| 0i64, |_, _, n| n + 1, materialized)
     }
 
@@ -132,15 +167,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
         materialized: Materialized<V>,
     ) -> Result<KTable<K, V>, StreamsError> {
-        let value_serde = materialized.value.clone().unwrap_or_else(|| self.value.clone());
-        let materialized = Materialized { value: Some(value_serde), ..materialized };
-        self.aggregate_opt(
-            move |_, v, agg: Option<V>| match agg {
-                None => v,
-                Some(a) => reducer(a, v),
-            },
-            materialized,
-        )
+        self.aggregate_opt(reducing(reducer), materialized.or_value_serde(self.value.clone()))
     }
 
     /// Folds each key's values into an aggregate: `initializer()` for a new key, then
@@ -265,8 +292,7 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
     }
 
     pub fn count(&self, materialized: Materialized<i64>) -> Result<KTable<Windowed<K, TimeWindow>, i64>, StreamsError> {
-        let materialized =
-            Materialized { value: Some(materialized.value.unwrap_or_else(|| Arc::new(I64Serde))), ..materialized };
+        let materialized = materialized.or_value_serde(Arc::new(I64Serde));
         self.aggregate(|| 0i64, |_, _, n| n + 1, materialized)
     }
 
@@ -275,14 +301,7 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
         materialized: Materialized<V>,
     ) -> Result<KTable<Windowed<K, TimeWindow>, V>, StreamsError> {
-        let value_serde = materialized.value.clone().unwrap_or_else(|| self.grouped.value.clone());
-        self.aggregate_opt(
-            move |_, v, agg| match agg {
-                None => v,
-                Some(a) => reducer(a, v),
-            },
-            Materialized { value: Some(value_serde), ..materialized },
-        )
+        self.aggregate_opt(reducing(reducer), materialized.or_value_serde(self.grouped.value.clone()))
     }
 
     pub fn aggregate<A: Data>(
@@ -309,24 +328,7 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         let input = self.grouped.input(materialized.name.as_ref());
         let builder = input.builder.clone();
         let mut b = builder.lock();
-        let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
-        b.add_store(StoreSpec {
-            name: store.clone(),
-            store_type: StoreType::Window { retention_ms, segment_interval_ms: segment_interval_ms(retention_ms) },
-            logging: materialized.logging,
-            in_memory: materialized.in_memory,
-        })?;
-        let mut stores = vec![store.clone()];
-        let emit_store = format!("{store}-emit-time");
-        if self.emit == EmitStrategy::OnWindowClose {
-            b.add_store(StoreSpec {
-                name: emit_store.clone(),
-                store_type: StoreType::KeyValue,
-                logging: materialized.logging,
-                in_memory: materialized.in_memory,
-            })?;
-            stores.push(emit_store.clone());
-        }
+        let (store, emit_store, stores) = add_window_stores(&mut b, &materialized, retention_ms, self.emit)?;
         let name = b.name("KSTREAM-WINDOWED-AGGREGATE");
         let (key_serde, vs) = (self.grouped.key.clone(), value_serde.clone());
         let f = Arc::new(f);
@@ -474,8 +476,7 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
         &self,
         materialized: Materialized<i64>,
     ) -> Result<KTable<Windowed<K, SessionWindow>, i64>, StreamsError> {
-        let materialized =
-            Materialized { value: Some(materialized.value.unwrap_or_else(|| Arc::new(I64Serde))), ..materialized };
+        let materialized = materialized.or_value_serde(Arc::new(I64Serde));
         self.aggregate(|| 0i64, |_, _, n| n + 1, |_, a, b| a + b, materialized)
     }
 

@@ -77,8 +77,7 @@ impl<K: Data, V: Data> KTable<K, V> {
 impl<K: Data, V: Data> KGroupedTable<K, V> {
     /// Rows per new key: +1 per added row, -1 per removed one.
     pub fn count(&self, materialized: Materialized<i64>) -> Result<KTable<K, i64>, StreamsError> {
-        let materialized =
-            Materialized { value: Some(materialized.value.unwrap_or_else(|| Arc::new(I64Serde))), ..materialized };
+        let materialized = materialized.or_value_serde(Arc::new(I64Serde));
         self.aggregate(|| 0, |_, _, n| n + 1, |_, _, n| n - 1, materialized)
     }
 
@@ -90,8 +89,7 @@ impl<K: Data, V: Data> KGroupedTable<K, V> {
         subtractor: impl Fn(V, V) -> V + Send + Sync + 'static,
         materialized: Materialized<V>,
     ) -> Result<KTable<K, V>, StreamsError> {
-        let materialized =
-            Materialized { value: Some(materialized.value.unwrap_or_else(|| self.value.clone())), ..materialized };
+        let materialized = materialized.or_value_serde(self.value.clone());
         aggregate_node(&self.stream, self.key.clone(), materialized, move |_, (v, add), agg| match (agg, add) {
             (None, true) => Some(v),
             (Some(a), true) => Some(adder(a, v)),

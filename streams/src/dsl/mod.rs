@@ -160,6 +160,11 @@ impl<V> Materialized<V> {
         self
     }
 
+    /// `serde` unless a value serde was given.
+    pub(crate) fn or_value_serde(self, serde: SerdeRef<V>) -> Self {
+        Materialized { value: Some(self.value.unwrap_or(serde)), ..self }
+    }
+
     /// No changelog topic: the store is not restored after a crash or a move (Kafka's
     /// `withLoggingDisabled`).
     pub fn with_logging_disabled(mut self) -> Self {

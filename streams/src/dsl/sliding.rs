@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::aggregate::{push_flusher, Held, PendingForward};
+use super::aggregate::{add_window_stores, push_flusher, reducing, Held, PendingForward};
 use super::{Data, EmitStrategy, KGroupedStream, KTable, Materialized};
 use crate::processor::{Change, ProcessFn, Record, TaskContext};
 use crate::serdes::{I64Serde, SerdeRef, TimeWindowedSerde};
-use crate::store::{lock, LoggedKv, LoggedWindow, StoreSpec, StoreType};
+use crate::store::{lock, LoggedKv, LoggedWindow};
 use crate::topology::processor_node;
 use crate::window::{LateDecision, SlidingWindowAggregate, SlidingWindows, StreamTime, TimeWindow, Windowed};
 use crate::StreamsError;
@@ -72,8 +72,7 @@ impl<K: Data, V: Data> SlidingWindowedKStream<K, V> {
     }
 
     pub fn count(&self, materialized: Materialized<i64>) -> Result<KTable<Windowed<K, TimeWindow>, i64>, StreamsError> {
-        let materialized =
-            Materialized { value: Some(materialized.value.unwrap_or_else(|| Arc::new(I64Serde))), ..materialized };
+        let materialized = materialized.or_value_serde(Arc::new(I64Serde));
         self.aggregate(|| 0i64, |_, _, n| n + 1, materialized)
     }
 
@@ -82,14 +81,7 @@ impl<K: Data, V: Data> SlidingWindowedKStream<K, V> {
         reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
         materialized: Materialized<V>,
     ) -> Result<KTable<Windowed<K, TimeWindow>, V>, StreamsError> {
-        let value_serde = materialized.value.clone().unwrap_or_else(|| self.grouped.value.clone());
-        self.aggregate_opt(
-            move |_, v, agg| match agg {
-                None => v,
-                Some(a) => reducer(a, v),
-            },
-            Materialized { value: Some(value_serde), ..materialized },
-        )
+        self.aggregate_opt(reducing(reducer), materialized.or_value_serde(self.grouped.value.clone()))
     }
 
     pub fn aggregate<A: Data>(
@@ -117,27 +109,7 @@ impl<K: Data, V: Data> SlidingWindowedKStream<K, V> {
         let input = self.grouped.input(materialized.name.as_ref());
         let builder = input.builder.clone();
         let mut b = builder.lock();
-        let store = materialized.name.clone().unwrap_or_else(|| b.name("KSTREAM-AGGREGATE-STATE-STORE"));
-        b.add_store(StoreSpec {
-            name: store.clone(),
-            store_type: StoreType::Window {
-                retention_ms,
-                segment_interval_ms: crate::state::default_segment_interval_ms(retention_ms),
-            },
-            logging: materialized.logging,
-            in_memory: materialized.in_memory,
-        })?;
-        let mut stores = vec![store.clone()];
-        let emit_store = format!("{store}-emit-time");
-        if self.emit == EmitStrategy::OnWindowClose {
-            b.add_store(StoreSpec {
-                name: emit_store.clone(),
-                store_type: StoreType::KeyValue,
-                logging: materialized.logging,
-                in_memory: materialized.in_memory,
-            })?;
-            stores.push(emit_store.clone());
-        }
+        let (store, emit_store, stores) = add_window_stores(&mut b, &materialized, retention_ms, self.emit)?;
         let name = b.name("KSTREAM-SLIDINGWINDOWAGGREGATE");
         let (key_serde, vs) = (self.grouped.key.clone(), value_serde.clone());
         let f = Arc::new(f);
