@@ -958,19 +958,19 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
                 processed += task.records_processed - before;
                 task.metrics.process_total.increment(task.records_processed - before);
             }
-            // Lag per input partition, from the last fetch (no I/O).
-            for task in st.tasks.values() {
-                for (topic, partition, gauge) in &task.metrics.lag {
-                    if let Ok(Some(lag)) = consumer.lag(&TopicPartition::new(topic.clone(), *partition)).await {
-                        gauge.set(lag as f64);
-                    }
-                }
-            }
             shared.metrics.records_processed.fetch_add(processed, Ordering::Relaxed);
             st.send_outputs().await?;
             st.check_deliveries(false).await?;
             if st.last_commit.elapsed() >= commit_interval {
                 st.commit(&consumer).await?;
+                // Lag per input partition, from the last fetch (no I/O), once per commit.
+                for task in st.tasks.values() {
+                    for (tp, gauge) in &task.metrics.lag {
+                        if let Ok(Some(lag)) = consumer.lag(tp).await {
+                            gauge.set(lag as f64);
+                        }
+                    }
+                }
             }
         }
         Ok::<(), StreamsError>(())

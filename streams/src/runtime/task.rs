@@ -50,7 +50,7 @@ pub(crate) struct TaskMetrics {
     /// `spate_streams_dropped_records_total`: late or unusable records.
     pub dropped_records_total: metrics::Counter,
     /// `spate_streams_records_lag{topic, partition}`: consumer lag of each input partition.
-    pub lag: Vec<(String, i32, metrics::Gauge)>,
+    pub lag: Vec<(spate_client::TopicPartition, metrics::Gauge)>,
 }
 
 impl TaskMetrics {
@@ -69,7 +69,7 @@ impl TaskMetrics {
                         ("partition", id.partition.to_string()),
                     ];
                     let g = metrics::gauge!("spate_streams_records_lag", &labels);
-                    (t.clone(), id.partition, g)
+                    (spate_client::TopicPartition::new(t.clone(), id.partition), g)
                 })
                 .collect(),
         }
