@@ -83,7 +83,7 @@ impl TopologyTestDriver {
                 &globals,
                 late,
             )?;
-            let mut r = lock_registry(&registry);
+            let mut r = lock(&registry);
             for (store, handle) in &task.stores {
                 r.entry(store.clone()).or_default().insert(id, handle.clone());
             }
@@ -244,10 +244,4 @@ impl TopologyTestDriver {
         }
         Err(StreamsError::Topology(format!("a piped record caused more than {MAX_ROUNDS} rounds of repartitioning")))
     }
-}
-
-fn lock_registry(
-    r: &StoreRegistry,
-) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<TaskId, crate::store::TaskStore>>> {
-    lock(r)
 }
