@@ -83,7 +83,7 @@ impl TopologyTestDriver {
                 &globals,
                 late,
             )?;
-            let mut r = lock(&registry);
+            let mut r = crate::store::lock(&registry);
             for (store, handle) in &task.stores {
                 r.entry(store.clone()).or_default().insert(id, handle.clone());
             }
