@@ -1,0 +1,3 @@
+//! Sink connectors.
+
+pub mod file;

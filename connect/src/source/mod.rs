@@ -1,0 +1,3 @@
+//! Source connectors.
+
+pub mod file;
