@@ -24,7 +24,9 @@ use crate::protocol::messages::{
 };
 use crate::protocol::{str_bytes, ErrorCode};
 
-use super::assignor::{CONSUMER_PROTOCOL_TYPE, NO_GENERATION};
+use super::assignor::NO_GENERATION;
+#[cfg(test)]
+use super::assignor::CONSUMER_PROTOCOL_TYPE;
 
 /// Where the member is in the join protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum MemberState {
 #[derive(Debug, Clone)]
 pub(crate) struct MembershipConfig {
     pub group_id: String,
+    /// `consumer` for consumers; other group kinds (Kafka Connect's `connect`) name their own.
+    pub protocol_type: String,
     pub group_instance_id: Option<String>,
     pub session_timeout_ms: i32,
     /// How long the coordinator waits for members to rejoin (the Java client sends
@@ -152,7 +156,6 @@ impl Membership {
         self.state
     }
 
-    #[cfg(test)]
     pub fn member_id(&self) -> &str {
         &self.member_id
     }
@@ -173,6 +176,10 @@ impl Membership {
     }
 
     /// Whether the next poll must (re)join.
+    pub fn leader_id(&self) -> Option<&str> {
+        self.leader_id.as_deref()
+    }
+
     pub fn needs_join(&self) -> bool {
         self.state != MemberState::Stable || self.rejoin_reason.is_some()
     }
@@ -219,7 +226,7 @@ impl Membership {
             } else {
                 None
             })
-            .with_protocol_type(str_bytes(CONSUMER_PROTOCOL_TYPE))
+            .with_protocol_type(str_bytes(self.config.protocol_type.as_str()))
             .with_protocols(
                 protocols
                     .into_iter()
@@ -236,7 +243,7 @@ impl Membership {
         match code {
             ErrorCode::NONE => {
                 let protocol = match (&response.protocol_type, &response.protocol_name) {
-                    (Some(t), _) if t.as_str() != CONSUMER_PROTOCOL_TYPE => {
+                    (Some(t), _) if t.as_str() != self.config.protocol_type => {
                         return self.fail(ErrorCode::INCONSISTENT_GROUP_PROTOCOL);
                     }
                     (_, Some(name)) => name.to_string(),
@@ -306,7 +313,7 @@ impl Membership {
             } else {
                 None
             })
-            .with_protocol_type(if version >= 5 { Some(str_bytes(CONSUMER_PROTOCOL_TYPE)) } else { None })
+            .with_protocol_type(if version >= 5 { Some(str_bytes(self.config.protocol_type.as_str())) } else { None })
             .with_protocol_name(if version >= 5 { self.protocol_name.as_deref().map(str_bytes) } else { None })
             .with_assignments(
                 assignments
@@ -486,6 +493,7 @@ mod tests {
 
     fn config() -> MembershipConfig {
         MembershipConfig {
+            protocol_type: CONSUMER_PROTOCOL_TYPE.to_owned(),
             group_id: "g".into(),
             group_instance_id: None,
             session_timeout_ms: 10_000,

@@ -20,10 +20,12 @@ pub mod assignor;
 mod coordinator;
 mod fetcher;
 mod group;
+mod member;
 mod offsets;
 mod subscription;
 
 pub use assignor::{Assignor, GroupMember, PartitionAssignor, RebalanceProtocol, Subscription};
+pub use member::{ClassicGroupConfig, ClassicGroupMember, JoinedGroup, Rebalanced};
 pub use offsets::OffsetAndMetadata;
 pub use subscription::{ListenerFuture, RebalanceListener};
 

@@ -140,6 +140,7 @@ impl GroupContext {
         let membership = Membership::new(
             MembershipConfig {
                 group_id,
+                protocol_type: assignor::CONSUMER_PROTOCOL_TYPE.to_owned(),
                 group_instance_id: config.group_instance_id.clone(),
                 session_timeout_ms: config.session_timeout_ms as i32,
                 rebalance_timeout_ms: config.max_poll_interval_ms as i32,
