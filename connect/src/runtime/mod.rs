@@ -1,1 +1,8 @@
 //! The worker runtime.
+
+pub mod config_state;
+pub mod errors;
+pub mod kafka_log;
+pub mod protocol;
+pub mod stores;
+pub mod task;

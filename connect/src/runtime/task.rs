@@ -1,0 +1,569 @@
+//! Task threads. Each task runs its connector code on an OS thread of its own (connector code
+//! may block, as in Kafka Connect's `WorkerTask`); Kafka I/O goes through the worker's async
+//! clients with one `block_on` per batch, never per record.
+//!
+//! **Source**: poll → transforms → converters → produce (`acks=all`). A batch's source offsets
+//! become committable once its records (and dead-lettered failures) are acknowledged and every
+//! earlier batch is; committable offsets are written to the offsets topic every
+//! `offset.flush.interval.ms` and at stop. At most [`MAX_UNACKED_BATCHES`] batches are in
+//! flight and the producer's `buffer.memory` bounds their bytes, so a slow broker slows the
+//! task instead of growing memory.
+//!
+//! **Sink**: a consumer in group `connect-<name>` → converters → transforms → `put`; every
+//! `offset.flush.interval.ms`, `pre_commit` says what is durable and only that is committed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value as Json};
+use spate_client::{Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, OffsetAndMetadata, Producer, ProducerRecord, TopicPartition};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use super::errors::{route_failures, ErrorPolicy, RawRecord, TaskRef};
+use super::kafka_log::KafkaLog;
+use super::stores::{offset_key, ConnectorOffsets, OffsetState};
+use crate::config::Props;
+use crate::connector::{FailedRecord, SinkTask, SinkTaskContext, SourceBatch, SourceTask, SourceTaskContext};
+use crate::converter::{Converter, Side};
+use crate::error::{ConnectError, Result};
+use crate::record::{ConnectRecord, KafkaCoordinates};
+use crate::transform::TransformChain;
+
+/// Source batches produced but not yet acknowledged, at most.
+pub const MAX_UNACKED_BATCHES: usize = 64;
+
+/// Counters of one task (what `GET /connectors/{name}/status` reports under `metrics`; the
+/// same events go to the `metrics` facade).
+#[derive(Debug, Default)]
+pub struct TaskMetrics {
+    /// Records polled from the source or read from Kafka.
+    pub records_in: AtomicU64,
+    /// Records produced to Kafka or written by the sink.
+    pub records_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub errors: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Microseconds the last batch took from poll to hand-off.
+    pub last_batch_latency_us: AtomicU64,
+    /// Sink: records between the committed offsets and the end of the assigned partitions
+    /// (last measured).
+    pub lag: AtomicU64,
+}
+
+impl TaskMetrics {
+    /// The counters as JSON.
+    pub fn to_json(&self) -> Json {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "records_in": g(&self.records_in),
+            "records_out": g(&self.records_out),
+            "bytes_in": g(&self.bytes_in),
+            "bytes_out": g(&self.bytes_out),
+            "errors": g(&self.errors),
+            "dead_lettered": g(&self.dead_lettered),
+            "batch_latency_us": g(&self.last_batch_latency_us),
+            "lag": g(&self.lag),
+        })
+    }
+}
+
+/// Stop and pause switches of a running task.
+#[derive(Debug, Default)]
+pub struct TaskControl {
+    pub stop: AtomicBool,
+    pub paused: AtomicBool,
+}
+
+/// Where a task reports its state (RUNNING, PAUSED, FAILED with a trace, UNASSIGNED at stop)
+/// and the topics it uses.
+pub trait StatusSink: Send + Sync {
+    fn task_state(&self, connector: &str, task: u32, state: &str, trace: Option<String>);
+    fn topic_used(&self, connector: &str, task: u32, topic: &str);
+}
+
+/// Everything a task thread needs from its worker.
+pub struct TaskEnv {
+    pub handle: Handle,
+    pub connector: String,
+    pub task: u32,
+    pub connector_config: Props,
+    pub task_config: Props,
+    pub worker_defaults: Props,
+    pub plugins_dir: PathBuf,
+    pub producer: Producer,
+    pub offsets: Arc<Mutex<OffsetState>>,
+    pub offset_log: Arc<KafkaLog>,
+    pub consumer_config: ConsumerConfig,
+    pub offset_flush_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub control: Arc<TaskControl>,
+    pub metrics: Arc<TaskMetrics>,
+    pub status: Arc<dyn StatusSink>,
+}
+
+/// What every task builds from its connector config.
+struct Pipeline {
+    chain: TransformChain,
+    key_converter: Converter,
+    value_converter: Converter,
+    policy: ErrorPolicy,
+    task_ref: TaskRef,
+}
+
+impl Pipeline {
+    fn new(env: &TaskEnv) -> Result<Pipeline> {
+        Ok(Pipeline {
+            chain: TransformChain::from_config(&env.connector_config, &env.plugins_dir)?,
+            key_converter: Converter::from_config(Side::Key, &env.connector_config, &env.worker_defaults)?,
+            value_converter: Converter::from_config(Side::Value, &env.connector_config, &env.worker_defaults)?,
+            policy: ErrorPolicy::from_config(&env.connector_config)?,
+            task_ref: TaskRef { connector: env.connector.clone(), task: env.task },
+        })
+    }
+}
+
+/// Retries `op` per `errors.retry.timeout` (doubling waits up to `errors.retry.delay.max.ms`),
+/// giving up early when the task is asked to stop.
+fn with_retries<T>(policy: &ErrorPolicy, control: &TaskControl, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(300);
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let elapsed = start.elapsed().as_millis() as i64;
+                let retry = policy.retry_timeout_ms < 0 || elapsed + (delay.as_millis() as i64) < policy.retry_timeout_ms;
+                if !retry || control.stop.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+                warn!(error = %e, delay_ms = delay.as_millis() as u64, "operation failed; retrying (errors.retry.timeout)");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(policy.retry_delay_max_ms.max(1)));
+            }
+        }
+    }
+}
+
+/// Runs a source task until stopped or failed. Reports its own states.
+pub fn run_source(env: TaskEnv, mut task: Box<dyn SourceTask>) {
+    let result = source_loop(&env, task.as_mut());
+    task.stop();
+    finish(&env, result);
+}
+
+fn finish(env: &TaskEnv, result: Result<()>) {
+    match result {
+        Ok(()) => {
+            info!(connector = %env.connector, task = env.task, "task stopped");
+        }
+        Err(e) => {
+            warn!(connector = %env.connector, task = env.task, error = %e, "task failed");
+            env.status.task_state(&env.connector, env.task, "FAILED", Some(format!("{e}\n{e:?}")));
+        }
+    }
+}
+
+struct UnackedBatch {
+    offsets: Vec<(Json, Json)>,
+    acked: bool,
+}
+
+fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
+    let mut p = Pipeline::new(env)?;
+    let context = SourceTaskContext {
+        connector: env.connector.clone(),
+        task_id: env.task,
+        offsets: Arc::new(ConnectorOffsets { state: env.offsets.clone(), connector: env.connector.clone() }),
+    };
+    task.start(&env.task_config, &context)?;
+    env.status.task_state(&env.connector, env.task, "RUNNING", None);
+    let (ack_tx, ack_rx) = mpsc::channel::<(u64, std::result::Result<(), String>)>();
+    let mut unacked: VecDeque<(u64, UnackedBatch)> = VecDeque::new();
+    let mut next_seq = 0u64;
+    let mut committable: BTreeMap<String, (Json, Json)> = BTreeMap::new();
+    let mut next_flush = Instant::now() + env.offset_flush_interval;
+    let mut topics_seen: BTreeSet<Arc<str>> = BTreeSet::new();
+    let mut paused_reported = false;
+    let drain = |unacked: &mut VecDeque<(u64, UnackedBatch)>,
+                 committable: &mut BTreeMap<String, (Json, Json)>,
+                 wait: Option<Duration>|
+     -> Result<()> {
+        let mut first = true;
+        loop {
+            let msg = match (first, wait) {
+                (true, Some(w)) => ack_rx.recv_timeout(w).ok(),
+                _ => ack_rx.try_recv().ok(),
+            };
+            first = false;
+            let Some((seq, result)) = msg else { break };
+            if let Err(e) = result {
+                return Err(ConnectError::Internal(format!("producing a source batch failed: {e}")));
+            }
+            if let Some((_, b)) = unacked.iter_mut().find(|(s, _)| *s == seq) {
+                b.acked = true;
+            }
+        }
+        while unacked.front().is_some_and(|(_, b)| b.acked) {
+            let (_, b) = unacked.pop_front().expect("front checked");
+            for (partition, offset) in b.offsets {
+                committable.insert(partition.to_string(), (partition, offset));
+            }
+        }
+        Ok(())
+    };
+    let commit = |committable: &mut BTreeMap<String, (Json, Json)>, task: &mut dyn SourceTask| -> Result<()> {
+        if committable.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(Json, Json)> = std::mem::take(committable).into_values().collect();
+        env.handle.block_on(async {
+            let mut deliveries = Vec::with_capacity(entries.len());
+            for (partition, offset) in &entries {
+                let key = Bytes::from(offset_key(&env.connector, partition));
+                let value = Bytes::from(serde_json::to_vec(offset).unwrap_or_default());
+                deliveries.push(env.offset_log.send_nowait(key, Some(value)).await?);
+            }
+            for d in deliveries {
+                d.await?;
+            }
+            Ok::<(), ConnectError>(())
+        })?;
+        {
+            // Apply locally at once so a restarted task on this worker sees them even before
+            // the tail reads them back.
+            let mut state = env.offsets.lock().expect("offset state");
+            for (partition, offset) in &entries {
+                let key = offset_key(&env.connector, partition);
+                state.apply(&key, Some(&serde_json::to_vec(offset).unwrap_or_default()));
+            }
+        }
+        task.commit(&entries)
+    };
+    while !env.control.stop.load(Ordering::Relaxed) {
+        drain(&mut unacked, &mut committable, None)?;
+        if Instant::now() >= next_flush {
+            commit(&mut committable, task)?;
+            next_flush = Instant::now() + env.offset_flush_interval;
+        }
+        if env.control.paused.load(Ordering::Relaxed) {
+            if !paused_reported {
+                env.status.task_state(&env.connector, env.task, "PAUSED", None);
+                paused_reported = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        } else if paused_reported {
+            env.status.task_state(&env.connector, env.task, "RUNNING", None);
+            paused_reported = false;
+        }
+        if unacked.len() >= MAX_UNACKED_BATCHES {
+            drain(&mut unacked, &mut committable, Some(Duration::from_millis(100)))?;
+            continue;
+        }
+        let started = Instant::now();
+        let batch = with_retries(&p.policy, &env.control, || task.poll(Duration::from_millis(100)))?;
+        let Some(SourceBatch { records, offsets, failed }) = batch else { continue };
+        env.metrics.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let mut failures: Vec<FailedRecord> = failed;
+        let records = p.chain.apply_batch(records, &mut failures);
+        let mut out = Vec::with_capacity(records.len());
+        let mut bytes_out = 0u64;
+        for r in records {
+            match convert_out(&p, &r) {
+                Ok(pr) => {
+                    bytes_out += pr.value.as_ref().map_or(0, |v| v.len() as u64);
+                    if !topics_seen.contains(&r.topic) {
+                        topics_seen.insert(r.topic.clone());
+                        env.status.topic_used(&env.connector, env.task, &r.topic);
+                    }
+                    out.push((r.topic, pr));
+                }
+                Err((stage, error)) => failures.push(FailedRecord {
+                    record: r,
+                    error: Arc::new(error),
+                    stage,
+                    class_name: converter_name(&p, stage).to_owned(),
+                }),
+            }
+        }
+        env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
+        let dlq = route_failures(
+            &p.policy,
+            &p.task_ref,
+            failures.into_iter().map(|f| (f, None)).collect(),
+            &p.key_converter,
+            &p.value_converter,
+            &env.producer,
+            &env.handle,
+            &env.metrics.dead_lettered,
+        )?;
+        let n = out.len() as u64;
+        let mut deliveries: Vec<DeliveryFuture> = env.handle.block_on(async {
+            let mut d = Vec::with_capacity(out.len());
+            for (topic, record) in out {
+                d.push(env.producer.send(&topic, record).await?);
+            }
+            Ok::<_, ConnectError>(d)
+        })?;
+        deliveries.extend(dlq);
+        env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
+        env.metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        metrics::counter!("spate_connect_source_records_total", "connector" => env.connector.clone()).increment(n);
+        let seq = next_seq;
+        next_seq += 1;
+        unacked.push_back((seq, UnackedBatch { offsets, acked: false }));
+        let tx = ack_tx.clone();
+        env.handle.spawn(async move {
+            let mut result = Ok(());
+            for d in deliveries {
+                if let Err(e) = d.await {
+                    result = Err(e.to_string());
+                }
+            }
+            let _ = tx.send((seq, result));
+        });
+    }
+    // Stopping: wait for what is in flight (bounded), then store the offsets reached.
+    let deadline = Instant::now() + env.shutdown_timeout;
+    while !unacked.is_empty() && Instant::now() < deadline {
+        drain(&mut unacked, &mut committable, Some(Duration::from_millis(50)))?;
+    }
+    commit(&mut committable, task)?;
+    Ok(())
+}
+
+fn converter_name(p: &Pipeline, stage: &str) -> &'static str {
+    if stage == "KEY_CONVERTER" {
+        p.key_converter.name()
+    } else {
+        p.value_converter.name()
+    }
+}
+
+fn convert_out(p: &Pipeline, r: &ConnectRecord) -> std::result::Result<ProducerRecord, (&'static str, ConnectError)> {
+    let key = p
+        .key_converter
+        .to_kafka(Side::Key, r.key.as_ref(), r.key_schema.as_deref())
+        .map_err(|e| ("KEY_CONVERTER", e))?;
+    let value = p
+        .value_converter
+        .to_kafka(Side::Value, r.value.as_ref(), r.value_schema.as_deref())
+        .map_err(|e| ("VALUE_CONVERTER", e))?;
+    Ok(ProducerRecord { partition: r.partition, key, value, headers: r.headers.clone(), timestamp_ms: r.timestamp_ms })
+}
+
+/// Runs a sink task until stopped or failed.
+pub fn run_sink(env: TaskEnv, mut task: Box<dyn SinkTask>) {
+    let result = sink_loop(&env, task.as_mut());
+    task.stop();
+    finish(&env, result);
+}
+
+/// The consumer group of a sink connector (Kafka Connect's `connect-<name>`).
+pub fn sink_group_id(connector: &str) -> String {
+    format!("connect-{connector}")
+}
+
+fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
+    let p = Pipeline::new(env)?;
+    let mut chain = p.chain;
+    let p = Pipeline { chain: TransformChain::empty(), ..p };
+    let mut config = env.consumer_config.clone();
+    config.group_id = Some(sink_group_id(&env.connector));
+    config.enable_auto_commit = false;
+    config.auto_offset_reset = spate_client::AutoOffsetReset::Earliest;
+    config.client_id = format!("connector-consumer-{}-{}", env.connector, env.task);
+    let consumer = env.handle.block_on(Consumer::new(config))?;
+    let topics: Vec<String> = env
+        .connector_config
+        .get("topics")
+        .map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    match env.connector_config.get("topics.regex").filter(|r| !r.is_empty()) {
+        Some(regex) => env.handle.block_on(consumer.subscribe_pattern(regex))?,
+        None if !topics.is_empty() => {
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            env.handle.block_on(consumer.subscribe(&refs))?;
+            for t in &topics {
+                env.status.topic_used(&env.connector, env.task, t);
+            }
+        }
+        None => return Err(ConnectError::config("topics", "a sink connector needs topics or topics.regex")),
+    }
+    let context = SinkTaskContext { connector: env.connector.clone(), task_id: env.task };
+    task.start(&env.task_config, &context)?;
+    env.status.task_state(&env.connector, env.task, "RUNNING", None);
+    let mut assigned: BTreeSet<TopicPartition> = BTreeSet::new();
+    let mut current: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    let mut pending_dlq: Vec<DeliveryFuture> = Vec::new();
+    let mut next_flush = Instant::now() + env.offset_flush_interval;
+    let mut paused = false;
+    let commit = |task: &mut dyn SinkTask,
+                  current: &BTreeMap<TopicPartition, i64>,
+                  pending_dlq: &mut Vec<DeliveryFuture>|
+     -> Result<()> {
+        if current.is_empty() {
+            return Ok(());
+        }
+        let safe = with_retries(&p.policy, &env.control, || task.pre_commit(current))?;
+        env.handle.block_on(async {
+            for d in pending_dlq.drain(..) {
+                d.await?;
+            }
+            let offsets: BTreeMap<TopicPartition, OffsetAndMetadata> =
+                safe.iter().map(|(tp, o)| (tp.clone(), OffsetAndMetadata::new(*o))).collect();
+            if let Err(e) = consumer.commit_sync(Some(offsets)).await {
+                // A rebalance took the partitions: the next owner starts from the last
+                // commit (records may repeat, never vanish).
+                warn!(connector = %env.connector, task = env.task, error = %e, "offset commit failed");
+            }
+            Ok::<(), ConnectError>(())
+        })
+    };
+    while !env.control.stop.load(Ordering::Relaxed) {
+        let want_pause = env.control.paused.load(Ordering::Relaxed);
+        if want_pause != paused {
+            let parts: Vec<TopicPartition> = assigned.iter().cloned().collect();
+            if want_pause {
+                env.handle.block_on(consumer.pause(&parts))?;
+                env.status.task_state(&env.connector, env.task, "PAUSED", None);
+            } else {
+                env.handle.block_on(consumer.resume(&parts))?;
+                env.status.task_state(&env.connector, env.task, "RUNNING", None);
+            }
+            paused = want_pause;
+        }
+        let records: Vec<ConsumerRecord> = env.handle.block_on(consumer.poll(Duration::from_millis(200)))?;
+        let started = Instant::now();
+        // Follow the group's assignment: open what was added, close what was taken.
+        let now_assigned: BTreeSet<TopicPartition> = env.handle.block_on(consumer.assignment()).into_iter().collect();
+        if now_assigned != assigned {
+            let revoked: Vec<TopicPartition> = assigned.difference(&now_assigned).cloned().collect();
+            let added: Vec<TopicPartition> = now_assigned.difference(&assigned).cloned().collect();
+            if !revoked.is_empty() {
+                task.close(&revoked)?;
+                for tp in &revoked {
+                    current.remove(tp);
+                }
+            }
+            if !added.is_empty() {
+                let seeks = task.open(&added)?;
+                for (tp, offset) in seeks {
+                    env.handle.block_on(consumer.seek(&tp, offset))?;
+                }
+                if paused {
+                    env.handle.block_on(consumer.pause(&added))?;
+                }
+            }
+            assigned = now_assigned;
+        }
+        if !records.is_empty() {
+            env.metrics.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+            let mut failures: Vec<(FailedRecord, Option<RawRecord>)> = Vec::new();
+            let mut converted = Vec::with_capacity(records.len());
+            let mut raw_by_offset: BTreeMap<(Arc<str>, i32, i64), RawRecord> = BTreeMap::new();
+            let mut bytes_in = 0u64;
+            for r in &records {
+                bytes_in += r.value.as_ref().map_or(0, |v| v.len() as u64);
+                current.insert(TopicPartition::new(r.topic.to_string(), r.partition), r.offset + 1);
+                match convert_in(&p, r) {
+                    Ok(c) => converted.push(c),
+                    Err((stage, e)) => {
+                        let mut rec = ConnectRecord::new(r.topic.clone(), None);
+                        rec.kafka = Some(KafkaCoordinates { partition: r.partition, offset: r.offset });
+                        let fr = FailedRecord {
+                            record: rec,
+                            error: Arc::new(e),
+                            stage,
+                            class_name: converter_name(&p, stage).to_owned(),
+                        };
+                        failures.push((fr, Some(raw_of(r))));
+                    }
+                }
+            }
+            env.metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            let mut transform_failed = Vec::new();
+            let converted = chain.apply_batch(converted, &mut transform_failed);
+            let n = converted.len() as u64;
+            // Retrying needs the batch again; without retries it is handed over, not copied.
+            let mut put_failed = if p.policy.retry_timeout_ms == 0 {
+                task.put(converted)?
+            } else {
+                with_retries(&p.policy, &env.control, || task.put(converted.clone()))?
+            };
+            transform_failed.append(&mut put_failed);
+            if !transform_failed.is_empty() {
+                for r in &records {
+                    raw_by_offset.insert((r.topic.clone(), r.partition, r.offset), raw_of(r));
+                }
+            }
+            for f in transform_failed {
+                let raw = f
+                    .record
+                    .kafka
+                    .as_ref()
+                    .and_then(|k| raw_by_offset.get(&(f.record.topic.clone(), k.partition, k.offset)).cloned());
+                failures.push((f, raw));
+            }
+            env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
+            let dlq = route_failures(
+                &p.policy,
+                &p.task_ref,
+                failures,
+                &p.key_converter,
+                &p.value_converter,
+                &env.producer,
+                &env.handle,
+                &env.metrics.dead_lettered,
+            )?;
+            pending_dlq.extend(dlq);
+            env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
+            env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            metrics::counter!("spate_connect_sink_records_total", "connector" => env.connector.clone()).increment(n);
+        }
+        if Instant::now() >= next_flush {
+            commit(task, &current, &mut pending_dlq)?;
+            let mut lag = 0u64;
+            for tp in &assigned {
+                if let Ok(Some(l)) = env.handle.block_on(consumer.lag(tp)) {
+                    lag += l.max(0) as u64;
+                }
+            }
+            env.metrics.lag.store(lag, Ordering::Relaxed);
+            next_flush = Instant::now() + env.offset_flush_interval;
+        }
+    }
+    commit(task, &current, &mut pending_dlq)?;
+    let revoked: Vec<TopicPartition> = assigned.into_iter().collect();
+    task.close(&revoked)?;
+    let _ = env.handle.block_on(consumer.close());
+    Ok(())
+}
+
+fn raw_of(r: &ConsumerRecord) -> RawRecord {
+    RawRecord { key: r.key.clone(), value: r.value.clone(), headers: r.headers.clone() }
+}
+
+fn convert_in(p: &Pipeline, r: &ConsumerRecord) -> std::result::Result<ConnectRecord, (&'static str, ConnectError)> {
+    let (key, key_schema) = p.key_converter.from_kafka(Side::Key, r.key.as_ref()).map_err(|e| ("KEY_CONVERTER", e))?;
+    let (value, value_schema) =
+        p.value_converter.from_kafka(Side::Value, r.value.as_ref()).map_err(|e| ("VALUE_CONVERTER", e))?;
+    Ok(ConnectRecord {
+        topic: r.topic.clone(),
+        partition: Some(r.partition),
+        key,
+        value,
+        key_schema,
+        value_schema,
+        timestamp_ms: Some(r.timestamp_ms),
+        headers: r.headers.clone(),
+        kafka: Some(KafkaCoordinates { partition: r.partition, offset: r.offset }),
+    })
+}
