@@ -1,10 +1,88 @@
-//! The installed connector plugins, by class name and alias.
+//! The installed connector plugins, found by class name, alias, or the last segment of a
+//! dotted class name (so `org.apache.kafka.connect.file.FileStreamSourceConnector`,
+//! `FileStreamSourceConnector` and `FileStreamSource` all name the same plugin).
 
 use std::sync::Arc;
 
-use crate::connector::Connector;
+use crate::config::{ConfigDef, ConfigType, Importance, Validator};
+use crate::connector::{Connector, ConnectorType};
 
-/// Every built-in plugin.
-pub fn builtin() -> Vec<Arc<dyn Connector>> {
-    Vec::new()
+/// The plugins a worker can run.
+#[derive(Clone)]
+pub struct Registry {
+    plugins: Vec<Arc<dyn Connector>>,
+}
+
+impl Registry {
+    /// Every built-in plugin.
+    pub fn builtin() -> Registry {
+        Registry { plugins: Vec::new() }
+    }
+
+    /// A registry of the given plugins (tests, embedding applications).
+    pub fn new(plugins: Vec<Arc<dyn Connector>>) -> Registry {
+        Registry { plugins }
+    }
+
+    /// Adds a plugin.
+    pub fn register(&mut self, plugin: Arc<dyn Connector>) {
+        self.plugins.push(plugin);
+    }
+
+    /// All plugins.
+    pub fn plugins(&self) -> &[Arc<dyn Connector>] {
+        &self.plugins
+    }
+
+    /// The plugin a `connector.class` value names.
+    pub fn find(&self, class: &str) -> Option<Arc<dyn Connector>> {
+        let class = class.trim();
+        let short = class.rsplit('.').next().unwrap_or(class);
+        let bare = short.strip_suffix("Connector").unwrap_or(short);
+        self.plugins
+            .iter()
+            .find(|p| {
+                p.class() == class
+                    || p.aliases().contains(&class)
+                    || p.class() == short
+                    || p.class() == bare
+                    || p.class().strip_suffix("Connector") == Some(bare)
+            })
+            .cloned()
+    }
+}
+
+/// The keys the runtime reads from every connector config, before the plugin's own.
+pub fn common_config_def(kind: ConnectorType) -> ConfigDef {
+    let def = ConfigDef::new()
+        .define("name", ConfigType::String, None, Importance::High, "Globally unique name of the connector.")
+        .with_validator(Validator::NonEmpty)
+        .in_group("Common")
+        .define("connector.class", ConfigType::String, None, Importance::High,
+            "The connector plugin: its class name (`FileStreamSource`), an alias, or Kafka's full class name.")
+        .in_group("Common")
+        .define("tasks.max", ConfigType::Int, Some("1"), Importance::High, "Maximum number of tasks to use for this connector.")
+        .with_validator(Validator::Range { min: 1.0, max: 1024.0 })
+        .in_group("Common")
+        .define("key.converter", ConfigType::Class, Some(""), Importance::Low,
+            "Converter for record keys: StringConverter, ByteArrayConverter or JsonConverter (empty: the worker's).")
+        .in_group("Common")
+        .define("value.converter", ConfigType::Class, Some(""), Importance::Low,
+            "Converter for record values: StringConverter, ByteArrayConverter or JsonConverter (empty: the worker's).")
+        .in_group("Common")
+        .define("transforms", ConfigType::List, Some(""), Importance::Low,
+            "Aliases of the transformations to apply, in order; each is configured with transforms.<alias>.type and its keys.")
+        .in_group("Transforms")
+        .define("predicates", ConfigType::List, Some(""), Importance::Low,
+            "Aliases of predicates that transforms can be conditioned on (transforms.<alias>.predicate).")
+        .in_group("Predicates");
+    let def = match kind {
+        ConnectorType::Sink => def
+            .define("topics", ConfigType::List, Some(""), Importance::High, "Topics to consume (or topics.regex).")
+            .in_group("Common")
+            .define("topics.regex", ConfigType::String, Some(""), Importance::High, "Regular expression of topics to consume.")
+            .in_group("Common"),
+        ConnectorType::Source => def,
+    };
+    def.merge(&crate::runtime::errors::config_def())
 }

@@ -3,7 +3,6 @@
 //! side of every request); a herder that is not the group leader answers writes with
 //! [`HerderError::NotLeader`] and the router forwards the request to the leader's URL.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
@@ -233,5 +232,5 @@ pub trait Herder: Send + Sync + 'static {
     fn validate_config(&self, plugin: &str, config: Props) -> impl Future<Output = HerderResult<ConfigInfos>> + Send;
 }
 
-/// Kept so the module compiles before the router lands.
-pub fn _unused(_: BTreeMap<String, String>) {}
+
+

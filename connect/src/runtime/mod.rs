@@ -6,3 +6,5 @@ pub mod kafka_log;
 pub mod protocol;
 pub mod stores;
 pub mod task;
+pub mod worker;
+pub mod herder;
