@@ -246,6 +246,8 @@ def main():
     t = sub.add_parser("table")
     t.add_argument("--results", required=True)
     args = ap.parse_args()
+    # A SIGTERM (the shell script's trap) unwinds through `finally`, so the shipper is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     {"gen": gen, "run": run, "table": table}[args.cmd](args)
 
 
