@@ -80,7 +80,13 @@ pub fn common_config_def(kind: ConnectorType) -> ConfigDef {
         ConnectorType::Sink => def
             .define("topics", ConfigType::List, Some(""), Importance::High, "Topics to consume (or topics.regex).")
             .in_group("Common")
-            .define("topics.regex", ConfigType::String, Some(""), Importance::High, "Regular expression of topics to consume.")
+            .define(
+                "topics.regex",
+                ConfigType::String,
+                Some(""),
+                Importance::High,
+                "Regular expression of topics to consume.",
+            )
             .in_group("Common"),
         ConnectorType::Source => def,
     };

@@ -103,7 +103,8 @@ impl KafkaLog {
         let ends = self.admin.list_offsets(&wanted).await?;
         let mut applied = self.applied.clone();
         let done = |positions: &BTreeMap<i32, i64>| {
-            ends.iter().all(|(tp, info)| info.offset <= 0 || positions.get(&tp.partition).copied().unwrap_or(0) >= info.offset)
+            ends.iter()
+                .all(|(tp, info)| info.offset <= 0 || positions.get(&tp.partition).copied().unwrap_or(0) >= info.offset)
         };
         let wait = async {
             loop {

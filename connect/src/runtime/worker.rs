@@ -243,13 +243,17 @@ impl Worker {
         config_log.read_to_end(read_timeout).await?;
         offset_log.read_to_end(read_timeout).await?;
         status_log.read_to_end(read_timeout).await?;
-        let member = ClassicGroupMember::new(cluster.clone(), ClassicGroupConfig {
-            session_timeout_ms: config.session_timeout_ms,
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-            rebalance_timeout_ms: config.rebalance_timeout_ms,
-            ..ClassicGroupConfig::new(config.group_id.clone(), protocol::PROTOCOL_TYPE)
-        });
-        let worker_id = url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
+        let member = ClassicGroupMember::new(
+            cluster.clone(),
+            ClassicGroupConfig {
+                session_timeout_ms: config.session_timeout_ms,
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                rebalance_timeout_ms: config.rebalance_timeout_ms,
+                ..ClassicGroupConfig::new(config.group_id.clone(), protocol::PROTOCOL_TYPE)
+            },
+        );
+        let worker_id =
+            url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
         let status_log = Arc::new(status_log);
         let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<Json>)>();
         let writer_log = status_log.clone();
@@ -329,11 +333,7 @@ impl Shared {
     async fn reconcile_task_configs(&self) -> Result<()> {
         let connectors: Vec<(String, Props, Vec<Props>, TargetState)> = {
             let state = self.config_state.lock().expect("config state");
-            state
-                .connectors()
-                .iter()
-                .map(|(n, c)| (n.clone(), c.config.clone(), c.tasks.clone(), c.target))
-                .collect()
+            state.connectors().iter().map(|(n, c)| (n.clone(), c.config.clone(), c.tasks.clone(), c.target)).collect()
         };
         for (name, config, tasks, target) in connectors {
             if target == TargetState::Stopped {
@@ -382,7 +382,9 @@ impl Shared {
                 info!(connector = %name, tasks = wanted.len(), "writing task configs");
                 for (i, t) in wanted.iter().enumerate() {
                     let bytes = serde_json::to_vec(&config_state::properties_value(t)).unwrap_or_default();
-                    self.config_log.send(Bytes::from(config_state::task_key(&name, i as u32)), Some(Bytes::from(bytes))).await?;
+                    self.config_log
+                        .send(Bytes::from(config_state::task_key(&name, i as u32)), Some(Bytes::from(bytes)))
+                        .await?;
                 }
                 let commit = serde_json::json!({"tasks": wanted.len()});
                 self.config_log
@@ -442,6 +444,7 @@ impl Shared {
             worker_defaults: self.config.connector_defaults.clone(),
             plugins_dir: self.config.plugin_path.clone(),
             producer: self.data_producer.clone(),
+            admin: self.admin.clone(),
             offsets: self.offset_state.clone(),
             offset_log: self.offset_log.clone(),
             consumer_config: ConsumerConfig {
@@ -467,7 +470,10 @@ impl Shared {
         });
         match spawned {
             Ok(thread) => {
-                self.running.lock().expect("running").insert((connector.to_owned(), task_id), RunningTask { control, metrics, thread });
+                self.running
+                    .lock()
+                    .expect("running")
+                    .insert((connector.to_owned(), task_id), RunningTask { control, metrics, thread });
             }
             Err(e) => warn!(connector, task = task_id, error = %e, "cannot spawn task thread"),
         }
@@ -535,7 +541,12 @@ impl Shared {
         }
         self.report(
             stores::connector_status_key(name),
-            Some(Status { state: state.into(), trace: None, worker_id: self.worker_id.clone(), generation: self.generation() }),
+            Some(Status {
+                state: state.into(),
+                trace: None,
+                worker_id: self.worker_id.clone(),
+                generation: self.generation(),
+            }),
         );
     }
 }
@@ -551,6 +562,7 @@ impl TaskEnv {
             worker_defaults: self.worker_defaults.clone(),
             plugins_dir: self.plugins_dir.clone(),
             producer: self.producer.clone(),
+            admin: self.admin.clone(),
             offsets: self.offsets.clone(),
             offset_log: self.offset_log.clone(),
             consumer_config: self.consumer_config.clone(),
@@ -567,7 +579,12 @@ impl StatusSink for Shared {
     fn task_state(&self, connector: &str, task: u32, state: &str, trace: Option<String>) {
         self.report(
             stores::task_status_key(connector, task),
-            Some(Status { state: state.into(), trace, worker_id: self.worker_id.clone(), generation: self.generation() }),
+            Some(Status {
+                state: state.into(),
+                trace,
+                worker_id: self.worker_id.clone(),
+                generation: self.generation(),
+            }),
         );
     }
 
@@ -606,7 +623,8 @@ async fn run(shared: Arc<Shared>) {
             continue;
         }
         let my_offset = shared.config_state.lock().expect("config state").offset();
-        let metadata = protocol::encode_worker_state(&WorkerState { url: shared.url.clone(), config_offset: my_offset });
+        let metadata =
+            protocol::encode_worker_state(&WorkerState { url: shared.url.clone(), config_offset: my_offset });
         let units = shared.work_units();
         let url = shared.url.clone();
         let rebalance = shared.member.rebalance(vec![(protocol::PROTOCOL_NAME.to_owned(), metadata)], |joined| {
