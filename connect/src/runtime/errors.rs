@@ -131,10 +131,8 @@ pub fn route_failures(
             value: f.record.value.as_ref().map(|v| bytes_of(value_converter, Side::Value, v)),
             headers: f.record.headers.clone(),
         });
-        let mut record = ProducerRecord::default();
-        record.key = raw.key;
-        record.value = raw.value;
-        record.headers = raw.headers;
+        let mut record =
+            ProducerRecord { key: raw.key, value: raw.value, headers: raw.headers, ..ProducerRecord::default() };
         if policy.dlq_context_headers {
             let h =
                 |k: &str, v: String| RecordHeader { key: format!("__connect.errors.{k}"), value: Some(Bytes::from(v)) };

@@ -113,6 +113,9 @@ pub struct GroupView {
     pub assignment: Assignment,
 }
 
+/// Picks tasks by `(connector, task id)`.
+type TaskFilter = dyn Fn(&(String, u32)) -> bool + Send + Sync;
+
 struct RunningTask {
     control: Arc<TaskControl>,
     metrics: Arc<TaskMetrics>,
@@ -480,7 +483,7 @@ impl Shared {
     }
 
     /// Stops the given tasks (all when `None`) and waits for their threads.
-    fn stop_tasks(&self, which: Option<&dyn Fn(&(String, u32)) -> bool>) {
+    fn stop_tasks(&self, which: Option<&TaskFilter>) {
         let stopping: Vec<((String, u32), RunningTask)> = {
             let mut running = self.running.lock().expect("running");
             let keys: Vec<(String, u32)> = running.keys().filter(|k| which.is_none_or(|f| f(k))).cloned().collect();
@@ -789,7 +792,8 @@ async fn handle_restarts(shared: &Arc<Shared>, seen: &mut i64, assignment: &Assi
         }
         let s = shared.clone();
         let set: BTreeSet<(String, u32)> = to_restart.iter().cloned().collect();
-        let _ = tokio::task::spawn_blocking(move || s.stop_tasks(Some(&|k: &(String, u32)| set.contains(k)))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || s.stop_tasks(Some(&move |k: &(String, u32)| set.contains(k)))).await;
         for (c, t) in &to_restart {
             shared.start_task(c, *t);
         }
