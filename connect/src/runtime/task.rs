@@ -194,6 +194,9 @@ struct UnackedBatch {
 
 fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
     let mut p = Pipeline::new(env)?;
+    // The task may have run on another worker until this rebalance: read every offset it
+    // stored there before resuming, or it would repeat records.
+    env.handle.block_on(env.offset_log.read_to_end(Duration::from_secs(60)))?;
     let context = SourceTaskContext {
         connector: env.connector.clone(),
         task_id: env.task,
