@@ -325,7 +325,8 @@ mod tests {
             ("transforms.route.replacement", "$1-out"),
         ]);
         let mut failed = Vec::new();
-        let out = c.apply_batch(vec![ConnectRecord::new(Arc::from("logs"), Some(Value::from_string("hi")))], &mut failed);
+        let out =
+            c.apply_batch(vec![ConnectRecord::new(Arc::from("logs"), Some(Value::from_string("hi")))], &mut failed);
         assert!(failed.is_empty());
         assert_eq!(&*out[0].topic, "logs-out");
         assert_eq!(out[0].value, Some(Value::Json(json!({"line": "hi", "topic": "logs"}))));
@@ -427,7 +428,8 @@ mod tests {
             predicate: None,
         });
         let mut failed = Vec::new();
-        let out = c.apply_batch(vec![rec("t", json!("ok")), rec("t", json!("bad")), rec("t", json!("ok2"))], &mut failed);
+        let out =
+            c.apply_batch(vec![rec("t", json!("ok")), rec("t", json!("bad")), rec("t", json!("ok2"))], &mut failed);
         let values: Vec<_> = out.iter().map(|r| r.value.clone().unwrap()).collect();
         assert_eq!(
             values,
@@ -467,7 +469,10 @@ mod tests {
         );
         assert_eq!(error_key(&[("predicates", "p")]), "predicates.p.type");
         assert_eq!(error_key(&[("predicates", "p"), ("predicates.p.type", "Filter")]), "predicates.p.type");
-        assert_eq!(error_key(&[("predicates", "p"), ("predicates.p.type", "TopicNameMatches")]), "predicates.p.pattern");
+        assert_eq!(
+            error_key(&[("predicates", "p"), ("predicates.p.type", "TopicNameMatches")]),
+            "predicates.p.pattern"
+        );
         // A Rhai entry goes to the Rhai builder, which refuses one without a script.
         assert!(TransformChain::from_config(
             &props(&[("transforms", "x"), ("transforms.x.type", "Rhai")]),
@@ -493,8 +498,11 @@ mod tests {
         );
         let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["predicates.p.name", "transforms.a.type", "transforms.b.spec"], "{errors:?}");
-        assert!(TransformChain::validate(&props(&[("transforms", "f"), ("transforms.f.type", "Filter")]), Path::new("."))
-            .is_empty());
+        assert!(TransformChain::validate(
+            &props(&[("transforms", "f"), ("transforms.f.type", "Filter")]),
+            Path::new(".")
+        )
+        .is_empty());
     }
 
     #[test]

@@ -444,9 +444,10 @@ impl CastType {
                     Json::Null => return Ok(Json::Null),
                     Json::Bool(b) => f64::from(u8::from(*b)),
                     Json::Number(n) => n.as_f64().ok_or_else(refused)?,
-                    Json::String(s) => {
-                        s.trim().parse::<f64>().map_err(|_| format!("cannot cast {s:?} to {}: not a number", self.name()))?
-                    }
+                    Json::String(s) => s
+                        .trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("cannot cast {s:?} to {}: not a number", self.name()))?,
                     _ => return Err(refused()),
                 };
                 // Through the float's shortest decimal form, so 1.1 stays 1.1 rather than 1.100000023841858.
@@ -841,9 +842,12 @@ mod tests {
 
     #[test]
     fn header_from_copies_or_moves_fields_into_headers() {
-        let mut t =
-            build(header_from, Side::Value, &[("fields", "id,meta"), ("headers", "h_id,h_meta"), ("operation", "copy")])
-                .unwrap();
+        let mut t = build(
+            header_from,
+            Side::Value,
+            &[("fields", "id,meta"), ("headers", "h_id,h_meta"), ("operation", "copy")],
+        )
+        .unwrap();
         let mut r = rec(json!({"id": "a1", "meta": {"x": 1}}));
         t.apply(&mut r).unwrap();
         assert_eq!(r.header("h_id").unwrap().value.as_deref(), Some(&b"a1"[..]));
@@ -862,9 +866,8 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(config_key(e), "transforms.t.headers");
-        let e = build(header_from, Side::Value, &[("fields", "a"), ("headers", "x"), ("operation", "swap")])
-            .err()
-            .unwrap();
+        let e =
+            build(header_from, Side::Value, &[("fields", "a"), ("headers", "x"), ("operation", "swap")]).err().unwrap();
         assert_eq!(config_key(e), "transforms.t.operation");
     }
 }

@@ -205,7 +205,10 @@ mod tests {
         ctor(None, &EntryConfig::new("t.", &props(keys)))
     }
 
-    fn predicate(ctor: fn(&EntryConfig<'_>) -> Result<Box<dyn Predicate>>, keys: &[(&str, &str)]) -> Box<dyn Predicate> {
+    fn predicate(
+        ctor: fn(&EntryConfig<'_>) -> Result<Box<dyn Predicate>>,
+        keys: &[(&str, &str)],
+    ) -> Box<dyn Predicate> {
         ctor(&EntryConfig::new("t.", &props(keys))).unwrap()
     }
 
@@ -224,7 +227,8 @@ mod tests {
         assert_eq!(&*r.topic, "prefix-orders-2024x", "only whole matches are routed");
 
         // Kafka's docs example: drop a prefix.
-        let mut t = transform(regex_router, &[("regex", "dbserver1\\.inventory\\.(.*)"), ("replacement", "$1")]).unwrap();
+        let mut t =
+            transform(regex_router, &[("regex", "dbserver1\\.inventory\\.(.*)"), ("replacement", "$1")]).unwrap();
         let mut a = rec("dbserver1.inventory.customers");
         let mut b = a.clone();
         t.apply(&mut a).unwrap();

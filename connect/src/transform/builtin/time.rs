@@ -315,10 +315,12 @@ impl RecordOp for TimestampConverter {
                 None => return Ok(true),
                 Some(Value::Json(j)) => j.clone(),
                 // A text line holding only digits is a unix time (a file of epoch stamps).
-                Some(v @ Value::Text(t)) => match std::str::from_utf8(t).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
-                    Some(n) => Json::from(n),
-                    None => super::value_json(v, side)?,
-                },
+                Some(v @ Value::Text(t)) => {
+                    match std::str::from_utf8(t).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+                        Some(n) => Json::from(n),
+                        None => super::value_json(v, side)?,
+                    }
+                }
                 Some(v) => super::value_json(v, side)?,
             };
             let out = self.convert(&input)?;
@@ -462,8 +464,8 @@ mod tests {
         let mut r = ConnectRecord::new(Arc::from("t"), Some(Value::from_string(ms.to_string())));
         time.apply(&mut r).unwrap();
         assert_eq!(value(&r), &json!(45_296_789));
-        let mut ts = build(timestamp_converter, &[("target.type", "Timestamp"), ("unix.precision", "microseconds")])
-            .unwrap();
+        let mut ts =
+            build(timestamp_converter, &[("target.type", "Timestamp"), ("unix.precision", "microseconds")]).unwrap();
         let mut r = rec(json!(ms * 1000));
         ts.apply(&mut r).unwrap();
         assert_eq!(value(&r), &json!(ms));
@@ -501,8 +503,9 @@ mod tests {
         t.apply(&mut r).unwrap();
         assert_eq!(&*r.topic, "orders-20170102");
 
-        let mut t = build(timestamp_router, &[("topic.format", "${timestamp}.${topic}"), ("timestamp.format", "yyyy-MM")])
-            .unwrap();
+        let mut t =
+            build(timestamp_router, &[("topic.format", "${timestamp}.${topic}"), ("timestamp.format", "yyyy-MM")])
+                .unwrap();
         let mut a = rec(json!({}));
         a.timestamp_ms = Some(day_ms(2017, 1, 2));
         let mut b = a.clone();
