@@ -609,11 +609,7 @@ mod tests {
     use crate::config::Props;
     use crate::record::KafkaCoordinates;
 
-    fn build(
-        ctor: fn(Option<Side>, &EntryConfig<'_>) -> Result<Box<dyn RecordOp>>,
-        side: Side,
-        keys: &[(&str, &str)],
-    ) -> Result<Box<dyn RecordOp>> {
+    fn build(ctor: super::super::TransformCtor, side: Side, keys: &[(&str, &str)]) -> Result<Box<dyn RecordOp>> {
         let props: Props = keys.iter().map(|(k, v)| (format!("transforms.t.{k}"), (*v).to_owned())).collect();
         ctor(Some(side), &EntryConfig::new("transforms.t.", &props))
     }

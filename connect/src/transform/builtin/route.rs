@@ -198,10 +198,7 @@ mod tests {
         keys.iter().map(|(k, v)| (format!("t.{k}"), (*v).to_owned())).collect()
     }
 
-    fn transform(
-        ctor: fn(Option<Side>, &EntryConfig<'_>) -> Result<Box<dyn RecordOp>>,
-        keys: &[(&str, &str)],
-    ) -> Result<Box<dyn RecordOp>> {
+    fn transform(ctor: super::super::TransformCtor, keys: &[(&str, &str)]) -> Result<Box<dyn RecordOp>> {
         ctor(None, &EntryConfig::new("t.", &props(keys)))
     }
 

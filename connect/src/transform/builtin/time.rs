@@ -192,7 +192,7 @@ enum UnixPrecision {
 }
 
 impl UnixPrecision {
-    fn to_ms(self, n: i64) -> i64 {
+    fn unix_to_ms(self, n: i64) -> i64 {
         match self {
             UnixPrecision::Seconds => n.saturating_mul(1000),
             UnixPrecision::Milliseconds => n,
@@ -201,7 +201,7 @@ impl UnixPrecision {
         }
     }
 
-    fn from_ms(self, ms: i64) -> i64 {
+    fn ms_to_unix(self, ms: i64) -> i64 {
         match self {
             UnixPrecision::Seconds => ms / 1000,
             UnixPrecision::Milliseconds => ms,
@@ -279,7 +279,7 @@ impl TimestampConverter {
             Json::Null => Ok(None),
             Json::Number(n) => {
                 let n = n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).ok_or("the number is out of range")?;
-                Ok(Some(self.precision.to_ms(n)))
+                Ok(Some(self.precision.unix_to_ms(n)))
             }
             Json::String(s) => match &self.format {
                 Some(f) => f.parse_ms(s).map(Some),
@@ -298,7 +298,7 @@ impl TimestampConverter {
                 self.format.as_ref().ok_or("no format")?.format_into(ms, &mut self.buf)?;
                 Json::String(self.buf.clone())
             }
-            TargetType::Unix => Json::from(self.precision.from_ms(ms)),
+            TargetType::Unix => Json::from(self.precision.ms_to_unix(ms)),
             // Kafka's Date, Time and Timestamp are java.util.Date values; here, epoch milliseconds.
             TargetType::Date => Json::from(ms - ms.rem_euclid(MS_PER_DAY)),
             TargetType::Time => Json::from(ms.rem_euclid(MS_PER_DAY)),
@@ -391,10 +391,7 @@ mod tests {
     use super::*;
     use crate::config::Props;
 
-    fn build(
-        ctor: fn(Option<Side>, &EntryConfig<'_>) -> Result<Box<dyn RecordOp>>,
-        keys: &[(&str, &str)],
-    ) -> Result<Box<dyn RecordOp>> {
+    fn build(ctor: super::super::TransformCtor, keys: &[(&str, &str)]) -> Result<Box<dyn RecordOp>> {
         let props: Props = keys.iter().map(|(k, v)| (format!("transforms.t.{k}"), (*v).to_owned())).collect();
         ctor(Some(Side::Value), &EntryConfig::new("transforms.t.", &props))
     }
