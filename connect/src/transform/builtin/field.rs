@@ -579,6 +579,10 @@ pub(super) fn header_from(side: Option<Side>, cfg: &EntryConfig<'_>) -> Result<B
 
 impl RecordOp for HeaderFrom {
     fn apply(&mut self, record: &mut ConnectRecord) -> OpResult {
+        if self.side.get(record).is_none() {
+            // Kafka's HeaderFrom requires a map here, tombstones included.
+            return Err(format!("HeaderFrom needs the {} to be a JSON object, found null", self.side.name()));
+        }
         let mut values = Vec::with_capacity(self.fields.len());
         match self.operation {
             HeaderOp::Copy => {
@@ -591,7 +595,6 @@ impl RecordOp for HeaderFrom {
                 Ok(())
             })?,
         }
-        // `values` is empty for a null key or value: nothing to copy.
         for (name, value) in self.headers.iter().zip(values) {
             record.headers.push(Header { key: name.clone(), value });
         }
@@ -857,6 +860,9 @@ mod tests {
         t.apply(&mut r).unwrap();
         assert_eq!(value(&r), &json!({"n": 1}));
         assert_eq!(r.headers.len(), 1);
+        let mut tomb = ConnectRecord::new(Arc::from("t"), None);
+        assert!(t.apply(&mut tomb).unwrap_err().contains("null"));
+        assert!(tomb.headers.is_empty());
 
         let e = build(header_from, Side::Value, &[("fields", "a,b"), ("headers", "x"), ("operation", "copy")])
             .err()
