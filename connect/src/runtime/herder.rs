@@ -556,8 +556,8 @@ impl Herder for WorkerHerder {
             })
             .collect();
         if !connectors_only {
-            for (class, kind) in crate::transform::plugin_names() {
-                out.push(PluginInfo { class: class.to_owned(), kind: kind.to_owned(), version: version.clone() });
+            for (class, kind) in crate::transform::plugin_classes() {
+                out.push(PluginInfo { class, kind: kind.to_owned(), version: version.clone() });
             }
             for class in ["StringConverter", "ByteArrayConverter", "JsonConverter"] {
                 out.push(PluginInfo { class: class.to_owned(), kind: "converter".into(), version: version.clone() });

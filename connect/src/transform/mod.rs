@@ -19,11 +19,6 @@ use crate::record::ConnectRecord;
 pub mod builtin;
 pub mod rhai;
 
-/// `(class, type)` of every built-in transform and predicate, for `GET /connector-plugins`.
-pub fn plugin_names() -> Vec<(&'static str, &'static str)> {
-    Vec::new()
-}
-
 /// One transform step.
 pub trait Transformation: Send {
     /// Transforms one record, pushing zero (drop), one, or more (fan-out) records onto `out`.
