@@ -155,7 +155,7 @@ impl FileStreamSinkTask {
         ConnectError::external(&self.connector, format!("{what} {target}"), e)
     }
 
-    fn open(&self, now: Instant) -> Result<Output> {
+    fn open_output(&self, now: Instant) -> Result<Output> {
         let Some(path) = self.cfg.as_ref().and_then(|c| c.file.clone()) else {
             return Ok(Output::Stdout(io::stdout()));
         };
@@ -187,7 +187,7 @@ impl FileStreamSinkTask {
             n += 1;
         }
         std::fs::rename(&path, &target).map_err(|e| self.io_error("rolling", e))?;
-        self.out = Some(self.open(now)?);
+        self.out = Some(self.open_output(now)?);
         Ok(())
     }
 
@@ -254,7 +254,7 @@ impl SinkTask for FileStreamSinkTask {
     fn start(&mut self, config: &Props, context: &SinkTaskContext) -> Result<()> {
         self.cfg = Some(SinkConfig::parse(config)?);
         self.connector = context.connector.clone();
-        self.out = Some(self.open(Instant::now())?);
+        self.out = Some(self.open_output(Instant::now())?);
         Ok(())
     }
 

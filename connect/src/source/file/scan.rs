@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -374,8 +374,9 @@ impl Tailer {
     /// Reads file `i` until its end or the batch is full; `true` when full.
     fn read_file(&mut self, i: usize, now: Instant, batch: &mut SourceBatch, fill: &mut Fill) -> Result<bool> {
         loop {
-            let w = &mut self.files[i];
-            while let Some(line) = w.reader.next_line() {
+            loop {
+                let w = &mut self.files[i];
+                let Some(line) = w.reader.next_line() else { break };
                 let event = match w.multiline.as_mut() {
                     Some(m) => m.push(line, now),
                     None => Some(line),

@@ -11,8 +11,8 @@ use serde_json::{Value as Json, json};
 
 use super::scan::Tailer;
 use super::*;
-use crate::connector::OffsetReader;
-use crate::record::Value;
+use crate::connector::{FailedRecord, OffsetReader};
+use crate::record::{ConnectRecord, Value};
 
 const SCAN: Duration = Duration::from_millis(1000);
 
@@ -102,7 +102,7 @@ impl Harness {
 
 fn text(r: &ConnectRecord) -> String {
     match r.value.as_ref().unwrap() {
-        Value::Text(b) | Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Text(b) | Value::Bytes(b) => String::from_utf8_lossy(&b[..]).into_owned(),
         Value::Json(j) => j.to_string(),
     }
 }
