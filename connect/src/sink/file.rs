@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{json, Map, Value as Json};
 
 use crate::config::{ConfigDef, ConfigType, Importance, ParsedConfig, Props, Validator};
 use crate::connector::{Connector, ConnectorType, FailedRecord, SinkTask, SinkTaskContext};
@@ -151,7 +151,8 @@ pub(crate) struct FileStreamSinkTask {
 
 impl FileStreamSinkTask {
     fn io_error(&self, what: &str, e: impl ToString) -> ConnectError {
-        let target = self.cfg.as_ref().and_then(|c| c.file.as_ref()).map_or("stdout".to_owned(), |f| f.display().to_string());
+        let target =
+            self.cfg.as_ref().and_then(|c| c.file.as_ref()).map_or("stdout".to_owned(), |f| f.display().to_string());
         ConnectError::external(&self.connector, format!("{what} {target}"), e)
     }
 
@@ -159,8 +160,7 @@ impl FileStreamSinkTask {
         let Some(path) = self.cfg.as_ref().and_then(|c| c.file.clone()) else {
             return Ok(Output::Stdout(io::stdout()));
         };
-        let file =
-            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.io_error("opening", e))?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.io_error("opening", e))?;
         let bytes = file.metadata().map_err(|e| self.io_error("opening", e))?.len();
         Ok(Output::File { writer: BufWriter::with_capacity(WRITE_BUF_BYTES, file), bytes, opened_at: now })
     }

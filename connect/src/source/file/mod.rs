@@ -23,7 +23,7 @@ mod reader;
 mod scan;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -122,13 +122,7 @@ fn source_config_def() -> ConfigDef {
         .with_validator(Validator::Custom(check_glob))
         .define("topic", ConfigType::String, None, Importance::High, "The topic to write lines to.")
         .with_validator(Validator::NonEmpty)
-        .define(
-            "batch.size",
-            ConfigType::Int,
-            Some("2000"),
-            Importance::Low,
-            "The most lines one poll returns.",
-        )
+        .define("batch.size", ConfigType::Int, Some("2000"), Importance::Low, "The most lines one poll returns.")
         .with_validator(Validator::Range { min: 1.0, max: 1_000_000.0 })
         .define(
             "batch.max.bytes",
@@ -258,7 +252,11 @@ impl SourceConfig {
             read_from_end: c.get_str("read.from") == Some("end"),
             multiline,
             max_line_bytes: int("max.line.bytes")?,
-            line_action: if c.get_str("max.line.action") == Some("dlq") { LineAction::Dlq } else { LineAction::Truncate },
+            line_action: if c.get_str("max.line.action") == Some("dlq") {
+                LineAction::Dlq
+            } else {
+                LineAction::Truncate
+            },
             encoding: if c.get_str("encoding") == Some("bytes") { Encoding::Bytes } else { Encoding::Utf8 },
             scan_interval: ms("scan.interval.ms")?,
             fingerprint_bytes: int("fingerprint.bytes")?,
@@ -299,7 +297,11 @@ impl Connector for FileStreamSourceConnector {
     fn validate(&self, config: &Props) -> Vec<(String, String)> {
         let parsed = ParsedConfig::from_props(config.clone());
         let none = parsed.get_str("file").is_none_or(|f| f.trim().is_empty()) && parsed.get_list("files").is_empty();
-        if none { vec![("file".to_owned(), "set file or files to the paths or globs to read".to_owned())] } else { Vec::new() }
+        if none {
+            vec![("file".to_owned(), "set file or files to the paths or globs to read".to_owned())]
+        } else {
+            Vec::new()
+        }
     }
 
     /// One task, unless `tasks.max` > 1 and there are several entries in `file` + `files`:

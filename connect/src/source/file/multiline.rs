@@ -85,7 +85,11 @@ impl Multiline {
     /// The pending event when it timed out at `now`.
     pub(crate) fn flush_due(&mut self, now: Instant) -> Option<Line> {
         let due = self.pending.as_ref().is_some_and(|p| now.saturating_duration_since(p.last_line_at) >= self.timeout);
-        if due { self.take() } else { None }
+        if due {
+            self.take()
+        } else {
+            None
+        }
     }
 
     /// When the pending event times out.

@@ -135,8 +135,7 @@ impl LineReader {
                 // The chunk's first line ends the oversized one; hand out what was kept.
                 let first_nl = chunk.iter().position(|&b| b == b'\n').unwrap_or(chunk.len() - 1);
                 skip = first_nl + 1;
-                self.finished =
-                    Some(Line { offset, end: chunk_start + skip as u64, bytes: prefix, truncated: true });
+                self.finished = Some(Line { offset, end: chunk_start + skip as u64, bytes: prefix, truncated: true });
             }
             self.ready = chunk;
             self.ready_start = chunk_start;
@@ -209,10 +208,7 @@ mod tests {
     fn splits_lines_across_chunks_with_offsets_and_crlf() {
         let lines = all_lines(b"one\r\ntwo\n\nthree\nfour", 3, 100);
         let got: Vec<_> = lines.iter().map(|l| (l.offset, l.end, &l.bytes[..])).collect();
-        assert_eq!(
-            got,
-            vec![(0, 5, &b"one"[..]), (5, 9, b"two"), (9, 10, b""), (10, 16, b"three"), (16, 20, b"four")]
-        );
+        assert_eq!(got, vec![(0, 5, &b"one"[..]), (5, 9, b"two"), (9, 10, b""), (10, 16, b"three"), (16, 20, b"four")]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde_json::{Value as Json, json};
+use serde_json::{json, Value as Json};
 use tracing::{debug, warn};
 
 use super::fingerprint::{self, Fingerprint, Kind};
@@ -233,16 +233,20 @@ impl Tailer {
                             resolved: false,
                             start_at_end: !self.first_scan_done && self.cfg.read_from_end,
                             reader: LineReader::new(0, self.cfg.read_buf_bytes, self.cfg.max_line_bytes),
-                            multiline: self.cfg.multiline.as_ref().map(|(re, timeout)| {
-                                Multiline::new(re.clone(), *timeout, self.cfg.max_line_bytes)
-                            }),
+                            multiline: self
+                                .cfg
+                                .multiline
+                                .as_ref()
+                                .map(|(re, timeout)| Multiline::new(re.clone(), *timeout, self.cfg.max_line_bytes)),
                             committed: 0,
                             moved: false,
                             gone_since: None,
                             at_eof: false,
                         });
                     }
-                    Err(e) => warn!(path = %path.display(), error = %e, "file source: cannot open file, retrying at the next scan"),
+                    Err(e) => {
+                        warn!(path = %path.display(), error = %e, "file source: cannot open file, retrying at the next scan")
+                    }
                 }
             }
         }
@@ -389,9 +393,10 @@ impl Tailer {
                 }
             }
             let w = &mut self.files[i];
-            let read = w.reader.fill(&mut w.file).map_err(|e| {
-                ConnectError::external(&self.connector, format!("reading {}", w.path.display()), e)
-            })?;
+            let read = w
+                .reader
+                .fill(&mut w.file)
+                .map_err(|e| ConnectError::external(&self.connector, format!("reading {}", w.path.display()), e))?;
             if read == 0 {
                 w.at_eof = true;
                 if w.file.metadata().is_ok_and(|m| m.len() < w.reader.read_pos()) {
@@ -433,7 +438,11 @@ impl Tailer {
             );
             batch.failed.push(FailedRecord {
                 record,
-                error: Arc::new(ConnectError::external(&self.connector, format!("reading {}", w.path.display()), reason)),
+                error: Arc::new(ConnectError::external(
+                    &self.connector,
+                    format!("reading {}", w.path.display()),
+                    reason,
+                )),
                 stage: "TASK_POLL",
                 class_name: super::SOURCE_CLASS.to_owned(),
             });

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value as Json, json};
+use serde_json::{json, Value as Json};
 
 use super::scan::Tailer;
 use super::*;
@@ -244,10 +244,8 @@ fn multiline_events_join_and_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
     append(&log, "E1 boom\n  at a\n  at b\nE2 ok\n");
-    let mut h = Harness::new(&props(
-        path_str(&log),
-        &[("multiline.start.pattern", r"^\S"), ("multiline.timeout.ms", "100")],
-    ));
+    let mut h =
+        Harness::new(&props(path_str(&log), &[("multiline.start.pattern", r"^\S"), ("multiline.timeout.ms", "100")]));
     let first = h.poll();
     assert_eq!(first.iter().map(text).collect::<Vec<_>>(), ["E1 boom\n  at a\n  at b"]);
     assert_eq!(header(&first[0], "offset"), "0");
