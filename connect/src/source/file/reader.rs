@@ -78,7 +78,7 @@ impl LineReader {
             return Some(line);
         }
         let rest = self.ready.get(self.cursor..)?;
-        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let nl = find_newline(rest)?;
         let start = self.cursor;
         let newline = start + nl;
         self.cursor = newline + 1;
@@ -133,7 +133,7 @@ impl LineReader {
             let mut skip = 0;
             if let Some((offset, prefix)) = self.oversized.take() {
                 // The chunk's first line ends the oversized one; hand out what was kept.
-                let first_nl = chunk.iter().position(|&b| b == b'\n').unwrap_or(chunk.len() - 1);
+                let first_nl = find_newline(&chunk).unwrap_or(chunk.len() - 1);
                 skip = first_nl + 1;
                 self.finished = Some(Line { offset, end: chunk_start + skip as u64, bytes: prefix, truncated: true });
             }
@@ -184,6 +184,25 @@ impl LineReader {
     }
 }
 
+/// The index of the first `\n`, eight bytes at a time (the classic "has zero byte" word
+/// trick: `memchr` is not a dependency, and a byte loop is the source's hottest code).
+fn find_newline(haystack: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const NEWLINES: u64 = ONES * b'\n' as u64;
+    let (words, rest) = haystack.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let w = u64::from_le_bytes(*word) ^ NEWLINES;
+        // A high bit for each zero byte of `w`; bits above the first one may be false, and in
+        // little-endian order "above" is later, so the lowest bit is the first newline.
+        let zeros = w.wrapping_sub(ONES) & !w & HIGHS;
+        if zeros != 0 {
+            return Some(i * 8 + (zeros.trailing_zeros() / 8) as usize);
+        }
+    }
+    rest.iter().position(|&b| b == b'\n').map(|j| words.len() * 8 + j)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +221,27 @@ mod tests {
         }
         out.extend(r.take_partial());
         out
+    }
+
+    #[test]
+    fn find_newline_matches_a_byte_loop() {
+        let mut data: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        data.retain(|&b| b != b'\n');
+        for at in [None, Some(0), Some(7), Some(8), Some(9), Some(63), Some(150), Some(data.len() - 1)] {
+            let mut d = data.clone();
+            if let Some(at) = at {
+                d[at] = b'\n';
+                let last = d.len() - 1;
+                d[last] = b'\n';
+            }
+            for start in 0..9 {
+                let s = &d[start.min(d.len())..];
+                assert_eq!(find_newline(s), s.iter().position(|&b| b == b'\n'), "at {at:?} start {start}");
+            }
+        }
+        // Bytes next to the newline that the word trick could mistake for one.
+        assert_eq!(find_newline(b"\x0b\x09\x0a\x8a\x0b\x0b\x0b\x0b\x0a"), Some(2));
+        assert_eq!(find_newline(b"\x8a\x8a\x8a\x8a\x8a\x8a\x8a\x8a\x0b"), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value as Json};
 use tracing::{debug, warn};
 
@@ -39,6 +39,12 @@ use crate::record::{ConnectRecord, Header, Value};
 /// Positions remembered for files not open now (stored offsets, files let go) are capped; the
 /// oldest half is forgotten beyond this.
 const KNOWN_FILES_MAX: usize = 65_536;
+
+/// Records preallocated per batch (more grow the vector).
+const RECORDS_PREALLOCATED: usize = 2048;
+
+/// Size of each allocation the `offset` header digits are cut from.
+const DIGITS_ARENA_BYTES: usize = 16 * 1024;
 
 /// A position for a fingerprint no open file holds.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +94,9 @@ pub(crate) struct Tailer {
     /// Round-robin start, so one busy file does not starve the others.
     next_file: usize,
     head_buf: Vec<u8>,
+    /// The `offset` headers' digits: each header is a slice of this arena, so a record costs no
+    /// allocation for it.
+    digits: BytesMut,
 }
 
 /// How full the batch being built is.
@@ -109,6 +118,7 @@ impl Tailer {
             next_scan: None,
             next_file: 0,
             head_buf: Vec::new(),
+            digits: BytesMut::new(),
         };
         for (partition, offset) in stored {
             let checksum = partition.get("fingerprint").and_then(Json::as_str).and_then(Fingerprint::parse_hex);
@@ -138,7 +148,11 @@ impl Tailer {
     /// One round without waiting: scan when due, read what is new, time out multiline events,
     /// let go of finished files. The batch may be empty.
     pub(crate) fn poll_once(&mut self, now: Instant) -> Result<SourceBatch> {
-        let mut batch = SourceBatch::default();
+        let mut batch = SourceBatch {
+            // Growing the vector record by record would copy every record several times.
+            records: Vec::with_capacity(self.cfg.batch_size.min(RECORDS_PREALLOCATED)),
+            ..SourceBatch::default()
+        };
         if self.next_scan.is_none_or(|t| now >= t) {
             self.scan(now, &mut batch);
             self.first_scan_done = true;
@@ -426,7 +440,7 @@ impl Tailer {
         let mut record = ConnectRecord::new(cfg.topic.clone(), Some(value));
         record.headers = vec![
             Header { key: "file".to_owned(), value: Some(w.path_header.clone()) },
-            Header { key: "offset".to_owned(), value: Some(decimal(event.offset)) },
+            Header { key: "offset".to_owned(), value: Some(decimal(&mut self.digits, event.offset)) },
             Header { key: "host".to_owned(), value: Some(cfg.host.clone()) },
         ];
         if event.truncated && cfg.line_action == LineAction::Dlq {
@@ -509,8 +523,8 @@ fn offset_entry(fp: Fingerprint, position: u64, path: &std::path::Path) -> (Json
     (partition(fp), json!({ "position": position, "path": path.to_string_lossy() }))
 }
 
-/// `n` as decimal text, without going through `fmt`.
-fn decimal(mut n: u64) -> Bytes {
+/// `n` as decimal text in `arena`, without going through `fmt`.
+fn decimal(arena: &mut BytesMut, mut n: u64) -> Bytes {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -521,5 +535,9 @@ fn decimal(mut n: u64) -> Bytes {
             break;
         }
     }
-    Bytes::copy_from_slice(&digits[i..])
+    if arena.capacity() - arena.len() < digits.len() {
+        arena.reserve(DIGITS_ARENA_BYTES);
+    }
+    arena.extend_from_slice(&digits[i..]);
+    arena.split().freeze()
 }
