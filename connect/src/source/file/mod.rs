@@ -439,7 +439,10 @@ impl SourceTask for FileStreamSourceTask {
             }
             match &self.wake {
                 Some(rx) => {
-                    let _ = rx.recv_timeout(wait);
+                    if let Err(mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(wait) {
+                        // The watcher is gone: fall back to sleeping, or this loop would spin.
+                        self.wake = None;
+                    }
                 }
                 None => std::thread::sleep(wait),
             }

@@ -67,8 +67,10 @@ struct Watched {
     /// Its position is decided and it is being read; `false` with a fingerprint: another open
     /// file has the same fingerprint (a copy), so this one waits.
     resolved: bool,
-    /// Found by the first scan with `read.from = end`.
-    start_at_end: bool,
+    /// Where to start when no position is stored: 0, or with `read.from = end` for a file
+    /// found by the first scan, its size then (a file too short to identify at start keeps
+    /// the lines written after the start).
+    new_file_position: u64,
     reader: LineReader,
     multiline: Option<Multiline>,
     /// Byte offset after the last line handed out: the stored position.
@@ -164,6 +166,10 @@ impl Tailer {
             }
         }
         let mut fill = Fill { records: 0, bytes: 0 };
+        for w in &mut self.files {
+            // Only a file read to its end in this round may be let go in it.
+            w.at_eof = false;
+        }
         let n = self.files.len();
         if n > 0 {
             let start = self.next_file % n;
@@ -245,7 +251,11 @@ impl Tailer {
                             ino: meta.ino(),
                             fingerprint: None,
                             resolved: false,
-                            start_at_end: !self.first_scan_done && self.cfg.read_from_end,
+                            new_file_position: if !self.first_scan_done && self.cfg.read_from_end {
+                                meta.len()
+                            } else {
+                                0
+                            },
                             reader: LineReader::new(0, self.cfg.read_buf_bytes, self.cfg.max_line_bytes),
                             multiline: self
                                 .cfg
@@ -324,7 +334,7 @@ impl Tailer {
         let w = &mut self.files[i];
         w.resolved = false;
         w.moved = false;
-        w.start_at_end = false;
+        w.new_file_position = 0;
         w.committed = 0;
         w.reader.reset(0);
         if let Err(e) = w.file.seek(SeekFrom::Start(0)) {
@@ -356,8 +366,11 @@ impl Tailer {
             Err(_) => return,
         };
         let mut position = None;
+        // Only a position that differs from the stored one needs storing.
+        let mut changed = true;
         if let Some(k) = self.known.remove(&fp.checksum) {
             position = Some(k.position);
+            changed = k.position > size;
         } else if let Some(s) = short {
             // Stored while the file was shorter than fingerprint.bytes.
             if let Some(k) = self.known.remove(&s.checksum) {
@@ -375,8 +388,7 @@ impl Tailer {
                     p
                 }
             }
-            None if w.start_at_end => size,
-            None => 0,
+            None => w.new_file_position.min(size),
         };
         debug!(path = %w.path.display(), fingerprint = %fp.hex(), position, "file source: reading file");
         w.reader.reset(position);
@@ -386,7 +398,7 @@ impl Tailer {
         }
         w.committed = position;
         w.resolved = true;
-        w.moved = true;
+        w.moved = changed;
     }
 
     /// Reads file `i` until its end or the batch is full; `true` when full.

@@ -240,6 +240,18 @@ fn glob_picks_up_new_files() {
 }
 
 #[test]
+fn read_from_end_keeps_lines_of_a_file_empty_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append(&log, "");
+    let mut h = Harness::new(&props(path_str(&log), &[("read.from", "end")]));
+    assert!(h.drain().is_empty());
+    assert!(h.stored_offsets().is_empty(), "nothing to store for a file not identified yet");
+    append(&log, "one\ntwo\n");
+    assert_eq!(h.drain(), ["one", "two"]);
+}
+
+#[test]
 fn multiline_events_join_and_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
