@@ -9,6 +9,15 @@
 //!   carries its position over);
 //! - a shorter file without a complete first line has no identity yet and is not read.
 //!
+//! While two open files have the same fingerprint, only the first is read: the other is taken
+//! for a copy (copytruncate's) and waits until the first one's fingerprint changes or it is let
+//! go. So two files *shorter than `N`* with identical first lines are read one after the other
+//! (the second once the first grows to `N` bytes or goes away); lower `fingerprint.bytes` where
+//! many small files share a header line. Because a first line is a weak identity, the offset
+//! of a file identified by it also stores `head_checksum`, the checksum of its first
+//! `min(position, N)` bytes: a file that takes the position over (after a restart, or as the
+//! next file with that first line) must start with the same bytes, or it is read as new.
+//!
 //! So two files with identical first lines but different first `N` bytes are distinct once
 //! both have `N` bytes, and a file recreated with a new first line is a new file. The inode is
 //! not used for identity across restarts: file systems reuse inode numbers. Changing

@@ -50,6 +50,10 @@ const DIGITS_ARENA_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct Known {
     position: u64,
+    /// For a file identified by its first line: the checksum of its first
+    /// `min(position, fingerprint.bytes)` bytes, which a file taking this position over must
+    /// match (a first line alone is weak: small files often share a header line).
+    head_checksum: Option<u64>,
     /// Insertion order, for forgetting the oldest.
     seq: u64,
 }
@@ -125,8 +129,9 @@ impl Tailer {
         for (partition, offset) in stored {
             let checksum = partition.get("fingerprint").and_then(Json::as_str).and_then(Fingerprint::parse_hex);
             let position = offset.get("position").and_then(Json::as_u64);
+            let head = offset.get("head_checksum").and_then(Json::as_str).and_then(Fingerprint::parse_hex);
             if let (Some(checksum), Some(position)) = (checksum, position) {
-                t.remember(checksum, position);
+                t.remember(checksum, position, head);
             }
         }
         t
@@ -188,11 +193,13 @@ impl Tailer {
             }
         }
         self.release_gone(now, &mut batch);
+        let n = self.cfg.fingerprint_bytes;
         for w in &mut self.files {
             if w.moved {
                 w.moved = false;
                 if let Some(fp) = w.fingerprint.filter(|_| w.resolved) {
-                    batch.offsets.push(offset_entry(fp, w.committed, &w.path));
+                    let head = head_checksum(w, n, &mut self.head_buf);
+                    batch.offsets.push(offset_entry(fp, w.committed, &w.path, head));
                 }
             }
         }
@@ -204,9 +211,9 @@ impl Tailer {
         self.files.clear();
     }
 
-    fn remember(&mut self, checksum: u64, position: u64) {
+    fn remember(&mut self, checksum: u64, position: u64, head_checksum: Option<u64>) {
         self.known_seq += 1;
-        self.known.insert(checksum, Known { position, seq: self.known_seq });
+        self.known.insert(checksum, Known { position, head_checksum, seq: self.known_seq });
         if self.known.len() > KNOWN_FILES_MAX {
             let mut seqs: Vec<u64> = self.known.values().map(|k| k.seq).collect();
             seqs.sort_unstable();
@@ -217,6 +224,8 @@ impl Tailer {
 
     fn scan(&mut self, now: Instant, batch: &mut SourceBatch) {
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut open: HashMap<(u64, u64), usize> =
+            self.files.iter().enumerate().map(|(i, w)| ((w.dev, w.ino), i)).collect();
         for pattern in &self.cfg.patterns {
             let paths = match glob::glob(pattern) {
                 Ok(paths) => paths,
@@ -231,7 +240,8 @@ impl Tailer {
                 if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                     continue;
                 }
-                if let Some(w) = self.files.iter_mut().find(|w| (w.dev, w.ino) == (meta.dev(), meta.ino())) {
+                if let Some(&i) = open.get(&(meta.dev(), meta.ino())) {
+                    let w = &mut self.files[i];
                     if w.path != path {
                         debug!(from = %w.path.display(), to = %path.display(), "file source: file renamed");
                         w.path_header = Bytes::copy_from_slice(path.as_os_str().as_bytes());
@@ -243,6 +253,7 @@ impl Tailer {
                 match File::open(&path) {
                     Ok(file) => {
                         debug!(path = %path.display(), "file source: new file");
+                        open.insert((meta.dev(), meta.ino()), self.files.len());
                         self.files.push(Watched {
                             path_header: Bytes::copy_from_slice(path.as_os_str().as_bytes()),
                             path,
@@ -326,10 +337,11 @@ impl Tailer {
         }
         let w = &mut self.files[i];
         if let Some(fp) = w.fingerprint.take() {
-            batch.offsets.push(offset_entry(fp, w.committed, &w.path));
+            batch.offsets.push(offset_entry(fp, w.committed, &w.path, None));
             let committed = w.committed;
-            // A copy of the old content (copytruncate) continues from here.
-            self.remember(fp.checksum, committed);
+            // A copy of the old content (copytruncate) continues from here. The content is
+            // gone, so there is no head to check the copy against.
+            self.remember(fp.checksum, committed, None);
         }
         let w = &mut self.files[i];
         w.resolved = false;
@@ -365,17 +377,24 @@ impl Tailer {
             Ok(m) => m.len(),
             Err(_) => return,
         };
+        // A remembered position applies if the file starts as the remembered one did.
+        let same_head = |k: &Known| {
+            let len = head.len().min(usize::try_from(k.position).unwrap_or(usize::MAX));
+            k.head_checksum.is_none_or(|h| h == fingerprint::fnv1a(&head[..len]))
+        };
         let mut position = None;
         // Only a position that differs from the stored one needs storing.
         let mut changed = true;
         if let Some(k) = self.known.remove(&fp.checksum) {
-            position = Some(k.position);
-            changed = k.position > size;
+            if same_head(&k) {
+                position = Some(k.position);
+                changed = k.position > size;
+            }
         } else if let Some(s) = short {
             // Stored while the file was shorter than fingerprint.bytes.
             if let Some(k) = self.known.remove(&s.checksum) {
                 batch.offsets.push((partition(s), Json::Null));
-                position = Some(k.position);
+                position = same_head(&k).then_some(k.position);
             }
         }
         let w = &mut self.files[i];
@@ -506,10 +525,11 @@ impl Tailer {
             let w = self.files.swap_remove(i);
             debug!(path = %w.path.display(), "file source: let go of file");
             if let (Some(fp), true) = (w.fingerprint, w.resolved) {
+                let head = head_checksum(&w, self.cfg.fingerprint_bytes, &mut self.head_buf);
                 if w.moved {
-                    batch.offsets.push(offset_entry(fp, w.committed, &w.path));
+                    batch.offsets.push(offset_entry(fp, w.committed, &w.path, head));
                 }
-                self.remember(fp.checksum, w.committed);
+                self.remember(fp.checksum, w.committed, head);
             }
         }
     }
@@ -531,8 +551,23 @@ fn partition(fp: Fingerprint) -> Json {
 }
 
 /// A `(partition, offset)` pair; the path is there for people reading the offsets.
-fn offset_entry(fp: Fingerprint, position: u64, path: &std::path::Path) -> (Json, Json) {
-    (partition(fp), json!({ "position": position, "path": path.to_string_lossy() }))
+fn offset_entry(fp: Fingerprint, position: u64, path: &std::path::Path, head: Option<u64>) -> (Json, Json) {
+    let mut offset = json!({ "position": position, "path": path.to_string_lossy() });
+    if let Some(h) = head {
+        offset["head_checksum"] = Json::from(format!("{h:016x}"));
+    }
+    (partition(fp), offset)
+}
+
+/// For a file identified by its first line, the checksum of its first
+/// `min(committed, fingerprint.bytes)` bytes (see [`Known::head_checksum`]).
+fn head_checksum(w: &Watched, n: usize, buf: &mut Vec<u8>) -> Option<u64> {
+    if w.fingerprint?.kind != Kind::FirstLine {
+        return None;
+    }
+    let head = fingerprint::read_head(&w.file, n, buf).ok()?;
+    let len = head.len().min(usize::try_from(w.committed).unwrap_or(usize::MAX));
+    Some(fingerprint::fnv1a(&head[..len]))
 }
 
 /// `n` as decimal text in `arena`, without going through `fmt`.

@@ -174,6 +174,29 @@ fn rename_and_create_reads_the_old_file_to_its_end_then_the_new_one() {
 }
 
 #[test]
+fn rename_within_the_glob_keeps_the_partition_and_updates_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append(&log, &lines("a", 0..10));
+    let mut h = Harness::new(&props(&format!("{}/app.log*", dir.path().display()), &[]));
+    assert_eq!(h.drain().len(), 10);
+    let before = h.stored_offsets();
+    let rotated = dir.path().join("app.log.1");
+    fs::rename(&log, &rotated).unwrap();
+    append(&rotated, &lines("a", 10..12));
+    let records = {
+        h.now += SCAN;
+        h.poll()
+    };
+    assert_eq!(records.iter().map(text).collect::<Vec<_>>(), expected("a", 10..12));
+    assert_eq!(header(&records[0], "file"), path_str(&rotated));
+    let after = h.stored_offsets();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].0, before[0].0, "the partition survives the rename");
+    assert_eq!(after[0].1["path"], json!(path_str(&rotated)));
+}
+
+#[test]
 fn copytruncate_starts_over_from_zero() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
@@ -395,6 +418,27 @@ fn short_file_keeps_its_position_when_its_fingerprint_grows_up() {
     append(&log2, &lines("b", 0..3));
     let mut h = Harness::resume(&p2, stored);
     assert_eq!(h.drain(), expected("b", 0..3));
+}
+
+#[test]
+fn small_files_with_the_same_header_line_are_all_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = props(&format!("{}/*.csv", dir.path().display()), &[]);
+    let mut h = Harness::new(&p);
+    append(&dir.path().join("1.csv"), "id,name\n1,ann\n");
+    assert_eq!(h.drain(), ["id,name", "1,ann"]);
+    fs::remove_file(dir.path().join("1.csv")).unwrap();
+    h.drain();
+    // The next one has the same first line, and is as long as the first was read.
+    append(&dir.path().join("2.csv"), "id,name\n2,bob\n3,cy\n");
+    assert_eq!(h.drain(), ["id,name", "2,bob", "3,cy"]);
+    // And after a restart the stored head checksum tells it apart again.
+    let stored = h.stored_offsets();
+    assert!(stored.iter().all(|(_, o)| o["head_checksum"].is_string()), "{stored:?}");
+    fs::remove_file(dir.path().join("2.csv")).unwrap();
+    append(&dir.path().join("3.csv"), "id,name\n4,dee\n5,eve\n6,fay\n");
+    let mut h = Harness::resume(&p, stored);
+    assert_eq!(h.drain(), ["id,name", "4,dee", "5,eve", "6,fay"]);
 }
 
 #[test]
