@@ -465,6 +465,13 @@ impl Tailer {
             Encoding::Bytes => Value::Bytes(event.bytes),
             Encoding::Utf8 => match std::str::from_utf8(&event.bytes) {
                 Ok(_) => Value::Text(event.bytes),
+                // A cut line ending inside a character loses the partial character rather
+                // than growing past max.line.bytes with a replacement character.
+                Err(e) if event.truncated && e.error_len().is_none() => {
+                    let mut bytes = event.bytes;
+                    bytes.truncate(e.valid_up_to());
+                    Value::Text(bytes)
+                }
                 Err(_) => Value::Text(Bytes::from(String::from_utf8_lossy(&event.bytes).into_owned())),
             },
         };

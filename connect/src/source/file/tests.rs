@@ -465,6 +465,16 @@ fn invalid_utf8_is_replaced_and_bytes_are_kept() {
 }
 
 #[test]
+fn truncated_utf8_lines_are_cut_at_a_character_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    fs::write(&log, "aé€z\n").unwrap();
+    let mut h = Harness::new(&props(path_str(&log), &[("max.line.bytes", "5")]));
+    // "a" + "é" (2 bytes) + 2 of the 3 bytes of "€": the partial character is dropped.
+    assert_eq!(h.drain(), ["aé"]);
+}
+
+#[test]
 fn batches_are_bounded_by_lines_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
