@@ -197,6 +197,49 @@ fn rename_within_the_glob_keeps_the_partition_and_updates_the_path() {
 }
 
 #[test]
+fn rotations_under_a_live_writer_lose_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append(&log, "");
+    let mut h = Harness::new(&props(path_str(&log), &[("scan.interval.ms", "20"), ("batch.size", "100")]));
+    let writer = {
+        let dir = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let log = dir.join("app.log");
+            for generation in 0..5 {
+                let mut f = OpenOptions::new().create(true).append(true).open(&log).unwrap();
+                for i in 0..1000 {
+                    writeln!(f, "g{generation} line {i:04}").unwrap();
+                    if i % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                fs::rename(&log, dir.join(format!("app.log.{generation}"))).unwrap();
+                // A writer that has not reopened its path yet.
+                writeln!(f, "g{generation} late").unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while !writer.is_finished() {
+        got.extend(h.poll().iter().map(text));
+        h.now += Duration::from_millis(5);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writer.join().unwrap();
+    got.extend(h.drain());
+    let mut want: Vec<String> = Vec::new();
+    for g in 0..5 {
+        want.extend((0..1000).map(|i| format!("g{g} line {i:04}")));
+        want.push(format!("g{g} late"));
+    }
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}
+
+#[test]
 fn copytruncate_starts_over_from_zero() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
