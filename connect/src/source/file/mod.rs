@@ -7,7 +7,8 @@
 //!
 //! **Offsets.** The source partition is `{"fingerprint": "<16 hex digits>"}` (see
 //! [`fingerprint`] for the rule), which stays the same when the file is renamed; the source
-//! offset is `{"position": <byte offset after the batch's last line>, "path": "<path>"}`. At
+//! offset is `{"position": <byte offset after the batch's last line>, "path": "<path>"}` (plus
+//! `head_checksum` for a file still identified by its first line). At
 //! start every stored offset is read and each known fingerprint resumes at its position, so
 //! after a crash reading continues where the last acknowledged batch ended. A null offset
 //! deletes a partition (sent when a short file's first-line fingerprint is replaced by its
