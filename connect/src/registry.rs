@@ -16,7 +16,12 @@ pub struct Registry {
 impl Registry {
     /// Every built-in plugin.
     pub fn builtin() -> Registry {
-        Registry { plugins: Vec::new() }
+        Registry {
+            plugins: vec![
+                Arc::new(crate::source::file::FileStreamSourceConnector),
+                Arc::new(crate::sink::file::FileStreamSinkConnector),
+            ],
+        }
     }
 
     /// A registry of the given plugins (tests, embedding applications).

@@ -247,8 +247,9 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             let mut deliveries = Vec::with_capacity(entries.len());
             for (partition, offset) in &entries {
                 let key = Bytes::from(offset_key(&env.connector, partition));
-                let value = Bytes::from(serde_json::to_vec(offset).unwrap_or_default());
-                deliveries.push(env.offset_log.send_nowait(key, Some(value)).await?);
+                // A null offset removes the partition (a tombstone, as Kafka Connect writes).
+                let value = (!offset.is_null()).then(|| Bytes::from(serde_json::to_vec(offset).unwrap_or_default()));
+                deliveries.push(env.offset_log.send_nowait(key, value).await?);
             }
             for d in deliveries {
                 d.await?;
@@ -261,7 +262,8 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             let mut state = env.offsets.lock().expect("offset state");
             for (partition, offset) in &entries {
                 let key = offset_key(&env.connector, partition);
-                state.apply(&key, Some(&serde_json::to_vec(offset).unwrap_or_default()));
+                let value = (!offset.is_null()).then(|| serde_json::to_vec(offset).unwrap_or_default());
+                state.apply(&key, value.as_deref());
             }
         }
         task.commit(&entries)
