@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rhai::module_resolvers::FileModuleResolver;
 use rhai::packages::{Package, StandardPackage};
 use rhai::{
-    CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ModuleResolver, Module, Position, Scope, Shared, AST, FLOAT,
+    CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Module, ModuleResolver, Position, Scope, Shared, AST, FLOAT,
     INT,
 };
 
@@ -197,14 +197,7 @@ pub fn build(alias: &str, config: &Props, plugins_dir: &Path) -> Result<Box<dyn 
     if !ast.iter_functions().any(|f| f.name == ENTRY_POINT && f.params.len() == 1) {
         return Err(ConnectError::config(key, format!("{origin} defines no fn {ENTRY_POINT}(record)")));
     }
-    Ok(Box::new(RhaiTransform {
-        alias: alias.to_owned(),
-        engine,
-        ast,
-        scope: Scope::new(),
-        clock,
-        limits,
-    }))
+    Ok(Box::new(RhaiTransform { alias: alias.to_owned(), engine, ast, scope: Scope::new(), clock, limits }))
 }
 
 /// Resolves `script` (relative to the current directory) and checks that it lies inside
@@ -226,8 +219,8 @@ fn script_path(script: &str, plugins_dir: &Path) -> Result<PathBuf> {
 }
 
 fn read_script(path: &Path) -> Result<String> {
-    let mut file =
-        File::open(path).map_err(|e| ConnectError::config(SCRIPT, format!("{} is not readable: {e}", path.display())))?;
+    let mut file = File::open(path)
+        .map_err(|e| ConnectError::config(SCRIPT, format!("{} is not readable: {e}", path.display())))?;
     let mut text = String::new();
     file.by_ref()
         .take(MAX_SCRIPT_BYTES + 1)
@@ -295,13 +288,15 @@ fn sandboxed_engine(limits: &Limits, plugins_dir: &Path, clock: Arc<Deadline>, s
     engine.set_max_array_size(limits.max_array_size);
     engine.set_max_map_size(limits.max_map_size);
     engine.set_max_modules(64);
-    engine.on_progress(move |ops| {
-        if ops % CLOCK_CHECK_EVERY_OPS == 0 && clock.passed() {
-            Some(Dynamic::UNIT)
-        } else {
-            None
-        }
-    });
+    engine.on_progress(
+        move |ops| {
+            if ops % CLOCK_CHECK_EVERY_OPS == 0 && clock.passed() {
+                Some(Dynamic::UNIT)
+            } else {
+                None
+            }
+        },
+    );
 
     engine.set_module_resolver(PluginsResolver::new(plugins_dir));
     helpers::register(&mut engine, limits, script_config);
@@ -361,7 +356,8 @@ impl RhaiTransform {
     /// Says which limit a script hit, by its config key, or passes Rhai's message on.
     fn describe(&self, err: &EvalAltResult) -> String {
         let mut root = err;
-        while let EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) = root {
+        while let EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) = root
+        {
             root = inner;
         }
         match root {

@@ -192,11 +192,9 @@ pub(super) fn apply_map(map: Map, record: &mut ConnectRecord) -> Result<(), Stri
                     Some(v.as_int().map_err(|t| format!("a record map whose timestamp is a {t}"))?)
                 }
             }
-            other => {
-                return Err(format!(
-                    "a record map with unknown field {other:?} (fields: key, value, headers, topic, partition, timestamp)"
-                ))
-            }
+            other => return Err(format!(
+                "a record map with unknown field {other:?} (fields: key, value, headers, topic, partition, timestamp)"
+            )),
         }
     }
     Ok(())

@@ -68,7 +68,10 @@ fn fields_left_out_keep_the_input() {
     assert_eq!(out[0].timestamp_ms, Some(7));
     assert_eq!(
         out[0].headers,
-        vec![Header { key: "a".into(), value: Some(Bytes::from_static(b"1")) }, Header { key: "b".into(), value: None }]
+        vec![
+            Header { key: "a".into(), value: Some(Bytes::from_static(b"1")) },
+            Header { key: "b".into(), value: None }
+        ]
     );
 }
 
@@ -194,7 +197,8 @@ fn a_huge_string_hits_max_string_bytes() {
     let reason = transform_error(run(&mut *t, record("v")));
     assert!(reason.contains("max.array.size=10000"), "{reason}");
 
-    let mut t = build_inline(r#"fn transform(r) { let big = "x"; big.pad(600000, "x"); regex_replace("aaaa", "a", big) }"#);
+    let mut t =
+        build_inline(r#"fn transform(r) { let big = "x"; big.pad(600000, "x"); regex_replace("aaaa", "a", big) }"#);
     let reason = transform_error(run(&mut *t, record("v")));
     assert!(reason.contains("max.string.bytes"), "{reason}");
 }
@@ -279,7 +283,8 @@ fn imports_resolve_inside_the_plugins_dir_only() {
     assert_eq!(run(&mut *t, record("hi")).unwrap()[0].value, Some(Value::from_string("HI")));
 
     let evil = elsewhere.path().join("evil");
-    let source = format!(r#"import "{}" as evil; fn transform(r) {{ #{{ value: evil::shout(r.value) }} }}"#, evil.display());
+    let source =
+        format!(r#"import "{}" as evil; fn transform(r) {{ #{{ value: evil::shout(r.value) }} }}"#, evil.display());
     let mut t = build("x", &inline(&source), plugins.path()).unwrap();
     let reason = transform_error(run(&mut *t, record("hi")));
     assert!(reason.contains("plugins directory only"), "{reason}");
@@ -360,9 +365,8 @@ fn top_level_constants_and_schemas() {
 /// Prints records/s of a small JSON-editing script (no assertion on speed: machines differ).
 #[test]
 fn throughput_of_a_simple_script() {
-    let mut t = build_inline(
-        r#"fn transform(r) { if r.value.level == "debug" { return (); } r.value.seen = true; r }"#,
-    );
+    let mut t =
+        build_inline(r#"fn transform(r) { if r.value.level == "debug" { return (); } r.value.seen = true; r }"#);
     let n = if cfg!(debug_assertions) { 20_000 } else { 200_000 };
     let line = Bytes::from_static(br#"{"level":"info","msg":"GET /index.html 200","ms":12}"#);
     let mut out = Vec::with_capacity(n);
