@@ -5,6 +5,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use rhai::{Array, Dynamic, ImmutableString, Map};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 
 use crate::record::{ConnectRecord, Header, Value};
@@ -40,16 +41,82 @@ fn opt_value_to_dynamic(v: Option<&Value>) -> Dynamic {
     match v {
         None => Dynamic::UNIT,
         Some(Value::Json(j)) => json_to_dynamic(j),
-        Some(v @ (Value::Text(b) | Value::Bytes(b))) => {
+        Some(Value::Text(b) | Value::Bytes(b)) => {
+            // The rule of `Value::to_json`, parsed straight into Rhai values (no intermediate
+            // `serde_json::Value`): text opening with `{` or `[` is JSON when it parses; text
+            // that only looks like JSON (a log line opening with a brace) stays text.
             let first = b.iter().find(|c| !c.is_ascii_whitespace());
             if matches!(first, Some(b'{') | Some(b'[')) {
-                // Text that only looks like JSON (a log line opening with a brace) stays text.
-                if let Ok(j) = v.to_json() {
-                    return json_to_dynamic(&j);
+                if let Ok(parsed) = serde_json::from_slice::<JsonDynamic>(b) {
+                    return parsed.0;
                 }
             }
             bytes_to_dynamic(b)
         }
+    }
+}
+
+/// JSON text read straight into a Rhai value, with the mapping of [`json_to_dynamic`].
+pub(super) struct JsonDynamic(pub(super) Dynamic);
+
+impl<'de> Deserialize<'de> for JsonDynamic {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DynamicVisitor).map(JsonDynamic)
+    }
+}
+
+struct DynamicVisitor;
+
+impl<'de> Visitor<'de> for DynamicVisitor {
+    type Value = Dynamic;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Dynamic, E> {
+        Ok(Dynamic::from_bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Dynamic, E> {
+        Ok(Dynamic::from_int(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Dynamic, E> {
+        Ok(i64::try_from(v).map_or_else(|_| Dynamic::from_float(v as f64), Dynamic::from_int))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Dynamic, E> {
+        Ok(Dynamic::from_float(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Dynamic, E> {
+        Ok(Dynamic::from(ImmutableString::from(v)))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Dynamic, E> {
+        Ok(Dynamic::from(ImmutableString::from(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Dynamic, E> {
+        Ok(Dynamic::UNIT)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
+        // No `size_hint` preallocation: the hint comes from the input.
+        let mut items = Array::new();
+        while let Some(JsonDynamic(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Dynamic::from_array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dynamic, A::Error> {
+        let mut map = Map::new();
+        while let Some((k, JsonDynamic(v))) = access.next_entry::<std::borrow::Cow<'de, str>, JsonDynamic>()? {
+            map.insert(k.as_ref().into(), v);
+        }
+        Ok(Dynamic::from_map(map))
     }
 }
 

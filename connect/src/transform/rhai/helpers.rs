@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use regex::{Regex, RegexBuilder};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, INT};
 
-use super::convert::{dynamic_to_json, json_to_dynamic};
+use super::convert::{dynamic_to_json, JsonDynamic};
 use super::Limits;
 use crate::config::Props;
 
@@ -58,8 +58,8 @@ pub(super) fn register(engine: &mut Engine, limits: &Limits, script_config: Prop
     let max_array_size = limits.max_array_size;
 
     engine.register_fn("parse_json", |s: &str| -> FnResult<Dynamic> {
-        serde_json::from_str::<serde_json::Value>(s)
-            .map(|j| json_to_dynamic(&j))
+        serde_json::from_str::<JsonDynamic>(s)
+            .map(|j| j.0)
             .map_err(|e| format!("parse_json: not valid JSON: {e}").into())
     });
     engine.register_fn("to_json", move |v: Dynamic| -> FnResult<ImmutableString> {
