@@ -47,8 +47,8 @@ const TIMEOUT_MS: &str = "timeout.ms";
 /// Keys under this prefix are the script's own settings, read with `config("name")`.
 const SCRIPT_CONFIG_PREFIX: &str = "config.";
 
-/// A script file larger than this is refused before it is read (a typo pointing `script` at a
-/// log file should not load the log into memory).
+/// A script larger than this is refused (a typo pointing `script` at a log file should not load
+/// the log into memory).
 const MAX_SCRIPT_BYTES: u64 = 1 << 20;
 
 /// How many operations pass between two wall-clock checks: reading the clock on every
@@ -180,6 +180,9 @@ pub fn build(alias: &str, config: &Props, plugins_dir: &Path) -> Result<Box<dyn 
         (false, true) => {
             let path = script_path(script, plugins_dir)?;
             (read_script(&path)?, SCRIPT, path.display().to_string())
+        }
+        (true, false) if source.len() as u64 > MAX_SCRIPT_BYTES => {
+            return Err(ConnectError::config(SOURCE, format!("longer than {MAX_SCRIPT_BYTES} bytes")))
         }
         (true, false) => (source.to_owned(), SOURCE, format!("transforms.{alias}.source")),
         (false, false) => return Err(ConnectError::config(SCRIPT, "give either script or source, not both")),

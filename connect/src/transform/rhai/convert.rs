@@ -259,9 +259,11 @@ pub(super) fn apply_map(map: Map, record: &mut ConnectRecord) -> Result<(), Stri
                     Some(v.as_int().map_err(|t| format!("a record map whose timestamp is a {t}"))?)
                 }
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "a record map with unknown field {other:?} (fields: key, value, headers, topic, partition, timestamp)"
-            )),
+            ))
+            }
         }
     }
     Ok(())
