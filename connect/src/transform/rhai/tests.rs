@@ -303,6 +303,23 @@ fn bad_configs_name_their_key() {
     props.insert(TIMEOUT_MS.into(), "0".into());
     let (key, _) = config_error(build("x", &props, Path::new(".")));
     assert_eq!(key, TIMEOUT_MS);
+    let huge = format!("fn transform(r) {{ r }} // {}", "x".repeat(MAX_SCRIPT_BYTES as usize));
+    let (key, _) = config_error(build("x", &inline(&huge), Path::new(".")));
+    assert_eq!(key, SOURCE);
+    let mut props = inline("fn transform(r) { r }");
+    props.insert(SCRIPT.into(), "plugins/transforms/x.rhai".into());
+    let (key, reason) = config_error(build("x", &props, Path::new(".")));
+    assert_eq!(key, SCRIPT);
+    assert!(reason.contains("not both"), "{reason}");
+}
+
+#[test]
+fn a_script_setting_of_the_wrong_type_fails_the_record() {
+    let mut props = inline(r#"fn transform(r) { #{ value: config("n", 1) } }"#);
+    props.insert("config.n".into(), "many".into());
+    let mut t = build("x", &props, Path::new(".")).unwrap();
+    let reason = transform_error(run(&mut *t, record("v")));
+    assert!(reason.contains("config.n=many is not an integer"), "{reason}");
 }
 
 #[test]
