@@ -157,6 +157,12 @@ impl ConfigDef {
         self
     }
 
+    /// The keys of this definition that `other` does not define.
+    pub fn retain_not_in(mut self, other: &ConfigDef) -> Self {
+        self.keys.retain(|k| !other.keys.iter().any(|o| o.name == k.name));
+        self
+    }
+
     /// The keys, in definition order.
     pub fn keys(&self) -> &[ConfigKey] {
         &self.keys
