@@ -184,7 +184,10 @@ EOF
     rsyslogd -n -f "$RS/rsyslog.conf" -i "$RS/rsyslogd.pid"
 fi
 
-echo "== figures ($LINES lines x 100 B = $(awk -v n="$LINES" 'BEGIN {printf "%.1f", n*100/1048576}') MiB; MiB/s and lines/s over wall s, i.e. from the shipper's start; steady: from the first record on the topic to the last)"
+echo "== figures ($LINES lines x 100 B = $(awk -v n="$LINES" 'BEGIN {printf "%.1f", n*100/1048576}') MiB)"
+echo "MiB/s and lines/s: over wall s, from the shipper's start (a new Connect worker group's first join waits the"
+echo "broker's group.initial.rebalance.delay.ms, 3 s by default); steady: from the first record on the topic to the last."
+echo "CPU s: the shipper's user+system time (all threads); broker CPU s: the broker's over the same run."
 "${HELPER[@]}" table --results "$RESULTS"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); broker peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$BROKER/status")"
 exit $FAILED

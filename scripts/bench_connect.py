@@ -200,8 +200,8 @@ def table(args):
         for line in f:
             if line.strip():
                 rows.append(json.loads(line))
-    head = ["tool", "lines", "MiB/s", "lines/s", "steady MiB/s", "steady lines/s", "peak RSS MiB",
-            "wall s", "CPU s", "lines/CPU-s", "broker CPU s"]
+    head = ["tool", "lines", "MiB/s", "lines/s", "peak RSS MiB", "wall s", "steady MiB/s", "steady lines/s",
+            "steady s", "CPU s", "lines/CPU-s", "broker CPU s"]
     out = [head]
     for r in rows:
         if "error" in r:
@@ -211,9 +211,9 @@ def table(args):
             v = r.get(key)
             return "-" if v is None else fmt.format(v)
         out.append([r["tool"], f"{r['lines']:,}", f("mib_s", "{:.1f}"), f("lines_s", "{:,}"),
-                    f("steady_mib_s", "{:.1f}"), f("steady_lines_s", "{:,}"), f("peak_rss_mib", "{:.1f}"),
-                    f("wall_s", "{:.2f}"), f("cpu_s", "{:.2f}"), f("lines_per_cpu_s", "{:,}"),
-                    f("broker_cpu_s", "{:.2f}")])
+                    f("peak_rss_mib", "{:.1f}"), f("wall_s", "{:.2f}"), f("steady_mib_s", "{:.1f}"),
+                    f("steady_lines_s", "{:,}"), f("steady_s", "{:.2f}"), f("cpu_s", "{:.2f}"),
+                    f("lines_per_cpu_s", "{:,}"), f("broker_cpu_s", "{:.2f}")])
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for row in out[1:]:
