@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod cluster;
 mod common;
+mod connectors;
 mod consume;
 mod groups;
 mod produce;
@@ -40,6 +41,8 @@ enum Command {
     Groups(groups::GroupsArgs),
     /// Measure produce, consume and group throughput, rebalance time and end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Manage the connectors of a Connect worker group through its REST API.
+    Connectors(connectors::ConnectorsArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`.
@@ -64,6 +67,7 @@ async fn main() -> ExitCode {
         Command::Consume(args) => consume::run(args).await,
         Command::Groups(args) => groups::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Connectors(args) => connectors::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
