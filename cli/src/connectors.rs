@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
-use spate_connect::rest::RestClient;
 use spate_connect::rest::client::Method;
+use spate_connect::rest::RestClient;
 
 use crate::common::print_out;
 
@@ -96,10 +96,8 @@ pub async fn run(args: ConnectorsArgs) -> Result<()> {
         Action::Resume { name } => api.state_change(&name, "resume", "resumed").await?,
         Action::Stop { name } => api.state_change(&name, "stop", "stopped").await?,
         Action::Restart { name, include_tasks, only_failed } => {
-            let path = format!(
-                "/connectors/{}/restart?includeTasks={include_tasks}&onlyFailed={only_failed}",
-                segment(&name)
-            );
+            let path =
+                format!("/connectors/{}/restart?includeTasks={include_tasks}&onlyFailed={only_failed}", segment(&name));
             let status = api.call(Method::POST, &path, None).await?;
             if status.is_null() {
                 print_out(&format!("restarted {name}\n"));
@@ -203,7 +201,8 @@ fn read_connector_file(path: &Path) -> Result<(String, Map<String, Value>)> {
     let text = read_bounded(path)?;
     let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
     let document: Value = if is_toml {
-        let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
         serde_json::to_value(table)?
     } else {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?
@@ -242,9 +241,7 @@ fn config_value(key: &str, value: &Value) -> Result<String> {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(items) => {
-            items.iter().map(|item| config_value(key, item)).collect::<Result<Vec<_>>>()?.join(",")
-        }
+        Value::Array(items) => items.iter().map(|item| config_value(key, item)).collect::<Result<Vec<_>>>()?.join(","),
         Value::Null | Value::Object(_) => bail!("{key}: a value must be a string, number, boolean or list"),
     })
 }
@@ -256,8 +253,9 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 /// Pads each column to its widest cell.
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
@@ -357,7 +355,8 @@ mod tests {
         assert_eq!(config["topics"], "t1,t2");
         assert_eq!(config["errors.log.enable"], "true");
 
-        let toml_flat: toml::Table = toml::from_str("name = \"c\"\n\"connector.class\" = \"X\"\n\"tasks.max\" = 2\n").unwrap();
+        let toml_flat: toml::Table =
+            toml::from_str("name = \"c\"\n\"connector.class\" = \"X\"\n\"tasks.max\" = 2\n").unwrap();
         let (name, config) = parse_connector(serde_json::to_value(toml_flat).unwrap()).unwrap();
         assert_eq!((name.as_str(), config["tasks.max"].as_str()), ("c", Some("2")));
 
@@ -380,7 +379,8 @@ mod tests {
         assert!(text.contains("a (connector)  RUNNING  w1"), "{text}");
         assert!(text.contains("task 0         FAILED   w2"), "{text}");
         assert!(text.contains("task 0 trace:\nboom"), "{text}");
-        let list = list_table(&json!({"a": {"status": status, "info": {"config": {"connector.class": "FileStreamSource"}}}}));
+        let list =
+            list_table(&json!({"a": {"status": status, "info": {"config": {"connector.class": "FileStreamSource"}}}}));
         assert!(list.contains("0/1 running"), "{list}");
         assert!(list.contains("FileStreamSource"), "{list}");
     }

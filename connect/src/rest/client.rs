@@ -62,7 +62,8 @@ impl RestClient {
         if uri.scheme_str() != Some("http") {
             return Err(fail("only http:// URLs are supported".to_owned()));
         }
-        let mut builder = Request::builder().method(method).uri(uri).header(ACCEPT, HeaderValue::from_static("application/json"));
+        let mut builder =
+            Request::builder().method(method).uri(uri).header(ACCEPT, HeaderValue::from_static("application/json"));
         let payload = match body {
             Some(json) => {
                 builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -79,7 +80,7 @@ impl RestClient {
                 .await
                 .map_err(|e| fail(format!("reading the answer: {e} (limit {} bytes)", self.response_bytes_max)))?
                 .to_bytes();
-            Ok((status, bytes))
+            Ok::<_, ConnectError>((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(self.request_timeout, exchange)
             .await
@@ -87,7 +88,8 @@ impl RestClient {
         let json = if bytes.iter().all(u8::is_ascii_whitespace) {
             Json::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         Ok((status, json))
     }

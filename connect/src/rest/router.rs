@@ -187,7 +187,10 @@ async fn forward_to_leader(State(forwarder): State<Forwarder>, request: Request,
     match forwarder.client.request(method, &url, target.body).await {
         Ok((status, body)) => {
             let Ok(status) = StatusCode::from_u16(status) else {
-                return error_response(StatusCode::BAD_GATEWAY, format!("the leader at {url} answered status {status}"));
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the leader at {url} answered status {status}"),
+                );
             };
             if body.is_null() {
                 status.into_response()
@@ -195,10 +198,9 @@ async fn forward_to_leader(State(forwarder): State<Forwarder>, request: Request,
                 (status, Json(body)).into_response()
             }
         }
-        Err(e) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("IO Error trying to forward REST request: {e}"),
-        ),
+        Err(e) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("IO Error trying to forward REST request: {e}"))
+        }
     }
 }
 
@@ -241,7 +243,8 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty; a JSON body is required"));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
 /// A JSON object of config values as [`Props`]. Numbers and booleans become their text
@@ -257,7 +260,9 @@ fn props_from_json(value: &Value, what: &str) -> Result<Props, ApiError> {
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             Value::Null | Value::Array(_) | Value::Object(_) => {
-                return Err(ApiError::bad_request(format!("{what}: the value of {key} must be a string, number or boolean")))
+                return Err(ApiError::bad_request(format!(
+                    "{what}: the value of {key} must be a string, number or boolean"
+                )))
             }
         };
         props.insert(key.clone(), text);
@@ -310,7 +315,9 @@ async fn list_connectors<H: Herder>(State(herder): State<Arc<H>>, RawQuery(query
         let mut expanded = Map::new();
         for &expansion in &expansions {
             let value = match expansion {
-                "status" => herder.connector_status(&name).await.map(|s| serde_json::to_value(s).unwrap_or(Value::Null)),
+                "status" => {
+                    herder.connector_status(&name).await.map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+                }
                 "info" => herder.connector_info(&name).await.map(|i| serde_json::to_value(i).unwrap_or(Value::Null)),
                 _ => continue,
             };
@@ -328,10 +335,7 @@ async fn list_connectors<H: Herder>(State(herder): State<Arc<H>>, RawQuery(query
     Ok(json_response(StatusCode::OK, &out))
 }
 
-async fn create_connector<H: Herder>(
-    State(herder): State<Arc<H>>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+async fn create_connector<H: Herder>(State(herder): State<Arc<H>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = json_body(body)?;
     let Value::Object(request) = &body else {
         return Err(ApiError::bad_request("the request body must be a JSON object with \"name\" and \"config\""));
@@ -357,7 +361,8 @@ async fn create_connector<H: Herder>(
         }
     }
     check_and_put_name(&name, &mut config)?;
-    let (_, info) = herder.put_connector_config(&name, config, false).await.map_err(|e| ApiError::from(e).with_body(&body))?;
+    let (_, info) =
+        herder.put_connector_config(&name, config, false).await.map_err(|e| ApiError::from(e).with_body(&body))?;
     let mut response = json_response(StatusCode::CREATED, &info);
     if let Ok(location) = HeaderValue::from_str(&format!("/connectors/{}", info.name)) {
         response.headers_mut().insert(LOCATION, location);
@@ -412,7 +417,10 @@ async fn task_status<H: Herder>(State(herder): State<Arc<H>>, Path((name, task))
     Ok(json_response(StatusCode::OK, &herder.task_status(&name, task).await?))
 }
 
-async fn restart_task<H: Herder>(State(herder): State<Arc<H>>, Path((name, task)): Path<(String, String)>) -> ApiResult {
+async fn restart_task<H: Herder>(
+    State(herder): State<Arc<H>>,
+    Path((name, task)): Path<(String, String)>,
+) -> ApiResult {
     let task = task_id(&task)?;
     herder.restart_task(&name, task).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -477,7 +485,8 @@ async fn alter_connector_offsets<H: Herder>(
     if offsets.offsets.is_empty() {
         return Err(ApiError::bad_request("Partitions / offsets need to be provided for an alter offsets request"));
     }
-    let message = herder.alter_connector_offsets(&name, offsets).await.map_err(|e| ApiError::from(e).with_body(&body))?;
+    let message =
+        herder.alter_connector_offsets(&name, offsets).await.map_err(|e| ApiError::from(e).with_body(&body))?;
     Ok(json_response(StatusCode::OK, &json!({ "message": message })))
 }
 
@@ -713,16 +722,23 @@ mod tests {
         }
         async fn alter_connector_offsets(&self, name: &str, offsets: ConnectorOffsets) -> HerderResult<String> {
             self.write_check()?;
-            self.with(name, |_| format!("The offsets for this connector have been altered successfully ({})", offsets.offsets.len()))
+            self.with(name, |_| {
+                format!("The offsets for this connector have been altered successfully ({})", offsets.offsets.len())
+            })
         }
         async fn reset_connector_offsets(&self, name: &str) -> HerderResult<String> {
             self.write_check()?;
             self.with(name, |_| "The offsets for this connector have been reset successfully".to_owned())
         }
         async fn plugins(&self, connectors_only: bool) -> HerderResult<Vec<PluginInfo>> {
-            let mut out = vec![PluginInfo { class: "FileStreamSource".into(), kind: "source".into(), version: "1".into() }];
+            let mut out =
+                vec![PluginInfo { class: "FileStreamSource".into(), kind: "source".into(), version: "1".into() }];
             if !connectors_only {
-                out.push(PluginInfo { class: "InsertField".into(), kind: "transformation".into(), version: "1".into() });
+                out.push(PluginInfo {
+                    class: "InsertField".into(),
+                    kind: "transformation".into(),
+                    version: "1".into(),
+                });
             }
             Ok(out)
         }
@@ -733,8 +749,11 @@ mod tests {
             Ok(vec![key_info("file")])
         }
         async fn validate_config(&self, plugin: &str, config: Props) -> HerderResult<ConfigInfos> {
-            let errors: Vec<String> =
-                if config.contains_key("file") { vec![] } else { vec!["Missing required configuration \"file\"".into()] };
+            let errors: Vec<String> = if config.contains_key("file") {
+                vec![]
+            } else {
+                vec!["Missing required configuration \"file\"".into()]
+            };
             Ok(ConfigInfos {
                 name: plugin.to_owned(),
                 error_count: errors.len(),
@@ -856,9 +875,13 @@ mod tests {
         assert_eq!(updated.0, 200, "{updated:?}");
         assert_eq!(updated.1["config"]["tasks.max"], "2");
         assert_eq!(updated.1["config"]["name"], "a");
-        let created_b =
-            call(&url, Method::PUT, "/connectors/b/config", Some(json!({"connector.class": "FileStreamSource", "name": "b"})))
-                .await;
+        let created_b = call(
+            &url,
+            Method::PUT,
+            "/connectors/b/config",
+            Some(json!({"connector.class": "FileStreamSource", "name": "b"})),
+        )
+        .await;
         assert_eq!(created_b.0, 201, "{created_b:?}");
         assert_error(
             &call(&url, Method::PUT, "/connectors/b/config", Some(json!({"connector.class": "X", "name": "c"}))).await,
@@ -878,13 +901,22 @@ mod tests {
         assert_error(&get("/connectors/a/tasks/7/status").await, 404);
         assert_error(&get("/connectors/a/tasks/x/status").await, 404);
 
-        assert_eq!(call(&url, Method::PUT, "/connectors/b/config", Some(json!({"connector.class": "S", "topic": "t"}))).await.0, 200);
+        assert_eq!(
+            call(&url, Method::PUT, "/connectors/b/config", Some(json!({"connector.class": "S", "topic": "t"})))
+                .await
+                .0,
+            200
+        );
         assert_eq!(get("/connectors/b/topics").await, (200, json!({"b": {"topics": ["t"]}})));
         assert_eq!(call(&url, Method::PUT, "/connectors/b/topics/reset", None).await, (202, Value::Null));
 
         assert_eq!(call(&url, Method::POST, "/connectors/a/restart", None).await, (204, Value::Null));
-        assert_eq!(call(&url, Method::POST, "/connectors/a/restart?includeTasks=false&onlyFailed=false", None).await.0, 204);
-        let restarted = call(&url, Method::POST, "/connectors/a/restart?includeTasks=true&onlyFailed=false", None).await;
+        assert_eq!(
+            call(&url, Method::POST, "/connectors/a/restart?includeTasks=false&onlyFailed=false", None).await.0,
+            204
+        );
+        let restarted =
+            call(&url, Method::POST, "/connectors/a/restart?includeTasks=true&onlyFailed=false", None).await;
         assert_eq!(restarted.0, 202);
         assert_eq!(restarted.1["connector"]["state"], "RESTARTING");
         assert_eq!(call(&url, Method::POST, "/connectors/a/restart?onlyFailed=TRUE", None).await.0, 202);
@@ -916,7 +948,10 @@ mod tests {
         let reset = call(&url, Method::DELETE, "/connectors/a/offsets", None).await;
         assert_eq!(reset, (200, json!({"message": "The offsets for this connector have been reset successfully"})));
 
-        assert_eq!(get("/connector-plugins").await, (200, json!([{"class": "FileStreamSource", "type": "source", "version": "1"}])));
+        assert_eq!(
+            get("/connector-plugins").await,
+            (200, json!([{"class": "FileStreamSource", "type": "source", "version": "1"}]))
+        );
         assert_eq!(get("/connector-plugins?connectorsOnly=false").await.1.as_array().map(Vec::len), Some(2));
         let keys = get("/connector-plugins/FileStreamSource/config").await;
         assert_eq!(keys.0, 200);
@@ -935,7 +970,8 @@ mod tests {
         assert_eq!(valid.1["error_count"], 0);
         assert_eq!(valid.1["configs"][0]["value"]["value"], "/x");
         let invalid =
-            call(&url, Method::PUT, "/connector-plugins/FileStreamSourceConnector/config/validate", Some(json!({}))).await;
+            call(&url, Method::PUT, "/connector-plugins/FileStreamSourceConnector/config/validate", Some(json!({})))
+                .await;
         assert_eq!(invalid.0, 200);
         assert_eq!(invalid.1["error_count"], 1);
         assert_eq!(invalid.1["configs"][0]["value"]["errors"][0], "Missing required configuration \"file\"");
@@ -1067,9 +1103,10 @@ mod tests {
     async fn serve_stops_on_shutdown() {
         let (listener, url) = bind().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router(Arc::new(FakeHerder::default()), Forwarder::default()), async {
-            let _ = rx.await;
-        }));
+        let server =
+            tokio::spawn(serve(listener, router(Arc::new(FakeHerder::default()), Forwarder::default()), async {
+                let _ = rx.await;
+            }));
         assert_eq!(call(&url, Method::GET, "/connectors", None).await.0, 200);
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
