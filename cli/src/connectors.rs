@@ -23,7 +23,7 @@ spate connectors status file-source\n  spate connectors restart file-source --in
 spate connectors offsets file-source --alter offsets.json")]
 pub struct ConnectorsArgs {
     /// A Connect worker's REST URL (any worker of the group).
-    #[arg(long, default_value = "http://127.0.0.1:8083", env = "SPATE_CONNECT_URL")]
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8083", env = "SPATE_CONNECT_URL")]
     pub url: String,
     #[command(subcommand)]
     pub action: Action,
