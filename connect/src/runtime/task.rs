@@ -297,7 +297,11 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
         let records = p.chain.apply_batch(records, &mut failures);
         let mut out = Vec::with_capacity(records.len());
         let mut bytes_out = 0u64;
-        for r in records {
+        // Records without a timestamp get the batch's (what the producer would stamp, read
+        // once per batch instead of once per record).
+        let batch_time_ms = wall_clock_ms();
+        for mut r in records {
+            r.timestamp_ms.get_or_insert(batch_time_ms);
             match convert_out(&p, r) {
                 Ok((topic, pr)) => {
                     bytes_out += pr.value.as_ref().map_or(0, |v| v.len() as u64);
@@ -385,6 +389,10 @@ fn convert_out(p: &Pipeline, r: ConnectRecord) -> std::result::Result<(Arc<str>,
     };
     let ConnectRecord { topic, partition, headers, timestamp_ms, .. } = r;
     Ok((topic, ProducerRecord { partition, key, value, headers, timestamp_ms }))
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Runs a sink task until stopped or failed.
