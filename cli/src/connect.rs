@@ -93,7 +93,13 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the REST listener {}", config.listen))?;
     let local = listener.local_addr()?;
-    let url = config.advertised_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    let url = match &config.advertised_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        // Other workers forward to this URL and it names the worker in statuses: an
+        // unspecified address (0.0.0.0) would point every follower at itself.
+        None if local.ip().is_unspecified() => format!("http://{}:{}", hostname()?, local.port()),
+        None => format!("http://{local}"),
+    };
     let worker = Worker::start(config, Registry::builtin(), url.clone()).await.context("starting the worker")?;
     let herder = Arc::new(WorkerHerder::new(worker.shared()));
     let router = spate_connect::rest::router(herder, spate_connect::rest::Forwarder::new(RestClient::default()));
@@ -123,7 +129,7 @@ async fn apply_connector(url: &str, name: &str, config: &serde_json::Map<String,
         let (status, reply) = client
             .request(
                 spate_connect::rest::client::Method::PUT,
-                &format!("{url}/connectors/{name}/config"),
+                &format!("{url}/connectors/{}/config", crate::connectors::segment(name)),
                 Some(body.clone()),
             )
             .await
@@ -137,4 +143,15 @@ async fn apply_connector(url: &str, name: &str, config: &serde_json::Map<String,
             _ => bail!("creating connector {name} failed ({status}): {reply}"),
         }
     }
+}
+
+/// This machine's host name, for the advertised URL of a worker listening on every address.
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("listening on an unspecified address needs --advertised-url (cannot read the host name)")?;
+    let name = name.trim();
+    if name.is_empty() {
+        bail!("listening on an unspecified address needs --advertised-url (the host name is empty)");
+    }
+    Ok(name.to_owned())
 }

@@ -172,7 +172,7 @@ impl Api {
 }
 
 /// `name` as one URL path segment: everything but RFC 3986's unreserved characters escaped.
-fn segment(name: &str) -> String {
+pub(crate) fn segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -260,7 +260,12 @@ async fn source_offsets_survive_restarts_and_tasks_move_between_workers() {
     // Stop, then alter offsets (KIP-875) and delete.
     assert!(hb.reset_connector_offsets("gen").await.is_err(), "offsets change only when STOPPED");
     hb.stop_connector("gen").await.unwrap();
-    hb.reset_connector_offsets("gen").await.unwrap();
+    // Refused (409) until the tasks have actually stopped.
+    wait_for("reset once the tasks stopped", Duration::from_secs(20), async || {
+        hb.reset_connector_offsets("gen").await.ok()
+    })
+    .await;
+    assert!(hb.task_configs("gen").await.unwrap().is_empty(), "a stopped connector has no tasks");
     assert!(hb.connector_offsets("gen").await.unwrap().offsets.is_empty());
     hb.delete_connector("gen").await.unwrap();
     assert!(hb.connector_info("gen").await.is_err());

@@ -180,9 +180,18 @@ impl ClassicGroupMember {
     }
 
     /// Resolves when the heartbeat task finds a rejoin is needed.
+    /// Also resolves, asking for a rejoin, once no heartbeat has succeeded for the session
+    /// timeout: the coordinator has then dropped this member and handed its work to others, so
+    /// the caller must stop that work before anything else (a Connect worker must not keep
+    /// running tasks that now run elsewhere).
     pub async fn rejoin_requested(&self) {
         loop {
             if self.rejoin_needed() {
+                return;
+            }
+            let now_ms = self.coordinator.clock.now_ms();
+            if self.coordinator.lock().session_expired(now_ms) {
+                self.request_rejoin("no successful heartbeat within session.timeout.ms");
                 return;
             }
             let notified = self.coordinator.rejoin_notify.notified();

@@ -467,7 +467,8 @@ async fn resume_connector<H: Herder>(State(herder): State<Arc<H>>, Path(name): P
 
 async fn stop_connector<H: Herder>(State(herder): State<Arc<H>>, Path(name): Path<String>) -> ApiResult {
     herder.stop_connector(&name).await?;
-    Ok(StatusCode::ACCEPTED.into_response())
+    // Kafka's handler returns void (204), unlike pause and resume (202).
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn connector_offsets<H: Herder>(State(herder): State<Arc<H>>, Path(name): Path<String>) -> ApiResult {
@@ -926,7 +927,7 @@ mod tests {
         assert_eq!(get("/connectors/a/status").await.1["connector"]["state"], "PAUSED");
         assert_eq!(call(&url, Method::PUT, "/connectors/a/resume", None).await, (202, Value::Null));
         assert_eq!(get("/connectors/a/status").await.1["connector"]["state"], "RUNNING");
-        assert_eq!(call(&url, Method::PUT, "/connectors/a/stop", None).await, (202, Value::Null));
+        assert_eq!(call(&url, Method::PUT, "/connectors/a/stop", None).await, (204, Value::Null));
         assert_eq!(get("/connectors/a/status").await.1["connector"]["state"], "STOPPED");
 
         let offsets = get("/connectors/a/offsets").await;

@@ -109,7 +109,9 @@ pub fn properties_value(props: &Props) -> Json {
 
 /// The value of a target-state record (Kafka writes both fields).
 pub fn target_state_value(state: TargetState) -> Json {
-    json!({ "state": state.name(), "state.v2": state.name() })
+    // Workers older than KIP-875 only read `state` and know no STOPPED: they see PAUSED.
+    let v1 = if state == TargetState::Stopped { TargetState::Paused } else { state };
+    json!({ "state": v1.name(), "state.v2": state.name() })
 }
 
 /// Splits `task-<name>-<id>` style suffixes: `<name>-<id>` → (name, id).

@@ -149,7 +149,18 @@ pub fn route_failures(
             record.headers.push(h("exception.message", f.error.to_string()));
             record.headers.push(h("exception.stacktrace", format!("{:?}", f.error)));
         }
-        let delivery = handle.block_on(producer.send(topic, record))?;
+        let headers = record.headers.clone();
+        let delivery = match handle.block_on(producer.send(topic, record)) {
+            Ok(d) => d,
+            // Too big for a produce request even as a dead letter: keep the context headers,
+            // drop the key and value (the error says what they were).
+            Err(spate_client::Error::RecordTooLarge { size, .. }) => {
+                warn!(connector = %task.connector, task = task.task, size, "dead-letter record too large; sent without key and value");
+                let small = ProducerRecord { headers, ..ProducerRecord::default() };
+                handle.block_on(producer.send(topic, small))?
+            }
+            Err(e) => return Err(e.into()),
+        };
         dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("spate_connect_deadletterqueue_records_total", "connector" => task.connector.clone())
             .increment(1);

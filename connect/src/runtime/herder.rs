@@ -223,6 +223,21 @@ impl WorkerHerder {
                  specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint",
             )));
         }
+        // Stopping is asynchronous: a task still stopping stores its offsets last, over any
+        // change made now.
+        let busy = self
+            .shared
+            .status_state
+            .lock()
+            .expect("status")
+            .tasks
+            .iter()
+            .any(|((c, _), s)| c == name && matches!(s.state.as_str(), "RUNNING" | "PAUSED" | "RESTARTING"));
+        if busy {
+            return Err(HerderError::Error(ConnectError::Conflict(format!(
+                "Connector {name} is stopping: its tasks have not all stopped yet; try again shortly"
+            ))));
+        }
         Ok(c)
     }
 

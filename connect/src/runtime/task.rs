@@ -37,6 +37,12 @@ use crate::error::{ConnectError, Result};
 use crate::record::{ConnectRecord, KafkaCoordinates};
 use crate::transform::TransformChain;
 
+/// The largest record (key, value and headers) a source task hands to the producer: its 1 MiB
+/// `max.request.size` less room for the batch and record framing. Bigger records are failures
+/// (stage `KAFKA_PRODUCE`) routed by `errors.tolerance`, not a task failure that would repeat at
+/// every restart.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024 - 16 * 1024;
+
 /// Source batches produced but not yet acknowledged, at most.
 pub const MAX_UNACKED_BATCHES: usize = 64;
 
@@ -81,6 +87,10 @@ impl TaskMetrics {
 pub struct TaskControl {
     pub stop: AtomicBool,
     pub paused: AtomicBool,
+    /// Set when the task did not stop within `task.shutdown.graceful.timeout.ms` and its
+    /// worker moved on without it: whatever it does afterwards (store offsets, report a state)
+    /// is dropped, because another worker may run the task by then.
+    pub fenced: AtomicBool,
 }
 
 /// Where a task reports its state (RUNNING, PAUSED, FAILED with a trace, UNASSIGNED at stop)
@@ -176,6 +186,10 @@ pub fn run_source(env: TaskEnv, mut task: Box<dyn SourceTask>) {
 }
 
 fn finish(env: &TaskEnv, result: Result<()>) {
+    if env.control.fenced.load(Ordering::Relaxed) {
+        warn!(connector = %env.connector, task = env.task, "task stopped after its worker gave up on it; its outcome is dropped");
+        return;
+    }
     match result {
         Ok(()) => {
             info!(connector = %env.connector, task = env.task, "task stopped");
@@ -239,7 +253,7 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
         Ok(())
     };
     let commit = |committable: &mut BTreeMap<String, (Json, Json)>, task: &mut dyn SourceTask| -> Result<()> {
-        if committable.is_empty() {
+        if committable.is_empty() || env.control.fenced.load(Ordering::Relaxed) {
             return Ok(());
         }
         let entries: Vec<(Json, Json)> = std::mem::take(committable).into_values().collect();
@@ -357,8 +371,9 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             let _ = tx.send((seq, result));
         });
     }
-    // Stopping: wait for what is in flight (bounded), then store the offsets reached.
-    let deadline = Instant::now() + env.shutdown_timeout;
+    // Stopping: wait for what is in flight (bounded, within half of the worker's patience, so
+    // the offsets reached are stored before the worker would abandon the task).
+    let deadline = Instant::now() + env.shutdown_timeout / 2;
     while !unacked.is_empty() && Instant::now() < deadline {
         drain(&mut unacked, &mut committable, Some(Duration::from_millis(50)))?;
     }
@@ -367,7 +382,9 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
 }
 
 fn converter_name(p: &Pipeline, stage: &str) -> &'static str {
-    if stage == "KEY_CONVERTER" {
+    if stage == "KAFKA_PRODUCE" {
+        "org.apache.kafka.clients.producer.KafkaProducer"
+    } else if stage == "KEY_CONVERTER" {
         p.key_converter.name()
     } else {
         p.value_converter.name()
@@ -387,6 +404,17 @@ fn convert_out(p: &Pipeline, r: ConnectRecord) -> std::result::Result<(Arc<str>,
         Ok(v) => v,
         Err(e) => return Err(("VALUE_CONVERTER", e, Box::new(r))),
     };
+    let size = key.as_ref().map_or(0, Bytes::len)
+        + value.as_ref().map_or(0, Bytes::len)
+        + r.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len) + 8).sum::<usize>();
+    if size > MAX_RECORD_BYTES {
+        let error = ConnectError::Conversion {
+            what: "value",
+            converter: "producer",
+            reason: format!("the record is {size} bytes, above the {MAX_RECORD_BYTES} bytes a produce request carries"),
+        };
+        return Err(("KAFKA_PRODUCE", error, Box::new(r)));
+    }
     let ConnectRecord { topic, partition, headers, timestamp_ms, .. } = r;
     Ok((topic, ProducerRecord { partition, key, value, headers, timestamp_ms }))
 }

@@ -175,6 +175,10 @@ impl Worker {
         let data_producer = Producer::new(ProducerConfig {
             bootstrap_servers: config.bootstrap_servers.clone(),
             client_id: "spate-connect-source".into(),
+            // As Kafka Connect's source producers: keep retrying through a broker outage
+            // instead of failing every task after two minutes (stopping still ends the wait).
+            delivery_timeout_ms: i32::MAX as u64,
+            max_block_ms: i32::MAX as u64,
             linger_ms: config.producer_linger_ms,
             batch_size: 256 * 1024,
             buffer_memory: config.producer_buffer_memory,
@@ -340,6 +344,15 @@ impl Shared {
         };
         for (name, config, tasks, target) in connectors {
             if target == TargetState::Stopped {
+                // A stopped connector has no tasks (as Kafka Connect writes it): resuming it
+                // generates them again.
+                if !tasks.is_empty() {
+                    info!(connector = %name, "connector stopped: removing its task configs");
+                    let commit = serde_json::json!({"tasks": 0});
+                    self.config_log
+                        .send(Bytes::from(config_state::commit_key(&name)), Some(Bytes::from(commit.to_string())))
+                        .await?;
+                }
                 continue;
             }
             let Some(plugin) = config.get("connector.class").and_then(|c| self.plugins.find(c)) else {
@@ -426,13 +439,24 @@ impl Shared {
     fn start_task(self: &Arc<Self>, connector: &str, task_id: u32) {
         let (config, task_config, target) = {
             let state = self.config_state.lock().expect("config state");
-            let Some(c) = state.connector(connector) else { return };
-            let Some(t) = c.tasks.get(task_id as usize) else { return };
+            let Some(t) = state.connector(connector).and_then(|c| c.tasks.get(task_id as usize).map(|t| (c, t))) else {
+                warn!(connector, task = task_id, "assigned a task whose config this worker does not have; not started");
+                return;
+            };
+            let (c, t) = t;
             (c.config.clone(), t.clone(), c.target)
         };
         let plugin = match config.get("connector.class").and_then(|c| self.plugins.find(c)) {
             Some(p) => p,
-            None => return,
+            None => {
+                self.task_state(
+                    connector,
+                    task_id,
+                    "FAILED",
+                    Some(format!("unknown connector class {:?}", config.get("connector.class"))),
+                );
+                return;
+            }
         };
         let control = Arc::new(TaskControl::default());
         control.paused.store(target == TargetState::Paused, std::sync::atomic::Ordering::Relaxed);
@@ -492,8 +516,19 @@ impl Shared {
         for (_, t) in &stopping {
             t.control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        let deadline = std::time::Instant::now() + Duration::from_millis(self.config.task_shutdown_graceful_timeout_ms);
         for ((connector, task_id), t) in stopping {
-            let _ = t.thread.join();
+            while !t.thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.thread.is_finished() {
+                let _ = t.thread.join();
+            } else {
+                // A task stuck in connector code must not hold the worker out of its group:
+                // abandon the thread and fence it (Kafka Connect does the same).
+                t.control.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
+                warn!(connector = %connector, task = task_id, "task did not stop within task.shutdown.graceful.timeout.ms; abandoned");
+            }
             let _ = t.metrics;
             // Only a task that did not fail is unassigned; a failure stays visible.
             let failed = self
@@ -628,7 +663,11 @@ async fn run(shared: Arc<Shared>) {
         let my_offset = shared.config_state.lock().expect("config state").offset();
         let metadata =
             protocol::encode_worker_state(&WorkerState { url: shared.url.clone(), config_offset: my_offset });
+        // What this worker's assignment will be judged against: the configs as of joining.
+        // Any later change (a new connector, the leader's task configs written just after this
+        // rebalance) then differs from it and calls for another rebalance.
         let units = shared.work_units();
+        let mut fingerprint = shared.assignment_fingerprint();
         let url = shared.url.clone();
         let rebalance = shared.member.rebalance(vec![(protocol::PROTOCOL_NAME.to_owned(), metadata)], |joined| {
             let states: Vec<(String, WorkerState)> = joined
@@ -676,6 +715,14 @@ async fn run(shared: Arc<Shared>) {
             shared.member.request_rejoin("config mismatch");
             continue;
         }
+        // Kafka's rule: run an assignment only with the configs it was made from (or newer).
+        if shared.config_state.lock().expect("config state").offset() < assignment.config_offset {
+            if let Err(e) = shared.config_log.read_to_end(Duration::from_secs(30)).await {
+                warn!(error = %e, "cannot read the configs this assignment was made from; rejoining");
+                shared.member.request_rejoin("config topic behind the assignment");
+                continue;
+            }
+        }
         let is_leader = rebalanced.joined.is_leader();
         info!(
             generation = rebalanced.joined.generation_id,
@@ -692,9 +739,11 @@ async fn run(shared: Arc<Shared>) {
             g.rebalancing = false;
             g.assignment = assignment.clone();
         }
+        let mut reconcile_failed = false;
         if is_leader {
             if let Err(e) = shared.reconcile_task_configs().await {
-                warn!(error = %e, "writing task configs failed");
+                warn!(error = %e, "writing task configs failed; retrying");
+                reconcile_failed = true;
             }
         }
         for c in assignment.connectors() {
@@ -704,12 +753,20 @@ async fn run(shared: Arc<Shared>) {
         for (c, t) in &tasks {
             shared.start_task(c, *t);
         }
-        let mut fingerprint = shared.assignment_fingerprint();
         let mut targets: BTreeMap<String, TargetState> = target_states(&shared);
         // Run until the group or the configs call for a new assignment.
         loop {
             tokio::select! {
                 _ = shared.member.rejoin_requested() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)), if reconcile_failed => {
+                    reconcile_failed = match shared.reconcile_task_configs().await {
+                        Ok(()) => false,
+                        Err(e) => {
+                            warn!(error = %e, "writing task configs failed; retrying");
+                            true
+                        }
+                    };
+                }
                 _ = shared.shutdown.notified() => {
                     let s = shared.clone();
                     let _ = tokio::task::spawn_blocking(move || s.stop_tasks(None)).await;
@@ -725,7 +782,8 @@ async fn run(shared: Arc<Shared>) {
                     let _ = version.borrow_and_update();
                     if shared.group.lock().expect("group").is_leader {
                         if let Err(e) = shared.reconcile_task_configs().await {
-                            warn!(error = %e, "writing task configs failed");
+                            warn!(error = %e, "writing task configs failed; retrying");
+                            reconcile_failed = true;
                         }
                     }
                     // Pause / resume apply in place.

@@ -163,12 +163,13 @@ fn source_config_def() -> ConfigDef {
         .define(
             "max.line.bytes",
             ConfigType::Int,
-            Some("1048576"),
+            Some("1000000"),
             Importance::Medium,
             "The longest line (or multiline event) in bytes. Longer ones are cut to this size (the rest is \
-             skipped as it is read, never buffered) and handled by max.line.action.",
+             skipped as it is read, never buffered) and handled by max.line.action. At most 1000000: a record \
+             with its headers must fit the producer's 1 MiB max.request.size.",
         )
-        .with_validator(Validator::Range { min: 1.0, max: 1_073_741_824.0 })
+        .with_validator(Validator::Range { min: 1.0, max: 1_000_000.0 })
         .define(
             "max.line.action",
             ConfigType::String,

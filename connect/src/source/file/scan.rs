@@ -185,8 +185,18 @@ impl Tailer {
             self.next_file = self.next_file.wrapping_add(1);
             for k in 0..n {
                 let i = (start + k) % n;
-                if self.files[i].resolved && self.read_file(i, now, &mut batch, &mut fill)? {
-                    break;
+                if !self.files[i].resolved {
+                    continue;
+                }
+                // A read error on one file must not throw away lines other files (or this one)
+                // already put in the batch: their positions moved with them. The file is tried
+                // again on the next poll.
+                match self.read_file(i, now, &mut batch, &mut fill) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(path = %self.files[i].path.display(), error = %e, "file source: read failed; retrying on the next poll")
+                    }
                 }
             }
         }
