@@ -157,6 +157,12 @@ impl ConfigDef {
         self
     }
 
+    /// The keys of this definition that `other` does not define.
+    pub fn retain_not_in(mut self, other: &ConfigDef) -> Self {
+        self.keys.retain(|k| !other.keys.iter().any(|o| o.name == k.name));
+        self
+    }
+
     /// The keys, in definition order.
     pub fn keys(&self) -> &[ConfigKey] {
         &self.keys
@@ -249,19 +255,16 @@ fn check_value(key: &ConfigKey, v: &str) -> std::result::Result<(), String> {
                 }
             }
         }
-        Some(Validator::OneOf(values)) => {
-            if !values.contains(&v.trim()) {
-                return Err(format!(
-                    "Invalid value {v} for configuration {name}: String must be one of: {}",
-                    values.join(", ")
-                ));
-            }
+        Some(Validator::OneOf(values)) if !values.contains(&v.trim()) => {
+            return Err(format!(
+                "Invalid value {v} for configuration {name}: String must be one of: {}",
+                values.join(", ")
+            ));
         }
-        Some(Validator::NonEmpty) => {
-            if v.trim().is_empty() {
-                return Err(format!("Invalid value for configuration {name}: String must be non-empty"));
-            }
+        Some(Validator::NonEmpty) if v.trim().is_empty() => {
+            return Err(format!("Invalid value for configuration {name}: String must be non-empty"));
         }
+        Some(Validator::OneOf(_) | Validator::NonEmpty) => {}
         Some(Validator::Custom(f)) => f(v).map_err(|e| format!("Invalid value {v} for configuration {name}: {e}"))?,
         None => {}
     }

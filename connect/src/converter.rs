@@ -136,13 +136,15 @@ impl Converter {
             )),
             Converter::ByteArray => Ok((Some(Value::Bytes(bytes.clone())), None)),
             Converter::Json { schemas_enable } => {
-                let doc: Json = serde_json::from_slice(bytes)
-                    .map_err(|e| self.error(side, format!("not valid JSON: {e}")))?;
+                let doc: Json =
+                    serde_json::from_slice(bytes).map_err(|e| self.error(side, format!("not valid JSON: {e}")))?;
                 if !schemas_enable {
                     return Ok((if doc.is_null() { None } else { Some(Value::Json(doc)) }, None));
                 }
                 match doc {
-                    Json::Object(mut map) if map.len() == 2 && map.contains_key("schema") && map.contains_key("payload") => {
+                    Json::Object(mut map)
+                        if map.len() == 2 && map.contains_key("schema") && map.contains_key("payload") =>
+                    {
                         let payload = map.remove("payload").unwrap_or(Json::Null);
                         let schema = map.remove("schema").filter(|s| !s.is_null()).map(Arc::new);
                         Ok((if payload.is_null() { None } else { Some(Value::Json(payload)) }, schema))

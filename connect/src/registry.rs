@@ -16,7 +16,12 @@ pub struct Registry {
 impl Registry {
     /// Every built-in plugin.
     pub fn builtin() -> Registry {
-        Registry { plugins: Vec::new() }
+        Registry {
+            plugins: vec![
+                Arc::new(crate::source::file::FileStreamSourceConnector),
+                Arc::new(crate::sink::file::FileStreamSinkConnector),
+            ],
+        }
     }
 
     /// A registry of the given plugins (tests, embedding applications).
@@ -80,7 +85,13 @@ pub fn common_config_def(kind: ConnectorType) -> ConfigDef {
         ConnectorType::Sink => def
             .define("topics", ConfigType::List, Some(""), Importance::High, "Topics to consume (or topics.regex).")
             .in_group("Common")
-            .define("topics.regex", ConfigType::String, Some(""), Importance::High, "Regular expression of topics to consume.")
+            .define(
+                "topics.regex",
+                ConfigType::String,
+                Some(""),
+                Importance::High,
+                "Regular expression of topics to consume.",
+            )
             .in_group("Common"),
         ConnectorType::Source => def,
     };

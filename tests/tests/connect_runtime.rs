@@ -32,9 +32,13 @@ impl Connector for GenSource {
         ConnectorType::Source
     }
     fn config_def(&self) -> ConfigDef {
-        ConfigDef::new()
-            .define("topic", ConfigType::String, None, Importance::High, "topic")
-            .define("count", ConfigType::Int, Some("100"), Importance::High, "records per task")
+        ConfigDef::new().define("topic", ConfigType::String, None, Importance::High, "topic").define(
+            "count",
+            ConfigType::Int,
+            Some("100"),
+            Importance::High,
+            "records per task",
+        )
     }
     fn task_configs(&self, config: &Props, max_tasks: usize) -> Result<Vec<Props>> {
         Ok((0..max_tasks)
@@ -290,10 +294,14 @@ async fn sink_commits_and_dead_letters_failed_records() {
         ("errors.deadletterqueue.topic.name", "dlq"),
         ("errors.deadletterqueue.context.headers.enable", "true"),
     ]);
-    wait_for("create", Duration::from_secs(20), async || h.put_connector_config("sink", config.clone(), false).await.ok())
-        .await;
-    wait_for("199 records in the sink", Duration::from_secs(30), async || (seen.lock().unwrap().len() == 199).then_some(()))
-        .await;
+    wait_for("create", Duration::from_secs(20), async || {
+        h.put_connector_config("sink", config.clone(), false).await.ok()
+    })
+    .await;
+    wait_for("199 records in the sink", Duration::from_secs(30), async || {
+        (seen.lock().unwrap().len() == 199).then_some(())
+    })
+    .await;
     let dlq = consume_from_beginning(&broker.bootstrap(), "dlq", 1, Duration::from_secs(20)).await.unwrap();
     assert_eq!(dlq[0].value.as_deref(), Some(&b"bad"[..]));
     let headers: BTreeMap<&str, String> = dlq[0]

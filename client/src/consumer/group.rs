@@ -24,9 +24,9 @@ use crate::protocol::messages::{
 };
 use crate::protocol::{str_bytes, ErrorCode};
 
-use super::assignor::NO_GENERATION;
 #[cfg(test)]
 use super::assignor::CONSUMER_PROTOCOL_TYPE;
+use super::assignor::NO_GENERATION;
 
 /// Where the member is in the join protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

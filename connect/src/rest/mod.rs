@@ -231,6 +231,3 @@ pub trait Herder: Send + Sync + 'static {
     /// `PUT /connector-plugins/{plugin}/config/validate`.
     fn validate_config(&self, plugin: &str, config: Props) -> impl Future<Output = HerderResult<ConfigInfos>> + Send;
 }
-
-
-

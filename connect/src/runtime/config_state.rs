@@ -120,11 +120,7 @@ fn split_task(rest: &str) -> Option<(&str, u32)> {
 
 fn properties(value: &Json) -> Option<Props> {
     let obj = value.get("properties")?.as_object()?;
-    Some(
-        obj.iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
-            .collect(),
-    )
+    Some(obj.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect())
 }
 
 impl ConfigState {

@@ -131,12 +131,11 @@ pub fn route_failures(
             value: f.record.value.as_ref().map(|v| bytes_of(value_converter, Side::Value, v)),
             headers: f.record.headers.clone(),
         });
-        let mut record = ProducerRecord::default();
-        record.key = raw.key;
-        record.value = raw.value;
-        record.headers = raw.headers;
+        let mut record =
+            ProducerRecord { key: raw.key, value: raw.value, headers: raw.headers, ..ProducerRecord::default() };
         if policy.dlq_context_headers {
-            let h = |k: &str, v: String| RecordHeader { key: format!("__connect.errors.{k}"), value: Some(Bytes::from(v)) };
+            let h =
+                |k: &str, v: String| RecordHeader { key: format!("__connect.errors.{k}"), value: Some(Bytes::from(v)) };
             record.headers.push(h("topic", f.record.topic.to_string()));
             if let Some(k) = &f.record.kafka {
                 record.headers.push(h("partition", k.partition.to_string()));
@@ -152,7 +151,8 @@ pub fn route_failures(
         }
         let delivery = handle.block_on(producer.send(topic, record))?;
         dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("spate_connect_deadletterqueue_records_total", "connector" => task.connector.clone()).increment(1);
+        metrics::counter!("spate_connect_deadletterqueue_records_total", "connector" => task.connector.clone())
+            .increment(1);
         deliveries.push(delivery);
     }
     Ok(deliveries)
@@ -163,11 +163,9 @@ pub fn route_failures(
 fn bytes_of(converter: &Converter, side: Side, v: &Value) -> Bytes {
     match v {
         Value::Bytes(b) | Value::Text(b) => b.clone(),
-        Value::Json(j) => converter
-            .to_kafka(side, Some(v), None)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Bytes::from(Json::to_string(j))),
+        Value::Json(j) => {
+            converter.to_kafka(side, Some(v), None).ok().flatten().unwrap_or_else(|| Bytes::from(Json::to_string(j)))
+        }
     }
 }
 

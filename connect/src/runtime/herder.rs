@@ -86,23 +86,26 @@ impl WorkerHerder {
         let task_count = if c.target == TargetState::Stopped { 0 } else { c.tasks.len() as u32 };
         let tasks: Vec<TaskState> = (0..task_count)
             .map(|id| match statuses.tasks.get(&(name.to_owned(), id)) {
-                Some(s) => TaskState { id, state: s.state.clone(), worker_id: s.worker_id.clone(), trace: s.trace.clone() },
+                Some(s) => {
+                    TaskState { id, state: s.state.clone(), worker_id: s.worker_id.clone(), trace: s.trace.clone() }
+                }
                 None => TaskState { id, state: "UNASSIGNED".into(), worker_id: String::new(), trace: None },
             })
             .collect();
         drop(statuses);
         let metrics = self.shared.task_metrics.lock().expect("metrics");
-        let local: serde_json::Map<String, Json> = metrics
-            .iter()
-            .filter(|((c, _), _)| c == name)
-            .map(|((_, t), m)| (t.to_string(), m.to_json()))
-            .collect();
+        let local: serde_json::Map<String, Json> =
+            metrics.iter().filter(|((c, _), _)| c == name).map(|((_, t), m)| (t.to_string(), m.to_json())).collect();
         Ok(ConnectorStateInfo {
             name: name.to_owned(),
             connector,
             tasks,
             kind: self.plugin_of(&c.config).map(|p| p.kind().name().to_owned()),
-            metrics: if local.is_empty() { None } else { Some(json!({ "tasks": local, "worker_id": self.shared.worker_id })) },
+            metrics: if local.is_empty() {
+                None
+            } else {
+                Some(json!({ "tasks": local, "worker_id": self.shared.worker_id }))
+            },
         })
     }
 
@@ -116,7 +119,9 @@ impl WorkerHerder {
         let def = Self::full_def(plugin);
         let mut values = def.validate(config);
         let mut extra: Vec<(String, String)> = plugin.validate(config);
-        if let Err(ConnectError::Config { key, reason }) = TransformChain::from_config(config, &self.shared.config.plugin_path) {
+        if let Err(ConnectError::Config { key, reason }) =
+            TransformChain::from_config(config, &self.shared.config.plugin_path)
+        {
             extra.push((key, reason));
         }
         for side in [Side::Key, Side::Value] {
@@ -250,7 +255,11 @@ impl Herder for WorkerHerder {
             Ok(d) => d.cluster_id.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        Ok(ServerInfo { version: env!("CARGO_PKG_VERSION").to_owned(), commit: String::new(), kafka_cluster_id: cluster_id })
+        Ok(ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: String::new(),
+            kafka_cluster_id: cluster_id,
+        })
     }
 
     async fn connectors(&self) -> HerderResult<Vec<String>> {
@@ -278,7 +287,12 @@ impl Herder for WorkerHerder {
         config.insert("name".into(), name.to_owned());
         let plugin = config
             .get("connector.class")
-            .ok_or_else(|| HerderError::Error(ConnectError::config("connector.class", "Missing required configuration \"connector.class\" which has no default value.")))
+            .ok_or_else(|| {
+                HerderError::Error(ConnectError::config(
+                    "connector.class",
+                    "Missing required configuration \"connector.class\" which has no default value.",
+                ))
+            })
             .and_then(|class| {
                 self.shared
                     .plugins
@@ -306,7 +320,9 @@ impl Herder for WorkerHerder {
         if exists && !allow_replace {
             return Err(HerderError::Error(ConnectError::Conflict(format!("Connector {name} already exists"))));
         }
-        self.shared.write_config(config_state::connector_key(name), Some(config_state::properties_value(&config))).await?;
+        self.shared
+            .write_config(config_state::connector_key(name), Some(config_state::properties_value(&config)))
+            .await?;
         let c = self.connector(name)?;
         Ok((!exists, self.info(name, &c)))
     }
@@ -332,7 +348,10 @@ impl Herder for WorkerHerder {
         Ok(c.tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| TaskInfo { id: ConnectorTaskId { connector: name.to_owned(), task: i as u32 }, config: t.clone() })
+            .map(|(i, t)| TaskInfo {
+                id: ConnectorTaskId { connector: name.to_owned(), task: i as u32 },
+                config: t.clone(),
+            })
             .collect())
     }
 
@@ -347,7 +366,15 @@ impl Herder for WorkerHerder {
 
     async fn connector_topics(&self, name: &str) -> HerderResult<Vec<String>> {
         self.connector(name)?;
-        Ok(self.shared.status_state.lock().expect("status").topics.get(name).map(|t| t.iter().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .shared
+            .status_state
+            .lock()
+            .expect("status")
+            .topics
+            .get(name)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn reset_connector_topics(&self, name: &str) -> HerderResult<()> {
@@ -454,7 +481,11 @@ impl Herder for WorkerHerder {
                 for o in offsets.offsets {
                     let value = o.offset.filter(|v| !v.is_null()).map(|v| Bytes::from(v.to_string()));
                     let key = offset_key(name, &o.partition);
-                    self.shared.offset_log.send(Bytes::from(key.clone()), value.clone()).await.map_err(HerderError::Error)?;
+                    self.shared
+                        .offset_log
+                        .send(Bytes::from(key.clone()), value.clone())
+                        .await
+                        .map_err(HerderError::Error)?;
                     self.shared.offset_state.lock().expect("offsets").apply(&key, value.as_deref());
                 }
             }
@@ -477,7 +508,9 @@ impl Herder for WorkerHerder {
                 }
                 let group = sink_group_id(name);
                 if !alter.is_empty() {
-                    for (tp, r) in self.shared.admin.alter_group_offsets(&group, &alter).await.map_err(ConnectError::from)? {
+                    for (tp, r) in
+                        self.shared.admin.alter_group_offsets(&group, &alter).await.map_err(ConnectError::from)?
+                    {
                         r.map_err(|e| HerderError::Error(ConnectError::Conflict(format!("altering {tp:?}: {e}"))))?;
                     }
                 }
@@ -516,11 +549,15 @@ impl Herder for WorkerHerder {
             .plugins
             .plugins()
             .iter()
-            .map(|p| PluginInfo { class: p.class().to_owned(), kind: p.kind().name().to_owned(), version: p.version().to_owned() })
+            .map(|p| PluginInfo {
+                class: p.class().to_owned(),
+                kind: p.kind().name().to_owned(),
+                version: p.version().to_owned(),
+            })
             .collect();
         if !connectors_only {
-            for (class, kind) in crate::transform::plugin_names() {
-                out.push(PluginInfo { class: class.to_owned(), kind: kind.to_owned(), version: version.clone() });
+            for (class, kind) in crate::transform::plugin_classes() {
+                out.push(PluginInfo { class, kind: kind.to_owned(), version: version.clone() });
             }
             for class in ["StringConverter", "ByteArrayConverter", "JsonConverter"] {
                 out.push(PluginInfo { class: class.to_owned(), kind: "converter".into(), version: version.clone() });

@@ -103,7 +103,8 @@ impl KafkaLog {
         let ends = self.admin.list_offsets(&wanted).await?;
         let mut applied = self.applied.clone();
         let done = |positions: &BTreeMap<i32, i64>| {
-            ends.iter().all(|(tp, info)| info.offset <= 0 || positions.get(&tp.partition).copied().unwrap_or(0) >= info.offset)
+            ends.iter()
+                .all(|(tp, info)| info.offset <= 0 || positions.get(&tp.partition).copied().unwrap_or(0) >= info.offset)
         };
         let wait = async {
             loop {
@@ -127,9 +128,7 @@ impl KafkaLog {
 
     /// Writes one record and waits for its acknowledgement (`acks=all`).
     pub async fn send(&self, key: Bytes, value: Option<Bytes>) -> Result<()> {
-        let mut record = ProducerRecord::default();
-        record.key = Some(key);
-        record.value = value;
+        let record = ProducerRecord { key: Some(key), value, ..ProducerRecord::default() };
         let delivery = self.producer.send(&self.topic, record).await?;
         let meta = delivery.await?;
         debug!(topic = %self.topic, partition = meta.partition, offset = meta.offset, "wrote internal record");
@@ -138,9 +137,7 @@ impl KafkaLog {
 
     /// Writes one record without waiting.
     pub async fn send_nowait(&self, key: Bytes, value: Option<Bytes>) -> Result<spate_client::DeliveryFuture> {
-        let mut record = ProducerRecord::default();
-        record.key = Some(key);
-        record.value = value;
+        let record = ProducerRecord { key: Some(key), value, ..ProducerRecord::default() };
         Ok(self.producer.send(&self.topic, record).await?)
     }
 }

@@ -43,9 +43,7 @@ impl Assignment {
 
     /// The tasks this worker runs.
     pub fn tasks(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.assignment
-            .iter()
-            .flat_map(|(c, t)| t.iter().filter(|&&t| t >= 0).map(move |&t| (c.as_str(), t as u32)))
+        self.assignment.iter().flat_map(|(c, t)| t.iter().filter(|&&t| t >= 0).map(move |&t| (c.as_str(), t as u32)))
     }
 }
 

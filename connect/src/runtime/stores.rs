@@ -122,11 +122,15 @@ impl StatusState {
         let parsed = value.and_then(|v| serde_json::from_slice::<Json>(v).ok());
         if let Some(name) = key.strip_prefix("status-connector-") {
             match parsed.as_ref().and_then(Status::from_json) {
-                Some(s) => {
-                    if self.connectors.get(name).is_none_or(|old| old.generation <= s.generation || old.worker_id == s.worker_id) {
-                        self.connectors.insert(name.to_owned(), s);
-                    }
+                Some(s)
+                    if self
+                        .connectors
+                        .get(name)
+                        .is_none_or(|old| old.generation <= s.generation || old.worker_id == s.worker_id) =>
+                {
+                    self.connectors.insert(name.to_owned(), s);
                 }
+                Some(_) => {}
                 None if value.is_none() => {
                     self.connectors.remove(name);
                 }
@@ -137,11 +141,15 @@ impl StatusState {
             let Ok(id) = id.parse::<u32>() else { return };
             let k = (name.to_owned(), id);
             match parsed.as_ref().and_then(Status::from_json) {
-                Some(s) => {
-                    if self.tasks.get(&k).is_none_or(|old| old.generation <= s.generation || old.worker_id == s.worker_id) {
-                        self.tasks.insert(k, s);
-                    }
+                Some(s)
+                    if self
+                        .tasks
+                        .get(&k)
+                        .is_none_or(|old| old.generation <= s.generation || old.worker_id == s.worker_id) =>
+                {
+                    self.tasks.insert(k, s);
                 }
+                Some(_) => {}
                 None if value.is_none() => {
                     self.tasks.remove(&k);
                 }
@@ -181,7 +189,10 @@ mod tests {
     fn statuses_by_key_with_generations() {
         let mut s = StatusState::default();
         let st = |state: &str, w: &str, g: i64| {
-            serde_json::to_vec(&Status { state: state.into(), trace: None, worker_id: w.into(), generation: g }.to_json()).unwrap()
+            serde_json::to_vec(
+                &Status { state: state.into(), trace: None, worker_id: w.into(), generation: g }.to_json(),
+            )
+            .unwrap()
         };
         s.apply("status-task-my-conn-1", Some(&st("RUNNING", "w1", 3)));
         s.apply("status-task-my-conn-1", Some(&st("UNASSIGNED", "w2", 2)));

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value as Json};
-use spate_client::{Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, OffsetAndMetadata, Producer, ProducerRecord, TopicPartition};
+use spate_client::{
+    Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, OffsetAndMetadata, Producer, ProducerRecord,
+    TopicPartition,
+};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -97,6 +100,7 @@ pub struct TaskEnv {
     pub worker_defaults: Props,
     pub plugins_dir: PathBuf,
     pub producer: Producer,
+    pub admin: spate_client::Admin,
     pub offsets: Arc<Mutex<OffsetState>>,
     pub offset_log: Arc<KafkaLog>,
     pub consumer_config: ConsumerConfig,
@@ -118,11 +122,24 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(env: &TaskEnv) -> Result<Pipeline> {
+        let policy = ErrorPolicy::from_config(&env.connector_config)?;
+        if let Some(topic) = &policy.dlq_topic {
+            // Kafka Connect creates the dead-letter topic (one partition) with the configured
+            // replication factor; an existing topic is used as it is.
+            let new = spate_client::admin::NewTopic::new(topic.clone(), 1, policy.dlq_replication_factor);
+            match env.handle.block_on(env.admin.create_topic(new)) {
+                Ok(()) => info!(connector = %env.connector, %topic, "created dead-letter topic"),
+                Err(e) if e.code() == Some(spate_client::protocol::ErrorCode::TOPIC_ALREADY_EXISTS) => {}
+                Err(e) => {
+                    warn!(connector = %env.connector, %topic, error = %e, "cannot create dead-letter topic; it will be auto-created")
+                }
+            }
+        }
         Ok(Pipeline {
             chain: TransformChain::from_config(&env.connector_config, &env.plugins_dir)?,
             key_converter: Converter::from_config(Side::Key, &env.connector_config, &env.worker_defaults)?,
             value_converter: Converter::from_config(Side::Value, &env.connector_config, &env.worker_defaults)?,
-            policy: ErrorPolicy::from_config(&env.connector_config)?,
+            policy,
             task_ref: TaskRef { connector: env.connector.clone(), task: env.task },
         })
     }
@@ -138,7 +155,8 @@ fn with_retries<T>(policy: &ErrorPolicy, control: &TaskControl, mut op: impl FnM
             Ok(v) => return Ok(v),
             Err(e) => {
                 let elapsed = start.elapsed().as_millis() as i64;
-                let retry = policy.retry_timeout_ms < 0 || elapsed + (delay.as_millis() as i64) < policy.retry_timeout_ms;
+                let retry =
+                    policy.retry_timeout_ms < 0 || elapsed + (delay.as_millis() as i64) < policy.retry_timeout_ms;
                 if !retry || control.stop.load(Ordering::Relaxed) {
                     return Err(e);
                 }
@@ -176,6 +194,9 @@ struct UnackedBatch {
 
 fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
     let mut p = Pipeline::new(env)?;
+    // The task may have run on another worker until this rebalance: read every offset it
+    // stored there before resuming, or it would repeat records.
+    env.handle.block_on(env.offset_log.read_to_end(Duration::from_secs(60)))?;
     let context = SourceTaskContext {
         connector: env.connector.clone(),
         task_id: env.task,
@@ -226,8 +247,9 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             let mut deliveries = Vec::with_capacity(entries.len());
             for (partition, offset) in &entries {
                 let key = Bytes::from(offset_key(&env.connector, partition));
-                let value = Bytes::from(serde_json::to_vec(offset).unwrap_or_default());
-                deliveries.push(env.offset_log.send_nowait(key, Some(value)).await?);
+                // A null offset removes the partition (a tombstone, as Kafka Connect writes).
+                let value = (!offset.is_null()).then(|| Bytes::from(serde_json::to_vec(offset).unwrap_or_default()));
+                deliveries.push(env.offset_log.send_nowait(key, value).await?);
             }
             for d in deliveries {
                 d.await?;
@@ -240,7 +262,8 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             let mut state = env.offsets.lock().expect("offset state");
             for (partition, offset) in &entries {
                 let key = offset_key(&env.connector, partition);
-                state.apply(&key, Some(&serde_json::to_vec(offset).unwrap_or_default()));
+                let value = (!offset.is_null()).then(|| serde_json::to_vec(offset).unwrap_or_default());
+                state.apply(&key, value.as_deref());
             }
         }
         task.commit(&entries)
@@ -275,17 +298,17 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
         let mut out = Vec::with_capacity(records.len());
         let mut bytes_out = 0u64;
         for r in records {
-            match convert_out(&p, &r) {
-                Ok(pr) => {
+            match convert_out(&p, r) {
+                Ok((topic, pr)) => {
                     bytes_out += pr.value.as_ref().map_or(0, |v| v.len() as u64);
-                    if !topics_seen.contains(&r.topic) {
-                        topics_seen.insert(r.topic.clone());
-                        env.status.topic_used(&env.connector, env.task, &r.topic);
+                    if !topics_seen.contains(&topic) {
+                        topics_seen.insert(topic.clone());
+                        env.status.topic_used(&env.connector, env.task, &topic);
                     }
-                    out.push((r.topic, pr));
+                    out.push((topic, pr));
                 }
-                Err((stage, error)) => failures.push(FailedRecord {
-                    record: r,
+                Err((stage, error, r)) => failures.push(FailedRecord {
+                    record: *r,
                     error: Arc::new(error),
                     stage,
                     class_name: converter_name(&p, stage).to_owned(),
@@ -347,16 +370,21 @@ fn converter_name(p: &Pipeline, stage: &str) -> &'static str {
     }
 }
 
-fn convert_out(p: &Pipeline, r: &ConnectRecord) -> std::result::Result<ProducerRecord, (&'static str, ConnectError)> {
-    let key = p
-        .key_converter
-        .to_kafka(Side::Key, r.key.as_ref(), r.key_schema.as_deref())
-        .map_err(|e| ("KEY_CONVERTER", e))?;
-    let value = p
-        .value_converter
-        .to_kafka(Side::Value, r.value.as_ref(), r.value_schema.as_deref())
-        .map_err(|e| ("VALUE_CONVERTER", e))?;
-    Ok(ProducerRecord { partition: r.partition, key, value, headers: r.headers.clone(), timestamp_ms: r.timestamp_ms })
+/// A conversion failure: the stage, the error, and the record back for the dead-letter path.
+type ConvertFailure = (&'static str, ConnectError, Box<ConnectRecord>);
+
+/// Converts a record for the producer, moving its headers rather than copying them.
+fn convert_out(p: &Pipeline, r: ConnectRecord) -> std::result::Result<(Arc<str>, ProducerRecord), ConvertFailure> {
+    let key = match p.key_converter.to_kafka(Side::Key, r.key.as_ref(), r.key_schema.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return Err(("KEY_CONVERTER", e, Box::new(r))),
+    };
+    let value = match p.value_converter.to_kafka(Side::Value, r.value.as_ref(), r.value_schema.as_deref()) {
+        Ok(v) => v,
+        Err(e) => return Err(("VALUE_CONVERTER", e, Box::new(r))),
+    };
+    let ConnectRecord { topic, partition, headers, timestamp_ms, .. } = r;
+    Ok((topic, ProducerRecord { partition, key, value, headers, timestamp_ms }))
 }
 
 /// Runs a sink task until stopped or failed.

@@ -113,6 +113,9 @@ pub struct GroupView {
     pub assignment: Assignment,
 }
 
+/// Picks tasks by `(connector, task id)`.
+type TaskFilter = dyn Fn(&(String, u32)) -> bool + Send + Sync;
+
 struct RunningTask {
     control: Arc<TaskControl>,
     metrics: Arc<TaskMetrics>,
@@ -243,13 +246,17 @@ impl Worker {
         config_log.read_to_end(read_timeout).await?;
         offset_log.read_to_end(read_timeout).await?;
         status_log.read_to_end(read_timeout).await?;
-        let member = ClassicGroupMember::new(cluster.clone(), ClassicGroupConfig {
-            session_timeout_ms: config.session_timeout_ms,
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-            rebalance_timeout_ms: config.rebalance_timeout_ms,
-            ..ClassicGroupConfig::new(config.group_id.clone(), protocol::PROTOCOL_TYPE)
-        });
-        let worker_id = url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
+        let member = ClassicGroupMember::new(
+            cluster.clone(),
+            ClassicGroupConfig {
+                session_timeout_ms: config.session_timeout_ms,
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                rebalance_timeout_ms: config.rebalance_timeout_ms,
+                ..ClassicGroupConfig::new(config.group_id.clone(), protocol::PROTOCOL_TYPE)
+            },
+        );
+        let worker_id =
+            url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
         let status_log = Arc::new(status_log);
         let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<Json>)>();
         let writer_log = status_log.clone();
@@ -329,11 +336,7 @@ impl Shared {
     async fn reconcile_task_configs(&self) -> Result<()> {
         let connectors: Vec<(String, Props, Vec<Props>, TargetState)> = {
             let state = self.config_state.lock().expect("config state");
-            state
-                .connectors()
-                .iter()
-                .map(|(n, c)| (n.clone(), c.config.clone(), c.tasks.clone(), c.target))
-                .collect()
+            state.connectors().iter().map(|(n, c)| (n.clone(), c.config.clone(), c.tasks.clone(), c.target)).collect()
         };
         for (name, config, tasks, target) in connectors {
             if target == TargetState::Stopped {
@@ -382,7 +385,9 @@ impl Shared {
                 info!(connector = %name, tasks = wanted.len(), "writing task configs");
                 for (i, t) in wanted.iter().enumerate() {
                     let bytes = serde_json::to_vec(&config_state::properties_value(t)).unwrap_or_default();
-                    self.config_log.send(Bytes::from(config_state::task_key(&name, i as u32)), Some(Bytes::from(bytes))).await?;
+                    self.config_log
+                        .send(Bytes::from(config_state::task_key(&name, i as u32)), Some(Bytes::from(bytes)))
+                        .await?;
                 }
                 let commit = serde_json::json!({"tasks": wanted.len()});
                 self.config_log
@@ -442,6 +447,7 @@ impl Shared {
             worker_defaults: self.config.connector_defaults.clone(),
             plugins_dir: self.config.plugin_path.clone(),
             producer: self.data_producer.clone(),
+            admin: self.admin.clone(),
             offsets: self.offset_state.clone(),
             offset_log: self.offset_log.clone(),
             consumer_config: ConsumerConfig {
@@ -467,14 +473,17 @@ impl Shared {
         });
         match spawned {
             Ok(thread) => {
-                self.running.lock().expect("running").insert((connector.to_owned(), task_id), RunningTask { control, metrics, thread });
+                self.running
+                    .lock()
+                    .expect("running")
+                    .insert((connector.to_owned(), task_id), RunningTask { control, metrics, thread });
             }
             Err(e) => warn!(connector, task = task_id, error = %e, "cannot spawn task thread"),
         }
     }
 
     /// Stops the given tasks (all when `None`) and waits for their threads.
-    fn stop_tasks(&self, which: Option<&dyn Fn(&(String, u32)) -> bool>) {
+    fn stop_tasks(&self, which: Option<&TaskFilter>) {
         let stopping: Vec<((String, u32), RunningTask)> = {
             let mut running = self.running.lock().expect("running");
             let keys: Vec<(String, u32)> = running.keys().filter(|k| which.is_none_or(|f| f(k))).cloned().collect();
@@ -535,7 +544,12 @@ impl Shared {
         }
         self.report(
             stores::connector_status_key(name),
-            Some(Status { state: state.into(), trace: None, worker_id: self.worker_id.clone(), generation: self.generation() }),
+            Some(Status {
+                state: state.into(),
+                trace: None,
+                worker_id: self.worker_id.clone(),
+                generation: self.generation(),
+            }),
         );
     }
 }
@@ -551,6 +565,7 @@ impl TaskEnv {
             worker_defaults: self.worker_defaults.clone(),
             plugins_dir: self.plugins_dir.clone(),
             producer: self.producer.clone(),
+            admin: self.admin.clone(),
             offsets: self.offsets.clone(),
             offset_log: self.offset_log.clone(),
             consumer_config: self.consumer_config.clone(),
@@ -567,7 +582,12 @@ impl StatusSink for Shared {
     fn task_state(&self, connector: &str, task: u32, state: &str, trace: Option<String>) {
         self.report(
             stores::task_status_key(connector, task),
-            Some(Status { state: state.into(), trace, worker_id: self.worker_id.clone(), generation: self.generation() }),
+            Some(Status {
+                state: state.into(),
+                trace,
+                worker_id: self.worker_id.clone(),
+                generation: self.generation(),
+            }),
         );
     }
 
@@ -606,7 +626,8 @@ async fn run(shared: Arc<Shared>) {
             continue;
         }
         let my_offset = shared.config_state.lock().expect("config state").offset();
-        let metadata = protocol::encode_worker_state(&WorkerState { url: shared.url.clone(), config_offset: my_offset });
+        let metadata =
+            protocol::encode_worker_state(&WorkerState { url: shared.url.clone(), config_offset: my_offset });
         let units = shared.work_units();
         let url = shared.url.clone();
         let rebalance = shared.member.rebalance(vec![(protocol::PROTOCOL_NAME.to_owned(), metadata)], |joined| {
@@ -771,7 +792,8 @@ async fn handle_restarts(shared: &Arc<Shared>, seen: &mut i64, assignment: &Assi
         }
         let s = shared.clone();
         let set: BTreeSet<(String, u32)> = to_restart.iter().cloned().collect();
-        let _ = tokio::task::spawn_blocking(move || s.stop_tasks(Some(&|k: &(String, u32)| set.contains(k)))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || s.stop_tasks(Some(&move |k: &(String, u32)| set.contains(k)))).await;
         for (c, t) in &to_restart {
             shared.start_task(c, *t);
         }
