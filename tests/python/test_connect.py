@@ -252,6 +252,17 @@ def wait_for_state(url: str, name: str, state: str, tasks: int = 1, timeout_s: f
                       describe=lambda: seen.get("status"))
 
 
+def no_failed_task(url: str, name: str):
+    """A guard for waits: fails at once, with the trace, when a task of `name` is FAILED."""
+
+    def guard():
+        s = status_of(url, name)
+        for t in (s or {}).get("tasks", []):
+            assert t["state"] != "FAILED", f"task {name}-{t['id']} FAILED: {t.get('trace')}"
+
+    return guard
+
+
 def create_connector(url: str, name: str, config: dict) -> dict:
     """POST /connectors, retrying while the group is still forming (Kafka answers 409 then)."""
     deadline = time.monotonic() + RUNNING_TIMEOUT_S
@@ -316,11 +327,16 @@ class TopicReader:
     def values(self) -> list[str]:
         return [m.value().decode(errors="replace") if m.value() is not None else None for m in self.messages]
 
-    def wait_for_values(self, expected: list[str], timeout_s: float = 30.0, what: str | None = None) -> list[str]:
-        """Waits until every value in `expected` was read (in any order, duplicates allowed)."""
+    def wait_for_values(
+        self, expected: list[str], timeout_s: float = 30.0, what: str | None = None, guard=None
+    ) -> list[str]:
+        """Waits until every value in `expected` was read (in any order, duplicates allowed); calls
+        `guard()` (which may raise, e.g. on a FAILED task) while it waits."""
         want = set(expected)
 
         def check():
+            if guard is not None:
+                guard()
             self.poll()
             return want <= set(self.values())
 
@@ -570,7 +586,10 @@ def test_rest_api_with_kafka_connect_py(connect_broker, connect_worker, topic_re
     assert validation["error_count"] >= 1, validation
     errors = {c["value"]["name"]: c["value"]["errors"] for c in validation["configs"]}
     assert errors["batch.size"], errors
-    good = kc.validate_connector_config("FileStreamSource", config)
+    # Kafka validates `name` too: a config without it has that one error.
+    unnamed = kc.validate_connector_config("FileStreamSource", config)
+    assert [c["value"]["name"] for c in unnamed["configs"] if c["value"]["errors"]] == ["name"], unnamed
+    good = kc.validate_connector_config("FileStreamSource", {**config, "name": "py-src"})
     assert good["error_count"] == 0, good
 
     updated = kc.update_connector("py-src", {**config, "batch.size": "10"})
@@ -742,28 +761,40 @@ def test_file_source_glob_fingerprints_and_multiline(connect_broker, connect_wor
     assert ml_reader.values() == expected, ml_reader.values()
 
 
-def test_file_source_huge_line_goes_to_the_dead_letter_topic(connect_broker, connect_worker, topic_reader, tmp_path):
+BIG_LINE = b"0123456789" * (1024 * 1024)  # 10 MiB
+
+
+def write_big_line_file(log: Path) -> None:
+    with open(log, "wb") as f:
+        f.write(b"before the big line\n" + BIG_LINE + b"\nafter the big line\n")
+
+
+@pytest.mark.parametrize("max_line", [None, 64 * 1024], ids=["default-max-line-bytes", "64KiB"])
+def test_file_source_huge_line_goes_to_the_dead_letter_topic(
+    connect_broker, connect_worker, topic_reader, tmp_path, max_line
+):
+    """A 10 MiB line with max.line.action=dlq: cut to max.line.bytes (its default, 1 MiB, and a
+    smaller one) and sent to the dead-letter topic; the lines around it flow."""
     bootstrap = connect_broker.bootstrap
     worker = connect_worker(bootstrap)
     topic, dlq = unique_topic("big"), unique_topic("big-dlq")
     create_topic(bootstrap, topic)
     log = tmp_path / "big.log"
-    max_line = 1024 * 1024  # the default max.line.bytes
-    with open(log, "wb") as f:
-        f.write(b"before the big line\n")
-        f.write(b"0123456789" * (1024 * 1024) + b"\n")  # 10 MiB
-        f.write(b"after the big line\n")
-    create_connector(worker.url, "src-big", file_source(log, topic, **{
+    limit = {} if max_line is None else {"max.line.bytes": str(max_line)}
+    max_line = max_line or 1024 * 1024
+    write_big_line_file(log)
+    create_connector(worker.url, "src-big", file_source(log, topic, **limit, **{
         "max.line.action": "dlq",
         "errors.tolerance": "all",
         "errors.deadletterqueue.topic.name": dlq,
         "errors.deadletterqueue.context.headers.enable": "true",
     }))
     wait_for_state(worker.url, "src-big", "RUNNING")
+    guard = no_failed_task(worker.url, "src-big")
     reader = topic_reader(bootstrap, topic)
-    reader.wait_for_values(["before the big line", "after the big line"])
+    reader.wait_for_values(["before the big line", "after the big line"], guard=guard)
     append(log, ["later line"])
-    reader.wait_for_values(["later line"])
+    reader.wait_for_values(["later line"], guard=guard)
     assert reader.values() == ["before the big line", "after the big line", "later line"], [
         v[:40] for v in reader.values()
     ]
@@ -773,12 +804,29 @@ def test_file_source_huge_line_goes_to_the_dead_letter_topic(connect_broker, con
     dlq_reader.poll()
     assert len(dlq_reader.messages) == 1, len(dlq_reader.messages)
     msg = dlq_reader.messages[0]
-    assert len(msg.value()) == max_line and msg.value() == (b"0123456789" * (max_line // 10 + 1))[:max_line]
+    assert len(msg.value()) == max_line and msg.value() == BIG_LINE[:max_line]
     h = headers_of(msg)
     assert h.get("__connect.errors.connector.name") == "src-big", h.keys()
     assert h.get("__connect.errors.stage") == "TASK_POLL", h.get("__connect.errors.stage")
     assert h.get("file") == str(log), h.get("file")
     assert status_of(worker.url, "src-big")["tasks"][0]["state"] == "RUNNING"
+
+
+def test_file_source_huge_line_truncated_by_default(connect_broker, connect_worker, topic_reader, tmp_path):
+    """A 10 MiB line with the defaults (max.line.bytes 1 MiB, max.line.action=truncate): its first
+    1 MiB is the record, and the lines around it flow."""
+    bootstrap = connect_broker.bootstrap
+    worker = connect_worker(bootstrap)
+    topic = unique_topic("big-trunc")
+    create_topic(bootstrap, topic)
+    log = tmp_path / "big.log"
+    write_big_line_file(log)
+    create_connector(worker.url, "src-big", file_source(log, topic))
+    wait_for_state(worker.url, "src-big", "RUNNING")
+    reader = topic_reader(bootstrap, topic)
+    reader.wait_for_values(["before the big line", "after the big line"], guard=no_failed_task(worker.url, "src-big"))
+    values = [m.value() for m in reader.messages]
+    assert len(values) == 3 and values[1] == BIG_LINE[: 1024 * 1024], [(len(v), v[:20]) for v in values]
 
 
 # ---------------------------------------------------------------------------------------------------
