@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kafka_connect import KafkaConnect
 
 from conftest import REPO_ROOT, free_port, spate_binary
@@ -1146,3 +1146,114 @@ def test_rhai_limits_send_records_to_the_dead_letter_topic(connect_broker, conne
     assert reader.values() == ["ok:one", "ok:two", "ok:three", "ok:four", "ok:five"], reader.values()
     s = status_of(worker.url, "rhai-src")
     assert s["connector"]["state"] == "RUNNING" and s["tasks"][0]["state"] == "RUNNING", s
+
+
+def as_text(value) -> str | None:
+    """A fixture's value as record bytes: a string is the text itself, other data its JSON."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def test_every_plugin_script_in_a_worker(connect_broker, connect_worker, tmp_path):
+    """Every script in plugins/transforms/ runs in a real worker against its fixtures: the
+    `<name>.in.jsonl` records are produced with confluent-kafka (a string value as its text,
+    structured data as JSON text; the worker's StringConverter), a FileStreamSink with the script writes format=json, and what comes out
+    matches `<name>.out.jsonl`; the records the script fails are in the dead-letter topic."""
+    bootstrap = connect_broker.bootstrap
+    scripts = sorted((PLUGINS_DIR / "transforms").glob("*.rhai"))
+    assert scripts, f"no scripts in {PLUGINS_DIR / 'transforms'}"
+    cases = {}
+    for script in scripts:
+        name = script.stem
+        inputs = [json.loads(line) for line in script.with_suffix(".in.jsonl").read_text().splitlines() if line.strip()]
+        expected = [
+            json.loads(line) for line in script.with_suffix(".out.jsonl").read_text().splitlines() if line.strip()
+        ]
+        # The script's own name in front of the fixture's topic: two fixtures may use the same one,
+        # and scripts that route keep the rest of the name.
+        renames = {t: f"{name}.{t}" for t in {r.get("topic", "in") for r in inputs}}
+        for topic in renames.values():
+            create_topic(bootstrap, topic)
+        producer = Producer(client_config(bootstrap))
+        for r in inputs:
+            headers = [(k, v if v is None or isinstance(v, str) else json.dumps(v)) for k, v in r.get("headers", {}).items()]
+            kwargs = {"timestamp": r["timestamp"]} if "timestamp" in r else {}
+            producer.produce(
+                renames[r.get("topic", "in")],
+                value=as_text(r.get("value")),
+                key=as_text(r.get("key")),
+                partition=0,
+                headers=headers,
+                **kwargs,
+            )
+        assert producer.flush(30) == 0
+        cases[name] = (renames, expected, tmp_path / f"{name}.jsonl", f"{name}.dlq")
+    worker = connect_worker(bootstrap)
+    for name, (renames, _, out, dlq) in cases.items():
+        create_connector(worker.url, f"plugin-{name}", {
+            "connector.class": "FileStreamSink",
+            "topics": ",".join(renames.values()),
+            "file": str(out),
+            "format": "json",
+            "transforms": "script",
+            "transforms.script.type": "Rhai",
+            "transforms.script.script": f"plugins/transforms/{name}.rhai",
+            "errors.tolerance": "all",
+            "errors.deadletterqueue.topic.name": dlq,
+            "errors.deadletterqueue.context.headers.enable": "true",
+        })
+    for name in cases:
+        wait_for_state(worker.url, f"plugin-{name}", "RUNNING")
+
+    problems = []
+    for name, (renames, expected, out, dlq) in cases.items():
+        passed = [e for e in expected if "failed" not in e]
+        failed = [e["failed"] for e in expected if "failed" in e]
+
+        def rows(out=out):
+            return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+        try:
+            wait_until(lambda: len(rows()) >= len(passed), 30, f"{name}: {len(passed)} records in {out.name}",
+                       describe=rows, interval_s=0.1)
+        except AssertionError as e:
+            problems.append(str(e))
+            continue
+        got = rows()
+        if len(got) != len(passed):
+            problems.append(f"{name}: {len(got)} records out, {len(passed)} expected: {got}")
+            continue
+        for i, (g, e) in enumerate(zip(got, passed)):
+            topic = e["topic"]
+            for original, renamed in renames.items():
+                if topic == original or topic.startswith(original + "."):
+                    topic = renamed + topic[len(original):]
+                    break
+            actual = {
+                "topic": g["topic"],
+                "value": g["value"],
+                "headers": {h["key"]: h["value"] for h in g["headers"]},
+            }
+            want = {"topic": topic, "value": e["value"], "headers": e.get("headers", {})}
+            if "key" in e:
+                actual["key"], want["key"] = g["key"], e["key"]
+            if "timestamp" in e:
+                actual["timestamp"], want["timestamp"] = g["timestamp"], e["timestamp"]
+            if actual != want:
+                problems.append(f"{name} record {i + 1}:\n  got      {actual}\n  expected {want}")
+        if failed:
+            reader = TopicReader(bootstrap, dlq)
+            try:
+                reader.wait_for_count(len(failed), timeout_s=20)
+                messages = list(reader.messages)
+            except AssertionError as e:
+                problems.append(f"{name}: {e}")
+                continue
+            finally:
+                reader.close()
+            reasons = [headers_of(m).get("__connect.errors.exception.message", "") for m in messages]
+            for part, reason in zip(failed, reasons):
+                if part not in reason:
+                    problems.append(f"{name}: dead-letter reason {reason!r} lacks {part!r}")
+    assert not problems, "\n".join(problems)
