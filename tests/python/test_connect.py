@@ -915,6 +915,12 @@ def test_two_workers_share_tasks_survive_kill_and_restart(connect_broker, connec
         "scan.interval.ms": "100",
     }
     create_connector(w1.url, "pair-src", config)
+    # A paused connector: its state must survive the restart of both workers.
+    paused_topic = unique_topic("paused")
+    create_topic(bootstrap, paused_topic)
+    c = tmp_path / "c.log"
+    append(c, ["c 0"])
+    create_connector(w2.url, "pair-paused", file_source(c, paused_topic))
     ports = {str(w1.port): w1, str(w2.port): w2}
 
     def task_workers():
@@ -928,6 +934,11 @@ def test_two_workers_share_tasks_survive_kill_and_restart(connect_broker, connec
     assert all(any(p in wid for p in ports) for wid in spread), (spread, ports)
     reader = topic_reader(bootstrap, topic)
     reader.wait_for_values([f"a {i}" for i in range(10)] + [f"b {i}" for i in range(10)])
+    paused_reader = topic_reader(bootstrap, paused_topic)
+    paused_reader.wait_for_values(["c 0"])
+    rest_status, _ = curl("PUT", f"{w1.url}/connectors/pair-paused/pause")
+    assert rest_status == 202
+    wait_for_state(w2.url, "pair-paused", "PAUSED")
 
     # kill -9 the worker that is not the connector's: the survivor takes both tasks.
     s = status_of(w1.url, "pair-src")
@@ -958,8 +969,10 @@ def test_two_workers_share_tasks_survive_kill_and_restart(connect_broker, connec
     w1.start()
     w2.start()
     names = wait_until(lambda: _get_json(f"{w2.url}/connectors") or None, RUNNING_TIMEOUT_S, "the connector list")
-    assert names == ["pair-src"], names
+    assert sorted(names) == ["pair-paused", "pair-src"], names
     wait_for_state(w1.url, "pair-src", "RUNNING", tasks=2, timeout_s=45)
+    wait_for_state(w1.url, "pair-paused", "PAUSED")
+    append(c, ["c while paused"])
     assert json.loads(_connectors_cli(w2.url, "config", "pair-src"))["files"] == f"{a},{b}"
     append(a, ["a after restart"])
     append(b, ["b after restart"])
@@ -969,7 +982,10 @@ def test_two_workers_share_tasks_survive_kill_and_restart(connect_broker, connec
     new = reader.values()[before_restart:]
     assert sorted(new) == ["a after restart", "b after restart"], f"re-read after a graceful restart: {new[:10]}"
     listing = _connectors_cli(w1.url, "list")
-    assert "pair-src" in listing and "RUNNING" in listing, listing
+    assert "pair-src" in listing and "RUNNING" in listing and "PAUSED" in listing, listing
+    paused_reader.poll()
+    assert paused_reader.values() == ["c 0"], paused_reader.values()
+    assert status_of(w2.url, "pair-paused")["connector"]["state"] == "PAUSED"
 
 
 def _get_json(url: str):
@@ -997,14 +1013,27 @@ def test_file_sink_from_kcat(connect_broker, connect_worker, tmp_path):
     lines = [f"kcat line {i}" for i in range(50)]
     kcat(["-b", bootstrap, "-P", "-t", topic, "-p", "0", "-K", ":"],
          input_bytes="".join(f"k{i}:{line}\n" for i, line in enumerate(lines)).encode())
-    worker = connect_worker(bootstrap)
-    out, out_json = tmp_path / "out.txt", tmp_path / "out.jsonl"
-    create_connector(worker.url, "sink-text", {"connector.class": "FileStreamSink", "topics": topic, "file": str(out)})
-    create_connector(worker.url, "sink-json", {
-        "connector.class": "FileStreamSink", "topics.regex": re.escape(topic), "file": str(out_json), "format": "json",
-    })
+    out, out_json, out_roll = tmp_path / "out.txt", tmp_path / "out.jsonl", tmp_path / "roll" / "out.txt"
+    out_roll.parent.mkdir()
+    # Connector files on the worker's command line (the standalone habit): JSON and TOML.
+    text_file, json_file, roll_file = tmp_path / "sink-text.json", tmp_path / "sink-json.toml", tmp_path / "roll.toml"
+    text_file.write_text(json.dumps(
+        {"name": "sink-text", "config": {"connector.class": "FileStreamSink", "topics": topic, "file": str(out)}}
+    ))
+    json_file.write_text(
+        'name = "sink-json"\n[config]\n"connector.class" = "FileStreamSink"\n'
+        f'"topics.regex" = {json.dumps(re.escape(topic))}\n"file" = {json.dumps(str(out_json))}\n"format" = "json"\n'
+    )
+    # And one made with `spate connectors create`: rolls its file every 200 bytes.
+    roll_file.write_text(
+        f'name = "sink-roll"\n"connector.class" = "FileStreamSink"\ntopics = {json.dumps(topic)}\n'
+        f'file = {json.dumps(str(out_roll))}\n"file.roll.bytes" = 200\n'
+    )
+    worker = connect_worker(bootstrap, files=[text_file, json_file])
+    _connectors_cli(worker.url, "create", str(roll_file))
     wait_for_state(worker.url, "sink-text", "RUNNING")
     wait_for_state(worker.url, "sink-json", "RUNNING")
+    wait_for_state(worker.url, "sink-roll", "RUNNING")
 
     def file_lines(path):
         return path.read_text().splitlines() if path.exists() else []
@@ -1022,6 +1051,19 @@ def test_file_sink_from_kcat(connect_broker, connect_worker, tmp_path):
     kcat(["-b", bootstrap, "-P", "-t", topic, "-p", "0"], input_bytes=b"late 1\nlate 2\n")
     wait_until(lambda: file_lines(out)[-2:] == ["late 1", "late 2"], 30, "late records in the sink file",
                describe=lambda: file_lines(out)[-3:])
+
+    # The rolled files: none above 200 bytes, together every line once, in order.
+    def rolled():
+        files = sorted(out_roll.parent.iterdir(), key=lambda p: (p.name == out_roll.name, p.name))
+        return files, [line for f in files for line in f.read_text().splitlines()]
+
+    wait_until(lambda: rolled()[1][-2:] == ["late 1", "late 2"], 30, "every line in the rolled files",
+               describe=lambda: [(p.name, p.stat().st_size) for p in rolled()[0]])
+    files, rolled_lines = rolled()
+    assert rolled_lines == lines + ["late 1", "late 2"], rolled_lines
+    total_bytes = sum(len(line) + 1 for line in rolled_lines)
+    sizes = [(p.name, p.stat().st_size) for p in files]
+    assert len(files) >= -(-total_bytes // 200) and all(size <= 200 for _, size in sizes), sizes
 
 
 # ---------------------------------------------------------------------------------------------------
