@@ -1299,3 +1299,110 @@ def test_every_plugin_script_in_a_worker(connect_broker, connect_worker, tmp_pat
                 if part not in reason:
                     problems.append(f"{name}: dead-letter reason {reason!r} lacks {part!r}")
     assert not problems, "\n".join(problems)
+
+
+def run_connectors_cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([spate_binary(), "connectors", "--url", url, *args], capture_output=True, timeout=30)
+
+
+def test_spate_connectors_cli(connect_broker, connect_worker, topic_reader, tmp_path):
+    """`spate connectors` against a worker: create from TOML, status, pause/resume, restart, stop,
+    offsets (get, --alter, --reset), validate, plugins, delete."""
+    bootstrap = connect_broker.bootstrap
+    topic = unique_topic("cli")
+    create_topic(bootstrap, topic)
+    log = tmp_path / "cli.log"
+    append(log, ["cli 1", "cli 2"])
+    # read.from=end: the lines already there are skipped, later ones read.
+    spec = tmp_path / "cli.toml"
+    spec.write_text(
+        f'name = "cli-src"\n"connector.class" = "FileStreamSource"\nfile = {json.dumps(str(log))}\n'
+        f'topic = {json.dumps(topic)}\n"scan.interval.ms" = 100\n"read.from" = "end"\n'
+    )
+    worker = connect_worker(bootstrap)
+    url = worker.url
+    created = wait_until(lambda: run_connectors_cli(url, "create", str(spec)).returncode == 0, RUNNING_TIMEOUT_S,
+                         "spate connectors create to succeed")
+    assert created
+    wait_for_state(url, "cli-src", "RUNNING")
+    reader = topic_reader(bootstrap, topic)
+    time.sleep(0.5)
+    append(log, ["cli 3"])
+    reader.wait_for_values(["cli 3"])
+    assert reader.values() == ["cli 3"], reader.values()
+
+    out = _connectors_cli(url, "status", "cli-src")
+    assert "cli-src" in out and "RUNNING" in out, out
+    assert json.loads(_connectors_cli(url, "config", "cli-src"))["read.from"] == "end"
+    assert "FileStreamSource" in _connectors_cli(url, "plugins")
+    _connectors_cli(url, "pause", "cli-src")
+    wait_for_state(url, "cli-src", "PAUSED")
+    _connectors_cli(url, "resume", "cli-src")
+    wait_for_state(url, "cli-src", "RUNNING")
+    _connectors_cli(url, "restart", "cli-src", "--include-tasks")
+    wait_for_state(url, "cli-src", "RUNNING")
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "bad", "config": {
+        "connector.class": "FileStreamSource", "file": str(log), "topic": topic, "batch.size": "abc"}}))
+    refused = run_connectors_cli(url, "validate", str(bad))
+    assert refused.returncode != 0 and b"batch.size" in refused.stdout + refused.stderr, refused
+    refused = run_connectors_cli(url, "create", str(bad))
+    assert refused.returncode != 0 and b"batch.size" in refused.stdout + refused.stderr, refused
+    refused = run_connectors_cli(url, "status", "no-such-connector")
+    assert refused.returncode != 0, refused
+
+    _connectors_cli(url, "stop", "cli-src")
+    wait_for_state(url, "cli-src", "STOPPED", tasks=0)
+    offsets = json.loads(_connectors_cli(url, "offsets", "cli-src"))
+    assert len(offsets["offsets"]) == 1 and offsets["offsets"][0]["offset"]["position"] == log.stat().st_size, offsets
+    # Back to the start of the file: all three lines come again.
+    entry = offsets["offsets"][0]
+    alter = tmp_path / "alter.json"
+    # Only the position (the documented form; see the next test for a copy of the whole offset).
+    alter.write_text(json.dumps({"offsets": [{"partition": entry["partition"], "offset": {"position": 0}}]}))
+    _connectors_cli(url, "offsets", "cli-src", "--alter", str(alter))
+    _connectors_cli(url, "resume", "cli-src")
+    reader.wait_for_values(["cli 1", "cli 2"])
+    reader.wait_for_count(4)
+    assert reader.values() == ["cli 3", "cli 1", "cli 2", "cli 3"], reader.values()
+    _connectors_cli(url, "stop", "cli-src")
+    wait_for_state(url, "cli-src", "STOPPED", tasks=0)
+    _connectors_cli(url, "offsets", "cli-src", "--reset")
+    assert json.loads(_connectors_cli(url, "offsets", "cli-src"))["offsets"] == []
+    _connectors_cli(url, "delete", "cli-src")
+    wait_until(lambda: _get_json(f"{url}/connectors") == [], 10, "no connectors left")
+
+
+def test_altered_position_is_honoured_with_read_from_end(connect_broker, connect_worker, topic_reader, tmp_path):
+    """KIP-875 as users do it: GET the offsets of the stopped connector, change `position` to 0,
+    PATCH the result back, resume: the file is read again from its start. (The offset also holds
+    fields the user did not touch, e.g. a checksum of the file's head up to the old position.)"""
+    bootstrap = connect_broker.bootstrap
+    topic = unique_topic("alter-end")
+    create_topic(bootstrap, topic)
+    log = tmp_path / "end.log"
+    append(log, ["old 1", "old 2"])
+    worker = connect_worker(bootstrap)
+    url = worker.url
+    create_connector(url, "end-src", file_source(log, topic, **{"read.from": "end"}))
+    wait_for_state(url, "end-src", "RUNNING")
+    reader = topic_reader(bootstrap, topic)
+    time.sleep(0.5)
+    append(log, ["new 3"])
+    reader.wait_for_values(["new 3"])
+    rest_status, _ = curl("PUT", f"{url}/connectors/end-src/stop")
+    assert rest_status == 202
+    wait_for_state(url, "end-src", "STOPPED", tasks=0)
+    _, offsets = curl("GET", f"{url}/connectors/end-src/offsets")
+    entry = offsets["offsets"][0]
+    rest_status, body = curl("PATCH", f"{url}/connectors/end-src/offsets",
+                             {"offsets": [{"partition": entry["partition"], "offset": {**entry["offset"], "position": 0}}]})
+    # Either the altered offset is honoured, or the request is refused: never accepted and then ignored.
+    assert rest_status == 200, (rest_status, body)
+    _, altered = curl("GET", f"{url}/connectors/end-src/offsets")
+    assert altered["offsets"][0]["offset"]["position"] == 0, altered
+    curl("PUT", f"{url}/connectors/end-src/resume")
+    wait_for_state(url, "end-src", "RUNNING")
+    reader.wait_for_values(["old 1", "old 2"], timeout_s=10,
+                           what="the lines before the altered position (0) read again after resume")
