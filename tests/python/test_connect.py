@@ -1189,6 +1189,42 @@ def test_rhai_limits_send_records_to_the_dead_letter_topic(connect_broker, conne
     s = status_of(worker.url, "rhai-src")
     assert s["connector"]["state"] == "RUNNING" and s["tasks"][0]["state"] == "RUNNING", s
 
+    # The wall-clock limit alone (operations practically unbounded) stops `loop {}` too.
+    timeout_topic, timeout_dlq = unique_topic("rhai-timeout"), unique_topic("rhai-timeout-dlq")
+    create_topic(bootstrap, timeout_topic)
+    timeout_log = tmp_path / "timeout.log"
+    append(timeout_log, ["LOOP", "after"])
+    create_connector(worker.url, "rhai-timeout", file_source(timeout_log, timeout_topic, **{
+        "transforms": "script",
+        "transforms.script.type": "Rhai",
+        "transforms.script.source": RUNAWAY_SCRIPT,
+        "transforms.script.max.operations": "1000000000000",
+        "transforms.script.timeout.ms": "300",
+        "errors.tolerance": "all",
+        "errors.deadletterqueue.topic.name": timeout_dlq,
+    }))
+    topic_reader(bootstrap, timeout_topic).wait_for_values(["ok:after"], guard=no_failed_task(worker.url, "rhai-timeout"))
+    topic_reader(bootstrap, timeout_dlq).wait_for_values(["LOOP"])
+
+    # Without errors.tolerance a runaway record fails its task, with the reason in the trace.
+    failing_topic = unique_topic("rhai-fail")
+    create_topic(bootstrap, failing_topic)
+    failing_log = tmp_path / "failing.log"
+    append(failing_log, ["LOOP", "never"])
+    create_connector(worker.url, "rhai-fail", file_source(failing_log, failing_topic, **{
+        "transforms": "script",
+        "transforms.script.type": "Rhai",
+        "transforms.script.source": RUNAWAY_SCRIPT,
+    }))
+    failed = wait_until(
+        lambda: (st := status_of(worker.url, "rhai-fail")) and st["tasks"] and st["tasks"][0]["state"] == "FAILED" and st,
+        RUNNING_TIMEOUT_S, "the task without errors.tolerance to fail", describe=lambda: status_of(worker.url, "rhai-fail"))
+    assert failed["tasks"][0]["trace"], failed
+    assert failed["connector"]["state"] == "RUNNING", failed
+    rest_status, body = curl("POST", f"{worker.url}/connectors/rhai-fail/restart?includeTasks=true&onlyFailed=true")
+    assert rest_status == 202 and body["tasks"][0]["state"] == "RESTARTING", (rest_status, body)
+    assert high_watermark(bootstrap, failing_topic) == 0
+
 
 def as_text(value) -> str | None:
     """A fixture's value as record bytes: a string is the text itself, other data its JSON."""
