@@ -514,7 +514,7 @@ def test_rest_api_with_curl(connect_broker, connect_worker, topic_reader, tmp_pa
     assert status == 200 and names == [], names
 
 
-def test_offsets_of_a_running_connector_cannot_be_altered(connect_broker, connect_worker, tmp_path):
+def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, tmp_path):
     bootstrap = connect_broker.bootstrap
     topic = unique_topic("alter")
     create_topic(bootstrap, topic)
@@ -534,6 +534,49 @@ def test_offsets_of_a_running_connector_cannot_be_altered(connect_broker, connec
     assert status == 404 and body["error_code"] == 404, (status, body)
     status, body = curl("DELETE", f"{worker.url}/connector-plugins")
     assert status == 405 and body["error_code"] == 405, (status, body)
+
+    url = worker.url
+    # Kafka's answers to bad requests: 400 with error_code and message.
+    for bad_body, why in [
+        ({"name": "x", "config": {"connector.class": "NoSuchConnector", "topic": topic}}, "an unknown class"),
+        ({"name": "x", "config": {"topic": topic, "file": str(log)}}, "no connector.class"),
+        ({"name": "x", "config": {**file_source(log, topic), "name": "y"}}, "a config name that differs"),
+        ({"config": file_source(log, topic)}, "no name"),
+    ]:
+        status, body = curl("POST", f"{url}/connectors", bad_body)
+        assert status == 400 and body["error_code"] == 400 and body["message"], (why, status, body)
+    status, body = curl("POST", f"{url}/connectors", "not an object")
+    assert status in (400, 415, 422) and body["error_code"] == status, (status, body)
+    # Unknown connectors and tasks: 404.
+    for method, path in [
+        ("PUT", "/connectors/nope/pause"),
+        ("PUT", "/connectors/nope/resume"),
+        ("POST", "/connectors/nope/restart"),
+        ("DELETE", "/connectors/nope"),
+        ("GET", "/connectors/nope/offsets"),
+        ("GET", "/connectors/running-src/tasks/7/status"),
+    ]:
+        status, body = curl(method, url + path)
+        assert status == 404 and body["error_code"] == 404, (method, path, status, body)
+    # PUT /connectors/NAME/config creates (201), then updates (200).
+    put_config = file_source(log, topic)
+    status, body = curl("PUT", f"{url}/connectors/put-src/config", put_config)
+    assert status == 201 and body["name"] == "put-src", (status, body)
+    status, body = curl("PUT", f"{url}/connectors/put-src/config", {**put_config, "batch.size": "7"})
+    assert status == 200 and body["config"]["batch.size"] == "7", (status, body)
+    wait_for_state(url, "put-src", "RUNNING")
+    status, info = curl("GET", f"{url}/connectors/put-src")
+    assert status == 200 and info["tasks"] == [{"connector": "put-src", "task": 0}] and info["type"] == "source", info
+    # Plugins: connector classes by default; transforms and predicates with connectorsOnly=false.
+    status, everything = curl("GET", f"{url}/connector-plugins?connectorsOnly=false")
+    assert status == 200, everything
+    kinds = Counter(p["type"] for p in everything)
+    assert kinds["source"] >= 1 and kinds["sink"] >= 1 and kinds["transformation"] >= 1 and kinds["predicate"] >= 1, kinds
+    assert any(p["class"].endswith("Filter") for p in everything), everything
+    status, keys = curl("GET", f"{url}/connector-plugins/FileStreamSource/config")
+    assert status == 200 and {"file", "topic", "batch.size"} <= {k["name"] for k in keys}, keys
+    status, body = curl("GET", f"{url}/connector-plugins/NoSuchConnector/config")
+    assert status == 404 and body["error_code"] == 404, (status, body)
 
 
 # ---------------------------------------------------------------------------------------------------
