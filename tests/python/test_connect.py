@@ -514,7 +514,7 @@ def test_rest_api_with_curl(connect_broker, connect_worker, topic_reader, tmp_pa
     assert status == 200 and names == [], names
 
 
-def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, tmp_path):
+def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, topic_reader, tmp_path):
     bootstrap = connect_broker.bootstrap
     topic = unique_topic("alter")
     create_topic(bootstrap, topic)
@@ -559,7 +559,11 @@ def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, tmp_path
         status, body = curl(method, url + path)
         assert status == 404 and body["error_code"] == 404, (method, path, status, body)
     # PUT /connectors/NAME/config creates (201), then updates (200).
-    put_config = file_source(log, topic)
+    put_topic = unique_topic("put")
+    create_topic(bootstrap, put_topic)
+    put_log = tmp_path / "put.log"
+    put_log.touch()
+    put_config = file_source(put_log, put_topic)
     status, body = curl("PUT", f"{url}/connectors/put-src/config", put_config)
     assert status == 201 and body["name"] == "put-src", (status, body)
     status, body = curl("PUT", f"{url}/connectors/put-src/config", {**put_config, "batch.size": "7"})
@@ -577,6 +581,21 @@ def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, tmp_path
     assert status == 200 and {"file", "topic", "batch.size"} <= {k["name"] for k in keys}, keys
     status, body = curl("GET", f"{url}/connector-plugins/NoSuchConnector/config")
     assert status == 404 and body["error_code"] == 404, (status, body)
+
+    # Deleting a connector keeps its offsets (as Kafka does): re-created under the same name it
+    # resumes where it was and does not read "one" again.
+    reader = topic_reader(bootstrap, topic)
+    reader.wait_for_values(["one"])
+    status, _ = curl("DELETE", f"{url}/connectors/running-src")
+    assert status == 204
+    wait_until(lambda: curl("GET", f"{url}/connectors/running-src")[0] == 404, 10, "running-src to be gone")
+    append(log, ["two"])
+    create_connector(url, "running-src", file_source(log, topic))
+    wait_for_state(url, "running-src", "RUNNING")
+    reader.wait_for_values(["two"])
+    time.sleep(0.5)
+    reader.poll()
+    assert reader.values() == ["one", "two"], reader.values()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1104,6 +1123,22 @@ def test_file_sink_from_kcat(connect_broker, connect_worker, tmp_path):
                describe=lambda: [(p.name, p.stat().st_size) for p in rolled()[0]])
     files, rolled_lines = rolled()
     assert rolled_lines == lines + ["late 1", "late 2"], rolled_lines
+
+    # A sink's offsets are its consumer group's (Kafka's kafka_topic/kafka_partition/kafka_offset):
+    # moved back by 2 on the stopped connector, the last two records are written again.
+    status, _ = curl("PUT", f"{worker.url}/connectors/sink-text/stop")
+    assert status == 202
+    wait_for_state(worker.url, "sink-text", "STOPPED", tasks=0)
+    status, offsets = curl("GET", f"{worker.url}/connectors/sink-text/offsets")
+    assert status == 200 and offsets == {"offsets": [{
+        "partition": {"kafka_topic": topic, "kafka_partition": 0}, "offset": {"kafka_offset": len(lines) + 2}}]}, offsets
+    status, body = curl("PATCH", f"{worker.url}/connectors/sink-text/offsets", {"offsets": [{
+        "partition": {"kafka_topic": topic, "kafka_partition": 0}, "offset": {"kafka_offset": len(lines)}}]})
+    assert status == 200, (status, body)
+    curl("PUT", f"{worker.url}/connectors/sink-text/resume")
+    wait_until(lambda: len(file_lines(out)) >= len(lines) + 4, 30, "the two records written again",
+               describe=lambda: file_lines(out)[-5:])
+    assert file_lines(out) == lines + ["late 1", "late 2"] * 2, file_lines(out)[-6:]
     total_bytes = sum(len(line) + 1 for line in rolled_lines)
     sizes = [(p.name, p.stat().st_size) for p in files]
     assert len(files) >= -(-total_bytes // 200) and all(size <= 200 for _, size in sizes), sizes
