@@ -1520,3 +1520,79 @@ def test_altered_position_is_honoured_with_read_from_end(connect_broker, connect
     wait_for_state(url, "end-src", "RUNNING")
     reader.wait_for_values(["old 1", "old 2"], timeout_s=10,
                            what="the lines before the altered position (0) read again after resume")
+
+
+@pytest.mark.slow
+def test_file_sink_kill_9_loses_no_record(connect_broker, connect_worker, tmp_path):
+    """A FileStreamSink killed with -9 while a producer streams: after the restart the file holds
+    every record; the ones written but not committed before the kill may appear twice, and no line
+    is torn."""
+    bootstrap = connect_broker.bootstrap
+    topic = unique_topic("sink-kill")
+    create_topic(bootstrap, topic)
+    total = 30_000
+    out = tmp_path / "sink.txt"
+    worker = connect_worker(bootstrap)
+    # Kafka's per-connector client override, so that the killed task's consumer leaves its group
+    # after 6 s rather than the consumer default of 45 s.
+    create_connector(worker.url, "sink-kill", {
+        "connector.class": "FileStreamSink", "topics": topic, "file": str(out),
+        "consumer.override.session.timeout.ms": "6000", "consumer.override.heartbeat.interval.ms": "500",
+    })
+    wait_for_state(worker.url, "sink-kill", "RUNNING")
+
+    done = threading.Event()
+    errors = []
+
+    def producer_thread():
+        producer = Producer(client_config(bootstrap, **{"linger.ms": 5}))
+        for start in range(0, total, 300):
+            for i in range(start, start + 300):
+                producer.produce(topic, value=f"record {i:06d}", partition=0,
+                                 on_delivery=lambda err, _m: err and errors.append(err))
+            producer.poll(0)
+            time.sleep(0.03)
+        if producer.flush(30) != 0:
+            errors.append("undelivered records")
+        done.set()
+
+    thread = threading.Thread(target=producer_thread, daemon=True)
+    thread.start()
+
+    def line_count():
+        try:
+            with open(out, "rb") as f:
+                return f.read().count(b"\n")
+        except FileNotFoundError:
+            return 0
+
+    wait_until(lambda: line_count() >= 6000, 30, "6000 lines in the sink file before the kill", interval_s=0.05)
+    worker.kill9()
+    at_kill = line_count()
+    killed_at = time.monotonic()
+    worker.start()
+    wait_until(lambda: line_count() > at_kill, 60, "the sink to write again after the restart", interval_s=0.1)
+    resumed_s = time.monotonic() - killed_at
+    thread.join(timeout=60)
+    assert done.is_set() and not errors, errors[:3]
+    expected = {f"record {i:06d}" for i in range(total)}
+
+    def complete():
+        return expected <= set(out.read_text(errors="replace").splitlines())
+
+    wait_until(complete, 60, "every record in the sink file", interval_s=0.5,
+               describe=lambda: f"{line_count()} lines")
+    time.sleep(1.0)
+    lines = out.read_text(errors="replace").splitlines()
+    counts = Counter(lines)
+    torn = [line for line in counts if line not in expected]
+    duplicates = len(lines) - len(counts)
+    print(f"sink kill -9 at {at_kill} lines: {len(lines)} lines for {total} records, {duplicates} duplicates, "
+          f"writing again {resumed_s:.1f}s after the kill")
+    assert not torn, f"lines that are no record (torn by the kill?): {torn[:5]}"
+    assert duplicates < total // 10, f"{duplicates} duplicates"
+    # With the override the new task's consumer joins once the killed one's 6 s session expired.
+    assert resumed_s < 30, (
+        f"the sink wrote again only {resumed_s:.1f}s after the kill: consumer.override.session.timeout.ms=6000 "
+        "was not applied (the consumer default is 45 s)"
+    )
