@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use spate_connect::config::Props;
 use spate_connect::registry::Registry;
 use spate_connect::rest::client::RestClient;
 use spate_connect::runtime::herder::WorkerHerder;
@@ -53,7 +52,8 @@ fn worker_config(args: &ConnectArgs) -> Result<WorkerConfig> {
     for kv in &args.set {
         let Some((k, v)) = kv.split_once('=') else { bail!("--set takes KEY=VALUE, got {kv}") };
         let (k, v) = (k.trim(), v.trim());
-        let num = |what: &str| -> Result<u64> { v.parse().with_context(|| format!("{what} must be a number, got {v}")) };
+        let num =
+            |what: &str| -> Result<u64> { v.parse().with_context(|| format!("{what} must be a number, got {v}")) };
         match k {
             "group.id" => c.group_id = v.to_owned(),
             "config.storage.topic" => c.config_storage_topic = v.to_owned(),
@@ -86,7 +86,7 @@ fn worker_config(args: &ConnectArgs) -> Result<WorkerConfig> {
 
 pub async fn run(args: ConnectArgs) -> Result<()> {
     let config = worker_config(&args)?;
-    let connector_files: Vec<(String, Props)> =
+    let connector_files: Vec<(String, serde_json::Map<String, serde_json::Value>)> =
         args.connectors.iter().map(|p| crate::connectors::read_connector_file(p)).collect::<Result<_>>()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -95,14 +95,14 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
     let url = config.advertised_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let worker = Worker::start(config, Registry::builtin(), url.clone()).await.context("starting the worker")?;
     let herder = Arc::new(WorkerHerder::new(worker.shared()));
-    let router = spate_connect::rest::router::router(herder, spate_connect::rest::router::Forwarder::new());
+    let router = spate_connect::rest::router(herder, spate_connect::rest::Forwarder::new(RestClient::default()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(spate_connect::rest::serve(listener, router, async move {
         let _ = stop_rx.await;
     }));
     eprintln!("spate connect worker listening on {url} (group {})", args.group_id);
-    for (name, props) in connector_files {
-        apply_connector(&url, &name, &props).await?;
+    for (name, config) in connector_files {
+        apply_connector(&url, &name, &config).await?;
     }
     crate::broker::shutdown_signal().await;
     eprintln!("spate connect: stopping tasks and storing offsets");
@@ -114,13 +114,17 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
 
 /// Creates or updates a connector through this worker's own API (which forwards to the
 /// leader), retrying while the group is still forming.
-async fn apply_connector(url: &str, name: &str, props: &Props) -> Result<()> {
-    let client = RestClient::new();
+async fn apply_connector(url: &str, name: &str, config: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    let client = RestClient::default();
     let deadline = Instant::now() + Duration::from_secs(120);
-    let body = serde_json::to_value(props)?;
+    let body = serde_json::Value::Object(config.clone());
     loop {
         let (status, reply) = client
-            .request(hyper::Method::PUT, &format!("{url}/connectors/{name}/config"), Some(body.clone()))
+            .request(
+                spate_connect::rest::client::Method::PUT,
+                &format!("{url}/connectors/{name}/config"),
+                Some(body.clone()),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         match status {

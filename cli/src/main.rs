@@ -5,6 +5,8 @@ mod bench;
 mod broker;
 mod cluster;
 mod common;
+mod connect;
+mod connectors;
 mod consume;
 mod groups;
 mod produce;
@@ -38,8 +40,12 @@ enum Command {
     /// List, describe and delete consumer groups; reset or delete their committed offsets (like
     /// kafka-consumer-groups.sh).
     Groups(groups::GroupsArgs),
+    /// Run a Kafka-Connect-compatible worker with its REST API (default 127.0.0.1:8083).
+    Connect(connect::ConnectArgs),
     /// Measure produce, consume and group throughput, rebalance time and end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Manage the connectors of a Connect worker group through its REST API.
+    Connectors(connectors::ConnectorsArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`.
@@ -55,7 +61,11 @@ async fn main() -> ExitCode {
     // The client tools keep stderr for their own messages unless something goes wrong.
     // openraft logs every failed RPC to a down voter at error level; our controller reports
     // unreachable peers itself, rate-limited.
-    init_logging(if matches!(cli.command, Command::Broker(_)) { "info,openraft=off" } else { "warn,openraft=off" });
+    init_logging(if matches!(cli.command, Command::Broker(_) | Command::Connect(_)) {
+        "info,openraft=off"
+    } else {
+        "warn,openraft=off"
+    });
     let result: Result<()> = match cli.command {
         Command::Broker(args) => broker::run(args).await,
         Command::Topics(args) => topics::run(args).await,
@@ -64,6 +74,8 @@ async fn main() -> ExitCode {
         Command::Consume(args) => consume::run(args).await,
         Command::Groups(args) => groups::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Connectors(args) => connectors::run(args).await,
+        Command::Connect(args) => connect::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,12 @@ use serde_json::Value as Json;
 use crate::config::Props;
 use crate::error::ConnectError;
 
+pub mod client;
+pub mod router;
+
+pub use client::RestClient;
+pub use router::{router, Forwarder};
+
 /// What a herder call can fail with, beyond [`ConnectError`].
 #[derive(Debug)]
 pub enum HerderError {
@@ -153,7 +159,9 @@ pub struct ConfigKeyInfo {
     pub width: String,
     pub display_name: String,
     pub dependents: Vec<String>,
-    pub order: i32,
+    /// Kafka 4 writes `order_in_group`; earlier versions wrote `order` (read as well).
+    #[serde(alias = "order")]
+    pub order_in_group: i32,
 }
 
 /// A key's value and errors.
@@ -230,4 +238,14 @@ pub trait Herder: Send + Sync + 'static {
     fn plugin_config(&self, plugin: &str) -> impl Future<Output = HerderResult<Vec<ConfigKeyInfo>>> + Send;
     /// `PUT /connector-plugins/{plugin}/config/validate`.
     fn validate_config(&self, plugin: &str, config: Props) -> impl Future<Output = HerderResult<ConfigInfos>> + Send;
+}
+
+/// Serves `router` (from [`router()`]) on `listener` until `shutdown` completes, then lets
+/// requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -172,7 +172,7 @@ impl WorkerHerder {
                         width: "NONE".into(),
                         display_name: k.clone(),
                         dependents: Vec::new(),
-                        order: -1,
+                        order_in_group: -1,
                     },
                     value: ConfigValueInfo {
                         name: k.clone(),
@@ -239,7 +239,7 @@ fn key_info(key: &crate::config::ConfigKey) -> ConfigKeyInfo {
         width: "NONE".into(),
         display_name: key.name.clone(),
         dependents: Vec::new(),
-        order: -1,
+        order_in_group: -1,
     }
 }
 
