@@ -514,7 +514,7 @@ def test_rest_api_with_curl(connect_broker, connect_worker, topic_reader, tmp_pa
     assert status == 200 and names == [], names
 
 
-def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, topic_reader, tmp_path):
+def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, tmp_path):
     bootstrap = connect_broker.bootstrap
     topic = unique_topic("alter")
     create_topic(bootstrap, topic)
@@ -575,27 +575,64 @@ def test_rest_api_errors_and_edge_cases(connect_broker, connect_worker, topic_re
     status, everything = curl("GET", f"{url}/connector-plugins?connectorsOnly=false")
     assert status == 200, everything
     kinds = Counter(p["type"] for p in everything)
-    assert kinds["source"] >= 1 and kinds["sink"] >= 1 and kinds["transformation"] >= 1 and kinds["predicate"] >= 1, kinds
+    assert all(kinds[k] >= 1 for k in ("source", "sink", "transformation", "predicate")), kinds
     assert any(p["class"].endswith("Filter") for p in everything), everything
     status, keys = curl("GET", f"{url}/connector-plugins/FileStreamSource/config")
     assert status == 200 and {"file", "topic", "batch.size"} <= {k["name"] for k in keys}, keys
     status, body = curl("GET", f"{url}/connector-plugins/NoSuchConnector/config")
     assert status == 404 and body["error_code"] == 404, (status, body)
 
-    # Deleting a connector keeps its offsets (as Kafka does): re-created under the same name it
-    # resumes where it was and does not read "one" again.
+
+DELETE_DELAYS_S = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
+def test_deleted_connector_recreated_at_once_runs_from_its_offsets(
+    connect_broker, connect_worker, topic_reader, tmp_path
+):
+    """DELETE, then at once POST the same name again (a redeploy script): the new connector runs,
+    and since a deleted connector's offsets are kept (as Kafka does), it resumes where the old one
+    was rather than reading the file again. Several rounds, each with one new line, each while an
+    update of another connector makes the group rebalance."""
+    bootstrap = connect_broker.bootstrap
+    topic = unique_topic("recreate")
+    create_topic(bootstrap, topic)
+    log = tmp_path / "r.log"
+    append(log, ["line 0"])
+    worker = connect_worker(bootstrap)
+    url = worker.url
+    create_connector(url, "re-src", file_source(log, topic))
+    wait_for_state(url, "re-src", "RUNNING")
     reader = topic_reader(bootstrap, topic)
-    reader.wait_for_values(["one"])
-    status, _ = curl("DELETE", f"{url}/connectors/running-src")
-    assert status == 204
-    wait_until(lambda: curl("GET", f"{url}/connectors/running-src")[0] == 404, 10, "running-src to be gone")
-    append(log, ["two"])
-    create_connector(url, "running-src", file_source(log, topic))
-    wait_for_state(url, "running-src", "RUNNING")
-    reader.wait_for_values(["two"])
+    reader.wait_for_values(["line 0"])
+    # Another connector whose updates make the group rebalance while re-src is deleted.
+    other_topic = unique_topic("other")
+    create_topic(bootstrap, other_topic)
+    other_log = tmp_path / "other.log"
+    other_log.touch()
+    create_connector(url, "other-src", file_source(other_log, other_topic))
+    wait_for_state(url, "other-src", "RUNNING")
+    for round_ in range(1, len(DELETE_DELAYS_S) + 1):
+        # Refused offset changes on the running connector must leave nothing behind.
+        status, _ = curl("PATCH", f"{url}/connectors/re-src/offsets",
+                         {"offsets": [{"partition": {"fingerprint": "0" * 16}, "offset": {"position": 0}}]})
+        assert status == 400
+        status, _ = curl("DELETE", f"{url}/connectors/re-src/offsets")
+        assert status == 400
+        status, _ = curl("PUT", f"{url}/connectors/other-src/config",
+                         file_source(other_log, other_topic, **{"batch.size": str(100 + round_)}))
+        assert status == 200
+        # The delete lands at different points of the rebalance the update started.
+        time.sleep(DELETE_DELAYS_S[round_ - 1])
+        status, _ = curl("DELETE", f"{url}/connectors/re-src")
+        assert status == 204
+        wait_until(lambda: curl("GET", f"{url}/connectors/re-src")[0] == 404, 10, "re-src to be gone")
+        append(log, [f"line {round_}"])
+        create_connector(url, "re-src", file_source(log, topic))
+        wait_for_state(url, "re-src", "RUNNING", timeout_s=15)
+        reader.wait_for_values([f"line {round_}"])
     time.sleep(0.5)
     reader.poll()
-    assert reader.values() == ["one", "two"], reader.values()
+    assert reader.values() == [f"line {i}" for i in range(len(DELETE_DELAYS_S) + 1)], reader.values()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1130,8 +1167,9 @@ def test_file_sink_from_kcat(connect_broker, connect_worker, tmp_path):
     assert status == 202
     wait_for_state(worker.url, "sink-text", "STOPPED", tasks=0)
     status, offsets = curl("GET", f"{worker.url}/connectors/sink-text/offsets")
-    assert status == 200 and offsets == {"offsets": [{
-        "partition": {"kafka_topic": topic, "kafka_partition": 0}, "offset": {"kafka_offset": len(lines) + 2}}]}, offsets
+    partition = {"kafka_topic": topic, "kafka_partition": 0}
+    assert status == 200, offsets
+    assert offsets == {"offsets": [{"partition": partition, "offset": {"kafka_offset": len(lines) + 2}}]}, offsets
     status, body = curl("PATCH", f"{worker.url}/connectors/sink-text/offsets", {"offsets": [{
         "partition": {"kafka_topic": topic, "kafka_partition": 0}, "offset": {"kafka_offset": len(lines)}}]})
     assert status == 200, (status, body)
@@ -1160,8 +1198,8 @@ def test_transform_chain_with_predicate_and_rhai(connect_broker, connect_worker,
     access, debug, dlq = unique_topic("web-access"), unique_topic("web-debug"), unique_topic("web-dlq")
     create_topic(bootstrap, access)
     create_topic(bootstrap, debug)
-    kcat(["-b", bootstrap, "-P", "-t", access, "-p", "0"],
-         input_bytes=("\n".join([ACCESS_LINES[0], "this is not an access log line", *ACCESS_LINES[1:]]) + "\n").encode())
+    access_input = [ACCESS_LINES[0], "this is not an access log line", *ACCESS_LINES[1:]]
+    kcat(["-b", bootstrap, "-P", "-t", access, "-p", "0"], input_bytes="".join(f"{x}\n" for x in access_input).encode())
     kcat(["-b", bootstrap, "-P", "-t", debug, "-p", "0"], input_bytes=b"debug noise 1\ndebug noise 2\n")
     worker = connect_worker(bootstrap)
     out = tmp_path / "access.jsonl"
@@ -1281,7 +1319,9 @@ def test_rhai_limits_send_records_to_the_dead_letter_topic(connect_broker, conne
         "errors.tolerance": "all",
         "errors.deadletterqueue.topic.name": timeout_dlq,
     }))
-    topic_reader(bootstrap, timeout_topic).wait_for_values(["ok:after"], guard=no_failed_task(worker.url, "rhai-timeout"))
+    topic_reader(bootstrap, timeout_topic).wait_for_values(
+        ["ok:after"], guard=no_failed_task(worker.url, "rhai-timeout")
+    )
     topic_reader(bootstrap, timeout_dlq).wait_for_values(["LOOP"])
 
     # Without errors.tolerance a runaway record fails its task, with the reason in the trace.
@@ -1294,9 +1334,12 @@ def test_rhai_limits_send_records_to_the_dead_letter_topic(connect_broker, conne
         "transforms.script.type": "Rhai",
         "transforms.script.source": RUNAWAY_SCRIPT,
     }))
-    failed = wait_until(
-        lambda: (st := status_of(worker.url, "rhai-fail")) and st["tasks"] and st["tasks"][0]["state"] == "FAILED" and st,
-        RUNNING_TIMEOUT_S, "the task without errors.tolerance to fail", describe=lambda: status_of(worker.url, "rhai-fail"))
+    def task_failed():
+        st = status_of(worker.url, "rhai-fail")
+        return st if st and st["tasks"] and st["tasks"][0]["state"] == "FAILED" else None
+
+    failed = wait_until(task_failed, RUNNING_TIMEOUT_S, "the task without errors.tolerance to fail",
+                        describe=lambda: status_of(worker.url, "rhai-fail"))
     assert failed["tasks"][0]["trace"], failed
     assert failed["connector"]["state"] == "RUNNING", failed
     rest_status, body = curl("POST", f"{worker.url}/connectors/rhai-fail/restart?includeTasks=true&onlyFailed=true")
@@ -1314,7 +1357,8 @@ def as_text(value) -> str | None:
 def test_every_plugin_script_in_a_worker(connect_broker, connect_worker, tmp_path):
     """Every script in plugins/transforms/ runs in a real worker against its fixtures: the
     `<name>.in.jsonl` records are produced with confluent-kafka (a string value as its text,
-    structured data as JSON text; the worker's StringConverter), a FileStreamSink with the script writes format=json, and what comes out
+    structured data as JSON text; the worker's StringConverter), a FileStreamSink with the script
+    writes format=json, and what comes out
     matches `<name>.out.jsonl`; the records the script fails are in the dead-letter topic."""
     bootstrap = connect_broker.bootstrap
     scripts = sorted((PLUGINS_DIR / "transforms").glob("*.rhai"))
@@ -1333,7 +1377,9 @@ def test_every_plugin_script_in_a_worker(connect_broker, connect_worker, tmp_pat
             create_topic(bootstrap, topic)
         producer = Producer(client_config(bootstrap))
         for r in inputs:
-            headers = [(k, v if v is None or isinstance(v, str) else json.dumps(v)) for k, v in r.get("headers", {}).items()]
+            headers = [
+                (k, v if v is None or isinstance(v, str) else json.dumps(v)) for k, v in r.get("headers", {}).items()
+            ]
             kwargs = {"timestamp": r["timestamp"]} if "timestamp" in r else {}
             producer.produce(
                 renames[r.get("topic", "in")],
@@ -1511,7 +1557,8 @@ def test_altered_position_is_honoured_with_read_from_end(connect_broker, connect
     _, offsets = curl("GET", f"{url}/connectors/end-src/offsets")
     entry = offsets["offsets"][0]
     rest_status, body = curl("PATCH", f"{url}/connectors/end-src/offsets",
-                             {"offsets": [{"partition": entry["partition"], "offset": {**entry["offset"], "position": 0}}]})
+                             {"offsets": [{"partition": entry["partition"],
+                                           "offset": {**entry["offset"], "position": 0}}]})
     # Either the altered offset is honoured, or the request is refused: never accepted and then ignored.
     assert rest_status == 200, (rest_status, body)
     _, altered = curl("GET", f"{url}/connectors/end-src/offsets")
