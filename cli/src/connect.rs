@@ -35,7 +35,8 @@ pub struct ConnectArgs {
     /// `key.converter=JsonConverter`, `value.converter.schemas.enable=false`,
     /// `config.storage.topic=…`, `offset.storage.topic=…`, `status.storage.topic=…`,
     /// `offset.storage.partitions=25`, `status.storage.partitions=5`, `replication.factor=-1`,
-    /// `session.timeout.ms`, `heartbeat.interval.ms`, `task.shutdown.graceful.timeout.ms`.
+    /// `session.timeout.ms`, `heartbeat.interval.ms`, `task.shutdown.graceful.timeout.ms`,
+    /// `consumer.<key>` for sink consumers (`consumer.session.timeout.ms=10000`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Connector configs (JSON `{"name", "config"}` or flat, or TOML) to create or update.
@@ -75,7 +76,7 @@ fn worker_config(args: &ConnectArgs) -> Result<WorkerConfig> {
             "producer.buffer.memory" => c.producer_buffer_memory = num(k)? as usize,
             "producer.linger.ms" => c.producer_linger_ms = num(k)?,
             "plugin.path" => c.plugin_path = PathBuf::from(v),
-            _ if k.starts_with("key.converter") || k.starts_with("value.converter") => {
+            _ if k.starts_with("key.converter") || k.starts_with("value.converter") || k.starts_with("consumer.") => {
                 c.connector_defaults.insert(k.to_owned(), v.to_owned());
             }
             _ => bail!("unknown worker config {k}"),

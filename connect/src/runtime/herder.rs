@@ -135,6 +135,12 @@ impl WorkerHerder {
             extra.push((key, reason));
         }
         if plugin.kind() == ConnectorType::Sink {
+            let mut probe = spate_client::ConsumerConfig::default();
+            if let Err(ConnectError::Config { key, reason }) =
+                super::task::apply_consumer_overrides(&mut probe, config, "consumer.override.")
+            {
+                extra.push((key, reason));
+            }
             let topics = config.get("topics").is_some_and(|t| !t.trim().is_empty());
             let regex = config.get("topics.regex").is_some_and(|t| !t.trim().is_empty());
             if topics == regex {

@@ -297,7 +297,11 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
         let records = p.chain.apply_batch(records, &mut failures);
         let mut out = Vec::with_capacity(records.len());
         let mut bytes_out = 0u64;
-        for r in records {
+        // Records without a timestamp get the batch's (what the producer would stamp, read
+        // once per batch instead of once per record).
+        let batch_time_ms = wall_clock_ms();
+        for mut r in records {
+            r.timestamp_ms.get_or_insert(batch_time_ms);
             match convert_out(&p, r) {
                 Ok((topic, pr)) => {
                     bytes_out += pr.value.as_ref().map_or(0, |v| v.len() as u64);
@@ -387,6 +391,10 @@ fn convert_out(p: &Pipeline, r: ConnectRecord) -> std::result::Result<(Arc<str>,
     Ok((topic, ProducerRecord { partition, key, value, headers, timestamp_ms }))
 }
 
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// Runs a sink task until stopped or failed.
 pub fn run_sink(env: TaskEnv, mut task: Box<dyn SinkTask>) {
     let result = sink_loop(&env, task.as_mut());
@@ -408,6 +416,8 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
     config.enable_auto_commit = false;
     config.auto_offset_reset = spate_client::AutoOffsetReset::Earliest;
     config.client_id = format!("connector-consumer-{}-{}", env.connector, env.task);
+    apply_consumer_overrides(&mut config, &env.worker_defaults, "consumer.")?;
+    apply_consumer_overrides(&mut config, &env.connector_config, "consumer.override.")?;
     let consumer = env.handle.block_on(Consumer::new(config))?;
     let topics: Vec<String> = env
         .connector_config
@@ -573,6 +583,32 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
     task.close(&revoked)?;
     let _ = env.handle.block_on(consumer.close());
     Ok(())
+}
+
+/// Applies Kafka's consumer keys found under `prefix` (`consumer.` in the worker config,
+/// `consumer.override.` in a sink connector's, as Kafka Connect's client overrides).
+pub fn apply_consumer_overrides(config: &mut ConsumerConfig, props: &Props, prefix: &str) -> Result<()> {
+    for (key, value) in props.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k, v.trim()))) {
+        let full = || format!("{prefix}{key}");
+        let num = || value.parse::<u64>().map_err(|_| ConnectError::config(full(), format!("{value} is not a number")));
+        match key {
+            "session.timeout.ms" => config.session_timeout_ms = num()?,
+            "heartbeat.interval.ms" => config.heartbeat_interval_ms = num()?,
+            "max.poll.interval.ms" => config.max_poll_interval_ms = num()?,
+            "max.poll.records" => config.max_poll_records = num()? as usize,
+            "fetch.min.bytes" => config.fetch_min_bytes = num()?.min(i32::MAX as u64) as i32,
+            "fetch.max.bytes" => config.fetch_max_bytes = num()?.min(i32::MAX as u64) as i32,
+            "fetch.max.wait.ms" => config.fetch_max_wait_ms = num()?,
+            "max.partition.fetch.bytes" => config.max_partition_fetch_bytes = num()?.min(i32::MAX as u64) as i32,
+            "auto.offset.reset" => {
+                config.auto_offset_reset = value
+                    .parse()
+                    .map_err(|_| ConnectError::config(full(), "auto.offset.reset is earliest, latest or none"))?
+            }
+            _ => return Err(ConnectError::config(full(), "not a consumer setting Spate applies")),
+        }
+    }
+    config.validate().map_err(|e| ConnectError::config(prefix.trim_end_matches('.'), e.to_string()))
 }
 
 fn raw_of(r: &ConsumerRecord) -> RawRecord {

@@ -50,10 +50,12 @@ const DIGITS_ARENA_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct Known {
     position: u64,
-    /// For a file identified by its first line: the checksum of its first
-    /// `min(position, fingerprint.bytes)` bytes, which a file taking this position over must
-    /// match (a first line alone is weak: small files often share a header line).
-    head_checksum: Option<u64>,
+    /// For a file identified by its first line: the checksum of its first bytes and how many
+    /// (`min(position, fingerprint.bytes)` when stored), which a file taking this position over
+    /// must match (a first line alone is weak: small files often share a header line). The
+    /// length is kept apart from the position so an offset altered through the REST API
+    /// (a new `position`, the old `head_checksum`) still applies.
+    head_checksum: Option<(u64, u64)>,
     /// Insertion order, for forgetting the oldest.
     seq: u64,
 }
@@ -131,7 +133,9 @@ impl Tailer {
             let position = offset.get("position").and_then(Json::as_u64);
             let head = offset.get("head_checksum").and_then(Json::as_str).and_then(Fingerprint::parse_hex);
             if let (Some(checksum), Some(position)) = (checksum, position) {
-                t.remember(checksum, position, head);
+                // Offsets stored before `head_bytes` existed covered min(position, N) bytes.
+                let head_bytes = offset.get("head_bytes").and_then(Json::as_u64).unwrap_or(position);
+                t.remember(checksum, position, head.map(|h| (h, head_bytes)));
             }
         }
         t
@@ -211,7 +215,7 @@ impl Tailer {
         self.files.clear();
     }
 
-    fn remember(&mut self, checksum: u64, position: u64, head_checksum: Option<u64>) {
+    fn remember(&mut self, checksum: u64, position: u64, head_checksum: Option<(u64, u64)>) {
         self.known_seq += 1;
         self.known.insert(checksum, Known { position, head_checksum, seq: self.known_seq });
         if self.known.len() > KNOWN_FILES_MAX {
@@ -379,8 +383,11 @@ impl Tailer {
         };
         // A remembered position applies if the file starts as the remembered one did.
         let same_head = |k: &Known| {
-            let len = head.len().min(usize::try_from(k.position).unwrap_or(usize::MAX));
-            k.head_checksum.is_none_or(|h| h == fingerprint::fnv1a(&head[..len]))
+            k.head_checksum.is_none_or(|(h, covered)| {
+                let len = usize::try_from(covered).unwrap_or(usize::MAX);
+                head.len() >= len.min(self.cfg.fingerprint_bytes)
+                    && h == fingerprint::fnv1a(&head[..len.min(head.len())])
+            })
         };
         let mut position = None;
         // Only a position that differs from the stored one needs storing.
@@ -558,23 +565,24 @@ fn partition(fp: Fingerprint) -> Json {
 }
 
 /// A `(partition, offset)` pair; the path is there for people reading the offsets.
-fn offset_entry(fp: Fingerprint, position: u64, path: &std::path::Path, head: Option<u64>) -> (Json, Json) {
+fn offset_entry(fp: Fingerprint, position: u64, path: &std::path::Path, head: Option<(u64, u64)>) -> (Json, Json) {
     let mut offset = json!({ "position": position, "path": path.to_string_lossy() });
-    if let Some(h) = head {
+    if let Some((h, covered)) = head {
         offset["head_checksum"] = Json::from(format!("{h:016x}"));
+        offset["head_bytes"] = Json::from(covered);
     }
     (partition(fp), offset)
 }
 
 /// For a file identified by its first line, the checksum of its first
 /// `min(committed, fingerprint.bytes)` bytes (see [`Known::head_checksum`]).
-fn head_checksum(w: &Watched, n: usize, buf: &mut Vec<u8>) -> Option<u64> {
+fn head_checksum(w: &Watched, n: usize, buf: &mut Vec<u8>) -> Option<(u64, u64)> {
     if w.fingerprint?.kind != Kind::FirstLine {
         return None;
     }
     let head = fingerprint::read_head(&w.file, n, buf).ok()?;
     let len = head.len().min(usize::try_from(w.committed).unwrap_or(usize::MAX));
-    Some(fingerprint::fnv1a(&head[..len]))
+    Some((fingerprint::fnv1a(&head[..len]), len as u64))
 }
 
 /// `n` as decimal text in `arena`, without going through `fmt`.
