@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -835,6 +836,8 @@ def test_file_source_glob_fingerprints_and_multiline(connect_broker, connect_wor
     for line in a_lines[1:] + b_lines[1:] + c_lines:
         assert counts[line] == 1, (line, counts)
     assert "not matched by the glob" not in counts
+    # The host header defaults to this machine's hostname.
+    assert {headers_of(m)["host"] for m in glob_reader.messages} == {socket.gethostname()}
     by_file = Counter(headers_of(m)["file"] for m in glob_reader.messages)
     assert by_file == {str(gdir / "a.log"): 21, str(gdir / "b.log"): 21, str(gdir / "c.log"): 10}, by_file
 
@@ -858,6 +861,20 @@ def test_file_source_glob_fingerprints_and_multiline(connect_broker, connect_wor
     ]
     ml_reader.wait_for_count(3, timeout_s=15)
     assert ml_reader.values() == expected, ml_reader.values()
+
+    # Invalid UTF-8: replaced by U+FFFD with encoding=utf8 (the default), kept with encoding=bytes.
+    raw_line = b"caf\xe9 \xff\xfe end"
+    for encoding in ("utf8", "bytes"):
+        enc_topic = unique_topic(f"enc-{encoding}")
+        create_topic(bootstrap, enc_topic)
+        enc_log = tmp_path / f"enc-{encoding}.log"
+        enc_log.write_bytes(raw_line + b"\nplain\n")
+        create_connector(worker.url, f"src-{encoding}", file_source(enc_log, enc_topic, encoding=encoding))
+        enc_reader = topic_reader(bootstrap, enc_topic)
+        enc_reader.wait_for_count(2)
+        got = enc_reader.messages[0].value()
+        want = raw_line if encoding == "bytes" else raw_line.decode("utf-8", errors="replace").encode()
+        assert got == want, (encoding, got)
 
 
 BIG_LINE = b"0123456789" * (1024 * 1024)  # 10 MiB
