@@ -1194,6 +1194,18 @@ def test_file_sink_from_kcat(connect_broker, connect_worker, tmp_path):
     wait_until(lambda: len(file_lines(out)) >= len(lines) + 4, 30, "the two records written again",
                describe=lambda: file_lines(out)[-5:])
     assert file_lines(out) == lines + ["late 1", "late 2"] * 2, file_lines(out)[-6:]
+
+    # The worker restarted with the same connector files: they are updated, not reset, so
+    # nothing is written twice.
+    assert worker.stop() == 0
+    kcat(["-b", bootstrap, "-P", "-t", topic, "-p", "0"], input_bytes=b"while down\n")
+    worker.start()
+    wait_for_state(worker.url, "sink-text", "RUNNING")
+    wait_until(lambda: file_lines(out)[-1:] == ["while down"], 30, "the record produced while the worker was down",
+               describe=lambda: file_lines(out)[-3:])
+    time.sleep(0.5)
+    assert file_lines(out) == lines + ["late 1", "late 2"] * 2 + ["while down"], file_lines(out)[-6:]
+    assert [r["value"] for r in map(json.loads, file_lines(out_json))] == lines + ["late 1", "late 2", "while down"]
     total_bytes = sum(len(line) + 1 for line in rolled_lines)
     sizes = [(p.name, p.stat().st_size) for p in files]
     assert len(files) >= -(-total_bytes // 200) and all(size <= 200 for _, size in sizes), sizes
