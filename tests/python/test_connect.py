@@ -240,6 +240,11 @@ def wait_for_state(url: str, name: str, state: str, tasks: int = 1, timeout_s: f
     def check():
         seen["status"] = status_of(url, name)
         s = seen["status"]
+        # A FAILED task does not recover by itself: fail at once, with its trace.
+        for t in (s or {}).get("tasks", []):
+            assert state == "FAILED" or t["state"] != "FAILED", (
+                f"waiting for {name} {state}: task {t['id']} FAILED: {t.get('trace')}"
+            )
         return (
             s
             if s
