@@ -322,3 +322,10 @@ def pytest_runtest_makereport(item, call):
             if len(text) > 20000:
                 text = "... (earlier lines cut)\n" + text[-20000:]
             report.sections.append((f"streams example {proc.name} #{i} log ({proc.log_path})", text))
+        # Other helper processes (test_connect.py's Connect workers): anything with `label`, `log_path`
+        # and `log_text()`.
+        for proc in getattr(item, "_spate_processes", []):
+            text = proc.log_text()
+            if len(text) > 20000:
+                text = "... (earlier lines cut)\n" + text[-20000:]
+            report.sections.append((f"{proc.label} log ({proc.log_path})", text))

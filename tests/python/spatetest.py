@@ -148,3 +148,17 @@ def kcat(args: list[str], input_bytes: bytes | None = None, timeout_s: float = 3
             f"{' '.join(cmd)} exited {proc.returncode}\nstderr:\n{proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.2, describe=None):
+    """Polls `condition` until it returns something truthy and returns that; fails naming `what` (and
+    what `describe()` says about the state) after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            state = f"\nstate: {describe()}" if describe else ""
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{state}")
+        time.sleep(interval_s)

@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from conftest import spate_binary
-from spatetest import DUMMY_GROUP, admin, client_config, create_topic, kcat, watermarks
+from spatetest import DUMMY_GROUP, admin, client_config, create_topic, kcat, wait_until, watermarks
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,20 +66,6 @@ def example_binary(name: str) -> str:
             "(scripts/test.sh does), or point SPATE_EXAMPLES_DIR at the directory that holds it"
         )
     return str(path)
-
-
-def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.2, describe=None):
-    """Polls `condition` until it returns something truthy and returns that; fails naming `what` (and
-    what `describe()` says about the state) after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            state = f"\nstate: {describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{state}")
-        time.sleep(interval_s)
 
 
 class StreamsProcess:
