@@ -47,6 +47,9 @@ impl TargetState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectorState {
     pub config: Props,
+    /// The config-topic offset of the connector's latest config record: a connector deleted
+    /// and created again with the same config is still a new one.
+    pub config_offset: i64,
     pub target: TargetState,
     /// Committed task configs (empty until the first `commit-<name>`).
     pub tasks: Vec<Props>,
@@ -136,10 +139,12 @@ impl ConfigState {
                     let target = self.target_states.get(name).copied().unwrap_or(TargetState::Started);
                     let entry = self.connectors.entry(name.to_owned()).or_insert_with(|| ConnectorState {
                         config: Props::new(),
+                        config_offset: offset,
                         target,
                         tasks: Vec::new(),
                     });
                     entry.config = config;
+                    entry.config_offset = offset;
                 }
                 None if value.is_none() => {
                     self.connectors.remove(name);

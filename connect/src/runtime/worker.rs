@@ -428,6 +428,7 @@ impl Shared {
         let mut s = String::new();
         for (n, c) in state.connectors() {
             s.push_str(n);
+            s.push_str(&c.config_offset.to_string());
             s.push_str(&serde_json::to_string(&c.tasks).unwrap_or_default());
             s.push_str(&serde_json::to_string(&c.config).unwrap_or_default());
             s.push_str(if c.target == TargetState::Stopped { "S" } else { "R" });
