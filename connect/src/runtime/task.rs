@@ -282,10 +282,24 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
         }
         task.commit(&entries)
     };
+    // Errors leave the loop through `failure` (not `?`), so what was acknowledged before the
+    // error is still stored below: a restart then repeats less.
+    let mut failure: Option<ConnectError> = None;
+    macro_rules! attempt {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            }
+        };
+    }
     while !env.control.stop.load(Ordering::Relaxed) {
-        drain(&mut unacked, &mut committable, None)?;
+        attempt!(drain(&mut unacked, &mut committable, None));
         if Instant::now() >= next_flush {
-            commit(&mut committable, task)?;
+            attempt!(commit(&mut committable, task));
             next_flush = Instant::now() + env.offset_flush_interval;
         }
         if env.control.paused.load(Ordering::Relaxed) {
@@ -300,13 +314,14 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             paused_reported = false;
         }
         if unacked.len() >= MAX_UNACKED_BATCHES {
-            drain(&mut unacked, &mut committable, Some(Duration::from_millis(100)))?;
+            attempt!(drain(&mut unacked, &mut committable, Some(Duration::from_millis(100))));
             continue;
         }
         let started = Instant::now();
-        let batch = with_retries(&p.policy, &env.control, || task.poll(Duration::from_millis(100)))?;
+        let batch = attempt!(with_retries(&p.policy, &env.control, || task.poll(Duration::from_millis(100))));
         let Some(SourceBatch { records, offsets, failed }) = batch else { continue };
-        env.metrics.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let polled = records.len() as u64;
+        env.metrics.records_in.fetch_add(polled, Ordering::Relaxed);
         let mut failures: Vec<FailedRecord> = failed;
         let records = p.chain.apply_batch(records, &mut failures);
         let mut out = Vec::with_capacity(records.len());
@@ -334,7 +349,7 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             }
         }
         env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
-        let dlq = route_failures(
+        let dlq = attempt!(route_failures(
             &p.policy,
             &p.task_ref,
             failures.into_iter().map(|f| (f, None)).collect(),
@@ -343,20 +358,24 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             &env.producer,
             &env.handle,
             &env.metrics.dead_lettered,
-        )?;
+        ));
         let n = out.len() as u64;
-        let mut deliveries: Vec<DeliveryFuture> = env.handle.block_on(async {
+        let mut deliveries: Vec<DeliveryFuture> = attempt!(env.handle.block_on(async {
             let mut d = Vec::with_capacity(out.len());
             for (topic, record) in out {
                 d.push(env.producer.send(&topic, record).await?);
             }
             Ok::<_, ConnectError>(d)
-        })?;
+        }));
         deliveries.extend(dlq);
         env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
         env.metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        metrics::counter!("spate_connect_source_records_total", "connector" => env.connector.clone()).increment(n);
+        let labels = [("connector", env.connector.clone()), ("task", env.task.to_string())];
+        metrics::counter!("spate_connect_source_records_total", &labels).increment(n);
+        metrics::counter!("spate_connect_source_polled_records_total", &labels).increment(polled);
+        metrics::counter!("spate_connect_source_bytes_total", &labels).increment(bytes_out);
+        metrics::histogram!("spate_connect_batch_latency_seconds", &labels).record(started.elapsed().as_secs_f64());
         let seq = next_seq;
         next_seq += 1;
         unacked.push_back((seq, UnackedBatch { offsets, acked: false }));
@@ -371,14 +390,20 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             let _ = tx.send((seq, result));
         });
     }
-    // Stopping: wait for what is in flight (bounded, within half of the worker's patience, so
-    // the offsets reached are stored before the worker would abandon the task).
+    // Stopping (or failing): wait for what is in flight (bounded, within half of the worker's
+    // patience, so the offsets reached are stored before the worker would abandon the task).
     let deadline = Instant::now() + env.shutdown_timeout / 2;
     while !unacked.is_empty() && Instant::now() < deadline {
-        drain(&mut unacked, &mut committable, Some(Duration::from_millis(50)))?;
+        if let Err(e) = drain(&mut unacked, &mut committable, Some(Duration::from_millis(50))) {
+            failure.get_or_insert(e);
+            break;
+        }
     }
-    commit(&mut committable, task)?;
-    Ok(())
+    let stored = commit(&mut committable, task);
+    match (failure, stored) {
+        (Some(e), _) | (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(()),
+    }
 }
 
 fn converter_name(p: &Pipeline, stage: &str) -> &'static str {
@@ -592,7 +617,11 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
             pending_dlq.extend(dlq);
             env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
             env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            metrics::counter!("spate_connect_sink_records_total", "connector" => env.connector.clone()).increment(n);
+            let labels = [("connector", env.connector.clone()), ("task", env.task.to_string())];
+            metrics::counter!("spate_connect_sink_records_total", &labels).increment(n);
+            metrics::counter!("spate_connect_sink_read_records_total", &labels).increment(records.len() as u64);
+            metrics::counter!("spate_connect_sink_bytes_total", &labels).increment(bytes_in);
+            metrics::histogram!("spate_connect_batch_latency_seconds", &labels).record(started.elapsed().as_secs_f64());
         }
         if Instant::now() >= next_flush {
             commit(task, &current, &mut pending_dlq)?;
@@ -603,6 +632,8 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                 }
             }
             env.metrics.lag.store(lag, Ordering::Relaxed);
+            metrics::gauge!("spate_connect_sink_lag_records", "connector" => env.connector.clone(), "task" => env.task.to_string())
+                .set(lag as f64);
             next_flush = Instant::now() + env.offset_flush_interval;
         }
     }

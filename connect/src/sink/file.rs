@@ -161,6 +161,9 @@ impl FileStreamSinkTask {
             return Ok(Output::Stdout(io::stdout()));
         };
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.io_error("opening", e))?;
+        // The file's directory entry must survive a power loss as its data does (offsets are
+        // committed after the next fsync): sync the directory too.
+        sync_parent_dir(&path).map_err(|e| self.io_error("syncing the directory of", e))?;
         let bytes = file.metadata().map_err(|e| self.io_error("opening", e))?.len();
         Ok(Output::File { writer: BufWriter::with_capacity(WRITE_BUF_BYTES, file), bytes, opened_at: now })
     }
@@ -187,6 +190,7 @@ impl FileStreamSinkTask {
             n += 1;
         }
         std::fs::rename(&path, &target).map_err(|e| self.io_error("rolling", e))?;
+        // open_output syncs the directory, which makes the rename durable too.
         self.out = Some(self.open_output(now)?);
         Ok(())
     }
@@ -292,6 +296,15 @@ impl SinkTask for FileStreamSinkTask {
         }
         self.out = None;
     }
+}
+
+/// fsyncs the directory holding `path` (a created or renamed file's name is durable only then).
+fn sync_parent_dir(path: &std::path::Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
