@@ -4,6 +4,7 @@ using assigned partitions (group tests live in test_groups.py), and running kcat
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -162,3 +163,18 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.2, 
             state = f"\nstate: {describe()}" if describe else ""
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{state}")
         time.sleep(interval_s)
+
+
+def terminate(proc: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout_s`. Returns
+    (exit status, whether SIGTERM was ignored)."""
+    ignored = False
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            ignored = True
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+    return proc.returncode, ignored

@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kafka_connect import KafkaConnect
 
 from conftest import REPO_ROOT, free_port, spate_binary
-from spatetest import DUMMY_GROUP, client_config, create_topic, kcat, unique_topic, wait_until, watermarks
+from spatetest import DUMMY_GROUP, client_config, create_topic, kcat, terminate, unique_topic, wait_until, watermarks
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -160,14 +160,9 @@ class ConnectWorker:
             return None
         if self.proc.poll() is None:
             self.stopped_on_purpose = True
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=WORKER_STOP_S)
-            except subprocess.TimeoutExpired:
-                self.ignored_sigterm = True
-                self.proc.kill()
-                self.proc.wait(timeout=WORKER_STOP_S)
-        return self.proc.returncode
+        code, ignored = terminate(self.proc, WORKER_STOP_S)
+        self.ignored_sigterm = self.ignored_sigterm or ignored
+        return code
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
 
+import spatetest
 from spatetest import admin, client_config, create_topic, produce, unique_topic, watermarks
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,17 +59,8 @@ def group_broker(broker_factory):
 
 
 def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.1, describe=None):
-    """Polls `condition` until it returns something truthy and returns that; fails naming `what` (and
-    what `describe()` says about the state) after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            state = f"\nstate: {describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{state}")
-        time.sleep(interval_s)
+    """spatetest.wait_until polling faster: rebalances are what these tests time."""
+    return spatetest.wait_until(condition, timeout_s, what, interval_s, describe)
 
 
 # --- confluent-kafka members in subprocesses ---------------------------------------------------------

@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from conftest import spate_binary
-from spatetest import DUMMY_GROUP, admin, client_config, create_topic, kcat, wait_until, watermarks
+from spatetest import DUMMY_GROUP, admin, client_config, create_topic, kcat, terminate, wait_until, watermarks
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -106,15 +106,9 @@ class StreamsProcess:
     def stop(self) -> int:
         """SIGTERM (the example commits and leaves its group), SIGKILL after STOP_TIMEOUT_S."""
         self.stopped_on_purpose = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.ignored_sigterm = True
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-        return self.proc.returncode
+        code, ignored = terminate(self.proc, STOP_TIMEOUT_S)
+        self.ignored_sigterm = self.ignored_sigterm or ignored
+        return code
 
 
 @pytest.fixture
