@@ -85,12 +85,8 @@ impl Converter {
 
     /// Value (or key) → Kafka bytes. `None` stays null (a tombstone for values).
     pub fn to_kafka(&self, side: Side, value: Option<&Value>, schema: Option<&Json>) -> Result<Option<Bytes>> {
-        let Some(value) = value else {
-            return Ok(match self {
-                Converter::Json { schemas_enable: true } => None,
-                _ => None,
-            });
-        };
+        // Null stays null with every converter (a tombstone must reach Kafka as one).
+        let Some(value) = value else { return Ok(None) };
         match self {
             Converter::String => Ok(Some(match value {
                 Value::Bytes(b) | Value::Text(b) => b.clone(),

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spate_client::TopicPartition;
 use spate_connect::config::{ConfigDef, ConfigType, Importance, Props};
 use spate_connect::connector::{
     Connector, ConnectorType, FailedRecord, SinkTask, SinkTaskContext, SourceBatch, SourceTask, SourceTaskContext,
@@ -323,6 +322,5 @@ async fn sink_commits_and_dead_letters_failed_records() {
     })
     .await;
     assert_eq!(offsets.offsets[0].partition, json!({"kafka_topic": "in", "kafka_partition": 0}));
-    let _ = TopicPartition::new("in", 0);
     w.shutdown().await;
 }

@@ -15,7 +15,7 @@ use super::config_state::{self, TargetState};
 use super::stores::{self, offset_key};
 use super::task::sink_group_id;
 use super::worker::Shared;
-use crate::config::{ConfigDef, ConfigType, Props};
+use crate::config::{ConfigDef, Props};
 use crate::connector::{Connector, ConnectorType};
 use crate::converter::{Converter, Side};
 use crate::error::ConnectError;
@@ -602,7 +602,6 @@ impl Herder for WorkerHerder {
             .plugins
             .find(plugin)
             .ok_or_else(|| HerderError::Error(ConnectError::NotFound(format!("Plugin {plugin}"))))?;
-        let _ = ConfigType::String;
         Ok(self.validate(&p, &config))
     }
 }

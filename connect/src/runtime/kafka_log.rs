@@ -128,9 +128,7 @@ impl KafkaLog {
 
     /// Writes one record and waits for its acknowledgement (`acks=all`).
     pub async fn send(&self, key: Bytes, value: Option<Bytes>) -> Result<()> {
-        let record = ProducerRecord { key: Some(key), value, ..ProducerRecord::default() };
-        let delivery = self.producer.send(&self.topic, record).await?;
-        let meta = delivery.await?;
+        let meta = self.send_nowait(key, value).await?.await?;
         debug!(topic = %self.topic, partition = meta.partition, offset = meta.offset, "wrote internal record");
         Ok(())
     }

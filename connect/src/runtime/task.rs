@@ -101,6 +101,7 @@ pub trait StatusSink: Send + Sync {
 }
 
 /// Everything a task thread needs from its worker.
+#[derive(Clone)]
 pub struct TaskEnv {
     pub handle: Handle,
     pub connector: String,

@@ -118,7 +118,6 @@ type TaskFilter = dyn Fn(&(String, u32)) -> bool + Send + Sync;
 
 struct RunningTask {
     control: Arc<TaskControl>,
-    metrics: Arc<TaskMetrics>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -489,8 +488,8 @@ impl Shared {
         let name = format!("{connector}-{task_id}");
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             let created = match kind {
-                ConnectorType::Source => plugin.source_task().map(|t| task::run_source(env.clone_for_failure(), t)),
-                ConnectorType::Sink => plugin.sink_task().map(|t| task::run_sink(env.clone_for_failure(), t)),
+                ConnectorType::Source => plugin.source_task().map(|t| task::run_source(env.clone(), t)),
+                ConnectorType::Sink => plugin.sink_task().map(|t| task::run_sink(env.clone(), t)),
             };
             if let Err(e) = created {
                 env.status.task_state(&env.connector, env.task, "FAILED", Some(e.to_string()));
@@ -501,7 +500,7 @@ impl Shared {
                 self.running
                     .lock()
                     .expect("running")
-                    .insert((connector.to_owned(), task_id), RunningTask { control, metrics, thread });
+                    .insert((connector.to_owned(), task_id), RunningTask { control, thread });
             }
             Err(e) => warn!(connector, task = task_id, error = %e, "cannot spawn task thread"),
         }
@@ -530,7 +529,6 @@ impl Shared {
                 t.control.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
                 warn!(connector = %connector, task = task_id, "task did not stop within task.shutdown.graceful.timeout.ms; abandoned");
             }
-            let _ = t.metrics;
             // Only a task that did not fail is unassigned; a failure stays visible.
             let failed = self
                 .status_state
@@ -560,24 +558,20 @@ impl Shared {
     }
 
     fn report_connector(&self, name: &str) {
-        let target = self.config_state.lock().expect("config state").connector(name).map(|c| c.target);
-        let state = match target {
-            Some(TargetState::Paused) => "PAUSED",
-            Some(TargetState::Stopped) => "STOPPED",
-            Some(TargetState::Started) => "RUNNING",
-            None => return,
+        let (target, class) = {
+            let state = self.config_state.lock().expect("config state");
+            let Some(c) = state.connector(name) else { return };
+            (c.target, c.config.get("connector.class").cloned())
         };
         // A connector whose class is unknown stays FAILED.
-        let class_ok = self
-            .config_state
-            .lock()
-            .expect("config state")
-            .connector(name)
-            .and_then(|c| c.config.get("connector.class").cloned())
-            .is_some_and(|c| self.plugins.find(&c).is_some());
-        if !class_ok {
+        if class.is_none_or(|c| self.plugins.find(&c).is_none()) {
             return;
         }
+        let state = match target {
+            TargetState::Paused => "PAUSED",
+            TargetState::Stopped => "STOPPED",
+            TargetState::Started => "RUNNING",
+        };
         self.report(
             stores::connector_status_key(name),
             Some(Status {
@@ -587,30 +581,6 @@ impl Shared {
                 generation: self.generation(),
             }),
         );
-    }
-}
-
-impl TaskEnv {
-    fn clone_for_failure(&self) -> TaskEnv {
-        TaskEnv {
-            handle: self.handle.clone(),
-            connector: self.connector.clone(),
-            task: self.task,
-            connector_config: self.connector_config.clone(),
-            task_config: self.task_config.clone(),
-            worker_defaults: self.worker_defaults.clone(),
-            plugins_dir: self.plugins_dir.clone(),
-            producer: self.producer.clone(),
-            admin: self.admin.clone(),
-            offsets: self.offsets.clone(),
-            offset_log: self.offset_log.clone(),
-            consumer_config: self.consumer_config.clone(),
-            offset_flush_interval: self.offset_flush_interval,
-            shutdown_timeout: self.shutdown_timeout,
-            control: self.control.clone(),
-            metrics: self.metrics.clone(),
-            status: self.status.clone(),
-        }
     }
 }
 
