@@ -61,7 +61,8 @@ impl PgDb {
             config.password(p);
         }
         config.connect_timeout(std::time::Duration::from_secs(30));
-        let client = config.connect(NoTls).map_err(|e| db_error(format!("connecting to {}", redact(url)), e))?;
+        let client =
+            config.connect(NoTls).map_err(|e| db_error(format!("connecting to {}", redact(url)), chain(&e)))?;
         Ok(PgDb { client, statements: HashMap::new(), cursors: 0 })
     }
 
@@ -73,7 +74,7 @@ impl PgDb {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = self.client.prepare(sql).map_err(|e| db_error(format!("preparing {}", short(sql)), e))?;
+        let stmt = self.client.prepare(sql).map_err(|e| db_error(format!("preparing {}", short(sql)), chain(&e)))?;
         if self.statements.len() >= STATEMENT_CACHE_MAX {
             self.statements.clear();
         }
@@ -84,8 +85,9 @@ impl PgDb {
     pub(super) fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Rows> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = self.client.query(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), e))?;
-        rows_of(&stmt, &rows).map_err(|e| db_error(format!("reading the result of {}", short(sql)), e))
+        let rows =
+            self.client.query(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))?;
+        rows_of(&stmt, &rows).map_err(|e| db_error(format!("reading the result of {}", short(sql)), chain(&e)))
     }
 
     pub(super) fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
@@ -96,11 +98,11 @@ impl PgDb {
     pub(super) fn execute_refs(&mut self, sql: &str, params: &[&SqlValue]) -> Result<u64> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| *p as &(dyn ToSql + Sync)).collect();
-        self.client.execute(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), e))
+        self.client.execute(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))
     }
 
     pub(super) fn execute_batch(&mut self, sql: &str) -> Result<()> {
-        self.client.batch_execute(sql).map_err(|e| db_error(format!("running {}", short(sql)), e))
+        self.client.batch_execute(sql).map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))
     }
 
     pub(super) fn execute_many(&mut self, sql: &str, rows: &[Vec<SqlValue>]) -> Result<u64> {
@@ -108,7 +110,10 @@ impl PgDb {
         let mut total = 0;
         for row in rows {
             let refs: Vec<&(dyn ToSql + Sync)> = row.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            total += self.client.execute(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), e))?;
+            total += self
+                .client
+                .execute(&stmt, &refs)
+                .map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))?;
         }
         Ok(total)
     }
@@ -184,6 +189,19 @@ impl PgDb {
         self.statements.retain(|sql, _| !sql.ends_with(&format!(" FROM {name}")));
         self.execute_batch(&format!("CLOSE {name}; COMMIT"))
     }
+}
+
+/// The error with its causes: `postgres::Error` shows only the outermost ("error serializing
+/// parameter 0") in `Display`.
+fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
 }
 
 /// `schema.table` quoted for `to_regclass` (which parses its argument as SQL).
@@ -403,12 +421,16 @@ impl<'a> FromSql<'a> for SqlValue {
             Type::JSON => SqlValue::Json(std::str::from_utf8(raw)?.to_owned()),
             Type::JSONB => SqlValue::Json(std::str::from_utf8(raw.get(1..).unwrap_or_default())?.to_owned()),
             Type::UUID => SqlValue::Text(uuid::Uuid::from_bytes(be(raw)?).to_string()),
-            // Text-like types (and enums) send UTF-8; anything else we cannot decode comes as
-            // text when it is valid UTF-8, else as its raw bytes (cast in the query to control it).
-            _ => match std::str::from_utf8(raw) {
-                Ok(s) => SqlValue::Text(s.to_owned()),
-                Err(_) => SqlValue::Bytes(raw.to_vec()),
-            },
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::CHAR | Type::UNKNOWN => {
+                SqlValue::Text(std::str::from_utf8(raw)?.to_owned())
+            }
+            // Enums, citext, xml and the like send UTF-8 text; other types' binary forms are
+            // their own (interval, arrays, ranges…) and come as raw bytes: cast such columns
+            // to text in a `query` to read them as text.
+            _ if matches!(ty.kind(), Kind::Enum(_)) || matches!(ty.name(), "citext" | "xml" | "ltree" | "unknown") => {
+                SqlValue::Text(std::str::from_utf8(raw)?.to_owned())
+            }
+            _ => SqlValue::Bytes(raw.to_vec()),
         })
     }
 
