@@ -359,6 +359,9 @@ impl Connector for JdbcSourceConnector {
     }
 }
 
+/// The columns a batch's schemas were built from, the value schema and the key schema.
+type SchemaCache = (Vec<Column>, Arc<Json>, Option<Arc<Json>>);
+
 /// One table (or the query) a task reads.
 struct TableReader {
     /// The table name, or "query".
@@ -376,7 +379,7 @@ struct TableReader {
     next_poll: Instant,
     cursor: Option<Cursor>,
     /// The schemas of the last batch and the columns they were built from.
-    schema_cache: Option<(Vec<Column>, Arc<Json>, Option<Arc<Json>>)>,
+    schema_cache: Option<SchemaCache>,
 }
 
 /// The running task.
@@ -451,7 +454,7 @@ impl JdbcSourceTask {
             };
         }
         let end = if cfg.mode.uses_timestamp() {
-            spec.ts_unit.from_micros(db.now_micros()?.saturating_sub(cfg.delay_ms.saturating_mul(1000)))
+            spec.ts_unit.to_domain(db.now_micros()?.saturating_sub(cfg.delay_ms.saturating_mul(1000)))
         } else {
             0
         };
@@ -569,7 +572,7 @@ fn prepare(db: &mut Database, cfg: &JdbcSourceConfig, t: &mut TableReader) -> Re
     } else if t.pos == Position::default() && cfg.mode.uses_timestamp() && cfg.timestamp_initial != -2 {
         let initial_micros =
             if cfg.timestamp_initial == -1 { db.now_micros()? } else { cfg.timestamp_initial.saturating_mul(1000) };
-        t.pos.ts = Some(ts_unit.from_micros(initial_micros));
+        t.pos.ts = Some(ts_unit.to_domain(initial_micros));
         if cfg.mode == Mode::TimestampIncrementing {
             t.pos.id = Some(i64::MAX);
         }
@@ -604,7 +607,7 @@ fn row_keys(rows: &Rows, spec: &QuerySpec, mode: Mode, table: &str) -> Result<Ve
             let ts = match ts_idx.map(|i| &r[i]) {
                 None => None,
                 Some(SqlValue::Int(v)) => Some(*v),
-                Some(SqlValue::Timestamp(us)) => Some(spec.ts_unit.from_micros(*us)),
+                Some(SqlValue::Timestamp(us)) => Some(spec.ts_unit.to_domain(*us)),
                 Some(v) => return Err(bad("timestamp", v)),
             };
             let id = match id_idx.map(|i| &r[i]) {

@@ -57,7 +57,7 @@ pub(crate) enum TsUnit {
 
 impl TsUnit {
     /// A domain value from microseconds since the epoch (rounding down).
-    pub(crate) fn from_micros(self, micros: i64) -> i64 {
+    pub(crate) fn to_domain(self, micros: i64) -> i64 {
         match self {
             TsUnit::Micros => micros,
             TsUnit::Millis => micros.div_euclid(1000),
@@ -267,7 +267,7 @@ pub(crate) fn position_from_offset(mode: Mode, unit: TsUnit, offset: &Json) -> R
                 Some(nanos) if (0..1_000_000_000).contains(&nanos) => ms.div_euclid(1000) * 1_000_000 + nanos / 1000,
                 _ => ms.saturating_mul(1000),
             };
-            pos.ts = Some(unit.from_micros(micros));
+            pos.ts = Some(unit.to_domain(micros));
         }
     }
     Ok(pos)
