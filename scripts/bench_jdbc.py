@@ -10,6 +10,7 @@ schemas.enable (the envelope), keys the primary key struct.
 
 Usage: scripts/bench_jdbc.py [--rows N] [--backend sqlite|postgresql|both] [--mode incrementing|
          timestamp+incrementing|bulk] [--batch-max-rows N] [--spate PATH] [--broker-set K=V]...
+         [--connector-set K=V]... (e.g. value.converter.schemas.enable=false)
 Needs: python3 with confluent-kafka (<repo>/.venv or /work/main/.venv), and for postgresql the
 PostgreSQL server binaries (tests/python/pgserver.py finds them).
 """
@@ -124,6 +125,7 @@ def run_one(args, spate, boot, work, backend, url):
             "poll.interval.ms": "1000", "batch.max.rows": str(args.batch_max_rows),
             "value.converter": "JsonConverter", "key.converter": "JsonConverter",
         }
+        config.update(kv.split("=", 1) for kv in args.connector_set)
         t0 = time.monotonic()
         post(f"http://127.0.0.1:{port}/connectors", {"name": f"bench-{backend}", "config": config})
         t_first = None
@@ -162,6 +164,7 @@ def main():
     ap.add_argument("--batch-max-rows", type=int, default=10_000)
     ap.add_argument("--spate", default=None)
     ap.add_argument("--broker-set", action="append", default=[])
+    ap.add_argument("--connector-set", action="append", default=[], help="an extra connector config KEY=VALUE")
     ap.add_argument("--timeout-s", type=float, default=600)
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
