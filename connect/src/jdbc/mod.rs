@@ -20,8 +20,8 @@
 //! | smallint | (none) | Int16 | number | int16 |
 //! | integer | (none) | Int32 | number | int32 |
 //! | bigint, oid | anything with INT | Int64 | number | int64 |
-//! | real | (none) | Float32 | number | float32 |
-//! | double precision | REAL, FLOA, DOUB | Float64 | number (NaN/±inf as a string) | float64 |
+//! | real | (none) | Float32 | number | float |
+//! | double precision | REAL, FLOA, DOUB | Float64 | number (NaN/±inf as a string) | double |
 //! | numeric | NUMERIC, DECIMAL | Numeric | string, exact decimal text | string |
 //! | text, varchar, char, name, uuid, enums | CHAR, CLOB, TEXT | Text | string | string |
 //! | bytea | BLOB | Bytes | base64 string | bytes |

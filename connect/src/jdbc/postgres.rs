@@ -27,6 +27,8 @@ pub(super) struct PgDb {
     client: Client,
     statements: HashMap<String, Statement>,
     cursors: u64,
+    /// The open cursor: its transaction is the connection's, so there is at most one.
+    open_cursor: Option<String>,
 }
 
 pub(super) fn sql_type_of(ty: &Type) -> SqlType {
@@ -63,7 +65,7 @@ impl PgDb {
         config.connect_timeout(std::time::Duration::from_secs(30));
         let client =
             config.connect(NoTls).map_err(|e| db_error(format!("connecting to {}", redact(url)), chain(&e)))?;
-        Ok(PgDb { client, statements: HashMap::new(), cursors: 0 })
+        Ok(PgDb { client, statements: HashMap::new(), cursors: 0, open_cursor: None })
     }
 
     pub(super) fn is_alive(&self) -> bool {
@@ -169,6 +171,13 @@ impl PgDb {
     }
 
     pub(super) fn cursor(&mut self, sql: &str) -> Result<String> {
+        if let Some(open) = &self.open_cursor {
+            // A second DECLARE would share the first one's transaction, and closing either
+            // (CLOSE; COMMIT) would destroy the other.
+            return Err(crate::ConnectError::Internal(format!(
+                "a PostgreSQL cursor was opened while {open} is open on the same connection"
+            )));
+        }
         self.cursors += 1;
         let name = format!("spate_cursor_{}", self.cursors);
         self.execute_batch(&format!(
@@ -177,6 +186,7 @@ impl PgDb {
         .inspect_err(|_| {
             let _ = self.client.batch_execute("ROLLBACK");
         })?;
+        self.open_cursor = Some(name.clone());
         Ok(name)
     }
 
@@ -187,6 +197,9 @@ impl PgDb {
     pub(super) fn close_cursor(&mut self, name: &str) -> Result<()> {
         // The FETCH statements were prepared per cursor; drop them with it.
         self.statements.retain(|sql, _| !sql.ends_with(&format!(" FROM {name}")));
+        if self.open_cursor.as_deref() == Some(name) {
+            self.open_cursor = None;
+        }
         self.execute_batch(&format!("CLOSE {name}; COMMIT"))
     }
 }

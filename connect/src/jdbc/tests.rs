@@ -141,6 +141,34 @@ fn connect_schemas_name_logical_types() {
 }
 
 #[test]
+fn connect_schema_types_are_json_converters_names() {
+    // The type names Kafka's JsonConverter reads and writes (JsonSchema.*_TYPE_NAME).
+    let kafka = ["boolean", "int8", "int16", "int32", "int64", "float", "double", "bytes", "string"];
+    let all = [
+        (SqlType::Bool, "boolean"),
+        (SqlType::Int16, "int16"),
+        (SqlType::Int32, "int32"),
+        (SqlType::Int64, "int64"),
+        (SqlType::Float32, "float"),
+        (SqlType::Float64, "double"),
+        (SqlType::Numeric, "string"),
+        (SqlType::Text, "string"),
+        (SqlType::Bytes, "bytes"),
+        (SqlType::Timestamp, "int64"),
+        (SqlType::Date, "int32"),
+        (SqlType::Time, "int32"),
+        (SqlType::Json, "string"),
+        (SqlType::Unknown, "string"),
+    ];
+    for (sql_type, expected) in all {
+        let col = Column { name: "c".into(), sql_type, type_name: String::new(), nullable: true };
+        let ty = connect_schema(&col)["type"].as_str().unwrap().to_owned();
+        assert!(kafka.contains(&ty.as_str()), "{sql_type:?} → {ty}");
+        assert_eq!(ty, expected, "{sql_type:?}");
+    }
+}
+
+#[test]
 fn writes_round_trip_and_transactions_roll_back() {
     let mut db = memory();
     db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, ts TIMESTAMP)").unwrap();

@@ -281,8 +281,9 @@ pub fn connect_schema(column: &Column) -> Json {
         SqlType::Int16 => ("int16", None),
         SqlType::Int32 => ("int32", None),
         SqlType::Int64 => ("int64", None),
-        SqlType::Float32 => ("float32", None),
-        SqlType::Float64 => ("float64", None),
+        // JsonConverter's names (Schema.Type FLOAT32/FLOAT64 are written "float"/"double").
+        SqlType::Float32 => ("float", None),
+        SqlType::Float64 => ("double", None),
         SqlType::Numeric | SqlType::Text | SqlType::Unknown => ("string", None),
         SqlType::Bytes => ("bytes", None),
         SqlType::Timestamp => ("int64", Some("org.apache.kafka.connect.data.Timestamp")),

@@ -335,7 +335,7 @@ impl Connector for JdbcSourceConnector {
             cfg.whitelist.clone()
         };
         tables.retain(|t| !cfg.blacklist.contains(t));
-        tables.dedup();
+        dedup_in_order(&mut tables);
         if tables.is_empty() {
             return Err(ConnectError::config("table.whitelist", "no tables to read (none listed, or all blacklisted)"));
         }
@@ -357,6 +357,12 @@ impl Connector for JdbcSourceConnector {
     fn source_task(&self) -> Result<Box<dyn SourceTask>> {
         Ok(Box::new(JdbcSourceTask::default()))
     }
+}
+
+/// Drops repeated names (anywhere in the list, not only neighbours), keeping the first.
+fn dedup_in_order(names: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
 }
 
 /// The columns a batch's schemas were built from, the value schema and the key schema.
@@ -714,7 +720,8 @@ impl SourceTask for JdbcSourceTask {
         self.tables = if cfg.query.is_some() {
             vec![reader("query".into(), true, cfg.topic_prefix.clone(), json!({"query": "query"}))]
         } else {
-            let tables = if cfg.tables.is_empty() { cfg.whitelist.clone() } else { cfg.tables.clone() };
+            let mut tables = if cfg.tables.is_empty() { cfg.whitelist.clone() } else { cfg.tables.clone() };
+            dedup_in_order(&mut tables);
             if tables.is_empty() {
                 return Err(ConnectError::config("tables", "the task has no tables (table.whitelist or query)"));
             }
@@ -749,7 +756,13 @@ impl SourceTask for JdbcSourceTask {
                 }
             }
             let n = self.tables.len();
-            let due = (0..n).map(|k| (self.next_table + k) % n).find(|&i| self.tables[i].next_poll <= now);
+            // A bulk pass in progress is finished before another table's starts: a PostgreSQL
+            // cursor lives in a transaction of this connection, one at a time.
+            let due = self
+                .tables
+                .iter()
+                .position(|t| t.cursor.is_some())
+                .or_else(|| (0..n).map(|k| (self.next_table + k) % n).find(|&i| self.tables[i].next_poll <= now));
             if let Some(i) = due {
                 self.next_table = (i + 1) % n;
                 match self.step(i) {

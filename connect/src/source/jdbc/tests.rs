@@ -31,7 +31,7 @@ fn tables_are_dealt_round_robin_and_a_query_gets_one_task() {
         ("connection.url", "sqlite:/tmp/x.db"),
         ("topic.prefix", "db-"),
         ("mode", "bulk"),
-        ("table.whitelist", "a,b,c,d,e"),
+        ("table.whitelist", "a,b,c,a,d,e,b"),
         ("table.blacklist", "d"),
     ]);
     let tasks = JdbcSourceConnector.task_configs(&p, 3).unwrap();
