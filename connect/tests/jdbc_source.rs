@@ -371,12 +371,38 @@ fn bulk_two_tables(db: &Db) {
 }
 
 #[test]
-fn sqlite_bulk_two_tables() {
+fn sqlite_bulk_two_tables_and_schema_change() {
     bulk_two_tables(&Db::sqlite());
+    schema_change(&Db::sqlite());
 }
 
 #[test]
 fn postgres_bulk_two_tables_schema_change_and_time_zone() {
     let pg = Arc::new(postgres::PgServer::start());
     bulk_two_tables(&Db::postgres(&pg, "bulk"));
+    schema_change(&Db::postgres(&pg, "alter"));
+}
+
+/// Columns added and dropped while the task runs: later rows carry the table's new shape.
+fn schema_change(db: &Db) {
+    let mut conn = db.open();
+    create_events(&mut conn, "events");
+    insert(&mut conn, "events", &(1..=5).map(|i| (i, 1_000_000 + i)).collect::<Vec<_>>());
+    let mut t = start(&config(db, "incrementing", &[]), vec![]);
+    assert_eq!(ids(&t.drain(Duration::from_millis(200))), (1..=5).collect::<Vec<_>>());
+    conn.execute_batch("ALTER TABLE events ADD COLUMN extra integer NOT NULL DEFAULT 7").unwrap();
+    insert(&mut conn, "events", &[(6, 1_000_006)]);
+    let got = t.drain(Duration::from_millis(200));
+    assert_eq!(ids(&got), vec![6]);
+    assert_eq!(got[0].value, Some(Value::Json(json!({"id": 6, "ts": 1_000_006, "v": "v6", "extra": 7}))));
+    let schema = got[0].value_schema.as_deref().unwrap();
+    assert_eq!((&schema["fields"][3]["field"], &schema["fields"][3]["optional"]), (&json!("extra"), &json!(false)));
+    conn.execute_batch("ALTER TABLE events DROP COLUMN v").unwrap();
+    let p = |n| conn.dialect().placeholder(n);
+    let sql = format!("INSERT INTO events (id, ts) VALUES ({}, {})", p(1), p(2));
+    conn.execute(&sql, &[SqlValue::Int(7), SqlValue::Timestamp(1_000_007_000)]).unwrap();
+    let got = t.drain(Duration::from_millis(200));
+    assert_eq!(got[0].value, Some(Value::Json(json!({"id": 7, "ts": 1_000_007, "extra": 7}))));
+    assert!(t.failed.is_empty(), "{:?}", t.failed);
+    t.task.stop();
 }

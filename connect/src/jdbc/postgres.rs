@@ -85,10 +85,17 @@ impl PgDb {
     }
 
     pub(super) fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Rows> {
-        let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows =
-            self.client.query(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))?;
+        let mut stmt = self.statement(sql)?;
+        let mut result = self.client.query(&stmt, &refs);
+        if result.as_ref().is_err_and(is_stale_plan) {
+            // The table changed shape since the statement was prepared (ALTER TABLE on a
+            // `SELECT *`): prepare it again for the new columns.
+            self.statements.remove(sql);
+            stmt = self.statement(sql)?;
+            result = self.client.query(&stmt, &refs);
+        }
+        let rows = result.map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))?;
         rows_of(&stmt, &rows).map_err(|e| db_error(format!("reading the result of {}", short(sql)), chain(&e)))
     }
 
@@ -100,7 +107,14 @@ impl PgDb {
     pub(super) fn execute_refs(&mut self, sql: &str, params: &[&SqlValue]) -> Result<u64> {
         let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| *p as &(dyn ToSql + Sync)).collect();
-        self.client.execute(&stmt, &refs).map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))
+        self.client.execute(&stmt, &refs).map_err(|e| {
+            if is_stale_plan(&e) {
+                // Not retried here (a write may be inside the caller's transaction, which this
+                // error aborted); the caller's retry prepares it afresh.
+                self.statements.remove(sql);
+            }
+            db_error(format!("running {}", short(sql)), chain(&e))
+        })
     }
 
     pub(super) fn execute_batch(&mut self, sql: &str) -> Result<()> {
@@ -202,6 +216,12 @@ impl PgDb {
         }
         self.execute_batch(&format!("CLOSE {name}; COMMIT"))
     }
+}
+
+/// SQLSTATE 0A000 "cached plan must not change result type": a prepared statement whose
+/// result columns changed under it (ALTER TABLE).
+fn is_stale_plan(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
 }
 
 /// The error with its causes: `postgres::Error` shows only the outermost ("error serializing

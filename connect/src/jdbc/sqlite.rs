@@ -91,6 +91,18 @@ fn read_value(v: ValueRef<'_>, ty: SqlType) -> SqlValue {
     }
 }
 
+fn columns_of(stmt: &rusqlite::Statement<'_>) -> Vec<Column> {
+    stmt.columns()
+        .into_iter()
+        .map(|c| Column {
+            name: c.name().to_owned(),
+            sql_type: declared_type(c.decl_type()),
+            type_name: c.decl_type().unwrap_or("").to_owned(),
+            nullable: true,
+        })
+        .collect()
+}
+
 fn run_query(
     conn: &Connection,
     sql: &str,
@@ -99,29 +111,43 @@ fn run_query(
     chunk_rows: usize,
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let columns: Vec<Column> = stmt
-        .columns()
-        .map(|c| Column {
-            name: c.name().to_owned(),
-            sql_type: declared_type(c.decl_type()),
-            type_name: c.decl_type().unwrap_or("").to_owned(),
-            nullable: true,
-        })
-        .collect();
-    let types: Vec<SqlType> = columns.iter().map(|c| c.sql_type).collect();
     let mut rows = stmt.query(params_from_iter(params.iter()))?;
-    let mut out = Rows { columns: columns.clone(), rows: Vec::new() };
-    while let Some(row) = rows.next()? {
+    // The columns are read after the first step: a cached statement whose table changed
+    // (ALTER TABLE) is prepared again by SQLite during that step, and `SELECT *` then has the
+    // new columns.
+    let read_row = |row: &rusqlite::Row<'_>, types: &[SqlType]| -> rusqlite::Result<Vec<SqlValue>> {
         let mut values = Vec::with_capacity(types.len());
         for (i, ty) in types.iter().enumerate() {
             values.push(read_value(row.get_ref(i)?, *ty));
         }
-        out.rows.push(values);
+        Ok(values)
+    };
+    let (columns, types, first) = match rows.next()? {
+        Some(row) => {
+            let columns = columns_of(row.as_ref());
+            let types: Vec<SqlType> = columns.iter().map(|c| c.sql_type).collect();
+            let first = read_row(row, &types)?;
+            (columns, types, first)
+        }
+        None => {
+            drop(rows);
+            if chunk_rows == usize::MAX {
+                on_chunk(Rows { columns: columns_of(&stmt), rows: Vec::new() });
+            }
+            return Ok(());
+        }
+    };
+    let mut out = Rows { columns: columns.clone(), rows: vec![first] };
+    loop {
         if out.rows.len() >= chunk_rows {
             let full = std::mem::replace(&mut out, Rows { columns: columns.clone(), rows: Vec::new() });
             if !on_chunk(full) {
                 return Ok(());
             }
+        }
+        match rows.next()? {
+            Some(row) => out.rows.push(read_row(row, &types)?),
+            None => break,
         }
     }
     if !out.rows.is_empty() || chunk_rows == usize::MAX {

@@ -451,7 +451,10 @@ impl JdbcSourceTask {
                 None => None,
             };
             return match chunk {
-                Some(rows) => Ok(Some(build_batch(t, &spec, rows, None))),
+                Some(rows) => {
+                    refresh_nullable(db, t, &rows)?;
+                    Ok(Some(build_batch(t, &spec, rows, None)))
+                }
                 None => {
                     t.cursor = None;
                     t.next_poll = Instant::now() + cfg.poll_interval;
@@ -467,6 +470,7 @@ impl JdbcSourceTask {
         let filter = position::next_filter(cfg.mode, t.pos, end);
         let (sql, params) = position::render(&spec, filter, limit);
         let mut rows = db.query(&sql, &params)?;
+        refresh_nullable(db, t, &rows)?;
         let keys = row_keys(&rows, &spec, cfg.mode, &t.name)?;
         let outcome = position::advance(cfg.mode, filter, t.pos, &keys, limit);
         let full = rows.rows.len() >= limit;
@@ -582,6 +586,15 @@ fn prepare(db: &mut Database, cfg: &JdbcSourceConfig, t: &mut TableReader) -> Re
         if cfg.mode == Mode::TimestampIncrementing {
             t.pos.id = Some(i64::MAX);
         }
+    }
+    Ok(())
+}
+
+/// After ALTER TABLE ADD COLUMN the result has a column the table's catalog read did not: read
+/// the catalog again so the new column's schema says whether it is optional.
+fn refresh_nullable(db: &mut Database, t: &mut TableReader, rows: &Rows) -> Result<()> {
+    if !t.is_query && rows.columns.iter().any(|c| c.name != TS_EXTRA_COLUMN && !t.nullable.contains_key(&c.name)) {
+        t.nullable = db.table_columns(&t.name)?.into_iter().map(|c| (c.name, c.nullable)).collect();
     }
     Ok(())
 }
