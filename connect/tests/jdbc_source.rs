@@ -381,6 +381,35 @@ fn postgres_bulk_two_tables_schema_change_and_time_zone() {
     let pg = Arc::new(postgres::PgServer::start());
     bulk_two_tables(&Db::postgres(&pg, "bulk"));
     schema_change(&Db::postgres(&pg, "alter"));
+    for (name, zone) in [("tokyo", "Asia/Tokyo"), ("new_york", "America/New_York")] {
+        let db = Db::postgres(&pg, name);
+        pg.psql(name, &format!("ALTER DATABASE {name} SET timezone = '{zone}'")).unwrap();
+        server_time_zone(&db);
+    }
+}
+
+/// A server TimeZone other than UTC: `timestamp` (without time zone) columns hold its wall
+/// clock, and the delay still holds (neither hours early nor hours late); `timestamptz` too.
+fn server_time_zone(db: &Db) {
+    let mut conn = db.open();
+    conn.execute_batch(
+        "CREATE TABLE local_ts (id bigint PRIMARY KEY, ts timestamp NOT NULL DEFAULT now());
+         CREATE TABLE zoned_ts (id bigint PRIMARY KEY, ts timestamptz NOT NULL DEFAULT now());",
+    )
+    .unwrap();
+    for table in ["local_ts", "zoned_ts"] {
+        let props = config(
+            db,
+            "timestamp+incrementing",
+            &[("table.whitelist", table), ("timestamp.delay.interval.ms", "2000")],
+        );
+        let mut t = start(&props, vec![]);
+        conn.execute_batch(&format!("INSERT INTO {table} (id) VALUES (1), (2)")).unwrap();
+        assert!(t.drain(Duration::from_millis(300)).is_empty(), "{table}: younger than the delay");
+        std::thread::sleep(Duration::from_millis(2000));
+        assert_eq!(ids(&t.drain(Duration::from_millis(300))), vec![1, 2], "{table}: read once the delay passed");
+        t.task.stop();
+    }
 }
 
 /// Columns added and dropped while the task runs: later rows carry the table's new shape.

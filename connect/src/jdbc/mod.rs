@@ -467,6 +467,21 @@ impl Database {
         }
     }
 
+    /// The database's current time as a `timestamp without time zone` column holds it: on
+    /// PostgreSQL the wall clock of the session's `TimeZone` read as if it were UTC (what
+    /// `now()` stores in such a column, and how this layer reads one); on SQLite, whose
+    /// timestamps are UTC, [`Database::now_micros`].
+    pub fn now_wall_clock_micros(&mut self) -> Result<i64> {
+        if self.dialect() == Dialect::Sqlite {
+            return self.now_micros();
+        }
+        let rows = self.query("SELECT (extract(epoch FROM clock_timestamp()::timestamp) * 1000000)::int8", &[])?;
+        match rows.rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Int(v)) => Ok(*v),
+            other => Err(db_error("reading the database clock", format!("unexpected result {other:?}"))),
+        }
+    }
+
     /// The database's current time in milliseconds since the Unix epoch.
     pub fn now_ms(&mut self) -> Result<i64> {
         Ok(self.now_micros()?.div_euclid(1000))

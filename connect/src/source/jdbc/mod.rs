@@ -383,6 +383,9 @@ struct TableReader {
     /// A stored offset not yet turned into a position (needs the table's timestamp unit).
     stored_offset: Option<Json>,
     next_poll: Instant,
+    /// The timestamp column is PostgreSQL `timestamp` without time zone: "now" is the
+    /// session's wall clock ([`Database::now_wall_clock_micros`]).
+    ts_wall_clock: bool,
     cursor: Option<Cursor>,
     /// The schemas of the last batch and the columns they were built from.
     schema_cache: Option<SchemaCache>,
@@ -463,7 +466,7 @@ impl JdbcSourceTask {
             };
         }
         let end = if cfg.mode.uses_timestamp() {
-            spec.ts_unit.to_domain(db.now_micros()?.saturating_sub(cfg.delay_ms.saturating_mul(1000)))
+            spec.ts_unit.to_domain(db_now(db, t)?.saturating_sub(cfg.delay_ms.saturating_mul(1000)))
         } else {
             0
         };
@@ -551,7 +554,13 @@ fn prepare(db: &mut Database, cfg: &JdbcSourceConfig, t: &mut TableReader) -> Re
             let q = dialect.quote_ident(&c.name);
             match (dialect, c.sql_type) {
                 (_, SqlType::Int16 | SqlType::Int32 | SqlType::Int64) => (Some(q), false, TsUnit::Millis),
-                (Dialect::Postgres, SqlType::Timestamp) => (Some(q), false, TsUnit::Micros),
+                (Dialect::Postgres, SqlType::Timestamp) => {
+                    // `timestamp` (without time zone) holds the writer's wall clock: the upper
+                    // bound must be the same wall clock, not UTC, or the server's TimeZone
+                    // shifts it by hours.
+                    t.ts_wall_clock = c.type_name == "timestamp" || c.type_name.ends_with("without time zone");
+                    (Some(q), false, TsUnit::Micros)
+                }
                 // SQLite stores what it is given: epoch ms integers or text; compare both as
                 // epoch ms (SQLite's date functions resolve to the millisecond).
                 (Dialect::Sqlite, _) => (
@@ -581,13 +590,22 @@ fn prepare(db: &mut Database, cfg: &JdbcSourceConfig, t: &mut TableReader) -> Re
             .map_err(|e| ConnectError::external(CLASS, format!("resuming {}", t.name), e))?;
     } else if t.pos == Position::default() && cfg.mode.uses_timestamp() && cfg.timestamp_initial != -2 {
         let initial_micros =
-            if cfg.timestamp_initial == -1 { db.now_micros()? } else { cfg.timestamp_initial.saturating_mul(1000) };
+            if cfg.timestamp_initial == -1 { db_now(db, t)? } else { cfg.timestamp_initial.saturating_mul(1000) };
         t.pos.ts = Some(ts_unit.to_domain(initial_micros));
         if cfg.mode == Mode::TimestampIncrementing {
             t.pos.id = Some(i64::MAX);
         }
     }
     Ok(())
+}
+
+/// The database's "now" in the timestamp column's own terms (see [`TableReader::ts_wall_clock`]).
+fn db_now(db: &mut Database, t: &TableReader) -> Result<i64> {
+    if t.ts_wall_clock {
+        db.now_wall_clock_micros()
+    } else {
+        db.now_micros()
+    }
 }
 
 /// After ALTER TABLE ADD COLUMN the result has a column the table's catalog read did not: read
@@ -727,6 +745,7 @@ impl SourceTask for JdbcSourceTask {
             nullable: BTreeMap::new(),
             pos: Position::default(),
             next_poll: now,
+            ts_wall_clock: false,
             cursor: None,
             schema_cache: None,
         };
