@@ -98,16 +98,36 @@ impl Rows {
             .or_else(|| self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name)))
     }
 
-    /// Columns whose type is [`SqlType::Unknown`] take the type of their first non-null value,
-    /// so a schema can be built for a batch of an SQLite expression column.
+    /// Columns whose type is [`SqlType::Unknown`] (an SQLite column without a declared type, or
+    /// an expression) take the narrowest type that holds every non-null value of the batch:
+    /// one type → it; integers and floats → Float64; booleans and integers → Int64; any other
+    /// mix → Text (every value as a string), so a schema can be built and no valid row is a
+    /// mismatch.
     pub fn infer_unknown_types(&mut self) {
         for (i, c) in self.columns.iter_mut().enumerate() {
             if c.sql_type == SqlType::Unknown {
-                if let Some(v) = self.rows.iter().map(|r| &r[i]).find(|v| !matches!(v, SqlValue::Null)) {
-                    c.sql_type = v.natural_type();
+                let mut ty = SqlType::Unknown;
+                for v in self.rows.iter().map(|r| &r[i]).filter(|v| !matches!(v, SqlValue::Null)) {
+                    ty = widen(ty, v.natural_type());
+                    if ty == SqlType::Text {
+                        break;
+                    }
                 }
+                c.sql_type = ty;
             }
         }
+    }
+}
+
+/// The narrowest type holding values of types `a` and `b` (see [`Rows::infer_unknown_types`]).
+fn widen(a: SqlType, b: SqlType) -> SqlType {
+    use SqlType::*;
+    match (a, b) {
+        (Unknown, t) | (t, Unknown) => t,
+        (x, y) if x == y => x,
+        (Int64 | Int32 | Int16, Float64 | Float32) | (Float64 | Float32, Int64 | Int32 | Int16) => Float64,
+        (Bool, Int64) | (Int64, Bool) => Int64,
+        _ => Text,
     }
 }
 

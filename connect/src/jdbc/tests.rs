@@ -224,3 +224,26 @@ fn the_clock_is_the_databases_and_cursors_chunk() {
     early.close(&mut db).unwrap();
     assert!(early.next_chunk(&mut db).unwrap().is_none());
 }
+
+#[test]
+fn typeless_columns_widen_over_the_whole_batch() {
+    let mut db = memory();
+    db.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n, m, s, b);
+         INSERT INTO t VALUES (1, 1, 1, NULL, 1), (2, 2.5, 'x', 'a', NULL), (3, NULL, x'41', 'b', 0), (4, 4, 7, 'c', 1);",
+    )
+    .unwrap();
+    let mut rows = db.query("SELECT n, m, s, b FROM t ORDER BY id", &[]).unwrap();
+    rows.infer_unknown_types();
+    let types: Vec<SqlType> = rows.columns.iter().map(|c| c.sql_type).collect();
+    assert_eq!(types, vec![SqlType::Float64, SqlType::Text, SqlType::Text, SqlType::Int64]);
+    let json: Vec<Vec<serde_json::Value>> = rows
+        .rows
+        .iter()
+        .map(|r| r.iter().zip(&rows.columns).map(|(v, c)| v.to_json(c.sql_type).unwrap()).collect())
+        .collect();
+    assert_eq!(json[0], vec![json!(1.0), json!("1"), json!(null), json!(1)]);
+    assert_eq!(json[1], vec![json!(2.5), json!("x"), json!("a"), json!(null)]);
+    assert_eq!(json[2], vec![json!(null), json!("A"), json!("b"), json!(0)]);
+    assert_eq!(json[3], vec![json!(4.0), json!("7"), json!("c"), json!(1)]);
+}

@@ -73,6 +73,12 @@ impl SqlValue {
             (SqlType::Text, SqlValue::Float(f)) => Json::String(f.to_string()),
             (SqlType::Text, SqlValue::Bool(b)) => Json::String(b.to_string()),
             (SqlType::Text, SqlValue::Timestamp(t)) => Json::String(format_timestamp_micros(*t)),
+            (SqlType::Text, SqlValue::Date(d)) => Json::String(format_date(*d)),
+            (SqlType::Text, SqlValue::Time(t)) => Json::String(format_time(*t)),
+            // UTF-8 bytes (SQLite lets a BLOB sit in a typeless column next to text) are text.
+            (SqlType::Text, SqlValue::Bytes(b)) if std::str::from_utf8(b).is_ok() => {
+                Json::String(String::from_utf8_lossy(b).into_owned())
+            }
             (SqlType::Bytes, SqlValue::Bytes(b)) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
             (SqlType::Bytes, SqlValue::Text(s)) => {
                 Json::String(base64::engine::general_purpose::STANDARD.encode(s.as_bytes()))
