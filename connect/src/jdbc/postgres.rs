@@ -53,16 +53,7 @@ pub(super) fn sql_type_of(ty: &Type) -> SqlType {
 
 impl PgDb {
     pub(super) fn open(url: &str, user: Option<&str>, password: Option<&str>) -> Result<PgDb> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| crate::ConnectError::config("connection.url", format!("not a PostgreSQL URL: {e}")))?;
-        if let Some(u) = user {
-            config.user(u);
-        }
-        if let Some(p) = password {
-            config.password(p);
-        }
-        config.connect_timeout(std::time::Duration::from_secs(30));
+        let config = pg_config(url, user, password)?;
         let client =
             config.connect(NoTls).map_err(|e| db_error(format!("connecting to {}", redact(url)), chain(&e)))?;
         Ok(PgDb { client, statements: HashMap::new(), cursors: 0, open_cursor: None })
@@ -216,6 +207,38 @@ impl PgDb {
         }
         self.execute_batch(&format!("CLOSE {name}; COMMIT"))
     }
+}
+
+/// The client config of `url`, with the connection checks a long-running task needs where the
+/// URL does not set its own: without them a connection whose server vanished (host down, a
+/// NAT or firewall dropping the flow) leaves a query waiting for the kernel's ~2 h keepalive
+/// or ~15 min retransmission limit. Keepalive probes after 30 s idle, every 10 s, 3 missed →
+/// closed; unacknowledged sent data → closed after 60 s (`tcp_user_timeout`). A slow query on
+/// a live server is not cut short (its socket answers probes); no `statement_timeout` is set,
+/// as a bulk cursor or a large batch may rightly run long.
+fn pg_config(url: &str, user: Option<&str>, password: Option<&str>) -> Result<postgres::Config> {
+    use std::time::Duration;
+    let mut config: postgres::Config =
+        url.parse().map_err(|e| crate::ConnectError::config("connection.url", format!("not a PostgreSQL URL: {e}")))?;
+    if let Some(u) = user {
+        config.user(u);
+    }
+    if let Some(p) = password {
+        config.password(p);
+    }
+    if !url.contains("connect_timeout") {
+        config.connect_timeout(Duration::from_secs(30));
+    }
+    if !url.contains("keepalives") {
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+    }
+    if !url.contains("tcp_user_timeout") {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
+    Ok(config)
 }
 
 /// SQLSTATE 0A000 "cached plan must not change result type": a prepared statement whose
@@ -619,6 +642,19 @@ mod tests {
         }
         assert!(encode_numeric("12a", &mut BytesMut::new()).is_err());
         assert!(encode_numeric("", &mut BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn connections_probe_a_vanished_server() {
+        let c = pg_config("postgresql://h:5/db", Some("u"), None).unwrap();
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), std::time::Duration::from_secs(30));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&std::time::Duration::from_secs(60)));
+        assert_eq!(c.get_user(), Some("u"));
+        // The URL's own settings win.
+        let c = pg_config("postgresql://h:5/db?keepalives_idle=300&tcp_user_timeout=5", None, None).unwrap();
+        assert_eq!(c.get_keepalives_idle(), std::time::Duration::from_secs(300));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&std::time::Duration::from_secs(5)));
     }
 
     #[test]
