@@ -6,7 +6,7 @@
 mod postgres;
 
 use serde_json::json;
-use spate_connect::jdbc::{parse_timestamp_micros, Database, Dialect, SqlType, SqlValue};
+use spate_connect::jdbc::{is_transient, parse_timestamp_micros, Database, Dialect, SqlType, SqlValue};
 
 #[test]
 fn postgres_types_convert_both_ways() {
@@ -100,4 +100,13 @@ fn postgres_types_convert_both_ways() {
     let local = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     assert!((now - local).abs() < 5_000);
     assert!(db.is_alive());
+
+    // Transient or not by SQLSTATE, not by words in the message: a missing table named after
+    // the old matcher's words is not; the server terminating the backend (57P01) is.
+    let missing = db.query("SELECT * FROM connections_closed_timeout", &[]).unwrap_err();
+    assert!(!is_transient(&missing), "{missing}");
+    let mut other = Database::open(&url, Some(postgres::PG_USER), None).unwrap();
+    other.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'types' AND pid <> pg_backend_pid()", &[]).unwrap();
+    let gone = db.query("SELECT 1", &[]).unwrap_err();
+    assert!(is_transient(&gone), "{gone}");
 }

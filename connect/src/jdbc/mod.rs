@@ -308,6 +308,27 @@ pub(crate) fn db_error(what: impl Into<String>, err: impl std::fmt::Display) -> 
     ConnectError::external("jdbc", what, err)
 }
 
+/// Ends the reason of a database error that a new connection (or a later try) may not meet:
+/// the connection was lost, the server is shutting down or out of resources, a lock was busy,
+/// a serialization failure. Set from the driver's error kind and SQLSTATE, never from the text.
+const TRANSIENT_NOTE: &str = " (transient)";
+
+/// [`db_error`], marked transient when `transient` (see [`is_transient`]).
+pub(crate) fn db_error_kind(what: impl Into<String>, err: impl std::fmt::Display, transient: bool) -> ConnectError {
+    if transient {
+        ConnectError::external("jdbc", what, format!("{err}{TRANSIENT_NOTE}"))
+    } else {
+        db_error(what, err)
+    }
+}
+
+/// Whether `e` is a database error that a reconnect may cure (connection lost, server
+/// shutting down or out of resources, SQLite busy/locked or I/O, serialization failure or
+/// deadlock), as classified by the driver's error kind and SQLSTATE.
+pub fn is_transient(e: &ConnectError) -> bool {
+    matches!(e, ConnectError::External { connector, reason, .. } if connector == "jdbc" && reason.ends_with(TRANSIENT_NOTE))
+}
+
 impl Database {
     /// Opens `url` (see [`ConnectionUrl::parse`]). `user`/`password` (`connection.user`,
     /// `connection.password`) apply to PostgreSQL and override the URL's; empty means unset.

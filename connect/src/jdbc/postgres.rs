@@ -11,7 +11,7 @@ use postgres::{Client, NoTls, Statement};
 
 use super::sqlite::short;
 use super::values::{format_date, format_time, parse_date, parse_time};
-use super::{db_error, format_timestamp_micros, parse_timestamp_micros, Column, Rows, SqlType, SqlValue};
+use super::{db_error_kind, format_timestamp_micros, parse_timestamp_micros, Column, Rows, SqlType, SqlValue};
 use crate::error::Result;
 
 type BoxError = Box<dyn StdError + Sync + Send>;
@@ -54,8 +54,7 @@ pub(super) fn sql_type_of(ty: &Type) -> SqlType {
 impl PgDb {
     pub(super) fn open(url: &str, user: Option<&str>, password: Option<&str>) -> Result<PgDb> {
         let config = pg_config(url, user, password)?;
-        let client =
-            config.connect(NoTls).map_err(|e| db_error(format!("connecting to {}", redact(url)), chain(&e)))?;
+        let client = config.connect(NoTls).map_err(|e| pg_error(format!("connecting to {}", redact(url)), &e))?;
         Ok(PgDb { client, statements: HashMap::new(), cursors: 0, open_cursor: None })
     }
 
@@ -67,7 +66,7 @@ impl PgDb {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = self.client.prepare(sql).map_err(|e| db_error(format!("preparing {}", short(sql)), chain(&e)))?;
+        let stmt = self.client.prepare(sql).map_err(|e| pg_error(format!("preparing {}", short(sql)), &e))?;
         if self.statements.len() >= STATEMENT_CACHE_MAX {
             self.statements.clear();
         }
@@ -86,8 +85,8 @@ impl PgDb {
             stmt = self.statement(sql)?;
             result = self.client.query(&stmt, &refs);
         }
-        let rows = result.map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))?;
-        rows_of(&stmt, &rows).map_err(|e| db_error(format!("reading the result of {}", short(sql)), chain(&e)))
+        let rows = result.map_err(|e| pg_error(format!("running {}", short(sql)), &e))?;
+        rows_of(&stmt, &rows).map_err(|e| pg_error(format!("reading the result of {}", short(sql)), &e))
     }
 
     pub(super) fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
@@ -104,12 +103,12 @@ impl PgDb {
                 // error aborted); the caller's retry prepares it afresh.
                 self.statements.remove(sql);
             }
-            db_error(format!("running {}", short(sql)), chain(&e))
+            pg_error(format!("running {}", short(sql)), &e)
         })
     }
 
     pub(super) fn execute_batch(&mut self, sql: &str) -> Result<()> {
-        self.client.batch_execute(sql).map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))
+        self.client.batch_execute(sql).map_err(|e| pg_error(format!("running {}", short(sql)), &e))
     }
 
     pub(super) fn execute_many(&mut self, sql: &str, rows: &[Vec<SqlValue>]) -> Result<u64> {
@@ -117,10 +116,7 @@ impl PgDb {
         let mut total = 0;
         for row in rows {
             let refs: Vec<&(dyn ToSql + Sync)> = row.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            total += self
-                .client
-                .execute(&stmt, &refs)
-                .map_err(|e| db_error(format!("running {}", short(sql)), chain(&e)))?;
+            total += self.client.execute(&stmt, &refs).map_err(|e| pg_error(format!("running {}", short(sql)), &e))?;
         }
         Ok(total)
     }
@@ -239,6 +235,23 @@ fn pg_config(url: &str, user: Option<&str>, password: Option<&str>) -> Result<po
         config.tcp_user_timeout(Duration::from_secs(60));
     }
     Ok(config)
+}
+
+/// A database error, marked transient by its kind or SQLSTATE class: 08 connection
+/// exception, 53 insufficient resources, 57P01-57P03 shutdown / cannot connect now, 58 system
+/// error, 40001 serialization failure, 40P01 deadlock; or a closed connection or an I/O error.
+fn pg_error(what: String, e: &postgres::Error) -> crate::ConnectError {
+    let transient = match e.code() {
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("58")
+                || matches!(c, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+        }
+        None => e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()),
+    };
+    db_error_kind(what, chain(e), transient)
 }
 
 /// SQLSTATE 0A000 "cached plan must not change result type": a prepared statement whose

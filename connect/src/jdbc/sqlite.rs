@@ -7,7 +7,7 @@ use rusqlite::types::{ToSqlOutput, Value as Lite, ValueRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 
 use super::values::{format_date, format_time, format_timestamp_micros, parse_date, parse_time};
-use super::{db_error, parse_timestamp_micros, Column, Rows, SqlType, SqlValue};
+use super::{db_error, db_error_kind, parse_timestamp_micros, Column, Rows, SqlType, SqlValue};
 use crate::error::Result;
 
 impl rusqlite::ToSql for SqlValue {
@@ -93,7 +93,6 @@ fn read_value(v: ValueRef<'_>, ty: SqlType) -> SqlValue {
 
 fn columns_of(stmt: &rusqlite::Statement<'_>) -> Vec<Column> {
     stmt.columns()
-        .into_iter()
         .map(|c| Column {
             name: c.name().to_owned(),
             sql_type: declared_type(c.decl_type()),
@@ -163,9 +162,9 @@ pub(super) struct SqliteDb {
 
 impl SqliteDb {
     pub(super) fn open(path: &str) -> Result<SqliteDb> {
-        let conn = Connection::open(path).map_err(|e| db_error(format!("opening SQLite database {path}"), e))?;
+        let conn = Connection::open(path).map_err(|e| lite_error(format!("opening SQLite database {path}"), e))?;
         // A writer in another process must not fail our reads at once: wait for its lock.
-        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| db_error("setting the SQLite busy timeout", e))?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| lite_error("setting the SQLite busy timeout", e))?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteDb { conn, path: path.to_owned() })
     }
@@ -182,28 +181,28 @@ impl SqliteDb {
             },
             usize::MAX,
         )
-        .map_err(|e| db_error(format!("running {}", short(sql)), e))?;
+        .map_err(|e| lite_error(format!("running {}", short(sql)), e))?;
         Ok(result)
     }
 
     pub(super) fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| db_error(format!("preparing {}", short(sql)), e))?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| lite_error(format!("preparing {}", short(sql)), e))?;
         stmt.execute(params_from_iter(params.iter()))
             .map(|n| n as u64)
-            .map_err(|e| db_error(format!("running {}", short(sql)), e))
+            .map_err(|e| lite_error(format!("running {}", short(sql)), e))
     }
 
     pub(super) fn execute_batch(&mut self, sql: &str) -> Result<()> {
-        self.conn.execute_batch(sql).map_err(|e| db_error(format!("running {}", short(sql)), e))
+        self.conn.execute_batch(sql).map_err(|e| lite_error(format!("running {}", short(sql)), e))
     }
 
     pub(super) fn execute_many(&mut self, sql: &str, rows: &[Vec<SqlValue>]) -> Result<u64> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| db_error(format!("preparing {}", short(sql)), e))?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| lite_error(format!("preparing {}", short(sql)), e))?;
         let mut total = 0u64;
         for row in rows {
             total += stmt
                 .execute(params_from_iter(row.iter()))
-                .map_err(|e| db_error(format!("running {}", short(sql)), e))? as u64;
+                .map_err(|e| lite_error(format!("running {}", short(sql)), e))? as u64;
         }
         Ok(total)
     }
@@ -274,16 +273,16 @@ impl SqliteDb {
         }
         let reader =
             Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(|e| db_error(format!("opening SQLite database {} for reading", self.path), e))?;
+                .map_err(|e| lite_error(format!("opening SQLite database {} for reading", self.path), e))?;
         let _ = reader.busy_timeout(Duration::from_secs(30));
-        let (tx, rx) = sync_channel::<Result<Rows, String>>(1);
+        let (tx, rx) = sync_channel::<Result<Rows>>(1);
         let sql = sql.to_owned();
         std::thread::Builder::new()
             .name("jdbc-sqlite-cursor".into())
             .spawn(move || {
                 let result = run_query(&reader, &sql, &[], |chunk| tx.send(Ok(chunk)).is_ok(), chunk_rows);
                 if let Err(e) = result {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(lite_error("reading through an SQLite cursor", e)));
                 }
             })
             .map_err(|e| db_error("starting the SQLite cursor thread", e))?;
@@ -293,7 +292,7 @@ impl SqliteDb {
 
 /// Chunks from a reader thread; dropping the receiver stops the thread at its next send.
 pub(super) struct SqliteCursor {
-    rx: Option<Receiver<Result<Rows, String>>>,
+    rx: Option<Receiver<Result<Rows>>>,
 }
 
 impl SqliteCursor {
@@ -301,15 +300,28 @@ impl SqliteCursor {
         let Some(rx) = &self.rx else { return Ok(None) };
         match rx.recv_timeout(timeout) {
             Ok(Ok(rows)) => Ok(Some(rows)),
-            Ok(Err(e)) => Err(db_error("reading through an SQLite cursor", e)),
+            Ok(Err(e)) => Err(e),
             Err(RecvTimeoutError::Disconnected) => Ok(None),
-            Err(RecvTimeoutError::Timeout) => Err(db_error("reading through an SQLite cursor", "no rows within 600 s")),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(db_error_kind("reading through an SQLite cursor", "no rows within 600 s", true))
+            }
         }
     }
 
     pub(super) fn close(&mut self) {
         self.rx = None;
     }
+}
+
+/// A database error, marked transient when SQLite says busy, locked, I/O error or cannot
+/// open (another process holds a lock, the disk hiccupped).
+pub(super) fn lite_error(what: impl Into<String>, e: rusqlite::Error) -> crate::ConnectError {
+    use rusqlite::ErrorCode;
+    let transient = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
+    );
+    db_error_kind(what, e, transient)
 }
 
 /// The start of a statement, for error messages.

@@ -247,3 +247,16 @@ fn typeless_columns_widen_over_the_whole_batch() {
     assert_eq!(json[2], vec![json!(null), json!("A"), json!("b"), json!(0)]);
     assert_eq!(json[3], vec![json!(4.0), json!("7"), json!("c"), json!(1)]);
 }
+
+#[test]
+fn transient_errors_are_classified_by_kind_not_text() {
+    let mut db = memory();
+    // A table whose name holds the words the old text match looked for.
+    let missing = db.query("SELECT * FROM connections_closed_timeout_locked", &[]).unwrap_err();
+    assert!(missing.to_string().contains("connections_closed_timeout_locked"), "{missing}");
+    assert!(!is_transient(&missing), "{missing}");
+    let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+    assert!(is_transient(&sqlite::lite_error("running x", busy)));
+    let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT), None);
+    assert!(!is_transient(&sqlite::lite_error("running x", constraint)));
+}

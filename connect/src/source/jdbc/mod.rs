@@ -31,7 +31,7 @@ use tracing::warn;
 use crate::config::{ConfigDef, ConfigType, Importance, ParsedConfig, Props, Validator};
 use crate::connector::{Connector, ConnectorType, FailedRecord, SourceBatch, SourceTask, SourceTaskContext};
 use crate::error::{ConnectError, Result};
-use crate::jdbc::{struct_schema, Column, Cursor, Database, Dialect, Rows, SqlType, SqlValue};
+use crate::jdbc::{is_transient, struct_schema, Column, Cursor, Database, Dialect, Rows, SqlType, SqlValue};
 use crate::record::{ConnectRecord, Value};
 
 use position::{Filter, Mode, Position, QuerySpec, TsUnit, TS_EXTRA_COLUMN};
@@ -833,15 +833,6 @@ impl SourceTask for JdbcSourceTask {
         }
         self.db = None;
     }
-}
-
-/// Errors worth a reconnect even on a connection that looks alive: SQLite's busy/locked and
-/// I/O errors, PostgreSQL's connection and server-shutdown errors.
-fn is_transient(e: &ConnectError) -> bool {
-    let s = e.to_string().to_ascii_lowercase();
-    ["locked", "busy", "disk i/o", "connection", "closed", "terminating", "shutting down", "timed out", "timeout"]
-        .iter()
-        .any(|w| s.contains(w))
 }
 
 #[cfg(test)]
