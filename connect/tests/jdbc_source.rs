@@ -370,6 +370,34 @@ fn bulk_two_tables(db: &Db) {
     t.task.stop();
 }
 
+/// An SQLite bulk pass in progress (rollback journal) holds no lock between polls: another
+/// connection writes without waiting, and the pass still reads every row.
+#[test]
+fn sqlite_bulk_pass_does_not_block_writers() {
+    let db = Db::sqlite();
+    let mut conn = db.open();
+    create_events(&mut conn, "events");
+    insert(&mut conn, "events", &(1..=35).map(|i| (i, 1_000_000 + i)).collect::<Vec<_>>());
+    drop(conn);
+    let mut t = start(&config(&db, "bulk", &[("poll.interval.ms", "60000")]), vec![]);
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        if let Some(b) = t.task.poll(Duration::from_millis(50)).unwrap() {
+            got.extend(b.records);
+        }
+    }
+    let writer = rusqlite::Connection::open(db.url.strip_prefix("sqlite:").unwrap()).unwrap();
+    assert_eq!(writer.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0)).unwrap(), "delete");
+    writer.busy_timeout(Duration::from_millis(200)).unwrap();
+    writer.execute("DELETE FROM events WHERE id = 1", []).expect("the writer is not blocked by the bulk pass");
+    writer.execute("INSERT INTO events (id, ts, v) VALUES (36, 1000036, 'v36')", []).unwrap();
+    got.extend(t.drain(Duration::from_millis(300)));
+    let mut seen = ids(&got);
+    seen.sort();
+    assert_eq!(seen, (1..=36).collect::<Vec<_>>(), "one pass: every row once (the deleted one was read before)");
+    t.task.stop();
+}
+
 #[test]
 fn sqlite_bulk_two_tables_and_schema_change() {
     bulk_two_tables(&Db::sqlite());

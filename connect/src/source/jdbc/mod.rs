@@ -383,6 +383,10 @@ struct TableReader {
     /// A stored offset not yet turned into a position (needs the table's timestamp unit).
     stored_offset: Option<Json>,
     next_poll: Instant,
+    /// Bulk on an SQLite table with a rowid: read in rowid pages ([`bulk_page`]), the last
+    /// page's last rowid in `bulk_after` while a pass is under way.
+    bulk_by_rowid: bool,
+    bulk_after: Option<i64>,
     /// The timestamp column is PostgreSQL `timestamp` without time zone: "now" is the
     /// session's wall clock ([`Database::now_wall_clock_micros`]).
     ts_wall_clock: bool,
@@ -444,6 +448,9 @@ impl JdbcSourceTask {
         }
         let spec = t.spec.clone().ok_or_else(|| ConnectError::Internal("table not prepared".into()))?;
         let limit = cfg.batch_max_rows;
+        if cfg.mode == Mode::Bulk && t.bulk_by_rowid {
+            return bulk_page(db, &cfg, t, &spec);
+        }
         if cfg.mode == Mode::Bulk {
             if t.cursor.is_none() {
                 let (sql, _) = position::render(&spec, Filter::All, limit);
@@ -527,6 +534,13 @@ fn prepare(db: &mut Database, cfg: &JdbcSourceConfig, t: &mut TableReader) -> Re
         (dialect.quote_table(&t.name), cols)
     };
     t.nullable = columns.iter().map(|c| (c.name.clone(), c.nullable)).collect();
+    // SQLite tables with a rowid (not views, not WITHOUT ROWID, no column shadowing the name)
+    // are read in bulk by rowid pages.
+    t.bulk_by_rowid = cfg.mode == Mode::Bulk
+        && dialect == Dialect::Sqlite
+        && !t.is_query
+        && !columns.iter().any(|c| c.name.eq_ignore_ascii_case("_rowid_") || c.name == ROWID_COLUMN)
+        && db.query(&format!("SELECT _rowid_ FROM {from} LIMIT 0"), &[]).is_ok();
     let find = |key: &str, name: &str| -> Result<Column> {
         columns
             .iter()
@@ -597,6 +611,48 @@ fn prepare(db: &mut Database, cfg: &JdbcSourceConfig, t: &mut TableReader) -> Re
         }
     }
     Ok(())
+}
+
+/// The column a bulk page selects the rowid as (removed before the records are built).
+const ROWID_COLUMN: &str = "__spate_rowid";
+
+/// One page of an SQLite bulk pass, in rowid order after the last page's: each page is its own
+/// statement, so no read lock is held between polls (a pass through a cursor would hold SQLite's
+/// SHARED lock for the whole pass and block writers in rollback-journal mode). Not a snapshot:
+/// rows written during the pass are read in whatever state their page finds them.
+fn bulk_page(
+    db: &mut Database,
+    cfg: &JdbcSourceConfig,
+    t: &mut TableReader,
+    spec: &QuerySpec,
+) -> Result<Option<SourceBatch>> {
+    let limit = cfg.batch_max_rows;
+    let sql = format!(
+        "SELECT *, _rowid_ AS {col} FROM {from} WHERE _rowid_ > ?1 ORDER BY _rowid_ LIMIT {limit}",
+        col = spec.dialect.quote_ident(ROWID_COLUMN),
+        from = spec.from
+    );
+    let mut rows = db.query(&sql, &[SqlValue::Int(t.bulk_after.unwrap_or(i64::MIN))])?;
+    if let Some(i) = rows.column_index(ROWID_COLUMN) {
+        t.bulk_after = match rows.rows.last().map(|r| &r[i]) {
+            Some(SqlValue::Int(last)) => Some(*last),
+            _ => None,
+        };
+        rows.columns.remove(i);
+        for r in &mut rows.rows {
+            r.remove(i);
+        }
+    }
+    if rows.rows.len() < limit {
+        // The pass is over; the next starts from the first rowid after poll.interval.ms.
+        t.bulk_after = None;
+        t.next_poll = Instant::now() + cfg.poll_interval;
+    }
+    if rows.rows.is_empty() {
+        return Ok(None);
+    }
+    refresh_nullable(db, t, &rows)?;
+    Ok(Some(build_batch(t, spec, rows, None)))
 }
 
 /// The database's "now" in the timestamp column's own terms (see [`TableReader::ts_wall_clock`]).
@@ -746,6 +802,8 @@ impl SourceTask for JdbcSourceTask {
             pos: Position::default(),
             next_poll: now,
             ts_wall_clock: false,
+            bulk_by_rowid: false,
+            bulk_after: None,
             cursor: None,
             schema_cache: None,
         };
