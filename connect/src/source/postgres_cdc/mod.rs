@@ -241,6 +241,9 @@ enum Item {
 #[derive(Debug)]
 struct Txn {
     xid: u32,
+    /// The commit record's LSN: every event's `source.lsn` (pgoutput v1 does not carry the
+    /// LSN of each change, and the SQL functions do not report it either).
+    final_lsn: u64,
     ts_us: i64,
     /// Already in the snapshot: decoded (relations still matter) but not emitted.
     skip: bool,
@@ -278,7 +281,6 @@ type Lookup<'a> = dyn FnMut(&Relation) -> Result<Option<Arc<Table>>> + 'a;
 impl Assembler {
     fn on_message(
         &mut self,
-        lsn: u64,
         msg: Message<'_>,
         ctx: &Ctx<'_>,
         lookup: &mut Lookup<'_>,
@@ -286,7 +288,7 @@ impl Assembler {
         match msg {
             Message::Begin { final_lsn, commit_ts_us, xid } => {
                 let skip = ctx.filter.is_some_and(|f| f.contains(xid, final_lsn));
-                self.txn = Some(Txn { xid, ts_us: commit_ts_us, skip, items: Vec::new() });
+                self.txn = Some(Txn { xid, final_lsn, ts_us: commit_ts_us, skip, items: Vec::new() });
             }
             Message::Commit { commit_lsn, end_lsn, commit_ts_us, .. } => {
                 let Some(txn) = self.txn.take() else {
@@ -314,14 +316,14 @@ impl Assembler {
                 self.tables.insert(rel.oid, table);
             }
             Message::Insert { relation, new } => {
-                self.change(lsn, relation, ctx, |t, src, now, out| {
+                self.change(relation, ctx, |t, src, now, out| {
                     let after = t.row(&new.0)?;
                     out.push(envelope::event(t, "c", t.key_of(&after), None, Some(after), src, now));
                     Ok(())
                 })?;
             }
             Message::Update { relation, old, new } => {
-                self.change(lsn, relation, ctx, |t, src, now, out| {
+                self.change(relation, ctx, |t, src, now, out| {
                     let after = t.row(&new.0)?;
                     let before = old.as_ref().map(|(_, o)| t.row(&o.0)).transpose()?;
                     let new_key = t.key_of(&after);
@@ -344,7 +346,7 @@ impl Assembler {
             // With REPLICA IDENTITY DEFAULT the old tuple holds the key (other columns
             // null); with FULL, the whole row: `before` shows what the server sent.
             Message::Delete { relation, old: (_, old) } => {
-                self.change(lsn, relation, ctx, |t, src, now, out| {
+                self.change(relation, ctx, |t, src, now, out| {
                     let before = t.row(&old.0)?;
                     let key = t.key_of(&before);
                     out.push(envelope::event(t, "d", key.clone(), Some(before), None, src, now));
@@ -356,7 +358,7 @@ impl Assembler {
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
-                    self.change(lsn, relation, ctx, |t, src, now, out| {
+                    self.change(relation, ctx, |t, src, now, out| {
                         out.push(envelope::event(t, "t", None, None, None, src, now));
                         Ok(())
                     })?;
@@ -370,7 +372,6 @@ impl Assembler {
     /// does not convert becomes a failed record (dead-letter queue), not an error.
     fn change(
         &mut self,
-        lsn: u64,
         relation: u32,
         ctx: &Ctx<'_>,
         build: impl FnOnce(&Table, Json, i64, &mut Vec<ConnectRecord>) -> std::result::Result<(), String>,
@@ -400,6 +401,7 @@ impl Assembler {
             tx_id: Some(txn.xid as i64),
             last_commit_lsn: self.last_commit_lsn,
         };
+        let lsn = txn.final_lsn;
         let src = envelope::source(&origin, &table, Some(lsn));
         let mut out = Vec::with_capacity(2);
         match build(&table, src, now_ms(), &mut out) {
@@ -727,7 +729,7 @@ impl PostgresCdcSourceTask {
             let columns: Vec<(String, PgType)> =
                 stmt.columns().iter().map(|c| (c.name().to_owned(), PgType::from_oid(c.type_().oid()))).collect();
             let oid: u32 = client
-                .query_one("SELECT $1::regclass::oid", &[&qualified])
+                .query_one("SELECT $1::text::regclass::oid", &[&qualified])
                 .map_err(|e| pg_err(format!("reading {schema}.{name}"), e))?
                 .get(0);
             snap.current = Some(Self::table(client, &s, oid, &schema, &name, columns, Vec::new())?);
@@ -818,7 +820,6 @@ impl PostgresCdcSourceTask {
             let mut txn_rows = 0u64;
             let mut any = false;
             for row in &rows {
-                let lsn: PgLsn = row.get(0);
                 let data: &[u8] = row.get(1);
                 let msg = pgoutput::decode(data).map_err(|e| ConnectError::external(CLASS, "decoding the slot", e))?;
                 txn_rows += 1;
@@ -842,7 +843,7 @@ impl PostgresCdcSourceTask {
                     };
                     Self::table(client, &s, rel.oid, &rel.namespace, &rel.name, columns, flagged).map(Some)
                 };
-                if let Some(done) = self.asm.on_message(u64::from(lsn), msg, &ctx, &mut lookup)? {
+                if let Some(done) = self.asm.on_message(msg, &ctx, &mut lookup)? {
                     any = true;
                     self.pending.extend(done.items);
                     self.emitted_lsn = done.offset.lsn;
