@@ -128,7 +128,9 @@ impl PgType {
             }
             PgType::Bytea => {
                 let hex = text.strip_prefix("\\x").ok_or_else(|| bad("bytea (expected hex output)"))?;
-                Json::String(base64::engine::general_purpose::STANDARD.encode(decode_hex(hex).ok_or_else(|| bad("bytea"))?))
+                Json::String(
+                    base64::engine::general_purpose::STANDARD.encode(decode_hex(hex).ok_or_else(|| bad("bytea"))?),
+                )
             }
             PgType::Date => match text {
                 "infinity" => Json::from(i32::MAX),
@@ -143,7 +145,8 @@ impl PgType {
                 "infinity" => Json::from(i64::MAX),
                 "-infinity" => Json::from(i64::MIN),
                 _ => {
-                    let t = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| bad("timestamp"))?;
+                    let t =
+                        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| bad("timestamp"))?;
                     Json::from(t.and_utc().timestamp_micros())
                 }
             },
@@ -156,7 +159,8 @@ impl PgType {
                     } else {
                         text.to_owned()
                     };
-                    let t = DateTime::parse_from_str(&full, "%Y-%m-%d %H:%M:%S%.f%:z").map_err(|_| bad("timestamptz"))?;
+                    let t =
+                        DateTime::parse_from_str(&full, "%Y-%m-%d %H:%M:%S%.f%:z").map_err(|_| bad("timestamptz"))?;
                     Json::String(t.naive_utc().and_utc().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
                 }
             },
@@ -397,7 +401,10 @@ mod tests {
         assert_eq!(PgType::Date.to_json("1969-12-31").unwrap(), json!(-1));
         assert_eq!(PgType::Timestamp.to_json("1970-01-01 00:00:01.5").unwrap(), json!(1_500_000));
         assert_eq!(PgType::Timestamp.to_json("2024-01-02 03:04:05").unwrap(), json!(1_704_164_645_000_000i64));
-        assert_eq!(PgType::TimestampTz.to_json("2024-01-02 03:04:05.25+00").unwrap(), json!("2024-01-02T03:04:05.250Z"));
+        assert_eq!(
+            PgType::TimestampTz.to_json("2024-01-02 03:04:05.25+00").unwrap(),
+            json!("2024-01-02T03:04:05.250Z")
+        );
         assert_eq!(PgType::TimestampTz.to_json("2024-01-02 03:04:05+05:30").unwrap(), json!("2024-01-01T21:34:05Z"));
         assert_eq!(PgType::Time.to_json("00:00:01.000002").unwrap(), json!(1_000_002));
         assert_eq!(PgType::Bytea.to_json("\\x0102ff").unwrap(), json!("AQL/"));

@@ -279,12 +279,7 @@ struct Done {
 type Lookup<'a> = dyn FnMut(&Relation) -> Result<Option<Arc<Table>>> + 'a;
 
 impl Assembler {
-    fn on_message(
-        &mut self,
-        msg: Message<'_>,
-        ctx: &Ctx<'_>,
-        lookup: &mut Lookup<'_>,
-    ) -> Result<Option<Done>> {
+    fn on_message(&mut self, msg: Message<'_>, ctx: &Ctx<'_>, lookup: &mut Lookup<'_>) -> Result<Option<Done>> {
         match msg {
             Message::Begin { final_lsn, commit_ts_us, xid } => {
                 let skip = ctx.filter.is_some_and(|f| f.contains(xid, final_lsn));
@@ -409,7 +404,9 @@ impl Assembler {
             Err(reason) => {
                 let mut record = ConnectRecord::new(
                     table.topic.clone(),
-                    Some(Value::Json(json!({"lsn": lsn, "txId": txn.xid, "schema": table.schema, "table": table.name}))),
+                    Some(Value::Json(
+                        json!({"lsn": lsn, "txId": txn.xid, "schema": table.schema, "table": table.name}),
+                    )),
                 );
                 record.timestamp_ms = Some(origin.ts_ms);
                 txn.items.push(Item::Failed(Box::new(FailedRecord {
@@ -466,6 +463,8 @@ pub struct PostgresCdcSourceTask {
     /// After an empty peek: not before this instant again.
     next_peek: Option<Instant>,
     next_lag_check: Instant,
+    /// When an idle slot may next be moved to the end of the WAL.
+    next_idle_advance: Instant,
     reconnect_at: Option<Instant>,
     backoff: Duration,
 }
@@ -486,6 +485,7 @@ impl Default for PostgresCdcSourceTask {
             unconfirmed_rows: 0,
             next_peek: None,
             next_lag_check: Instant::now(),
+            next_idle_advance: Instant::now(),
             reconnect_at: None,
             backoff: Duration::from_millis(100),
         }
@@ -590,7 +590,9 @@ impl PostgresCdcSourceTask {
             None => {
                 client
                     .query_one("SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&s.slot])
-                    .map_err(|e| pg_err("creating the replication slot (needs REPLICATION and wal_level=logical)", e))?;
+                    .map_err(|e| {
+                        pg_err("creating the replication slot (needs REPLICATION and wal_level=logical)", e)
+                    })?;
                 info!(slot = %s.slot, "created logical replication slot");
             }
         }
@@ -761,9 +763,15 @@ impl PostgresCdcSourceTask {
                 datums.push(row.get(i).map_or(Datum::Null, |v| Datum::Text(v.as_bytes())));
             }
             let item = match table.row(&datums) {
-                Ok(after) => {
-                    Item::Record(Box::new(envelope::event(&table, "r", table.key_of(&after), None, Some(after), src.clone(), now)))
-                }
+                Ok(after) => Item::Record(Box::new(envelope::event(
+                    &table,
+                    "r",
+                    table.key_of(&after),
+                    None,
+                    Some(after),
+                    src.clone(),
+                    now,
+                ))),
                 Err(reason) => Item::Failed(Box::new(FailedRecord {
                     record: ConnectRecord::new(
                         table.topic.clone(),
@@ -807,6 +815,20 @@ impl PostgresCdcSourceTask {
         // Ask for what we already hold unconfirmed plus a chunk: the slot starts from its
         // confirmed position. At least doubling keeps re-decoding within a factor of two.
         let mut want = self.unconfirmed_rows + chunk.max(self.unconfirmed_rows);
+        // Idle (everything emitted is confirmed): note the flushed WAL position first. If the
+        // peek then finds nothing, no change of ours commits before it, so the slot may move
+        // there — otherwise WAL written by other databases or by tables outside the
+        // publication would pile up behind an idle slot (Debezium needs heartbeats for this).
+        let idle_lsn = if self.unconfirmed.is_empty() && Instant::now() >= self.next_idle_advance {
+            self.next_idle_advance = Instant::now() + LAG_CHECK_INTERVAL;
+            let row = self
+                .client()
+                .query_one("SELECT pg_current_wal_flush_lsn()", &[])
+                .map_err(|e| pg_err("reading the WAL position", e))?;
+            Some(u64::from(row.get::<_, PgLsn>(0)))
+        } else {
+            None
+        };
         loop {
             let limit = i32::try_from(want).unwrap_or(i32::MAX);
             let emitted = PgLsn::from(self.emitted_lsn);
@@ -856,8 +878,22 @@ impl PostgresCdcSourceTask {
                     txn_rows = 0;
                 }
             }
-            if any || (total as u64) < want {
-                return Ok(any);
+            if any {
+                return Ok(true);
+            }
+            if (total as u64) < want {
+                if let Some(lsn) = idle_lsn.filter(|&l| l > self.emitted_lsn) {
+                    // An offset-only batch: the runtime stores it and `commit` moves the slot.
+                    self.emitted_lsn = lsn;
+                    if self.filter.as_ref().is_some_and(|f| lsn >= f.until_lsn) {
+                        self.filter = None;
+                    }
+                    let offset = Offset { lsn, filter: self.filter.clone(), ..Offset::default() };
+                    self.pending.push_back(Item::Offset(offset.to_json()));
+                    self.unconfirmed.push_back((lsn, 0));
+                    return Ok(true);
+                }
+                return Ok(false);
             }
             // Everything peeked was already emitted: ask further.
             want = want.saturating_mul(2);
@@ -966,7 +1002,8 @@ impl SourceTask for PostgresCdcSourceTask {
         match self.step() {
             Ok(_) => {}
             Err(e) => {
-                let lost = self.client.as_mut().is_none_or(|c| c.is_closed() || c.is_valid(Duration::from_secs(5)).is_err());
+                let lost =
+                    self.client.as_mut().is_none_or(|c| c.is_closed() || c.is_valid(Duration::from_secs(5)).is_err());
                 if lost {
                     warn!(connector = %self.connector, error = %e, "lost the PostgreSQL connection; reconnecting");
                     self.client = None;
@@ -1018,5 +1055,102 @@ impl SourceTask for PostgresCdcSourceTask {
         if let Some(c) = self.client.take() {
             let _ = c.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pgoutput::{Column, Tuple};
+    use super::*;
+
+    fn relation() -> Relation {
+        let col = |name: &str, key: bool, type_oid: u32| Column { key, name: name.into(), type_oid, type_modifier: -1 };
+        Relation {
+            oid: 42,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'd',
+            columns: vec![col("id", true, 23), col("v", false, 25)],
+        }
+    }
+
+    fn lookup(rel: &Relation) -> Result<Option<Arc<Table>>> {
+        let columns = rel.columns.iter().map(|c| (c.name.clone(), PgType::from_oid(c.type_oid))).collect();
+        Ok(Some(Arc::new(Table::new("srv", &rel.namespace, &rel.name, columns, vec![0]))))
+    }
+
+    fn ctx(filter: Option<&SnapshotFilter>, emitted_lsn: u64) -> Ctx<'_> {
+        Ctx { server: "srv", db: "db", tombstones: true, emitted_lsn, filter }
+    }
+
+    fn run(asm: &mut Assembler, msgs: Vec<Message<'_>>, ctx: &Ctx<'_>) -> Vec<Done> {
+        msgs.into_iter().filter_map(|m| asm.on_message(m, ctx, &mut lookup).unwrap()).collect()
+    }
+
+    fn txn<'a>(xid: u32, end_lsn: u64, changes: Vec<Message<'a>>) -> Vec<Message<'a>> {
+        let mut v = vec![Message::Begin { final_lsn: end_lsn - 8, commit_ts_us: 0, xid }];
+        v.extend(changes);
+        v.push(Message::Commit { flags: 0, commit_lsn: end_lsn - 8, end_lsn, commit_ts_us: 0 });
+        v
+    }
+
+    #[test]
+    fn whole_transactions_with_their_offset_and_bad_rows_as_failures() {
+        let mut asm = Assembler::default();
+        let mut msgs = vec![Message::Relation(relation())];
+        msgs.extend(txn(
+            7,
+            100,
+            vec![
+                Message::Insert { relation: 42, new: Tuple(vec![Datum::Text(b"1"), Datum::Text(b"a")]) },
+                Message::Insert { relation: 42, new: Tuple(vec![Datum::Text(b"not a number"), Datum::Null]) },
+                Message::Delete {
+                    relation: 42,
+                    old: (pgoutput::OldKind::Key, Tuple(vec![Datum::Text(b"1"), Datum::Null])),
+                },
+            ],
+        ));
+        let done = run(&mut asm, msgs, &ctx(None, 0));
+        assert_eq!(done.len(), 1);
+        let kinds: Vec<&str> = done[0]
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Record(r) if r.value.is_none() => "tombstone",
+                Item::Record(_) => "record",
+                Item::Failed(_) => "failed",
+                Item::Offset(_) => "offset",
+            })
+            .collect();
+        assert_eq!(kinds, ["record", "failed", "record", "tombstone"]);
+        assert_eq!((done[0].offset.lsn, done[0].offset.lsn_commit, done[0].offset.tx_id), (100, Some(92), Some(7)));
+        let Item::Failed(f) = &done[0].items[1] else { panic!() };
+        assert!(f.error.to_string().contains("column id"), "{}", f.error);
+        assert_eq!(f.stage, "TASK_POLL");
+    }
+
+    #[test]
+    fn emitted_and_snapshot_visible_transactions_are_skipped() {
+        let insert = || vec![Message::Insert { relation: 42, new: Tuple(vec![Datum::Text(b"1"), Datum::Null]) }];
+        let mut asm = Assembler::default();
+        let filter = SnapshotFilter { xmin: 10, xmax: 20, xip: vec![15], until_lsn: 500 };
+        let mut msgs = vec![Message::Relation(relation())];
+        msgs.extend(txn(5, 100, insert())); // at or before the emitted position: dropped
+        msgs.extend(txn(12, 200, insert())); // visible in the snapshot: offset only
+        msgs.extend(txn(15, 300, insert())); // in progress at the snapshot: emitted
+        msgs.extend(txn(13, 600, insert())); // commits after the snapshot's WAL position: emitted
+        let done = run(&mut asm, msgs, &ctx(Some(&filter), 100));
+        let summary: Vec<(u64, usize, bool)> =
+            done.iter().map(|d| (d.offset.lsn, d.items.len(), d.offset.filter.is_some())).collect();
+        assert_eq!(summary, [(200, 0, true), (300, 1, true), (600, 1, false)]);
+    }
+
+    #[test]
+    fn a_change_to_an_unknown_relation_is_an_error() {
+        let mut asm = Assembler::default();
+        let c = ctx(None, 0);
+        asm.on_message(Message::Begin { final_lsn: 1, commit_ts_us: 0, xid: 1 }, &c, &mut lookup).unwrap();
+        let m = Message::Insert { relation: 9, new: Tuple(vec![]) };
+        assert!(asm.on_message(m, &c, &mut lookup).is_err());
     }
 }

@@ -15,23 +15,52 @@ pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message<'a> {
     /// A transaction starts. `final_lsn` is its commit record's LSN.
-    Begin { final_lsn: u64, commit_ts_us: i64, xid: u32 },
+    Begin {
+        final_lsn: u64,
+        commit_ts_us: i64,
+        xid: u32,
+    },
     /// The transaction ends; `end_lsn` is the end of its commit record (where a slot resumes).
-    Commit { flags: u8, commit_lsn: u64, end_lsn: u64, commit_ts_us: i64 },
+    Commit {
+        flags: u8,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_ts_us: i64,
+    },
     /// The transaction came from another node (replication origin).
-    Origin { commit_lsn: u64, name: &'a str },
+    Origin {
+        commit_lsn: u64,
+        name: &'a str,
+    },
     /// A table's description; sent before the first change to it in each decoding session
     /// and again after its schema changed.
     Relation(Relation),
     /// A non-built-in data type used by a relation's column.
-    Type { oid: u32, namespace: String, name: String },
-    Insert { relation: u32, new: Tuple<'a> },
+    Type {
+        oid: u32,
+        namespace: String,
+        name: String,
+    },
+    Insert {
+        relation: u32,
+        new: Tuple<'a>,
+    },
     /// `old` is the old key (`K`, REPLICA IDENTITY DEFAULT/INDEX when the key changed) or the
     /// whole old row (`O`, REPLICA IDENTITY FULL); absent when neither applies.
-    Update { relation: u32, old: Option<(OldKind, Tuple<'a>)>, new: Tuple<'a> },
-    Delete { relation: u32, old: (OldKind, Tuple<'a>) },
+    Update {
+        relation: u32,
+        old: Option<(OldKind, Tuple<'a>)>,
+        new: Tuple<'a>,
+    },
+    Delete {
+        relation: u32,
+        old: (OldKind, Tuple<'a>),
+    },
     /// `options` bit 1: CASCADE, bit 2: RESTART IDENTITY.
-    Truncate { options: u8, relations: Vec<u32> },
+    Truncate {
+        options: u8,
+        relations: Vec<u32>,
+    },
 }
 
 /// What an old tuple holds.
@@ -310,7 +339,10 @@ mod tests {
         let b = B::default().u8(b'B').u64(0x1_0000_0010).u64(12345).u32(777).0;
         assert_eq!(decode(&b).unwrap(), Message::Begin { final_lsn: 0x1_0000_0010, commit_ts_us: 12345, xid: 777 });
         let c = B::default().u8(b'C').u8(0).u64(0x10).u64(0x48).u64(99).0;
-        assert_eq!(decode(&c).unwrap(), Message::Commit { flags: 0, commit_lsn: 0x10, end_lsn: 0x48, commit_ts_us: 99 });
+        assert_eq!(
+            decode(&c).unwrap(),
+            Message::Commit { flags: 0, commit_lsn: 0x10, end_lsn: 0x48, commit_ts_us: 99 }
+        );
     }
 
     #[test]
@@ -332,7 +364,10 @@ mod tests {
             .u32(u32::MAX)
             .0;
         let Message::Relation(rel) = decode(&r).unwrap() else { panic!() };
-        assert_eq!((rel.oid, rel.namespace.as_str(), rel.name.as_str(), rel.replica_identity), (16384, "public", "users", b'd'));
+        assert_eq!(
+            (rel.oid, rel.namespace.as_str(), rel.name.as_str(), rel.replica_identity),
+            (16384, "public", "users", b'd')
+        );
         assert_eq!(rel.columns[0], Column { key: true, name: "id".into(), type_oid: 23, type_modifier: -1 });
         assert!(!rel.columns[1].key);
         let y = B::default().u8(b'Y').u32(90000).s("public").s("mood").0;
@@ -350,7 +385,10 @@ mod tests {
         );
         // Update without an old tuple (key unchanged, REPLICA IDENTITY DEFAULT).
         let u = B::default().u8(b'U').u32(7).u8(b'N').u16(1).text("x").0;
-        assert_eq!(decode(&u).unwrap(), Message::Update { relation: 7, old: None, new: Tuple(vec![Datum::Text(b"x")]) });
+        assert_eq!(
+            decode(&u).unwrap(),
+            Message::Update { relation: 7, old: None, new: Tuple(vec![Datum::Text(b"x")]) }
+        );
         // With the old key, and with the full old row.
         for (tag, kind) in [(b'K', OldKind::Key), (b'O', OldKind::Full)] {
             let u = B::default().u8(b'U').u32(7).u8(tag).u16(1).text("1").u8(b'N').u16(1).text("2").0;
