@@ -41,9 +41,9 @@ use slot::{Offset, SnapshotFilter, StartPlan};
 
 const CLASS: &str = "PostgresCdcSource";
 
-/// Peeked changes held in memory at most per peek (beyond one large transaction, which always
-/// comes whole), as a multiple of `max.batch.size`.
-const PEEK_BATCHES: usize = 16;
+/// New changes asked for per peek (a peek returns whole transactions, so one large
+/// transaction comes whole), as a multiple of `max.batch.size`. They are held undecoded.
+const PEEK_BATCHES: usize = 8;
 
 /// How often the slot lag is measured.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -460,6 +460,9 @@ pub struct PostgresCdcSourceTask {
     /// Peek rows of queued transactions the slot has not confirmed: (end LSN, rows).
     unconfirmed: VecDeque<(u64, u64)>,
     unconfirmed_rows: u64,
+    /// Peeked rows not decoded yet, and the rows of the transaction being decoded.
+    raw: VecDeque<postgres::Row>,
+    txn_rows: u64,
     /// After an empty peek: not before this instant again.
     next_peek: Option<Instant>,
     next_lag_check: Instant,
@@ -483,6 +486,8 @@ impl Default for PostgresCdcSourceTask {
             confirmed_lsn: 0,
             unconfirmed: VecDeque::new(),
             unconfirmed_rows: 0,
+            raw: VecDeque::new(),
+            txn_rows: 0,
             next_peek: None,
             next_lag_check: Instant::now(),
             next_idle_advance: Instant::now(),
@@ -809,12 +814,13 @@ impl PostgresCdcSourceTask {
     // ---- streaming ----
 
     /// Peeks the next changes and queues the transactions not yet emitted.
-    fn stream_step(&mut self) -> Result<bool> {
+    /// Peeks the next changes into `raw` (undecoded: a peeked row is ~100 bytes, its events
+    /// several KiB, so only a batch's worth is built at a time). False: nothing new.
+    fn fetch(&mut self) -> Result<bool> {
         let s = self.settings().clone();
-        let chunk = (s.max_batch * PEEK_BATCHES) as u64;
-        // Ask for what we already hold unconfirmed plus a chunk: the slot starts from its
-        // confirmed position. At least doubling keeps re-decoding within a factor of two.
-        let mut want = self.unconfirmed_rows + chunk.max(self.unconfirmed_rows);
+        // The slot starts from its confirmed position: ask for what we hold unconfirmed plus
+        // a chunk of new changes (the server drops the unconfirmed part, see PEEK_SQL).
+        let mut want = self.unconfirmed_rows + (s.max_batch * PEEK_BATCHES) as u64;
         // Idle (everything emitted is confirmed): note the flushed WAL position first. If the
         // peek then finds nothing, no change of ours commits before it, so the slot may move
         // there — otherwise WAL written by other databases or by tables outside the
@@ -833,52 +839,16 @@ impl PostgresCdcSourceTask {
             let limit = i32::try_from(want).unwrap_or(i32::MAX);
             let emitted = PgLsn::from(self.emitted_lsn);
             let rows = self
-                .client
-                .as_mut()
-                .expect("connected")
+                .client()
                 .query(slot::PEEK_SQL, &[&s.slot, &limit, &s.publication, &emitted])
                 .map_err(|e| pg_err(format!("peeking slot {}", s.slot), e))?;
             let total: i64 = rows.first().map_or(0, |r| r.get(2));
-            let mut txn_rows = 0u64;
-            let mut any = false;
-            for row in &rows {
-                let data: &[u8] = row.get(1);
-                let msg = pgoutput::decode(data).map_err(|e| ConnectError::external(CLASS, "decoding the slot", e))?;
-                txn_rows += 1;
-                let ctx = Ctx {
-                    server: &s.prefix,
-                    db: &s.db,
-                    tombstones: s.tombstones,
-                    emitted_lsn: self.emitted_lsn,
-                    filter: self.filter.as_ref(),
-                };
-                let client = self.client.as_mut().expect("connected");
-                let mut lookup = |rel: &Relation| -> Result<Option<Arc<Table>>> {
-                    if !s.captured(&rel.namespace, &rel.name) {
-                        return Ok(None);
-                    }
-                    let columns = rel.columns.iter().map(|c| (c.name.clone(), PgType::from_oid(c.type_oid))).collect();
-                    let flagged = if rel.replica_identity == b'f' {
-                        Vec::new()
-                    } else {
-                        rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
-                    };
-                    Self::table(client, &s, rel.oid, &rel.namespace, &rel.name, columns, flagged).map(Some)
-                };
-                if let Some(done) = self.asm.on_message(msg, &ctx, &mut lookup)? {
-                    any = true;
-                    self.pending.extend(done.items);
-                    self.emitted_lsn = done.offset.lsn;
-                    if self.filter.as_ref().is_some_and(|f| done.offset.lsn >= f.until_lsn) {
-                        self.filter = None;
-                    }
-                    self.pending.push_back(Item::Offset(done.offset.to_json()));
-                    self.unconfirmed.push_back((self.emitted_lsn, txn_rows));
-                    self.unconfirmed_rows += txn_rows;
-                    txn_rows = 0;
-                }
+            // Relation and Type messages always come; anything else is a new transaction.
+            let new = rows.iter().any(|r| !matches!(r.get::<_, &[u8]>(1).first(), Some(b'R' | b'Y')));
+            if new || (total as u64) < want {
+                self.raw = rows.into();
             }
-            if any {
+            if new {
                 return Ok(true);
             }
             if (total as u64) < want {
@@ -893,11 +863,64 @@ impl PostgresCdcSourceTask {
                     self.unconfirmed.push_back((lsn, 0));
                     return Ok(true);
                 }
-                return Ok(false);
+                return Ok(!self.raw.is_empty());
             }
             // Everything peeked was already emitted: ask further.
             want = want.saturating_mul(2);
         }
+    }
+
+    /// Decodes peeked rows into whole transactions of events until a batch is queued.
+    fn drain_raw(&mut self) -> Result<()> {
+        let s = self.settings().clone();
+        while let Some(row) = self.raw.pop_front() {
+            let data: &[u8] = row.get(1);
+            let msg = pgoutput::decode(data).map_err(|e| ConnectError::external(CLASS, "decoding the slot", e))?;
+            self.txn_rows += 1;
+            let ctx = Ctx {
+                server: &s.prefix,
+                db: &s.db,
+                tombstones: s.tombstones,
+                emitted_lsn: self.emitted_lsn,
+                filter: self.filter.as_ref(),
+            };
+            let client = self.client.as_mut().expect("connected");
+            let mut lookup = |rel: &Relation| -> Result<Option<Arc<Table>>> {
+                if !s.captured(&rel.namespace, &rel.name) {
+                    return Ok(None);
+                }
+                let columns = rel.columns.iter().map(|c| (c.name.clone(), PgType::from_oid(c.type_oid))).collect();
+                let flagged = if rel.replica_identity == b'f' {
+                    Vec::new()
+                } else {
+                    rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+                };
+                Self::table(client, &s, rel.oid, &rel.namespace, &rel.name, columns, flagged).map(Some)
+            };
+            if let Some(done) = self.asm.on_message(msg, &ctx, &mut lookup)? {
+                self.pending.extend(done.items);
+                self.emitted_lsn = done.offset.lsn;
+                if self.filter.as_ref().is_some_and(|f| done.offset.lsn >= f.until_lsn) {
+                    self.filter = None;
+                }
+                self.pending.push_back(Item::Offset(done.offset.to_json()));
+                self.unconfirmed.push_back((self.emitted_lsn, self.txn_rows));
+                self.unconfirmed_rows += self.txn_rows;
+                self.txn_rows = 0;
+                if self.pending.len() >= s.max_batch {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stream_step(&mut self) -> Result<bool> {
+        if self.raw.is_empty() && !self.fetch()? {
+            return Ok(false);
+        }
+        self.drain_raw()?;
+        Ok(true)
     }
 
     fn take_batch(&mut self) -> SourceBatch {
