@@ -427,7 +427,7 @@ mod tests {
         assert!(decode(&huge_t).unwrap_err().reason.contains("claims"));
         let huge_len = B::default().u8(b'I').u32(7).u8(b'N').u16(1).u8(b't').u32(u32::MAX).0;
         assert!(decode(&huge_len).is_err());
-        assert!(decode(&[b'Z']).unwrap_err().reason.contains("unknown message type"));
+        assert!(decode(b"Z").unwrap_err().reason.contains("unknown message type"));
         let bad_old = B::default().u8(b'D').u32(7).u8(b'X').0;
         assert!(decode(&bad_old).is_err());
     }
