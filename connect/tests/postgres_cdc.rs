@@ -293,3 +293,34 @@ fn an_interrupted_snapshot_is_taken_again() {
     assert_eq!(ids, (1..=10).collect::<Vec<_>>());
     task.stop();
 }
+
+#[test]
+fn an_idle_slot_moves_with_the_wal_written_elsewhere() {
+    let pg = postgres::PgServer::start();
+    let url = pg.create_database("quiet");
+    pg.create_database("busy");
+    pg.psql("quiet", "CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let mut task = start(&props(&url, "q", "s5", &[("snapshot.mode", "never")]), None);
+    let before = confirmed(&pg, "quiet", "s5");
+    // WAL from another database: nothing for this slot to emit, but it would hold it back.
+    pg.psql("busy", "CREATE TABLE w AS SELECT generate_series(1, 10000) AS x").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let offset = loop {
+        assert!(Instant::now() < deadline, "no offset-only batch for an idle slot");
+        if let Some(b) = task.poll(Duration::from_millis(100)).unwrap() {
+            assert!(b.records.is_empty(), "{:?}", b.records);
+            if let Some((_, o)) = b.offsets.into_iter().next() {
+                break o;
+            }
+        }
+    };
+    assert!(offset["lsn"].as_u64().unwrap() > before);
+    assert_eq!(confirmed(&pg, "quiet", "s5"), before, "only commit() moves the slot");
+    task.commit(&[(json!({"server": "q"}), offset.clone())]).unwrap();
+    assert_eq!(confirmed(&pg, "quiet", "s5"), offset["lsn"].as_u64().unwrap());
+    // Changes after it still arrive.
+    pg.psql("quiet", "INSERT INTO t VALUES (1)").unwrap();
+    let (records, _) = poll_n(task.as_mut(), 1);
+    assert_eq!(value(&records[0])["op"], "c");
+    task.stop();
+}
