@@ -176,6 +176,12 @@ fn snapshot_then_every_change_in_debezium_shape_and_commit_order() {
     assert!(c["source"]["txId"].as_i64().unwrap() > 0);
     let tx = c["source"]["txId"].clone();
     assert_eq!(value(&changes[1])["source"]["txId"], tx, "same transaction");
+    // Each change carries its own LSN (below its commit's end); sequence = [last commit, lsn].
+    let (l0, l1) = (c["source"]["lsn"].as_u64().unwrap(), value(&changes[1])["source"]["lsn"].as_u64().unwrap());
+    assert!(l0 < l1, "{l0} {l1}");
+    assert!(l1 < offsets[0]["lsn"].as_u64().unwrap(), "{l1} {offsets:?}");
+    let seq: Vec<Json> = serde_json::from_str(value(&changes[1])["source"]["sequence"].as_str().unwrap()).unwrap();
+    assert_eq!(seq[1], json!(l1.to_string()));
     assert_eq!(value(&changes[1])["after"]["name"], "ann2");
     // REPLICA IDENTITY DEFAULT: a delete's before holds the key only.
     let d = value(&changes[2]);
@@ -218,10 +224,11 @@ fn the_slot_moves_only_on_commit_and_a_restart_loses_nothing() {
     // commit() and before the rest was acknowledged.
     let stored = offsets[0].clone();
     let stored_lsn = stored["lsn"].as_u64().unwrap();
-    // Sequential transactions: a change after the stored commit end is a later transaction's.
+    // Sequential transactions: a change at or after the stored commit end is a later
+    // transaction's (a change's own LSN; the first one of the next transaction starts there).
     let mut expected: Vec<i64> = records
         .iter()
-        .filter(|r| value(r)["source"]["lsn"].as_u64().unwrap() > stored_lsn)
+        .filter(|r| value(r)["source"]["lsn"].as_u64().unwrap() >= stored_lsn)
         .map(|r| value(r)["after"]["id"].as_i64().unwrap())
         .collect();
     assert!(!expected.is_empty() && expected.len() < 6, "{expected:?} {offsets:?}");
@@ -322,5 +329,107 @@ fn an_idle_slot_moves_with_the_wal_written_elsewhere() {
     pg.psql("quiet", "INSERT INTO t VALUES (1)").unwrap();
     let (records, _) = poll_n(task.as_mut(), 1);
     assert_eq!(value(&records[0])["op"], "c");
+    task.stop();
+}
+
+fn terminate_task_backends(pg: &postgres::PgServer, db: &str) {
+    let n = pg
+        .psql(
+            db,
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'spate-cdc' \
+             AND datname = '{db}'"
+            ),
+        )
+        .unwrap();
+    assert_eq!(n.trim(), "1", "the task's backend");
+}
+
+#[test]
+fn a_connection_lost_mid_snapshot_takes_the_snapshot_again() {
+    let pg = postgres::PgServer::start();
+    let url = pg.create_database("lost");
+    pg.psql(
+        "lost",
+        "CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a SELECT generate_series(1, 20); \
+         CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b SELECT generate_series(1, 20)",
+    )
+    .unwrap();
+    let mut task = start(&props(&url, "lost", "s6", &[]), None);
+    let (mut records, _) = poll(task.as_mut(), 3, false);
+    terminate_task_backends(&pg, "lost");
+    pg.psql("lost", "INSERT INTO b VALUES (21)").unwrap();
+    // The insert committed while the connection was down: in the retaken snapshot (op r) or
+    // in the stream (op c), once either way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut offsets = Vec::new();
+    let id = |r: &ConnectRecord| (r.topic.to_string(), value(r)["after"]["id"].as_i64().unwrap());
+    let has_21 = |records: &[ConnectRecord]| records.iter().any(|r| id(r) == ("lost.public.b".to_owned(), 21));
+    while !(offsets.iter().any(|o: &Json| o["last_snapshot_record"] == true) && has_21(&records)) {
+        assert!(Instant::now() < deadline, "{} records, offsets {offsets:?}", records.len());
+        if let Some(b) = task.poll(Duration::from_millis(100)).unwrap() {
+            records.extend(b.records);
+            offsets.extend(b.offsets.into_iter().map(|(_, o)| o));
+        }
+    }
+    let (more, _) = poll(task.as_mut(), 0, true);
+    assert!(more.is_empty());
+    let first_again = records.iter().skip(1).position(|r| id(r) == id(&records[0]));
+    assert!(first_again.is_some(), "the snapshot was taken again from its start");
+    let restart = first_again.unwrap() + 1;
+    let mut seen: Vec<(String, i64)> = records[restart..].iter().map(id).collect();
+    seen.sort();
+    let mut want: Vec<(String, i64)> = (1..=20).map(|i| ("lost.public.a".to_owned(), i)).collect();
+    want.extend((1..=21).map(|i| ("lost.public.b".to_owned(), i)));
+    assert_eq!(seen, want, "every row once after the restart");
+    task.stop();
+}
+
+#[test]
+fn keys_columns_and_slots_agree_between_snapshot_and_stream() {
+    let pg = postgres::PgServer::start();
+    let url = pg.create_database("keys");
+    pg.psql(
+        "keys",
+        "CREATE TABLE r (a int NOT NULL, b text, g int GENERATED ALWAYS AS (a * 2) STORED); \
+         CREATE UNIQUE INDEX r_a ON r (a); ALTER TABLE r REPLICA IDENTITY USING INDEX r_a; \
+         INSERT INTO r (a, b) VALUES (1, 'x')",
+    )
+    .unwrap();
+    let p = props(&url, "k", "s7", &[]);
+    let mut task = start(&p, None);
+    let (snap, offsets) = poll_n(task.as_mut(), 1);
+    // No primary key: the replica identity index keys both snapshot and stream events; the
+    // generated column is in neither (pgoutput does not send it).
+    assert_eq!(key(&snap[0]), json!({"a": 1}));
+    assert_eq!(value(&snap[0])["after"], json!({"a": 1, "b": "x"}));
+    pg.psql("keys", "INSERT INTO r (a, b) VALUES (2, 'y'); DELETE FROM r WHERE a = 1").unwrap();
+    let (changes, more) = poll_n(task.as_mut(), 3);
+    assert_eq!(ops(&changes), ["c", "d", "tombstone"]);
+    assert_eq!(key(&changes[0]), json!({"a": 2}));
+    assert_eq!(value(&changes[0])["after"], json!({"a": 2, "b": "y"}));
+    assert_eq!(key(&changes[2]), json!({"a": 1}));
+    task.stop();
+    drop(task);
+
+    // The slot is gone while a streaming offset is stored: a clear error, no new slot.
+    pg.psql("keys", "SELECT pg_drop_replication_slot('s7')").unwrap();
+    let stored = more.last().cloned().unwrap_or_else(|| offsets.last().unwrap().clone());
+    let plugin = Registry::builtin().find(&p["connector.class"]).unwrap();
+    let o = Offsets::default();
+    o.0.lock().unwrap().push((json!({"server": "k"}), stored));
+    let ctx = SourceTaskContext { connector: "cdc".into(), task_id: 0, offsets: Arc::new(o) };
+    let mut t = plugin.source_task().unwrap();
+    let err = t.start(&p, &ctx).unwrap_err().to_string();
+    assert!(err.contains("s7") && err.contains("does not exist"), "{err}");
+    let slots = pg.psql("keys", "SELECT count(*) FROM pg_replication_slots").unwrap();
+    assert_eq!(slots.trim(), "0");
+
+    // snapshot.mode=initial_only: a snapshot and no slot (nobody would ever advance it).
+    let mut task = start(&props(&url, "k2", "s8", &[("snapshot.mode", "initial_only")]), None);
+    let (snap, _) = poll_n(task.as_mut(), 1);
+    assert_eq!(value(&snap[0])["after"]["a"], 2);
+    let slots = pg.psql("keys", "SELECT count(*) FROM pg_replication_slots").unwrap();
+    assert_eq!(slots.trim(), "0");
     task.stop();
 }

@@ -260,6 +260,10 @@ impl Table {
         for (i, (name, ty)) in self.columns.iter().enumerate() {
             let v = match datums.get(i).copied().unwrap_or(Datum::Null) {
                 Datum::Null => Json::Null,
+                // A `bytes` field must hold base64: Debezium emits the placeholder's bytes.
+                Datum::UnchangedToast if *ty == PgType::Bytea => {
+                    Json::String(base64::engine::general_purpose::STANDARD.encode(UNAVAILABLE_VALUE))
+                }
                 Datum::UnchangedToast => Json::String(UNAVAILABLE_VALUE.to_owned()),
                 Datum::Text(b) => {
                     let s = std::str::from_utf8(b).map_err(|_| format!("column {name} is not UTF-8"))?;
@@ -420,6 +424,11 @@ mod tests {
         let t = table();
         let row = t.row(&[Datum::Text(b"7"), Datum::UnchangedToast, Datum::Null]).unwrap();
         assert_eq!(row, json!({"id": 7, "name": UNAVAILABLE_VALUE, "born": null}));
+        // An unchanged TOASTed bytea: the placeholder's bytes, base64 (valid for `bytes`).
+        let blob = Table::new("srv", "public", "b", vec![("data".into(), PgType::Bytea)], vec![]);
+        let blob_row = blob.row(&[Datum::UnchangedToast]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.decode(blob_row["data"].as_str().unwrap()).unwrap();
+        assert_eq!(b64, UNAVAILABLE_VALUE.as_bytes());
         // A tuple with fewer columns than the relation (a column added later) pads with nulls.
         assert_eq!(t.row(&[Datum::Text(b"8")]).unwrap(), json!({"id": 8, "name": null, "born": null}));
         assert!(t.row(&[Datum::Text(b"x")]).unwrap_err().contains("column id"));

@@ -45,6 +45,16 @@ const CLASS: &str = "PostgresCdcSource";
 /// transaction comes whole), as a multiple of `max.batch.size`. They are held undecoded.
 const PEEK_BATCHES: usize = 8;
 
+/// A table's key columns in index order: its primary key, else its replica identity index.
+const KEY_SQL: &str = "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+    AND a.attnum = ANY(i.indkey) WHERE i.indexrelid = (SELECT indexrelid FROM pg_index \
+    WHERE indrelid = $1 AND (indisprimary OR indisreplident) ORDER BY indisprimary DESC LIMIT 1) \
+    ORDER BY array_position(i.indkey::int2[], a.attnum)";
+
+/// A table's columns as pgoutput sends them (generated columns are not replicated in 15).
+const COLUMNS_SQL: &str = "SELECT coalesce(string_agg(quote_ident(attname), ', ' ORDER BY attnum), '') \
+    FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''";
+
 /// How often the slot lag is measured.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -241,9 +251,6 @@ enum Item {
 #[derive(Debug)]
 struct Txn {
     xid: u32,
-    /// The commit record's LSN: every event's `source.lsn` (pgoutput v1 does not carry the
-    /// LSN of each change, and the SQL functions do not report it either).
-    final_lsn: u64,
     ts_us: i64,
     /// Already in the snapshot: decoded (relations still matter) but not emitted.
     skip: bool,
@@ -279,11 +286,19 @@ struct Done {
 type Lookup<'a> = dyn FnMut(&Relation) -> Result<Option<Arc<Table>>> + 'a;
 
 impl Assembler {
-    fn on_message(&mut self, msg: Message<'_>, ctx: &Ctx<'_>, lookup: &mut Lookup<'_>) -> Result<Option<Done>> {
+    /// `lsn`: the message's position as the peek reports it (for a change, its own WAL
+    /// record's LSN: `source.lsn`).
+    fn on_message(
+        &mut self,
+        msg: Message<'_>,
+        lsn: u64,
+        ctx: &Ctx<'_>,
+        lookup: &mut Lookup<'_>,
+    ) -> Result<Option<Done>> {
         match msg {
             Message::Begin { final_lsn, commit_ts_us, xid } => {
                 let skip = ctx.filter.is_some_and(|f| f.contains(xid, final_lsn));
-                self.txn = Some(Txn { xid, final_lsn, ts_us: commit_ts_us, skip, items: Vec::new() });
+                self.txn = Some(Txn { xid, ts_us: commit_ts_us, skip, items: Vec::new() });
             }
             Message::Commit { commit_lsn, end_lsn, commit_ts_us, .. } => {
                 let Some(txn) = self.txn.take() else {
@@ -311,14 +326,14 @@ impl Assembler {
                 self.tables.insert(rel.oid, table);
             }
             Message::Insert { relation, new } => {
-                self.change(relation, ctx, |t, src, now, out| {
+                self.change(relation, lsn, ctx, |t, src, now, out| {
                     let after = t.row(&new.0)?;
                     out.push(envelope::event(t, "c", t.key_of(&after), None, Some(after), src, now));
                     Ok(())
                 })?;
             }
             Message::Update { relation, old, new } => {
-                self.change(relation, ctx, |t, src, now, out| {
+                self.change(relation, lsn, ctx, |t, src, now, out| {
                     let after = t.row(&new.0)?;
                     let before = old.as_ref().map(|(_, o)| t.row(&o.0)).transpose()?;
                     let new_key = t.key_of(&after);
@@ -341,7 +356,7 @@ impl Assembler {
             // With REPLICA IDENTITY DEFAULT the old tuple holds the key (other columns
             // null); with FULL, the whole row: `before` shows what the server sent.
             Message::Delete { relation, old: (_, old) } => {
-                self.change(relation, ctx, |t, src, now, out| {
+                self.change(relation, lsn, ctx, |t, src, now, out| {
                     let before = t.row(&old.0)?;
                     let key = t.key_of(&before);
                     out.push(envelope::event(t, "d", key.clone(), Some(before), None, src, now));
@@ -353,7 +368,7 @@ impl Assembler {
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
-                    self.change(relation, ctx, |t, src, now, out| {
+                    self.change(relation, lsn, ctx, |t, src, now, out| {
                         out.push(envelope::event(t, "t", None, None, None, src, now));
                         Ok(())
                     })?;
@@ -368,6 +383,7 @@ impl Assembler {
     fn change(
         &mut self,
         relation: u32,
+        lsn: u64,
         ctx: &Ctx<'_>,
         build: impl FnOnce(&Table, Json, i64, &mut Vec<ConnectRecord>) -> std::result::Result<(), String>,
     ) -> Result<()> {
@@ -396,7 +412,6 @@ impl Assembler {
             tx_id: Some(txn.xid as i64),
             last_commit_lsn: self.last_commit_lsn,
         };
-        let lsn = txn.final_lsn;
         let src = envelope::source(&origin, &table, Some(lsn));
         let mut out = Vec::with_capacity(2);
         match build(&table, src, now_ms(), &mut out) {
@@ -526,7 +541,12 @@ impl PostgresCdcSourceTask {
 
     /// Creates the publication (per `publication.autocreate.mode`) and then the slot; the
     /// publication must exist before the slot or decoding from its start fails.
-    fn ensure_publication_and_slot(&mut self) -> Result<()> {
+    ///
+    /// `snapshot.mode=initial_only` never streams: no slot (one nobody reads would hold WAL
+    /// forever). A slot that is missing while a streaming offset is stored is an error, not a
+    /// new slot: the changes between that offset and a new slot's start are gone, and
+    /// resuming would skip them silently.
+    fn ensure_publication_and_slot(&mut self, stored: Option<&Offset>) -> Result<()> {
         let s = self.settings().clone();
         let client = self.client();
         let exists = client
@@ -592,6 +612,20 @@ impl PostgresCdcSourceTask {
                     ));
                 }
             }
+            None if s.snapshot_mode == "initial_only" => {}
+            None if stored.is_some_and(|o| !o.snapshot_unfinished()) => {
+                let lsn = PgLsn::from(stored.map_or(0, |o| o.lsn));
+                return Err(ConnectError::external(
+                    CLASS,
+                    format!("resuming from the stored offset (LSN {lsn})"),
+                    format!(
+                        "replication slot {} does not exist (dropped?): the changes since LSN {lsn} are lost from \
+                         the WAL. Refusing to create a new slot and skip them; to start over with a new snapshot, \
+                         delete this connector and create it under a new name (offsets are kept per connector)",
+                        s.slot
+                    ),
+                ));
+            }
             None => {
                 client
                     .query_one("SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&s.slot])
@@ -618,7 +652,7 @@ impl PostgresCdcSourceTask {
     }
 
     fn check_lag(&mut self) -> Result<()> {
-        if Instant::now() < self.next_lag_check {
+        if Instant::now() < self.next_lag_check || self.settings().snapshot_mode == "initial_only" {
             return Ok(());
         }
         self.next_lag_check = Instant::now() + LAG_CHECK_INTERVAL;
@@ -633,6 +667,9 @@ impl PostgresCdcSourceTask {
     }
 
     /// The captured table `schema.name` with columns from a Relation message or the catalog.
+    /// Its key, the same for snapshot and stream (so a row keeps its partition): the primary
+    /// key, else the `REPLICA IDENTITY USING INDEX` index (what a delete's old tuple carries),
+    /// else none.
     fn table(
         client: &mut Client,
         s: &Settings,
@@ -640,24 +677,14 @@ impl PostgresCdcSourceTask {
         schema: &str,
         name: &str,
         columns: Vec<(String, PgType)>,
-        fallback_key: Vec<usize>,
     ) -> Result<Arc<Table>> {
-        let pk: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                 AND a.attnum = ANY(i.indkey) WHERE i.indrelid = $1 AND i.indisprimary \
-                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                &[&oid],
-            )
+        let key_columns: Vec<String> = client
+            .query(KEY_SQL, &[&oid])
             .map_err(|e| pg_err(format!("reading the primary key of {schema}.{name}"), e))?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let key = if pk.is_empty() {
-            fallback_key
-        } else {
-            pk.iter().filter_map(|k| columns.iter().position(|(c, _)| c == k)).collect()
-        };
+        let key = key_columns.iter().filter_map(|k| columns.iter().position(|(c, _)| c == k)).collect();
         Ok(Arc::new(Table::new(&s.prefix, schema, name, columns, key)))
     }
 
@@ -665,7 +692,7 @@ impl PostgresCdcSourceTask {
 
     fn begin_snapshot(&mut self) -> Result<()> {
         let s = self.settings().clone();
-        let (slot_lsn, _) = self.slot_state()?;
+        let (slot_lsn, _) = if s.snapshot_mode == "initial_only" { (0, 0) } else { self.slot_state()? };
         let client = self.client();
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -707,10 +734,32 @@ impl PostgresCdcSourceTask {
         .to_json()
     }
 
-    /// Fetches the next chunk of snapshot rows into `pending`.
+    /// Fetches the next chunk of snapshot rows into `pending`. On an error the snapshot stays
+    /// the phase, so a lost connection makes `poll` take the snapshot again from the start
+    /// (rather than streaming with the rest of the snapshot silently missing).
     fn snapshot_step(&mut self) -> Result<()> {
-        let s = self.settings().clone();
         let Phase::Snapshot(mut snap) = std::mem::replace(&mut self.phase, Phase::Stream) else { return Ok(()) };
+        match self.snapshot_chunk(&mut snap) {
+            Ok(true) => {
+                info!(connector = %self.connector, "snapshot finished");
+                self.phase = if self.settings().snapshot_mode == "initial_only" { Phase::Idle } else { Phase::Stream };
+                Ok(())
+            }
+            Ok(false) => {
+                self.phase = Phase::Snapshot(snap);
+                Ok(())
+            }
+            Err(e) => {
+                self.phase = Phase::Snapshot(snap);
+                Err(e)
+            }
+        }
+    }
+
+    /// One chunk of the snapshot; true once it is finished. Queues nothing before its I/O
+    /// succeeded.
+    fn snapshot_chunk(&mut self, snap: &mut Snapshot) -> Result<bool> {
+        let s = self.settings().clone();
         let client = self.client.as_mut().expect("connected");
         if snap.current.is_none() {
             let Some((schema, name)) = snap.tables.pop_front() else {
@@ -722,26 +771,28 @@ impl PostgresCdcSourceTask {
                     }
                     self.pending.push_back(Item::Record(Box::new(r)));
                 }
-                self.pending.push_back(Item::Offset(Self::snapshot_offset(&snap, true)));
+                self.pending.push_back(Item::Offset(Self::snapshot_offset(snap, true)));
                 self.emitted_lsn = snap.slot_lsn;
                 self.filter = Some(snap.filter.clone());
-                info!(connector = %self.connector, "snapshot finished");
-                self.phase = if s.snapshot_mode == "initial_only" { Phase::Idle } else { Phase::Stream };
-                return Ok(());
+                return Ok(true);
             };
             let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-            let stmt = client
-                .prepare(&format!("SELECT * FROM {qualified}"))
-                .map_err(|e| pg_err(format!("reading {schema}.{name}"), e))?;
-            let columns: Vec<(String, PgType)> =
-                stmt.columns().iter().map(|c| (c.name().to_owned(), PgType::from_oid(c.type_().oid()))).collect();
             let oid: u32 = client
                 .query_one("SELECT $1::text::regclass::oid", &[&qualified])
                 .map_err(|e| pg_err(format!("reading {schema}.{name}"), e))?
                 .get(0);
-            snap.current = Some(Self::table(client, &s, oid, &schema, &name, columns, Vec::new())?);
+            // Not `SELECT *`: generated columns are not in streamed events either.
+            let list: String = client
+                .query_one(COLUMNS_SQL, &[&oid])
+                .map_err(|e| pg_err(format!("reading the columns of {schema}.{name}"), e))?
+                .get(0);
+            let select = format!("SELECT {list} FROM {qualified}");
+            let stmt = client.prepare(&select).map_err(|e| pg_err(format!("reading {schema}.{name}"), e))?;
+            let columns: Vec<(String, PgType)> =
+                stmt.columns().iter().map(|c| (c.name().to_owned(), PgType::from_oid(c.type_().oid()))).collect();
+            snap.current = Some(Self::table(client, &s, oid, &schema, &name, columns)?);
             client
-                .batch_execute(&format!("DECLARE spate_snapshot NO SCROLL CURSOR FOR SELECT * FROM {qualified}"))
+                .batch_execute(&format!("DECLARE spate_snapshot NO SCROLL CURSOR FOR {select}"))
                 .map_err(|e| pg_err(format!("reading {schema}.{name}"), e))?;
         }
         let table = snap.current.clone().expect("set above");
@@ -805,10 +856,9 @@ impl PostgresCdcSourceTask {
             snap.current = None;
         }
         if n > 0 {
-            self.pending.push_back(Item::Offset(Self::snapshot_offset(&snap, false)));
+            self.pending.push_back(Item::Offset(Self::snapshot_offset(snap, false)));
         }
-        self.phase = Phase::Snapshot(snap);
-        Ok(())
+        Ok(false)
     }
 
     // ---- streaming ----
@@ -874,6 +924,7 @@ impl PostgresCdcSourceTask {
     fn drain_raw(&mut self) -> Result<()> {
         let s = self.settings().clone();
         while let Some(row) = self.raw.pop_front() {
+            let lsn = u64::from(row.get::<_, PgLsn>(0));
             let data: &[u8] = row.get(1);
             let msg = pgoutput::decode(data).map_err(|e| ConnectError::external(CLASS, "decoding the slot", e))?;
             self.txn_rows += 1;
@@ -890,14 +941,9 @@ impl PostgresCdcSourceTask {
                     return Ok(None);
                 }
                 let columns = rel.columns.iter().map(|c| (c.name.clone(), PgType::from_oid(c.type_oid))).collect();
-                let flagged = if rel.replica_identity == b'f' {
-                    Vec::new()
-                } else {
-                    rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
-                };
-                Self::table(client, &s, rel.oid, &rel.namespace, &rel.name, columns, flagged).map(Some)
+                Self::table(client, &s, rel.oid, &rel.namespace, &rel.name, columns).map(Some)
             };
-            if let Some(done) = self.asm.on_message(msg, &ctx, &mut lookup)? {
+            if let Some(done) = self.asm.on_message(msg, lsn, &ctx, &mut lookup)? {
                 self.pending.extend(done.items);
                 self.emitted_lsn = done.offset.lsn;
                 if self.filter.as_ref().is_some_and(|f| done.offset.lsn >= f.until_lsn) {
@@ -944,6 +990,19 @@ impl PostgresCdcSourceTask {
         batch
     }
 
+    /// A lost connection is re-established by the next `poll`s (the phase says what to take
+    /// again); any other error fails the task.
+    fn on_error(&mut self, e: ConnectError) -> Result<Option<SourceBatch>> {
+        let lost = self.client.as_mut().is_none_or(|c| c.is_closed() || c.is_valid(Duration::from_secs(5)).is_err());
+        if lost {
+            warn!(connector = %self.connector, error = %e, "lost the PostgreSQL connection; reconnecting");
+            self.client = None;
+            self.reconnect_at = Some(Instant::now() + self.backoff);
+            return Ok(None);
+        }
+        Err(e)
+    }
+
     fn step(&mut self) -> Result<bool> {
         match &self.phase {
             Phase::Snapshot(_) => self.snapshot_step().map(|_| true),
@@ -960,8 +1019,8 @@ impl SourceTask for PostgresCdcSourceTask {
         let stored = context.offset(&s.partition()).as_ref().and_then(Offset::from_json);
         self.client = Some(Self::connect(&s).map_err(|e| pg_err(format!("connecting to database {}", s.db), e))?);
         self.s = Some(s.clone());
-        self.ensure_publication_and_slot()?;
-        let (confirmed, _) = self.slot_state()?;
+        self.ensure_publication_and_slot(stored.as_ref())?;
+        let (confirmed, _) = if s.snapshot_mode == "initial_only" { (0, 0) } else { self.slot_state()? };
         self.confirmed_lsn = confirmed;
         match slot::start_plan(&s.snapshot_mode, stored.as_ref()) {
             StartPlan::Snapshot => self.begin_snapshot()?,
@@ -1001,7 +1060,9 @@ impl SourceTask for PostgresCdcSourceTask {
                     self.reconnect_at = None;
                     // A snapshot's transaction died with the connection: take it again.
                     if matches!(self.phase, Phase::Snapshot(_)) {
-                        self.begin_snapshot()?;
+                        if let Err(e) = self.begin_snapshot() {
+                            return self.on_error(e);
+                        }
                     }
                 }
                 Err(e) => {
@@ -1022,19 +1083,8 @@ impl SourceTask for PostgresCdcSourceTask {
         if let Err(e) = self.check_lag() {
             warn!(connector = %self.connector, error = %e, "cannot measure the slot lag");
         }
-        match self.step() {
-            Ok(_) => {}
-            Err(e) => {
-                let lost =
-                    self.client.as_mut().is_none_or(|c| c.is_closed() || c.is_valid(Duration::from_secs(5)).is_err());
-                if lost {
-                    warn!(connector = %self.connector, error = %e, "lost the PostgreSQL connection; reconnecting");
-                    self.client = None;
-                    self.reconnect_at = Some(Instant::now() + self.backoff);
-                    return Ok(None);
-                }
-                return Err(e);
-            }
+        if let Err(e) = self.step() {
+            return self.on_error(e);
         }
         if self.pending.is_empty() {
             if matches!(self.phase, Phase::Stream | Phase::Idle) {
@@ -1107,7 +1157,10 @@ mod tests {
     }
 
     fn run(asm: &mut Assembler, msgs: Vec<Message<'_>>, ctx: &Ctx<'_>) -> Vec<Done> {
-        msgs.into_iter().filter_map(|m| asm.on_message(m, ctx, &mut lookup).unwrap()).collect()
+        msgs.into_iter()
+            .enumerate()
+            .filter_map(|(i, m)| asm.on_message(m, i as u64, ctx, &mut lookup).unwrap())
+            .collect()
     }
 
     fn txn<'a>(xid: u32, end_lsn: u64, changes: Vec<Message<'a>>) -> Vec<Message<'a>> {
@@ -1172,8 +1225,8 @@ mod tests {
     fn a_change_to_an_unknown_relation_is_an_error() {
         let mut asm = Assembler::default();
         let c = ctx(None, 0);
-        asm.on_message(Message::Begin { final_lsn: 1, commit_ts_us: 0, xid: 1 }, &c, &mut lookup).unwrap();
+        asm.on_message(Message::Begin { final_lsn: 1, commit_ts_us: 0, xid: 1 }, 1, &c, &mut lookup).unwrap();
         let m = Message::Insert { relation: 9, new: Tuple(vec![]) };
-        assert!(asm.on_message(m, &c, &mut lookup).is_err());
+        assert!(asm.on_message(m, 2, &c, &mut lookup).is_err());
     }
 }

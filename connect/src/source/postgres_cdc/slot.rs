@@ -30,8 +30,10 @@ use super::pgoutput::xid_precedes;
 /// or before `$4` (what this task already emitted but the slot has not confirmed yet).
 /// Relation and Type messages always come through: a new decoding session sends each once
 /// and the changes after it rely on it. Parameters: slot, max changes, publication, emitted
-/// end LSN. Columns: lsn, data, total rows peeked. (The `lsn` column is the
-/// commit end for Commit rows and not a per-change position for the others.)
+/// end LSN. Columns: lsn, data, total rows peeked. The `lsn` column is what logical decoding
+/// reports as the write position: the transaction's first LSN for Begin, the change's own WAL
+/// record LSN for a change (observed on PostgreSQL 15: 0/1527AC8, 0/1527B48, 0/1527BC8 for
+/// three inserts of one transaction), the commit end for Commit.
 pub const PEEK_SQL: &str = "SELECT lsn, data, total FROM (\
     SELECT lsn, data, n, count(*) OVER () AS total, \
     min(CASE WHEN get_byte(data, 0) = 67 THEN lsn END) OVER (ORDER BY n DESC) AS commit_end \
