@@ -433,3 +433,40 @@ fn keys_columns_and_slots_agree_between_snapshot_and_stream() {
     assert_eq!(slots.trim(), "0");
     task.stop();
 }
+
+#[test]
+fn a_large_transaction_comes_in_batches_with_one_offset_and_a_bound() {
+    let pg = postgres::PgServer::start();
+    let url = pg.create_database("big");
+    pg.psql("big", "CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let mut task =
+        start(&props(&url, "big", "s9", &[("snapshot.mode", "never"), ("max.transaction.changes", "10")]), None);
+    pg.psql("big", "INSERT INTO t SELECT generate_series(1, 8)").unwrap();
+    // Batches of at most max.batch.size (3) inside the transaction; its offset with the last.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut batches = Vec::new();
+    while batches.iter().map(|(n, _)| n).sum::<usize>() < 8 {
+        assert!(Instant::now() < deadline, "{batches:?}");
+        if let Some(b) = task.poll(Duration::from_millis(100)).unwrap() {
+            if !b.records.is_empty() {
+                batches.push((b.records.len(), b.offsets.len()));
+            }
+        }
+    }
+    assert!(batches.len() >= 3 && batches.iter().all(|(n, _)| *n <= 3), "{batches:?}");
+    let with_offset: Vec<usize> = batches.iter().enumerate().filter(|(_, b)| b.1 > 0).map(|(i, _)| i).collect();
+    assert_eq!(with_offset, [batches.len() - 1], "{batches:?}");
+    // A transaction above max.transaction.changes fails the task, naming the key.
+    pg.psql("big", "INSERT INTO t SELECT generate_series(100, 111)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        assert!(Instant::now() < deadline, "no error for a transaction of 12 changes");
+        match task.poll(Duration::from_millis(100)) {
+            Ok(Some(b)) => assert!(b.records.is_empty(), "{:?}", b.records),
+            Ok(None) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(err.contains("max.transaction.changes"), "{err}");
+    task.stop();
+}

@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postgres::types::PgLsn;
+use postgres::types::{PgLsn, ToSql};
 use postgres::{Client, NoTls, SimpleQueryMessage};
 use regex::Regex;
 use serde_json::{json, Value as Json};
@@ -114,6 +114,9 @@ fn config_def() -> ConfigDef {
             "Follow each delete event with a tombstone (null value) for the same key.")
         .define("max.batch.size", ConfigType::Int, Some("2048"), Importance::Low, "Events per batch at most.")
         .with_validator(Validator::Range { min: 1.0, max: 1_000_000.0 })
+        .define("max.transaction.changes", ConfigType::Long, Some("4000000"), Importance::Low,
+            "The most changes one transaction may have: its changes are held in memory (undecoded) until its events are handed out; a larger one fails the task with a message naming this key.")
+        .with_validator(Validator::Range { min: 1.0, max: 9.0e18 })
         .define("poll.interval.ms", ConfigType::Long, Some("500"), Importance::Low,
             "How long to wait before asking the slot again after it had no new changes.")
         .with_validator(Validator::Range { min: 1.0, max: 3_600_000.0 })
@@ -136,6 +139,7 @@ struct Settings {
     snapshot_mode: String,
     tombstones: bool,
     max_batch: usize,
+    max_txn_changes: u64,
     poll_interval: Duration,
     lag_warn_bytes: i64,
 }
@@ -179,6 +183,7 @@ impl Settings {
             snapshot_mode: c.require_str("snapshot.mode")?.trim().to_owned(),
             tombstones: c.get_bool("tombstones.on.delete")?.unwrap_or(true),
             max_batch: c.get_i64("max.batch.size")?.unwrap_or(2048) as usize,
+            max_txn_changes: c.get_i64("max.transaction.changes")?.unwrap_or(4_000_000) as u64,
             poll_interval: Duration::from_millis(c.get_i64("poll.interval.ms")?.unwrap_or(500) as u64),
             lag_warn_bytes: c.get_i64("slot.lag.warn.bytes")?.unwrap_or(1 << 30),
         })
@@ -252,13 +257,16 @@ enum Item {
 struct Txn {
     xid: u32,
     ts_us: i64,
-    /// Already in the snapshot: decoded (relations still matter) but not emitted.
+    /// Already in the snapshot or already emitted: decoded (relations still matter) but its
+    /// events are not.
     skip: bool,
-    items: Vec<Item>,
+    /// Already emitted (before the resume point): not even its offset.
+    emitted: bool,
 }
 
-/// Turns decoded pgoutput messages into whole transactions of Debezium events. Sans IO except
-/// for the table lookup it is given (a new relation's primary key).
+/// Turns decoded pgoutput messages into Debezium events, handed out as they are built (a large
+/// transaction is never held whole as events) with the offset only at its Commit. Sans IO
+/// except for the table lookup it is given (a new relation's key).
 #[derive(Default)]
 struct Assembler {
     /// Relation OID → the captured table (None: not captured).
@@ -277,35 +285,34 @@ struct Ctx<'a> {
     filter: Option<&'a SnapshotFilter>,
 }
 
-/// A finished transaction: its events and where it leaves the slot.
-struct Done {
-    items: Vec<Item>,
-    offset: Offset,
-}
-
 type Lookup<'a> = dyn FnMut(&Relation) -> Result<Option<Arc<Table>>> + 'a;
 
 impl Assembler {
-    /// `lsn`: the message's position as the peek reports it (for a change, its own WAL
-    /// record's LSN: `source.lsn`).
+    /// Queues the events of `msg` on `out`; at a Commit not emitted before, returns the offset
+    /// it reaches (the caller queues it after the events). `lsn`: the message's position as
+    /// the peek reports it (for a change, its own WAL record's LSN: `source.lsn`).
     fn on_message(
         &mut self,
         msg: Message<'_>,
         lsn: u64,
         ctx: &Ctx<'_>,
         lookup: &mut Lookup<'_>,
-    ) -> Result<Option<Done>> {
+        out: &mut VecDeque<Item>,
+    ) -> Result<Option<Offset>> {
         match msg {
             Message::Begin { final_lsn, commit_ts_us, xid } => {
-                let skip = ctx.filter.is_some_and(|f| f.contains(xid, final_lsn));
-                self.txn = Some(Txn { xid, ts_us: commit_ts_us, skip, items: Vec::new() });
+                // The commit record starts at `final_lsn` and ends after it: a transaction
+                // emitted before (commit end <= emitted_lsn) is one whose commit starts below.
+                let emitted = final_lsn < ctx.emitted_lsn;
+                let skip = emitted || ctx.filter.is_some_and(|f| f.contains(xid, final_lsn));
+                self.txn = Some(Txn { xid, ts_us: commit_ts_us, skip, emitted });
             }
             Message::Commit { commit_lsn, end_lsn, commit_ts_us, .. } => {
                 let Some(txn) = self.txn.take() else {
                     return Err(ConnectError::external(CLASS, "decoding the slot", "a commit without a begin"));
                 };
                 self.last_commit_lsn = Some(commit_lsn);
-                if end_lsn <= ctx.emitted_lsn {
+                if txn.emitted || end_lsn <= ctx.emitted_lsn {
                     return Ok(None);
                 }
                 let offset = Offset {
@@ -318,7 +325,7 @@ impl Assembler {
                     // Keep the filter while a later transaction may still be one the snapshot saw.
                     filter: ctx.filter.filter(|f| end_lsn < f.until_lsn).cloned(),
                 };
-                return Ok(Some(Done { items: if txn.skip { Vec::new() } else { txn.items }, offset }));
+                return Ok(Some(offset));
             }
             Message::Origin { .. } | Message::Type { .. } => {}
             Message::Relation(rel) => {
@@ -326,14 +333,14 @@ impl Assembler {
                 self.tables.insert(rel.oid, table);
             }
             Message::Insert { relation, new } => {
-                self.change(relation, lsn, ctx, |t, src, now, out| {
+                self.change(relation, lsn, ctx, out, |t, src, now, out| {
                     let after = t.row(&new.0)?;
                     out.push(envelope::event(t, "c", t.key_of(&after), None, Some(after), src, now));
                     Ok(())
                 })?;
             }
             Message::Update { relation, old, new } => {
-                self.change(relation, lsn, ctx, |t, src, now, out| {
+                self.change(relation, lsn, ctx, out, |t, src, now, out| {
                     let after = t.row(&new.0)?;
                     let before = old.as_ref().map(|(_, o)| t.row(&o.0)).transpose()?;
                     let new_key = t.key_of(&after);
@@ -356,7 +363,7 @@ impl Assembler {
             // With REPLICA IDENTITY DEFAULT the old tuple holds the key (other columns
             // null); with FULL, the whole row: `before` shows what the server sent.
             Message::Delete { relation, old: (_, old) } => {
-                self.change(relation, lsn, ctx, |t, src, now, out| {
+                self.change(relation, lsn, ctx, out, |t, src, now, out| {
                     let before = t.row(&old.0)?;
                     let key = t.key_of(&before);
                     out.push(envelope::event(t, "d", key.clone(), Some(before), None, src, now));
@@ -368,7 +375,7 @@ impl Assembler {
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
-                    self.change(relation, lsn, ctx, |t, src, now, out| {
+                    self.change(relation, lsn, ctx, out, |t, src, now, out| {
                         out.push(envelope::event(t, "t", None, None, None, src, now));
                         Ok(())
                     })?;
@@ -385,6 +392,7 @@ impl Assembler {
         relation: u32,
         lsn: u64,
         ctx: &Ctx<'_>,
+        out: &mut VecDeque<Item>,
         build: impl FnOnce(&Table, Json, i64, &mut Vec<ConnectRecord>) -> std::result::Result<(), String>,
     ) -> Result<()> {
         let Some(txn) = self.txn.as_mut() else {
@@ -413,9 +421,9 @@ impl Assembler {
             last_commit_lsn: self.last_commit_lsn,
         };
         let src = envelope::source(&origin, &table, Some(lsn));
-        let mut out = Vec::with_capacity(2);
-        match build(&table, src, now_ms(), &mut out) {
-            Ok(()) => txn.items.extend(out.into_iter().map(|r| Item::Record(Box::new(r)))),
+        let mut records = Vec::with_capacity(2);
+        match build(&table, src, now_ms(), &mut records) {
+            Ok(()) => out.extend(records.into_iter().map(|r| Item::Record(Box::new(r)))),
             Err(reason) => {
                 let mut record = ConnectRecord::new(
                     table.topic.clone(),
@@ -424,7 +432,7 @@ impl Assembler {
                     )),
                 );
                 record.timestamp_ms = Some(origin.ts_ms);
-                txn.items.push(Item::Failed(Box::new(FailedRecord {
+                out.push_back(Item::Failed(Box::new(FailedRecord {
                     record,
                     error: Arc::new(ConnectError::external(
                         CLASS,
@@ -888,10 +896,7 @@ impl PostgresCdcSourceTask {
         loop {
             let limit = i32::try_from(want).unwrap_or(i32::MAX);
             let emitted = PgLsn::from(self.emitted_lsn);
-            let rows = self
-                .client()
-                .query(slot::PEEK_SQL, &[&s.slot, &limit, &s.publication, &emitted])
-                .map_err(|e| pg_err(format!("peeking slot {}", s.slot), e))?;
+            let rows = self.peek(&s, limit, emitted)?;
             let total: i64 = rows.first().map_or(0, |r| r.get(2));
             // Relation and Type messages always come; anything else is a new transaction.
             let new = rows.iter().any(|r| !matches!(r.get::<_, &[u8]>(1).first(), Some(b'R' | b'Y')));
@@ -920,7 +925,42 @@ impl PostgresCdcSourceTask {
         }
     }
 
-    /// Decodes peeked rows into whole transactions of events until a batch is queued.
+    /// Runs [`slot::PEEK_SQL`]. A peek returns whole transactions, held undecoded until their
+    /// events are built a batch at a time: one with more than `max.transaction.changes`
+    /// changes fails the task rather than the worker's memory.
+    fn peek(&mut self, s: &Settings, limit: i32, emitted: PgLsn) -> Result<Vec<postgres::Row>> {
+        use postgres::fallible_iterator::FallibleIterator as _;
+        let what = || format!("peeking slot {}", s.slot);
+        let params: [&dyn ToSql; 4] = [&s.slot, &limit, &s.publication, &emitted];
+        let mut it = self.client().query_raw(slot::PEEK_SQL, params).map_err(|e| pg_err(what(), e))?;
+        let mut rows = Vec::new();
+        let mut in_txn = 0u64;
+        while let Some(row) = it.next().map_err(|e| pg_err(what(), e))? {
+            match row.get::<_, &[u8]>(1).first() {
+                Some(b'B') => in_txn = 0,
+                Some(b'R' | b'Y') => {}
+                _ => in_txn += 1,
+            }
+            if in_txn > s.max_txn_changes {
+                let lsn: PgLsn = row.get(0);
+                return Err(ConnectError::config(
+                    "max.transaction.changes",
+                    format!(
+                        "a transaction (change at LSN {lsn}) has more than {} changes, the most the task holds \
+                         in memory (undecoded, roughly 200-300 bytes each plus the row's text); raise \
+                         max.transaction.changes if the worker has the memory",
+                        s.max_txn_changes
+                    ),
+                ));
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Decodes peeked rows into events until a batch is queued. A batch may end inside a
+    /// transaction (without an offset: offsets only at transaction ends), so a large
+    /// transaction's events are built a batch at a time.
     fn drain_raw(&mut self) -> Result<()> {
         let s = self.settings().clone();
         while let Some(row) = self.raw.pop_front() {
@@ -943,19 +983,20 @@ impl PostgresCdcSourceTask {
                 let columns = rel.columns.iter().map(|c| (c.name.clone(), PgType::from_oid(c.type_oid))).collect();
                 Self::table(client, &s, rel.oid, &rel.namespace, &rel.name, columns).map(Some)
             };
-            if let Some(done) = self.asm.on_message(msg, lsn, &ctx, &mut lookup)? {
-                self.pending.extend(done.items);
-                self.emitted_lsn = done.offset.lsn;
-                if self.filter.as_ref().is_some_and(|f| done.offset.lsn >= f.until_lsn) {
+            if let Some(offset) = self.asm.on_message(msg, lsn, &ctx, &mut lookup, &mut self.pending)? {
+                self.emitted_lsn = offset.lsn;
+                if self.filter.as_ref().is_some_and(|f| offset.lsn >= f.until_lsn) {
                     self.filter = None;
                 }
-                self.pending.push_back(Item::Offset(done.offset.to_json()));
+                self.pending.push_back(Item::Offset(offset.to_json()));
                 self.unconfirmed.push_back((self.emitted_lsn, self.txn_rows));
                 self.unconfirmed_rows += self.txn_rows;
                 self.txn_rows = 0;
-                if self.pending.len() >= s.max_batch {
-                    break;
-                }
+            }
+            // Full: stop, but not just before a Commit (its offset belongs with this batch).
+            let commit_next = self.raw.front().is_some_and(|r| r.get::<_, &[u8]>(1).first() == Some(&b'C'));
+            if self.pending.len() >= s.max_batch && !commit_next {
+                break;
             }
         }
         Ok(())
@@ -997,6 +1038,12 @@ impl PostgresCdcSourceTask {
         if lost {
             warn!(connector = %self.connector, error = %e, "lost the PostgreSQL connection; reconnecting");
             self.client = None;
+            // Peek again from the last transaction end queued: the undecoded rows may have
+            // lost one (a Relation whose lookup failed), and a new decoding session sends
+            // every Relation again. Events of a partly queued transaction repeat.
+            self.raw.clear();
+            self.asm.txn = None;
+            self.txn_rows = 0;
             self.reconnect_at = Some(Instant::now() + self.backoff);
             return Ok(None);
         }
@@ -1156,11 +1203,22 @@ mod tests {
         Ctx { server: "srv", db: "db", tombstones: true, emitted_lsn, filter }
     }
 
+    /// A finished transaction: its events and where it leaves the slot.
+    struct Done {
+        items: Vec<Item>,
+        offset: Offset,
+    }
+
     fn run(asm: &mut Assembler, msgs: Vec<Message<'_>>, ctx: &Ctx<'_>) -> Vec<Done> {
-        msgs.into_iter()
-            .enumerate()
-            .filter_map(|(i, m)| asm.on_message(m, i as u64, ctx, &mut lookup).unwrap())
-            .collect()
+        let mut out = VecDeque::new();
+        let mut done = Vec::new();
+        for (i, m) in msgs.into_iter().enumerate() {
+            if let Some(offset) = asm.on_message(m, i as u64, ctx, &mut lookup, &mut out).unwrap() {
+                done.push(Done { items: out.drain(..).collect(), offset });
+            }
+        }
+        assert!(out.is_empty(), "events of a transaction that was not emitted");
+        done
     }
 
     fn txn<'a>(xid: u32, end_lsn: u64, changes: Vec<Message<'a>>) -> Vec<Message<'a>> {
@@ -1225,8 +1283,9 @@ mod tests {
     fn a_change_to_an_unknown_relation_is_an_error() {
         let mut asm = Assembler::default();
         let c = ctx(None, 0);
-        asm.on_message(Message::Begin { final_lsn: 1, commit_ts_us: 0, xid: 1 }, 1, &c, &mut lookup).unwrap();
+        let mut out = VecDeque::new();
+        asm.on_message(Message::Begin { final_lsn: 1, commit_ts_us: 0, xid: 1 }, 1, &c, &mut lookup, &mut out).unwrap();
         let m = Message::Insert { relation: 9, new: Tuple(vec![]) };
-        assert!(asm.on_message(m, 2, &c, &mut lookup).is_err());
+        assert!(asm.on_message(m, 2, &c, &mut lookup, &mut out).is_err());
     }
 }
