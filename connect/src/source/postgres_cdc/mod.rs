@@ -3,14 +3,15 @@
 //! `pgoutput` plugin, an initial snapshot consistent with the slot, and change events in
 //! Debezium's envelope on topics `<topic.prefix>.<schema>.<table>`.
 //!
-//! **Delivery.** One task (a slot has one reader). Events are handed out in commit order,
-//! whole transactions at a time; a batch's source offset (partition `{"server": <prefix>}`) is
-//! set only where a transaction ends. The slot's confirmed LSN is advanced in
+//! **Delivery.** One task (a slot has one reader). Events are handed out in commit order, a
+//! batch at a time (a large transaction spans batches); a batch's source offset (partition
+//! `{"server": <prefix>}`) is set only where a transaction ends. The slot's confirmed LSN is advanced in
 //! [`SourceTask::commit`], which the runtime calls after it stored the offsets, i.e. after
 //! every event up to them was acknowledged by the broker: the slot never passes an
 //! unacknowledged change, so a crash repeats at most the unacknowledged range and loses
 //! nothing. A restart resumes from the slot and skips transactions at or before the stored
-//! offset. A crash during the snapshot takes the snapshot again (its rows may repeat).
+//! offset. A crash or a lost connection during the snapshot takes the snapshot again (its
+//! rows may repeat).
 //!
 //! Layout: [`pgoutput`] (the message decoder), [`envelope`] (types → JSON, Debezium's
 //! records and schemas), [`slot`] (offsets, the snapshot filter, the SQL and why the SQL-level
