@@ -1,0 +1,769 @@
+//! The JDBC-style sink (`JdbcSinkConnector`, alias `io.confluent.connect.jdbc.JdbcSinkConnector`):
+//! writes records into tables of SQLite (`connection.url` = `sqlite:PATH`) or PostgreSQL
+//! (`postgresql://…`), with Confluent's JDBC sink keys: `insert.mode` (insert, upsert, update),
+//! `pk.mode` (none, kafka, record_key, record_value) and `pk.fields`, `fields.whitelist`,
+//! `auto.create`, `auto.evolve`, `delete.enabled`, `table.name.format`, `batch.size`,
+//! `max.retries`, `retry.backoff.ms`.
+//!
+//! **Shape.** [`row`] maps a record to a row (columns, values, types; with or without a Connect
+//! schema), [`plan`] folds a chunk per key and groups rows by shape, [`sql`] writes the SQL per
+//! dialect; all three are sans-IO. This file is the shell: it runs each `batch.size` chunk of a
+//! `put` in ONE transaction (create/evolve the table, one statement per group, the offsets row
+//! when exactly-once is on, commit), through [`conn`].
+//!
+//! **Failures.** A record that cannot be written (not an object, no key, a missing key field, a
+//! value its column refuses, a constraint) comes back as a failed record (the dead-letter queue
+//! by `errors.tolerance`), and only that record: PostgreSQL chunks that hit such a row are
+//! redone row by row under savepoints; SQLite rolls back only the failing statement. A database
+//! that is down is retried `max.retries` times, `retry.backoff.ms` apart, reconnecting; then the
+//! task fails with the database's error. A missing table without `auto.create`, or an upsert key
+//! without a unique constraint, fails the task at once (the setup's fault).
+//!
+//! **Exactly once** (`exactly.once=true`): each chunk also upserts `(connector, topic,
+//! partition, next_offset)` rows in `offsets.table.name` inside the same transaction. `open`
+//! reads them and returns them as the start offsets, `put` drops records below them (the
+//! consumer may deliver from an older group commit before the seek applies), and `pre_commit`
+//! reports them: after a crash at any point each record's effect is in the table exactly once.
+
+mod conn;
+mod plan;
+mod row;
+mod sql;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use spate_client::TopicPartition;
+use tracing::{info, warn};
+
+use self::conn::{prepare_pg, Conn, DbError, Fault, PgColumn};
+use self::plan::{plan, Group, InsertMode, Kind};
+use self::row::{Cell, Op, PkMode, RowMapper, SqlType};
+use self::sql::{Flavor, PgArray};
+use crate::config::{ConfigDef, ConfigType, Importance, ParsedConfig, Props, Validator};
+use crate::connector::{Connector, ConnectorType, FailedRecord, SinkTask, SinkTaskContext};
+use crate::error::{ConnectError, Result};
+use crate::record::ConnectRecord;
+
+const CLASS: &str = "JdbcSinkConnector";
+
+/// How long a connection attempt (and an SQLite lock wait) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The JDBC sink connector.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JdbcSinkConnector;
+
+fn config_def() -> ConfigDef {
+    ConfigDef::new()
+        .define(
+            "connection.url",
+            ConfigType::String,
+            None,
+            Importance::High,
+            "The database: sqlite:PATH (a file, created if missing) or postgresql://[user[:password]@]host[:port]/db \
+             (jdbc:postgresql:// and jdbc:sqlite: are accepted too).",
+        )
+        .with_validator(Validator::Custom(|v| conn::parse_url(v).map(|_| ())))
+        .in_group("Connection")
+        .define("connection.user", ConfigType::String, Some(""), Importance::High, "PostgreSQL user (overrides the URL's).")
+        .in_group("Connection")
+        .define(
+            "connection.password",
+            ConfigType::Password,
+            Some(""),
+            Importance::High,
+            "PostgreSQL password (overrides the URL's).",
+        )
+        .in_group("Connection")
+        .define(
+            "insert.mode",
+            ConfigType::String,
+            Some("insert"),
+            Importance::High,
+            "insert: plain INSERT. upsert: INSERT … ON CONFLICT (primary key) DO UPDATE (needs a pk.mode). update: \
+             UPDATE … WHERE primary key (rows that do not exist are not created).",
+        )
+        .with_validator(Validator::OneOf(&["insert", "upsert", "update"]))
+        .in_group("Writes")
+        .define(
+            "pk.mode",
+            ConfigType::String,
+            Some("none"),
+            Importance::High,
+            "Where the primary key comes from. none: no key. kafka: the record's topic, partition and offset \
+             (pk.fields names the three columns, default __connect_topic,__connect_partition,__connect_offset). \
+             record_key: the record key (its fields, or the key itself when it is a primitive, named by the one \
+             pk.fields entry). record_value: fields of the value (pk.fields; empty: all of them).",
+        )
+        .with_validator(Validator::OneOf(&["none", "kafka", "record_key", "record_value"]))
+        .in_group("Data mapping")
+        .define("pk.fields", ConfigType::List, Some(""), Importance::Medium, "The primary key columns (see pk.mode).")
+        .in_group("Data mapping")
+        .define(
+            "fields.whitelist",
+            ConfigType::List,
+            Some(""),
+            Importance::Medium,
+            "Value fields to write (empty: all). Primary key fields are always written.",
+        )
+        .in_group("Data mapping")
+        .define(
+            "table.name.format",
+            ConfigType::String,
+            Some("${topic}"),
+            Importance::Medium,
+            "The table to write, ${topic} replaced by the record's topic. One dot on PostgreSQL means \
+             schema.table.",
+        )
+        .with_validator(Validator::NonEmpty)
+        .in_group("Data mapping")
+        .define(
+            "delete.enabled",
+            ConfigType::Boolean,
+            Some("false"),
+            Importance::Medium,
+            "Whether a record with a null value (a tombstone) deletes the row with its key. Needs \
+             pk.mode=record_key. When false, tombstones are failed records (the dead-letter queue).",
+        )
+        .in_group("Writes")
+        .define(
+            "auto.create",
+            ConfigType::Boolean,
+            Some("false"),
+            Importance::Medium,
+            "Create a missing table (CREATE TABLE with the primary key; column types from the record's schema, or \
+             inferred from its JSON values).",
+        )
+        .in_group("DDL support")
+        .define(
+            "auto.evolve",
+            ConfigType::Boolean,
+            Some("false"),
+            Importance::Medium,
+            "Add a nullable column (ALTER TABLE ADD COLUMN) for a field the table lacks. When false, such records \
+             are failed records.",
+        )
+        .in_group("DDL support")
+        .define(
+            "batch.size",
+            ConfigType::Int,
+            Some("3000"),
+            Importance::Medium,
+            "Records per transaction: a put's records are written in chunks of this many, each chunk in one \
+             transaction. A put holds at most the consumer's max.poll.records (consumer.override.max.poll.records).",
+        )
+        .with_validator(Validator::Range { min: 1.0, max: 1_000_000.0 })
+        .in_group("Writes")
+        .define(
+            "max.retries",
+            ConfigType::Int,
+            Some("10"),
+            Importance::Medium,
+            "Retries of a chunk after a database error that is not the data's (connection lost, lock) before the \
+             task fails.",
+        )
+        .with_validator(Validator::Range { min: 0.0, max: 1_000_000.0 })
+        .in_group("Retries")
+        .define(
+            "retry.backoff.ms",
+            ConfigType::Int,
+            Some("3000"),
+            Importance::Medium,
+            "Wait between retries, in milliseconds.",
+        )
+        .with_validator(Validator::Range { min: 0.0, max: 86_400_000.0 })
+        .in_group("Retries")
+        .define(
+            "exactly.once",
+            ConfigType::Boolean,
+            Some("false"),
+            Importance::Medium,
+            "Store each partition's next offset in offsets.table.name in the same transaction as the rows, and \
+             resume from it: every record is applied exactly once, also across crashes.",
+        )
+        .in_group("Writes")
+        .define(
+            "offsets.table.name",
+            ConfigType::String,
+            Some("__spate_connect_offsets"),
+            Importance::Low,
+            "The table of the exactly-once offsets (connector, topic, partition, next_offset), created if missing.",
+        )
+        .with_validator(Validator::NonEmpty)
+        .in_group("Writes")
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+struct SinkConfig {
+    url: String,
+    user: String,
+    password: String,
+    insert_mode: InsertMode,
+    pk_mode: PkMode,
+    pk_fields: Vec<String>,
+    whitelist: Vec<String>,
+    table_format: String,
+    delete_enabled: bool,
+    auto_create: bool,
+    auto_evolve: bool,
+    batch_size: usize,
+    max_retries: u32,
+    retry_backoff: Duration,
+    exactly_once: bool,
+    offsets_table: String,
+}
+
+impl SinkConfig {
+    fn parse(props: &Props) -> Result<SinkConfig> {
+        let c: ParsedConfig = config_def().parse(props)?;
+        let s = |k: &str| c.get_str(k).unwrap_or("").trim().to_owned();
+        let insert_mode = match c.get_str("insert.mode") {
+            Some("upsert") => InsertMode::Upsert,
+            Some("update") => InsertMode::Update,
+            _ => InsertMode::Insert,
+        };
+        let pk_mode = match c.get_str("pk.mode") {
+            Some("kafka") => PkMode::Kafka,
+            Some("record_key") => PkMode::RecordKey,
+            Some("record_value") => PkMode::RecordValue,
+            _ => PkMode::None,
+        };
+        let pk_fields = c.get_list("pk.fields");
+        let delete_enabled = c.get_bool("delete.enabled")?.unwrap_or(false);
+        if delete_enabled && pk_mode != PkMode::RecordKey {
+            return Err(ConnectError::config("delete.enabled", "delete.enabled=true needs pk.mode=record_key"));
+        }
+        if insert_mode != InsertMode::Insert && pk_mode == PkMode::None {
+            return Err(ConnectError::config(
+                "pk.mode",
+                "insert.mode=upsert and insert.mode=update need a primary key: set pk.mode",
+            ));
+        }
+        if pk_mode == PkMode::Kafka && !(pk_fields.is_empty() || pk_fields.len() == 3) {
+            return Err(ConnectError::config(
+                "pk.fields",
+                "pk.mode=kafka takes three column names (topic, partition, offset) or none",
+            ));
+        }
+        Ok(SinkConfig {
+            url: s("connection.url"),
+            user: s("connection.user"),
+            password: c.get_str("connection.password").unwrap_or("").to_owned(),
+            insert_mode,
+            pk_mode,
+            pk_fields,
+            whitelist: c.get_list("fields.whitelist"),
+            table_format: s("table.name.format"),
+            delete_enabled,
+            auto_create: c.get_bool("auto.create")?.unwrap_or(false),
+            auto_evolve: c.get_bool("auto.evolve")?.unwrap_or(false),
+            batch_size: c.get_i64("batch.size")?.unwrap_or(3000).max(1) as usize,
+            max_retries: c.get_i64("max.retries")?.unwrap_or(10).max(0) as u32,
+            retry_backoff: Duration::from_millis(c.get_i64("retry.backoff.ms")?.unwrap_or(3000).max(0) as u64),
+            exactly_once: c.get_bool("exactly.once")?.unwrap_or(false),
+            offsets_table: s("offsets.table.name"),
+        })
+    }
+
+    fn table_for(&self, topic: &str) -> String {
+        self.table_format.replace("${topic}", topic)
+    }
+}
+
+impl Connector for JdbcSinkConnector {
+    fn class(&self) -> &'static str {
+        CLASS
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["io.confluent.connect.jdbc.JdbcSinkConnector", "JdbcSink"]
+    }
+
+    fn kind(&self) -> ConnectorType {
+        ConnectorType::Sink
+    }
+
+    fn config_def(&self) -> ConfigDef {
+        config_def()
+    }
+
+    fn validate(&self, config: &Props) -> Vec<(String, String)> {
+        match SinkConfig::parse(config) {
+            Err(ConnectError::Config { key, reason }) => vec![(key, reason)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// `tasks.max` tasks: the consumer group spreads the partitions over them.
+    fn task_configs(&self, config: &Props, max_tasks: usize) -> Result<Vec<Props>> {
+        SinkConfig::parse(config)?;
+        Ok(vec![config.clone(); max_tasks.max(1)])
+    }
+
+    fn sink_task(&self) -> Result<Box<dyn SinkTask>> {
+        Ok(Box::new(JdbcSinkTask::default()))
+    }
+}
+
+/// A table's columns as the database has them (name, type for coercion).
+type TableColumns = Vec<(String, SqlType)>;
+
+/// The JDBC sink's task.
+#[derive(Default)]
+pub(crate) struct JdbcSinkTask {
+    cfg: Option<Arc<SinkConfig>>,
+    connector: String,
+    conn: Option<Conn>,
+    mapper: Option<RowMapper>,
+    /// Tables seen in this transaction or an earlier committed one (cleared on rollback: it may
+    /// have undone our DDL).
+    tables: HashMap<String, TableColumns>,
+    /// Exactly-once: the next offset stored in the database per partition.
+    db_offsets: HashMap<(Arc<str>, i32), i64>,
+}
+
+/// Records of one chunk, mapped and grouped by table.
+struct Mapped {
+    tables: Vec<(String, Vec<(u32, Op)>)>,
+    offsets: Vec<((Arc<str>, i32), i64)>,
+    failed: Vec<(u32, ConnectError)>,
+}
+
+impl JdbcSinkTask {
+    fn cfg(&self) -> Result<Arc<SinkConfig>> {
+        self.cfg.clone().ok_or_else(|| ConnectError::Internal("jdbc sink task used before start".into()))
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn, DbError> {
+        if self.conn.as_ref().is_some_and(Conn::is_closed) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let cfg = self.cfg.clone().ok_or_else(|| DbError::fatal("not started"))?;
+            self.conn = Some(Conn::open(&cfg.url, &cfg.user, &cfg.password, CONNECT_TIMEOUT)?);
+        }
+        Ok(self.conn.as_mut().expect("opened above"))
+    }
+
+    fn db_failure(&self, what: &str, e: &DbError) -> ConnectError {
+        ConnectError::external(&self.connector, what, e)
+    }
+
+    /// Runs `op` with the configured retries for passing failures (reconnecting).
+    fn with_retries<T>(&mut self, what: &str, mut op: impl FnMut(&mut Self) -> Result<T, DbError>) -> Result<T> {
+        let cfg = self.cfg()?;
+        let mut attempt = 0;
+        loop {
+            match op(self) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.fault == Fault::Transient && attempt < cfg.max_retries => {
+                    attempt += 1;
+                    warn!(connector = %self.connector, error = %e, attempt, "{what} failed; retrying (max.retries)");
+                    self.reset_after_failure();
+                    std::thread::sleep(cfg.retry_backoff);
+                }
+                Err(e) => return Err(self.db_failure(&format!("{what} (after {attempt} retries)"), &e)),
+            }
+        }
+    }
+
+    /// After a failed transaction: roll back (if the connection still works) and forget what it
+    /// may have undone.
+    fn reset_after_failure(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            if c.batch("ROLLBACK").is_err() && c.flavor() == Flavor::Postgres {
+                self.conn = None;
+            } else {
+                c.forget_statements();
+            }
+        }
+        self.tables.clear();
+    }
+
+    fn read_offsets(&mut self) -> Result<(), DbError> {
+        let cfg = self.cfg.clone().ok_or_else(|| DbError::fatal("not started"))?;
+        let connector = self.connector.clone();
+        let conn = self.conn()?;
+        let flavor = conn.flavor();
+        let rows = conn.read_offsets(&sql::select_offsets(flavor, &cfg.offsets_table), &connector)?;
+        self.db_offsets = rows.into_iter().map(|(t, p, o)| ((Arc::from(t.as_str()), p), o)).collect();
+        Ok(())
+    }
+
+    /// Writes one chunk in one transaction; returns the records that could not be written.
+    fn write_chunk(&mut self, records: &[ConnectRecord]) -> Result<Vec<FailedRecord>> {
+        let cfg = self.cfg()?;
+        let mut isolate = false;
+        let mut attempt = 0;
+        loop {
+            match self.attempt(&cfg, records, isolate) {
+                Ok(failed) => return Ok(failed),
+                Err(e) => {
+                    self.reset_after_failure();
+                    match e.fault {
+                        // A row the database refused inside a multi-row statement: redo the
+                        // chunk row by row to find it (and only it).
+                        Fault::Data if !isolate => isolate = true,
+                        Fault::Transient if attempt < cfg.max_retries => {
+                            attempt += 1;
+                            warn!(connector = %self.connector, error = %e, attempt, "writing a batch failed; retrying (max.retries)");
+                            std::thread::sleep(cfg.retry_backoff);
+                            if cfg.exactly_once {
+                                // The commit may have happened with only its answer lost: what
+                                // is stored decides what is left to write.
+                                if let Err(e) = self.read_offsets() {
+                                    warn!(connector = %self.connector, error = %e, "re-reading stored offsets failed");
+                                }
+                            }
+                        }
+                        _ => {
+                            return Err(self.db_failure(
+                                &format!("writing {} records (after {attempt} retries)", records.len()),
+                                &e,
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Maps the chunk's records to operations per table (dropping those already stored when
+    /// exactly-once is on).
+    fn map(&mut self, cfg: &SinkConfig, records: &[ConnectRecord]) -> Mapped {
+        let mut m = Mapped { tables: Vec::new(), offsets: Vec::new(), failed: Vec::new() };
+        let mapper = self.mapper.get_or_insert_with(|| {
+            RowMapper::new(cfg.pk_mode, cfg.pk_fields.clone(), cfg.whitelist.clone(), cfg.delete_enabled)
+        });
+        let mut last_topic: Option<Arc<str>> = None;
+        let mut table_idx = 0;
+        for (i, r) in records.iter().enumerate() {
+            if let Some(k) = &r.kafka {
+                let tp = (r.topic.clone(), k.partition);
+                if cfg.exactly_once && self.db_offsets.get(&tp).is_some_and(|&stored| k.offset < stored) {
+                    continue;
+                }
+                match m.offsets.iter_mut().find(|(t, _)| *t == tp) {
+                    Some((_, next)) => *next = (*next).max(k.offset + 1),
+                    None => m.offsets.push((tp, k.offset + 1)),
+                }
+            }
+            if last_topic.as_ref() != Some(&r.topic) {
+                let table = cfg.table_for(&r.topic);
+                table_idx = match m.tables.iter().position(|(t, _)| *t == table) {
+                    Some(i) => i,
+                    None => {
+                        m.tables.push((table, Vec::new()));
+                        m.tables.len() - 1
+                    }
+                };
+                last_topic = Some(r.topic.clone());
+            }
+            match mapper.map(r) {
+                Ok(op) => m.tables[table_idx].1.push((i as u32, op)),
+                Err(reason) => {
+                    m.failed.push((i as u32, ConnectError::Conversion { what: "value", converter: CLASS, reason }))
+                }
+            }
+        }
+        m
+    }
+
+    fn attempt(
+        &mut self,
+        cfg: &SinkConfig,
+        records: &[ConnectRecord],
+        isolate: bool,
+    ) -> Result<Vec<FailedRecord>, DbError> {
+        let Mapped { tables, offsets, mut failed } = self.map(cfg, records);
+        self.conn()?.batch("BEGIN")?;
+        for (table, ops) in tables {
+            for group in plan(cfg.insert_mode, ops) {
+                self.write_group(cfg, &table, group, isolate, &mut failed)?;
+            }
+        }
+        if cfg.exactly_once && !offsets.is_empty() {
+            let connector = self.connector.clone();
+            let conn = self.conn()?;
+            let sql = sql::upsert_offset(conn.flavor(), &cfg.offsets_table);
+            for ((topic, partition), next) in &offsets {
+                let params =
+                    [Cell::Text(connector.clone()), Cell::Text(topic.to_string()), Cell::Int(i64::from(*partition)), Cell::Int(*next)];
+                conn.execute_scalars(&sql, &params)?;
+            }
+        }
+        self.conn()?.batch("COMMIT")?;
+        if cfg.exactly_once {
+            self.db_offsets.extend(offsets);
+        }
+        failed.sort_by_key(|(i, _)| *i);
+        Ok(failed
+            .into_iter()
+            .map(|(i, e)| FailedRecord {
+                record: records[i as usize].clone(),
+                error: Arc::new(e),
+                stage: "TASK_PUT",
+                class_name: CLASS.to_owned(),
+            })
+            .collect())
+    }
+
+    /// The table's columns, read once per transaction (`None`: it does not exist).
+    fn table_columns(&mut self, table: &str) -> Result<Option<TableColumns>, DbError> {
+        if let Some(cols) = self.tables.get(table) {
+            return Ok(Some(cols.clone()));
+        }
+        let conn = self.conn()?;
+        let flavor = conn.flavor();
+        let Some(cols) = conn.table_columns(table)? else { return Ok(None) };
+        let cols: TableColumns = cols.into_iter().map(|(n, t)| { let ty = sql::type_from_db(flavor, &t); (n, ty) }).collect();
+        self.tables.insert(table.to_owned(), cols.clone());
+        Ok(Some(cols))
+    }
+
+    fn write_group(
+        &mut self,
+        cfg: &SinkConfig,
+        table: &str,
+        mut g: Group,
+        isolate: bool,
+        failed: &mut Vec<(u32, ConnectError)>,
+    ) -> Result<(), DbError> {
+        let flavor = self.conn()?.flavor();
+        let pk_len = g.cols.pk_len;
+        let refuse = |failed: &mut Vec<(u32, ConnectError)>, sources: &[u32], reason: &str| {
+            for s in sources {
+                failed.push((*s, ConnectError::external(CLASS, format!("writing to table {table}"), reason)));
+            }
+        };
+        let mut existing = match self.table_columns(table)? {
+            Some(cols) => cols,
+            None if g.kind == Kind::Delete => return Ok(()),
+            None if !cfg.auto_create => {
+                return Err(DbError::fatal(format!(
+                    "table {table} does not exist and auto.create=false (create it, or set auto.create=true)"
+                )))
+            }
+            None => {
+                let cols: Vec<(&str, SqlType)> =
+                    g.cols.names.iter().enumerate().map(|(i, n)| (n.as_str(), column_type(&g, i))).collect();
+                self.conn()?.batch(&sql::create_table(flavor, table, &cols, pk_len))?;
+                info!(connector = %self.connector, %table, "created table (auto.create)");
+                self.tables.remove(table);
+                self.table_columns(table)?.ok_or_else(|| DbError::fatal(format!("table {table} vanished after CREATE")))?
+            }
+        };
+        // Resolve each column against the table: its spelling and type there.
+        let mut names: Vec<String> = Vec::with_capacity(g.cols.names.len());
+        let mut types: Vec<SqlType> = Vec::with_capacity(g.cols.names.len());
+        let mut dropped: Vec<usize> = Vec::new();
+        for (i, name) in g.cols.names.iter().enumerate() {
+            let found = existing
+                .iter()
+                .find(|(n, _)| n == name)
+                .or_else(|| existing.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)));
+            if let Some((n, t)) = found {
+                names.push(n.clone());
+                types.push(t.clone());
+            } else if i >= pk_len && g.rows.iter().all(|r| r[i] == Cell::Null) {
+                // Null everywhere: the same as not writing the column.
+                dropped.push(i);
+            } else if cfg.auto_evolve {
+                let ty = column_type(&g, i);
+                let ddl = sql::add_column(flavor, table, name, &ty);
+                let ddl = match flavor {
+                    // Two tasks may evolve the same table at once.
+                    Flavor::Postgres => ddl.replacen("ADD COLUMN", "ADD COLUMN IF NOT EXISTS", 1),
+                    Flavor::Sqlite => ddl,
+                };
+                self.conn()?.batch(&ddl)?;
+                info!(connector = %self.connector, %table, column = %name, "added column (auto.evolve)");
+                self.tables.remove(table);
+                existing = self.table_columns(table)?.unwrap_or_default();
+                let ty = existing.iter().find(|(n, _)| n == name).map_or(ty, |(_, t)| t.clone());
+                names.push(name.clone());
+                types.push(ty);
+            } else {
+                let sources: Vec<u32> = g.sources.iter().flatten().copied().collect();
+                refuse(failed, &sources, &format!("the table has no column {name} and auto.evolve=false"));
+                return Ok(());
+            }
+        }
+        if !dropped.is_empty() {
+            for row in &mut g.rows {
+                for &i in dropped.iter().rev() {
+                    row.remove(i);
+                }
+            }
+        }
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        match flavor {
+            Flavor::Sqlite => {
+                let Some(sql) = sql::sqlite_statement(cfg.insert_mode, g.kind, table, &name_refs, pk_len) else {
+                    return Ok(());
+                };
+                let refused = self.conn()?.sqlite_rows(&sql, &g.rows)?;
+                for (row, e) in refused {
+                    refuse(failed, &g.sources[row], &e.message);
+                }
+            }
+            Flavor::Postgres => {
+                let transports: Vec<(PgArray, Option<String>)> = types.iter().map(sql::pg_transport).collect();
+                let arrays: Vec<PgArray> = transports.iter().map(|t| t.0).collect();
+                let casts: Vec<Option<String>> = transports.into_iter().map(|t| t.1).collect();
+                let Some(sql) =
+                    sql::pg_statement(cfg.insert_mode, g.kind, table, &name_refs, pk_len, &arrays, &casts)
+                else {
+                    return Ok(());
+                };
+                // Coerce every row to the table's types; rows that do not fit fail alone.
+                let mut rows: Vec<Vec<Cell>> = Vec::with_capacity(g.rows.len());
+                let mut sources: Vec<Vec<u32>> = Vec::with_capacity(g.rows.len());
+                for (row, src) in g.rows.into_iter().zip(g.sources) {
+                    let coerced: Result<Vec<Cell>, String> = row
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            c.coerce(&types[i])
+                                .and_then(|c| prepare_pg(arrays[i], c))
+                                .map_err(|e| format!("column {}: {e}", names[i]))
+                        })
+                        .collect();
+                    match coerced {
+                        Ok(r) => {
+                            rows.push(r);
+                            sources.push(src);
+                        }
+                        Err(e) => refuse(failed, &src, &e),
+                    }
+                }
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let conn = self.conn()?;
+                if !isolate {
+                    let cols = to_columns(&arrays, rows);
+                    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = cols.iter().map(PgColumn::as_param).collect();
+                    conn.pg_execute(&sql, &params)?;
+                } else {
+                    for (row, src) in rows.into_iter().zip(sources) {
+                        conn.batch("SAVEPOINT spate_row")?;
+                        let cols = to_columns(&arrays, vec![row]);
+                        let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                            cols.iter().map(PgColumn::as_param).collect();
+                        match conn.pg_execute(&sql, &params) {
+                            Ok(_) => conn.batch("RELEASE SAVEPOINT spate_row")?,
+                            Err(e) if e.fault == Fault::Data => {
+                                conn.batch("ROLLBACK TO SAVEPOINT spate_row")?;
+                                refuse(failed, &src, &e.message);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Row-major cells into one array per column.
+fn to_columns(arrays: &[PgArray], rows: Vec<Vec<Cell>>) -> Vec<PgColumn> {
+    let mut cols: Vec<PgColumn> = arrays.iter().map(|a| PgColumn::with_capacity(*a, rows.len())).collect();
+    for row in rows {
+        for (col, cell) in cols.iter_mut().zip(row) {
+            col.push(cell);
+        }
+    }
+    cols
+}
+
+/// The type to declare for column `i` of a group: the schema's, else inferred from the values
+/// (integers and floats together make a float column; other mixes, and all nulls, text).
+fn column_type(g: &Group, i: usize) -> SqlType {
+    if let Some(t) = &g.cols.types[i] {
+        return t.clone();
+    }
+    let mut ty: Option<SqlType> = None;
+    for row in &g.rows {
+        let Some(t) = row.get(i).and_then(Cell::inferred_type) else { continue };
+        ty = Some(match ty {
+            None => t,
+            Some(prev) if prev == t => prev,
+            Some(SqlType::Int64 | SqlType::Float64) if matches!(t, SqlType::Int64 | SqlType::Float64) => {
+                SqlType::Float64
+            }
+            Some(_) => SqlType::Text,
+        });
+    }
+    ty.unwrap_or(SqlType::Text)
+}
+
+impl SinkTask for JdbcSinkTask {
+    fn start(&mut self, config: &Props, context: &SinkTaskContext) -> Result<()> {
+        let cfg = Arc::new(SinkConfig::parse(config)?);
+        self.connector = context.connector.clone();
+        self.cfg = Some(cfg.clone());
+        self.mapper = None;
+        self.with_retries("connecting to the database", |t| t.conn().map(|_| ()))?;
+        if cfg.exactly_once {
+            self.with_retries("creating the offsets table", |t| {
+                let conn = t.conn()?;
+                let sql = sql::create_offsets_table(conn.flavor(), &cfg.offsets_table);
+                conn.batch(&sql)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
+        let cfg = self.cfg()?;
+        if !cfg.exactly_once {
+            return Ok(BTreeMap::new());
+        }
+        self.with_retries("reading the stored offsets", JdbcSinkTask::read_offsets)?;
+        Ok(partitions
+            .iter()
+            .filter_map(|tp| {
+                let key = (Arc::from(tp.topic.as_str()), tp.partition);
+                self.db_offsets.get(&key).map(|o| (tp.clone(), *o))
+            })
+            .collect())
+    }
+
+    fn put(&mut self, records: Vec<ConnectRecord>) -> Result<Vec<FailedRecord>> {
+        let cfg = self.cfg()?;
+        let mut failed = Vec::new();
+        for chunk in records.chunks(cfg.batch_size) {
+            failed.extend(self.write_chunk(chunk)?);
+        }
+        Ok(failed)
+    }
+
+    /// Every chunk is committed before `put` returns: nothing is buffered.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, current: &BTreeMap<TopicPartition, i64>) -> Result<BTreeMap<TopicPartition, i64>> {
+        if !self.cfg()?.exactly_once {
+            return Ok(current.clone());
+        }
+        Ok(current
+            .iter()
+            .map(|(tp, o)| {
+                let key = (Arc::from(tp.topic.as_str()), tp.partition);
+                (tp.clone(), self.db_offsets.get(&key).copied().unwrap_or(*o))
+            })
+            .collect())
+    }
+
+    fn stop(&mut self) {
+        self.conn = None;
+    }
+}
