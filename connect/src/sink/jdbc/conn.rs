@@ -52,6 +52,8 @@ impl From<postgres::Error> for DbError {
             Some(c) if c.starts_with("42") || c.starts_with("0A") || c.starts_with("28") || c.starts_with("3D") => {
                 Fault::Fatal
             }
+            // Our own bug (a parameter of the wrong type): retrying cannot help.
+            None if !e.is_closed() && e.to_string().contains("serializ") => Fault::Fatal,
             _ => Fault::Transient,
         };
         let message = match e.as_db_error() {

@@ -280,7 +280,7 @@ pub(crate) fn create_offsets_table(flavor: Flavor, table: &str) -> String {
 pub(crate) fn upsert_offset(flavor: Flavor, table: &str) -> String {
     let params = match flavor {
         Flavor::Sqlite => "?1, ?2, ?3, ?4",
-        Flavor::Postgres => "$1, $2, $3, $4",
+        Flavor::Postgres => "$1, $2, $3::int8, $4",
     };
     format!(
         "INSERT INTO {} (\"connector\", \"topic\", \"partition\", \"next_offset\") VALUES ({params}) \

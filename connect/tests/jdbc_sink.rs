@@ -1,0 +1,357 @@
+//! The JDBC sink driven through the SinkTask API against SQLite and a throwaway PostgreSQL:
+//! insert, upsert on key, update, delete on tombstone, auto.create, auto.evolve, schema envelope
+//! types, refused records, and exactly-once offsets restored by open().
+
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
+use spate_client::TopicPartition;
+use spate_connect::config::Props;
+use spate_connect::connector::{SinkTask, SinkTaskContext};
+use spate_connect::record::{ConnectRecord, KafkaCoordinates, Value};
+use spate_connect::registry::Registry;
+
+enum Db<'a> {
+    Sqlite(tempfile::TempDir),
+    /// A database of the one server `postgres_scenarios` starts.
+    Pg(&'a postgres::PgServer, String),
+}
+
+impl Db<'_> {
+    fn sqlite() -> Db<'static> {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn pg<'a>(server: &'a postgres::PgServer, name: &str) -> Db<'a> {
+        server.create_database(name);
+        Db::Pg(server, name.to_owned())
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(dir) => format!("sqlite:{}", dir.path().join("sink.db").display()),
+            Db::Pg(pg, name) => pg.url(name),
+        }
+    }
+
+    /// Rows as `a|b` lines (NULL as empty), as psql -A -t prints them.
+    fn query(&self, sql: &str) -> String {
+        match self {
+            Db::Sqlite(dir) => {
+                let c = rusqlite::Connection::open(dir.path().join("sink.db")).unwrap();
+                let mut stmt = c.prepare(sql).unwrap();
+                let n = stmt.column_count();
+                let rows = stmt
+                    .query_map([], |r| {
+                        let mut cols = Vec::new();
+                        for i in 0..n {
+                            use rusqlite::types::ValueRef;
+                            cols.push(match r.get_ref(i)? {
+                                ValueRef::Null => String::new(),
+                                ValueRef::Integer(v) => v.to_string(),
+                                ValueRef::Real(v) => v.to_string(),
+                                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                                ValueRef::Blob(b) => format!("blob:{}", b.len()),
+                            });
+                        }
+                        Ok(cols.join("|"))
+                    })
+                    .unwrap();
+                rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+            }
+            Db::Pg(pg, name) => pg.psql(name, sql).unwrap().trim_end().to_owned(),
+        }
+    }
+
+    fn exec(&self, sql: &str) {
+        match self {
+            Db::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("sink.db")).unwrap().execute_batch(sql).unwrap(),
+            Db::Pg(pg, name) => {
+                pg.psql(name, sql).unwrap();
+            }
+        }
+    }
+}
+
+fn props(db: &Db, pairs: &[(&str, &str)]) -> Props {
+    let mut p: Props = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    p.insert("connection.url".into(), db.url());
+    p.insert("name".into(), "jdbc-test".into());
+    p.insert("connector.class".into(), "io.confluent.connect.jdbc.JdbcSinkConnector".into());
+    p.insert("topics".into(), "orders".into());
+    p
+}
+
+fn start(p: &Props) -> Box<dyn SinkTask> {
+    let plugin = Registry::builtin().find(&p["connector.class"]).expect("plugin registered");
+    let mut task = plugin.sink_task().unwrap();
+    task.start(p, &SinkTaskContext { connector: p["name"].clone(), task_id: 0 }).unwrap();
+    task
+}
+
+fn rec(offset: i64, key: Option<Json>, value: Option<Json>) -> ConnectRecord {
+    let mut r = ConnectRecord::new(Arc::from("orders"), value.map(Value::Json));
+    r.key = key.map(Value::Json);
+    r.partition = Some(0);
+    r.kafka = Some(KafkaCoordinates { partition: 0, offset });
+    r
+}
+
+
+fn insert_with_auto_create_and_kafka_key(db: &Db) {
+    let mut t = start(&props(db, &[("auto.create", "true"), ("pk.mode", "kafka")]));
+    let failed = t
+        .put(vec![
+            rec(0, None, Some(json!({"id": 1, "name": "a", "price": 1.5}))),
+            rec(1, None, Some(json!({"id": 2, "name": "b", "price": 2}))),
+        ])
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        db.query("SELECT __connect_offset, id, name, price FROM orders ORDER BY 1"),
+        "0|1|a|1.5\n1|2|b|2"
+    );
+}
+
+fn upsert_on_record_key_folds_a_batch_and_deletes_on_tombstones(db: &Db) {
+    let p = props(
+        db,
+        &[("auto.create", "true"), ("insert.mode", "upsert"), ("pk.mode", "record_key"), ("delete.enabled", "true")],
+    );
+    let mut t = start(&p);
+    let k = |id: i64| Some(json!({"id": id}));
+    let failed = t
+        .put(vec![
+            rec(0, k(1), Some(json!({"qty": 1, "note": "first"}))),
+            rec(1, k(2), Some(json!({"qty": 2, "note": "x"}))),
+            rec(2, k(1), Some(json!({"qty": 10}))),
+            rec(3, k(3), Some(json!({"qty": 3, "note": "gone"}))),
+            rec(4, k(3), None),
+            rec(5, k(4), None),
+        ])
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    // Key 1 was written twice in one batch: the last qty, and the note only the first had.
+    assert_eq!(db.query("SELECT id, qty, note FROM orders ORDER BY id"), "1|10|first\n2|2|x");
+    let failed = t
+        .put(vec![
+            rec(6, k(2), Some(json!({"qty": 20, "note": "y"}))),
+            rec(7, k(1), None),
+            rec(8, k(1), Some(json!({"qty": 100}))),
+        ])
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    // Key 1 was deleted, then written again: its old note is gone.
+    assert_eq!(db.query("SELECT id, qty, note FROM orders ORDER BY id"), "1|100|\n2|20|y");
+}
+
+fn update_mode_changes_existing_rows_only(db: &Db) {
+    db.exec("CREATE TABLE orders (id BIGINT PRIMARY KEY, qty BIGINT, note TEXT)");
+    db.exec("INSERT INTO orders VALUES (1, 1, 'a'), (2, 2, 'b')");
+    let mut t = start(&props(db, &[("insert.mode", "update"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
+    let failed = t
+        .put(vec![
+            rec(0, None, Some(json!({"id": 1, "qty": 5}))),
+            rec(1, None, Some(json!({"id": 3, "qty": 7}))),
+            rec(2, None, Some(json!({"id": 1, "qty": 6, "note": "c"}))),
+        ])
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(db.query("SELECT id, qty, note FROM orders ORDER BY id"), "1|6|c\n2|2|b");
+}
+
+fn auto_evolve_adds_nullable_columns_and_without_it_records_fail(db: &Db) {
+    let mut t = start(&props(db, &[("auto.create", "true"), ("auto.evolve", "true")]));
+    t.put(vec![rec(0, None, Some(json!({"a": 1})))]).unwrap();
+    let failed = t.put(vec![rec(1, None, Some(json!({"a": 2, "b": "new", "c": null})))]).unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(db.query("SELECT a, b FROM orders ORDER BY a"), "1|\n2|new");
+    let mut strict = start(&props(db, &[]));
+    let failed = strict
+        .put(vec![rec(2, None, Some(json!({"a": 3, "d": true}))), rec(3, None, Some(json!({"a": 4})))])
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].error.to_string().contains("auto.evolve"), "{}", failed[0].error);
+    assert_eq!(db.query("SELECT a FROM orders ORDER BY a"), "1\n2\n4");
+}
+
+fn records_that_cannot_be_written_fail_alone(db: &Db) {
+    db.exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL)");
+    let mut t = start(&props(db, &[("pk.mode", "record_value"), ("pk.fields", "id")]));
+    let failed = t
+        .put(vec![
+            rec(0, None, Some(json!({"id": 1, "qty": 1}))),
+            rec(1, None, Some(json!("not an object"))),
+            rec(2, None, Some(json!({"qty": 2}))),
+            rec(3, None, Some(json!({"id": 1, "qty": 3}))),
+            rec(4, None, Some(json!({"id": 5, "qty": null}))),
+            rec(5, None, None),
+            rec(6, None, Some(json!({"id": 6, "qty": 6}))),
+        ])
+        .unwrap();
+    let offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
+    // Not an object, no key field, a duplicate key (insert mode), NOT NULL, a tombstone.
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5], "{failed:?}");
+    assert_eq!(db.query("SELECT id, qty FROM orders ORDER BY id"), "1|1\n6|6");
+}
+
+#[test]
+fn a_missing_table_without_auto_create_fails_the_task() {
+    let db = Db::sqlite();
+    let mut t = start(&props(&db, &[("max.retries", "0")]));
+    let err = t.put(vec![rec(0, None, Some(json!({"a": 1})))]).unwrap_err();
+    assert!(err.to_string().contains("auto.create"), "{err}");
+}
+
+fn envelope_records() -> Vec<ConnectRecord> {
+    let schema = json!({"type": "struct", "optional": false, "fields": [
+        {"field": "id", "type": "int32", "optional": false},
+        {"field": "small", "type": "int16", "optional": true},
+        {"field": "ratio", "type": "float32", "optional": true},
+        {"field": "ok", "type": "boolean", "optional": true},
+        {"field": "blob", "type": "bytes", "optional": true},
+        {"field": "at", "type": "int64", "name": "org.apache.kafka.connect.data.Timestamp", "optional": true},
+        {"field": "day", "type": "int32", "name": "org.apache.kafka.connect.data.Date", "optional": true},
+        {"field": "amount", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+         "parameters": {"scale": "2"}, "optional": true},
+        {"field": "tags", "type": "array", "items": {"type": "string"}, "optional": true}
+    ]});
+    let schema = Arc::new(schema);
+    // 12345 unscaled = 0x3039 → "MDk=", scale 2 → 123.45; 1700000000000 ms = 2023-11-14 22:13:20 UTC.
+    let values = [
+        json!({"id": 1, "small": 7, "ratio": 0.5, "ok": true, "blob": "AQID", "at": 1_700_000_000_000i64,
+               "day": 19675, "amount": "MDk=", "tags": ["a", "b"]}),
+        json!({"id": 2, "small": null, "ratio": null, "ok": null, "blob": null, "at": null, "day": null,
+               "amount": null, "tags": null}),
+    ];
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut r = rec(i as i64, None, Some(v));
+            r.value_schema = Some(schema.clone());
+            r
+        })
+        .collect()
+}
+
+fn schema_envelope_types_become_typed_columns_in_postgres(db: &Db) {
+    let mut t = start(&props(db, &[("auto.create", "true"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
+    let failed = t.put(envelope_records()).unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        db.query(
+            "SELECT string_agg(column_name || ':' || data_type, ',' ORDER BY ordinal_position) \
+             FROM information_schema.columns WHERE table_name = 'orders'"
+        ),
+        "id:integer,small:smallint,ratio:real,ok:boolean,blob:bytea,at:timestamp without time zone,day:date,\
+         amount:numeric,tags:jsonb"
+    );
+    assert_eq!(
+        db.query("SELECT id, small, ratio, ok, encode(blob, 'hex'), at, day, amount, tags FROM orders ORDER BY id"),
+        "1|7|0.5|t|010203|2023-11-14 22:13:20|2023-11-14|123.45|[\"a\", \"b\"]\n2||||||||"
+    );
+    assert_eq!(db.query("SELECT count(*) FROM orders WHERE id = 1 AND ratio = 0.5"), "1");
+}
+
+#[test]
+fn schema_envelope_types_in_sqlite() {
+    let db = Db::sqlite();
+    let mut t = start(&props(&db, &[("auto.create", "true"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
+    let failed = t.put(envelope_records()).unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        db.query("SELECT id, small, ratio, ok, blob, at, day, amount, tags FROM orders ORDER BY id"),
+        "1|7|0.5|1|blob:3|2023-11-14 22:13:20.000|2023-11-14|123.45|[\"a\",\"b\"]\n2||||||||"
+    );
+}
+
+fn postgres_upsert_coerces_to_existing_column_types(db: &Db) {
+    db.exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, at TIMESTAMPTZ, n NUMERIC, j JSON, u UUID, f REAL)");
+    let mut t = start(&props(db, &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
+    let failed = t
+        .put(vec![
+            rec(0, None, Some(json!({"id": "1", "at": "2024-01-02T03:04:05+02:00", "n": 1.25, "j": {"x": 1},
+                                     "u": "00000000-0000-0000-0000-000000000001", "f": 3}))),
+            rec(1, None, Some(json!({"id": 2, "u": "not-a-uuid"}))),
+            rec(2, None, Some(json!({"id": 99999999999i64}))),
+        ])
+        .unwrap();
+    let offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
+    assert_eq!(offsets, vec![1, 2], "{failed:?}");
+    assert_eq!(
+        db.query("SELECT id, at, n, j::text, u, f FROM orders"),
+        "1|2024-01-02 01:04:05+00|1.25|{\"x\":1}|00000000-0000-0000-0000-000000000001|3"
+    );
+}
+
+fn exactly_once(db: &Db) {
+    let p = props(db, &[("auto.create", "true"), ("exactly.once", "true"), ("batch.size", "4")]);
+    let tp = TopicPartition::new("orders", 0);
+    let mut t = start(&p);
+    assert!(t.open(&[tp.clone()]).unwrap().is_empty());
+    let batch = |from: i64, to: i64| (from..to).map(|o| rec(o, None, Some(json!({"n": o})))).collect::<Vec<_>>();
+    assert!(t.put(batch(0, 10)).unwrap().is_empty());
+    let current: BTreeMap<TopicPartition, i64> = [(tp.clone(), 10)].into();
+    assert_eq!(t.pre_commit(&current).unwrap()[&tp], 10);
+    t.stop();
+    // A restart: the group's committed offset lags (say it is 5); the database knows 10.
+    let mut t = start(&p);
+    assert_eq!(t.open(&[tp.clone()]).unwrap(), [(tp.clone(), 10)].into());
+    assert!(t.put(batch(5, 15)).unwrap().is_empty());
+    assert_eq!(db.query("SELECT count(*), count(DISTINCT n), min(n), max(n) FROM orders"), "15|15|0|14");
+    assert_eq!(db.query("SELECT next_offset FROM __spate_connect_offsets WHERE connector = 'jdbc-test'"), "15");
+}
+
+#[test]
+fn exactly_once_offsets_are_restored_by_open_sqlite() {
+    exactly_once(&Db::sqlite());
+}
+
+/// Every scenario against one throwaway server, a database each.
+#[test]
+fn postgres_scenarios() {
+    let server = postgres::PgServer::start();
+    let scenarios: &[(&str, fn(&Db))] = &[
+        ("insert_kafka", insert_with_auto_create_and_kafka_key),
+        ("upsert_key", upsert_on_record_key_folds_a_batch_and_deletes_on_tombstones),
+        ("update_mode", update_mode_changes_existing_rows_only),
+        ("evolve", auto_evolve_adds_nullable_columns_and_without_it_records_fail),
+        ("refused", records_that_cannot_be_written_fail_alone),
+        ("envelope", schema_envelope_types_become_typed_columns_in_postgres),
+        ("coerce", postgres_upsert_coerces_to_existing_column_types),
+        ("exactly_once", exactly_once),
+    ];
+    for (name, scenario) in scenarios {
+        let db = Db::pg(&server, name);
+        scenario(&db);
+    }
+}
+
+#[test]
+fn sqlite_scenarios() {
+    for scenario in [
+        insert_with_auto_create_and_kafka_key,
+        upsert_on_record_key_folds_a_batch_and_deletes_on_tombstones,
+        update_mode_changes_existing_rows_only,
+        auto_evolve_adds_nullable_columns_and_without_it_records_fail,
+        records_that_cannot_be_written_fail_alone,
+    ] {
+        scenario(&Db::sqlite());
+    }
+}
+
+#[test]
+fn config_cross_checks() {
+    let plugin = Registry::builtin().find("JdbcSinkConnector").unwrap();
+    let db = Db::sqlite();
+    let errors = plugin.validate(&props(&db, &[("delete.enabled", "true"), ("pk.mode", "record_value")]));
+    assert_eq!(errors[0].0, "delete.enabled");
+    let errors = plugin.validate(&props(&db, &[("insert.mode", "upsert")]));
+    assert_eq!(errors[0].0, "pk.mode");
+    assert!(plugin.validate(&props(&db, &[("insert.mode", "upsert"), ("pk.mode", "record_key")])).is_empty());
+}
