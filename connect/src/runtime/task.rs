@@ -532,7 +532,7 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
             }
             paused = want_pause;
         }
-        let records: Vec<ConsumerRecord> = env.handle.block_on(consumer.poll(Duration::from_millis(200)))?;
+        let mut records: Vec<ConsumerRecord> = env.handle.block_on(consumer.poll(Duration::from_millis(200)))?;
         let started = Instant::now();
         // Follow the group's assignment: open what was added, close what was taken.
         let now_assigned: BTreeSet<TopicPartition> = env.handle.block_on(consumer.assignment()).into_iter().collect();
@@ -545,15 +545,26 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                     current.remove(tp);
                 }
             }
+            let mut seeked: BTreeSet<TopicPartition> = BTreeSet::new();
             if !added.is_empty() {
                 let seeks = task.open(&added)?;
                 for (tp, offset) in seeks {
                     env.handle.block_on(consumer.seek(&tp, offset))?;
+                    seeked.insert(tp);
                 }
                 if paused {
                     env.handle.block_on(consumer.pause(&added))?;
                 }
             }
+            // This poll ran before the task saw the change (Java's consumer calls the rebalance
+            // listener inside poll; ours reports it after). Records of revoked partitions must not
+            // reach `put` after `close`, and records of a partition the task just moved (an
+            // exactly-once sink resuming from offsets it stores itself) were read from the old
+            // position: drop them, the next poll reads from the new one (seek clears the buffer).
+            records.retain(|r| {
+                let tp = TopicPartition::new(r.topic.to_string(), r.partition);
+                now_assigned.contains(&tp) && !seeked.contains(&tp)
+            });
             assigned = now_assigned;
         }
         if !records.is_empty() {
