@@ -84,22 +84,16 @@ pub(crate) enum Conn {
     Postgres { client: postgres::Client, statements: HashMap<String, postgres::Statement> },
 }
 
-/// `connection.url` forms: `sqlite:PATH` (also `jdbc:sqlite:PATH`, `sqlite://PATH`) and
-/// `postgresql://…` (also `postgres://…`, `jdbc:postgresql://…`).
+/// `connection.url` as the shared database layer reads it (`sqlite:PATH`, `jdbc:sqlite:PATH`,
+/// `postgresql://…`, `postgres://…`, `jdbc:postgresql://…`), so the source and the sink accept the
+/// same URLs.
 pub(crate) fn parse_url(url: &str) -> Result<(Flavor, String), String> {
-    let url = url.trim();
-    let rest = url.strip_prefix("jdbc:").unwrap_or(url);
-    if let Some(path) = rest.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        if path.is_empty() {
-            return Err("sqlite: needs a file path, e.g. sqlite:/var/db/app.db".into());
-        }
-        return Ok((Flavor::Sqlite, path.to_owned()));
+    match crate::jdbc::ConnectionUrl::parse(url) {
+        Ok(crate::jdbc::ConnectionUrl::Sqlite(path)) => Ok((Flavor::Sqlite, path)),
+        Ok(crate::jdbc::ConnectionUrl::Postgres(url)) => Ok((Flavor::Postgres, url)),
+        Err(crate::ConnectError::Config { reason, .. }) => Err(reason),
+        Err(e) => Err(e.to_string()),
     }
-    if rest.starts_with("postgresql://") || rest.starts_with("postgres://") {
-        return Ok((Flavor::Postgres, rest.to_owned()));
-    }
-    Err(format!("{url:?} is neither sqlite:PATH nor postgresql://host:port/db"))
 }
 
 impl Conn {
