@@ -15,6 +15,9 @@ use postgres::types::ToSql;
 use super::row::{date_text, time_text, timestamp_text, Cell};
 use super::sql::{Flavor, PgArray};
 
+/// Prepared PostgreSQL statements kept per connection, at most.
+const STATEMENTS_MAX: usize = 256;
+
 /// What kind of failure a database error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
@@ -216,6 +219,10 @@ impl Conn {
             Some(s) => s.clone(),
             None => {
                 let s = client.prepare(sql)?;
+                // Shapes come from the records (schemaless field sets): bound what is kept.
+                if statements.len() >= STATEMENTS_MAX {
+                    statements.clear();
+                }
                 statements.insert(sql.to_owned(), s.clone());
                 s
             }

@@ -8,6 +8,7 @@
 //! key columns come first, per `pk.mode`: the Kafka coordinates, the record key's fields (or the
 //! key itself when it is a primitive) or fields of the value.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -383,7 +384,7 @@ impl RowMapper {
                 };
                 key_json = record_json(key)?;
                 let schema = record.key_schema.as_deref();
-                match &key_json {
+                match &*key_json {
                     Json::Object(map) => {
                         let fields = struct_fields(schema);
                         if self.pk_fields.is_empty() {
@@ -448,7 +449,7 @@ impl RowMapper {
             return Ok(Op::Delete(finish(&mut self.last, draft, n)));
         };
         value_json = record_json(value)?;
-        let Json::Object(map) = &value_json else {
+        let Json::Object(map) = &*value_json else {
             return Err(format!(
                 "the value is a JSON {}, not an object (a struct) whose fields become columns",
                 json_kind(&value_json)
@@ -533,8 +534,13 @@ fn finish(last: &mut Option<Arc<Columns>>, draft: Draft<'_>, pk_len: usize) -> R
     Row { cols, cells: draft.cells }
 }
 
-fn record_json(v: &Value) -> Result<Json, String> {
-    v.to_json()
+/// The record's key or value as JSON, borrowed when it already is (the usual case with
+/// `JsonConverter`), parsed from text otherwise.
+fn record_json(v: &Value) -> Result<Cow<'_, Json>, String> {
+    match v {
+        Value::Json(j) => Ok(Cow::Borrowed(j)),
+        other => other.to_json().map(Cow::Owned),
+    }
 }
 
 fn json_kind(v: &Json) -> &'static str {
