@@ -113,6 +113,16 @@ def vm_hwm_mib(pid: int) -> float | None:
     return None
 
 
+def cpu_s(pid: int) -> float | None:
+    """utime + stime of every thread of PID (includes start-up and the group join)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+
+
 def post_connector(url: str, name: str, config: dict) -> None:
     """POST /connectors, retrying while the worker's group is still forming (409/5xx then)."""
     deadline = time.monotonic() + 60
@@ -218,6 +228,7 @@ def run_one(args, spate: str, bootstrap: str, topic: str, db: str, workdir: Path
                 time.sleep(0.1)
         done = time.monotonic()
         rss = vm_hwm_mib(worker.pid)
+        cpu = cpu_s(worker.pid)
         wall = done - started
         steady = max(done - (first_seen or started), 1e-3)
         return {
@@ -229,6 +240,7 @@ def run_one(args, spate: str, bootstrap: str, topic: str, db: str, workdir: Path
             "rows_per_s_steady": round(args.records / steady),
             "mb_per_s_steady": round(value_bytes / MIB / steady, 1),
             "peak_rss_mib": round(rss, 1) if rss else None,
+            "worker_cpu_us_per_row": round(cpu * 1e6 / args.records, 2) if cpu else None,
         }
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -297,10 +309,12 @@ def main() -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
-    print(f"{'db':<10} {'records':>9} {'wall s':>7} {'rows/s wall':>12} {'rows/s steady':>14} {'MB/s':>6} {'peak RSS MiB':>13}")
+    print(f"{'db':<10} {'records':>9} {'wall s':>7} {'rows/s wall':>12} {'rows/s steady':>14} {'MB/s':>6} "
+          f"{'peak RSS MiB':>13} {'worker CPU us/row':>18}")
     for r in results:
         print(f"{r['db']:<10} {r['records']:>9} {r['wall_s']:>7} {r['rows_per_s_wall']:>12} "
-              f"{r['rows_per_s_steady']:>14} {r['mb_per_s_steady']:>6} {r['peak_rss_mib']!s:>13}")
+              f"{r['rows_per_s_steady']:>14} {r['mb_per_s_steady']:>6} {r['peak_rss_mib']!s:>13} "
+              f"{r['worker_cpu_us_per_row']!s:>18}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ impl Db<'_> {
 
     fn exec(&self, sql: &str) {
         match self {
-            Db::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("sink.db")).unwrap().execute_batch(sql).unwrap(),
+            Db::Sqlite(dir) => {
+                rusqlite::Connection::open(dir.path().join("sink.db")).unwrap().execute_batch(sql).unwrap()
+            }
             Db::Pg(pg, name) => {
                 pg.psql(name, sql).unwrap();
             }
@@ -101,7 +103,6 @@ fn rec(offset: i64, key: Option<Json>, value: Option<Json>) -> ConnectRecord {
     r
 }
 
-
 fn insert_with_auto_create_and_kafka_key(db: &Db) {
     let mut t = start(&props(db, &[("auto.create", "true"), ("pk.mode", "kafka")]));
     let failed = t
@@ -111,10 +112,7 @@ fn insert_with_auto_create_and_kafka_key(db: &Db) {
         ])
         .unwrap();
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(
-        db.query("SELECT __connect_offset, id, name, price FROM orders ORDER BY 1"),
-        "0|1|a|1.5\n1|2|b|2"
-    );
+    assert_eq!(db.query("SELECT __connect_offset, id, name, price FROM orders ORDER BY 1"), "0|1|a|1.5\n1|2|b|2");
 }
 
 fn upsert_on_record_key_folds_a_batch_and_deletes_on_tombstones(db: &Db) {
@@ -171,9 +169,8 @@ fn auto_evolve_adds_nullable_columns_and_without_it_records_fail(db: &Db) {
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(db.query("SELECT a, b FROM orders ORDER BY a"), "1|\n2|new");
     let mut strict = start(&props(db, &[]));
-    let failed = strict
-        .put(vec![rec(2, None, Some(json!({"a": 3, "d": true}))), rec(3, None, Some(json!({"a": 4})))])
-        .unwrap();
+    let failed =
+        strict.put(vec![rec(2, None, Some(json!({"a": 3, "d": true}))), rec(3, None, Some(json!({"a": 4})))]).unwrap();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].error.to_string().contains("auto.evolve"), "{}", failed[0].error);
     assert_eq!(db.query("SELECT a FROM orders ORDER BY a"), "1\n2\n4");
@@ -275,8 +272,12 @@ fn postgres_upsert_coerces_to_existing_column_types(db: &Db) {
     let mut t = start(&props(db, &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
     let failed = t
         .put(vec![
-            rec(0, None, Some(json!({"id": "1", "at": "2024-01-02T03:04:05+02:00", "n": 1.25, "j": {"x": 1},
-                                     "u": "00000000-0000-0000-0000-000000000001", "f": 3}))),
+            rec(
+                0,
+                None,
+                Some(json!({"id": "1", "at": "2024-01-02T03:04:05+02:00", "n": 1.25, "j": {"x": 1},
+                                     "u": "00000000-0000-0000-0000-000000000001", "f": 3})),
+            ),
             rec(1, None, Some(json!({"id": 2, "u": "not-a-uuid"}))),
             rec(2, None, Some(json!({"id": 99999999999i64}))),
         ])

@@ -60,7 +60,12 @@ impl From<postgres::Error> for DbError {
             _ => Fault::Transient,
         };
         let message = match e.as_db_error() {
-            Some(db) => format!("{}: {}{}", db.code().code(), db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
+            Some(db) => format!(
+                "{}: {}{}",
+                db.code().code(),
+                db.message(),
+                db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
             None => e.to_string(),
         };
         DbError { fault, message }
@@ -82,6 +87,7 @@ impl From<rusqlite::Error> for DbError {
 }
 
 /// An open connection.
+#[expect(clippy::large_enum_variant, reason = "one per task, never moved in a hot path")]
 pub(crate) enum Conn {
     Sqlite(rusqlite::Connection),
     Postgres { client: postgres::Client, statements: HashMap<String, postgres::Statement> },

@@ -69,7 +69,13 @@ fn config_def() -> ConfigDef {
         )
         .with_validator(Validator::Custom(|v| conn::parse_url(v).map(|_| ())))
         .in_group("Connection")
-        .define("connection.user", ConfigType::String, Some(""), Importance::High, "PostgreSQL user (overrides the URL's).")
+        .define(
+            "connection.user",
+            ConfigType::String,
+            Some(""),
+            Importance::High,
+            "PostgreSQL user (overrides the URL's).",
+        )
         .in_group("Connection")
         .define(
             "connection.password",
@@ -492,8 +498,12 @@ impl JdbcSinkTask {
             let conn = self.conn()?;
             let sql = sql::upsert_offset(conn.flavor(), &cfg.offsets_table);
             for ((topic, partition), next) in &offsets {
-                let params =
-                    [Cell::Text(connector.clone()), Cell::Text(topic.to_string()), Cell::Int(i64::from(*partition)), Cell::Int(*next)];
+                let params = [
+                    Cell::Text(connector.clone()),
+                    Cell::Text(topic.to_string()),
+                    Cell::Int(i64::from(*partition)),
+                    Cell::Int(*next),
+                ];
                 conn.execute_scalars(&sql, &params)?;
             }
         }
@@ -521,7 +531,13 @@ impl JdbcSinkTask {
         let conn = self.conn()?;
         let flavor = conn.flavor();
         let Some(cols) = conn.table_columns(table)? else { return Ok(None) };
-        let cols: TableColumns = cols.into_iter().map(|(n, t)| { let ty = sql::type_from_db(flavor, &t); (n, ty) }).collect();
+        let cols: TableColumns = cols
+            .into_iter()
+            .map(|(n, t)| {
+                let ty = sql::type_from_db(flavor, &t);
+                (n, ty)
+            })
+            .collect();
         self.tables.insert(table.to_owned(), cols.clone());
         Ok(Some(cols))
     }
@@ -555,7 +571,8 @@ impl JdbcSinkTask {
                 self.conn()?.batch(&sql::create_table(flavor, table, &cols, pk_len))?;
                 info!(connector = %self.connector, %table, "created table (auto.create)");
                 self.tables.remove(table);
-                self.table_columns(table)?.ok_or_else(|| DbError::fatal(format!("table {table} vanished after CREATE")))?
+                self.table_columns(table)?
+                    .ok_or_else(|| DbError::fatal(format!("table {table} vanished after CREATE")))?
             }
         };
         // Resolve each column against the table: its spelling and type there.
@@ -616,8 +633,7 @@ impl JdbcSinkTask {
                 let transports: Vec<(PgArray, Option<String>)> = types.iter().map(sql::pg_transport).collect();
                 let arrays: Vec<PgArray> = transports.iter().map(|t| t.0).collect();
                 let casts: Vec<Option<String>> = transports.into_iter().map(|t| t.1).collect();
-                let Some(sql) =
-                    sql::pg_statement(cfg.insert_mode, g.kind, table, &name_refs, pk_len, &arrays, &casts)
+                let Some(sql) = sql::pg_statement(cfg.insert_mode, g.kind, table, &name_refs, pk_len, &arrays, &casts)
                 else {
                     return Ok(());
                 };
@@ -648,7 +664,8 @@ impl JdbcSinkTask {
                 let conn = self.conn()?;
                 if !isolate {
                     let cols = to_columns(&arrays, rows);
-                    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = cols.iter().map(PgColumn::as_param).collect();
+                    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                        cols.iter().map(PgColumn::as_param).collect();
                     conn.pg_execute(&sql, &params)?;
                 } else {
                     for (row, src) in rows.into_iter().zip(sources) {

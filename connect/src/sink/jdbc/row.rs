@@ -361,7 +361,6 @@ impl RowMapper {
     /// dead-letter queue).
     pub(crate) fn map(&mut self, record: &ConnectRecord) -> Result<Op, String> {
         let key_json;
-        let value_json;
         let mut draft = Draft::default();
         let topic: &str = &record.topic;
         let mut name_buf: [&str; 3] = ["", "", ""];
@@ -434,7 +433,7 @@ impl RowMapper {
             }
             PkMode::RecordValue => {}
         }
-        if draft.cells.iter().any(|c| *c == Cell::Null) {
+        if draft.cells.contains(&Cell::Null) {
             return Err("a primary key field is null".into());
         }
         let Some(value) = &record.value else {
@@ -448,7 +447,7 @@ impl RowMapper {
             let n = draft.cells.len();
             return Ok(Op::Delete(finish(&mut self.last, draft, n)));
         };
-        value_json = record_json(value)?;
+        let value_json = record_json(value)?;
         let Json::Object(map) = &*value_json else {
             return Err(format!(
                 "the value is a JSON {}, not an object (a struct) whose fields become columns",
@@ -461,7 +460,7 @@ impl RowMapper {
                 // Confluent's rule: every field of the value is the key.
                 self.push_value_fields(&mut draft, map, fields, true)?;
                 let n = draft.cells.len();
-                if draft.cells.iter().any(|c| *c == Cell::Null) {
+                if draft.cells.contains(&Cell::Null) {
                     return Err("a primary key field is null".into());
                 }
                 return Ok(Op::Write(finish(&mut self.last, draft, n)));

@@ -81,11 +81,23 @@ fn schema_envelope_types_and_logical_types() {
     assert_eq!(names(&op), ["ts", "d", "n", "f", "s"]);
     assert_eq!(
         op.row().cols.types,
-        [Some(SqlType::Timestamp), Some(SqlType::Bytes), Some(SqlType::Decimal), Some(SqlType::Float32), Some(SqlType::Text)]
+        [
+            Some(SqlType::Timestamp),
+            Some(SqlType::Bytes),
+            Some(SqlType::Decimal),
+            Some(SqlType::Float32),
+            Some(SqlType::Text)
+        ]
     );
     assert_eq!(
         op.row().cells,
-        [Cell::TimestampMs(86_400_000), Cell::Bytes(vec![1, 2]), Cell::Decimal("12.345".into()), Cell::Float(1.5), Cell::Null]
+        [
+            Cell::TimestampMs(86_400_000),
+            Cell::Bytes(vec![1, 2]),
+            Cell::Decimal("12.345".into()),
+            Cell::Float(1.5),
+            Cell::Null
+        ]
     );
     let mut bad = r.clone();
     bad.value = Some(Value::Json(json!({"ts": "x", "d": "AQI=", "n": "MDk=", "f": "no"})));
@@ -109,7 +121,10 @@ fn coercion_to_column_types() {
 }
 
 fn ops(m: &mut RowMapper, recs: &[(Option<serde_json::Value>, Option<serde_json::Value>)]) -> Vec<(u32, Op)> {
-    recs.iter().enumerate().map(|(i, (k, v))| (i as u32, m.map(&rec(i as i64, k.clone(), v.clone())).unwrap())).collect()
+    recs.iter()
+        .enumerate()
+        .map(|(i, (k, v))| (i as u32, m.map(&rec(i as i64, k.clone(), v.clone())).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -141,9 +156,13 @@ fn upsert_folds_per_key_deletes_first() {
 #[test]
 fn update_drops_writes_after_a_delete_and_insert_keeps_order() {
     let mut m = RowMapper::new(PkMode::RecordKey, vec!["id".into()], vec![], true);
-    let recs = [(Some(json!(1)), None), (Some(json!(1)), Some(json!({"a": 1}))), (Some(json!(2)), Some(json!({"a": 2})))];
+    let recs =
+        [(Some(json!(1)), None), (Some(json!(1)), Some(json!({"a": 1}))), (Some(json!(2)), Some(json!({"a": 2})))];
     let groups = plan(InsertMode::Update, ops(&mut m, &recs));
-    assert_eq!(groups.iter().map(|g| (g.kind, g.rows.len())).collect::<Vec<_>>(), [(Kind::Delete, 1), (Kind::Write, 1)]);
+    assert_eq!(
+        groups.iter().map(|g| (g.kind, g.rows.len())).collect::<Vec<_>>(),
+        [(Kind::Delete, 1), (Kind::Write, 1)]
+    );
     let groups = plan(InsertMode::Insert, ops(&mut m, &recs));
     let kinds: Vec<_> = groups.iter().map(|g| (g.kind, g.rows.len())).collect();
     assert_eq!(kinds, [(Kind::Delete, 1), (Kind::Write, 2)]);
