@@ -274,7 +274,7 @@ impl ConnectionUrl {
 
 enum Backend {
     Sqlite(sqlite::SqliteDb),
-    Postgres(postgres::PgDb),
+    Postgres(Box<postgres::PgDb>),
 }
 
 /// An open connection. Blocking; one per task thread.
@@ -297,7 +297,7 @@ impl Database {
         let password = password.filter(|p| !p.is_empty());
         let backend = match &parsed {
             ConnectionUrl::Sqlite(path) => Backend::Sqlite(sqlite::SqliteDb::open(path)?),
-            ConnectionUrl::Postgres(u) => Backend::Postgres(postgres::PgDb::open(u, user, password)?),
+            ConnectionUrl::Postgres(u) => Backend::Postgres(Box::new(postgres::PgDb::open(u, user, password)?)),
         };
         Ok(Database { backend, url: parsed })
     }

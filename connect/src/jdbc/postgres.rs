@@ -531,7 +531,7 @@ fn encode_numeric(text: &str, out: &mut BytesMut) -> std::result::Result<(), ()>
     let pad_left = (4 - point.rem_euclid(4)) % 4;
     let mut padded: Vec<u8> = std::iter::repeat_n(0u8, pad_left as usize).chain(all).collect();
     let point_padded = point + pad_left;
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push(0);
     }
     let mut groups: Vec<u16> =
