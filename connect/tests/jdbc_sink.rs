@@ -294,7 +294,7 @@ fn exactly_once(db: &Db) {
     let p = props(db, &[("auto.create", "true"), ("exactly.once", "true"), ("batch.size", "4")]);
     let tp = TopicPartition::new("orders", 0);
     let mut t = start(&p);
-    assert!(t.open(&[tp.clone()]).unwrap().is_empty());
+    assert!(t.open(std::slice::from_ref(&tp)).unwrap().is_empty());
     let batch = |from: i64, to: i64| (from..to).map(|o| rec(o, None, Some(json!({"n": o})))).collect::<Vec<_>>();
     assert!(t.put(batch(0, 10)).unwrap().is_empty());
     let current: BTreeMap<TopicPartition, i64> = [(tp.clone(), 10)].into();
@@ -302,7 +302,7 @@ fn exactly_once(db: &Db) {
     t.stop();
     // A restart: the group's committed offset lags (say it is 5); the database knows 10.
     let mut t = start(&p);
-    assert_eq!(t.open(&[tp.clone()]).unwrap(), [(tp.clone(), 10)].into());
+    assert_eq!(t.open(std::slice::from_ref(&tp)).unwrap(), [(tp.clone(), 10)].into());
     assert!(t.put(batch(5, 15)).unwrap().is_empty());
     assert_eq!(db.query("SELECT count(*), count(DISTINCT n), min(n), max(n) FROM orders"), "15|15|0|14");
     assert_eq!(db.query("SELECT next_offset FROM __spate_connect_offsets WHERE connector = 'jdbc-test'"), "15");
@@ -313,11 +313,14 @@ fn exactly_once_offsets_are_restored_by_open_sqlite() {
     exactly_once(&Db::sqlite());
 }
 
+/// A test body run against one database.
+type Scenario = fn(&Db);
+
 /// Every scenario against one throwaway server, a database each.
 #[test]
 fn postgres_scenarios() {
     let server = postgres::PgServer::start();
-    let scenarios: &[(&str, fn(&Db))] = &[
+    let scenarios: &[(&str, Scenario)] = &[
         ("insert_kafka", insert_with_auto_create_and_kafka_key),
         ("upsert_key", upsert_on_record_key_folds_a_batch_and_deletes_on_tombstones),
         ("update_mode", update_mode_changes_existing_rows_only),
