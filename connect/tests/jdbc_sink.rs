@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Value as Json};
 use spate_client::TopicPartition;
 use spate_connect::config::Props;
-use spate_connect::connector::{SinkTask, SinkTaskContext};
+use spate_connect::connector::{FailedRecord, SinkTask, SinkTaskContext};
 use spate_connect::record::{ConnectRecord, KafkaCoordinates, Value};
 use spate_connect::registry::Registry;
 
@@ -95,6 +95,15 @@ fn start(p: &Props) -> Box<dyn SinkTask> {
     task
 }
 
+/// A put that waits for the write (without exactly.once the task writes one put behind) and
+/// returns every failed record of it.
+fn write(t: &mut dyn SinkTask, records: Vec<ConnectRecord>) -> spate_connect::Result<Vec<FailedRecord>> {
+    let mut failed = t.put(records)?;
+    t.flush()?;
+    failed.extend(t.put(Vec::new())?);
+    Ok(failed)
+}
+
 fn rec(offset: i64, key: Option<Json>, value: Option<Json>) -> ConnectRecord {
     let mut r = ConnectRecord::new(Arc::from("orders"), value.map(Value::Json));
     r.key = key.map(Value::Json);
@@ -105,12 +114,14 @@ fn rec(offset: i64, key: Option<Json>, value: Option<Json>) -> ConnectRecord {
 
 fn insert_with_auto_create_and_kafka_key(db: &Db) {
     let mut t = start(&props(db, &[("auto.create", "true"), ("pk.mode", "kafka")]));
-    let failed = t
-        .put(vec![
+    let failed = write(
+        &mut *t,
+        vec![
             rec(0, None, Some(json!({"id": 1, "name": "a", "price": 1.5}))),
             rec(1, None, Some(json!({"id": 2, "name": "b", "price": 2}))),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(db.query("SELECT __connect_offset, id, name, price FROM orders ORDER BY 1"), "0|1|a|1.5\n1|2|b|2");
 }
@@ -122,26 +133,30 @@ fn upsert_on_record_key_folds_a_batch_and_deletes_on_tombstones(db: &Db) {
     );
     let mut t = start(&p);
     let k = |id: i64| Some(json!({"id": id}));
-    let failed = t
-        .put(vec![
+    let failed = write(
+        &mut *t,
+        vec![
             rec(0, k(1), Some(json!({"qty": 1, "note": "first"}))),
             rec(1, k(2), Some(json!({"qty": 2, "note": "x"}))),
             rec(2, k(1), Some(json!({"qty": 10}))),
             rec(3, k(3), Some(json!({"qty": 3, "note": "gone"}))),
             rec(4, k(3), None),
             rec(5, k(4), None),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     // Key 1 was written twice in one batch: the last qty, and the note only the first had.
     assert_eq!(db.query("SELECT id, qty, note FROM orders ORDER BY id"), "1|10|first\n2|2|x");
-    let failed = t
-        .put(vec![
+    let failed = write(
+        &mut *t,
+        vec![
             rec(6, k(2), Some(json!({"qty": 20, "note": "y"}))),
             rec(7, k(1), None),
             rec(8, k(1), Some(json!({"qty": 100}))),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     // Key 1 was deleted, then written again: its old note is gone.
     assert_eq!(db.query("SELECT id, qty, note FROM orders ORDER BY id"), "1|100|\n2|20|y");
@@ -151,26 +166,29 @@ fn update_mode_changes_existing_rows_only(db: &Db) {
     db.exec("CREATE TABLE orders (id BIGINT PRIMARY KEY, qty BIGINT, note TEXT)");
     db.exec("INSERT INTO orders VALUES (1, 1, 'a'), (2, 2, 'b')");
     let mut t = start(&props(db, &[("insert.mode", "update"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
-    let failed = t
-        .put(vec![
+    let failed = write(
+        &mut *t,
+        vec![
             rec(0, None, Some(json!({"id": 1, "qty": 5}))),
             rec(1, None, Some(json!({"id": 3, "qty": 7}))),
             rec(2, None, Some(json!({"id": 1, "qty": 6, "note": "c"}))),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(db.query("SELECT id, qty, note FROM orders ORDER BY id"), "1|6|c\n2|2|b");
 }
 
 fn auto_evolve_adds_nullable_columns_and_without_it_records_fail(db: &Db) {
     let mut t = start(&props(db, &[("auto.create", "true"), ("auto.evolve", "true")]));
-    t.put(vec![rec(0, None, Some(json!({"a": 1})))]).unwrap();
-    let failed = t.put(vec![rec(1, None, Some(json!({"a": 2, "b": "new", "c": null})))]).unwrap();
+    write(&mut *t, vec![rec(0, None, Some(json!({"a": 1})))]).unwrap();
+    let failed = write(&mut *t, vec![rec(1, None, Some(json!({"a": 2, "b": "new", "c": null})))]).unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(db.query("SELECT a, b FROM orders ORDER BY a"), "1|\n2|new");
     let mut strict = start(&props(db, &[]));
     let failed =
-        strict.put(vec![rec(2, None, Some(json!({"a": 3, "d": true}))), rec(3, None, Some(json!({"a": 4})))]).unwrap();
+        write(&mut *strict, vec![rec(2, None, Some(json!({"a": 3, "d": true}))), rec(3, None, Some(json!({"a": 4})))])
+            .unwrap();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].error.to_string().contains("auto.evolve"), "{}", failed[0].error);
     assert_eq!(db.query("SELECT a FROM orders ORDER BY a"), "1\n2\n4");
@@ -179,8 +197,9 @@ fn auto_evolve_adds_nullable_columns_and_without_it_records_fail(db: &Db) {
 fn records_that_cannot_be_written_fail_alone(db: &Db) {
     db.exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL)");
     let mut t = start(&props(db, &[("pk.mode", "record_value"), ("pk.fields", "id")]));
-    let failed = t
-        .put(vec![
+    let failed = write(
+        &mut *t,
+        vec![
             rec(0, None, Some(json!({"id": 1, "qty": 1}))),
             rec(1, None, Some(json!("not an object"))),
             rec(2, None, Some(json!({"qty": 2}))),
@@ -188,8 +207,9 @@ fn records_that_cannot_be_written_fail_alone(db: &Db) {
             rec(4, None, Some(json!({"id": 5, "qty": null}))),
             rec(5, None, None),
             rec(6, None, Some(json!({"id": 6, "qty": 6}))),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     let offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
     // Not an object, no key field, a duplicate key (insert mode), NOT NULL, a tombstone.
     assert_eq!(offsets, vec![1, 2, 3, 4, 5], "{failed:?}");
@@ -200,7 +220,7 @@ fn records_that_cannot_be_written_fail_alone(db: &Db) {
 fn a_missing_table_without_auto_create_fails_the_task() {
     let db = Db::sqlite();
     let mut t = start(&props(&db, &[("max.retries", "0")]));
-    let err = t.put(vec![rec(0, None, Some(json!({"a": 1})))]).unwrap_err();
+    let err = write(&mut *t, vec![rec(0, None, Some(json!({"a": 1})))]).unwrap_err();
     assert!(err.to_string().contains("auto.create"), "{err}");
 }
 
@@ -238,7 +258,7 @@ fn envelope_records() -> Vec<ConnectRecord> {
 
 fn schema_envelope_types_become_typed_columns_in_postgres(db: &Db) {
     let mut t = start(&props(db, &[("auto.create", "true"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
-    let failed = t.put(envelope_records()).unwrap();
+    let failed = write(&mut *t, envelope_records()).unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(
         db.query(
@@ -259,7 +279,7 @@ fn schema_envelope_types_become_typed_columns_in_postgres(db: &Db) {
 fn schema_envelope_types_in_sqlite() {
     let db = Db::sqlite();
     let mut t = start(&props(&db, &[("auto.create", "true"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
-    let failed = t.put(envelope_records()).unwrap();
+    let failed = write(&mut *t, envelope_records()).unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(
         db.query("SELECT id, small, ratio, ok, blob, at, day, amount, tags FROM orders ORDER BY id"),
@@ -270,8 +290,9 @@ fn schema_envelope_types_in_sqlite() {
 fn postgres_upsert_coerces_to_existing_column_types(db: &Db) {
     db.exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, at TIMESTAMPTZ, n NUMERIC, j JSON, u UUID, f REAL)");
     let mut t = start(&props(db, &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
-    let failed = t
-        .put(vec![
+    let failed = write(
+        &mut *t,
+        vec![
             rec(
                 0,
                 None,
@@ -280,8 +301,9 @@ fn postgres_upsert_coerces_to_existing_column_types(db: &Db) {
             ),
             rec(1, None, Some(json!({"id": 2, "u": "not-a-uuid"}))),
             rec(2, None, Some(json!({"id": 99999999999i64}))),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     let offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
     assert_eq!(offsets, vec![1, 2], "{failed:?}");
     assert_eq!(
@@ -296,14 +318,14 @@ fn exactly_once(db: &Db) {
     let mut t = start(&p);
     assert!(t.open(std::slice::from_ref(&tp)).unwrap().is_empty());
     let batch = |from: i64, to: i64| (from..to).map(|o| rec(o, None, Some(json!({"n": o})))).collect::<Vec<_>>();
-    assert!(t.put(batch(0, 10)).unwrap().is_empty());
+    assert!(write(&mut *t, batch(0, 10)).unwrap().is_empty());
     let current: BTreeMap<TopicPartition, i64> = [(tp.clone(), 10)].into();
     assert_eq!(t.pre_commit(&current).unwrap()[&tp], 10);
     t.stop();
     // A restart: the group's committed offset lags (say it is 5); the database knows 10.
     let mut t = start(&p);
     assert_eq!(t.open(std::slice::from_ref(&tp)).unwrap(), [(tp.clone(), 10)].into());
-    assert!(t.put(batch(5, 15)).unwrap().is_empty());
+    assert!(write(&mut *t, batch(5, 15)).unwrap().is_empty());
     assert_eq!(db.query("SELECT count(*), count(DISTINCT n), min(n), max(n) FROM orders"), "15|15|0|14");
     assert_eq!(db.query("SELECT next_offset FROM __spate_connect_offsets WHERE connector = 'jdbc-test'"), "15");
 }
@@ -358,4 +380,21 @@ fn config_cross_checks() {
     let errors = plugin.validate(&props(&db, &[("insert.mode", "upsert")]));
     assert_eq!(errors[0].0, "pk.mode");
     assert!(plugin.validate(&props(&db, &[("insert.mode", "upsert"), ("pk.mode", "record_key")])).is_empty());
+}
+
+#[test]
+fn pre_commit_holds_offsets_below_failures_not_yet_handed_back() {
+    let db = Db::sqlite();
+    let mut t = start(&props(&db, &[("auto.create", "true")]));
+    let batch =
+        vec![rec(0, None, Some(json!({"a": 1}))), rec(1, None, Some(json!(5))), rec(2, None, Some(json!({"a": 2})))];
+    // Written one put behind: this put returns nothing yet.
+    assert!(t.put(batch).unwrap().is_empty());
+    let tp = TopicPartition::new("orders", 0);
+    let current: BTreeMap<TopicPartition, i64> = [(tp.clone(), 3)].into();
+    assert_eq!(t.pre_commit(&current).unwrap()[&tp], 1, "offset 1 failed and is not routed yet");
+    let failed = t.put(Vec::new()).unwrap();
+    assert_eq!(failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect::<Vec<_>>(), [1]);
+    assert_eq!(t.pre_commit(&current).unwrap()[&tp], 3);
+    assert_eq!(db.query("SELECT a FROM orders ORDER BY a"), "1\n2");
 }

@@ -33,7 +33,8 @@ mod sql;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use spate_client::TopicPartition;
@@ -312,16 +313,18 @@ impl Connector for JdbcSinkConnector {
     }
 
     fn sink_task(&self) -> Result<Box<dyn SinkTask>> {
-        Ok(Box::new(JdbcSinkTask::default()))
+        Ok(Box::new(JdbcSinkTask::Idle))
     }
 }
 
 /// A table's columns as the database has them (name, type for coercion).
 type TableColumns = Vec<(String, SqlType)>;
 
-/// The JDBC sink's task.
+/// Writes records synchronously: each `put` returns once its chunks are committed. The task
+/// itself when `exactly.once` is on; otherwise it runs on a thread of its own behind
+/// [`JdbcSinkTask`].
 #[derive(Default)]
-pub(crate) struct JdbcSinkTask {
+pub(crate) struct Writer {
     cfg: Option<Arc<SinkConfig>>,
     connector: String,
     conn: Option<Conn>,
@@ -340,7 +343,7 @@ struct Mapped {
     failed: Vec<(u32, ConnectError)>,
 }
 
-impl JdbcSinkTask {
+impl Writer {
     fn cfg(&self) -> Result<Arc<SinkConfig>> {
         self.cfg.clone().ok_or_else(|| ConnectError::Internal("jdbc sink task used before start".into()))
     }
@@ -721,7 +724,7 @@ fn column_type(g: &Group, i: usize) -> SqlType {
     ty.unwrap_or(SqlType::Text)
 }
 
-impl SinkTask for JdbcSinkTask {
+impl SinkTask for Writer {
     fn start(&mut self, config: &Props, context: &SinkTaskContext) -> Result<()> {
         let cfg = Arc::new(SinkConfig::parse(config)?);
         self.connector = context.connector.clone();
@@ -743,7 +746,7 @@ impl SinkTask for JdbcSinkTask {
         if !cfg.exactly_once {
             return Ok(BTreeMap::new());
         }
-        self.with_retries("reading the stored offsets", JdbcSinkTask::read_offsets)?;
+        self.with_retries("reading the stored offsets", Writer::read_offsets)?;
         Ok(partitions
             .iter()
             .filter_map(|tp| {
@@ -782,5 +785,194 @@ impl SinkTask for JdbcSinkTask {
 
     fn stop(&mut self) {
         self.conn = None;
+    }
+}
+
+/// The JDBC sink's task. Without `exactly.once` the writes run on a thread of their own, one
+/// `put` behind: while the database takes one batch, the runtime reads and converts the next
+/// (the two costs overlap instead of adding up). A batch's failed records are then handed back
+/// by a later `put`; until they are, `pre_commit` holds their partitions' offsets below them, so
+/// a crash replays them rather than losing them. With `exactly.once` the writer is the task
+/// itself (its offsets live in the database and must match what was written).
+pub(crate) enum JdbcSinkTask {
+    Idle,
+    Direct(Box<Writer>),
+    Pipelined(Pipe),
+}
+
+/// The handle of a writer thread.
+pub(crate) struct Pipe {
+    jobs: Option<mpsc::SyncSender<Vec<ConnectRecord>>>,
+    done: mpsc::Receiver<Result<Vec<FailedRecord>>>,
+    in_flight: usize,
+    /// Failed records of finished writes, for the next `put` to return.
+    pending: Vec<FailedRecord>,
+    /// A write failed (the task fails with it; later calls repeat why).
+    broken: Option<String>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Batches handed to the writer thread and not yet finished, at most (bounds memory to this
+/// many `put`s besides the one being converted).
+const IN_FLIGHT_MAX: usize = 1;
+
+impl Pipe {
+    fn start(mut writer: Writer) -> Result<Pipe> {
+        let (jobs, job_rx) = mpsc::sync_channel::<Vec<ConnectRecord>>(IN_FLIGHT_MAX);
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("jdbc-sink-{}", writer.connector))
+            .spawn(move || {
+                for records in job_rx {
+                    let result = writer.put(records);
+                    let failed = result.is_err();
+                    if done_tx.send(result).is_err() || failed {
+                        break;
+                    }
+                }
+                writer.stop();
+            })
+            .map_err(|e| ConnectError::Internal(format!("cannot start the jdbc sink writer thread: {e}")))?;
+        Ok(Pipe { jobs: Some(jobs), done, in_flight: 0, pending: Vec::new(), broken: None, thread: Some(thread) })
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.broken {
+            Some(why) => Err(ConnectError::Internal(format!("the jdbc sink writer failed earlier: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one finished result, waiting for it when `block`; false when none was there.
+    fn collect_one(&mut self, block: bool) -> Result<bool> {
+        if self.in_flight == 0 {
+            return Ok(false);
+        }
+        let result = if block {
+            self.done.recv().map_err(|_| "the writer thread is gone".to_owned())
+        } else {
+            match self.done.try_recv() {
+                Ok(r) => Ok(r),
+                Err(mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(mpsc::TryRecvError::Disconnected) => Err("the writer thread is gone".to_owned()),
+            }
+        };
+        self.in_flight -= 1;
+        match result {
+            Ok(Ok(mut failed)) => {
+                self.pending.append(&mut failed);
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                self.broken = Some(e.to_string());
+                Err(e)
+            }
+            Err(why) => {
+                self.broken = Some(why.clone());
+                Err(ConnectError::Internal(why))
+            }
+        }
+    }
+
+    /// Waits until every batch handed over is written.
+    fn drain(&mut self) -> Result<()> {
+        self.check()?;
+        while self.collect_one(true)? {}
+        Ok(())
+    }
+
+    fn put(&mut self, records: Vec<ConnectRecord>) -> Result<Vec<FailedRecord>> {
+        self.check()?;
+        while self.collect_one(false)? {}
+        while self.in_flight >= IN_FLIGHT_MAX {
+            self.collect_one(true)?;
+        }
+        if !records.is_empty() {
+            let jobs = self.jobs.as_ref().ok_or(ConnectError::Stopping)?;
+            jobs.send(records).map_err(|_| ConnectError::Internal("the jdbc sink writer thread is gone".into()))?;
+            self.in_flight += 1;
+        }
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    fn pre_commit(&mut self, current: &BTreeMap<TopicPartition, i64>) -> Result<BTreeMap<TopicPartition, i64>> {
+        self.drain()?;
+        let mut safe = current.clone();
+        // Failed records not yet handed back: their offsets (and later ones) stay uncommitted.
+        for f in &self.pending {
+            if let Some(k) = &f.record.kafka {
+                if let Some(o) = safe.get_mut(&TopicPartition::new(f.record.topic.to_string(), k.partition)) {
+                    *o = (*o).min(k.offset);
+                }
+            }
+        }
+        Ok(safe)
+    }
+
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SinkTask for JdbcSinkTask {
+    fn start(&mut self, config: &Props, context: &SinkTaskContext) -> Result<()> {
+        let mut writer = Writer::default();
+        writer.start(config, context)?;
+        let exactly_once = writer.cfg()?.exactly_once;
+        *self = if exactly_once {
+            JdbcSinkTask::Direct(Box::new(writer))
+        } else {
+            JdbcSinkTask::Pipelined(Pipe::start(writer)?)
+        };
+        Ok(())
+    }
+
+    fn open(&mut self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
+        match self {
+            JdbcSinkTask::Direct(w) => w.open(partitions),
+            _ => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Partitions taken away: their records in flight are written first.
+    fn close(&mut self, _partitions: &[TopicPartition]) -> Result<()> {
+        match self {
+            JdbcSinkTask::Pipelined(p) => p.drain(),
+            _ => Ok(()),
+        }
+    }
+
+    fn put(&mut self, records: Vec<ConnectRecord>) -> Result<Vec<FailedRecord>> {
+        match self {
+            JdbcSinkTask::Direct(w) => w.put(records),
+            JdbcSinkTask::Pipelined(p) => p.put(records),
+            JdbcSinkTask::Idle => Err(ConnectError::Internal("jdbc sink task used before start".into())),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            JdbcSinkTask::Pipelined(p) => p.drain(),
+            _ => Ok(()),
+        }
+    }
+
+    fn pre_commit(&mut self, current: &BTreeMap<TopicPartition, i64>) -> Result<BTreeMap<TopicPartition, i64>> {
+        match self {
+            JdbcSinkTask::Direct(w) => w.pre_commit(current),
+            JdbcSinkTask::Pipelined(p) => p.pre_commit(current),
+            JdbcSinkTask::Idle => Ok(current.clone()),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            JdbcSinkTask::Direct(w) => w.stop(),
+            JdbcSinkTask::Pipelined(p) => p.stop(),
+            JdbcSinkTask::Idle => {}
+        }
     }
 }
