@@ -9,7 +9,9 @@
 //! schema), [`plan`] folds a chunk per key and groups rows by shape, [`sql`] writes the SQL per
 //! dialect; all three are sans-IO. This file is the shell: it runs each `batch.size` chunk of a
 //! `put` in ONE transaction (create/evolve the table, one statement per group, the offsets row
-//! when exactly-once is on, commit), through [`conn`].
+//! when exactly-once is on, commit), through [`conn`]. Without exactly-once the [`Writer`] runs on
+//! a thread of its own one `put` behind ([`JdbcSinkTask`]), so the database's time and the
+//! runtime's fetch and JSON conversion overlap.
 //!
 //! **Failures.** A record that cannot be written (not an object, no key, a missing key field, a
 //! value its column refuses, a constraint) comes back as a failed record (the dead-letter queue
