@@ -335,6 +335,18 @@ fn exactly_once_offsets_are_restored_by_open_sqlite() {
     exactly_once(&Db::sqlite());
 }
 
+fn reconnects_after_the_backend_is_terminated(db: &Db) {
+    let p = props(db, &[("auto.create", "true"), ("max.retries", "5"), ("retry.backoff.ms", "100")]);
+    let mut t = start(&p);
+    assert!(write(&mut *t, vec![rec(0, None, Some(json!({"n": 0})))]).unwrap().is_empty());
+    let killed = db.query(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'spate-jdbc-sink'",
+    );
+    assert_eq!(killed, "1", "the sink's backend was terminated");
+    assert!(write(&mut *t, vec![rec(1, None, Some(json!({"n": 1})))]).unwrap().is_empty());
+    assert_eq!(db.query("SELECT n FROM orders ORDER BY n"), "0\n1");
+}
+
 /// A test body run against one database.
 type Scenario = fn(&Db);
 
@@ -351,6 +363,7 @@ fn postgres_scenarios() {
         ("envelope", schema_envelope_types_become_typed_columns_in_postgres),
         ("coerce", postgres_upsert_coerces_to_existing_column_types),
         ("exactly_once", exactly_once),
+        ("reconnect", reconnects_after_the_backend_is_terminated),
     ];
     for (name, scenario) in scenarios {
         let db = Db::pg(&server, name);
