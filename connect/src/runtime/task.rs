@@ -580,7 +580,8 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                     Ok(c) => converted.push(c),
                     Err((stage, e)) => {
                         let mut rec = ConnectRecord::new(r.topic.clone(), None);
-                        rec.kafka = Some(KafkaCoordinates { partition: r.partition, offset: r.offset });
+                        rec.kafka =
+                            Some(KafkaCoordinates { topic: r.topic.clone(), partition: r.partition, offset: r.offset });
                         let fr = FailedRecord {
                             record: rec,
                             error: Arc::new(e),
@@ -612,7 +613,7 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                     .record
                     .kafka
                     .as_ref()
-                    .and_then(|k| raw_by_offset.get(&(f.record.topic.clone(), k.partition, k.offset)).cloned());
+                    .and_then(|k| raw_by_offset.get(&(k.topic.clone(), k.partition, k.offset)).cloned());
                 failures.push((f, raw));
             }
             env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
@@ -626,7 +627,18 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                 &env.handle,
                 &env.metrics.dead_lettered,
             )?;
-            pending_dlq.extend(dlq);
+            // Wait for the dead-letter writes now rather than at the next offset commit: a sink
+            // that stores its own offsets with the data (Parquet, JDBC exactly.once) has already
+            // moved past these records, so a crash before the acks would lose them. Failures are
+            // rare, so this wait is too.
+            if !dlq.is_empty() {
+                env.handle.block_on(async {
+                    for d in dlq {
+                        d.await?;
+                    }
+                    Ok::<(), ConnectError>(())
+                })?;
+            }
             env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
             env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             let labels = [("connector", env.connector.clone()), ("task", env.task.to_string())];
@@ -699,6 +711,6 @@ fn convert_in(p: &Pipeline, r: &ConsumerRecord) -> std::result::Result<ConnectRe
         value_schema,
         timestamp_ms: Some(r.timestamp_ms),
         headers: r.headers.clone(),
-        kafka: Some(KafkaCoordinates { partition: r.partition, offset: r.offset }),
+        kafka: Some(KafkaCoordinates { topic: r.topic.clone(), partition: r.partition, offset: r.offset }),
     })
 }
