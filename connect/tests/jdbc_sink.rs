@@ -108,7 +108,7 @@ fn rec(offset: i64, key: Option<Json>, value: Option<Json>) -> ConnectRecord {
     let mut r = ConnectRecord::new(Arc::from("orders"), value.map(Value::Json));
     r.key = key.map(Value::Json);
     r.partition = Some(0);
-    r.kafka = Some(KafkaCoordinates { partition: 0, offset });
+    r.kafka = Some(KafkaCoordinates { topic: r.topic.clone(), partition: 0, offset });
     r
 }
 
@@ -330,6 +330,35 @@ fn exactly_once(db: &Db) {
     assert_eq!(db.query("SELECT next_offset FROM __spate_connect_offsets WHERE connector = 'jdbc-test'"), "15");
 }
 
+/// A transform renamed the topic (RegexRouter to a table name): rows go to the renamed
+/// topic's table, offsets stay keyed by the topic the records were read from.
+fn exactly_once_keys_offsets_by_the_original_topic(db: &Db) {
+    let p = props(db, &[("auto.create", "true"), ("exactly.once", "true")]);
+    let tp = TopicPartition::new("orders", 0);
+    let routed = |o: i64| {
+        let mut r = rec(o, None, Some(json!({"n": o})));
+        r.topic = Arc::from("orders_table");
+        r
+    };
+    let mut t = start(&p);
+    assert!(t.open(std::slice::from_ref(&tp)).unwrap().is_empty());
+    assert!(write(&mut *t, vec![routed(0), routed(1)]).unwrap().is_empty());
+    let current: BTreeMap<TopicPartition, i64> = [(tp.clone(), 2)].into();
+    assert_eq!(t.pre_commit(&current).unwrap()[&tp], 2);
+    t.stop();
+    let mut t = start(&p);
+    assert_eq!(t.open(std::slice::from_ref(&tp)).unwrap(), [(tp.clone(), 2)].into());
+    // Redelivered from an older commit: dropped, not written twice.
+    assert!(write(&mut *t, vec![routed(1), routed(2)]).unwrap().is_empty());
+    assert_eq!(db.query("SELECT n FROM orders_table ORDER BY n"), "0\n1\n2");
+    assert_eq!(db.query("SELECT topic, next_offset FROM __spate_connect_offsets"), "orders|3");
+}
+
+#[test]
+fn exactly_once_keys_offsets_by_the_original_topic_sqlite() {
+    exactly_once_keys_offsets_by_the_original_topic(&Db::sqlite());
+}
+
 #[test]
 fn exactly_once_offsets_are_restored_by_open_sqlite() {
     exactly_once(&Db::sqlite());
@@ -363,6 +392,7 @@ fn postgres_scenarios() {
         ("envelope", schema_envelope_types_become_typed_columns_in_postgres),
         ("coerce", postgres_upsert_coerces_to_existing_column_types),
         ("exactly_once", exactly_once),
+        ("exactly_once_renamed", exactly_once_keys_offsets_by_the_original_topic),
         ("reconnect", reconnects_after_the_backend_is_terminated),
     ];
     for (name, scenario) in scenarios {

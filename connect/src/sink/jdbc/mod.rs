@@ -455,7 +455,9 @@ impl Writer {
         let mut table_idx = 0;
         for (i, r) in records.iter().enumerate() {
             if let Some(k) = &r.kafka {
-                let tp = (r.topic.clone(), k.partition);
+                // Offsets are the consumer's: keyed by where the record was read, not by the
+                // topic a transform (RegexRouter) may have renamed it to.
+                let tp = (k.topic.clone(), k.partition);
                 if cfg.exactly_once && self.db_offsets.get(&tp).is_some_and(|&stored| k.offset < stored) {
                     continue;
                 }
@@ -903,7 +905,7 @@ impl Pipe {
         // Failed records not yet handed back: their offsets (and later ones) stay uncommitted.
         for f in &self.pending {
             if let Some(k) = &f.record.kafka {
-                if let Some(o) = safe.get_mut(&TopicPartition::new(f.record.topic.to_string(), k.partition)) {
+                if let Some(o) = safe.get_mut(&TopicPartition::new(k.topic.to_string(), k.partition)) {
                     *o = (*o).min(k.offset);
                 }
             }

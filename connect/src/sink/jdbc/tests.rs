@@ -12,7 +12,7 @@ use crate::record::{ConnectRecord, KafkaCoordinates, Value};
 fn rec(offset: i64, key: Option<serde_json::Value>, value: Option<serde_json::Value>) -> ConnectRecord {
     let mut r = ConnectRecord::new(Arc::from("t"), value.map(Value::Json));
     r.key = key.map(Value::Json);
-    r.kafka = Some(KafkaCoordinates { partition: 3, offset });
+    r.kafka = Some(KafkaCoordinates { topic: r.topic.clone(), partition: 3, offset });
     r
 }
 
