@@ -40,6 +40,10 @@ impl DbError {
     pub(crate) fn fatal(message: impl Into<String>) -> Self {
         DbError { fault: Fault::Fatal, message: message.into() }
     }
+
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
+        DbError { fault: Fault::Transient, message: message.into() }
+    }
 }
 
 impl std::fmt::Display for DbError {

@@ -336,6 +336,8 @@ pub(crate) struct Writer {
     tables: HashMap<String, TableColumns>,
     /// Exactly-once: the next offset stored in the database per partition.
     db_offsets: HashMap<(Arc<str>, i32), i64>,
+    /// Between `BEGIN` and `COMMIT`: the connection is pinned (see [`Writer::conn`]).
+    in_tx: bool,
 }
 
 /// Records of one chunk, mapped and grouped by table.
@@ -350,7 +352,16 @@ impl Writer {
         self.cfg.clone().ok_or_else(|| ConnectError::Internal("jdbc sink task used before start".into()))
     }
 
+    /// The connection; (re)connects only outside a transaction. Inside one (from `BEGIN` to
+    /// `COMMIT`) a lost connection is an error for the whole attempt: a new connection would run
+    /// the rest of the chunk in autocommit and commit part of the transaction.
     fn conn(&mut self) -> Result<&mut Conn, DbError> {
+        if self.in_tx {
+            return match self.conn.as_mut() {
+                Some(c) if !c.is_closed() => Ok(c),
+                _ => Err(DbError::transient("the database connection was lost in the middle of a transaction")),
+            };
+        }
         if self.conn.as_ref().is_some_and(Conn::is_closed) {
             self.conn = None;
         }
@@ -386,6 +397,7 @@ impl Writer {
     /// After a failed transaction: roll back (if the connection still works) and forget what it
     /// may have undone.
     fn reset_after_failure(&mut self) {
+        self.in_tx = false;
         if let Some(c) = self.conn.as_mut() {
             if c.batch("ROLLBACK").is_err() && c.flavor() == Flavor::Postgres {
                 self.conn = None;
@@ -494,7 +506,9 @@ impl Writer {
         isolate: bool,
     ) -> Result<Vec<FailedRecord>, DbError> {
         let Mapped { tables, offsets, mut failed } = self.map(cfg, records);
+        self.in_tx = false;
         self.conn()?.batch("BEGIN")?;
+        self.in_tx = true;
         for (table, ops) in tables {
             for group in plan(cfg.insert_mode, ops) {
                 self.write_group(cfg, &table, group, isolate, &mut failed)?;
@@ -515,6 +529,7 @@ impl Writer {
             }
         }
         self.conn()?.batch("COMMIT")?;
+        self.in_tx = false;
         if cfg.exactly_once {
             self.db_offsets.extend(offsets);
         }

@@ -24,6 +24,8 @@ const LOGICAL_DECIMAL: &str = "org.apache.kafka.connect.data.Decimal";
 
 /// The largest decimal (unscaled bytes) converted; wider ones go to the dead-letter queue.
 const DECIMAL_BYTES_MAX: usize = 16;
+/// Largest |scale| of a Connect `Decimal` converted (PostgreSQL's NUMERIC declares at most 1000).
+const DECIMAL_SCALE_MAX: u32 = 1000;
 
 /// A column type: what `auto.create`/`auto.evolve` declare and what values are coerced to
 /// before a PostgreSQL statement (whose array parameters must each have one element type).
@@ -639,7 +641,7 @@ fn typed_cell(schema: &Json, v: &Json) -> Result<(SqlType, Cell), String> {
         SqlType::Time => Cell::TimeMs(v.as_i64().ok_or_else(mismatch)?),
         SqlType::Decimal => match v {
             Json::Number(n) => Cell::Decimal(n.to_string()),
-            Json::String(s) => Cell::Decimal(decode_decimal(s, decimal_scale(schema))?),
+            Json::String(s) => Cell::Decimal(decode_decimal(s, decimal_scale(schema)?)?),
             _ => return Err(mismatch()),
         },
         SqlType::Json => Cell::Json(v.to_string()),
@@ -648,32 +650,72 @@ fn typed_cell(schema: &Json, v: &Json) -> Result<(SqlType, Cell), String> {
     Ok((ty, cell))
 }
 
-fn decimal_scale(schema: &Json) -> u32 {
-    schema
-        .get("parameters")
-        .and_then(|p| p.get("scale"))
-        .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_u64().map(|v| v as u32)))
-        .unwrap_or(0)
+/// The `scale` parameter of a Connect `Decimal` schema (0 when absent). Bounded: it sizes the
+/// text made from the value, and it comes from the record.
+fn decimal_scale(schema: &Json) -> Result<i32, String> {
+    let Some(raw) = schema.get("parameters").and_then(|p| p.get("scale")) else { return Ok(0) };
+    let scale = raw
+        .as_str()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .or_else(|| raw.as_i64())
+        .ok_or_else(|| format!("the Decimal schema's scale {raw} is not an integer"))?;
+    if scale.unsigned_abs() > DECIMAL_SCALE_MAX as u64 {
+        return Err(format!("the Decimal schema's scale {scale} is out of range (at most ±{DECIMAL_SCALE_MAX})"));
+    }
+    Ok(scale as i32)
 }
 
-/// Connect's `Decimal`: base64 of the unscaled value, big-endian two's complement.
-fn decode_decimal(b64: &str, scale: u32) -> Result<String, String> {
+/// Connect's `Decimal`: base64 of the unscaled value, big-endian two's complement; the value is
+/// unscaled × 10^-scale (a negative scale multiplies).
+fn decode_decimal(b64: &str, scale: i32) -> Result<String, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| format!("decimal bytes are not base64: {e}"))?;
     if bytes.is_empty() || bytes.len() > DECIMAL_BYTES_MAX {
         return Err(format!("decimal of {} bytes (at most {DECIMAL_BYTES_MAX} are converted)", bytes.len()));
     }
+    if scale.unsigned_abs() > DECIMAL_SCALE_MAX {
+        return Err(format!("decimal scale {scale} is out of range (at most ±{DECIMAL_SCALE_MAX})"));
+    }
     let mut buf = if bytes[0] & 0x80 != 0 { [0xffu8; 16] } else { [0u8; 16] };
     buf[16 - bytes.len()..].copy_from_slice(&bytes);
     let unscaled = i128::from_be_bytes(buf);
     let digits = unscaled.unsigned_abs().to_string();
     let sign = if unscaled < 0 { "-" } else { "" };
-    let scale = scale as usize;
-    if scale == 0 {
-        return Ok(format!("{sign}{digits}"));
+    if scale <= 0 {
+        if unscaled == 0 {
+            return Ok("0".to_owned());
+        }
+        let zeros = "0".repeat(scale.unsigned_abs() as usize);
+        return Ok(format!("{sign}{digits}{zeros}"));
     }
+    let scale = scale as usize;
     let padded = format!("{digits:0>width$}", width = scale + 1);
     let (int, frac) = padded.split_at(padded.len() - scale);
     Ok(format!("{sign}{int}.{frac}"))
+}
+
+#[cfg(test)]
+mod decimal_tests {
+    use super::*;
+
+    fn b64(v: i128, len: usize) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&v.to_be_bytes()[16 - len..])
+    }
+
+    #[test]
+    fn decimal_scale_is_bounded_and_negative_scale_multiplies() {
+        assert_eq!(decode_decimal(&b64(12345, 2), 2).unwrap(), "123.45");
+        assert_eq!(decode_decimal(&b64(-5, 1), 3).unwrap(), "-0.005");
+        assert_eq!(decode_decimal(&b64(12, 1), -3).unwrap(), "12000");
+        assert_eq!(decode_decimal(&b64(-12, 1), -2).unwrap(), "-1200");
+        assert_eq!(decode_decimal(&b64(0, 1), -2).unwrap(), "0");
+        assert!(decode_decimal(&b64(1, 1), 1001).is_err());
+        let schema = |scale: Json| serde_json::json!({"type": "bytes", "parameters": {"scale": scale}});
+        assert_eq!(decimal_scale(&schema(Json::from("2"))).unwrap(), 2);
+        assert_eq!(decimal_scale(&schema(Json::from(-3))).unwrap(), -3);
+        assert!(decimal_scale(&schema(Json::from("4294967295"))).unwrap_err().contains("out of range"));
+        assert!(decimal_scale(&schema(Json::from("x"))).is_err());
+        assert_eq!(decimal_scale(&serde_json::json!({"type": "bytes"})).unwrap(), 0);
+    }
 }

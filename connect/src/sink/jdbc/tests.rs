@@ -215,3 +215,25 @@ fn postgres_statements_unnest_arrays() {
     assert_eq!(sql::type_from_db(Flavor::Postgres, "uuid"), SqlType::Other("uuid".into()));
     assert_eq!(sql::pg_transport(&SqlType::Other("x; drop".into())).1, None);
 }
+
+#[test]
+fn a_connection_lost_inside_a_transaction_is_not_replaced() {
+    use super::conn::Fault;
+    use super::{SinkConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let props: crate::config::Props = [
+        ("connection.url".to_owned(), format!("sqlite:{}", dir.path().join("x.db").display())),
+        ("connector.class".to_owned(), "JdbcSinkConnector".to_owned()),
+        ("name".to_owned(), "t".to_owned()),
+    ]
+    .into();
+    let mut w = Writer { cfg: Some(Arc::new(SinkConfig::parse(&props).unwrap())), ..Writer::default() };
+    // Mid-transaction with no live connection: the attempt fails (and is retried from BEGIN),
+    // no new connection is opened to run the rest in autocommit.
+    w.in_tx = true;
+    let e = w.conn().err().expect("no reconnect inside a transaction");
+    assert_eq!(e.fault, Fault::Transient);
+    assert!(w.conn.is_none());
+    w.in_tx = false;
+    assert!(w.conn().is_ok(), "reconnects at the start of an attempt");
+}
