@@ -216,6 +216,40 @@ fn records_that_cannot_be_written_fail_alone(db: &Db) {
     assert_eq!(db.query("SELECT id, qty FROM orders ORDER BY id"), "1|1\n6|6");
 }
 
+/// Errors that are one record's (an index row too large: 54000, a NUL in a field name: refused
+/// by the client) go to the dead-letter queue alone, and keys equal after coercion to the key
+/// column's type (1, "1", 1.0) fold into one row (else 21000: a row affected twice).
+fn postgres_record_errors_beyond_constraints_fail_alone(db: &Db) {
+    db.exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX ON orders (v)");
+    let p = props(db, &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id"), ("auto.evolve", "true")]);
+    let mut t = start(&p);
+    // Hex of a pseudo-random stream: too big for a btree index row even compressed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: String = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).unwrap()
+        })
+        .collect();
+    let failed = write(
+        &mut *t,
+        vec![
+            rec(0, None, Some(json!({"id": 1, "v": "a"}))),
+            rec(1, None, Some(json!({"id": "1", "v": "b"}))),
+            rec(2, None, Some(json!({"id": 2, "v": big}))),
+            rec(3, None, Some(json!({"id": 3, "a\u{0}b": 1}))),
+            rec(4, None, Some(json!({"id": 1.0, "v": "c"}))),
+            rec(5, None, Some(json!({"id": 5, "v": "e"}))),
+        ],
+    )
+    .unwrap();
+    let offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
+    assert_eq!(offsets, vec![2, 3], "{failed:?}");
+    assert_eq!(db.query("SELECT id, v FROM orders ORDER BY id"), "1|c\n5|e");
+}
+
 #[test]
 fn a_missing_table_without_auto_create_fails_the_task() {
     let db = Db::sqlite();
@@ -389,6 +423,7 @@ fn postgres_scenarios() {
         ("update_mode", update_mode_changes_existing_rows_only),
         ("evolve", auto_evolve_adds_nullable_columns_and_without_it_records_fail),
         ("refused", records_that_cannot_be_written_fail_alone),
+        ("refused_more", postgres_record_errors_beyond_constraints_fail_alone),
         ("envelope", schema_envelope_types_become_typed_columns_in_postgres),
         ("coerce", postgres_upsert_coerces_to_existing_column_types),
         ("exactly_once", exactly_once),

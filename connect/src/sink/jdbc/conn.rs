@@ -55,12 +55,30 @@ impl std::fmt::Display for DbError {
 impl From<postgres::Error> for DbError {
     fn from(e: postgres::Error) -> Self {
         let fault = match e.code().map(|c| c.code()) {
-            Some(c) if c.starts_with("22") || c.starts_with("23") || c == "42804" => Fault::Data,
+            // 21: cardinality ("ON CONFLICT DO UPDATE cannot affect row a second time"), 22: data
+            // exception, 23: constraint, 54: program limit (index row too large, too many
+            // columns), 42804: datatype mismatch. The row-by-row redo isolates the record.
+            Some(c)
+                if c.starts_with("21")
+                    || c.starts_with("22")
+                    || c.starts_with("23")
+                    || c.starts_with("54")
+                    || c == "42804" =>
+            {
+                Fault::Data
+            }
             Some(c) if c.starts_with("42") || c.starts_with("0A") || c.starts_with("28") || c.starts_with("3D") => {
                 Fault::Fatal
             }
-            // Our own bug (a parameter of the wrong type): retrying cannot help.
-            None if !e.is_closed() && e.to_string().contains("serializ") => Fault::Fatal,
+            // Refused on our side before reaching the server: a value or a name the protocol
+            // cannot carry (a NUL byte in a field name). The record's; retrying cannot help.
+            None if !e.is_closed() && {
+                let m = e.to_string();
+                m.contains("serializ") || m.contains("encoding")
+            } =>
+            {
+                Fault::Data
+            }
             _ => Fault::Transient,
         };
         let message = match e.as_db_error() {
@@ -80,6 +98,10 @@ impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;
         let fault = match e.sqlite_error_code() {
+            // Refused before reaching SQLite: a NUL in a name, a value that cannot be converted.
+            None if matches!(e, rusqlite::Error::NulError(_) | rusqlite::Error::ToSqlConversionFailure(_)) => {
+                Fault::Data
+            }
             Some(C::ConstraintViolation | C::TypeMismatch | C::TooBig) => Fault::Data,
             Some(C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::OutOfMemory | C::DiskFull) => {
                 Fault::Transient
@@ -206,7 +228,17 @@ impl Conn {
     /// goes on.
     pub(crate) fn sqlite_rows(&mut self, sql: &str, rows: &[Vec<Cell>]) -> Result<Vec<(usize, DbError)>, DbError> {
         let Conn::Sqlite(c) = self else { return Err(DbError::fatal("sqlite_rows on PostgreSQL")) };
-        let mut stmt = c.prepare_cached(sql)?;
+        let mut stmt = match c.prepare_cached(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = DbError::from(e);
+                // A name the statement cannot carry: every row of the group is refused.
+                return match e.fault {
+                    Fault::Data => Ok((0..rows.len()).map(|i| (i, e.clone())).collect()),
+                    _ => Err(e),
+                };
+            }
+        };
         let mut refused = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             if let Err(e) = stmt.execute(rusqlite::params_from_iter(row.iter())) {

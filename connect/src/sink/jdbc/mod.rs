@@ -509,7 +509,8 @@ impl Writer {
         self.in_tx = false;
         self.conn()?.batch("BEGIN")?;
         self.in_tx = true;
-        for (table, ops) in tables {
+        for (table, mut ops) in tables {
+            self.coerce_keys(&table, &mut ops)?;
             for group in plan(cfg.insert_mode, ops) {
                 self.write_group(cfg, &table, group, isolate, &mut failed)?;
             }
@@ -543,6 +544,70 @@ impl Writer {
                 class_name: CLASS.to_owned(),
             })
             .collect())
+    }
+
+    /// Runs a group's DDL. An error that is the records' (a name or a column count the database
+    /// refuses) comes back as `Some(reason)` where the transaction survives it (row by row on
+    /// PostgreSQL, under a savepoint; SQLite rolls back only the statement); otherwise it is
+    /// the attempt's error (on PostgreSQL the chunk is then redone row by row).
+    fn ddl(&mut self, sql: &str, isolate: bool) -> Result<Option<String>, DbError> {
+        let conn = self.conn()?;
+        match conn.flavor() {
+            Flavor::Postgres if !isolate => conn.batch(sql).map(|()| None),
+            Flavor::Postgres => {
+                conn.batch("SAVEPOINT spate_ddl")?;
+                match conn.batch(sql) {
+                    Ok(()) => conn.batch("RELEASE SAVEPOINT spate_ddl").map(|()| None),
+                    Err(e) if e.fault == Fault::Data => {
+                        conn.batch("ROLLBACK TO SAVEPOINT spate_ddl")?;
+                        Ok(Some(e.message))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Flavor::Sqlite => match conn.batch(sql) {
+                Err(e) if e.fault == Fault::Data => Ok(Some(e.message)),
+                r => r.map(|()| None),
+            },
+        }
+    }
+
+    /// Coerces the key cells to the existing table's column types before the plan folds per key,
+    /// so keys that the column makes equal (1, "1", 1.0 into an integer key) fold together
+    /// (PostgreSQL refuses one statement that touches a row twice). Keys that do not fit are
+    /// left as they are: the write refuses them.
+    fn coerce_keys(&mut self, table: &str, ops: &mut [(u32, Op)]) -> Result<(), DbError> {
+        if ops.is_empty() || self.conn()?.flavor() != Flavor::Postgres {
+            return Ok(());
+        }
+        let Some(existing) = self.table_columns(table)? else { return Ok(()) };
+        let mut last: Option<(Arc<row::Columns>, Vec<Option<SqlType>>)> = None;
+        for (_, op) in ops.iter_mut() {
+            let row = op.row_mut();
+            let types = match &last {
+                Some((cols, types)) if Arc::ptr_eq(cols, &row.cols) => types,
+                _ => {
+                    let types = row.cols.names[..row.cols.pk_len]
+                        .iter()
+                        .map(|name| {
+                            existing
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .or_else(|| existing.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)))
+                                .map(|(_, t)| t.clone())
+                        })
+                        .collect();
+                    &last.insert((row.cols.clone(), types)).1
+                }
+            };
+            for (cell, ty) in row.cells.iter_mut().zip(types) {
+                let Some(ty) = ty else { continue };
+                if let Ok(c) = cell.clone().coerce(ty) {
+                    *cell = c;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The table's columns, read once per transaction (`None`: it does not exist).
@@ -590,7 +655,11 @@ impl Writer {
             None => {
                 let cols: Vec<(&str, SqlType)> =
                     g.cols.names.iter().enumerate().map(|(i, n)| (n.as_str(), column_type(&g, i))).collect();
-                self.conn()?.batch(&sql::create_table(flavor, table, &cols, pk_len))?;
+                if let Some(why) = self.ddl(&sql::create_table(flavor, table, &cols, pk_len), isolate)? {
+                    let sources: Vec<u32> = g.sources.iter().flatten().copied().collect();
+                    refuse(failed, &sources, &format!("creating the table: {why}"));
+                    return Ok(());
+                }
                 info!(connector = %self.connector, %table, "created table (auto.create)");
                 self.tables.remove(table);
                 self.table_columns(table)?
@@ -620,7 +689,11 @@ impl Writer {
                     Flavor::Postgres => ddl.replacen("ADD COLUMN", "ADD COLUMN IF NOT EXISTS", 1),
                     Flavor::Sqlite => ddl,
                 };
-                self.conn()?.batch(&ddl)?;
+                if let Some(why) = self.ddl(&ddl, isolate)? {
+                    let sources: Vec<u32> = g.sources.iter().flatten().copied().collect();
+                    refuse(failed, &sources, &format!("adding column {name}: {why}"));
+                    return Ok(());
+                }
                 info!(connector = %self.connector, %table, column = %name, "added column (auto.evolve)");
                 self.tables.remove(table);
                 existing = self.table_columns(table)?.unwrap_or_default();

@@ -310,6 +310,12 @@ impl Op {
             Op::Write(r) | Op::Delete(r) => r,
         }
     }
+
+    pub(crate) fn row_mut(&mut self) -> &mut Row {
+        match self {
+            Op::Write(r) | Op::Delete(r) => r,
+        }
+    }
 }
 
 /// `pk.mode`.
