@@ -221,7 +221,10 @@ fn records_that_cannot_be_written_fail_alone(db: &Db) {
 /// column's type (1, "1", 1.0) fold into one row (else 21000: a row affected twice).
 fn postgres_record_errors_beyond_constraints_fail_alone(db: &Db) {
     db.exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX ON orders (v)");
-    let p = props(db, &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id"), ("auto.evolve", "true")]);
+    let p = props(
+        db,
+        &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id"), ("auto.evolve", "true")],
+    );
     let mut t = start(&p);
     // Hex of a pseudo-random stream: too big for a btree index row even compressed.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -393,6 +396,28 @@ fn exactly_once_keys_offsets_by_the_original_topic_sqlite() {
     exactly_once_keys_offsets_by_the_original_topic(&Db::sqlite());
 }
 
+/// Two tasks on one partition (a zombie that has not noticed the rebalance): the one whose
+/// belief of the stored offset is stale re-reads it and drops what the other wrote.
+fn exactly_once_fences_a_task_with_stale_offsets(db: &Db) {
+    let p = props(db, &[("auto.create", "true"), ("exactly.once", "true")]);
+    let tp = TopicPartition::new("orders", 0);
+    let batch = |from: i64, to: i64| (from..to).map(|o| rec(o, None, Some(json!({"n": o})))).collect::<Vec<_>>();
+    let mut a = start(&p);
+    let mut zombie = start(&p);
+    assert!(a.open(std::slice::from_ref(&tp)).unwrap().is_empty());
+    assert!(zombie.open(std::slice::from_ref(&tp)).unwrap().is_empty());
+    assert!(write(&mut *a, batch(0, 5)).unwrap().is_empty());
+    assert!(write(&mut *zombie, batch(0, 6)).unwrap().is_empty());
+    assert!(write(&mut *a, batch(5, 8)).unwrap().is_empty());
+    assert_eq!(db.query("SELECT count(*), count(DISTINCT n) FROM orders"), "8|8");
+    assert_eq!(db.query("SELECT next_offset FROM __spate_connect_offsets"), "8");
+}
+
+#[test]
+fn exactly_once_fences_a_task_with_stale_offsets_sqlite() {
+    exactly_once_fences_a_task_with_stale_offsets(&Db::sqlite());
+}
+
 #[test]
 fn exactly_once_offsets_are_restored_by_open_sqlite() {
     exactly_once(&Db::sqlite());
@@ -428,6 +453,7 @@ fn postgres_scenarios() {
         ("coerce", postgres_upsert_coerces_to_existing_column_types),
         ("exactly_once", exactly_once),
         ("exactly_once_renamed", exactly_once_keys_offsets_by_the_original_topic),
+        ("exactly_once_fenced", exactly_once_fences_a_task_with_stale_offsets),
         ("reconnect", reconnects_after_the_backend_is_terminated),
     ];
     for (name, scenario) in scenarios {

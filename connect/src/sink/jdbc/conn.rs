@@ -27,6 +27,10 @@ pub(crate) enum Fault {
     Transient,
     /// The setup's: missing table, no unique constraint for the upsert key, bad SQL. Not retried.
     Fatal,
+    /// Exactly-once: the stored offset of a partition is not the one this task wrote last (a
+    /// commit whose answer was lost, or another task on the partition). The chunk is redone
+    /// after re-reading the offsets, without what they show as written.
+    Stale,
 }
 
 /// A database error with its kind.
@@ -156,6 +160,19 @@ impl Conn {
                 if config.get_connect_timeout().is_none() {
                     config.connect_timeout(timeout);
                 }
+                // As the shared database layer does (connect/src/jdbc/): a server that vanished
+                // (host down, a NAT dropping the flow) fails the statement in about a minute
+                // instead of the kernel's ~2 h keepalive or ~15 min retransmission limit. A slow
+                // statement on a live server is not cut short. The URL's own settings win.
+                if !target.contains("keepalives") {
+                    config.keepalives(true);
+                    config.keepalives_idle(Duration::from_secs(30));
+                    config.keepalives_interval(Duration::from_secs(10));
+                    config.keepalives_retries(3);
+                }
+                if !target.contains("tcp_user_timeout") {
+                    config.tcp_user_timeout(Duration::from_secs(60));
+                }
                 config.application_name("spate-jdbc-sink");
                 let mut client = config.connect(postgres::NoTls)?;
                 client.batch_execute("SET TIME ZONE 'UTC'")?;
@@ -283,7 +300,7 @@ impl Conn {
                         match p {
                             Cell::Int(v) => Box::new(*v),
                             Cell::Text(s) => Box::new(s.clone()),
-                            _ => Box::new(None::<String>),
+                            _ => Box::new(None::<i64>),
                         }
                     })
                     .collect();

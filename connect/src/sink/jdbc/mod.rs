@@ -35,6 +35,7 @@ mod sql;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -338,7 +339,13 @@ pub(crate) struct Writer {
     db_offsets: HashMap<(Arc<str>, i32), i64>,
     /// Between `BEGIN` and `COMMIT`: the connection is pinned (see [`Writer::conn`]).
     in_tx: bool,
+    /// Set by the task's `stop` (from another thread when the writer has its own): retries end.
+    stopping: Arc<AtomicBool>,
 }
+
+/// Redos of a chunk because the stored offsets moved under it, at most (each re-reads them
+/// first, so a second one means another task keeps writing the same partition).
+const STALE_REDOS_MAX: u32 = 10;
 
 /// Records of one chunk, mapped and grouped by table.
 struct Mapped {
@@ -387,7 +394,7 @@ impl Writer {
                     attempt += 1;
                     warn!(connector = %self.connector, error = %e, attempt, "{what} failed; retrying (max.retries)");
                     self.reset_after_failure();
-                    std::thread::sleep(cfg.retry_backoff);
+                    self.backoff(cfg.retry_backoff)?;
                 }
                 Err(e) => return Err(self.db_failure(&format!("{what} (after {attempt} retries)"), &e)),
             }
@@ -423,8 +430,18 @@ impl Writer {
         let cfg = self.cfg()?;
         let mut isolate = false;
         let mut attempt = 0;
+        let mut stale = 0;
+        // Exactly-once: the stored offsets must be read again before the next write (after a
+        // failure the commit may have happened with only its answer lost). A failed read is a
+        // reason to retry, never to write with what we believed before.
+        let mut reread = false;
         loop {
-            match self.attempt(&cfg, records, isolate) {
+            let result = if reread { self.read_offsets() } else { Ok(()) };
+            let result = result.and_then(|()| {
+                reread = false;
+                self.attempt(&cfg, records, isolate)
+            });
+            match result {
                 Ok(failed) => return Ok(failed),
                 Err(e) => {
                     self.reset_after_failure();
@@ -432,17 +449,16 @@ impl Writer {
                         // A row the database refused inside a multi-row statement: redo the
                         // chunk row by row to find it (and only it).
                         Fault::Data if !isolate => isolate = true,
+                        Fault::Stale if stale < STALE_REDOS_MAX => {
+                            stale += 1;
+                            warn!(connector = %self.connector, error = %e, "stored offsets moved; re-reading them and redoing the batch");
+                            reread = true;
+                        }
                         Fault::Transient if attempt < cfg.max_retries => {
                             attempt += 1;
                             warn!(connector = %self.connector, error = %e, attempt, "writing a batch failed; retrying (max.retries)");
-                            std::thread::sleep(cfg.retry_backoff);
-                            if cfg.exactly_once {
-                                // The commit may have happened with only its answer lost: what
-                                // is stored decides what is left to write.
-                                if let Err(e) = self.read_offsets() {
-                                    warn!(connector = %self.connector, error = %e, "re-reading stored offsets failed");
-                                }
-                            }
+                            self.backoff(cfg.retry_backoff)?;
+                            reread = cfg.exactly_once;
                         }
                         _ => {
                             return Err(self.db_failure(
@@ -453,6 +469,21 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits `d` between retries, in slices, giving up when the task is stopping.
+    fn backoff(&self, d: Duration) -> Result<()> {
+        let until = std::time::Instant::now() + d;
+        loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                return Err(ConnectError::Stopping);
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(100)));
         }
     }
 
@@ -507,7 +538,9 @@ impl Writer {
     ) -> Result<Vec<FailedRecord>, DbError> {
         let Mapped { tables, offsets, mut failed } = self.map(cfg, records);
         self.in_tx = false;
-        self.conn()?.batch("BEGIN")?;
+        let conn = self.conn()?;
+        // SQLite: take the write lock now (two writers serialize here, not fail at the upgrade).
+        conn.batch(if conn.flavor() == Flavor::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
         self.in_tx = true;
         for (table, mut ops) in tables {
             self.coerce_keys(&table, &mut ops)?;
@@ -517,16 +550,29 @@ impl Writer {
         }
         if cfg.exactly_once && !offsets.is_empty() {
             let connector = self.connector.clone();
+            let expected: Vec<Cell> =
+                offsets.iter().map(|(tp, _)| self.db_offsets.get(tp).map_or(Cell::Null, |o| Cell::Int(*o))).collect();
             let conn = self.conn()?;
             let sql = sql::upsert_offset(conn.flavor(), &cfg.offsets_table);
-            for ((topic, partition), next) in &offsets {
+            for ((tp, next), expected) in offsets.iter().zip(expected) {
                 let params = [
                     Cell::Text(connector.clone()),
-                    Cell::Text(topic.to_string()),
-                    Cell::Int(i64::from(*partition)),
+                    Cell::Text(tp.0.to_string()),
+                    Cell::Int(i64::from(tp.1)),
                     Cell::Int(*next),
+                    expected,
                 ];
-                conn.execute_scalars(&sql, &params)?;
+                // Fencing: the row is locked by the write; it moves only from what we read.
+                if conn.execute_scalars(&sql, &params)? != 1 {
+                    return Err(DbError {
+                        fault: Fault::Stale,
+                        message: format!(
+                            "the stored offset of {}-{} is not the one this task expects (a commit whose answer \
+                             was lost, or another task writing the partition)",
+                            tp.0, tp.1
+                        ),
+                    });
+                }
             }
         }
         self.conn()?.batch("COMMIT")?;
@@ -902,6 +948,8 @@ pub(crate) struct Pipe {
     /// A write failed (the task fails with it; later calls repeat why).
     broken: Option<String>,
     thread: Option<JoinHandle<()>>,
+    /// The writer's: set on stop so a write retrying against a dead database gives up.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Batches handed to the writer thread and not yet finished, at most (bounds memory to this
@@ -910,6 +958,7 @@ const IN_FLIGHT_MAX: usize = 1;
 
 impl Pipe {
     fn start(mut writer: Writer) -> Result<Pipe> {
+        let stopping = writer.stopping.clone();
         let (jobs, job_rx) = mpsc::sync_channel::<Vec<ConnectRecord>>(IN_FLIGHT_MAX);
         let (done_tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -925,7 +974,15 @@ impl Pipe {
                 writer.stop();
             })
             .map_err(|e| ConnectError::Internal(format!("cannot start the jdbc sink writer thread: {e}")))?;
-        Ok(Pipe { jobs: Some(jobs), done, in_flight: 0, pending: Vec::new(), broken: None, thread: Some(thread) })
+        Ok(Pipe {
+            jobs: Some(jobs),
+            done,
+            in_flight: 0,
+            pending: Vec::new(),
+            broken: None,
+            thread: Some(thread),
+            stopping,
+        })
     }
 
     fn check(&self) -> Result<()> {
@@ -1002,6 +1059,7 @@ impl Pipe {
     }
 
     fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -276,16 +276,22 @@ pub(crate) fn create_offsets_table(flavor: Flavor, table: &str) -> String {
     )
 }
 
-/// Upserts one partition's next offset: parameters connector, topic, partition, next_offset.
+/// Upserts one partition's next offset if the stored one is what this task expects (a
+/// compare-and-set: 0 rows affected = the stored offset moved). Parameters connector, topic,
+/// partition, next_offset, expected (NULL: no row expected).
 pub(crate) fn upsert_offset(flavor: Flavor, table: &str) -> String {
     let params = match flavor {
         Flavor::Sqlite => "?1, ?2, ?3, ?4",
         Flavor::Postgres => "$1, $2, $3::int8, $4",
     };
+    let expected = match flavor {
+        Flavor::Sqlite => "?5",
+        Flavor::Postgres => "$5::int8",
+    };
     format!(
-        "INSERT INTO {} (\"connector\", \"topic\", \"partition\", \"next_offset\") VALUES ({params}) \
+        "INSERT INTO {} AS o (\"connector\", \"topic\", \"partition\", \"next_offset\") VALUES ({params}) \
          ON CONFLICT (\"connector\", \"topic\", \"partition\") DO UPDATE SET \"next_offset\" = \
-         excluded.\"next_offset\"",
+         excluded.\"next_offset\" WHERE o.\"next_offset\" = {expected}",
         table_ref(flavor, table)
     )
 }
