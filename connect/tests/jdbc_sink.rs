@@ -312,6 +312,31 @@ fn schema_envelope_types_become_typed_columns_in_postgres(db: &Db) {
     assert_eq!(db.query("SELECT count(*) FROM orders WHERE id = 1 AND ratio = 0.5"), "1");
 }
 
+/// Columns of user-defined and array types are cast to (format_type, not information_schema's
+/// USER-DEFINED/ARRAY), and the table is the one INSERT resolves by search_path, here the
+/// second schema of it.
+fn postgres_enum_and_array_columns_in_a_search_path_schema(db: &Db) {
+    let Db::Pg(_, name) = db else { unreachable!("a PostgreSQL scenario") };
+    db.exec(&format!(
+        "CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE SCHEMA app; \
+         CREATE TABLE public.orders (id INTEGER PRIMARY KEY, m mood, tags INTEGER[]); \
+         ALTER DATABASE {name} SET search_path = app, public"
+    ));
+    let mut t = start(&props(db, &[("insert.mode", "upsert"), ("pk.mode", "record_value"), ("pk.fields", "id")]));
+    let failed = write(
+        &mut *t,
+        vec![
+            rec(0, None, Some(json!({"id": 1, "m": "sad", "tags": "{1,2}"}))),
+            rec(1, None, Some(json!({"id": 2, "m": "angry"}))),
+            rec(2, None, Some(json!({"id": 3, "m": "ok"}))),
+        ],
+    )
+    .unwrap();
+    let offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
+    assert_eq!(offsets, vec![1], "{failed:?}");
+    assert_eq!(db.query("SELECT id, m, tags FROM public.orders ORDER BY id"), "1|sad|{1,2}\n3|ok|");
+}
+
 #[test]
 fn schema_envelope_types_in_sqlite() {
     let db = Db::sqlite();
@@ -449,6 +474,7 @@ fn postgres_scenarios() {
         ("evolve", auto_evolve_adds_nullable_columns_and_without_it_records_fail),
         ("refused", records_that_cannot_be_written_fail_alone),
         ("refused_more", postgres_record_errors_beyond_constraints_fail_alone),
+        ("user_types", postgres_enum_and_array_columns_in_a_search_path_schema),
         ("envelope", schema_envelope_types_become_typed_columns_in_postgres),
         ("coerce", postgres_upsert_coerces_to_existing_column_types),
         ("exactly_once", exactly_once),

@@ -224,15 +224,16 @@ impl Conn {
                 rows.collect::<Result<_, _>>()?
             }
             Conn::Postgres { client, .. } => {
-                let (schema, name) = match table.split_once('.') {
-                    Some((s, t)) if !t.contains('.') => (Some(s), t),
-                    _ => (None, table),
-                };
+                // The relation INSERT would resolve (search_path, or the schema given), and each
+                // column's full type as SQL spells it (`format_type`: `mood`, `citext`,
+                // `integer[]`, `numeric(10,2)`), which the statements cast to; the
+                // information_schema's data_type says only USER-DEFINED or ARRAY for those.
+                let rel = super::sql::table_ref(Flavor::Postgres, table);
                 let rows = client.query(
-                    "SELECT column_name::text, data_type::text FROM information_schema.columns \
-                     WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2 \
-                     ORDER BY ordinal_position",
-                    &[&schema, &name],
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                     WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 AND NOT a.attisdropped \
+                     ORDER BY a.attnum",
+                    &[&rel],
                 )?;
                 rows.iter().map(|r| (r.get(0), r.get(1))).collect()
             }

@@ -124,11 +124,14 @@ pub(crate) fn pg_transport(ty: &SqlType) -> (PgArray, Option<String>) {
         SqlType::Decimal => (PgArray::Text, Some("numeric".to_owned())),
         SqlType::Json => (PgArray::Text, Some("jsonb".to_owned())),
         SqlType::Other(name) => {
-            // The database's own spelling of the type; anything odd is left uncast (the
-            // database then refuses the rows, which go to the dead-letter queue).
+            // The database's own spelling of the type (`format_type`, identifiers quoted where
+            // needed): the text is cast to it (enums, citext, hstore, domains, arrays all take
+            // text input). Anything odd is left uncast (the database then refuses the rows,
+            // which go to the dead-letter queue).
             let safe = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || " _().,[]".contains(c))
-                && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || " _().,[]\"".contains(c))
+                && name.chars().filter(|&c| c == '"').count() % 2 == 0
+                && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '"');
             (PgArray::Text, safe.then(|| name.clone()))
         }
     }
