@@ -460,6 +460,28 @@ fn reconnects_after_the_backend_is_terminated(db: &Db) {
     assert_eq!(db.query("SELECT n FROM orders ORDER BY n"), "0\n1");
 }
 
+/// The backend dies inside the transaction (at COMMIT, from a deferred trigger that fires
+/// once): the whole chunk is redone on a new connection, from BEGIN, and lands exactly once.
+fn backend_lost_inside_the_transaction_redoes_the_whole_chunk(db: &Db) {
+    db.exec(
+        "CREATE TABLE orders (n BIGINT); CREATE SEQUENCE kill_once; \
+         CREATE FUNCTION kill_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF nextval('kill_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; \
+           RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER kill_once AFTER INSERT ON orders DEFERRABLE INITIALLY DEFERRED \
+           FOR EACH ROW EXECUTE FUNCTION kill_once()",
+    );
+    let p = props(db, &[("exactly.once", "true"), ("max.retries", "3"), ("retry.backoff.ms", "50")]);
+    let mut t = start(&p);
+    let tp = TopicPartition::new("orders", 0);
+    assert!(t.open(std::slice::from_ref(&tp)).unwrap().is_empty());
+    let batch = (0..5).map(|o| rec(o, None, Some(json!({"n": o})))).collect::<Vec<_>>();
+    assert!(write(&mut *t, batch).unwrap().is_empty());
+    assert!(db.query("SELECT last_value FROM kill_once").parse::<i64>().unwrap() > 5, "the trigger fired again");
+    assert_eq!(db.query("SELECT count(*), count(DISTINCT n) FROM orders"), "5|5");
+    assert_eq!(db.query("SELECT next_offset FROM __spate_connect_offsets"), "5");
+}
+
 /// A test body run against one database.
 type Scenario = fn(&Db);
 
@@ -481,6 +503,7 @@ fn postgres_scenarios() {
         ("exactly_once_renamed", exactly_once_keys_offsets_by_the_original_topic),
         ("exactly_once_fenced", exactly_once_fences_a_task_with_stale_offsets),
         ("reconnect", reconnects_after_the_backend_is_terminated),
+        ("lost_in_tx", backend_lost_inside_the_transaction_redoes_the_whole_chunk),
     ];
     for (name, scenario) in scenarios {
         let db = Db::pg(&server, name);
