@@ -26,6 +26,12 @@
 //! reads them and returns them as the start offsets, `put` drops records below them (the
 //! consumer may deliver from an older group commit before the seek applies), and `pre_commit`
 //! reports them: after a crash at any point each record's effect is in the table exactly once.
+//! Offsets are keyed by where the record was read (`KafkaCoordinates`), not by the topic a
+//! transform may have renamed it to (the table name comes from the latter). The offsets row is a
+//! compare-and-set against the offset this task last saw: a COMMIT whose answer was lost or a
+//! zombie task writing a reassigned partition makes it fail, and the chunk is redone after
+//! re-reading the offsets. A connection is pinned from `BEGIN` to `COMMIT`: lost in between, the
+//! attempt fails and the retry redoes the whole chunk on a new one.
 
 mod conn;
 mod plan;

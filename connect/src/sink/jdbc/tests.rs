@@ -237,3 +237,15 @@ fn a_connection_lost_inside_a_transaction_is_not_replaced() {
     w.in_tx = false;
     assert!(w.conn().is_ok(), "reconnects at the start of an attempt");
 }
+
+#[test]
+fn retry_waits_end_when_the_task_stops() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let w = super::Writer::default();
+    assert!(w.backoff(Duration::from_millis(10)).is_ok());
+    w.stopping.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    assert!(matches!(w.backoff(Duration::from_secs(60)), Err(crate::ConnectError::Stopping)));
+    assert!(t0.elapsed() < Duration::from_secs(1));
+}
