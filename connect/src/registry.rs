@@ -22,6 +22,7 @@ impl Registry {
                 Arc::new(crate::sink::file::FileStreamSinkConnector),
                 Arc::new(crate::source::jdbc::JdbcSourceConnector),
                 Arc::new(crate::source::postgres_cdc::PostgresCdcSourceConnector),
+                Arc::new(crate::sink::jdbc::JdbcSinkConnector),
             ],
         }
     }
