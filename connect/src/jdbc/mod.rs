@@ -37,6 +37,7 @@
 //! and writes [`SqlValue::Timestamp`] as TEXT `YYYY-MM-DD HH:MM:SS.ffffff`.
 
 mod postgres;
+pub(crate) use postgres::pg_config;
 mod sqlite;
 mod values;
 

@@ -212,7 +212,7 @@ impl PgDb {
 /// closed; unacknowledged sent data → closed after 60 s (`tcp_user_timeout`). A slow query on
 /// a live server is not cut short (its socket answers probes); no `statement_timeout` is set,
 /// as a bulk cursor or a large batch may rightly run long.
-fn pg_config(url: &str, user: Option<&str>, password: Option<&str>) -> Result<postgres::Config> {
+pub(crate) fn pg_config(url: &str, user: Option<&str>, password: Option<&str>) -> Result<postgres::Config> {
     use std::time::Duration;
     let mut config: postgres::Config =
         url.parse().map_err(|e| crate::ConnectError::config("connection.url", format!("not a PostgreSQL URL: {e}")))?;

@@ -149,29 +149,17 @@ impl Conn {
                 Ok(Conn::Sqlite(c))
             }
             Flavor::Postgres => {
-                let mut config: postgres::Config =
-                    target.parse().map_err(|e| DbError::fatal(format!("connection.url: {e}")))?;
-                if !user.is_empty() {
-                    config.user(user);
-                }
-                if !password.is_empty() {
-                    config.password(password);
-                }
-                if config.get_connect_timeout().is_none() {
+                // The shared layer's client config: keepalives and a TCP user timeout (a
+                // vanished server fails a statement in about a minute, not hours), the URL's own
+                // settings winning.
+                let mut config = crate::jdbc::pg_config(
+                    &target,
+                    (!user.is_empty()).then_some(user),
+                    (!password.is_empty()).then_some(password),
+                )
+                .map_err(|e| DbError::fatal(e.to_string()))?;
+                if !target.contains("connect_timeout") {
                     config.connect_timeout(timeout);
-                }
-                // As the shared database layer does (connect/src/jdbc/): a server that vanished
-                // (host down, a NAT dropping the flow) fails the statement in about a minute
-                // instead of the kernel's ~2 h keepalive or ~15 min retransmission limit. A slow
-                // statement on a live server is not cut short. The URL's own settings win.
-                if !target.contains("keepalives") {
-                    config.keepalives(true);
-                    config.keepalives_idle(Duration::from_secs(30));
-                    config.keepalives_interval(Duration::from_secs(10));
-                    config.keepalives_retries(3);
-                }
-                if !target.contains("tcp_user_timeout") {
-                    config.tcp_user_timeout(Duration::from_secs(60));
                 }
                 config.application_name("spate-jdbc-sink");
                 let mut client = config.connect(postgres::NoTls)?;
