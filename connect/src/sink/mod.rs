@@ -1,3 +1,4 @@
 //! Sink connectors.
 
 pub mod file;
+pub mod parquet;

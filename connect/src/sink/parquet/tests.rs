@@ -1,0 +1,399 @@
+//! Task-level tests: layout, schema growth, routing, and recovery after a kill at every
+//! storage operation of the commit protocol.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use bytes::Bytes;
+use serde_json::json;
+
+use super::writer::{DurableWrite, LocalStorage, Storage};
+use super::*;
+use crate::record::KafkaCoordinates;
+
+fn props(dir: &Path, extra: &[(&str, &str)]) -> Props {
+    let mut p = Props::new();
+    p.insert("path".into(), dir.display().to_string());
+    p.insert("topics".into(), "t".into());
+    for (k, v) in extra {
+        p.insert((*k).into(), (*v).into());
+    }
+    p
+}
+
+fn task(dir: &Path, extra: &[(&str, &str)]) -> ParquetSinkTask {
+    let mut t = ParquetSinkTask::default();
+    t.start(&props(dir, extra), &SinkTaskContext { connector: "pq".into(), task_id: 0 }).unwrap();
+    t
+}
+
+fn tp(p: i32) -> TopicPartition {
+    TopicPartition::new("t".to_owned(), p)
+}
+
+fn rec(partition: i32, offset: i64, value: Option<Value>) -> ConnectRecord {
+    let mut r = ConnectRecord::new(Arc::from("t"), value);
+    r.kafka = Some(KafkaCoordinates { partition, offset });
+    r.partition = Some(partition);
+    r.timestamp_ms = Some(1_700_000_000_000 + offset * 1000);
+    r
+}
+
+fn text(s: String) -> Option<Value> {
+    Some(Value::Text(Bytes::from(s)))
+}
+
+fn row(partition: i32, offset: i64) -> ConnectRecord {
+    rec(partition, offset, text(format!(r#"{{"id":{offset},"name":"n{offset}","v":{}.5}}"#, offset % 7)))
+}
+
+/// Every visible `.parquet` file under `dir` (relative), sorted.
+fn visible(dir: &Path) -> Vec<PathBuf> {
+    let s = LocalStorage::new(dir.to_path_buf());
+    let mut v: Vec<PathBuf> = s
+        .list_files(Path::new("topics"))
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn temps(dir: &Path) -> Vec<PathBuf> {
+    let s = LocalStorage::new(dir.to_path_buf());
+    s.list_files(Path::new("topics"))
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().ends_with(".parquet.tmp"))
+        .collect()
+}
+
+fn read(path: &Path) -> Vec<RecordBatch> {
+    let f = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().map(|b| b.unwrap()).collect()
+}
+
+fn ids(dir: &Path) -> Vec<i64> {
+    let mut out = Vec::new();
+    for f in visible(dir) {
+        for b in read(&dir.join(f)) {
+            let c = b.column(b.schema().index_of("id").unwrap());
+            out.extend(c.as_primitive::<Int64Type>().values().iter().copied());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn files_per_flush_size_and_pre_commit_offers_only_committed_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("flush.size", "4")]);
+    assert!(t.open(&[tp(0), tp(1)]).unwrap().is_empty());
+    let batch: Vec<ConnectRecord> = (0..10).map(|o| row(0, o)).chain((0..3).map(|o| row(1, o))).collect();
+    assert!(t.put(batch).unwrap().is_empty());
+    let safe = t.pre_commit(&BTreeMap::new()).unwrap();
+    assert_eq!(safe, BTreeMap::from([(tp(0), 8)]), "partition 1 has no complete file yet");
+    assert_eq!(
+        visible(dir.path()),
+        [
+            PathBuf::from("topics/t/partition=0/t+0+0000000000.parquet"),
+            PathBuf::from("topics/t/partition=0/t+0+0000000004.parquet")
+        ]
+    );
+    assert_eq!(temps(dir.path()).len(), 2, "files of partition 0 from 8 and partition 1 are open");
+    let b = read(&dir.path().join("topics/t/partition=0/t+0+0000000004.parquet"));
+    assert_eq!(b[0].num_rows(), 4);
+    assert_eq!(b[0].column(1).as_string::<i32>().value(0), "n4");
+    t.close(&[tp(0), tp(1)]).unwrap();
+    assert!(temps(dir.path()).is_empty(), "close drops unfinished files");
+}
+
+#[test]
+fn new_field_starts_a_new_file_conflicts_and_non_objects_fail_tombstones_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("flush.size", "100")]);
+    t.open(&[tp(0)]).unwrap();
+    let failed = t
+        .put(vec![
+            rec(0, 0, text(r#"{"id":0,"a":"x"}"#.into())),
+            rec(0, 1, text(r#"{"id":1}"#.into())),
+            rec(0, 2, None),
+            rec(0, 3, text(r#"{"id":"three"}"#.into())),
+            rec(0, 4, text("[1,2]".into())),
+            rec(0, 5, text(r#"{"id":5,"a":"y","b":true}"#.into())),
+            rec(0, 6, text(r#"{"id":6,"b":false}"#.into())),
+            rec(0, 7, text(r#"{"id":7,"#.into())),
+            rec(0, 8, Some(Value::Json(json!({"id": 8, "a": "z"})))),
+        ])
+        .unwrap();
+    let failed_offsets: Vec<i64> = failed.iter().map(|f| f.record.kafka.as_ref().unwrap().offset).collect();
+    assert_eq!(failed_offsets, [4, 3, 7]);
+    assert!(failed.iter().all(|f| f.stage == "TASK_PUT"));
+    let err = failed[1].error.to_string();
+    assert!(err.contains("field id"), "{err}");
+    // The new field b rotated the first file at offset 5.
+    assert_eq!(t.pre_commit(&BTreeMap::new()).unwrap(), BTreeMap::from([(tp(0), 5)]));
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    assert_eq!(t.pre_commit(&BTreeMap::new()).unwrap(), BTreeMap::from([(tp(0), 9)]));
+    let files = visible(dir.path());
+    assert_eq!(files.len(), 2);
+    let first = read(&dir.path().join(&files[0]));
+    assert_eq!(first[0].num_columns(), 2);
+    assert_eq!(first[0].num_rows(), 2);
+    let second = read(&dir.path().join(&files[1]));
+    assert_eq!(second[0].num_columns(), 3);
+    assert_eq!(second[0].num_rows(), 3);
+    assert_eq!(ids(dir.path()), [0, 1, 5, 6, 8]);
+}
+
+#[test]
+fn field_partitioner_moves_the_field_into_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("flush.size", "100"), ("partitioner.class", "field"), ("partition.field.name", "country")]);
+    t.open(&[tp(2)]).unwrap();
+    let countries = ["FR", "DE", "FR", "a/b"];
+    let batch = (0..4)
+        .map(|o| rec(2, o, text(format!(r#"{{"id":{o},"country":"{}"}}"#, countries[o as usize]))))
+        .chain(std::iter::once(rec(2, 4, text(r#"{"id":4}"#.into()))))
+        .collect();
+    assert!(t.put(batch).unwrap().is_empty());
+    t.rotate(&("t".to_owned(), 2)).unwrap();
+    let files = visible(dir.path());
+    assert_eq!(
+        files,
+        [
+            PathBuf::from("topics/t/country=DE/t+2+0000000001.parquet"),
+            PathBuf::from("topics/t/country=FR/t+2+0000000000.parquet"),
+            PathBuf::from("topics/t/country=__HIVE_DEFAULT_PARTITION__/t+2+0000000004.parquet"),
+            PathBuf::from("topics/t/country=a%2Fb/t+2+0000000003.parquet"),
+        ]
+    );
+    let fr = read(&dir.path().join(&files[1]));
+    assert_eq!(fr[0].num_rows(), 2);
+    assert!(fr[0].schema().index_of("country").is_err(), "partition columns are not repeated in files");
+    assert_eq!(ids(dir.path()), [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn time_partitioner_by_record_time_and_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("partitioner.class", "time"), ("partition.duration.ms", "3600000")]);
+    t.open(&[tp(0)]).unwrap();
+    let mut a = row(0, 0);
+    a.timestamp_ms = Some(1_709_622_489_000); // 2024-03-05T07:08:09Z
+    let mut b = row(0, 1);
+    b.timestamp_ms = Some(1_709_622_489_000 + 3_600_000);
+    t.put(vec![a, b]).unwrap();
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    assert_eq!(
+        visible(dir.path()),
+        [
+            PathBuf::from("topics/t/dt=2024-03-05/hour=07/t+0+0000000000.parquet"),
+            PathBuf::from("topics/t/dt=2024-03-05/hour=08/t+0+0000000001.parquet"),
+        ]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(
+        dir.path(),
+        &[
+            ("partitioner.class", "io.confluent.connect.storage.partitioner.TimeBasedPartitioner"),
+            ("path.format", "'day'=YYYY-MM-dd"),
+            ("partition.duration.ms", "86400000"),
+            ("timestamp.extractor", "RecordField"),
+            ("timestamp.field", "at"),
+        ],
+    );
+    t.open(&[tp(0)]).unwrap();
+    let failed = t
+        .put(vec![
+            rec(0, 0, text(r#"{"id":0,"at":"2024-03-05T23:59:59Z"}"#.into())),
+            rec(0, 1, text(r#"{"id":1,"at":"2024-03-06T00:00:00+00:00"}"#.into())),
+            rec(0, 2, text(r#"{"id":2,"at":"yesterday"}"#.into())),
+        ])
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    let files = visible(dir.path());
+    assert_eq!(files.len(), 2);
+    assert!(files[0].starts_with("topics/t/day=2024-03-05"));
+    assert!(files[1].starts_with("topics/t/day=2024-03-06"));
+}
+
+#[test]
+fn connect_schema_timestamps_are_micros_utc() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[]);
+    t.open(&[tp(0)]).unwrap();
+    let schema = Arc::new(json!({"type": "struct", "fields": [
+        {"field": "id", "type": "int64"},
+        {"field": "at", "type": "int64", "name": "org.apache.kafka.connect.data.Timestamp"}]}));
+    let mut r = rec(0, 0, Some(Value::Json(json!({"id": 1, "at": 1_700_000_000_123i64}))));
+    r.value_schema = Some(schema);
+    assert!(t.put(vec![r]).unwrap().is_empty());
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    let b = read(&dir.path().join(&visible(dir.path())[0]));
+    let at = b[0].column(1);
+    assert_eq!(at.data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+    assert_eq!(at.as_primitive::<arrow_array::types::TimestampMicrosecondType>().value(0), 1_700_000_000_123_000);
+}
+
+#[test]
+fn memory_bound_flushes_row_groups_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("parquet.buffer.max.bytes", "1024"), ("flush.size", "100000")]);
+    t.open(&[tp(0)]).unwrap();
+    for chunk in 0..5 {
+        t.put((chunk * 200..chunk * 200 + 200).map(|o| row(0, o)).collect()).unwrap();
+        let used: usize = t.partitions.values().flat_map(|s| s.files.values()).map(|f| f.writer.memory_size()).sum();
+        assert!(used <= 1024, "{used} bytes buffered");
+    }
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    let f = std::fs::File::open(dir.path().join(&visible(dir.path())[0])).unwrap();
+    let meta = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().metadata().clone();
+    assert!(meta.num_row_groups() >= 5, "{} row groups", meta.num_row_groups());
+    assert_eq!(ids(dir.path()), (0..1000).collect::<Vec<_>>());
+}
+
+/// Storage that fails every operation from the `n`-th on: a kill -9 at that instant (what
+/// was done stays on disk, nothing after it happens).
+struct KilledAt {
+    inner: LocalStorage,
+    left: AtomicUsize,
+}
+
+impl KilledAt {
+    fn tick(&self) -> io::Result<()> {
+        if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(io::Error::other("killed"));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for KilledAt {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn DurableWrite>> {
+        self.tick()?;
+        self.inner.create(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.remove(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        self.inner.read(path)
+    }
+    fn list_files(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        self.inner.list_files(dir)
+    }
+}
+
+/// Runs a sink over records 0..n of partition 0 (batches of 7, pre_commit after each) the
+/// way the runtime does, with storage killed after `ops` operations; returns the offset the
+/// consumer group committed.
+fn run_until_killed(dir: &Path, extra: &[(&str, &str)], n: i64, ops: usize, committed: i64) -> (i64, bool) {
+    let mut t = task(dir, extra);
+    t.storage = Some(Arc::new(KilledAt { inner: LocalStorage::new(dir.to_path_buf()), left: AtomicUsize::new(ops) }));
+    let mut committed = committed;
+    let Ok(seeks) = t.open(&[tp(0)]) else { return (committed, false) };
+    // The runtime hands over what the first poll read from the committed offset, then seeks.
+    let mut pos = committed;
+    let mut first = true;
+    while pos < n {
+        let batch: Vec<ConnectRecord> = (pos..(pos + 7).min(n)).map(|o| row(0, o)).collect();
+        pos += batch.len() as i64;
+        if t.put(batch).is_err() {
+            return (committed, false);
+        }
+        if first {
+            first = false;
+            if let Some(s) = seeks.get(&tp(0)) {
+                pos = *s;
+            }
+        }
+        match t.pre_commit(&BTreeMap::new()) {
+            Ok(safe) => {
+                if let Some(o) = safe.get(&tp(0)) {
+                    assert!(*o >= committed, "committed offsets never go back");
+                    committed = *o;
+                }
+            }
+            Err(_) => return (committed, false),
+        }
+    }
+    if t.rotate(&("t".to_owned(), 0)).is_err() {
+        return (committed, false);
+    }
+    match t.pre_commit(&BTreeMap::new()) {
+        Ok(safe) => (safe.get(&tp(0)).copied().unwrap_or(committed), true),
+        Err(_) => (committed, false),
+    }
+    // Dropped without close or stop: the kill.
+}
+
+#[test]
+fn a_kill_at_any_storage_operation_leaves_every_offset_in_exactly_one_visible_file() {
+    for (label, extra) in [
+        ("default", vec![("flush.size", "10")]),
+        ("field", vec![("flush.size", "10"), ("partitioner.class", "field"), ("partition.field.name", "v")]),
+    ] {
+        let n = 45;
+        let mut ops = 0;
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let (committed, finished) = run_until_killed(dir.path(), &extra, n, ops, 0);
+            // Visible files after the kill never hold an offset twice.
+            let seen = ids(dir.path());
+            let mut dedup = seen.clone();
+            dedup.dedup();
+            assert_eq!(seen, dedup, "{label}: killed at op {ops}: a duplicate is visible");
+            assert!(seen.iter().all(|&i| i < n));
+            // Restart (possibly killed again, then once more without kills) from the commit.
+            let (committed, _) = run_until_killed(dir.path(), &extra, n, ops / 2, committed);
+            let (_, done) = run_until_killed(dir.path(), &extra, n, usize::MAX, committed);
+            assert!(done);
+            assert_eq!(ids(dir.path()), (0..n).collect::<Vec<_>>(), "{label}: killed at op {ops}");
+            assert!(temps(dir.path()).is_empty(), "{label}: killed at op {ops}: temp files left");
+            if finished {
+                break;
+            }
+            ops += 1;
+        }
+        assert!(ops > 20, "{label}: the run used only {ops} storage operations");
+    }
+}
+
+#[test]
+fn config_is_checked() {
+    let c = ParquetSinkConnector;
+    assert_eq!(c.kind(), ConnectorType::Sink);
+    assert_eq!(c.task_configs(&Props::new(), 3).unwrap().len(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |extra: &[(&str, &str)]| SinkConfig::parse(&props(dir.path(), extra)).unwrap_err().to_string();
+    assert!(bad(&[("partitioner.class", "hash")]).contains("partitioner.class"));
+    assert!(bad(&[("partitioner.class", "field")]).contains("partition.field.name"));
+    assert!(bad(&[("compression", "lzo")]).contains("compression"));
+    assert!(bad(&[("topics.dir", "../up")]).contains("topics.dir"));
+    assert!(bad(&[("partitioner.class", "time"), ("path.format", "EEE")]).contains("path.format"));
+    assert!(bad(&[("partitioner.class", "time"), ("timestamp.extractor", "RecordField")]).contains("timestamp.field"));
+    assert!(c.validate(&props(dir.path(), &[("partitioner.class", "field")])).len() == 1);
+}
