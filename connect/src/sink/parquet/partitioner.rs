@@ -79,9 +79,25 @@ impl PathFormat {
                     i += 2;
                     continue;
                 }
-                let end = chars[i + 1..].iter().position(|&x| x == '\'').ok_or("an unclosed quote in path.format")?;
-                lit.extend(&chars[i + 1..i + 1 + end]);
-                i += end + 2;
+                // Quoted text; '' inside is a quote.
+                i += 1;
+                loop {
+                    match (chars.get(i), chars.get(i + 1)) {
+                        (None, _) => return Err("an unclosed quote in path.format".to_owned()),
+                        (Some('\''), Some('\'')) => {
+                            lit.push('\'');
+                            i += 2;
+                        }
+                        (Some('\''), _) => {
+                            i += 1;
+                            break;
+                        }
+                        (Some(&c), _) => {
+                            lit.push(c);
+                            i += 1;
+                        }
+                    }
+                }
                 continue;
             }
             if !c.is_ascii_alphabetic() {
