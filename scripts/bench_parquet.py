@@ -125,6 +125,8 @@ def main():
     ap.add_argument("--tasks", type=int, default=1)
     ap.add_argument("--compression", default="zstd")
     ap.add_argument("--files-per-partition", type=int, default=4, help="flush.size = records/partitions/this")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra connector config, e.g. consumer.override.max.poll.records=5000")
     ap.add_argument("--binary")
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
@@ -133,9 +135,10 @@ def main():
     from confluent_kafka.admin import AdminClient, NewTopic
 
     binary, kind = pick_binary(args.binary)
-    per_partition = args.records // args.partitions
-    n = per_partition * args.partitions
-    flush_size = max(1, per_partition // args.files_per_partition)
+    # Whole files only (no tail left open waiting for a rotation): records rounded down to a multiple
+    # of partitions * files per partition.
+    flush_size = max(1, args.records // args.partitions // args.files_per_partition)
+    n = flush_size * args.files_per_partition * args.partitions
     work = Path(tempfile.mkdtemp(prefix="bench-parquet-"))
     procs = []
     try:
@@ -179,7 +182,8 @@ def main():
         lake = work / "lake"
         config = {"connector.class": "ParquetSink", "topics": "bench", "path": str(lake), "tasks.max": str(args.tasks),
                   "flush.size": str(flush_size), "compression": args.compression,
-                  "value.converter": "org.apache.kafka.connect.storage.StringConverter"}
+                  "value.converter": "org.apache.kafka.connect.storage.StringConverter",
+                  **dict(kv.split("=", 1) for kv in args.set)}
         broker_cpu0 = cpu_s(broker.pid)
         deadline = time.monotonic() + 60
         while True:
@@ -225,7 +229,7 @@ def main():
         steady = done - (first_read or posted)
         print(f"binary: {binary} ({kind})")
         print(f"ParquetSink, {args.partitions} partitions, tasks.max={args.tasks}, compression={args.compression}, "
-              f"flush.size={flush_size}")
+              f"flush.size={flush_size}" + "".join(f", {kv}" for kv in args.set))
         print(f"  {n} records, {value_bytes / 1e6:.1f} MB JSON -> {len(files)} files, {size / 1e6:.1f} MB Parquet")
         print(f"  from first record read: {steady:.2f}s  {n / steady:,.0f} records/s  {value_bytes / 1e6 / steady:.1f} MB/s")
         print(f"  from POST (start-up, group join): {done - posted:.2f}s  {n / (done - posted):,.0f} records/s")

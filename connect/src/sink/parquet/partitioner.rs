@@ -28,14 +28,6 @@ pub(crate) enum Partitioner {
 }
 
 impl Partitioner {
-    /// Whether the path depends on the value's fields (rows are routed after decoding).
-    pub fn needs_fields(&self) -> bool {
-        matches!(
-            self,
-            Partitioner::Field { .. } | Partitioner::Time { extractor: TimestampExtractor::RecordField(_), .. }
-        )
-    }
-
     /// The columns the partitioner moves into the path (not repeated inside files).
     pub fn path_columns(&self) -> &[String] {
         match self {
@@ -244,17 +236,15 @@ mod tests {
     }
 
     #[test]
-    fn partitioner_routing_needs() {
-        assert!(!Partitioner::Default.needs_fields());
+    fn partition_columns_and_times() {
+        assert!(Partitioner::Default.path_columns().is_empty());
         let f = Partitioner::Field { fields: vec!["a".into()] };
-        assert!(f.needs_fields());
         assert_eq!(f.path_columns(), ["a".to_owned()]);
         let t = Partitioner::Time {
             format: PathFormat::parse("YYYY").unwrap(),
             duration_ms: 1000,
             extractor: TimestampExtractor::RecordField("ts".into()),
         };
-        assert!(t.needs_fields());
         assert!(t.path_columns().is_empty());
         assert_eq!(parse_time_ms("1970-01-01T00:00:01Z"), Some(1000));
     }
