@@ -404,3 +404,41 @@ fn config_is_checked() {
     assert!(bad(&[("partitioner.class", "time"), ("timestamp.extractor", "RecordField")]).contains("timestamp.field"));
     assert!(c.validate(&props(dir.path(), &[("partitioner.class", "field")])).len() == 1);
 }
+
+/// The task alone, without Kafka or the runtime: 1M 10-field records in `put` batches of 500
+/// (the consumer's `max.poll.records`), default partitioner, zstd. Run in release:
+/// `cargo test --release -p spate-connect --lib sink::parquet::tests::put_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark; run in release"]
+fn put_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("flush.size", "250000")]);
+    let parts: Vec<TopicPartition> = (0..4).map(tp).collect();
+    t.open(&parts).unwrap();
+    let n = 1_000_000i64;
+    let values: Vec<Bytes> = (0..n)
+        .map(|i| {
+            Bytes::from(format!(
+                r#"{{"id":{i},"user":"u{}","amount":{}.25,"qty":{},"ok":{},"country":"{}","ts":{},"sku":"sku-{}","score":{},"note":"n{}"}}"#,
+                i % 1000, i % 997, i % 13, i % 2 == 1, ["FR", "DE", "US"][(i % 3) as usize], 1_709_622_000_000 + i, i % 50, i % 101, i % 7
+            ))
+        })
+        .collect();
+    let bytes: usize = values.iter().map(Bytes::len).sum();
+    let started = std::time::Instant::now();
+    for chunk in 0..n / 2000 {
+        // 500 records from each of 4 partitions per put, as a poll over 4 partitions returns them.
+        let mut batch = Vec::with_capacity(2000);
+        for p in 0..4 {
+            for j in 0..500 {
+                let offset = chunk * 500 + j;
+                let i = (offset * 4 + p as i64) as usize;
+                batch.push(rec(p, offset, Some(Value::Text(values[i].clone()))));
+            }
+        }
+        assert!(t.put(batch).unwrap().is_empty());
+    }
+    let s = started.elapsed().as_secs_f64();
+    eprintln!("put: {n} records, {:.1} MB in {s:.2}s: {:.0} records/s, {:.1} MB/s", bytes as f64 / 1e6, n as f64 / s, bytes as f64 / 1e6 / s);
+    assert_eq!(visible(dir.path()).len(), 4);
+}
