@@ -131,21 +131,26 @@ pub(crate) fn advance(storage: &dyn Storage, manifest: &Path, next_offset: i64) 
 
 /// Recovery of one partition (see the module docs). Returns the manifest's offset, `None`
 /// when the partition never committed a group here.
-pub(crate) fn recover(storage: &dyn Storage, topics_dir: &str, topic: &str, partition: i32) -> Result<Option<i64>, String> {
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    topics_dir: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, String> {
     let mpath = manifest_path(topics_dir, topic, partition);
     let manifest = match storage.read(&mpath).map_err(|e| format!("reading {}: {e}", mpath.display()))? {
         None => None,
         Some(bytes) if bytes.len() > MAX_MANIFEST_BYTES => {
             return Err(format!("{} is over {MAX_MANIFEST_BYTES} bytes", mpath.display()))
         }
-        Some(bytes) => Some(
-            serde_json::from_slice::<Manifest>(&bytes)
-                .map_err(|e| format!("{} is corrupt ({e}); remove it to rewrite from the committed offsets", mpath.display()))?,
-        ),
+        Some(bytes) => Some(serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
+            format!("{} is corrupt ({e}); remove it to rewrite from the committed offsets", mpath.display())
+        })?),
     };
     if let Some(m) = &manifest {
         if m.renames.iter().any(|(t, _)| storage.exists(t)) {
-            apply_renames(storage, &m.renames).map_err(|e| format!("redoing the renames of {}: {e}", mpath.display()))?;
+            apply_renames(storage, &m.renames)
+                .map_err(|e| format!("redoing the renames of {}: {e}", mpath.display()))?;
         }
     }
     // Every temp file left is from a group that never reached its manifest: drop it.

@@ -32,10 +32,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use ::parquet::basic::{Compression, ZstdLevel};
 use ::parquet::file::properties::WriterProperties;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use serde_json::Value as Json;
 use spate_client::TopicPartition;
 
@@ -432,7 +432,9 @@ fn scale_timestamps(batch: RecordBatch, file: &SchemaRef) -> std::result::Result
 fn item_json<'a>(item: &Item<'a>) -> std::result::Result<std::borrow::Cow<'a, Json>, String> {
     match item.body {
         Body::Json(j) => Ok(std::borrow::Cow::Borrowed(j)),
-        Body::Raw(b) => serde_json::from_slice(b).map(std::borrow::Cow::Owned).map_err(|e| format!("not valid JSON: {e}")),
+        Body::Raw(b) => {
+            serde_json::from_slice(b).map(std::borrow::Cow::Owned).map_err(|e| format!("not valid JSON: {e}"))
+        }
     }
 }
 
@@ -541,14 +543,16 @@ impl ParquetSinkTask {
         if state.files.is_empty() {
             return Ok(());
         }
-        let next_offset = state.next_offset.ok_or_else(|| ConnectError::Internal("files open without an offset".into()))?;
+        let next_offset =
+            state.next_offset.ok_or_else(|| ConnectError::Internal("files open without an offset".into()))?;
         let mut renames = Vec::with_capacity(state.files.len());
         for (_, f) in std::mem::take(&mut state.files) {
             renames.push(f.finish().map_err(|e| ConnectError::external(&self.connector, "closing a Parquet file", e))?);
         }
         let manifest = commit::manifest_path(&cfg.topics_dir, &state.topic, state.partition);
-        commit::commit_group(storage.as_ref(), &manifest, renames, next_offset)
-            .map_err(|e| ConnectError::external(&self.connector, format!("committing files of {}", manifest.display()), e))?;
+        commit::commit_group(storage.as_ref(), &manifest, renames, next_offset).map_err(|e| {
+            ConnectError::external(&self.connector, format!("committing files of {}", manifest.display()), e)
+        })?;
         state.committed_next = Some(next_offset);
         Ok(())
     }
@@ -653,7 +657,10 @@ impl ParquetSinkTask {
             };
             if sub.num_columns() == 0 {
                 for &r in &rows {
-                    failed.push(failure(&records[items[r].index], "the record has no fields besides the partition fields"));
+                    failed.push(failure(
+                        &records[items[r].index],
+                        "the record has no fields besides the partition fields",
+                    ));
                 }
                 continue;
             }
@@ -679,7 +686,9 @@ impl ParquetSinkTask {
                 batch.schema(),
                 props,
             )
-            .map_err(|e| ConnectError::external(&connector, format!("opening a Parquet file under {}", cfg.path.display()), e))?;
+            .map_err(|e| {
+                ConnectError::external(&connector, format!("opening a Parquet file under {}", cfg.path.display()), e)
+            })?;
             state.files.insert(path.to_owned(), f);
         }
         let f = state.files.get_mut(path).expect("inserted above");
@@ -693,7 +702,13 @@ impl ParquetSinkTask {
     }
 
     /// Handles one partition's run of records (offset order).
-    fn put_partition(&mut self, key: &(String, i32), records: &[ConnectRecord], range: std::ops::Range<usize>, failed: &mut Vec<FailedRecord>) -> Result<()> {
+    fn put_partition(
+        &mut self,
+        key: &(String, i32),
+        records: &[ConnectRecord],
+        range: std::ops::Range<usize>,
+        failed: &mut Vec<FailedRecord>,
+    ) -> Result<()> {
         if !self.partitions.contains_key(key) {
             // Not announced by open (the runtime opens before it puts); recover now.
             self.open_partition(&key.0, key.1)?;
@@ -768,9 +783,8 @@ impl ParquetSinkTask {
                 }
                 Err(_) => {
                     // Slow path: find the first value that does not decode with the plan.
-                    let k = (pos..end)
-                        .find(|&i| decode(&plan, std::slice::from_ref(&items[i])).is_err())
-                        .unwrap_or(end);
+                    let k =
+                        (pos..end).find(|&i| decode(&plan, std::slice::from_ref(&items[i])).is_err()).unwrap_or(end);
                     if k > pos {
                         let batch = decode(&plan, &items[pos..k]).map_err(ConnectError::Internal)?;
                         self.accept(key, &plan, batch, &items[pos..k], records, failed)?;

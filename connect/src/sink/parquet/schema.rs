@@ -115,7 +115,8 @@ fn connect_type(schema: &Json, depth: usize, top: bool) -> Result<DataType, Stri
             DataType::List(Arc::new(Field::new("item", connect_type(items, depth + 1, false)?, true)))
         }
         ("struct", _) => {
-            let fields = schema.get("fields").and_then(Json::as_array).ok_or("a Connect struct schema without fields")?;
+            let fields =
+                schema.get("fields").and_then(Json::as_array).ok_or("a Connect struct schema without fields")?;
             let mut out = Vec::with_capacity(fields.len());
             for f in fields {
                 let fname = f.get("field").and_then(Json::as_str).ok_or("a Connect struct field without a name")?;
@@ -142,8 +143,8 @@ fn merge_fields(a: &Fields, b: &Fields) -> Result<Option<Fields>, String> {
     for fb in b.iter() {
         match a.iter().position(|fa| fa.name() == fb.name()) {
             Some(i) => {
-                if let Some(t) = merge_type(a[i].data_type(), fb.data_type())
-                    .map_err(|e| format!("field {}: {e}", fb.name()))?
+                if let Some(t) =
+                    merge_type(a[i].data_type(), fb.data_type()).map_err(|e| format!("field {}: {e}", fb.name()))?
                 {
                     let v = out.get_or_insert_with(|| a.iter().map(|f| f.as_ref().clone()).collect());
                     v[i] = v[i].clone().with_data_type(t);
@@ -186,7 +187,8 @@ mod tests {
 
     #[test]
     fn infers_types_in_field_order() {
-        let schema = s(json!({"id": 1, "name": "a", "price": 1.5, "ok": true, "tags": ["x"], "o": {"k": 1}, "n": null}));
+        let schema =
+            s(json!({"id": 1, "name": "a", "price": 1.5, "ok": true, "tags": ["x"], "o": {"k": 1}, "n": null}));
         // serde_json's map is sorted: columns come in name order.
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["id", "n", "name", "o", "ok", "price", "tags"]);

@@ -163,7 +163,8 @@ fn new_field_starts_a_new_file_conflicts_and_non_objects_fail_tombstones_skip() 
 #[test]
 fn field_partitioner_moves_the_field_into_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = task(dir.path(), &[("flush.size", "100"), ("partitioner.class", "field"), ("partition.field.name", "country")]);
+    let mut t =
+        task(dir.path(), &[("flush.size", "100"), ("partitioner.class", "field"), ("partition.field.name", "country")]);
     t.open(&[tp(2)]).unwrap();
     let countries = ["FR", "DE", "FR", "a/b"];
     let batch = (0..4)
@@ -439,6 +440,11 @@ fn put_throughput() {
         assert!(t.put(batch).unwrap().is_empty());
     }
     let s = started.elapsed().as_secs_f64();
-    eprintln!("put: {n} records, {:.1} MB in {s:.2}s: {:.0} records/s, {:.1} MB/s", bytes as f64 / 1e6, n as f64 / s, bytes as f64 / 1e6 / s);
+    eprintln!(
+        "put: {n} records, {:.1} MB in {s:.2}s: {:.0} records/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        n as f64 / s,
+        bytes as f64 / 1e6 / s
+    );
     assert_eq!(visible(dir.path()).len(), 4);
 }

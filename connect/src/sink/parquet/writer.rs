@@ -7,10 +7,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
 use ::parquet::arrow::ArrowWriter;
 use ::parquet::file::properties::WriterProperties;
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 
 /// Bytes buffered in front of a data file (ArrowWriter writes page by page).
 const WRITE_BUF_BYTES: usize = 1024 * 1024;
