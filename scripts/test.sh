@@ -3,7 +3,7 @@
 # (nextest), clippy, and the Python end-to-end tests that drive real Kafka clients (kcat,
 # confluent-kafka, kafka-python) against a real `spate broker` process on loopback.
 #
-# It installs what it needs on a fresh machine (Debian's kcat and util-linux's prlimit, a Python venv at
+# It installs what it needs on a fresh machine (Debian's kcat, postgresql and util-linux's prlimit, a Python venv at
 # .venv) and fails loudly when it cannot. A skipped Python test is a failure: tests never skip because a
 # tool is missing; this script installs the tool instead. Usage:
 #
@@ -99,12 +99,20 @@ ensure_debian_tool() {
         echo "$cmd present: $(command -v "$cmd")"
         return 0
     fi
+    echo "$cmd missing: installing Debian's $pkg package"
+    apt_install "$pkg"
+    command -v "$cmd" >/dev/null 2>&1 || die "$pkg was installed but $cmd is not on PATH"
+    echo "installed $pkg"
+}
+
+# apt_install PACKAGE: installs Debian's PACKAGE (as root, or through sudo -n) or dies.
+apt_install() {
+    local pkg="$1"
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "$cmd is missing and we are not root and there is no sudo: install Debian's $pkg package by hand"
+        command -v sudo >/dev/null 2>&1 || die "we are not root and there is no sudo: install Debian's $pkg package by hand"
         sudo=(sudo -n)
     fi
-    echo "$cmd missing: installing Debian's $pkg package"
     local log="$WORK/apt.log"
     if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -q >"$log" 2>&1; then
         tail -n 30 "$log" >&2
@@ -114,8 +122,6 @@ ensure_debian_tool() {
         tail -n 30 "$log" >&2
         die "apt-get install $pkg failed (see above)"
     fi
-    command -v "$cmd" >/dev/null 2>&1 || die "$pkg was installed but $cmd is not on PATH"
-    echo "installed $pkg"
 }
 
 ensure_kcat() {
@@ -133,7 +139,7 @@ ensure_venv() {
     local want stamp="$VENV/.spate-requirements.sha256"
     want="$(requirements_hash)"
     if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-        "$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout' >/dev/null 2>&1; then
+        "$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, duckdb, pyarrow' >/dev/null 2>&1; then
         echo "reusing $VENV (requirements unchanged)"
         return 0
     fi
@@ -146,14 +152,33 @@ ensure_venv() {
         rm -rf "$VENV"
         die "pip install -r tests/python/requirements.txt failed (see above)"
     fi
-    "$VENV/bin/python" -c 'import confluent_kafka, kafka, lz4.frame, zstandard, snappy, pytest, pytest_timeout' ||
+    "$VENV/bin/python" -c 'import confluent_kafka, kafka, lz4.frame, zstandard, snappy, pytest, pytest_timeout, duckdb, pyarrow' ||
         die "the venv was installed but its packages do not import"
     echo "$want" >"$stamp"
     "$VENV/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 }
 
+# PostgreSQL for the JDBC and CDC connector tests: the fixtures (tests/python/pgserver.py,
+# connect/tests/common/postgres.rs) start a throwaway server from Debian's binaries, which live in
+# /usr/lib/postgresql/<version>/bin, not on PATH.
+ensure_postgres() {
+    if command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+        echo "postgresql present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)"
+    else
+        echo "postgresql missing: installing Debian's postgresql package"
+        apt_install postgresql
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || die "postgresql was installed but no initdb in /usr/lib/postgresql/*/bin"
+    fi
+    if [ "$(id -u)" -eq 0 ]; then
+        # The server refuses to run as root; the fixtures run it as the package's postgres user.
+        getent passwd postgres >/dev/null || die "running as root but there is no postgres user to run PostgreSQL as"
+        command -v setpriv >/dev/null 2>&1 || die "setpriv (util-linux) is needed to run PostgreSQL as the postgres user"
+    fi
+}
+
 setup() {
     ensure_kcat
+    ensure_postgres
     # The full-disk test runs the broker under `prlimit --fsize`.
     ensure_debian_tool prlimit util-linux
     ensure_venv
@@ -252,7 +277,7 @@ echo "spate test run: mode=$MODE, CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-<default>
 
 if [ "$MODE" = all ] || [ "$MODE" = setup ] || [ "$MODE" = python ]; then
     # Setup failures are fatal: nothing after them can run meaningfully.
-    run_phase "setup (kcat, python venv)" setup || die "setup failed"
+    run_phase "setup (kcat, postgresql, python venv)" setup || die "setup failed"
 fi
 
 if [ "$MODE" = all ] || [ "$MODE" = rust ]; then

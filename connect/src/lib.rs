@@ -13,6 +13,7 @@ pub mod config;
 pub mod connector;
 pub mod converter;
 pub mod error;
+pub mod jdbc;
 pub mod record;
 pub mod registry;
 pub mod rest;

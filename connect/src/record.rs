@@ -84,9 +84,13 @@ fn json_size_estimate(j: &Json) -> usize {
     }
 }
 
-/// Where a sink record came from in Kafka.
+/// Where a sink record came from in Kafka. A transform may change the record's `topic` and
+/// `partition` (RegexRouter, a script); these stay as read, so sinks that track offsets key them
+/// here (Kafka Connect's `originalTopic`, `originalKafkaPartition`, `originalKafkaOffset`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaCoordinates {
+    /// The topic it was read from.
+    pub topic: Arc<str>,
     /// The partition it was read from.
     pub partition: i32,
     /// Its offset there.

@@ -21,6 +21,7 @@ impl Registry {
                 Arc::new(crate::source::file::FileStreamSourceConnector),
                 Arc::new(crate::sink::file::FileStreamSinkConnector),
                 Arc::new(crate::sink::parquet::ParquetSinkConnector),
+                Arc::new(crate::source::jdbc::JdbcSourceConnector),
             ],
         }
     }

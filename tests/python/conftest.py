@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pgserver import PgServer
 from spatecluster import Cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -329,3 +330,14 @@ def pytest_runtest_makereport(item, call):
             if len(text) > 20000:
                 text = "... (earlier lines cut)\n" + text[-20000:]
             report.sections.append((f"{proc.label} log ({proc.log_path})", text))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the whole session (pgserver.py); tests make their own
+    database with `postgres.create_database(name)`."""
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.close()

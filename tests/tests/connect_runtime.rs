@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use spate_client::TopicPartition;
 use spate_connect::config::{ConfigDef, ConfigType, Importance, Props};
 use spate_connect::connector::{
     Connector, ConnectorType, FailedRecord, SinkTask, SinkTaskContext, SourceBatch, SourceTask, SourceTaskContext,
@@ -110,17 +111,24 @@ impl Connector for CollectSink {
         Ok(vec![config.clone(); max_tasks])
     }
     fn sink_task(&self) -> Result<Box<dyn SinkTask>> {
-        Ok(Box::new(CollectTask { seen: self.seen.clone() }))
+        Ok(Box::new(CollectTask { seen: self.seen.clone(), seek_to: None }))
     }
 }
 
 struct CollectTask {
     seen: Arc<Mutex<Vec<String>>>,
+    /// `test.seek.to`: where `open` says every partition starts, as an exactly-once sink that
+    /// stores its offsets with the data does.
+    seek_to: Option<i64>,
 }
 
 impl SinkTask for CollectTask {
-    fn start(&mut self, _config: &Props, _context: &SinkTaskContext) -> Result<()> {
+    fn start(&mut self, config: &Props, _context: &SinkTaskContext) -> Result<()> {
+        self.seek_to = config.get("test.seek.to").map(|s| s.parse().unwrap());
         Ok(())
+    }
+    fn open(&mut self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
+        Ok(self.seek_to.map(|o| partitions.iter().map(|tp| (tp.clone(), o)).collect()).unwrap_or_default())
     }
     fn put(&mut self, records: Vec<ConnectRecord>) -> Result<Vec<FailedRecord>> {
         let mut failed = Vec::new();
@@ -322,5 +330,42 @@ async fn sink_commits_and_dead_letters_failed_records() {
     })
     .await;
     assert_eq!(offsets.offsets[0].partition, json!({"kafka_topic": "in", "kafka_partition": 0}));
+    w.shutdown().await;
+}
+
+/// A sink that keeps its own offsets says where to start in `open`; `put` never sees a record
+/// before that, not even from the poll that delivered the assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_open_offsets_apply_before_any_put() {
+    let broker = TestBroker::start(&["--set", "group.initial.rebalance.delay.ms=0"]).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let producer = spate_client::Producer::new(spate_client::ProducerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..200 {
+        acks.push(producer.send("in", spate_client::ProducerRecord::new(format!("v{i}"))).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let w = worker(&broker, seen.clone(), "http://127.0.0.1:18086").await;
+    let h = WorkerHerder::new(w.shared());
+    let config = props(&[("connector.class", "TestCollectSink"), ("topics", "in"), ("test.seek.to", "150")]);
+    wait_for("create", Duration::from_secs(20), async || {
+        h.put_connector_config("sink", config.clone(), false).await.ok()
+    })
+    .await;
+    wait_for("50 records in the sink", Duration::from_secs(30), async || {
+        (seen.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = seen.lock().unwrap().clone();
+    let want: Vec<String> = (150..200).map(|i| format!("v{i}")).collect();
+    assert_eq!(got, want);
     w.shutdown().await;
 }

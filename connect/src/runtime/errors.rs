@@ -136,7 +136,9 @@ pub fn route_failures(
         if policy.dlq_context_headers {
             let h =
                 |k: &str, v: String| RecordHeader { key: format!("__connect.errors.{k}"), value: Some(Bytes::from(v)) };
-            record.headers.push(h("topic", f.record.topic.to_string()));
+            // Where the record was read, not where a transform meant to send it.
+            let topic = f.record.kafka.as_ref().map_or(&f.record.topic, |k| &k.topic);
+            record.headers.push(h("topic", topic.to_string()));
             if let Some(k) = &f.record.kafka {
                 record.headers.push(h("partition", k.partition.to_string()));
                 record.headers.push(h("offset", k.offset.to_string()));

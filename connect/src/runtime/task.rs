@@ -532,7 +532,7 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
             }
             paused = want_pause;
         }
-        let records: Vec<ConsumerRecord> = env.handle.block_on(consumer.poll(Duration::from_millis(200)))?;
+        let mut records: Vec<ConsumerRecord> = env.handle.block_on(consumer.poll(Duration::from_millis(200)))?;
         let started = Instant::now();
         // Follow the group's assignment: open what was added, close what was taken.
         let now_assigned: BTreeSet<TopicPartition> = env.handle.block_on(consumer.assignment()).into_iter().collect();
@@ -545,15 +545,26 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                     current.remove(tp);
                 }
             }
+            let mut seeked: BTreeSet<TopicPartition> = BTreeSet::new();
             if !added.is_empty() {
                 let seeks = task.open(&added)?;
                 for (tp, offset) in seeks {
                     env.handle.block_on(consumer.seek(&tp, offset))?;
+                    seeked.insert(tp);
                 }
                 if paused {
                     env.handle.block_on(consumer.pause(&added))?;
                 }
             }
+            // This poll ran before the task saw the change (Java's consumer calls the rebalance
+            // listener inside poll; ours reports it after). Records of revoked partitions must not
+            // reach `put` after `close`, and records of a partition the task just moved (an
+            // exactly-once sink resuming from offsets it stores itself) were read from the old
+            // position: drop them, the next poll reads from the new one (seek clears the buffer).
+            records.retain(|r| {
+                let tp = TopicPartition::new(r.topic.to_string(), r.partition);
+                now_assigned.contains(&tp) && !seeked.contains(&tp)
+            });
             assigned = now_assigned;
         }
         if !records.is_empty() {
@@ -569,7 +580,8 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                     Ok(c) => converted.push(c),
                     Err((stage, e)) => {
                         let mut rec = ConnectRecord::new(r.topic.clone(), None);
-                        rec.kafka = Some(KafkaCoordinates { partition: r.partition, offset: r.offset });
+                        rec.kafka =
+                            Some(KafkaCoordinates { topic: r.topic.clone(), partition: r.partition, offset: r.offset });
                         let fr = FailedRecord {
                             record: rec,
                             error: Arc::new(e),
@@ -601,7 +613,7 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                     .record
                     .kafka
                     .as_ref()
-                    .and_then(|k| raw_by_offset.get(&(f.record.topic.clone(), k.partition, k.offset)).cloned());
+                    .and_then(|k| raw_by_offset.get(&(k.topic.clone(), k.partition, k.offset)).cloned());
                 failures.push((f, raw));
             }
             env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
@@ -615,7 +627,18 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                 &env.handle,
                 &env.metrics.dead_lettered,
             )?;
-            pending_dlq.extend(dlq);
+            // Wait for the dead-letter writes now rather than at the next offset commit: a sink
+            // that stores its own offsets with the data (Parquet, JDBC exactly.once) has already
+            // moved past these records, so a crash before the acks would lose them. Failures are
+            // rare, so this wait is too.
+            if !dlq.is_empty() {
+                env.handle.block_on(async {
+                    for d in dlq {
+                        d.await?;
+                    }
+                    Ok::<(), ConnectError>(())
+                })?;
+            }
             env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
             env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             let labels = [("connector", env.connector.clone()), ("task", env.task.to_string())];
@@ -688,6 +711,6 @@ fn convert_in(p: &Pipeline, r: &ConsumerRecord) -> std::result::Result<ConnectRe
         value_schema,
         timestamp_ms: Some(r.timestamp_ms),
         headers: r.headers.clone(),
-        kafka: Some(KafkaCoordinates { partition: r.partition, offset: r.offset }),
+        kafka: Some(KafkaCoordinates { topic: r.topic.clone(), partition: r.partition, offset: r.offset }),
     })
 }

@@ -331,7 +331,7 @@ mod tests {
 
     fn record(offset: i64, value: Option<Value>) -> ConnectRecord {
         let mut r = ConnectRecord::new(Arc::from("logs"), value);
-        r.kafka = Some(KafkaCoordinates { partition: 0, offset });
+        r.kafka = Some(KafkaCoordinates { topic: r.topic.clone(), partition: 0, offset });
         r
     }
 

@@ -102,16 +102,33 @@ pub(crate) fn commit_group(
     renames: Vec<(PathBuf, PathBuf)>,
     next_offset: i64,
 ) -> std::io::Result<()> {
+    // The temp files' directories (new encoded-partition chains included) are durable before
+    // a manifest lists them: otherwise a power loss could keep the manifest and lose a temp
+    // file whose rename recovery then cannot redo.
+    let mut dirs = BTreeSet::new();
+    for (temp, _) in &renames {
+        dirs_up(temp, &mut dirs);
+    }
+    for d in dirs.iter().rev() {
+        storage.sync_dir(d)?;
+    }
     let m = Manifest { next_offset, renames };
     write_atomic(storage, manifest, &serde_json::to_vec(&m).map_err(std::io::Error::other)?)?;
-    apply_renames(storage, &m.renames)
+    apply_renames(storage, &m.renames, true)
 }
 
-fn apply_renames(storage: &dyn Storage, renames: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+/// `strict` (the normal commit path): a listed temp file that is missing is an error, not
+/// a rename already done (only recovery may find one done).
+fn apply_renames(storage: &dyn Storage, renames: &[(PathBuf, PathBuf)], strict: bool) -> std::io::Result<()> {
     let mut dirs = BTreeSet::new();
     for (temp, target) in renames {
         if storage.exists(temp) {
             storage.rename(temp, target)?;
+        } else if strict {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} vanished before its commit", temp.display()),
+            ));
         }
         dirs_up(target, &mut dirs);
     }
@@ -149,7 +166,7 @@ pub(crate) fn recover(
     };
     if let Some(m) = &manifest {
         if m.renames.iter().any(|(t, _)| storage.exists(t)) {
-            apply_renames(storage, &m.renames)
+            apply_renames(storage, &m.renames, false)
                 .map_err(|e| format!("redoing the renames of {}: {e}", mpath.display()))?;
         }
     }

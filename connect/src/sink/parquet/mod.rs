@@ -357,6 +357,11 @@ pub(crate) struct ParquetSinkTask {
     storage: Option<Arc<dyn Storage>>,
     props: Option<WriterProperties>,
     partitions: BTreeMap<(String, i32), PartitionState>,
+    /// Set by the first error of `put` or `pre_commit` (a storage error mid-rotation, a
+    /// partial write across directories): the in-memory state may no longer match the disk,
+    /// so every later `put`/`pre_commit` fails (no offset offered, no manifest moved) until
+    /// the task restarts and `open` recovers from the last durable manifest.
+    poisoned: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -558,9 +563,11 @@ impl ParquetSinkTask {
     }
 
     /// Writes decoded rows of `items` (one batch row per item).
+    #[expect(clippy::too_many_arguments, reason = "the routing inputs of one chunk")]
     fn write_rows(
         &mut self,
         key: &(String, i32),
+        out_topic: &str,
         plan: &SchemaPlan,
         batch: RecordBatch,
         items: &[Item<'_>],
@@ -665,19 +672,31 @@ impl ParquetSinkTask {
                 continue;
             }
             let start_offset = items[rows[0]].offset;
-            self.write_to(key, &path, start_offset, sub)?;
+            self.write_to(key, out_topic, &path, start_offset, sub)?;
         }
         Ok(())
     }
 
-    fn write_to(&mut self, key: &(String, i32), path: &str, start_offset: i64, batch: RecordBatch) -> Result<()> {
+    fn write_to(
+        &mut self,
+        key: &(String, i32),
+        out_topic: &str,
+        path: &str,
+        start_offset: i64,
+        batch: RecordBatch,
+    ) -> Result<()> {
         let cfg = self.cfg()?.clone();
         let storage = self.storage()?;
         let props = self.props.clone().ok_or_else(|| ConnectError::Internal("no writer properties".into()))?;
         let connector = self.connector.clone();
-        let Some(state) = self.partitions.get_mut(key) else { return Ok(()) };
-        if !state.files.contains_key(path) {
-            let dir = commit::topic_dir(&cfg.topics_dir, &state.topic).join(path);
+        let Some(state) = self.partitions.get_mut(key) else {
+            return Err(ConnectError::Internal(format!("writing {}-{} without its state", key.0, key.1)));
+        };
+        // One open file per output directory: the record topic (a transform may have renamed
+        // it) and the encoded partition.
+        let file_key = format!("{out_topic}/{path}");
+        if !state.files.contains_key(&file_key) {
+            let dir = commit::topic_dir(&cfg.topics_dir, out_topic).join(path);
             let name = commit::file_name(&state.topic, state.partition, start_offset, cfg.pad_width);
             let f = OpenFile::create(
                 storage.as_ref(),
@@ -689,9 +708,9 @@ impl ParquetSinkTask {
             .map_err(|e| {
                 ConnectError::external(&connector, format!("opening a Parquet file under {}", cfg.path.display()), e)
             })?;
-            state.files.insert(path.to_owned(), f);
+            state.files.insert(file_key.clone(), f);
         }
-        let f = state.files.get_mut(path).expect("inserted above");
+        let f = state.files.get_mut(&file_key).expect("inserted above");
         if f.schema != batch.schema() {
             // The partition's schema is one for all its files; a projection differing here is
             // our own bug.
@@ -705,13 +724,18 @@ impl ParquetSinkTask {
     fn put_partition(
         &mut self,
         key: &(String, i32),
+        out_topic: &str,
         records: &[ConnectRecord],
         range: std::ops::Range<usize>,
         failed: &mut Vec<FailedRecord>,
     ) -> Result<()> {
         if !self.partitions.contains_key(key) {
-            // Not announced by open (the runtime opens before it puts); recover now.
-            self.open_partition(&key.0, key.1)?;
+            // The runtime opens every partition before handing over its records; one never
+            // opened has no recovered manifest, so writing it could duplicate rows.
+            return Err(ConnectError::Internal(format!(
+                "records of {}-{} handed to the parquet sink before open() assigned it",
+                key.0, key.1
+            )));
         }
         let cfg = self.cfg()?.clone();
         let mut items: Vec<Item<'_>> = Vec::with_capacity(range.len());
@@ -778,7 +802,7 @@ impl ParquetSinkTask {
             let plan = state.schema.clone().expect("set above");
             match decode(&plan, &items[pos..end]) {
                 Ok(batch) => {
-                    self.accept(key, &plan, batch, &items[pos..end], records, failed)?;
+                    self.accept(key, out_topic, &plan, batch, &items[pos..end], records, failed)?;
                     pos = end;
                 }
                 Err(_) => {
@@ -787,7 +811,7 @@ impl ParquetSinkTask {
                         (pos..end).find(|&i| decode(&plan, std::slice::from_ref(&items[i])).is_err()).unwrap_or(end);
                     if k > pos {
                         let batch = decode(&plan, &items[pos..k]).map_err(ConnectError::Internal)?;
-                        self.accept(key, &plan, batch, &items[pos..k], records, failed)?;
+                        self.accept(key, out_topic, &plan, batch, &items[pos..k], records, failed)?;
                         pos = k;
                         continue;
                     }
@@ -830,9 +854,11 @@ impl ParquetSinkTask {
     }
 
     /// Writes a decoded chunk, then rotates when a file reached `flush.size`.
+    #[expect(clippy::too_many_arguments, reason = "one call site per path of put_partition")]
     fn accept(
         &mut self,
         key: &(String, i32),
+        out_topic: &str,
         plan: &SchemaPlan,
         batch: RecordBatch,
         items: &[Item<'_>],
@@ -850,7 +876,7 @@ impl ParquetSinkTask {
                 });
             }
         }
-        self.write_rows(key, plan, batch, items, records, failed)?;
+        self.write_rows(key, out_topic, plan, batch, items, records, failed)?;
         if let Some(last) = items.last() {
             self.mark_done(key, last.offset);
         }
@@ -949,6 +975,7 @@ impl SinkTask for ParquetSinkTask {
         );
         self.connector = context.connector.clone();
         self.cfg = Some(cfg);
+        self.poisoned = None;
         Ok(())
     }
 
@@ -975,22 +1002,9 @@ impl SinkTask for ParquetSinkTask {
     }
 
     fn put(&mut self, records: Vec<ConnectRecord>) -> Result<Vec<FailedRecord>> {
-        self.cfg()?;
-        let mut failed = Vec::new();
-        let mut start = 0;
-        while start < records.len() {
-            let (topic, partition) = (&records[start].topic, records[start].kafka.as_ref().map_or(-1, |k| k.partition));
-            let end = records[start..]
-                .iter()
-                .position(|r| r.topic != *topic || r.kafka.as_ref().map_or(-1, |k| k.partition) != partition)
-                .map_or(records.len(), |n| start + n);
-            let key = (topic.to_string(), partition);
-            self.put_partition(&key, &records, start..end, &mut failed)?;
-            start = end;
-        }
-        self.bound_memory()?;
-        self.rotate_scheduled()?;
-        Ok(failed)
+        self.check_poisoned()?;
+        let out = self.put_inner(records);
+        self.poison_on(out)
     }
 
     /// Nothing: files become durable at their group's commit, which `flush.size` and the
@@ -1000,6 +1014,68 @@ impl SinkTask for ParquetSinkTask {
     }
 
     fn pre_commit(&mut self, _current: &BTreeMap<TopicPartition, i64>) -> Result<BTreeMap<TopicPartition, i64>> {
+        self.check_poisoned()?;
+        let out = self.pre_commit_inner();
+        self.poison_on(out)
+    }
+
+    fn stop(&mut self) {
+        let keys: Vec<(String, i32)> = self.partitions.keys().cloned().collect();
+        for k in keys {
+            self.discard(&k);
+        }
+    }
+}
+
+impl ParquetSinkTask {
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(e) => Err(ConnectError::external(
+                &self.connector,
+                "continuing after an earlier write error",
+                format!("{e} (the task must restart to recover from its manifests)"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn poison_on<T>(&mut self, out: Result<T>) -> Result<T> {
+        if let Err(e) = &out {
+            self.poisoned.get_or_insert_with(|| e.to_string());
+        }
+        out
+    }
+
+    fn put_inner(&mut self, records: Vec<ConnectRecord>) -> Result<Vec<FailedRecord>> {
+        self.cfg()?;
+        let mut failed = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            let Some(k) = records[start].kafka.as_ref() else {
+                failed.push(failure(&records[start], "a sink record without its Kafka topic, partition and offset"));
+                start += 1;
+                continue;
+            };
+            // State, manifests, file names and offsets belong to the partition the record was
+            // read from; only the directory follows the (possibly renamed) record topic.
+            let out_topic = &records[start].topic;
+            let end = records[start..]
+                .iter()
+                .position(|r| {
+                    r.topic != *out_topic
+                        || r.kafka.as_ref().is_none_or(|rk| rk.partition != k.partition || rk.topic != k.topic)
+                })
+                .map_or(records.len(), |n| start + n);
+            let key = (k.topic.to_string(), k.partition);
+            self.put_partition(&key, out_topic, &records, start..end, &mut failed)?;
+            start = end;
+        }
+        self.bound_memory()?;
+        self.rotate_scheduled()?;
+        Ok(failed)
+    }
+
+    fn pre_commit_inner(&mut self) -> Result<BTreeMap<TopicPartition, i64>> {
         self.rotate_scheduled()?;
         let cfg = self.cfg()?.clone();
         let storage = self.storage()?;
@@ -1020,13 +1096,6 @@ impl SinkTask for ParquetSinkTask {
             }
         }
         Ok(safe)
-    }
-
-    fn stop(&mut self) {
-        let keys: Vec<(String, i32)> = self.partitions.keys().cloned().collect();
-        for k in keys {
-            self.discard(&k);
-        }
     }
 }
 

@@ -39,7 +39,7 @@ fn tp(p: i32) -> TopicPartition {
 
 fn rec(partition: i32, offset: i64, value: Option<Value>) -> ConnectRecord {
     let mut r = ConnectRecord::new(Arc::from("t"), value);
-    r.kafka = Some(KafkaCoordinates { partition, offset });
+    r.kafka = Some(KafkaCoordinates { topic: Arc::from("t"), partition, offset });
     r.partition = Some(partition);
     r.timestamp_ms = Some(1_700_000_000_000 + offset * 1000);
     r
@@ -276,11 +276,16 @@ fn memory_bound_flushes_row_groups_early() {
 struct KilledAt {
     inner: LocalStorage,
     left: AtomicUsize,
+    /// Fail only that one operation (a transient ENOSPC/EIO), then work again.
+    once: bool,
 }
 
 impl KilledAt {
     fn tick(&self) -> io::Result<()> {
         if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            if self.once {
+                self.left.store(usize::MAX, Ordering::SeqCst);
+            }
             return Err(io::Error::other("killed"));
         }
         Ok(())
@@ -320,7 +325,11 @@ impl Storage for KilledAt {
 /// consumer group committed.
 fn run_until_killed(dir: &Path, extra: &[(&str, &str)], n: i64, ops: usize, committed: i64) -> (i64, bool) {
     let mut t = task(dir, extra);
-    t.storage = Some(Arc::new(KilledAt { inner: LocalStorage::new(dir.to_path_buf()), left: AtomicUsize::new(ops) }));
+    t.storage = Some(Arc::new(KilledAt {
+        inner: LocalStorage::new(dir.to_path_buf()),
+        left: AtomicUsize::new(ops),
+        once: false,
+    }));
     let mut committed = committed;
     let Ok(seeks) = t.open(&[tp(0)]) else { return (committed, false) };
     // The runtime hands over what the first poll read from the committed offset, then seeks.
@@ -447,4 +456,90 @@ fn put_throughput() {
         bytes as f64 / 1e6 / s
     );
     assert_eq!(visible(dir.path()).len(), 4);
+}
+
+/// A record read from `from`-`partition` whose topic a transform renamed to `to`.
+fn renamed(from: &str, to: &str, partition: i32, offset: i64) -> ConnectRecord {
+    let mut r = row(partition, offset);
+    r.topic = Arc::from(to);
+    r.kafka = Some(KafkaCoordinates { topic: Arc::from(from), partition, offset });
+    r
+}
+
+#[test]
+fn renamed_topics_keep_state_manifests_and_offsets_per_source_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("flush.size", "4"), ("topics", "a,b")]);
+    let (a, b) = (TopicPartition::new("a".to_owned(), 0), TopicPartition::new("b".to_owned(), 0));
+    t.open(&[a.clone(), b.clone()]).unwrap();
+    // Interleaved runs of both sources, all renamed to "t".
+    let mut batch = Vec::new();
+    for o in 0..6 {
+        batch.push(renamed("a", "t", 0, o));
+        batch.push(renamed("b", "t", 0, 100 + o));
+    }
+    assert!(t.put(batch).unwrap().is_empty());
+    let safe = t.pre_commit(&BTreeMap::new()).unwrap();
+    // Each source committed its own first group of 4: offsets never mix.
+    assert_eq!(safe.get(&a), Some(&4));
+    assert_eq!(safe.get(&b), Some(&104));
+    assert_eq!(safe.len(), 2, "{safe:?}");
+    let files: Vec<String> = visible(dir.path()).iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        files,
+        vec!["topics/t/partition=0/a+0+0000000000.parquet", "topics/t/partition=0/b+0+0000000100.parquet"]
+    );
+    // Manifests live under the source topic's directory, where open() looks.
+    let mut t2 = task(dir.path(), &[("flush.size", "4"), ("topics", "a,b")]);
+    let seeks = t2.open(&[a.clone(), b.clone()]).unwrap();
+    assert_eq!(seeks.get(&a), Some(&4));
+    assert_eq!(seeks.get(&b), Some(&104));
+    // Records of a partition never opened are refused, not written without recovery.
+    assert!(t2.put(vec![renamed("c", "t", 0, 0)]).is_err());
+}
+
+#[test]
+fn a_storage_error_poisons_the_task_and_a_restart_recovers_exactly_once() {
+    let n = 40;
+    for fail_at in 0..60 {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = [("flush.size", "10"), ("partitioner.class", "field"), ("partition.field.name", "v")];
+        let mut t = task(dir.path(), &extra);
+        t.storage = Some(Arc::new(KilledAt {
+            inner: LocalStorage::new(dir.path().to_path_buf()),
+            left: AtomicUsize::new(fail_at),
+            once: true,
+        }));
+        let mut committed = 0;
+        let mut errored = t.open(&[tp(0)]).is_err();
+        let mut pos = 0;
+        while pos < n && !errored {
+            let batch: Vec<ConnectRecord> = (pos..(pos + 7).min(n)).map(|o| row(0, o)).collect();
+            pos += batch.len() as i64;
+            match t.put(batch).and_then(|_| t.pre_commit(&BTreeMap::new())) {
+                Ok(safe) => committed = safe.get(&tp(0)).copied().unwrap_or(committed),
+                Err(_) => errored = true,
+            }
+        }
+        if errored {
+            // The runtime retries: the storage works again, but the task must not go on
+            // past records it lost.
+            for _ in 0..2 {
+                let batch: Vec<ConnectRecord> = (pos..(pos + 7).min(n)).map(|o| row(0, o)).collect();
+                pos += batch.len() as i64;
+                assert!(t.put(batch).is_err(), "fail at {fail_at}: put after an error");
+                assert!(t.pre_commit(&BTreeMap::new()).is_err(), "fail at {fail_at}: pre_commit after an error");
+            }
+        }
+        drop(t);
+        // A fresh task resumes from its manifest (never behind the committed offset).
+        let mut t = task(dir.path(), &extra);
+        let seeks = t.open(&[tp(0)]).unwrap();
+        let from = seeks.get(&tp(0)).copied().unwrap_or(committed);
+        assert!(from >= committed);
+        t.put((from..n).map(|o| row(0, o)).collect()).unwrap();
+        t.rotate(&("t".to_owned(), 0)).unwrap();
+        assert_eq!(ids(dir.path()), (0..n).collect::<Vec<_>>(), "fail at {fail_at}");
+        assert!(temps(dir.path()).is_empty(), "fail at {fail_at}");
+    }
 }

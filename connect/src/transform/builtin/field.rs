@@ -655,7 +655,7 @@ mod tests {
         let mut r = rec(json!({"a": 1}));
         r.partition = Some(3);
         r.timestamp_ms = Some(1_700_000_000_000);
-        r.kafka = Some(KafkaCoordinates { partition: 3, offset: 42 });
+        r.kafka = Some(KafkaCoordinates { topic: r.topic.clone(), partition: 3, offset: 42 });
         assert!(t.apply(&mut r).unwrap());
         assert_eq!(
             value(&r),
