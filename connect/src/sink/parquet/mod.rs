@@ -800,15 +800,26 @@ impl ParquetSinkTask {
                 state.schema = Some(initial_plan(&items[pos..end], &mut state.connect_plan));
             }
             let plan = state.schema.clone().expect("set above");
-            match decode(&plan, &items[pos..end]) {
+            // Values the fixed schema would take only by converting them (a fraction in an
+            // integer column, a numeric string in a number column) end the fast run.
+            let misfit = schema::Guard::new(&plan.file)
+                .and_then(|g| (pos..end).find(|&i| g_suspect(&g, &items[i]) && !fits(&plan, &items[i])));
+            if let Some(k) = misfit.filter(|&k| k > pos) {
+                end = k;
+            }
+            let decoded = if misfit == Some(pos) { Err(String::new()) } else { decode(&plan, &items[pos..end]) };
+            match decoded {
                 Ok(batch) => {
                     self.accept(key, out_topic, &plan, batch, &items[pos..end], records, failed)?;
                     pos = end;
                 }
                 Err(_) => {
                     // Slow path: find the first value that does not decode with the plan.
-                    let k =
-                        (pos..end).find(|&i| decode(&plan, std::slice::from_ref(&items[i])).is_err()).unwrap_or(end);
+                    let k = if misfit == Some(pos) {
+                        pos
+                    } else {
+                        (pos..end).find(|&i| decode(&plan, std::slice::from_ref(&items[i])).is_err()).unwrap_or(end)
+                    };
                     if k > pos {
                         let batch = decode(&plan, &items[pos..k]).map_err(ConnectError::Internal)?;
                         self.accept(key, out_topic, &plan, batch, &items[pos..k], records, failed)?;
@@ -827,7 +838,9 @@ impl ParquetSinkTask {
                             widened_at = Some(pos);
                         }
                         Ok(_) => {
-                            let reason = decode(&plan, std::slice::from_ref(&item)).err().unwrap_or_default();
+                            let reason = decode(&plan, std::slice::from_ref(&item))
+                                .err()
+                                .unwrap_or_else(|| "the value does not fit the open file's schema".to_owned());
                             failed.push(failure(&records[item.index], reason));
                             self.mark_done(key, item.offset);
                             pos += 1;
@@ -942,6 +955,21 @@ impl ParquetSinkTask {
             }
         }
     }
+}
+
+/// Whether the guard flags `item` (values parsed by a converter are always checked exactly).
+fn g_suspect(g: &schema::Guard, item: &Item<'_>) -> bool {
+    match (item.connect_schema, item.body) {
+        // A declared Connect schema decides the column types itself.
+        (Some(_), _) => false,
+        (None, Body::Raw(b)) => g.suspect(b),
+        (None, Body::Json(_)) => true,
+    }
+}
+
+/// The exact check: `item`'s own schema adds nothing to `plan`.
+fn fits(plan: &SchemaPlan, item: &Item<'_>) -> bool {
+    matches!(item_plan(item, &mut None).and_then(|p| plan.merge(&p)), Ok(None))
 }
 
 /// The schema of a partition's first chunk: the merge of its records' schemas (records that

@@ -67,6 +67,134 @@ impl SchemaPlan {
     }
 }
 
+/// What a top-level column takes without arrow-json converting a value silently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Takes {
+    /// Floats: fractions and integers are exact, numeric strings are converted.
+    Float,
+    /// Text: a numeric string is just text.
+    Text,
+    /// Integers (a fraction is truncated, a numeric string parsed) and everything else.
+    Other,
+}
+
+/// A cheap scan of raw JSON values for what arrow-json would convert silently once a
+/// file's column type is fixed: a fraction (or exponent) in an integer column is truncated
+/// (`2.5` → `2`), a numeric string in a numeric column is parsed (`"3"` → `3`). Values it
+/// flags get the exact check (inference + merge); the rest decode on the fast path.
+pub(crate) struct Guard {
+    top: std::collections::HashMap<Vec<u8>, Takes>,
+    /// Some nested (struct/list) field is numeric: flagged values inside nesting always get
+    /// the exact check.
+    nested_numeric: bool,
+}
+
+fn numeric_inside(t: &DataType) -> bool {
+    match t {
+        DataType::Struct(fs) => fs.iter().any(|f| numeric_inside(f.data_type())),
+        DataType::List(f) => numeric_inside(f.data_type()),
+        t => t.is_numeric(),
+    }
+}
+
+impl Guard {
+    /// `None`: no column is numeric, arrow-json has nothing to convert silently.
+    pub fn new(schema: &Schema) -> Option<Guard> {
+        if !schema.fields().iter().any(|f| numeric_inside(f.data_type())) {
+            return None;
+        }
+        let top = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let takes = match f.data_type() {
+                    DataType::Float64 | DataType::Float32 => Takes::Float,
+                    DataType::Utf8 => Takes::Text,
+                    _ => Takes::Other,
+                };
+                (f.name().as_bytes().to_vec(), takes)
+            })
+            .collect();
+        let nested_numeric = schema
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::Struct(_) | DataType::List(_)) && numeric_inside(f.data_type()));
+        Some(Guard { top, nested_numeric })
+    }
+
+    /// Whether `b` (one JSON object) may hold a value arrow-json would convert silently.
+    /// False positives only cost the exact check.
+    pub fn suspect(&self, b: &[u8]) -> bool {
+        let mut depth = 0usize;
+        let mut in_str = false;
+        let mut esc = false;
+        let mut start = 0;
+        let mut expect_key = false;
+        let mut key: &[u8] = &[];
+        let mut prev = 0u8;
+        for (i, &c) in b.iter().enumerate() {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_str = false;
+                    let text = &b[start..i];
+                    if depth == 1 && expect_key {
+                        key = text;
+                    } else if looks_numeric(text) {
+                        let takes = if depth == 1 { self.top.get(key).copied() } else { None };
+                        let ok = match takes {
+                            Some(Takes::Text) => true,
+                            Some(_) => false,
+                            None => depth > 1 && !self.nested_numeric,
+                        };
+                        if !ok {
+                            return true;
+                        }
+                    }
+                }
+                prev = c;
+                continue;
+            }
+            match c {
+                b'"' => {
+                    in_str = true;
+                    start = i + 1;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    expect_key = depth == 1;
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b',' if depth == 1 => expect_key = true,
+                b':' if depth == 1 => expect_key = false,
+                b'.' | b'e' | b'E' if c == b'.' || prev.is_ascii_digit() => {
+                    let ok = if depth == 1 {
+                        self.top.get(key).is_some_and(|t| *t == Takes::Float)
+                    } else {
+                        !self.nested_numeric
+                    };
+                    if !ok {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+            prev = c;
+        }
+        false
+    }
+}
+
+/// A string arrow-json would parse into a number column.
+fn looks_numeric(s: &[u8]) -> bool {
+    s.len() <= 64
+        && s.first().is_some_and(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.'))
+        && std::str::from_utf8(s).is_ok_and(|t| t.parse::<f64>().is_ok())
+}
+
 /// The schema of one JSON object (arrow-json's inference: integers `Int64`, fractions
 /// `Float64`, strings `Utf8`, nulls `Null`, objects `Struct`, arrays `List`).
 pub(crate) fn infer_value(value: &Json) -> Result<Schema, String> {

@@ -543,3 +543,44 @@ fn a_storage_error_poisons_the_task_and_a_restart_recovers_exactly_once() {
         assert!(temps(dir.path()).is_empty(), "fail at {fail_at}");
     }
 }
+
+#[test]
+fn a_fraction_or_numeric_string_after_an_integer_column_is_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[]);
+    t.open(&[tp(0)]).unwrap();
+    let v = |o: i64, x: &str| rec(0, o, text(format!(r#"{{"id":{o},"x":{x},"s":"{o}"}}"#)));
+    assert!(t.put(vec![v(0, "1"), v(1, "2")]).unwrap().is_empty());
+    // Later put calls: the column is already INT64.
+    assert!(t.put(vec![v(2, "2.5"), v(3, "3")]).unwrap().is_empty());
+    let failed = t.put(vec![v(4, r#""7""#), v(5, "4e0")]).unwrap();
+    assert_eq!(failed.len(), 1, "a numeric string in a number column is a conflict");
+    assert_eq!(failed[0].record.kafka.as_ref().unwrap().offset, 4);
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    let mut xs = Vec::new();
+    for f in visible(dir.path()) {
+        for b in read(&dir.path().join(f)) {
+            let col = b.column(b.schema().index_of("x").unwrap()).clone();
+            for i in 0..b.num_rows() {
+                xs.push(match col.data_type() {
+                    DataType::Int64 => col.as_primitive::<Int64Type>().value(i) as f64,
+                    DataType::Float64 => col.as_primitive::<arrow_array::types::Float64Type>().value(i),
+                    other => panic!("x is {other}"),
+                });
+            }
+        }
+    }
+    assert_eq!(xs, vec![1.0, 2.0, 2.5, 3.0, 4.0]);
+    // Numeric text in a text column stays text and needs no slow path.
+    let g = schema::Guard::new(&arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("s", DataType::Utf8, true),
+        arrow_schema::Field::new("x", DataType::Float64, true),
+        arrow_schema::Field::new("i", DataType::Int64, true),
+    ]))
+    .unwrap();
+    assert!(!g.suspect(br#"{"s":"12","x":2.5,"i":3,"t":true}"#));
+    assert!(g.suspect(br#"{"s":"12","i":2.5}"#));
+    assert!(g.suspect(br#"{"i":"3"}"#));
+    assert!(g.suspect(br#"{"i":1e3}"#));
+    assert!(!g.suspect(br#"{"s":"a.b \" 1.5 e","i":-3}"#));
+}
