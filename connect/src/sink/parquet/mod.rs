@@ -151,6 +151,14 @@ fn config_def() -> ConfigDef {
         )
         .with_validator(Validator::OneOf(&["zstd", "snappy", "none"]))
         .define(
+            "parquet.codec",
+            ConfigType::String,
+            Some(""),
+            Importance::Low,
+            "Confluent's name for compression (wins when set): zstd, snappy, none or uncompressed.",
+        )
+        .with_validator(Validator::Custom(codec_name))
+        .define(
             "filename.offset.zero.pad.width",
             ConfigType::Int,
             Some("10"),
@@ -175,6 +183,13 @@ fn config_def() -> ConfigDef {
              the biggest row groups are written out early.",
         )
         .with_validator(Validator::Range { min: 1024.0, max: 9.0e18 })
+}
+
+fn codec_name(v: &str) -> std::result::Result<(), String> {
+    match v.trim() {
+        "" | "zstd" | "snappy" | "none" | "uncompressed" => Ok(()),
+        _ => Err("must be one of zstd, snappy, none, uncompressed".to_owned()),
+    }
 }
 
 fn relative_dir(v: &str) -> std::result::Result<(), String> {
@@ -249,9 +264,15 @@ impl SinkConfig {
                 Partitioner::Time { format, duration_ms: positive("partition.duration.ms")?.unwrap_or(1), extractor }
             }
         };
-        let compression = match c.get_str("compression").unwrap_or("zstd") {
+        let codec = c
+            .get_str("parquet.codec")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .or_else(|| c.get_str("compression"))
+            .unwrap_or("zstd");
+        let compression = match codec {
             "snappy" => Compression::SNAPPY,
-            "none" => Compression::UNCOMPRESSED,
+            "none" | "uncompressed" => Compression::UNCOMPRESSED,
             _ => Compression::ZSTD(ZstdLevel::default()),
         };
         Ok(SinkConfig {
@@ -363,6 +384,9 @@ pub(crate) struct ParquetSinkTask {
     /// the task restarts and `open` recovers from the last durable manifest.
     poisoned: Option<String>,
 }
+
+/// The longest `<field>=<escaped value>` directory name (file systems allow 255 bytes).
+const MAX_SEGMENT_BYTES: usize = 200;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -601,12 +625,17 @@ impl ParquetSinkTask {
                             None => Err("the record has no timestamp field".to_owned()),
                         },
                     };
+                    let t = t.and_then(|t| {
+                        let b = partitioner::bucket_start(t, *duration_ms)
+                            .ok_or_else(|| format!("the time {t} is out of range"))?;
+                        if last.as_ref().is_none_or(|(lb, _)| *lb != b) {
+                            let p = format.format(b).ok_or_else(|| format!("the time {t} is out of range"))?;
+                            last = Some((b, p));
+                        }
+                        Ok(())
+                    });
                     match t {
-                        Ok(t) => {
-                            let b = partitioner::bucket_start(t, *duration_ms);
-                            if last.as_ref().is_none_or(|(lb, _)| *lb != b) {
-                                last = Some((b, format.format(b)));
-                            }
+                        Ok(()) => {
                             let path = last.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
                             groups.entry(path).or_default().push(row);
                         }
@@ -632,7 +661,17 @@ impl ParquetSinkTask {
                             },
                             None => None,
                         };
+                        let before = path.len();
                         partitioner::push_segment(&mut path, name, text.as_deref());
+                        if path.len() - before > MAX_SEGMENT_BYTES {
+                            // Past the file system's name limit (255 bytes): ENAMETOOLONG
+                            // would fail the task on every restart.
+                            failed.push(failure(
+                                &records[item.index],
+                                format!("the partition value of {name} is over {MAX_SEGMENT_BYTES} bytes escaped"),
+                            ));
+                            continue 'rows;
+                        }
                     }
                     match groups.get_mut(path.as_str()) {
                         Some(v) => v.push(row),

@@ -127,12 +127,21 @@ impl PathFormat {
         if tokens.is_empty() {
             return Err("path.format is empty".to_owned());
         }
+        // Quoted text too: the directories must stay under the topic's directory.
+        for (i, t) in tokens.iter().enumerate() {
+            if let Token::Literal(l) = t {
+                if l.contains("..") || l.contains('\\') || (i == 0 && l.starts_with('/')) {
+                    return Err("path.format may not contain .., \\ or a leading /".to_owned());
+                }
+            }
+        }
         Ok(PathFormat { tokens })
     }
 
     /// The path for a time (UTC).
-    pub fn format(&self, time_ms: i64) -> String {
-        let t: DateTime<Utc> = DateTime::from_timestamp_millis(time_ms).unwrap_or_default();
+    /// `None`: a time outside chrono's range (a bad record field, not a panic).
+    pub fn format(&self, time_ms: i64) -> Option<String> {
+        let t: DateTime<Utc> = DateTime::from_timestamp_millis(time_ms)?;
         let mut out = String::with_capacity(32);
         for tok in &self.tokens {
             match tok {
@@ -145,13 +154,14 @@ impl PathFormat {
                 Token::Second => out.push_str(&format!("{:02}", t.second())),
             }
         }
-        out
+        Some(out)
     }
 }
 
-/// The start of the `duration_ms` bucket holding `time_ms`.
-pub(crate) fn bucket_start(time_ms: i64, duration_ms: i64) -> i64 {
-    time_ms - time_ms.rem_euclid(duration_ms.max(1))
+/// The start of the `duration_ms` bucket holding `time_ms` (`None` when it would be below
+/// `i64::MIN`: a bad record field).
+pub(crate) fn bucket_start(time_ms: i64, duration_ms: i64) -> Option<i64> {
+    time_ms.checked_sub(time_ms.rem_euclid(duration_ms.max(1)))
 }
 
 /// `default`'s directory.
@@ -207,10 +217,10 @@ mod tests {
         let f = PathFormat::parse("'dt'=YYYY-MM-dd/'hour'=HH").unwrap();
         // 2024-03-05T07:08:09Z
         let t = 1_709_622_489_000;
-        assert_eq!(f.format(t), "dt=2024-03-05/hour=07");
+        assert_eq!(f.format(t).unwrap(), "dt=2024-03-05/hour=07");
         let g = PathFormat::parse("'year'=yyyy/'month'=MM/'day'=dd/'minute'=mm/ss").unwrap();
-        assert_eq!(g.format(t), "year=2024/month=03/day=05/minute=08/09");
-        assert_eq!(PathFormat::parse("'it''s'=YYYY").unwrap().format(0), "it's=1970");
+        assert_eq!(g.format(t).unwrap(), "year=2024/month=03/day=05/minute=08/09");
+        assert_eq!(PathFormat::parse("'it''s'=YYYY").unwrap().format(0).unwrap(), "it's=1970");
         assert!(PathFormat::parse("'dt'=YYYY-MM-dd EEE").is_err());
         assert!(PathFormat::parse("'dt").is_err());
         assert!(PathFormat::parse("").is_err());
@@ -219,9 +229,14 @@ mod tests {
 
     #[test]
     fn buckets_floor_including_before_epoch() {
-        assert_eq!(bucket_start(3_600_000 * 5 + 17, 3_600_000), 3_600_000 * 5);
-        assert_eq!(bucket_start(-1, 1000), -1000);
-        assert_eq!(bucket_start(42, 0), 42);
+        assert_eq!(bucket_start(3_600_000 * 5 + 17, 3_600_000), Some(3_600_000 * 5));
+        assert_eq!(bucket_start(-1, 1000), Some(-1000));
+        assert_eq!(bucket_start(i64::MIN + 1, 1000), None);
+        assert_eq!(PathFormat::parse("YYYY").unwrap().format(i64::MAX), None);
+        for bad in ["'..'/YYYY", "'/abs'/YYYY", "YYYY/'a\\\\b'"] {
+            assert!(PathFormat::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(bucket_start(42, 0), Some(42));
     }
 
     #[test]

@@ -413,6 +413,56 @@ fn config_is_checked() {
     assert!(bad(&[("partitioner.class", "time"), ("path.format", "EEE")]).contains("path.format"));
     assert!(bad(&[("partitioner.class", "time"), ("timestamp.extractor", "RecordField")]).contains("timestamp.field"));
     assert!(c.validate(&props(dir.path(), &[("partitioner.class", "field")])).len() == 1);
+    assert!(bad(&[("parquet.codec", "lzo")]).contains("parquet.codec"));
+    let ok = |extra: &[(&str, &str)]| SinkConfig::parse(&props(dir.path(), extra)).unwrap().compression;
+    assert_eq!(ok(&[("parquet.codec", "snappy")]), Compression::SNAPPY);
+    assert_eq!(ok(&[("compression", "snappy"), ("parquet.codec", "uncompressed")]), Compression::UNCOMPRESSED);
+    assert!(bad(&[("partitioner.class", "time"), ("path.format", "'/etc'/YYYY")]).contains("path.format"));
+}
+
+#[test]
+fn long_field_values_and_out_of_range_times_are_failed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("partitioner.class", "field"), ("partition.field.name", "k")]);
+    t.open(&[tp(0)]).unwrap();
+    let long = "x".repeat(300);
+    let failed = t
+        .put(vec![
+            rec(0, 0, text(format!(r#"{{"k":"{long}","v":1}}"#))),
+            rec(0, 1, text(r#"{"k":"short","v":2}"#.to_owned())),
+        ])
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].record.kafka.as_ref().unwrap().offset, 0);
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    assert_eq!(ids_of(dir.path(), "v"), vec![2]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [("partitioner.class", "time"), ("timestamp.extractor", "RecordField"), ("timestamp.field", "ts")];
+    let mut t = task(dir.path(), &extra);
+    t.open(&[tp(0)]).unwrap();
+    let failed = t
+        .put(vec![
+            rec(0, 0, text(format!(r#"{{"ts":{},"v":1}}"#, i64::MIN + 1))),
+            rec(0, 1, text(format!(r#"{{"ts":{},"v":2}}"#, i64::MAX))),
+            rec(0, 2, text(r#"{"ts":1700000000000,"v":3}"#.to_owned())),
+        ])
+        .unwrap();
+    assert_eq!(failed.len(), 2, "no panic, no wrapped bucket");
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    assert_eq!(ids_of(dir.path(), "v"), vec![3]);
+}
+
+fn ids_of(dir: &Path, col: &str) -> Vec<i64> {
+    let mut v = Vec::new();
+    for f in visible(dir) {
+        for b in read(&dir.join(f)) {
+            let c = b.column(b.schema().index_of(col).unwrap()).as_primitive::<Int64Type>().clone();
+            v.extend(c.values().iter().copied());
+        }
+    }
+    v.sort();
+    v
 }
 
 /// The task alone, without Kafka or the runtime: 1M 10-field records in `put` batches of 500
