@@ -183,6 +183,33 @@ fn config_def() -> ConfigDef {
              the biggest row groups are written out early.",
         )
         .with_validator(Validator::Range { min: 1024.0, max: 9.0e18 })
+        .define(
+            "parquet.max.open.files",
+            ConfigType::Int,
+            Some("1000"),
+            Importance::Low,
+            "The most files one task keeps open over all its partitions; a chunk that needs more commits \
+             its own partition's open files first, then other partitions' (largest first).",
+        )
+        .with_validator(Validator::Range { min: 1.0, max: 1.0e6 })
+}
+
+/// The most columns (leaf fields, nested ones included) a file takes; a record that would
+/// widen the schema past it is a failed record (a bound on memory and metadata per file).
+const MAX_COLUMNS: usize = 1000;
+
+fn leaf_count(fields: &arrow_schema::Fields) -> usize {
+    fields
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Struct(inner) => leaf_count(inner),
+            DataType::List(item) => match item.data_type() {
+                DataType::Struct(inner) => leaf_count(inner),
+                _ => 1,
+            },
+            _ => 1,
+        })
+        .sum()
 }
 
 fn codec_name(v: &str) -> std::result::Result<(), String> {
@@ -230,6 +257,7 @@ struct SinkConfig {
     pad_width: usize,
     row_group_bytes: usize,
     buffer_max_bytes: usize,
+    max_open_files: usize,
 }
 
 impl SinkConfig {
@@ -286,6 +314,7 @@ impl SinkConfig {
             pad_width: c.get_i64("filename.offset.zero.pad.width")?.unwrap_or(10).clamp(0, 20) as usize,
             row_group_bytes: c.get_i64("parquet.row.group.bytes")?.unwrap_or(64 << 20).max(1024) as usize,
             buffer_max_bytes: c.get_i64("parquet.buffer.max.bytes")?.unwrap_or(256 << 20).max(1024) as usize,
+            max_open_files: c.get_i64("parquet.max.open.files")?.unwrap_or(1000).max(1) as usize,
         })
     }
 }
@@ -365,8 +394,10 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn max_file_rows(&self) -> u64 {
-        self.files.values().map(|f| f.rows).max().unwrap_or(0)
+    /// Rows in the open group, over all its files (`flush.size` counts per Kafka partition,
+    /// as Confluent's sinks do).
+    fn group_rows(&self) -> u64 {
+        self.files.values().map(|f| f.rows).sum()
     }
 }
 
@@ -682,6 +713,7 @@ impl ParquetSinkTask {
                 }
             }
         }
+        self.make_room(key, out_topic, groups.keys(), items)?;
         let drop_cols = cfg.partitioner.path_columns();
         let single = groups.len() == 1 && groups.values().next().is_some_and(|v| v.len() == items.len());
         for (path, rows) in groups {
@@ -827,7 +859,7 @@ impl ParquetSinkTask {
                 }
             }
             let state = self.partitions.get_mut(key).expect("opened above");
-            let cap = (cfg.flush_size.saturating_sub(state.max_file_rows())).max(1) as usize;
+            let cap = (cfg.flush_size.saturating_sub(state.group_rows())).max(1) as usize;
             let mut end = items.len().min(pos + cap);
             if let Some(iv) = cfg.rotate_interval_ms {
                 let first = state.group_first_ts_ms.unwrap_or(items[pos].timestamp_ms);
@@ -869,6 +901,14 @@ impl ParquetSinkTask {
                     let state = self.partitions.get_mut(key).expect("opened above");
                     let outcome = item_plan(&item, &mut state.connect_plan).and_then(|p| plan.merge(&p));
                     match outcome {
+                        Ok(Some(wider)) if leaf_count(wider.file.fields()) > MAX_COLUMNS => {
+                            failed.push(failure(
+                                &records[item.index],
+                                format!("the record would make the file's schema over {MAX_COLUMNS} columns"),
+                            ));
+                            self.mark_done(key, item.offset);
+                            pos += 1;
+                        }
                         Ok(Some(wider)) if widened_at != Some(pos) => {
                             // A new field or a wider type: the open files close, new ones get
                             // the wider schema.
@@ -933,10 +973,56 @@ impl ParquetSinkTask {
             self.mark_done(key, last.offset);
         }
         let state = self.partitions.get(key).expect("opened");
-        if state.max_file_rows() >= cfg.flush_size {
+        if state.group_rows() >= cfg.flush_size {
             self.rotate(key)?;
         }
         Ok(())
+    }
+
+    /// Keeps the task's open files within `parquet.max.open.files` before a chunk is written:
+    /// commits this partition's group first (safe: none of the chunk is written yet), then
+    /// other partitions' groups, largest first (each between two of its own chunks). A
+    /// single chunk routed to more directories than the cap still gets them all.
+    fn make_room<'k>(
+        &mut self,
+        key: &(String, i32),
+        out_topic: &str,
+        paths: impl Iterator<Item = &'k String>,
+        items: &[Item<'_>],
+    ) -> Result<()> {
+        let cfg = self.cfg()?.clone();
+        let total: usize = self.partitions.values().map(|s| s.files.len()).sum();
+        let Some(state) = self.partitions.get(key) else { return Ok(()) };
+        let paths: Vec<String> = paths.map(|p| format!("{out_topic}/{p}")).collect();
+        let new = paths.iter().filter(|p| !state.files.contains_key(p.as_str())).count();
+        if total + new <= cfg.max_open_files {
+            return Ok(());
+        }
+        if !state.files.is_empty() {
+            self.rotate(key)?;
+            let state = self.partitions.get_mut(key).expect("checked above");
+            state.group_first_ts_ms = items.first().map(|i| i.timestamp_ms);
+            state.group_deadline_ms = cfg.rotate_schedule_interval_ms.map(|iv| {
+                let now = now_ms();
+                now - now.rem_euclid(iv) + iv
+            });
+        }
+        loop {
+            let total: usize = self.partitions.values().map(|s| s.files.len()).sum();
+            if total + paths.len() <= cfg.max_open_files {
+                return Ok(());
+            }
+            let Some(other) = self
+                .partitions
+                .iter()
+                .filter(|(k, s)| *k != key && !s.files.is_empty())
+                .max_by_key(|(_, s)| s.files.len())
+                .map(|(k, _)| k.clone())
+            else {
+                return Ok(());
+            };
+            self.rotate(&other)?;
+        }
     }
 
     /// Flushes the biggest row groups while the task buffers more than `parquet.buffer.max.bytes`.
@@ -1018,10 +1104,11 @@ fn initial_plan(items: &[Item<'_>], cache: &mut Option<(Arc<Json>, SchemaPlan)>)
     for item in items {
         let Ok(p) = item_plan(item, cache) else { continue };
         plan = match plan {
-            None => Some(p),
+            None if leaf_count(p.file.fields()) <= MAX_COLUMNS => Some(p),
+            None => None,
             Some(cur) => match cur.merge(&p) {
-                Ok(Some(w)) => Some(w),
-                Ok(None) | Err(_) => Some(cur),
+                Ok(Some(w)) if leaf_count(w.file.fields()) <= MAX_COLUMNS => Some(w),
+                Ok(_) | Err(_) => Some(cur),
             },
         };
     }

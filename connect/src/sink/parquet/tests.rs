@@ -634,3 +634,57 @@ fn a_fraction_or_numeric_string_after_an_integer_column_is_not_truncated() {
     assert!(g.suspect(br#"{"i":1e3}"#));
     assert!(!g.suspect(br#"{"s":"a.b \" 1.5 e","i":-3}"#));
 }
+
+#[test]
+fn open_files_are_capped_and_flush_size_counts_per_kafka_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        ("partitioner.class", "field"),
+        ("partition.field.name", "k"),
+        ("parquet.max.open.files", "2"),
+        ("flush.size", "6"),
+    ];
+    let mut t = task(dir.path(), &extra);
+    t.open(&[tp(0), tp(1)]).unwrap();
+    let v = |p: i32, o: i64| rec(p, o, text(format!(r#"{{"k":{},"v":{}}}"#, o % 3, p as i64 * 1000 + o)));
+    // Partition 1 holds one open file, partition 0 wants three directories.
+    t.put(vec![v(1, 0)]).unwrap();
+    for o in 0..5 {
+        t.put(vec![v(0, o)]).unwrap();
+        let open: usize = t.partitions.values().map(|s| s.files.len()).sum();
+        assert!(open <= 2, "{open} files open");
+    }
+    t.put(vec![v(0, 5)]).unwrap();
+    t.rotate(&("t".to_owned(), 0)).unwrap();
+    t.rotate(&("t".to_owned(), 1)).unwrap();
+    assert_eq!(ids_of(dir.path(), "v"), vec![0, 1, 2, 3, 4, 5, 1000]);
+
+    // flush.size counts the partition's rows over its files: the 4th row (2 per directory)
+    // commits the group.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[("partitioner.class", "field"), ("partition.field.name", "k"), ("flush.size", "4")]);
+    t.open(&[tp(0)]).unwrap();
+    let w = |o: i64| rec(0, o, text(format!(r#"{{"k":{},"v":{o}}}"#, o % 2)));
+    t.put(vec![w(0), w(1), w(2)]).unwrap();
+    assert_eq!(t.partitions[&("t".to_owned(), 0)].files.len(), 2);
+    t.put(vec![w(3)]).unwrap();
+    assert!(t.partitions[&("t".to_owned(), 0)].files.is_empty());
+    assert_eq!(ids_of(dir.path(), "v"), vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn records_past_the_column_cap_are_failed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), &[]);
+    t.open(&[tp(0)]).unwrap();
+    let wide: Vec<String> = (0..1200).map(|i| format!(r#""c{i}":1"#)).collect();
+    let failed = t
+        .put(vec![
+            rec(0, 0, text(r#"{"a":1}"#.to_owned())),
+            rec(0, 1, text(format!("{{{}}}", wide.join(",")))),
+            rec(0, 2, text(r#"{"a":2}"#.to_owned())),
+        ])
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].record.kafka.as_ref().unwrap().offset, 1);
+}

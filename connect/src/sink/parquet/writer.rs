@@ -12,8 +12,9 @@ use ::parquet::file::properties::WriterProperties;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
-/// Bytes buffered in front of a data file (ArrowWriter writes page by page).
-const WRITE_BUF_BYTES: usize = 1024 * 1024;
+/// Bytes buffered in front of a data file (ArrowWriter writes page by page). Small: it is
+/// allocated per open file (up to `parquet.max.open.files`), outside the row-group bound.
+const WRITE_BUF_BYTES: usize = 64 * 1024;
 
 /// A file being written that can be made durable.
 pub(crate) trait DurableWrite: Write + Send {
