@@ -33,10 +33,16 @@ const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 /// What a partition's last group committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Manifest {
-    /// The offset after the group's last record: where the partition resumes.
-    pub next_offset: i64,
+    /// The offset after the group's last record: where the partition resumes (`None`: no
+    /// group committed yet; the manifest only lists `topic_dirs`).
+    pub next_offset: Option<i64>,
     /// `[temp, final]` paths relative to the sink's `path`, still to be done if the temp exists.
     pub renames: Vec<(PathBuf, PathBuf)>,
+    /// Topics other than the source one (renamed by a transform) whose directories may hold
+    /// this partition's temp files: recovery looks there too. Written before the first file
+    /// goes there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topic_dirs: Vec<String>,
 }
 
 /// The directory of a topic's files.
@@ -101,6 +107,7 @@ pub(crate) fn commit_group(
     manifest: &Path,
     renames: Vec<(PathBuf, PathBuf)>,
     next_offset: i64,
+    topic_dirs: &[String],
 ) -> std::io::Result<()> {
     // The temp files' directories (new encoded-partition chains included) are durable before
     // a manifest lists them: otherwise a power loss could keep the manifest and lose a temp
@@ -112,7 +119,7 @@ pub(crate) fn commit_group(
     for d in dirs.iter().rev() {
         storage.sync_dir(d)?;
     }
-    let m = Manifest { next_offset, renames };
+    let m = Manifest { next_offset: Some(next_offset), renames, topic_dirs: topic_dirs.to_vec() };
     write_atomic(storage, manifest, &serde_json::to_vec(&m).map_err(std::io::Error::other)?)?;
     apply_renames(storage, &m.renames, true)
 }
@@ -141,19 +148,27 @@ fn apply_renames(storage: &dyn Storage, renames: &[(PathBuf, PathBuf)], strict: 
 
 /// Records that a partition moved on without writing files (tombstones, dead-lettered
 /// records): the manifest's offset advances so a restart does not go back before it.
-pub(crate) fn advance(storage: &dyn Storage, manifest: &Path, next_offset: i64) -> std::io::Result<()> {
-    let m = Manifest { next_offset, renames: Vec::new() };
+pub(crate) fn advance(
+    storage: &dyn Storage,
+    manifest: &Path,
+    next_offset: Option<i64>,
+    topic_dirs: &[String],
+) -> std::io::Result<()> {
+    let m = Manifest { next_offset, renames: Vec::new(), topic_dirs: topic_dirs.to_vec() };
     write_atomic(storage, manifest, &serde_json::to_vec(&m).map_err(std::io::Error::other)?)
 }
 
-/// Recovery of one partition (see the module docs). Returns the manifest's offset, `None`
-/// when the partition never committed a group here.
+/// What recovery found: where to resume (`None`: never committed a group here) and the
+/// renamed topics' directories the partition wrote to.
+pub(crate) type Recovered = (Option<i64>, Vec<String>);
+
+/// Recovery of one partition (see the module docs).
 pub(crate) fn recover(
     storage: &dyn Storage,
     topics_dir: &str,
     topic: &str,
     partition: i32,
-) -> Result<Option<i64>, String> {
+) -> Result<Recovered, String> {
     let mpath = manifest_path(topics_dir, topic, partition);
     let manifest = match storage.read(&mpath).map_err(|e| format!("reading {}: {e}", mpath.display()))? {
         None => None,
@@ -171,8 +186,12 @@ pub(crate) fn recover(
         }
     }
     // Every temp file left is from a group that never reached its manifest: drop it.
-    let dir = topic_dir(topics_dir, topic);
-    let files = storage.list_files(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    let topic_dirs: Vec<String> = manifest.as_ref().map(|m| m.topic_dirs.clone()).unwrap_or_default();
+    let mut files = Vec::new();
+    for t in std::iter::once(topic).chain(topic_dirs.iter().map(String::as_str)) {
+        let dir = topic_dir(topics_dir, t);
+        files.extend(storage.list_files(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?);
+    }
     let mut removed = BTreeSet::new();
     for f in files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -189,10 +208,11 @@ pub(crate) fn recover(
     if let Some(m) = &manifest {
         if !m.renames.is_empty() {
             // Done: a later recovery must not look at these names again.
-            advance(storage, &mpath, m.next_offset).map_err(|e| format!("writing {}: {e}", mpath.display()))?;
+            advance(storage, &mpath, m.next_offset, &topic_dirs)
+                .map_err(|e| format!("writing {}: {e}", mpath.display()))?;
         }
     }
-    Ok(manifest.map(|m| m.next_offset))
+    Ok((manifest.and_then(|m| m.next_offset), topic_dirs))
 }
 
 #[cfg(test)]
@@ -227,18 +247,22 @@ mod tests {
             s.create(p).unwrap().sync().unwrap();
         }
         // Killed after the manifest and the first rename.
-        let m = Manifest { next_offset: 100, renames: vec![(a_tmp.clone(), a.clone()), (b_tmp.clone(), b.clone())] };
+        let m = Manifest {
+            next_offset: Some(100),
+            renames: vec![(a_tmp.clone(), a.clone()), (b_tmp.clone(), b.clone())],
+            topic_dirs: Vec::new(),
+        };
         write_atomic(&s, &manifest_path("topics", "t", 0), &serde_json::to_vec(&m).unwrap()).unwrap();
         s.rename(&a_tmp, &a).unwrap();
-        assert_eq!(recover(&s, "topics", "t", 0).unwrap(), Some(100));
+        assert_eq!(recover(&s, "topics", "t", 0).unwrap().0, Some(100));
         assert!(s.exists(&a) && s.exists(&b));
         assert!(!s.exists(&a_tmp) && !s.exists(&b_tmp) && !s.exists(&stale));
         assert!(s.exists(&other_partition), "another partition's temp file is not ours to drop");
         // The manifest no longer lists renames; a temp with a listed name is never renamed twice.
         s.create(&b_tmp).unwrap().sync().unwrap();
-        assert_eq!(recover(&s, "topics", "t", 0).unwrap(), Some(100));
+        assert_eq!(recover(&s, "topics", "t", 0).unwrap().0, Some(100));
         assert!(!s.exists(&b_tmp));
-        assert_eq!(recover(&s, "topics", "t", 5).unwrap(), None);
+        assert_eq!(recover(&s, "topics", "t", 5).unwrap().0, None);
     }
 
     #[test]

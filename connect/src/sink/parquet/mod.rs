@@ -382,6 +382,9 @@ struct PartitionState {
     next_offset: Option<i64>,
     /// The offset after the last committed group: what `pre_commit` offers.
     committed_next: Option<i64>,
+    /// Renamed topics (transforms) whose directories got files of this partition; kept in
+    /// the manifest so recovery finds their temp files.
+    out_topics: Vec<String>,
     schema: Option<SchemaPlan>,
     /// The last Connect schema seen and its plan (records of one producer share it).
     connect_plan: Option<(Arc<Json>, SchemaPlan)>,
@@ -571,7 +574,7 @@ impl ParquetSinkTask {
     fn open_partition(&mut self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let cfg = self.cfg()?.clone();
         let storage = self.storage()?;
-        let resume = commit::recover(storage.as_ref(), &cfg.topics_dir, topic, partition)
+        let (resume, out_topics) = commit::recover(storage.as_ref(), &cfg.topics_dir, topic, partition)
             .map_err(|e| self.io_error(format!("recovering {topic}-{partition} under {}", cfg.path.display()), e))?;
         if let Some(offset) = resume {
             tracing::info!(connector = %self.connector, %topic, partition, offset, "parquet sink resumes from its manifest");
@@ -583,6 +586,7 @@ impl ParquetSinkTask {
                 partition,
                 next_offset: resume,
                 committed_next: resume,
+                out_topics,
                 schema: None,
                 connect_plan: None,
                 files: BTreeMap::new(),
@@ -610,7 +614,7 @@ impl ParquetSinkTask {
             renames.push(f.finish().map_err(|e| ConnectError::external(&self.connector, "closing a Parquet file", e))?);
         }
         let manifest = commit::manifest_path(&cfg.topics_dir, &state.topic, state.partition);
-        commit::commit_group(storage.as_ref(), &manifest, renames, next_offset).map_err(|e| {
+        commit::commit_group(storage.as_ref(), &manifest, renames, next_offset, &state.out_topics).map_err(|e| {
             ConnectError::external(&self.connector, format!("committing files of {}", manifest.display()), e)
         })?;
         state.committed_next = Some(next_offset);
@@ -766,6 +770,13 @@ impl ParquetSinkTask {
         // One open file per output directory: the record topic (a transform may have renamed
         // it) and the encoded partition.
         let file_key = format!("{out_topic}/{path}");
+        if out_topic != state.topic && !state.out_topics.iter().any(|t| t == out_topic) {
+            // Recovery must know this directory before a temp file of ours lands there.
+            state.out_topics.push(out_topic.to_owned());
+            let m = commit::manifest_path(&cfg.topics_dir, &state.topic, state.partition);
+            commit::advance(storage.as_ref(), &m, state.committed_next, &state.out_topics)
+                .map_err(|e| ConnectError::external(&connector, format!("writing {}", m.display()), e))?;
+        }
         if !state.files.contains_key(&file_key) {
             let dir = commit::topic_dir(&cfg.topics_dir, out_topic).join(path);
             let name = commit::file_name(&state.topic, state.partition, start_offset, cfg.pad_width);
@@ -1240,7 +1251,7 @@ impl ParquetSinkTask {
             if state.files.is_empty() && state.next_offset > state.committed_next {
                 if let Some(next) = state.next_offset {
                     let m = commit::manifest_path(&cfg.topics_dir, &state.topic, state.partition);
-                    commit::advance(storage.as_ref(), &m, next)
+                    commit::advance(storage.as_ref(), &m, Some(next), &state.out_topics)
                         .map_err(|e| ConnectError::external(&self.connector, format!("writing {}", m.display()), e))?;
                     state.committed_next = Some(next);
                 }

@@ -546,6 +546,16 @@ fn renamed_topics_keep_state_manifests_and_offsets_per_source_partition() {
     assert_eq!(seeks.get(&b), Some(&104));
     // Records of a partition never opened are refused, not written without recovery.
     assert!(t2.put(vec![renamed("c", "t", 0, 0)]).is_err());
+
+    // A kill leaves temp files under the renamed topic's directory: open() finds and drops them.
+    let mut t3 = task(dir.path(), &[("flush.size", "4"), ("topics", "a,b")]);
+    t3.open(&[a.clone(), b.clone()]).unwrap();
+    t3.put(vec![renamed("a", "t", 0, 4), renamed("b", "t", 0, 104)]).unwrap();
+    assert_eq!(temps(dir.path()).len(), 2);
+    drop(t3);
+    let mut t4 = task(dir.path(), &[("flush.size", "4"), ("topics", "a,b")]);
+    t4.open(&[a, b]).unwrap();
+    assert!(temps(dir.path()).is_empty());
 }
 
 #[test]
