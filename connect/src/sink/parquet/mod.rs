@@ -546,7 +546,13 @@ fn cell_time_ms(col: &ArrayRef, row: usize) -> std::result::Result<i64, String> 
     }
     match col.data_type() {
         DataType::Int64 => Ok(col.as_primitive::<Int64Type>().value(row)),
-        DataType::Float64 => Ok(col.as_primitive::<Float64Type>().value(row) as i64),
+        DataType::Float64 => {
+            let v = col.as_primitive::<Float64Type>().value(row);
+            if !v.is_finite() || v.abs() >= 9.2e18 {
+                return Err(format!("the timestamp field {v} is out of range"));
+            }
+            Ok(v as i64)
+        }
         DataType::Utf8 => partitioner::parse_time_ms(col.as_string::<i32>().value(row))
             .ok_or_else(|| "the timestamp field is not an RFC 3339 time".to_owned()),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
