@@ -20,6 +20,7 @@ impl Registry {
             plugins: vec![
                 Arc::new(crate::source::file::FileStreamSourceConnector),
                 Arc::new(crate::sink::file::FileStreamSinkConnector),
+                Arc::new(crate::sink::parquet::ParquetSinkConnector),
                 Arc::new(crate::source::jdbc::JdbcSourceConnector),
                 Arc::new(crate::source::postgres_cdc::PostgresCdcSourceConnector),
                 Arc::new(crate::sink::jdbc::JdbcSinkConnector),
