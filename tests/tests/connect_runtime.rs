@@ -168,6 +168,23 @@ fn props(pairs: &[(&str, &str)]) -> Props {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
+/// Produces `values` to `topic` and waits for every acknowledgement.
+async fn produce_values(broker: &TestBroker, topic: &str, values: impl Iterator<Item = String>) {
+    let producer = spate_client::Producer::new(spate_client::ProducerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut acks = Vec::new();
+    for v in values {
+        acks.push(producer.send(topic, spate_client::ProducerRecord::new(v)).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
 async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -283,20 +300,7 @@ async fn source_offsets_survive_restarts_and_tasks_move_between_workers() {
 async fn sink_commits_and_dead_letters_failed_records() {
     let broker = TestBroker::start(&["--set", "group.initial.rebalance.delay.ms=0"]).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let producer = spate_client::Producer::new(spate_client::ProducerConfig {
-        bootstrap_servers: vec![broker.bootstrap()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut acks = Vec::new();
-    for i in 0..200 {
-        let v = if i == 50 { "bad".to_owned() } else { format!("v{i}") };
-        acks.push(producer.send("in", spate_client::ProducerRecord::new(v)).await.unwrap());
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    produce_values(&broker, "in", (0..200).map(|i| if i == 50 { "bad".to_owned() } else { format!("v{i}") })).await;
     let w = worker(&broker, seen.clone(), "http://127.0.0.1:18085").await;
     let h = WorkerHerder::new(w.shared());
     let config = props(&[
@@ -339,19 +343,7 @@ async fn sink_commits_and_dead_letters_failed_records() {
 async fn sink_open_offsets_apply_before_any_put() {
     let broker = TestBroker::start(&["--set", "group.initial.rebalance.delay.ms=0"]).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let producer = spate_client::Producer::new(spate_client::ProducerConfig {
-        bootstrap_servers: vec![broker.bootstrap()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut acks = Vec::new();
-    for i in 0..200 {
-        acks.push(producer.send("in", spate_client::ProducerRecord::new(format!("v{i}"))).await.unwrap());
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    produce_values(&broker, "in", (0..200).map(|i| format!("v{i}"))).await;
     let w = worker(&broker, seen.clone(), "http://127.0.0.1:18086").await;
     let h = WorkerHerder::new(w.shared());
     let config = props(&[("connector.class", "TestCollectSink"), ("topics", "in"), ("test.seek.to", "150")]);

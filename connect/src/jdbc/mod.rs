@@ -91,6 +91,17 @@ pub struct Rows {
 }
 
 impl Rows {
+    /// The text values of each row's first column (catalog queries that list names).
+    pub(crate) fn first_texts(self) -> Vec<String> {
+        self.rows
+            .into_iter()
+            .filter_map(|r| match r.into_iter().next() {
+                Some(SqlValue::Text(s)) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The index of the column named `name` (exact, then case-insensitive).
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns

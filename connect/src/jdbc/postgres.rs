@@ -129,7 +129,7 @@ impl PgDb {
              ORDER BY table_schema, table_name",
             &[],
         )?;
-        Ok(texts(rows))
+        Ok(rows.first_texts())
     }
 
     pub(super) fn table_columns(&mut self, table: &str) -> Result<Vec<Column>> {
@@ -168,7 +168,7 @@ impl PgDb {
              WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ord",
             &[SqlValue::Text(qualified(table))],
         )?;
-        Ok(texts(rows))
+        Ok(rows.first_texts())
     }
 
     pub(super) fn cursor(&mut self, sql: &str) -> Result<String> {
@@ -276,16 +276,6 @@ fn chain(e: &dyn StdError) -> String {
 /// `schema.table` quoted for `to_regclass` (which parses its argument as SQL).
 fn qualified(table: &str) -> String {
     table.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
-}
-
-fn texts(rows: Rows) -> Vec<String> {
-    rows.rows
-        .into_iter()
-        .filter_map(|r| match r.into_iter().next() {
-            Some(SqlValue::Text(s)) => Some(s),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The URL without its password, for messages.

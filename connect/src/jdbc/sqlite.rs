@@ -212,14 +212,7 @@ impl SqliteDb {
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
             &[],
         )?;
-        Ok(rows
-            .rows
-            .into_iter()
-            .filter_map(|r| match r.into_iter().next() {
-                Some(SqlValue::Text(s)) => Some(s),
-                _ => None,
-            })
-            .collect())
+        Ok(rows.first_texts())
     }
 
     pub(super) fn table_columns(&mut self, table: &str) -> Result<Vec<Column>> {
@@ -253,14 +246,7 @@ impl SqliteDb {
             "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk",
             &[SqlValue::Text(table.to_owned())],
         )?;
-        Ok(rows
-            .rows
-            .into_iter()
-            .filter_map(|r| match r.into_iter().next() {
-                Some(SqlValue::Text(s)) => Some(s),
-                _ => None,
-            })
-            .collect())
+        Ok(rows.first_texts())
     }
 
     pub(super) fn cursor(&mut self, sql: &str, chunk_rows: usize) -> Result<SqliteCursor> {

@@ -407,7 +407,8 @@ impl PartitionState {
 /// The Parquet sink's task.
 #[derive(Default)]
 pub(crate) struct ParquetSinkTask {
-    cfg: Option<SinkConfig>,
+    /// Shared so each chunk takes a handle, not a deep copy of paths and partitioner.
+    cfg: Option<Arc<SinkConfig>>,
     connector: String,
     storage: Option<Arc<dyn Storage>>,
     props: Option<WriterProperties>,
@@ -564,8 +565,8 @@ fn cell_time_ms(col: &ArrayRef, row: usize) -> std::result::Result<i64, String> 
 }
 
 impl ParquetSinkTask {
-    fn cfg(&self) -> Result<&SinkConfig> {
-        self.cfg.as_ref().ok_or_else(|| ConnectError::Internal("parquet sink task used before start".to_owned()))
+    fn cfg(&self) -> Result<Arc<SinkConfig>> {
+        self.cfg.clone().ok_or_else(|| ConnectError::Internal("parquet sink task used before start".to_owned()))
     }
 
     fn io_error(&self, what: impl Into<String>, reason: impl ToString) -> ConnectError {
@@ -578,7 +579,7 @@ impl ParquetSinkTask {
 
     /// Recovers a partition and registers it; returns where it resumes.
     fn open_partition(&mut self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let storage = self.storage()?;
         let (resume, out_topics) = commit::recover(storage.as_ref(), &cfg.topics_dir, topic, partition)
             .map_err(|e| self.io_error(format!("recovering {topic}-{partition} under {}", cfg.path.display()), e))?;
@@ -605,7 +606,7 @@ impl ParquetSinkTask {
 
     /// Commits every open file of a partition as one group (see [`commit`]).
     fn rotate(&mut self, key: &(String, i32)) -> Result<()> {
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let storage = self.storage()?;
         let Some(state) = self.partitions.get_mut(key) else { return Ok(()) };
         state.group_first_ts_ms = None;
@@ -639,7 +640,7 @@ impl ParquetSinkTask {
         records: &[ConnectRecord],
         failed: &mut Vec<FailedRecord>,
     ) -> Result<()> {
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let kp = key.1;
         // Route: one path per row, runs of items per path.
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -766,7 +767,7 @@ impl ParquetSinkTask {
         start_offset: i64,
         batch: RecordBatch,
     ) -> Result<()> {
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let storage = self.storage()?;
         let props = self.props.clone().ok_or_else(|| ConnectError::Internal("no writer properties".into()))?;
         let connector = self.connector.clone();
@@ -825,7 +826,7 @@ impl ParquetSinkTask {
                 key.0, key.1
             )));
         }
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let mut items: Vec<Item<'_>> = Vec::with_capacity(range.len());
         let mut last_offset = None;
         {
@@ -974,7 +975,7 @@ impl ParquetSinkTask {
         records: &[ConnectRecord],
         failed: &mut Vec<FailedRecord>,
     ) -> Result<()> {
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         {
             let state = self.partitions.get_mut(key).expect("opened");
             if state.files.is_empty() {
@@ -1007,7 +1008,7 @@ impl ParquetSinkTask {
         paths: impl Iterator<Item = &'k String>,
         items: &[Item<'_>],
     ) -> Result<()> {
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let total: usize = self.partitions.values().map(|s| s.files.len()).sum();
         let Some(state) = self.partitions.get(key) else { return Ok(()) };
         let paths: Vec<String> = paths.map(|p| format!("{out_topic}/{p}")).collect();
@@ -1145,7 +1146,7 @@ impl SinkTask for ParquetSinkTask {
                 .build(),
         );
         self.connector = context.connector.clone();
-        self.cfg = Some(cfg);
+        self.cfg = Some(Arc::new(cfg));
         self.poisoned = None;
         Ok(())
     }
@@ -1248,7 +1249,7 @@ impl ParquetSinkTask {
 
     fn pre_commit_inner(&mut self) -> Result<BTreeMap<TopicPartition, i64>> {
         self.rotate_scheduled()?;
-        let cfg = self.cfg()?.clone();
+        let cfg = self.cfg()?;
         let storage = self.storage()?;
         let mut safe = BTreeMap::new();
         for state in self.partitions.values_mut() {
