@@ -167,6 +167,21 @@ pub enum StreamsError {
         path: String,
     },
 
+    /// A SQL statement is wrong: it does not parse, names an unknown table or column, or mixes
+    /// types. The user's query; `position` is where in the statement, when the parser knows it.
+    #[error("sql: {message}{} (fix the query)", position.map(|p| format!(" at {p}")).unwrap_or_default())]
+    SqlPlan {
+        /// What is wrong, as DataFusion or our planner words it.
+        message: String,
+        /// `line:column` of the offending token, 1-based.
+        position: Option<SqlPosition>,
+    },
+
+    /// A SQL query failed while running: a record that does not decode under `on_error = 'fail'`,
+    /// a resource limit, or the broker. The message says which.
+    #[error("sql execution: {0}")]
+    SqlExecution(String),
+
     /// A checkpoint file does not parse: local state is damaged, not the records.
     #[error(
         "checkpoint file {path} is corrupt: {reason} (local state is damaged: delete the task \
@@ -178,6 +193,19 @@ pub enum StreamsError {
         /// What is wrong in it.
         reason: String,
     },
+}
+
+/// Where in a SQL statement an error is: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlPosition {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl std::fmt::Display for SqlPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
 }
 
 impl StreamsError {

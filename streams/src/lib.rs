@@ -29,6 +29,9 @@
 //!   [`state::open_key_value`], [`state::open_window`], [`state::open_session`]; the per-task
 //!   [`Checkpoint`](state::checkpoint::Checkpoint) file and the
 //!   [`StateDirectory`](state::directory::StateDirectory) with its task locks.
+//! - `sql` (feature `sql`): SQL over topics with DataFusion: every topic is a table
+//!   ([`sql::SqlContext`]), ad-hoc queries read a snapshot of each partition, continuous
+//!   `INSERT INTO … SELECT` queries run on this runtime.
 //! - [`StreamsError`]: the crate's one error type.
 
 mod config;
@@ -38,6 +41,8 @@ mod processor;
 mod query;
 mod runtime;
 pub mod serdes;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod state;
 mod store;
 pub mod suppress;
@@ -52,7 +57,7 @@ pub use dsl::{
     KGroupedTable, KStream, KTable, Materialized, Produced, Repartitioned, SessionWindowedKStream,
     SlidingWindowedKStream, StreamJoined, StreamsBuilder, TimeWindowedKStream, TimestampExtractor,
 };
-pub use error::StreamsError;
+pub use error::{SqlPosition, StreamsError};
 pub use processor::{Change, Processor, ProcessorContext, PunctuationType, Record, TaskContext};
 pub use query::{KeyValueStore, ReadOnlyKeyValueStore, ReadOnlyWindowStore};
 pub use runtime::{KafkaStreams, StreamsMetrics, StreamsState};
