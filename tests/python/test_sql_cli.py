@@ -1,0 +1,202 @@
+"""`spate sql` (issue 13) as a user runs it: -c and -f, every --format parsed back and compared with
+DuckDB computing the same query over the same data, the shell fed through a pipe surviving bad
+statements, EXPLAIN and SHOW TABLES, and unknown tables.
+
+Piped stdin runs every statement and exits 1 when any failed; -c/-f stop at the first failure and
+exit 1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import spate_binary
+
+pytestmark = pytest.mark.timeout(60)
+
+SQL_TIMEOUT_S = 30
+
+
+def spate_sql(bootstrap: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [spate_binary(), "sql", "--bootstrap-server", bootstrap, *args]
+    return subprocess.run(
+        cmd,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=SQL_TIMEOUT_S,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"spate sql exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+def parse(fmt: str, text: str) -> list[dict]:
+    """Rows as dicts of strings/numbers, whatever the format."""
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if fmt == "tsv":
+        return list(csv.DictReader(io.StringIO(text), delimiter="\t"))
+    if fmt == "json":
+        return json.loads(text)
+    if fmt == "ndjson":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    raise ValueError(fmt)
+
+
+def same(got, want) -> bool:
+    """A value printed by spate (maybe as CSV text) equals DuckDB's."""
+    if want is None:
+        return got in (None, "")
+    if isinstance(want, float):
+        return math.isclose(float(got), want, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(want, int) and not isinstance(want, bool):
+        return int(got) == want
+    return str(got) == str(want)
+
+
+def assert_rows_equal(got: list[dict], want: list[tuple], columns: list[str], fmt: str) -> None:
+    assert len(got) == len(want), f"{fmt}: {len(got)} rows, DuckDB has {len(want)}\n{got[:5]}\n{want[:5]}"
+    for g, w in zip(got, want):
+        assert list(g.keys()) == columns, f"{fmt}: columns {list(g.keys())}, want {columns}"
+        for c, wv in zip(columns, w):
+            assert same(g[c], wv), f"{fmt}: column {c}: spate {g[c]!r}, DuckDB {wv!r} (row {g} vs {w})"
+
+
+@pytest.fixture
+def parquet_dir(tmp_path) -> Path:
+    """A hive-partitioned Parquet directory (region=…/part-*.parquet), as the connect sink writes."""
+    n = 3000
+    regions = ["eu", "us", "apac"]
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "region": [regions[i % 3] for i in range(n)],
+            "amount": [round((i * 37 % 1000) / 7.0, 3) for i in range(n)],
+            "name": [None if i % 11 == 0 else f"n{i % 97:03d}" for i in range(n)],
+        }
+    )
+    root = tmp_path / "sales"
+    pq.write_to_dataset(table, root, partition_cols=["region"])
+    return root
+
+
+PARQUET_QUERY = (
+    "SELECT region, count(*) AS n, sum(amount) AS total, min(name) AS first_name, "
+    "count(name) AS named FROM sales WHERE id % 5 <> 0 GROUP BY region ORDER BY region"
+)
+PARQUET_COLUMNS = ["region", "n", "total", "first_name", "named"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "ndjson"])
+def test_parquet_directory_query_equals_duckdb_in_every_format(broker, parquet_dir, fmt):
+    create = f"CREATE EXTERNAL TABLE sales STORED AS PARQUET LOCATION '{parquet_dir}/'"
+    out = ok(spate_sql(broker.bootstrap, "--format", fmt, "-c", create, "-c", PARQUET_QUERY))
+    duck = duckdb.sql(
+        PARQUET_QUERY.replace("FROM sales", f"FROM read_parquet('{parquet_dir}/**/*.parquet', hive_partitioning=true)")
+    ).fetchall()
+    assert_rows_equal(parse(fmt, out), duck, PARQUET_COLUMNS, fmt)
+
+
+def test_table_format_prints_a_table_and_the_row_count(broker, parquet_dir):
+    proc = spate_sql(
+        broker.bootstrap,
+        "-c",
+        f"CREATE EXTERNAL TABLE sales STORED AS PARQUET LOCATION '{parquet_dir}/'",
+        "-c",
+        "SELECT id, region FROM sales ORDER BY id",
+        "--maxrows",
+        "5",
+    )
+    out = ok(proc)
+    assert "| id | region |" in out, out
+    assert "| 4  |" in out and "| 5  |" not in out, out
+    assert "2995 more rows not shown (--maxrows 5)" in out, out
+    # One line per statement on stderr: the DDL's and the SELECT's.
+    assert "0 rows in " in proc.stderr and "3000 rows in " in proc.stderr, proc.stderr
+    quiet = spate_sql(broker.bootstrap, "--quiet", "-c", "SELECT 1 AS one", "--format", "csv")
+    assert ok(quiet) == "one\n1\n" and quiet.stderr == "", quiet.stderr
+
+
+def test_piped_shell_survives_bad_statements(broker):
+    script = "\n".join(
+        [
+            "SELEC 1;",  # a syntax error
+            "SELECT * FROM no_such_table;",  # an unknown table
+            "SELECT nope FROM (VALUES (1)) AS t(a);",  # an unknown column
+            "SELECT 'still; alive' AS s,",
+            "       41 + 1 AS answer;",
+            "SELECT 'last without a semicolon' AS s",
+        ]
+    )
+    proc = spate_sql(broker.bootstrap, "--format", "ndjson", stdin=script)
+    assert proc.returncode == 1, proc
+    rows = parse("ndjson", proc.stdout)
+    assert rows == [{"s": "still; alive", "answer": 42}, {"s": "last without a semicolon"}], proc.stdout
+    err = proc.stderr
+    assert "SELEC" in err, err
+    assert "no_such_table" in err and "not found" in err, err
+    assert "nope" in err, err
+    # Plan errors blame the query; the last line sums up.
+    assert err.count("(fix the query)") >= 3, err
+    assert err.rstrip().endswith("error: 3 of 5 statements failed"), err
+
+
+def test_piped_shell_exits_zero_when_every_statement_succeeds_and_stops_at_quit(broker):
+    proc = spate_sql(broker.bootstrap, "--format", "csv", "-q", stdin="SELECT 1 AS a;\n\\q\nSELECT 2 AS a;\n")
+    assert ok(proc) == "a\n1\n"
+
+
+def test_file_with_several_statements_and_a_semicolon_in_a_string(broker, tmp_path):
+    script = tmp_path / "q.sql"
+    script.write_text(
+        "-- a comment; with a semicolon\n"
+        "CREATE VIEW v AS SELECT * FROM (VALUES (1, 'a;b'), (2, 'c')) AS t(id, s);\n"
+        "SELECT id, s FROM v ORDER BY id;\n"
+        "/* ; */ SELECT count(*) AS n FROM v WHERE s LIKE '%;%'\n"
+    )
+    out = ok(spate_sql(broker.bootstrap, "--format", "ndjson", "-f", str(script)))
+    assert parse("ndjson", out) == [{"id": 1, "s": "a;b"}, {"id": 2, "s": "c"}, {"n": 1}]
+
+
+def test_file_stops_at_the_first_failing_statement_and_names_it(broker, tmp_path):
+    script = tmp_path / "bad.sql"
+    script.write_text("SELECT 1 AS a;\n\nSELECT x\n  FROM missing_topic;\nSELECT 3 AS a;\n")
+    proc = spate_sql(broker.bootstrap, "--format", "csv", "-f", str(script))
+    assert proc.returncode == 1
+    assert proc.stdout == "a\n1\n", proc.stdout
+    assert f"{script}, statement 2 (line 3)" in proc.stderr, proc.stderr
+    assert "missing_topic" in proc.stderr, proc.stderr
+
+
+def test_commands_and_files_run_in_command_line_order(broker, tmp_path):
+    setup = tmp_path / "setup.sql"
+    setup.write_text("CREATE VIEW w AS SELECT 7 AS seven;")
+    out = ok(spate_sql(broker.bootstrap, "--format", "csv", "-f", str(setup), "-c", "SELECT seven FROM w"))
+    assert out == "seven\n7\n"
+
+
+def test_explain_and_show_tables(broker):
+    plan = ok(spate_sql(broker.bootstrap, "-c", "EXPLAIN SELECT a + 1 FROM (VALUES (1), (2)) AS t(a) WHERE a > 1"))
+    assert "logical_plan" in plan and "physical_plan" in plan, plan
+    assert "Filter" in plan, plan
+    tables = parse("csv", ok(spate_sql(broker.bootstrap, "--format", "csv", "-c", "SHOW TABLES")))
+    assert {"table_catalog", "table_schema", "table_name", "table_type"} <= set(tables[0].keys())
+    assert any(t["table_name"] == "tables" and t["table_schema"] == "information_schema" for t in tables)
+
+
+def test_unterminated_string_in_a_command_is_a_clear_error(broker):
+    proc = spate_sql(broker.bootstrap, "-c", "SELECT 'open")
+    assert proc.returncode == 1
+    assert "Unterminated string literal" in proc.stderr and "-c #1" in proc.stderr, proc.stderr
