@@ -11,7 +11,11 @@ import csv
 import io
 import json
 import math
+import os
+import select
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import duckdb
@@ -200,3 +204,85 @@ def test_unterminated_string_in_a_command_is_a_clear_error(broker):
     proc = spate_sql(broker.bootstrap, "-c", "SELECT 'open")
     assert proc.returncode == 1
     assert "Unterminated string literal" in proc.stderr and "-c #1" in proc.stderr, proc.stderr
+
+
+class Pty:
+    """`spate sql` on a pseudo-terminal, as a person at a shell runs it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: become spate
+            os.execve(argv[0], argv, env)
+        self.out = b""
+
+    def expect(self, marker: bytes, timeout_s: float = 10.0) -> bytes:
+        """Reads until `marker` shows up after what earlier expects consumed; returns what came."""
+        deadline = time.monotonic() + timeout_s
+        while marker not in self.out:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {marker!r} on the terminal; it shows:\n{self.out.decode(errors='replace')}")
+            ready, _, _ = select.select([self.fd], [], [], min(remaining, 0.2))
+            if ready:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        seen, _, self.out = self.out.partition(marker)
+        return seen + marker
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout_s: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 65536)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        raise AssertionError("spate sql did not leave the shell")
+
+
+def test_interactive_shell_multiline_ctrl_c_and_history(broker, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "NO_COLOR": "1"}
+    shell = Pty([spate_binary(), "sql", "--bootstrap-server", broker.bootstrap], env)
+    shell.expect(b"spate> ")
+    # A statement over three lines, a `;` inside its string.
+    shell.send(b"SELECT 'x;\r")
+    shell.expect(b"    -> ")
+    shell.send(b"y' AS s,\r")
+    shell.expect(b"    -> ")
+    shell.send(b"  6 * 7 AS answer;\r")
+    shown = shell.expect(b"1 row in ")
+    assert b"| 42     |" in shown, shown
+    # Ctrl-C drops a half-typed statement...
+    shell.expect(b"spate> ")
+    shell.send(b"SELECT nothing\r")
+    shell.expect(b"    -> ")
+    shell.send(b"\x03")
+    shell.expect(b"spate> ")
+    # ...and cancels a running query; the shell goes on.
+    shell.send(b"SELECT count(*) FROM generate_series(1, 100000000000);\r")
+    time.sleep(0.5)
+    shell.send(b"\x03")
+    shell.expect(b"query cancelled")
+    shell.send(b"SELECT * FROM no_such_table;\r")
+    shell.expect(b"not found")
+    shell.send(b"SELECT 'after' AS s;\r")
+    assert b"after" in shell.expect(b"1 row in ")
+    shell.expect(b"spate> ")
+    shell.send(b"\\q\r")
+    assert shell.wait() == 0
+    history = (tmp_path / ".spate_sql_history").read_text()
+    assert "SELECT 'x;\\ny' AS s,\\n  6 * 7 AS answer;" in history, history
+    assert "SELECT nothing" not in history, history
