@@ -582,7 +582,8 @@ impl<W: Write> Printer<W> {
                 let table = pretty_format_batches_with_schema(schema, &kept)?;
                 writeln!(out, "{table}").map_err(io)?;
                 if hidden_rows > 0 {
-                    writeln!(out, "… {hidden_rows} more rows not shown (--maxrows {maxrows})").map_err(io)?;
+                    let rows = if hidden_rows == 1 { "row" } else { "rows" };
+                    writeln!(out, "… {hidden_rows} more {rows} not shown (--maxrows {maxrows})").map_err(io)?;
                 }
                 out.flush().map_err(io)?;
                 Ok(Some(out))

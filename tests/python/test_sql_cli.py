@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import spate_binary
+from spatetest import create_topic, produce, unique_topic
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -286,3 +287,67 @@ def test_interactive_shell_multiline_ctrl_c_and_history(broker, tmp_path):
     history = (tmp_path / ".spate_sql_history").read_text()
     assert "SELECT 'x;\\ny' AS s,\\n  6 * 7 AS answer;" in history, history
     assert "SELECT nothing" not in history, history
+
+
+@pytest.fixture
+def clicks_topic(broker, tmp_path):
+    """A 3-partition topic of JSON clicks produced with confluent-kafka, 3 of them malformed; also
+    written to an NDJSON file for DuckDB. Returns (topic, ndjson path, delivered partitions)."""
+    topic = unique_topic("clicks")
+    create_topic(broker.bootstrap, topic, partitions=3)
+    records = []
+    for i in range(900):
+        click = {"user": f"u{i % 17:02d}", "page": f"/p/{i % 5}", "amount": round((i * 7919 % 1000) / 8.0, 3)}
+        if i % 50 == 0:
+            click["amount"] = None
+        records.append(click)
+    values = [(i % 3, None, json.dumps(r).encode(), []) for i, r in enumerate(records)]
+    values += [(p, None, b"{not json", []) for p in range(3)]
+    delivered = produce(broker.bootstrap, topic, values)
+    ndjson = tmp_path / "clicks.ndjson"
+    ndjson.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return topic, ndjson, [m.partition() for m in delivered]
+
+
+TOPIC_QUERY = (
+    'SELECT "user", count(*) AS n, count(amount) AS priced, sum(amount) AS total, max(page) AS last_page '
+    'FROM {table} WHERE "user" IS NOT NULL GROUP BY "user" ORDER BY "user"'
+)
+TOPIC_COLUMNS = ["user", "n", "priced", "total", "last_page"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "ndjson"])
+def test_topic_query_equals_duckdb_in_every_format(broker, clicks_topic, fmt):
+    topic, ndjson, _ = clicks_topic
+    proc = spate_sql(broker.bootstrap, "--format", fmt, "-c", TOPIC_QUERY.format(table=f'"{topic}"'))
+    got = parse(fmt, ok(proc))
+    duck = duckdb.sql(TOPIC_QUERY.format(table=f"read_json_auto('{ndjson}')")).fetchall()
+    assert_rows_equal(got, duck, TOPIC_COLUMNS, fmt)
+    # The three malformed values read as NULL columns, and the user hears of it.
+    assert "warning: 3 records did not decode as json and read as NULL" in proc.stderr, proc.stderr
+
+
+def test_topic_metadata_columns_and_show_tables(broker, clicks_topic):
+    topic, _, partitions = clicks_topic
+    per_partition = parse(
+        "csv",
+        ok(
+            spate_sql(
+                broker.bootstrap,
+                "--format",
+                "csv",
+                "-c",
+                f'SELECT _partition, count(*) AS n, max(_offset) AS last FROM "{topic}" GROUP BY _partition ORDER BY 1',
+            )
+        ),
+    )
+    want = [(p, partitions.count(p), partitions.count(p) - 1) for p in sorted(set(partitions))]
+    assert_rows_equal(per_partition, want, ["_partition", "n", "last"], "csv")
+    tables = parse("csv", ok(spate_sql(broker.bootstrap, "--format", "csv", "-c", "SHOW TABLES")))
+    assert any(t["table_name"] == topic for t in tables), tables
+
+
+def test_unknown_topic_is_a_clear_error(broker):
+    proc = spate_sql(broker.bootstrap, "-c", 'SELECT * FROM "no-such-topic"')
+    assert proc.returncode == 1
+    assert "no-such-topic" in proc.stderr and "(fix the query)" in proc.stderr, proc.stderr
