@@ -8,6 +8,8 @@
 //! Parquet directories join the same queries through DataFusion's own
 //! `CREATE EXTERNAL TABLE … STORED AS PARQUET LOCATION '…'`.
 
+pub mod continuous;
+
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
