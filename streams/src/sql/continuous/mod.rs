@@ -78,7 +78,6 @@ impl ContinuousQuery {
         let (options, table_schema) = source_table(ctx, &plan.source_table).await?;
         let decoder = Arc::new(RecordDecoder::new(&options, table_schema.clone(), None)?);
         let source = nodes::Source {
-            topic: options.topic.clone(),
             decoder: decoder.clone(),
             lateness_ms: options.lateness_ms,
             idle_timeout_ms: options.idle_timeout_ms,
@@ -261,7 +260,8 @@ fn column_names(schema: &SchemaRef) -> String {
 /// The options and full schema of the topic table `name` of `ctx`.
 async fn source_table(ctx: &SqlContext, name: &str) -> Result<(TableOptions, SchemaRef), StreamsError> {
     let provider = ctx.session().table_provider(name).await.map_err(super::plan_error)?;
-    let Some(table) = provider.as_any().downcast_ref::<super::table::TopicTable>() else {
+    let any: &dyn std::any::Any = provider.as_ref();
+    let Some(table) = any.downcast_ref::<super::table::TopicTable>() else {
         return Err(StreamsError::SqlPlan {
             message: format!("table {name} is not a topic: continuous queries read topics"),
             position: None,

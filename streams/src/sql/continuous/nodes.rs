@@ -51,7 +51,6 @@ const SESSION_ROW: u8 = 2;
 /// The source table as the query reads it.
 #[derive(Clone)]
 pub(crate) struct Source {
-    pub topic: String,
     pub decoder: Arc<RecordDecoder>,
     pub lateness_ms: i64,
     pub idle_timeout_ms: Option<i64>,
@@ -129,7 +128,7 @@ pub(crate) fn add_batching_source(
                 f(ctx, records)
             }
         };
-        let mut on_full = flush(&handle);
+        let on_full = flush(&handle);
         let h = handle.clone();
         let source: SourceFn = Box::new(move |ctx: &mut TaskContext, rec: &ConsumerRecord| {
             ctx.record_timestamp_ms = rec.timestamp_ms;
@@ -146,7 +145,7 @@ pub(crate) fn add_batching_source(
         });
         tb.sources.push((source_topic.resolve(tb.application_id), source));
         tb.flushers.push(Box::new(flush(&handle)));
-        let mut on_linger = flush(&handle);
+        let on_linger = flush(&handle);
         tb.punctuators.push(Punctuator {
             kind: PunctuationType::WallClockTime,
             interval_ms: BATCH_LINGER_MS,

@@ -26,7 +26,6 @@ fn source(with: &[(&str, &str)]) -> (TableOptions, nodes::Source) {
     ]);
     let decoder = Arc::new(RecordDecoder::new(&options, schema, None).unwrap());
     let source = nodes::Source {
-        topic: "src".into(),
         decoder,
         lateness_ms: options.lateness_ms,
         idle_timeout_ms: options.idle_timeout_ms,
@@ -103,7 +102,7 @@ fn events(seed: u64, n: usize) -> Vec<(&'static str, i64, i64)> {
     let keys = ["a", "b", "c"];
     (0..n as i64)
         .map(|i| {
-            let jitter = (next() % 4_000) as i64;
+            let jitter = (next() % 8_000) as i64;
             (keys[(next() % 3) as usize], (next() % 100) as i64, (i * 300 - jitter).max(0))
         })
         .collect()

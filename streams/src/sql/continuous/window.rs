@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(hop.next_end_after(i64::MIN), i64::MIN);
         assert_eq!(hop.next_end_after(9), 10);
         assert_eq!(hop.next_end_after(10), 15);
-        assert_eq!(hop.next_end_after(-3), 5, "the window [-5, 5) does not exist but its end bounds nothing");
+        assert_eq!(hop.next_end_after(-3), 0, "ends are k·slide + size for any k");
         let closing: Vec<Window> = hop.closing(7, 9, 15).collect();
         assert_eq!(closing, vec![Window { start_ms: 0, end_ms: 10 }, Window { start_ms: 5, end_ms: 15 }]);
         let closing: Vec<Window> = hop.closing(7, 10, 15).collect();
