@@ -83,7 +83,11 @@ async fn read_until(
         if done(&records) {
             return records;
         }
-        assert!(Instant::now() < deadline, "{topic}: condition not met within {timeout:?}; got {} records", records.len());
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: condition not met within {timeout:?}; got {} records",
+            records.len()
+        );
     }
 }
 
@@ -243,7 +247,10 @@ async fn tumble_results_equal_the_dsl_and_the_model_with_late_records() {
         .iter()
         .map(|r| {
             let v = json(r);
-            ((v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()), v["n"].as_i64().unwrap())
+            (
+                (v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()),
+                v["n"].as_i64().unwrap(),
+            )
         })
         .collect();
     let sql_counts: BTreeMap<(String, i64, i64), i64> = got.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
@@ -301,7 +308,10 @@ async fn hop_results_equal_the_dsl() {
         .iter()
         .map(|r| {
             let v = json(r);
-            ((v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()), v["n"].as_i64().unwrap())
+            (
+                (v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()),
+                v["n"].as_i64().unwrap(),
+            )
         })
         .collect();
     let sql_counts: BTreeMap<(String, i64, i64), i64> = got.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
@@ -317,8 +327,15 @@ async fn sessions_close_after_the_gap_and_late_records_are_dropped() {
     // Gap 10 s, lateness 0. a: 0, 5, 15 → one session [0, 15] (+gap: window_end 25 s); b: 2 → [2, 2].
     // a at 40 s: watermark 40 closes a's [0,15] (15 + 10 < 40) and b's. Then b at 3 s is late
     // (its session would end at 3, 3 + 10 < 40). c at 60 s closes a's [40, 40] (50 < 60).
-    let events: Vec<Event> =
-        vec![("a", 1, 0), ("a", 2, 5 * s), ("b", 7, 2 * s), ("a", 3, 15 * s), ("a", 4, 40 * s), ("b", 100, 3 * s), ("c", 0, 60 * s)];
+    let events: Vec<Event> = vec![
+        ("a", 1, 0),
+        ("a", 2, 5 * s),
+        ("b", 7, 2 * s),
+        ("a", 3, 15 * s),
+        ("a", 4, 40 * s),
+        ("b", 100, 3 * s),
+        ("c", 0, 60 * s),
+    ];
     produce(&broker, "sq-in", &events).await;
     let ctx = context(&broker, "CREATE TABLE sq (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = 'sq-in')").await;
     let state = tempfile::tempdir().unwrap();
@@ -385,7 +402,8 @@ async fn restart_keeps_totals(crash: bool) {
     let dir = if crash { state2.path() } else { state.path() };
     let query = ContinuousQuery::start(&ctx, &sql, "restart-query", &extra(dir)).await.unwrap();
     let expected = model_time_windows(&events, 10_000, 10_000, 1_000);
-    let records = read_until(&broker, output, Duration::from_secs(60), |r| windows_of(r).0.len() >= expected.len()).await;
+    let records =
+        read_until(&broker, output, Duration::from_secs(60), |r| windows_of(r).0.len() >= expected.len()).await;
     let (got, n) = windows_of(&records);
     assert_eq!(got, expected, "totals per window after a {} restart", if crash { "crash" } else { "clean" });
     if !crash {

@@ -198,7 +198,8 @@ fn resolve_group_expr(expr: &Expr, projection: &[SelectItem]) -> Result<Expr, St
     match expr {
         Expr::Value(v) => {
             if let Value::Number(n, _) = &v.value {
-                let index: usize = n.parse().map_err(|_| plan_error(format!("GROUP BY {n} is not a column position")))?;
+                let index: usize =
+                    n.parse().map_err(|_| plan_error(format!("GROUP BY {n} is not a column position")))?;
                 return match index.checked_sub(1).and_then(|i| projection.get(i)) {
                     Some(SelectItem::UnnamedExpr(e)) | Some(SelectItem::ExprWithAlias { expr: e, .. }) => Ok(e.clone()),
                     _ => Err(plan_error(format!("GROUP BY {index} does not name a select item"))),
@@ -292,9 +293,7 @@ fn window_function(name: &ObjectName, args: &[FunctionArg]) -> Result<(String, W
         "HOP" => {
             let (slide_ms, size_ms) = (interval(2, "slide")?, interval(3, "size")?);
             if slide_ms > size_ms {
-                return Err(plan_error(format!(
-                    "HOP's slide ({slide_ms} ms) must not exceed its size ({size_ms} ms)"
-                )));
+                return Err(plan_error(format!("HOP's slide ({slide_ms} ms) must not exceed its size ({size_ms} ms)")));
             }
             WindowSpec::Hop { slide_ms, size_ms }
         }
@@ -351,7 +350,8 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
             "d" | "day" | "days" => 86_400_000,
             other => return Err(format!("unknown unit '{other}' (milliseconds, seconds, minutes, hours, days)")),
         };
-        total = n.checked_mul(unit_ms).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("'{text}' overflows"))?;
+        total =
+            n.checked_mul(unit_ms).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("'{text}' overflows"))?;
     }
     Ok(total)
 }
@@ -428,9 +428,13 @@ mod tests {
         assert!(err("INSERT INTO o SELECT k, count(*) FROM s GROUP BY k").contains("needs a window"));
         assert!(err("INSERT INTO o SELECT * FROM TUMBLE(s, ts) GROUP BY window_start").contains("3 arguments"));
         assert!(err("INSERT INTO o SELECT * FROM TUMBLE(s, ts, 10) GROUP BY window_start").contains("INTERVAL"));
-        assert!(err("INSERT INTO o SELECT * FROM HOP(s, ts, INTERVAL '2' MINUTE, INTERVAL '1' MINUTE) GROUP BY window_start")
-            .contains("slide"));
-        assert!(err("INSERT INTO o SELECT * FROM GENERATE(s, ts, INTERVAL '1' SECOND)").contains("unknown table function"));
+        assert!(err(
+            "INSERT INTO o SELECT * FROM HOP(s, ts, INTERVAL '2' MINUTE, INTERVAL '1' MINUTE) GROUP BY window_start"
+        )
+        .contains("slide"));
+        assert!(
+            err("INSERT INTO o SELECT * FROM GENERATE(s, ts, INTERVAL '1' SECOND)").contains("unknown table function")
+        );
         assert!(err("INSERT INTO o SELECT * FROM a JOIN b ON a.id = b.id").contains("join"));
         assert!(err("INSERT INTO o SELECT * FROM s; INSERT INTO p SELECT * FROM s").contains("2 statements"));
         assert!(err("INSERT INTO o SELECT * FROM s ORDER BY a").contains("ORDER BY"));

@@ -50,7 +50,8 @@ impl SourceRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let len = 1 + 4 + 8 + 8 + 12 + self.key.as_ref().map_or(0, |b| b.len()) + self.value.as_ref().map_or(0, |b| b.len());
+        let len =
+            1 + 4 + 8 + 8 + 12 + self.key.as_ref().map_or(0, |b| b.len()) + self.value.as_ref().map_or(0, |b| b.len());
         let mut out = Vec::with_capacity(len);
         out.push(VERSION);
         out.extend_from_slice(&self.partition.to_be_bytes());

@@ -133,7 +133,12 @@ pub(crate) fn event_times_ms(column: &ArrayRef) -> Result<Vec<Option<i64>>, Stre
 pub(crate) fn is_time_type(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Timestamp(..) | DataType::Int64 | DataType::Int32 | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        DataType::Timestamp(..)
+            | DataType::Int64
+            | DataType::Int32
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
     )
 }
 
@@ -163,7 +168,11 @@ pub(crate) fn rows_as_json(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, StreamsE
 }
 
 /// `batch` restricted to `columns` (by index), renamed to `names`.
-pub(crate) fn select_columns(batch: &RecordBatch, columns: &[usize], names: &[String]) -> Result<RecordBatch, StreamsError> {
+pub(crate) fn select_columns(
+    batch: &RecordBatch,
+    columns: &[usize],
+    names: &[String],
+) -> Result<RecordBatch, StreamsError> {
     let fields: Vec<Field> = columns
         .iter()
         .zip(names)
@@ -183,10 +192,8 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, StringArray};
 
     fn batch() -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, true),
-            Field::new("x", DataType::Int64, true),
-        ]));
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("x", DataType::Int64, true)]));
         RecordBatch::try_new(
             schema,
             vec![
@@ -207,11 +214,8 @@ mod tests {
         assert!(sql.aggregates());
         for _ in 0..2 {
             let out = sql.run(vec![batch()]).unwrap();
-            let rows: Vec<String> = out
-                .iter()
-                .flat_map(|b| rows_as_json(b).unwrap())
-                .map(|r| String::from_utf8(r).unwrap())
-                .collect();
+            let rows: Vec<String> =
+                out.iter().flat_map(|b| rows_as_json(b).unwrap()).map(|r| String::from_utf8(r).unwrap()).collect();
             assert_eq!(rows, vec![r#"{"k":"a","s":4}"#, r#"{"k":"b","s":2}"#, r#"{"k":null,"s":4}"#]);
         }
     }

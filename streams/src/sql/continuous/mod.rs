@@ -203,7 +203,11 @@ pub async fn run_continuous(
 }
 
 /// The topology of an analysed statement reading the table with `options` through `source`.
-fn compile(plan: &analyze::ContinuousPlan, options: &TableOptions, source: nodes::Source) -> Result<crate::Topology, StreamsError> {
+fn compile(
+    plan: &analyze::ContinuousPlan,
+    options: &TableOptions,
+    source: nodes::Source,
+) -> Result<crate::Topology, StreamsError> {
     let builder = StreamsBuilder::new();
     let out = TopicName::User(plan.out_topic.clone());
     let select: Arc<str> = Arc::from(plan.select_sql.as_str());
@@ -272,9 +276,10 @@ async fn source_table(ctx: &SqlContext, name: &str) -> Result<(TableOptions, Sch
 
 /// Creates the output topic with the source topic's partition count if it does not exist.
 async fn ensure_output_topic(config: &StreamsConfig, source: &str, out: &str) -> Result<(), StreamsError> {
-    let admin = Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
-        .await
-        .map_err(|e| StreamsError::Config(format!("cannot reach the cluster to check output topic {out}: {e}")))?;
+    let admin =
+        Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
+            .await
+            .map_err(|e| StreamsError::Config(format!("cannot reach the cluster to check output topic {out}: {e}")))?;
     let existing =
         admin.list_topics(false).await.map_err(|e| StreamsError::Config(format!("cannot list topics: {e}")))?;
     if existing.iter().any(|t| t == out) {

@@ -21,7 +21,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit,
 use datafusion::arrow::record_batch::RecordBatch;
 use spate_client::ConsumerRecord;
 
-use super::analyze::{GroupKey, KEY_COLUMN_PREFIX, SOURCE_KEY_COLUMN, SOURCE_TS_COLUMN, WINDOW_END, WINDOW_END_COLUMN, WINDOW_START};
+use super::analyze::{
+    GroupKey, KEY_COLUMN_PREFIX, SOURCE_KEY_COLUMN, SOURCE_TS_COLUMN, WINDOW_END, WINDOW_END_COLUMN, WINDOW_START,
+};
 use super::envelope::SourceRecord;
 use super::exec::{event_times_ms, rows_as_json, select_columns, BatchSql};
 use super::window::{EventClock, SessionIndex, SessionInsert, TimeWindowing, Window};
@@ -57,7 +59,11 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    fn decode(&self, records: &[SourceRecord], windows: Option<&[(usize, Window)]>) -> Result<(RecordBatch, u64), StreamsError> {
+    fn decode(
+        &self,
+        records: &[SourceRecord],
+        windows: Option<&[(usize, Window)]>,
+    ) -> Result<(RecordBatch, u64), StreamsError> {
         let raw = |i: usize| {
             let r = &records[i];
             RawRecord {
@@ -85,7 +91,11 @@ pub(crate) fn windowed_schema(table: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn with_windows(batch: RecordBatch, windows: &[(usize, Window)], schema: &SchemaRef) -> Result<RecordBatch, StreamsError> {
+fn with_windows(
+    batch: RecordBatch,
+    windows: &[(usize, Window)],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, StreamsError> {
     let starts = TimestampMillisecondArray::from_iter_values(windows.iter().map(|(_, w)| w.start_ms));
     let ends = TimestampMillisecondArray::from_iter_values(windows.iter().map(|(_, w)| w.end_ms));
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
@@ -187,7 +197,10 @@ pub(crate) fn stateless_stage(
                 let keys = result.column(key_col).as_string_opt::<i32>().cloned();
                 let times = event_times_ms(result.column(ts_col))?;
                 for (row, value) in values.into_iter().enumerate() {
-                    let key = keys.as_ref().filter(|k| k.is_valid(row)).map(|k| Bytes::copy_from_slice(k.value(row).as_bytes()));
+                    let key = keys
+                        .as_ref()
+                        .filter(|k| k.is_valid(row))
+                        .map(|k| Bytes::copy_from_slice(k.value(row).as_bytes()));
                     ctx.out.push(OutRecord {
                         topic: out_topic.clone(),
                         partition: None,
@@ -334,7 +347,10 @@ fn parse_session_key(k: &[u8]) -> Option<(&[u8], i64)> {
 enum Windowing {
     Time(TimeWindowing),
     /// The index is built from the store when the task starts.
-    Session { gap_ms: i64, index: Option<SessionIndex> },
+    Session {
+        gap_ms: i64,
+        index: Option<SessionIndex>,
+    },
 }
 
 /// Sub-topology 1 of a windowed query: one task's window state and emission.
@@ -517,7 +533,12 @@ impl WindowStage {
     }
 
     /// Runs the SELECT over `records` placed in `windows` and writes its rows.
-    fn emit(&mut self, ctx: &mut TaskContext, records: &[SourceRecord], windows: &[(usize, Window)]) -> Result<(), StreamsError> {
+    fn emit(
+        &mut self,
+        ctx: &mut TaskContext,
+        records: &[SourceRecord],
+        windows: &[(usize, Window)],
+    ) -> Result<(), StreamsError> {
         if windows.is_empty() {
             return Ok(());
         }
@@ -582,9 +603,8 @@ pub(crate) fn add_window_stage(
         let key_columns: Vec<usize> =
             (0..key_names.len()).map(|i| index(&format!("{KEY_COLUMN_PREFIX}{i}"))).collect::<Result<_, _>>()?;
         let window_end_column = index(WINDOW_END_COLUMN)?;
-        let value_columns: Vec<usize> = (0..output.fields().len())
-            .filter(|i| !key_columns.contains(i) && *i != window_end_column)
-            .collect();
+        let value_columns: Vec<usize> =
+            (0..output.fields().len()).filter(|i| !key_columns.contains(i) && *i != window_end_column).collect();
         let value_names = value_columns.iter().map(|&i| output.field(i).name().clone()).collect();
         let windowing = match windowing {
             super::analyze::WindowSpec::Session { gap_ms } => Windowing::Session { gap_ms, index: None },

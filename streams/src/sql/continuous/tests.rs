@@ -25,11 +25,7 @@ fn source(with: &[(&str, &str)]) -> (TableOptions, nodes::Source) {
         Field::new("ts", DataType::Int64, true),
     ]);
     let decoder = Arc::new(RecordDecoder::new(&options, schema, None).unwrap());
-    let source = nodes::Source {
-        decoder,
-        lateness_ms: options.lateness_ms,
-        idle_timeout_ms: options.idle_timeout_ms,
-    };
+    let source = nodes::Source { decoder, lateness_ms: options.lateness_ms, idle_timeout_ms: options.idle_timeout_ms };
     (options, source)
 }
 
@@ -83,12 +79,16 @@ fn dsl(windows: TimeWindows, events: &[(&str, i64, i64)], dir: &std::path::Path)
         .iter()
         .map(|r| {
             let v: Json = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-            ((v[0].as_str().unwrap().to_owned(), v[1].as_i64().unwrap(), v[2].as_i64().unwrap()), v[3].as_i64().unwrap())
+            (
+                (v[0].as_str().unwrap().to_owned(), v[1].as_i64().unwrap(), v[2].as_i64().unwrap()),
+                v[3].as_i64().unwrap(),
+            )
         })
         .collect()
 }
 
-const SELECT: &str = "CAST(window_start AS BIGINT) AS ws, CAST(window_end AS BIGINT) AS we, k, count(*) AS n, sum(x) AS total";
+const SELECT: &str =
+    "CAST(window_start AS BIGINT) AS ws, CAST(window_end AS BIGINT) AS we, k, count(*) AS n, sum(x) AS total";
 
 /// A seeded shuffle of in-order events: out-of-order within and beyond the lateness.
 fn events(seed: u64, n: usize) -> Vec<(&'static str, i64, i64)> {
@@ -148,7 +148,18 @@ fn sessions_emit_once_per_closed_session() {
     let sql = format!("INSERT INTO out SELECT {SELECT} FROM SESSION(src, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, k");
     let mut d = driver(&sql, &[], dir.path());
     let s = 1_000;
-    pipe(&mut d, &[("a", 1, 0), ("a", 2, 5 * s), ("b", 7, 2 * s), ("a", 3, 15 * s), ("a", 4, 40 * s), ("b", 100, 3 * s), ("c", 0, 60 * s)]);
+    pipe(
+        &mut d,
+        &[
+            ("a", 1, 0),
+            ("a", 2, 5 * s),
+            ("b", 7, 2 * s),
+            ("a", 3, 15 * s),
+            ("a", 4, 40 * s),
+            ("b", 100, 3 * s),
+            ("c", 0, 60 * s),
+        ],
+    );
     let got = results(&mut d, "out");
     let expected: BTreeMap<_, _> = [
         (("a".to_owned(), 0, 25 * s), (3, 6)),

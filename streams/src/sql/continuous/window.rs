@@ -296,7 +296,8 @@ mod tests {
     #[test]
     fn sessions_match_the_dsl_close_rule() {
         use crate::window::SessionWindows;
-        let dsl = SessionWindows::of_inactivity_gap_and_grace(Duration::from_millis(10), Duration::from_millis(3)).unwrap();
+        let dsl =
+            SessionWindows::of_inactivity_gap_and_grace(Duration::from_millis(10), Duration::from_millis(3)).unwrap();
         for stream_time in 0..60 {
             for last in 0..40 {
                 let session = crate::window::SessionWindow { start_ms: 0, end_ms: last };
