@@ -8,14 +8,35 @@
 //! Parquet directories join the same queries through DataFusion's own
 //! `CREATE EXTERNAL TABLE … STORED AS PARQUET LOCATION '…'`.
 
+pub(crate) mod catalog;
+pub mod continuous;
+pub(crate) mod format;
+pub(crate) mod infer;
+pub mod options;
+pub(crate) mod pushdown;
+pub(crate) mod scan;
+pub(crate) mod table;
+
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{SessionConfig, SessionContext};
+/// The DataFusion this layer is built on, for callers that handle its batches and types.
+pub use datafusion;
 
-use crate::StreamsError;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{self as sql_ast, CreateTableOptions, SqlOption};
+
+use crate::{SqlPosition, StreamsError};
+use catalog::{ClusterHandle, TopicSchemaProvider};
+use format::METADATA_COLUMNS;
+use options::TableOptions;
+use scan::{ClientSettings, TopicScanExec, MALFORMED_METRIC};
+use table::TopicTable;
 
 /// How a [`SqlContext`] reaches the cluster and bounds its work.
 #[derive(Debug, Clone)]
@@ -42,17 +63,41 @@ pub struct QueryResult {
     pub malformed_records: u64,
 }
 
+impl QueryResult {
+    fn empty() -> Self {
+        QueryResult { schema: Arc::new(Schema::empty()), batches: Vec::new(), malformed_records: 0 }
+    }
+}
+
 /// A SQL session over one cluster: DataFusion's `SessionContext` with the topics as tables.
 pub struct SqlContext {
     config: SqlConfig,
     session: SessionContext,
+    cluster: Arc<ClusterHandle>,
+    schema: Arc<TopicSchemaProvider>,
 }
 
 impl SqlContext {
-    /// A session over the cluster at `config.bootstrap_servers`.
+    /// A session over the cluster at `config.bootstrap_servers`. Connects lazily: a session that
+    /// only reads Parquet files needs no broker.
     pub async fn connect(config: SqlConfig) -> Result<SqlContext, StreamsError> {
-        let session = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-        Ok(SqlContext { config, session })
+        let mut session_config = SessionConfig::new().with_information_schema(true);
+        // Spans let plan errors point at the offending token.
+        session_config.options_mut().sql_parser.collect_spans = true;
+        let session = SessionContext::new_with_config(session_config);
+        let bootstrap_servers: Vec<String> =
+            config.bootstrap_servers.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        if bootstrap_servers.is_empty() {
+            return Err(StreamsError::SqlExecution("bootstrap.servers is empty".to_owned()));
+        }
+        let cluster =
+            Arc::new(ClusterHandle::new(ClientSettings { bootstrap_servers, client_id: config.client_id.clone() }));
+        let schema = Arc::new(TopicSchemaProvider::new(cluster.clone()));
+        let catalog = session
+            .catalog("datafusion")
+            .ok_or_else(|| StreamsError::SqlExecution("internal: DataFusion has no default catalog".to_owned()))?;
+        catalog.register_schema("public", schema.clone()).map_err(execution_error)?;
+        Ok(SqlContext { config, session, cluster, schema })
     }
 
     /// The session's configuration.
@@ -65,28 +110,239 @@ impl SqlContext {
         &self.session
     }
 
+    /// The options of a table declared with `CREATE TABLE … WITH (topic = …)` or of a topic read
+    /// by its name (inferred), `None` for other tables.
+    pub async fn table_options(&self, name: &str) -> Option<TableOptions> {
+        let table = self.session.table_provider(name).await.ok()?;
+        table.downcast_ref::<TopicTable>().map(|t| t.options().clone())
+    }
+
     /// Runs one statement and collects its result.
     pub async fn sql(&self, sql: &str) -> Result<QueryResult, StreamsError> {
-        let (schema, stream) = self.sql_stream(sql).await?;
-        let batches = datafusion::physical_plan::common::collect(stream).await.map_err(execution_error)?;
-        Ok(QueryResult { schema, batches, malformed_records: 0 })
+        if let Some(result) = self.create_topic_table(sql).await? {
+            return Ok(result);
+        }
+        let plan = self.physical_plan(sql).await?;
+        let (schema, plan, task_ctx) = plan;
+        let batches = datafusion::physical_plan::collect(plan.clone(), task_ctx).await.map_err(execution_error)?;
+        Ok(QueryResult { schema, batches, malformed_records: malformed_records(&plan) })
     }
 
     /// Runs one statement and streams its result (for results too big to hold).
     pub async fn sql_stream(&self, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream), StreamsError> {
-        let df = self.session.sql(sql).await.map_err(plan_error)?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await.map_err(execution_error)?;
+        if let Some(result) = self.create_topic_table(sql).await? {
+            let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                result.schema.clone(),
+                futures_util::stream::empty(),
+            );
+            return Ok((result.schema, Box::pin(stream)));
+        }
+        let (schema, plan, task_ctx) = self.physical_plan(sql).await?;
+        let stream = datafusion::physical_plan::execute_stream(plan, task_ctx).map_err(execution_error)?;
         Ok((schema, stream))
+    }
+
+    async fn physical_plan(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, Arc<dyn ExecutionPlan>, Arc<datafusion::execution::TaskContext>), StreamsError> {
+        // The topic list feeds `SHOW TABLES` and `information_schema` only (table lookups by name
+        // ask the cluster themselves), so it is refreshed only for them.
+        let lower = sql.to_ascii_lowercase();
+        if lower.contains("show") || lower.contains("information_schema") {
+            if let Err(e) = self.schema.refresh_topics().await {
+                tracing::debug!(error = %e, "listing topics for SHOW TABLES failed");
+            }
+        }
+        let df = self.session.sql(sql).await.map_err(|e| self.plan_error(e))?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let task_ctx = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.map_err(|e| self.plan_error(e))?;
+        Ok((schema, plan, task_ctx))
+    }
+
+    /// `CREATE TABLE name (col TYPE, …) WITH (topic = '…', format = '…', …)`: a topic table with
+    /// declared columns (or inferred ones when none are listed). `None` for any other statement,
+    /// which DataFusion runs.
+    async fn create_topic_table(&self, sql: &str) -> Result<Option<QueryResult>, StreamsError> {
+        // A statement that does not parse here is DataFusion's to report.
+        let Ok(statements) = DFParser::parse_sql(sql) else { return Ok(None) };
+        let statements = Vec::from(statements);
+        let [DfStatement::Statement(statement)] = statements.as_slice() else { return Ok(None) };
+        let sql_ast::Statement::CreateTable(create) = statement.as_ref() else { return Ok(None) };
+        let CreateTableOptions::With(with) = &create.table_options else { return Ok(None) };
+        let mut pairs = Vec::with_capacity(with.len());
+        for option in with {
+            match option {
+                SqlOption::KeyValue { key, value } => pairs.push((normalize_option_key(&key.value), option_value(value))),
+                other => return Err(plan_at(format!("table option {other} is not `key = 'value'`"), None)),
+            }
+        }
+        if !pairs.iter().any(|(k, _)| k == "topic" || k == "format") {
+            return Ok(None);
+        }
+        if create.query.is_some() {
+            return Err(plan_at(
+                "CREATE TABLE … WITH (topic = …) AS SELECT is not supported: a topic table reads a topic; \
+                 write one with a continuous INSERT INTO"
+                    .to_owned(),
+                None,
+            ));
+        }
+        let name = create
+            .name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(normalize_ident)
+            .ok_or_else(|| plan_at(format!("table name {} is not an identifier", create.name), None))?;
+        let options = TableOptions::parse(&name, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        if self.schema.is_registered(&name) && !create.or_replace {
+            if create.if_not_exists {
+                return Ok(Some(QueryResult::empty()));
+            }
+            return Err(plan_at(format!("table '{name}' already exists"), None));
+        }
+        if !self.cluster.list_topics(true).await?.contains(&options.topic) {
+            return Err(plan_at(format!("topic '{}' does not exist (table {name})", options.topic), None));
+        }
+        let table = if create.columns.is_empty() {
+            self.cluster.infer_table(options).await?.0
+        } else {
+            let mut casts = Vec::with_capacity(create.columns.len());
+            for column in &create.columns {
+                let column_name = normalize_ident(&column.name);
+                if METADATA_COLUMNS.contains(&column_name.as_str()) {
+                    return Err(plan_at(
+                        format!("column {column_name} is a metadata column every topic table has; rename it"),
+                        span_position(column.name.span),
+                    ));
+                }
+                casts.push(format!("CAST(NULL AS {}) AS \"{}\"", column.data_type, column_name.replace('"', "\"\"")));
+            }
+            let types = self.session.sql(&format!("SELECT {}", casts.join(", "))).await.map_err(|e| self.plan_error(e))?;
+            let fields: Vec<Field> =
+                types.schema().fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect();
+            TopicTable::new(options, format::table_schema(fields), self.cluster.clone())
+        };
+        self.schema.register_declared(&name, Arc::new(table), true);
+        Ok(Some(QueryResult::empty()))
+    }
+
+    /// A planning failure: the query's fault, with its position when DataFusion or the parser
+    /// gives one — unless the cause is ours or the cluster's (a `StreamsError` inside).
+    fn plan_error(&self, e: DataFusionError) -> StreamsError {
+        if let Some(inner) = streams_error(&e) {
+            return inner;
+        }
+        let position = e
+            .diagnostic()
+            .and_then(|d| d.span)
+            .and_then(span_position)
+            .or_else(|| parse_position(&e.to_string()));
+        let mut message = e.strip_backtrace();
+        if let Some(table) = missing_table(&message) {
+            message = format!(
+                "topic '{table}' does not exist and no table of that name is declared (SHOW TABLES lists them): \
+                 {message}"
+            );
+        } else if message.contains("No field named") {
+            let empty = self.schema.empty_topics();
+            if !empty.is_empty() {
+                message = format!(
+                    "{message} (topics {empty:?} had no records to infer value columns from; declare them with \
+                     CREATE TABLE … (col TYPE, …) WITH (topic = '…', format = 'json'))"
+                );
+            }
+        }
+        StreamsError::SqlPlan { message, position }
     }
 }
 
-/// A planning failure: the query's fault.
-pub(crate) fn plan_error(e: datafusion::error::DataFusionError) -> StreamsError {
-    StreamsError::SqlPlan { message: e.to_string(), position: None }
+/// Option keys as written: `sample_records` for `sample.records` (a bare identifier cannot hold a
+/// dot; `"sample.records"` quoted works too).
+fn normalize_option_key(key: &str) -> String {
+    match key.to_ascii_lowercase().as_str() {
+        "sample_records" => "sample.records".to_owned(),
+        "csv_delimiter" => "csv.delimiter".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn option_value(value: &sql_ast::Expr) -> String {
+    match value {
+        sql_ast::Expr::Value(v) => match &v.value {
+            sql_ast::Value::SingleQuotedString(s) | sql_ast::Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        sql_ast::Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// DataFusion's identifier normalization: unquoted names are lower-cased.
+fn normalize_ident(ident: &sql_ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn span_position(span: datafusion::sql::sqlparser::tokenizer::Span) -> Option<SqlPosition> {
+    (span.start.line > 0).then_some(SqlPosition { line: span.start.line, column: span.start.column })
+}
+
+/// sqlparser's "… at Line: 3, Column: 14".
+fn parse_position(message: &str) -> Option<SqlPosition> {
+    let rest = &message[message.rfind("Line: ")? + "Line: ".len()..];
+    let (line, rest) = rest.split_once(',')?;
+    let column = rest.trim_start().strip_prefix("Column: ")?;
+    let column: String = column.chars().take_while(char::is_ascii_digit).collect();
+    Some(SqlPosition { line: line.trim().parse().ok()?, column: column.parse().ok()? })
+}
+
+/// The table of DataFusion's "table 'datafusion.public.x' not found".
+fn missing_table(message: &str) -> Option<String> {
+    let start = message.find("table '")? + "table '".len();
+    let rest = &message[start..];
+    let end = rest.find("' not found")?;
+    let qualified = &rest[..end];
+    Some(qualified.rsplit('.').next().unwrap_or(qualified).to_owned())
+}
+
+/// A `StreamsError` our code put inside a DataFusion error (a scan or a table lookup), rebuilt.
+fn streams_error(e: &DataFusionError) -> Option<StreamsError> {
+    let mut current: &(dyn std::error::Error + 'static) = e;
+    loop {
+        if let Some(inner) = current.downcast_ref::<StreamsError>() {
+            return Some(match inner {
+                StreamsError::SqlPlan { message, position } => {
+                    StreamsError::SqlPlan { message: message.clone(), position: *position }
+                }
+                StreamsError::SqlExecution(message) => StreamsError::SqlExecution(message.clone()),
+                other => StreamsError::SqlExecution(other.to_string()),
+            });
+        }
+        current = current.source()?;
+    }
+}
+
+/// Records that decoded to NULL columns, over every topic scan of an executed plan.
+fn malformed_records(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = if plan.is::<TopicScanExec>() {
+        plan.metrics().and_then(|m| m.sum_by_name(MALFORMED_METRIC)).map_or(0, |v| v.as_usize() as u64)
+    } else {
+        0
+    };
+    own + plan.children().into_iter().map(malformed_records).sum::<u64>()
+}
+
+fn plan_at(message: String, position: Option<SqlPosition>) -> StreamsError {
+    StreamsError::SqlPlan { message, position }
 }
 
 /// A failure while running a query.
-pub(crate) fn execution_error(e: datafusion::error::DataFusionError) -> StreamsError {
-    StreamsError::SqlExecution(e.to_string())
+pub(crate) fn execution_error(e: DataFusionError) -> StreamsError {
+    streams_error(&e).unwrap_or_else(|| StreamsError::SqlExecution(e.strip_backtrace()))
 }
