@@ -24,7 +24,6 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, TokenizerError};
 use futures_util::StreamExt;
 use spate_streams::sql::{SqlConfig, SqlContext};
-use spate_streams::StreamsError;
 
 use crate::common::{parse_key_value, BootstrapArgs};
 
@@ -128,16 +127,13 @@ pub fn sources_in_order(args: &SqlArgs, matches: Option<&clap::ArgMatches>) -> V
 
 pub async fn run(args: SqlArgs, sources: Vec<Source>) -> Result<()> {
     let bootstrap = args.bootstrap.servers()?.join(",");
-    if args.continuous {
-        bail!(
-            "--continuous: continuous queries are not built into this spate yet (issue 13 item 3); \
-             run the statement without --continuous for a one-off result"
-        );
-    }
     let ctx = SqlContext::connect(SqlConfig::new(bootstrap.clone()))
         .await
         .with_context(|| format!("connecting to {bootstrap}"))?;
     let shell = Shell { ctx, format: args.format, maxrows: args.maxrows, quiet: args.quiet };
+    if args.continuous {
+        return shell.run_continuous(&args, &sources).await;
+    }
     if !sources.is_empty() {
         return shell.run_sources(&sources).await;
     }
@@ -146,6 +142,40 @@ pub async fn run(args: SqlArgs, sources: Vec<Source>) -> Result<()> {
     } else {
         shell.piped().await
     }
+}
+
+/// A statement and where it came from (`-c #2`, a file name), for error messages.
+struct Located {
+    origin: String,
+    index: usize,
+    statement: Statement,
+}
+
+impl Located {
+    fn describe(&self) -> String {
+        format!("{}, statement {} (line {})", self.origin, self.index + 1, self.statement.line)
+    }
+}
+
+/// Every statement of the -c and -f sources, in order. Reads and splits everything before
+/// anything runs, so that a typo in a later file stops the run before it changed anything.
+fn load_statements(sources: &[Source]) -> Result<Vec<Located>> {
+    let mut all = Vec::new();
+    for (n, source) in sources.iter().enumerate() {
+        let (origin, script) = match source {
+            Source::Command(sql) => (format!("-c #{}", n + 1), sql.clone()),
+            Source::File(path) => {
+                (path.display().to_string(), read_script(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+        };
+        let statements = split_statements(&script).map_err(|e| tokenizer_error(&origin, &e))?;
+        all.extend(statements.into_iter().enumerate().map(|(index, statement)| Located {
+            origin: origin.clone(),
+            index,
+            statement,
+        }));
+    }
+    Ok(all)
 }
 
 /// What happened to a statement's output.
@@ -166,24 +196,42 @@ struct Shell {
 impl Shell {
     /// `-c` and `-f`: every statement in order; the first failure ends the run.
     async fn run_sources(&self, sources: &[Source]) -> Result<()> {
-        for (n, source) in sources.iter().enumerate() {
-            let (origin, script) = match source {
-                Source::Command(sql) => (format!("-c #{}", n + 1), sql.clone()),
-                Source::File(path) => {
-                    (path.display().to_string(), read_script(path).with_context(|| format!("reading {}", path.display()))?)
-                }
-            };
-            let statements = split_statements(&script).map_err(|e| tokenizer_error(&origin, &e))?;
-            for (i, statement) in statements.iter().enumerate() {
-                let outcome = self
-                    .execute(statement)
-                    .await
-                    .with_context(|| format!("{origin}, statement {} (line {})", i + 1, statement.line))?;
-                if outcome == Outcome::OutputClosed {
-                    return Ok(());
-                }
+        for located in load_statements(sources)? {
+            let outcome = self.execute(&located.statement).await.with_context(|| located.describe())?;
+            if outcome == Outcome::OutputClosed {
+                return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// `--continuous`: the statements before the last set the query up (`CREATE TABLE … WITH`);
+    /// the last, an `INSERT INTO topic SELECT …`, runs on the spate-streams runtime until
+    /// SIGINT or SIGTERM, which commit its progress and stop it.
+    async fn run_continuous(&self, args: &SqlArgs, sources: &[Source]) -> Result<()> {
+        let mut statements = load_statements(sources)?;
+        let Some(query) = statements.pop() else {
+            bail!("--continuous needs the query: -c \"INSERT INTO out_topic SELECT …\" or -f FILE");
+        };
+        let query_id = args.query_id.as_deref().context("--continuous needs --query-id")?;
+        for located in &statements {
+            self.execute(&located.statement).await.with_context(|| located.describe())?;
+        }
+        let mut config = args.config.clone();
+        if let Some(dir) = &args.state_dir {
+            config.push(("state.dir".to_owned(), dir.display().to_string()));
+        }
+        eprintln!("continuous query {query_id} running (SIGINT or SIGTERM stops it): {}", query.statement.text);
+        spate_streams::sql::continuous::run_continuous(
+            &self.ctx,
+            &query.statement.positioned_text(),
+            query_id,
+            &config,
+            crate::broker::shutdown_signal(),
+        )
+        .await
+        .with_context(|| format!("continuous query {query_id} ({})", query.describe()))?;
+        eprintln!("continuous query {query_id} stopped; its progress is committed");
         Ok(())
     }
 
@@ -310,13 +358,13 @@ impl Shell {
     /// Plans and runs one statement, printing its rows as they arrive.
     async fn execute(&self, statement: &Statement) -> Result<Outcome> {
         let started = Instant::now();
-        let (schema, mut stream) = self.ctx.sql_stream(&statement.positioned_text()).await?;
+        let (schema, mut stream, malformed) = self.ctx.sql_stream_counted(&statement.positioned_text()).await?;
         let closed = Arc::new(AtomicBool::new(false));
         let out = StdoutSink { closed: Arc::clone(&closed) };
         let mut printer = Printer::new(self.format, schema, self.maxrows, out);
         let mut rows: u64 = 0;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| StreamsError::SqlExecution(e.to_string()))?;
+            let batch = batch.map_err(SqlContext::stream_error)?;
             rows += batch.num_rows() as u64;
             if let Err(e) = printer.write(&batch) {
                 return output_failed(e, &closed);
@@ -326,6 +374,13 @@ impl Shell {
         drop(stream);
         if let Err(e) = printer.finish() {
             return output_failed(e, &closed);
+        }
+        let malformed = malformed.malformed_records();
+        if malformed > 0 {
+            eprintln!(
+                "warning: {malformed} records did not decode under their table's format and read as NULL \
+                 (WITH (on_error = 'fail') makes them an error)"
+            );
         }
         if !self.quiet {
             let rows_word = if rows == 1 { "row" } else { "rows" };

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import spate_binary
-from spatetest import create_topic, produce, unique_topic
+from spatetest import consume_assigned, create_topic, produce, unique_topic
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -324,7 +324,7 @@ def test_topic_query_equals_duckdb_in_every_format(broker, clicks_topic, fmt):
     duck = duckdb.sql(TOPIC_QUERY.format(table=f"read_json_auto('{ndjson}')")).fetchall()
     assert_rows_equal(got, duck, TOPIC_COLUMNS, fmt)
     # The three malformed values read as NULL columns, and the user hears of it.
-    assert "warning: 3 records did not decode as json and read as NULL" in proc.stderr, proc.stderr
+    assert "warning: 3 records did not decode under their table's format and read as NULL" in proc.stderr, proc.stderr
 
 
 def test_topic_metadata_columns_and_show_tables(broker, clicks_topic):
@@ -351,3 +351,43 @@ def test_unknown_topic_is_a_clear_error(broker):
     proc = spate_sql(broker.bootstrap, "-c", 'SELECT * FROM "no-such-topic"')
     assert proc.returncode == 1
     assert "no-such-topic" in proc.stderr and "(fix the query)" in proc.stderr, proc.stderr
+
+
+def test_continuous_query_runs_until_sigterm(broker_factory, tmp_path):
+    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
+    src, out = unique_topic("cq-in"), unique_topic("cq-out")
+    create_topic(broker.bootstrap, src, partitions=2)
+    create_topic(broker.bootstrap, out, partitions=2)
+
+    def events(lo: int, hi: int):
+        return [(i % 2, None, json.dumps({"k": "ab"[i % 2], "x": i, "ts": i}).encode(), []) for i in range(lo, hi)]
+
+    produce(broker.bootstrap, src, events(0, 500))
+    cmd = [
+        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
+        "--continuous", "--query-id", unique_topic("cq"), "--state-dir", str(tmp_path / "state"),
+        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
+        "--config", "heartbeat.interval.ms=500",
+        "-c", f"CREATE TABLE cin (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = '{src}')",
+        "-c", f'INSERT INTO "{out}" SELECT upper(k) AS big, x * 2 AS doubled FROM cin WHERE x % 10 = 0',
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Input that arrives while the query runs is processed too.
+        produce(broker.bootstrap, src, events(500, 1000))
+        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=100, timeout_s=40)
+        doubled = sorted(json.loads(m.value())["doubled"] for m in got)
+        assert doubled == [x * 2 for x in range(0, 1000, 10)]
+        assert {json.loads(m.value())["big"] for m in got} == {"A"}
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"spate sql --continuous ignored SIGTERM for 30 s:\n{err}")
+    assert proc.returncode == 0, err
+    assert "stopped; its progress is committed" in err, err
