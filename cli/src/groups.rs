@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use spate_client::admin::{AdminConfig, GroupDescription, GroupState, OffsetAndMetadata, OffsetSpec};
 use spate_client::{Admin, TopicPartition};
 
-use crate::common::{print_out, BootstrapArgs};
+use crate::common::{BootstrapArgs, print_out};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("action").required(true).multiple(false)
