@@ -16,12 +16,12 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -32,7 +32,7 @@ use spate_client::{
     ProducerRecord, TopicPartition,
 };
 
-use crate::common::{BootstrapArgs, mb_per_sec, parse_acks, peak_rss_bytes, per_sec, print_out, progress_bar};
+use crate::common::{mb_per_sec, parse_acks, peak_rss_bytes, per_sec, print_out, progress_bar, BootstrapArgs};
 
 /// Delivery futures one producer task holds before it waits for the oldest.
 const PENDING_WINDOW: usize = 262_144;

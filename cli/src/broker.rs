@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use spate_broker::{BrokerConfig, Server};
 
 #[derive(clap::Args, Debug)]

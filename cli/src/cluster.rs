@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use spate_client::Admin;
 use spate_client::admin::{AdminConfig, ClusterDescription, TopicDescription};
 use spate_client::metadata::PartitionMetadata;
+use spate_client::Admin;
 
-use crate::common::{BootstrapArgs, print_out};
+use crate::common::{print_out, BootstrapArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct ClusterArgs {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use spate_connect::registry::Registry;
 use spate_connect::rest::client::RestClient;
 use spate_connect::runtime::herder::WorkerHerder;

@@ -7,10 +7,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
-use spate_connect::rest::RestClient;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
 use spate_connect::rest::client::Method;
+use spate_connect::rest::RestClient;
 
 use crate::common::print_out;
 

@@ -6,16 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, TopicPartition};
 
-use crate::common::{BootstrapArgs, base64_encode};
+use crate::common::{base64_encode, BootstrapArgs};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {

@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use spate_client::admin::{AdminConfig, GroupDescription, GroupState, OffsetAndMetadata, OffsetSpec};
 use spate_client::{Admin, TopicPartition};
 
-use crate::common::{BootstrapArgs, print_out};
+use crate::common::{print_out, BootstrapArgs};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("action").required(true).multiple(false)

@@ -5,12 +5,12 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use spate_client::{Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordHeader};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use crate::common::{BootstrapArgs, parse_acks, parse_key_value, progress_bar};
+use crate::common::{parse_acks, parse_key_value, progress_bar, BootstrapArgs};
 
 /// Delivery futures held before the oldest is awaited. The producer's buffer memory bounds the
 /// bytes in flight; this bounds the bookkeeping.

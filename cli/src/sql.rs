@@ -8,11 +8,11 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Context, Result};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -25,7 +25,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Tok
 use futures_util::StreamExt;
 use spate_streams::sql::{SqlConfig, SqlContext};
 
-use crate::common::{BootstrapArgs, parse_key_value};
+use crate::common::{parse_key_value, BootstrapArgs};
 
 /// Rows the `table` format holds for one result unless `--maxrows` says otherwise: a table is
 /// for people, and a topic can have billions of rows.
@@ -137,7 +137,11 @@ pub async fn run(args: SqlArgs, sources: Vec<Source>) -> Result<()> {
     if !sources.is_empty() {
         return shell.run_sources(&sources).await;
     }
-    if std::io::stdin().is_terminal() { shell.interactive().await } else { shell.piped().await }
+    if std::io::stdin().is_terminal() {
+        shell.interactive().await
+    } else {
+        shell.piped().await
+    }
 }
 
 /// A statement and where it came from (`-c #2`, a file name), for error messages.

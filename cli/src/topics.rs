@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result, bail};
-use spate_client::Admin;
+use anyhow::{bail, Context, Result};
 use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource, NewTopic};
 use spate_client::protocol::ErrorCode;
+use spate_client::Admin;
 
-use crate::common::{BootstrapArgs, parse_key_value, print_out};
+use crate::common::{parse_key_value, print_out, BootstrapArgs};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("action").required(true).multiple(false)

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -27,8 +27,8 @@ use spate_client::{
     TopicPartition,
 };
 
-use super::{LATENCY_US_MAX, broker_rss, ensure_topic, payload, print_rss, spawn_ticker, write_json};
-use crate::common::{BootstrapArgs, parse_acks, peak_rss_bytes, per_sec, print_out, progress_bar};
+use super::{broker_rss, ensure_topic, payload, print_rss, spawn_ticker, write_json, LATENCY_US_MAX};
+use crate::common::{parse_acks, peak_rss_bytes, per_sec, print_out, progress_bar, BootstrapArgs};
 
 /// Bytes at the start of every value holding its scheduled send instant.
 const STAMP_BYTES: usize = 8;
