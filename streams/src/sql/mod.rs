@@ -238,7 +238,7 @@ impl SqlContext {
         let position = e
             .diagnostic()
             .and_then(|d| d.span)
-            .and_then(span_position)
+            .and_then(|span| position_at(span.start.line, span.start.column))
             .or_else(|| parse_position(&e.to_string()));
         let mut message = e.strip_backtrace();
         if let Some(table) = missing_table(&message) {
@@ -290,7 +290,12 @@ fn normalize_ident(ident: &sql_ast::Ident) -> String {
 }
 
 fn span_position(span: datafusion::sql::sqlparser::tokenizer::Span) -> Option<SqlPosition> {
-    (span.start.line > 0).then_some(SqlPosition { line: span.start.line, column: span.start.column })
+    position_at(span.start.line, span.start.column)
+}
+
+/// Line 0 marks an empty span (no position known).
+fn position_at(line: u64, column: u64) -> Option<SqlPosition> {
+    (line > 0).then_some(SqlPosition { line, column })
 }
 
 /// sqlparser's "… at Line: 3, Column: 14".

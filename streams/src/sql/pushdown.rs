@@ -279,7 +279,7 @@ mod tests {
         assert!(b.keeps_partition(0), "an OR with another condition gives no bound");
         let b = FetchBounds::from_filters(&[col("_partition").gt(lit(i64::MAX))]);
         assert!(!b.keeps_partition(i32::MAX));
-        let b = FetchBounds::from_filters(&[col("_partition").ne(lit(1))]);
+        let b = FetchBounds::from_filters(&[col("_partition").not_eq(lit(1))]);
         assert_eq!(b, FetchBounds::default());
     }
 

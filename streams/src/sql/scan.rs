@@ -11,7 +11,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -234,8 +233,8 @@ impl DisplayAs for TopicScanExec {
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
                 write!(f, "TopicScanExec: topic={}, partitions=[{}]", self.topic, ranges.join(", "))?;
-                let columns: Vec<&str> =
-                    self.decoder.output_schema().fields().iter().map(|f| f.name().as_str()).collect();
+                let schema = self.decoder.output_schema();
+                let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 write!(f, ", projection=[{}]", columns.join(", "))?;
                 if let Some(limit) = self.limit {
                     write!(f, ", limit={limit}")?;
