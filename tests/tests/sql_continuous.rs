@@ -473,3 +473,73 @@ async fn bad_continuous_statements_are_plan_errors() {
         }
     }
 }
+
+/// Throughput figures (run by hand: `cargo test -p spate-e2e --test sql_continuous -- --ignored --nocapture`):
+/// N records through a stateless filter and through a tumbling count/sum with 100 keys, timed from
+/// the query's start to its last result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_continuous_throughput() {
+    let broker = broker();
+    let n: i64 = std::env::var("SPATE_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    create(&broker, &[("bench-in", 2), ("bench-win", 2), ("bench-filter", 2)]).await;
+    let producer =
+        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
+            .await
+            .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let k = format!("key-{}", i % 100);
+        let mut r = ProducerRecord::default().with_timestamp_ms(i);
+        r.key = Some(bytes::Bytes::from(k.clone()));
+        r.value = Some(bytes::Bytes::from(format!(r#"{{"k":"{k}","x":{},"ts":{i}}}"#, i % 1000)));
+        acks.push(producer.send("bench-in", r).await.unwrap());
+        if acks.len() >= 10_000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let ctx =
+        context(&broker, "CREATE TABLE bench (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = 'bench-in')").await;
+    // Stateless: one record in ten passes.
+    let state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let query = ContinuousQuery::start(
+        &ctx,
+        "INSERT INTO \"bench-filter\" SELECT k, x FROM bench WHERE x % 10 = 0",
+        "bench-filter-q",
+        &extra(state.path()),
+    )
+    .await
+    .unwrap();
+    let want = (n / 10) as usize;
+    read_until(&broker, "bench-filter", Duration::from_secs(600), |r| r.len() >= want).await;
+    let took = started.elapsed();
+    eprintln!("BENCH stateless filter: {n} records in {took:?}: {:.0} records/s", n as f64 / took.as_secs_f64());
+    tokio::task::spawn_blocking(move || query.close()).await.unwrap().unwrap();
+    // Windowed: 1 s tumbling windows (event time = i ms), 100 keys.
+    let state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let query = ContinuousQuery::start(
+        &ctx,
+        &format!(
+            "INSERT INTO \"bench-win\" SELECT {SELECT} FROM TUMBLE(bench, ts, INTERVAL '1' SECOND) \
+             GROUP BY window_start, window_end, k"
+        ),
+        "bench-win-q",
+        &extra(state.path()),
+    )
+    .await
+    .unwrap();
+    // Windows closed at the end: all but the last second's, 100 keys each.
+    let want = ((n / 1000 - 1) * 100) as usize;
+    read_until(&broker, "bench-win", Duration::from_secs(600), |r| r.len() >= want).await;
+    let took = started.elapsed();
+    eprintln!("BENCH tumble count/sum: {n} records in {took:?}: {:.0} records/s", n as f64 / took.as_secs_f64());
+    tokio::task::spawn_blocking(move || query.close()).await.unwrap().unwrap();
+}

@@ -36,6 +36,11 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, StreamsError> {
         .map_err(|e| StreamsError::SqlExecution(format!("cannot start the SQL runtime: {e}")))
 }
 
+/// A planning failure: the query's fault (an unknown column, a type error).
+pub(crate) fn plan_error(e: datafusion::error::DataFusionError) -> StreamsError {
+    StreamsError::SqlPlan { message: e.to_string(), position: None }
+}
+
 /// Runs `f` on the SQL runtime and waits for it (from synchronous code, e.g. a processor).
 pub(crate) fn block_on<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> Result<T, StreamsError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -59,12 +64,12 @@ impl BatchSql {
     /// unknown column or a type error is the query's fault ([`StreamsError::SqlPlan`]).
     pub async fn plan(select_sql: &str, input_schema: SchemaRef) -> Result<BatchSql, StreamsError> {
         let session = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let table = MemTable::try_new(input_schema, vec![Vec::new()]).map_err(super::super::plan_error)?;
+        let table = MemTable::try_new(input_schema, vec![Vec::new()]).map_err(plan_error)?;
         let input = table.batches[0].clone();
-        session.register_table(INPUT_TABLE, Arc::new(table)).map_err(super::super::plan_error)?;
-        let df = session.sql(select_sql).await.map_err(super::super::plan_error)?;
+        session.register_table(INPUT_TABLE, Arc::new(table)).map_err(plan_error)?;
+        let df = session.sql(select_sql).await.map_err(plan_error)?;
         let output_schema = Arc::new(df.schema().as_arrow().clone());
-        let plan = df.into_optimized_plan().map_err(super::super::plan_error)?;
+        let plan = df.into_optimized_plan().map_err(plan_error)?;
         Ok(BatchSql { session, input, plan, output_schema })
     }
 

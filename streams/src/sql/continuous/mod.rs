@@ -263,7 +263,7 @@ fn column_names(schema: &SchemaRef) -> String {
 
 /// The options and full schema of the topic table `name` of `ctx`.
 async fn source_table(ctx: &SqlContext, name: &str) -> Result<(TableOptions, SchemaRef), StreamsError> {
-    let provider = ctx.session().table_provider(name).await.map_err(super::plan_error)?;
+    let provider = ctx.session().table_provider(name).await.map_err(exec::plan_error)?;
     let any: &dyn std::any::Any = provider.as_ref();
     let Some(table) = any.downcast_ref::<super::table::TopicTable>() else {
         return Err(StreamsError::SqlPlan {
