@@ -10,12 +10,13 @@ mod connectors;
 mod consume;
 mod groups;
 mod produce;
+mod sql;
 mod topics;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "spate", version, about = "Spate: a Kafka-compatible event-streaming platform")]
@@ -46,6 +47,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Manage the connectors of a Connect worker group through its REST API.
     Connectors(connectors::ConnectorsArgs),
+    /// Query topics with SQL (DataFusion): -c/-f statements, or an interactive shell.
+    Sql(sql::SqlArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`.
@@ -57,7 +60,10 @@ fn init_logging(default_level: &str) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches, not only the parsed struct: `spate sql` runs its -c and -f in the order given,
+    // which only the argument indices tell.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The client tools keep stderr for their own messages unless something goes wrong.
     // openraft logs every failed RPC to a down voter at error level; our controller reports
     // unreachable peers itself, rate-limited.
@@ -76,6 +82,10 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::Connectors(args) => connectors::run(args).await,
         Command::Connect(args) => connect::run(args).await,
+        Command::Sql(args) => {
+            let sources = sql::sources_in_order(&args, matches.subcommand_matches("sql"));
+            sql::run(args, sources).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 //! `CREATE EXTERNAL TABLE … STORED AS PARQUET LOCATION '…'`.
 
 pub(crate) mod catalog;
+pub mod continuous;
 pub(crate) mod format;
 pub(crate) mod infer;
 pub mod options;
@@ -352,4 +353,42 @@ fn plan_at(message: String, position: Option<SqlPosition>) -> StreamsError {
 /// A failure while running a query.
 pub(crate) fn execution_error(e: DataFusionError) -> StreamsError {
     streams_error(&e).unwrap_or_else(|| StreamsError::SqlExecution(e.strip_backtrace()))
+}
+
+/// Counts the records of a streamed statement that did not decode and became NULL columns (see
+/// [`SqlContext::sql_stream_counted`]): what [`QueryResult::malformed_records`] is for `sql`.
+pub struct MalformedCounter {
+    plan: Option<Arc<dyn ExecutionPlan>>,
+}
+
+impl MalformedCounter {
+    /// Records that became NULL columns so far: the total once the stream has ended.
+    pub fn malformed_records(&self) -> u64 {
+        self.plan.as_ref().map_or(0, malformed_records)
+    }
+}
+
+impl SqlContext {
+    /// [`SqlContext::sql_stream`] and a counter of the records that did not decode, to read once
+    /// the stream has ended (`spate sql` prints results batch by batch and warns after).
+    pub async fn sql_stream_counted(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream, MalformedCounter), StreamsError> {
+        if let Some(result) = self.create_topic_table(sql).await? {
+            let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                result.schema.clone(),
+                futures_util::stream::empty(),
+            );
+            return Ok((result.schema, Box::pin(stream), MalformedCounter { plan: None }));
+        }
+        let (schema, plan, task_ctx) = self.physical_plan(sql).await?;
+        let stream = datafusion::physical_plan::execute_stream(plan.clone(), task_ctx).map_err(execution_error)?;
+        Ok((schema, stream, MalformedCounter { plan: Some(plan) }))
+    }
+
+    /// A DataFusion error from a streamed result, as [`SqlContext::sql`] would report it.
+    pub fn stream_error(e: DataFusionError) -> StreamsError {
+        execution_error(e)
+    }
 }

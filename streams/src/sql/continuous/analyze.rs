@@ -1,0 +1,453 @@
+//! What a continuous statement asks for, from its SQL alone (sans-IO): the output topic, the
+//! source table, the window table function (`TUMBLE`/`HOP`/`SESSION`) and its arguments, the
+//! group-key expressions, and the user's `SELECT` rewritten to read one micro-batch (or one
+//! closed window's rows) from the table [`INPUT_TABLE`] instead of the topic.
+
+use datafusion::sql::sqlparser::ast::{
+    DateTimeField, Expr, FunctionArg, FunctionArgExpr, GroupByExpr, Ident, ObjectName, ObjectNamePart, Query,
+    SelectItem, SetExpr, Statement, TableFactor, TableObject, Value,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::{SqlPosition, StreamsError};
+
+/// The table a rewritten query reads: the decoded rows of one micro-batch or window.
+pub(crate) const INPUT_TABLE: &str = "__spate_input";
+/// Hidden output columns holding the group key (`__spate_key_0`, …), stripped from the value.
+pub(crate) const KEY_COLUMN_PREFIX: &str = "__spate_key_";
+/// Hidden output column holding the source record's key in a stateless query.
+pub(crate) const SOURCE_KEY_COLUMN: &str = "__spate_source_key";
+/// Hidden output column holding the source record's timestamp in a stateless query.
+pub(crate) const SOURCE_TS_COLUMN: &str = "__spate_source_ts";
+/// Hidden output column holding the window's end in a windowed query (the output timestamp).
+pub(crate) const WINDOW_END_COLUMN: &str = "__spate_window_end";
+/// The columns a window function adds.
+pub(crate) const WINDOW_START: &str = "window_start";
+pub(crate) const WINDOW_END: &str = "window_end";
+
+/// A window table function of Flink/RisingWave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// `TUMBLE(t, ts, size)`: `[start, start + size)`, starts multiples of size.
+    Tumble { size_ms: i64 },
+    /// `HOP(t, ts, slide, size)`: windows of `size` starting every `slide`.
+    Hop { slide_ms: i64, size_ms: i64 },
+    /// `SESSION(t, ts, gap)`: per group key, records closer than `gap` share a window.
+    Session { gap_ms: i64 },
+}
+
+/// A group-by expression of a windowed query, other than `window_start`/`window_end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupKey {
+    /// The SQL text of the expression.
+    pub sql: String,
+    /// Its field name in the output key's JSON object: the column name for a column, else the
+    /// expression's text.
+    pub name: String,
+}
+
+/// An analysed continuous statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContinuousPlan {
+    /// `INSERT INTO <out_topic>`.
+    pub out_topic: String,
+    /// The table the query reads (a topic, or a `CREATE TABLE` name).
+    pub source_table: String,
+    /// The window function, with its time column; None: a stateless query.
+    pub window: Option<(WindowSpec, String)>,
+    /// Group keys (windowed queries): they decide the repartitioning and the output key.
+    pub group_keys: Vec<GroupKey>,
+    /// The user's SELECT reading [`INPUT_TABLE`], with the hidden key columns appended.
+    pub select_sql: String,
+}
+
+fn plan_error(message: impl Into<String>) -> StreamsError {
+    StreamsError::SqlPlan { message: message.into(), position: None }
+}
+
+fn plan_error_at(message: impl Into<String>, span: datafusion::sql::sqlparser::tokenizer::Span) -> StreamsError {
+    let position = (span.start.line > 0).then_some(SqlPosition { line: span.start.line, column: span.start.column });
+    StreamsError::SqlPlan { message: message.into(), position }
+}
+
+/// Parses and checks `sql`, one `INSERT INTO topic SELECT …` statement.
+pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| plan_error(e.to_string()))?;
+    let [statement] = statements.as_slice() else {
+        return Err(plan_error(format!(
+            "a continuous query is exactly one INSERT INTO <topic> SELECT … statement, not {} statements \
+             (run CREATE TABLE first, as its own statement)",
+            statements.len()
+        )));
+    };
+    let Statement::Insert(insert) = statement else {
+        return Err(plan_error(format!(
+            "a continuous query must be INSERT INTO <topic> SELECT …, not {}",
+            statement.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+        )));
+    };
+    let TableObject::TableName(target) = &insert.table else {
+        return Err(plan_error("INSERT INTO a table function is not supported; name the output topic"));
+    };
+    if !insert.columns.is_empty() {
+        return Err(plan_error(
+            "INSERT INTO <topic> (columns) is not supported: the output is the SELECT's columns as JSON",
+        ));
+    }
+    let out_topic = object_name(target);
+    let Some(source) = &insert.source else {
+        return Err(plan_error("INSERT INTO <topic> needs a SELECT (VALUES are not a stream)"));
+    };
+    let mut query: Query = (**source).clone();
+    if query.with.is_some() || query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return Err(plan_error(
+            "WITH, ORDER BY, LIMIT and FETCH are not supported in continuous queries (a stream has no end to sort or limit)",
+        ));
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(plan_error("a continuous query is one SELECT (UNION and other set operations are not supported)"));
+    };
+    let [from] = select.from.as_mut_slice() else {
+        return Err(plan_error("a continuous query reads exactly one table (joins are not supported yet)"));
+    };
+    if !from.joins.is_empty() {
+        return Err(plan_error("joins are not supported in continuous queries yet"));
+    }
+    let (source_table, window, alias) = match &from.relation {
+        TableFactor::Table { name, args: None, alias, .. } => (object_name(name), None, alias.clone()),
+        TableFactor::Table { name, args: Some(args), alias, .. } => {
+            let (table, window, column) = window_function(name, &args.args)?;
+            (table, Some((window, column)), alias.clone())
+        }
+        other => return Err(plan_error(format!("a continuous query reads a table or a window function, not {other}"))),
+    };
+    from.relation = TableFactor::Table {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(INPUT_TABLE))]),
+        alias,
+        args: None,
+        with_hints: Vec::new(),
+        version: None,
+        with_ordinality: false,
+        partitions: Vec::new(),
+        json_path: None,
+        sample: None,
+        index_hints: Vec::new(),
+    };
+    let group_by: Vec<Expr> = match &select.group_by {
+        GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => exprs.clone(),
+        GroupByExpr::Expressions(..) => {
+            return Err(plan_error("GROUP BY modifiers (ROLLUP, CUBE, GROUPING SETS) are not supported continuously"))
+        }
+        GroupByExpr::All(_) => return Err(plan_error("GROUP BY ALL is not supported in continuous queries")),
+    };
+    let mut group_keys = Vec::new();
+    if window.is_some() {
+        let is_window_column = |e: &Expr| matches!(e, Expr::Identifier(i) if is_window_name(&i.value));
+        let grouped = |name: &str| {
+            group_by.iter().any(|e| matches!(e, Expr::Identifier(i) if i.value.eq_ignore_ascii_case(name)))
+        };
+        if !grouped(WINDOW_START) || !grouped(WINDOW_END) {
+            return Err(plan_error(
+                "a windowed continuous query must GROUP BY window_start, window_end (and its keys): results are \
+                 emitted once per window when it closes",
+            ));
+        }
+        for (i, expr) in group_by.iter().filter(|e| !is_window_column(e)).enumerate() {
+            let expr = resolve_group_expr(expr, &select.projection)?;
+            let name = match &expr {
+                Expr::Identifier(ident) => ident.value.clone(),
+                Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()).unwrap_or_default(),
+                other => other.to_string(),
+            };
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', format!("{KEY_COLUMN_PREFIX}{i}")),
+            });
+            group_keys.push(GroupKey { sql: expr.to_string(), name });
+        }
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: Expr::Identifier(Ident::new(WINDOW_END)),
+            alias: Ident::with_quote('"', WINDOW_END_COLUMN),
+        });
+    } else {
+        if !group_by.is_empty() || select.having.is_some() {
+            return Err(plan_error(
+                "GROUP BY needs a window in a continuous query: read FROM TUMBLE(…), HOP(…) or SESSION(…) \
+                 (an unwindowed aggregate never closes)",
+            ));
+        }
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: Expr::Identifier(Ident::new("_key")),
+            alias: Ident::with_quote('"', SOURCE_KEY_COLUMN),
+        });
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: Expr::Identifier(Ident::new("_timestamp")),
+            alias: Ident::with_quote('"', SOURCE_TS_COLUMN),
+        });
+    }
+    Ok(ContinuousPlan { out_topic, source_table, window, group_keys, select_sql: query.to_string() })
+}
+
+fn is_window_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case(WINDOW_START) || name.eq_ignore_ascii_case(WINDOW_END)
+}
+
+/// `GROUP BY 2` and `GROUP BY alias` name a select item: the key is that item's expression.
+fn resolve_group_expr(expr: &Expr, projection: &[SelectItem]) -> Result<Expr, StreamsError> {
+    match expr {
+        Expr::Value(v) => {
+            if let Value::Number(n, _) = &v.value {
+                let index: usize =
+                    n.parse().map_err(|_| plan_error(format!("GROUP BY {n} is not a column position")))?;
+                return match index.checked_sub(1).and_then(|i| projection.get(i)) {
+                    Some(SelectItem::UnnamedExpr(e)) | Some(SelectItem::ExprWithAlias { expr: e, .. }) => Ok(e.clone()),
+                    _ => Err(plan_error(format!("GROUP BY {index} does not name a select item"))),
+                };
+            }
+            Ok(expr.clone())
+        }
+        Expr::Identifier(ident) => {
+            for item in projection {
+                if let SelectItem::ExprWithAlias { expr: e, alias } = item {
+                    if alias.value == ident.value && !matches!(e, Expr::Identifier(i) if i.value == ident.value) {
+                        return Ok(e.clone());
+                    }
+                }
+            }
+            Ok(expr.clone())
+        }
+        _ => Ok(expr.clone()),
+    }
+}
+
+fn object_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => i.value.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `TUMBLE(t, ts, size)`, `HOP(t, ts, slide, size)`, `SESSION(t, ts, gap)`.
+fn window_function(name: &ObjectName, args: &[FunctionArg]) -> Result<(String, WindowSpec, String), StreamsError> {
+    let function = object_name(name).to_ascii_uppercase();
+    let expected = match function.as_str() {
+        "TUMBLE" => "TUMBLE(table, time_column, size)",
+        "HOP" => "HOP(table, time_column, slide, size)",
+        "SESSION" => "SESSION(table, time_column, gap)",
+        other => {
+            return Err(plan_error(format!(
+                "unknown table function {other}: continuous queries read a table, TUMBLE(…), HOP(…) or SESSION(…)"
+            )))
+        }
+    };
+    let arity = if function == "HOP" { 4 } else { 3 };
+    let exprs: Vec<&Expr> = args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect();
+    if exprs.len() != args.len() || exprs.len() != arity {
+        return Err(plan_error(format!("{function} takes {arity} arguments: {expected}")));
+    }
+    let table = match exprs[0] {
+        Expr::Identifier(i) => i.value.clone(),
+        Expr::CompoundIdentifier(parts) => parts.iter().map(|p| p.value.clone()).collect::<Vec<_>>().join("."),
+        // Flink's `TABLE t` form.
+        Expr::Function(f) if object_name(&f.name).eq_ignore_ascii_case("TABLE") => f.args.to_string(),
+        other => return Err(plan_error(format!("{function}'s first argument must be a table name, not {other}"))),
+    };
+    let column = match exprs[1] {
+        Expr::Identifier(i) => i.value.clone(),
+        // Flink's `DESCRIPTOR(ts)`.
+        Expr::Function(f) if object_name(&f.name).eq_ignore_ascii_case("DESCRIPTOR") => {
+            f.args.to_string().trim_matches(|c| c == '(' || c == ')').trim().to_owned()
+        }
+        other => {
+            return Err(plan_error_at(
+                format!("{function}'s second argument must be the time column's name, not {other}"),
+                datafusion::sql::sqlparser::ast::Spanned::span(other),
+            ))
+        }
+    };
+    let interval = |i: usize, what: &str| -> Result<i64, StreamsError> {
+        let ms = interval_ms(exprs[i]).map_err(|e| {
+            plan_error_at(
+                format!("{function}'s {what} must be an INTERVAL such as INTERVAL '10' SECOND: {e}"),
+                datafusion::sql::sqlparser::ast::Spanned::span(exprs[i]),
+            )
+        })?;
+        if ms <= 0 {
+            return Err(plan_error(format!("{function}'s {what} must be positive, not {ms} ms")));
+        }
+        Ok(ms)
+    };
+    let window = match function.as_str() {
+        "TUMBLE" => WindowSpec::Tumble { size_ms: interval(2, "size")? },
+        "HOP" => {
+            let (slide_ms, size_ms) = (interval(2, "slide")?, interval(3, "size")?);
+            if slide_ms > size_ms {
+                return Err(plan_error(format!("HOP's slide ({slide_ms} ms) must not exceed its size ({size_ms} ms)")));
+            }
+            WindowSpec::Hop { slide_ms, size_ms }
+        }
+        _ => WindowSpec::Session { gap_ms: interval(2, "gap")? },
+    };
+    Ok((table, window, column))
+}
+
+/// Milliseconds of an `INTERVAL '10' SECOND` / `INTERVAL '10 seconds'` expression.
+fn interval_ms(expr: &Expr) -> Result<i64, String> {
+    let Expr::Interval(interval) = expr else {
+        return Err(format!("{expr} is not an interval"));
+    };
+    let text = match interval.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            Value::Number(n, _) => n.clone(),
+            other => return Err(format!("{other} is not a number of units")),
+        },
+        other => return Err(format!("{other} is not a literal")),
+    };
+    let text = match &interval.leading_field {
+        Some(field) => format!("{} {}", text.trim(), unit_name(field)?),
+        None => text,
+    };
+    parse_duration_ms(&text)
+}
+
+fn unit_name(field: &DateTimeField) -> Result<&'static str, String> {
+    Ok(match field {
+        DateTimeField::Millisecond | DateTimeField::Milliseconds => "milliseconds",
+        DateTimeField::Second | DateTimeField::Seconds => "seconds",
+        DateTimeField::Minute | DateTimeField::Minutes => "minutes",
+        DateTimeField::Hour | DateTimeField::Hours => "hours",
+        DateTimeField::Day | DateTimeField::Days => "days",
+        other => return Err(format!("unit {other} is not fixed in length (use milliseconds to days)")),
+    })
+}
+
+/// `10 seconds`, `1 minute 30 seconds`, `500 ms`: a sum of number-unit pairs, in milliseconds.
+pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || words.len() % 2 != 0 {
+        return Err(format!("'{text}' is not <number> <unit> [<number> <unit>…]"));
+    }
+    let mut total: i64 = 0;
+    for pair in words.chunks(2) {
+        let n: i64 = pair[0].parse().map_err(|_| format!("'{}' is not a whole number", pair[0]))?;
+        let unit_ms: i64 = match pair[1].to_ascii_lowercase().as_str() {
+            "ms" | "millisecond" | "milliseconds" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+            "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            other => return Err(format!("unknown unit '{other}' (milliseconds, seconds, minutes, hours, days)")),
+        };
+        total =
+            n.checked_mul(unit_ms).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("'{text}' overflows"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(sql: &str) -> String {
+        match analyze(sql) {
+            Err(StreamsError::SqlPlan { message, .. }) => message,
+            other => panic!("expected a plan error for {sql}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tumble_query_is_rewritten_to_read_the_input_table() {
+        let plan = analyze(
+            "INSERT INTO out SELECT window_start, window_end, k, count(*) AS n, sum(x) \
+             FROM TUMBLE(src, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, k",
+        )
+        .unwrap();
+        assert_eq!(plan.out_topic, "out");
+        assert_eq!(plan.source_table, "src");
+        assert_eq!(plan.window, Some((WindowSpec::Tumble { size_ms: 10_000 }, "ts".into())));
+        assert_eq!(plan.group_keys, vec![GroupKey { sql: "k".into(), name: "k".into() }]);
+        assert!(plan.select_sql.contains("FROM __spate_input"), "{}", plan.select_sql);
+        assert!(plan.select_sql.contains("k AS \"__spate_key_0\""), "{}", plan.select_sql);
+    }
+
+    #[test]
+    fn hop_and_session_arguments() {
+        let plan = analyze(
+            "INSERT INTO o SELECT window_start, count(*) FROM HOP(s, _timestamp, INTERVAL '5 seconds', \
+             INTERVAL '1' MINUTE) GROUP BY window_start, window_end",
+        )
+        .unwrap();
+        assert_eq!(plan.window, Some((WindowSpec::Hop { slide_ms: 5_000, size_ms: 60_000 }, "_timestamp".into())));
+        assert!(plan.group_keys.is_empty());
+        let plan = analyze(
+            "INSERT INTO o SELECT user_id AS u, count(*) FROM SESSION(s, ts, INTERVAL '30' SECOND) \
+             GROUP BY window_start, window_end, u",
+        )
+        .unwrap();
+        assert_eq!(plan.window, Some((WindowSpec::Session { gap_ms: 30_000 }, "ts".into())));
+        assert_eq!(plan.group_keys, vec![GroupKey { sql: "user_id".into(), name: "user_id".into() }]);
+    }
+
+    #[test]
+    fn group_by_position_names_the_select_item() {
+        let plan = analyze(
+            "INSERT INTO o SELECT lower(k), window_start, count(*) FROM TUMBLE(s, ts, INTERVAL '1' SECOND) \
+             GROUP BY 1, window_start, window_end",
+        )
+        .unwrap();
+        assert_eq!(plan.group_keys[0].sql, "lower(k)");
+    }
+
+    #[test]
+    fn stateless_query_carries_the_source_key() {
+        let plan = analyze("INSERT INTO o SELECT a, b * 2 AS c FROM s WHERE a > 1").unwrap();
+        assert_eq!(plan.window, None);
+        assert!(plan.select_sql.contains("_key AS \"__spate_source_key\""), "{}", plan.select_sql);
+        assert!(plan.select_sql.contains("WHERE a > 1"));
+    }
+
+    #[test]
+    fn clear_errors_for_what_is_not_supported() {
+        assert!(err("SELECT * FROM s").contains("INSERT INTO"));
+        assert!(err("INSERT INTO o SELECT count(*) FROM TUMBLE(s, ts, INTERVAL '1' SECOND) GROUP BY k")
+            .contains("window_start"));
+        assert!(err("INSERT INTO o SELECT count(*) FROM TUMBLE(s, ts, INTERVAL '1' SECOND) GROUP BY window_start")
+            .contains("window_end"));
+        assert!(err("INSERT INTO o SELECT k, count(*) FROM s GROUP BY k").contains("needs a window"));
+        assert!(err("INSERT INTO o SELECT * FROM TUMBLE(s, ts) GROUP BY window_start").contains("3 arguments"));
+        assert!(err("INSERT INTO o SELECT * FROM TUMBLE(s, ts, 10) GROUP BY window_start").contains("INTERVAL"));
+        assert!(err(
+            "INSERT INTO o SELECT * FROM HOP(s, ts, INTERVAL '2' MINUTE, INTERVAL '1' MINUTE) GROUP BY window_start"
+        )
+        .contains("slide"));
+        assert!(
+            err("INSERT INTO o SELECT * FROM GENERATE(s, ts, INTERVAL '1' SECOND)").contains("unknown table function")
+        );
+        assert!(err("INSERT INTO o SELECT * FROM a JOIN b ON a.id = b.id").contains("join"));
+        assert!(err("INSERT INTO o SELECT * FROM s; INSERT INTO p SELECT * FROM s").contains("2 statements"));
+        assert!(err("INSERT INTO o SELECT * FROM s ORDER BY a").contains("ORDER BY"));
+        assert!(err("INSERT INTO o SELECT * FROM TUMBLE(s, ts, INTERVAL '1' MONTH) GROUP BY window_start")
+            .contains("not fixed"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("5 seconds"), Ok(5_000));
+        assert_eq!(parse_duration_ms("1 minute 30 seconds"), Ok(90_000));
+        assert_eq!(parse_duration_ms("250 ms"), Ok(250));
+        assert!(parse_duration_ms("5").is_err());
+        assert!(parse_duration_ms("5 fortnights").is_err());
+    }
+}

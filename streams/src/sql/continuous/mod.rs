@@ -1,0 +1,296 @@
+//! Continuous SQL queries: `INSERT INTO out_topic SELECT … FROM …` compiled onto the
+//! spate-streams runtime, so that a query gets its tasks, changelogged state stores, commit
+//! protocol and scale-out (every process running the same `query id` joins one group, the
+//! `application.id`, and they split the partitions).
+//!
+//! Entry points: [`run_continuous`] (runs until a shutdown future completes) and
+//! [`ContinuousQuery`] (start, observe, close).
+//!
+//! What a statement compiles to:
+//! - stateless (`SELECT … FROM t WHERE …`): one sub-topology; records are decoded with the
+//!   table's format in micro-batches, the SELECT runs per micro-batch (DataFusion), each result
+//!   row is a JSON value with the source record's key and timestamp;
+//! - windowed (`FROM TUMBLE(t, ts, size)`, `HOP(t, ts, slide, size)`, `SESSION(t, ts, gap)`
+//!   `GROUP BY window_start, window_end, k…`): sub-topology 0 computes each record's group key
+//!   (JSON of the GROUP BY expressions) and event time and writes the record to the repartition
+//!   topic `<query id>-sql-window-repartition` keyed by the group key; sub-topology 1 keeps each
+//!   record in the changelogged store `sql-window-rows` (keyed by event time, source partition
+//!   and offset, so a record processed twice is stored once) until the watermark closes its
+//!   windows; then the SELECT runs over the closed windows' rows (with `window_start` and
+//!   `window_end`) and each result row is written once, keyed by the group key as JSON.
+//!
+//! Sans-IO cores: [`analyze`] (SQL analysis and rewriting) and [`window`] (watermark, window
+//! assignment, closing, sessions).
+
+mod analyze;
+mod envelope;
+mod exec;
+mod nodes;
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use spate_client::admin::{AdminConfig, NewTopic};
+use spate_client::Admin;
+
+pub use analyze::WindowSpec;
+
+use super::format::RecordDecoder;
+use super::options::TableOptions;
+use super::SqlContext;
+use crate::store::{StoreSpec, StoreType};
+use crate::topology::TopicName;
+use crate::{KafkaStreams, StreamsBuilder, StreamsConfig, StreamsError, StreamsMetrics, StreamsState};
+
+/// Name of the repartition topic of a windowed query: `<query id>-sql-window-repartition`.
+const REPARTITION: &str = "sql-window";
+/// Name of the window store: changelog `<query id>-sql-window-rows-changelog`.
+const WINDOW_STORE: &str = "sql-window-rows";
+/// `commit.interval.ms` of continuous queries unless set: shorter than Kafka Streams' 30 s so
+/// that a crash replays (and may duplicate) less.
+const DEFAULT_COMMIT_INTERVAL_MS: &str = "5000";
+
+/// A continuous query running on this process (one member of its query-id group).
+pub struct ContinuousQuery {
+    streams: KafkaStreams,
+    out_topic: String,
+    description: String,
+}
+
+impl ContinuousQuery {
+    /// Plans `sql` (one `INSERT INTO topic SELECT …`) against the tables of `ctx` and starts it
+    /// as the streams application `query_id`. `extra_streams_config` are spate-streams keys
+    /// (Kafka's: `commit.interval.ms`, `state.dir`, `num.stream.threads`, …). The output topic
+    /// is created (with the source's partition count) if missing.
+    pub async fn start(
+        ctx: &SqlContext,
+        sql: &str,
+        query_id: &str,
+        extra_streams_config: &[(String, String)],
+    ) -> Result<ContinuousQuery, StreamsError> {
+        let plan = analyze::analyze(sql)?;
+        let (options, table_schema) = source_table(ctx, &plan.source_table).await?;
+        let decoder = Arc::new(RecordDecoder::new(&options, table_schema.clone(), None)?);
+        let source = nodes::Source {
+            decoder: decoder.clone(),
+            lateness_ms: options.lateness_ms,
+            idle_timeout_ms: options.idle_timeout_ms,
+        };
+        // Plan once here so that the query's mistakes are reported before anything starts.
+        let input_schema = match &plan.window {
+            None => decoder.output_schema(),
+            Some((_, time_column)) => {
+                let field = decoder.output_schema().field_with_name(time_column).cloned().map_err(|_| {
+                    StreamsError::SqlPlan {
+                        message: format!(
+                            "the window's time column '{time_column}' is not a column of table {} (its columns: {})",
+                            plan.source_table,
+                            column_names(&decoder.output_schema())
+                        ),
+                        position: None,
+                    }
+                })?;
+                if !exec::is_time_type(field.data_type()) {
+                    return Err(StreamsError::SqlPlan {
+                        message: format!(
+                            "the window's time column '{time_column}' is {}, not a TIMESTAMP, BIGINT (ms since the epoch) \
+                             or timestamp text",
+                            field.data_type()
+                        ),
+                        position: None,
+                    });
+                }
+                nodes::windowed_schema(&decoder.output_schema())
+            }
+        };
+        let checked = exec::BatchSql::plan(&plan.select_sql, input_schema).await?;
+        if plan.window.is_none() && checked.aggregates() {
+            return Err(StreamsError::SqlPlan {
+                message: "aggregates, DISTINCT and window functions need a window in a continuous query: read FROM \
+                          TUMBLE(…), HOP(…) or SESSION(…) and GROUP BY window_start, window_end"
+                    .into(),
+                position: None,
+            });
+        }
+        for key in &plan.group_keys {
+            // Group keys are evaluated per record batch before the repartition.
+            exec::BatchSql::plan(&format!("SELECT {} FROM {}", key.sql, analyze::INPUT_TABLE), decoder.output_schema())
+                .await?;
+        }
+
+        let topology = compile(&plan, &options, source)?;
+        let description = topology.to_string();
+
+        let mut config = StreamsConfig::new(query_id, &ctx.config().bootstrap_servers)
+            .set("commit.interval.ms", DEFAULT_COMMIT_INTERVAL_MS)?;
+        for (key, value) in extra_streams_config {
+            config = config.set(key, value)?;
+        }
+        ensure_output_topic(&config, &options.topic, &plan.out_topic).await?;
+        let mut streams = KafkaStreams::new(topology, config)?;
+        streams.start()?;
+        Ok(ContinuousQuery { streams, out_topic: plan.out_topic, description })
+    }
+
+    /// The topic the query writes.
+    pub fn out_topic(&self) -> &str {
+        &self.out_topic
+    }
+
+    /// The topology the query compiled to (Kafka's `TopologyDescription` layout).
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// Running, stopped, or stopped by an error (which says why).
+    pub fn state(&self) -> StreamsState {
+        self.streams.state()
+    }
+
+    /// The runtime's counters (records processed, dropped as late, commits, …).
+    pub fn metrics(&self) -> &StreamsMetrics {
+        self.streams.metrics()
+    }
+
+    /// Commits what was processed and stops (blocking: joins the stream threads).
+    pub fn close(mut self) -> Result<(), StreamsError> {
+        self.streams.close()
+    }
+
+    /// Stops without committing, as a crash would (for failover tests).
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        self.streams.crash();
+    }
+}
+
+/// Runs one continuous statement until `shutdown` completes (then commits and stops), or until
+/// the query fails (then returns its error). More processes running the same `query_id`
+/// share the work. `extra_streams_config`: spate-streams keys (`state.dir`,
+/// `commit.interval.ms`, `num.stream.threads`, …).
+pub async fn run_continuous(
+    ctx: &SqlContext,
+    sql: &str,
+    query_id: &str,
+    extra_streams_config: &[(String, String)],
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StreamsError> {
+    let query = ContinuousQuery::start(ctx, sql, query_id, extra_streams_config).await?;
+    tokio::pin!(shutdown);
+    let failed = loop {
+        tokio::select! {
+            _ = &mut shutdown => break None,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let StreamsState::Error(e) = query.state() {
+                    break Some(e);
+                }
+            }
+        }
+    };
+    let closed = tokio::task::spawn_blocking(move || query.close())
+        .await
+        .map_err(|e| StreamsError::State(format!("closing the continuous query panicked: {e}")))?;
+    match failed {
+        Some(e) => Err(StreamsError::SqlExecution(format!("the continuous query stopped: {e}"))),
+        None => closed,
+    }
+}
+
+/// The topology of an analysed statement reading the table with `options` through `source`.
+fn compile(
+    plan: &analyze::ContinuousPlan,
+    options: &TableOptions,
+    source: nodes::Source,
+) -> Result<crate::Topology, StreamsError> {
+    let builder = StreamsBuilder::new();
+    let out = TopicName::User(plan.out_topic.clone());
+    let select: Arc<str> = Arc::from(plan.select_sql.as_str());
+    {
+        let mut b = builder.lock();
+        match &plan.window {
+            None => nodes::add_batching_source(
+                &mut b,
+                "SQL-SELECT",
+                TopicName::User(options.topic.clone()),
+                out.clone(),
+                nodes::stateless_stage(source.clone(), select.clone(), Arc::from(plan.out_topic.as_str())),
+            ),
+            Some((spec, time_column)) => {
+                let repartition = TopicName::Repartition(REPARTITION.to_owned());
+                nodes::add_batching_source(
+                    &mut b,
+                    "SQL-KEY-BY",
+                    TopicName::User(options.topic.clone()),
+                    repartition.clone(),
+                    nodes::keying_stage(
+                        source.clone(),
+                        plan.group_keys.clone(),
+                        time_column.clone(),
+                        repartition.clone(),
+                    ),
+                );
+                b.add_store(StoreSpec {
+                    name: WINDOW_STORE.to_owned(),
+                    store_type: StoreType::KeyValue,
+                    logging: true,
+                    in_memory: false,
+                })?;
+                nodes::add_window_stage(
+                    &mut b,
+                    repartition,
+                    WINDOW_STORE.to_owned(),
+                    source.clone(),
+                    *spec,
+                    select.clone(),
+                    plan.group_keys.iter().map(|k| k.name.clone()).collect(),
+                    out.clone(),
+                );
+            }
+        }
+    }
+    builder.build()
+}
+
+fn column_names(schema: &SchemaRef) -> String {
+    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// The options and full schema of the topic table `name` of `ctx`.
+async fn source_table(ctx: &SqlContext, name: &str) -> Result<(TableOptions, SchemaRef), StreamsError> {
+    let provider = ctx.session().table_provider(name).await.map_err(super::plan_error)?;
+    let any: &dyn std::any::Any = provider.as_ref();
+    let Some(table) = any.downcast_ref::<super::table::TopicTable>() else {
+        return Err(StreamsError::SqlPlan {
+            message: format!("table {name} is not a topic: continuous queries read topics"),
+            position: None,
+        });
+    };
+    Ok((table.options().clone(), provider.schema()))
+}
+
+/// Creates the output topic with the source topic's partition count if it does not exist.
+async fn ensure_output_topic(config: &StreamsConfig, source: &str, out: &str) -> Result<(), StreamsError> {
+    let admin =
+        Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
+            .await
+            .map_err(|e| StreamsError::Config(format!("cannot reach the cluster to check output topic {out}: {e}")))?;
+    let existing =
+        admin.list_topics(false).await.map_err(|e| StreamsError::Config(format!("cannot list topics: {e}")))?;
+    if existing.iter().any(|t| t == out) {
+        return Ok(());
+    }
+    let partitions = admin
+        .describe_topics(&[source])
+        .await
+        .map_err(|e| StreamsError::Config(format!("cannot describe source topic {source}: {e}")))?
+        .first()
+        .map_or(1, |d| d.partitions.len().max(1) as i32);
+    let _ = admin.create_topics(&[NewTopic::new(out, partitions, config.replication_factor)]).await;
+    Ok(())
+}

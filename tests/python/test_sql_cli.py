@@ -1,0 +1,393 @@
+"""`spate sql` (issue 13) as a user runs it: -c and -f, every --format parsed back and compared with
+DuckDB computing the same query over the same data, the shell fed through a pipe surviving bad
+statements, EXPLAIN and SHOW TABLES, and unknown tables.
+
+Piped stdin runs every statement and exits 1 when any failed; -c/-f stop at the first failure and
+exit 1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import spate_binary
+from spatetest import consume_assigned, create_topic, produce, unique_topic
+
+pytestmark = pytest.mark.timeout(60)
+
+SQL_TIMEOUT_S = 30
+
+
+def spate_sql(bootstrap: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [spate_binary(), "sql", "--bootstrap-server", bootstrap, *args]
+    return subprocess.run(
+        cmd,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=SQL_TIMEOUT_S,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"spate sql exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+def parse(fmt: str, text: str) -> list[dict]:
+    """Rows as dicts of strings/numbers, whatever the format."""
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if fmt == "tsv":
+        return list(csv.DictReader(io.StringIO(text), delimiter="\t"))
+    if fmt == "json":
+        return json.loads(text)
+    if fmt == "ndjson":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    raise ValueError(fmt)
+
+
+def same(got, want) -> bool:
+    """A value printed by spate (maybe as CSV text) equals DuckDB's."""
+    if want is None:
+        return got in (None, "")
+    if isinstance(want, float):
+        return math.isclose(float(got), want, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(want, int) and not isinstance(want, bool):
+        return int(got) == want
+    return str(got) == str(want)
+
+
+def assert_rows_equal(got: list[dict], want: list[tuple], columns: list[str], fmt: str) -> None:
+    assert len(got) == len(want), f"{fmt}: {len(got)} rows, DuckDB has {len(want)}\n{got[:5]}\n{want[:5]}"
+    for g, w in zip(got, want):
+        assert list(g.keys()) == columns, f"{fmt}: columns {list(g.keys())}, want {columns}"
+        for c, wv in zip(columns, w):
+            assert same(g[c], wv), f"{fmt}: column {c}: spate {g[c]!r}, DuckDB {wv!r} (row {g} vs {w})"
+
+
+@pytest.fixture
+def parquet_dir(tmp_path) -> Path:
+    """A hive-partitioned Parquet directory (region=…/part-*.parquet), as the connect sink writes."""
+    n = 3000
+    regions = ["eu", "us", "apac"]
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "region": [regions[i % 3] for i in range(n)],
+            "amount": [round((i * 37 % 1000) / 7.0, 3) for i in range(n)],
+            "name": [None if i % 11 == 0 else f"n{i % 97:03d}" for i in range(n)],
+        }
+    )
+    root = tmp_path / "sales"
+    pq.write_to_dataset(table, root, partition_cols=["region"])
+    return root
+
+
+PARQUET_QUERY = (
+    "SELECT region, count(*) AS n, sum(amount) AS total, min(name) AS first_name, "
+    "count(name) AS named FROM sales WHERE id % 5 <> 0 GROUP BY region ORDER BY region"
+)
+PARQUET_COLUMNS = ["region", "n", "total", "first_name", "named"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "ndjson"])
+def test_parquet_directory_query_equals_duckdb_in_every_format(broker, parquet_dir, fmt):
+    create = f"CREATE EXTERNAL TABLE sales STORED AS PARQUET LOCATION '{parquet_dir}/'"
+    out = ok(spate_sql(broker.bootstrap, "--format", fmt, "-c", create, "-c", PARQUET_QUERY))
+    duck = duckdb.sql(
+        PARQUET_QUERY.replace("FROM sales", f"FROM read_parquet('{parquet_dir}/**/*.parquet', hive_partitioning=true)")
+    ).fetchall()
+    assert_rows_equal(parse(fmt, out), duck, PARQUET_COLUMNS, fmt)
+
+
+def test_table_format_prints_a_table_and_the_row_count(broker, parquet_dir):
+    proc = spate_sql(
+        broker.bootstrap,
+        "-c",
+        f"CREATE EXTERNAL TABLE sales STORED AS PARQUET LOCATION '{parquet_dir}/'",
+        "-c",
+        "SELECT id, region FROM sales ORDER BY id",
+        "--maxrows",
+        "5",
+    )
+    out = ok(proc)
+    assert "| id | region |" in out, out
+    assert "| 4  |" in out and "| 5  |" not in out, out
+    assert "2995 more rows not shown (--maxrows 5)" in out, out
+    # One line per statement on stderr: the DDL's and the SELECT's.
+    assert "0 rows in " in proc.stderr and "3000 rows in " in proc.stderr, proc.stderr
+    quiet = spate_sql(broker.bootstrap, "--quiet", "-c", "SELECT 1 AS one", "--format", "csv")
+    assert ok(quiet) == "one\n1\n" and quiet.stderr == "", quiet.stderr
+
+
+def test_piped_shell_survives_bad_statements(broker):
+    script = "\n".join(
+        [
+            "SELEC 1;",  # a syntax error
+            "SELECT * FROM no_such_table;",  # an unknown table
+            "SELECT nope FROM (VALUES (1)) AS t(a);",  # an unknown column
+            "SELECT 'still; alive' AS s,",
+            "       41 + 1 AS answer;",
+            "SELECT 'last without a semicolon' AS s",
+        ]
+    )
+    proc = spate_sql(broker.bootstrap, "--format", "ndjson", stdin=script)
+    assert proc.returncode == 1, proc
+    rows = parse("ndjson", proc.stdout)
+    assert rows == [{"s": "still; alive", "answer": 42}, {"s": "last without a semicolon"}], proc.stdout
+    err = proc.stderr
+    assert "SELEC" in err, err
+    assert "no_such_table" in err and "not found" in err, err
+    assert "nope" in err, err
+    # Plan errors blame the query; the last line sums up.
+    assert err.count("(fix the query)") >= 3, err
+    assert err.rstrip().endswith("error: 3 of 5 statements failed"), err
+
+
+def test_piped_shell_exits_zero_when_every_statement_succeeds_and_stops_at_quit(broker):
+    proc = spate_sql(broker.bootstrap, "--format", "csv", "-q", stdin="SELECT 1 AS a;\n\\q\nSELECT 2 AS a;\n")
+    assert ok(proc) == "a\n1\n"
+
+
+def test_file_with_several_statements_and_a_semicolon_in_a_string(broker, tmp_path):
+    script = tmp_path / "q.sql"
+    script.write_text(
+        "-- a comment; with a semicolon\n"
+        "CREATE VIEW v AS SELECT * FROM (VALUES (1, 'a;b'), (2, 'c')) AS t(id, s);\n"
+        "SELECT id, s FROM v ORDER BY id;\n"
+        "/* ; */ SELECT count(*) AS n FROM v WHERE s LIKE '%;%'\n"
+    )
+    out = ok(spate_sql(broker.bootstrap, "--format", "ndjson", "-f", str(script)))
+    assert parse("ndjson", out) == [{"id": 1, "s": "a;b"}, {"id": 2, "s": "c"}, {"n": 1}]
+
+
+def test_file_stops_at_the_first_failing_statement_and_names_it(broker, tmp_path):
+    script = tmp_path / "bad.sql"
+    script.write_text("SELECT 1 AS a;\n\nSELECT x\n  FROM missing_topic;\nSELECT 3 AS a;\n")
+    proc = spate_sql(broker.bootstrap, "--format", "csv", "-f", str(script))
+    assert proc.returncode == 1
+    assert proc.stdout == "a\n1\n", proc.stdout
+    assert f"{script}, statement 2 (line 3)" in proc.stderr, proc.stderr
+    assert "missing_topic" in proc.stderr, proc.stderr
+
+
+def test_commands_and_files_run_in_command_line_order(broker, tmp_path):
+    setup = tmp_path / "setup.sql"
+    setup.write_text("CREATE VIEW w AS SELECT 7 AS seven;")
+    out = ok(spate_sql(broker.bootstrap, "--format", "csv", "-f", str(setup), "-c", "SELECT seven FROM w"))
+    assert out == "seven\n7\n"
+
+
+def test_explain_and_show_tables(broker):
+    plan = ok(spate_sql(broker.bootstrap, "-c", "EXPLAIN SELECT a + 1 FROM (VALUES (1), (2)) AS t(a) WHERE a > 1"))
+    assert "logical_plan" in plan and "physical_plan" in plan, plan
+    assert "Filter" in plan, plan
+    tables = parse("csv", ok(spate_sql(broker.bootstrap, "--format", "csv", "-c", "SHOW TABLES")))
+    assert {"table_catalog", "table_schema", "table_name", "table_type"} <= set(tables[0].keys())
+    assert any(t["table_name"] == "tables" and t["table_schema"] == "information_schema" for t in tables)
+
+
+def test_unterminated_string_in_a_command_is_a_clear_error(broker):
+    proc = spate_sql(broker.bootstrap, "-c", "SELECT 'open")
+    assert proc.returncode == 1
+    assert "Unterminated string literal" in proc.stderr and "-c #1" in proc.stderr, proc.stderr
+
+
+class Pty:
+    """`spate sql` on a pseudo-terminal, as a person at a shell runs it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: become spate
+            os.execve(argv[0], argv, env)
+        self.out = b""
+
+    def expect(self, marker: bytes, timeout_s: float = 10.0) -> bytes:
+        """Reads until `marker` shows up after what earlier expects consumed; returns what came."""
+        deadline = time.monotonic() + timeout_s
+        while marker not in self.out:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {marker!r} on the terminal; it shows:\n{self.out.decode(errors='replace')}")
+            ready, _, _ = select.select([self.fd], [], [], min(remaining, 0.2))
+            if ready:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        seen, _, self.out = self.out.partition(marker)
+        return seen + marker
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout_s: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 65536)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        raise AssertionError("spate sql did not leave the shell")
+
+
+def test_interactive_shell_multiline_ctrl_c_and_history(broker, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "NO_COLOR": "1"}
+    shell = Pty([spate_binary(), "sql", "--bootstrap-server", broker.bootstrap], env)
+    shell.expect(b"spate> ")
+    # A statement over three lines, a `;` inside its string.
+    shell.send(b"SELECT 'x;\r")
+    shell.expect(b"    -> ")
+    shell.send(b"y' AS s,\r")
+    shell.expect(b"    -> ")
+    shell.send(b"  6 * 7 AS answer;\r")
+    shown = shell.expect(b"1 row in ")
+    assert b"| 42     |" in shown, shown
+    # Ctrl-C drops a half-typed statement...
+    shell.expect(b"spate> ")
+    shell.send(b"SELECT nothing\r")
+    shell.expect(b"    -> ")
+    shell.send(b"\x03")
+    shell.expect(b"spate> ")
+    # ...and cancels a running query; the shell goes on.
+    shell.send(b"SELECT count(*) FROM generate_series(1, 100000000000);\r")
+    time.sleep(0.5)
+    shell.send(b"\x03")
+    shell.expect(b"query cancelled")
+    shell.send(b"SELECT * FROM no_such_table;\r")
+    shell.expect(b"not found")
+    shell.send(b"SELECT 'after' AS s;\r")
+    assert b"after" in shell.expect(b"1 row in ")
+    shell.expect(b"spate> ")
+    shell.send(b"\\q\r")
+    assert shell.wait() == 0
+    history = (tmp_path / ".spate_sql_history").read_text()
+    assert "SELECT 'x;\\ny' AS s,\\n  6 * 7 AS answer;" in history, history
+    assert "SELECT nothing" not in history, history
+
+
+@pytest.fixture
+def clicks_topic(broker, tmp_path):
+    """A 3-partition topic of JSON clicks produced with confluent-kafka, 3 of them malformed; also
+    written to an NDJSON file for DuckDB. Returns (topic, ndjson path, delivered partitions)."""
+    topic = unique_topic("clicks")
+    create_topic(broker.bootstrap, topic, partitions=3)
+    records = []
+    for i in range(900):
+        click = {"user": f"u{i % 17:02d}", "page": f"/p/{i % 5}", "amount": round((i * 7919 % 1000) / 8.0, 3)}
+        if i % 50 == 0:
+            click["amount"] = None
+        records.append(click)
+    values = [(i % 3, None, json.dumps(r).encode(), []) for i, r in enumerate(records)]
+    values += [(p, None, b"{not json", []) for p in range(3)]
+    delivered = produce(broker.bootstrap, topic, values)
+    ndjson = tmp_path / "clicks.ndjson"
+    ndjson.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return topic, ndjson, [m.partition() for m in delivered]
+
+
+TOPIC_QUERY = (
+    'SELECT "user", count(*) AS n, count(amount) AS priced, sum(amount) AS total, max(page) AS last_page '
+    'FROM {table} WHERE "user" IS NOT NULL GROUP BY "user" ORDER BY "user"'
+)
+TOPIC_COLUMNS = ["user", "n", "priced", "total", "last_page"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "ndjson"])
+def test_topic_query_equals_duckdb_in_every_format(broker, clicks_topic, fmt):
+    topic, ndjson, _ = clicks_topic
+    proc = spate_sql(broker.bootstrap, "--format", fmt, "-c", TOPIC_QUERY.format(table=f'"{topic}"'))
+    got = parse(fmt, ok(proc))
+    duck = duckdb.sql(TOPIC_QUERY.format(table=f"read_json_auto('{ndjson}')")).fetchall()
+    assert_rows_equal(got, duck, TOPIC_COLUMNS, fmt)
+    # The three malformed values read as NULL columns, and the user hears of it.
+    assert "warning: 3 records did not decode under their table's format and read as NULL" in proc.stderr, proc.stderr
+
+
+def test_topic_metadata_columns_and_show_tables(broker, clicks_topic):
+    topic, _, partitions = clicks_topic
+    per_partition = parse(
+        "csv",
+        ok(
+            spate_sql(
+                broker.bootstrap,
+                "--format",
+                "csv",
+                "-c",
+                f'SELECT _partition, count(*) AS n, max(_offset) AS last FROM "{topic}" GROUP BY _partition ORDER BY 1',
+            )
+        ),
+    )
+    want = [(p, partitions.count(p), partitions.count(p) - 1) for p in sorted(set(partitions))]
+    assert_rows_equal(per_partition, want, ["_partition", "n", "last"], "csv")
+    tables = parse("csv", ok(spate_sql(broker.bootstrap, "--format", "csv", "-c", "SHOW TABLES")))
+    assert any(t["table_name"] == topic for t in tables), tables
+
+
+def test_unknown_topic_is_a_clear_error(broker):
+    proc = spate_sql(broker.bootstrap, "-c", 'SELECT * FROM "no-such-topic"')
+    assert proc.returncode == 1
+    assert "no-such-topic" in proc.stderr and "(fix the query)" in proc.stderr, proc.stderr
+
+
+def test_continuous_query_runs_until_sigterm(broker_factory, tmp_path):
+    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
+    src, out = unique_topic("cq-in"), unique_topic("cq-out")
+    create_topic(broker.bootstrap, src, partitions=2)
+    create_topic(broker.bootstrap, out, partitions=2)
+
+    def events(lo: int, hi: int):
+        return [(i % 2, None, json.dumps({"k": "ab"[i % 2], "x": i, "ts": i}).encode(), []) for i in range(lo, hi)]
+
+    produce(broker.bootstrap, src, events(0, 500))
+    cmd = [
+        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
+        "--continuous", "--query-id", unique_topic("cq"), "--state-dir", str(tmp_path / "state"),
+        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
+        "--config", "heartbeat.interval.ms=500",
+        "-c", f"CREATE TABLE cin (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = '{src}')",
+        "-c", f'INSERT INTO "{out}" SELECT upper(k) AS big, x * 2 AS doubled FROM cin WHERE x % 10 = 0',
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Input that arrives while the query runs is processed too.
+        produce(broker.bootstrap, src, events(500, 1000))
+        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=100, timeout_s=40)
+        doubled = sorted(json.loads(m.value())["doubled"] for m in got)
+        assert doubled == [x * 2 for x in range(0, 1000, 10)]
+        assert {json.loads(m.value())["big"] for m in got} == {"A"}
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"spate sql --continuous ignored SIGTERM for 30 s:\n{err}")
+    assert proc.returncode == 0, err
+    assert "stopped; its progress is committed" in err, err
