@@ -66,7 +66,8 @@ async fn produce_events(broker: &TestBroker, n: usize) -> Vec<Produced> {
             13 => None,
             _ => Some(Ok(Event { user_id: (i % 37) as i64, amount: i as f64 * 0.5, service: SERVICES[i % 4] })),
         };
-        let mut record = ProducerRecord::default().with_partition(partition).with_timestamp_ms(timestamp_ms).with_key(key.clone());
+        let mut record =
+            ProducerRecord::default().with_partition(partition).with_timestamp_ms(timestamp_ms).with_key(key.clone());
         record.value = value.as_ref().map(|v| match v {
             Ok(e) => Bytes::from(
                 serde_json::json!({"user_id": e.user_id, "amount": e.amount, "service": e.service, "extra": {"n": i}})
@@ -206,7 +207,8 @@ async fn adhoc_queries_match_the_model() {
     assert_eq!(r.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     assert_eq!(
         r.schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
-        ["user_id", "amount", "service", "extra", "_key", "_partition", "_offset", "_timestamp", "_headers"]
+        // serde_json writes keys sorted; inference keeps the order of the records' text.
+        ["amount", "extra", "service", "user_id", "_key", "_partition", "_offset", "_timestamp", "_headers"]
     );
 
     // A declared table with on_error = 'fail' names the bad record; DROP TABLE removes it.
@@ -233,8 +235,8 @@ async fn adhoc_queries_match_the_model() {
     let r = query(&ctx, "SELECT count(value) FROM raw").await;
     assert_eq!(single_i64(&r), produced.iter().filter(|p| p.value.is_some()).count() as i64);
     query(&ctx, "CREATE TABLE rawb WITH (topic = 'events', format = 'bytes')").await;
-    let r = query(&ctx, "SELECT sum(octet_length(value)) FROM rawb WHERE _partition = 0").await;
-    assert!(single_i64(&r) > 0);
+    let r = query(&ctx, "SELECT count(value) FROM rawb WHERE _partition = 0").await;
+    assert_eq!(single_i64(&r), produced.iter().filter(|p| p.partition == 0 && p.value.is_some()).count() as i64);
 
     // csv, declared and inferred.
     produce_values(&broker, "csvt", &[Some("a,1"), Some("b,2"), Some("c,x"), None, Some("\"d,e\",4,extra")]).await;
@@ -242,7 +244,8 @@ async fn adhoc_queries_match_the_model() {
     let r = query(&ctx, "SELECT name, n FROM c ORDER BY _offset").await;
     assert_eq!(
         rows(&r),
-        [["a", "1"], ["b", "2"], ["NULL", "NULL"], ["NULL", "NULL"], ["NULL", "NULL"]].map(|r| r.map(String::from).to_vec())
+        [["a", "1"], ["b", "2"], ["NULL", "NULL"], ["NULL", "NULL"], ["NULL", "NULL"]]
+            .map(|r| r.map(String::from).to_vec())
     );
     assert_eq!(r.malformed_records, 2);
     query(&ctx, "CREATE TABLE c_inferred WITH (topic = 'csvt', format = 'csv')").await;
@@ -275,7 +278,8 @@ async fn adhoc_queries_match_the_model() {
          WHERE p.user_id < 3 GROUP BY p.topic, p.name ORDER BY p.name",
     )
     .await;
-    let expected: Vec<Vec<String>> = model.iter().map(|(n, c)| vec!["users".to_owned(), n.clone(), c.to_string()]).collect();
+    let expected: Vec<Vec<String>> =
+        model.iter().map(|(n, c)| vec!["users".to_owned(), n.clone(), c.to_string()]).collect();
     assert_eq!(rows(&r), expected);
 
     // SHOW TABLES lists the topics.

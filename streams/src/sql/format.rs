@@ -63,7 +63,8 @@ pub(crate) fn metadata_fields() -> Vec<Field> {
 
 /// The type `MapBuilder::new(None, StringBuilder, StringBuilder)` builds.
 fn headers_type() -> DataType {
-    let entries = Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)]);
+    let entries =
+        Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)]);
     DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
 }
 
@@ -326,14 +327,22 @@ impl RecordDecoder {
             indices[i] = Some(row as u32);
         }
         let indices = UInt32Array::from(indices);
-        let columns =
-            batch.columns().iter().map(|c| take(c, &indices, None)).collect::<Result<Vec<_>, _>>().map_err(|e| internal(&e))?;
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| take(c, &indices, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal(&e))?;
         Ok((columns, malformed))
     }
 
     /// Decodes exactly `count` values into a batch of the projected value columns, or fails if any
     /// value is not exactly one row of this format.
-    fn decode_values<'v>(&self, values: impl Iterator<Item = &'v [u8]>, count: usize) -> Result<RecordBatch, ArrowError> {
+    fn decode_values<'v>(
+        &self,
+        values: impl Iterator<Item = &'v [u8]>,
+        count: usize,
+    ) -> Result<RecordBatch, ArrowError> {
         let batch = match self.format {
             ValueFormat::Json => {
                 let mut decoder = arrow_json::ReaderBuilder::new(self.projected_value_schema.clone())
@@ -424,7 +433,12 @@ mod tests {
         ])
     }
 
-    fn decoder(format: ValueFormat, on_error: OnError, schema: SchemaRef, projection: Option<&[usize]>) -> RecordDecoder {
+    fn decoder(
+        format: ValueFormat,
+        on_error: OnError,
+        schema: SchemaRef,
+        projection: Option<&[usize]>,
+    ) -> RecordDecoder {
         let mut options = TableOptions::new("t");
         options.format = format;
         options.on_error = on_error;
@@ -441,7 +455,10 @@ mod tests {
         ];
         let (batch, malformed) = d.decode(&records).unwrap();
         assert_eq!(malformed, 0);
-        assert_eq!(batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["_offset", "id", "score"]);
+        assert_eq!(
+            batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+            ["_offset", "id", "score"]
+        );
         assert_eq!(batch.column(0).as_primitive::<Int64Type>().values(), &[0, 1, 2]);
         assert_eq!(batch.column(1).as_primitive::<Int64Type>().values(), &[1, 2, 3]);
         let score = batch.column(2).as_primitive::<datafusion::arrow::datatypes::Float64Type>();
@@ -452,16 +469,16 @@ mod tests {
     fn json_malformed_values_are_null_and_counted_never_a_panic() {
         let d = decoder(ValueFormat::Json, OnError::Null, json_schema(), None);
         let bad: [&'static [u8]; 10] = [
-            b"{\"id\": 1",           // truncated
-            b"not json",             // not JSON
-            b"5",                    // JSON but not an object
-            b"[1, 2]",               // an array
-            b"\"text\"",             // a string
-            b"{\"id\": \"abc\"}",    // type mismatch
-            b"",                     // empty
+            b"{\"id\": 1",             // truncated
+            b"not json",               // not JSON
+            b"5",                      // JSON but not an object
+            b"[1, 2]",                 // an array
+            b"\"text\"",               // a string
+            b"{\"id\": \"abc\"}",      // type mismatch
+            b"",                       // empty
             b"{\"id\": 1}{\"id\": 2}", // two objects in one value
-            b"   ",                  // blank
-            b"\xff\xfe",             // not UTF-8
+            b"   ",                    // blank
+            b"\xff\xfe",               // not UTF-8
         ];
         let mut records = vec![rec(0, Some(br#"{"id": 10, "name": "x"}"#)), rec(1, None)];
         for (i, b) in bad.iter().enumerate() {
@@ -521,7 +538,14 @@ mod tests {
             spate_client::RecordHeader { key: "h2".into(), value: None },
         ];
         let records = [
-            RawRecord { key: Some(b"k1"), value: None, partition: 2, offset: 5, timestamp_ms: 1_700_000_000_000, headers: &headers },
+            RawRecord {
+                key: Some(b"k1"),
+                value: None,
+                partition: 2,
+                offset: 5,
+                timestamp_ms: 1_700_000_000_000,
+                headers: &headers,
+            },
             RawRecord { key: Some(b"\xffk"), value: None, partition: 2, offset: 6, timestamp_ms: 7, headers: &[] },
             RawRecord { key: None, value: None, partition: 2, offset: 7, timestamp_ms: 8, headers: &[] },
         ];
@@ -546,16 +570,31 @@ mod tests {
 
     #[test]
     fn string_and_bytes_formats() {
-        let s = decoder(ValueFormat::String, OnError::Null, table_schema(fixed_value_fields(ValueFormat::String)), Some(&[0]));
+        let s = decoder(
+            ValueFormat::String,
+            OnError::Null,
+            table_schema(fixed_value_fields(ValueFormat::String)),
+            Some(&[0]),
+        );
         let records = [rec(0, Some(b"hello")), rec(1, Some(b"\xff\xfe")), rec(2, None)];
         let (batch, malformed) = s.decode(&records).unwrap();
         assert_eq!(malformed, 1);
         let v = batch.column(0).as_string::<i32>();
         assert_eq!(v.value(0), "hello");
         assert!(v.is_null(1) && v.is_null(2));
-        let s = decoder(ValueFormat::String, OnError::Fail, table_schema(fixed_value_fields(ValueFormat::String)), Some(&[0]));
+        let s = decoder(
+            ValueFormat::String,
+            OnError::Fail,
+            table_schema(fixed_value_fields(ValueFormat::String)),
+            Some(&[0]),
+        );
         assert!(s.decode(&records).unwrap_err().to_string().contains("t-0@1"));
-        let b = decoder(ValueFormat::Bytes, OnError::Fail, table_schema(fixed_value_fields(ValueFormat::Bytes)), Some(&[0]));
+        let b = decoder(
+            ValueFormat::Bytes,
+            OnError::Fail,
+            table_schema(fixed_value_fields(ValueFormat::Bytes)),
+            Some(&[0]),
+        );
         let (batch, malformed) = b.decode(&records).unwrap();
         assert_eq!(malformed, 0);
         assert_eq!(batch.column(0).as_binary::<i32>().value(1), b"\xff\xfe");
@@ -598,6 +637,7 @@ mod tests {
         let mut options = TableOptions::new("t");
         options.format = ValueFormat::Json;
         assert!(RecordDecoder::new(&options, json_schema(), Some(&[99])).is_err());
-        assert!(RecordDecoder::new(&options, Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true)])), None).is_err());
+        assert!(RecordDecoder::new(&options, Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true)])), None)
+            .is_err());
     }
 }

@@ -174,7 +174,9 @@ impl SqlContext {
         let mut pairs = Vec::with_capacity(with.len());
         for option in with {
             match option {
-                SqlOption::KeyValue { key, value } => pairs.push((normalize_option_key(&key.value), option_value(value))),
+                SqlOption::KeyValue { key, value } => {
+                    pairs.push((normalize_option_key(&key.value), option_value(value)))
+                }
                 other => return Err(plan_at(format!("table option {other} is not `key = 'value'`"), None)),
             }
         }
@@ -220,7 +222,8 @@ impl SqlContext {
                 }
                 casts.push(format!("CAST(NULL AS {}) AS \"{}\"", column.data_type, column_name.replace('"', "\"\"")));
             }
-            let types = self.session.sql(&format!("SELECT {}", casts.join(", "))).await.map_err(|e| self.plan_error(e))?;
+            let types =
+                self.session.sql(&format!("SELECT {}", casts.join(", "))).await.map_err(|e| self.plan_error(e))?;
             let fields: Vec<Field> =
                 types.schema().fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect();
             TopicTable::new(options, format::table_schema(fields), self.cluster.clone())

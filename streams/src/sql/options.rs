@@ -117,9 +117,7 @@ impl TableOptions {
                         "bytes" | "binary" => ValueFormat::Bytes,
                         "csv" => ValueFormat::Csv,
                         other => {
-                            return Err(plan(format!(
-                                "unknown format '{other}' (expected json, string, bytes or csv)"
-                            )))
+                            return Err(plan(format!("unknown format '{other}' (expected json, string, bytes or csv)")))
                         }
                     }
                 }
@@ -130,7 +128,9 @@ impl TableOptions {
                         other => return Err(plan(format!("unknown on_error '{other}' (expected null or fail)"))),
                     }
                 }
-                "lateness" => options.lateness_ms = parse_interval_ms(value).map_err(|e| plan(format!("lateness: {e}")))?,
+                "lateness" => {
+                    options.lateness_ms = parse_interval_ms(value).map_err(|e| plan(format!("lateness: {e}")))?
+                }
                 "idle_timeout" => {
                     options.idle_timeout_ms =
                         Some(parse_interval_ms(value).map_err(|e| plan(format!("idle_timeout: {e}")))?)
@@ -153,10 +153,7 @@ impl TableOptions {
                     options.csv_delimiter = delimiter;
                 }
                 other => {
-                    return Err(plan(format!(
-                        "unknown table option '{other}' (allowed: {})",
-                        OPTION_KEYS.join(", ")
-                    )))
+                    return Err(plan(format!("unknown table option '{other}' (allowed: {})", OPTION_KEYS.join(", "))))
                 }
             }
         }
@@ -184,7 +181,9 @@ pub fn parse_interval_ms(text: &str) -> Result<i64, String> {
         "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
         "h" | "hour" | "hours" => 3_600_000.0,
         "d" | "day" | "days" => 86_400_000.0,
-        other => return Err(format!("unknown interval unit '{other}' in '{text}' (ms, seconds, minutes, hours, days)")),
+        other => {
+            return Err(format!("unknown interval unit '{other}' in '{text}' (ms, seconds, minutes, hours, days)"))
+        }
     };
     let ms = number * unit_ms;
     // Up to ~100 years: beyond that the value is a typo, and i64 arithmetic on it would overflow.

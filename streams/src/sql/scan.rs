@@ -220,10 +220,13 @@ fn split_ranges(mut ranges: Vec<PartitionRange>, target: usize) -> Vec<Vec<Parti
         lightest.0 += r.end - r.start;
         lightest.1.push(r);
     }
-    groups.into_iter().map(|(_, mut g)| {
-        g.sort_by_key(|r| r.partition);
-        g
-    }).collect()
+    groups
+        .into_iter()
+        .map(|(_, mut g)| {
+            g.sort_by_key(|r| r.partition);
+            g
+        })
+        .collect()
 }
 
 impl DisplayAs for TopicScanExec {
@@ -279,9 +282,11 @@ impl ExecutionPlan for TopicScanExec {
     }
 
     fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let ranges = self.groups.get(partition).cloned().ok_or_else(|| {
-            DataFusionError::Internal(format!("TopicScanExec has no partition {partition}"))
-        })?;
+        let ranges = self
+            .groups
+            .get(partition)
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal(format!("TopicScanExec has no partition {partition}")))?;
         let malformed = MetricBuilder::new(&self.metrics).counter(MALFORMED_METRIC, partition);
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);

@@ -62,7 +62,9 @@ impl TopicTable {
         let earliest = lookup(OffsetSpec::Earliest).await.map_err(|e| self.cluster.client_error(e, &context()))?;
         let latest = lookup(OffsetSpec::Latest).await.map_err(|e| self.cluster.client_error(e, &context()))?;
         let by_time = match bounds.timestamp_start_ms {
-            Some(ms) => Some(lookup(OffsetSpec::Timestamp(ms)).await.map_err(|e| self.cluster.client_error(e, &context()))?),
+            Some(ms) => {
+                Some(lookup(OffsetSpec::Timestamp(ms)).await.map_err(|e| self.cluster.client_error(e, &context()))?)
+            }
             None => None,
         };
         let mut ranges = Vec::new();
