@@ -377,8 +377,9 @@ impl Shell {
         }
         let malformed = malformed.malformed_records();
         if malformed > 0 {
+            let records = if malformed == 1 { "record" } else { "records" };
             eprintln!(
-                "warning: {malformed} records did not decode under their table's format and read as NULL \
+                "warning: {malformed} {records} did not decode under their table's format and read as NULL \
                  (WITH (on_error = 'fail') makes them an error)"
             );
         }
