@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
+    new_null_array, ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
     TimestampMillisecondBuilder, UInt32Array,
 };
 use datafusion::arrow::compute::take;
@@ -175,6 +175,7 @@ impl RecordDecoder {
     }
 
     /// Whether decoding parses values (some value column is projected).
+    #[cfg(test)]
     pub(crate) fn parses_values(&self) -> bool {
         !self.projected_values.is_empty()
     }
@@ -416,7 +417,7 @@ fn internal(e: &ArrowError) -> StreamsError {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{AsArray, Int64Array, MapArray};
+    use datafusion::arrow::array::{Array, AsArray, Int64Array, MapArray};
     use datafusion::arrow::datatypes::Int64Type;
 
     use super::*;

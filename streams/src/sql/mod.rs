@@ -235,15 +235,10 @@ impl SqlContext {
     /// A planning failure: the query's fault, with its position when DataFusion or the parser
     /// gives one — unless the cause is ours or the cluster's (a `StreamsError` inside).
     fn plan_error(&self, e: DataFusionError) -> StreamsError {
-        if let Some(inner) = streams_error(&e) {
-            return inner;
-        }
-        let position = e
-            .diagnostic()
-            .and_then(|d| d.span)
-            .and_then(|span| position_at(span.start.line, span.start.column))
-            .or_else(|| parse_position(&e.to_string()));
-        let mut message = e.strip_backtrace();
+        let (mut message, position) = match plan_error(e) {
+            StreamsError::SqlPlan { message, position } => (message, position),
+            other => return other,
+        };
         if let Some(table) = missing_table(&message) {
             message = format!(
                 "topic '{table}' does not exist and no table of that name is declared (SHOW TABLES lists them): \
@@ -260,6 +255,20 @@ impl SqlContext {
         }
         StreamsError::SqlPlan { message, position }
     }
+}
+
+/// A planning failure: the query's fault, with its position when DataFusion or the parser gives
+/// one — unless the cause is ours or the cluster's (a `StreamsError` inside).
+pub(crate) fn plan_error(e: DataFusionError) -> StreamsError {
+    if let Some(inner) = streams_error(&e) {
+        return inner;
+    }
+    let position = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .and_then(|span| position_at(span.start.line, span.start.column))
+        .or_else(|| parse_position(&e.to_string()));
+    StreamsError::SqlPlan { message: e.strip_backtrace(), position }
 }
 
 /// Option keys as written: `sample_records` for `sample.records` (a bare identifier cannot hold a
