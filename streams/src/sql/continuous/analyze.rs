@@ -336,7 +336,7 @@ fn unit_name(field: &DateTimeField) -> Result<&'static str, String> {
 /// `10 seconds`, `1 minute 30 seconds`, `500 ms`: a sum of number-unit pairs, in milliseconds.
 pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    if words.is_empty() || words.len() % 2 != 0 {
+    if words.is_empty() || !words.len().is_multiple_of(2) {
         return Err(format!("'{text}' is not <number> <unit> [<number> <unit>…]"));
     }
     let mut total: i64 = 0;

@@ -72,24 +72,24 @@ impl SourceRecord {
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self, StreamsError> {
         let bad = |reason: &str| StreamsError::SqlExecution(format!("{what}: not a continuous-query record: {reason}"));
         let mut r = Reader { bytes, at: 0 };
-        let version = r.take(1).map_err(|e| bad(e))?[0];
+        let version = r.take(1).map_err(&bad)?[0];
         if version != VERSION {
             return Err(bad(&format!("unknown version {version}")));
         }
-        let partition = i32::from_be_bytes(r.array().map_err(|e| bad(e))?);
-        let offset = i64::from_be_bytes(r.array().map_err(|e| bad(e))?);
-        let timestamp_ms = i64::from_be_bytes(r.array().map_err(|e| bad(e))?);
-        let key = r.bytes().map_err(|e| bad(e))?;
-        let value = r.bytes().map_err(|e| bad(e))?;
-        let count = u32::from_be_bytes(r.array().map_err(|e| bad(e))?) as usize;
+        let partition = i32::from_be_bytes(r.array().map_err(&bad)?);
+        let offset = i64::from_be_bytes(r.array().map_err(&bad)?);
+        let timestamp_ms = i64::from_be_bytes(r.array().map_err(&bad)?);
+        let key = r.bytes().map_err(&bad)?;
+        let value = r.bytes().map_err(&bad)?;
+        let count = u32::from_be_bytes(r.array().map_err(&bad)?) as usize;
         if count > MAX_HEADERS {
             return Err(bad(&format!("{count} headers is more than {MAX_HEADERS}")));
         }
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = r.bytes().map_err(|e| bad(e))?.ok_or_else(|| bad("null header name"))?;
+            let name = r.bytes().map_err(&bad)?.ok_or_else(|| bad("null header name"))?;
             let name = String::from_utf8(name.to_vec()).map_err(|_| bad("header name is not UTF-8"))?;
-            headers.push(RecordHeader { key: name, value: r.bytes().map_err(|e| bad(e))? });
+            headers.push(RecordHeader { key: name, value: r.bytes().map_err(&bad)? });
         }
         if r.at != bytes.len() {
             return Err(bad("trailing bytes"));

@@ -205,6 +205,7 @@ impl SessionIndex {
     }
 
     /// Sessions held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_last.len()
     }
