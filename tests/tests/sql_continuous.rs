@@ -232,30 +232,9 @@ async fn tumble_results_equal_the_dsl_and_the_model_with_late_records() {
     // The DSL on the same input: the same windows and counts.
     let dsl_state = tempfile::tempdir().unwrap();
     let windows = TimeWindows::of_size_with_grace(Duration::from_secs(10), Duration::from_secs(2)).unwrap();
-    let mut streams = KafkaStreams::new(
-        dsl_counts("tq-in", "tq-dsl", windows),
-        StreamsConfig::new("tq-dsl-app", &broker.bootstrap())
-            .set("commit.interval.ms", "200")
-            .unwrap()
-            .set("state.dir", dsl_state.path().to_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    streams.start().unwrap();
-    let dsl = read_until(&broker, "tq-dsl", Duration::from_secs(30), |r| r.len() >= expected.len()).await;
-    let dsl: BTreeMap<(String, i64, i64), i64> = dsl
-        .iter()
-        .map(|r| {
-            let v = json(r);
-            (
-                (v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()),
-                v["n"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let dsl = dsl_window_counts(&broker, "tq-in", "tq-dsl", "tq-dsl-app", windows, dsl_state.path(), expected.len()).await;
     let sql_counts: BTreeMap<(String, i64, i64), i64> = got.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
     assert_eq!(sql_counts, dsl);
-    tokio::task::spawn_blocking(move || streams.close()).await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,30 +272,9 @@ async fn hop_results_equal_the_dsl() {
         .unwrap()
         .advance_by(Duration::from_secs(5))
         .unwrap();
-    let mut streams = KafkaStreams::new(
-        dsl_counts("hq-in", "hq-dsl", windows),
-        StreamsConfig::new("hq-dsl-app", &broker.bootstrap())
-            .set("commit.interval.ms", "200")
-            .unwrap()
-            .set("state.dir", dsl_state.path().to_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    streams.start().unwrap();
-    let dsl = read_until(&broker, "hq-dsl", Duration::from_secs(30), |r| r.len() >= expected.len()).await;
-    let dsl: BTreeMap<(String, i64, i64), i64> = dsl
-        .iter()
-        .map(|r| {
-            let v = json(r);
-            (
-                (v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()),
-                v["n"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let dsl = dsl_window_counts(&broker, "hq-in", "hq-dsl", "hq-dsl-app", windows, dsl_state.path(), expected.len()).await;
     let sql_counts: BTreeMap<(String, i64, i64), i64> = got.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
     assert_eq!(sql_counts, dsl);
-    tokio::task::spawn_blocking(move || streams.close()).await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,4 +501,39 @@ async fn bench_continuous_throughput() {
     let took = started.elapsed();
     eprintln!("BENCH tumble count/sum: {n} records in {took:?}: {:.0} records/s", n as f64 / took.as_secs_f64());
     tokio::task::spawn_blocking(move || query.close()).await.unwrap().unwrap();
+}
+
+/// Runs the DSL's windowed count (`dsl_counts`) over `input` into `output` and returns its
+/// (key, window start, window end) → count once `expected` results arrived.
+async fn dsl_window_counts(
+    broker: &TestBroker,
+    input: &str,
+    output: &str,
+    app: &str,
+    windows: TimeWindows,
+    state_dir: &std::path::Path,
+    expected: usize,
+) -> BTreeMap<(String, i64, i64), i64> {
+    let mut streams = KafkaStreams::new(
+        dsl_counts(input, output, windows),
+        StreamsConfig::new(app, &broker.bootstrap())
+            .set("commit.interval.ms", "200")
+            .unwrap()
+            .set("state.dir", state_dir.to_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    let records = read_until(broker, output, Duration::from_secs(30), |r| r.len() >= expected).await;
+    tokio::task::spawn_blocking(move || streams.close()).await.unwrap().unwrap();
+    records
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            (
+                (v["k"].as_str().unwrap().to_owned(), v["ws"].as_i64().unwrap(), v["we"].as_i64().unwrap()),
+                v["n"].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }
