@@ -232,7 +232,8 @@ async fn tumble_results_equal_the_dsl_and_the_model_with_late_records() {
     // The DSL on the same input: the same windows and counts.
     let dsl_state = tempfile::tempdir().unwrap();
     let windows = TimeWindows::of_size_with_grace(Duration::from_secs(10), Duration::from_secs(2)).unwrap();
-    let dsl = dsl_window_counts(&broker, "tq-in", "tq-dsl", "tq-dsl-app", windows, dsl_state.path(), expected.len()).await;
+    let dsl =
+        dsl_window_counts(&broker, "tq-in", "tq-dsl", "tq-dsl-app", windows, dsl_state.path(), expected.len()).await;
     let sql_counts: BTreeMap<(String, i64, i64), i64> = got.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
     assert_eq!(sql_counts, dsl);
 }
@@ -272,7 +273,8 @@ async fn hop_results_equal_the_dsl() {
         .unwrap()
         .advance_by(Duration::from_secs(5))
         .unwrap();
-    let dsl = dsl_window_counts(&broker, "hq-in", "hq-dsl", "hq-dsl-app", windows, dsl_state.path(), expected.len()).await;
+    let dsl =
+        dsl_window_counts(&broker, "hq-in", "hq-dsl", "hq-dsl-app", windows, dsl_state.path(), expected.len()).await;
     let sql_counts: BTreeMap<(String, i64, i64), i64> = got.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
     assert_eq!(sql_counts, dsl);
 }
