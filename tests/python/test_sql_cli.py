@@ -391,3 +391,61 @@ def test_continuous_query_runs_until_sigterm(broker_factory, tmp_path):
             raise AssertionError(f"spate sql --continuous ignored SIGTERM for 30 s:\n{err}")
     assert proc.returncode == 0, err
     assert "stopped; its progress is committed" in err, err
+
+
+def test_continuous_stream_table_join_with_partition_by(broker_factory, tmp_path):
+    """A stream joined with a compacted topic (the latest value per key, followed while running),
+    keyed by PARTITION BY; produced and read back with confluent-kafka."""
+    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
+    orders, users, out = unique_topic("orders"), unique_topic("users"), unique_topic("enriched")
+    create_topic(broker.bootstrap, orders, partitions=2)
+    create_topic(broker.bootstrap, users, partitions=2, config={"cleanup.policy": "compact"})
+    create_topic(broker.bootstrap, out, partitions=2)
+
+    def user(uid: int, name: str, p: int = 0):
+        return (p, f"u{uid}".encode(), json.dumps({"name": name, "tier": uid % 3}).encode(), [])
+
+    # Keys spread over both partitions; u1 is written twice before the query starts: the latest wins.
+    produce(broker.bootstrap, users, [user(1, "first", 0), user(2, "bea", 1), user(1, "ann", 1), user(3, "cy", 0)])
+
+    def order(i: int):
+        return (i % 2, f"o{i}".encode(), json.dumps({"id": i, "user_id": i % 4, "amount": i * 10}).encode(), [])
+
+    produce(broker.bootstrap, orders, [order(i) for i in range(0, 40)])
+    cmd = [
+        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
+        "--continuous", "--query-id", unique_topic("cqj"), "--state-dir", str(tmp_path / "state"),
+        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
+        "--config", "heartbeat.interval.ms=500",
+        "-c", f"CREATE TABLE o (id BIGINT, user_id BIGINT, amount BIGINT) WITH (topic = '{orders}')",
+        "-c", f"CREATE TABLE u (name VARCHAR, tier BIGINT) WITH (topic = '{users}')",
+        "-c", f'INSERT INTO "{out}" SELECT o.id, o.amount, u.name, u.tier FROM o '
+              f"LEFT JOIN u ON 'u' || CAST(o.user_id AS VARCHAR) = u._key PARTITION BY u.name",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=40, timeout_s=40)
+        rows = {json.loads(m.value())["id"]: (m.key(), json.loads(m.value())) for m in got}
+        assert sorted(rows) == list(range(40)), sorted(rows)
+        names = {0: None, 1: "ann", 2: "bea", 3: "cy"}
+        for i, (key, value) in rows.items():
+            name = names[i % 4]
+            assert value == {"id": i, "amount": i * 10, "name": name, "tier": None if name is None else (i % 4) % 3}
+            assert key == (None if name is None else name.encode()), (i, key)
+        # The table is followed while the query runs: a new user, then orders that meet it.
+        produce(broker.bootstrap, users, [user(0, "zed", 0)])
+        time.sleep(2)
+        produce(broker.bootstrap, orders, [order(i) for i in range(40, 48)])
+        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=48, timeout_s=40)
+        later = {json.loads(m.value())["id"]: json.loads(m.value())["name"] for m in got if json.loads(m.value())["id"] >= 40}
+        assert later == {i: names[i % 4] or "zed" for i in range(40, 48)}, later
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err

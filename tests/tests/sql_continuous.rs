@@ -411,6 +411,49 @@ async fn a_stateless_query_filters_and_projects_per_micro_batch() {
     tokio::task::spawn_blocking(move || query.close()).await.unwrap().unwrap();
 }
 
+/// A stream-table join run by two instances of one query id: each holds the whole table (a
+/// global store), so every order meets its user whichever instance reads it; keyed by PARTITION BY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_table_join_in_two_instances_meets_every_key() {
+    let broker = broker();
+    create(&broker, &[("j-orders", 2), ("j-users", 3), ("j-out", 2)]).await;
+    let users: Vec<Event> = vec![("u0", 0, 0), ("u1", 10, 0), ("u2", 20, 0), ("u1", 11, 1)];
+    produce(&broker, "j-users", &users).await;
+    // Orders keyed by order parity (so both partitions have some), valued {"k": user, "x": amount}.
+    let orders: Vec<Event> = (0..200i64).map(|i| (["u0", "u1", "u2", "u9"][(i % 4) as usize], i, i)).collect();
+    produce(&broker, "j-orders", &orders).await;
+    let ctx = context(&broker, "CREATE TABLE o (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = 'j-orders')").await;
+    ctx.sql("CREATE TABLE u (k VARCHAR, x BIGINT) WITH (topic = 'j-users')").await.unwrap();
+    let sql = "INSERT INTO \"j-out\" SELECT o.x AS amount, o.k AS user_key, u.x AS tier FROM o JOIN u ON o.k = u._key \
+               WHERE o.x >= 0 PARTITION BY o.k";
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = ContinuousQuery::start(&ctx, sql, "join-query", &extra(a.path())).await.unwrap();
+    let second = ContinuousQuery::start(&ctx, sql, "join-query", &extra(b.path())).await.unwrap();
+    let expected = orders.iter().filter(|(k, ..)| *k != "u9").count();
+    let records = read_until(&broker, "j-out", Duration::from_secs(60), |r| {
+        r.iter().map(|r| json(r)["amount"].as_i64().unwrap()).collect::<std::collections::BTreeSet<_>>().len()
+            >= expected
+    })
+    .await;
+    let tiers: BTreeMap<&str, i64> = [("u0", 0), ("u1", 11), ("u2", 20)].into_iter().collect();
+    for r in &records {
+        let v = json(r);
+        let user = v["user_key"].as_str().unwrap();
+        assert_eq!(v["tier"].as_i64(), Some(tiers[user]), "the latest row of {user}: {v}");
+        assert_eq!(r.key.as_deref(), Some(user.as_bytes()), "PARTITION BY o.k keys the result");
+        assert_eq!(r.timestamp_ms, v["amount"].as_i64().unwrap(), "the order's timestamp");
+    }
+    let amounts: std::collections::BTreeSet<i64> =
+        records.iter().map(|r| json(r)["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts, (0..200).filter(|i| i % 4 != 3).collect(), "inner join: u9 has no row");
+    tokio::task::spawn_blocking(move || {
+        first.close().unwrap();
+        second.close().unwrap();
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_continuous_statements_are_plan_errors() {
     let broker = broker();
@@ -423,6 +466,9 @@ async fn bad_continuous_statements_are_plan_errors() {
         ("INSERT INTO o SELECT k, count(*) FROM bad GROUP BY k", "window"),
         ("INSERT INTO o SELECT count(*) FROM TUMBLE(bad, nope, INTERVAL '1' SECOND) GROUP BY window_start, window_end", "nope"),
         ("INSERT INTO o SELECT count(*) FROM TUMBLE(bad, k, INTERVAL '1' SECOND) GROUP BY window_start", "window_end"),
+        ("INSERT INTO o SELECT bad.x FROM bad JOIN nosuch ON bad.k = nosuch._key", "nosuch"),
+        ("INSERT INTO o SELECT bad.x FROM bad JOIN bad AS t ON bad.k = t.k", "t._key"),
+        ("INSERT INTO o SELECT bad.x FROM bad JOIN bad AS t ON t.x = t._key", "must read only bad's columns"),
     ] {
         match ContinuousQuery::start(&ctx, sql, "bad-query", &extra(state.path())).await {
             Err(spate_streams::StreamsError::SqlPlan { message, .. }) => {

@@ -4,16 +4,23 @@
 //! closed window's rows) from the table [`INPUT_TABLE`] instead of the topic.
 
 use datafusion::sql::sqlparser::ast::{
-    DateTimeField, Expr, FunctionArg, FunctionArgExpr, GroupByExpr, Ident, ObjectName, ObjectNamePart, Query,
-    SelectItem, SetExpr, Statement, TableFactor, TableObject, Value,
+    BinaryOperator, DateTimeField, Expr, FunctionArg, FunctionArgExpr, GroupByExpr, Ident, JoinConstraint,
+    JoinOperator, ObjectName, ObjectNamePart, OrderBy, OrderByExpr, OrderByKind, OrderByOptions, Query, SelectItem,
+    SetExpr, Statement, TableAlias, TableFactor, TableObject, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::{SqlPosition, StreamsError};
 
 /// The table a rewritten query reads: the decoded rows of one micro-batch or window.
 pub(crate) const INPUT_TABLE: &str = "__spate_input";
+/// The table a stream-table join reads: the joined table's rows matching one micro-batch.
+pub(crate) const LOOKUP_TABLE: &str = "__spate_lookup";
+/// Hidden output column holding a windowed query's `PARTITION BY` value (the output key).
+pub(crate) const PARTITION_KEY_COLUMN: &str = "__spate_partition_key";
 /// Hidden output columns holding the group key (`__spate_key_0`, …), stripped from the value.
 pub(crate) const KEY_COLUMN_PREFIX: &str = "__spate_key_";
 /// Hidden output column holding the source record's key in a stateless query.
@@ -60,6 +67,26 @@ pub(crate) struct ContinuousPlan {
     pub group_keys: Vec<GroupKey>,
     /// The user's SELECT reading [`INPUT_TABLE`], with the hidden key columns appended.
     pub select_sql: String,
+    /// The name the SELECT gives the source table's rows (its alias, else its name).
+    pub source_alias: String,
+    /// A stream-table join: `JOIN table ON <stream expression> = table._key`.
+    pub lookup: Option<LookupJoin>,
+    /// `PARTITION BY expr`: the output key is that expression's value as text (in a stateless
+    /// query it replaces the source key; in a windowed one, the group key's JSON).
+    pub partition_by: Option<String>,
+}
+
+/// A stream-table join of a stateless query (Kafka Streams' KStream-GlobalKTable join): every
+/// instance holds the table's topic whole, latest value per key, and each stream record meets
+/// the row whose key equals its key expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LookupJoin {
+    /// The joined table (a topic, or a `CREATE TABLE` name).
+    pub table: String,
+    /// The stream-side expression of `ON <expr> = table._key` (SQL over the source's alias).
+    pub stream_key_sql: String,
+    /// LEFT JOIN: records without a table row are kept, with NULL table columns.
+    pub left: bool,
 }
 
 fn plan_error(message: impl Into<String>) -> StreamsError {
@@ -73,6 +100,7 @@ fn plan_error_at(message: impl Into<String>, span: datafusion::sql::sqlparser::t
 
 /// Parses and checks `sql`, one `INSERT INTO topic SELECT …` statement.
 pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
+    let (sql, partition_by) = split_partition_by(sql)?;
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| plan_error(e.to_string()))?;
     let [statement] = statements.as_slice() else {
         return Err(plan_error(format!(
@@ -109,11 +137,11 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
         return Err(plan_error("a continuous query is one SELECT (UNION and other set operations are not supported)"));
     };
     let [from] = select.from.as_mut_slice() else {
-        return Err(plan_error("a continuous query reads exactly one table (joins are not supported yet)"));
+        return Err(plan_error(
+            "a continuous query reads one table, or one table JOIN another (a comma-separated FROM list is a \
+             cross join, which a stream does not support)",
+        ));
     };
-    if !from.joins.is_empty() {
-        return Err(plan_error("joins are not supported in continuous queries yet"));
-    }
     let (source_table, window, alias) = match &from.relation {
         TableFactor::Table { name, args: None, alias, .. } => (object_name(name), None, alias.clone()),
         TableFactor::Table { name, args: Some(args), alias, .. } => {
@@ -122,17 +150,54 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
         }
         other => return Err(plan_error(format!("a continuous query reads a table or a window function, not {other}"))),
     };
-    from.relation = TableFactor::Table {
-        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(INPUT_TABLE))]),
-        alias,
-        args: None,
-        with_hints: Vec::new(),
-        version: None,
-        with_ordinality: false,
-        partitions: Vec::new(),
-        json_path: None,
-        sample: None,
-        index_hints: Vec::new(),
+    // The rows keep the name the query gives them, so that `src.col` still resolves.
+    let alias = alias.unwrap_or_else(|| table_alias(last_ident(&source_table)));
+    let source_alias = alias.name.value.clone();
+    from.relation = renamed_table(INPUT_TABLE, alias);
+    let lookup = match from.joins.as_mut_slice() {
+        [] => None,
+        [join] => {
+            if window.is_some() {
+                return Err(plan_error(
+                    "joins in windowed continuous queries are not supported yet: join in a stateless query \
+                     writing a topic, and window that topic",
+                ));
+            }
+            let (left, constraint) = match &join.join_operator {
+                JoinOperator::Join(c) | JoinOperator::Inner(c) => (false, c),
+                JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (true, c),
+                _ => {
+                    return Err(plan_error(
+                        "a continuous query joins its stream with a table by [INNER] JOIN or LEFT [OUTER] JOIN \
+                         (RIGHT, FULL, CROSS, SEMI and ANTI joins need the stream's end)",
+                    ))
+                }
+            };
+            let TableFactor::Table { name, args: None, alias: given_alias, .. } = &join.relation else {
+                return Err(plan_error(format!("a continuous query joins a table (a topic), not {}", join.relation)));
+            };
+            let table = object_name(name);
+            let joined_alias = given_alias.clone().unwrap_or_else(|| table_alias(last_ident(&table)));
+            let JoinConstraint::On(on) = constraint else {
+                return Err(plan_error(format!(
+                    "join {table} ON <stream expression> = {}._key: the table is looked up by its Kafka key",
+                    joined_alias.name.value
+                )));
+            };
+            let Some(stream_key) = key_equality(on, &joined_alias.name.value) else {
+                return Err(plan_error_at(
+                    format!(
+                        "a stream-table join needs ON <stream expression> = {t}._key (the table is the latest \
+                         value per Kafka key of its topic; other conditions may follow with AND), not ON {on}",
+                        t = joined_alias.name.value
+                    ),
+                    datafusion::sql::sqlparser::ast::Spanned::span(on),
+                ));
+            };
+            join.relation = renamed_table(LOOKUP_TABLE, joined_alias);
+            Some(LookupJoin { table, stream_key_sql: stream_key.to_string(), left })
+        }
+        _ => return Err(plan_error("a continuous query joins at most one table")),
     };
     let group_by: Vec<Expr> = match &select.group_by {
         GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => exprs.clone(),
@@ -170,6 +235,12 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
             expr: Expr::Identifier(Ident::new(WINDOW_END)),
             alias: Ident::with_quote('"', WINDOW_END_COLUMN),
         });
+        if let Some(expr) = &partition_by {
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', PARTITION_KEY_COLUMN),
+            });
+        }
     } else {
         if !group_by.is_empty() || select.having.is_some() {
             return Err(plan_error(
@@ -177,16 +248,143 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
                  (an unwindowed aggregate never closes)",
             ));
         }
+        // Qualified: a joined table has these columns too.
+        let source_column =
+            |name: &str| Expr::CompoundIdentifier(vec![Ident::with_quote('"', source_alias.clone()), Ident::new(name)]);
         select.projection.push(SelectItem::ExprWithAlias {
-            expr: Expr::Identifier(Ident::new("_key")),
+            expr: partition_by.clone().unwrap_or_else(|| source_column("_key")),
             alias: Ident::with_quote('"', SOURCE_KEY_COLUMN),
         });
         select.projection.push(SelectItem::ExprWithAlias {
-            expr: Expr::Identifier(Ident::new("_timestamp")),
+            expr: source_column("_timestamp"),
             alias: Ident::with_quote('"', SOURCE_TS_COLUMN),
         });
     }
-    Ok(ContinuousPlan { out_topic, source_table, window, group_keys, select_sql: query.to_string() })
+    if lookup.is_some() {
+        // A hash join may reorder rows; a micro-batch holds one source partition's records, so
+        // ordering by their offsets keeps every key's results in the stream's order.
+        query.order_by = Some(OrderBy {
+            kind: OrderByKind::Expressions(vec![OrderByExpr {
+                expr: Expr::CompoundIdentifier(vec![
+                    Ident::with_quote('"', source_alias.clone()),
+                    Ident::new("_offset"),
+                ]),
+                options: OrderByOptions { asc: Some(true), nulls_first: None },
+                with_fill: None,
+            }]),
+            interpolate: None,
+        });
+    }
+    Ok(ContinuousPlan {
+        out_topic,
+        source_table,
+        window,
+        group_keys,
+        select_sql: query.to_string(),
+        source_alias,
+        lookup,
+        partition_by: partition_by.map(|e| e.to_string()),
+    })
+}
+
+fn last_ident(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+fn table_alias(name: &str) -> TableAlias {
+    TableAlias { explicit: true, name: Ident::with_quote('"', name), columns: Vec::new(), at: None }
+}
+
+fn renamed_table(table: &str, alias: TableAlias) -> TableFactor {
+    TableFactor::Table {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(table))]),
+        alias: Some(alias),
+        args: None,
+        with_hints: Vec::new(),
+        version: None,
+        with_ordinality: false,
+        partitions: Vec::new(),
+        json_path: None,
+        sample: None,
+        index_hints: Vec::new(),
+    }
+}
+
+/// The stream side of the conjunct `<expr> = table._key` (either way round) of `on`.
+fn key_equality<'a>(on: &'a Expr, table: &str) -> Option<&'a Expr> {
+    match on {
+        Expr::Nested(inner) => key_equality(inner, table),
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            key_equality(left, table).or_else(|| key_equality(right, table))
+        }
+        Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+            let is_key = |e: &Expr| {
+                matches!(e, Expr::CompoundIdentifier(p) if p.len() == 2
+                    && p[0].value.eq_ignore_ascii_case(table) && p[1].value.eq_ignore_ascii_case("_key"))
+            };
+            // A stream side that reads the table fails to plan over the stream's rows alone.
+            if is_key(right) {
+                Some(left)
+            } else if is_key(left) {
+                Some(right)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Splits a trailing `PARTITION BY expr` (ksqlDB's, which SQL parsers do not know) off the
+/// statement. Only at nesting depth 0, so `OVER (PARTITION BY …)` stays.
+fn split_partition_by(sql: &str) -> Result<(&str, Option<Expr>), StreamsError> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
+        .tokenize_with_location()
+        .map_err(|e| plan_error(e.to_string()))?;
+    let mut depth = 0i32;
+    let significant: Vec<&_> = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).collect();
+    for (i, t) in significant.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::PARTITION => {
+                let by = significant
+                    .get(i + 1)
+                    .is_some_and(|n| matches!(&n.token, Token::Word(b) if b.keyword == Keyword::BY));
+                if !by {
+                    continue;
+                }
+                let start = byte_offset(sql, t.span.start.line, t.span.start.column);
+                let after_by = significant[i + 1].span.end;
+                let rest = &sql[byte_offset(sql, after_by.line, after_by.column)..];
+                let rest = rest.trim().trim_end_matches(';').trim();
+                let mut parser = Parser::new(&dialect).try_with_sql(rest).map_err(|e| plan_error(e.to_string()))?;
+                let expr = parser.parse_expr().map_err(|e| plan_error(format!("PARTITION BY: {e}")))?;
+                if parser.peek_token().token != Token::EOF {
+                    return Err(plan_error(format!(
+                        "PARTITION BY takes one expression and ends the statement; found more after {expr}"
+                    )));
+                }
+                return Ok((&sql[..start], Some(expr)));
+            }
+            _ => {}
+        }
+    }
+    Ok((sql, None))
+}
+
+/// Byte offset of 1-based (line, column in characters) in `text`.
+fn byte_offset(text: &str, line: u64, column: u64) -> usize {
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i as u64 + 1 == line {
+            return offset + l.char_indices().nth(column.saturating_sub(1) as usize).map_or(l.len(), |(b, _)| b);
+        }
+        offset += l.len();
+    }
+    text.len()
 }
 
 fn is_window_name(name: &str) -> bool {
@@ -414,7 +612,10 @@ mod tests {
     fn stateless_query_carries_the_source_key() {
         let plan = analyze("INSERT INTO o SELECT a, b * 2 AS c FROM s WHERE a > 1").unwrap();
         assert_eq!(plan.window, None);
-        assert!(plan.select_sql.contains("_key AS \"__spate_source_key\""), "{}", plan.select_sql);
+        assert!(plan.select_sql.contains("\"s\"._key AS \"__spate_source_key\""), "{}", plan.select_sql);
+        assert_eq!(plan.source_alias, "s");
+        assert_eq!(plan.lookup, None);
+        assert_eq!(plan.partition_by, None);
         assert!(plan.select_sql.contains("WHERE a > 1"));
     }
 
@@ -435,11 +636,39 @@ mod tests {
         assert!(
             err("INSERT INTO o SELECT * FROM GENERATE(s, ts, INTERVAL '1' SECOND)").contains("unknown table function")
         );
-        assert!(err("INSERT INTO o SELECT * FROM a JOIN b ON a.id = b.id").contains("join"));
+        assert!(err("INSERT INTO o SELECT * FROM a JOIN b ON a.id = b.id").contains("b._key"));
+        assert!(err("INSERT INTO o SELECT * FROM a RIGHT JOIN b ON a.id = b._key").contains("LEFT"));
+        assert!(err("INSERT INTO o SELECT * FROM a, b").contains("cross join"));
+        assert!(err("INSERT INTO o SELECT count(*) FROM TUMBLE(a, ts, INTERVAL '1' SECOND) JOIN b ON a.id = b._key \
+             GROUP BY window_start, window_end")
+        .contains("windowed"));
+        assert!(err("INSERT INTO o SELECT * FROM s PARTITION BY a, b").contains("one expression"));
         assert!(err("INSERT INTO o SELECT * FROM s; INSERT INTO p SELECT * FROM s").contains("2 statements"));
         assert!(err("INSERT INTO o SELECT * FROM s ORDER BY a").contains("ORDER BY"));
         assert!(err("INSERT INTO o SELECT * FROM TUMBLE(s, ts, INTERVAL '1' MONTH) GROUP BY window_start")
             .contains("not fixed"));
+    }
+
+    #[test]
+    fn stream_table_joins_and_partition_by() {
+        let plan = analyze(
+            "INSERT INTO o SELECT o.id, u.name FROM orders AS o LEFT JOIN users u \
+             ON u._key = CAST(o.user_id AS VARCHAR) AND u.active PARTITION BY u.name;",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.lookup,
+            Some(LookupJoin { table: "users".into(), stream_key_sql: "CAST(o.user_id AS VARCHAR)".into(), left: true })
+        );
+        assert_eq!(plan.source_alias, "o");
+        assert_eq!(plan.partition_by.as_deref(), Some("u.name"));
+        assert!(plan.select_sql.contains("LEFT JOIN __spate_lookup u ON"), "{}", plan.select_sql);
+        assert!(plan.select_sql.contains("u.name AS \"__spate_source_key\""), "{}", plan.select_sql);
+        // OVER (PARTITION BY …) is not the output key; a table without an alias keeps its name.
+        let plan = analyze("INSERT INTO o SELECT x, row_number() OVER (PARTITION BY k) FROM s JOIN t ON s.k = t._key")
+            .unwrap();
+        assert_eq!(plan.partition_by, None);
+        assert!(plan.select_sql.contains("JOIN __spate_lookup AS \"t\""), "{}", plan.select_sql);
     }
 
     #[test]

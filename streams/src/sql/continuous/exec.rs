@@ -14,7 +14,7 @@ use datafusion::datasource::memory::{MemTable, PartitionData};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::analyze::INPUT_TABLE;
+use super::analyze::{INPUT_TABLE, LOOKUP_TABLE};
 use crate::StreamsError;
 
 /// Worker threads of the shared SQL runtime: the box has few cores and the stream threads do the
@@ -55,6 +55,8 @@ pub(crate) struct BatchSql {
     session: SessionContext,
     /// The rows the input table holds: one MemTable partition, swapped before each run.
     input: PartitionData,
+    /// The rows of a stream-table join's table matching the run's input, likewise.
+    lookup: Option<PartitionData>,
     plan: LogicalPlan,
     output_schema: SchemaRef,
 }
@@ -63,20 +65,43 @@ impl BatchSql {
     /// Plans `select_sql` (which reads [`INPUT_TABLE`]) against rows of `input_schema`. An
     /// unknown column or a type error is the query's fault ([`StreamsError::SqlPlan`]).
     pub async fn plan(select_sql: &str, input_schema: SchemaRef) -> Result<BatchSql, StreamsError> {
+        BatchSql::plan_with_lookup(select_sql, input_schema, None).await
+    }
+
+    /// [`Self::plan`] for a query that also reads [`LOOKUP_TABLE`] (rows of `lookup_schema`).
+    pub async fn plan_with_lookup(
+        select_sql: &str,
+        input_schema: SchemaRef,
+        lookup_schema: Option<SchemaRef>,
+    ) -> Result<BatchSql, StreamsError> {
         let session = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let table = MemTable::try_new(input_schema, vec![Vec::new()]).map_err(plan_error)?;
-        let input = table.batches[0].clone();
-        session.register_table(INPUT_TABLE, Arc::new(table)).map_err(plan_error)?;
+        let register = |name: &str, schema: SchemaRef| -> Result<PartitionData, StreamsError> {
+            let table = MemTable::try_new(schema, vec![Vec::new()]).map_err(plan_error)?;
+            let rows = table.batches[0].clone();
+            session.register_table(name, Arc::new(table)).map_err(plan_error)?;
+            Ok(rows)
+        };
+        let input = register(INPUT_TABLE, input_schema)?;
+        let lookup = lookup_schema.map(|schema| register(LOOKUP_TABLE, schema)).transpose()?;
         let df = session.sql(select_sql).await.map_err(plan_error)?;
         let output_schema = Arc::new(df.schema().as_arrow().clone());
         let plan = df.into_optimized_plan().map_err(plan_error)?;
-        Ok(BatchSql { session, input, plan, output_schema })
+        Ok(BatchSql { session, input, lookup, plan, output_schema })
     }
 
     /// [`Self::plan`] from synchronous code.
     pub fn plan_blocking(select_sql: &str, input_schema: SchemaRef) -> Result<BatchSql, StreamsError> {
+        BatchSql::plan_with_lookup_blocking(select_sql, input_schema, None)
+    }
+
+    /// [`Self::plan_with_lookup`] from synchronous code.
+    pub fn plan_with_lookup_blocking(
+        select_sql: &str,
+        input_schema: SchemaRef,
+        lookup_schema: Option<SchemaRef>,
+    ) -> Result<BatchSql, StreamsError> {
         let sql = select_sql.to_owned();
-        block_on(async move { BatchSql::plan(&sql, input_schema).await })?
+        block_on(async move { BatchSql::plan_with_lookup(&sql, input_schema, lookup_schema).await })?
     }
 
     pub fn output_schema(&self) -> SchemaRef {
@@ -95,10 +120,9 @@ impl BatchSql {
         found
     }
 
-    fn set_rows(&self, rows: Vec<RecordBatch>) -> Result<(), StreamsError> {
+    fn set_rows(table: &PartitionData, rows: Vec<RecordBatch>) -> Result<(), StreamsError> {
         // Only this task's runs read the table, one at a time, and a run releases it when done.
-        let mut held = self
-            .input
+        let mut held = table
             .try_write()
             .map_err(|_| StreamsError::SqlExecution("internal: the input table is still being read".into()))?;
         *held = rows;
@@ -107,14 +131,29 @@ impl BatchSql {
 
     /// Runs the query over `rows` (from synchronous code).
     pub fn run(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, StreamsError> {
-        self.set_rows(rows)?;
+        self.run_with_lookup(rows, Vec::new())
+    }
+
+    /// Runs the query over `rows` and the joined table's `lookup_rows`.
+    pub fn run_with_lookup(
+        &self,
+        rows: Vec<RecordBatch>,
+        lookup_rows: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>, StreamsError> {
+        BatchSql::set_rows(&self.input, rows)?;
+        if let Some(lookup) = &self.lookup {
+            BatchSql::set_rows(lookup, lookup_rows)?;
+        }
         let state = self.session.state();
         let plan = self.plan.clone();
         let result = block_on(async move {
             let physical = state.create_physical_plan(&plan).await?;
             datafusion::physical_plan::collect(physical, state.task_ctx()).await
         });
-        self.set_rows(Vec::new())?;
+        BatchSql::set_rows(&self.input, Vec::new())?;
+        if let Some(lookup) = &self.lookup {
+            BatchSql::set_rows(lookup, Vec::new())?;
+        }
         result?.map_err(super::super::execution_error)
     }
 }
@@ -170,6 +209,18 @@ pub(crate) fn rows_as_json(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, StreamsE
         )));
     }
     Ok(rows)
+}
+
+/// Each value of `column` as text (an output key, a lookup key): strings as they are, other
+/// types as Arrow casts them to text; None where NULL.
+pub(crate) fn key_texts(column: &ArrayRef) -> Result<Vec<Option<String>>, StreamsError> {
+    let text = match column.data_type() {
+        DataType::Utf8 => column.clone(),
+        _ => datafusion::arrow::compute::cast(column, &DataType::Utf8)
+            .map_err(|e| StreamsError::SqlExecution(format!("cannot write a key column as text: {e}")))?,
+    };
+    let text = text.as_string::<i32>();
+    Ok((0..text.len()).map(|i| text.is_valid(i).then(|| text.value(i).to_owned())).collect())
 }
 
 /// `batch` restricted to `columns` (by index), renamed to `names`.

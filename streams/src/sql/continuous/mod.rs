@@ -52,6 +52,8 @@ use crate::{KafkaStreams, StreamsBuilder, StreamsConfig, StreamsError, StreamsMe
 const REPARTITION: &str = "sql-window";
 /// Name of the window store: changelog `<query id>-sql-window-rows-changelog`.
 const WINDOW_STORE: &str = "sql-window-rows";
+/// Name of the global store holding a stream-table join's table (its topic is its changelog).
+const LOOKUP_STORE: &str = "sql-join-table";
 /// `commit.interval.ms` of continuous queries unless set: shorter than Kafka Streams' 30 s so
 /// that a crash replays (and may duplicate) less.
 const DEFAULT_COMMIT_INTERVAL_MS: &str = "5000";
@@ -109,7 +111,37 @@ impl ContinuousQuery {
                 nodes::windowed_schema(&decoder.output_schema())
             }
         };
-        let checked = exec::BatchSql::plan(&plan.select_sql, input_schema).await?;
+        let lookup = match &plan.lookup {
+            None => None,
+            Some(join) => {
+                let (table_options, table_schema) = source_table(ctx, &join.table).await?;
+                let lookup = nodes::Lookup {
+                    decoder: Arc::new(RecordDecoder::new(&table_options, table_schema, None)?),
+                    store: LOOKUP_STORE.to_owned(),
+                    key_sql: format!(
+                        "SELECT CAST(({}) AS VARCHAR) FROM {} AS \"{}\"",
+                        join.stream_key_sql,
+                        analyze::INPUT_TABLE,
+                        plan.source_alias.replace('"', "\"\"")
+                    ),
+                };
+                // The stream side of ON must be computable from the stream's row alone.
+                exec::BatchSql::plan(&lookup.key_sql, decoder.output_schema()).await.map_err(|e| match e {
+                    StreamsError::SqlPlan { message, .. } => StreamsError::SqlPlan {
+                        message: format!(
+                            "the join's stream side {} must read only {}'s columns: {message}",
+                            join.stream_key_sql, plan.source_alias
+                        ),
+                        position: None,
+                    },
+                    other => other,
+                })?;
+                Some((lookup, table_options.topic))
+            }
+        };
+        let checked =
+            exec::BatchSql::plan_with_lookup(&plan.select_sql, input_schema, lookup.as_ref().map(|(l, _)| l.schema()))
+                .await?;
         if plan.window.is_none() && checked.aggregates() {
             return Err(StreamsError::SqlPlan {
                 message: "aggregates, DISTINCT and window functions need a window in a continuous query: read FROM \
@@ -124,7 +156,7 @@ impl ContinuousQuery {
                 .await?;
         }
 
-        let topology = compile(&plan, &options, source)?;
+        let topology = compile(&plan, &options, source, lookup)?;
         let description = topology.to_string();
 
         let mut config = StreamsConfig::new(query_id, &ctx.config().bootstrap_servers)
@@ -207,19 +239,24 @@ fn compile(
     plan: &analyze::ContinuousPlan,
     options: &TableOptions,
     source: nodes::Source,
+    lookup: Option<(nodes::Lookup, String)>,
 ) -> Result<crate::Topology, StreamsError> {
     let builder = StreamsBuilder::new();
     let out = TopicName::User(plan.out_topic.clone());
     let select: Arc<str> = Arc::from(plan.select_sql.as_str());
     {
         let mut b = builder.lock();
+        let lookup = lookup.map(|(lookup, topic)| {
+            b.globals.push(crate::topology::GlobalDef { topic, store: lookup.store.clone(), in_memory: false });
+            lookup
+        });
         match &plan.window {
             None => nodes::add_batching_source(
                 &mut b,
                 "SQL-SELECT",
                 TopicName::User(options.topic.clone()),
                 out.clone(),
-                nodes::stateless_stage(source.clone(), select.clone(), Arc::from(plan.out_topic.as_str())),
+                nodes::stateless_stage(source.clone(), lookup, select.clone(), Arc::from(plan.out_topic.as_str())),
             ),
             Some((spec, time_column)) => {
                 let repartition = TopicName::Repartition(REPARTITION.to_owned());

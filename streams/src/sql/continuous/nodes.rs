@@ -22,15 +22,16 @@ use datafusion::arrow::record_batch::RecordBatch;
 use spate_client::ConsumerRecord;
 
 use super::analyze::{
-    GroupKey, KEY_COLUMN_PREFIX, SOURCE_KEY_COLUMN, SOURCE_TS_COLUMN, WINDOW_END, WINDOW_END_COLUMN, WINDOW_START,
+    GroupKey, KEY_COLUMN_PREFIX, PARTITION_KEY_COLUMN, SOURCE_KEY_COLUMN, SOURCE_TS_COLUMN, WINDOW_END,
+    WINDOW_END_COLUMN, WINDOW_START,
 };
 use super::envelope::SourceRecord;
-use super::exec::{event_times_ms, rows_as_json, select_columns, BatchSql};
+use super::exec::{event_times_ms, key_texts, rows_as_json, select_columns, BatchSql};
 use super::window::{EventClock, SessionIndex, SessionInsert, TimeWindowing, Window};
 use crate::processor::{OutKind, OutRecord, PunctuationType, Punctuator, TaskContext};
 use crate::sql::format::{RawRecord, RecordDecoder};
 use crate::store::{lock, LoggedKv};
-use crate::topology::{NodeDef, SourceFn, TaskBuild, TopicName, TopologyBuilder};
+use crate::topology::{GlobalStore, NodeDef, SourceFn, TaskBuild, TopicName, TopologyBuilder};
 use crate::StreamsError;
 
 /// Records per micro-batch, at most.
@@ -80,6 +81,96 @@ impl Source {
             Some(w) => w.iter().map(|(i, _)| raw(*i)).collect(),
         };
         self.decoder.decode(&raws)
+    }
+}
+
+/// The table side of a stream-table join: held whole by every instance in the global store
+/// `store` (latest value per key of its topic, as Kafka Streams' `GlobalKTable`).
+#[derive(Clone)]
+pub(crate) struct Lookup {
+    pub decoder: Arc<RecordDecoder>,
+    pub store: String,
+    /// `SELECT CAST((<stream key expression>) AS VARCHAR) FROM <input> AS <alias>`.
+    pub key_sql: String,
+}
+
+/// Metadata columns a global table does not keep (it holds values by key): NULL on the table side.
+const LOOKUP_NULL_COLUMNS: [&str; 4] = ["_partition", "_offset", "_timestamp", "_headers"];
+
+impl Lookup {
+    /// The rows the joined table shows: its columns, with the metadata it does not keep nullable.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .decoder
+            .output_schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let f = f.as_ref().clone();
+                if LOOKUP_NULL_COLUMNS.contains(&f.name().as_str()) {
+                    f.with_nullable(true)
+                } else {
+                    f
+                }
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// One task's view of a [`Lookup`].
+struct TaskLookup {
+    decoder: Arc<RecordDecoder>,
+    global: GlobalStore,
+    key_sql: BatchSql,
+    schema: SchemaRef,
+}
+
+impl TaskLookup {
+    /// The table rows whose keys the stream rows of `batch` ask for (each key once).
+    fn rows(&self, batch: &RecordBatch) -> Result<RecordBatch, StreamsError> {
+        let mut keys: Vec<String> = Vec::new();
+        for result in self.key_sql.run(vec![batch.clone()])? {
+            keys.extend(key_texts(result.column(0))?.into_iter().flatten());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let mut found: Vec<(String, Vec<u8>)> = Vec::with_capacity(keys.len());
+        {
+            let store = lock(&self.global);
+            for key in keys {
+                if let Some(value) = store.get(key.as_bytes())? {
+                    found.push((key, value));
+                }
+            }
+        }
+        let raws: Vec<RawRecord<'_>> = found
+            .iter()
+            .map(|(k, v)| RawRecord {
+                key: Some(k.as_bytes()),
+                value: Some(v.as_slice()),
+                partition: -1,
+                offset: -1,
+                timestamp_ms: -1,
+                headers: &[],
+            })
+            .collect();
+        let (decoded, _malformed) = self.decoder.decode(&raws)?;
+        let columns: Vec<ArrayRef> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(decoded.columns())
+            .map(|(f, c)| {
+                if LOOKUP_NULL_COLUMNS.contains(&f.name().as_str()) {
+                    datafusion::arrow::array::new_null_array(f.data_type(), decoded.num_rows())
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| StreamsError::SqlExecution(format!("internal: cannot build the joined table's rows: {e}")))
     }
 }
 
@@ -175,15 +266,31 @@ pub(crate) fn add_batching_source(
     });
 }
 
-/// The stateless stage: the SELECT over each micro-batch; output key = the source record's key,
-/// timestamp = the source record's.
+/// The stateless stage: the SELECT over each micro-batch (joined with the table's matching rows
+/// when the query joins one); output key = the source record's key (or the `PARTITION BY`
+/// value), timestamp = the source record's.
 pub(crate) fn stateless_stage(
     source: Source,
+    lookup: Option<Lookup>,
     select_sql: Arc<str>,
     out_topic: Arc<str>,
 ) -> impl Fn(&mut TaskBuild<'_>) -> Result<BatchFn, StreamsError> + Send + Sync + 'static {
-    move |_tb| {
-        let sql = BatchSql::plan_blocking(&select_sql, source.decoder.output_schema())?;
+    move |tb| {
+        let input_schema = source.decoder.output_schema();
+        let sql = BatchSql::plan_with_lookup_blocking(
+            &select_sql,
+            input_schema.clone(),
+            lookup.as_ref().map(Lookup::schema),
+        )?;
+        let task_lookup = match &lookup {
+            None => None,
+            Some(l) => Some(TaskLookup {
+                decoder: l.decoder.clone(),
+                global: tb.global_store(&l.store)?,
+                key_sql: BatchSql::plan_blocking(&l.key_sql, input_schema.clone())?,
+                schema: l.schema(),
+            }),
+        };
         let schema = sql.output_schema();
         let key_col = schema.index_of(SOURCE_KEY_COLUMN).map_err(|e| StreamsError::SqlExecution(e.to_string()))?;
         let ts_col = schema.index_of(SOURCE_TS_COLUMN).map_err(|e| StreamsError::SqlExecution(e.to_string()))?;
@@ -192,21 +299,21 @@ pub(crate) fn stateless_stage(
         let (source, out_topic) = (source.clone(), out_topic.clone());
         Ok(Box::new(move |ctx: &mut TaskContext, records: Vec<SourceRecord>| {
             let (batch, _malformed) = source.decode(&records, None)?;
-            for result in sql.run(vec![batch])? {
+            let table_rows = match &task_lookup {
+                None => Vec::new(),
+                Some(l) => vec![l.rows(&batch)?],
+            };
+            for result in sql.run_with_lookup(vec![batch], table_rows)? {
                 let values = rows_as_json(&select_columns(&result, &visible, &names)?)?;
-                let keys = result.column(key_col).as_string_opt::<i32>().cloned();
+                let keys = key_texts(result.column(key_col))?;
                 let times = event_times_ms(result.column(ts_col))?;
-                for (row, value) in values.into_iter().enumerate() {
-                    let key = keys
-                        .as_ref()
-                        .filter(|k| k.is_valid(row))
-                        .map(|k| Bytes::copy_from_slice(k.value(row).as_bytes()));
+                for ((value, key), time) in values.into_iter().zip(keys).zip(times) {
                     ctx.out.push(OutRecord {
                         topic: out_topic.clone(),
                         partition: None,
-                        key,
+                        key: key.map(Bytes::from),
                         value: Some(Bytes::from(value)),
-                        timestamp_ms: times[row].unwrap_or(ctx.wall_clock_ms),
+                        timestamp_ms: time.unwrap_or(ctx.wall_clock_ms),
                         kind: OutKind::Sink,
                     });
                 }
@@ -368,6 +475,8 @@ pub(crate) struct WindowStage {
     value_columns: Vec<usize>,
     value_names: Vec<String>,
     window_end_column: usize,
+    /// `PARTITION BY`'s column: the output key instead of the group key's JSON.
+    partition_key_column: Option<usize>,
 }
 
 impl WindowStage {
@@ -546,10 +655,17 @@ impl WindowStage {
         let input = with_windows(batch, windows, &self.schema)?;
         for result in self.sql.run(vec![input])? {
             let values = rows_as_json(&select_columns(&result, &self.value_columns, &self.value_names)?)?;
-            let keys = if self.key_columns.is_empty() {
+            let keys: Option<Vec<Option<Vec<u8>>>> = if let Some(column) = self.partition_key_column {
+                Some(key_texts(result.column(column))?.into_iter().map(|k| k.map(String::into_bytes)).collect())
+            } else if self.key_columns.is_empty() {
                 None
             } else {
-                Some(rows_as_json(&select_columns(&result, &self.key_columns, &self.key_names)?)?)
+                Some(
+                    rows_as_json(&select_columns(&result, &self.key_columns, &self.key_names)?)?
+                        .into_iter()
+                        .map(Some)
+                        .collect(),
+                )
             };
             let ends = result.column(self.window_end_column).as_primitive_opt::<TimestampMillisecondType>().cloned();
             for (row, value) in values.into_iter().enumerate() {
@@ -557,7 +673,7 @@ impl WindowStage {
                 ctx.out.push(OutRecord {
                     topic: self.out_topic.clone(),
                     partition: None,
-                    key: keys.as_ref().map(|k| Bytes::from(k[row].clone())),
+                    key: keys.as_ref().and_then(|k| k[row].clone()).map(Bytes::from),
                     value: Some(Bytes::from(value)),
                     // A window's result carries its last instant, as Flink's window results do.
                     timestamp_ms: end.map_or(ctx.wall_clock_ms, |e| e.saturating_sub(1)),
@@ -603,8 +719,10 @@ pub(crate) fn add_window_stage(
         let key_columns: Vec<usize> =
             (0..key_names.len()).map(|i| index(&format!("{KEY_COLUMN_PREFIX}{i}"))).collect::<Result<_, _>>()?;
         let window_end_column = index(WINDOW_END_COLUMN)?;
-        let value_columns: Vec<usize> =
-            (0..output.fields().len()).filter(|i| !key_columns.contains(i) && *i != window_end_column).collect();
+        let partition_key_column = output.index_of(PARTITION_KEY_COLUMN).ok();
+        let value_columns: Vec<usize> = (0..output.fields().len())
+            .filter(|i| !key_columns.contains(i) && *i != window_end_column && Some(*i) != partition_key_column)
+            .collect();
         let value_names = value_columns.iter().map(|&i| output.field(i).name().clone()).collect();
         let windowing = match windowing {
             super::analyze::WindowSpec::Session { gap_ms } => Windowing::Session { gap_ms, index: None },
@@ -623,6 +741,7 @@ pub(crate) fn add_window_stage(
             value_columns,
             value_names,
             window_end_column,
+            partition_key_column,
         }));
         let s = stage.clone();
         let src: SourceFn = Box::new(move |ctx, rec| lock(&s).record(ctx, rec));

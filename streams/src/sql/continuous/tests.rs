@@ -32,7 +32,24 @@ fn source(with: &[(&str, &str)]) -> (TableOptions, nodes::Source) {
 fn driver(sql: &str, with: &[(&str, &str)], dir: &std::path::Path) -> TopologyTestDriver {
     let plan = analyze::analyze(sql).unwrap();
     let (options, source) = source(with);
-    let topology = compile(&plan, &options, source).unwrap();
+    let lookup = plan.lookup.as_ref().map(|join| {
+        assert_eq!(join.table, "users");
+        let options = TableOptions::parse("users", vec![("topic", "users")]).unwrap();
+        let schema = super::super::format::table_schema(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("tier", DataType::Int64, true),
+        ]);
+        let lookup = nodes::Lookup {
+            decoder: Arc::new(RecordDecoder::new(&options, schema, None).unwrap()),
+            store: LOOKUP_STORE.to_owned(),
+            key_sql: format!(
+                "SELECT CAST(({}) AS VARCHAR) FROM __spate_input AS \"{}\"",
+                join.stream_key_sql, plan.source_alias
+            ),
+        };
+        (lookup, "users".to_owned())
+    });
+    let topology = compile(&plan, &options, source, lookup).unwrap();
     let config = StreamsConfig::new("cq-test", "127.0.0.1:9092").set("state.dir", dir.to_str().unwrap()).unwrap();
     TopologyTestDriver::new(topology, &config).unwrap()
 }
@@ -223,4 +240,82 @@ fn windowed_results_need_no_group_key() {
     assert_eq!(v["window_start"], "1970-01-01T00:00:00");
     assert_eq!(v["n"], 3);
     assert_eq!(v["keys"], 2);
+}
+
+fn outputs(d: &mut TopologyTestDriver, topic: &str) -> Vec<(Option<String>, String, i64)> {
+    d.read_output(topic)
+        .into_iter()
+        .map(|r| {
+            (
+                r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                r.timestamp_ms,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_stream_table_join_meets_the_latest_table_row_of_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "INSERT INTO out SELECT s.x, u.name, u.tier, u._key AS uk, u._offset AS uo FROM src s \
+               JOIN users u ON s.k = u._key WHERE s.x > 0";
+    let mut d = driver(sql, &[], dir.path());
+    d.pipe_input("users", Some(b"a"), Some(br#"{"name":"Ann","tier":1}"#), 1).unwrap();
+    d.pipe_input("users", Some(b"b"), Some(br#"{"name":"Bob","tier":2}"#), 2).unwrap();
+    pipe(&mut d, &[("a", 1, 10), ("b", 2, 20), ("z", 3, 30), ("a", 0, 40)]);
+    // The table changes: later records see the new row; a tombstone removes the key.
+    d.pipe_input("users", Some(b"a"), Some(br#"{"name":"Ann2","tier":3}"#), 3).unwrap();
+    d.pipe_input("users", Some(b"b"), None, 4).unwrap();
+    pipe(&mut d, &[("a", 5, 50), ("b", 6, 60)]);
+    assert_eq!(
+        outputs(&mut d, "out"),
+        vec![
+            (Some("a".into()), r#"{"x":1,"name":"Ann","tier":1,"uk":"a","uo":null}"#.into(), 10),
+            (Some("b".into()), r#"{"x":2,"name":"Bob","tier":2,"uk":"b","uo":null}"#.into(), 20),
+            (Some("a".into()), r#"{"x":5,"name":"Ann2","tier":3,"uk":"a","uo":null}"#.into(), 50),
+        ]
+    );
+}
+
+#[test]
+fn a_left_join_keeps_records_without_a_table_row_and_partition_by_sets_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "INSERT INTO out SELECT src.x, users.name FROM src LEFT JOIN users \
+               ON users._key = lower(src.k) PARTITION BY users.name";
+    let mut d = driver(sql, &[], dir.path());
+    d.pipe_input("users", Some(b"a"), Some(br#"{"name":"Ann","tier":1}"#), 1).unwrap();
+    pipe(&mut d, &[("A", 1, 10), ("b", 2, 20)]);
+    assert_eq!(
+        outputs(&mut d, "out"),
+        vec![(Some("Ann".into()), r#"{"x":1,"name":"Ann"}"#.into(), 10), (None, r#"{"x":2,"name":null}"#.into(), 20),]
+    );
+}
+
+#[test]
+fn partition_by_keys_stateless_and_windowed_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = driver("INSERT INTO out SELECT k, x FROM src PARTITION BY x * 10", &[], dir.path());
+    pipe(&mut d, &[("a", 1, 10), ("b", 2, 20)]);
+    assert_eq!(
+        outputs(&mut d, "out"),
+        vec![
+            (Some("10".into()), r#"{"k":"a","x":1}"#.into(), 10),
+            (Some("20".into()), r#"{"k":"b","x":2}"#.into(), 20)
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "INSERT INTO out SELECT k, count(*) AS n FROM TUMBLE(src, ts, INTERVAL '1' SECOND) \
+               GROUP BY window_start, window_end, k PARTITION BY k";
+    let mut d = driver(sql, &[], dir.path());
+    pipe(&mut d, &[("a", 1, 10), ("a", 2, 20), ("b", 1, 30), ("c", 1, 5_000)]);
+    let mut got = outputs(&mut d, "out");
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (Some("a".into()), r#"{"k":"a","n":2}"#.into(), 999),
+            (Some("b".into()), r#"{"k":"b","n":1}"#.into(), 999)
+        ]
+    );
 }
