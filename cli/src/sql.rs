@@ -217,6 +217,11 @@ impl Shell {
         for located in &statements {
             self.execute(&located.statement).await.with_context(|| located.describe())?;
         }
+        if query.statement.text.trim_start().get(..7).is_some_and(|w| w.eq_ignore_ascii_case("explain")) {
+            // EXPLAIN INSERT …: show what would run, run nothing.
+            self.execute(&query.statement).await.with_context(|| query.describe())?;
+            return Ok(());
+        }
         let mut config = args.config.clone();
         if let Some(dir) = &args.state_dir {
             config.push(("state.dir".to_owned(), dir.display().to_string()));

@@ -449,3 +449,39 @@ def test_continuous_stream_table_join_with_partition_by(broker_factory, tmp_path
             proc.kill()
             _, err = proc.communicate()
     assert proc.returncode == 0, err
+
+
+def test_explain_of_a_continuous_query_shows_its_topology_and_runs_nothing(broker_factory):
+    broker = broker_factory()
+    src, users = unique_topic("ex-in"), unique_topic("ex-users")
+    create_topic(broker.bootstrap, src, partitions=2)
+    create_topic(broker.bootstrap, users, partitions=1)
+    out = unique_topic("ex-out")
+    table = f"CREATE TABLE e (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = '{src}')"
+    windowed = (
+        f'EXPLAIN INSERT INTO "{out}" SELECT window_start, k, count(*) AS n '
+        "FROM TUMBLE(e, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end, k"
+    )
+    text = ok(spate_sql(broker.bootstrap, "--format", "json", "-c", table, "-c", windowed))
+    [row] = json.loads(text)
+    assert row["plan_type"] == "continuous_plan"
+    plan = row["plan"]
+    assert f"continuous query reading {src} (windowed" in plan, plan
+    assert "Sub-topology: 1" in plan and "sql-window-rows" in plan, plan
+    assert "Aggregate" in plan, plan
+    # A join, through --continuous: printed, not run, and nothing is created.
+    join = f'EXPLAIN INSERT INTO "{out}" SELECT e.x, u.name FROM e LEFT JOIN "{users}" u ON e.k = u._key PARTITION BY e.x'
+    proc = spate_sql(
+        broker.bootstrap, "--continuous", "--query-id", unique_topic("ex"), "--format", "csv",
+        "-c", table, "-c", f"CREATE TABLE \"{users}\" (name VARCHAR) WITH (topic = '{users}')", "-c", join,
+    )  # fmt: skip
+    plan = ok(proc)
+    assert "LEFT join with table" in plan and "PARTITION BY e.x" in plan, plan
+    topics = admin_topics(broker.bootstrap)
+    assert out not in topics, topics
+
+
+def admin_topics(bootstrap: str) -> set[str]:
+    from spatetest import admin
+
+    return set(admin(bootstrap).list_topics(timeout=10).topics)

@@ -122,6 +122,9 @@ impl SqlContext {
         if let Some(result) = self.create_topic_table(sql).await? {
             return Ok(result);
         }
+        if let Some(result) = self.explain_continuous(sql).await? {
+            return Ok(result);
+        }
         let plan = self.physical_plan(sql).await?;
         let (schema, plan, task_ctx) = plan;
         let batches = datafusion::physical_plan::collect(plan.clone(), task_ctx).await.map_err(execution_error)?;
@@ -130,15 +133,7 @@ impl SqlContext {
 
     /// Runs one statement and streams its result (for results too big to hold).
     pub async fn sql_stream(&self, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream), StreamsError> {
-        if let Some(result) = self.create_topic_table(sql).await? {
-            let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                result.schema.clone(),
-                futures_util::stream::empty(),
-            );
-            return Ok((result.schema, Box::pin(stream)));
-        }
-        let (schema, plan, task_ctx) = self.physical_plan(sql).await?;
-        let stream = datafusion::physical_plan::execute_stream(plan, task_ctx).map_err(execution_error)?;
+        let (schema, stream, _) = self.sql_stream_counted(sql).await?;
         Ok((schema, stream))
     }
 
@@ -164,6 +159,26 @@ impl SqlContext {
     /// `CREATE TABLE name (col TYPE, …) WITH (topic = '…', format = '…', …)`: a topic table with
     /// declared columns (or inferred ones when none are listed). `None` for any other statement,
     /// which DataFusion runs.
+    /// `EXPLAIN INSERT INTO topic SELECT …`: what the continuous query would run (its topology and
+    /// per-batch plan), as DataFusion's EXPLAIN columns `plan_type`, `plan`.
+    async fn explain_continuous(&self, sql: &str) -> Result<Option<QueryResult>, StreamsError> {
+        let Some(insert) = explained_insert(sql) else { return Ok(None) };
+        let text = continuous::explain(self, insert).await?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", datafusion::arrow::datatypes::DataType::Utf8, false),
+            Field::new("plan", datafusion::arrow::datatypes::DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(datafusion::arrow::array::StringArray::from(vec!["continuous_plan"])),
+                Arc::new(datafusion::arrow::array::StringArray::from(vec![text])),
+            ],
+        )
+        .map_err(|e| StreamsError::SqlExecution(format!("internal: {e}")))?;
+        Ok(Some(QueryResult { schema, batches: vec![batch], malformed_records: 0 }))
+    }
+
     async fn create_topic_table(&self, sql: &str) -> Result<Option<QueryResult>, StreamsError> {
         // A statement that does not parse here is DataFusion's to report.
         let Ok(statements) = DFParser::parse_sql(sql) else { return Ok(None) };
@@ -384,10 +399,14 @@ impl SqlContext {
         &self,
         sql: &str,
     ) -> Result<(SchemaRef, SendableRecordBatchStream, MalformedCounter), StreamsError> {
-        if let Some(result) = self.create_topic_table(sql).await? {
+        let mut done = self.create_topic_table(sql).await?;
+        if done.is_none() {
+            done = self.explain_continuous(sql).await?;
+        }
+        if let Some(result) = done {
             let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
                 result.schema.clone(),
-                futures_util::stream::empty(),
+                futures_util::stream::iter(result.batches.into_iter().map(Ok)),
             );
             return Ok((result.schema, Box::pin(stream), MalformedCounter { plan: None }));
         }
@@ -399,5 +418,25 @@ impl SqlContext {
     /// A DataFusion error from a streamed result, as [`SqlContext::sql`] would report it.
     pub fn stream_error(e: DataFusionError) -> StreamsError {
         execution_error(e)
+    }
+}
+
+/// The `INSERT …` of an `EXPLAIN INSERT …` statement (a continuous query to explain).
+fn explained_insert(sql: &str) -> Option<&str> {
+    let t = sql.trim_start();
+    let rest = t.get(..7).filter(|w| w.eq_ignore_ascii_case("explain")).and_then(|_| t.get(7..))?;
+    let insert = rest.trim_start();
+    (insert.len() < rest.len() && insert.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("insert"))).then_some(insert)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn explain_of_an_insert_is_a_continuous_explain() {
+        assert_eq!(super::explained_insert("  explain\n INSERT INTO o SELECT 1"), Some("INSERT INTO o SELECT 1"));
+        assert_eq!(super::explained_insert("EXPLAIN SELECT 1"), None);
+        assert_eq!(super::explained_insert("EXPLAININSERT"), None);
+        assert_eq!(super::explained_insert("INSERT INTO o SELECT 1"), None);
+        assert_eq!(super::explained_insert("é"), None);
     }
 }

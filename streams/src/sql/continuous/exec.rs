@@ -108,6 +108,11 @@ impl BatchSql {
         self.output_schema.clone()
     }
 
+    /// The optimized logical plan, indented (for EXPLAIN).
+    pub fn display_plan(&self) -> String {
+        self.plan.display_indent().to_string()
+    }
+
     /// Whether the plan aggregates (used to refuse unwindowed aggregates).
     pub fn aggregates(&self) -> bool {
         let mut found = false;

@@ -76,89 +76,8 @@ impl ContinuousQuery {
         query_id: &str,
         extra_streams_config: &[(String, String)],
     ) -> Result<ContinuousQuery, StreamsError> {
-        let plan = analyze::analyze(sql)?;
-        let (options, table_schema) = source_table(ctx, &plan.source_table).await?;
-        let decoder = Arc::new(RecordDecoder::new(&options, table_schema.clone(), None)?);
-        let source = nodes::Source {
-            decoder: decoder.clone(),
-            lateness_ms: options.lateness_ms,
-            idle_timeout_ms: options.idle_timeout_ms,
-        };
-        // Plan once here so that the query's mistakes are reported before anything starts.
-        let input_schema = match &plan.window {
-            None => decoder.output_schema(),
-            Some((_, time_column)) => {
-                let field = decoder.output_schema().field_with_name(time_column).cloned().map_err(|_| {
-                    StreamsError::SqlPlan {
-                        message: format!(
-                            "the window's time column '{time_column}' is not a column of table {} (its columns: {})",
-                            plan.source_table,
-                            column_names(&decoder.output_schema())
-                        ),
-                        position: None,
-                    }
-                })?;
-                if !exec::is_time_type(field.data_type()) {
-                    return Err(StreamsError::SqlPlan {
-                        message: format!(
-                            "the window's time column '{time_column}' is {}, not a TIMESTAMP, BIGINT (ms since the epoch) \
-                             or timestamp text",
-                            field.data_type()
-                        ),
-                        position: None,
-                    });
-                }
-                nodes::windowed_schema(&decoder.output_schema())
-            }
-        };
-        let lookup = match &plan.lookup {
-            None => None,
-            Some(join) => {
-                let (table_options, table_schema) = source_table(ctx, &join.table).await?;
-                let lookup = nodes::Lookup {
-                    decoder: Arc::new(RecordDecoder::new(&table_options, table_schema, None)?),
-                    store: LOOKUP_STORE.to_owned(),
-                    key_sql: format!(
-                        "SELECT CAST(({}) AS VARCHAR) FROM {} AS \"{}\"",
-                        join.stream_key_sql,
-                        analyze::INPUT_TABLE,
-                        plan.source_alias.replace('"', "\"\"")
-                    ),
-                };
-                // The stream side of ON must be computable from the stream's row alone.
-                exec::BatchSql::plan(&lookup.key_sql, decoder.output_schema()).await.map_err(|e| match e {
-                    StreamsError::SqlPlan { message, .. } => StreamsError::SqlPlan {
-                        message: format!(
-                            "the join's stream side {} must read only {}'s columns: {message}",
-                            join.stream_key_sql, plan.source_alias
-                        ),
-                        position: None,
-                    },
-                    other => other,
-                })?;
-                Some((lookup, table_options.topic))
-            }
-        };
-        let checked =
-            exec::BatchSql::plan_with_lookup(&plan.select_sql, input_schema, lookup.as_ref().map(|(l, _)| l.schema()))
-                .await?;
-        if plan.window.is_none() && checked.aggregates() {
-            return Err(StreamsError::SqlPlan {
-                message: "aggregates, DISTINCT and window functions need a window in a continuous query: read FROM \
-                          TUMBLE(…), HOP(…) or SESSION(…) and GROUP BY window_start, window_end"
-                    .into(),
-                position: None,
-            });
-        }
-        for key in &plan.group_keys {
-            // Group keys are evaluated per record batch before the repartition.
-            exec::BatchSql::plan(&format!("SELECT {} FROM {}", key.sql, analyze::INPUT_TABLE), decoder.output_schema())
-                .await?;
-        }
-
-        let topology = compile(&plan, &options, source, lookup)?;
+        let Prepared { plan, options, topology, batch_plan: _ } = prepare(ctx, sql).await?;
         let description = topology.to_string();
-
         let mut config = StreamsConfig::new(query_id, &ctx.config().bootstrap_servers)
             .set("commit.interval.ms", DEFAULT_COMMIT_INTERVAL_MS)?;
         for (key, value) in extra_streams_config {
@@ -200,6 +119,126 @@ impl ContinuousQuery {
     pub fn crash(mut self) {
         self.streams.crash();
     }
+}
+
+/// What `EXPLAIN INSERT INTO … SELECT …` shows of a continuous statement, without running it:
+/// the topology it compiles to (sub-topologies, topics, stores) and the plan of the SELECT each
+/// micro-batch or closing window runs. Errors as [`ContinuousQuery::start`] would report them.
+pub async fn explain(ctx: &SqlContext, sql: &str) -> Result<String, StreamsError> {
+    let Prepared { plan, options, topology, batch_plan } = prepare(ctx, sql).await?;
+    let kind = match (&plan.window, &plan.lookup) {
+        (Some((spec, column)), _) => format!("windowed: {spec:?} on {column}, lateness {} ms", options.lateness_ms),
+        (None, Some(join)) => format!(
+            "stateless, {} join with table {} on {} = _key",
+            if join.left { "LEFT" } else { "INNER" },
+            join.table,
+            join.stream_key_sql
+        ),
+        (None, None) => "stateless".to_owned(),
+    };
+    let key = match (&plan.partition_by, plan.window.is_some()) {
+        (Some(expr), _) => format!("PARTITION BY {expr} (as text)"),
+        (None, true) => "the group key as JSON".to_owned(),
+        (None, false) => "the source record's key".to_owned(),
+    };
+    Ok(format!(
+        "continuous query reading {} ({kind}), writing {}, output key: {key}\n{topology}\nSELECT run per micro-batch or closing window:\n{batch_plan}",
+        options.topic, plan.out_topic
+    ))
+}
+
+/// A continuous statement planned and compiled, not started.
+struct Prepared {
+    plan: analyze::ContinuousPlan,
+    options: TableOptions,
+    topology: crate::Topology,
+    batch_plan: String,
+}
+
+/// Plans `sql` against the tables of `ctx` so that the query's mistakes are reported before
+/// anything starts, and compiles it to a topology.
+async fn prepare(ctx: &SqlContext, sql: &str) -> Result<Prepared, StreamsError> {
+    let plan = analyze::analyze(sql)?;
+    let (options, table_schema) = source_table(ctx, &plan.source_table).await?;
+    let decoder = Arc::new(RecordDecoder::new(&options, table_schema.clone(), None)?);
+    let source = nodes::Source {
+        decoder: decoder.clone(),
+        lateness_ms: options.lateness_ms,
+        idle_timeout_ms: options.idle_timeout_ms,
+    };
+    // Plan once here so that the query's mistakes are reported before anything starts.
+    let input_schema = match &plan.window {
+        None => decoder.output_schema(),
+        Some((_, time_column)) => {
+            let field =
+                decoder.output_schema().field_with_name(time_column).cloned().map_err(|_| StreamsError::SqlPlan {
+                    message: format!(
+                        "the window's time column '{time_column}' is not a column of table {} (its columns: {})",
+                        plan.source_table,
+                        column_names(&decoder.output_schema())
+                    ),
+                    position: None,
+                })?;
+            if !exec::is_time_type(field.data_type()) {
+                return Err(StreamsError::SqlPlan {
+                    message: format!(
+                        "the window's time column '{time_column}' is {}, not a TIMESTAMP, BIGINT (ms since the epoch) \
+                             or timestamp text",
+                        field.data_type()
+                    ),
+                    position: None,
+                });
+            }
+            nodes::windowed_schema(&decoder.output_schema())
+        }
+    };
+    let lookup = match &plan.lookup {
+        None => None,
+        Some(join) => {
+            let (table_options, table_schema) = source_table(ctx, &join.table).await?;
+            let lookup = nodes::Lookup {
+                decoder: Arc::new(RecordDecoder::new(&table_options, table_schema, None)?),
+                store: LOOKUP_STORE.to_owned(),
+                key_sql: format!(
+                    "SELECT CAST(({}) AS VARCHAR) FROM {} AS \"{}\"",
+                    join.stream_key_sql,
+                    analyze::INPUT_TABLE,
+                    plan.source_alias.replace('"', "\"\"")
+                ),
+            };
+            // The stream side of ON must be computable from the stream's row alone.
+            exec::BatchSql::plan(&lookup.key_sql, decoder.output_schema()).await.map_err(|e| match e {
+                StreamsError::SqlPlan { message, .. } => StreamsError::SqlPlan {
+                    message: format!(
+                        "the join's stream side {} must read only {}'s columns: {message}",
+                        join.stream_key_sql, plan.source_alias
+                    ),
+                    position: None,
+                },
+                other => other,
+            })?;
+            Some((lookup, table_options.topic))
+        }
+    };
+    let checked =
+        exec::BatchSql::plan_with_lookup(&plan.select_sql, input_schema, lookup.as_ref().map(|(l, _)| l.schema()))
+            .await?;
+    if plan.window.is_none() && checked.aggregates() {
+        return Err(StreamsError::SqlPlan {
+            message: "aggregates, DISTINCT and window functions need a window in a continuous query: read FROM \
+                          TUMBLE(…), HOP(…) or SESSION(…) and GROUP BY window_start, window_end"
+                .into(),
+            position: None,
+        });
+    }
+    for key in &plan.group_keys {
+        // Group keys are evaluated per record batch before the repartition.
+        exec::BatchSql::plan(&format!("SELECT {} FROM {}", key.sql, analyze::INPUT_TABLE), decoder.output_schema())
+            .await?;
+    }
+
+    let topology = compile(&plan, &options, source, lookup)?;
+    Ok(Prepared { plan, options, topology, batch_plan: checked.display_plan() })
 }
 
 /// Runs one continuous statement until `shutdown` completes (then commits and stops), or until
