@@ -485,3 +485,47 @@ def admin_topics(bootstrap: str) -> set[str]:
     from spatetest import admin
 
     return set(admin(bootstrap).list_topics(timeout=10).topics)
+
+
+def test_continuous_interval_join_of_two_topics(broker_factory, tmp_path):
+    """Orders joined with the shipments of the same order id 0..2 s after them, both topics written
+    and read back with confluent-kafka; the shipments topic is written first, as a backlog."""
+    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
+    orders, shipments, out = unique_topic("io"), unique_topic("is"), unique_topic("iout")
+    create_topic(broker.bootstrap, orders, partitions=2)
+    create_topic(broker.bootstrap, shipments, partitions=3)
+    base = 1_700_000_000_000
+    order_rows = [(i % 2, str(i).encode(), json.dumps({"id": i, "at": base + i * 1000}).encode(), []) for i in range(60)]
+    # Shipment i is 1.5 s after order i for even i, 2.5 s after it (outside the interval) for odd i.
+    ship_rows = [
+        (i % 3, str(i).encode(), json.dumps({"order_id": i, "at": base + i * 1000 + (1500 if i % 2 == 0 else 2500)}).encode(), [])
+        for i in range(60)
+    ]
+    produce(broker.bootstrap, shipments, ship_rows)
+    produce(broker.bootstrap, orders, order_rows)
+    cmd = [
+        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
+        "--continuous", "--query-id", unique_topic("cqi"), "--state-dir", str(tmp_path / "state"),
+        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
+        "--config", "heartbeat.interval.ms=500",
+        "-c", f"CREATE TABLE o (id BIGINT, at BIGINT) WITH (topic = '{orders}')",
+        "-c", f"CREATE TABLE s (order_id BIGINT, at BIGINT) WITH (topic = '{shipments}')",
+        "-c", f'INSERT INTO "{out}" SELECT o.id, s.at - o.at AS ship_ms FROM o JOIN s ON s.order_id = o.id '
+              "AND s.at BETWEEN o.at AND o.at + INTERVAL '2' SECOND",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=30, timeout_s=40)
+        rows = sorted((json.loads(m.value())["id"], json.loads(m.value())["ship_ms"]) for m in got)
+        assert rows == [(i, 1500) for i in range(0, 60, 2)], rows
+        assert {m.key() for m in got} == {json.dumps({"k0": i}, separators=(",", ":")).encode() for i in range(0, 60, 2)}
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err

@@ -71,10 +71,34 @@ pub(crate) struct ContinuousPlan {
     pub source_alias: String,
     /// A stream-table join: `JOIN table ON <stream expression> = table._key`.
     pub lookup: Option<LookupJoin>,
+    /// An interval join of two topics: `JOIN b ON a.k = b.k AND b.t BETWEEN a.t + lo AND a.t + hi`.
+    pub interval: Option<IntervalJoin>,
     /// `PARTITION BY expr`: the output key is that expression's value as text (in a stateless
     /// query it replaces the source key; in a windowed one, the group key's JSON).
     pub partition_by: Option<String>,
 }
+
+/// An interval join (Flink's, Kafka Streams' `JoinWindows`): records of the source `a` and the
+/// joined topic `b` with equal keys and `b`'s time within `[a's time + lower, a's time + upper]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IntervalJoin {
+    /// The joined table (a topic, or a `CREATE TABLE` name) and the name the query gives its rows.
+    pub table: String,
+    pub table_alias: String,
+    /// The key expressions of each side, pairwise equal (SQL over each side's alias).
+    pub left_keys: Vec<String>,
+    pub right_keys: Vec<String>,
+    /// The time columns of each side.
+    pub left_time: String,
+    pub right_time: String,
+    pub lower_ms: i64,
+    pub upper_ms: i64,
+}
+
+/// Hidden column numbering the pairs of an interval join (added to both sides' rows).
+pub(crate) const PAIR_COLUMN: &str = "__spate_pair";
+/// Hidden output column carrying a result row's pair number.
+pub(crate) const PAIR_OUT_COLUMN: &str = "__spate_pair_out";
 
 /// A stream-table join of a stateless query (Kafka Streams' KStream-GlobalKTable join): every
 /// instance holds the table's topic whole, latest value per key, and each stream record meets
@@ -154,8 +178,8 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
     let alias = alias.unwrap_or_else(|| table_alias(last_ident(&source_table)));
     let source_alias = alias.name.value.clone();
     from.relation = renamed_table(INPUT_TABLE, alias);
-    let lookup = match from.joins.as_mut_slice() {
-        [] => None,
+    let (lookup, interval) = match from.joins.as_mut_slice() {
+        [] => (None, None),
         [join] => {
             if window.is_some() {
                 return Err(plan_error(
@@ -184,18 +208,48 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
                     joined_alias.name.value
                 )));
             };
-            let Some(stream_key) = key_equality(on, &joined_alias.name.value) else {
+            let table_name = joined_alias.name.value.clone();
+            if let Some(stream_key) = key_equality(on, &table_name) {
+                join.relation = renamed_table(LOOKUP_TABLE, joined_alias);
+                (Some(LookupJoin { table, stream_key_sql: stream_key.to_string(), left }), None)
+            } else if let Some((interval, rest)) = interval_join(on, &source_alias, &table_name)? {
+                if left {
+                    return Err(plan_error(
+                        "LEFT interval joins are not supported yet (they emit unmatched records when the interval \
+                         expires): use JOIN",
+                    ));
+                }
+                if table.eq_ignore_ascii_case(&source_table) {
+                    return Err(plan_error("an interval join of a topic with itself is not supported"));
+                }
+                // Each result row is one pair the join stage found; the ON condition's other
+                // conjuncts (keys included) are checked again.
+                let pair = Expr::BinaryOp {
+                    left: Box::new(qualified(&source_alias, PAIR_COLUMN)),
+                    op: BinaryOperator::Eq,
+                    right: Box::new(qualified(&table_name, PAIR_COLUMN)),
+                };
+                let checked = rest.into_iter().fold(pair, |all, c| Expr::BinaryOp {
+                    left: Box::new(all),
+                    op: BinaryOperator::And,
+                    right: Box::new(Expr::Nested(Box::new(c))),
+                });
+                join.join_operator = JoinOperator::Inner(JoinConstraint::On(checked));
+                join.relation = renamed_table(LOOKUP_TABLE, joined_alias);
+                (None, Some(IntervalJoin { table, table_alias: table_name, ..interval }))
+            } else {
                 return Err(plan_error_at(
                     format!(
-                        "a stream-table join needs ON <stream expression> = {t}._key (the table is the latest \
-                         value per Kafka key of its topic; other conditions may follow with AND), not ON {on}",
-                        t = joined_alias.name.value
+                        "a continuous join is either a stream-table join, ON <stream expression> = {t}._key (the \
+                         table is the latest value per Kafka key of its topic), or an interval join, ON \
+                         {s}.k = {t}.k AND {t}.time BETWEEN {s}.time - INTERVAL … AND {s}.time + INTERVAL …; \
+                         other conditions may follow with AND. Not ON {on}",
+                        t = table_name,
+                        s = source_alias
                     ),
                     datafusion::sql::sqlparser::ast::Spanned::span(on),
                 ));
-            };
-            join.relation = renamed_table(LOOKUP_TABLE, joined_alias);
-            Some(LookupJoin { table, stream_key_sql: stream_key.to_string(), left })
+            }
         }
         _ => return Err(plan_error("a continuous query joins at most one table")),
     };
@@ -234,6 +288,20 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
         select.projection.push(SelectItem::ExprWithAlias {
             expr: Expr::Identifier(Ident::new(WINDOW_END)),
             alias: Ident::with_quote('"', WINDOW_END_COLUMN),
+        });
+        if let Some(expr) = &partition_by {
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', PARTITION_KEY_COLUMN),
+            });
+        }
+    } else if interval.is_some() {
+        if !group_by.is_empty() || select.having.is_some() {
+            return Err(plan_error("GROUP BY over an interval join is not supported yet: write the join to a topic"));
+        }
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: qualified(&source_alias, PAIR_COLUMN),
+            alias: Ident::with_quote('"', PAIR_OUT_COLUMN),
         });
         if let Some(expr) = &partition_by {
             select.projection.push(SelectItem::ExprWithAlias {
@@ -283,8 +351,207 @@ pub(crate) fn analyze(sql: &str) -> Result<ContinuousPlan, StreamsError> {
         select_sql: query.to_string(),
         source_alias,
         lookup,
+        interval,
         partition_by: partition_by.map(|e| e.to_string()),
     })
+}
+
+fn qualified(table: &str, column: &str) -> Expr {
+    Expr::CompoundIdentifier(vec![Ident::with_quote('"', table), Ident::with_quote('"', column)])
+}
+
+/// The conjuncts of an ON condition.
+fn conjuncts(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::Nested(inner) => conjuncts(inner),
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            let mut all = conjuncts(left);
+            all.extend(conjuncts(right));
+            all
+        }
+        other => vec![other],
+    }
+}
+
+/// The table qualifiers an expression reads (None: it reads something unqualified or unknown).
+fn qualifiers(e: &Expr, into: &mut Vec<String>) -> Option<()> {
+    match e {
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+            into.push(parts[0].value.to_ascii_lowercase());
+            Some(())
+        }
+        Expr::Value(_) | Expr::Interval(_) | Expr::TypedString { .. } => Some(()),
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } | Expr::Cast { expr: inner, .. } => {
+            qualifiers(inner, into)
+        }
+        Expr::BinaryOp { left, right, .. } => {
+            qualifiers(left, into)?;
+            qualifiers(right, into)
+        }
+        Expr::Function(f) => match &f.args {
+            datafusion::sql::sqlparser::ast::FunctionArguments::List(list) => {
+                for arg in &list.args {
+                    match arg {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => qualifiers(e, into)?,
+                        _ => return None,
+                    }
+                }
+                Some(())
+            }
+            datafusion::sql::sqlparser::ast::FunctionArguments::None => Some(()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+}
+
+fn side_of(e: &Expr, left: &str, right: &str) -> Option<Side> {
+    let mut found = Vec::new();
+    qualifiers(e, &mut found)?;
+    let (l, r) = (left.to_ascii_lowercase(), right.to_ascii_lowercase());
+    if !found.is_empty() && found.iter().all(|q| *q == l) {
+        Some(Side::Left)
+    } else if !found.is_empty() && found.iter().all(|q| *q == r) {
+        Some(Side::Right)
+    } else {
+        None
+    }
+}
+
+/// `t.col`, `t.col + INTERVAL …`, `t.col - INTERVAL …`: (qualifier, column, offset in ms).
+fn time_term(e: &Expr) -> Option<(String, String, i64)> {
+    match e {
+        Expr::Nested(inner) => time_term(inner),
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+            Some((parts[0].value.to_ascii_lowercase(), parts[1].value.clone(), 0))
+        }
+        Expr::BinaryOp { left, op: op @ (BinaryOperator::Plus | BinaryOperator::Minus), right } => {
+            let (q, c, d) = time_term(left)?;
+            let ms = interval_ms(right).ok()?;
+            Some((q, c, if *op == BinaryOperator::Plus { d + ms } else { d - ms }))
+        }
+        _ => None,
+    }
+}
+
+/// An interval join's keys and bounds from its ON condition, `None` when it has no time bounds
+/// between the two tables (then it is not an interval join).
+/// The time bounds are enforced on event times by the join stage (they compare a BIGINT column
+/// with an INTERVAL, which SQL cannot); the other conjuncts are returned for the SELECT to check.
+fn interval_join(on: &Expr, left: &str, right: &str) -> Result<Option<(IntervalJoin, Vec<Expr>)>, StreamsError> {
+    let (l, r) = (left.to_ascii_lowercase(), right.to_ascii_lowercase());
+    let mut join = IntervalJoin {
+        table: String::new(),
+        table_alias: String::new(),
+        left_keys: Vec::new(),
+        right_keys: Vec::new(),
+        left_time: String::new(),
+        right_time: String::new(),
+        lower_ms: i64::MIN,
+        upper_ms: i64::MAX,
+    };
+    let mut bounded = (false, false);
+    // `x OP y` with one side a time term of each table: right time OP left time + d.
+    let mut bound = |x: &Expr, op: &BinaryOperator, y: &Expr| -> Result<bool, StreamsError> {
+        let (Some(a), Some(b)) = (time_term(x), time_term(y)) else { return Ok(false) };
+        let flip = |op: &BinaryOperator| match op {
+            BinaryOperator::Gt => BinaryOperator::Lt,
+            BinaryOperator::GtEq => BinaryOperator::LtEq,
+            BinaryOperator::Lt => BinaryOperator::Gt,
+            BinaryOperator::LtEq => BinaryOperator::GtEq,
+            other => other.clone(),
+        };
+        let (op, (_, lc, ld), (_, rc, rd)) = if a.0 == r && b.0 == l {
+            (op.clone(), b, a)
+        } else if a.0 == l && b.0 == r {
+            (flip(op), a, b)
+        } else {
+            return Ok(false);
+        };
+        // rc + rd OP lc + ld  ⇔  rc OP lc + (ld − rd)
+        let d = ld - rd;
+        for (have, name, what) in [(&mut join.left_time, lc, left), (&mut join.right_time, rc, right)] {
+            if have.is_empty() {
+                *have = name;
+            } else if *have != name {
+                return Err(plan_error(format!(
+                    "an interval join bounds one time column of {what}, not both {have} and {name}"
+                )));
+            }
+        }
+        // Event times are whole milliseconds: a strict bound is the next millisecond.
+        match op {
+            BinaryOperator::Gt | BinaryOperator::GtEq => {
+                let d = if op == BinaryOperator::Gt { d.saturating_add(1) } else { d };
+                join.lower_ms = join.lower_ms.max(d);
+                bounded.0 = true;
+            }
+            BinaryOperator::Lt | BinaryOperator::LtEq => {
+                let d = if op == BinaryOperator::Lt { d.saturating_sub(1) } else { d };
+                join.upper_ms = join.upper_ms.min(d);
+                bounded.1 = true;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    let mut keys = Vec::new();
+    let mut rest = Vec::new();
+    for c in conjuncts(on) {
+        let consumed = match c {
+            Expr::Between { expr, negated: false, low, high } => {
+                bound(expr, &BinaryOperator::GtEq, low)? & bound(expr, &BinaryOperator::LtEq, high)?
+            }
+            Expr::BinaryOp {
+                left: x,
+                op: op @ (BinaryOperator::Gt | BinaryOperator::GtEq | BinaryOperator::Lt | BinaryOperator::LtEq),
+                right: y,
+            } => bound(x, op, y)?,
+            Expr::BinaryOp { left: x, op: BinaryOperator::Eq, right: y } => {
+                match (side_of(x, &l, &r), side_of(y, &l, &r)) {
+                    (Some(Side::Left), Some(Side::Right)) => keys.push((x.to_string(), y.to_string())),
+                    (Some(Side::Right), Some(Side::Left)) => keys.push((y.to_string(), x.to_string())),
+                    _ => {}
+                }
+                false
+            }
+            _ => false,
+        };
+        if !consumed {
+            rest.push(c.clone());
+        }
+    }
+    match bounded {
+        (false, false) => return Ok(None),
+        (true, true) => {}
+        _ => {
+            return Err(plan_error(format!(
+                "an interval join needs a lower and an upper bound: {right}.time BETWEEN {left}.time - INTERVAL … \
+                 AND {left}.time + INTERVAL …"
+            )))
+        }
+    }
+    if join.lower_ms > join.upper_ms {
+        return Err(plan_error(format!(
+            "the interval join's bounds are empty: {} ms after {left}'s time to {} ms after",
+            join.lower_ms, join.upper_ms
+        )));
+    }
+    if keys.is_empty() {
+        return Err(plan_error(format!(
+            "an interval join needs a key equality between the tables ({left}.k = {right}.k): a stream cannot be \
+             joined with every record of another"
+        )));
+    }
+    join.left_keys = keys.iter().map(|(a, _)| a.clone()).collect();
+    join.right_keys = keys.into_iter().map(|(_, b)| b).collect();
+    Ok(Some((join, rest)))
 }
 
 fn last_ident(name: &str) -> &str {

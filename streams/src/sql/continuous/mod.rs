@@ -54,6 +54,11 @@ const REPARTITION: &str = "sql-window";
 const WINDOW_STORE: &str = "sql-window-rows";
 /// Name of the global store holding a stream-table join's table (its topic is its changelog).
 const LOOKUP_STORE: &str = "sql-join-table";
+/// Repartition topics of an interval join's sides and its store (changelog
+/// `<query id>-sql-join-rows-changelog`).
+const JOIN_LEFT_REPARTITION: &str = "sql-join-left";
+const JOIN_RIGHT_REPARTITION: &str = "sql-join-right";
+const JOIN_STORE: &str = "sql-join-rows";
 /// `commit.interval.ms` of continuous queries unless set: shorter than Kafka Streams' 30 s so
 /// that a crash replays (and may duplicate) less.
 const DEFAULT_COMMIT_INTERVAL_MS: &str = "5000";
@@ -128,6 +133,22 @@ pub async fn explain(ctx: &SqlContext, sql: &str) -> Result<String, StreamsError
     let Prepared { plan, options, topology, batch_plan } = prepare(ctx, sql).await?;
     let kind = match (&plan.window, &plan.lookup) {
         (Some((spec, column)), _) => format!("windowed: {spec:?} on {column}, lateness {} ms", options.lateness_ms),
+        (None, None) if plan.interval.is_some() => {
+            let join = plan.interval.as_ref().expect("checked");
+            format!(
+                "interval join with {} on ({}) = ({}), {}.{} within [{}.{} {:+} ms, {:+} ms], lateness {} ms",
+                join.table,
+                join.left_keys.join(", "),
+                join.right_keys.join(", "),
+                join.table_alias,
+                join.right_time,
+                plan.source_alias,
+                join.left_time,
+                join.lower_ms,
+                join.upper_ms,
+                options.lateness_ms
+            )
+        }
         (None, Some(join)) => format!(
             "stateless, {} join with table {} on {} = _key",
             if join.left { "LEFT" } else { "INNER" },
@@ -167,29 +188,36 @@ async fn prepare(ctx: &SqlContext, sql: &str) -> Result<Prepared, StreamsError> 
         idle_timeout_ms: options.idle_timeout_ms,
     };
     // Plan once here so that the query's mistakes are reported before anything starts.
-    let input_schema = match &plan.window {
+    let mut input_schema = match &plan.window {
         None => decoder.output_schema(),
         Some((_, time_column)) => {
-            let field =
-                decoder.output_schema().field_with_name(time_column).cloned().map_err(|_| StreamsError::SqlPlan {
-                    message: format!(
-                        "the window's time column '{time_column}' is not a column of table {} (its columns: {})",
-                        plan.source_table,
-                        column_names(&decoder.output_schema())
-                    ),
-                    position: None,
-                })?;
-            if !exec::is_time_type(field.data_type()) {
-                return Err(StreamsError::SqlPlan {
-                    message: format!(
-                        "the window's time column '{time_column}' is {}, not a TIMESTAMP, BIGINT (ms since the epoch) \
-                             or timestamp text",
-                        field.data_type()
-                    ),
-                    position: None,
-                });
-            }
+            check_time_column(&decoder, time_column, &plan.source_table, "window")?;
             nodes::windowed_schema(&decoder.output_schema())
+        }
+    };
+    let mut lookup_schema = None;
+    let interval = match &plan.interval {
+        None => None,
+        Some(join) => {
+            let (table_options, table_schema) = source_table(ctx, &join.table).await?;
+            let right_decoder = Arc::new(RecordDecoder::new(&table_options, table_schema, None)?);
+            check_time_column(&decoder, &join.left_time, &plan.source_table, "interval join")?;
+            check_time_column(&right_decoder, &join.right_time, &join.table, "interval join")?;
+            for (keys, alias, d) in
+                [(&join.left_keys, &plan.source_alias, &decoder), (&join.right_keys, &join.table_alias, &right_decoder)]
+            {
+                exec::BatchSql::plan(&nodes::key_by_sql(&keys.join(", "), alias), d.output_schema()).await?;
+            }
+            input_schema = nodes::numbered_schema(&decoder.output_schema());
+            lookup_schema = Some(nodes::numbered_schema(&right_decoder.output_schema()));
+            let right = nodes::Source {
+                decoder: right_decoder,
+                lateness_ms: options.lateness_ms,
+                idle_timeout_ms: options.idle_timeout_ms,
+            };
+            let partitions =
+                (partition_count(ctx, &options.topic).await?, partition_count(ctx, &table_options.topic).await?);
+            Some((right, table_options.topic, partitions))
         }
     };
     let lookup = match &plan.lookup {
@@ -220,9 +248,10 @@ async fn prepare(ctx: &SqlContext, sql: &str) -> Result<Prepared, StreamsError> 
             Some((lookup, table_options.topic))
         }
     };
-    let checked =
-        exec::BatchSql::plan_with_lookup(&plan.select_sql, input_schema, lookup.as_ref().map(|(l, _)| l.schema()))
-            .await?;
+    if let Some((l, _)) = &lookup {
+        lookup_schema = Some(l.schema());
+    }
+    let checked = exec::BatchSql::plan_with_lookup(&plan.select_sql, input_schema, lookup_schema).await?;
     if plan.window.is_none() && checked.aggregates() {
         return Err(StreamsError::SqlPlan {
             message: "aggregates, DISTINCT and window functions need a window in a continuous query: read FROM \
@@ -233,12 +262,33 @@ async fn prepare(ctx: &SqlContext, sql: &str) -> Result<Prepared, StreamsError> 
     }
     for key in &plan.group_keys {
         // Group keys are evaluated per record batch before the repartition.
-        exec::BatchSql::plan(&format!("SELECT {} FROM {}", key.sql, analyze::INPUT_TABLE), decoder.output_schema())
-            .await?;
+        exec::BatchSql::plan(&nodes::key_by_sql(&key.sql, &plan.source_alias), decoder.output_schema()).await?;
     }
 
-    let topology = compile(&plan, &options, source, lookup)?;
+    let topology = compile(&plan, &options, source, lookup, interval)?;
     Ok(Prepared { plan, options, topology, batch_plan: checked.display_plan() })
+}
+
+/// The time column `column` of `table` (read by a window or an interval join) exists and holds time.
+fn check_time_column(decoder: &RecordDecoder, column: &str, table: &str, what: &str) -> Result<(), StreamsError> {
+    let schema = decoder.output_schema();
+    let field = schema.field_with_name(column).map_err(|_| StreamsError::SqlPlan {
+        message: format!(
+            "the {what}'s time column '{column}' is not a column of table {table} (its columns: {})",
+            column_names(&schema)
+        ),
+        position: None,
+    })?;
+    if !exec::is_time_type(field.data_type()) {
+        return Err(StreamsError::SqlPlan {
+            message: format!(
+                "the {what}'s time column '{column}' is {}, not a TIMESTAMP, BIGINT (ms since the epoch) or timestamp text",
+                field.data_type()
+            ),
+            position: None,
+        });
+    }
+    Ok(())
 }
 
 /// Runs one continuous statement until `shutdown` completes (then commits and stops), or until
@@ -279,6 +329,7 @@ fn compile(
     options: &TableOptions,
     source: nodes::Source,
     lookup: Option<(nodes::Lookup, String)>,
+    interval: Option<(nodes::Source, String, (usize, usize))>,
 ) -> Result<crate::Topology, StreamsError> {
     let builder = StreamsBuilder::new();
     let out = TopicName::User(plan.out_topic.clone());
@@ -289,15 +340,79 @@ fn compile(
             b.globals.push(crate::topology::GlobalDef { topic, store: lookup.store.clone(), in_memory: false });
             lookup
         });
-        match &plan.window {
-            None => nodes::add_batching_source(
-                &mut b,
-                "SQL-SELECT",
-                TopicName::User(options.topic.clone()),
-                out.clone(),
-                nodes::stateless_stage(source.clone(), lookup, select.clone(), Arc::from(plan.out_topic.as_str())),
-            ),
-            Some((spec, time_column)) => {
+        match (&plan.window, &plan.interval, interval) {
+            (None, Some(join), Some((right, right_topic, partitions))) => {
+                // Both repartition topics get the left source's partition count.
+                let markers_to = Some(i32::try_from(partitions.0).unwrap_or(i32::MAX));
+                let (left_rep, right_rep) = (JOIN_LEFT_REPARTITION.to_owned(), JOIN_RIGHT_REPARTITION.to_owned());
+                let keys = |sqls: &[String]| -> Vec<analyze::GroupKey> {
+                    sqls.iter()
+                        .enumerate()
+                        .map(|(i, sql)| analyze::GroupKey { sql: sql.clone(), name: format!("k{i}") })
+                        .collect()
+                };
+                let left_node = nodes::add_batching_source(
+                    &mut b,
+                    "SQL-JOIN-KEY-BY",
+                    TopicName::User(options.topic.clone()),
+                    TopicName::Repartition(left_rep.clone()),
+                    nodes::keying_stage(
+                        source.clone(),
+                        keys(&join.left_keys),
+                        join.left_time.clone(),
+                        TopicName::Repartition(left_rep.clone()),
+                        plan.source_alias.clone(),
+                        markers_to,
+                    ),
+                );
+                nodes::add_batching_source(
+                    &mut b,
+                    "SQL-JOIN-KEY-BY",
+                    TopicName::User(right_topic),
+                    TopicName::Repartition(right_rep.clone()),
+                    nodes::keying_stage(
+                        right.clone(),
+                        keys(&join.right_keys),
+                        join.right_time.clone(),
+                        TopicName::Repartition(right_rep.clone()),
+                        join.table_alias.clone(),
+                        markers_to,
+                    ),
+                );
+                // Both sides are partitioned by key over the same count: the source's.
+                b.copartition.push((right_rep.clone(), left_node));
+                b.add_store(StoreSpec {
+                    name: JOIN_STORE.to_owned(),
+                    store_type: StoreType::KeyValue,
+                    logging: true,
+                    in_memory: false,
+                })?;
+                nodes::add_join_stage(
+                    &mut b,
+                    nodes::JoinSpec {
+                        partitions,
+                        left_topic: TopicName::Repartition(left_rep),
+                        right_topic: TopicName::Repartition(right_rep),
+                        store: JOIN_STORE.to_owned(),
+                        left: source.clone(),
+                        right,
+                        lower_ms: join.lower_ms,
+                        upper_ms: join.upper_ms,
+                        select_sql: select.clone(),
+                        out_topic: out.clone(),
+                    },
+                );
+            }
+            (None, _, _) => {
+                nodes::add_batching_source(
+                    &mut b,
+                    "SQL-SELECT",
+                    TopicName::User(options.topic.clone()),
+                    out.clone(),
+                    nodes::stateless_stage(source.clone(), lookup, select.clone(), Arc::from(plan.out_topic.as_str())),
+                );
+            }
+            (Some((spec, time_column)), _, _) => {
                 let repartition = TopicName::Repartition(REPARTITION.to_owned());
                 nodes::add_batching_source(
                     &mut b,
@@ -309,6 +424,8 @@ fn compile(
                         plan.group_keys.clone(),
                         time_column.clone(),
                         repartition.clone(),
+                        plan.source_alias.clone(),
+                        None,
                     ),
                 );
                 b.add_store(StoreSpec {
@@ -348,6 +465,30 @@ async fn source_table(ctx: &SqlContext, name: &str) -> Result<(TableOptions, Sch
         });
     };
     Ok((table.options().clone(), provider.schema()))
+}
+
+/// Partitions of `topic` (a source of the query).
+async fn partition_count(ctx: &SqlContext, topic: &str) -> Result<usize, StreamsError> {
+    let admin = Admin::new(AdminConfig {
+        bootstrap_servers: ctx
+            .config()
+            .bootstrap_servers
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        ..AdminConfig::default()
+    })
+    .await
+    .map_err(|e| StreamsError::Config(format!("cannot reach the cluster to describe topic {topic}: {e}")))?;
+    let described = admin
+        .describe_topics(&[topic])
+        .await
+        .map_err(|e| StreamsError::Config(format!("cannot describe topic {topic}: {e}")))?;
+    match described.first().map(|d| d.partitions.len()) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(StreamsError::Config(format!("topic {topic} does not exist: create it before starting the query"))),
+    }
 }
 
 /// Creates the output topic with the source topic's partition count if it does not exist.

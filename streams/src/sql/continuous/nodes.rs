@@ -13,6 +13,7 @@
 //! [`BATCH_LINGER_MS`], and before every commit (a flush hook), so that nothing buffered is
 //! behind a committed offset.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -22,8 +23,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use spate_client::ConsumerRecord;
 
 use super::analyze::{
-    GroupKey, KEY_COLUMN_PREFIX, PARTITION_KEY_COLUMN, SOURCE_KEY_COLUMN, SOURCE_TS_COLUMN, WINDOW_END,
-    WINDOW_END_COLUMN, WINDOW_START,
+    GroupKey, KEY_COLUMN_PREFIX, PAIR_COLUMN, PAIR_OUT_COLUMN, PARTITION_KEY_COLUMN, SOURCE_KEY_COLUMN,
+    SOURCE_TS_COLUMN, WINDOW_END, WINDOW_END_COLUMN, WINDOW_START,
 };
 use super::envelope::SourceRecord;
 use super::exec::{event_times_ms, key_texts, rows_as_json, select_columns, BatchSql};
@@ -212,7 +213,7 @@ pub(crate) fn add_batching_source(
     topic: TopicName,
     sink: TopicName,
     make: impl Fn(&mut TaskBuild<'_>) -> Result<BatchFn, StreamsError> + Send + Sync + 'static,
-) {
+) -> crate::topology::NodeId {
     let node_name = b.name(name);
     let source_topic = topic.clone();
     let build = Arc::new(move |tb: &mut TaskBuild<'_>| {
@@ -263,7 +264,7 @@ pub(crate) fn add_batching_source(
         stores: Vec::new(),
         joins: false,
         build,
-    });
+    })
 }
 
 /// The stateless stage: the SELECT over each micro-batch (joined with the table's matching rows
@@ -323,6 +324,11 @@ pub(crate) fn stateless_stage(
     }
 }
 
+/// `SELECT <select> FROM <input> AS "<alias>"`: a per-batch query over one table's rows.
+pub(crate) fn key_by_sql(select: &str, alias: &str) -> String {
+    format!("SELECT {select} FROM {} AS \"{}\"", super::analyze::INPUT_TABLE, alias.replace('"', "\"\""))
+}
+
 /// Sub-topology 0 of a windowed query: group key and event time per record, to the
 /// repartition topic.
 pub(crate) fn keying_stage(
@@ -330,17 +336,21 @@ pub(crate) fn keying_stage(
     group_keys: Vec<GroupKey>,
     time_column: String,
     repartition: TopicName,
+    alias: String,
+    markers_to: Option<i32>,
 ) -> impl Fn(&mut TaskBuild<'_>) -> Result<BatchFn, StreamsError> + Send + Sync + 'static {
     move |tb| {
         let mut select: Vec<String> =
             group_keys.iter().enumerate().map(|(i, k)| format!("{} AS \"{KEY_COLUMN_PREFIX}{i}\"", k.sql)).collect();
         select.push(format!("\"{}\" AS \"__spate_time\"", time_column.replace('"', "\"\"")));
-        let sql_text = format!("SELECT {} FROM {}", select.join(", "), super::analyze::INPUT_TABLE);
+        let sql_text = key_by_sql(&select.join(", "), &alias);
         let sql = BatchSql::plan_blocking(&sql_text, source.decoder.output_schema())?;
         let key_columns: Vec<usize> = (0..group_keys.len()).collect();
         let key_names: Vec<String> = group_keys.iter().map(|k| k.name.clone()).collect();
         let topic: Arc<str> = Arc::from(repartition.resolve(tb.application_id));
         let source = source.clone();
+        // Largest event time this task (one source partition) has written.
+        let mut max_time_ms = -1i64;
         Ok(Box::new(move |ctx: &mut TaskContext, records: Vec<SourceRecord>| {
             let (batch, _malformed) = source.decode(&records, None)?;
             let mut row = 0usize;
@@ -357,14 +367,17 @@ pub(crate) fn keying_stage(
                     };
                     row += 1;
                     match time {
-                        Some(ts) if ts >= 0 => ctx.out.push(OutRecord {
-                            topic: topic.clone(),
-                            partition: None,
-                            key: Some(Bytes::from(key)),
-                            value: Some(Bytes::from(record.encode())),
-                            timestamp_ms: ts,
-                            kind: OutKind::Sink,
-                        }),
+                        Some(ts) if ts >= 0 => {
+                            max_time_ms = max_time_ms.max(ts);
+                            ctx.out.push(OutRecord {
+                                topic: topic.clone(),
+                                partition: None,
+                                key: Some(Bytes::from(key)),
+                                value: Some(Bytes::from(record.encode())),
+                                timestamp_ms: ts,
+                                kind: OutKind::Sink,
+                            })
+                        }
                         // No usable event time: the record cannot be windowed.
                         _ => ctx.counters.dropped_other += 1,
                     }
@@ -376,9 +389,38 @@ pub(crate) fn keying_stage(
                     records.len()
                 )));
             }
+            // Every downstream task learns how far this source partition has got, whether or not
+            // any of its keys went there (Flink's watermarks per input channel).
+            if let (Some(partitions), Some(first)) = (markers_to, records.first()) {
+                if max_time_ms >= 0 {
+                    for partition in 0..partitions {
+                        ctx.out.push(OutRecord {
+                            topic: topic.clone(),
+                            partition: Some(partition),
+                            key: None,
+                            value: Some(Bytes::from(encode_marker(first.partition, max_time_ms))),
+                            timestamp_ms: max_time_ms,
+                            kind: OutKind::Sink,
+                        });
+                    }
+                }
+            }
             Ok(())
         }) as BatchFn)
     }
+}
+
+/// A watermark marker of the repartition topics (the only records without a key there): source
+/// partition and largest event time written from it.
+fn encode_marker(partition: i32, time_ms: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&partition.to_be_bytes());
+    v.extend_from_slice(&time_ms.to_be_bytes());
+    v
+}
+
+fn decode_marker(b: &[u8]) -> Option<(i32, i64)> {
+    Some((i32::from_be_bytes(b.get(..4)?.try_into().ok()?), i64::from_be_bytes(b.get(4..12)?.try_into().ok()?)))
 }
 
 /// What the window stage persists besides rows.
@@ -764,6 +806,419 @@ pub(crate) fn add_window_stage(
         sink_topic: Some(out_topic),
         stores: vec![store],
         joins: false,
+        build,
+    });
+}
+
+/// Which input of an interval join a row came from.
+const JOIN_LEFT: u8 = 1;
+const JOIN_RIGHT: u8 = 2;
+/// Most rows of the other side one record may match (they are joined in memory).
+pub(crate) const MAX_JOIN_MATCHES: usize = 100_000;
+
+/// `[side][group length][group][event time][source partition][offset]`: rows of one side and key
+/// sort by event time, so a record's matches are one range.
+fn join_row_key(side: u8, group: &[u8], ts: i64, partition: i32, offset: i64) -> Vec<u8> {
+    let mut k = join_bound(side, group, ts);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn join_bound(side: u8, group: &[u8], ts: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + group.len() + 20);
+    k.push(side);
+    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
+    k.extend_from_slice(group);
+    k.extend_from_slice(&ts.to_be_bytes());
+    k
+}
+
+/// (side, group key, event time) of a join row key.
+fn parse_join_key(k: &[u8]) -> Option<(u8, &[u8], i64)> {
+    let side = *k.first()?;
+    let len = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?) as usize;
+    let group = k.get(5..5 + len)?;
+    let ts = i64::from_be_bytes(k.get(5 + len..13 + len)?.try_into().ok()?);
+    Some((side, group, ts))
+}
+
+/// A pair found by the join stage, waiting for the SELECT.
+struct Pair {
+    left: SourceRecord,
+    right: SourceRecord,
+    group: Vec<u8>,
+    timestamp_ms: i64,
+}
+
+/// The interval join of one task: both sides' rows in a changelogged store, kept while a record
+/// that is not late could still match them. Watermark = min over the two sides of (max event
+/// time − lateness), so a backlog of one topic read before the other does not make the other late.
+/// A record older than the watermark is late and dropped; every pair of records that are not late
+/// and satisfy the interval is emitted once, when the second of them arrives.
+pub(crate) struct JoinStage {
+    store: Arc<Mutex<LoggedKv>>,
+    left_topic: String,
+    left: Source,
+    right: Source,
+    /// Source partitions of each side: each holds the watermark back until it is heard from.
+    partitions: (usize, usize),
+    lower_ms: i64,
+    upper_ms: i64,
+    sql: BatchSql,
+    /// Loaded at the first record or punctuation: the clocks and the rows by expiry.
+    state: Option<JoinState>,
+    pending: Vec<Pair>,
+    out_topic: Arc<str>,
+    value_columns: Vec<usize>,
+    value_names: Vec<String>,
+    pair_column: usize,
+    partition_key_column: Option<usize>,
+}
+
+struct JoinState {
+    /// One clock per source partition of each side (records and markers advance them).
+    clocks: [Vec<EventClock>; 2],
+    /// Wall clock at load: a partition never heard from stops holding the watermark back after
+    /// the idle timeout.
+    started_wall_ms: i64,
+    /// (time the row may be dropped after, row key).
+    expiry: BTreeSet<(i64, Vec<u8>)>,
+    persisted: Vec<i64>,
+}
+
+impl JoinState {
+    fn times(&self) -> Vec<i64> {
+        let mut v = vec![self.clocks[0].len() as i64];
+        v.extend(self.clocks[0].iter().map(|c| c.stream_time_ms));
+        v.extend(self.clocks[1].iter().map(|c| c.stream_time_ms));
+        v
+    }
+
+    fn encode(times: &[i64]) -> Vec<u8> {
+        times.iter().flat_map(|t| t.to_be_bytes()).collect()
+    }
+
+    /// (left times, right times) persisted by [`Self::times`].
+    fn decode(b: &[u8]) -> Option<(Vec<i64>, Vec<i64>)> {
+        if !b.len().is_multiple_of(8) || b.is_empty() {
+            return None;
+        }
+        let all: Vec<i64> = b.chunks(8).map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+        let left = usize::try_from(*all.first()?).ok()?;
+        let rest = all.get(1..)?;
+        (left <= rest.len()).then(|| (rest[..left].to_vec(), rest[left..].to_vec()))
+    }
+}
+
+impl JoinStage {
+    fn clock(&self, time_ms: i64) -> EventClock {
+        EventClock::new(time_ms, self.left.lateness_ms, self.left.idle_timeout_ms)
+    }
+
+    fn load(&mut self, wall_ms: i64) -> Result<(), StreamsError> {
+        if self.state.is_some() {
+            return Ok(());
+        }
+        let (mut left, mut right) = match lock(&self.store).get(META_KEY)? {
+            Some(b) => JoinState::decode(&b).ok_or_else(|| {
+                StreamsError::SqlExecution("the continuous query's join store has a corrupt meta entry".into())
+            })?,
+            None => (Vec::new(), Vec::new()),
+        };
+        left.resize(left.len().max(self.partitions.0), -1);
+        right.resize(right.len().max(self.partitions.1), -1);
+        let mut expiry = BTreeSet::new();
+        for (k, _) in lock(&self.store).range(Some(&[JOIN_LEFT]), None, usize::MAX)? {
+            let (side, _, ts) = parse_join_key(&k).ok_or_else(corrupt_row)?;
+            expiry.insert((self.expires_at(side, ts), k));
+        }
+        let clocks = [left.iter().map(|t| self.clock(*t)).collect(), right.iter().map(|t| self.clock(*t)).collect()];
+        let mut state = JoinState { clocks, started_wall_ms: wall_ms, expiry, persisted: Vec::new() };
+        state.persisted = state.times();
+        self.state = Some(state);
+        Ok(())
+    }
+
+    /// A row is kept while a record that is not late (time ≥ watermark) could match it: a left
+    /// row at t matches right times up to t + upper, a right row at s left times from s − upper…
+    /// so a left row goes once the watermark passes t + upper, a right row once it passes s − lower.
+    fn expires_at(&self, side: u8, ts: i64) -> i64 {
+        if side == JOIN_LEFT {
+            ts.saturating_add(self.upper_ms)
+        } else {
+            ts.saturating_sub(self.lower_ms)
+        }
+    }
+
+    /// The minimum over every source partition of both sides; one never heard from holds it back
+    /// (until the idle timeout, when there is one).
+    fn watermark(&self, wall_ms: i64) -> i64 {
+        let state = self.state.as_ref().expect("loaded");
+        let given_up =
+            self.left.idle_timeout_ms.is_some_and(|timeout| wall_ms.saturating_sub(state.started_wall_ms) >= timeout);
+        state
+            .clocks
+            .iter()
+            .flatten()
+            .filter(|c| !(given_up && c.stream_time_ms < 0))
+            .map(EventClock::watermark_ms)
+            .min()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Advances the clock of `partition` of `side` to `ts`.
+    fn observe(&mut self, side: u8, partition: i32, ts: i64, wall_ms: i64) {
+        let fresh = self.clock(-1);
+        let state = self.state.as_mut().expect("loaded");
+        let clocks = &mut state.clocks[usize::from(side == JOIN_RIGHT)];
+        let Ok(index) = usize::try_from(partition) else { return };
+        if index >= clocks.len() {
+            // The topic has grown: a new partition (seen now).
+            clocks.resize(index + 1, fresh);
+        }
+        clocks[index].observe(ts, wall_ms);
+    }
+
+    fn record(&mut self, ctx: &mut TaskContext, rec: &ConsumerRecord) -> Result<(), StreamsError> {
+        self.load(ctx.wall_clock_ms)?;
+        let side = if *rec.topic == *self.left_topic { JOIN_LEFT } else { JOIN_RIGHT };
+        let ts = rec.timestamp_ms;
+        let Some(value) = rec.value.as_deref() else {
+            ctx.counters.dropped_other += 1;
+            return Ok(());
+        };
+        if rec.key.is_none() {
+            let (partition, time_ms) = decode_marker(value)
+                .ok_or_else(|| StreamsError::SqlExecution(format!("{}: a damaged watermark marker", rec.topic)))?;
+            self.observe(side, partition, time_ms, ctx.wall_clock_ms);
+            let watermark = self.watermark(ctx.wall_clock_ms);
+            return self.advance(ctx, watermark);
+        }
+        let source = SourceRecord::decode(value, &rec.topic)?;
+        let group = rec.key.as_deref().unwrap_or_default().to_vec();
+        self.observe(side, source.partition, ts, ctx.wall_clock_ms);
+        let watermark = self.watermark(ctx.wall_clock_ms);
+        ctx.record_timestamp_ms = ts;
+        ctx.stream_time_ms = ctx.stream_time_ms.max(ts);
+        if ts < watermark {
+            ctx.drop_late(source.key.clone(), source.value.clone(), ts);
+            return self.advance(ctx, watermark);
+        }
+        let (other, from, to) = if side == JOIN_LEFT {
+            (JOIN_RIGHT, ts.saturating_add(self.lower_ms), ts.saturating_add(self.upper_ms))
+        } else {
+            (JOIN_LEFT, ts.saturating_sub(self.upper_ms), ts.saturating_sub(self.lower_ms))
+        };
+        // Stored times are ≥ 0 (the keying stage drops records without one), and keys order
+        // times as big-endian bytes, where negative numbers would sort last.
+        let matches = if to < 0 {
+            Vec::new()
+        } else {
+            lock(&self.store).range(
+                Some(&join_bound(other, &group, from.max(0))),
+                Some(&join_bound(other, &group, to.saturating_add(1))),
+                MAX_JOIN_MATCHES + 1,
+            )?
+        };
+        if matches.len() > MAX_JOIN_MATCHES {
+            return Err(StreamsError::SqlExecution(format!(
+                "a record of the interval join matches more than {MAX_JOIN_MATCHES} rows of the other topic: \
+                 narrow the interval or the key"
+            )));
+        }
+        for (k, v) in matches {
+            let (_, _, other_ts) = parse_join_key(&k).ok_or_else(corrupt_row)?;
+            let found = SourceRecord::decode(&v, "the join store")?;
+            let (left, right) = if side == JOIN_LEFT { (source.clone(), found) } else { (found, source.clone()) };
+            self.pending.push(Pair { left, right, group: group.clone(), timestamp_ms: ts.max(other_ts) });
+        }
+        let expires = self.expires_at(side, ts);
+        if expires >= watermark {
+            let key = join_row_key(side, &group, ts, source.partition, source.offset);
+            lock(&self.store).put(&mut ctx.out, key.clone(), Some(value.to_vec()), ts)?;
+            self.state.as_mut().expect("loaded").expiry.insert((expires, key));
+        }
+        if self.pending.len() >= MAX_BATCH_RECORDS {
+            self.flush(ctx)?;
+        }
+        self.advance(ctx, watermark)
+    }
+
+    fn idle(&mut self, ctx: &mut TaskContext, wall_ms: i64) -> Result<(), StreamsError> {
+        self.load(wall_ms)?;
+        let state = self.state.as_mut().expect("loaded");
+        for clock in state.clocks.iter_mut().flatten() {
+            clock.idle_tick(wall_ms);
+        }
+        let watermark = self.watermark(wall_ms);
+        self.advance(ctx, watermark)
+    }
+
+    /// Deletes the rows no record that is not late can match any more; persists the clocks.
+    fn advance(&mut self, ctx: &mut TaskContext, watermark: i64) -> Result<(), StreamsError> {
+        let state = self.state.as_mut().expect("loaded");
+        let mut store = lock(&self.store);
+        while let Some((expires, _)) = state.expiry.first() {
+            if *expires >= watermark {
+                break;
+            }
+            let (_, key) = state.expiry.pop_first().expect("non-empty");
+            store.put(&mut ctx.out, key, None, watermark.max(0))?;
+        }
+        let times = state.times();
+        if times != state.persisted {
+            let latest = times.iter().skip(1).copied().max().unwrap_or(0).max(0);
+            store.put(&mut ctx.out, META_KEY.to_vec(), Some(JoinState::encode(&times)), latest)?;
+            state.persisted = times;
+        }
+        Ok(())
+    }
+
+    /// Runs the SELECT over the pairs found so far and writes its rows.
+    fn flush(&mut self, ctx: &mut TaskContext) -> Result<(), StreamsError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pairs = std::mem::take(&mut self.pending);
+        let lefts: Vec<SourceRecord> = pairs.iter().map(|p| p.left.clone()).collect();
+        let rights: Vec<SourceRecord> = pairs.iter().map(|p| p.right.clone()).collect();
+        let (left, _) = self.left.decode(&lefts, None)?;
+        let (right, _) = self.right.decode(&rights, None)?;
+        let numbered = |batch: RecordBatch| -> Result<RecordBatch, StreamsError> {
+            let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(PAIR_COLUMN, DataType::Int64, false));
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..batch.num_rows() as i64)));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| StreamsError::SqlExecution(format!("internal: cannot number the join's pairs: {e}")))
+        };
+        for result in self.sql.run_with_lookup(vec![numbered(left)?], vec![numbered(right)?])? {
+            let values = rows_as_json(&select_columns(&result, &self.value_columns, &self.value_names)?)?;
+            let numbers = result
+                .column(self.pair_column)
+                .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+                .cloned()
+                .ok_or_else(|| StreamsError::SqlExecution("internal: the pair column is not BIGINT".into()))?;
+            let keys = match self.partition_key_column {
+                Some(column) => Some(key_texts(result.column(column))?),
+                None => None,
+            };
+            for (row, value) in values.into_iter().enumerate() {
+                let pair = usize::try_from(numbers.value(row))
+                    .ok()
+                    .and_then(|i| pairs.get(i))
+                    .ok_or_else(|| StreamsError::SqlExecution("internal: a result row names no pair".into()))?;
+                let key = match &keys {
+                    Some(keys) => keys[row].clone().map(Bytes::from),
+                    None => Some(Bytes::from(pair.group.clone())),
+                };
+                ctx.out.push(OutRecord {
+                    topic: self.out_topic.clone(),
+                    partition: None,
+                    key,
+                    value: Some(Bytes::from(value)),
+                    timestamp_ms: pair.timestamp_ms,
+                    kind: OutKind::Sink,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The schema one side of an interval join shows the SELECT: its columns and the pair number.
+pub(crate) fn numbered_schema(table: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = table.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(PAIR_COLUMN, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The interval join's parts.
+pub(crate) struct JoinSpec {
+    /// Source partitions of the left and right topics.
+    pub partitions: (usize, usize),
+    pub left_topic: TopicName,
+    pub right_topic: TopicName,
+    pub store: String,
+    pub left: Source,
+    pub right: Source,
+    pub lower_ms: i64,
+    pub upper_ms: i64,
+    pub select_sql: Arc<str>,
+    pub out_topic: TopicName,
+}
+
+/// Adds the join stage: a source of both repartition topics, its store, the emission.
+pub(crate) fn add_join_stage(b: &mut TopologyBuilder, spec: JoinSpec) {
+    let node_name = b.name("SQL-INTERVAL-JOIN");
+    let JoinSpec { partitions, left_topic, right_topic, store, left, right, lower_ms, upper_ms, select_sql, out_topic } =
+        spec;
+    let (sources, sink, stores) =
+        (vec![left_topic.clone(), right_topic.clone()], out_topic.clone(), vec![store.clone()]);
+    let build = Arc::new(move |tb: &mut TaskBuild<'_>| {
+        let sql = BatchSql::plan_with_lookup_blocking(
+            &select_sql,
+            numbered_schema(&left.decoder.output_schema()),
+            Some(numbered_schema(&right.decoder.output_schema())),
+        )?;
+        let output = sql.output_schema();
+        let index = |name: &str| output.index_of(name).map_err(|e| StreamsError::SqlExecution(e.to_string()));
+        let pair_column = index(PAIR_OUT_COLUMN)?;
+        let partition_key_column = output.index_of(PARTITION_KEY_COLUMN).ok();
+        let value_columns: Vec<usize> = (0..output.fields().len())
+            .filter(|i| {
+                *i != pair_column
+                    && Some(*i) != partition_key_column
+                    && !output.field(*i).name().starts_with("__spate_")
+            })
+            .collect();
+        let value_names = value_columns.iter().map(|&i| output.field(i).name().clone()).collect();
+        let left_name = left_topic.resolve(tb.application_id);
+        let stage = Arc::new(Mutex::new(JoinStage {
+            store: tb.kv_store(&store)?,
+            left_topic: left_name.clone(),
+            left: left.clone(),
+            right: right.clone(),
+            partitions,
+            lower_ms,
+            upper_ms,
+            sql,
+            state: None,
+            pending: Vec::new(),
+            out_topic: Arc::from(out_topic.resolve(tb.application_id)),
+            value_columns,
+            value_names,
+            pair_column,
+            partition_key_column,
+        }));
+        for topic in [left_name, right_topic.resolve(tb.application_id)] {
+            let s = stage.clone();
+            let src: SourceFn = Box::new(move |ctx, rec| lock(&s).record(ctx, rec));
+            tb.sources.push((topic, src));
+        }
+        let s = stage.clone();
+        tb.flushers.push(Box::new(move |ctx: &mut TaskContext| lock(&s).flush(ctx)));
+        let s = stage.clone();
+        tb.punctuators.push(Punctuator {
+            kind: PunctuationType::WallClockTime,
+            interval_ms: BATCH_LINGER_MS,
+            next_ms: None,
+            fire: Box::new(move |ctx, now_ms| {
+                let mut stage = lock(&s);
+                stage.flush(ctx)?;
+                stage.idle(ctx, now_ms)
+            }),
+        });
+        Ok(())
+    });
+    b.add(NodeDef {
+        name: node_name,
+        parents: Vec::new(),
+        source_topics: sources,
+        sink_topic: Some(sink),
+        stores,
+        joins: true,
         build,
     });
 }

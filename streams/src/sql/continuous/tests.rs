@@ -49,7 +49,7 @@ fn driver(sql: &str, with: &[(&str, &str)], dir: &std::path::Path) -> TopologyTe
         };
         (lookup, "users".to_owned())
     });
-    let topology = compile(&plan, &options, source, lookup).unwrap();
+    let topology = compile(&plan, &options, source, lookup, None).unwrap();
     let config = StreamsConfig::new("cq-test", "127.0.0.1:9092").set("state.dir", dir.to_str().unwrap()).unwrap();
     TopologyTestDriver::new(topology, &config).unwrap()
 }
@@ -318,4 +318,116 @@ fn partition_by_keys_stateless_and_windowed_results() {
             (Some("b".into()), r#"{"k":"b","n":1}"#.into(), 999)
         ]
     );
+}
+
+fn interval_driver(sql: &str, dir: &std::path::Path) -> TopologyTestDriver {
+    let plan = analyze::analyze(sql).unwrap();
+    let (options, source) = source(&[("lateness", "5 seconds")]);
+    let join = plan.interval.clone().expect("an interval join");
+    let right_options = TableOptions::parse("clicks", vec![("topic", "clicks")]).unwrap();
+    let schema = super::super::format::table_schema(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("y", DataType::Int64, true),
+        Field::new("ts", DataType::Int64, true),
+    ]);
+    let right = nodes::Source {
+        decoder: Arc::new(RecordDecoder::new(&right_options, schema, None).unwrap()),
+        lateness_ms: options.lateness_ms,
+        idle_timeout_ms: None,
+    };
+    assert_eq!(join.table, "clicks");
+    let topology = compile(&plan, &options, source, None, Some((right, "clicks".to_owned(), (1, 1)))).unwrap();
+    let config = StreamsConfig::new("cq-join", "127.0.0.1:9092").set("state.dir", dir.to_str().unwrap()).unwrap();
+    TopologyTestDriver::new(topology, &config).unwrap()
+}
+
+#[test]
+fn an_interval_join_emits_every_pair_within_the_bounds_once() {
+    for seed in [3u64, 19, 77] {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = "INSERT INTO out SELECT src.x, c.y, c.ts - src.ts AS gap FROM src JOIN clicks c \
+                   ON src.k = c.k AND c.ts BETWEEN src.ts - INTERVAL '1' SECOND AND src.ts + INTERVAL '2' SECOND";
+        let mut d = interval_driver(sql, dir.path());
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // (side, k, id, ts): ids unique per side; times advance 100 ms a step, out of order by up to 3 s.
+        let mut lefts = Vec::new();
+        let mut rights = Vec::new();
+        for i in 0..400i64 {
+            let k = ["a", "b", "c"][(next() % 3) as usize];
+            let ts = (i * 100 - (next() % 3_000) as i64).max(0);
+            if next() % 2 == 0 {
+                let value = format!(r#"{{"k":"{k}","x":{i},"ts":{ts}}}"#);
+                d.pipe_input("src", Some(k.as_bytes()), Some(value.as_bytes()), ts).unwrap();
+                lefts.push((k, i, ts));
+            } else {
+                let value = format!(r#"{{"k":"{k}","y":{i},"ts":{ts}}}"#);
+                d.pipe_input("clicks", Some(k.as_bytes()), Some(value.as_bytes()), ts).unwrap();
+                rights.push((k, i, ts));
+            }
+        }
+        let mut got = Vec::new();
+        for r in d.read_output("out") {
+            let v: Json = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            let (x, y) = (v["x"].as_i64().unwrap(), v["y"].as_i64().unwrap());
+            let (k, _, lt) = lefts.iter().find(|l| l.1 == x).unwrap();
+            let (_, _, rt) = rights.iter().find(|r| r.1 == y).unwrap();
+            assert_eq!(v["gap"].as_i64(), Some(rt - lt));
+            assert_eq!(r.key.as_deref(), Some(format!(r#"{{"k0":"{k}"}}"#).as_bytes()), "keyed by the join key");
+            assert_eq!(r.timestamp_ms, *lt.max(rt), "the later record's time");
+            got.push((x, y));
+        }
+        got.sort();
+        let mut expected: Vec<(i64, i64)> = lefts
+            .iter()
+            .flat_map(|(lk, x, lt)| {
+                rights
+                    .iter()
+                    .filter(move |(rk, _, rt)| rk == lk && (*lt - 1_000..=*lt + 2_000).contains(rt))
+                    .map(move |(_, y, _)| (*x, *y))
+            })
+            .collect();
+        expected.sort();
+        assert!(!expected.is_empty());
+        assert_eq!(got, expected, "seed {seed}: every pair once, none else");
+        assert_eq!(d.dropped_late(), 0);
+    }
+}
+
+#[test]
+fn an_interval_join_drops_late_records_and_expires_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "INSERT INTO out SELECT src.x, c.y FROM src JOIN clicks c ON c.k = src.k \
+               AND c.ts >= src.ts AND c.ts <= src.ts + INTERVAL '1' SECOND PARTITION BY c.y";
+    let mut d = interval_driver(sql, dir.path());
+    let left = |d: &mut TopologyTestDriver, x: i64, ts: i64| {
+        let v = format!(r#"{{"k":"a","x":{x},"ts":{ts}}}"#);
+        d.pipe_input("src", Some(b"a"), Some(v.as_bytes()), ts).unwrap();
+    };
+    let right = |d: &mut TopologyTestDriver, y: i64, ts: i64| {
+        let v = format!(r#"{{"k":"a","y":{y},"ts":{ts}}}"#);
+        d.pipe_input("clicks", Some(b"a"), Some(v.as_bytes()), ts).unwrap();
+    };
+    left(&mut d, 1, 1_000);
+    right(&mut d, 10, 1_500); // pairs with x=1
+    right(&mut d, 11, 30_000);
+    left(&mut d, 2, 30_000); // pairs with y=11; watermark 25 s on both sides now
+    right(&mut d, 12, 1_800); // late (< 25 s): dropped, although x=1 would match it
+    left(&mut d, 3, 29_500); // not late; pairs with y=11 (30 s within [29.5 s, 30.5 s])
+    let mut got: Vec<(Option<String>, i64, i64)> = d
+        .read_output("out")
+        .into_iter()
+        .map(|r| {
+            let v: Json = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            (r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()), v["x"].as_i64().unwrap(), v["y"].as_i64().unwrap())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(Some("10".into()), 1, 10), (Some("11".into()), 2, 11), (Some("11".into()), 3, 11)]);
+    assert_eq!(d.dropped_late(), 1);
 }
