@@ -265,7 +265,12 @@ async fn prepare(ctx: &SqlContext, sql: &str) -> Result<Prepared, StreamsError> 
         exec::BatchSql::plan(&nodes::key_by_sql(&key.sql, &plan.source_alias), decoder.output_schema()).await?;
     }
 
-    let topology = compile(&plan, &options, source, lookup, interval)?;
+    // Watermarks are per source partition (windows and interval joins): how many there are.
+    let source_partitions =
+        if plan.window.is_some() || plan.interval.is_some() { partition_count(ctx, &options.topic).await? } else { 1 };
+    let interval =
+        interval.map(|(right, topic, (_, right_partitions))| (right, topic, (source_partitions, right_partitions)));
+    let topology = compile(&plan, &options, source, lookup, interval, source_partitions)?;
     Ok(Prepared { plan, options, topology, batch_plan: checked.display_plan() })
 }
 
@@ -330,6 +335,7 @@ fn compile(
     source: nodes::Source,
     lookup: Option<(nodes::Lookup, String)>,
     interval: Option<(nodes::Source, String, (usize, usize))>,
+    source_partitions: usize,
 ) -> Result<crate::Topology, StreamsError> {
     let builder = StreamsBuilder::new();
     let out = TopicName::User(plan.out_topic.clone());
@@ -425,7 +431,7 @@ fn compile(
                         time_column.clone(),
                         repartition.clone(),
                         plan.source_alias.clone(),
-                        None,
+                        Some(i32::try_from(source_partitions).unwrap_or(i32::MAX)),
                     ),
                 );
                 b.add_store(StoreSpec {
@@ -443,6 +449,7 @@ fn compile(
                     select.clone(),
                     plan.group_keys.iter().map(|k| k.name.clone()).collect(),
                     out.clone(),
+                    source_partitions,
                 );
             }
         }

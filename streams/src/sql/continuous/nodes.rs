@@ -28,7 +28,7 @@ use super::analyze::{
 };
 use super::envelope::SourceRecord;
 use super::exec::{event_times_ms, key_texts, rows_as_json, select_columns, BatchSql};
-use super::window::{EventClock, SessionIndex, SessionInsert, TimeWindowing, Window};
+use super::window::{PartitionClocks, SessionIndex, SessionInsert, TimeWindowing, Window};
 use crate::processor::{OutKind, OutRecord, PunctuationType, Punctuator, TaskContext};
 use crate::sql::format::{RawRecord, RecordDecoder};
 use crate::store::{lock, LoggedKv};
@@ -42,6 +42,8 @@ pub(crate) const BATCH_LINGER_MS: i64 = 100;
 /// Most rows one window emission may hold in memory (a window's rows are decoded into one
 /// batch): a query whose windows hold more fails with a clear error instead of exhausting memory.
 pub(crate) const MAX_EMIT_ROWS: usize = 5_000_000;
+/// How long windows wait for a silent source partition before a warning says so.
+const WAITING_WARN_MS: i64 = 60_000;
 /// How often an idle task checks its idle timeout.
 const IDLE_CHECK_MS: i64 = 200;
 
@@ -424,25 +426,39 @@ fn decode_marker(b: &[u8]) -> Option<(i32, i64)> {
 }
 
 /// What the window stage persists besides rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Meta {
-    stream_time_ms: i64,
+    /// Each source partition's max event time (-1: none).
+    times_ms: Vec<i64>,
     /// Every window ending at or before this was emitted (or had no rows).
     closed_through_ms: i64,
 }
 
+/// The meta entry's layout: version, closed-through, then one time per source partition.
+const META_VERSION: u8 = 2;
+
 impl Meta {
     fn encode(&self) -> Vec<u8> {
-        let mut v = self.stream_time_ms.to_be_bytes().to_vec();
+        let mut v = vec![META_VERSION];
         v.extend_from_slice(&self.closed_through_ms.to_be_bytes());
+        for t in &self.times_ms {
+            v.extend_from_slice(&t.to_be_bytes());
+        }
         v
     }
 
     fn decode(b: &[u8]) -> Result<Meta, StreamsError> {
         let bad = || StreamsError::SqlExecution("the continuous query's window store has a corrupt meta entry".into());
-        let a: [u8; 8] = b.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
-        let c: [u8; 8] = b.get(8..16).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
-        Ok(Meta { stream_time_ms: i64::from_be_bytes(a), closed_through_ms: i64::from_be_bytes(c) })
+        let word = |b: &[u8]| -> Result<i64, StreamsError> { Ok(i64::from_be_bytes(b.try_into().map_err(|_| bad())?)) };
+        if b.len() == 16 {
+            // Written before watermarks were per source partition: (stream time, closed through).
+            return Ok(Meta { times_ms: vec![word(&b[..8])?], closed_through_ms: word(&b[8..])? });
+        }
+        if b.first() != Some(&META_VERSION) || b.len() < 9 || !(b.len() - 9).is_multiple_of(8) {
+            return Err(bad());
+        }
+        let times_ms = b[9..].chunks(8).map(word).collect::<Result<_, _>>()?;
+        Ok(Meta { times_ms, closed_through_ms: word(&b[1..9])? })
     }
 }
 
@@ -510,8 +526,13 @@ pub(crate) struct WindowStage {
     sql: BatchSql,
     schema: SchemaRef,
     out_topic: Arc<str>,
+    /// Source partitions (each holds the watermark back until heard from).
+    partitions: usize,
+    /// Since when a source partition never heard from holds the watermark back; warned once.
+    waiting_since_ms: Option<i64>,
+    warned: bool,
     /// Loaded from the store at the first record or punctuation.
-    state: Option<(EventClock, Meta)>,
+    state: Option<(PartitionClocks, Meta)>,
     key_columns: Vec<usize>,
     key_names: Vec<String>,
     value_columns: Vec<usize>,
@@ -522,13 +543,13 @@ pub(crate) struct WindowStage {
 }
 
 impl WindowStage {
-    fn load(&mut self) -> Result<(), StreamsError> {
+    fn load(&mut self, wall_ms: i64) -> Result<(), StreamsError> {
         if self.state.is_some() {
             return Ok(());
         }
         let meta = match lock(&self.store).get(META_KEY)? {
             Some(b) => Meta::decode(&b)?,
-            None => Meta { stream_time_ms: -1, closed_through_ms: i64::MIN },
+            None => Meta { times_ms: Vec::new(), closed_through_ms: i64::MIN },
         };
         if let Windowing::Session { gap_ms, index } = &mut self.windowing {
             let mut built = SessionIndex::new(*gap_ms);
@@ -540,21 +561,38 @@ impl WindowStage {
             }
             *index = Some(built);
         }
-        let clock = EventClock::new(meta.stream_time_ms, self.source.lateness_ms, self.source.idle_timeout_ms);
-        self.state = Some((clock, meta));
+        let clocks = PartitionClocks::new(
+            meta.times_ms.clone(),
+            self.partitions,
+            self.source.lateness_ms,
+            self.source.idle_timeout_ms,
+            wall_ms,
+        );
+        self.state = Some((clocks, meta));
         Ok(())
     }
 
     fn record(&mut self, ctx: &mut TaskContext, rec: &ConsumerRecord) -> Result<(), StreamsError> {
-        self.load()?;
+        let wall_ms = ctx.wall_clock_ms;
+        self.load(wall_ms)?;
         let ts = rec.timestamp_ms;
         let Some(value) = rec.value.as_deref() else {
             ctx.counters.dropped_other += 1;
             return Ok(());
         };
+        if rec.key.is_none() {
+            // A watermark marker: how far one source partition has got.
+            let (partition, time_ms) = decode_marker(value)
+                .ok_or_else(|| StreamsError::SqlExecution(format!("{}: a damaged watermark marker", rec.topic)))?;
+            let (clocks, _) = self.state.as_mut().expect("loaded");
+            clocks.observe(partition, time_ms, wall_ms);
+            let watermark = clocks.watermark_ms(wall_ms);
+            return self.advance(ctx, watermark);
+        }
         let source = SourceRecord::decode(value, &rec.topic)?;
-        let (clock, _) = self.state.as_mut().expect("loaded");
-        let watermark = clock.observe(ts, ctx.wall_clock_ms);
+        let (clocks, _) = self.state.as_mut().expect("loaded");
+        clocks.observe(source.partition, ts, wall_ms);
+        let watermark = clocks.watermark_ms(wall_ms);
         ctx.record_timestamp_ms = ts;
         ctx.stream_time_ms = ctx.stream_time_ms.max(ts);
         self.advance(ctx, watermark)?;
@@ -579,22 +617,44 @@ impl WindowStage {
     }
 
     fn idle(&mut self, ctx: &mut TaskContext, wall_ms: i64) -> Result<(), StreamsError> {
-        self.load()?;
-        let (clock, _) = self.state.as_mut().expect("loaded");
-        let watermark = clock.idle_tick(wall_ms);
+        self.load(wall_ms)?;
+        let (clocks, _) = self.state.as_mut().expect("loaded");
+        clocks.idle_tick(wall_ms);
+        let watermark = clocks.watermark_ms(wall_ms);
+        self.warn_if_waiting(wall_ms);
         self.advance(ctx, watermark)
+    }
+
+    /// Says once (after a minute) when windows wait for a source partition that sent nothing.
+    fn warn_if_waiting(&mut self, wall_ms: i64) {
+        let Some((clocks, _)) = &self.state else { return };
+        match clocks.waiting_for(wall_ms) {
+            None => self.waiting_since_ms = None,
+            Some(partition) => {
+                let since = *self.waiting_since_ms.get_or_insert(wall_ms);
+                if wall_ms.saturating_sub(since) >= WAITING_WARN_MS && !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        partition,
+                        "continuous query: windows stay open because source partition {partition} has sent no record; \
+                         set the table's idle_timeout to let them close without it"
+                    );
+                }
+            }
+        }
     }
 
     /// Emits every window that closes at `watermark` and persists the new state.
     fn advance(&mut self, ctx: &mut TaskContext, watermark: i64) -> Result<(), StreamsError> {
-        let (clock, meta) = self.state.as_mut().expect("loaded");
-        let stream_time_ms = clock.stream_time_ms;
+        let (clocks, meta) = self.state.as_mut().expect("loaded");
+        let times_ms = clocks.times_ms();
         let closed_through = meta.closed_through_ms;
         let due = match &self.windowing {
             Windowing::Time(w) => watermark > i64::MIN && watermark >= w.next_end_after(closed_through),
             Windowing::Session { .. } => watermark > closed_through,
         };
-        let mut next = Meta { stream_time_ms, closed_through_ms: closed_through };
+        let latest_ms = times_ms.iter().copied().max().unwrap_or(-1).max(0);
+        let mut next = Meta { times_ms, closed_through_ms: closed_through };
         if due {
             match &mut self.windowing {
                 Windowing::Time(w) => {
@@ -607,8 +667,8 @@ impl WindowStage {
         }
         let (_, meta) = self.state.as_mut().expect("loaded");
         if next != *meta {
+            lock(&self.store).put(&mut ctx.out, META_KEY.to_vec(), Some(next.encode()), latest_ms)?;
             *meta = next;
-            lock(&self.store).put(&mut ctx.out, META_KEY.to_vec(), Some(next.encode()), stream_time_ms.max(0))?;
         }
         Ok(())
     }
@@ -748,6 +808,7 @@ pub(crate) fn add_window_stage(
     select_sql: Arc<str>,
     key_names: Vec<String>,
     out_topic: TopicName,
+    partitions: usize,
 ) {
     let node_name = b.name("SQL-WINDOW");
     let topic = repartition.clone();
@@ -777,6 +838,9 @@ pub(crate) fn add_window_stage(
             sql,
             schema,
             out_topic: Arc::from(out.resolve(tb.application_id)),
+            partitions,
+            waiting_since_ms: None,
+            warned: false,
             state: None,
             key_columns,
             key_names: key_names.clone(),
@@ -788,15 +852,14 @@ pub(crate) fn add_window_stage(
         let s = stage.clone();
         let src: SourceFn = Box::new(move |ctx, rec| lock(&s).record(ctx, rec));
         tb.sources.push((topic.resolve(tb.application_id), src));
-        if source.idle_timeout_ms.is_some() {
-            let s = stage.clone();
-            tb.punctuators.push(Punctuator {
-                kind: PunctuationType::WallClockTime,
-                interval_ms: IDLE_CHECK_MS,
-                next_ms: None,
-                fire: Box::new(move |ctx, now_ms| lock(&s).idle(ctx, now_ms)),
-            });
-        }
+        // The idle timeout, and the warning about a silent source partition.
+        let s = stage.clone();
+        tb.punctuators.push(Punctuator {
+            kind: PunctuationType::WallClockTime,
+            interval_ms: IDLE_CHECK_MS,
+            next_ms: None,
+            fire: Box::new(move |ctx, now_ms| lock(&s).idle(ctx, now_ms)),
+        });
         Ok(())
     });
     b.add(NodeDef {
@@ -877,11 +940,8 @@ pub(crate) struct JoinStage {
 }
 
 struct JoinState {
-    /// One clock per source partition of each side (records and markers advance them).
-    clocks: [Vec<EventClock>; 2],
-    /// Wall clock at load: a partition never heard from stops holding the watermark back after
-    /// the idle timeout.
-    started_wall_ms: i64,
+    /// The event time of each side, per source partition (records and markers advance them).
+    clocks: [PartitionClocks; 2],
     /// (time the row may be dropped after, row key).
     expiry: BTreeSet<(i64, Vec<u8>)>,
     persisted: Vec<i64>,
@@ -889,9 +949,10 @@ struct JoinState {
 
 impl JoinState {
     fn times(&self) -> Vec<i64> {
-        let mut v = vec![self.clocks[0].len() as i64];
-        v.extend(self.clocks[0].iter().map(|c| c.stream_time_ms));
-        v.extend(self.clocks[1].iter().map(|c| c.stream_time_ms));
+        let (left, right) = (self.clocks[0].times_ms(), self.clocks[1].times_ms());
+        let mut v = vec![left.len() as i64];
+        v.extend(left);
+        v.extend(right);
         v
     }
 
@@ -912,29 +973,27 @@ impl JoinState {
 }
 
 impl JoinStage {
-    fn clock(&self, time_ms: i64) -> EventClock {
-        EventClock::new(time_ms, self.left.lateness_ms, self.left.idle_timeout_ms)
-    }
-
     fn load(&mut self, wall_ms: i64) -> Result<(), StreamsError> {
         if self.state.is_some() {
             return Ok(());
         }
-        let (mut left, mut right) = match lock(&self.store).get(META_KEY)? {
+        let (left, right) = match lock(&self.store).get(META_KEY)? {
             Some(b) => JoinState::decode(&b).ok_or_else(|| {
                 StreamsError::SqlExecution("the continuous query's join store has a corrupt meta entry".into())
             })?,
             None => (Vec::new(), Vec::new()),
         };
-        left.resize(left.len().max(self.partitions.0), -1);
-        right.resize(right.len().max(self.partitions.1), -1);
         let mut expiry = BTreeSet::new();
         for (k, _) in lock(&self.store).range(Some(&[JOIN_LEFT]), None, usize::MAX)? {
             let (side, _, ts) = parse_join_key(&k).ok_or_else(corrupt_row)?;
             expiry.insert((self.expires_at(side, ts), k));
         }
-        let clocks = [left.iter().map(|t| self.clock(*t)).collect(), right.iter().map(|t| self.clock(*t)).collect()];
-        let mut state = JoinState { clocks, started_wall_ms: wall_ms, expiry, persisted: Vec::new() };
+        let (lateness, idle) = (self.left.lateness_ms, self.left.idle_timeout_ms);
+        let clocks = [
+            PartitionClocks::new(left, self.partitions.0, lateness, idle, wall_ms),
+            PartitionClocks::new(right, self.partitions.1, lateness, idle, wall_ms),
+        ];
+        let mut state = JoinState { clocks, expiry, persisted: Vec::new() };
         state.persisted = state.times();
         self.state = Some(state);
         Ok(())
@@ -951,33 +1010,15 @@ impl JoinStage {
         }
     }
 
-    /// The minimum over every source partition of both sides; one never heard from holds it back
-    /// (until the idle timeout, when there is one).
+    /// The minimum over every source partition of both sides.
     fn watermark(&self, wall_ms: i64) -> i64 {
         let state = self.state.as_ref().expect("loaded");
-        let given_up =
-            self.left.idle_timeout_ms.is_some_and(|timeout| wall_ms.saturating_sub(state.started_wall_ms) >= timeout);
-        state
-            .clocks
-            .iter()
-            .flatten()
-            .filter(|c| !(given_up && c.stream_time_ms < 0))
-            .map(EventClock::watermark_ms)
-            .min()
-            .unwrap_or(i64::MIN)
+        state.clocks[0].watermark_ms(wall_ms).min(state.clocks[1].watermark_ms(wall_ms))
     }
 
-    /// Advances the clock of `partition` of `side` to `ts`.
     fn observe(&mut self, side: u8, partition: i32, ts: i64, wall_ms: i64) {
-        let fresh = self.clock(-1);
         let state = self.state.as_mut().expect("loaded");
-        let clocks = &mut state.clocks[usize::from(side == JOIN_RIGHT)];
-        let Ok(index) = usize::try_from(partition) else { return };
-        if index >= clocks.len() {
-            // The topic has grown: a new partition (seen now).
-            clocks.resize(index + 1, fresh);
-        }
-        clocks[index].observe(ts, wall_ms);
+        state.clocks[usize::from(side == JOIN_RIGHT)].observe(partition, ts, wall_ms);
     }
 
     fn record(&mut self, ctx: &mut TaskContext, rec: &ConsumerRecord) -> Result<(), StreamsError> {
@@ -1048,8 +1089,8 @@ impl JoinStage {
     fn idle(&mut self, ctx: &mut TaskContext, wall_ms: i64) -> Result<(), StreamsError> {
         self.load(wall_ms)?;
         let state = self.state.as_mut().expect("loaded");
-        for clock in state.clocks.iter_mut().flatten() {
-            clock.idle_tick(wall_ms);
+        for clocks in &mut state.clocks {
+            clocks.idle_tick(wall_ms);
         }
         let watermark = self.watermark(wall_ms);
         self.advance(ctx, watermark)

@@ -49,7 +49,7 @@ fn driver(sql: &str, with: &[(&str, &str)], dir: &std::path::Path) -> TopologyTe
         };
         (lookup, "users".to_owned())
     });
-    let topology = compile(&plan, &options, source, lookup, None).unwrap();
+    let topology = compile(&plan, &options, source, lookup, None, 1).unwrap();
     let config = StreamsConfig::new("cq-test", "127.0.0.1:9092").set("state.dir", dir.to_str().unwrap()).unwrap();
     TopologyTestDriver::new(topology, &config).unwrap()
 }
@@ -336,7 +336,7 @@ fn interval_driver(sql: &str, dir: &std::path::Path) -> TopologyTestDriver {
         idle_timeout_ms: None,
     };
     assert_eq!(join.table, "clicks");
-    let topology = compile(&plan, &options, source, None, Some((right, "clicks".to_owned(), (1, 1)))).unwrap();
+    let topology = compile(&plan, &options, source, None, Some((right, "clicks".to_owned(), (1, 1))), 1).unwrap();
     let config = StreamsConfig::new("cq-join", "127.0.0.1:9092").set("state.dir", dir.to_str().unwrap()).unwrap();
     TopologyTestDriver::new(topology, &config).unwrap()
 }

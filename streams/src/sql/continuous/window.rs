@@ -71,6 +71,78 @@ impl EventClock {
     }
 }
 
+/// The event time of one input of a task, per source partition (Flink's watermark per input
+/// channel): records and watermark markers from the keying stage advance the clock of the source
+/// partition they come from, and the watermark is the minimum over all of them, so a source
+/// partition read later than another (a backlog) is not made late by it. A partition never heard
+/// from holds the watermark back, until `idle_timeout` after the task started when there is one;
+/// one that goes quiet advances with the wall clock after `idle_timeout` ([`EventClock::idle_tick`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartitionClocks {
+    clocks: Vec<EventClock>,
+    lateness_ms: i64,
+    idle_timeout_ms: Option<i64>,
+    started_wall_ms: i64,
+}
+
+impl PartitionClocks {
+    /// Clocks resumed at `times_ms` (-1: never heard from), at least `partitions` of them.
+    pub fn new(
+        mut times_ms: Vec<i64>,
+        partitions: usize,
+        lateness_ms: i64,
+        idle_timeout_ms: Option<i64>,
+        wall_ms: i64,
+    ) -> Self {
+        times_ms.resize(times_ms.len().max(partitions).max(1), -1);
+        let clocks = times_ms.into_iter().map(|t| EventClock::new(t, lateness_ms, idle_timeout_ms)).collect();
+        PartitionClocks { clocks, lateness_ms, idle_timeout_ms, started_wall_ms: wall_ms }
+    }
+
+    /// A record (or a marker) of source `partition` at `event_ms`.
+    pub fn observe(&mut self, partition: i32, event_ms: i64, wall_ms: i64) {
+        let Ok(index) = usize::try_from(partition) else { return };
+        if index >= self.clocks.len() {
+            // The source topic has grown.
+            self.clocks.resize(index + 1, EventClock::new(-1, self.lateness_ms, self.idle_timeout_ms));
+        }
+        self.clocks[index].observe(event_ms, wall_ms);
+    }
+
+    pub fn idle_tick(&mut self, wall_ms: i64) {
+        for clock in &mut self.clocks {
+            clock.idle_tick(wall_ms);
+        }
+    }
+
+    /// min over the partitions of (their max event time − lateness); i64::MIN while one that
+    /// still counts was never heard from.
+    pub fn watermark_ms(&self, wall_ms: i64) -> i64 {
+        let given_up =
+            self.idle_timeout_ms.is_some_and(|timeout| wall_ms.saturating_sub(self.started_wall_ms) >= timeout);
+        self.clocks
+            .iter()
+            .filter(|c| !(given_up && c.stream_time_ms < 0))
+            .map(EventClock::watermark_ms)
+            .min()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// A source partition never heard from that holds the watermark back while another one has
+    /// records (what a query waiting for an empty partition is waiting for).
+    pub fn waiting_for(&self, wall_ms: i64) -> Option<usize> {
+        let heard = self.clocks.iter().any(|c| c.stream_time_ms >= 0);
+        let given_up =
+            self.idle_timeout_ms.is_some_and(|timeout| wall_ms.saturating_sub(self.started_wall_ms) >= timeout);
+        (heard && !given_up).then(|| self.clocks.iter().position(|c| c.stream_time_ms < 0)).flatten()
+    }
+
+    /// Each partition's max event time (-1: none), to persist.
+    pub fn times_ms(&self) -> Vec<i64> {
+        self.clocks.iter().map(|c| c.stream_time_ms).collect()
+    }
+}
+
 /// Tumbling and hopping windows (aligned to the epoch; starts are multiples of `slide`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TimeWindowing {
@@ -214,6 +286,35 @@ impl SessionIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watermark_is_the_minimum_over_source_partitions() {
+        let mut c = PartitionClocks::new(Vec::new(), 2, 1_000, None, 0);
+        c.observe(0, 50_000, 0);
+        assert_eq!(c.watermark_ms(0), i64::MIN, "partition 1 not heard from yet");
+        c.observe(1, 10_000, 0);
+        assert_eq!(c.watermark_ms(0), 9_000);
+        c.observe(1, 60_000, 0);
+        assert_eq!(c.watermark_ms(0), 49_000);
+        assert_eq!(c.times_ms(), vec![50_000, 60_000]);
+        // Resumed from persisted times; a grown topic adds a partition that holds it back.
+        let mut r = PartitionClocks::new(c.times_ms(), 2, 1_000, None, 0);
+        assert_eq!(r.watermark_ms(0), 49_000);
+        r.observe(2, 70_000, 0);
+        assert_eq!(r.watermark_ms(0), 49_000);
+    }
+
+    #[test]
+    fn a_partition_never_heard_from_stops_counting_after_the_idle_timeout() {
+        let mut c = PartitionClocks::new(Vec::new(), 3, 0, Some(5_000), 100);
+        c.observe(0, 20_000, 200);
+        c.observe(1, 30_000, 200);
+        assert_eq!(c.watermark_ms(4_000), i64::MIN);
+        assert_eq!(c.watermark_ms(5_100), 20_000);
+        // And a quiet one runs on with the wall clock.
+        c.idle_tick(10_200);
+        assert_eq!(c.watermark_ms(10_200), 30_000, "both idle 10 s: 20 s + 10 s and 30 s + 10 s");
+    }
     use crate::window::{StreamTime, TimeWindows};
     use std::time::Duration;
 
