@@ -7,6 +7,7 @@ exit 1."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -353,32 +354,23 @@ def test_unknown_topic_is_a_clear_error(broker):
     assert "no-such-topic" in proc.stderr and "(fix the query)" in proc.stderr, proc.stderr
 
 
-def test_continuous_query_runs_until_sigterm(broker_factory, tmp_path):
-    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
-    src, out = unique_topic("cq-in"), unique_topic("cq-out")
-    create_topic(broker.bootstrap, src, partitions=2)
-    create_topic(broker.bootstrap, out, partitions=2)
-
-    def events(lo: int, hi: int):
-        return [(i % 2, None, json.dumps({"k": "ab"[i % 2], "x": i, "ts": i}).encode(), []) for i in range(lo, hi)]
-
-    produce(broker.bootstrap, src, events(0, 500))
+@contextlib.contextmanager
+def continuous_query(bootstrap: str, tmp_path: Path, *statements: str):
+    """Runs `spate sql --continuous` with `statements` (a fresh query id, short commit and session
+    intervals); on leaving, sends SIGTERM and checks it stopped cleanly. Yields the process and a
+    dict that gets its stderr."""
     cmd = [
-        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
+        spate_binary(), "sql", "--bootstrap-server", bootstrap,
         "--continuous", "--query-id", unique_topic("cq"), "--state-dir", str(tmp_path / "state"),
         "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
         "--config", "heartbeat.interval.ms=500",
-        "-c", f"CREATE TABLE cin (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = '{src}')",
-        "-c", f'INSERT INTO "{out}" SELECT upper(k) AS big, x * 2 AS doubled FROM cin WHERE x % 10 = 0',
     ]  # fmt: skip
+    for statement in statements:
+        cmd += ["-c", statement]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result: dict = {}
     try:
-        # Input that arrives while the query runs is processed too.
-        produce(broker.bootstrap, src, events(500, 1000))
-        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=100, timeout_s=40)
-        doubled = sorted(json.loads(m.value())["doubled"] for m in got)
-        assert doubled == [x * 2 for x in range(0, 1000, 10)]
-        assert {json.loads(m.value())["big"] for m in got} == {"A"}
+        yield proc, result
         assert proc.poll() is None, proc.communicate()
     finally:
         if proc.poll() is None:
@@ -389,8 +381,33 @@ def test_continuous_query_runs_until_sigterm(broker_factory, tmp_path):
             proc.kill()
             _, err = proc.communicate()
             raise AssertionError(f"spate sql --continuous ignored SIGTERM for 30 s:\n{err}")
+        result["stderr"] = err
     assert proc.returncode == 0, err
-    assert "stopped; its progress is committed" in err, err
+
+
+def test_continuous_query_runs_until_sigterm(broker_factory, tmp_path):
+    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
+    src, out = unique_topic("cq-in"), unique_topic("cq-out")
+    create_topic(broker.bootstrap, src, partitions=2)
+    create_topic(broker.bootstrap, out, partitions=2)
+
+    def events(lo: int, hi: int):
+        return [(i % 2, None, json.dumps({"k": "ab"[i % 2], "x": i, "ts": i}).encode(), []) for i in range(lo, hi)]
+
+    produce(broker.bootstrap, src, events(0, 500))
+    with continuous_query(
+        broker.bootstrap,
+        tmp_path,
+        f"CREATE TABLE cin (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = '{src}')",
+        f'INSERT INTO "{out}" SELECT upper(k) AS big, x * 2 AS doubled FROM cin WHERE x % 10 = 0',
+    ) as (_, result):
+        # Input that arrives while the query runs is processed too.
+        produce(broker.bootstrap, src, events(500, 1000))
+        got = consume_assigned(broker.bootstrap, out, [0, 1], expected=100, timeout_s=40)
+        doubled = sorted(json.loads(m.value())["doubled"] for m in got)
+        assert doubled == [x * 2 for x in range(0, 1000, 10)]
+        assert {json.loads(m.value())["big"] for m in got} == {"A"}
+    assert "stopped; its progress is committed" in result["stderr"], result["stderr"]
 
 
 def test_continuous_stream_table_join_with_partition_by(broker_factory, tmp_path):
@@ -412,18 +429,14 @@ def test_continuous_stream_table_join_with_partition_by(broker_factory, tmp_path
         return (i % 2, f"o{i}".encode(), json.dumps({"id": i, "user_id": i % 4, "amount": i * 10}).encode(), [])
 
     produce(broker.bootstrap, orders, [order(i) for i in range(0, 40)])
-    cmd = [
-        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
-        "--continuous", "--query-id", unique_topic("cqj"), "--state-dir", str(tmp_path / "state"),
-        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
-        "--config", "heartbeat.interval.ms=500",
-        "-c", f"CREATE TABLE o (id BIGINT, user_id BIGINT, amount BIGINT) WITH (topic = '{orders}')",
-        "-c", f"CREATE TABLE u (name VARCHAR, tier BIGINT) WITH (topic = '{users}')",
-        "-c", f'INSERT INTO "{out}" SELECT o.id, o.amount, u.name, u.tier FROM o '
-              f"LEFT JOIN u ON 'u' || CAST(o.user_id AS VARCHAR) = u._key PARTITION BY u.name",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with continuous_query(
+        broker.bootstrap,
+        tmp_path,
+        f"CREATE TABLE o (id BIGINT, user_id BIGINT, amount BIGINT) WITH (topic = '{orders}')",
+        f"CREATE TABLE u (name VARCHAR, tier BIGINT) WITH (topic = '{users}')",
+        f'INSERT INTO "{out}" SELECT o.id, o.amount, u.name, u.tier FROM o '
+        f"LEFT JOIN u ON 'u' || CAST(o.user_id AS VARCHAR) = u._key PARTITION BY u.name",
+    ):
         got = consume_assigned(broker.bootstrap, out, [0, 1], expected=40, timeout_s=40)
         rows = {json.loads(m.value())["id"]: (m.key(), json.loads(m.value())) for m in got}
         assert sorted(rows) == list(range(40)), sorted(rows)
@@ -437,18 +450,9 @@ def test_continuous_stream_table_join_with_partition_by(broker_factory, tmp_path
         time.sleep(2)
         produce(broker.bootstrap, orders, [order(i) for i in range(40, 48)])
         got = consume_assigned(broker.bootstrap, out, [0, 1], expected=48, timeout_s=40)
-        later = {json.loads(m.value())["id"]: json.loads(m.value())["name"] for m in got if json.loads(m.value())["id"] >= 40}
+        values = [json.loads(m.value()) for m in got]
+        later = {v["id"]: v["name"] for v in values if v["id"] >= 40}
         assert later == {i: names[i % 4] or "zed" for i in range(40, 48)}, later
-        assert proc.poll() is None, proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
 
 
 def test_explain_of_a_continuous_query_shows_its_topology_and_runs_nothing(broker_factory):
@@ -503,29 +507,16 @@ def test_continuous_interval_join_of_two_topics(broker_factory, tmp_path):
     ]
     produce(broker.bootstrap, shipments, ship_rows)
     produce(broker.bootstrap, orders, order_rows)
-    cmd = [
-        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
-        "--continuous", "--query-id", unique_topic("cqi"), "--state-dir", str(tmp_path / "state"),
-        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
-        "--config", "heartbeat.interval.ms=500",
-        "-c", f"CREATE TABLE o (id BIGINT, at BIGINT) WITH (topic = '{orders}')",
-        "-c", f"CREATE TABLE s (order_id BIGINT, at BIGINT) WITH (topic = '{shipments}')",
-        "-c", f'INSERT INTO "{out}" SELECT o.id, s.at - o.at AS ship_ms FROM o JOIN s ON s.order_id = o.id '
-              "AND s.at BETWEEN o.at AND o.at + INTERVAL '2' SECOND",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with continuous_query(
+        broker.bootstrap,
+        tmp_path,
+        f"CREATE TABLE o (id BIGINT, at BIGINT) WITH (topic = '{orders}')",
+        f"CREATE TABLE s (order_id BIGINT, at BIGINT) WITH (topic = '{shipments}')",
+        f'INSERT INTO "{out}" SELECT o.id, s.at - o.at AS ship_ms FROM o JOIN s ON s.order_id = o.id '
+        "AND s.at BETWEEN o.at AND o.at + INTERVAL '2' SECOND",
+    ):
         got = consume_assigned(broker.bootstrap, out, [0, 1], expected=30, timeout_s=40)
         rows = sorted((json.loads(m.value())["id"], json.loads(m.value())["ship_ms"]) for m in got)
         assert rows == [(i, 1500) for i in range(0, 60, 2)], rows
-        assert {m.key() for m in got} == {json.dumps({"k0": i}, separators=(",", ":")).encode() for i in range(0, 60, 2)}
-        assert proc.poll() is None, proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
+        keys = {json.dumps({"k0": i}, separators=(",", ":")).encode() for i in range(0, 60, 2)}
+        assert {m.key() for m in got} == keys

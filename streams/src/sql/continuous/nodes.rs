@@ -421,8 +421,11 @@ fn encode_marker(partition: i32, time_ms: i64) -> Vec<u8> {
     v
 }
 
-fn decode_marker(b: &[u8]) -> Option<(i32, i64)> {
-    Some((i32::from_be_bytes(b.get(..4)?.try_into().ok()?), i64::from_be_bytes(b.get(4..12)?.try_into().ok()?)))
+fn decode_marker(b: &[u8], topic: &str) -> Result<(i32, i64), StreamsError> {
+    let fields = || -> Option<(i32, i64)> {
+        Some((i32::from_be_bytes(b.get(..4)?.try_into().ok()?), i64::from_be_bytes(b.get(4..12)?.try_into().ok()?)))
+    };
+    fields().ok_or_else(|| StreamsError::SqlExecution(format!("{topic}: a damaged watermark marker")))
 }
 
 /// What the window stage persists besides rows.
@@ -582,8 +585,7 @@ impl WindowStage {
         };
         if rec.key.is_none() {
             // A watermark marker: how far one source partition has got.
-            let (partition, time_ms) = decode_marker(value)
-                .ok_or_else(|| StreamsError::SqlExecution(format!("{}: a damaged watermark marker", rec.topic)))?;
+            let (partition, time_ms) = decode_marker(value, &rec.topic)?;
             let (clocks, _) = self.state.as_mut().expect("loaded");
             clocks.observe(partition, time_ms, wall_ms);
             let watermark = clocks.watermark_ms(wall_ms);
@@ -1030,8 +1032,7 @@ impl JoinStage {
             return Ok(());
         };
         if rec.key.is_none() {
-            let (partition, time_ms) = decode_marker(value)
-                .ok_or_else(|| StreamsError::SqlExecution(format!("{}: a damaged watermark marker", rec.topic)))?;
+            let (partition, time_ms) = decode_marker(value, &rec.topic)?;
             self.observe(side, partition, time_ms, ctx.wall_clock_ms);
             let watermark = self.watermark(ctx.wall_clock_ms);
             return self.advance(ctx, watermark);

@@ -107,15 +107,20 @@ fn dsl(windows: TimeWindows, events: &[(&str, i64, i64)], dir: &std::path::Path)
 const SELECT: &str =
     "CAST(window_start AS BIGINT) AS ws, CAST(window_end AS BIGINT) AS we, k, count(*) AS n, sum(x) AS total";
 
-/// A seeded shuffle of in-order events: out-of-order within and beyond the lateness.
-fn events(seed: u64, n: usize) -> Vec<(&'static str, i64, i64)> {
+/// A seeded xorshift generator (no dependency, same numbers everywhere).
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
-    let mut next = move || {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+/// A seeded shuffle of in-order events: out-of-order within and beyond the lateness.
+fn events(seed: u64, n: usize) -> Vec<(&'static str, i64, i64)> {
+    let mut next = xorshift(seed);
     let keys = ["a", "b", "c"];
     (0..n as i64)
         .map(|i| {
@@ -348,13 +353,7 @@ fn an_interval_join_emits_every_pair_within_the_bounds_once() {
         let sql = "INSERT INTO out SELECT src.x, c.y, c.ts - src.ts AS gap FROM src JOIN clicks c \
                    ON src.k = c.k AND c.ts BETWEEN src.ts - INTERVAL '1' SECOND AND src.ts + INTERVAL '2' SECOND";
         let mut d = interval_driver(sql, dir.path());
-        let mut state = seed;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(seed);
         // (side, k, id, ts): ids unique per side; times advance 100 ms a step, out of order by up to 3 s.
         let mut lefts = Vec::new();
         let mut rights = Vec::new();
