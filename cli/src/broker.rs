@@ -105,30 +105,40 @@ pub fn load_config(args: &BrokerArgs, env: impl Iterator<Item = (String, String)
 pub async fn run(args: BrokerArgs) -> Result<()> {
     let config = load_config(&args, std::env::vars())?;
     let data_dir = config.data_dir.clone();
+    let shutdown = shutdown_signal();
     let server = Server::start(config).await.context("starting the broker")?;
     eprintln!("spate broker listening on {} (data dir {})", server.local_addr(), data_dir.display());
-    server.serve(shutdown_signal()).await?;
+    server.serve(shutdown).await?;
     Ok(())
 }
 
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is
+/// first polled, so a signal that arrives while the command is still starting (a worker applying
+/// its connector files, a continuous query planning) is not fatal: call it first.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (term, int) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(int) => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]

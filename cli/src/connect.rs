@@ -86,6 +86,8 @@ fn worker_config(args: &ConnectArgs) -> Result<WorkerConfig> {
 }
 
 pub async fn run(args: ConnectArgs) -> Result<()> {
+    let shutdown = crate::broker::shutdown_signal();
+    tokio::pin!(shutdown);
     let config = worker_config(&args)?;
     let connector_files: Vec<(String, serde_json::Map<String, serde_json::Value>)> =
         args.connectors.iter().map(|p| crate::connectors::read_connector_file(p)).collect::<Result<_>>()?;
@@ -108,10 +110,23 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
         let _ = stop_rx.await;
     }));
     eprintln!("spate connect worker listening on {url} (group {})", args.group_id);
-    for (name, config) in connector_files {
-        apply_connector(&url, &name, &config).await?;
+    // A signal while the files are applied (which waits for the group) stops the worker cleanly.
+    let applied = async {
+        for (name, config) in connector_files {
+            apply_connector(&url, &name, &config).await?;
+        }
+        anyhow::Ok(())
+    };
+    let stopped_early = tokio::select! {
+        applied = applied => {
+            applied?;
+            false
+        }
+        _ = &mut shutdown => true,
+    };
+    if !stopped_early {
+        shutdown.await;
     }
-    crate::broker::shutdown_signal().await;
     eprintln!("spate connect: stopping tasks and storing offsets");
     worker.shutdown().await;
     let _ = stop_tx.send(());

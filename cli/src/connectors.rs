@@ -148,20 +148,36 @@ pub async fn run(args: ConnectorsArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long a request is repeated while the worker answers that it is rebalancing.
+const REBALANCE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 struct Api {
     client: RestClient,
     url: String,
 }
 
 impl Api {
-    /// The answer's JSON for a 2xx status; the worker's `message` as the error otherwise.
+    /// The answer's JSON for a 2xx status; the worker's `message` as the error otherwise. A 409
+    /// that says the worker is between configurations (a rebalance, a config snapshot behind: Kafka
+    /// Connect's "momentarily" answers) is asked again for up to [`REBALANCE_WAIT`], as Kafka
+    /// Connect's clients do; a 409 that says the connector exists is not.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-        let (status, answer) = self.client.request(method, &format!("{}{path}", self.url), body).await?;
-        if (200..300).contains(&status) {
-            return Ok(answer);
+        let deadline = std::time::Instant::now() + REBALANCE_WAIT;
+        loop {
+            let (status, answer) =
+                self.client.request(method.clone(), &format!("{}{path}", self.url), body.clone()).await?;
+            if (200..300).contains(&status) {
+                return Ok(answer);
+            }
+            let message =
+                answer.get("message").and_then(Value::as_str).map_or_else(|| answer.to_string(), str::to_owned);
+            let transient = status == 409 && (message.contains("momentarily") || message.contains("rebalance"));
+            if transient && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
+            }
+            bail!("{message} (HTTP {status} from {})", self.url)
         }
-        let message = answer.get("message").and_then(Value::as_str).map_or_else(|| answer.to_string(), str::to_owned);
-        bail!("{message} (HTTP {status} from {})", self.url)
     }
 
     async fn state_change(&self, name: &str, action: &str, done: &str) -> Result<()> {

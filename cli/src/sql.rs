@@ -209,6 +209,8 @@ impl Shell {
     /// the last, an `INSERT INTO topic SELECT …`, runs on the spate-streams runtime until
     /// SIGINT or SIGTERM, which commit its progress and stop it.
     async fn run_continuous(&self, args: &SqlArgs, sources: &[Source]) -> Result<()> {
+        // Installed now: a signal while the query starts stops it once started, cleanly.
+        let shutdown = crate::broker::shutdown_signal();
         let mut statements = load_statements(sources)?;
         let Some(query) = statements.pop() else {
             bail!("--continuous needs the query: -c \"INSERT INTO out_topic SELECT …\" or -f FILE");
@@ -232,7 +234,7 @@ impl Shell {
             &query.statement.positioned_text(),
             query_id,
             &config,
-            crate::broker::shutdown_signal(),
+            shutdown,
         )
         .await
         .with_context(|| format!("continuous query {query_id} ({})", query.describe()))?;
