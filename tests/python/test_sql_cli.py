@@ -367,6 +367,13 @@ def continuous_query(bootstrap: str, tmp_path: Path, *statements: str):
     ]  # fmt: skip
     for statement in statements:
         cmd += ["-c", statement]
+    with continuous_query_cmd(cmd) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def continuous_query_cmd(cmd: list):
+    """Runs a `spate sql --continuous` command line; see `continuous_query`."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     result: dict = {}
     try:
@@ -520,3 +527,67 @@ def test_continuous_interval_join_of_two_topics(broker_factory, tmp_path):
         assert rows == [(i, 1500) for i in range(0, 60, 2)], rows
         keys = {json.dumps({"k0": i}, separators=(",", ":")).encode() for i in range(0, 60, 2)}
         assert {m.key() for m in got} == keys
+
+
+@pytest.mark.timeout(120)
+def test_continuous_windows_survive_kill_9_and_restart(broker_factory, tmp_path):
+    """A tumbling count per key, `spate sql --continuous` killed with SIGKILL mid-stream and started
+    again with the same query id: every window's totals equal a model of the input (at-least-once:
+    a window may be written twice, with the same totals; none loses input)."""
+    broker = broker_factory(["--set", "group.initial.rebalance.delay.ms=0"])
+    src, out = unique_topic("kw-in"), unique_topic("kw-out")
+    create_topic(broker.bootstrap, src, partitions=2)
+    create_topic(broker.bootstrap, out, partitions=2)
+    keys = ["a", "b", "c"]
+
+    def events(lo: int, hi: int):
+        # In time order; keyed, so each key's records stay in one partition.
+        # Key a and c in partition 0, b in 1: both partitions have records (a silent one would hold
+        # the windows open, as the README says, without idle_timeout).
+        return [((i % 3) % 2, keys[i % 3].encode(), json.dumps({"k": keys[i % 3], "x": i % 5, "ts": i * 100}).encode(), [])
+                for i in range(lo, hi)]  # fmt: skip
+
+    statements = [
+        f"CREATE TABLE kw (k VARCHAR, x BIGINT, ts BIGINT) WITH (topic = '{src}')",
+        f'INSERT INTO "{out}" SELECT k, CAST(window_start AS BIGINT) AS ws, count(*) AS n, sum(x) AS total '
+        "FROM TUMBLE(kw, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, k",
+    ]
+    cmd = [
+        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
+        "--continuous", "--query-id", unique_topic("kw"), "--state-dir", str(tmp_path / "state"),
+        "--config", "commit.interval.ms=300", "--config", "session.timeout.ms=6000",
+        "--config", "heartbeat.interval.ms=500",
+    ]  # fmt: skip
+    for statement in statements:
+        cmd += ["-c", statement]
+
+    def model(n: int) -> dict:
+        windows: dict = {}
+        for i in range(n):
+            w = windows.setdefault((keys[i % 3], i * 100 // 2000 * 2000), [0, 0])
+            w[0] += 1
+            w[1] += i % 5
+        return {w: tuple(v) for w, v in windows.items()}
+
+    produce(broker.bootstrap, src, events(0, 600))
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        consume_assigned(broker.bootstrap, out, [0, 1], expected=30, timeout_s=40)
+    finally:
+        first.kill()
+        first.communicate()
+    produce(broker.bootstrap, src, events(600, 1200))
+    # A far-future record of every key closes every window of the input above.
+    far = [(j % 2, k.encode(), json.dumps({"k": k, "x": 0, "ts": 10_000_000}).encode(), []) for j, k in enumerate(keys)]
+    produce(broker.bootstrap, src, far)
+    expected = model(1200)
+    with continuous_query_cmd(cmd):
+        deadline = time.monotonic() + 40
+        got: dict = {}
+        while time.monotonic() < deadline and len(got) < len(expected):
+            for m in consume_assigned(broker.bootstrap, out, [0, 1], expected=len(expected), timeout_s=5):
+                v = json.loads(m.value())
+                window = (v["k"], v["ws"])
+                totals = (v["n"], v["total"])
+                assert got.setdefault(window, totals) == totals, f"{window} written with other totals"
+        assert got == expected
