@@ -360,7 +360,7 @@ fn an_interval_join_emits_every_pair_within_the_bounds_once() {
         for i in 0..400i64 {
             let k = ["a", "b", "c"][(next() % 3) as usize];
             let ts = (i * 100 - (next() % 3_000) as i64).max(0);
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 let value = format!(r#"{{"k":"{k}","x":{i},"ts":{ts}}}"#);
                 d.pipe_input("src", Some(k.as_bytes()), Some(value.as_bytes()), ts).unwrap();
                 lefts.push((k, i, ts));
