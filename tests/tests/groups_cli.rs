@@ -248,8 +248,19 @@ async fn join_as_only_member(broker: &TestBroker, group: &str, topic: &str, part
                 .with_name(str_bytes("range"))
                 .with_metadata(subscription(topic))])
     };
-    // KIP-394: the first join is answered MEMBER_ID_REQUIRED with the id to join with.
-    let first: JoinGroupResponse = conn.send(ApiKey::JoinGroup, 5, &join(str_bytes(""))).await.unwrap();
+    // KIP-394: the first join is answered MEMBER_ID_REQUIRED with the id to join with. While the
+    // coordinator still loads its __consumer_offsets partition it answers
+    // COORDINATOR_LOAD_IN_PROGRESS, which clients retry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let first: JoinGroupResponse = loop {
+        let answer: JoinGroupResponse = conn.send(ApiKey::JoinGroup, 5, &join(str_bytes(""))).await.unwrap();
+        if ErrorCode(answer.error_code) != ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
+            || std::time::Instant::now() > deadline
+        {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let joined: JoinGroupResponse = if ErrorCode(first.error_code) == ErrorCode::MEMBER_ID_REQUIRED {
         conn.send(ApiKey::JoinGroup, 5, &join(first.member_id.clone())).await.unwrap()
     } else {
