@@ -354,20 +354,25 @@ def test_unknown_topic_is_a_clear_error(broker):
     assert "no-such-topic" in proc.stderr and "(fix the query)" in proc.stderr, proc.stderr
 
 
-@contextlib.contextmanager
-def continuous_query(bootstrap: str, tmp_path: Path, *statements: str):
-    """Runs `spate sql --continuous` with `statements` (a fresh query id, short commit and session
-    intervals); on leaving, sends SIGTERM and checks it stopped cleanly. Yields the process and a
-    dict that gets its stderr."""
+def continuous_cmd(bootstrap: str, tmp_path: Path, *statements: str, commit_ms: int = 200) -> list:
+    """A `spate sql --continuous` command line: a fresh query id, short commit and session
+    intervals, its state in tmp_path."""
     cmd = [
         spate_binary(), "sql", "--bootstrap-server", bootstrap,
         "--continuous", "--query-id", unique_topic("cq"), "--state-dir", str(tmp_path / "state"),
-        "--config", "commit.interval.ms=200", "--config", "session.timeout.ms=6000",
+        "--config", f"commit.interval.ms={commit_ms}", "--config", "session.timeout.ms=6000",
         "--config", "heartbeat.interval.ms=500",
     ]  # fmt: skip
     for statement in statements:
         cmd += ["-c", statement]
-    with continuous_query_cmd(cmd) as running:
+    return cmd
+
+
+@contextlib.contextmanager
+def continuous_query(bootstrap: str, tmp_path: Path, *statements: str):
+    """Runs `continuous_cmd(…)`; on leaving, sends SIGTERM and checks it stopped cleanly. Yields the
+    process and a dict that gets its stderr."""
+    with continuous_query_cmd(continuous_cmd(bootstrap, tmp_path, *statements)) as running:
         yield running
 
 
@@ -552,14 +557,7 @@ def test_continuous_windows_survive_kill_9_and_restart(broker_factory, tmp_path)
         f'INSERT INTO "{out}" SELECT k, CAST(window_start AS BIGINT) AS ws, count(*) AS n, sum(x) AS total '
         "FROM TUMBLE(kw, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, k",
     ]
-    cmd = [
-        spate_binary(), "sql", "--bootstrap-server", broker.bootstrap,
-        "--continuous", "--query-id", unique_topic("kw"), "--state-dir", str(tmp_path / "state"),
-        "--config", "commit.interval.ms=300", "--config", "session.timeout.ms=6000",
-        "--config", "heartbeat.interval.ms=500",
-    ]  # fmt: skip
-    for statement in statements:
-        cmd += ["-c", statement]
+    cmd = continuous_cmd(broker.bootstrap, tmp_path, *statements, commit_ms=300)
 
     def model(n: int) -> dict:
         windows: dict = {}
