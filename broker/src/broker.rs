@@ -82,6 +82,8 @@ pub struct Broker {
     pub incarnation_id: Uuid,
     /// Consumer groups and committed offsets (`__consumer_offsets`).
     pub groups: GroupCoordinator,
+    /// Transactions (`__transaction_state`).
+    pub txns: crate::txn::TransactionCoordinator,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -186,6 +188,7 @@ impl Broker {
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             incarnation_id,
             groups: GroupCoordinator::new(&config),
+            txns: crate::txn::TransactionCoordinator::new(&config),
             background: Mutex::new(Vec::new()),
             config,
         });
@@ -347,6 +350,7 @@ impl Broker {
         self.replicas.apply(image, &lookup);
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
         self.groups.on_metadata(self, image);
+        self.txns.on_metadata(self, image);
         match first_error {
             Some(err) => Err(err),
             None => Ok(()),

@@ -144,6 +144,20 @@ pub struct BrokerConfig {
     /// created on first use. A group's coordinator partition is `abs(hash(group.id)) % this`.
     #[serde(rename = "offsets.topic.num.partitions")]
     pub offsets_topic_num_partitions: i32,
+    /// `transaction.state.log.num.partitions`: partitions of the internal `__transaction_state`
+    /// topic, created on the first FindCoordinator for a transactional id. A transactional id's
+    /// coordinator partition is `abs(hash(transactional.id)) % this`.
+    #[serde(rename = "transaction.state.log.num.partitions")]
+    pub transaction_state_log_num_partitions: i32,
+    /// `transaction.state.log.replication.factor` (lowered to the live brokers when fewer).
+    #[serde(rename = "transaction.state.log.replication.factor")]
+    pub transaction_state_log_replication_factor: i16,
+    /// `transaction.max.timeout.ms`: the largest `transaction.timeout.ms` a producer may ask for.
+    #[serde(rename = "transaction.max.timeout.ms")]
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: a transactional id idle this long is forgotten.
+    #[serde(rename = "transactional.id.expiration.ms")]
+    pub transactional_id_expiration_ms: i64,
     /// `offsets.retention.minutes`: committed offsets of a group with no members are dropped
     /// this long after the group became empty (or, for a group that never had members, after
     /// the commit).
@@ -263,6 +277,10 @@ impl Default for BrokerConfig {
             log_cleaner_min_compaction_lag_ms: 0,
             log_cleaner_max_compaction_lag_ms: i64::MAX,
             offsets_topic_num_partitions: 50,
+            transaction_state_log_num_partitions: 50,
+            transaction_state_log_replication_factor: 3,
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 604_800_000,
             offsets_retention_minutes: 7 * 24 * 60,
             offset_metadata_max_bytes: 4096,
             group_min_session_timeout_ms: 6_000,
@@ -374,6 +392,24 @@ impl BrokerConfig {
                 "offsets.topic.num.partitions",
                 format!("{} must be between 1 and 1000", self.offsets_topic_num_partitions),
             );
+        }
+        if !(1..=1000).contains(&self.transaction_state_log_num_partitions) {
+            return bad(
+                "transaction.state.log.num.partitions",
+                format!("{} must be between 1 and 1000", self.transaction_state_log_num_partitions),
+            );
+        }
+        if !(1..=16).contains(&self.transaction_state_log_replication_factor) {
+            return bad(
+                "transaction.state.log.replication.factor",
+                format!("{} must be between 1 and 16", self.transaction_state_log_replication_factor),
+            );
+        }
+        if self.transaction_max_timeout_ms < 1 {
+            return bad("transaction.max.timeout.ms", "must be positive".into());
+        }
+        if self.transactional_id_expiration_ms < 1 {
+            return bad("transactional.id.expiration.ms", "must be positive".into());
         }
         if self.offsets_retention_minutes < 1 {
             return bad("offsets.retention.minutes", format!("{} must be positive", self.offsets_retention_minutes));

@@ -21,6 +21,7 @@ pub mod producer_state;
 pub mod replica;
 pub mod server;
 pub mod topic_config;
+pub mod txn;
 
 pub use config::{BrokerConfig, FlushMode};
 pub use error::BrokerError;

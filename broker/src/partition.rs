@@ -33,6 +33,16 @@ use crate::log::{cleaner, CleanStats, Log, LogConfig, LogError, OffsetMap};
 use crate::log_dir::LogDir;
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
 use crate::replica::isr::{self, FollowerState};
+use crate::txn::marker::{control_batch, marker_kind};
+use crate::txn::tracker::{AbortedTxn, TxnTracker};
+
+/// Created in a partition's directory the first time it takes a transactional batch: only such
+/// partitions scan their whole log at open to rebuild their transactions (Kafka keeps
+/// `.txnindex` files instead; see ARCHITECTURE.md).
+pub const TRANSACTIONAL_MARKER_FILE: &str = "transactional";
+
+/// Bound on the aborted transactions one fetch response lists per partition.
+const MAX_ABORTED_PER_FETCH: usize = 10_000;
 
 /// Kafka's name for a topic and partition pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,6 +90,8 @@ enum Role {
 struct PartitionState {
     log: Log,
     producers: ProducerStateManager,
+    /// Open and aborted transactions in this log (the LSO and `read_committed` fetches).
+    txns: TxnTracker,
     epochs: LeaderEpochCache,
     role: Role,
     replicas: Vec<i32>,
@@ -150,6 +162,35 @@ pub struct Partition {
     /// Set (under the state lock) when the topic was deleted and the directory renamed away:
     /// nothing may touch `dir` any more, which may already belong to a recreated topic.
     deleted: AtomicBool,
+    /// Mirrors `txns.is_unstable()` (set under the lock): when false, the LSO is the high
+    /// watermark and nobody takes the lock to learn it.
+    txn_unstable: AtomicBool,
+    /// The log has held a transactional batch ([`TRANSACTIONAL_MARKER_FILE`] exists).
+    transactional: AtomicBool,
+}
+
+/// Replays the transactional batches of `log` into `txns` (whole log: an aborted transaction
+/// anywhere in it must stay hidden from `read_committed` consumers).
+fn rebuild_txns(log: &Log, txns: &mut TxnTracker) -> Result<()> {
+    txns.clear();
+    log.visit_batch_headers(|log, header| -> Result<()> {
+        if !header.is_transactional() || !header.has_producer_id() {
+            return Ok(());
+        }
+        if header.is_control() {
+            let bytes = log.read(header.base_offset, header.total_bytes(), i64::MAX)?.read()?;
+            if bytes.len() >= header.total_bytes() {
+                if let Some(commit) = marker_kind(header, &bytes.slice(..header.total_bytes())) {
+                    txns.on_marker(header.producer_id, header.base_offset, commit);
+                }
+            }
+        } else {
+            txns.on_data(header.producer_id, header.base_offset);
+        }
+        Ok(())
+    })?;
+    txns.on_high_watermark(log.log_end_offset());
+    Ok(())
 }
 
 impl Partition {
@@ -176,6 +217,11 @@ impl Partition {
         let rebuild_from = log.log_start_offset().max(log.log_end_offset() - PRODUCER_STATE_REBUILD_OFFSETS);
         producers.rebuild(log.batch_headers_from(rebuild_from)?, now_ms);
         let log_end = log.log_end_offset();
+        let mut txns = TxnTracker::default();
+        let transactional = dir.join(TRANSACTIONAL_MARKER_FILE).exists();
+        if transactional {
+            rebuild_txns(&log, &mut txns)?;
+        }
         // Recovery verified everything up to the log end, and it is on disk now.
         let durable = log_end;
         let local_id = broker.node_id;
@@ -195,9 +241,12 @@ impl Partition {
             fsync_fault: AtomicBool::new(false),
             log_dir,
             deleted: AtomicBool::new(false),
+            txn_unstable: AtomicBool::new(txns.is_unstable()),
+            transactional: AtomicBool::new(transactional),
             state: Mutex::new(PartitionState {
                 log,
                 producers,
+                txns,
                 epochs,
                 role: Role::Leader(LeaderState {
                     epoch_start_offset: 0,
@@ -240,12 +289,36 @@ impl Partition {
     /// assigned offsets, or the original ones for a duplicate from an idempotent producer.
     /// A replica that is not the leader refuses with NOT_LEADER_OR_FOLLOWER.
     pub fn append(&self, records: &Bytes, batches: &[BatchHeader], now_ms: i64) -> Result<AppendOutcome> {
+        self.append_checked(records, batches, now_ms, true)
+    }
+
+    /// Appends a coordinator's own batch (the group coordinator's transactional offset
+    /// commits): no sequence checks, as Kafka's `AppendOrigin.Coordinator`, but its transaction
+    /// is tracked like any other.
+    pub fn append_from_coordinator(&self, records: &Bytes, batches: &[BatchHeader], now_ms: i64) -> Result<AppendOutcome> {
+        self.append_checked(records, batches, now_ms, false)
+    }
+
+    fn append_checked(
+        &self,
+        records: &Bytes,
+        batches: &[BatchHeader],
+        now_ms: i64,
+        check_sequences: bool,
+    ) -> Result<AppendOutcome> {
         let mut state = self.lock();
         self.check_usable()?;
         if !matches!(state.role, Role::Leader(_)) {
             return Err(self.not_leader());
         }
-        if batches.iter().any(|b| b.has_producer_id()) {
+        if let Some(b) = batches.iter().find(|b| b.is_transactional() && !b.has_producer_id()) {
+            return Err(BrokerError::InvalidRecord {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                reason: format!("transactional batch at position {} has no producer id", b.base_offset),
+            });
+        }
+        if check_sequences && batches.iter().any(|b| b.has_producer_id()) {
             if batches.len() != 1 {
                 return Err(BrokerError::InvalidRecord {
                     topic: self.tp.topic.clone(),
@@ -267,14 +340,21 @@ impl Partition {
             let start = state.log.log_end_offset();
             state.epochs.assign(leader_epoch, start)?;
         }
+        if batches.iter().any(|b| b.is_transactional()) {
+            self.note_transactional()?;
+        }
         let info = state.log.append(records, batches, leader_epoch, now_ms)?;
         let mut base = info.base_offset;
         for batch in batches {
             if batch.has_producer_id() {
                 state.producers.record(batch, base, now_ms);
+                if batch.is_transactional() {
+                    state.txns.on_data(batch.producer_id, base);
+                }
             }
             base += batch.last_offset_delta as i64 + 1;
         }
+        self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
         let log_end = state.log.log_end_offset();
         self.log_end_offset.store(log_end, Ordering::Release);
         self.log_end_watch.send_replace(log_end);
@@ -285,6 +365,90 @@ impl Partition {
             log_start_offset: state.log.log_start_offset(),
             duplicate: false,
         })
+    }
+
+    /// Creates [`TRANSACTIONAL_MARKER_FILE`] (and syncs the directory) before the first
+    /// transactional batch is written, so a restart knows to rebuild this log's transactions.
+    fn note_transactional(&self) -> Result<()> {
+        if self.transactional.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let path = self.dir.join(TRANSACTIONAL_MARKER_FILE);
+        std::fs::File::create(&path).map_err(|e| BrokerError::io(&path, e))?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| BrokerError::io(&self.dir, e))?;
+        self.transactional.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends the COMMIT or ABORT marker of `producer_id`'s transaction as the leader (the
+    /// transaction coordinator's WriteTxnMarkers). A marker from an epoch older than the
+    /// producer's current one is refused (INVALID_PRODUCER_EPOCH).
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
+        let batch = control_batch(producer_id, producer_epoch, commit, coordinator_epoch, now_ms);
+        let headers = spate_client::protocol::record::validate_batches(&batch).map_err(|e| {
+            BrokerError::CorruptMessage { topic: self.tp.topic.clone(), partition: self.tp.partition, reason: e.to_string() }
+        })?;
+        let state = &mut *self.lock();
+        self.check_usable()?;
+        if !matches!(state.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        state.producers.check_marker(producer_id, producer_epoch)?;
+        self.note_transactional()?;
+        let leader_epoch = self.leader_epoch.load(Ordering::Acquire);
+        if state.epochs.latest_epoch().is_none_or(|latest| latest < leader_epoch) {
+            let start = state.log.log_end_offset();
+            state.epochs.assign(leader_epoch, start)?;
+        }
+        let info = state.log.append(&batch, &headers, leader_epoch, now_ms)?;
+        state.producers.record(&headers[0], info.base_offset, now_ms);
+        state.txns.on_marker(producer_id, info.base_offset, commit);
+        self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
+        let log_end = state.log.log_end_offset();
+        self.log_end_offset.store(log_end, Ordering::Release);
+        self.log_end_watch.send_replace(log_end);
+        self.maybe_advance_high_watermark(state);
+        Ok(AppendOutcome {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_start_offset: state.log.log_start_offset(),
+            duplicate: false,
+        })
+    }
+
+    /// The last stable offset: `read_committed` consumers read below it (KIP-98).
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        if !self.txn_unstable.load(Ordering::Acquire) {
+            return high_watermark;
+        }
+        let state = &mut *self.lock();
+        // Read again under the lock: the high watermark only grows, and markers below it are
+        // settled for good.
+        let high_watermark = self.high_watermark();
+        state.txns.on_high_watermark(high_watermark);
+        self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
+        state.txns.last_stable_offset(high_watermark)
+    }
+
+    /// Aborted transactions overlapping `[from, to)` (a `read_committed` fetch's answer).
+    pub fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        if !self.transactional.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.lock().txns.aborted_between(from, to, MAX_ABORTED_PER_FETCH)
+    }
+
+    /// Whether `producer_id` has a transaction open in this log (tests, DescribeProducers).
+    pub fn has_ongoing_transaction(&self, producer_id: i64) -> bool {
+        self.lock().txns.is_ongoing(producer_id)
     }
 
     /// Fsyncs whatever is unflushed; called by the flusher thread only.
@@ -736,15 +900,31 @@ impl Partition {
             return Err(self.not_leader());
         }
         self.check_epoch(leader_epoch)?;
+        if headers.iter().any(|h| h.is_transactional()) {
+            self.note_transactional()?;
+        }
         let info = state.log.append_as_follower(&records[..whole_bytes], &headers, now_ms)?;
+        let mut position = 0;
         for header in &headers {
             if state.epochs.latest_epoch().is_none_or(|latest| header.partition_leader_epoch > latest) {
                 state.epochs.assign(header.partition_leader_epoch, header.base_offset)?;
             }
             if header.has_producer_id() {
                 state.producers.record(header, header.base_offset, now_ms);
+                if header.is_transactional() {
+                    if header.is_control() {
+                        let batch = records.slice(position..position + header.total_bytes());
+                        if let Some(commit) = marker_kind(header, &batch) {
+                            state.txns.on_marker(header.producer_id, header.base_offset, commit);
+                        }
+                    } else {
+                        state.txns.on_data(header.producer_id, header.base_offset);
+                    }
+                }
             }
+            position += header.total_bytes();
         }
+        self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
         let log_end = state.log.log_end_offset();
         self.log_end_offset.store(log_end, Ordering::Release);
         self.log_end_watch.send_replace(log_end);
@@ -848,6 +1028,10 @@ impl Partition {
         let rebuild_from = log_start.max(log_end - PRODUCER_STATE_REBUILD_OFFSETS);
         let headers = state.log.batch_headers_from(rebuild_from)?;
         state.producers.rebuild(headers, now_ms);
+        if self.transactional.load(Ordering::Acquire) {
+            rebuild_txns(&state.log, &mut state.txns)?;
+            self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
+        }
         self.log_start_offset.store(log_start, Ordering::Release);
         self.log_end_offset.store(log_end, Ordering::Release);
         self.log_end_watch.send_replace(log_end);
@@ -900,6 +1084,7 @@ impl Partition {
         state.log.enforce_retention(now_ms, self.high_watermark())?;
         state.producers.expire(now_ms);
         let log_start = state.log.log_start_offset();
+        state.txns.truncate_head(log_start);
         state.epochs.truncate_from_start(log_start)?;
         self.log_start_offset.store(log_start, Ordering::Release);
         Ok(())

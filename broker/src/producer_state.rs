@@ -85,7 +85,8 @@ struct BatchMetadata {
 #[derive(Debug)]
 struct ProducerStateEntry {
     producer_epoch: i16,
-    /// Oldest first; never empty, at most [`BATCHES_RETAINED_PER_PRODUCER`].
+    /// Oldest first; at most [`BATCHES_RETAINED_PER_PRODUCER`]; empty only after a marker
+    /// moved the producer to a new epoch (the next batch must then start at sequence 0).
     batches: VecDeque<BatchMetadata>,
     last_used_ms: i64,
     /// This entry's key in [`ProducerStateManager::lru`].
@@ -195,6 +196,10 @@ impl ProducerStateManager {
         if !batch.has_producer_id() {
             return;
         }
+        if batch.is_control() {
+            self.record_marker(batch.producer_id, batch.producer_epoch, now_ms);
+            return;
+        }
         let metadata = BatchMetadata {
             first_sequence: batch.base_sequence,
             last_sequence: batch.last_sequence(),
@@ -235,6 +240,42 @@ impl ProducerStateManager {
             }
         }
         self.lru.insert(lru_key, batch.producer_id);
+    }
+
+    /// Refuses a transaction marker from an epoch older than the producer's current one (a
+    /// coordinator that lost track; Kafka's `checkProducerEpoch` for markers).
+    pub fn check_marker(&self, producer_id: i64, producer_epoch: i16) -> Result<(), ProducerStateError> {
+        match self.producers.get(&producer_id) {
+            Some(entry) if producer_epoch < entry.producer_epoch => Err(ProducerStateError::InvalidProducerEpoch {
+                producer_id,
+                producer_epoch,
+                current_epoch: entry.producer_epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A transaction marker: it carries no sequence, so it keeps the producer's sequence state
+    /// unless it moves the producer to a newer epoch (the coordinator bumped it to fence a
+    /// zombie or after a timeout), which restarts sequences at 0 as any new epoch does.
+    fn record_marker(&mut self, producer_id: i64, producer_epoch: i16, now_ms: i64) {
+        let lru_key = self.next_lru_key;
+        self.next_lru_key += 1;
+        match self.producers.get_mut(&producer_id) {
+            Some(entry) => {
+                if producer_epoch > entry.producer_epoch {
+                    entry.batches.clear();
+                    entry.producer_epoch = producer_epoch;
+                }
+                entry.last_used_ms = now_ms;
+                self.lru.remove(&entry.lru_key);
+                entry.lru_key = lru_key;
+            }
+            // No state here (the marker of a partition it wrote nothing to, or state that
+            // expired): nothing to keep; any sequence is accepted for it anyway (KIP-360).
+            None => return,
+        }
+        self.lru.insert(lru_key, producer_id);
     }
 
     /// Replays batch headers read back from the log (oldest first), on top of the current

@@ -27,6 +27,9 @@ const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 /// How often the group coordinator's timers run: the resolution of session timeouts and
 /// rebalance deadlines (Kafka's own timers are no finer in practice).
 const GROUP_TICK: Duration = Duration::from_millis(100);
+/// How often the transaction coordinator checks timeouts and unfinished markers (Kafka checks
+/// every `transaction.abort.timed.out.transaction.cleanup.interval.ms`, 10 s by default).
+const TXN_TICK: Duration = Duration::from_millis(1000);
 
 /// A broker whose storage is open and whose listener is bound.
 pub struct Server {
@@ -129,6 +132,16 @@ fn spawn_background_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<(
             tick.tick().await;
             let b = b.clone();
             let _ = tokio::task::spawn_blocking(move || b.groups.tick(&b, crate::broker::now_ms())).await;
+        }
+    }));
+    // Transaction coordinator: timeouts, unfinished markers, expired transactional ids.
+    let b = broker.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TXN_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            crate::txn::TransactionCoordinator::tick(&b);
         }
     }));
     if broker.config.log_flush_mode == FlushMode::PageCache && broker.config.log_flush_interval_ms > 0 {

@@ -192,10 +192,29 @@ pub(super) fn init_producer_id(
 ) -> Result<Reply, ProtocolError> {
     let request: InitProducerIdRequest = decode("InitProducerId request", ctx, body)?;
     let mut response = InitProducerIdResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
-    if request.transactional_id.is_some() {
-        // Transactions arrive in a later issue; refuse clearly rather than pretend.
-        response.error_code = ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED.0;
-        return Ok(Reply::Now(ctx.respond(&response)));
+    if let Some(id) = request.transactional_id.as_ref().map(|t| t.to_string()) {
+        if id.is_empty() {
+            response.error_code = ErrorCode::INVALID_REQUEST.0;
+            return Ok(Reply::Now(ctx.respond(&response)));
+        }
+        let broker = broker.clone();
+        let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+        let expected = if ctx.version >= 3 { (request.producer_id.0, request.producer_epoch) } else { (-1, -1) };
+        let timeout_ms = request.transaction_timeout_ms;
+        return Ok(Reply::Later(Box::pin(async move {
+            match crate::txn::TransactionCoordinator::init_producer_id(&broker, &id, timeout_ms, expected).await {
+                Ok((producer_id, producer_epoch)) => {
+                    response.producer_id = ProducerId(producer_id);
+                    response.producer_epoch = producer_epoch;
+                }
+                // KIP-588: before v4 a fenced producer was told INVALID_PRODUCER_EPOCH.
+                Err(ErrorCode::PRODUCER_FENCED) if ctx.version < 4 => {
+                    response.error_code = ErrorCode::INVALID_PRODUCER_EPOCH.0
+                }
+                Err(code) => response.error_code = code.0,
+            }
+            ctx.respond(&response)
+        })));
     }
     // Without a transactional id, Kafka ignores the request's producer_id/producer_epoch (v3+) and
     // hands out a new id at epoch 0: the broker bumps epochs only for transactional producers

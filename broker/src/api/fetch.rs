@@ -3,7 +3,8 @@
 //! if larger). Fetch sessions (KIP-227) are declined by answering session id 0, which the
 //! protocol allows; every fetch is then a full fetch.
 //!
-//! Consumers (`replica_id` -1) read below the high watermark; followers (`replica_id` >= 0)
+//! Consumers (`replica_id` -1) read below the high watermark (`read_committed` ones below the
+//! last stable offset, with the aborted transactions of what they get); followers (`replica_id` >= 0)
 //! read up to the log end offset, and their fetch offset tells the leader how far they have
 //! replicated (which can advance the high watermark). Only the leader serves either: another
 //! replica answers NOT_LEADER_OR_FOLLOWER, and a `current_leader_epoch` older than the
@@ -15,8 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{select_all, FutureExt};
-use spate_client::protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use spate_client::protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use spate_client::protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use spate_client::protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
+use spate_client::protocol::record::BatchIter;
 use spate_client::protocol::ErrorCode;
 use spate_client::ProtocolError;
 use tokio::sync::watch;
@@ -40,7 +42,13 @@ struct Wanted {
     error: Option<ErrorCode>,
 }
 
-fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes: usize, replica: bool) -> usize {
+fn read_all(
+    wanted: &[Wanted],
+    topics: &mut [FetchableTopicResponse],
+    max_bytes: usize,
+    replica: bool,
+    read_committed: bool,
+) -> usize {
     let mut total = 0usize;
     for t in topics.iter_mut() {
         t.partitions.clear();
@@ -58,19 +66,37 @@ fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes:
             (None, None) => data.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
             (Some(p), None) => {
                 let offsets = p.offsets();
+                let last_stable = p.last_stable_offset();
                 data.high_watermark = offsets.high_watermark;
-                data.last_stable_offset = offsets.high_watermark;
+                data.last_stable_offset = last_stable;
                 data.log_start_offset = offsets.log_start_offset;
+                // read_committed consumers read below the last stable offset (KIP-98).
+                let visible_end = if read_committed { last_stable } else { offsets.high_watermark };
                 let budget = w.partition_max_bytes.min(max_bytes.saturating_sub(total));
                 if budget > 0 || total == 0 {
                     let read = if replica {
                         p.read_for_replica(w.fetch_offset, budget.max(1))
                     } else {
-                        p.read(w.fetch_offset, budget.max(1), offsets.high_watermark)
+                        p.read(w.fetch_offset, budget.max(1), visible_end)
                     };
                     match read {
                         Ok(bytes) => {
                             total += bytes.len();
+                            if read_committed && !replica {
+                                // The aborted transactions overlapping what is returned: the
+                                // consumer drops their records.
+                                let end = last_offset_in(&bytes).map_or(w.fetch_offset, |last| last + 1);
+                                let aborted = p
+                                    .aborted_transactions(w.fetch_offset, end)
+                                    .into_iter()
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect();
+                                data.aborted_transactions = Some(aborted);
+                            }
                             data.records = Some(bytes);
                         }
                         Err(err) => data.error_code = err.code().0,
@@ -81,6 +107,11 @@ fn read_all(wanted: &[Wanted], topics: &mut [FetchableTopicResponse], max_bytes:
         topics[w.topic].partitions.push(data);
     }
     total
+}
+
+/// The last offset of the last whole batch in `records`.
+fn last_offset_in(records: &[u8]) -> Option<i64> {
+    BatchIter::new(records).last().map(|(_, header)| header.last_offset())
 }
 
 pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
@@ -108,6 +139,7 @@ pub(crate) fn serve(
     }
     let replica_id = request.replica_id.0;
     let replica = replica_id >= 0;
+    let read_committed = request.isolation_level == 1 && !replica;
     let mut topics = Vec::with_capacity(request.topics.len());
     let mut wanted = Vec::with_capacity(partition_count);
     for (ti, t) in request.topics.iter().enumerate() {
@@ -150,7 +182,7 @@ pub(crate) fn serve(
             for w in watches.iter_mut() {
                 w.mark_unchanged();
             }
-            let total = read_all(&wanted, &mut topics, max_bytes, replica);
+            let total = read_all(&wanted, &mut topics, max_bytes, replica, read_committed);
             let has_error = topics.iter().flat_map(|t| &t.partitions).any(|p| p.error_code != 0);
             if total >= min_bytes.max(1) || has_error || watches.is_empty() || tokio::time::Instant::now() >= deadline {
                 break;

@@ -41,6 +41,7 @@ use crate::group::coordinator::{wait_all_durable, CommitPartition, DurableWait, 
 use crate::group::state::{JoinRequest, JoinResult, LeavingMember, SyncResult};
 use crate::group::store::OffsetValue;
 use crate::group::OFFSETS_TOPIC;
+use crate::txn::TRANSACTION_STATE_TOPIC;
 
 /// Kafka's "authorized operations were not requested" marker.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -94,6 +95,7 @@ pub(super) fn find_coordinator(
     Ok(Reply::Later(Box::pin(async move {
         let created = match key_type {
             KEY_TYPE_GROUP => broker.groups.ensure_offsets_topic(&broker).await.map_err(|e| e.to_string()),
+            KEY_TYPE_TRANSACTION => broker.txns.ensure_topic(&broker).await.map_err(|e| e.to_string()),
             _ => Ok(()),
         };
         let image = broker.image();
@@ -113,9 +115,20 @@ pub(super) fn find_coordinator(
                     }
                     Err(message) => Err((ErrorCode::COORDINATOR_NOT_AVAILABLE, message.clone())),
                 },
-                KEY_TYPE_TRANSACTION => {
-                    Err((ErrorCode::COORDINATOR_NOT_AVAILABLE, "transactions are not supported yet".to_string()))
-                }
+                KEY_TYPE_TRANSACTION => match &created {
+                    Ok(()) => {
+                        let partition = broker.txns.partition_of(&broker, key);
+                        let leader = image.partition(TRANSACTION_STATE_TOPIC, partition).map(|p| p.leader).unwrap_or(-1);
+                        match image.brokers.get(&leader).filter(|b| !b.fenced) {
+                            Some(b) => Ok((leader, b.host.clone(), b.port)),
+                            None => Err((
+                                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                                format!("{TRANSACTION_STATE_TOPIC}-{partition} has no leader"),
+                            )),
+                        }
+                    }
+                    Err(message) => Err((ErrorCode::COORDINATOR_NOT_AVAILABLE, message.clone())),
+                },
                 other => Err((ErrorCode::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
             };
             match found {

@@ -1,4 +1,5 @@
-//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, KIP-734) and by timestamp.
+//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, KIP-734) and by timestamp;
+//! with `isolation_level` read_committed, latest is the last stable offset.
 
 use std::sync::Arc;
 
@@ -16,15 +17,22 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-fn lookup(p: &Partition, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
+/// Kafka's `isolation_level` value for `read_committed`.
+const READ_COMMITTED: i8 = 1;
+
+/// `read_committed` lookups see the log below the last stable offset, others below the high
+/// watermark (KIP-98).
+fn lookup(p: &Partition, timestamp: i64, isolation_level: i8) -> Result<(i64, i64), ErrorCode> {
     let offsets = p.offsets();
+    let visible_end =
+        if isolation_level == READ_COMMITTED { p.last_stable_offset() } else { offsets.high_watermark };
     let below_hw = |found: Option<(i64, i64)>| match found {
-        Some((offset, ts)) if offset < offsets.high_watermark => (offset, ts),
+        Some((offset, ts)) if offset < visible_end => (offset, ts),
         _ => (-1, -1),
     };
     match timestamp {
         EARLIEST => Ok((offsets.log_start_offset, -1)),
-        LATEST => Ok((offsets.high_watermark, -1)),
+        LATEST => Ok((visible_end, -1)),
         MAX_TIMESTAMP => p.max_timestamp_offset().map(below_hw).map_err(|e| e.code()),
         ts if ts >= 0 => p.offset_for_timestamp(ts).map(below_hw).map_err(|e| e.code()),
         _ => Err(ErrorCode::INVALID_REQUEST),
@@ -43,7 +51,7 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 .map(|p| {
                     let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
                     let found = leader_partition(broker, t.name.as_str(), p.partition_index)
-                        .and_then(|part| lookup(&part, p.timestamp).map(|(o, ts)| (o, ts, part.leader_epoch())));
+                        .and_then(|part| lookup(&part, p.timestamp, request.isolation_level).map(|(o, ts)| (o, ts, part.leader_epoch())));
                     match found {
                         // leader_epoch exists from v4 on; older versions must leave it unset.
                         Ok((offset, ts, epoch)) if ctx.version >= 4 => {

@@ -15,6 +15,7 @@ mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+mod txn;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +54,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     // kafka-protocol 0.18 has no v0/v1 layouts; followers and clients use v2+.
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // v4+ is the brokers' batched form (KIP-890), which needs verification we do not do yet.
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    // kafka-protocol 0.18 has no v0 layout; brokers speak v1.
+    (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -173,6 +182,12 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::DescribeGroups => group::describe_groups(broker, &ctx, &mut frame),
         ApiKey::ListGroups => group::list_groups(broker, &ctx, &mut frame),
         ApiKey::DeleteGroups => group::delete_groups(broker, &ctx, &mut frame),
+        ApiKey::AddPartitionsToTxn => txn::add_partitions_to_txn(broker, &ctx, &mut frame),
+        ApiKey::AddOffsetsToTxn => txn::add_offsets_to_txn(broker, &ctx, &mut frame),
+        ApiKey::EndTxn => txn::end_txn(broker, &ctx, &mut frame),
+        ApiKey::WriteTxnMarkers => txn::write_txn_markers(broker, &ctx, &mut frame),
+        ApiKey::ListTransactions => txn::list_transactions(broker, &ctx, &mut frame),
+        ApiKey::DescribeTransactions => txn::describe_transactions(broker, &ctx, &mut frame),
         _ => return Reply::Close(format!("api {api_key:?} is not supported")),
     };
     match result {

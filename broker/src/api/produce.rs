@@ -68,20 +68,12 @@ fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest
                 partition_responses.push(partition_error(data.index, ErrorCode::INVALID_REQUIRED_ACKS, None));
                 continue;
             }
-            if request.transactional_id.is_some() {
-                partition_responses.push(partition_error(
-                    data.index,
-                    ErrorCode::INVALID_TXN_STATE,
-                    Some("transactions are not supported yet".into()),
-                ));
-                continue;
-            }
             if crate::group::is_internal_topic(&topic_name) {
                 // Only the group coordinator writes it, in its own record format.
                 partition_responses.push(partition_error(
                     data.index,
                     ErrorCode::INVALID_TOPIC_EXCEPTION,
-                    Some("clients cannot produce to the internal topic __consumer_offsets".into()),
+                    Some(format!("clients cannot produce to the internal topic {topic_name}")),
                 ));
                 continue;
             }
@@ -127,11 +119,19 @@ fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest
                             max: max as u32,
                         });
                     }
-                    if headers.iter().any(|h| h.is_transactional() || h.is_control()) {
+                    if headers.iter().any(|h| h.is_control()) {
+                        // Markers are the transaction coordinator's alone.
                         return Err(BrokerError::InvalidRecord {
                             topic: topic_name.clone(),
                             partition: data.index,
-                            reason: "transactional batches are not supported yet".into(),
+                            reason: "clients cannot write control batches".into(),
+                        });
+                    }
+                    if headers.iter().any(|h| h.is_transactional()) && request.transactional_id.is_none() {
+                        return Err(BrokerError::InvalidRecord {
+                            topic: topic_name.clone(),
+                            partition: data.index,
+                            reason: "a transactional batch needs the request's transactional_id".into(),
                         });
                     }
                     partition.append(&records, &headers, now)

@@ -19,7 +19,7 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Whether `topic` is internal to the broker: listed as `is_internal` in Metadata, written only
 /// by the broker itself, never deleted by clients.
 pub fn is_internal_topic(topic: &str) -> bool {
-    topic == OFFSETS_TOPIC
+    topic == OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC
 }
 
 /// Java's `String.hashCode`: over UTF-16 code units, wrapping.

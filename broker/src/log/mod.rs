@@ -977,6 +977,24 @@ impl Log {
         Ok(headers)
     }
 
+    /// Like [`batch_headers_from`](Self::batch_headers_from) from the log start, but one
+    /// segment's headers at a time, so a scan of the whole log holds one segment's headers in
+    /// memory, not the log's. `f` may read the log (e.g. a control batch's record).
+    pub fn visit_batch_headers<E: From<LogError>>(
+        &self,
+        mut f: impl FnMut(&Log, &BatchHeader) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut headers = Vec::new();
+        for segment in &self.segments {
+            headers.clear();
+            segment.headers_from(0, &mut headers)?;
+            for header in &headers {
+                f(self, header)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Clean shutdown without giving up the log: fsyncs all data, writes the active
     /// segment's indexes and the checkpoint (recovery point = log end offset), so the next
     /// open checks nothing.

@@ -605,6 +605,124 @@ static OFFSET_FOR_LEADER_EPOCH: Message = Message {
     },
 };
 
+// Transaction requests (KIP-98): AddPartitionsToTxn v0–3 (the client form; v4+ is the brokers'
+// batched form), AddOffsetsToTxn, EndTxn, TxnOffsetCommit, WriteTxnMarkers (broker to broker),
+// ListTransactions and DescribeTransactions (KIP-664).
+static TXN_TOPIC: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+static ADD_PARTITIONS_TO_TXN: Message = Message {
+    name: "AddPartitionsToTxn",
+    min_version: 0,
+    max_version: 3,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                         // transactional_id
+            f(0, ANY, INT64),                              // producer_id
+            f(0, ANY, INT16),                              // producer_epoch
+            f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+static ADD_OFFSETS_TO_TXN: Message = Message {
+    name: "AddOffsetsToTxn",
+    min_version: 0,
+    max_version: 4,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String), // transactional_id
+            f(0, ANY, INT64),      // producer_id
+            f(0, ANY, INT16),      // producer_epoch
+            f(0, ANY, Ty::String), // group_id
+        ],
+        tagged: &[],
+    },
+};
+static END_TXN: Message = Message {
+    name: "EndTxn",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String), // transactional_id
+            f(0, ANY, INT64),      // producer_id
+            f(0, ANY, INT16),      // producer_epoch
+            f(0, ANY, BOOL),       // committed
+        ],
+        tagged: &[],
+    },
+};
+// partition_index, committed_offset, committed_leader_epoch (v2+), committed_metadata
+static TXN_OFFSET_COMMIT_PARTITION: Struct = Struct {
+    fields: &[f(0, ANY, INT32), f(0, ANY, INT64), f(2, ANY, INT32), f(0, ANY, Ty::String)],
+    tagged: &[],
+};
+static TXN_OFFSET_COMMIT_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&TXN_OFFSET_COMMIT_PARTITION)))],
+    tagged: &[],
+};
+static TXN_OFFSET_COMMIT: Message = Message {
+    name: "TxnOffsetCommit",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),                                       // transactional_id
+            f(0, ANY, Ty::String),                                       // group_id
+            f(0, ANY, INT64),                                            // producer_id
+            f(0, ANY, INT16),                                            // producer_epoch
+            f(3, ANY, INT32),                                            // generation_id
+            f(3, ANY, Ty::String),                                       // member_id
+            f(3, ANY, Ty::String),                                       // group_instance_id
+            f(0, ANY, Ty::Array(&Ty::Struct(&TXN_OFFSET_COMMIT_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+// producer_id, producer_epoch, transaction_result, topics, coordinator_epoch
+static WRITABLE_TXN_MARKER: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT64),
+        f(0, ANY, INT16),
+        f(0, ANY, BOOL),
+        f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC))),
+        f(0, ANY, INT32),
+    ],
+    tagged: &[],
+};
+static WRITE_TXN_MARKERS: Message = Message {
+    name: "WriteTxnMarkers",
+    min_version: 1,
+    max_version: 1,
+    flexible_from: 1,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&WRITABLE_TXN_MARKER)))], tagged: &[] },
+};
+static LIST_TRANSACTIONS: Message = Message {
+    name: "ListTransactions",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::String)), // state_filters
+            f(0, ANY, Ty::Array(&INT64)),      // producer_id_filters
+            f(1, ANY, INT64),                  // duration_filter
+            f(2, ANY, Ty::String),             // transactional_id_pattern
+        ],
+        tagged: &[],
+    },
+};
+static DESCRIBE_TRANSACTIONS: Message = Message {
+    name: "DescribeTransactions",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::String))], tagged: &[] },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -630,6 +748,13 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::DeleteGroups => &DELETE_GROUPS,
         ApiKey::OffsetDelete => &OFFSET_DELETE,
         ApiKey::OffsetForLeaderEpoch => &OFFSET_FOR_LEADER_EPOCH,
+        ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
+        ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
+        ApiKey::EndTxn => &END_TXN,
+        ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
+        ApiKey::WriteTxnMarkers => &WRITE_TXN_MARKERS,
+        ApiKey::ListTransactions => &LIST_TRANSACTIONS,
+        ApiKey::DescribeTransactions => &DESCRIBE_TRANSACTIONS,
         _ => return None,
     })
 }
@@ -1254,6 +1379,92 @@ mod tests {
         let t = OffsetDeleteRequestTopic::default().with_name(topic("orders")).with_partitions(vec![p.clone(), p]);
         let m = OffsetDeleteRequest::default().with_group_id(group()).with_topics(vec![t.clone(), t]);
         assert_walks_exactly(ApiKey::OffsetDelete, 0, &m);
+    }
+
+    #[test]
+    fn transaction_requests_of_every_version_walk_exactly() {
+        use crate::protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+        use crate::protocol::messages::txn_offset_commit_request::{
+            TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+        };
+        use crate::protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+        let tid = || TransactionalId(str_bytes("txn-1"));
+        for v in 0..=3 {
+            let t = AddPartitionsToTxnTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![0, 1, 2])
+                .with_unknown_tagged_fields(tags(v, 3));
+            let m = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(tid())
+                .with_v3_and_below_producer_id(ProducerId(7))
+                .with_v3_and_below_producer_epoch(1)
+                .with_v3_and_below_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 3));
+            assert_walks_exactly(ApiKey::AddPartitionsToTxn, v, &m);
+        }
+        for v in 0..=4 {
+            let m = AddOffsetsToTxnRequest::default()
+                .with_transactional_id(tid())
+                .with_producer_id(ProducerId(7))
+                .with_producer_epoch(1)
+                .with_group_id(GroupId(str_bytes("g")))
+                .with_unknown_tagged_fields(tags(v, 3));
+            assert_walks_exactly(ApiKey::AddOffsetsToTxn, v, &m);
+        }
+        for v in 0..=5 {
+            let m = EndTxnRequest::default()
+                .with_transactional_id(tid())
+                .with_producer_id(ProducerId(7))
+                .with_producer_epoch(1)
+                .with_committed(true)
+                .with_unknown_tagged_fields(tags(v, 3));
+            assert_walks_exactly(ApiKey::EndTxn, v, &m);
+            let p = TxnOffsetCommitRequestPartition::default()
+                .with_partition_index(1)
+                .with_committed_offset(42)
+                .with_committed_leader_epoch(if v >= 2 { 3 } else { -1 })
+                .with_committed_metadata(Some(str_bytes("meta")))
+                .with_unknown_tagged_fields(tags(v, 3));
+            let t = TxnOffsetCommitRequestTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p.with_committed_metadata(None)])
+                .with_unknown_tagged_fields(tags(v, 3));
+            let m = TxnOffsetCommitRequest::default()
+                .with_transactional_id(tid())
+                .with_group_id(GroupId(str_bytes("g")))
+                .with_producer_id(ProducerId(7))
+                .with_producer_epoch(1)
+                .with_generation_id(if v >= 3 { 4 } else { -1 })
+                .with_member_id(str_bytes(if v >= 3 { "m-1" } else { "" }))
+                .with_group_instance_id((v >= 3).then(|| str_bytes("instance-1")))
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 3));
+            assert_walks_exactly(ApiKey::TxnOffsetCommit, v, &m);
+        }
+        let t = WritableTxnMarkerTopic::default()
+            .with_name(topic("orders"))
+            .with_partition_indexes(vec![0, 3])
+            .with_unknown_tagged_fields(tags(1, 1));
+        let marker = WritableTxnMarker::default()
+            .with_producer_id(ProducerId(7))
+            .with_producer_epoch(2)
+            .with_transaction_result(true)
+            .with_topics(vec![t.clone(), t])
+            .with_coordinator_epoch(5)
+            .with_unknown_tagged_fields(tags(1, 1));
+        let m = WriteTxnMarkersRequest::default().with_markers(vec![marker.clone(), marker]);
+        assert_walks_exactly(ApiKey::WriteTxnMarkers, 1, &m);
+        for v in 0..=2 {
+            let m = ListTransactionsRequest::default()
+                .with_state_filters(vec![str_bytes("Ongoing")])
+                .with_producer_id_filters(vec![ProducerId(1), ProducerId(2)])
+                .with_duration_filter(if v >= 1 { 1000 } else { -1 })
+                .with_transactional_id_pattern((v >= 2).then(|| str_bytes("t.*")))
+                .with_unknown_tagged_fields(tags(v, 0));
+            assert_walks_exactly(ApiKey::ListTransactions, v, &m);
+        }
+        let m = DescribeTransactionsRequest::default().with_transactional_ids(vec![tid(), tid()]);
+        assert_walks_exactly(ApiKey::DescribeTransactions, 0, &m);
     }
 
     #[test]

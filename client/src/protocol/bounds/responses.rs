@@ -787,6 +787,25 @@ static OFFSET_FOR_LEADER_EPOCH: Message = Message {
     },
 };
 
+// WriteTxnMarkers (broker to broker): markers [producer_id, topics [name, partitions
+// [partition_index, error_code]]].
+static WRITE_TXN_MARKERS_PARTITION: Struct = Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16)], tagged: &[] };
+static WRITE_TXN_MARKERS_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_PARTITION)))],
+    tagged: &[],
+};
+static WRITE_TXN_MARKERS_MARKER: Struct = Struct {
+    fields: &[f(0, ANY, INT64), f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_TOPIC)))],
+    tagged: &[],
+};
+static WRITE_TXN_MARKERS: Message = Message {
+    name: "WriteTxnMarkers",
+    min_version: 1,
+    max_version: 1,
+    flexible_from: 1,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_MARKER)))], tagged: &[] },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -812,6 +831,7 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::DeleteGroups => &DELETE_GROUPS,
         ApiKey::OffsetDelete => &OFFSET_DELETE,
         ApiKey::OffsetForLeaderEpoch => &OFFSET_FOR_LEADER_EPOCH,
+        ApiKey::WriteTxnMarkers => &WRITE_TXN_MARKERS,
         _ => return None,
     })
 }

@@ -1,0 +1,17 @@
+//! Transactions (KIP-98, KIP-447): the transaction coordinator and what partitions keep of
+//! transactions.
+//!
+//! - [`state`]: the coordinator's sans-IO state machine per transactional id.
+//! - [`store`]: the `__transaction_state` record formats (Kafka's own).
+//! - [`coordinator`]: the shell: ownership of `__transaction_state` partitions, durable state
+//!   writes, marker writing (locally or with WriteTxnMarkers), timeouts.
+//! - [`marker`]: the COMMIT/ABORT control batches.
+//! - [`tracker`]: per partition, open and aborted transactions and the last stable offset.
+
+pub mod coordinator;
+pub mod marker;
+pub mod state;
+pub mod store;
+pub mod tracker;
+
+pub use coordinator::{TransactionCoordinator, TRANSACTION_STATE_TOPIC};

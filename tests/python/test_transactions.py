@@ -1,0 +1,282 @@
+"""Transactions (KIP-98) with clients we did not write: confluent-kafka's transactional producer and
+read_committed consumer, zombie fencing, a producer killed mid-transaction (aborted by the
+coordinator's timeout), consume-transform-produce with send_offsets_to_transaction, kafka-python's
+transactional producer, a broker restart, and kcat reading read_committed."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from spatetest import (
+    DUMMY_GROUP,
+    client_config,
+    consume_assigned,
+    create_topic,
+    kcat,
+    unique_topic,
+    wait_until,
+)
+
+TXN_TIMEOUT_MS = 5_000
+
+
+def txn_producer(bootstrap: str, transactional_id: str, **extra) -> Producer:
+    p = Producer(
+        client_config(
+            bootstrap,
+            **{
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": TXN_TIMEOUT_MS,
+                "linger.ms": 5,
+                **extra,
+            },
+        )
+    )
+    p.init_transactions(30)
+    return p
+
+
+def values(messages) -> list[bytes]:
+    return [m.value() for m in messages]
+
+
+def read_committed(bootstrap: str, topic: str, partitions, expected: int, timeout_s: float = 30.0):
+    return consume_assigned(bootstrap, topic, partitions, expected, timeout_s, **{"isolation.level": "read_committed"})
+
+
+@pytest.mark.timeout(120)
+def test_committed_is_visible_aborted_never_and_order_is_kept(broker):
+    topic = unique_topic("txn")
+    create_topic(broker.bootstrap, topic, partitions=3)
+    p = txn_producer(broker.bootstrap, "txn-basic")
+    expected = []
+    for round_ in range(6):
+        p.begin_transaction()
+        batch = [f"r{round_}-{i:04d}".encode() for i in range(300)]
+        for i, v in enumerate(batch):
+            p.produce(topic, key=str(i % 7).encode(), value=v, partition=i % 3)
+        if round_ % 2 == 0:
+            p.commit_transaction(30)
+            expected.extend(batch)
+        else:
+            # Flushed first, so the aborted records are in the log (abort purges unsent ones).
+            p.flush(30)
+            p.abort_transaction(30)
+    # Plain (non-transactional) records interleave fine too.
+    plain = Producer(client_config(broker.bootstrap, **{"enable.idempotence": True}))
+    plain.produce(topic, value=b"plain", partition=0)
+    plain.flush(10)
+    expected.append(b"plain")
+
+    got = read_committed(broker.bootstrap, topic, range(3), len(expected))
+    assert sorted(values(got)) == sorted(expected), "read_committed must see exactly the committed records"
+    for part in range(3):
+        in_order = [m.value() for m in sorted(got, key=lambda m: m.offset()) if m.partition() == part]
+        mine = [v for v in expected if v != b"plain" and int(v.split(b"-")[1]) % 3 == part]
+        assert [v for v in in_order if v != b"plain"] == mine, f"partition {part} out of order"
+    # read_uncommitted (librdkafka's default is read_committed) sees the aborted records too, never
+    # control records.
+    everything = consume_assigned(
+        broker.bootstrap, topic, range(3), 6 * 300 + 1, 30.0, **{"isolation.level": "read_uncommitted"}
+    )
+    assert len(everything) == 6 * 300 + 1
+
+
+@pytest.mark.timeout(120)
+def test_open_transaction_holds_back_read_committed_until_it_commits(broker):
+    topic = unique_topic("lso")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    p = txn_producer(broker.bootstrap, "txn-lso")
+    p.begin_transaction()
+    p.produce(topic, value=b"first", partition=0)
+    p.flush(10)
+    plain = Producer(client_config(broker.bootstrap))
+    plain.produce(topic, value=b"after", partition=0)
+    plain.flush(10)
+    # The open transaction pins the LSO: nothing from its first offset on is visible, not even
+    # the plain record after it.
+    c = Consumer(client_config(broker.bootstrap, **{"group.id": DUMMY_GROUP, "isolation.level": "read_committed"}))
+    lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+    assert hi == 0, f"read_committed high offset must be the LSO 0, got {hi}"
+    c.close()
+    assert read_committed(broker.bootstrap, topic, [0], 1, timeout_s=3) == []
+    p.commit_transaction(30)
+    got = read_committed(broker.bootstrap, topic, [0], 2)
+    assert values(got) == [b"first", b"after"]
+
+
+@pytest.mark.timeout(120)
+def test_a_second_producer_fences_the_first(broker):
+    topic = unique_topic("fence")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    old = txn_producer(broker.bootstrap, "txn-zombie")
+    old.begin_transaction()
+    old.produce(topic, value=b"zombie", partition=0)
+    old.flush(10)
+    new = txn_producer(broker.bootstrap, "txn-zombie")  # aborts the old one's transaction
+    new.begin_transaction()
+    new.produce(topic, value=b"new", partition=0)
+    new.commit_transaction(30)
+    with pytest.raises(KafkaException) as raised:
+        old.produce(topic, value=b"zombie-2", partition=0)
+        old.commit_transaction(10)
+    err = raised.value.args[0]
+    assert err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH), err
+    got = read_committed(broker.bootstrap, topic, [0], 1)
+    assert values(got) == [b"new"]
+
+
+def _produce_then_hang(bootstrap: str, topic: str, ready) -> None:
+    p = Producer(
+        client_config(bootstrap, **{"transactional.id": "txn-killed", "transaction.timeout.ms": TXN_TIMEOUT_MS})
+    )
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(100):
+        p.produce(topic, value=f"doomed-{i}".encode(), partition=0)
+    p.flush(10)
+    ready.set()
+    time.sleep(600)
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_killed_mid_transaction_is_aborted_after_its_timeout(broker):
+    topic = unique_topic("killed")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_produce_then_hang, args=(broker.bootstrap, topic, ready))
+    child.start()
+    try:
+        assert ready.wait(60), "the child never produced"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.join(10)
+    plain = Producer(client_config(broker.bootstrap))
+    plain.produce(topic, value=b"later", partition=0)
+    plain.flush(10)
+    # Held back by the open transaction until the coordinator aborts it (timeout + a tick).
+    started = time.monotonic()
+    got = read_committed(broker.bootstrap, topic, [0], 1, timeout_s=40)
+    assert values(got) == [b"later"], "the aborted records must never show, the later one must"
+    assert time.monotonic() - started < 40
+    c = Consumer(client_config(broker.bootstrap, **{"group.id": DUMMY_GROUP, "isolation.level": "read_committed"}))
+    _, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+    c.close()
+    assert hi >= 102, f"the LSO must move past the aborted transaction and its marker, got {hi}"
+
+
+@pytest.mark.timeout(120)
+def test_transactions_survive_a_broker_restart(broker):
+    topic = unique_topic("restart")
+    create_topic(broker.bootstrap, topic, partitions=2)
+    p = txn_producer(broker.bootstrap, "txn-restart")
+    p.begin_transaction()
+    for i in range(50):
+        p.produce(topic, value=f"kept-{i}".encode(), partition=i % 2)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    for i in range(50):
+        p.produce(topic, value=f"gone-{i}".encode(), partition=i % 2)
+    p.abort_transaction(30)
+    p.flush(5)
+    del p
+    broker.kill9()
+    broker.restart()
+    got = read_committed(broker.bootstrap, topic, range(2), 50)
+    assert sorted(values(got)) == sorted(f"kept-{i}".encode() for i in range(50))
+    # The coordinator's state came back too: the same id initialises with a bumped epoch and works.
+    p = txn_producer(broker.bootstrap, "txn-restart")
+    p.begin_transaction()
+    p.produce(topic, value=b"again", partition=0)
+    p.commit_transaction(30)
+    got = read_committed(broker.bootstrap, topic, range(2), 51)
+    assert b"again" in values(got) and len(got) == 51
+
+
+@pytest.mark.timeout(180)
+def test_consume_transform_produce_with_offsets_in_the_transaction(broker):
+    source = unique_topic("ctp-in")
+    sink = unique_topic("ctp-out")
+    create_topic(broker.bootstrap, source, partitions=2)
+    create_topic(broker.bootstrap, sink, partitions=2)
+    n = 2_000
+    src = Producer(client_config(broker.bootstrap))
+    for i in range(n):
+        src.produce(source, value=str(i).encode(), partition=i % 2)
+    src.flush(30)
+    group = unique_topic("ctp-group")
+
+    def run(until: int, abort_last: bool) -> int:
+        consumer = Consumer(
+            client_config(
+                broker.bootstrap,
+                **{
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                },
+            )
+        )
+        consumer.subscribe([source])
+        producer = txn_producer(broker.bootstrap, "txn-ctp")
+        done = 0
+        deadline = time.monotonic() + 60
+        try:
+            while done < until and time.monotonic() < deadline:
+                msgs = consumer.consume(num_messages=200, timeout=0.5)
+                msgs = [m for m in msgs if not m.error()]
+                if not msgs:
+                    continue
+                producer.begin_transaction()
+                for m in msgs:
+                    producer.produce(sink, value=b"x" + m.value(), partition=m.partition())
+                producer.send_offsets_to_transaction(
+                    consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30
+                )
+                if abort_last and done + len(msgs) >= until:
+                    producer.abort_transaction(30)
+                    return done
+                producer.commit_transaction(30)
+                done += len(msgs)
+        finally:
+            consumer.close()
+        return done
+
+    first = run(n // 2, abort_last=True)
+    # The second instance resumes from the committed offsets: the aborted batch is redone, not lost.
+    run(n - first, abort_last=False)
+    got = read_committed(broker.bootstrap, sink, range(2), n)
+    assert sorted(int(v[1:]) for v in values(got)) == list(range(n)), "each input exactly once in the output"
+
+
+@pytest.mark.timeout(120)
+def test_kafka_python_transactional_producer_and_kcat_read_committed(broker):
+    kafka = pytest.importorskip("kafka")
+    topic = unique_topic("kp-txn")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    p = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id="kp-txn")
+    p.init_transactions()
+    p.begin_transaction()
+    for i in range(10):
+        p.send(topic, value=f"kp-{i}".encode(), partition=0)
+    p.commit_transaction()
+    p.begin_transaction()
+    p.send(topic, value=b"kp-aborted", partition=0)
+    p.abort_transaction()
+    p.close()
+    out = kcat(
+        ["-C", "-b", broker.bootstrap, "-t", topic, "-p", "0", "-o", "beginning", "-e", "-q",
+         "-X", "isolation.level=read_committed", "-X", "broker.address.family=v4"]
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().split() == [f"kp-{i}" for i in range(10)]
