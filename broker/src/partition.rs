@@ -287,6 +287,16 @@ impl Partition {
         })
     }
 
+    // STUB: replaced by the lead's version on merge
+    pub fn append_from_coordinator(
+        &self,
+        records: &Bytes,
+        batches: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
+        self.append(records, batches, now_ms)
+    }
+
     /// Fsyncs whatever is unflushed; called by the flusher thread only.
     /// A failed fsync takes the log directory offline (see `log_dir`): it is never retried.
     pub(crate) fn flush(&self) -> Result<()> {
