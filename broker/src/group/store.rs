@@ -13,8 +13,17 @@
 //! Every key and value starts with its `int16` version. A null value is a tombstone: the offset
 //! or group was deleted, and compaction eventually drops the key. Everything here is plain
 //! bytes in and out; decoding bounds every length by the bytes that remain.
+//!
+//! Transactional offset commits (KIP-98 TxnOffsetCommit) are the same offset records in a
+//! transactional batch carrying the producer's id and epoch; they count only once a COMMIT
+//! marker of that producer follows them (Kafka's `EndTransactionMarker`: a control batch whose
+//! one record has key `version: int16 = 0, type: int16` (0 = ABORT, 1 = COMMIT) and value
+//! `version: int16 = 0, coordinator_epoch: int32`); see [`control_batch`] and
+//! [`transaction_marker`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use spate_client::protocol::compression::Compression;
+use spate_client::protocol::record::{field, BatchBuilder, Record};
 
 /// What one `__consumer_offsets` record is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +344,59 @@ pub fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, StoreError> {
     Ok(GroupValue { protocol_type, generation_id, protocol_name, leader, current_state_timestamp_ms, members })
 }
 
+/// Kafka's `ControlRecordType` of a transaction marker.
+const CONTROL_TYPE_ABORT: i16 = 0;
+const CONTROL_TYPE_COMMIT: i16 = 1;
+/// The control bit of a batch's attributes (the transactional bit is set by the builder).
+const ATTR_CONTROL: i16 = 0x20;
+
+/// A transaction marker batch for `producer_id`: attributes transactional|control, the producer's
+/// id and epoch, base sequence -1 (markers take no sequence), and one record with key
+/// `[version 0, type]` (type 1 = COMMIT, 0 = ABORT) and value `[version 0, coordinator_epoch]`,
+/// stamped `timestamp_ms`. Its base offset is 0; the log assigns the real one.
+#[cfg_attr(not(test), expect(dead_code, reason = "used by the transaction marker writer, merged from main"))]
+pub(crate) fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> Bytes {
+    let mut key = BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(if commit { CONTROL_TYPE_COMMIT } else { CONTROL_TYPE_ABORT });
+    let mut value = BytesMut::with_capacity(6);
+    value.put_i16(0);
+    value.put_i32(coordinator_epoch);
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.push(&Record { key: Some(key.freeze()), value: Some(value.freeze()), headers: Vec::new(), timestamp_ms });
+    let built = builder
+        .finish(producer_id, producer_epoch, -1, true)
+        .expect("an uncompressed batch of one record always encodes");
+    // The builder has no control bit: set it and recompute the CRC, which covers the attributes.
+    let mut batch = BytesMut::from(&built[..]);
+    let attributes = i16::from_be_bytes([batch[field::ATTRIBUTES], batch[field::ATTRIBUTES + 1]]) | ATTR_CONTROL;
+    batch[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[field::ATTRIBUTES..]);
+    batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    batch.freeze()
+}
+
+/// Reads the key of a control record: `Some(true)` for a COMMIT marker, `Some(false)` for an
+/// ABORT, `None` for any other control record (or a key too short to say).
+pub(crate) fn transaction_marker(key: &[u8]) -> Option<bool> {
+    let mut r = Reader { buf: key, what: "control record key" };
+    let version = r.i16().ok()?;
+    if version < 0 {
+        return None;
+    }
+    match r.i16().ok()? {
+        CONTROL_TYPE_COMMIT => Some(true),
+        CONTROL_TYPE_ABORT => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +451,29 @@ mod tests {
         b.put_i64(0);
         b.put_i32(i32::MAX);
         assert!(decode_group_value(&b).is_err());
+    }
+
+    #[test]
+    fn control_batches_are_valid_transaction_markers() {
+        use spate_client::protocol::record::{decode_records, validate_batches};
+        for commit in [true, false] {
+            let batch = control_batch(7, 3, commit, 11, 1000);
+            let headers = validate_batches(&batch).unwrap();
+            assert_eq!(headers.len(), 1);
+            let h = headers[0];
+            assert_eq!(h.attributes, 0x30);
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence, h.records_count), (7, 3, -1, 1));
+            let mut records = Vec::new();
+            decode_records(&batch, 1 << 10, &mut records).unwrap();
+            let key = records[0].key.clone().unwrap();
+            assert_eq!(&key[..], &[0, 0, 0, commit as u8]);
+            assert_eq!(transaction_marker(&key), Some(commit));
+            let value = records[0].value.clone().unwrap();
+            assert_eq!(&value[..], &[0, 0, 0, 0, 0, 11]);
+        }
+        assert_eq!(transaction_marker(&[0, 0, 0, 5]), None);
+        assert_eq!(transaction_marker(&[0, 0]), None);
     }
 
     fn string() -> impl Strategy<Value = String> {
