@@ -1,8 +1,8 @@
 //! The group coordinator APIs: FindCoordinator (10), JoinGroup (11), Heartbeat (12),
 //! LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16), OffsetCommit (8),
-//! OffsetFetch (9), DeleteGroups (42), OffsetDelete (47). Requests are decoded here and handed
-//! to [`crate::group::GroupCoordinator`]; JoinGroup and SyncGroup answers that wait for the
-//! rebalance are [`Reply::Later`].
+//! OffsetFetch (9), TxnOffsetCommit (28), DeleteGroups (42), OffsetDelete (47). Requests are
+//! decoded here and handed to [`crate::group::GroupCoordinator`]; JoinGroup and SyncGroup
+//! answers that wait for the rebalance are [`Reply::Later`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,12 +24,16 @@ use spate_client::protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
     OffsetFetchResponseTopics,
 };
+use spate_client::protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use spate_client::protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
 use spate_client::protocol::{str_bytes, Codec, ErrorCode, StrBytes};
 use spate_client::ProtocolError;
@@ -38,7 +42,7 @@ use uuid::Uuid;
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::group::coordinator::{wait_all_durable, CommitPartition, DurableWait, PendingCommit, Wait};
-use crate::group::state::{JoinRequest, JoinResult, LeavingMember, SyncResult};
+use crate::group::state::{FetchedOffset, JoinRequest, JoinResult, LeavingMember, SyncResult};
 use crate::group::store::OffsetValue;
 use crate::group::OFFSETS_TOPIC;
 use crate::txn::TRANSACTION_STATE_TOPIC;
@@ -375,11 +379,68 @@ pub(super) fn offset_commit(
     }))
 }
 
-/// One topic's partitions and their committed offsets (`None`: nothing committed).
-type TopicOffsets = (String, Vec<(i32, Option<OffsetValue>)>);
+pub(super) fn txn_offset_commit(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: TxnOffsetCommitRequest = decode("TxnOffsetCommit request", ctx, body)?;
+    let mut partitions = Vec::new();
+    for t in &request.topics {
+        for p in &t.partitions {
+            partitions.push(CommitPartition {
+                topic: t.name.to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: if ctx.version >= 2 { p.committed_leader_epoch } else { -1 },
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+            });
+        }
+    }
+    // Before v3 there is no member identity: generation -1 and an empty member id skip the
+    // member checks (KIP-447 added them).
+    let (errors, pending) = broker.groups.txn_offset_commit(
+        broker,
+        &request.group_id,
+        request.producer_id.0,
+        request.producer_epoch,
+        if ctx.version >= 3 { request.generation_id } else { -1 },
+        if ctx.version >= 3 { &request.member_id } else { "" },
+        if ctx.version >= 3 { request.group_instance_id.as_deref() } else { None },
+        partitions,
+        now_ms(),
+    );
+    let mut errors = errors.into_iter();
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| {
+            TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        TxnOffsetCommitResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(errors.next().map_or(0, |e| e.0))
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let response = TxnOffsetCommitResponse::default().with_topics(topics);
+    Ok(after_durable(ctx, pending.map(PendingCommit::outcome), response, |r, code| {
+        for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()).filter(|p| p.error_code == 0) {
+            p.error_code = code.0;
+        }
+    }))
+}
+
+/// One topic's partitions and their committed offsets (`Ok(None)`: nothing committed) or
+/// errors.
+type TopicOffsets = (String, Vec<(i32, Result<Option<OffsetValue>, ErrorCode>)>);
 
 /// Committed offsets grouped by topic, in first-seen order.
-fn by_topic(offsets: Vec<(String, i32, Option<OffsetValue>)>) -> Vec<TopicOffsets> {
+fn by_topic(offsets: Vec<FetchedOffset>) -> Vec<TopicOffsets> {
     let mut out: Vec<TopicOffsets> = Vec::new();
     for (topic, partition, value) in offsets {
         match out.iter_mut().find(|(t, _)| *t == topic) {
@@ -390,10 +451,13 @@ fn by_topic(offsets: Vec<(String, i32, Option<OffsetValue>)>) -> Vec<TopicOffset
     out
 }
 
-fn offset_fields(value: Option<OffsetValue>, version: i16) -> (i64, i32, Option<StrBytes>) {
+/// A partition's offset, leader epoch, metadata and error code; an error (UNSTABLE_OFFSET_COMMIT)
+/// answers offset -1 with empty metadata, as Kafka does.
+fn offset_fields(value: Result<Option<OffsetValue>, ErrorCode>, version: i16) -> (i64, i32, Option<StrBytes>, i16) {
     match value {
-        Some(v) => (v.offset, if version >= 5 { v.leader_epoch } else { -1 }, Some(str_bytes(v.metadata))),
-        None => (-1, -1, Some(str_bytes(""))),
+        Ok(Some(v)) => (v.offset, if version >= 5 { v.leader_epoch } else { -1 }, Some(str_bytes(v.metadata)), 0),
+        Ok(None) => (-1, -1, Some(str_bytes("")), 0),
+        Err(code) => (-1, -1, Some(str_bytes("")), code.0),
     }
 }
 
@@ -406,6 +470,8 @@ pub(super) fn offset_fetch(
 ) -> Result<Reply, ProtocolError> {
     let request: OffsetFetchRequest = decode("OffsetFetch request", ctx, body)?;
     let v = ctx.version;
+    // v7+: a read_committed consumer asks not to be given offsets a transaction may still change.
+    let require_stable = v >= 7 && request.require_stable;
     let broker = broker.clone();
     let ctx = owned_ctx(ctx);
     // Later: a group's commits still in flight are waited for (see `GroupCoordinator::fetch_offsets`).
@@ -423,7 +489,8 @@ pub(super) fn offset_fetch(
         return Ok(Reply::Later(Box::pin(async move {
             let mut out = Vec::with_capacity(groups.len());
             for (group_id, wanted) in groups {
-                let offsets = match broker.groups.fetch_offsets(&broker, &group_id, wanted.as_deref()).await {
+                let fetched = broker.groups.fetch_offsets(&broker, &group_id, wanted.as_deref(), require_stable).await;
+                let offsets = match fetched {
                     Ok(offsets) => offsets,
                     Err(code) => {
                         out.push(OffsetFetchResponseGroup::default().with_group_id(group_id).with_error_code(code.0));
@@ -436,12 +503,13 @@ pub(super) fn offset_fetch(
                         OffsetFetchResponseTopics::default().with_name(TopicName(str_bytes(topic))).with_partitions(
                             ps.into_iter()
                                 .map(|(p, value)| {
-                                    let (offset, epoch, metadata) = offset_fields(value, v);
+                                    let (offset, epoch, metadata, error) = offset_fields(value, v);
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(offset)
                                         .with_committed_leader_epoch(epoch)
                                         .with_metadata(metadata)
+                                        .with_error_code(error)
                                 })
                                 .collect(),
                         )
@@ -458,7 +526,7 @@ pub(super) fn offset_fetch(
         .map(|ts| ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.to_string(), *p))).collect());
     let group_id = request.group_id;
     Ok(Reply::Later(Box::pin(async move {
-        let offsets = match broker.groups.fetch_offsets(&broker, &group_id, wanted.as_deref()).await {
+        let offsets = match broker.groups.fetch_offsets(&broker, &group_id, wanted.as_deref(), require_stable).await {
             Ok(offsets) => offsets,
             Err(code) => {
                 // v2+ has a top-level error; v1 clients see it per partition.
@@ -488,12 +556,13 @@ pub(super) fn offset_fetch(
                 OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(topic))).with_partitions(
                     ps.into_iter()
                         .map(|(p, value)| {
-                            let (offset, epoch, metadata) = offset_fields(value, v);
+                            let (offset, epoch, metadata, error) = offset_fields(value, v);
                             OffsetFetchResponsePartition::default()
                                 .with_partition_index(p)
                                 .with_committed_offset(offset)
                                 .with_committed_leader_epoch(epoch)
                                 .with_metadata(metadata)
+                                .with_error_code(error)
                         })
                         .collect(),
                 )

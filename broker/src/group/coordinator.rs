@@ -12,6 +12,13 @@
 //! Offsets: an OffsetCommit is staged when appended, answered once the high watermark passes
 //! its record while this broker still leads the partition in the same leader epoch, and only
 //! then shown to OffsetFetch (Kafka's pending offset commits).
+//!
+//! Transactional offsets (TxnOffsetCommit, KIP-98/KIP-447): appended as one transactional batch
+//! of the producer (through the same appender thread, with `Partition::append_from_coordinator`),
+//! answered once durable, and held pending per producer until that producer's COMMIT or ABORT
+//! marker is in the partition ([`GroupCoordinator::complete_txn`]; on a replay, the marker's
+//! control batch). OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT for a
+//! partition with offsets pending in a transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +33,10 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use super::state::{
-    Answer, CommitPlan, Completion, Effects, GroupConfig, GroupDescription, GroupState, JoinRequest, JoinResult,
-    LeavingMember, StagedCommit, SyncResult, WaiterId,
+    Answer, CommitPlan, Completion, Effects, FetchedOffset, GroupConfig, GroupDescription, GroupState, JoinRequest,
+    JoinResult, LeavingMember, SyncResult, WaiterId,
 };
-use super::store::{OffsetValue, StoreRecord};
+use super::store::{transaction_marker, OffsetValue, StoreRecord};
 use super::{partition_for, OFFSETS_TOPIC};
 use crate::broker::{now_ms, Broker};
 use crate::config::{BrokerConfig, FlushMode};
@@ -160,9 +167,15 @@ struct AppendJob {
     leader_epoch: i32,
     batch: Bytes,
     headers: Vec<BatchHeader>,
+    /// A transactional batch: appended as the coordinator's (no sequence checks; the partition
+    /// records the open transaction).
+    transactional: bool,
     now_ms: i64,
     done: Option<oneshot::Sender<Result<i64>>>,
 }
+
+/// The producer of a transactional append: `(producer_id, producer_epoch)`.
+type TxnProducer = (i64, i16);
 
 pub fn group_config(config: &BrokerConfig) -> GroupConfig {
     GroupConfig {
@@ -183,6 +196,8 @@ fn storage_error_code(err: &BrokerError) -> ErrorCode {
         BrokerError::Controller { code, .. } if *code == ErrorCode::NOT_COORDINATOR => ErrorCode::NOT_COORDINATOR,
         // The replica stopped leading between the queueing and the append.
         BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NOT_COORDINATOR,
+        // A transactional append by a fenced producer: Kafka passes the producer's error on.
+        BrokerError::ProducerState(_) => err.code(),
         _ => ErrorCode::COORDINATOR_NOT_AVAILABLE,
     }
 }
@@ -275,6 +290,8 @@ fn run_appender(jobs: mpsc::Receiver<AppendJob>, flusher: Arc<Flusher>, flush_mo
         let p = &job.partition;
         let result = if !p.is_leader() || p.leader_epoch() != job.leader_epoch {
             Err(not_coordinator(p.tp.partition))
+        } else if job.transactional {
+            p.append_from_coordinator(&job.batch, &job.headers, job.now_ms).map(|outcome| outcome.last_offset)
         } else {
             p.append(&job.batch, &job.headers, job.now_ms).map(|outcome| outcome.last_offset)
         };
@@ -313,9 +330,31 @@ fn load_groups(shared: &Shared, job: LoadJob) {
             hook(job.index);
         }
         let mut loaded = GroupState::new(job.config.clone());
-        match replay_partition(&job.partition, &mut loaded, now_ms()) {
-            Ok(records) => {
-                let mut inner = shared.lock();
+        let mut from = job.partition.offsets().log_start_offset;
+        let mut records = 0;
+        let result = loop {
+            match replay_partition(&job.partition, &mut loaded, from, now_ms()) {
+                Ok((count, end)) => {
+                    records += count;
+                    from = end;
+                }
+                Err(err) => break Err(err),
+            }
+            let inner = shared.lock();
+            // Transaction markers may be appended while the groups load (the coordinator itself
+            // appends nothing then), and `complete_txn` leaves a loading partition to the
+            // replay: take over only once the replay reached the log end. The check and the
+            // takeover share one hold of the lock, so a marker appended after the check has its
+            // `complete_txn` (which takes the lock) find the groups loaded.
+            let superseded = inner.owned.get(&job.index) != Some(&expected)
+                || !job.partition.is_leader()
+                || job.partition.leader_epoch() != job.leader_epoch;
+            if superseded || job.partition.offsets().log_end_offset <= from {
+                break Ok(inner);
+            }
+        };
+        match result {
+            Ok(mut inner) => {
                 let current = job.partition.is_leader() && job.partition.leader_epoch() == job.leader_epoch;
                 if inner.owned.get(&job.index) != Some(&expected) || !current {
                     // The next image unloads or reloads it.
@@ -471,6 +510,7 @@ impl GroupCoordinator {
         records: &[StoreRecord],
         now_ms: i64,
         wait: bool,
+        txn: Option<TxnProducer>,
     ) -> Result<Vec<DurableWait>> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -499,7 +539,13 @@ impl GroupCoordinator {
                 .flatten()
                 .filter(|p| p.is_leader() && p.leader_epoch() == leader_epoch)
                 .ok_or_else(|| not_coordinator(index))?;
-            let batch = builder.finish(-1, -1, -1, false).map_err(|e| BrokerError::InvalidRecord {
+            // A transactional batch starts at sequence 0: the coordinator's appends are not
+            // sequence-checked (Kafka's `AppendOrigin.COORDINATOR`).
+            let built = match txn {
+                Some((producer_id, producer_epoch)) => builder.finish(producer_id, producer_epoch, 0, true),
+                None => builder.finish(-1, -1, -1, false),
+            };
+            let batch = built.map_err(|e| BrokerError::InvalidRecord {
                 topic: OFFSETS_TOPIC.into(),
                 partition: index,
                 reason: e.to_string(),
@@ -538,7 +584,15 @@ impl GroupCoordinator {
             } else {
                 (None, None)
             };
-            let job = AppendJob { partition: partition.clone(), leader_epoch, batch, headers, now_ms, done };
+            let job = AppendJob {
+                partition: partition.clone(),
+                leader_epoch,
+                batch,
+                headers,
+                transactional: txn.is_some(),
+                now_ms,
+                done,
+            };
             if appender.send(job).is_err() {
                 return Err(BrokerError::Controller {
                     code: ErrorCode::COORDINATOR_NOT_AVAILABLE,
@@ -558,7 +612,7 @@ impl GroupCoordinator {
     fn finish(&self, broker: &Broker, inner: &mut Inner, mut effects: Effects, now_ms: i64) {
         if !effects.records.is_empty() {
             shrink_oversized_group_records(&mut effects.records, broker.config.message_max_bytes as usize);
-            if let Err(err) = self.append(broker, inner, &effects.records, now_ms, false) {
+            if let Err(err) = self.append(broker, inner, &effects.records, now_ms, false, None) {
                 // Group metadata is rebuilt by members rejoining; a lost record costs a rebalance
                 // after a restart, never a wrong answer now.
                 warn!(error = %err, "appending group metadata to {OFFSETS_TOPIC} failed");
@@ -678,49 +732,17 @@ impl GroupCoordinator {
         if let Err(code) = inner.state.validate_commit(group_id, generation_id, member_id, group_instance_id, now_ms) {
             return (partitions.iter().map(|_| code).collect(), None);
         }
-        let max_metadata = inner.state.config().offset_metadata_max_bytes;
-        let mut errors = Vec::with_capacity(partitions.len());
-        let mut plan = CommitPlan { group_id: group_id.to_string(), offsets: Vec::new() };
-        let image = broker.image();
-        for p in partitions {
-            let metadata = p.metadata.unwrap_or_default();
-            let code = if image.partition(&p.topic, p.partition).is_none() {
-                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
-            } else if metadata.len() > max_metadata {
-                ErrorCode::OFFSET_METADATA_TOO_LARGE
-            } else {
-                plan.offsets.push((
-                    p.topic,
-                    p.partition,
-                    OffsetValue {
-                        offset: p.offset,
-                        leader_epoch: p.leader_epoch,
-                        metadata,
-                        commit_timestamp_ms: now_ms,
-                        expire_timestamp_ms: None,
-                    },
-                ));
-                ErrorCode::NONE
-            };
-            errors.push(code);
-        }
+        let (errors, plan) = commit_plan(broker, &inner.state, group_id, partitions, now_ms);
         if plan.offsets.is_empty() {
             return (errors, None);
         }
-        let records: Vec<StoreRecord> = plan
-            .offsets
-            .iter()
-            .map(|(topic, partition, value)| StoreRecord::Offset {
-                group: group_id.to_string(),
-                topic: topic.clone(),
-                partition: *partition,
-                value: Some(value.clone()),
-            })
-            .collect();
-        match self.append(broker, &inner, &records, now_ms, true) {
+        let records = offset_records(&plan);
+        match self.append(broker, &inner, &records, now_ms, true, None) {
             Ok(waits) => {
                 let staged = inner.state.stage_commit(plan);
-                (errors, Some(self.resolve_when_durable(staged, waits)))
+                let pending =
+                    self.resolve_when_durable(waits, move |state, durable| state.complete_commit(staged, durable));
+                (errors, Some(pending))
             }
             Err(err) => {
                 warn!(group = group_id, error = %err, "offset commit append failed");
@@ -730,14 +752,94 @@ impl GroupCoordinator {
         }
     }
 
+    /// TxnOffsetCommit: one error per partition (in request order), and the append to wait for
+    /// when any was accepted. The offsets go to `__consumer_offsets` as one transactional batch
+    /// of `producer_id`/`producer_epoch` and stay pending for that producer (never shown by
+    /// OffsetFetch) until its marker comes ([`GroupCoordinator::complete_txn`]). The group is
+    /// created Empty if it does not exist; member, instance and generation are checked when
+    /// given (KIP-447).
+    #[expect(clippy::too_many_arguments, reason = "one argument per TxnOffsetCommit field")]
+    pub fn txn_offset_commit(
+        &self,
+        broker: &Broker,
+        group_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        partitions: Vec<CommitPartition>,
+        now_ms: i64,
+    ) -> (Vec<ErrorCode>, Option<PendingCommit>) {
+        let mut inner = self.lock();
+        if let Err(code) = self.owns(broker, &inner, group_id) {
+            return (partitions.iter().map(|_| code).collect(), None);
+        }
+        let validated = inner.state.validate_txn_commit(group_id, generation_id, member_id, group_instance_id, now_ms);
+        if let Err(code) = validated {
+            return (partitions.iter().map(|_| code).collect(), None);
+        }
+        let (errors, plan) = commit_plan(broker, &inner.state, group_id, partitions, now_ms);
+        if plan.offsets.is_empty() {
+            return (errors, None);
+        }
+        let records = offset_records(&plan);
+        match self.append(broker, &inner, &records, now_ms, true, Some((producer_id, producer_epoch))) {
+            Ok(waits) => {
+                let staged = inner.state.stage_txn_commit(plan, producer_id);
+                let pending =
+                    self.resolve_when_durable(waits, move |state, durable| state.complete_txn_commit(staged, durable));
+                (errors, Some(pending))
+            }
+            Err(err) => {
+                warn!(group = group_id, producer_id, error = %err, "transactional offset commit append failed");
+                let code = storage_error_code(&err);
+                (errors.into_iter().map(|e| if e.is_ok() { code } else { e }).collect(), None)
+            }
+        }
+    }
+
+    /// `producer_id`'s COMMIT (`commit`) or ABORT marker was appended to
+    /// `__consumer_offsets-<offsets_partition>`: its pending transactional offsets in that
+    /// partition's groups become committed (each unless a later-appended commit of the same
+    /// partition is there) or are dropped, and OffsetFetch requests waiting are woken. Call it
+    /// once the marker is in the log (Kafka calls it once the marker is durable). A partition
+    /// whose groups are still loading is left to the loader, which replays up to the log end,
+    /// markers included, before taking over.
+    pub fn complete_txn(&self, broker: &Broker, offsets_partition: i32, producer_id: i64, commit: bool) {
+        let count = broker.image().topics.get(OFFSETS_TOPIC).map_or(0, |t| t.partitions.len() as i32);
+        {
+            let mut inner = self.lock();
+            if !inner.owned.get(&offsets_partition).is_some_and(|o| o.loaded) {
+                return;
+            }
+            let completed =
+                inner.state.complete_txn(producer_id, commit, |group| partition_for(group, count) == offsets_partition);
+            if completed > 0 {
+                info!(
+                    partition = offsets_partition,
+                    producer_id,
+                    commit,
+                    offsets = completed,
+                    "transactional offsets completed"
+                );
+            }
+        }
+        self.shared.wake_fetches();
+    }
+
     /// Resolves a staged commit on its own task (so it resolves even if the committing
-    /// connection goes away): shown once durable, dropped otherwise.
-    fn resolve_when_durable(&self, staged: StagedCommit, waits: Vec<DurableWait>) -> PendingCommit {
+    /// connection goes away): `complete` is told whether the appends became durable.
+    fn resolve_when_durable(
+        &self,
+        waits: Vec<DurableWait>,
+        complete: impl FnOnce(&mut GroupState, bool) + Send + 'static,
+    ) -> PendingCommit {
         let (tx, answer) = oneshot::channel();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let result = wait_all_durable(waits).await;
-            shared.lock().state.complete_commit(staged, result.is_ok());
+            complete(&mut shared.lock().state, result.is_ok());
             shared.wake_fetches();
             let _ = tx.send(result);
         });
@@ -746,13 +848,16 @@ impl GroupCoordinator {
 
     /// OffsetFetch for one group. Commits of the asked partitions still in flight are waited
     /// for (bounded by their own timeout): Kafka serves a connection's requests one at a time,
-    /// so a client's OffsetFetch sent right after its OffsetCommit sees that commit.
+    /// so a client's OffsetFetch sent right after its OffsetCommit sees that commit. Offsets
+    /// pending in a transaction are not waited for: with `require_stable` their partitions
+    /// answer UNSTABLE_OFFSET_COMMIT, without it the last committed offset is returned.
     pub async fn fetch_offsets(
         &self,
         broker: &Broker,
         group_id: &str,
         partitions: Option<&[(String, i32)]>,
-    ) -> std::result::Result<Vec<(String, i32, Option<OffsetValue>)>, ErrorCode> {
+        require_stable: bool,
+    ) -> std::result::Result<Vec<FetchedOffset>, ErrorCode> {
         let deadline = tokio::time::Instant::now() + COMMIT_DURABLE_TIMEOUT;
         let mut resolved = self.shared.resolved.subscribe();
         loop {
@@ -760,7 +865,7 @@ impl GroupCoordinator {
                 let inner = self.lock();
                 self.owns(broker, &inner, group_id)?;
                 if !inner.state.has_pending_offsets(group_id, partitions) || tokio::time::Instant::now() >= deadline {
-                    return Ok(inner.state.fetch_offsets(group_id, partitions));
+                    return Ok(inner.state.fetch_offsets(group_id, partitions, require_stable));
                 }
             }
             let _ = tokio::time::timeout_at(deadline, resolved.changed()).await;
@@ -807,7 +912,7 @@ impl GroupCoordinator {
                 Err(code) => errors.push(code),
             }
         }
-        match self.append(broker, &inner, &records, now_ms, true) {
+        match self.append(broker, &inner, &records, now_ms, true, None) {
             Ok(waits) => (errors, waits),
             Err(err) => {
                 // The groups are gone from memory; without their tombstones they would come back
@@ -833,7 +938,7 @@ impl GroupCoordinator {
         }
         match inner.state.delete_offsets(group_id, partitions) {
             Err(code) => (Err(code), Vec::new()),
-            Ok((errors, records)) => match self.append(broker, &inner, &records, now_ms, true) {
+            Ok((errors, records)) => match self.append(broker, &inner, &records, now_ms, true, None) {
                 Ok(waits) => (Ok(errors), waits),
                 Err(err) => {
                     warn!(group = group_id, error = %err, "appending offset tombstones failed");
@@ -849,6 +954,57 @@ impl GroupCoordinator {
         let effects = inner.state.tick(now_ms);
         self.finish(broker, &mut inner, effects, now_ms);
     }
+}
+
+/// Checks each partition of an OffsetCommit or TxnOffsetCommit (the topic exists, the metadata
+/// fits): one error per partition, and the offsets accepted.
+fn commit_plan(
+    broker: &Broker,
+    state: &GroupState,
+    group_id: &str,
+    partitions: Vec<CommitPartition>,
+    now_ms: i64,
+) -> (Vec<ErrorCode>, CommitPlan) {
+    let max_metadata = state.config().offset_metadata_max_bytes;
+    let mut errors = Vec::with_capacity(partitions.len());
+    let mut plan = CommitPlan { group_id: group_id.to_string(), offsets: Vec::new() };
+    let image = broker.image();
+    for p in partitions {
+        let metadata = p.metadata.unwrap_or_default();
+        let code = if image.partition(&p.topic, p.partition).is_none() {
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+        } else if metadata.len() > max_metadata {
+            ErrorCode::OFFSET_METADATA_TOO_LARGE
+        } else {
+            plan.offsets.push((
+                p.topic,
+                p.partition,
+                OffsetValue {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata,
+                    commit_timestamp_ms: now_ms,
+                    expire_timestamp_ms: None,
+                },
+            ));
+            ErrorCode::NONE
+        };
+        errors.push(code);
+    }
+    (errors, plan)
+}
+
+/// The `__consumer_offsets` records of a commit plan.
+fn offset_records(plan: &CommitPlan) -> Vec<StoreRecord> {
+    plan.offsets
+        .iter()
+        .map(|(topic, partition, value)| StoreRecord::Offset {
+            group: plan.group_id.clone(),
+            topic: topic.clone(),
+            partition: *partition,
+            value: Some(value.clone()),
+        })
+        .collect()
 }
 
 /// A group record whose member blobs would not fit one batch keeps its members without them:
@@ -867,10 +1023,13 @@ fn shrink_oversized_group_records(records: &mut [StoreRecord], max_bytes: usize)
     }
 }
 
-/// Replays one partition into `state`; returns the records read.
-fn replay_partition(p: &Partition, state: &mut GroupState, now_ms: i64) -> Result<usize> {
+/// Replays one partition into `state` from offset `from` to the log end as it is now; returns
+/// the records read and the offset it stopped at. Offset records of a transactional batch are
+/// held pending for its producer; that producer's COMMIT or ABORT marker (a control batch)
+/// applies or drops them.
+fn replay_partition(p: &Partition, state: &mut GroupState, from: i64, now_ms: i64) -> Result<(usize, i64)> {
     let offsets = p.offsets();
-    let mut offset = offsets.log_start_offset;
+    let mut offset = from.max(offsets.log_start_offset);
     // To the log end: a new leader's whole log becomes committed as its followers copy it, and
     // commits acknowledged under the old leader may lie above this replica's high watermark.
     let end = offsets.log_end_offset;
@@ -880,18 +1039,33 @@ fn replay_partition(p: &Partition, state: &mut GroupState, now_ms: i64) -> Resul
         let mut next = offset;
         for (position, header) in BatchIter::new(&bytes) {
             next = header.last_offset() + 1;
-            if header.is_control() {
-                continue;
-            }
             let batch = bytes.slice(position..position + header.total_bytes());
             let mut records = Vec::new();
             if let Err(err) = decode_records(&batch, LOAD_MAX_DECOMPRESSED_BYTES, &mut records) {
                 warn!(partition = %p.tp, offset = header.base_offset, error = %err, "skipping undecodable batch");
                 continue;
             }
+            if header.is_control() {
+                // A marker's batch holds exactly one control record.
+                let marker = records.first().filter(|r| r.offset >= offset).and_then(|r| r.key.as_deref());
+                match marker.map(transaction_marker) {
+                    Some(Some(commit)) => {
+                        state.complete_txn(header.producer_id, commit, |_| true);
+                    }
+                    Some(None) => {
+                        warn!(partition = %p.tp, offset = header.base_offset, "skipping unknown control record")
+                    }
+                    None => {}
+                }
+                continue;
+            }
             for r in records.into_iter().filter(|r| r.offset >= offset) {
                 let Some(key) = r.key else { continue };
                 match StoreRecord::decode(&key, r.value.as_deref()) {
+                    Ok(record) if header.is_transactional() => {
+                        state.load_transactional(header.producer_id, record, now_ms);
+                        loaded += 1;
+                    }
                     Ok(record) => {
                         state.load(record, now_ms);
                         loaded += 1;
@@ -906,7 +1080,7 @@ fn replay_partition(p: &Partition, state: &mut GroupState, now_ms: i64) -> Resul
         }
         offset = next;
     }
-    Ok(loaded)
+    Ok((loaded, end))
 }
 
 #[cfg(test)]
@@ -954,6 +1128,181 @@ mod tests {
         p.make_leader(&image(&[1, 2], &[1, 2], 1, 3, 3), None, 0).unwrap();
         let wait = durable_wait(&p, last, 1);
         assert_eq!(wait_durable(wait, soon()).await, Err(ErrorCode::NOT_COORDINATOR));
+    }
+
+    /// One batch of offset records `(group, partition of topic "t", offset)`, transactional
+    /// when `producer` is given.
+    fn offsets_batch(offsets: &[(&str, i32, i64)], producer: Option<(i64, i16)>) -> Bytes {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for &(group, partition, offset) in offsets {
+            let value = OffsetValue {
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: 0,
+                expire_timestamp_ms: None,
+            };
+            let record = StoreRecord::Offset { group: group.into(), topic: "t".into(), partition, value: Some(value) };
+            let (key, value) = record.encode();
+            builder.push(&Record { key: Some(key), value, headers: Vec::new(), timestamp_ms: 0 });
+        }
+        match producer {
+            Some((id, epoch)) => builder.finish(id, epoch, 0, true).unwrap(),
+            None => builder.finish(-1, -1, -1, false).unwrap(),
+        }
+    }
+
+    /// Appends `batch` at the log end as a follower of epoch 1 would (no producer checks, so
+    /// control batches go in as a leader's markers would).
+    fn append_replicated(p: &Partition, batch: Bytes) {
+        let mut batch = bytes::BytesMut::from(&batch[..]);
+        spate_client::protocol::record::set_base_offset(&mut batch, p.offsets().log_end_offset);
+        spate_client::protocol::record::set_partition_leader_epoch(&mut batch, 1);
+        p.append_as_follower(&batch.freeze(), 1, 0).unwrap();
+    }
+
+    fn stable(state: &GroupState, group: &str, partition: i32) -> std::result::Result<Option<i64>, ErrorCode> {
+        let (_, _, result) = state.fetch_offsets(group, Some(&[("t".into(), partition)]), true).remove(0);
+        result.map(|v| v.map(|v| v.offset))
+    }
+
+    #[test]
+    fn replay_holds_transactional_offsets_until_their_markers() {
+        use crate::txn::marker::control_batch;
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path(), 1);
+        p.make_follower(&image(&[1, 2], &[1, 2], 2, 1, 1));
+        append_replicated(&p, offsets_batch(&[("g", 0, 1)], None));
+        append_replicated(&p, offsets_batch(&[("g", 0, 2), ("g", 1, 3)], Some((7, 0))));
+        append_replicated(&p, offsets_batch(&[("g", 2, 4)], Some((8, 0))));
+        // A plain commit of partition 1 after producer 7's: it stays when 7 commits.
+        append_replicated(&p, offsets_batch(&[("g", 1, 5)], None));
+        append_replicated(&p, control_batch(7, 0, true, 0, 0));
+        append_replicated(&p, control_batch(8, 0, false, 0, 0));
+        // Producer 9's transaction is still open at the log end.
+        append_replicated(&p, offsets_batch(&[("g", 3, 6)], Some((9, 0))));
+        // A group known only from a committed transaction.
+        append_replicated(&p, offsets_batch(&[("h", 0, 7)], Some((10, 0))));
+        append_replicated(&p, control_batch(10, 0, true, 0, 0));
+
+        let mut state = GroupState::new(GroupConfig::default());
+        let (records, end) = replay_partition(&p, &mut state, 0, 0).unwrap();
+        assert_eq!((records, end), (7, p.offsets().log_end_offset));
+        assert_eq!(stable(&state, "g", 0), Ok(Some(2)));
+        assert_eq!(stable(&state, "g", 1), Ok(Some(5)));
+        assert_eq!(stable(&state, "g", 2), Ok(None));
+        assert_eq!(stable(&state, "g", 3), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+        assert_eq!(state.fetch_offsets("g", Some(&[("t".into(), 3)]), false)[0].2, Ok(None));
+        assert_eq!(stable(&state, "h", 0), Ok(Some(7)));
+
+        // Producer 9's marker arrives after the replay reached the end: replaying on from there
+        // (as the loader does before taking over) applies it.
+        append_replicated(&p, control_batch(9, 0, true, 0, 0));
+        let (records, end) = replay_partition(&p, &mut state, end, 0).unwrap();
+        assert_eq!((records, end), (0, p.offsets().log_end_offset));
+        assert_eq!(stable(&state, "g", 3), Ok(Some(6)));
+    }
+
+    /// A single-node broker with `__consumer_offsets` of one partition and a topic "t",
+    /// serving until the sender is dropped or sent to.
+    async fn start_broker(dir: &std::path::Path) -> (Arc<Broker>, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = BrokerConfig {
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            data_dir: dir.to_path_buf(),
+            offsets_topic_num_partitions: 1,
+            ..Default::default()
+        };
+        let server = crate::Server::start(config).await.unwrap();
+        let broker = server.broker.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        if broker.topic("t").is_none() {
+            broker.create_topic("t", 2, -1, BTreeMap::new()).await.unwrap();
+        }
+        broker.groups.ensure_offsets_topic(&broker).await.unwrap();
+        // Loaded once an OffsetFetch is answered.
+        while broker.groups.fetch_offsets(&broker, "g", None, false).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (broker, stop, task)
+    }
+
+    fn commit_partition(partition: i32, offset: i64) -> CommitPartition {
+        CommitPartition { topic: "t".into(), partition, offset, leader_epoch: -1, metadata: None }
+    }
+
+    async fn fetched(
+        broker: &Broker,
+        partition: i32,
+        require_stable: bool,
+    ) -> std::result::Result<Option<i64>, ErrorCode> {
+        let wanted = [("t".to_string(), partition)];
+        let mut offsets = broker.groups.fetch_offsets(broker, "g", Some(&wanted), require_stable).await.unwrap();
+        offsets.remove(0).2.map(|v| v.map(|v| v.offset))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transactional_commit_is_one_transactional_batch_pending_until_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, stop, task) = start_broker(dir.path()).await;
+        let groups = &broker.groups;
+        let (errors, pending) = groups.txn_offset_commit(
+            &broker,
+            "g",
+            42,
+            3,
+            -1,
+            "",
+            None,
+            vec![commit_partition(0, 10), commit_partition(1, 11), commit_partition(9, 1)],
+            now_ms(),
+        );
+        assert_eq!(errors, vec![ErrorCode::NONE, ErrorCode::NONE, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION]);
+        assert_eq!(pending.unwrap().outcome().await, Ok(()));
+        // One transactional batch of the producer, at sequence 0.
+        let p = broker.partition(OFFSETS_TOPIC, 0).unwrap();
+        let bytes = p.read(0, 1 << 20, p.offsets().log_end_offset).unwrap();
+        let headers: Vec<BatchHeader> = BatchIter::new(&bytes).map(|(_, h)| h).collect();
+        let txn: Vec<&BatchHeader> = headers.iter().filter(|h| h.is_transactional()).collect();
+        assert_eq!(txn.len(), 1);
+        assert_eq!(
+            (txn[0].producer_id, txn[0].producer_epoch, txn[0].base_sequence, txn[0].records_count),
+            (42, 3, 0, 2)
+        );
+        // Durable, but pending until the marker.
+        assert_eq!(fetched(&broker, 0, false).await, Ok(None));
+        assert_eq!(fetched(&broker, 0, true).await, Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+        // An unknown member of a group that exists is refused (KIP-447 identity).
+        let (errors, pending) =
+            groups.txn_offset_commit(&broker, "g", 42, 3, 1, "ghost", None, vec![commit_partition(0, 12)], now_ms());
+        assert_eq!((errors, pending.is_none()), (vec![ErrorCode::UNKNOWN_MEMBER_ID], true));
+
+        // Restarted without a marker: the replay keeps the transaction open.
+        let _ = stop.send(());
+        task.await.unwrap();
+        drop(broker);
+        let (broker, stop, task) = start_broker(dir.path()).await;
+        assert_eq!(fetched(&broker, 1, true).await, Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+        // The COMMIT marker: both offsets apply.
+        broker.groups.complete_txn(&broker, 0, 42, true);
+        assert_eq!(fetched(&broker, 0, true).await, Ok(Some(10)));
+        assert_eq!(fetched(&broker, 1, true).await, Ok(Some(11)));
+        // An aborted one leaves the committed offsets as they were.
+        let (_, pending) =
+            broker.groups.txn_offset_commit(&broker, "g", 43, 0, -1, "", None, vec![commit_partition(0, 20)], now_ms());
+        assert_eq!(pending.unwrap().outcome().await, Ok(()));
+        broker.groups.complete_txn(&broker, 0, 43, false);
+        assert_eq!(fetched(&broker, 0, true).await, Ok(Some(10)));
+        let _ = stop.send(());
+        task.await.unwrap();
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! The transitions follow Kafka's `GroupCoordinator` (Empty → PreparingRebalance →
 //! CompletingRebalance → Stable, and Dead once deleted), including its error codes, so every
 //! client that works against Kafka works here.
+//!
+//! Offsets: a committed offset remembers its place in the log order ([`Committed::position`]),
+//! so that of two commits of one partition the one appended later wins whichever resolves
+//! first. Transactional offsets (TxnOffsetCommit) wait per producer id until that producer's
+//! COMMIT or ABORT marker ([`GroupState::complete_txn`]), as Kafka's
+//! `pendingTransactionalOffsetCommits` do.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -207,6 +213,30 @@ pub struct StagedCommit {
     plan: CommitPlan,
 }
 
+/// A transactional offset commit whose record is appended: its offsets wait for the producer's
+/// marker; [`GroupState::complete_txn_commit`] drops them if the append failed.
+#[derive(Debug, Clone)]
+pub struct StagedTxnCommit {
+    seq: u64,
+    producer_id: i64,
+    plan: CommitPlan,
+}
+
+/// One partition of an OffsetFetch answer: the committed offset (`None`: nothing committed), or
+/// the partition's error.
+pub type FetchedOffset = (String, i32, Result<Option<OffsetValue>, ErrorCode>);
+
+/// An offset and where its record lies in the log order of its `__consumer_offsets`
+/// partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Committed {
+    value: OffsetValue,
+    /// Kafka compares the log offsets of the records; the commit sequence orders them the same
+    /// way, because records are queued for the one appender thread in sequence order (under the
+    /// coordinator's lock) and replayed in log order.
+    position: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Member {
     member_id: String,
@@ -270,9 +300,11 @@ struct Group {
     sync_deadline_ms: Option<i64>,
     pending_sync: HashSet<String>,
     state_timestamp_ms: i64,
-    offsets: BTreeMap<(String, i32), OffsetValue>,
+    offsets: BTreeMap<(String, i32), Committed>,
     /// Partitions with a commit appended but not yet durable: the sequence of the latest one.
     pending_offsets: HashMap<(String, i32), u64>,
+    /// Transactional offsets by producer id, waiting for that producer's marker.
+    pending_txn_offsets: HashMap<i64, BTreeMap<(String, i32), Committed>>,
     /// The commit sequence when this group was created: commits staged before it belong to an
     /// earlier group of the same name.
     created_seq: u64,
@@ -298,6 +330,7 @@ impl Group {
             state_timestamp_ms: now_ms,
             offsets: BTreeMap::new(),
             pending_offsets: HashMap::new(),
+            pending_txn_offsets: HashMap::new(),
             created_seq,
         }
     }
@@ -305,6 +338,35 @@ impl Group {
     fn transition(&mut self, phase: GroupPhase, now_ms: i64) {
         self.phase = phase;
         self.state_timestamp_ms = now_ms;
+    }
+
+    /// Commits `offset` unless the partition's offset was appended later (Kafka's
+    /// `olderThan` check).
+    fn put_offset(&mut self, key: (String, i32), offset: Committed) {
+        if self.offsets.get(&key).is_none_or(|current| current.position < offset.position) {
+            self.offsets.insert(key, offset);
+        }
+    }
+
+    /// Whether a producer's transaction holds an offset of `key` (Kafka's
+    /// `hasPendingOffsetCommitsForTopicPartition`, transactional half).
+    fn has_pending_txn_offset(&self, key: &(String, i32)) -> bool {
+        self.pending_txn_offsets.values().any(|offsets| offsets.contains_key(key))
+    }
+
+    /// Drops every pending offset of `key`: deleted offsets must not come back.
+    fn drop_pending(&mut self, key: &(String, i32)) -> bool {
+        let mut dropped = self.pending_offsets.remove(key).is_some();
+        self.pending_txn_offsets.retain(|_, offsets| {
+            dropped |= offsets.remove(key).is_some();
+            !offsets.is_empty()
+        });
+        dropped
+    }
+
+    /// Kafka's `hasOffsets`: committed or pending ones.
+    fn has_offsets(&self) -> bool {
+        !self.offsets.is_empty() || !self.pending_offsets.is_empty() || !self.pending_txn_offsets.is_empty()
     }
 
     fn member(&self, member_id: &str) -> Option<&Member> {
@@ -571,9 +633,17 @@ impl GroupState {
     /// Takes over the groups replayed into `loaded` (a partition's groups, loaded apart from
     /// this state so the replay holds no lock).
     pub fn adopt(&mut self, loaded: GroupState) {
+        // The loaded positions count from zero: shift them past every sequence given out here,
+        // so commits staged from now on sort after everything replayed.
+        let base = self.next_commit_seq;
+        self.next_commit_seq += loaded.next_commit_seq;
         let seq = self.next_commit_seq;
         self.groups.extend(loaded.groups.into_iter().map(|(id, mut group)| {
             group.created_seq = seq;
+            let txn_offsets = group.pending_txn_offsets.values_mut().flat_map(|o| o.values_mut());
+            for offset in group.offsets.values_mut().chain(txn_offsets) {
+                offset.position += base;
+            }
             (id, group)
         }));
     }
@@ -910,9 +980,101 @@ impl GroupState {
                 group.pending_offsets.remove(&key);
             }
             if durable {
-                group.offsets.insert(key, value);
+                group.put_offset(key, Committed { value, position: staged.seq });
             }
         }
+    }
+
+    /// Validates a TxnOffsetCommit at the group level (Kafka's `handleTxnCommitOffsets` and
+    /// `validateOffsetCommit` with `isTransactional`): a group that does not exist is created
+    /// Empty; the member, instance and generation are checked only when given (v3+, KIP-447);
+    /// unlike OffsetCommit, a group in a rebalance or with members takes it.
+    pub fn validate_txn_commit(
+        &mut self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        let identified = generation_id >= 0 || !member_id.is_empty() || group_instance_id.is_some();
+        if !self.groups.contains_key(group_id) {
+            if identified {
+                // Kafka creates the group and then finds no such member; answering the same
+                // without creating it leaves no empty group behind.
+                return Err(ErrorCode::UNKNOWN_MEMBER_ID);
+            }
+            if !self.can_create_group() {
+                return Err(ErrorCode::GROUP_MAX_SIZE_REACHED);
+            }
+            self.groups.insert(group_id.to_string(), Group::new(group_id, now_ms, self.next_commit_seq));
+        }
+        let group = self.groups.get(group_id).expect("group exists: inserted above");
+        if group.phase == GroupPhase::Dead {
+            return Err(ErrorCode::COORDINATOR_NOT_AVAILABLE);
+        }
+        if identified {
+            group.validate_member(member_id, group_instance_id)?;
+            if generation_id != group.generation_id {
+                return Err(ErrorCode::ILLEGAL_GENERATION);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a transactional commit whose record was appended: its offsets are pending for
+    /// `producer_id` (never shown by OffsetFetch) until [`GroupState::complete_txn`].
+    pub fn stage_txn_commit(&mut self, plan: CommitPlan, producer_id: i64) -> StagedTxnCommit {
+        self.next_commit_seq += 1;
+        let seq = self.next_commit_seq;
+        if let Some(group) = self.groups.get_mut(&plan.group_id) {
+            let pending = group.pending_txn_offsets.entry(producer_id).or_default();
+            for (topic, partition, value) in &plan.offsets {
+                pending.insert((topic.clone(), *partition), Committed { value: value.clone(), position: seq });
+            }
+        }
+        StagedTxnCommit { seq, producer_id, plan }
+    }
+
+    /// Ends a staged transactional commit's append: a failed one takes its offsets back out of
+    /// the transaction (Kafka's `failPendingTxnOffsetCommit`); a durable one changes nothing,
+    /// its offsets wait for the marker.
+    pub fn complete_txn_commit(&mut self, staged: StagedTxnCommit, durable: bool) {
+        if durable {
+            return;
+        }
+        let Some(group) = self.groups.get_mut(&staged.plan.group_id) else { return };
+        if staged.seq <= group.created_seq {
+            return;
+        }
+        let Some(pending) = group.pending_txn_offsets.get_mut(&staged.producer_id) else { return };
+        for (topic, partition, _) in staged.plan.offsets {
+            let key = (topic, partition);
+            if pending.get(&key).is_some_and(|o| o.position == staged.seq) {
+                pending.remove(&key);
+            }
+        }
+        if pending.is_empty() {
+            group.pending_txn_offsets.remove(&staged.producer_id);
+        }
+    }
+
+    /// `producer_id`'s COMMIT (`commit`) or ABORT marker is in the log: its pending offsets in
+    /// the groups `in_partition` selects become committed (each unless its partition's offset
+    /// was appended later) or are dropped (Kafka's `completePendingTxnOffsetCommit`). Returns
+    /// how many offsets were pending.
+    pub fn complete_txn(&mut self, producer_id: i64, commit: bool, in_partition: impl Fn(&str) -> bool) -> usize {
+        let mut completed = 0;
+        for group in self.groups.values_mut().filter(|g| in_partition(&g.group_id)) {
+            let Some(pending) = group.pending_txn_offsets.remove(&producer_id) else { continue };
+            completed += pending.len();
+            if commit {
+                for (key, offset) in pending {
+                    group.put_offset(key, offset);
+                }
+            }
+        }
+        completed
     }
 
     /// Whether `group_id` has commits not yet durable among `partitions` (all when `None`).
@@ -924,19 +1086,35 @@ impl GroupState {
         }
     }
 
-    /// Committed offsets: of the partitions asked for, or all of them.
+    /// Committed offsets: of the partitions asked for, or all of them. With `require_stable`
+    /// (OffsetFetch v7+, a `read_committed` consumer), a partition with a transactional offset
+    /// awaiting its marker answers UNSTABLE_OFFSET_COMMIT instead (the client retries), as
+    /// Kafka's `getOffsets` does; without it the last committed offset is returned.
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         partitions: Option<&[(String, i32)]>,
-    ) -> Vec<(String, i32, Option<OffsetValue>)> {
-        let offsets = self.groups.get(group_id).map(|g| &g.offsets);
+        require_stable: bool,
+    ) -> Vec<FetchedOffset> {
+        let group = self.groups.get(group_id);
+        let answer = |key: (String, i32), committed: Option<&Committed>| -> FetchedOffset {
+            let result = if require_stable && group.is_some_and(|g| g.has_pending_txn_offset(&key)) {
+                Err(ErrorCode::UNSTABLE_OFFSET_COMMIT)
+            } else {
+                Ok(committed.map(|c| c.value.clone()))
+            };
+            (key.0, key.1, result)
+        };
         match partitions {
             Some(ps) => ps
                 .iter()
-                .map(|(t, p)| (t.clone(), *p, offsets.and_then(|o| o.get(&(t.clone(), *p))).cloned()))
+                .map(|(t, p)| {
+                    let key = (t.clone(), *p);
+                    let committed = group.and_then(|g| g.offsets.get(&key));
+                    answer(key, committed)
+                })
                 .collect(),
-            None => offsets.into_iter().flatten().map(|((t, p), v)| (t.clone(), *p, Some(v.clone()))).collect(),
+            None => group.into_iter().flat_map(|g| &g.offsets).map(|(key, c)| answer(key.clone(), Some(c))).collect(),
         }
     }
 
@@ -963,8 +1141,9 @@ impl GroupState {
                 errors.push(ErrorCode::GROUP_SUBSCRIBED_TO_TOPIC);
                 continue;
             }
-            // A commit still in flight is dropped too: it must not bring the offset back.
-            let pending = group.pending_offsets.remove(&(topic.clone(), *partition)).is_some();
+            // Commits still in flight or in open transactions are dropped too: they must not
+            // bring the offset back (Kafka's `removeOffsets`).
+            let pending = group.drop_pending(&(topic.clone(), *partition));
             if group.offsets.remove(&(topic.clone(), *partition)).is_some() || pending {
                 records.push(StoreRecord::Offset {
                     group: group_id.to_string(),
@@ -1065,11 +1244,18 @@ impl GroupState {
         for group in self.groups.values_mut().filter(|g| g.phase == GroupPhase::Empty) {
             let group_id = group.group_id.clone();
             let empty_since = group.protocol_type.is_some().then_some(group.state_timestamp_ms);
-            group.offsets.retain(|(topic, partition), v| {
-                let expired = match v.expire_timestamp_ms {
-                    Some(expire) => now_ms >= expire,
-                    None => now_ms - empty_since.unwrap_or(v.commit_timestamp_ms) >= retention,
-                };
+            let pending_txn = &group.pending_txn_offsets;
+            group.offsets.retain(|(topic, partition), c| {
+                let v = &c.value;
+                // Not while a transaction holds the partition: its tombstone would drop that
+                // transaction's offset on a replay (see `load`), but not here.
+                let key = (topic.clone(), *partition);
+                let in_txn = pending_txn.values().any(|offsets| offsets.contains_key(&key));
+                let expired = !in_txn
+                    && match v.expire_timestamp_ms {
+                        Some(expire) => now_ms >= expire,
+                        None => now_ms - empty_since.unwrap_or(v.commit_timestamp_ms) >= retention,
+                    };
                 if expired {
                     fx.records.push(StoreRecord::Offset {
                         group: group_id.clone(),
@@ -1080,7 +1266,7 @@ impl GroupState {
                 }
                 !expired
             });
-            if group.offsets.is_empty() && group.members.is_empty() && now_ms - group.state_timestamp_ms >= retention {
+            if !group.has_offsets() && group.members.is_empty() && now_ms - group.state_timestamp_ms >= retention {
                 removed.push(group_id);
             }
         }
@@ -1094,20 +1280,27 @@ impl GroupState {
     // -----------------------------------------------------------------------------------------
     // Loading
 
-    /// Replays one `__consumer_offsets` record at start. Groups come back Empty with their
-    /// generation and offsets; members rejoin (their heartbeats get UNKNOWN_MEMBER_ID).
+    /// Replays one `__consumer_offsets` record at start, in log order. Groups come back Empty
+    /// with their generation and offsets; members rejoin (their heartbeats get
+    /// UNKNOWN_MEMBER_ID).
     pub fn load(&mut self, record: StoreRecord, now_ms: i64) {
         let seq = self.next_commit_seq;
         match record {
             StoreRecord::Offset { group, topic, partition, value } => match value {
-                Some(v) => {
+                Some(value) => {
+                    self.next_commit_seq += 1;
+                    let position = self.next_commit_seq;
                     let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms, seq));
-                    g.offsets.insert((topic, partition), v);
+                    g.offsets.insert((topic, partition), Committed { value, position });
                 }
                 None => {
                     if let Some(g) = self.groups.get_mut(&group) {
-                        g.offsets.remove(&(topic, partition));
-                        if g.offsets.is_empty() && g.protocol_type.is_none() {
+                        let key = (topic, partition);
+                        g.offsets.remove(&key);
+                        // As OffsetDelete did: open transactions lose the offset too (expiry
+                        // never writes a tombstone while a transaction holds the partition).
+                        g.drop_pending(&key);
+                        if !g.has_offsets() && g.protocol_type.is_none() {
                             self.groups.remove(&group);
                         }
                     }
@@ -1131,6 +1324,38 @@ impl GroupState {
                     }
                 }
             },
+        }
+    }
+
+    /// Replays one record of a transactional batch of `producer_id`: an offset is pending for
+    /// that producer until its marker is replayed ([`GroupState::complete_txn`]); one still
+    /// pending at the log end stays pending (its marker may come later). Group records are
+    /// never transactional; one found here loads as usual.
+    pub fn load_transactional(&mut self, producer_id: i64, record: StoreRecord, now_ms: i64) {
+        let seq = self.next_commit_seq;
+        match record {
+            StoreRecord::Offset { group, topic, partition, value } => {
+                let key = (topic, partition);
+                match value {
+                    Some(value) => {
+                        self.next_commit_seq += 1;
+                        let position = self.next_commit_seq;
+                        let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms, seq));
+                        g.pending_txn_offsets
+                            .entry(producer_id)
+                            .or_default()
+                            .insert(key, Committed { value, position });
+                    }
+                    None => {
+                        if let Some(pending) =
+                            self.groups.get_mut(&group).and_then(|g| g.pending_txn_offsets.get_mut(&producer_id))
+                        {
+                            pending.remove(&key);
+                        }
+                    }
+                }
+            }
+            record @ StoreRecord::Group { .. } => self.load(record, now_ms),
         }
     }
 }

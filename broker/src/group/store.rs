@@ -13,6 +13,13 @@
 //! Every key and value starts with its `int16` version. A null value is a tombstone: the offset
 //! or group was deleted, and compaction eventually drops the key. Everything here is plain
 //! bytes in and out; decoding bounds every length by the bytes that remain.
+//!
+//! Transactional offset commits (KIP-98 TxnOffsetCommit) are the same offset records in a
+//! transactional batch carrying the producer's id and epoch; they count only once a COMMIT
+//! marker of that producer follows them (Kafka's `EndTransactionMarker`: a control batch whose
+//! one record has key `version: int16 = 0, type: int16` (0 = ABORT, 1 = COMMIT) and value
+//! `version: int16 = 0, coordinator_epoch: int32`); see `crate::txn::marker::control_batch` and
+//! [`transaction_marker`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -335,6 +342,25 @@ pub fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, StoreError> {
     Ok(GroupValue { protocol_type, generation_id, protocol_name, leader, current_state_timestamp_ms, members })
 }
 
+/// Kafka's `ControlRecordType` of a transaction marker.
+const CONTROL_TYPE_ABORT: i16 = 0;
+const CONTROL_TYPE_COMMIT: i16 = 1;
+
+/// Reads the key of a control record: `Some(true)` for a COMMIT marker, `Some(false)` for an
+/// ABORT, `None` for any other control record (or a key too short to say).
+pub(crate) fn transaction_marker(key: &[u8]) -> Option<bool> {
+    let mut r = Reader { buf: key, what: "control record key" };
+    let version = r.i16().ok()?;
+    if version < 0 {
+        return None;
+    }
+    match r.i16().ok()? {
+        CONTROL_TYPE_COMMIT => Some(true),
+        CONTROL_TYPE_ABORT => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +415,29 @@ mod tests {
         b.put_i64(0);
         b.put_i32(i32::MAX);
         assert!(decode_group_value(&b).is_err());
+    }
+
+    #[test]
+    fn control_batches_are_valid_transaction_markers() {
+        use spate_client::protocol::record::{decode_records, validate_batches};
+        for commit in [true, false] {
+            let batch = crate::txn::marker::control_batch(7, 3, commit, 11, 1000);
+            let headers = validate_batches(&batch).unwrap();
+            assert_eq!(headers.len(), 1);
+            let h = headers[0];
+            assert_eq!(h.attributes, 0x30);
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence, h.records_count), (7, 3, -1, 1));
+            let mut records = Vec::new();
+            decode_records(&batch, 1 << 10, &mut records).unwrap();
+            let key = records[0].key.clone().unwrap();
+            assert_eq!(&key[..], &[0, 0, 0, commit as u8]);
+            assert_eq!(transaction_marker(&key), Some(commit));
+            let value = records[0].value.clone().unwrap();
+            assert_eq!(&value[..], &[0, 0, 0, 0, 0, 11]);
+        }
+        assert_eq!(transaction_marker(&[0, 0, 0, 5]), None);
+        assert_eq!(transaction_marker(&[0, 0]), None);
     }
 
     fn string() -> impl Strategy<Value = String> {

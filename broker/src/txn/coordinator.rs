@@ -698,7 +698,3 @@ fn replay(p: &Partition, state: &mut TxnState) -> Result<usize> {
     Ok(loaded)
 }
 
-// STUB until the group coordinator's transactional offsets land (branch txn-group).
-impl crate::group::GroupCoordinator {
-    pub fn complete_txn(&self, _broker: &Broker, _offsets_partition: i32, _producer_id: i64, _commit: bool) {}
-}

@@ -324,12 +324,12 @@ fn commits_apply_and_fetch_returns_them() {
         expire_timestamp_ms: None,
     };
     h.commit_durable(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v.clone())] });
-    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(v.clone()))]);
+    assert_eq!(h.state.fetch_offsets("solo", None, false), vec![("t".into(), 0, Ok(Some(v.clone())))]);
     assert_eq!(
-        h.state.fetch_offsets("solo", Some(&[("t".into(), 0), ("t".into(), 1)])),
-        vec![("t".into(), 0, Some(v)), ("t".into(), 1, None)]
+        h.state.fetch_offsets("solo", Some(&[("t".into(), 0), ("t".into(), 1)]), false),
+        vec![("t".into(), 0, Ok(Some(v))), ("t".into(), 1, Ok(None))]
     );
-    assert!(h.state.fetch_offsets("nobody", None).is_empty());
+    assert!(h.state.fetch_offsets("nobody", None, false).is_empty());
 }
 
 #[test]
@@ -537,7 +537,7 @@ fn loading_restores_offsets_and_an_empty_group_at_its_generation() {
     for r in records {
         h.state.load(r, 1000);
     }
-    assert_eq!(h.state.fetch_offsets(G, None), vec![("t".into(), 0, Some(offset(9)))]);
+    assert_eq!(h.state.fetch_offsets(G, None, false), vec![("t".into(), 0, Ok(Some(offset(9))))]);
     assert_eq!((h.phase(), h.state.generation(G)), (GroupPhase::Empty, Some(7)));
     assert!(h.state.phase("gone").is_none());
     // The next rebalance continues the generation sequence.
@@ -562,9 +562,9 @@ fn offsets_of_an_empty_group_expire_after_retention() {
     };
     h.commit_durable(CommitPlan { group_id: "solo".into(), offsets: vec![("t".into(), 0, v)] });
     h.tick(retention - 1);
-    assert_eq!(h.state.fetch_offsets("solo", None).len(), 1);
+    assert_eq!(h.state.fetch_offsets("solo", None, false).len(), 1);
     h.tick(retention + OFFSET_EXPIRY_INTERVAL_MS);
-    assert!(h.state.fetch_offsets("solo", None).is_empty());
+    assert!(h.state.fetch_offsets("solo", None, false).is_empty());
     assert!(h.state.phase("solo").is_none());
     assert!(h.records.iter().any(|r| matches!(r, StoreRecord::Offset { value: None, .. })));
 }
@@ -584,12 +584,12 @@ fn a_commit_is_visible_only_once_durable() {
     h.commit_durable(plan("solo", 0, 3));
     let staged = h.state.stage_commit(plan("solo", 0, 7));
     // Appended, not yet below the high watermark: OffsetFetch still sees the durable value.
-    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(3)))]);
+    assert_eq!(h.state.fetch_offsets("solo", None, false), vec![("t".into(), 0, Ok(Some(offset_value(3))))]);
     assert!(h.state.has_pending_offsets("solo", None));
     assert!(h.state.has_pending_offsets("solo", Some(&[("t".into(), 0)])));
     assert!(!h.state.has_pending_offsets("solo", Some(&[("t".into(), 1)])));
     h.state.complete_commit(staged, true);
-    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(7)))]);
+    assert_eq!(h.state.fetch_offsets("solo", None, false), vec![("t".into(), 0, Ok(Some(offset_value(7))))]);
     assert!(!h.state.has_pending_offsets("solo", None));
 }
 
@@ -601,7 +601,7 @@ fn a_commit_that_never_became_durable_is_never_shown() {
     let staged = h.state.stage_commit(plan("solo", 0, 7));
     // Leadership moved (or the wait timed out): the record may be truncated away.
     h.state.complete_commit(staged, false);
-    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(3)))]);
+    assert_eq!(h.state.fetch_offsets("solo", None, false), vec![("t".into(), 0, Ok(Some(offset_value(3))))]);
     assert!(!h.state.has_pending_offsets("solo", None));
 }
 
@@ -613,7 +613,7 @@ fn the_later_of_two_staged_commits_wins_whatever_order_they_resolve_in() {
     let second = h.state.stage_commit(plan("solo", 0, 6));
     h.state.complete_commit(second, true);
     h.state.complete_commit(first, true);
-    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(6)))]);
+    assert_eq!(h.state.fetch_offsets("solo", None, false), vec![("t".into(), 0, Ok(Some(offset_value(6))))]);
 }
 
 #[test]
@@ -624,7 +624,7 @@ fn a_deleted_offset_or_group_is_not_brought_back_by_a_commit_in_flight() {
     let (errors, _) = h.state.delete_offsets("solo", &[("t".into(), 0)]).unwrap();
     assert_eq!(errors, vec![ErrorCode::NONE]);
     h.state.complete_commit(staged, true);
-    assert!(h.state.fetch_offsets("solo", None).is_empty());
+    assert!(h.state.fetch_offsets("solo", None, false).is_empty());
 
     // Deleted and recreated under the same name: the old group's commit stays gone.
     let staged = h.state.stage_commit(plan("solo", 0, 8));
@@ -632,9 +632,9 @@ fn a_deleted_offset_or_group_is_not_brought_back_by_a_commit_in_flight() {
     h.state.validate_commit("solo", -1, "", None, 2).unwrap();
     let fresh = h.state.stage_commit(plan("solo", 0, 9));
     h.state.complete_commit(staged, true);
-    assert!(h.state.fetch_offsets("solo", None).is_empty());
+    assert!(h.state.fetch_offsets("solo", None, false).is_empty());
     h.state.complete_commit(fresh, true);
-    assert_eq!(h.state.fetch_offsets("solo", None), vec![("t".into(), 0, Some(offset_value(9)))]);
+    assert_eq!(h.state.fetch_offsets("solo", None, false), vec![("t".into(), 0, Ok(Some(offset_value(9))))]);
 }
 
 #[test]
@@ -652,4 +652,190 @@ fn unloading_answers_parked_requests_not_coordinator() {
         .any(|c| matches!(c, Completion::Join(id, r) if *id == wb && r.error == ErrorCode::NOT_COORDINATOR)));
     assert!(h.state.phase(G).is_none());
     assert!(!a.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactional offsets (TxnOffsetCommit)
+
+fn stable(state: &GroupState, group: &str, partition: i32) -> Result<Option<i64>, ErrorCode> {
+    let (_, _, result) = state.fetch_offsets(group, Some(&[("t".into(), partition)]), true).remove(0);
+    result.map(|v| v.map(|v| v.offset))
+}
+
+fn committed(state: &GroupState, group: &str, partition: i32) -> Option<i64> {
+    let (_, _, result) = state.fetch_offsets(group, Some(&[("t".into(), partition)]), false).remove(0);
+    result.unwrap().map(|v| v.offset)
+}
+
+#[test]
+fn transactional_offsets_wait_for_their_producers_marker() {
+    let mut h = Harness::new(0);
+    // A transactional commit creates the group it names, Empty.
+    assert_eq!(h.state.validate_txn_commit("solo", -1, "", None, 1), Ok(()));
+    assert_eq!(h.state.phase("solo"), Some(GroupPhase::Empty));
+    h.commit_durable(plan("solo", 0, 2));
+    h.state.stage_txn_commit(plan("solo", 0, 5), 7);
+    h.state.stage_txn_commit(plan("solo", 1, 6), 8);
+    // Durable but pending: OffsetFetch shows the last committed offset, or with require_stable
+    // UNSTABLE_OFFSET_COMMIT for the partitions a transaction holds.
+    assert_eq!(committed(&h.state, "solo", 0), Some(2));
+    assert_eq!(committed(&h.state, "solo", 1), None);
+    assert_eq!(stable(&h.state, "solo", 0), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+    assert_eq!(stable(&h.state, "solo", 1), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+    assert_eq!(stable(&h.state, "solo", 2), Ok(None));
+    assert_eq!(
+        h.state.fetch_offsets("solo", None, true),
+        vec![("t".into(), 0, Err(ErrorCode::UNSTABLE_OFFSET_COMMIT))]
+    );
+    assert!(!h.state.has_pending_offsets("solo", None), "OffsetFetch does not wait for a transaction");
+
+    // Producer 7 commits: only its offsets apply; a marker for groups elsewhere changes nothing.
+    assert_eq!(h.state.complete_txn(7, true, |g| g != "solo"), 0);
+    assert_eq!(h.state.complete_txn(7, true, |_| true), 1);
+    assert_eq!(stable(&h.state, "solo", 0), Ok(Some(5)));
+    assert_eq!(stable(&h.state, "solo", 1), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+    // Producer 8 aborts: its offset is dropped.
+    assert_eq!(h.state.complete_txn(8, false, |_| true), 1);
+    assert_eq!(stable(&h.state, "solo", 1), Ok(None));
+    // A second marker finds nothing pending.
+    assert_eq!(h.state.complete_txn(7, true, |_| true), 0);
+}
+
+#[test]
+fn a_plain_commit_appended_after_a_transactional_one_wins() {
+    let mut h = Harness::new(0);
+    h.state.validate_txn_commit("solo", -1, "", None, 1).unwrap();
+    // Transactional 5, then a plain 9 of the same partition, then the COMMIT marker.
+    h.state.stage_txn_commit(plan("solo", 0, 5), 7);
+    h.commit_durable(plan("solo", 0, 9));
+    h.state.complete_txn(7, true, |_| true);
+    assert_eq!(committed(&h.state, "solo", 0), Some(9));
+    // The other way round the transactional one is the later.
+    h.state.stage_txn_commit(plan("solo", 0, 12), 7);
+    h.state.complete_txn(7, true, |_| true);
+    assert_eq!(committed(&h.state, "solo", 0), Some(12));
+    // A plain commit appended before the transactional one but resolved after its marker does
+    // not override it.
+    let plain = h.state.stage_commit(plan("solo", 0, 13));
+    h.state.stage_txn_commit(plan("solo", 0, 14), 7);
+    h.state.complete_txn(7, true, |_| true);
+    h.state.complete_commit(plain, true);
+    assert_eq!(committed(&h.state, "solo", 0), Some(14));
+}
+
+#[test]
+fn a_failed_transactional_append_leaves_the_transaction() {
+    let mut h = Harness::new(0);
+    h.state.validate_txn_commit("solo", -1, "", None, 1).unwrap();
+    let failed = h.state.stage_txn_commit(plan("solo", 0, 5), 7);
+    let kept = h.state.stage_txn_commit(plan("solo", 1, 6), 7);
+    h.state.complete_txn_commit(failed, false);
+    h.state.complete_txn_commit(kept, true);
+    assert_eq!(stable(&h.state, "solo", 0), Ok(None));
+    assert_eq!(stable(&h.state, "solo", 1), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+    assert_eq!(h.state.complete_txn(7, true, |_| true), 1);
+    assert_eq!((committed(&h.state, "solo", 0), committed(&h.state, "solo", 1)), (None, Some(6)));
+}
+
+#[test]
+fn transactional_commits_are_validated_as_kip_447_says() {
+    let mut h = Harness::new(0);
+    h.stable_pair();
+    let s = &mut h.state;
+    assert_eq!(s.validate_txn_commit(G, 2, "a", None, 5), Ok(()));
+    assert_eq!(s.validate_txn_commit(G, 1, "a", None, 5), Err(ErrorCode::ILLEGAL_GENERATION));
+    assert_eq!(s.validate_txn_commit(G, 2, "ghost", None, 5), Err(ErrorCode::UNKNOWN_MEMBER_ID));
+    assert_eq!(s.validate_txn_commit(G, 2, "a", Some("nobody"), 5), Err(ErrorCode::UNKNOWN_MEMBER_ID));
+    // Before v3 there is no member identity: a group with members takes it anyway.
+    assert_eq!(s.validate_txn_commit(G, -1, "", None, 5), Ok(()));
+    // A member of a group that does not exist is unknown, and no group is left behind.
+    assert_eq!(s.validate_txn_commit("never-joined", 3, "x", None, 5), Err(ErrorCode::UNKNOWN_MEMBER_ID));
+    assert!(s.phase("never-joined").is_none());
+    // Unlike OffsetCommit, a rebalance does not refuse it.
+    let (wa, _) = h.join(Join::new("a", ""), 10);
+    let (wb, _) = h.join(Join::new("b", ""), 10);
+    h.joined(wa);
+    h.joined(wb);
+    assert_eq!(h.phase(), GroupPhase::CompletingRebalance);
+    assert_eq!(h.state.validate_txn_commit(G, 3, "a", None, 11), Ok(()));
+}
+
+#[test]
+fn a_static_member_replaced_is_fenced_from_transactional_commits() {
+    let mut h = Harness::new(0);
+    let (w, _) = h.join(Join { instance: Some("i1"), ..Join::new("", "m1") }, 0);
+    let generation = h.joined(w).unwrap().generation_id;
+    let (w, _) = h.join(Join { instance: Some("i1"), ..Join::new("", "m2") }, 1);
+    let _ = h.joined(w);
+    assert_eq!(h.state.validate_txn_commit(G, generation, "m1", Some("i1"), 2), Err(ErrorCode::FENCED_INSTANCE_ID));
+}
+
+#[test]
+fn deleted_offsets_leave_open_transactions_and_are_not_expired_under_one() {
+    let retention = 1_000;
+    let mut h = Harness {
+        state: GroupState::new(GroupConfig { offsets_retention_ms: retention, ..config(0) }),
+        next_waiter: 1,
+        completions: vec![],
+        records: vec![],
+    };
+    h.state.validate_txn_commit("solo", -1, "", None, 0).unwrap();
+    h.commit_durable(plan("solo", 0, 1));
+    h.state.stage_txn_commit(plan("solo", 0, 2), 7);
+    // Retention does not drop an offset a transaction is writing, nor the group.
+    h.tick(retention + OFFSET_EXPIRY_INTERVAL_MS);
+    assert_eq!(committed(&h.state, "solo", 0), Some(1));
+    // OffsetDelete drops it from the transaction too: the marker must not bring it back.
+    let (errors, records) = h.state.delete_offsets("solo", &[("t".into(), 0)]).unwrap();
+    assert_eq!((errors, records.len()), (vec![ErrorCode::NONE], 1));
+    assert_eq!(h.state.complete_txn(7, true, |_| true), 0);
+    assert_eq!(committed(&h.state, "solo", 0), None);
+}
+
+#[test]
+fn replayed_transactions_apply_at_their_markers_and_open_ones_stay_pending() {
+    let offset = |partition, o| StoreRecord::Offset {
+        group: G.into(),
+        topic: "t".into(),
+        partition,
+        value: Some(offset_value(o)),
+    };
+    let mut loaded = GroupState::new(config(0));
+    loaded.load(offset(0, 1), 0);
+    loaded.load_transactional(7, offset(0, 2), 0);
+    loaded.load_transactional(8, offset(1, 3), 0);
+    loaded.load(offset(0, 4), 0); // plain, appended after producer 7's
+    loaded.complete_txn(7, true, |_| true); // its marker
+    loaded.load_transactional(9, offset(2, 5), 0);
+    loaded.complete_txn(9, false, |_| true);
+    // A tombstone in a transaction takes that offset back out of it.
+    loaded.load_transactional(8, offset(3, 6), 0);
+    loaded.load_transactional(
+        8,
+        StoreRecord::Offset { group: G.into(), topic: "t".into(), partition: 3, value: None },
+        0,
+    );
+    assert_eq!(committed(&loaded, G, 0), Some(4));
+    assert_eq!(committed(&loaded, G, 2), None);
+    assert_eq!(stable(&loaded, G, 1), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+
+    // Taken over by the coordinator: a commit staged after the load is later than producer 8's
+    // replayed offset (whatever sequences the replay used), and wins when 8's marker comes.
+    let mut h = Harness::new(0);
+    h.state.adopt(loaded);
+    assert_eq!(stable(&h.state, G, 1), Err(ErrorCode::UNSTABLE_OFFSET_COMMIT));
+    h.commit_durable(plan(G, 1, 30));
+    assert_eq!(h.state.complete_txn(8, true, |_| true), 1);
+    assert_eq!(committed(&h.state, G, 1), Some(30));
+    assert_eq!(committed(&h.state, G, 3), None);
+    // A group known only from a transaction still open at the log end is kept.
+    let mut only_txn = GroupState::new(config(0));
+    only_txn.load_transactional(
+        7,
+        StoreRecord::Offset { group: "txn-only".into(), topic: "t".into(), partition: 0, value: Some(offset_value(1)) },
+        0,
+    );
+    assert_eq!(only_txn.phase("txn-only"), Some(GroupPhase::Empty));
+    only_txn.complete_txn(7, true, |_| true);
+    assert_eq!(committed(&only_txn, "txn-only", 0), Some(1));
 }
