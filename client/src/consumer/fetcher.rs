@@ -43,7 +43,12 @@ impl AbortedTransactions {
 
     /// Whether to drop the batch `header` heads (`batch` holds the whole batch). Ends an
     /// aborted transaction when the batch is its producer's ABORT marker.
-    fn skips(&mut self, header: &BatchHeader, batch: &Bytes, max_decompressed_bytes: usize) -> Result<bool, ProtocolError> {
+    fn skips(
+        &mut self,
+        header: &BatchHeader,
+        batch: &Bytes,
+        max_decompressed_bytes: usize,
+    ) -> Result<bool, ProtocolError> {
         if !header.has_producer_id() {
             return Ok(false);
         }
@@ -302,8 +307,7 @@ mod tests {
         let decoded =
             decode_fetched(&topic, 0, records, fetch_offset, true, 1 << 20, aborted.as_mut(), &mut out).unwrap();
         assert_eq!(decoded.records, out.len());
-        let values =
-            out.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
+        let values = out.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
         (values, decoded.next_fetch_offset)
     }
 
@@ -374,10 +378,7 @@ mod tests {
         let (values, next) = read(&records, 1, Some(&[(P1, 0), (P1, 6)]));
         assert_eq!((values, next), (vec!["b1".to_string(), "b2".into(), "d1".into()], 10));
         // Only the commit's records are in flight (the LSO stops before 6).
-        let upto = log(&[
-            txn_batch(3, P1, &["b1", "b2"], Compression::None),
-            marker(5, P1, COMMIT, Compression::None),
-        ]);
+        let upto = log(&[txn_batch(3, P1, &["b1", "b2"], Compression::None), marker(5, P1, COMMIT, Compression::None)]);
         assert_eq!(read(&upto, 3, Some(&[])), (vec!["b1".to_string(), "b2".into()], 6));
     }
 
@@ -386,7 +387,12 @@ mod tests {
         // A producer id listed as aborted only from offset 2 on: its earlier batch was
         // committed; and a non-transactional batch that happens to carry its id is kept.
         let mut plain_with_id = BatchBuilder::new(Compression::None);
-        plain_with_id.push(&Record { key: None, value: Some(Bytes::from("idempotent")), headers: Vec::new(), timestamp_ms: 1 });
+        plain_with_id.push(&Record {
+            key: None,
+            value: Some(Bytes::from("idempotent")),
+            headers: Vec::new(),
+            timestamp_ms: 1,
+        });
         let mut plain_with_id = BytesMut::from(&plain_with_id.finish(P2, 0, 0, false).unwrap()[..]);
         set_base_offset(&mut plain_with_id, 4);
         let records = log(&[
@@ -404,7 +410,12 @@ mod tests {
     #[test]
     fn a_marker_without_a_readable_key_is_refused() {
         let mut b = BatchBuilder::new(Compression::None);
-        b.push(&Record { key: Some(Bytes::from_static(&[0, 0, 0])), value: None, headers: Vec::new(), timestamp_ms: 1 });
+        b.push(&Record {
+            key: Some(Bytes::from_static(&[0, 0, 0])),
+            value: None,
+            headers: Vec::new(),
+            timestamp_ms: 1,
+        });
         let mut bytes = BytesMut::from(&b.finish(P1, 0, -1, true).unwrap()[..]);
         use crate::protocol::record::field;
         bytes[field::ATTRIBUTES + 1] |= 0x20;

@@ -777,9 +777,13 @@ impl Consumer {
                         let mut aborted = p
                             .aborted_transactions
                             .as_ref()
-                            .filter(|list| !list.is_empty() && self.config.isolation_level == IsolationLevel::ReadCommitted)
+                            .filter(|list| {
+                                !list.is_empty() && self.config.isolation_level == IsolationLevel::ReadCommitted
+                            })
                             .map(|list| {
-                                fetcher::AbortedTransactions::new(list.iter().map(|a| (a.producer_id.0, a.first_offset)))
+                                fetcher::AbortedTransactions::new(
+                                    list.iter().map(|a| (a.producer_id.0, a.first_offset)),
+                                )
                             });
                         match fetcher::decode_fetched(
                             &ps.topic,

@@ -796,14 +796,14 @@ static ADD_PARTITIONS_TO_TXN_PARTITION_RESULT: Struct = Struct {
 };
 static ADD_PARTITIONS_TO_TXN_TOPIC_RESULT: Struct = Struct {
     fields: &[
-        f(0, ANY, Ty::String),                                                        // name
+        f(0, ANY, Ty::String),                                                      // name
         f(0, ANY, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_PARTITION_RESULT))), // results_by_partition
     ],
     tagged: &[],
 };
 static ADD_PARTITIONS_TO_TXN_RESULT: Struct = Struct {
     fields: &[
-        f(0, ANY, Ty::String),                                                    // transactional_id
+        f(0, ANY, Ty::String),                                                  // transactional_id
         f(0, ANY, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_TOPIC_RESULT))), // topic_results
     ],
     tagged: &[],
@@ -847,7 +847,7 @@ static TXN_OFFSET_COMMIT_RESPONSE_PARTITION: Struct = Struct {
 };
 static TXN_OFFSET_COMMIT_RESPONSE_TOPIC: Struct = Struct {
     fields: &[
-        f(0, ANY, Ty::String),                                                      // name
+        f(0, ANY, Ty::String),                                                    // name
         f(0, ANY, Ty::Array(&Ty::Struct(&TXN_OFFSET_COMMIT_RESPONSE_PARTITION))), // partitions
     ],
     tagged: &[],
@@ -1045,7 +1045,8 @@ mod tests {
                 .with_name(topic("orders"))
                 .with_results_by_partition(vec![p.clone(), p])
                 .with_unknown_tagged_fields(tags(v, 3));
-            let mut m = AddPartitionsToTxnResponse::default().with_throttle_time_ms(5).with_unknown_tagged_fields(tags(v, 3));
+            let mut m =
+                AddPartitionsToTxnResponse::default().with_throttle_time_ms(5).with_unknown_tagged_fields(tags(v, 3));
             if v >= 4 {
                 let r = AddPartitionsToTxnResult::default()
                     .with_transactional_id(TransactionalId(str_bytes("txn-1")))
