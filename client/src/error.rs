@@ -88,6 +88,24 @@ pub enum Error {
     NoOffsetForPartition { topic: String, partition: i32 },
     #[error("{topic}-{partition} is not assigned to this consumer")]
     NotAssigned { topic: String, partition: i32 },
+    /// A transactional call on a producer without `transactional.id`.
+    #[error("{operation} needs a producer with a transactional.id")]
+    NotTransactional { operation: &'static str },
+    /// A transactional call out of order: `begin_transaction` twice, `commit_transaction`
+    /// without `begin_transaction`, `send` outside a transaction, ...
+    #[error("{operation} is not allowed while the producer's transaction state is {state}")]
+    InvalidTransactionState { operation: &'static str, state: &'static str },
+    /// The current transaction cannot commit (a send in it failed, the coordinator refused
+    /// it, ...): call `abort_transaction`, after which `begin_transaction` works again.
+    #[error("the transaction must be aborted: {source}")]
+    TransactionAbortable { source: std::sync::Arc<Error> },
+    /// The transactional producer cannot go on (fenced by a newer instance with the same
+    /// transactional.id, not authorized, ...): every later call fails with this error; close it.
+    #[error("the transactional producer failed for good: {source}")]
+    TransactionFatal { source: std::sync::Arc<Error> },
+    /// The record's transaction was aborted before it was sent.
+    #[error("the transaction was aborted before the record was sent")]
+    TransactionAborted,
 }
 
 impl Error {
@@ -118,7 +136,9 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Broker { code, .. } => Some(*code),
-            Error::Delivery { source, .. } => source.code(),
+            Error::Delivery { source, .. }
+            | Error::TransactionAbortable { source }
+            | Error::TransactionFatal { source } => source.code(),
             _ => None,
         }
     }

@@ -16,8 +16,8 @@ mod test_broker;
 
 pub use admin::Admin;
 pub use consumer::{
-    Assignor, AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, ListenerFuture,
-    OffsetAndMetadata, RebalanceListener, RebalanceProtocol,
+    Assignor, AutoOffsetReset, Consumer, ConsumerConfig, ConsumerGroupMetadata, ConsumerRecord, IsolationLevel,
+    ListenerFuture, OffsetAndMetadata, RebalanceListener, RebalanceProtocol,
 };
 pub use error::{Error, ProtocolError, Result};
 pub use metadata::{Cluster, TopicPartition};

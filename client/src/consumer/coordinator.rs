@@ -43,7 +43,7 @@ impl Clock {
 pub(crate) struct Coordinator {
     cluster: Cluster,
     pub group_id: String,
-    group_instance_id: Option<String>,
+    pub group_instance_id: Option<String>,
     connection_config: ConnectionConfig,
     conn: tokio::sync::Mutex<Option<Connection>>,
     pub membership: Mutex<Membership>,

@@ -74,8 +74,8 @@ impl FromStr for AutoOffsetReset {
 pub enum IsolationLevel {
     #[default]
     ReadUncommitted,
-    /// Reads only up to the last stable offset. Records of aborted transactions are not yet
-    /// filtered out (transactions come in a later issue).
+    /// Reads only up to the last stable offset, and drops the records of aborted
+    /// transactions (the broker lists them with each fetch) and transaction markers.
     ReadCommitted,
 }
 
@@ -227,6 +227,32 @@ impl ConsumerConfig {
             return bad("auto.commit.interval.ms must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// A consumer's place in its group, which a transactional producer sends with the group's
+/// offsets (Java's `ConsumerGroupMetadata`, KIP-447): the group coordinator refuses offsets
+/// from a generation that is not the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    pub group_id: String,
+    /// -1 when unknown (no generation checked).
+    pub generation_id: i32,
+    /// Empty when unknown.
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+impl ConsumerGroupMetadata {
+    /// Metadata naming only the group: its offsets commit whatever generation the group is
+    /// in (no zombie fencing), as before KIP-447.
+    pub fn new(group_id: impl Into<String>) -> Self {
+        ConsumerGroupMetadata {
+            group_id: group_id.into(),
+            generation_id: assignor::NO_GENERATION,
+            member_id: String::new(),
+            group_instance_id: None,
+        }
     }
 }
 
@@ -747,6 +773,18 @@ impl Consumer {
                         ps.high_watermark = p.high_watermark;
                         ps.log_start_offset = p.log_start_offset;
                         let Some(records) = &p.records else { continue };
+                        // Only read_committed fetches get a list; an empty one changes nothing.
+                        let mut aborted = p
+                            .aborted_transactions
+                            .as_ref()
+                            .filter(|list| {
+                                !list.is_empty() && self.config.isolation_level == IsolationLevel::ReadCommitted
+                            })
+                            .map(|list| {
+                                fetcher::AbortedTransactions::new(
+                                    list.iter().map(|a| (a.producer_id.0, a.first_offset)),
+                                )
+                            });
                         match fetcher::decode_fetched(
                             &ps.topic,
                             tp.partition,
@@ -754,6 +792,7 @@ impl Consumer {
                             fetch_offset,
                             self.config.check_crcs,
                             MAX_DECOMPRESSED_BATCH_BYTES,
+                            aborted.as_mut(),
                             &mut ps.buffered,
                         ) {
                             Ok(decoded) => ps.fetch_offset = decoded.next_fetch_offset,

@@ -25,7 +25,7 @@ use super::assignor::{self, Assignor, GroupMember, RebalanceProtocol, Subscripti
 use super::coordinator::{self, Clock, Coordinator};
 use super::group::{JoinOutcome, JoinedMember, Membership, MembershipConfig, SyncOutcome};
 use super::offsets::OffsetAndMetadata;
-use super::{Consumer, ConsumerConfig, State};
+use super::{Consumer, ConsumerConfig, ConsumerGroupMetadata, State};
 use crate::error::{Error, Result};
 use crate::metadata::{Cluster, TopicPartition};
 
@@ -414,6 +414,22 @@ impl Consumer {
         g.commits
             .send(CommitJob { offsets, done: CommitDone::Callback(Box::new(callback)) })
             .map_err(|_| Error::Config("the consumer is closed".into()))
+    }
+
+    /// This member's group, generation and member id, for
+    /// [`crate::Producer::send_offsets_to_transaction`]: the group accepts the offsets only
+    /// from its current generation (KIP-447), so a consumer that was fenced out of the group
+    /// cannot commit a transaction's offsets over its successor's. Needs a `group.id`; the
+    /// generation is -1 while the consumer has not joined.
+    pub fn group_metadata(&self) -> Result<ConsumerGroupMetadata> {
+        let coordinator = &self.group_or_err("group_metadata")?.coordinator;
+        let membership = coordinator.lock();
+        Ok(ConsumerGroupMetadata {
+            group_id: coordinator.group_id.clone(),
+            generation_id: membership.generation_id(),
+            member_id: membership.member_id().to_string(),
+            group_instance_id: coordinator.group_instance_id.clone(),
+        })
     }
 
     /// The group's committed offsets of `partitions` (`None` where it has none).

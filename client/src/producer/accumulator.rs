@@ -47,6 +47,11 @@ pub(crate) struct AccumulatorConfig {
     pub max_in_flight_per_partition: usize,
     pub retry_backoff_ms: i64,
     pub idempotent: bool,
+    /// `transactional.id` is set: batches carry the transactional bit, a partition's batches
+    /// are drained only once the transaction coordinator has added the partition to the
+    /// transaction, and a partition that lost sequences waits for the coordinator to bump the
+    /// epoch (a transactional producer never bumps it itself; see `reset_producer`).
+    pub transactional: bool,
     /// From InitProducerId ([`ProducerIdAndEpoch::NONE`] when not idempotent).
     pub producer: ProducerIdAndEpoch,
 }
@@ -121,6 +126,8 @@ struct OpenBatch {
 /// A closed batch: queued, in flight, or waiting to be retried.
 pub(crate) struct ProducerBatch {
     pub completion: Arc<BatchCompletion>,
+    /// Written inside a transaction (the batch attribute's transactional bit).
+    transactional: bool,
     builder: Option<BatchBuilder>,
     /// The wire form, built once (with its sequence) and reused by retries.
     pub encoded: Option<Bytes>,
@@ -139,10 +146,11 @@ pub(crate) struct ProducerBatch {
 }
 
 impl ProducerBatch {
-    fn from_open(open: OpenBatch) -> Self {
+    fn from_open(open: OpenBatch, transactional: bool) -> Self {
         ProducerBatch {
             record_count: open.builder.len() as i32,
             completion: open.completion,
+            transactional,
             builder: Some(open.builder),
             encoded: None,
             created_ms: open.created_ms,
@@ -170,7 +178,7 @@ impl ProducerBatch {
         if self.encoded.is_none() {
             let builder = self.builder.take().expect("a batch is either built or encoded");
             let ProducerIdAndEpoch { producer_id, producer_epoch } = self.producer;
-            self.encoded = Some(builder.finish(producer_id, producer_epoch, self.base_sequence, false)?);
+            self.encoded = Some(builder.finish(producer_id, producer_epoch, self.base_sequence, self.transactional)?);
         }
         Ok(self.encoded.as_ref().expect("just encoded"))
     }
@@ -217,9 +225,21 @@ impl ProducerBatch {
     }
 }
 
+/// Where a partition stands in the current transaction (transactional producers only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnPartition {
+    /// Not part of the current transaction.
+    NotAdded,
+    /// A record is waiting for it; AddPartitionsToTxn is to be sent (or in flight).
+    Pending,
+    /// The coordinator added it: its batches may be sent.
+    Added,
+}
+
 /// The batches of one partition, and its idempotence state.
 pub(crate) struct PartitionQueue {
     open: Option<OpenBatch>,
+    txn: TxnPartition,
     /// Closed batches in creation (batch id) order, which is also sequence order: those waiting
     /// to be retried with their sequence first, then those without one.
     queued: VecDeque<ProducerBatch>,
@@ -256,6 +276,7 @@ impl PartitionQueue {
     fn new(producer: ProducerIdAndEpoch) -> Self {
         PartitionQueue {
             open: None,
+            txn: TxnPartition::NotAdded,
             queued: VecDeque::new(),
             in_flight: 0,
             retrying: false,
@@ -356,6 +377,9 @@ pub(crate) enum AppendOutcome {
         new_batch: bool,
         /// A batch became ready to send.
         batch_full: bool,
+        /// The partition is new in the current transaction: AddPartitionsToTxn must be sent
+        /// before its batches ([`Accumulator::take_txn_pending`]).
+        txn_partition_added: bool,
     },
     /// The record needs a new batch and the caller asked to be told first (sticky
     /// partitioning switches partitions at that point); nothing was appended.
@@ -398,6 +422,8 @@ pub(crate) struct Accumulator {
     next_batch_id: AtomicU64,
     /// Every batch not yet completed, for `flush`.
     incomplete: Mutex<HashMap<u64, Arc<BatchCompletion>>>,
+    /// Partitions new in the current transaction, for the next AddPartitionsToTxn.
+    txn_pending: Mutex<Vec<(Arc<str>, i32)>>,
 }
 
 impl Accumulator {
@@ -408,6 +434,7 @@ impl Accumulator {
             topics: RwLock::new(HashMap::new()),
             next_batch_id: AtomicU64::new(0),
             incomplete: Mutex::new(HashMap::new()),
+            txn_pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -469,7 +496,7 @@ impl Accumulator {
             if open.builder.size_bytes() + reserved_bytes > self.config.batch_size {
                 // Does not fit: the open batch is done.
                 let open = q.open.take().expect("checked");
-                q.queued.push_back(ProducerBatch::from_open(open));
+                q.queued.push_back(ProducerBatch::from_open(open, self.config.transactional));
                 batch_full = true;
             }
         }
@@ -495,10 +522,15 @@ impl Accumulator {
         let completion = open.completion.clone();
         if open.builder.size_bytes() >= self.config.batch_size {
             let open = q.open.take().expect("checked");
-            q.queued.push_back(ProducerBatch::from_open(open));
+            q.queued.push_back(ProducerBatch::from_open(open, self.config.transactional));
             batch_full = true;
         }
-        AppendOutcome::Appended { completion, relative_offset, new_batch, batch_full }
+        let txn_partition_added = self.config.transactional && q.txn == TxnPartition::NotAdded;
+        if txn_partition_added {
+            q.txn = TxnPartition::Pending;
+            self.txn_pending.lock().expect("txn pending lock").push((topic.name.clone(), partition));
+        }
+        AppendOutcome::Appended { completion, relative_offset, new_batch, batch_full, txn_partition_added }
     }
 
     /// Takes the batches that may be sent now. `force` (flush or close) ignores linger;
@@ -530,12 +562,18 @@ impl Accumulator {
                     let ready_ms = open.created_ms + self.config.linger_ms;
                     if force || now_ms >= ready_ms {
                         let open = q.open.take().expect("checked");
-                        q.queued.push_back(ProducerBatch::from_open(open));
+                        q.queued.push_back(ProducerBatch::from_open(open, self.config.transactional));
                     } else {
                         wake_at(ready_ms, &mut drained);
                     }
                 }
+                // Nothing goes out for a partition the coordinator has not added to the
+                // transaction: the sender wakes again when AddPartitionsToTxn is answered.
+                if self.config.transactional && q.txn != TxnPartition::Added {
+                    continue;
+                }
                 if self.config.idempotent
+                    && !self.config.transactional
                     && q.unresolved
                     && q.sequences_settled()
                     && q.resolve(latest_producer) == Resolution::NeedsProducerId
@@ -641,10 +679,12 @@ impl Accumulator {
     }
 
     /// Fails batches that waited in a queue past `delivery_timeout_ms` (for example because
-    /// their partition has no leader); returns the memory to give back.
-    pub fn expire(&self, now_ms: i64, delivery_timeout_ms: i64) -> usize {
+    /// their partition has no leader); returns the memory to give back and the error of the
+    /// first batch it failed, if any.
+    pub fn expire(&self, now_ms: i64, delivery_timeout_ms: i64) -> (usize, Option<Arc<Error>>) {
         let topics: Vec<Arc<TopicQueues>> = self.topics.read().expect("topics lock").values().cloned().collect();
         let mut released = 0;
+        let mut failed = None;
         for topic in topics {
             for (index, queue) in topic.partitions.iter().enumerate() {
                 let mut q = queue.lock().expect("partition lock");
@@ -658,11 +698,68 @@ impl Accumulator {
                         // It was sent: the broker may hold it.
                         q.mark_unresolved();
                     }
-                    batch.completion.complete(Err(Arc::new(Error::DeliveryTimeout {
+                    let error = Arc::new(Error::DeliveryTimeout {
                         topic: topic.name.to_string(),
                         partition: index as i32,
                         waited_ms: waited_ms as u64,
-                    })));
+                    });
+                    batch.completion.complete(Err(error.clone()));
+                    failed.get_or_insert(error);
+                    self.forget(&batch);
+                    released += batch.reserved_bytes;
+                }
+                q.settle();
+            }
+        }
+        (released, failed)
+    }
+
+    /// Partitions new in the current transaction since the last call: the next
+    /// AddPartitionsToTxn request's.
+    pub fn take_txn_pending(&self) -> Vec<(Arc<str>, i32)> {
+        std::mem::take(&mut *self.txn_pending.lock().expect("txn pending lock"))
+    }
+
+    /// The coordinator added these partitions to the transaction: their batches may go.
+    pub fn mark_txn_added(&self, partitions: &[(Arc<str>, i32)]) {
+        for (topic, partition) in partitions {
+            if let Some(q) = self.topic(topic).and_then(|t| t.partitions.get(*partition as usize).cloned()) {
+                let mut q = q.lock().expect("partition lock");
+                if q.txn == TxnPartition::Pending {
+                    q.txn = TxnPartition::Added;
+                }
+            }
+        }
+    }
+
+    /// Fails every batch that has not been sent (open, and queued without a sequence) with
+    /// `error`, and forgets the partitions waiting to join the transaction: what an abort
+    /// (or an error that forces one) does to records not yet on the wire. Batches that were
+    /// sent keep going until answered, so their sequences are accounted for. Returns the
+    /// memory to give back.
+    pub fn abort_undrained(&self, error: &Arc<Error>) -> usize {
+        self.txn_pending.lock().expect("txn pending lock").clear();
+        let mut released = 0;
+        for topic in self.all_topics() {
+            for queue in &topic.partitions {
+                let mut q = queue.lock().expect("partition lock");
+                if q.txn == TxnPartition::Pending {
+                    q.txn = TxnPartition::NotAdded;
+                }
+                let mut unsent: Vec<ProducerBatch> = Vec::new();
+                if let Some(open) = q.open.take() {
+                    unsent.push(ProducerBatch::from_open(open, self.config.transactional));
+                }
+                let queued = std::mem::take(&mut q.queued);
+                for batch in queued {
+                    if batch.sequence.is_some() {
+                        q.queued.push_back(batch);
+                    } else {
+                        unsent.push(batch);
+                    }
+                }
+                for batch in unsent {
+                    batch.completion.complete(Err(error.clone()));
                     self.forget(&batch);
                     released += batch.reserved_bytes;
                 }
@@ -670,6 +767,45 @@ impl Accumulator {
             }
         }
         released
+    }
+
+    /// The transaction ended (committed or aborted): every partition must be added again
+    /// before its next batch.
+    pub fn end_transaction(&self) {
+        self.txn_pending.lock().expect("txn pending lock").clear();
+        for topic in self.all_topics() {
+            for queue in &topic.partitions {
+                queue.lock().expect("partition lock").txn = TxnPartition::NotAdded;
+            }
+        }
+    }
+
+    /// Whether a batch that was sent failed for good, so the broker may hold sequences this
+    /// producer does not know of: a transactional producer then needs a new epoch from its
+    /// coordinator (KIP-360) before it sends again.
+    pub fn needs_epoch_bump(&self) -> bool {
+        self.all_topics().iter().any(|t| t.partitions.iter().any(|q| q.lock().expect("partition lock").unresolved))
+    }
+
+    /// Moves every partition to `producer` at sequence 0 (after InitProducerId gave a
+    /// transactional producer its id or a new epoch). Only while nothing is in flight.
+    pub fn reset_producer(&self, producer: ProducerIdAndEpoch) {
+        *self.latest_producer.lock().expect("producer lock") = producer;
+        for topic in self.all_topics() {
+            for queue in &topic.partitions {
+                let mut q = queue.lock().expect("partition lock");
+                debug_assert!(q.sequences_settled(), "producer reset with batches in flight");
+                q.producer = producer;
+                q.sequenced = 0;
+                q.acknowledged = 0;
+                q.unresolved = false;
+                q.refused_from = None;
+            }
+        }
+    }
+
+    fn all_topics(&self) -> Vec<Arc<TopicQueues>> {
+        self.topics.read().expect("topics lock").values().cloned().collect()
     }
 }
 
@@ -691,6 +827,7 @@ mod tests {
             max_in_flight_per_partition: 5,
             retry_backoff_ms: 100,
             idempotent: true,
+            transactional: false,
             producer: PRODUCER,
         }
     }
@@ -939,7 +1076,7 @@ mod tests {
         append(&acc, &t, 0, 0);
         let b0 = next(&acc, 0).unwrap();
         acc.finish(b0, BatchResult::Retry, 0);
-        assert_eq!(acc.expire(500, 500), 110);
+        assert_eq!(acc.expire(500, 500).0, 110);
         append(&acc, &t, 0, 500);
         let b1 = next(&acc, 500).unwrap();
         assert_eq!((b1.producer.producer_epoch, b1.base_sequence), (1, 0));
@@ -947,7 +1084,7 @@ mod tests {
         // Never drained: it has no sequence, and nothing changes.
         append(&acc, &t, 0, 1000);
         let _ = acc.drain(1000, false, &|_, _| None, &not_busy, 1 << 20);
-        assert_eq!(acc.expire(1500, 500), 110);
+        assert_eq!(acc.expire(1500, 500).0, 110);
         append(&acc, &t, 0, 1500);
         let b2 = next(&acc, 1500).unwrap();
         assert_eq!((b2.producer.producer_epoch, b2.base_sequence), (1, 1));
@@ -991,6 +1128,68 @@ mod tests {
         assert_eq!(d.by_broker[&1].len(), 2);
         let d = acc.drain(0, false, &leader, &not_busy, 2 * (61 + 110));
         assert_eq!(d.by_broker[&1].len(), 1);
+    }
+
+    #[test]
+    fn transactional_partitions_wait_to_be_added_and_unsent_batches_fail_on_abort() {
+        let mut c = config(100, 0);
+        c.transactional = true;
+        let acc = Accumulator::new(c);
+        let t = acc.ensure_topic("t", 2);
+        let added = |acc: &Accumulator, p| match acc.append(&t, p, &record(100), 110, 0, false) {
+            AppendOutcome::Appended { txn_partition_added, .. } => txn_partition_added,
+            AppendOutcome::NeedsNewBatch { .. } => unreachable!(),
+        };
+        assert!(added(&acc, 0), "first record of partition 0 in the transaction");
+        assert!(!added(&acc, 0));
+        assert!(added(&acc, 1));
+        let pending = acc.take_txn_pending();
+        assert_eq!(pending, vec![(Arc::from("t"), 0), (Arc::from("t"), 1)]);
+        assert!(acc.take_txn_pending().is_empty());
+        assert!(next(&acc, 0).is_none(), "nothing goes out before AddPartitionsToTxn");
+        acc.mark_txn_added(&pending[..1]);
+        let b0 = acc.drain(0, true, &leader, &not_busy, 1 << 20).by_broker.remove(&1).unwrap();
+        assert_eq!(b0.iter().map(|b| b.partition()).collect::<Vec<_>>(), [0], "only the added partition");
+        let mut b0 = b0.into_iter().next().unwrap();
+        b0.encode().unwrap();
+        assert!(header(&b0).is_transactional());
+        assert_eq!((header(&b0).producer_id, header(&b0).base_sequence), (7, 0));
+
+        // The abort fails what was not sent; the batch on the wire stays until answered.
+        let error = Arc::new(Error::TransactionAborted);
+        assert_eq!(acc.abort_undrained(&error), 2 * 110, "one batch each (batch.size 100)");
+        assert_eq!(acc.incomplete().len(), 1);
+        acc.finish(b0, BatchResult::Done, 0);
+        assert!(acc.is_empty());
+        acc.end_transaction();
+        assert!(added(&acc, 1), "partitions are added again in the next transaction");
+        assert!(added(&acc, 0));
+        assert!(!acc.needs_epoch_bump());
+    }
+
+    #[test]
+    fn a_transactional_partition_that_lost_a_sequence_waits_for_the_coordinators_epoch() {
+        let mut c = config(100, 0);
+        c.transactional = true;
+        let acc = Accumulator::new(c);
+        let t = acc.ensure_topic("t", 1);
+        append(&acc, &t, 0, 0);
+        acc.mark_txn_added(&acc.take_txn_pending());
+        let b0 = next(&acc, 0).unwrap();
+        acc.finish(b0, BatchResult::Failed, 0);
+        // No client-side bump (the coordinator's markers would be refused in a newer epoch).
+        append(&acc, &t, 0, 0);
+        assert!(next(&acc, 0).is_none());
+        assert!(acc.needs_epoch_bump());
+        acc.abort_undrained(&Arc::new(Error::TransactionAborted));
+        acc.end_transaction();
+        let bumped = ProducerIdAndEpoch { producer_epoch: 1, ..PRODUCER };
+        acc.reset_producer(bumped);
+        assert!(!acc.needs_epoch_bump());
+        append(&acc, &t, 0, 0);
+        acc.mark_txn_added(&acc.take_txn_pending());
+        let b1 = next(&acc, 0).unwrap();
+        assert_eq!((b1.producer, b1.base_sequence), (bumped, 0));
     }
 
     #[test]

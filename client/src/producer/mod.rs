@@ -6,10 +6,106 @@
 //! under a read lock, a buffer-memory reservation (an atomic on a semaphore unless the buffer is
 //! full, when `send` waits: back-pressure), and an append under the partition's mutex. Delivery
 //! futures share their batch's outcome.
+//!
+//! # Transactions
+//!
+//! With [`ProducerConfig::transactional_id`] set the producer writes in transactions, as
+//! Kafka's (KIP-98): the records sent between [`Producer::begin_transaction`] and
+//! [`Producer::commit_transaction`], and the consumer offsets given to
+//! [`Producer::send_offsets_to_transaction`], become visible together to `read_committed`
+//! consumers, or, after [`Producer::abort_transaction`], never.
+//!
+//! - [`Producer::init_transactions`] (once) finds the transaction coordinator (FindCoordinator
+//!   with key type 1) and gets the producer id and epoch from it (InitProducerId with the
+//!   transactional id and `transaction_timeout_ms`). That fences every older producer with the
+//!   same transactional id, and aborts a transaction one of them left open.
+//! - Inside a transaction, the first record for a partition marks it pending; the sender
+//!   sends AddPartitionsToTxn for the pending partitions (many per request) and drains a
+//!   partition's batches only once the coordinator has added it. Produce requests carry the
+//!   transactional id, and batches have the transactional attribute bit. A partition is added
+//!   again in each transaction that writes to it.
+//! - `send_offsets_to_transaction` sends AddOffsetsToTxn to the transaction coordinator, then
+//!   TxnOffsetCommit to the group's coordinator with the consumer's generation, member id and
+//!   group instance id ([`crate::Consumer::group_metadata`]), so the group refuses offsets of
+//!   a consumer that was fenced out of it (KIP-447).
+//! - `commit_transaction` flushes every record and, if all were written, sends EndTxn
+//!   (commit); the coordinator writes COMMIT markers. `abort_transaction` fails the records not
+//!   yet sent with [`Error::TransactionAborted`], waits for those on the wire, and sends EndTxn
+//!   (abort). EndTxn is skipped when nothing reached the coordinator.
+//! - Errors come in the Java client's classes. A failed record, or a coordinator refusing a
+//!   partition or the offsets, makes the transaction abortable: every call but
+//!   `abort_transaction` returns [`Error::TransactionAbortable`]; after the abort the next
+//!   transaction may begin. When a sent batch failed so that the broker's sequence numbers for
+//!   this producer are unknown, the abort also gets a new epoch for the same producer id from
+//!   the coordinator (KIP-360). Being fenced (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH from the
+//!   coordinator), unauthorized, an unsupported version or INVALID_TXN_STATE from EndTxn are
+//!   fatal: every later call returns [`Error::TransactionFatal`], and the producer should be
+//!   closed. Calls out of order (`begin_transaction` twice, `send` outside a transaction, ...)
+//!   are [`Error::InvalidTransactionState`]. Coordinator answers that only mean "not now"
+//!   (COORDINATOR_LOAD_IN_PROGRESS, CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, which also looks
+//!   the coordinator up again) are retried until `max_block_ms`; a call that times out may be
+//!   made again.
+//! - Closing a producer with a transaction open aborts it.
+//!
+//! Consume, transform, produce, exactly once:
+//!
+//! ```no_run
+//! # async fn run() -> spate_client::Result<()> {
+//! use std::collections::BTreeMap;
+//! use std::time::Duration;
+//! use spate_client::{
+//!     Consumer, ConsumerConfig, Error, IsolationLevel, OffsetAndMetadata, Producer, ProducerConfig, ProducerRecord,
+//!     TopicPartition,
+//! };
+//!
+//! let producer = Producer::new(ProducerConfig {
+//!     transactional_id: Some("enricher-0".into()),
+//!     ..ProducerConfig::default()
+//! })
+//! .await?;
+//! producer.init_transactions().await?;
+//! let consumer = Consumer::new(ConsumerConfig {
+//!     group_id: Some("enricher".into()),
+//!     enable_auto_commit: false,
+//!     isolation_level: IsolationLevel::ReadCommitted,
+//!     ..ConsumerConfig::default()
+//! })
+//! .await?;
+//! consumer.subscribe(&["orders"]).await?;
+//! loop {
+//!     let records = consumer.poll(Duration::from_millis(500)).await?;
+//!     if records.is_empty() {
+//!         continue;
+//!     }
+//!     producer.begin_transaction()?;
+//!     let mut offsets = BTreeMap::new();
+//!     for r in &records {
+//!         let out = ProducerRecord { key: r.key.clone(), value: r.value.clone(), ..Default::default() };
+//!         producer.send("orders-enriched", out).await?;
+//!         offsets.insert(TopicPartition::new(&*r.topic, r.partition), OffsetAndMetadata::new(r.offset + 1));
+//!     }
+//!     producer.send_offsets_to_transaction(&offsets, &consumer.group_metadata()?).await?;
+//!     match producer.commit_transaction().await {
+//!         Ok(()) => {}
+//!         Err(Error::TransactionAbortable { .. }) => {
+//!             producer.abort_transaction().await?;
+//!             // Read the aborted records again.
+//!             for (tp, committed) in consumer.committed(&consumer.assignment().await).await? {
+//!                 if let Some(committed) = committed {
+//!                     consumer.seek(&tp, committed.offset).await?;
+//!                 }
+//!             }
+//!         }
+//!         Err(fatal) => return Err(fatal),
+//!     }
+//! }
+//! # }
+//! ```
 
 mod accumulator;
 pub mod partitioner;
 mod sender;
+mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +125,7 @@ use self::accumulator::{
     Accumulator, AccumulatorConfig, AppendOutcome, BatchCompletion, CompletionWait, ProducerIdAndEpoch, TopicQueues,
 };
 use self::sender::{SenderConfig, SenderShared};
+use self::transaction::TransactionManager;
 use crate::connection::ConnectionConfig;
 use crate::error::{Error, Result};
 use crate::metadata::{Cluster, ClusterConfig};
@@ -37,7 +134,7 @@ use crate::protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use crate::protocol::record::{
     record_size_estimate, Record, RecordHeader, BATCH_HEADER_BYTES, NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
 };
-use crate::protocol::{ApiKey, ErrorCode};
+use crate::protocol::{str_bytes, ApiKey, ErrorCode};
 
 /// Producer settings, by the Java client's names (`linger.ms` is `linger_ms`).
 #[derive(Debug, Clone)]
@@ -75,6 +172,13 @@ pub struct ProducerConfig {
     pub max_request_size: usize,
     /// Largest response accepted from a broker.
     pub max_response_bytes: usize,
+    /// `transactional.id`: makes this a transactional producer (see the module docs). Needs
+    /// idempotence (`enable_idempotence`, `acks = -1`, at most 5 requests in flight). Default
+    /// none.
+    pub transactional_id: Option<String>,
+    /// `transaction.timeout.ms`: the coordinator aborts a transaction open longer than this.
+    /// Default 60000.
+    pub transaction_timeout_ms: u64,
 }
 
 impl Default for ProducerConfig {
@@ -96,6 +200,8 @@ impl Default for ProducerConfig {
             max_in_flight_requests_per_connection: 5,
             max_request_size: 1024 * 1024,
             max_response_bytes: 100 * 1024 * 1024,
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
         }
     }
 }
@@ -132,9 +238,25 @@ impl ProducerConfig {
         if self.request_timeout_ms == 0 || self.request_timeout_ms > i32::MAX as u64 {
             return bad(format!("request.timeout.ms {} is out of range", self.request_timeout_ms));
         }
-        Ok(self.enable_idempotence
+        let idempotent = self.enable_idempotence
             && self.acks == -1
-            && self.max_in_flight_requests_per_connection <= MAX_IN_FLIGHT_IDEMPOTENT)
+            && self.max_in_flight_requests_per_connection <= MAX_IN_FLIGHT_IDEMPOTENT;
+        if let Some(id) = &self.transactional_id {
+            if id.is_empty() {
+                return bad("transactional.id must not be empty".into());
+            }
+            if !idempotent {
+                // Java refuses the same: a transaction's batches need sequence numbers.
+                return bad(format!(
+                    "transactional.id needs idempotence: enable.idempotence=true, acks=-1 and \
+                     max.in.flight.requests.per.connection <= {MAX_IN_FLIGHT_IDEMPOTENT}"
+                ));
+            }
+            if self.transaction_timeout_ms == 0 || self.transaction_timeout_ms > i32::MAX as u64 {
+                return bad(format!("transaction.timeout.ms {} is out of range", self.transaction_timeout_ms));
+            }
+        }
+        Ok(idempotent)
     }
 }
 
@@ -257,7 +379,8 @@ impl Producer {
         };
         cluster_config.allow_auto_topic_creation = true;
         let cluster = Cluster::connect(cluster_config).await?;
-        let (producer_id, producer_epoch) = if idempotent {
+        // A transactional producer gets its id from its coordinator in `init_transactions`.
+        let (producer_id, producer_epoch) = if idempotent && config.transactional_id.is_none() {
             let max_block = Duration::from_millis(config.max_block_ms);
             init_producer_id(&cluster, max_block, Duration::from_millis(config.retry_backoff_ms)).await?
         } else {
@@ -272,6 +395,7 @@ impl Producer {
             max_in_flight_per_partition: config.max_in_flight_requests_per_connection,
             retry_backoff_ms: config.retry_backoff_ms as i64,
             idempotent,
+            transactional: config.transactional_id.is_some(),
             producer: ProducerIdAndEpoch { producer_id, producer_epoch },
         });
         let sender_config = SenderConfig {
@@ -283,9 +407,18 @@ impl Producer {
             max_in_flight_requests_per_connection: config.max_in_flight_requests_per_connection,
             max_request_size: config.max_request_size,
             compression: config.compression,
+            transactional_id: config.transactional_id.as_deref().map(str_bytes),
         };
+        let txn = config.transactional_id.as_ref().map(|id| {
+            TransactionManager::new(
+                id.clone(),
+                config.transaction_timeout_ms as i32,
+                cluster.config().connection.clone(),
+                Duration::from_millis(config.retry_backoff_ms),
+            )
+        });
         let memory = Arc::new(Semaphore::new(config.buffer_memory));
-        let shared = Arc::new(SenderShared::new(acc, cluster, memory, sender_config));
+        let shared = Arc::new(SenderShared::new(acc, cluster, memory, sender_config, txn));
         let sender = tokio::spawn(sender::run(shared.clone()));
         Ok(Producer {
             inner: Arc::new(ProducerInner {
@@ -311,6 +444,9 @@ impl Producer {
         let shared = &*inner.shared;
         if shared.closing.load(Ordering::Acquire) {
             return Err(Error::ProducerClosed);
+        }
+        if let Some(txn) = &shared.txn {
+            txn.check_send()?;
         }
         let queues = match shared.acc.topic(topic) {
             Some(q) => q,
@@ -367,8 +503,8 @@ impl Producer {
             }
         };
         match outcome {
-            AppendOutcome::Appended { completion, relative_offset, new_batch, batch_full } => {
-                if new_batch || batch_full {
+            AppendOutcome::Appended { completion, relative_offset, new_batch, batch_full, txn_partition_added } => {
+                if new_batch || batch_full || txn_partition_added {
                     shared.wakeup.notify_one();
                 }
                 Ok(DeliveryFuture { completion, relative_offset })
@@ -428,6 +564,7 @@ impl Producer {
     /// Stops accepting records, sends what is queued and waits for the sender to finish. Other
     /// clones then fail `send` with [`Error::ProducerClosed`].
     pub async fn close(&self) -> Result<()> {
+        self.abort_open_transaction().await;
         let shared = &self.inner.shared;
         shared.closing.store(true, Ordering::Release);
         shared.wakeup.notify_one();

@@ -2,7 +2,9 @@
 //! broker (many partitions each), keeps up to `max.in.flight.requests.per.connection` requests
 //! per broker in flight, and settles each batch from the response: done, retried with its
 //! sequence kept, or failed. It also fetches a new producer id when a partition has used up its
-//! producer epochs.
+//! producer epochs. For a transactional producer it sends AddPartitionsToTxn for partitions new
+//! in the transaction (their batches wait for it), and fails the records not yet sent once the
+//! transaction must abort.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -14,11 +16,12 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::accumulator::{Accumulator, BatchResult, ProducerBatch, ProducerIdAndEpoch};
+use super::transaction::{self, TransactionManager};
 use crate::error::{Error, Result};
 use crate::metadata::Cluster;
 use crate::protocol::compression::Compression;
 use crate::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use crate::protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use crate::protocol::messages::{ProduceRequest, ProduceResponse, TopicName, TransactionalId};
 use crate::protocol::{ApiKey, ErrorCode, StrBytes};
 
 /// The sender's part of the producer configuration.
@@ -32,6 +35,8 @@ pub(crate) struct SenderConfig {
     pub max_in_flight_requests_per_connection: usize,
     pub max_request_size: usize,
     pub compression: Compression,
+    /// Sent with every Produce of a transactional producer.
+    pub transactional_id: Option<StrBytes>,
 }
 
 /// State shared by the producer handles and the sender task.
@@ -47,6 +52,8 @@ pub(crate) struct SenderShared {
     /// back only when batches complete, so lingering would only slow everything down.
     pub memory_waiters: AtomicUsize,
     pub config: SenderConfig,
+    /// A transactional producer's state and coordinators.
+    pub txn: Option<TransactionManager>,
     clock_base: Instant,
     refreshing: AtomicBool,
     last_refresh_ms: AtomicI64,
@@ -55,7 +62,13 @@ pub(crate) struct SenderShared {
 }
 
 impl SenderShared {
-    pub fn new(acc: Accumulator, cluster: Cluster, memory: Arc<Semaphore>, config: SenderConfig) -> Self {
+    pub fn new(
+        acc: Accumulator,
+        cluster: Cluster,
+        memory: Arc<Semaphore>,
+        config: SenderConfig,
+        txn: Option<TransactionManager>,
+    ) -> Self {
         SenderShared {
             acc,
             cluster,
@@ -65,6 +78,7 @@ impl SenderShared {
             flushing: AtomicUsize::new(0),
             memory_waiters: AtomicUsize::new(0),
             config,
+            txn,
             clock_base: Instant::now(),
             refreshing: AtomicBool::new(false),
             last_refresh_ms: AtomicI64::new(i64::MIN / 2),
@@ -160,8 +174,18 @@ pub(crate) async fn run(shared: Arc<SenderShared>) {
         let closing = shared.closing.load(Ordering::Acquire);
         let force =
             closing || shared.flushing.load(Ordering::Acquire) > 0 || shared.memory_waiters.load(Ordering::Acquire) > 0;
-        let expired = shared.acc.expire(now_ms, shared.config.delivery_timeout_ms);
+        let (expired, expiry_error) = shared.acc.expire(now_ms, shared.config.delivery_timeout_ms);
         shared.release(expired);
+        if let Some(txn) = &shared.txn {
+            if let Some(error) = expiry_error {
+                txn.batch_failed(&error);
+            }
+            // Records of a transaction that cannot commit are failed before they are sent.
+            if let Some(error) = txn.undrained_error() {
+                shared.release(shared.acc.abort_undrained(&error));
+            }
+            transaction::maybe_add_partitions(&shared);
+        }
 
         let metadata = shared.cluster.metadata();
         let max_in_flight = shared.config.max_in_flight_requests_per_connection;
@@ -262,6 +286,7 @@ async fn send_produce(
                 .push(PartitionProduceData::default().with_index(b.partition()).with_records(b.encoded.clone()));
         }
         let request = ProduceRequest::default()
+            .with_transactional_id(shared.config.transactional_id.clone().map(TransactionalId))
             .with_acks(shared.config.acks)
             .with_timeout_ms(shared.config.request_timeout_ms)
             .with_topic_data(
@@ -365,6 +390,9 @@ fn settle(shared: &Arc<SenderShared>, outcome: RequestOutcome) {
                     BatchResult::Retry
                 } else {
                     b.completion.complete(Err(error.clone()));
+                    if let Some(txn) = &shared.txn {
+                        txn.batch_failed(&error);
+                    }
                     BatchResult::Failed
                 };
                 released += shared.acc.finish(b, result, now_ms);
@@ -403,7 +431,11 @@ fn settle(shared: &Arc<SenderShared>, outcome: RequestOutcome) {
                             Some(m) => format!("produce to {}-{}: {m}", b.topic(), b.partition()),
                             None => format!("produce to {}-{}", b.topic(), b.partition()),
                         };
-                        b.completion.complete(Err(Arc::new(Error::broker(code, context))));
+                        let error = Arc::new(Error::broker(code, context));
+                        b.completion.complete(Err(error.clone()));
+                        if let Some(txn) = &shared.txn {
+                            txn.batch_failed(&error);
+                        }
                         BatchResult::Failed
                     }
                 };

@@ -806,6 +806,101 @@ static WRITE_TXN_MARKERS: Message = Message {
     body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_MARKER)))], tagged: &[] },
 };
 
+static ADD_PARTITIONS_TO_TXN_PARTITION_RESULT: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32), // partition_index
+        f(0, ANY, INT16), // partition_error_code
+    ],
+    tagged: &[],
+};
+static ADD_PARTITIONS_TO_TXN_TOPIC_RESULT: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                                      // name
+        f(0, ANY, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_PARTITION_RESULT))), // results_by_partition
+    ],
+    tagged: &[],
+};
+static ADD_PARTITIONS_TO_TXN_RESULT: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                                  // transactional_id
+        f(0, ANY, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_TOPIC_RESULT))), // topic_results
+    ],
+    tagged: &[],
+};
+static ADD_PARTITIONS_TO_TXN: Message = Message {
+    name: "AddPartitionsToTxn",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),                                                     // throttle_time_ms
+            f(4, ANY, INT16),                                                     // error_code
+            f(4, ANY, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_RESULT))),     // results_by_transaction
+            f(0, 3, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_TOPIC_RESULT))), // results_by_topic_v3_and_below
+        ],
+        tagged: &[],
+    },
+};
+
+static ADD_OFFSETS_TO_TXN: Message = Message {
+    name: "AddOffsetsToTxn",
+    min_version: 0,
+    max_version: 4,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32), // throttle_time_ms
+            f(0, ANY, INT16), // error_code
+        ],
+        tagged: &[],
+    },
+};
+
+static TXN_OFFSET_COMMIT_RESPONSE_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32), // partition_index
+        f(0, ANY, INT16), // error_code
+    ],
+    tagged: &[],
+};
+static TXN_OFFSET_COMMIT_RESPONSE_TOPIC: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),                                                    // name
+        f(0, ANY, Ty::Array(&Ty::Struct(&TXN_OFFSET_COMMIT_RESPONSE_PARTITION))), // partitions
+    ],
+    tagged: &[],
+};
+static TXN_OFFSET_COMMIT: Message = Message {
+    name: "TxnOffsetCommit",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),                                                     // throttle_time_ms
+            f(0, ANY, Ty::Array(&Ty::Struct(&TXN_OFFSET_COMMIT_RESPONSE_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+
+static END_TXN: Message = Message {
+    name: "EndTxn",
+    min_version: 0,
+    max_version: 5,
+    flexible_from: 3,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32), // throttle_time_ms
+            f(0, ANY, INT16), // error_code
+            f(5, ANY, INT64), // producer_id
+            f(5, ANY, INT16), // producer_epoch
+        ],
+        tagged: &[],
+    },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -832,6 +927,10 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::OffsetDelete => &OFFSET_DELETE,
         ApiKey::OffsetForLeaderEpoch => &OFFSET_FOR_LEADER_EPOCH,
         ApiKey::WriteTxnMarkers => &WRITE_TXN_MARKERS,
+        ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
+        ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
+        ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
+        ApiKey::EndTxn => &END_TXN,
         _ => return None,
     })
 }
@@ -888,6 +987,10 @@ mod tests {
         ApiKey::DeleteGroups,
         ApiKey::OffsetDelete,
         ApiKey::OffsetForLeaderEpoch,
+        ApiKey::AddPartitionsToTxn,
+        ApiKey::AddOffsetsToTxn,
+        ApiKey::TxnOffsetCommit,
+        ApiKey::EndTxn,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -942,7 +1045,71 @@ mod tests {
         produce_and_fetch(&mut out);
         admin(&mut out);
         groups(&mut out);
+        transactions(&mut out);
         out
+    }
+
+    fn transactions(out: &mut Vec<Encoded>) {
+        use crate::protocol::messages::add_partitions_to_txn_response::{
+            AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+        };
+        use crate::protocol::messages::txn_offset_commit_response::{
+            TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+        };
+        for v in 0..=5 {
+            let p = AddPartitionsToTxnPartitionResult::default()
+                .with_partition_index(3)
+                .with_partition_error_code(51)
+                .with_unknown_tagged_fields(tags(v, 3));
+            let t = AddPartitionsToTxnTopicResult::default()
+                .with_name(topic("orders"))
+                .with_results_by_partition(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(v, 3));
+            let mut m =
+                AddPartitionsToTxnResponse::default().with_throttle_time_ms(5).with_unknown_tagged_fields(tags(v, 3));
+            if v >= 4 {
+                let r = AddPartitionsToTxnResult::default()
+                    .with_transactional_id(TransactionalId(str_bytes("txn-1")))
+                    .with_topic_results(vec![t.clone(), t])
+                    .with_unknown_tagged_fields(tags(v, 3));
+                m = m.with_error_code(51).with_results_by_transaction(vec![r.clone(), r]);
+            } else {
+                m = m.with_results_by_topic_v3_and_below(vec![t.clone(), t]);
+            }
+            push(out, ApiKey::AddPartitionsToTxn, v, &m);
+        }
+        for v in 0..=4 {
+            let m = AddOffsetsToTxnResponse::default()
+                .with_throttle_time_ms(5)
+                .with_error_code(47)
+                .with_unknown_tagged_fields(tags(v, 3));
+            push(out, ApiKey::AddOffsetsToTxn, v, &m);
+        }
+        for v in 0..=5 {
+            let p = TxnOffsetCommitResponsePartition::default()
+                .with_partition_index(2)
+                .with_error_code(22)
+                .with_unknown_tagged_fields(tags(v, 3));
+            let t = TxnOffsetCommitResponseTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(v, 3));
+            let m = TxnOffsetCommitResponse::default()
+                .with_throttle_time_ms(5)
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 3));
+            push(out, ApiKey::TxnOffsetCommit, v, &m);
+        }
+        for v in 0..=5 {
+            let mut m = EndTxnResponse::default()
+                .with_throttle_time_ms(5)
+                .with_error_code(51)
+                .with_unknown_tagged_fields(tags(v, 3));
+            if v >= 5 {
+                m = m.with_producer_id(ProducerId(42)).with_producer_epoch(3);
+            }
+            push(out, ApiKey::EndTxn, v, &m);
+        }
     }
 
     fn api_versions_and_metadata(out: &mut Vec<Encoded>) {
@@ -1612,6 +1779,9 @@ mod tests {
             2,
             &[0, 0, 0, 0, 0, 0, 0, 1, 0, 1, b't', 0x7f, 0, 0, 0],
         );
+        // The transactional producer's responses: throttle_time_ms, then a huge topic count.
+        refused::<AddPartitionsToTxnResponse>(ApiKey::AddPartitionsToTxn, 0, &[0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff]);
+        refused::<TxnOffsetCommitResponse>(ApiKey::TxnOffsetCommit, 3, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]);
         // An int32 array in a nested struct: Metadata v1 replica_nodes.
         let mut metadata = BytesMut::new();
         metadata.put_i32(0); // brokers
@@ -1700,6 +1870,10 @@ mod tests {
             ApiKey::DeleteGroups => len::<DeleteGroupsResponse>(version, body),
             ApiKey::OffsetDelete => len::<OffsetDeleteResponse>(version, body),
             ApiKey::OffsetForLeaderEpoch => len::<OffsetForLeaderEpochResponse>(version, body),
+            ApiKey::AddPartitionsToTxn => len::<AddPartitionsToTxnResponse>(version, body),
+            ApiKey::AddOffsetsToTxn => len::<AddOffsetsToTxnResponse>(version, body),
+            ApiKey::TxnOffsetCommit => len::<TxnOffsetCommitResponse>(version, body),
+            ApiKey::EndTxn => len::<EndTxnResponse>(version, body),
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }
