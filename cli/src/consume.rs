@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, TopicPartition};
+use spate_client::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, TopicPartition};
 
 use crate::common::{base64_encode, BootstrapArgs};
 
@@ -83,6 +83,14 @@ pub struct ConsumeArgs {
     /// Separator between key and value for --format kv.
     #[arg(long = "key-separator", default_value = "\t")]
     pub key_separator: String,
+    /// `read_uncommitted` (default: every record) or `read_committed` (stops at the last stable
+    /// offset and skips records of aborted transactions).
+    #[arg(long = "isolation-level", default_value = "read_uncommitted", value_parser = parse_isolation_level)]
+    pub isolation_level: IsolationLevel,
+}
+
+fn parse_isolation_level(raw: &str) -> Result<IsolationLevel, String> {
+    raw.parse()
 }
 
 /// Writes one record in the chosen format, newline included.
@@ -136,6 +144,7 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
         auto_offset_reset: if args.from_beginning { AutoOffsetReset::Earliest } else { AutoOffsetReset::Latest },
         max_poll_records: 4096,
         group_id: args.group.clone(),
+        isolation_level: args.isolation_level,
         ..ConsumerConfig::default()
     })
     .await

@@ -12,6 +12,7 @@ mod groups;
 mod produce;
 mod sql;
 mod topics;
+mod transactions;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,8 @@ enum Command {
     Connectors(connectors::ConnectorsArgs),
     /// Query topics with SQL (DataFusion): -c/-f statements, or an interactive shell.
     Sql(sql::SqlArgs),
+    /// List and describe transactions (like kafka-transactions.sh).
+    Transactions(transactions::TransactionsArgs),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`.
@@ -79,6 +82,7 @@ async fn main() -> ExitCode {
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Groups(args) => groups::run(args).await,
+        Command::Transactions(args) => transactions::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Connectors(args) => connectors::run(args).await,
         Command::Connect(args) => connect::run(args).await,

@@ -28,7 +28,9 @@ use crate::protocol::messages::offset_fetch_request::{
 use crate::protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteGroupsRequest, DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, DescribeTransactionsRequest,
+    DescribeTransactionsResponse, FindCoordinatorRequest, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TransactionalId,
     FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
     ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
     OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
@@ -254,6 +256,30 @@ pub struct GroupListing {
     pub state: Option<GroupState>,
     /// The broker that coordinates the group.
     pub coordinator: i32,
+}
+
+/// A transaction as `list_transactions` reports it (Kafka's `TransactionListing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionListing {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    /// Kafka's state name: Empty, Ongoing, PrepareCommit, PrepareAbort, CompleteCommit, ...
+    pub state: String,
+    /// The broker that coordinates it.
+    pub coordinator: i32,
+}
+
+/// A transaction as `describe_transactions` reports it (Kafka's `TransactionDescription`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionDescription {
+    pub coordinator: i32,
+    pub state: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub transaction_timeout_ms: i32,
+    /// When the ongoing transaction began (ms since the epoch), -1 when none is open.
+    pub transaction_start_time_ms: i64,
+    pub partitions: Vec<TopicPartition>,
 }
 
 /// A group as `describe_groups` reports it.
@@ -625,6 +651,81 @@ impl Admin {
             }
         }
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(out)
+    }
+
+    /// ListTransactions on every broker (each lists the transactional ids it coordinates),
+    /// filtered by state names (empty: all) and producer ids (empty: all).
+    pub async fn list_transactions(&self, states: &[&str], producer_ids: &[i64]) -> Result<Vec<TransactionListing>> {
+        let metadata = self.cluster.refresh().await?;
+        let mut out = Vec::new();
+        for &node_id in metadata.brokers.keys() {
+            let conn = self.cluster.broker(node_id).await?;
+            let version = conn.version(ApiKey::ListTransactions)?;
+            let request = ListTransactionsRequest::default()
+                .with_state_filters(states.iter().map(|s| str_bytes(s.to_string())).collect())
+                .with_producer_id_filters(producer_ids.iter().map(|&p| ProducerId(p)).collect())
+                .with_duration_filter(-1);
+            let deadline = tokio::time::Instant::now() + self.timeout();
+            let response = loop {
+                let response: ListTransactionsResponse = conn.send(ApiKey::ListTransactions, version, &request).await?;
+                if ErrorCode(response.error_code) != ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break response;
+                }
+                tokio::time::sleep(LOAD_IN_PROGRESS_BACKOFF).await;
+            };
+            item_result(response.error_code, None, || format!("listing transactions of broker {node_id}"))?;
+            out.extend(response.transaction_states.into_iter().map(|t| TransactionListing {
+                transactional_id: t.transactional_id.to_string(),
+                producer_id: t.producer_id.0,
+                state: t.transaction_state.to_string(),
+                coordinator: node_id,
+            }));
+        }
+        out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        Ok(out)
+    }
+
+    /// DescribeTransactions of each id, asked of every broker (only its coordinator knows it;
+    /// the others answer NOT_COORDINATOR); each id's outcome apart.
+    pub async fn describe_transactions(
+        &self,
+        transactional_ids: &[&str],
+    ) -> Result<BTreeMap<String, Result<TransactionDescription>>> {
+        let metadata = self.cluster.refresh().await?;
+        let mut out: BTreeMap<String, Result<TransactionDescription>> = BTreeMap::new();
+        let request = DescribeTransactionsRequest::default()
+            .with_transactional_ids(transactional_ids.iter().map(|id| TransactionalId(str_bytes(id.to_string()))).collect());
+        for &node_id in metadata.brokers.keys() {
+            let conn = self.cluster.broker(node_id).await?;
+            let response: DescribeTransactionsResponse = conn.send(ApiKey::DescribeTransactions, 0, &request).await?;
+            for t in response.transaction_states {
+                let id = t.transactional_id.to_string();
+                let result = item_result(t.error_code, None, || format!("describing transaction {id}")).map(|()| {
+                    TransactionDescription {
+                        coordinator: node_id,
+                        state: t.transaction_state.to_string(),
+                        producer_id: t.producer_id.0,
+                        producer_epoch: t.producer_epoch,
+                        transaction_timeout_ms: t.transaction_timeout_ms,
+                        transaction_start_time_ms: t.transaction_start_time_ms,
+                        partitions: t
+                            .topics
+                            .iter()
+                            .flat_map(|topic| {
+                                topic.partitions.iter().map(|&p| TopicPartition::new(topic.topic.to_string(), p))
+                            })
+                            .collect(),
+                    }
+                });
+                // The coordinator's answer wins over the others' NOT_COORDINATOR.
+                if result.is_ok() || !out.get(&id).is_some_and(|r| r.is_ok()) {
+                    out.insert(id, result);
+                }
+            }
+        }
         Ok(out)
     }
 

@@ -280,3 +280,109 @@ def test_kafka_python_transactional_producer_and_kcat_read_committed(broker):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().split() == [f"kp-{i}" for i in range(10)]
+
+
+def java_hash(s: str) -> int:
+    h = 0
+    for unit in s.encode("utf-16-be").hex(" ", 2).split():
+        h = (h * 31 + int(unit, 16)) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def txn_coordinator_of(cluster, transactional_id: str, partitions: int = 50) -> int:
+    """The leader of the transactional id's __transaction_state partition (Kafka's abs(hash) % n)."""
+    h = java_hash(transactional_id)
+    index = (0 if h == -(1 << 31) else abs(h)) % partitions
+    view = cluster.partition_view("__transaction_state", index)
+    assert view is not None and view.leader >= 0, f"__transaction_state-{index} has no leader"
+    return view.leader
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_transactions_survive_coordinator_and_leader_failover(cluster):
+    """30 transactions over 6 partitions of an RF=3 topic (markers go to other brokers with
+    WriteTxnMarkers); the transaction coordinator is killed after round 10, a data partition's leader
+    after round 20. Every transaction the producer saw commit is visible whole, every abort never, an
+    interrupted one all or nothing; no transaction is left hanging (the LSO reaches the high
+    watermark everywhere)."""
+    topic = unique_topic("txn-failover")
+    cluster.create_topic(topic, 6, 3, {"min.insync.replicas": "2"})
+    tid = "txn-failover"
+    config = {
+        "transactional.id": tid,
+        "transaction.timeout.ms": 10_000,
+        "message.timeout.ms": 60_000,
+        "request.timeout.ms": 10_000,
+        "retry.backoff.ms": 100,
+    }
+
+    def make():
+        p = Producer(client_config(cluster.up_bootstrap(), **config))
+        p.init_transactions(60)
+        return p
+
+    producer = make()
+    committed, aborted, uncertain = [], [], []
+    killed = None
+    for round_ in range(30):
+        if round_ == 10:
+            killed = txn_coordinator_of(cluster, tid)
+            cluster.kill(killed)
+        if round_ == 20:
+            cluster.restart(killed)
+            cluster.wait_ready()
+            killed = cluster.partition_view(topic, 0).leader
+            cluster.kill(killed)
+        batch = [f"{round_}-{i}".encode() for i in range(60)]
+        try:
+            producer.begin_transaction()
+            for i, v in enumerate(batch):
+                producer.produce(topic, value=v, partition=i % 6)
+            if round_ % 3 == 2:
+                producer.flush(60)
+                producer.abort_transaction(60)
+                aborted.append(batch)
+            else:
+                producer.commit_transaction(60)
+                committed.append(batch)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.txn_requires_abort():
+                producer.abort_transaction(60)
+                aborted.append(batch)
+            else:
+                # Fatal or unknown outcome: a new instance fences this one; the transaction is then
+                # either committed whole (its commit was durable) or aborted whole.
+                uncertain.append(batch)
+                producer = make()
+    del producer
+    cluster.restart(killed)
+    cluster.wait_ready()
+    assert len(committed) >= 15, f"too few transactions committed: {len(committed)}"
+
+    expected = sum(len(v) for v in committed)
+    got = set(values(read_committed(cluster.up_bootstrap(), topic, range(6), expected, timeout_s=60)))
+    for txn in committed:
+        assert set(txn) <= got, f"a committed transaction is missing records: {txn[0]!r}..."
+    for txn in aborted:
+        assert not set(txn) & got, f"an aborted transaction is visible: {txn[0]!r}..."
+    for txn in uncertain:
+        assert set(txn) <= got or not set(txn) & got, f"a transaction is partly visible: {txn[0]!r}..."
+    assert len(got) == expected + sum(len(t) for t in uncertain if set(t) <= got)
+
+    c = Consumer(client_config(cluster.up_bootstrap(), **{"group.id": DUMMY_GROUP, "isolation.level": "read_committed"}))
+    u = Consumer(client_config(cluster.up_bootstrap(), **{"group.id": DUMMY_GROUP, "isolation.level": "read_uncommitted"}))
+    try:
+        for part in range(6):
+            tp = TopicPartition(topic, part)
+            wait_until(
+                lambda: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                == u.get_watermark_offsets(tp, timeout=10, cached=False)[1],
+                30,
+                f"the LSO of partition {part} to reach its high watermark (no hanging transaction)",
+            )
+    finally:
+        c.close()
+        u.close()

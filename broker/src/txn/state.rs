@@ -266,7 +266,7 @@ impl TxnState {
             // A new producer instance (or a recovering one) while a transaction is open: abort
             // it, bumping the epoch so the old instance can write nothing more.
             let mut next = m.clone();
-            next.producer_epoch = (m.producer_epoch + 1).min(MAX_EPOCH + 1);
+            next.producer_epoch = m.producer_epoch.saturating_add(1);
             next.status = TxnStatus::PrepareAbort;
             next.last_update_ms = now_ms;
             self.mark_pending(&next);
@@ -408,7 +408,7 @@ impl TxnState {
             })
             .map(|m| {
                 let mut next = m.clone();
-                next.producer_epoch = (m.producer_epoch + 1).min(MAX_EPOCH + 1);
+                next.producer_epoch = m.producer_epoch.saturating_add(1);
                 next.status = TxnStatus::PrepareAbort;
                 next.last_update_ms = now_ms;
                 next

@@ -901,6 +901,58 @@ static END_TXN: Message = Message {
     },
 };
 
+static LIST_TRANSACTIONS_TRANSACTION_STATE: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String), // transactional_id
+        f(0, ANY, INT64),      // producer_id
+        f(0, ANY, Ty::String), // transaction_state
+    ],
+    tagged: &[],
+};
+static LIST_TRANSACTIONS: Message = Message {
+    name: "ListTransactions",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),                                                        // throttle_time_ms
+            f(0, ANY, INT16),                                                        // error_code
+            f(0, ANY, Ty::Array(&Ty::String)),                                       // unknown_state_filters
+            f(0, ANY, Ty::Array(&Ty::Struct(&LIST_TRANSACTIONS_TRANSACTION_STATE))), // transaction_states
+        ],
+        tagged: &[],
+    },
+};
+static DESCRIBE_TRANSACTIONS_TOPIC_DATA: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+static DESCRIBE_TRANSACTIONS_TRANSACTION_STATE: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT16),                                                     // error_code
+        f(0, ANY, Ty::String),                                                // transactional_id
+        f(0, ANY, Ty::String),                                                // transaction_state
+        f(0, ANY, INT32),                                                     // transaction_timeout_ms
+        f(0, ANY, INT64),                                                     // transaction_start_time_ms
+        f(0, ANY, INT64),                                                     // producer_id
+        f(0, ANY, INT16),                                                     // producer_epoch
+        f(0, ANY, Ty::Array(&Ty::Struct(&DESCRIBE_TRANSACTIONS_TOPIC_DATA))), // topics
+    ],
+    tagged: &[],
+};
+static DESCRIBE_TRANSACTIONS: Message = Message {
+    name: "DescribeTransactions",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),                                                            // throttle_time_ms
+            f(0, ANY, Ty::Array(&Ty::Struct(&DESCRIBE_TRANSACTIONS_TRANSACTION_STATE))), // transaction_states
+        ],
+        tagged: &[],
+    },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -927,6 +979,8 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::OffsetDelete => &OFFSET_DELETE,
         ApiKey::OffsetForLeaderEpoch => &OFFSET_FOR_LEADER_EPOCH,
         ApiKey::WriteTxnMarkers => &WRITE_TXN_MARKERS,
+        ApiKey::ListTransactions => &LIST_TRANSACTIONS,
+        ApiKey::DescribeTransactions => &DESCRIBE_TRANSACTIONS,
         ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
         ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
         ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
@@ -991,6 +1045,9 @@ mod tests {
         ApiKey::AddOffsetsToTxn,
         ApiKey::TxnOffsetCommit,
         ApiKey::EndTxn,
+        ApiKey::WriteTxnMarkers,
+        ApiKey::ListTransactions,
+        ApiKey::DescribeTransactions,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -1109,6 +1166,58 @@ mod tests {
                 m = m.with_producer_id(ProducerId(42)).with_producer_epoch(3);
             }
             push(out, ApiKey::EndTxn, v, &m);
+        }
+        {
+            use crate::protocol::messages::describe_transactions_response::{TopicData, TransactionState as Described};
+            use crate::protocol::messages::list_transactions_response::TransactionState as Listed;
+            use crate::protocol::messages::write_txn_markers_response::{
+                WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+            };
+            let p = WritableTxnMarkerPartitionResult::default()
+                .with_partition_index(2)
+                .with_error_code(6)
+                .with_unknown_tagged_fields(tags(1, 1));
+            let t = WritableTxnMarkerTopicResult::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(1, 1));
+            let r = WritableTxnMarkerResult::default()
+                .with_producer_id(ProducerId(9))
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(1, 1));
+            push(out, ApiKey::WriteTxnMarkers, 1, &WriteTxnMarkersResponse::default().with_markers(vec![r.clone(), r]));
+            for v in 0..=2 {
+                let l = Listed::default()
+                    .with_transactional_id(TransactionalId(str_bytes("txn-1")))
+                    .with_producer_id(ProducerId(4))
+                    .with_transaction_state(str_bytes("Ongoing"))
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let m = ListTransactionsResponse::default()
+                    .with_error_code(0)
+                    .with_unknown_state_filters(vec![str_bytes("Bogus")])
+                    .with_transaction_states(vec![l.clone(), l])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                push(out, ApiKey::ListTransactions, v, &m);
+            }
+            let topic_data = TopicData::default()
+                .with_topic(topic("orders"))
+                .with_partitions(vec![0, 1])
+                .with_unknown_tagged_fields(tags(0, 0));
+            let d = Described::default()
+                .with_transactional_id(TransactionalId(str_bytes("txn-1")))
+                .with_transaction_state(str_bytes("Ongoing"))
+                .with_transaction_timeout_ms(60_000)
+                .with_transaction_start_time_ms(5)
+                .with_producer_id(ProducerId(4))
+                .with_producer_epoch(2)
+                .with_topics(vec![topic_data.clone(), topic_data])
+                .with_unknown_tagged_fields(tags(0, 0));
+            push(
+                out,
+                ApiKey::DescribeTransactions,
+                0,
+                &DescribeTransactionsResponse::default().with_transaction_states(vec![d.clone(), d]),
+            );
         }
     }
 
@@ -1874,6 +1983,9 @@ mod tests {
             ApiKey::AddOffsetsToTxn => len::<AddOffsetsToTxnResponse>(version, body),
             ApiKey::TxnOffsetCommit => len::<TxnOffsetCommitResponse>(version, body),
             ApiKey::EndTxn => len::<EndTxnResponse>(version, body),
+            ApiKey::WriteTxnMarkers => len::<WriteTxnMarkersResponse>(version, body),
+            ApiKey::ListTransactions => len::<ListTransactionsResponse>(version, body),
+            ApiKey::DescribeTransactions => len::<DescribeTransactionsResponse>(version, body),
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }

@@ -1,0 +1,181 @@
+//! The Spate client's transactions against a real `spate broker` process: committed records are
+//! visible to a read_committed consumer and aborted ones never; consume-transform-produce with
+//! the input offsets in the transaction; a second instance fences the first; the admin API lists
+//! and describes transactions.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use spate_client::admin::{AdminConfig, NewTopic};
+use spate_client::{
+    Admin, AutoOffsetReset, Consumer, ConsumerConfig, IsolationLevel, OffsetAndMetadata, Producer, ProducerConfig,
+    ProducerRecord, TopicPartition,
+};
+use spate_e2e::TestBroker;
+
+async fn admin(broker: &TestBroker) -> Admin {
+    Admin::new(AdminConfig { bootstrap_servers: vec![broker.bootstrap()], ..AdminConfig::default() })
+        .await
+        .expect("admin connects")
+}
+
+async fn txn_producer(broker: &TestBroker, id: &str) -> Producer {
+    let producer = Producer::new(ProducerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        transactional_id: Some(id.to_string()),
+        transaction_timeout_ms: 10_000,
+        linger_ms: 5,
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer starts");
+    producer.init_transactions().await.expect("init_transactions");
+    producer
+}
+
+/// Every value of `topic` a read_committed consumer sees, reading until `expected` arrived (and a
+/// little longer, to catch extras).
+async fn read_committed(broker: &TestBroker, topic: &str, expected: usize) -> Vec<String> {
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        isolation_level: IsolationLevel::ReadCommitted,
+        fetch_max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .unwrap();
+    let metadata = consumer.cluster().topic(topic).await.unwrap();
+    consumer.assign(metadata.partitions.iter().map(|p| TopicPartition::new(topic, p.partition)).collect()).await.unwrap();
+    consumer.seek_to_beginning(&[]).await.unwrap();
+    let mut values = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while values.len() < expected && tokio::time::Instant::now() < deadline {
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    for r in consumer.poll(Duration::from_millis(500)).await.unwrap() {
+        values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+    }
+    values.sort();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_visible_aborted_never_and_the_admin_api_describes_them() {
+    let broker = TestBroker::start(&[]).unwrap();
+    admin(&broker).await.create_topic(NewTopic::new("t", 3, 1)).await.unwrap();
+    let producer = txn_producer(&broker, "rust-txn").await;
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        producer.begin_transaction().unwrap();
+        let mut futures = Vec::new();
+        for i in 0..200 {
+            let value = format!("r{round}-{i:03}");
+            futures.push(producer.send("t", ProducerRecord::new(value.clone()).with_partition(i % 3)).await.unwrap());
+            if round % 2 == 0 {
+                expected.push(value);
+            }
+        }
+        if round % 2 == 0 {
+            producer.commit_transaction().await.unwrap();
+            for f in futures {
+                f.await.unwrap();
+            }
+        } else {
+            producer.abort_transaction().await.unwrap();
+        }
+    }
+    // An open transaction shows in the admin API with its partitions.
+    producer.begin_transaction().unwrap();
+    producer.send("t", ProducerRecord::new("open").with_partition(1)).await.unwrap().await.unwrap();
+    let admin = admin(&broker).await;
+    let listed = admin.list_transactions(&["Ongoing"], &[]).await.unwrap();
+    assert_eq!(listed.iter().map(|t| t.transactional_id.as_str()).collect::<Vec<_>>(), ["rust-txn"]);
+    let described = admin.describe_transactions(&["rust-txn", "nope"]).await.unwrap();
+    let d = described["rust-txn"].as_ref().unwrap();
+    assert_eq!(d.state, "Ongoing");
+    assert_eq!(d.partitions, vec![TopicPartition::new("t", 1)]);
+    assert!(described["nope"].is_err());
+    producer.abort_transaction().await.unwrap();
+    producer.close().await.unwrap();
+
+    expected.sort();
+    assert_eq!(read_committed(&broker, "t", expected.len()).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_transform_produce_commits_output_and_offsets_together() {
+    let broker = TestBroker::start(&[]).unwrap();
+    let admin = admin(&broker).await;
+    admin.create_topic(NewTopic::new("in", 2, 1)).await.unwrap();
+    admin.create_topic(NewTopic::new("out", 2, 1)).await.unwrap();
+    let plain = Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
+        .await
+        .unwrap();
+    for i in 0..500 {
+        plain.send("in", ProducerRecord::new(i.to_string()).with_partition(i % 2)).await.unwrap();
+    }
+    plain.flush().await.unwrap();
+
+    // Two instances in turn; the first aborts its last transaction, so those inputs are redone.
+    let mut done = 0usize;
+    for (instance, abort_last) in [(0, true), (1, false)] {
+        let consumer = Consumer::new(ConsumerConfig {
+            bootstrap_servers: vec![broker.bootstrap()],
+            group_id: Some("ctp".into()),
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            isolation_level: IsolationLevel::ReadCommitted,
+            enable_auto_commit: false,
+            fetch_max_wait_ms: 100,
+            ..ConsumerConfig::default()
+        })
+        .await
+        .unwrap();
+        consumer.subscribe(&["in"]).await.unwrap();
+        let producer = txn_producer(&broker, "ctp-app").await;
+        let target = if instance == 0 { 250 } else { 500 };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while done < target && tokio::time::Instant::now() < deadline {
+            let records = consumer.poll(Duration::from_millis(200)).await.unwrap();
+            if records.is_empty() {
+                continue;
+            }
+            producer.begin_transaction().unwrap();
+            let mut offsets: BTreeMap<TopicPartition, OffsetAndMetadata> = BTreeMap::new();
+            for r in &records {
+                let value = format!("x{}", String::from_utf8_lossy(r.value.as_deref().unwrap()));
+                producer.send("out", ProducerRecord::new(value).with_partition(r.partition)).await.unwrap();
+                offsets.insert(TopicPartition::new(&*r.topic, r.partition), OffsetAndMetadata::new(r.offset + 1));
+            }
+            producer.send_offsets_to_transaction(&offsets, &consumer.group_metadata().unwrap()).await.unwrap();
+            if abort_last && done + records.len() >= target {
+                producer.abort_transaction().await.unwrap();
+                break;
+            }
+            producer.commit_transaction().await.unwrap();
+            done += records.len();
+        }
+        producer.close().await.unwrap();
+        consumer.close().await.unwrap();
+    }
+    let mut expected: Vec<String> = (0..500).map(|i| format!("x{i}")).collect();
+    expected.sort();
+    assert_eq!(read_committed(&broker, "out", 500).await, expected, "each input exactly once in the output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_fences_the_first() {
+    let broker = TestBroker::start(&[]).unwrap();
+    admin(&broker).await.create_topic(NewTopic::new("f", 1, 1)).await.unwrap();
+    let old = txn_producer(&broker, "fenced").await;
+    old.begin_transaction().unwrap();
+    old.send("f", ProducerRecord::new("zombie")).await.unwrap().await.unwrap();
+    let new = txn_producer(&broker, "fenced").await;
+    new.begin_transaction().unwrap();
+    new.send("f", ProducerRecord::new("new")).await.unwrap();
+    new.commit_transaction().await.unwrap();
+    assert!(old.commit_transaction().await.is_err(), "the fenced instance must not commit");
+    assert_eq!(read_committed(&broker, "f", 1).await, vec!["new".to_string()]);
+}
