@@ -1095,13 +1095,20 @@ impl Partition {
     /// group of segments in; reading, filtering, writing and fsyncing happen without it.
     /// `cancel` stops the pass early (shutdown).
     pub fn clean(&self, map: &mut OffsetMap, now_ms: i64, cancel: &AtomicBool) -> Result<Option<CleanStats>> {
-        let high_watermark = self.high_watermark();
+        // Below the last stable offset only (Kafka's rule): whether an open transaction's
+        // records are aborted is not known yet.
+        let stable = self.last_stable_offset();
         let Some(plan) = ({
             let state = self.lock();
             if self.check_usable().is_err() {
                 return Ok(None);
             }
-            state.log.plan_cleaning(now_ms, high_watermark)
+            state.log.plan_cleaning(now_ms, stable).map(|mut plan| {
+                for a in state.txns.aborted_between(0, i64::MAX, usize::MAX) {
+                    plan.aborted.entry(a.producer_id).or_default().push((a.first_offset, a.last_offset));
+                }
+                plan
+            })
         }) else {
             return Ok(None);
         };

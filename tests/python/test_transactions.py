@@ -312,8 +312,8 @@ def test_transactions_survive_coordinator_and_leader_failover(cluster):
     tid = "txn-failover"
     config = {
         "transactional.id": tid,
-        "transaction.timeout.ms": 10_000,
-        "message.timeout.ms": 60_000,
+        "transaction.timeout.ms": 30_000,
+        "message.timeout.ms": 30_000,
         "request.timeout.ms": 10_000,
         "retry.backoff.ms": 100,
     }

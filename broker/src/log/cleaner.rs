@@ -261,6 +261,21 @@ pub struct CleaningPlan {
     cleanable_end: i64,
     /// The dirty ratio that made the log due.
     pub dirty_ratio: f64,
+    /// Aborted transactions of the log, by producer id: `(first_offset, marker offset)`. Their
+    /// records never enter the offset map (an aborted value must not shadow a committed one)
+    /// and are removed, as Kafka's cleaner does; markers are always kept.
+    pub aborted: HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl CleaningPlan {
+    /// Whether `header` is a data batch of an aborted transaction.
+    fn is_aborted(&self, header: &BatchHeader) -> bool {
+        header.is_transactional()
+            && !header.is_control()
+            && self.aborted.get(&header.producer_id).is_some_and(|ranges| {
+                ranges.iter().any(|&(first, last)| first <= header.base_offset && header.base_offset <= last)
+            })
+    }
 }
 
 /// A group of segments rewritten by [`clean`], ready for [`Log::swap_cleaned`].
@@ -367,6 +382,7 @@ impl Log {
             previous: self.cleaner,
             cleanable_end,
             dirty_ratio,
+            aborted: HashMap::new(),
         })
     }
 
@@ -524,7 +540,7 @@ fn build_offset_map(
             if header.last_offset() < plan.first_dirty_offset {
                 return Ok(true);
             }
-            if !header.is_control() {
+            if !header.is_control() && !plan.is_aborted(header) {
                 if map.len() + header.records_count.max(0) as usize > map.max_entries() {
                     full = true;
                     return Ok(false);
@@ -695,6 +711,12 @@ fn clean_group(
                 if header.base_offset >= map_end || header.is_control() {
                     note_horizon(header, next_delete_horizon_ms);
                     output.push(bytes, header)?;
+                    return Ok(true);
+                }
+                if plan.is_aborted(header) {
+                    stats.records_removed += header.records_count.max(0) as u64;
+                    stats.batches_removed += 1;
+                    changed = true;
                     return Ok(true);
                 }
                 decode(segment, position, bytes, &mut records)?;

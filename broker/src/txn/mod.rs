@@ -15,3 +15,6 @@ pub mod store;
 pub mod tracker;
 
 pub use coordinator::{TransactionCoordinator, TRANSACTION_STATE_TOPIC};
+
+#[cfg(test)]
+mod tests;
