@@ -97,6 +97,10 @@ pub struct BenchProduceArgs {
     /// `buffer.memory` of each producer in bytes.
     #[arg(long = "buffer-memory", default_value_t = 64 * 1024 * 1024)]
     pub buffer_memory: usize,
+    /// Send in transactions of this many records (producer i has `transactional.id`
+    /// `spate-bench-<i>`); the latency figures then include the wait for the commit.
+    #[arg(long = "transaction-records")]
+    pub transaction_records: Option<u64>,
     /// Also report the peak RSS (VmHWM) of this process id, the broker's on this machine.
     #[arg(long = "broker-pid")]
     pub broker_pid: Option<u32>,
@@ -112,7 +116,9 @@ pub struct BenchConsumeArgs {
     /// Topic to read from the beginning.
     #[arg(long, default_value = "spate-bench")]
     pub topic: String,
-    /// Stop after this many records (default: what the topic holds when the bench starts).
+    /// Stop after this many records (default: the offsets the topic holds when the bench
+    /// starts; a topic written in transactions spends an offset on each commit or abort marker,
+    /// which no consumer receives, so give its record count here).
     #[arg(long)]
     pub records: Option<u64>,
     /// Concurrent consumers, each assigned a share of the partitions (round robin).
@@ -124,6 +130,9 @@ pub struct BenchConsumeArgs {
     /// Give up after this long without a record.
     #[arg(long = "timeout-ms", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// `read_uncommitted` (default) or `read_committed`.
+    #[arg(long = "isolation-level", default_value = "read_uncommitted")]
+    pub isolation_level: spate_client::IsolationLevel,
     /// Also report the peak RSS (VmHWM) of this process id, the broker's on this machine.
     #[arg(long = "broker-pid")]
     pub broker_pid: Option<u32>,
@@ -277,15 +286,25 @@ async fn produce_task(
     records: u64,
     payload: Bytes,
     progress: Arc<AtomicU64>,
+    transaction_records: Option<u64>,
 ) -> Result<ProduceOutcome> {
+    if transaction_records.is_some() {
+        producer.init_transactions().await.context("init_transactions")?;
+    }
     let latency_us = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).context("latency histogram")?;
     let mut window = Window {
         pending: VecDeque::with_capacity(PENDING_WINDOW.min(records as usize) + 1),
         outcome: ProduceOutcome { latency_us, failed: 0, first_error: None },
     };
     for i in 0..records {
+        if transaction_records.is_some_and(|n| i % n == 0) {
+            producer.begin_transaction()?;
+        }
         let sent_at = Instant::now();
         let future = producer.send(&topic, ProducerRecord::new(payload.clone())).await?;
+        if transaction_records.is_some_and(|n| (i + 1) % n == 0 || i + 1 == records) {
+            producer.commit_transaction().await.context("commit_transaction")?;
+        }
         window.pending.push_back((sent_at, future));
         if i % CHECK_EVERY == 0 {
             window.settle_ready();
@@ -372,9 +391,16 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         buffer_memory: args.buffer_memory.max(args.batch_size),
         ..ProducerConfig::default()
     };
+    if args.transaction_records == Some(0) {
+        bail!("--transaction-records must be at least 1");
+    }
     let mut producers = Vec::with_capacity(args.producers);
-    for _ in 0..args.producers {
-        producers.push(Producer::new(config.clone()).await.context("starting a producer")?);
+    for i in 0..args.producers {
+        let config = ProducerConfig {
+            transactional_id: args.transaction_records.map(|_| format!("spate-bench-{i}")),
+            ..config.clone()
+        };
+        producers.push(Producer::new(config).await.context("starting a producer")?);
     }
     let topic: Arc<str> = Arc::from(args.topic.as_str());
     let value = payload(args.record_size, 0x5eed);
@@ -390,7 +416,10 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
     let tasks: Vec<_> = producers
         .into_iter()
         .zip(shares(args.records, args.producers))
-        .map(|(producer, n)| tokio::spawn(produce_task(producer, topic.clone(), n, value.clone(), progress.clone())))
+        .map(|(producer, n)| {
+            let task = produce_task(producer, topic.clone(), n, value.clone(), progress.clone(), args.transaction_records);
+            tokio::spawn(task)
+        })
         .collect();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
     let mut failed = 0;
@@ -522,6 +551,7 @@ async fn consume(args: BenchConsumeArgs) -> Result<()> {
             auto_offset_reset: AutoOffsetReset::Earliest,
             max_poll_records: 100_000,
             max_partition_fetch_bytes: args.max_partition_fetch_bytes,
+            isolation_level: args.isolation_level,
             ..ConsumerConfig::default()
         })
         .await
