@@ -511,6 +511,40 @@ impl Broker {
             .map_err(|e| BrokerError::io("metadata", std::io::Error::other(e)))?
     }
 
+    /// Creates an internal, compacted topic (`__consumer_offsets`, `__transaction_state`) if it
+    /// does not exist yet. Kafka refuses to create one on a cluster smaller than its replication
+    /// factor; lowering the factor to the live brokers instead keeps a single node (and a cluster
+    /// still starting) working.
+    pub async fn ensure_internal_topic(
+        self: &Arc<Self>,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        segment_bytes: &str,
+    ) -> Result<()> {
+        if self.image().topics.contains_key(name) {
+            return Ok(());
+        }
+        let mut configs = BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
+        let live = self.image().live_brokers().count().max(1);
+        let factor = (replication_factor as usize).min(live) as i16;
+        match self.create_topic(name, partitions, factor, configs).await {
+            Ok(t) => {
+                info!(
+                    topic = name,
+                    partitions = t.partition_count(),
+                    replication_factor = factor,
+                    "created internal topic"
+                );
+                Ok(())
+            }
+            Err(_) if self.image().topics.contains_key(name) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<Uuid> {
         if !self.config.delete_topic_enable {
             return Err(BrokerError::TopicDeletionDisabled);

@@ -295,7 +295,12 @@ impl Partition {
     /// Appends a coordinator's own batch (the group coordinator's transactional offset
     /// commits): no sequence checks, as Kafka's `AppendOrigin.Coordinator`, but its transaction
     /// is tracked like any other.
-    pub fn append_from_coordinator(&self, records: &Bytes, batches: &[BatchHeader], now_ms: i64) -> Result<AppendOutcome> {
+    pub fn append_from_coordinator(
+        &self,
+        records: &Bytes,
+        batches: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
         self.append_checked(records, batches, now_ms, false)
     }
 
@@ -392,9 +397,12 @@ impl Partition {
         now_ms: i64,
     ) -> Result<AppendOutcome> {
         let batch = control_batch(producer_id, producer_epoch, commit, coordinator_epoch, now_ms);
-        let headers = spate_client::protocol::record::validate_batches(&batch).map_err(|e| {
-            BrokerError::CorruptMessage { topic: self.tp.topic.clone(), partition: self.tp.partition, reason: e.to_string() }
-        })?;
+        let headers =
+            spate_client::protocol::record::validate_batches(&batch).map_err(|e| BrokerError::CorruptMessage {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                reason: e.to_string(),
+            })?;
         let state = &mut *self.lock();
         self.check_usable()?;
         if !matches!(state.role, Role::Leader(_)) {

@@ -417,7 +417,8 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         .into_iter()
         .zip(shares(args.records, args.producers))
         .map(|(producer, n)| {
-            let task = produce_task(producer, topic.clone(), n, value.clone(), progress.clone(), args.transaction_records);
+            let task =
+                produce_task(producer, topic.clone(), n, value.clone(), progress.clone(), args.transaction_records);
             tokio::spawn(task)
         })
         .collect();

@@ -44,8 +44,11 @@ pub async fn run(args: TransactionsArgs) -> Result<()> {
     .context("connecting to the cluster")?;
     let mut out = String::new();
     if args.list {
-        let states: Vec<&str> =
-            args.state.as_deref().map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+        let states: Vec<&str> = args
+            .state
+            .as_deref()
+            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
         let listed = admin.list_transactions(&states, &args.producer_id).await.context("listing transactions")?;
         let width = listed.iter().map(|t| t.transactional_id.len()).max().unwrap_or(0).max(16);
         writeln!(out, "{:<width$}  {:>11}  {:>11}  STATE", "TRANSACTIONAL ID", "COORDINATOR", "PRODUCER ID")?;

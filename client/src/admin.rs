@@ -29,12 +29,11 @@ use crate::protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteGroupsRequest, DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, DescribeTransactionsRequest,
-    DescribeTransactionsResponse, FindCoordinatorRequest, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
-    TransactionalId,
-    FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
+    DescribeTransactionsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ListTransactionsRequest, ListTransactionsResponse, OffsetCommitRequest,
     OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
-    TopicName,
+    ProducerId, TopicName, TransactionalId,
 };
 use crate::protocol::{str_bytes, ApiKey, Codec, ErrorCode};
 
@@ -696,8 +695,9 @@ impl Admin {
     ) -> Result<BTreeMap<String, Result<TransactionDescription>>> {
         let metadata = self.cluster.refresh().await?;
         let mut out: BTreeMap<String, Result<TransactionDescription>> = BTreeMap::new();
-        let request = DescribeTransactionsRequest::default()
-            .with_transactional_ids(transactional_ids.iter().map(|id| TransactionalId(str_bytes(id.to_string()))).collect());
+        let request = DescribeTransactionsRequest::default().with_transactional_ids(
+            transactional_ids.iter().map(|id| TransactionalId(str_bytes(id.to_string()))).collect(),
+        );
         for &node_id in metadata.brokers.keys() {
             let conn = self.cluster.broker(node_id).await?;
             let response: DescribeTransactionsResponse = conn.send(ApiKey::DescribeTransactions, 0, &request).await?;

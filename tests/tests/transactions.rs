@@ -46,7 +46,10 @@ async fn read_committed(broker: &TestBroker, topic: &str, expected: usize) -> Ve
     .await
     .unwrap();
     let metadata = consumer.cluster().topic(topic).await.unwrap();
-    consumer.assign(metadata.partitions.iter().map(|p| TopicPartition::new(topic, p.partition)).collect()).await.unwrap();
+    consumer
+        .assign(metadata.partitions.iter().map(|p| TopicPartition::new(topic, p.partition)).collect())
+        .await
+        .unwrap();
     consumer.seek_to_beginning(&[]).await.unwrap();
     let mut values = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -111,9 +114,10 @@ async fn consume_transform_produce_commits_output_and_offsets_together() {
     let admin = admin(&broker).await;
     admin.create_topic(NewTopic::new("in", 2, 1)).await.unwrap();
     admin.create_topic(NewTopic::new("out", 2, 1)).await.unwrap();
-    let plain = Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
-        .await
-        .unwrap();
+    let plain =
+        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
+            .await
+            .unwrap();
     for i in 0..500 {
         plain.send("in", ProducerRecord::new(i.to_string()).with_partition(i % 2)).await.unwrap();
     }

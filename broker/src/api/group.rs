@@ -122,7 +122,8 @@ pub(super) fn find_coordinator(
                 KEY_TYPE_TRANSACTION => match &created {
                     Ok(()) => {
                         let partition = broker.txns.partition_of(&broker, key);
-                        let leader = image.partition(TRANSACTION_STATE_TOPIC, partition).map(|p| p.leader).unwrap_or(-1);
+                        let leader =
+                            image.partition(TRANSACTION_STATE_TOPIC, partition).map(|p| p.leader).unwrap_or(-1);
                         match image.brokers.get(&leader).filter(|b| !b.fenced) {
                             Some(b) => Ok((leader, b.host.clone(), b.port)),
                             None => Err((

@@ -24,8 +24,7 @@ const READ_COMMITTED: i8 = 1;
 /// watermark (KIP-98).
 fn lookup(p: &Partition, timestamp: i64, isolation_level: i8) -> Result<(i64, i64), ErrorCode> {
     let offsets = p.offsets();
-    let visible_end =
-        if isolation_level == READ_COMMITTED { p.last_stable_offset() } else { offsets.high_watermark };
+    let visible_end = if isolation_level == READ_COMMITTED { p.last_stable_offset() } else { offsets.high_watermark };
     let below_hw = |found: Option<(i64, i64)>| match found {
         Some((offset, ts)) if offset < visible_end => (offset, ts),
         _ => (-1, -1),
@@ -50,8 +49,9 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 .iter()
                 .map(|p| {
                     let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                    let found = leader_partition(broker, t.name.as_str(), p.partition_index)
-                        .and_then(|part| lookup(&part, p.timestamp, request.isolation_level).map(|(o, ts)| (o, ts, part.leader_epoch())));
+                    let found = leader_partition(broker, t.name.as_str(), p.partition_index).and_then(|part| {
+                        lookup(&part, p.timestamp, request.isolation_level).map(|(o, ts)| (o, ts, part.leader_epoch()))
+                    });
                     match found {
                         // leader_epoch exists from v4 on; older versions must leave it unset.
                         Ok((offset, ts, epoch)) if ctx.version >= 4 => {

@@ -20,9 +20,8 @@ use spate_client::protocol::messages::write_txn_markers_response::{
 };
 use spate_client::protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
-    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse,
-    ListTransactionsRequest, ListTransactionsResponse, ProducerId, TopicName, TransactionalId,
-    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, ListTransactionsRequest,
+    ListTransactionsResponse, ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use spate_client::protocol::{str_bytes, ErrorCode};
 use spate_client::ProtocolError;
@@ -107,9 +106,7 @@ pub(super) fn add_partitions_to_txn(
                         let code = match &result {
                             Ok(()) => ErrorCode::NONE,
                             Err(_) if image.partition(&t.name, p).is_none() => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                            Err(_) if crate::group::is_internal_topic(&t.name) => {
-                                ErrorCode::TOPIC_AUTHORIZATION_FAILED
-                            }
+                            Err(_) if crate::group::is_internal_topic(&t.name) => ErrorCode::TOPIC_AUTHORIZATION_FAILED,
                             Err(code) => fenced_for(ctx.version, *code),
                         };
                         AddPartitionsToTxnPartitionResult::default()
@@ -258,12 +255,14 @@ pub(super) fn list_transactions(
         })
         .collect();
     let code = if broker.txns.is_loading() { ErrorCode::COORDINATOR_LOAD_IN_PROGRESS } else { ErrorCode::NONE };
-    Ok(Reply::Now(ctx.respond(
-        &ListTransactionsResponse::default()
-            .with_error_code(code.0)
-            .with_unknown_state_filters(unknown)
-            .with_transaction_states(listed),
-    )))
+    Ok(Reply::Now(
+        ctx.respond(
+            &ListTransactionsResponse::default()
+                .with_error_code(code.0)
+                .with_unknown_state_filters(unknown)
+                .with_transaction_states(listed),
+        ),
+    ))
 }
 
 pub(super) fn describe_transactions(

@@ -433,24 +433,14 @@ impl GroupCoordinator {
 
     /// Creates `__consumer_offsets` through the controller if it does not exist yet.
     pub async fn ensure_offsets_topic(&self, broker: &Arc<Broker>) -> Result<()> {
-        if broker.image().topics.contains_key(OFFSETS_TOPIC) {
-            return Ok(());
-        }
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), OFFSETS_SEGMENT_BYTES.to_string());
-        // Kafka refuses to create it on a cluster smaller than the factor; lowering the factor
-        // instead keeps a single node (and a cluster still starting) working.
-        let live = broker.image().live_brokers().count().max(1);
-        let factor = (broker.config.offsets_topic_replication_factor as usize).min(live) as i16;
-        match broker.create_topic(OFFSETS_TOPIC, broker.config.offsets_topic_num_partitions, factor, configs).await {
-            Ok(t) => {
-                info!(partitions = t.partition_count(), replication_factor = factor, "created {OFFSETS_TOPIC}");
-                Ok(())
-            }
-            Err(_) if broker.image().topics.contains_key(OFFSETS_TOPIC) => Ok(()),
-            Err(err) => Err(err),
-        }
+        broker
+            .ensure_internal_topic(
+                OFFSETS_TOPIC,
+                broker.config.offsets_topic_num_partitions,
+                broker.config.offsets_topic_replication_factor,
+                OFFSETS_SEGMENT_BYTES,
+            )
+            .await
     }
 
     /// Follows `__consumer_offsets` leadership in a new metadata image (called by reconcile,

@@ -16,9 +16,7 @@ use bytes::Bytes;
 use spate_client::connection::{Connection, ConnectionConfig};
 use spate_client::protocol::compression::Compression;
 use spate_client::protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
-use spate_client::protocol::messages::{
-    ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
-};
+use spate_client::protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use spate_client::protocol::record::{decode_records, validate_batches, BatchBuilder, BatchIter, Record};
 use spate_client::protocol::{str_bytes, ApiKey, ErrorCode};
 use tracing::{info, warn};
@@ -124,23 +122,14 @@ impl TransactionCoordinator {
 
     /// Creates `__transaction_state` through the controller if it does not exist yet.
     pub async fn ensure_topic(&self, broker: &Arc<Broker>) -> Result<()> {
-        if broker.image().topics.contains_key(TRANSACTION_STATE_TOPIC) {
-            return Ok(());
-        }
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), SEGMENT_BYTES.to_string());
-        let live = broker.image().live_brokers().count().max(1);
-        let factor = (broker.config.transaction_state_log_replication_factor as usize).min(live) as i16;
-        let partitions = broker.config.transaction_state_log_num_partitions;
-        match broker.create_topic(TRANSACTION_STATE_TOPIC, partitions, factor, configs).await {
-            Ok(t) => {
-                info!(partitions = t.partition_count(), replication_factor = factor, "created {TRANSACTION_STATE_TOPIC}");
-                Ok(())
-            }
-            Err(_) if broker.image().topics.contains_key(TRANSACTION_STATE_TOPIC) => Ok(()),
-            Err(err) => Err(err),
-        }
+        broker
+            .ensure_internal_topic(
+                TRANSACTION_STATE_TOPIC,
+                broker.config.transaction_state_log_num_partitions,
+                broker.config.transaction_state_log_replication_factor,
+                SEGMENT_BYTES,
+            )
+            .await
     }
 
     /// Follows `__transaction_state` leadership in a new image (called by reconcile): unloads
@@ -170,7 +159,10 @@ impl TransactionCoordinator {
                         inner.owned.insert(index, Owned { leader_epoch: p.leader_epoch, loaded: false });
                         loads.push((index, p.leader_epoch, partition));
                     }
-                    None => warn!(partition = index, "this broker leads {TRANSACTION_STATE_TOPIC}-{index} but holds no replica"),
+                    None => warn!(
+                        partition = index,
+                        "this broker leads {TRANSACTION_STATE_TOPIC}-{index} but holds no replica"
+                    ),
                 }
             }
         }
@@ -296,7 +288,8 @@ impl TransactionCoordinator {
         partitions: &[(String, i32)],
     ) -> std::result::Result<(), ErrorCode> {
         let now = now_ms();
-        let next = Self::with_state(broker, id, |s| s.add_partitions(id, producer_id, producer_epoch, partitions, now))?;
+        let next =
+            Self::with_state(broker, id, |s| s.add_partitions(id, producer_id, producer_epoch, partitions, now))?;
         match next {
             None => Ok(()),
             Some(next) => Self::write(broker, next).await,
@@ -476,7 +469,8 @@ async fn write_local_markers(
     partitions: Vec<(String, i32)>,
 ) -> Vec<(String, i32)> {
     let mut failed = Vec::new();
-    let results = write_markers_here(broker, m.producer_id, m.producer_epoch, commit, coordinator_epoch, &partitions).await;
+    let results =
+        write_markers_here(broker, m.producer_id, m.producer_epoch, commit, coordinator_epoch, &partitions).await;
     for ((topic, partition), code) in partitions.into_iter().zip(results) {
         match code {
             ErrorCode::NONE => {}
@@ -581,7 +575,9 @@ async fn write_remote_markers(
             topics
                 .iter()
                 .map(|(t, ps)| {
-                    WritableTxnMarkerTopic::default().with_name(TopicName(str_bytes(t.to_string()))).with_partition_indexes(ps.clone())
+                    WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(str_bytes(t.to_string())))
+                        .with_partition_indexes(ps.clone())
                 })
                 .collect(),
         );
@@ -697,4 +693,3 @@ fn replay(p: &Partition, state: &mut TxnState) -> Result<usize> {
     }
     Ok(loaded)
 }
-

@@ -17,7 +17,13 @@ const CRC_AT: usize = 17;
 const ATTR_CONTROL: i16 = 0x20;
 
 /// A COMMIT or ABORT marker of `producer_id` in `producer_epoch`, stamped `timestamp_ms`.
-pub fn control_batch(producer_id: i64, producer_epoch: i16, commit: bool, coordinator_epoch: i32, timestamp_ms: i64) -> Bytes {
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> Bytes {
     let kind = if commit { CONTROL_TYPE_COMMIT } else { CONTROL_TYPE_ABORT };
     let mut key = Vec::with_capacity(4);
     key.extend_from_slice(&0i16.to_be_bytes());

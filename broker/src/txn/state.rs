@@ -292,7 +292,12 @@ impl TxnState {
     }
 
     /// The checks every request of an initialised producer passes (Kafka's order).
-    fn check_producer(&self, transactional_id: &str, producer_id: i64, producer_epoch: i16) -> Result<&TxnMetadata, ErrorCode> {
+    fn check_producer(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<&TxnMetadata, ErrorCode> {
         let m = self.txns.get(transactional_id).filter(|m| m.producer_id >= 0);
         let Some(m) = m else {
             return Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING);
@@ -402,9 +407,7 @@ impl TxnState {
             .txns
             .values()
             .filter(|m| {
-                !m.pending
-                    && m.status == TxnStatus::Ongoing
-                    && now_ms.saturating_sub(m.start_ms) > m.timeout_ms as i64
+                !m.pending && m.status == TxnStatus::Ongoing && now_ms.saturating_sub(m.start_ms) > m.timeout_ms as i64
             })
             .map(|m| {
                 let mut next = m.clone();
@@ -508,10 +511,7 @@ mod tests {
         assert_eq!(s.add_partitions("t", 1000, 0, &[tp("a", 1)], 3), Err(ErrorCode::PRODUCER_FENCED));
         assert_eq!(s.end_txn("t", 1000, 0, true, 3), Err(ErrorCode::PRODUCER_FENCED));
         // The new one retries while the markers are written, then gets epoch 2.
-        assert_eq!(
-            s.init_producer_id("t", 10_000, (-1, -1), None, 3),
-            Err(ErrorCode::CONCURRENT_TRANSACTIONS)
-        );
+        assert_eq!(s.init_producer_id("t", 10_000, (-1, -1), None, 3), Err(ErrorCode::CONCURRENT_TRANSACTIONS));
         let done = s.complete("t", 4).unwrap();
         s.apply(done);
         let InitOutcome::Write(m) = s.init_producer_id("t", 10_000, (-1, -1), None, 5).unwrap() else { panic!() };
@@ -556,10 +556,7 @@ mod tests {
         s.unpend("t");
         assert!(s.get("t").is_none());
         assert_eq!(s.init_producer_id("t", 0, (-1, -1), None, 0), Err(ErrorCode::INVALID_TRANSACTION_TIMEOUT));
-        assert_eq!(
-            s.init_producer_id("t", 900_001, (-1, -1), None, 0),
-            Err(ErrorCode::INVALID_TRANSACTION_TIMEOUT)
-        );
+        assert_eq!(s.init_producer_id("t", 900_001, (-1, -1), None, 0), Err(ErrorCode::INVALID_TRANSACTION_TIMEOUT));
         assert_eq!(s.add_partitions("nope", 1, 0, &[tp("a", 0)], 0), Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING));
         init(&mut s, "t", 0);
         assert_eq!(s.add_partitions("t", 7, 0, &[tp("a", 0)], 0), Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING));

@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(t.last_stable_offset(22), 22);
         t.on_high_watermark(22);
         assert!(!t.is_unstable());
-        assert_eq!(t.aborted_between(0, 100, 10), vec![AbortedTxn { producer_id: 2, first_offset: 12, last_offset: 21 }]);
+        assert_eq!(
+            t.aborted_between(0, 100, 10),
+            vec![AbortedTxn { producer_id: 2, first_offset: 12, last_offset: 21 }]
+        );
     }
 
     #[test]

@@ -655,10 +655,8 @@ static END_TXN: Message = Message {
     },
 };
 // partition_index, committed_offset, committed_leader_epoch (v2+), committed_metadata
-static TXN_OFFSET_COMMIT_PARTITION: Struct = Struct {
-    fields: &[f(0, ANY, INT32), f(0, ANY, INT64), f(2, ANY, INT32), f(0, ANY, Ty::String)],
-    tagged: &[],
-};
+static TXN_OFFSET_COMMIT_PARTITION: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT64), f(2, ANY, INT32), f(0, ANY, Ty::String)], tagged: &[] };
 static TXN_OFFSET_COMMIT_TOPIC: Struct = Struct {
     fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&TXN_OFFSET_COMMIT_PARTITION)))],
     tagged: &[],

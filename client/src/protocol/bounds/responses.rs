@@ -794,10 +794,8 @@ static WRITE_TXN_MARKERS_TOPIC: Struct = Struct {
     fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_PARTITION)))],
     tagged: &[],
 };
-static WRITE_TXN_MARKERS_MARKER: Struct = Struct {
-    fields: &[f(0, ANY, INT64), f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_TOPIC)))],
-    tagged: &[],
-};
+static WRITE_TXN_MARKERS_MARKER: Struct =
+    Struct { fields: &[f(0, ANY, INT64), f(0, ANY, Ty::Array(&Ty::Struct(&WRITE_TXN_MARKERS_TOPIC)))], tagged: &[] };
 static WRITE_TXN_MARKERS: Message = Message {
     name: "WriteTxnMarkers",
     min_version: 1,
