@@ -11,8 +11,10 @@
 //!   table-table and windowed stream-stream joins, and the Processor API
 //!   ([`KStream::process`], [`Processor`]).
 //! - [`KafkaStreams`] with a [`StreamsConfig`] (Kafka's keys): stream threads, tasks per
-//!   partition, state stores restored from changelog topics, at-least-once commits,
-//!   interactive queries ([`KafkaStreams::store`], [`KafkaStreams::window_store`]).
+//!   partition, state stores restored from changelog topics, at-least-once commits or
+//!   exactly-once transactions (`processing.guarantee=exactly_once_v2`, see
+//!   [`ProcessingGuarantee::ExactlyOnceV2`]), interactive queries ([`KafkaStreams::store`],
+//!   [`KafkaStreams::window_store`]).
 //! - [`TopologyTestDriver`]: runs a topology in-process without a broker, for tests.
 //! - [`serdes`]: the [`Serde`](serdes::Serde) trait and Kafka's byte layouts.
 //! - [`window`]: the sans-IO window logic the operators call ([`TimeWindows`](window::TimeWindows),

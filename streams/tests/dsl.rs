@@ -111,8 +111,8 @@ fn undecodable_records_fail_or_are_skipped_or_go_to_the_dead_letter_topic() {
 #[test]
 fn config_errors_name_the_key() {
     let c = StreamsConfig::new("x", "127.0.0.1:1");
-    let e = c.clone().set("processing.guarantee", "exactly_once_v2").unwrap_err().to_string();
-    assert!(e.contains("transactions"), "{e}");
+    let e = c.clone().set("processing.guarantee", "exactly_once").unwrap_err().to_string();
+    assert!(e.contains("processing.guarantee") && e.contains("exactly_once_v2"), "{e}");
     let e = c.clone().set("no.such.key", "1").unwrap_err().to_string();
     assert!(e.contains("no.such.key"), "{e}");
     let e = c.clone().set("num.stream.threads", "many").unwrap_err().to_string();

@@ -1,18 +1,33 @@
 //! The runtime (Kafka's `KafkaStreams`): stream threads that are members of the
 //! `application.id` consumer group, each running the tasks (sub-topology × partition) the
-//! group assigns it, with restore from changelogs and at-least-once commits.
+//! group assigns it, with restore from changelogs and at-least-once or exactly-once commits.
 //!
 //! Each stream thread is an OS thread with its own single-threaded tokio runtime, consumer
 //! (group member), restore consumer and producer. Records move in poll-sized batches: the
 //! thread routes a batch to its tasks, each task runs its records through its processor graph
 //! synchronously, and the outputs are handed to the producer in one go.
 //!
-//! Commit (every `commit.interval.ms`, before a rebalance revokes tasks, and at close):
-//! forward held-back updates → write store buffers and their changelog records → flush the
-//! producer and check every delivery → commit the input offsets → flush stores and write each
-//! task's checkpoint (the changelog offsets its store contains). The order makes a crash at any
-//! point lose nothing: input is re-read from the last committed offsets, and stores are rebuilt
-//! from their changelogs from the checkpoint on.
+//! At-least-once commit (every `commit.interval.ms`, before a rebalance revokes tasks, and at
+//! close): forward held-back updates → write store buffers and their changelog records → flush
+//! the producer and check every delivery → commit the input offsets → flush stores and write
+//! each task's checkpoint (the changelog offsets its store contains). The order makes a crash
+//! at any point lose nothing: input is re-read from the last committed offsets, and stores are
+//! rebuilt from their changelogs from the checkpoint on.
+//!
+//! Exactly-once (`exactly_once_v2`, Kafka's KIP-447 design): the thread's producer is
+//! transactional (`transactional.id` `<application.id>-<process id>-<thread>`, the process id
+//! kept in the state directory so a restarted instance fences its crashed predecessor), and all
+//! three consumers read `read_committed`. A transaction begins before the first output of a
+//! commit interval; the commit writes store buffers and changelog records into it, adds the
+//! input offsets (`send_offsets_to_transaction` with the consumer's group metadata, so a
+//! member fenced out of the group cannot commit) and commits it: outputs, changelog records and
+//! offsets become visible together, or never. No OffsetCommit is sent. A task's checkpoint is
+//! deleted once read and written again only after the commit that precedes a clean close (a
+//! rebalance's revocation or `close`), so after a crash the task directory has none, is wiped,
+//! and is restored from the changelog's committed records. When a transaction fails
+//! (abortable: aborted; fatal, e.g. fenced: the producer is replaced), every task is closed
+//! without a checkpoint and created again, restored from its changelogs, and the input is read
+//! again from the offsets of the last committed transaction.
 
 mod assignor;
 mod task;
@@ -25,7 +40,8 @@ use std::time::{Duration, Instant};
 use spate_client::admin::{AdminConfig, NewTopic};
 use spate_client::consumer::{Assignor, AutoOffsetReset, ListenerFuture, OffsetAndMetadata, RebalanceListener};
 use spate_client::{
-    Admin, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, TopicPartition,
+    Admin, Consumer, ConsumerConfig, DeliveryFuture, IsolationLevel, Producer, ProducerConfig, ProducerRecord,
+    TopicPartition,
 };
 use tracing::{info, warn};
 
@@ -85,8 +101,12 @@ struct Shared {
     /// Set once the global thread has read every global topic to its end (at once when there
     /// are none); stream threads wait for it before joining the group.
     globals_ready: AtomicBool,
-    /// This instance's id in client ids (Kafka's `processId`).
+    /// This instance's id in client ids and transactional ids (Kafka's `processId`), kept in
+    /// the state directory across restarts.
     process_id: String,
+    /// Holds the stored process id for the life of the instance (released by `close` and
+    /// `crash`, so a successor in the same process gets it back).
+    process_lock: Mutex<Option<crate::state::directory::ProcessIdLock>>,
     /// Holds the global stores' directory for the life of the instance.
     _global_lock: Option<crate::state::directory::TaskDirLock>,
 }
@@ -112,6 +132,7 @@ impl KafkaStreams {
             lock(&stores).entry(name.clone()).or_default().insert(GLOBAL_TASK, TaskStore::Kv(store.clone()));
         }
         let globals_ready = AtomicBool::new(topology.globals.is_empty());
+        let (process_id, process_lock) = state_dir.process_id()?;
         Ok(KafkaStreams {
             shared: Arc::new(Shared {
                 config,
@@ -124,7 +145,8 @@ impl KafkaStreams {
                 state_dir,
                 globals,
                 globals_ready,
-                process_id: uuid::Uuid::new_v4().to_string(),
+                process_id,
+                process_lock: Mutex::new(process_lock),
                 _global_lock: global_lock,
             }),
             threads: Vec::new(),
@@ -194,6 +216,7 @@ impl KafkaStreams {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        lock(&self.shared.process_lock).take();
         let mut state = lock(&self.shared.state);
         match &*state {
             StreamsState::Error(e) => Err(StreamsError::State(format!("stopped by an error: {e}"))),
@@ -206,7 +229,9 @@ impl KafkaStreams {
 
     /// Stops the threads as a crash would (for tests of failover): nothing is committed or
     /// flushed, the group is not left (the coordinator notices after `session.timeout.ms`),
-    /// and writes since the last commit are lost with the process's memory.
+    /// an open transaction is left open (the coordinator aborts it after
+    /// `transaction.timeout.ms`, or a successor with the same process id at once), and writes
+    /// since the last commit are lost with the process's memory.
     #[doc(hidden)]
     pub fn crash(&mut self) {
         self.shared.crash.store(true, Ordering::Release);
@@ -214,7 +239,15 @@ impl KafkaStreams {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        lock(&self.shared.process_lock).take();
         *lock(&self.shared.state) = StreamsState::NotRunning;
+    }
+
+    /// This instance's process id (kept in `state.dir/<application.id>`), part of its client
+    /// ids and of its exactly-once `transactional.id`s.
+    #[doc(hidden)]
+    pub fn process_id(&self) -> &str {
+        &self.shared.process_id
     }
 
     /// Read-only queries of key-value store `name` over this instance's tasks.
@@ -417,6 +450,8 @@ struct Pending {
 /// commits and closes tasks inside `poll`.
 struct ThreadState {
     shared: Arc<Shared>,
+    /// 0-based index of the thread in the instance.
+    index: usize,
     producer: Producer,
     tasks: BTreeMap<TaskId, Task>,
     pending: VecDeque<Pending>,
@@ -425,7 +460,93 @@ struct ThreadState {
     /// Told which tasks run here, for the next rebalance's stickiness.
     assignor: Arc<assignor::StreamsAssignor>,
     last_commit: Instant,
+    /// Exactly-once: whether the producer has a transaction open.
+    txn_open: bool,
+    /// Exactly-once: the input offsets this thread's last committed transactions gave, per
+    /// partition it still owns. A commit sends only those that moved, and after an abort the
+    /// input is read again from here: the group may not show them yet (a transaction's
+    /// offsets are visible once its markers are written, after `commit_transaction` returns).
+    committed: BTreeMap<TopicPartition, i64>,
+    /// Exactly-once: every task was closed without a checkpoint after a failed transaction;
+    /// the input must go back to the committed offsets and the tasks be created again.
+    rewind: bool,
+    /// When transactions failed lately (to give up on failures that keep coming).
+    recoveries: VecDeque<Instant>,
+    /// An error the rebalance listener could not return (it has no caller to return it to).
+    listener_error: Option<StreamsError>,
 }
+
+/// The exactly-once `transactional.id` of a stream thread (`index` 0-based): Kafka Streams'
+/// eos-v2 `<application.id>-<process id>-<thread index>`, thread indexes counted from 1 as in
+/// thread names.
+fn transactional_id(application_id: &str, process_id: &str, index: usize) -> String {
+    format!("{application_id}-{process_id}-{}", index + 1)
+}
+
+/// Kafka Streams' client id prefix of a stream thread: `<client.id>-<process id>-StreamThread-<n>`,
+/// so that tools tell instances apart.
+fn thread_client_id(shared: &Shared, index: usize) -> String {
+    format!("{}-{}-StreamThread-{}", shared.config.client_id, shared.process_id, index + 1)
+}
+
+/// The thread's producer: idempotent, and under exactly-once transactional with its
+/// transactions initialised (which fences an older producer with the same id and aborts the
+/// transaction it left open).
+async fn thread_producer(shared: &Shared, index: usize) -> Result<Producer, StreamsError> {
+    let config = &shared.config;
+    let exactly_once = config.exactly_once();
+    let producer = Producer::new(ProducerConfig {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        client_id: format!("{}-producer", thread_client_id(shared, index)),
+        acks: -1,
+        enable_idempotence: true,
+        linger_ms: config.linger_ms,
+        batch_size: 256 * 1024,
+        transactional_id: exactly_once.then(|| transactional_id(&config.application_id, &shared.process_id, index)),
+        transaction_timeout_ms: config.transaction_timeout_ms,
+        ..ProducerConfig::default()
+    })
+    .await?;
+    if exactly_once {
+        producer.init_transactions().await?;
+    }
+    Ok(producer)
+}
+
+/// Whether an error inside an exactly-once commit interval is one an abort (or a new producer)
+/// and reprocessing from the last committed transaction get past: the transaction failed or
+/// was aborted, the producer was fenced, or a write failed in a way a retry may not.
+fn transaction_failed(err: &StreamsError) -> bool {
+    matches!(err, StreamsError::Client(e) if client_transaction_failed(e))
+}
+
+fn client_transaction_failed(e: &spate_client::Error) -> bool {
+    use spate_client::protocol::ErrorCode;
+    use spate_client::Error as E;
+    match e {
+        E::TransactionAbortable { .. } | E::TransactionFatal { .. } | E::TransactionAborted => true,
+        E::DeliveryTimeout { .. } => true,
+        E::Delivery { source, .. } => client_transaction_failed(source),
+        e => {
+            e.is_retriable()
+                || matches!(
+                    e.code(),
+                    Some(
+                        ErrorCode::PRODUCER_FENCED
+                            | ErrorCode::INVALID_PRODUCER_EPOCH
+                            | ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
+                            | ErrorCode::UNKNOWN_PRODUCER_ID
+                            | ErrorCode::INVALID_PRODUCER_ID_MAPPING
+                    )
+                )
+        }
+    }
+}
+
+/// At most this many failed transactions within [`RECOVERY_WINDOW`] are recovered from; one
+/// more stops the thread.
+const MAX_RECOVERIES: usize = 10;
+const RECOVERY_WINDOW: Duration = Duration::from_secs(60);
 
 impl ThreadState {
     fn task_of(&self, topic: &str, partition: i32) -> Option<TaskId> {
@@ -464,6 +585,9 @@ impl ThreadState {
                 &self.shared.globals,
                 late,
             )?;
+            if self.shared.config.exactly_once() && !task.stores.is_empty() {
+                task.delete_checkpoint()?;
+            }
             self.restore(&mut task, restore).await?;
             {
                 let mut registry = lock(&self.shared.stores);
@@ -571,8 +695,13 @@ impl ThreadState {
         Ok(())
     }
 
-    /// Hands every task's outputs to the producer.
+    /// Hands every task's outputs to the producer (under exactly-once, beginning a transaction
+    /// first if none is open).
     async fn send_outputs(&mut self) -> Result<(), StreamsError> {
+        if self.shared.config.exactly_once() && !self.txn_open && self.tasks.values().any(|t| !t.ctx.out.is_empty()) {
+            self.producer.begin_transaction()?;
+            self.txn_open = true;
+        }
         for (id, task) in &mut self.tasks {
             let m = &self.shared.metrics;
             let late = std::mem::take(&mut task.ctx.counters.dropped_late);
@@ -614,7 +743,16 @@ impl ThreadState {
                 // An output record the broker refused for good, under LogAndContinue: skipped.
                 // Changelog writes always stop the application: a store would silently diverge
                 // from its changelog.
-                Err(e) if p.kind == OutKind::Sink && self.shared.config.production_handler_continue => {
+                // Under exactly-once a failed write makes the transaction abortable (or the
+                // producer unusable): skipping the record cannot help, the commit would fail.
+                Err(e) if self.shared.config.exactly_once() && client_transaction_failed(&e) => {
+                    return Err(StreamsError::Client(e));
+                }
+                Err(e)
+                    if p.kind == OutKind::Sink
+                        && self.shared.config.production_handler_continue
+                        && !self.shared.config.exactly_once() =>
+                {
                     warn!(topic = %p.topic, error = %e,
                         "dropping an output record the broker refused (default.production.exception.handler=LogAndContinue)");
                     self.shared.metrics.dropped_other.fetch_add(1, Ordering::Relaxed);
@@ -637,30 +775,41 @@ impl ThreadState {
         Ok(())
     }
 
-    /// A full commit of every task (see the module docs for the order).
-    async fn commit(&mut self, consumer: &Consumer) -> Result<(), StreamsError> {
+    /// A full commit of every task (see the module docs for the order). Under exactly-once
+    /// only the tasks `closing` names (about to be closed cleanly) get a checkpoint; under
+    /// at-least-once every task does.
+    async fn commit(&mut self, consumer: &Consumer, closing: impl Fn(&TaskId) -> bool) -> Result<(), StreamsError> {
         let started = Instant::now();
         for task in self.tasks.values_mut() {
             task.prepare_commit()?;
         }
         self.send_outputs().await?;
-        self.producer.flush().await?;
-        self.check_deliveries(true).await?;
         let mut offsets = BTreeMap::new();
         for task in self.tasks.values() {
             for (topic, partition, offset) in task.committable() {
                 offsets.insert(TopicPartition::new(topic, partition), OffsetAndMetadata::new(offset));
             }
         }
-        if !offsets.is_empty() {
-            if let Err(e) = consumer.commit_sync(Some(offsets)).await {
-                // The group moved on (a rebalance): these records will be processed again by
-                // whoever owns them now, as at-least-once allows.
-                warn!(error = %e, "offset commit failed; records since the last commit will be reprocessed");
+        let exactly_once = self.shared.config.exactly_once();
+        if exactly_once {
+            self.commit_transaction(consumer, offsets).await?;
+            // The commit sent everything: take the changelog offsets for the checkpoints.
+            self.check_deliveries(true).await?;
+        } else {
+            self.producer.flush().await?;
+            self.check_deliveries(true).await?;
+            if !offsets.is_empty() {
+                if let Err(e) = consumer.commit_sync(Some(offsets)).await {
+                    // The group moved on (a rebalance): these records will be processed again
+                    // by whoever owns them now, as at-least-once allows.
+                    warn!(error = %e, "offset commit failed; records since the last commit will be reprocessed");
+                }
             }
         }
-        for task in self.tasks.values_mut() {
-            task.write_checkpoint()?;
+        for (id, task) in &mut self.tasks {
+            if !exactly_once || closing(id) {
+                task.write_checkpoint()?;
+            }
         }
         self.last_commit = Instant::now();
         let m = &self.shared.metrics;
@@ -668,6 +817,131 @@ impl ThreadState {
         m.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         metrics::histogram!("spate_streams_commit_latency_seconds", "application_id" => self.shared.config.application_id.clone())
             .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Exactly-once: adds the input offsets that moved since the last commit to the open
+    /// transaction (opening one if there is none but offsets moved) and commits it.
+    async fn commit_transaction(
+        &mut self,
+        consumer: &Consumer,
+        mut offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
+    ) -> Result<(), StreamsError> {
+        offsets.retain(|tp, o| self.committed.get(tp) != Some(&o.offset));
+        if offsets.is_empty() && !self.txn_open {
+            return Ok(());
+        }
+        if !self.txn_open {
+            self.producer.begin_transaction()?;
+            self.txn_open = true;
+        }
+        if !offsets.is_empty() {
+            self.producer.send_offsets_to_transaction(&offsets, &consumer.group_metadata()?).await?;
+        }
+        self.producer.commit_transaction().await?;
+        self.txn_open = false;
+        self.committed.extend(offsets.into_iter().map(|(tp, o)| (tp, o.offset)));
+        Ok(())
+    }
+
+    /// Exactly-once, before partitions go to another member: waits until the group shows the
+    /// offsets of this thread's committed transactions for them (the markers that make them
+    /// visible are written after `commit_transaction` returns), so their next owner starts
+    /// where this one stopped. Bounded by `transaction.timeout.ms`.
+    async fn await_committed_offsets(&mut self, consumer: &Consumer, partitions: &[TopicPartition]) {
+        // Owned copies: a `&self` held across an await would make the listener's future
+        // need `ThreadState: Sync`, which tasks are not.
+        let committed: BTreeMap<TopicPartition, i64> =
+            partitions.iter().filter_map(|tp| self.committed.get(tp).map(|o| (tp.clone(), *o))).collect();
+        if committed.is_empty() {
+            return;
+        }
+        let wanted: Vec<TopicPartition> = committed.keys().cloned().collect();
+        let deadline = Instant::now() + Duration::from_millis(self.shared.config.transaction_timeout_ms);
+        loop {
+            match consumer.committed(&wanted).await {
+                Ok(seen) => {
+                    let behind = committed
+                        .iter()
+                        .any(|(tp, offset)| seen.get(tp).cloned().flatten().map(|o| o.offset) < Some(*offset));
+                    if !behind {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the group's offsets"),
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    "the group does not show this thread's committed offsets yet; handing the partitions over anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Exactly-once, after `err` in a commit interval: aborts the open transaction (or, where
+    /// the producer cannot go on, replaces it: the new one's `init_transactions` fences the
+    /// old epoch and aborts what it left open), then closes every task without a checkpoint.
+    /// The next turn of the loop rewinds the input to the committed offsets and creates the
+    /// tasks again, restored from their changelogs' committed records. Errors that are not a
+    /// failed transaction, and one failure too many, are returned.
+    async fn recover(&mut self, err: StreamsError) -> Result<(), StreamsError> {
+        if !self.shared.config.exactly_once() || !transaction_failed(&err) {
+            return Err(err);
+        }
+        let now = Instant::now();
+        self.recoveries.retain(|t| now.duration_since(*t) < RECOVERY_WINDOW);
+        if self.recoveries.len() >= MAX_RECOVERIES {
+            return Err(StreamsError::State(format!(
+                "{MAX_RECOVERIES} transactions failed within {RECOVERY_WINDOW:?}; the last: {err}"
+            )));
+        }
+        self.recoveries.push_back(now);
+        warn!(error = %err, "transaction failed; aborting it and restoring every task to the last commit");
+        let mut fatal = matches!(&err, StreamsError::Client(spate_client::Error::TransactionFatal { .. }));
+        if !fatal && self.txn_open {
+            match self.producer.abort_transaction().await {
+                Ok(()) => {}
+                Err(spate_client::Error::TransactionFatal { source }) => {
+                    warn!(error = %source, "the producer cannot abort; replacing it");
+                    fatal = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if fatal {
+            let _ = self.producer.close().await;
+            self.producer = thread_producer(&self.shared, self.index).await?;
+        }
+        self.close_dirty();
+        Ok(())
+    }
+
+    /// Exactly-once: drops every task's writes since the last commit (the transaction holding
+    /// them is aborted) and closes the tasks without a checkpoint, for [`Self::rewind`].
+    fn close_dirty(&mut self) {
+        self.txn_open = false;
+        self.pending.clear();
+        self.close_tasks(|_| true);
+        self.rewind = true;
+    }
+
+    /// After [`Self::close_dirty`]: every assigned partition goes back to the offset of the
+    /// last committed transaction, and its task is created again.
+    async fn rewind(&mut self, consumer: &Consumer) -> Result<(), StreamsError> {
+        let assigned = consumer.assignment().await;
+        let unknown: Vec<TopicPartition> =
+            assigned.iter().filter(|tp| !self.committed.contains_key(*tp)).cloned().collect();
+        let group = if unknown.is_empty() { BTreeMap::new() } else { consumer.committed(&unknown).await? };
+        for tp in &assigned {
+            match self.committed.get(tp).copied().or_else(|| group.get(tp).cloned().flatten().map(|o| o.offset)) {
+                Some(offset) => consumer.seek(tp, offset).await?,
+                None => consumer.seek_to_beginning(std::slice::from_ref(tp)).await?,
+            }
+        }
+        self.newly_assigned.extend(assigned);
+        self.rewind = false;
         Ok(())
     }
 
@@ -705,12 +979,27 @@ impl RebalanceListener for Listener {
     ) -> ListenerFuture<'a> {
         Box::pin(async move {
             let mut st = self.state.lock().await;
-            if let Err(e) = st.commit(consumer).await {
-                warn!(error = %e, "commit before a rebalance failed");
-            }
             let revoked: BTreeSet<TaskId> =
                 partitions.iter().filter_map(|tp| st.task_of(&tp.topic, tp.partition)).collect();
+            // Under exactly-once one transaction commits every task, the revoked ones with a
+            // checkpoint as they close.
+            match st.commit(consumer, |id| revoked.contains(id)).await {
+                Ok(()) => {
+                    if st.shared.config.exactly_once() {
+                        st.await_committed_offsets(consumer, partitions).await;
+                    }
+                }
+                Err(e) if st.shared.config.exactly_once() => {
+                    if let Err(e) = st.recover(e).await {
+                        st.listener_error.get_or_insert(e);
+                    }
+                }
+                Err(e) => warn!(error = %e, "commit before a rebalance failed"),
+            }
             st.close_tasks(|id| revoked.contains(id));
+            for tp in partitions {
+                st.committed.remove(tp);
+            }
         })
     }
 
@@ -736,6 +1025,22 @@ impl RebalanceListener for Listener {
             // offsets (at-least-once).
             let lost: BTreeSet<TaskId> =
                 partitions.iter().filter_map(|tp| st.task_of(&tp.topic, tp.partition)).collect();
+            for tp in partitions {
+                st.committed.remove(tp);
+            }
+            if st.shared.config.exactly_once() {
+                // The open transaction holds writes of the lost tasks: it is aborted, and the
+                // tasks kept go back to the last commit with it.
+                if st.txn_open {
+                    if let Err(e) = st.producer.abort_transaction().await {
+                        if let Err(e) = st.recover(e.into()).await {
+                            st.listener_error.get_or_insert(e);
+                        }
+                    }
+                }
+                st.close_dirty();
+                return;
+            }
             st.pending.retain(|p| !lost.contains(&p.task));
             st.close_tasks(|id| lost.contains(id));
         })
@@ -776,6 +1081,11 @@ async fn run_global(shared: Arc<Shared>) -> Result<(), StreamsError> {
         auto_offset_reset: AutoOffsetReset::Earliest,
         enable_auto_commit: false,
         max_poll_records: 10_000,
+        isolation_level: if config.exactly_once() {
+            IsolationLevel::ReadCommitted
+        } else {
+            IsolationLevel::ReadUncommitted
+        },
         ..ConsumerConfig::default()
     })
     .await?;
@@ -808,8 +1118,16 @@ async fn run_global(shared: Arc<Shared>) -> Result<(), StreamsError> {
     for tp in &partitions {
         ends.insert(tp.clone(), consumer.position(tp).await?);
     }
+    // A store in memory starts empty: its topic is read from the start whatever the
+    // checkpoint says.
+    let in_memory: BTreeSet<&str> =
+        shared.topology.globals.iter().filter(|g| g.in_memory).map(|g| g.topic.as_str()).collect();
     for tp in &partitions {
-        let from = checkpoint.offsets.get(&(tp.topic.clone(), tp.partition)).copied().unwrap_or(0);
+        let from = if in_memory.contains(tp.topic.as_str()) {
+            0
+        } else {
+            checkpoint.offsets.get(&(tp.topic.clone(), tp.partition)).copied().unwrap_or(0)
+        };
         consumer.seek(tp, from).await?;
     }
     let mut last_checkpoint = Instant::now();
@@ -864,9 +1182,9 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
             .await?;
     prepare_topics(&shared, &admin).await?;
-    // Kafka Streams' client ids: `<client.id>-<process id>-StreamThread-<n>-consumer`, so that
-    // tools tell instances apart.
-    let thread_name = format!("{}-{}-StreamThread-{}", config.client_id, shared.process_id, index + 1);
+    let thread_name = thread_client_id(&shared, index);
+    let isolation_level =
+        if config.exactly_once() { IsolationLevel::ReadCommitted } else { IsolationLevel::ReadUncommitted };
     let task_assignor = Arc::new(assignor::StreamsAssignor::new(
         shared
             .topology
@@ -890,6 +1208,7 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         max_poll_records: config.max_poll_records,
         session_timeout_ms: config.session_timeout_ms,
         heartbeat_interval_ms: config.heartbeat_interval_ms,
+        isolation_level,
         ..ConsumerConfig::default()
     })
     .await?;
@@ -899,27 +1218,25 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         auto_offset_reset: AutoOffsetReset::Earliest,
         enable_auto_commit: false,
         max_poll_records: 10_000,
+        isolation_level,
         ..ConsumerConfig::default()
     })
     .await?;
-    let producer = Producer::new(ProducerConfig {
-        bootstrap_servers: config.bootstrap_servers.clone(),
-        client_id: format!("{thread_name}-producer"),
-        acks: -1,
-        enable_idempotence: true,
-        linger_ms: config.linger_ms,
-        batch_size: 256 * 1024,
-        ..ProducerConfig::default()
-    })
-    .await?;
+    let producer = thread_producer(&shared, index).await?;
     let state = Arc::new(tokio::sync::Mutex::new(ThreadState {
         shared: shared.clone(),
-        producer: producer.clone(),
+        index,
+        producer,
         tasks: BTreeMap::new(),
         pending: VecDeque::new(),
         newly_assigned: Vec::new(),
         assignor: task_assignor,
         last_commit: Instant::now(),
+        txn_open: false,
+        committed: BTreeMap::new(),
+        rewind: false,
+        recoveries: VecDeque::new(),
+        listener_error: None,
     }));
     let topics = shared.topology.source_topics(&config.application_id);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -930,53 +1247,27 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         while !shared.stop.load(Ordering::Acquire) {
             let records = consumer.poll(poll).await?;
             let mut st = state.lock().await;
-            st.create_tasks(&restore).await?;
-            let now_ms = wall_clock_ms();
-            // Route by (topic, partition), keeping each partition's order.
-            let mut by_partition: BTreeMap<(Arc<str>, i32), Vec<spate_client::ConsumerRecord>> = BTreeMap::new();
-            for r in records {
-                by_partition.entry((r.topic.clone(), r.partition)).or_default().push(r);
+            if let Some(e) = st.listener_error.take() {
+                return Err(e);
             }
-            for ((topic, partition), records) in by_partition {
-                match st.task_of(&topic, partition) {
-                    Some(id) => match st.tasks.get_mut(&id) {
-                        Some(task) => task.add_records(&topic, records),
-                        None => {
-                            warn!(%topic, partition, "records of a partition without a task; they will be refetched")
-                        }
-                    },
-                    None => warn!(%topic, partition, "records of a topic the topology does not read"),
-                }
-            }
-            let mut processed = 0;
-            for task in st.tasks.values_mut() {
-                let before = task.records_processed;
-                if task.has_buffered() {
-                    task.process_buffered(now_ms)?;
-                }
-                task.punctuate_wall_clock(now_ms)?;
-                processed += task.records_processed - before;
-                task.metrics.process_total.increment(task.records_processed - before);
-            }
-            shared.metrics.records_processed.fetch_add(processed, Ordering::Relaxed);
-            st.send_outputs().await?;
-            st.check_deliveries(false).await?;
-            if st.last_commit.elapsed() >= commit_interval {
-                st.commit(&consumer).await?;
-                // Lag per input partition, from the last fetch (no I/O), once per commit.
-                for task in st.tasks.values() {
-                    for (tp, gauge) in &task.metrics.lag {
-                        if let Ok(Some(lag)) = consumer.lag(tp).await {
-                            gauge.set(lag as f64);
-                        }
-                    }
-                }
+            let records = if st.rewind {
+                // Refetched from the committed offsets instead.
+                st.rewind(&consumer).await?;
+                Vec::new()
+            } else {
+                records
+            };
+            if let Err(e) = st.run_once(&consumer, &restore, records, commit_interval).await {
+                st.recover(e).await?;
             }
         }
         Ok::<(), StreamsError>(())
     }
     .await;
     if shared.crash.load(Ordering::Acquire) {
+        // The tasks go as a dead process's do: no commit, no checkpoint, their directory
+        // locks released (the consumer below is leaked with the listener, which holds them).
+        state.lock().await.tasks.clear();
         // Dropping the runtime with this thread stops heartbeats without a LeaveGroup.
         std::mem::forget(consumer);
         std::mem::forget(restore);
@@ -986,16 +1277,77 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
     let closing = async {
         let mut st = state.lock().await;
         if result.is_ok() {
-            st.commit(&consumer).await?;
+            st.commit(&consumer, |_| true).await?;
+            if config.exactly_once() {
+                st.await_committed_offsets(&consumer, &consumer.assignment().await).await;
+            }
         }
         st.close_tasks(|_| true);
         Ok::<(), StreamsError>(())
     }
     .await;
+    let producer = state.lock().await.producer.clone();
     let _ = consumer.close().await;
     let _ = restore.close().await;
     let _ = producer.close().await;
     result.and(closing)
+}
+
+impl ThreadState {
+    /// One turn of a stream thread after a poll: creates newly assigned tasks, processes
+    /// `records`, hands the outputs to the producer, and commits when `commit.interval.ms`
+    /// has passed.
+    async fn run_once(
+        &mut self,
+        consumer: &Consumer,
+        restore: &Consumer,
+        records: Vec<spate_client::ConsumerRecord>,
+        commit_interval: Duration,
+    ) -> Result<(), StreamsError> {
+        self.create_tasks(restore).await?;
+        let now_ms = wall_clock_ms();
+        // Route by (topic, partition), keeping each partition's order.
+        let mut by_partition: BTreeMap<(Arc<str>, i32), Vec<spate_client::ConsumerRecord>> = BTreeMap::new();
+        for r in records {
+            by_partition.entry((r.topic.clone(), r.partition)).or_default().push(r);
+        }
+        for ((topic, partition), records) in by_partition {
+            match self.task_of(&topic, partition) {
+                Some(id) => match self.tasks.get_mut(&id) {
+                    Some(task) => task.add_records(&topic, records),
+                    None => {
+                        warn!(%topic, partition, "records of a partition without a task; they will be refetched")
+                    }
+                },
+                None => warn!(%topic, partition, "records of a topic the topology does not read"),
+            }
+        }
+        let mut processed = 0;
+        for task in self.tasks.values_mut() {
+            let before = task.records_processed;
+            if task.has_buffered() {
+                task.process_buffered(now_ms)?;
+            }
+            task.punctuate_wall_clock(now_ms)?;
+            processed += task.records_processed - before;
+            task.metrics.process_total.increment(task.records_processed - before);
+        }
+        self.shared.metrics.records_processed.fetch_add(processed, Ordering::Relaxed);
+        self.send_outputs().await?;
+        self.check_deliveries(false).await?;
+        if self.last_commit.elapsed() >= commit_interval {
+            self.commit(consumer, |_| false).await?;
+            // Lag per input partition, from the last fetch (no I/O), once per commit.
+            for task in self.tasks.values() {
+                for (tp, gauge) in &task.metrics.lag {
+                    if let Ok(Some(lag)) = consumer.lag(tp).await {
+                        gauge.set(lag as f64);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1005,5 +1357,40 @@ mod tests {
     #[test]
     fn task_ids_print_as_kafka_does() {
         assert_eq!(TaskId { subtopology: 1, partition: 3 }.to_string(), "1_3");
+    }
+
+    #[test]
+    fn transactional_ids_are_kafka_streams_eos_v2_ones() {
+        let pid = "0d3c4c1e-4b8e-4a43-9a57-1f8a3b1f8e2a";
+        assert_eq!(transactional_id("wordcount", pid, 0), format!("wordcount-{pid}-1"));
+        assert_eq!(transactional_id("wordcount", pid, 2), format!("wordcount-{pid}-3"));
+    }
+
+    #[test]
+    fn failed_transactions_are_told_from_other_errors() {
+        use spate_client::protocol::ErrorCode;
+        use spate_client::Error as E;
+        let broker = |code| Arc::new(E::Broker { code, context: "test".into() });
+        let client = |e| StreamsError::Client(e);
+        assert!(transaction_failed(&client(E::TransactionAbortable { source: broker(ErrorCode::ILLEGAL_GENERATION) })));
+        assert!(transaction_failed(&client(E::TransactionFatal { source: broker(ErrorCode::PRODUCER_FENCED) })));
+        assert!(transaction_failed(&client(E::Delivery {
+            topic: "t".into(),
+            partition: 0,
+            source: Arc::new(E::TransactionAborted)
+        })));
+        assert!(transaction_failed(&client(E::Delivery {
+            topic: "t".into(),
+            partition: 0,
+            source: broker(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        })));
+        // A record the broker refuses for good is not retried by reprocessing: the thread stops.
+        assert!(!transaction_failed(&client(E::Delivery {
+            topic: "t".into(),
+            partition: 0,
+            source: broker(ErrorCode::MESSAGE_TOO_LARGE)
+        })));
+        assert!(!transaction_failed(&StreamsError::Topology("x".into())));
+        assert!(!transaction_failed(&client(E::InvalidTransactionState { operation: "send", state: "Ready" })));
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct Task {
     pub stores: BTreeMap<String, TaskStore>,
     /// Changelog partition of each logged store and the next offset to read from it.
     pub changelogs: BTreeMap<String, (Changelog, i64)>,
+    /// Logged stores kept in memory: they start empty, so they restore from the changelog's
+    /// start and the checkpoint leaves them out (as Kafka checkpoints persistent stores only).
+    in_memory: std::collections::BTreeSet<String>,
     dir: PathBuf,
     _lock: Option<TaskDirLock>,
     pub records_processed: u64,
@@ -100,6 +103,7 @@ impl Task {
         let checkpoint = checkpoint::read(&dir.path.join(CHECKPOINT_FILE))?;
         let mut stores = BTreeMap::new();
         let mut changelogs = BTreeMap::new();
+        let mut in_memory = std::collections::BTreeSet::new();
         let store_names: Vec<&String> = st.stores.iter().collect();
         let per_store_cache =
             if store_names.is_empty() { cache_max_bytes } else { cache_max_bytes / store_names.len() };
@@ -114,9 +118,13 @@ impl Task {
             if let Some(cl) = &changelog {
                 let from = checkpoint
                     .as_ref()
+                    .filter(|_| !spec.in_memory)
                     .and_then(|c| c.offsets.get(&(cl.topic.to_string(), cl.partition)).copied())
                     .unwrap_or(0);
                 changelogs.insert(name.clone(), (cl.clone(), from));
+                if spec.in_memory {
+                    in_memory.insert(name.clone());
+                }
             }
             let store = match spec.store_type {
                 StoreType::KeyValue => TaskStore::Kv(Arc::new(Mutex::new(LoggedKv::new(
@@ -161,6 +169,7 @@ impl Task {
             flushers,
             stores,
             changelogs,
+            in_memory,
             dir: dir.path,
             _lock: dir.lock,
             records_processed: 0,
@@ -249,10 +258,20 @@ impl Task {
             store.flush_store()?;
         }
         let mut checkpoint = Checkpoint::default();
-        for (changelog, next) in self.changelogs.values() {
-            checkpoint.offsets.insert((changelog.topic.to_string(), changelog.partition), *next);
+        for (name, (changelog, next)) in &self.changelogs {
+            if !self.in_memory.contains(name) {
+                checkpoint.offsets.insert((changelog.topic.to_string(), changelog.partition), *next);
+            }
         }
         checkpoint::write(&self.dir.join(CHECKPOINT_FILE), &checkpoint)
+    }
+
+    /// Deletes the checkpoint (under exactly-once, once it has been read): from now on the
+    /// stores may hold writes of a transaction that is not committed yet, so until the next
+    /// clean close a crash must find no checkpoint, and the task directory is wiped and
+    /// restored from the changelogs' committed records.
+    pub fn delete_checkpoint(&self) -> Result<(), StreamsError> {
+        checkpoint::delete(&self.dir.join(CHECKPOINT_FILE))
     }
 
     /// Records that a changelog write was acknowledged at `offset`.
@@ -262,5 +281,87 @@ impl Task {
                 *next = (*next).max(offset + 1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serdes::{I64Serde, StringSerde};
+    use crate::state::directory::StateDirectory;
+    use crate::topology::DeserializationHandler;
+    use crate::{Consumed, Grouped, Materialized, Produced, StreamsBuilder};
+
+    /// Two counts of one input: store `persistent` on disk, store `volatile` in memory.
+    fn topology() -> Topology {
+        let b = StreamsBuilder::new();
+        let grouped = b
+            .stream(&["in"], Consumed::with(StringSerde, StringSerde))
+            .group_by_key(Grouped::with(StringSerde, StringSerde));
+        grouped
+            .count(Materialized::named("persistent"))
+            .unwrap()
+            .to_stream()
+            .to("out-p", Produced::with(StringSerde, I64Serde));
+        grouped
+            .count(Materialized::named("volatile").in_memory())
+            .unwrap()
+            .to_stream()
+            .to("out-v", Produced::with(StringSerde, I64Serde));
+        b.build().unwrap()
+    }
+
+    fn open(topology: &Topology, sd: &StateDirectory) -> Task {
+        let st = &topology.subtopologies[0];
+        let id = TaskId { subtopology: st.id, partition: 0 };
+        let dir =
+            TaskDir { path: sd.task_dir(&id.to_string()).unwrap(), lock: Some(sd.lock_task(&id.to_string()).unwrap()) };
+        Task::open(
+            topology,
+            st,
+            id,
+            "app",
+            dir,
+            &["in".to_string()],
+            0,
+            &DeserializationHandler::LogAndFail,
+            &HashMap::new(),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// In-memory stores start empty, so they restore from the changelog's start and stay out
+    /// of the checkpoint; persistent stores resume from it. Under exactly-once the checkpoint
+    /// is deleted once read, so a crash before the next clean close finds none.
+    #[test]
+    fn checkpoints_cover_persistent_stores_and_can_be_withdrawn() {
+        let root = tempfile::tempdir().unwrap();
+        let sd = StateDirectory::new(root.path(), "app").unwrap();
+        let topology = topology();
+        let mut task = open(&topology, &sd);
+        for (changelog, next) in task.changelogs.values_mut() {
+            assert_eq!(*next, 0, "{}", changelog.topic);
+            *next = 42;
+        }
+        task.write_checkpoint().unwrap();
+        let path = task.dir.join(CHECKPOINT_FILE);
+        let written = checkpoint::read(&path).unwrap().unwrap();
+        assert_eq!(
+            written.offsets.into_iter().collect::<Vec<_>>(),
+            vec![(("app-persistent-changelog".to_string(), 0), 42)]
+        );
+        drop(task);
+
+        let task = open(&topology, &sd);
+        assert_eq!(task.changelogs["persistent"].1, 42);
+        assert_eq!(task.changelogs["volatile"].1, 0);
+        task.delete_checkpoint().unwrap();
+        assert!(!path.exists());
+        // Deleting what is not there is fine (a task that never had one).
+        task.delete_checkpoint().unwrap();
+        drop(task);
+        let task = open(&topology, &sd);
+        assert_eq!(task.changelogs["persistent"].1, 0);
     }
 }

@@ -96,6 +96,21 @@ pub fn write(path: &Path, checkpoint: &Checkpoint) -> Result<(), StreamsError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync checkpoint directory"))
 }
 
+/// Deletes a checkpoint file (missing is fine), durably: under exactly-once a task's stores
+/// run ahead of what is committed, so no checkpoint may vouch for them until the next clean
+/// close writes one (Kafka deletes the checkpoint once it is read, under EOS).
+pub fn delete(path: &Path) -> Result<(), StreamsError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StreamsError::state_directory(path, "delete checkpoint", e)),
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StreamsError::state_directory(path, "fsync checkpoint directory", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,17 @@ use crate::StreamsError;
 /// The lock file's name inside a task directory.
 pub const LOCK_FILE_NAME: &str = ".lock";
 
+/// The file in `state.dir/<application.id>` that keeps the instance's process id across
+/// restarts (Kafka's `kafka-streams-process-metadata`), and the lock file of its holder.
+pub const PROCESS_FILE_NAME: &str = "kafka-streams-process-metadata";
+const PROCESS_LOCK_FILE_NAME: &str = "kafka-streams-process-metadata.lock";
+
+/// The hold of an instance on the stored process id; released on drop.
+#[derive(Debug)]
+pub struct ProcessIdLock {
+    _file: File,
+}
+
 /// `state.dir/<application.id>`.
 #[derive(Debug, Clone)]
 pub struct StateDirectory {
@@ -120,6 +131,54 @@ impl StateDirectory {
         Ok(())
     }
 
+    /// The process id of the instance using this directory (Kafka's `initializeProcessId`):
+    /// the one stored in [`PROCESS_FILE_NAME`] (created with a new random id the first time),
+    /// held with a lock for as long as the returned [`ProcessIdLock`] lives. A restarted
+    /// instance gets its predecessor's id back, and so the same exactly-once
+    /// `transactional.id`s, which fences a crashed predecessor and aborts its open transactions
+    /// at once. Where another instance on this directory holds the id, this one gets a fresh
+    /// random id that is not stored (and no lock).
+    pub fn process_id(&self) -> Result<(String, Option<ProcessIdLock>), StreamsError> {
+        let lock_path = self.app_dir.join(PROCESS_LOCK_FILE_NAME);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StreamsError::state_directory(&lock_path, "open lock file", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok((uuid::Uuid::new_v4().to_string(), None)),
+            Err(TryLockError::Error(e)) => return Err(StreamsError::state_directory(&lock_path, "lock", e)),
+        }
+        let path = self.app_dir.join(PROCESS_FILE_NAME);
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("processId").and_then(|id| id.as_str()).map(str::to_owned))
+                .filter(|id| uuid::Uuid::parse_str(id).is_ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StreamsError::state_directory(&path, "read", e)),
+        };
+        let id = match stored {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let text = serde_json::json!({ "version": 0, "processId": id }).to_string();
+                let tmp = self.app_dir.join(format!("{PROCESS_FILE_NAME}.tmp"));
+                let at = &path;
+                let io = |op: &'static str| move |e: std::io::Error| StreamsError::state_directory(at, op, e);
+                let mut out = File::create(&tmp).map_err(io("create"))?;
+                std::io::Write::write_all(&mut out, text.as_bytes()).map_err(io("write"))?;
+                out.sync_all().map_err(io("fsync"))?;
+                drop(out);
+                std::fs::rename(&tmp, &path).map_err(io("rename"))?;
+                id
+            }
+        };
+        Ok((id, Some(ProcessIdLock { _file: file })))
+    }
+
     /// The ids of the task directories present, sorted.
     pub fn list_task_dirs(&self) -> Result<Vec<String>, StreamsError> {
         let err = |e| StreamsError::state_directory(&self.app_dir, "list", e);
@@ -175,6 +234,26 @@ mod tests {
         // Still locked after the wipe.
         assert!(StateDirectory::new(root.path(), "app").unwrap().lock_task("1_0").is_err());
         sd.wipe_task("9_9").unwrap();
+    }
+
+    #[test]
+    fn the_process_id_is_kept_for_the_next_instance_and_not_shared() {
+        let root = tempfile::tempdir().unwrap();
+        let a = StateDirectory::new(root.path(), "app").unwrap();
+        let (id, lock) = a.process_id().unwrap();
+        assert!(lock.is_some());
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        // A second instance on the same directory meanwhile: a different, unstored id.
+        let b = StateDirectory::new(root.path(), "app").unwrap();
+        let (other, none) = b.process_id().unwrap();
+        assert!(none.is_none());
+        assert_ne!(other, id);
+        // Once the first lets go, the next one gets the stored id back.
+        drop(lock);
+        let (again, _lock) = b.process_id().unwrap();
+        assert_eq!(again, id);
+        // The metadata file is not taken for a task directory.
+        assert!(a.list_task_dirs().unwrap().is_empty());
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! spate-streams with `processing.guarantee=exactly_once_v2` against a real broker: a per-key
+//! count with every update emitted (no record cache), so each key's committed output must be
+//! exactly 1, 2, …, n in order. A crash with a transaction open, a fenced producer, and a
+//! failover to another instance must each leave no duplicate, gap or step back in what a
+//! `read_committed` reader sees, and the store must hold the exact counts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use spate_client::admin::{AdminConfig, NewTopic};
+use spate_client::{
+    Admin, AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, Producer, ProducerConfig,
+    ProducerRecord, TopicPartition,
+};
+use spate_e2e::TestBroker;
+use spate_streams::serdes::{I64Serde, StringSerde};
+use spate_streams::{
+    Consumed, Grouped, KafkaStreams, Materialized, Produced, StreamsBuilder, StreamsConfig, StreamsState, Topology,
+};
+
+fn broker() -> TestBroker {
+    TestBroker::start(&["--set", "group.initial.rebalance.delay.ms=0"]).unwrap()
+}
+
+async fn create(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin = Admin::new(AdminConfig { bootstrap_servers: vec![bootstrap.to_string()], ..AdminConfig::default() })
+        .await
+        .unwrap();
+    for (t, n) in topics {
+        admin.create_topic(NewTopic::new(*t, *n, 1)).await.unwrap();
+    }
+}
+
+/// `per_key` records for each of `keys` keys, interleaved, with a non-transactional producer.
+async fn produce_round(bootstrap: &str, topic: &str, keys: usize, per_key: usize) {
+    let producer =
+        Producer::new(ProducerConfig { bootstrap_servers: vec![bootstrap.to_string()], ..ProducerConfig::default() })
+            .await
+            .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..keys * per_key {
+        let record = ProducerRecord::new(format!("v{i}")).with_key(format!("k{}", i % keys));
+        acks.push(producer.send(topic, record).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    producer.close().await.unwrap();
+}
+
+/// Counts every record of `input` by key into store `counts`, emitting every update.
+fn per_key_count(input: &str, output: &str) -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&[input], Consumed::with(StringSerde, StringSerde))
+        .group_by_key(Grouped::with(StringSerde, StringSerde))
+        .count(Materialized::named("counts"))
+        .unwrap()
+        .to_stream()
+        .to(output, Produced::with(StringSerde, I64Serde));
+    builder.build().unwrap()
+}
+
+fn eos_config(bootstrap: &str, app: &str, state_dir: &std::path::Path, commit_interval_ms: u64) -> StreamsConfig {
+    StreamsConfig::new(app, bootstrap)
+        .set("processing.guarantee", "exactly_once_v2")
+        .unwrap()
+        .set("commit.interval.ms", &commit_interval_ms.to_string())
+        .unwrap()
+        // Every update reaches the output, so the model is exact per record.
+        .set("statestore.cache.max.bytes", "0")
+        .unwrap()
+        .set("state.dir", state_dir.to_str().unwrap())
+        .unwrap()
+        .set("session.timeout.ms", "6000")
+        .unwrap()
+        .set("heartbeat.interval.ms", "500")
+        .unwrap()
+}
+
+fn start(topology: Topology, config: StreamsConfig) -> KafkaStreams {
+    let mut streams = KafkaStreams::new(topology, config).unwrap();
+    streams.start().unwrap();
+    streams
+}
+
+/// A `read_committed` reader of every partition of `topic` from the start.
+async fn committed_reader(bootstrap: &str, topic: &str) -> Consumer {
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: vec![bootstrap.to_string()],
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        isolation_level: IsolationLevel::ReadCommitted,
+        fetch_max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .unwrap();
+    let metadata = consumer.cluster().topic(topic).await.unwrap();
+    consumer
+        .assign(metadata.partitions.iter().map(|p| TopicPartition::new(topic, p.partition)).collect())
+        .await
+        .unwrap();
+    consumer
+}
+
+/// Each key's committed outputs, in offset order per partition (a key lives in one partition).
+fn outputs_by_key(records: &[ConsumerRecord]) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in records {
+        let k = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
+        let v = i64::from_be_bytes(r.value.clone().unwrap()[..].try_into().unwrap());
+        out.entry(k).or_default().push(v);
+    }
+    out
+}
+
+/// Checks that what `reader` shows now of each key is 1, 2, …, m for some m.
+async fn expect_no_gap_or_repeat(reader: &Consumer, seen: &mut Vec<ConsumerRecord>) {
+    seen.extend(reader.poll(Duration::from_millis(500)).await.unwrap());
+    for (key, values) in outputs_by_key(seen) {
+        let expected: Vec<i64> = (1..=values.len() as i64).collect();
+        assert_eq!(values, expected, "committed outputs of {key} repeat or skip a count");
+    }
+}
+
+fn processed(streams: &KafkaStreams) -> u64 {
+    streams.metrics().records_processed.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until `streams` has processed more than `before` records.
+async fn await_processed(streams: &KafkaStreams, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processed(streams) <= before {
+        assert!(Instant::now() < deadline, "no record processed beyond {before}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads `reader` until every one of `keys` keys has reached `n` (or fails after `timeout`),
+/// then checks exactly-once: each key's outputs are 1, 2, …, n, nothing repeated or skipped.
+async fn expect_exact_counts(
+    reader: &Consumer,
+    seen: &mut Vec<ConsumerRecord>,
+    keys: usize,
+    n: i64,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        seen.extend(reader.poll(Duration::from_millis(200)).await.unwrap());
+        let by_key = outputs_by_key(seen);
+        if by_key.len() == keys && by_key.values().all(|v| v.last() == Some(&n)) {
+            break;
+        }
+        let behind: Vec<(&String, Option<&i64>)> =
+            by_key.iter().filter(|(_, v)| v.last() != Some(&n)).map(|(k, v)| (k, v.last())).take(5).collect();
+        assert!(
+            Instant::now() < deadline,
+            "not every key reached {n} within {timeout:?}: {} keys seen, behind: {behind:?}",
+            by_key.len()
+        );
+    }
+    // Anything that would still arrive (a duplicate) gets a moment to show up.
+    seen.extend(reader.poll(Duration::from_millis(500)).await.unwrap());
+    let expected: Vec<i64> = (1..=n).collect();
+    for (key, values) in outputs_by_key(seen) {
+        assert_eq!(values, expected, "committed outputs of {key} are not exactly 1..={n}");
+    }
+}
+
+/// A crash with a transaction open (outputs and changelog records written, not committed),
+/// then a restart on the same state directory: the restarted instance has the same process id
+/// and so the same `transactional.id`, which fences the dead producer and aborts its
+/// transaction; the task (no checkpoint under EOS while running) is wiped and restored from the
+/// changelog's committed records, and input is reprocessed from the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_a_crash_with_an_open_transaction() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap();
+    create(&bootstrap, &[("eos-in", 4), ("eos-out", 4)]).await;
+    let keys = 20;
+    let dir = tempfile::tempdir().unwrap();
+    // A long interval: the crash lands inside a transaction that has output.
+    let config = || eos_config(&bootstrap, "eos-crash", dir.path(), 3_000);
+    let reader = committed_reader(&bootstrap, "eos-out").await;
+    let mut seen = Vec::new();
+
+    produce_round(&bootstrap, "eos-in", keys, 50).await;
+    let mut a = start(per_key_count("eos-in", "eos-out"), config());
+    expect_exact_counts(&reader, &mut seen, keys, 50, Duration::from_secs(60)).await;
+    let process_id = a.process_id().to_string();
+
+    // More input, processed into the open transaction, then a crash before its commit.
+    let before = processed(&a);
+    produce_round(&bootstrap, "eos-in", keys, 50).await;
+    await_processed(&a, before).await;
+    a.crash();
+    drop(a);
+    expect_no_gap_or_repeat(&reader, &mut seen).await;
+
+    let mut b = start(per_key_count("eos-in", "eos-out"), config());
+    assert_eq!(b.process_id(), process_id, "the restarted instance keeps its process id");
+    produce_round(&bootstrap, "eos-in", keys, 50).await;
+    expect_exact_counts(&reader, &mut seen, keys, 150, Duration::from_secs(90)).await;
+    let store = b.store("counts", StringSerde, I64Serde).all().unwrap();
+    assert_eq!(store.len(), keys);
+    assert!(store.iter().all(|(_, v)| *v == 150), "{store:?}");
+    assert_eq!(b.state(), StreamsState::Running);
+    b.close().unwrap();
+
+    // A clean close wrote a checkpoint; the next start resumes from it and stays exact.
+    let mut c = start(per_key_count("eos-in", "eos-out"), config());
+    produce_round(&bootstrap, "eos-in", keys, 10).await;
+    expect_exact_counts(&reader, &mut seen, keys, 160, Duration::from_secs(90)).await;
+    c.close().unwrap();
+}
+
+/// Another producer takes the stream thread's `transactional.id` (as a zombie's successor
+/// would): the thread's producer is fenced, its transaction cannot commit, and the thread
+/// replaces its producer, restores every task from the changelogs and goes on, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_recovers_from_a_fenced_producer() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap();
+    create(&bootstrap, &[("fence-in", 2), ("fence-out", 2)]).await;
+    let keys = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let reader = committed_reader(&bootstrap, "fence-out").await;
+    let mut seen = Vec::new();
+    let mut a = start(per_key_count("fence-in", "fence-out"), eos_config(&bootstrap, "eos-fence", dir.path(), 1_000));
+    produce_round(&bootstrap, "fence-in", keys, 30).await;
+    expect_exact_counts(&reader, &mut seen, keys, 30, Duration::from_secs(60)).await;
+
+    // Fence the thread's producer in the middle of a round.
+    let before = processed(&a);
+    produce_round(&bootstrap, "fence-in", keys, 30).await;
+    await_processed(&a, before).await;
+    let usurper = Producer::new(ProducerConfig {
+        bootstrap_servers: vec![bootstrap.clone()],
+        transactional_id: Some(format!("eos-fence-{}-1", a.process_id())),
+        ..ProducerConfig::default()
+    })
+    .await
+    .unwrap();
+    usurper.init_transactions().await.unwrap();
+    produce_round(&bootstrap, "fence-in", keys, 30).await;
+    expect_exact_counts(&reader, &mut seen, keys, 90, Duration::from_secs(90)).await;
+    assert_eq!(a.state(), StreamsState::Running);
+    let store = a.store("counts", StringSerde, I64Serde).all().unwrap();
+    assert!(store.len() == keys && store.iter().all(|(_, v)| *v == 90), "{store:?}");
+    drop(usurper);
+    a.close().unwrap();
+}
+
+/// Failover: two instances share the tasks; one crashes with a transaction open. Its
+/// transaction stays open until `transaction.timeout.ms` (the survivor has another
+/// transactional id), holding `read_committed` readers back, then is aborted; the survivor
+/// takes the tasks over after the session timeout, restores them from the changelogs'
+/// committed records and reprocesses from the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_fails_over_to_another_instance() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap();
+    create(&bootstrap, &[("fo-in", 4), ("fo-out", 4)]).await;
+    let keys = 20;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = |i: usize| eos_config(&bootstrap, "eos-failover", dirs[i].path(), 2_000);
+    let reader = committed_reader(&bootstrap, "fo-out").await;
+    let mut seen = Vec::new();
+    let mut a = start(per_key_count("fo-in", "fo-out"), config(0));
+    let mut b = start(per_key_count("fo-in", "fo-out"), config(1));
+    // Both in the group before the input arrives, so both get tasks.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    produce_round(&bootstrap, "fo-in", keys, 40).await;
+    expect_exact_counts(&reader, &mut seen, keys, 40, Duration::from_secs(60)).await;
+
+    assert!(processed(&a) > 0 && processed(&b) > 0, "both instances have tasks");
+    let before = processed(&a);
+    produce_round(&bootstrap, "fo-in", keys, 40).await;
+    await_processed(&a, before).await;
+    a.crash();
+    produce_round(&bootstrap, "fo-in", keys, 40).await;
+    expect_exact_counts(&reader, &mut seen, keys, 120, Duration::from_secs(120)).await;
+    assert_eq!(b.state(), StreamsState::Running);
+    b.close().unwrap();
+}
