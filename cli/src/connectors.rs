@@ -159,7 +159,7 @@ struct Api {
 impl Api {
     /// The answer's JSON for a 2xx status; the worker's `message` as the error otherwise. A 409
     /// that says the worker is between configurations (a rebalance, a config snapshot behind: Kafka
-    /// Connect's "momentarily" answers) is asked again for up to [`REBALANCE_WAIT`], as Kafka
+    /// Connect's "momentarily" answers) or that a stopping connector's tasks are not down yet is asked again for up to [`REBALANCE_WAIT`], as Kafka
     /// Connect's clients do; a 409 that says the connector exists is not.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
         let deadline = std::time::Instant::now() + REBALANCE_WAIT;
@@ -171,7 +171,12 @@ impl Api {
             }
             let message =
                 answer.get("message").and_then(Value::as_str).map_or_else(|| answer.to_string(), str::to_owned);
-            let transient = status == 409 && (message.contains("momentarily") || message.contains("rebalance"));
+            // "try again shortly": a connector still stopping its tasks (offsets of a stopped
+            // connector can be altered only once every task is down).
+            let transient = status == 409
+                && (message.contains("momentarily")
+                    || message.contains("rebalance")
+                    || message.contains("try again shortly"));
             if transient && std::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 continue;
