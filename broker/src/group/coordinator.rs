@@ -86,10 +86,10 @@ pub type LoadHook = Arc<dyn Fn(i32) + Send + Sync>;
 
 /// A `__consumer_offsets` partition this broker leads, by the leader epoch it leads it in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owned {
-    leader_epoch: i32,
+pub(crate) struct Owned {
+    pub(crate) leader_epoch: i32,
     /// Its groups are replayed; until then their requests get COORDINATOR_LOAD_IN_PROGRESS.
-    loaded: bool,
+    pub(crate) loaded: bool,
 }
 
 struct Inner {
@@ -230,7 +230,11 @@ fn ownership(me: i32, image_leader: Option<(i32, i32)>, owned: Option<Owned>) ->
 /// or led in another epoch) and those to load, with the epoch to load them in. A new epoch means
 /// a reload even when this broker led the partition before and leads it again (lead→follow→lead
 /// arriving as one image): its log may have been truncated in between.
-fn leadership_changes(me: i32, leaders: &[(i32, i32)], owned: &BTreeMap<i32, Owned>) -> (Vec<i32>, Vec<(i32, i32)>) {
+pub(crate) fn leadership_changes(
+    me: i32,
+    leaders: &[(i32, i32)],
+    owned: &BTreeMap<i32, Owned>,
+) -> (Vec<i32>, Vec<(i32, i32)>) {
     let mut unload = Vec::new();
     let mut load = Vec::new();
     for (index, &(leader, leader_epoch)) in leaders.iter().enumerate() {

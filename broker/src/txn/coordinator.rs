@@ -27,6 +27,7 @@ use crate::broker::{now_ms, Broker};
 use crate::config::{BrokerConfig, FlushMode};
 use crate::controller::MetadataImage;
 use crate::error::{BrokerError, Result};
+use crate::group::coordinator::{leadership_changes, Owned};
 use crate::group::{partition_for, OFFSETS_TOPIC};
 use crate::partition::{Partition, Replicated};
 
@@ -41,12 +42,6 @@ const LOAD_READ_BYTES: usize = 1 << 20;
 /// Pause between marker attempts (doubling up to the maximum).
 const MARKER_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const MARKER_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owned {
-    leader_epoch: i32,
-    loaded: bool,
-}
 
 struct Inner {
     state: TxnState,
@@ -141,28 +136,21 @@ impl TransactionCoordinator {
         let count = topic.partitions.len() as i32;
         let mut inner = lock(&self.inner);
         let mut loads = Vec::new();
-        for (index, p) in topic.partitions.iter().enumerate() {
-            let index = index as i32;
-            let current = inner.owned.get(&index).copied();
-            let leads = p.leader == me;
-            if leads && current.is_some_and(|o| o.leader_epoch == p.leader_epoch) {
-                continue;
-            }
-            if current.is_some() {
-                inner.owned.remove(&index);
-                let gone = inner.state.unload(|id| partition_for(id, count) == index);
-                info!(partition = index, ids = gone, "{TRANSACTION_STATE_TOPIC} leadership changed; unloaded");
-            }
-            if leads {
-                match broker.partition(TRANSACTION_STATE_TOPIC, index) {
-                    Some(partition) => {
-                        inner.owned.insert(index, Owned { leader_epoch: p.leader_epoch, loaded: false });
-                        loads.push((index, p.leader_epoch, partition));
-                    }
-                    None => warn!(
-                        partition = index,
-                        "this broker leads {TRANSACTION_STATE_TOPIC}-{index} but holds no replica"
-                    ),
+        let leaders: Vec<(i32, i32)> = topic.partitions.iter().map(|p| (p.leader, p.leader_epoch)).collect();
+        let (unload, to_load) = leadership_changes(me, &leaders, &inner.owned);
+        for index in unload {
+            inner.owned.remove(&index);
+            let gone = inner.state.unload(|id| partition_for(id, count) == index);
+            info!(partition = index, ids = gone, "{TRANSACTION_STATE_TOPIC} leadership changed; unloaded");
+        }
+        for (index, leader_epoch) in to_load {
+            match broker.partition(TRANSACTION_STATE_TOPIC, index) {
+                Some(partition) => {
+                    inner.owned.insert(index, Owned { leader_epoch, loaded: false });
+                    loads.push((index, leader_epoch, partition));
+                }
+                None => {
+                    warn!(partition = index, "this broker leads {TRANSACTION_STATE_TOPIC}-{index} but holds no replica")
                 }
             }
         }
