@@ -31,6 +31,10 @@ use super::storage::{NodeId, TypeConfig};
 /// Largest RPC message either side sends or accepts (snapshot chunks are far smaller).
 pub const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 pings on controller channels, and how long a ping may go unanswered before the
+/// connection is dropped and made again.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// At most one warning per peer per this interval; the rest go to debug.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -176,6 +180,12 @@ impl RpcClient {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
             .connect_timeout(CONNECT_TIMEOUT)
+            // The channel is long-lived and shared (see NetworkFactory): pings find a connection
+            // that a network partition left open but silent, so the channel reconnects instead of
+            // timing out every call on it.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         RpcClient { channel: endpoint.connect_lazy() }
     }
@@ -208,22 +218,37 @@ pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
 }
 
 /// openraft's view of the network: one [`PeerNetwork`] per replication target.
-/// Makes peer clients; one warning limiter per peer outlives the clients openraft recreates
-/// (it makes a new one per replication stream and election), so a down voter is reported once
-/// per interval, not once per retry.
+/// openraft asks for a new client per replication stream, per election and per leadership check
+/// (`ensure_linearizable`). Each peer's HTTP/2 channel is made once and shared by all of them:
+/// a fresh connection per leadership check must connect and handshake within the heartbeat
+/// interval (the RPC deadline openraft gives), which a loaded host or a slow network path misses
+/// every time, leaving a leader that can never confirm itself and so never fences anyone. One
+/// warning limiter per peer likewise outlives the clients, so a down voter is reported once per
+/// interval, not once per retry.
 #[derive(Default)]
 pub struct NetworkFactory {
     limiters: std::collections::HashMap<NodeId, Arc<WarnLimiter>>,
+    clients: std::collections::HashMap<NodeId, (String, RpcClient)>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
-        let client = node.addr.parse::<SocketAddr>().ok().map(RpcClient::new);
-        if client.is_none() {
-            tracing::warn!(target, addr = %node.addr, "controller voter has an unparsable address");
-        }
+        let client = match self.clients.get(&target) {
+            Some((addr, client)) if *addr == node.addr => Some(client.clone()),
+            _ => match node.addr.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    let client = RpcClient::new(addr);
+                    self.clients.insert(target, (node.addr.clone(), client.clone()));
+                    Some(client)
+                }
+                Err(_) => {
+                    tracing::warn!(target, addr = %node.addr, "controller voter has an unparsable address");
+                    None
+                }
+            },
+        };
         let warn = self.limiters.entry(target).or_default().clone();
         PeerNetwork { target, client, warn }
     }
