@@ -35,6 +35,9 @@ esac
 
 VENV="$ROOT/.venv"
 REQUIREMENTS="$ROOT/tests/python/requirements.txt"
+# quixstreams pins an older confluent-kafka than the suite tests with: it gets a venv of its own.
+QUIX_VENV="$ROOT/.venv-quix"
+QUIX_REQUIREMENTS="$ROOT/tests/python/requirements-quix.txt"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/spate-test.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -158,6 +161,28 @@ ensure_venv() {
     "$VENV/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 }
 
+ensure_quix_venv() {
+    local want stamp="$QUIX_VENV/.spate-requirements.sha256"
+    want="$({ cat "$QUIX_REQUIREMENTS"; python3 --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+    if [ -x "$QUIX_VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+        "$QUIX_VENV/bin/python" -W ignore -c 'import quixstreams' >/dev/null 2>&1; then
+        echo "reusing $QUIX_VENV (requirements unchanged)"
+        return 0
+    fi
+    echo "creating $QUIX_VENV from tests/python/requirements-quix.txt"
+    rm -rf "$QUIX_VENV"
+    python3 -m venv "$QUIX_VENV" || die "python3 -m venv failed for $QUIX_VENV"
+    local log="$WORK/pip-quix.log"
+    if ! "$QUIX_VENV/bin/python" -m pip install -q -r "$QUIX_REQUIREMENTS" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        rm -rf "$QUIX_VENV"
+        die "pip install -r tests/python/requirements-quix.txt failed (see above)"
+    fi
+    "$QUIX_VENV/bin/python" -W ignore -c 'import quixstreams' || die "quixstreams was installed but does not import"
+    echo "$want" >"$stamp"
+    "$QUIX_VENV/bin/python" -W ignore -c 'import quixstreams, confluent_kafka; print("quixstreams", quixstreams.__version__, "confluent-kafka", confluent_kafka.__version__)'
+}
+
 # PostgreSQL for the JDBC and CDC connector tests: the fixtures (tests/python/pgserver.py,
 # connect/tests/common/postgres.rs) start a throwaway server from Debian's binaries, which live in
 # /usr/lib/postgresql/<version>/bin, not on PATH.
@@ -182,6 +207,7 @@ setup() {
     # The full-disk test runs the broker under `prlimit --fsize`.
     ensure_debian_tool prlimit util-linux
     ensure_venv
+    ensure_quix_venv
 }
 
 # --- rust --------------------------------------------------------------------------------------------
@@ -242,7 +268,7 @@ python_tests() {
     bin="$(spate_bin)"
     [ -x "$bin" ] || die "the spate binary was not built at $bin"
     echo "SPATE_BIN=$bin"
-    SPATE_BIN="$bin" "$VENV/bin/python" -m pytest tests/python -p no:cacheprovider -ra \
+    SPATE_BIN="$bin" SPATE_QUIX_PYTHON="$QUIX_VENV/bin/python" "$VENV/bin/python" -m pytest tests/python -p no:cacheprovider -ra \
         --junitxml="$xml" "$@" || rc=$?
     if [ -f "$xml" ]; then
         local counts
