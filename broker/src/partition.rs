@@ -31,7 +31,7 @@ use crate::error::{BrokerError, Result};
 use crate::log::epoch_cache::LeaderEpochCache;
 use crate::log::{cleaner, CleanStats, Log, LogConfig, LogError, OffsetMap};
 use crate::log_dir::LogDir;
-use crate::producer_state::{ProducerStateManager, SequenceCheck};
+use crate::producer_state::{ActiveProducer, ProducerStateManager, SequenceCheck};
 use crate::replica::isr::{self, FollowerState};
 use crate::txn::marker::{control_batch, marker_kind};
 use crate::txn::tracker::{AbortedTxn, TxnTracker};
@@ -417,6 +417,7 @@ impl Partition {
         }
         let info = state.log.append(&batch, &headers, leader_epoch, now_ms)?;
         state.producers.record(&headers[0], info.base_offset, now_ms);
+        state.producers.set_coordinator_epoch(producer_id, coordinator_epoch);
         state.txns.on_marker(producer_id, info.base_offset, commit);
         self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
         let log_end = state.log.log_end_offset();
@@ -452,6 +453,17 @@ impl Partition {
             return Vec::new();
         }
         self.lock().txns.aborted_between(from, to, MAX_ABORTED_PER_FETCH)
+    }
+
+    /// The producers with state in this partition and their open transactions
+    /// (DescribeProducers; answered by the leader).
+    pub fn describe_producers(&self) -> Result<Vec<ActiveProducer>> {
+        let state = &*self.lock();
+        self.check_usable()?;
+        if !matches!(state.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        Ok(state.producers.describe(|producer_id| state.txns.ongoing_start(producer_id)))
     }
 
     /// Whether `producer_id` has a transaction open in this log (tests, DescribeProducers).

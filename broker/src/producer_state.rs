@@ -73,6 +73,19 @@ pub fn error_code(err: &ProducerStateError) -> ErrorCode {
     }
 }
 
+/// One producer as DescribeProducers reports it (Kafka's `ProducerState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// Last sequence appended in the current epoch, -1 when none (just after an epoch bump).
+    pub last_sequence: i32,
+    pub last_timestamp_ms: i64,
+    pub coordinator_epoch: i32,
+    /// First offset of its open transaction in this partition, -1 when none is open.
+    pub current_txn_start_offset: i64,
+}
+
 /// Sequence range and offsets of one appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BatchMetadata {
@@ -89,6 +102,12 @@ struct ProducerStateEntry {
     /// moved the producer to a new epoch (the next batch must then start at sequence 0).
     batches: VecDeque<BatchMetadata>,
     last_used_ms: i64,
+    /// Max timestamp of its last data batch (the client's clock; DescribeProducers'
+    /// `last_timestamp`), -1 before any.
+    last_timestamp_ms: i64,
+    /// Coordinator epoch of the last marker this broker appended as leader, -1 when unknown
+    /// (no marker yet, or state rebuilt from batch headers, which do not carry it).
+    coordinator_epoch: i32,
     /// This entry's key in [`ProducerStateManager::lru`].
     lru_key: u64,
 }
@@ -221,6 +240,7 @@ impl ProducerStateManager {
                 }
                 entry.batches.push_back(metadata);
                 entry.last_used_ms = now_ms;
+                entry.last_timestamp_ms = batch.max_timestamp;
                 self.lru.remove(&entry.lru_key);
                 entry.lru_key = lru_key;
             }
@@ -234,12 +254,40 @@ impl ProducerStateManager {
                         producer_epoch: batch.producer_epoch,
                         batches: VecDeque::from([metadata]),
                         last_used_ms: now_ms,
+                        last_timestamp_ms: batch.max_timestamp,
+                        coordinator_epoch: -1,
                         lru_key,
                     },
                 );
             }
         }
         self.lru.insert(lru_key, batch.producer_id);
+    }
+
+    /// Remembers the coordinator epoch of a marker just appended for `producer_id`.
+    pub fn set_coordinator_epoch(&mut self, producer_id: i64, coordinator_epoch: i32) {
+        if let Some(entry) = self.producers.get_mut(&producer_id) {
+            entry.coordinator_epoch = coordinator_epoch;
+        }
+    }
+
+    /// Every producer with state here, by producer id (DescribeProducers). `txn_start` gives
+    /// the first offset of a producer's open transaction in this log, if any.
+    pub fn describe(&self, txn_start: impl Fn(i64) -> Option<i64>) -> Vec<ActiveProducer> {
+        let mut out: Vec<ActiveProducer> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, e)| ActiveProducer {
+                producer_id,
+                producer_epoch: e.producer_epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp_ms: e.last_timestamp_ms,
+                coordinator_epoch: e.coordinator_epoch,
+                current_txn_start_offset: txn_start(producer_id).unwrap_or(-1),
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
     }
 
     /// Refuses a transaction marker from an epoch older than the producer's current one (a

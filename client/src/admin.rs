@@ -25,15 +25,17 @@ use crate::protocol::messages::offset_delete_request::{OffsetDeleteRequestPartit
 use crate::protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
+use crate::protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
 use crate::protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteGroupsRequest, DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, DescribeTransactionsRequest,
-    DescribeTransactionsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, ListTransactionsRequest, ListTransactionsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProducerId, TopicName, TransactionalId,
+    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, DescribeProducersRequest,
+    DescribeProducersResponse, DescribeTransactionsRequest, DescribeTransactionsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, ListTransactionsRequest,
+    ListTransactionsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest,
+    WriteTxnMarkersResponse,
 };
 use crate::protocol::{str_bytes, ApiKey, Codec, ErrorCode};
 
@@ -279,6 +281,22 @@ pub struct TransactionDescription {
     /// When the ongoing transaction began (ms since the epoch), -1 when none is open.
     pub transaction_start_time_ms: i64,
     pub partitions: Vec<TopicPartition>,
+}
+
+/// One producer with state in a partition, as `describe_producers` reports it (Kafka's
+/// `ProducerState`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    pub producer_id: i64,
+    pub producer_epoch: i32,
+    /// Last sequence it appended in its current epoch, -1 when none.
+    pub last_sequence: i32,
+    /// Max timestamp of its last batch (the producer's clock), -1 when unknown.
+    pub last_timestamp_ms: i64,
+    /// Epoch of the transaction coordinator that wrote its last marker, -1 when unknown.
+    pub coordinator_epoch: i32,
+    /// First offset of its open transaction in this partition; None when it has none.
+    pub current_transaction_start_offset: Option<i64>,
 }
 
 /// A group as `describe_groups` reports it.
@@ -727,6 +745,94 @@ impl Admin {
             }
         }
         Ok(out)
+    }
+
+    /// DescribeProducers for one partition, asked of its leader (retried after a metadata
+    /// refresh while leadership moves): the producers with state there and where their open
+    /// transactions begin.
+    pub async fn describe_producers(&self, tp: &TopicPartition) -> Result<Vec<ProducerState>> {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        loop {
+            let attempt = async {
+                let (_leader, conn) = self.cluster.leader(tp).await?;
+                let request = DescribeProducersRequest::default().with_topics(vec![
+                    crate::protocol::messages::describe_producers_request::TopicRequest::default()
+                        .with_name(TopicName(str_bytes(tp.topic.clone())))
+                        .with_partition_indexes(vec![tp.partition]),
+                ]);
+                let response: DescribeProducersResponse = conn.send(ApiKey::DescribeProducers, 0, &request).await?;
+                let partition = response
+                    .topics
+                    .into_iter()
+                    .flat_map(|t| t.partitions)
+                    .find(|p| p.partition_index == tp.partition)
+                    .ok_or_else(|| Error::broker(ErrorCode::UNKNOWN_SERVER_ERROR, format!("no answer for {tp}")))?;
+                item_result(partition.error_code, partition.error_message.map(|m| m.to_string()), || {
+                    format!("describing the producers of {tp}")
+                })?;
+                Ok::<_, Error>(
+                    partition
+                        .active_producers
+                        .into_iter()
+                        .map(|p| ProducerState {
+                            producer_id: p.producer_id.0,
+                            producer_epoch: p.producer_epoch,
+                            last_sequence: p.last_sequence,
+                            last_timestamp_ms: p.last_timestamp,
+                            coordinator_epoch: p.coordinator_epoch,
+                            current_transaction_start_offset: (p.current_txn_start_offset >= 0)
+                                .then_some(p.current_txn_start_offset),
+                        })
+                        .collect(),
+                )
+            };
+            match attempt.await {
+                Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(LIST_OFFSETS_BACKOFF).await;
+                    self.cluster.refresh().await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Aborts the open transaction that begins at `start_offset` of `tp` by writing an ABORT
+    /// marker there (WriteTxnMarkers to the leader, as Kafka's `Admin.abortTransaction` does):
+    /// the remedy for a hanging transaction, one its coordinator no longer knows, which holds
+    /// back the partition's last stable offset forever. Returns the producer it aborted.
+    pub async fn abort_transaction(&self, tp: &TopicPartition, start_offset: i64) -> Result<ProducerState> {
+        let producers = self.describe_producers(tp).await?;
+        let Some(producer) = producers.into_iter().find(|p| p.current_transaction_start_offset == Some(start_offset))
+        else {
+            return Err(Error::Config(format!(
+                "no open transaction starts at offset {start_offset} of {tp} (see spate transactions --find-hanging)"
+            )));
+        };
+        let epoch = i16::try_from(producer.producer_epoch)
+            .map_err(|_| Error::Config(format!("producer epoch {} is out of range", producer.producer_epoch)))?;
+        let marker = WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer.producer_id))
+            .with_producer_epoch(epoch)
+            .with_transaction_result(false)
+            .with_coordinator_epoch(producer.coordinator_epoch)
+            .with_topics(vec![WritableTxnMarkerTopic::default()
+                .with_name(TopicName(str_bytes(tp.topic.clone())))
+                .with_partition_indexes(vec![tp.partition])]);
+        let (_leader, conn) = self.cluster.leader(tp).await?;
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+        let response: WriteTxnMarkersResponse = conn.send(ApiKey::WriteTxnMarkers, 1, &request).await?;
+        let code = response
+            .markers
+            .iter()
+            .flat_map(|m| &m.topics)
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.error_code)
+            .find(|&c| c != 0)
+            .unwrap_or(0);
+        item_result(code, None, || {
+            format!("aborting producer {}'s transaction at offset {start_offset} of {tp}", producer.producer_id)
+        })?;
+        Ok(producer)
     }
 
     /// State, protocol and members (with their assignments) of groups; each group's outcome

@@ -183,3 +183,136 @@ async fn a_second_instance_fences_the_first() {
     assert!(old.commit_transaction().await.is_err(), "the fenced instance must not commit");
     assert_eq!(read_committed(&broker, "f", 1).await, vec!["new".to_string()]);
 }
+
+/// Writes a transactional batch of `values` to `topic`/0 as producer `producer_id` without
+/// AddPartitionsToTxn (what a client bug, or a broker without KIP-890's check, lets through):
+/// no coordinator knows this transaction, so nothing will ever end it — a hanging transaction.
+async fn write_hanging_batch(broker: &TestBroker, topic: &str, values: &[&str]) -> i64 {
+    use spate_client::connection::{Connection, ConnectionConfig};
+    use spate_client::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use spate_client::protocol::messages::{
+        InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+        TransactionalId,
+    };
+    use spate_client::protocol::record::{BatchBuilder, Record};
+    use spate_client::protocol::{str_bytes, ApiKey};
+
+    let conn = Connection::connect(&broker.bootstrap(), &ConnectionConfig::default()).await.unwrap();
+    let init: InitProducerIdResponse = conn
+        .send(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(-1)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(init.error_code, 0);
+    let mut batch = BatchBuilder::new(spate_client::Compression::None);
+    // An hour old, as a transaction stuck since then would be.
+    let timestamp_ms = chrono_now_ms() - 3_600_000;
+    for v in values {
+        batch.push(&Record {
+            key: None,
+            value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+            headers: Vec::new(),
+            timestamp_ms,
+        });
+    }
+    let records = batch.finish(init.producer_id.0, init.producer_epoch, 0, true).unwrap();
+    // A transactional id the coordinator never heard of.
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(str_bytes("ghost"))))
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(str_bytes(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))])]);
+    let response: ProduceResponse = conn.send(ApiKey::Produce, 8, &request).await.unwrap();
+    let code = response.responses[0].partition_responses[0].error_code;
+    assert_eq!(code, 0, "the transactional batch was refused");
+    init.producer_id.0
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn spate_cli(broker: &TestBroker, args: &[&str]) -> String {
+    let output = std::process::Command::new(spate_e2e::spate_bin())
+        .args(args)
+        .arg("--bootstrap-server")
+        .arg(broker.bootstrap())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spate runs");
+    assert!(
+        output.status.success(),
+        "spate {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `spate transactions --describe-producers / --find-hanging / --abort`: a transaction no
+/// coordinator knows holds back the partition's LSO; find-hanging names it (and not a live
+/// transaction its coordinator tracks), abort writes its ABORT marker, and read_committed
+/// consumers move past it without its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_transaction_is_found_and_aborted() {
+    let broker = TestBroker::start(&[]).unwrap();
+    let admin = admin(&broker).await;
+    for name in ["hang", "hang-live"] {
+        admin.create_topic(NewTopic::new(name, 1, 1)).await.unwrap();
+    }
+    let hanging_pid = write_hanging_batch(&broker, "hang", &["ghost-1", "ghost-2", "ghost-3"]).await;
+    let plain =
+        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
+            .await
+            .unwrap();
+    for v in ["after-1", "after-2"] {
+        plain.send("hang", ProducerRecord::new(v).with_partition(0)).await.unwrap().await.unwrap();
+    }
+    // The hanging transaction holds the LSO at its first offset: read_committed sees nothing.
+    assert!(read_committed(&broker, "hang", 0).await.is_empty());
+
+    // A live transaction of a real transactional producer, open on another topic.
+    let live = txn_producer(&broker, "live-txn").await;
+    live.begin_transaction().unwrap();
+    live.send("hang-live", ProducerRecord::new("open").with_partition(0)).await.unwrap().await.unwrap();
+
+    let producers = admin.describe_producers(&TopicPartition::new("hang", 0)).await.unwrap();
+    let ghost = producers.iter().find(|p| p.producer_id == hanging_pid).expect("the hanging producer is described");
+    assert_eq!(ghost.current_transaction_start_offset, Some(0));
+    assert_eq!(ghost.last_sequence, 2);
+    assert!(producers
+        .iter()
+        .filter(|p| p.producer_id != hanging_pid)
+        .all(|p| p.current_transaction_start_offset.is_none()));
+
+    let described =
+        spate_cli(&broker, &["transactions", "--describe-producers", "--topic", "hang", "--partition", "0"]);
+    assert!(described.lines().any(|l| l.split_whitespace().nth(2) == Some(&hanging_pid.to_string())), "{described}");
+
+    let found = spate_cli(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
+    let rows: Vec<Vec<&str>> = found.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 1, "exactly the hanging transaction, not the live one:\n{found}");
+    assert_eq!(&rows[0][..3], &["hang", "0", hanging_pid.to_string().as_str()], "{found}");
+    assert_eq!(rows[0][5], "0", "start offset:\n{found}");
+
+    let aborted =
+        spate_cli(&broker, &["transactions", "--abort", "--topic", "hang", "--partition", "0", "--start-offset", "0"]);
+    assert!(aborted.contains(&format!("producer {hanging_pid}")), "{aborted}");
+    assert_eq!(read_committed(&broker, "hang", 2).await, vec!["after-1", "after-2"]);
+    let found = spate_cli(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
+    assert_eq!(found.lines().count(), 1, "nothing hangs after the abort:\n{found}");
+
+    // The live transaction was never a candidate and still commits.
+    live.commit_transaction().await.unwrap();
+    assert_eq!(read_committed(&broker, "hang-live", 1).await, vec!["open"]);
+}

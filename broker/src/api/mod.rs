@@ -63,6 +63,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -190,6 +191,7 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::WriteTxnMarkers => txn::write_txn_markers(broker, &ctx, &mut frame),
         ApiKey::ListTransactions => txn::list_transactions(broker, &ctx, &mut frame),
         ApiKey::DescribeTransactions => txn::describe_transactions(broker, &ctx, &mut frame),
+        ApiKey::DescribeProducers => txn::describe_producers(broker, &ctx, &mut frame),
         _ => return Reply::Close(format!("api {api_key:?} is not supported")),
     };
     match result {

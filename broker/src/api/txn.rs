@@ -1,5 +1,7 @@
 //! The transaction APIs: AddPartitionsToTxn (24, v0–3), AddOffsetsToTxn (25), EndTxn (26),
-//! WriteTxnMarkers (27, broker to broker), DescribeTransactions (65), ListTransactions (66).
+//! WriteTxnMarkers (27, broker to broker; also an admin's abort of a hanging transaction),
+//! DescribeTransactions (65), ListTransactions (66), DescribeProducers (61, per partition, for
+//! finding hanging transactions).
 //! InitProducerId with a transactional id is in `admin.rs`; TxnOffsetCommit (28) goes to the
 //! group coordinator (`group.rs`). Requests are decoded here and handed to
 //! [`crate::txn::TransactionCoordinator`]; answers that wait for durable writes are
@@ -11,6 +13,9 @@ use bytes::Bytes;
 use spate_client::protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
+use spate_client::protocol::messages::describe_producers_response::{
+    PartitionResponse as ProducersPartition, ProducerState as DescribedProducer, TopicResponse as ProducersTopic,
+};
 use spate_client::protocol::messages::describe_transactions_response::{
     TopicData, TransactionState as DescribedTransaction,
 };
@@ -20,8 +25,9 @@ use spate_client::protocol::messages::write_txn_markers_response::{
 };
 use spate_client::protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
-    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, ListTransactionsRequest,
-    ListTransactionsResponse, ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    DescribeProducersRequest, DescribeProducersResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
+    EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId, TopicName,
+    TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use spate_client::protocol::{str_bytes, ErrorCode};
 use spate_client::ProtocolError;
@@ -305,4 +311,54 @@ pub(super) fn describe_transactions(
         })
         .collect();
     Ok(Reply::Now(ctx.respond(&DescribeTransactionsResponse::default().with_transaction_states(states))))
+}
+
+/// DescribeProducers: each partition's producers with state and the start offset of their open
+/// transaction (the leader answers; others NOT_LEADER_OR_FOLLOWER), what `spate transactions
+/// --find-hanging` compares with the coordinators' view.
+pub(super) fn describe_producers(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: DescribeProducersRequest = decode("DescribeProducers request", ctx, body)?;
+    let count: usize = request.topics.iter().map(|t| t.partition_indexes.len()).sum();
+    if count > MAX_PARTITIONS_PER_REQUEST {
+        return Err(too_many("DescribeProducers request", count));
+    }
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|&index| {
+                    let described = crate::api::leader_partition(broker, &t.name, index)
+                        .and_then(|p| p.describe_producers().map_err(|e| e.code()));
+                    match described {
+                        Ok(producers) => {
+                            ProducersPartition::default().with_partition_index(index).with_active_producers(
+                                producers
+                                    .into_iter()
+                                    .map(|a| {
+                                        DescribedProducer::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_producer_epoch(i32::from(a.producer_epoch))
+                                            .with_last_sequence(a.last_sequence)
+                                            .with_last_timestamp(a.last_timestamp_ms)
+                                            .with_coordinator_epoch(a.coordinator_epoch)
+                                            .with_current_txn_start_offset(a.current_txn_start_offset)
+                                    })
+                                    .collect(),
+                            )
+                        }
+                        Err(code) => ProducersPartition::default().with_partition_index(index).with_error_code(code.0),
+                    }
+                })
+                .collect();
+            ProducersTopic::default().with_name(t.name.clone()).with_partitions(partitions)
+        })
+        .collect();
+    Ok(Reply::Now(ctx.respond(&DescribeProducersResponse::default().with_topics(topics))))
 }

@@ -53,7 +53,16 @@ struct Inner {
 pub struct TransactionCoordinator {
     inner: Arc<Mutex<Inner>>,
     config: TxnConfig,
+    /// Counts finished state writes; AddPartitionsToTxn waits on it while the id's previous
+    /// transaction is still being completed (see `add_partitions`).
+    writes_done: tokio::sync::watch::Sender<u64>,
 }
+
+/// How long AddPartitionsToTxn/AddOffsetsToTxn wait on the coordinator for the id's previous
+/// transaction to complete before answering CONCURRENT_TRANSACTIONS. A producer begins its next
+/// transaction as soon as EndTxn answers, while the markers of the last one are still being
+/// written; refusing at once costs it a client retry backoff (100 ms by default) per transaction.
+const CONCURRENT_WAIT: Duration = Duration::from_millis(1_000);
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // The state machine never panics on client input; if our bug did, its state is still valid.
@@ -81,6 +90,7 @@ impl TransactionCoordinator {
                 completing: HashSet::new(),
             })),
             config,
+            writes_done: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -211,18 +221,22 @@ impl TransactionCoordinator {
     async fn write(broker: &Arc<Broker>, next: TxnMetadata) -> std::result::Result<(), ErrorCode> {
         let id = next.transactional_id.clone();
         let result = Self::persist(broker, &id, Some(store::encode_value(&next))).await;
-        let mut inner = lock(&broker.txns.inner);
-        match result {
-            Ok(()) if Self::owner(broker, &inner, &id).is_ok() => {
-                inner.state.apply(next);
-                Ok(())
+        let outcome = {
+            let mut inner = lock(&broker.txns.inner);
+            match result {
+                Ok(()) if Self::owner(broker, &inner, &id).is_ok() => {
+                    inner.state.apply(next);
+                    Ok(())
+                }
+                Ok(()) => Err(ErrorCode::NOT_COORDINATOR),
+                Err(code) => {
+                    inner.state.unpend(&id);
+                    Err(code)
+                }
             }
-            Ok(()) => Err(ErrorCode::NOT_COORDINATOR),
-            Err(code) => {
-                inner.state.unpend(&id);
-                Err(code)
-            }
-        }
+        };
+        broker.txns.writes_done.send_modify(|n| *n = n.wrapping_add(1));
+        outcome
     }
 
     fn with_state<T>(
@@ -275,12 +289,23 @@ impl TransactionCoordinator {
         producer_epoch: i16,
         partitions: &[(String, i32)],
     ) -> std::result::Result<(), ErrorCode> {
-        let now = now_ms();
-        let next =
-            Self::with_state(broker, id, |s| s.add_partitions(id, producer_id, producer_epoch, partitions, now))?;
-        match next {
-            None => Ok(()),
-            Some(next) => Self::write(broker, next).await,
+        let deadline = tokio::time::Instant::now() + CONCURRENT_WAIT;
+        loop {
+            // Subscribed before looking, so a write finishing in between still wakes us.
+            let mut done = broker.txns.writes_done.subscribe();
+            let now = now_ms();
+            match Self::with_state(broker, id, |s| s.add_partitions(id, producer_id, producer_epoch, partitions, now)) {
+                Ok(None) => return Ok(()),
+                Ok(Some(next)) => return Self::write(broker, next).await,
+                Err(ErrorCode::CONCURRENT_TRANSACTIONS) => {
+                    // The previous transaction is completing (its markers are on their way):
+                    // wait for a state write rather than send the client into its backoff.
+                    if tokio::time::timeout_at(deadline, done.changed()).await.is_err() {
+                        return Err(ErrorCode::CONCURRENT_TRANSACTIONS);
+                    }
+                }
+                Err(code) => return Err(code),
+            }
         }
     }
 

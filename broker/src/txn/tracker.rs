@@ -42,6 +42,11 @@ impl TxnTracker {
         self.ongoing.contains_key(&producer_id)
     }
 
+    /// First offset of `producer_id`'s open transaction here.
+    pub fn ongoing_start(&self, producer_id: i64) -> Option<i64> {
+        self.ongoing.get(&producer_id).copied()
+    }
+
     pub fn ongoing_count(&self) -> usize {
         self.ongoing.len()
     }

@@ -721,6 +721,15 @@ static DESCRIBE_TRANSACTIONS: Message = Message {
     body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::String))], tagged: &[] },
 };
 
+// DescribeProducers (KIP-664): topics [name, partition_indexes].
+static DESCRIBE_PRODUCERS: Message = Message {
+    name: "DescribeProducers",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC)))], tagged: &[] },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -753,6 +762,7 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::WriteTxnMarkers => &WRITE_TXN_MARKERS,
         ApiKey::ListTransactions => &LIST_TRANSACTIONS,
         ApiKey::DescribeTransactions => &DESCRIBE_TRANSACTIONS,
+        ApiKey::DescribeProducers => &DESCRIBE_PRODUCERS,
         _ => return None,
     })
 }
@@ -1463,6 +1473,18 @@ mod tests {
         }
         let m = DescribeTransactionsRequest::default().with_transactional_ids(vec![tid(), tid()]);
         assert_walks_exactly(ApiKey::DescribeTransactions, 0, &m);
+        {
+            use crate::protocol::messages::describe_producers_request::TopicRequest;
+            use crate::protocol::messages::DescribeProducersRequest;
+            let t = TopicRequest::default()
+                .with_name(TopicName(str_bytes("orders")))
+                .with_partition_indexes(vec![0, 1, 2])
+                .with_unknown_tagged_fields(tags(0, 0));
+            let m = DescribeProducersRequest::default()
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(0, 0));
+            assert_walks_exactly(ApiKey::DescribeProducers, 0, &m);
+        }
     }
 
     #[test]

@@ -951,6 +951,44 @@ static DESCRIBE_TRANSACTIONS: Message = Message {
     },
 };
 
+static DESCRIBE_PRODUCERS_PRODUCER: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT64), // producer_id
+        f(0, ANY, INT32), // producer_epoch
+        f(0, ANY, INT32), // last_sequence
+        f(0, ANY, INT64), // last_timestamp
+        f(0, ANY, INT32), // coordinator_epoch
+        f(0, ANY, INT64), // current_txn_start_offset
+    ],
+    tagged: &[],
+};
+static DESCRIBE_PRODUCERS_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32),                                                // partition_index
+        f(0, ANY, INT16),                                                // error_code
+        f(0, ANY, Ty::String),                                           // error_message
+        f(0, ANY, Ty::Array(&Ty::Struct(&DESCRIBE_PRODUCERS_PRODUCER))), // active_producers
+    ],
+    tagged: &[],
+};
+static DESCRIBE_PRODUCERS_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&DESCRIBE_PRODUCERS_PARTITION)))],
+    tagged: &[],
+};
+static DESCRIBE_PRODUCERS: Message = Message {
+    name: "DescribeProducers",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),                                             // throttle_time_ms
+            f(0, ANY, Ty::Array(&Ty::Struct(&DESCRIBE_PRODUCERS_TOPIC))), // topics
+        ],
+        tagged: &[],
+    },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -979,6 +1017,7 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::WriteTxnMarkers => &WRITE_TXN_MARKERS,
         ApiKey::ListTransactions => &LIST_TRANSACTIONS,
         ApiKey::DescribeTransactions => &DESCRIBE_TRANSACTIONS,
+        ApiKey::DescribeProducers => &DESCRIBE_PRODUCERS,
         ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
         ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
         ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
@@ -1046,6 +1085,7 @@ mod tests {
         ApiKey::WriteTxnMarkers,
         ApiKey::ListTransactions,
         ApiKey::DescribeTransactions,
+        ApiKey::DescribeProducers,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -1216,6 +1256,36 @@ mod tests {
                 0,
                 &DescribeTransactionsResponse::default().with_transaction_states(vec![d.clone(), d]),
             );
+            {
+                use crate::protocol::messages::describe_producers_response::{
+                    PartitionResponse, ProducerState, TopicResponse,
+                };
+                use crate::protocol::messages::DescribeProducersResponse;
+                let producer = ProducerState::default()
+                    .with_producer_id(ProducerId(7))
+                    .with_producer_epoch(1)
+                    .with_last_sequence(99)
+                    .with_last_timestamp(1_700_000_000_000)
+                    .with_coordinator_epoch(3)
+                    .with_current_txn_start_offset(42)
+                    .with_unknown_tagged_fields(tags(0, 0));
+                let partition = PartitionResponse::default()
+                    .with_partition_index(1)
+                    .with_error_code(0)
+                    .with_error_message(Some(str_bytes("fine")))
+                    .with_active_producers(vec![producer.clone(), producer])
+                    .with_unknown_tagged_fields(tags(0, 0));
+                let t = TopicResponse::default()
+                    .with_name(topic("orders"))
+                    .with_partitions(vec![partition.clone(), partition])
+                    .with_unknown_tagged_fields(tags(0, 0));
+                push(
+                    out,
+                    ApiKey::DescribeProducers,
+                    0,
+                    &DescribeProducersResponse::default().with_topics(vec![t.clone(), t]),
+                );
+            }
         }
     }
 
@@ -1984,6 +2054,7 @@ mod tests {
             ApiKey::WriteTxnMarkers => len::<WriteTxnMarkersResponse>(version, body),
             ApiKey::ListTransactions => len::<ListTransactionsResponse>(version, body),
             ApiKey::DescribeTransactions => len::<DescribeTransactionsResponse>(version, body),
+            ApiKey::DescribeProducers => len::<crate::protocol::messages::DescribeProducersResponse>(version, body),
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }
