@@ -132,55 +132,44 @@ ensure_kcat() {
     echo "kcat: $(kcat -V 2>&1 | grep -m1 -i version || true)"
 }
 
-requirements_hash() {
-    # The venv depends on the requirement pins and the interpreter that built it.
-    { cat "$REQUIREMENTS"; python3 --version 2>&1; } | sha256sum | cut -d' ' -f1
+# venv_from DIR REQUIREMENTS IMPORTS VERSIONS: makes (or reuses) a venv at DIR with REQUIREMENTS
+# installed; IMPORTS is Python code that must run in it, VERSIONS prints what was installed. It is
+# rebuilt when the requirement pins or the interpreter that built it change.
+venv_from() {
+    local dir="$1" requirements="$2" imports="$3" versions="$4"
+    command -v python3 >/dev/null 2>&1 || die "python3 not found: it is needed for the end-to-end tests"
+    local want stamp="$dir/.spate-requirements.sha256" name
+    name="${requirements#"$ROOT"/}"
+    want="$({ cat "$requirements"; python3 --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+    if [ -x "$dir/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+        "$dir/bin/python" -W ignore -c "$imports" >/dev/null 2>&1; then
+        echo "reusing $dir (requirements unchanged)"
+        return 0
+    fi
+    echo "creating $dir from $name"
+    rm -rf "$dir"
+    python3 -m venv "$dir" || die "python3 -m venv $dir failed (is the venv module installed?)"
+    local log="$WORK/pip-$(basename "$dir").log"
+    if ! "$dir/bin/python" -m pip install -q -r "$requirements" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        rm -rf "$dir"
+        die "pip install -r $name failed (see above)"
+    fi
+    "$dir/bin/python" -W ignore -c "$imports" || die "$dir was installed but its packages do not import"
+    echo "$want" >"$stamp"
+    "$dir/bin/python" -W ignore -c "$versions"
 }
 
 ensure_venv() {
-    command -v python3 >/dev/null 2>&1 || die "python3 not found: it is needed for the end-to-end tests"
-    local want stamp="$VENV/.spate-requirements.sha256"
-    want="$(requirements_hash)"
-    if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-        "$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest, pytest_timeout, duckdb, pyarrow' >/dev/null 2>&1; then
-        echo "reusing $VENV (requirements unchanged)"
-        return 0
-    fi
-    echo "creating $VENV from tests/python/requirements.txt"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV" || die "python3 -m venv failed (is the venv module installed?)"
-    local log="$WORK/pip.log"
-    if ! "$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS" >"$log" 2>&1; then
-        tail -n 40 "$log" >&2
-        rm -rf "$VENV"
-        die "pip install -r tests/python/requirements.txt failed (see above)"
-    fi
-    "$VENV/bin/python" -c 'import confluent_kafka, kafka, lz4.frame, zstandard, snappy, pytest, pytest_timeout, duckdb, pyarrow' ||
-        die "the venv was installed but its packages do not import"
-    echo "$want" >"$stamp"
-    "$VENV/bin/python" -c 'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
+    venv_from "$VENV" "$REQUIREMENTS" \
+        'import confluent_kafka, kafka, lz4.frame, zstandard, snappy, pytest, pytest_timeout, duckdb, pyarrow' \
+        'import confluent_kafka, kafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 }
 
+# quixstreams pins an older confluent-kafka than the rest of the suite tests with.
 ensure_quix_venv() {
-    local want stamp="$QUIX_VENV/.spate-requirements.sha256"
-    want="$({ cat "$QUIX_REQUIREMENTS"; python3 --version 2>&1; } | sha256sum | cut -d' ' -f1)"
-    if [ -x "$QUIX_VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-        "$QUIX_VENV/bin/python" -W ignore -c 'import quixstreams' >/dev/null 2>&1; then
-        echo "reusing $QUIX_VENV (requirements unchanged)"
-        return 0
-    fi
-    echo "creating $QUIX_VENV from tests/python/requirements-quix.txt"
-    rm -rf "$QUIX_VENV"
-    python3 -m venv "$QUIX_VENV" || die "python3 -m venv failed for $QUIX_VENV"
-    local log="$WORK/pip-quix.log"
-    if ! "$QUIX_VENV/bin/python" -m pip install -q -r "$QUIX_REQUIREMENTS" >"$log" 2>&1; then
-        tail -n 40 "$log" >&2
-        rm -rf "$QUIX_VENV"
-        die "pip install -r tests/python/requirements-quix.txt failed (see above)"
-    fi
-    "$QUIX_VENV/bin/python" -W ignore -c 'import quixstreams' || die "quixstreams was installed but does not import"
-    echo "$want" >"$stamp"
-    "$QUIX_VENV/bin/python" -W ignore -c 'import quixstreams, confluent_kafka; print("quixstreams", quixstreams.__version__, "confluent-kafka", confluent_kafka.__version__)'
+    venv_from "$QUIX_VENV" "$QUIX_REQUIREMENTS" 'import quixstreams' \
+        'import quixstreams, confluent_kafka; print("quixstreams", quixstreams.__version__, "confluent-kafka", confluent_kafka.__version__)'
 }
 
 # PostgreSQL for the JDBC and CDC connector tests: the fixtures (tests/python/pgserver.py,
