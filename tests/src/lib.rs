@@ -139,6 +139,30 @@ impl Drop for TestBroker {
     }
 }
 
+/// Runs `spate ARGS --bootstrap-server <broker>` with no stdin and returns what it did.
+pub fn spate(broker: &TestBroker, args: &[&str]) -> std::process::Output {
+    Command::new(spate_bin())
+        .args(args)
+        .arg("--bootstrap-server")
+        .arg(broker.bootstrap())
+        .stdin(Stdio::null())
+        .output()
+        .expect("spate runs")
+}
+
+/// Runs a `spate` command that must succeed and returns its stdout.
+pub fn spate_ok(broker: &TestBroker, args: &[&str]) -> String {
+    let output = spate(broker, args);
+    assert!(
+        output.status.success(),
+        "spate {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
 /// Creates `topic` (one partition), produces `count` records over new connections and reads
 /// them back in order: the broker still serves (after bad input, stalled clients, ...).
 pub async fn assert_serves(broker: &TestBroker, topic: &str, count: usize) {

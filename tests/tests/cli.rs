@@ -1,33 +1,9 @@
 //! The `spate` command against a real broker: `topics`, `produce` and `consume` as a user runs
 //! them.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use spate_e2e::{spate_bin, TestBroker};
-
-fn spate(broker: &TestBroker, args: &[&str]) -> Output {
-    let output = Command::new(spate_bin())
-        .args(args)
-        .arg("--bootstrap-server")
-        .arg(broker.bootstrap())
-        .stdin(Stdio::null())
-        .output()
-        .expect("spate runs");
-    output
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn spate_ok(broker: &TestBroker, args: &[&str]) -> String {
-    let output = spate(broker, args);
-    assert!(
-        output.status.success(),
-        "spate {args:?} failed with {}:\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
+use spate_e2e::{spate, spate_bin, spate_ok, TestBroker};
 
 #[test]
 fn topics_create_list_describe_alter_delete() {

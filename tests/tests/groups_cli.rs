@@ -5,7 +5,7 @@
 //! speaking JoinGroup/SyncGroup directly, so these tests need only the broker's coordinator.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use spate_client::admin::{Admin, AdminConfig, GroupState, NewTopic, OffsetAndMetadata};
@@ -18,32 +18,10 @@ use spate_client::protocol::messages::{
 };
 use spate_client::protocol::{str_bytes, ApiKey, ErrorCode, StrBytes};
 use spate_client::{Producer, ProducerConfig, ProducerRecord, TopicPartition};
-use spate_e2e::{spate_bin, TestBroker};
+use spate_e2e::{spate, spate_bin, spate_ok, TestBroker};
 
 /// Brokers start rebalances at once instead of waiting for more members to join.
 const BROKER_ARGS: &[&str] = &["--set", "group.initial.rebalance.delay.ms=0"];
-
-fn spate(broker: &TestBroker, args: &[&str]) -> Output {
-    Command::new(spate_bin())
-        .args(args)
-        .arg("--bootstrap-server")
-        .arg(broker.bootstrap())
-        .stdin(Stdio::null())
-        .output()
-        .expect("spate runs")
-}
-
-fn spate_ok(broker: &TestBroker, args: &[&str]) -> String {
-    let output = spate(broker, args);
-    assert!(
-        output.status.success(),
-        "spate {args:?} failed with {}:\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
 
 fn spate_err(broker: &TestBroker, args: &[&str]) -> String {
     let output = spate(broker, args);

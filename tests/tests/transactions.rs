@@ -11,7 +11,7 @@ use spate_client::{
     Admin, AutoOffsetReset, Consumer, ConsumerConfig, IsolationLevel, OffsetAndMetadata, Producer, ProducerConfig,
     ProducerRecord, TopicPartition,
 };
-use spate_e2e::TestBroker;
+use spate_e2e::{spate_ok, TestBroker};
 
 async fn admin(broker: &TestBroker) -> Admin {
     Admin::new(AdminConfig { bootstrap_servers: vec![broker.bootstrap()], ..AdminConfig::default() })
@@ -241,24 +241,6 @@ fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-fn spate_cli(broker: &TestBroker, args: &[&str]) -> String {
-    let output = std::process::Command::new(spate_e2e::spate_bin())
-        .args(args)
-        .arg("--bootstrap-server")
-        .arg(broker.bootstrap())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("spate runs");
-    assert!(
-        output.status.success(),
-        "spate {args:?} failed with {}:\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 /// `spate transactions --describe-producers / --find-hanging / --abort`: a transaction no
 /// coordinator knows holds back the partition's LSO; find-hanging names it (and not a live
 /// transaction its coordinator tracks), abort writes its ABORT marker, and read_committed
@@ -295,21 +277,20 @@ async fn a_hanging_transaction_is_found_and_aborted() {
         .filter(|p| p.producer_id != hanging_pid)
         .all(|p| p.current_transaction_start_offset.is_none()));
 
-    let described =
-        spate_cli(&broker, &["transactions", "--describe-producers", "--topic", "hang", "--partition", "0"]);
+    let described = spate_ok(&broker, &["transactions", "--describe-producers", "--topic", "hang", "--partition", "0"]);
     assert!(described.lines().any(|l| l.split_whitespace().nth(2) == Some(&hanging_pid.to_string())), "{described}");
 
-    let found = spate_cli(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
+    let found = spate_ok(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
     let rows: Vec<Vec<&str>> = found.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 1, "exactly the hanging transaction, not the live one:\n{found}");
     assert_eq!(&rows[0][..3], &["hang", "0", hanging_pid.to_string().as_str()], "{found}");
     assert_eq!(rows[0][5], "0", "start offset:\n{found}");
 
     let aborted =
-        spate_cli(&broker, &["transactions", "--abort", "--topic", "hang", "--partition", "0", "--start-offset", "0"]);
+        spate_ok(&broker, &["transactions", "--abort", "--topic", "hang", "--partition", "0", "--start-offset", "0"]);
     assert!(aborted.contains(&format!("producer {hanging_pid}")), "{aborted}");
     assert_eq!(read_committed(&broker, "hang", 2).await, vec!["after-1", "after-2"]);
-    let found = spate_cli(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
+    let found = spate_ok(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
     assert_eq!(found.lines().count(), 1, "nothing hangs after the abort:\n{found}");
 
     // The live transaction was never a candidate and still commits.

@@ -55,11 +55,15 @@ fn fenced_for(version: i16, code: ErrorCode) -> ErrorCode {
     }
 }
 
-fn too_many(what: &'static str, n: usize) -> ProtocolError {
-    ProtocolError::Malformed {
+/// Refuses a request naming more than [`MAX_PARTITIONS_PER_REQUEST`] partitions.
+fn check_partition_count(what: &'static str, n: usize) -> Result<(), ProtocolError> {
+    if n <= MAX_PARTITIONS_PER_REQUEST {
+        return Ok(());
+    }
+    Err(ProtocolError::Malformed {
         what,
         reason: format!("{n} partitions exceed the limit of {MAX_PARTITIONS_PER_REQUEST}"),
-    }
+    })
 }
 
 pub(super) fn add_partitions_to_txn(
@@ -69,9 +73,7 @@ pub(super) fn add_partitions_to_txn(
 ) -> Result<Reply, ProtocolError> {
     let request: AddPartitionsToTxnRequest = decode("AddPartitionsToTxn request", ctx, body)?;
     let count: usize = request.v3_and_below_topics.iter().map(|t| t.partitions.len()).sum();
-    if count > MAX_PARTITIONS_PER_REQUEST {
-        return Err(too_many("AddPartitionsToTxn request", count));
-    }
+    check_partition_count("AddPartitionsToTxn request", count)?;
     let broker = broker.clone();
     let ctx = owned_ctx(ctx);
     Ok(Reply::Later(Box::pin(async move {
@@ -184,9 +186,7 @@ pub(super) fn write_txn_markers(
 ) -> Result<Reply, ProtocolError> {
     let request: WriteTxnMarkersRequest = decode("WriteTxnMarkers request", ctx, body)?;
     let count: usize = request.markers.iter().flat_map(|m| &m.topics).map(|t| t.partition_indexes.len()).sum();
-    if count > MAX_PARTITIONS_PER_REQUEST {
-        return Err(too_many("WriteTxnMarkers request", count));
-    }
+    check_partition_count("WriteTxnMarkers request", count)?;
     let broker = broker.clone();
     let ctx = owned_ctx(ctx);
     Ok(Reply::Later(Box::pin(async move {
@@ -323,9 +323,7 @@ pub(super) fn describe_producers(
 ) -> Result<Reply, ProtocolError> {
     let request: DescribeProducersRequest = decode("DescribeProducers request", ctx, body)?;
     let count: usize = request.topics.iter().map(|t| t.partition_indexes.len()).sum();
-    if count > MAX_PARTITIONS_PER_REQUEST {
-        return Err(too_many("DescribeProducers request", count));
-    }
+    check_partition_count("DescribeProducers request", count)?;
     let topics = request
         .topics
         .iter()
