@@ -155,6 +155,14 @@ pub struct BrokerConfig {
     /// `transaction.max.timeout.ms`: the largest `transaction.timeout.ms` a producer may ask for.
     #[serde(rename = "transaction.max.timeout.ms")]
     pub transaction_max_timeout_ms: i32,
+    /// `transaction.partition.verification.enable` (KIP-890 part 1): before the first
+    /// transactional batch of a transaction lands in a partition, its leader asks the
+    /// transaction coordinator whether the producer added that partition to its ongoing
+    /// transaction, and refuses the write (INVALID_TXN_STATE) if not. Off, a client that skips
+    /// AddPartitionsToTxn (or a write arriving after its transaction ended) leaves a hanging
+    /// transaction that holds every read_committed consumer of the partition back.
+    #[serde(rename = "transaction.partition.verification.enable")]
+    pub transaction_partition_verification_enable: bool,
     /// `transactional.id.expiration.ms`: a transactional id idle this long is forgotten.
     #[serde(rename = "transactional.id.expiration.ms")]
     pub transactional_id_expiration_ms: i64,
@@ -280,6 +288,7 @@ impl Default for BrokerConfig {
             transaction_state_log_num_partitions: 50,
             transaction_state_log_replication_factor: 3,
             transaction_max_timeout_ms: 900_000,
+            transaction_partition_verification_enable: true,
             transactional_id_expiration_ms: 604_800_000,
             offsets_retention_minutes: 7 * 24 * 60,
             offset_metadata_max_bytes: 4096,

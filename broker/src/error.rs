@@ -29,6 +29,14 @@ pub enum BrokerError {
     CorruptMessage { topic: String, partition: i32, reason: String },
     #[error("invalid record for {topic}-{partition}: {reason}")]
     InvalidRecord { topic: String, partition: i32, reason: String },
+    /// KIP-890: the producer wrote to a partition its transaction does not hold (a client bug,
+    /// or the transaction ended before the write arrived).
+    #[error("transactional write to {topic}-{partition} refused: {reason}")]
+    InvalidTxnState { topic: String, partition: i32, reason: String },
+    /// A transient condition on this broker the producer should retry (Kafka maps coordinator
+    /// trouble during transaction verification to this retriable code).
+    #[error("retry later: {reason}")]
+    NotEnoughReplicas { reason: String },
     #[error("broker has reached max.partitions ({max})")]
     TooManyPartitions { max: usize },
     #[error(transparent)]
@@ -75,6 +83,8 @@ impl BrokerError {
             BrokerError::MessageTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
             BrokerError::CorruptMessage { .. } => ErrorCode::CORRUPT_MESSAGE,
             BrokerError::InvalidRecord { .. } => ErrorCode::INVALID_RECORD,
+            BrokerError::InvalidTxnState { .. } => ErrorCode::INVALID_TXN_STATE,
+            BrokerError::NotEnoughReplicas { .. } => ErrorCode::NOT_ENOUGH_REPLICAS,
             BrokerError::TooManyPartitions { .. } => ErrorCode::POLICY_VIOLATION,
             BrokerError::Log(LogError::OffsetOutOfRange { .. }) => ErrorCode::OFFSET_OUT_OF_RANGE,
             BrokerError::Log(_)

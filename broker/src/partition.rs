@@ -117,6 +117,16 @@ pub enum Replicated {
 /// produce does the same on every ISR change).
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
+/// Whether a Produce's transactional batches are checked against their coordinator (KIP-890
+/// part 1, `transaction.partition.verification.enable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnVerification {
+    Off,
+    /// On: a batch opening a transaction here needs the guard of a verification that succeeded
+    /// (`None`: none was made).
+    Required(Option<u64>),
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -289,7 +299,37 @@ impl Partition {
     /// assigned offsets, or the original ones for a duplicate from an idempotent producer.
     /// A replica that is not the leader refuses with NOT_LEADER_OR_FOLLOWER.
     pub fn append(&self, records: &Bytes, batches: &[BatchHeader], now_ms: i64) -> Result<AppendOutcome> {
-        self.append_checked(records, batches, now_ms, true)
+        self.append_checked(records, batches, now_ms, true, TxnVerification::Off)
+    }
+
+    /// [`Partition::append`] for a client's Produce: with `verification` on, a transactional
+    /// batch that would open a transaction here is refused (INVALID_TXN_STATE) unless its
+    /// coordinator confirmed the partition is in the transaction (KIP-890 part 1).
+    pub fn append_produced(
+        &self,
+        records: &Bytes,
+        batches: &[BatchHeader],
+        now_ms: i64,
+        verification: TxnVerification,
+    ) -> Result<AppendOutcome> {
+        self.append_checked(records, batches, now_ms, true, verification)
+    }
+
+    /// Starts verifying `producer_id`'s transaction here (KIP-890): `Ok(None)` when it is open
+    /// already, else the guard to hand to [`Partition::append_produced`] once the coordinator
+    /// confirmed. A marker appended meanwhile voids the guard.
+    pub fn begin_txn_verification(&self, producer_id: i64, producer_epoch: i16) -> Result<Option<u64>> {
+        let state = &mut *self.lock();
+        state.txns.begin_verification(producer_id, producer_epoch, crate::broker::now_ms()).map_err(|_| {
+            BrokerError::NotEnoughReplicas {
+                reason: format!(
+                    "{} transactional producers of {}-{} are being verified at once (the limit)",
+                    crate::txn::tracker::MAX_VERIFYING,
+                    self.tp.topic,
+                    self.tp.partition
+                ),
+            }
+        })
     }
 
     /// Appends a coordinator's own batch (the group coordinator's transactional offset
@@ -301,7 +341,7 @@ impl Partition {
         batches: &[BatchHeader],
         now_ms: i64,
     ) -> Result<AppendOutcome> {
-        self.append_checked(records, batches, now_ms, false)
+        self.append_checked(records, batches, now_ms, false, TxnVerification::Off)
     }
 
     fn append_checked(
@@ -310,6 +350,7 @@ impl Partition {
         batches: &[BatchHeader],
         now_ms: i64,
         check_sequences: bool,
+        verification: TxnVerification,
     ) -> Result<AppendOutcome> {
         let mut state = self.lock();
         self.check_usable()?;
@@ -337,6 +378,22 @@ impl Partition {
                     last_offset,
                     log_start_offset: state.log.log_start_offset(),
                     duplicate: true,
+                });
+            }
+        }
+        if let TxnVerification::Required(guard) = verification {
+            if let Some(b) = batches
+                .iter()
+                .find(|b| b.is_transactional() && !state.txns.may_append(b.producer_id, b.producer_epoch, guard))
+            {
+                return Err(BrokerError::InvalidTxnState {
+                    topic: self.tp.topic.clone(),
+                    partition: self.tp.partition,
+                    reason: format!(
+                        "producer {} (epoch {}) has no ongoing transaction containing this partition at its \
+                         coordinator (AddPartitionsToTxn missing, or the transaction ended meanwhile)",
+                        b.producer_id, b.producer_epoch
+                    ),
                 });
             }
         }
@@ -1103,6 +1160,7 @@ impl Partition {
         }
         state.log.enforce_retention(now_ms, self.high_watermark())?;
         state.producers.expire(now_ms);
+        state.txns.expire_verifications(now_ms);
         let log_start = state.log.log_start_offset();
         state.txns.truncate_head(log_start);
         state.epochs.truncate_from_start(log_start)?;

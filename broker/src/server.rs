@@ -242,7 +242,7 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
                             fut.await
                         }
                     },
-                    Reply::Nothing | Reply::Close(_) | Reply::Blocking(_) => continue,
+                    Reply::Nothing | Reply::Close(_) | Reply::Blocking(_) | Reply::Ordered(_) => continue,
                 };
                 if bytes.is_empty() {
                     return; // a response failed to encode (already logged): close the connection
@@ -313,6 +313,9 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
             }
             let Some(frame) = split_frame(&mut buf, size) else { break };
             let mut reply = api::handle(&broker, frame, Some(peer));
+            if let Reply::Ordered(work) = reply {
+                reply = work.await;
+            }
             if let Reply::Blocking(work) = reply {
                 // Awaited before the next frame is handled, so appends stay in request order.
                 reply = match tokio::task::spawn_blocking(work).await {

@@ -35,6 +35,8 @@ pub struct ConnectArgs {
     /// `key.converter=JsonConverter`, `value.converter.schemas.enable=false`,
     /// `config.storage.topic=…`, `offset.storage.topic=…`, `status.storage.topic=…`,
     /// `offset.storage.partitions=25`, `status.storage.partitions=5`, `replication.factor=-1`,
+    /// `exactly.once.source.support=enabled` (KIP-618: source tasks write records and offsets in
+    /// one transaction),
     /// `session.timeout.ms`, `heartbeat.interval.ms`, `task.shutdown.graceful.timeout.ms`,
     /// `consumer.<key>` for sink consumers (`consumer.session.timeout.ms=10000`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -76,6 +78,15 @@ fn worker_config(args: &ConnectArgs) -> Result<WorkerConfig> {
             "producer.buffer.memory" => c.producer_buffer_memory = num(k)? as usize,
             "producer.linger.ms" => c.producer_linger_ms = num(k)?,
             "plugin.path" => c.plugin_path = PathBuf::from(v),
+            "exactly.once.source.support" => {
+                c.exactly_once_source_support = match v {
+                    "enabled" => true,
+                    // `preparing` is Kafka's rolling-upgrade step; with nothing to upgrade from
+                    // it behaves as `disabled`.
+                    "disabled" | "preparing" => false,
+                    _ => bail!("exactly.once.source.support must be enabled, preparing or disabled, got {v}"),
+                }
+            }
             _ if k.starts_with("key.converter") || k.starts_with("value.converter") || k.starts_with("consumer.") => {
                 c.connector_defaults.insert(k.to_owned(), v.to_owned());
             }

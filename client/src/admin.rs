@@ -32,10 +32,10 @@ use crate::protocol::messages::{
     DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, DescribeProducersRequest,
     DescribeProducersResponse, DescribeTransactionsRequest, DescribeTransactionsResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, ListTransactionsRequest,
-    ListTransactionsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    OffsetFetchRequest, OffsetFetchResponse, ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest,
-    WriteTxnMarkersResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ListTransactionsRequest, ListTransactionsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, ProducerId, TopicName,
+    TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use crate::protocol::{str_bytes, ApiKey, Codec, ErrorCode};
 
@@ -627,6 +627,17 @@ impl Admin {
         Ok(list_offsets(&self.cluster, &wanted, 0).await?.into_iter().collect())
     }
 
+    /// [`Admin::list_offsets`] as a `read_committed` consumer sees them: `Latest` is the last
+    /// stable offset, not the high watermark.
+    pub async fn list_offsets_read_committed(
+        &self,
+        partitions: &[(TopicPartition, OffsetSpec)],
+    ) -> Result<BTreeMap<TopicPartition, ListOffsetsResultInfo>> {
+        let wanted: Vec<(TopicPartition, i64)> =
+            partitions.iter().map(|(tp, spec)| (tp.clone(), spec.wire_timestamp())).collect();
+        Ok(list_offsets(&self.cluster, &wanted, 1).await?.into_iter().collect())
+    }
+
     /// Consumer groups of every broker, sorted by id. `states` narrows the answer (empty: all
     /// states); brokers too old to filter (ListGroups < v4) are filtered here.
     pub async fn list_groups(&self, states: &[GroupState]) -> Result<Vec<GroupListing>> {
@@ -743,6 +754,47 @@ impl Admin {
                     out.insert(id, result);
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Fences the producers of `transactional_ids` (Kafka's `Admin.fenceProducers`): an
+    /// InitProducerId at each id's coordinator bumps its epoch, so an older instance can no
+    /// longer write or commit, and aborts a transaction it left open. Each id's outcome apart.
+    pub async fn fence_producers(&self, transactional_ids: &[&str]) -> Result<BTreeMap<String, Result<()>>> {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        let mut out = BTreeMap::new();
+        for &id in transactional_ids {
+            let result = loop {
+                let attempt = async {
+                    let coordinator = self
+                        .find_coordinators_of(TXN_KEY_TYPE, &[id])
+                        .await?
+                        .remove(id)
+                        .unwrap_or_else(|| Err(missing("FindCoordinator", id)))?;
+                    let conn = self.coordinator_connection(&coordinator).await?;
+                    let version = conn.version(ApiKey::InitProducerId)?;
+                    let request = InitProducerIdRequest::default()
+                        .with_transactional_id(Some(TransactionalId(str_bytes(id.to_string()))))
+                        // The fenced id keeps a usable timeout until its next real producer sets its own.
+                        .with_transaction_timeout_ms(FENCE_TRANSACTION_TIMEOUT_MS)
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1);
+                    let response: InitProducerIdResponse = conn.send(ApiKey::InitProducerId, version, &request).await?;
+                    item_result(response.error_code, None, || format!("fencing the producers of transactional id {id}"))
+                };
+                match attempt.await {
+                    Err(e)
+                        if e.code()
+                            .is_some_and(|c| coordinator_moved(c) || c == ErrorCode::CONCURRENT_TRANSACTIONS)
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(COORDINATOR_BACKOFF).await;
+                    }
+                    result => break result,
+                }
+            };
+            out.insert(id.to_string(), result);
         }
         Ok(out)
     }
@@ -1126,6 +1178,16 @@ impl Admin {
     /// speaks it, else one v0–3 request per group), retried while coordinators are loading or
     /// not yet elected.
     pub async fn find_coordinators(&self, group_ids: &[&str]) -> Result<BTreeMap<String, Result<Coordinator>>> {
+        self.find_coordinators_of(GROUP_KEY_TYPE, group_ids).await
+    }
+
+    /// FindCoordinator for groups (`key_type` 0) or transactional ids (1).
+    async fn find_coordinators_of(
+        &self,
+        key_type: i8,
+        group_ids: &[&str],
+    ) -> Result<BTreeMap<String, Result<Coordinator>>> {
+        let kind = if key_type == GROUP_KEY_TYPE { "group" } else { "transactional id" };
         let deadline = tokio::time::Instant::now() + self.timeout();
         let mut out = BTreeMap::new();
         let mut todo: Vec<String> =
@@ -1136,7 +1198,7 @@ impl Admin {
             let mut answers: Vec<(String, i16, Option<String>, Coordinator)> = Vec::new();
             if version >= 4 {
                 let request = FindCoordinatorRequest::default()
-                    .with_key_type(GROUP_KEY_TYPE)
+                    .with_key_type(key_type)
                     .with_coordinator_keys(todo.iter().map(|g| str_bytes(g.as_str())).collect());
                 let response: FindCoordinatorResponse = conn.send(ApiKey::FindCoordinator, version, &request).await?;
                 for c in response.coordinators {
@@ -1152,7 +1214,7 @@ impl Admin {
                 for group in &todo {
                     let request = FindCoordinatorRequest::default()
                         .with_key(str_bytes(group.as_str()))
-                        .with_key_type(if version >= 1 { GROUP_KEY_TYPE } else { 0 });
+                        .with_key_type(if version >= 1 { key_type } else { 0 });
                     let r: FindCoordinatorResponse = conn.send(ApiKey::FindCoordinator, version, &request).await?;
                     let coordinator = Coordinator { node_id: r.node_id.0, host: r.host.to_string(), port: r.port };
                     answers.push((group.clone(), r.error_code, r.error_message.map(|m| m.to_string()), coordinator));
@@ -1168,7 +1230,7 @@ impl Admin {
                     retry.push(group);
                     continue;
                 }
-                let result = item_result(code.0, message, || format!("finding the coordinator of group {group}"))
+                let result = item_result(code.0, message, || format!("finding the coordinator of {kind} {group}"))
                     .map(|()| coordinator);
                 out.insert(group, result);
             }
@@ -1284,6 +1346,9 @@ impl Admin {
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 /// FindCoordinator's `key_type` for consumer groups (1 is transactional ids).
 const GROUP_KEY_TYPE: i8 = 0;
+const TXN_KEY_TYPE: i8 = 1;
+/// `transaction.timeout.ms` an id is left with by [`Admin::fence_producers`] (Kafka's producer default).
+const FENCE_TRANSACTION_TIMEOUT_MS: i32 = 60_000;
 const COORDINATOR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A group's coordinator as FindCoordinator names it.

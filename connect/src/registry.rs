@@ -97,7 +97,37 @@ pub fn common_config_def(kind: ConnectorType) -> ConfigDef {
                 "Regular expression of topics to consume.",
             )
             .in_group("Common"),
-        ConnectorType::Source => def,
+        ConnectorType::Source => def
+            .define(
+                "exactly.once.support",
+                ConfigType::String,
+                Some("requested"),
+                Importance::Medium,
+                "KIP-618: `required` fails the task unless the worker runs with exactly.once.source.support=enabled; \
+                 `requested` uses it when the worker does. Every source connector here supports it.",
+            )
+            .with_validator(Validator::OneOf(&["requested", "required"]))
+            .in_group("Exactly once")
+            .define(
+                "transaction.boundary",
+                ConfigType::String,
+                Some("poll"),
+                Importance::Medium,
+                "With exactly-once sources, where a task's transactions end: `poll` (each polled batch), `interval` \
+                 (every transaction.boundary.interval.ms); `connector` is refused (no connector here defines its own).",
+            )
+            .with_validator(Validator::OneOf(&["poll", "interval", "connector"]))
+            .in_group("Exactly once")
+            .define(
+                "transaction.boundary.interval.ms",
+                ConfigType::Long,
+                Some("-1"),
+                Importance::Low,
+                "With transaction.boundary=interval, how long a transaction stays open (-1: the worker's \
+                 offset.flush.interval.ms).",
+            )
+            .with_validator(Validator::Range { min: -1.0, max: 86_400_000.0 })
+            .in_group("Exactly once"),
     };
     def.merge(&crate::runtime::errors::config_def())
 }

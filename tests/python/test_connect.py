@@ -298,7 +298,7 @@ class TopicReader:
     confluent-kafka consumer; keeps every message. consume() is called with a short timeout: it
     waits for num_messages or the timeout, whichever is first."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions=(0,)):
+    def __init__(self, bootstrap: str, topic: str, partitions=(0,), **config):
         self.topic = topic
         self.consumer = Consumer(
             client_config(
@@ -309,6 +309,7 @@ class TopicReader:
                     "auto.offset.reset": "earliest",
                     "fetch.wait.max.ms": 100,
                     "fetch.message.max.bytes": 16 * 1024 * 1024,
+                    **config,
                 },
             )
         )
@@ -1007,6 +1008,108 @@ def test_kill_9_mid_stream_loses_no_line(connect_broker, connect_worker, tmp_pat
     if dup_lines:
         first, last = int(dup_lines[0].split()[1]), int(dup_lines[-1].split()[1])
         assert last - first + 1 == len(dup_lines), f"duplicates not one window: {first}..{last}, {len(dup_lines)}"
+
+
+def test_exactly_once_source_killed_three_times_repeats_and_loses_nothing(connect_broker, connect_worker, tmp_path):
+    """KIP-618: with `exactly.once.source.support=enabled` a source task writes its records and the
+    file position they reach in one transaction. Killed with SIGKILL three times while lines keep
+    arriving, the worker resumes each time from the last committed position: a read_committed
+    consumer sees every line exactly once (the same kills without it repeat lines, see
+    test_kill_9_mid_stream_loses_no_line)."""
+    bootstrap = connect_broker.bootstrap
+    topic = unique_topic("eos")
+    create_topic(bootstrap, topic)
+    log = tmp_path / "stream.log"
+    log.touch()
+    total = 60_000
+    worker = connect_worker(bootstrap, exactly_once_source_support="enabled")
+    create_connector(worker.url, "src-eos", file_source(log, topic, **{"exactly.once.support": "required"}))
+    wait_for_state(worker.url, "src-eos", "RUNNING")
+
+    done = threading.Event()
+
+    def writer():
+        # 60 000 lines in chunks of 500, about 5 s of writing.
+        with open(log, "ab") as f:
+            for start in range(0, total, 500):
+                f.write("".join(f"line {i:06d} {'q' * 40}\n" for i in range(start, start + 500)).encode())
+                f.flush()
+                time.sleep(0.04)
+        done.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    killed_at = []
+    for threshold in (8_000, 25_000, 45_000):
+        wait_until(lambda: high_watermark(bootstrap, topic) >= threshold, 60, f"{threshold} offsets before a kill",
+                   interval_s=0.05)
+        worker.kill9()
+        killed_at.append((high_watermark(bootstrap, topic), done.is_set()))
+        time.sleep(0.3)
+        worker.start()
+    thread.join(timeout=60)
+    assert done.is_set(), "the writer did not finish"
+    assert any(not writer_done for _, writer_done in killed_at), f"no kill landed mid-stream: {killed_at}"
+    reader = TopicReader(bootstrap, topic, **{"isolation.level": "read_committed"})
+    try:
+        wait_until(lambda: len(reader.poll()) >= total, 120, f"{total} committed records",
+                   interval_s=0.2, describe=lambda: len(reader.messages))
+        # Anything extra would show up now.
+        time.sleep(1.5)
+        reader.poll()
+        values = reader.values()
+    finally:
+        reader.close()
+    counts = Counter(values)
+    expected = {f"line {i:06d} {'q' * 40}" for i in range(total)}
+    missing = expected - set(counts)
+    duplicates = {v: c for v, c in counts.items() if c > 1}
+    print(f"kills at {killed_at}: {len(values)} committed records for {total} lines")
+    assert not missing, f"{len(missing)} lines missing, e.g. {sorted(missing)[:5]}"
+    assert set(counts) == expected, f"unexpected records: {sorted(set(counts) - expected)[:5]}"
+    assert not duplicates, f"{len(duplicates)} lines repeated, e.g. {sorted(duplicates.items())[:5]}"
+    # Each line in file order: one task, one partition, transactions in sequence.
+    assert values == sorted(values), "lines out of order"
+    no_failed_task(worker.url, "src-eos")()
+
+
+def test_exactly_once_source_config_is_checked(connect_broker, connect_worker, tmp_path):
+    """`exactly.once.support=required` on a worker without exactly-once support, and
+    `transaction.boundary=connector` (no Spate connector defines its own), fail the task with a
+    message naming the key; a value outside the allowed ones is refused at creation."""
+    bootstrap = connect_broker.bootstrap
+    log = tmp_path / "in.log"
+    log.touch()
+    plain = connect_worker(bootstrap)
+    # A cluster of its own: other internal topics, so the two workers do not share connectors.
+    eos = connect_worker(
+        bootstrap,
+        group_id="connect-eos",
+        exactly_once_source_support="enabled",
+        **{f"{kind}.storage.topic": f"connect-eos-{kind}" for kind in ("config", "offset", "status")},
+    )
+
+    def failure_of(url: str, name: str, config: dict) -> str:
+        create_connector(url, name, file_source(log, unique_topic(name), **config))
+
+        def failed_task():
+            tasks = (status_of(url, name) or {}).get("tasks") or []
+            return tasks[0] if tasks and tasks[0]["state"] == "FAILED" else None
+
+        # The connector itself stays RUNNING, as in Kafka Connect: its task failed.
+        return wait_until(failed_task, RUNNING_TIMEOUT_S, f"task of {name} FAILED").get("trace", "")
+
+    trace = failure_of(plain.url, "needs-eos", {"exactly.once.support": "required"})
+    assert "exactly.once.support" in trace and "exactly.once.source.support disabled" in trace, trace
+    trace = failure_of(eos.url, "own-boundaries", {"transaction.boundary": "connector"})
+    assert "transaction.boundary" in trace, trace
+    # A value outside the allowed ones is refused when the connector is created (400).
+    response = requests.post(
+        f"{eos.url}/connectors",
+        json={"name": "bad-support", "config": file_source(log, "t", **{"exactly.once.support": "maybe"})},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "exactly.once.support" in response.text, response.text
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use spate_client::admin::{AdminConfig, NewTopic};
 use spate_client::{
-    Admin, AutoOffsetReset, Consumer, ConsumerConfig, IsolationLevel, OffsetAndMetadata, Producer, ProducerConfig,
-    ProducerRecord, TopicPartition,
+    Admin, AutoOffsetReset, Consumer, ConsumerConfig, ConsumerGroupMetadata, IsolationLevel, OffsetAndMetadata,
+    Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
 use spate_e2e::{spate_ok, TestBroker};
 
@@ -169,6 +169,73 @@ async fn consume_transform_produce_commits_output_and_offsets_together() {
     assert_eq!(read_committed(&broker, "out", 500).await, expected, "each input exactly once in the output");
 }
 
+/// A read_committed consumer fetches committed offsets with `require_stable`: offsets a
+/// transaction is committing are waited for, not skipped (the previous ones would make it
+/// reprocess); and its lag is measured to the last stable offset, not the high watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_waits_for_pending_offsets_and_lags_to_the_lso() {
+    let broker = TestBroker::start(&[]).unwrap();
+    admin(&broker).await.create_topic(NewTopic::new("stable", 1, 1)).await.unwrap();
+    let tp = TopicPartition::new("stable", 0);
+    let plain =
+        Producer::new(ProducerConfig { bootstrap_servers: vec![broker.bootstrap()], ..ProducerConfig::default() })
+            .await
+            .unwrap();
+    for v in ["a", "b"] {
+        plain.send("stable", ProducerRecord::new(v).with_partition(0)).await.unwrap().await.unwrap();
+    }
+    let producer = txn_producer(&broker, "stable-app").await;
+    producer.begin_transaction().unwrap();
+    for v in ["c", "d", "e"] {
+        producer.send("stable", ProducerRecord::new(v).with_partition(0)).await.unwrap().await.unwrap();
+    }
+    let offsets = BTreeMap::from([(tp.clone(), OffsetAndMetadata::new(2))]);
+    producer.send_offsets_to_transaction(&offsets, &ConsumerGroupMetadata::new("stable-group")).await.unwrap();
+
+    let consumer = Consumer::new(ConsumerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        group_id: Some("stable-group".into()),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        isolation_level: IsolationLevel::ReadCommitted,
+        enable_auto_commit: false,
+        fetch_max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .unwrap();
+    // The commit lands half a second after the offset fetch starts: without require_stable the
+    // fetch would answer "no offset" at once.
+    let commit = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        producer.commit_transaction().await
+    };
+    let (committed, commit) = tokio::join!(consumer.committed(std::slice::from_ref(&tp)), commit);
+    commit.unwrap();
+    let committed = committed.unwrap();
+    assert_eq!(committed[&tp].as_ref().map(|o| o.offset), Some(2), "the transaction's offset, waited for");
+
+    // A new open transaction (offsets 6 and 7, after the COMMIT marker at 5) holds the LSO at 6.
+    producer.begin_transaction().unwrap();
+    for v in ["f", "g"] {
+        producer.send("stable", ProducerRecord::new(v).with_partition(0)).await.unwrap().await.unwrap();
+    }
+    consumer.assign(vec![tp.clone()]).await.unwrap();
+    consumer.seek_to_beginning(&[]).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 5 && tokio::time::Instant::now() < deadline {
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            seen.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    // One more fetch at the LSO, so the consumer knows both ends.
+    assert!(consumer.poll(Duration::from_millis(300)).await.unwrap().is_empty());
+    assert_eq!(consumer.high_watermark(&tp).await, Some(8));
+    assert_eq!(consumer.lag(&tp).await.unwrap(), Some(0), "caught up to the LSO: nothing more is readable");
+    producer.abort_transaction().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_fences_the_first() {
     let broker = TestBroker::start(&[]).unwrap();
@@ -187,7 +254,17 @@ async fn a_second_instance_fences_the_first() {
 /// Writes a transactional batch of `values` to `topic`/0 as producer `producer_id` without
 /// AddPartitionsToTxn (what a client bug, or a broker without KIP-890's check, lets through):
 /// no coordinator knows this transaction, so nothing will ever end it — a hanging transaction.
-async fn write_hanging_batch(broker: &TestBroker, topic: &str, values: &[&str]) -> i64 {
+/// A transactional batch sent with a raw Produce, as a buggy client would: `producer` is the
+/// id and epoch to write with (`None`: a fresh idempotent producer id from InitProducerId).
+/// Returns the producer id and the partition's error code.
+async fn raw_txn_produce(
+    broker: &TestBroker,
+    topic: &str,
+    transactional_id: &str,
+    producer: Option<(i64, i16)>,
+    base_sequence: i32,
+    values: &[&str],
+) -> (i64, i16) {
     use spate_client::connection::{Connection, ConnectionConfig};
     use spate_client::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use spate_client::protocol::messages::{
@@ -198,19 +275,25 @@ async fn write_hanging_batch(broker: &TestBroker, topic: &str, values: &[&str]) 
     use spate_client::protocol::{str_bytes, ApiKey};
 
     let conn = Connection::connect(&broker.bootstrap(), &ConnectionConfig::default()).await.unwrap();
-    let init: InitProducerIdResponse = conn
-        .send(
-            ApiKey::InitProducerId,
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(-1)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        )
-        .await
-        .unwrap();
-    assert_eq!(init.error_code, 0);
+    let (producer_id, producer_epoch) = match producer {
+        Some(p) => p,
+        None => {
+            let init: InitProducerIdResponse = conn
+                .send(
+                    ApiKey::InitProducerId,
+                    4,
+                    &InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_transaction_timeout_ms(-1)
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1),
+                )
+                .await
+                .unwrap();
+            assert_eq!(init.error_code, 0);
+            (init.producer_id.0, init.producer_epoch)
+        }
+    };
     let mut batch = BatchBuilder::new(spate_client::Compression::None);
     // An hour old, as a transaction stuck since then would be.
     let timestamp_ms = chrono_now_ms() - 3_600_000;
@@ -222,19 +305,73 @@ async fn write_hanging_batch(broker: &TestBroker, topic: &str, values: &[&str]) 
             timestamp_ms,
         });
     }
-    let records = batch.finish(init.producer_id.0, init.producer_epoch, 0, true).unwrap();
-    // A transactional id the coordinator never heard of.
+    let records = batch.finish(producer_id, producer_epoch, base_sequence, true).unwrap();
     let request = ProduceRequest::default()
-        .with_transactional_id(Some(TransactionalId(str_bytes("ghost"))))
+        .with_transactional_id(Some(TransactionalId(str_bytes(transactional_id.to_string()))))
         .with_acks(-1)
         .with_timeout_ms(10_000)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(str_bytes(topic.to_string())))
             .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))])]);
     let response: ProduceResponse = conn.send(ApiKey::Produce, 8, &request).await.unwrap();
-    let code = response.responses[0].partition_responses[0].error_code;
+    (producer_id, response.responses[0].partition_responses[0].error_code)
+}
+
+/// A transactional batch of a transactional id the coordinator never heard of, accepted because
+/// the broker runs with `transaction.partition.verification.enable=false`: a hanging
+/// transaction.
+async fn write_hanging_batch(broker: &TestBroker, topic: &str, values: &[&str]) -> i64 {
+    let (producer_id, code) = raw_txn_produce(broker, topic, "ghost", None, 0, values).await;
     assert_eq!(code, 0, "the transactional batch was refused");
-    init.producer_id.0
+    producer_id
+}
+
+/// KIP-890 part 1: a transactional write to a partition its transaction does not hold is refused
+/// (no hanging transaction), one to a partition it holds is accepted, and once the transaction
+/// ended a late write with its epoch is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_outside_its_transaction_is_refused() {
+    use spate_client::protocol::ErrorCode;
+    let broker = TestBroker::start(&[]).unwrap();
+    let admin = admin(&broker).await;
+    for name in ["in-txn", "not-in-txn"] {
+        admin.create_topic(NewTopic::new(name, 1, 1)).await.unwrap();
+    }
+    let producer = txn_producer(&broker, "verified").await;
+    producer.begin_transaction().unwrap();
+    producer.send("in-txn", ProducerRecord::new("real").with_partition(0)).await.unwrap().await.unwrap();
+    let described = admin.describe_transactions(&["verified"]).await.unwrap().remove("verified").unwrap().unwrap();
+    let me = Some((described.producer_id, described.producer_epoch));
+
+    // The partition was never added to the transaction: refused, nothing written.
+    let (_, code) = raw_txn_produce(&broker, "not-in-txn", "verified", me, 0, &["stray"]).await;
+    assert_eq!(ErrorCode(code), ErrorCode::INVALID_TXN_STATE);
+    let producers = admin.describe_producers(&TopicPartition::new("not-in-txn", 0)).await.unwrap();
+    assert!(producers.is_empty(), "nothing of the stray write is kept: {producers:?}");
+    // An unknown transactional id (this one's coordinator exists) is refused as well.
+    let (_, code) = raw_txn_produce(&broker, "not-in-txn", "ghost", None, 0, &["ghost"]).await;
+    assert_eq!(ErrorCode(code), ErrorCode::INVALID_PRODUCER_ID_MAPPING);
+    // A wrong epoch is a fenced producer.
+    let stale = me.map(|(pid, epoch)| (pid, epoch + 1));
+    let (_, code) = raw_txn_produce(&broker, "not-in-txn", "verified", stale, 0, &["stale"]).await;
+    assert_eq!(ErrorCode(code), ErrorCode::INVALID_PRODUCER_EPOCH);
+
+    producer.send("in-txn", ProducerRecord::new("more").with_partition(0)).await.unwrap().await.unwrap();
+    producer.commit_transaction().await.unwrap();
+    // Once the COMMIT marker is in (read_committed sees the records), a late write with the
+    // same epoch would open a transaction the coordinator does not know: refused.
+    assert_eq!(read_committed(&broker, "in-txn", 2).await, vec!["more", "real"], "sorted");
+    let (_, code) = raw_txn_produce(&broker, "in-txn", "verified", me, 2, &["late"]).await;
+    assert_eq!(ErrorCode(code), ErrorCode::INVALID_TXN_STATE);
+    // Nothing hangs anywhere.
+    let found = spate_ok(&broker, &["transactions", "--find-hanging", "--max-transaction-timeout-ms", "0"]);
+    assert_eq!(found.lines().count(), 1, "{found}");
+
+    // The next transaction of the same producer goes through verification again.
+    producer.begin_transaction().unwrap();
+    producer.send("not-in-txn", ProducerRecord::new("second").with_partition(0)).await.unwrap().await.unwrap();
+    producer.commit_transaction().await.unwrap();
+    assert_eq!(read_committed(&broker, "not-in-txn", 1).await, vec!["second"]);
 }
 
 fn chrono_now_ms() -> i64 {
@@ -247,7 +384,8 @@ fn chrono_now_ms() -> i64 {
 /// consumers move past it without its records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_transaction_is_found_and_aborted() {
-    let broker = TestBroker::start(&[]).unwrap();
+    // Verification off (KIP-890), so a raw transactional batch can hang, as with older brokers.
+    let broker = TestBroker::start(&["--set", "transaction.partition.verification.enable=false"]).unwrap();
     let admin = admin(&broker).await;
     for name in ["hang", "hang-live"] {
         admin.create_topic(NewTopic::new(name, 1, 1)).await.unwrap();

@@ -55,8 +55,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     // kafka-protocol 0.18 has no v0/v1 layouts; followers and clients use v2+.
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    // v4+ is the brokers' batched form (KIP-890), which needs verification we do not do yet.
-    (ApiKey::AddPartitionsToTxn, 0, 3),
+    // v4 is the brokers' batched form with KIP-890's verify_only (Kafka's clients send v0–3).
+    (ApiKey::AddPartitionsToTxn, 0, 4),
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
     // kafka-protocol 0.18 has no v0 layout; brokers speak v1.
@@ -82,6 +82,11 @@ pub enum Reply {
     /// request order, but not on an async worker: the connection runs it on tokio's blocking
     /// pool, awaits it, and treats the `Reply` it returns like any other.
     Blocking(Box<dyn FnOnce() -> Reply + Send>),
+    /// Async work that must finish before the connection's next request is read (a
+    /// transactional produce asking its coordinator, KIP-890, before its appends): the
+    /// connection awaits it and treats the `Reply` it returns like any other, so requests stay
+    /// in order (an idempotent producer pipelines up to five).
+    Ordered(Pin<Box<dyn Future<Output = Reply> + Send>>),
     /// A protocol violation: log it and close the connection, as Kafka does.
     Close(String),
 }

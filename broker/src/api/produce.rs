@@ -1,16 +1,21 @@
 //! Produce (key 0). Batches are validated by header and CRC only, appended as raw bytes, and,
 //! with `acks=all` in `fsync` mode, answered once the flusher reports them durable.
 //!
+//! A transactional batch that would open a transaction in a partition is first checked with
+//! the transaction coordinator (KIP-890 part 1, `transaction.partition.verification.enable`):
+//! see `crate::txn::verify`.
+//!
 //! The appends are file writes: they run on tokio's blocking pool ([`Reply::Blocking`]), not on an
 //! async worker, so a slow disk stalls the producing connection, never every connection.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use spate_client::protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use spate_client::protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use spate_client::protocol::record::validate_batches;
+use spate_client::protocol::record::{validate_batches, BatchHeader};
 use spate_client::protocol::ErrorCode;
 use spate_client::ProtocolError;
 use tokio::sync::watch;
@@ -20,7 +25,8 @@ use super::{decode, error_message, leader_partition, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::config::FlushMode;
 use crate::error::BrokerError;
-use crate::partition::{Partition, Replicated};
+use crate::partition::{Partition, Replicated, TxnVerification};
+use crate::txn::verify::{produce_error, verify};
 
 const DEFAULT_ACK_TIMEOUT_MS: i32 = 30_000;
 
@@ -50,12 +56,84 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     let request: ProduceRequest = decode("Produce request", ctx, body)?;
     let broker = broker.clone();
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
-    Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request))))
+    if !broker.config.transaction_partition_verification_enable {
+        return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, None))));
+    }
+    let Some(id) = request.transactional_id.as_ref().map(|id| id.to_string()) else {
+        return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, Some(&Verdicts::new())))));
+    };
+    let mut verdicts = Verdicts::new();
+    let asks = verifications_needed(&broker, &request, &mut verdicts);
+    if asks.is_empty() {
+        return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, Some(&verdicts)))));
+    }
+    // Ordered: the connection reads its next request only after these appends, as for any
+    // produce (an idempotent producer's pipelined batches must land in sequence order).
+    Ok(Reply::Ordered(Box::pin(async move {
+        for ((producer_id, producer_epoch), partitions) in asks {
+            let tps: Vec<(String, i32)> = partitions.iter().map(|(_, tp, _)| tp.clone()).collect();
+            let answer = verify(&broker, &id, producer_id, producer_epoch, &tps).await;
+            for (i, (at, _, guard)) in partitions.into_iter().enumerate() {
+                let verdict = match &answer {
+                    Ok(codes) if codes[i] == ErrorCode::NONE => Ok(guard),
+                    Ok(codes) => Err(produce_error(codes[i])),
+                    Err(code) => Err(produce_error(*code)),
+                };
+                verdicts.insert(at, verdict);
+            }
+        }
+        Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, Some(&verdicts))))
+    })))
+}
+
+/// KIP-890 verdicts for the partitions of a transactional Produce, by (topic index, partition
+/// index): the guard to append with, or the error to answer. A transactional batch at a
+/// partition with no verdict must belong to a transaction open there already.
+type Verdicts = HashMap<(usize, usize), Result<u64, ErrorCode>>;
+
+/// Partitions whose transactional batch would open a transaction here, to ask the coordinator
+/// about, by producer: (position in the request, topic-partition, guard). Partitions that
+/// cannot start a verification get their verdict now.
+#[allow(clippy::type_complexity)]
+fn verifications_needed(
+    broker: &Broker,
+    request: &ProduceRequest,
+    verdicts: &mut Verdicts,
+) -> BTreeMap<(i64, i16), Vec<((usize, usize), (String, i32), u64)>> {
+    let mut asks: BTreeMap<(i64, i16), Vec<_>> = BTreeMap::new();
+    for (ti, topic_data) in request.topic_data.iter().enumerate() {
+        for (pi, data) in topic_data.partition_data.iter().enumerate() {
+            let Some(header) = data.records.as_deref().and_then(|r| BatchHeader::parse(r).ok()) else { continue };
+            if !header.is_transactional() || header.is_control() {
+                continue;
+            }
+            // Unknown or not led here: the append answers that.
+            let Ok(partition) = leader_partition(broker, &topic_data.name, data.index) else { continue };
+            match partition.begin_txn_verification(header.producer_id, header.producer_epoch) {
+                Ok(None) => {}
+                Ok(Some(guard)) => asks.entry((header.producer_id, header.producer_epoch)).or_default().push((
+                    (ti, pi),
+                    (topic_data.name.to_string(), data.index),
+                    guard,
+                )),
+                Err(err) => {
+                    verdicts.insert((ti, pi), Err(err.code()));
+                }
+            }
+        }
+    }
+    asks
 }
 
 /// Validates and appends every partition's batches (blocking file I/O), then answers now or,
 /// for `acks=all`, once the high watermark passes them.
-fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest) -> Reply {
+/// `verdicts` is `None` with `transaction.partition.verification.enable=false`.
+fn append_all(
+    broker: &Arc<Broker>,
+    ctx: RequestContext,
+    request: ProduceRequest,
+    verdicts: Option<&Verdicts>,
+) -> Reply {
     let acks = request.acks;
     let now = now_ms();
     let mut pending = Vec::new();
@@ -103,6 +181,22 @@ fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest
                 ));
                 continue;
             }
+            let verification = match verdicts.map(|v| v.get(&(ti, pi))) {
+                None => TxnVerification::Off,
+                Some(None) => TxnVerification::Required(None),
+                Some(Some(Ok(guard))) => TxnVerification::Required(Some(*guard)),
+                Some(Some(Err(code))) => {
+                    partition_responses.push(partition_error(
+                        data.index,
+                        *code,
+                        Some(format!(
+                            "the transaction coordinator did not confirm that this partition is in the producer's \
+                             ongoing transaction ({code:?})"
+                        )),
+                    ));
+                    continue;
+                }
+            };
             let records = data.records.clone().unwrap_or_default();
             let result = validate_batches(&records)
                 .map_err(|e| BrokerError::CorruptMessage {
@@ -134,7 +228,7 @@ fn append_all(broker: &Arc<Broker>, ctx: RequestContext, request: ProduceRequest
                             reason: "a transactional batch needs the request's transactional_id".into(),
                         });
                     }
-                    partition.append(&records, &headers, now)
+                    partition.append_produced(&records, &headers, now, verification)
                 });
             match result {
                 Ok(outcome) => {

@@ -1,4 +1,5 @@
-//! The transaction APIs: AddPartitionsToTxn (24, v0–3), AddOffsetsToTxn (25), EndTxn (26),
+//! The transaction APIs: AddPartitionsToTxn (24, v0–3 for clients, v4 for brokers: batched,
+//! with KIP-890's `verify_only`), AddOffsetsToTxn (25), EndTxn (26),
 //! WriteTxnMarkers (27, broker to broker; also an admin's abort of a hanging transaction),
 //! DescribeTransactions (65), ListTransactions (66), DescribeProducers (61, per partition, for
 //! finding hanging transactions).
@@ -10,8 +11,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use spate_client::protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use spate_client::protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
 use spate_client::protocol::messages::describe_producers_response::{
     PartitionResponse as ProducersPartition, ProducerState as DescribedProducer, TopicResponse as ProducersTopic,
@@ -72,61 +74,105 @@ pub(super) fn add_partitions_to_txn(
     body: &mut Bytes,
 ) -> Result<Reply, ProtocolError> {
     let request: AddPartitionsToTxnRequest = decode("AddPartitionsToTxn request", ctx, body)?;
-    let count: usize = request.v3_and_below_topics.iter().map(|t| t.partitions.len()).sum();
+    let count: usize = request.v3_and_below_topics.iter().map(|t| t.partitions.len()).sum::<usize>()
+        + request.transactions.iter().flat_map(|x| &x.topics).map(|t| t.partitions.len()).sum::<usize>();
     check_partition_count("AddPartitionsToTxn request", count)?;
     let broker = broker.clone();
     let ctx = owned_ctx(ctx);
     Ok(Reply::Later(Box::pin(async move {
-        let id = request.v3_and_below_transactional_id.to_string();
-        let image = broker.image();
-        let mut all = Vec::new();
-        let mut unknown = false;
-        for t in &request.v3_and_below_topics {
-            for &p in &t.partitions {
-                all.push((t.name.to_string(), p));
-                if image.partition(&t.name, p).is_none() || crate::group::is_internal_topic(&t.name) {
-                    unknown = true;
-                }
-            }
-        }
-        // Kafka's answer when any partition is unknown: that error for those, and
-        // OPERATION_NOT_ATTEMPTED for the rest; nothing is added.
-        let result = if unknown {
-            Err(ErrorCode::OPERATION_NOT_ATTEMPTED)
-        } else {
-            TransactionCoordinator::add_partitions(
+        if ctx.version <= 3 {
+            let topics = add_one(
                 &broker,
-                &id,
+                ctx.version,
+                &request.v3_and_below_transactional_id,
                 request.v3_and_below_producer_id.0,
                 request.v3_and_below_producer_epoch,
-                &all,
+                &request.v3_and_below_topics,
+                false,
             )
-            .await
-        };
-        let topics = request
-            .v3_and_below_topics
-            .iter()
-            .map(|t| {
-                let results = t
-                    .partitions
-                    .iter()
-                    .map(|&p| {
-                        let code = match &result {
-                            Ok(()) => ErrorCode::NONE,
-                            Err(_) if image.partition(&t.name, p).is_none() => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                            Err(_) if crate::group::is_internal_topic(&t.name) => ErrorCode::TOPIC_AUTHORIZATION_FAILED,
-                            Err(code) => fenced_for(ctx.version, *code),
-                        };
-                        AddPartitionsToTxnPartitionResult::default()
-                            .with_partition_index(p)
-                            .with_partition_error_code(code.0)
-                    })
-                    .collect();
-                AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(results)
-            })
-            .collect();
-        ctx.respond(&AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(topics))
+            .await;
+            return ctx.respond(&AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(topics));
+        }
+        // v4+: the brokers' batched form (KIP-890); `verify_only` asks without adding.
+        let mut results = Vec::with_capacity(request.transactions.len());
+        for t in &request.transactions {
+            let topics = add_one(
+                &broker,
+                ctx.version,
+                &t.transactional_id,
+                t.producer_id.0,
+                t.producer_epoch,
+                &t.topics,
+                t.verify_only,
+            )
+            .await;
+            results.push(
+                AddPartitionsToTxnResult::default()
+                    .with_transactional_id(t.transactional_id.clone())
+                    .with_topic_results(topics),
+            );
+        }
+        ctx.respond(&AddPartitionsToTxnResponse::default().with_results_by_transaction(results))
     })))
+}
+
+/// One transaction's AddPartitionsToTxn (or, `verify_only`, its KIP-890 check): one result
+/// per partition asked about.
+async fn add_one(
+    broker: &Arc<Broker>,
+    version: i16,
+    id: &TransactionalId,
+    producer_id: i64,
+    producer_epoch: i16,
+    topics: &[AddPartitionsToTxnTopic],
+    verify_only: bool,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    let id = id.to_string();
+    let image = broker.image();
+    let mut all = Vec::new();
+    let mut unknown = false;
+    for t in topics {
+        for &p in &t.partitions {
+            all.push((t.name.to_string(), p));
+            if image.partition(&t.name, p).is_none() || crate::group::is_internal_topic(&t.name) {
+                unknown = true;
+            }
+        }
+    }
+    // Kafka's answer when any partition is unknown: that error for those, and
+    // OPERATION_NOT_ATTEMPTED for the rest; nothing is added.
+    let result: Result<Vec<ErrorCode>, ErrorCode> = if verify_only {
+        TransactionCoordinator::verify_partitions(broker, &id, producer_id, producer_epoch, &all)
+    } else if unknown {
+        Err(ErrorCode::OPERATION_NOT_ATTEMPTED)
+    } else {
+        TransactionCoordinator::add_partitions(broker, &id, producer_id, producer_epoch, &all)
+            .await
+            .map(|()| vec![ErrorCode::NONE; all.len()])
+    };
+    let mut i = 0;
+    topics
+        .iter()
+        .map(|t| {
+            let results = t
+                .partitions
+                .iter()
+                .map(|&p| {
+                    let code = match &result {
+                        Ok(codes) => codes[i],
+                        Err(_) if image.partition(&t.name, p).is_none() => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                        Err(_) if crate::group::is_internal_topic(&t.name) => ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                        Err(code) => fenced_for(version, *code),
+                    };
+                    i += 1;
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_partition_error_code(code.0)
+                })
+                .collect();
+            AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(results)
+        })
+        .collect()
 }
 
 pub(super) fn add_offsets_to_txn(

@@ -56,6 +56,8 @@ pub struct TransactionCoordinator {
     /// Counts finished state writes; AddPartitionsToTxn waits on it while the id's previous
     /// transaction is still being completed (see `add_partitions`).
     writes_done: tokio::sync::watch::Sender<u64>,
+    /// Connections to other brokers' coordinators for KIP-890 verification.
+    pub(crate) peers: super::verify::PeerConnections,
 }
 
 /// How long AddPartitionsToTxn/AddOffsetsToTxn wait on the coordinator for the id's previous
@@ -91,6 +93,7 @@ impl TransactionCoordinator {
             })),
             config,
             writes_done: tokio::sync::watch::channel(0).0,
+            peers: Default::default(),
         }
     }
 
@@ -307,6 +310,18 @@ impl TransactionCoordinator {
                 Err(code) => return Err(code),
             }
         }
+    }
+
+    /// KIP-890 verification asked by a partition leader (this broker, or a peer's
+    /// AddPartitionsToTxn v4 `verify_only`): one code per partition.
+    pub fn verify_partitions(
+        broker: &Broker,
+        id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> std::result::Result<Vec<ErrorCode>, ErrorCode> {
+        Self::with_state(broker, id, |s| s.verify_partitions(id, producer_id, producer_epoch, partitions))
     }
 
     /// EndTxn: answered once the `Prepare*` state is durable; the markers follow.

@@ -7,12 +7,15 @@
 //!   writes, marker writing (locally or with WriteTxnMarkers), timeouts.
 //! - [`marker`]: the COMMIT/ABORT control batches.
 //! - [`tracker`]: per partition, open and aborted transactions and the last stable offset.
+//! - [`verify`]: KIP-890 part 1, a partition leader asking the coordinator before a
+//!   transactional batch opens a transaction in its partition.
 
 pub mod coordinator;
 pub mod marker;
 pub mod state;
 pub mod store;
 pub mod tracker;
+pub mod verify;
 
 pub use coordinator::{TransactionCoordinator, TRANSACTION_STATE_TOPIC};
 

@@ -346,6 +346,31 @@ impl TxnState {
         Ok(Some(next))
     }
 
+    /// KIP-890 part 1, asked by a partition leader before the first transactional batch of a
+    /// transaction lands there: for each partition, NONE when it is in the ongoing transaction
+    /// of this producer id and epoch, INVALID_TXN_STATE otherwise. The durable state decides (a
+    /// partition being added now is not in it yet: its AddPartitionsToTxn has not been answered,
+    /// so its producer cannot have written).
+    pub fn verify_partitions(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<ErrorCode>, ErrorCode> {
+        let Some(m) = self.txns.get(transactional_id).filter(|m| m.producer_id == producer_id) else {
+            return Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING);
+        };
+        if m.producer_epoch != producer_epoch {
+            return Err(ErrorCode::PRODUCER_FENCED);
+        }
+        let ongoing = m.status == TxnStatus::Ongoing;
+        Ok(partitions
+            .iter()
+            .map(|p| if ongoing && m.partitions.contains(p) { ErrorCode::NONE } else { ErrorCode::INVALID_TXN_STATE })
+            .collect())
+    }
+
     /// EndTxn.
     pub fn end_txn(
         &mut self,
@@ -561,6 +586,27 @@ mod tests {
         init(&mut s, "t", 0);
         assert_eq!(s.add_partitions("t", 7, 0, &[tp("a", 0)], 0), Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING));
         assert_eq!(s.end_txn("t", 1000, 0, true, 0), Err(ErrorCode::INVALID_TXN_STATE));
+    }
+
+    #[test]
+    fn verification_answers_from_the_durable_state() {
+        let mut s = TxnState::default();
+        let m = init(&mut s, "t", 0);
+        let (pid, epoch) = (m.producer_id, m.producer_epoch);
+        let asked = [tp("a", 0), tp("b", 1)];
+        let invalid = ErrorCode::INVALID_TXN_STATE;
+        assert_eq!(s.verify_partitions("t", pid, epoch, &asked), Ok(vec![invalid, invalid]), "no transaction yet");
+        let next = s.add_partitions("t", pid, epoch, &[tp("a", 0)], 1).unwrap().unwrap();
+        assert_eq!(s.verify_partitions("t", pid, epoch, &asked), Ok(vec![invalid, invalid]), "not durable yet");
+        s.apply(next);
+        assert_eq!(s.verify_partitions("t", pid, epoch, &asked), Ok(vec![ErrorCode::NONE, invalid]));
+        assert_eq!(s.verify_partitions("t", pid, epoch + 1, &asked), Err(ErrorCode::PRODUCER_FENCED));
+        assert_eq!(s.verify_partitions("t", pid + 1, epoch, &asked), Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING));
+        assert_eq!(s.verify_partitions("other", pid, epoch, &asked), Err(ErrorCode::INVALID_PRODUCER_ID_MAPPING));
+        // Once the transaction is ending, late data is refused.
+        let EndOutcome::Prepare(next) = s.end_txn("t", pid, epoch, true, 2).unwrap() else { panic!("prepare") };
+        s.apply(next);
+        assert_eq!(s.verify_partitions("t", pid, epoch, &asked), Ok(vec![invalid, invalid]));
     }
 
     #[test]

@@ -9,6 +9,28 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+/// Bound on producers being verified at once in one partition (KIP-890): each entry is a
+/// transactional producer whose first batch of a transaction is waiting on its coordinator.
+pub const MAX_VERIFYING: usize = 10_000;
+/// A verification older than this no longer vouches for an append (the produce that asked for
+/// it is long answered).
+const VERIFICATION_MAX_AGE_MS: i64 = 60_000;
+
+/// [`MAX_VERIFYING`] producers of one partition are being verified already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyingFull;
+
+/// KIP-890 part 1: the coordinator was asked whether this partition is in `producer_id`'s
+/// ongoing transaction. The append that follows must show `guard`; a marker written meanwhile
+/// (the transaction ended, e.g. timed out) removes the entry, so data arriving late cannot open
+/// a transaction the coordinator no longer knows (a hanging transaction).
+#[derive(Debug, Clone, Copy)]
+struct Verification {
+    producer_epoch: i16,
+    guard: u64,
+    started_ms: i64,
+}
+
 /// An aborted transaction in this log: `producer_id`'s records from `first_offset` up to the
 /// ABORT marker at `last_offset` are to be skipped by `read_committed` consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +51,9 @@ pub struct TxnTracker {
     unreplicated: BTreeMap<i64, i64>,
     /// Aborted transactions in marker order (so by `last_offset`).
     aborted: VecDeque<AbortedTxn>,
+    /// Producers whose transaction the coordinator is being asked about (KIP-890).
+    verifying: HashMap<i64, Verification>,
+    next_guard: u64,
 }
 
 impl TxnTracker {
@@ -51,9 +76,52 @@ impl TxnTracker {
         self.ongoing.len()
     }
 
+    /// Starts verifying (KIP-890) `producer_id`'s transaction in this partition: `Ok(None)` when
+    /// it is open here already (nothing to ask), else the guard the append must show once the
+    /// coordinator has answered. Refused when [`MAX_VERIFYING`] producers are being verified.
+    pub fn begin_verification(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) -> Result<Option<u64>, VerifyingFull> {
+        if self.ongoing.contains_key(&producer_id) {
+            return Ok(None);
+        }
+        if self.verifying.len() >= MAX_VERIFYING && !self.verifying.contains_key(&producer_id) {
+            self.verifying.retain(|_, v| now_ms - v.started_ms < VERIFICATION_MAX_AGE_MS);
+            if self.verifying.len() >= MAX_VERIFYING {
+                return Err(VerifyingFull);
+            }
+        }
+        self.next_guard += 1;
+        let guard = self.next_guard;
+        self.verifying.insert(producer_id, Verification { producer_epoch, guard, started_ms: now_ms });
+        Ok(Some(guard))
+    }
+
+    /// Whether a transactional batch of `producer_id` in `producer_epoch` may be appended with
+    /// verification on: its transaction is open here, or it was verified with `guard` and no
+    /// marker came in between.
+    pub fn may_append(&self, producer_id: i64, producer_epoch: i16, guard: Option<u64>) -> bool {
+        if self.ongoing.contains_key(&producer_id) {
+            return true;
+        }
+        match (self.verifying.get(&producer_id), guard) {
+            (Some(v), Some(g)) => v.guard == g && v.producer_epoch == producer_epoch,
+            _ => false,
+        }
+    }
+
+    /// Forgets verifications older than a minute (their produce requests are long answered).
+    pub fn expire_verifications(&mut self, now_ms: i64) {
+        self.verifying.retain(|_, v| now_ms - v.started_ms < VERIFICATION_MAX_AGE_MS);
+    }
+
     /// A transactional data batch of `producer_id` at `base_offset`: opens its transaction here
     /// unless one is open already.
     pub fn on_data(&mut self, producer_id: i64, base_offset: i64) {
+        self.verifying.remove(&producer_id);
         if let std::collections::hash_map::Entry::Vacant(e) = self.ongoing.entry(producer_id) {
             e.insert(base_offset);
             self.ongoing_by_offset.insert(base_offset, producer_id);
@@ -64,6 +132,8 @@ impl TxnTracker {
     /// here (the coordinator writes markers to every partition it added, data or not) changes
     /// nothing but is harmless.
     pub fn on_marker(&mut self, producer_id: i64, marker_offset: i64, commit: bool) {
+        // A verification in flight was for the transaction this marker ends.
+        self.verifying.remove(&producer_id);
         let Some(first_offset) = self.ongoing.remove(&producer_id) else {
             return;
         };
@@ -159,6 +229,39 @@ mod tests {
         assert_eq!(t.aborted_between(0, 100, 1).len(), 1);
         t.truncate_head(6);
         assert_eq!(pids(t.aborted_between(0, 100, 10)), vec![(2, 3), (1, 10)]);
+    }
+
+    #[test]
+    fn a_marker_cancels_a_verification_in_flight() {
+        let mut t = TxnTracker::default();
+        let g = t.begin_verification(5, 0, 0).unwrap();
+        assert!(g.is_some());
+        assert!(!t.may_append(5, 0, None), "unverified");
+        assert!(!t.may_append(5, 1, g), "another epoch");
+        assert!(t.may_append(5, 0, g));
+        // The transaction timed out and its ABORT marker landed before the append.
+        t.on_marker(5, 3, false);
+        assert!(!t.may_append(5, 0, g), "the marker ended the verified transaction");
+        // A new verification, then the data: the transaction is open and needs no guard.
+        let g = t.begin_verification(5, 0, 10).unwrap();
+        assert!(t.may_append(5, 0, g));
+        t.on_data(5, 4);
+        assert_eq!(t.begin_verification(5, 0, 11), Ok(None));
+        assert!(t.may_append(5, 0, None));
+    }
+
+    #[test]
+    fn verifications_are_bounded_and_expire() {
+        let mut t = TxnTracker::default();
+        for pid in 0..MAX_VERIFYING as i64 {
+            t.begin_verification(pid, 0, 0).unwrap();
+        }
+        assert_eq!(t.begin_verification(-7, 0, 1), Err(VerifyingFull), "full");
+        // Re-verifying a producer already in the table is allowed.
+        assert!(t.begin_verification(3, 0, 1).is_ok());
+        assert!(t.begin_verification(-7, 0, VERIFICATION_MAX_AGE_MS + 1).is_ok(), "old ones made room");
+        t.expire_verifications(3 * VERIFICATION_MAX_AGE_MS);
+        assert!(t.verifying.is_empty());
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub(crate) struct Coordinator {
     retry_backoff: Duration,
     /// How long a blocking call (commit_sync, committed) keeps retrying.
     api_timeout: Duration,
+    /// OffsetFetch's `require_stable` (KIP-447): a read_committed consumer waits for offsets a
+    /// transaction is committing rather than starting from the previous ones and reprocessing.
+    require_stable: bool,
 }
 
 impl Coordinator {
@@ -68,6 +71,7 @@ impl Coordinator {
         rebalance_timeout: Duration,
         retry_backoff: Duration,
         api_timeout: Duration,
+        require_stable: bool,
     ) -> Self {
         let mut connection_config = cluster.config().connection.clone();
         // A JoinGroup waits up to the rebalance timeout for the other members.
@@ -84,6 +88,7 @@ impl Coordinator {
             request_timeout,
             retry_backoff,
             api_timeout,
+            require_stable,
         }
     }
 
@@ -292,7 +297,7 @@ impl Coordinator {
         loop {
             let conn = self.connection().await?;
             let version = conn.version(ApiKey::OffsetFetch)?;
-            let request = offsets::fetch_request(version, &self.group_id, partitions);
+            let request = offsets::fetch_request(version, &self.group_id, partitions, self.require_stable);
             let error = match conn.send::<_, OffsetFetchResponse>(ApiKey::OffsetFetch, version, &request).await {
                 Ok(response) => match offsets::fetch_result(version, &self.group_id, &response) {
                     Ok(found) => return Ok(found),

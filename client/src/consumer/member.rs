@@ -108,6 +108,8 @@ impl ClassicGroupMember {
             Duration::from_millis(config.rebalance_timeout_ms),
             retry_backoff,
             Duration::from_millis(config.request_timeout_ms),
+            // Members that are not consumers fetch no offsets.
+            false,
         ));
         let heartbeat = coordinator::spawn_heartbeat(coordinator.clone());
         ClassicGroupMember { coordinator, heartbeat, retry_backoff }

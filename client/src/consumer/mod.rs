@@ -289,6 +289,9 @@ struct PartitionState {
     paused: bool,
     buffered: VecDeque<ConsumerRecord>,
     high_watermark: i64,
+    /// The last stable offset of the last fetch: a read_committed consumer reads (and lags)
+    /// up to it, not the high watermark.
+    last_stable_offset: i64,
     log_start_offset: i64,
     /// Whether the group's committed offset was looked up (once per assignment; after that a
     /// missing position means `auto.offset.reset`).
@@ -308,6 +311,7 @@ impl PartitionState {
             paused: false,
             buffered: VecDeque::new(),
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
             committed_checked: false,
         }
@@ -533,13 +537,16 @@ impl Consumer {
         state.assignment.get(tp).map(|ps| ps.high_watermark).filter(|hw| *hw >= 0)
     }
 
-    /// How far the position trails the high watermark of the last fetch (Kafka's
-    /// `currentLag`): `None` until both are known. No I/O.
+    /// How far the position trails the high watermark of the last fetch, or with
+    /// `read_committed` its last stable offset (Kafka's `currentLag`): `None` until both are
+    /// known. No I/O.
     pub async fn lag(&self, tp: &TopicPartition) -> Result<Option<i64>> {
+        let read_committed = self.config.isolation_level == IsolationLevel::ReadCommitted;
         let mut state = self.state.lock().await;
         let ps = assigned(&mut state, tp)?;
+        let end = if read_committed { ps.last_stable_offset } else { ps.high_watermark };
         Ok(match ps.position {
-            Some(position) if ps.high_watermark >= 0 => Some((ps.high_watermark - position).max(0)),
+            Some(position) if end >= 0 => Some((end - position).max(0)),
             _ => None,
         })
     }
@@ -771,6 +778,7 @@ impl Consumer {
                 match code {
                     ErrorCode::NONE => {
                         ps.high_watermark = p.high_watermark;
+                        ps.last_stable_offset = p.last_stable_offset;
                         ps.log_start_offset = p.log_start_offset;
                         let Some(records) = &p.records else { continue };
                         // Only read_committed fetches get a list; an empty one changes nothing.

@@ -130,7 +130,14 @@ pub(crate) fn commit_result(group_id: &str, response: &OffsetCommitResponse) -> 
     Err((Error::broker(code, context), failure))
 }
 
-pub(crate) fn fetch_request(version: i16, group_id: &str, partitions: &[TopicPartition]) -> OffsetFetchRequest {
+/// `require_stable` (v7+) asks the coordinator to answer UNSTABLE_OFFSET_COMMIT (retried) rather
+/// than an offset whose transactional commit is still pending.
+pub(crate) fn fetch_request(
+    version: i16,
+    group_id: &str,
+    partitions: &[TopicPartition],
+    require_stable: bool,
+) -> OffsetFetchRequest {
     let grouped = group_by_topic(partitions.iter().map(|tp| (tp.clone(), ())));
     if version >= 8 {
         let topics = grouped
@@ -141,9 +148,11 @@ pub(crate) fn fetch_request(version: i16, group_id: &str, partitions: &[TopicPar
                     .with_partition_indexes(ps.into_iter().map(|(p, _)| p).collect())
             })
             .collect();
-        OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
-            .with_group_id(GroupId(str_bytes(group_id)))
-            .with_topics(Some(topics))])
+        OffsetFetchRequest::default()
+            .with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(str_bytes(group_id)))
+                .with_topics(Some(topics))])
+            .with_require_stable(require_stable)
     } else {
         let topics = grouped
             .into_iter()
@@ -153,7 +162,10 @@ pub(crate) fn fetch_request(version: i16, group_id: &str, partitions: &[TopicPar
                     .with_partition_indexes(ps.into_iter().map(|(p, _)| p).collect())
             })
             .collect();
-        OffsetFetchRequest::default().with_group_id(GroupId(str_bytes(group_id))).with_topics(Some(topics))
+        OffsetFetchRequest::default()
+            .with_group_id(GroupId(str_bytes(group_id)))
+            .with_topics(Some(topics))
+            .with_require_stable(require_stable && version >= 7)
     }
 }
 
@@ -305,7 +317,7 @@ mod tests {
     fn fetch_requests_use_the_group_array_from_v8() {
         let tps = [TopicPartition::new("a", 0), TopicPartition::new("a", 2), TopicPartition::new("b", 1)];
         for version in 1..=8 {
-            let req = fetch_request(version, "g", &tps);
+            let req = fetch_request(version, "g", &tps, version >= 7);
             let mut buf = BytesMut::new();
             encode_request(ApiKey::OffsetFetch, version, 1, Some("c"), &req, &mut buf)
                 .unwrap_or_else(|e| panic!("v{version}: {e}"));

@@ -25,7 +25,7 @@ use super::assignor::{self, Assignor, GroupMember, RebalanceProtocol, Subscripti
 use super::coordinator::{self, Clock, Coordinator};
 use super::group::{JoinOutcome, JoinedMember, Membership, MembershipConfig, SyncOutcome};
 use super::offsets::OffsetAndMetadata;
-use super::{Consumer, ConsumerConfig, ConsumerGroupMetadata, State};
+use super::{Consumer, ConsumerConfig, ConsumerGroupMetadata, IsolationLevel, State};
 use crate::error::{Error, Result};
 use crate::metadata::{Cluster, TopicPartition};
 
@@ -158,6 +158,7 @@ impl GroupContext {
             Duration::from_millis(config.max_poll_interval_ms),
             Duration::from_millis(config.retry_backoff_ms),
             Duration::from_millis(config.default_api_timeout_ms),
+            config.isolation_level == IsolationLevel::ReadCommitted,
         ));
         let heartbeat = coordinator::spawn_heartbeat(coordinator.clone());
         let (commits, mut jobs) = mpsc::unbounded_channel::<CommitJob>();

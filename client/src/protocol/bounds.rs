@@ -609,17 +609,29 @@ static OFFSET_FOR_LEADER_EPOCH: Message = Message {
 // batched form), AddOffsetsToTxn, EndTxn, TxnOffsetCommit, WriteTxnMarkers (broker to broker),
 // ListTransactions and DescribeTransactions (KIP-664).
 static TXN_TOPIC: Struct = Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+// transactional_id, producer_id, producer_epoch, verify_only, topics
+static ADD_PARTITIONS_TO_TXN_TRANSACTION: Struct = Struct {
+    fields: &[
+        f(0, ANY, Ty::String),
+        f(0, ANY, INT64),
+        f(0, ANY, INT16),
+        f(0, ANY, BOOL),
+        f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC))),
+    ],
+    tagged: &[],
+};
 static ADD_PARTITIONS_TO_TXN: Message = Message {
     name: "AddPartitionsToTxn",
     min_version: 0,
-    max_version: 3,
+    max_version: 4,
     flexible_from: 3,
     body: Struct {
         fields: &[
-            f(0, ANY, Ty::String),                         // transactional_id
-            f(0, ANY, INT64),                              // producer_id
-            f(0, ANY, INT16),                              // producer_epoch
-            f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC))), // topics
+            f(4, ANY, Ty::Array(&Ty::Struct(&ADD_PARTITIONS_TO_TXN_TRANSACTION))), // transactions
+            f(0, 3, Ty::String),                                                   // transactional_id
+            f(0, 3, INT64),                                                        // producer_id
+            f(0, 3, INT16),                                                        // producer_epoch
+            f(0, 3, Ty::Array(&Ty::Struct(&TXN_TOPIC))),                           // topics
         ],
         tagged: &[],
     },
@@ -1409,6 +1421,24 @@ mod tests {
                 .with_v3_and_below_topics(vec![t.clone(), t])
                 .with_unknown_tagged_fields(tags(v, 3));
             assert_walks_exactly(ApiKey::AddPartitionsToTxn, v, &m);
+        }
+        {
+            use crate::protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTransaction;
+            let t = AddPartitionsToTxnTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![0, 1])
+                .with_unknown_tagged_fields(tags(4, 3));
+            let x = AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(tid())
+                .with_producer_id(ProducerId(7))
+                .with_producer_epoch(1)
+                .with_verify_only(true)
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(4, 3));
+            let m = AddPartitionsToTxnRequest::default()
+                .with_transactions(vec![x.clone(), x])
+                .with_unknown_tagged_fields(tags(4, 3));
+            assert_walks_exactly(ApiKey::AddPartitionsToTxn, 4, &m);
         }
         for v in 0..=4 {
             let m = AddOffsetsToTxnRequest::default()

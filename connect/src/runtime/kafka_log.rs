@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spate_client::admin::{NewTopic, OffsetSpec};
-use spate_client::{Admin, Consumer, ConsumerConfig, ConsumerRecord, Producer, ProducerRecord, TopicPartition};
+use spate_client::{
+    Admin, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, Producer, ProducerRecord, TopicPartition,
+};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -30,6 +32,9 @@ pub struct KafkaLog {
     partitions: Vec<TopicPartition>,
     /// Next offset applied, per partition.
     applied: watch::Receiver<BTreeMap<i32, i64>>,
+    /// Read `read_committed` (the offsets topic with exactly-once sources): its end is the last
+    /// stable offset.
+    read_committed: bool,
     tail: tokio::task::AbortHandle,
 }
 
@@ -53,6 +58,7 @@ impl KafkaLog {
         let meta = admin.cluster().topic(&spec.name).await?;
         let partitions: Vec<TopicPartition> =
             (0..meta.partitions.len() as i32).map(|p| TopicPartition::new(spec.name.clone(), p)).collect();
+        let read_committed = consumer_config.isolation_level == IsolationLevel::ReadCommitted;
         let mut config = consumer_config;
         config.group_id = None;
         config.enable_auto_commit = false;
@@ -88,7 +94,7 @@ impl KafkaLog {
             }
         })
         .abort_handle();
-        Ok(KafkaLog { topic: spec.name, producer, admin, partitions, applied, tail })
+        Ok(KafkaLog { topic: spec.name, producer, admin, partitions, applied, read_committed, tail })
     }
 
     /// The topic's name.
@@ -100,7 +106,11 @@ impl KafkaLog {
     pub async fn read_to_end(&self, timeout: Duration) -> Result<()> {
         let wanted: Vec<(TopicPartition, OffsetSpec)> =
             self.partitions.iter().map(|tp| (tp.clone(), OffsetSpec::Latest)).collect();
-        let ends = self.admin.list_offsets(&wanted).await?;
+        let ends = if self.read_committed {
+            self.admin.list_offsets_read_committed(&wanted).await?
+        } else {
+            self.admin.list_offsets(&wanted).await?
+        };
         let mut applied = self.applied.clone();
         let done = |positions: &BTreeMap<i32, i64>| {
             ends.iter()

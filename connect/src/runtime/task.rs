@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value as Json};
 use spate_client::{
-    Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, OffsetAndMetadata, Producer, ProducerRecord,
-    TopicPartition,
+    Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, OffsetAndMetadata, Producer, ProducerConfig,
+    ProducerRecord, TopicPartition,
 };
 use tokio::runtime::Handle;
 use tracing::{info, warn};
@@ -111,6 +111,9 @@ pub struct TaskEnv {
     pub worker_defaults: Props,
     pub plugins_dir: PathBuf,
     pub producer: Producer,
+    /// With `exactly.once.source.support=enabled`, the config of this source task's own
+    /// transactional producer (its `transactional.id` set); `None` otherwise.
+    pub transactional_producer: Option<ProducerConfig>,
     pub admin: spate_client::Admin,
     pub offsets: Arc<Mutex<OffsetState>>,
     pub offset_log: Arc<KafkaLog>,
@@ -181,7 +184,11 @@ fn with_retries<T>(policy: &ErrorPolicy, control: &TaskControl, mut op: impl FnM
 
 /// Runs a source task until stopped or failed. Reports its own states.
 pub fn run_source(env: TaskEnv, mut task: Box<dyn SourceTask>) {
-    let result = source_loop(&env, task.as_mut());
+    let result = match env.transactional_producer.clone() {
+        Some(config) => source_loop_exactly_once(&env, task.as_mut(), config),
+        None => TransactionBoundary::from_config(&env.connector_config, false, env.offset_flush_interval)
+            .and_then(|_| source_loop(&env, task.as_mut())),
+    };
     task.stop();
     finish(&env, result);
 }
@@ -271,16 +278,7 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             }
             Ok::<(), ConnectError>(())
         })?;
-        {
-            // Apply locally at once so a restarted task on this worker sees them even before
-            // the tail reads them back.
-            let mut state = env.offsets.lock().expect("offset state");
-            for (partition, offset) in &entries {
-                let key = offset_key(&env.connector, partition);
-                let value = (!offset.is_null()).then(|| serde_json::to_vec(offset).unwrap_or_default());
-                state.apply(&key, value.as_deref());
-            }
-        }
+        apply_offsets_locally(env, &entries);
         task.commit(&entries)
     };
     // Errors leave the loop through `failure` (not `?`), so what was acknowledged before the
@@ -320,46 +318,9 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
         }
         let started = Instant::now();
         let batch = attempt!(with_retries(&p.policy, &env.control, || task.poll(Duration::from_millis(100))));
-        let Some(SourceBatch { records, offsets, failed }) = batch else { continue };
-        let polled = records.len() as u64;
-        env.metrics.records_in.fetch_add(polled, Ordering::Relaxed);
-        let mut failures: Vec<FailedRecord> = failed;
-        let records = p.chain.apply_batch(records, &mut failures);
-        let mut out = Vec::with_capacity(records.len());
-        let mut bytes_out = 0u64;
-        // Records without a timestamp get the batch's (what the producer would stamp, read
-        // once per batch instead of once per record).
-        let batch_time_ms = wall_clock_ms();
-        for mut r in records {
-            r.timestamp_ms.get_or_insert(batch_time_ms);
-            match convert_out(&p, r) {
-                Ok((topic, pr)) => {
-                    bytes_out += pr.value.as_ref().map_or(0, |v| v.len() as u64);
-                    if !topics_seen.contains(&topic) {
-                        topics_seen.insert(topic.clone());
-                        env.status.topic_used(&env.connector, env.task, &topic);
-                    }
-                    out.push((topic, pr));
-                }
-                Err((stage, error, r)) => failures.push(FailedRecord {
-                    record: *r,
-                    error: Arc::new(error),
-                    stage,
-                    class_name: converter_name(&p, stage).to_owned(),
-                }),
-            }
-        }
-        env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
-        let dlq = attempt!(route_failures(
-            &p.policy,
-            &p.task_ref,
-            failures.into_iter().map(|f| (f, None)).collect(),
-            &p.key_converter,
-            &p.value_converter,
-            &env.producer,
-            &env.handle,
-            &env.metrics.dead_lettered,
-        ));
+        let Some(batch) = batch else { continue };
+        let Prepared { records: out, dead_letters: dlq, offsets, polled, bytes_out } =
+            attempt!(prepare_batch(env, &mut p, batch, &mut topics_seen));
         let n = out.len() as u64;
         let mut deliveries: Vec<DeliveryFuture> = attempt!(env.handle.block_on(async {
             let mut d = Vec::with_capacity(out.len());
@@ -369,14 +330,7 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             Ok::<_, ConnectError>(d)
         }));
         deliveries.extend(dlq);
-        env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
-        env.metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-        env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let labels = [("connector", env.connector.clone()), ("task", env.task.to_string())];
-        metrics::counter!("spate_connect_source_records_total", &labels).increment(n);
-        metrics::counter!("spate_connect_source_polled_records_total", &labels).increment(polled);
-        metrics::counter!("spate_connect_source_bytes_total", &labels).increment(bytes_out);
-        metrics::histogram!("spate_connect_batch_latency_seconds", &labels).record(started.elapsed().as_secs_f64());
+        record_source_metrics(env, n, polled, bytes_out, started);
         let seq = next_seq;
         next_seq += 1;
         unacked.push_back((seq, UnackedBatch { offsets, acked: false }));
@@ -404,6 +358,271 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
     match (failure, stored) {
         (Some(e), _) | (None, Err(e)) => Err(e),
         (None, Ok(())) => Ok(()),
+    }
+}
+
+/// A polled batch, transformed and converted: what to produce, the dead-letter deliveries of
+/// its failures, and the source offsets it reaches.
+struct Prepared {
+    records: Vec<(Arc<str>, ProducerRecord)>,
+    dead_letters: Vec<DeliveryFuture>,
+    offsets: Vec<(Json, Json)>,
+    polled: u64,
+    bytes_out: u64,
+}
+
+/// Transforms and converts one polled batch; failures go where `errors.tolerance` says.
+fn prepare_batch(
+    env: &TaskEnv,
+    p: &mut Pipeline,
+    batch: SourceBatch,
+    topics_seen: &mut BTreeSet<Arc<str>>,
+) -> Result<Prepared> {
+    let SourceBatch { records, offsets, failed } = batch;
+    let polled = records.len() as u64;
+    env.metrics.records_in.fetch_add(polled, Ordering::Relaxed);
+    let mut failures: Vec<FailedRecord> = failed;
+    let records = p.chain.apply_batch(records, &mut failures);
+    let mut out = Vec::with_capacity(records.len());
+    let mut bytes_out = 0u64;
+    // Records without a timestamp get the batch's (what the producer would stamp, read
+    // once per batch instead of once per record).
+    let batch_time_ms = wall_clock_ms();
+    for mut r in records {
+        r.timestamp_ms.get_or_insert(batch_time_ms);
+        match convert_out(p, r) {
+            Ok((topic, pr)) => {
+                bytes_out += pr.value.as_ref().map_or(0, |v| v.len() as u64);
+                if !topics_seen.contains(&topic) {
+                    topics_seen.insert(topic.clone());
+                    env.status.topic_used(&env.connector, env.task, &topic);
+                }
+                out.push((topic, pr));
+            }
+            Err((stage, error, r)) => failures.push(FailedRecord {
+                record: *r,
+                error: Arc::new(error),
+                stage,
+                class_name: converter_name(p, stage).to_owned(),
+            }),
+        }
+    }
+    env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
+    let dead_letters = route_failures(
+        &p.policy,
+        &p.task_ref,
+        failures.into_iter().map(|f| (f, None)).collect(),
+        &p.key_converter,
+        &p.value_converter,
+        &env.producer,
+        &env.handle,
+        &env.metrics.dead_lettered,
+    )?;
+    Ok(Prepared { records: out, dead_letters, offsets, polled, bytes_out })
+}
+
+fn record_source_metrics(env: &TaskEnv, n: u64, polled: u64, bytes_out: u64, started: Instant) {
+    env.metrics.records_out.fetch_add(n, Ordering::Relaxed);
+    env.metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    env.metrics.last_batch_latency_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let labels = [("connector", env.connector.clone()), ("task", env.task.to_string())];
+    metrics::counter!("spate_connect_source_records_total", &labels).increment(n);
+    metrics::counter!("spate_connect_source_polled_records_total", &labels).increment(polled);
+    metrics::counter!("spate_connect_source_bytes_total", &labels).increment(bytes_out);
+    metrics::histogram!("spate_connect_batch_latency_seconds", &labels).record(started.elapsed().as_secs_f64());
+}
+
+fn config_error(key: &str, reason: String) -> ConnectError {
+    ConnectError::Config { key: key.to_owned(), reason }
+}
+
+/// Where an exactly-once source task's transactions end (`transaction.boundary`, KIP-618).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionBoundary {
+    /// One transaction per polled batch (Kafka's default).
+    Poll,
+    /// One transaction per `transaction.boundary.interval.ms` (default: the worker's
+    /// `offset.flush.interval.ms`).
+    Interval(Duration),
+}
+
+impl TransactionBoundary {
+    /// Reads `transaction.boundary` and `exactly.once.support` of a source connector's config.
+    /// `connector` (boundaries the connector defines) is refused: no connector here defines
+    /// them.
+    pub fn from_config(config: &Props, exactly_once_enabled: bool, flush_interval: Duration) -> Result<Self> {
+        let support = config.get("exactly.once.support").map(|s| s.trim()).unwrap_or("requested");
+        match support {
+            "requested" => {}
+            "required" if exactly_once_enabled => {}
+            "required" => {
+                return Err(config_error(
+                    "exactly.once.support",
+                    "required, but this worker runs with exactly.once.source.support disabled".into(),
+                ))
+            }
+            other => {
+                return Err(config_error("exactly.once.support", format!("must be requested or required, got {other}")))
+            }
+        }
+        match config.get("transaction.boundary").map(|s| s.trim()).unwrap_or("poll") {
+            "poll" => Ok(TransactionBoundary::Poll),
+            "interval" => {
+                let ms = match config.get("transaction.boundary.interval.ms") {
+                    None => -1,
+                    Some(v) => v.trim().parse::<i64>().map_err(|_| {
+                        config_error("transaction.boundary.interval.ms", format!("must be a number, got {v}"))
+                    })?,
+                };
+                Ok(TransactionBoundary::Interval(if ms < 0 {
+                    flush_interval
+                } else {
+                    Duration::from_millis(ms as u64)
+                }))
+            }
+            "connector" => Err(config_error(
+                "transaction.boundary",
+                "connector needs a connector that defines its transactions; Spate's connectors do not (use poll \
+                 or interval)"
+                    .into(),
+            )),
+            other => {
+                Err(config_error("transaction.boundary", format!("must be poll, interval or connector, got {other}")))
+            }
+        }
+    }
+}
+
+/// The exactly-once source loop (KIP-618): records and the source offsets they reach are
+/// written in one transaction of this task's own producer, so after any crash the offsets
+/// topic (read `read_committed`) and the output agree: nothing is lost and nothing repeats.
+/// Dead-letter records are the exception: they go through the worker's shared producer, at
+/// least once.
+fn source_loop_exactly_once(env: &TaskEnv, task: &mut dyn SourceTask, config: ProducerConfig) -> Result<()> {
+    let boundary = TransactionBoundary::from_config(&env.connector_config, true, env.offset_flush_interval)?;
+    let mut p = Pipeline::new(env)?;
+    // Fence first: once init_transactions returns, no older instance of this task (a zombie on
+    // a worker that lost its place) can commit again, so the offsets read next are final.
+    let producer = env.handle.block_on(async {
+        let producer = Producer::new(config).await?;
+        producer.init_transactions().await?;
+        Ok::<_, ConnectError>(producer)
+    })?;
+    env.handle.block_on(env.offset_log.read_to_end(Duration::from_secs(60)))?;
+    let context = SourceTaskContext {
+        connector: env.connector.clone(),
+        task_id: env.task,
+        offsets: Arc::new(ConnectorOffsets { state: env.offsets.clone(), connector: env.connector.clone() }),
+    };
+    task.start(&env.task_config, &context)?;
+    env.status.task_state(&env.connector, env.task, "RUNNING", None);
+    let mut txn = OpenTransaction::default();
+    let mut topics_seen: BTreeSet<Arc<str>> = BTreeSet::new();
+    let mut paused_reported = false;
+    let result = (|| -> Result<()> {
+        while !env.control.stop.load(Ordering::Relaxed) {
+            let due = match boundary {
+                TransactionBoundary::Poll => true,
+                TransactionBoundary::Interval(every) => txn.opened_at.is_some_and(|t| t.elapsed() >= every),
+            };
+            if due || env.control.paused.load(Ordering::Relaxed) {
+                txn.commit(env, &producer, task)?;
+            }
+            if env.control.paused.load(Ordering::Relaxed) {
+                if !paused_reported {
+                    env.status.task_state(&env.connector, env.task, "PAUSED", None);
+                    paused_reported = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            } else if paused_reported {
+                env.status.task_state(&env.connector, env.task, "RUNNING", None);
+                paused_reported = false;
+            }
+            let started = Instant::now();
+            let batch = with_retries(&p.policy, &env.control, || task.poll(Duration::from_millis(100)))?;
+            let Some(batch) = batch else { continue };
+            let prepared = prepare_batch(env, &mut p, batch, &mut topics_seen)?;
+            let n = prepared.records.len() as u64;
+            let (polled, bytes_out) = (prepared.polled, prepared.bytes_out);
+            txn.add(env, &producer, prepared)?;
+            record_source_metrics(env, n, polled, bytes_out, started);
+        }
+        // A graceful stop commits what is open.
+        txn.commit(env, &producer, task)
+    })();
+    if result.is_err() && txn.opened_at.is_some() {
+        // Its records and offsets are discarded together; the next instance redoes them.
+        let _ = env.handle.block_on(producer.abort_transaction());
+    }
+    let _ = env.handle.block_on(producer.close());
+    result
+}
+
+/// What the current transaction of an exactly-once source task holds.
+#[derive(Default)]
+struct OpenTransaction {
+    opened_at: Option<Instant>,
+    offsets: BTreeMap<String, (Json, Json)>,
+    dead_letters: Vec<DeliveryFuture>,
+}
+
+impl OpenTransaction {
+    fn add(&mut self, env: &TaskEnv, producer: &Producer, prepared: Prepared) -> Result<()> {
+        if self.opened_at.is_none() {
+            producer.begin_transaction()?;
+            self.opened_at = Some(Instant::now());
+        }
+        env.handle.block_on(async {
+            for (topic, record) in prepared.records {
+                // Delivery is settled by the commit: a failed send fails it.
+                drop(producer.send(&topic, record).await?);
+            }
+            Ok::<_, ConnectError>(())
+        })?;
+        self.dead_letters.extend(prepared.dead_letters);
+        for (partition, offset) in prepared.offsets {
+            self.offsets.insert(partition.to_string(), (partition, offset));
+        }
+        Ok(())
+    }
+
+    /// Writes the offsets into the transaction and commits it; then the task hears of them.
+    fn commit(&mut self, env: &TaskEnv, producer: &Producer, task: &mut dyn SourceTask) -> Result<()> {
+        if self.opened_at.is_none() {
+            return Ok(());
+        }
+        let entries: Vec<(Json, Json)> = std::mem::take(&mut self.offsets).into_values().collect();
+        let dead_letters = std::mem::take(&mut self.dead_letters);
+        env.handle.block_on(async {
+            for (partition, offset) in &entries {
+                let key = Bytes::from(offset_key(&env.connector, partition));
+                let value = (!offset.is_null()).then(|| Bytes::from(serde_json::to_vec(offset).unwrap_or_default()));
+                let record = ProducerRecord { key: Some(key), value, ..ProducerRecord::default() };
+                drop(producer.send(env.offset_log.topic(), record).await?);
+            }
+            // Dead letters are not in the transaction; the offsets must not pass them unless
+            // they landed.
+            for d in dead_letters {
+                d.await?;
+            }
+            producer.commit_transaction().await?;
+            Ok::<_, ConnectError>(())
+        })?;
+        self.opened_at = None;
+        apply_offsets_locally(env, &entries);
+        task.commit(&entries)
+    }
+}
+
+/// Applies stored offsets to this worker's view at once, so a task restarted here sees them
+/// even before the tail reads them back.
+fn apply_offsets_locally(env: &TaskEnv, entries: &[(Json, Json)]) {
+    let mut state = env.offsets.lock().expect("offset state");
+    for (partition, offset) in entries {
+        let key = offset_key(&env.connector, partition);
+        let value = (!offset.is_null()).then(|| serde_json::to_vec(offset).unwrap_or_default());
+        state.apply(&key, value.as_deref());
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value as Json;
 use spate_client::consumer::{ClassicGroupConfig, ClassicGroupMember};
-use spate_client::{Admin, Cluster, ConsumerConfig, Producer, ProducerConfig};
+use spate_client::{Admin, Cluster, ConsumerConfig, IsolationLevel, Producer, ProducerConfig};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -74,6 +74,12 @@ pub struct WorkerConfig {
     pub producer_buffer_memory: usize,
     /// Producer `linger.ms` for source records (default 5).
     pub producer_linger_ms: u64,
+    /// `exactly.once.source.support=enabled` (KIP-618; default disabled): every source task
+    /// writes its records and its source offsets in one transaction of its own transactional
+    /// producer (`transactional.id` = `<group.id>-<connector>-<task>`), and the offsets topic is
+    /// read `read_committed`. The leader fences the previous tasks' producers before it writes
+    /// new task configs.
+    pub exactly_once_source_support: bool,
 }
 
 impl WorkerConfig {
@@ -99,8 +105,32 @@ impl WorkerConfig {
             connector_defaults: Props::new(),
             producer_buffer_memory: 32 * 1024 * 1024,
             producer_linger_ms: 5,
+            exactly_once_source_support: false,
         }
     }
+}
+
+/// The producer settings of source records (the shared producer, and each exactly-once task's
+/// own).
+fn source_producer_config(config: &WorkerConfig) -> ProducerConfig {
+    ProducerConfig {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        client_id: "spate-connect-source".into(),
+        // As Kafka Connect's source producers: keep retrying through a broker outage
+        // instead of failing every task after two minutes (stopping still ends the wait).
+        delivery_timeout_ms: i32::MAX as u64,
+        max_block_ms: i32::MAX as u64,
+        linger_ms: config.producer_linger_ms,
+        batch_size: 256 * 1024,
+        buffer_memory: config.producer_buffer_memory,
+        ..ProducerConfig::default()
+    }
+}
+
+/// The `transactional.id` of an exactly-once source task (Kafka Connect's
+/// `<group.id>-<connector>-<task>`).
+pub fn source_transactional_id(group_id: &str, connector: &str, task: u32) -> String {
+    format!("{group_id}-{connector}-{task}")
 }
 
 /// What this worker knows of the current generation.
@@ -171,19 +201,7 @@ impl Worker {
             ..ProducerConfig::default()
         })
         .await?;
-        let data_producer = Producer::new(ProducerConfig {
-            bootstrap_servers: config.bootstrap_servers.clone(),
-            client_id: "spate-connect-source".into(),
-            // As Kafka Connect's source producers: keep retrying through a broker outage
-            // instead of failing every task after two minutes (stopping still ends the wait).
-            delivery_timeout_ms: i32::MAX as u64,
-            max_block_ms: i32::MAX as u64,
-            linger_ms: config.producer_linger_ms,
-            batch_size: 256 * 1024,
-            buffer_memory: config.producer_buffer_memory,
-            ..ProducerConfig::default()
-        })
-        .await?;
+        let data_producer = Producer::new(source_producer_config(&config)).await?;
         let consumer_config = ConsumerConfig {
             bootstrap_servers: config.bootstrap_servers.clone(),
             client_id: "spate-connect-internal".into(),
@@ -214,7 +232,16 @@ impl Worker {
         let offset_log = KafkaLog::start(
             admin.clone(),
             internal_producer.clone(),
-            consumer_config.clone(),
+            ConsumerConfig {
+                // Exactly-once source tasks write offsets in their transactions: an aborted
+                // transaction's offsets must never be applied.
+                isolation_level: if config.exactly_once_source_support {
+                    IsolationLevel::ReadCommitted
+                } else {
+                    IsolationLevel::ReadUncommitted
+                },
+                ..consumer_config.clone()
+            },
             TopicSpec {
                 name: config.offset_storage_topic.clone(),
                 partitions: config.offset_storage_partitions,
@@ -394,6 +421,14 @@ impl Shared {
                 })
                 .collect();
             if wanted != tasks {
+                if self.config.exactly_once_source_support
+                    && plugin.kind() == ConnectorType::Source
+                    && !tasks.is_empty()
+                {
+                    // KIP-618: no task of the previous configs may commit once the new ones
+                    // exist (a task id the new configs do not reuse has no successor to fence it).
+                    self.fence_source_tasks(&name, tasks.len()).await?;
+                }
                 info!(connector = %name, tasks = wanted.len(), "writing task configs");
                 for (i, t) in wanted.iter().enumerate() {
                     let bytes = serde_json::to_vec(&config_state::properties_value(t)).unwrap_or_default();
@@ -407,6 +442,22 @@ impl Shared {
                     .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Fences the transactional producers of a source connector's `count` tasks.
+    async fn fence_source_tasks(&self, connector: &str, count: usize) -> Result<()> {
+        let ids: Vec<String> =
+            (0..count as u32).map(|t| source_transactional_id(&self.config.group_id, connector, t)).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for (id, result) in self.admin.fence_producers(&refs).await? {
+            result.map_err(|e| {
+                crate::error::ConnectError::Internal(format!(
+                    "fencing the producer of {id} before new task configs of {connector}: {e}"
+                ))
+            })?;
+        }
+        info!(connector, tasks = count, "fenced the previous tasks' transactional producers");
         Ok(())
     }
 
@@ -462,6 +513,15 @@ impl Shared {
         control.paused.store(target == TargetState::Paused, std::sync::atomic::Ordering::Relaxed);
         let metrics = Arc::new(TaskMetrics::default());
         self.task_metrics.lock().expect("metrics").insert((connector.to_owned(), task_id), metrics.clone());
+        let kind = plugin.kind();
+        let transactional_producer =
+            (self.config.exactly_once_source_support && kind == ConnectorType::Source).then(|| ProducerConfig {
+                client_id: format!("spate-connect-{connector}-{task_id}"),
+                transactional_id: Some(source_transactional_id(&self.config.group_id, connector, task_id)),
+                // A transaction's bytes wait for its commit: bounded per task.
+                buffer_memory: self.config.producer_buffer_memory,
+                ..source_producer_config(&self.config)
+            });
         let env = TaskEnv {
             handle: self.handle.clone(),
             connector: connector.to_owned(),
@@ -471,6 +531,7 @@ impl Shared {
             worker_defaults: self.config.connector_defaults.clone(),
             plugins_dir: self.config.plugin_path.clone(),
             producer: self.data_producer.clone(),
+            transactional_producer,
             admin: self.admin.clone(),
             offsets: self.offset_state.clone(),
             offset_log: self.offset_log.clone(),
@@ -484,7 +545,6 @@ impl Shared {
             metrics: metrics.clone(),
             status: self.clone() as Arc<dyn StatusSink>,
         };
-        let kind = plugin.kind();
         let name = format!("{connector}-{task_id}");
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             let created = match kind {
