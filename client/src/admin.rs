@@ -762,9 +762,10 @@ impl Admin {
     /// InitProducerId at each id's coordinator bumps its epoch, so an older instance can no
     /// longer write or commit, and aborts a transaction it left open. Each id's outcome apart.
     pub async fn fence_producers(&self, transactional_ids: &[&str]) -> Result<BTreeMap<String, Result<()>>> {
-        let deadline = tokio::time::Instant::now() + self.timeout();
         let mut out = BTreeMap::new();
         for &id in transactional_ids {
+            // Each id has the whole timeout: a slow one does not shorten the next one's.
+            let deadline = tokio::time::Instant::now() + self.timeout();
             let result = loop {
                 let attempt = async {
                     let coordinator = self

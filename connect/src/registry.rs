@@ -124,9 +124,10 @@ pub fn common_config_def(kind: ConnectorType) -> ConfigDef {
                 Some("-1"),
                 Importance::Low,
                 "With transaction.boundary=interval, how long a transaction stays open (-1: the worker's \
-                 offset.flush.interval.ms).",
+                 offset.flush.interval.ms; at most 10 minutes). The task's transaction.timeout.ms is this plus a \
+                 minute.",
             )
-            .with_validator(Validator::Range { min: -1.0, max: 86_400_000.0 })
+            .with_validator(Validator::Range { min: -1.0, max: 600_000.0 })
             .in_group("Exactly once"),
     };
     def.merge(&crate::runtime::errors::config_def())

@@ -4,7 +4,7 @@
 //! and describes transactions.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spate_client::admin::{AdminConfig, NewTopic};
 use spate_client::{
@@ -234,6 +234,44 @@ async fn read_committed_waits_for_pending_offsets_and_lags_to_the_lso() {
     assert_eq!(consumer.high_watermark(&tp).await, Some(8));
     assert_eq!(consumer.lag(&tp).await.unwrap(), Some(0), "caught up to the LSO: nothing more is readable");
     producer.abort_transaction().await.unwrap();
+    consumer.close().await.unwrap();
+
+    // A group member whose partition's offsets a transaction is still committing (offset 6,
+    // with "h" at offset 9 after the ABORT marker at 8): polls return within their timeout with
+    // nothing (no fallback to the old offset 2, nor to auto.offset.reset), and once the
+    // transaction commits the member starts at 6.
+    producer.begin_transaction().unwrap();
+    producer.send("stable", ProducerRecord::new("h").with_partition(0)).await.unwrap().await.unwrap();
+    let offsets = BTreeMap::from([(tp.clone(), OffsetAndMetadata::new(6))]);
+    producer.send_offsets_to_transaction(&offsets, &ConsumerGroupMetadata::new("stable-group")).await.unwrap();
+    let member = Consumer::new(ConsumerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        group_id: Some("stable-group".into()),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        isolation_level: IsolationLevel::ReadCommitted,
+        enable_auto_commit: false,
+        fetch_max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .unwrap();
+    member.subscribe(&["stable"]).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let records = member.poll(Duration::from_millis(300)).await.unwrap();
+        assert!(records.is_empty(), "read before the offsets were stable: {records:?}");
+        assert!(asked.elapsed() < Duration::from_secs(5), "a poll waited {:?}", asked.elapsed());
+    }
+    producer.commit_transaction().await.unwrap();
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.is_none() && Instant::now() < deadline {
+        first = member.poll(Duration::from_millis(300)).await.unwrap().into_iter().next();
+    }
+    let first = first.expect("a record after the commit");
+    assert_eq!((first.offset, first.value.as_deref()), (9, Some(&b"h"[..])), "started at the committed offset 6");
+    member.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,8 +75,11 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
             let answer = verify(&broker, &id, producer_id, producer_epoch, &tps).await;
             for (i, (at, _, guard)) in partitions.into_iter().enumerate() {
                 let verdict = match &answer {
-                    Ok(codes) if codes[i] == ErrorCode::NONE => Ok(guard),
-                    Ok(codes) => Err(produce_error(codes[i])),
+                    // A code missing from the answer is no confirmation.
+                    Ok(codes) => match codes.get(i).copied().unwrap_or(ErrorCode::INVALID_TXN_STATE) {
+                        ErrorCode::NONE => Ok(guard),
+                        code => Err(produce_error(code)),
+                    },
                     Err(code) => Err(produce_error(*code)),
                 };
                 verdicts.insert(at, verdict);

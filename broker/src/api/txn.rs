@@ -159,7 +159,7 @@ async fn add_one(
                 .iter()
                 .map(|&p| {
                     let code = match &result {
-                        Ok(codes) => codes[i],
+                        Ok(codes) => codes.get(i).copied().unwrap_or(ErrorCode::INVALID_TXN_STATE),
                         Err(_) if image.partition(&t.name, p).is_none() => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
                         Err(_) if crate::group::is_internal_topic(&t.name) => ErrorCode::TOPIC_AUTHORIZATION_FAILED,
                         Err(code) => fenced_for(version, *code),

@@ -25,6 +25,8 @@ use crate::group::partition_for;
 /// How long a leader waits for a remote coordinator's answer. The produce request's client
 /// retries (NOT_ENOUGH_REPLICAS) rather than waiting out its whole request timeout.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// AddPartitionsToTxn's first version with `verify_only`.
+const VERIFY_VERSION: i16 = 4;
 
 /// Connections to the coordinators on other brokers, by node id.
 #[derive(Default)]
@@ -108,7 +110,18 @@ pub async fn verify(
     let request = AddPartitionsToTxnRequest::default().with_transactions(vec![transaction]);
     let peers = &broker.txns.peers;
     let response: AddPartitionsToTxnResponse = match peers.get(broker, leader, address).await {
-        Ok(conn) => match conn.send(ApiKey::AddPartitionsToTxn, 4, &request).await {
+        // A coordinator on an older broker (a rolling upgrade) cannot be asked: writes are let
+        // through unverified, as before, rather than stalled.
+        Ok(conn)
+            if !conn
+                .broker_versions()
+                .range(ApiKey::AddPartitionsToTxn)
+                .is_some_and(|(min, max)| (min..=max).contains(&VERIFY_VERSION)) =>
+        {
+            debug!(leader, "the coordinator's broker predates AddPartitionsToTxn v4; not verifying");
+            return Ok(vec![ErrorCode::NONE; partitions.len()]);
+        }
+        Ok(conn) => match conn.send(ApiKey::AddPartitionsToTxn, VERIFY_VERSION, &request).await {
             Ok(r) => r,
             Err(err) => {
                 debug!(leader, error = %err, "transaction verification failed");

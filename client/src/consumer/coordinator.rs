@@ -290,10 +290,19 @@ impl Coordinator {
         &self,
         partitions: &[TopicPartition],
     ) -> Result<BTreeMap<TopicPartition, Option<OffsetAndMetadata>>> {
+        self.fetch_committed_until(partitions, tokio::time::Instant::now() + self.api_timeout).await
+    }
+
+    /// [`Coordinator::fetch_committed`], retrying retriable answers (UNSTABLE_OFFSET_COMMIT
+    /// included) only until `deadline`.
+    pub async fn fetch_committed_until(
+        &self,
+        partitions: &[TopicPartition],
+        deadline: tokio::time::Instant,
+    ) -> Result<BTreeMap<TopicPartition, Option<OffsetAndMetadata>>> {
         if partitions.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let deadline = tokio::time::Instant::now() + self.api_timeout;
         loop {
             let conn = self.connection().await?;
             let version = conn.version(ApiKey::OffsetFetch)?;

@@ -614,7 +614,10 @@ impl Consumer {
     /// Looks up the position of every partition that needs a reset, per `auto.offset.reset` or
     /// an explicit `seek_to_beginning`/`seek_to_end`, retrying leader moves until `deadline`.
     async fn resolve_positions(&self, state: &mut State, deadline: tokio::time::Instant) -> Result<()> {
-        self.seek_to_committed(state).await?;
+        if !self.seek_to_committed(state, deadline).await? {
+            // Offsets still being committed by a transaction: no reset to auto.offset.reset.
+            return Ok(());
+        }
         let mut wanted = Vec::new();
         for (tp, ps) in &state.assignment {
             if ps.position.is_some() {

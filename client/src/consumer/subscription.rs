@@ -442,9 +442,12 @@ impl Consumer {
     }
 
     /// Seeks newly assigned partitions to the group's committed offsets (once each); those
-    /// without one are left to `auto.offset.reset`.
-    pub(super) async fn seek_to_committed(&self, state: &mut State) -> Result<()> {
-        let Some(g) = &self.group else { return Ok(()) };
+    /// without one are left to `auto.offset.reset`. Returns false when the coordinator still
+    /// answered UNSTABLE_OFFSET_COMMIT at `deadline` (a transaction is committing offsets of
+    /// these partitions, KIP-447): their positions stay unknown and the next poll asks again,
+    /// so a poll never waits past its timeout for another producer's transaction.
+    pub(super) async fn seek_to_committed(&self, state: &mut State, deadline: tokio::time::Instant) -> Result<bool> {
+        let Some(g) = &self.group else { return Ok(true) };
         let wanted: Vec<TopicPartition> = state
             .assignment
             .iter()
@@ -452,9 +455,13 @@ impl Consumer {
             .map(|(tp, _)| tp.clone())
             .collect();
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let found = g.coordinator.fetch_committed(&wanted).await?;
+        let found = match g.coordinator.fetch_committed_until(&wanted, deadline).await {
+            Ok(found) => found,
+            Err(e) if e.code() == Some(crate::protocol::ErrorCode::UNSTABLE_OFFSET_COMMIT) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         for tp in wanted {
             let Some(ps) = state.assignment.get_mut(&tp) else { continue };
             ps.committed_checked = true;
@@ -463,7 +470,7 @@ impl Consumer {
                 ps.seek(committed.offset);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Whether `poll` must stop fetching and rejoin the group.

@@ -239,10 +239,10 @@ fn batch_error_needs_epoch_bump(error: &Error) -> bool {
     )
 }
 
-/// One attempt of a coordinator request.
 /// Backoff after CONCURRENT_TRANSACTIONS while the previous transaction completes.
 const CONCURRENT_TRANSACTIONS_BACKOFF: Duration = Duration::from_millis(20);
 
+/// One attempt of a coordinator request.
 enum Attempt<T> {
     Done(T),
     /// The coordinator said "not now"; the attempt already forgot a coordinator that moved.
@@ -366,11 +366,13 @@ impl TransactionManager {
                     _ => return Err(error),
                 },
             };
-            // CONCURRENT_TRANSACTIONS before this transaction added anything: the previous one
-            // is still writing its markers, which takes milliseconds; the full backoff would cost
+            // CONCURRENT_TRANSACTIONS on the first AddPartitionsToTxn/AddOffsetsToTxn of a
+            // transaction: the previous one is still writing its markers, which takes milliseconds; the full backoff would cost
             // every short transaction 100 ms (Java's client retries its first AddPartitionsToTxn
             // after 20 ms for the same reason).
-            let backoff = if error.code() == Some(ErrorCode::CONCURRENT_TRANSACTIONS) && !self.lock().started {
+            let adding = what == "AddPartitionsToTxn" || what == "AddOffsetsToTxn";
+            let backoff = if adding && error.code() == Some(ErrorCode::CONCURRENT_TRANSACTIONS) && !self.lock().started
+            {
                 self.retry_backoff.min(CONCURRENT_TRANSACTIONS_BACKOFF)
             } else {
                 self.retry_backoff

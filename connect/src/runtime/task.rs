@@ -185,9 +185,18 @@ fn with_retries<T>(policy: &ErrorPolicy, control: &TaskControl, mut op: impl FnM
 /// Runs a source task until stopped or failed. Reports its own states.
 pub fn run_source(env: TaskEnv, mut task: Box<dyn SourceTask>) {
     let result = match env.transactional_producer.clone() {
-        Some(config) => source_loop_exactly_once(&env, task.as_mut(), config),
-        None => TransactionBoundary::from_config(&env.connector_config, false, env.offset_flush_interval)
-            .and_then(|_| source_loop(&env, task.as_mut())),
+        Some(config) => match source_loop_exactly_once(&env, task.as_mut(), config) {
+            Err(e) if is_fenced(&e) => {
+                // Not a failure of this task: a newer instance owns it (and its status) now.
+                warn!(connector = %env.connector, task = env.task, error = %e, "fenced by a newer instance of this task; stopping");
+                task.stop();
+                return;
+            }
+            other => other,
+        },
+        None => {
+            check_exactly_once_support(&env.connector_config, false).and_then(|()| source_loop(&env, task.as_mut()))
+        }
     };
     task.stop();
     finish(&env, result);
@@ -447,24 +456,10 @@ pub enum TransactionBoundary {
 }
 
 impl TransactionBoundary {
-    /// Reads `transaction.boundary` and `exactly.once.support` of a source connector's config.
-    /// `connector` (boundaries the connector defines) is refused: no connector here defines
-    /// them.
-    pub fn from_config(config: &Props, exactly_once_enabled: bool, flush_interval: Duration) -> Result<Self> {
-        let support = config.get("exactly.once.support").map(|s| s.trim()).unwrap_or("requested");
-        match support {
-            "requested" => {}
-            "required" if exactly_once_enabled => {}
-            "required" => {
-                return Err(config_error(
-                    "exactly.once.support",
-                    "required, but this worker runs with exactly.once.source.support disabled".into(),
-                ))
-            }
-            other => {
-                return Err(config_error("exactly.once.support", format!("must be requested or required, got {other}")))
-            }
-        }
+    /// Reads `transaction.boundary` (and `transaction.boundary.interval.ms`) of a source
+    /// connector's config. `connector` (boundaries the connector defines) is refused: no
+    /// connector here defines them.
+    pub fn from_config(config: &Props, flush_interval: Duration) -> Result<Self> {
         match config.get("transaction.boundary").map(|s| s.trim()).unwrap_or("poll") {
             "poll" => Ok(TransactionBoundary::Poll),
             "interval" => {
@@ -474,11 +469,18 @@ impl TransactionBoundary {
                         config_error("transaction.boundary.interval.ms", format!("must be a number, got {v}"))
                     })?,
                 };
-                Ok(TransactionBoundary::Interval(if ms < 0 {
-                    flush_interval
-                } else {
-                    Duration::from_millis(ms as u64)
-                }))
+                let interval = if ms < 0 { flush_interval } else { Duration::from_millis(ms as u64) };
+                if interval > MAX_TRANSACTION_INTERVAL {
+                    return Err(config_error(
+                        "transaction.boundary.interval.ms",
+                        format!(
+                            "{} ms is longer than the {} ms a task's transaction may stay open",
+                            interval.as_millis(),
+                            MAX_TRANSACTION_INTERVAL.as_millis()
+                        ),
+                    ));
+                }
+                Ok(TransactionBoundary::Interval(interval))
             }
             "connector" => Err(config_error(
                 "transaction.boundary",
@@ -491,6 +493,44 @@ impl TransactionBoundary {
             }
         }
     }
+
+    /// The `transaction.timeout.ms` a task's producer needs: a transaction stays open up to
+    /// the interval, then commits (the coordinator aborts one older than its timeout).
+    pub fn transaction_timeout_ms(self) -> u64 {
+        let open = match self {
+            TransactionBoundary::Poll => Duration::ZERO,
+            TransactionBoundary::Interval(every) => every,
+        };
+        (open + TRANSACTION_TIMEOUT_MARGIN).as_millis() as u64
+    }
+}
+
+/// The longest `transaction.boundary.interval.ms` (the broker's `transaction.max.timeout.ms`
+/// is 15 minutes by default; the task's timeout adds a minute to the interval).
+pub const MAX_TRANSACTION_INTERVAL: Duration = Duration::from_secs(600);
+/// What a task's transaction timeout adds to its interval (and is, with `poll` boundaries):
+/// Kafka's default `transaction.timeout.ms`.
+const TRANSACTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+
+/// `exactly.once.support=required` needs a worker with exactly-once sources.
+pub fn check_exactly_once_support(config: &Props, exactly_once_enabled: bool) -> Result<()> {
+    match config.get("exactly.once.support").map(|s| s.trim()).unwrap_or("requested") {
+        "requested" => Ok(()),
+        "required" if exactly_once_enabled => Ok(()),
+        "required" => Err(config_error(
+            "exactly.once.support",
+            "required, but this worker runs with exactly.once.source.support disabled".into(),
+        )),
+        other => Err(config_error("exactly.once.support", format!("must be requested or required, got {other}"))),
+    }
+}
+
+/// Whether `e` says a newer instance of this task's transactional id took over (the leader
+/// fenced it before new task configs, or the task runs elsewhere now).
+fn is_fenced(e: &ConnectError) -> bool {
+    use spate_client::protocol::ErrorCode;
+    matches!(e, ConnectError::Kafka(k)
+        if matches!(k.code(), Some(ErrorCode::PRODUCER_FENCED | ErrorCode::INVALID_PRODUCER_EPOCH)))
 }
 
 /// The exactly-once source loop (KIP-618): records and the source offsets they reach are
@@ -499,7 +539,9 @@ impl TransactionBoundary {
 /// Dead-letter records are the exception: they go through the worker's shared producer, at
 /// least once.
 fn source_loop_exactly_once(env: &TaskEnv, task: &mut dyn SourceTask, config: ProducerConfig) -> Result<()> {
-    let boundary = TransactionBoundary::from_config(&env.connector_config, true, env.offset_flush_interval)?;
+    check_exactly_once_support(&env.connector_config, true)?;
+    let boundary = TransactionBoundary::from_config(&env.connector_config, env.offset_flush_interval)?;
+    let config = ProducerConfig { transaction_timeout_ms: boundary.transaction_timeout_ms(), ..config };
     let mut p = Pipeline::new(env)?;
     // Fence first: once init_transactions returns, no older instance of this task (a zombie on
     // a worker that lost its place) can commit again, so the offsets read next are final.

@@ -427,7 +427,20 @@ impl Shared {
                 {
                     // KIP-618: no task of the previous configs may commit once the new ones
                     // exist (a task id the new configs do not reuse has no successor to fence it).
-                    self.fence_source_tasks(&name, tasks.len()).await?;
+                    // A failure holds back this connector's new configs only.
+                    if let Err(e) = self.fence_source_tasks(&name, tasks.len()).await {
+                        warn!(connector = %name, error = %e, "fencing the previous tasks failed; new task configs wait");
+                        self.report(
+                            stores::connector_status_key(&name),
+                            Some(Status {
+                                state: "FAILED".into(),
+                                trace: Some(e.to_string()),
+                                worker_id: self.worker_id.clone(),
+                                generation: self.generation(),
+                            }),
+                        );
+                        continue;
+                    }
                 }
                 info!(connector = %name, tasks = wanted.len(), "writing task configs");
                 for (i, t) in wanted.iter().enumerate() {
