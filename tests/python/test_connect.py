@@ -384,6 +384,24 @@ def append(path: Path, lines, fh=None) -> None:
         f.write(data)
 
 
+def start_line_writer(log: Path, total: int, filler: str) -> tuple[threading.Thread, threading.Event]:
+    """Appends `line NNNNNN <filler * 40>` lines 0..total to `log` in chunks of 500, 40 ms apart, on
+    a thread; the event is set when all are written."""
+    done = threading.Event()
+
+    def writer():
+        with open(log, "ab") as f:
+            for start in range(0, total, 500):
+                f.write("".join(f"line {i:06d} {filler * 40}\n" for i in range(start, start + 500)).encode())
+                f.flush()
+                time.sleep(0.04)
+        done.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    return thread, done
+
+
 def high_watermark(bootstrap: str, topic: str) -> int:
     return watermarks(bootstrap, topic, 0)[1]
 
@@ -962,19 +980,8 @@ def test_kill_9_mid_stream_loses_no_line(connect_broker, connect_worker, tmp_pat
     create_connector(worker.url, "src-kill", file_source(log, topic))
     wait_for_state(worker.url, "src-kill", "RUNNING")
 
-    done = threading.Event()
-
-    def writer():
-        # 50 000 lines in chunks of 500, about 4 s of writing.
-        with open(log, "ab") as f:
-            for start in range(0, total, 500):
-                f.write("".join(f"line {i:06d} {'p' * 40}\n" for i in range(start, start + 500)).encode())
-                f.flush()
-                time.sleep(0.04)
-        done.set()
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
+    # 50 000 lines in chunks of 500, about 4 s of writing.
+    thread, done = start_line_writer(log, total, "p")
     wait_until(lambda: high_watermark(bootstrap, topic) >= 8000, 30, "8000 lines in the topic before the kill",
                interval_s=0.1)
     worker.kill9()
@@ -1026,19 +1033,8 @@ def test_exactly_once_source_killed_three_times_repeats_and_loses_nothing(connec
     create_connector(worker.url, "src-eos", file_source(log, topic, **{"exactly.once.support": "required"}))
     wait_for_state(worker.url, "src-eos", "RUNNING")
 
-    done = threading.Event()
-
-    def writer():
-        # 60 000 lines in chunks of 500, about 5 s of writing.
-        with open(log, "ab") as f:
-            for start in range(0, total, 500):
-                f.write("".join(f"line {i:06d} {'q' * 40}\n" for i in range(start, start + 500)).encode())
-                f.flush()
-                time.sleep(0.04)
-        done.set()
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
+    # 60 000 lines in chunks of 500, about 5 s of writing.
+    thread, done = start_line_writer(log, total, "q")
     killed_at = []
     for threshold in (8_000, 25_000, 45_000):
         wait_until(lambda: high_watermark(bootstrap, topic) >= threshold, 60, f"{threshold} offsets before a kill",

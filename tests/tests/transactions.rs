@@ -126,17 +126,7 @@ async fn consume_transform_produce_commits_output_and_offsets_together() {
     // Two instances in turn; the first aborts its last transaction, so those inputs are redone.
     let mut done = 0usize;
     for (instance, abort_last) in [(0, true), (1, false)] {
-        let consumer = Consumer::new(ConsumerConfig {
-            bootstrap_servers: vec![broker.bootstrap()],
-            group_id: Some("ctp".into()),
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            isolation_level: IsolationLevel::ReadCommitted,
-            enable_auto_commit: false,
-            fetch_max_wait_ms: 100,
-            ..ConsumerConfig::default()
-        })
-        .await
-        .unwrap();
+        let consumer = committed_member(&broker, "ctp").await;
         consumer.subscribe(&["in"]).await.unwrap();
         let producer = txn_producer(&broker, "ctp-app").await;
         let target = if instance == 0 { 250 } else { 500 };
@@ -169,6 +159,21 @@ async fn consume_transform_produce_commits_output_and_offsets_together() {
     assert_eq!(read_committed(&broker, "out", 500).await, expected, "each input exactly once in the output");
 }
 
+/// A read_committed consumer of `group` that commits nothing itself.
+async fn committed_member(broker: &TestBroker, group: &str) -> Consumer {
+    Consumer::new(ConsumerConfig {
+        bootstrap_servers: vec![broker.bootstrap()],
+        group_id: Some(group.into()),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        isolation_level: IsolationLevel::ReadCommitted,
+        enable_auto_commit: false,
+        fetch_max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// A read_committed consumer fetches committed offsets with `require_stable`: offsets a
 /// transaction is committing are waited for, not skipped (the previous ones would make it
 /// reprocess); and its lag is measured to the last stable offset, not the high watermark.
@@ -192,17 +197,7 @@ async fn read_committed_waits_for_pending_offsets_and_lags_to_the_lso() {
     let offsets = BTreeMap::from([(tp.clone(), OffsetAndMetadata::new(2))]);
     producer.send_offsets_to_transaction(&offsets, &ConsumerGroupMetadata::new("stable-group")).await.unwrap();
 
-    let consumer = Consumer::new(ConsumerConfig {
-        bootstrap_servers: vec![broker.bootstrap()],
-        group_id: Some("stable-group".into()),
-        auto_offset_reset: AutoOffsetReset::Earliest,
-        isolation_level: IsolationLevel::ReadCommitted,
-        enable_auto_commit: false,
-        fetch_max_wait_ms: 100,
-        ..ConsumerConfig::default()
-    })
-    .await
-    .unwrap();
+    let consumer = committed_member(&broker, "stable-group").await;
     // The commit lands half a second after the offset fetch starts: without require_stable the
     // fetch would answer "no offset" at once.
     let commit = async {
@@ -244,17 +239,7 @@ async fn read_committed_waits_for_pending_offsets_and_lags_to_the_lso() {
     producer.send("stable", ProducerRecord::new("h").with_partition(0)).await.unwrap().await.unwrap();
     let offsets = BTreeMap::from([(tp.clone(), OffsetAndMetadata::new(6))]);
     producer.send_offsets_to_transaction(&offsets, &ConsumerGroupMetadata::new("stable-group")).await.unwrap();
-    let member = Consumer::new(ConsumerConfig {
-        bootstrap_servers: vec![broker.bootstrap()],
-        group_id: Some("stable-group".into()),
-        auto_offset_reset: AutoOffsetReset::Earliest,
-        isolation_level: IsolationLevel::ReadCommitted,
-        enable_auto_commit: false,
-        fetch_max_wait_ms: 100,
-        ..ConsumerConfig::default()
-    })
-    .await
-    .unwrap();
+    let member = committed_member(&broker, "stable-group").await;
     member.subscribe(&["stable"]).await.unwrap();
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {

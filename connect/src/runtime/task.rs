@@ -223,10 +223,10 @@ struct UnackedBatch {
     acked: bool,
 }
 
-fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
-    let mut p = Pipeline::new(env)?;
-    // The task may have run on another worker until this rebalance: read every offset it
-    // stored there before resuming, or it would repeat records.
+/// Reads the offsets topic to its end, then starts the task with its stored offsets. The task
+/// may have run on another worker until this rebalance: without every offset it stored there
+/// it would repeat records.
+fn start_source_task(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
     env.handle.block_on(env.offset_log.read_to_end(Duration::from_secs(60)))?;
     let context = SourceTaskContext {
         connector: env.connector.clone(),
@@ -235,6 +235,12 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
     };
     task.start(&env.task_config, &context)?;
     env.status.task_state(&env.connector, env.task, "RUNNING", None);
+    Ok(())
+}
+
+fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
+    let mut p = Pipeline::new(env)?;
+    start_source_task(env, task)?;
     let (ack_tx, ack_rx) = mpsc::channel::<(u64, std::result::Result<(), String>)>();
     let mut unacked: VecDeque<(u64, UnackedBatch)> = VecDeque::new();
     let mut next_seq = 0u64;
@@ -310,16 +316,8 @@ fn source_loop(env: &TaskEnv, task: &mut dyn SourceTask) -> Result<()> {
             attempt!(commit(&mut committable, task));
             next_flush = Instant::now() + env.offset_flush_interval;
         }
-        if env.control.paused.load(Ordering::Relaxed) {
-            if !paused_reported {
-                env.status.task_state(&env.connector, env.task, "PAUSED", None);
-                paused_reported = true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if paused(env, &mut paused_reported) {
             continue;
-        } else if paused_reported {
-            env.status.task_state(&env.connector, env.task, "RUNNING", None);
-            paused_reported = false;
         }
         if unacked.len() >= MAX_UNACKED_BATCHES {
             attempt!(drain(&mut unacked, &mut committable, Some(Duration::from_millis(100))));
@@ -550,14 +548,7 @@ fn source_loop_exactly_once(env: &TaskEnv, task: &mut dyn SourceTask, config: Pr
         producer.init_transactions().await?;
         Ok::<_, ConnectError>(producer)
     })?;
-    env.handle.block_on(env.offset_log.read_to_end(Duration::from_secs(60)))?;
-    let context = SourceTaskContext {
-        connector: env.connector.clone(),
-        task_id: env.task,
-        offsets: Arc::new(ConnectorOffsets { state: env.offsets.clone(), connector: env.connector.clone() }),
-    };
-    task.start(&env.task_config, &context)?;
-    env.status.task_state(&env.connector, env.task, "RUNNING", None);
+    start_source_task(env, task)?;
     let mut txn = OpenTransaction::default();
     let mut topics_seen: BTreeSet<Arc<str>> = BTreeSet::new();
     let mut paused_reported = false;
@@ -570,16 +561,8 @@ fn source_loop_exactly_once(env: &TaskEnv, task: &mut dyn SourceTask, config: Pr
             if due || env.control.paused.load(Ordering::Relaxed) {
                 txn.commit(env, &producer, task)?;
             }
-            if env.control.paused.load(Ordering::Relaxed) {
-                if !paused_reported {
-                    env.status.task_state(&env.connector, env.task, "PAUSED", None);
-                    paused_reported = true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            if paused(env, &mut paused_reported) {
                 continue;
-            } else if paused_reported {
-                env.status.task_state(&env.connector, env.task, "RUNNING", None);
-                paused_reported = false;
             }
             let started = Instant::now();
             let batch = with_retries(&p.policy, &env.control, || task.poll(Duration::from_millis(100)))?;
@@ -666,6 +649,24 @@ fn apply_offsets_locally(env: &TaskEnv, entries: &[(Json, Json)]) {
         let value = (!offset.is_null()).then(|| serde_json::to_vec(offset).unwrap_or_default());
         state.apply(&key, value.as_deref());
     }
+}
+
+/// Whether the task is paused (then it has slept a little); reports PAUSED and RUNNING as
+/// the state changes.
+fn paused(env: &TaskEnv, reported: &mut bool) -> bool {
+    if env.control.paused.load(Ordering::Relaxed) {
+        if !*reported {
+            env.status.task_state(&env.connector, env.task, "PAUSED", None);
+            *reported = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        return true;
+    }
+    if *reported {
+        env.status.task_state(&env.connector, env.task, "RUNNING", None);
+        *reported = false;
+    }
+    false
 }
 
 fn converter_name(p: &Pipeline, stage: &str) -> &'static str {

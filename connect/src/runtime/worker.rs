@@ -382,14 +382,9 @@ impl Shared {
                 continue;
             }
             let Some(plugin) = config.get("connector.class").and_then(|c| self.plugins.find(c)) else {
-                self.report(
-                    stores::connector_status_key(&name),
-                    Some(Status {
-                        state: "FAILED".into(),
-                        trace: Some(format!("unknown connector class {:?}", config.get("connector.class"))),
-                        worker_id: self.worker_id.clone(),
-                        generation: self.generation(),
-                    }),
+                self.report_connector_failed(
+                    &name,
+                    format!("unknown connector class {:?}", config.get("connector.class")),
                 );
                 continue;
             };
@@ -398,15 +393,7 @@ impl Shared {
                 Ok(t) => t,
                 Err(e) => {
                     warn!(connector = %name, error = %e, "generating task configs failed");
-                    self.report(
-                        stores::connector_status_key(&name),
-                        Some(Status {
-                            state: "FAILED".into(),
-                            trace: Some(e.to_string()),
-                            worker_id: self.worker_id.clone(),
-                            generation: self.generation(),
-                        }),
-                    );
+                    self.report_connector_failed(&name, e.to_string());
                     continue;
                 }
             };
@@ -430,15 +417,7 @@ impl Shared {
                     // A failure holds back this connector's new configs only.
                     if let Err(e) = self.fence_source_tasks(&name, tasks.len()).await {
                         warn!(connector = %name, error = %e, "fencing the previous tasks failed; new task configs wait");
-                        self.report(
-                            stores::connector_status_key(&name),
-                            Some(Status {
-                                state: "FAILED".into(),
-                                trace: Some(e.to_string()),
-                                worker_id: self.worker_id.clone(),
-                                generation: self.generation(),
-                            }),
-                        );
+                        self.report_connector_failed(&name, e.to_string());
                         continue;
                     }
                 }
@@ -456,6 +435,19 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Marks a connector FAILED with `trace` (its config cannot become tasks).
+    fn report_connector_failed(&self, name: &str, trace: String) {
+        self.report(
+            stores::connector_status_key(name),
+            Some(Status {
+                state: "FAILED".into(),
+                trace: Some(trace),
+                worker_id: self.worker_id.clone(),
+                generation: self.generation(),
+            }),
+        );
     }
 
     /// Fences the transactional producers of a source connector's `count` tasks.
