@@ -1,8 +1,9 @@
 //! spate-streams with `processing.guarantee=exactly_once_v2` against a real broker: a per-key
 //! count with every update emitted (no record cache), so each key's committed output must be
-//! exactly 1, 2, …, n in order. A crash with a transaction open, a fenced producer, and a
-//! failover to another instance must each leave no duplicate, gap or step back in what a
-//! `read_committed` reader sees, and the store must hold the exact counts.
+//! exactly 1, 2, …, n in order. A crash with a transaction open, a fenced producer, a failover
+//! to another instance, and a crash of two stream threads counting in a window store must each
+//! leave no duplicate, gap or step back in what a `read_committed` reader sees, and the store
+//! must hold the exact counts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use spate_client::{
 };
 use spate_e2e::TestBroker;
 use spate_streams::serdes::{I64Serde, StringSerde};
+use spate_streams::window::TimeWindows;
 use spate_streams::{
     Consumed, Grouped, KafkaStreams, Materialized, Produced, StreamsBuilder, StreamsConfig, StreamsState, Topology,
 };
@@ -33,13 +35,21 @@ async fn create(bootstrap: &str, topics: &[(&str, i32)]) {
 
 /// `per_key` records for each of `keys` keys, interleaved, with a non-transactional producer.
 async fn produce_round(bootstrap: &str, topic: &str, keys: usize, per_key: usize) {
+    produce_round_at(bootstrap, topic, keys, per_key, None).await
+}
+
+/// [`produce_round`] with every record stamped `timestamp_ms` (default: now).
+async fn produce_round_at(bootstrap: &str, topic: &str, keys: usize, per_key: usize, timestamp_ms: Option<i64>) {
     let producer =
         Producer::new(ProducerConfig { bootstrap_servers: vec![bootstrap.to_string()], ..ProducerConfig::default() })
             .await
             .unwrap();
     let mut acks = Vec::new();
     for i in 0..keys * per_key {
-        let record = ProducerRecord::new(format!("v{i}")).with_key(format!("k{}", i % keys));
+        let mut record = ProducerRecord::new(format!("v{i}")).with_key(format!("k{}", i % keys));
+        if let Some(ts) = timestamp_ms {
+            record = record.with_timestamp_ms(ts);
+        }
         acks.push(producer.send(topic, record).await.unwrap());
     }
     for a in acks {
@@ -57,6 +67,22 @@ fn per_key_count(input: &str, output: &str) -> Topology {
         .count(Materialized::named("counts"))
         .unwrap()
         .to_stream()
+        .to(output, Produced::with(StringSerde, I64Serde));
+    builder.build().unwrap()
+}
+
+/// A per-key count in hour-long tumbling windows (a window store), every update emitted with
+/// the key `<key>@<window start>`.
+fn windowed_count(input: &str, output: &str) -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&[input], Consumed::with(StringSerde, StringSerde))
+        .group_by_key(Grouped::with(StringSerde, StringSerde))
+        .windowed_by(TimeWindows::of_size_with_grace(Duration::from_secs(3600), Duration::from_secs(86_400)).unwrap())
+        .count(Materialized::named("window-counts"))
+        .unwrap()
+        .to_stream()
+        .map(|w, n| (format!("{}@{}", w.key, w.window.start_ms), n))
         .to(output, Produced::with(StringSerde, I64Serde));
     builder.build().unwrap()
 }
@@ -213,6 +239,42 @@ async fn exactly_once_survives_a_crash_with_an_open_transaction() {
     produce_round(&bootstrap, "eos-in", keys, 10).await;
     expect_exact_counts(&reader, &mut seen, keys, 160, Duration::from_secs(90)).await;
     c.close().unwrap();
+}
+
+/// Window stores and two stream threads under exactly_once_v2: each thread has its own
+/// transactional producer and tasks; a crash with both threads' transactions open, then a
+/// restart on the same state directory, leaves every (key, window) count exactly 1, 2, …, n in
+/// the committed output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_with_window_stores_and_two_threads_survives_a_crash() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap();
+    create(&bootstrap, &[("win-in", 4), ("win-out", 4)]).await;
+    let keys = 16;
+    // Every record in the window [0 h, 1 h): one window per key, never closed (a day of grace).
+    let at = Some(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = || eos_config(&bootstrap, "eos-window", dir.path(), 3_000).set("num.stream.threads", "2").unwrap();
+    let reader = committed_reader(&bootstrap, "win-out").await;
+    let mut seen = Vec::new();
+
+    produce_round_at(&bootstrap, "win-in", keys, 30, at).await;
+    let mut a = start(windowed_count("win-in", "win-out"), config());
+    expect_exact_counts(&reader, &mut seen, keys, 30, Duration::from_secs(60)).await;
+    assert!(outputs_by_key(&seen).keys().all(|k| k.ends_with("@0")), "one window per key");
+
+    let before = processed(&a);
+    produce_round_at(&bootstrap, "win-in", keys, 30, at).await;
+    await_processed(&a, before).await;
+    a.crash();
+    drop(a);
+    expect_no_gap_or_repeat(&reader, &mut seen).await;
+
+    let mut b = start(windowed_count("win-in", "win-out"), config());
+    produce_round_at(&bootstrap, "win-in", keys, 30, at).await;
+    expect_exact_counts(&reader, &mut seen, keys, 90, Duration::from_secs(90)).await;
+    assert_eq!(b.state(), StreamsState::Running);
+    b.close().unwrap();
 }
 
 /// Another producer takes the stream thread's `transactional.id` (as a zombie's successor
