@@ -252,9 +252,9 @@ async fn find_hanging(
 ) -> Result<Vec<(TopicPartition, ProducerState, i64)>> {
     let now = now_ms();
     let mut candidates = Vec::new();
-    for tp in partitions {
-        let producers =
-            admin.describe_producers(tp).await.with_context(|| format!("describing the producers of {tp}"))?;
+    // One DescribeProducers per leader, not per partition.
+    for (tp, producers) in admin.describe_producers_of(partitions).await.context("describing producers")? {
+        let producers = producers.with_context(|| format!("describing the producers of {tp}"))?;
         for p in producers {
             if let Some(start) = p.current_transaction_start_offset {
                 if now - p.last_timestamp_ms > max_timeout_ms {

@@ -804,48 +804,77 @@ impl Admin {
     /// refresh while leadership moves): the producers with state there and where their open
     /// transactions begin.
     pub async fn describe_producers(&self, tp: &TopicPartition) -> Result<Vec<ProducerState>> {
+        self.describe_producers_of(std::slice::from_ref(tp))
+            .await?
+            .remove(tp)
+            .unwrap_or_else(|| Err(missing("DescribeProducers", &tp.to_string())))
+    }
+
+    /// DescribeProducers for many partitions: one request per leader (at most
+    /// [`DESCRIBE_PRODUCERS_BATCH`] partitions each), partitions whose leader moved asked again
+    /// after a metadata refresh until the request timeout. Each partition's outcome apart.
+    pub async fn describe_producers_of(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, Result<Vec<ProducerState>>>> {
         let deadline = tokio::time::Instant::now() + self.timeout();
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<TopicPartition> = partitions.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
         loop {
-            let attempt = async {
-                let (_leader, conn) = self.cluster.leader(tp).await?;
-                let request = DescribeProducersRequest::default().with_topics(vec![
-                    crate::protocol::messages::describe_producers_request::TopicRequest::default()
-                        .with_name(TopicName(str_bytes(tp.topic.clone())))
-                        .with_partition_indexes(vec![tp.partition]),
-                ]);
-                let response: DescribeProducersResponse = conn.send(ApiKey::DescribeProducers, 0, &request).await?;
-                let partition = response
-                    .topics
-                    .into_iter()
-                    .flat_map(|t| t.partitions)
-                    .find(|p| p.partition_index == tp.partition)
-                    .ok_or_else(|| Error::broker(ErrorCode::UNKNOWN_SERVER_ERROR, format!("no answer for {tp}")))?;
-                item_result(partition.error_code, partition.error_message.map(|m| m.to_string()), || {
-                    format!("describing the producers of {tp}")
-                })?;
-                Ok::<_, Error>(
-                    partition
-                        .active_producers
-                        .into_iter()
-                        .map(|p| ProducerState {
-                            producer_id: p.producer_id.0,
-                            producer_epoch: p.producer_epoch,
-                            last_sequence: p.last_sequence,
-                            last_timestamp_ms: p.last_timestamp,
-                            coordinator_epoch: p.coordinator_epoch,
-                            current_transaction_start_offset: (p.current_txn_start_offset >= 0)
-                                .then_some(p.current_txn_start_offset),
-                        })
-                        .collect(),
-                )
-            };
-            match attempt.await {
-                Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(LIST_OFFSETS_BACKOFF).await;
-                    self.cluster.refresh().await?;
+            // Retriable failures of this round, by partition (the last one is reported).
+            let mut retry: Vec<(TopicPartition, Error)> = Vec::new();
+            let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+            for tp in todo.drain(..) {
+                let leader = match self.cluster.topic(&tp.topic).await {
+                    Ok(topic) => match topic.partition(tp.partition) {
+                        Some(p) if p.leader >= 0 => Ok(p.leader),
+                        Some(_) => Err(Error::LeaderNotAvailable { topic: tp.topic.clone(), partition: tp.partition }),
+                        None => Err(Error::UnknownPartition { topic: tp.topic.clone(), partition: tp.partition }),
+                    },
+                    Err(e) => Err(e),
+                };
+                match leader {
+                    Ok(leader) => by_leader.entry(leader).or_default().push(tp),
+                    Err(e) if e.is_retriable() => retry.push((tp, e)),
+                    Err(e) => {
+                        out.insert(tp, Err(e));
+                    }
                 }
-                other => return other,
             }
+            for (leader, tps) in by_leader {
+                for chunk in tps.chunks(DESCRIBE_PRODUCERS_BATCH) {
+                    let answered = match self.cluster.broker(leader).await {
+                        Ok(conn) => describe_producers_at(&conn, chunk).await,
+                        Err(e) => Err(e),
+                    };
+                    match answered {
+                        Ok(results) => {
+                            for (tp, result) in results {
+                                match result {
+                                    Err(e) if e.is_retriable() => retry.push((tp, e)),
+                                    result => {
+                                        out.insert(tp, result);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) if e.is_retriable() => {
+                            let reason = e.to_string();
+                            retry.extend(chunk.iter().map(|tp| {
+                                (tp.clone(), Error::broker(ErrorCode::NOT_LEADER_OR_FOLLOWER, reason.clone()))
+                            }));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if retry.is_empty() || tokio::time::Instant::now() >= deadline {
+                out.extend(retry.into_iter().map(|(tp, e)| (tp, Err(e))));
+                return Ok(out);
+            }
+            tokio::time::sleep(LIST_OFFSETS_BACKOFF).await;
+            self.cluster.refresh().await?;
+            todo = retry.into_iter().map(|(tp, _)| tp).collect();
         }
     }
 
@@ -1426,6 +1455,63 @@ pub(crate) async fn list_offsets(
 
 /// Wait between ListOffsets rounds while leadership moves.
 const LIST_OFFSETS_BACKOFF: Duration = Duration::from_millis(100);
+/// Partitions per DescribeProducers request (brokers refuse more than 10,000).
+pub const DESCRIBE_PRODUCERS_BATCH: usize = 1_000;
+
+/// One DescribeProducers request for `partitions` (all led by `conn`'s broker): each
+/// partition's producers or error; a partition missing from the answer is an error.
+async fn describe_producers_at(
+    conn: &Connection,
+    partitions: &[TopicPartition],
+) -> Result<Vec<(TopicPartition, Result<Vec<ProducerState>>)>> {
+    use crate::protocol::messages::describe_producers_request::TopicRequest;
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in partitions {
+        by_topic.entry(tp.topic.as_str()).or_default().push(tp.partition);
+    }
+    let request = DescribeProducersRequest::default().with_topics(
+        by_topic
+            .into_iter()
+            .map(|(t, ps)| {
+                TopicRequest::default().with_name(TopicName(str_bytes(t.to_string()))).with_partition_indexes(ps)
+            })
+            .collect(),
+    );
+    let response: DescribeProducersResponse = conn.send(ApiKey::DescribeProducers, 0, &request).await?;
+    let mut answers: BTreeMap<TopicPartition, Result<Vec<ProducerState>>> = BTreeMap::new();
+    for t in response.topics {
+        for p in t.partitions {
+            let tp = TopicPartition::new(t.name.to_string(), p.partition_index);
+            let result = item_result(p.error_code, p.error_message.map(|m| m.to_string()), || {
+                format!("describing the producers of {tp}")
+            })
+            .map(|()| {
+                p.active_producers
+                    .into_iter()
+                    .map(|a| ProducerState {
+                        producer_id: a.producer_id.0,
+                        producer_epoch: a.producer_epoch,
+                        last_sequence: a.last_sequence,
+                        last_timestamp_ms: a.last_timestamp,
+                        coordinator_epoch: a.coordinator_epoch,
+                        current_transaction_start_offset: (a.current_txn_start_offset >= 0)
+                            .then_some(a.current_txn_start_offset),
+                    })
+                    .collect()
+            });
+            answers.insert(tp, result);
+        }
+    }
+    Ok(partitions
+        .iter()
+        .map(|tp| {
+            let result = answers.remove(tp).unwrap_or_else(|| {
+                Err(Error::broker(ErrorCode::UNKNOWN_SERVER_ERROR, format!("no DescribeProducers answer for {tp}")))
+            });
+            (tp.clone(), result)
+        })
+        .collect())
+}
 
 /// ListOffsets to each partition's leader. Partitions whose leader is unknown, unreachable or
 /// has moved (a retriable error code) are looked up again after a metadata refresh until
