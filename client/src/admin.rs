@@ -622,9 +622,7 @@ impl Admin {
         &self,
         partitions: &[(TopicPartition, OffsetSpec)],
     ) -> Result<BTreeMap<TopicPartition, ListOffsetsResultInfo>> {
-        let wanted: Vec<(TopicPartition, i64)> =
-            partitions.iter().map(|(tp, spec)| (tp.clone(), spec.wire_timestamp())).collect();
-        Ok(list_offsets(&self.cluster, &wanted, 0).await?.into_iter().collect())
+        self.list_offsets_isolated(partitions, 0).await
     }
 
     /// [`Admin::list_offsets`] as a `read_committed` consumer sees them: `Latest` is the last
@@ -633,9 +631,18 @@ impl Admin {
         &self,
         partitions: &[(TopicPartition, OffsetSpec)],
     ) -> Result<BTreeMap<TopicPartition, ListOffsetsResultInfo>> {
+        self.list_offsets_isolated(partitions, 1).await
+    }
+
+    /// ListOffsets with `isolation_level` 0 (read_uncommitted) or 1 (read_committed).
+    async fn list_offsets_isolated(
+        &self,
+        partitions: &[(TopicPartition, OffsetSpec)],
+        isolation_level: i8,
+    ) -> Result<BTreeMap<TopicPartition, ListOffsetsResultInfo>> {
         let wanted: Vec<(TopicPartition, i64)> =
             partitions.iter().map(|(tp, spec)| (tp.clone(), spec.wire_timestamp())).collect();
-        Ok(list_offsets(&self.cluster, &wanted, 1).await?.into_iter().collect())
+        Ok(list_offsets(&self.cluster, &wanted, isolation_level).await?.into_iter().collect())
     }
 
     /// Consumer groups of every broker, sorted by id. `states` narrows the answer (empty: all
@@ -1465,16 +1472,10 @@ async fn describe_producers_at(
     partitions: &[TopicPartition],
 ) -> Result<Vec<(TopicPartition, Result<Vec<ProducerState>>)>> {
     use crate::protocol::messages::describe_producers_request::TopicRequest;
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for tp in partitions {
-        by_topic.entry(tp.topic.as_str()).or_default().push(tp.partition);
-    }
     let request = DescribeProducersRequest::default().with_topics(
-        by_topic
+        by_topic(partitions)
             .into_iter()
-            .map(|(t, ps)| {
-                TopicRequest::default().with_name(TopicName(str_bytes(t.to_string()))).with_partition_indexes(ps)
-            })
+            .map(|(t, ps)| TopicRequest::default().with_name(TopicName(str_bytes(t))).with_partition_indexes(ps))
             .collect(),
     );
     let response: DescribeProducersResponse = conn.send(ApiKey::DescribeProducers, 0, &request).await?;

@@ -56,11 +56,11 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     let request: ProduceRequest = decode("Produce request", ctx, body)?;
     let broker = broker.clone();
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
-    if !broker.config.transaction_partition_verification_enable {
-        return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, None))));
-    }
-    let Some(id) = request.transactional_id.as_ref().map(|id| id.to_string()) else {
-        return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, Some(&Verdicts::new())))));
+    // Without a transactional id there is nothing to verify: such a request's transactional
+    // batches are refused by validation before any append.
+    let id = match &request.transactional_id {
+        Some(id) if broker.config.transaction_partition_verification_enable => id.to_string(),
+        _ => return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, None)))),
     };
     let mut verdicts = Verdicts::new();
     let asks = verifications_needed(&broker, &request, &mut verdicts);
@@ -130,7 +130,8 @@ fn verifications_needed(
 
 /// Validates and appends every partition's batches (blocking file I/O), then answers now or,
 /// for `acks=all`, once the high watermark passes them.
-/// `verdicts` is `None` with `transaction.partition.verification.enable=false`.
+/// `verdicts` is `None` when nothing is verified (`transaction.partition.verification.enable=false`,
+/// or a request without a transactional id).
 fn append_all(
     broker: &Arc<Broker>,
     ctx: RequestContext,

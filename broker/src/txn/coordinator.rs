@@ -580,20 +580,16 @@ async fn write_remote_markers(
     coordinator_epoch: i32,
     partitions: Vec<(String, i32)>,
 ) -> Vec<(String, i32)> {
-    let Some(peer) = image.brokers.get(&leader).filter(|b| !b.fenced) else {
+    let Some(address) = super::peer_address(image, leader) else {
         return partitions;
     };
-    let address = format!("{}:{}", peer.host, peer.port);
     let config = ConnectionConfig {
         client_id: Some(format!("spate-txn-markers-{}", broker.config.node_id)),
         request_timeout: WRITE_TIMEOUT + Duration::from_secs(5),
         connect_timeout: Duration::from_secs(10),
         max_response_bytes: 16 << 20,
     };
-    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in &partitions {
-        topics.entry(t.as_str()).or_default().push(*p);
-    }
+    let topics = super::by_topic(&partitions);
     let marker = WritableTxnMarker::default()
         .with_producer_id(ProducerId(m.producer_id))
         .with_producer_epoch(m.producer_epoch)

@@ -19,5 +19,24 @@ pub mod verify;
 
 pub use coordinator::{TransactionCoordinator, TRANSACTION_STATE_TOPIC};
 
+use std::collections::BTreeMap;
+
+use crate::controller::MetadataImage;
+
+/// The `host:port` of broker `node_id` when the image has it unfenced (where markers and
+/// verification requests go).
+fn peer_address(image: &MetadataImage, node_id: i32) -> Option<String> {
+    image.brokers.get(&node_id).filter(|b| !b.fenced).map(|b| format!("{}:{}", b.host, b.port))
+}
+
+/// Partition numbers by topic, as the transaction requests between brokers list them.
+fn by_topic(partitions: &[(String, i32)]) -> BTreeMap<&str, Vec<i32>> {
+    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in partitions {
+        topics.entry(t.as_str()).or_default().push(*p);
+    }
+    topics
+}
+
 #[cfg(test)]
 mod tests;

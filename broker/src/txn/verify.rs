@@ -4,7 +4,7 @@
 //! otherwise with AddPartitionsToTxn v4 (`verify_only`) to the broker that does, over one cached
 //! connection per peer (a verification happens once per transaction and partition, not per batch).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,14 +84,10 @@ pub async fn verify(
             partitions,
         );
     }
-    let Some(peer) = image.brokers.get(&leader).filter(|b| !b.fenced) else {
+    let Some(address) = super::peer_address(&image, leader) else {
         return Err(ErrorCode::COORDINATOR_NOT_AVAILABLE);
     };
-    let address = format!("{}:{}", peer.host, peer.port);
-    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in partitions {
-        topics.entry(t.as_str()).or_default().push(*p);
-    }
+    let topics = super::by_topic(partitions);
     let transaction = AddPartitionsToTxnTransaction::default()
         .with_transactional_id(TransactionalId(str_bytes(transactional_id.to_string())))
         .with_producer_id(ProducerId(producer_id))

@@ -349,7 +349,17 @@ impl TransactionManager {
     }
 
     /// Runs `attempt` until it is done, fails, or the deadline leaves no room for another try.
-    async fn retry<T, F, Fut>(&self, what: &str, deadline: Instant, mut attempt: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, what: &str, deadline: Instant, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<T>>>,
+    {
+        self.retry_with(what, deadline, false, attempt).await
+    }
+
+    /// [`TransactionManager::retry`]; `adds` marks AddPartitionsToTxn/AddOffsetsToTxn, which
+    /// retry CONCURRENT_TRANSACTIONS soon at the start of a transaction.
+    async fn retry_with<T, F, Fut>(&self, what: &str, deadline: Instant, adds: bool, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Attempt<T>>>,
@@ -370,9 +380,7 @@ impl TransactionManager {
             // transaction: the previous one is still writing its markers, which takes milliseconds; the full backoff would cost
             // every short transaction 100 ms (Java's client retries its first AddPartitionsToTxn
             // after 20 ms for the same reason).
-            let adding = what == "AddPartitionsToTxn" || what == "AddOffsetsToTxn";
-            let backoff = if adding && error.code() == Some(ErrorCode::CONCURRENT_TRANSACTIONS) && !self.lock().started
-            {
+            let backoff = if adds && error.code() == Some(ErrorCode::CONCURRENT_TRANSACTIONS) && !self.lock().started {
                 self.retry_backoff.min(CONCURRENT_TRANSACTIONS_BACKOFF)
             } else {
                 self.retry_backoff
@@ -506,7 +514,7 @@ impl TransactionManager {
             })
             .collect();
         let topics = &topics;
-        self.retry("AddPartitionsToTxn", deadline, move || async move {
+        self.retry_with("AddPartitionsToTxn", deadline, true, move || async move {
             let producer = self.lock().producer;
             let response: AddPartitionsToTxnResponse = self
                 .call_txn_coordinator(cluster, ApiKey::AddPartitionsToTxn, |_| {
@@ -572,7 +580,7 @@ impl TransactionManager {
     /// AddOffsetsToTxn: the group's offsets partition joins the transaction.
     async fn add_offsets(&self, cluster: &Cluster, group_id: &str, deadline: Instant) -> Result<()> {
         let producer = self.lock().producer;
-        self.retry("AddOffsetsToTxn", deadline, move || async move {
+        self.retry_with("AddOffsetsToTxn", deadline, true, move || async move {
             let response: AddOffsetsToTxnResponse = self
                 .call_txn_coordinator(cluster, ApiKey::AddOffsetsToTxn, |_| {
                     Ok(AddOffsetsToTxnRequest::default()

@@ -159,6 +159,26 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Routes failed records per `errors.tolerance` (log, dead-letter topic, or fail).
+    fn route_failures(
+        &self,
+        env: &TaskEnv,
+        failed: Vec<(FailedRecord, Option<RawRecord>)>,
+    ) -> Result<Vec<DeliveryFuture>> {
+        route_failures(
+            &self.policy,
+            &self.task_ref,
+            failed,
+            &self.key_converter,
+            &self.value_converter,
+            &env.producer,
+            &env.handle,
+            &env.metrics.dead_lettered,
+        )
+    }
+}
+
 /// Retries `op` per `errors.retry.timeout` (doubling waits up to `errors.retry.delay.max.ms`),
 /// giving up early when the task is asked to stop.
 fn with_retries<T>(policy: &ErrorPolicy, control: &TaskControl, mut op: impl FnMut() -> Result<T>) -> Result<T> {
@@ -415,16 +435,7 @@ fn prepare_batch(
         }
     }
     env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
-    let dead_letters = route_failures(
-        &p.policy,
-        &p.task_ref,
-        failures.into_iter().map(|f| (f, None)).collect(),
-        &p.key_converter,
-        &p.value_converter,
-        &env.producer,
-        &env.handle,
-        &env.metrics.dead_lettered,
-    )?;
+    let dead_letters = p.route_failures(env, failures.into_iter().map(|f| (f, None)).collect())?;
     Ok(Prepared { records: out, dead_letters, offsets, polled, bytes_out })
 }
 
@@ -879,16 +890,7 @@ fn sink_loop(env: &TaskEnv, task: &mut dyn SinkTask) -> Result<()> {
                 failures.push((f, raw));
             }
             env.metrics.errors.fetch_add(failures.len() as u64, Ordering::Relaxed);
-            let dlq = route_failures(
-                &p.policy,
-                &p.task_ref,
-                failures,
-                &p.key_converter,
-                &p.value_converter,
-                &env.producer,
-                &env.handle,
-                &env.metrics.dead_lettered,
-            )?;
+            let dlq = p.route_failures(env, failures)?;
             // Wait for the dead-letter writes now rather than at the next offset commit: a sink
             // that stores its own offsets with the data (Parquet, JDBC exactly.once) has already
             // moved past these records, so a crash before the acks would lose them. Failures are

@@ -523,8 +523,6 @@ impl Shared {
             (self.config.exactly_once_source_support && kind == ConnectorType::Source).then(|| ProducerConfig {
                 client_id: format!("spate-connect-{connector}-{task_id}"),
                 transactional_id: Some(source_transactional_id(&self.config.group_id, connector, task_id)),
-                // A transaction's bytes wait for its commit: bounded per task.
-                buffer_memory: self.config.producer_buffer_memory,
                 ..source_producer_config(&self.config)
             });
         let env = TaskEnv {
