@@ -66,38 +66,151 @@ impl Flusher {
 /// Upper bound on fsyncs in flight at once.
 const FLUSH_PARALLELISM: usize = 8;
 
+/// One round's partitions, shared between the flusher thread and its helpers.
+#[derive(Default)]
+struct Round {
+    batch: Vec<Arc<Partition>>,
+    /// Index of the next partition nobody has taken yet.
+    next: usize,
+    /// Partitions taken or not yet taken whose fsync has not returned.
+    unfinished: usize,
+    shutdown: bool,
+}
+
+/// Helper threads for rounds with several dirty partitions. They are started the first time a
+/// round needs them and kept: spawning threads every round (thousands a second under load)
+/// cost more CPU than the fsyncs themselves on a small machine, and the extra runnable threads
+/// showed up as scheduling delay in every acknowledgement.
+struct Helpers {
+    round: Mutex<Round>,
+    /// Helpers wait here for a round.
+    work: Condvar,
+    /// The flusher thread waits here for the round to finish.
+    done: Condvar,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Helpers {
+    fn new() -> Arc<Helpers> {
+        Arc::new(Helpers {
+            round: Mutex::new(Round::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Round> {
+        self.round.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure `wanted` helpers run (fewer if the system is out of threads: the flusher
+    /// thread's own share then covers the rest).
+    fn ensure(self: &Arc<Self>, wanted: usize) {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        while threads.len() < wanted {
+            let helpers = self.clone();
+            match std::thread::Builder::new().name("spate-fsync".into()).spawn(move || helpers.help()) {
+                Ok(t) => threads.push(t),
+                Err(err) => {
+                    warn!(error = %err, helpers = threads.len(), "could not start another fsync helper");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes the next partition of the current round, if any is left.
+    fn take(round: &mut Round) -> Option<Arc<Partition>> {
+        let partition = round.batch.get(round.next).cloned()?;
+        round.next += 1;
+        Some(partition)
+    }
+
+    fn finish_one(&self) {
+        let mut round = self.lock();
+        round.unfinished -= 1;
+        if round.unfinished == 0 {
+            self.done.notify_one();
+        }
+    }
+
+    fn help(&self) {
+        loop {
+            let partition = {
+                let mut round = self.lock();
+                loop {
+                    if round.shutdown {
+                        return;
+                    }
+                    if let Some(p) = Self::take(&mut round) {
+                        break p;
+                    }
+                    round = self.work.wait(round).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            flush_one(&partition);
+            self.finish_one();
+        }
+    }
+
+    /// Fsyncs every partition of `batch`, with the helpers, and returns when all are done.
+    fn run_round(self: &Arc<Self>, batch: Vec<Arc<Partition>>) {
+        let wanted = batch.len().min(FLUSH_PARALLELISM) - 1;
+        self.ensure(wanted);
+        {
+            let mut round = self.lock();
+            round.unfinished = batch.len();
+            round.batch = batch;
+            round.next = 0;
+        }
+        for _ in 0..wanted {
+            self.work.notify_one();
+        }
+        loop {
+            let partition = Self::take(&mut self.lock());
+            let Some(partition) = partition else { break };
+            flush_one(&partition);
+            self.finish_one();
+        }
+        let mut round = self.lock();
+        while round.unfinished > 0 {
+            round = self.done.wait(round).unwrap_or_else(|e| e.into_inner());
+        }
+        // Drop the partitions now, not at the next round: a deleted partition's files close.
+        round.batch.clear();
+        round.next = 0;
+    }
+
+    fn shutdown(&self) {
+        self.lock().shutdown = true;
+        self.work.notify_all();
+        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn flush_one(partition: &Arc<Partition>) {
+    if let Err(err) = partition.flush() {
+        // The log directory is offline now (logged loudly once by `LogDir`).
+        warn!(partition = %partition.tp, error = %err, "not flushed");
+    }
+}
+
 /// Fsyncs every partition of one round. Several dirty partitions are synced concurrently:
 /// each fdatasync mostly waits for the device, and one after another they would add up (six
 /// partitions, six device round trips) in every acks=all latency.
-fn flush_all(batch: Vec<Arc<Partition>>) {
-    let flush_one = |partition: &Arc<Partition>| {
-        if let Err(err) = partition.flush() {
-            // The log directory is offline now (logged loudly once by `LogDir`).
-            warn!(partition = %partition.tp, error = %err, "not flushed");
-        }
-    };
-    if batch.len() == 1 {
-        flush_one(&batch[0]);
-        return;
+fn flush_all(helpers: &Arc<Helpers>, batch: Vec<Arc<Partition>>) {
+    match batch.len() {
+        0 => {}
+        1 => flush_one(&batch[0]),
+        _ => helpers.run_round(batch),
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let worker = || loop {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(partition) = batch.get(i) else { break };
-        flush_one(partition);
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..batch.len().min(FLUSH_PARALLELISM) {
-            // Out of threads: this thread's own share below still syncs everything.
-            if std::thread::Builder::new().name("spate-fsync".into()).spawn_scoped(scope, worker).is_err() {
-                break;
-            }
-        }
-        worker();
-    });
 }
 
 fn run(shared: &Shared) {
+    let helpers = Helpers::new();
     loop {
         let batch: Vec<Arc<Partition>> = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,10 +218,11 @@ fn run(shared: &Shared) {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
             if q.dirty.is_empty() && q.shutdown {
-                return;
+                break;
             }
             q.dirty.drain().map(|(_, p)| p).collect()
         };
-        flush_all(batch);
+        flush_all(&helpers, batch);
     }
+    helpers.shutdown();
 }

@@ -5,8 +5,14 @@
 //! the transaction coordinator (KIP-890 part 1, `transaction.partition.verification.enable`):
 //! see `crate::txn::verify`.
 //!
-//! The appends are file writes: they run on tokio's blocking pool ([`Reply::Blocking`]), not on an
-//! async worker, so a slow disk stalls the producing connection, never every connection.
+//! The appends are file writes. In `fsync` mode a small request (at most
+//! [`INLINE_APPEND_MAX_BYTES`] of batches) is appended on the connection's own worker: the flusher
+//! keeps dirty pages down to about one round's worth, so such a write lands in the page cache
+//! without waiting for the disk, and handing it to another thread and back (two wake-ups, two
+//! context switches) cost more than the write and added scheduling delay to every small
+//! acknowledgement. Larger requests, and every request in `page-cache` mode (where dirty pages
+//! pile up until the kernel throttles writers), run on tokio's blocking pool
+//! ([`Reply::Blocking`]), so a slow disk stalls the producing connection, never every connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,6 +35,10 @@ use crate::partition::{Partition, Replicated, TxnVerification};
 use crate::txn::verify::{produce_error, verify};
 
 const DEFAULT_ACK_TIMEOUT_MS: i32 = 30_000;
+
+/// Requests with at most this many bytes of record batches are appended on the async worker in
+/// `fsync` mode (see the module documentation).
+pub const INLINE_APPEND_MAX_BYTES: usize = 64 * 1024;
 
 /// A partition response waiting for the high watermark to pass its batch: every in-sync
 /// replica has it (and, in fsync mode, the leader has fsynced it).
@@ -60,12 +70,12 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     // batches are refused by validation before any append.
     let id = match &request.transactional_id {
         Some(id) if broker.config.transaction_partition_verification_enable => id.to_string(),
-        _ => return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, None)))),
+        _ => return Ok(append(broker, ctx, request, None)),
     };
     let mut verdicts = Verdicts::new();
     let asks = verifications_needed(&broker, &request, &mut verdicts);
     if asks.is_empty() {
-        return Ok(Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, Some(&verdicts)))));
+        return Ok(append(broker, ctx, request, Some(verdicts)));
     }
     // Ordered: the connection reads its next request only after these appends, as for any
     // produce (an idempotent producer's pipelined batches must land in sequence order).
@@ -85,8 +95,25 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
                 verdicts.insert(at, verdict);
             }
         }
-        Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, Some(&verdicts))))
+        append(broker, ctx, request, Some(verdicts))
     })))
+}
+
+/// Appends here or on the blocking pool (see the module documentation).
+fn append(broker: Arc<Broker>, ctx: RequestContext, request: ProduceRequest, verdicts: Option<Verdicts>) -> Reply {
+    let inline = broker.config.log_flush_mode == FlushMode::Fsync
+        && request
+            .topic_data
+            .iter()
+            .flat_map(|t| &t.partition_data)
+            .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+            .sum::<usize>()
+            <= INLINE_APPEND_MAX_BYTES;
+    if inline {
+        append_all(&broker, ctx, request, verdicts.as_ref())
+    } else {
+        Reply::Blocking(Box::new(move || append_all(&broker, ctx, request, verdicts.as_ref())))
+    }
 }
 
 /// KIP-890 verdicts for the partitions of a transactional Produce, by (topic index, partition

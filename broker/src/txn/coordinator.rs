@@ -66,6 +66,28 @@ pub struct TransactionCoordinator {
 /// written; refusing at once costs it a client retry backoff (100 ms by default) per transaction.
 const CONCURRENT_WAIT: Duration = Duration::from_millis(1_000);
 
+/// A state record appended to `__transaction_state`, not yet known to be durable.
+struct Appended {
+    partition: Arc<Partition>,
+    /// The high watermark that covers it.
+    needed: i64,
+    leader_epoch: i32,
+}
+
+impl Appended {
+    /// Waits until the record is durable (and replicated) under the leader epoch it was
+    /// appended in.
+    async fn wait(self) -> std::result::Result<(), ErrorCode> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let hw = self.partition.subscribe_high_watermark();
+        match self.partition.wait_replicated(hw, self.needed, self.leader_epoch, deadline).await {
+            Replicated::Yes => Ok(()),
+            Replicated::LeaderChanged | Replicated::LogDirOffline => Err(ErrorCode::NOT_COORDINATOR),
+            Replicated::TimedOut => Err(ErrorCode::REQUEST_TIMED_OUT),
+        }
+    }
+}
+
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // The state machine never panics on client input; if our bug did, its state is still valid.
     inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -184,6 +206,15 @@ impl TransactionCoordinator {
     /// Appends `record` (a state, or a tombstone for `id`) to the id's partition and waits until
     /// it is durable under the leader epoch the id is owned in.
     async fn persist(broker: &Arc<Broker>, id: &str, value: Option<Bytes>) -> std::result::Result<(), ErrorCode> {
+        Self::append_state(broker, id, value).await?.wait().await
+    }
+
+    /// Appends a state record for `id`; [`Appended::wait`] waits for it to be durable.
+    async fn append_state(
+        broker: &Arc<Broker>,
+        id: &str,
+        value: Option<Bytes>,
+    ) -> std::result::Result<Appended, ErrorCode> {
         let (index, leader_epoch) = Self::owner(broker, &lock(&broker.txns.inner), id)?;
         let partition = broker
             .partition(TRANSACTION_STATE_TOPIC, index)
@@ -211,13 +242,38 @@ impl TransactionCoordinator {
         if broker.config.log_flush_mode == FlushMode::Fsync {
             broker.mark_dirty(&partition);
         }
-        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
-        let hw = partition.subscribe_high_watermark();
-        match partition.wait_replicated(hw, outcome.last_offset + 1, leader_epoch, deadline).await {
-            Replicated::Yes => Ok(()),
-            Replicated::LeaderChanged | Replicated::LogDirOffline => Err(ErrorCode::NOT_COORDINATOR),
-            Replicated::TimedOut => Err(ErrorCode::REQUEST_TIMED_OUT),
-        }
+        Ok(Appended { partition, needed: outcome.last_offset + 1, leader_epoch })
+    }
+
+    /// Persists the `Complete*` state that ends a transaction whose markers are all written,
+    /// and makes it the id's state as soon as it is appended, before it is durable: the
+    /// producer's next AddPartitionsToTxn (parked on `writes_done`) then goes ahead at once, and
+    /// its own `Ongoing` record, appended after this one, is made durable by the same fsync
+    /// round instead of the next one. Nothing is answered on the strength of this state alone:
+    /// a client hears back only once a later record of this partition is durable, which makes
+    /// this one durable too. If it never becomes durable the partition has changed leader (the
+    /// new coordinator loads `Prepare*` and writes the markers again, as after any crash between
+    /// markers and completion) or its log directory went offline.
+    async fn write_completion(broker: &Arc<Broker>, next: TxnMetadata) -> std::result::Result<(), ErrorCode> {
+        let id = next.transactional_id.clone();
+        let appended = Self::append_state(broker, &id, Some(store::encode_value(&next))).await;
+        let outcome = {
+            let mut inner = lock(&broker.txns.inner);
+            match &appended {
+                Ok(_) if Self::owner(broker, &inner, &id).is_ok() => {
+                    inner.state.apply(next);
+                    Ok(())
+                }
+                Ok(_) => Err(ErrorCode::NOT_COORDINATOR),
+                Err(code) => {
+                    inner.state.unpend(&id);
+                    Err(*code)
+                }
+            }
+        };
+        broker.txns.writes_done.send_modify(|n| *n = n.wrapping_add(1));
+        outcome?;
+        appended?.wait().await
     }
 
     /// Persists `next` and makes it the id's state, or leaves the old state on failure.
@@ -446,7 +502,7 @@ impl TransactionCoordinator {
             inner.state.complete(id, now_ms())
         };
         if let Some(next) = next {
-            Self::write(broker, next).await?;
+            Self::write_completion(broker, next).await?;
         }
         Ok(())
     }

@@ -77,7 +77,17 @@ pub struct BenchE2eArgs {
     /// Write the figures to this file as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// The broker's data directory (or any directory on its disk): before the run, time
+    /// `FSYNC_PROBE_SAMPLES` appends of 4 KiB, each followed by fdatasync, there, and print the
+    /// latencies as multiples of that floor.
+    #[arg(long = "fsync-probe-dir")]
+    pub fsync_probe_dir: Option<std::path::PathBuf>,
 }
+
+/// Writes timed by `--fsync-probe-dir`.
+const FSYNC_PROBE_SAMPLES: u64 = 2_000;
+/// Bytes of each probe write: a page, what a small acks=all batch costs the disk.
+const FSYNC_PROBE_BYTES: usize = 4096;
 
 /// Percentiles of one latency histogram, in milliseconds.
 #[derive(Debug, Serialize)]
@@ -138,6 +148,64 @@ struct E2eFigures {
     latency_measured: &'static str,
     peak_rss_bytes: u64,
     broker_peak_rss_bytes: Option<u64>,
+    /// 4 KiB append + fdatasync in `--fsync-probe-dir`, timed before the run.
+    fsync_floor: Option<LatencyFigures>,
+    /// End-to-end p50 and p99 over the floor's.
+    e2e_over_fsync_p50: Option<f64>,
+    e2e_over_fsync_p99: Option<f64>,
+    /// Share of this machine's CPU time the hypervisor gave to others while records were sent
+    /// (`steal` in /proc/stat): on a VM, a stall of every vCPU at once shows up in every
+    /// latency tail and no program can avoid it.
+    cpu_steal_percent: Option<f64>,
+}
+
+/// The machine's (steal, total) CPU ticks so far, from the first line of /proc/stat; `None`
+/// where there is no such file.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let fields: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let steal = *fields.get(7)?;
+    Some((steal, fields.iter().sum()))
+}
+
+/// Steal between two [`cpu_ticks`] readings, as a percentage of all ticks.
+fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((steal0, total0), (steal1, total1)) = (before?, after?);
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(steal1.saturating_sub(steal0) as f64 * 100.0 / total as f64)
+}
+
+/// Times [`FSYNC_PROBE_SAMPLES`] 4 KiB appends with an fdatasync after each, in a scratch file
+/// in `dir` (removed afterwards): the disk's own durable-write latency, the floor under any
+/// acks=all figure.
+fn probe_fsync(dir: &std::path::Path) -> Result<Histogram<u64>> {
+    use std::io::Write;
+    let path = dir.join(format!(".spate-fsync-probe-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let page = vec![0x5a_u8; FSYNC_PROBE_BYTES];
+        let mut latency = new_histogram()?;
+        for _ in 0..FSYNC_PROBE_SAMPLES {
+            let start = Instant::now();
+            file.write_all(&page)
+                .and_then(|()| file.sync_data())
+                .with_context(|| format!("writing {}", path.display()))?;
+            latency.saturating_record((start.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX));
+        }
+        Ok(latency)
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// The schedule: which records exist and when each is due, in nanoseconds since the bench's
@@ -310,6 +378,15 @@ pub(super) async fn run(args: BenchE2eArgs) -> Result<()> {
     }
     let warmup_records = args.rate.saturating_mul(args.warmup_s);
 
+    let fsync_floor = match args.fsync_probe_dir.clone() {
+        Some(dir) => {
+            let histogram =
+                tokio::task::spawn_blocking(move || probe_fsync(&dir)).await.context("fsync probe panicked")??;
+            Some(LatencyFigures::of(&histogram))
+        }
+        None => None,
+    };
+
     let servers = args.bootstrap.servers()?;
     let admin = Admin::new(AdminConfig { bootstrap_servers: servers.clone(), ..AdminConfig::default() })
         .await
@@ -395,7 +472,9 @@ pub(super) async fn run(args: BenchE2eArgs) -> Result<()> {
         origin: shared.origin,
         acks: acks.clone(),
     };
+    let ticks_before = cpu_ticks();
     let paced = tokio::task::spawn_blocking(move || pace(pacer)).await.context("pacing thread panicked");
+    let cpu_steal_percent = steal_percent(ticks_before, cpu_ticks());
     let sent_all = match paced {
         Ok(Ok((last_send_ns, settles))) => {
             for settle in settles {
@@ -420,6 +499,9 @@ pub(super) async fn run(args: BenchE2eArgs) -> Result<()> {
     let e2e_latency = LatencyFigures::of(&consumed?);
 
     let elapsed = Duration::from_nanos(last_send_ns.saturating_sub(schedule.measure_from_ns()));
+    let ratio = |e2e: f64, floor: f64| (floor > 0.0).then(|| e2e / floor);
+    let e2e_over_fsync_p50 = fsync_floor.as_ref().and_then(|f| ratio(e2e_latency.ms_p50, f.ms_p50));
+    let e2e_over_fsync_p99 = fsync_floor.as_ref().and_then(|f| ratio(e2e_latency.ms_p99, f.ms_p99));
     let figures = E2eFigures {
         topic: args.topic.clone(),
         partitions: partitions.len(),
@@ -438,6 +520,10 @@ pub(super) async fn run(args: BenchE2eArgs) -> Result<()> {
         latency_measured: "from each record's scheduled send instant (start + i / rate), so a late send counts",
         peak_rss_bytes: peak_rss_bytes(None)?,
         broker_peak_rss_bytes: broker_rss(args.broker_pid),
+        fsync_floor,
+        e2e_over_fsync_p50,
+        e2e_over_fsync_p99,
+        cpu_steal_percent,
     };
     print_out(&format!(
         "{} records at {} msgs/s scheduled ({:.1} achieved), acks {}, {} received\n\
@@ -451,6 +537,17 @@ pub(super) async fn run(args: BenchE2eArgs) -> Result<()> {
         figures.e2e_latency.line(),
         figures.ack_latency.line(),
     ));
+    if let (Some(floor), Some(p50), Some(p99)) =
+        (&figures.fsync_floor, figures.e2e_over_fsync_p50, figures.e2e_over_fsync_p99)
+    {
+        print_out(&format!(
+            "disk floor (4 KiB append + fdatasync): {}\nend-to-end over the floor: p50 {p50:.1}x, p99 {p99:.1}x\n",
+            floor.line()
+        ));
+    }
+    if let Some(steal) = figures.cpu_steal_percent {
+        print_out(&format!("CPU steal while sending (hypervisor, /proc/stat): {steal:.2}%\n"));
+    }
     print_rss(figures.peak_rss_bytes, figures.broker_peak_rss_bytes);
     write_json(&args.json, &figures)?;
     if failed_all > 0 {
@@ -493,6 +590,27 @@ mod tests {
         // A rate that does not divide a second: no drift, record `rate` is due one second in.
         let s = Schedule { start_ns: 0, rate: 3, warmup_records: 0, total_records: 3 };
         assert_eq!((s.due_ns(1), s.due_ns(2), s.due_ns(3)), (333_333_333, 666_666_666, 1_000_000_000));
+    }
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line() {
+        let stat = "cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n";
+        assert_eq!(parse_cpu_ticks(stat), Some((30, 1000)));
+        assert_eq!(parse_cpu_ticks("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(parse_cpu_ticks("intr 1\n"), None);
+        assert_eq!(steal_percent(Some((30, 1000)), Some((40, 1500))), Some(2.0));
+        assert_eq!(steal_percent(Some((30, 1000)), Some((30, 1000))), None, "no time passed");
+        assert_eq!(steal_percent(None, Some((30, 1000))), None);
+    }
+
+    #[test]
+    fn fsync_probe_times_every_write_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let latency = probe_fsync(dir.path()).unwrap();
+        assert_eq!(latency.len(), FSYNC_PROBE_SAMPLES);
+        assert!(latency.min() >= 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch file is removed");
+        assert!(probe_fsync(&dir.path().join("missing")).is_err(), "a missing directory is an error, not a figure");
     }
 
     #[test]
