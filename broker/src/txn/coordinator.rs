@@ -245,6 +245,12 @@ impl TransactionCoordinator {
         Ok(Appended { partition, needed: outcome.last_offset + 1, leader_epoch })
     }
 
+    /// Persists `next` and makes it the id's state once durable, or leaves the old state on
+    /// failure.
+    async fn write(broker: &Arc<Broker>, next: TxnMetadata) -> std::result::Result<(), ErrorCode> {
+        Self::write_state(broker, next, false).await
+    }
+
     /// Persists the `Complete*` state that ends a transaction whose markers are all written,
     /// and makes it the id's state as soon as it is appended, before it is durable: the
     /// producer's next AddPartitionsToTxn (parked on `writes_done`) then goes ahead at once, and
@@ -255,34 +261,26 @@ impl TransactionCoordinator {
     /// new coordinator loads `Prepare*` and writes the markers again, as after any crash between
     /// markers and completion) or its log directory went offline.
     async fn write_completion(broker: &Arc<Broker>, next: TxnMetadata) -> std::result::Result<(), ErrorCode> {
-        let id = next.transactional_id.clone();
-        let appended = Self::append_state(broker, &id, Some(store::encode_value(&next))).await;
-        let outcome = {
-            let mut inner = lock(&broker.txns.inner);
-            match &appended {
-                Ok(_) if Self::owner(broker, &inner, &id).is_ok() => {
-                    inner.state.apply(next);
-                    Ok(())
-                }
-                Ok(_) => Err(ErrorCode::NOT_COORDINATOR),
-                Err(code) => {
-                    inner.state.unpend(&id);
-                    Err(*code)
-                }
-            }
-        };
-        broker.txns.writes_done.send_modify(|n| *n = n.wrapping_add(1));
-        outcome?;
-        appended?.wait().await
+        Self::write_state(broker, next, true).await
     }
 
-    /// Persists `next` and makes it the id's state, or leaves the old state on failure.
-    async fn write(broker: &Arc<Broker>, next: TxnMetadata) -> std::result::Result<(), ErrorCode> {
+    /// Appends `next`; it becomes the id's state once durable, or once appended when
+    /// `apply_when_appended` (see [`Self::write_completion`]). On failure the old state stays.
+    /// Either way `writes_done` ticks, waking AddPartitionsToTxn parked on the id.
+    async fn write_state(
+        broker: &Arc<Broker>,
+        next: TxnMetadata,
+        apply_when_appended: bool,
+    ) -> std::result::Result<(), ErrorCode> {
         let id = next.transactional_id.clone();
-        let result = Self::persist(broker, &id, Some(store::encode_value(&next))).await;
+        let (written, durable_later) = match Self::append_state(broker, &id, Some(store::encode_value(&next))).await {
+            Ok(appended) if apply_when_appended => (Ok(()), Some(appended)),
+            Ok(appended) => (appended.wait().await, None),
+            Err(code) => (Err(code), None),
+        };
         let outcome = {
             let mut inner = lock(&broker.txns.inner);
-            match result {
+            match written {
                 Ok(()) if Self::owner(broker, &inner, &id).is_ok() => {
                     inner.state.apply(next);
                     Ok(())
@@ -295,7 +293,11 @@ impl TransactionCoordinator {
             }
         };
         broker.txns.writes_done.send_modify(|n| *n = n.wrapping_add(1));
-        outcome
+        outcome?;
+        match durable_later {
+            Some(appended) => appended.wait().await,
+            None => Ok(()),
+        }
     }
 
     fn with_state<T>(

@@ -77,9 +77,9 @@ pub struct BenchE2eArgs {
     /// Write the figures to this file as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// The broker's data directory (or any directory on its disk): before the run, time
-    /// `FSYNC_PROBE_SAMPLES` appends of 4 KiB, each followed by fdatasync, there, and print the
-    /// latencies as multiples of that floor.
+    /// The broker's data directory (or any directory on its disk): before the run, time 2,000
+    /// appends of 4 KiB there, each followed by fdatasync, and print the latencies as multiples
+    /// of that floor.
     #[arg(long = "fsync-probe-dir")]
     pub fsync_probe_dir: Option<std::path::PathBuf>,
 }

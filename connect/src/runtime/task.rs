@@ -157,9 +157,7 @@ impl Pipeline {
             task_ref: TaskRef { connector: env.connector.clone(), task: env.task },
         })
     }
-}
 
-impl Pipeline {
     /// Routes failed records per `errors.tolerance` (log, dead-letter topic, or fail).
     fn route_failures(
         &self,
