@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::controller::logic::MAX_PARTITIONS_PER_TOPIC;
 use crate::controller::{
-    Controller, ControllerConfig, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage,
+    Controller, ControllerConfig, ControllerRefusal, ControllerReply, ControllerRequest, ElectionResult, MetadataImage,
 };
 use crate::error::{BrokerError, Result};
 use crate::flusher::Flusher;
@@ -628,6 +628,28 @@ impl Broker {
         let request = ControllerRequest::AlterTopicConfigs { name: name.to_string(), configs };
         self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
         self.catch_up().await
+    }
+
+    /// ElectLeaders: asks the controller for preferred (or unclean) elections and waits until
+    /// this broker has applied the outcome, so a Metadata request right after sees it.
+    pub async fn elect_leaders(
+        self: &Arc<Self>,
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<ElectionResult>> {
+        let request = ControllerRequest::ElectLeaders { unclean, partitions };
+        let reply = self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        let ControllerReply::Elections { results } = reply else {
+            return Err(BrokerError::Controller {
+                code: ErrorCode::UNKNOWN_SERVER_ERROR,
+                message: format!("the controller answered ElectLeaders with {reply:?}"),
+            });
+        };
+        if results.iter().any(|r| r.code == 0) {
+            self.catch_up().await?;
+            info!(unclean, elected = results.iter().filter(|r| r.code == 0).count(), "leaders elected");
+        }
+        Ok(results)
     }
 
     /// A fresh producer id for InitProducerId (idempotent producers, no transactional id),

@@ -28,6 +28,10 @@ impl LogDir {
         LogDir { path: path.into(), offline: AtomicBool::new(false) }
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn is_offline(&self) -> bool {
         self.offline.load(Ordering::Acquire)
     }

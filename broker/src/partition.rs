@@ -854,7 +854,14 @@ impl Partition {
     /// end offset is `fetch_offset`. May advance the high watermark (waking `acks=all`
     /// produces) and propose adding the follower to the ISR. Returns false on a non-leader or
     /// for a broker that is not a follower replica of it (Kafka refuses that fetch).
-    pub fn record_follower_fetch(&self, replica_id: i32, fetch_offset: i64, now_ms: i64) -> bool {
+    /// `log_start_offset` is the one the follower's fetch reported (-1 when it did not).
+    pub fn record_follower_fetch(
+        &self,
+        replica_id: i32,
+        fetch_offset: i64,
+        log_start_offset: i64,
+        now_ms: i64,
+    ) -> bool {
         let state = &mut *self.lock();
         let log_end = state.log.log_end_offset();
         let Role::Leader(leader) = &mut state.role else {
@@ -868,6 +875,7 @@ impl Partition {
             return true;
         }
         follower.record_fetch(fetch_offset, log_end, now_ms);
+        follower.log_start_offset = log_start_offset;
         self.maybe_advance_high_watermark(state);
         let high_watermark = self.high_watermark();
         if let Some(request) = self.expansion_proposal(state, replica_id, high_watermark, now_ms) {
@@ -1150,6 +1158,66 @@ impl Partition {
     pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
         self.check_usable()?;
         Ok(self.lock().log.max_timestamp_offset()?)
+    }
+
+    /// DeleteRecords on the leader: moves the log start offset to `offset` (-1: the high
+    /// watermark). Records the in-sync replicas may not hold yet cannot be deleted, so an
+    /// offset above the high watermark is OFFSET_OUT_OF_RANGE (Kafka's rule). Returns the new
+    /// log start offset (the response's low watermark). Followers copy it from fetch responses.
+    pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        self.check_usable()?;
+        let high_watermark = self.high_watermark();
+        let target = if offset == -1 { high_watermark } else { offset };
+        let mut state = self.lock();
+        if target < 0 || target > high_watermark {
+            return Err(BrokerError::Log(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: state.log.log_start_offset(),
+                log_end_offset: high_watermark,
+            }));
+        }
+        self.advance_log_start(&mut state, target)?;
+        Ok(state.log.log_start_offset())
+    }
+
+    /// DeleteRecords' low watermark on a leader: the smallest log start offset among itself and
+    /// its in-sync followers (a follower that has not reported one counts as -1). `None` when
+    /// this replica does not lead.
+    pub fn replicas_low_watermark(&self) -> Option<i64> {
+        let state = self.lock();
+        let Role::Leader(leader) = &state.role else {
+            return None;
+        };
+        let mut low = state.log.log_start_offset();
+        for id in state.isr.iter().filter(|&&id| id != self.local_id) {
+            low = low.min(leader.followers.get(id).map_or(-1, |f| f.log_start_offset));
+        }
+        Some(low)
+    }
+
+    /// A follower moves its log start offset up to its leader's (as reported in fetch
+    /// responses), never past its own log end offset: the leader deleted those records, so
+    /// this replica must not serve them either once it leads.
+    pub fn follow_leader_log_start(&self, leader_log_start: i64) -> Result<()> {
+        if leader_log_start <= self.log_start_offset.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_usable()?;
+        let mut state = self.lock();
+        let target = leader_log_start.min(state.log.log_end_offset());
+        self.advance_log_start(&mut state, target)
+    }
+
+    fn advance_log_start(&self, state: &mut PartitionState, offset: i64) -> Result<()> {
+        if !state.log.advance_start_offset(offset)? {
+            return Ok(());
+        }
+        let log_start = state.log.log_start_offset();
+        state.txns.truncate_head(log_start);
+        state.epochs.truncate_from_start(log_start)?;
+        self.log_start_offset.store(log_start, Ordering::Release);
+        tracing::info!(partition = %self.tp, log_start_offset = log_start, "log start offset advanced (records deleted)");
+        Ok(())
     }
 
     /// Retention and producer-state expiry, run periodically.

@@ -151,7 +151,7 @@ pub(crate) fn serve(
             if let (Some(part), None) = (&partition, error) {
                 // Only a follower replica reads past the high watermark; anyone else claiming a
                 // replica id is refused, as Kafka does.
-                if replica && !part.record_follower_fetch(replica_id, p.fetch_offset, now_ms) {
+                if replica && !part.record_follower_fetch(replica_id, p.fetch_offset, p.log_start_offset, now_ms) {
                     error = Some(ErrorCode::NOT_LEADER_OR_FOLLOWER);
                 }
             }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod api_versions;
+mod cluster;
 mod configs;
 mod fetch;
 mod group;
@@ -64,6 +65,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterConfigs, 0, 2),
+    // Refused cleanly (SECURITY_DISABLED / no credentials) until authentication exists.
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -197,6 +206,13 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::ListTransactions => txn::list_transactions(broker, &ctx, &mut frame),
         ApiKey::DescribeTransactions => txn::describe_transactions(broker, &ctx, &mut frame),
         ApiKey::DescribeProducers => txn::describe_producers(broker, &ctx, &mut frame),
+        ApiKey::DescribeCluster => cluster::describe_cluster(broker, &ctx, &mut frame),
+        ApiKey::DeleteRecords => cluster::delete_records(broker, &ctx, &mut frame),
+        ApiKey::DescribeLogDirs => cluster::describe_log_dirs(broker, &ctx, &mut frame),
+        ApiKey::ElectLeaders => cluster::elect_leaders(broker, &ctx, &mut frame),
+        ApiKey::AlterConfigs => cluster::alter_configs(broker, &ctx, &mut frame),
+        ApiKey::DescribeAcls => cluster::describe_acls(broker, &ctx, &mut frame),
+        ApiKey::DescribeUserScramCredentials => cluster::describe_user_scram_credentials(broker, &ctx, &mut frame),
         _ => return Reply::Close(format!("api {api_key:?} is not supported")),
     };
     match result {

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::records::{apply_record, MetadataRecord};
 use super::types::{
-    BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage, PartitionImage,
-    TopicImage, NO_LEADER,
+    BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, ElectionResult, MetadataImage,
+    PartitionImage, TopicImage, NO_LEADER,
 };
 
 /// Kafka's INVALID_UPDATE_VERSION: an AlterPartition named a stale `partition_epoch`.
@@ -194,7 +194,93 @@ pub fn decide(
                 reply: ControllerReply::ProducerIds { first_id, count: *count },
             })
         }
+        ControllerRequest::ElectLeaders { unclean, partitions } => {
+            Ok(elect_leaders(image, *unclean, partitions.as_deref()))
+        }
     }
+}
+
+/// ElectLeaders: one result per named partition; with `partitions` `None` (every partition) only
+/// the partitions where an election happened or failed are reported, as Kafka does (not the
+/// ones already led by the right replica).
+fn elect_leaders(image: &MetadataImage, unclean: bool, partitions: Option<&[(String, i32)]>) -> Decision {
+    let targets: Vec<(String, i32)> = match partitions {
+        Some(named) => named.to_vec(),
+        None => all_partitions(image).into_iter().map(|(t, i, _)| (t, i)).collect(),
+    };
+    let mut changes = Changes::new(image);
+    let mut results = Vec::with_capacity(targets.len());
+    for (topic, index) in targets {
+        let Some(p) = changes.image.partition(&topic, index).cloned() else {
+            results.push(ElectionResult {
+                topic,
+                partition: index,
+                code: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
+                message: "no such topic or partition".to_string(),
+            });
+            continue;
+        };
+        let outcome = if unclean { unclean_choice(&changes.image, &p) } else { preferred_choice(&changes.image, &p) };
+        let (code, message) = match outcome {
+            Ok(next) => {
+                let message = format!("leader is now broker {}", next.leader);
+                changes.change_partition(&topic, index, next);
+                (ErrorCode::NONE, message)
+            }
+            Err((code, message)) => (code, message),
+        };
+        if partitions.is_some() || code != ErrorCode::ELECTION_NOT_NEEDED {
+            results.push(ElectionResult { topic, partition: index, code: code.0, message });
+        }
+    }
+    Decision { records: changes.records, reply: ControllerReply::Elections { results } }
+}
+
+type Refused = (ErrorCode, String);
+
+fn preferred_choice(image: &MetadataImage, p: &PartitionImage) -> Result<PartitionImage, Refused> {
+    let Some(&preferred) = p.replicas.first() else {
+        return Err((ErrorCode::PREFERRED_LEADER_NOT_AVAILABLE, "the partition has no replicas".to_string()));
+    };
+    if p.leader == preferred {
+        return Err((ErrorCode::ELECTION_NOT_NEEDED, format!("preferred replica {preferred} already leads")));
+    }
+    if !is_live(image, preferred) {
+        return Err((ErrorCode::PREFERRED_LEADER_NOT_AVAILABLE, format!("preferred replica {preferred} is not live")));
+    }
+    if !p.isr.contains(&preferred) {
+        return Err((
+            ErrorCode::PREFERRED_LEADER_NOT_AVAILABLE,
+            format!("preferred replica {preferred} is not in sync"),
+        ));
+    }
+    Ok(PartitionImage {
+        leader: preferred,
+        leader_epoch: p.leader_epoch + 1,
+        partition_epoch: p.partition_epoch + 1,
+        ..p.clone()
+    })
+}
+
+/// Unclean election only for a partition with no live leader: an in-sync live replica if there
+/// is one (a clean election), else the first live replica, which becomes the whole ISR
+/// (records only the old ISR had are lost — what the caller asked for).
+fn unclean_choice(image: &MetadataImage, p: &PartitionImage) -> Result<PartitionImage, Refused> {
+    if p.has_leader() && is_live(image, p.leader) {
+        return Err((ErrorCode::ELECTION_NOT_NEEDED, format!("broker {} leads and is live", p.leader)));
+    }
+    let mut next = p.clone();
+    if let Some(r) = p.isr.iter().copied().find(|&r| is_live(image, r)) {
+        next.leader = r;
+    } else if let Some(r) = p.replicas.iter().copied().find(|&r| is_live(image, r)) {
+        next.leader = r;
+        next.isr = vec![r];
+    } else {
+        return Err((ErrorCode::ELIGIBLE_LEADERS_NOT_AVAILABLE, "no replica of the partition is live".to_string()));
+    }
+    next.leader_epoch += 1;
+    next.partition_epoch += 1;
+    Ok(next)
 }
 
 fn known_topic<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a TopicImage, ControllerRefusal> {
@@ -659,6 +745,77 @@ mod tests {
         run(&mut image, &shrink).unwrap();
         fence_now(&mut image, p.leader, &settings());
         assert_ne!(image.partition("b", 0).unwrap().leader, NO_LEADER);
+    }
+
+    #[test]
+    fn elect_leaders_preferred_and_unclean() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 1, 3)).unwrap();
+        let p = image.partition("a", 0).unwrap().clone();
+        let preferred = p.replicas[0];
+        let named = |unclean| ControllerRequest::ElectLeaders {
+            unclean,
+            partitions: Some(vec![("a".into(), 0), ("nope".into(), 0)]),
+        };
+        let codes = |reply: ControllerReply| match reply {
+            ControllerReply::Elections { results } => results.iter().map(|r| ErrorCode(r.code)).collect::<Vec<_>>(),
+            other => panic!("unexpected reply {other:?}"),
+        };
+        // Already led by the preferred replica; an unknown partition is named as such.
+        assert_eq!(
+            codes(run(&mut image, &named(false)).unwrap()),
+            vec![ErrorCode::ELECTION_NOT_NEEDED, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION]
+        );
+        // The preferred leader is fenced: leadership moves; it comes back in sync and a
+        // preferred election returns it, bumping the leader epoch.
+        fence_now(&mut image, preferred, &settings());
+        assert_ne!(image.partition("a", 0).unwrap().leader, preferred);
+        assert_eq!(codes(run(&mut image, &named(false)).unwrap())[0], ErrorCode::PREFERRED_LEADER_NOT_AVAILABLE);
+        let records = unfence(&image, preferred, &settings());
+        apply_all(&mut image, &records);
+        let moved = image.partition("a", 0).unwrap().clone();
+        let alter = ControllerRequest::AlterPartition {
+            broker_id: moved.leader,
+            topic: "a".into(),
+            partition: 0,
+            leader_epoch: moved.leader_epoch,
+            partition_epoch: moved.partition_epoch,
+            new_isr: p.replicas.clone(),
+        };
+        run(&mut image, &alter).unwrap();
+        let before = image.partition("a", 0).unwrap().leader_epoch;
+        // With no partitions named, only elections that happened are reported.
+        let all = ControllerRequest::ElectLeaders { unclean: false, partitions: None };
+        assert_eq!(codes(run(&mut image, &all).unwrap()), vec![ErrorCode::NONE]);
+        let q = image.partition("a", 0).unwrap();
+        assert_eq!((q.leader, q.leader_epoch), (preferred, before + 1));
+        assert!(codes(run(&mut image, &all).unwrap()).is_empty());
+        // Unclean: refused while a live leader exists; with every ISR member fenced, a live
+        // out-of-sync replica is elected and becomes the ISR.
+        assert_eq!(codes(run(&mut image, &named(true)).unwrap())[0], ErrorCode::ELECTION_NOT_NEEDED);
+        let shrink = {
+            let q = image.partition("a", 0).unwrap().clone();
+            ControllerRequest::AlterPartition {
+                broker_id: q.leader,
+                topic: "a".into(),
+                partition: 0,
+                leader_epoch: q.leader_epoch,
+                partition_epoch: q.partition_epoch,
+                new_isr: vec![q.leader],
+            }
+        };
+        run(&mut image, &shrink).unwrap();
+        fence_now(&mut image, preferred, &settings());
+        assert_eq!(image.partition("a", 0).unwrap().leader, NO_LEADER);
+        assert_eq!(codes(run(&mut image, &named(true)).unwrap())[0], ErrorCode::NONE);
+        let q = image.partition("a", 0).unwrap();
+        assert!(q.leader != NO_LEADER && q.leader != preferred);
+        assert_eq!(q.isr, vec![q.leader]);
+        // No live replica at all: ELIGIBLE_LEADERS_NOT_AVAILABLE.
+        for b in p.replicas.iter().filter(|&&b| b != preferred) {
+            fence_now(&mut image, *b, &settings());
+        }
+        assert_eq!(codes(run(&mut image, &named(true)).unwrap())[0], ErrorCode::ELIGIBLE_LEADERS_NOT_AVAILABLE);
     }
 
     #[test]

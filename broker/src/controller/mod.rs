@@ -38,8 +38,8 @@ use network::{Method, RpcClient, RpcHandler, WarnLimiter};
 pub use records::MetadataRecord;
 use storage::{Command, LogStore, NodeId, StateMachineStore, TypeConfig};
 pub use types::{
-    BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, MetadataImage, PartitionImage,
-    TopicImage, NO_LEADER,
+    BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, ElectionResult, MetadataImage,
+    PartitionImage, TopicImage, NO_LEADER,
 };
 
 /// Raft timing: quick failover, but not so aggressive that a busy 2-core machine running several

@@ -139,6 +139,23 @@ pub enum ControllerRequest {
         broker_id: i32,
         count: i64,
     },
+    /// ElectLeaders (KIP-460): the preferred replica (`replicas[0]`) where it is live and in
+    /// sync, or (`unclean`) a live replica for partitions without a live leader, out of sync if
+    /// need be. `partitions` `None` means every partition.
+    ElectLeaders {
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+}
+
+/// One partition's outcome of [`ControllerRequest::ElectLeaders`]: a Kafka error code (0 when a
+/// leader was elected) and what it means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionResult {
+    pub topic: String,
+    pub partition: i32,
+    pub code: i16,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +165,7 @@ pub enum ControllerReply {
     TopicCreated { id: Uuid },
     Partition { state: PartitionImage },
     ProducerIds { first_id: i64, count: i64 },
+    Elections { results: Vec<ElectionResult> },
 }
 
 /// A refusal, with the Kafka error code a client should see.

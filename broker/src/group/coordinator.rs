@@ -1101,7 +1101,7 @@ mod tests {
         let waiting = tokio::spawn(wait_durable(durable_wait(&p, last, 1), soon()));
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "the follower does not have it yet");
-        p.record_follower_fetch(2, last + 1, 0);
+        p.record_follower_fetch(2, last + 1, 0, 0);
         assert_eq!(waiting.await.unwrap(), Ok(()));
     }
 

@@ -899,6 +899,37 @@ impl Log {
         Ok(RetentionOutcome { deleted_segments: count, deleted_bytes, log_start_offset: self.log_start_offset })
     }
 
+    /// Moves the log start offset up to `offset` (DeleteRecords, KIP-107; a follower copying its
+    /// leader's log start). Records below it can no longer be read; segments wholly below it are
+    /// deleted, the segment holding it stays (its leading batches are skipped by readers, as
+    /// Kafka does). The new start is checkpointed before any file is removed, so a crash never
+    /// brings the records back. `offset` at or below the current start changes nothing; above
+    /// the log end offset it is refused (callers bound it by the high watermark).
+    pub fn advance_start_offset(&mut self, offset: i64) -> Result<bool, LogError> {
+        let log_end_offset = self.log_end_offset();
+        if offset > log_end_offset {
+            return Err(LogError::OffsetOutOfRange { offset, log_start_offset: self.log_start_offset, log_end_offset });
+        }
+        if offset <= self.log_start_offset {
+            return Ok(false);
+        }
+        // Segments before the first whose successor starts above `offset`; never the active one.
+        let count = self.segments.windows(2).take_while(|pair| pair[1].base_offset <= offset).count();
+        let previous = (self.log_start_offset, self.recovery_point);
+        self.log_start_offset = offset;
+        let first_kept = self.segments[count].base_offset;
+        self.recovery_point = self.recovery_point.max(first_kept);
+        self.pending_index_syncs.retain(|p| p.next_offset > first_kept);
+        if let Err(e) = self.write_checkpoint() {
+            (self.log_start_offset, self.recovery_point) = previous;
+            return Err(e);
+        }
+        for segment in self.segments.drain(..count) {
+            segment.delete_files()?;
+        }
+        Ok(true)
+    }
+
     /// Removes every batch at or after `offset` (for a follower diverging from its leader).
     /// The batch holding `offset` goes entirely, so the new log end offset is that batch's
     /// base offset, at or below `offset`. Below the log start offset, the log is emptied and

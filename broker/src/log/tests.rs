@@ -485,6 +485,35 @@ fn retention_by_time_deletes_old_segments_and_survives_reopen() {
 }
 
 #[test]
+fn advancing_the_start_offset_deletes_whole_segments_below_it_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_bytes: 500, ..config() };
+    let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
+    fill(&mut log, 10, 2, 40, 0); // offsets 0..20 over several segments
+    let segments = log.segment_count();
+    assert!(segments > 2);
+    // Mid-segment: the segment holding offset 9 stays, the ones wholly below go.
+    assert!(log.advance_start_offset(9).unwrap());
+    assert_eq!(log.log_start_offset(), 9);
+    assert!(log.segment_count() < segments);
+    assert!(matches!(log.read(8, 1000, 20), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(!log.read(9, 1000, 20).unwrap().is_empty());
+    // Backwards changes nothing; past the log end is refused.
+    assert!(!log.advance_start_offset(3).unwrap());
+    assert!(matches!(log.advance_start_offset(21), Err(LogError::OffsetOutOfRange { .. })));
+    drop(log);
+    let mut log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (9, 20));
+    // Up to the log end: the active segment stays, so the log end offset is kept.
+    assert!(log.advance_start_offset(20).unwrap());
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (20, 20));
+    assert_eq!(append(&mut log, &[batch(20, 1, 10, 1)], 1).base_offset, 20);
+    log.close().unwrap();
+    let log = Log::open(dir.path().to_path_buf(), cfg, 0).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (20, 21));
+}
+
+#[test]
 fn retention_of_everything_keeps_the_log_end_offset() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { segment_bytes: 500, retention_ms: 1000, ..config() };

@@ -176,6 +176,10 @@ pub fn apply_fetched(
                     }
                     state.fetch_offset = state.partition.offsets().log_end_offset;
                     state.partition.update_follower_high_watermark(data.high_watermark);
+                    // DeleteRecords on the leader (or its retention) moved its log start.
+                    if let Err(err) = state.partition.follow_leader_log_start(data.log_start_offset) {
+                        warn!(partition = %tp, error = %err, "moving the follower's log start failed");
+                    }
                 }
                 Err(BrokerError::Log(LogError::InvalidAppend { reason, .. })) => {
                     // Not contiguous with our log: find the divergence point again.

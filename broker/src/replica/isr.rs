@@ -10,6 +10,9 @@ pub struct FollowerState {
     /// The follower's log end offset: the offset of its latest fetch; -1 until it fetches in
     /// this leader epoch.
     pub log_end_offset: i64,
+    /// The follower's log start offset as its latest fetch reported it (-1 until then);
+    /// DeleteRecords waits for the in-sync followers to reach the new start.
+    pub log_start_offset: i64,
     /// Last time the follower was known to have everything the leader had (Kafka's
     /// `lastCaughtUpTimeMs`).
     pub last_caught_up_ms: i64,
@@ -24,6 +27,7 @@ impl FollowerState {
     pub fn new(in_isr: bool, now_ms: i64) -> FollowerState {
         FollowerState {
             log_end_offset: -1,
+            log_start_offset: -1,
             last_caught_up_ms: if in_isr { now_ms } else { 0 },
             last_fetch_ms: 0,
             last_fetch_leader_log_end_offset: -1,

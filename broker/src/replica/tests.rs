@@ -154,18 +154,18 @@ fn the_high_watermark_waits_for_the_isr_and_expansion_is_proposed_once() {
     produce(&leader, &["a"], None);
     produce(&leader, &["b"], None);
     assert_eq!(leader.high_watermark(), 0, "follower 2 has nothing yet");
-    leader.record_follower_fetch(2, 1, 10);
+    leader.record_follower_fetch(2, 1, 0, 10);
     assert_eq!(leader.high_watermark(), 1);
-    leader.record_follower_fetch(2, 2, 20);
+    leader.record_follower_fetch(2, 2, 0, 20);
     assert_eq!(leader.high_watermark(), 2);
     // A fetch offset past the log end is a divergent follower: not counted.
-    leader.record_follower_fetch(2, 9, 25);
+    leader.record_follower_fetch(2, 9, 0, 25);
     assert_eq!(leader.high_watermark(), 2);
     assert!(rx.try_recv().is_err(), "2 is in the ISR already; 3 has not fetched");
 
     // 3 catches up to the high watermark: one AlterPartition, not one per fetch.
-    leader.record_follower_fetch(3, 2, 30);
-    leader.record_follower_fetch(3, 2, 40);
+    leader.record_follower_fetch(3, 2, 0, 30);
+    leader.record_follower_fetch(3, 2, 0, 40);
     let request = rx.try_recv().unwrap();
     assert_eq!(
         request,
@@ -181,9 +181,9 @@ fn the_high_watermark_waits_for_the_isr_and_expansion_is_proposed_once() {
     assert!(rx.try_recv().is_err());
     // While pending, the high watermark already waits for 3 (the maximal ISR).
     produce(&leader, &["c"], None);
-    leader.record_follower_fetch(2, 3, 50);
+    leader.record_follower_fetch(2, 3, 0, 50);
     assert_eq!(leader.high_watermark(), 2);
-    leader.record_follower_fetch(3, 3, 60);
+    leader.record_follower_fetch(3, 3, 0, 60);
     assert_eq!(leader.high_watermark(), 3);
     // The controller's answer: a new image with the wider ISR.
     assert!(!leader.make_leader(&image(&[1, 2, 3], &[1, 2, 3], 1, 1, 6), None, 70).unwrap());
@@ -198,8 +198,8 @@ fn lagging_followers_are_proposed_out_of_the_isr() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     leader.make_leader(&image(&[1, 2, 3], &[1, 2, 3], 1, 2, 8), Some(tx), 1_000).unwrap();
     produce(&leader, &["a"], None);
-    leader.record_follower_fetch(2, 1, 1_500);
-    leader.record_follower_fetch(3, 0, 1_500);
+    leader.record_follower_fetch(2, 1, 0, 1_500);
+    leader.record_follower_fetch(3, 0, 0, 1_500);
     // Within replica.lag.time.max.ms of becoming leader, nobody is dropped.
     assert!(!leader.maybe_shrink_isr(10_000, 10_000));
     assert!(leader.maybe_shrink_isr(11_001, 10_000));

@@ -742,6 +742,109 @@ static DESCRIBE_PRODUCERS: Message = Message {
     body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC)))], tagged: &[] },
 };
 
+// Cluster administration (issue 15). DescribeCluster: include_cluster_authorized_operations,
+// endpoint_type (v1+), include_fenced_brokers (v2+).
+static DESCRIBE_CLUSTER: Message = Message {
+    name: "DescribeCluster",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, BOOL), f(1, ANY, INT8), f(2, ANY, BOOL)], tagged: &[] },
+};
+
+// partition_index, offset
+static DELETE_RECORDS_PARTITION: Struct = Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT64)], tagged: &[] };
+// name, partitions
+static DELETE_RECORDS_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&DELETE_RECORDS_PARTITION)))],
+    tagged: &[],
+};
+static DELETE_RECORDS: Message = Message {
+    name: "DeleteRecords",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::Array(&Ty::Struct(&DELETE_RECORDS_TOPIC))), // topics
+            f(0, ANY, INT32),                                         // timeout_ms
+        ],
+        tagged: &[],
+    },
+};
+
+// DescribeLogDirs: topics (nullable) [topic, partitions]; ElectLeaders' topic_partitions alike.
+static DESCRIBE_LOG_DIRS: Message = Message {
+    name: "DescribeLogDirs",
+    min_version: 1,
+    max_version: 4,
+    flexible_from: 2,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC)))], tagged: &[] },
+};
+static ELECT_LEADERS: Message = Message {
+    name: "ElectLeaders",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[
+            f(1, ANY, INT8),                               // election_type
+            f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC))), // topic_partitions
+            f(0, ANY, INT32),                              // timeout_ms
+        ],
+        tagged: &[],
+    },
+};
+
+// Legacy AlterConfigs: resources [resource_type, resource_name, configs [name, value]], validate_only.
+static LEGACY_ALTERABLE_CONFIG: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::String)], tagged: &[] };
+static LEGACY_ALTER_CONFIGS_RESOURCE: Struct = Struct {
+    fields: &[f(0, ANY, INT8), f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&LEGACY_ALTERABLE_CONFIG)))],
+    tagged: &[],
+};
+static ALTER_CONFIGS: Message = Message {
+    name: "AlterConfigs",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&LEGACY_ALTER_CONFIGS_RESOURCE))), f(0, ANY, BOOL)],
+        tagged: &[],
+    },
+};
+
+// DescribeAcls: resource_type_filter, resource_name_filter, pattern_type_filter (v1+),
+// principal_filter, host_filter, operation, permission_type.
+static DESCRIBE_ACLS: Message = Message {
+    name: "DescribeAcls",
+    min_version: 1,
+    max_version: 3,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT8),
+            f(0, ANY, Ty::String),
+            f(1, ANY, INT8),
+            f(0, ANY, Ty::String),
+            f(0, ANY, Ty::String),
+            f(0, ANY, INT8),
+            f(0, ANY, INT8),
+        ],
+        tagged: &[],
+    },
+};
+
+// DescribeUserScramCredentials: users (nullable) [name].
+static SCRAM_USER: Struct = Struct { fields: &[f(0, ANY, Ty::String)], tagged: &[] };
+static DESCRIBE_USER_SCRAM_CREDENTIALS: Message = Message {
+    name: "DescribeUserScramCredentials",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&SCRAM_USER)))], tagged: &[] },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -775,6 +878,13 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::ListTransactions => &LIST_TRANSACTIONS,
         ApiKey::DescribeTransactions => &DESCRIBE_TRANSACTIONS,
         ApiKey::DescribeProducers => &DESCRIBE_PRODUCERS,
+        ApiKey::DescribeCluster => &DESCRIBE_CLUSTER,
+        ApiKey::DeleteRecords => &DELETE_RECORDS,
+        ApiKey::DescribeLogDirs => &DESCRIBE_LOG_DIRS,
+        ApiKey::ElectLeaders => &ELECT_LEADERS,
+        ApiKey::AlterConfigs => &ALTER_CONFIGS,
+        ApiKey::DescribeAcls => &DESCRIBE_ACLS,
+        ApiKey::DescribeUserScramCredentials => &DESCRIBE_USER_SCRAM_CREDENTIALS,
         _ => return None,
     })
 }
@@ -1514,6 +1624,97 @@ mod tests {
                 .with_topics(vec![t.clone(), t])
                 .with_unknown_tagged_fields(tags(0, 0));
             assert_walks_exactly(ApiKey::DescribeProducers, 0, &m);
+        }
+    }
+
+    #[test]
+    fn cluster_admin_requests_of_every_version_walk_exactly() {
+        use crate::protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        use crate::protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+        use crate::protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+        use crate::protocol::messages::describe_user_scram_credentials_request::UserName;
+        use crate::protocol::messages::elect_leaders_request::TopicPartitions;
+        use crate::protocol::messages::{
+            AlterConfigsRequest, DeleteRecordsRequest, DescribeAclsRequest, DescribeClusterRequest,
+            DescribeLogDirsRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
+        };
+        for v in 0..=2 {
+            let m = DescribeClusterRequest::default()
+                .with_include_cluster_authorized_operations(true)
+                .with_endpoint_type(if v >= 1 { 2 } else { 1 })
+                .with_include_fenced_brokers(v >= 2)
+                .with_unknown_tagged_fields(tags(v, 0));
+            assert_walks_exactly(ApiKey::DescribeCluster, v, &m);
+
+            let p = DeleteRecordsPartition::default()
+                .with_partition_index(1)
+                .with_offset(99)
+                .with_unknown_tagged_fields(tags(v, 2));
+            let t = DeleteRecordsTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let m = DeleteRecordsRequest::default()
+                .with_topics(vec![t.clone(), t])
+                .with_timeout_ms(500)
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::DeleteRecords, v, &m);
+
+            let t = TopicPartitions::default()
+                .with_topic(topic("orders"))
+                .with_partitions(vec![0, 2])
+                .with_unknown_tagged_fields(tags(v, 2));
+            for partitions in [None, Some(vec![t.clone(), t])] {
+                let m = ElectLeadersRequest::default()
+                    .with_election_type(if v >= 1 { 1 } else { 0 })
+                    .with_topic_partitions(partitions)
+                    .with_timeout_ms(1000)
+                    .with_unknown_tagged_fields(tags(v, 2));
+                assert_walks_exactly(ApiKey::ElectLeaders, v, &m);
+            }
+
+            let c = AlterableConfig::default()
+                .with_name(str_bytes("retention.ms"))
+                .with_value(Some(str_bytes("1000")))
+                .with_unknown_tagged_fields(tags(v, 2));
+            let r = AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(str_bytes("orders"))
+                .with_configs(vec![c, AlterableConfig::default().with_name(str_bytes("x")).with_value(None)])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let m = AlterConfigsRequest::default()
+                .with_resources(vec![r.clone(), r])
+                .with_validate_only(true)
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::AlterConfigs, v, &m);
+        }
+        for v in 1..=4 {
+            let t = DescribableLogDirTopic::default()
+                .with_topic(topic("orders"))
+                .with_partitions(vec![0, 1])
+                .with_unknown_tagged_fields(tags(v, 2));
+            for topics in [None, Some(vec![t.clone(), t])] {
+                let m = DescribeLogDirsRequest::default().with_topics(topics).with_unknown_tagged_fields(tags(v, 2));
+                assert_walks_exactly(ApiKey::DescribeLogDirs, v, &m);
+            }
+        }
+        for v in 1..=3 {
+            let m = DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_resource_name_filter(Some(str_bytes("orders")))
+                .with_pattern_type_filter(3)
+                .with_principal_filter(None)
+                .with_host_filter(Some(str_bytes("*")))
+                .with_operation(1)
+                .with_permission_type(1)
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::DescribeAcls, v, &m);
+        }
+        let u = UserName::default().with_name(str_bytes("alice")).with_unknown_tagged_fields(tags(0, 0));
+        for users in [None, Some(vec![u.clone(), u])] {
+            let m =
+                DescribeUserScramCredentialsRequest::default().with_users(users).with_unknown_tagged_fields(tags(0, 0));
+            assert_walks_exactly(ApiKey::DescribeUserScramCredentials, 0, &m);
         }
     }
 

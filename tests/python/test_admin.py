@@ -1,0 +1,248 @@
+"""Cluster administration through admin clients we did not write (issue 15): confluent-kafka's
+AdminClient and kafka-python's KafkaAdminClient against `spate broker` — DescribeCluster,
+DeleteRecords (durable across a restart, copied by followers), DescribeLogDirs, ElectLeaders
+(preferred and unclean), the legacy AlterConfigs, and the clean refusals of what needs
+authentication (DescribeAcls, DescribeUserScramCredentials)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import ElectionType, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+from kafka import KafkaAdminClient
+from kafka import TopicPartition as KTopicPartition
+from kafka.admin import (
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePatternFilter,
+    ResourceType,
+)
+from kafka.admin import ConfigResource as KConfigResource
+from kafka.admin import ConfigResourceType
+from kafka.errors import SecurityDisabledError
+
+from spatecluster import FAST_SETTINGS
+from spatetest import client_config, consume_assigned, create_topic, produce, unique_topic, wait_until, watermarks
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def kafka_python_admin(bootstrap: str) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+
+
+def fill(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    produce(
+        bootstrap,
+        topic,
+        [(p, None, f"{p}-{i}".encode(), None) for p in range(partitions) for i in range(per_partition)],
+        acks="all",
+    )
+
+
+def test_describe_cluster_with_both_admin_clients(broker):
+    admin = AdminClient(client_config(broker.bootstrap))
+    cluster = admin.describe_cluster(request_timeout=10).result(timeout=15)
+    assert cluster.cluster_id
+    assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(1, "127.0.0.1", broker.port)]
+    assert cluster.controller is not None and cluster.controller.id == 1
+
+    client = kafka_python_admin(broker.bootstrap)
+    try:
+        described = client.describe_cluster()
+        assert described["cluster_id"] == cluster.cluster_id
+        assert [(b["broker_id"], b["port"], b["is_fenced"]) for b in described["brokers"]] == [(1, broker.port, False)]
+        assert described["controller_id"] == 1
+    finally:
+        client.close()
+
+
+def test_delete_records_moves_the_log_start_durably(broker):
+    topic = unique_topic("delrec")
+    create_topic(broker.bootstrap, topic, partitions=2)
+    fill(broker.bootstrap, topic, 2, 100)
+    admin = AdminClient(client_config(broker.bootstrap))
+
+    futures = admin.delete_records([TopicPartition(topic, 0, 40), TopicPartition(topic, 1, -1)])
+    by_partition = {tp.partition: f.result(timeout=15) for tp, f in futures.items()}
+    assert by_partition[0].low_watermark == 40
+    # -1 deletes everything up to the high watermark.
+    assert by_partition[1].low_watermark == 100
+    assert watermarks(broker.bootstrap, topic, 0) == (40, 100)
+    assert watermarks(broker.bootstrap, topic, 1) == (100, 100)
+
+    # Beyond the high watermark: refused, nothing moves.
+    bad = admin.delete_records([TopicPartition(topic, 0, 101)])
+    with pytest.raises(Exception, match="OFFSET_OUT_OF_RANGE|out of range"):
+        next(iter(bad.values())).result(timeout=15)
+    # An earlier offset than the current start changes nothing.
+    again = admin.delete_records([TopicPartition(topic, 0, 10)])
+    assert next(iter(again.values())).result(timeout=15).low_watermark == 40
+
+    values = sorted(int(m.value().split(b"-")[1]) for m in consume_assigned(broker.bootstrap, topic, [0], 60))
+    assert values == list(range(40, 100))
+
+    # The new log start survives a restart (it was checkpointed before any file went).
+    broker.restart()
+    assert watermarks(broker.bootstrap, topic, 0) == (40, 100)
+
+    # kafka-python's delete_records on the same partition.
+    client = kafka_python_admin(broker.bootstrap)
+    try:
+        result = client.delete_records({KTopicPartition(topic, 0): 75})
+        low = next(iter(result.values()))
+        assert (low["low_watermark"] if isinstance(low, dict) else low) == 75
+    finally:
+        client.close()
+    assert watermarks(broker.bootstrap, topic, 0) == (75, 100)
+
+
+def test_describe_log_dirs_reports_partition_sizes(broker):
+    topic = unique_topic("logdirs")
+    create_topic(broker.bootstrap, topic, partitions=2)
+    fill(broker.bootstrap, topic, 2, 50)
+    client = kafka_python_admin(broker.bootstrap)
+    try:
+        described = client.describe_log_dirs()
+    finally:
+        client.close()
+    text = repr(described)
+    assert topic in text, text[:2000]
+    # One log dir (the data dir), no error, both partitions with a positive size.
+    dirs = described if isinstance(described, list) else [described]
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") == topic or node.get("topic") == topic:
+                for p in node.get("partitions", []):
+                    found[p.get("partition_index", p.get("partition"))] = p.get("partition_size", p.get("size"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+
+    walk(dirs)
+    assert set(found) == {0, 1}, text[:2000]
+    assert all(size > 0 for size in found.values()), found
+    assert str(broker.data_dir) in text
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")
+def test_legacy_alter_configs_replaces_overrides(broker):
+    topic = unique_topic("altercfg")
+    create_topic(broker.bootstrap, topic, config={"retention.ms": "3600000", "cleanup.policy": "delete"})
+    admin = AdminClient(client_config(broker.bootstrap))
+    resource = ConfigResource("topic", topic)
+
+    def describe():
+        return admin.describe_configs([resource])[resource].result(timeout=15)
+
+    # confluent-kafka's alter_configs is the legacy AlterConfigs: the named configs become the
+    # whole override set, so retention.ms (not named) goes back to its default.
+    legacy = ConfigResource("topic", topic, set_config={"segment.bytes": "1048576"})
+    admin.alter_configs([legacy])[legacy].result(timeout=15)
+    configs = describe()
+    assert configs["segment.bytes"].value == "1048576" and not configs["segment.bytes"].is_default
+    assert configs["retention.ms"].is_default
+
+    # kafka-python's legacy path reads the current overrides and sends them along with the change.
+    client = kafka_python_admin(broker.bootstrap)
+    try:
+        client.alter_configs(
+            [KConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": "7200000"})],
+            incremental=False,
+        )
+        # An invalid value is refused with INVALID_CONFIG and changes nothing.
+        refused = client.alter_configs(
+            [KConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": "soon"})],
+            incremental=False,
+        )
+        assert "Error 40" in repr(refused) and "not a number" in repr(refused), refused
+    finally:
+        client.close()
+    configs = describe()
+    assert configs["retention.ms"].value == "7200000"
+    assert configs["segment.bytes"].value == "1048576"
+
+
+def test_authentication_apis_are_refused_cleanly(broker):
+    client = kafka_python_admin(broker.bootstrap)
+    try:
+        acl_filter = ACLFilter(
+            principal=None,
+            host="*",
+            operation=ACLOperation.ANY,
+            permission_type=ACLPermissionType.ANY,
+            resource_pattern=ResourcePatternFilter(ResourceType.TOPIC, None, ACLResourcePatternType.ANY),
+        )
+        with pytest.raises(SecurityDisabledError):
+            client.describe_acls(acl_filter)
+        assert client.describe_user_scram_credentials() == {}
+        named = client.describe_user_scram_credentials(["alice"])
+        assert named["alice"]["error"]
+        # The connection survived both: a normal request still works.
+        assert client.describe_cluster()["brokers"]
+    finally:
+        client.close()
+
+
+def election_errors(futures_result) -> dict:
+    return {(tp.topic, tp.partition): err for tp, err in futures_result.items()}
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_elect_leaders_and_followers_copy_deleted_log_start(cluster_factory):
+    # Preferred leadership must come back only when asked.
+    cluster = cluster_factory(settings={**FAST_SETTINGS, "auto.leader.rebalance.enable": "false"})
+    topic = unique_topic("elect")
+    cluster.create_topic(topic, partitions=1, replication_factor=3)
+    cluster.wait_full_isr(topic, 1)
+    preferred = cluster.partition_view(topic, 0).replicas[0]
+    assert cluster.leader_of(topic, 0) == preferred
+
+    admin = AdminClient(client_config(cluster.bootstrap))
+    tp = TopicPartition(topic, 0)
+    # Already led by the preferred replica: ELECTION_NOT_NEEDED.
+    errors = election_errors(admin.elect_leaders(ElectionType.PREFERRED, [tp]).result(timeout=30))
+    assert errors[(topic, 0)] is not None and "ELECTION_NOT_NEEDED" in str(errors[(topic, 0)].name())
+
+    fill(cluster.bootstrap, topic, 1, 100)
+    # DeleteRecords on the leader; followers copy the new log start from their fetches.
+    low = next(iter(admin.delete_records([TopicPartition(topic, 0, 30)]).values())).result(timeout=15)
+    assert low.low_watermark == 30
+
+    # The preferred leader dies: leadership moves; back in sync it stays a follower until a
+    # preferred election is asked for.
+    cluster.kill(preferred)
+    other = cluster.wait_leader(topic, 0, exclude=(preferred,))
+    # The new leader starts where the old one deleted up to: the followers copied it.
+    live = cluster.up_bootstrap()
+    assert watermarks(live, topic, 0)[0] == 30
+    fill(live, topic, 1, 10)
+    cluster.restart(preferred)
+    cluster.wait_isr(topic, 0, 3, timeout_s=60, includes=(preferred,))
+    time.sleep(1.0)
+    assert cluster.leader_of(topic, 0) == other
+
+    admin = AdminClient(client_config(cluster.bootstrap))
+    errors = election_errors(admin.elect_leaders(ElectionType.PREFERRED, [tp]).result(timeout=30))
+    assert errors[(topic, 0)] is None, errors
+    wait_until(lambda: cluster.leader_of(topic, 0) == preferred, 20, "the preferred replica leading again")
+
+    # kafka-python: unclean election where a live leader exists is not needed.
+    client = kafka_python_admin(cluster.bootstrap)
+    try:
+        result = client.elect_leaders(1, {topic: [0]}, raise_errors=False)
+        assert "ElectionNotNeeded" in repr(result) or "84" in repr(result), result
+    finally:
+        client.close()
+    # Everything acknowledged after the deletion is readable from the preferred leader.
+    values = consume_assigned(cluster.bootstrap, topic, [0], 80)
+    assert len(values) == 80
