@@ -206,6 +206,10 @@ pub struct BrokerConfig {
     /// address in `controller.quorum.voters`.
     #[serde(rename = "controller.listener")]
     pub controller_listener: Option<SocketAddr>,
+    /// `metrics.listener` (Spate): where `spate broker` serves Prometheus metrics (`GET
+    /// /metrics`), e.g. `127.0.0.1:9464`; unset (the default): no endpoint.
+    #[serde(rename = "metrics.listener")]
+    pub metrics_listener: Option<SocketAddr>,
     /// `default.replication.factor`: replicas of auto-created topics and of CreateTopics with -1.
     #[serde(rename = "default.replication.factor")]
     pub default_replication_factor: i16,
@@ -300,6 +304,7 @@ impl Default for BrokerConfig {
             group_member_metadata_max_bytes: 1 << 20,
             controller_quorum_voters: String::new(),
             controller_listener: None,
+            metrics_listener: None,
             default_replication_factor: 1,
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 10_000,

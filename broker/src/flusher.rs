@@ -192,7 +192,10 @@ impl Helpers {
 }
 
 fn flush_one(partition: &Arc<Partition>) {
-    if let Err(err) = partition.flush() {
+    let started = std::time::Instant::now();
+    let result = partition.flush();
+    crate::metrics::log_flush_time().record(started.elapsed().as_secs_f64());
+    if let Err(err) = result {
         // The log directory is offline now (logged loudly once by `LogDir`).
         warn!(partition = %partition.tp, error = %err, "not flushed");
     }

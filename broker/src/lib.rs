@@ -16,6 +16,7 @@ pub mod group;
 pub mod log;
 pub mod log_cleaner;
 pub mod log_dir;
+pub mod metrics;
 pub mod partition;
 pub mod producer_state;
 pub mod replica;

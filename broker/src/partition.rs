@@ -147,6 +147,8 @@ pub struct Offsets {
 
 pub struct Partition {
     pub tp: TopicPartition,
+    /// Throughput counters of the partition's topic (shared with its other partitions).
+    pub(crate) metrics: crate::metrics::TopicMetrics,
     dir: PathBuf,
     flush_mode: FlushMode,
     /// This broker's `node.id`.
@@ -236,6 +238,7 @@ impl Partition {
         let durable = log_end;
         let local_id = broker.node_id;
         let partition = Partition {
+            metrics: crate::metrics::TopicMetrics::new(&tp.topic),
             tp,
             dir,
             flush_mode: broker.log_flush_mode,
@@ -924,6 +927,7 @@ impl Partition {
             return;
         };
         tracing::info!(partition = %self.tp, isr = ?state.isr, ?new_isr, "proposing an ISR change");
+        crate::metrics::isr_change(new_isr.len() < state.isr.len());
         let request = ControllerRequest::AlterPartition {
             broker_id: self.local_id,
             topic: self.tp.topic.clone(),

@@ -7,7 +7,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use spate_client::protocol::frame::{peek_frame_size, split_frame};
@@ -20,6 +20,7 @@ use crate::api::{self, Reply};
 use crate::broker::Broker;
 use crate::config::{BrokerConfig, FlushMode};
 use crate::error::{BrokerError, Result};
+use crate::metrics::RequestMetrics;
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Responses smaller than this are gathered into one write when several are ready at once.
@@ -312,6 +313,9 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
                 frame_memory = Some(memory);
             }
             let Some(frame) = split_frame(&mut buf, size) else { break };
+            let started = Instant::now();
+            // The API key (the frame's first two bytes) for the request metrics.
+            let api_key = frame.get(..2).map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
             let mut reply = api::handle(&broker, frame, Some(peer));
             if let Reply::Ordered(work) = reply {
                 reply = work.await;
@@ -327,6 +331,19 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
             // releases its buffer. Holding it until a pending reply is written would let
             // produces waiting for replication keep the followers' fetches from being read.
             frame_memory = None;
+            let metrics = RequestMetrics::get();
+            let reply = match reply {
+                // Measured when the response is ready (after the fsync or the long poll).
+                Reply::Later(fut) => Reply::Later(Box::pin(async move {
+                    let response = fut.await;
+                    metrics.record(api_key, started.elapsed());
+                    response
+                })),
+                reply => {
+                    metrics.record(api_key, started.elapsed());
+                    reply
+                }
+            };
             match reply {
                 Reply::Nothing => {}
                 Reply::Close(reason) => {

@@ -4,9 +4,12 @@
 //! Kafka's names (`log.segment.bytes`); the env form is `SPATE_LOG_SEGMENT_BYTES`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use spate_broker::{BrokerConfig, Server};
+
+use crate::metrics_http::MetricsEndpoint;
 
 #[derive(clap::Args, Debug)]
 pub struct BrokerArgs {
@@ -106,8 +109,18 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
     let config = load_config(&args, std::env::vars())?;
     let data_dir = config.data_dir.clone();
     let shutdown = shutdown_signal();
+    // The recorder goes in before the broker opens, so the partitions' counters are live.
+    let metrics = match config.metrics_listener {
+        Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
+        None => None,
+    };
     let server = Server::start(config).await.context("starting the broker")?;
     eprintln!("spate broker listening on {} (data dir {})", server.local_addr(), data_dir.display());
+    if let Some(metrics) = metrics {
+        eprintln!("spate broker metrics on http://{}/metrics", metrics.local_addr());
+        let broker = server.broker.clone();
+        metrics.spawn(Some(Arc::new(move || broker.refresh_metrics())));
+    }
     server.serve(shutdown).await?;
     Ok(())
 }

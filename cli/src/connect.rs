@@ -31,6 +31,10 @@ pub struct ConnectArgs {
     /// Directory Rhai transform scripts may be loaded from (`plugin.path`).
     #[arg(long = "plugin-path", default_value = "plugins")]
     plugin_path: PathBuf,
+    /// Serve Prometheus metrics (`spate_connect_*`: records, bytes, batch latency, errors,
+    /// dead letters, sink lag) at http://HOST:PORT/metrics. Default: no endpoint.
+    #[arg(long = "metrics-listen", value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
     /// A worker config, Kafka's keys: `offset.flush.interval.ms=1000`,
     /// `key.converter=JsonConverter`, `value.converter.schemas.enable=false`,
     /// `config.storage.topic=…`, `offset.storage.topic=…`, `status.storage.topic=…`,
@@ -100,6 +104,12 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
     let shutdown = crate::broker::shutdown_signal();
     tokio::pin!(shutdown);
     let config = worker_config(&args)?;
+    // Installed before the worker starts, so its tasks' metrics are recorded.
+    if let Some(addr) = args.metrics_listen {
+        let metrics = crate::metrics_http::MetricsEndpoint::bind(addr).await?;
+        eprintln!("spate connect metrics on http://{}/metrics", metrics.local_addr());
+        metrics.spawn(None);
+    }
     let connector_files: Vec<(String, serde_json::Map<String, serde_json::Value>)> =
         args.connectors.iter().map(|p| crate::connectors::read_connector_file(p)).collect::<Result<_>>()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

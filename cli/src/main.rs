@@ -9,6 +9,7 @@ mod connect;
 mod connectors;
 mod consume;
 mod groups;
+mod metrics_http;
 mod produce;
 mod sql;
 mod topics;

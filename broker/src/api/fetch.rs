@@ -82,6 +82,9 @@ fn read_all(
                     match read {
                         Ok(bytes) => {
                             total += bytes.len();
+                            if !replica {
+                                p.metrics.bytes_out.increment(bytes.len() as u64);
+                            }
                             if read_committed && !replica {
                                 // The aborted transactions overlapping what is returned: the
                                 // consumer drops their records.

@@ -263,6 +263,11 @@ fn append_all(
                 });
             match result {
                 Ok(outcome) => {
+                    partition
+                        .metrics
+                        .messages_in
+                        .increment((outcome.last_offset - outcome.base_offset + 1).max(0) as u64);
+                    partition.metrics.bytes_in.increment(records.len() as u64);
                     if broker.config.log_flush_mode == FlushMode::Fsync {
                         broker.mark_dirty(&partition);
                     }

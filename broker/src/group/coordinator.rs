@@ -878,6 +878,12 @@ impl GroupCoordinator {
         self.lock().state.list(states)
     }
 
+    /// Every committed offset of the groups this broker coordinates: (group, topic, partition,
+    /// offset), for the metrics endpoint.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        self.lock().state.committed_offsets()
+    }
+
     /// Whether any `__consumer_offsets` partition this broker leads is still loading.
     pub fn is_loading(&self) -> bool {
         self.lock().owned.values().any(|o| !o.loaded)

@@ -1118,6 +1118,14 @@ impl GroupState {
         }
     }
 
+    /// Every committed offset of every loaded group: (group, topic, partition, offset).
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        self.groups
+            .values()
+            .flat_map(|g| g.offsets.iter().map(|((t, p), c)| (g.group_id.clone(), t.clone(), *p, c.value.offset)))
+            .collect()
+    }
+
     /// OffsetDelete: the group-level error, or one error per partition, with the tombstones.
     pub fn delete_offsets(
         &mut self,
