@@ -39,6 +39,10 @@ pub struct BrokerArgs {
     /// Any broker config as key=value (repeatable), e.g. `--set log.flush.mode=page-cache`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Validate the configuration (file, SPATE_* env, flags), print the effective values and
+    /// exit: 0 when valid, 1 with the offending key otherwise. Starts nothing.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Converts a string to the TOML type the config key has by default.
@@ -107,6 +111,28 @@ pub fn load_config(args: &BrokerArgs, env: impl Iterator<Item = (String, String)
 
 pub async fn run(args: BrokerArgs) -> Result<()> {
     let config = load_config(&args, std::env::vars())?;
+    if args.check_config {
+        // The effective configuration, in the TOML form `--config` reads.
+        let mut effective = toml::Table::new();
+        if let serde_json::Value::Object(map) = serde_json::to_value(&config)? {
+            for (key, value) in map {
+                let value = match value {
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::Bool(b) => toml::Value::Boolean(b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => toml::Value::Integer(i),
+                        None => toml::Value::String(n.to_string()),
+                    },
+                    serde_json::Value::String(s) => toml::Value::String(s),
+                    other => toml::Value::String(other.to_string()),
+                };
+                effective.insert(key, value);
+            }
+        }
+        print!("{}", toml::to_string(&effective)?);
+        eprintln!("configuration is valid");
+        return Ok(());
+    }
     let data_dir = config.data_dir.clone();
     let shutdown = shutdown_signal();
     // The recorder goes in before the broker opens, so the partitions' counters are live.
@@ -168,6 +194,7 @@ mod tests {
             controller_quorum: None,
             controller_listen: None,
             overrides: vec![],
+            check_config: false,
         }
     }
 

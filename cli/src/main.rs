@@ -55,11 +55,14 @@ enum Command {
     Transactions(transactions::TransactionsArgs),
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`.
+/// Logs to stderr, filtered by `RUST_LOG`, else at `default_level`. Colour only on a terminal
+/// (and not with `NO_COLOR`): redirected to a file the log is plain text.
 fn init_logging(default_level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 #[tokio::main]

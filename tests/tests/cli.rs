@@ -230,3 +230,34 @@ fn bench_produce_then_consume_writes_figures() {
     assert_eq!(figures["records"], 5000);
     assert_eq!(figures["bytes"], 5000 * 50);
 }
+
+#[test]
+fn broker_check_config_validates_and_exits_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |extra: &[&str]| {
+        Command::new(spate_bin())
+            .args(["broker", "--check-config", "--data-dir", data.to_str().unwrap()])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["--set", "num.partitions=3", "--set", "metrics.listener=127.0.0.1:9464"]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("\"num.partitions\" = 3"), "{stdout}");
+    assert!(stdout.contains("\"metrics.listener\" = \"127.0.0.1:9464\""), "{stdout}");
+    // Nothing was started: no data directory was made.
+    assert!(!data.exists());
+
+    let bad = run(&["--set", "num.partitions=0"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("num.partitions"), "{stderr}");
+    // Written to a pipe, errors and logs carry no terminal colour codes.
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    let unknown = run(&["--set", "no.such.key=1"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no.such.key"));
+}
