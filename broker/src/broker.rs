@@ -85,6 +85,9 @@ pub struct Broker {
     /// Transactions (`__transaction_state`).
     pub txns: crate::txn::TransactionCoordinator,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set by [`Broker::controlled_shutdown`]: heartbeats stop, so the controller does not
+    /// unfence this broker again before it exits.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Kafka's topic-name rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -117,6 +120,12 @@ const PARTITION_METADATA_FILE: &str = "partition.metadata";
 pub const METADATA_DIR: &str = "__cluster_metadata";
 /// How long one controller request may take before the Kafka request that caused it fails.
 const CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a controlled shutdown may take before the broker stops anyway (the quorum may be
+/// gone: the other brokers stopping at the same time). Kafka retries 3 times, 5 s apart; a
+/// process manager's stop timeout is usually 10 s, so this stays well inside it.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between tries of the controlled-shutdown request (a controller failover).
+const CONTROLLED_SHUTDOWN_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 fn controller_error(refusal: ControllerRefusal) -> BrokerError {
     BrokerError::Controller { code: ErrorCode(refusal.code), message: refusal.message }
@@ -190,6 +199,7 @@ impl Broker {
             groups: GroupCoordinator::new(&config),
             txns: crate::txn::TransactionCoordinator::new(&config),
             background: Mutex::new(Vec::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             config,
         });
         {
@@ -244,6 +254,9 @@ impl Broker {
             loop {
                 tick.tick().await;
                 let Some(b) = weak.upgrade() else { return };
+                if b.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
                 if b.log_dir.is_offline() {
                     // Its only log directory failed: let the controller fence this broker, which
                     // moves leadership and ISR membership to the other replicas.
@@ -690,6 +703,46 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Controlled shutdown, before [`Broker::shutdown`] in a cluster: stops heartbeating, asks
+    /// the controller to fence this broker (leaderships move to other in-sync replicas, it
+    /// leaves the ISRs) and waits until this broker's own image shows it leads nothing that
+    /// another replica could lead, so its replicas step down before the connections close.
+    /// A partition whose ISR is this broker alone stays offline until it returns (Kafka's
+    /// rule). Single-node clusters, and `controlled.shutdown.enable=false`, skip it. Returns
+    /// how many partitions this broker still led when it gave up waiting.
+    pub async fn controlled_shutdown(self: &Arc<Self>) -> Result<usize> {
+        let image = self.image();
+        let node = self.config.node_id;
+        if !self.config.controlled_shutdown_enable || image.live_brokers().all(|b| b.id == node) {
+            return Ok(0);
+        }
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+        let request = ControllerRequest::ControlledShutdown { broker_id: node, incarnation_id: self.incarnation_id };
+        let deadline = tokio::time::Instant::now() + CONTROLLED_SHUTDOWN_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.controller.submit(request.clone(), left).await {
+                Ok(_) => break,
+                Err(refusal) if left <= CONTROLLED_SHUTDOWN_RETRY_BACKOFF => return Err(controller_error(refusal)),
+                Err(refusal) => {
+                    debug!(error = %refusal, "controlled shutdown request failed; retrying");
+                    tokio::time::sleep(CONTROLLED_SHUTDOWN_RETRY_BACKOFF).await;
+                }
+            }
+        }
+        // The fencing is committed; apply it here so the local replicas become followers (or
+        // leaderless) before the process stops serving.
+        self.catch_up().await?;
+        let still_leading = self
+            .all_topics()
+            .iter()
+            .flat_map(|t| t.local_partitions().cloned().collect::<Vec<_>>())
+            .filter(|p| p.is_leader())
+            .count();
+        info!(still_leading, "controlled shutdown: leaderships moved to other replicas");
+        Ok(still_leading)
     }
 
     /// Clean shutdown: stop following the metadata, flush everything and write checkpoints.

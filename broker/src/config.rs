@@ -245,6 +245,11 @@ pub struct BrokerConfig {
     /// it is in sync again.
     #[serde(rename = "auto.leader.rebalance.enable")]
     pub auto_leader_rebalance_enable: bool,
+    /// `controlled.shutdown.enable`: on SIGTERM a broker of a cluster first has the controller
+    /// move its leaderships to other in-sync replicas and take it out of the ISRs, so clients
+    /// switch leaders at once instead of timing out until its session expires.
+    #[serde(rename = "controlled.shutdown.enable")]
+    pub controlled_shutdown_enable: bool,
     /// `leader.imbalance.check.interval.seconds`: how often preferred leaders are restored.
     #[serde(rename = "leader.imbalance.check.interval.seconds")]
     pub leader_imbalance_check_interval_seconds: u64,
@@ -315,6 +320,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 6_000,
             unclean_leader_election_enable: false,
             auto_leader_rebalance_enable: true,
+            controlled_shutdown_enable: true,
             leader_imbalance_check_interval_seconds: 30,
             offsets_topic_replication_factor: 3,
         }

@@ -88,6 +88,13 @@ impl Server {
             }
         }
         info!("shutting down");
+        match broker.controlled_shutdown().await {
+            Ok(0) => {}
+            Ok(n) => warn!(partitions = n, "controlled shutdown: these partitions have no other in-sync replica"),
+            Err(err) => {
+                warn!(error = %err, "controlled shutdown failed; stopping anyway (leadership moves when the session expires)")
+            }
+        }
         for task in background {
             task.abort();
         }

@@ -6,10 +6,11 @@ authentication (DescribeAcls, DescribeUserScramCredentials)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
-from confluent_kafka import ElectionType, TopicPartition
+from confluent_kafka import ElectionType, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KTopicPartition
@@ -246,3 +247,57 @@ def test_elect_leaders_and_followers_copy_deleted_log_start(cluster_factory):
     # Everything acknowledged after the deletion is readable from the preferred leader.
     values = consume_assigned(cluster.bootstrap, topic, [0], 80)
     assert len(values) == 80
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_sigterm_moves_leadership_before_the_broker_exits(cluster_factory):
+    # A long session timeout: without a controlled shutdown, leadership would stay on the stopped
+    # broker for 20 s; with it, it has moved by the time the process exits.
+    settings = {**FAST_SETTINGS, "broker.session.timeout.ms": "20000", "auto.leader.rebalance.enable": "false"}
+    cluster = cluster_factory(settings=settings)
+    topic = unique_topic("ctlshut")
+    cluster.create_topic(topic, partitions=3, replication_factor=3)
+    cluster.wait_full_isr(topic, 3)
+    victim = cluster.leader_of(topic, 0)
+
+    errors: list = []
+    acked: list = []
+    stop = threading.Event()
+
+    def produce_loop():
+        producer = Producer(client_config(cluster.bootstrap, **{
+            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "message.timeout.ms": 60000, "topic.metadata.refresh.interval.ms": 1000,
+        }))
+
+        def on_delivery(err, msg):
+            (errors if err is not None else acked).append(err or (msg.partition(), msg.offset(), msg.value()))
+
+        i = 0
+        while not stop.is_set():
+            producer.produce(topic, value=f"v{i}".encode(), on_delivery=on_delivery)
+            producer.poll(0.002)
+            i += 1
+        assert producer.flush(60) == 0
+
+    thread = threading.Thread(target=produce_loop, daemon=True)
+    thread.start()
+    wait_until(lambda: len(acked) > 200, 30, "the producer under way")
+    stopped_at = time.monotonic()
+    cluster.stop(victim)  # SIGTERM, waits for the exit
+    exit_s = time.monotonic() - stopped_at
+    log = cluster.node(victim).log_text()
+    assert "controlled shutdown: leaderships moved" in log, log[-3000:]
+    # Leadership is elsewhere right away, far sooner than the 20 s session timeout.
+    for p in range(3):
+        cluster.wait_leader(topic, p, timeout_s=3.0, exclude=(victim,))
+    assert exit_s < 10, exit_s
+    count_at_stop = len(acked)
+    wait_until(lambda: len(acked) > count_at_stop + 200, 30, "the producer going on without the stopped broker")
+    stop.set()
+    thread.join(90)
+    assert not errors, errors[:5]
+    # Every acknowledged record is there, once.
+    values = consume_assigned(cluster.up_bootstrap(), topic, range(3), len(acked))
+    assert sorted(m.value() for m in values) == sorted(v for _, _, v in acked)

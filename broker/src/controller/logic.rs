@@ -194,6 +194,21 @@ pub fn decide(
                 reply: ControllerReply::ProducerIds { first_id, count: *count },
             })
         }
+        ControllerRequest::ControlledShutdown { broker_id, incarnation_id } => {
+            let Some(registered) = image.brokers.get(broker_id) else {
+                return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));
+            };
+            if registered.incarnation_id != *incarnation_id {
+                return Err(refusal(
+                    STALE_BROKER_EPOCH,
+                    format!(
+                        "controlled shutdown from incarnation {incarnation_id}, registered is {}",
+                        registered.incarnation_id
+                    ),
+                ));
+            }
+            Ok(Decision { records: fence(image, *broker_id, settings), reply: ControllerReply::Done })
+        }
         ControllerRequest::ElectLeaders { unclean, partitions } => {
             Ok(elect_leaders(image, *unclean, partitions.as_deref()))
         }
@@ -816,6 +831,23 @@ mod tests {
             fence_now(&mut image, *b, &settings());
         }
         assert_eq!(codes(run(&mut image, &named(true)).unwrap())[0], ErrorCode::ELIGIBLE_LEADERS_NOT_AVAILABLE);
+    }
+
+    #[test]
+    fn controlled_shutdown_fences_the_current_incarnation_only() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 3, 3)).unwrap();
+        let stale = ControllerRequest::ControlledShutdown { broker_id: 1, incarnation_id: Uuid::from_u128(77) };
+        assert_eq!(run(&mut image, &stale).unwrap_err().code, STALE_BROKER_EPOCH.0);
+        let unknown = ControllerRequest::ControlledShutdown { broker_id: 9, incarnation_id: Uuid::from_u128(9) };
+        assert_eq!(run(&mut image, &unknown).unwrap_err().code, BROKER_ID_NOT_REGISTERED.0);
+        let incarnation_id = image.brokers[&1].incarnation_id;
+        run(&mut image, &ControllerRequest::ControlledShutdown { broker_id: 1, incarnation_id }).unwrap();
+        assert!(image.brokers[&1].fenced);
+        for p in &image.topics["a"].partitions {
+            assert_ne!(p.leader, 1);
+            assert!(!p.isr.contains(&1), "{p:?}");
+        }
     }
 
     #[test]

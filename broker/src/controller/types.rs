@@ -139,6 +139,13 @@ pub enum ControllerRequest {
         broker_id: i32,
         count: i64,
     },
+    /// Controlled shutdown (Kafka's `controlled.shutdown.enable`): the broker is about to stop;
+    /// it is fenced now, as if its session had expired, which moves its leaderships to other
+    /// in-sync replicas and takes it out of the ISRs. Its next registration unfences it.
+    ControlledShutdown {
+        broker_id: i32,
+        incarnation_id: Uuid,
+    },
     /// ElectLeaders (KIP-460): the preferred replica (`replicas[0]`) where it is live and in
     /// sync, or (`unclean`) a live replica for partitions without a live leader, out of sync if
     /// need be. `partitions` `None` means every partition.
