@@ -11,6 +11,7 @@ mod consume;
 mod groups;
 mod metrics_http;
 mod produce;
+mod records;
 mod sql;
 mod topics;
 mod transactions;
@@ -47,6 +48,10 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Measure produce, consume and group throughput, rebalance time and end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Delete the records of partitions below given offsets (like kafka-delete-records.sh).
+    DeleteRecords(records::DeleteRecordsArgs),
+    /// Preferred or unclean leader election (like kafka-leader-election.sh).
+    LeaderElection(records::LeaderElectionArgs),
     /// Manage the connectors of a Connect worker group through its REST API.
     Connectors(connectors::ConnectorsArgs),
     /// Query topics with SQL (DataFusion): -c/-f statements, or an interactive shell.
@@ -87,6 +92,8 @@ async fn main() -> ExitCode {
         Command::Consume(args) => consume::run(args).await,
         Command::Groups(args) => groups::run(args).await,
         Command::Transactions(args) => transactions::run(args).await,
+        Command::DeleteRecords(args) => records::delete_records(args).await,
+        Command::LeaderElection(args) => records::leader_election(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Connectors(args) => connectors::run(args).await,
         Command::Connect(args) => connect::run(args).await,

@@ -885,6 +885,140 @@ impl Admin {
         }
     }
 
+    /// DeleteRecords (KIP-107, `kafka-delete-records.sh`): moves each partition's log start
+    /// offset to the given offset (-1: its high watermark), so everything before it is gone.
+    /// One request per leader; partitions whose leader moved are asked again after a metadata
+    /// refresh until the request timeout. Each partition's outcome apart: the new low watermark
+    /// (the smallest log start among its in-sync replicas) or the error.
+    pub async fn delete_records(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<BTreeMap<TopicPartition, Result<i64>>> {
+        use crate::protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+        use crate::protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        let wanted: BTreeMap<TopicPartition, i64> = offsets.iter().cloned().collect();
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<TopicPartition> = wanted.keys().cloned().collect();
+        loop {
+            let mut retry: Vec<(TopicPartition, Error)> = Vec::new();
+            let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+            for tp in todo.drain(..) {
+                match self.cluster.topic(&tp.topic).await.map(|t| t.partition(tp.partition).map(|p| p.leader)) {
+                    Ok(Some(leader)) if leader >= 0 => by_leader.entry(leader).or_default().push(tp),
+                    Ok(Some(_)) => {
+                        let e = Error::LeaderNotAvailable { topic: tp.topic.clone(), partition: tp.partition };
+                        retry.push((tp, e));
+                    }
+                    Ok(None) => {
+                        let e = Error::UnknownPartition { topic: tp.topic.clone(), partition: tp.partition };
+                        out.insert(tp, Err(e));
+                    }
+                    Err(e) if e.is_retriable() => retry.push((tp, e)),
+                    Err(e) => {
+                        out.insert(tp, Err(e));
+                    }
+                }
+            }
+            for (leader, tps) in by_leader {
+                let request = DeleteRecordsRequest::default()
+                    .with_timeout_ms(i32::try_from(self.timeout().as_millis()).unwrap_or(i32::MAX))
+                    .with_topics(
+                        by_topic(&tps)
+                            .into_iter()
+                            .map(|(t, ps)| {
+                                let partitions = ps
+                                    .iter()
+                                    .map(|&p| {
+                                        let offset = wanted[&TopicPartition::new(t.clone(), p)];
+                                        DeleteRecordsPartition::default().with_partition_index(p).with_offset(offset)
+                                    })
+                                    .collect();
+                                DeleteRecordsTopic::default()
+                                    .with_name(TopicName(str_bytes(t)))
+                                    .with_partitions(partitions)
+                            })
+                            .collect(),
+                    );
+                let answered: Result<(i16, DeleteRecordsResponse)> = match self.cluster.broker(leader).await {
+                    Ok(conn) => conn.call(ApiKey::DeleteRecords, &request).await,
+                    Err(e) => Err(e),
+                };
+                match answered {
+                    Ok((_, response)) => {
+                        for t in response.topics {
+                            for p in t.partitions {
+                                let tp = TopicPartition::new(t.name.to_string(), p.partition_index);
+                                let result = item_result(p.error_code, None, || format!("deleting records of {tp}"))
+                                    .map(|()| p.low_watermark);
+                                match result {
+                                    Err(e) if e.is_retriable() => retry.push((tp, e)),
+                                    result => {
+                                        out.insert(tp, result);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) if e.is_retriable() => {
+                        let reason = e.to_string();
+                        retry.extend(
+                            tps.into_iter()
+                                .map(|tp| (tp, Error::broker(ErrorCode::NOT_LEADER_OR_FOLLOWER, reason.clone()))),
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if retry.is_empty() || tokio::time::Instant::now() >= deadline {
+                out.extend(retry.into_iter().map(|(tp, e)| (tp, Err(e))));
+                return Ok(out);
+            }
+            tokio::time::sleep(LIST_OFFSETS_BACKOFF).await;
+            self.cluster.refresh().await?;
+            todo = retry.into_iter().map(|(tp, _)| tp).collect();
+        }
+    }
+
+    /// ElectLeaders (KIP-460, `kafka-leader-election.sh`): preferred (`unclean` false) or
+    /// unclean elections for the named partitions, or for every partition when `None` (then
+    /// only partitions where an election happened or failed are reported). The outcome per
+    /// partition: `Ok` when its leader changed; ELECTION_NOT_NEEDED and the other refusals as
+    /// errors.
+    pub async fn elect_leaders(
+        &self,
+        unclean: bool,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
+        use crate::protocol::messages::elect_leaders_request::TopicPartitions;
+        use crate::protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
+        let request = ElectLeadersRequest::default()
+            .with_election_type(i8::from(unclean))
+            .with_timeout_ms(i32::try_from(self.timeout().as_millis()).unwrap_or(i32::MAX))
+            .with_topic_partitions(partitions.map(|ps| {
+                by_topic(ps)
+                    .into_iter()
+                    .map(|(t, ps)| TopicPartitions::default().with_topic(TopicName(str_bytes(t))).with_partitions(ps))
+                    .collect()
+            }));
+        let (version, response): (i16, ElectLeadersResponse) =
+            self.call_controller(ApiKey::ElectLeaders, &request).await?;
+        if version >= 1 {
+            item_result(response.error_code, None, || "electing leaders".to_string())?;
+        }
+        let mut out = BTreeMap::new();
+        for t in response.replica_election_results {
+            for p in t.partition_result {
+                let tp = TopicPartition::new(t.topic.to_string(), p.partition_id);
+                let result = item_result(p.error_code, p.error_message.map(|m| m.to_string()), || {
+                    format!("electing a leader of {tp}")
+                });
+                out.insert(tp, result);
+            }
+        }
+        Ok(out)
+    }
+
     /// Aborts the open transaction that begins at `start_offset` of `tp` by writing an ABORT
     /// marker there (WriteTxnMarkers to the leader, as Kafka's `Admin.abortTransaction` does):
     /// the remedy for a hanging transaction, one its coordinator no longer knows, which holds

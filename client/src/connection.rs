@@ -79,6 +79,8 @@ pub const CLIENT_API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::EndTxn, 0, 3),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// The range this client speaks for `api_key`, if any.
@@ -153,6 +155,8 @@ pub fn api_name(api_key: ApiKey) -> &'static str {
         ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
         ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
         ApiKey::EndTxn => "EndTxn",
+        ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::ElectLeaders => "ElectLeaders",
         _ => "an api this client does not use",
     }
 }

@@ -261,3 +261,50 @@ fn broker_check_config_validates_and_exits_without_starting() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no.such.key"));
 }
+
+#[test]
+fn delete_records_and_leader_election_commands() {
+    let broker = TestBroker::start(&[]).unwrap();
+    spate_ok(&broker, &["topics", "--create", "--topic", "purge", "--partitions", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, (0..50).map(|i| format!("r{i}\n")).collect::<String>()).unwrap();
+    for p in ["0", "1"] {
+        spate_ok(&broker, &["produce", "--topic", "purge", "--partition", p, "--file", input.to_str().unwrap()]);
+    }
+
+    // kafka-delete-records.sh's file: partition 0 below 20, partition 1 up to its high watermark.
+    let json = dir.path().join("delete.json");
+    std::fs::write(
+        &json,
+        r#"{"partitions": [{"topic": "purge", "partition": 0, "offset": 20},
+                           {"topic": "purge", "partition": 1, "offset": -1}], "version": 1}"#,
+    )
+    .unwrap();
+    let out = spate_ok(&broker, &["delete-records", "--offset-json-file", json.to_str().unwrap()]);
+    assert!(out.contains("partition: purge-0\tlow_watermark: 20"), "{out}");
+    assert!(out.contains("partition: purge-1\tlow_watermark: 50"), "{out}");
+    let left = spate_ok(
+        &broker,
+        &["consume", "--topic", "purge", "--from-beginning", "--max-messages", "30", "--timeout-ms", "5000"],
+    );
+    assert_eq!(left.lines().count(), 30, "{left}");
+    assert!(left.lines().all(|l| l != "r0" && l != "r19"), "deleted records came back: {left}");
+
+    // Past the high watermark: the error is named and the command fails.
+    std::fs::write(&json, r#"{"partitions": [{"topic": "purge", "partition": 0, "offset": 999}]}"#).unwrap();
+    let bad = spate(&broker, &["delete-records", "--offset-json-file", json.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("OFFSET_OUT_OF_RANGE"), "{bad:?}");
+
+    // One broker leads everything already: nothing to elect.
+    let out = spate_ok(&broker, &["leader-election", "--election-type", "PREFERRED", "--all-topic-partitions"]);
+    assert!(out.contains("Valid replica already elected for all partitions"), "{out}");
+    let out =
+        spate_ok(&broker, &["leader-election", "--election-type", "preferred", "--topic", "purge", "--partition", "1"]);
+    assert!(out.contains("Valid replica already elected for partitions purge-1"), "{out}");
+    let missing =
+        spate(&broker, &["leader-election", "--election-type", "UNCLEAN", "--topic", "nope", "--partition", "0"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stdout).contains("UNKNOWN_TOPIC_OR_PARTITION"), "{missing:?}");
+}

@@ -989,6 +989,41 @@ static DESCRIBE_PRODUCERS: Message = Message {
     },
 };
 
+// DeleteRecords: throttle_time_ms, topics [name, partitions [partition_index, low_watermark,
+// error_code]].
+static DELETE_RECORDS_PARTITION: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT64), f(0, ANY, INT16)], tagged: &[] };
+static DELETE_RECORDS_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&DELETE_RECORDS_PARTITION)))],
+    tagged: &[],
+};
+static DELETE_RECORDS: Message = Message {
+    name: "DeleteRecords",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 2,
+    body: Struct { fields: &[f(0, ANY, INT32), f(0, ANY, Ty::Array(&Ty::Struct(&DELETE_RECORDS_TOPIC)))], tagged: &[] },
+};
+
+// ElectLeaders: throttle_time_ms, error_code (v1+), replica_election_results [topic,
+// partition_result [partition_id, error_code, error_message]].
+static ELECT_LEADERS_PARTITION: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16), f(0, ANY, Ty::String)], tagged: &[] };
+static ELECT_LEADERS_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&ELECT_LEADERS_PARTITION)))],
+    tagged: &[],
+};
+static ELECT_LEADERS: Message = Message {
+    name: "ElectLeaders",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 2,
+    body: Struct {
+        fields: &[f(0, ANY, INT32), f(1, ANY, INT16), f(0, ANY, Ty::Array(&Ty::Struct(&ELECT_LEADERS_TOPIC)))],
+        tagged: &[],
+    },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -1018,6 +1053,8 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::ListTransactions => &LIST_TRANSACTIONS,
         ApiKey::DescribeTransactions => &DESCRIBE_TRANSACTIONS,
         ApiKey::DescribeProducers => &DESCRIBE_PRODUCERS,
+        ApiKey::DeleteRecords => &DELETE_RECORDS,
+        ApiKey::ElectLeaders => &ELECT_LEADERS,
         ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
         ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
         ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
@@ -1086,6 +1123,8 @@ mod tests {
         ApiKey::ListTransactions,
         ApiKey::DescribeTransactions,
         ApiKey::DescribeProducers,
+        ApiKey::DeleteRecords,
+        ApiKey::ElectLeaders,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -1141,7 +1180,49 @@ mod tests {
         admin(&mut out);
         groups(&mut out);
         transactions(&mut out);
+        cluster_admin(&mut out);
         out
+    }
+
+    fn cluster_admin(out: &mut Vec<Encoded>) {
+        use crate::protocol::messages::delete_records_response::{
+            DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+        };
+        use crate::protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+        use crate::protocol::messages::{DeleteRecordsResponse, ElectLeadersResponse};
+        for v in 0..=2 {
+            let p = DeleteRecordsPartitionResult::default()
+                .with_partition_index(2)
+                .with_low_watermark(40)
+                .with_error_code(1)
+                .with_unknown_tagged_fields(tags(v, 2));
+            let t = DeleteRecordsTopicResult::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let m = DeleteRecordsResponse::default()
+                .with_throttle_time_ms(3)
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 2));
+            push(out, ApiKey::DeleteRecords, v, &m);
+
+            let p = PartitionResult::default()
+                .with_partition_id(1)
+                .with_error_code(84)
+                .with_error_message(Some(str_bytes("not needed")))
+                .with_unknown_tagged_fields(tags(v, 2));
+            let q = PartitionResult::default().with_partition_id(2).with_unknown_tagged_fields(tags(v, 2));
+            let t = ReplicaElectionResult::default()
+                .with_topic(topic("orders"))
+                .with_partition_result(vec![p, q])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let m = ElectLeadersResponse::default()
+                .with_throttle_time_ms(3)
+                .with_error_code(if v >= 1 { 7 } else { 0 })
+                .with_replica_election_results(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 2));
+            push(out, ApiKey::ElectLeaders, v, &m);
+        }
     }
 
     fn transactions(out: &mut Vec<Encoded>) {
@@ -2055,6 +2136,8 @@ mod tests {
             ApiKey::ListTransactions => len::<ListTransactionsResponse>(version, body),
             ApiKey::DescribeTransactions => len::<DescribeTransactionsResponse>(version, body),
             ApiKey::DescribeProducers => len::<crate::protocol::messages::DescribeProducersResponse>(version, body),
+            ApiKey::DeleteRecords => len::<crate::protocol::messages::DeleteRecordsResponse>(version, body),
+            ApiKey::ElectLeaders => len::<crate::protocol::messages::ElectLeadersResponse>(version, body),
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }
