@@ -57,6 +57,10 @@ pub struct StreamsConfig {
     /// a transaction left open longer than this (a crashed instance's), which holds back
     /// `read_committed` readers of its partitions until then. Default 10000, Kafka Streams'.
     pub transaction_timeout_ms: u64,
+    /// `repartition.purge.interval.ms`: at most this often, after a commit, the records of
+    /// repartition topics below the committed offsets are deleted (DeleteRecords), as Kafka
+    /// Streams does, so repartition topics do not grow with `retention.ms`. Default 30000.
+    pub repartition_purge_interval_ms: u64,
     /// `state.dir`. Default `<temp dir>/kafka-streams`.
     pub state_dir: PathBuf,
     /// `statestore.cache.max.bytes` (formerly `cache.max.bytes.buffering`): the record cache of
@@ -103,6 +107,7 @@ impl StreamsConfig {
             processing_guarantee: ProcessingGuarantee::AtLeastOnce,
             commit_interval_ms: ProcessingGuarantee::AtLeastOnce.default_commit_interval_ms(),
             transaction_timeout_ms: 10_000,
+            repartition_purge_interval_ms: 30_000,
             state_dir: std::env::temp_dir().join("kafka-streams"),
             statestore_cache_max_bytes: 10 * 1024 * 1024,
             deserialization_handler: DeserializationHandler::LogAndFail,
@@ -154,6 +159,7 @@ impl StreamsConfig {
             }
             "commit.interval.ms" => self.commit_interval_ms = num(key, value)?,
             "transaction.timeout.ms" => self.transaction_timeout_ms = num(key, value)?,
+            "repartition.purge.interval.ms" => self.repartition_purge_interval_ms = num(key, value)?,
             "state.dir" => self.state_dir = PathBuf::from(value),
             "statestore.cache.max.bytes" | "cache.max.bytes.buffering" => self.statestore_cache_max_bytes = num(key, value)?,
             "default.deserialization.exception.handler" | "deserialization.exception.handler" => {

@@ -147,8 +147,9 @@ async fn wordcount_counts_words_and_survives_a_wiped_state_dir() {
     drop(state);
     let state = tempfile::tempdir().unwrap();
     produce(&broker, "plaintext", &[(None, Some("kafka streams again"), 4)]).await;
-    let mut streams =
-        start(streams_apps::wordcount("plaintext", "wordcount-out").unwrap(), config(&broker, "wc", state.path()));
+    // This run purges the repartition topic below its committed offsets at every commit.
+    let purging = config(&broker, "wc", state.path()).set("repartition.purge.interval.ms", "0").unwrap();
+    let mut streams = start(streams_apps::wordcount("plaintext", "wordcount-out").unwrap(), purging);
     let mut expected = expected;
     *expected.get_mut("kafka").unwrap() = 4;
     *expected.get_mut("streams").unwrap() = 3;
@@ -157,6 +158,32 @@ async fn wordcount_counts_words_and_survives_a_wiped_state_dir() {
     assert_eq!(latest_counts(&records), expected);
     assert_eq!(streams.state(), StreamsState::Running);
     assert!(streams.metrics().records_restored.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // The repartition topic's consumed records were deleted (DeleteRecords), as Kafka Streams
+    // purges them: its log start moved up to what was committed.
+    let admin = Admin::new(AdminConfig { bootstrap_servers: vec![broker.bootstrap()], ..AdminConfig::default() })
+        .await
+        .unwrap();
+    let repartition: Vec<String> = admin
+        .list_topics(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.starts_with("wc-") && t.ends_with("-repartition"))
+        .collect();
+    assert_eq!(repartition.len(), 1, "{repartition:?}");
+    let partitions: Vec<TopicPartition> = (0..2).map(|p| TopicPartition::new(repartition[0].clone(), p)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spec = spate_client::admin::OffsetSpec::Earliest;
+        let wanted: Vec<(TopicPartition, spate_client::admin::OffsetSpec)> =
+            partitions.iter().map(|tp| (tp.clone(), spec)).collect();
+        let earliest: i64 = admin.list_offsets(&wanted).await.unwrap().values().map(|o| o.offset).sum();
+        if earliest > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the repartition topic was never purged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     streams.close().unwrap();
 }
 

@@ -43,7 +43,7 @@ use spate_client::{
     Admin, Consumer, ConsumerConfig, DeliveryFuture, IsolationLevel, Producer, ProducerConfig, ProducerRecord,
     TopicPartition,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::StreamsConfig;
 use crate::processor::OutKind;
@@ -474,6 +474,11 @@ struct ThreadState {
     recoveries: VecDeque<Instant>,
     /// An error the rebalance listener could not return (it has no caller to return it to).
     listener_error: Option<StreamsError>,
+    /// For purging repartition topics below the committed offsets.
+    admin: Arc<Admin>,
+    last_purge: Instant,
+    /// The purge in flight (at most one: a slow broker does not pile them up).
+    purging: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The exactly-once `transactional.id` of a stream thread (`index` 0-based): Kafka Streams'
@@ -791,6 +796,8 @@ impl ThreadState {
             }
         }
         let exactly_once = self.shared.config.exactly_once();
+        let mut offsets_committed: Vec<(TopicPartition, i64)> =
+            offsets.iter().map(|(tp, o)| (tp.clone(), o.offset)).collect();
         if exactly_once {
             self.commit_transaction(consumer, offsets).await?;
             // The commit sent everything: take the changelog offsets for the checkpoints.
@@ -803,6 +810,8 @@ impl ThreadState {
                     // The group moved on (a rebalance): these records will be processed again
                     // by whoever owns them now, as at-least-once allows.
                     warn!(error = %e, "offset commit failed; records since the last commit will be reprocessed");
+                    // Nothing may be purged below offsets that were not committed.
+                    offsets_committed.clear();
                 }
             }
         }
@@ -812,12 +821,53 @@ impl ThreadState {
             }
         }
         self.last_commit = Instant::now();
+        self.maybe_purge_repartition_topics(&offsets_committed);
         let m = &self.shared.metrics;
         m.commits.fetch_add(1, Ordering::Relaxed);
         m.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         metrics::histogram!("spate_streams_commit_latency_seconds", "application_id" => self.shared.config.application_id.clone())
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Every `repartition.purge.interval.ms`, after a commit: deletes the records of the
+    /// repartition topics this thread reads below the offsets just committed (nothing reads
+    /// them again: a restart resumes at the committed offsets). Runs in the background; its
+    /// failure is only logged (the records then wait for `retention.ms`).
+    fn maybe_purge_repartition_topics(&mut self, committed: &[(TopicPartition, i64)]) {
+        let interval = Duration::from_millis(self.shared.config.repartition_purge_interval_ms);
+        if self.last_purge.elapsed() < interval || self.purging.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let app = &self.shared.config.application_id;
+        let repartition: BTreeSet<String> = self
+            .shared
+            .topology
+            .subtopologies
+            .iter()
+            .flat_map(|st| &st.source_topics)
+            .filter(|t| matches!(t, crate::topology::TopicName::Repartition(_)))
+            .map(|t| t.resolve(app))
+            .collect();
+        let purge: Vec<(TopicPartition, i64)> =
+            committed.iter().filter(|(tp, offset)| *offset > 0 && repartition.contains(&tp.topic)).cloned().collect();
+        if purge.is_empty() {
+            return;
+        }
+        self.last_purge = Instant::now();
+        let admin = self.admin.clone();
+        self.purging = Some(tokio::spawn(async move {
+            match admin.delete_records(&purge).await {
+                Ok(results) => {
+                    for (tp, result) in results {
+                        if let Err(e) = result {
+                            debug!(partition = %tp, error = %e, "purging a repartition topic failed");
+                        }
+                    }
+                }
+                Err(e) => debug!(error = %e, "purging repartition topics failed"),
+            }
+        }));
     }
 
     /// Exactly-once: adds the input offsets that moved since the last commit to the open
@@ -1182,6 +1232,7 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         Admin::new(AdminConfig { bootstrap_servers: config.bootstrap_servers.clone(), ..AdminConfig::default() })
             .await?;
     prepare_topics(&shared, &admin).await?;
+    let admin = Arc::new(admin);
     let thread_name = thread_client_id(&shared, index);
     let isolation_level =
         if config.exactly_once() { IsolationLevel::ReadCommitted } else { IsolationLevel::ReadUncommitted };
@@ -1237,6 +1288,9 @@ async fn run_thread(shared: Arc<Shared>, index: usize) -> Result<(), StreamsErro
         rewind: false,
         recoveries: VecDeque::new(),
         listener_error: None,
+        admin: admin.clone(),
+        last_purge: Instant::now(),
+        purging: None,
     }));
     let topics = shared.topology.source_topics(&config.application_id);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
