@@ -332,6 +332,18 @@ impl Broker {
                 let index = index as i32;
                 let old = existing.and_then(|e| e.partitions.get(index as usize).cloned().flatten());
                 if !p.replicas.contains(&me) {
+                    if let Some(old) = old {
+                        // Reassigned away (KIP-455): step down first, so produces waiting
+                        // on this replica's high watermark answer NOT_LEADER_OR_FOLLOWER and
+                        // go to the new leader, then remove the replica's files.
+                        old.make_follower(p);
+                        match old.delete(t.id) {
+                            Ok(()) => info!(partition = %old.tp, "replica removed (reassigned to other brokers)"),
+                            Err(err) => {
+                                warn!(partition = %old.tp, error = %err, "could not remove a reassigned replica")
+                            }
+                        }
+                    }
                     partitions.push(None);
                     continue;
                 }
@@ -662,6 +674,25 @@ impl Broker {
             self.catch_up().await?;
             info!(unclean, elected = results.iter().filter(|r| r.code == 0).count(), "leaders elected");
         }
+        Ok(results)
+    }
+
+    /// AlterPartitionReassignments: hands the targets to the controller; the per-partition
+    /// outcomes come back (as ElectLeaders' do) and this broker applies the new image.
+    pub async fn alter_partition_reassignments(
+        self: &Arc<Self>,
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    ) -> Result<Vec<ElectionResult>> {
+        let request = ControllerRequest::AlterPartitionReassignments { reassignments };
+        let reply = self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        let ControllerReply::Elections { results } = reply else {
+            return Err(BrokerError::Controller {
+                code: ErrorCode::UNKNOWN_SERVER_ERROR,
+                message: format!("the controller answered AlterPartitionReassignments with {reply:?}"),
+            });
+        };
+        self.catch_up().await?;
+        info!(partitions = results.len(), "partition reassignments accepted");
         Ok(results)
     }
 

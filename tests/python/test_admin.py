@@ -301,3 +301,72 @@ def test_sigterm_moves_leadership_before_the_broker_exits(cluster_factory):
     # Every acknowledged record is there, once.
     values = consume_assigned(cluster.up_bootstrap(), topic, range(3), len(acked))
     assert sorted(m.value() for m in values) == sorted(v for _, _, v in acked)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_reassignment_moves_partitions_while_producing(cluster_factory):
+    """KIP-455 through kafka-python's admin: an RF=1 partition moves off its broker onto the two
+    others (RF 2) while an idempotent acks=all producer writes to it; nothing acknowledged is
+    lost, the producer carries on, and the old replica's files go."""
+    cluster = cluster_factory(settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
+    topic = unique_topic("reassign")
+    cluster.create_topic(topic, partitions=2, replication_factor=1)
+    p0 = cluster.partition_view(topic, 0)
+    old = p0.replicas[0]
+    others = [b for b in (1, 2, 3) if b != old]
+
+    errors: list = []
+    acked: list = []
+    stop = threading.Event()
+
+    def produce_loop():
+        producer = Producer(client_config(cluster.bootstrap, **{
+            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "message.timeout.ms": 60000, "topic.metadata.refresh.interval.ms": 1000,
+        }))
+
+        def on_delivery(err, msg):
+            (errors if err is not None else acked).append(err or msg.value())
+
+        i = 0
+        while not stop.is_set():
+            producer.produce(topic, value=f"v{i}".encode(), partition=i % 2, on_delivery=on_delivery)
+            producer.poll(0.002)
+            i += 1
+        assert producer.flush(60) == 0
+
+    thread = threading.Thread(target=produce_loop, daemon=True)
+    thread.start()
+    wait_until(lambda: len(acked) > 300, 30, "the producer under way")
+
+    client = kafka_python_admin(cluster.bootstrap)
+    try:
+        result = client.alter_partition_reassignments({KTopicPartition(topic, 0): others})
+        assert all(v is None for v in result.values()), result
+        # Cancelling what is not moving is refused per partition.
+        refused = client.alter_partition_reassignments({KTopicPartition(topic, 1): None})
+        assert "NoReassignmentInProgress" in repr(refused), refused
+
+        def done():
+            ongoing = client.list_partition_reassignments()
+            view = cluster.partition_view(topic, 0)
+            return not ongoing and view is not None and sorted(view.replicas) == sorted(others)
+
+        wait_until(done, 60, "the reassignment to finish", describe=lambda: repr(client.list_partition_reassignments()))
+    finally:
+        client.close()
+    view = cluster.partition_view(topic, 0)
+    assert view.replicas == others and view.leader in others, view
+    wait_until(lambda: sorted(cluster.isr_of(topic, 0)) == sorted(others), 30, "both new replicas in sync")
+    # The old broker no longer holds the partition's files.
+    old_dir = cluster.node(old).data_dir / f"{topic}-0"
+    wait_until(lambda: not old_dir.exists(), 20, f"{old_dir} removed")
+
+    count_at_move = len(acked)
+    wait_until(lambda: len(acked) > count_at_move + 300, 30, "the producer going on after the move")
+    stop.set()
+    thread.join(90)
+    assert not errors, errors[:5]
+    values = consume_assigned(cluster.up_bootstrap(), topic, range(2), len(acked))
+    assert sorted(m.value() for m in values) == sorted(acked)

@@ -387,3 +387,144 @@ pub(super) fn describe_user_scram_credentials(
         .collect();
     Ok(Reply::Now(ctx.respond(&DescribeUserScramCredentialsResponse::default().with_results(results))))
 }
+
+/// AlterPartitionReassignments (KIP-455): each partition's target replicas (or `null`: cancel)
+/// go to the controller in one request; the answer comes once it accepted them. The data moves
+/// afterwards: ListPartitionReassignments shows what is still moving.
+pub(super) fn alter_partition_reassignments(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    use spate_client::protocol::messages::alter_partition_reassignments_response::{
+        ReassignablePartitionResponse, ReassignableTopicResponse,
+    };
+    use spate_client::protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse};
+    let request: AlterPartitionReassignmentsRequest = decode("AlterPartitionReassignments request", ctx, body)?;
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        // KIP-860: v1 may forbid changing the replication factor; v0 always allows it (the
+        // field's default, true, is what v0 decodes to).
+        let allow_rf_change = request.allow_replication_factor_change;
+        let image = broker.image();
+        let mut refused: BTreeMap<(String, i32), (ErrorCode, String)> = BTreeMap::new();
+        let mut wanted = Vec::new();
+        for t in &request.topics {
+            for p in &t.partitions {
+                let key = (t.name.to_string(), p.partition_index);
+                let target: Option<Vec<i32>> = p.replicas.as_ref().map(|r| r.iter().map(|b| b.0).collect());
+                if let (Some(target), Some(current)) = (&target, image.partition(&key.0, key.1)) {
+                    let original = current.replicas.len() - current.adding_replicas.len();
+                    if !allow_rf_change && target.len() != original {
+                        refused.insert(
+                            key,
+                            (
+                                ErrorCode::INVALID_REPLICATION_FACTOR,
+                                format!(
+                                    "target has {} replicas, the partition {original}; set allow_replication_factor_change",
+                                    target.len()
+                                ),
+                            ),
+                        );
+                        continue;
+                    }
+                }
+                wanted.push((key.0, key.1, target));
+            }
+        }
+        let mut response =
+            AlterPartitionReassignmentsResponse::default().with_allow_replication_factor_change(allow_rf_change);
+        let outcomes = if wanted.is_empty() || wanted.len() > MAX_PARTITIONS_PER_REQUEST {
+            Ok(Vec::new())
+        } else {
+            broker.alter_partition_reassignments(wanted).await
+        };
+        let results = match outcomes {
+            Ok(results) => results,
+            Err(err) => {
+                response.error_code = err.code().0;
+                response.error_message = Some(str_bytes(err.to_string()));
+                return ctx.respond(&response);
+            }
+        };
+        let mut by_topic: BTreeMap<String, Vec<ReassignablePartitionResponse>> = BTreeMap::new();
+        for r in results {
+            by_topic.entry(r.topic).or_default().push(
+                ReassignablePartitionResponse::default()
+                    .with_partition_index(r.partition)
+                    .with_error_code(r.code)
+                    .with_error_message((r.code != 0).then(|| str_bytes(r.message))),
+            );
+        }
+        for ((topic, partition), (code, message)) in refused {
+            by_topic.entry(topic).or_default().push(
+                ReassignablePartitionResponse::default()
+                    .with_partition_index(partition)
+                    .with_error_code(code.0)
+                    .with_error_message(Some(str_bytes(message))),
+            );
+        }
+        response.responses = by_topic
+            .into_iter()
+            .map(|(name, partitions)| {
+                ReassignableTopicResponse::default().with_name(TopicName(str_bytes(name))).with_partitions(partitions)
+            })
+            .collect();
+        ctx.respond(&response)
+    })))
+}
+
+/// ListPartitionReassignments: the partitions (all, or the named ones) with a reassignment in
+/// progress, from this broker's metadata image.
+pub(super) fn list_partition_reassignments(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    use spate_client::protocol::messages::list_partition_reassignments_response::{
+        OngoingPartitionReassignment, OngoingTopicReassignment,
+    };
+    use spate_client::protocol::messages::{ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse};
+    let request: ListPartitionReassignmentsRequest = decode("ListPartitionReassignments request", ctx, body)?;
+    let image = broker.image();
+    let ids = |v: &[i32]| v.iter().map(|&b| BrokerId(b)).collect::<Vec<_>>();
+    let ongoing = |name: &str, index: i32| {
+        image.partition(name, index).filter(|p| p.is_reassigning()).map(|p| {
+            OngoingPartitionReassignment::default()
+                .with_partition_index(index)
+                .with_replicas(ids(&p.replicas))
+                .with_adding_replicas(ids(&p.adding_replicas))
+                .with_removing_replicas(ids(&p.removing_replicas))
+        })
+    };
+    let mut topics = Vec::new();
+    match &request.topics {
+        None => {
+            for (name, t) in &image.topics {
+                let partitions: Vec<_> = (0..i32::try_from(t.partitions.len()).unwrap_or(i32::MAX))
+                    .filter_map(|i| ongoing(name, i))
+                    .collect();
+                if !partitions.is_empty() {
+                    topics.push(
+                        OngoingTopicReassignment::default()
+                            .with_name(TopicName(str_bytes(name.clone())))
+                            .with_partitions(partitions),
+                    );
+                }
+            }
+        }
+        Some(named) => {
+            for t in named {
+                let partitions: Vec<_> =
+                    t.partition_indexes.iter().filter_map(|&i| ongoing(t.name.as_str(), i)).collect();
+                if !partitions.is_empty() {
+                    topics.push(
+                        OngoingTopicReassignment::default().with_name(t.name.clone()).with_partitions(partitions),
+                    );
+                }
+            }
+        }
+    }
+    Ok(Reply::Now(ctx.respond(&ListPartitionReassignmentsResponse::default().with_topics(topics))))
+}

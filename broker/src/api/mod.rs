@@ -70,6 +70,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
     // Refused cleanly (SECURITY_DISABLED / no credentials) until authentication exists.
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
@@ -211,6 +213,8 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::DescribeLogDirs => cluster::describe_log_dirs(broker, &ctx, &mut frame),
         ApiKey::ElectLeaders => cluster::elect_leaders(broker, &ctx, &mut frame),
         ApiKey::AlterConfigs => cluster::alter_configs(broker, &ctx, &mut frame),
+        ApiKey::AlterPartitionReassignments => cluster::alter_partition_reassignments(broker, &ctx, &mut frame),
+        ApiKey::ListPartitionReassignments => cluster::list_partition_reassignments(broker, &ctx, &mut frame),
         ApiKey::DescribeAcls => cluster::describe_acls(broker, &ctx, &mut frame),
         ApiKey::DescribeUserScramCredentials => cluster::describe_user_scram_credentials(broker, &ctx, &mut frame),
         _ => return Reply::Close(format!("api {api_key:?} is not supported")),

@@ -209,6 +209,9 @@ pub fn decide(
             }
             Ok(Decision { records: fence(image, *broker_id, settings), reply: ControllerReply::Done })
         }
+        ControllerRequest::AlterPartitionReassignments { reassignments } => {
+            Ok(alter_reassignments(image, reassignments))
+        }
         ControllerRequest::ElectLeaders { unclean, partitions } => {
             Ok(elect_leaders(image, *unclean, partitions.as_deref()))
         }
@@ -252,6 +255,115 @@ fn elect_leaders(image: &MetadataImage, unclean: bool, partitions: Option<&[(Str
 }
 
 type Refused = (ErrorCode, String);
+
+/// Kafka's NO_REASSIGNMENT_IN_PROGRESS: a cancellation of a partition that is not moving.
+pub const NO_REASSIGNMENT_IN_PROGRESS: ErrorCode = ErrorCode(85);
+
+/// AlterPartitionReassignments (KIP-455), one result per partition. A target makes the
+/// replicas the target followed by the current replicas not in it; those not in the target are
+/// `removing_replicas`, those new `adding_replicas`. The new replicas fetch as followers and join
+/// the ISR when caught up ([`alter_partition`]); once every one of them is in sync the
+/// reassignment completes ([`complete_reassignment`]). A target equal to the current replicas
+/// with nothing moving changes nothing; a new target replaces one in progress (from the
+/// replicas before it); `None` cancels: back to the replicas before the reassignment.
+fn alter_reassignments(image: &MetadataImage, reassignments: &[(String, i32, Option<Vec<i32>>)]) -> Decision {
+    let mut changes = Changes::new(image);
+    let mut results = Vec::with_capacity(reassignments.len());
+    for (topic, index, target) in reassignments {
+        let outcome = match changes.image.partition(topic, *index).cloned() {
+            None => Err((ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, format!("{topic}-{index} does not exist"))),
+            Some(p) => reassign(&changes.image, &p, target.as_deref()),
+        };
+        let (code, message) = match outcome {
+            Ok(Some(next)) => {
+                changes.change_partition(topic, *index, next);
+                (ErrorCode::NONE, String::new())
+            }
+            Ok(None) => (ErrorCode::NONE, String::new()),
+            Err((code, message)) => (code, message),
+        };
+        results.push(ElectionResult { topic: topic.clone(), partition: *index, code: code.0, message });
+    }
+    Decision { records: changes.records, reply: ControllerReply::Elections { results } }
+}
+
+/// The partition's next state for one reassignment request, `None` when nothing changes.
+fn reassign(
+    image: &MetadataImage,
+    p: &PartitionImage,
+    target: Option<&[i32]>,
+) -> Result<Option<PartitionImage>, Refused> {
+    // The replicas before any reassignment in progress.
+    let original: Vec<i32> = p.replicas.iter().copied().filter(|r| !p.adding_replicas.contains(r)).collect();
+    let Some(target) = target else {
+        if !p.is_reassigning() {
+            return Err((NO_REASSIGNMENT_IN_PROGRESS, "no reassignment in progress".to_string()));
+        }
+        return Ok(Some(settle(image, p, original)));
+    };
+    let mut seen = target.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if target.is_empty() || seen.len() != target.len() {
+        return Err((ErrorCode::INVALID_REPLICA_ASSIGNMENT, format!("target {target:?} must name distinct brokers")));
+    }
+    if let Some(unknown) = target.iter().find(|b| !image.brokers.contains_key(b)) {
+        return Err((ErrorCode::INVALID_REPLICA_ASSIGNMENT, format!("broker {unknown} is not registered")));
+    }
+    if target == original.as_slice() && !p.is_reassigning() {
+        return Ok(None);
+    }
+    let mut replicas = target.to_vec();
+    replicas.extend(original.iter().copied().filter(|r| !target.contains(r)));
+    let next = PartitionImage {
+        adding_replicas: target.iter().copied().filter(|r| !original.contains(r)).collect(),
+        removing_replicas: original.iter().copied().filter(|r| !target.contains(r)).collect(),
+        // Replicas added by an abandoned target leave the ISR with it.
+        isr: p.isr.iter().copied().filter(|r| replicas.contains(r)).collect(),
+        replicas,
+        partition_epoch: p.partition_epoch + 1,
+        ..p.clone()
+    };
+    Ok(Some(complete_reassignment(image, next)))
+}
+
+/// Completes a reassignment once every added replica is in the ISR: the replicas become the
+/// target, the removed ones leave the ISR, and leadership moves into the target if it is not
+/// there (the first live in-sync target replica, in a new leader epoch). Anything else is
+/// returned as it is.
+pub fn complete_reassignment(image: &MetadataImage, p: PartitionImage) -> PartitionImage {
+    if !p.is_reassigning() || !p.adding_replicas.iter().all(|r| p.isr.contains(r)) {
+        return p;
+    }
+    let target = p.target_replicas();
+    let mut next = settle(image, &p, target);
+    next.partition_epoch = p.partition_epoch + 1;
+    next
+}
+
+/// `p` with exactly `replicas`: no reassignment, the ISR cut to them (never empty: a leaderless
+/// partition keeps its last member), the leader moved into them if it is outside.
+fn settle(image: &MetadataImage, p: &PartitionImage, replicas: Vec<i32>) -> PartitionImage {
+    let mut isr: Vec<i32> = p.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
+    let mut leader = p.leader;
+    if !replicas.contains(&leader) || !is_live(image, leader) {
+        leader = isr.iter().copied().find(|&r| is_live(image, r)).unwrap_or(NO_LEADER);
+    }
+    if isr.is_empty() {
+        // Nothing of the ISR is in the new replica set (a cancel before any added replica
+        // caught up cannot get here: the originals are the ISR's). Keep the old ISR's order.
+        isr = p.isr.clone();
+    }
+    PartitionImage {
+        leader_epoch: if leader != p.leader { p.leader_epoch + 1 } else { p.leader_epoch },
+        partition_epoch: p.partition_epoch + 1,
+        leader,
+        isr,
+        replicas,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
+    }
+}
 
 fn preferred_choice(image: &MetadataImage, p: &PartitionImage) -> Result<PartitionImage, Refused> {
     let Some(&preferred) = p.replicas.first() else {
@@ -328,7 +440,7 @@ fn check_partition_count(name: &str, count: i32) -> Result<(), ControllerRefusal
 }
 
 fn new_partition(replicas: Vec<i32>) -> PartitionImage {
-    PartitionImage { isr: replicas.clone(), leader: replicas[0], replicas, leader_epoch: 0, partition_epoch: 0 }
+    PartitionImage { isr: replicas.clone(), leader: replicas[0], replicas, ..PartitionImage::default() }
 }
 
 /// Replica lists for partitions `first .. first + count` of `topic`: consecutive unfenced brokers
@@ -531,6 +643,8 @@ fn alter_partition(
     }
     let state =
         PartitionImage { isr: new_isr.to_vec(), partition_epoch: current.partition_epoch + 1, ..current.clone() };
+    // An added replica joining the ISR may complete a reassignment.
+    let state = complete_reassignment(image, state);
     Ok(Decision {
         records: vec![MetadataRecord::ChangePartition { topic: topic.to_string(), partition, state: state.clone() }],
         reply: ControllerReply::Partition { state },
@@ -848,6 +962,64 @@ mod tests {
             assert_ne!(p.leader, 1);
             assert!(!p.isr.contains(&1), "{p:?}");
         }
+    }
+
+    #[test]
+    fn reassignment_adds_then_completes_or_cancels() {
+        let mut image = cluster(4);
+        run(&mut image, &create("a", 1, 2)).unwrap();
+        let p = image.partition("a", 0).unwrap().clone();
+        let (keep, gone) = (p.replicas[0], p.replicas[1]);
+        let new = (1..=4).find(|b| !p.replicas.contains(b)).unwrap();
+        let move_to = |target: Option<Vec<i32>>| ControllerRequest::AlterPartitionReassignments {
+            reassignments: vec![("a".into(), 0, target), ("nope".into(), 0, Some(vec![1]))],
+        };
+        let codes = |reply: ControllerReply| match reply {
+            ControllerReply::Elections { results } => results.iter().map(|r| ErrorCode(r.code)).collect::<Vec<_>>(),
+            other => panic!("unexpected reply {other:?}"),
+        };
+        // Bad targets are refused.
+        for bad in [vec![], vec![keep, keep], vec![keep, 99]] {
+            let c = codes(run(&mut image, &move_to(Some(bad))).unwrap());
+            assert_eq!(c[0], ErrorCode::INVALID_REPLICA_ASSIGNMENT);
+            assert_eq!(c[1], ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+        }
+        assert_eq!(codes(run(&mut image, &move_to(None)).unwrap())[0], NO_REASSIGNMENT_IN_PROGRESS);
+        // [keep, gone] -> [new, keep]: new is added (not in sync yet), gone is being removed.
+        assert_eq!(codes(run(&mut image, &move_to(Some(vec![new, keep]))).unwrap())[0], ErrorCode::NONE);
+        let q = image.partition("a", 0).unwrap().clone();
+        assert_eq!(q.replicas, vec![new, keep, gone]);
+        assert_eq!((q.adding_replicas.clone(), q.removing_replicas.clone()), (vec![new], vec![gone]));
+        assert!(!q.isr.contains(&new));
+        // Cancel: back to the replicas before it.
+        run(&mut image, &move_to(None)).unwrap();
+        let c = image.partition("a", 0).unwrap().clone();
+        assert_eq!((c.replicas.clone(), c.is_reassigning()), (vec![keep, gone], false));
+        // Again, and this time the added replica catches up: the leader adds it to the ISR,
+        // which completes the move (gone leaves replicas and ISR; the leader stays if kept).
+        run(&mut image, &move_to(Some(vec![new, keep]))).unwrap();
+        let q = image.partition("a", 0).unwrap().clone();
+        let expand = ControllerRequest::AlterPartition {
+            broker_id: q.leader,
+            topic: "a".into(),
+            partition: 0,
+            leader_epoch: q.leader_epoch,
+            partition_epoch: q.partition_epoch,
+            new_isr: q.isr.iter().copied().chain([new]).collect(),
+        };
+        run(&mut image, &expand).unwrap();
+        let done = image.partition("a", 0).unwrap().clone();
+        assert_eq!(done.replicas, vec![new, keep]);
+        assert!(!done.is_reassigning());
+        assert!(!done.isr.contains(&gone) && done.isr.contains(&new), "{done:?}");
+        assert!(done.replicas.contains(&done.leader));
+        // A move off the leader elects a leader inside the target, in a new epoch.
+        let leader = done.leader;
+        let other = *done.replicas.iter().find(|&&r| r != leader).unwrap();
+        run(&mut image, &move_to(Some(vec![other]))).unwrap();
+        let last = image.partition("a", 0).unwrap().clone();
+        assert_eq!((last.replicas.clone(), last.leader), (vec![other], other));
+        assert_eq!(last.leader_epoch, done.leader_epoch + 1);
     }
 
     #[test]

@@ -123,8 +123,7 @@ mod tests {
             replicas: replicas.to_vec(),
             isr: replicas.to_vec(),
             leader: replicas[0],
-            leader_epoch: 0,
-            partition_epoch: 0,
+            ..PartitionImage::default()
         }
     }
 

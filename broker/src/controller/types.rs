@@ -24,7 +24,7 @@ pub struct BrokerRegistration {
 }
 
 /// Leader, replicas and in-sync replicas of one partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionImage {
     /// Assigned replicas; the first is the preferred leader.
     pub replicas: Vec<i32>,
@@ -38,11 +38,26 @@ pub struct PartitionImage {
     /// Bumped on every change of this partition (ISR included); AlterPartition must name the
     /// current value (Kafka's `partition_epoch`, KIP-497).
     pub partition_epoch: i32,
+    /// A reassignment in progress (KIP-455): replicas being added (they are in `replicas`,
+    /// catching up) and being removed (they leave once every added one is in sync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<i32>,
 }
 
 impl PartitionImage {
     pub fn has_leader(&self) -> bool {
         self.leader != NO_LEADER
+    }
+
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// Where a reassignment goes: `replicas` without those being removed, in order.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.removing_replicas.contains(r)).collect()
     }
 }
 
@@ -145,6 +160,11 @@ pub enum ControllerRequest {
     ControlledShutdown {
         broker_id: i32,
         incarnation_id: Uuid,
+    },
+    /// AlterPartitionReassignments (KIP-455): per partition the target replicas, or `None` to
+    /// cancel the reassignment in progress.
+    AlterPartitionReassignments {
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
     },
     /// ElectLeaders (KIP-460): the preferred replica (`replicas[0]`) where it is live and in
     /// sync, or (`unclean`) a live replica for partitions without a live leader, out of sync if

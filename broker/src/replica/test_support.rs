@@ -55,7 +55,14 @@ pub fn produce(partition: &Partition, values: &[&str], producer: Option<(i64, i1
 }
 
 pub fn image(replicas: &[i32], isr: &[i32], leader: i32, leader_epoch: i32, partition_epoch: i32) -> PartitionImage {
-    PartitionImage { replicas: replicas.to_vec(), isr: isr.to_vec(), leader, leader_epoch, partition_epoch }
+    PartitionImage {
+        replicas: replicas.to_vec(),
+        isr: isr.to_vec(),
+        leader,
+        leader_epoch,
+        partition_epoch,
+        ..PartitionImage::default()
+    }
 }
 
 pub fn replica_config(node_id: i32) -> ReplicaConfig {

@@ -835,6 +835,33 @@ static DESCRIBE_ACLS: Message = Message {
     },
 };
 
+// AlterPartitionReassignments: timeout_ms, allow_replication_factor_change (v1+), topics [name,
+// partitions [partition_index, replicas (nullable)]].
+static REASSIGNABLE_PARTITION: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, Ty::Array(&INT32))], tagged: &[] };
+static REASSIGNABLE_TOPIC: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&REASSIGNABLE_PARTITION)))],
+    tagged: &[],
+};
+static ALTER_PARTITION_REASSIGNMENTS: Message = Message {
+    name: "AlterPartitionReassignments",
+    min_version: 0,
+    max_version: 1,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[f(0, ANY, INT32), f(1, ANY, BOOL), f(0, ANY, Ty::Array(&Ty::Struct(&REASSIGNABLE_TOPIC)))],
+        tagged: &[],
+    },
+};
+// ListPartitionReassignments: timeout_ms, topics (nullable) [name, partition_indexes].
+static LIST_PARTITION_REASSIGNMENTS: Message = Message {
+    name: "ListPartitionReassignments",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, INT32), f(0, ANY, Ty::Array(&Ty::Struct(&TXN_TOPIC)))], tagged: &[] },
+};
+
 // DescribeUserScramCredentials: users (nullable) [name].
 static SCRAM_USER: Struct = Struct { fields: &[f(0, ANY, Ty::String)], tagged: &[] };
 static DESCRIBE_USER_SCRAM_CREDENTIALS: Message = Message {
@@ -885,6 +912,8 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::AlterConfigs => &ALTER_CONFIGS,
         ApiKey::DescribeAcls => &DESCRIBE_ACLS,
         ApiKey::DescribeUserScramCredentials => &DESCRIBE_USER_SCRAM_CREDENTIALS,
+        ApiKey::AlterPartitionReassignments => &ALTER_PARTITION_REASSIGNMENTS,
+        ApiKey::ListPartitionReassignments => &LIST_PARTITION_REASSIGNMENTS,
         _ => return None,
     })
 }
@@ -1709,6 +1738,41 @@ mod tests {
                 .with_permission_type(1)
                 .with_unknown_tagged_fields(tags(v, 2));
             assert_walks_exactly(ApiKey::DescribeAcls, v, &m);
+        }
+        {
+            use crate::protocol::messages::alter_partition_reassignments_request::{
+                ReassignablePartition, ReassignableTopic,
+            };
+            use crate::protocol::messages::list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+            use crate::protocol::messages::{AlterPartitionReassignmentsRequest, ListPartitionReassignmentsRequest};
+            for v in 0..=1 {
+                let p = ReassignablePartition::default()
+                    .with_partition_index(1)
+                    .with_replicas(Some(vec![BrokerId(2), BrokerId(3)]))
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let cancel = ReassignablePartition::default().with_partition_index(2).with_replicas(None);
+                let t = ReassignableTopic::default()
+                    .with_name(topic("orders"))
+                    .with_partitions(vec![p, cancel])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let m = AlterPartitionReassignmentsRequest::default()
+                    .with_timeout_ms(1000)
+                    .with_allow_replication_factor_change(v == 0)
+                    .with_topics(vec![t.clone(), t])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                assert_walks_exactly(ApiKey::AlterPartitionReassignments, v, &m);
+            }
+            let t = ListPartitionReassignmentsTopics::default()
+                .with_name(topic("orders"))
+                .with_partition_indexes(vec![0, 1])
+                .with_unknown_tagged_fields(tags(0, 0));
+            for topics in [None, Some(vec![t.clone(), t])] {
+                let m = ListPartitionReassignmentsRequest::default()
+                    .with_timeout_ms(1000)
+                    .with_topics(topics)
+                    .with_unknown_tagged_fields(tags(0, 0));
+                assert_walks_exactly(ApiKey::ListPartitionReassignments, 0, &m);
+            }
         }
         let u = UserName::default().with_name(str_bytes("alice")).with_unknown_tagged_fields(tags(0, 0));
         for users in [None, Some(vec![u.clone(), u])] {
