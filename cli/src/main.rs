@@ -52,6 +52,9 @@ enum Command {
     DeleteRecords(records::DeleteRecordsArgs),
     /// Preferred or unclean leader election (like kafka-leader-election.sh).
     LeaderElection(records::LeaderElectionArgs),
+    /// Move partitions between brokers: generate a plan, execute, verify, cancel (like
+    /// kafka-reassign-partitions.sh).
+    Reassign(records::ReassignArgs),
     /// Manage the connectors of a Connect worker group through its REST API.
     Connectors(connectors::ConnectorsArgs),
     /// Query topics with SQL (DataFusion): -c/-f statements, or an interactive shell.
@@ -94,6 +97,7 @@ async fn main() -> ExitCode {
         Command::Transactions(args) => transactions::run(args).await,
         Command::DeleteRecords(args) => records::delete_records(args).await,
         Command::LeaderElection(args) => records::leader_election(args).await,
+        Command::Reassign(args) => records::reassign(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Connectors(args) => connectors::run(args).await,
         Command::Connect(args) => connect::run(args).await,

@@ -180,3 +180,174 @@ pub async fn leader_election(args: LeaderElectionArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("action").required(true).multiple(false).args(
+    ["generate", "execute", "verify", "cancel"]
+)))]
+#[command(after_help = "Like kafka-reassign-partitions.sh, with its JSON format:\n  \
+{\"version\": 1, \"partitions\": [{\"topic\": \"orders\", \"partition\": 0, \"replicas\": [2, 3]}]}\n\n\
+Examples:\n  spate reassign --generate --topics orders,clicks --brokers 1,2,3 > plan.json\n  \
+spate reassign --execute plan.json\n  spate reassign --verify plan.json\n  spate reassign --cancel plan.json")]
+pub struct ReassignArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
+    /// Print a plan spreading --topics over --brokers (same replication factor), and the current
+    /// assignment to roll back to. Nothing is changed.
+    #[arg(long, requires_all = ["topics", "brokers"])]
+    pub generate: bool,
+    /// Start the reassignments of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub execute: Option<PathBuf>,
+    /// Report, per partition of FILE, whether its reassignment has completed.
+    #[arg(long, value_name = "FILE")]
+    pub verify: Option<PathBuf>,
+    /// Cancel the reassignments of FILE still in progress (back to the replicas before).
+    #[arg(long, value_name = "FILE")]
+    pub cancel: Option<PathBuf>,
+    /// --generate: the topics to move (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// --generate: the brokers to spread them over (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    pub brokers: Vec<i32>,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct ReassignmentFile {
+    #[serde(default = "version_one")]
+    version: i32,
+    partitions: Vec<PartitionReplicas>,
+}
+
+fn version_one() -> i32 {
+    1
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct PartitionReplicas {
+    topic: String,
+    partition: i32,
+    replicas: Vec<i32>,
+}
+
+pub async fn reassign(args: ReassignArgs) -> Result<()> {
+    let admin = admin(&args.bootstrap, "spate-reassign").await?;
+    let mut out = String::new();
+    if args.generate {
+        let mut brokers = args.brokers.clone();
+        brokers.sort_unstable();
+        brokers.dedup();
+        let names: Vec<&str> = args.topics.iter().map(String::as_str).collect();
+        let described = admin.describe_topics(&names).await?;
+        let (mut current, mut proposed) = (Vec::new(), Vec::new());
+        for t in &described {
+            for p in &t.partitions {
+                let rf = p.replicas.len();
+                if rf > brokers.len() {
+                    bail!("{}-{} has {rf} replicas but only {} brokers were given", t.name, p.partition, brokers.len());
+                }
+                current.push(PartitionReplicas {
+                    topic: t.name.clone(),
+                    partition: p.partition,
+                    replicas: p.replicas.clone(),
+                });
+                // Round-robin from the partition's index, so leaders (the first replica) spread.
+                let start = usize::try_from(p.partition).unwrap_or(0);
+                let replicas = (0..rf).map(|i| brokers[(start + i) % brokers.len()]).collect();
+                proposed.push(PartitionReplicas { topic: t.name.clone(), partition: p.partition, replicas });
+            }
+        }
+        let current = serde_json::to_string(&ReassignmentFile { version: 1, partitions: current })?;
+        let proposed = serde_json::to_string(&ReassignmentFile { version: 1, partitions: proposed })?;
+        eprintln!("Current partition replica assignment (save it to roll back):\n{current}\n");
+        eprintln!("Proposed partition reassignment configuration (on stdout):");
+        writeln!(out, "{proposed}")?;
+    } else if let Some(path) = &args.execute {
+        let plan: ReassignmentFile = read_json(path)?;
+        let targets: Vec<(TopicPartition, Option<Vec<i32>>)> = plan
+            .partitions
+            .iter()
+            .map(|p| (TopicPartition::new(p.topic.clone(), p.partition), Some(p.replicas.clone())))
+            .collect();
+        let results = admin.alter_partition_reassignments(&targets).await?;
+        report(&mut out, &results, "Successfully started partition reassignment")?;
+    } else if let Some(path) = &args.cancel {
+        let plan: ReassignmentFile = read_json(path)?;
+        let ongoing = admin.list_partition_reassignments().await?;
+        let targets: Vec<(TopicPartition, Option<Vec<i32>>)> = plan
+            .partitions
+            .iter()
+            .map(|p| TopicPartition::new(p.topic.clone(), p.partition))
+            .filter(|tp| ongoing.contains_key(tp))
+            .map(|tp| (tp, None))
+            .collect();
+        if targets.is_empty() {
+            writeln!(out, "No reassignment of the file's partitions is in progress.")?;
+        } else {
+            let results = admin.alter_partition_reassignments(&targets).await?;
+            report(&mut out, &results, "Successfully cancelled partition reassignment")?;
+        }
+    } else if let Some(path) = &args.verify {
+        let plan: ReassignmentFile = read_json(path)?;
+        let ongoing = admin.list_partition_reassignments().await?;
+        let names: Vec<String> = plan
+            .partitions
+            .iter()
+            .map(|p| p.topic.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let described = admin.describe_topics(&names.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        let mut incomplete = 0;
+        for p in &plan.partitions {
+            let tp = TopicPartition::new(p.topic.clone(), p.partition);
+            let current = described
+                .iter()
+                .find(|t| t.name == p.topic)
+                .and_then(|t| t.partitions.iter().find(|q| q.partition == p.partition))
+                .map(|q| q.replicas.clone());
+            if ongoing.contains_key(&tp) {
+                incomplete += 1;
+                writeln!(out, "Reassignment of partition {tp} is still in progress.")?;
+            } else if current.as_ref() == Some(&p.replicas) {
+                writeln!(out, "Reassignment of partition {tp} is completed.")?;
+            } else {
+                incomplete += 1;
+                writeln!(
+                    out,
+                    "There is no active reassignment of partition {tp}, but its replicas are {current:?}, not {:?}.",
+                    p.replicas
+                )?;
+            }
+        }
+        print_out(&out);
+        if incomplete > 0 {
+            bail!("{incomplete} of {} partitions are not reassigned yet", plan.partitions.len());
+        }
+        return Ok(());
+    }
+    print_out(&out);
+    Ok(())
+}
+
+fn report(
+    out: &mut String,
+    results: &std::collections::BTreeMap<TopicPartition, spate_client::Result<()>>,
+    ok: &str,
+) -> Result<()> {
+    let failed: Vec<String> =
+        results.iter().filter_map(|(tp, r)| r.as_ref().err().map(|e| format!("{tp}: {e}"))).collect();
+    let done: Vec<String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(tp, _)| tp.to_string()).collect();
+    if !done.is_empty() {
+        writeln!(out, "{ok} for {}", done.join(","))?;
+    }
+    for f in &failed {
+        writeln!(out, "Error reassigning partition {f}")?;
+    }
+    if !failed.is_empty() {
+        print_out(out);
+        bail!("{} partitions failed", failed.len());
+    }
+    Ok(())
+}

@@ -81,6 +81,14 @@ impl NewTopic {
     }
 }
 
+/// A partition's reassignment in progress (ListPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReassignment {
+    pub replicas: Vec<i32>,
+    pub adding_replicas: Vec<i32>,
+    pub removing_replicas: Vec<i32>,
+}
+
 /// A topic as `describe_topics` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
@@ -1014,6 +1022,80 @@ impl Admin {
                     format!("electing a leader of {tp}")
                 });
                 out.insert(tp, result);
+            }
+        }
+        Ok(out)
+    }
+
+    /// AlterPartitionReassignments (KIP-455, `kafka-reassign-partitions.sh --execute/--cancel`):
+    /// per partition the target replicas, or `None` to cancel its reassignment. The outcome
+    /// per partition is whether the controller accepted it; the data moves afterwards
+    /// ([`Admin::list_partition_reassignments`] shows what is still moving).
+    pub async fn alter_partition_reassignments(
+        &self,
+        reassignments: &[(TopicPartition, Option<Vec<i32>>)],
+    ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
+        use crate::protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        use crate::protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse};
+        let mut by_topic: BTreeMap<String, Vec<ReassignablePartition>> = BTreeMap::new();
+        for (tp, target) in reassignments {
+            by_topic.entry(tp.topic.clone()).or_default().push(
+                ReassignablePartition::default()
+                    .with_partition_index(tp.partition)
+                    .with_replicas(target.as_ref().map(|t| t.iter().map(|&b| BrokerId(b)).collect())),
+            );
+        }
+        let request = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(i32::try_from(self.timeout().as_millis()).unwrap_or(i32::MAX))
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| ReassignableTopic::default().with_name(TopicName(str_bytes(t))).with_partitions(ps))
+                    .collect(),
+            );
+        let (_, response): (i16, AlterPartitionReassignmentsResponse) =
+            self.call_controller(ApiKey::AlterPartitionReassignments, &request).await?;
+        item_result(response.error_code, response.error_message.map(|m| m.to_string()), || {
+            "altering partition reassignments".to_string()
+        })?;
+        let mut out = BTreeMap::new();
+        for t in response.responses {
+            for p in t.partitions {
+                let tp = TopicPartition::new(t.name.to_string(), p.partition_index);
+                let result =
+                    item_result(p.error_code, p.error_message.map(|m| m.to_string()), || format!("reassigning {tp}"));
+                out.insert(tp, result);
+            }
+        }
+        Ok(out)
+    }
+
+    /// ListPartitionReassignments: the partitions still moving, with their replicas and the
+    /// replicas being added and removed.
+    pub async fn list_partition_reassignments(&self) -> Result<BTreeMap<TopicPartition, PartitionReassignment>> {
+        use crate::protocol::messages::{ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse};
+        let request = ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(i32::try_from(self.timeout().as_millis()).unwrap_or(i32::MAX))
+            .with_topics(None);
+        let (_, response): (i16, ListPartitionReassignmentsResponse) =
+            self.call_controller(ApiKey::ListPartitionReassignments, &request).await?;
+        item_result(response.error_code, response.error_message.map(|m| m.to_string()), || {
+            "listing partition reassignments".to_string()
+        })?;
+        let ids = |v: Vec<BrokerId>| v.into_iter().map(|b| b.0).collect::<Vec<_>>();
+        let mut out = BTreeMap::new();
+        for t in response.topics {
+            for p in t.partitions {
+                out.insert(
+                    TopicPartition::new(t.name.to_string(), p.partition_index),
+                    PartitionReassignment {
+                        replicas: ids(p.replicas),
+                        adding_replicas: ids(p.adding_replicas),
+                        removing_replicas: ids(p.removing_replicas),
+                    },
+                );
             }
         }
         Ok(out)

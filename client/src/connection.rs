@@ -81,6 +81,8 @@ pub const CLIENT_API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// The range this client speaks for `api_key`, if any.
@@ -157,6 +159,8 @@ pub fn api_name(api_key: ApiKey) -> &'static str {
         ApiKey::EndTxn => "EndTxn",
         ApiKey::DeleteRecords => "DeleteRecords",
         ApiKey::ElectLeaders => "ElectLeaders",
+        ApiKey::AlterPartitionReassignments => "AlterPartitionReassignments",
+        ApiKey::ListPartitionReassignments => "ListPartitionReassignments",
         _ => "an api this client does not use",
     }
 }

@@ -6,6 +6,8 @@ authentication (DescribeAcls, DescribeUserScramCredentials)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 
@@ -26,6 +28,7 @@ from kafka.admin import ConfigResource as KConfigResource
 from kafka.admin import ConfigResourceType
 from kafka.errors import SecurityDisabledError
 
+from conftest import spate_binary
 from spatecluster import FAST_SETTINGS
 from spatetest import client_config, consume_assigned, create_topic, produce, unique_topic, wait_until, watermarks
 
@@ -370,3 +373,36 @@ def test_reassignment_moves_partitions_while_producing(cluster_factory):
     assert not errors, errors[:5]
     values = consume_assigned(cluster.up_bootstrap(), topic, range(2), len(acked))
     assert sorted(m.value() for m in values) == sorted(acked)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_spate_reassign_generate_execute_verify(cluster_factory, tmp_path):
+    cluster = cluster_factory(settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
+    topic = unique_topic("cli-reassign")
+    cluster.create_topic(topic, partitions=3, replication_factor=1)
+    fill(cluster.bootstrap, topic, 3, 50)
+    spate = spate_binary()
+
+    def run(*args, check=True):
+        proc = subprocess.run([spate, "reassign", "--bootstrap-server", cluster.bootstrap, *args],
+                              capture_output=True, text=True, timeout=60)
+        if check:
+            assert proc.returncode == 0, proc.stderr + proc.stdout
+        return proc
+
+    plan = json.loads(run("--generate", "--topics", topic, "--brokers", "2,3").stdout)
+    assert plan["version"] == 1
+    assert sorted(p["partition"] for p in plan["partitions"]) == [0, 1, 2]
+    assert all(len(p["replicas"]) == 1 and p["replicas"][0] in (2, 3) for p in plan["partitions"])
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    assert "Successfully started partition reassignment" in run("--execute", str(plan_file)).stdout
+    wait_until(lambda: run("--verify", str(plan_file), check=False).returncode == 0, 60, "spate reassign --verify")
+    assert run("--verify", str(plan_file)).stdout.count("is completed") == 3
+    for p in plan["partitions"]:
+        assert cluster.partition_view(topic, p["partition"]).replicas == p["replicas"]
+    # Every record is still there.
+    assert len(consume_assigned(cluster.bootstrap, topic, range(3), 150)) == 150
+    # Nothing in progress: cancel has nothing to do.
+    assert "No reassignment" in run("--cancel", str(plan_file)).stdout

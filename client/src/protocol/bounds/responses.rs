@@ -1024,6 +1024,61 @@ static ELECT_LEADERS: Message = Message {
     },
 };
 
+// AlterPartitionReassignments: throttle_time_ms, allow_replication_factor_change (v1+),
+// error_code, error_message, responses [name, partitions [partition_index, error_code,
+// error_message]].
+static REASSIGNABLE_PARTITION_RESPONSE: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16), f(0, ANY, Ty::String)], tagged: &[] };
+static REASSIGNABLE_TOPIC_RESPONSE: Struct = Struct {
+    fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&REASSIGNABLE_PARTITION_RESPONSE)))],
+    tagged: &[],
+};
+static ALTER_PARTITION_REASSIGNMENTS: Message = Message {
+    name: "AlterPartitionReassignments",
+    min_version: 0,
+    max_version: 1,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),
+            f(1, ANY, BOOL),
+            f(0, ANY, INT16),
+            f(0, ANY, Ty::String),
+            f(0, ANY, Ty::Array(&Ty::Struct(&REASSIGNABLE_TOPIC_RESPONSE))),
+        ],
+        tagged: &[],
+    },
+};
+
+// ListPartitionReassignments: throttle_time_ms, error_code, error_message, topics [name,
+// partitions [partition_index, replicas, adding_replicas, removing_replicas]].
+static ONGOING_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32),
+        f(0, ANY, Ty::Array(&INT32)),
+        f(0, ANY, Ty::Array(&INT32)),
+        f(0, ANY, Ty::Array(&INT32)),
+    ],
+    tagged: &[],
+};
+static ONGOING_TOPIC: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&ONGOING_PARTITION)))], tagged: &[] };
+static LIST_PARTITION_REASSIGNMENTS: Message = Message {
+    name: "ListPartitionReassignments",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT32),
+            f(0, ANY, INT16),
+            f(0, ANY, Ty::String),
+            f(0, ANY, Ty::Array(&Ty::Struct(&ONGOING_TOPIC))),
+        ],
+        tagged: &[],
+    },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -1055,6 +1110,8 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::DescribeProducers => &DESCRIBE_PRODUCERS,
         ApiKey::DeleteRecords => &DELETE_RECORDS,
         ApiKey::ElectLeaders => &ELECT_LEADERS,
+        ApiKey::AlterPartitionReassignments => &ALTER_PARTITION_REASSIGNMENTS,
+        ApiKey::ListPartitionReassignments => &LIST_PARTITION_REASSIGNMENTS,
         ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
         ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
         ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
@@ -1125,6 +1182,8 @@ mod tests {
         ApiKey::DescribeProducers,
         ApiKey::DeleteRecords,
         ApiKey::ElectLeaders,
+        ApiKey::AlterPartitionReassignments,
+        ApiKey::ListPartitionReassignments,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -1222,6 +1281,49 @@ mod tests {
                 .with_replica_election_results(vec![t.clone(), t])
                 .with_unknown_tagged_fields(tags(v, 2));
             push(out, ApiKey::ElectLeaders, v, &m);
+        }
+        {
+            use crate::protocol::messages::alter_partition_reassignments_response::{
+                ReassignablePartitionResponse, ReassignableTopicResponse,
+            };
+            use crate::protocol::messages::list_partition_reassignments_response::{
+                OngoingPartitionReassignment, OngoingTopicReassignment,
+            };
+            use crate::protocol::messages::{AlterPartitionReassignmentsResponse, ListPartitionReassignmentsResponse};
+            for v in 0..=1 {
+                let p = ReassignablePartitionResponse::default()
+                    .with_partition_index(1)
+                    .with_error_code(85)
+                    .with_error_message(Some(str_bytes("no reassignment")))
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let t = ReassignableTopicResponse::default()
+                    .with_name(topic("orders"))
+                    .with_partitions(vec![p.clone(), p])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let m = AlterPartitionReassignmentsResponse::default()
+                    .with_throttle_time_ms(1)
+                    .with_allow_replication_factor_change(v == 0)
+                    .with_error_code(0)
+                    .with_error_message(None)
+                    .with_responses(vec![t.clone(), t])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                push(out, ApiKey::AlterPartitionReassignments, v, &m);
+            }
+            let p = OngoingPartitionReassignment::default()
+                .with_partition_index(0)
+                .with_replicas(vec![BrokerId(1), BrokerId(2)])
+                .with_adding_replicas(vec![BrokerId(2)])
+                .with_removing_replicas(vec![BrokerId(3)])
+                .with_unknown_tagged_fields(tags(0, 0));
+            let t = OngoingTopicReassignment::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(0, 0));
+            let m = ListPartitionReassignmentsResponse::default()
+                .with_error_message(Some(str_bytes("fine")))
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(0, 0));
+            push(out, ApiKey::ListPartitionReassignments, 0, &m);
         }
     }
 
@@ -2138,6 +2240,12 @@ mod tests {
             ApiKey::DescribeProducers => len::<crate::protocol::messages::DescribeProducersResponse>(version, body),
             ApiKey::DeleteRecords => len::<crate::protocol::messages::DeleteRecordsResponse>(version, body),
             ApiKey::ElectLeaders => len::<crate::protocol::messages::ElectLeadersResponse>(version, body),
+            ApiKey::AlterPartitionReassignments => {
+                len::<crate::protocol::messages::AlterPartitionReassignmentsResponse>(version, body)
+            }
+            ApiKey::ListPartitionReassignments => {
+                len::<crate::protocol::messages::ListPartitionReassignmentsResponse>(version, body)
+            }
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }
