@@ -35,6 +35,44 @@ from spatetest import client_config, consume_assigned, create_topic, produce, un
 pytestmark = pytest.mark.timeout(120)
 
 
+class BackgroundProducer:
+    """An idempotent acks=all confluent-kafka producer writing `v<i>` values on a thread until
+    stopped; `acked` and `errors` collect the delivery reports."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int | None = None):
+        self.errors: list = []
+        self.acked: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(bootstrap, topic, partitions), daemon=True)
+        self._thread.start()
+
+    def _run(self, bootstrap: str, topic: str, partitions: int | None) -> None:
+        producer = Producer(client_config(bootstrap, **{
+            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "message.timeout.ms": 60000, "topic.metadata.refresh.interval.ms": 1000,
+        }))
+
+        def on_delivery(err, msg):
+            (self.errors if err is not None else self.acked).append(err or msg.value())
+
+        i = 0
+        while not self._stop.is_set():
+            extra = {} if partitions is None else {"partition": i % partitions}
+            producer.produce(topic, value=f"v{i}".encode(), on_delivery=on_delivery, **extra)
+            producer.poll(0.002)
+            i += 1
+        assert producer.flush(60) == 0
+
+    def wait_for_more(self, count: int, what: str) -> None:
+        start = len(self.acked)
+        wait_until(lambda: len(self.acked) > start + count, 30, what)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(90)
+        assert not self.errors, self.errors[:5]
+
+
 def kafka_python_admin(bootstrap: str) -> KafkaAdminClient:
     return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
 
@@ -263,30 +301,8 @@ def test_sigterm_moves_leadership_before_the_broker_exits(cluster_factory):
     cluster.create_topic(topic, partitions=3, replication_factor=3)
     cluster.wait_full_isr(topic, 3)
     victim = cluster.leader_of(topic, 0)
-
-    errors: list = []
-    acked: list = []
-    stop = threading.Event()
-
-    def produce_loop():
-        producer = Producer(client_config(cluster.bootstrap, **{
-            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "message.timeout.ms": 60000, "topic.metadata.refresh.interval.ms": 1000,
-        }))
-
-        def on_delivery(err, msg):
-            (errors if err is not None else acked).append(err or (msg.partition(), msg.offset(), msg.value()))
-
-        i = 0
-        while not stop.is_set():
-            producer.produce(topic, value=f"v{i}".encode(), on_delivery=on_delivery)
-            producer.poll(0.002)
-            i += 1
-        assert producer.flush(60) == 0
-
-    thread = threading.Thread(target=produce_loop, daemon=True)
-    thread.start()
-    wait_until(lambda: len(acked) > 200, 30, "the producer under way")
+    producer = BackgroundProducer(cluster.bootstrap, topic)
+    producer.wait_for_more(200, "the producer under way")
     stopped_at = time.monotonic()
     cluster.stop(victim)  # SIGTERM, waits for the exit
     exit_s = time.monotonic() - stopped_at
@@ -296,14 +312,11 @@ def test_sigterm_moves_leadership_before_the_broker_exits(cluster_factory):
     for p in range(3):
         cluster.wait_leader(topic, p, timeout_s=3.0, exclude=(victim,))
     assert exit_s < 10, exit_s
-    count_at_stop = len(acked)
-    wait_until(lambda: len(acked) > count_at_stop + 200, 30, "the producer going on without the stopped broker")
-    stop.set()
-    thread.join(90)
-    assert not errors, errors[:5]
+    producer.wait_for_more(200, "the producer going on without the stopped broker")
+    producer.stop()
     # Every acknowledged record is there, once.
-    values = consume_assigned(cluster.up_bootstrap(), topic, range(3), len(acked))
-    assert sorted(m.value() for m in values) == sorted(v for _, _, v in acked)
+    values = consume_assigned(cluster.up_bootstrap(), topic, range(3), len(producer.acked))
+    assert sorted(m.value() for m in values) == sorted(producer.acked)
 
 
 @pytest.mark.cluster
@@ -318,30 +331,8 @@ def test_reassignment_moves_partitions_while_producing(cluster_factory):
     p0 = cluster.partition_view(topic, 0)
     old = p0.replicas[0]
     others = [b for b in (1, 2, 3) if b != old]
-
-    errors: list = []
-    acked: list = []
-    stop = threading.Event()
-
-    def produce_loop():
-        producer = Producer(client_config(cluster.bootstrap, **{
-            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "message.timeout.ms": 60000, "topic.metadata.refresh.interval.ms": 1000,
-        }))
-
-        def on_delivery(err, msg):
-            (errors if err is not None else acked).append(err or msg.value())
-
-        i = 0
-        while not stop.is_set():
-            producer.produce(topic, value=f"v{i}".encode(), partition=i % 2, on_delivery=on_delivery)
-            producer.poll(0.002)
-            i += 1
-        assert producer.flush(60) == 0
-
-    thread = threading.Thread(target=produce_loop, daemon=True)
-    thread.start()
-    wait_until(lambda: len(acked) > 300, 30, "the producer under way")
+    producer = BackgroundProducer(cluster.bootstrap, topic, partitions=2)
+    producer.wait_for_more(300, "the producer under way")
 
     client = kafka_python_admin(cluster.bootstrap)
     try:
@@ -366,13 +357,10 @@ def test_reassignment_moves_partitions_while_producing(cluster_factory):
     old_dir = cluster.node(old).data_dir / f"{topic}-0"
     wait_until(lambda: not old_dir.exists(), 20, f"{old_dir} removed")
 
-    count_at_move = len(acked)
-    wait_until(lambda: len(acked) > count_at_move + 300, 30, "the producer going on after the move")
-    stop.set()
-    thread.join(90)
-    assert not errors, errors[:5]
-    values = consume_assigned(cluster.up_bootstrap(), topic, range(2), len(acked))
-    assert sorted(m.value() for m in values) == sorted(acked)
+    producer.wait_for_more(300, "the producer going on after the move")
+    producer.stop()
+    values = consume_assigned(cluster.up_bootstrap(), topic, range(2), len(producer.acked))
+    assert sorted(m.value() for m in values) == sorted(producer.acked)
 
 
 @pytest.mark.cluster

@@ -38,9 +38,8 @@ const ENDPOINT_TYPE_BROKERS: i8 = 1;
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 /// ElectLeaders' `election_type`: 0 preferred, 1 unclean.
 const ELECTION_UNCLEAN: i8 = 1;
-/// Config resource types (Kafka's `ConfigResource.Type`).
+/// Config resource type of a topic (Kafka's `ConfigResource.Type`).
 const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
 /// Upper bound on partitions one DeleteRecords or ElectLeaders request may name (their arrays
 /// are already bounded by the frame size; this bounds the work one request can queue).
 const MAX_PARTITIONS_PER_REQUEST: usize = 100_000;
@@ -334,11 +333,7 @@ pub(super) fn alter_configs(
                         .await
                         .map_err(|e| (e.code(), e.to_string()))
                 }
-                RESOURCE_BROKER => Err((
-                    ErrorCode::INVALID_REQUEST,
-                    "broker configs are static: set them by flag, SPATE_* env or config file and restart".to_string(),
-                )),
-                other => Err((ErrorCode::INVALID_REQUEST, format!("resource type {other} is not supported"))),
+                other => Err(super::configs::refuse_non_topic(other)),
             };
             responses.push(match outcome {
                 Ok(()) => r,

@@ -141,6 +141,19 @@ pub(super) fn describe(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut By
     Ok(Reply::Now(ctx.respond(&DescribeConfigsResponse::default().with_results(results))))
 }
 
+/// Why an alter of a resource other than a topic is refused (AlterConfigs and
+/// IncrementalAlterConfigs alike).
+pub(super) fn refuse_non_topic(resource_type: i8) -> (ErrorCode, String) {
+    if resource_type == RESOURCE_BROKER {
+        (
+            ErrorCode::INVALID_REQUEST,
+            "broker configs are static: set them by flag, SPATE_* env or config file and restart".to_string(),
+        )
+    } else {
+        (ErrorCode::INVALID_REQUEST, format!("resource type {resource_type} is not supported"))
+    }
+}
+
 pub(super) fn incremental_alter(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
@@ -182,11 +195,7 @@ pub(super) fn incremental_alter(
                             .map_err(|e| (e.code(), e.to_string())),
                     }
                 }
-                RESOURCE_BROKER => Err((
-                    ErrorCode::INVALID_REQUEST,
-                    "broker configs are static: set them by flag, SPATE_* env or config file and restart".to_string(),
-                )),
-                other => Err((ErrorCode::INVALID_REQUEST, format!("resource type {other} is not supported"))),
+                other => Err(refuse_non_topic(other)),
             };
             responses.push(match outcome {
                 Ok(()) => r,

@@ -106,18 +106,7 @@ pub fn decide(
             Ok(Decision { records: changes.records, reply: ControllerReply::Done })
         }
         ControllerRequest::BrokerHeartbeat { broker_id, incarnation_id } => {
-            let Some(registered) = image.brokers.get(broker_id) else {
-                return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));
-            };
-            if registered.incarnation_id != *incarnation_id {
-                return Err(refusal(
-                    STALE_BROKER_EPOCH,
-                    format!(
-                        "broker {broker_id} heartbeat from incarnation {incarnation_id}, registered is {}",
-                        registered.incarnation_id
-                    ),
-                ));
-            }
+            let registered = registered_incarnation(image, *broker_id, *incarnation_id, "heartbeat")?;
             let records = if registered.fenced { unfence(image, *broker_id, settings) } else { Vec::new() };
             Ok(Decision { records, reply: ControllerReply::Heartbeat { fenced: false } })
         }
@@ -195,18 +184,7 @@ pub fn decide(
             })
         }
         ControllerRequest::ControlledShutdown { broker_id, incarnation_id } => {
-            let Some(registered) = image.brokers.get(broker_id) else {
-                return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));
-            };
-            if registered.incarnation_id != *incarnation_id {
-                return Err(refusal(
-                    STALE_BROKER_EPOCH,
-                    format!(
-                        "controlled shutdown from incarnation {incarnation_id}, registered is {}",
-                        registered.incarnation_id
-                    ),
-                ));
-            }
+            registered_incarnation(image, *broker_id, *incarnation_id, "controlled shutdown")?;
             Ok(Decision { records: fence(image, *broker_id, settings), reply: ControllerReply::Done })
         }
         ControllerRequest::AlterPartitionReassignments { reassignments } => {
@@ -255,6 +233,29 @@ fn elect_leaders(image: &MetadataImage, unclean: bool, partitions: Option<&[(Str
 }
 
 type Refused = (ErrorCode, String);
+
+/// The registration of `broker_id` when `incarnation_id` is its current process; a request
+/// (`what`) from an unknown broker or an older process is refused.
+fn registered_incarnation<'a>(
+    image: &'a MetadataImage,
+    broker_id: i32,
+    incarnation_id: Uuid,
+    what: &str,
+) -> Result<&'a BrokerRegistration, ControllerRefusal> {
+    let Some(registered) = image.brokers.get(&broker_id) else {
+        return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));
+    };
+    if registered.incarnation_id != incarnation_id {
+        return Err(refusal(
+            STALE_BROKER_EPOCH,
+            format!(
+                "broker {broker_id} {what} from incarnation {incarnation_id}, registered is {}",
+                registered.incarnation_id
+            ),
+        ));
+    }
+    Ok(registered)
+}
 
 /// Kafka's NO_REASSIGNMENT_IN_PROGRESS: a cancellation of a partition that is not moving.
 pub const NO_REASSIGNMENT_IN_PROGRESS: ErrorCode = ErrorCode(85);
