@@ -430,11 +430,16 @@ pub(super) fn alter_partition_reassignments(
         }
         let mut response =
             AlterPartitionReassignmentsResponse::default().with_allow_replication_factor_change(allow_rf_change);
-        let outcomes = if wanted.is_empty() || wanted.len() > MAX_PARTITIONS_PER_REQUEST {
-            Ok(Vec::new())
-        } else {
-            broker.alter_partition_reassignments(wanted).await
-        };
+        if wanted.len() > MAX_PARTITIONS_PER_REQUEST {
+            response.error_code = ErrorCode::INVALID_REQUEST.0;
+            response.error_message = Some(str_bytes(format!(
+                "{} partitions in one request; at most {MAX_PARTITIONS_PER_REQUEST}",
+                wanted.len()
+            )));
+            return ctx.respond(&response);
+        }
+        let outcomes =
+            if wanted.is_empty() { Ok(Vec::new()) } else { broker.alter_partition_reassignments(wanted).await };
         let results = match outcomes {
             Ok(results) => results,
             Err(err) => {

@@ -678,6 +678,20 @@ mod tests {
         Ok(d.reply)
     }
 
+    /// The leader of `topic`-0 asks for `new_isr` (an AlterPartition in the current epochs).
+    fn set_isr(image: &mut MetadataImage, topic: &str, new_isr: Vec<i32>) {
+        let p = image.partition(topic, 0).unwrap().clone();
+        let request = ControllerRequest::AlterPartition {
+            broker_id: p.leader,
+            topic: topic.into(),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr,
+        };
+        run(image, &request).unwrap();
+    }
+
     fn fence_now(image: &mut MetadataImage, broker_id: i32, settings: &LogicSettings) {
         let records = fence(image, broker_id, settings);
         apply_all(image, &records);
@@ -903,16 +917,7 @@ mod tests {
         assert_eq!(codes(run(&mut image, &named(false)).unwrap())[0], ErrorCode::PREFERRED_LEADER_NOT_AVAILABLE);
         let records = unfence(&image, preferred, &settings());
         apply_all(&mut image, &records);
-        let moved = image.partition("a", 0).unwrap().clone();
-        let alter = ControllerRequest::AlterPartition {
-            broker_id: moved.leader,
-            topic: "a".into(),
-            partition: 0,
-            leader_epoch: moved.leader_epoch,
-            partition_epoch: moved.partition_epoch,
-            new_isr: p.replicas.clone(),
-        };
-        run(&mut image, &alter).unwrap();
+        set_isr(&mut image, "a", p.replicas.clone());
         let before = image.partition("a", 0).unwrap().leader_epoch;
         // With no partitions named, only elections that happened are reported.
         let all = ControllerRequest::ElectLeaders { unclean: false, partitions: None };
@@ -923,18 +928,8 @@ mod tests {
         // Unclean: refused while a live leader exists; with every ISR member fenced, a live
         // out-of-sync replica is elected and becomes the ISR.
         assert_eq!(codes(run(&mut image, &named(true)).unwrap())[0], ErrorCode::ELECTION_NOT_NEEDED);
-        let shrink = {
-            let q = image.partition("a", 0).unwrap().clone();
-            ControllerRequest::AlterPartition {
-                broker_id: q.leader,
-                topic: "a".into(),
-                partition: 0,
-                leader_epoch: q.leader_epoch,
-                partition_epoch: q.partition_epoch,
-                new_isr: vec![q.leader],
-            }
-        };
-        run(&mut image, &shrink).unwrap();
+        let leader = image.partition("a", 0).unwrap().leader;
+        set_isr(&mut image, "a", vec![leader]);
         fence_now(&mut image, preferred, &settings());
         assert_eq!(image.partition("a", 0).unwrap().leader, NO_LEADER);
         assert_eq!(codes(run(&mut image, &named(true)).unwrap())[0], ErrorCode::NONE);
@@ -999,16 +994,8 @@ mod tests {
         // Again, and this time the added replica catches up: the leader adds it to the ISR,
         // which completes the move (gone leaves replicas and ISR; the leader stays if kept).
         run(&mut image, &move_to(Some(vec![new, keep]))).unwrap();
-        let q = image.partition("a", 0).unwrap().clone();
-        let expand = ControllerRequest::AlterPartition {
-            broker_id: q.leader,
-            topic: "a".into(),
-            partition: 0,
-            leader_epoch: q.leader_epoch,
-            partition_epoch: q.partition_epoch,
-            new_isr: q.isr.iter().copied().chain([new]).collect(),
-        };
-        run(&mut image, &expand).unwrap();
+        let isr = image.partition("a", 0).unwrap().isr.clone();
+        set_isr(&mut image, "a", isr.into_iter().chain([new]).collect());
         let done = image.partition("a", 0).unwrap().clone();
         assert_eq!(done.replicas, vec![new, keep]);
         assert!(!done.is_reassigning());
