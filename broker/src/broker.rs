@@ -143,6 +143,7 @@ impl Broker {
             node_id: config.node_id,
             voters,
             listen: controller_listen,
+            observer: !config.is_voter()?,
             metadata_dir: data_dir.join(METADATA_DIR),
             broker_session_timeout_ms: config.broker_session_timeout_ms,
             auto_leader_rebalance_enable: config.auto_leader_rebalance_enable,
@@ -267,9 +268,25 @@ impl Broker {
                     incarnation_id: b.incarnation_id,
                 };
                 let controller = b.controller.clone();
+                let (host, port) = b.config.advertised();
+                let register = ControllerRequest::RegisterBroker {
+                    broker_id: b.config.node_id,
+                    host,
+                    port,
+                    incarnation_id: b.incarnation_id,
+                };
                 drop(b);
-                if let Err(refusal) = controller.submit(request, every * 4).await {
-                    debug!(error = %refusal, "heartbeat to the controller failed");
+                match controller.submit(request, every * 4).await {
+                    Ok(_) => {}
+                    // Unregistered while it could not heartbeat (a partition): register again,
+                    // as Kafka's broker lifecycle manager does, rather than stay invisible.
+                    Err(refusal) if refusal.code == crate::controller::logic::BROKER_ID_NOT_REGISTERED.0 => {
+                        warn!("the controller no longer knows this broker; registering again");
+                        if let Err(refusal) = controller.submit(register, every * 4).await {
+                            debug!(error = %refusal, "registering again failed");
+                        }
+                    }
+                    Err(refusal) => debug!(error = %refusal, "heartbeat to the controller failed"),
                 }
             }
         }));
@@ -373,6 +390,12 @@ impl Broker {
                 .and_then(|t: &Arc<Topic>| t.partitions.get(usize::try_from(partition).ok()?).cloned().flatten())
         };
         self.replicas.apply(image, &lookup);
+        let throttle = image
+            .broker_configs
+            .get(&self.config.node_id)
+            .and_then(|c| c.get(crate::config::FOLLOWER_REPLICATION_THROTTLED_RATE))
+            .and_then(|v| v.parse::<u64>().ok());
+        self.replicas.set_follower_throttle_rate(throttle);
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
         self.groups.on_metadata(self, image);
         self.txns.on_metadata(self, image);
@@ -675,6 +698,33 @@ impl Broker {
             info!(unclean, elected = results.iter().filter(|r| r.code == 0).count(), "leaders elected");
         }
         Ok(results)
+    }
+
+    /// IncrementalAlterConfigs of a broker's dynamic configs (`changes`: key and new value, or
+    /// `None` to delete); the controller refuses static keys and bad values.
+    pub async fn alter_broker_configs(
+        self: &Arc<Self>,
+        broker_id: i32,
+        changes: &[(String, Option<String>)],
+        validate_only: bool,
+    ) -> Result<()> {
+        let set = changes.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
+        let delete = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect();
+        let request = ControllerRequest::AlterBrokerConfigs { broker_id, set, delete, validate_only };
+        self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        if !validate_only {
+            info!(broker_id, ?changes, "dynamic broker configs altered");
+        }
+        Ok(())
+    }
+
+    /// UnregisterBroker: the controller forgets `broker_id` (refused while it runs or holds
+    /// replicas) and, for a broker-only node, stops replicating the metadata log to it.
+    pub async fn unregister_broker(self: &Arc<Self>, broker_id: i32) -> Result<()> {
+        let request = ControllerRequest::UnregisterBroker { broker_id };
+        self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        info!(broker_id, "broker unregistered");
+        Ok(())
     }
 
     /// AlterPartitionReassignments: hands the targets to the controller; the per-partition

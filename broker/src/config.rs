@@ -26,6 +26,13 @@ pub enum FlushMode {
     PageCache,
 }
 
+/// Broker configs that change at run time through IncrementalAlterConfigs (kept in the metadata
+/// log, applied by every broker as it follows it); all others are static. Kafka's names.
+pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[FOLLOWER_REPLICATION_THROTTLED_RATE];
+/// `follower.replication.throttled.rate`: bytes per second that the replicas a reassignment is
+/// adding may fetch on this broker, together (unset: no throttle).
+pub const FOLLOWER_REPLICATION_THROTTLED_RATE: &str = "follower.replication.throttled.rate";
+
 /// Everything a single broker needs to run. Every field has a default, so `spate broker` with
 /// no configuration at all starts a working single-node broker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,9 +210,15 @@ pub struct BrokerConfig {
     #[serde(rename = "controller.quorum.voters")]
     pub controller_quorum_voters: String,
     /// `controller.listener` (Spate): where this node's controller RPC binds; defaults to its own
-    /// address in `controller.quorum.voters`.
+    /// address in `controller.quorum.voters`. A broker-only node must set it: the quorum leader
+    /// sends it the metadata log there.
     #[serde(rename = "controller.listener")]
     pub controller_listener: Option<SocketAddr>,
+    /// `process.roles`: `broker,controller` (the default: a broker and a voter of the metadata
+    /// quorum, KRaft's combined mode) or `broker` (a broker-only node: it follows the metadata
+    /// log as a non-voting observer, so a cluster can grow beyond its voters).
+    #[serde(rename = "process.roles")]
+    pub process_roles: String,
     /// `metrics.listener` (Spate): where `spate broker` serves Prometheus metrics (`GET
     /// /metrics`), e.g. `127.0.0.1:9464`; unset (the default): no endpoint.
     #[serde(rename = "metrics.listener")]
@@ -309,6 +322,7 @@ impl Default for BrokerConfig {
             group_member_metadata_max_bytes: 1 << 20,
             controller_quorum_voters: String::new(),
             controller_listener: None,
+            process_roles: "broker,controller".into(),
             metrics_listener: None,
             default_replication_factor: 1,
             min_insync_replicas: 1,
@@ -458,11 +472,47 @@ impl BrokerConfig {
             );
         }
         let voters = self.quorum_voters()?;
-        if !voters.is_empty() && !voters.contains_key(&self.node_id) && self.controller_listener.is_none() {
-            return bad(
-                "controller.quorum.voters",
-                format!("node {} is not a voter; every node is a controller in combined mode", self.node_id),
-            );
+        if self.is_voter()? {
+            if !voters.is_empty() && !voters.contains_key(&self.node_id) {
+                return bad(
+                    "controller.quorum.voters",
+                    format!(
+                        "node {} is not among the voters; a node that is not a controller needs process.roles=broker",
+                        self.node_id
+                    ),
+                );
+            }
+        } else {
+            if voters.is_empty() {
+                return bad(
+                    "process.roles",
+                    "a broker-only node needs controller.quorum.voters naming the existing quorum".into(),
+                );
+            }
+            if voters.contains_key(&self.node_id) {
+                return bad(
+                    "process.roles",
+                    format!(
+                        "node {} is a voter in controller.quorum.voters, so it must be broker,controller",
+                        self.node_id
+                    ),
+                );
+            }
+            match self.controller_listener {
+                None => {
+                    return bad(
+                        "controller.listener",
+                        "a broker-only node must set it: the quorum leader sends the metadata log there".into(),
+                    )
+                }
+                Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+                    return bad(
+                        "controller.listener",
+                        format!("{addr}: a broker-only node advertises it to the quorum, so it needs a concrete address and port"),
+                    )
+                }
+                Some(_) => {}
+            }
         }
         if !(1..=16).contains(&self.default_replication_factor) && self.default_replication_factor != -1 {
             return bad(
@@ -506,6 +556,24 @@ impl BrokerConfig {
             }
         }
         Ok(self)
+    }
+
+    /// `process.roles` parsed: true for `broker,controller` (either order), false for `broker`.
+    pub fn is_voter(&self) -> Result<bool, BrokerError> {
+        let mut roles: Vec<&str> = self.process_roles.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        match roles.as_slice() {
+            ["broker", "controller"] => Ok(true),
+            ["broker"] => Ok(false),
+            _ => Err(BrokerError::InvalidConfig {
+                key: "process.roles".into(),
+                reason: format!(
+                    "'{}' is not supported: use broker,controller or broker (controller-only nodes are not built)",
+                    self.process_roles
+                ),
+            }),
+        }
     }
 
     /// `controller.quorum.voters` parsed: voter id → controller RPC address. Empty for a
@@ -578,6 +646,30 @@ mod tests {
         let not_voter =
             BrokerConfig { node_id: 9, controller_quorum_voters: "1@127.0.0.1:1".into(), ..Default::default() };
         assert!(not_voter.validate().is_err());
+    }
+
+    #[test]
+    fn broker_only_nodes_need_a_quorum_and_a_concrete_controller_listener() {
+        let observer = |listener: Option<&str>, voters: &str, id: i32| BrokerConfig {
+            node_id: id,
+            process_roles: "broker".into(),
+            controller_quorum_voters: voters.into(),
+            controller_listener: listener.map(|l| l.parse().unwrap()),
+            ..Default::default()
+        };
+        let ok = observer(Some("127.0.0.1:19094"), "1@127.0.0.1:19091", 4).validate().unwrap();
+        assert!(!ok.is_voter().unwrap());
+        let err = |cfg: BrokerConfig| cfg.validate().unwrap_err().to_string();
+        assert!(err(observer(None, "1@127.0.0.1:19091", 4)).contains("controller.listener"));
+        assert!(err(observer(Some("0.0.0.0:19094"), "1@127.0.0.1:19091", 4)).contains("concrete"));
+        assert!(err(observer(Some("127.0.0.1:19094"), "", 4)).contains("controller.quorum.voters"));
+        assert!(err(observer(Some("127.0.0.1:19094"), "4@127.0.0.1:19091", 4)).contains("is a voter"));
+        for roles in ["controller", "broker,zookeeper", ""] {
+            let cfg = BrokerConfig { process_roles: roles.into(), ..Default::default() };
+            assert!(err(cfg).contains("process.roles"), "{roles}");
+        }
+        let combined = BrokerConfig { process_roles: "controller, broker".into(), ..Default::default() };
+        assert!(combined.validate().unwrap().is_voter().unwrap());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `spate cluster status`: the brokers, the controller, the cluster id, and the partitions that
 //! need attention: under-replicated (fewer in-sync replicas than replicas) and offline (no
 //! leader). `--json` prints the same as one JSON object for scripts.
+//!
+//! `spate cluster unregister --id N` (Kafka's `kafka-cluster.sh unregister`): forgets a
+//! decommissioned broker.
 
 use std::fmt::Write as _;
 
@@ -23,6 +26,19 @@ pub enum ClusterCommand {
     /// Brokers (id, host:port), controller id, cluster id, and the under-replicated and offline
     /// partitions of every topic (internal ones included).
     Status(StatusArgs),
+    /// Forget a decommissioned broker (UnregisterBroker). It must be stopped and hold no
+    /// replicas (move them with `spate reassign` first); a broker-only node also stops receiving
+    /// the metadata log.
+    Unregister(UnregisterArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UnregisterArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
+    /// The broker's `node.id`.
+    #[arg(long)]
+    pub id: i32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,7 +88,21 @@ struct ClusterStatus {
 pub async fn run(args: ClusterArgs) -> Result<()> {
     match args.command {
         ClusterCommand::Status(args) => status(args).await,
+        ClusterCommand::Unregister(args) => unregister(args).await,
     }
+}
+
+async fn unregister(args: UnregisterArgs) -> Result<()> {
+    let admin = Admin::new(AdminConfig {
+        bootstrap_servers: args.bootstrap.servers()?,
+        client_id: "spate-cluster".into(),
+        ..AdminConfig::default()
+    })
+    .await
+    .context("connecting to the cluster")?;
+    admin.unregister_broker(args.id).await.with_context(|| format!("unregistering broker {}", args.id))?;
+    print_out(&format!("Broker {} is no longer registered.\n", args.id));
+    Ok(())
 }
 
 async fn status(args: StatusArgs) -> Result<()> {
@@ -262,9 +292,13 @@ mod tests {
             args: ClusterArgs,
         }
         let cli = Cli::try_parse_from(["cluster", "status", "--bootstrap-server", "a:1,b:2", "--json"]).unwrap();
-        let ClusterCommand::Status(status) = cli.args.command;
+        let ClusterCommand::Status(status) = cli.args.command else { panic!("not status") };
         assert!(status.json);
         assert_eq!(status.bootstrap.servers().unwrap(), vec!["a:1".to_string(), "b:2".to_string()]);
         assert!(Cli::try_parse_from(["cluster"]).is_err());
+        let cli = Cli::try_parse_from(["cluster", "unregister", "--id", "4"]).unwrap();
+        let ClusterCommand::Unregister(unregister) = cli.args.command else { panic!("not unregister") };
+        assert_eq!(unregister.id, 4);
+        assert!(Cli::try_parse_from(["cluster", "unregister"]).is_err());
     }
 }

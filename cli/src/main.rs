@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod cluster;
 mod common;
+mod configs;
 mod connect;
 mod connectors;
 mod consume;
@@ -55,6 +56,8 @@ enum Command {
     /// Move partitions between brokers: generate a plan, execute, verify, cancel (like
     /// kafka-reassign-partitions.sh).
     Reassign(records::ReassignArgs),
+    /// Describe topic and broker configs, alter topic configs (like kafka-configs.sh).
+    Configs(configs::ConfigsArgs),
     /// Manage the connectors of a Connect worker group through its REST API.
     Connectors(connectors::ConnectorsArgs),
     /// Query topics with SQL (DataFusion): -c/-f statements, or an interactive shell.
@@ -98,6 +101,7 @@ async fn main() -> ExitCode {
         Command::DeleteRecords(args) => records::delete_records(args).await,
         Command::LeaderElection(args) => records::leader_election(args).await,
         Command::Reassign(args) => records::reassign(args).await,
+        Command::Configs(args) => configs::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Connectors(args) => connectors::run(args).await,
         Command::Connect(args) => connect::run(args).await,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use spate_client::admin::AdminConfig;
+use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigResource};
 use spate_client::{Admin, TopicPartition};
 
 use crate::common::{print_out, BootstrapArgs};
@@ -211,7 +211,17 @@ pub struct ReassignArgs {
     /// --generate: the brokers to spread them over (comma-separated ids).
     #[arg(long, value_delimiter = ',')]
     pub brokers: Vec<i32>,
+    /// --execute: limit the replicas being added to this many bytes per second of fetching on
+    /// each broker receiving one (`follower.replication.throttled.rate`); --verify lifts it once
+    /// every partition is done.
+    #[arg(long, value_name = "BYTES_PER_S", requires = "execute")]
+    pub throttle: Option<u64>,
+    /// --verify: keep the throttles even when the reassignment is complete.
+    #[arg(long = "preserve-throttles", requires = "verify")]
+    pub preserve_throttles: bool,
 }
+
+const THROTTLE_KEY: &str = "follower.replication.throttled.rate";
 
 #[derive(serde::Serialize, Deserialize)]
 struct ReassignmentFile {
@@ -270,6 +280,23 @@ pub async fn reassign(args: ReassignArgs) -> Result<()> {
             .iter()
             .map(|p| (TopicPartition::new(p.topic.clone(), p.partition), Some(p.replicas.clone())))
             .collect();
+        if let Some(rate) = args.throttle {
+            if rate == 0 {
+                bail!("--throttle must be a positive number of bytes per second");
+            }
+            // Set before the move starts, so no byte goes unthrottled.
+            let mut receivers: Vec<i32> = plan.partitions.iter().flat_map(|p| p.replicas.iter().copied()).collect();
+            receivers.sort_unstable();
+            receivers.dedup();
+            for id in &receivers {
+                let op = AlterConfigOp::Set { name: THROTTLE_KEY.into(), value: rate.to_string() };
+                admin
+                    .incremental_alter_configs(&ConfigResource::Broker(*id), &[op])
+                    .await
+                    .with_context(|| format!("setting the replication throttle on broker {id}"))?;
+            }
+            writeln!(out, "The replicas being added fetch at most {rate} bytes/s on each of brokers {receivers:?}.")?;
+        }
         let results = admin.alter_partition_reassignments(&targets).await?;
         report(&mut out, &results, "Successfully started partition reassignment")?;
     } else if let Some(path) = &args.cancel {
@@ -321,10 +348,34 @@ pub async fn reassign(args: ReassignArgs) -> Result<()> {
                 )?;
             }
         }
-        print_out(&out);
         if incomplete > 0 {
+            print_out(&out);
             bail!("{incomplete} of {} partitions are not reassigned yet", plan.partitions.len());
         }
+        if !args.preserve_throttles {
+            let cluster = admin.describe_cluster().await?;
+            let resources: Vec<ConfigResource> =
+                cluster.brokers.iter().map(|b| ConfigResource::Broker(b.node_id)).collect();
+            let configs = admin.describe_configs(&resources, &[THROTTLE_KEY]).await?;
+            let throttled: Vec<&ConfigResource> = configs
+                .iter()
+                .filter(|(_, entries)| {
+                    entries.as_ref().is_ok_and(|e| e.iter().any(|c| c.name == THROTTLE_KEY && !c.is_default))
+                })
+                .map(|(resource, _)| resource)
+                .collect();
+            for resource in &throttled {
+                let op = AlterConfigOp::Delete { name: THROTTLE_KEY.into() };
+                admin
+                    .incremental_alter_configs(resource, &[op])
+                    .await
+                    .with_context(|| format!("removing the replication throttle of {resource:?}"))?;
+            }
+            if !throttled.is_empty() {
+                writeln!(out, "Throttle was removed.")?;
+            }
+        }
+        print_out(&out);
         return Ok(());
     }
     print_out(&out);

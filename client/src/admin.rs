@@ -1027,6 +1027,19 @@ impl Admin {
         Ok(out)
     }
 
+    /// UnregisterBroker (KIP-631, `kafka-cluster.sh unregister`): the cluster forgets a
+    /// decommissioned broker. The controller refuses a broker that is still running or still
+    /// holds replicas (reassign them away first), with a message saying which.
+    pub async fn unregister_broker(&self, broker_id: i32) -> Result<()> {
+        use crate::protocol::messages::{BrokerId, UnregisterBrokerRequest, UnregisterBrokerResponse};
+        let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(broker_id));
+        let (_, response): (i16, UnregisterBrokerResponse) =
+            self.call_controller(ApiKey::UnregisterBroker, &request).await?;
+        item_result(response.error_code, response.error_message.map(|m| m.to_string()), || {
+            format!("unregistering broker {broker_id}")
+        })
+    }
+
     /// AlterPartitionReassignments (KIP-455, `kafka-reassign-partitions.sh --execute/--cancel`):
     /// per partition the target replicas, or `None` to cancel its reassignment. The outcome
     /// per partition is whether the controller accepted it; the data moves afterwards

@@ -490,6 +490,8 @@ class Cluster:
         self.extra_args = list(extra_args or [])
         self.env = {**os.environ, "RUST_BACKTRACE": "1", "NO_COLOR": "1", **(env or {})}
         self.nodes: dict[int, ClusterNode] = {i: ClusterNode(i, workdir / f"node{i}") for i in range(1, size + 1)}
+        # The metadata quorum's voters; nodes added later with add_broker_only are observers.
+        self.voter_ids: list[int] = list(self.nodes)
         self.net: FaultNet | None = FaultNet(self) if proxied else None
 
     # -- addresses ----------------------------------------------------------------------------------
@@ -516,8 +518,10 @@ class Cluster:
             voters = {i: n.controller_port for i, n in self.nodes.items()}
         else:
             voters = {i: self.net.controller_proxy_port(i) for i in self.nodes}
-        quorum = ",".join(f"{i}@127.0.0.1:{port}" for i, port in sorted(voters.items()))
+        quorum = ",".join(f"{i}@127.0.0.1:{port}" for i, port in sorted(voters.items()) if i in self.voter_ids)
         for i, n in self.nodes.items():
+            if i not in self.voter_ids:
+                continue
             cmd = [
                 self.binary,
                 "broker",
@@ -563,6 +567,31 @@ class Cluster:
             if self.net is not None:
                 self.net.stop()
         raise RuntimeError(f"cluster did not start after {START_ATTEMPTS} attempts: {last}\n{self.logs()}")
+
+    def add_broker_only(self, node_id: int, settings: dict[str, str] | None = None) -> ClusterNode:
+        """Starts a broker-only node (`process.roles=broker`): it follows the voters' metadata quorum as an
+        observer and takes partitions like any broker. Waits until it accepts connections (not until the
+        others list it: see wait_ready)."""
+        assert node_id not in self.nodes and self.net is None
+        n = ClusterNode(node_id, self.workdir / f"node{node_id}")
+        quorum = ",".join(f"{i}@127.0.0.1:{self.nodes[i].controller_port}" for i in sorted(self.voter_ids))
+        for _ in range(START_ATTEMPTS):
+            n.kafka_port, n.controller_port = reserve_ports(2)
+            n.command = [
+                self.binary, "broker", "--node-id", str(node_id),
+                "--listen", f"127.0.0.1:{n.kafka_port}",
+                "--controller-quorum", quorum,
+                "--controller-listen", f"127.0.0.1:{n.controller_port}",
+                "--data-dir", str(n.data_dir),
+            ] + set_args({**self.settings, **(settings or {}), "process.roles": "broker"}) + self.extra_args
+            self.nodes[node_id] = n
+            n.spawn(self.env)
+            ok, why = self._wait_listening([n])
+            if ok:
+                return n
+            del self.nodes[node_id]
+            n.kill9()
+        raise RuntimeError(f"broker-only node {node_id} did not start: {why}\n{self.logs()}")
 
     def _wait_listening(self, nodes: list[ClusterNode]) -> tuple[bool, str]:
         """(True, "") once every node accepts on its Kafka port; (False, why) when one lost its port;

@@ -2,7 +2,8 @@
 AdminClient and kafka-python's KafkaAdminClient against `spate broker` — DescribeCluster,
 DeleteRecords (durable across a restart, copied by followers), DescribeLogDirs, ElectLeaders
 (preferred and unclean), the legacy AlterConfigs, and the clean refusals of what needs
-authentication (DescribeAcls, DescribeUserScramCredentials)."""
+authentication (DescribeAcls, DescribeUserScramCredentials); partition reassignment, and a
+broker-only node joining, taking partitions and being unregistered."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import pytest
 from confluent_kafka import ElectionType, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KTopicPartition
 from kafka.admin import (
@@ -213,6 +214,40 @@ def test_legacy_alter_configs_replaces_overrides(broker):
     assert configs["segment.bytes"].value == "1048576"
 
 
+def test_spate_configs_describes_and_alters_like_kafka_configs(broker):
+    """`spate configs` (kafka-configs.sh's flags): its changes are what confluent-kafka's AdminClient
+    describes, a list value goes in brackets, deleting returns a key to its default, and broker configs
+    (static in Spate) are described but refused for alteration."""
+    topic = unique_topic("configs")
+    create_topic(broker.bootstrap, topic)
+    base = ["configs", "--bootstrap-server", broker.bootstrap]
+    out = run_spate(*base, "--alter", "--entity-type", "topics", "--entity-name", topic,
+                    "--add-config", "retention.ms=3600000,cleanup.policy=[compact,delete]").stdout
+    assert f"Completed updating config for topic {topic}" in out
+    admin = AdminClient(client_config(broker.bootstrap))
+    resource = ConfigResource("topic", topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=15)
+    assert configs["retention.ms"].value == "3600000" and not configs["retention.ms"].is_default
+    assert configs["cleanup.policy"].value == "compact,delete"
+
+    described = run_spate(*base, "--describe", "--topic", topic).stdout.splitlines()
+    assert described[0] == f"Dynamic configs for topic {topic} are:"
+    assert sorted(line.split()[0] for line in described[1:]) == ["cleanup.policy=compact,delete", "retention.ms=3600000"]
+    everything = run_spate(*base, "--describe", "--topic", topic, "--all").stdout
+    assert "segment.bytes=" in everything and "DEFAULT_CONFIG" in everything
+
+    run_spate(*base, "--alter", "--topic", topic, "--delete-config", "retention.ms")
+    configs = admin.describe_configs([resource])[resource].result(timeout=15)
+    assert configs["retention.ms"].is_default and configs["cleanup.policy"].value == "compact,delete"
+
+    brokers = run_spate(*base, "--describe", "--entity-type", "brokers", "--all").stdout
+    assert brokers.startswith("All configs for broker 1 are:") and "log.segment.bytes=" in brokers
+    refused = run_spate(*base, "--alter", "--broker", "1", "--add-config", "log.retention.ms=1", check=False)
+    assert refused.returncode != 0 and "static" in refused.stderr, refused.stderr
+    bad = run_spate(*base, "--alter", "--topic", topic, "--add-config", "retention.ms=soon", check=False)
+    assert bad.returncode != 0 and "retention.ms" in bad.stderr, bad.stderr
+
+
 def test_authentication_apis_are_refused_cleanly(broker):
     client = kafka_python_admin(broker.bootstrap)
     try:
@@ -394,3 +429,152 @@ def test_spate_reassign_generate_execute_verify(cluster_factory, tmp_path):
     assert len(consume_assigned(cluster.bootstrap, topic, range(3), 150)) == 150
     # Nothing in progress: cancel has nothing to do.
     assert "No reassignment" in run("--cancel", str(plan_file)).stdout
+
+
+def run_spate(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([spate_binary(), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_broker_only_node_joins_takes_partitions_and_is_unregistered(cluster_factory):
+    """A broker-only node (`process.roles=broker`) joins a running two-voter cluster as an observer
+    of the metadata quorum, takes partitions by reassignment (kafka-python's admin) while an
+    idempotent acks=all producer writes, serves clients and topic creation, and survives a restart.
+    `spate cluster unregister` refuses it while it runs or holds replicas; once its partitions are
+    moved back and it is stopped, the cluster forgets it (confluent-kafka's describe_cluster)."""
+    settings = {
+        **FAST_SETTINGS,
+        "min.insync.replicas": "1",
+        "default.replication.factor": "2",
+        "offsets.topic.replication.factor": "2",
+    }
+    cluster = cluster_factory(size=2, settings=settings)
+    topic = unique_topic("observer")
+    cluster.create_topic(topic, partitions=2, replication_factor=1)
+    producer = BackgroundProducer(cluster.bootstrap, topic, partitions=2)
+    producer.wait_for_more(200, "the producer under way")
+
+    node = cluster.add_broker_only(4)
+    cluster.wait_ready()
+    assert 4 not in cluster.voter_ids
+
+    def broker_ids(bootstrap: str) -> list[int]:
+        admin = AdminClient(client_config(bootstrap))
+        return sorted(n.id for n in admin.describe_cluster(request_timeout=15).result(timeout=30).nodes)
+
+    assert broker_ids(node.bootstrap) == [1, 2, 4]
+
+    def reassign(targets: dict[int, list[int]]) -> None:
+        client = kafka_python_admin(cluster.bootstrap)
+        try:
+            result = client.alter_partition_reassignments({KTopicPartition(topic, p): r for p, r in targets.items()})
+            assert all(v is None for v in result.values()), result
+
+            def done():
+                if client.list_partition_reassignments():
+                    return False
+                return all(
+                    (v := cluster.partition_view(topic, p)) is not None and v.replicas == r and sorted(v.isr) == sorted(r)
+                    for p, r in targets.items()
+                )
+
+            wait_until(done, 90, f"the reassignment to {targets}", describe=cluster.describe)
+        finally:
+            client.close()
+
+    # Onto the new node while producing: partition 0 moves there, partition 1 gains a replica there.
+    p1_home = cluster.partition_view(topic, 1).replicas[0]
+    reassign({0: [4], 1: [p1_home, 4]})
+    assert (node.data_dir / f"{topic}-0").is_dir()
+    producer.wait_for_more(200, "the producer going on after the move")
+
+    # Requests through the observer are forwarded to the quorum leader; placement uses it too.
+    spread = unique_topic("observer-spread")
+    admin = AdminClient(client_config(node.bootstrap))
+    admin.create_topics([NewTopic(spread, 3, 3)])[spread].result(timeout=30)
+    wait_until(lambda: cluster.partition_view(spread, 2) is not None, 20, "the new topic's metadata")
+    assert all(sorted(cluster.partition_view(spread, p).replicas) == [1, 2, 4] for p in range(3))
+
+    # A restart rejoins from its own directory and catches up.
+    cluster.restart(4)
+    cluster.wait_ready()
+    wait_until(lambda: 4 in cluster.isr_of(topic, 1), 30, "the restarted node back in sync", describe=cluster.describe)
+
+    refused = run_spate("cluster", "unregister", "--bootstrap-server", cluster.bootstrap_of([1, 2]), "--id", "4",
+                        check=False)
+    assert refused.returncode != 0 and "running" in refused.stderr, refused.stderr
+
+    # Decommission: move everything back, stop it, forget it.
+    reassign({0: [p1_home], 1: [p1_home]})
+    admin.delete_topics([spread])[spread].result(timeout=30)
+    producer.wait_for_more(100, "the producer going on after the move back")
+    producer.stop()
+    cluster.stop(4)
+    wait_until(lambda: 4 not in cluster.metadata(1).brokers, 20, "the stopped node out of the live brokers")
+    out = run_spate("cluster", "unregister", "--bootstrap-server", cluster.bootstrap_of([1, 2]), "--id", "4")
+    assert "no longer registered" in out.stdout
+    assert broker_ids(cluster.bootstrap_of([1, 2])) == [1, 2]
+    again = run_spate("cluster", "unregister", "--bootstrap-server", cluster.bootstrap_of([1, 2]), "--id", "4",
+                      check=False)
+    assert again.returncode != 0 and "not registered" in again.stderr, again.stderr
+
+    values = consume_assigned(cluster.bootstrap_of([1, 2]), topic, range(2), len(producer.acked))
+    assert sorted(m.value() for m in values) == sorted(producer.acked)
+
+
+def dir_bytes(path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.log")) if path.is_dir() else 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_reassignment_throttle_limits_the_move_until_lifted(cluster_factory, tmp_path):
+    """`spate reassign --execute --throttle` sets `follower.replication.throttled.rate` (a dynamic
+    broker config, described by confluent-kafka's AdminClient) on the receiving broker: its new
+    replica fills at about that rate; raising it with `spate configs` lets the move finish, and
+    `--verify` removes the throttle once the reassignment is complete."""
+    cluster = cluster_factory(size=2, settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
+    topic = unique_topic("throttle")
+    cluster.create_topic(topic, partitions=1, replication_factor=1)
+    old = cluster.partition_view(topic, 0).replicas[0]
+    new = 3 - old
+    value = b"x" * 1000
+    produce(cluster.bootstrap, topic, [(0, None, value, None)] * 6000, acks="all", **{"linger.ms": 20})
+    source_bytes = dir_bytes(cluster.node(old).data_dir / f"{topic}-0")
+    assert source_bytes > 5_000_000, source_bytes
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": 0, "replicas": [old, new]}]}))
+    base = ["--bootstrap-server", cluster.bootstrap]
+    rate = 400_000
+    out = run_spate("reassign", *base, "--execute", str(plan), "--throttle", str(rate)).stdout
+    assert "Successfully started partition reassignment" in out, out
+
+    admin = AdminClient(client_config(cluster.bootstrap))
+    resource = ConfigResource("broker", str(new))
+    entry = admin.describe_configs([resource])[resource].result(timeout=15)["follower.replication.throttled.rate"]
+    assert entry.value == str(rate) and not entry.is_default and not entry.is_read_only
+
+    # About 400 kB/s: after 4 s the new copy holds at most the first second's budget, four more
+    # seconds and one fetch (1 MiB) of overshoot — far from the 6 MB an unthrottled move copies
+    # in well under a second.
+    started = time.monotonic()
+    target_dir = cluster.node(new).data_dir / f"{topic}-0"
+    time.sleep(4)
+    copied = dir_bytes(target_dir)
+    elapsed = time.monotonic() - started
+    assert copied <= rate * (elapsed + 1) + (1 << 20) + 200_000, (copied, elapsed)
+    assert run_spate("reassign", *base, "--verify", str(plan), check=False).returncode != 0
+
+    run_spate("configs", *base, "--alter", "--broker", str(new), "--add-config",
+              "follower.replication.throttled.rate=1000000000")
+    wait_until(lambda: run_spate("reassign", *base, "--verify", str(plan), check=False).returncode == 0, 60,
+               "the reassignment to finish once the throttle is raised")
+    # The successful --verify removed the throttle.
+    entry = admin.describe_configs([resource])[resource].result(timeout=15)["follower.replication.throttled.rate"]
+    assert entry.is_default, entry
+    assert len(consume_assigned(cluster.bootstrap_of([new]), topic, [0], 6000)) == 6000

@@ -201,6 +201,28 @@ def test_unknown_api_key(broker):
     assert_broker_healthy(broker)
 
 
+def test_unoffered_api_gets_an_error_answer_and_the_connection_stays(broker):
+    """An API Spate does not offer but whose response has an error code is answered (UNSUPPORTED_VERSION;
+    ILLEGAL_SASL_STATE for SASL on a PLAINTEXT listener, as Kafka) instead of closing the connection."""
+    with connect(broker) as s:
+        # DescribeClientQuotas v0 (key 48): components [] , strict false. Answer: throttle, error_code.
+        s.sendall(request_v1(48, 0, 7, struct.pack(">ib", 0, 0)))
+        payload = recv_frame(s)
+        assert payload is not None, "connection closed"
+        correlation_id, _throttle, code = struct.unpack(">iih", payload[:10])
+        assert (correlation_id, code) == (7, UNSUPPORTED_VERSION)
+        # SaslHandshake v1 (key 17): mechanism "PLAIN". Answer: error_code, mechanisms.
+        s.sendall(request_v1(17, 1, 8, struct.pack(">h", 5) + b"PLAIN"))
+        payload = recv_frame(s)
+        assert payload is not None, "connection closed"
+        assert struct.unpack(">ih", payload[:6]) == (8, 34)
+        # The same connection still serves ApiVersions.
+        s.sendall(request_v1(18, 0, 9))
+        payload = recv_frame(s)
+        assert payload is not None and struct.unpack(">i", payload[:4])[0] == 9
+    assert_broker_healthy(broker)
+
+
 def test_many_bad_connections_in_a_row(broker):
     """A burst of garbage connections (bounded: 200) leaves no lasting damage."""
     for i in range(200):

@@ -2,7 +2,7 @@
 //! DeleteRecords (21), DescribeLogDirs (35), ElectLeaders (43), the legacy AlterConfigs (33), and
 //! clean refusals for what needs authentication, which Spate does not have yet: DescribeAcls
 //! (29, SECURITY_DISABLED, as Kafka answers without an authorizer) and
-//! DescribeUserScramCredentials (50).
+//! DescribeUserScramCredentials (50); and UnregisterBroker (64) for a decommissioned broker.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use spate_client::protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse,
     DescribeAclsRequest, DescribeAclsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeLogDirsRequest,
     DescribeLogDirsResponse, DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
-    ElectLeadersRequest, ElectLeadersResponse, TopicName,
+    ElectLeadersRequest, ElectLeadersResponse, TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use spate_client::protocol::{str_bytes, ErrorCode};
 use spate_client::ProtocolError;
@@ -295,6 +295,26 @@ pub(super) fn elect_leaders(
                         .collect();
                 }
             }
+        }
+        ctx.respond(&response)
+    })))
+}
+
+/// UnregisterBroker (KIP-631): forgets a stopped broker that holds no replicas (the controller
+/// refuses anything else, saying why).
+pub(super) fn unregister_broker(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: UnregisterBrokerRequest = decode("UnregisterBroker request", ctx, body)?;
+    let broker = broker.clone();
+    let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
+    Ok(Reply::Later(Box::pin(async move {
+        let mut response = UnregisterBrokerResponse::default();
+        if let Err(err) = broker.unregister_broker(request.broker_id.0).await {
+            response.error_code = err.code().0;
+            response.error_message = Some(str_bytes(err.to_string()));
         }
         ctx.respond(&response)
     })))

@@ -1,7 +1,9 @@
 //! DescribeConfigs (32) and IncrementalAlterConfigs (44) for topics and the broker.
 //!
-//! Broker configs are static (flags, `SPATE_*` env, TOML file); they are described with their
-//! source and refused for alteration with a message saying so.
+//! Broker configs are static (flags, `SPATE_*` env, TOML file) except
+//! [`DYNAMIC_BROKER_CONFIGS`] (the replication throttle), which IncrementalAlterConfigs sets
+//! through the controller; the static ones are described with their source and refused for
+//! alteration with a message saying so.
 
 use std::sync::Arc;
 
@@ -18,12 +20,13 @@ use spate_client::ProtocolError;
 
 use super::{decode, Reply, RequestContext};
 use crate::broker::Broker;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, DYNAMIC_BROKER_CONFIGS};
 use crate::topic_config::{ConfigType, TOPIC_CONFIGS};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC_CONFIG: i8 = 1;
+const SOURCE_DYNAMIC_BROKER_CONFIG: i8 = 2;
 const SOURCE_STATIC_BROKER_CONFIG: i8 = 4;
 const SOURCE_DEFAULT_CONFIG: i8 = 5;
 const OP_SET: i8 = 0;
@@ -89,7 +92,20 @@ fn broker_entries(
     };
     let actual = to_map(&broker.config);
     let defaults = to_map(&BrokerConfig::default());
-    actual
+    let image = broker.image();
+    let dynamic = image.broker_configs.get(&broker.config.node_id);
+    let dynamic_entries = DYNAMIC_BROKER_CONFIGS.iter().filter(|k| wanted(keys, k)).map(|k| {
+        let set = dynamic.and_then(|d| d.get(*k));
+        // Unset means unthrottled, which Kafka shows as Long.MAX_VALUE.
+        let value = set.cloned().unwrap_or_else(|| i64::MAX.to_string());
+        DescribeConfigsResourceResult::default()
+            .with_name(str_bytes(k.to_string()))
+            .with_value(Some(str_bytes(value)))
+            .with_read_only(false)
+            .with_config_source(if set.is_some() { SOURCE_DYNAMIC_BROKER_CONFIG } else { SOURCE_DEFAULT_CONFIG })
+            .with_config_type(ConfigType::Long as i8)
+    });
+    let static_entries: Vec<DescribeConfigsResourceResult> = actual
         .iter()
         .filter(|(k, _)| wanted(keys, k))
         .map(|(k, v)| {
@@ -108,7 +124,8 @@ fn broker_entries(
                 .with_config_source(source)
                 .with_config_type(config_type as i8)
         })
-        .collect()
+        .collect();
+    static_entries.into_iter().chain(dynamic_entries).collect()
 }
 
 pub(super) fn describe(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
@@ -147,7 +164,11 @@ pub(super) fn refuse_non_topic(resource_type: i8) -> (ErrorCode, String) {
     if resource_type == RESOURCE_BROKER {
         (
             ErrorCode::INVALID_REQUEST,
-            "broker configs are static: set them by flag, SPATE_* env or config file and restart".to_string(),
+            format!(
+                "broker configs are static (set them by flag, SPATE_* env or config file and restart), \
+                 except {} which IncrementalAlterConfigs sets",
+                DYNAMIC_BROKER_CONFIGS.join(", ")
+            ),
         )
     } else {
         (ErrorCode::INVALID_REQUEST, format!("resource type {resource_type} is not supported"))
@@ -168,34 +189,41 @@ pub(super) fn incremental_alter(
             let r = AlterConfigsResourceResponse::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
-            let outcome = match res.resource_type {
-                RESOURCE_TOPIC => {
-                    let mut changes = Vec::with_capacity(res.configs.len());
-                    let mut bad_op = None;
-                    for c in &res.configs {
-                        match c.config_operation {
-                            OP_SET => changes.push((
-                                c.name.to_string(),
-                                Some(c.value.as_ref().map(|v| v.to_string()).unwrap_or_default()),
-                            )),
-                            OP_DELETE => changes.push((c.name.to_string(), None)),
-                            op => {
-                                bad_op = Some(format!(
-                                    "operation {op} on {} is not supported (only SET and DELETE)",
-                                    c.name.as_str()
-                                ))
-                            }
-                        }
-                    }
-                    match bad_op {
-                        Some(msg) => Err((ErrorCode::INVALID_CONFIG, msg)),
-                        None => broker
-                            .alter_topic_configs(res.resource_name.as_str(), &changes, request.validate_only)
-                            .await
-                            .map_err(|e| (e.code(), e.to_string())),
+            let mut changes = Vec::with_capacity(res.configs.len());
+            let mut bad_op = None;
+            for c in &res.configs {
+                match c.config_operation {
+                    OP_SET => changes
+                        .push((c.name.to_string(), Some(c.value.as_ref().map(|v| v.to_string()).unwrap_or_default()))),
+                    OP_DELETE => changes.push((c.name.to_string(), None)),
+                    op => {
+                        bad_op = Some(format!(
+                            "operation {op} on {} is not supported (only SET and DELETE)",
+                            c.name.as_str()
+                        ))
                     }
                 }
-                other => Err(refuse_non_topic(other)),
+            }
+            let name = res.resource_name.as_str();
+            let outcome = match (res.resource_type, bad_op) {
+                (_, Some(msg)) => Err((ErrorCode::INVALID_CONFIG, msg)),
+                (RESOURCE_TOPIC, None) => broker
+                    .alter_topic_configs(name, &changes, request.validate_only)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string())),
+                (RESOURCE_BROKER, None) => match name.parse::<i32>() {
+                    Ok(id) => broker
+                        .alter_broker_configs(id, &changes, request.validate_only)
+                        .await
+                        .map_err(|e| (e.code(), e.to_string())),
+                    Err(_) => Err((
+                        ErrorCode::INVALID_REQUEST,
+                        format!(
+                            "broker '{name}': name one broker by id (cluster-wide broker defaults are not supported)"
+                        ),
+                    )),
+                },
+                (other, None) => Err(refuse_non_topic(other)),
             };
             responses.push(match outcome {
                 Ok(()) => r,

@@ -72,6 +72,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::UnregisterBroker, 0, 0),
     // Refused cleanly (SECURITY_DISABLED / no credentials) until authentication exists.
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
@@ -128,6 +129,50 @@ fn encode<M: Codec>(api_key: ApiKey, version: i16, correlation_id: i32, response
     }
 }
 
+/// The answer to an API Spate does not offer, where its response has a top-level error code:
+/// UNSUPPORTED_VERSION (ILLEGAL_SASL_STATE for SASL on this PLAINTEXT listener, as Kafka answers),
+/// so a client that calls it without reading ApiVersions learns why instead of seeing a closed
+/// connection. `None` (close, as Kafka does) for APIs without such a field and for versions the
+/// response cannot be written in.
+fn unoffered_api_answer(api_key: ApiKey, version: i16, correlation_id: i32) -> Option<Bytes> {
+    use protocol::messages::*;
+    fn answer<M: Codec + Default>(
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        code: ErrorCode,
+        set: fn(&mut M, i16),
+    ) -> Option<Bytes> {
+        let mut response = M::default();
+        set(&mut response, code.0);
+        let mut out = BytesMut::with_capacity(64);
+        protocol::encode_response(api_key, version, correlation_id, &response, &mut out).ok()?;
+        Some(out.freeze())
+    }
+    macro_rules! answers {
+        ($($key:ident => $ty:ty, $code:expr;)*) => {
+            match api_key {
+                $(ApiKey::$key => answer::<$ty>(api_key, version, correlation_id, $code, |r, c| r.error_code = c),)*
+                _ => None,
+            }
+        };
+    }
+    answers! {
+        SaslHandshake => SaslHandshakeResponse, ErrorCode::ILLEGAL_SASL_STATE;
+        SaslAuthenticate => SaslAuthenticateResponse, ErrorCode::ILLEGAL_SASL_STATE;
+        DescribeClientQuotas => DescribeClientQuotasResponse, ErrorCode::UNSUPPORTED_VERSION;
+        DescribeQuorum => DescribeQuorumResponse, ErrorCode::UNSUPPORTED_VERSION;
+        UpdateFeatures => UpdateFeaturesResponse, ErrorCode::UNSUPPORTED_VERSION;
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse, ErrorCode::UNSUPPORTED_VERSION;
+        GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse, ErrorCode::UNSUPPORTED_VERSION;
+        PushTelemetry => PushTelemetryResponse, ErrorCode::UNSUPPORTED_VERSION;
+        CreateDelegationToken => CreateDelegationTokenResponse, ErrorCode::UNSUPPORTED_VERSION;
+        RenewDelegationToken => RenewDelegationTokenResponse, ErrorCode::UNSUPPORTED_VERSION;
+        ExpireDelegationToken => ExpireDelegationTokenResponse, ErrorCode::UNSUPPORTED_VERSION;
+        DescribeDelegationToken => DescribeDelegationTokenResponse, ErrorCode::UNSUPPORTED_VERSION;
+    }
+}
+
 /// This broker's replica of a partition when it is the leader; otherwise the code a client
 /// acts on: NOT_LEADER_OR_FOLLOWER (refresh metadata, go to the leader) when the partition
 /// exists, UNKNOWN_TOPIC_OR_PARTITION when it does not.
@@ -155,6 +200,9 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         return Reply::Close(format!("unknown api key {}", pre.api_key));
     };
     let Some((min, max)) = supported_range(api_key) else {
+        if let Some(answer) = unoffered_api_answer(api_key, pre.api_version, pre.correlation_id) {
+            return Reply::Now(answer);
+        }
         return Reply::Close(format!("api {api_key:?} is not supported"));
     };
     if pre.api_version < min || pre.api_version > max {
@@ -212,6 +260,7 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::DeleteRecords => cluster::delete_records(broker, &ctx, &mut frame),
         ApiKey::DescribeLogDirs => cluster::describe_log_dirs(broker, &ctx, &mut frame),
         ApiKey::ElectLeaders => cluster::elect_leaders(broker, &ctx, &mut frame),
+        ApiKey::UnregisterBroker => cluster::unregister_broker(broker, &ctx, &mut frame),
         ApiKey::AlterConfigs => cluster::alter_configs(broker, &ctx, &mut frame),
         ApiKey::AlterPartitionReassignments => cluster::alter_partition_reassignments(broker, &ctx, &mut frame),
         ApiKey::ListPartitionReassignments => cluster::list_partition_reassignments(broker, &ctx, &mut frame),

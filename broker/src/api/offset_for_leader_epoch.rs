@@ -168,7 +168,7 @@ mod tests {
             fetcher::apply_epoch_end_offset(&config, state, epoch, &response.topics[0].partitions[0], now);
             return;
         }
-        let request = fetcher::build_fetch_request(&config, states, now).expect("a partition is ready");
+        let request = fetcher::build_fetch_request(&config, states, now, true).expect("a partition is ready");
         assert_eq!(request.replica_id.0, node_id);
         let (offset, epoch) = (states[&tp].fetch_offset, states[&tp].leader_epoch);
         let response = crate::api::fetch::serve(request, &lookup(leader), 1 << 20, now).unwrap().await;

@@ -72,6 +72,29 @@ impl Changes {
 }
 
 /// Decides what `request` does to `image`. `fresh_id` is used as the id of a created topic.
+/// A dynamic broker config key and (when set) its value: a positive number of bytes per second.
+fn check_dynamic_broker_config(key: &str, value: Option<&String>) -> Result<(), ControllerRefusal> {
+    if !crate::config::DYNAMIC_BROKER_CONFIGS.contains(&key) {
+        return Err(refusal(
+            ErrorCode::INVALID_CONFIG,
+            format!(
+                "{key} is not a dynamic broker config (only {} are; the rest are static: set them by flag, \
+                 SPATE_* env or config file and restart)",
+                crate::config::DYNAMIC_BROKER_CONFIGS.join(", ")
+            ),
+        ));
+    }
+    if let Some(value) = value {
+        if !value.trim().parse::<u64>().is_ok_and(|v| v > 0) {
+            return Err(refusal(
+                ErrorCode::INVALID_CONFIG,
+                format!("{key}={value}: expected a positive number of bytes per second"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn decide(
     image: &MetadataImage,
     request: &ControllerRequest,
@@ -104,6 +127,60 @@ pub fn decide(
             }
             elect_for_unfenced(&mut changes, *broker_id, settings);
             Ok(Decision { records: changes.records, reply: ControllerReply::Done })
+        }
+        ControllerRequest::AlterBrokerConfigs { broker_id, set, delete, validate_only } => {
+            let mut configs = image.broker_configs.get(broker_id).cloned().unwrap_or_default();
+            for (key, value) in set {
+                check_dynamic_broker_config(key, Some(value))?;
+                configs.insert(key.clone(), value.trim().to_string());
+            }
+            for key in delete {
+                check_dynamic_broker_config(key, None)?;
+                configs.remove(key);
+            }
+            let unchanged = image.broker_configs.get(broker_id).map_or(configs.is_empty(), |old| *old == configs);
+            let records = if *validate_only || unchanged {
+                Vec::new()
+            } else {
+                vec![MetadataRecord::BrokerConfigs { broker_id: *broker_id, configs }]
+            };
+            Ok(Decision { records, reply: ControllerReply::Done })
+        }
+        ControllerRequest::UnregisterBroker { broker_id } => {
+            let Some(broker) = image.brokers.get(broker_id) else {
+                return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));
+            };
+            if !broker.fenced {
+                return Err(refusal(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("broker {broker_id} is running (not fenced): stop it before unregistering it"),
+                ));
+            }
+            let hosted: Vec<String> = image
+                .topics
+                .values()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| p.replicas.contains(broker_id))
+                        .map(move |(i, _)| format!("{}-{i}", t.name))
+                })
+                .take(5)
+                .collect();
+            if !hosted.is_empty() {
+                return Err(refusal(
+                    ErrorCode::INVALID_REQUEST,
+                    format!(
+                        "broker {broker_id} is still a replica of {} (and maybe more): reassign them away first",
+                        hosted.join(", ")
+                    ),
+                ));
+            }
+            Ok(Decision {
+                records: vec![MetadataRecord::UnregisterBroker { broker_id: *broker_id }],
+                reply: ControllerReply::Done,
+            })
         }
         ControllerRequest::BrokerHeartbeat { broker_id, incarnation_id } => {
             let registered = registered_incarnation(image, *broker_id, *incarnation_id, "heartbeat")?;
@@ -958,6 +1035,46 @@ mod tests {
             assert_ne!(p.leader, 1);
             assert!(!p.isr.contains(&1), "{p:?}");
         }
+    }
+
+    #[test]
+    fn dynamic_broker_configs_are_set_deleted_and_validated() {
+        let mut image = cluster(2);
+        let alter = |set: &[(&str, &str)], delete: &[&str]| ControllerRequest::AlterBrokerConfigs {
+            broker_id: 2,
+            set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            delete: delete.iter().map(|k| k.to_string()).collect(),
+            validate_only: false,
+        };
+        const RATE: &str = "follower.replication.throttled.rate";
+        run(&mut image, &alter(&[(RATE, "1048576")], &[])).unwrap();
+        assert_eq!(image.broker_configs[&2][RATE], "1048576");
+        for bad in [alter(&[(RATE, "fast")], &[]), alter(&[(RATE, "0")], &[]), alter(&[("log.retention.ms", "1")], &[])]
+        {
+            assert_eq!(run(&mut image, &bad).unwrap_err().code, ErrorCode::INVALID_CONFIG.0);
+        }
+        assert_eq!(image.broker_configs[&2][RATE], "1048576");
+        run(&mut image, &alter(&[], &[RATE])).unwrap();
+        assert!(image.broker_configs.is_empty());
+    }
+
+    #[test]
+    fn unregister_refuses_running_brokers_and_hosts_of_replicas() {
+        let mut image = cluster(3);
+        run(&mut image, &create("a", 1, 1)).unwrap();
+        let host = image.partition("a", 0).unwrap().replicas[0];
+        let idle = (1..=3).find(|b| *b != host).unwrap();
+        let unregister = |id| ControllerRequest::UnregisterBroker { broker_id: id };
+        assert_eq!(run(&mut image, &unregister(9)).unwrap_err().code, BROKER_ID_NOT_REGISTERED.0);
+        let running = run(&mut image, &unregister(idle)).unwrap_err();
+        assert!(running.message.contains("running"), "{running:?}");
+        fence_now(&mut image, host, &settings());
+        let hosting = run(&mut image, &unregister(host)).unwrap_err();
+        assert!(hosting.message.contains("a-0"), "{hosting:?}");
+        fence_now(&mut image, idle, &settings());
+        run(&mut image, &unregister(idle)).unwrap();
+        assert!(!image.brokers.contains_key(&idle));
+        assert_eq!(image.brokers.len(), 2);
     }
 
     #[test]

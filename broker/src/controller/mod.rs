@@ -6,6 +6,11 @@
 //! ([`logic`] decides, sans-IO), commits them, and every node applies them
 //! ([`records::apply_record`]) and publishes the new image on a watch channel.
 //!
+//! A broker-only node (`process.roles=broker`) runs the same code as an *observer*: a non-voting
+//! Raft learner that the leader replicates the metadata log to (KRaft's observers fetch it; here
+//! the leader pushes). It asks the leader to add it with a Join RPC at every start, and forwards
+//! its requests like any other non-leader.
+//!
 //! Inside: `storage` (durable log, vote and snapshot in `<metadata_dir>`), `network` (tonic RPC
 //! between controllers, including forwarding a request to the leader). openraft and tonic types
 //! do not leave this module.
@@ -24,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use spate_client::protocol::ErrorCode;
 use tokio::sync::watch;
@@ -60,6 +65,9 @@ const MAX_COMMAND_BYTES: usize = 4 << 20;
 const MAX_PAYLOAD_ENTRIES: u64 = 3;
 /// Snapshot chunk bytes per InstallSnapshot (JSON carries bytes as numbers, up to 4× larger).
 const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+/// How long one Join RPC of an observer may take, and the pause between failed attempts.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+const JOIN_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -70,6 +78,9 @@ pub struct ControllerConfig {
     /// Where this node's controller RPC (tonic) listens; None when voters is empty (with voters,
     /// None means this node's own voter address).
     pub listen: Option<SocketAddr>,
+    /// `process.roles=broker`: this node is not among `voters` but follows the metadata log as
+    /// a non-voting observer; the leader reaches it at `listen` (required then).
+    pub observer: bool,
     /// `<log.dirs>/__cluster_metadata`.
     pub metadata_dir: PathBuf,
     /// Fence brokers not heard from for this long.
@@ -101,6 +112,22 @@ enum ProposeError {
 struct ForwardRequest {
     request: ControllerRequest,
     timeout_ms: u64,
+}
+
+/// An observer asking the leader to replicate the metadata log to it.
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    node_id: i32,
+    /// Its controller RPC address, as the leader should dial it.
+    addr: String,
+}
+
+#[derive(Serialize, Deserialize)]
+enum JoinResponse {
+    Joined,
+    Refused(ControllerRefusal),
+    NotLeader { leader: Option<i32> },
+    Unavailable { reason: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,10 +187,9 @@ impl Controller {
         let listener = if config.voters.is_empty() {
             None
         } else {
-            let addr = config
-                .listen
-                .or_else(|| config.voters.get(&config.node_id).copied())
-                .ok_or_else(|| invalid(format!("node {} is not a voter", config.node_id)))?;
+            let addr = config.listen.or_else(|| config.voters.get(&config.node_id).copied()).ok_or_else(|| {
+                invalid(format!("node {} is not a voter and has no controller.listener", config.node_id))
+            })?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| BrokerError::io(format!("controller listener {addr}"), e))?;
@@ -180,7 +206,14 @@ impl Controller {
         if config.node_id < 0 {
             return Err(invalid(format!("node id {} must not be negative", config.node_id)));
         }
-        if !config.voters.is_empty() && !config.voters.contains_key(&config.node_id) {
+        if config.observer {
+            if config.voters.is_empty() || config.voters.contains_key(&config.node_id) || config.listen.is_none() {
+                return Err(invalid(format!(
+                    "broker-only node {} needs the voters (without itself) and its own controller.listener",
+                    config.node_id
+                )));
+            }
+        } else if !config.voters.is_empty() && !config.voters.contains_key(&config.node_id) {
             return Err(invalid(format!("node {} is not among the voters", config.node_id)));
         }
         if let Some(id) = config.voters.keys().find(|id| **id < 0) {
@@ -247,7 +280,7 @@ impl Controller {
             .is_initialized()
             .await
             .map_err(|e| BrokerError::io(dir, std::io::Error::other(e.to_string())))?;
-        if !initialized {
+        if !initialized && !inner.config.observer {
             let members: BTreeMap<NodeId, BasicNode> = if inner.config.voters.is_empty() {
                 BTreeMap::from([(node_id, BasicNode::default())])
             } else {
@@ -262,6 +295,17 @@ impl Controller {
                     return Err(invalid(format!("cannot initialize the quorum: {e}")));
                 }
             }
+        }
+
+        if let (true, Some(addr)) = (inner.config.observer, inner.config.listen) {
+            let mut stop = shutdown_tx.subscribe();
+            let joiner = inner.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = joiner.join_as_observer(addr) => {}
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
+                }
+            }));
         }
 
         let mut stop = shutdown_tx.subscribe();
@@ -299,6 +343,16 @@ impl Controller {
         } else {
             self.inner.config.voters.keys().copied().collect()
         }
+    }
+
+    /// Broker-only nodes the metadata log is replicated to (the Raft learners), as this node
+    /// last learnt them.
+    pub fn observers(&self) -> Vec<i32> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let ids =
+            metrics.membership_config.membership().learner_ids().filter_map(|id| i32::try_from(id).ok()).collect();
+        ids
     }
 
     /// Runs a request on the quorum leader (locally, or forwarded over tonic), retrying across
@@ -439,16 +493,21 @@ impl Inner {
         request: &ControllerRequest,
         deadline: Instant,
     ) -> Result<(ControllerReply, u64), ProposeError> {
-        self.propose(deadline, |image| {
-            let decision = logic::decide(image, request, &self.settings, Uuid::new_v4())?;
-            if let ControllerRequest::RegisterBroker { broker_id, .. }
-            | ControllerRequest::BrokerHeartbeat { broker_id, .. } = request
-            {
-                self.liveness().last_heard.insert(*broker_id, Instant::now());
-            }
-            Ok(decision)
-        })
-        .await
+        let outcome = self
+            .propose(deadline, |image| {
+                let decision = logic::decide(image, request, &self.settings, Uuid::new_v4())?;
+                if let ControllerRequest::RegisterBroker { broker_id, .. }
+                | ControllerRequest::BrokerHeartbeat { broker_id, .. } = request
+                {
+                    self.liveness().last_heard.insert(*broker_id, Instant::now());
+                }
+                Ok(decision)
+            })
+            .await?;
+        if let ControllerRequest::UnregisterBroker { broker_id } = request {
+            self.remove_observer(*broker_id, deadline).await;
+        }
+        Ok(outcome)
     }
 
     /// Sends a request to the leader `leader` over RPC.
@@ -483,6 +542,112 @@ impl Inner {
             Ok(ForwardResponse::NotLeader { leader }) => Err(ProposeError::NotLeader(leader)),
             Ok(ForwardResponse::Unavailable { reason }) => Err(ProposeError::Unavailable(reason)),
             Err(status) => Err(ProposeError::Unavailable(status.message().to_string())),
+        }
+    }
+
+    /// An observer's first act at every start: asks the leader (or any voter, which points at
+    /// the leader) to add it as a learner at `addr`, until one says it did. Asking again after a
+    /// restart is harmless, and brings back an observer that was unregistered while it was down.
+    async fn join_as_observer(&self, addr: SocketAddr) {
+        let voters: Vec<i32> = self.peers.keys().copied().collect();
+        let request = JoinRequest { node_id: self.node_id, addr: addr.to_string() };
+        let Ok(data) = network::encode(&request) else { return };
+        let mut attempt = 0usize;
+        let mut hint: Option<i32> = None;
+        loop {
+            let target = hint.take().or_else(|| self.leader_id()).filter(|id| self.peers.contains_key(id));
+            let target = target.unwrap_or_else(|| voters[attempt % voters.len()]);
+            attempt += 1;
+            let outcome = match self.peers[&target].call(Method::Join, data.clone(), JOIN_TIMEOUT).await {
+                Ok(reply) => network::decode::<JoinResponse>(&reply)
+                    .unwrap_or_else(|s| JoinResponse::Unavailable { reason: s.message().to_string() }),
+                Err(status) => JoinResponse::Unavailable { reason: status.message().to_string() },
+            };
+            match outcome {
+                JoinResponse::Joined => {
+                    tracing::info!(node_id = self.node_id, leader = target, %addr, "joined the metadata quorum as an observer");
+                    return;
+                }
+                JoinResponse::NotLeader { leader: Some(leader) } if leader != target => {
+                    hint = Some(leader);
+                    continue;
+                }
+                JoinResponse::Refused(r) => {
+                    tracing::error!(error = %r, "the metadata quorum refuses this broker-only node");
+                }
+                JoinResponse::NotLeader { .. } => {}
+                JoinResponse::Unavailable { reason } => {
+                    if self.forward_warn.allow() {
+                        tracing::warn!(voter = target, %reason, "cannot join the metadata quorum yet; retrying");
+                    }
+                }
+            }
+            tokio::time::sleep(JOIN_RETRY_BACKOFF).await;
+        }
+    }
+
+    /// The leader's side of [`JoinRequest`]: adds (or re-addresses) a learner. Voters are refused.
+    async fn add_observer(&self, request: JoinRequest, deadline: Instant) -> JoinResponse {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return JoinResponse::NotLeader { leader: self.leader_id() };
+        }
+        let id = node_id_u64(request.node_id);
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        if request.node_id < 0 || membership.voter_ids().any(|v| v == id) {
+            return JoinResponse::Refused(refusal(
+                ErrorCode::INVALID_REQUEST,
+                format!("node {} is a voter of the metadata quorum, not a broker-only node", request.node_id),
+            ));
+        }
+        let node = BasicNode::new(&request.addr);
+        let known = membership.get_node(&id).cloned();
+        if known.as_ref() == Some(&node) {
+            return JoinResponse::Joined;
+        }
+        let change = async {
+            match known {
+                // Same id, new address (the node moved): replace the address, keep it a learner.
+                Some(_) => {
+                    self.raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), true).await
+                }
+                None => self.raft.add_learner(id, node, false).await,
+            }
+        };
+        match tokio::time::timeout_at(deadline, change).await {
+            Err(_) => JoinResponse::Unavailable { reason: "timed out adding the observer".into() },
+            Ok(Ok(_)) => {
+                tracing::info!(node_id = request.node_id, addr = %request.addr, "broker-only node added to the metadata quorum");
+                JoinResponse::Joined
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                JoinResponse::NotLeader { leader: f.leader_id.and_then(|id| i32::try_from(id).ok()) }
+            }
+            Ok(Err(e)) => JoinResponse::Unavailable { reason: e.to_string() },
+        }
+    }
+
+    /// After an UnregisterBroker committed: a broker-only node also leaves the learners, so the
+    /// leader stops replicating to it. Best effort: a failure leaves a learner that costs one
+    /// replication stream until it is removed by the next unregister.
+    async fn remove_observer(&self, broker_id: i32, deadline: Instant) {
+        let id = node_id_u64(broker_id);
+        let is_learner = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let is_learner = membership.learner_ids().any(|l| l == id);
+            is_learner
+        };
+        if !is_learner {
+            return;
+        }
+        let change =
+            self.raft.change_membership(ChangeMembers::RemoveNodes(std::collections::BTreeSet::from([id])), true);
+        match tokio::time::timeout_at(deadline, change).await {
+            Ok(Ok(_)) => tracing::info!(broker_id, "unregistered broker-only node removed from the metadata quorum"),
+            Ok(Err(e)) => tracing::warn!(broker_id, error = %e, "cannot remove the unregistered observer"),
+            Err(_) => tracing::warn!(broker_id, "timed out removing the unregistered observer"),
         }
     }
 
@@ -599,6 +764,10 @@ impl RpcHandler for Inner {
                         Err(ProposeError::Unavailable(reason)) => ForwardResponse::Unavailable { reason },
                     };
                     network::encode(&response)
+                }
+                Method::Join => {
+                    let request: JoinRequest = network::decode(&data)?;
+                    network::encode(&self.add_observer(request, Instant::now() + JOIN_TIMEOUT).await)
                 }
             }
         })

@@ -1,7 +1,8 @@
 //! Controller-to-controller RPC over tonic (gRPC on HTTP/2), without protoc: one hand-written
 //! prost message carries a JSON body, and the service is a hand-written tower `Service` that
-//! routes four methods — Raft's AppendEntries, Vote and InstallSnapshot, and Forward (a
-//! [`ControllerRequest`](super::types::ControllerRequest) sent to the quorum leader).
+//! routes five methods — Raft's AppendEntries, Vote and InstallSnapshot, Forward (a
+//! [`ControllerRequest`](super::types::ControllerRequest) sent to the quorum leader) and Join (a
+//! broker-only node asking the leader to replicate the metadata log to it).
 
 use std::convert::Infallible;
 use std::error::Error;
@@ -51,6 +52,7 @@ pub enum Method {
     Vote,
     InstallSnapshot,
     Forward,
+    Join,
 }
 
 impl Method {
@@ -60,11 +62,12 @@ impl Method {
             Method::Vote => "/spate.controller.Controller/Vote",
             Method::InstallSnapshot => "/spate.controller.Controller/InstallSnapshot",
             Method::Forward => "/spate.controller.Controller/Forward",
+            Method::Join => "/spate.controller.Controller/Join",
         }
     }
 
     fn from_path(path: &str) -> Option<Method> {
-        [Method::AppendEntries, Method::Vote, Method::InstallSnapshot, Method::Forward]
+        [Method::AppendEntries, Method::Vote, Method::InstallSnapshot, Method::Forward, Method::Join]
             .into_iter()
             .find(|m| m.path() == path)
     }

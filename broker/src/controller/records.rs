@@ -24,6 +24,15 @@ pub enum MetadataRecord {
     FenceBroker {
         broker_id: i32,
     },
+    /// Forgets a decommissioned broker's registration (and its dynamic configs).
+    UnregisterBroker {
+        broker_id: i32,
+    },
+    /// Replaces a broker's dynamic configs (empty: none left).
+    BrokerConfigs {
+        broker_id: i32,
+        configs: BTreeMap<String, String>,
+    },
     UnfenceBroker {
         broker_id: i32,
     },
@@ -73,6 +82,17 @@ pub fn apply_record(image: &mut MetadataImage, record: &MetadataRecord) {
         MetadataRecord::FenceBroker { broker_id } => {
             if let Some(b) = image.brokers.get_mut(broker_id) {
                 b.fenced = true;
+            }
+        }
+        MetadataRecord::UnregisterBroker { broker_id } => {
+            image.brokers.remove(broker_id);
+            image.broker_configs.remove(broker_id);
+        }
+        MetadataRecord::BrokerConfigs { broker_id, configs } => {
+            if configs.is_empty() {
+                image.broker_configs.remove(broker_id);
+            } else {
+                image.broker_configs.insert(*broker_id, configs.clone());
             }
         }
         MetadataRecord::UnfenceBroker { broker_id } => {

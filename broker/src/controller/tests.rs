@@ -19,6 +19,7 @@ fn config(node_id: i32, voters: BTreeMap<i32, SocketAddr>, dir: &Path) -> Contro
     ControllerConfig {
         node_id,
         listen: voters.get(&node_id).copied(),
+        observer: false,
         voters,
         metadata_dir: dir.to_path_buf(),
         // Long enough that the unheartbeating test brokers are never fenced.
@@ -225,6 +226,77 @@ async fn single_node_persists_across_restart() {
     c.submit(create("c", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
     assert_eq!(c.image().topics.len(), 8);
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_only_observer_follows_the_log_forwards_and_leaves_on_unregister() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let voter_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let voters = BTreeMap::from([(1, voter_listener.local_addr().unwrap())]);
+    let voter =
+        Controller::start_with_listener(config(1, voters.clone(), dirs[0].path()), Some(voter_listener)).await.unwrap();
+    voter.submit(register(1), SUBMIT_TIMEOUT).await.unwrap();
+    voter.submit(create("before", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
+
+    let observer_config = |listen: SocketAddr| ControllerConfig {
+        listen: Some(listen),
+        observer: true,
+        ..config(5, voters.clone(), dirs[1].path())
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let observer_addr = listener.local_addr().unwrap();
+    let observer = Controller::start_with_listener(observer_config(observer_addr), Some(listener)).await.unwrap();
+    // It receives the log written before it joined, and its requests are forwarded.
+    wait_until("the observer to catch up", || {
+        let image = observer.image();
+        async move { image.topics.contains_key("before") && !image.cluster_id.is_empty() }
+    })
+    .await;
+    observer.submit(register(5), SUBMIT_TIMEOUT).await.unwrap();
+    assert!(voter.image().brokers.contains_key(&5));
+    assert_eq!(voter.observers(), vec![5]);
+    assert_eq!(observer.leader_id(), Some(1));
+    // An observer never votes: with the voter's term fixed, the leader stays 1.
+    let reply = observer.submit(create("placed", 2, 2), SUBMIT_TIMEOUT).await.unwrap();
+    assert!(matches!(reply, ControllerReply::TopicCreated { .. }));
+    assert_eq!(observer.image().topics["placed"].partitions[0].replicas.len(), 2);
+    voter.submit(ControllerRequest::DeleteTopic { name: "placed".into() }, SUBMIT_TIMEOUT).await.unwrap();
+
+    // A restart rejoins from its directory.
+    observer.shutdown().await;
+    drop(observer);
+    voter.submit(create("while-down", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
+    let observer =
+        Controller::start_with_listener(observer_config(observer_addr), Some(bind_with_retry(observer_addr).await))
+            .await
+            .unwrap();
+    wait_until("the restarted observer to catch up", || {
+        let image = observer.image();
+        async move { image.topics.contains_key("while-down") }
+    })
+    .await;
+
+    // Unregister: refused while it runs; once fenced it is forgotten and leaves the learners.
+    let unregister = ControllerRequest::UnregisterBroker { broker_id: 5 };
+    assert!(voter.submit(unregister.clone(), SUBMIT_TIMEOUT).await.unwrap_err().message.contains("running"));
+    let shutdown = ControllerRequest::ControlledShutdown { broker_id: 5, incarnation_id: Uuid::from_u128(5) };
+    observer.submit(shutdown, SUBMIT_TIMEOUT).await.unwrap();
+    observer.shutdown().await;
+    // "while-down" may have been placed on broker 5: unregistering waits until nothing is.
+    let hosts =
+        |image: &MetadataImage| image.topics.values().any(|t| t.partitions.iter().any(|p| p.replicas.contains(&5)));
+    if hosts(&voter.image()) {
+        assert!(voter.submit(unregister.clone(), SUBMIT_TIMEOUT).await.unwrap_err().message.contains("replica"));
+        voter.submit(ControllerRequest::DeleteTopic { name: "while-down".into() }, SUBMIT_TIMEOUT).await.unwrap();
+    }
+    voter.submit(unregister, SUBMIT_TIMEOUT).await.unwrap();
+    assert!(!voter.image().brokers.contains_key(&5));
+    assert!(voter.observers().is_empty());
+
+    // A voter cannot join as an observer.
+    let bad = ControllerConfig { observer: true, ..config(1, voters.clone(), dirs[1].path()) };
+    assert!(Controller::start_with_listener(bad, None).await.is_err());
+    voter.shutdown().await;
 }
 
 #[tokio::test]

@@ -80,6 +80,10 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
     /// The first producer id not yet handed out (brokers take blocks).
     pub next_producer_id: i64,
+    /// Dynamic broker configs by broker id (`follower.replication.throttled.rate`), set with
+    /// IncrementalAlterConfigs; everything else about a broker is static.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
     /// Raft log index of the last record applied.
     pub applied_index: u64,
 }
@@ -172,6 +176,20 @@ pub enum ControllerRequest {
     ElectLeaders {
         unclean: bool,
         partitions: Option<Vec<(String, i32)>>,
+    },
+    /// IncrementalAlterConfigs of a broker's dynamic configs (only
+    /// [`crate::config::DYNAMIC_BROKER_CONFIGS`]): `set` then `delete`.
+    AlterBrokerConfigs {
+        broker_id: i32,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    },
+    /// UnregisterBroker (KIP-631): forgets a decommissioned broker. Refused while it is
+    /// unfenced (running) or still named in some partition's replicas. A broker-only node also
+    /// leaves the metadata quorum's observers.
+    UnregisterBroker {
+        broker_id: i32,
     },
 }
 

@@ -52,12 +52,23 @@ pub struct FetchState {
     pub paused: bool,
     /// Retry not before this time (after an error).
     pub retry_at_ms: i64,
+    /// A reassignment is adding this replica: its fetches count against the broker's
+    /// `follower.replication.throttled.rate` and wait while that budget is spent.
+    pub throttled: bool,
 }
 
 impl FetchState {
     pub fn new(partition: Arc<Partition>, leader_epoch: i32) -> FetchState {
         let fetch_offset = partition.offsets().log_end_offset;
-        FetchState { partition, leader_epoch, fetch_offset, truncation_pending: true, paused: false, retry_at_ms: 0 }
+        FetchState {
+            partition,
+            leader_epoch,
+            fetch_offset,
+            truncation_pending: true,
+            paused: false,
+            retry_at_ms: 0,
+            throttled: false,
+        }
     }
 
     fn ready(&self, now_ms: i64) -> bool {
@@ -109,14 +120,17 @@ pub fn truncation_offset(
     (leader_end_offset.min(local_end).min(log_end_offset), true)
 }
 
-/// The next replica fetch for the ready partitions, or `None` when none is ready.
+/// The next replica fetch for the ready partitions, or `None` when none is ready. Throttled
+/// partitions (see [`FetchState::throttled`]) are left out unless `throttle_open`.
 pub fn build_fetch_request(
     config: &ReplicaConfig,
     partitions: &BTreeMap<TopicPartition, FetchState>,
     now_ms: i64,
+    throttle_open: bool,
 ) -> Option<FetchRequest> {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (tp, state) in partitions.iter().filter(|(_, s)| s.ready(now_ms) && !s.truncation_pending) {
+    let fetchable = |s: &FetchState| s.ready(now_ms) && !s.truncation_pending && (throttle_open || !s.throttled);
+    for (tp, state) in partitions.iter().filter(|(_, s)| fetchable(s)) {
         let partition = FetchPartition::default()
             .with_partition(tp.partition)
             .with_current_leader_epoch(state.leader_epoch)
@@ -322,8 +336,10 @@ pub async fn run(
     config: ReplicaConfig,
     shared: Arc<FetcherShared>,
     mark_dirty: MarkDirty,
+    throttle: super::SharedBudget,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let budget = || throttle.lock().unwrap_or_else(|e| e.into_inner());
     let backoff = Duration::from_millis(config.replica_fetch_backoff_ms);
     let connection_config = ConnectionConfig {
         client_id: Some(format!("spate-replica-fetcher-{}-{leader_id}", config.node_id)),
@@ -408,11 +424,25 @@ pub async fn run(
             }
             continue;
         }
-        let Some(request) = build_fetch_request(&config, &shared.lock(), now) else {
-            // Nothing ready: wait for a change, or for the earliest retry time.
+        let throttle_open = budget().allows(now);
+        let Some(request) = build_fetch_request(&config, &shared.lock(), now, throttle_open) else {
+            // Nothing ready: wait for a change, for the earliest retry time, or for the
+            // throttle's budget to come back.
             let wake_in = {
+                let throttle_wait = if throttle_open { 0 } else { budget().wait_ms(now) };
                 let partitions = shared.lock();
-                partitions.values().filter(|s| !s.paused).map(|s| s.retry_at_ms - now).min()
+                partitions
+                    .values()
+                    .filter(|s| !s.paused)
+                    .map(|s| {
+                        let retry = s.retry_at_ms - now;
+                        if s.throttled {
+                            retry.max(throttle_wait)
+                        } else {
+                            retry
+                        }
+                    })
+                    .min()
             };
             let wait = wake_in.map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms.clamp(1, 60_000) as u64));
             tokio::select! {
@@ -449,13 +479,21 @@ pub async fn run(
                 let requested: BTreeMap<TopicPartition, (i64, i32)> =
                     sent.into_iter().map(|(tp, offset, epoch)| (tp, (offset, epoch))).collect();
                 let mut partitions = shared.lock();
+                let mut throttled_bytes = 0u64;
                 for t in &response.responses {
                     for data in &t.partitions {
                         let tp = TopicPartition { topic: t.topic.to_string(), partition: data.partition_index };
                         if let (Some(state), Some(&(offset, epoch))) = (partitions.get_mut(&tp), requested.get(&tp)) {
+                            if state.throttled {
+                                throttled_bytes += data.records.as_ref().map_or(0, |r| r.len() as u64);
+                            }
                             apply_fetched(&config, state, offset, epoch, data, &mark_dirty, now);
                         }
                     }
+                }
+                drop(partitions);
+                if throttled_bytes > 0 {
+                    budget().record(throttled_bytes, now);
                 }
             }
             Err(err) => {

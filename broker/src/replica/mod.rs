@@ -14,6 +14,7 @@
 
 pub mod fetcher;
 pub mod isr;
+pub mod throttle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,6 +28,10 @@ use crate::config::FlushMode;
 use crate::controller::types::{ControllerRequest, MetadataImage, NO_LEADER};
 use crate::partition::{Partition, TopicPartition};
 use fetcher::{FetchState, FetcherShared};
+use throttle::ByteBudget;
+
+/// The broker-wide budget of throttled replica fetches (`follower.replication.throttled.rate`).
+pub type SharedBudget = Arc<Mutex<ByteBudget>>;
 
 /// Called after a follower append, so the flusher syncs it (as produce does).
 pub type MarkDirty = Arc<dyn Fn(&Arc<Partition>) + Send + Sync>;
@@ -61,8 +66,9 @@ impl Default for ReplicaConfig {
     }
 }
 
-/// A partition to follow: where, in which leader epoch, and whether leader or epoch changed.
-type Followed = (TopicPartition, Arc<Partition>, i32, bool);
+/// A partition to follow: where, in which leader epoch, whether leader or epoch changed, and
+/// whether a reassignment is adding this replica (then its fetches are throttled).
+type Followed = (TopicPartition, Arc<Partition>, i32, bool, bool);
 
 struct FetcherHandle {
     address: String,
@@ -85,6 +91,7 @@ pub struct ReplicaManager {
     mark_dirty: MarkDirty,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
+    follower_throttle: SharedBudget,
 }
 
 impl ReplicaManager {
@@ -100,6 +107,7 @@ impl ReplicaManager {
             mark_dirty,
             inner: Mutex::new(Inner::default()),
             shutdown: watch::Sender::new(false),
+            follower_throttle: SharedBudget::default(),
         });
         let ticker = tokio::spawn(tick_loop(Arc::downgrade(&manager), manager.shutdown.subscribe()));
         manager.lock().ticker = Some(ticker);
@@ -108,6 +116,20 @@ impl ReplicaManager {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `follower.replication.throttled.rate` (a dynamic broker config): bytes per second that
+    /// replicas being added by reassignments may fetch, together; `None` lifts it.
+    pub fn set_follower_throttle_rate(&self, rate_bytes_per_s: Option<u64>) {
+        let mut budget = self.follower_throttle.lock().unwrap_or_else(|e| e.into_inner());
+        if budget.rate_bytes_per_s() != rate_bytes_per_s {
+            budget.set_rate(rate_bytes_per_s, crate::broker::now_ms());
+            drop(budget);
+            // Fetchers waiting for budget re-plan under the new rate.
+            for handle in self.lock().fetchers.values() {
+                handle.shared.changed.notify_one();
+            }
+        }
     }
 
     /// Applies `image` to every local replica: `local(topic, partition)` returns the opened
@@ -138,7 +160,14 @@ impl ReplicaManager {
                 } else {
                     let changed = partition.make_follower(p);
                     if p.leader != NO_LEADER {
-                        following.entry(p.leader).or_default().push((tp, partition, p.leader_epoch, changed));
+                        let throttled = p.adding_replicas.contains(&node_id);
+                        following.entry(p.leader).or_default().push((
+                            tp,
+                            partition,
+                            p.leader_epoch,
+                            changed,
+                            throttled,
+                        ));
                     }
                 }
             }
@@ -178,13 +207,14 @@ impl ReplicaManager {
                     self.config.clone(),
                     shared.clone(),
                     self.mark_dirty.clone(),
+                    self.follower_throttle.clone(),
                     self.shutdown.subscribe(),
                 ));
                 FetcherHandle { address, shared, task }
             });
             {
                 let mut partitions = handle.shared.lock();
-                for (tp, partition, leader_epoch, changed) in list {
+                for (tp, partition, leader_epoch, changed, throttled) in list {
                     match partitions.get_mut(&tp) {
                         Some(state)
                             if !changed
@@ -194,9 +224,12 @@ impl ReplicaManager {
                             // Same leader and epoch: a new image may be what a paused
                             // partition waited for.
                             state.paused = false;
+                            state.throttled = throttled;
                         }
                         _ => {
-                            partitions.insert(tp, FetchState::new(partition, leader_epoch));
+                            let mut state = FetchState::new(partition, leader_epoch);
+                            state.throttled = throttled;
+                            partitions.insert(tp, state);
                         }
                     }
                 }

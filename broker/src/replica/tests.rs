@@ -274,6 +274,16 @@ async fn apply_assigns_roles_from_the_image() {
     assert_eq!(manager.lock().fetchers.keys().copied().collect::<Vec<_>>(), vec![2]);
     assert_eq!(manager.lock().fetchers[&2].shared.lock().len(), 1);
     assert_eq!(manager.lock().leading.len(), 1);
+    // A reassignment adding this replica marks its fetches throttled; finishing clears it.
+    let throttled =
+        |m: &ReplicaManager| m.lock().fetchers[&2].shared.lock().values().map(|s| s.throttled).collect::<Vec<_>>();
+    assert_eq!(throttled(&manager), vec![false]);
+    image.topics.get_mut("t").unwrap().partitions[1].adding_replicas = vec![1];
+    manager.apply(&image, &local);
+    assert_eq!(throttled(&manager), vec![true]);
+    image.topics.get_mut("t").unwrap().partitions[1].adding_replicas.clear();
+    manager.apply(&image, &local);
+    assert_eq!(throttled(&manager), vec![false]);
     // Leadership moves here: the fetcher goes.
     image.topics.get_mut("t").unwrap().partitions[1] = image_of(&[2, 1], 1, 4);
     manager.apply(&image, &local);
@@ -285,4 +295,23 @@ async fn apply_assigns_roles_from_the_image() {
 
 fn image_of(replicas: &[i32], leader: i32, leader_epoch: i32) -> crate::controller::types::PartitionImage {
     image(replicas, replicas, leader, leader_epoch, 1)
+}
+
+#[test]
+fn throttled_partitions_wait_out_of_fetches_while_the_budget_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = replica_config(2);
+    let mut states = BTreeMap::new();
+    for (i, throttled) in [false, true].into_iter().enumerate() {
+        let mut state = fetcher::FetchState::new(open(&dir.path().join(format!("p{i}")), 2), 1);
+        state.truncation_pending = false;
+        state.throttled = throttled;
+        states.insert(TopicPartition { topic: "t".into(), partition: i as i32 }, state);
+    }
+    let partitions = |open: bool| {
+        let request = fetcher::build_fetch_request(&config, &states, 0, open).unwrap();
+        request.topics[0].partitions.iter().map(|p| p.partition).collect::<Vec<_>>()
+    };
+    assert_eq!(partitions(true), vec![0, 1]);
+    assert_eq!(partitions(false), vec![0]);
 }

@@ -872,6 +872,15 @@ static DESCRIBE_USER_SCRAM_CREDENTIALS: Message = Message {
     body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&SCRAM_USER)))], tagged: &[] },
 };
 
+// UnregisterBroker: broker_id.
+static UNREGISTER_BROKER: Message = Message {
+    name: "UnregisterBroker",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, INT32)], tagged: &[] },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -914,6 +923,7 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::DescribeUserScramCredentials => &DESCRIBE_USER_SCRAM_CREDENTIALS,
         ApiKey::AlterPartitionReassignments => &ALTER_PARTITION_REASSIGNMENTS,
         ApiKey::ListPartitionReassignments => &LIST_PARTITION_REASSIGNMENTS,
+        ApiKey::UnregisterBroker => &UNREGISTER_BROKER,
         _ => return None,
     })
 }
@@ -1780,6 +1790,10 @@ mod tests {
                 DescribeUserScramCredentialsRequest::default().with_users(users).with_unknown_tagged_fields(tags(0, 0));
             assert_walks_exactly(ApiKey::DescribeUserScramCredentials, 0, &m);
         }
+        let m = crate::protocol::messages::UnregisterBrokerRequest::default()
+            .with_broker_id(BrokerId(4))
+            .with_unknown_tagged_fields(tags(0, 0));
+        assert_walks_exactly(ApiKey::UnregisterBroker, 0, &m);
     }
 
     #[test]

@@ -1079,6 +1079,15 @@ static LIST_PARTITION_REASSIGNMENTS: Message = Message {
     },
 };
 
+// UnregisterBroker: throttle_time_ms, error_code, error_message.
+static UNREGISTER_BROKER: Message = Message {
+    name: "UnregisterBroker",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16), f(0, ANY, Ty::String)], tagged: &[] },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -1112,6 +1121,7 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::ElectLeaders => &ELECT_LEADERS,
         ApiKey::AlterPartitionReassignments => &ALTER_PARTITION_REASSIGNMENTS,
         ApiKey::ListPartitionReassignments => &LIST_PARTITION_REASSIGNMENTS,
+        ApiKey::UnregisterBroker => &UNREGISTER_BROKER,
         ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
         ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
         ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
@@ -1184,6 +1194,7 @@ mod tests {
         ApiKey::ElectLeaders,
         ApiKey::AlterPartitionReassignments,
         ApiKey::ListPartitionReassignments,
+        ApiKey::UnregisterBroker,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -1324,6 +1335,14 @@ mod tests {
                 .with_topics(vec![t.clone(), t])
                 .with_unknown_tagged_fields(tags(0, 0));
             push(out, ApiKey::ListPartitionReassignments, 0, &m);
+            for message in [None, Some(str_bytes("broker 4 is running"))] {
+                let m = crate::protocol::messages::UnregisterBrokerResponse::default()
+                    .with_throttle_time_ms(0)
+                    .with_error_code(42)
+                    .with_error_message(message)
+                    .with_unknown_tagged_fields(tags(0, 0));
+                push(out, ApiKey::UnregisterBroker, 0, &m);
+            }
         }
     }
 
@@ -2246,6 +2265,7 @@ mod tests {
             ApiKey::ListPartitionReassignments => {
                 len::<crate::protocol::messages::ListPartitionReassignmentsResponse>(version, body)
             }
+            ApiKey::UnregisterBroker => len::<crate::protocol::messages::UnregisterBrokerResponse>(version, body),
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }

@@ -1,0 +1,137 @@
+//! The replication throttle of a reassignment (Kafka's `follower.replication.throttled.rate`): a
+//! byte budget refilled at the rate, shared by every fetcher of this broker. Only replicas a
+//! reassignment is adding are throttled (what `kafka-reassign-partitions.sh --throttle` sets up),
+//! so followers already in sync never fall behind because of a move.
+//!
+//! Sans-IO: the caller passes the time. The balance may go negative (a fetch returns up to
+//! `replica.fetch.max.bytes` per partition before we know its size); throttled partitions are
+//! left out of fetches until the refill brings it back above zero, so the average rate holds and
+//! the overshoot is at most one fetch.
+
+/// Bytes per second, and the budget left (at most one second's worth, so an idle period does not
+/// turn into a burst).
+#[derive(Debug, Default, Clone)]
+pub struct ByteBudget {
+    rate_bytes_per_s: Option<u64>,
+    balance_bytes: i64,
+    last_ms: i64,
+}
+
+impl ByteBudget {
+    /// `None` lifts the throttle.
+    pub fn set_rate(&mut self, rate_bytes_per_s: Option<u64>, now_ms: i64) {
+        if self.rate_bytes_per_s == rate_bytes_per_s {
+            return;
+        }
+        self.refill(now_ms);
+        self.rate_bytes_per_s = rate_bytes_per_s.filter(|r| *r > 0);
+        self.balance_bytes = match self.rate_bytes_per_s {
+            // A new rate starts with a second's budget less any debt (itself at most a second's).
+            Some(rate) => self.balance_bytes.clamp(-burst(rate), 0).saturating_add(burst(rate)),
+            None => 0,
+        };
+    }
+
+    pub fn rate_bytes_per_s(&self) -> Option<u64> {
+        self.rate_bytes_per_s
+    }
+
+    fn refill(&mut self, now_ms: i64) {
+        if let Some(rate) = self.rate_bytes_per_s {
+            let elapsed_ms = (now_ms - self.last_ms).max(0);
+            let earned = i64::try_from(u128::from(rate) * elapsed_ms as u128 / 1000).unwrap_or(i64::MAX);
+            self.balance_bytes = self.balance_bytes.saturating_add(earned).min(burst(rate));
+        }
+        self.last_ms = now_ms;
+    }
+
+    /// Whether throttled replicas may fetch now.
+    pub fn allows(&mut self, now_ms: i64) -> bool {
+        if self.rate_bytes_per_s.is_none() {
+            return true;
+        }
+        self.refill(now_ms);
+        self.balance_bytes > 0
+    }
+
+    /// Counts bytes a throttled replica fetched.
+    pub fn record(&mut self, bytes: u64, now_ms: i64) {
+        if self.rate_bytes_per_s.is_some() {
+            self.refill(now_ms);
+            self.balance_bytes = self.balance_bytes.saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Milliseconds until [`ByteBudget::allows`] turns true (0 when it is).
+    pub fn wait_ms(&mut self, now_ms: i64) -> i64 {
+        if self.allows(now_ms) {
+            return 0;
+        }
+        match self.rate_bytes_per_s {
+            Some(rate) => {
+                let missing = u128::try_from(1 - self.balance_bytes).unwrap_or(1);
+                i64::try_from((missing * 1000).div_ceil(u128::from(rate))).unwrap_or(i64::MAX).max(1)
+            }
+            None => 0,
+        }
+    }
+}
+
+fn burst(rate_bytes_per_s: u64) -> i64 {
+    i64::try_from(rate_bytes_per_s).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unthrottled_always_allows() {
+        let mut b = ByteBudget::default();
+        b.record(u64::MAX, 0);
+        assert!(b.allows(0));
+        assert_eq!(b.wait_ms(0), 0);
+    }
+
+    #[test]
+    fn the_average_rate_holds_with_one_fetch_of_overshoot() {
+        let mut b = ByteBudget::default();
+        b.set_rate(Some(1_000_000), 0);
+        let mut fetched = 0u64;
+        let mut now = 0i64;
+        // Fetches of 300 kB whenever allowed, for 10 simulated seconds.
+        while now < 10_000 {
+            if b.allows(now) {
+                b.record(300_000, now);
+                fetched += 300_000;
+            } else {
+                now += b.wait_ms(now);
+                continue;
+            }
+            now += 1;
+        }
+        // One second of burst, ten of refill, one fetch of overshoot.
+        assert!(fetched <= 11_000_000 + 300_000, "{fetched}");
+        assert!(fetched >= 10_000_000, "{fetched}");
+    }
+
+    #[test]
+    fn wait_is_the_time_to_pay_the_debt_and_lifting_forgives_it() {
+        let mut b = ByteBudget::default();
+        b.set_rate(Some(1_000), 0);
+        b.record(3_000, 0);
+        assert!(!b.allows(0));
+        assert_eq!(b.wait_ms(0), 2_001);
+        assert!(!b.allows(2_000));
+        assert!(b.allows(2_001));
+        // Idle time does not pile up beyond one second's budget.
+        assert!(b.allows(60_000));
+        b.record(1_000, 60_000);
+        assert!(!b.allows(60_000));
+        b.set_rate(None, 60_000);
+        assert!(b.allows(60_000));
+        assert_eq!(b.rate_bytes_per_s(), None);
+        b.set_rate(Some(0), 60_000);
+        assert_eq!(b.rate_bytes_per_s(), None);
+    }
+}
