@@ -9,9 +9,8 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use spate_client::admin::{AdminConfig, ClusterDescription, TopicDescription};
+use spate_client::admin::{ClusterDescription, TopicDescription};
 use spate_client::metadata::PartitionMetadata;
-use spate_client::Admin;
 
 use crate::common::{print_out, BootstrapArgs};
 
@@ -93,26 +92,14 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
 }
 
 async fn unregister(args: UnregisterArgs) -> Result<()> {
-    let admin = Admin::new(AdminConfig {
-        bootstrap_servers: args.bootstrap.servers()?,
-        client_id: "spate-cluster".into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")?;
+    let admin = args.bootstrap.admin("spate-cluster").await?;
     admin.unregister_broker(args.id).await.with_context(|| format!("unregistering broker {}", args.id))?;
     print_out(&format!("Broker {} is no longer registered.\n", args.id));
     Ok(())
 }
 
 async fn status(args: StatusArgs) -> Result<()> {
-    let admin = Admin::new(AdminConfig {
-        bootstrap_servers: args.bootstrap.servers()?,
-        client_id: "spate-cluster".into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")?;
+    let admin = args.bootstrap.admin("spate-cluster").await?;
     let cluster = admin.describe_cluster().await.context("describing the cluster")?;
     let topics = admin.describe_topics(&[]).await.context("describing topics")?;
     let status = cluster_status(&cluster, &topics);

@@ -25,6 +25,17 @@ impl BootstrapArgs {
         }
         Ok(servers)
     }
+
+    /// An admin client of these brokers, named `client_id` in their logs.
+    pub async fn admin(&self, client_id: &str) -> Result<spate_client::Admin> {
+        spate_client::Admin::new(spate_client::admin::AdminConfig {
+            bootstrap_servers: self.servers()?,
+            client_id: client_id.into(),
+            ..spate_client::admin::AdminConfig::default()
+        })
+        .await
+        .context("connecting to the cluster")
+    }
 }
 
 /// Writes a report to stdout, ignoring a closed pipe (`spate bench ... | head -1`) instead of

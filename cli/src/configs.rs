@@ -6,8 +6,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
-use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource};
-use spate_client::Admin;
+use spate_client::admin::{AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource};
 
 use crate::common::{print_out, BootstrapArgs};
 
@@ -61,13 +60,7 @@ pub struct ConfigsArgs {
 
 pub async fn run(args: ConfigsArgs) -> Result<()> {
     let (entity_type, name) = entity(&args)?;
-    let admin = Admin::new(AdminConfig {
-        bootstrap_servers: args.bootstrap.servers()?,
-        client_id: "spate-configs".into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")?;
+    let admin = args.bootstrap.admin("spate-configs").await?;
     if args.alter {
         let Some(name) = name else { bail!("--alter needs --entity-name (or --topic / --broker)") };
         let resource = resource(entity_type, &name)?;

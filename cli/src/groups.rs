@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
-use spate_client::admin::{AdminConfig, GroupDescription, GroupState, OffsetAndMetadata, OffsetSpec};
+use spate_client::admin::{GroupDescription, GroupState, OffsetAndMetadata, OffsetSpec};
 use spate_client::{Admin, TopicPartition};
 
 use crate::common::{print_out, BootstrapArgs};
@@ -266,13 +266,7 @@ pub fn new_offset(spec: ResetSpec, tp: &TopicPartition, o: &PartitionOffsets) ->
 }
 
 pub async fn run(args: GroupsArgs) -> Result<()> {
-    let admin = Admin::new(AdminConfig {
-        bootstrap_servers: args.bootstrap.servers()?,
-        client_id: "spate-consumer-groups".into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")?;
+    let admin = args.bootstrap.admin("spate-consumer-groups").await?;
     let out = if args.list {
         list(&admin, &args).await?
     } else if args.describe {

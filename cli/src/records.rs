@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigResource};
-use spate_client::{Admin, TopicPartition};
+use spate_client::admin::{AlterConfigOp, ConfigResource};
+use spate_client::TopicPartition;
 
 use crate::common::{print_out, BootstrapArgs};
 
@@ -96,16 +96,6 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{} is not the expected JSON", path.display()))
 }
 
-async fn admin(bootstrap: &BootstrapArgs, client_id: &str) -> Result<Admin> {
-    Admin::new(AdminConfig {
-        bootstrap_servers: bootstrap.servers()?,
-        client_id: client_id.into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")
-}
-
 pub async fn delete_records(args: DeleteRecordsArgs) -> Result<()> {
     let file: DeleteRecordsFile = read_json(&args.offset_json_file)?;
     if file.partitions.is_empty() {
@@ -113,7 +103,7 @@ pub async fn delete_records(args: DeleteRecordsArgs) -> Result<()> {
     }
     let offsets: Vec<(TopicPartition, i64)> =
         file.partitions.into_iter().map(|p| (TopicPartition::new(p.topic, p.partition), p.offset)).collect();
-    let admin = admin(&args.bootstrap, "spate-delete-records").await?;
+    let admin = args.bootstrap.admin("spate-delete-records").await?;
     let results = admin.delete_records(&offsets).await?;
     let mut out = String::from("Records delete operation completed:\n");
     let mut failed = 0;
@@ -143,7 +133,7 @@ pub async fn leader_election(args: LeaderElectionArgs) -> Result<()> {
         let topic = args.topic.clone().context("--topic is required")?;
         Some(vec![TopicPartition::new(topic, args.partition.context("--partition is required")?)])
     };
-    let admin = admin(&args.bootstrap, "spate-leader-election").await?;
+    let admin = args.bootstrap.admin("spate-leader-election").await?;
     let unclean = args.election_type == ElectionType::Unclean;
     let results = admin.elect_leaders(unclean, partitions.as_deref()).await?;
     let (mut elected, mut not_needed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
@@ -242,7 +232,7 @@ struct PartitionReplicas {
 }
 
 pub async fn reassign(args: ReassignArgs) -> Result<()> {
-    let admin = admin(&args.bootstrap, "spate-reassign").await?;
+    let admin = args.bootstrap.admin("spate-reassign").await?;
     let mut out = String::new();
     if args.generate {
         let mut brokers = args.brokers.clone();

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
-use spate_client::admin::{AdminConfig, AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource, NewTopic};
+use spate_client::admin::{AlterConfigOp, ConfigEntry, ConfigResource, ConfigSource, NewTopic};
 use spate_client::protocol::ErrorCode;
-use spate_client::Admin;
 
 use crate::common::{parse_key_value, print_out, BootstrapArgs};
 
@@ -117,13 +116,7 @@ impl PartitionFilter {
 
 pub async fn run(args: TopicsArgs) -> Result<()> {
     args.validate()?;
-    let admin = Admin::new(AdminConfig {
-        bootstrap_servers: args.bootstrap.servers()?,
-        client_id: "spate-topics".into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")?;
+    let admin = args.bootstrap.admin("spate-topics").await?;
     let mut out = String::new();
     if args.list {
         for name in admin.list_topics(args.include_internal).await? {

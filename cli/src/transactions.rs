@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
-use spate_client::admin::{AdminConfig, ProducerState};
+use spate_client::admin::ProducerState;
 use spate_client::{Admin, TopicPartition};
 
 use crate::common::{print_out, BootstrapArgs};
@@ -70,13 +70,7 @@ pub struct TransactionsArgs {
 }
 
 pub async fn run(args: TransactionsArgs) -> Result<()> {
-    let admin = Admin::new(AdminConfig {
-        bootstrap_servers: args.bootstrap.servers()?,
-        client_id: "spate-transactions".into(),
-        ..AdminConfig::default()
-    })
-    .await
-    .context("connecting to the cluster")?;
+    let admin = args.bootstrap.admin("spate-transactions").await?;
     let mut out = String::new();
     if args.describe_producers {
         let topic = args.topic.as_deref().context("--describe-producers needs --topic")?;

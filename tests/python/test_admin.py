@@ -578,3 +578,37 @@ def test_reassignment_throttle_limits_the_move_until_lifted(cluster_factory, tmp
     entry = admin.describe_configs([resource])[resource].result(timeout=15)["follower.replication.throttled.rate"]
     assert entry.is_default, entry
     assert len(consume_assigned(cluster.bootstrap_of([new]), topic, [0], 6000)) == 6000
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_throttled_reassignment_cancelled_midway_goes_back(cluster_factory, tmp_path):
+    """A reassignment slowed by a throttle is cancelled mid-way with `spate reassign --cancel`: the
+    partition goes back to its old replica alone, the partly copied replica is deleted, and every
+    record is still there."""
+    cluster = cluster_factory(size=2, settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
+    topic = unique_topic("cancel")
+    cluster.create_topic(topic, partitions=1, replication_factor=1)
+    old = cluster.partition_view(topic, 0).replicas[0]
+    new = 3 - old
+    produce(cluster.bootstrap, topic, [(0, None, b"y" * 1000, None)] * 4000, acks="all", **{"linger.ms": 20})
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": 0, "replicas": [old, new]}]}))
+    base = ["--bootstrap-server", cluster.bootstrap]
+    run_spate("reassign", *base, "--execute", str(plan), "--throttle", "200000")
+    target_dir = cluster.node(new).data_dir / f"{topic}-0"
+    wait_until(lambda: dir_bytes(target_dir) > 0, 20, "the new replica to start copying")
+    assert cluster.partition_view(topic, 0).replicas == [old, new]
+
+    out = run_spate("reassign", *base, "--cancel", str(plan)).stdout
+    assert "Successfully cancelled partition reassignment" in out, out
+    wait_until(lambda: cluster.partition_view(topic, 0).replicas == [old], 30, "the partition back on its old replica",
+               describe=cluster.describe)
+    wait_until(lambda: not target_dir.exists(), 30, f"{target_dir} removed")
+    client = kafka_python_admin(cluster.bootstrap)
+    try:
+        assert not client.list_partition_reassignments()
+    finally:
+        client.close()
+    assert run_spate("reassign", *base, "--verify", str(plan), check=False).returncode != 0
+    assert len(consume_assigned(cluster.bootstrap, topic, [0], 4000)) == 4000
