@@ -390,12 +390,10 @@ impl Broker {
                 .and_then(|t: &Arc<Topic>| t.partitions.get(usize::try_from(partition).ok()?).cloned().flatten())
         };
         self.replicas.apply(image, &lookup);
-        let throttle = image
-            .broker_configs
-            .get(&self.config.node_id)
-            .and_then(|c| c.get(crate::config::FOLLOWER_REPLICATION_THROTTLED_RATE))
-            .and_then(|v| v.parse::<u64>().ok());
-        self.replicas.set_follower_throttle_rate(throttle);
+        let dynamic = image.broker_configs.get(&self.config.node_id);
+        let rate = |key: &str| dynamic.and_then(|c| c.get(key)).and_then(|v| v.parse::<u64>().ok());
+        self.replicas.set_follower_throttle_rate(rate(crate::config::FOLLOWER_REPLICATION_THROTTLED_RATE));
+        self.replicas.set_leader_throttle_rate(rate(crate::config::LEADER_REPLICATION_THROTTLED_RATE));
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = next;
         self.groups.on_metadata(self, image);
         self.txns.on_metadata(self, image);
@@ -716,6 +714,11 @@ impl Broker {
             info!(broker_id, ?changes, "dynamic broker configs altered");
         }
         Ok(())
+    }
+
+    /// The leader-side replication throttle's budget while one is set.
+    pub fn replica_leader_throttle(&self) -> Option<crate::replica::SharedBudget> {
+        self.replicas.leader_throttle()
     }
 
     /// UnregisterBroker: the controller forgets `broker_id` (refused while it runs or holds

@@ -28,7 +28,10 @@ pub enum FlushMode {
 
 /// Broker configs that change at run time through IncrementalAlterConfigs (kept in the metadata
 /// log, applied by every broker as it follows it); all others are static. Kafka's names.
-pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[FOLLOWER_REPLICATION_THROTTLED_RATE];
+pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[LEADER_REPLICATION_THROTTLED_RATE, FOLLOWER_REPLICATION_THROTTLED_RATE];
+/// `leader.replication.throttled.rate`: bytes per second this broker, as leader, sends to the
+/// replicas reassignments are adding, together (unset: no throttle).
+pub const LEADER_REPLICATION_THROTTLED_RATE: &str = "leader.replication.throttled.rate";
 /// `follower.replication.throttled.rate`: bytes per second that the replicas a reassignment is
 /// adding may fetch on this broker, together (unset: no throttle).
 pub const FOLLOWER_REPLICATION_THROTTLED_RATE: &str = "follower.replication.throttled.rate";

@@ -211,7 +211,8 @@ pub struct ReassignArgs {
     pub preserve_throttles: bool,
 }
 
-const THROTTLE_KEY: &str = "follower.replication.throttled.rate";
+/// The dynamic broker configs `--throttle` sets (both, as kafka-reassign-partitions.sh does).
+const THROTTLE_KEYS: [&str; 2] = ["leader.replication.throttled.rate", "follower.replication.throttled.rate"];
 
 #[derive(serde::Serialize, Deserialize)]
 struct ReassignmentFile {
@@ -274,18 +275,35 @@ pub async fn reassign(args: ReassignArgs) -> Result<()> {
             if rate == 0 {
                 bail!("--throttle must be a positive number of bytes per second");
             }
-            // Set before the move starts, so no byte goes unthrottled.
-            let mut receivers: Vec<i32> = plan.partitions.iter().flat_map(|p| p.replicas.iter().copied()).collect();
-            receivers.sort_unstable();
-            receivers.dedup();
-            for id in &receivers {
-                let op = AlterConfigOp::Set { name: THROTTLE_KEY.into(), value: rate.to_string() };
+            // Set before the move starts, so no byte goes unthrottled: on every broker that
+            // sends (a current replica leads) or receives (a target replica) data.
+            let names: Vec<String> = plan
+                .partitions
+                .iter()
+                .map(|p| p.topic.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let described = admin.describe_topics(&names.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+            let current = described.iter().flat_map(|t| t.partitions.iter().flat_map(|p| p.replicas.iter().copied()));
+            let mut brokers: Vec<i32> =
+                plan.partitions.iter().flat_map(|p| p.replicas.iter().copied()).chain(current).collect();
+            brokers.sort_unstable();
+            brokers.dedup();
+            let ops: Vec<AlterConfigOp> = THROTTLE_KEYS
+                .iter()
+                .map(|k| AlterConfigOp::Set { name: k.to_string(), value: rate.to_string() })
+                .collect();
+            for id in &brokers {
                 admin
-                    .incremental_alter_configs(&ConfigResource::Broker(*id), &[op])
+                    .incremental_alter_configs(&ConfigResource::Broker(*id), &ops)
                     .await
                     .with_context(|| format!("setting the replication throttle on broker {id}"))?;
             }
-            writeln!(out, "The replicas being added fetch at most {rate} bytes/s on each of brokers {receivers:?}.")?;
+            writeln!(
+                out,
+                "The throttle limit was set to {rate} B/s on brokers {brokers:?} (leader and follower side)."
+            )?;
         }
         let results = admin.alter_partition_reassignments(&targets).await?;
         report(&mut out, &results, "Successfully started partition reassignment")?;
@@ -346,18 +364,21 @@ pub async fn reassign(args: ReassignArgs) -> Result<()> {
             let cluster = admin.describe_cluster().await?;
             let resources: Vec<ConfigResource> =
                 cluster.brokers.iter().map(|b| ConfigResource::Broker(b.node_id)).collect();
-            let configs = admin.describe_configs(&resources, &[THROTTLE_KEY]).await?;
+            let configs = admin.describe_configs(&resources, &THROTTLE_KEYS).await?;
             let throttled: Vec<&ConfigResource> = configs
                 .iter()
                 .filter(|(_, entries)| {
-                    entries.as_ref().is_ok_and(|e| e.iter().any(|c| c.name == THROTTLE_KEY && !c.is_default))
+                    entries
+                        .as_ref()
+                        .is_ok_and(|e| e.iter().any(|c| THROTTLE_KEYS.contains(&c.name.as_str()) && !c.is_default))
                 })
                 .map(|(resource, _)| resource)
                 .collect();
             for resource in &throttled {
-                let op = AlterConfigOp::Delete { name: THROTTLE_KEY.into() };
+                let ops: Vec<AlterConfigOp> =
+                    THROTTLE_KEYS.iter().map(|k| AlterConfigOp::Delete { name: k.to_string() }).collect();
                 admin
-                    .incremental_alter_configs(resource, &[op])
+                    .incremental_alter_configs(resource, &ops)
                     .await
                     .with_context(|| format!("removing the replication throttle of {resource:?}"))?;
             }

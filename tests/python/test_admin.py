@@ -533,10 +533,10 @@ def dir_bytes(path) -> int:
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
 def test_reassignment_throttle_limits_the_move_until_lifted(cluster_factory, tmp_path):
-    """`spate reassign --execute --throttle` sets `follower.replication.throttled.rate` (a dynamic
-    broker config, described by confluent-kafka's AdminClient) on the receiving broker: its new
-    replica fills at about that rate; raising it with `spate configs` lets the move finish, and
-    `--verify` removes the throttle once the reassignment is complete."""
+    """`spate reassign --execute --throttle` sets `leader.` and `follower.replication.throttled.rate`
+    (dynamic broker configs, described by confluent-kafka's AdminClient) on the sending and receiving
+    brokers: the new replica fills at about that rate; raising them with `spate configs` lets the
+    move finish, and `--verify` removes the throttles once the reassignment is complete."""
     cluster = cluster_factory(size=2, settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
     topic = unique_topic("throttle")
     cluster.create_topic(topic, partitions=1, replication_factor=1)
@@ -558,6 +558,9 @@ def test_reassignment_throttle_limits_the_move_until_lifted(cluster_factory, tmp
     resource = ConfigResource("broker", str(new))
     entry = admin.describe_configs([resource])[resource].result(timeout=15)["follower.replication.throttled.rate"]
     assert entry.value == str(rate) and not entry.is_default and not entry.is_read_only
+    sender = ConfigResource("broker", str(old))
+    entry = admin.describe_configs([sender])[sender].result(timeout=15)["leader.replication.throttled.rate"]
+    assert entry.value == str(rate) and not entry.is_default
 
     # About 400 kB/s: after 4 s the new copy holds at most the first second's budget, four more
     # seconds and one fetch (1 MiB) of overshoot — far from the 6 MB an unthrottled move copies
@@ -570,13 +573,16 @@ def test_reassignment_throttle_limits_the_move_until_lifted(cluster_factory, tmp
     assert copied <= rate * (elapsed + 1) + (1 << 20) + 200_000, (copied, elapsed)
     assert run_spate("reassign", *base, "--verify", str(plan), check=False).returncode != 0
 
-    run_spate("configs", *base, "--alter", "--broker", str(new), "--add-config",
-              "follower.replication.throttled.rate=1000000000")
+    for broker_id in (old, new):
+        run_spate("configs", *base, "--alter", "--broker", str(broker_id), "--add-config",
+                  "leader.replication.throttled.rate=1000000000,follower.replication.throttled.rate=1000000000")
     wait_until(lambda: run_spate("reassign", *base, "--verify", str(plan), check=False).returncode == 0, 60,
                "the reassignment to finish once the throttle is raised")
-    # The successful --verify removed the throttle.
-    entry = admin.describe_configs([resource])[resource].result(timeout=15)["follower.replication.throttled.rate"]
-    assert entry.is_default, entry
+    # The successful --verify removed the throttles.
+    for r in (resource, sender):
+        configs = admin.describe_configs([r])[r].result(timeout=15)
+        assert configs["follower.replication.throttled.rate"].is_default, configs
+        assert configs["leader.replication.throttled.rate"].is_default, configs
     assert len(consume_assigned(cluster.bootstrap_of([new]), topic, [0], 6000)) == 6000
 
 

@@ -40,6 +40,15 @@ struct Wanted {
     partition: Option<Arc<Partition>>,
     /// Refused before reading (not the leader, epoch mismatch).
     error: Option<ErrorCode>,
+    /// A follower a reassignment is adding, under `leader.replication.throttled.rate`.
+    throttled: bool,
+}
+
+/// The leader side of the replication throttle: which (topic, partition) a fetching follower is
+/// being added to, and the budget those reads share.
+pub(crate) struct LeaderThrottle<'a> {
+    pub is_adding: &'a dyn Fn(&str, i32) -> bool,
+    pub budget: crate::replica::SharedBudget,
 }
 
 fn read_all(
@@ -48,6 +57,7 @@ fn read_all(
     max_bytes: usize,
     replica: bool,
     read_committed: bool,
+    throttle: Option<&crate::replica::SharedBudget>,
 ) -> usize {
     let mut total = 0usize;
     for t in topics.iter_mut() {
@@ -73,7 +83,11 @@ fn read_all(
                 // read_committed consumers read below the last stable offset (KIP-98).
                 let visible_end = if read_committed { last_stable } else { offsets.high_watermark };
                 let budget = w.partition_max_bytes.min(max_bytes.saturating_sub(total));
-                if budget > 0 || total == 0 {
+                // A throttled follower gets no records while the leader's budget is spent.
+                let throttled = w.throttled.then_some(throttle).flatten();
+                let held_back = throttled
+                    .is_some_and(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).allows(crate::broker::now_ms()));
+                if !held_back && (budget > 0 || total == 0) {
                     let read = if replica {
                         p.read_for_replica(w.fetch_offset, budget.max(1))
                     } else {
@@ -82,6 +96,11 @@ fn read_all(
                     match read {
                         Ok(bytes) => {
                             total += bytes.len();
+                            if let Some(t) = throttled {
+                                t.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .record(bytes.len() as u64, crate::broker::now_ms());
+                            }
                             if !replica {
                                 p.metrics.bytes_out.increment(bytes.len() as u64);
                             }
@@ -120,7 +139,18 @@ fn last_offset_in(records: &[u8]) -> Option<i64> {
 pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Bytes) -> Result<Reply, ProtocolError> {
     let request: FetchRequest = decode("Fetch request", ctx, body)?;
     let fetch_max_bytes = broker.config.fetch_max_bytes as usize;
-    let response = serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms())?;
+    let replica_id = request.replica_id.0;
+    let budget = broker.replica_leader_throttle();
+    let image = (replica_id >= 0 && budget.is_some()).then(|| broker.image());
+    let is_adding = |topic: &str, partition: i32| {
+        image
+            .as_ref()
+            .and_then(|i| i.partition(topic, partition))
+            .is_some_and(|p| p.adding_replicas.contains(&replica_id))
+    };
+    let throttle = budget.filter(|_| image.is_some()).map(|budget| LeaderThrottle { is_adding: &is_adding, budget });
+    let response =
+        serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms(), throttle)?;
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
     Ok(Reply::Later(Box::pin(async move { ctx.respond(&response.await) })))
 }
@@ -132,6 +162,7 @@ pub(crate) fn serve(
     lookup: &dyn Fn(&str, i32) -> Option<Arc<Partition>>,
     fetch_max_bytes: usize,
     now_ms: i64,
+    throttle: Option<LeaderThrottle<'_>>,
 ) -> Result<impl Future<Output = FetchResponse> + Send + 'static, ProtocolError> {
     let partition_count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     if partition_count > MAX_PARTITIONS_PER_FETCH {
@@ -158,6 +189,8 @@ pub(crate) fn serve(
                     error = Some(ErrorCode::NOT_LEADER_OR_FOLLOWER);
                 }
             }
+            let throttled =
+                replica && throttle.as_ref().is_some_and(|th| (th.is_adding)(t.topic.as_str(), p.partition));
             wanted.push(Wanted {
                 topic: ti,
                 partition_index: p.partition,
@@ -165,9 +198,11 @@ pub(crate) fn serve(
                 partition_max_bytes: p.partition_max_bytes.max(0) as usize,
                 partition,
                 error,
+                throttled,
             });
         }
     }
+    let budget = throttle.map(|t| t.budget);
     let max_bytes = (request.max_bytes.max(0) as usize).min(fetch_max_bytes);
     let min_bytes = request.min_bytes.max(0) as usize;
     let max_wait = Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_LIMIT) as u64);
@@ -185,7 +220,7 @@ pub(crate) fn serve(
             for w in watches.iter_mut() {
                 w.mark_unchanged();
             }
-            let total = read_all(&wanted, &mut topics, max_bytes, replica, read_committed);
+            let total = read_all(&wanted, &mut topics, max_bytes, replica, read_committed, budget.as_ref());
             let has_error = topics.iter().flat_map(|t| &t.partitions).any(|p| p.error_code != 0);
             if total >= min_bytes.max(1) || has_error || watches.is_empty() || tokio::time::Instant::now() >= deadline {
                 break;
@@ -229,8 +264,31 @@ mod tests {
 
     async fn fetch(partition: &Arc<Partition>, request: FetchRequest) -> PartitionData {
         let lookup = |_: &str, _: i32| Some(partition.clone());
-        let mut response = serve(request, &lookup, 1 << 20, 0).unwrap().await;
+        let mut response = serve(request, &lookup, 1 << 20, 0, None).unwrap().await;
         response.responses.remove(0).partitions.remove(0)
+    }
+
+    #[tokio::test]
+    async fn a_follower_being_added_gets_no_records_while_the_leader_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = open(dir.path(), 1);
+        leader.make_leader(&image(&[1, 2], &[1], 1, 2, 1), None, 0).unwrap();
+        produce(&leader, &["a", "b"], None);
+        let budget = crate::replica::SharedBudget::default();
+        budget.lock().unwrap().set_rate(Some(1_000_000), crate::broker::now_ms());
+        let lookup = |_: &str, _: i32| Some(leader.clone());
+        let throttled_fetch = |adding: bool| {
+            let is_adding = move |_: &str, _: i32| adding;
+            let throttle = LeaderThrottle { is_adding: &is_adding, budget: budget.clone() };
+            let response = serve(request(2, 2, 0, 0), &lookup, 1 << 20, 0, Some(throttle)).unwrap();
+            async move { response.await.responses.remove(0).partitions.remove(0).records.unwrap() }
+        };
+        let first = throttled_fetch(true).await;
+        assert!(!first.is_empty());
+        // Spend the budget: an added follower gets nothing (and no error); others are not held.
+        budget.lock().unwrap().record(10_000_000, crate::broker::now_ms());
+        assert!(throttled_fetch(true).await.is_empty());
+        assert_eq!(throttled_fetch(false).await, first);
     }
 
     #[tokio::test]

@@ -92,6 +92,7 @@ pub struct ReplicaManager {
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
     follower_throttle: SharedBudget,
+    leader_throttle: SharedBudget,
 }
 
 impl ReplicaManager {
@@ -108,6 +109,7 @@ impl ReplicaManager {
             inner: Mutex::new(Inner::default()),
             shutdown: watch::Sender::new(false),
             follower_throttle: SharedBudget::default(),
+            leader_throttle: SharedBudget::default(),
         });
         let ticker = tokio::spawn(tick_loop(Arc::downgrade(&manager), manager.shutdown.subscribe()));
         manager.lock().ticker = Some(ticker);
@@ -116,6 +118,22 @@ impl ReplicaManager {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `leader.replication.throttled.rate` (a dynamic broker config): bytes per second this
+    /// leader sends to followers that reassignments are adding, together; `None` lifts it.
+    pub fn set_leader_throttle_rate(&self, rate_bytes_per_s: Option<u64>) {
+        let mut budget = self.leader_throttle.lock().unwrap_or_else(|e| e.into_inner());
+        if budget.rate_bytes_per_s() != rate_bytes_per_s {
+            budget.set_rate(rate_bytes_per_s, crate::broker::now_ms());
+        }
+    }
+
+    /// The leader-side budget while `leader.replication.throttled.rate` is set, for the fetch
+    /// handler (`None`: unthrottled, so follower fetches skip the metadata lookup).
+    pub fn leader_throttle(&self) -> Option<SharedBudget> {
+        let throttled = self.leader_throttle.lock().unwrap_or_else(|e| e.into_inner()).rate_bytes_per_s().is_some();
+        throttled.then(|| self.leader_throttle.clone())
     }
 
     /// `follower.replication.throttled.rate` (a dynamic broker config): bytes per second that
