@@ -221,6 +221,14 @@ struct ReassignmentFile {
     partitions: Vec<PartitionReplicas>,
 }
 
+impl ReassignmentFile {
+    /// The current state of the topics the file names.
+    async fn describe_topics(&self, admin: &spate_client::Admin) -> Result<Vec<spate_client::admin::TopicDescription>> {
+        let names: std::collections::BTreeSet<&str> = self.partitions.iter().map(|p| p.topic.as_str()).collect();
+        Ok(admin.describe_topics(&names.into_iter().collect::<Vec<_>>()).await?)
+    }
+}
+
 fn version_one() -> i32 {
     1
 }
@@ -277,14 +285,7 @@ pub async fn reassign(args: ReassignArgs) -> Result<()> {
             }
             // Set before the move starts, so no byte goes unthrottled: on every broker that
             // sends (a current replica leads) or receives (a target replica) data.
-            let names: Vec<String> = plan
-                .partitions
-                .iter()
-                .map(|p| p.topic.clone())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let described = admin.describe_topics(&names.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+            let described = plan.describe_topics(&admin).await?;
             let current = described.iter().flat_map(|t| t.partitions.iter().flat_map(|p| p.replicas.iter().copied()));
             let mut brokers: Vec<i32> =
                 plan.partitions.iter().flat_map(|p| p.replicas.iter().copied()).chain(current).collect();
@@ -326,14 +327,7 @@ pub async fn reassign(args: ReassignArgs) -> Result<()> {
     } else if let Some(path) = &args.verify {
         let plan: ReassignmentFile = read_json(path)?;
         let ongoing = admin.list_partition_reassignments().await?;
-        let names: Vec<String> = plan
-            .partitions
-            .iter()
-            .map(|p| p.topic.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let described = admin.describe_topics(&names.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        let described = plan.describe_topics(&admin).await?;
         let mut incomplete = 0;
         for p in &plan.partitions {
             let tp = TopicPartition::new(p.topic.clone(), p.partition);
