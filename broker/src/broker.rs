@@ -127,6 +127,12 @@ const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between tries of the controlled-shutdown request (a controller failover).
 const CONTROLLED_SHUTDOWN_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The registration this process sends at start, and again if the controller forgot it.
+fn register_request(config: &BrokerConfig, incarnation_id: Uuid) -> ControllerRequest {
+    let (host, port) = config.advertised();
+    ControllerRequest::RegisterBroker { broker_id: config.node_id, host, port, incarnation_id }
+}
+
 fn controller_error(refusal: ControllerRefusal) -> BrokerError {
     BrokerError::Controller { code: ErrorCode(refusal.code), message: refusal.message }
 }
@@ -163,8 +169,7 @@ impl Broker {
         }
         let cluster_id = controller.image().cluster_id.clone();
         let incarnation_id = Uuid::new_v4();
-        let (host, port) = config.advertised();
-        let register = ControllerRequest::RegisterBroker { broker_id: config.node_id, host, port, incarnation_id };
+        let register = register_request(&config, incarnation_id);
         loop {
             match controller.submit(register.clone(), CONTROLLER_REQUEST_TIMEOUT).await {
                 Ok(_) => break,
@@ -268,19 +273,15 @@ impl Broker {
                     incarnation_id: b.incarnation_id,
                 };
                 let controller = b.controller.clone();
-                let (host, port) = b.config.advertised();
-                let register = ControllerRequest::RegisterBroker {
-                    broker_id: b.config.node_id,
-                    host,
-                    port,
-                    incarnation_id: b.incarnation_id,
-                };
                 drop(b);
                 match controller.submit(request, every * 4).await {
                     Ok(_) => {}
                     // Unregistered while it could not heartbeat (a partition): register again,
                     // as Kafka's broker lifecycle manager does, rather than stay invisible.
                     Err(refusal) if refusal.code == crate::controller::logic::BROKER_ID_NOT_REGISTERED.0 => {
+                        let Some(b) = weak.upgrade() else { return };
+                        let register = register_request(&b.config, b.incarnation_id);
+                        drop(b);
                         warn!("the controller no longer knows this broker; registering again");
                         if let Err(refusal) = controller.submit(register, every * 4).await {
                             debug!(error = %refusal, "registering again failed");

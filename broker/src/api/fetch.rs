@@ -140,15 +140,16 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     let request: FetchRequest = decode("Fetch request", ctx, body)?;
     let fetch_max_bytes = broker.config.fetch_max_bytes as usize;
     let replica_id = request.replica_id.0;
-    let budget = broker.replica_leader_throttle();
-    let image = (replica_id >= 0 && budget.is_some()).then(|| broker.image());
+    // Consumer fetches never look at the throttle (no lock, no image on their path).
+    let budget = if replica_id >= 0 { broker.replica_leader_throttle() } else { None };
+    let image = budget.is_some().then(|| broker.image());
     let is_adding = |topic: &str, partition: i32| {
         image
             .as_ref()
             .and_then(|i| i.partition(topic, partition))
             .is_some_and(|p| p.adding_replicas.contains(&replica_id))
     };
-    let throttle = budget.filter(|_| image.is_some()).map(|budget| LeaderThrottle { is_adding: &is_adding, budget });
+    let throttle = budget.map(|budget| LeaderThrottle { is_adding: &is_adding, budget });
     let response =
         serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms(), throttle)?;
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
