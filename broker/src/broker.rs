@@ -299,8 +299,21 @@ impl Broker {
                 drop(b);
                 // One at a time: the replica manager keeps at most one change per partition in
                 // flight, and answers arrive as new images.
-                if let Err(refusal) = controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await {
-                    debug!(error = %refusal, "ISR change refused");
+                let Err(refusal) = controller.submit(request.clone(), CONTROLLER_REQUEST_TIMEOUT).await else {
+                    continue;
+                };
+                debug!(error = %refusal, "ISR change refused");
+                // These two are decided after the epoch checks, so nothing was committed: the
+                // leader drops its pending expansion. A timeout leaves it pending (it may have
+                // been committed; the image will say).
+                let settled = refusal.code == crate::controller::logic::INELIGIBLE_REPLICA.0
+                    || refusal.code == ErrorCode::INVALID_REQUEST.0;
+                if let (true, ControllerRequest::AlterPartition { topic, partition, partition_epoch, new_isr, .. }) =
+                    (settled, &request)
+                {
+                    if let Some(p) = weak.upgrade().and_then(|b| b.partition(topic, *partition)) {
+                        p.isr_change_refused(*partition_epoch, new_isr);
+                    }
                 }
             }
         }));

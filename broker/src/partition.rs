@@ -943,6 +943,24 @@ impl Partition {
         self.maybe_advance_high_watermark(state);
     }
 
+    /// The controller refused this leader's AlterPartition `new_isr` (based on
+    /// `partition_epoch`) for a reason that means it changed nothing: a replica it would add is
+    /// fenced or shutting down (INELIGIBLE_REPLICA), or the request was malformed. The pending
+    /// expansion stops widening the ISR the high watermark waits for; otherwise an `acks=all`
+    /// produce would wait for a broker that is gone until the next leader change. A refusal for
+    /// a stale epoch is not handled here: an image with the newer epoch settles that one.
+    pub fn isr_change_refused(&self, partition_epoch: i32, new_isr: &[i32]) {
+        let state = &mut *self.lock();
+        let Role::Leader(leader) = &mut state.role else {
+            return;
+        };
+        if leader.pending_isr.as_ref().is_some_and(|p| p.partition_epoch == partition_epoch && p.new_isr == new_isr) {
+            tracing::info!(partition = %self.tp, ?new_isr, "ISR change refused by the controller; dropped");
+            leader.pending_isr = None;
+            self.maybe_advance_high_watermark(state);
+        }
+    }
+
     /// Periodic ISR check on a leader (the replica manager's tick): proposes dropping followers
     /// that lagged longer than `replica_lag_time_max_ms`, and retries an unanswered proposal.
     /// Returns whether a proposal went out.
@@ -964,8 +982,14 @@ impl Partition {
             replica_lag_time_max_ms,
         );
         if out.is_empty() {
-            // A timed-out expansion is proposed again by the follower's next fetch.
-            return false;
+            // An unanswered expansion (a controller timeout) is sent again, so that it is settled
+            // even when the follower it adds never fetches again (it stopped meanwhile).
+            let Some(pending) = leader.pending_isr.as_ref() else {
+                return false;
+            };
+            let new_isr = pending.new_isr.clone();
+            self.propose(state, new_isr, now_ms);
+            return true;
         }
         let new_isr: Vec<i32> = state.isr.iter().copied().filter(|id| !out.contains(id)).collect();
         tracing::warn!(partition = %self.tp, lagging = ?out, "followers fell out of sync");

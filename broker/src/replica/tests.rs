@@ -192,6 +192,45 @@ fn the_high_watermark_waits_for_the_isr_and_expansion_is_proposed_once() {
 }
 
 #[test]
+fn a_refused_expansion_stops_holding_the_high_watermark() {
+    // The race a controlled shutdown can hit: 3 catches up and the leader proposes it into the
+    // ISR just as 3 is fenced. The controller refuses (INELIGIBLE_REPLICA) and 3 never fetches
+    // again: the pending expansion must not hold acks=all produces back forever.
+    let dir = tempfile::tempdir().unwrap();
+    let leader = open(dir.path(), 1);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    leader.make_leader(&image(&[1, 2, 3], &[1, 2], 1, 1, 5), Some(tx), 0).unwrap();
+    produce(&leader, &["a"], None);
+    leader.record_follower_fetch(2, 1, 0, 10);
+    leader.record_follower_fetch(3, 1, 0, 10);
+    assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    produce(&leader, &["b"], None);
+    leader.record_follower_fetch(2, 2, 0, 20);
+    assert_eq!(leader.high_watermark(), 1, "the pending expansion waits for 3");
+    // A refusal of some other proposal (another epoch or ISR) changes nothing.
+    leader.isr_change_refused(4, &[1, 2, 3]);
+    leader.isr_change_refused(5, &[1, 3]);
+    assert_eq!(leader.high_watermark(), 1);
+    leader.isr_change_refused(5, &[1, 2, 3]);
+    assert_eq!(leader.high_watermark(), 2, "2 alone (the committed ISR) is enough again");
+    assert_eq!(leader.isr(), vec![1, 2]);
+    // 3 fetching again later is proposed again.
+    leader.record_follower_fetch(3, 2, 0, 30);
+    assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    // Unanswered (a controller timeout) and 3 gone: the periodic check sends it again after
+    // the retry interval, so the controller's answer settles it.
+    assert!(!leader.maybe_shrink_isr(1_000, 60_000));
+    assert!(rx.try_recv().is_err());
+    assert!(leader.maybe_shrink_isr(5_031, 60_000));
+    match rx.try_recv().unwrap() {
+        ControllerRequest::AlterPartition { new_isr, partition_epoch, .. } => {
+            assert_eq!((new_isr, partition_epoch), (vec![1, 2, 3], 5));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn lagging_followers_are_proposed_out_of_the_isr() {
     let dir = tempfile::tempdir().unwrap();
     let leader = open(dir.path(), 1);
