@@ -146,6 +146,12 @@ pub fn decide(
             };
             Ok(Decision { records, reply: ControllerReply::Done })
         }
+        ControllerRequest::AddVoter { .. }
+        | ControllerRequest::RemoveVoter { .. }
+        | ControllerRequest::DescribeQuorum => {
+            // The controller runs these on the Raft layer before asking this module.
+            Err(refusal(ErrorCode::INVALID_REQUEST, "a quorum request is not a metadata change"))
+        }
         ControllerRequest::UnregisterBroker { broker_id } => {
             let Some(broker) = image.brokers.get(broker_id) else {
                 return Err(refusal(BROKER_ID_NOT_REGISTERED, format!("broker {broker_id} is not registered")));

@@ -44,7 +44,7 @@ pub use records::MetadataRecord;
 use storage::{Command, LogStore, NodeId, StateMachineStore, TypeConfig};
 pub use types::{
     BrokerRegistration, ControllerRefusal, ControllerReply, ControllerRequest, ElectionResult, MetadataImage,
-    PartitionImage, TopicImage, NO_LEADER,
+    PartitionImage, QuorumDescription, QuorumMember, TopicImage, NO_LEADER,
 };
 
 /// Raft timing: quick failover, but not so aggressive that a busy 2-core machine running several
@@ -68,6 +68,9 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// How long one Join RPC of an observer may take, and the pause between failed attempts.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// How many metadata log entries an observer may lag the leader and still be made a voter (a
+/// slower one would hold back every commit of the joint configuration until it catches up).
+const MAX_NEW_VOTER_LAG_ENTRIES: u64 = 100;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -126,8 +129,15 @@ struct JoinRequest {
 enum JoinResponse {
     Joined,
     Refused(ControllerRefusal),
-    NotLeader { leader: Option<i32> },
-    Unavailable { reason: String },
+    /// `leader_addr`: its controller address, which a node that has not joined yet may not know
+    /// (a voter added at run time is not in its `controller.quorum.voters`).
+    NotLeader {
+        leader: Option<i32>,
+        leader_addr: Option<String>,
+    },
+    Unavailable {
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -148,7 +158,10 @@ struct Inner {
     /// ones (two CreateTopic for one name cannot both pass validation).
     propose_lock: tokio::sync::Mutex<()>,
     liveness: Mutex<Liveness>,
-    peers: BTreeMap<i32, RpcClient>,
+    /// RPC clients of the other quorum members by id, with the address each was made for. The
+    /// address comes from the Raft membership (voters added at run time are not in
+    /// `controller.quorum.voters`), else from that static list.
+    peers: Mutex<HashMap<i32, (SocketAddr, RpcClient)>>,
     forward_warn: WarnLimiter,
 }
 
@@ -244,12 +257,6 @@ impl Controller {
                 .await
                 .map_err(|e| BrokerError::io(dir, std::io::Error::other(format!("cannot start raft: {e}"))))?;
 
-        let peers = config
-            .voters
-            .iter()
-            .filter(|(id, _)| **id != config.node_id)
-            .map(|(id, addr)| (*id, RpcClient::new(*addr)))
-            .collect();
         let settings = LogicSettings {
             default_replication_factor: config.default_replication_factor,
             unclean_leader_election_enable: config.unclean_leader_election_enable,
@@ -262,7 +269,7 @@ impl Controller {
             image_rx,
             propose_lock: tokio::sync::Mutex::new(()),
             liveness: Mutex::new(Liveness::default()),
-            peers,
+            peers: Mutex::new(HashMap::new()),
             forward_warn: WarnLimiter::default(),
         });
         let (shutdown_tx, _) = watch::channel(false);
@@ -337,8 +344,13 @@ impl Controller {
         self.inner.leader_id()
     }
 
+    /// The voters of the metadata quorum as this node last learnt them from the Raft log (they
+    /// change with AddVoter / RemoveVoter); before it learnt any, `controller.quorum.voters`.
     pub fn voters(&self) -> Vec<i32> {
-        if self.inner.config.voters.is_empty() {
+        let learnt = self.inner.voter_ids();
+        if !learnt.is_empty() {
+            learnt
+        } else if self.inner.config.voters.is_empty() {
             vec![self.inner.node_id]
         } else {
             self.inner.config.voters.keys().copied().collect()
@@ -426,6 +438,46 @@ impl Controller {
 }
 
 impl Inner {
+    fn voter_ids(&self) -> Vec<i32> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let ids = metrics.membership_config.membership().voter_ids().filter_map(|id| i32::try_from(id).ok()).collect();
+        ids
+    }
+
+    /// The controller address of quorum member `id`: from the Raft membership, else from
+    /// `controller.quorum.voters`.
+    fn peer_addr(&self, id: i32) -> Option<SocketAddr> {
+        let from_membership = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let addr = metrics.membership_config.membership().get_node(&node_id_u64(id)).map(|n| n.addr.clone());
+            addr
+        };
+        from_membership.and_then(|a| a.parse().ok()).or_else(|| self.config.voters.get(&id).copied())
+    }
+
+    /// An RPC client for member `id` (reused while its address stays the same).
+    fn peer(&self, id: i32) -> Option<RpcClient> {
+        if id == self.node_id || id < 0 {
+            return None;
+        }
+        let addr = self.peer_addr(id)?;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        match peers.get(&id) {
+            Some((known, client)) if *known == addr => Some(client.clone()),
+            _ => {
+                let client = RpcClient::new(addr);
+                peers.insert(id, (addr, client.clone()));
+                Some(client)
+            }
+        }
+    }
+
+    fn is_voter(&self) -> bool {
+        self.voter_ids().contains(&self.node_id)
+    }
+
     fn leader_id(&self) -> Option<i32> {
         self.raft.metrics().borrow().current_leader.and_then(|id| i32::try_from(id).ok())
     }
@@ -493,6 +545,13 @@ impl Inner {
         request: &ControllerRequest,
         deadline: Instant,
     ) -> Result<(ControllerReply, u64), ProposeError> {
+        match request {
+            ControllerRequest::AddVoter { .. } | ControllerRequest::RemoveVoter { .. } => {
+                return self.change_voters(request, deadline).await
+            }
+            ControllerRequest::DescribeQuorum => return self.describe_quorum(),
+            _ => {}
+        }
         let outcome = self
             .propose(deadline, |image| {
                 let decision = logic::decide(image, request, &self.settings, Uuid::new_v4())?;
@@ -517,8 +576,8 @@ impl Inner {
         request: &ControllerRequest,
         deadline: Instant,
     ) -> Result<(ControllerReply, u64), ProposeError> {
-        let Some(client) = self.peers.get(&leader) else {
-            return Err(ProposeError::Unavailable(format!("leader {leader} is not a known voter")));
+        let Some(client) = self.peer(leader) else {
+            return Err(ProposeError::Unavailable(format!("leader {leader} is not a known quorum member")));
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let body = ForwardRequest {
@@ -549,16 +608,30 @@ impl Inner {
     /// the leader) to add it as a learner at `addr`, until one says it did. Asking again after a
     /// restart is harmless, and brings back an observer that was unregistered while it was down.
     async fn join_as_observer(&self, addr: SocketAddr) {
-        let voters: Vec<i32> = self.peers.keys().copied().collect();
+        // `controller.quorum.voters` is where to start (like KIP-853's bootstrap servers); the
+        // quorum may have other voters by now, and the answers point at its leader.
+        let bootstrap: Vec<(i32, SocketAddr)> = self.config.voters.iter().map(|(id, a)| (*id, *a)).collect();
         let request = JoinRequest { node_id: self.node_id, addr: addr.to_string() };
         let Ok(data) = network::encode(&request) else { return };
         let mut attempt = 0usize;
-        let mut hint: Option<i32> = None;
+        let mut hint: Option<(i32, Option<SocketAddr>)> = None;
         loop {
-            let target = hint.take().or_else(|| self.leader_id()).filter(|id| self.peers.contains_key(id));
-            let target = target.unwrap_or_else(|| voters[attempt % voters.len()]);
+            if self.is_voter() {
+                // Promoted by AddVoter: it takes part in the quorum and needs no joining.
+                tracing::info!(node_id = self.node_id, "this broker-only node is a voter of the metadata quorum");
+                return;
+            }
+            let hinted = hint.take().or_else(|| self.leader_id().map(|id| (id, None)));
+            let (target, client) = match hinted {
+                Some((id, Some(a))) => (id, RpcClient::new(a)),
+                Some((id, None)) if self.peer(id).is_some() => (id, self.peer(id).expect("checked")),
+                _ => {
+                    let (id, a) = bootstrap[attempt % bootstrap.len()];
+                    (id, self.peer(id).unwrap_or_else(|| RpcClient::new(a)))
+                }
+            };
             attempt += 1;
-            let outcome = match self.peers[&target].call(Method::Join, data.clone(), JOIN_TIMEOUT).await {
+            let outcome = match client.call(Method::Join, data.clone(), JOIN_TIMEOUT).await {
                 Ok(reply) => network::decode::<JoinResponse>(&reply)
                     .unwrap_or_else(|s| JoinResponse::Unavailable { reason: s.message().to_string() }),
                 Err(status) => JoinResponse::Unavailable { reason: status.message().to_string() },
@@ -568,9 +641,13 @@ impl Inner {
                     tracing::info!(node_id = self.node_id, leader = target, %addr, "joined the metadata quorum as an observer");
                     return;
                 }
-                JoinResponse::NotLeader { leader: Some(leader) } if leader != target => {
-                    hint = Some(leader);
+                JoinResponse::NotLeader { leader: Some(leader), leader_addr } if leader != target => {
+                    hint = Some((leader, leader_addr.and_then(|a| a.parse().ok())));
                     continue;
+                }
+                JoinResponse::Refused(r) if r.code == ErrorCode::DUPLICATE_VOTER.0 => {
+                    tracing::info!(node_id = self.node_id, "this broker-only node is a voter of the metadata quorum");
+                    return;
                 }
                 JoinResponse::Refused(r) => {
                     tracing::error!(error = %r, "the metadata quorum refuses this broker-only node");
@@ -589,15 +666,21 @@ impl Inner {
     /// The leader's side of [`JoinRequest`]: adds (or re-addresses) a learner. Voters are refused.
     async fn add_observer(&self, request: JoinRequest, deadline: Instant) -> JoinResponse {
         if self.raft.metrics().borrow().state != ServerState::Leader {
-            return JoinResponse::NotLeader { leader: self.leader_id() };
+            let leader = self.leader_id();
+            let leader_addr = leader.and_then(|id| self.peer_addr(id)).map(|a| a.to_string());
+            return JoinResponse::NotLeader { leader, leader_addr };
         }
         let id = node_id_u64(request.node_id);
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();
-        if request.node_id < 0 || membership.voter_ids().any(|v| v == id) {
+        if request.node_id < 0 {
+            return JoinResponse::Refused(refusal(ErrorCode::INVALID_REQUEST, "a node id must not be negative"));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            // A broker-only node promoted by AddVoter, restarting: it is a member already.
             return JoinResponse::Refused(refusal(
-                ErrorCode::INVALID_REQUEST,
-                format!("node {} is a voter of the metadata quorum, not a broker-only node", request.node_id),
+                ErrorCode::DUPLICATE_VOTER,
+                format!("node {} is a voter of the metadata quorum", request.node_id),
             ));
         }
         let node = BasicNode::new(&request.addr);
@@ -620,11 +703,136 @@ impl Inner {
                 tracing::info!(node_id = request.node_id, addr = %request.addr, "broker-only node added to the metadata quorum");
                 JoinResponse::Joined
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                JoinResponse::NotLeader { leader: f.leader_id.and_then(|id| i32::try_from(id).ok()) }
-            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => JoinResponse::NotLeader {
+                leader: f.leader_id.and_then(|id| i32::try_from(id).ok()),
+                leader_addr: f.leader_node.map(|n| n.addr),
+            },
             Ok(Err(e)) => JoinResponse::Unavailable { reason: e.to_string() },
         }
+    }
+
+    /// AddVoter / RemoveVoter on the leader: one Raft membership change (openraft's joint
+    /// consensus), returning the log index that ends it. A new voter must be an observer that
+    /// has caught up, so it does not hold back commits; the last voter cannot leave. A removed
+    /// voter stays a learner: it keeps the metadata log as long as it runs as a broker.
+    async fn change_voters(
+        &self,
+        request: &ControllerRequest,
+        deadline: Instant,
+    ) -> Result<(ControllerReply, u64), ProposeError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(ProposeError::NotLeader(self.leader_id()));
+        }
+        let timed_out = || ProposeError::Unavailable("timed out changing the quorum's voters".into());
+        let _guard = tokio::time::timeout_at(deadline, self.propose_lock.lock()).await.map_err(|_| timed_out())?;
+        let membership = metrics.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            return Err(ProposeError::Unavailable("another change of the quorum's voters is under way".into()));
+        }
+        let is_voter = |id: NodeId| membership.voter_ids().any(|v| v == id);
+        let is_learner = |id: NodeId| membership.learner_ids().any(|l| l == id);
+        let change = match request {
+            ControllerRequest::AddVoter { node_id, addr } => {
+                let id = node_id_u64(*node_id);
+                if *node_id < 0 || is_voter(id) {
+                    return Err(ProposeError::Refused(refusal(
+                        ErrorCode::DUPLICATE_VOTER,
+                        format!("node {node_id} is already a voter of the metadata quorum"),
+                    )));
+                }
+                let Some(known) = membership.get_node(&id).filter(|_| is_learner(id)) else {
+                    return Err(ProposeError::Refused(refusal(
+                        ErrorCode::INVALID_REQUEST,
+                        format!(
+                            "node {node_id} does not follow the metadata log: start it as a broker-only node \
+                             (process.roles=broker) first, then add it"
+                        ),
+                    )));
+                };
+                if let Some(addr) = addr.as_deref().filter(|a| *a != known.addr) {
+                    return Err(ProposeError::Refused(refusal(
+                        ErrorCode::INVALID_REQUEST,
+                        format!("node {node_id} follows the metadata log at {}, not at {addr}", known.addr),
+                    )));
+                }
+                let last = metrics.last_log_index.unwrap_or(0);
+                let matched =
+                    metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+                if last.saturating_sub(matched) > MAX_NEW_VOTER_LAG_ENTRIES {
+                    return Err(ProposeError::Refused(refusal(
+                        ErrorCode::REQUEST_TIMED_OUT,
+                        format!(
+                            "node {node_id} is {} metadata entries behind the leader; add it once it has caught up",
+                            last - matched
+                        ),
+                    )));
+                }
+                ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([id]))
+            }
+            ControllerRequest::RemoveVoter { node_id } => {
+                let id = node_id_u64(*node_id);
+                if *node_id < 0 || !is_voter(id) {
+                    return Err(ProposeError::Refused(refusal(
+                        ErrorCode::VOTER_NOT_FOUND,
+                        format!("node {node_id} is not a voter of the metadata quorum"),
+                    )));
+                }
+                if membership.voter_ids().count() == 1 {
+                    return Err(ProposeError::Refused(refusal(
+                        ErrorCode::INVALID_REQUEST,
+                        format!("node {node_id} is the last voter of the metadata quorum"),
+                    )));
+                }
+                ChangeMembers::RemoveVoters(std::collections::BTreeSet::from([id]))
+            }
+            _ => return Err(ProposeError::Refused(refusal(ErrorCode::INVALID_REQUEST, "not a voter change"))),
+        };
+        match tokio::time::timeout_at(deadline, self.raft.change_membership(change, true)).await {
+            Err(_) => Err(timed_out()),
+            Ok(Ok(response)) => {
+                tracing::info!(?request, voters = ?self.voter_ids(), "metadata quorum voters changed");
+                Ok((ControllerReply::Done, response.log_id.index))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader(f.leader_id.and_then(|id| i32::try_from(id).ok())))
+            }
+            Ok(Err(e)) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// DescribeQuorum on the leader: only it knows how far each member has got. Index 0: nothing
+    /// for the asking node to wait for.
+    fn describe_quorum(&self) -> Result<(ControllerReply, u64), ProposeError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(ProposeError::NotLeader(self.leader_id()));
+        }
+        let membership = metrics.membership_config.membership();
+        let end_offset = |id: NodeId| -> i64 {
+            let index = if id == node_id_u64(self.node_id) {
+                metrics.last_log_index
+            } else {
+                metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index)
+            };
+            // openraft's first entry has index 0; Kafka's end offset is the next one to write.
+            index.map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX).saturating_add(1))
+        };
+        let member = |id: NodeId| QuorumMember {
+            id: i32::try_from(id).unwrap_or(-1),
+            addr: membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+            log_end_offset: end_offset(id),
+        };
+        let description = QuorumDescription {
+            leader_id: self.node_id,
+            leader_epoch: i32::try_from(metrics.current_term).unwrap_or(i32::MAX),
+            high_watermark: metrics
+                .last_applied
+                .map_or(0, |l| i64::try_from(l.index).unwrap_or(i64::MAX).saturating_add(1)),
+            voters: membership.voter_ids().map(member).collect(),
+            observers: membership.learner_ids().map(member).collect(),
+        };
+        Ok((ControllerReply::Quorum(description), 0))
     }
 
     /// After an UnregisterBroker committed: a broker-only node also leaves the learners, so the

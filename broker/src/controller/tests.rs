@@ -336,3 +336,86 @@ async fn leader_fences_silent_brokers_and_heartbeats_unfence() {
     assert!(!c.image().brokers[&2].fenced);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_becomes_a_voter_and_a_voter_leaves_at_run_time() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let voter_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let voters = BTreeMap::from([(1, voter_listener.local_addr().unwrap())]);
+    let first =
+        Controller::start_with_listener(config(1, voters.clone(), dirs[0].path()), Some(voter_listener)).await.unwrap();
+    first.submit(register(1), SUBMIT_TIMEOUT).await.unwrap();
+    first.submit(create("before", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
+    let observer_config = |listen: SocketAddr| ControllerConfig {
+        listen: Some(listen),
+        observer: true,
+        ..config(5, voters.clone(), dirs[1].path())
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr5 = listener.local_addr().unwrap();
+    let five = Controller::start_with_listener(observer_config(addr5), Some(listener)).await.unwrap();
+    wait_until("5 to follow the log", || {
+        let first = first.clone();
+        async move { first.observers() == vec![5] }
+    })
+    .await;
+
+    // Refusals say why, with KIP-853's codes.
+    let code = |r: Result<ControllerReply, ControllerRefusal>| r.unwrap_err().code;
+    let add = |id: i32| ControllerRequest::AddVoter { node_id: id, addr: None };
+    let remove = |id: i32| ControllerRequest::RemoveVoter { node_id: id };
+    assert_eq!(code(five.submit(add(1), SUBMIT_TIMEOUT).await), ErrorCode::DUPLICATE_VOTER.0);
+    assert_eq!(code(five.submit(add(9), SUBMIT_TIMEOUT).await), ErrorCode::INVALID_REQUEST.0);
+    assert_eq!(code(five.submit(remove(9), SUBMIT_TIMEOUT).await), ErrorCode::VOTER_NOT_FOUND.0);
+    assert_eq!(code(five.submit(remove(1), SUBMIT_TIMEOUT).await), ErrorCode::INVALID_REQUEST.0, "the last voter");
+    let elsewhere = ControllerRequest::AddVoter { node_id: 5, addr: Some("127.0.0.1:1".into()) };
+    assert_eq!(code(five.submit(elsewhere, SUBMIT_TIMEOUT).await), ErrorCode::INVALID_REQUEST.0);
+
+    // 5 becomes a voter (asked through itself: forwarded to the leader).
+    wait_until("5 to be promoted", || {
+        let five = five.clone();
+        async move { five.submit(add(5), SUBMIT_TIMEOUT).await.is_ok() }
+    })
+    .await;
+    assert_eq!(first.voters(), vec![1, 5]);
+    assert_eq!(five.voters(), vec![1, 5]);
+    assert!(first.observers().is_empty());
+    let ControllerReply::Quorum(q) = five.submit(ControllerRequest::DescribeQuorum, SUBMIT_TIMEOUT).await.unwrap()
+    else {
+        panic!("not a quorum description")
+    };
+    assert_eq!(q.leader_id, 1);
+    assert_eq!(q.voters.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 5]);
+    assert_eq!(q.voters[1].addr, addr5.to_string());
+    assert!(q.voters.iter().all(|m| m.log_end_offset > 0 && m.log_end_offset <= q.high_watermark + 1), "{q:?}");
+
+    // 1 leaves (it is the leader): 5 alone is the quorum and leads; 1 stays an observer and
+    // forwards to 5, which is not in its controller.quorum.voters.
+    first.submit(remove(1), SUBMIT_TIMEOUT).await.unwrap();
+    wait_until("5 to lead", || {
+        let five = five.clone();
+        async move { five.leader_id() == Some(5) }
+    })
+    .await;
+    assert_eq!(first.voters(), vec![5]);
+    first.submit(create("after", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
+    assert!(five.image().topics.contains_key("after"));
+    assert_eq!(five.observers(), vec![1]);
+
+    // Restarted, 5 is still a voter (the membership is in its log, whatever its config says) and
+    // commits with 1 stopped.
+    first.shutdown().await;
+    five.shutdown().await;
+    drop(five);
+    let five =
+        Controller::start_with_listener(observer_config(addr5), Some(bind_with_retry(addr5).await)).await.unwrap();
+    wait_until("5 to lead again", || {
+        let five = five.clone();
+        async move { five.leader_id() == Some(5) }
+    })
+    .await;
+    five.submit(create("alone", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
+    assert!(five.image().topics.contains_key("before"));
+    assert_eq!(five.voters(), vec![5]);
+    five.shutdown().await;
+}

@@ -191,6 +191,44 @@ pub enum ControllerRequest {
     UnregisterBroker {
         broker_id: i32,
     },
+    /// AddRaftVoter (KIP-853): a broker-only node already following the metadata log (an
+    /// observer, caught up) becomes a voter. `addr`, when given, must be the controller address
+    /// it joined with. Not a metadata record: a Raft membership change, run by the leader.
+    AddVoter {
+        node_id: i32,
+        addr: Option<String>,
+    },
+    /// RemoveRaftVoter (KIP-853): a voter leaves the quorum and stays an observer (it keeps
+    /// following the log as long as it runs as a broker). The last voter cannot leave.
+    RemoveVoter {
+        node_id: i32,
+    },
+    /// DescribeQuorum: the leader's view of the metadata quorum.
+    DescribeQuorum,
+}
+
+/// One member of the metadata quorum, as the leader sees it ([`QuorumDescription`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumMember {
+    pub id: i32,
+    /// Its controller RPC address (`host:port`).
+    pub addr: String,
+    /// The next metadata log offset it does not have yet, as the leader last learnt; -1 when
+    /// the leader has not heard from it since it became leader.
+    pub log_end_offset: i64,
+}
+
+/// DescribeQuorum's answer: who leads in which term, how far the log is committed, and every
+/// voter and observer with its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumDescription {
+    pub leader_id: i32,
+    /// The Raft term (Kafka's leader epoch of `__cluster_metadata`).
+    pub leader_epoch: i32,
+    /// The next offset past the committed metadata log.
+    pub high_watermark: i64,
+    pub voters: Vec<QuorumMember>,
+    pub observers: Vec<QuorumMember>,
 }
 
 /// One partition's outcome of [`ControllerRequest::ElectLeaders`]: a Kafka error code (0 when a
@@ -211,6 +249,7 @@ pub enum ControllerReply {
     Partition { state: PartitionImage },
     ProducerIds { first_id: i64, count: i64 },
     Elections { results: Vec<ElectionResult> },
+    Quorum(QuorumDescription),
 }
 
 /// A refusal, with the Kafka error code a client should see.

@@ -115,6 +115,8 @@ codes! {
     TRANSACTIONAL_ID_NOT_FOUND = 105, false;
     MISMATCHED_ENDPOINT_TYPE = 114, false;
     TRANSACTION_ABORTABLE = 120, false;
+    DUPLICATE_VOTER = 126, false;
+    VOTER_NOT_FOUND = 127, false;
 }
 
 impl ErrorCode {
