@@ -22,6 +22,7 @@ use crate::config::BrokerConfig;
 use crate::controller::logic::MAX_PARTITIONS_PER_TOPIC;
 use crate::controller::{
     Controller, ControllerConfig, ControllerRefusal, ControllerReply, ControllerRequest, ElectionResult, MetadataImage,
+    QuorumDescription,
 };
 use crate::error::{BrokerError, Result};
 use crate::flusher::Flusher;
@@ -742,6 +743,40 @@ impl Broker {
         self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
         info!(broker_id, "broker unregistered");
         Ok(())
+    }
+
+    /// AddRaftVoter (KIP-853): the broker-only node `node_id`, following the metadata log at
+    /// `addr` (when given), becomes a voter of the metadata quorum.
+    pub async fn add_raft_voter(self: &Arc<Self>, node_id: i32, addr: Option<String>, timeout: Duration) -> Result<()> {
+        let request = ControllerRequest::AddVoter { node_id, addr };
+        self.controller.submit(request, timeout).await.map_err(controller_error)?;
+        info!(node_id, voters = ?self.controller.voters(), "controller voter added");
+        Ok(())
+    }
+
+    /// RemoveRaftVoter (KIP-853): `node_id` leaves the metadata quorum's voters (it stays an
+    /// observer while it runs).
+    pub async fn remove_raft_voter(self: &Arc<Self>, node_id: i32) -> Result<()> {
+        let request = ControllerRequest::RemoveVoter { node_id };
+        self.controller.submit(request, CONTROLLER_REQUEST_TIMEOUT).await.map_err(controller_error)?;
+        info!(node_id, voters = ?self.controller.voters(), "controller voter removed");
+        Ok(())
+    }
+
+    /// DescribeQuorum: the metadata quorum as its leader sees it.
+    pub async fn describe_quorum(self: &Arc<Self>) -> Result<QuorumDescription> {
+        let reply = self
+            .controller
+            .submit(ControllerRequest::DescribeQuorum, CONTROLLER_REQUEST_TIMEOUT)
+            .await
+            .map_err(controller_error)?;
+        match reply {
+            ControllerReply::Quorum(description) => Ok(description),
+            other => Err(BrokerError::Controller {
+                code: ErrorCode::UNKNOWN_SERVER_ERROR,
+                message: format!("the controller answered DescribeQuorum with {other:?}"),
+            }),
+        }
     }
 
     /// AlterPartitionReassignments: hands the targets to the controller; the per-partition

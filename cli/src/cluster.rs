@@ -4,12 +4,17 @@
 //!
 //! `spate cluster unregister --id N` (Kafka's `kafka-cluster.sh unregister`): forgets a
 //! decommissioned broker.
+//!
+//! `spate cluster quorum`, `add-controller --id N` and `remove-controller --id N` (Kafka's
+//! `kafka-metadata-quorum.sh describe --status --replication`, `add-controller`,
+//! `remove-controller`, KIP-853): the metadata quorum's voters and observers, and changing who
+//! votes at run time.
 
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use spate_client::admin::{ClusterDescription, TopicDescription};
+use spate_client::admin::{ClusterDescription, QuorumInfo, QuorumReplica, TopicDescription};
 use spate_client::metadata::PartitionMetadata;
 
 use crate::common::{print_out, BootstrapArgs};
@@ -29,6 +34,28 @@ pub enum ClusterCommand {
     /// replicas (move them with `spate reassign` first); a broker-only node also stops receiving
     /// the metadata log.
     Unregister(UnregisterArgs),
+    /// The metadata quorum (DescribeQuorum): leader, epoch, high watermark, and every voter and
+    /// observer (broker-only node) with its log end offset and lag.
+    Quorum(StatusArgs),
+    /// Make a broker-only node (`process.roles=broker`) that follows the metadata log a voter
+    /// of the metadata quorum (AddRaftVoter).
+    AddController(AddControllerArgs),
+    /// Take a voter out of the metadata quorum (RemoveRaftVoter); while it runs it keeps the
+    /// metadata log as an observer. The last voter cannot leave.
+    RemoveController(UnregisterArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddControllerArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
+    /// The node's `node.id`.
+    #[arg(long)]
+    pub id: i32,
+    /// Its `controller.listener` (`host:port`); checked against the address it follows the
+    /// log at. Optional: the quorum knows it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub controller_listener: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,7 +115,89 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     match args.command {
         ClusterCommand::Status(args) => status(args).await,
         ClusterCommand::Unregister(args) => unregister(args).await,
+        ClusterCommand::Quorum(args) => quorum(args).await,
+        ClusterCommand::AddController(args) => add_controller(args).await,
+        ClusterCommand::RemoveController(args) => {
+            let admin = args.bootstrap.admin("spate-cluster").await?;
+            admin.remove_raft_voter(args.id).await.with_context(|| format!("removing controller {}", args.id))?;
+            print_out(&format!("Node {} is no longer a voter of the metadata quorum.\n", args.id));
+            Ok(())
+        }
     }
+}
+
+async fn add_controller(args: AddControllerArgs) -> Result<()> {
+    let listener = match &args.controller_listener {
+        None => None,
+        Some(addr) => {
+            let (host, port) = addr.rsplit_once(':').context("--controller-listener must be HOST:PORT")?;
+            let port: u16 = port.parse().context("--controller-listener must be HOST:PORT")?;
+            Some((host.to_string(), port))
+        }
+    };
+    let admin = args.bootstrap.admin("spate-cluster").await?;
+    admin
+        .add_raft_voter(args.id, listener.as_ref().map(|(h, p)| (h.as_str(), *p)))
+        .await
+        .with_context(|| format!("adding controller {}", args.id))?;
+    print_out(&format!("Node {} is a voter of the metadata quorum.\n", args.id));
+    Ok(())
+}
+
+async fn quorum(args: StatusArgs) -> Result<()> {
+    let admin = args.bootstrap.admin("spate-cluster").await?;
+    let info = admin.describe_metadata_quorum().await.context("describing the metadata quorum")?;
+    let out = if args.json { serde_json::to_string_pretty(&quorum_json(&info))? + "\n" } else { render_quorum(&info)? };
+    print_out(&out);
+    Ok(())
+}
+
+fn quorum_json(info: &QuorumInfo) -> serde_json::Value {
+    let members = |replicas: &[QuorumReplica]| -> Vec<serde_json::Value> {
+        replicas
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "log_end_offset": r.log_end_offset,
+                    "lag": lag(info, r),
+                    "controller_listener": r.controller_listener,
+                })
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "leader_id": info.leader_id,
+        "leader_epoch": info.leader_epoch,
+        "high_watermark": info.high_watermark,
+        "voters": members(&info.voters),
+        "observers": members(&info.observers),
+    })
+}
+
+/// How far behind the high watermark a member is (`None` when its progress is not known).
+fn lag(info: &QuorumInfo, r: &QuorumReplica) -> Option<i64> {
+    (r.log_end_offset >= 0).then(|| (info.high_watermark - r.log_end_offset).max(0))
+}
+
+/// Like `kafka-metadata-quorum.sh describe --status`, then one row per member as in
+/// `--replication`.
+fn render_quorum(info: &QuorumInfo) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    let ids = |rs: &[QuorumReplica]| rs.iter().map(|r| r.id.to_string()).collect::<Vec<_>>().join(",");
+    writeln!(out, "LeaderId: {}", info.leader_id)?;
+    writeln!(out, "LeaderEpoch: {}", info.leader_epoch)?;
+    writeln!(out, "HighWatermark: {}", info.high_watermark)?;
+    writeln!(out, "CurrentVoters: [{}]", ids(&info.voters))?;
+    writeln!(out, "CurrentObservers: [{}]", ids(&info.observers))?;
+    writeln!(out, "NodeId\tLogEndOffset\tLag\tStatus\tControllerListener")?;
+    for (r, role) in info.voters.iter().map(|r| (r, "Follower")).chain(info.observers.iter().map(|r| (r, "Observer"))) {
+        let role = if r.id == info.leader_id { "Leader" } else { role };
+        let lag = lag(info, r).map_or("unknown".to_string(), |l| l.to_string());
+        let listener = r.controller_listener.as_deref().unwrap_or("-");
+        writeln!(out, "{}\t{}\t{}\t{}\t{}", r.id, r.log_end_offset, lag, role, listener)?;
+    }
+    Ok(out)
 }
 
 async fn unregister(args: UnregisterArgs) -> Result<()> {
@@ -287,5 +396,40 @@ mod tests {
         let ClusterCommand::Unregister(unregister) = cli.args.command else { panic!("not unregister") };
         assert_eq!(unregister.id, 4);
         assert!(Cli::try_parse_from(["cluster", "unregister"]).is_err());
+        let cli =
+            Cli::try_parse_from(["cluster", "add-controller", "--id", "4", "--controller-listener", "h:9093"]).unwrap();
+        let ClusterCommand::AddController(add) = cli.args.command else { panic!("not add-controller") };
+        assert_eq!((add.id, add.controller_listener.as_deref()), (4, Some("h:9093")));
+        let cli = Cli::try_parse_from(["cluster", "remove-controller", "--id", "1"]).unwrap();
+        assert!(matches!(cli.args.command, ClusterCommand::RemoveController(UnregisterArgs { id: 1, .. })));
+        let cli = Cli::try_parse_from(["cluster", "quorum", "--json"]).unwrap();
+        assert!(matches!(cli.args.command, ClusterCommand::Quorum(StatusArgs { json: true, .. })));
+    }
+
+    #[test]
+    fn quorum_text_and_json() {
+        let member = |id: i32, leo: i64| QuorumReplica {
+            id,
+            log_end_offset: leo,
+            controller_listener: Some(format!("127.0.0.1:{}", 9090 + id)),
+        };
+        let info = QuorumInfo {
+            leader_id: 2,
+            leader_epoch: 5,
+            high_watermark: 40,
+            voters: vec![member(1, 38), member(2, 41)],
+            observers: vec![member(4, -1)],
+        };
+        let text = render_quorum(&info).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[3], "CurrentVoters: [1,2]");
+        assert_eq!(lines[4], "CurrentObservers: [4]");
+        assert!(lines.contains(&"1\t38\t2\tFollower\t127.0.0.1:9091"), "{text}");
+        assert!(lines.contains(&"2\t41\t0\tLeader\t127.0.0.1:9092"), "{text}");
+        assert!(lines.contains(&"4\t-1\tunknown\tObserver\t127.0.0.1:9094"), "{text}");
+        let json = quorum_json(&info);
+        assert_eq!(json["voters"][0]["lag"], 2);
+        assert!(json["observers"][0]["lag"].is_null());
+        assert_eq!(json["leader_id"], 2);
     }
 }

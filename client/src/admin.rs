@@ -100,6 +100,10 @@ pub struct TopicDescription {
 
 /// Resends of an admin request whose connection was lost.
 const CONTROLLER_ATTEMPTS: u32 = 2;
+/// The metadata log, as DescribeQuorum names it.
+const METADATA_LOG_TOPIC: &str = "__cluster_metadata";
+/// How long the broker may take to make a new voter (the quorum commits a joint configuration).
+const ADD_RAFT_VOTER_TIMEOUT_MS: i32 = 30_000;
 
 /// The cluster as a Metadata request describes it (what Kafka's `Admin.describeCluster`
 /// returns).
@@ -111,6 +115,26 @@ pub struct ClusterDescription {
     pub controller_id: i32,
     /// Live (registered, unfenced) brokers, by node id.
     pub brokers: Vec<BrokerMetadata>,
+}
+
+/// One member of the metadata quorum ([`QuorumInfo`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumReplica {
+    pub id: i32,
+    /// The next metadata log offset it lacks, as the leader last learnt (-1: not known).
+    pub log_end_offset: i64,
+    /// Its controller listener (`host:port`), when the broker reports it (DescribeQuorum v2).
+    pub controller_listener: Option<String>,
+}
+
+/// The metadata quorum as its leader describes it (Kafka's `Admin.describeMetadataQuorum`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumInfo {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    pub voters: Vec<QuorumReplica>,
+    pub observers: Vec<QuorumReplica>,
 }
 
 /// What a config request is about.
@@ -1037,6 +1061,84 @@ impl Admin {
             self.call_controller(ApiKey::UnregisterBroker, &request).await?;
         item_result(response.error_code, response.error_message.map(|m| m.to_string()), || {
             format!("unregistering broker {broker_id}")
+        })
+    }
+
+    /// DescribeQuorum (`kafka-metadata-quorum.sh describe`): the metadata quorum's leader, its
+    /// voters and observers and how far each has the metadata log.
+    pub async fn describe_metadata_quorum(&self) -> Result<QuorumInfo> {
+        use crate::protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        use crate::protocol::messages::{DescribeQuorumRequest, DescribeQuorumResponse, TopicName};
+        let topic = TopicData::default()
+            .with_topic_name(TopicName(str_bytes(METADATA_LOG_TOPIC)))
+            .with_partitions(vec![PartitionData::default().with_partition_index(0)]);
+        let request = DescribeQuorumRequest::default().with_topics(vec![topic]);
+        let (_, response): (i16, DescribeQuorumResponse) =
+            self.call_controller(ApiKey::DescribeQuorum, &request).await?;
+        let what = || "describing the metadata quorum".to_string();
+        item_result(response.error_code, response.error_message.map(|m| m.to_string()), what)?;
+        let listeners: BTreeMap<i32, String> = response
+            .nodes
+            .iter()
+            .filter_map(|n| n.listeners.first().map(|l| (n.node_id.0, format!("{}:{}", l.host.as_str(), l.port))))
+            .collect();
+        let Some(partition) = response.topics.into_iter().flat_map(|t| t.partitions).next() else {
+            return Err(Error::Broker {
+                code: ErrorCode::UNKNOWN_SERVER_ERROR,
+                context: "a DescribeQuorum response without the metadata log's partition".into(),
+            });
+        };
+        item_result(partition.error_code, partition.error_message.map(|m| m.to_string()), what)?;
+        let replicas = |states: Vec<crate::protocol::messages::describe_quorum_response::ReplicaState>| {
+            states
+                .into_iter()
+                .map(|r| QuorumReplica {
+                    id: r.replica_id.0,
+                    log_end_offset: r.log_end_offset,
+                    controller_listener: listeners.get(&r.replica_id.0).cloned(),
+                })
+                .collect()
+        };
+        Ok(QuorumInfo {
+            leader_id: partition.leader_id.0,
+            leader_epoch: partition.leader_epoch,
+            high_watermark: partition.high_watermark,
+            voters: replicas(partition.current_voters),
+            observers: replicas(partition.observers),
+        })
+    }
+
+    /// AddRaftVoter (KIP-853, `kafka-metadata-quorum.sh add-controller`): the broker-only node
+    /// `voter_id`, which follows the metadata log, becomes a voter. `controller_listener`
+    /// (`host:port`), when given, must be the address it follows the log at.
+    pub async fn add_raft_voter(&self, voter_id: i32, controller_listener: Option<(&str, u16)>) -> Result<()> {
+        use crate::protocol::messages::add_raft_voter_request::Listener;
+        use crate::protocol::messages::{AddRaftVoterRequest, AddRaftVoterResponse};
+        let listeners = controller_listener
+            .map(|(host, port)| {
+                vec![Listener::default().with_name(str_bytes("CONTROLLER")).with_host(str_bytes(host)).with_port(port)]
+            })
+            .unwrap_or_default();
+        let request = AddRaftVoterRequest::default()
+            .with_cluster_id(None)
+            .with_timeout_ms(ADD_RAFT_VOTER_TIMEOUT_MS)
+            .with_voter_id(voter_id)
+            .with_listeners(listeners);
+        let (_, response): (i16, AddRaftVoterResponse) = self.call_controller(ApiKey::AddRaftVoter, &request).await?;
+        item_result(response.error_code, response.error_message.map(|m| m.to_string()), || {
+            format!("adding controller {voter_id}")
+        })
+    }
+
+    /// RemoveRaftVoter (KIP-853, `kafka-metadata-quorum.sh remove-controller`): `voter_id`
+    /// leaves the metadata quorum's voters.
+    pub async fn remove_raft_voter(&self, voter_id: i32) -> Result<()> {
+        use crate::protocol::messages::{RemoveRaftVoterRequest, RemoveRaftVoterResponse};
+        let request = RemoveRaftVoterRequest::default().with_cluster_id(None).with_voter_id(voter_id);
+        let (_, response): (i16, RemoveRaftVoterResponse) =
+            self.call_controller(ApiKey::RemoveRaftVoter, &request).await?;
+        item_result(response.error_code, response.error_message.map(|m| m.to_string()), || {
+            format!("removing controller {voter_id}")
         })
     }
 

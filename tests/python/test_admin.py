@@ -618,3 +618,72 @@ def test_throttled_reassignment_cancelled_midway_goes_back(cluster_factory, tmp_
         client.close()
     assert run_spate("reassign", *base, "--verify", str(plan), check=False).returncode != 0
     assert len(consume_assigned(cluster.bootstrap, topic, [0], 4000)) == 4000
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_controller_voters_change_at_run_time(cluster_factory):
+    """KIP-853 through `spate cluster`: a broker-only node becomes a voter of the metadata quorum
+    (`add-controller`, AddRaftVoter) and an original voter leaves it (`remove-controller`,
+    RemoveRaftVoter), `spate cluster quorum` (DescribeQuorum) showing each step. Then two of the
+    three original voters stop: {3, 4} is a majority of the new voters {2, 3, 4}, so confluent-kafka
+    can still create a topic and produce to it — node 4 votes. Restarted, node 4 is still a voter
+    (the membership lives in the metadata log, not in its `process.roles=broker` config)."""
+    cluster = cluster_factory(settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
+    node = cluster.add_broker_only(4)
+    cluster.wait_ready()
+
+    def quorum(node_ids) -> dict:
+        base = ["--bootstrap-server", cluster.bootstrap_of(node_ids)]
+        return json.loads(run_spate("cluster", "quorum", *base, "--json").stdout)
+
+    def ids(members) -> list[int]:
+        return sorted(m["id"] for m in members)
+
+    def admin_cmd(*args, node_ids=(1, 2, 3, 4)):
+        return run_spate("cluster", *args, "--bootstrap-server", cluster.bootstrap_of(node_ids), check=False)
+
+    q = quorum([1, 2, 3])
+    assert ids(q["voters"]) == [1, 2, 3] and ids(q["observers"]) == [4], q
+    assert q["leader_id"] in (1, 2, 3) and q["high_watermark"] > 0, q
+
+    # The observer may still be catching up: the controller refuses until it has (and says so).
+    wait_until(lambda: admin_cmd("add-controller", "--id", "4").returncode == 0, 30, "node 4 to become a voter")
+    q = quorum([4])
+    assert ids(q["voters"]) == [1, 2, 3, 4] and q["observers"] == [], q
+    four = next(m for m in q["voters"] if m["id"] == 4)
+    assert four["controller_listener"] == f"127.0.0.1:{node.controller_port}", q
+    again = admin_cmd("add-controller", "--id", "4")
+    assert again.returncode != 0 and "already a voter" in again.stderr, again.stderr
+    nobody = admin_cmd("add-controller", "--id", "9")
+    assert nobody.returncode != 0 and "process.roles=broker" in nobody.stderr, nobody.stderr
+
+    out = admin_cmd("remove-controller", "--id", "1")
+    assert out.returncode == 0, out.stderr
+    q = quorum([2, 3, 4])
+    assert ids(q["voters"]) == [2, 3, 4] and ids(q["observers"]) == [1], q
+    gone = admin_cmd("remove-controller", "--id", "1")
+    assert gone.returncode != 0 and "not a voter" in gone.stderr, gone.stderr
+    text = run_spate("cluster", "quorum", "--bootstrap-server", cluster.bootstrap).stdout
+    assert "CurrentVoters: [2,3,4]" in text and "CurrentObservers: [1]" in text, text
+
+    # Two of the three original voters go: the quorum {2, 3, 4} still has 3 and 4.
+    cluster.stop(1)
+    cluster.stop(2)
+    survivors = cluster.bootstrap_of([3, 4])
+    topic = unique_topic("newquorum")
+    admin = AdminClient(client_config(survivors))
+    admin.create_topics([NewTopic(topic, 2, 2)])[topic].result(timeout=60)
+    wait_until(lambda: all(cluster.partition_view(topic, p) is not None for p in range(2)), 30, "the topic's metadata")
+    produce(survivors, topic, [(p, None, f"v{p}-{i}".encode(), None) for p in range(2) for i in range(50)], acks="all")
+    assert quorum([3, 4])["leader_id"] in (3, 4)
+
+    # Restarted with its broker-only config, node 4 is still a voter and still needed to commit.
+    cluster.restart(4)
+    wait_until(lambda: admin_cmd("quorum", node_ids=(3, 4)).returncode == 0, 30, "the quorum to answer again")
+    assert ids(quorum([3, 4])["voters"]) == [2, 3, 4]
+    later = unique_topic("afterrestart")
+    admin = AdminClient(client_config(survivors))
+    admin.create_topics([NewTopic(later, 1, 2)])[later].result(timeout=60)
+    values = consume_assigned(survivors, topic, range(2), 100)
+    assert len(values) == 100

@@ -57,7 +57,7 @@ pub(super) fn describe_cluster(
     let mut response = DescribeClusterResponse::default()
         .with_endpoint_type(ENDPOINT_TYPE_BROKERS)
         .with_cluster_id(str_bytes(broker.cluster_id.clone()))
-        .with_controller_id(BrokerId(broker.controller.leader_id().unwrap_or(-1)))
+        .with_controller_id(BrokerId(super::metadata::admin_controller_id(broker, &broker.image())))
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
     if ctx.version >= 1 && request.endpoint_type != ENDPOINT_TYPE_BROKERS {
         response.error_code = ErrorCode::MISMATCHED_ENDPOINT_TYPE.0;

@@ -148,8 +148,21 @@ fn respond(
     let response = MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.controller.leader_id().unwrap_or(-1)))
+        .with_controller_id(BrokerId(admin_controller_id(broker, image)))
         .with_topics(topics)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
     ctx.respond(&response)
+}
+
+/// The `controller_id` clients send admin requests to. Every broker forwards controller requests
+/// to the metadata quorum's leader, so, as in Kafka's KRaft mode, it need not be the leader: the
+/// leader when it is a live broker, otherwise this broker. Never -1 while this broker answers, so
+/// an admin client does not wait for a controller during a quorum election (librdkafka waits for
+/// its next metadata refresh).
+pub(crate) fn admin_controller_id(broker: &Broker, image: &MetadataImage) -> i32 {
+    broker
+        .controller
+        .leader_id()
+        .filter(|id| image.brokers.get(id).is_some_and(|b| !b.fenced))
+        .unwrap_or(broker.config.node_id)
 }

@@ -16,6 +16,7 @@ mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+pub(crate) mod quorum;
 mod txn;
 
 use std::future::Future;
@@ -73,6 +74,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::UnregisterBroker, 0, 0),
+    (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::AddRaftVoter, 0, 0),
+    (ApiKey::RemoveRaftVoter, 0, 0),
     // Refused cleanly (SECURITY_DISABLED / no credentials) until authentication exists.
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
@@ -161,7 +165,6 @@ fn unoffered_api_answer(api_key: ApiKey, version: i16, correlation_id: i32) -> O
         SaslHandshake => SaslHandshakeResponse, ErrorCode::ILLEGAL_SASL_STATE;
         SaslAuthenticate => SaslAuthenticateResponse, ErrorCode::ILLEGAL_SASL_STATE;
         DescribeClientQuotas => DescribeClientQuotasResponse, ErrorCode::UNSUPPORTED_VERSION;
-        DescribeQuorum => DescribeQuorumResponse, ErrorCode::UNSUPPORTED_VERSION;
         UpdateFeatures => UpdateFeaturesResponse, ErrorCode::UNSUPPORTED_VERSION;
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse, ErrorCode::UNSUPPORTED_VERSION;
         GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse, ErrorCode::UNSUPPORTED_VERSION;
@@ -261,6 +264,9 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::DescribeLogDirs => cluster::describe_log_dirs(broker, &ctx, &mut frame),
         ApiKey::ElectLeaders => cluster::elect_leaders(broker, &ctx, &mut frame),
         ApiKey::UnregisterBroker => cluster::unregister_broker(broker, &ctx, &mut frame),
+        ApiKey::DescribeQuorum => quorum::describe_quorum(broker, &ctx, &mut frame),
+        ApiKey::AddRaftVoter => quorum::add_raft_voter(broker, &ctx, &mut frame),
+        ApiKey::RemoveRaftVoter => quorum::remove_raft_voter(broker, &ctx, &mut frame),
         ApiKey::AlterConfigs => cluster::alter_configs(broker, &ctx, &mut frame),
         ApiKey::AlterPartitionReassignments => cluster::alter_partition_reassignments(broker, &ctx, &mut frame),
         ApiKey::ListPartitionReassignments => cluster::list_partition_reassignments(broker, &ctx, &mut frame),

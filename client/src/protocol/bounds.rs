@@ -881,6 +881,47 @@ static UNREGISTER_BROKER: Message = Message {
     body: Struct { fields: &[f(0, ANY, INT32)], tagged: &[] },
 };
 
+// DescribeQuorum: topics [topic_name, partitions [partition_index]].
+static QUORUM_PARTITION: Struct = Struct { fields: &[f(0, ANY, INT32)], tagged: &[] };
+static QUORUM_TOPIC: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_PARTITION)))], tagged: &[] };
+static DESCRIBE_QUORUM: Message = Message {
+    name: "DescribeQuorum",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_TOPIC)))], tagged: &[] },
+};
+
+// AddRaftVoter: cluster_id, timeout_ms, voter_id, voter_directory_id, listeners [name, host, port].
+static RAFT_LISTENER: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::String), f(0, ANY, INT16)], tagged: &[] };
+static ADD_RAFT_VOTER: Message = Message {
+    name: "AddRaftVoter",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, Ty::String),
+            f(0, ANY, INT32),
+            f(0, ANY, INT32),
+            f(0, ANY, UUID),
+            f(0, ANY, Ty::Array(&Ty::Struct(&RAFT_LISTENER))),
+        ],
+        tagged: &[],
+    },
+};
+
+// RemoveRaftVoter: cluster_id, voter_id, voter_directory_id.
+static REMOVE_RAFT_VOTER: Message = Message {
+    name: "RemoveRaftVoter",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, INT32), f(0, ANY, UUID)], tagged: &[] },
+};
+
 fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -924,6 +965,9 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::AlterPartitionReassignments => &ALTER_PARTITION_REASSIGNMENTS,
         ApiKey::ListPartitionReassignments => &LIST_PARTITION_REASSIGNMENTS,
         ApiKey::UnregisterBroker => &UNREGISTER_BROKER,
+        ApiKey::DescribeQuorum => &DESCRIBE_QUORUM,
+        ApiKey::AddRaftVoter => &ADD_RAFT_VOTER,
+        ApiKey::RemoveRaftVoter => &REMOVE_RAFT_VOTER,
         _ => return None,
     })
 }
@@ -1794,6 +1838,42 @@ mod tests {
             .with_broker_id(BrokerId(4))
             .with_unknown_tagged_fields(tags(0, 0));
         assert_walks_exactly(ApiKey::UnregisterBroker, 0, &m);
+    }
+
+    #[test]
+    fn quorum_requests_walk_exactly() {
+        use crate::protocol::messages::add_raft_voter_request::Listener;
+        use crate::protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        use crate::protocol::messages::{AddRaftVoterRequest, DescribeQuorumRequest, RemoveRaftVoterRequest};
+        for v in 0..=2 {
+            let p = PartitionData::default().with_partition_index(0).with_unknown_tagged_fields(tags(v, 0));
+            let t = TopicData::default()
+                .with_topic_name(topic("__cluster_metadata"))
+                .with_partitions(vec![p.clone(), p])
+                .with_unknown_tagged_fields(tags(v, 0));
+            let m =
+                DescribeQuorumRequest::default().with_topics(vec![t.clone(), t]).with_unknown_tagged_fields(tags(v, 0));
+            assert_walks_exactly(ApiKey::DescribeQuorum, v, &m);
+        }
+        let listener = Listener::default()
+            .with_name(str_bytes("CONTROLLER"))
+            .with_host(str_bytes("10.0.0.4"))
+            .with_port(9093)
+            .with_unknown_tagged_fields(tags(0, 0));
+        for cluster_id in [None, Some(str_bytes("6XXO11kVSwar0BjlI9ANow"))] {
+            let m = AddRaftVoterRequest::default()
+                .with_cluster_id(cluster_id.clone())
+                .with_timeout_ms(30_000)
+                .with_voter_id(4)
+                .with_listeners(vec![listener.clone(), listener.clone()])
+                .with_unknown_tagged_fields(tags(0, 0));
+            assert_walks_exactly(ApiKey::AddRaftVoter, 0, &m);
+            let m = RemoveRaftVoterRequest::default()
+                .with_cluster_id(cluster_id)
+                .with_voter_id(4)
+                .with_unknown_tagged_fields(tags(0, 0));
+            assert_walks_exactly(ApiKey::RemoveRaftVoter, 0, &m);
+        }
     }
 
     #[test]

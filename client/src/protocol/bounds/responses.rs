@@ -1088,6 +1088,64 @@ static UNREGISTER_BROKER: Message = Message {
     body: Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16), f(0, ANY, Ty::String)], tagged: &[] },
 };
 
+// DescribeQuorum: error_code, error_message (v2), topics [topic_name, partitions [index,
+// error_code, error_message (v2), leader_id, leader_epoch, high_watermark, current_voters,
+// observers]], nodes (v2) [node_id, listeners [name, host, port]].
+static QUORUM_REPLICA: Struct = Struct {
+    fields: &[f(0, ANY, INT32), f(2, ANY, UUID), f(0, ANY, INT64), f(1, ANY, INT64), f(1, ANY, INT64)],
+    tagged: &[],
+};
+static QUORUM_PARTITION: Struct = Struct {
+    fields: &[
+        f(0, ANY, INT32),
+        f(0, ANY, INT16),
+        f(2, ANY, Ty::String),
+        f(0, ANY, INT32),
+        f(0, ANY, INT32),
+        f(0, ANY, INT64),
+        f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_REPLICA))),
+        f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_REPLICA))),
+    ],
+    tagged: &[],
+};
+static QUORUM_TOPIC: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_PARTITION)))], tagged: &[] };
+static QUORUM_LISTENER: Struct =
+    Struct { fields: &[f(0, ANY, Ty::String), f(0, ANY, Ty::String), f(0, ANY, INT16)], tagged: &[] };
+static QUORUM_NODE: Struct =
+    Struct { fields: &[f(0, ANY, INT32), f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_LISTENER)))], tagged: &[] };
+static DESCRIBE_QUORUM: Message = Message {
+    name: "DescribeQuorum",
+    min_version: 0,
+    max_version: 2,
+    flexible_from: 0,
+    body: Struct {
+        fields: &[
+            f(0, ANY, INT16),
+            f(2, ANY, Ty::String),
+            f(0, ANY, Ty::Array(&Ty::Struct(&QUORUM_TOPIC))),
+            f(2, ANY, Ty::Array(&Ty::Struct(&QUORUM_NODE))),
+        ],
+        tagged: &[],
+    },
+};
+
+// AddRaftVoter and RemoveRaftVoter: throttle_time_ms, error_code, error_message.
+static ADD_RAFT_VOTER: Message = Message {
+    name: "AddRaftVoter",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16), f(0, ANY, Ty::String)], tagged: &[] },
+};
+static REMOVE_RAFT_VOTER: Message = Message {
+    name: "RemoveRaftVoter",
+    min_version: 0,
+    max_version: 0,
+    flexible_from: 0,
+    body: Struct { fields: &[f(0, ANY, INT32), f(0, ANY, INT16), f(0, ANY, Ty::String)], tagged: &[] },
+};
+
 pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
     Some(match api_key {
         ApiKey::ApiVersions => &API_VERSIONS,
@@ -1122,6 +1180,9 @@ pub(super) fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::AlterPartitionReassignments => &ALTER_PARTITION_REASSIGNMENTS,
         ApiKey::ListPartitionReassignments => &LIST_PARTITION_REASSIGNMENTS,
         ApiKey::UnregisterBroker => &UNREGISTER_BROKER,
+        ApiKey::DescribeQuorum => &DESCRIBE_QUORUM,
+        ApiKey::AddRaftVoter => &ADD_RAFT_VOTER,
+        ApiKey::RemoveRaftVoter => &REMOVE_RAFT_VOTER,
         ApiKey::AddPartitionsToTxn => &ADD_PARTITIONS_TO_TXN,
         ApiKey::AddOffsetsToTxn => &ADD_OFFSETS_TO_TXN,
         ApiKey::TxnOffsetCommit => &TXN_OFFSET_COMMIT,
@@ -1195,6 +1256,9 @@ mod tests {
         ApiKey::AlterPartitionReassignments,
         ApiKey::ListPartitionReassignments,
         ApiKey::UnregisterBroker,
+        ApiKey::DescribeQuorum,
+        ApiKey::AddRaftVoter,
+        ApiKey::RemoveRaftVoter,
     ];
 
     fn topic(name: &str) -> TopicName {
@@ -1339,9 +1403,62 @@ mod tests {
                 let m = crate::protocol::messages::UnregisterBrokerResponse::default()
                     .with_throttle_time_ms(0)
                     .with_error_code(42)
-                    .with_error_message(message)
+                    .with_error_message(message.clone())
                     .with_unknown_tagged_fields(tags(0, 0));
                 push(out, ApiKey::UnregisterBroker, 0, &m);
+                let m = crate::protocol::messages::AddRaftVoterResponse::default()
+                    .with_error_code(126)
+                    .with_error_message(message.clone())
+                    .with_unknown_tagged_fields(tags(0, 0));
+                push(out, ApiKey::AddRaftVoter, 0, &m);
+                let m = crate::protocol::messages::RemoveRaftVoterResponse::default()
+                    .with_error_code(127)
+                    .with_error_message(message)
+                    .with_unknown_tagged_fields(tags(0, 0));
+                push(out, ApiKey::RemoveRaftVoter, 0, &m);
+            }
+            use crate::protocol::messages::describe_quorum_response::{
+                Listener, Node, PartitionData, ReplicaState, TopicData,
+            };
+            for v in 0..=2 {
+                let r = ReplicaState::default()
+                    .with_replica_id(BrokerId(2))
+                    .with_log_end_offset(40)
+                    .with_last_fetch_timestamp(if v >= 1 { 1_700_000_000_000 } else { -1 })
+                    .with_last_caught_up_timestamp(if v >= 1 { 1_700_000_000_000 } else { -1 })
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let p = PartitionData::default()
+                    .with_partition_index(0)
+                    .with_error_message(if v >= 2 { Some(str_bytes("fine")) } else { Some(str_bytes("")) })
+                    .with_leader_id(BrokerId(1))
+                    .with_leader_epoch(3)
+                    .with_high_watermark(40)
+                    .with_current_voters(vec![r.clone(), r.clone()])
+                    .with_observers(vec![r])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let t = TopicData::default()
+                    .with_topic_name(topic("__cluster_metadata"))
+                    .with_partitions(vec![p.clone(), p])
+                    .with_unknown_tagged_fields(tags(v, 0));
+                let nodes = if v >= 2 {
+                    let l = Listener::default()
+                        .with_name(str_bytes("CONTROLLER"))
+                        .with_host(str_bytes("127.0.0.1"))
+                        .with_port(9093)
+                        .with_unknown_tagged_fields(tags(v, 0));
+                    let n = Node::default()
+                        .with_node_id(BrokerId(1))
+                        .with_listeners(vec![l.clone(), l])
+                        .with_unknown_tagged_fields(tags(v, 0));
+                    vec![n.clone(), n]
+                } else {
+                    Vec::new()
+                };
+                let m = crate::protocol::messages::DescribeQuorumResponse::default()
+                    .with_topics(vec![t.clone(), t])
+                    .with_nodes(nodes)
+                    .with_unknown_tagged_fields(tags(v, 0));
+                push(out, ApiKey::DescribeQuorum, v, &m);
             }
         }
     }
@@ -2266,6 +2383,9 @@ mod tests {
                 len::<crate::protocol::messages::ListPartitionReassignmentsResponse>(version, body)
             }
             ApiKey::UnregisterBroker => len::<crate::protocol::messages::UnregisterBrokerResponse>(version, body),
+            ApiKey::DescribeQuorum => len::<crate::protocol::messages::DescribeQuorumResponse>(version, body),
+            ApiKey::AddRaftVoter => len::<crate::protocol::messages::AddRaftVoterResponse>(version, body),
+            ApiKey::RemoveRaftVoter => len::<crate::protocol::messages::RemoveRaftVoterResponse>(version, body),
             _ => unreachable!("no response schema for {api_key:?}"),
         }
     }
