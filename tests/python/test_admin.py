@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import ElectionType, Producer, TopicPartition
+from confluent_kafka import Consumer, ElectionType, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KTopicPartition
@@ -687,3 +687,100 @@ def test_controller_voters_change_at_run_time(cluster_factory):
     admin.create_topics([NewTopic(later, 1, 2)])[later].result(timeout=60)
     values = consume_assigned(survivors, topic, range(2), 100)
     assert len(values) == 100
+
+
+class BackgroundGroupConsumer:
+    """A confluent-kafka group member (auto commit) reading `topic` on a thread until stopped;
+    `seen` collects every value it received."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        self.seen: list = []
+        self.errors: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(bootstrap, topic, group), daemon=True)
+        self._thread.start()
+
+    def _run(self, bootstrap: str, topic: str, group: str) -> None:
+        consumer = Consumer(client_config(bootstrap, **{
+            "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "topic.metadata.refresh.interval.ms": 1000,
+        }))
+        consumer.subscribe([topic])
+        try:
+            while not self._stop.is_set():
+                for m in consumer.consume(num_messages=500, timeout=0.2):
+                    if m.error() is None:
+                        self.seen.append(m.value())
+                    elif m.error().code() != KafkaError._PARTITION_EOF:
+                        self.errors.append(m.error())
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_rf3_topic_spreads_onto_a_new_broker_under_load_and_a_stale_copy_goes(cluster_factory, tmp_path):
+    """Issue 15's second reassignment case: an RF=3 topic on brokers 1-3 is spread across 4 brokers
+    (a broker-only node added for it) with `spate reassign --generate/--execute/--verify` while an
+    idempotent acks=all producer and a confluent-kafka group consumer run: nothing acknowledged is
+    lost or duplicated in the log and the group consumer sees every acknowledged record. Then a
+    broker is stopped and reassigned away from while down (kafka-python's admin): on restart it
+    removes its stale copy."""
+    cluster = cluster_factory(settings={**FAST_SETTINGS, "min.insync.replicas": "2"})
+    topic = unique_topic("spread")
+    cluster.create_topic(topic, partitions=4, replication_factor=3)
+    cluster.wait_full_isr(topic, 4)
+    producer = BackgroundProducer(cluster.bootstrap, topic, partitions=4)
+    consumer = BackgroundGroupConsumer(cluster.bootstrap, topic, unique_topic("spread-group"))
+    producer.wait_for_more(300, "the producer under way")
+
+    cluster.add_broker_only(4)
+    cluster.wait_ready()
+    base = ["reassign", "--bootstrap-server", cluster.bootstrap]
+    plan = json.loads(run_spate(*base, "--generate", "--topics", topic, "--brokers", "1,2,3,4").stdout)
+    assert all(len(p["replicas"]) == 3 for p in plan["partitions"]), plan
+    assert any(4 in p["replicas"] for p in plan["partitions"]), plan
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    assert "Successfully started" in run_spate(*base, "--execute", str(plan_file)).stdout
+    wait_until(lambda: run_spate(*base, "--verify", str(plan_file), check=False).returncode == 0, 90,
+               "spate reassign --verify", describe=cluster.describe)
+    assert run_spate(*base, "--verify", str(plan_file)).stdout.count("is completed") == 4
+    for p in plan["partitions"]:
+        view = cluster.partition_view(topic, p["partition"])
+        assert sorted(view.replicas) == sorted(p["replicas"]), view
+    producer.wait_for_more(300, "the producer going on after the move")
+
+    # A broker down while a partition is moved off it drops its copy when it comes back.
+    moved = 0
+    victim = next(r for r in cluster.partition_view(topic, moved).replicas if r != cluster.leader_of(topic, moved))
+    cluster.stop(victim)
+    targets = sorted(b for b in (1, 2, 3, 4) if b != victim)
+    client = kafka_python_admin(cluster.up_bootstrap())
+    try:
+        result = client.alter_partition_reassignments({KTopicPartition(topic, moved): targets})
+        assert all(v is None for v in result.values()), result
+        wait_until(lambda: not client.list_partition_reassignments()
+                   and sorted(cluster.partition_view(topic, moved).isr) == targets, 90,
+                   "the move off the stopped broker", describe=cluster.describe)
+    finally:
+        client.close()
+    stale = cluster.node(victim).data_dir / f"{topic}-{moved}"
+    assert stale.is_dir()
+    cluster.restart(victim)
+    cluster.wait_ready()
+    wait_until(lambda: not stale.exists(), 30, f"broker {victim} to remove its stale copy")
+
+    producer.wait_for_more(200, "the producer going on")
+    producer.stop()
+    acked = set(producer.acked)
+    wait_until(lambda: acked <= set(consumer.seen), 60, "the group consumer to see every acknowledged record",
+               describe=lambda: f"{len(acked - set(consumer.seen))} missing")
+    consumer.stop()
+    assert not consumer.errors, consumer.errors[:5]
+    values = consume_assigned(cluster.up_bootstrap(), topic, range(4), len(producer.acked))
+    assert sorted(m.value() for m in values) == sorted(producer.acked), "lost or duplicated in the log"
