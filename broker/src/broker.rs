@@ -284,6 +284,8 @@ impl Broker {
                         let register = register_request(&b.config, b.incarnation_id);
                         drop(b);
                         warn!("the controller no longer knows this broker; registering again");
+                        // A broker-only node was also dropped from the metadata log's learners.
+                        controller.rejoin();
                         if let Err(refusal) = controller.submit(register, every * 4).await {
                             debug!(error = %refusal, "registering again failed");
                         }

@@ -357,6 +357,24 @@ impl Controller {
         }
     }
 
+    /// On a broker-only node: asks the quorum leader again to replicate the metadata log to it
+    /// (in the background, until it is done or the controller stops). For a node the quorum
+    /// forgot while it ran (unregistered while cut off): the leader stopped replicating to it,
+    /// so its own copy of the membership cannot tell it. No-op on voters.
+    pub fn rejoin(&self) {
+        let (true, Some(addr)) = (self.inner.config.observer, self.inner.config.listen) else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let mut stop = self.shutdown_tx.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = inner.join_as_observer(addr) => {}
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
+            }
+        });
+    }
+
     /// Broker-only nodes the metadata log is replicated to (the Raft learners), as this node
     /// last learnt them.
     pub fn observers(&self) -> Vec<i32> {

@@ -293,6 +293,31 @@ async fn broker_only_observer_follows_the_log_forwards_and_leaves_on_unregister(
     assert!(!voter.image().brokers.contains_key(&5));
     assert!(voter.observers().is_empty());
 
+    // Unregistered while running (it was fenced, e.g. cut off): its heartbeat learns it and it
+    // asks to follow the log again.
+    let observer =
+        Controller::start_with_listener(observer_config(observer_addr), Some(bind_with_retry(observer_addr).await))
+            .await
+            .unwrap();
+    wait_until("the observer to rejoin", || {
+        let voter = voter.clone();
+        async move { voter.observers() == vec![5] }
+    })
+    .await;
+    observer.submit(register(5), SUBMIT_TIMEOUT).await.unwrap();
+    let shutdown = ControllerRequest::ControlledShutdown { broker_id: 5, incarnation_id: Uuid::from_u128(5) };
+    observer.submit(shutdown, SUBMIT_TIMEOUT).await.unwrap();
+    voter.submit(ControllerRequest::UnregisterBroker { broker_id: 5 }, SUBMIT_TIMEOUT).await.unwrap();
+    assert!(voter.observers().is_empty());
+    voter.submit(create("while-forgotten", 1, 1), SUBMIT_TIMEOUT).await.unwrap();
+    observer.rejoin();
+    wait_until("the forgotten observer to follow the log again", || {
+        let (voter, image) = (voter.clone(), observer.image());
+        async move { voter.observers() == vec![5] && image.topics.contains_key("while-forgotten") }
+    })
+    .await;
+    observer.shutdown().await;
+
     // A voter cannot join as an observer.
     let bad = ControllerConfig { observer: true, ..config(1, voters.clone(), dirs[1].path()) };
     assert!(Controller::start_with_listener(bad, None).await.is_err());
