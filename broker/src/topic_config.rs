@@ -29,6 +29,8 @@ enum Rule {
     Bool,
     /// `cleanup.policy`: Kafka's list of `delete` and `compact`.
     Policy,
+    /// `*.replication.throttled.replicas`: `*` or `partition:broker,…` ([`ThrottledReplicas`]).
+    ReplicaList,
     OneOf(&'static [&'static str]),
 }
 
@@ -49,7 +51,7 @@ impl TopicConfigDef {
             Rule::Long { .. } => ConfigType::Long,
             Rule::Double { .. } => ConfigType::Double,
             Rule::Bool => ConfigType::Boolean,
-            Rule::Policy => ConfigType::List,
+            Rule::Policy | Rule::ReplicaList => ConfigType::List,
             Rule::OneOf(_) => ConfigType::String,
         }
     }
@@ -70,6 +72,7 @@ impl TopicConfigDef {
                 Ok(v) => Err(format!("{v} is outside {min}..={max}")),
                 Err(_) => Err(format!("'{value}' is not a number")),
             },
+            Rule::ReplicaList => ThrottledReplicas::parse(value).map(|_| ()),
             Rule::Policy => match CleanupPolicy::parse(value) {
                 Some(_) => Ok(()),
                 None => Err(format!("'{value}' is not delete, compact or compact,delete")),
@@ -118,6 +121,15 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         default: |b| b.log_cleaner_delete_retention_ms.to_string(),
     },
     TopicConfigDef {
+        name: FOLLOWER_THROTTLED_REPLICAS,
+        broker_synonym: None,
+        doc: "Replicas whose fetches their broker throttles under follower.replication.throttled.rate: \
+              '*' or partition:broker pairs (kafka-reassign-partitions.sh sets it). Unset: the replicas \
+              a reassignment is adding.",
+        rule: Rule::ReplicaList,
+        default: |_| String::new(),
+    },
+    TopicConfigDef {
         name: "index.interval.bytes",
         broker_synonym: Some("log.index.interval.bytes"),
         doc: "Bytes between entries of the sparse offset index.",
@@ -130,6 +142,15 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         doc: "Largest record batch (after compression) the topic accepts.",
         rule: Rule::Long { min: 64, max: I32_MAX },
         default: |b| b.message_max_bytes.to_string(),
+    },
+    TopicConfigDef {
+        name: LEADER_THROTTLED_REPLICAS,
+        broker_synonym: None,
+        doc: "Replicas whose followers the leader throttles under leader.replication.throttled.rate \
+              while they are out of sync: '*' or partition:broker pairs (kafka-reassign-partitions.sh \
+              sets it). Unset: the replicas a reassignment is adding.",
+        rule: Rule::ReplicaList,
+        default: |_| String::new(),
     },
     TopicConfigDef {
         name: "max.compaction.lag.ms",
@@ -202,6 +223,56 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         default: |_| "false".into(),
     },
 ];
+
+/// Topic config naming the replicas the leader side of the replication throttle applies to.
+pub const LEADER_THROTTLED_REPLICAS: &str = "leader.replication.throttled.replicas";
+/// Topic config naming the replicas the follower side of the replication throttle applies to.
+pub const FOLLOWER_THROTTLED_REPLICAS: &str = "follower.replication.throttled.replicas";
+/// Most `partition:broker` pairs one throttled-replicas list may name (a value is parsed on
+/// throttled fetches, so its size is bounded).
+const MAX_THROTTLED_REPLICAS: usize = 100_000;
+
+/// The value of Kafka's `leader.` / `follower.replication.throttled.replicas`: every replica
+/// (`*`), or the listed `partition:broker` pairs (empty: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThrottledReplicas {
+    All,
+    Listed(std::collections::BTreeSet<(i32, i32)>),
+}
+
+impl ThrottledReplicas {
+    pub fn parse(value: &str) -> Result<ThrottledReplicas, String> {
+        let value = value.trim();
+        if value == "*" {
+            return Ok(ThrottledReplicas::All);
+        }
+        let mut listed = std::collections::BTreeSet::new();
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let pair = item.split_once(':').and_then(|(p, b)| Some((p.trim().parse().ok()?, b.trim().parse().ok()?)));
+            match pair {
+                Some((p, b)) if p >= 0 && b >= 0 => listed.insert((p, b)),
+                _ => return Err(format!("'{item}' is not partition:broker (or use '*' for every replica)")),
+            };
+            if listed.len() > MAX_THROTTLED_REPLICAS {
+                return Err(format!("more than {MAX_THROTTLED_REPLICAS} replicas listed"));
+            }
+        }
+        Ok(ThrottledReplicas::Listed(listed))
+    }
+
+    pub fn contains(&self, partition: i32, broker: i32) -> bool {
+        match self {
+            ThrottledReplicas::All => true,
+            ThrottledReplicas::Listed(listed) => listed.contains(&(partition, broker)),
+        }
+    }
+
+    /// A topic's list under `key`, when set (an unparsable value, which validation keeps out of
+    /// the metadata, counts as unset).
+    pub fn of_topic(configs: &BTreeMap<String, String>, key: &str) -> Option<ThrottledReplicas> {
+        configs.get(key).and_then(|v| ThrottledReplicas::parse(v).ok())
+    }
+}
 
 pub fn definition(name: &str) -> Option<&'static TopicConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
@@ -279,6 +350,21 @@ impl TopicConfigs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_replicas_lists_parse_like_kafkas() {
+        assert_eq!(ThrottledReplicas::parse("*"), Ok(ThrottledReplicas::All));
+        let listed = ThrottledReplicas::parse(" 0:1, 0:2 ,3:4").unwrap();
+        assert!(listed.contains(0, 2) && listed.contains(3, 4) && !listed.contains(1, 1));
+        assert!(!ThrottledReplicas::parse("").unwrap().contains(0, 1));
+        for bad in ["0", "a:1", "0:-1", "0:1:2", "*,0:1"] {
+            assert!(ThrottledReplicas::parse(bad).is_err(), "{bad}");
+            assert!(validate_override(FOLLOWER_THROTTLED_REPLICAS, bad).is_err(), "{bad}");
+        }
+        assert!(validate_override(LEADER_THROTTLED_REPLICAS, "0:1,1:2").is_ok());
+        let too_many: Vec<String> = (0..=MAX_THROTTLED_REPLICAS as i32).map(|p| format!("{p}:1")).collect();
+        assert!(ThrottledReplicas::parse(&too_many.join(",")).is_err());
+    }
 
     #[test]
     fn overrides_win_over_broker_defaults() {

@@ -13,8 +13,8 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, ElectionType, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import Consumer, ElectionType, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KTopicPartition
 from kafka.admin import (
@@ -784,3 +784,65 @@ def test_rf3_topic_spreads_onto_a_new_broker_under_load_and_a_stale_copy_goes(cl
     assert not consumer.errors, consumer.errors[:5]
     values = consume_assigned(cluster.up_bootstrap(), topic, range(4), len(producer.acked))
     assert sorted(m.value() for m in values) == sorted(producer.acked), "lost or duplicated in the log"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_throttled_replicas_topic_configs_choose_what_a_throttle_slows(cluster_factory):
+    """Kafka's `leader.`/`follower.replication.throttled.replicas` topic configs (set as
+    kafka-reassign-partitions.sh does, here through confluent-kafka's incremental_alter_configs)
+    decide which replicas the broker rates apply to: a topic that lists none moves at full speed
+    under a 20 kB/s throttle, one that lists its new replica is held to it."""
+    cluster = cluster_factory(size=2, settings={**FAST_SETTINGS, "min.insync.replicas": "1"})
+    admin = AdminClient(client_config(cluster.bootstrap))
+    free, held = unique_topic("unlisted"), unique_topic("listed")
+    for topic in (free, held):
+        cluster.create_topic(topic, partitions=1, replication_factor=1)
+    old = cluster.partition_view(free, 0).replicas[0]
+    new = 3 - old
+    for topic in (free, held):
+        client = kafka_python_admin(cluster.bootstrap)
+        try:
+            client.alter_partition_reassignments({KTopicPartition(topic, 0): [old]})
+        finally:
+            client.close()
+        wait_until(lambda t=topic: cluster.partition_view(t, 0).replicas == [old], 30, "both topics on one broker")
+        produce(cluster.bootstrap, topic, [(0, None, b"z" * 1000, None)] * 3000, acks="all", **{"linger.ms": 20})
+
+    def set_lists(topic: str, leader: str, follower: str):
+        resource = ConfigResource("topic", topic, incremental_configs=[
+            ConfigEntry("leader.replication.throttled.replicas", leader,
+                        incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("follower.replication.throttled.replicas", follower,
+                        incremental_operation=AlterConfigOpType.SET),
+        ])
+        return admin.incremental_alter_configs([resource])[resource]
+
+    set_lists(free, "", "").result(timeout=15)
+    set_lists(held, f"0:{old}", f"0:{new}").result(timeout=15)
+    with pytest.raises(KafkaException, match="partition:broker"):
+        set_lists(held, "0", "*").result(timeout=15)
+    described = admin.describe_configs([ConfigResource("topic", held)])
+    entries = next(iter(described.values())).result(timeout=15)
+    assert entries["follower.replication.throttled.replicas"].value == f"0:{new}"
+    assert not entries["follower.replication.throttled.replicas"].is_default
+
+    base = ["--bootstrap-server", cluster.bootstrap]
+    for broker_id in (old, new):
+        run_spate("configs", *base, "--alter", "--broker", str(broker_id), "--add-config",
+                  "leader.replication.throttled.rate=20000,follower.replication.throttled.rate=20000")
+    client = kafka_python_admin(cluster.bootstrap)
+    try:
+        client.alter_partition_reassignments({KTopicPartition(free, 0): [old, new], KTopicPartition(held, 0): [old, new]})
+        # 3 MB at 20 kB/s would take minutes: the unlisted topic is not slowed at all.
+        wait_until(lambda: sorted(cluster.isr_of(free, 0)) == sorted([old, new]), 30, "the unlisted topic's move")
+        copied = dir_bytes(cluster.node(new).data_dir / f"{held}-0")
+        assert copied < 1_500_000, copied
+        assert {tp.topic for tp in client.list_partition_reassignments()} == {held}
+        for broker_id in (old, new):
+            run_spate("configs", *base, "--alter", "--broker", str(broker_id), "--delete-config",
+                      "leader.replication.throttled.rate,follower.replication.throttled.rate")
+        wait_until(lambda: not client.list_partition_reassignments(), 30, "the listed topic's move once lifted")
+    finally:
+        client.close()
+    assert len(consume_assigned(cluster.bootstrap_of([new]), held, [0], 3000)) == 3000

@@ -40,14 +40,15 @@ struct Wanted {
     partition: Option<Arc<Partition>>,
     /// Refused before reading (not the leader, epoch mismatch).
     error: Option<ErrorCode>,
-    /// A follower a reassignment is adding, under `leader.replication.throttled.rate`.
+    /// A follower the leader throttles, under `leader.replication.throttled.rate`.
     throttled: bool,
 }
 
-/// The leader side of the replication throttle: which (topic, partition) a fetching follower is
-/// being added to, and the budget those reads share.
+/// The leader side of the replication throttle: for which (topic, partition) the fetching
+/// follower is throttled ([`crate::replica::throttle::leader_throttled`]), and the budget those
+/// reads share.
 pub(crate) struct LeaderThrottle<'a> {
-    pub is_adding: &'a dyn Fn(&str, i32) -> bool,
+    pub is_throttled: &'a dyn Fn(&str, i32) -> bool,
     pub budget: crate::replica::SharedBudget,
 }
 
@@ -143,13 +144,15 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     // Consumer fetches never look at the throttle (no lock, no image on their path).
     let budget = if replica_id >= 0 { broker.replica_leader_throttle() } else { None };
     let image = budget.is_some().then(|| broker.image());
-    let is_adding = |topic: &str, partition: i32| {
-        image
-            .as_ref()
-            .and_then(|i| i.partition(topic, partition))
-            .is_some_and(|p| p.adding_replicas.contains(&replica_id))
+    let me = broker.config.node_id;
+    let is_throttled = |topic: &str, partition: i32| {
+        let Some(t) = image.as_ref().and_then(|i| i.topics.get(topic)) else { return false };
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+            .is_some_and(|p| crate::replica::throttle::leader_throttled(&t.configs, p, partition, me, replica_id))
     };
-    let throttle = budget.map(|budget| LeaderThrottle { is_adding: &is_adding, budget });
+    let throttle = budget.map(|budget| LeaderThrottle { is_throttled: &is_throttled, budget });
     let response =
         serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms(), throttle)?;
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
@@ -191,7 +194,7 @@ pub(crate) fn serve(
                 }
             }
             let throttled =
-                replica && throttle.as_ref().is_some_and(|th| (th.is_adding)(t.topic.as_str(), p.partition));
+                replica && throttle.as_ref().is_some_and(|th| (th.is_throttled)(t.topic.as_str(), p.partition));
             wanted.push(Wanted {
                 topic: ti,
                 partition_index: p.partition,
@@ -279,8 +282,8 @@ mod tests {
         budget.lock().unwrap().set_rate(Some(1_000_000), crate::broker::now_ms());
         let lookup = |_: &str, _: i32| Some(leader.clone());
         let throttled_fetch = |adding: bool| {
-            let is_adding = move |_: &str, _: i32| adding;
-            let throttle = LeaderThrottle { is_adding: &is_adding, budget: budget.clone() };
+            let is_throttled = move |_: &str, _: i32| adding;
+            let throttle = LeaderThrottle { is_throttled: &is_throttled, budget: budget.clone() };
             let response = serve(request(2, 2, 0, 0), &lookup, 1 << 20, 0, Some(throttle)).unwrap();
             async move { response.await.responses.remove(0).partitions.remove(0).records.unwrap() }
         };

@@ -178,7 +178,7 @@ impl ReplicaManager {
                 } else {
                     let changed = partition.make_follower(p);
                     if p.leader != NO_LEADER {
-                        let throttled = p.adding_replicas.contains(&node_id);
+                        let throttled = throttle::follower_throttled(&t.configs, p, index, node_id);
                         following.entry(p.leader).or_default().push((
                             tp,
                             partition,

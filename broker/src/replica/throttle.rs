@@ -1,7 +1,9 @@
 //! The replication throttle of a reassignment (Kafka's `follower.replication.throttled.rate`): a
-//! byte budget refilled at the rate, shared by every fetcher of this broker. Only replicas a
-//! reassignment is adding are throttled (what `kafka-reassign-partitions.sh --throttle` sets up),
-//! so followers already in sync never fall behind because of a move.
+//! byte budget refilled at the rate, shared by every fetcher of this broker. Which replicas it
+//! applies to is Kafka's `*.replication.throttled.replicas` topic configs where a topic sets them
+//! (`kafka-reassign-partitions.sh --throttle` does), else the replicas a reassignment is adding
+//! (what `spate reassign --throttle` relies on), so followers already in sync never fall behind
+//! because of a move.
 //!
 //! Sans-IO: the caller passes the time. The balance may go negative (a fetch returns up to
 //! `replica.fetch.max.bytes` per partition before we know its size); throttled partitions are
@@ -10,6 +12,11 @@
 
 /// Bytes per second, and the budget left (at most one second's worth, so an idle period does not
 /// turn into a burst).
+use std::collections::BTreeMap;
+
+use crate::controller::PartitionImage;
+use crate::topic_config::{ThrottledReplicas, FOLLOWER_THROTTLED_REPLICAS, LEADER_THROTTLED_REPLICAS};
+
 #[derive(Debug, Default, Clone)]
 pub struct ByteBudget {
     rate_bytes_per_s: Option<u64>,
@@ -77,6 +84,36 @@ impl ByteBudget {
     }
 }
 
+/// Follower side: whether `broker`'s fetches of `partition` (index `index`) count against its
+/// follower budget.
+pub fn follower_throttled(
+    configs: &BTreeMap<String, String>,
+    partition: &PartitionImage,
+    index: i32,
+    broker: i32,
+) -> bool {
+    match ThrottledReplicas::of_topic(configs, FOLLOWER_THROTTLED_REPLICAS) {
+        Some(listed) => listed.contains(index, broker),
+        None => partition.adding_replicas.contains(&broker),
+    }
+}
+
+/// Leader side: whether fetches of `partition` by `follower` from this leader (`leader`) count
+/// against its leader budget. As in Kafka, a listed replica's follower is throttled only while it
+/// is out of sync.
+pub fn leader_throttled(
+    configs: &BTreeMap<String, String>,
+    partition: &PartitionImage,
+    index: i32,
+    leader: i32,
+    follower: i32,
+) -> bool {
+    match ThrottledReplicas::of_topic(configs, LEADER_THROTTLED_REPLICAS) {
+        Some(listed) => listed.contains(index, leader) && !partition.isr.contains(&follower),
+        None => partition.adding_replicas.contains(&follower),
+    }
+}
+
 fn burst(rate_bytes_per_s: u64) -> i64 {
     i64::try_from(rate_bytes_per_s).unwrap_or(i64::MAX)
 }
@@ -84,6 +121,37 @@ fn burst(rate_bytes_per_s: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_replicas_are_throttled() {
+        let p = PartitionImage {
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2],
+            leader: 1,
+            adding_replicas: vec![3],
+            ..PartitionImage::default()
+        };
+        let none = BTreeMap::new();
+        // Unset: the replica being added, on both sides.
+        assert!(follower_throttled(&none, &p, 0, 3) && !follower_throttled(&none, &p, 0, 2));
+        assert!(leader_throttled(&none, &p, 0, 1, 3) && !leader_throttled(&none, &p, 0, 1, 2));
+        // Kafka's topic configs, as kafka-reassign-partitions.sh sets them.
+        let set = |leader: &str, follower: &str| {
+            BTreeMap::from([
+                (LEADER_THROTTLED_REPLICAS.to_string(), leader.to_string()),
+                (FOLLOWER_THROTTLED_REPLICAS.to_string(), follower.to_string()),
+            ])
+        };
+        let listed = set("0:1,0:2", "0:3");
+        assert!(follower_throttled(&listed, &p, 0, 3) && !follower_throttled(&listed, &p, 1, 3));
+        assert!(leader_throttled(&listed, &p, 0, 1, 3), "out of sync and the leader is listed");
+        assert!(!leader_throttled(&listed, &p, 0, 1, 2), "in sync: never throttled");
+        assert!(!leader_throttled(&set("0:2", ""), &p, 0, 1, 3), "this leader is not listed");
+        let all = set("*", "*");
+        assert!(follower_throttled(&all, &p, 5, 2) && leader_throttled(&all, &p, 5, 1, 3));
+        // Set but empty: nothing, not even the replica being added.
+        assert!(!follower_throttled(&set("", ""), &p, 0, 3) && !leader_throttled(&set("", ""), &p, 0, 1, 3));
+    }
 
     #[test]
     fn unthrottled_always_allows() {
