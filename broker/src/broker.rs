@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::controller::logic::MAX_PARTITIONS_PER_TOPIC;
+use crate::controller::logic::{INELIGIBLE_REPLICA, MAX_PARTITIONS_PER_TOPIC};
 use crate::controller::{
     Controller, ControllerConfig, ControllerRefusal, ControllerReply, ControllerRequest, ElectionResult, MetadataImage,
     QuorumDescription,
@@ -30,7 +30,7 @@ use crate::group::GroupCoordinator;
 use crate::log::write_file_atomically;
 use crate::log_cleaner::LogCleaner;
 use crate::log_dir::LogDir;
-use crate::partition::{Partition, TopicPartition, DELETED_DIR_SUFFIX};
+use crate::partition::{AlterOutcome, Partition, TopicPartition, DELETED_DIR_SUFFIX};
 use crate::producer_state::PRODUCER_ID_BLOCK_SIZE;
 use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topic_config::{self, TopicConfigs};
@@ -300,24 +300,31 @@ impl Broker {
                 let Some(b) = weak.upgrade() else { return };
                 let controller = b.controller.clone();
                 drop(b);
-                // One at a time: the replica manager keeps at most one change per partition in
-                // flight, and answers arrive as new images.
-                let Err(refusal) = controller.submit(request.clone(), CONTROLLER_REQUEST_TIMEOUT).await else {
+                // One request at a time. Each partition has at most one in flight (it proposes
+                // nothing else until this answer is reported back), as Kafka's
+                // AlterPartitionManager does; the settled ISR arrives as a new image.
+                let ControllerRequest::AlterPartition { topic, partition, partition_epoch, new_isr, .. } = &request
+                else {
                     continue;
                 };
-                debug!(error = %refusal, "ISR change refused");
-                // These two are decided after the epoch checks, so nothing was committed: the
-                // leader drops its pending expansion. A timeout leaves it pending (it may have
-                // been committed; the image will say).
-                let settled = refusal.code == crate::controller::logic::INELIGIBLE_REPLICA.0
-                    || refusal.code == ErrorCode::INVALID_REQUEST.0;
-                if let (true, ControllerRequest::AlterPartition { topic, partition, partition_epoch, new_isr, .. }) =
-                    (settled, &request)
-                {
-                    if let Some(p) = weak.upgrade().and_then(|b| b.partition(topic, *partition)) {
-                        p.isr_change_refused(*partition_epoch, new_isr);
-                    }
+                let Some(p) = weak.upgrade().and_then(|b| b.partition(topic, *partition)) else { continue };
+                if !p.alter_partition_wanted(*partition_epoch, new_isr) {
+                    // Superseded while it waited here (an image settled it, or it was replaced).
+                    continue;
                 }
+                let outcome = match controller.submit(request.clone(), CONTROLLER_REQUEST_TIMEOUT).await {
+                    Ok(_) => AlterOutcome::Committed,
+                    // Decided after the epoch checks on the controller's latest state.
+                    Err(r) if r.code == INELIGIBLE_REPLICA.0 || r.code == ErrorCode::INVALID_REQUEST.0 => {
+                        debug!(error = %r, "ISR change refused");
+                        AlterOutcome::Refused
+                    }
+                    Err(r) => {
+                        debug!(error = %r, "ISR change not confirmed");
+                        AlterOutcome::Unknown
+                    }
+                };
+                p.alter_partition_answered(*partition_epoch, new_isr, outcome, now_ms());
             }
         }));
         *self.background.lock().unwrap_or_else(|e| e.into_inner()) = tasks;

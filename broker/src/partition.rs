@@ -60,14 +60,29 @@ impl std::fmt::Display for TopicPartition {
 /// How far back from the log end producer state is rebuilt at start (in offsets).
 const PRODUCER_STATE_REBUILD_OFFSETS: i64 = 1_000_000;
 
-/// An AlterPartition this leader sent and the controller has not answered (by publishing a
-/// new image) yet. One at a time per partition.
+/// An AlterPartition this leader sent and no image has settled yet. One at a time per
+/// partition, as Kafka keeps one AlterPartition in flight per partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PendingIsr {
     new_isr: Vec<i32>,
     /// The partition epoch the proposal was based on; an image with another one settles it.
     partition_epoch: i32,
     sent_at_ms: i64,
+    /// Sent and not answered yet (the broker's AlterPartition worker reports every answer,
+    /// [`Partition::alter_partition_answered`]): nothing else is proposed meanwhile.
+    in_flight: bool,
+}
+
+/// How the controller answered an AlterPartition, as far as the leader's ISR bookkeeping cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlterOutcome {
+    /// Committed: the image that shows it settles the proposal.
+    Committed,
+    /// Refused after the controller checked the epochs against its latest state, so nothing
+    /// was or will be committed (INELIGIBLE_REPLICA, INVALID_REQUEST).
+    Refused,
+    /// Timed out, or refused for a stale epoch: it may have been committed; an image will tell.
+    Unknown,
 }
 
 struct LeaderState {
@@ -75,6 +90,15 @@ struct LeaderState {
     epoch_start_offset: i64,
     followers: BTreeMap<i32, FollowerState>,
     pending_isr: Option<PendingIsr>,
+    /// Replicas that an expansion with an unknown outcome (a timeout) may have added in the
+    /// current partition epoch: the high watermark keeps waiting for them (Kafka's maximal ISR)
+    /// until an image with another partition epoch, or a refusal, settles it, even when a later
+    /// proposal replaced that expansion.
+    unsettled_additions: Vec<i32>,
+    /// When the controller last refused an expansion: none is proposed again for
+    /// `ALTER_PARTITION_RETRY_MS`, so a fenced follower that keeps fetching does not turn into a
+    /// stream of refused requests.
+    expansion_refused_at_ms: Option<i64>,
     /// Where ISR changes are proposed; `None` for the single-node broker (no controller).
     alter_tx: Option<mpsc::UnboundedSender<ControllerRequest>>,
 }
@@ -265,6 +289,8 @@ impl Partition {
                     epoch_start_offset: 0,
                     followers: BTreeMap::new(),
                     pending_isr: None,
+                    unsettled_additions: Vec::new(),
+                    expansion_refused_at_ms: None,
                     alter_tx: None,
                 }),
                 replicas: vec![local_id],
@@ -610,8 +636,9 @@ impl Partition {
     /// shrink counts only once the image shows it).
     fn maximal_isr(state: &PartitionState) -> Vec<i32> {
         let mut isr = state.isr.clone();
-        if let Role::Leader(LeaderState { pending_isr: Some(pending), .. }) = &state.role {
-            for id in &pending.new_isr {
+        if let Role::Leader(leader) = &state.role {
+            let pending = leader.pending_isr.iter().flat_map(|p| p.new_isr.iter());
+            for id in pending.chain(&leader.unsettled_additions) {
                 if !isr.contains(id) {
                     isr.push(*id);
                 }
@@ -811,6 +838,8 @@ impl Partition {
                 epoch_start_offset: start,
                 followers,
                 pending_isr: None,
+                unsettled_additions: Vec::new(),
+                expansion_refused_at_ms: None,
                 alter_tx: alter_tx.clone(),
             });
             self.leader_epoch.store(image.leader_epoch, Ordering::Release);
@@ -823,6 +852,11 @@ impl Partition {
             leader.followers.retain(|id, _| image.replicas.contains(id));
             if leader.pending_isr.as_ref().is_some_and(|p| p.partition_epoch != image.partition_epoch) {
                 leader.pending_isr = None;
+            }
+            if state.partition_epoch != image.partition_epoch {
+                // Every proposal sent so far named an older epoch: it is in this image or will
+                // be refused as stale.
+                leader.unsettled_additions.clear();
             }
             if alter_tx.is_some() {
                 leader.alter_tx = alter_tx;
@@ -900,6 +934,9 @@ impl Partition {
         if state.isr.contains(&replica_id) || !Self::proposal_allowed(leader, now_ms) {
             return None;
         }
+        if leader.expansion_refused_at_ms.is_some_and(|t| now_ms.saturating_sub(t) <= ALTER_PARTITION_RETRY_MS) {
+            return None;
+        }
         let follower = leader.followers.get(&replica_id)?;
         if !isr::can_join_isr(follower, high_watermark, leader.epoch_start_offset) {
             return None;
@@ -909,12 +946,13 @@ impl Partition {
         Some(new_isr)
     }
 
+    /// Nothing in flight, and an unanswered-for-long (timed out) proposal may be replaced.
     fn proposal_allowed(leader: &LeaderState, now_ms: i64) -> bool {
         leader.alter_tx.is_some()
             && leader
                 .pending_isr
                 .as_ref()
-                .is_none_or(|p| now_ms.saturating_sub(p.sent_at_ms) > ALTER_PARTITION_RETRY_MS)
+                .is_none_or(|p| !p.in_flight && now_ms.saturating_sub(p.sent_at_ms) > ALTER_PARTITION_RETRY_MS)
     }
 
     fn propose(&self, state: &mut PartitionState, new_isr: Vec<i32>, now_ms: i64) {
@@ -937,27 +975,63 @@ impl Partition {
             new_isr: new_isr.clone(),
         };
         if tx.send(request).is_ok() {
-            leader.pending_isr = Some(PendingIsr { new_isr, partition_epoch, sent_at_ms: now_ms });
+            leader.pending_isr = Some(PendingIsr { new_isr, partition_epoch, sent_at_ms: now_ms, in_flight: true });
         }
         // A pending expansion widens the ISR the high watermark waits for; never narrows it.
         self.maybe_advance_high_watermark(state);
     }
 
-    /// The controller refused this leader's AlterPartition `new_isr` (based on
-    /// `partition_epoch`) for a reason that means it changed nothing: a replica it would add is
-    /// fenced or shutting down (INELIGIBLE_REPLICA), or the request was malformed. The pending
-    /// expansion stops widening the ISR the high watermark waits for; otherwise an `acks=all`
-    /// produce would wait for a broker that is gone until the next leader change. A refusal for
-    /// a stale epoch is not handled here: an image with the newer epoch settles that one.
-    pub fn isr_change_refused(&self, partition_epoch: i32, new_isr: &[i32]) {
+    /// Whether `new_isr` (based on `partition_epoch`) is still this leader's pending proposal:
+    /// the AlterPartition worker skips requests that an image or a newer proposal superseded
+    /// while they waited in its queue.
+    pub fn alter_partition_wanted(&self, partition_epoch: i32, new_isr: &[i32]) -> bool {
+        let state = self.lock();
+        let Role::Leader(leader) = &state.role else {
+            return false;
+        };
+        leader.pending_isr.as_ref().is_some_and(|p| p.partition_epoch == partition_epoch && p.new_isr == new_isr)
+    }
+
+    /// The AlterPartition worker's report of how the controller answered `new_isr` (based on
+    /// `partition_epoch`). A refusal drops the pending expansion: without that, an `acks=all`
+    /// produce would wait for a follower that was fenced (a controlled shutdown racing the
+    /// expansion) until the next leader change. Otherwise the proposal stays pending, no longer
+    /// in flight: the image settles it, or it is retried after `ALTER_PARTITION_RETRY_MS`; the
+    /// replicas an unknown-outcome expansion adds stay in the maximal ISR until settled.
+    pub fn alter_partition_answered(&self, partition_epoch: i32, new_isr: &[i32], outcome: AlterOutcome, now_ms: i64) {
         let state = &mut *self.lock();
+        let isr = state.isr.clone();
         let Role::Leader(leader) = &mut state.role else {
             return;
         };
-        if leader.pending_isr.as_ref().is_some_and(|p| p.partition_epoch == partition_epoch && p.new_isr == new_isr) {
-            tracing::info!(partition = %self.tp, ?new_isr, "ISR change refused by the controller; dropped");
-            leader.pending_isr = None;
-            self.maybe_advance_high_watermark(state);
+        let Some(pending) = leader.pending_isr.as_mut() else {
+            return;
+        };
+        if pending.partition_epoch != partition_epoch || pending.new_isr != new_isr {
+            return;
+        }
+        pending.in_flight = false;
+        match outcome {
+            AlterOutcome::Committed => {}
+            AlterOutcome::Unknown => {
+                for id in new_isr.iter().filter(|id| !isr.contains(id)) {
+                    if !leader.unsettled_additions.contains(id) {
+                        leader.unsettled_additions.push(*id);
+                    }
+                }
+            }
+            AlterOutcome::Refused => {
+                // Decided on the controller's latest state in this same partition epoch, after
+                // every earlier copy had either committed (the epoch would differ) or missed its
+                // deadline: none of them can add a replica any more.
+                tracing::info!(partition = %self.tp, ?new_isr, "ISR change refused by the controller; dropped");
+                if new_isr.len() > isr.len() {
+                    leader.expansion_refused_at_ms = Some(now_ms);
+                }
+                leader.pending_isr = None;
+                leader.unsettled_additions.clear();
+                self.maybe_advance_high_watermark(state);
+            }
         }
     }
 
@@ -982,14 +1056,23 @@ impl Partition {
             replica_lag_time_max_ms,
         );
         if out.is_empty() {
-            // An unanswered expansion (a controller timeout) is sent again, so that it is settled
-            // even when the follower it adds never fetches again (it stopped meanwhile).
             let Some(pending) = leader.pending_isr.as_ref() else {
                 return false;
             };
-            let new_isr = pending.new_isr.clone();
-            self.propose(state, new_isr, now_ms);
-            return true;
+            if pending.new_isr.iter().any(|id| !state.isr.contains(id)) {
+                // An expansion that timed out is sent again, so that it is settled even when the
+                // follower it adds never fetches again (it stopped meanwhile).
+                let new_isr = pending.new_isr.clone();
+                self.propose(state, new_isr, now_ms);
+                return true;
+            }
+            // A shrink that timed out while its followers caught up again: forget it (a shrink
+            // never narrowed what the high watermark waits for; if it did commit, the followers
+            // rejoin as usual).
+            if let Role::Leader(leader) = &mut state.role {
+                leader.pending_isr = None;
+            }
+            return false;
         }
         let new_isr: Vec<i32> = state.isr.iter().copied().filter(|id| !out.contains(id)).collect();
         tracing::warn!(partition = %self.tp, lagging = ?out, "followers fell out of sync");

@@ -230,7 +230,7 @@ pub const LEADER_THROTTLED_REPLICAS: &str = "leader.replication.throttled.replic
 pub const FOLLOWER_THROTTLED_REPLICAS: &str = "follower.replication.throttled.replicas";
 /// Most `partition:broker` pairs one throttled-replicas list may name (a value is parsed on
 /// throttled fetches, so its size is bounded).
-const MAX_THROTTLED_REPLICAS: usize = 100_000;
+const MAX_THROTTLED_REPLICAS: usize = 10_000;
 
 /// The value of Kafka's `leader.` / `follower.replication.throttled.replicas`: every replica
 /// (`*`), or the listed `partition:broker` pairs (empty: none).

@@ -102,8 +102,9 @@ pub struct TopicDescription {
 const CONTROLLER_ATTEMPTS: u32 = 2;
 /// The metadata log, as DescribeQuorum names it.
 const METADATA_LOG_TOPIC: &str = "__cluster_metadata";
-/// How long the broker may take to make a new voter (the quorum commits a joint configuration).
-const ADD_RAFT_VOTER_TIMEOUT_MS: i32 = 30_000;
+/// How long the broker may take to make a new voter (the quorum commits a joint configuration);
+/// below the client's request timeout, so the broker's answer arrives first.
+const ADD_RAFT_VOTER_TIMEOUT_MS: i32 = 20_000;
 
 /// The cluster as a Metadata request describes it (what Kafka's `Admin.describeCluster`
 /// returns).

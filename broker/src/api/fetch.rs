@@ -10,6 +10,7 @@
 //! replica answers NOT_LEADER_OR_FOLLOWER, and a `current_leader_epoch` older than the
 //! partition's is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::partition::Partition;
+use crate::replica::throttle::TopicThrottles;
 
 /// Upper bound on how long a fetch may park, whatever the client asks.
 const MAX_WAIT_MS_LIMIT: i32 = 30_000;
@@ -145,12 +147,27 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     let budget = if replica_id >= 0 { broker.replica_leader_throttle() } else { None };
     let image = budget.is_some().then(|| broker.image());
     let me = broker.config.node_id;
+    // Each requested topic's throttled-replica lists, parsed once per request.
+    let throttles: HashMap<String, TopicThrottles> = image
+        .as_ref()
+        .map(|image| {
+            request
+                .topics
+                .iter()
+                .filter_map(|t| image.topics.get(t.topic.as_str()))
+                .map(|t| (t.name.clone(), TopicThrottles::of(&t.configs)))
+                .collect()
+        })
+        .unwrap_or_default();
     let is_throttled = |topic: &str, partition: i32| {
-        let Some(t) = image.as_ref().and_then(|i| i.topics.get(topic)) else { return false };
+        let (Some(t), Some(throttles)) = (image.as_ref().and_then(|i| i.topics.get(topic)), throttles.get(topic))
+        else {
+            return false;
+        };
         usize::try_from(partition)
             .ok()
             .and_then(|i| t.partitions.get(i))
-            .is_some_and(|p| crate::replica::throttle::leader_throttled(&t.configs, p, partition, me, replica_id))
+            .is_some_and(|p| crate::replica::throttle::leader_throttled(throttles, p, partition, me, replica_id))
     };
     let throttle = budget.map(|budget| LeaderThrottle { is_throttled: &is_throttled, budget });
     let response =

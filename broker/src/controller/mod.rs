@@ -163,6 +163,8 @@ struct Inner {
     /// `controller.quorum.voters`), else from that static list.
     peers: Mutex<HashMap<i32, (SocketAddr, RpcClient)>>,
     forward_warn: WarnLimiter,
+    /// A [`Controller::rejoin`] loop is running.
+    rejoining: std::sync::atomic::AtomicBool,
 }
 
 /// One node of the metadata quorum. Share it in an `Arc`; call [`Controller::shutdown`] to stop.
@@ -270,6 +272,7 @@ impl Controller {
             propose_lock: tokio::sync::Mutex::new(()),
             liveness: Mutex::new(Liveness::default()),
             peers: Mutex::new(HashMap::new()),
+            rejoining: std::sync::atomic::AtomicBool::new(false),
             forward_warn: WarnLimiter::default(),
         });
         let (shutdown_tx, _) = watch::channel(false);
@@ -304,7 +307,10 @@ impl Controller {
             }
         }
 
-        if let (true, Some(addr)) = (inner.config.observer, inner.config.listen) {
+        // A broker-only node joins at every start; so does a former voter that RemoveVoter left
+        // an observer (an UnregisterBroker may have dropped it from the learners since).
+        let former_voter = initialized && !inner.config.voters.is_empty() && !inner.is_voter();
+        if let (true, Some(addr)) = (inner.config.observer || former_voter, inner.own_addr()) {
             let mut stop = shutdown_tx.subscribe();
             let joiner = inner.clone();
             tasks.push(tokio::spawn(async move {
@@ -357,14 +363,21 @@ impl Controller {
         }
     }
 
-    /// On a broker-only node: asks the quorum leader again to replicate the metadata log to it
+    /// On a node that is not a voter (a broker-only node, or a voter removed with RemoveVoter):
+    /// asks the quorum leader again to replicate the metadata log to it
     /// (in the background, until it is done or the controller stops). For a node the quorum
     /// forgot while it ran (unregistered while cut off): the leader stopped replicating to it,
     /// so its own copy of the membership cannot tell it. No-op on voters.
     pub fn rejoin(&self) {
-        let (true, Some(addr)) = (self.inner.config.observer, self.inner.config.listen) else {
+        if self.inner.is_voter() {
+            return;
+        }
+        let Some(addr) = self.inner.own_addr() else {
             return;
         };
+        if self.inner.rejoining.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return; // one join loop at a time
+        }
         let inner = self.inner.clone();
         let mut stop = self.shutdown_tx.subscribe();
         tokio::spawn(async move {
@@ -372,6 +385,7 @@ impl Controller {
                 _ = inner.join_as_observer(addr) => {}
                 _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
             }
+            inner.rejoining.store(false, std::sync::atomic::Ordering::Release);
         });
     }
 
@@ -492,6 +506,11 @@ impl Inner {
         }
     }
 
+    /// This node's controller RPC address: `controller.listener`, else its voter entry.
+    fn own_addr(&self) -> Option<SocketAddr> {
+        self.config.listen.or_else(|| self.config.voters.get(&self.node_id).copied())
+    }
+
     fn is_voter(&self) -> bool {
         self.voter_ids().contains(&self.node_id)
     }
@@ -534,6 +553,21 @@ impl Inner {
             Ok(Err(e)) => return Err(ProposeError::Unavailable(e.to_string())),
             Ok(Ok(_)) => {}
         }
+        // Also wait for every entry already in this leader's log (one whose client_write timed
+        // out may still commit): a decision must see it, or a retried request (an AlterPartition
+        // sent again after a timeout) would be decided as if the first had never been made.
+        let last_log_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let mut images = self.image_rx.clone();
+        match tokio::time::timeout_at(deadline, images.wait_for(|i| i.applied_index >= last_log_index)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(_)) => return Err(ProposeError::Unavailable("the controller stopped".into())),
+            Ok(Ok(_)) => {}
+        }
+        if Instant::now() >= deadline {
+            // The sender has given up: deciding now could commit what it already reported as
+            // not done.
+            return Err(timed_out());
+        }
         let image = self.image();
         let decision = decide(&image).map_err(ProposeError::Refused)?;
         if decision.records.is_empty() {
@@ -568,6 +602,16 @@ impl Inner {
                 return self.change_voters(request, deadline).await
             }
             ControllerRequest::DescribeQuorum => return self.describe_quorum(),
+            ControllerRequest::UnregisterBroker { broker_id } if self.voter_ids().contains(broker_id) => {
+                // Forgetting it as a broker would leave a voter the quorum still counts on.
+                return Err(ProposeError::Refused(refusal(
+                    ErrorCode::INVALID_REQUEST,
+                    format!(
+                        "node {broker_id} is a voter of the metadata quorum: remove it with \
+                         `spate cluster remove-controller --id {broker_id}` first"
+                    ),
+                )));
+            }
             _ => {}
         }
         let outcome = self
@@ -738,12 +782,13 @@ impl Inner {
         request: &ControllerRequest,
         deadline: Instant,
     ) -> Result<(ControllerReply, u64), ProposeError> {
+        let timed_out = || ProposeError::Unavailable("timed out changing the quorum's voters".into());
+        let _guard = tokio::time::timeout_at(deadline, self.propose_lock.lock()).await.map_err(|_| timed_out())?;
+        // Read under the lock: an earlier change may have finished while this one waited.
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
             return Err(ProposeError::NotLeader(self.leader_id()));
         }
-        let timed_out = || ProposeError::Unavailable("timed out changing the quorum's voters".into());
-        let _guard = tokio::time::timeout_at(deadline, self.propose_lock.lock()).await.map_err(|_| timed_out())?;
         let membership = metrics.membership_config.membership();
         if membership.get_joint_config().len() > 1 {
             return Err(ProposeError::Unavailable("another change of the quorum's voters is under way".into()));

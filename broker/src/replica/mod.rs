@@ -160,6 +160,8 @@ impl ReplicaManager {
         let mut following: BTreeMap<i32, Vec<Followed>> = BTreeMap::new();
         let mut leading = BTreeMap::new();
         for (topic, t) in &image.topics {
+            // Parsed at most once per topic, and only for topics this node follows.
+            let mut throttles: Option<throttle::TopicThrottles> = None;
             for (index, p) in t.partitions.iter().enumerate() {
                 if !p.replicas.contains(&node_id) {
                     continue;
@@ -178,7 +180,8 @@ impl ReplicaManager {
                 } else {
                     let changed = partition.make_follower(p);
                     if p.leader != NO_LEADER {
-                        let throttled = throttle::follower_throttled(&t.configs, p, index, node_id);
+                        let throttles = throttles.get_or_insert_with(|| throttle::TopicThrottles::of(&t.configs));
+                        let throttled = throttle::follower_throttled(throttles, p, index, node_id);
                         following.entry(p.leader).or_default().push((
                             tp,
                             partition,

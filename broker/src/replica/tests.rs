@@ -196,6 +196,7 @@ fn a_refused_expansion_stops_holding_the_high_watermark() {
     // The race a controlled shutdown can hit: 3 catches up and the leader proposes it into the
     // ISR just as 3 is fenced. The controller refuses (INELIGIBLE_REPLICA) and 3 never fetches
     // again: the pending expansion must not hold acks=all produces back forever.
+    use crate::partition::AlterOutcome::{Committed, Refused, Unknown};
     let dir = tempfile::tempdir().unwrap();
     let leader = open(dir.path(), 1);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -204,30 +205,76 @@ fn a_refused_expansion_stops_holding_the_high_watermark() {
     leader.record_follower_fetch(2, 1, 0, 10);
     leader.record_follower_fetch(3, 1, 0, 10);
     assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    assert!(leader.alter_partition_wanted(5, &[1, 2, 3]));
     produce(&leader, &["b"], None);
     leader.record_follower_fetch(2, 2, 0, 20);
     assert_eq!(leader.high_watermark(), 1, "the pending expansion waits for 3");
-    // A refusal of some other proposal (another epoch or ISR) changes nothing.
-    leader.isr_change_refused(4, &[1, 2, 3]);
-    leader.isr_change_refused(5, &[1, 3]);
-    assert_eq!(leader.high_watermark(), 1);
-    leader.isr_change_refused(5, &[1, 2, 3]);
-    assert_eq!(leader.high_watermark(), 2, "2 alone (the committed ISR) is enough again");
-    assert_eq!(leader.isr(), vec![1, 2]);
-    // 3 fetching again later is proposed again.
-    leader.record_follower_fetch(3, 2, 0, 30);
-    assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
-    // Unanswered (a controller timeout) and 3 gone: the periodic check sends it again after
-    // the retry interval, so the controller's answer settles it.
-    assert!(!leader.maybe_shrink_isr(1_000, 60_000));
+    // In flight: nothing else is proposed, however long it takes.
+    assert!(!leader.maybe_shrink_isr(60_000, 600_000));
     assert!(rx.try_recv().is_err());
-    assert!(leader.maybe_shrink_isr(5_031, 60_000));
+    // An answer to some other proposal (another epoch or ISR) changes nothing.
+    leader.alter_partition_answered(4, &[1, 2, 3], Refused, 30);
+    leader.alter_partition_answered(5, &[1, 3], Refused, 30);
+    assert_eq!(leader.high_watermark(), 1);
+    leader.alter_partition_answered(5, &[1, 2, 3], Refused, 30);
+    assert_eq!(leader.high_watermark(), 2, "2 alone (the committed ISR) is enough again");
+    assert!(!leader.alter_partition_wanted(5, &[1, 2, 3]));
+    assert_eq!(leader.isr(), vec![1, 2]);
+    // 3 (fenced) fetching right away is not proposed again until the retry interval passed.
+    leader.record_follower_fetch(3, 2, 0, 40);
+    assert!(rx.try_recv().is_err(), "no stream of refused expansions");
+    leader.record_follower_fetch(3, 2, 0, 5_031);
+    assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    // A timeout: the outcome is unknown. The periodic check sends it again after the retry
+    // interval (3 may have stopped fetching), and meanwhile the high watermark waits for 3.
+    leader.alter_partition_answered(5, &[1, 2, 3], Unknown, 5_100);
+    assert!(!leader.maybe_shrink_isr(6_000, 600_000));
+    assert!(rx.try_recv().is_err());
+    assert!(leader.maybe_shrink_isr(10_100, 600_000));
     match rx.try_recv().unwrap() {
         ControllerRequest::AlterPartition { new_isr, partition_epoch, .. } => {
             assert_eq!((new_isr, partition_epoch), (vec![1, 2, 3], 5));
         }
         other => panic!("unexpected {other:?}"),
     }
+    produce(&leader, &["c"], None);
+    leader.record_follower_fetch(2, 3, 0, 10_200);
+    assert_eq!(leader.high_watermark(), 2, "3 may be in the ISR: it still counts");
+    // Committed: the image settles it.
+    leader.alter_partition_answered(5, &[1, 2, 3], Committed, 10_300);
+    leader.make_leader(&image(&[1, 2, 3], &[1, 2, 3], 1, 1, 6), None, 10_400).unwrap();
+    assert_eq!(leader.isr(), vec![1, 2, 3]);
+    assert!(!leader.alter_partition_wanted(5, &[1, 2, 3]));
+}
+
+#[test]
+fn a_timed_out_expansion_keeps_counting_after_a_shrink_replaces_it() {
+    use crate::partition::AlterOutcome::Unknown;
+    let dir = tempfile::tempdir().unwrap();
+    let leader = open(dir.path(), 1);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    leader.make_leader(&image(&[1, 2, 3], &[1, 2], 1, 1, 5), Some(tx), 0).unwrap();
+    produce(&leader, &["a"], None);
+    leader.record_follower_fetch(2, 1, 0, 10);
+    leader.record_follower_fetch(3, 1, 0, 10);
+    assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    leader.alter_partition_answered(5, &[1, 2, 3], Unknown, 100);
+    // 2 stops fetching: a shrink replaces the expansion, whose outcome is still unknown.
+    produce(&leader, &["b"], None);
+    leader.record_follower_fetch(3, 2, 0, 200);
+    assert!(leader.maybe_shrink_isr(20_000, 10_000));
+    match rx.try_recv().unwrap() {
+        ControllerRequest::AlterPartition { new_isr, .. } => assert_eq!(new_isr, vec![1]),
+        other => panic!("unexpected {other:?}"),
+    }
+    produce(&leader, &["c"], None);
+    assert_eq!(leader.high_watermark(), 1, "3 may have joined: the high watermark still waits for it");
+    leader.record_follower_fetch(3, 3, 0, 20_100);
+    leader.record_follower_fetch(2, 3, 0, 20_100);
+    assert_eq!(leader.high_watermark(), 3);
+    // An image with a newer epoch settles both.
+    leader.make_leader(&image(&[1, 2, 3], &[1, 3], 1, 1, 6), None, 20_200).unwrap();
+    assert_eq!(leader.isr(), vec![1, 3]);
 }
 
 #[test]
@@ -317,9 +364,14 @@ async fn apply_assigns_roles_from_the_image() {
     let throttled =
         |m: &ReplicaManager| m.lock().fetchers[&2].shared.lock().values().map(|s| s.throttled).collect::<Vec<_>>();
     assert_eq!(throttled(&manager), vec![false]);
+    // (Being added, it is not in the ISR yet; once in sync it never is throttled.)
     image.topics.get_mut("t").unwrap().partitions[1].adding_replicas = vec![1];
+    image.topics.get_mut("t").unwrap().partitions[1].isr = vec![2];
     manager.apply(&image, &local);
     assert_eq!(throttled(&manager), vec![true]);
+    image.topics.get_mut("t").unwrap().partitions[1].isr = vec![2, 1];
+    manager.apply(&image, &local);
+    assert_eq!(throttled(&manager), vec![false]);
     image.topics.get_mut("t").unwrap().partitions[1].adding_replicas.clear();
     manager.apply(&image, &local);
     assert_eq!(throttled(&manager), vec![false]);

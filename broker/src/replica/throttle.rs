@@ -84,15 +84,29 @@ impl ByteBudget {
     }
 }
 
+/// A topic's two throttled-replica lists, parsed once (per image apply or per fetch request).
+#[derive(Debug, Clone, Default)]
+pub struct TopicThrottles {
+    leader: Option<ThrottledReplicas>,
+    follower: Option<ThrottledReplicas>,
+}
+
+impl TopicThrottles {
+    pub fn of(configs: &BTreeMap<String, String>) -> TopicThrottles {
+        TopicThrottles {
+            leader: ThrottledReplicas::of_topic(configs, LEADER_THROTTLED_REPLICAS),
+            follower: ThrottledReplicas::of_topic(configs, FOLLOWER_THROTTLED_REPLICAS),
+        }
+    }
+}
+
 /// Follower side: whether `broker`'s fetches of `partition` (index `index`) count against its
-/// follower budget.
-pub fn follower_throttled(
-    configs: &BTreeMap<String, String>,
-    partition: &PartitionImage,
-    index: i32,
-    broker: i32,
-) -> bool {
-    match ThrottledReplicas::of_topic(configs, FOLLOWER_THROTTLED_REPLICAS) {
+/// follower budget. As in Kafka, a replica in the ISR never is.
+pub fn follower_throttled(throttles: &TopicThrottles, partition: &PartitionImage, index: i32, broker: i32) -> bool {
+    if partition.isr.contains(&broker) {
+        return false;
+    }
+    match &throttles.follower {
         Some(listed) => listed.contains(index, broker),
         None => partition.adding_replicas.contains(&broker),
     }
@@ -102,14 +116,17 @@ pub fn follower_throttled(
 /// against its leader budget. As in Kafka, a listed replica's follower is throttled only while it
 /// is out of sync.
 pub fn leader_throttled(
-    configs: &BTreeMap<String, String>,
+    throttles: &TopicThrottles,
     partition: &PartitionImage,
     index: i32,
     leader: i32,
     follower: i32,
 ) -> bool {
-    match ThrottledReplicas::of_topic(configs, LEADER_THROTTLED_REPLICAS) {
-        Some(listed) => listed.contains(index, leader) && !partition.isr.contains(&follower),
+    if partition.isr.contains(&follower) {
+        return false;
+    }
+    match &throttles.leader {
+        Some(listed) => listed.contains(index, leader),
         None => partition.adding_replicas.contains(&follower),
     }
 }
@@ -131,16 +148,16 @@ mod tests {
             adding_replicas: vec![3],
             ..PartitionImage::default()
         };
-        let none = BTreeMap::new();
+        let none = TopicThrottles::of(&BTreeMap::new());
         // Unset: the replica being added, on both sides.
         assert!(follower_throttled(&none, &p, 0, 3) && !follower_throttled(&none, &p, 0, 2));
         assert!(leader_throttled(&none, &p, 0, 1, 3) && !leader_throttled(&none, &p, 0, 1, 2));
         // Kafka's topic configs, as kafka-reassign-partitions.sh sets them.
         let set = |leader: &str, follower: &str| {
-            BTreeMap::from([
+            TopicThrottles::of(&BTreeMap::from([
                 (LEADER_THROTTLED_REPLICAS.to_string(), leader.to_string()),
                 (FOLLOWER_THROTTLED_REPLICAS.to_string(), follower.to_string()),
-            ])
+            ]))
         };
         let listed = set("0:1,0:2", "0:3");
         assert!(follower_throttled(&listed, &p, 0, 3) && !follower_throttled(&listed, &p, 1, 3));
@@ -148,7 +165,8 @@ mod tests {
         assert!(!leader_throttled(&listed, &p, 0, 1, 2), "in sync: never throttled");
         assert!(!leader_throttled(&set("0:2", ""), &p, 0, 1, 3), "this leader is not listed");
         let all = set("*", "*");
-        assert!(follower_throttled(&all, &p, 5, 2) && leader_throttled(&all, &p, 5, 1, 3));
+        assert!(follower_throttled(&all, &p, 5, 3) && leader_throttled(&all, &p, 5, 1, 3));
+        assert!(!follower_throttled(&all, &p, 5, 2), "in sync: never throttled");
         // Set but empty: nothing, not even the replica being added.
         assert!(!follower_throttled(&set("", ""), &p, 0, 3) && !leader_throttled(&set("", ""), &p, 0, 1, 3));
     }
