@@ -8,6 +8,7 @@ broker-only node joining, taking partitions and being unregistered."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import threading
 import time
@@ -30,6 +31,7 @@ from kafka.admin import ConfigResourceType
 from kafka.errors import SecurityDisabledError
 
 from conftest import spate_binary
+import spatecluster
 from spatecluster import FAST_SETTINGS
 from spatetest import client_config, consume_assigned, create_topic, produce, unique_topic, wait_until, watermarks
 
@@ -173,6 +175,37 @@ def test_describe_log_dirs_reports_partition_sizes(broker):
     walk(dirs)
     assert set(found) == {0, 1}, text[:2000]
     assert all(size > 0 for size in found.values()), found
+
+    # AlterReplicaLogDirs (no Python client sends it; raw v1): the dir kafka-python was told about
+    # already holds the replicas (NONE); any other dir does not exist here (LOG_DIR_NOT_FOUND).
+    paths = []
+
+    def find_paths(node):
+        if isinstance(node, dict):
+            for key in ("log_dir", "path"):
+                if isinstance(node.get(key), str):
+                    paths.append(node[key])
+            for v in node.values():
+                find_paths(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                find_paths(v)
+
+    find_paths(dirs)
+    assert paths, text[:2000]
+
+    def alter(path: str) -> list[tuple[str, int, int]]:
+        body = struct.pack(">i", 1) + spatecluster._string(path) + struct.pack(">i", 1)
+        body += spatecluster._string(topic) + struct.pack(">iii", 2, 0, 1)
+        r = spatecluster.call(int(broker.bootstrap.rsplit(":", 1)[1]), 34, 1, body)
+        r.i32()  # throttle_time_ms
+        out = []
+        for name, partitions in r.array(lambda: (r.string(), r.array(lambda: (r.i32(), r.i16())))):
+            out += [(name, p, code) for p, code in partitions]
+        return out
+
+    assert alter(paths[0]) == [(topic, 0, 0), (topic, 1, 0)]
+    assert alter("/nowhere/else") == [(topic, 0, 57), (topic, 1, 57)]
     assert str(broker.data_dir) in text
 
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spate_client::protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use spate_client::protocol::messages::alter_replica_log_dirs_response::{
+    AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
+};
 use spate_client::protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
@@ -20,10 +23,11 @@ use spate_client::protocol::messages::describe_log_dirs_response::{
 use spate_client::protocol::messages::describe_user_scram_credentials_response::DescribeUserScramCredentialsResult;
 use spate_client::protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use spate_client::protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse,
-    DescribeAclsRequest, DescribeAclsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeLogDirsRequest,
-    DescribeLogDirsResponse, DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
-    ElectLeadersRequest, ElectLeadersResponse, TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
+    AlterConfigsRequest, AlterConfigsResponse, AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse, BrokerId,
+    DeleteRecordsRequest, DeleteRecordsResponse, DescribeAclsRequest, DescribeAclsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, DescribeUserScramCredentialsRequest,
+    DescribeUserScramCredentialsResponse, ElectLeadersRequest, ElectLeadersResponse, TopicName,
+    UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use spate_client::protocol::{str_bytes, ErrorCode};
 use spate_client::ProtocolError;
@@ -298,6 +302,41 @@ pub(super) fn elect_leaders(
         }
         ctx.respond(&response)
     })))
+}
+
+/// AlterReplicaLogDirs (KIP-113): a broker has one log dir (`log.dirs`), so there is nowhere to
+/// move a replica to. A request for that dir is already satisfied (NONE, as Kafka answers for a
+/// replica already in the destination); any other path is LOG_DIR_NOT_FOUND, so tools that try
+/// to balance disks learn why instead of seeing a closed connection.
+pub(super) fn alter_replica_log_dirs(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    body: &mut Bytes,
+) -> Result<Reply, ProtocolError> {
+    let request: AlterReplicaLogDirsRequest = decode("AlterReplicaLogDirs request", ctx, body)?;
+    let ours = broker.log_dir.path();
+    let ours_canonical = std::fs::canonicalize(ours).ok();
+    let is_ours = |path: &str| {
+        let path = std::path::Path::new(path);
+        path == ours || (ours_canonical.is_some() && std::fs::canonicalize(path).ok() == ours_canonical)
+    };
+    let mut results: Vec<AlterReplicaLogDirTopicResult> = Vec::new();
+    for dir in &request.dirs {
+        let code = if is_ours(dir.path.as_str()) { ErrorCode::NONE } else { ErrorCode::LOG_DIR_NOT_FOUND };
+        for topic in &dir.topics {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| AlterReplicaLogDirPartitionResult::default().with_partition_index(*p).with_error_code(code.0))
+                .collect();
+            results.push(
+                AlterReplicaLogDirTopicResult::default()
+                    .with_topic_name(topic.name.clone())
+                    .with_partitions(partitions),
+            );
+        }
+    }
+    Ok(Reply::Now(ctx.respond(&AlterReplicaLogDirsResponse::default().with_results(results))))
 }
 
 /// UnregisterBroker (KIP-631): forgets a stopped broker that holds no replicas (the controller

@@ -69,6 +69,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
+    // One log dir per broker: answered, but nothing ever moves (see cluster::alter_replica_log_dirs).
+    (ApiKey::AlterReplicaLogDirs, 1, 2),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
@@ -262,6 +264,7 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: Option<SocketAddr>) 
         ApiKey::DescribeCluster => cluster::describe_cluster(broker, &ctx, &mut frame),
         ApiKey::DeleteRecords => cluster::delete_records(broker, &ctx, &mut frame),
         ApiKey::DescribeLogDirs => cluster::describe_log_dirs(broker, &ctx, &mut frame),
+        ApiKey::AlterReplicaLogDirs => cluster::alter_replica_log_dirs(broker, &ctx, &mut frame),
         ApiKey::ElectLeaders => cluster::elect_leaders(broker, &ctx, &mut frame),
         ApiKey::UnregisterBroker => cluster::unregister_broker(broker, &ctx, &mut frame),
         ApiKey::DescribeQuorum => quorum::describe_quorum(broker, &ctx, &mut frame),

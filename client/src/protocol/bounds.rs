@@ -881,6 +881,18 @@ static UNREGISTER_BROKER: Message = Message {
     body: Struct { fields: &[f(0, ANY, INT32)], tagged: &[] },
 };
 
+// AlterReplicaLogDirs: dirs [path, topics [name, partitions [int32]]].
+static LOG_DIR_TOPIC: Struct = Struct { fields: &[f(1, ANY, Ty::String), f(1, ANY, Ty::Array(&INT32))], tagged: &[] };
+static LOG_DIR: Struct =
+    Struct { fields: &[f(1, ANY, Ty::String), f(1, ANY, Ty::Array(&Ty::Struct(&LOG_DIR_TOPIC)))], tagged: &[] };
+static ALTER_REPLICA_LOG_DIRS: Message = Message {
+    name: "AlterReplicaLogDirs",
+    min_version: 1,
+    max_version: 2,
+    flexible_from: 2,
+    body: Struct { fields: &[f(1, ANY, Ty::Array(&Ty::Struct(&LOG_DIR)))], tagged: &[] },
+};
+
 // DescribeQuorum: topics [topic_name, partitions [partition_index]].
 static QUORUM_PARTITION: Struct = Struct { fields: &[f(0, ANY, INT32)], tagged: &[] };
 static QUORUM_TOPIC: Struct =
@@ -968,6 +980,7 @@ fn schema(api_key: ApiKey) -> Option<&'static Message> {
         ApiKey::DescribeQuorum => &DESCRIBE_QUORUM,
         ApiKey::AddRaftVoter => &ADD_RAFT_VOTER,
         ApiKey::RemoveRaftVoter => &REMOVE_RAFT_VOTER,
+        ApiKey::AlterReplicaLogDirs => &ALTER_REPLICA_LOG_DIRS,
         _ => return None,
     })
 }
@@ -1838,6 +1851,26 @@ mod tests {
             .with_broker_id(BrokerId(4))
             .with_unknown_tagged_fields(tags(0, 0));
         assert_walks_exactly(ApiKey::UnregisterBroker, 0, &m);
+    }
+
+    #[test]
+    fn alter_replica_log_dirs_requests_walk_exactly() {
+        use crate::protocol::messages::alter_replica_log_dirs_request::{AlterReplicaLogDir, AlterReplicaLogDirTopic};
+        use crate::protocol::messages::AlterReplicaLogDirsRequest;
+        for v in 1..=2 {
+            let t = AlterReplicaLogDirTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![0, 1, 2])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let d = AlterReplicaLogDir::default()
+                .with_path(str_bytes("/data/spate"))
+                .with_topics(vec![t.clone(), t])
+                .with_unknown_tagged_fields(tags(v, 2));
+            let m = AlterReplicaLogDirsRequest::default()
+                .with_dirs(vec![d.clone(), d])
+                .with_unknown_tagged_fields(tags(v, 2));
+            assert_walks_exactly(ApiKey::AlterReplicaLogDirs, v, &m);
+        }
     }
 
     #[test]
