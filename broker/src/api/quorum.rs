@@ -17,7 +17,7 @@ use spate_client::protocol::messages::{
     AddRaftVoterRequest, AddRaftVoterResponse, BrokerId, DescribeQuorumRequest, DescribeQuorumResponse,
     RemoveRaftVoterRequest, RemoveRaftVoterResponse,
 };
-use spate_client::protocol::{str_bytes, ErrorCode};
+use spate_client::protocol::{str_bytes, ErrorCode, StrBytes};
 use spate_client::ProtocolError;
 
 use super::{decode, Reply, RequestContext};
@@ -40,6 +40,22 @@ fn cluster_id_mismatch(broker: &Broker, cluster_id: Option<&str>) -> Option<Stri
         .map(|theirs| format!("the request names cluster {theirs}, this is cluster {ours}"))
 }
 
+/// Runs a voter change unless the request names another cluster; Kafka's error code and
+/// message for the response.
+async fn voter_change(
+    broker: &Broker,
+    cluster_id: Option<&str>,
+    change: impl std::future::Future<Output = crate::error::Result<()>>,
+) -> (i16, Option<StrBytes>) {
+    if let Some(message) = cluster_id_mismatch(broker, cluster_id) {
+        return (ErrorCode::INCONSISTENT_CLUSTER_ID.0, Some(str_bytes(message)));
+    }
+    match change.await {
+        Ok(()) => (ErrorCode::NONE.0, None),
+        Err(err) => (err.code().0, Some(str_bytes(err.to_string()))),
+    }
+}
+
 pub(super) fn add_raft_voter(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
@@ -49,21 +65,13 @@ pub(super) fn add_raft_voter(
     let broker = broker.clone();
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
     Ok(Reply::Later(Box::pin(async move {
-        let mut response = AddRaftVoterResponse::default();
-        if let Some(message) = cluster_id_mismatch(&broker, request.cluster_id.as_deref()) {
-            response.error_code = ErrorCode::INCONSISTENT_CLUSTER_ID.0;
-            response.error_message = Some(str_bytes(message));
-            return ctx.respond(&response);
-        }
         // The voter's controller address: its first listener, when the client names one.
         let addr = request.listeners.first().map(|l| format!("{}:{}", l.host.as_str(), l.port));
         let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
             .clamp(MIN_ADD_VOTER_TIMEOUT, MAX_ADD_VOTER_TIMEOUT);
-        if let Err(err) = broker.add_raft_voter(request.voter_id, addr, timeout).await {
-            response.error_code = err.code().0;
-            response.error_message = Some(str_bytes(err.to_string()));
-        }
-        ctx.respond(&response)
+        let change = broker.add_raft_voter(request.voter_id, addr, timeout);
+        let (code, message) = voter_change(&broker, request.cluster_id.as_deref(), change).await;
+        ctx.respond(&AddRaftVoterResponse::default().with_error_code(code).with_error_message(message))
     })))
 }
 
@@ -76,17 +84,9 @@ pub(super) fn remove_raft_voter(
     let broker = broker.clone();
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
     Ok(Reply::Later(Box::pin(async move {
-        let mut response = RemoveRaftVoterResponse::default();
-        if let Some(message) = cluster_id_mismatch(&broker, request.cluster_id.as_deref()) {
-            response.error_code = ErrorCode::INCONSISTENT_CLUSTER_ID.0;
-            response.error_message = Some(str_bytes(message));
-            return ctx.respond(&response);
-        }
-        if let Err(err) = broker.remove_raft_voter(request.voter_id).await {
-            response.error_code = err.code().0;
-            response.error_message = Some(str_bytes(err.to_string()));
-        }
-        ctx.respond(&response)
+        let change = broker.remove_raft_voter(request.voter_id);
+        let (code, message) = voter_change(&broker, request.cluster_id.as_deref(), change).await;
+        ctx.respond(&RemoveRaftVoterResponse::default().with_error_code(code).with_error_message(message))
     })))
 }
 

@@ -191,12 +191,9 @@ fn the_high_watermark_waits_for_the_isr_and_expansion_is_proposed_once() {
     assert_eq!(leader.partition_epoch(), 6);
 }
 
-#[test]
-fn a_refused_expansion_stops_holding_the_high_watermark() {
-    // The race a controlled shutdown can hit: 3 catches up and the leader proposes it into the
-    // ISR just as 3 is fenced. The controller refuses (INELIGIBLE_REPLICA) and 3 never fetches
-    // again: the pending expansion must not hold acks=all produces back forever.
-    use crate::partition::AlterOutcome::{Committed, Refused, Unknown};
+/// Leader 1 of replicas [1, 2, 3] with ISR [1, 2] in partition epoch 5, one record written, both
+/// followers caught up: it has just proposed adding 3 (the request is taken off `rx`).
+fn leader_expanding_to_3() -> (tempfile::TempDir, Arc<Partition>, mpsc::UnboundedReceiver<ControllerRequest>) {
     let dir = tempfile::tempdir().unwrap();
     let leader = open(dir.path(), 1);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -205,6 +202,16 @@ fn a_refused_expansion_stops_holding_the_high_watermark() {
     leader.record_follower_fetch(2, 1, 0, 10);
     leader.record_follower_fetch(3, 1, 0, 10);
     assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    (dir, leader, rx)
+}
+
+#[test]
+fn a_refused_expansion_stops_holding_the_high_watermark() {
+    // The race a controlled shutdown can hit: 3 catches up and the leader proposes it into the
+    // ISR just as 3 is fenced. The controller refuses (INELIGIBLE_REPLICA) and 3 never fetches
+    // again: the pending expansion must not hold acks=all produces back forever.
+    use crate::partition::AlterOutcome::{Committed, Refused, Unknown};
+    let (_dir, leader, mut rx) = leader_expanding_to_3();
     assert!(leader.alter_partition_wanted(5, &[1, 2, 3]));
     produce(&leader, &["b"], None);
     leader.record_follower_fetch(2, 2, 0, 20);
@@ -250,14 +257,7 @@ fn a_refused_expansion_stops_holding_the_high_watermark() {
 #[test]
 fn a_timed_out_expansion_keeps_counting_after_a_shrink_replaces_it() {
     use crate::partition::AlterOutcome::Unknown;
-    let dir = tempfile::tempdir().unwrap();
-    let leader = open(dir.path(), 1);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    leader.make_leader(&image(&[1, 2, 3], &[1, 2], 1, 1, 5), Some(tx), 0).unwrap();
-    produce(&leader, &["a"], None);
-    leader.record_follower_fetch(2, 1, 0, 10);
-    leader.record_follower_fetch(3, 1, 0, 10);
-    assert!(matches!(rx.try_recv().unwrap(), ControllerRequest::AlterPartition { .. }));
+    let (_dir, leader, mut rx) = leader_expanding_to_3();
     leader.alter_partition_answered(5, &[1, 2, 3], Unknown, 100);
     // 2 stops fetching: a shrink replaces the expansion, whose outcome is still unknown.
     produce(&leader, &["b"], None);
