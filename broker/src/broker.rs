@@ -297,9 +297,6 @@ impl Broker {
         let weak = Arc::downgrade(self);
         tasks.push(tokio::spawn(async move {
             while let Some(request) = alter_rx.recv().await {
-                let Some(b) = weak.upgrade() else { return };
-                let controller = b.controller.clone();
-                drop(b);
                 // One request at a time. Each partition has at most one in flight (it proposes
                 // nothing else until this answer is reported back), as Kafka's
                 // AlterPartitionManager does; the settled ISR arrives as a new image.
@@ -307,7 +304,9 @@ impl Broker {
                 else {
                     continue;
                 };
-                let Some(p) = weak.upgrade().and_then(|b| b.partition(topic, *partition)) else { continue };
+                let Some(b) = weak.upgrade() else { return };
+                let (controller, Some(p)) = (b.controller.clone(), b.partition(topic, *partition)) else { continue };
+                drop(b);
                 if !p.alter_partition_wanted(*partition_epoch, new_isr) {
                     // Superseded while it waited here (an image settled it, or it was replaced).
                     continue;

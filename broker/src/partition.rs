@@ -1000,8 +1000,8 @@ impl Partition {
     /// replicas an unknown-outcome expansion adds stay in the maximal ISR until settled.
     pub fn alter_partition_answered(&self, partition_epoch: i32, new_isr: &[i32], outcome: AlterOutcome, now_ms: i64) {
         let state = &mut *self.lock();
-        let isr = state.isr.clone();
-        let Role::Leader(leader) = &mut state.role else {
+        let PartitionState { isr, role, .. } = &mut *state;
+        let Role::Leader(leader) = role else {
             return;
         };
         let Some(pending) = leader.pending_isr.as_mut() else {

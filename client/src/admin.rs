@@ -100,8 +100,8 @@ pub struct TopicDescription {
 
 /// Resends of an admin request whose connection was lost.
 const CONTROLLER_ATTEMPTS: u32 = 2;
-/// The metadata log, as DescribeQuorum names it.
-const METADATA_LOG_TOPIC: &str = "__cluster_metadata";
+/// The metadata log, as DescribeQuorum names it (partition 0).
+pub const METADATA_LOG_TOPIC: &str = "__cluster_metadata";
 /// How long the broker may take to make a new voter (the quorum commits a joint configuration);
 /// below the client's request timeout, so the broker's answer arrives first.
 const ADD_RAFT_VOTER_TIMEOUT_MS: i32 = 20_000;

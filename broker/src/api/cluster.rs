@@ -314,12 +314,9 @@ pub(super) fn alter_replica_log_dirs(
     body: &mut Bytes,
 ) -> Result<Reply, ProtocolError> {
     let request: AlterReplicaLogDirsRequest = decode("AlterReplicaLogDirs request", ctx, body)?;
+    // The path as DescribeLogDirs reports it (no filesystem lookups for a client's path).
     let ours = broker.log_dir.path();
-    let ours_canonical = std::fs::canonicalize(ours).ok();
-    let is_ours = |path: &str| {
-        let path = std::path::Path::new(path);
-        path == ours || (ours_canonical.is_some() && std::fs::canonicalize(path).ok() == ours_canonical)
-    };
+    let is_ours = |path: &str| std::path::Path::new(path) == ours;
     let mut results: Vec<AlterReplicaLogDirTopicResult> = Vec::new();
     for dir in &request.dirs {
         let code = if is_ours(dir.path.as_str()) { ErrorCode::NONE } else { ErrorCode::LOG_DIR_NOT_FOUND };

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::{decode, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
+use crate::controller::TopicImage;
 use crate::partition::Partition;
 use crate::replica::throttle::TopicThrottles;
 
@@ -147,21 +148,20 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     let budget = if replica_id >= 0 { broker.replica_leader_throttle() } else { None };
     let image = budget.is_some().then(|| broker.image());
     let me = broker.config.node_id;
-    // Each requested topic's throttled-replica lists, parsed once per request.
-    let throttles: HashMap<String, TopicThrottles> = image
-        .as_ref()
+    // Each requested topic with its throttled-replica lists, parsed once per request.
+    let topics: HashMap<&str, (&TopicImage, TopicThrottles)> = image
+        .as_deref()
         .map(|image| {
             request
                 .topics
                 .iter()
                 .filter_map(|t| image.topics.get(t.topic.as_str()))
-                .map(|t| (t.name.clone(), TopicThrottles::of(&t.configs)))
+                .map(|t| (t.name.as_str(), (t, TopicThrottles::of(&t.configs))))
                 .collect()
         })
         .unwrap_or_default();
     let is_throttled = |topic: &str, partition: i32| {
-        let (Some(t), Some(throttles)) = (image.as_ref().and_then(|i| i.topics.get(topic)), throttles.get(topic))
-        else {
+        let Some((t, throttles)) = topics.get(topic) else {
             return false;
         };
         usize::try_from(partition)

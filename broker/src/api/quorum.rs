@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use spate_client::admin::METADATA_LOG_TOPIC;
 use spate_client::protocol::messages::describe_quorum_response::{
     Listener, Node, PartitionData, ReplicaState, TopicData,
 };
@@ -24,8 +25,6 @@ use super::{decode, Reply, RequestContext};
 use crate::broker::Broker;
 use crate::controller::{QuorumDescription, QuorumMember};
 
-/// The metadata log's name and partition, as Kafka's tools ask for them.
-pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// The controller listener name DescribeQuorum v2 reports for every member.
 const CONTROLLER_LISTENER_NAME: &str = "CONTROLLER";
 /// Bounds on a client's `timeout_ms` for AddRaftVoter (the new voter must catch up meanwhile).
@@ -135,7 +134,7 @@ fn describe_quorum_response(
         let mut data = TopicData::default().with_topic_name(topic.topic_name.clone());
         for p in &topic.partitions {
             let mut partition = PartitionData::default().with_partition_index(p.partition_index);
-            if topic.topic_name.0.as_str() != METADATA_TOPIC || p.partition_index != 0 {
+            if topic.topic_name.0.as_str() != METADATA_LOG_TOPIC || p.partition_index != 0 {
                 partition.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0;
                 partition.leader_id = BrokerId(-1);
                 if version >= 2 {
@@ -181,7 +180,7 @@ mod tests {
         use spate_client::protocol::messages::describe_quorum_request;
         let partition = describe_quorum_request::PartitionData::default().with_partition_index(0);
         let topic = describe_quorum_request::TopicData::default()
-            .with_topic_name(TopicName(str_bytes(METADATA_TOPIC)))
+            .with_topic_name(TopicName(str_bytes(METADATA_LOG_TOPIC)))
             .with_partitions(vec![partition]);
         DescribeQuorumRequest::default().with_topics(vec![topic])
     }

@@ -174,6 +174,11 @@ pub struct Controller {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The last metadata log index the leader knows `id` has (leader-side replication metrics).
+fn matched_index(metrics: &openraft::RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<u64> {
+    metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index)
+}
+
 fn node_id_u64(id: i32) -> NodeId {
     u64::try_from(id).unwrap_or(0)
 }
@@ -392,11 +397,7 @@ impl Controller {
     /// Broker-only nodes the metadata log is replicated to (the Raft learners), as this node
     /// last learnt them.
     pub fn observers(&self) -> Vec<i32> {
-        let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
-        let ids =
-            metrics.membership_config.membership().learner_ids().filter_map(|id| i32::try_from(id).ok()).collect();
-        ids
+        self.inner.member_ids(false)
     }
 
     /// Runs a request on the quorum leader (locally, or forwarded over tonic), retrying across
@@ -471,10 +472,17 @@ impl Controller {
 
 impl Inner {
     fn voter_ids(&self) -> Vec<i32> {
+        self.member_ids(true)
+    }
+
+    /// The voters (`true`) or the learners of the Raft membership this node last learnt.
+    fn member_ids(&self, voters: bool) -> Vec<i32> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        let ids = metrics.membership_config.membership().voter_ids().filter_map(|id| i32::try_from(id).ok()).collect();
-        ids
+        let membership = metrics.membership_config.membership();
+        let ids: Vec<NodeId> =
+            if voters { membership.voter_ids().collect() } else { membership.learner_ids().collect() };
+        ids.into_iter().filter_map(|id| i32::try_from(id).ok()).collect()
     }
 
     /// The controller address of quorum member `id`: from the Raft membership, else from
@@ -683,14 +691,15 @@ impl Inner {
                 tracing::info!(node_id = self.node_id, "this broker-only node is a voter of the metadata quorum");
                 return;
             }
-            let hinted = hint.take().or_else(|| self.leader_id().map(|id| (id, None)));
-            let (target, client) = match hinted {
-                Some((id, Some(a))) => (id, RpcClient::new(a)),
-                Some((id, None)) if self.peer(id).is_some() => (id, self.peer(id).expect("checked")),
-                _ => {
-                    let (id, a) = bootstrap[attempt % bootstrap.len()];
-                    (id, self.peer(id).unwrap_or_else(|| RpcClient::new(a)))
-                }
+            let hinted = match hint.take().or_else(|| self.leader_id().map(|id| (id, None))) {
+                Some((id, Some(a))) => Some((id, RpcClient::new(a))),
+                Some((id, None)) => self.peer(id).map(|client| (id, client)),
+                None => None,
+            };
+            let (target, client) = match (hinted, bootstrap.get(attempt % bootstrap.len().max(1))) {
+                (Some(hinted), _) => hinted,
+                (None, Some(&(id, a))) => (id, self.peer(id).unwrap_or_else(|| RpcClient::new(a))),
+                (None, None) => return, // no voter to ask (a single-node quorum)
             };
             attempt += 1;
             let outcome = match client.call(Method::Join, data.clone(), JOIN_TIMEOUT).await {
@@ -820,8 +829,7 @@ impl Inner {
                     )));
                 }
                 let last = metrics.last_log_index.unwrap_or(0);
-                let matched =
-                    metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+                let matched = matched_index(&metrics, id).unwrap_or(0);
                 if last.saturating_sub(matched) > MAX_NEW_VOTER_LAG_ENTRIES {
                     return Err(ProposeError::Refused(refusal(
                         ErrorCode::REQUEST_TIMED_OUT,
@@ -873,11 +881,8 @@ impl Inner {
         }
         let membership = metrics.membership_config.membership();
         let end_offset = |id: NodeId| -> i64 {
-            let index = if id == node_id_u64(self.node_id) {
-                metrics.last_log_index
-            } else {
-                metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index)
-            };
+            let index =
+                if id == node_id_u64(self.node_id) { metrics.last_log_index } else { matched_index(&metrics, id) };
             // openraft's first entry has index 0; Kafka's end offset is the next one to write.
             index.map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX).saturating_add(1))
         };

@@ -103,13 +103,7 @@ impl TopicThrottles {
 /// Follower side: whether `broker`'s fetches of `partition` (index `index`) count against its
 /// follower budget. As in Kafka, a replica in the ISR never is.
 pub fn follower_throttled(throttles: &TopicThrottles, partition: &PartitionImage, index: i32, broker: i32) -> bool {
-    if partition.isr.contains(&broker) {
-        return false;
-    }
-    match &throttles.follower {
-        Some(listed) => listed.contains(index, broker),
-        None => partition.adding_replicas.contains(&broker),
-    }
+    throttled(throttles.follower.as_ref(), partition, index, broker, broker)
 }
 
 /// Leader side: whether fetches of `partition` by `follower` from this leader (`leader`) count
@@ -122,13 +116,23 @@ pub fn leader_throttled(
     leader: i32,
     follower: i32,
 ) -> bool {
-    if partition.isr.contains(&follower) {
-        return false;
-    }
-    match &throttles.leader {
-        Some(listed) => listed.contains(index, leader),
-        None => partition.adding_replicas.contains(&follower),
-    }
+    throttled(throttles.leader.as_ref(), partition, index, leader, follower)
+}
+
+/// `follower`'s replication of `partition` is throttled: never while it is in sync; else when
+/// `listed` names (`index`, `listed_broker`), or, with no list set, while a reassignment adds it.
+fn throttled(
+    listed: Option<&ThrottledReplicas>,
+    partition: &PartitionImage,
+    index: i32,
+    listed_broker: i32,
+    follower: i32,
+) -> bool {
+    !partition.isr.contains(&follower)
+        && match listed {
+            Some(listed) => listed.contains(index, listed_broker),
+            None => partition.adding_replicas.contains(&follower),
+        }
 }
 
 fn burst(rate_bytes_per_s: u64) -> i64 {
