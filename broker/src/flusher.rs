@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tracing::warn;
 
@@ -16,7 +17,8 @@ use crate::partition::Partition;
 
 #[derive(Default)]
 struct Queue {
-    dirty: HashMap<usize, Arc<Partition>>,
+    /// Each dirty partition, with when it became dirty (for the flush-wait metric).
+    dirty: HashMap<usize, (Arc<Partition>, Instant)>,
     shutdown: bool,
 }
 
@@ -45,8 +47,11 @@ impl Flusher {
     pub fn mark_dirty(&self, partition: &Arc<Partition>) {
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         let key = Arc::as_ptr(partition) as usize;
-        if q.dirty.insert(key, partition.clone()).is_none() && q.dirty.len() == 1 {
-            self.shared.wake.notify_one();
+        if let std::collections::hash_map::Entry::Vacant(entry) = q.dirty.entry(key) {
+            entry.insert((partition.clone(), Instant::now()));
+            if q.dirty.len() == 1 {
+                self.shared.wake.notify_one();
+            }
         }
     }
 
@@ -69,7 +74,7 @@ const FLUSH_PARALLELISM: usize = 8;
 /// One round's partitions, shared between the flusher thread and its helpers.
 #[derive(Default)]
 struct Round {
-    batch: Vec<Arc<Partition>>,
+    batch: Vec<Dirty>,
     /// Index of the next partition nobody has taken yet.
     next: usize,
     /// Partitions taken or not yet taken whose fsync has not returned.
@@ -121,7 +126,7 @@ impl Helpers {
     }
 
     /// Takes the next partition of the current round, if any is left.
-    fn take(round: &mut Round) -> Option<Arc<Partition>> {
+    fn take(round: &mut Round) -> Option<Dirty> {
         let partition = round.batch.get(round.next).cloned()?;
         round.next += 1;
         Some(partition)
@@ -155,7 +160,7 @@ impl Helpers {
     }
 
     /// Fsyncs every partition of `batch`, with the helpers, and returns when all are done.
-    fn run_round(self: &Arc<Self>, batch: Vec<Arc<Partition>>) {
+    fn run_round(self: &Arc<Self>, batch: Vec<Dirty>) {
         let wanted = batch.len().min(FLUSH_PARALLELISM) - 1;
         self.ensure(wanted);
         {
@@ -191,8 +196,14 @@ impl Helpers {
     }
 }
 
-fn flush_one(partition: &Arc<Partition>) {
-    let started = std::time::Instant::now();
+/// A partition to fsync and when it became dirty.
+type Dirty = (Arc<Partition>, Instant);
+
+fn flush_one((partition, dirty_since): &Dirty) {
+    let started = Instant::now();
+    // From the first append not yet flushed to its fsync's start: the time an acks=all answer
+    // waits for the round before (a stage of the durable latency, next to the fsync itself).
+    crate::metrics::log_flush_wait_time().record(started.saturating_duration_since(*dirty_since).as_secs_f64());
     let result = partition.flush();
     crate::metrics::log_flush_time().record(started.elapsed().as_secs_f64());
     if let Err(err) = result {
@@ -204,7 +215,7 @@ fn flush_one(partition: &Arc<Partition>) {
 /// Fsyncs every partition of one round. Several dirty partitions are synced concurrently:
 /// each fdatasync mostly waits for the device, and one after another they would add up (six
 /// partitions, six device round trips) in every acks=all latency.
-fn flush_all(helpers: &Arc<Helpers>, batch: Vec<Arc<Partition>>) {
+fn flush_all(helpers: &Arc<Helpers>, batch: Vec<Dirty>) {
     match batch.len() {
         0 => {}
         1 => flush_one(&batch[0]),
@@ -215,7 +226,7 @@ fn flush_all(helpers: &Arc<Helpers>, batch: Vec<Arc<Partition>>) {
 fn run(shared: &Shared) {
     let helpers = Helpers::new();
     loop {
-        let batch: Vec<Arc<Partition>> = {
+        let batch: Vec<Dirty> = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             while q.dirty.is_empty() && !q.shutdown {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -223,7 +234,7 @@ fn run(shared: &Shared) {
             if q.dirty.is_empty() && q.shutdown {
                 break;
             }
-            q.dirty.drain().map(|(_, p)| p).collect()
+            q.dirty.drain().map(|(_, dirty)| dirty).collect()
         };
         flush_all(&helpers, batch);
     }

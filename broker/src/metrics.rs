@@ -73,6 +73,13 @@ pub(crate) fn log_flush_time() -> &'static Histogram {
     H.get_or_init(|| histogram!("kafka_log_logflushstats_logflush_seconds"))
 }
 
+/// How long a dirty partition waited for its fsync to start (the round before it running):
+/// with `kafka_log_logflushstats_logflush_seconds`, the flusher's share of acks=all latency.
+pub(crate) fn log_flush_wait_time() -> &'static Histogram {
+    static H: OnceLock<Histogram> = OnceLock::new();
+    H.get_or_init(|| histogram!("spate_log_flush_wait_seconds"))
+}
+
 /// ISR changes this broker proposed as a leader (Kafka's `IsrShrinksPerSec`/`IsrExpandsPerSec`).
 pub(crate) fn isr_change(shrink: bool) {
     let (shrinks, expands) = isr_counters();
@@ -98,7 +105,7 @@ impl Broker {
     /// rendering each scrape, so gauges cost nothing between scrapes.
     pub fn refresh_metrics(&self) {
         // Registered (at zero) before anything happens, so dashboards see them from the start.
-        let _ = (isr_counters(), log_flush_time(), RequestMetrics::get());
+        let _ = (isr_counters(), log_flush_time(), log_flush_wait_time(), RequestMetrics::get());
         let image = self.image();
         let node = self.config.node_id;
         let (mut partitions, mut leaders, mut under_replicated, mut under_min_isr) = (0u64, 0u64, 0u64, 0u64);

@@ -4,6 +4,7 @@
 //! Request memory is budgeted across all connections by `queued.max.request.bytes`.
 
 use std::future::{poll_fn, Future};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use spate_client::protocol::frame::{peek_frame_size, split_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -25,6 +27,8 @@ use crate::metrics::RequestMetrics;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Responses smaller than this are gathered into one write when several are ready at once.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+/// Buffers handed to one vectored write (Linux refuses more than 1024).
+const IOVECS_PER_WRITE: usize = 64;
 /// How often the group coordinator's timers run: the resolution of session timeouts and
 /// rebalance deadlines (Kafka's own timers are no finer in practice).
 const GROUP_TICK: Duration = Duration::from_millis(100);
@@ -222,48 +226,104 @@ impl RequestMemoryPool {
     }
 }
 
+/// A reply on its way to the connection's writer, with what its request metrics need (recorded
+/// there, once the response is ready, so a delayed one needs no wrapping future).
+struct Outgoing {
+    reply: Reply,
+    api_key: i16,
+    started: Instant,
+}
+
+/// The response `fut` gives. Not ready yet (an acks=all produce, a long poll): what is gathered
+/// in `small` is written first, or each earlier response would wait for this later one — a
+/// pipelining producer's every ack one fsync round late. `None`: that write failed.
+async fn ready<T>(
+    mut fut: std::pin::Pin<Box<dyn Future<Output = T> + Send>>,
+    writer: &mut OwnedWriteHalf,
+    small: &mut BytesMut,
+) -> Option<T> {
+    if let Poll::Ready(response) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Some(response);
+    }
+    if !small.is_empty() {
+        writer.write_all(small).await.ok()?;
+        small.clear();
+    }
+    Some(fut.await)
+}
+
+/// Writes `head` and then `parts` with vectored writes (at most [`IOVECS_PER_WRITE`] buffers a
+/// call, below the kernel's IOV_MAX), resuming after short writes.
+async fn write_all_parts(writer: &mut OwnedWriteHalf, head: &[u8], parts: &[Bytes]) -> std::io::Result<()> {
+    let mut buffers: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    buffers.extend(std::iter::once(head).chain(parts.iter().map(|p| &p[..])).filter(|b| !b.is_empty()));
+    let (mut index, mut offset) = (0usize, 0usize);
+    while index < buffers.len() {
+        let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];
+        let mut count = 0;
+        for (i, buffer) in buffers[index..].iter().take(IOVECS_PER_WRITE).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &buffer[offset..] } else { buffer });
+            count += 1;
+        }
+        let mut written = writer.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Step past what went out: whole buffers, then into the next one.
+        while written > 0 {
+            let left = buffers[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Reply>(broker.config.queued_max_requests);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(broker.config.queued_max_requests);
     let write_task = tokio::spawn(async move {
+        let metrics = RequestMetrics::get();
         // Small responses that are ready together go out in one write; a large one (a fetch
-        // carrying record batches) is written from its own buffer, never copied again.
+        // carrying record batches) is written from its own buffers, never copied again.
         let mut small = BytesMut::new();
-        while let Some(reply) = rx.recv().await {
-            let mut next = Some(reply);
-            while let Some(reply) = next.take() {
-                let bytes: Bytes = match reply {
-                    Reply::Now(b) => b,
-                    Reply::Later(mut fut) => match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-                        Poll::Ready(b) => b,
-                        Poll::Pending => {
-                            // Not ready (an acks=all produce, a long poll): send what is gathered
-                            // first, or each earlier response would wait for this later one — a
-                            // pipelining producer's every ack one fsync round late.
-                            if !small.is_empty() {
-                                if writer.write_all(&small).await.is_err() {
-                                    return;
-                                }
-                                small.clear();
-                            }
-                            fut.await
-                        }
+        while let Some(outgoing) = rx.recv().await {
+            let mut next = Some(outgoing);
+            while let Some(Outgoing { reply, api_key, started }) = next.take() {
+                let parts: Vec<Bytes> = match reply {
+                    Reply::Now(b) => vec![b],
+                    Reply::Later(fut) => match ready(fut, &mut writer, &mut small).await {
+                        Some(b) => vec![b],
+                        None => return,
+                    },
+                    Reply::Gathered(fut) => match ready(fut, &mut writer, &mut small).await {
+                        Some(parts) => parts,
+                        None => return,
                     },
                     Reply::Nothing | Reply::Close(_) | Reply::Blocking(_) | Reply::Ordered(_) => continue,
                 };
-                if bytes.is_empty() {
+                // Measured when the response is ready (after the fsync or the long poll).
+                metrics.record(api_key, started.elapsed());
+                let len: usize = parts.iter().map(Bytes::len).sum();
+                if len == 0 {
                     return; // a response failed to encode (already logged): close the connection
                 }
-                if bytes.len() >= WRITE_COALESCE_BYTES {
-                    if (!small.is_empty() && writer.write_all(&small).await.is_err())
-                        || writer.write_all(&bytes).await.is_err()
-                    {
+                if len >= WRITE_COALESCE_BYTES {
+                    if write_all_parts(&mut writer, &small, &parts).await.is_err() {
                         return;
                     }
                     small.clear();
                 } else {
-                    small.extend_from_slice(&bytes);
+                    for part in &parts {
+                        small.extend_from_slice(part);
+                    }
                 }
                 if small.len() < WRITE_COALESCE_BYTES {
                     next = rx.try_recv().ok();
@@ -338,27 +398,14 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
             // releases its buffer. Holding it until a pending reply is written would let
             // produces waiting for replication keep the followers' fetches from being read.
             frame_memory = None;
-            let metrics = RequestMetrics::get();
-            let reply = match reply {
-                // Measured when the response is ready (after the fsync or the long poll).
-                Reply::Later(fut) => Reply::Later(Box::pin(async move {
-                    let response = fut.await;
-                    metrics.record(api_key, started.elapsed());
-                    response
-                })),
-                reply => {
-                    metrics.record(api_key, started.elapsed());
-                    reply
-                }
-            };
             match reply {
-                Reply::Nothing => {}
+                Reply::Nothing => RequestMetrics::get().record(api_key, started.elapsed()),
                 Reply::Close(reason) => {
                     warn!(%peer, reason, "closing connection: bad request");
                     break 'read;
                 }
                 reply => {
-                    if tx.send(reply).await.is_err() {
+                    if tx.send(Outgoing { reply, api_key, started }).await.is_err() {
                         break 'read;
                     }
                 }

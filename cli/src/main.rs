@@ -13,6 +13,7 @@ mod groups;
 mod metrics_http;
 mod produce;
 mod records;
+#[cfg(feature = "sql")]
 mod sql;
 mod topics;
 mod transactions;
@@ -61,6 +62,7 @@ enum Command {
     /// Manage the connectors of a Connect worker group through its REST API.
     Connectors(connectors::ConnectorsArgs),
     /// Query topics with SQL (DataFusion): -c/-f statements, or an interactive shell.
+    #[cfg(feature = "sql")]
     Sql(sql::SqlArgs),
     /// List and describe transactions (like kafka-transactions.sh).
     Transactions(transactions::TransactionsArgs),
@@ -105,6 +107,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::Connectors(args) => connectors::run(args).await,
         Command::Connect(args) => connect::run(args).await,
+        #[cfg(feature = "sql")]
         Command::Sql(args) => {
             let sources = sql::sources_in_order(&args, matches.subcommand_matches("sql"));
             sql::run(args, sources).await

@@ -173,7 +173,11 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
     let response =
         serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms(), throttle)?;
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
-    Ok(Reply::Later(Box::pin(async move { ctx.respond(&response.await) })))
+    Ok(Reply::Gathered(Box::pin(async move {
+        let response = response.await;
+        super::fetch_response::encode(ctx.version, ctx.correlation_id, &response)
+            .unwrap_or_else(|| vec![ctx.respond(&response)])
+    })))
 }
 
 /// The fetch itself, apart from the wire: `lookup` finds local partitions, `now_ms` stamps the

@@ -11,6 +11,7 @@ mod api_versions;
 mod cluster;
 mod configs;
 mod fetch;
+mod fetch_response;
 mod group;
 mod list_offsets;
 mod metadata;
@@ -94,6 +95,10 @@ pub enum Reply {
     Now(Bytes),
     /// A response that is ready later (fsync, long poll); still written in request order.
     Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// Like `Later`, but the frame comes as buffers to be written in order (a fetch: its fields
+    /// between the record batches read from the log, which are written from where they were
+    /// read instead of being copied into one frame). Empty: encoding failed, close.
+    Gathered(Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>),
     /// No response (produce with `acks=0`).
     Nothing,
     /// Blocking work (file appends) that must run before the connection's next request, in
