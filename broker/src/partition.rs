@@ -29,7 +29,7 @@ use crate::config::{BrokerConfig, FlushMode};
 use crate::controller::types::{ControllerRequest, PartitionImage};
 use crate::error::{BrokerError, Result};
 use crate::log::epoch_cache::LeaderEpochCache;
-use crate::log::{cleaner, CleanStats, Log, LogConfig, LogError, OffsetMap};
+use crate::log::{cleaner, CleanStats, Log, LogConfig, LogError, OffsetMap, ReadSlice};
 use crate::log_dir::LogDir;
 use crate::producer_state::{ActiveProducer, ProducerStateManager, SequenceCheck};
 use crate::replica::isr::{self, FollowerState};
@@ -1256,9 +1256,15 @@ impl Partition {
     /// reports alongside the data, so a response never carries records past the high watermark
     /// it states. The file read happens outside the partition lock.
     pub fn read(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<Bytes> {
+        Ok(self.read_slice(offset, max_bytes, high_watermark)?.read()?)
+    }
+
+    /// Like [`Partition::read`], but only locates the batches: the caller reads them (or
+    /// sends them straight from the file) later. Only for data below the high watermark,
+    /// which no truncation removes while this broker leads.
+    pub fn read_slice(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<ReadSlice> {
         self.check_usable()?;
-        let slice = self.lock().log.read(offset, max_bytes, high_watermark)?;
-        Ok(slice.read()?)
+        Ok(self.lock().log.read(offset, max_bytes, high_watermark)?)
     }
 
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {

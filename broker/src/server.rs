@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use spate_client::protocol::frame::{peek_frame_size, split_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::api::{self, Reply};
+use crate::api::{self, Part, Reply};
 use crate::broker::Broker;
 use crate::config::{BrokerConfig, FlushMode};
 use crate::error::{BrokerError, Result};
@@ -252,11 +252,49 @@ async fn ready<T>(
     Some(fut.await)
 }
 
-/// Writes `head` and then `parts` with vectored writes (at most [`IOVECS_PER_WRITE`] buffers a
-/// call, below the kernel's IOV_MAX), resuming after short writes.
-async fn write_all_parts(writer: &mut OwnedWriteHalf, head: &[u8], parts: &[Bytes]) -> std::io::Result<()> {
+/// Writes `head` and then `parts`: runs of buffers with vectored writes, record batches left
+/// in their segment files with `sendfile`.
+async fn write_all_parts(writer: &mut OwnedWriteHalf, head: &[u8], parts: &[Part]) -> std::io::Result<()> {
     let mut buffers: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    buffers.extend(std::iter::once(head).chain(parts.iter().map(|p| &p[..])).filter(|b| !b.is_empty()));
+    buffers.push(head);
+    for part in parts {
+        match part {
+            Part::Bytes(b) => buffers.push(b),
+            Part::File(slice) => {
+                write_all_buffers(writer, &buffers).await?;
+                buffers.clear();
+                send_file(writer, slice).await?;
+            }
+        }
+    }
+    write_all_buffers(writer, &buffers).await
+}
+
+/// Sends a segment-file slice with `sendfile`, waiting whenever the socket is full.
+async fn send_file(writer: &OwnedWriteHalf, slice: &crate::log::ReadSlice) -> std::io::Result<()> {
+    let stream: &TcpStream = writer.as_ref();
+    let mut sent = 0;
+    while sent < slice.len() {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || slice.send_to(stream, sent)) {
+            Ok(0) => {
+                // The frame's size is already out: the connection cannot go on.
+                warn!(path = %slice.path().display(), sent, len = slice.len(),
+                    "fetch: segment file shorter than the records being sent (truncated meanwhile); closing the connection");
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `buffers` with vectored writes (at most [`IOVECS_PER_WRITE`] a call, below the
+/// kernel's IOV_MAX), resuming after short writes.
+async fn write_all_buffers(writer: &mut OwnedWriteHalf, buffers: &[&[u8]]) -> std::io::Result<()> {
+    let buffers: Vec<&[u8]> = buffers.iter().copied().filter(|b| !b.is_empty()).collect();
     let (mut index, mut offset) = (0usize, 0usize);
     while index < buffers.len() {
         let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];
@@ -297,10 +335,10 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
         while let Some(outgoing) = rx.recv().await {
             let mut next = Some(outgoing);
             while let Some(Outgoing { reply, api_key, started }) = next.take() {
-                let parts: Vec<Bytes> = match reply {
-                    Reply::Now(b) => vec![b],
+                let parts: Vec<Part> = match reply {
+                    Reply::Now(b) => vec![Part::Bytes(b)],
                     Reply::Later(fut) => match ready(fut, &mut writer, &mut small).await {
-                        Some(b) => vec![b],
+                        Some(b) => vec![Part::Bytes(b)],
                         None => return,
                     },
                     Reply::Gathered(fut) => match ready(fut, &mut writer, &mut small).await {
@@ -311,18 +349,20 @@ async fn serve_connection(broker: Arc<Broker>, request_memory: RequestMemoryPool
                 };
                 // Measured when the response is ready (after the fsync or the long poll).
                 metrics.record(api_key, started.elapsed());
-                let len: usize = parts.iter().map(Bytes::len).sum();
+                let len: usize = parts.iter().map(Part::len).sum();
                 if len == 0 {
                     return; // a response failed to encode (already logged): close the connection
                 }
-                if len >= WRITE_COALESCE_BYTES {
+                if len >= WRITE_COALESCE_BYTES || parts.iter().any(|p| matches!(p, Part::File(_))) {
                     if write_all_parts(&mut writer, &small, &parts).await.is_err() {
                         return;
                     }
                     small.clear();
                 } else {
                     for part in &parts {
-                        small.extend_from_slice(part);
+                        if let Part::Bytes(b) = part {
+                            small.extend_from_slice(b);
+                        }
                     }
                 }
                 if small.len() < WRITE_COALESCE_BYTES {

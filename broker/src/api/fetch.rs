@@ -24,9 +24,10 @@ use spate_client::protocol::ErrorCode;
 use spate_client::ProtocolError;
 use tokio::sync::watch;
 
-use super::{decode, Reply, RequestContext};
+use super::{decode, Part, Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::controller::TopicImage;
+use crate::log::ReadSlice;
 use crate::partition::Partition;
 use crate::replica::throttle::TopicThrottles;
 
@@ -34,6 +35,37 @@ use crate::replica::throttle::TopicThrottles;
 const MAX_WAIT_MS_LIMIT: i32 = 30_000;
 /// Bound on partitions in one fetch, so a request cannot make us hold unbounded state.
 const MAX_PARTITIONS_PER_FETCH: usize = 10_000;
+/// A consumer's record set at least this large stays in its segment file and goes out with
+/// `sendfile`; smaller ones are read and copied in with the response's fields, where an extra
+/// system call would cost more than the copy it saves.
+const SEND_FROM_FILE_BYTES: usize = 4096;
+
+/// A fetch's answer before it is encoded: the response, and the record sets left in their
+/// segment files, in response order as (topic index, partition index within the topic,
+/// slice); their `records` in `response` are empty until [`Fetched::into_response`] reads them.
+pub(crate) struct Fetched {
+    pub response: FetchResponse,
+    pub files: Vec<(usize, usize, ReadSlice)>,
+}
+
+impl Fetched {
+    /// The whole response, the record sets left in files read into it. A read that fails
+    /// answers KAFKA_STORAGE_ERROR for its partition.
+    pub fn into_response(self) -> FetchResponse {
+        let mut response = self.response;
+        for (t, p, slice) in self.files {
+            let data = &mut response.responses[t].partitions[p];
+            match slice.read() {
+                Ok(bytes) => data.records = Some(bytes),
+                Err(err) => {
+                    tracing::warn!(%err, "fetch: reading a segment failed");
+                    data.error_code = ErrorCode::KAFKA_STORAGE_ERROR.0;
+                }
+            }
+        }
+        response
+    }
+}
 
 struct Wanted {
     topic: usize,
@@ -55,9 +87,12 @@ pub(crate) struct LeaderThrottle<'a> {
     pub budget: crate::replica::SharedBudget,
 }
 
+/// One pass over the wanted partitions: fills `topics` and `files` (see [`Fetched`]) and
+/// returns the record bytes found.
 fn read_all(
     wanted: &[Wanted],
     topics: &mut [FetchableTopicResponse],
+    files: &mut Vec<(usize, usize, ReadSlice)>,
     max_bytes: usize,
     replica: bool,
     read_committed: bool,
@@ -67,6 +102,7 @@ fn read_all(
     for t in topics.iter_mut() {
         t.partitions.clear();
     }
+    files.clear();
     for w in wanted {
         let mut data = PartitionData::default()
             .with_partition_index(w.partition_index)
@@ -92,10 +128,28 @@ fn read_all(
                 let held_back = throttled
                     .is_some_and(|t| !t.lock().unwrap_or_else(|e| e.into_inner()).allows(crate::broker::now_ms()));
                 if !held_back && (budget > 0 || total == 0) {
+                    // Followers read past the high watermark, where a new leader's truncation
+                    // may rewrite the file before a delayed send: they get the bytes now.
+                    // Consumers read below it, which stays put: a large read is left in the
+                    // file and sent from there.
                     let read = if replica {
                         p.read_for_replica(w.fetch_offset, budget.max(1))
                     } else {
-                        p.read(w.fetch_offset, budget.max(1), visible_end)
+                        match p.read_slice(w.fetch_offset, budget.max(1), visible_end) {
+                            Ok(slice) if slice.len() >= SEND_FROM_FILE_BYTES => {
+                                total += slice.len();
+                                p.metrics.bytes_out.increment(slice.len() as u64);
+                                if read_committed {
+                                    data.aborted_transactions =
+                                        Some(aborted_transactions(p, w.fetch_offset, slice.next_offset()));
+                                }
+                                files.push((w.topic, topics[w.topic].partitions.len(), slice));
+                                topics[w.topic].partitions.push(data);
+                                continue;
+                            }
+                            Ok(slice) => slice.read().map_err(Into::into),
+                            Err(err) => Err(err),
+                        }
                     };
                     match read {
                         Ok(bytes) => {
@@ -112,16 +166,7 @@ fn read_all(
                                 // The aborted transactions overlapping what is returned: the
                                 // consumer drops their records.
                                 let end = last_offset_in(&bytes).map_or(w.fetch_offset, |last| last + 1);
-                                let aborted = p
-                                    .aborted_transactions(w.fetch_offset, end)
-                                    .into_iter()
-                                    .map(|a| {
-                                        AbortedTransaction::default()
-                                            .with_producer_id(ProducerId(a.producer_id))
-                                            .with_first_offset(a.first_offset)
-                                    })
-                                    .collect();
-                                data.aborted_transactions = Some(aborted);
+                                data.aborted_transactions = Some(aborted_transactions(p, w.fetch_offset, end));
                             }
                             data.records = Some(bytes);
                         }
@@ -133,6 +178,16 @@ fn read_all(
         topics[w.topic].partitions.push(data);
     }
     total
+}
+
+/// The aborted transactions overlapping `[from, to)`, as a read_committed consumer gets them.
+fn aborted_transactions(p: &Partition, from: i64, to: i64) -> Vec<AbortedTransaction> {
+    p.aborted_transactions(from, to)
+        .into_iter()
+        .map(|a| {
+            AbortedTransaction::default().with_producer_id(ProducerId(a.producer_id)).with_first_offset(a.first_offset)
+        })
+        .collect()
 }
 
 /// The last offset of the last whole batch in `records`.
@@ -170,13 +225,13 @@ pub(super) fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: &mut Byte
             .is_some_and(|p| crate::replica::throttle::leader_throttled(throttles, p, partition, me, replica_id))
     };
     let throttle = budget.map(|budget| LeaderThrottle { is_throttled: &is_throttled, budget });
-    let response =
+    let fetched =
         serve(request, &|topic, partition| broker.partition(topic, partition), fetch_max_bytes, now_ms(), throttle)?;
     let ctx = RequestContext { api_key: ctx.api_key, version: ctx.version, correlation_id: ctx.correlation_id };
     Ok(Reply::Gathered(Box::pin(async move {
-        let response = response.await;
-        super::fetch_response::encode(ctx.version, ctx.correlation_id, &response)
-            .unwrap_or_else(|| vec![ctx.respond(&response)])
+        let fetched = fetched.await;
+        super::fetch_response::encode(ctx.version, ctx.correlation_id, &fetched.response, &fetched.files)
+            .unwrap_or_else(|| vec![Part::Bytes(ctx.respond(&fetched.into_response()))])
     })))
 }
 
@@ -188,7 +243,7 @@ pub(crate) fn serve(
     fetch_max_bytes: usize,
     now_ms: i64,
     throttle: Option<LeaderThrottle<'_>>,
-) -> Result<impl Future<Output = FetchResponse> + Send + 'static, ProtocolError> {
+) -> Result<impl Future<Output = Fetched> + Send + 'static, ProtocolError> {
     let partition_count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     if partition_count > MAX_PARTITIONS_PER_FETCH {
         return Err(ProtocolError::Malformed {
@@ -232,6 +287,7 @@ pub(crate) fn serve(
     let min_bytes = request.min_bytes.max(0) as usize;
     let max_wait = Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_LIMIT) as u64);
     Ok(async move {
+        let mut files = Vec::new();
         let deadline = tokio::time::Instant::now() + max_wait;
         // Consumers wait for the high watermark to move; followers for the log end (new data
         // they must copy before the high watermark can move at all).
@@ -245,7 +301,7 @@ pub(crate) fn serve(
             for w in watches.iter_mut() {
                 w.mark_unchanged();
             }
-            let total = read_all(&wanted, &mut topics, max_bytes, replica, read_committed, budget.as_ref());
+            let total = read_all(&wanted, &mut topics, &mut files, max_bytes, replica, read_committed, budget.as_ref());
             let has_error = topics.iter().flat_map(|t| &t.partitions).any(|p| p.error_code != 0);
             if total >= min_bytes.max(1) || has_error || watches.is_empty() || tokio::time::Instant::now() >= deadline {
                 break;
@@ -260,7 +316,7 @@ pub(crate) fn serve(
                 watches.clear();
             }
         }
-        FetchResponse::default().with_session_id(0).with_responses(topics)
+        Fetched { response: FetchResponse::default().with_session_id(0).with_responses(topics), files }
     })
 }
 
@@ -289,7 +345,7 @@ mod tests {
 
     async fn fetch(partition: &Arc<Partition>, request: FetchRequest) -> PartitionData {
         let lookup = |_: &str, _: i32| Some(partition.clone());
-        let mut response = serve(request, &lookup, 1 << 20, 0, None).unwrap().await;
+        let mut response = serve(request, &lookup, 1 << 20, 0, None).unwrap().await.into_response();
         response.responses.remove(0).partitions.remove(0)
     }
 
@@ -306,7 +362,7 @@ mod tests {
             let is_throttled = move |_: &str, _: i32| adding;
             let throttle = LeaderThrottle { is_throttled: &is_throttled, budget: budget.clone() };
             let response = serve(request(2, 2, 0, 0), &lookup, 1 << 20, 0, Some(throttle)).unwrap();
-            async move { response.await.responses.remove(0).partitions.remove(0).records.unwrap() }
+            async move { response.await.into_response().responses.remove(0).partitions.remove(0).records.unwrap() }
         };
         let first = throttled_fetch(true).await;
         assert!(!first.is_empty());

@@ -1,13 +1,15 @@
-//! A Fetch response (v4–12) written as several buffers: the encoded fields, with each
-//! partition's record batches as their own `Bytes` between them, the very buffers the log read
-//! returned. The connection writes them with vectored writes, so batches are copied once less
-//! than through the generic encoder, which copies every field, batches included, into one
-//! frame. The output is byte for byte what kafka-protocol's encoder writes (a test checks every
+//! A Fetch response (v4–12) written as several parts: the encoded fields, with each
+//! partition's record batches between them, either as the segment-file slice `fetch::serve` left
+//! them in (sent with `sendfile`, never copied through user space) or as the buffer a read
+//! returned. The generic encoder would copy every field, batches included, into one frame. The output is byte for byte what kafka-protocol's encoder writes (a test checks every
 //! version); a response this writer does not cover (tagged fields, which `fetch::serve` never
 //! sets) returns `None` and goes through the generic encoder.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use spate_client::protocol::messages::FetchResponse;
+
+use super::Part;
+use crate::log::ReadSlice;
 
 /// Record sets shorter than this are copied in with the fields: an iovec per tiny batch would
 /// cost more than the copy it saves.
@@ -15,9 +17,14 @@ const INLINE_RECORDS_BYTES: usize = 4096;
 /// Fetch versions this writer covers: what the broker advertises.
 const VERSIONS: std::ops::RangeInclusive<i16> = 4..=12;
 
-/// The frame (size prefix, header, body) as buffers to be written in order. `None`: use the
-/// generic encoder.
-pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse) -> Option<Vec<Bytes>> {
+/// The frame (size prefix, header, body) as parts to be written in order; `files` are the
+/// record sets of [`super::fetch::Fetched`], in response order. `None`: use the generic encoder.
+pub(crate) fn encode(
+    version: i16,
+    correlation_id: i32,
+    response: &FetchResponse,
+    files: &[(usize, usize, ReadSlice)],
+) -> Option<Vec<Part>> {
     if !VERSIONS.contains(&version) || !plain(response, version) {
         return None;
     }
@@ -25,7 +32,8 @@ pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse
     let partitions: usize = response.responses.iter().map(|t| t.partitions.len()).sum();
     let mut out = BytesMut::with_capacity(32 + response.responses.len() * 32 + partitions * 64);
     // Where each record set not copied in goes: the position in `out` it follows.
-    let mut records_at: Vec<(usize, Bytes)> = Vec::new();
+    let mut records_at: Vec<(usize, Part)> = Vec::new();
+    let mut files = files.iter().peekable();
     out.put_i32(0); // the frame size, written last
     out.put_i32(correlation_id);
     if flexible {
@@ -37,7 +45,7 @@ pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse
         out.put_i32(response.session_id);
     }
     array_len(&mut out, flexible, Some(response.responses.len()))?;
-    for topic in &response.responses {
+    for (ti, topic) in response.responses.iter().enumerate() {
         let name = topic.topic.as_bytes();
         if flexible {
             uvarint(&mut out, u32::try_from(name.len() + 1).ok()?);
@@ -46,7 +54,7 @@ pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse
         }
         out.put_slice(name);
         array_len(&mut out, flexible, Some(topic.partitions.len()))?;
-        for p in &topic.partitions {
+        for (pi, p) in topic.partitions.iter().enumerate() {
             out.put_i32(p.partition_index);
             out.put_i16(p.error_code);
             out.put_i64(p.high_watermark);
@@ -65,19 +73,20 @@ pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse
             if version >= 11 {
                 out.put_i32(p.preferred_read_replica.0);
             }
-            match &p.records {
-                None if flexible => out.put_u8(0),
-                None => out.put_i32(-1),
-                Some(records) => {
-                    if flexible {
-                        uvarint(&mut out, u32::try_from(records.len() + 1).ok()?);
-                    } else {
-                        out.put_i32(i32::try_from(records.len()).ok()?);
-                    }
+            let file = files.next_if(|(t, i, _)| (*t, *i) == (ti, pi)).map(|(_, _, slice)| slice);
+            match (&p.records, file) {
+                (_, Some(slice)) => {
+                    records_len(&mut out, flexible, slice.len())?;
+                    records_at.push((out.len(), Part::File(slice.clone())));
+                }
+                (None, None) if flexible => out.put_u8(0),
+                (None, None) => out.put_i32(-1),
+                (Some(records), None) => {
+                    records_len(&mut out, flexible, records.len())?;
                     if records.len() < INLINE_RECORDS_BYTES {
                         out.put_slice(records);
                     } else {
-                        records_at.push((out.len(), records.clone()));
+                        records_at.push((out.len(), Part::Bytes(records.clone())));
                     }
                 }
             }
@@ -92,6 +101,9 @@ pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse
     if flexible {
         out.put_u8(0);
     }
+    if files.next().is_some() {
+        return None; // a file for no partition of the response: not ours to guess
+    }
     let size = out.len() - 4 + records_at.iter().map(|(_, r)| r.len()).sum::<usize>();
     out[..4].copy_from_slice(&i32::try_from(size).ok()?.to_be_bytes());
     let out = out.freeze();
@@ -99,13 +111,13 @@ pub(crate) fn encode(version: i16, correlation_id: i32, response: &FetchResponse
     let mut from = 0;
     for (at, records) in records_at {
         if at > from {
-            parts.push(out.slice(from..at));
+            parts.push(Part::Bytes(out.slice(from..at)));
         }
         parts.push(records);
         from = at;
     }
     if from < out.len() {
-        parts.push(out.slice(from..));
+        parts.push(Part::Bytes(out.slice(from..)));
     }
     Some(parts)
 }
@@ -127,6 +139,16 @@ fn plain(response: &FetchResponse, version: i16) -> bool {
                         && p.aborted_transactions.iter().flatten().all(|a| a.unknown_tagged_fields.is_empty())
                 })
         })
+}
+
+/// A record set's length: INT32 before v12, then UNSIGNED_VARINT of length + 1.
+fn records_len(out: &mut BytesMut, flexible: bool, len: usize) -> Option<()> {
+    if flexible {
+        uvarint(out, u32::try_from(len + 1).ok()?);
+    } else {
+        out.put_i32(i32::try_from(len).ok()?);
+    }
+    Some(())
 }
 
 /// An array's length: INT32 (-1 for null) before v12, then UNSIGNED_VARINT of length + 1 (0 for
@@ -158,6 +180,7 @@ mod tests {
     use spate_client::protocol::{encode_response, str_bytes, ApiKey};
 
     use super::*;
+    use bytes::Bytes;
 
     fn generic(version: i16, correlation_id: i32, response: &FetchResponse) -> Vec<u8> {
         let mut out = BytesMut::new();
@@ -165,8 +188,15 @@ mod tests {
         out.to_vec()
     }
 
-    fn joined(parts: &[Bytes]) -> Vec<u8> {
-        parts.iter().flat_map(|p| p.iter().copied()).collect()
+    fn joined(parts: &[Part]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in parts {
+            match part {
+                Part::Bytes(b) => out.extend_from_slice(b),
+                Part::File(slice) => out.extend_from_slice(&slice.read().unwrap()),
+            }
+        }
+        out
     }
 
     /// Deterministic pseudo-random bytes (no rand dependency needed for a test fixture).
@@ -240,7 +270,7 @@ mod tests {
         for version in VERSIONS {
             for (topics, seed) in [(0, 1), (1, 2), (3, 3), (5, 11), (200, 4)] {
                 let response = response(version, topics, seed);
-                let parts = encode(version, 42, &response).expect("plain response");
+                let parts = encode(version, 42, &response, &[]).expect("plain response");
                 assert_eq!(joined(&parts), generic(version, 42, &response), "v{version}, {topics} topics");
                 assert!(parts.iter().all(|p| !p.is_empty()));
             }
@@ -250,7 +280,7 @@ mod tests {
     #[test]
     fn large_record_sets_are_shared_not_copied() {
         let response = response(12, 5, 11);
-        let parts = encode(12, 7, &response).unwrap();
+        let parts = encode(12, 7, &response, &[]).unwrap();
         let shared: Vec<&Bytes> = response
             .responses
             .iter()
@@ -260,7 +290,44 @@ mod tests {
             .collect();
         assert!(!shared.is_empty());
         for records in shared {
-            assert!(parts.iter().any(|p| p.as_ptr() == records.as_ptr() && p.len() == records.len()));
+            assert!(parts
+                .iter()
+                .any(|p| matches!(p, Part::Bytes(b) if b.as_ptr() == records.as_ptr() && b.len() == records.len())));
+        }
+    }
+
+    /// Record sets left in a file (as `fetch::serve` leaves a consumer's) go out as file parts
+    /// and the frame is still byte for byte the generic one.
+    #[test]
+    fn record_sets_in_files_are_sent_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000000.log");
+        for version in VERSIONS {
+            let full = response(version, 5, 11);
+            let mut emptied = full.clone();
+            let mut file_bytes = b"junk before".to_vec();
+            let mut placed = Vec::new();
+            for (t, topic) in emptied.responses.iter_mut().enumerate() {
+                for (p, data) in topic.partitions.iter_mut().enumerate() {
+                    if let Some(records) = data.records.take_if(|r| r.len() >= 100) {
+                        placed.push((t, p, file_bytes.len() as u64, records.len()));
+                        file_bytes.extend_from_slice(&records);
+                        data.records = Some(Bytes::new());
+                    }
+                }
+            }
+            std::fs::write(&path, &file_bytes).unwrap();
+            let files: Vec<_> = placed
+                .iter()
+                .map(|&(t, p, position, len)| (t, p, ReadSlice::of_file(&path, position, len).unwrap()))
+                .collect();
+            assert!(files.len() >= 2);
+            let parts = encode(version, 9, &emptied, &files).unwrap();
+            assert_eq!(joined(&parts), generic(version, 9, &full), "v{version}");
+            assert_eq!(parts.iter().filter(|p| matches!(p, Part::File(_))).count(), files.len());
+            // A file for a partition the response does not have is refused, not guessed at.
+            let (_, _, slice) = &files[0];
+            assert!(encode(version, 9, &emptied, &[(99, 0, slice.clone())]).is_none());
         }
     }
 
@@ -268,8 +335,8 @@ mod tests {
     fn what_it_does_not_write_goes_to_the_generic_encoder() {
         let mut tagged = response(12, 1, 2);
         tagged.responses[0].partitions[0].diverging_epoch = EpochEndOffset::default().with_epoch(3).with_end_offset(9);
-        assert!(encode(12, 1, &tagged).is_none());
-        assert!(encode(13, 1, &response(12, 1, 2)).is_none());
-        assert!(encode(3, 1, &response(4, 1, 2)).is_none());
+        assert!(encode(12, 1, &tagged, &[]).is_none());
+        assert!(encode(13, 1, &response(12, 1, 2), &[]).is_none());
+        assert!(encode(3, 1, &response(4, 1, 2), &[]).is_none());
     }
 }

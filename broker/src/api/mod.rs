@@ -89,16 +89,36 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED_APIS.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
 }
 
+/// A piece of a [`Reply::Gathered`] frame.
+pub enum Part {
+    Bytes(Bytes),
+    /// Record batches still in their segment file, sent from there.
+    File(crate::log::ReadSlice),
+}
+
+impl Part {
+    pub fn len(&self) -> usize {
+        match self {
+            Part::Bytes(b) => b.len(),
+            Part::File(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What the connection does with a request.
 pub enum Reply {
     /// A complete response frame.
     Now(Bytes),
     /// A response that is ready later (fsync, long poll); still written in request order.
     Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
-    /// Like `Later`, but the frame comes as buffers to be written in order (a fetch: its fields
-    /// between the record batches read from the log, which are written from where they were
-    /// read instead of being copied into one frame). Empty: encoding failed, close.
-    Gathered(Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>),
+    /// Like `Later`, but the frame comes as parts to be written in order (a fetch: its fields
+    /// between the record batches, which go out from the segment file with `sendfile` instead
+    /// of being copied into one frame). Empty: encoding failed, close.
+    Gathered(Pin<Box<dyn Future<Output = Vec<Part>> + Send>>),
     /// No response (produce with `acks=0`).
     Nothing,
     /// Blocking work (file appends) that must run before the connection's next request, in

@@ -171,7 +171,8 @@ mod tests {
         let request = fetcher::build_fetch_request(&config, states, now, true).expect("a partition is ready");
         assert_eq!(request.replica_id.0, node_id);
         let (offset, epoch) = (states[&tp].fetch_offset, states[&tp].leader_epoch);
-        let response = crate::api::fetch::serve(request, &lookup(leader), 1 << 20, now, None).unwrap().await;
+        let response =
+            crate::api::fetch::serve(request, &lookup(leader), 1 << 20, now, None).unwrap().await.into_response();
         let data = &response.responses[0].partitions[0];
         fetcher::apply_fetched(&config, states.get_mut(&tp).unwrap(), offset, epoch, data, &mark_dirty, now);
     }

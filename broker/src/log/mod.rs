@@ -186,9 +186,17 @@ pub struct ReadSlice {
     path: Arc<Path>,
     position: u64,
     len: usize,
+    /// The offset just past the slice: the next batch's base offset (at least the last
+    /// offset in the slice + 1; more where compaction left a gap).
+    next_offset: i64,
 }
 
 impl ReadSlice {
+    /// The offset just past the slice's batches (the read's start offset if it is empty).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -210,6 +218,27 @@ impl ReadSlice {
         let mut buf = vec![0u8; self.len];
         self.file.read_exact_at(&mut buf, self.position).map_err(|e| io_error(&self.path, e))?;
         Ok(Bytes::from(buf))
+    }
+
+    /// Sends the slice from byte `from` on to `socket` with `sendfile` (page cache to socket,
+    /// no copy through user space); returns how many bytes went out, 0 if the file ended
+    /// first (truncated since the slice was taken). A non-blocking socket that is full answers
+    /// `WouldBlock`.
+    pub fn send_to(&self, socket: impl std::os::fd::AsFd, from: usize) -> std::io::Result<usize> {
+        let mut offset = self.position + from as u64;
+        let count = self.len.saturating_sub(from);
+        rustix::fs::sendfile(socket, &*self.file, Some(&mut offset), count).map_err(std::io::Error::from)
+    }
+
+    /// A slice of any file (tests of what sends slices).
+    #[cfg(test)]
+    pub(crate) fn of_file(path: &Path, position: u64, len: usize) -> std::io::Result<ReadSlice> {
+        Ok(ReadSlice { file: Arc::new(File::open(path)?), path: path.into(), position, len, next_offset: 0 })
+    }
+
+    /// The segment file the slice lies in (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -674,7 +703,13 @@ impl Log {
         self.check_range(offset)?;
         let index = self.segment_index(offset);
         let segment = &self.segments[index];
-        let empty = ReadSlice { file: Arc::clone(&segment.file), path: Arc::clone(&segment.path), position: 0, len: 0 };
+        let empty = ReadSlice {
+            file: Arc::clone(&segment.file),
+            path: Arc::clone(&segment.path),
+            position: 0,
+            len: 0,
+            next_offset: offset,
+        };
         if offset >= upper_bound.min(self.log_end_offset()) {
             return Ok(empty);
         }
@@ -686,12 +721,13 @@ impl Log {
                 if first.base_offset >= upper_bound {
                     return Ok(empty);
                 }
-                let end = segment.read_end(start, &first, max_bytes, upper_bound)?;
+                let (end, next_offset) = segment.read_end(start, &first, max_bytes, upper_bound)?;
                 return Ok(ReadSlice {
                     file: Arc::clone(&segment.file),
                     path: Arc::clone(&segment.path),
                     position: start,
                     len: (end - start) as usize,
+                    next_offset,
                 });
             }
             from = segment.next_offset;

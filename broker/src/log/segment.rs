@@ -413,14 +413,15 @@ impl Segment {
 
     /// Where a read that starts with the batch `first` at `start` ends: whole batches up to
     /// `max_bytes` in total (the first one always, even if larger: KIP-74), none whose base
-    /// offset reaches `upper_bound`.
+    /// offset reaches `upper_bound`; with the offset of the batch after that end (the
+    /// segment's next offset at its end), which bounds what the read covers.
     pub fn read_end(
         &self,
         start: u64,
         first: &BatchHeader,
         max_bytes: usize,
         upper_bound: i64,
-    ) -> Result<u64, LogError> {
+    ) -> Result<(u64, i64), LogError> {
         let limit = start.saturating_add(max_bytes as u64).min(self.size_bytes);
         let mut position = start + first.total_bytes() as u64;
         // Batches before an index entry that is itself within both bounds all fit: skip them.
@@ -432,11 +433,14 @@ impl Segment {
             let header = self.header_at(position)?;
             let end = position + header.total_bytes() as u64;
             if header.base_offset >= upper_bound || end > limit {
-                break;
+                return Ok((position, header.base_offset));
             }
             position = end;
         }
-        Ok(position)
+        // Stopped at a batch boundary: the next batch's offset, or the segment's end.
+        let next_offset =
+            if position < self.size_bytes { self.header_at(position)?.base_offset } else { self.next_offset };
+        Ok((position, next_offset))
     }
 
     /// The time-index hint for a timestamp search: a position before which every record is

@@ -193,6 +193,13 @@ fn read_respects_max_bytes_upper_bound_and_kip_74() {
         Err(LogError::OffsetOutOfRange { offset: 21, log_start_offset: 0, log_end_offset: 20 })
     ));
     assert!(matches!(log.read(-1, 100, 20), Err(LogError::OffsetOutOfRange { .. })));
+    // Every read knows the offset just past it: the next batch's, or the log end.
+    assert_eq!(log.read(0, size * 3 + size / 2, 20).unwrap().next_offset(), 6, "cut inside the fourth batch");
+    assert_eq!(log.read(0, size * 3, 20).unwrap().next_offset(), 6, "cut exactly at a batch boundary");
+    assert_eq!(log.read(4, 1, 20).unwrap().next_offset(), 6, "KIP-74's one batch");
+    assert_eq!(log.read(0, usize::MAX, 7).unwrap().next_offset(), 8, "stopped by the upper bound");
+    assert_eq!(log.read(0, usize::MAX, 20).unwrap().next_offset(), 20, "the log end");
+    assert_eq!(log.read(20, usize::MAX, 20).unwrap().next_offset(), 20);
 }
 
 #[test]
