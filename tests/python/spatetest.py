@@ -99,6 +99,9 @@ def consume_assigned(
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
+                # Every batch's CRC checked: large reads arrive by sendfile straight from the
+                # segment files, and this is the client that would notice a wrong byte.
+                "check.crcs": True,
                 **config,
             },
         )
