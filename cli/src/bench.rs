@@ -161,6 +161,20 @@ struct ProduceFigures {
     failed: u64,
     peak_rss_bytes: u64,
     broker_peak_rss_bytes: Option<u64>,
+    /// With `--transaction-records`: where each transaction's time went.
+    transactions: Option<TransactionFigures>,
+}
+
+/// Per transaction, over all producers: the time from `begin_transaction` to the last `send`
+/// returning (the client building batches, and waiting for buffer space), and the time
+/// `commit_transaction` took (the last batches acknowledged, then EndTxn).
+#[derive(Debug, Serialize)]
+struct TransactionFigures {
+    transactions: u64,
+    sending_ms_mean: f64,
+    commit_ms_p50: f64,
+    commit_ms_p99: f64,
+    commit_ms_max: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,6 +246,10 @@ async fn ensure_topic(admin: &Admin, topic: &str, partitions: i32) -> Result<()>
 /// What one producer task saw.
 struct ProduceOutcome {
     latency_us: Histogram<u64>,
+    /// How long each `commit_transaction` took.
+    commit_us: Histogram<u64>,
+    /// Summed time from each `begin_transaction` to its last `send` returning.
+    sending: Duration,
     failed: u64,
     first_error: Option<String>,
 }
@@ -292,18 +310,25 @@ async fn produce_task(
         producer.init_transactions().await.context("init_transactions")?;
     }
     let latency_us = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).context("latency histogram")?;
+    let commit_us = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).context("commit histogram")?;
     let mut window = Window {
         pending: VecDeque::with_capacity(PENDING_WINDOW.min(records as usize) + 1),
-        outcome: ProduceOutcome { latency_us, failed: 0, first_error: None },
+        outcome: ProduceOutcome { latency_us, commit_us, sending: Duration::ZERO, failed: 0, first_error: None },
     };
+    let mut began_at = Instant::now();
     for i in 0..records {
         if transaction_records.is_some_and(|n| i % n == 0) {
             producer.begin_transaction()?;
+            began_at = Instant::now();
         }
         let sent_at = Instant::now();
         let future = producer.send(&topic, ProducerRecord::new(payload.clone())).await?;
         if transaction_records.is_some_and(|n| (i + 1) % n == 0 || i + 1 == records) {
+            let committing_at = Instant::now();
+            window.outcome.sending += committing_at - began_at;
             producer.commit_transaction().await.context("commit_transaction")?;
+            let us = committing_at.elapsed().as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
+            window.outcome.commit_us.saturating_record(us.max(1));
         }
         window.pending.push_back((sent_at, future));
         if i % CHECK_EVERY == 0 {
@@ -423,11 +448,15 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         })
         .collect();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut commit_us = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut sending = Duration::ZERO;
     let mut failed = 0;
     let mut first_error = None;
     for task in tasks {
         let outcome = task.await.context("producer task panicked")??;
         latency_us.add(&outcome.latency_us).context("merging latency histograms")?;
+        commit_us.add(&outcome.commit_us).context("merging commit histograms")?;
+        sending += outcome.sending;
         failed += outcome.failed;
         first_error = first_error.or(outcome.first_error);
     }
@@ -453,6 +482,13 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         failed,
         peak_rss_bytes: peak_rss_bytes(None)?,
         broker_peak_rss_bytes: broker_rss(args.broker_pid),
+        transactions: args.transaction_records.map(|_| TransactionFigures {
+            transactions: commit_us.len(),
+            sending_ms_mean: sending.as_secs_f64() * 1000.0 / commit_us.len().max(1) as f64,
+            commit_ms_p50: ms(commit_us.value_at_quantile(0.50)),
+            commit_ms_p99: ms(commit_us.value_at_quantile(0.99)),
+            commit_ms_max: ms(commit_us.max()),
+        }),
     };
     print_out(&format!(
         "{} records sent in {:.2} s: {:.1} records/s, {:.2} MB/s; latency (per record, send to ack) \
@@ -465,6 +501,13 @@ async fn produce(args: BenchProduceArgs) -> Result<()> {
         figures.latency_ms_p99,
         figures.latency_ms_max
     ));
+    if let Some(t) = &figures.transactions {
+        print_out(&format!(
+            "{} transactions: sending {:.2} ms each (mean, begin_transaction to the last send), \
+             commit_transaction p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+            t.transactions, t.sending_ms_mean, t.commit_ms_p50, t.commit_ms_p99, t.commit_ms_max
+        ));
+    }
     print_rss(figures.peak_rss_bytes, figures.broker_peak_rss_bytes);
     write_json(&args.json, &figures)?;
     if failed > 0 {

@@ -66,6 +66,10 @@ pub struct TransactionCoordinator {
 /// written; refusing at once costs it a client retry backoff (100 ms by default) per transaction.
 const CONCURRENT_WAIT: Duration = Duration::from_millis(1_000);
 
+/// The most markers one WriteTxnMarkers appends on the async worker in `fsync` mode (about
+/// 64 KiB of control batches, the inline limit of a Produce request).
+const INLINE_MARKERS_MAX: usize = 512;
+
 /// A state record appended to `__transaction_state`, not yet known to be durable.
 struct Appended {
     partition: Arc<Partition>,
@@ -227,10 +231,17 @@ impl TransactionCoordinator {
         if batch.len() > partition.max_message_bytes() {
             return Err(ErrorCode::INVALID_REQUEST);
         }
-        let p = partition.clone();
-        let appended = tokio::task::spawn_blocking(move || p.append(&batch, &headers, now_ms()))
-            .await
-            .map_err(|_| ErrorCode::COORDINATOR_NOT_AVAILABLE)?;
+        // One small record: in fsync mode it is written here, as a small Produce is (see
+        // `api::produce`); a hop to the blocking pool and back sat on the path of every
+        // transaction several times over and, on a busy machine, waited for a core each time.
+        let appended = if broker.config.log_flush_mode == FlushMode::Fsync {
+            partition.append(&batch, &headers, now_ms())
+        } else {
+            let p = partition.clone();
+            tokio::task::spawn_blocking(move || p.append(&batch, &headers, now_ms()))
+                .await
+                .map_err(|_| ErrorCode::COORDINATOR_NOT_AVAILABLE)?
+        };
         let outcome = match appended {
             Ok(o) => o,
             Err(BrokerError::NotLeaderOrFollower { .. }) => return Err(ErrorCode::NOT_COORDINATOR),
@@ -591,17 +602,24 @@ pub async fn write_markers_here(
             Err(code) => codes[i] = code,
         }
     }
-    // Every marker is appended before any partition is handed to the flusher, in one trip to
-    // the blocking pool: appended one by one, the first would start an fsync round the others
-    // then wait behind, two rounds on the path of every commit instead of one.
+    // Every marker is appended before any partition is handed to the flusher: appended and
+    // handed over one by one, the first would start an fsync round the others then wait
+    // behind, two rounds on the path of every commit instead of one. Markers are a few dozen
+    // bytes each, so in fsync mode they are written here (as a small Produce is, see
+    // `api::produce`), up to a request's worth; more, or page-cache mode, go in one trip to
+    // the blocking pool.
     let to_append: Vec<Arc<Partition>> = targets.iter().map(|(_, _, _, p)| p.clone()).collect();
-    let appended = tokio::task::spawn_blocking(move || {
+    let append_all = move || {
         to_append
             .iter()
             .map(|p| p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, now_ms()))
             .collect::<Vec<_>>()
-    })
-    .await;
+    };
+    let appended = if broker.config.log_flush_mode == FlushMode::Fsync && targets.len() <= INLINE_MARKERS_MAX {
+        Ok(append_all())
+    } else {
+        tokio::task::spawn_blocking(append_all).await
+    };
     let Ok(appended) = appended else {
         for (i, ..) in &targets {
             codes[*i] = ErrorCode::UNKNOWN_SERVER_ERROR;

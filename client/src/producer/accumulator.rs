@@ -605,6 +605,9 @@ impl Accumulator {
                 let used = request_bytes.entry(leader).or_default();
                 let size = front.size_bytes();
                 if *used > 0 && *used + size > max_request_bytes {
+                    // The broker's request is full: this batch goes in the next one, which
+                    // the sender drains on its next pass rather than after an answer.
+                    wake_at(now_ms, &mut drained);
                     continue;
                 }
                 *used += size;
@@ -889,6 +892,29 @@ mod tests {
         assert_eq!(d.next_ready_ms, Some(108));
         let d = acc.drain(105, true, &leader, &not_busy, 1 << 20);
         assert_eq!(d.by_broker[&1][0].partition(), 1, "flush ignores linger");
+    }
+
+    #[test]
+    fn batches_left_out_of_a_full_request_are_drained_on_the_next_pass() {
+        let size = {
+            let acc = Accumulator::new(config(16384, 5));
+            let t = acc.ensure_topic("t", 1);
+            append(&acc, &t, 0, 0);
+            acc.drain(0, true, &leader, &not_busy, 1 << 20).by_broker[&1][0].size_bytes()
+        };
+        let acc = Accumulator::new(config(16384, 5));
+        let t = acc.ensure_topic("t", 3);
+        for p in 0..3 {
+            append(&acc, &t, p, 0);
+        }
+        // Room for two batches per request: the third waits for the next request, which the
+        // sender must send at once, not when an answer or linger happens to wake it.
+        let d = acc.drain(10, true, &leader, &not_busy, 2 * size);
+        assert_eq!(d.by_broker[&1].len(), 2);
+        assert_eq!(d.next_ready_ms, Some(10), "the batch left out is ready now");
+        let d = acc.drain(10, true, &leader, &not_busy, 2 * size);
+        assert_eq!(d.by_broker[&1].len(), 1);
+        assert_eq!(d.next_ready_ms, None);
     }
 
     #[test]

@@ -440,6 +440,12 @@ impl Producer {
     /// Queues a record. Returns once it is in a batch (waiting only for buffer memory or, on a
     /// topic's first use, its metadata); the returned future resolves when it is acknowledged.
     pub async fn send(&self, topic: &str, record: ProducerRecord) -> Result<DeliveryFuture> {
+        // A loop of sends rarely waits on anything, so without this it would hold its worker
+        // thread for as long as it has records: the sender task it wakes (queued behind it on
+        // the same worker) could not start AddPartitionsToTxn or the batches linger released
+        // until the loop awaited something else, e.g. commit_transaction. Every 128 sends
+        // (tokio's budget) this lets the worker run them.
+        tokio::task::coop::consume_budget().await;
         let inner = &*self.inner;
         let shared = &*inner.shared;
         if shared.closing.load(Ordering::Acquire) {

@@ -1078,6 +1078,26 @@ mod tests {
         transactions
     }
 
+    /// A loop of sends that never has to wait still lets the sender run (tokio's budget): the
+    /// partition is added, and its batches can go, while the loop goes on, not only once it
+    /// awaits commit_transaction. This test's runtime has one thread, so nothing else could run
+    /// the sender meanwhile.
+    #[tokio::test]
+    async fn a_send_loop_that_never_waits_lets_the_sender_add_partitions() {
+        let broker = TestBroker::start(&[("t", 1)]).await;
+        let producer = Producer::new(config(&broker.addr)).await.unwrap();
+        producer.init_transactions().await.unwrap();
+        producer.begin_transaction().unwrap();
+        producer.send("t", record("first", 0)).await.unwrap();
+        let mut sent = 1;
+        while !requests(&broker).iter().any(|r| r.starts_with("AddPartitionsToTxn")) {
+            assert!(sent < 20_000, "no AddPartitionsToTxn after {sent} sends: {:?}", requests(&broker));
+            producer.send("t", record("next", 0)).await.unwrap();
+            sent += 1;
+        }
+        producer.commit_transaction().await.unwrap();
+    }
+
     #[tokio::test]
     async fn transactions_send_their_requests_in_kafkas_order() {
         let broker = TestBroker::start(&[("t", 3)]).await;
