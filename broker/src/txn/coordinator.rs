@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use spate_client::connection::{Connection, ConnectionConfig};
 use spate_client::protocol::compression::Compression;
 use spate_client::protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
 use spate_client::protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
@@ -58,6 +57,8 @@ pub struct TransactionCoordinator {
     writes_done: tokio::sync::watch::Sender<u64>,
     /// Connections to other brokers' coordinators for KIP-890 verification.
     pub(crate) peers: super::verify::PeerConnections,
+    /// Connections to partition leaders on other brokers, for WriteTxnMarkers.
+    marker_peers: super::verify::PeerConnections,
 }
 
 /// How long AddPartitionsToTxn/AddOffsetsToTxn wait on the coordinator for the id's previous
@@ -119,7 +120,8 @@ impl TransactionCoordinator {
             })),
             config,
             writes_done: tokio::sync::watch::channel(0).0,
-            peers: Default::default(),
+            peers: super::verify::PeerConnections::new("verify", super::verify::VERIFY_TIMEOUT),
+            marker_peers: super::verify::PeerConnections::new("markers", WRITE_TIMEOUT + Duration::from_secs(5)),
         }
     }
 
@@ -668,12 +670,6 @@ async fn write_remote_markers(
     let Some(address) = super::peer_address(image, leader) else {
         return partitions;
     };
-    let config = ConnectionConfig {
-        client_id: Some(format!("spate-txn-markers-{}", broker.config.node_id)),
-        request_timeout: WRITE_TIMEOUT + Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(10),
-        max_response_bytes: 16 << 20,
-    };
     let topics = super::by_topic(&partitions);
     let marker = WritableTxnMarker::default()
         .with_producer_id(ProducerId(m.producer_id))
@@ -691,11 +687,13 @@ async fn write_remote_markers(
                 .collect(),
         );
     let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
-    let response: WriteTxnMarkersResponse = match Connection::connect(&address, &config).await {
+    let peers = &broker.txns.marker_peers;
+    let response: WriteTxnMarkersResponse = match peers.get(broker, leader, address).await {
         Ok(conn) => match conn.send(ApiKey::WriteTxnMarkers, 1, &request).await {
             Ok(r) => r,
             Err(err) => {
                 warn!(leader, error = %err, "WriteTxnMarkers failed; retrying");
+                peers.forget(leader);
                 return partitions;
             }
         },

@@ -24,18 +24,29 @@ use crate::group::partition_for;
 
 /// How long a leader waits for a remote coordinator's answer. The produce request's client
 /// retries (NOT_ENOUGH_REPLICAS) rather than waiting out its whole request timeout.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a peer connection takes to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// AddPartitionsToTxn's first version with `verify_only`.
 const VERIFY_VERSION: i16 = 4;
 
-/// Connections to the coordinators on other brokers, by node id.
-#[derive(Default)]
+/// One cached connection per peer broker, by node id, for one purpose: verification asks the
+/// coordinators (`TransactionCoordinator::peers`), WriteTxnMarkers goes to partition leaders
+/// (`marker_peers`). Each commit or first write would otherwise pay a TCP connect and the
+/// ApiVersions handshake. A connection that fails a request is forgotten and made again.
 pub struct PeerConnections {
+    /// Names the connections in the peers' logs: `client.id` `spate-txn-<purpose>-<node id>`.
+    purpose: &'static str,
+    request_timeout: Duration,
     peers: Mutex<HashMap<i32, (String, Connection)>>,
 }
 
 impl PeerConnections {
-    async fn get(&self, broker: &Broker, node_id: i32, address: String) -> spate_client::Result<Connection> {
+    pub fn new(purpose: &'static str, request_timeout: Duration) -> PeerConnections {
+        PeerConnections { purpose, request_timeout, peers: Mutex::default() }
+    }
+
+    pub(super) async fn get(&self, broker: &Broker, node_id: i32, address: String) -> spate_client::Result<Connection> {
         {
             let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((at, conn)) = peers.get(&node_id) {
@@ -45,9 +56,9 @@ impl PeerConnections {
             }
         }
         let config = ConnectionConfig {
-            client_id: Some(format!("spate-txn-verify-{}", broker.config.node_id)),
-            request_timeout: VERIFY_TIMEOUT,
-            connect_timeout: VERIFY_TIMEOUT,
+            client_id: Some(format!("spate-txn-{}-{}", self.purpose, broker.config.node_id)),
+            request_timeout: self.request_timeout,
+            connect_timeout: self.request_timeout.min(CONNECT_TIMEOUT),
             max_response_bytes: 16 << 20,
         };
         let conn = Connection::connect(&address, &config).await?;
@@ -55,7 +66,7 @@ impl PeerConnections {
         Ok(conn)
     }
 
-    fn forget(&self, node_id: i32) {
+    pub(super) fn forget(&self, node_id: i32) {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&node_id);
     }
 }
