@@ -22,37 +22,19 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from bench_peer import free_port, wait_port  # same directory
+
 STAGES = {
     "flush wait": ("spate_log_flush_wait_seconds", None),
     "fdatasync": ("kafka_log_logflushstats_logflush_seconds", None),
     "produce request": ("kafka_network_requestmetrics_totaltime_seconds", 'request="Produce"'),
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"broker exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port}")
 
 
 def scrape(url):

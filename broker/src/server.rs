@@ -255,10 +255,13 @@ async fn ready<T>(
 /// Writes `head` and then `parts`: runs of buffers with vectored writes, record batches left
 /// in their segment files with `sendfile`.
 async fn write_all_parts(writer: &mut OwnedWriteHalf, head: &[u8], parts: &[Part]) -> std::io::Result<()> {
+    // Empty buffers are left out: `write_all_buffers` must never be left with only empty ones
+    // to write (the kernel answers 0, read as the peer having gone).
     let mut buffers: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    buffers.push(head);
+    buffers.extend(Some(head).filter(|h| !h.is_empty()));
     for part in parts {
         match part {
+            Part::Bytes(b) if b.is_empty() => {}
             Part::Bytes(b) => buffers.push(b),
             Part::File(slice) => {
                 write_all_buffers(writer, &buffers).await?;
@@ -291,10 +294,10 @@ async fn send_file(writer: &OwnedWriteHalf, slice: &crate::log::ReadSlice) -> st
     Ok(())
 }
 
-/// Writes `buffers` with vectored writes (at most [`IOVECS_PER_WRITE`] a call, below the
-/// kernel's IOV_MAX), resuming after short writes.
+/// Writes `buffers` (none of them empty) with vectored writes (at most [`IOVECS_PER_WRITE`] a
+/// call, below the kernel's IOV_MAX), resuming after short writes.
 async fn write_all_buffers(writer: &mut OwnedWriteHalf, buffers: &[&[u8]]) -> std::io::Result<()> {
-    let buffers: Vec<&[u8]> = buffers.iter().copied().filter(|b| !b.is_empty()).collect();
+    debug_assert!(buffers.iter().all(|b| !b.is_empty()));
     let (mut index, mut offset) = (0usize, 0usize);
     while index < buffers.len() {
         let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];

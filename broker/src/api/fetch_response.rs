@@ -1,9 +1,10 @@
 //! A Fetch response (v4–12) written as several parts: the encoded fields, with each
 //! partition's record batches between them, either as the segment-file slice `fetch::serve` left
 //! them in (sent with `sendfile`, never copied through user space) or as the buffer a read
-//! returned. The generic encoder would copy every field, batches included, into one frame. The output is byte for byte what kafka-protocol's encoder writes (a test checks every
-//! version); a response this writer does not cover (tagged fields, which `fetch::serve` never
-//! sets) returns `None` and goes through the generic encoder.
+//! returned. The generic encoder would copy every field, batches included, into one frame. The
+//! output is byte for byte what kafka-protocol's encoder writes (a test checks every version); a
+//! response this writer does not cover (tagged fields, which `fetch::serve` never sets) returns
+//! `None` and goes through the generic encoder.
 
 use bytes::{BufMut, BytesMut};
 use spate_client::protocol::messages::FetchResponse;
