@@ -303,8 +303,26 @@ if [ "$MODE" = all ] || [ "$MODE" = rust ]; then
     fi
 fi
 
+# A full build directory holds several generations of test binaries; a disk that fills mid-link fails
+# with a linker bus error that names nothing. Say so first, and drop what is cheapest to remake.
+check_disk() {
+    local dir="${CARGO_TARGET_DIR:-$ROOT/target}" free_kib
+    mkdir -p "$dir"
+    free_kib="$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')"
+    echo "free space under $dir: $((free_kib / 1024 / 1024)) GiB"
+    if [ "$free_kib" -lt $((16 * 1024 * 1024)) ] && [ -d "$dir/debug/incremental" ]; then
+        echo "under 16 GiB free: removing $dir/debug/incremental (rustc remakes it)"
+        rm -rf "$dir/debug/incremental"
+        free_kib="$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')"
+    fi
+    if [ "$free_kib" -lt $((8 * 1024 * 1024)) ]; then
+        die "only $((free_kib / 1024)) MiB free under $dir; the build needs about 8 GiB (remove old build output, e.g. cargo clean)"
+    fi
+}
+
 BUILT=0
 if [ "$MODE" = all ] || [ "$MODE" = rust ] || [ "$MODE" = python ]; then
+    check_disk
     if run_phase "cargo build --workspace --bins --examples" build_bins; then BUILT=1; fi
 fi
 
