@@ -7,8 +7,11 @@
 //! cargo run --release -p spate-examples --example nexmark -- --bootstrap-server 127.0.0.1:9092 \
 //!     --query q0|q0raw|q1|q2|q3|q5|q7|q8 [--events 2000000] [--partitions 2] [--event-rate 10000] \
 //!     [--rate R] [--skip-generate] [--threads 1] [--grace-ms 2000] [--broker-pid PID] \
-//!     [--set streams.key=value ...]
+//!     [--set streams.key=value ...] [--sql]
 //! ```
+//!
+//! `--sql` runs the query's SQL form instead (`nexmark_sql.rs`: continuous `INSERT INTO … SELECT`
+//! statements on the same runtime; q0raw and q4 have none).
 //!
 //! Two kinds of run:
 //! - Throughput (default): phase 1 generates `--events` into `nexmark-events` as fast as the
@@ -59,6 +62,9 @@ use spate_streams::{
     Consumed, EmitStrategy, Grouped, KStream, KafkaStreams, Materialized, Produced, Repartitioned, StreamJoined,
     StreamsBuilder, StreamsConfig, StreamsState, Topology,
 };
+
+#[cfg(feature = "sql")]
+mod nexmark_sql;
 
 const EVENTS_TOPIC: &str = "nexmark-events";
 
@@ -699,6 +705,8 @@ struct Args {
     broker_pid: Option<u32>,
     timeout: Duration,
     streams_settings: Vec<(String, String)>,
+    /// Run the query's SQL form (`nexmark_sql.rs`) instead of the DSL's.
+    sql: bool,
 }
 
 impl Args {
@@ -716,6 +724,7 @@ impl Args {
             broker_pid: None,
             timeout: Duration::from_secs(300),
             streams_settings: Vec::new(),
+            sql: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -728,6 +737,7 @@ impl Args {
                 "--event-rate" => a.event_rate = value()?.replace('_', "").parse()?,
                 "--rate" => a.rate = Some(value()?.replace('_', "").parse()?),
                 "--skip-generate" => a.skip_generate = true,
+                "--sql" => a.sql = true,
                 "--threads" => a.threads = value()?.parse()?,
                 "--grace-ms" => a.grace = Duration::from_millis(value()?.parse()?),
                 "--broker-pid" => a.broker_pid = Some(value()?.parse()?),
@@ -912,6 +922,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Phase 2: the query. Peak RSS from here on only.
     let rss_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    if args.sql {
+        return run_sql(&args, &admin, events, &output, rss_reset).await;
+    }
     let (topology, progress) = topology(query, &output, args.grace)?;
     let state_dir = std::env::temp_dir().join(format!("nexmark-state-{}", std::process::id()));
     let app_id = format!("nexmark-{}-{}-{}", query.name(), std::process::id(), now_ms());
@@ -1039,6 +1052,111 @@ async fn main() -> anyhow::Result<()> {
     println!("|{}", table.keys().map(|_| "---|").collect::<String>());
     println!("| {} |", table.values().cloned().collect::<Vec<_>>().join(" | "));
     Ok(())
+}
+
+/// Phase 2 with the query's SQL form: its continuous statements run in this process, timed
+/// as the DSL's run is (throughput from the start, latency from a consumer of the output).
+#[cfg(feature = "sql")]
+async fn run_sql(args: &Args, admin: &Admin, events: u64, output: &str, rss_reset: bool) -> anyhow::Result<()> {
+    let query = args.query;
+    let stages = nexmark_sql::stages(query, output, args.grace)?;
+    if args.rate.is_some() && stages.iter().any(|s| s.after_previous) {
+        bail!("{query:?}'s SQL form runs its stages one after the other: measure its throughput (no --rate)");
+    }
+    nexmark_sql::prepare_topics(admin, &stages, args.partitions).await?;
+    for s in &stages {
+        println!("{}:", s.name);
+        for statement in &s.statements {
+            println!("  {statement};");
+        }
+    }
+    let stop_latency = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let latency = args.rate.map(|_| {
+        tokio::spawn(measure_latency(args.bootstrap_server.clone(), output.to_string(), stop_latency.clone()))
+    });
+    let input_done = Arc::new(std::sync::atomic::AtomicBool::new(args.rate.is_none()));
+    let mut producing = None;
+    let on_started = || {
+        if let Some(rate) = args.rate {
+            let generator = Generator { base_time_ms: now_ms(), events_per_second: rate };
+            let bootstrap = args.bootstrap_server.clone();
+            let done = input_done.clone();
+            producing = Some(tokio::spawn(async move {
+                let produced = produce(&bootstrap, generator, events, Some(rate)).await;
+                done.store(true, Ordering::Release);
+                produced
+            }));
+        }
+    };
+    let warmup = if args.rate.is_some() { Duration::from_secs(3) } else { Duration::ZERO };
+    let run = nexmark_sql::run(
+        admin,
+        &args.bootstrap_server,
+        &stages,
+        &args.streams_settings,
+        args.timeout,
+        warmup,
+        on_started,
+        || input_done.load(Ordering::Acquire),
+    )
+    .await?;
+    let produced = match producing {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
+    let histogram = match latency {
+        Some(task) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop_latency.store(true, Ordering::Release);
+            Some(task.await??)
+        }
+        None => None,
+    };
+    let peak_kib = peak_rss_kib("self").unwrap_or(0);
+    let outputs = end_offsets_sum(admin, output).await?;
+    for (app_id, description) in &run.descriptions {
+        eprintln!("{app_id}:\n{description}");
+    }
+    println!();
+    if let Some((produce_time, _)) = produced {
+        println!(
+            "latency run: {events} events produced at {:.0} events/s (target {}) with event time = send time",
+            events as f64 / produce_time.as_secs_f64(),
+            args.rate.unwrap_or(0)
+        );
+    }
+    println!(
+        "{query:?} (SQL, {} continuous quer{}): {events} events processed in {:.2} s{}; {} records through the queries, {outputs} output records, {} dropped late, {} commits",
+        stages.len(),
+        if stages.len() == 1 { "y" } else { "ies" },
+        run.elapsed_from_start.as_secs_f64(),
+        run.elapsed_from_first.map(|d| format!(" ({:.2} s from the first record)", d.as_secs_f64())).unwrap_or_default(),
+        run.records_processed,
+        run.dropped_late,
+        run.commits,
+    );
+    let quantile = |q: f64| match &histogram {
+        Some(h) if !h.is_empty() => format!("{} ms", h.value_at_quantile(q)),
+        Some(_) => "no output".into(),
+        None => "n/a (backlog)".into(),
+    };
+    println!("| query | events | events/s | p50 | p99 | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} (SQL) | {events} | {:.0} | {} | {} | {:.0}{} |",
+        query.name(),
+        events as f64 / run.elapsed_from_start.as_secs_f64(),
+        quantile(0.5),
+        quantile(0.99),
+        peak_kib as f64 / 1024.0,
+        if rss_reset { "" } else { " (incl. generation)" }
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "sql"))]
+async fn run_sql(_: &Args, _: &Admin, _: u64, _: &str, _: bool) -> anyhow::Result<()> {
+    bail!("--sql needs the example built with its `sql` feature (the default)")
 }
 
 fn check_running(streams: &KafkaStreams) -> anyhow::Result<()> {
