@@ -17,6 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, T
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
+use super::flat_json::FlatJson;
 use super::options::{OnError, TableOptions, ValueFormat};
 use crate::StreamsError;
 
@@ -113,6 +114,8 @@ pub(crate) struct RecordDecoder {
     projected_value_schema: SchemaRef,
     sources: Vec<Source>,
     output_schema: SchemaRef,
+    /// JSON with only flat projected columns: the one-pass scan tried before arrow-json.
+    flat_json: Option<FlatJson>,
 }
 
 impl RecordDecoder {
@@ -157,7 +160,12 @@ impl RecordDecoder {
         }
         let value_schema = Arc::new(Schema::new(table_schema.fields()[..value_count].to_vec()));
         let projected_value_schema = Arc::new(value_schema.project(&projected_values).expect("indices checked"));
+        let flat_json = match options.format {
+            ValueFormat::Json => FlatJson::new(&projected_value_schema),
+            _ => None,
+        };
         Ok(RecordDecoder {
+            flat_json,
             topic: options.topic.clone(),
             format: options.format,
             on_error: options.on_error,
@@ -285,6 +293,10 @@ impl RecordDecoder {
     /// fails, each value is tried alone to find the bad ones, and the good ones are decoded
     /// together and scattered back between NULL rows.
     fn decode_structured(&self, records: &[RawRecord<'_>]) -> Result<(Vec<ArrayRef>, u64), StreamsError> {
+        // The common case in one pass; anything it does not decide is arrow-json's below.
+        if let Some(columns) = self.flat_json.as_ref().and_then(|flat| flat.decode(records.iter().map(|r| r.value))) {
+            return Ok((columns, 0));
+        }
         let present: Vec<usize> = (0..records.len()).filter(|&i| records[i].value.is_some()).collect();
         let value = |i: usize| records[i].value.unwrap_or_default();
         let (good, batch, malformed) = match self.decode_values(present.iter().map(|&i| value(i)), present.len()) {

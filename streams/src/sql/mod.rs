@@ -10,6 +10,7 @@
 
 pub(crate) mod catalog;
 pub mod continuous;
+pub(crate) mod flat_json;
 pub(crate) mod format;
 pub(crate) mod infer;
 pub mod options;
