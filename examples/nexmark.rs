@@ -853,6 +853,29 @@ fn with_time(event: Event, ms: i64) -> Event {
     }
 }
 
+/// Ends a run's producer and latency consumer (either absent in a throughput run): the
+/// producer's time and bytes, and the latency histogram once results still on their way to the
+/// output topic have had a second to arrive.
+async fn finish_live_run(
+    producing: Option<tokio::task::JoinHandle<anyhow::Result<(Duration, u64)>>>,
+    latency: Option<tokio::task::JoinHandle<anyhow::Result<hdrhistogram::Histogram<u64>>>>,
+    stop_latency: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<(Option<(Duration, u64)>, Option<hdrhistogram::Histogram<u64>>)> {
+    let produced = match producing {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
+    let histogram = match latency {
+        Some(task) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop_latency.store(true, Ordering::Release);
+            Some(task.await??)
+        }
+        None => None,
+    };
+    Ok((produced, histogram))
+}
+
 /// Reads `topic` from the beginning until `stop`, recording `receive time - record timestamp`
 /// in milliseconds.
 async fn measure_latency(
@@ -987,19 +1010,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let elapsed = done_at - measured_from;
     let since_first = first_record.map(|f| done_at - f);
-    let produced = match producing {
-        Some(p) => Some(p.await??),
-        None => None,
-    };
-    let histogram = match latency {
-        Some(task) => {
-            // Results still on their way to the output topic.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            stop_latency.store(true, Ordering::Release);
-            Some(task.await??)
-        }
-        None => None,
-    };
+    let (produced, histogram) = finish_live_run(producing, latency, &stop_latency).await?;
     let peak_kib = peak_rss_kib("self").unwrap_or(0);
     let metrics = streams.metrics();
     let dropped_late = metrics.dropped_late.load(Ordering::Relaxed);
@@ -1100,18 +1111,7 @@ async fn run_sql(args: &Args, admin: &Admin, events: u64, output: &str, rss_rese
         || input_done.load(Ordering::Acquire),
     )
     .await?;
-    let produced = match producing {
-        Some(p) => Some(p.await??),
-        None => None,
-    };
-    let histogram = match latency {
-        Some(task) => {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            stop_latency.store(true, Ordering::Release);
-            Some(task.await??)
-        }
-        None => None,
-    };
+    let (produced, histogram) = finish_live_run(producing, latency, &stop_latency).await?;
     let peak_kib = peak_rss_kib("self").unwrap_or(0);
     let outputs = end_offsets_sum(admin, output).await?;
     for (app_id, description) in &run.descriptions {
