@@ -334,7 +334,18 @@ def test_elect_leaders_and_followers_copy_deleted_log_start(cluster_factory):
     other = cluster.wait_leader(topic, 0, exclude=(preferred,))
     # The new leader starts where the old one deleted up to: the followers copied it.
     live = cluster.up_bootstrap()
-    assert watermarks(live, topic, 0)[0] == 30
+
+    def low_watermark():
+        # librdkafka may have sent the request to the killed broker on metadata from a broker
+        # that had not yet seen it fenced, and then drops that broker's handle mid-request
+        # (_DESTROY_BROKER): the client's transient state, so ask again.
+        try:
+            return (watermarks(live, topic, 0)[0],)
+        except KafkaException as e:
+            print(f"watermarks: {e}, asking again")
+            return None
+
+    assert wait_until(low_watermark, 20, "the new leader's watermarks")[0] == 30
     fill(live, topic, 1, 10)
     cluster.restart(preferred)
     cluster.wait_isr(topic, 0, 3, timeout_s=60, includes=(preferred,))
