@@ -24,6 +24,9 @@ use spate_streams::StreamsState;
 
 use super::{end_offsets_sum, recreate_topic, Query, EVENTS_TOPIC};
 
+/// How long every stage's counters must stay still before a run is done (see `run`).
+const QUIET: Duration = Duration::from_secs(1);
+
 /// One continuous query of a Nexmark query's SQL form.
 pub struct SqlStage {
     pub name: &'static str,
@@ -365,11 +368,17 @@ pub async fn run(
     let mut next = 0;
     let mut first_record: Option<Instant> = None;
     let mut last: Vec<(u64, u64)> = Vec::new();
+    // Since when the counters have not moved. A stage counts a record as processed when its
+    // micro-batch takes it and writes the results up to 100 ms later, so "done" needs the
+    // counters still for QUIET; the run ended when they stopped moving.
+    let mut still_since = Instant::now();
     let mut last_report = Instant::now();
     let mut notified = false;
     let done_at = loop {
         // Start every stage that may start now.
-        while next < stages.len() && (!stages[next].after_previous || last_done(&last, next)) {
+        while next < stages.len()
+            && (!stages[next].after_previous || (last_done(&last, next) && still_since.elapsed() >= QUIET))
+        {
             running.push(start_stage(bootstrap, &stages[next], &run_tag, settings).await?);
             next += 1;
         }
@@ -394,9 +403,15 @@ pub async fn run(
         if first_record.is_none() && now.iter().any(|(p, _)| *p > 0) {
             first_record = Some(Instant::now());
         }
-        let all_done = next == stages.len() && input_complete() && now.iter().all(|(p, e)| p >= e) && now == last;
+        if now != last {
+            still_since = Instant::now();
+        }
+        let all_done = next == stages.len()
+            && input_complete()
+            && now.iter().all(|(p, e)| p >= e)
+            && still_since.elapsed() >= QUIET;
         if all_done {
-            break Instant::now();
+            break still_since;
         }
         if started.elapsed() > timeout {
             bail!("not done within {timeout:?}: per stage (processed, to process) {now:?}");
