@@ -853,6 +853,17 @@ fn with_time(event: Event, ms: i64) -> Event {
     }
 }
 
+/// The producer's line of a latency run (nothing for a throughput run).
+fn print_latency_run(produced: Option<(Duration, u64)>, events: u64, rate: Option<u64>) {
+    if let Some((produce_time, _)) = produced {
+        println!(
+            "latency run: {events} events produced at {:.0} events/s (target {}) with event time = send time",
+            events as f64 / produce_time.as_secs_f64(),
+            rate.unwrap_or(0)
+        );
+    }
+}
+
 /// Ends a run's producer and latency consumer (either absent in a throughput run): the
 /// producer's time and bytes, and the latency histogram once results still on their way to the
 /// output topic have had a second to arrive.
@@ -1022,13 +1033,7 @@ async fn main() -> anyhow::Result<()> {
 
     let events_per_s = events as f64 / elapsed.as_secs_f64();
     println!();
-    if let Some((produce_time, _)) = produced {
-        println!(
-            "latency run: {events} events produced at {:.0} events/s (target {}) with event time = send time",
-            events as f64 / produce_time.as_secs_f64(),
-            args.rate.unwrap_or(0)
-        );
-    }
+    print_latency_run(produced, events, args.rate);
     println!(
         "{query:?}: {events} events processed in {:.2} s{}; {processed} records through the topology, {outputs} output records, {dropped_late} dropped late, {commits} commits",
         elapsed.as_secs_f64(),
@@ -1118,13 +1123,7 @@ async fn run_sql(args: &Args, admin: &Admin, events: u64, output: &str, rss_rese
         eprintln!("{app_id}:\n{description}");
     }
     println!();
-    if let Some((produce_time, _)) = produced {
-        println!(
-            "latency run: {events} events produced at {:.0} events/s (target {}) with event time = send time",
-            events as f64 / produce_time.as_secs_f64(),
-            args.rate.unwrap_or(0)
-        );
-    }
+    print_latency_run(produced, events, args.rate);
     println!(
         "{query:?} (SQL, {} continuous quer{}): {events} events processed in {:.2} s{}; {} records through the queries, {outputs} output records, {} dropped late, {} commits",
         stages.len(),

@@ -93,19 +93,17 @@ impl FlatJson {
         for value in values {
             cells.iter_mut().for_each(|c| *c = Cell::Null);
             if let Some(bytes) = value {
-                // Strings are sliced from the bytes as they are: all of it must be UTF-8.
-                std::str::from_utf8(bytes).ok()?;
+                // Strings are sliced from the value as they are: all of it must be UTF-8.
+                let text = std::str::from_utf8(bytes).ok()?;
                 self.scan(bytes, &mut cells)?;
                 for (builder, cell) in builders.iter_mut().zip(&cells) {
                     match (builder, *cell) {
                         (Builder::Int64(b), Cell::Int(v)) => b.append_value(v),
                         (Builder::Float64(b), Cell::Float(v)) => b.append_value(v),
                         (Builder::Boolean(b), Cell::Bool(v)) => b.append_value(v),
-                        (Builder::Utf8(b), Cell::Str(start, end)) => {
-                            // Checked above (the whole value); a slice between quotes that holds
-                            // no escape starts and ends on character boundaries.
-                            b.append_value(std::str::from_utf8(&bytes[start..end]).ok()?)
-                        }
+                        // Between two ASCII quotes of valid UTF-8: character boundaries, so
+                        // `get` never refuses it (checked rather than indexed all the same).
+                        (Builder::Utf8(b), Cell::Str(start, end)) => b.append_value(text.get(start..end)?),
                         (Builder::Int64(b), _) => b.append_null(),
                         (Builder::Float64(b), _) => b.append_null(),
                         (Builder::Boolean(b), _) => b.append_null(),
