@@ -18,6 +18,7 @@ pub mod log_cleaner;
 pub mod log_dir;
 pub mod metrics;
 pub mod partition;
+pub mod producer_snapshot;
 pub mod producer_state;
 pub mod replica;
 pub mod server;

@@ -31,14 +31,15 @@ use crate::error::{BrokerError, Result};
 use crate::log::epoch_cache::LeaderEpochCache;
 use crate::log::{cleaner, CleanStats, Log, LogConfig, LogError, OffsetMap, ReadSlice};
 use crate::log_dir::LogDir;
+use crate::producer_snapshot::{self, ProducerSnapshot};
 use crate::producer_state::{ActiveProducer, ProducerStateManager, SequenceCheck};
 use crate::replica::isr::{self, FollowerState};
-use crate::txn::marker::{control_batch, marker_kind};
+use crate::txn::marker::{control_batch, marker_of};
 use crate::txn::tracker::{AbortedTxn, TxnTracker};
 
 /// Created in a partition's directory the first time it takes a transactional batch: only such
-/// partitions scan their whole log at open to rebuild their transactions (Kafka keeps
-/// `.txnindex` files instead; see ARCHITECTURE.md).
+/// partitions look for transactions at open (from a producer-state snapshot and the segments'
+/// `.txnindex` files, or, without a usable snapshot, by reading the whole log's headers).
 pub const TRANSACTIONAL_MARKER_FILE: &str = "transactional";
 
 /// Bound on the aborted transactions one fetch response lists per partition.
@@ -57,7 +58,8 @@ impl std::fmt::Display for TopicPartition {
     }
 }
 
-/// How far back from the log end producer state is rebuilt at start (in offsets).
+/// How far back from the log end producer state is rebuilt at start (in offsets) when no usable
+/// snapshot exists and the log never held a transactional batch.
 const PRODUCER_STATE_REBUILD_OFFSETS: i64 = 1_000_000;
 
 /// An AlterPartition this leader sent and no image has settled yet. One at a time per
@@ -124,6 +126,11 @@ struct PartitionState {
     /// Bumped by every truncation: a flush target taken before one must not be marked flushed
     /// after it (the offsets it covered may hold different, unsynced batches now).
     truncations: u64,
+    /// Where the last restore of producer state and transactions started reading the log
+    /// (a snapshot's offset, the log start, or the rebuild window's start).
+    restored_from: i64,
+    /// This partition's producer-state snapshot files.
+    snapshots: producer_snapshot::Snapshots,
 }
 
 /// How long an AlterPartition may go unanswered before the leader proposes again.
@@ -205,19 +212,58 @@ pub struct Partition {
     transactional: AtomicBool,
 }
 
-/// Replays the transactional batches of `log` into `txns` (whole log: an aborted transaction
-/// anywhere in it must stay hidden from `read_committed` consumers).
-fn rebuild_txns(log: &Log, txns: &mut TxnTracker) -> Result<()> {
+/// Restores a partition's idempotent-producer state and transactions from its files, after
+/// open or a follower's truncation: the newest usable producer-state snapshot (at or below the
+/// first segment whose `.txnindex` recovery could not trust), the aborted transactions of the
+/// `.txnindex` files below it, then a replay of the batches after it, which also rebuilds the
+/// `.txnindex` of every segment it covers. Without a snapshot, a transactional log is replayed
+/// from its start (the only way to find transactions still open), any other from
+/// [`PRODUCER_STATE_REBUILD_OFFSETS`] before its end (retries follow the original within
+/// seconds, so the newest offsets hold every batch a retry can match).
+fn restore_state(
+    dir: &std::path::Path,
+    log: &mut Log,
+    producers: &mut ProducerStateManager,
+    txns: &mut TxnTracker,
+    transactional: bool,
+    now_ms: i64,
+) -> Result<i64> {
+    producers.clear();
     txns.clear();
-    log.visit_batch_headers(|log, header| -> Result<()> {
-        if !header.is_transactional() || !header.has_producer_id() {
+    let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
+    let snapshot_bound = if transactional { log.txn_index_known_below() } else { log_end };
+    let snapshot = producer_snapshot::newest_usable(dir, log_start, snapshot_bound, producer_snapshot::MAX_BYTES)
+        .map_err(|e| BrokerError::io(dir, e))?;
+    let from = match &snapshot {
+        Some(s) => s.offset,
+        None if transactional => log_start,
+        None => log_start.max(log_end - PRODUCER_STATE_REBUILD_OFFSETS),
+    };
+    if let Some(snapshot) = snapshot {
+        producers.import(snapshot.producers);
+        for aborted in log.aborted_txns_below(from) {
+            txns.restore_aborted(aborted);
+        }
+        for (producer_id, first_offset) in snapshot.ongoing {
+            txns.on_data(producer_id, first_offset);
+        }
+    }
+    log.rebuild_txn_indexes_from(from);
+    let mut replayed_aborts = Vec::new();
+    log.visit_batch_headers_from(from, |log, header| -> Result<()> {
+        if !header.has_producer_id() {
+            return Ok(());
+        }
+        producers.record(header, header.base_offset, now_ms);
+        if !header.is_transactional() {
             return Ok(());
         }
         if header.is_control() {
             let bytes = log.read(header.base_offset, header.total_bytes(), i64::MAX)?.read()?;
             if bytes.len() >= header.total_bytes() {
-                if let Some(commit) = marker_kind(header, &bytes.slice(..header.total_bytes())) {
-                    txns.on_marker(header.producer_id, header.base_offset, commit);
+                if let Some((commit, coordinator_epoch)) = marker_of(header, &bytes.slice(..header.total_bytes())) {
+                    producers.set_coordinator_epoch(header.producer_id, coordinator_epoch);
+                    replayed_aborts.extend(txns.on_marker(header.producer_id, header.base_offset, commit));
                 }
             }
         } else {
@@ -225,8 +271,12 @@ fn rebuild_txns(log: &Log, txns: &mut TxnTracker) -> Result<()> {
         }
         Ok(())
     })?;
-    txns.on_high_watermark(log.log_end_offset());
-    Ok(())
+    for aborted in replayed_aborts {
+        log.add_replayed_aborted_txn(aborted);
+    }
+    log.finish_txn_index_rebuild()?;
+    txns.on_high_watermark(log_end);
+    Ok(from)
 }
 
 impl Partition {
@@ -244,20 +294,21 @@ impl Partition {
         let mut epochs = LeaderEpochCache::open(&dir)?;
         // Recovery may have cut the log below epochs the cache recorded.
         epochs.truncate_from_end(log.log_end_offset())?;
+        let mut log = log;
         let mut producers =
             ProducerStateManager::new(broker.producer_id_expiration_ms, broker.max_producers_per_partition);
         // Idempotence must survive restarts: a producer retrying a batch whose acknowledgement
-        // was lost in the crash must get DUPLICATE, not a second copy. Retries follow the
-        // original within seconds, so the newest offsets hold every batch a retry can match;
-        // scanning only them keeps start-up time independent of the log's size.
-        let rebuild_from = log.log_start_offset().max(log.log_end_offset() - PRODUCER_STATE_REBUILD_OFFSETS);
-        producers.rebuild(log.batch_headers_from(rebuild_from)?, now_ms);
-        let log_end = log.log_end_offset();
+        // was lost in the crash must get DUPLICATE, not a second copy; and transactions open at
+        // the crash must stay open (their LSO, their abort by the coordinator).
         let mut txns = TxnTracker::default();
         let transactional = dir.join(TRANSACTIONAL_MARKER_FILE).exists();
-        if transactional {
-            rebuild_txns(&log, &mut txns)?;
-        }
+        // Snapshots above a log end that recovery cut describe batches that are gone; later
+        // appends reaching past their offsets must not make them look usable.
+        let mut snapshots = producer_snapshot::Snapshots::load(&dir).map_err(|e| BrokerError::io(&dir, e))?;
+        snapshots.remove_above(&dir, log.log_end_offset()).map_err(|e| BrokerError::io(&dir, e))?;
+        let restored_from = restore_state(&dir, &mut log, &mut producers, &mut txns, transactional, now_ms)?;
+        snapshots.prune(&dir, log.active_base_offset()).map_err(|e| BrokerError::io(&dir, e))?;
+        let log_end = log.log_end_offset();
         // Recovery verified everything up to the log end, and it is on disk now.
         let durable = log_end;
         let local_id = broker.node_id;
@@ -297,6 +348,8 @@ impl Partition {
                 isr: vec![local_id],
                 partition_epoch: 0,
                 truncations: 0,
+                restored_from,
+                snapshots,
             }),
         };
         Ok(partition)
@@ -435,6 +488,7 @@ impl Partition {
             self.note_transactional()?;
         }
         let info = state.log.append(records, batches, leader_epoch, now_ms)?;
+        self.snapshot_if_rolled(&mut state);
         let mut base = info.base_offset;
         for batch in batches {
             if batch.has_producer_id() {
@@ -502,9 +556,12 @@ impl Partition {
             state.epochs.assign(leader_epoch, start)?;
         }
         let info = state.log.append(&batch, &headers, leader_epoch, now_ms)?;
+        self.snapshot_if_rolled(state);
         state.producers.record(&headers[0], info.base_offset, now_ms);
         state.producers.set_coordinator_epoch(producer_id, coordinator_epoch);
-        state.txns.on_marker(producer_id, info.base_offset, commit);
+        if let Some(aborted) = state.txns.on_marker(producer_id, info.base_offset, commit) {
+            state.log.add_aborted_txn(aborted);
+        }
         self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
         let log_end = state.log.log_end_offset();
         self.log_end_offset.store(log_end, Ordering::Release);
@@ -552,14 +609,20 @@ impl Partition {
         Ok(state.producers.describe(|producer_id| state.txns.ongoing_start(producer_id)))
     }
 
+    /// Where the last restore of producer state and transactions (open, truncation) started
+    /// reading the log (tests).
+    pub fn restored_from(&self) -> i64 {
+        self.lock().restored_from
+    }
+
     /// Whether `producer_id` has a transaction open in this log (tests, DescribeProducers).
     pub fn has_ongoing_transaction(&self, producer_id: i64) -> bool {
         self.lock().txns.is_ongoing(producer_id)
     }
 
-    /// Fsyncs whatever is unflushed; called by the flusher thread only.
+    /// Fsyncs whatever is unflushed; called by the flusher thread only (and benchmarks).
     /// A failed fsync takes the log directory offline (see `log_dir`): it is never retried.
-    pub(crate) fn flush(&self) -> Result<()> {
+    pub fn flush(&self) -> Result<()> {
         let (target, truncations) = {
             let state = self.lock();
             if self.deleted.load(Ordering::Acquire) {
@@ -1100,6 +1163,7 @@ impl Partition {
             self.note_transactional()?;
         }
         let info = state.log.append_as_follower(&records[..whole_bytes], &headers, now_ms)?;
+        self.snapshot_if_rolled(state);
         let mut position = 0;
         for header in &headers {
             if state.epochs.latest_epoch().is_none_or(|latest| header.partition_leader_epoch > latest) {
@@ -1110,8 +1174,12 @@ impl Partition {
                 if header.is_transactional() {
                     if header.is_control() {
                         let batch = records.slice(position..position + header.total_bytes());
-                        if let Some(commit) = marker_kind(header, &batch) {
-                            state.txns.on_marker(header.producer_id, header.base_offset, commit);
+                        if let Some((commit, coordinator_epoch)) = marker_of(header, &batch) {
+                            state.producers.set_coordinator_epoch(header.producer_id, coordinator_epoch);
+                            if let Some(aborted) = state.txns.on_marker(header.producer_id, header.base_offset, commit)
+                            {
+                                state.log.add_aborted_txn(aborted);
+                            }
                         }
                     } else {
                         state.txns.on_data(header.producer_id, header.base_offset);
@@ -1183,6 +1251,9 @@ impl Partition {
             return Ok(());
         }
         tracing::info!(partition = %self.tp, from = state.log.log_end_offset(), to = offset, "truncating follower log");
+        // Snapshots above the cut describe a log that is going away; the log's checkpoint write
+        // below syncs the directory, so they cannot come back to describe its replacement.
+        state.snapshots.remove_above(&self.dir, offset).map_err(|e| BrokerError::io(&self.dir, e))?;
         state.log.truncate_to(offset)?;
         self.after_truncation(state, now_ms)
     }
@@ -1197,6 +1268,7 @@ impl Partition {
             return Err(self.not_leader());
         }
         tracing::info!(partition = %self.tp, to = offset, "follower restarts its log at the leader's log start");
+        state.snapshots.remove_above(&self.dir, -1).map_err(|e| BrokerError::io(&self.dir, e))?;
         state.log.truncate_fully(offset)?;
         state.epochs.clear()?;
         self.after_truncation(state, now_ms)
@@ -1220,14 +1292,10 @@ impl Partition {
         let log_end = state.log.log_end_offset();
         let log_start = state.log.log_start_offset();
         state.epochs.truncate_from_end(log_end)?;
-        state.producers.clear();
-        let rebuild_from = log_start.max(log_end - PRODUCER_STATE_REBUILD_OFFSETS);
-        let headers = state.log.batch_headers_from(rebuild_from)?;
-        state.producers.rebuild(headers, now_ms);
-        if self.transactional.load(Ordering::Acquire) {
-            rebuild_txns(&state.log, &mut state.txns)?;
-            self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
-        }
+        let transactional = self.transactional.load(Ordering::Acquire);
+        state.restored_from =
+            restore_state(&self.dir, &mut state.log, &mut state.producers, &mut state.txns, transactional, now_ms)?;
+        self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
         self.log_start_offset.store(log_start, Ordering::Release);
         self.log_end_offset.store(log_end, Ordering::Release);
         self.log_end_watch.send_replace(log_end);
@@ -1344,6 +1412,7 @@ impl Partition {
             return Ok(());
         }
         state.log.enforce_retention(now_ms, self.high_watermark())?;
+        self.snapshot_if_rolled(&mut state);
         state.producers.expire(now_ms);
         state.txns.expire_verifications(now_ms);
         let log_start = state.log.log_start_offset();
@@ -1418,8 +1487,31 @@ impl Partition {
         if self.check_usable().is_err() {
             return Ok(());
         }
+        // The next open then replays nothing. Not fsynced itself: `close_in_place` syncs the
+        // directory after it, and a snapshot torn by a power loss fails its CRC (the roll
+        // snapshot below it is used then).
+        let snapshot = Self::snapshot_of(&state, state.log.log_end_offset());
+        let active_base = state.log.active_base_offset();
+        state.snapshots.write(&self.dir, &snapshot, false, active_base).map_err(|e| BrokerError::io(&self.dir, e))?;
         state.log.close_in_place()?;
         Ok(())
+    }
+
+    fn snapshot_of(state: &PartitionState, offset: i64) -> ProducerSnapshot {
+        ProducerSnapshot { offset, producers: state.producers.export(), ongoing: state.txns.ongoing() }
+    }
+
+    /// After an append that rolled the log: snapshots producer state at the new segment's base
+    /// offset (the append itself is not applied yet, so the state is the log's below it). A
+    /// failure costs only replay time at the next start, so it is logged, not returned.
+    fn snapshot_if_rolled(&self, state: &mut PartitionState) {
+        let Some(offset) = state.log.take_rolled() else {
+            return;
+        };
+        let snapshot = Self::snapshot_of(state, offset);
+        if let Err(error) = state.snapshots.write(&self.dir, &snapshot, false, offset) {
+            tracing::warn!(partition = %self.tp, offset, %error, "could not write a producer-state snapshot");
+        }
     }
 }
 

@@ -86,6 +86,19 @@ pub struct ActiveProducer {
     pub current_txn_start_offset: i64,
 }
 
+/// One producer's state as a snapshot holds it (see `crate::producer_snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProducer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub last_used_ms: i64,
+    pub last_timestamp_ms: i64,
+    pub coordinator_epoch: i32,
+    /// `(first_sequence, last_sequence, base_offset, last_offset)` of its last batches, oldest
+    /// first.
+    pub batches: Vec<(i32, i32, i64, i64)>,
+}
+
 /// Sequence range and offsets of one appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BatchMetadata {
@@ -366,6 +379,62 @@ impl ProducerStateManager {
     pub fn clear(&mut self) {
         self.producers.clear();
         self.lru.clear();
+    }
+
+    /// Every producer's state, least recently used first (for a snapshot).
+    pub fn export(&self) -> Vec<SnapshotProducer> {
+        self.lru
+            .values()
+            .filter_map(|producer_id| {
+                let e = self.producers.get(producer_id)?;
+                Some(SnapshotProducer {
+                    producer_id: *producer_id,
+                    producer_epoch: e.producer_epoch,
+                    last_used_ms: e.last_used_ms,
+                    last_timestamp_ms: e.last_timestamp_ms,
+                    coordinator_epoch: e.coordinator_epoch,
+                    batches: e
+                        .batches
+                        .iter()
+                        .map(|b| (b.first_sequence, b.last_sequence, b.base_offset, b.last_offset))
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the state with `producers` (as [`export`](Self::export) gave them, least
+    /// recently used first), keeping at most `max_producers` of the most recent ones and at
+    /// most [`BATCHES_RETAINED_PER_PRODUCER`] batches each.
+    pub fn import(&mut self, producers: Vec<SnapshotProducer>) {
+        self.clear();
+        let skip = producers.len().saturating_sub(self.max_producers);
+        for p in producers.into_iter().skip(skip) {
+            let lru_key = self.next_lru_key;
+            self.next_lru_key += 1;
+            let keep = p.batches.len().saturating_sub(BATCHES_RETAINED_PER_PRODUCER);
+            let batches = p.batches[keep..]
+                .iter()
+                .map(|&(first_sequence, last_sequence, base_offset, last_offset)| BatchMetadata {
+                    first_sequence,
+                    last_sequence,
+                    base_offset,
+                    last_offset,
+                })
+                .collect();
+            let entry = ProducerStateEntry {
+                producer_epoch: p.producer_epoch,
+                batches,
+                last_used_ms: p.last_used_ms,
+                last_timestamp_ms: p.last_timestamp_ms,
+                coordinator_epoch: p.coordinator_epoch,
+                lru_key,
+            };
+            if let Some(old) = self.producers.insert(p.producer_id, entry) {
+                self.lru.remove(&old.lru_key);
+            }
+            self.lru.insert(lru_key, p.producer_id);
+        }
     }
 
     fn evict_least_recently_used(&mut self) {

@@ -30,10 +30,12 @@
 //! headers stays valid; compressed batches are decompressed, filtered and recompressed with the
 //! same codec. A batch left without records is dropped, including the last batch of an
 //! idempotent producer (Kafka keeps that one, empty, so that its producer-state snapshot can be
-//! rebuilt). Spate rebuilds producer state from the headers of the newest offsets and treats an
-//! unknown producer as new (KIP-360), and the cleaner only reaches closed segments below the high
-//! watermark, so dropping it can at worst forget duplicate detection for a retry of that very
-//! batch arriving after the segment was cleaned and the broker restarted.
+//! rebuilt). Spate restores producer state from snapshots written at rolls (the batches after
+//! one are replayed; without one, the newest offsets' headers) and treats an unknown producer as
+//! new (KIP-360), and the cleaner only reaches closed segments below the high watermark, so
+//! dropping it can at worst forget duplicate detection for a retry of that very batch arriving
+//! after the segment was cleaned and the broker restarted without a usable snapshot. A cleaned
+//! segment's `.txnindex` is the concatenation of its group's (markers are kept).
 //!
 //! Readers are never disturbed: a [`super::ReadSlice`] holds the old file open, and renames and
 //! unlinks leave open files readable.
@@ -245,6 +247,8 @@ struct SegmentRef {
     path: Arc<Path>,
     last_modified_ms: i64,
     rolling_base_ms: i64,
+    /// Its aborted transactions (`.txnindex`), `None` when not known.
+    aborted: Option<Vec<super::AbortedTxn>>,
 }
 
 /// What [`Log::plan_cleaning`] decided: a snapshot of the segments to read, to be cleaned by
@@ -287,11 +291,12 @@ pub struct CleanedSegment {
 }
 
 /// The uncommitted files of the cleaned segment that will be `log_path`.
-fn cleaned_paths(log_path: &Path) -> [PathBuf; 3] {
+fn cleaned_paths(log_path: &Path) -> [PathBuf; 4] {
     [
         segment::with_suffix(log_path, CLEANED_SUFFIX),
         segment::with_suffix(&segment::index_path(log_path), CLEANED_SUFFIX),
         segment::with_suffix(&segment::time_index_path(log_path), CLEANED_SUFFIX),
+        segment::with_suffix(&super::txn_index::txn_index_path(log_path), CLEANED_SUFFIX),
     ]
 }
 
@@ -372,6 +377,7 @@ impl Log {
                 path: Arc::clone(&s.path),
                 last_modified_ms: s.last_modified_ms,
                 rolling_base_ms: s.rolling_base_ms,
+                aborted: s.txn_index_known.then(|| s.aborted.clone()),
             })
             .collect();
         Some(CleaningPlan {
@@ -408,7 +414,7 @@ impl Log {
             discard(&cleaned.segment.path);
             return Ok(false);
         };
-        let [cleaned_log, cleaned_index, cleaned_time_index] = cleaned_paths(&cleaned.segment.path);
+        let [cleaned_log, cleaned_index, cleaned_time_index, cleaned_txn_index] = cleaned_paths(&cleaned.segment.path);
         let swap = self.dir.join(swap_name(base, cleaned.next_base));
         if let Err(e) = fs::rename(&cleaned_log, &swap) {
             discard(&cleaned.segment.path);
@@ -434,6 +440,10 @@ impl Log {
             [(cleaned_index, segment::index_path(&path)), (cleaned_time_index, segment::time_index_path(&path))]
         {
             fs::rename(&from, &to).map_err(|e| io_error(&to, e))?;
+        }
+        if cleaned.segment.txn_index_known {
+            let to = super::txn_index::txn_index_path(&path);
+            fs::rename(&cleaned_txn_index, &to).map_err(|e| io_error(&to, e))?;
         }
         let next_base = cleaned.next_base;
         self.pending_index_syncs.retain(|p| p.base_offset < base || p.base_offset >= next_base);
@@ -697,6 +707,12 @@ fn clean_group(
     let mut segment = Segment::empty(path, file, base, now_ms);
     segment.last_modified_ms = group.iter().map(|s| s.last_modified_ms).max().unwrap_or(now_ms);
     segment.rolling_base_ms = group[0].rolling_base_ms;
+    // Markers are kept as they are, so the group's aborted transactions stay where they were;
+    // the cleaned segment's `.txnindex` is theirs, in order.
+    segment.txn_index_known = group.iter().all(|s| s.aborted.is_some());
+    if segment.txn_index_known {
+        segment.aborted = group.iter().flat_map(|s| s.aborted.iter().flatten().copied()).collect();
+    }
     let mut output = Output { segment, buf: Vec::new(), index_interval_bytes: plan.config.index_interval_bytes };
     let result = (|| -> Result<bool, LogError> {
         let mut changed = group.len() > 1;

@@ -439,7 +439,7 @@ fn a_crash_before_the_commit_leaves_the_old_segments() {
     let before = records(&f.log);
     let cleaned = clean_without_swapping(&mut f);
     assert_eq!(cleaned.len(), 1);
-    assert_eq!(f.files_with_suffix(".cleaned").len(), 3, "log and both indexes");
+    assert_eq!(f.files_with_suffix(".cleaned").len(), 4, "log and its three indexes");
     f.reopen();
     assert!(f.files_with_suffix(".cleaned").is_empty(), "recovery removes uncommitted files");
     assert_eq!(records(&f.log), before);
@@ -457,7 +457,7 @@ fn a_crash_after_the_commit_finishes_the_swap_at_open() {
         let c = &cleaned[0];
         let base = c.segment.base_offset;
         assert!(c.replaced.len() > 2);
-        let [cleaned_log, _, _] = cleaned_paths(&c.segment.path);
+        let [cleaned_log, _, _, _] = cleaned_paths(&c.segment.path);
         fs::rename(&cleaned_log, f.path.join(swap_name(base, c.next_base))).unwrap();
         for (b, _) in c.replaced.iter().skip(1).take(removed_before_crash) {
             segment::remove_segment_files(&segment::log_path(&f.path, *b)).unwrap();

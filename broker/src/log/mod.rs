@@ -26,6 +26,7 @@ mod index;
 mod segment;
 #[cfg(test)]
 mod tests;
+pub mod txn_index;
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -39,6 +40,7 @@ pub use checkpoint::write_file_atomically;
 use checkpoint::{io_error, sync_dir, Checkpoint};
 pub use cleaner::{CleanStats, CleanedSegment, CleanerCheckpoint, CleaningPlan, OffsetMap};
 use segment::{Cut, Segment, SyncFile, MAX_SEGMENT_OFFSETS};
+pub use txn_index::AbortedTxn;
 
 /// Decompressing one batch for a timestamp lookup never produces more than this.
 const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
@@ -279,7 +281,7 @@ impl FlushTarget {
 struct PendingIndexSync {
     base_offset: i64,
     next_offset: i64,
-    files: [SyncFile; 2],
+    files: Vec<SyncFile>,
 }
 
 pub struct Log {
@@ -304,6 +306,9 @@ pub struct Log {
     active_indexes_on_disk: bool,
     /// Where the cleaner stopped: see [`cleaner`].
     cleaner: CleanerCheckpoint,
+    /// Base offset of the segment the latest roll created, until the partition takes it (to
+    /// write a producer-state snapshot at that offset).
+    rolled_to: Option<i64>,
 }
 
 impl Log {
@@ -422,6 +427,7 @@ impl Log {
             dir_dirty_at: None,
             active_indexes_on_disk: false,
             cleaner,
+            rolled_to: None,
         };
         if log.persisted != Some(log.checkpoint()) {
             log.write_checkpoint()?;
@@ -691,6 +697,86 @@ impl Log {
         self.pending_index_syncs.push(PendingIndexSync { base_offset, next_offset, files });
         self.segments.push(new_segment);
         self.dir_dirty_at = Some(new_base);
+        self.rolled_to = Some(new_base);
+        Ok(())
+    }
+
+    /// The active segment's base offset.
+    pub fn active_base_offset(&self) -> i64 {
+        self.active().base_offset
+    }
+
+    /// The base offset of the segment the latest roll created, once: the partition writes its
+    /// producer-state snapshot there (before it applies the append that caused the roll).
+    pub fn take_rolled(&mut self) -> Option<i64> {
+        self.rolled_to.take()
+    }
+
+    /// Records an ABORT marker just appended (at the log end, so in the active segment): its
+    /// transaction goes into the segment's `.txnindex`.
+    pub fn add_aborted_txn(&mut self, aborted: AbortedTxn) {
+        let active = self.active_mut();
+        if aborted.last_offset >= active.base_offset
+            && active.aborted.last().is_none_or(|a| a.last_offset < aborted.last_offset)
+        {
+            active.aborted.push(aborted);
+        }
+    }
+
+    /// The first offset from which the segments' aborted transactions are not all known (the
+    /// base of the first segment recovery scanned), or the log end offset when all are.
+    pub fn txn_index_known_below(&self) -> i64 {
+        self.segments.iter().find(|s| !s.txn_index_known).map_or(self.log_end_offset(), |s| s.base_offset)
+    }
+
+    /// Every known aborted transaction whose marker lies below `offset`, in marker order.
+    pub fn aborted_txns_below(&self, offset: i64) -> Vec<AbortedTxn> {
+        self.segments
+            .iter()
+            .take_while(|s| s.base_offset < offset)
+            .flat_map(|s| s.aborted.iter().filter(|a| a.last_offset < offset).copied())
+            .collect()
+    }
+
+    /// Before the partition replays the log from `offset` (re-adding each ABORT marker it meets
+    /// with [`Log::add_replayed_aborted_txn`]): forgets the entries at or after `offset`.
+    /// `offset` must not pass [`Log::txn_index_known_below`], so that the replay covers every
+    /// segment whose entries are unknown.
+    pub fn rebuild_txn_indexes_from(&mut self, offset: i64) {
+        for segment in &mut self.segments {
+            segment.aborted.retain(|a| a.last_offset < offset);
+        }
+    }
+
+    /// An ABORT marker met while replaying the log (see [`Log::rebuild_txn_indexes_from`]).
+    pub fn add_replayed_aborted_txn(&mut self, aborted: AbortedTxn) {
+        let index = self.segment_index(aborted.last_offset);
+        let segment = &mut self.segments[index];
+        if segment.aborted.last().is_none_or(|a| a.last_offset < aborted.last_offset) {
+            segment.aborted.push(aborted);
+        }
+    }
+
+    /// After a replay from [`Log::rebuild_txn_indexes_from`]'s offset covered the log to its
+    /// end, every segment's aborted transactions are known; closed segments recovery had
+    /// scanned get their `.txnindex` now (fsynced, with the directory), so the next open
+    /// trusts them instead of replaying them again.
+    pub fn finish_txn_index_rebuild(&mut self) -> Result<(), LogError> {
+        let closed = self.segments.len() - 1;
+        let mut wrote = false;
+        for (i, segment) in self.segments.iter_mut().enumerate() {
+            if segment.txn_index_known {
+                continue;
+            }
+            segment.txn_index_known = true;
+            if i < closed {
+                segment.persist_txn_index()?;
+                wrote = true;
+            }
+        }
+        if wrote {
+            sync_dir(&self.dir)?;
+        }
         Ok(())
     }
 
@@ -1044,17 +1130,25 @@ impl Log {
         Ok(headers)
     }
 
-    /// Like [`batch_headers_from`](Self::batch_headers_from) from the log start, but one
-    /// segment's headers at a time, so a scan of the whole log holds one segment's headers in
-    /// memory, not the log's. `f` may read the log (e.g. a control batch's record).
-    pub fn visit_batch_headers<E: From<LogError>>(
+    /// Like [`batch_headers_from`](Self::batch_headers_from), but one segment's headers at a
+    /// time, so a scan of the whole log holds one segment's headers in memory, not the log's.
+    /// `f` may read the log (e.g. a control batch's record).
+    pub fn visit_batch_headers_from<E: From<LogError>>(
         &self,
+        offset: i64,
         mut f: impl FnMut(&Log, &BatchHeader) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.check_range(offset)?;
+        if offset == self.log_end_offset() {
+            return Ok(());
+        }
+        let Some((index, start, _)) = self.find_batch_from(offset)? else {
+            return Ok(());
+        };
         let mut headers = Vec::new();
-        for segment in &self.segments {
+        for (i, segment) in self.segments.iter().enumerate().skip(index) {
             headers.clear();
-            segment.headers_from(0, &mut headers)?;
+            segment.headers_from(if i == index { start } else { 0 }, &mut headers)?;
             for header in &headers {
                 f(self, header)?;
             }
@@ -1112,8 +1206,11 @@ fn list_segments(dir: &Path) -> Result<(Vec<i64>, bool), LogError> {
             changed = true;
         } else if let Some(base) = name.strip_suffix(".log").and_then(segment::parse_base_offset) {
             bases.push(base);
-        } else if let Some(base) =
-            name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex")).and_then(segment::parse_base_offset)
+        } else if let Some(base) = name
+            .strip_suffix(".index")
+            .or_else(|| name.strip_suffix(".timeindex"))
+            .or_else(|| name.strip_suffix(".txnindex"))
+            .and_then(segment::parse_base_offset)
         {
             index_files.push((base, entry.path()));
         } else if let Some(range) = cleaner::parse_swap_name(name) {

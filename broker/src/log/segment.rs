@@ -13,6 +13,7 @@ use spate_client::protocol::record::{
 
 use super::checkpoint::io_error;
 use super::index::{OffsetIndex, TimeIndex, TIME_ENTRY_BYTES};
+use super::txn_index::{self, txn_index_path, AbortedTxn};
 use super::LogError;
 
 /// Recovery reads unverified data in chunks of this size.
@@ -143,6 +144,12 @@ pub(crate) struct Segment {
     pub last_modified_ms: i64,
     /// The indexes were loaded from their files rather than rebuilt by a scan.
     pub indexes_from_disk: bool,
+    /// The aborted transactions whose ABORT marker is in this segment, in marker order (see
+    /// [`txn_index`]).
+    pub aborted: Vec<AbortedTxn>,
+    /// `aborted` is complete: loaded from a trusted `.txnindex`, or kept since the segment was
+    /// created. False for a segment recovery scanned, until the partition replays it.
+    pub txn_index_known: bool,
 }
 
 impl Segment {
@@ -161,6 +168,8 @@ impl Segment {
             rolling_base_ms: now_ms,
             last_modified_ms: now_ms,
             indexes_from_disk: false,
+            aborted: Vec::new(),
+            txn_index_known: true,
         }
     }
 
@@ -198,6 +207,7 @@ impl Segment {
         let file = open_noatime(&options, &path)?;
         let size = file.metadata().map_err(|e| io_error(&path, e))?.len();
         let mut segment = Segment::empty(path, file, base_offset, now_ms);
+        segment.txn_index_known = false;
         if size > MAX_SEGMENT_BYTES {
             return Err(segment.corrupt(MAX_SEGMENT_BYTES, format!("segment of {size} bytes exceeds 4 GiB")));
         }
@@ -275,6 +285,16 @@ impl Segment {
         self.size_bytes = size;
         self.next_offset = next_offset;
         self.indexes_from_disk = true;
+        // A missing or bad `.txnindex` leaves the other indexes trusted; only the aborted
+        // transactions are then rebuilt (by the partition, which can read the markers).
+        let max_txn_bytes = (size / BATCH_HEADER_BYTES as u64 + 1) * txn_index::ENTRY_BYTES as u64;
+        let last_offset_bound = next_base.unwrap_or(next_offset);
+        if let Some(bytes) = read_index_file(&txn_index_path(&self.path), max_txn_bytes)? {
+            if let Some(aborted) = txn_index::decode(&bytes, self.base_offset, last_offset_bound) {
+                self.aborted = aborted;
+                self.txn_index_known = true;
+            }
+        }
         Ok(true)
     }
 
@@ -455,13 +475,14 @@ impl Segment {
     /// Writes both indexes to their files (without fsync: see `Log::flush_target`), first
     /// recording the segment's largest timestamp so the time index's last entry carries it.
     /// Returns the written files so the caller can fsync them later.
-    pub fn write_indexes(&mut self) -> Result<[SyncFile; 2], LogError> {
+    pub fn write_indexes(&mut self) -> Result<Vec<SyncFile>, LogError> {
         self.write_indexes_with_suffix("")
     }
 
     /// [`Segment::write_indexes`] to the index paths with `suffix` appended (compaction writes
-    /// `.cleaned` files and renames them when it swaps the segment in).
-    pub fn write_indexes_with_suffix(&mut self, suffix: &str) -> Result<[SyncFile; 2], LogError> {
+    /// `.cleaned` files and renames them when it swaps the segment in). The `.txnindex` is
+    /// written only when its entries are known; otherwise a stale one is removed.
+    pub fn write_indexes_with_suffix(&mut self, suffix: &str) -> Result<Vec<SyncFile>, LogError> {
         if self.max_timestamp != i64::MIN {
             let relative_max = (self.offset_of_max_timestamp - self.base_offset) as u32;
             self.time_index.push_if_newer(self.max_timestamp, relative_max);
@@ -478,19 +499,31 @@ impl Segment {
         };
         let offsets = write(with_suffix(&index_path(&self.path), suffix), self.offset_index.encode())?;
         let times = write(with_suffix(&time_index_path(&self.path), suffix), self.time_index.encode())?;
-        Ok([offsets, times])
+        let txn_path = with_suffix(&txn_index_path(&self.path), suffix);
+        if !self.txn_index_known {
+            remove_if_present(&txn_path)?;
+            return Ok(vec![offsets, times]);
+        }
+        let txns = write(txn_path, txn_index::encode(&self.aborted))?;
+        Ok(vec![offsets, times, txns])
+    }
+
+    /// Writes (and fsyncs) the `.txnindex` of a closed segment whose entries became known after
+    /// its other indexes were written (recovery replay). The caller fsyncs the directory.
+    pub fn persist_txn_index(&self) -> Result<(), LogError> {
+        let path = txn_index_path(&self.path);
+        let mut file =
+            OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(|e| io_error(&path, e))?;
+        io::Write::write_all(&mut file, &txn_index::encode(&self.aborted)).map_err(|e| io_error(&path, e))?;
+        file.sync_data().map_err(|e| io_error(&path, e))
     }
 
     /// Removes the persisted indexes, which go stale once the segment changes. Returns whether
     /// there were any (the caller then fsyncs the directory).
     pub fn remove_index_files(&self) -> Result<bool, LogError> {
         let mut removed = false;
-        for path in [index_path(&self.path), time_index_path(&self.path)] {
-            match fs::remove_file(&path) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&path, e)),
-            }
+        for path in [index_path(&self.path), time_index_path(&self.path), txn_index_path(&self.path)] {
+            removed |= remove_if_present(&path)?;
         }
         Ok(removed)
     }
@@ -517,6 +550,8 @@ impl Segment {
             self.index_batch(at, &header, index_interval_bytes);
             at += header.total_bytes() as u64;
         }
+        let end = self.next_offset;
+        self.aborted.retain(|a| a.last_offset < end);
         Ok(())
     }
 
@@ -534,14 +569,19 @@ impl Segment {
 
 /// Removes a segment's log and index files; missing files are fine.
 pub(crate) fn remove_segment_files(log_path: &Path) -> Result<(), LogError> {
-    for path in [log_path.to_path_buf(), index_path(log_path), time_index_path(log_path)] {
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&path, e)),
-        }
+    for path in [log_path.to_path_buf(), index_path(log_path), time_index_path(log_path), txn_index_path(log_path)] {
+        remove_if_present(&path)?;
     }
     Ok(())
+}
+
+/// Removes `path`; returns whether it was there.
+fn remove_if_present(path: &Path) -> Result<bool, LogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(path, e)),
+    }
 }
 
 fn read_index_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, LogError> {

@@ -52,19 +52,30 @@ pub fn control_batch(
 /// is not a transaction marker (an unknown control type, or undecodable). `batch` holds exactly
 /// one batch, whose header is `header`.
 pub fn marker_kind(header: &BatchHeader, batch: &Bytes) -> Option<bool> {
+    marker_of(header, batch).map(|(commit, _)| commit)
+}
+
+/// [`marker_kind`] with the coordinator epoch the marker's value carries (-1 when its value is
+/// too short to hold one).
+pub fn marker_of(header: &BatchHeader, batch: &Bytes) -> Option<(bool, i32)> {
     if !header.is_control() {
         return None;
     }
     let mut records = Vec::new();
     // A marker holds one tiny uncompressed record; 64 KiB bounds anything hostile.
     decode_records(batch, 64 << 10, &mut records).ok()?;
-    let key = records.first()?.key.as_ref()?;
+    let record = records.first()?;
+    let key = record.key.as_ref()?;
     if key.len() < 4 {
         return None;
     }
+    let coordinator_epoch = match record.value.as_deref() {
+        Some([_, _, a, b, c, d, ..]) => i32::from_be_bytes([*a, *b, *c, *d]),
+        _ => -1,
+    };
     match i16::from_be_bytes([key[2], key[3]]) {
-        CONTROL_TYPE_ABORT => Some(false),
-        CONTROL_TYPE_COMMIT => Some(true),
+        CONTROL_TYPE_ABORT => Some((false, coordinator_epoch)),
+        CONTROL_TYPE_COMMIT => Some((true, coordinator_epoch)),
         _ => None,
     }
 }

@@ -142,9 +142,158 @@ fn compaction_removes_aborted_records_and_never_lets_them_shadow_committed_ones(
     assert!(left.contains(&("k".into(), "committed-1".into())), "the aborted value must not shadow it: {left:?}");
     assert!(!left.iter().any(|(_, v)| v == "aborted"), "aborted records are removed: {left:?}");
     assert!(left.contains(&("j".into(), "committed-2".into())));
-    // Markers stay, so a reopened partition still knows what was aborted.
+    // Markers stay, and the cleaned segments carry their .txnindex entries, so a reopened
+    // partition still knows what was aborted without reading the log.
+    let aborted = p.aborted_transactions(0, i64::MAX);
+    assert_eq!(aborted.len(), 1);
     p.close().unwrap();
     drop(p);
     let p = open(dir.path(), LogConfig::default());
     assert_eq!(p.last_stable_offset(), p.high_watermark());
+    assert_eq!(p.aborted_transactions(0, i64::MAX), aborted);
+    assert_eq!(p.restored_from(), p.high_watermark());
+}
+
+/// One append per 100 ms with `segment.ms` 10: every append rolls a segment.
+fn rolling_config() -> LogConfig {
+    LogConfig { segment_bytes: 1 << 20, segment_ms: 10, retention_ms: -1, retention_bytes: -1, ..LogConfig::default() }
+}
+
+/// What a restart must bring back: LSO, aborted transactions, open transactions and
+/// idempotent producer state.
+fn txn_state(p: &Partition) -> (i64, Vec<AbortedTxn>, Vec<crate::producer_state::ActiveProducer>) {
+    (p.last_stable_offset(), p.aborted_transactions(0, i64::MAX), p.describe_producers().unwrap())
+}
+
+fn files_with(dir: &std::path::Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_restart_restores_transactions_from_a_snapshot_and_txn_indexes_not_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let part_dir = dir.path().join("t-0");
+    let p = open(dir.path(), rolling_config());
+    let now = std::cell::Cell::new(0);
+    let tick = || {
+        now.set(now.get() + 100);
+        now.get()
+    };
+    // Aborted transactions in early segments, a commit, an idempotent producer, and a
+    // transaction of producer 9 that opens early and is still open at the end.
+    append(&p, &[("a", "1")], Some((5, 0, 0)), tick());
+    append(&p, &[("o", "open")], Some((9, 0, 0)), tick());
+    p.append_marker(5, 0, false, 0, tick()).unwrap();
+    append(&p, &[("b", "1")], Some((6, 0, 0)), tick());
+    append(&p, &[("b", "2")], Some((6, 0, 1)), tick());
+    p.append_marker(6, 0, true, 0, tick()).unwrap();
+    append(&p, &[("c", "1")], Some((7, 0, 0)), tick());
+    p.append_marker(7, 0, false, 0, tick()).unwrap();
+    for i in 0..4 {
+        append(&p, &[("plain", "x")], None, tick());
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(&Record {
+            key: None,
+            value: Some(Bytes::from_static(b"idem")),
+            headers: Vec::new(),
+            timestamp_ms: now.get(),
+        });
+        let batch = b.finish(11, 0, i, false).unwrap();
+        p.append(&batch, &validate_batches(&batch).unwrap(), tick()).unwrap();
+    }
+    let before = txn_state(&p);
+    assert_eq!(before.0, 1, "producer 9's transaction pins the LSO");
+    assert_eq!(before.1.len(), 2);
+    assert!(before.2.iter().any(|a| a.producer_id == 9 && a.current_txn_start_offset == 1));
+    let log_end = p.high_watermark();
+    assert!(files_with(&part_dir, ".txnindex").len() >= 10, "closed segments have their .txnindex");
+    assert_eq!(files_with(&part_dir, ".snapshot").len(), 3, "the newest three roll snapshots are kept");
+
+    // A crash (no close) after the flusher synced everything: only the active segment is
+    // replayed, from its roll snapshot.
+    p.flush().unwrap();
+    drop(p);
+    let p = open(dir.path(), rolling_config());
+    assert_eq!(txn_state(&p), before);
+    let active_base = p.restored_from();
+    assert!(active_base > 1 && active_base < log_end, "replayed from {active_base}, log end {log_end}");
+
+    // A clean close: nothing is replayed.
+    p.close().unwrap();
+    drop(p);
+    let p = open(dir.path(), rolling_config());
+    assert_eq!(txn_state(&p), before);
+    assert_eq!(p.restored_from(), log_end);
+    drop(p);
+
+    // Without snapshots a transactional log is read from its start, to the same state.
+    for name in files_with(&part_dir, ".snapshot") {
+        std::fs::remove_file(part_dir.join(name)).unwrap();
+    }
+    let p = open(dir.path(), rolling_config());
+    assert_eq!(p.restored_from(), 0);
+    assert_eq!(txn_state(&p), before);
+    drop(p);
+
+    // A lost .txnindex of an early segment: its aborted transactions are found by replay
+    // and the file is written again.
+    let lost = files_with(&part_dir, ".txnindex")[2].clone();
+    std::fs::remove_file(part_dir.join(&lost)).unwrap();
+    let p = open(dir.path(), rolling_config());
+    assert_eq!(txn_state(&p), before);
+    assert!(files_with(&part_dir, ".txnindex").contains(&lost));
+
+    // The transaction still open is ended by its marker as usual after all this.
+    p.append_marker(9, 0, false, 0, tick()).unwrap();
+    assert_eq!(p.last_stable_offset(), p.high_watermark());
+    assert_eq!(p.aborted_transactions(0, i64::MAX).len(), 3);
+}
+
+#[test]
+fn a_torn_txnindex_or_snapshot_is_rebuilt_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let part_dir = dir.path().join("t-0");
+    let p = open(dir.path(), rolling_config());
+    append(&p, &[("a", "1")], Some((5, 0, 0)), 100);
+    p.append_marker(5, 0, false, 0, 200).unwrap();
+    append(&p, &[("b", "1")], Some((6, 0, 0)), 300);
+    append(&p, &[("c", "1")], None, 400);
+    let before = txn_state(&p);
+    p.close().unwrap();
+    drop(p);
+    // Tear every .txnindex with entries and every snapshot.
+    for name in files_with(&part_dir, ".txnindex").into_iter().chain(files_with(&part_dir, ".snapshot")) {
+        let path = part_dir.join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        if !bytes.is_empty() {
+            std::fs::write(&path, &bytes[..bytes.len() / 2 + 1]).unwrap();
+        }
+    }
+    let p = open(dir.path(), rolling_config());
+    assert_eq!(p.restored_from(), 0, "nothing damaged is trusted");
+    assert_eq!(txn_state(&p), before);
+}
+
+#[test]
+fn a_snapshot_above_the_recovered_log_end_is_deleted_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let part_dir = dir.path().join("t-0");
+    let p = open(dir.path(), rolling_config());
+    append(&p, &[("a", "1")], Some((5, 0, 0)), 100);
+    p.append_marker(5, 0, true, 0, 200).unwrap();
+    let before = txn_state(&p);
+    p.close().unwrap();
+    drop(p);
+    // A snapshot of a longer log that a crash cut (it claims an open transaction).
+    let stale = crate::producer_snapshot::ProducerSnapshot { offset: 50, producers: Vec::new(), ongoing: vec![(9, 3)] };
+    crate::producer_snapshot::write(&part_dir, &stale, true).unwrap();
+    let p = open(dir.path(), rolling_config());
+    assert_eq!(txn_state(&p), before);
+    assert!(!files_with(&part_dir, ".snapshot").contains(&format!("{:020}.snapshot", 50)));
 }

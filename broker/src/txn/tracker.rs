@@ -3,9 +3,10 @@
 //! yet, and the aborted transactions a `read_committed` consumer must skip. From these follows
 //! the last stable offset (LSO): `min(first offset of any unstable transaction, high watermark)`.
 //!
-//! Kafka keeps the aborted list in per-segment `.txnindex` files; here it is rebuilt from the log
-//! at open (see `Partition::open`) and kept in memory, bounded by the aborted transactions the
-//! retained log holds.
+//! The aborted list is also kept per segment in `.txnindex` files (see `crate::log::txn_index`)
+//! and the open transactions in producer-state snapshots (`crate::producer_snapshot`), from
+//! which `Partition::open` restores this tracker; in memory it is bounded by the aborted
+//! transactions the retained log holds.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -31,14 +32,7 @@ struct Verification {
     started_ms: i64,
 }
 
-/// An aborted transaction in this log: `producer_id`'s records from `first_offset` up to the
-/// ABORT marker at `last_offset` are to be skipped by `read_committed` consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AbortedTxn {
-    pub producer_id: i64,
-    pub first_offset: i64,
-    pub last_offset: i64,
-}
+pub use crate::log::AbortedTxn;
 
 #[derive(Debug, Default)]
 pub struct TxnTracker {
@@ -130,17 +124,32 @@ impl TxnTracker {
 
     /// The marker of `producer_id` at `marker_offset`. A marker without an open transaction
     /// here (the coordinator writes markers to every partition it added, data or not) changes
-    /// nothing but is harmless.
-    pub fn on_marker(&mut self, producer_id: i64, marker_offset: i64, commit: bool) {
+    /// nothing but is harmless. Returns the aborted transaction an ABORT marker ends (for the
+    /// segment's `.txnindex`).
+    pub fn on_marker(&mut self, producer_id: i64, marker_offset: i64, commit: bool) -> Option<AbortedTxn> {
         // A verification in flight was for the transaction this marker ends.
         self.verifying.remove(&producer_id);
-        let Some(first_offset) = self.ongoing.remove(&producer_id) else {
-            return;
-        };
+        let first_offset = self.ongoing.remove(&producer_id)?;
         self.ongoing_by_offset.remove(&first_offset);
         self.unreplicated.insert(marker_offset, first_offset);
-        if !commit {
-            self.aborted.push_back(AbortedTxn { producer_id, first_offset, last_offset: marker_offset });
+        if commit {
+            return None;
+        }
+        let aborted = AbortedTxn { producer_id, first_offset, last_offset: marker_offset };
+        self.aborted.push_back(aborted);
+        Some(aborted)
+    }
+
+    /// Open transactions (producer id, first offset), for a producer-state snapshot.
+    pub fn ongoing(&self) -> Vec<(i64, i64)> {
+        self.ongoing_by_offset.iter().map(|(&first, &producer_id)| (producer_id, first)).collect()
+    }
+
+    /// Restores an aborted transaction read from a `.txnindex` (after [`clear`](Self::clear),
+    /// in marker order, before replaying the log after them).
+    pub fn restore_aborted(&mut self, aborted: AbortedTxn) {
+        if self.aborted.back().is_none_or(|a| a.last_offset < aborted.last_offset) {
+            self.aborted.push_back(aborted);
         }
     }
 
