@@ -1251,8 +1251,8 @@ impl Partition {
             return Ok(());
         }
         tracing::info!(partition = %self.tp, from = state.log.log_end_offset(), to = offset, "truncating follower log");
-        // Snapshots above the cut describe a log that is going away; the log's checkpoint write
-        // below syncs the directory, so they cannot come back to describe its replacement.
+        // Snapshots above the cut describe a log that is going away: deleted durably first, so
+        // they cannot come back after a crash to describe its replacement.
         state.snapshots.remove_above(&self.dir, offset).map_err(|e| BrokerError::io(&self.dir, e))?;
         state.log.truncate_to(offset)?;
         self.after_truncation(state, now_ms)

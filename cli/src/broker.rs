@@ -134,13 +134,21 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
         return Ok(());
     }
     let data_dir = config.data_dir.clone();
-    let shutdown = shutdown_signal();
+    let mut shutdown = Box::pin(shutdown_signal());
     // The recorder goes in before the broker opens, so the partitions' counters are live.
     let metrics = match config.metrics_listener {
         Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
         None => None,
     };
-    let server = Server::start(config).await.context("starting the broker")?;
+    // Starting can wait for the metadata quorum for as long as it takes (a voter whose peers are
+    // down): a SIGTERM meanwhile stops it there, as a crash would, instead of being ignored.
+    let server = tokio::select! {
+        server = Server::start(config) => server.context("starting the broker")?,
+        () = &mut shutdown => {
+            eprintln!("spate broker stopped while starting (SIGINT or SIGTERM)");
+            return Ok(());
+        }
+    };
     eprintln!("spate broker listening on {} (data dir {})", server.local_addr(), data_dir.display());
     if let Some(metrics) = metrics {
         eprintln!("spate broker metrics on http://{}/metrics", metrics.local_addr());

@@ -731,6 +731,9 @@ def test_controller_voters_change_at_run_time(cluster_factory):
     cluster.restart(4)
     wait_until(lambda: admin_cmd("quorum", node_ids=(3, 4)).returncode == 0, 30, "the quorum to answer again")
     assert ids(quorum([3, 4])["voters"]) == [2, 3, 4]
+    # Broker 3 answers the quorum question alone; node 4 must also be registered again before a
+    # topic with two replicas can be placed.
+    cluster.wait_ready()
     later = unique_topic("afterrestart")
     admin = AdminClient(client_config(survivors))
     admin.create_topics([NewTopic(later, 1, 2)])[later].result(timeout=60)
