@@ -5,12 +5,14 @@
 //! log to find the open and aborted transactions).
 //!
 //! ```text
-//! cargo run --release -p spate-broker --example txn_recovery -- [segments] [segment_mib]
+//! cargo run --release -p spate-broker --example txn_recovery -- [segments] [segment_mib] [cold]
 //! ```
 //!
 //! Transactions of 100 records of 100 bytes from 50 producers, one in ten aborted, and one
 //! transaction left open from the first offset (so the LSO stays at 0 and the open transaction
-//! must be found). Files are in the page cache: the figures are CPU and syscalls, not disk reads.
+//! must be found). Files are in the page cache (the figures are CPU and syscalls), unless `cold`
+//! is given: then the page cache is dropped before each open (`/proc/sys/vm/drop_caches`, needs
+//! root), so recovery reads from the disk as after a power loss or on a fresh boot.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +28,16 @@ use spate_client::protocol::record::{validate_batches, BatchBuilder, Record};
 const RECORDS_PER_TXN: i32 = 100;
 const PRODUCERS: i64 = 50;
 
-fn open(dir: &std::path::Path, config: LogConfig) -> (Arc<Partition>, f64) {
+/// Writes dirty pages back and drops the page cache; whether it could.
+fn drop_caches() -> bool {
+    let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn open(dir: &std::path::Path, config: LogConfig, cold: bool) -> (Arc<Partition>, f64) {
+    if cold && !drop_caches() {
+        eprintln!("could not drop the page cache (not root?): this open reads cached files");
+    }
     let broker = BrokerConfig { log_flush_mode: FlushMode::PageCache, ..BrokerConfig::default() };
     let tp = TopicPartition { topic: "t".into(), partition: 0 };
     let started = Instant::now();
@@ -47,10 +58,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let segments: usize = args.next().map_or(200, |a| a.parse().expect("segments: a number"));
     let segment_mib: u64 = args.next().map_or(1, |a| a.parse().expect("segment_mib: a number"));
+    let cold = args.next().is_some_and(|a| a == "cold");
     let config =
         LogConfig { segment_bytes: segment_mib << 20, retention_ms: -1, retention_bytes: -1, ..LogConfig::default() };
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (p, _) = open(dir.path(), config);
+    let (p, _) = open(dir.path(), config, false);
     let value = Bytes::from(vec![b'x'; 100]);
     let append = |producer_id: i64, sequence: i32, records: i32| {
         let b = batch(producer_id, sequence, records, &value);
@@ -80,7 +92,8 @@ fn main() {
     drop(p);
     println!(
         "log: {size_mib:.0} MiB in {segments} segments of {segment_mib} MiB, {batches} batches, {transactions} \
-         transactions ({aborted} aborted), one open from offset 0"
+         transactions ({aborted} aborted), one open from offset 0; page cache {}",
+        if cold { "dropped before each open" } else { "warm" }
     );
 
     let check = |p: &Partition, case: &str, ms: f64| {
@@ -88,11 +101,11 @@ fn main() {
         assert_eq!(p.aborted_transactions(0, i64::MAX).len(), aborted_list, "{case}: every aborted one is found");
         println!("{case:<34} open {ms:>8.1} ms   replayed from offset {:>10} of {log_end}", p.restored_from());
     };
-    let (p, ms) = open(dir.path(), config);
+    let (p, ms) = open(dir.path(), config, cold);
     check(&p, "after a crash (flushed)", ms);
     p.close().expect("close");
     drop(p);
-    let (p, ms) = open(dir.path(), config);
+    let (p, ms) = open(dir.path(), config, cold);
     check(&p, "after a clean shutdown", ms);
     drop(p);
     let part_dir = dir.path().join("t-0");
@@ -102,6 +115,6 @@ fn main() {
             std::fs::remove_file(&path).expect("remove a snapshot");
         }
     }
-    let (p, ms) = open(dir.path(), config);
+    let (p, ms) = open(dir.path(), config, cold);
     check(&p, "without snapshots (full replay)", ms);
 }
