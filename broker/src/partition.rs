@@ -231,12 +231,15 @@ fn restore_state(
     producers.clear();
     txns.clear();
     let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
+    // From the first segment's base, not the log start: DeleteRecords can put the log start
+    // inside a transaction whose first records and marker straddle it.
+    let first_base = log.first_segment_base_offset();
     let snapshot_bound = if transactional { log.txn_index_known_below() } else { log_end };
-    let snapshot = producer_snapshot::newest_usable(dir, log_start, snapshot_bound, producer_snapshot::MAX_BYTES)
+    let snapshot = producer_snapshot::newest_usable(dir, first_base, snapshot_bound, producer_snapshot::MAX_BYTES)
         .map_err(|e| BrokerError::io(dir, e))?;
     let from = match &snapshot {
         Some(s) => s.offset,
-        None if transactional => log_start,
+        None if transactional => first_base,
         None => log_start.max(log_end - PRODUCER_STATE_REBUILD_OFFSETS),
     };
     if let Some(snapshot) = snapshot {
@@ -1293,8 +1296,16 @@ impl Partition {
         let log_start = state.log.log_start_offset();
         state.epochs.truncate_from_end(log_end)?;
         let transactional = self.transactional.load(Ordering::Acquire);
-        state.restored_from =
-            restore_state(&self.dir, &mut state.log, &mut state.producers, &mut state.txns, transactional, now_ms)?;
+        match restore_state(&self.dir, &mut state.log, &mut state.producers, &mut state.txns, transactional, now_ms) {
+            Ok(from) => state.restored_from = from,
+            Err(error) => {
+                // Reading its own log failed half-way: the producer and transaction state is
+                // partial, and a snapshot or `.txnindex` written from it would outlive a restart.
+                // A storage failure, as a failed fsync is (the restart rebuilds from disk).
+                self.log_dir.mark_offline(&error);
+                return Err(error);
+            }
+        }
         self.txn_unstable.store(state.txns.is_unstable(), Ordering::Release);
         self.log_start_offset.store(log_start, Ordering::Release);
         self.log_end_offset.store(log_end, Ordering::Release);

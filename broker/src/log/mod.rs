@@ -615,6 +615,8 @@ impl Log {
         now_ms: i64,
     ) -> Result<(), LogError> {
         let AppendInfo { base_offset, last_offset, size_bytes, .. } = info;
+        // Only a roll of this append may be reported (an earlier one's error left it set).
+        self.rolled_to = None;
         let active = self.active();
         let roll = !active.is_empty()
             && (active.size_bytes + size_bytes as u64 > self.config.effective_segment_bytes()
@@ -704,6 +706,11 @@ impl Log {
     /// The active segment's base offset.
     pub fn active_base_offset(&self) -> i64 {
         self.active().base_offset
+    }
+
+    /// The first segment's base offset (at or below the log start offset).
+    pub fn first_segment_base_offset(&self) -> i64 {
+        self.segments[0].base_offset
     }
 
     /// The base offset of the segment the latest roll created, once: the partition writes its
@@ -967,6 +974,7 @@ impl Log {
     /// `high_watermark` go: data the in-sync replicas may not have yet is never deleted, and the
     /// log start offset never passes the high watermark (Kafka's rule).
     pub fn enforce_retention(&mut self, now_ms: i64, high_watermark: i64) -> Result<RetentionOutcome, LogError> {
+        self.rolled_to = None;
         if !self.config.cleanup_policy.delete {
             return Ok(RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() });
         }
@@ -1057,6 +1065,7 @@ impl Log {
     /// base offset, at or below `offset`. Below the log start offset, the log is emptied and
     /// restarts at `offset`.
     pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
+        self.rolled_to = None;
         if offset >= self.log_end_offset() {
             return Ok(());
         }
@@ -1098,6 +1107,7 @@ impl Log {
     /// Empties the log and restarts it at `offset`, which may lie beyond the log end (a
     /// follower whose leader's log start moved past everything it has).
     pub fn truncate_fully(&mut self, offset: i64) -> Result<(), LogError> {
+        self.rolled_to = None;
         for segment in self.segments.drain(..) {
             segment.delete_files()?;
         }
@@ -1131,14 +1141,22 @@ impl Log {
     }
 
     /// Like [`batch_headers_from`](Self::batch_headers_from), but one segment's headers at a
-    /// time, so a scan of the whole log holds one segment's headers in memory, not the log's.
-    /// `f` may read the log (e.g. a control batch's record).
+    /// time, so a scan of the whole log holds one segment's headers in memory, not the log's;
+    /// and from any offset of the retained segments, below the log start offset too (state
+    /// replay). `f` may read the log (e.g. a control batch's record).
     pub fn visit_batch_headers_from<E: From<LogError>>(
         &self,
         offset: i64,
         mut f: impl FnMut(&Log, &BatchHeader) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.check_range(offset)?;
+        if offset < self.first_segment_base_offset() || offset > self.log_end_offset() {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset(),
+            }
+            .into());
+        }
         if offset == self.log_end_offset() {
             return Ok(());
         }

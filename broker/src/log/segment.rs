@@ -287,7 +287,8 @@ impl Segment {
         self.indexes_from_disk = true;
         // A missing or bad `.txnindex` leaves the other indexes trusted; only the aborted
         // transactions are then rebuilt (by the partition, which can read the markers).
-        let max_txn_bytes = (size / BATCH_HEADER_BYTES as u64 + 1) * txn_index::ENTRY_BYTES as u64;
+        let max_txn_bytes =
+            (size / BATCH_HEADER_BYTES as u64 + 1) * txn_index::ENTRY_BYTES as u64 + txn_index::HEADER_BYTES as u64;
         let last_offset_bound = next_base.unwrap_or(next_offset);
         if let Some(bytes) = read_index_file(&txn_index_path(&self.path), max_txn_bytes)? {
             if let Some(aborted) = txn_index::decode(&bytes, self.base_offset, last_offset_bound) {

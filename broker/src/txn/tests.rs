@@ -267,13 +267,14 @@ fn a_torn_txnindex_or_snapshot_is_rebuilt_not_trusted() {
     let before = txn_state(&p);
     p.close().unwrap();
     drop(p);
-    // Tear every .txnindex with entries and every snapshot.
-    for name in files_with(&part_dir, ".txnindex").into_iter().chain(files_with(&part_dir, ".snapshot")) {
+    // Empty every .txnindex (created, never synced, then a power loss) and tear every snapshot.
+    for name in files_with(&part_dir, ".txnindex") {
+        std::fs::write(part_dir.join(name), b"").unwrap();
+    }
+    for name in files_with(&part_dir, ".snapshot") {
         let path = part_dir.join(name);
         let bytes = std::fs::read(&path).unwrap();
-        if !bytes.is_empty() {
-            std::fs::write(&path, &bytes[..bytes.len() / 2 + 1]).unwrap();
-        }
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     }
     let p = open(dir.path(), rolling_config());
     assert_eq!(p.restored_from(), 0, "nothing damaged is trusted");
@@ -296,4 +297,25 @@ fn a_snapshot_above_the_recovered_log_end_is_deleted_not_used() {
     let p = open(dir.path(), rolling_config());
     assert_eq!(txn_state(&p), before);
     assert!(!files_with(&part_dir, ".snapshot").contains(&format!("{:020}.snapshot", 50)));
+}
+
+#[test]
+fn a_log_start_inside_a_transaction_keeps_it_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    append(&p, &[("a", "t5"), ("b", "t5"), ("c", "t5")], Some((5, 0, 0)), 100);
+    append(&p, &[("d", "plain")], None, 200);
+    // DeleteRecords up to the middle of producer 5's open transaction.
+    p.delete_records_before(1).unwrap();
+    let before = txn_state(&p);
+    assert_eq!(before.0, 0, "the open transaction still pins the LSO");
+    p.flush().unwrap();
+    drop(p);
+    let p = open(dir.path(), LogConfig::default());
+    assert_eq!(txn_state(&p), before);
+    p.append_marker(5, 0, false, 0, 300).unwrap();
+    assert_eq!(
+        p.aborted_transactions(0, i64::MAX),
+        vec![AbortedTxn { producer_id: 5, first_offset: 0, last_offset: 4 }]
+    );
 }
