@@ -1,9 +1,9 @@
 //! spate-streams with `processing.guarantee=exactly_once_v2` against a real broker: a per-key
 //! count with every update emitted (no record cache), so each key's committed output must be
 //! exactly 1, 2, …, n in order. A crash with a transaction open, a fenced producer, a failover
-//! to another instance, and a crash of two stream threads counting in a window store must each
-//! leave no duplicate, gap or step back in what a `read_committed` reader sees, and the store
-//! must hold the exact counts.
+//! to another instance, a crash of two stream threads counting in a window store, and a crash of
+//! a count in a session store must each leave no duplicate, gap or step back in what a
+//! `read_committed` reader sees, and the store must hold the exact counts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use spate_client::{
 };
 use spate_e2e::TestBroker;
 use spate_streams::serdes::{I64Serde, StringSerde};
-use spate_streams::window::TimeWindows;
+use spate_streams::window::{SessionWindows, TimeWindows};
 use spate_streams::{
     Consumed, Grouped, KafkaStreams, Materialized, Produced, StreamsBuilder, StreamsConfig, StreamsState, Topology,
 };
@@ -343,6 +343,61 @@ async fn exactly_once_fails_over_to_another_instance() {
     a.crash();
     produce_round(&bootstrap, "fo-in", keys, 40).await;
     expect_exact_counts(&reader, &mut seen, keys, 120, Duration::from_secs(120)).await;
+    assert_eq!(b.state(), StreamsState::Running);
+    b.close().unwrap();
+}
+
+/// A per-key count in hour-long sessions (a session store) with every update emitted as
+/// `<key>@<session start>`; a retraction (tombstone) shows as -1, which no expectation accepts.
+fn session_count(input: &str, output: &str) -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&[input], Consumed::with(StringSerde, StringSerde))
+        .group_by_key(Grouped::with(StringSerde, StringSerde))
+        .windowed_by_session(
+            SessionWindows::of_inactivity_gap_and_grace(Duration::from_secs(3600), Duration::from_secs(86_400))
+                .unwrap(),
+        )
+        .count(Materialized::named("session-counts"))
+        .unwrap()
+        .to_change_stream()
+        .map(|w, n: Option<i64>| (format!("{}@{}", w.key, w.window.start_ms), n.unwrap_or(-1)))
+        .to(output, Produced::with(StringSerde, I64Serde));
+    builder.build().unwrap()
+}
+
+/// Session stores under exactly_once_v2: a crash with the transaction open, then a restart on
+/// the same state directory; the session store is restored from its changelog's committed
+/// records, so every key's one session counts exactly 1, 2, …, n in the committed output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_with_session_stores_survives_a_crash() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap();
+    create(&bootstrap, &[("sess-in", 4), ("sess-out", 4)]).await;
+    let keys = 12;
+    // Every record at the same time: one session per key, extended in place (no merge, so no
+    // tombstone), never closed (a day of grace).
+    let at = Some(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = || eos_config(&bootstrap, "eos-session", dir.path(), 3_000);
+    let reader = committed_reader(&bootstrap, "sess-out").await;
+    let mut seen = Vec::new();
+
+    produce_round_at(&bootstrap, "sess-in", keys, 30, at).await;
+    let mut a = start(session_count("sess-in", "sess-out"), config());
+    expect_exact_counts(&reader, &mut seen, keys, 30, Duration::from_secs(60)).await;
+    assert!(outputs_by_key(&seen).keys().all(|k| k.ends_with("@1000000")), "one session per key");
+
+    let before = processed(&a);
+    produce_round_at(&bootstrap, "sess-in", keys, 30, at).await;
+    await_processed(&a, before).await;
+    a.crash();
+    drop(a);
+    expect_no_gap_or_repeat(&reader, &mut seen).await;
+
+    let mut b = start(session_count("sess-in", "sess-out"), config());
+    produce_round_at(&bootstrap, "sess-in", keys, 30, at).await;
+    expect_exact_counts(&reader, &mut seen, keys, 90, Duration::from_secs(90)).await;
     assert_eq!(b.state(), StreamsState::Running);
     b.close().unwrap();
 }
