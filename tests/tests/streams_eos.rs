@@ -3,7 +3,8 @@
 //! exactly 1, 2, …, n in order. A crash with a transaction open, a fenced producer, a failover
 //! to another instance, a crash of two stream threads counting in a window store, and a crash of
 //! a count in a session store must each leave no duplicate, gap or step back in what a
-//! `read_committed` reader sees, and the store must hold the exact counts.
+//! `read_committed` reader sees, and the store must hold the exact counts. A global table must
+//! never show a value its transactional writer aborted.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -400,4 +401,100 @@ async fn exactly_once_with_session_stores_survives_a_crash() {
     expect_exact_counts(&reader, &mut seen, keys, 90, Duration::from_secs(90)).await;
     assert_eq!(b.state(), StreamsState::Running);
     b.close().unwrap();
+}
+
+/// One transaction of `pairs` (key, value) to `topic`, committed or aborted.
+async fn txn_write(producer: &Producer, topic: &str, pairs: &[(&str, &str)], commit: bool) {
+    producer.begin_transaction().unwrap();
+    let mut acks = Vec::new();
+    for (k, v) in pairs {
+        acks.push(producer.send(topic, ProducerRecord::new(v.to_string()).with_key(k.to_string())).await.unwrap());
+    }
+    if commit {
+        producer.commit_transaction().await.unwrap();
+        for a in acks {
+            a.await.unwrap();
+        }
+    } else {
+        producer.abort_transaction().await.unwrap();
+    }
+}
+
+/// Reads `reader` until it holds `n` records in all (or fails after 60 s); returns their values.
+async fn read_values(reader: &Consumer, seen: &mut Vec<ConsumerRecord>, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < n {
+        assert!(Instant::now() < deadline, "only {} of {n} records arrived", seen.len());
+        seen.extend(reader.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    seen.extend(reader.poll(Duration::from_millis(300)).await.unwrap());
+    seen.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect()
+}
+
+/// A global table under exactly_once_v2 reads its topic `read_committed`: values a transactional
+/// writer aborted never reach the global store or a join, at bootstrap or while the topic is
+/// followed; a second application bootstrapping from the same topic later sees the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_global_tables_never_see_aborted_values() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap();
+    create(&bootstrap, &[("gt-table", 1), ("gt-in", 2), ("gt-out", 2), ("gt-out2", 2)]).await;
+    let writer = Producer::new(ProducerConfig {
+        bootstrap_servers: vec![bootstrap.clone()],
+        transactional_id: Some("gt-writer".to_string()),
+        ..ProducerConfig::default()
+    })
+    .await
+    .unwrap();
+    writer.init_transactions().await.unwrap();
+    txn_write(&writer, "gt-table", &[("k0", "c0"), ("k1", "c1")], true).await;
+    txn_write(&writer, "gt-table", &[("k0", "ABORTED"), ("k1", "ABORTED")], false).await;
+
+    let topology = |output: &str| {
+        let builder = StreamsBuilder::new();
+        let table =
+            builder.global_table("gt-table", Consumed::with(StringSerde, StringSerde), Materialized::named("gt"));
+        builder
+            .stream(&["gt-in"], Consumed::with(StringSerde, StringSerde))
+            .join_global(&table, |k: &String, _: &String| k.clone(), |v: &String, t: &String| format!("{v}:{t}"))
+            .to(output, Produced::with(StringSerde, StringSerde));
+        builder.build().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reader = committed_reader(&bootstrap, "gt-out").await;
+    let mut seen = Vec::new();
+
+    let mut a = start(topology("gt-out"), eos_config(&bootstrap, "eos-global", dir.path(), 500));
+    produce_round(&bootstrap, "gt-in", 2, 1).await;
+    let mut values = read_values(&reader, &mut seen, 2).await;
+    values.sort();
+    assert_eq!(values, ["v0:c0", "v1:c1"]);
+
+    // Followed while running: a committed update arrives, an aborted one never does.
+    txn_write(&writer, "gt-table", &[("k0", "c0-new")], true).await;
+    txn_write(&writer, "gt-table", &[("k1", "ABORTED-2")], false).await;
+    let store = a.store("gt", StringSerde, StringSerde);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.get(&"k0".to_string()).unwrap().as_deref() != Some("c0-new") {
+        assert!(Instant::now() < deadline, "the global store did not follow the committed update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.get(&"k1".to_string()).unwrap().as_deref(), Some("c1"));
+    produce_round(&bootstrap, "gt-in", 2, 1).await;
+    let values = read_values(&reader, &mut seen, 4).await;
+    let mut last: Vec<&String> = values[2..].iter().collect();
+    last.sort();
+    assert_eq!(last, ["v0:c0-new", "v1:c1"]);
+
+    // Another application bootstraps its global store from the whole topic.
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut b = start(topology("gt-out2"), eos_config(&bootstrap, "eos-global-2", other_dir.path(), 500));
+    let reader2 = committed_reader(&bootstrap, "gt-out2").await;
+    let mut seen2 = Vec::new();
+    let mut values = read_values(&reader2, &mut seen2, 4).await;
+    values.sort();
+    assert_eq!(values, ["v0:c0-new", "v0:c0-new", "v1:c1", "v1:c1"], "it joins the input from the start");
+    assert!(read_values(&reader, &mut seen, 4).await.iter().all(|v| !v.contains("ABORTED")));
+    b.close().unwrap();
+    a.close().unwrap();
 }
