@@ -202,6 +202,55 @@ def test_transactions_survive_a_broker_restart(broker):
     assert b"again" in values(got) and len(got) == 51
 
 
+@pytest.mark.timeout(120)
+def test_a_kill9_restart_restores_transactions_from_segment_indexes_and_snapshots(broker):
+    """Many small segments of committed and aborted transactions and one transaction still open,
+    then kill -9: the restarted broker restores them from the segments' .txnindex files and a
+    producer-state snapshot (both on disk), so read_committed shows exactly the committed records,
+    the open transaction holds the LSO until the coordinator aborts it, and later ones work."""
+    topic = unique_topic("txnidx")
+    create_topic(broker.bootstrap, topic, partitions=1, config={"segment.bytes": "65536"})
+    p = txn_producer(broker.bootstrap, "txn-index")
+    expected = []
+    for round in range(30):
+        p.begin_transaction()
+        for i in range(100):
+            value = f"r{round:02}-{i:03}-" + "x" * 180
+            p.produce(topic, value=value.encode(), partition=0)
+            if round % 2 == 0:
+                expected.append(value.encode())
+        if round % 2 == 0:
+            p.commit_transaction(30)
+        else:
+            p.flush(30)  # the aborted records reach the log (an abort purges what is unsent)
+            p.abort_transaction(30)
+    hanging = txn_producer(broker.bootstrap, "txn-index-open")
+    hanging.begin_transaction()
+    for i in range(10):
+        hanging.produce(topic, value=f"open-{i}".encode(), partition=0)
+    hanging.flush(10)
+    time.sleep(1.5)  # the flusher makes the closed segments durable and checkpoints them
+    part_dir = broker.data_dir / f"{topic}-0"
+    names = sorted(os.listdir(part_dir))
+    assert sum(n.endswith(".log") for n in names) >= 6, names
+    assert sum(n.endswith(".txnindex") for n in names) >= 5, names
+    # Closed segments' aborted transactions are on disk (a .txnindex is a 10-byte header + entries).
+    assert any(n.endswith(".txnindex") and (part_dir / n).stat().st_size > 10 for n in names), names
+    assert any(n.endswith(".snapshot") for n in names), names
+    del p, hanging
+    broker.kill9()
+    broker.restart()
+    got = read_committed(broker.bootstrap, topic, [0], len(expected))
+    assert values(got) == expected, "committed records, in order, and nothing aborted or open"
+    # The open transaction is aborted by its coordinator after its timeout; then a new one commits.
+    p = txn_producer(broker.bootstrap, "txn-index")
+    p.begin_transaction()
+    p.produce(topic, value=b"after", partition=0)
+    p.commit_transaction(30)
+    got = read_committed(broker.bootstrap, topic, [0], len(expected) + 1, timeout_s=45)
+    assert values(got) == expected + [b"after"]
+
+
 @pytest.mark.timeout(180)
 def test_consume_transform_produce_with_offsets_in_the_transaction(broker):
     source = unique_topic("ctp-in")
