@@ -222,6 +222,7 @@ pub struct Partition {
 /// seconds, so the newest offsets hold every batch a retry can match).
 fn restore_state(
     dir: &std::path::Path,
+    snapshots: &producer_snapshot::Snapshots,
     log: &mut Log,
     producers: &mut ProducerStateManager,
     txns: &mut TxnTracker,
@@ -235,7 +236,8 @@ fn restore_state(
     // inside a transaction whose first records and marker straddle it.
     let first_base = log.first_segment_base_offset();
     let snapshot_bound = if transactional { log.txn_index_known_below() } else { log_end };
-    let snapshot = producer_snapshot::newest_usable(dir, first_base, snapshot_bound, producer_snapshot::MAX_BYTES)
+    let snapshot = snapshots
+        .newest_usable(dir, first_base, snapshot_bound, producer_snapshot::MAX_BYTES)
         .map_err(|e| BrokerError::io(dir, e))?;
     let from = match &snapshot {
         Some(s) => s.offset,
@@ -257,6 +259,9 @@ fn restore_state(
         if !header.has_producer_id() {
             return Ok(());
         }
+        // Every producer replayed counts as used now: batch timestamps come from client clocks,
+        // and keeping a producer too long only costs memory (`max_producers` bounds it), while
+        // dropping it early would let a retry append twice.
         producers.record(header, header.base_offset, now_ms);
         if !header.is_transactional() {
             return Ok(());
@@ -275,7 +280,7 @@ fn restore_state(
         Ok(())
     })?;
     for aborted in replayed_aborts {
-        log.add_replayed_aborted_txn(aborted);
+        log.add_aborted_txn(aborted);
     }
     log.finish_txn_index_rebuild()?;
     txns.on_high_watermark(log_end);
@@ -309,7 +314,8 @@ impl Partition {
         // appends reaching past their offsets must not make them look usable.
         let mut snapshots = producer_snapshot::Snapshots::load(&dir).map_err(|e| BrokerError::io(&dir, e))?;
         snapshots.remove_above(&dir, log.log_end_offset()).map_err(|e| BrokerError::io(&dir, e))?;
-        let restored_from = restore_state(&dir, &mut log, &mut producers, &mut txns, transactional, now_ms)?;
+        let restored_from =
+            restore_state(&dir, &snapshots, &mut log, &mut producers, &mut txns, transactional, now_ms)?;
         snapshots.prune(&dir, log.active_base_offset()).map_err(|e| BrokerError::io(&dir, e))?;
         let log_end = log.log_end_offset();
         // Recovery verified everything up to the log end, and it is on disk now.
@@ -1296,7 +1302,15 @@ impl Partition {
         let log_start = state.log.log_start_offset();
         state.epochs.truncate_from_end(log_end)?;
         let transactional = self.transactional.load(Ordering::Acquire);
-        match restore_state(&self.dir, &mut state.log, &mut state.producers, &mut state.txns, transactional, now_ms) {
+        match restore_state(
+            &self.dir,
+            &state.snapshots,
+            &mut state.log,
+            &mut state.producers,
+            &mut state.txns,
+            transactional,
+            now_ms,
+        ) {
             Ok(from) => state.restored_from = from,
             Err(error) => {
                 // Reading its own log failed half-way: the producer and transaction state is

@@ -166,41 +166,14 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<i64>> {
     let mut offsets = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
-            continue;
-        };
-        if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(offset) = stem.parse() {
-                offsets.push(offset);
-            }
+        // Named like segment files: the offset in 20 digits.
+        if let Some(offset) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(crate::log::parse_base_offset)
+        {
+            offsets.push(offset);
         }
     }
     offsets.sort_unstable();
     Ok(offsets)
-}
-
-/// The newest snapshot in `dir` with an offset in `[from, to]` that reads back intact; broken
-/// ones are skipped.
-pub fn newest_usable(dir: &Path, from: i64, to: i64, max_bytes: u64) -> std::io::Result<Option<ProducerSnapshot>> {
-    for offset in list(dir)?.into_iter().rev().filter(|o| (from..=to).contains(o)) {
-        let path = snapshot_path(dir, offset);
-        match fs::metadata(&path) {
-            Ok(meta) if meta.len() <= max_bytes => {}
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        match decode(&bytes) {
-            Some(snapshot) if snapshot.offset == offset => return Ok(Some(snapshot)),
-            _ => tracing::warn!(path = %path.display(), "ignoring a torn or unreadable producer-state snapshot"),
-        }
-    }
-    Ok(None)
 }
 
 /// Writes `snapshot` as `{offset}.snapshot` through a `.tmp` file and a rename; with `sync`,
@@ -273,6 +246,35 @@ impl Snapshots {
 
     pub fn offsets(&self) -> &[i64] {
         &self.offsets
+    }
+
+    /// The newest snapshot with an offset in `[from, to]` that reads back intact (at most
+    /// `max_bytes`); broken ones are skipped.
+    pub fn newest_usable(
+        &self,
+        dir: &Path,
+        from: i64,
+        to: i64,
+        max_bytes: u64,
+    ) -> std::io::Result<Option<ProducerSnapshot>> {
+        for &offset in self.offsets.iter().rev().filter(|o| (from..=to).contains(*o)) {
+            let path = snapshot_path(dir, offset);
+            let mut file = match fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if file.metadata()?.len() > max_bytes {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes)?;
+            match decode(&bytes) {
+                Some(snapshot) if snapshot.offset == offset => return Ok(Some(snapshot)),
+                _ => tracing::warn!(path = %path.display(), "ignoring a torn or unreadable producer-state snapshot"),
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes the snapshots at the positions `doomed` picks.
@@ -353,10 +355,10 @@ mod tests {
         assert_eq!(list(dir.path()).unwrap(), vec![40, 50, 60]);
         assert_eq!(snapshots.offsets(), &[40, 50, 60]);
         fs::write(snapshot_path(dir.path(), 60), b"torn").unwrap();
-        let found = newest_usable(dir.path(), 0, 100, 1 << 20).unwrap().unwrap();
+        let found = snapshots.newest_usable(dir.path(), 0, 100, 1 << 20).unwrap().unwrap();
         assert_eq!(found, sample(50));
-        assert_eq!(newest_usable(dir.path(), 0, 45, 1 << 20).unwrap().unwrap().offset, 40);
-        assert_eq!(newest_usable(dir.path(), 51, 59, 1 << 20).unwrap(), None);
+        assert_eq!(snapshots.newest_usable(dir.path(), 0, 45, 1 << 20).unwrap().unwrap().offset, 40);
+        assert_eq!(snapshots.newest_usable(dir.path(), 51, 59, 1 << 20).unwrap(), None);
         snapshots.remove_above(dir.path(), 40).unwrap();
         assert_eq!(list(dir.path()).unwrap(), vec![40]);
         assert_eq!(Snapshots::load(dir.path()).unwrap().offsets(), &[40]);

@@ -5,8 +5,9 @@
 //!
 //! Sans-IO: callers pass batch headers and `now_ms` and get decisions back. The produce path
 //! calls [`ProducerStateManager::check`] before appending and [`ProducerStateManager::record`]
-//! after the log assigned offsets; log recovery calls [`ProducerStateManager::rebuild`] with the
-//! headers it reads back. Producer ids themselves come in blocks from the controller.
+//! after the log assigned offsets; recovery starts from a snapshot ([`ProducerStateManager::import`]
+//! of what [`ProducerStateManager::export`] wrote) and calls `record` for each batch header it
+//! reads back after it. Producer ids themselves come in blocks from the controller.
 //!
 //! One deliberate match with current Kafka (since KIP-360) rather than older brokers: a producer
 //! id this partition has no state for (never seen, expired, evicted or removed by retention) may
@@ -339,16 +340,6 @@ impl ProducerStateManager {
         self.lru.insert(lru_key, producer_id);
     }
 
-    /// Replays batch headers read back from the log (oldest first), on top of the current
-    /// state. Every producer found counts as used at `now_ms`: the batches' own timestamps come
-    /// from client clocks, and keeping a producer too long only costs memory, which
-    /// `max_producers` bounds, while dropping it early would let a retry append twice.
-    pub fn rebuild(&mut self, headers: impl IntoIterator<Item = BatchHeader>, now_ms: i64) {
-        for header in headers {
-            self.record(&header, header.base_offset, now_ms);
-        }
-    }
-
     /// Drops producers idle for `producer.id.expiration.ms` or longer.
     pub fn expire(&mut self, now_ms: i64) {
         let expiration_ms = self.producer_id_expiration_ms;
@@ -668,7 +659,9 @@ mod tests {
             log.push(b);
         }
         let mut rebuilt = manager();
-        rebuilt.rebuild(log.iter().copied(), 1_000);
+        for h in &log {
+            rebuilt.record(h, h.base_offset, 1_000);
+        }
         assert_eq!(rebuilt.len(), 2);
         assert_eq!(rebuilt.producer_epoch(1), Some(1));
         assert_eq!(rebuilt.producer_epoch(2), Some(4));
@@ -690,7 +683,9 @@ mod tests {
         let mut m = manager();
         let log: Vec<_> =
             (0..8).map(|i| BatchHeader { base_offset: i as i64 * 10, ..batch(3, 0, i * 10, 10) }).collect();
-        m.rebuild(log.iter().copied(), 0);
+        for h in &log {
+            m.record(h, h.base_offset, 0);
+        }
         for b in &log[3..] {
             assert!(matches!(m.check(b), Ok(SequenceCheck::Duplicate { .. })));
         }
@@ -858,7 +853,9 @@ mod tests {
                 }
             }
             let mut rebuilt = ProducerStateManager::new(EXPIRATION_MS, 10);
-            rebuilt.rebuild(log.iter().copied(), 0);
+            for h in &log {
+            rebuilt.record(h, h.base_offset, 0);
+        }
             for b in &log {
                 prop_assert_eq!(rebuilt.check(b), m.check(b));
             }

@@ -242,40 +242,54 @@ async fn exactly_once_survives_a_crash_with_an_open_transaction() {
     c.close().unwrap();
 }
 
-/// Window stores and two stream threads under exactly_once_v2: each thread has its own
-/// transactional producer and tasks; a crash with both threads' transactions open, then a
-/// restart on the same state directory, leaves every (key, window) count exactly 1, 2, …, n in
-/// the committed output.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_with_window_stores_and_two_threads_survives_a_crash() {
+/// What the window- and session-store tests share: 30 records for each of `keys` keys, all at one
+/// time (one window or session per key, never closed), counted by `topology` into outputs keyed
+/// `<key><window_suffix>`; 30 more processed into open transactions and a crash; a restart on
+/// the same state directory and 30 more: every key's committed output is exactly 1..=90.
+async fn windowed_counts_survive_a_crash(
+    topology: fn(&str, &str) -> Topology,
+    (input, output): (&str, &str),
+    app: &str,
+    threads: usize,
+    keys: usize,
+    window_suffix: &str,
+) {
     let broker = broker();
     let bootstrap = broker.bootstrap();
-    create(&bootstrap, &[("win-in", 4), ("win-out", 4)]).await;
-    let keys = 16;
-    // Every record in the window [0 h, 1 h): one window per key, never closed (a day of grace).
+    create(&bootstrap, &[(input, 4), (output, 4)]).await;
     let at = Some(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let config = || eos_config(&bootstrap, "eos-window", dir.path(), 3_000).set("num.stream.threads", "2").unwrap();
-    let reader = committed_reader(&bootstrap, "win-out").await;
+    let config =
+        || eos_config(&bootstrap, app, dir.path(), 3_000).set("num.stream.threads", &threads.to_string()).unwrap();
+    let reader = committed_reader(&bootstrap, output).await;
     let mut seen = Vec::new();
 
-    produce_round_at(&bootstrap, "win-in", keys, 30, at).await;
-    let mut a = start(windowed_count("win-in", "win-out"), config());
+    produce_round_at(&bootstrap, input, keys, 30, at).await;
+    let mut a = start(topology(input, output), config());
     expect_exact_counts(&reader, &mut seen, keys, 30, Duration::from_secs(60)).await;
-    assert!(outputs_by_key(&seen).keys().all(|k| k.ends_with("@0")), "one window per key");
+    assert!(outputs_by_key(&seen).keys().all(|k| k.ends_with(window_suffix)), "one window per key");
 
     let before = processed(&a);
-    produce_round_at(&bootstrap, "win-in", keys, 30, at).await;
+    produce_round_at(&bootstrap, input, keys, 30, at).await;
     await_processed(&a, before).await;
     a.crash();
     drop(a);
     expect_no_gap_or_repeat(&reader, &mut seen).await;
 
-    let mut b = start(windowed_count("win-in", "win-out"), config());
-    produce_round_at(&bootstrap, "win-in", keys, 30, at).await;
+    let mut b = start(topology(input, output), config());
+    produce_round_at(&bootstrap, input, keys, 30, at).await;
     expect_exact_counts(&reader, &mut seen, keys, 90, Duration::from_secs(90)).await;
     assert_eq!(b.state(), StreamsState::Running);
     b.close().unwrap();
+}
+
+/// Window stores and two stream threads under exactly_once_v2: each thread has its own
+/// transactional producer and tasks; a crash with both threads' transactions open, then a
+/// restart on the same state directory, leaves every (key, window) count exactly 1, 2, …, n in
+/// the committed output. Every record is in the window [0 h, 1 h) (a day of grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_with_window_stores_and_two_threads_survives_a_crash() {
+    windowed_counts_survive_a_crash(windowed_count, ("win-in", "win-out"), "eos-window", 2, 16, "@0").await;
 }
 
 /// Another producer takes the stream thread's `transactional.id` (as a zombie's successor
@@ -369,38 +383,11 @@ fn session_count(input: &str, output: &str) -> Topology {
 
 /// Session stores under exactly_once_v2: a crash with the transaction open, then a restart on
 /// the same state directory; the session store is restored from its changelog's committed
-/// records, so every key's one session counts exactly 1, 2, …, n in the committed output.
+/// records, so every key's one session (extended in place, never merged, so no tombstone)
+/// counts exactly 1, 2, …, n in the committed output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_with_session_stores_survives_a_crash() {
-    let broker = broker();
-    let bootstrap = broker.bootstrap();
-    create(&bootstrap, &[("sess-in", 4), ("sess-out", 4)]).await;
-    let keys = 12;
-    // Every record at the same time: one session per key, extended in place (no merge, so no
-    // tombstone), never closed (a day of grace).
-    let at = Some(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let config = || eos_config(&bootstrap, "eos-session", dir.path(), 3_000);
-    let reader = committed_reader(&bootstrap, "sess-out").await;
-    let mut seen = Vec::new();
-
-    produce_round_at(&bootstrap, "sess-in", keys, 30, at).await;
-    let mut a = start(session_count("sess-in", "sess-out"), config());
-    expect_exact_counts(&reader, &mut seen, keys, 30, Duration::from_secs(60)).await;
-    assert!(outputs_by_key(&seen).keys().all(|k| k.ends_with("@1000000")), "one session per key");
-
-    let before = processed(&a);
-    produce_round_at(&bootstrap, "sess-in", keys, 30, at).await;
-    await_processed(&a, before).await;
-    a.crash();
-    drop(a);
-    expect_no_gap_or_repeat(&reader, &mut seen).await;
-
-    let mut b = start(session_count("sess-in", "sess-out"), config());
-    produce_round_at(&bootstrap, "sess-in", keys, 30, at).await;
-    expect_exact_counts(&reader, &mut seen, keys, 90, Duration::from_secs(90)).await;
-    assert_eq!(b.state(), StreamsState::Running);
-    b.close().unwrap();
+    windowed_counts_survive_a_crash(session_count, ("sess-in", "sess-out"), "eos-session", 1, 12, "@1000000").await;
 }
 
 /// One transaction of `pairs` (key, value) to `topic`, committed or aborted.

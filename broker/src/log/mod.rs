@@ -9,10 +9,11 @@
 //! everything below the checkpointed recovery point is trusted and everything after it is
 //! checked batch by batch (CRC included); the log is cut at the first batch that fails.
 //!
-//! Files in a partition directory: `{base}.log`, `{base}.index` and `{base}.timeindex` (the
-//! indexes are persisted when a segment is rolled and at clean shutdown, and only trusted for
-//! segments below the recovery point), and `checkpoint` (recovery point and log start offset,
-//! replaced atomically). Log compaction ([`cleaner`]) adds `cleaner-checkpoint` and, while it
+//! Files in a partition directory: `{base}.log`, `{base}.index`, `{base}.timeindex` and
+//! `{base}.txnindex` (the indexes are persisted when a segment is rolled and at clean shutdown,
+//! and only trusted for segments below the recovery point; see [`txn_index`] for the last), and
+//! `checkpoint` (recovery point and log start offset, replaced atomically). The partition layer
+//! adds `{offset}.snapshot` producer-state snapshots (`crate::producer_snapshot`). Log compaction ([`cleaner`]) adds `cleaner-checkpoint` and, while it
 //! swaps segments, `*.cleaned` and `*.swap` files that [`Log::open`] finishes or removes.
 //!
 //! Compaction keeps offsets but drops records and whole batches, so batches may leave offset
@@ -39,6 +40,7 @@ use spate_client::protocol::record::{self, BatchHeader, BATCH_HEADER_BYTES, BATC
 pub use checkpoint::write_file_atomically;
 use checkpoint::{io_error, sync_dir, Checkpoint};
 pub use cleaner::{CleanStats, CleanedSegment, CleanerCheckpoint, CleaningPlan, OffsetMap};
+pub(crate) use segment::parse_base_offset;
 use segment::{Cut, Segment, SyncFile, MAX_SEGMENT_OFFSETS};
 pub use txn_index::AbortedTxn;
 
@@ -719,17 +721,6 @@ impl Log {
         self.rolled_to.take()
     }
 
-    /// Records an ABORT marker just appended (at the log end, so in the active segment): its
-    /// transaction goes into the segment's `.txnindex`.
-    pub fn add_aborted_txn(&mut self, aborted: AbortedTxn) {
-        let active = self.active_mut();
-        if aborted.last_offset >= active.base_offset
-            && active.aborted.last().is_none_or(|a| a.last_offset < aborted.last_offset)
-        {
-            active.aborted.push(aborted);
-        }
-    }
-
     /// The first offset from which the segments' aborted transactions are not all known (the
     /// base of the first segment recovery scanned), or the log end offset when all are.
     pub fn txn_index_known_below(&self) -> i64 {
@@ -746,7 +737,7 @@ impl Log {
     }
 
     /// Before the partition replays the log from `offset` (re-adding each ABORT marker it meets
-    /// with [`Log::add_replayed_aborted_txn`]): forgets the entries at or after `offset`.
+    /// with [`Log::add_aborted_txn`]): forgets the entries at or after `offset`.
     /// `offset` must not pass [`Log::txn_index_known_below`], so that the replay covers every
     /// segment whose entries are unknown.
     pub fn rebuild_txn_indexes_from(&mut self, offset: i64) {
@@ -755,8 +746,10 @@ impl Log {
         }
     }
 
-    /// An ABORT marker met while replaying the log (see [`Log::rebuild_txn_indexes_from`]).
-    pub fn add_replayed_aborted_txn(&mut self, aborted: AbortedTxn) {
+    /// Records an ABORT marker (just appended, or met while replaying the log, see
+    /// [`Log::rebuild_txn_indexes_from`]): its transaction goes into the `.txnindex` of the
+    /// segment holding the marker, once.
+    pub fn add_aborted_txn(&mut self, aborted: AbortedTxn) {
         let index = self.segment_index(aborted.last_offset);
         let segment = &mut self.segments[index];
         if segment.aborted.last().is_none_or(|a| a.last_offset < aborted.last_offset) {

@@ -488,34 +488,21 @@ impl Segment {
             let relative_max = (self.offset_of_max_timestamp - self.base_offset) as u32;
             self.time_index.push_if_newer(self.max_timestamp, relative_max);
         }
-        let write = |path: PathBuf, bytes: Vec<u8>| -> Result<SyncFile, LogError> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|e| io_error(&path, e))?;
-            io::Write::write_all(&mut file, &bytes).map_err(|e| io_error(&path, e))?;
-            Ok((path.into(), Arc::new(file)))
-        };
-        let offsets = write(with_suffix(&index_path(&self.path), suffix), self.offset_index.encode())?;
-        let times = write(with_suffix(&time_index_path(&self.path), suffix), self.time_index.encode())?;
+        let offsets = write_index_file(with_suffix(&index_path(&self.path), suffix), self.offset_index.encode())?;
+        let times = write_index_file(with_suffix(&time_index_path(&self.path), suffix), self.time_index.encode())?;
         let txn_path = with_suffix(&txn_index_path(&self.path), suffix);
         if !self.txn_index_known {
             remove_if_present(&txn_path)?;
             return Ok(vec![offsets, times]);
         }
-        let txns = write(txn_path, txn_index::encode(&self.aborted))?;
+        let txns = write_index_file(txn_path, txn_index::encode(&self.aborted))?;
         Ok(vec![offsets, times, txns])
     }
 
     /// Writes (and fsyncs) the `.txnindex` of a closed segment whose entries became known after
     /// its other indexes were written (recovery replay). The caller fsyncs the directory.
     pub fn persist_txn_index(&self) -> Result<(), LogError> {
-        let path = txn_index_path(&self.path);
-        let mut file =
-            OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(|e| io_error(&path, e))?;
-        io::Write::write_all(&mut file, &txn_index::encode(&self.aborted)).map_err(|e| io_error(&path, e))?;
+        let (path, file) = write_index_file(txn_index_path(&self.path), txn_index::encode(&self.aborted))?;
         file.sync_data().map_err(|e| io_error(&path, e))
     }
 
@@ -574,6 +561,14 @@ pub(crate) fn remove_segment_files(log_path: &Path) -> Result<(), LogError> {
         remove_if_present(&path)?;
     }
     Ok(())
+}
+
+/// Writes an index file whole (created or truncated), not synced: the caller syncs it.
+fn write_index_file(path: PathBuf, bytes: Vec<u8>) -> Result<SyncFile, LogError> {
+    let mut file =
+        OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(|e| io_error(&path, e))?;
+    io::Write::write_all(&mut file, &bytes).map_err(|e| io_error(&path, e))?;
+    Ok((path.into(), Arc::new(file)))
 }
 
 /// Removes `path`; returns whether it was there.
