@@ -14,6 +14,8 @@ and MB/s (JSON value bytes) from the process wall time and from the scan time, a
 process's peak RSS. --runs repeats each query (the best run is reported, all are printed).
 
 The binary: --binary, else the release build when it exists (said in the output), else debug.
+--compare OTHER also runs every query with the `spate` binary OTHER (against the same broker and
+records, the two alternating run by run), for a before/after on the same data.
 With --perf, `perf record -g` samples the approx_distinct query and the top symbols are printed.
 
   python3 scripts/bench_sql_adhoc.py --records 10000000 --partitions 6
@@ -107,6 +109,7 @@ def main():
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--binary")
+    ap.add_argument("--compare", help="another spate binary to run the same queries with")
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = ap.parse_args()
@@ -148,30 +151,36 @@ def main():
         produce_s = time.monotonic() - t
         print(f"produced {args.records} records ({value_bytes / 1e6:.1f} MB of JSON values) in {produce_s:.1f}s")
 
-        wall0, _, out0 = run_sql_rss(binary, bootstrap, "SELECT count(*) AS n FROM bench WHERE _partition = -1")
-        print(f"fixed overhead (process start, schema inference, planning; no scan): {wall0:.2f}s  {out0.strip()}")
+        binaries = [binary] + ([args.compare] if args.compare else [])
+        wall0 = {}
+        for b in binaries:
+            wall0[b], _, out0 = run_sql_rss(b, bootstrap, "SELECT count(*) AS n FROM bench WHERE _partition = -1")
+            print(f"{b}: fixed overhead (process start, schema inference, planning; no scan): {wall0[b]:.2f}s  {out0.strip()}")
         queries = [
             ("count(*)", "SELECT count(*) AS n FROM bench"),
             ("count(*), approx_distinct(user_id)", "SELECT count(*) AS n, approx_distinct(user_id) AS users FROM bench"),
         ]
         results = {}
-        for name, sql in queries:
-            runs = []
+        for query, sql in queries:
+            runs = {b: [] for b in binaries}
             for _ in range(args.runs):
-                wall, rss, out = run_sql_rss(binary, bootstrap, sql)
-                runs.append((wall, rss, out.strip()))
-            best = min(runs, key=lambda r: r[0])
-            wall, rss, out = best
-            scan = max(wall - wall0, 1e-9)
-            results[name] = {
-                "wall_s": round(wall, 3), "scan_s": round(scan, 3),
-                "records_per_s_wall": round(args.records / wall), "records_per_s_scan": round(args.records / scan),
-                "mb_per_s_scan": round(value_bytes / 1e6 / scan, 1), "peak_rss_mib": rss and round(rss, 1),
-                "runs_s": [round(r[0], 3) for r in runs], "result": out,
-            }
-            print(f"{name}: best wall {wall:.2f}s -> {args.records / wall / 1e6:.2f}M records/s; "
-                  f"scan {scan:.2f}s -> {args.records / scan / 1e6:.2f}M records/s, {value_bytes / 1e6 / scan:.0f} MB/s; "
-                  f"peak RSS {rss and round(rss)} MiB; runs {[round(r[0], 2) for r in runs]}; result {out}")
+                for b in binaries:
+                    wall, rss, out = run_sql_rss(b, bootstrap, sql)
+                    runs[b].append((wall, rss, out.strip()))
+            for b in binaries:
+                wall, rss, out = min(runs[b], key=lambda r: r[0])
+                scan = max(wall - wall0[b], 1e-9)
+                name = query if len(binaries) == 1 else f"{query} [{b}]"
+                results[name] = {
+                    "wall_s": round(wall, 3), "scan_s": round(scan, 3),
+                    "records_per_s_wall": round(args.records / wall), "records_per_s_scan": round(args.records / scan),
+                    "mb_per_s_scan": round(value_bytes / 1e6 / scan, 1), "peak_rss_mib": rss and round(rss, 1),
+                    "runs_s": [round(r[0], 3) for r in runs[b]], "result": out,
+                }
+                print(f"{name}: best wall {wall:.2f}s -> {args.records / wall / 1e6:.2f}M records/s; "
+                      f"scan {scan:.2f}s -> {args.records / scan / 1e6:.2f}M records/s, "
+                      f"{value_bytes / 1e6 / scan:.0f} MB/s; peak RSS {rss and round(rss)} MiB; "
+                      f"runs {[round(r[0], 2) for r in runs[b]]}; result {out}")
         if args.perf and shutil.which("perf"):
             data = str(work / "perf.data")
             run_sql(binary, bootstrap, queries[1][1], perf_out=data)
@@ -179,7 +188,8 @@ def main():
                                      "--stdio", "--sort", "symbol"], capture_output=True, text=True)
             print("\n".join(line for line in report.stdout.splitlines() if line and not line.startswith("#"))[:4000])
         print(json.dumps({"records": args.records, "partitions": args.partitions, "binary": kind,
-                          "value_bytes": value_bytes, "overhead_s": round(wall0, 3), "queries": results}, indent=1))
+                          "value_bytes": value_bytes, "overhead_s": {b: round(w, 3) for b, w in wall0.items()},
+                          "queries": results}, indent=1))
     finally:
         broker.terminate()
         try:

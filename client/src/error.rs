@@ -88,6 +88,10 @@ pub enum Error {
     NoOffsetForPartition { topic: String, partition: i32 },
     #[error("{topic}-{partition} is not assigned to this consumer")]
     NotAssigned { topic: String, partition: i32 },
+    /// `poll_batches` after a `poll` that left decoded records of a partition buffered: the
+    /// caller's use, one consumer should use one of them.
+    #[error("poll_batches cannot hand out {topic}-{partition}: a poll left records of it decoded (use one of poll and poll_batches on a consumer)")]
+    MixedPoll { topic: String, partition: i32 },
     /// A transactional call on a producer without `transactional.id`.
     #[error("{operation} needs a producer with a transactional.id")]
     NotTransactional { operation: &'static str },

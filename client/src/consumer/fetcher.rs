@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use super::ConsumerRecord;
 use crate::error::ProtocolError;
-use crate::protocol::record::{decode_records, validate_stored_batch, BatchHeader, ConsumedRecord, BATCH_HEADER_BYTES};
+use crate::protocol::record::{
+    decode_records, validate_stored_batch, BatchHeader, BatchRecords, RecordHeader, BATCH_HEADER_BYTES,
+};
 
 /// The aborted transactions one read_committed Fetch response listed for a partition, as
 /// `(producer_id, first_offset)`, consumed as the decoder passes their first offsets.
@@ -97,21 +99,55 @@ fn control_type(batch: &Bytes, max_decompressed_bytes: usize) -> Result<Option<i
     Ok(Some(i16::from_be_bytes([key[2], key[3]])))
 }
 
-/// What decoding one partition's fetched bytes produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Decoded {
-    /// Where the next fetch starts: after the last complete batch (control batches included).
-    pub next_fetch_offset: i64,
-    /// Records handed out (at or after the fetch offset, control batches skipped).
-    pub records: usize,
+/// One fetched record batch not yet handed out: a data batch (never a control batch, never
+/// a batch of an aborted transaction in read_committed), whole, its CRC checked when
+/// `check.crcs` is on. [`crate::Consumer::poll_batches`] hands these out for callers that read
+/// records in place ([`FetchedBatch::records`]); `poll` decodes them into [`ConsumerRecord`]s.
+#[derive(Debug, Clone)]
+pub struct FetchedBatch {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Records below this offset are not the caller's: the broker returns whole batches, so a
+    /// fetch's first batch may start before the fetch offset.
+    pub from_offset: i64,
+    /// Exactly one record batch (magic 2).
+    pub batch: Bytes,
+    /// The broker it came from, for error messages.
+    broker: i32,
 }
 
-/// Decodes the complete batches in `records` (a fetch may end with a partial batch, which is
-/// fetched again next time), skipping control batches and records before `fetch_offset` (the
-/// broker returns whole batches, so the first may start earlier), and, for read_committed
-/// fetches (`aborted` is the response's list), the batches of aborted transactions.
+impl FetchedBatch {
+    /// The batch's records, to read in place. Read only those at or after
+    /// [`FetchedBatch::from_offset`]; a compressed batch is inflated here (up to the consumer's
+    /// bound on one batch).
+    pub fn records(&self) -> Result<BatchRecords, ProtocolError> {
+        BatchRecords::new(&self.batch, super::MAX_DECOMPRESSED_BATCH_BYTES)
+    }
+
+    /// The number of records the batch says it holds (some may be below `from_offset`).
+    pub fn records_count(&self) -> usize {
+        BatchHeader::parse(&self.batch).map_or(0, |h| h.records_count.max(0) as usize)
+    }
+
+    /// The offset after the batch's last offset.
+    pub fn next_offset(&self) -> i64 {
+        BatchHeader::parse(&self.batch).map_or(self.from_offset, |h| h.last_offset().saturating_add(1))
+    }
+
+    /// Where a decoding error of this batch came from, for [`crate::Error::Protocol`].
+    pub fn peer(&self) -> String {
+        format!("broker {} ({}-{} at offset {})", self.broker, self.topic, self.partition, self.from_offset)
+    }
+}
+
+/// Splits one partition's fetched `records` into its complete data batches (a fetch may end
+/// with a partial batch, which is fetched again next time), skipping control batches, batches
+/// wholly before `fetch_offset`, and, for read_committed fetches (`aborted` is the response's
+/// list), the batches of aborted transactions. Returns where the next fetch starts: after the
+/// last complete batch (control batches included).
 #[expect(clippy::too_many_arguments, reason = "one caller, every argument named at the call site")]
-pub(crate) fn decode_fetched(
+pub(crate) fn split_fetched(
+    broker: i32,
     topic: &Arc<str>,
     partition: i32,
     records: &Bytes,
@@ -119,12 +155,10 @@ pub(crate) fn decode_fetched(
     check_crcs: bool,
     max_decompressed_bytes: usize,
     mut aborted: Option<&mut AbortedTransactions>,
-    out: &mut VecDeque<ConsumerRecord>,
-) -> Result<Decoded, ProtocolError> {
+    out: &mut VecDeque<FetchedBatch>,
+) -> Result<i64, ProtocolError> {
     let mut position = 0;
     let mut next_fetch_offset = fetch_offset;
-    let mut count = 0;
-    let mut scratch: Vec<ConsumedRecord> = Vec::new();
     while records.len() - position >= BATCH_HEADER_BYTES {
         let header = BatchHeader::parse(&records[position..])?;
         if header.batch_length < (BATCH_HEADER_BYTES - crate::protocol::record::BATCH_LOG_OVERHEAD) as i32 {
@@ -153,28 +187,38 @@ pub(crate) fn decode_fetched(
             continue;
         }
         next_fetch_offset = next_fetch_offset.max(header.last_offset().saturating_add(1));
-        if header.is_control() {
+        if header.is_control() || header.records_count == 0 {
             continue;
         }
-        scratch.clear();
-        decode_records(&batch, max_decompressed_bytes, &mut scratch)?;
-        for r in scratch.drain(..) {
-            if r.offset < fetch_offset {
-                continue;
-            }
-            count += 1;
-            out.push_back(ConsumerRecord {
-                topic: topic.clone(),
-                partition,
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key,
-                value: r.value,
-                headers: r.headers,
-            });
-        }
+        out.push_back(FetchedBatch { topic: topic.clone(), partition, from_offset: fetch_offset, batch, broker });
     }
-    Ok(Decoded { next_fetch_offset, records: count })
+    Ok(next_fetch_offset)
+}
+
+/// Decodes the records of `fetched` at or after its `from_offset` onto `out`.
+pub(crate) fn decode_batch(fetched: &FetchedBatch, out: &mut VecDeque<ConsumerRecord>) -> Result<(), ProtocolError> {
+    let records = fetched.records()?;
+    let body = records.body();
+    for r in records.iter() {
+        let r = r?;
+        if r.offset < fetched.from_offset {
+            continue;
+        }
+        out.push_back(ConsumerRecord {
+            topic: fetched.topic.clone(),
+            partition: fetched.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key.map(|k| body.slice_ref(k)),
+            value: r.value.map(|v| body.slice_ref(v)),
+            headers: r
+                .headers
+                .iter()
+                .map(|(key, value)| RecordHeader { key: key.to_owned(), value: value.map(|v| body.slice_ref(v)) })
+                .collect(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -183,6 +227,43 @@ mod tests {
     use crate::protocol::compression::Compression;
     use crate::protocol::record::{set_base_offset, BatchBuilder, Record};
     use bytes::BytesMut;
+
+    #[derive(Debug, PartialEq, Eq)]
+    struct Decoded {
+        next_fetch_offset: i64,
+        records: usize,
+    }
+
+    /// Splits and decodes as `poll` does.
+    #[expect(clippy::too_many_arguments, reason = "mirrors split_fetched")]
+    fn decode_fetched(
+        topic: &Arc<str>,
+        partition: i32,
+        records: &Bytes,
+        fetch_offset: i64,
+        check_crcs: bool,
+        max_decompressed_bytes: usize,
+        aborted: Option<&mut AbortedTransactions>,
+        out: &mut VecDeque<ConsumerRecord>,
+    ) -> Result<Decoded, ProtocolError> {
+        let mut batches = VecDeque::new();
+        let next_fetch_offset = split_fetched(
+            1,
+            topic,
+            partition,
+            records,
+            fetch_offset,
+            check_crcs,
+            max_decompressed_bytes,
+            aborted,
+            &mut batches,
+        )?;
+        let before = out.len();
+        for b in &batches {
+            decode_batch(b, out)?;
+        }
+        Ok(Decoded { next_fetch_offset, records: out.len() - before })
+    }
 
     fn batch(base_offset: i64, values: &[&str], compression: Compression) -> BytesMut {
         let mut b = BatchBuilder::new(compression);

@@ -25,6 +25,7 @@ mod offsets;
 mod subscription;
 
 pub use assignor::{Assignor, GroupMember, PartitionAssignor, RebalanceProtocol, Subscription};
+pub use fetcher::FetchedBatch;
 pub use member::{ClassicGroupConfig, ClassicGroupMember, JoinedGroup, Rebalanced};
 pub use offsets::OffsetAndMetadata;
 pub use subscription::{ListenerFuture, RebalanceListener};
@@ -287,6 +288,10 @@ struct PartitionState {
     /// again before this, giving the metadata refresh time to land (`retry.backoff.ms`).
     retry_at: Option<tokio::time::Instant>,
     paused: bool,
+    /// Fetched batches not yet handed out or decoded, in offset order.
+    fetched: VecDeque<FetchedBatch>,
+    /// Records `poll` decoded from the front of `fetched` and has not handed out yet (they come
+    /// before everything in `fetched`).
     buffered: VecDeque<ConsumerRecord>,
     high_watermark: i64,
     /// The last stable offset of the last fetch: a read_committed consumer reads (and lags)
@@ -309,6 +314,7 @@ impl PartitionState {
             in_flight: false,
             retry_at: None,
             paused: false,
+            fetched: VecDeque::new(),
             buffered: VecDeque::new(),
             high_watermark: -1,
             last_stable_offset: -1,
@@ -322,13 +328,20 @@ impl PartitionState {
         self.reset = None;
         self.fetch_offset = offset;
         self.seek_epoch += 1;
+        self.fetched.clear();
         self.buffered.clear();
+    }
+
+    /// Whether fetched records wait to be handed out.
+    fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty() || !self.fetched.is_empty()
     }
 
     fn reset_to(&mut self, spec: Option<OffsetSpec>) {
         self.position = None;
         self.reset = spec;
         self.seek_epoch += 1;
+        self.fetched.clear();
         self.buffered.clear();
     }
 }
@@ -557,10 +570,29 @@ impl Consumer {
     /// In a group, `poll` is also where the group is joined and rejoined and where the
     /// rebalance listener runs; a rebalance can make one call take longer than `timeout`.
     pub async fn poll(&self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let max = self.config.max_poll_records;
+        self.poll_with(timeout, |state| take_buffered(state, max)).await
+    }
+
+    /// Like [`Consumer::poll`], but hands out the fetched record batches undecoded, for callers
+    /// that read records in place ([`FetchedBatch::records`]) instead of as owned
+    /// [`ConsumerRecord`]s: whole batches until they hold at least `max.poll.records` records.
+    /// The position moves past each batch handed out. Use one of `poll` and `poll_batches` on a
+    /// consumer: after a `poll` that left decoded records buffered, this fails.
+    pub async fn poll_batches(&self, timeout: Duration) -> Result<Vec<FetchedBatch>> {
+        let max = self.config.max_poll_records;
+        self.poll_with(timeout, |state| take_batches(state, max)).await
+    }
+
+    async fn poll_with<T>(
+        &self,
+        timeout: Duration,
+        mut take: impl FnMut(&mut State) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.poll_group().await?;
-            match self.poll_fetched(deadline).await? {
+            match self.poll_fetched(deadline, &mut take).await? {
                 Some(records) => return Ok(records),
                 // The group needs a rejoin: do it, then go on fetching.
                 None if tokio::time::Instant::now() < deadline => continue,
@@ -571,7 +603,11 @@ impl Consumer {
 
     /// Fetches until records arrive (`Some`, empty at the deadline), or the group needs a
     /// rejoin (`None`).
-    async fn poll_fetched(&self, deadline: tokio::time::Instant) -> Result<Option<Vec<ConsumerRecord>>> {
+    async fn poll_fetched<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        take: &mut impl FnMut(&mut State) -> Result<Vec<T>>,
+    ) -> Result<Option<Vec<T>>> {
         let mut state = self.state.lock().await;
         loop {
             if self.group_needs_rejoin() {
@@ -590,7 +626,7 @@ impl Consumer {
                 Err(e) if e.is_retriable() => debug!(error = %e, "resetting positions failed, retrying later"),
                 Err(e) => return Err(e),
             }
-            let records = take_buffered(&mut state, self.config.max_poll_records);
+            let records = take(&mut state)?;
             // Send the next fetches before handing records out: pipelining.
             self.send_fetches(&mut state).await;
             if !records.is_empty() {
@@ -654,7 +690,7 @@ impl Consumer {
         // not long-poll, or the buffered partition could not be fetched again until it ends.
         let mut draining: BTreeSet<i32> = BTreeSet::new();
         for (tp, ps) in state.assignment.iter_mut() {
-            if !ps.buffered.is_empty() {
+            if ps.has_buffered() {
                 if let Some(leader) = metadata.leader(&tp.topic, tp.partition) {
                     draining.insert(leader);
                 }
@@ -663,7 +699,7 @@ impl Consumer {
                 continue;
             }
             ps.retry_at = None;
-            if ps.position.is_none() || ps.in_flight || ps.paused || !ps.buffered.is_empty() {
+            if ps.position.is_none() || ps.in_flight || ps.paused || ps.has_buffered() {
                 continue;
             }
             match metadata.leader(&tp.topic, tp.partition) {
@@ -796,7 +832,11 @@ impl Consumer {
                                     list.iter().map(|a| (a.producer_id.0, a.first_offset)),
                                 )
                             });
-                        match fetcher::decode_fetched(
+                        // On an error nothing of this response is kept: the same offset is
+                        // fetched again, and batches kept from it would be handed out twice.
+                        let kept = ps.fetched.len();
+                        match fetcher::split_fetched(
+                            outcome.broker,
                             &ps.topic,
                             tp.partition,
                             records,
@@ -804,10 +844,11 @@ impl Consumer {
                             self.config.check_crcs,
                             MAX_DECOMPRESSED_BATCH_BYTES,
                             aborted.as_mut(),
-                            &mut ps.buffered,
+                            &mut ps.fetched,
                         ) {
-                            Ok(decoded) => ps.fetch_offset = decoded.next_fetch_offset,
+                            Ok(next_fetch_offset) => ps.fetch_offset = next_fetch_offset,
                             Err(source) => {
+                                ps.fetched.truncate(kept);
                                 state.pending_error = Some(Error::Protocol {
                                     peer: format!("broker {} ({tp} at offset {fetch_offset})", outcome.broker),
                                     source,
@@ -870,32 +911,84 @@ fn assigned<'a>(state: &'a mut State, tp: &TopicPartition) -> Result<&'a mut Par
 }
 
 /// Hands out up to `max` buffered records, starting at a rotating partition so none starves,
-/// and advances positions past them.
-fn take_buffered(state: &mut State, max: usize) -> Vec<ConsumerRecord> {
+/// and advances positions past them. Fetched batches are decoded as they are reached; one that
+/// fails to decode stays where it is (so its records are never skipped) and the error is
+/// returned by the next poll, after the records decoded before it.
+fn take_buffered(state: &mut State, max: usize) -> Result<Vec<ConsumerRecord>> {
     let mut out = Vec::new();
+    let mut error = None;
+    state.next_partition = take_rotating(state, |ps| {
+        let mut took = false;
+        while out.len() < max && error.is_none() {
+            if ps.buffered.is_empty() {
+                let Some(batch) = ps.fetched.front() else { break };
+                if let Err(source) = fetcher::decode_batch(batch, &mut ps.buffered) {
+                    ps.buffered.clear();
+                    error = Some(Error::Protocol { peer: batch.peer(), source });
+                    break;
+                }
+                ps.fetched.pop_front();
+                continue;
+            }
+            let take = ps.buffered.len().min(max - out.len());
+            out.extend(ps.buffered.drain(..take));
+            ps.position = out.last().map(|r| r.offset.saturating_add(1));
+            took = true;
+        }
+        took
+    });
+    if let Some(e) = error {
+        if out.is_empty() {
+            return Err(e);
+        }
+        state.pending_error.get_or_insert(e);
+    }
+    Ok(out)
+}
+
+/// Hands out whole fetched batches until they hold at least `max` records, rotating over the
+/// partitions as [`take_buffered`] does.
+fn take_batches(state: &mut State, max: usize) -> Result<Vec<FetchedBatch>> {
+    if let Some((tp, _)) = state.assignment.iter().find(|(_, ps)| !ps.buffered.is_empty()) {
+        return Err(Error::MixedPoll { topic: tp.topic.clone(), partition: tp.partition });
+    }
+    let mut out = Vec::new();
+    let mut records = 0;
+    state.next_partition = take_rotating(state, |ps| {
+        let mut took = false;
+        while records < max {
+            let Some(batch) = ps.fetched.pop_front() else { break };
+            records += batch.records_count();
+            ps.position = Some(batch.next_offset().max(batch.from_offset));
+            out.push(batch);
+            took = true;
+        }
+        took
+    });
+    Ok(out)
+}
+
+/// Runs `take` on each assigned partition, starting at a rotating one; `take` says whether it
+/// took anything. A partition left with nothing buffered is positioned at its next fetch
+/// offset (past control batches and compacted gaps too). Returns where the next call starts.
+fn take_rotating(state: &mut State, mut take: impl FnMut(&mut PartitionState) -> bool) -> usize {
     let n = state.assignment.len();
     if n == 0 {
-        return out;
+        return 0;
     }
     let start = state.next_partition % n;
     let mut partitions: Vec<&mut PartitionState> = state.assignment.values_mut().collect();
     let mut next = start;
     for i in (start..n).chain(0..start) {
         let ps = &mut partitions[i];
-        if out.len() < max && !ps.buffered.is_empty() {
-            let take = ps.buffered.len().min(max - out.len());
-            out.extend(ps.buffered.drain(..take));
-            ps.position = out.last().map(|r| r.offset.saturating_add(1));
+        if take(ps) {
             next = i + 1;
         }
-        if ps.buffered.is_empty() && ps.position.is_some() {
-            // Everything fetched was handed out: the position is where fetching continues
-            // (past control batches and compacted gaps too).
+        if !ps.has_buffered() && ps.position.is_some() {
             ps.position = Some(ps.fetch_offset);
         }
     }
-    state.next_partition = next;
-    out
+    next
 }
 
 #[cfg(test)]
@@ -961,6 +1054,64 @@ mod tests {
             assert_eq!(consumer.position(&TopicPartition::new("t", *p)).await.unwrap(), end);
         }
         assert!(consumer.poll(Duration::from_millis(100)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn poll_batches_hands_out_every_record_once_in_place() {
+        let broker = TestBroker::start(&[("t", 3)]).await;
+        produce(&broker.addr, "t", 500).await;
+        let consumer = Consumer::new(config(&broker.addr, AutoOffsetReset::Earliest)).await.unwrap();
+        consumer.assign(all("t", 3)).await.unwrap();
+        // From inside a batch: the batch holding offset 3 starts before it.
+        consumer.seek(&TopicPartition::new("t", 1), 3).await.unwrap();
+        let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        let mut total = 0;
+        let expected: i64 = {
+            let state = broker.state.lock().unwrap();
+            (0..3).map(|p| state.topics["t"][p].log_end_offset).sum::<i64>() - 3
+        };
+        while total < expected {
+            let batches = consumer.poll_batches(Duration::from_secs(5)).await.unwrap();
+            assert!(!batches.is_empty(), "stalled after {total} records");
+            for b in batches {
+                assert_eq!(&*b.topic, "t");
+                let records = b.records().unwrap();
+                for r in records.iter() {
+                    let r = r.unwrap();
+                    if r.offset < b.from_offset {
+                        continue;
+                    }
+                    let i: usize = std::str::from_utf8(r.key.unwrap()).unwrap()[1..].parse().unwrap();
+                    assert_eq!(r.value, Some(format!("v{i}").as_bytes()));
+                    seen.entry(b.partition).or_default().push(r.offset);
+                    total += 1;
+                }
+            }
+        }
+        assert_eq!(total, expected);
+        for (p, offsets) in &seen {
+            let end = broker.state.lock().unwrap().topics["t"][*p as usize].log_end_offset;
+            let start = if *p == 1 { 3 } else { 0 };
+            assert_eq!(*offsets, (start..end).collect::<Vec<_>>(), "partition {p}");
+            assert_eq!(consumer.position(&TopicPartition::new("t", *p)).await.unwrap(), end);
+        }
+        assert!(consumer.poll_batches(Duration::from_millis(100)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn poll_batches_after_a_poll_that_left_records_decoded_is_refused() {
+        let broker = TestBroker::start(&[("t", 1)]).await;
+        produce(&broker.addr, "t", 200).await;
+        let consumer =
+            Consumer::new(ConsumerConfig { max_poll_records: 1, ..config(&broker.addr, AutoOffsetReset::Earliest) })
+                .await
+                .unwrap();
+        consumer.assign(all("t", 1)).await.unwrap();
+        assert_eq!(consumer.poll(Duration::from_secs(5)).await.unwrap().len(), 1);
+        let result = consumer.poll_batches(Duration::from_millis(100)).await;
+        assert!(matches!(result, Err(Error::MixedPoll { partition: 0, .. })), "{result:?}");
+        // poll goes on where it was.
+        assert_eq!(consumer.poll(Duration::from_secs(5)).await.unwrap()[0].offset, 1);
     }
 
     #[tokio::test]

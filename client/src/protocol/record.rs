@@ -381,6 +381,13 @@ fn varlong_len(value: i64) -> usize {
 }
 
 fn get_varlong(buf: &mut &[u8]) -> Result<i64, ProtocolError> {
+    // Most varints in a record (lengths and deltas under 64) are one byte.
+    if let Some(&byte) = buf.first() {
+        if byte & 0x80 == 0 {
+            *buf = &buf[1..];
+            return Ok(((byte >> 1) as i64) ^ -((byte & 1) as i64));
+        }
+    }
     let mut v: u64 = 0;
     for shift in (0..70).step_by(7) {
         if !buf.has_remaining() {
@@ -533,6 +540,204 @@ impl BatchBuilder {
     }
 }
 
+/// The records of one batch, ready to be read without copying: the batch's header and its
+/// record bytes (a slice of the batch, or the inflated body of a compressed one). Read them with
+/// [`BatchRecords::iter`]; [`decode_records`] turns them into owned [`ConsumedRecord`]s.
+#[derive(Debug, Clone)]
+pub struct BatchRecords {
+    header: BatchHeader,
+    body: Bytes,
+}
+
+impl BatchRecords {
+    /// Checks the header of the batch `batch` holds (exactly one batch), and inflates a
+    /// compressed body up to `max_decompressed_bytes`. The records themselves are checked as
+    /// they are read.
+    pub fn new(batch: &Bytes, max_decompressed_bytes: usize) -> Result<BatchRecords, ProtocolError> {
+        let header = BatchHeader::parse(batch)?;
+        if header.magic != 2 {
+            return Err(ProtocolError::CorruptBatch {
+                position: 0,
+                reason: format!("magic {} is not supported", header.magic),
+            });
+        }
+        if header.batch_length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD) as i32 {
+            return Err(ProtocolError::CorruptBatch {
+                position: 0,
+                reason: format!("batch length {} is shorter than a header", header.batch_length),
+            });
+        }
+        let total = header.total_bytes().min(batch.len());
+        let body: Bytes = match header.compression()? {
+            Compression::None => batch.slice(BATCH_HEADER_BYTES..total),
+            codec => {
+                Bytes::from(compression::decompress(codec, &batch[BATCH_HEADER_BYTES..total], max_decompressed_bytes)?)
+            }
+        };
+        if header.records_count < 0 || header.records_count as usize > body.len() / MIN_RECORD_BYTES + 1 {
+            return Err(ProtocolError::CorruptBatch {
+                position: 0,
+                reason: format!("{} records cannot fit in {} bytes", header.records_count, body.len()),
+            });
+        }
+        Ok(BatchRecords { header, body })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The record bytes (inflated when the batch is compressed); the slices a
+    /// [`RecordView`] holds are inside them (see [`Bytes::slice_ref`]).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The records, in order. A malformed record ends the iteration with its error.
+    pub fn iter(&self) -> RecordIter<'_> {
+        RecordIter {
+            base_offset: self.header.base_offset,
+            // With LogAppendTime every record has the time the broker stamped (Kafka's rule).
+            log_append_time: self.header.is_log_append_time().then_some(self.header.max_timestamp),
+            base_timestamp: self.header.base_timestamp,
+            rest: &self.body,
+            remaining: self.header.records_count,
+        }
+    }
+}
+
+/// One record of a batch, borrowed from the batch's [`BatchRecords`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: HeadersView<'a>,
+}
+
+/// A record's headers as they are encoded, checked when the record was read (every header
+/// whole, every key UTF-8), so iterating them cannot fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadersView<'a> {
+    count: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> HeadersView<'a> {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// `(key, value)` per header, in order; duplicates kept.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        let mut rest = self.bytes;
+        (0..self.count).map_while(move |_| {
+            // Checked by `read_headers`: a failure here cannot happen, and ends the iteration.
+            let key = get_field(&mut rest).ok()?.unwrap_or_default();
+            let value = get_field(&mut rest).ok()?;
+            Some((std::str::from_utf8(key).ok()?, value))
+        })
+    }
+}
+
+/// Iterator over the records of a [`BatchRecords`].
+#[derive(Debug, Clone)]
+pub struct RecordIter<'a> {
+    base_offset: i64,
+    base_timestamp: i64,
+    log_append_time: Option<i64>,
+    rest: &'a [u8],
+    remaining: i32,
+}
+
+impl<'a> RecordIter<'a> {
+    fn read(&mut self) -> Result<RecordView<'a>, ProtocolError> {
+        let len = get_varint(&mut self.rest)?;
+        let len = usize::try_from(len).map_err(|_| ProtocolError::malformed("record", "negative length"))?;
+        if len > self.rest.len() {
+            return Err(ProtocolError::malformed("record", format!("length {len} runs past the batch")));
+        }
+        let (mut rec, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        if rec.is_empty() {
+            return Err(ProtocolError::malformed("record", "empty record"));
+        }
+        rec.advance(1); // attributes: unused in v2
+        let timestamp_delta = get_varlong(&mut rec)?;
+        let offset_delta = get_varint(&mut rec)?;
+        let key = get_field(&mut rec)?;
+        let value = get_field(&mut rec)?;
+        let headers = read_headers(&mut rec)?;
+        Ok(RecordView {
+            offset: self.base_offset.checked_add(offset_delta as i64).ok_or_else(|| {
+                ProtocolError::malformed("record", format!("offset delta {offset_delta} overflows the base offset"))
+            })?,
+            timestamp_ms: self.log_append_time.unwrap_or_else(|| self.base_timestamp.saturating_add(timestamp_delta)),
+            key,
+            value,
+            headers,
+        })
+    }
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<RecordView<'a>, ProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining <= 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let record = self.read();
+        if record.is_err() {
+            self.remaining = 0;
+        }
+        Some(record)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining.max(0) as usize))
+    }
+}
+
+/// A length-prefixed field (key, value, header key or value): `None` for length -1.
+fn get_field<'a>(rec: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ProtocolError> {
+    let n = get_varint(rec)?;
+    if n < 0 {
+        return Ok(None);
+    }
+    let n = n as usize;
+    if n > rec.len() {
+        return Err(ProtocolError::malformed("record", format!("field of {n} bytes runs past the record")));
+    }
+    let (field, rest) = rec.split_at(n);
+    *rec = rest;
+    Ok(Some(field))
+}
+
+/// Checks a record's headers (count, every field whole, keys UTF-8) and returns them as a view.
+fn read_headers<'a>(rec: &mut &'a [u8]) -> Result<HeadersView<'a>, ProtocolError> {
+    let count = get_varint(rec)?;
+    if count < 0 || count as usize > rec.len() {
+        return Err(ProtocolError::malformed("record", format!("{count} headers cannot fit")));
+    }
+    let start = *rec;
+    for _ in 0..count {
+        let key = get_field(rec)?.unwrap_or_default();
+        if std::str::from_utf8(key).is_err() {
+            return Err(ProtocolError::malformed("record header", "key is not utf-8"));
+        }
+        get_field(rec)?;
+    }
+    Ok(HeadersView { count: count as usize, bytes: &start[..start.len() - rec.len()] })
+}
+
 /// Decodes the records of one batch (`batch` holds exactly the batch). Uncompressed keys and
 /// values are slices of `batch`; compressed batches are inflated up to `max_decompressed_bytes`.
 pub fn decode_records(
@@ -540,92 +745,24 @@ pub fn decode_records(
     max_decompressed_bytes: usize,
     out: &mut Vec<ConsumedRecord>,
 ) -> Result<BatchHeader, ProtocolError> {
-    let header = BatchHeader::parse(batch)?;
-    if header.magic != 2 {
-        return Err(ProtocolError::CorruptBatch {
-            position: 0,
-            reason: format!("magic {} is not supported", header.magic),
-        });
-    }
-    if header.batch_length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD) as i32 {
-        return Err(ProtocolError::CorruptBatch {
-            position: 0,
-            reason: format!("batch length {} is shorter than a header", header.batch_length),
-        });
-    }
-    let total = header.total_bytes().min(batch.len());
-    let body: Bytes = match header.compression()? {
-        Compression::None => batch.slice(BATCH_HEADER_BYTES..total),
-        codec => {
-            Bytes::from(compression::decompress(codec, &batch[BATCH_HEADER_BYTES..total], max_decompressed_bytes)?)
-        }
-    };
-    if header.records_count < 0 || header.records_count as usize > body.len() / MIN_RECORD_BYTES + 1 {
-        return Err(ProtocolError::CorruptBatch {
-            position: 0,
-            reason: format!("{} records cannot fit in {} bytes", header.records_count, body.len()),
-        });
-    }
-    out.reserve(header.records_count as usize);
-    let mut rest: &[u8] = &body;
-    // `rec` is always a sub-slice of `body`; its distance from the start of `body` locates the
-    // field so it can be handed out as a zero-copy `Bytes`.
-    let slice_of = |rec: &[u8], len: usize| {
-        let start = rec.as_ptr() as usize - body.as_ptr() as usize;
-        body.slice(start..start + len)
-    };
-    for _ in 0..header.records_count {
-        let len = get_varint(&mut rest)?;
-        let len = usize::try_from(len).map_err(|_| ProtocolError::malformed("record", "negative length"))?;
-        if len > rest.len() {
-            return Err(ProtocolError::malformed("record", format!("length {len} runs past the batch")));
-        }
-        let mut rec = &rest[..len];
-        rest = &rest[len..];
-        if rec.is_empty() {
-            return Err(ProtocolError::malformed("record", "empty record"));
-        }
-        rec.advance(1); // attributes: unused in v2
-        let timestamp_delta = get_varlong(&mut rec)?;
-        let offset_delta = get_varint(&mut rec)?;
-        let get_opt = |rec: &mut &[u8]| -> Result<Option<Bytes>, ProtocolError> {
-            let n = get_varint(rec)?;
-            if n < 0 {
-                return Ok(None);
-            }
-            let n = n as usize;
-            if n > rec.len() {
-                return Err(ProtocolError::malformed("record", format!("field of {n} bytes runs past the record")));
-            }
-            let b = slice_of(rec, n);
-            rec.advance(n);
-            Ok(Some(b))
-        };
-        let key = get_opt(&mut rec)?;
-        let value = get_opt(&mut rec)?;
-        let header_count = get_varint(&mut rec)?;
-        if header_count < 0 || header_count as usize > rec.len() {
-            return Err(ProtocolError::malformed("record", format!("{header_count} headers cannot fit")));
-        }
-        let mut headers = Vec::with_capacity(header_count as usize);
-        for _ in 0..header_count {
-            let key = get_opt(&mut rec)?.unwrap_or_default();
-            let key = String::from_utf8(key.to_vec())
-                .map_err(|_| ProtocolError::malformed("record header", "key is not utf-8"))?;
-            let value = get_opt(&mut rec)?;
-            headers.push(RecordHeader { key, value });
-        }
+    let records = BatchRecords::new(batch, max_decompressed_bytes)?;
+    out.reserve(records.header.records_count as usize);
+    let body = records.body();
+    for r in records.iter() {
+        let r = r?;
         out.push(ConsumedRecord {
-            offset: header.base_offset.checked_add(offset_delta as i64).ok_or_else(|| {
-                ProtocolError::malformed("record", format!("offset delta {offset_delta} overflows the base offset"))
-            })?,
-            timestamp_ms: header.base_timestamp.saturating_add(timestamp_delta),
-            key,
-            value,
-            headers,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key.map(|k| body.slice_ref(k)),
+            value: r.value.map(|v| body.slice_ref(v)),
+            headers: r
+                .headers
+                .iter()
+                .map(|(key, value)| RecordHeader { key: key.to_owned(), value: value.map(|v| body.slice_ref(v)) })
+                .collect(),
         });
     }
-    Ok(header)
+    Ok(records.header)
 }
 
 #[cfg(test)]
@@ -764,6 +901,80 @@ mod tests {
         let crc = crc32c::crc32c(&batch[field::ATTRIBUTES..]);
         batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
         assert!(validate_stored_batch(&batch, 0).is_err());
+    }
+
+    #[test]
+    fn views_borrow_the_batch_and_headers_iterate_as_encoded() {
+        let records = [
+            Record {
+                key: Some(Bytes::from_static(b"k")),
+                value: None,
+                headers: vec![
+                    RecordHeader { key: "a".into(), value: Some(Bytes::from_static(b"1")) },
+                    RecordHeader { key: String::new(), value: None },
+                    RecordHeader { key: "a".into(), value: Some(Bytes::new()) },
+                ],
+                timestamp_ms: 10,
+            },
+            Record { key: None, value: Some(Bytes::from_static(b"v")), headers: Vec::new(), timestamp_ms: 7 },
+        ];
+        let mut builder = BatchBuilder::new(Compression::None);
+        records.iter().for_each(|r| builder.push(r));
+        let mut stored = builder.finish(-1, -1, -1, false).unwrap().to_vec();
+        set_base_offset(&mut stored, 40);
+        let stored = Bytes::from(stored);
+        let batch = BatchRecords::new(&stored, 1 << 20).unwrap();
+        let views: Vec<RecordView<'_>> = batch.iter().collect::<Result<_, _>>().unwrap();
+        assert_eq!(views.len(), 2);
+        assert_eq!(
+            (views[0].offset, views[0].timestamp_ms, views[0].key, views[0].value),
+            (40, 10, Some(&b"k"[..]), None)
+        );
+        let headers: Vec<(&str, Option<&[u8]>)> = views[0].headers.iter().collect();
+        assert_eq!(headers, [("a", Some(&b"1"[..])), ("", None), ("a", Some(&b""[..]))]);
+        assert_eq!(views[0].headers.len(), 3);
+        assert!(views[1].headers.is_empty());
+        assert_eq!((views[1].offset, views[1].timestamp_ms, views[1].value), (41, 7, Some(&b"v"[..])));
+        // Uncompressed: the views point into the fetched bytes themselves.
+        let range = stored.as_ptr_range();
+        assert!(range.contains(&views[1].value.unwrap().as_ptr()));
+    }
+
+    #[test]
+    fn log_append_time_gives_every_record_the_batch_max_timestamp() {
+        let mut builder = BatchBuilder::new(Compression::Lz4);
+        for ts in [5, 9, 7] {
+            builder.push(&Record { value: Some(Bytes::from_static(b"v")), timestamp_ms: ts, ..Default::default() });
+        }
+        let mut stored = builder.finish(-1, -1, -1, false).unwrap().to_vec();
+        let attributes =
+            i16::from_be_bytes([stored[field::ATTRIBUTES], stored[field::ATTRIBUTES + 1]]) | ATTR_TIMESTAMP_TYPE;
+        stored[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        stored[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8].copy_from_slice(&1_000i64.to_be_bytes());
+        let crc = crc32c::crc32c(&stored[field::ATTRIBUTES..]);
+        stored[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        validate_batch(&stored, 0).unwrap();
+        let mut out = Vec::new();
+        decode_records(&Bytes::from(stored), 1 << 20, &mut out).unwrap();
+        assert_eq!(out.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(), [1_000, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn a_malformed_record_ends_the_iteration_with_its_error() {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for v in [&b"first"[..], b"second"] {
+            builder.push(&Record { value: Some(Bytes::copy_from_slice(v)), ..Default::default() });
+        }
+        let mut stored = builder.finish(-1, -1, -1, false).unwrap().to_vec();
+        // The second record's length prefix now runs past the batch.
+        let second = stored.len() - 1 - (1 + 1 + 1 + 1 + 1 + 6 + 1);
+        stored[second] = 0x7e;
+        let stored = Bytes::from(stored);
+        let batch = BatchRecords::new(&stored, 1 << 20).unwrap();
+        let results: Vec<_> = batch.iter().collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].as_ref().unwrap().value, Some(&b"first"[..]));
+        assert!(matches!(results[1], Err(ProtocolError::Malformed { .. })), "{:?}", results[1]);
     }
 
     #[test]

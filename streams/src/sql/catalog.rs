@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use spate_client::admin::{AdminConfig, OffsetSpec};
@@ -103,13 +102,13 @@ impl ClusterHandle {
                 Some(PartitionRange { partition: tp.partition, start, end })
             })
             .collect();
-        let mut values: Vec<Option<Bytes>> = Vec::new();
+        let mut values: Vec<Option<Vec<u8>>> = Vec::new();
         let mut bytes = 0;
         let mut reader = RangeReader::new(&self.settings, &topic, &ranges).await?;
         'read: while let Some(chunk) = reader.next_chunk().await? {
-            for record in chunk {
-                bytes += record.value.as_ref().map_or(0, Bytes::len);
-                values.push(record.value);
+            for record in chunk.raw_records()? {
+                bytes += record.value.map_or(0, <[u8]>::len);
+                values.push(record.value.map(<[u8]>::to_vec));
                 if bytes > MAX_SAMPLE_BYTES {
                     break 'read;
                 }

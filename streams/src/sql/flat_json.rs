@@ -93,17 +93,22 @@ impl FlatJson {
         for value in values {
             cells.iter_mut().for_each(|c| *c = Cell::Null);
             if let Some(bytes) = value {
-                // Strings are sliced from the value as they are: all of it must be UTF-8.
-                let text = std::str::from_utf8(bytes).ok()?;
-                self.scan(bytes, &mut cells)?;
+                let ascii = self.scan(bytes, &mut cells)?;
+                // The value must be UTF-8. Outside strings the scan accepts ASCII only, so a
+                // value whose strings are ASCII is; any other is checked whole.
+                if !ascii {
+                    std::str::from_utf8(bytes).ok()?;
+                }
                 for (builder, cell) in builders.iter_mut().zip(&cells) {
                     match (builder, *cell) {
                         (Builder::Int64(b), Cell::Int(v)) => b.append_value(v),
                         (Builder::Float64(b), Cell::Float(v)) => b.append_value(v),
                         (Builder::Boolean(b), Cell::Bool(v)) => b.append_value(v),
-                        // Between two ASCII quotes of valid UTF-8: character boundaries, so
-                        // `get` never refuses it (checked rather than indexed all the same).
-                        (Builder::Utf8(b), Cell::Str(start, end)) => b.append_value(text.get(start..end)?),
+                        // Between two ASCII quotes of valid UTF-8: valid UTF-8 itself (checked
+                        // rather than assumed all the same; fast for ASCII).
+                        (Builder::Utf8(b), Cell::Str(start, end)) => {
+                            b.append_value(std::str::from_utf8(bytes.get(start..end)?).ok()?)
+                        }
                         (Builder::Int64(b), _) => b.append_null(),
                         (Builder::Float64(b), _) => b.append_null(),
                         (Builder::Boolean(b), _) => b.append_null(),
@@ -134,9 +139,10 @@ impl FlatJson {
         )
     }
 
-    /// Scans one value into `cells` (all Null on entry).
-    fn scan(&self, bytes: &[u8], cells: &mut [Cell]) -> Option<()> {
-        let mut p = Scanner { b: bytes, i: 0 };
+    /// Scans one value into `cells` (all Null on entry); says whether its strings were all
+    /// ASCII (when not, the caller checks the value is UTF-8).
+    fn scan(&self, bytes: &[u8], cells: &mut [Cell]) -> Option<bool> {
+        let mut p = Scanner { b: bytes, i: 0, ascii: true };
         let mut seen: u64 = 0;
         p.ws();
         p.expect(b'{')?;
@@ -169,13 +175,32 @@ impl FlatJson {
             }
         }
         p.ws();
-        (p.i == bytes.len()).then_some(())
+        (p.i == bytes.len()).then_some(p.ascii)
     }
+}
+
+/// An integer literal of at most 18 digits (so it cannot overflow), sign included; None for
+/// longer ones, which `str::parse` decides.
+fn integer(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        v = v * 10 + i64::from(d.wrapping_sub(b'0'));
+    }
+    Some(if negative { -v } else { v })
 }
 
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
+    /// No byte of 0x80 or above in the strings passed so far.
+    ascii: bool,
 }
 
 impl Scanner<'_> {
@@ -213,6 +238,7 @@ impl Scanner<'_> {
                 b'"' => return Some((start, self.i - 1)),
                 b'\\' => return None,
                 c if c < 0x20 => return None,
+                c if c >= 0x80 => self.ascii = false,
                 _ => {}
             }
         }
@@ -238,14 +264,15 @@ impl Scanner<'_> {
                     _ => return None,
                 },
                 c if c < 0x20 => return None,
+                c if c >= 0x80 => self.ascii = false,
                 _ => {}
             }
         }
     }
 
-    /// A number in JSON's grammar: its text and whether it is an integer (no fraction or
+    /// A number in JSON's grammar: its byte range and whether it is an integer (no fraction or
     /// exponent).
-    fn number(&mut self) -> Option<(&str, bool)> {
+    fn number(&mut self) -> Option<(usize, usize, bool)> {
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -271,8 +298,12 @@ impl Scanner<'_> {
             self.next()?.is_ascii_digit().then_some(())?;
             self.digits();
         }
-        // ASCII by construction.
-        Some((std::str::from_utf8(&self.b[start..self.i]).ok()?, integer))
+        Some((start, self.i, integer))
+    }
+
+    /// The text of `number`'s range: ASCII by construction.
+    fn text(&self, start: usize, end: usize) -> Option<&str> {
+        std::str::from_utf8(self.b.get(start..end)?).ok()
     }
 
     fn digits(&mut self) {
@@ -289,11 +320,14 @@ impl Scanner<'_> {
         }
         match kind {
             Kind::Int64 => match self.number()? {
-                (text, true) => text.parse().ok().map(Cell::Int),
+                (start, end, true) => {
+                    integer(self.b.get(start..end)?).or_else(|| self.text(start, end)?.parse().ok()).map(Cell::Int)
+                }
                 _ => None,
             },
             Kind::Float64 => {
-                let v: f64 = self.number()?.0.parse().ok()?;
+                let (start, end, _) = self.number()?;
+                let v: f64 = self.text(start, end)?.parse().ok()?;
                 v.is_finite().then_some(Cell::Float(v))
             }
             Kind::Utf8 => self.plain_string().map(|(s, e)| Cell::Str(s, e)),
@@ -409,6 +443,11 @@ mod tests {
             br#"{"user_id": null, "score": null, "name": null, "ok": null}"#,
             "{\"name\": \"caf\u{e9} \u{1F600}\", \"score\": -1.25E-3}".as_bytes(),
             br#"{"user_id": 9223372036854775807, "score": 1e5}"#,
+            br#"{"user_id": -9223372036854775808}"#,
+            br#"{"user_id": 999999999999999999}"#,
+            br#"{"user_id": -100000000000000000}"#,
+            br#"{"user_id": 0}"#,
+            "{\"caf\u{e9}\": \"\u{e9}\", \"user_id\": 3, \"name\": \"ok\"}".as_bytes(),
         ] {
             assert!(agrees(v), "{:?} went to arrow-json", String::from_utf8_lossy(v));
         }
@@ -435,6 +474,9 @@ mod tests {
             br#"{"x": "\ud83d\ude00"}"#,            // a surrogate pair: arrow-json's rules
             br#"{"ok": "true"}"#,                   // a string for BOOLEAN
             b"{\"name\": \"\xff\"}",                // not UTF-8
+            b"{\"x\": \"\xc3\", \"user_id\": 1}",   // not UTF-8, in a skipped field
+            b"{\"\xe9\": 1, \"user_id\": 1}",       // not UTF-8, in a skipped key
+            br#"{"user_id": -}"#,                   // a sign without digits
             b"{\"x\": \"tab\there\"}",              // a raw control character
         ] {
             let flat = FlatJson::new(&schema()).unwrap();

@@ -41,7 +41,25 @@ pub(crate) struct RawRecord<'a> {
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: i64,
-    pub headers: &'a [spate_client::RecordHeader],
+    pub headers: RawHeaders<'a>,
+}
+
+/// A record's headers: decoded ones (a consumer record, a state store) or as fetched.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RawHeaders<'a> {
+    Decoded(&'a [spate_client::RecordHeader]),
+    Wire(spate_client::protocol::record::HeadersView<'a>),
+}
+
+impl RawHeaders<'_> {
+    pub(crate) const NONE: RawHeaders<'static> = RawHeaders::Decoded(&[]);
+
+    fn for_each(&self, mut f: impl FnMut(&str, Option<&[u8]>)) {
+        match self {
+            RawHeaders::Decoded(headers) => headers.iter().for_each(|h| f(&h.key, h.value.as_deref())),
+            RawHeaders::Wire(view) => view.iter().for_each(|(k, v)| f(k, v)),
+        }
+    }
 }
 
 /// The metadata columns every topic table ends with:
@@ -249,13 +267,13 @@ impl RecordDecoder {
                 Source::Headers => {
                     let mut b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
                     for r in records {
-                        for h in r.headers {
-                            b.keys().append_value(&h.key);
-                            match &h.value {
+                        r.headers.for_each(|key, value| {
+                            b.keys().append_value(key);
+                            match value {
                                 Some(v) => b.values().append_value(String::from_utf8_lossy(v)),
                                 None => b.values().append_null(),
                             }
-                        }
+                        });
                         b.append(true).map_err(|e| internal(&e))?;
                     }
                     Arc::new(b.finish())
@@ -435,7 +453,7 @@ mod tests {
     use super::*;
 
     fn rec(offset: i64, value: Option<&'static [u8]>) -> RawRecord<'static> {
-        RawRecord { key: None, value, partition: 0, offset, timestamp_ms: 1000 + offset, headers: &[] }
+        RawRecord { key: None, value, partition: 0, offset, timestamp_ms: 1000 + offset, headers: RawHeaders::NONE }
     }
 
     fn json_schema() -> SchemaRef {
@@ -557,10 +575,17 @@ mod tests {
                 partition: 2,
                 offset: 5,
                 timestamp_ms: 1_700_000_000_000,
-                headers: &headers,
+                headers: RawHeaders::Decoded(&headers),
             },
-            RawRecord { key: Some(b"\xffk"), value: None, partition: 2, offset: 6, timestamp_ms: 7, headers: &[] },
-            RawRecord { key: None, value: None, partition: 2, offset: 7, timestamp_ms: 8, headers: &[] },
+            RawRecord {
+                key: Some(b"\xffk"),
+                value: None,
+                partition: 2,
+                offset: 6,
+                timestamp_ms: 7,
+                headers: RawHeaders::NONE,
+            },
+            RawRecord { key: None, value: None, partition: 2, offset: 7, timestamp_ms: 8, headers: RawHeaders::NONE },
         ];
         let d = decoder(ValueFormat::Bytes, OnError::Null, table_schema(fixed_value_fields(ValueFormat::Bytes)), None);
         let (batch, _) = d.decode(&records).unwrap();

@@ -2,9 +2,11 @@
 //!
 //! The offsets to read are fixed when the plan is made (each partition up to its high watermark
 //! then, narrowed by the pushed-down filters). Each DataFusion output partition gets some topic
-//! partitions and its own `Consumer`, assigned manually; it fetches large responses, decodes
-//! records in chunks of [`CHUNK_RECORDS`] and stops each partition at its end offset by position
-//! (not by the last record's offset: compaction and transaction markers leave gaps).
+//! partitions and its own `Consumer`, assigned manually; it fetches large responses, reads the
+//! fetched record batches in place (no per-record `ConsumerRecord`: keys, values and headers are
+//! borrowed from the fetch response straight into the Arrow builders) in chunks of about
+//! [`CHUNK_RECORDS`], and stops each partition at its end offset by position (not by the last
+//! record's offset: compaction and transaction markers leave gaps).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,11 +23,13 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use spate_client::consumer::FetchedBatch;
 use spate_client::consumer::{AutoOffsetReset, ConsumerConfig};
-use spate_client::{Consumer, ConsumerRecord, TopicPartition};
+use spate_client::protocol::record::BatchRecords;
+use spate_client::{Consumer, TopicPartition};
 use tokio::sync::mpsc;
 
-use super::format::{RawRecord, RecordDecoder};
+use super::format::{RawHeaders, RawRecord, RecordDecoder};
 use crate::StreamsError;
 
 /// Records decoded into one batch: big enough that per-batch costs vanish, small enough that a
@@ -109,21 +113,29 @@ impl RangeReader {
         TopicPartition { topic: self.topic.clone(), partition }
     }
 
-    /// The next records within the ranges (at most about `2 * CHUNK_RECORDS`), or `None` when
-    /// every partition is at its end offset.
-    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Vec<ConsumerRecord>>, StreamsError> {
+    /// The next fetched batches within the ranges (whole batches holding at least
+    /// `CHUNK_RECORDS` records, when there are that many), or `None` when every partition is at
+    /// its end offset.
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Chunk>, StreamsError> {
         let Some(consumer) = &self.consumer else { return Ok(None) };
-        let mut chunk: Vec<ConsumerRecord> = Vec::new();
-        while !self.ends.is_empty() && chunk.len() < CHUNK_RECORDS {
-            let records = consumer.poll(Duration::from_millis(500)).await?;
-            if !records.is_empty() {
+        let mut chunk = Chunk { batches: Vec::new() };
+        let mut records = 0;
+        while !self.ends.is_empty() && records < CHUNK_RECORDS {
+            let batches = consumer.poll_batches(Duration::from_millis(500)).await?;
+            if !batches.is_empty() {
                 self.last_progress = tokio::time::Instant::now();
             }
-            if chunk.is_empty() {
-                chunk.reserve(records.len());
+            for batch in batches {
+                let Some(&end) = self.ends.get(&batch.partition) else { continue };
+                if batch.from_offset >= end {
+                    continue;
+                }
+                records += batch.records_count();
+                let body = batch.records().map_err(|source| {
+                    StreamsError::Client(spate_client::Error::Protocol { peer: batch.peer(), source })
+                })?;
+                chunk.batches.push(ChunkBatch { body, batch, end });
             }
-            let ends = &self.ends;
-            chunk.extend(records.into_iter().filter(|r| ends.get(&r.partition).is_some_and(|&end| r.offset < end)));
             let mut done = Vec::new();
             for (&partition, &end) in &self.ends {
                 // The position passes control batches and compacted gaps, which the last
@@ -145,23 +157,52 @@ impl RangeReader {
                 )));
             }
         }
-        Ok(if chunk.is_empty() && self.ends.is_empty() { None } else { Some(chunk) })
+        Ok(if chunk.batches.is_empty() && self.ends.is_empty() { None } else { Some(chunk) })
     }
 }
 
-/// Borrows consumer records as decoder input.
-pub(crate) fn raw_records(records: &[ConsumerRecord]) -> Vec<RawRecord<'_>> {
-    records
-        .iter()
-        .map(|r| RawRecord {
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
-            partition: r.partition,
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-            headers: &r.headers,
-        })
-        .collect()
+/// Fetched batches of one [`RangeReader::next_chunk`], each to be read up to its partition's
+/// end offset.
+pub(crate) struct Chunk {
+    batches: Vec<ChunkBatch>,
+}
+
+struct ChunkBatch {
+    /// The records, inflated once if the batch is compressed.
+    body: BatchRecords,
+    batch: FetchedBatch,
+    /// The partition's end offset (exclusive).
+    end: i64,
+}
+
+impl Chunk {
+    /// The chunk's records in `[from_offset, end)` of each batch, borrowed from the batches.
+    pub(crate) fn raw_records(&self) -> Result<Vec<RawRecord<'_>>, StreamsError> {
+        let mut out =
+            Vec::with_capacity(self.batches.iter().map(|b| b.body.header().records_count.max(0) as usize).sum());
+        for b in &self.batches {
+            for r in b.body.iter() {
+                let r = r.map_err(|source| {
+                    StreamsError::Client(spate_client::Error::Protocol { peer: b.batch.peer(), source })
+                })?;
+                if r.offset < b.batch.from_offset {
+                    continue;
+                }
+                if r.offset >= b.end {
+                    break;
+                }
+                out.push(RawRecord {
+                    key: r.key,
+                    value: r.value,
+                    partition: b.batch.partition,
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    headers: RawHeaders::Wire(r.headers),
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Scans a snapshot of a topic (see the module docs).
@@ -332,10 +373,12 @@ impl ScanTask {
         }
         let mut reader = RangeReader::new(&self.settings, &self.topic, &self.ranges).await?;
         while let Some(chunk) = reader.next_chunk().await? {
-            if chunk.is_empty() {
+            let raws = chunk.raw_records()?;
+            if raws.is_empty() {
                 continue;
             }
-            let (mut batch, malformed) = self.decoder.decode(&raw_records(&chunk))?;
+            let (mut batch, malformed) = self.decoder.decode(&raws)?;
+            drop(raws);
             drop(chunk);
             self.malformed.add(malformed as usize);
             if batch.num_rows() > rows_left {

@@ -30,7 +30,7 @@ use super::envelope::SourceRecord;
 use super::exec::{event_times_ms, key_texts, rows_as_json, select_columns, BatchSql};
 use super::window::{PartitionClocks, SessionIndex, SessionInsert, TimeWindowing, Window};
 use crate::processor::{OutKind, OutRecord, PunctuationType, Punctuator, TaskContext};
-use crate::sql::format::{RawRecord, RecordDecoder};
+use crate::sql::format::{RawHeaders, RawRecord, RecordDecoder};
 use crate::store::{lock, LoggedKv};
 use crate::topology::{GlobalStore, NodeDef, SourceFn, TaskBuild, TopicName, TopologyBuilder};
 use crate::StreamsError;
@@ -76,7 +76,7 @@ impl Source {
                 partition: r.partition,
                 offset: r.offset,
                 timestamp_ms: r.timestamp_ms,
-                headers: &r.headers,
+                headers: RawHeaders::Decoded(&r.headers),
             }
         };
         let raws: Vec<RawRecord<'_>> = match windows {
@@ -155,7 +155,7 @@ impl TaskLookup {
                 partition: -1,
                 offset: -1,
                 timestamp_ms: -1,
-                headers: &[],
+                headers: RawHeaders::NONE,
             })
             .collect();
         let (decoded, _malformed) = self.decoder.decode(&raws)?;
