@@ -58,7 +58,7 @@ impl PartitionLog {
         self.ongoing.values().copied().min().unwrap_or(self.log_end_offset)
     }
 
-    fn append(&mut self, records: &[u8]) -> i64 {
+    pub(crate) fn append(&mut self, records: &[u8]) -> i64 {
         let base = self.log_end_offset;
         let h = crate::protocol::record::BatchHeader::parse(records).unwrap();
         let mut bytes = BytesMut::from(records);

@@ -626,9 +626,11 @@ impl Consumer {
                 Err(e) if e.is_retriable() => debug!(error = %e, "resetting positions failed, retrying later"),
                 Err(e) => return Err(e),
             }
-            let records = take(&mut state)?;
-            // Send the next fetches before handing records out: pipelining.
+            let records = take(&mut state);
+            // Send the next fetches before handing records out: pipelining (and a partition
+            // whose batch failed to decode is fetched again).
             self.send_fetches(&mut state).await;
+            let records = records?;
             if !records.is_empty() {
                 return Ok(Some(records));
             }
@@ -911,20 +913,25 @@ fn assigned<'a>(state: &'a mut State, tp: &TopicPartition) -> Result<&'a mut Par
 }
 
 /// Hands out up to `max` buffered records, starting at a rotating partition so none starves,
-/// and advances positions past them. Fetched batches are decoded as they are reached; one that
-/// fails to decode stays where it is (so its records are never skipped) and the error is
-/// returned by the next poll, after the records decoded before it.
+/// and advances positions past them. Fetched batches are decoded as they are reached. A batch
+/// that fails to decode is dropped with everything fetched after it in its partition, which is
+/// fetched again from its position (as a fetch that failed to decode was before batches were
+/// decoded lazily: a batch damaged in transit is read again, a damaged log fails each time);
+/// the other partitions go on, and the error is returned after the records taken before it.
 fn take_buffered(state: &mut State, max: usize) -> Result<Vec<ConsumerRecord>> {
     let mut out = Vec::new();
     let mut error = None;
     state.next_partition = take_rotating(state, |ps| {
         let mut took = false;
-        while out.len() < max && error.is_none() {
+        while out.len() < max {
             if ps.buffered.is_empty() {
                 let Some(batch) = ps.fetched.front() else { break };
                 if let Err(source) = fetcher::decode_batch(batch, &mut ps.buffered) {
+                    let e = Error::Protocol { peer: batch.peer(), source };
+                    ps.fetch_offset = ps.position.unwrap_or(batch.from_offset);
                     ps.buffered.clear();
-                    error = Some(Error::Protocol { peer: batch.peer(), source });
+                    ps.fetched.clear();
+                    error.get_or_insert(e);
                     break;
                 }
                 ps.fetched.pop_front();
@@ -1112,6 +1119,61 @@ mod tests {
         assert!(matches!(result, Err(Error::MixedPoll { partition: 0, .. })), "{result:?}");
         // poll goes on where it was.
         assert_eq!(consumer.poll(Duration::from_secs(5)).await.unwrap()[0].offset, 1);
+    }
+
+    /// One batch of `values` as a producer encodes it.
+    fn batch_of(values: &[&str]) -> Vec<u8> {
+        use crate::protocol::record::{BatchBuilder, Record};
+        let mut b = BatchBuilder::new(crate::Compression::None);
+        for v in values {
+            b.push(&Record { value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())), ..Default::default() });
+        }
+        b.finish(-1, -1, -1, false).unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_to_decode_fails_poll_but_not_the_other_partitions() {
+        use crate::protocol::record::field;
+        let broker = TestBroker::start(&[("t", 2)]).await;
+        // Its CRC checks out (a broker stores it: brokers never decode records), but the
+        // second record's length runs past the batch.
+        let mut bad = batch_of(&["good", "bad!"]);
+        let second = bad.len() - 11;
+        bad[second] = 0x7e;
+        let crc = crc32c::crc32c(&bad[field::ATTRIBUTES..]);
+        bad[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        {
+            let mut state = broker.state.lock().unwrap();
+            let logs = state.topics.get_mut("t").unwrap();
+            logs[0].append(&bad);
+            logs[1].append(&batch_of(&["a", "b"]));
+        }
+        let consumer = Consumer::new(config(&broker.addr, AutoOffsetReset::Earliest)).await.unwrap();
+        consumer.assign(all("t", 2)).await.unwrap();
+        let mut values = Vec::new();
+        let mut errors = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while (values.len() < 4 || errors < 3) && tokio::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)).await {
+                Ok(records) => {
+                    for r in records {
+                        assert_eq!(r.partition, 1, "nothing of the bad batch is handed out");
+                        values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+                    }
+                }
+                Err(e) => {
+                    assert!(matches!(&e, Error::Protocol { peer, .. } if peer.contains("t-0")), "{e}");
+                    errors += 1;
+                    if errors == 2 {
+                        // The healthy partition keeps flowing between the errors.
+                        broker.state.lock().unwrap().topics.get_mut("t").unwrap()[1].append(&batch_of(&["c", "d"]));
+                    }
+                }
+            }
+        }
+        assert_eq!(values, ["a", "b", "c", "d"]);
+        assert!(errors >= 3, "the bad batch fails every time it is fetched again ({errors} errors)");
+        assert_eq!(consumer.position(&TopicPartition::new("t", 0)).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -254,6 +254,10 @@ impl Scanner<'_> {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
                     b'u' => {
                         let hex = self.b.get(self.i..self.i + 4)?;
+                        // Four hex digits exactly (`from_str_radix` alone would take a `+`).
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
                         let unit = u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
                         // Surrogates (paired or not) are left to arrow-json's rules.
                         if (0xD800..=0xDFFF).contains(&unit) {
@@ -477,6 +481,7 @@ mod tests {
             b"{\"x\": \"\xc3\", \"user_id\": 1}",   // not UTF-8, in a skipped field
             b"{\"\xe9\": 1, \"user_id\": 1}",       // not UTF-8, in a skipped key
             br#"{"user_id": -}"#,                   // a sign without digits
+            br#"{"x": "\u+041"}"#,                  // not four hex digits
             b"{\"x\": \"tab\there\"}",              // a raw control character
         ] {
             let flat = FlatJson::new(&schema()).unwrap();
