@@ -14,9 +14,7 @@ use bytes::Bytes;
 
 use super::ConsumerRecord;
 use crate::error::ProtocolError;
-use crate::protocol::record::{
-    decode_records, validate_stored_batch, BatchHeader, BatchRecords, RecordHeader, BATCH_HEADER_BYTES,
-};
+use crate::protocol::record::{decode_records, validate_stored_batch, BatchHeader, BatchRecords, BATCH_HEADER_BYTES};
 
 /// The aborted transactions one read_committed Fetch response listed for a partition, as
 /// `(producer_id, first_offset)`, consumed as the decoder passes their first offsets.
@@ -198,24 +196,20 @@ pub(crate) fn split_fetched(
 /// Decodes the records of `fetched` at or after its `from_offset` onto `out`.
 pub(crate) fn decode_batch(fetched: &FetchedBatch, out: &mut VecDeque<ConsumerRecord>) -> Result<(), ProtocolError> {
     let records = fetched.records()?;
-    let body = records.body();
     for r in records.iter() {
         let r = r?;
         if r.offset < fetched.from_offset {
             continue;
         }
+        let r = records.owned_record(&r);
         out.push_back(ConsumerRecord {
             topic: fetched.topic.clone(),
             partition: fetched.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
-            key: r.key.map(|k| body.slice_ref(k)),
-            value: r.value.map(|v| body.slice_ref(v)),
-            headers: r
-                .headers
-                .iter()
-                .map(|(key, value)| RecordHeader { key: key.to_owned(), value: value.map(|v| body.slice_ref(v)) })
-                .collect(),
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
         });
     }
     Ok(())

@@ -593,6 +593,22 @@ impl BatchRecords {
         &self.body
     }
 
+    /// `record` (one of this batch's) as an owned record: its fields share the batch's bytes.
+    pub fn owned_record(&self, record: &RecordView<'_>) -> ConsumedRecord {
+        let body = &self.body;
+        ConsumedRecord {
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            key: record.key.map(|k| body.slice_ref(k)),
+            value: record.value.map(|v| body.slice_ref(v)),
+            headers: record
+                .headers
+                .iter()
+                .map(|(key, value)| RecordHeader { key: key.to_owned(), value: value.map(|v| body.slice_ref(v)) })
+                .collect(),
+        }
+    }
+
     /// The records, in order. A malformed record ends the iteration with its error.
     pub fn iter(&self) -> RecordIter<'_> {
         RecordIter {
@@ -747,20 +763,8 @@ pub fn decode_records(
 ) -> Result<BatchHeader, ProtocolError> {
     let records = BatchRecords::new(batch, max_decompressed_bytes)?;
     out.reserve(records.header.records_count as usize);
-    let body = records.body();
     for r in records.iter() {
-        let r = r?;
-        out.push(ConsumedRecord {
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-            key: r.key.map(|k| body.slice_ref(k)),
-            value: r.value.map(|v| body.slice_ref(v)),
-            headers: r
-                .headers
-                .iter()
-                .map(|(key, value)| RecordHeader { key: key.to_owned(), value: value.map(|v| body.slice_ref(v)) })
-                .collect(),
-        });
+        out.push(records.owned_record(&r?));
     }
     Ok(records.header)
 }
