@@ -975,9 +975,11 @@ fn take_batches(state: &mut State, max: usize) -> Result<Vec<FetchedBatch>> {
     Ok(out)
 }
 
-/// Runs `take` on each assigned partition, starting at a rotating one; `take` says whether it
-/// took anything. A partition left with nothing buffered is positioned at its next fetch
-/// offset (past control batches and compacted gaps too). Returns where the next call starts.
+/// Runs `take` on each assigned partition that is not paused (as Java's consumer, `poll` hands
+/// out nothing of a paused partition, not even what was fetched before the pause), starting at
+/// a rotating one; `take` says whether it took anything. A partition left with nothing buffered
+/// is positioned at its next fetch offset (past control batches and compacted gaps too).
+/// Returns where the next call starts.
 fn take_rotating(state: &mut State, mut take: impl FnMut(&mut PartitionState) -> bool) -> usize {
     let n = state.assignment.len();
     if n == 0 {
@@ -988,7 +990,7 @@ fn take_rotating(state: &mut State, mut take: impl FnMut(&mut PartitionState) ->
     let mut next = start;
     for i in (start..n).chain(0..start) {
         let ps = &mut partitions[i];
-        if take(ps) {
+        if !ps.paused && take(ps) {
             next = i + 1;
         }
         if !ps.has_buffered() && ps.position.is_some() {
@@ -1174,6 +1176,32 @@ mod tests {
         assert_eq!(values, ["a", "b", "c", "d"]);
         assert!(errors >= 3, "the bad batch fails every time it is fetched again ({errors} errors)");
         assert_eq!(consumer.position(&TopicPartition::new("t", 0)).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_paused_partition_hands_out_nothing_until_resumed() {
+        let broker = TestBroker::start(&[("t", 1)]).await;
+        produce(&broker.addr, "t", 200).await;
+        let tp = TopicPartition::new("t", 0);
+        let consumer =
+            Consumer::new(ConsumerConfig { max_poll_records: 10, ..config(&broker.addr, AutoOffsetReset::Earliest) })
+                .await
+                .unwrap();
+        consumer.assign(vec![tp.clone()]).await.unwrap();
+        let first = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(first.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        // More than these ten were fetched; none of them comes out while paused.
+        consumer.pause(&[tp.clone()]).await.unwrap();
+        assert!(consumer.poll(Duration::from_millis(300)).await.unwrap().is_empty());
+        assert_eq!(consumer.position(&tp).await.unwrap(), 10);
+        consumer.resume(&[tp.clone()]).await.unwrap();
+        let mut offsets = Vec::new();
+        while offsets.len() < 190 {
+            let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+            assert!(!records.is_empty(), "stalled at {offsets:?}");
+            offsets.extend(records.iter().map(|r| r.offset));
+        }
+        assert_eq!(offsets, (10..200).collect::<Vec<_>>());
     }
 
     #[tokio::test]
