@@ -1191,10 +1191,10 @@ mod tests {
         let first = consumer.poll(Duration::from_secs(5)).await.unwrap();
         assert_eq!(first.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
         // More than these ten were fetched; none of them comes out while paused.
-        consumer.pause(&[tp.clone()]).await.unwrap();
+        consumer.pause(std::slice::from_ref(&tp)).await.unwrap();
         assert!(consumer.poll(Duration::from_millis(300)).await.unwrap().is_empty());
         assert_eq!(consumer.position(&tp).await.unwrap(), 10);
-        consumer.resume(&[tp.clone()]).await.unwrap();
+        consumer.resume(std::slice::from_ref(&tp)).await.unwrap();
         let mut offsets = Vec::new();
         while offsets.len() < 190 {
             let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
