@@ -13,8 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::ConsumerRecord;
+use crate::error::Error;
 use crate::error::ProtocolError;
-use crate::protocol::record::{decode_records, validate_stored_batch, BatchHeader, BatchRecords, BATCH_HEADER_BYTES};
+use crate::protocol::record::{validate_stored_batch, BatchHeader, BatchRecords, BATCH_HEADER_BYTES};
 
 /// The aborted transactions one read_committed Fetch response listed for a partition, as
 /// `(producer_id, first_offset)`, consumed as the decoder passes their first offsets.
@@ -82,10 +83,9 @@ const CONTROL_TYPE_COMMIT: i16 = 1;
 /// The type of a control batch's first record (ABORT 0, COMMIT 1, others Kafka may add), or
 /// `None` for a batch compaction left empty.
 fn control_type(batch: &Bytes, max_decompressed_bytes: usize) -> Result<Option<i16>, ProtocolError> {
-    let mut records = Vec::new();
-    decode_records(batch, max_decompressed_bytes, &mut records)?;
-    let Some(first) = records.first() else { return Ok(None) };
-    let key = first.key.as_deref().unwrap_or_default();
+    let records = BatchRecords::new(batch, max_decompressed_bytes)?;
+    let Some(first) = records.iter().next().transpose()? else { return Ok(None) };
+    let key = first.key.unwrap_or_default();
     if key.len() < 4 {
         return Err(ProtocolError::malformed("control record", format!("key of {} bytes", key.len())));
     }
@@ -110,6 +110,8 @@ pub struct FetchedBatch {
     pub from_offset: i64,
     /// Exactly one record batch (magic 2).
     pub batch: Bytes,
+    /// `batch`'s header, parsed when the fetch response was split.
+    header: BatchHeader,
     /// The broker it came from, for error messages.
     broker: i32,
 }
@@ -124,17 +126,22 @@ impl FetchedBatch {
 
     /// The number of records the batch says it holds (some may be below `from_offset`).
     pub fn records_count(&self) -> usize {
-        BatchHeader::parse(&self.batch).map_or(0, |h| h.records_count.max(0) as usize)
+        self.header.records_count.max(0) as usize
     }
 
-    /// The offset after the batch's last offset.
+    /// The offset after the batch's last offset (past `from_offset`: batches wholly before the
+    /// fetch offset are never kept).
     pub fn next_offset(&self) -> i64 {
-        BatchHeader::parse(&self.batch).map_or(self.from_offset, |h| h.last_offset().saturating_add(1))
+        self.header.last_offset().saturating_add(1)
     }
 
-    /// Where a decoding error of this batch came from, for [`crate::Error::Protocol`].
-    pub fn peer(&self) -> String {
-        format!("broker {} ({}-{} at offset {})", self.broker, self.topic, self.partition, self.from_offset)
+    /// The client error for `source`, a failure to read this batch's records, naming the
+    /// broker and partition it came from.
+    pub fn error(&self, source: ProtocolError) -> Error {
+        Error::Protocol {
+            peer: format!("broker {} ({}-{} at offset {})", self.broker, self.topic, self.partition, self.from_offset),
+            source,
+        }
     }
 }
 
@@ -188,7 +195,14 @@ pub(crate) fn split_fetched(
         if header.is_control() || header.records_count == 0 {
             continue;
         }
-        out.push_back(FetchedBatch { topic: topic.clone(), partition, from_offset: fetch_offset, batch, broker });
+        out.push_back(FetchedBatch {
+            topic: topic.clone(),
+            partition,
+            from_offset: fetch_offset,
+            batch,
+            header,
+            broker,
+        });
     }
     Ok(next_fetch_offset)
 }

@@ -927,7 +927,7 @@ fn take_buffered(state: &mut State, max: usize) -> Result<Vec<ConsumerRecord>> {
             if ps.buffered.is_empty() {
                 let Some(batch) = ps.fetched.front() else { break };
                 if let Err(source) = fetcher::decode_batch(batch, &mut ps.buffered) {
-                    let e = Error::Protocol { peer: batch.peer(), source };
+                    let e = batch.error(source);
                     ps.fetch_offset = ps.position.unwrap_or(batch.from_offset);
                     ps.buffered.clear();
                     ps.fetched.clear();
@@ -966,7 +966,7 @@ fn take_batches(state: &mut State, max: usize) -> Result<Vec<FetchedBatch>> {
         while records < max {
             let Some(batch) = ps.fetched.pop_front() else { break };
             records += batch.records_count();
-            ps.position = Some(batch.next_offset().max(batch.from_offset));
+            ps.position = Some(batch.next_offset());
             out.push(batch);
             took = true;
         }

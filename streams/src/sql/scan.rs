@@ -131,9 +131,7 @@ impl RangeReader {
                     continue;
                 }
                 records += batch.records_count();
-                let body = batch.records().map_err(|source| {
-                    StreamsError::Client(spate_client::Error::Protocol { peer: batch.peer(), source })
-                })?;
+                let body = batch.records().map_err(|e| batch.error(e))?;
                 chunk.batches.push(ChunkBatch { body, batch, end });
             }
             let mut done = Vec::new();
@@ -178,13 +176,10 @@ struct ChunkBatch {
 impl Chunk {
     /// The chunk's records in `[from_offset, end)` of each batch, borrowed from the batches.
     pub(crate) fn raw_records(&self) -> Result<Vec<RawRecord<'_>>, StreamsError> {
-        let mut out =
-            Vec::with_capacity(self.batches.iter().map(|b| b.body.header().records_count.max(0) as usize).sum());
+        let mut out = Vec::with_capacity(self.batches.iter().map(|b| b.batch.records_count()).sum());
         for b in &self.batches {
             for r in b.body.iter() {
-                let r = r.map_err(|source| {
-                    StreamsError::Client(spate_client::Error::Protocol { peer: b.batch.peer(), source })
-                })?;
+                let r = r.map_err(|e| b.batch.error(e))?;
                 if r.offset < b.batch.from_offset {
                     continue;
                 }
