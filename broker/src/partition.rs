@@ -267,7 +267,7 @@ fn restore_state(
             return Ok(());
         }
         if header.is_control() {
-            let bytes = log.read(header.base_offset, header.total_bytes(), i64::MAX)?.read()?;
+            let bytes = log.read_retained(header.base_offset, header.total_bytes(), i64::MAX)?.read()?;
             if bytes.len() >= header.total_bytes() {
                 if let Some((commit, coordinator_epoch)) = marker_of(header, &bytes.slice(..header.total_bytes())) {
                     producers.set_coordinator_epoch(header.producer_id, coordinator_epoch);

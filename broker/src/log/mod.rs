@@ -787,6 +787,18 @@ impl Log {
     /// The caller does the actual read with [`ReadSlice::read`], outside its lock.
     pub fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<ReadSlice, LogError> {
         self.check_range(offset)?;
+        self.read_in_range(offset, max_bytes, upper_bound)
+    }
+
+    /// Like [`read`](Self::read), from any offset of the retained segments, below the log start
+    /// offset too (state replay reads control batches that DeleteRecords put below it).
+    pub fn read_retained(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<ReadSlice, LogError> {
+        self.check_range_from(self.first_segment_base_offset(), offset)?;
+        self.read_in_range(offset, max_bytes, upper_bound)
+    }
+
+    /// [`read`](Self::read) of an offset already checked to be in the log.
+    fn read_in_range(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<ReadSlice, LogError> {
         let index = self.segment_index(offset);
         let segment = &self.segments[index];
         let empty = ReadSlice {
@@ -836,8 +848,13 @@ impl Log {
     }
 
     fn check_range(&self, offset: i64) -> Result<(), LogError> {
+        self.check_range_from(self.log_start_offset, offset)
+    }
+
+    /// `offset` is in `[lower, log_end_offset]` (the error names the log start offset).
+    fn check_range_from(&self, lower: i64, offset: i64) -> Result<(), LogError> {
         let log_end_offset = self.log_end_offset();
-        if offset < self.log_start_offset || offset > log_end_offset {
+        if offset < lower || offset > log_end_offset {
             return Err(LogError::OffsetOutOfRange { offset, log_start_offset: self.log_start_offset, log_end_offset });
         }
         Ok(())
@@ -1142,14 +1159,7 @@ impl Log {
         offset: i64,
         mut f: impl FnMut(&Log, &BatchHeader) -> Result<(), E>,
     ) -> Result<(), E> {
-        if offset < self.first_segment_base_offset() || offset > self.log_end_offset() {
-            return Err(LogError::OffsetOutOfRange {
-                offset,
-                log_start_offset: self.log_start_offset,
-                log_end_offset: self.log_end_offset(),
-            }
-            .into());
-        }
+        self.check_range_from(self.first_segment_base_offset(), offset)?;
         if offset == self.log_end_offset() {
             return Ok(());
         }

@@ -300,6 +300,28 @@ fn a_snapshot_above_the_recovered_log_end_is_deleted_not_used() {
 }
 
 #[test]
+fn a_marker_below_the_log_start_is_replayed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    append(&p, &[("a", "t5"), ("b", "t5")], Some((5, 0, 0)), 100);
+    p.append_marker(5, 0, false, 0, 150).unwrap();
+    append(&p, &[("c", "plain"), ("d", "plain")], None, 200);
+    // DeleteRecords past the ABORT marker at offset 2: the replay from the first segment's
+    // base reads it below the log start (it failed the open with OffsetOutOfRange).
+    p.delete_records_before(3).unwrap();
+    let (lso, _, producers) = txn_state(&p);
+    let readable = p.aborted_transactions(3, i64::MAX);
+    p.flush().unwrap();
+    drop(p);
+    let p = open(dir.path(), LogConfig::default());
+    assert_eq!(p.restored_from(), 0, "replayed from the first segment's base");
+    // The aborted transaction lies wholly below the log start: no fetch needs it any more.
+    let (lso_after, _, producers_after) = txn_state(&p);
+    assert_eq!((lso_after, producers_after), (lso, producers));
+    assert_eq!(p.aborted_transactions(3, i64::MAX), readable);
+}
+
+#[test]
 fn a_log_start_inside_a_transaction_keeps_it_across_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let p = open(dir.path(), LogConfig::default());
