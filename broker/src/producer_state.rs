@@ -854,8 +854,8 @@ mod tests {
             }
             let mut rebuilt = ProducerStateManager::new(EXPIRATION_MS, 10);
             for h in &log {
-            rebuilt.record(h, h.base_offset, 0);
-        }
+                rebuilt.record(h, h.base_offset, 0);
+            }
             for b in &log {
                 prop_assert_eq!(rebuilt.check(b), m.check(b));
             }
