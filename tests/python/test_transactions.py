@@ -1,22 +1,25 @@
 """Transactions (KIP-98) with clients we did not write: confluent-kafka's transactional producer and
 read_committed consumer, zombie fencing, a producer killed mid-transaction (aborted by the
-coordinator's timeout), consume-transform-produce with send_offsets_to_transaction, kafka-python's
+coordinator's timeout), consume-transform-produce with send_offsets_to_transaction (also SIGKILLed at
+random points 20 times, ctp_app.py), kafka-python's
 transactional producer, a broker restart, and kcat reading read_committed."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 
 from spatetest import (
     DUMMY_GROUP,
+    admin,
     client_config,
     consume_assigned,
     create_topic,
@@ -306,6 +309,131 @@ def test_consume_transform_produce_with_offsets_in_the_transaction(broker):
     run(n - first, abort_last=False)
     got = read_committed(broker.bootstrap, sink, range(2), n)
     assert sorted(int(v[1:]) for v in values(got)) == list(range(n)), "each input exactly once in the output"
+
+
+CTP_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ctp_app.py")
+CTP_KILLS = 20
+CTP_PARTITIONS = 3
+CTP_RECORDS = 50_000
+# A kill comes after at most this many commits of one instance (100 records each): every kill lands
+# while input is left (20 x 2,000 < 50,000).
+CTP_MAX_COMMITS_BEFORE_KILL = 20
+
+
+def _wait_for_line(log_path: str, app: subprocess.Popen, word: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(log_path, errors="replace") as f:
+            if any(line.startswith(word) for line in f):
+                return
+        assert app.poll() is None, f"the app exited with {app.returncode}:\n{open(log_path).read()[-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"no '{word}' from the app in {timeout_s}s:\n{open(log_path).read()[-3000:]}")
+
+
+def _commits(log_path: str) -> int:
+    with open(log_path, errors="replace") as f:
+        return sum(1 for line in f if line.startswith("committed "))
+
+
+def _group_committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The sum of `group`'s committed offsets on `topic` (records consumed and committed)."""
+    client = admin(bootstrap)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            result = client.list_consumer_group_offsets([request])[group].result(timeout=20)
+            return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+        except KafkaException as e:
+            # The group's coordinator may still be loading (the first commit created it just now).
+            if not e.args[0].retriable() and e.args[0].code() != KafkaError.COORDINATOR_LOAD_IN_PROGRESS:
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
+def test_consume_transform_produce_killed_9_at_random_points_20_times(broker, tmp_path):
+    """ctp_app.py (confluent-kafka, send_offsets_to_transaction) SIGKILLed at a random moment 20 times,
+    each time restarted with the same transactional.id, then left to finish: the read_committed output
+    holds each input exactly once, in input order per partition."""
+    source = unique_topic("ctp9-in")
+    sink = unique_topic("ctp9-out")
+    group = unique_topic("ctp9-group")
+    create_topic(broker.bootstrap, source, partitions=CTP_PARTITIONS)
+    create_topic(broker.bootstrap, sink, partitions=CTP_PARTITIONS)
+    src = Producer(client_config(broker.bootstrap, **{"linger.ms": 5}))
+    for i in range(CTP_RECORDS):
+        while True:
+            try:
+                src.produce(source, value=str(i).encode(), partition=i % CTP_PARTITIONS)
+                break
+            except BufferError:
+                src.poll(0.1)
+    assert src.flush(60) == 0
+
+    rng = random.Random(1447)
+    mid_stream_kills = 0
+    progress = []
+
+    def start(n: int):
+        log_path = str(tmp_path / f"ctp-{n}.log")
+        log = open(log_path, "wb")
+        args = [broker.bootstrap, group, source, sink, str(CTP_PARTITIONS), "ctp9-app", str(n)]
+        app = subprocess.Popen([sys.executable, CTP_APP, *args], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return app, log_path
+
+    for k in range(CTP_KILLS + 1):
+        app, log_path = start(k)
+        try:
+            # init_transactions waits for the previous instance's transaction to be aborted.
+            _wait_for_line(log_path, app, "ready", 60)
+            if k < CTP_KILLS:
+                if rng.random() < 0.25:
+                    # Early: while it fetches its offsets or its first records.
+                    time.sleep(rng.uniform(0.0, 0.3))
+                else:
+                    # After a few commits, anywhere in the next transaction (sending, between the
+                    # sends and send_offsets_to_transaction, committing) or just after it.
+                    commits = rng.randint(1, CTP_MAX_COMMITS_BEFORE_KILL)
+                    wait_until(lambda: _commits(log_path) >= commits, 60, f"{commits} commits of instance {k}",
+                               interval_s=0.005, describe=lambda: open(log_path).read()[-2000:])
+                    time.sleep(rng.uniform(0.0, 0.015))
+                assert app.poll() is None, f"the app exited with {app.returncode}:\n{open(log_path).read()[-3000:]}"
+                app.send_signal(signal.SIGKILL)
+                app.wait(10)
+                done = _group_committed(broker.bootstrap, group, source, CTP_PARTITIONS)
+                progress.append(done)
+                if done < CTP_RECORDS:
+                    mid_stream_kills += 1
+            else:
+                wait_until(lambda: _group_committed(broker.bootstrap, group, source, CTP_PARTITIONS) == CTP_RECORDS,
+                           180, "the last instance to commit all input", interval_s=0.5,
+                           describe=lambda: open(log_path).read()[-2000:])
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.wait(10)
+    print(f"committed input at each kill: {progress}")
+    assert mid_stream_kills == CTP_KILLS, f"kills after all input was committed: {progress}"
+
+    expected = {p: [f"out-{i}".encode() for i in range(p, CTP_RECORDS, CTP_PARTITIONS)] for p in range(CTP_PARTITIONS)}
+    got = read_committed(broker.bootstrap, sink, range(CTP_PARTITIONS), CTP_RECORDS, timeout_s=60)
+    for p in range(CTP_PARTITIONS):
+        seen = [m.value() for m in got if m.partition() == p]
+        assert seen == expected[p], (
+            f"partition {p}: {len(seen)} records, {len(set(seen))} distinct, expected {len(expected[p])}; "
+            f"first difference at {next((i for i, (a, b) in enumerate(zip(seen, expected[p])) if a != b), None)}"
+        )
+    # The kills did leave transactions open with records in the log, which were aborted: a
+    # read_uncommitted reader sees them, read_committed above did not.
+    everything = consume_assigned(
+        broker.bootstrap, sink, range(CTP_PARTITIONS), CTP_RECORDS + 1, 30, **{"isolation.level": "read_uncommitted"}
+    )
+    assert len(everything) > CTP_RECORDS, "no kill left an open transaction with records: the test proved less"
 
 
 @pytest.mark.timeout(120)

@@ -30,7 +30,7 @@ use spate_client::protocol::compression::Compression;
 use spate_client::protocol::record::{decode_records, validate_batches, BatchBuilder, BatchHeader, BatchIter, Record};
 use spate_client::protocol::ErrorCode;
 use tokio::sync::{oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::state::{
     Answer, CommitPlan, Completion, Effects, FetchedOffset, GroupConfig, GroupDescription, GroupState, JoinRequest,
@@ -810,7 +810,8 @@ impl GroupCoordinator {
             let completed =
                 inner.state.complete_txn(producer_id, commit, |group| partition_for(group, count) == offsets_partition);
             if completed > 0 {
-                info!(
+                // Per transaction of every exactly-once app: far too often for info.
+                debug!(
                     partition = offsets_partition,
                     producer_id,
                     commit,
