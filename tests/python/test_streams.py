@@ -153,8 +153,9 @@ def run_example(tmp_path, request):
 
 class CountsReader:
     """Follows a counts topic (key UTF-8, value an 8-byte big-endian long, Kafka's LongSerializer) with
-    an assigned confluent-kafka consumer and keeps the latest count per key. A key always goes to one
-    partition, so the latest record of a key in its partition is its latest count."""
+    an assigned confluent-kafka consumer (read_committed, librdkafka's default) and keeps the latest
+    count per key and every count seen per key. A key always goes to one partition, so the latest
+    record of a key in its partition is its latest count."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int):
         self.consumer = Consumer(
@@ -170,6 +171,7 @@ class CountsReader:
         )
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self.latest: dict[str, int] = {}
+        self.history: dict[str, list[int]] = {}
         self.records = 0
 
     def poll(self, timeout_s: float = 0.3) -> dict[str, int]:
@@ -178,7 +180,9 @@ class CountsReader:
                 raise AssertionError(f"consumer error: {msg.error()}")
             value = msg.value()
             assert value is not None and len(value) == 8, f"not a LongSerializer value: {value!r}"
-            self.latest[msg.key().decode()] = struct.unpack(">q", value)[0]
+            key, count = msg.key().decode(), struct.unpack(">q", value)[0]
+            self.latest[key] = count
+            self.history.setdefault(key, []).append(count)
             self.records += 1
         return self.latest
 
@@ -553,41 +557,9 @@ EOS_WORDS = 50
 EOS_CHUNK = 100
 
 
-class CommittedCounts:
-    """Every count a read_committed confluent-kafka consumer sees on the wordcount output, per word in
-    the order of its partition (a word always goes to one partition)."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
-        self.consumer = Consumer(
-            client_config(
-                bootstrap,
-                **{
-                    "group.id": DUMMY_GROUP,
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 100,
-                },
-            )
-        )
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        self.history: dict[str, list[int]] = {}
-
-    def poll(self, timeout_s: float = 0.3) -> dict[str, list[int]]:
-        for msg in self.consumer.consume(num_messages=10000, timeout=timeout_s):
-            if msg.error():
-                raise AssertionError(f"consumer error: {msg.error()}")
-            self.history.setdefault(msg.key().decode(), []).append(struct.unpack(">q", msg.value())[0])
-        return self.history
-
-    def latest(self) -> dict[str, int]:
-        return {w: counts[-1] for w, counts in self.history.items()}
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 @pytest.mark.timeout(360)
-def test_exactly_once_v2_wordcount_killed_9_repeatedly_counts_exactly(streams_broker, run_example, tmp_path):
+def test_exactly_once_v2_wordcount_killed_9_repeatedly_counts_exactly(streams_broker, run_example, counts_reader,
+                                                                     tmp_path):
     """wordcount with processing.guarantee=exactly_once_v2, SIGKILLed five times while it works through
     a backlog (each restart on the same state directory, so with the same process id and
     transactional.id, which fences the dead producer and aborts its transaction): no count is ever
@@ -603,7 +575,7 @@ def test_exactly_once_v2_wordcount_killed_9_repeatedly_counts_exactly(streams_br
     state_dir = tmp_path / "state"
     args = ("--partitions", str(partitions), *FAST_FAILOVER, *EOS)
     producer = Producer(client_config(bootstrap, **{"linger.ms": 5}))
-    reader = CommittedCounts(bootstrap, WORDCOUNT_OUTPUT, partitions)
+    reader = counts_reader(bootstrap, WORDCOUNT_OUTPUT, partitions)
     rng = random.Random(14)
 
     def settled(left: dict[tuple[str, int], int]) -> bool:
@@ -615,53 +587,54 @@ def test_exactly_once_v2_wordcount_killed_9_repeatedly_counts_exactly(streams_br
 
     slice_size = EOS_LINES // (EOS_KILLS + 1)
     mid_stream_kills = 0
-    try:
-        for k in range(EOS_KILLS):
-            app = run_example("wordcount", bootstrap, state_dir, *args)
-            chunks = [lines[i : i + EOS_CHUNK] for i in range(k * slice_size, (k + 1) * slice_size, EOS_CHUNK)]
-            # The first chunk, and wait until this instance commits output (the dead one's session
-            # ended and its tasks were restored, or it is the first).
-            produce_lines(producer, chunks[0])
-            seen = sum(len(v) for v in reader.poll().values())
-            wait_until(lambda: sum(len(v) for v in reader.poll().values()) > seen, 90,
-                       f"output from instance {k}", describe=lambda: app.log_text()[-2000:])
-            # More chunks while it runs; the kill comes a random moment after a random one, while
-            # it processes that chunk (commits every 200 ms); the rest waits for the next instance.
-            kill_after = rng.randrange(1, len(chunks))
-            for chunk in chunks[1 : kill_after + 1]:
-                produce_lines(producer, chunk)
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.15))
-            assert app.alive(), f"wordcount exited by itself:\n{app.log_text()[-3000:]}"
-            topics = {WORDCOUNT_INPUT: partitions, **repartition_topics(bootstrap, WORDCOUNT_APP)}
-            app.kill9()
-            if not settled(uncommitted(bootstrap, WORDCOUNT_APP, topics)):
-                mid_stream_kills += 1
-            for chunk in chunks[kill_after + 1 :]:
-                produce_lines(producer, chunk)
-
+    for k in range(EOS_KILLS):
         app = run_example("wordcount", bootstrap, state_dir, *args)
-        produce_lines(producer, lines[EOS_KILLS * slice_size :])
-        topics = {WORDCOUNT_INPUT: partitions, **repartition_topics(bootstrap, WORDCOUNT_APP)}
+        chunks = [lines[i : i + EOS_CHUNK] for i in range(k * slice_size, (k + 1) * slice_size, EOS_CHUNK)]
+        # The first chunk, and wait until this instance commits output (the dead one's session
+        # ended and its tasks were restored, or it is the first).
+        produce_lines(producer, chunks[0])
+        seen = reader.records
 
-        def done():
+        def more_output():
             reader.poll()
-            latest = reader.latest()
-            return all(latest.get(w, 0) >= n for w, n in true_counts.items()) and settled(
-                uncommitted(bootstrap, WORDCOUNT_APP, topics)
-            )
+            return reader.records > seen
 
-        wait_until(done, 180, "every word counted and all input committed", interval_s=0.5,
-                   describe=lambda: ({w: (reader.latest().get(w), n) for w, n in true_counts.items()
-                                      if reader.latest().get(w, 0) != n},
-                                     uncommitted(bootstrap, WORDCOUNT_APP, topics)))
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            reader.poll(0.2)
-    finally:
-        reader.close()
+        wait_until(more_output, 90, f"output from instance {k}", describe=lambda: app.log_text()[-2000:])
+        # More chunks while it runs; the kill comes a random moment after a random one, while
+        # it processes that chunk (commits every 200 ms); the rest waits for the next instance.
+        kill_after = rng.randrange(1, len(chunks))
+        for chunk in chunks[1 : kill_after + 1]:
+            produce_lines(producer, chunk)
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.15))
+        assert app.alive(), f"wordcount exited by itself:\n{app.log_text()[-3000:]}"
+        topics = {WORDCOUNT_INPUT: partitions, **repartition_topics(bootstrap, WORDCOUNT_APP)}
+        app.kill9()
+        if not settled(uncommitted(bootstrap, WORDCOUNT_APP, topics)):
+            mid_stream_kills += 1
+        for chunk in chunks[kill_after + 1 :]:
+            produce_lines(producer, chunk)
+
+    app = run_example("wordcount", bootstrap, state_dir, *args)
+    produce_lines(producer, lines[EOS_KILLS * slice_size :])
+    topics = {WORDCOUNT_INPUT: partitions, **repartition_topics(bootstrap, WORDCOUNT_APP)}
+
+    def done():
+        reader.poll()
+        latest = reader.latest
+        return all(latest.get(w, 0) >= n for w, n in true_counts.items()) and settled(
+            uncommitted(bootstrap, WORDCOUNT_APP, topics)
+        )
+
+    wait_until(done, 180, "every word counted and all input committed", interval_s=0.5,
+               describe=lambda: ({w: (reader.latest.get(w), n) for w, n in true_counts.items()
+                                  if reader.latest.get(w, 0) != n},
+                                 uncommitted(bootstrap, WORDCOUNT_APP, topics)))
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        reader.poll(0.2)
     print(f"{mid_stream_kills} of {EOS_KILLS} kills left input uncommitted")
     assert mid_stream_kills > 0, "every kill came after the app had caught up: the test proved nothing"
-    assert reader.latest() == dict(true_counts), "final counts differ from the true counts"
+    assert reader.latest == dict(true_counts), "final counts differ from the true counts"
     for word, counts in reader.history.items():
         assert all(a < b for a, b in zip(counts, counts[1:])), f"{word}: a count repeated or went back: {counts}"
