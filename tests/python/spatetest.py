@@ -9,7 +9,15 @@ import subprocess
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 # A dummy group id: librdkafka's Consumer insists on one, but these helpers only use assign(),
@@ -126,6 +134,24 @@ def consume_assigned(
     finally:
         consumer.close()
     return messages
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets as the broker reports them (OffsetFetch); -1001 means none.
+    Retries while the group's coordinator loads (the group's first commit may have created it)."""
+    client = admin(bootstrap)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            result = client.list_consumer_group_offsets([request])[group].result(timeout=20)
+            return {tp.partition: tp.offset for tp in result.topic_partitions}
+        except KafkaException as e:
+            error = e.args[0]
+            loading = error.retriable() or error.code() == KafkaError.COORDINATOR_LOAD_IN_PROGRESS
+            if not loading or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def watermarks(bootstrap: str, topic: str, partition: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
 
 import spatetest
-from spatetest import admin, client_config, create_topic, produce, unique_topic, watermarks
+from spatetest import admin, client_config, committed_offsets, create_topic, produce, unique_topic, watermarks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -324,14 +324,6 @@ def produce_numbered(bootstrap: str, topic: str, partitions: int, per_partition:
     records = [(p, None, f"{tag}:{p}:{i}".encode(), None) for i in range(per_partition) for p in range(partitions)]
     delivered = produce(bootstrap, topic, records, acks="all", **{"linger.ms": 5})
     return {(m.partition(), m.offset()): m.value().decode() for m in delivered}
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets as the broker reports them (OffsetFetch); -1001 means none."""
-    client = admin(bootstrap)
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
-    result = client.list_consumer_group_offsets([request])[group].result(timeout=20)
-    return {tp.partition: tp.offset for tp in result.topic_partitions}
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:

@@ -27,12 +27,22 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from conftest import spate_binary
-from spatetest import DUMMY_GROUP, admin, client_config, create_topic, kcat, terminate, wait_until, watermarks
+from spatetest import (
+    DUMMY_GROUP,
+    admin,
+    client_config,
+    committed_offsets,
+    create_topic,
+    kcat,
+    terminate,
+    wait_until,
+    watermarks,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -252,15 +262,12 @@ def repartition_topics(bootstrap: str, application_id: str) -> dict[str, int]:
 def uncommitted(bootstrap: str, group: str, topics: dict[str, int]) -> dict[tuple[str, int], int]:
     """Per partition of `topics` (name -> partitions): records between the group's committed offset
     (the log start when none is committed) and the end of the partition."""
-    client = admin(bootstrap)
-    tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
-    result = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group].result(timeout=20)
-    committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
     out = {}
     for t, n in topics.items():
+        committed = committed_offsets(bootstrap, group, t, n)
         for p in range(n):
             low, high = watermarks(bootstrap, t, p)
-            c = committed.get((t, p), -1)
+            c = committed.get(p, -1)
             out[(t, p)] = high - (c if c >= 0 else low)
     return out
 

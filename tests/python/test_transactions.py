@@ -15,15 +15,16 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from spatetest import (
     DUMMY_GROUP,
-    admin,
     client_config,
+    committed_offsets,
     consume_assigned,
     create_topic,
     kcat,
+    produce,
     unique_topic,
     wait_until,
 )
@@ -320,38 +321,26 @@ CTP_RECORDS = 50_000
 CTP_MAX_COMMITS_BEFORE_KILL = 20
 
 
-def _wait_for_line(log_path: str, app: subprocess.Popen, word: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with open(log_path, errors="replace") as f:
-            if any(line.startswith(word) for line in f):
-                return
-        assert app.poll() is None, f"the app exited with {app.returncode}:\n{open(log_path).read()[-3000:]}"
-        time.sleep(0.02)
-    raise AssertionError(f"no '{word}' from the app in {timeout_s}s:\n{open(log_path).read()[-3000:]}")
+def _lines(log_path: str) -> list[str]:
+    with open(log_path, errors="replace") as f:
+        return f.read().splitlines()
+
+
+def _tail(log_path: str) -> str:
+    return "\n".join(_lines(log_path)[-40:])
+
+
+def _running(app: subprocess.Popen, log_path: str) -> None:
+    assert app.poll() is None, f"the app exited with {app.returncode}:\n{_tail(log_path)}"
 
 
 def _commits(log_path: str) -> int:
-    with open(log_path, errors="replace") as f:
-        return sum(1 for line in f if line.startswith("committed "))
+    return sum(1 for line in _lines(log_path) if line.startswith("committed "))
 
 
-def _group_committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """The sum of `group`'s committed offsets on `topic` (records consumed and committed)."""
-    client = admin(bootstrap)
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            result = client.list_consumer_group_offsets([request])[group].result(timeout=20)
-            return sum(max(tp.offset, 0) for tp in result.topic_partitions)
-        except KafkaException as e:
-            # The group's coordinator may still be loading (the first commit created it just now).
-            if not e.args[0].retriable() and e.args[0].code() != KafkaError.COORDINATOR_LOAD_IN_PROGRESS:
-                raise
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+def _group_committed(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of `group`'s committed offsets on `topic` (the input records it committed)."""
+    return sum(max(o, 0) for o in committed_offsets(bootstrap, group, topic, CTP_PARTITIONS).values())
 
 
 @pytest.mark.timeout(300)
@@ -364,33 +353,33 @@ def test_consume_transform_produce_killed_9_at_random_points_20_times(broker, tm
     group = unique_topic("ctp9-group")
     create_topic(broker.bootstrap, source, partitions=CTP_PARTITIONS)
     create_topic(broker.bootstrap, sink, partitions=CTP_PARTITIONS)
-    src = Producer(client_config(broker.bootstrap, **{"linger.ms": 5}))
-    for i in range(CTP_RECORDS):
-        while True:
-            try:
-                src.produce(source, value=str(i).encode(), partition=i % CTP_PARTITIONS)
-                break
-            except BufferError:
-                src.poll(0.1)
-    assert src.flush(60) == 0
+    produce(
+        broker.bootstrap,
+        source,
+        ((i % CTP_PARTITIONS, None, str(i).encode(), None) for i in range(CTP_RECORDS)),
+        **{"linger.ms": 5},
+    )
 
     rng = random.Random(1447)
-    mid_stream_kills = 0
+    # The input committed at each kill.
     progress = []
 
     def start(n: int):
         log_path = str(tmp_path / f"ctp-{n}.log")
-        log = open(log_path, "wb")
         args = [broker.bootstrap, group, source, sink, str(CTP_PARTITIONS), "ctp9-app", str(n)]
-        app = subprocess.Popen([sys.executable, CTP_APP, *args], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(log_path, "wb") as log:
+            app = subprocess.Popen([sys.executable, CTP_APP, *args], stdout=log, stderr=subprocess.STDOUT)
         return app, log_path
 
     for k in range(CTP_KILLS + 1):
         app, log_path = start(k)
         try:
             # init_transactions waits for the previous instance's transaction to be aborted.
-            _wait_for_line(log_path, app, "ready", 60)
+            def ready():
+                _running(app, log_path)
+                return any(line.startswith("ready") for line in _lines(log_path))
+
+            wait_until(ready, 60, f"instance {k} to be ready", interval_s=0.02, describe=lambda: _tail(log_path))
             if k < CTP_KILLS:
                 if rng.random() < 0.25:
                     # Early: while it fetches its offsets or its first records.
@@ -400,25 +389,22 @@ def test_consume_transform_produce_killed_9_at_random_points_20_times(broker, tm
                     # sends and send_offsets_to_transaction, committing) or just after it.
                     commits = rng.randint(1, CTP_MAX_COMMITS_BEFORE_KILL)
                     wait_until(lambda: _commits(log_path) >= commits, 60, f"{commits} commits of instance {k}",
-                               interval_s=0.005, describe=lambda: open(log_path).read()[-2000:])
+                               interval_s=0.005, describe=lambda: _tail(log_path))
                     time.sleep(rng.uniform(0.0, 0.015))
-                assert app.poll() is None, f"the app exited with {app.returncode}:\n{open(log_path).read()[-3000:]}"
+                _running(app, log_path)
                 app.send_signal(signal.SIGKILL)
                 app.wait(10)
-                done = _group_committed(broker.bootstrap, group, source, CTP_PARTITIONS)
-                progress.append(done)
-                if done < CTP_RECORDS:
-                    mid_stream_kills += 1
+                progress.append(_group_committed(broker.bootstrap, group, source))
             else:
-                wait_until(lambda: _group_committed(broker.bootstrap, group, source, CTP_PARTITIONS) == CTP_RECORDS,
+                wait_until(lambda: _group_committed(broker.bootstrap, group, source) == CTP_RECORDS,
                            180, "the last instance to commit all input", interval_s=0.5,
-                           describe=lambda: open(log_path).read()[-2000:])
+                           describe=lambda: _tail(log_path))
         finally:
             if app.poll() is None:
                 app.kill()
                 app.wait(10)
     print(f"committed input at each kill: {progress}")
-    assert mid_stream_kills == CTP_KILLS, f"kills after all input was committed: {progress}"
+    assert all(done < CTP_RECORDS for done in progress), f"kills after all input was committed: {progress}"
 
     expected = {p: [f"out-{i}".encode() for i in range(p, CTP_RECORDS, CTP_PARTITIONS)] for p in range(CTP_PARTITIONS)}
     got = read_committed(broker.bootstrap, sink, range(CTP_PARTITIONS), CTP_RECORDS, timeout_s=60)
